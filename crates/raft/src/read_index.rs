@@ -1,0 +1,232 @@
+//! Linearizable reads without writing to the log (thesis 6.4): the leader records its
+//! commit index, confirms with a heartbeat round that it still leads, and the read is
+//! served once the state machine has applied up to that index.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::config::{BugKind, ReadMode};
+use crate::ids::{LogIndex, NodeId};
+use crate::message::MessageBody;
+use crate::quorum::committed_index;
+use crate::raft::{ProposeError, Raft, ReadState, Role};
+
+/// Bound on reads a follower has forwarded to the leader and awaits answers for; beyond
+/// it the oldest is failed (its answer was probably lost with a message).
+const FORWARDED_READS_MAX: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    from: NodeId,
+    request_id: u64,
+    index: LogIndex,
+}
+
+/// Read-index bookkeeping of one group.
+#[derive(Debug)]
+pub(crate) struct ReadIndexState {
+    /// Reads that arrived before the leader committed an entry of its term: until then
+    /// it does not know the commit index of its predecessor.
+    waiting_for_commit: Vec<PendingRead>,
+    /// Reads to be confirmed by the next heartbeat round.
+    unsent: Vec<PendingRead>,
+    /// Reads whose round was sent, in round order.
+    in_flight: VecDeque<(u64, PendingRead)>,
+    /// The next round number; rounds start at 1 (0 in a heartbeat means "no round").
+    next_round: u64,
+    /// The highest round each member acknowledged.
+    acked_rounds: BTreeMap<NodeId, u64>,
+    /// Follower side: request ids forwarded to the leader, oldest first.
+    forwarded: VecDeque<u64>,
+    /// Answers to hand to the application in the next `Ready`.
+    pub(crate) ready: Vec<ReadState>,
+}
+
+impl Default for ReadIndexState {
+    fn default() -> Self {
+        ReadIndexState {
+            waiting_for_commit: Vec::new(),
+            unsent: Vec::new(),
+            in_flight: VecDeque::new(),
+            next_round: 1,
+            acked_rounds: BTreeMap::new(),
+            forwarded: VecDeque::new(),
+            ready: Vec::new(),
+        }
+    }
+}
+
+impl ReadIndexState {
+    /// The latest round sent whose reads are still unconfirmed (0 if none): periodic
+    /// heartbeats carry it so that a lost heartbeat does not strand reads.
+    pub(crate) fn round_in_flight(&self) -> u64 {
+        self.in_flight.back().map_or(0, |(round, _)| *round)
+    }
+
+    pub(crate) fn has_unsent(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+}
+
+impl Raft {
+    /// Requests a read index for `request_id`; the answer arrives in `Ready::read_states`.
+    /// On a follower the request is forwarded to the leader.
+    pub fn read_index(&mut self, request_id: u64) -> Result<(), ProposeError> {
+        match self.role {
+            Role::Leader => {
+                let me = self.config.id;
+                self.handle_read_index(me, request_id);
+                Ok(())
+            }
+            Role::Follower if self.leader.is_some() => {
+                if self.reads.forwarded.len() >= FORWARDED_READS_MAX {
+                    let oldest = self.reads.forwarded.pop_front().expect("non-empty");
+                    self.reads.ready.push(ReadState {
+                        request_id: oldest,
+                        index: None,
+                    });
+                }
+                self.reads.forwarded.push_back(request_id);
+                let leader = self.leader;
+                self.send(leader, MessageBody::ReadIndex { request_id });
+                Ok(())
+            }
+            _ => Err(ProposeError::NoLeader),
+        }
+    }
+
+    fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.committed()) == Some(self.term)
+    }
+
+    pub(crate) fn handle_read_index(&mut self, from: NodeId, request_id: u64) {
+        assert_eq!(self.role, Role::Leader);
+        let read = PendingRead {
+            from,
+            request_id,
+            index: self.log.committed(),
+        };
+        if self.has_bug(BugKind::ReadWithoutReadIndex) {
+            self.answer_read(read, Some(read.index));
+            return;
+        }
+        if !self.committed_in_current_term() {
+            self.reads.waiting_for_commit.push(read);
+            return;
+        }
+        let me = self.config.id;
+        let sole_voter = self.conf.voters_outgoing.is_empty()
+            && self.conf.voters.len() == 1
+            && self.conf.voters.contains(&me);
+        if sole_voter || self.config.read_mode == ReadMode::LeaseBased {
+            // Lease-based: check-quorum makes a leader that lost its quorum step down
+            // within an election timeout, and followers in lease refuse to elect another.
+            self.answer_read(read, Some(read.index));
+            return;
+        }
+        self.reads.unsent.push(read);
+    }
+
+    /// Starts a heartbeat round for the reads queued since the last one.
+    pub(crate) fn flush_read_round(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if !self.reads.waiting_for_commit.is_empty() && self.committed_in_current_term() {
+            for read in std::mem::take(&mut self.reads.waiting_for_commit) {
+                self.handle_read_index(read.from, read.request_id);
+            }
+        }
+        if !self.reads.has_unsent() {
+            return;
+        }
+        let round = self.reads.next_round;
+        self.reads.next_round += 1;
+        for read in std::mem::take(&mut self.reads.unsent) {
+            self.reads.in_flight.push_back((round, read));
+        }
+        self.bcast_heartbeat(round);
+    }
+
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        // The follower is alive: resume a paused probe.
+        progress.probe_sent = false;
+        if progress.match_index < self.log.last_index() {
+            self.send_append(from, false);
+        }
+        if read_round == 0 {
+            return;
+        }
+        let acked = self.reads.acked_rounds.entry(from).or_insert(0);
+        *acked = (*acked).max(read_round);
+        let me = self.config.id;
+        let latest_sent = self.reads.next_round - 1;
+        let confirmed = committed_index(&self.conf, |id| {
+            LogIndex(if id == me {
+                latest_sent
+            } else {
+                self.reads.acked_rounds.get(&id).copied().unwrap_or(0)
+            })
+        })
+        .0;
+        while self
+            .reads
+            .in_flight
+            .front()
+            .is_some_and(|(round, _)| *round <= confirmed)
+        {
+            let (_, read) = self.reads.in_flight.pop_front().expect("non-empty");
+            self.answer_read(read, Some(read.index));
+        }
+    }
+
+    fn answer_read(&mut self, read: PendingRead, index: Option<LogIndex>) {
+        if read.from == self.config.id {
+            self.reads.ready.push(ReadState {
+                request_id: read.request_id,
+                index,
+            });
+        } else {
+            self.send(
+                read.from,
+                MessageBody::ReadIndexResponse {
+                    request_id: read.request_id,
+                    index,
+                },
+            );
+        }
+    }
+
+    /// Leader side, on losing leadership: every read not yet confirmed fails.
+    pub(crate) fn fail_pending_reads(&mut self) {
+        let reads = std::mem::take(&mut self.reads);
+        let mut failed: Vec<PendingRead> = reads.waiting_for_commit;
+        failed.extend(reads.unsent);
+        failed.extend(reads.in_flight.into_iter().map(|(_, read)| read));
+        // Keep the follower-side state and answers already produced.
+        self.reads.forwarded = reads.forwarded;
+        self.reads.ready = reads.ready;
+        for read in failed {
+            self.answer_read(read, None);
+        }
+    }
+
+    /// Follower side, on a leader change: reads forwarded to the old leader fail.
+    pub(crate) fn fail_forwarded_reads(&mut self) {
+        for request_id in std::mem::take(&mut self.reads.forwarded) {
+            self.reads.ready.push(ReadState {
+                request_id,
+                index: None,
+            });
+        }
+    }
+
+    pub(crate) fn handle_read_index_response(&mut self, request_id: u64, index: Option<LogIndex>) {
+        if let Some(position) = self.reads.forwarded.iter().position(|&id| id == request_id) {
+            self.reads.forwarded.remove(position);
+            self.reads.ready.push(ReadState { request_id, index });
+        }
+    }
+}
