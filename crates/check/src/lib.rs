@@ -10,6 +10,25 @@
 //! which it took effect atomically, such that replaying the operations in the order of those
 //! instants through the model produces exactly the outputs the clients observed.
 //!
+//! ```
+//! use std::time::Duration;
+//! use ostrakon_check::{check, CheckResult, History, Outcome, RegisterInput, RegisterModel,
+//!     RegisterOutput};
+//!
+//! let mut history = History::new();
+//! let write = history.invoke(1, RegisterInput::Write(7), 0);
+//! let read = history.invoke(2, RegisterInput::Read, 5);
+//! history.complete(write, Outcome::Ok(RegisterOutput::Write), 10);
+//! // The read overlaps the write, so it may see the register before the write took effect.
+//! history.complete(read, Outcome::Ok(RegisterOutput::Read(None)), 12);
+//! let stale = history.invoke(2, RegisterInput::Read, 20);
+//! history.complete(stale, Outcome::Ok(RegisterOutput::Read(None)), 30);
+//! // But not after the write completed.
+//! let result = check(&RegisterModel, history.ops(), Duration::from_secs(1));
+//! let CheckResult::NotLinearizable(explanation) = result else { panic!() };
+//! assert_eq!(explanation.stuck, ["client 2 [20, 30] Read -> Read(None)"]);
+//! ```
+//!
 //! # The algorithm
 //!
 //! The checker follows Wing & Gong's search as improved by Lowe and implemented by

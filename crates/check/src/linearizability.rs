@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::bitset::Bitset;
-use crate::entries::{EntryKind, EntryList, Interval, Time};
+use crate::entries::{EntryId, EntryKind, EntryList, Interval, Time};
 use crate::history::{Operation, Outcome};
 use crate::model::Model;
 
@@ -18,6 +18,7 @@ const DEADLINE_CHECK_ITERATIONS: u64 = 256;
 /// (it stays correct, only slower) instead of exhausting memory before the deadline.
 const CACHE_ENTRIES_MAX: usize = 1 << 22;
 
+// The clock check masks the iteration count instead of dividing it.
 const _: () = assert!(DEADLINE_CHECK_ITERATIONS.is_power_of_two());
 
 /// The verdict of [`check`].
@@ -273,7 +274,7 @@ impl<'a, M: Model> Search<'a, M> {
         let mut cursor = self.list.first();
         let mut iterations: u64 = 0;
         while self.list.first().is_some() {
-            if iterations % DEADLINE_CHECK_ITERATIONS == 0
+            if iterations & (DEADLINE_CHECK_ITERATIONS - 1) == 0
                 && deadline.is_some_and(|deadline| Instant::now() >= deadline)
             {
                 return SearchOutcome::TimedOut;
@@ -345,7 +346,7 @@ impl<'a, M: Model> Search<'a, M> {
     /// The walk reached return entry `ret`: every call before it in the list failed to be
     /// linearized after the current stack. Keeps the first such point of greatest depth,
     /// where (the depth being maximal) every candidate was rejected by the model.
-    fn record_if_deepest(&mut self, ret: crate::entries::EntryId) {
+    fn record_if_deepest(&mut self, ret: EntryId) {
         if self
             .deepest
             .as_ref()

@@ -86,7 +86,9 @@ mod tests {
     fn transitions() {
         use RegisterInput as I;
         use RegisterOutput as O;
-        let cases: &[(Option<u64>, I, Option<O>, Option<Option<u64>>)] = &[
+        // (state, input, observed output, expected next state or None for impossible)
+        type Case = (Option<u64>, I, Option<O>, Option<Option<u64>>);
+        let cases: &[Case] = &[
             (None, I::Read, Some(O::Read(None)), Some(None)),
             (None, I::Read, Some(O::Read(Some(1))), None),
             (Some(1), I::Read, Some(O::Read(Some(1))), Some(Some(1))),

@@ -226,11 +226,10 @@ pub fn register_history(
 /// A linearizable etcd history over `shape.keys` keys. Every written value is unique.
 pub fn etcd_history(rng: &mut Rng, shape: Shape) -> Vec<Operation<EtcdInput, EtcdOutput>> {
     let mut state: EtcdState = EtcdKvModel.init();
-    let mut next_value = 0;
     let mut ops = Vec::new();
-    for slot in slots(rng, shape) {
+    for (index, slot) in slots(rng, shape).into_iter().enumerate() {
         let key = rng.below(shape.keys);
-        next_value += 1;
+        let next_value = 1 + index as u64;
         let input = match rng.below(4) {
             0 => EtcdInput::Get { key },
             1 => EtcdInput::Put {
