@@ -62,6 +62,12 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest message in flight: a heartbeat answer shows the follower is alive,
+    /// so a full window is more likely waiting on lost responses than on a slow follower.
+    pub fn free_first_one(&mut self) {
+        self.last_indexes.pop_front();
+    }
+
     /// Forgets every message in flight.
     pub fn reset(&mut self) {
         self.last_indexes.clear();
@@ -97,6 +103,10 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Whether the member was heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// `match_index` when the previous heartbeat response arrived: a follower that
+    /// answers heartbeats but whose match has not moved while entries are outstanding
+    /// has lost appends, and is probed again.
+    pub match_at_last_heartbeat: LogIndex,
 }
 
 impl Progress {
@@ -109,6 +119,7 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(inflight_msgs_max),
             recent_active: false,
+            match_at_last_heartbeat: LogIndex(0),
         }
     }
 

@@ -185,8 +185,20 @@ impl RawNode {
         self.raft.tick();
     }
 
-    /// Starts an election now (if this node is a voter), skipping pre-vote.
+    /// Starts an election now, as if the election timeout had elapsed: pre-vote first if
+    /// enabled, and voters that heard from a leader recently refuse. No-op on a leader or
+    /// a non-voter.
     pub fn campaign(&mut self) {
+        self.assert_not_in_ready();
+        if self.raft.role != Role::Leader && self.raft.is_promotable() {
+            self.raft.campaign(false);
+        }
+    }
+
+    /// Starts an election as a leadership-transfer target does: no pre-vote, and voters
+    /// are asked to disregard their leader lease. For operators recovering a group whose
+    /// leader is known dead, and for tests.
+    pub fn force_campaign(&mut self) {
         self.assert_not_in_ready();
         if self.raft.role != Role::Leader && self.raft.is_promotable() {
             self.raft.campaign(true);

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::config::{BugKind, ReadMode};
 use crate::ids::{LogIndex, NodeId};
 use crate::message::MessageBody;
+use crate::progress::ProgressState;
 use crate::quorum::committed_index;
 use crate::raft::{ProposeError, Raft, ReadState, Role};
 
@@ -151,9 +152,20 @@ impl Raft {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        // The follower is alive: resume a paused probe.
+        // The follower is alive: resume a paused probe, or make room in a full window
+        // whose acknowledgements may have been lost.
         progress.probe_sent = false;
-        if progress.match_index < self.log.last_index() {
+        let last_index = self.log.last_index();
+        if progress.state == ProgressState::Replicate && progress.match_index < last_index {
+            if progress.match_index == progress.match_at_last_heartbeat {
+                // No progress for a whole heartbeat interval: appends were lost.
+                progress.become_probe();
+            } else if progress.inflights.is_full() {
+                progress.inflights.free_first_one();
+            }
+        }
+        progress.match_at_last_heartbeat = progress.match_index;
+        if progress.match_index < last_index {
             self.send_append(from, false);
         }
         if read_round == 0 {
