@@ -87,5 +87,5 @@ pub use history::{ClientId, History, OpId, Operation, Outcome, OutcomeCounts};
 pub use linearizability::{check, CheckResult, Explanation};
 pub use model::Model;
 pub use models::etcd_kv::{EtcdInput, EtcdKvModel, EtcdOutput, EtcdState, KeyValue};
-pub use models::keyed_register::KeyedRegisterModel;
+pub use models::keyed_register::{simplify_unknowns, KeyedRegisterModel};
 pub use models::register::{RegisterInput, RegisterModel, RegisterOutput};

@@ -145,6 +145,13 @@ impl Progress {
         self.inflights.reset();
     }
 
+    /// The snapshot did not arrive: probe from just after the match, not after the
+    /// snapshot the follower lacks.
+    pub fn abort_snapshot(&mut self) {
+        self.state = ProgressState::Probe;
+        self.become_probe();
+    }
+
     /// Switch to pipelining from just after the match.
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;

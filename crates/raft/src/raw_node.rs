@@ -239,10 +239,11 @@ impl RawNode {
         self.raft.compact(index, conf_state);
     }
 
-    /// A snapshot could not be delivered to `to`.
-    pub fn report_snapshot_failed(&mut self, to: NodeId) {
+    /// A snapshot stream to `to` ended, `delivered` or not. Must be called for every
+    /// `InstallSnapshot` the runtime sends.
+    pub fn report_snapshot(&mut self, to: NodeId, delivered: bool) {
         self.assert_not_in_ready();
-        self.raft.report_snapshot_failed(to);
+        self.raft.report_snapshot(to, delivered);
     }
 
     /// A message to `to` could not be delivered.

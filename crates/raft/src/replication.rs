@@ -297,12 +297,21 @@ impl Raft {
         );
     }
 
-    /// Called by the runtime when it could not deliver a snapshot: go back to probing.
-    pub fn report_snapshot_failed(&mut self, to: NodeId) {
-        if let Some(progress) = self.progress.get_mut(&to) {
-            if matches!(progress.state, ProgressState::Snapshot { .. }) {
-                progress.become_probe();
-            }
+    /// Called by the runtime when a snapshot stream to `to` ended: `delivered` if the
+    /// follower received it all. Either way the leader goes back to probing (after the
+    /// snapshot if it was delivered), so a lost acknowledgement cannot leave the follower
+    /// waiting forever; the runtime must report every stream it starts.
+    pub fn report_snapshot(&mut self, to: NodeId, delivered: bool) {
+        let Some(progress) = self.progress.get_mut(&to) else {
+            return;
+        };
+        if !matches!(progress.state, ProgressState::Snapshot { .. }) {
+            return;
+        }
+        if delivered {
+            progress.become_probe();
+        } else {
+            progress.abort_snapshot();
         }
     }
 

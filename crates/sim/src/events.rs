@@ -1,0 +1,103 @@
+//! The event queue: virtual time in microseconds, ties broken by insertion order so a
+//! seed replays exactly.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use ostrakon_check::OpId;
+use ostrakon_raft::{Message, NodeId};
+
+use crate::kv::KvState;
+use crate::node::Request;
+
+/// A client's view of how a request ended.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Done, with the register model's output.
+    Ok(ostrakon_check::RegisterOutput),
+    /// Definitely not done; try `leader_hint` if known.
+    Failed {
+        /// Where the node thinks the leader is.
+        leader_hint: NodeId,
+    },
+}
+
+/// Something that happens at a point in virtual time. Fields are named for what they hold.
+#[allow(missing_docs)]
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A node's clock ticks (ignored if the node's epoch moved on).
+    Tick(NodeId, u64),
+    /// A raft message arrives.
+    Deliver(Message, Option<KvState>),
+    /// A node's disk finished persisting its Ready.
+    PersistDone(NodeId, u64),
+    /// A client request arrives at a node.
+    Request { node: NodeId, client: u64, op: OpId, request: Request },
+    /// A node's answer arrives at a client.
+    Reply { client: u64, op: OpId, reply: Reply },
+    /// A client gives up waiting.
+    ClientTimeout { client: u64, op: OpId },
+    /// A client starts its next operation.
+    ClientNext(u64),
+    /// The transport reports how a snapshot stream from `from` to `to` ended.
+    SnapshotReport { from: NodeId, to: NodeId, delivered: bool },
+    /// A crashed node comes back.
+    Restart(NodeId),
+    /// The nemesis acts.
+    Nemesis,
+    /// A partition ends.
+    HealPartition(u64),
+    /// A slow disk recovers.
+    DiskRecovers(NodeId, u64),
+    /// A node removed from the group shuts down for good.
+    Decommission(NodeId),
+    /// The faulty phase ends.
+    HealAll,
+    /// Clients stop issuing operations.
+    StopClients,
+}
+
+struct Scheduled {
+    at_us: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.seq) == (other.at_us, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap and we want the earliest first.
+        (other.at_us, other.seq).cmp(&(self.at_us, self.seq))
+    }
+}
+
+/// Pending events ordered by time, then by scheduling order.
+#[derive(Default)]
+pub struct EventQueue {
+    heap: BinaryHeap<Scheduled>,
+    next_seq: u64,
+}
+
+impl EventQueue {
+    /// Schedules `event` at `at_us`.
+    pub fn push(&mut self, at_us: u64, event: Event) {
+        self.next_seq += 1;
+        self.heap.push(Scheduled { at_us, seq: self.next_seq, event });
+    }
+
+    /// The earliest event.
+    pub fn pop(&mut self) -> Option<(u64, Event)> {
+        self.heap.pop().map(|s| (s.at_us, s.event))
+    }
+}

@@ -1,0 +1,153 @@
+//! A simulated machine: a durable disk that survives crashes and a running raft group
+//! (with its key-value state machine) that does not.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ostrakon_check::OpId;
+use ostrakon_raft::{ConfChange, Entry, HardState, LogIndex, Message, NodeId, RawNode, Ready, SnapshotMeta, Term};
+
+use crate::kv::{Command, KvState};
+
+/// What survives a crash.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    /// Persisted term, vote and commit.
+    pub hard_state: HardState,
+    /// Persisted snapshot description.
+    pub snapshot: SnapshotMeta,
+    /// The state machine as of `snapshot.index`.
+    pub snapshot_data: KvState,
+    /// Persisted entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+impl Disk {
+    /// Whether the entry (index, term) is durable here, directly or inside the snapshot.
+    /// A snapshot only ever covers committed entries, so it holds whatever committed
+    /// entry sits at an index it covers.
+    pub fn holds(&self, index: LogIndex, term: Term) -> bool {
+        if index <= self.snapshot.index {
+            return true;
+        }
+        self.entries.iter().rev().find(|e| e.index == index).is_some_and(|e| e.term == term)
+    }
+
+    /// Makes a Ready's snapshot, entries and hard state durable.
+    pub fn persist(&mut self, ready: &Ready, snapshot_data: Option<KvState>) {
+        if let Some(meta) = &ready.snapshot {
+            self.snapshot = meta.clone();
+            self.snapshot_data = snapshot_data.expect("a snapshot arrives with its data");
+            // Raft empties its log when it restores a snapshot.
+            self.entries.clear();
+        }
+        if let Some(first) = ready.entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            assert!(
+                self.entries.last().map_or(self.snapshot.index, |e| e.index).next() == first.index,
+                "persisted log would have a gap before {:?}",
+                first.index
+            );
+            self.entries.extend(ready.entries.iter().cloned());
+        }
+        if let Some(hard_state) = ready.hard_state {
+            self.hard_state = hard_state;
+        }
+    }
+
+    /// Drops entries covered by a new local snapshot.
+    pub fn compact(&mut self, meta: SnapshotMeta, data: KvState) {
+        self.entries.retain(|e| e.index > meta.index);
+        self.snapshot = meta;
+        self.snapshot_data = data;
+    }
+}
+
+/// A client request as it reaches a node.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Read a register (linearizably, through ReadIndex).
+    Read {
+        /// The register.
+        key: u64,
+    },
+    /// Replicate a write.
+    Write(Command),
+}
+
+/// Something for the running node to handle, queued while it is busy persisting.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A raft message, with the snapshot data if it is `InstallSnapshot`.
+    Message(Message, Option<KvState>),
+    /// One raft tick.
+    Tick,
+    /// A client request.
+    Request {
+        /// The client.
+        client: u64,
+        /// Its operation.
+        op: OpId,
+        /// What it asks.
+        request: Request,
+    },
+    /// The nemesis proposes a membership change (only acted on by a leader).
+    ConfChange(ConfChange),
+    /// The nemesis asks for a leadership transfer (only acted on by a leader).
+    Transfer(NodeId),
+    /// The snapshot stream to this node ended, delivered or not (as a runtime's
+    /// transport reports it).
+    SnapshotReport(NodeId, bool),
+}
+
+/// A client operation waiting at a node.
+#[derive(Clone, Copy, Debug)]
+pub struct Waiting {
+    /// The client.
+    pub client: u64,
+    /// Its operation.
+    pub op: OpId,
+    /// For reads: the register.
+    pub key: u64,
+}
+
+/// A node while it is up.
+pub struct Running {
+    /// The raft group.
+    pub raw: RawNode,
+    /// The state machine.
+    pub kv: KvState,
+    /// Index of the last entry applied to `kv`. Invariant: never decreases while up.
+    pub applied: LogIndex,
+    /// The Ready being persisted, with the snapshot data it carries.
+    pub busy: Option<(Ready, Option<KvState>)>,
+    /// Inputs that arrived while busy.
+    pub inbox: VecDeque<Input>,
+    /// Snapshot data received with `InstallSnapshot`, until raft hands it out.
+    pub incoming_snapshot: Option<(LogIndex, KvState)>,
+    /// Client writes proposed here: index → (term, waiting client).
+    pub proposals: BTreeMap<LogIndex, (Term, Waiting)>,
+    /// Client reads waiting for their read index: request id → client.
+    pub reads: BTreeMap<u64, Waiting>,
+    /// Reads with a read index, waiting for applied to reach it.
+    pub reads_waiting_apply: Vec<(LogIndex, Waiting)>,
+    /// The membership before the last change this node applied. A write committed just
+    /// before a change is applied was counted under this configuration; only one change
+    /// is in flight at a time, so no older configuration can have counted it.
+    pub conf_before_last_change: ostrakon_raft::ConfState,
+}
+
+/// A simulated machine.
+pub struct SimNode {
+    /// Durable state.
+    pub disk: Disk,
+    /// The process, when up.
+    pub running: Option<Running>,
+    /// Incremented at every crash, so events scheduled for a previous life are ignored.
+    pub epoch: u64,
+    /// This node's tick period (drifts from the nominal one like a real clock).
+    pub tick_us: u64,
+    /// Persist latency is uniform in `[0, fsync_latency_us_max]`.
+    pub fsync_latency_us_max: u64,
+    /// Removed from the group and shut down for good.
+    pub decommissioned: bool,
+}

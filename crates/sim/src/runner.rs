@@ -1,0 +1,183 @@
+//! Runs seeds (in parallel), checks each history, and summarises.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ostrakon_check::{check, simplify_unknowns, CheckResult, KeyedRegisterModel};
+use ostrakon_raft::PlantedBug;
+
+use crate::simulation::Simulation;
+
+/// Time the linearizability checker may spend on one seed's history before answering
+/// Unknown.
+pub const CHECK_BUDGET: Duration = Duration::from_secs(10);
+
+/// What one seed found.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// Client operations invoked.
+    pub ops: usize,
+    /// Operations that completed Ok / Failed / with unknown outcome.
+    pub ok: usize,
+    /// See `ok`.
+    pub failed: usize,
+    /// See `ok`.
+    pub unknown: usize,
+    /// The first broken property, if any (an invariant, a panic, or linearizability).
+    pub violation: Option<String>,
+    /// The linearizability checker ran out of budget.
+    pub check_unknown: bool,
+    /// Operations left for the checker after pruning.
+    pub checked_ops: usize,
+    /// Wall-clock time of the simulation and of the check.
+    pub simulate_time: Duration,
+    /// See `simulate_time`.
+    pub check_time: Duration,
+}
+
+/// Runs one seed to the end, turning panics inside the core into violations.
+pub fn run_seed(seed: u64, bug: Option<PlantedBug>, keep_trace: bool) -> (SeedReport, Vec<String>) {
+    let began = Instant::now();
+    let mut sim = Simulation::new(seed, bug, keep_trace);
+    let outcome = catch_unwind(AssertUnwindSafe(|| sim.run()));
+    let simulate_time = began.elapsed();
+    let mut violation = sim.violation.as_ref().map(|v| v.0.clone());
+    if let Err(panic) = outcome {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        violation.get_or_insert(format!("panic: {message}"));
+    }
+    sim.history.finish_pending_as_unknown();
+    let counts = sim.history.counts();
+    let mut check_unknown = false;
+    let mut checked_ops = 0;
+    let began = Instant::now();
+    if violation.is_none() {
+        let ops = simplify_unknowns(sim.history.ops());
+        checked_ops = ops.len();
+        match check(&KeyedRegisterModel, &ops, CHECK_BUDGET) {
+            CheckResult::Linearizable => {}
+            CheckResult::Unknown => check_unknown = true,
+            CheckResult::NotLinearizable(explanation) => {
+                violation = Some(format!("history is not linearizable:\n{explanation}"));
+            }
+        }
+    }
+    let report = SeedReport {
+        seed,
+        ops: sim.history.len(),
+        ok: counts.ok,
+        failed: counts.failed,
+        unknown: counts.unknown,
+        violation,
+        check_unknown,
+        checked_ops,
+        simulate_time,
+        check_time: began.elapsed(),
+    };
+    (report, sim.trace_lines())
+}
+
+/// Totals over many seeds.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Seeds run.
+    pub seeds: u64,
+    /// Seeds with a violation.
+    pub violations: u64,
+    /// Seeds whose linearizability check ran out of budget.
+    pub unknown: u64,
+    /// Client operations over all seeds.
+    pub ops: u64,
+    /// Lowest failing seed.
+    pub first_failing_seed: Option<u64>,
+    /// The report of that seed.
+    pub first_failure: Option<SeedReport>,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// The summary as one JSON object.
+    pub fn to_json(&self, bug: Option<&str>) -> String {
+        let seed = self.first_failing_seed.map_or("null".to_string(), |s| s.to_string());
+        let bug = bug.map_or("null".to_string(), |b| format!("\"{b}\""));
+        format!(
+            "{{\"seeds\":{},\"violations\":{},\"unknown\":{},\"ops\":{},\"first_failing_seed\":{},\"bug\":{},\"elapsed_ms\":{}}}",
+            self.seeds,
+            self.violations,
+            self.unknown,
+            self.ops,
+            seed,
+            bug,
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+/// Runs seeds `[start, start + count)` on `threads` threads. With `stop_on_failure`,
+/// stops handing out seeds once one fails (seeds already running finish).
+pub fn run_seeds(
+    start: u64,
+    count: u64,
+    bug: Option<PlantedBug>,
+    threads: usize,
+    stop_on_failure: bool,
+    verbose: bool,
+) -> Summary {
+    let began = Instant::now();
+    let next = Arc::new(AtomicU64::new(start));
+    let summary = Arc::new(Mutex::new(Summary::default()));
+    let end = start + count;
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            let next = Arc::clone(&next);
+            let summary = Arc::clone(&summary);
+            scope.spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= end {
+                    return;
+                }
+                let (report, _) = run_seed(seed, bug, false);
+                if verbose {
+                    eprintln!(
+                        "seed {seed}: {} ops ({} ok, {} failed, {} unknown), {} checked, sim {:?}, check {:?}{}{}",
+                        report.ops,
+                        report.ok,
+                        report.failed,
+                        report.unknown,
+                        report.checked_ops,
+                        report.simulate_time,
+                        report.check_time,
+                        if report.check_unknown { ", CHECK UNKNOWN" } else { "" },
+                        if report.violation.is_some() { ", VIOLATION" } else { "" },
+                    );
+                }
+                let mut summary = summary.lock().expect("summary lock");
+                summary.seeds += 1;
+                summary.ops += report.ops as u64;
+                summary.unknown += report.check_unknown as u64;
+                if report.violation.is_some() {
+                    summary.violations += 1;
+                    if summary.first_failing_seed.is_none_or(|s| seed < s) {
+                        summary.first_failing_seed = Some(seed);
+                        summary.first_failure = Some(report);
+                    }
+                    if stop_on_failure {
+                        next.store(end, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let mut summary = Arc::try_unwrap(summary).expect("threads joined").into_inner().expect("lock");
+    summary.elapsed = began.elapsed();
+    summary
+}

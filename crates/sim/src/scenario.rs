@@ -1,0 +1,96 @@
+//! What one seed simulates: cluster shape, workload and fault knobs, all drawn from the seed.
+
+use ostrakon_raft::PlantedBug;
+
+use crate::rng::Rng;
+
+/// Fault knobs, each named by what it does. Probabilities are per message (network) or per
+/// nemesis step (everything else).
+#[derive(Clone, Debug)]
+pub struct FaultKnobs {
+    /// A message is lost.
+    pub drop_probability: f64,
+    /// A message is delivered twice.
+    pub duplicate_probability: f64,
+    /// Network latency is uniform in `[delay_us_min, delay_us_max]`; the spread reorders.
+    pub delay_us_min: u64,
+    /// See `delay_us_min`.
+    pub delay_us_max: u64,
+    /// A nemesis step partitions the network (symmetric, one-way, leader isolated, or
+    /// majority/minority).
+    pub partition_probability: f64,
+    /// A nemesis step crashes a node, losing everything it had not persisted.
+    pub crash_probability: f64,
+    /// A nemesis step changes membership (remove a voter, add a learner, promote one).
+    pub membership_change_probability: f64,
+    /// A nemesis step asks the leader to transfer leadership.
+    pub transfer_probability: f64,
+    /// A nemesis step makes one node's disk slow for a while.
+    pub slow_disk_probability: f64,
+    /// Persisting a Ready takes up to this long (uniform).
+    pub fsync_latency_us_max: u64,
+    /// Time between nemesis steps.
+    pub nemesis_interval_us: u64,
+}
+
+/// Everything one seed runs with.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Founding voters.
+    pub node_count: u64,
+    /// Concurrent clients, each with at most one operation outstanding.
+    pub client_count: u64,
+    /// Registers the clients use; few keys make conflicts likely.
+    pub key_count: u64,
+    /// Length of the faulty phase.
+    pub active_us: u64,
+    /// Length of the healed phase at the end (clients keep going for part of it).
+    pub settle_us: u64,
+    /// A client gives up on a request after this long (outcome unknown).
+    pub client_timeout_us: u64,
+    /// Raft tick period; each node drifts by up to 10 % from it.
+    pub tick_us: u64,
+    /// Raft: entries per append message.
+    pub append_entries_max: usize,
+    /// Raft: pipelined appends per follower.
+    pub inflight_msgs_max: usize,
+    /// A node snapshots and compacts once this many entries are applied past its snapshot.
+    pub snapshot_every_entries: u64,
+    /// The faults.
+    pub faults: FaultKnobs,
+    /// A deliberate protocol bug the checkers must catch.
+    pub bug: Option<PlantedBug>,
+}
+
+impl Scenario {
+    /// The scenario of `seed`.
+    pub fn from_seed(rng: &mut Rng, bug: Option<PlantedBug>) -> Scenario {
+        let faults = FaultKnobs {
+            drop_probability: rng.pick(&[0.0, 0.01, 0.05, 0.1]),
+            duplicate_probability: rng.pick(&[0.0, 0.01, 0.05]),
+            delay_us_min: 100,
+            delay_us_max: rng.pick(&[1_000, 5_000, 20_000]),
+            partition_probability: rng.pick(&[0.1, 0.3, 0.5]),
+            crash_probability: rng.pick(&[0.1, 0.3, 0.5]),
+            membership_change_probability: rng.pick(&[0.0, 0.1, 0.3]),
+            transfer_probability: rng.pick(&[0.0, 0.1, 0.2]),
+            slow_disk_probability: rng.pick(&[0.0, 0.1]),
+            fsync_latency_us_max: rng.pick(&[500, 2_000, 10_000]),
+            nemesis_interval_us: rng.pick(&[200_000, 500_000, 1_000_000]),
+        };
+        Scenario {
+            node_count: rng.pick(&[3, 3, 5]),
+            client_count: rng.range(2, 6),
+            key_count: rng.range(1, 4),
+            active_us: 10_000_000,
+            settle_us: 4_000_000,
+            client_timeout_us: 2_000_000,
+            tick_us: 10_000,
+            append_entries_max: rng.pick(&[1, 4, 64]),
+            inflight_msgs_max: rng.pick(&[1, 4, 64]),
+            snapshot_every_entries: rng.pick(&[20, 100, 1_000_000]),
+            faults,
+            bug,
+        }
+    }
+}

@@ -1,0 +1,872 @@
+//! One seed's run: the event loop, the nodes' Ready cycles, the clients and the nemesis.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ostrakon_check::{History, Outcome, RegisterInput, RegisterOutput};
+use ostrakon_raft::{
+    Config, ConfState, EntryPayload, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId, RawNode, Role,
+};
+
+use crate::events::{Event, EventQueue, Reply};
+use crate::invariants::{Invariants, Violation};
+use crate::kv::{self, Command};
+use crate::node::{Disk, Input, Request, Running, SimNode, Waiting};
+use crate::rng::Rng;
+use crate::scenario::Scenario;
+
+/// Lines of trace kept for a failing seed (the most recent ones).
+const TRACE_LINES_MAX: usize = 4_000;
+/// Raft election timeout in ticks for every simulated node.
+const ELECTION_TICKS: u32 = 10;
+/// Raft heartbeat interval in ticks.
+const HEARTBEAT_TICKS: u32 = 2;
+const _: () = assert!(HEARTBEAT_TICKS < ELECTION_TICKS);
+
+/// The history the clients record: register operations keyed by register.
+pub type RegisterHistory = History<(u64, RegisterInput), RegisterOutput>;
+
+struct ClientState {
+    believed_leader: NodeId,
+    outstanding: Option<ostrakon_check::OpId>,
+    invoked_at_us: u64,
+    is_write: bool,
+    last_seen: BTreeMap<u64, Option<u64>>,
+}
+
+/// The simulated world of one seed.
+pub struct Simulation {
+    pub(crate) now_us: u64,
+    rng: Rng,
+    pub(crate) scenario: Scenario,
+    events: EventQueue,
+    pub(crate) nodes: BTreeMap<NodeId, SimNode>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    partition_id: u64,
+    clients: Vec<ClientState>,
+    pub(crate) history: RegisterHistory,
+    invariants: Invariants,
+    trace: Option<VecDeque<String>>,
+    next_value: u64,
+    next_request_id: u64,
+    next_node_id: u64,
+    /// The membership applied at the highest index seen anywhere.
+    latest_conf: (LogIndex, ConfState),
+    pub(crate) healed_at_us: Option<u64>,
+    clients_stopped: bool,
+    pub(crate) ok_writes_after_heal: usize,
+    pub(crate) violation: Option<Violation>,
+}
+
+macro_rules! trace {
+    ($sim:expr, $($arg:tt)*) => {
+        if let Some(trace) = $sim.trace.as_mut() {
+            if trace.len() >= TRACE_LINES_MAX {
+                trace.pop_front();
+            }
+            trace.push_back(format!("{:>9}us {}", $sim.now_us, format!($($arg)*)));
+        }
+    };
+}
+
+impl Simulation {
+    /// A world for `seed`. With `keep_trace`, a readable trace of the run is kept.
+    pub fn new(seed: u64, bug: Option<ostrakon_raft::PlantedBug>, keep_trace: bool) -> Simulation {
+        let mut rng = Rng::new(seed);
+        let scenario = Scenario::from_seed(&mut rng, bug);
+        let voters: Vec<NodeId> = (1..=scenario.node_count).map(NodeId).collect();
+        let mut sim = Simulation {
+            now_us: 0,
+            rng,
+            events: EventQueue::default(),
+            nodes: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            partition_id: 0,
+            clients: Vec::new(),
+            history: History::new(),
+            invariants: Invariants::default(),
+            trace: keep_trace.then(VecDeque::new),
+            next_value: 1,
+            next_request_id: 1,
+            next_node_id: scenario.node_count + 1,
+            latest_conf: (LogIndex(0), ConfState::with_voters(voters.iter().copied())),
+            healed_at_us: None,
+            clients_stopped: false,
+            ok_writes_after_heal: 0,
+            violation: None,
+            scenario,
+        };
+        trace!(sim, "seed {seed}: {:?}", sim.scenario);
+        for &id in &voters {
+            let state = InitialState::bootstrap(voters.iter().copied());
+            sim.add_node(id, state);
+        }
+        for client in 0..sim.scenario.client_count {
+            sim.clients.push(ClientState {
+                believed_leader: NodeId::NONE,
+                outstanding: None,
+                invoked_at_us: 0,
+                is_write: false,
+                last_seen: BTreeMap::new(),
+            });
+            let start = sim.rng.range(0, 100_000);
+            sim.events.push(start, Event::ClientNext(client));
+        }
+        sim.events.push(sim.scenario.faults.nemesis_interval_us, Event::Nemesis);
+        sim.events.push(sim.scenario.active_us, Event::HealAll);
+        sim.events.push(sim.scenario.active_us + sim.scenario.settle_us / 2, Event::StopClients);
+        sim
+    }
+
+    /// The clients' history so far.
+    pub fn history(&self) -> &RegisterHistory {
+        &self.history
+    }
+
+    /// The readable trace, if kept.
+    pub fn trace_lines(&self) -> Vec<String> {
+        self.trace.as_ref().map(|t| t.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn raft_config(&self, id: NodeId) -> Config {
+        let mut config = Config::new(id, GroupId(1));
+        config.election_ticks = ELECTION_TICKS;
+        config.heartbeat_ticks = HEARTBEAT_TICKS;
+        config.transfer_timeout_ticks = ELECTION_TICKS;
+        config.append_entries_max = self.scenario.append_entries_max;
+        config.inflight_msgs_max = self.scenario.inflight_msgs_max;
+        config.planted_bug = self.scenario.bug;
+        config
+    }
+
+    fn add_node(&mut self, id: NodeId, state: InitialState) {
+        let disk = Disk {
+            hard_state: state.hard_state,
+            snapshot: state.snapshot.clone(),
+            snapshot_data: kv::KvState::new(),
+            entries: state.entries.clone(),
+        };
+        // Clocks drift: each node ticks up to 10 % faster or slower than nominal.
+        let drift = self.scenario.tick_us / 10;
+        let tick_us = self.rng.range(self.scenario.tick_us - drift, self.scenario.tick_us + drift);
+        let node = SimNode {
+            disk,
+            running: None,
+            epoch: 0,
+            tick_us,
+            fsync_latency_us_max: self.scenario.faults.fsync_latency_us_max,
+            decommissioned: false,
+        };
+        self.nodes.insert(id, node);
+        self.start_node(id);
+    }
+
+    /// Boots a node from its disk.
+    fn start_node(&mut self, id: NodeId) {
+        let config = self.raft_config(id);
+        let seed = self.rng.next_u64();
+        let node = self.nodes.get_mut(&id).expect("node");
+        assert!(node.running.is_none() && !node.decommissioned);
+        let disk = &node.disk;
+        let state = InitialState {
+            hard_state: disk.hard_state,
+            snapshot: disk.snapshot.clone(),
+            entries: disk.entries.clone(),
+            applied: disk.snapshot.index,
+            conf_state: disk.snapshot.conf_state.clone(),
+        };
+        let raw = RawNode::new(config, state, seed).expect("valid config");
+        node.running = Some(Running {
+            raw,
+            kv: disk.snapshot_data.clone(),
+            applied: disk.snapshot.index,
+            busy: None,
+            inbox: VecDeque::new(),
+            incoming_snapshot: None,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_waiting_apply: Vec::new(),
+            conf_before_last_change: disk.snapshot.conf_state.clone(),
+        });
+        let (epoch, tick_us) = (node.epoch, node.tick_us);
+        let first_tick = self.now_us + self.rng.range(1, tick_us);
+        self.events.push(first_tick, Event::Tick(id, epoch));
+        trace!(self, "{id:?} starts (epoch {epoch})");
+    }
+
+    /// Runs the seed to the end. Returns early on the first violation.
+    pub fn run(&mut self) {
+        let end_us = self.scenario.active_us + self.scenario.settle_us;
+        while let Some((at_us, event)) = self.events.pop() {
+            if at_us > end_us || self.violation.is_some() {
+                break;
+            }
+            self.now_us = at_us;
+            self.handle(event);
+        }
+        if self.violation.is_none() {
+            self.check_convergence();
+        }
+    }
+
+    fn fail(&mut self, violation: Violation) {
+        if self.trace.is_some() {
+            let statuses: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|(id, n)| match &n.running {
+                    Some(r) => format!("{id:?}: {:?} applied {:?}", r.raw.status(), r.applied),
+                    None => format!("{id:?}: down (decommissioned: {})", n.decommissioned),
+                })
+                .collect();
+            for status in statuses {
+                trace!(self, "status {status}");
+            }
+        }
+        trace!(self, "VIOLATION: {}", violation.0);
+        if self.violation.is_none() {
+            self.violation = Some(violation);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick(id, epoch) => {
+                let node = &self.nodes[&id];
+                if node.epoch == epoch && node.running.is_some() {
+                    let next = self.now_us + node.tick_us;
+                    self.events.push(next, Event::Tick(id, epoch));
+                    self.input(id, Input::Tick);
+                }
+            }
+            Event::Deliver(message, data) => {
+                let delivered = !self.blocked.contains(&(message.from, message.to)) && self.is_up(message.to);
+                if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                    self.report_snapshot_stream(message.from, message.to, delivered);
+                }
+                if delivered {
+                    self.input(message.to, Input::Message(message, data));
+                }
+            }
+            Event::SnapshotReport { from, to, delivered } => {
+                if self.is_up(from) {
+                    self.input(from, Input::SnapshotReport(to, delivered));
+                }
+            }
+            Event::PersistDone(id, epoch) => {
+                if self.nodes[&id].epoch == epoch && self.is_up(id) {
+                    self.finish_persist(id);
+                }
+            }
+            Event::Request { node, client, op, request } => {
+                if self.is_up(node) {
+                    self.input(node, Input::Request { client, op, request });
+                }
+            }
+            Event::Reply { client, op, reply } => self.handle_reply(client, op, reply),
+            Event::ClientTimeout { client, op } => {
+                if self.clients[client as usize].outstanding == Some(op) {
+                    trace!(self, "client {client} op {} times out", op.index());
+                    self.complete(client, Outcome::Unknown);
+                    self.clients[client as usize].believed_leader = NodeId::NONE;
+                }
+            }
+            Event::ClientNext(client) => self.start_operation(client),
+            Event::Restart(id) => {
+                let node = &self.nodes[&id];
+                if node.running.is_none() && !node.decommissioned {
+                    self.start_node(id);
+                }
+            }
+            Event::Nemesis => {
+                if self.healed_at_us.is_none() {
+                    self.nemesis();
+                    let next = self.now_us + self.scenario.faults.nemesis_interval_us;
+                    self.events.push(next, Event::Nemesis);
+                }
+            }
+            Event::HealPartition(id) => {
+                if id == self.partition_id && !self.blocked.is_empty() {
+                    trace!(self, "partition {id} heals");
+                    self.blocked.clear();
+                }
+            }
+            Event::DiskRecovers(id, epoch) => {
+                if self.nodes[&id].epoch == epoch {
+                    self.nodes.get_mut(&id).unwrap().fsync_latency_us_max = self.scenario.faults.fsync_latency_us_max;
+                }
+            }
+            Event::Decommission(id) => {
+                trace!(self, "{id:?} is decommissioned");
+                let node = self.nodes.get_mut(&id).expect("node");
+                node.decommissioned = true;
+                node.running = None;
+                node.epoch += 1;
+                self.invariants.forget_volatile(id);
+            }
+            Event::HealAll => self.heal_all(),
+            Event::StopClients => self.clients_stopped = true,
+        }
+    }
+
+    pub(crate) fn is_up(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.running.is_some())
+    }
+
+    fn running(&mut self, id: NodeId) -> &mut Running {
+        self.nodes.get_mut(&id).and_then(|n| n.running.as_mut()).expect("node is up")
+    }
+
+    // --- Node inputs and the Ready cycle ------------------------------------------------
+
+    fn input(&mut self, id: NodeId, input: Input) {
+        let running = self.running(id);
+        if running.busy.is_some() {
+            running.inbox.push_back(input);
+            return;
+        }
+        self.handle_input(id, input);
+        self.drive(id);
+    }
+
+    fn handle_input(&mut self, id: NodeId, input: Input) {
+        match input {
+            Input::Message(message, data) => {
+                let running = self.running(id);
+                if let MessageBody::InstallSnapshot { meta } = &message.body {
+                    running.incoming_snapshot = Some((meta.index, data.expect("snapshot data travels with the message")));
+                }
+                running.raw.step(message);
+            }
+            Input::Tick => self.running(id).raw.tick(),
+            Input::Request { client, op, request } => self.handle_request(id, client, op, request),
+            Input::ConfChange(change) => {
+                let result = self.running(id).raw.propose_conf_change(change.clone());
+                trace!(self, "{id:?} proposes {change:?}: {result:?}");
+            }
+            Input::SnapshotReport(to, delivered) => self.running(id).raw.report_snapshot(to, delivered),
+            Input::Transfer(target) => {
+                let result = self.running(id).raw.transfer_leader(target);
+                trace!(self, "{id:?} transfers leadership to {target:?}: {result:?}");
+            }
+        }
+        self.check_node(id);
+    }
+
+    fn check_node(&mut self, id: NodeId) {
+        let raw = &self.nodes[&id].running.as_ref().expect("up").raw;
+        if let Err(violation) = self.invariants.check_node(id, raw) {
+            self.fail(violation);
+        }
+    }
+
+    /// Starts persisting the next Ready, if any.
+    fn drive(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let epoch = node.epoch;
+        let fsync_max = node.fsync_latency_us_max;
+        let running = node.running.as_mut().expect("up");
+        if running.busy.is_some() || !running.raw.has_ready() {
+            return;
+        }
+        let mut ready = running.raw.ready();
+        if let Err(violation) = self.invariants.check_new_entries(id, &running.raw, &ready.entries) {
+            self.fail(violation);
+        }
+        let running = self.running(id);
+        let data = ready.snapshot.as_ref().map(|meta| {
+            let (index, data) = running.incoming_snapshot.take().expect("snapshot data");
+            assert_eq!(index, meta.index, "snapshot data for another index");
+            data
+        });
+        let messages = std::mem::take(&mut ready.messages);
+        if let Some(soft) = ready.soft_state {
+            trace!(self, "{id:?} is {:?} in {:?} (leader {:?})", soft.role, soft.term, soft.leader);
+        }
+        self.running(id).busy = Some((ready, data));
+        for message in messages {
+            self.send(message);
+        }
+        let latency = self.rng.range(0, fsync_max);
+        self.events.push(self.now_us + latency, Event::PersistDone(id, epoch));
+    }
+
+    fn finish_persist(&mut self, id: NodeId) {
+        let (mut ready, data) = self.running(id).busy.take().expect("a Ready in flight");
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.disk.persist(&ready, data.clone());
+        for message in std::mem::take(&mut ready.persisted_messages) {
+            self.send(message);
+        }
+        if let (Some(meta), Some(data)) = (&ready.snapshot, data) {
+            let running = self.running(id);
+            running.kv = data;
+            running.applied = meta.index;
+            running.proposals.retain(|&index, _| index > meta.index);
+            trace!(self, "{id:?} installed snapshot at {:?}", meta.index);
+        }
+        for entry in std::mem::take(&mut ready.committed_entries) {
+            self.apply_entry(id, entry);
+        }
+        for read in std::mem::take(&mut ready.read_states) {
+            self.handle_read_state(id, read);
+        }
+        self.release_reads(id);
+        self.maybe_compact(id);
+        let running = self.running(id);
+        running.raw.advance();
+        let applied = running.applied;
+        if let Err(violation) = self.invariants.check_applied(id, applied) {
+            self.fail(violation);
+        }
+        self.check_node(id);
+        while let Some(input) = self.running(id).inbox.pop_front() {
+            self.handle_input(id, input);
+        }
+        self.drive(id);
+    }
+
+    fn apply_entry(&mut self, id: NodeId, entry: ostrakon_raft::Entry) {
+        let running = self.running(id);
+        assert_eq!(entry.index, running.applied.next(), "entries apply in order without gaps");
+        running.applied = entry.index;
+        let output = match &entry.payload {
+            EntryPayload::Normal(data) => {
+                let command = Command::decode(data);
+                let took_effect = kv::apply(&mut running.kv, command);
+                Some(match command {
+                    Command::Put { .. } => RegisterOutput::Write,
+                    Command::Cas { .. } => RegisterOutput::Cas(took_effect),
+                })
+            }
+            EntryPayload::ConfChange(change) => {
+                running.conf_before_last_change = running.raw.conf_state().clone();
+                let result = running.raw.apply_conf_change(change);
+                trace!(self, "{id:?} applies {change:?} at {:?}: {result:?}", entry.index);
+                if let Ok(conf) = result {
+                    self.observe_conf(entry.index, conf);
+                }
+                None
+            }
+            EntryPayload::Empty => None,
+        };
+        let running = self.running(id);
+        let Some((term, waiting)) = running.proposals.remove(&entry.index) else {
+            return;
+        };
+        match output {
+            Some(output) if term == entry.term => {
+                let confs = [running.raw.conf_state().clone(), running.conf_before_last_change.clone()];
+                let disks: BTreeMap<NodeId, &Disk> = self.nodes.iter().map(|(&n, node)| (n, &node.disk)).collect();
+                if let Err(violation) = self.invariants.check_acknowledged(entry.index, term, &confs, &disks) {
+                    self.fail(violation);
+                }
+                self.reply(waiting, Reply::Ok(output));
+            }
+            _ => {
+                // Another entry took the index: ours was overwritten and can never commit.
+                let leader_hint = running.raw.leader();
+                self.reply(waiting, Reply::Failed { leader_hint });
+            }
+        }
+    }
+
+    fn observe_conf(&mut self, index: LogIndex, conf: ConfState) {
+        if index <= self.latest_conf.0 {
+            return;
+        }
+        let removed: Vec<NodeId> = self.latest_conf.1.members().difference(&conf.members()).copied().collect();
+        self.latest_conf = (index, conf);
+        for id in removed {
+            // Out of the group for good: shut it down, as an operator would, once the
+            // current event (which may be that very node applying its removal) is done.
+            self.events.push(self.now_us, Event::Decommission(id));
+        }
+    }
+
+    fn handle_read_state(&mut self, id: NodeId, read: ostrakon_raft::ReadState) {
+        let running = self.running(id);
+        let Some(waiting) = running.reads.remove(&read.request_id) else {
+            return;
+        };
+        match read.index {
+            Some(index) => running.reads_waiting_apply.push((index, waiting)),
+            None => {
+                let leader_hint = running.raw.leader();
+                self.reply(waiting, Reply::Failed { leader_hint });
+            }
+        }
+    }
+
+    fn release_reads(&mut self, id: NodeId) {
+        let running = self.running(id);
+        let applied = running.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = running.reads_waiting_apply.drain(..).partition(|(i, _)| *i <= applied);
+        running.reads_waiting_apply = waiting;
+        let answers: Vec<(Waiting, Option<u64>)> =
+            ready.into_iter().map(|(_, w)| (w, running.kv.get(&w.key).copied())).collect();
+        for (waiting, value) in answers {
+            self.reply(waiting, Reply::Ok(RegisterOutput::Read(value)));
+        }
+    }
+
+    fn maybe_compact(&mut self, id: NodeId) {
+        let every = self.scenario.snapshot_every_entries;
+        let node = self.nodes.get_mut(&id).unwrap();
+        let running = node.running.as_mut().expect("up");
+        if running.applied.0 < node.disk.snapshot.index.0 + every {
+            return;
+        }
+        let conf = running.raw.conf_state().clone();
+        running.raw.compact(running.applied, conf);
+        node.disk.compact(running.raw.snapshot_meta().clone(), running.kv.clone());
+    }
+
+    fn send(&mut self, message: Message) {
+        let data = match &message.body {
+            MessageBody::InstallSnapshot { meta } => {
+                let disk = &self.nodes[&message.from].disk;
+                assert_eq!(disk.snapshot.index, meta.index, "a leader sends the snapshot it has on disk");
+                Some(disk.snapshot_data.clone())
+            }
+            _ => None,
+        };
+        let faults = &self.scenario.faults;
+        if self.rng.chance(faults.drop_probability) {
+            if data.is_some() {
+                self.report_snapshot_stream(message.from, message.to, false);
+            }
+            return;
+        }
+        let copies = if self.rng.chance(faults.duplicate_probability) { 2 } else { 1 };
+        for _ in 0..copies {
+            let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+            self.events.push(self.now_us + latency, Event::Deliver(message.clone(), data.clone()));
+        }
+    }
+
+    /// A real transport knows how each snapshot stream ended (a failed one after a
+    /// timeout) and tells raft; without that report a follower could wait forever.
+    fn report_snapshot_stream(&mut self, from: NodeId, to: NodeId, delivered: bool) {
+        let delay_us = if delivered { self.scenario.faults.delay_us_max } else { self.scenario.faults.delay_us_max * 10 };
+        self.events.push(self.now_us + delay_us, Event::SnapshotReport { from, to, delivered });
+    }
+
+    // --- Clients ------------------------------------------------------------------------
+
+    fn handle_request(&mut self, id: NodeId, client: u64, op: ostrakon_check::OpId, request: Request) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let running = self.running(id);
+        match request {
+            Request::Write(command) => {
+                let key = match command {
+                    Command::Put { key, .. } | Command::Cas { key, .. } => key,
+                };
+                let waiting = Waiting { client, op, key };
+                match running.raw.propose(command.encode()) {
+                    Ok(proposal) => {
+                        running.proposals.insert(proposal.index, (proposal.term, waiting));
+                    }
+                    Err(_) => {
+                        let leader_hint = running.raw.leader();
+                        self.reply(waiting, Reply::Failed { leader_hint });
+                    }
+                }
+            }
+            Request::Read { key } => {
+                let waiting = Waiting { client, op, key };
+                match running.raw.read_index(request_id) {
+                    Ok(()) => {
+                        running.reads.insert(request_id, waiting);
+                    }
+                    Err(_) => {
+                        let leader_hint = running.raw.leader();
+                        self.reply(waiting, Reply::Failed { leader_hint });
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, waiting: Waiting, reply: Reply) {
+        if self.rng.chance(self.scenario.faults.drop_probability) {
+            return; // The client will time out: outcome unknown.
+        }
+        let faults = &self.scenario.faults;
+        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+        self.events.push(self.now_us + latency, Event::Reply { client: waiting.client, op: waiting.op, reply });
+    }
+
+    fn start_operation(&mut self, client: u64) {
+        if self.clients_stopped || self.clients[client as usize].outstanding.is_some() {
+            return;
+        }
+        let key = self.rng.below(self.scenario.key_count);
+        let roll = self.rng.below(10);
+        let value = self.next_value;
+        let (input, request) = if roll < 5 {
+            (RegisterInput::Read, Request::Read { key })
+        } else {
+            self.next_value += 1;
+            // Compare-and-set against the value this client last saw; a client that has
+            // seen nothing on the key writes blindly.
+            match self.clients[client as usize].last_seen.get(&key).copied() {
+                Some(expected) if roll >= 8 => {
+                    let input = RegisterInput::Cas { expected, new: value };
+                    (input, Request::Write(Command::Cas { key, expected, new: value }))
+                }
+                _ => (RegisterInput::Write(value), Request::Write(Command::Put { key, value })),
+            }
+        };
+        let is_write = !matches!(input, RegisterInput::Read);
+        let op = self.history.invoke(client, (key, input), self.now_us);
+        let target = self.pick_target(client, is_write);
+        trace!(self, "client {client} op {} {:?} on key {key} -> {target:?}", op.index(), request);
+        let state = &mut self.clients[client as usize];
+        state.outstanding = Some(op);
+        state.invoked_at_us = self.now_us;
+        state.is_write = is_write;
+        let faults = &self.scenario.faults;
+        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+        self.events.push(self.now_us + latency, Event::Request { node: target, client, op, request });
+        self.events.push(self.now_us + self.scenario.client_timeout_us, Event::ClientTimeout { client, op });
+    }
+
+    fn pick_target(&mut self, client: u64, is_write: bool) -> NodeId {
+        let believed = self.clients[client as usize].believed_leader;
+        // Reads sometimes go to any member, exercising forwarded ReadIndex.
+        let any_member = !is_write && self.rng.chance(0.2);
+        if believed.is_some() && !any_member && !self.nodes[&believed].decommissioned {
+            return believed;
+        }
+        let members: Vec<NodeId> = self.latest_conf.1.members().into_iter().collect();
+        self.rng.pick(&members)
+    }
+
+    fn handle_reply(&mut self, client: u64, op: ostrakon_check::OpId, reply: Reply) {
+        if self.clients[client as usize].outstanding != Some(op) {
+            return; // Timed out already.
+        }
+        match reply {
+            Reply::Ok(output) => {
+                let (key, input) = self.history.ops()[op.index()].input.clone();
+                let seen = match (&input, &output) {
+                    (_, RegisterOutput::Read(value)) => Some(*value),
+                    (RegisterInput::Write(v), _) => Some(Some(*v)),
+                    (RegisterInput::Cas { new, .. }, RegisterOutput::Cas(true)) => Some(Some(*new)),
+                    _ => None,
+                };
+                if let Some(value) = seen {
+                    self.clients[client as usize].last_seen.insert(key, value);
+                }
+                let state = &self.clients[client as usize];
+                if state.is_write && self.healed_at_us.is_some_and(|t| state.invoked_at_us >= t) {
+                    self.ok_writes_after_heal += 1;
+                }
+                trace!(self, "client {client} op {} ok {output:?}", op.index());
+                self.complete(client, Outcome::Ok(output));
+            }
+            Reply::Failed { leader_hint } => {
+                trace!(self, "client {client} op {} failed (leader hint {leader_hint:?})", op.index());
+                self.complete(client, Outcome::Failed);
+                self.clients[client as usize].believed_leader = leader_hint;
+            }
+        }
+    }
+
+    fn complete(&mut self, client: u64, outcome: Outcome<RegisterOutput>) {
+        let op = self.clients[client as usize].outstanding.take().expect("outstanding op");
+        self.history.complete(op, outcome, self.now_us);
+        let think_us = self.rng.range(0, 20_000);
+        self.events.push(self.now_us + think_us, Event::ClientNext(client));
+    }
+
+    // --- Nemesis ------------------------------------------------------------------------
+
+    pub(crate) fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.running.as_ref().map(|r| (id, r)))
+            .filter(|(_, r)| r.raw.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.raw.term())
+            .map(|(id, _)| id)
+    }
+
+    fn live_members(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| !n.decommissioned).map(|(&id, _)| id).collect()
+    }
+
+    fn nemesis(&mut self) {
+        let faults = self.scenario.faults.clone();
+        if self.rng.chance(faults.partition_probability) {
+            self.partition();
+        }
+        if self.rng.chance(faults.crash_probability) {
+            self.crash_one();
+        }
+        if self.rng.chance(faults.membership_change_probability) {
+            self.change_membership();
+        }
+        if self.rng.chance(faults.transfer_probability) {
+            if let Some(leader) = self.current_leader() {
+                let voters: Vec<NodeId> = self.latest_conf.1.voters.iter().copied().filter(|&v| v != leader).collect();
+                if !voters.is_empty() {
+                    let target = self.rng.pick(&voters);
+                    self.input(leader, Input::Transfer(target));
+                }
+            }
+        }
+        if self.rng.chance(faults.slow_disk_probability) {
+            let nodes = self.live_members();
+            let id = self.rng.pick(&nodes);
+            let node = self.nodes.get_mut(&id).unwrap();
+            node.fsync_latency_us_max = faults.fsync_latency_us_max * 10;
+            let epoch = node.epoch;
+            trace!(self, "{id:?}'s disk turns slow");
+            let until = self.now_us + self.rng.range(500_000, 3_000_000);
+            self.events.push(until, Event::DiskRecovers(id, epoch));
+        }
+    }
+
+    fn partition(&mut self) {
+        let nodes = self.live_members();
+        self.blocked.clear();
+        self.partition_id += 1;
+        let kind = self.rng.below(4);
+        let description = match kind {
+            0 => {
+                let leader = self.current_leader().unwrap_or_else(|| self.rng.pick(&nodes));
+                for &other in &nodes {
+                    if other != leader {
+                        self.blocked.insert((leader, other));
+                        self.blocked.insert((other, leader));
+                    }
+                }
+                format!("isolate leader {leader:?}")
+            }
+            1 => {
+                let mut shuffled = nodes.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = self.rng.below(i as u64 + 1) as usize;
+                    shuffled.swap(i, j);
+                }
+                let minority = self.rng.range(1, (nodes.len() as u64 / 2).max(1)) as usize;
+                let (small, large) = shuffled.split_at(minority);
+                for &a in small {
+                    for &b in large {
+                        self.blocked.insert((a, b));
+                        self.blocked.insert((b, a));
+                    }
+                }
+                format!("split minority {small:?} from majority {large:?}")
+            }
+            2 => {
+                let a = self.rng.pick(&nodes);
+                for &b in &nodes {
+                    if b != a {
+                        self.blocked.insert((a, b));
+                    }
+                }
+                format!("one-way: {a:?} cannot send to anyone but hears everyone")
+            }
+            _ => {
+                let a = self.rng.pick(&nodes);
+                let b = self.rng.pick(&nodes);
+                if a != b {
+                    self.blocked.insert((a, b));
+                    self.blocked.insert((b, a));
+                }
+                format!("cut link {a:?} <-> {b:?}")
+            }
+        };
+        trace!(self, "partition {}: {description}", self.partition_id);
+        let until = self.now_us + self.rng.range(300_000, 3_000_000);
+        self.events.push(until, Event::HealPartition(self.partition_id));
+    }
+
+    fn crash_one(&mut self) {
+        let up: Vec<NodeId> = self.live_members().into_iter().filter(|&id| self.is_up(id)).collect();
+        if up.is_empty() {
+            return;
+        }
+        let victim = match self.current_leader() {
+            Some(leader) if self.rng.chance(0.5) => leader,
+            _ => self.rng.pick(&up),
+        };
+        let node = self.nodes.get_mut(&victim).unwrap();
+        node.running = None;
+        node.epoch += 1;
+        self.invariants.forget_volatile(victim);
+        trace!(self, "{victim:?} crashes, losing what it had not persisted");
+        let restart_at = self.now_us + self.rng.range(100_000, 2_000_000);
+        self.events.push(restart_at, Event::Restart(victim));
+    }
+
+    fn change_membership(&mut self) {
+        use ostrakon_raft::{ConfChange, ConfChangeStep};
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let conf = self.running(leader).raw.conf_state().clone();
+        if conf.is_joint() {
+            return;
+        }
+        let step = if let Some(&learner) = conf.learners.iter().next() {
+            ConfChangeStep::AddVoter(learner)
+        } else if conf.voters.len() >= 3 && (conf.voters.len() as u64 > self.scenario.node_count || self.rng.chance(0.5)) {
+            let voters: Vec<NodeId> = conf.voters.iter().copied().collect();
+            ConfChangeStep::Remove(self.rng.pick(&voters))
+        } else {
+            let id = NodeId(self.next_node_id);
+            self.next_node_id += 1;
+            self.add_node(id, InitialState::joining());
+            ConfChangeStep::AddLearner(id)
+        };
+        self.input(leader, Input::ConfChange(ConfChange::Change(vec![step])));
+    }
+
+    fn heal_all(&mut self) {
+        trace!(self, "heal: partitions end, crashed nodes restart, disks recover");
+        self.healed_at_us = Some(self.now_us);
+        self.blocked.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.nodes.get_mut(&id).unwrap().fsync_latency_us_max = self.scenario.faults.fsync_latency_us_max;
+            let node = &self.nodes[&id];
+            if node.running.is_none() && !node.decommissioned {
+                self.start_node(id);
+            }
+        }
+    }
+
+    // --- End of run ---------------------------------------------------------------------
+
+    fn check_convergence(&mut self) {
+        let members = self.latest_conf.1.members();
+        let Some(leader) = self.current_leader() else {
+            self.fail(Violation("no leader after healing and settling".into()));
+            return;
+        };
+        let (leader_commit, leader_kv) = {
+            let running = self.nodes[&leader].running.as_ref().unwrap();
+            (running.raw.commit(), running.kv.clone())
+        };
+        for id in members {
+            let Some(running) = self.nodes[&id].running.as_ref() else {
+                self.fail(Violation(format!("member {id:?} is not running after healing")));
+                return;
+            };
+            if running.applied != leader_commit || running.kv != leader_kv {
+                let message = format!(
+                    "member {id:?} did not converge: applied {:?} (leader {leader:?} committed {leader_commit:?}), state {:?} vs {:?}",
+                    running.applied, running.kv, leader_kv
+                );
+                self.fail(Violation(message));
+                return;
+            }
+        }
+        if self.ok_writes_after_heal == 0 {
+            self.fail(Violation("no write succeeded after healing: the cluster made no progress".into()));
+        }
+    }
+}
