@@ -33,7 +33,12 @@ pub enum Event {
     /// A node's disk finished persisting its Ready.
     PersistDone(NodeId, u64),
     /// A client request arrives at a node.
-    Request { node: NodeId, client: u64, op: OpId, request: Request },
+    Request {
+        node: NodeId,
+        client: u64,
+        op: OpId,
+        request: Request,
+    },
     /// A node's answer arrives at a client.
     Reply { client: u64, op: OpId, reply: Reply },
     /// A client gives up waiting.
@@ -41,7 +46,13 @@ pub enum Event {
     /// A client starts its next operation.
     ClientNext(u64),
     /// The transport reports how a snapshot stream from `from` to `to` ended.
-    SnapshotReport { from: NodeId, to: NodeId, delivered: bool },
+    SnapshotReport {
+        from: NodeId,
+        to: NodeId,
+        delivered: bool,
+    },
+    /// A node crashes (ignored if its epoch moved on).
+    Crash(NodeId, u64),
     /// A crashed node comes back.
     Restart(NodeId),
     /// The nemesis acts.
@@ -93,7 +104,11 @@ impl EventQueue {
     /// Schedules `event` at `at_us`.
     pub fn push(&mut self, at_us: u64, event: Event) {
         self.next_seq += 1;
-        self.heap.push(Scheduled { at_us, seq: self.next_seq, event });
+        self.heap.push(Scheduled {
+            at_us,
+            seq: self.next_seq,
+            event,
+        });
     }
 
     /// The earliest event.

@@ -48,7 +48,12 @@ fn digest(entry: &Entry) -> u64 {
 
 impl Invariants {
     /// Log matching, for entries a node is about to write to its log.
-    pub fn check_new_entries(&mut self, node: NodeId, raw: &RawNode, entries: &[Entry]) -> Result<(), Violation> {
+    pub fn check_new_entries(
+        &mut self,
+        node: NodeId,
+        raw: &RawNode,
+        entries: &[Entry],
+    ) -> Result<(), Violation> {
         for entry in entries {
             let prev_term = raw.log_term(entry.index.prev());
             let mine = (digest(entry), prev_term);
@@ -83,7 +88,10 @@ impl Invariants {
         if role == Role::Leader {
             let leader = *self.leader_of_term.entry(raw.term()).or_insert(node);
             if leader != node {
-                return Err(Violation(format!("election safety: {leader:?} and {node:?} both lead {:?}", raw.term())));
+                return Err(Violation(format!(
+                    "election safety: {leader:?} and {node:?} both lead {:?}",
+                    raw.term()
+                )));
             }
         }
         let commit = raw.commit();
@@ -91,7 +99,9 @@ impl Invariants {
         let from = last_commit.max(raw.first_index().prev());
         let mut index = from.next();
         while index <= commit {
-            let term = raw.log_term(index).expect("committed entries after the snapshot are in the log");
+            let term = raw
+                .log_term(index)
+                .expect("committed entries after the snapshot are in the log");
             match self.committed.get(&index) {
                 Some(&known) if known != term => {
                     return Err(Violation(format!(
@@ -106,7 +116,8 @@ impl Invariants {
             index = index.next();
         }
         self.last_commit.insert(node, commit);
-        let became_leader = role == Role::Leader && self.last_role.get(&node) != Some(&Role::Leader);
+        let became_leader =
+            role == Role::Leader && self.last_role.get(&node) != Some(&Role::Leader);
         self.last_role.insert(node, role);
         if became_leader {
             self.check_leader_completeness(node, raw)?;
@@ -130,9 +141,14 @@ impl Invariants {
 
     /// The applied index never decreases during a node's life.
     pub fn check_applied(&mut self, node: NodeId, applied: LogIndex) -> Result<(), Violation> {
-        let previous = self.last_applied.insert(node, applied).unwrap_or(LogIndex(0));
+        let previous = self
+            .last_applied
+            .insert(node, applied)
+            .unwrap_or(LogIndex(0));
         if applied < previous {
-            return Err(Violation(format!("applied index of {node:?} went back from {previous:?} to {applied:?}")));
+            return Err(Violation(format!(
+                "applied index of {node:?} went back from {previous:?} to {applied:?}"
+            )));
         }
         Ok(())
     }
@@ -155,16 +171,27 @@ impl Invariants {
         disks: &BTreeMap<NodeId, &Disk>,
     ) -> Result<(), Violation> {
         if self.committed.get(&index) != Some(&term) {
-            return Err(Violation(format!("write acknowledged at ({index:?}, {term:?}) is not the committed entry")));
+            return Err(Violation(format!(
+                "write acknowledged at ({index:?}, {term:?}) is not the committed entry"
+            )));
         }
         let durable_on_majority = |voters: &std::collections::BTreeSet<NodeId>| {
-            let durable = voters.iter().filter(|id| disks.get(id).is_some_and(|d| d.holds(index, term))).count();
+            let durable = voters
+                .iter()
+                .filter(|id| disks.get(id).is_some_and(|d| d.holds(index, term)))
+                .count();
             voters.is_empty() || durable > voters.len() / 2
         };
-        if confs.iter().any(|conf| durable_on_majority(&conf.voters) && durable_on_majority(&conf.voters_outgoing)) {
+        if confs.iter().any(|conf| {
+            durable_on_majority(&conf.voters) && durable_on_majority(&conf.voters_outgoing)
+        }) {
             return Ok(());
         }
-        let holders: Vec<NodeId> = disks.iter().filter(|(_, d)| d.holds(index, term)).map(|(&id, _)| id).collect();
+        let holders: Vec<NodeId> = disks
+            .iter()
+            .filter(|(_, d)| d.holds(index, term))
+            .map(|(&id, _)| id)
+            .collect();
         Err(Violation(format!(
             "write acknowledged at ({index:?}, {term:?}) is durable only on {holders:?}, not on a majority of {confs:?}"
         )))

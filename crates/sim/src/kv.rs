@@ -49,9 +49,14 @@ impl Command {
     /// Parses the wire form. The simulator only decodes what it encoded: malformed
     /// input is a bug.
     pub fn decode(data: &[u8]) -> Command {
-        let u64_at = |offset: usize| u64::from_be_bytes(data[offset..offset + 8].try_into().expect("8 bytes"));
+        let u64_at = |offset: usize| {
+            u64::from_be_bytes(data[offset..offset + 8].try_into().expect("8 bytes"))
+        };
         match data[0] {
-            1 => Command::Put { key: u64_at(1), value: u64_at(9) },
+            1 => Command::Put {
+                key: u64_at(1),
+                value: u64_at(9),
+            },
             2 => Command::Cas {
                 key: u64_at(1),
                 new: u64_at(9),
@@ -91,8 +96,16 @@ mod tests {
     fn commands_round_trip() {
         for command in [
             Command::Put { key: 3, value: 99 },
-            Command::Cas { key: 1, expected: None, new: 5 },
-            Command::Cas { key: 1, expected: Some(0), new: 5 },
+            Command::Cas {
+                key: 1,
+                expected: None,
+                new: 5,
+            },
+            Command::Cas {
+                key: 1,
+                expected: Some(0),
+                new: 5,
+            },
         ] {
             assert_eq!(Command::decode(&command.encode()), command);
         }
@@ -101,8 +114,22 @@ mod tests {
     #[test]
     fn cas_requires_the_expected_value() {
         let mut state = KvState::new();
-        assert!(!apply(&mut state, Command::Cas { key: 1, expected: Some(1), new: 2 }));
-        assert!(apply(&mut state, Command::Cas { key: 1, expected: None, new: 2 }));
+        assert!(!apply(
+            &mut state,
+            Command::Cas {
+                key: 1,
+                expected: Some(1),
+                new: 2
+            }
+        ));
+        assert!(apply(
+            &mut state,
+            Command::Cas {
+                key: 1,
+                expected: None,
+                new: 2
+            }
+        ));
         assert_eq!(state.get(&1), Some(&2));
     }
 }

@@ -42,12 +42,10 @@ fn parse_bug(name: &str) -> Result<PlantedBug, String> {
         "commit-previous-term" => PlantedBug::CommitPreviousTerm,
         "vote-not-persisted" => PlantedBug::VoteNotPersisted,
         "no-truncate-on-conflict" => PlantedBug::NoTruncateOnConflict,
-        other => {
-            return Err(format!(
-                "unknown bug '{other}'; expected one of ack-before-persist, read-without-read-index, \
+        other => return Err(format!(
+            "unknown bug '{other}'; expected one of ack-before-persist, read-without-read-index, \
                  commit-previous-term, vote-not-persisted, no-truncate-on-conflict"
-            ))
-        }
+        )),
     })
 }
 
@@ -63,8 +61,17 @@ fn main() -> ExitCode {
     // Panics inside a seed are caught and reported as violations with their message;
     // the default hook would print each one as well.
     std::panic::set_hook(Box::new(|_| {}));
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let summary = run_seeds(args.start_seed, args.seeds, bug, threads, !args.keep_going, args.verbose);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let summary = run_seeds(
+        args.start_seed,
+        args.seeds,
+        bug,
+        threads,
+        !args.keep_going,
+        args.verbose,
+    );
     if let Some(seed) = summary.first_failing_seed {
         // Replay the failing seed with a trace: the same seed reproduces the same run.
         let (report, trace) = run_seed(seed, bug, true);
@@ -73,8 +80,17 @@ fn main() -> ExitCode {
             println!("{line}");
         }
         println!("--- seed {seed} failed ---");
-        println!("{}", report.violation.as_deref().unwrap_or("(no violation on replay: nondeterminism!)"));
-        let bug_flag = args.bug.as_deref().map_or(String::new(), |b| format!(" --bug {b}"));
+        println!(
+            "{}",
+            report
+                .violation
+                .as_deref()
+                .unwrap_or("(no violation on replay: nondeterminism!)")
+        );
+        let bug_flag = args
+            .bug
+            .as_deref()
+            .map_or(String::new(), |b| format!(" --bug {b}"));
         println!("replay: cargo run --release -p ostrakon-sim -- --seeds 1 --start-seed {seed}{bug_flag}");
     }
     println!(

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use ostrakon_check::OpId;
-use ostrakon_raft::{ConfChange, Entry, HardState, LogIndex, Message, NodeId, RawNode, Ready, SnapshotMeta, Term};
+use ostrakon_raft::{
+    ConfChange, Entry, HardState, LogIndex, Message, NodeId, RawNode, Ready, SnapshotMeta, Term,
+};
 
 use crate::kv::{Command, KvState};
 
@@ -29,7 +31,11 @@ impl Disk {
         if index <= self.snapshot.index {
             return true;
         }
-        self.entries.iter().rev().find(|e| e.index == index).is_some_and(|e| e.term == term)
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.index == index)
+            .is_some_and(|e| e.term == term)
     }
 
     /// Makes a Ready's snapshot, entries and hard state durable.
@@ -43,7 +49,11 @@ impl Disk {
         if let Some(first) = ready.entries.first() {
             self.entries.retain(|e| e.index < first.index);
             assert!(
-                self.entries.last().map_or(self.snapshot.index, |e| e.index).next() == first.index,
+                self.entries
+                    .last()
+                    .map_or(self.snapshot.index, |e| e.index)
+                    .next()
+                    == first.index,
                 "persisted log would have a gap before {:?}",
                 first.index
             );
@@ -92,6 +102,8 @@ pub enum Input {
     },
     /// The nemesis proposes a membership change (only acted on by a leader).
     ConfChange(ConfChange),
+    /// The simulator's own progress probe write (only acted on by a leader).
+    Probe,
     /// The nemesis asks for a leadership transfer (only acted on by a leader).
     Transfer(NodeId),
     /// The snapshot stream to this node ended, delivered or not (as a runtime's

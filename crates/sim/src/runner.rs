@@ -107,7 +107,9 @@ pub struct Summary {
 impl Summary {
     /// The summary as one JSON object.
     pub fn to_json(&self, bug: Option<&str>) -> String {
-        let seed = self.first_failing_seed.map_or("null".to_string(), |s| s.to_string());
+        let seed = self
+            .first_failing_seed
+            .map_or("null".to_string(), |s| s.to_string());
         let bug = bug.map_or("null".to_string(), |b| format!("\"{b}\""));
         format!(
             "{{\"seeds\":{},\"violations\":{},\"unknown\":{},\"ops\":{},\"first_failing_seed\":{},\"bug\":{},\"elapsed_ms\":{}}}",
@@ -177,7 +179,10 @@ pub fn run_seeds(
             });
         }
     });
-    let mut summary = Arc::try_unwrap(summary).expect("threads joined").into_inner().expect("lock");
+    let mut summary = Arc::try_unwrap(summary)
+        .expect("threads joined")
+        .into_inner()
+        .expect("lock");
     summary.elapsed = began.elapsed();
     summary
 }

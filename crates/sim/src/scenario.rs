@@ -21,6 +21,11 @@ pub struct FaultKnobs {
     pub partition_probability: f64,
     /// A nemesis step crashes a node, losing everything it had not persisted.
     pub crash_probability: f64,
+    /// A newly elected leader crashes within `leader_crash_delay_us_max` of winning,
+    /// before its empty entry may have replicated (leader flapping: the Figure 8 chain).
+    pub leader_crash_after_election_probability: f64,
+    /// See `leader_crash_after_election_probability`.
+    pub leader_crash_delay_us_max: u64,
     /// A nemesis step changes membership (remove a voter, add a learner, promote one).
     pub membership_change_probability: f64,
     /// A nemesis step asks the leader to transfer leadership.
@@ -72,10 +77,12 @@ impl Scenario {
             delay_us_max: rng.pick(&[1_000, 5_000, 20_000]),
             partition_probability: rng.pick(&[0.1, 0.3, 0.5]),
             crash_probability: rng.pick(&[0.1, 0.3, 0.5]),
+            leader_crash_after_election_probability: rng.pick(&[0.0, 0.2, 0.5]),
+            leader_crash_delay_us_max: rng.pick(&[500, 2_000, 20_000]),
             membership_change_probability: rng.pick(&[0.0, 0.1, 0.3]),
             transfer_probability: rng.pick(&[0.0, 0.1, 0.2]),
             slow_disk_probability: rng.pick(&[0.0, 0.1]),
-            fsync_latency_us_max: rng.pick(&[500, 2_000, 10_000]),
+            fsync_latency_us_max: rng.pick(&[100, 500, 2_000, 10_000]),
             nemesis_interval_us: rng.pick(&[200_000, 500_000, 1_000_000]),
         };
         Scenario {

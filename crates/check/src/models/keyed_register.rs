@@ -73,12 +73,19 @@ fn failure_needs_help(
         Some((value, op.invoked_at, op.completed_at?))
     });
     let Some(expected) = expected else {
-        return !definite_writes.clone().any(|(_, _, done)| done < invoked_at);
+        return !definite_writes
+            .clone()
+            .any(|(_, _, done)| done < invoked_at);
     };
-    let Some((_, _, expected_done)) = definite_writes.clone().find(|(value, _, _)| *value == expected) else {
+    let Some((_, _, expected_done)) = definite_writes
+        .clone()
+        .find(|(value, _, _)| *value == expected)
+    else {
         return true; // The expected value came from an unknown write: no shortcut.
     };
-    !definite_writes.into_iter().any(|(value, start, done)| value != expected && start > expected_done && done < invoked_at)
+    !definite_writes
+        .into_iter()
+        .any(|(value, start, done)| value != expected && start > expected_done && done < invoked_at)
 }
 
 /// Simplifies operations with an unknown outcome so the search does not have to place
@@ -101,17 +108,26 @@ pub fn simplify_unknowns(
     let mut observed_by: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     for op in ops {
         let (key, input) = &op.input;
-        let Some(done_at) = op.completed_at else { continue };
+        let Some(done_at) = op.completed_at else {
+            continue;
+        };
         let observed = match (&op.outcome, input) {
             (Outcome::Ok(RegisterOutput::Read(Some(value))), _) => *value,
-            (Outcome::Ok(RegisterOutput::Cas(true)), RegisterInput::Cas { expected: Some(value), .. }) => *value,
+            (
+                Outcome::Ok(RegisterOutput::Cas(true)),
+                RegisterInput::Cas {
+                    expected: Some(value),
+                    ..
+                },
+            ) => *value,
             _ => continue,
         };
         let earliest = observed_by.entry((*key, observed)).or_insert(done_at);
         *earliest = (*earliest).min(done_at);
     }
     // Pass 1: drop unknown reads, resolve observed unknown writes.
-    let mut resolved: Vec<Operation<(u64, RegisterInput), RegisterOutput>> = Vec::with_capacity(ops.len());
+    let mut resolved: Vec<Operation<(u64, RegisterInput), RegisterOutput>> =
+        Vec::with_capacity(ops.len());
     for op in ops {
         if op.outcome != Outcome::Unknown {
             resolved.push(op.clone());
@@ -134,8 +150,11 @@ pub fn simplify_unknowns(
     // definite write explains completes after it was invoked.
     let mut needs_help_until: BTreeMap<u64, u64> = BTreeMap::new();
     for op in &resolved {
-        if let (Outcome::Ok(RegisterOutput::Cas(false)), RegisterInput::Cas { expected, .. }, Some(done_at)) =
-            (&op.outcome, &op.input.1, op.completed_at)
+        if let (
+            Outcome::Ok(RegisterOutput::Cas(false)),
+            RegisterInput::Cas { expected, .. },
+            Some(done_at),
+        ) = (&op.outcome, &op.input.1, op.completed_at)
         {
             if failure_needs_help(&resolved, op.input.0, *expected, op.invoked_at) {
                 let until = needs_help_until.entry(op.input.0).or_insert(done_at);
@@ -146,7 +165,10 @@ pub fn simplify_unknowns(
     resolved
         .into_iter()
         .filter(|op| {
-            op.outcome != Outcome::Unknown || needs_help_until.get(&op.input.0).is_some_and(|&until| until >= op.invoked_at)
+            op.outcome != Outcome::Unknown
+                || needs_help_until
+                    .get(&op.input.0)
+                    .is_some_and(|&until| until >= op.invoked_at)
         })
         .collect()
 }
@@ -157,8 +179,20 @@ mod prune_tests {
     use crate::{check, CheckResult};
     use std::time::Duration;
 
-    fn op(client: u64, key: u64, input: RegisterInput, at: (u64, Option<u64>), outcome: Outcome<RegisterOutput>) -> Operation<(u64, RegisterInput), RegisterOutput> {
-        Operation { client, input: (key, input), invoked_at: at.0, completed_at: at.1, outcome }
+    fn op(
+        client: u64,
+        key: u64,
+        input: RegisterInput,
+        at: (u64, Option<u64>),
+        outcome: Outcome<RegisterOutput>,
+    ) -> Operation<(u64, RegisterInput), RegisterOutput> {
+        Operation {
+            client,
+            input: (key, input),
+            invoked_at: at.0,
+            completed_at: at.1,
+            outcome,
+        }
     }
 
     #[test]
@@ -167,26 +201,61 @@ mod prune_tests {
             op(1, 0, RegisterInput::Write(1), (0, None), Outcome::Unknown),
             op(2, 0, RegisterInput::Write(2), (0, None), Outcome::Unknown),
             op(3, 0, RegisterInput::Read, (0, None), Outcome::Unknown),
-            op(4, 0, RegisterInput::Read, (5, Some(6)), Outcome::Ok(RegisterOutput::Read(Some(2)))),
+            op(
+                4,
+                0,
+                RegisterInput::Read,
+                (5, Some(6)),
+                Outcome::Ok(RegisterOutput::Read(Some(2))),
+            ),
         ];
         let pruned = simplify_unknowns(&ops);
-        assert_eq!(pruned.len(), 2, "write 1 and the unknown read go; write 2 is observed");
-        assert_eq!(pruned[0].completed_at, Some(6), "write 2 completes by its observer's completion");
+        assert_eq!(
+            pruned.len(),
+            2,
+            "write 1 and the unknown read go; write 2 is observed"
+        );
+        assert_eq!(
+            pruned[0].completed_at,
+            Some(6),
+            "write 2 completes by its observer's completion"
+        );
         assert_eq!(pruned[0].outcome, Outcome::Ok(RegisterOutput::Write));
-        assert_eq!(check(&KeyedRegisterModel, &pruned, Duration::from_secs(1)), CheckResult::Linearizable);
+        assert_eq!(
+            check(&KeyedRegisterModel, &pruned, Duration::from_secs(1)),
+            CheckResult::Linearizable
+        );
     }
 
     #[test]
     fn unknown_writes_are_kept_where_a_failed_cas_may_need_them() {
         // write(1) ok; unknown write(2); CAS(1 -> 3) fails: only write(2) explains the failure.
         let ops = vec![
-            op(1, 0, RegisterInput::Write(1), (0, Some(1)), Outcome::Ok(RegisterOutput::Write)),
+            op(
+                1,
+                0,
+                RegisterInput::Write(1),
+                (0, Some(1)),
+                Outcome::Ok(RegisterOutput::Write),
+            ),
             op(2, 0, RegisterInput::Write(2), (2, None), Outcome::Unknown),
-            op(3, 0, RegisterInput::Cas { expected: Some(1), new: 3 }, (3, Some(4)), Outcome::Ok(RegisterOutput::Cas(false))),
+            op(
+                3,
+                0,
+                RegisterInput::Cas {
+                    expected: Some(1),
+                    new: 3,
+                },
+                (3, Some(4)),
+                Outcome::Ok(RegisterOutput::Cas(false)),
+            ),
         ];
         let pruned = simplify_unknowns(&ops);
         assert_eq!(pruned.len(), 3);
-        assert_eq!(check(&KeyedRegisterModel, &pruned, Duration::from_secs(1)), CheckResult::Linearizable);
+        assert_eq!(
+            check(&KeyedRegisterModel, &pruned, Duration::from_secs(1)),
+            CheckResult::Linearizable
+        );
     }
 }
 
@@ -198,41 +267,110 @@ mod simplify_more_tests {
 
     type Op = Operation<(u64, RegisterInput), RegisterOutput>;
 
-    fn op(key: u64, input: RegisterInput, invoked_at: u64, completed_at: Option<u64>, outcome: Outcome<RegisterOutput>) -> Op {
-        Operation { client: invoked_at, input: (key, input), invoked_at, completed_at, outcome }
+    fn op(
+        key: u64,
+        input: RegisterInput,
+        invoked_at: u64,
+        completed_at: Option<u64>,
+        outcome: Outcome<RegisterOutput>,
+    ) -> Op {
+        Operation {
+            client: invoked_at,
+            input: (key, input),
+            invoked_at,
+            completed_at,
+            outcome,
+        }
     }
 
     #[test]
     fn an_observed_unknown_write_still_cannot_explain_a_stale_read() {
         // w1 ok; unknown w2 observed at t=10; then a read at [20, 21] returns 1 again: stale.
         let ops = vec![
-            op(0, RegisterInput::Write(1), 0, Some(1), Outcome::Ok(RegisterOutput::Write)),
+            op(
+                0,
+                RegisterInput::Write(1),
+                0,
+                Some(1),
+                Outcome::Ok(RegisterOutput::Write),
+            ),
             op(0, RegisterInput::Write(2), 2, None, Outcome::Unknown),
-            op(0, RegisterInput::Read, 5, Some(10), Outcome::Ok(RegisterOutput::Read(Some(2)))),
-            op(0, RegisterInput::Read, 20, Some(21), Outcome::Ok(RegisterOutput::Read(Some(1)))),
+            op(
+                0,
+                RegisterInput::Read,
+                5,
+                Some(10),
+                Outcome::Ok(RegisterOutput::Read(Some(2))),
+            ),
+            op(
+                0,
+                RegisterInput::Read,
+                20,
+                Some(21),
+                Outcome::Ok(RegisterOutput::Read(Some(1))),
+            ),
         ];
         let simplified = simplify_unknowns(&ops);
-        assert!(check(&KeyedRegisterModel, &simplified, Duration::from_secs(1)).is_not_linearizable());
+        assert!(
+            check(&KeyedRegisterModel, &simplified, Duration::from_secs(1)).is_not_linearizable()
+        );
         assert!(check(&KeyedRegisterModel, &ops, Duration::from_secs(1)).is_not_linearizable());
     }
 
     #[test]
     fn a_failed_cas_explained_by_a_definite_write_keeps_no_unknown_write() {
         let ops = vec![
-            op(0, RegisterInput::Write(1), 0, Some(1), Outcome::Ok(RegisterOutput::Write)),
-            op(0, RegisterInput::Write(2), 2, Some(3), Outcome::Ok(RegisterOutput::Write)),
+            op(
+                0,
+                RegisterInput::Write(1),
+                0,
+                Some(1),
+                Outcome::Ok(RegisterOutput::Write),
+            ),
+            op(
+                0,
+                RegisterInput::Write(2),
+                2,
+                Some(3),
+                Outcome::Ok(RegisterOutput::Write),
+            ),
             op(0, RegisterInput::Write(7), 2, None, Outcome::Unknown),
-            op(0, RegisterInput::Cas { expected: Some(1), new: 3 }, 4, Some(5), Outcome::Ok(RegisterOutput::Cas(false))),
+            op(
+                0,
+                RegisterInput::Cas {
+                    expected: Some(1),
+                    new: 3,
+                },
+                4,
+                Some(5),
+                Outcome::Ok(RegisterOutput::Cas(false)),
+            ),
         ];
         let simplified = simplify_unknowns(&ops);
-        assert_eq!(simplified.len(), 3, "write 2 explains the failure; unknown write 7 goes");
-        assert_eq!(check(&KeyedRegisterModel, &simplified, Duration::from_secs(1)), CheckResult::Linearizable);
+        assert_eq!(
+            simplified.len(),
+            3,
+            "write 2 explains the failure; unknown write 7 goes"
+        );
+        assert_eq!(
+            check(&KeyedRegisterModel, &simplified, Duration::from_secs(1)),
+            CheckResult::Linearizable
+        );
     }
 
     #[test]
     fn an_unknown_write_after_the_last_failed_cas_is_dropped() {
         let ops = vec![
-            op(0, RegisterInput::Cas { expected: Some(9), new: 3 }, 0, Some(1), Outcome::Ok(RegisterOutput::Cas(false))),
+            op(
+                0,
+                RegisterInput::Cas {
+                    expected: Some(9),
+                    new: 3,
+                },
+                0,
+                Some(1),
+                Outcome::Ok(RegisterOutput::Cas(false)),
+            ),
             op(0, RegisterInput::Write(4), 5, None, Outcome::Unknown),
         ];
         assert_eq!(simplify_unknowns(&ops).len(), 1);
