@@ -569,10 +569,11 @@ impl Raft {
                 self.become_follower(term, m.from);
                 self.step_follower(m);
             }
-            MessageBody::VoteResponse { pre_vote, granted } => {
-                if pre_vote == (self.role == Role::PreCandidate) {
-                    self.handle_vote_response(m.from, granted);
-                }
+            // Only answers to the round we are in count.
+            MessageBody::VoteResponse { pre_vote, granted }
+                if pre_vote == (self.role == Role::PreCandidate) =>
+            {
+                self.handle_vote_response(m.from, granted);
             }
             MessageBody::ReadIndex { request_id } => {
                 self.send(

@@ -28,6 +28,7 @@ pub struct Invariants {
     last_commit: HashMap<NodeId, LogIndex>,
     last_role: HashMap<NodeId, Role>,
     last_applied: HashMap<NodeId, LogIndex>,
+    last_term: HashMap<NodeId, Term>,
 }
 
 fn digest(entry: &Entry) -> u64 {
@@ -115,7 +116,23 @@ impl Invariants {
             }
             index = index.next();
         }
+        // Figure 2's commit rule: a leader advances its commit index only to an entry of
+        // its own term; earlier entries commit indirectly, with it (5.4.2).
+        let led_already = self.last_role.get(&node) == Some(&Role::Leader)
+            && self.last_term.get(&node) == Some(&raw.term());
+        if role == Role::Leader
+            && led_already
+            && commit > last_commit
+            && raw.log_term(commit) != Some(raw.term())
+        {
+            return Err(Violation(format!(
+                "commit rule: leader {node:?} of {:?} advanced its commit index to {commit:?}, an entry of {:?}",
+                raw.term(),
+                raw.log_term(commit)
+            )));
+        }
         self.last_commit.insert(node, commit);
+        self.last_term.insert(node, raw.term());
         let became_leader =
             role == Role::Leader && self.last_role.get(&node) != Some(&Role::Leader);
         self.last_role.insert(node, role);
@@ -158,6 +175,7 @@ impl Invariants {
         self.last_applied.remove(&node);
         self.last_role.remove(&node);
         self.last_commit.remove(&node);
+        self.last_term.remove(&node);
     }
 
     /// An acknowledged write must be committed and durable on a majority of every voter

@@ -42,10 +42,12 @@ fn parse_bug(name: &str) -> Result<PlantedBug, String> {
         "commit-previous-term" => PlantedBug::CommitPreviousTerm,
         "vote-not-persisted" => PlantedBug::VoteNotPersisted,
         "no-truncate-on-conflict" => PlantedBug::NoTruncateOnConflict,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown bug '{other}'; expected one of ack-before-persist, read-without-read-index, \
                  commit-previous-term, vote-not-persisted, no-truncate-on-conflict"
-        )),
+        ))
+        }
     })
 }
 

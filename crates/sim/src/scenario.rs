@@ -32,6 +32,10 @@ pub struct FaultKnobs {
     pub transfer_probability: f64,
     /// A nemesis step makes one node's disk slow for a while.
     pub slow_disk_probability: f64,
+    /// Each node's clock runs up to this many percent fast or slow (its tick period is
+    /// drawn once per node). Skewed clocks stretch the time a deposed leader keeps
+    /// believing it leads.
+    pub clock_drift_percent_max: u64,
     /// Persisting a Ready takes up to this long (uniform).
     pub fsync_latency_us_max: u64,
     /// Time between nemesis steps.
@@ -53,7 +57,7 @@ pub struct Scenario {
     pub settle_us: u64,
     /// A client gives up on a request after this long (outcome unknown).
     pub client_timeout_us: u64,
-    /// Raft tick period; each node drifts by up to 10 % from it.
+    /// Raft tick period; each node drifts from it (see `FaultKnobs::clock_drift_percent_max`).
     pub tick_us: u64,
     /// Raft: entries per append message.
     pub append_entries_max: usize,
@@ -82,6 +86,7 @@ impl Scenario {
             membership_change_probability: rng.pick(&[0.0, 0.1, 0.3]),
             transfer_probability: rng.pick(&[0.0, 0.1, 0.2]),
             slow_disk_probability: rng.pick(&[0.0, 0.1]),
+            clock_drift_percent_max: rng.pick(&[10, 30, 50]),
             fsync_latency_us_max: rng.pick(&[100, 500, 2_000, 10_000]),
             nemesis_interval_us: rng.pick(&[200_000, 500_000, 1_000_000]),
         };

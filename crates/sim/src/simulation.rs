@@ -159,8 +159,8 @@ impl Simulation {
             snapshot_data: kv::KvState::new(),
             entries: state.entries.clone(),
         };
-        // Clocks drift: each node ticks up to 10 % faster or slower than nominal.
-        let drift = self.scenario.tick_us / 10;
+        // Clocks drift: each node ticks faster or slower than nominal.
+        let drift = self.scenario.tick_us * self.scenario.faults.clock_drift_percent_max / 100;
         let tick_us = self
             .rng
             .range(self.scenario.tick_us - drift, self.scenario.tick_us + drift);
@@ -937,7 +937,13 @@ impl Simulation {
         let nodes = self.live_members();
         self.blocked.clear();
         self.partition_id += 1;
-        let kind = self.rng.below(4);
+        // Isolating the leader is the most telling partition, so it is the most common.
+        let kind = match self.rng.below(20) {
+            0..=7 => 0,
+            8..=13 => 1,
+            14..=16 => 2,
+            _ => 3,
+        };
         let description = match kind {
             0 => {
                 let leader = self
