@@ -194,7 +194,7 @@ impl Raft {
         }
     }
 
-    /// Whether this node may campaign: it votes, and has no snapshot waiting to install.
+    /// Whether this node may campaign: it is a voter (learners and removed nodes never do).
     pub(crate) fn is_promotable(&self) -> bool {
         self.conf.is_voter(self.config.id)
     }
@@ -543,15 +543,7 @@ impl Raft {
             MessageBody::ReadIndexResponse { request_id, index } => {
                 self.handle_read_index_response(request_id, index)
             }
-            MessageBody::ReadIndex { request_id } => {
-                self.send(
-                    m.from,
-                    MessageBody::ReadIndexResponse {
-                        request_id,
-                        index: None,
-                    },
-                );
-            }
+            MessageBody::ReadIndex { request_id } => self.refuse_read_index(m.from, request_id),
             MessageBody::AppendResponse { .. }
             | MessageBody::HeartbeatResponse { .. }
             | MessageBody::VoteResponse { .. }
@@ -575,15 +567,7 @@ impl Raft {
             {
                 self.handle_vote_response(m.from, granted);
             }
-            MessageBody::ReadIndex { request_id } => {
-                self.send(
-                    m.from,
-                    MessageBody::ReadIndexResponse {
-                        request_id,
-                        index: None,
-                    },
-                );
-            }
+            MessageBody::ReadIndex { request_id } => self.refuse_read_index(m.from, request_id),
             _ => {}
         }
     }

@@ -235,6 +235,18 @@ impl Raft {
         }
     }
 
+    /// A read forwarded to a node that is not the leader (any more) fails at once, so the
+    /// forwarding follower can retry elsewhere instead of waiting.
+    pub(crate) fn refuse_read_index(&mut self, from: NodeId, request_id: u64) {
+        self.send(
+            from,
+            MessageBody::ReadIndexResponse {
+                request_id,
+                index: None,
+            },
+        );
+    }
+
     pub(crate) fn handle_read_index_response(&mut self, request_id: u64, index: Option<LogIndex>) {
         if let Some(position) = self.reads.forwarded.iter().position(|&id| id == request_id) {
             self.reads.forwarded.remove(position);

@@ -58,7 +58,6 @@ impl Raft {
         for id in peers {
             self.send_append(id, true);
         }
-        // A single-voter group may commit here as soon as its own write is durable.
     }
 
     /// Sends appends to `to` while the flow control allows and there is something to send.

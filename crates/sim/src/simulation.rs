@@ -37,8 +37,6 @@ pub type RegisterHistory = History<(u64, RegisterInput), RegisterOutput>;
 struct ClientState {
     believed_leader: NodeId,
     outstanding: Option<ostrakon_check::OpId>,
-    invoked_at_us: u64,
-    is_write: bool,
     last_seen: BTreeMap<u64, Option<u64>>,
 }
 
@@ -111,8 +109,6 @@ impl Simulation {
             sim.clients.push(ClientState {
                 believed_leader: NodeId::NONE,
                 outstanding: None,
-                invoked_at_us: 0,
-                is_write: false,
                 last_seen: BTreeMap::new(),
             });
             let start = sim.rng.range(0, 100_000);
@@ -803,8 +799,6 @@ impl Simulation {
         );
         let state = &mut self.clients[client as usize];
         state.outstanding = Some(op);
-        state.invoked_at_us = self.now_us;
-        state.is_write = is_write;
         let faults = &self.scenario.faults;
         let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
         self.events.push(

@@ -174,101 +174,17 @@ pub fn simplify_unknowns(
 }
 
 #[cfg(test)]
-mod prune_tests {
+mod simplify_tests {
     use super::*;
     use crate::{check, CheckResult};
     use std::time::Duration;
 
-    fn op(
-        client: u64,
-        key: u64,
-        input: RegisterInput,
-        at: (u64, Option<u64>),
-        outcome: Outcome<RegisterOutput>,
-    ) -> Operation<(u64, RegisterInput), RegisterOutput> {
-        Operation {
-            client,
-            input: (key, input),
-            invoked_at: at.0,
-            completed_at: at.1,
-            outcome,
-        }
-    }
-
-    #[test]
-    fn unobserved_unknown_writes_and_unknown_reads_are_pruned() {
-        let ops = vec![
-            op(1, 0, RegisterInput::Write(1), (0, None), Outcome::Unknown),
-            op(2, 0, RegisterInput::Write(2), (0, None), Outcome::Unknown),
-            op(3, 0, RegisterInput::Read, (0, None), Outcome::Unknown),
-            op(
-                4,
-                0,
-                RegisterInput::Read,
-                (5, Some(6)),
-                Outcome::Ok(RegisterOutput::Read(Some(2))),
-            ),
-        ];
-        let pruned = simplify_unknowns(&ops);
-        assert_eq!(
-            pruned.len(),
-            2,
-            "write 1 and the unknown read go; write 2 is observed"
-        );
-        assert_eq!(
-            pruned[0].completed_at,
-            Some(6),
-            "write 2 completes by its observer's completion"
-        );
-        assert_eq!(pruned[0].outcome, Outcome::Ok(RegisterOutput::Write));
-        assert_eq!(
-            check(&KeyedRegisterModel, &pruned, Duration::from_secs(1)),
-            CheckResult::Linearizable
-        );
-    }
-
-    #[test]
-    fn unknown_writes_are_kept_where_a_failed_cas_may_need_them() {
-        // write(1) ok; unknown write(2); CAS(1 -> 3) fails: only write(2) explains the failure.
-        let ops = vec![
-            op(
-                1,
-                0,
-                RegisterInput::Write(1),
-                (0, Some(1)),
-                Outcome::Ok(RegisterOutput::Write),
-            ),
-            op(2, 0, RegisterInput::Write(2), (2, None), Outcome::Unknown),
-            op(
-                3,
-                0,
-                RegisterInput::Cas {
-                    expected: Some(1),
-                    new: 3,
-                },
-                (3, Some(4)),
-                Outcome::Ok(RegisterOutput::Cas(false)),
-            ),
-        ];
-        let pruned = simplify_unknowns(&ops);
-        assert_eq!(pruned.len(), 3);
-        assert_eq!(
-            check(&KeyedRegisterModel, &pruned, Duration::from_secs(1)),
-            CheckResult::Linearizable
-        );
-    }
-}
-
-#[cfg(test)]
-mod simplify_more_tests {
-    use super::*;
-    use crate::{check, CheckResult};
-    use std::time::Duration;
+    use RegisterInput::{Cas, Read, Write};
 
     type Op = Operation<(u64, RegisterInput), RegisterOutput>;
 
+    /// An operation on key 0 by a client named after its invocation time.
     fn op(
-        key: u64,
         input: RegisterInput,
         invoked_at: u64,
         completed_at: Option<u64>,
@@ -276,74 +192,95 @@ mod simplify_more_tests {
     ) -> Op {
         Operation {
             client: invoked_at,
-            input: (key, input),
+            input: (0, input),
             invoked_at,
             completed_at,
             outcome,
         }
     }
 
+    fn ok(output: RegisterOutput) -> Outcome<RegisterOutput> {
+        Outcome::Ok(output)
+    }
+
+    fn verdict(ops: &[Op]) -> CheckResult {
+        check(&KeyedRegisterModel, ops, Duration::from_secs(1))
+    }
+
     #[test]
-    fn an_observed_unknown_write_still_cannot_explain_a_stale_read() {
-        // w1 ok; unknown w2 observed at t=10; then a read at [20, 21] returns 1 again: stale.
+    fn unknown_reads_and_unobserved_unknown_writes_go_observed_ones_resolve() {
         let ops = vec![
+            op(Write(1), 0, None, Outcome::Unknown),
+            op(Write(2), 0, None, Outcome::Unknown),
+            op(Read, 0, None, Outcome::Unknown),
+            op(Read, 5, Some(6), ok(RegisterOutput::Read(Some(2)))),
+        ];
+        let simplified = simplify_unknowns(&ops);
+        assert_eq!(
+            simplified.len(),
+            2,
+            "write 1 and the unknown read go; write 2 is observed"
+        );
+        assert_eq!(
+            simplified[0].completed_at,
+            Some(6),
+            "write 2 completes by its observer's completion"
+        );
+        assert_eq!(simplified[0].outcome, ok(RegisterOutput::Write));
+        assert_eq!(verdict(&simplified), CheckResult::Linearizable);
+    }
+
+    #[test]
+    fn unknown_writes_are_kept_where_a_failed_cas_may_need_them() {
+        // write(1) ok; unknown write(2); CAS(1 -> 3) fails: only write(2) explains it.
+        let ops = vec![
+            op(Write(1), 0, Some(1), ok(RegisterOutput::Write)),
+            op(Write(2), 2, None, Outcome::Unknown),
             op(
-                0,
-                RegisterInput::Write(1),
-                0,
-                Some(1),
-                Outcome::Ok(RegisterOutput::Write),
-            ),
-            op(0, RegisterInput::Write(2), 2, None, Outcome::Unknown),
-            op(
-                0,
-                RegisterInput::Read,
-                5,
-                Some(10),
-                Outcome::Ok(RegisterOutput::Read(Some(2))),
-            ),
-            op(
-                0,
-                RegisterInput::Read,
-                20,
-                Some(21),
-                Outcome::Ok(RegisterOutput::Read(Some(1))),
+                Cas {
+                    expected: Some(1),
+                    new: 3,
+                },
+                3,
+                Some(4),
+                ok(RegisterOutput::Cas(false)),
             ),
         ];
         let simplified = simplify_unknowns(&ops);
+        assert_eq!(simplified.len(), 3);
+        assert_eq!(verdict(&simplified), CheckResult::Linearizable);
+    }
+
+    #[test]
+    fn an_observed_unknown_write_still_cannot_explain_a_stale_read() {
+        // w1 ok; unknown w2 observed by t=10; a read at [20, 21] returns 1 again: stale.
+        let ops = vec![
+            op(Write(1), 0, Some(1), ok(RegisterOutput::Write)),
+            op(Write(2), 2, None, Outcome::Unknown),
+            op(Read, 5, Some(10), ok(RegisterOutput::Read(Some(2)))),
+            op(Read, 20, Some(21), ok(RegisterOutput::Read(Some(1)))),
+        ];
+        assert!(verdict(&simplify_unknowns(&ops)).is_not_linearizable());
         assert!(
-            check(&KeyedRegisterModel, &simplified, Duration::from_secs(1)).is_not_linearizable()
+            verdict(&ops).is_not_linearizable(),
+            "same verdict as the full history"
         );
-        assert!(check(&KeyedRegisterModel, &ops, Duration::from_secs(1)).is_not_linearizable());
     }
 
     #[test]
     fn a_failed_cas_explained_by_a_definite_write_keeps_no_unknown_write() {
         let ops = vec![
+            op(Write(1), 0, Some(1), ok(RegisterOutput::Write)),
+            op(Write(2), 2, Some(3), ok(RegisterOutput::Write)),
+            op(Write(7), 2, None, Outcome::Unknown),
             op(
-                0,
-                RegisterInput::Write(1),
-                0,
-                Some(1),
-                Outcome::Ok(RegisterOutput::Write),
-            ),
-            op(
-                0,
-                RegisterInput::Write(2),
-                2,
-                Some(3),
-                Outcome::Ok(RegisterOutput::Write),
-            ),
-            op(0, RegisterInput::Write(7), 2, None, Outcome::Unknown),
-            op(
-                0,
-                RegisterInput::Cas {
+                Cas {
                     expected: Some(1),
                     new: 3,
                 },
                 4,
                 Some(5),
-                Outcome::Ok(RegisterOutput::Cas(false)),
+                ok(RegisterOutput::Cas(false)),
             ),
         ];
         let simplified = simplify_unknowns(&ops);
@@ -352,26 +289,22 @@ mod simplify_more_tests {
             3,
             "write 2 explains the failure; unknown write 7 goes"
         );
-        assert_eq!(
-            check(&KeyedRegisterModel, &simplified, Duration::from_secs(1)),
-            CheckResult::Linearizable
-        );
+        assert_eq!(verdict(&simplified), CheckResult::Linearizable);
     }
 
     #[test]
     fn an_unknown_write_after_the_last_failed_cas_is_dropped() {
         let ops = vec![
             op(
-                0,
-                RegisterInput::Cas {
+                Cas {
                     expected: Some(9),
                     new: 3,
                 },
                 0,
                 Some(1),
-                Outcome::Ok(RegisterOutput::Cas(false)),
+                ok(RegisterOutput::Cas(false)),
             ),
-            op(0, RegisterInput::Write(4), 5, None, Outcome::Unknown),
+            op(Write(4), 5, None, Outcome::Unknown),
         ];
         assert_eq!(simplify_unknowns(&ops).len(), 1);
     }
