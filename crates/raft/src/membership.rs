@@ -60,7 +60,8 @@ impl Raft {
                 self.transfer = None;
             }
         }
-        // A smaller quorum may commit at once.
+        // A smaller quorum may commit at once, and may confirm reads at once.
+        self.maybe_confirm_reads();
         if self.maybe_commit() {
             self.pending_broadcast = true;
         }
@@ -103,11 +104,17 @@ impl Raft {
             elapsed_ticks: 0,
         });
         if self.progress[&target].match_index == self.log.last_index() {
-            self.send(target, MessageBody::TimeoutNow);
+            self.send_timeout_now(target);
         } else {
             self.send_append(target, true);
         }
         Ok(())
+    }
+
+    fn send_timeout_now(&mut self, target: NodeId) {
+        // The target will campaign asking voters to ignore their leases: ours is void.
+        self.timeout_now_sent = true;
+        self.send(target, MessageBody::TimeoutNow);
     }
 
     /// The transfer target caught up: tell it to campaign.
@@ -117,7 +124,7 @@ impl Raft {
             .get(&from)
             .is_some_and(|p| p.match_index == self.log.last_index());
         if self.transfer.is_some_and(|t| t.target == from) && caught_up {
-            self.send(from, MessageBody::TimeoutNow);
+            self.send_timeout_now(from);
         }
     }
 

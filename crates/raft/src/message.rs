@@ -74,11 +74,15 @@ pub enum MessageBody {
         commit: LogIndex,
         /// The read-index round this heartbeat confirms (0 = none).
         read_round: u64,
+        /// The leader's tick count when it sent this heartbeat (for lease reads).
+        sent_tick: u64,
     },
     /// Follower → leader.
     HeartbeatResponse {
         /// Echo of the heartbeat's `read_round`.
         read_round: u64,
+        /// Echo of the heartbeat's `sent_tick`.
+        sent_tick: u64,
     },
     /// Leader → follower: install the snapshot described here; the runtime ships the bytes.
     InstallSnapshot {

@@ -103,10 +103,15 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Whether the member was heard from since the last check-quorum round.
     pub recent_active: bool,
-    /// `match_index` when the previous heartbeat response arrived: a follower that
-    /// answers heartbeats but whose match has not moved while entries are outstanding
-    /// has lost appends, and is probed again.
+    /// `match_index` when the previous periodic heartbeat went out.
     pub match_at_last_heartbeat: LogIndex,
+    /// Whether entries were outstanding when the previous periodic heartbeat went out.
+    pub behind_at_last_heartbeat: bool,
+    /// Entries outstanding for a whole heartbeat interval without the match moving: the
+    /// appends were lost. Acted on when the follower shows it is alive.
+    pub stalled: bool,
+    /// The latest leader tick at which a heartbeat this member acknowledged was sent.
+    pub heartbeat_acked_tick: u64,
 }
 
 impl Progress {
@@ -120,6 +125,9 @@ impl Progress {
             inflights: Inflights::new(inflight_msgs_max),
             recent_active: false,
             match_at_last_heartbeat: LogIndex(0),
+            behind_at_last_heartbeat: false,
+            stalled: false,
+            heartbeat_acked_tick: 0,
         }
     }
 
@@ -150,6 +158,16 @@ impl Progress {
     pub fn abort_snapshot(&mut self) {
         self.state = ProgressState::Probe;
         self.become_probe();
+    }
+
+    /// A periodic heartbeat goes out: compare with the previous one, a heartbeat interval
+    /// ago, to tell lost appends from slow ones.
+    pub fn note_periodic_heartbeat(&mut self, last_index: LogIndex) {
+        self.stalled = self.state == ProgressState::Replicate
+            && self.behind_at_last_heartbeat
+            && self.match_index == self.match_at_last_heartbeat;
+        self.match_at_last_heartbeat = self.match_index;
+        self.behind_at_last_heartbeat = self.match_index < last_index;
     }
 
     /// Switch to pipelining from just after the match.

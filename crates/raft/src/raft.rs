@@ -126,6 +126,15 @@ pub struct Raft {
     /// Set when new entries or a new commit index should be broadcast at the next flush;
     /// deferring the broadcast batches every proposal made between two `Ready`s.
     pub(crate) pending_broadcast: bool,
+    /// Whether the current term and vote are durable. Until they are, every message waits
+    /// behind the persistence barrier: a leader elected within one Ready (a single voter)
+    /// must not replicate entries of a term it could forget in a crash.
+    pub(crate) term_durable: bool,
+    /// Ticks since this node started; the leader's lease is measured in them.
+    pub(crate) now_ticks: u64,
+    /// The leader told a transfer target to campaign in this term: the target will ask
+    /// voters to disregard their leases, so this leader's lease is void.
+    pub(crate) timeout_now_sent: bool,
     /// Messages that may leave now.
     pub(crate) msgs: Vec<Message>,
     /// Messages that may leave only once the entries and hard state are durable.
@@ -167,6 +176,9 @@ impl Raft {
             reads: ReadIndexState::default(),
             uncommitted_bytes: 0,
             pending_broadcast: false,
+            term_durable: true,
+            now_ticks: 0,
+            timeout_now_sent: false,
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             config,
@@ -217,7 +229,9 @@ impl Raft {
             );
             self.term = term;
             self.vote = NodeId::NONE;
+            self.term_durable = false;
         }
+        self.timeout_now_sent = false;
         self.leader = NodeId::NONE;
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
@@ -231,12 +245,13 @@ impl Raft {
 
     /// Follow `leader` (or no one) in `term`.
     pub(crate) fn become_follower(&mut self, term: Term, leader: NodeId) {
-        let previous_leader = self.leader;
+        let (previous_leader, previous_term) = (self.leader, self.term);
         self.fail_pending_reads();
         self.reset(term);
         self.role = Role::Follower;
         self.leader = leader;
-        if previous_leader != leader {
+        if previous_leader != leader || previous_term != term {
+            // The leader that had our forwarded reads may have lost them with its term.
             self.fail_forwarded_reads();
         }
     }
@@ -327,7 +342,7 @@ impl Raft {
         let early_ok = match message.body {
             MessageBody::AppendResponse { .. } => self.has_bug(BugKind::AckBeforePersist),
             MessageBody::VoteResponse { .. } => self.has_bug(BugKind::VoteNotPersisted),
-            ref body => body.may_send_before_persist(),
+            ref body => body.may_send_before_persist() && self.term_durable,
         };
         if early_ok {
             self.msgs.push(message);
@@ -341,6 +356,7 @@ impl Raft {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        self.now_ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -373,6 +389,10 @@ impl Raft {
         }
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed_ticks = 0;
+            let last_index = self.log.last_index();
+            for progress in self.progress.values_mut() {
+                progress.note_periodic_heartbeat(last_index);
+            }
             let round = self.reads.round_in_flight();
             self.bcast_heartbeat(round);
         }
@@ -415,6 +435,18 @@ impl Raft {
             m.to, self.config.id
         );
         assert_eq!(m.group, self.config.group, "message for another group");
+        if let MessageBody::ReadIndexResponse { request_id, index } = m.body {
+            // Keyed by request id and meaningful in any term: a refusal sent just before
+            // the leader's term ended must still reach the waiting read.
+            self.handle_read_index_response(request_id, index);
+            return;
+        }
+        if let (MessageBody::ReadIndex { request_id }, true) = (&m.body, m.term < self.term) {
+            // Forwarded to a leader of an older term: refuse, so the follower retries now
+            // rather than waiting for a leader change.
+            self.refuse_read_index(m.from, *request_id);
+            return;
+        }
         if m.term > self.term {
             if !self.step_higher_term(&m) {
                 return;
@@ -524,10 +556,14 @@ impl Raft {
                 self.leader = m.from;
                 self.handle_append(m.from, prev_index, prev_term, &entries, commit);
             }
-            MessageBody::Heartbeat { commit, read_round } => {
+            MessageBody::Heartbeat {
+                commit,
+                read_round,
+                sent_tick,
+            } => {
                 self.election_elapsed_ticks = 0;
                 self.leader = m.from;
-                self.handle_heartbeat(m.from, commit, read_round);
+                self.handle_heartbeat(m.from, commit, read_round, sent_tick);
             }
             MessageBody::InstallSnapshot { meta } => {
                 self.election_elapsed_ticks = 0;
@@ -540,14 +576,12 @@ impl Raft {
                     self.campaign(true);
                 }
             }
-            MessageBody::ReadIndexResponse { request_id, index } => {
-                self.handle_read_index_response(request_id, index)
-            }
             MessageBody::ReadIndex { request_id } => self.refuse_read_index(m.from, request_id),
             MessageBody::AppendResponse { .. }
             | MessageBody::HeartbeatResponse { .. }
             | MessageBody::VoteResponse { .. }
-            | MessageBody::RequestVote { .. } => {}
+            | MessageBody::RequestVote { .. }
+            | MessageBody::ReadIndexResponse { .. } => {}
         }
     }
 
@@ -580,9 +614,10 @@ impl Raft {
             MessageBody::AppendResponse { index, reject } => {
                 self.handle_append_response(m.from, index, reject)
             }
-            MessageBody::HeartbeatResponse { read_round } => {
-                self.handle_heartbeat_response(m.from, read_round)
-            }
+            MessageBody::HeartbeatResponse {
+                read_round,
+                sent_tick,
+            } => self.handle_heartbeat_response(m.from, read_round, sent_tick),
             MessageBody::ReadIndex { request_id } => self.handle_read_index(m.from, request_id),
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }

@@ -306,6 +306,7 @@ impl RawNode {
         self.ready_in_flight = false;
         let raft = &mut self.raft;
         raft.log.mark_persisted();
+        raft.term_durable = true;
         if raft.role == Role::Leader {
             // Our own write is durable now and counts toward the quorum.
             if raft.maybe_commit() {

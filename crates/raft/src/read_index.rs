@@ -11,6 +11,10 @@ use crate::progress::ProgressState;
 use crate::quorum::committed_index;
 use crate::raft::{ProposeError, Raft, ReadState, Role};
 
+/// A lease lasts this share of an election timeout after the quorum's acknowledged
+/// heartbeat was sent; the rest is margin for clock-rate differences.
+const LEASE_FRACTION_PERCENT: u64 = 80;
+
 /// Bound on reads a follower has forwarded to the leader and awaits answers for; beyond
 /// it the oldest is failed (its answer was probably lost with a message).
 const FORWARDED_READS_MAX: usize = 4096;
@@ -118,9 +122,7 @@ impl Raft {
         let sole_voter = self.conf.voters_outgoing.is_empty()
             && self.conf.voters.len() == 1
             && self.conf.voters.contains(&me);
-        if sole_voter || self.config.read_mode == ReadMode::LeaseBased {
-            // Lease-based: check-quorum makes a leader that lost its quorum step down
-            // within an election timeout, and followers in lease refuse to elect another.
+        if sole_voter || (self.config.read_mode == ReadMode::LeaseBased && self.holds_lease()) {
             self.answer_read(read, Some(read.index));
             return;
         }
@@ -146,33 +148,45 @@ impl Raft {
             self.reads.in_flight.push_back((round, read));
         }
         self.bcast_heartbeat(round);
+        self.maybe_confirm_reads();
     }
 
-    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+    pub(crate) fn handle_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        read_round: u64,
+        sent_tick: u64,
+    ) {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        // The follower is alive: resume a paused probe, or make room in a full window
-        // whose acknowledgements may have been lost.
+        progress.heartbeat_acked_tick = progress.heartbeat_acked_tick.max(sent_tick);
+        // The follower is alive: resume a paused probe, re-probe a follower whose appends
+        // were lost, or make room in a full window whose acknowledgements were lost.
         progress.probe_sent = false;
-        let last_index = self.log.last_index();
-        if progress.state == ProgressState::Replicate && progress.match_index < last_index {
-            if progress.match_index == progress.match_at_last_heartbeat {
-                // No progress for a whole heartbeat interval: appends were lost.
-                progress.become_probe();
-            } else if progress.inflights.is_full() {
-                progress.inflights.free_first_one();
-            }
+        if progress.stalled {
+            progress.stalled = false;
+            progress.become_probe();
+        } else if progress.state == ProgressState::Replicate && progress.inflights.is_full() {
+            progress.inflights.free_first_one();
         }
-        progress.match_at_last_heartbeat = progress.match_index;
-        if progress.match_index < last_index {
+        if progress.match_index < self.log.last_index() {
             self.send_append(from, false);
         }
-        if read_round == 0 {
+        if read_round > 0 {
+            let acked = self.reads.acked_rounds.entry(from).or_insert(0);
+            *acked = (*acked).max(read_round);
+            self.maybe_confirm_reads();
+        }
+    }
+
+    /// Answers every read whose round a quorum has acknowledged. The leader counts as
+    /// having acknowledged every round it sent, so a leader that is (now) the only voter
+    /// confirms everything at once.
+    pub(crate) fn maybe_confirm_reads(&mut self) {
+        if self.role != Role::Leader || self.reads.in_flight.is_empty() {
             return;
         }
-        let acked = self.reads.acked_rounds.entry(from).or_insert(0);
-        *acked = (*acked).max(read_round);
         let me = self.config.id;
         let latest_sent = self.reads.next_round - 1;
         let confirmed = committed_index(&self.conf, |id| {
@@ -192,6 +206,29 @@ impl Raft {
             let (_, read) = self.reads.in_flight.pop_front().expect("non-empty");
             self.answer_read(read, Some(read.index));
         }
+    }
+
+    /// Lease reads (thesis 6.4): a follower that received a heartbeat refuses to vote for
+    /// an election timeout of its own clock, so the leader may serve reads alone until
+    /// `LEASE_FRACTION` of an election timeout after a quorum's latest acknowledged
+    /// heartbeat was *sent*. The margin absorbs clock-rate differences up to about
+    /// 20 %. A leader that told a transfer target to campaign (which overrides leases)
+    /// holds no lease.
+    fn holds_lease(&self) -> bool {
+        if self.timeout_now_sent || self.transfer.is_some() {
+            return false;
+        }
+        let me = self.config.id;
+        let quorum_tick = committed_index(&self.conf, |id| {
+            LogIndex(if id == me {
+                self.now_ticks
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.heartbeat_acked_tick)
+            })
+        })
+        .0;
+        let lease_ticks = u64::from(self.config.election_ticks) * LEASE_FRACTION_PERCENT / 100;
+        quorum_tick > 0 && self.now_ticks.saturating_sub(quorum_tick) < lease_ticks
     }
 
     fn answer_read(&mut self, read: PendingRead, index: Option<LogIndex>) {

@@ -135,7 +135,15 @@ impl Raft {
         for (id, match_index) in targets {
             // Never tell a follower to commit beyond what it is known to have.
             let commit = committed.min(match_index);
-            self.send(id, MessageBody::Heartbeat { commit, read_round });
+            let sent_tick = self.now_ticks;
+            self.send(
+                id,
+                MessageBody::Heartbeat {
+                    commit,
+                    read_round,
+                    sent_tick,
+                },
+            );
         }
     }
 
@@ -262,9 +270,21 @@ impl Raft {
         );
     }
 
-    pub(crate) fn handle_heartbeat(&mut self, leader: NodeId, commit: LogIndex, read_round: u64) {
+    pub(crate) fn handle_heartbeat(
+        &mut self,
+        leader: NodeId,
+        commit: LogIndex,
+        read_round: u64,
+        sent_tick: u64,
+    ) {
         self.log.commit_to(commit.min(self.log.last_index()));
-        self.send(leader, MessageBody::HeartbeatResponse { read_round });
+        self.send(
+            leader,
+            MessageBody::HeartbeatResponse {
+                read_round,
+                sent_tick,
+            },
+        );
     }
 
     pub(crate) fn handle_snapshot(&mut self, leader: NodeId, meta: SnapshotMeta) {

@@ -171,3 +171,37 @@ fn split_vote_resolves_by_randomized_timeouts() {
         cluster.crash_restart(leader);
     }
 }
+
+#[test]
+fn a_single_voter_leader_replicates_only_after_its_term_is_durable() {
+    // A leader elected within one Ready (no vote requests to wait for) must not send
+    // entries of a term it could forget in a crash: a learner could keep them and later
+    // commit a different entry at the same (index, term).
+    let mut cluster = Cluster::new(1);
+    cluster.add_empty_node(id(2));
+    cluster.elect(id(1));
+    cluster
+        .node_mut(id(1))
+        .propose_conf_change(ConfChange::Change(vec![ConfChangeStep::AddLearner(id(2))]))
+        .unwrap();
+    cluster.stabilize();
+    cluster.tick_all(3);
+    assert!(cluster.node(id(1)).conf_state().learners.contains(&id(2)));
+    // Restart node 1 into a new term: it re-elects itself in one step.
+    cluster.crash_restart(id(1));
+    cluster.node_mut(id(1)).campaign();
+    let ready = cluster.node_mut(id(1)).ready();
+    assert!(
+        ready.hard_state.is_some(),
+        "the new term is still to be persisted"
+    );
+    assert!(
+        ready.messages.iter().all(|m| !matches!(
+            m.body,
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+        )),
+        "nothing replicates before the term is durable: {:?}",
+        ready.messages
+    );
+    cluster.node_mut(id(1)).advance();
+}

@@ -98,14 +98,104 @@ fn a_new_leader_answers_reads_only_after_committing_in_its_term() {
 }
 
 #[test]
-fn lease_reads_answer_without_a_round_trip() {
+fn lease_reads_answer_without_a_round_trip_while_the_lease_holds() {
     let mut cluster = Cluster::with_config(3, |c| c.read_mode = ReadMode::LeaseBased);
     cluster.elect(id(1));
+    cluster.tick(id(1), 2); // a heartbeat round acknowledged by a quorum starts the lease
     cluster.delivered.clear();
     cluster.node_mut(id(1)).read_index(5).unwrap();
     cluster.stabilize();
     assert_eq!(cluster.read_states[&id(1)].len(), 1);
     assert!(cluster.delivered.is_empty(), "no messages for a lease read");
+}
+
+#[test]
+fn a_lease_expires_before_followers_would_elect_someone_else() {
+    // Thesis 6.4: the lease runs from when the acknowledged heartbeat was sent, and must
+    // end before the followers' own election timeout can elect another leader.
+    let mut cluster = Cluster::with_config(3, |c| c.read_mode = ReadMode::LeaseBased);
+    cluster.elect(id(1));
+    cluster.tick(id(1), 2);
+    cluster.isolate(id(1));
+    let election_ticks = cluster.config(id(1)).election_ticks;
+    cluster.tick(id(1), election_ticks - 1); // still leader: check-quorum has not fired yet
+    assert_eq!(cluster.node(id(1)).role(), Role::Leader);
+    cluster.node_mut(id(1)).read_index(6).unwrap();
+    cluster.stabilize();
+    assert!(
+        cluster.read_states[&id(1)].is_empty(),
+        "an expired lease falls back to a heartbeat round"
+    );
+}
+
+#[test]
+fn a_leader_that_sent_timeout_now_holds_no_lease() {
+    let mut cluster = Cluster::with_config(3, |c| c.read_mode = ReadMode::LeaseBased);
+    cluster.elect(id(1));
+    cluster.tick(id(1), 2);
+    // The target campaigns ignoring leases; cut it off from the old leader so the old
+    // leader does not learn of the new term.
+    cluster.filter = Some(Box::new(|m| {
+        m.from == NodeId(2) && m.to == NodeId(1) || m.from == NodeId(3) && m.to == NodeId(1)
+    }));
+    cluster.node_mut(id(1)).transfer_leader(id(2)).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.node(id(2)).role(), Role::Leader);
+    assert_eq!(
+        cluster.node(id(1)).role(),
+        Role::Leader,
+        "the old leader has not heard yet"
+    );
+    cluster.node_mut(id(1)).read_index(8).unwrap();
+    cluster.stabilize();
+    assert!(
+        cluster.read_states[&id(1)].is_empty(),
+        "no lease read after TimeoutNow"
+    );
+}
+
+#[test]
+fn a_forwarded_read_refused_in_an_older_term_still_gets_its_answer() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    // Node 2 forwards a read; node 1 steps down (to a higher term) before answering.
+    cluster.node_mut(id(2)).read_index(11).unwrap();
+    cluster.process(id(2));
+    let forwarded: Vec<Message> = cluster.in_flight.drain(..).collect();
+    let higher = Message {
+        group: GroupId(1),
+        from: id(3),
+        to: id(1),
+        term: Term(99),
+        body: MessageBody::AppendResponse {
+            index: LogIndex(0),
+            reject: None,
+        },
+    };
+    cluster.node_mut(id(1)).step(higher);
+    for m in forwarded {
+        cluster.node_mut(id(1)).step(m);
+    }
+    cluster.process(id(1));
+    let answers: Vec<Message> = cluster
+        .in_flight
+        .drain(..)
+        .filter(|m| m.to == id(2))
+        .collect();
+    assert!(answers
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::ReadIndexResponse { index: None, .. })));
+    for m in answers {
+        cluster.node_mut(id(2)).step(m);
+    }
+    cluster.process(id(2));
+    assert_eq!(
+        cluster.read_states[&id(2)],
+        vec![ReadState {
+            request_id: 11,
+            index: None
+        }]
+    );
 }
 
 #[test]

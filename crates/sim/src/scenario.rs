@@ -1,6 +1,6 @@
 //! What one seed simulates: cluster shape, workload and fault knobs, all drawn from the seed.
 
-use ostrakon_raft::PlantedBug;
+use ostrakon_raft::{PlantedBug, ReadMode};
 
 use crate::rng::Rng;
 
@@ -65,6 +65,9 @@ pub struct Scenario {
     pub inflight_msgs_max: usize,
     /// A node snapshots and compacts once this many entries are applied past its snapshot.
     pub snapshot_every_entries: u64,
+    /// Raft: how linearizable reads are confirmed. Lease reads assume bounded clock drift,
+    /// so they are only drawn for seeds whose drift is within the lease's margin.
+    pub read_mode: ReadMode,
     /// The faults.
     pub faults: FaultKnobs,
     /// A deliberate protocol bug the checkers must catch.
@@ -90,7 +93,13 @@ impl Scenario {
             fsync_latency_us_max: rng.pick(&[100, 500, 2_000, 10_000]),
             nemesis_interval_us: rng.pick(&[200_000, 500_000, 1_000_000]),
         };
+        let read_mode = if faults.clock_drift_percent_max <= 10 && rng.chance(0.5) {
+            ReadMode::LeaseBased
+        } else {
+            ReadMode::ReadIndex
+        };
         Scenario {
+            read_mode,
             node_count: rng.pick(&[3, 3, 5]),
             client_count: rng.range(2, 6),
             key_count: rng.range(1, 4),

@@ -144,6 +144,7 @@ impl Simulation {
         config.transfer_timeout_ticks = ELECTION_TICKS;
         config.append_entries_max = self.scenario.append_entries_max;
         config.inflight_msgs_max = self.scenario.inflight_msgs_max;
+        config.read_mode = self.scenario.read_mode;
         config.planted_bug = self.scenario.bug;
         config
     }
