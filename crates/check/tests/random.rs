@@ -23,6 +23,14 @@ const SHAPE: Shape = Shape {
     unknown_per_mille: 50,
 };
 
+/// Keyed histories: more clients and operations, spread over several keys.
+const KEYED_SHAPE: Shape = Shape {
+    clients: 5,
+    ops_per_client: 40,
+    keys: 4,
+    ..SHAPE
+};
+
 type RegisterOp = Operation<RegisterInput, RegisterOutput>;
 
 fn assert_linearizable<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], seed: u64) {
@@ -65,12 +73,7 @@ fn generated_register_histories_are_linearizable() {
 
 #[test]
 fn generated_keyed_histories_are_linearizable() {
-    let shape = Shape {
-        clients: 5,
-        ops_per_client: 40,
-        keys: 4,
-        ..SHAPE
-    };
+    let shape = KEYED_SHAPE;
     for seed in 0..HISTORIES_COUNT {
         let ops = common::keyed_register_history(&mut Rng::new(seed), shape);
         assert_linearizable(&KeyedRegisterModel, &ops, seed);
@@ -173,12 +176,7 @@ fn reading_a_failed_write_is_caught() {
 
 #[test]
 fn keyed_violation_names_the_mutated_key() {
-    let shape = Shape {
-        clients: 5,
-        ops_per_client: 40,
-        keys: 4,
-        ..SHAPE
-    };
+    let shape = KEYED_SHAPE;
     for seed in 0..HISTORIES_COUNT {
         let mut rng = Rng::new(seed);
         let mut ops = common::keyed_register_history(&mut rng, shape);

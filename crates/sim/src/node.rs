@@ -31,11 +31,11 @@ impl Disk {
         if index <= self.snapshot.index {
             return true;
         }
+        // Entries are contiguous after the snapshot (asserted in `persist`): index directly.
+        let position = (index.0 - self.snapshot.index.0 - 1) as usize;
         self.entries
-            .iter()
-            .rev()
-            .find(|e| e.index == index)
-            .is_some_and(|e| e.term == term)
+            .get(position)
+            .is_some_and(|e| e.index == index && e.term == term)
     }
 
     /// Makes a Ready's snapshot, entries and hard state durable.

@@ -17,10 +17,12 @@ use crate::scenario::Scenario;
 
 /// Lines of trace kept for a failing seed (the most recent ones).
 const TRACE_LINES_MAX: usize = 4_000;
-/// The write the simulator itself makes after healing to prove the cluster still makes
-/// progress; its key is outside the clients' keys.
+/// The key of the write the simulator itself makes after healing to prove the cluster
+/// still makes progress; outside the clients' keys.
+const PROBE_KEY: u64 = u64::MAX;
+/// That write.
 const PROBE_COMMAND: Command = Command::Put {
-    key: u64::MAX,
+    key: PROBE_KEY,
     value: 0,
 };
 /// How long after healing and settling the probe write may take to apply everywhere.
@@ -1069,17 +1071,13 @@ impl Simulation {
     /// every member within the deadline.
     fn check_progress(&mut self) {
         let deadline_us = self.now_us + PROBE_DEADLINE_US;
-        let probe_key = match PROBE_COMMAND {
-            Command::Put { key, .. } => key,
-            Command::Cas { key, .. } => key,
-        };
         while self.now_us < deadline_us && self.violation.is_none() {
             let members = self.latest_conf.1.members();
             let applied_everywhere = members.iter().all(|id| {
                 self.nodes[id]
                     .running
                     .as_ref()
-                    .is_some_and(|r| r.kv.contains_key(&probe_key))
+                    .is_some_and(|r| r.kv.contains_key(&PROBE_KEY))
             });
             if applied_everywhere {
                 return;
@@ -1087,7 +1085,7 @@ impl Simulation {
             let anyone_applied = self.nodes.values().any(|n| {
                 n.running
                     .as_ref()
-                    .is_some_and(|r| r.kv.contains_key(&probe_key))
+                    .is_some_and(|r| r.kv.contains_key(&PROBE_KEY))
             });
             if !anyone_applied {
                 if let Some(leader) = self.current_leader() {
