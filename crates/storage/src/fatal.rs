@@ -1,0 +1,24 @@
+//! Failures the process must not survive.
+//!
+//! After a failed `fsync` the kernel may already have dropped the dirty pages and cleared
+//! the error, so a retry can "succeed" without the data ever reaching the disk
+//! ("fsyncgate", PostgreSQL 2018). The only safe reaction is to stop and recover from the
+//! log and from the peers.
+
+/// The exit status of a process that stopped because its disk failed it.
+pub const DISK_FAILURE_EXIT_CODE: i32 = 71;
+
+/// Logs the failure and exits the process at once, without unwinding.
+pub fn disk_failure(what: &str, error: &std::io::Error) -> ! {
+    tracing::error!(%error, "fatal: {what} failed; exiting without retrying");
+    eprintln!("ostrakon: fatal: {what} failed: {error}; exiting without retrying");
+    std::process::exit(DISK_FAILURE_EXIT_CODE);
+}
+
+/// The fault-injection switch for `fsync`: with `OSTRAKON_FAILPOINT_FSYNC=error` in the
+/// environment every WAL sync fails, so tests and the chaos harness can check that the
+/// process exits rather than going on.
+pub fn fsync_failpoint_armed() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var("OSTRAKON_FAILPOINT_FSYNC").as_deref() == Ok("error"))
+}

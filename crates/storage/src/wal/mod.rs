@@ -1,0 +1,331 @@
+//! One write-ahead log per node, shared by every raft group on it.
+//!
+//! The log is a directory of segment files, `0000000000000001.wal` and so on. Callers
+//! stage records from many groups ([`Wal::append_entries`], [`Wal::set_hard_state`],
+//! [`Wal::set_snapshot`]) and make them durable together with one write and one
+//! `fdatasync` ([`Wal::sync`]): group commit. A segment that grows past
+//! `segment_bytes_max` is closed; the next one starts with every group's snapshot and hard
+//! state, so that a segment whose entries are all covered by snapshots can be deleted.
+//!
+//! Recovery ([`Wal::open`]) replays every segment. A torn tail (a frame cut short or
+//! garbled at the end of the last segment) is truncated away; damage anywhere else stops
+//! the node with [`WalError::Corrupt`], because acknowledged data would be missing.
+//! A failed `fsync` ends the process ([`crate::fatal`]).
+
+mod record;
+mod recover;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ostrakon_raft::{Entry, GroupId, HardState, LogIndex, SnapshotMeta};
+
+pub use record::Record;
+pub use recover::RecoveredGroup;
+
+use crate::fatal;
+
+/// Default segment size, as etcd's.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Why the WAL cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// The operating system refused an operation.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// Acknowledged data is damaged; starting would lose it.
+    #[error(
+        "WAL segment {segment} is corrupt at byte {offset} ({reason}), before the log's \
+         tail; refusing to start because acknowledged writes would be lost. Restore this \
+         member from a peer (remove and re-add it) or from a backup"
+    )]
+    Corrupt {
+        /// The damaged file.
+        segment: PathBuf,
+        /// Where in it.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// What the segments held when the WAL was opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Each group's durable raft state.
+    pub groups: HashMap<GroupId, RecoveredGroup>,
+    /// Bytes cut off the end of the last segment (a write that never completed).
+    pub torn_bytes_truncated: u64,
+}
+
+/// The segments' bookkeeping: which group entries each holds, to know when it can go.
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    /// The highest entry index per group in this segment.
+    last_index: HashMap<GroupId, LogIndex>,
+}
+
+/// The durable state of a group as the WAL last recorded it.
+#[derive(Clone, Debug, Default)]
+struct GroupState {
+    hard_state: HardState,
+    snapshot: Option<SnapshotMeta>,
+}
+
+/// The node's write-ahead log.
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    /// Oldest first; the last one is being written. Invariant: never empty.
+    segments: BTreeMap<u64, Segment>,
+    file: File,
+    file_bytes: u64,
+    /// Framed records staged since the last sync.
+    staged: Vec<u8>,
+    staged_last_index: HashMap<GroupId, LogIndex>,
+    groups: HashMap<GroupId, GroupState>,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the WAL in `dir` and recovers every group's state.
+    pub fn open(dir: &Path, segment_bytes_max: u64) -> Result<(Wal, Recovered), WalError> {
+        assert!(segment_bytes_max > 0);
+        std::fs::create_dir_all(dir).map_err(|e| WalError::Io(dir.to_path_buf(), e))?;
+        let listed = recover::list_segments(dir)?;
+        let mut recovered = Recovered::default();
+        let mut segments = BTreeMap::new();
+        let count = listed.len();
+        for (position, (seq, path)) in listed.into_iter().enumerate() {
+            let is_last = position + 1 == count;
+            let scan = recover::scan_segment(&path, is_last)?;
+            if scan.torn {
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| WalError::Io(path.clone(), e))?
+                    .len();
+                recovered.torn_bytes_truncated = len - scan.valid_bytes;
+                truncate(&path, scan.valid_bytes)?;
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = recovered.torn_bytes_truncated,
+                    "truncated a torn WAL tail (a write that never completed)"
+                );
+            }
+            let mut last_index = HashMap::new();
+            for record in &scan.records {
+                if let Record::Entries(group, entries) = record {
+                    if let Some(last) = entries.last() {
+                        let slot = last_index.entry(*group).or_insert(last.index);
+                        *slot = (*slot).max(last.index);
+                    }
+                }
+            }
+            recover::replay(&mut recovered.groups, scan.records);
+            segments.insert(seq, Segment { path, last_index });
+        }
+        for (group, state) in &recovered.groups {
+            state.finish(*group, dir)?;
+        }
+        let groups = recovered
+            .groups
+            .iter()
+            .map(|(id, g)| {
+                let state = GroupState {
+                    hard_state: g.hard_state,
+                    snapshot: g.snapshot.clone(),
+                };
+                (*id, state)
+            })
+            .collect();
+        let (file, file_bytes) = match segments.iter().next_back() {
+            Some((_, last)) => open_append(&last.path)?,
+            None => {
+                let path = segment_path(dir, 1);
+                let opened = open_append(&path)?;
+                sync_dir(dir);
+                segments.insert(1, Segment { path, last_index: HashMap::new() });
+                opened
+            }
+        };
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes_max,
+            segments,
+            file,
+            file_bytes,
+            staged: Vec::new(),
+            staged_last_index: HashMap::new(),
+            groups,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// Stages entries of `group`; they replace any staged or durable entries at the same
+    /// or later indexes once synced.
+    pub fn append_entries(&mut self, group: GroupId, entries: &[Entry]) {
+        let Some(last) = entries.last() else { return };
+        let slot = self.staged_last_index.entry(group).or_insert(last.index);
+        *slot = (*slot).max(last.index);
+        record::encode(&Record::Entries(group, entries.to_vec()), &mut self.staged);
+    }
+
+    /// Stages the group's hard state.
+    pub fn set_hard_state(&mut self, group: GroupId, state: HardState) {
+        self.groups.entry(group).or_default().hard_state = state;
+        record::encode(&Record::HardState(group, state), &mut self.staged);
+    }
+
+    /// Stages a snapshot record: the group's log now starts after `meta.index`. The
+    /// snapshot's data must already be durable.
+    pub fn set_snapshot(&mut self, group: GroupId, meta: SnapshotMeta) {
+        record::encode(&Record::Snapshot(group, meta.clone()), &mut self.staged);
+        self.groups.entry(group).or_default().snapshot = Some(meta);
+    }
+
+    /// Whether anything is staged.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// Writes everything staged and makes it durable with one `fdatasync`. Exits the
+    /// process if the disk fails: see [`crate::fatal`]. Returns the bytes written.
+    pub fn sync(&mut self) -> u64 {
+        let written = self.write_staged();
+        if self.file_bytes >= self.segment_bytes_max {
+            self.rotate();
+        }
+        self.delete_covered_segments();
+        written
+    }
+
+    fn write_staged(&mut self) -> u64 {
+        if self.staged.is_empty() {
+            return 0;
+        }
+        let written = self.staged.len() as u64;
+        let path = self.current_segment().path.clone();
+        if let Err(error) = self.file.write_all(&self.staged) {
+            fatal::disk_failure(&format!("write to {}", path.display()), &error);
+        }
+        self.staged.clear();
+        self.file_bytes += written;
+        for (group, index) in self.staged_last_index.drain() {
+            let segment = self.segments.values_mut().next_back().expect("never empty");
+            let slot = segment.last_index.entry(group).or_insert(index);
+            *slot = (*slot).max(index);
+        }
+        fdatasync(&self.file, &path);
+        written
+    }
+
+    fn current_segment(&self) -> &Segment {
+        self.segments.values().next_back().expect("never empty")
+    }
+
+    /// Starts a new segment that begins with every group's snapshot and hard state, so
+    /// that older segments are needed only for their entries.
+    fn rotate(&mut self) {
+        let seq = self.segments.keys().next_back().expect("never empty") + 1;
+        let path = segment_path(&self.dir, seq);
+        let (file, _) = open_append(&path).unwrap_or_else(|e| match e {
+            WalError::Io(_, io) => fatal::disk_failure("creating a WAL segment", &io),
+            WalError::Corrupt { .. } => unreachable!("opening never reports corruption"),
+        });
+        sync_dir(&self.dir);
+        self.file = file;
+        self.file_bytes = 0;
+        self.segments.insert(seq, Segment { path, last_index: HashMap::new() });
+        let mut groups: Vec<_> = self.groups.iter().map(|(g, s)| (*g, s.clone())).collect();
+        groups.sort_by_key(|(g, _)| *g);
+        for (group, state) in groups {
+            if let Some(meta) = state.snapshot {
+                record::encode(&Record::Snapshot(group, meta), &mut self.staged);
+            }
+            record::encode(&Record::HardState(group, state.hard_state), &mut self.staged);
+        }
+        self.write_staged();
+    }
+
+    /// Deletes the oldest closed segments whose entries every group has compacted away.
+    fn delete_covered_segments(&mut self) {
+        while self.segments.len() > 1 {
+            let (&seq, oldest) = self.segments.iter().next().expect("len > 1");
+            let covered = oldest.last_index.iter().all(|(group, index)| {
+                self.groups
+                    .get(group)
+                    .and_then(|g| g.snapshot.as_ref())
+                    .is_some_and(|s| s.index >= *index)
+            });
+            if !covered {
+                return;
+            }
+            let path = oldest.path.clone();
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(%error, segment = %path.display(), "could not delete a WAL segment");
+                return;
+            }
+            tracing::debug!(segment = %path.display(), "deleted a compacted WAL segment");
+            self.segments.remove(&seq);
+        }
+    }
+
+    /// How many segment files the WAL has.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016}.wal"))
+}
+
+fn open_append(path: &Path) -> Result<(File, u64), WalError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| WalError::Io(path.to_path_buf(), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| WalError::Io(path.to_path_buf(), e))?
+        .len();
+    Ok((file, len))
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| WalError::Io(path.to_path_buf(), e))?;
+    file.set_len(len).map_err(|e| WalError::Io(path.to_path_buf(), e))?;
+    fdatasync(&file, path);
+    Ok(())
+}
+
+fn fdatasync(file: &File, path: &Path) {
+    if fatal::fsync_failpoint_armed() {
+        let error = std::io::Error::other("failpoint OSTRAKON_FAILPOINT_FSYNC");
+        fatal::disk_failure(&format!("fdatasync of {}", path.display()), &error);
+    }
+    if let Err(error) = file.sync_data() {
+        fatal::disk_failure(&format!("fdatasync of {}", path.display()), &error);
+    }
+}
+
+/// Makes a created or deleted file name durable.
+fn sync_dir(dir: &Path) {
+    match File::open(dir) {
+        Ok(handle) => {
+            if let Err(error) = handle.sync_all() {
+                fatal::disk_failure(&format!("fsync of directory {}", dir.display()), &error);
+            }
+        }
+        Err(error) => fatal::disk_failure(&format!("open of directory {}", dir.display()), &error),
+    }
+}
+
+#[cfg(test)]
+mod tests;
