@@ -9,7 +9,7 @@
 pub const DISK_FAILURE_EXIT_CODE: i32 = 71;
 
 /// Logs the failure and exits the process at once, without unwinding.
-pub fn disk_failure(what: &str, error: &std::io::Error) -> ! {
+pub fn disk_failure(what: &str, error: &dyn std::fmt::Display) -> ! {
     tracing::error!(%error, "fatal: {what} failed; exiting without retrying");
     eprintln!("ostrakon: fatal: {what} failed: {error}; exiting without retrying");
     std::process::exit(DISK_FAILURE_EXIT_CODE);
@@ -21,4 +21,9 @@ pub fn disk_failure(what: &str, error: &std::io::Error) -> ! {
 pub fn fsync_failpoint_armed() -> bool {
     static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ARMED.get_or_init(|| std::env::var("OSTRAKON_FAILPOINT_FSYNC").as_deref() == Ok("error"))
+}
+
+/// Unwraps a storage engine result; an engine error means the disk failed us.
+pub fn engine<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> T {
+    result.unwrap_or_else(|error| disk_failure(what, &error))
 }

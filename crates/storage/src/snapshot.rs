@@ -1,1 +1,167 @@
-//! placeholder
+//! Point-in-time copies of a group's state machine, as files.
+//!
+//! A snapshot file is `[magic][header][items][end marker][CRC32C]`: the header records the
+//! applied position, the revision and the compacted revision; each item is one stored
+//! version (length-prefixed storage key and value). The file is written to a temporary
+//! name, synced and renamed, so a crash never leaves a half-written snapshot under the
+//! final name. A follower receives the file in chunks and installs it in one batch.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{Buf, BufMut};
+use ostrakon_proto::peer as pb;
+use ostrakon_raft::{ConfState, LogIndex, Term};
+use prost::Message as _;
+
+use crate::mvcc::{AppliedState, MvccStore, Revision};
+
+const MAGIC: &[u8; 8] = b"OSTKSNP1";
+const END_MARKER: u32 = u32::MAX;
+
+/// Why a snapshot file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The operating system refused an operation.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The file is not a complete, intact snapshot.
+    #[error("snapshot {0} is damaged: {1}")]
+    Damaged(PathBuf, &'static str),
+}
+
+/// The position a snapshot file covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The applied raft position it reflects.
+    pub applied: AppliedState,
+    /// The store's revision at that point.
+    pub revision: Revision,
+    /// The compacted revision at that point.
+    pub compact_revision: Revision,
+    /// The file's size.
+    pub file_bytes: u64,
+}
+
+/// Writes the store's current state to `path`. Must be called between applies (from the
+/// writer), so the applied position matches the data.
+pub fn create(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    let io = |e| SnapshotError::Io(path.to_path_buf(), e);
+    let temporary = path.with_extension("tmp");
+    let applied = store.applied();
+    let revision = store.current_revision();
+    let compact_revision = store.compact_revision();
+    let mut header = Vec::new();
+    header.extend_from_slice(MAGIC);
+    header.put_u64_le(applied.index.0);
+    header.put_u64_le(applied.term.0);
+    header.put_i64_le(revision.0);
+    header.put_i64_le(compact_revision.0);
+    let conf = pb::ConfState::from(&applied.conf_state).encode_to_vec();
+    header.put_u32_le(conf.len() as u32);
+    header.extend_from_slice(&conf);
+
+    let file = File::create(&temporary).map_err(io)?;
+    let mut writer = BufWriter::new(file);
+    let mut crc = crc32c::crc32c(&header);
+    writer.write_all(&header).map_err(io)?;
+    let mut file_bytes = header.len() as u64;
+    let mut item = Vec::new();
+    for (key, value) in store.snapshot_items() {
+        item.clear();
+        item.put_u32_le(key.len() as u32);
+        item.extend_from_slice(&key);
+        item.put_u32_le(value.len() as u32);
+        item.extend_from_slice(&value);
+        crc = crc32c::crc32c_append(crc, &item);
+        writer.write_all(&item).map_err(io)?;
+        file_bytes += item.len() as u64;
+    }
+    let end = END_MARKER.to_le_bytes();
+    crc = crc32c::crc32c_append(crc, &end);
+    writer.write_all(&end).map_err(io)?;
+    writer.write_all(&crc.to_le_bytes()).map_err(io)?;
+    file_bytes += 8;
+    let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
+    if let Err(error) = file.sync_all() {
+        crate::fatal::disk_failure("fsync of a snapshot", &error);
+    }
+    std::fs::rename(&temporary, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
+            crate::fatal::disk_failure("fsync of the snapshot directory", &error);
+        }
+    }
+    Ok(SnapshotInfo {
+        applied,
+        revision,
+        compact_revision,
+        file_bytes,
+    })
+}
+
+/// Reads and checks a snapshot file: its position and its items.
+#[allow(clippy::type_complexity)]
+pub fn read(path: &Path) -> Result<(SnapshotInfo, Vec<(Vec<u8>, Vec<u8>)>), SnapshotError> {
+    let damaged = |what| SnapshotError::Damaged(path.to_path_buf(), what);
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| SnapshotError::Io(path.to_path_buf(), e))?;
+    if data.len() < MAGIC.len() + 40 || &data[..MAGIC.len()] != MAGIC {
+        return Err(damaged("not a snapshot file"));
+    }
+    let (body, crc) = data.split_at(data.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+        return Err(damaged("checksum mismatch"));
+    }
+    let mut cursor = &body[MAGIC.len()..];
+    let index = LogIndex(cursor.get_u64_le());
+    let term = Term(cursor.get_u64_le());
+    let revision = Revision(cursor.get_i64_le());
+    let compact_revision = Revision(cursor.get_i64_le());
+    let conf_bytes = cursor.get_u32_le() as usize;
+    if cursor.len() < conf_bytes {
+        return Err(damaged("header cut short"));
+    }
+    let conf = pb::ConfState::decode(&cursor[..conf_bytes]).map_err(|_| damaged("bad membership"))?;
+    let conf_state = ConfState::try_from(&conf).map_err(|_| damaged("bad membership"))?;
+    cursor.advance(conf_bytes);
+    let mut items = Vec::new();
+    loop {
+        if cursor.len() < 4 {
+            return Err(damaged("items cut short"));
+        }
+        let key_bytes = cursor.get_u32_le();
+        if key_bytes == END_MARKER {
+            break;
+        }
+        let key_bytes = key_bytes as usize;
+        if cursor.len() < key_bytes + 4 {
+            return Err(damaged("item cut short"));
+        }
+        let key = cursor[..key_bytes].to_vec();
+        cursor.advance(key_bytes);
+        let value_bytes = cursor.get_u32_le() as usize;
+        if cursor.len() < value_bytes {
+            return Err(damaged("item cut short"));
+        }
+        items.push((key, cursor[..value_bytes].to_vec()));
+        cursor.advance(value_bytes);
+    }
+    let info = SnapshotInfo {
+        applied: AppliedState { index, term, conf_state },
+        revision,
+        compact_revision,
+        file_bytes: data.len() as u64,
+    };
+    Ok((info, items))
+}
+
+/// Replaces the store's content with the snapshot at `path`, atomically and durably.
+pub fn install(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    let (info, items) = read(path)?;
+    store.install(items, info.revision, info.compact_revision, info.applied.clone());
+    Ok(info)
+}

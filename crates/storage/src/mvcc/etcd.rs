@@ -1,0 +1,365 @@
+//! etcd's request semantics over the store: Range, Put, DeleteRange, Txn, Compaction.
+//!
+//! Validation that needs no state (empty keys, too many operations, duplicate keys) is
+//! done by the server before a request is proposed; what needs state is done here, at
+//! apply time, identically on every member.
+
+use ostrakon_proto::etcdserverpb::{
+    compare, range_request, request_op, response_op, Compare, CompactionRequest,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
+};
+use ostrakon_proto::mvccpb::KeyValue;
+use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
+use ostrakon_raft::{LogIndex, Term};
+
+use super::store::{ReadView, WriteTxn};
+use super::{MvccError, MvccStore, Revision};
+
+fn header(revision: Revision) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: revision.0,
+        ..ResponseHeader::default()
+    })
+}
+
+/// Where a Range reads from: a read-only view, or a write transaction (which sees its own
+/// writes).
+trait RangeSource {
+    fn view(&self) -> &ReadView;
+    fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue>;
+    fn response_revision(&self) -> Revision;
+}
+
+impl RangeSource for ReadView {
+    fn view(&self) -> &ReadView {
+        self
+    }
+    fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        self.range(key, range_end, self.current_revision())
+    }
+    fn response_revision(&self) -> Revision {
+        self.current_revision()
+    }
+}
+
+impl RangeSource for WriteTxn<'_> {
+    fn view(&self) -> &ReadView {
+        WriteTxn::view(self)
+    }
+    fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        WriteTxn::range_latest(self, key, range_end)
+    }
+    fn response_revision(&self) -> Revision {
+        WriteTxn::response_revision(self)
+    }
+}
+
+/// Serves a Range from a consistent view (the header's revision is the view's current
+/// revision, whatever revision was read, as in etcd).
+pub fn range(view: &ReadView, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+    range_from(view, request)
+}
+
+fn range_from(source: &impl RangeSource, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+    let at = source.view().resolve(request.revision)?;
+    let mut kvs = if at == source.view().current_revision() {
+        source.range_latest(&request.key, &request.range_end)
+    } else {
+        source.view().range(&request.key, &request.range_end, at)
+    };
+    let count = kvs.len() as i64;
+    prune(&mut kvs, request);
+    sort(&mut kvs, request);
+    let mut more = false;
+    if request.limit > 0 && kvs.len() > request.limit as usize {
+        kvs.truncate(request.limit as usize);
+        more = true;
+    }
+    if request.count_only {
+        kvs.clear();
+    } else if request.keys_only {
+        for kv in &mut kvs {
+            kv.value = Default::default();
+        }
+    }
+    Ok(RangeResponse {
+        header: header(source.response_revision()),
+        kvs,
+        more,
+        count,
+    })
+}
+
+/// etcd filters by mod and create revision after counting.
+fn prune(kvs: &mut Vec<KeyValue>, r: &RangeRequest) {
+    kvs.retain(|kv| {
+        (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
+            && (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
+            && (r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
+            && (r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
+    });
+}
+
+fn sort(kvs: &mut [KeyValue], r: &RangeRequest) {
+    use range_request::{SortOrder, SortTarget};
+    let target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
+    let mut order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
+    // As etcd: a target other than the key with no order means ascending; the store
+    // already returns keys ascending.
+    if target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    } else if target == SortTarget::Key && order == SortOrder::Ascend {
+        order = SortOrder::None;
+    }
+    if order == SortOrder::None {
+        return;
+    }
+    // Stable sorts over key-ordered input: ties keep key order.
+    match target {
+        SortTarget::Key => {}
+        SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+        SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+        SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+        SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+    }
+    if order == SortOrder::Descend {
+        if target == SortTarget::Key {
+            kvs.reverse();
+        } else {
+            reverse_keeping_ties(kvs, target);
+        }
+    }
+}
+
+/// Descending by target; equal targets stay in ascending key order.
+fn reverse_keeping_ties(kvs: &mut [KeyValue], target: range_request::SortTarget) {
+    use range_request::SortTarget;
+    kvs.reverse();
+    let same = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key == b.key,
+        SortTarget::Version => a.version == b.version,
+        SortTarget::Create => a.create_revision == b.create_revision,
+        SortTarget::Mod => a.mod_revision == b.mod_revision,
+        SortTarget::Value => a.value == b.value,
+    };
+    let mut start = 0;
+    while start < kvs.len() {
+        let mut end = start + 1;
+        while end < kvs.len() && same(&kvs[start], &kvs[end]) {
+            end += 1;
+        }
+        kvs[start..end].reverse();
+        start = end;
+    }
+}
+
+/// What applying a replicated write produced.
+pub type WriteOutcome = write_response::Response;
+
+/// Applies one replicated write at `index`. Refused requests change nothing but still
+/// advance the applied index.
+pub fn apply_write(store: &MvccStore, index: LogIndex, term: Term, write: &WriteRequest) -> WriteOutcome {
+    use write_request::Request;
+    let request = write
+        .request
+        .as_ref()
+        .expect("the server proposes only writes with a request");
+    if let Request::Compaction(compaction) = request {
+        return match apply_compaction(store, index, term, compaction) {
+            Ok(response) => WriteOutcome::Compaction(response),
+            Err(error) => {
+                store.set_applied(index, term);
+                error_outcome(error)
+            }
+        };
+    }
+    let mut txn = store.write_txn();
+    let result = match request {
+        Request::Put(put) => apply_put(&mut txn, put).map(WriteOutcome::Put),
+        Request::DeleteRange(delete) => Ok(WriteOutcome::DeleteRange(apply_delete(&mut txn, delete))),
+        Request::Txn(request) => apply_txn(&mut txn, request).map(WriteOutcome::Txn),
+        Request::Compaction(_) => unreachable!("handled above"),
+    };
+    match result {
+        Ok(mut outcome) => {
+            let revision = txn.response_revision();
+            txn.commit(index, term);
+            set_header_revision(&mut outcome, revision);
+            outcome
+        }
+        Err(error) => {
+            drop(txn);
+            store.set_applied(index, term);
+            error_outcome(error)
+        }
+    }
+}
+
+fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
+    let header = match outcome {
+        WriteOutcome::Put(r) => &mut r.header,
+        WriteOutcome::DeleteRange(r) => &mut r.header,
+        WriteOutcome::Txn(r) => &mut r.header,
+        WriteOutcome::Compaction(r) => &mut r.header,
+        WriteOutcome::Error(_) => return,
+    };
+    *header = self::header(revision);
+}
+
+/// The outcome of a refused write: the error in etcd's terms (a gRPC code and message).
+fn error_outcome(error: MvccError) -> WriteOutcome {
+    let (code, message) = etcd_status(&error);
+    WriteOutcome::Error(ostrakon_proto::peer::Error {
+        code,
+        message: message.to_string(),
+    })
+}
+
+/// etcd's gRPC status code and message for a state-machine error.
+pub fn etcd_status(error: &MvccError) -> (i32, &'static str) {
+    // gRPC codes: InvalidArgument 3, NotFound 5, OutOfRange 11.
+    match error {
+        MvccError::Compacted { .. } => (11, "etcdserver: mvcc: required revision has been compacted"),
+        MvccError::FutureRevision => (11, "etcdserver: mvcc: required revision is a future revision"),
+        MvccError::KeyNotFound => (3, "etcdserver: key not found"),
+        MvccError::LeaseNotFound => (5, "etcdserver: requested lease not found"),
+    }
+}
+
+fn apply_compaction(
+    store: &MvccStore,
+    index: LogIndex,
+    term: Term,
+    request: &CompactionRequest,
+) -> Result<CompactionResponse, MvccError> {
+    store.compact(Revision(request.revision), index, term)?;
+    Ok(CompactionResponse {
+        header: header(store.current_revision()),
+    })
+}
+
+fn apply_put(txn: &mut WriteTxn<'_>, put: &PutRequest) -> Result<PutResponse, MvccError> {
+    let previous = txn.range_latest(&put.key, b"").pop();
+    if (put.ignore_value || put.ignore_lease) && previous.is_none() {
+        return Err(MvccError::KeyNotFound);
+    }
+    let value = match (&previous, put.ignore_value) {
+        (Some(previous), true) => previous.value.clone(),
+        _ => put.value.clone(),
+    };
+    let lease = match (&previous, put.ignore_lease) {
+        (Some(previous), true) => previous.lease,
+        _ => put.lease,
+    };
+    if lease != 0 {
+        // Leases arrive with the Lease service; until then no lease exists.
+        return Err(MvccError::LeaseNotFound);
+    }
+    let previous = txn.put(put.key.clone(), value, lease);
+    Ok(PutResponse {
+        header: None,
+        prev_kv: if put.prev_kv { previous } else { None },
+    })
+}
+
+fn apply_delete(txn: &mut WriteTxn<'_>, delete: &DeleteRangeRequest) -> DeleteRangeResponse {
+    let deleted = txn.delete_range(&delete.key, &delete.range_end);
+    DeleteRangeResponse {
+        header: None,
+        deleted: deleted.len() as i64,
+        prev_kvs: if delete.prev_kv { deleted } else { Vec::new() },
+    }
+}
+
+fn apply_txn(txn: &mut WriteTxn<'_>, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
+    let succeeded = request.compare.iter().all(|c| compare_holds(txn, c));
+    let ops = if succeeded { &request.success } else { &request.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        responses.push(apply_op(txn, op)?);
+    }
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
+}
+
+fn apply_op(txn: &mut WriteTxn<'_>, op: &RequestOp) -> Result<ResponseOp, MvccError> {
+    use request_op::Request;
+    use response_op::Response;
+    let revision_before = txn.response_revision();
+    let response = match &op.request {
+        Some(Request::RequestRange(range)) => Response::ResponseRange(range_from(txn, range)?),
+        Some(Request::RequestPut(put)) => Response::ResponsePut(apply_put(txn, put)?),
+        Some(Request::RequestDeleteRange(delete)) => {
+            Response::ResponseDeleteRange(apply_delete(txn, delete))
+        }
+        Some(Request::RequestTxn(nested)) => Response::ResponseTxn(apply_txn(txn, nested)?),
+        None => return Ok(ResponseOp { response: None }),
+    };
+    let mut response = response;
+    let revision = txn.response_revision().max(revision_before);
+    match &mut response {
+        Response::ResponsePut(r) => r.header = header(revision),
+        Response::ResponseDeleteRange(r) => r.header = header(revision),
+        Response::ResponseTxn(r) => r.header = header(revision),
+        Response::ResponseRange(_) => {}
+    }
+    Ok(ResponseOp {
+        response: Some(response),
+    })
+}
+
+/// etcd's compare: every key in the range must satisfy it; over no keys, a VALUE
+/// compare fails and the others compare against a zero-valued key.
+fn compare_holds(txn: &WriteTxn<'_>, c: &Compare) -> bool {
+    let kvs = txn.range_latest(&c.key, &c.range_end);
+    if kvs.is_empty() {
+        if c.target == compare::CompareTarget::Value as i32 {
+            return false;
+        }
+        return compare_one(c, &KeyValue::default());
+    }
+    kvs.iter().all(|kv| compare_one(c, kv))
+}
+
+fn compare_one(c: &Compare, kv: &KeyValue) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    use std::cmp::Ordering;
+    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+    let ordering = match target {
+        CompareTarget::Value => {
+            let wanted: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => b"",
+            };
+            kv.value.as_ref().cmp(wanted)
+        }
+        _ => {
+            let wanted = match (&c.target_union, target) {
+                (Some(TargetUnion::Version(v)), CompareTarget::Version) => *v,
+                (Some(TargetUnion::CreateRevision(v)), CompareTarget::Create) => *v,
+                (Some(TargetUnion::ModRevision(v)), CompareTarget::Mod) => *v,
+                (Some(TargetUnion::Lease(v)), CompareTarget::Lease) => *v,
+                _ => 0,
+            };
+            let actual = match target {
+                CompareTarget::Version => kv.version,
+                CompareTarget::Create => kv.create_revision,
+                CompareTarget::Mod => kv.mod_revision,
+                CompareTarget::Lease => kv.lease,
+                CompareTarget::Value => unreachable!(),
+            };
+            actual.cmp(&wanted)
+        }
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ordering == Ordering::Equal,
+        CompareResult::NotEqual => ordering != Ordering::Equal,
+        CompareResult::Greater => ordering == Ordering::Greater,
+        CompareResult::Less => ordering == Ordering::Less,
+    }
+}

@@ -1,0 +1,471 @@
+//! Storage of versions in fjall: consistent read views and atomic write transactions.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use ostrakon_proto::mvccpb::KeyValue;
+use ostrakon_proto::peer as pb;
+use ostrakon_raft::{ConfState, GroupId, LogIndex, Term};
+use prost::Message as _;
+
+use super::keys::{key_prefix, split_versioned_key, versioned_key};
+use super::value::StoredVersion;
+use super::{MvccError, Revision, INITIAL_REVISION};
+use crate::fatal::engine;
+
+const META_APPLIED_INDEX: &[u8] = b"applied_index";
+const META_APPLIED_TERM: &[u8] = b"applied_term";
+const META_REVISION: &[u8] = b"revision";
+const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+const META_CONF_STATE: &[u8] = b"conf_state";
+
+/// The raft position the state machine reflects.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AppliedState {
+    /// The last applied log index.
+    pub index: LogIndex,
+    /// Its term.
+    pub term: Term,
+    /// The membership as of `index`.
+    pub conf_state: ConfState,
+}
+
+/// The state machine of one group. Reads may run on any thread, concurrently with the
+/// single writer (the node's event loop).
+pub struct MvccStore {
+    keyspace: Keyspace,
+    group: GroupId,
+    kv: PartitionHandle,
+    meta: PartitionHandle,
+    /// Invariant: every version at or below it is committed in `kv`.
+    revision: AtomicI64,
+    /// Raised before the compaction's batch commits, so no reader trusts data that is
+    /// about to go (see `ReadView`).
+    compact_revision: AtomicI64,
+    applied_index: AtomicU64,
+    applied: Mutex<AppliedState>,
+}
+
+impl MvccStore {
+    /// Opens (creating if needed) the state machine of `group` in `keyspace`.
+    pub fn open(keyspace: &Keyspace, group: GroupId) -> MvccStore {
+        let options = PartitionCreateOptions::default;
+        let kv = engine(
+            "opening a partition",
+            keyspace.open_partition(&format!("g{}-kv", group.0), options()),
+        );
+        let meta = engine(
+            "opening a partition",
+            keyspace.open_partition(&format!("g{}-meta", group.0), options()),
+        );
+        let read_u64 = |key: &[u8]| {
+            engine("reading metadata", meta.get(key))
+                .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8-byte meta")))
+        };
+        let revision = read_u64(META_REVISION).map_or(INITIAL_REVISION.0, |v| v as i64);
+        let compact_revision = read_u64(META_COMPACT_REVISION).unwrap_or(0) as i64;
+        let conf_state = engine("reading metadata", meta.get(META_CONF_STATE))
+            .map(|v| {
+                let wire = pb::ConfState::decode(v.as_ref()).expect("stored conf state decodes");
+                ConfState::try_from(&wire).expect("stored conf state is valid")
+            })
+            .unwrap_or_default();
+        let applied = AppliedState {
+            index: LogIndex(read_u64(META_APPLIED_INDEX).unwrap_or(0)),
+            term: Term(read_u64(META_APPLIED_TERM).unwrap_or(0)),
+            conf_state,
+        };
+        MvccStore {
+            keyspace: keyspace.clone(),
+            group,
+            kv,
+            meta,
+            revision: AtomicI64::new(revision),
+            compact_revision: AtomicI64::new(compact_revision),
+            applied_index: AtomicU64::new(applied.index.0),
+            applied: Mutex::new(applied),
+        }
+    }
+
+    /// The group this store belongs to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The revision of the last write transaction.
+    pub fn current_revision(&self) -> Revision {
+        Revision(self.revision.load(Ordering::SeqCst))
+    }
+
+    /// The compacted revision: reads below it fail with `Compacted`.
+    pub fn compact_revision(&self) -> Revision {
+        Revision(self.compact_revision.load(Ordering::SeqCst))
+    }
+
+    /// The last applied index (cheap; for waiting readers).
+    pub fn applied_index(&self) -> LogIndex {
+        LogIndex(self.applied_index.load(Ordering::SeqCst))
+    }
+
+    /// The raft position the state machine reflects.
+    pub fn applied(&self) -> AppliedState {
+        self.applied.lock().unwrap().clone()
+    }
+
+    /// Records that entries up to `index` are applied without changing data (an empty or
+    /// refused entry). It is persisted with the next write; replaying such entries after a
+    /// crash changes nothing.
+    pub fn set_applied(&self, index: LogIndex, term: Term) {
+        let mut applied = self.applied.lock().unwrap();
+        assert!(index >= applied.index, "applied index goes back: {index} < {}", applied.index);
+        applied.index = index;
+        applied.term = term;
+        self.applied_index.store(index.0, Ordering::SeqCst);
+    }
+
+    /// Applies a membership change entry: the conf state is stored with its index.
+    pub fn apply_conf_state(&self, index: LogIndex, term: Term, conf_state: ConfState) {
+        let mut batch = self.keyspace.batch();
+        batch.insert(
+            &self.meta,
+            META_CONF_STATE,
+            pb::ConfState::from(&conf_state).encode_to_vec(),
+        );
+        self.put_applied(&mut batch, index, term);
+        engine("committing a batch", batch.commit());
+        self.applied.lock().unwrap().conf_state = conf_state;
+        self.set_applied(index, term);
+    }
+
+    /// Makes everything written so far durable (before the raft log may forget it).
+    pub fn persist(&self) {
+        let applied = self.applied();
+        let mut batch = self.keyspace.batch();
+        self.put_applied(&mut batch, applied.index, applied.term);
+        engine("committing a batch", batch.commit());
+        engine("persisting the state machine", self.keyspace.persist(PersistMode::SyncAll));
+    }
+
+    fn put_applied(&self, batch: &mut fjall::Batch, index: LogIndex, term: Term) {
+        batch.insert(&self.meta, META_APPLIED_INDEX, index.0.to_be_bytes());
+        batch.insert(&self.meta, META_APPLIED_TERM, term.0.to_be_bytes());
+    }
+
+    /// A consistent view for reads at any revision from the compacted one to the current.
+    pub fn read_view(&self) -> ReadView {
+        // Order matters: the current revision first (everything at or below it is
+        // committed), then the snapshot, then the compacted revision (raised before a
+        // compaction commits, so a snapshot taken after that commit sees the new bound).
+        let current = self.current_revision();
+        let snapshot = self.kv.snapshot();
+        let compacted = self.compact_revision();
+        ReadView { snapshot, current, compacted }
+    }
+
+    /// Starts the write transaction of the next revision.
+    pub fn write_txn(&self) -> WriteTxn<'_> {
+        WriteTxn {
+            store: self,
+            view: self.read_view(),
+            changes: BTreeMap::new(),
+        }
+    }
+
+    /// Removes every version that no read at or above `revision` can see, and records
+    /// `revision` as compacted, in one atomic batch.
+    pub fn compact(&self, revision: Revision, index: LogIndex, term: Term) -> Result<(), MvccError> {
+        let current = self.current_revision();
+        let compacted = self.compact_revision();
+        if revision > current {
+            return Err(MvccError::FutureRevision);
+        }
+        if revision <= compacted {
+            return Err(MvccError::Compacted { compacted });
+        }
+        let mut batch = self.keyspace.batch();
+        let mut last_key: Option<(Vec<u8>, Vec<u8>, bool)> = None; // (prefix, stored key, tombstone)
+        for item in self.kv.snapshot().iter() {
+            let (stored_key, stored_value) = engine("scanning for compaction", item);
+            let (_, version_revision) = split_versioned_key(&stored_key);
+            if version_revision > revision {
+                continue;
+            }
+            let prefix = stored_key[..stored_key.len() - 8].to_vec();
+            let tombstone = StoredVersion::decode(&stored_value).tombstone;
+            if let Some((last_prefix, last_stored, last_tombstone)) = last_key.take() {
+                // An older version of the same key is superseded; the newest version at
+                // or below `revision` of a key stays unless it is a tombstone.
+                if last_prefix == prefix || last_tombstone {
+                    batch.remove(&self.kv, last_stored);
+                }
+            }
+            last_key = Some((prefix, stored_key.to_vec(), tombstone));
+        }
+        if let Some((_, last_stored, true)) = last_key {
+            batch.remove(&self.kv, last_stored);
+        }
+        batch.insert(&self.meta, META_COMPACT_REVISION, (revision.0 as u64).to_be_bytes());
+        self.put_applied(&mut batch, index, term);
+        self.compact_revision.store(revision.0, Ordering::SeqCst);
+        engine("committing a compaction", batch.commit());
+        self.set_applied(index, term);
+        Ok(())
+    }
+
+    /// Every stored version, for a snapshot: (storage key, stored value).
+    pub(crate) fn snapshot_items(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+        self.kv.snapshot().iter().map(|item| {
+            let (key, value) = engine("reading for a snapshot", item);
+            (key.to_vec(), value.to_vec())
+        })
+    }
+
+    /// Replaces the whole state machine with a snapshot's content, atomically.
+    pub(crate) fn install(
+        &self,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        revision: Revision,
+        compact_revision: Revision,
+        applied: AppliedState,
+    ) {
+        let mut batch = self.keyspace.batch();
+        for item in self.kv.snapshot().keys() {
+            batch.remove(&self.kv, engine("reading for an install", item));
+        }
+        for (key, value) in items {
+            batch.insert(&self.kv, key, value);
+        }
+        batch.insert(&self.meta, META_REVISION, (revision.0 as u64).to_be_bytes());
+        batch.insert(
+            &self.meta,
+            META_COMPACT_REVISION,
+            (compact_revision.0 as u64).to_be_bytes(),
+        );
+        batch.insert(
+            &self.meta,
+            META_CONF_STATE,
+            pb::ConfState::from(&applied.conf_state).encode_to_vec(),
+        );
+        self.put_applied(&mut batch, applied.index, applied.term);
+        // Lower the compaction bound only after the data is in; raise it before.
+        self.compact_revision
+            .fetch_max(compact_revision.0, Ordering::SeqCst);
+        engine("installing a snapshot", batch.commit());
+        engine("persisting a snapshot", self.keyspace.persist(PersistMode::SyncAll));
+        self.compact_revision.store(compact_revision.0, Ordering::SeqCst);
+        self.revision.store(revision.0, Ordering::SeqCst);
+        self.applied_index.store(applied.index.0, Ordering::SeqCst);
+        *self.applied.lock().unwrap() = applied;
+    }
+}
+
+/// A consistent, point-in-time view of the store.
+pub struct ReadView {
+    snapshot: fjall::Snapshot,
+    current: Revision,
+    compacted: Revision,
+}
+
+impl ReadView {
+    /// The revision of the last write the view contains.
+    pub fn current_revision(&self) -> Revision {
+        self.current
+    }
+
+    /// Checks a requested revision (0 = current) and resolves it.
+    pub fn resolve(&self, requested: i64) -> Result<Revision, MvccError> {
+        if requested <= 0 {
+            return Ok(self.current);
+        }
+        let requested = Revision(requested);
+        if requested > self.current {
+            return Err(MvccError::FutureRevision);
+        }
+        if requested < self.compacted {
+            return Err(MvccError::Compacted { compacted: self.compacted });
+        }
+        Ok(requested)
+    }
+
+    /// The live keys in `[key, range_end)` at `at`, in key order (`range_end` empty means
+    /// just `key`; `"\0"` means no upper bound).
+    pub fn range(&self, key: &[u8], range_end: &[u8], at: Revision) -> Vec<KeyValue> {
+        assert!(at <= self.current, "reading at {at:?} beyond {:?}", self.current);
+        if range_end.is_empty() {
+            return self.get(key, at).into_iter().collect();
+        }
+        let unbounded = range_end == [0];
+        if !unbounded && range_end <= key {
+            return Vec::new();
+        }
+        let low = Bound::Included(key_prefix(key));
+        let high = if unbounded {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(key_prefix(range_end))
+        };
+        let mut out = Vec::new();
+        let mut pending: Option<(Vec<u8>, Revision, StoredVersion)> = None;
+        for item in self.snapshot.range::<Vec<u8>, _>((low, high)) {
+            let (stored_key, stored_value) = engine("reading a range", item);
+            let (user_key, revision) = split_versioned_key(&stored_key);
+            if revision > at {
+                continue;
+            }
+            if let Some((pending_key, ..)) = &pending {
+                if *pending_key != user_key {
+                    push_live(&mut out, pending.take());
+                }
+            }
+            pending = Some((user_key, revision, StoredVersion::decode(&stored_value)));
+        }
+        push_live(&mut out, pending);
+        out
+    }
+
+    /// The live version of `key` at `at`.
+    pub fn get(&self, key: &[u8], at: Revision) -> Option<KeyValue> {
+        let low = versioned_key(key, Revision(0));
+        let high = versioned_key(key, at);
+        let item = self.snapshot.range(low..=high).next_back()?;
+        let (stored_key, stored_value) = engine("reading a key", item);
+        let (user_key, revision) = split_versioned_key(&stored_key);
+        let mut out = Vec::with_capacity(1);
+        push_live(&mut out, Some((user_key, revision, StoredVersion::decode(&stored_value))));
+        out.pop()
+    }
+}
+
+fn push_live(out: &mut Vec<KeyValue>, version: Option<(Vec<u8>, Revision, StoredVersion)>) {
+    let Some((key, revision, stored)) = version else { return };
+    if stored.tombstone {
+        return;
+    }
+    out.push(KeyValue {
+        key: Bytes::from(key),
+        create_revision: stored.create_revision.0,
+        mod_revision: revision.0,
+        version: stored.version,
+        value: stored.value,
+        lease: stored.lease,
+    });
+}
+
+/// The writes of one revision, visible to the transaction's own later reads, applied
+/// atomically by `commit`.
+pub struct WriteTxn<'a> {
+    store: &'a MvccStore,
+    view: ReadView,
+    /// User key to its new version. Invariant: a key is written at most once (etcd
+    /// refuses a Txn that writes a key twice before it reaches the store).
+    changes: BTreeMap<Bytes, StoredVersion>,
+}
+
+impl WriteTxn<'_> {
+    /// The view the transaction reads committed data from.
+    pub fn view(&self) -> &ReadView {
+        &self.view
+    }
+
+    /// The revision this transaction's writes get.
+    pub fn write_revision(&self) -> Revision {
+        Revision(self.view.current.0 + 1)
+    }
+
+    /// The revision the transaction's responses report: the new one if it wrote.
+    pub fn response_revision(&self) -> Revision {
+        if self.changes.is_empty() {
+            self.view.current
+        } else {
+            self.write_revision()
+        }
+    }
+
+    /// Live keys in the range as of now, including this transaction's own writes.
+    pub fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        let mut base = self.view.range(key, range_end, self.view.current);
+        if self.changes.is_empty() {
+            return base;
+        }
+        let written_revision = self.write_revision().0;
+        let in_range = |k: &[u8]| {
+            if range_end.is_empty() {
+                k == key
+            } else {
+                k >= key && (range_end == [0] || k < range_end)
+            }
+        };
+        let mut merged: BTreeMap<Bytes, KeyValue> =
+            base.drain(..).map(|kv| (kv.key.clone(), kv)).collect();
+        for (changed_key, version) in &self.changes {
+            if !in_range(changed_key) {
+                continue;
+            }
+            if version.tombstone {
+                merged.remove(changed_key);
+            } else {
+                merged.insert(
+                    changed_key.clone(),
+                    KeyValue {
+                        key: changed_key.clone(),
+                        create_revision: version.create_revision.0,
+                        mod_revision: written_revision,
+                        version: version.version,
+                        value: version.value.clone(),
+                        lease: version.lease,
+                    },
+                );
+            }
+        }
+        merged.into_values().collect()
+    }
+
+    /// Writes `value` under `key`; returns the previous live version.
+    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
+        let previous = self.range_latest(&key, b"").pop();
+        let version = StoredVersion {
+            tombstone: false,
+            create_revision: previous
+                .as_ref()
+                .map_or(self.write_revision(), |p| Revision(p.create_revision)),
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            lease,
+            value,
+        };
+        let replaced = self.changes.insert(key, version);
+        assert!(replaced.is_none(), "a key written twice in one revision");
+        previous
+    }
+
+    /// Deletes the live keys in the range; returns them.
+    pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
+        let deleted = self.range_latest(key, range_end);
+        for kv in &deleted {
+            let replaced = self.changes.insert(kv.key.clone(), StoredVersion::tombstone());
+            assert!(replaced.is_none(), "a key written twice in one revision");
+        }
+        deleted
+    }
+
+    /// Applies the writes, if any, with the applied index, in one atomic batch.
+    pub fn commit(self, index: LogIndex, term: Term) {
+        if self.changes.is_empty() {
+            self.store.set_applied(index, term);
+            return;
+        }
+        let revision = self.write_revision();
+        let mut batch = self.store.keyspace.batch();
+        for (key, version) in &self.changes {
+            batch.insert(&self.store.kv, versioned_key(key, revision), version.encode());
+        }
+        batch.insert(&self.store.meta, META_REVISION, (revision.0 as u64).to_be_bytes());
+        self.store.put_applied(&mut batch, index, term);
+        engine("committing a write", batch.commit());
+        self.store.revision.store(revision.0, Ordering::SeqCst);
+        self.store.set_applied(index, term);
+    }
+}
