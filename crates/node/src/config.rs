@@ -1,0 +1,63 @@
+//! A node's static configuration.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ostrakon_raft::NodeId;
+
+/// Everything the runtime needs to know to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's member id.
+    pub id: NodeId,
+    /// The human name (`--name`).
+    pub name: String,
+    /// The cluster id reported in every response header.
+    pub cluster_id: u64,
+    /// The founding members and their peer URLs, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Where the WAL, the state machine and snapshots live.
+    pub data_dir: PathBuf,
+    /// The raft tick; the leader heartbeats once per tick (etcd's heartbeat interval).
+    pub tick_interval: Duration,
+    /// Ticks without a leader before an election (election timeout / tick interval).
+    pub election_ticks: u32,
+    /// Applied entries between snapshots of the state machine (etcd's `--snapshot-count`).
+    pub snapshot_entries: u64,
+    /// How long a client request may wait for commit or a read point.
+    pub request_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// The founding voters.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.peers.keys().copied().collect()
+    }
+}
+
+/// A stable, nonzero 64-bit id from strings (FNV-1a): members and clusters are named
+/// by hashes of their configuration, as in etcd, so every member computes the same ids.
+pub fn stable_id(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain([0xFF]) {
+            hash ^= byte as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+    hash.max(1)
+}
+
+/// A member's id from its peer URLs and the cluster token (etcd derives it the same way,
+/// from the same inputs).
+pub fn member_id(peer_urls: &str, cluster_token: &str) -> NodeId {
+    NodeId(stable_id(&[peer_urls, cluster_token]))
+}
+
+/// The cluster's id from its founding members.
+pub fn cluster_id(members: impl IntoIterator<Item = NodeId>) -> u64 {
+    let ids: Vec<String> = members.into_iter().map(|m| m.0.to_string()).collect();
+    let parts: Vec<&str> = ids.iter().map(String::as_str).collect();
+    stable_id(&parts)
+}

@@ -1,0 +1,425 @@
+//! The node's single event loop: every raft group, one WAL, one `fdatasync` per round.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use ostrakon_proto::peer::WriteRequest;
+use ostrakon_raft::{
+    Config, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId, RawNode, Ready,
+    SnapshotMeta,
+};
+use ostrakon_storage::mvcc::MvccStore;
+use ostrakon_storage::snapshot;
+use ostrakon_storage::wal::{RecoveredGroup, Wal, WalError, SEGMENT_BYTES_DEFAULT};
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::handle::{GroupShared, GroupStatus, NodeHandle};
+use crate::replica::{ReadResponder, Replica, WriteResponder};
+use crate::transport::Transport;
+use crate::DEFAULT_GROUP;
+
+/// Inputs drained per round before the groups' Readys are handled; bounds a round's work.
+const INPUTS_PER_ROUND_MAX: usize = 4096;
+
+/// Everything the event loop reacts to.
+pub enum Input {
+    /// A raft message from a peer.
+    Raft(Message),
+    /// A client write to propose.
+    Propose {
+        /// The group.
+        group: GroupId,
+        /// The write, stamped with this node as origin.
+        write: WriteRequest,
+        /// Answered when applied, or on failure.
+        respond: WriteResponder,
+    },
+    /// A linearizable read wants a read index.
+    ReadIndex {
+        /// The group.
+        group: GroupId,
+        /// Answered with the index to wait for.
+        respond: ReadResponder,
+    },
+    /// A snapshot's data arrived and is durable at `path`; `message` is its InstallSnapshot.
+    SnapshotReceived {
+        /// The InstallSnapshot message.
+        message: Message,
+        /// The received file.
+        path: PathBuf,
+    },
+    /// A snapshot stream to `to` ended.
+    SnapshotReport {
+        /// The group.
+        group: GroupId,
+        /// The receiver.
+        to: NodeId,
+        /// Whether it was received.
+        delivered: bool,
+    },
+    /// Messages to `to` could not be delivered.
+    Unreachable(NodeId),
+    /// Stop: sync, persist, answer everyone waiting.
+    Shutdown,
+}
+
+/// Paths under the data directory.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The write-ahead log.
+    pub wal: PathBuf,
+    /// The fjall keyspace of the state machines.
+    pub kv: PathBuf,
+    /// Snapshot files.
+    pub snap: PathBuf,
+}
+
+impl Layout {
+    /// The layout under `data_dir` (as etcd, everything is under `member/`).
+    pub fn new(data_dir: &Path) -> Layout {
+        let member = data_dir.join("member");
+        Layout {
+            wal: member.join("wal"),
+            kv: member.join("kv"),
+            snap: member.join("snap"),
+        }
+    }
+
+    /// The snapshot file of `group` at `index`.
+    pub fn snapshot_file(&self, group: GroupId, index: LogIndex) -> PathBuf {
+        self.snap.join(format!("g{}-{:016}.snap", group.0, index.0))
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The WAL could not be recovered.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The state machine could not be opened.
+    #[error("opening the state machine at {0}: {1}")]
+    Store(PathBuf, String),
+    /// A directory could not be created.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Raft refused the configuration.
+    #[error("raft configuration: {0}")]
+    Raft(String),
+    /// The data directory's state contradicts itself.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// The running loop's state.
+pub struct EventLoop {
+    config: NodeConfig,
+    layout: Layout,
+    wal: Wal,
+    replicas: HashMap<GroupId, Replica>,
+    inputs: Receiver<Input>,
+    transport: Transport,
+}
+
+/// Opens the node's storage, recovers or bootstraps its groups, and starts the event
+/// loop on its own thread. Returns the handle and the thread.
+pub fn start(
+    config: NodeConfig,
+    runtime: tokio::runtime::Handle,
+) -> Result<(NodeHandle, std::thread::JoinHandle<()>), StartError> {
+    let layout = Layout::new(&config.data_dir);
+    for dir in [&layout.snap, &layout.kv] {
+        std::fs::create_dir_all(dir).map_err(|e| StartError::Io(dir.clone(), e))?;
+    }
+    let (mut wal, recovered) = Wal::open(&layout.wal, SEGMENT_BYTES_DEFAULT)?;
+    if recovered.torn_bytes_truncated > 0 {
+        tracing::warn!(bytes = recovered.torn_bytes_truncated, "repaired a torn WAL tail");
+    }
+    let keyspace = fjall::Config::new(&layout.kv)
+        .open()
+        .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
+    let (input_tx, input_rx) = std::sync::mpsc::channel();
+    let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime);
+    let group = DEFAULT_GROUP;
+    let store = Arc::new(MvccStore::open(&keyspace, group));
+    let initial = match recovered.groups.get(&group) {
+        Some(state) => recovered_state(state, &store)?,
+        None => bootstrap(&config, &layout, &mut wal, &store)?,
+    };
+    let mut raft_config = Config::new(config.id, group);
+    raft_config.election_ticks = config.election_ticks;
+    raft_config.heartbeat_ticks = 1;
+    let seed = config.id.0 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
+    let status = Arc::new(RwLock::new(GroupStatus::default()));
+    let (applied_tx, applied_rx) = watch::channel(store.applied_index());
+    let replica = Replica::new(group, node, store.clone(), status.clone(), applied_tx);
+    replica.publish_status();
+    let shared = GroupShared { store, status, applied: applied_rx };
+    let handle = NodeHandle::new(&config, input_tx, [(group, shared)].into(), transport.clone());
+    let event_loop = EventLoop {
+        config,
+        layout,
+        wal,
+        replicas: [(group, replica)].into(),
+        inputs: input_rx,
+        transport,
+    };
+    let thread = std::thread::Builder::new()
+        .name("ostrakon-raft".into())
+        .spawn(move || event_loop.run())
+        .map_err(|e| StartError::Io(PathBuf::from("thread"), e))?;
+    Ok((handle, thread))
+}
+
+fn recovered_state(state: &RecoveredGroup, store: &MvccStore) -> Result<InitialState, StartError> {
+    let applied = store.applied();
+    let snapshot = state.snapshot.clone().unwrap_or_default();
+    if applied.index < snapshot.index {
+        return Err(StartError::Inconsistent(format!(
+            "the state machine is at index {} but the WAL starts after a snapshot at {}; \
+             the data directory is damaged",
+            applied.index, snapshot.index
+        )));
+    }
+    let mut hard_state = state.hard_state;
+    // The state machine may have applied entries whose commit index the WAL recorded in
+    // a later round; what is applied was committed.
+    hard_state.commit = hard_state.commit.max(applied.index);
+    Ok(InitialState {
+        hard_state,
+        snapshot,
+        entries: state.entries.clone(),
+        applied: applied.index,
+        conf_state: applied.conf_state,
+    })
+}
+
+/// A founding member's first start: the synthetic snapshot at index 1, made durable in
+/// the state machine, as a snapshot file (so it can be sent to members added later) and
+/// in the WAL.
+fn bootstrap(
+    config: &NodeConfig,
+    layout: &Layout,
+    wal: &mut Wal,
+    store: &MvccStore,
+) -> Result<InitialState, StartError> {
+    if store.applied().index > LogIndex(0) {
+        return Err(StartError::Inconsistent(
+            "the state machine has data but the WAL is empty; the data directory is damaged"
+                .into(),
+        ));
+    }
+    let initial = InitialState::bootstrap(config.voters());
+    let meta = initial.snapshot.clone();
+    store.apply_conf_state(meta.index, meta.term, meta.conf_state.clone());
+    store.persist();
+    snapshot::create(store, &layout.snapshot_file(DEFAULT_GROUP, meta.index))
+        .map_err(|e| StartError::Inconsistent(e.to_string()))?;
+    wal.set_snapshot(DEFAULT_GROUP, meta);
+    wal.set_hard_state(DEFAULT_GROUP, initial.hard_state);
+    wal.sync();
+    tracing::info!(voters = ?config.voters(), "bootstrapped a new cluster");
+    Ok(initial)
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let tick = self.config.tick_interval;
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.inputs.recv_timeout(wait) {
+                Ok(Input::Shutdown) => break,
+                Ok(input) => self.handle(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let mut shutdown = false;
+            for _ in 0..INPUTS_PER_ROUND_MAX {
+                match self.inputs.try_recv() {
+                    Ok(Input::Shutdown) => {
+                        shutdown = true;
+                        break;
+                    }
+                    Ok(input) => self.handle(input),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                for replica in self.replicas.values_mut() {
+                    replica.node.tick();
+                }
+                next_tick += tick;
+                if next_tick < Instant::now() {
+                    // The loop fell behind (a long fsync); do not fire a burst of ticks.
+                    next_tick = Instant::now() + tick;
+                }
+            }
+            self.handle_readies();
+            if shutdown {
+                break;
+            }
+        }
+        self.stop();
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft(message) => {
+                if let Some(replica) = self.replicas.get_mut(&message.group) {
+                    replica.node.step(message);
+                }
+            }
+            Input::Propose { group, write, respond } => match self.replicas.get_mut(&group) {
+                Some(replica) => replica.propose(write, respond),
+                None => drop(respond.send(Err(NodeError::UnknownGroup))),
+            },
+            Input::ReadIndex { group, respond } => match self.replicas.get_mut(&group) {
+                Some(replica) => replica.read_index(respond),
+                None => drop(respond.send(Err(NodeError::UnknownGroup))),
+            },
+            Input::SnapshotReceived { message, path } => {
+                let Some(replica) = self.replicas.get_mut(&message.group) else {
+                    return;
+                };
+                if let MessageBody::InstallSnapshot { meta } = &message.body {
+                    replica.incoming_snapshots.insert(meta.index, path);
+                }
+                replica.node.step(message);
+            }
+            Input::SnapshotReport { group, to, delivered } => {
+                if let Some(replica) = self.replicas.get_mut(&group) {
+                    replica.node.report_snapshot(to, delivered);
+                }
+            }
+            Input::Unreachable(to) => {
+                for replica in self.replicas.values_mut() {
+                    if replica.node.conf_state().members().contains(&to) {
+                        replica.node.report_unreachable(to);
+                    }
+                }
+            }
+            Input::Shutdown => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Every group's Ready: early messages out, one WAL sync for all, then the rest.
+    fn handle_readies(&mut self) {
+        let mut readies: Vec<(GroupId, Ready)> = Vec::new();
+        for (&group, replica) in self.replicas.iter_mut() {
+            if !replica.node.has_ready() {
+                continue;
+            }
+            let mut ready = replica.node.ready();
+            if let Some(soft) = ready.soft_state {
+                tracing::info!(group = group.0, term = soft.term.0, leader = soft.leader.0, role = ?soft.role, "raft state changed");
+            }
+            self.transport.send(std::mem::take(&mut ready.messages));
+            if let Some(meta) = &ready.snapshot {
+                install_snapshot(&self.layout, replica, meta);
+                self.wal.set_snapshot(group, meta.clone());
+            }
+            self.wal.append_entries(group, &ready.entries);
+            if let Some(hard_state) = ready.hard_state {
+                self.wal.set_hard_state(group, hard_state);
+            }
+            readies.push((group, ready));
+        }
+        // Group commit: one write and one fdatasync for every group's entries and votes.
+        self.wal.sync();
+        let me = self.config.id;
+        for (group, mut ready) in readies {
+            let replica = self.replicas.get_mut(&group).expect("group exists");
+            self.transport.send(std::mem::take(&mut ready.persisted_messages));
+            replica.apply(std::mem::take(&mut ready.committed_entries), me);
+            replica.answer_reads(std::mem::take(&mut ready.read_states));
+            replica.node.advance();
+            replica.publish_status();
+            self.maybe_snapshot(group);
+        }
+    }
+
+    /// Snapshots the state machine and compacts the raft log every `snapshot_entries`.
+    fn maybe_snapshot(&mut self, group: GroupId) {
+        let replica = self.replicas.get_mut(&group).expect("group exists");
+        let applied = replica.store.applied_index();
+        if applied.0 < replica.snapshot_index.0 + self.config.snapshot_entries {
+            return;
+        }
+        replica.store.persist();
+        let meta = replica.snapshot_meta();
+        let path = self.layout.snapshot_file(group, meta.index);
+        if let Err(error) = snapshot::create(&replica.store, &path) {
+            tracing::error!(%error, "could not write a snapshot; will retry");
+            return;
+        }
+        self.wal.set_snapshot(group, meta.clone());
+        replica.node.compact(meta.index, meta.conf_state.clone());
+        replica.snapshot_index = meta.index;
+        remove_old_snapshots(&self.layout, group, meta.index);
+        tracing::info!(group = group.0, index = meta.index.0, "snapshot taken, log compacted");
+    }
+
+    fn stop(mut self) {
+        self.wal.sync();
+        for replica in self.replicas.values_mut() {
+            replica.fail_all(NodeError::Stopped);
+            replica.store.persist();
+        }
+        tracing::info!("event loop stopped");
+    }
+}
+
+/// Replaces the state machine with a received snapshot, before the Ready's entries.
+fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta) {
+    let path = replica
+        .incoming_snapshots
+        .remove(&meta.index)
+        .unwrap_or_else(|| panic!("raft restores snapshot {} whose data never arrived", meta.index));
+    let info = match snapshot::install(&replica.store, &path) {
+        Ok(info) => info,
+        Err(error) => panic!("a received snapshot that passed its checksum fails to install: {error}"),
+    };
+    assert_eq!(info.applied.index, meta.index, "snapshot data and metadata disagree");
+    let kept = layout.snapshot_file(replica.group, meta.index);
+    if let Err(error) = std::fs::rename(&path, &kept) {
+        ostrakon_storage::fatal::disk_failure("keeping a received snapshot", &error);
+    }
+    for (_, stale) in replica.incoming_snapshots.drain() {
+        let _ = std::fs::remove_file(stale);
+    }
+    replica.snapshot_index = meta.index;
+    remove_old_snapshots(layout, replica.group, meta.index);
+    replica.applied_tx.send_replace(meta.index);
+    tracing::info!(group = replica.group.0, index = meta.index.0, "installed a snapshot from the leader");
+}
+
+/// Keeps the newest snapshot file of the group and the one before (a stream of it may
+/// still be running).
+fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
+    let Ok(entries) = std::fs::read_dir(&layout.snap) else { return };
+    let prefix = format!("g{}-", group.0);
+    let mut older: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let index = name.strip_prefix(&prefix)?.strip_suffix(".snap")?.parse().ok()?;
+            (index < newest.0).then(|| (index, e.path()))
+        })
+        .collect();
+    older.sort();
+    older.pop();
+    for (_, path) in older {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+
+/// The sender half of the loop's input channel.
+pub type InputSender = Sender<Input>;

@@ -1,0 +1,170 @@
+//! The client-facing server's way into the node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ostrakon_proto::peer::{write_request, WriteRequest};
+use ostrakon_raft::{GroupId, LogIndex, NodeId, Term};
+use ostrakon_storage::mvcc::{MvccStore, WriteOutcome};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::event_loop::{Input, InputSender};
+use crate::transport::Transport;
+
+/// A group's state as last published by the event loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The current term.
+    pub term: Term,
+    /// The known leader, or `NodeId::NONE`.
+    pub leader: NodeId,
+    /// Whether this node leads the group.
+    pub is_leader: bool,
+    /// The commit index.
+    pub commit: LogIndex,
+    /// The applied index.
+    pub applied: LogIndex,
+    /// Whether this node is a learner of the group.
+    pub is_learner: bool,
+}
+
+/// What the handle shares with the event loop about one group.
+pub struct GroupShared {
+    /// The state machine (read concurrently with the loop's writes).
+    pub store: Arc<MvccStore>,
+    /// Published by the loop after every round.
+    pub status: Arc<RwLock<GroupStatus>>,
+    /// The applied index, for readers waiting on a read index.
+    pub applied: watch::Receiver<LogIndex>,
+}
+
+struct Inner {
+    id: NodeId,
+    cluster_id: u64,
+    inputs: InputSender,
+    groups: HashMap<GroupId, GroupShared>,
+    transport: Transport,
+    request_timeout: Duration,
+    next_write_id: AtomicU64,
+}
+
+/// A cheap, cloneable handle on the running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl NodeHandle {
+    pub(crate) fn new(
+        config: &NodeConfig,
+        inputs: InputSender,
+        groups: HashMap<GroupId, GroupShared>,
+        transport: Transport,
+    ) -> NodeHandle {
+        NodeHandle {
+            inner: Arc::new(Inner {
+                id: config.id,
+                cluster_id: config.cluster_id,
+                inputs,
+                groups,
+                transport,
+                request_timeout: config.request_timeout,
+                next_write_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// This node's member id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
+    }
+
+    fn group(&self, group: GroupId) -> Result<&GroupShared, NodeError> {
+        self.inner.groups.get(&group).ok_or(NodeError::UnknownGroup)
+    }
+
+    /// The group's state machine, for reads.
+    pub fn store(&self, group: GroupId) -> Result<Arc<MvccStore>, NodeError> {
+        Ok(self.group(group)?.store.clone())
+    }
+
+    /// The group's last published status.
+    pub fn status(&self, group: GroupId) -> Result<GroupStatus, NodeError> {
+        Ok(self.group(group)?.status.read().unwrap().clone())
+    }
+
+    /// Replicates and applies a write, through the leader wherever it is; the outcome is
+    /// the state machine's response. Gives up after the request timeout, in which case the
+    /// write may or may not have been applied.
+    pub async fn write(&self, group: GroupId, request: write_request::Request) -> Result<WriteOutcome, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let attempt = async {
+            match self.write_local(group, request.clone()).await {
+                Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
+                    self.inner.transport.forward(leader, group, request).await
+                }
+                Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
+                other => other,
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// Proposes on this node only; fails with `NotLeader` on a follower.
+    pub async fn write_local(&self, group: GroupId, request: write_request::Request) -> Result<WriteOutcome, NodeError> {
+        self.group(group)?;
+        let write = WriteRequest {
+            origin: self.inner.id.0,
+            id: self.inner.next_write_id.fetch_add(1, Ordering::Relaxed),
+            request: Some(request),
+        };
+        let (respond, response) = oneshot::channel();
+        self.send(Input::Propose { group, write, respond })?;
+        response.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Waits until this node's state machine reflects every write acknowledged before the
+    /// call (raft's ReadIndex); then a read of the local store is linearizable.
+    pub async fn linearizable_read_point(&self, group: GroupId) -> Result<(), NodeError> {
+        let mut applied = self.group(group)?.applied.clone();
+        let wait = async {
+            let (respond, response) = oneshot::channel();
+            self.send(Input::ReadIndex { group, respond })?;
+            let index = response.await.map_err(|_| NodeError::Stopped)??;
+            applied
+                .wait_for(|applied| *applied >= index)
+                .await
+                .map_err(|_| NodeError::Stopped)?;
+            Ok(())
+        };
+        match tokio::time::timeout(self.inner.request_timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    pub(crate) fn inputs(&self) -> InputSender {
+        self.inner.inputs.clone()
+    }
+
+    /// Asks the event loop to stop.
+    pub fn shutdown(&self) {
+        let _ = self.inner.inputs.send(Input::Shutdown);
+    }
+
+    fn send(&self, input: Input) -> Result<(), NodeError> {
+        self.inner.inputs.send(input).map_err(|_| NodeError::Stopped)
+    }
+}

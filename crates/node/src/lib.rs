@@ -1,0 +1,28 @@
+//! The replica runtime of an ostrakon node.
+//!
+//! One event loop thread ([`event_loop`]) owns every raft group hosted on the node and the
+//! node's write-ahead log. It takes inputs (peer messages, proposals, read requests,
+//! snapshot transfers) from one channel, ticks every group, and then handles the groups'
+//! `Ready`s together: messages that may leave early are sent, all groups' entries and hard
+//! states go into the WAL with one `fdatasync`, then the rest of the messages are sent and
+//! committed entries are applied to each group's MVCC store. There is no task or thread
+//! per group; everything carries its group id.
+//!
+//! [`NodeHandle`] is the way in for the client-facing server: propose a write (forwarded
+//! to the leader when this node is not it), wait for a linearizable read point, read the
+//! group's status. [`transport`] moves raft messages between nodes, batched per
+//! destination node, and streams snapshots.
+
+pub mod config;
+pub mod error;
+pub mod event_loop;
+pub mod handle;
+mod replica;
+pub mod transport;
+
+pub use config::{member_id, NodeConfig};
+pub use error::NodeError;
+pub use handle::{GroupStatus, NodeHandle};
+
+/// The single group that covers the whole keyspace until ranges split.
+pub const DEFAULT_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(1);

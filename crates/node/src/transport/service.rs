@@ -1,0 +1,169 @@
+//! The server side of the peer protocol.
+
+use std::path::PathBuf;
+
+use ostrakon_proto::peer::peer_server::Peer;
+use ostrakon_proto::peer::{
+    write_response, ForwardRequest, ForwardResponse, MessageBatch, RaftAck, SnapshotAck,
+    SnapshotChunk, WriteResponse,
+};
+use ostrakon_raft::{GroupId, Message, MessageBody};
+use ostrakon_storage::mvcc::WriteOutcome;
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::NodeError;
+use crate::event_loop::{Input, InputSender, Layout};
+use crate::handle::NodeHandle;
+
+/// Serves peers: raft message streams, snapshot streams, forwarded writes.
+pub struct PeerService {
+    handle: NodeHandle,
+    inputs: InputSender,
+    snap_dir: PathBuf,
+}
+
+impl PeerService {
+    /// A service for the node behind `handle`.
+    pub fn new(handle: NodeHandle, data_dir: &std::path::Path) -> PeerService {
+        let inputs = handle.inputs();
+        PeerService {
+            handle,
+            inputs,
+            snap_dir: Layout::new(data_dir).snap,
+        }
+    }
+
+    fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        if cluster_id != self.handle.cluster_id() {
+            return Err(Status::failed_precondition(format!(
+                "peer belongs to cluster {cluster_id:x}, this member to {:x}",
+                self.handle.cluster_id()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, request: Request<Streaming<MessageBatch>>) -> Result<Response<RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            self.check_cluster(batch.cluster_id)?;
+            for message in batch.messages {
+                let message = Message::try_from(message).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if message.to != self.handle.id() {
+                    return Err(Status::invalid_argument("message for another member"));
+                }
+                if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                    return Err(Status::invalid_argument("snapshots come on their own stream"));
+                }
+                self.inputs.send(Input::Raft(message)).map_err(|_| Status::unavailable("stopping"))?;
+            }
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let header = first.header.clone().ok_or_else(|| Status::invalid_argument("no header"))?;
+        self.check_cluster(header.cluster_id)?;
+        let message = header.message.ok_or_else(|| Status::invalid_argument("no message"))?;
+        let message = Message::try_from(message).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let MessageBody::InstallSnapshot { meta } = &message.body else {
+            return Err(Status::invalid_argument("not a snapshot message"));
+        };
+        let path = self.snap_dir.join(format!(
+            "incoming-g{}-{:016}-from-{}.snap",
+            GroupId(header.group).0,
+            meta.index.0,
+            message.from.0
+        ));
+        let partial = path.with_extension("part");
+        let io = |e: std::io::Error| Status::internal(format!("{}: {e}", partial.display()));
+        let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+        let mut crc = 0u32;
+        let mut chunk = first;
+        loop {
+            crc = crc32c::crc32c_append(crc, &chunk.data);
+            file.write_all(&chunk.data).await.map_err(io)?;
+            if chunk.last {
+                if chunk.crc32c != crc {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                    return Err(Status::data_loss("snapshot checksum mismatch"));
+                }
+                break;
+            }
+            chunk = stream
+                .next()
+                .await
+                .ok_or_else(|| Status::aborted("snapshot stream ended early"))??;
+        }
+        if let Err(error) = file.sync_all().await {
+            ostrakon_storage::fatal::disk_failure("fsync of a received snapshot", &error);
+        }
+        tokio::fs::rename(&partial, &path).await.map_err(io)?;
+        self.inputs
+            .send(Input::SnapshotReceived { message, path })
+            .map_err(|_| Status::unavailable("stopping"))?;
+        Ok(Response::new(SnapshotAck {}))
+    }
+
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
+        let forward = request.into_inner();
+        let write = forward
+            .write
+            .and_then(|w| w.request)
+            .ok_or_else(|| Status::invalid_argument("no write"))?;
+        let outcome = self.handle.write_local(GroupId(forward.group), write).await;
+        Ok(Response::new(encode_forward_response(outcome)))
+    }
+}
+
+/// Node errors that cross the wire in a forwarded write's response.
+const FORWARD_NOT_LEADER: i32 = -1;
+const FORWARD_NO_LEADER: i32 = -2;
+const FORWARD_LEADER_CHANGED: i32 = -3;
+const FORWARD_OVERLOADED: i32 = -4;
+const FORWARD_STOPPED: i32 = -5;
+
+fn encode_forward_response(outcome: Result<WriteOutcome, NodeError>) -> ForwardResponse {
+    let internal = |code: i32| WriteOutcome::Error(ostrakon_proto::peer::Error { code, message: String::new() });
+    let response = match outcome {
+        Ok(outcome) => outcome,
+        Err(NodeError::Refused { code, message }) => WriteOutcome::Error(ostrakon_proto::peer::Error { code, message }),
+        Err(NodeError::NotLeader(_)) => internal(FORWARD_NOT_LEADER),
+        Err(NodeError::NoLeader) | Err(NodeError::UnknownGroup) => internal(FORWARD_NO_LEADER),
+        Err(NodeError::LeaderChanged) | Err(NodeError::Timeout) => internal(FORWARD_LEADER_CHANGED),
+        Err(NodeError::Overloaded) => internal(FORWARD_OVERLOADED),
+        Err(NodeError::Stopped) => internal(FORWARD_STOPPED),
+    };
+    ForwardResponse {
+        response: Some(WriteResponse { response: Some(response) }),
+    }
+}
+
+pub(super) fn decode_forward_response(response: ForwardResponse) -> Result<WriteOutcome, NodeError> {
+    let outcome = response
+        .response
+        .and_then(|r| r.response)
+        .ok_or(NodeError::LeaderChanged)?;
+    match outcome {
+        write_response::Response::Error(error) => Err(match error.code {
+            FORWARD_NOT_LEADER => NodeError::LeaderChanged,
+            FORWARD_NO_LEADER => NodeError::NoLeader,
+            FORWARD_LEADER_CHANGED => NodeError::LeaderChanged,
+            FORWARD_OVERLOADED => NodeError::Overloaded,
+            FORWARD_STOPPED => NodeError::LeaderChanged,
+            _ => return Ok(write_response::Response::Error(error)),
+        }),
+        other => Ok(other),
+    }
+}
