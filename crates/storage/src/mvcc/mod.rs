@@ -13,7 +13,7 @@ mod store;
 mod value;
 
 pub use error::MvccError;
-pub use etcd::{apply_write, range, WriteOutcome};
+pub use etcd::{apply_write, etcd_status, range, WriteOutcome};
 pub use store::{AppliedState, MvccStore, ReadView, WriteTxn};
 pub use value::StoredVersion;
 

@@ -1,0 +1,30 @@
+//! The `ostrakon` binary: argument parsing only; the work is in the library crates.
+
+mod playground;
+mod server_args;
+mod urls;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ostrakon", version, about = "A distributed key-value database that speaks the etcd v3 API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a member (etcd's flag names and defaults).
+    Server(Box<server_args::ServerArgs>),
+    /// Start a local cluster of separate processes and print how to use it.
+    Playground(playground::PlaygroundArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => server_args::run(*args),
+        Command::Playground(args) => playground::run(args),
+    }
+}

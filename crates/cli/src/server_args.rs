@@ -1,0 +1,181 @@
+//! `ostrakon server`: etcd's flags, turned into a `ServerConfig`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use ostrakon_node::{config::cluster_id, member_id, NodeConfig};
+use ostrakon_server::validate::Limits;
+use ostrakon_server::ServerConfig;
+
+use crate::urls;
+
+/// etcd's `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    /// Found a new cluster with the members of `--initial-cluster`.
+    New,
+    /// Join a running cluster.
+    Existing,
+}
+
+/// The flags, named and defaulted as etcd's.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: "<name>.etcd").
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (gRPC and HTTP).
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// This member's client URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: name=peer-url,...
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// Initial cluster state ("new" or "existing").
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// Initial cluster token, distinguishing clusters bootstrapped from the same config.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl ServerArgs {
+    /// Checks the flags and builds the member's configuration.
+    pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
+        if self.initial_cluster_state == ClusterState::Existing {
+            bail!("--initial-cluster-state existing (joining a running cluster) is not supported yet; it arrives with the Cluster API");
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            bail!(
+                "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout,
+                self.heartbeat_interval
+            );
+        }
+        let mut peers = BTreeMap::new();
+        let mut my_id = None;
+        for member in self.initial_cluster.split(',').filter(|m| !m.is_empty()) {
+            let (name, url) = member
+                .split_once('=')
+                .with_context(|| format!("--initial-cluster: {member:?} is not name=url"))?;
+            urls::socket_addr(url).with_context(|| format!("--initial-cluster member {name}"))?;
+            let id = member_id(url, &self.initial_cluster_token);
+            if peers.insert(id, url.to_string()).is_some() {
+                bail!("--initial-cluster: {url} appears twice");
+            }
+            if name == self.name {
+                my_id = Some(id);
+                if url != self.initial_advertise_peer_urls.split(',').next().unwrap_or_default() {
+                    bail!(
+                        "--initial-cluster has {name}={url} but --initial-advertise-peer-urls is {}",
+                        self.initial_advertise_peer_urls
+                    );
+                }
+            }
+        }
+        let id = my_id.with_context(|| {
+            format!("couldn't find local name {:?} in the initial cluster configuration", self.name)
+        })?;
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        let node = NodeConfig {
+            id,
+            name: self.name.clone(),
+            cluster_id: cluster_id(peers.keys().copied()),
+            peers,
+            data_dir,
+            tick_interval: Duration::from_millis(self.heartbeat_interval),
+            election_ticks: (self.election_timeout / self.heartbeat_interval) as u32,
+            snapshot_entries: self.snapshot_count.max(1),
+            // etcd: 5 s plus twice the election timeout.
+            request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
+        };
+        let peer_addrs = urls::socket_addrs(&self.listen_peer_urls)?;
+        let client_addrs = urls::socket_addrs(&self.listen_client_urls)?;
+        if peer_addrs.len() != 1 {
+            bail!("--listen-peer-urls: exactly one URL is supported");
+        }
+        Ok(ServerConfig {
+            node,
+            client_addrs,
+            peer_addr: peer_addrs[0],
+            limits: Limits {
+                txn_ops_max: self.max_txn_ops,
+                request_bytes_max: self.max_request_bytes,
+            },
+        })
+    }
+}
+
+/// Runs a member until SIGTERM or SIGINT.
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_level)?;
+    let config = args.to_config()?;
+    tracing::info!(
+        name = %args.name,
+        member = %format!("{:x}", config.node.id.0),
+        cluster = %format!("{:x}", config.node.cluster_id),
+        data_dir = %config.node.data_dir.display(),
+        "starting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ostrakon-io")
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        ostrakon_server::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+        .with_context(|| format!("--log-level {level}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! etcd's KV service.
+
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_proto::etcdserverpb::kv_server::Kv;
+use ostrakon_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest,
+    TxnResponse,
+};
+use ostrakon_proto::peer::write_request::Request as Write;
+use ostrakon_storage::mvcc::{self, WriteOutcome};
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::errors::ApiError;
+use crate::validate::{self, Limits};
+
+/// Serves Range, Put, DeleteRange, Txn and Compact for the node's single group.
+pub struct KvService {
+    node: NodeHandle,
+    limits: Limits,
+}
+
+impl KvService {
+    pub fn new(node: NodeHandle, limits: Limits) -> KvService {
+        KvService { node, limits }
+    }
+
+    /// etcd's header: cluster and member ids, the revision the response reflects, and the
+    /// raft term.
+    fn header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let revision = header.map(|h| h.revision).unwrap_or_default();
+        let term = self.node.status(DEFAULT_GROUP).map(|s| s.term.0).unwrap_or_default();
+        Some(ResponseHeader {
+            cluster_id: self.node.cluster_id(),
+            member_id: self.node.id().0,
+            revision,
+            raft_term: term,
+        })
+    }
+
+    async fn write(&self, write: Write, encoded_bytes: usize) -> Result<WriteOutcome, ApiError> {
+        validate::size(encoded_bytes, &self.limits)?;
+        match self.node.write(DEFAULT_GROUP, write).await? {
+            WriteOutcome::Error(error) => Err(ApiError::Node(ostrakon_node::NodeError::Refused {
+                code: error.code,
+                message: error.message,
+            })),
+            outcome => Ok(outcome),
+        }
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ApiError> {
+        validate::range(&request)?;
+        if !request.serializable {
+            self.node.linearizable_read_point(DEFAULT_GROUP).await?;
+        }
+        let store = self.node.store(DEFAULT_GROUP)?;
+        let mut response = mvcc::range(&store.read_view(), &request)?;
+        response.header = self.header(response.header);
+        Ok(response)
+    }
+}
+
+fn unexpected(outcome: WriteOutcome) -> ApiError {
+    panic!("the state machine answered a write with the wrong kind of outcome: {outcome:?}")
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(KvService::range(self, request.into_inner()).await?))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        validate::put(&request)?;
+        let bytes = request.encoded_len();
+        match self.write(Write::Put(request), bytes).await? {
+            WriteOutcome::Put(mut response) => {
+                response.header = self.header(response.header);
+                Ok(Response::new(response))
+            }
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::delete_range(&request)?;
+        let bytes = request.encoded_len();
+        match self.write(Write::DeleteRange(request), bytes).await? {
+            WriteOutcome::DeleteRange(mut response) => {
+                response.header = self.header(response.header);
+                Ok(Response::new(response))
+            }
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let request = request.into_inner();
+        validate::txn(&request, &self.limits)?;
+        let bytes = request.encoded_len();
+        match self.write(Write::Txn(request), bytes).await? {
+            WriteOutcome::Txn(mut response) => {
+                response.header = self.header(response.header);
+                Ok(Response::new(response))
+            }
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let request = request.into_inner();
+        let bytes = request.encoded_len();
+        match self.write(Write::Compaction(request), bytes).await? {
+            WriteOutcome::Compaction(mut response) => {
+                response.header = self.header(response.header);
+                Ok(Response::new(response))
+            }
+            other => Err(unexpected(other).into()),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The client-facing server of an ostrakon member.
+//!
+//! etcd's gRPC API and the HTTP endpoints share the client port, as in etcd. Requests are
+//! validated here, once, before anything is proposed ([`validate`]); every failure is
+//! mapped to etcd's gRPC status code and message in one place ([`errors`]).
+
+pub mod errors;
+mod health;
+mod kv;
+mod run;
+pub mod validate;
+
+pub use run::{run, ServerConfig, ServerError};

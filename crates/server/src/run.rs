@@ -1,0 +1,106 @@
+//! Starting and stopping a member: the event loop, the peer listener, the client listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use ostrakon_node::event_loop::{self, StartError};
+use ostrakon_node::transport::PeerService;
+use ostrakon_node::NodeConfig;
+use ostrakon_proto::etcdserverpb::kv_server::KvServer;
+use ostrakon_proto::peer::peer_server::PeerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::health::health;
+use crate::kv::KvService;
+use crate::validate::Limits;
+
+/// etcd lets a gRPC message exceed `--max-request-bytes` by this much, so that the size
+/// check (and its clear error) happens in the server rather than in the transport.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Peer messages carry batches and snapshot chunks.
+const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// A member's full configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The runtime's configuration.
+    pub node: NodeConfig,
+    /// Where clients connect (gRPC and HTTP on the same port).
+    pub client_addrs: Vec<SocketAddr>,
+    /// Where peers connect.
+    pub peer_addr: SocketAddr,
+    /// Limits on client requests.
+    pub limits: Limits,
+}
+
+/// Why a member stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The node could not start from its data directory.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// A listener failed.
+    #[error("serving: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs a member until `shutdown` resolves, then stops cleanly: listeners close, the
+/// event loop syncs its WAL and answers everyone still waiting.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let peer_listener = bind(config.peer_addr).await?;
+    let mut client_listeners = Vec::new();
+    for addr in &config.client_addrs {
+        client_listeners.push(bind(*addr).await?);
+    }
+    let (node, loop_thread) = event_loop::start(config.node.clone(), tokio::runtime::Handle::current())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let peer = PeerServer::new(PeerService::new(node.clone(), &config.node.data_dir))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+    let mut servers = vec![tokio::spawn(peer_server)];
+
+    for listener in client_listeners {
+        let kv = KvServer::new(KvService::new(node.clone(), config.limits))
+            .max_decoding_message_size(config.limits.request_bytes_max + GRPC_OVERHEAD_BYTES);
+        let router = Routes::new(kv)
+            .into_axum_router()
+            .route("/health", get(health).with_state(node.clone()));
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .add_routes(Routes::from(router))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+        servers.push(tokio::spawn(server));
+    }
+    tracing::info!(member = %format!("{:x}", node.id().0), "serving");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for server in servers {
+        // Long-lived streams (peer links) would hold a graceful stop forever; bound it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+    node.shutdown();
+    let _ = tokio::task::spawn_blocking(move || loop_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|e| ServerError::Bind(addr, e))
+}
