@@ -7,6 +7,7 @@
 pub mod errors;
 mod health;
 mod kv;
+mod maintenance;
 mod run;
 pub mod validate;
 

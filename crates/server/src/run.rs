@@ -9,6 +9,7 @@ use ostrakon_node::event_loop::{self, StartError};
 use ostrakon_node::transport::PeerService;
 use ostrakon_node::NodeConfig;
 use ostrakon_proto::etcdserverpb::kv_server::KvServer;
+use ostrakon_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ostrakon_proto::peer::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -16,6 +17,7 @@ use tonic::service::Routes;
 
 use crate::health::health;
 use crate::kv::KvService;
+use crate::maintenance::MaintenanceService;
 use crate::validate::Limits;
 
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much, so that the size
@@ -76,7 +78,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     for listener in client_listeners {
         let kv = KvServer::new(KvService::new(node.clone(), config.limits))
             .max_decoding_message_size(config.limits.request_bytes_max + GRPC_OVERHEAD_BYTES);
+        let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone()));
         let router = Routes::new(kv)
+            .add_service(maintenance)
             .into_axum_router()
             .route("/health", get(health).with_state(node.clone()));
         let server = tonic::transport::Server::builder()

@@ -106,6 +106,11 @@ impl MvccStore {
         Revision(self.compact_revision.load(Ordering::SeqCst))
     }
 
+    /// Bytes the state machine's storage takes on disk (shared by every group's store).
+    pub fn disk_bytes(&self) -> u64 {
+        self.keyspace.disk_space()
+    }
+
     /// The last applied index (cheap; for waiting readers).
     pub fn applied_index(&self) -> LogIndex {
         LogIndex(self.applied_index.load(Ordering::SeqCst))

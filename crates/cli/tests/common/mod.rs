@@ -1,0 +1,232 @@
+//! Real multi-process clusters on loopback for integration tests. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a cluster may take to elect a leader and serve.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    child: Option<Child>,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    initial_cluster: String,
+    extra_args: Vec<String>,
+}
+
+/// A port nothing listens on now (bound to port 0 and released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl TestCluster {
+    /// Starts `size` members with extra server flags and waits until one leads.
+    pub async fn start(size: usize, extra_args: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{}", i + 1),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TestCluster {
+            dir,
+            members,
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
+    }
+
+    pub fn wal_dir(&self, i: usize) -> PathBuf {
+        self.data_dir(i).join("member").join("wal")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let member = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", member.name)))
+            .unwrap();
+        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let child = Command::new(env!("CARGO_BIN_EXE_ostrakon"))
+            .arg("server")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "test"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the ostrakon binary starts");
+        self.members[i].child = Some(child);
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    pub fn host_port(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    pub async fn client(&self, i: usize) -> etcd_client::Client {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(15));
+        // Connecting is retried: a member that was just restarted may not listen yet.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match etcd_client::Client::connect([self.endpoint(i)], Some(options.clone())).await {
+                Ok(client) => return client,
+                Err(error) if Instant::now() > deadline => panic!("cannot connect to member {i}: {error}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// kill -9: no chance to sync or clean up.
+    pub fn kill(&mut self, i: usize) {
+        let mut child = self.members[i].child.take().expect("member is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.members[i].child.take().expect("member is running");
+        unsafe { libc_kill(child.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "member did not stop within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none());
+        self.spawn(i);
+    }
+
+    /// The index of the member that leads, as the running members report it.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in 0..self.members.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let Ok(mut client) = etcd_client::Client::connect(
+                [self.endpoint(i)],
+                Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(1))),
+            )
+            .await
+            else {
+                continue;
+            };
+            let Ok(status) = client.status().await else { continue };
+            let leader = status.leader();
+            if leader != 0 && leader == status.header().map(|h| h.member_id()).unwrap_or(0) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub async fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return leader;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("no leader within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until member `i` knows a leader (after a restart it learns one from the
+    /// first heartbeat).
+    pub async fn wait_member_knows_leader(&self, i: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut client = self.client(i).await;
+        loop {
+            if let Ok(status) = client.status().await {
+                if status.leader() != 0 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "member {i} learned of no leader within {READY_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn dump_logs(&self) {
+        for member in &self.members {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", member.name)))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- {} (last lines)", member.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}

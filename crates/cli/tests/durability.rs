@@ -1,0 +1,160 @@
+//! Crashes and restarts of real processes: nothing acknowledged is lost.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+use etcd_client::GetOptions;
+
+/// Writers put unique keys through every member until told to stop; returns the keys
+/// whose puts were acknowledged.
+async fn write_load(cluster: &TestCluster, writers: usize, stop: Arc<AtomicBool>, ops_max: usize) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let mut client = cluster.client(writer % cluster.members.len()).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for op in 0..ops_max {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w{writer}-{op:06}");
+                let put = tokio::time::timeout(Duration::from_secs(5), client.put(key.clone(), "v", None)).await;
+                if let Ok(Ok(_)) = put {
+                    acknowledged.push(key);
+                }
+            }
+            acknowledged
+        }));
+    }
+    tasks
+}
+
+async fn assert_all_present(cluster: &TestCluster, member: usize, keys: &[String], serializable: bool) {
+    let options = || {
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        if serializable { options.with_serializable() } else { options }
+    };
+    // A restarted member may still be starting or catching up: retry within a bound.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_problem = String::new();
+    while Instant::now() < deadline {
+        let mut client = cluster.client(member).await;
+        match client.get("w", Some(options())).await {
+            Err(error) => last_problem = error.to_string(),
+            Ok(stored) => {
+                let present: std::collections::HashSet<&[u8]> = stored.kvs().iter().map(|kv| kv.key()).collect();
+                let missing: Vec<&String> = keys.iter().filter(|k| !present.contains(k.as_bytes())).collect();
+                if missing.is_empty() {
+                    return;
+                }
+                last_problem = format!(
+                    "{} of {} acknowledged writes missing, e.g. {:?}",
+                    missing.len(),
+                    keys.len(),
+                    &missing[..missing.len().min(5)]
+                );
+                // A linearizable read that misses an acknowledged write is a violation.
+                assert!(serializable, "member {member}: {last_problem}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("member {member}: {last_problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = write_load(&cluster, 6, stop.clone(), 3000).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.kill(leader);
+    // The survivors elect a new leader and go on taking writes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.restart(leader);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    assert!(acknowledged.len() > 100, "the load made progress: {} writes", acknowledged.len());
+    cluster.wait_for_leader().await;
+    for member in 0..3 {
+        assert_all_present(&cluster, member, &acknowledged, false).await;
+    }
+    assert_all_present(&cluster, leader, &acknowledged, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_torn_wal_tail_after_crash_is_repaired() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let mut client = cluster.client(0).await;
+    for i in 0..50 {
+        client.put(format!("w{i:03}"), "v", None).await.unwrap();
+    }
+    let keys: Vec<String> = (0..50).map(|i| format!("w{i:03}")).collect();
+    let victim = 2;
+    cluster.kill(victim);
+    // A crash in the middle of a write leaves a partial record at the end of the log.
+    let mut segments: Vec<_> = std::fs::read_dir(cluster.wal_dir(victim)).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(last).unwrap();
+    file.set_len(len - 7).unwrap();
+    drop(file);
+    cluster.restart(victim);
+    assert_all_present(&cluster, victim, &keys, true).await;
+    let log = std::fs::read_to_string(cluster.dir.path().join(format!("{}.log", cluster.members[victim].name))).unwrap();
+    assert!(log.contains("torn WAL tail"), "the repair is logged");
+    // The member serves and takes part in writes again.
+    cluster.wait_member_knows_leader(victim).await;
+    let mut restarted = cluster.client(victim).await;
+    restarted.put("after", "repair", None).await.unwrap();
+    assert_eq!(restarted.get("after", None).await.unwrap().kvs()[0].value(), b"repair");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_compacted_entries_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-count", "40"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = (leader + 1) % 3;
+    cluster.terminate(lagging);
+    let mut client = cluster.client(leader).await;
+    let keys: Vec<String> = (0..200).map(|i| format!("w{i:03}")).collect();
+    for key in &keys {
+        client.put(key.clone(), "v", None).await.unwrap();
+    }
+    cluster.restart(lagging);
+    assert_all_present(&cluster, lagging, &keys, true).await;
+    let log = std::fs::read_to_string(cluster.dir.path().join(format!("{}.log", cluster.members[lagging].name))).unwrap();
+    assert!(log.contains("installed a snapshot"), "the lagging member was sent a snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_a_restart_keeps_everything() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let mut client = cluster.client(0).await;
+    for i in 0..20 {
+        client.put(format!("w{i:03}"), "v", None).await.unwrap();
+    }
+    let keys: Vec<String> = (0..20).map(|i| format!("w{i:03}")).collect();
+    for member in 0..3 {
+        let status = cluster.terminate(member);
+        assert!(status.success(), "member {member} exited with {status}");
+    }
+    for member in 0..3 {
+        cluster.restart(member);
+    }
+    cluster.wait_for_leader().await;
+    for member in 0..3 {
+        assert_all_present(&cluster, member, &keys, false).await;
+    }
+}
