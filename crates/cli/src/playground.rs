@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+
 use tokio::process::{Child, Command};
 
 /// Options of the playground.
@@ -58,7 +59,8 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the ostrakon binary")?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for member in &members {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("server")
             .args(["--name", &member.name])
             .arg("--data-dir")
@@ -70,7 +72,15 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", "ostrakon-playground"])
             .args(["--log-level", &args.log_level])
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // If the playground dies without stopping its members (kill -9), they stop too.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", member.name))?;
         children.push((member.name.clone(), child));
@@ -92,8 +102,10 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops every member.");
 
     let exited = wait_any(&mut children);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => println!("\nstopping..."),
+        _ = terminate.recv() => println!("stopping..."),
         (name, status) = exited => eprintln!("{name} exited ({status}); stopping the others"),
     }
     for (name, child) in &mut children {
