@@ -7,7 +7,11 @@ mod urls;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ostrakon", version, about = "A distributed key-value database that speaks the etcd v3 API")]
+#[command(
+    name = "ostrakon",
+    version,
+    about = "A distributed key-value database that speaks the etcd v3 API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -39,16 +39,24 @@ fn members(count: u16) -> Vec<Member> {
 
 /// Starts the members, prints how to reach them, and stops them all on Ctrl-C.
 pub fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(playground(args))
 }
 
 async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     let temporary = match &args.data_dir {
         Some(_) => None,
-        None => Some(std::env::temp_dir().join(format!("ostrakon-playground-{}", std::process::id()))),
+        None => {
+            Some(std::env::temp_dir().join(format!("ostrakon-playground-{}", std::process::id())))
+        }
     };
-    let root = args.data_dir.clone().or(temporary.clone()).expect("one is set");
+    let root = args
+        .data_dir
+        .clone()
+        .or(temporary.clone())
+        .expect("one is set");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let members = members(args.nodes);
     let initial_cluster = members
@@ -85,17 +93,30 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
             .with_context(|| format!("starting {}", member.name))?;
         children.push((member.name.clone(), child));
     }
-    let endpoints = members.iter().map(|m| m.client_url.trim_start_matches("http://")).collect::<Vec<_>>().join(",");
-    println!("ostrakon playground: {} members, data in {}", members.len(), root.display());
+    let endpoints = members
+        .iter()
+        .map(|m| m.client_url.trim_start_matches("http://"))
+        .collect::<Vec<_>>()
+        .join(",");
+    println!(
+        "ostrakon playground: {} members, data in {}",
+        members.len(),
+        root.display()
+    );
     for member in &members {
-        println!("  {:<6} client {}  peer {}", member.name, member.client_url, member.peer_url);
+        println!(
+            "  {:<6} client {}  peer {}",
+            member.name, member.client_url, member.peer_url
+        );
     }
     println!();
     println!("Try (etcdctl from the etcd-client package, ETCDCTL_API=3):");
     println!("  export ETCDCTL_API=3 ENDPOINTS={endpoints}");
     println!("  etcdctl --endpoints=$ENDPOINTS put greeting hello");
     println!("  etcdctl --endpoints=$ENDPOINTS get greeting -w json");
-    println!("  etcdctl --endpoints=$ENDPOINTS txn -i   # then: value(\"greeting\") = \"hello\" ... ");
+    println!(
+        "  etcdctl --endpoints=$ENDPOINTS txn -i   # then: value(\"greeting\") = \"hello\" ... "
+    );
     println!("  etcdctl --endpoints=$ENDPOINTS del greeting");
     println!("  curl -s http://127.0.0.1:2379/health");
     println!();

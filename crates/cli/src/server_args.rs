@@ -100,7 +100,13 @@ impl ServerArgs {
             }
             if name == self.name {
                 my_id = Some(id);
-                if url != self.initial_advertise_peer_urls.split(',').next().unwrap_or_default() {
+                if url
+                    != self
+                        .initial_advertise_peer_urls
+                        .split(',')
+                        .next()
+                        .unwrap_or_default()
+                {
                     bail!(
                         "--initial-cluster has {name}={url} but --initial-advertise-peer-urls is {}",
                         self.initial_advertise_peer_urls
@@ -109,7 +115,10 @@ impl ServerArgs {
             }
         }
         let id = my_id.with_context(|| {
-            format!("couldn't find local name {:?} in the initial cluster configuration", self.name)
+            format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                self.name
+            )
         })?;
         let data_dir = self
             .data_dir
@@ -161,8 +170,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -174,8 +184,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,tower=warn,hyper=warn"))
-        .with_context(|| format!("--log-level {level}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+            .with_context(|| format!("--log-level {level}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     Ok(())
 }

@@ -22,5 +22,9 @@ pub fn socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// Every address of a comma-separated URL list.
 pub fn socket_addrs(urls: &str) -> anyhow::Result<Vec<SocketAddr>> {
-    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(socket_addr).collect()
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(socket_addr)
+        .collect()
 }

@@ -11,7 +11,12 @@ use etcd_client::GetOptions;
 
 /// Writers put unique keys through every member until told to stop; returns the keys
 /// whose puts were acknowledged.
-async fn write_load(cluster: &TestCluster, writers: usize, stop: Arc<AtomicBool>, ops_max: usize) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+async fn write_load(
+    cluster: &TestCluster,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+    ops_max: usize,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
     let mut tasks = Vec::new();
     for writer in 0..writers {
         let mut client = cluster.client(writer % cluster.members.len()).await;
@@ -23,7 +28,11 @@ async fn write_load(cluster: &TestCluster, writers: usize, stop: Arc<AtomicBool>
                     break;
                 }
                 let key = format!("w{writer}-{op:06}");
-                let put = tokio::time::timeout(Duration::from_secs(5), client.put(key.clone(), "v", None)).await;
+                let put = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.put(key.clone(), "v", None),
+                )
+                .await;
                 if let Ok(Ok(_)) = put {
                     acknowledged.push(key);
                 }
@@ -34,10 +43,19 @@ async fn write_load(cluster: &TestCluster, writers: usize, stop: Arc<AtomicBool>
     tasks
 }
 
-async fn assert_all_present(cluster: &TestCluster, member: usize, keys: &[String], serializable: bool) {
+async fn assert_all_present(
+    cluster: &TestCluster,
+    member: usize,
+    keys: &[String],
+    serializable: bool,
+) {
     let options = || {
         let options = GetOptions::new().with_prefix().with_keys_only();
-        if serializable { options.with_serializable() } else { options }
+        if serializable {
+            options.with_serializable()
+        } else {
+            options
+        }
     };
     // A restarted member may still be starting or catching up: retry within a bound.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -47,8 +65,12 @@ async fn assert_all_present(cluster: &TestCluster, member: usize, keys: &[String
         match client.get("w", Some(options())).await {
             Err(error) => last_problem = error.to_string(),
             Ok(stored) => {
-                let present: std::collections::HashSet<&[u8]> = stored.kvs().iter().map(|kv| kv.key()).collect();
-                let missing: Vec<&String> = keys.iter().filter(|k| !present.contains(k.as_bytes())).collect();
+                let present: std::collections::HashSet<&[u8]> =
+                    stored.kvs().iter().map(|kv| kv.key()).collect();
+                let missing: Vec<&String> = keys
+                    .iter()
+                    .filter(|k| !present.contains(k.as_bytes()))
+                    .collect();
                 if missing.is_empty() {
                     return;
                 }
@@ -84,7 +106,11 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     for task in tasks {
         acknowledged.extend(task.await.unwrap());
     }
-    assert!(acknowledged.len() > 100, "the load made progress: {} writes", acknowledged.len());
+    assert!(
+        acknowledged.len() > 100,
+        "the load made progress: {} writes",
+        acknowledged.len()
+    );
     cluster.wait_for_leader().await;
     for member in 0..3 {
         assert_all_present(&cluster, member, &acknowledged, false).await;
@@ -103,7 +129,10 @@ async fn recovery_torn_wal_tail_after_crash_is_repaired() {
     let victim = 2;
     cluster.kill(victim);
     // A crash in the middle of a write leaves a partial record at the end of the log.
-    let mut segments: Vec<_> = std::fs::read_dir(cluster.wal_dir(victim)).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut segments: Vec<_> = std::fs::read_dir(cluster.wal_dir(victim))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     segments.sort();
     let last = segments.last().unwrap();
     let len = std::fs::metadata(last).unwrap().len();
@@ -112,13 +141,22 @@ async fn recovery_torn_wal_tail_after_crash_is_repaired() {
     drop(file);
     cluster.restart(victim);
     assert_all_present(&cluster, victim, &keys, true).await;
-    let log = std::fs::read_to_string(cluster.dir.path().join(format!("{}.log", cluster.members[victim].name))).unwrap();
+    let log = std::fs::read_to_string(
+        cluster
+            .dir
+            .path()
+            .join(format!("{}.log", cluster.members[victim].name)),
+    )
+    .unwrap();
     assert!(log.contains("torn WAL tail"), "the repair is logged");
     // The member serves and takes part in writes again.
     cluster.wait_member_knows_leader(victim).await;
     let mut restarted = cluster.client(victim).await;
     restarted.put("after", "repair", None).await.unwrap();
-    assert_eq!(restarted.get("after", None).await.unwrap().kvs()[0].value(), b"repair");
+    assert_eq!(
+        restarted.get("after", None).await.unwrap().kvs()[0].value(),
+        b"repair"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,8 +172,17 @@ async fn a_member_that_missed_compacted_entries_catches_up_by_snapshot() {
     }
     cluster.restart(lagging);
     assert_all_present(&cluster, lagging, &keys, true).await;
-    let log = std::fs::read_to_string(cluster.dir.path().join(format!("{}.log", cluster.members[lagging].name))).unwrap();
-    assert!(log.contains("installed a snapshot"), "the lagging member was sent a snapshot");
+    let log = std::fs::read_to_string(
+        cluster
+            .dir
+            .path()
+            .join(format!("{}.log", cluster.members[lagging].name)),
+    )
+    .unwrap();
+    assert!(
+        log.contains("installed a snapshot"),
+        "the lagging member was sent a snapshot"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

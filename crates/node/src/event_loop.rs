@@ -138,7 +138,10 @@ pub fn start(
     }
     let (mut wal, recovered) = Wal::open(&layout.wal, SEGMENT_BYTES_DEFAULT)?;
     if recovered.torn_bytes_truncated > 0 {
-        tracing::warn!(bytes = recovered.torn_bytes_truncated, "repaired a torn WAL tail");
+        tracing::warn!(
+            bytes = recovered.torn_bytes_truncated,
+            "repaired a torn WAL tail"
+        );
     }
     let keyspace = fjall::Config::new(&layout.kv)
         .open()
@@ -160,8 +163,17 @@ pub fn start(
     let (applied_tx, applied_rx) = watch::channel(store.applied_index());
     let replica = Replica::new(group, node, store.clone(), status.clone(), applied_tx);
     replica.publish_status();
-    let shared = GroupShared { store, status, applied: applied_rx };
-    let handle = NodeHandle::new(&config, input_tx, [(group, shared)].into(), transport.clone());
+    let shared = GroupShared {
+        store,
+        status,
+        applied: applied_rx,
+    };
+    let handle = NodeHandle::new(
+        &config,
+        input_tx,
+        [(group, shared)].into(),
+        transport.clone(),
+    );
     let event_loop = EventLoop {
         config,
         layout,
@@ -211,8 +223,7 @@ fn bootstrap(
 ) -> Result<InitialState, StartError> {
     if store.applied().index > LogIndex(0) {
         return Err(StartError::Inconsistent(
-            "the state machine has data but the WAL is empty; the data directory is damaged"
-                .into(),
+            "the state machine has data but the WAL is empty; the data directory is damaged".into(),
         ));
     }
     let initial = InitialState::bootstrap(config.voters());
@@ -276,7 +287,11 @@ impl EventLoop {
                     replica.node.step(message);
                 }
             }
-            Input::Propose { group, write, respond } => match self.replicas.get_mut(&group) {
+            Input::Propose {
+                group,
+                write,
+                respond,
+            } => match self.replicas.get_mut(&group) {
                 Some(replica) => replica.propose(write, respond),
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
@@ -293,7 +308,11 @@ impl EventLoop {
                 }
                 replica.node.step(message);
             }
-            Input::SnapshotReport { group, to, delivered } => {
+            Input::SnapshotReport {
+                group,
+                to,
+                delivered,
+            } => {
                 if let Some(replica) = self.replicas.get_mut(&group) {
                     replica.node.report_snapshot(to, delivered);
                 }
@@ -336,7 +355,8 @@ impl EventLoop {
         let me = self.config.id;
         for (group, mut ready) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
-            self.transport.send(std::mem::take(&mut ready.persisted_messages));
+            self.transport
+                .send(std::mem::take(&mut ready.persisted_messages));
             replica.apply(std::mem::take(&mut ready.committed_entries), me);
             replica.answer_reads(std::mem::take(&mut ready.read_states));
             replica.node.advance();
@@ -363,7 +383,11 @@ impl EventLoop {
         replica.node.compact(meta.index, meta.conf_state.clone());
         replica.snapshot_index = meta.index;
         remove_old_snapshots(&self.layout, group, meta.index);
-        tracing::info!(group = group.0, index = meta.index.0, "snapshot taken, log compacted");
+        tracing::info!(
+            group = group.0,
+            index = meta.index.0,
+            "snapshot taken, log compacted"
+        );
     }
 
     fn stop(mut self) {
@@ -381,12 +405,22 @@ fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta)
     let path = replica
         .incoming_snapshots
         .remove(&meta.index)
-        .unwrap_or_else(|| panic!("raft restores snapshot {} whose data never arrived", meta.index));
+        .unwrap_or_else(|| {
+            panic!(
+                "raft restores snapshot {} whose data never arrived",
+                meta.index
+            )
+        });
     let info = match snapshot::install(&replica.store, &path) {
         Ok(info) => info,
-        Err(error) => panic!("a received snapshot that passed its checksum fails to install: {error}"),
+        Err(error) => {
+            panic!("a received snapshot that passed its checksum fails to install: {error}")
+        }
     };
-    assert_eq!(info.applied.index, meta.index, "snapshot data and metadata disagree");
+    assert_eq!(
+        info.applied.index, meta.index,
+        "snapshot data and metadata disagree"
+    );
     let kept = layout.snapshot_file(replica.group, meta.index);
     if let Err(error) = std::fs::rename(&path, &kept) {
         ostrakon_storage::fatal::disk_failure("keeping a received snapshot", &error);
@@ -397,19 +431,29 @@ fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta)
     replica.snapshot_index = meta.index;
     remove_old_snapshots(layout, replica.group, meta.index);
     replica.applied_tx.send_replace(meta.index);
-    tracing::info!(group = replica.group.0, index = meta.index.0, "installed a snapshot from the leader");
+    tracing::info!(
+        group = replica.group.0,
+        index = meta.index.0,
+        "installed a snapshot from the leader"
+    );
 }
 
 /// Keeps the newest snapshot file of the group and the one before (a stream of it may
 /// still be running).
 fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
-    let Ok(entries) = std::fs::read_dir(&layout.snap) else { return };
+    let Ok(entries) = std::fs::read_dir(&layout.snap) else {
+        return;
+    };
     let prefix = format!("g{}-", group.0);
     let mut older: Vec<(u64, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let index = name.strip_prefix(&prefix)?.strip_suffix(".snap")?.parse().ok()?;
+            let index = name
+                .strip_prefix(&prefix)?
+                .strip_suffix(".snap")?
+                .parse()
+                .ok()?;
             (index < newest.0).then(|| (index, e.path()))
         })
         .collect();
@@ -419,7 +463,6 @@ fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
         let _ = std::fs::remove_file(path);
     }
 }
-
 
 /// The sender half of the loop's input channel.
 pub type InputSender = Sender<Input>;

@@ -105,7 +105,11 @@ impl NodeHandle {
     /// Replicates and applies a write, through the leader wherever it is; the outcome is
     /// the state machine's response. Gives up after the request timeout, in which case the
     /// write may or may not have been applied.
-    pub async fn write(&self, group: GroupId, request: write_request::Request) -> Result<WriteOutcome, NodeError> {
+    pub async fn write(
+        &self,
+        group: GroupId,
+        request: write_request::Request,
+    ) -> Result<WriteOutcome, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let attempt = async {
             match self.write_local(group, request.clone()).await {
@@ -123,7 +127,11 @@ impl NodeHandle {
     }
 
     /// Proposes on this node only; fails with `NotLeader` on a follower.
-    pub async fn write_local(&self, group: GroupId, request: write_request::Request) -> Result<WriteOutcome, NodeError> {
+    pub async fn write_local(
+        &self,
+        group: GroupId,
+        request: write_request::Request,
+    ) -> Result<WriteOutcome, NodeError> {
         self.group(group)?;
         let write = WriteRequest {
             origin: self.inner.id.0,
@@ -131,7 +139,11 @@ impl NodeHandle {
             request: Some(request),
         };
         let (respond, response) = oneshot::channel();
-        self.send(Input::Propose { group, write, respond })?;
+        self.send(Input::Propose {
+            group,
+            write,
+            respond,
+        })?;
         response.await.map_err(|_| NodeError::Stopped)?
     }
 
@@ -165,6 +177,9 @@ impl NodeHandle {
     }
 
     fn send(&self, input: Input) -> Result<(), NodeError> {
-        self.inner.inputs.send(input).map_err(|_| NodeError::Stopped)
+        self.inner
+            .inputs
+            .send(input)
+            .map_err(|_| NodeError::Stopped)
     }
 }

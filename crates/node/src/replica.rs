@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use ostrakon_proto::peer::WriteRequest;
 use ostrakon_raft::{
-    Entry, EntryPayload, GroupId, LogIndex, NodeId, ProposeError, RawNode, ReadState,
-    Role, SnapshotMeta, Term,
+    Entry, EntryPayload, GroupId, LogIndex, NodeId, ProposeError, RawNode, ReadState, Role,
+    SnapshotMeta, Term,
 };
 use ostrakon_storage::mvcc::{apply_write, MvccStore, WriteOutcome};
 use prost::Message as _;
@@ -74,7 +74,11 @@ impl Replica {
                 let replaced = self
                     .proposals
                     .insert(proposal.index, (proposal.term, id, respond));
-                assert!(replaced.is_none(), "two proposals at index {}", proposal.index);
+                assert!(
+                    replaced.is_none(),
+                    "two proposals at index {}",
+                    proposal.index
+                );
             }
             Err(error) => {
                 let _ = respond.send(Err(propose_error(error)));
@@ -134,7 +138,8 @@ impl Replica {
                         .node
                         .apply_conf_change(change)
                         .expect("a committed configuration change applies");
-                    self.store.apply_conf_state(entry.index, entry.term, conf_state);
+                    self.store
+                        .apply_conf_state(entry.index, entry.term, conf_state);
                     None
                 }
             };
@@ -152,7 +157,9 @@ impl Replica {
             let (index, (term, id, respond)) = first.remove_entry();
             let ours = index == entry.index
                 && term == entry.term
-                && outcome.as_ref().is_some_and(|(applied_id, _)| *applied_id == id);
+                && outcome
+                    .as_ref()
+                    .is_some_and(|(applied_id, _)| *applied_id == id);
             if ours {
                 let (_, outcome) = outcome.clone().expect("checked above");
                 let _ = respond.send(Ok(outcome));

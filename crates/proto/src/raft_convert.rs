@@ -86,7 +86,9 @@ impl From<&ConfChange> for pb::ConfChange {
                     .iter()
                     .map(|step| {
                         let (kind, node) = match *step {
-                            ConfChangeStep::AddVoter(n) => (pb::conf_change_step::Kind::AddVoter, n),
+                            ConfChangeStep::AddVoter(n) => {
+                                (pb::conf_change_step::Kind::AddVoter, n)
+                            }
                             ConfChangeStep::AddLearner(n) => {
                                 (pb::conf_change_step::Kind::AddLearner, n)
                             }
@@ -224,11 +226,9 @@ impl From<&Message> for pb::RaftMessage {
                 read_round: *read_round,
                 sent_tick: *sent_tick,
             }),
-            MessageBody::InstallSnapshot { meta } => {
-                Body::InstallSnapshot(pb::InstallSnapshot {
-                    meta: Some(meta.into()),
-                })
-            }
+            MessageBody::InstallSnapshot { meta } => Body::InstallSnapshot(pb::InstallSnapshot {
+                meta: Some(meta.into()),
+            }),
             MessageBody::TimeoutNow => Body::TimeoutNow(pb::TimeoutNow {}),
             MessageBody::ReadIndex { request_id } => Body::ReadIndex(pb::ReadIndex {
                 request_id: *request_id,
@@ -257,7 +257,10 @@ impl TryFrom<pb::RaftMessage> for Message {
         if message.from == 0 || message.to == 0 {
             return Err(InvalidMessage("message from or to node 0"));
         }
-        let body = match message.body.ok_or(InvalidMessage("message without a body"))? {
+        let body = match message
+            .body
+            .ok_or(InvalidMessage("message without a body"))?
+        {
             Body::Append(append) => MessageBody::Append {
                 prev_index: LogIndex(append.prev_index),
                 prev_term: Term(append.prev_term),
@@ -344,7 +347,11 @@ mod tests {
             learners_next: BTreeSet::new(),
         };
         let entries = vec![
-            Entry { term: Term(2), index: LogIndex(5), payload: EntryPayload::Empty },
+            Entry {
+                term: Term(2),
+                index: LogIndex(5),
+                payload: EntryPayload::Empty,
+            },
             Entry {
                 term: Term(2),
                 index: LogIndex(6),
@@ -371,10 +378,16 @@ mod tests {
                 entries,
                 commit: LogIndex(3),
             },
-            MessageBody::AppendResponse { index: LogIndex(8), reject: None },
             MessageBody::AppendResponse {
                 index: LogIndex(8),
-                reject: Some(RejectHint { index: LogIndex(2), term: Term(1) }),
+                reject: None,
+            },
+            MessageBody::AppendResponse {
+                index: LogIndex(8),
+                reject: Some(RejectHint {
+                    index: LogIndex(2),
+                    term: Term(1),
+                }),
             },
             MessageBody::RequestVote {
                 pre_vote: true,
@@ -382,16 +395,36 @@ mod tests {
                 last_term: Term(2),
                 transfer: true,
             },
-            MessageBody::VoteResponse { pre_vote: false, granted: true },
-            MessageBody::Heartbeat { commit: LogIndex(8), read_round: 3, sent_tick: 99 },
-            MessageBody::HeartbeatResponse { read_round: 3, sent_tick: 99 },
+            MessageBody::VoteResponse {
+                pre_vote: false,
+                granted: true,
+            },
+            MessageBody::Heartbeat {
+                commit: LogIndex(8),
+                read_round: 3,
+                sent_tick: 99,
+            },
+            MessageBody::HeartbeatResponse {
+                read_round: 3,
+                sent_tick: 99,
+            },
             MessageBody::InstallSnapshot {
-                meta: SnapshotMeta { index: LogIndex(9), term: Term(2), conf_state: conf },
+                meta: SnapshotMeta {
+                    index: LogIndex(9),
+                    term: Term(2),
+                    conf_state: conf,
+                },
             },
             MessageBody::TimeoutNow,
             MessageBody::ReadIndex { request_id: 7 },
-            MessageBody::ReadIndexResponse { request_id: 7, index: Some(LogIndex(8)) },
-            MessageBody::ReadIndexResponse { request_id: 7, index: None },
+            MessageBody::ReadIndexResponse {
+                request_id: 7,
+                index: Some(LogIndex(8)),
+            },
+            MessageBody::ReadIndexResponse {
+                request_id: 7,
+                index: None,
+            },
         ];
         for body in bodies {
             round_trip(Message {
@@ -406,13 +439,23 @@ mod tests {
 
     #[test]
     fn a_message_without_body_is_rejected() {
-        let wire = pb::RaftMessage { group: 1, from: 1, to: 2, term: 1, body: None };
+        let wire = pb::RaftMessage {
+            group: 1,
+            from: 1,
+            to: 2,
+            term: 1,
+            body: None,
+        };
         assert!(Message::try_from(wire).is_err());
     }
 
     #[test]
     fn an_entry_at_index_zero_is_rejected() {
-        let wire = pb::Entry { term: 1, index: 0, payload: Some(pb::entry::Payload::Empty(true)) };
+        let wire = pb::Entry {
+            term: 1,
+            index: 0,
+            payload: Some(pb::entry::Payload::Empty(true)),
+        };
         assert!(Entry::try_from(wire).is_err());
     }
 }

@@ -52,9 +52,17 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         let (code, message): (Code, &str) = match &error {
             ApiError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
-            ApiError::TooManyOps => (Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-            ApiError::DuplicateKey => (Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
-            ApiError::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
+            ApiError::TooManyOps => (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            ApiError::DuplicateKey => (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            ApiError::RequestTooLarge => {
+                (Code::InvalidArgument, "etcdserver: request is too large")
+            }
             ApiError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
             ApiError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
             ApiError::Mvcc(mvcc) => {
@@ -69,7 +77,9 @@ impl From<ApiError> for Status {
                 NodeError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
                 NodeError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
                 NodeError::Overloaded => (Code::ResourceExhausted, "etcdserver: too many requests"),
-                NodeError::Refused { code, message } => return Status::new(Code::from_i32(*code), message.clone()),
+                NodeError::Refused { code, message } => {
+                    return Status::new(Code::from_i32(*code), message.clone())
+                }
             },
         };
         Status::new(code, message)

@@ -3,9 +3,8 @@
 use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::kv_server::Kv;
 use ostrakon_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest,
-    TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use ostrakon_proto::peer::write_request::Request as Write;
 use ostrakon_storage::mvcc::{self, WriteOutcome};
@@ -30,7 +29,11 @@ impl KvService {
     /// raft term.
     fn header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
         let revision = header.map(|h| h.revision).unwrap_or_default();
-        let term = self.node.status(DEFAULT_GROUP).map(|s| s.term.0).unwrap_or_default();
+        let term = self
+            .node
+            .status(DEFAULT_GROUP)
+            .map(|s| s.term.0)
+            .unwrap_or_default();
         Some(ResponseHeader {
             cluster_id: self.node.cluster_id(),
             member_id: self.node.id().0,
@@ -68,8 +71,13 @@ fn unexpected(outcome: WriteOutcome) -> ApiError {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(KvService::range(self, request.into_inner()).await?))
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(
+            KvService::range(self, request.into_inner()).await?,
+        ))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -85,7 +93,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let request = request.into_inner();
         validate::delete_range(&request)?;
         let bytes = request.encoded_len();
@@ -111,7 +122,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         let request = request.into_inner();
         let bytes = request.encoded_len();
         match self.write(Write::Compaction(request), bytes).await? {

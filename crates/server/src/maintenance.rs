@@ -24,8 +24,16 @@ impl MaintenanceService {
 
 impl MaintenanceService {
     fn header(&self) -> Option<ResponseHeader> {
-        let term = self.node.status(DEFAULT_GROUP).map(|s| s.term.0).unwrap_or_default();
-        let revision = self.node.store(DEFAULT_GROUP).map(|s| s.current_revision().0).unwrap_or_default();
+        let term = self
+            .node
+            .status(DEFAULT_GROUP)
+            .map(|s| s.term.0)
+            .unwrap_or_default();
+        let revision = self
+            .node
+            .store(DEFAULT_GROUP)
+            .map(|s| s.current_revision().0)
+            .unwrap_or_default();
         Some(ResponseHeader {
             cluster_id: self.node.cluster_id(),
             member_id: self.node.id().0,
@@ -39,13 +47,18 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     /// Listing alarms works (there are none: the space quota and its NOSPACE alarm are not
     /// enforced yet); raising or clearing one is refused until they are.
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         match alarm_request::AlarmAction::try_from(request.into_inner().action) {
             Ok(alarm_request::AlarmAction::Get) => Ok(Response::new(AlarmResponse {
                 header: self.header(),
                 alarms: Vec::new(),
             })),
-            _ => Err(Status::unimplemented("ostrakon: raising and clearing alarms is not supported yet")),
+            _ => Err(Status::unimplemented(
+                "ostrakon: raising and clearing alarms is not supported yet",
+            )),
         }
     }
 

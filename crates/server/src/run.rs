@@ -55,13 +55,17 @@ pub enum ServerError {
 
 /// Runs a member until `shutdown` resolves, then stops cleanly: listeners close, the
 /// event loop syncs its WAL and answers everyone still waiting.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let peer_listener = bind(config.peer_addr).await?;
     let mut client_listeners = Vec::new();
     for addr in &config.client_addrs {
         client_listeners.push(bind(*addr).await?);
     }
-    let (node, loop_thread) = event_loop::start(config.node.clone(), tokio::runtime::Handle::current())?;
+    let (node, loop_thread) =
+        event_loop::start(config.node.clone(), tokio::runtime::Handle::current())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -72,7 +76,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(peer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener),
+            stopped(stop_rx.clone()),
+        );
     let mut servers = vec![tokio::spawn(peer_server)];
 
     for listener in client_listeners {
@@ -87,7 +94,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
             .accept_http1(true)
             .tcp_nodelay(true)
             .add_routes(Routes::from(router))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
         servers.push(tokio::spawn(server));
     }
     tracing::info!(member = %format!("{:x}", node.id().0), "serving");
@@ -106,5 +116,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|e| ServerError::Bind(addr, e))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServerError::Bind(addr, e))
 }

@@ -110,7 +110,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<Deleted>), 
         .collect();
     let mut puts: HashSet<Bytes> = HashSet::new();
     for op in ops {
-        let Some(request_op::Request::RequestTxn(nested)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(nested)) = &op.request else {
+            continue;
+        };
         let (puts_then, deletes_then) = check_intervals(&nested.success)?;
         let (puts_else, deletes_else) = check_intervals(&nested.failure)?;
         for key in &puts_then {
@@ -130,7 +132,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<Deleted>), 
         deletes.extend(deletes_else);
     }
     for op in ops {
-        let Some(request_op::Request::RequestPut(put)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(put)) = &op.request else {
+            continue;
+        };
         if puts.contains(&put.key) || deletes.iter().any(|d| d.contains(&put.key)) {
             return Err(ApiError::DuplicateKey);
         }
@@ -162,11 +166,13 @@ mod tests {
 
     fn delete_op(key: &'static str, end: &'static str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: Bytes::from_static(key.as_bytes()),
-                range_end: Bytes::from_static(end.as_bytes()),
-                prev_kv: false,
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: Bytes::from_static(key.as_bytes()),
+                    range_end: Bytes::from_static(end.as_bytes()),
+                    prev_kv: false,
+                },
+            )),
         }
     }
 
@@ -180,23 +186,55 @@ mod tests {
         }
     }
 
-    const LIMITS: Limits = Limits { txn_ops_max: 128, request_bytes_max: 1 << 20 };
+    const LIMITS: Limits = Limits {
+        txn_ops_max: 128,
+        request_bytes_max: 1 << 20,
+    };
 
     fn check(success: Vec<RequestOp>) -> Result<(), ApiError> {
-        txn(&TxnRequest { compare: vec![], success, failure: vec![] }, &LIMITS)
+        txn(
+            &TxnRequest {
+                compare: vec![],
+                success,
+                failure: vec![],
+            },
+            &LIMITS,
+        )
     }
 
     #[test]
     fn one_key_written_twice_is_refused_as_etcd_does() {
-        assert_eq!(check(vec![put_op("a"), put_op("a")]), Err(ApiError::DuplicateKey));
-        assert_eq!(check(vec![put_op("b"), delete_op("a", "c")]), Err(ApiError::DuplicateKey));
-        assert_eq!(check(vec![put_op("z"), delete_op("a", "\0")]), Err(ApiError::DuplicateKey));
-        assert_eq!(check(vec![put_op("a"), nested(vec![put_op("a")], vec![])]), Err(ApiError::DuplicateKey));
+        assert_eq!(
+            check(vec![put_op("a"), put_op("a")]),
+            Err(ApiError::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![put_op("b"), delete_op("a", "c")]),
+            Err(ApiError::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![put_op("z"), delete_op("a", "\0")]),
+            Err(ApiError::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![put_op("a"), nested(vec![put_op("a")], vec![])]),
+            Err(ApiError::DuplicateKey)
+        );
         // Two deletes may overlap, and the two branches of a nested txn are alternatives.
-        assert_eq!(check(vec![delete_op("a", "c"), delete_op("b", "d")]), Ok(()));
-        assert_eq!(check(vec![nested(vec![put_op("a")], vec![put_op("a")])]), Ok(()));
+        assert_eq!(
+            check(vec![delete_op("a", "c"), delete_op("b", "d")]),
+            Ok(())
+        );
+        assert_eq!(
+            check(vec![nested(vec![put_op("a")], vec![put_op("a")])]),
+            Ok(())
+        );
         assert_eq!(check(vec![put_op("a"), put_op("b")]), Ok(()));
-        assert_eq!(check(vec![put_op("c"), delete_op("a", "c")]), Ok(()), "range ends are exclusive");
+        assert_eq!(
+            check(vec![put_op("c"), delete_op("a", "c")]),
+            Ok(()),
+            "range ends are exclusive"
+        );
     }
 
     #[test]
@@ -204,7 +242,13 @@ mod tests {
         let many: Vec<RequestOp> = (0..129).map(|_| delete_op("a", "")).collect();
         assert_eq!(check(many), Err(ApiError::TooManyOps));
         assert_eq!(check(vec![put_op("")]), Err(ApiError::EmptyKey));
-        let deep = nested(vec![nested((0..129).map(|_| delete_op("a", "")).collect(), vec![])], vec![]);
+        let deep = nested(
+            vec![nested(
+                (0..129).map(|_| delete_op("a", "")).collect(),
+                vec![],
+            )],
+            vec![],
+        );
         assert_eq!(check(vec![deep]), Err(ApiError::TooManyOps));
     }
 }

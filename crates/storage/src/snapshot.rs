@@ -125,7 +125,8 @@ pub fn read(path: &Path) -> Result<(SnapshotInfo, Vec<(Vec<u8>, Vec<u8>)>), Snap
     if cursor.len() < conf_bytes {
         return Err(damaged("header cut short"));
     }
-    let conf = pb::ConfState::decode(&cursor[..conf_bytes]).map_err(|_| damaged("bad membership"))?;
+    let conf =
+        pb::ConfState::decode(&cursor[..conf_bytes]).map_err(|_| damaged("bad membership"))?;
     let conf_state = ConfState::try_from(&conf).map_err(|_| damaged("bad membership"))?;
     cursor.advance(conf_bytes);
     let mut items = Vec::new();
@@ -151,7 +152,11 @@ pub fn read(path: &Path) -> Result<(SnapshotInfo, Vec<(Vec<u8>, Vec<u8>)>), Snap
         cursor.advance(value_bytes);
     }
     let info = SnapshotInfo {
-        applied: AppliedState { index, term, conf_state },
+        applied: AppliedState {
+            index,
+            term,
+            conf_state,
+        },
         revision,
         compact_revision,
         file_bytes: data.len() as u64,
@@ -162,6 +167,11 @@ pub fn read(path: &Path) -> Result<(SnapshotInfo, Vec<(Vec<u8>, Vec<u8>)>), Snap
 /// Replaces the store's content with the snapshot at `path`, atomically and durably.
 pub fn install(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
     let (info, items) = read(path)?;
-    store.install(items, info.revision, info.compact_revision, info.applied.clone());
+    store.install(
+        items,
+        info.revision,
+        info.compact_revision,
+        info.applied.clone(),
+    );
     Ok(info)
 }

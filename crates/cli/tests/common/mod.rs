@@ -81,8 +81,18 @@ impl TestCluster {
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(self.data_dir(i))
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "test"])
             .args(&self.extra_args)
@@ -110,7 +120,9 @@ impl TestCluster {
         loop {
             match etcd_client::Client::connect([self.endpoint(i)], Some(options.clone())).await {
                 Ok(client) => return client,
-                Err(error) if Instant::now() > deadline => panic!("cannot connect to member {i}: {error}"),
+                Err(error) if Instant::now() > deadline => {
+                    panic!("cannot connect to member {i}: {error}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -136,7 +148,10 @@ impl TestCluster {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "member did not stop within 15 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "member did not stop within 15 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -160,7 +175,9 @@ impl TestCluster {
             else {
                 continue;
             };
-            let Ok(status) = client.status().await else { continue };
+            let Ok(status) = client.status().await else {
+                continue;
+            };
             let leader = status.leader();
             if leader != 0 && leader == status.header().map(|h| h.member_id()).unwrap_or(0) {
                 return Some(i);
@@ -194,7 +211,10 @@ impl TestCluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "member {i} learned of no leader within {READY_TIMEOUT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "member {i} learned of no leader within {READY_TIMEOUT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -56,7 +56,12 @@ pub struct Transport {
 
 impl Transport {
     /// A transport to the configured peers.
-    pub fn new(config: &NodeConfig, layout: Layout, inputs: InputSender, runtime: tokio::runtime::Handle) -> Transport {
+    pub fn new(
+        config: &NodeConfig,
+        layout: Layout,
+        inputs: InputSender,
+        runtime: tokio::runtime::Handle,
+    ) -> Transport {
         let _guard = runtime.enter();
         let channels = config
             .peers
@@ -109,7 +114,9 @@ impl Transport {
     fn start_sender(&self, to: NodeId) -> mpsc::UnboundedSender<pb::RaftMessage> {
         let (tx, rx) = mpsc::unbounded_channel();
         let transport = self.clone();
-        self.inner.runtime.spawn(async move { transport.run_sender(to, rx).await });
+        self.inner
+            .runtime
+            .spawn(async move { transport.run_sender(to, rx).await });
         tx
     }
 
@@ -120,7 +127,9 @@ impl Transport {
             let mut client = PeerClient::new(channel.clone());
             let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream)).await });
             loop {
-                let Some(first) = queue.recv().await else { return };
+                let Some(first) = queue.recv().await else {
+                    return;
+                };
                 let mut messages = vec![first];
                 while messages.len() < BATCH_MESSAGES_MAX {
                     match queue.try_recv() {
@@ -160,7 +169,11 @@ impl Transport {
                     false
                 }
             };
-            let _ = transport.inner.inputs.send(Input::SnapshotReport { group, to, delivered });
+            let _ = transport.inner.inputs.send(Input::SnapshotReport {
+                group,
+                to,
+                delivered,
+            });
         });
     }
 
@@ -207,14 +220,23 @@ impl Transport {
     }
 
     /// Has the leader propose a write for us; returns its outcome.
-    pub async fn forward(&self, leader: NodeId, group: GroupId, request: write_request::Request) -> Result<WriteOutcome, NodeError> {
+    pub async fn forward(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+        request: write_request::Request,
+    ) -> Result<WriteOutcome, NodeError> {
         let Some(channel) = self.inner.channels.get(&leader) else {
             return Err(NodeError::NoLeader);
         };
         let mut client = PeerClient::new(channel.clone());
         let forward = ForwardRequest {
             group: group.0,
-            write: Some(WriteRequest { origin: 0, id: 0, request: Some(request) }),
+            write: Some(WriteRequest {
+                origin: 0,
+                id: 0,
+                request: Some(request),
+            }),
         };
         let response = client
             .forward(forward)

@@ -48,35 +48,52 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn raft(&self, request: Request<Streaming<MessageBatch>>) -> Result<Response<RaftAck>, Status> {
+    async fn raft(
+        &self,
+        request: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check_cluster(batch.cluster_id)?;
             for message in batch.messages {
-                let message = Message::try_from(message).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let message = Message::try_from(message)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 if message.to != self.handle.id() {
                     return Err(Status::invalid_argument("message for another member"));
                 }
                 if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
-                    return Err(Status::invalid_argument("snapshots come on their own stream"));
+                    return Err(Status::invalid_argument(
+                        "snapshots come on their own stream",
+                    ));
                 }
-                self.inputs.send(Input::Raft(message)).map_err(|_| Status::unavailable("stopping"))?;
+                self.inputs
+                    .send(Input::Raft(message))
+                    .map_err(|_| Status::unavailable("stopping"))?;
             }
         }
         Ok(Response::new(RaftAck {}))
     }
 
-    async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
         let mut stream = request.into_inner();
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        let header = first.header.clone().ok_or_else(|| Status::invalid_argument("no header"))?;
+        let header = first
+            .header
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("no header"))?;
         self.check_cluster(header.cluster_id)?;
-        let message = header.message.ok_or_else(|| Status::invalid_argument("no message"))?;
-        let message = Message::try_from(message).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let message = header
+            .message
+            .ok_or_else(|| Status::invalid_argument("no message"))?;
+        let message =
+            Message::try_from(message).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let MessageBody::InstallSnapshot { meta } = &message.body else {
             return Err(Status::invalid_argument("not a snapshot message"));
         };
@@ -116,7 +133,10 @@ impl Peer for PeerService {
         Ok(Response::new(SnapshotAck {}))
     }
 
-    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
         let forward = request.into_inner();
         let write = forward
             .write
@@ -135,10 +155,17 @@ const FORWARD_OVERLOADED: i32 = -4;
 const FORWARD_STOPPED: i32 = -5;
 
 fn encode_forward_response(outcome: Result<WriteOutcome, NodeError>) -> ForwardResponse {
-    let internal = |code: i32| WriteOutcome::Error(ostrakon_proto::peer::Error { code, message: String::new() });
+    let internal = |code: i32| {
+        WriteOutcome::Error(ostrakon_proto::peer::Error {
+            code,
+            message: String::new(),
+        })
+    };
     let response = match outcome {
         Ok(outcome) => outcome,
-        Err(NodeError::Refused { code, message }) => WriteOutcome::Error(ostrakon_proto::peer::Error { code, message }),
+        Err(NodeError::Refused { code, message }) => {
+            WriteOutcome::Error(ostrakon_proto::peer::Error { code, message })
+        }
         Err(NodeError::NotLeader(_)) => internal(FORWARD_NOT_LEADER),
         Err(NodeError::NoLeader) | Err(NodeError::UnknownGroup) => internal(FORWARD_NO_LEADER),
         Err(NodeError::LeaderChanged) | Err(NodeError::Timeout) => internal(FORWARD_LEADER_CHANGED),
@@ -146,11 +173,15 @@ fn encode_forward_response(outcome: Result<WriteOutcome, NodeError>) -> ForwardR
         Err(NodeError::Stopped) => internal(FORWARD_STOPPED),
     };
     ForwardResponse {
-        response: Some(WriteResponse { response: Some(response) }),
+        response: Some(WriteResponse {
+            response: Some(response),
+        }),
     }
 }
 
-pub(super) fn decode_forward_response(response: ForwardResponse) -> Result<WriteOutcome, NodeError> {
+pub(super) fn decode_forward_response(
+    response: ForwardResponse,
+) -> Result<WriteOutcome, NodeError> {
     let outcome = response
         .response
         .and_then(|r| r.response)

@@ -5,10 +5,9 @@
 //! apply time, identically on every member.
 
 use ostrakon_proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, Compare, CompactionRequest,
-    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use ostrakon_proto::mvccpb::KeyValue;
 use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
@@ -62,7 +61,10 @@ pub fn range(view: &ReadView, request: &RangeRequest) -> Result<RangeResponse, M
     range_from(view, request)
 }
 
-fn range_from(source: &impl RangeSource, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+fn range_from(
+    source: &impl RangeSource,
+    request: &RangeRequest,
+) -> Result<RangeResponse, MvccError> {
     let at = source.view().resolve(request.revision)?;
     let mut kvs = if at == source.view().current_revision() {
         source.range_latest(&request.key, &request.range_end)
@@ -160,7 +162,12 @@ pub type WriteOutcome = write_response::Response;
 
 /// Applies one replicated write at `index`. Refused requests change nothing but still
 /// advance the applied index.
-pub fn apply_write(store: &MvccStore, index: LogIndex, term: Term, write: &WriteRequest) -> WriteOutcome {
+pub fn apply_write(
+    store: &MvccStore,
+    index: LogIndex,
+    term: Term,
+    write: &WriteRequest,
+) -> WriteOutcome {
     use write_request::Request;
     let request = write
         .request
@@ -178,7 +185,9 @@ pub fn apply_write(store: &MvccStore, index: LogIndex, term: Term, write: &Write
     let mut txn = store.write_txn();
     let result = match request {
         Request::Put(put) => apply_put(&mut txn, put).map(WriteOutcome::Put),
-        Request::DeleteRange(delete) => Ok(WriteOutcome::DeleteRange(apply_delete(&mut txn, delete))),
+        Request::DeleteRange(delete) => {
+            Ok(WriteOutcome::DeleteRange(apply_delete(&mut txn, delete)))
+        }
         Request::Txn(request) => apply_txn(&mut txn, request).map(WriteOutcome::Txn),
         Request::Compaction(_) => unreachable!("handled above"),
     };
@@ -221,8 +230,13 @@ fn error_outcome(error: MvccError) -> WriteOutcome {
 pub fn etcd_status(error: &MvccError) -> (i32, &'static str) {
     // gRPC codes: InvalidArgument 3, NotFound 5, OutOfRange 11.
     match error {
-        MvccError::Compacted { .. } => (11, "etcdserver: mvcc: required revision has been compacted"),
-        MvccError::FutureRevision => (11, "etcdserver: mvcc: required revision is a future revision"),
+        MvccError::Compacted { .. } => {
+            (11, "etcdserver: mvcc: required revision has been compacted")
+        }
+        MvccError::FutureRevision => (
+            11,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
         MvccError::KeyNotFound => (3, "etcdserver: key not found"),
         MvccError::LeaseNotFound => (5, "etcdserver: requested lease not found"),
     }
@@ -275,7 +289,11 @@ fn apply_delete(txn: &mut WriteTxn<'_>, delete: &DeleteRangeRequest) -> DeleteRa
 
 fn apply_txn(txn: &mut WriteTxn<'_>, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
     let succeeded = request.compare.iter().all(|c| compare_holds(txn, c));
-    let ops = if succeeded { &request.success } else { &request.failure };
+    let ops = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         responses.push(apply_op(txn, op)?);

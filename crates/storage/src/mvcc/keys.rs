@@ -35,7 +35,10 @@ pub fn versioned_key(user_key: &[u8], revision: Revision) -> Vec<u8> {
 /// Splits a storage key into the user key and the revision. Storage keys come only from
 /// `versioned_key`, so a malformed one is a broken invariant.
 pub fn split_versioned_key(stored: &[u8]) -> (Vec<u8>, Revision) {
-    assert!(stored.len() >= 2 + REVISION_BYTES, "storage key too short: {stored:?}");
+    assert!(
+        stored.len() >= 2 + REVISION_BYTES,
+        "storage key too short: {stored:?}"
+    );
     let (escaped, revision) = stored.split_at(stored.len() - REVISION_BYTES);
     let mut user_key = Vec::with_capacity(escaped.len());
     let mut i = 0;
@@ -75,9 +78,15 @@ mod tests {
         }
         let mut sorted = encoded.clone();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(sorted, encoded, "bytewise order must equal (key, revision) order");
+        assert_eq!(
+            sorted, encoded,
+            "bytewise order must equal (key, revision) order"
+        );
         for (stored, key, revision) in encoded {
-            assert_eq!(split_versioned_key(&stored), (key.to_vec(), Revision(revision)));
+            assert_eq!(
+                split_versioned_key(&stored),
+                (key.to_vec(), Revision(revision))
+            );
         }
     }
 

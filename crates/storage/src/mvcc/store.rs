@@ -126,7 +126,11 @@ impl MvccStore {
     /// crash changes nothing.
     pub fn set_applied(&self, index: LogIndex, term: Term) {
         let mut applied = self.applied.lock().unwrap();
-        assert!(index >= applied.index, "applied index goes back: {index} < {}", applied.index);
+        assert!(
+            index >= applied.index,
+            "applied index goes back: {index} < {}",
+            applied.index
+        );
         applied.index = index;
         applied.term = term;
         self.applied_index.store(index.0, Ordering::SeqCst);
@@ -152,7 +156,10 @@ impl MvccStore {
         let mut batch = self.keyspace.batch();
         self.put_applied(&mut batch, applied.index, applied.term);
         engine("committing a batch", batch.commit());
-        engine("persisting the state machine", self.keyspace.persist(PersistMode::SyncAll));
+        engine(
+            "persisting the state machine",
+            self.keyspace.persist(PersistMode::SyncAll),
+        );
     }
 
     fn put_applied(&self, batch: &mut fjall::Batch, index: LogIndex, term: Term) {
@@ -168,7 +175,11 @@ impl MvccStore {
         let current = self.current_revision();
         let snapshot = self.kv.snapshot();
         let compacted = self.compact_revision();
-        ReadView { snapshot, current, compacted }
+        ReadView {
+            snapshot,
+            current,
+            compacted,
+        }
     }
 
     /// Starts the write transaction of the next revision.
@@ -182,7 +193,12 @@ impl MvccStore {
 
     /// Removes every version that no read at or above `revision` can see, and records
     /// `revision` as compacted, in one atomic batch.
-    pub fn compact(&self, revision: Revision, index: LogIndex, term: Term) -> Result<(), MvccError> {
+    pub fn compact(
+        &self,
+        revision: Revision,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<(), MvccError> {
         let current = self.current_revision();
         let compacted = self.compact_revision();
         if revision > current {
@@ -213,7 +229,11 @@ impl MvccStore {
         if let Some((_, last_stored, true)) = last_key {
             batch.remove(&self.kv, last_stored);
         }
-        batch.insert(&self.meta, META_COMPACT_REVISION, (revision.0 as u64).to_be_bytes());
+        batch.insert(
+            &self.meta,
+            META_COMPACT_REVISION,
+            (revision.0 as u64).to_be_bytes(),
+        );
         self.put_applied(&mut batch, index, term);
         self.compact_revision.store(revision.0, Ordering::SeqCst);
         engine("committing a compaction", batch.commit());
@@ -260,8 +280,12 @@ impl MvccStore {
         self.compact_revision
             .fetch_max(compact_revision.0, Ordering::SeqCst);
         engine("installing a snapshot", batch.commit());
-        engine("persisting a snapshot", self.keyspace.persist(PersistMode::SyncAll));
-        self.compact_revision.store(compact_revision.0, Ordering::SeqCst);
+        engine(
+            "persisting a snapshot",
+            self.keyspace.persist(PersistMode::SyncAll),
+        );
+        self.compact_revision
+            .store(compact_revision.0, Ordering::SeqCst);
         self.revision.store(revision.0, Ordering::SeqCst);
         self.applied_index.store(applied.index.0, Ordering::SeqCst);
         *self.applied.lock().unwrap() = applied;
@@ -291,7 +315,9 @@ impl ReadView {
             return Err(MvccError::FutureRevision);
         }
         if requested < self.compacted {
-            return Err(MvccError::Compacted { compacted: self.compacted });
+            return Err(MvccError::Compacted {
+                compacted: self.compacted,
+            });
         }
         Ok(requested)
     }
@@ -299,7 +325,11 @@ impl ReadView {
     /// The live keys in `[key, range_end)` at `at`, in key order (`range_end` empty means
     /// just `key`; `"\0"` means no upper bound).
     pub fn range(&self, key: &[u8], range_end: &[u8], at: Revision) -> Vec<KeyValue> {
-        assert!(at <= self.current, "reading at {at:?} beyond {:?}", self.current);
+        assert!(
+            at <= self.current,
+            "reading at {at:?} beyond {:?}",
+            self.current
+        );
         if range_end.is_empty() {
             return self.get(key, at).into_iter().collect();
         }
@@ -340,13 +370,18 @@ impl ReadView {
         let (stored_key, stored_value) = engine("reading a key", item);
         let (user_key, revision) = split_versioned_key(&stored_key);
         let mut out = Vec::with_capacity(1);
-        push_live(&mut out, Some((user_key, revision, StoredVersion::decode(&stored_value))));
+        push_live(
+            &mut out,
+            Some((user_key, revision, StoredVersion::decode(&stored_value))),
+        );
         out.pop()
     }
 }
 
 fn push_live(out: &mut Vec<KeyValue>, version: Option<(Vec<u8>, Revision, StoredVersion)>) {
-    let Some((key, revision, stored)) = version else { return };
+    let Some((key, revision, stored)) = version else {
+        return;
+    };
     if stored.tombstone {
         return;
     }
@@ -450,7 +485,9 @@ impl WriteTxn<'_> {
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
         let deleted = self.range_latest(key, range_end);
         for kv in &deleted {
-            let replaced = self.changes.insert(kv.key.clone(), StoredVersion::tombstone());
+            let replaced = self
+                .changes
+                .insert(kv.key.clone(), StoredVersion::tombstone());
             assert!(replaced.is_none(), "a key written twice in one revision");
         }
         deleted
@@ -465,9 +502,17 @@ impl WriteTxn<'_> {
         let revision = self.write_revision();
         let mut batch = self.store.keyspace.batch();
         for (key, version) in &self.changes {
-            batch.insert(&self.store.kv, versioned_key(key, revision), version.encode());
+            batch.insert(
+                &self.store.kv,
+                versioned_key(key, revision),
+                version.encode(),
+            );
         }
-        batch.insert(&self.store.meta, META_REVISION, (revision.0 as u64).to_be_bytes());
+        batch.insert(
+            &self.store.meta,
+            META_REVISION,
+            (revision.0 as u64).to_be_bytes(),
+        );
         self.store.put_applied(&mut batch, index, term);
         engine("committing a write", batch.commit());
         self.store.revision.store(revision.0, Ordering::SeqCst);

@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use ostrakon_proto::etcdserverpb::{
-    compare, range_request, request_op, Compare, CompactionRequest, DeleteRangeRequest,
-    PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, range_request, request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
 };
 use ostrakon_proto::peer::{write_request::Request, WriteRequest};
 use ostrakon_raft::{GroupId, LogIndex, Term};
@@ -20,12 +20,21 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
         let store = MvccStore::open(&keyspace, GroupId(1));
-        Fixture { _dir: dir, keyspace, store, index: 1 }
+        Fixture {
+            _dir: dir,
+            keyspace,
+            store,
+            index: 1,
+        }
     }
 
     fn write(&mut self, request: Request) -> WriteOutcome {
         self.index += 1;
-        let write = WriteRequest { origin: 1, id: self.index, request: Some(request) };
+        let write = WriteRequest {
+            origin: 1,
+            id: self.index,
+            request: Some(request),
+        };
         apply_write(&self.store, LogIndex(self.index), Term(1), &write)
     }
 
@@ -52,20 +61,30 @@ impl Fixture {
         }
     }
 
-    fn range(&self, request: RangeRequest) -> Result<ostrakon_proto::etcdserverpb::RangeResponse, MvccError> {
+    fn range(
+        &self,
+        request: RangeRequest,
+    ) -> Result<ostrakon_proto::etcdserverpb::RangeResponse, MvccError> {
         range(&self.store.read_view(), &request)
     }
 
     fn get(&self, key: &str) -> Option<ostrakon_proto::mvccpb::KeyValue> {
-        self.range(RangeRequest { key: Bytes::from(key.to_string()), ..Default::default() })
-            .unwrap()
-            .kvs
-            .pop()
+        self.range(RangeRequest {
+            key: Bytes::from(key.to_string()),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs
+        .pop()
     }
 }
 
 fn keys(response: &ostrakon_proto::etcdserverpb::RangeResponse) -> Vec<String> {
-    response.kvs.iter().map(|kv| String::from_utf8(kv.key.to_vec()).unwrap()).collect()
+    response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+        .collect()
 }
 
 fn all_from(key: &str) -> RangeRequest {
@@ -79,7 +98,11 @@ fn all_from(key: &str) -> RangeRequest {
 #[test]
 fn revisions_versions_and_deletes_follow_etcd() {
     let mut f = Fixture::new();
-    assert_eq!(f.store.current_revision(), Revision(1), "an empty store is at revision 1");
+    assert_eq!(
+        f.store.current_revision(),
+        Revision(1),
+        "an empty store is at revision 1"
+    );
     assert_eq!(f.put("a", "1"), 2);
     assert_eq!(f.put("a", "2"), 3);
     let a = f.get("a").unwrap();
@@ -95,13 +118,34 @@ fn revisions_versions_and_deletes_follow_etcd() {
     let a = f.get("a").unwrap();
     assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1));
     // Reads at past revisions see the past.
-    let past = f.range(RangeRequest { key: "a".into(), revision: 3, ..Default::default() }).unwrap();
+    let past = f
+        .range(RangeRequest {
+            key: "a".into(),
+            revision: 3,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(past.kvs[0].value, Bytes::from("2"));
-    assert_eq!(past.header.unwrap().revision, 5, "the header carries the current revision");
-    let gone = f.range(RangeRequest { key: "a".into(), revision: 4, ..Default::default() }).unwrap();
+    assert_eq!(
+        past.header.unwrap().revision,
+        5,
+        "the header carries the current revision"
+    );
+    let gone = f
+        .range(RangeRequest {
+            key: "a".into(),
+            revision: 4,
+            ..Default::default()
+        })
+        .unwrap();
     assert!(gone.kvs.is_empty());
     assert_eq!(
-        f.range(RangeRequest { key: "a".into(), revision: 6, ..Default::default() }).err(),
+        f.range(RangeRequest {
+            key: "a".into(),
+            revision: 6,
+            ..Default::default()
+        })
+        .err(),
         Some(MvccError::FutureRevision)
     );
 }
@@ -113,12 +157,21 @@ fn range_limit_count_sort_and_filters() {
         f.put(key, value);
     }
     f.put("k1", "d"); // k1: version 2, mod 6
-    let prefix = RangeRequest { key: "k".into(), range_end: "l".into(), ..Default::default() };
+    let prefix = RangeRequest {
+        key: "k".into(),
+        range_end: "l".into(),
+        ..Default::default()
+    };
     let all = f.range(prefix.clone()).unwrap();
     assert_eq!(keys(&all), ["k1", "k2", "k3"]);
     assert_eq!((all.count, all.more), (3, false));
 
-    let limited = f.range(RangeRequest { limit: 2, ..prefix.clone() }).unwrap();
+    let limited = f
+        .range(RangeRequest {
+            limit: 2,
+            ..prefix.clone()
+        })
+        .unwrap();
     assert_eq!(keys(&limited), ["k1", "k2"]);
     assert_eq!((limited.count, limited.more), (3, true));
 
@@ -131,28 +184,65 @@ fn range_limit_count_sort_and_filters() {
         .unwrap();
     assert_eq!(keys(&by_value_desc), ["k1", "k2", "k3"]);
     let by_mod = f
-        .range(RangeRequest { sort_target: range_request::SortTarget::Mod as i32, ..prefix.clone() })
+        .range(RangeRequest {
+            sort_target: range_request::SortTarget::Mod as i32,
+            ..prefix.clone()
+        })
         .unwrap();
-    assert_eq!(keys(&by_mod), ["k3", "k2", "k1"], "no order with a target means ascending");
+    assert_eq!(
+        keys(&by_mod),
+        ["k3", "k2", "k1"],
+        "no order with a target means ascending"
+    );
     let by_key_desc = f
-        .range(RangeRequest { sort_order: range_request::SortOrder::Descend as i32, ..prefix.clone() })
+        .range(RangeRequest {
+            sort_order: range_request::SortOrder::Descend as i32,
+            ..prefix.clone()
+        })
         .unwrap();
     assert_eq!(keys(&by_key_desc), ["k3", "k2", "k1"]);
 
-    let count_only = f.range(RangeRequest { count_only: true, ..prefix.clone() }).unwrap();
+    let count_only = f
+        .range(RangeRequest {
+            count_only: true,
+            ..prefix.clone()
+        })
+        .unwrap();
     assert!(count_only.kvs.is_empty());
     assert_eq!(count_only.count, 3);
-    let keys_only = f.range(RangeRequest { keys_only: true, ..prefix.clone() }).unwrap();
+    let keys_only = f
+        .range(RangeRequest {
+            keys_only: true,
+            ..prefix.clone()
+        })
+        .unwrap();
     assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
 
-    let modified_late = f.range(RangeRequest { min_mod_revision: 5, ..prefix.clone() }).unwrap();
+    let modified_late = f
+        .range(RangeRequest {
+            min_mod_revision: 5,
+            ..prefix.clone()
+        })
+        .unwrap();
     assert_eq!(keys(&modified_late), ["k1"]);
     assert_eq!(modified_late.count, 3, "etcd counts before filtering");
-    let created_early = f.range(RangeRequest { max_create_revision: 3, ..prefix.clone() }).unwrap();
+    let created_early = f
+        .range(RangeRequest {
+            max_create_revision: 3,
+            ..prefix.clone()
+        })
+        .unwrap();
     assert_eq!(keys(&created_early), ["k1", "k3"]);
 
-    assert_eq!(keys(&f.range(all_from("k2")).unwrap()), ["k2", "k3", "other"]);
-    assert_eq!(keys(&f.range(all_from("\0")).unwrap()).len(), 4, "\\0 to \\0 is every key");
+    assert_eq!(
+        keys(&f.range(all_from("k2")).unwrap()),
+        ["k2", "k3", "other"]
+    );
+    assert_eq!(
+        keys(&f.range(all_from("\0")).unwrap()).len(),
+        4,
+        "\\0 to \\0 is every key"
+    );
 }
 
 #[test]
@@ -164,7 +254,13 @@ fn keys_with_zero_bytes_are_kept_apart() {
     f.put("ab", "4");
     assert_eq!(f.get("a").unwrap().value, Bytes::from("1"));
     assert_eq!(f.get("a\0").unwrap().value, Bytes::from("2"));
-    let prefix = f.range(RangeRequest { key: "a\0".into(), range_end: "a\x01".into(), ..Default::default() }).unwrap();
+    let prefix = f
+        .range(RangeRequest {
+            key: "a\0".into(),
+            range_end: "a\x01".into(),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(keys(&prefix), ["a\0", "a\0b"]);
 }
 
@@ -178,20 +274,49 @@ fn put_options_prev_kv_ignore_value_and_leases() {
         prev_kv: true,
         ..Default::default()
     }));
-    let WriteOutcome::Put(response) = outcome else { panic!("{outcome:?}") };
+    let WriteOutcome::Put(response) = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(response.prev_kv.unwrap().value, Bytes::from("1"));
     let a = f.get("a").unwrap();
     assert_eq!((a.value.as_ref(), a.version), (b"1".as_ref(), 2));
 
-    let missing = f.write(Request::Put(PutRequest { key: "b".into(), ignore_value: true, ..Default::default() }));
-    assert!(matches!(missing, WriteOutcome::Error(ref e) if e.message == "etcdserver: key not found"), "{missing:?}");
-    let leased = f.write(Request::Put(PutRequest { key: "b".into(), lease: 7, ..Default::default() }));
-    assert!(matches!(leased, WriteOutcome::Error(ref e) if e.code == 5), "{leased:?}");
-    assert_eq!(f.store.current_revision(), Revision(3), "refused writes make no revision");
-    assert_eq!(f.store.applied_index(), LogIndex(f.index), "refused writes are still applied");
+    let missing = f.write(Request::Put(PutRequest {
+        key: "b".into(),
+        ignore_value: true,
+        ..Default::default()
+    }));
+    assert!(
+        matches!(missing, WriteOutcome::Error(ref e) if e.message == "etcdserver: key not found"),
+        "{missing:?}"
+    );
+    let leased = f.write(Request::Put(PutRequest {
+        key: "b".into(),
+        lease: 7,
+        ..Default::default()
+    }));
+    assert!(
+        matches!(leased, WriteOutcome::Error(ref e) if e.code == 5),
+        "{leased:?}"
+    );
+    assert_eq!(
+        f.store.current_revision(),
+        Revision(3),
+        "refused writes make no revision"
+    );
+    assert_eq!(
+        f.store.applied_index(),
+        LogIndex(f.index),
+        "refused writes are still applied"
+    );
 }
 
-fn cmp(key: &str, target: compare::CompareTarget, result: compare::CompareResult, value: compare::TargetUnion) -> Compare {
+fn cmp(
+    key: &str,
+    target: compare::CompareTarget,
+    result: compare::CompareResult,
+    value: compare::TargetUnion,
+) -> Compare {
     Compare {
         key: Bytes::from(key.to_string()),
         target: target as i32,
@@ -219,35 +344,76 @@ fn txn_compares_and_runs_one_branch_at_one_revision() {
     let txn = |compare: Vec<Compare>| {
         Request::Txn(TxnRequest {
             compare,
-            success: vec![put_op("x", "yes"), put_op("y", "yes"), RequestOp {
-                request: Some(request_op::Request::RequestRange(RangeRequest { key: "x".into(), ..Default::default() })),
-            }],
+            success: vec![
+                put_op("x", "yes"),
+                put_op("y", "yes"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: "x".into(),
+                        ..Default::default()
+                    })),
+                },
+            ],
             failure: vec![put_op("x", "no")],
         })
     };
-    let outcome = f.write(txn(vec![cmp("a", T::Value, R::Equal, U::Value("1".into())), cmp("a", T::Version, R::Greater, U::Version(0))]));
-    let WriteOutcome::Txn(response) = outcome else { panic!("{outcome:?}") };
+    let outcome = f.write(txn(vec![
+        cmp("a", T::Value, R::Equal, U::Value("1".into())),
+        cmp("a", T::Version, R::Greater, U::Version(0)),
+    ]));
+    let WriteOutcome::Txn(response) = outcome else {
+        panic!("{outcome:?}")
+    };
     assert!(response.succeeded);
-    assert_eq!(response.header.unwrap().revision, 3, "one revision for the whole txn");
-    assert_eq!(f.get("x").unwrap().mod_revision, f.get("y").unwrap().mod_revision);
+    assert_eq!(
+        response.header.unwrap().revision,
+        3,
+        "one revision for the whole txn"
+    );
+    assert_eq!(
+        f.get("x").unwrap().mod_revision,
+        f.get("y").unwrap().mod_revision
+    );
     // The range in the txn saw the txn's own put.
-    let Some(ostrakon_proto::etcdserverpb::response_op::Response::ResponseRange(read)) = &response.responses[2].response else { panic!() };
+    let Some(ostrakon_proto::etcdserverpb::response_op::Response::ResponseRange(read)) =
+        &response.responses[2].response
+    else {
+        panic!()
+    };
     assert_eq!(read.kvs[0].value, Bytes::from("yes"));
 
     // A VALUE compare on a missing key fails; a CREATE compare treats it as 0.
-    let WriteOutcome::Txn(r) = f.write(txn(vec![cmp("missing", T::Value, R::NotEqual, U::Value("z".into()))])) else { panic!() };
+    let WriteOutcome::Txn(r) = f.write(txn(vec![cmp(
+        "missing",
+        T::Value,
+        R::NotEqual,
+        U::Value("z".into()),
+    )])) else {
+        panic!()
+    };
     assert!(!r.succeeded);
     assert_eq!(f.get("x").unwrap().value, Bytes::from("no"));
-    let WriteOutcome::Txn(r) = f.write(txn(vec![cmp("missing", T::Create, R::Equal, U::CreateRevision(0))])) else { panic!() };
+    let WriteOutcome::Txn(r) = f.write(txn(vec![cmp(
+        "missing",
+        T::Create,
+        R::Equal,
+        U::CreateRevision(0),
+    )])) else {
+        panic!()
+    };
     assert!(r.succeeded);
 
     // A compare over a range holds only if it holds for every key in it.
     let mut over_range = cmp("x", T::Value, R::Equal, U::Value("yes".into()));
     over_range.range_end = "z".into();
-    let WriteOutcome::Txn(r) = f.write(txn(vec![over_range.clone()])) else { panic!() };
+    let WriteOutcome::Txn(r) = f.write(txn(vec![over_range.clone()])) else {
+        panic!()
+    };
     assert!(r.succeeded);
     f.put("y", "other");
-    let WriteOutcome::Txn(r) = f.write(txn(vec![over_range])) else { panic!() };
+    let WriteOutcome::Txn(r) = f.write(txn(vec![over_range])) else {
+        panic!()
+    };
     assert!(!r.succeeded);
 }
 
@@ -259,20 +425,49 @@ fn compaction_refuses_old_reads_and_removes_old_versions() {
     f.put("b", "1"); // 4
     f.delete("b", ""); // 5
     f.put("a", "3"); // 6
-    let compact = |f: &mut Fixture, revision| f.write(Request::Compaction(CompactionRequest { revision, physical: true }));
-    assert!(matches!(compact(&mut f, 7), WriteOutcome::Error(ref e) if e.message.contains("future revision")));
+    let compact = |f: &mut Fixture, revision| {
+        f.write(Request::Compaction(CompactionRequest {
+            revision,
+            physical: true,
+        }))
+    };
+    assert!(
+        matches!(compact(&mut f, 7), WriteOutcome::Error(ref e) if e.message.contains("future revision"))
+    );
     assert!(matches!(compact(&mut f, 5), WriteOutcome::Compaction(_)));
-    assert!(matches!(compact(&mut f, 5), WriteOutcome::Error(ref e) if e.message.contains("compacted")));
+    assert!(
+        matches!(compact(&mut f, 5), WriteOutcome::Error(ref e) if e.message.contains("compacted"))
+    );
     assert_eq!(
-        f.range(RangeRequest { key: "a".into(), revision: 4, ..Default::default() }).err(),
-        Some(MvccError::Compacted { compacted: Revision(5) })
+        f.range(RangeRequest {
+            key: "a".into(),
+            revision: 4,
+            ..Default::default()
+        })
+        .err(),
+        Some(MvccError::Compacted {
+            compacted: Revision(5)
+        })
     );
     // At the compacted revision itself everything is still readable.
-    let at5 = f.range(RangeRequest { key: "a".into(), revision: 5, ..Default::default() }).unwrap();
+    let at5 = f
+        .range(RangeRequest {
+            key: "a".into(),
+            revision: 5,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(at5.kvs[0].value, Bytes::from("2"));
     // Physically: a@3 (newest at or below 5) and a@6 stay; a@2 and all of b are gone.
-    let stored: Vec<_> = f.store.snapshot_items().map(|(k, _)| super::keys::split_versioned_key(&k)).collect();
-    assert_eq!(stored, vec![(b"a".to_vec(), Revision(3)), (b"a".to_vec(), Revision(6))]);
+    let stored: Vec<_> = f
+        .store
+        .snapshot_items()
+        .map(|(k, _)| super::keys::split_versioned_key(&k))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![(b"a".to_vec(), Revision(3)), (b"a".to_vec(), Revision(6))]
+    );
 }
 
 #[test]
@@ -302,7 +497,13 @@ fn a_snapshot_installs_the_same_state_elsewhere() {
     let mut target = Fixture::new();
     target.put("stale", "x");
     let installed = crate::snapshot::install(&target.store, &path).unwrap();
-    assert_eq!(installed, crate::snapshot::SnapshotInfo { file_bytes: installed.file_bytes, ..info });
+    assert_eq!(
+        installed,
+        crate::snapshot::SnapshotInfo {
+            file_bytes: installed.file_bytes,
+            ..info
+        }
+    );
     assert!(target.get("stale").is_none());
     assert!(target.get("a").is_none());
     assert_eq!(target.get("b").unwrap().mod_revision, 3);
@@ -313,5 +514,8 @@ fn a_snapshot_installs_the_same_state_elsewhere() {
     let middle = data.len() / 2;
     data[middle] ^= 1;
     std::fs::write(&path, data).unwrap();
-    assert!(crate::snapshot::read(&path).is_err(), "a damaged snapshot is refused");
+    assert!(
+        crate::snapshot::read(&path).is_err(),
+        "a damaged snapshot is refused"
+    );
 }

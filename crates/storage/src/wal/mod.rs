@@ -146,7 +146,13 @@ impl Wal {
                 let path = segment_path(dir, 1);
                 let opened = open_append(&path)?;
                 sync_dir(dir);
-                segments.insert(1, Segment { path, last_index: HashMap::new() });
+                segments.insert(
+                    1,
+                    Segment {
+                        path,
+                        last_index: HashMap::new(),
+                    },
+                );
                 opened
             }
         };
@@ -237,14 +243,23 @@ impl Wal {
         sync_dir(&self.dir);
         self.file = file;
         self.file_bytes = 0;
-        self.segments.insert(seq, Segment { path, last_index: HashMap::new() });
+        self.segments.insert(
+            seq,
+            Segment {
+                path,
+                last_index: HashMap::new(),
+            },
+        );
         let mut groups: Vec<_> = self.groups.iter().map(|(g, s)| (*g, s.clone())).collect();
         groups.sort_by_key(|(g, _)| *g);
         for (group, state) in groups {
             if let Some(meta) = state.snapshot {
                 record::encode(&Record::Snapshot(group, meta), &mut self.staged);
             }
-            record::encode(&Record::HardState(group, state.hard_state), &mut self.staged);
+            record::encode(
+                &Record::HardState(group, state.hard_state),
+                &mut self.staged,
+            );
         }
         self.write_staged();
     }
@@ -300,7 +315,8 @@ fn truncate(path: &Path, len: u64) -> Result<(), WalError> {
         .write(true)
         .open(path)
         .map_err(|e| WalError::Io(path.to_path_buf(), e))?;
-    file.set_len(len).map_err(|e| WalError::Io(path.to_path_buf(), e))?;
+    file.set_len(len)
+        .map_err(|e| WalError::Io(path.to_path_buf(), e))?;
     fdatasync(&file, path);
     Ok(())
 }

@@ -60,7 +60,10 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         }
     }
     let payload_bytes = out.len() - start - FRAME_HEADER_BYTES;
-    assert!(payload_bytes <= RECORD_BYTES_MAX, "WAL record of {payload_bytes} bytes");
+    assert!(
+        payload_bytes <= RECORD_BYTES_MAX,
+        "WAL record of {payload_bytes} bytes"
+    );
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER_BYTES..]);
     out[start..start + 4].copy_from_slice(&(payload_bytes as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -155,7 +158,11 @@ mod tests {
             Record::Entries(
                 GroupId(1),
                 vec![
-                    Entry { term: Term(2), index: LogIndex(3), payload: EntryPayload::Empty },
+                    Entry {
+                        term: Term(2),
+                        index: LogIndex(3),
+                        payload: EntryPayload::Empty,
+                    },
                     Entry {
                         term: Term(2),
                         index: LogIndex(4),
@@ -165,7 +172,11 @@ mod tests {
             ),
             Record::HardState(
                 GroupId(1),
-                HardState { term: Term(2), vote: NodeId(3), commit: LogIndex(4) },
+                HardState {
+                    term: Term(2),
+                    vote: NodeId(3),
+                    commit: LogIndex(4),
+                },
             ),
             Record::Snapshot(
                 GroupId(7),

@@ -36,7 +36,11 @@ impl RecoveredGroup {
         match record {
             Record::HardState(_, state) => self.hard_state = state,
             Record::Snapshot(_, meta) => {
-                if self.snapshot.as_ref().is_some_and(|s| s.index >= meta.index) {
+                if self
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.index >= meta.index)
+                {
                     // A segment's opening repeat of a snapshot already applied.
                     return;
                 }
@@ -47,7 +51,10 @@ impl RecoveredGroup {
                     .entries
                     .iter()
                     .any(|e| e.index == meta.index && e.term == meta.term)
-                    || self.entries.first().is_some_and(|e| e.index.0 == meta.index.0 + 1);
+                    || self
+                        .entries
+                        .first()
+                        .is_some_and(|e| e.index.0 == meta.index.0 + 1);
                 if matches {
                     self.entries.retain(|e| e.index > meta.index);
                 } else {
@@ -118,7 +125,9 @@ pub(super) fn scan_segment(path: &Path, is_last: bool) -> Result<SegmentScan, Wa
                 records.push(record);
                 offset += len;
             }
-            Frame::Truncated | Frame::Corrupt(_) if is_last && !valid_frame_after(&data, offset) => {
+            Frame::Truncated | Frame::Corrupt(_)
+                if is_last && !valid_frame_after(&data, offset) =>
+            {
                 return Ok(SegmentScan {
                     records,
                     valid_bytes: offset as u64,
@@ -126,7 +135,11 @@ pub(super) fn scan_segment(path: &Path, is_last: bool) -> Result<SegmentScan, Wa
                 });
             }
             Frame::Truncated => {
-                return Err(corrupt(path, offset, "a record is cut short before the log's end"))
+                return Err(corrupt(
+                    path,
+                    offset,
+                    "a record is cut short before the log's end",
+                ))
             }
             Frame::Corrupt(reason) => return Err(corrupt(path, offset, reason)),
         }
@@ -174,10 +187,7 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError>
 }
 
 /// Every group's state after replaying `records`.
-pub(super) fn replay(
-    groups: &mut HashMap<GroupId, RecoveredGroup>,
-    records: Vec<Record>,
-) {
+pub(super) fn replay(groups: &mut HashMap<GroupId, RecoveredGroup>, records: Vec<Record>) {
     for record in records {
         let group = match &record {
             Record::Entries(g, _) | Record::HardState(g, _) | Record::Snapshot(g, _) => *g,

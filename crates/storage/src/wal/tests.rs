@@ -23,7 +23,11 @@ fn meta(index: u64, term: u64) -> SnapshotMeta {
 }
 
 fn hard(term: u64, commit: u64) -> HardState {
-    HardState { term: Term(term), vote: NodeId(1), commit: LogIndex(commit) }
+    HardState {
+        term: Term(term),
+        vote: NodeId(1),
+        commit: LogIndex(commit),
+    }
 }
 
 const G1: GroupId = GroupId(1);
@@ -126,7 +130,9 @@ fn corruption_before_the_tail_refuses_to_start() {
     let mut data = std::fs::read(&segment).unwrap();
     data[20] ^= 0xFF; // inside the first record
     std::fs::write(&segment, &data).unwrap();
-    let error = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).err().expect("must refuse");
+    let error = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT)
+        .err()
+        .expect("must refuse");
     let message = error.to_string();
     assert!(message.contains("corrupt at byte 0"), "{message}");
     assert!(message.contains("refusing to start"), "{message}");
