@@ -1,5 +1,6 @@
 //! The `ostrakon` binary: argument parsing only; the work is in the library crates.
 
+mod bench;
 mod playground;
 mod server_args;
 mod urls;
@@ -23,6 +24,8 @@ enum Command {
     Server(Box<server_args::ServerArgs>),
     /// Start a local cluster of separate processes and print how to use it.
     Playground(playground::PlaygroundArgs),
+    /// Load an etcd-API cluster (ostrakon or etcd) and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server_args::run(*args),
         Command::Playground(args) => playground::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

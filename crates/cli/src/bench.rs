@@ -1,0 +1,191 @@
+//! `ostrakon bench`: a load generator over the etcd v3 API, for ostrakon and etcd alike.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use ostrakon_proto::etcdserverpb::kv_client::KvClient;
+use ostrakon_proto::etcdserverpb::{
+    compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// What each request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Put a random key of the key space.
+    Put,
+    /// Linearizable get of a random existing key.
+    Get,
+    /// Serializable (local, possibly stale) get of a random existing key.
+    GetSerializable,
+    /// A Txn: compare the key's mod revision, then put it.
+    Txn,
+    /// Linearizable range over 100 keys.
+    Range,
+}
+
+/// Options of the load.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Client endpoints (host:port), comma-separated; connections are spread over them.
+    #[arg(long, default_value = "127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579")]
+    pub endpoints: String,
+    /// The kind of request.
+    #[arg(long, value_enum, default_value = "put")]
+    pub workload: Workload,
+    /// Concurrent clients, each with one request outstanding.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// gRPC connections shared by the clients.
+    #[arg(long, default_value_t = 8)]
+    pub conns: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 20_000)]
+    pub total: usize,
+    /// Stop after this many seconds even if `total` is not reached.
+    #[arg(long, default_value_t = 60)]
+    pub duration_max_secs: u64,
+    /// Bytes per key.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    pub val_size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub key_space: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the load and prints throughput and latency percentiles.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bench(args))
+}
+
+fn key(args: &BenchArgs, n: usize) -> Bytes {
+    let mut key = format!("b{:0width$}", n % args.key_space, width = args.key_size.saturating_sub(1));
+    key.truncate(args.key_size.max(1));
+    Bytes::from(key)
+}
+
+async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<KvClient<Channel>>> {
+    let endpoints: Vec<&str> = args.endpoints.split(',').filter(|e| !e.is_empty()).collect();
+    anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
+    let mut clients = Vec::new();
+    for i in 0..args.conns.max(1) {
+        let address = endpoints[i % endpoints.len()];
+        let url = if address.starts_with("http") { address.to_string() } else { format!("http://{address}") };
+        let channel = Endpoint::from_shared(url.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        clients.push(KvClient::new(channel));
+    }
+    Ok(clients)
+}
+
+async fn one(client: &mut KvClient<Channel>, args: &BenchArgs, n: usize, value: &Bytes) -> Result<(), tonic::Status> {
+    let key = key(args, n.wrapping_mul(2_654_435_761));
+    match args.workload {
+        Workload::Put => {
+            client.put(PutRequest { key, value: value.clone(), ..Default::default() }).await?;
+        }
+        Workload::Get | Workload::GetSerializable => {
+            let serializable = args.workload == Workload::GetSerializable;
+            client.range(RangeRequest { key, serializable, ..Default::default() }).await?;
+        }
+        Workload::Range => {
+            client
+                .range(RangeRequest { key: Bytes::from_static(b"b"), range_end: Bytes::from_static(b"c"), limit: 100, ..Default::default() })
+                .await?;
+        }
+        Workload::Txn => {
+            let compare = Compare {
+                key: key.clone(),
+                target: compare::CompareTarget::Mod as i32,
+                result: compare::CompareResult::Greater as i32,
+                target_union: Some(compare::TargetUnion::ModRevision(-1)),
+                range_end: Bytes::new(),
+            };
+            let put = RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest { key, value: value.clone(), ..Default::default() })),
+            };
+            client.txn(TxnRequest { compare: vec![compare], success: vec![put], failure: vec![] }).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let connections = connect(&args).await?;
+    let value = Bytes::from(vec![b'v'; args.val_size]);
+    if matches!(args.workload, Workload::Get | Workload::GetSerializable | Workload::Range) {
+        // Reads need the keys to exist; writing them is not measured.
+        let mut client = connections[0].clone();
+        for n in 0..args.key_space.min(args.total) {
+            client.put(PutRequest { key: key(&args, n), value: value.clone(), ..Default::default() }).await?;
+        }
+    }
+    let args = std::sync::Arc::new(args);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_max_secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let mut client = connections[c % connections.len()].clone();
+        let (args, next, value) = (args.clone(), next.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us: Vec<u32> = Vec::new();
+            let mut errors = 0usize;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= args.total || Instant::now() > deadline {
+                    break;
+                }
+                let begin = Instant::now();
+                match one(&mut client, &args, n, &value).await {
+                    Ok(()) => latencies_us.push(begin.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies_us, errors)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies_us.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies_us.is_empty() {
+            return 0.0;
+        }
+        let at = ((latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        latencies_us[at] as f64 / 1000.0
+    };
+    let ok = latencies_us.len();
+    let throughput = ok as f64 / elapsed.as_secs_f64();
+    let name = format!("{:?}", args.workload).to_lowercase();
+    if args.json {
+        println!(
+            "{{\"workload\":\"{name}\",\"clients\":{},\"conns\":{},\"ok\":{ok},\"errors\":{errors},\"seconds\":{:.3},\"throughput\":{throughput:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}",
+            args.clients, args.conns, elapsed.as_secs_f64(), percentile(0.5), percentile(0.9), percentile(0.99)
+        );
+    } else {
+        println!(
+            "{name}: {ok} ok, {errors} errors in {:.2} s: {throughput:.0} req/s; latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+            elapsed.as_secs_f64(), percentile(0.5), percentile(0.9), percentile(0.99)
+        );
+    }
+    Ok(())
+}
