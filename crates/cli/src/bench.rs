@@ -63,23 +63,37 @@ pub struct BenchArgs {
 
 /// Runs the load and prints throughput and latency percentiles.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(bench(args))
 }
 
 fn key(args: &BenchArgs, n: usize) -> Bytes {
-    let mut key = format!("b{:0width$}", n % args.key_space, width = args.key_size.saturating_sub(1));
+    let mut key = format!(
+        "b{:0width$}",
+        n % args.key_space,
+        width = args.key_size.saturating_sub(1)
+    );
     key.truncate(args.key_size.max(1));
     Bytes::from(key)
 }
 
 async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<KvClient<Channel>>> {
-    let endpoints: Vec<&str> = args.endpoints.split(',').filter(|e| !e.is_empty()).collect();
+    let endpoints: Vec<&str> = args
+        .endpoints
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .collect();
     anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
     let mut clients = Vec::new();
     for i in 0..args.conns.max(1) {
         let address = endpoints[i % endpoints.len()];
-        let url = if address.starts_with("http") { address.to_string() } else { format!("http://{address}") };
+        let url = if address.starts_with("http") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
         let channel = Endpoint::from_shared(url.clone())?
             .tcp_nodelay(true)
             .connect()
@@ -90,19 +104,41 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<KvClient<Channel>>> {
     Ok(clients)
 }
 
-async fn one(client: &mut KvClient<Channel>, args: &BenchArgs, n: usize, value: &Bytes) -> Result<(), tonic::Status> {
+async fn one(
+    client: &mut KvClient<Channel>,
+    args: &BenchArgs,
+    n: usize,
+    value: &Bytes,
+) -> Result<(), tonic::Status> {
     let key = key(args, n.wrapping_mul(2_654_435_761));
     match args.workload {
         Workload::Put => {
-            client.put(PutRequest { key, value: value.clone(), ..Default::default() }).await?;
+            client
+                .put(PutRequest {
+                    key,
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await?;
         }
         Workload::Get | Workload::GetSerializable => {
             let serializable = args.workload == Workload::GetSerializable;
-            client.range(RangeRequest { key, serializable, ..Default::default() }).await?;
+            client
+                .range(RangeRequest {
+                    key,
+                    serializable,
+                    ..Default::default()
+                })
+                .await?;
         }
         Workload::Range => {
             client
-                .range(RangeRequest { key: Bytes::from_static(b"b"), range_end: Bytes::from_static(b"c"), limit: 100, ..Default::default() })
+                .range(RangeRequest {
+                    key: Bytes::from_static(b"b"),
+                    range_end: Bytes::from_static(b"c"),
+                    limit: 100,
+                    ..Default::default()
+                })
                 .await?;
         }
         Workload::Txn => {
@@ -114,9 +150,19 @@ async fn one(client: &mut KvClient<Channel>, args: &BenchArgs, n: usize, value: 
                 range_end: Bytes::new(),
             };
             let put = RequestOp {
-                request: Some(request_op::Request::RequestPut(PutRequest { key, value: value.clone(), ..Default::default() })),
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key,
+                    value: value.clone(),
+                    ..Default::default()
+                })),
             };
-            client.txn(TxnRequest { compare: vec![compare], success: vec![put], failure: vec![] }).await?;
+            client
+                .txn(TxnRequest {
+                    compare: vec![compare],
+                    success: vec![put],
+                    failure: vec![],
+                })
+                .await?;
         }
     }
     Ok(())
@@ -125,11 +171,20 @@ async fn one(client: &mut KvClient<Channel>, args: &BenchArgs, n: usize, value: 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let connections = connect(&args).await?;
     let value = Bytes::from(vec![b'v'; args.val_size]);
-    if matches!(args.workload, Workload::Get | Workload::GetSerializable | Workload::Range) {
+    if matches!(
+        args.workload,
+        Workload::Get | Workload::GetSerializable | Workload::Range
+    ) {
         // Reads need the keys to exist; writing them is not measured.
         let mut client = connections[0].clone();
         for n in 0..args.key_space.min(args.total) {
-            client.put(PutRequest { key: key(&args, n), value: value.clone(), ..Default::default() }).await?;
+            client
+                .put(PutRequest {
+                    key: key(&args, n),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await?;
         }
     }
     let args = std::sync::Arc::new(args);
@@ -150,7 +205,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 let begin = Instant::now();
                 match one(&mut client, &args, n, &value).await {
-                    Ok(()) => latencies_us.push(begin.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Ok(()) => {
+                        latencies_us.push(begin.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                    }
                     Err(_) => errors += 1,
                 }
             }

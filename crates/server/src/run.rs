@@ -76,10 +76,7 @@ pub async fn run(
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(peer)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(peer_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
     let mut servers = vec![tokio::spawn(peer_server)];
 
     for listener in client_listeners {
@@ -94,10 +91,7 @@ pub async fn run(
             .accept_http1(true)
             .tcp_nodelay(true)
             .add_routes(Routes::from(router))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stopped(stop_rx.clone()),
-            );
+            .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
         servers.push(tokio::spawn(server));
     }
     tracing::info!(member = %format!("{:x}", node.id().0), "serving");
@@ -113,6 +107,20 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || loop_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off. The server builder's `tcp_nodelay`
+/// applies only to listeners it binds itself; without this, small responses wait for the
+/// peer's delayed ACK (about 40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {

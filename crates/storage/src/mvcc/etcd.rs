@@ -27,6 +27,8 @@ fn header(revision: Revision) -> Option<ResponseHeader> {
 /// writes).
 trait RangeSource {
     fn view(&self) -> &ReadView;
+    /// Whether there are writes not yet in the view (a write transaction's own).
+    fn has_own_writes(&self) -> bool;
     fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue>;
     fn response_revision(&self) -> Revision;
 }
@@ -34,6 +36,9 @@ trait RangeSource {
 impl RangeSource for ReadView {
     fn view(&self) -> &ReadView {
         self
+    }
+    fn has_own_writes(&self) -> bool {
+        false
     }
     fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
         self.range(key, range_end, self.current_revision())
@@ -46,6 +51,9 @@ impl RangeSource for ReadView {
 impl RangeSource for WriteTxn<'_> {
     fn view(&self) -> &ReadView {
         WriteTxn::view(self)
+    }
+    fn has_own_writes(&self) -> bool {
+        WriteTxn::has_changes(self)
     }
     fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
         WriteTxn::range_latest(self, key, range_end)
@@ -66,12 +74,28 @@ fn range_from(
     request: &RangeRequest,
 ) -> Result<RangeResponse, MvccError> {
     let at = source.view().resolve(request.revision)?;
-    let mut kvs = if at == source.view().current_revision() {
-        source.range_latest(&request.key, &request.range_end)
+    let (mut kvs, count) = if !source.has_own_writes() && !needs_every_key(request) {
+        // Nothing to sort or filter: copy out only what is returned (plus one, for `more`).
+        let materialize = if request.count_only {
+            0
+        } else if request.limit > 0 {
+            request.limit as usize + 1
+        } else {
+            usize::MAX
+        };
+        source
+            .view()
+            .range_counted(&request.key, &request.range_end, at, materialize)
+    } else if at == source.view().current_revision() {
+        let kvs = source.range_latest(&request.key, &request.range_end);
+        let count = kvs.len();
+        (kvs, count)
     } else {
-        source.view().range(&request.key, &request.range_end, at)
+        let kvs = source.view().range(&request.key, &request.range_end, at);
+        let count = kvs.len();
+        (kvs, count)
     };
-    let count = kvs.len() as i64;
+    let count = count as i64;
     prune(&mut kvs, request);
     sort(&mut kvs, request);
     let mut more = false;
@@ -92,6 +116,23 @@ fn range_from(
         more,
         count,
     })
+}
+
+/// Whether the request sorts or filters, so every key in the range must be built.
+fn needs_every_key(r: &RangeRequest) -> bool {
+    use range_request::{SortOrder, SortTarget};
+    let sorts = match (
+        SortTarget::try_from(r.sort_target),
+        SortOrder::try_from(r.sort_order),
+    ) {
+        (Ok(SortTarget::Key), Ok(SortOrder::None | SortOrder::Ascend)) => false,
+        _ => true,
+    };
+    sorts
+        || r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0
 }
 
 /// etcd filters by mod and create revision after counting.

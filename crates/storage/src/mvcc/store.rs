@@ -325,17 +325,32 @@ impl ReadView {
     /// The live keys in `[key, range_end)` at `at`, in key order (`range_end` empty means
     /// just `key`; `"\0"` means no upper bound).
     pub fn range(&self, key: &[u8], range_end: &[u8], at: Revision) -> Vec<KeyValue> {
+        self.range_counted(key, range_end, at, usize::MAX).0
+    }
+
+    /// Like `range`, but builds at most `materialize_max` key-values while still counting
+    /// every live key: a limited Range over many keys copies only what it returns.
+    pub fn range_counted(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        at: Revision,
+        materialize_max: usize,
+    ) -> (Vec<KeyValue>, usize) {
         assert!(
             at <= self.current,
             "reading at {at:?} beyond {:?}",
             self.current
         );
         if range_end.is_empty() {
-            return self.get(key, at).into_iter().collect();
+            let mut found: Vec<KeyValue> = self.get(key, at).into_iter().collect();
+            let count = found.len();
+            found.truncate(materialize_max);
+            return (found, count);
         }
         let unbounded = range_end == [0];
         if !unbounded && range_end <= key {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         let low = Bound::Included(key_prefix(key));
         let high = if unbounded {
@@ -344,22 +359,43 @@ impl ReadView {
             Bound::Excluded(key_prefix(range_end))
         };
         let mut out = Vec::new();
-        let mut pending: Option<(Vec<u8>, Revision, StoredVersion)> = None;
+        let mut count = 0;
+        // The newest version at or below `at` of the key being scanned: (escaped prefix,
+        // storage key, stored value).
+        let mut pending: Option<(Vec<u8>, fjall::Slice, fjall::Slice)> = None;
+        let mut finish = |pending: Option<(Vec<u8>, fjall::Slice, fjall::Slice)>,
+                          out: &mut Vec<KeyValue>| {
+            let Some((_, stored_key, stored_value)) = pending else {
+                return;
+            };
+            if StoredVersion::is_tombstone(&stored_value) {
+                return;
+            }
+            count += 1;
+            if out.len() < materialize_max {
+                let (user_key, revision) = split_versioned_key(&stored_key);
+                push_live(
+                    out,
+                    Some((user_key, revision, StoredVersion::decode(&stored_value))),
+                );
+            }
+        };
         for item in self.snapshot.range::<Vec<u8>, _>((low, high)) {
             let (stored_key, stored_value) = engine("reading a range", item);
-            let (user_key, revision) = split_versioned_key(&stored_key);
-            if revision > at {
+            let (prefix, revision) = stored_key.split_at(stored_key.len() - 8);
+            if u64::from_be_bytes(revision.try_into().unwrap()) as i64 > at.0 {
                 continue;
             }
-            if let Some((pending_key, ..)) = &pending {
-                if *pending_key != user_key {
-                    push_live(&mut out, pending.take());
-                }
+            if pending
+                .as_ref()
+                .is_some_and(|(p, ..)| p.as_slice() != prefix)
+            {
+                finish(pending.take(), &mut out);
             }
-            pending = Some((user_key, revision, StoredVersion::decode(&stored_value)));
+            pending = Some((prefix.to_vec(), stored_key, stored_value));
         }
-        push_live(&mut out, pending);
-        out
+        finish(pending, &mut out);
+        (out, count)
     }
 
     /// The live version of `key` at `at`.
@@ -409,6 +445,11 @@ impl WriteTxn<'_> {
     /// The view the transaction reads committed data from.
     pub fn view(&self) -> &ReadView {
         &self.view
+    }
+
+    /// Whether the transaction has written anything yet.
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
     }
 
     /// The revision this transaction's writes get.

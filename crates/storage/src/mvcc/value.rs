@@ -45,6 +45,12 @@ impl StoredVersion {
         out
     }
 
+    /// Whether stored bytes are a tombstone, without decoding the rest.
+    pub fn is_tombstone(stored: &[u8]) -> bool {
+        assert!(!stored.is_empty(), "stored version is empty");
+        stored[0] & FLAG_TOMBSTONE != 0
+    }
+
     /// Reads what `encode` wrote; anything else is a broken invariant of the store.
     pub fn decode(stored: &[u8]) -> StoredVersion {
         assert!(stored.len() >= HEADER_BYTES, "stored version too short");
