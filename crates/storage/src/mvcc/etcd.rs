@@ -121,13 +121,13 @@ fn range_from(
 /// Whether the request sorts or filters, so every key in the range must be built.
 fn needs_every_key(r: &RangeRequest) -> bool {
     use range_request::{SortOrder, SortTarget};
-    let sorts = match (
-        SortTarget::try_from(r.sort_target),
-        SortOrder::try_from(r.sort_order),
-    ) {
-        (Ok(SortTarget::Key), Ok(SortOrder::None | SortOrder::Ascend)) => false,
-        _ => true,
-    };
+    let sorts = !matches!(
+        (
+            SortTarget::try_from(r.sort_target),
+            SortOrder::try_from(r.sort_order)
+        ),
+        (Ok(SortTarget::Key), Ok(SortOrder::None | SortOrder::Ascend))
+    );
     sorts
         || r.min_mod_revision != 0
         || r.max_mod_revision != 0
