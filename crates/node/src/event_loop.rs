@@ -136,7 +136,7 @@ pub fn start(
     for dir in [&layout.snap, &layout.kv] {
         std::fs::create_dir_all(dir).map_err(|e| StartError::Io(dir.clone(), e))?;
     }
-    let (mut wal, recovered) = Wal::open(&layout.wal, SEGMENT_BYTES_DEFAULT)?;
+    let (mut wal, mut recovered) = Wal::open(&layout.wal, SEGMENT_BYTES_DEFAULT)?;
     if recovered.torn_bytes_truncated > 0 {
         tracing::warn!(
             bytes = recovered.torn_bytes_truncated,
@@ -150,7 +150,7 @@ pub fn start(
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime);
     let group = DEFAULT_GROUP;
     let store = Arc::new(MvccStore::open(&keyspace, group));
-    let initial = match recovered.groups.get(&group) {
+    let initial = match recovered.groups.remove(&group) {
         Some(state) => recovered_state(state, &store)?,
         None => bootstrap(&config, &layout, &mut wal, &store)?,
     };
@@ -162,7 +162,7 @@ pub fn start(
     let status = Arc::new(RwLock::new(GroupStatus::default()));
     let (applied_tx, applied_rx) = watch::channel(store.applied_index());
     let replica = Replica::new(group, node, store.clone(), status.clone(), applied_tx);
-    replica.publish_status();
+    replica.publish_status(config.id);
     let shared = GroupShared {
         store,
         status,
@@ -189,9 +189,9 @@ pub fn start(
     Ok((handle, thread))
 }
 
-fn recovered_state(state: &RecoveredGroup, store: &MvccStore) -> Result<InitialState, StartError> {
+fn recovered_state(state: RecoveredGroup, store: &MvccStore) -> Result<InitialState, StartError> {
     let applied = store.applied();
-    let snapshot = state.snapshot.clone().unwrap_or_default();
+    let snapshot = state.snapshot.unwrap_or_default();
     if applied.index < snapshot.index {
         return Err(StartError::Inconsistent(format!(
             "the state machine is at index {} but the WAL starts after a snapshot at {}; \
@@ -206,7 +206,7 @@ fn recovered_state(state: &RecoveredGroup, store: &MvccStore) -> Result<InitialS
     Ok(InitialState {
         hard_state,
         snapshot,
-        entries: state.entries.clone(),
+        entries: state.entries,
         applied: applied.index,
         conf_state: applied.conf_state,
     })
@@ -360,7 +360,7 @@ impl EventLoop {
             replica.apply(std::mem::take(&mut ready.committed_entries), me);
             replica.answer_reads(std::mem::take(&mut ready.read_states));
             replica.node.advance();
-            replica.publish_status();
+            replica.publish_status(me);
             self.maybe_snapshot(group);
         }
     }

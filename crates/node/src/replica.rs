@@ -180,15 +180,16 @@ impl Replica {
         }
     }
 
-    pub fn publish_status(&self) {
-        let status = self.node.status();
+    /// Publishes the group's state for the handle; runs every round, so it reads raft's
+    /// cheap accessors rather than building a full `Status`.
+    pub fn publish_status(&self, me: NodeId) {
         let mut shared = self.status.write().unwrap();
-        shared.term = status.term;
-        shared.leader = status.leader;
-        shared.is_leader = status.role == Role::Leader;
-        shared.commit = status.commit;
+        shared.term = self.node.term();
+        shared.leader = self.node.leader();
+        shared.is_leader = self.node.role() == Role::Leader;
+        shared.commit = self.node.commit();
         shared.applied = self.store.applied_index();
-        shared.is_learner = status.conf_state.is_learner(status.id);
+        shared.is_learner = self.node.conf_state().is_learner(me);
     }
 
     /// The membership and term of the applied state, for a snapshot at `applied`.

@@ -51,20 +51,13 @@ impl From<MvccError> for ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         let (code, message): (Code, &str) = match &error {
-            ApiError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
-            ApiError::TooManyOps => (
-                Code::InvalidArgument,
-                "etcdserver: too many operations in txn request",
-            ),
-            ApiError::DuplicateKey => (
-                Code::InvalidArgument,
-                "etcdserver: duplicate key given in txn request",
-            ),
-            ApiError::RequestTooLarge => {
-                (Code::InvalidArgument, "etcdserver: request is too large")
-            }
-            ApiError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
-            ApiError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+            // These variants' Display is etcd's message.
+            ApiError::EmptyKey
+            | ApiError::TooManyOps
+            | ApiError::DuplicateKey
+            | ApiError::RequestTooLarge
+            | ApiError::ValueProvided
+            | ApiError::LeaseProvided => return Status::invalid_argument(error.to_string()),
             ApiError::Mvcc(mvcc) => {
                 let (code, message) = ostrakon_storage::mvcc::etcd_status(mvcc);
                 (Code::from_i32(code), message)

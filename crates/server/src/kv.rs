@@ -65,8 +65,19 @@ impl KvService {
     }
 }
 
-fn unexpected(outcome: WriteOutcome) -> ApiError {
-    panic!("the state machine answered a write with the wrong kind of outcome: {outcome:?}")
+/// The response inside a write's outcome, with etcd's header filled in.
+macro_rules! respond {
+    ($service:expr, $outcome:expr, $variant:ident) => {
+        match $outcome {
+            WriteOutcome::$variant(mut response) => {
+                response.header = $service.header(response.header);
+                Ok(Response::new(response))
+            }
+            other => panic!(
+                "the state machine answered a write with the wrong kind of outcome: {other:?}"
+            ),
+        }
+    };
 }
 
 #[tonic::async_trait]
@@ -84,13 +95,7 @@ impl Kv for KvService {
         let request = request.into_inner();
         validate::put(&request)?;
         let bytes = request.encoded_len();
-        match self.write(Write::Put(request), bytes).await? {
-            WriteOutcome::Put(mut response) => {
-                response.header = self.header(response.header);
-                Ok(Response::new(response))
-            }
-            other => Err(unexpected(other).into()),
-        }
+        respond!(self, self.write(Write::Put(request), bytes).await?, Put)
     }
 
     async fn delete_range(
@@ -100,26 +105,18 @@ impl Kv for KvService {
         let request = request.into_inner();
         validate::delete_range(&request)?;
         let bytes = request.encoded_len();
-        match self.write(Write::DeleteRange(request), bytes).await? {
-            WriteOutcome::DeleteRange(mut response) => {
-                response.header = self.header(response.header);
-                Ok(Response::new(response))
-            }
-            other => Err(unexpected(other).into()),
-        }
+        respond!(
+            self,
+            self.write(Write::DeleteRange(request), bytes).await?,
+            DeleteRange
+        )
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let request = request.into_inner();
         validate::txn(&request, &self.limits)?;
         let bytes = request.encoded_len();
-        match self.write(Write::Txn(request), bytes).await? {
-            WriteOutcome::Txn(mut response) => {
-                response.header = self.header(response.header);
-                Ok(Response::new(response))
-            }
-            other => Err(unexpected(other).into()),
-        }
+        respond!(self, self.write(Write::Txn(request), bytes).await?, Txn)
     }
 
     async fn compact(
@@ -128,12 +125,10 @@ impl Kv for KvService {
     ) -> Result<Response<CompactionResponse>, Status> {
         let request = request.into_inner();
         let bytes = request.encoded_len();
-        match self.write(Write::Compaction(request), bytes).await? {
-            WriteOutcome::Compaction(mut response) => {
-                response.header = self.header(response.header);
-                Ok(Response::new(response))
-            }
-            other => Err(unexpected(other).into()),
-        }
+        respond!(
+            self,
+            self.write(Write::Compaction(request), bytes).await?,
+            Compaction
+        )
     }
 }

@@ -142,7 +142,7 @@ impl TestCluster {
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
         let mut child = self.members[i].child.take().expect("member is running");
-        unsafe { libc_kill(child.id() as i32, 15) };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -244,9 +244,4 @@ impl Drop for TestCluster {
             }
         }
     }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }

@@ -349,7 +349,6 @@ fn apply_txn(txn: &mut WriteTxn<'_>, request: &TxnRequest) -> Result<TxnResponse
 fn apply_op(txn: &mut WriteTxn<'_>, op: &RequestOp) -> Result<ResponseOp, MvccError> {
     use request_op::Request;
     use response_op::Response;
-    let revision_before = txn.response_revision();
     let response = match &op.request {
         Some(Request::RequestRange(range)) => Response::ResponseRange(range_from(txn, range)?),
         Some(Request::RequestPut(put)) => Response::ResponsePut(apply_put(txn, put)?),
@@ -360,7 +359,7 @@ fn apply_op(txn: &mut WriteTxn<'_>, op: &RequestOp) -> Result<ResponseOp, MvccEr
         None => return Ok(ResponseOp { response: None }),
     };
     let mut response = response;
-    let revision = txn.response_revision().max(revision_before);
+    let revision = txn.response_revision();
     match &mut response {
         Response::ResponsePut(r) => r.header = header(revision),
         Response::ResponseDeleteRange(r) => r.header = header(revision),

@@ -373,11 +373,7 @@ impl ReadView {
             }
             count += 1;
             if out.len() < materialize_max {
-                let (user_key, revision) = split_versioned_key(&stored_key);
-                push_live(
-                    out,
-                    Some((user_key, revision, StoredVersion::decode(&stored_value))),
-                );
+                out.extend(live_key_value(&stored_key, &stored_value));
             }
         };
         for item in self.snapshot.range::<Vec<u8>, _>((low, high)) {
@@ -404,31 +400,26 @@ impl ReadView {
         let high = versioned_key(key, at);
         let item = self.snapshot.range(low..=high).next_back()?;
         let (stored_key, stored_value) = engine("reading a key", item);
-        let (user_key, revision) = split_versioned_key(&stored_key);
-        let mut out = Vec::with_capacity(1);
-        push_live(
-            &mut out,
-            Some((user_key, revision, StoredVersion::decode(&stored_value))),
-        );
-        out.pop()
+        live_key_value(&stored_key, &stored_value)
     }
 }
 
-fn push_live(out: &mut Vec<KeyValue>, version: Option<(Vec<u8>, Revision, StoredVersion)>) {
-    let Some((key, revision, stored)) = version else {
-        return;
-    };
-    if stored.tombstone {
-        return;
-    }
-    out.push(KeyValue {
-        key: Bytes::from(key),
+/// The key-value a stored version shows to clients, unless it is a tombstone.
+fn live_key_value(stored_key: &[u8], stored_value: &[u8]) -> Option<KeyValue> {
+    let (user_key, revision) = split_versioned_key(stored_key);
+    let stored = StoredVersion::decode(stored_value);
+    (!stored.tombstone).then(|| key_value(Bytes::from(user_key), revision, stored))
+}
+
+fn key_value(key: Bytes, mod_revision: Revision, stored: StoredVersion) -> KeyValue {
+    KeyValue {
+        key,
         create_revision: stored.create_revision.0,
-        mod_revision: revision.0,
+        mod_revision: mod_revision.0,
         version: stored.version,
         value: stored.value,
         lease: stored.lease,
-    });
+    }
 }
 
 /// The writes of one revision, visible to the transaction's own later reads, applied
@@ -472,7 +463,7 @@ impl WriteTxn<'_> {
         if self.changes.is_empty() {
             return base;
         }
-        let written_revision = self.write_revision().0;
+        let written_revision = self.write_revision();
         let in_range = |k: &[u8]| {
             if range_end.is_empty() {
                 k == key
@@ -489,17 +480,8 @@ impl WriteTxn<'_> {
             if version.tombstone {
                 merged.remove(changed_key);
             } else {
-                merged.insert(
-                    changed_key.clone(),
-                    KeyValue {
-                        key: changed_key.clone(),
-                        create_revision: version.create_revision.0,
-                        mod_revision: written_revision,
-                        version: version.version,
-                        value: version.value.clone(),
-                        lease: version.lease,
-                    },
-                );
+                let kv = key_value(changed_key.clone(), written_revision, version.clone());
+                merged.insert(changed_key.clone(), kv);
             }
         }
         merged.into_values().collect()

@@ -104,7 +104,7 @@ impl RecoveredGroup {
 
 /// What reading one segment found.
 pub(super) struct SegmentScan {
-    /// Records in order, with the group's highest entry index per group.
+    /// The valid records, in log order.
     pub records: Vec<Record>,
     /// Bytes of valid frames; the file is truncated to this if the tail was torn.
     pub valid_bytes: u64,
