@@ -25,6 +25,11 @@ use crate::DEFAULT_GROUP;
 
 /// Inputs drained per round before the groups' Readys are handled; bounds a round's work.
 const INPUTS_PER_ROUND_MAX: usize = 4096;
+/// The state machine's block cache. Reads at the current revision mostly hit the memtables
+/// and the OS page cache; a small cache keeps a member's memory small.
+const STORE_CACHE_BYTES: u64 = 8 << 20;
+/// All memtables together: beyond this, fjall flushes the largest to disk.
+const STORE_WRITE_BUFFER_BYTES: u64 = 8 << 20;
 
 /// Everything the event loop reacts to.
 pub enum Input {
@@ -144,6 +149,8 @@ pub fn start(
         );
     }
     let keyspace = fjall::Config::new(&layout.kv)
+        .cache_size(STORE_CACHE_BYTES)
+        .max_write_buffer_size(STORE_WRITE_BUFFER_BYTES)
         .open()
         .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
     let (input_tx, input_rx) = std::sync::mpsc::channel();

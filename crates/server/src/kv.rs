@@ -59,7 +59,15 @@ impl KvService {
             self.node.linearizable_read_point(DEFAULT_GROUP).await?;
         }
         let store = self.node.store(DEFAULT_GROUP)?;
-        let mut response = mvcc::range(&store.read_view(), &request)?;
+        let mut response = if request.range_end.is_empty() {
+            mvcc::range(&store.read_view(), &request)?
+        } else {
+            // A range may read many keys: keep it off the async workers, where it would
+            // hold up every other request sharing the worker.
+            tokio::task::spawn_blocking(move || mvcc::range(&store.read_view(), &request))
+                .await
+                .expect("a range read panicked")?
+        };
         response.header = self.header(response.header);
         Ok(response)
     }

@@ -9,6 +9,7 @@
 mod error;
 mod etcd;
 mod keys;
+mod latest;
 mod store;
 mod value;
 

@@ -13,6 +13,7 @@ use ostrakon_raft::{ConfState, GroupId, LogIndex, Term};
 use prost::Message as _;
 
 use super::keys::{key_prefix, split_versioned_key, versioned_key};
+use super::latest::LatestIndex;
 use super::value::StoredVersion;
 use super::{MvccError, Revision, INITIAL_REVISION};
 use crate::fatal::engine;
@@ -40,6 +41,9 @@ pub struct MvccStore {
     keyspace: Keyspace,
     group: GroupId,
     kv: PartitionHandle,
+    /// Updated after each write's batch commits, so a reader that copies it and then
+    /// takes a `kv` snapshot finds every version it points at.
+    latest: Mutex<LatestIndex>,
     meta: PartitionHandle,
     /// Invariant: every version at or below it is committed in `kv`.
     revision: AtomicI64,
@@ -79,10 +83,17 @@ impl MvccStore {
             term: Term(read_u64(META_APPLIED_TERM).unwrap_or(0)),
             conf_state,
         };
+        let latest = LatestIndex::build(
+            Revision(revision),
+            kv.snapshot()
+                .iter()
+                .map(|item| engine("reading the store to index it", item)),
+        );
         MvccStore {
             keyspace: keyspace.clone(),
             group,
             kv,
+            latest: Mutex::new(latest),
             meta,
             revision: AtomicI64::new(revision),
             compact_revision: AtomicI64::new(compact_revision),
@@ -169,16 +180,25 @@ impl MvccStore {
 
     /// A consistent view for reads at any revision from the compacted one to the current.
     pub fn read_view(&self) -> ReadView {
-        // Order matters: the current revision first (everything at or below it is
-        // committed), then the snapshot, then the compacted revision (raised before a
-        // compaction commits, so a snapshot taken after that commit sees the new bound).
-        let current = self.current_revision();
-        let snapshot = self.kv.snapshot();
-        let compacted = self.compact_revision();
-        ReadView {
-            snapshot,
-            current,
-            compacted,
+        loop {
+            // The index and then the versions, under the index's lock: a write updates the
+            // index after its batch commits and an install swaps both under the lock, so
+            // the snapshot holds every version the index points at. Only a compaction
+            // beyond the index's revision could remove one (the compacted revision is
+            // raised before a compaction commits): then start again.
+            let (latest, kv) = {
+                let latest = self.latest.lock().unwrap();
+                (latest.clone(), self.kv.snapshot())
+            };
+            let compacted = self.compact_revision();
+            if compacted <= latest.revision() {
+                return ReadView {
+                    kv,
+                    current: latest.revision(),
+                    latest,
+                    compacted,
+                };
+            }
         }
     }
 
@@ -261,6 +281,7 @@ impl MvccStore {
         for item in self.kv.snapshot().keys() {
             batch.remove(&self.kv, engine("reading for an install", item));
         }
+        let new_latest = LatestIndex::build(revision, items.iter().map(|(k, v)| (k, v)));
         for (key, value) in items {
             batch.insert(&self.kv, key, value);
         }
@@ -279,7 +300,12 @@ impl MvccStore {
         // Lower the compaction bound only after the data is in; raise it before.
         self.compact_revision
             .fetch_max(compact_revision.0, Ordering::SeqCst);
-        engine("installing a snapshot", batch.commit());
+        {
+            // Readers see the old index with the old data or the new with the new.
+            let mut latest = self.latest.lock().unwrap();
+            engine("installing a snapshot", batch.commit());
+            *latest = new_latest;
+        }
         engine(
             "persisting a snapshot",
             self.keyspace.persist(PersistMode::SyncAll),
@@ -294,7 +320,8 @@ impl MvccStore {
 
 /// A consistent, point-in-time view of the store.
 pub struct ReadView {
-    snapshot: fjall::Snapshot,
+    kv: fjall::Snapshot,
+    latest: LatestIndex,
     current: Revision,
     compacted: Revision,
 }
@@ -352,6 +379,9 @@ impl ReadView {
         if !unbounded && range_end <= key {
             return (Vec::new(), 0);
         }
+        if at == self.current {
+            return self.range_counted_latest(key, range_end, materialize_max);
+        }
         let low = Bound::Included(key_prefix(key));
         let high = if unbounded {
             Bound::Unbounded
@@ -376,7 +406,7 @@ impl ReadView {
                 out.extend(live_key_value(&stored_key, &stored_value));
             }
         };
-        for item in self.snapshot.range::<Vec<u8>, _>((low, high)) {
+        for item in self.kv.range::<Vec<u8>, _>((low, high)) {
             let (stored_key, stored_value) = engine("reading a range", item);
             let (prefix, revision) = stored_key.split_at(stored_key.len() - 8);
             if u64::from_be_bytes(revision.try_into().unwrap()) as i64 > at.0 {
@@ -394,11 +424,45 @@ impl ReadView {
         (out, count)
     }
 
+    /// `range_counted` at the current revision, from the latest-version index: one index
+    /// entry per live key, and one point read per key returned.
+    fn range_counted_latest(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        materialize_max: usize,
+    ) -> (Vec<KeyValue>, usize) {
+        let mut out = Vec::new();
+        let mut count = 0;
+        for (user_key, revision) in self.latest.range(key, range_end) {
+            count += 1;
+            if out.len() < materialize_max {
+                out.push(self.version_from_index(user_key, revision));
+            }
+        }
+        (out, count)
+    }
+
+    /// The version the index points at: the view's snapshot holds it, and it is live.
+    fn version_from_index(&self, user_key: &[u8], revision: Revision) -> KeyValue {
+        let stored_key = versioned_key(user_key, revision);
+        let stored_value = engine("reading a key", self.kv.get(&stored_key)).unwrap_or_else(|| {
+            panic!("the latest-version index points at a missing version {stored_key:?}")
+        });
+        live_key_value(&stored_key, &stored_value).unwrap_or_else(|| {
+            panic!("the latest-version index points at a tombstone {stored_key:?}")
+        })
+    }
+
     /// The live version of `key` at `at`.
     pub fn get(&self, key: &[u8], at: Revision) -> Option<KeyValue> {
+        if at == self.current {
+            let revision = self.latest.get(key)?;
+            return Some(self.version_from_index(key, revision));
+        }
         let low = versioned_key(key, Revision(0));
         let high = versioned_key(key, at);
-        let item = self.snapshot.range(low..=high).next_back()?;
+        let item = self.kv.range(low..=high).next_back()?;
         let (stored_key, stored_value) = engine("reading a key", item);
         live_key_value(&stored_key, &stored_value)
     }
@@ -538,6 +602,11 @@ impl WriteTxn<'_> {
         );
         self.store.put_applied(&mut batch, index, term);
         engine("committing a write", batch.commit());
+        self.store
+            .latest
+            .lock()
+            .unwrap()
+            .apply(revision, &self.changes);
         self.store.revision.store(revision.0, Ordering::SeqCst);
         self.store.set_applied(index, term);
     }
