@@ -67,6 +67,14 @@ pub enum Input {
         /// Whether it was received.
         delivered: bool,
     },
+    /// A snapshot file at `meta` is durable, and so is the state machine up to it: the
+    /// raft log before it may go.
+    SnapshotCreated {
+        /// The group.
+        group: GroupId,
+        /// Its position.
+        meta: SnapshotMeta,
+    },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
     /// Stop: sync, persist, answer everyone waiting.
@@ -128,6 +136,8 @@ pub struct EventLoop {
     wal: Wal,
     replicas: HashMap<GroupId, Replica>,
     inputs: Receiver<Input>,
+    /// For the threads the loop starts (snapshot writers) to report back.
+    input_tx: Sender<Input>,
     transport: Transport,
 }
 
@@ -177,7 +187,7 @@ pub fn start(
     };
     let handle = NodeHandle::new(
         &config,
-        input_tx,
+        input_tx.clone(),
         [(group, shared)].into(),
         transport.clone(),
     );
@@ -187,6 +197,7 @@ pub fn start(
         wal,
         replicas: [(group, replica)].into(),
         inputs: input_rx,
+        input_tx,
         transport,
     };
     let thread = std::thread::Builder::new()
@@ -324,6 +335,7 @@ impl EventLoop {
                     replica.node.report_snapshot(to, delivered);
                 }
             }
+            Input::SnapshotCreated { group, meta } => self.snapshot_created(group, meta),
             Input::Unreachable(to) => {
                 for replica in self.replicas.values_mut() {
                     if replica.node.conf_state().members().contains(&to) {
@@ -372,18 +384,51 @@ impl EventLoop {
         }
     }
 
-    /// Snapshots the state machine and compacts the raft log every `snapshot_entries`.
+    /// Every `snapshot_entries` applied entries, starts a snapshot: the state is frozen
+    /// here, between applies, and written to a file on its own thread while writes go on
+    /// (copying a large store on this thread would stall every group). The log is
+    /// compacted when the file is durable (`snapshot_created`).
     fn maybe_snapshot(&mut self, group: GroupId) {
         let replica = self.replicas.get_mut(&group).expect("group exists");
         let applied = replica.store.applied_index();
-        if applied.0 < replica.snapshot_index.0 + self.config.snapshot_entries {
+        if replica.snapshot_in_progress
+            || applied.0 < replica.snapshot_index.0 + self.config.snapshot_entries
+        {
             return;
         }
-        replica.store.persist();
         let meta = replica.snapshot_meta();
+        let frozen = replica.store.freeze();
+        let store = replica.store.clone();
         let path = self.layout.snapshot_file(group, meta.index);
-        if let Err(error) = snapshot::create(&replica.store, &path) {
-            tracing::error!(%error, "could not write a snapshot; will retry");
+        let done = self.input_tx.clone();
+        replica.snapshot_in_progress = true;
+        let spawned = std::thread::Builder::new()
+            .name("ostrakon-snapshot".into())
+            .spawn(move || {
+                // The store up to the frozen position must be durable before the log
+                // that could rebuild it is compacted.
+                store.sync();
+                match snapshot::write(frozen, &path) {
+                    Ok(_) => {
+                        // The loop may have stopped meanwhile; the file is then simply
+                        // the newest snapshot on disk.
+                        let _ = done.send(Input::SnapshotCreated { group, meta });
+                    }
+                    Err(error) => tracing::error!(%error, "could not write a snapshot"),
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "could not start a snapshot writer; will retry");
+            replica.snapshot_in_progress = false;
+        }
+    }
+
+    /// A snapshot file is durable: compact the raft log up to it.
+    fn snapshot_created(&mut self, group: GroupId, meta: SnapshotMeta) {
+        let replica = self.replicas.get_mut(&group).expect("group exists");
+        replica.snapshot_in_progress = false;
+        if meta.index <= replica.snapshot_index {
+            // A received snapshot moved the log past it meanwhile.
             return;
         }
         self.wal.set_snapshot(group, meta.clone());

@@ -41,6 +41,8 @@ pub struct Replica {
     pub applied_tx: watch::Sender<LogIndex>,
     /// The index of the latest snapshot file (and of the raft log's start).
     pub snapshot_index: LogIndex,
+    /// A snapshot file is being written on another thread.
+    pub snapshot_in_progress: bool,
 }
 
 impl Replica {
@@ -63,6 +65,7 @@ impl Replica {
             status,
             applied_tx,
             snapshot_index,
+            snapshot_in_progress: false,
         }
     }
 

@@ -15,7 +15,7 @@ use ostrakon_proto::peer as pb;
 use ostrakon_raft::{ConfState, LogIndex, Term};
 use prost::Message as _;
 
-use crate::mvcc::{AppliedState, MvccStore, Revision};
+use crate::mvcc::{AppliedState, FrozenState, MvccStore, Revision};
 
 const MAGIC: &[u8; 8] = b"OSTKSNP1";
 const END_MARKER: u32 = u32::MAX;
@@ -47,11 +47,16 @@ pub struct SnapshotInfo {
 /// Writes the store's current state to `path`. Must be called between applies (from the
 /// writer), so the applied position matches the data.
 pub fn create(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    write(store.freeze(), path)
+}
+
+/// Writes a frozen state to `path` (from any thread).
+pub fn write(frozen: FrozenState, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
     let io = |e| SnapshotError::Io(path.to_path_buf(), e);
     let temporary = path.with_extension("tmp");
-    let applied = store.applied();
-    let revision = store.current_revision();
-    let compact_revision = store.compact_revision();
+    let applied = frozen.applied.clone();
+    let revision = frozen.revision;
+    let compact_revision = frozen.compact_revision;
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
     header.put_u64_le(applied.index.0);
@@ -68,7 +73,7 @@ pub fn create(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotEr
     writer.write_all(&header).map_err(io)?;
     let mut file_bytes = header.len() as u64;
     let mut item = Vec::new();
-    for (key, value) in store.snapshot_items() {
+    for (key, value) in frozen.items() {
         item.clear();
         item.put_u32_le(key.len() as u32);
         item.extend_from_slice(&key);

@@ -173,6 +173,33 @@ impl MvccStore {
         );
     }
 
+    /// Captures the current state for a snapshot file, to be written on another thread
+    /// while writes go on. Must be called by the writer, between applies, so the applied
+    /// position matches the data. The applied index is written down first (an empty entry
+    /// moves it without a write), so once `sync` has run the store on disk is at or beyond
+    /// the frozen position and the raft log before it may go.
+    pub fn freeze(&self) -> FrozenState {
+        let applied = self.applied();
+        let mut batch = self.keyspace.batch();
+        self.put_applied(&mut batch, applied.index, applied.term);
+        engine("committing a batch", batch.commit());
+        FrozenState {
+            revision: self.current_revision(),
+            compact_revision: self.compact_revision(),
+            applied,
+            kv: self.kv.snapshot(),
+        }
+    }
+
+    /// Makes every write committed so far durable, without touching the applied position
+    /// (safe to call from any thread).
+    pub fn sync(&self) {
+        engine(
+            "persisting the state machine",
+            self.keyspace.persist(PersistMode::SyncAll),
+        );
+    }
+
     fn put_applied(&self, batch: &mut fjall::Batch, index: LogIndex, term: Term) {
         batch.insert(&self.meta, META_APPLIED_INDEX, index.0.to_be_bytes());
         batch.insert(&self.meta, META_APPLIED_TERM, term.0.to_be_bytes());
@@ -261,14 +288,6 @@ impl MvccStore {
         Ok(())
     }
 
-    /// Every stored version, for a snapshot: (storage key, stored value).
-    pub(crate) fn snapshot_items(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
-        self.kv.snapshot().iter().map(|item| {
-            let (key, value) = engine("reading for a snapshot", item);
-            (key.to_vec(), value.to_vec())
-        })
-    }
-
     /// Replaces the whole state machine with a snapshot's content, atomically.
     pub(crate) fn install(
         &self,
@@ -315,6 +334,33 @@ impl MvccStore {
         self.revision.store(revision.0, Ordering::SeqCst);
         self.applied_index.store(applied.index.0, Ordering::SeqCst);
         *self.applied.lock().unwrap() = applied;
+    }
+}
+
+/// Every stored version in a snapshot of `kv`: (storage key, stored value).
+fn stored_versions(kv: fjall::Snapshot) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+    kv.iter().map(|item| {
+        let (key, value) = engine("reading for a snapshot", item);
+        (key.to_vec(), value.to_vec())
+    })
+}
+
+/// The state of the store at one applied position, readable from any thread while the
+/// store moves on (see `MvccStore::freeze`).
+pub struct FrozenState {
+    /// The applied raft position the state reflects.
+    pub applied: AppliedState,
+    /// The revision at that position.
+    pub revision: Revision,
+    /// The compacted revision at that position.
+    pub compact_revision: Revision,
+    kv: fjall::Snapshot,
+}
+
+impl FrozenState {
+    /// Every stored version: (storage key, stored value), in storage order.
+    pub(crate) fn items(self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+        stored_versions(self.kv)
     }
 }
 

@@ -461,7 +461,8 @@ fn compaction_refuses_old_reads_and_removes_old_versions() {
     // Physically: a@3 (newest at or below 5) and a@6 stay; a@2 and all of b are gone.
     let stored: Vec<_> = f
         .store
-        .snapshot_items()
+        .freeze()
+        .items()
         .map(|(k, _)| super::keys::split_versioned_key(&k))
         .collect();
     assert_eq!(
