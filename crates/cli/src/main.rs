@@ -1,6 +1,7 @@
 //! The `ostrakon` binary: argument parsing only; the work is in the library crates.
 
 mod bench;
+mod duration;
 mod playground;
 mod server_args;
 mod urls;

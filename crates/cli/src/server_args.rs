@@ -69,6 +69,9 @@ pub struct ServerArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Duration of periodic watch progress notifications (Go duration syntax, as etcd's).
+    #[arg(long, default_value = "10m0s", value_parser = crate::duration::parse_go_duration)]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -86,6 +89,9 @@ impl ServerArgs {
                 self.election_timeout,
                 self.heartbeat_interval
             );
+        }
+        if self.experimental_watch_progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be positive");
         }
         let mut peers = BTreeMap::new();
         let mut my_id = None;
@@ -149,6 +155,7 @@ impl ServerArgs {
                 txn_ops_max: self.max_txn_ops,
                 request_bytes_max: self.max_request_bytes,
             },
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
         })
     }
 }

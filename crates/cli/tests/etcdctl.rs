@@ -178,3 +178,63 @@ async fn etcdctl_put_get_del_txn_compact_behave_as_against_etcd() {
         assert_eq!(status.matches("\"leader\"").count(), 3, "{status}");
     }
 }
+
+/// `etcdctl watch` from a past revision and live, as against etcd: each event prints its
+/// type, key and value on three lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_prints_history_and_live_events() {
+    let binaries = etcdctls();
+    let cluster = TestCluster::start(3, &[]).await;
+    let endpoints = (0..3)
+        .map(|i| cluster.host_port(i))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (round, binary) in binaries.iter().enumerate() {
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: endpoints.clone(),
+        };
+        let prefix = format!("watch{round}/");
+        let first = etcdctl.ok(&["put", &format!("{prefix}a"), "1", "-w", "json"]);
+        let revision: i64 = first
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("a revision in {first}"));
+        let mut watch = Command::new(binary)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .args(["watch", "--prefix", &format!("--rev={revision}"), &prefix])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = watch.stdout.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .take(6)
+                .collect::<Vec<_>>()
+        });
+        // History first (the put above), then a live delete.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        etcdctl.ok(&["del", &format!("{prefix}a")]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !lines.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = watch.kill();
+        let _ = watch.wait();
+        let lines = lines.join().unwrap();
+        let key = format!("{prefix}a");
+        assert_eq!(
+            lines,
+            vec!["PUT", key.as_str(), "1", "DELETE", key.as_str(), ""],
+            "{}",
+            binary.display()
+        );
+    }
+}

@@ -180,10 +180,13 @@ pub fn start(
     let (applied_tx, applied_rx) = watch::channel(store.applied_index());
     let replica = Replica::new(group, node, store.clone(), status.clone(), applied_tx);
     replica.publish_status(config.id);
+    let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
+    store.set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
     let shared = GroupShared {
         store,
         status,
         applied: applied_rx,
+        events,
     };
     let handle = NodeHandle::new(
         &config,

@@ -40,6 +40,8 @@ pub struct GroupShared {
     pub status: Arc<RwLock<GroupStatus>>,
     /// The applied index, for readers waiting on a read index.
     pub applied: watch::Receiver<LogIndex>,
+    /// Every committed revision's events, for watchers.
+    pub events: tokio::sync::broadcast::Sender<Arc<ostrakon_storage::mvcc::RevisionEvents>>,
 }
 
 struct Inner {
@@ -90,6 +92,17 @@ impl NodeHandle {
 
     fn group(&self, group: GroupId) -> Result<&GroupShared, NodeError> {
         self.inner.groups.get(&group).ok_or(NodeError::UnknownGroup)
+    }
+
+    /// Subscribes to the events of every revision the group commits from now on.
+    pub fn subscribe_events(
+        &self,
+        group: GroupId,
+    ) -> Result<
+        tokio::sync::broadcast::Receiver<Arc<ostrakon_storage::mvcc::RevisionEvents>>,
+        NodeError,
+    > {
+        Ok(self.group(group)?.events.subscribe())
     }
 
     /// The group's state machine, for reads.

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod event_loop;
+pub mod events;
 pub mod handle;
 mod replica;
 pub mod transport;

@@ -13,5 +13,6 @@ mod kv;
 mod maintenance;
 mod run;
 pub mod validate;
+mod watch;
 
 pub use run::{run, ServerConfig, ServerError};

@@ -10,6 +10,7 @@ use ostrakon_node::transport::PeerService;
 use ostrakon_node::NodeConfig;
 use ostrakon_proto::etcdserverpb::kv_server::KvServer;
 use ostrakon_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use ostrakon_proto::etcdserverpb::watch_server::WatchServer;
 use ostrakon_proto::peer::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -19,6 +20,7 @@ use crate::health::health;
 use crate::kv::KvService;
 use crate::maintenance::MaintenanceService;
 use crate::validate::Limits;
+use crate::watch::WatchService;
 
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much, so that the size
 /// check (and its clear error) happens in the server rather than in the transport.
@@ -37,6 +39,8 @@ pub struct ServerConfig {
     pub peer_addr: SocketAddr,
     /// Limits on client requests.
     pub limits: Limits,
+    /// How often watchers that asked for it hear how far they are.
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// Why a member stopped with an error.
@@ -83,8 +87,14 @@ pub async fn run(
         let kv = KvServer::new(KvService::new(node.clone(), config.limits))
             .max_decoding_message_size(config.limits.request_bytes_max + GRPC_OVERHEAD_BYTES);
         let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone()));
+        let watch = WatchServer::new(WatchService::new(
+            node.clone(),
+            config.limits.request_bytes_max,
+            config.watch_progress_notify_interval,
+        ));
         let router = Routes::new(kv)
             .add_service(maintenance)
+            .add_service(watch)
             .into_axum_router()
             .route("/health", get(health).with_state(node.clone()));
         let server = tonic::transport::Server::builder()

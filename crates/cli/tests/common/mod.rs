@@ -219,6 +219,13 @@ impl TestCluster {
         }
     }
 
+    /// Everything member `i` has logged so far.
+    #[allow(dead_code)]
+    pub fn log(&self, i: usize) -> String {
+        let name = &self.members[i].name;
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     pub fn dump_logs(&self) {
         for member in &self.members {
             let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", member.name)))

@@ -8,6 +8,7 @@
 
 mod error;
 mod etcd;
+mod events;
 mod keys;
 mod latest;
 mod store;
@@ -15,6 +16,7 @@ mod value;
 
 pub use error::MvccError;
 pub use etcd::{apply_write, etcd_status, range, WriteOutcome};
+pub use events::{EventSink, History, RevisionEvents};
 pub use store::{AppliedState, FrozenState, MvccStore, ReadView, WriteTxn};
 pub use value::StoredVersion;
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -12,6 +12,7 @@ use ostrakon_proto::peer as pb;
 use ostrakon_raft::{ConfState, GroupId, LogIndex, Term};
 use prost::Message as _;
 
+use super::events::{delete_event, put_event, EventSink, RevisionEvents};
 use super::keys::{key_prefix, split_versioned_key, versioned_key};
 use super::latest::LatestIndex;
 use super::value::StoredVersion;
@@ -52,6 +53,8 @@ pub struct MvccStore {
     compact_revision: AtomicI64,
     applied_index: AtomicU64,
     applied: Mutex<AppliedState>,
+    /// Where committed revisions' events go, once the node has set it.
+    events: OnceLock<Arc<dyn EventSink>>,
 }
 
 impl MvccStore {
@@ -99,7 +102,16 @@ impl MvccStore {
             compact_revision: AtomicI64::new(compact_revision),
             applied_index: AtomicU64::new(applied.index.0),
             applied: Mutex::new(applied),
+            events: OnceLock::new(),
         }
+    }
+
+    /// Sets where the events of each committed revision go (once).
+    pub fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        assert!(
+            self.events.set(sink).is_ok(),
+            "the store's event sink is set twice"
+        );
     }
 
     /// The group this store belongs to.
@@ -366,10 +378,10 @@ impl FrozenState {
 
 /// A consistent, point-in-time view of the store.
 pub struct ReadView {
-    kv: fjall::Snapshot,
+    pub(super) kv: fjall::Snapshot,
     latest: LatestIndex,
-    current: Revision,
-    compacted: Revision,
+    pub(super) current: Revision,
+    pub(super) compacted: Revision,
 }
 
 impl ReadView {
@@ -521,7 +533,7 @@ fn live_key_value(stored_key: &[u8], stored_value: &[u8]) -> Option<KeyValue> {
     (!stored.tombstone).then(|| key_value(Bytes::from(user_key), revision, stored))
 }
 
-fn key_value(key: Bytes, mod_revision: Revision, stored: StoredVersion) -> KeyValue {
+pub(super) fn key_value(key: Bytes, mod_revision: Revision, stored: StoredVersion) -> KeyValue {
     KeyValue {
         key,
         create_revision: stored.create_revision.0,
@@ -655,5 +667,20 @@ impl WriteTxn<'_> {
             .apply(revision, &self.changes);
         self.store.revision.store(revision.0, Ordering::SeqCst);
         self.store.set_applied(index, term);
+        if let Some(sink) = self.store.events.get().filter(|sink| sink.wants_events()) {
+            let events = self
+                .changes
+                .into_iter()
+                .map(|(key, version)| {
+                    let prev_kv = self.view.get(&key, self.view.current);
+                    if version.tombstone {
+                        delete_event(key, revision, prev_kv)
+                    } else {
+                        put_event(key_value(key, revision, version), prev_kv)
+                    }
+                })
+                .collect();
+            sink.publish(RevisionEvents { revision, events });
+        }
     }
 }

@@ -1,0 +1,518 @@
+//! etcd's Watch service: many watchers on one bidirectional stream.
+//!
+//! Each stream is one task. It subscribes to the group's committed revisions (a bounded
+//! broadcast shared by every watcher of the node), and every watcher remembers the next
+//! revision it owes the client. A revision is delivered whole, in order, once: a watcher
+//! that starts in the past, or finds a gap (it fell behind the broadcast, or a snapshot
+//! moved the store on), first reads the missing revisions back from storage in bounded
+//! chunks. While the client does not read, the task waits on its bounded response queue
+//! and the broadcast simply moves on without it, so a stalled client costs a bounded
+//! amount of memory (etcd issue 16839 is what this avoids).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_proto::etcdserverpb::watch_create_request::FilterType;
+use ostrakon_proto::etcdserverpb::watch_request::RequestUnion;
+use ostrakon_proto::etcdserverpb::watch_server::Watch;
+use ostrakon_proto::etcdserverpb::{
+    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use ostrakon_proto::mvccpb::{event::EventType, Event};
+use ostrakon_storage::mvcc::{MvccError, MvccStore, Revision, RevisionEvents};
+use prost::Message as _;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::errors::ApiError;
+
+/// Responses queued for a client before its stream task waits for it to read.
+const RESPONSES_QUEUED_MAX: usize = 16;
+/// Events read back from storage at a time by a watcher catching up.
+const CATCH_UP_EVENTS_MAX: usize = 1000;
+/// The id of a response that concerns the whole stream (etcd's `InvalidWatchID`).
+const STREAM_WATCH_ID: i64 = -1;
+
+/// etcd's cancel reasons (`mvcc` package errors).
+const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+const COMPACTED: &str = "mvcc: required revision has been compacted";
+
+/// Serves Watch for the node's single group.
+pub struct WatchService {
+    node: NodeHandle,
+    /// Fragments are cut below this size, as etcd cuts them at `--max-request-bytes`.
+    fragment_bytes_max: usize,
+    /// `--experimental-watch-progress-notify-interval`.
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    pub fn new(
+        node: NodeHandle,
+        fragment_bytes_max: usize,
+        progress_interval: Duration,
+    ) -> WatchService {
+        WatchService {
+            node,
+            fragment_bytes_max,
+            progress_interval,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Subscribe before reading the current revision: nothing committed after it is
+        // missed.
+        let events = self
+            .node
+            .subscribe_events(DEFAULT_GROUP)
+            .map_err(ApiError::from)?;
+        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+        let (responses, receiver) = mpsc::channel(RESPONSES_QUEUED_MAX);
+        let stream = WatchStream {
+            node: self.node.clone(),
+            store,
+            responses,
+            watchers: BTreeMap::new(),
+            next_auto_id: 0,
+            fragment_bytes_max: self.fragment_bytes_max,
+        };
+        tokio::spawn(stream.run(request.into_inner(), events, self.progress_interval));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// The client went away: the stream ends.
+struct Gone;
+
+struct Watcher {
+    key: Bytes,
+    /// Empty: just `key`; `"\0"`: every key from `key` on.
+    range_end: Bytes,
+    /// The next revision this watcher owes the client.
+    next: Revision,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+}
+
+impl Watcher {
+    fn covers(&self, key: &[u8]) -> bool {
+        if self.range_end.is_empty() {
+            key == self.key
+        } else {
+            key >= &self.key[..] && (self.range_end[..] == [0] || key < &self.range_end[..])
+        }
+    }
+
+    /// This watcher's view of a revision's events.
+    fn select(&self, revision: &RevisionEvents) -> Vec<Event> {
+        revision
+            .events
+            .iter()
+            .filter(|event| {
+                let key = event.kv.as_ref().map(|kv| &kv.key[..]).unwrap_or_default();
+                let filtered = match EventType::try_from(event.r#type) {
+                    Ok(EventType::Put) => self.no_put,
+                    Ok(EventType::Delete) => self.no_delete,
+                    Err(_) => false,
+                };
+                !filtered && self.covers(key)
+            })
+            .map(|event| {
+                let mut event = event.clone();
+                if !self.prev_kv {
+                    event.prev_kv = None;
+                }
+                event
+            })
+            .collect()
+    }
+}
+
+struct WatchStream {
+    node: NodeHandle,
+    store: Arc<MvccStore>,
+    responses: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_auto_id: i64,
+    fragment_bytes_max: usize,
+}
+
+impl WatchStream {
+    async fn run(
+        mut self,
+        mut requests: Streaming<WatchRequest>,
+        mut events: broadcast::Receiver<Arc<RevisionEvents>>,
+        progress_interval: Duration,
+    ) {
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + progress_interval,
+            progress_interval,
+        );
+        loop {
+            let step = tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => self.on_request(request).await,
+                    Ok(None) | Err(_) => Err(Gone),
+                },
+                revision = events.recv() => match revision {
+                    Ok(revision) => self.on_revision(&revision).await,
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::info!(skipped, "a watch stream fell behind; catching up from storage");
+                        self.catch_up_all().await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
+                },
+                _ = progress.tick() => self.notify_progress().await,
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn header(&self, revision: Revision) -> Option<ResponseHeader> {
+        let term = self
+            .node
+            .status(DEFAULT_GROUP)
+            .map(|s| s.term.0)
+            .unwrap_or_default();
+        Some(ResponseHeader {
+            cluster_id: self.node.cluster_id(),
+            member_id: self.node.id().0,
+            revision: revision.0,
+            raft_term: term,
+        })
+    }
+
+    async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
+        self.responses.send(Ok(response)).await.map_err(|_| Gone)
+    }
+
+    async fn on_request(&mut self, request: WatchRequest) -> Result<(), Gone> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let response = WatchResponse {
+                        header: self.header(self.store.current_revision()),
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..WatchResponse::default()
+                    };
+                    self.send(response).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Everything up to this revision has been sent to every watcher.
+                let current = self.store.current_revision();
+                let delivered = self
+                    .watchers
+                    .values()
+                    .map(|w| Revision(w.next.0 - 1))
+                    .min()
+                    .unwrap_or(current)
+                    .min(current);
+                let response = WatchResponse {
+                    header: self.header(delivered),
+                    watch_id: STREAM_WATCH_ID,
+                    ..WatchResponse::default()
+                };
+                self.send(response).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest) -> Result<(), Gone> {
+        let current = self.store.current_revision();
+        let refuse = |reason: &str| WatchResponse {
+            header: self.header(current),
+            watch_id: STREAM_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..WatchResponse::default()
+        };
+        let range_end = create.range_end.clone();
+        if !range_end.is_empty() && range_end[..] != [0] && range_end <= create.key {
+            return self.send(refuse(EMPTY_RANGE)).await;
+        }
+        let id = if create.watch_id != 0 {
+            if self.watchers.contains_key(&create.watch_id) {
+                return self.send(refuse(DUPLICATE_ID)).await;
+            }
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_auto_id) {
+                self.next_auto_id += 1;
+            }
+            self.next_auto_id += 1;
+            self.next_auto_id - 1
+        };
+        let next = if create.start_revision > 0 {
+            Revision(create.start_revision)
+        } else {
+            Revision(current.0 + 1)
+        };
+        let filters = |filter: FilterType| create.filters.contains(&(filter as i32));
+        let watcher = Watcher {
+            key: create.key.clone(),
+            range_end,
+            next,
+            prev_kv: create.prev_kv,
+            no_put: filters(FilterType::Noput),
+            no_delete: filters(FilterType::Nodelete),
+            progress_notify: create.progress_notify,
+            fragment: create.fragment,
+        };
+        self.watchers.insert(id, watcher);
+        let created = WatchResponse {
+            header: self.header(current),
+            watch_id: id,
+            created: true,
+            ..WatchResponse::default()
+        };
+        self.send(created).await?;
+        if next <= current {
+            self.catch_up(id).await?;
+        }
+        Ok(())
+    }
+
+    /// A committed revision from the broadcast, for every watcher that is due it.
+    async fn on_revision(&mut self, revision: &RevisionEvents) -> Result<(), Gone> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(watcher) = self.watchers.get(&id) else {
+                continue;
+            };
+            if revision.revision < watcher.next {
+                continue;
+            }
+            if revision.revision > watcher.next {
+                // A gap: the revisions in between come from storage first.
+                self.catch_up(id).await?;
+                match self.watchers.get(&id) {
+                    Some(watcher) if revision.revision >= watcher.next => {}
+                    _ => continue,
+                }
+            }
+            self.deliver(id, revision).await?;
+        }
+        Ok(())
+    }
+
+    /// The broadcast moved on without this stream: every watcher reads what it missed
+    /// from storage.
+    async fn catch_up_all(&mut self) -> Result<(), Gone> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            self.catch_up(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a watcher every revision from its next one up to the store's current one,
+    /// read back from storage in bounded chunks; cancels it if that history is compacted.
+    async fn catch_up(&mut self, id: i64) -> Result<(), Gone> {
+        loop {
+            let Some(watcher) = self.watchers.get(&id) else {
+                return Ok(());
+            };
+            let view = self.store.read_view();
+            if watcher.next > view.current_revision() {
+                return Ok(());
+            }
+            let (key, range_end, from) =
+                (watcher.key.clone(), watcher.range_end.clone(), watcher.next);
+            let history = tokio::task::spawn_blocking(move || {
+                view.history(&key, &range_end, from, CATCH_UP_EVENTS_MAX)
+            })
+            .await
+            .expect("reading watch history panicked");
+            match history {
+                Ok(history) => {
+                    for revision in &history.revisions {
+                        self.deliver(id, revision).await?;
+                    }
+                    if let Some(watcher) = self.watchers.get_mut(&id) {
+                        watcher.next = watcher.next.max(Revision(history.covered.0 + 1));
+                    }
+                }
+                Err(MvccError::Compacted { compacted }) => {
+                    self.watchers.remove(&id);
+                    let response = WatchResponse {
+                        header: self.header(self.store.current_revision()),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: compacted.0,
+                        cancel_reason: COMPACTED.to_string(),
+                        ..WatchResponse::default()
+                    };
+                    return self.send(response).await;
+                }
+                Err(other) => panic!("reading watch history failed: {other}"),
+            }
+        }
+    }
+
+    /// Sends one revision's events to a watcher (split into fragments if it asked for
+    /// them and they are too large) and moves it past the revision.
+    async fn deliver(&mut self, id: i64, revision: &RevisionEvents) -> Result<(), Gone> {
+        let Some(watcher) = self.watchers.get_mut(&id) else {
+            return Ok(());
+        };
+        assert!(
+            revision.revision >= watcher.next,
+            "watcher {id} would get revision {:?} again",
+            revision.revision
+        );
+        watcher.next = Revision(revision.revision.0 + 1);
+        let events = watcher.select(revision);
+        if events.is_empty() {
+            return Ok(());
+        }
+        let fragment = watcher.fragment;
+        let header = self.header(self.store.current_revision().max(revision.revision));
+        let parts = if fragment {
+            split_by_size(events, self.fragment_bytes_max)
+        } else {
+            vec![events]
+        };
+        let last = parts.len() - 1;
+        for (i, events) in parts.into_iter().enumerate() {
+            let response = WatchResponse {
+                header,
+                watch_id: id,
+                fragment: i < last,
+                events,
+                ..WatchResponse::default()
+            };
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells every watcher that asked for progress notifications and has nothing pending
+    /// how far it is.
+    async fn notify_progress(&mut self) -> Result<(), Gone> {
+        let current = self.store.current_revision();
+        let due: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && w.next > current)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let response = WatchResponse {
+                header: self.header(current),
+                watch_id: id,
+                ..WatchResponse::default()
+            };
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits events into groups of at most `bytes_max` encoded bytes each (an event larger
+/// than that goes alone).
+fn split_by_size(events: Vec<Event>, bytes_max: usize) -> Vec<Vec<Event>> {
+    let mut parts: Vec<Vec<Event>> = vec![Vec::new()];
+    let mut part_bytes = 0;
+    for event in events {
+        let event_bytes = event.encoded_len();
+        let part = parts.last_mut().expect("one part at least");
+        if !part.is_empty() && part_bytes + event_bytes > bytes_max {
+            parts.push(vec![event]);
+            part_bytes = event_bytes;
+        } else {
+            part.push(event);
+            part_bytes += event_bytes;
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostrakon_proto::mvccpb::KeyValue;
+
+    fn event(key: &str, value_bytes: usize) -> Event {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: Bytes::from(key.to_string()),
+                value: Bytes::from(vec![b'v'; value_bytes]),
+                ..KeyValue::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn fragments_stay_under_the_limit_and_keep_every_event_in_order() {
+        let events: Vec<Event> = (0..10).map(|i| event(&format!("k{i}"), 100)).collect();
+        let one = events[0].encoded_len();
+        let parts = split_by_size(events.clone(), one * 3);
+        assert_eq!(parts.len(), 4);
+        assert!(parts
+            .iter()
+            .all(|p| p.iter().map(|e| e.encoded_len()).sum::<usize>() <= one * 3));
+        assert_eq!(parts.concat(), events);
+        let big = vec![event("a", 10), event("b", 5000), event("c", 10)];
+        let parts = split_by_size(big.clone(), 1000);
+        assert_eq!(parts.len(), 3, "an oversized event goes alone");
+        assert_eq!(parts.concat(), big);
+    }
+
+    #[test]
+    fn a_watcher_selects_its_range_and_filters() {
+        let watcher = Watcher {
+            key: Bytes::from_static(b"a"),
+            range_end: Bytes::from_static(b"c"),
+            next: Revision(1),
+            prev_kv: false,
+            no_put: false,
+            no_delete: true,
+            progress_notify: false,
+            fragment: false,
+        };
+        let mut delete = event("b", 0);
+        delete.r#type = EventType::Delete as i32;
+        let mut with_prev = event("a", 1);
+        with_prev.prev_kv = Some(KeyValue::default());
+        let revision = RevisionEvents {
+            revision: Revision(5),
+            events: vec![with_prev, delete, event("c", 1), event("bz", 1)],
+        };
+        let selected = watcher.select(&revision);
+        let keys: Vec<_> = selected
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().key.clone())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"bz")]
+        );
+        assert!(selected[0].prev_kv.is_none(), "prev_kv only when asked");
+    }
+}
