@@ -196,12 +196,7 @@ async fn etcdctl_watch_prints_history_and_live_events() {
         };
         let prefix = format!("watch{round}/");
         let first = etcdctl.ok(&["put", &format!("{prefix}a"), "1", "-w", "json"]);
-        let revision: i64 = first
-            .split("\"revision\":")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|digits| digits.parse().ok())
-            .unwrap_or_else(|| panic!("a revision in {first}"));
+        let revision = json_number(&first, "revision");
         let mut watch = Command::new(binary)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
@@ -236,5 +231,59 @@ async fn etcdctl_watch_prints_history_and_live_events() {
             "{}",
             binary.display()
         );
+    }
+}
+
+/// The first number after `"field":` in etcdctl's JSON output.
+fn json_number(output: &str, field: &str) -> i64 {
+    output
+        .split(&format!("\"{field}\":"))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {output}"))
+}
+
+/// `etcdctl endpoint hashkv`: every member reports the same hash at the same revision, and
+/// a hash changes when the data does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_endpoint_hashkv_agrees_across_members() {
+    let binaries = etcdctls();
+    let cluster = TestCluster::start(3, &[]).await;
+    let all = (0..3)
+        .map(|i| cluster.host_port(i))
+        .collect::<Vec<_>>()
+        .join(",");
+    for binary in &binaries {
+        let everyone = Etcdctl {
+            binary,
+            endpoints: all.clone(),
+        };
+        for i in 0..20 {
+            everyone.ok(&["put", &format!("h{i}"), &format!("v{i}")]);
+        }
+        let revision = json_number(&everyone.ok(&["get", "h0", "-w", "json"]), "revision");
+        let hashes: Vec<i64> = (0..3)
+            .map(|i| {
+                let member = Etcdctl {
+                    binary,
+                    endpoints: cluster.host_port(i),
+                };
+                // A linearizable read on the member first: it has applied everything.
+                member.ok(&["get", "h0"]);
+                let out = member.ok(&[
+                    "endpoint",
+                    "hashkv",
+                    &format!("--rev={revision}"),
+                    "-w",
+                    "json",
+                ]);
+                json_number(&out, "hash")
+            })
+            .collect();
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+        everyone.ok(&["put", "h0", "changed"]);
+        let out = everyone.ok(&["endpoint", "hashkv", "-w", "json"]);
+        assert_ne!(json_number(&out, "hash"), hashes[0], "{}", binary.display());
     }
 }

@@ -1,10 +1,13 @@
-//! etcd's Maintenance service; for now `Status` (what `etcdctl endpoint status` shows).
+//! etcd's Maintenance service: `Status` (what `etcdctl endpoint status` shows), `Alarm`
+//! (list), `Hash` and `HashKV` (what `etcdctl endpoint hashkv` compares across members).
 
 use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::maintenance_server::Maintenance;
 use ostrakon_proto::etcdserverpb::{
-    alarm_request, AlarmRequest, AlarmResponse, ResponseHeader, StatusRequest, StatusResponse,
+    alarm_request, AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, ResponseHeader, StatusRequest, StatusResponse,
 };
+use ostrakon_storage::mvcc::ReadView;
 use tonic::{Request, Response, Status};
 
 use crate::errors::ApiError;
@@ -62,6 +65,41 @@ impl Maintenance for MaintenanceService {
         }
     }
 
+    /// The hash of every stored version on this member (read locally, as etcd does).
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let view = self
+            .node
+            .store(DEFAULT_GROUP)
+            .map_err(ApiError::from)?
+            .read_view();
+        let hash = hash_off_the_workers(view, None).await?.0;
+        Ok(Response::new(HashResponse {
+            header: self.header(),
+            hash,
+        }))
+    }
+
+    /// The hash of the stored versions up to a revision (0: the current one), with the
+    /// compacted revision, so members can be compared at one revision.
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let view = self
+            .node
+            .store(DEFAULT_GROUP)
+            .map_err(ApiError::from)?
+            .read_view();
+        let requested = request.into_inner().revision;
+        let (hash, at, compacted) = hash_off_the_workers(view, Some(requested)).await?;
+        Ok(Response::new(HashKvResponse {
+            header: self.header(),
+            hash,
+            compact_revision: compacted,
+            hash_revision: at,
+        }))
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let status = self.node.status(DEFAULT_GROUP).map_err(ApiError::from)?;
         let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
@@ -79,4 +117,22 @@ impl Maintenance for MaintenanceService {
             is_learner: status.is_learner,
         }))
     }
+}
+
+/// Hashes a view on the blocking pool (it reads every stored version): at `revision`
+/// (checked as a Range's revision is) or, for `None`, everything. Returns the hash, the
+/// revision hashed and the compacted revision.
+async fn hash_off_the_workers(
+    view: ReadView,
+    revision: Option<i64>,
+) -> Result<(u32, i64, i64), Status> {
+    let compacted = view.compact_revision().0;
+    let at = match revision {
+        Some(requested) => view.resolve(requested).map_err(ApiError::from)?,
+        None => view.current_revision(),
+    };
+    let hash = tokio::task::spawn_blocking(move || view.hash_kv(at))
+        .await
+        .expect("hashing the store panicked");
+    Ok((hash, at.0, compacted))
 }

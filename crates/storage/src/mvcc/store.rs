@@ -390,6 +390,11 @@ impl ReadView {
         self.current
     }
 
+    /// The compacted revision when the view was taken.
+    pub fn compact_revision(&self) -> Revision {
+        self.compacted
+    }
+
     /// Checks a requested revision (0 = current) and resolves it.
     pub fn resolve(&self, requested: i64) -> Result<Revision, MvccError> {
         if requested <= 0 {
@@ -480,6 +485,25 @@ impl ReadView {
         }
         finish(pending, &mut out);
         (out, count)
+    }
+
+    /// A checksum (CRC32C) of every stored version at or below `at`, in storage order:
+    /// members that applied the same writes and compactions agree on it.
+    pub fn hash_kv(&self, at: Revision) -> u32 {
+        let mut crc = 0u32;
+        for item in self.kv.iter() {
+            let (stored_key, stored_value) = engine("hashing the store", item);
+            let revision = u64::from_be_bytes(
+                stored_key[stored_key.len() - 8..]
+                    .try_into()
+                    .expect("8 revision bytes"),
+            ) as i64;
+            if revision <= at.0 {
+                crc = crc32c::crc32c_append(crc, &stored_key);
+                crc = crc32c::crc32c_append(crc, &stored_value);
+            }
+        }
+        crc
     }
 
     /// `range_counted` at the current revision, from the latest-version index: one index

@@ -776,3 +776,31 @@ fn history_read_back_equals_the_events_published_live() {
     );
     assert!(view.history(b"a", b"\0", Revision(100), 10).is_ok());
 }
+
+/// Stores with the same writes hash alike; a past revision's hash does not change with
+/// later writes; different data hashes differently.
+#[test]
+fn hash_kv_agrees_across_stores_and_is_stable_for_past_revisions() {
+    let mut a = Fixture::new();
+    let mut b = Fixture::new();
+    for f in [&mut a, &mut b] {
+        f.put("x", "1");
+        f.put("y", "2");
+        f.delete("x", "");
+    }
+    let at = a.store.current_revision();
+    let hash = a.store.read_view().hash_kv(at);
+    assert_eq!(hash, b.store.read_view().hash_kv(at));
+    a.put("z", "3");
+    assert_eq!(
+        a.store.read_view().hash_kv(at),
+        hash,
+        "a past revision's hash is stable"
+    );
+    b.put("z", "4");
+    let now = a.store.current_revision();
+    assert_ne!(
+        a.store.read_view().hash_kv(now),
+        b.store.read_view().hash_kv(now)
+    );
+}
