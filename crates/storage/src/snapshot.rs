@@ -1,6 +1,6 @@
 //! Point-in-time copies of a group's state machine, as files.
 //!
-//! A snapshot file is `[magic][header][items][end marker][CRC32C]`: the header records the
+//! A snapshot file is `[magic][header][items][end marker][leases][CRC32C]`: the header records the
 //! applied position, the revision and the compacted revision; each item is one stored
 //! version (length-prefixed storage key and value). The file is written to a temporary
 //! name, synced and renamed, so a crash never leaves a half-written snapshot under the
@@ -15,9 +15,10 @@ use ostrakon_proto::peer as pb;
 use ostrakon_raft::{ConfState, LogIndex, Term};
 use prost::Message as _;
 
-use crate::mvcc::{AppliedState, FrozenState, MvccStore, Revision};
+use crate::mvcc::{AppliedState, FrozenState, LeaseRecord, MvccStore, Revision};
 
-const MAGIC: &[u8; 8] = b"OSTKSNP1";
+/// Version 2 adds the lease section after the items.
+const MAGIC: &[u8; 8] = b"OSTKSNP2";
 const END_MARKER: u32 = u32::MAX;
 
 /// Why a snapshot file cannot be used.
@@ -57,6 +58,13 @@ pub fn write(frozen: FrozenState, path: &Path) -> Result<SnapshotInfo, SnapshotE
     let applied = frozen.applied.clone();
     let revision = frozen.revision;
     let compact_revision = frozen.compact_revision;
+    let mut lease_section = Vec::new();
+    lease_section.put_u32_le(frozen.leases.len() as u32);
+    for (id, record) in &frozen.leases {
+        lease_section.put_i64_le(*id);
+        lease_section.put_i64_le(record.ttl_secs);
+        lease_section.put_i64_le(record.remaining_secs);
+    }
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
     header.put_u64_le(applied.index.0);
@@ -86,8 +94,10 @@ pub fn write(frozen: FrozenState, path: &Path) -> Result<SnapshotInfo, SnapshotE
     let end = END_MARKER.to_le_bytes();
     crc = crc32c::crc32c_append(crc, &end);
     writer.write_all(&end).map_err(io)?;
+    crc = crc32c::crc32c_append(crc, &lease_section);
+    writer.write_all(&lease_section).map_err(io)?;
     writer.write_all(&crc.to_le_bytes()).map_err(io)?;
-    file_bytes += 8;
+    file_bytes += 8 + lease_section.len() as u64;
     let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
     if let Err(error) = file.sync_all() {
         crate::fatal::disk_failure("fsync of a snapshot", &error);
@@ -106,9 +116,18 @@ pub fn write(frozen: FrozenState, path: &Path) -> Result<SnapshotInfo, SnapshotE
     })
 }
 
-/// Reads and checks a snapshot file: its position and its items.
-#[allow(clippy::type_complexity)]
-pub fn read(path: &Path) -> Result<(SnapshotInfo, Vec<(Vec<u8>, Vec<u8>)>), SnapshotError> {
+/// A snapshot file's content.
+pub struct SnapshotContent {
+    /// Its position.
+    pub info: SnapshotInfo,
+    /// Every stored version: (storage key, stored value).
+    pub items: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Every lease.
+    pub leases: Vec<(i64, LeaseRecord)>,
+}
+
+/// Reads and checks a snapshot file.
+pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
     let damaged = |what| SnapshotError::Damaged(path.to_path_buf(), what);
     let mut data = Vec::new();
     File::open(path)
@@ -156,6 +175,23 @@ pub fn read(path: &Path) -> Result<(SnapshotInfo, Vec<(Vec<u8>, Vec<u8>)>), Snap
         items.push((key, cursor[..value_bytes].to_vec()));
         cursor.advance(value_bytes);
     }
+    if cursor.len() < 4 {
+        return Err(damaged("leases cut short"));
+    }
+    let lease_count = cursor.get_u32_le() as usize;
+    if cursor.len() != lease_count * 24 {
+        return Err(damaged("leases cut short"));
+    }
+    let leases = (0..lease_count)
+        .map(|_| {
+            let id = cursor.get_i64_le();
+            let record = LeaseRecord {
+                ttl_secs: cursor.get_i64_le(),
+                remaining_secs: cursor.get_i64_le(),
+            };
+            (id, record)
+        })
+        .collect();
     let info = SnapshotInfo {
         applied: AppliedState {
             index,
@@ -166,14 +202,23 @@ pub fn read(path: &Path) -> Result<(SnapshotInfo, Vec<(Vec<u8>, Vec<u8>)>), Snap
         compact_revision,
         file_bytes: data.len() as u64,
     };
-    Ok((info, items))
+    Ok(SnapshotContent {
+        info,
+        items,
+        leases,
+    })
 }
 
 /// Replaces the store's content with the snapshot at `path`, atomically and durably.
 pub fn install(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
-    let (info, items) = read(path)?;
+    let SnapshotContent {
+        info,
+        items,
+        leases,
+    } = read(path)?;
     store.install(
         items,
+        leases,
         info.revision,
         info.compact_revision,
         info.applied.clone(),

@@ -17,6 +17,9 @@ pub enum MvccError {
     /// `ignore_value` or `ignore_lease` on a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
+    /// A lease with that id exists already.
+    #[error("lease already exists")]
+    LeaseExists,
     /// The lease does not exist.
     #[error("requested lease not found")]
     LeaseNotFound,

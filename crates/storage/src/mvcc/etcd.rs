@@ -6,8 +6,9 @@
 
 use ostrakon_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use ostrakon_proto::mvccpb::KeyValue;
 use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
@@ -231,6 +232,25 @@ pub fn apply_write(
         }
         Request::Txn(request) => apply_txn(&mut txn, request).map(WriteOutcome::Txn),
         Request::Compaction(_) => unreachable!("handled above"),
+        Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
+            WriteOutcome::LeaseGrant(LeaseGrantResponse {
+                header: None,
+                id: grant.id,
+                ttl: grant.ttl,
+                error: String::new(),
+            })
+        }),
+        Request::LeaseRevoke(revoke) => txn
+            .revoke_lease(revoke.id)
+            .map(|()| WriteOutcome::LeaseRevoke(LeaseRevokeResponse { header: None })),
+        Request::LeaseCheckpoint(checkpoints) => {
+            for checkpoint in &checkpoints.checkpoints {
+                txn.checkpoint_lease(checkpoint.id, checkpoint.remaining_ttl);
+            }
+            Ok(WriteOutcome::LeaseCheckpoint(LeaseCheckpointResponse {
+                header: None,
+            }))
+        }
     };
     match result {
         Ok(mut outcome) => {
@@ -253,6 +273,9 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         WriteOutcome::DeleteRange(r) => &mut r.header,
         WriteOutcome::Txn(r) => &mut r.header,
         WriteOutcome::Compaction(r) => &mut r.header,
+        WriteOutcome::LeaseGrant(r) => &mut r.header,
+        WriteOutcome::LeaseRevoke(r) => &mut r.header,
+        WriteOutcome::LeaseCheckpoint(r) => &mut r.header,
         WriteOutcome::Error(_) => return,
     };
     *header = self::header(revision);
@@ -280,6 +303,7 @@ pub fn etcd_status(error: &MvccError) -> (i32, &'static str) {
         ),
         MvccError::KeyNotFound => (3, "etcdserver: key not found"),
         MvccError::LeaseNotFound => (5, "etcdserver: requested lease not found"),
+        MvccError::LeaseExists => (9, "etcdserver: lease already exists"),
     }
 }
 
@@ -308,8 +332,7 @@ fn apply_put(txn: &mut WriteTxn<'_>, put: &PutRequest) -> Result<PutResponse, Mv
         (Some(previous), true) => previous.lease,
         _ => put.lease,
     };
-    if lease != 0 {
-        // Leases arrive with the Lease service; until then no lease exists.
+    if lease != 0 && txn.lease(lease).is_none() {
         return Err(MvccError::LeaseNotFound);
     }
     let previous = txn.put(put.key.clone(), value, lease);

@@ -15,11 +15,15 @@ use super::keys::split_versioned_key;
 use super::value::StoredVersion;
 use super::Revision;
 
-/// The newest version of every live key, as of `revision`.
+/// The newest version of every live key, as of `revision`, and the keys attached to each
+/// lease.
 #[derive(Clone, Debug, Default)]
 pub struct LatestIndex {
     revision: Revision,
-    keys: imbl::OrdMap<Bytes, Revision>,
+    /// Key to (revision of its newest version, its lease or 0).
+    keys: imbl::OrdMap<Bytes, (Revision, i64)>,
+    /// Lease to the live keys attached to it.
+    attached: imbl::OrdMap<i64, imbl::OrdSet<Bytes>>,
 }
 
 impl LatestIndex {
@@ -29,7 +33,10 @@ impl LatestIndex {
         revision: Revision,
         items: impl Iterator<Item = (K, V)>,
     ) -> LatestIndex {
-        let mut keys = imbl::OrdMap::new();
+        let mut index = LatestIndex {
+            revision,
+            ..LatestIndex::default()
+        };
         for (stored_key, stored_value) in items {
             let (user_key, version_revision) = split_versioned_key(stored_key.as_ref());
             assert!(
@@ -37,13 +44,40 @@ impl LatestIndex {
                 "a stored version at {version_revision:?} is beyond the revision {revision:?}"
             );
             // A later (newer) version of the same key replaces the entry.
-            if StoredVersion::is_tombstone(stored_value.as_ref()) {
-                keys.remove(user_key.as_slice());
-            } else {
-                keys.insert(Bytes::from(user_key), version_revision);
+            let stored = StoredVersion::decode(stored_value.as_ref());
+            index.set(Bytes::from(user_key), version_revision, &stored);
+        }
+        index
+    }
+
+    /// Records `version` (at `revision`) as the newest of `key`.
+    fn set(&mut self, key: Bytes, revision: Revision, version: &StoredVersion) {
+        let old_lease = if version.tombstone {
+            self.keys.remove(&key).map(|(_, lease)| lease)
+        } else {
+            self.keys
+                .insert(key.clone(), (revision, version.lease))
+                .map(|(_, lease)| lease)
+        };
+        if let Some(old_lease) = old_lease.filter(|lease| *lease != 0) {
+            if let Some(keys) = self.attached.get_mut(&old_lease) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    self.attached.remove(&old_lease);
+                }
             }
         }
-        LatestIndex { revision, keys }
+        if !version.tombstone && version.lease != 0 {
+            self.attached.entry(version.lease).or_default().insert(key);
+        }
+    }
+
+    /// The live keys attached to `lease`, in key order.
+    pub fn lease_keys(&self, lease: i64) -> Vec<Bytes> {
+        self.attached
+            .get(&lease)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The revision the index reflects.
@@ -59,18 +93,14 @@ impl LatestIndex {
             "the latest-version index skips a revision"
         );
         for (key, version) in changes {
-            if version.tombstone {
-                self.keys.remove(key);
-            } else {
-                self.keys.insert(key.clone(), revision);
-            }
+            self.set(key.clone(), revision, version);
         }
         self.revision = revision;
     }
 
     /// The newest version's revision of a live key.
     pub fn get(&self, key: &[u8]) -> Option<Revision> {
-        self.keys.get(key).copied()
+        self.keys.get(key).map(|(revision, _)| *revision)
     }
 
     /// The live keys in `[key, range_end)` in key order (`range_end` `"\0"` means no upper
@@ -86,6 +116,6 @@ impl LatestIndex {
         } else {
             Bound::Excluded(Bytes::copy_from_slice(range_end))
         };
-        self.keys.range((low, high)).map(|(k, r)| (k, *r))
+        self.keys.range((low, high)).map(|(k, (r, _))| (k, *r))
     }
 }

@@ -17,7 +17,7 @@ mod value;
 pub use error::MvccError;
 pub use etcd::{apply_write, etcd_status, range, WriteOutcome};
 pub use events::{EventSink, History, RevisionEvents};
-pub use store::{AppliedState, FrozenState, MvccStore, ReadView, WriteTxn};
+pub use store::{AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn};
 pub use value::StoredVersion;
 
 /// An etcd revision: the store's logical clock, increased by one per write transaction.

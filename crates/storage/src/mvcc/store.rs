@@ -53,6 +53,10 @@ pub struct MvccStore {
     compact_revision: AtomicI64,
     applied_index: AtomicU64,
     applied: Mutex<AppliedState>,
+    /// Lease id (big-endian) to its record.
+    lease: PartitionHandle,
+    /// Every lease, as in `lease`.
+    leases: Mutex<BTreeMap<i64, LeaseRecord>>,
     /// Where committed revisions' events go, once the node has set it.
     events: OnceLock<Arc<dyn EventSink>>,
 }
@@ -69,6 +73,18 @@ impl MvccStore {
             "opening a partition",
             keyspace.open_partition(&format!("g{}-meta", group.0), options()),
         );
+        let lease = engine(
+            "opening a partition",
+            keyspace.open_partition(&format!("g{}-lease", group.0), options()),
+        );
+        let leases = lease
+            .snapshot()
+            .iter()
+            .map(|item| {
+                let (key, value) = engine("reading leases", item);
+                (lease_id_of(&key), LeaseRecord::decode(&value))
+            })
+            .collect();
         let read_u64 = |key: &[u8]| {
             engine("reading metadata", meta.get(key))
                 .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8-byte meta")))
@@ -102,8 +118,25 @@ impl MvccStore {
             compact_revision: AtomicI64::new(compact_revision),
             applied_index: AtomicU64::new(applied.index.0),
             applied: Mutex::new(applied),
+            lease,
+            leases: Mutex::new(leases),
             events: OnceLock::new(),
         }
+    }
+
+    /// A lease's record.
+    pub fn lease(&self, id: i64) -> Option<LeaseRecord> {
+        self.leases.lock().unwrap().get(&id).copied()
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> Vec<(i64, LeaseRecord)> {
+        self.leases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, record)| (*id, *record))
+            .collect()
     }
 
     /// Sets where the events of each committed revision go (once).
@@ -199,6 +232,7 @@ impl MvccStore {
             revision: self.current_revision(),
             compact_revision: self.compact_revision(),
             applied,
+            leases: self.leases(),
             kv: self.kv.snapshot(),
         }
     }
@@ -247,6 +281,7 @@ impl MvccStore {
             store: self,
             view: self.read_view(),
             changes: BTreeMap::new(),
+            lease_changes: BTreeMap::new(),
         }
     }
 
@@ -304,6 +339,7 @@ impl MvccStore {
     pub(crate) fn install(
         &self,
         items: Vec<(Vec<u8>, Vec<u8>)>,
+        leases: Vec<(i64, LeaseRecord)>,
         revision: Revision,
         compact_revision: Revision,
         applied: AppliedState,
@@ -311,6 +347,12 @@ impl MvccStore {
         let mut batch = self.keyspace.batch();
         for item in self.kv.snapshot().keys() {
             batch.remove(&self.kv, engine("reading for an install", item));
+        }
+        for item in self.lease.snapshot().keys() {
+            batch.remove(&self.lease, engine("reading for an install", item));
+        }
+        for (id, record) in &leases {
+            batch.insert(&self.lease, lease_key(*id), record.encode());
         }
         let new_latest = LatestIndex::build(revision, items.iter().map(|(k, v)| (k, v)));
         for (key, value) in items {
@@ -336,6 +378,7 @@ impl MvccStore {
             let mut latest = self.latest.lock().unwrap();
             engine("installing a snapshot", batch.commit());
             *latest = new_latest;
+            *self.leases.lock().unwrap() = leases.into_iter().collect();
         }
         engine(
             "persisting a snapshot",
@@ -357,6 +400,40 @@ fn stored_versions(kv: fjall::Snapshot) -> impl Iterator<Item = (Vec<u8>, Vec<u8
     })
 }
 
+/// A lease as the state machine keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The granted time to live.
+    pub ttl_secs: i64,
+    /// What was left at the last checkpoint (0: none yet).
+    pub remaining_secs: i64,
+}
+
+impl LeaseRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&self.ttl_secs.to_le_bytes());
+        out.extend_from_slice(&self.remaining_secs.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> LeaseRecord {
+        assert_eq!(bytes.len(), 16, "a stored lease record is 16 bytes");
+        LeaseRecord {
+            ttl_secs: i64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            remaining_secs: i64::from_le_bytes(bytes[8..].try_into().unwrap()),
+        }
+    }
+}
+
+fn lease_key(id: i64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn lease_id_of(key: &[u8]) -> i64 {
+    i64::from_be_bytes(key.try_into().expect("an 8-byte lease key"))
+}
+
 /// The state of the store at one applied position, readable from any thread while the
 /// store moves on (see `MvccStore::freeze`).
 pub struct FrozenState {
@@ -366,6 +443,8 @@ pub struct FrozenState {
     pub revision: Revision,
     /// The compacted revision at that position.
     pub compact_revision: Revision,
+    /// Every lease at that position.
+    pub leases: Vec<(i64, LeaseRecord)>,
     kv: fjall::Snapshot,
 }
 
@@ -379,7 +458,7 @@ impl FrozenState {
 /// A consistent, point-in-time view of the store.
 pub struct ReadView {
     pub(super) kv: fjall::Snapshot,
-    latest: LatestIndex,
+    pub(super) latest: LatestIndex,
     pub(super) current: Revision,
     pub(super) compacted: Revision,
 }
@@ -388,6 +467,11 @@ impl ReadView {
     /// The revision of the last write the view contains.
     pub fn current_revision(&self) -> Revision {
         self.current
+    }
+
+    /// The live keys attached to a lease.
+    pub fn lease_keys(&self, lease: i64) -> Vec<Bytes> {
+        self.latest.lease_keys(lease)
     }
 
     /// The compacted revision when the view was taken.
@@ -576,9 +660,56 @@ pub struct WriteTxn<'a> {
     /// User key to its new version. Invariant: a key is written at most once (etcd
     /// refuses a Txn that writes a key twice before it reaches the store).
     changes: BTreeMap<Bytes, StoredVersion>,
+    /// Leases granted or changed (`Some`) and revoked (`None`).
+    lease_changes: BTreeMap<i64, Option<LeaseRecord>>,
 }
 
 impl WriteTxn<'_> {
+    /// The lease as this transaction sees it.
+    pub fn lease(&self, id: i64) -> Option<LeaseRecord> {
+        match self.lease_changes.get(&id) {
+            Some(changed) => *changed,
+            None => self.store.lease(id),
+        }
+    }
+
+    /// Grants a lease.
+    pub fn grant_lease(&mut self, id: i64, ttl_secs: i64) -> Result<(), MvccError> {
+        if self.lease(id).is_some() {
+            return Err(MvccError::LeaseExists);
+        }
+        let record = LeaseRecord {
+            ttl_secs,
+            remaining_secs: 0,
+        };
+        self.lease_changes.insert(id, Some(record));
+        Ok(())
+    }
+
+    /// Revokes a lease: the keys attached to it are deleted in this revision.
+    pub fn revoke_lease(&mut self, id: i64) -> Result<(), MvccError> {
+        if self.lease(id).is_none() {
+            return Err(MvccError::LeaseNotFound);
+        }
+        for key in self.view.latest.lease_keys(id) {
+            if self.changes.contains_key(&key) {
+                continue;
+            }
+            self.changes.insert(key, StoredVersion::tombstone());
+        }
+        self.lease_changes.insert(id, None);
+        Ok(())
+    }
+
+    /// Records how long a lease had left, so a new leader does not give it a full TTL
+    /// again; leases that no longer exist are skipped.
+    pub fn checkpoint_lease(&mut self, id: i64, remaining_secs: i64) {
+        if let Some(mut record) = self.lease(id) {
+            record.remaining_secs = remaining_secs;
+            self.lease_changes.insert(id, Some(record));
+        }
+    }
+
     /// The view the transaction reads committed data from.
     pub fn view(&self) -> &ReadView {
         &self.view
@@ -662,14 +793,44 @@ impl WriteTxn<'_> {
         deleted
     }
 
+    /// Adds the lease changes to the transaction's batch: a revoke's record goes in the
+    /// same atomic batch as the deletion of its keys.
+    fn put_lease_changes(&self, batch: &mut fjall::Batch) {
+        for (id, change) in &self.lease_changes {
+            match change {
+                Some(record) => batch.insert(&self.store.lease, lease_key(*id), record.encode()),
+                None => batch.remove(&self.store.lease, lease_key(*id)),
+            }
+        }
+    }
+
+    /// Makes committed lease changes visible in the in-memory table.
+    fn publish_lease_changes(&self) {
+        let mut leases = self.store.leases.lock().unwrap();
+        for (id, change) in &self.lease_changes {
+            match change {
+                Some(record) => leases.insert(*id, *record),
+                None => leases.remove(id),
+            };
+        }
+    }
+
     /// Applies the writes, if any, with the applied index, in one atomic batch.
     pub fn commit(self, index: LogIndex, term: Term) {
+        if self.changes.is_empty() && self.lease_changes.is_empty() {
+            self.store.set_applied(index, term);
+            return;
+        }
+        let mut batch = self.store.keyspace.batch();
+        self.put_lease_changes(&mut batch);
         if self.changes.is_empty() {
+            self.store.put_applied(&mut batch, index, term);
+            engine("committing lease changes", batch.commit());
+            self.publish_lease_changes();
             self.store.set_applied(index, term);
             return;
         }
         let revision = self.write_revision();
-        let mut batch = self.store.keyspace.batch();
         for (key, version) in &self.changes {
             batch.insert(
                 &self.store.kv,
@@ -684,6 +845,7 @@ impl WriteTxn<'_> {
         );
         self.store.put_applied(&mut batch, index, term);
         engine("committing a write", batch.commit());
+        self.publish_lease_changes();
         self.store
             .latest
             .lock()

@@ -804,3 +804,115 @@ fn hash_kv_agrees_across_stores_and_is_stable_for_past_revisions() {
         b.store.read_view().hash_kv(now)
     );
 }
+
+fn lease_grant(f: &mut Fixture, id: i64, ttl: i64) -> WriteOutcome {
+    f.write(Request::LeaseGrant(
+        ostrakon_proto::etcdserverpb::LeaseGrantRequest { ttl, id },
+    ))
+}
+
+fn put_with_lease(f: &mut Fixture, key: &str, lease: i64) -> WriteOutcome {
+    f.write(Request::Put(PutRequest {
+        key: Bytes::from(key.to_string()),
+        value: Bytes::from_static(b"v"),
+        lease,
+        ..Default::default()
+    }))
+}
+
+/// Leases as etcd has them: granted once, keys attached by Put, a revoke deletes exactly
+/// its keys in one revision; unknown leases are refused; leases survive a reopen and
+/// travel in snapshots.
+#[test]
+fn leases_attach_keys_and_a_revoke_deletes_them_in_one_revision() {
+    let mut f = Fixture::new();
+    let collector = std::sync::Arc::new(Collector::default());
+    f.store.set_event_sink(collector.clone());
+    assert!(
+        matches!(lease_grant(&mut f, 7, 30), WriteOutcome::LeaseGrant(r) if r.id == 7 && r.ttl == 30)
+    );
+    match lease_grant(&mut f, 7, 30) {
+        WriteOutcome::Error(e) => assert_eq!(
+            (e.code, e.message.as_str()),
+            (9, "etcdserver: lease already exists")
+        ),
+        other => panic!("{other:?}"),
+    }
+    match put_with_lease(&mut f, "nope", 8) {
+        WriteOutcome::Error(e) => assert_eq!(e.message, "etcdserver: requested lease not found"),
+        other => panic!("{other:?}"),
+    }
+    lease_grant(&mut f, 9, 60);
+    put_with_lease(&mut f, "a", 7);
+    put_with_lease(&mut f, "b", 7);
+    put_with_lease(&mut f, "c", 9);
+    put_with_lease(&mut f, "b", 9); // moves b to lease 9
+    f.put("d", "plain");
+    let view = f.store.read_view();
+    assert_eq!(view.lease_keys(7), vec![Bytes::from_static(b"a")]);
+    assert_eq!(
+        view.lease_keys(9),
+        vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]
+    );
+
+    let before = f.store.current_revision();
+    assert!(matches!(
+        f.write(Request::LeaseRevoke(
+            ostrakon_proto::etcdserverpb::LeaseRevokeRequest { id: 9 }
+        )),
+        WriteOutcome::LeaseRevoke(_)
+    ));
+    assert_eq!(
+        f.store.current_revision(),
+        Revision(before.0 + 1),
+        "one revision"
+    );
+    assert!(f.get("b").is_none() && f.get("c").is_none());
+    assert!(f.get("a").is_some() && f.get("d").is_some());
+    assert!(f.store.lease(9).is_none());
+    let last = collector.0.lock().unwrap().last().unwrap().clone();
+    assert_eq!(last.events.len(), 2, "one delete event per attached key");
+    match f.write(Request::LeaseRevoke(
+        ostrakon_proto::etcdserverpb::LeaseRevokeRequest { id: 9 },
+    )) {
+        WriteOutcome::Error(e) => assert_eq!(e.code, 5),
+        other => panic!("{other:?}"),
+    }
+
+    // A checkpoint, then a reopen and a snapshot carry the lease and its keys.
+    f.write(Request::LeaseCheckpoint(
+        ostrakon_proto::etcdserverpb::LeaseCheckpointRequest {
+            checkpoints: vec![ostrakon_proto::etcdserverpb::LeaseCheckpoint {
+                id: 7,
+                remaining_ttl: 12,
+            }],
+        },
+    ));
+    let expected = LeaseRecord {
+        ttl_secs: 30,
+        remaining_secs: 12,
+    };
+    assert_eq!(f.store.lease(7), Some(expected));
+    f.store.persist();
+    drop(std::mem::replace(
+        &mut f.store,
+        MvccStore::open(&f.keyspace, GroupId(2)),
+    ));
+    let reopened = MvccStore::open(&f.keyspace, GroupId(1));
+    assert_eq!(reopened.leases(), vec![(7, expected)]);
+    assert_eq!(
+        reopened.read_view().lease_keys(7),
+        vec![Bytes::from_static(b"a")]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap");
+    crate::snapshot::create(&reopened, &path).unwrap();
+    let mut target = Fixture::new();
+    lease_grant(&mut target, 99, 5);
+    crate::snapshot::install(&target.store, &path).unwrap();
+    assert_eq!(target.store.leases(), vec![(7, expected)]);
+    assert_eq!(
+        target.store.read_view().lease_keys(7),
+        vec![Bytes::from_static(b"a")]
+    );
+}
