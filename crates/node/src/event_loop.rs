@@ -164,7 +164,7 @@ pub fn start(
         .open()
         .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
     let (input_tx, input_rx) = std::sync::mpsc::channel();
-    let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime);
+    let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
     let group = DEFAULT_GROUP;
     let store = Arc::new(MvccStore::open(&keyspace, group));
     let initial = match recovered.groups.remove(&group) {
@@ -182,10 +182,12 @@ pub fn start(
     replica.publish_status(config.id);
     let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
     store.set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
+    let lessor = Arc::new(crate::lessor::Lessor::default());
     let shared = GroupShared {
-        store,
+        store: store.clone(),
         status,
         applied: applied_rx,
+        lessor: lessor.clone(),
         events,
     };
     let handle = NodeHandle::new(
@@ -194,6 +196,7 @@ pub fn start(
         [(group, shared)].into(),
         transport.clone(),
     );
+    runtime.spawn(crate::lessor::run(handle.clone(), group, lessor, store));
     let event_loop = EventLoop {
         config,
         layout,

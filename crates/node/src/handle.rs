@@ -40,6 +40,8 @@ pub struct GroupShared {
     pub status: Arc<RwLock<GroupStatus>>,
     /// The applied index, for readers waiting on a read index.
     pub applied: watch::Receiver<LogIndex>,
+    /// Lease deadlines (kept while this member leads).
+    pub lessor: Arc<crate::lessor::Lessor>,
     /// Every committed revision's events, for watchers.
     pub events: tokio::sync::broadcast::Sender<Arc<ostrakon_storage::mvcc::RevisionEvents>>,
 }
@@ -92,6 +94,52 @@ impl NodeHandle {
 
     fn group(&self, group: GroupId) -> Result<&GroupShared, NodeError> {
         self.inner.groups.get(&group).ok_or(NodeError::UnknownGroup)
+    }
+
+    /// Renews a lease (`renew`) or reads how long it has left, on the leader: here if this
+    /// member leads, else forwarded. `None`: no such lease.
+    pub async fn lease_query(
+        &self,
+        group: GroupId,
+        id: i64,
+        renew: bool,
+    ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
+        let status = self.status(group)?;
+        if status.is_leader {
+            return self.lease_query_local(group, id, renew);
+        }
+        let leader = status.leader;
+        if leader == NodeId::NONE || leader == self.id() {
+            // No leader known (or only a stale view of this member as leader): the
+            // client retries.
+            return Err(NodeError::NoLeader);
+        }
+        let attempt = self.inner.transport.lease_query(leader, group, id, renew);
+        tokio::time::timeout(self.inner.request_timeout, attempt)
+            .await
+            .map_err(|_| NodeError::Timeout)?
+    }
+
+    /// `lease_query` on this member only; fails with `NotLeader` unless it leads.
+    pub fn lease_query_local(
+        &self,
+        group: GroupId,
+        id: i64,
+        renew: bool,
+    ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
+        let shared = self.group(group)?;
+        let status = self.status(group)?;
+        if !status.is_leader {
+            return Err(NodeError::NotLeader(status.leader));
+        }
+        shared
+            .lessor
+            .sync(&shared.store, Some(status.term), std::time::Instant::now());
+        Ok(if renew {
+            shared.lessor.renew(&shared.store, id)
+        } else {
+            shared.lessor.remaining(&shared.store, id)
+        })
     }
 
     /// Subscribes to the events of every revision the group commits from now on.

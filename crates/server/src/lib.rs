@@ -10,6 +10,7 @@
 pub mod errors;
 mod health;
 mod kv;
+mod lease;
 mod maintenance;
 mod run;
 pub mod validate;

@@ -9,6 +9,7 @@ use ostrakon_node::event_loop::{self, StartError};
 use ostrakon_node::transport::PeerService;
 use ostrakon_node::NodeConfig;
 use ostrakon_proto::etcdserverpb::kv_server::KvServer;
+use ostrakon_proto::etcdserverpb::lease_server::LeaseServer;
 use ostrakon_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ostrakon_proto::etcdserverpb::watch_server::WatchServer;
 use ostrakon_proto::peer::peer_server::PeerServer;
@@ -18,6 +19,7 @@ use tonic::service::Routes;
 
 use crate::health::health;
 use crate::kv::KvService;
+use crate::lease::LeaseService;
 use crate::maintenance::MaintenanceService;
 use crate::validate::Limits;
 use crate::watch::WatchService;
@@ -92,8 +94,12 @@ pub async fn run(
             config.limits.request_bytes_max,
             config.watch_progress_notify_interval,
         ));
+        let election_timeout_ms =
+            (config.node.tick_interval * config.node.election_ticks).as_millis() as u64;
+        let lease = LeaseServer::new(LeaseService::new(node.clone(), election_timeout_ms));
         let router = Routes::new(kv)
             .add_service(maintenance)
+            .add_service(lease)
             .add_service(watch)
             .into_axum_router()
             .route("/health", get(health).with_state(node.clone()));

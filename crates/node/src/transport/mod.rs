@@ -220,6 +220,38 @@ impl Transport {
     }
 
     /// Has the leader propose a write for us; returns its outcome.
+    /// Asks the leader to renew a lease or report its remaining TTL.
+    pub async fn lease_query(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+        id: i64,
+        renew: bool,
+    ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
+        let Some(channel) = self.inner.channels.get(&leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        let answer = PeerClient::new(channel.clone())
+            .lease(ostrakon_proto::peer::LeaseQuery {
+                group: group.0,
+                id,
+                renew,
+            })
+            .await
+            .map_err(|status| {
+                tracing::debug!(%status, "a lease query to the leader failed");
+                NodeError::LeaderChanged
+            })?
+            .into_inner();
+        if answer.not_leader {
+            return Err(NodeError::LeaderChanged);
+        }
+        Ok(answer.found.then_some(crate::lessor::LeaseTtl {
+            remaining_secs: answer.remaining_secs,
+            ttl_secs: answer.ttl_secs,
+        }))
+    }
+
     pub async fn forward(
         &self,
         leader: NodeId,

@@ -145,6 +145,30 @@ impl Peer for PeerService {
         let outcome = self.handle.write_local(GroupId(forward.group), write).await;
         Ok(Response::new(encode_forward_response(outcome)))
     }
+
+    async fn lease(
+        &self,
+        request: Request<ostrakon_proto::peer::LeaseQuery>,
+    ) -> Result<Response<ostrakon_proto::peer::LeaseAnswer>, Status> {
+        let query = request.into_inner();
+        let answer =
+            match self
+                .handle
+                .lease_query_local(GroupId(query.group), query.id, query.renew)
+            {
+                Ok(found) => ostrakon_proto::peer::LeaseAnswer {
+                    not_leader: false,
+                    found: found.is_some(),
+                    remaining_secs: found.map_or(0, |t| t.remaining_secs),
+                    ttl_secs: found.map_or(0, |t| t.ttl_secs),
+                },
+                Err(_) => ostrakon_proto::peer::LeaseAnswer {
+                    not_leader: true,
+                    ..Default::default()
+                },
+            };
+        Ok(Response::new(answer))
+    }
 }
 
 /// Node errors that cross the wire in a forwarded write's response.

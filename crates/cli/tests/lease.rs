@@ -1,0 +1,175 @@
+//! etcd's Lease API against a real 3-member cluster through the etcd-client crate: grant
+//! (minimum TTL, chosen ids, duplicates), keys attached by Put, time-to-live with keys,
+//! the lease list, keep-alives through followers, revoke, expiry driven by the leader, and
+//! expiry after the leader is killed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+use etcd_client::{LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions};
+
+fn status_of(error: etcd_client::Error) -> tonic::Status {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_grant_attach_keep_alive_revoke_as_etcd() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut on_leader = cluster.client(leader).await;
+    let mut on_follower = cluster.client(follower).await;
+
+    // A TTL shorter than an election is raised (1.5 × 1 s election timeout → 2 s).
+    let short = on_follower.lease_grant(1, None).await.unwrap();
+    assert_eq!(short.ttl(), 2);
+    assert!(short.id() > 0);
+    let granted = on_follower
+        .lease_grant(60, Some(LeaseGrantOptions::new().with_id(42)))
+        .await
+        .unwrap();
+    assert_eq!((granted.id(), granted.ttl()), (42, 60));
+    let duplicate = on_leader
+        .lease_grant(60, Some(LeaseGrantOptions::new().with_id(42)))
+        .await
+        .unwrap_err();
+    let status = status_of(duplicate);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(status.message(), "etcdserver: lease already exists");
+
+    // Keys attach through Put; an unknown lease is refused.
+    on_follower
+        .put("leased/a", "1", Some(PutOptions::new().with_lease(42)))
+        .await
+        .unwrap();
+    on_leader
+        .put("leased/b", "2", Some(PutOptions::new().with_lease(42)))
+        .await
+        .unwrap();
+    let unknown = on_leader
+        .put("leased/c", "3", Some(PutOptions::new().with_lease(7)))
+        .await
+        .unwrap_err();
+    let status = status_of(unknown);
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "etcdserver: requested lease not found");
+    assert_eq!(
+        on_leader.get("leased/a", None).await.unwrap().kvs()[0].lease(),
+        42
+    );
+
+    // Time to live, with keys, asked on a follower (forwarded to the leader).
+    let ttl = on_follower
+        .lease_time_to_live(42, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl(), 60);
+    assert!(ttl.ttl() > 50 && ttl.ttl() <= 60, "{}", ttl.ttl());
+    assert_eq!(ttl.keys(), [b"leased/a".to_vec(), b"leased/b".to_vec()]);
+    let listed: Vec<i64> = on_follower
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert!(
+        listed.contains(&42) && listed.contains(&short.id()),
+        "{listed:?}"
+    );
+
+    // Keep-alive through a follower: the full TTL again.
+    let (mut keeper, mut responses) = on_follower.lease_keep_alive(42).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let renewed = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((renewed.id(), renewed.ttl()), (42, 60));
+
+    // Revoke deletes the attached keys; the lease is then gone (TTL -1).
+    on_follower.lease_revoke(42).await.unwrap();
+    assert!(on_leader
+        .get(
+            "leased/",
+            Some(etcd_client::GetOptions::new().with_prefix())
+        )
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty());
+    let gone = on_leader.lease_time_to_live(42, None).await.unwrap();
+    assert_eq!(gone.ttl(), -1);
+    let again = on_leader.lease_revoke(42).await.unwrap_err();
+    assert_eq!(status_of(again).code(), tonic::Code::NotFound);
+}
+
+/// Waits until `key` is gone (read on member `i`), up to `limit`; returns how long it took.
+async fn wait_gone(cluster: &TestCluster, i: usize, key: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut client = cluster.client(i).await;
+    loop {
+        if let Ok(response) = client.get(key, None).await {
+            if response.kvs().is_empty() {
+                return started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{key} still there after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expires_unless_kept_alive_even_when_the_leader_dies() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let other = (leader + 1) % 3;
+    let mut client = cluster.client(other).await;
+
+    // Kept alive every 500 ms for 4 s, a 2 s lease keeps its key.
+    let kept = client.lease_grant(2, None).await.unwrap().id();
+    client
+        .put("kept", "x", Some(PutOptions::new().with_lease(kept)))
+        .await
+        .unwrap();
+    let (mut keeper, mut responses) = client.lease_keep_alive(kept).await.unwrap();
+    for _ in 0..8 {
+        keeper.keep_alive().await.unwrap();
+        let response = responses.message().await.unwrap().unwrap();
+        assert_eq!(response.ttl(), 2);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(client.get("kept", None).await.unwrap().kvs().len(), 1);
+    // Then left alone, it expires: the leader revokes it.
+    let took = wait_gone(&cluster, other, "kept", Duration::from_secs(10)).await;
+    assert!(
+        took >= Duration::from_secs(1),
+        "expired too early: {took:?}"
+    );
+
+    // A lease whose leader dies still expires: the new leader takes over its deadline.
+    let orphan = client.lease_grant(3, None).await.unwrap().id();
+    client
+        .put("orphan", "x", Some(PutOptions::new().with_lease(orphan)))
+        .await
+        .unwrap();
+    cluster.kill(leader);
+    wait_gone(&cluster, other, "orphan", Duration::from_secs(20)).await;
+    let ttl = cluster
+        .client(other)
+        .await
+        .lease_time_to_live(orphan, None)
+        .await
+        .unwrap();
+    assert_eq!(ttl.ttl(), -1);
+}

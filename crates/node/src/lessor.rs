@@ -1,0 +1,265 @@
+//! Lease deadlines, kept by the leader of each group.
+//!
+//! Which leases exist, with their TTLs, is replicated state (the store). When they expire
+//! is not: wall clocks differ between members, so only the leader keeps deadlines, renews
+//! them on keep-alives (followers forward those), and proposes a revoke when one passes.
+//! A new leader starts each lease from its last checkpointed remaining TTL (or its full
+//! TTL), and the leader checkpoints remaining TTLs regularly, so a lease's life is not
+//! reset again and again by leader changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ostrakon_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
+use ostrakon_proto::peer::write_request;
+use ostrakon_raft::{GroupId, Term};
+use ostrakon_storage::mvcc::MvccStore;
+
+use crate::handle::NodeHandle;
+
+/// How often the leader looks for expired leases.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the leader records remaining TTLs in the log.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// A revoke that has not taken effect after this long is proposed again.
+const REVOKE_RETRY: Duration = Duration::from_secs(3);
+
+/// What a lease query found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// Seconds left.
+    pub remaining_secs: i64,
+    /// The granted TTL.
+    pub ttl_secs: i64,
+}
+
+/// One group's lease deadlines on this member (empty unless it leads).
+#[derive(Default)]
+pub struct Lessor {
+    state: Mutex<LessorState>,
+}
+
+#[derive(Default)]
+struct LessorState {
+    /// The term this member leads in, if it leads.
+    leading: Option<Term>,
+    deadlines: HashMap<i64, Instant>,
+    /// Revokes proposed and when.
+    revoking: HashMap<i64, Instant>,
+}
+
+impl Lessor {
+    /// A keep-alive: the lease gets its full TTL again from now. `None` if it does not
+    /// exist or this member does not lead.
+    pub fn renew(&self, store: &MvccStore, id: i64) -> Option<LeaseTtl> {
+        let mut state = self.state.lock().unwrap();
+        state.leading?;
+        let record = store.lease(id)?;
+        state.deadlines.insert(
+            id,
+            Instant::now() + Duration::from_secs(record.ttl_secs as u64),
+        );
+        Some(LeaseTtl {
+            remaining_secs: record.ttl_secs,
+            ttl_secs: record.ttl_secs,
+        })
+    }
+
+    /// How long a lease has left. `None` if it does not exist or this member does not
+    /// lead.
+    pub fn remaining(&self, store: &MvccStore, id: i64) -> Option<LeaseTtl> {
+        let state = self.state.lock().unwrap();
+        state.leading?;
+        let record = store.lease(id)?;
+        let remaining_secs = match state.deadlines.get(&id) {
+            Some(deadline) => {
+                // Rounded up, as etcd reports it.
+                let left = deadline.saturating_duration_since(Instant::now());
+                left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
+            }
+            None => record.ttl_secs,
+        };
+        Some(LeaseTtl {
+            remaining_secs,
+            ttl_secs: record.ttl_secs,
+        })
+    }
+
+    /// Brings the deadlines in line with the store and leadership (a member that has just
+    /// been elected calls it before answering its first keep-alive, without waiting for
+    /// the next sweep).
+    pub fn sync(&self, store: &MvccStore, leading: Option<Term>, now: Instant) {
+        let mut state = self.state.lock().unwrap();
+        Self::sync_locked(&mut state, store, leading, now);
+    }
+
+    fn sync_locked(
+        state: &mut LessorState,
+        store: &MvccStore,
+        leading: Option<Term>,
+        now: Instant,
+    ) {
+        if leading != state.leading {
+            // Leadership came or went: start over from the replicated state.
+            tracing::info!(term = ?leading, "lessor: lease deadlines kept here from now on (or no longer)");
+            state.deadlines.clear();
+            state.revoking.clear();
+            state.leading = leading;
+        }
+        if state.leading.is_none() {
+            return;
+        }
+        let leases = store.leases();
+        let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
+        state.deadlines.retain(|id, _| live.contains(id));
+        state.revoking.retain(|id, _| live.contains(id));
+        for (id, record) in leases {
+            state.deadlines.entry(id).or_insert_with(|| {
+                let left = if record.remaining_secs > 0 {
+                    record.remaining_secs
+                } else {
+                    record.ttl_secs
+                };
+                now + Duration::from_secs(left as u64)
+            });
+        }
+    }
+
+    /// `sync`, then the leases whose deadline passed and whose revoke should be proposed
+    /// now.
+    fn sweep(&self, store: &MvccStore, leading: Option<Term>, now: Instant) -> Vec<i64> {
+        let mut state = self.state.lock().unwrap();
+        Self::sync_locked(&mut state, store, leading, now);
+        if state.leading.is_none() {
+            return Vec::new();
+        }
+        let expired: Vec<i64> = state
+            .deadlines
+            .iter()
+            .filter(|(id, deadline)| {
+                **deadline <= now
+                    && state
+                        .revoking
+                        .get(id)
+                        .is_none_or(|proposed| now.duration_since(*proposed) > REVOKE_RETRY)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            state.revoking.insert(*id, now);
+        }
+        expired
+    }
+
+    /// Every lease's remaining TTL, for a checkpoint.
+    fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
+        let state = self.state.lock().unwrap();
+        state
+            .deadlines
+            .iter()
+            .map(|(id, deadline)| LeaseCheckpoint {
+                id: *id,
+                remaining_ttl: deadline.saturating_duration_since(now).as_secs().max(1) as i64,
+            })
+            .collect()
+    }
+}
+
+/// Runs a group's lessor: sweeps for expired leases, proposes their revokes, and
+/// checkpoints remaining TTLs, while this member leads. Ends when the node stops.
+pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store: Arc<MvccStore>) {
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = Instant::now();
+    loop {
+        sweep.tick().await;
+        let Ok(status) = handle.status(group) else {
+            return;
+        };
+        let leading = status.is_leader.then_some(status.term);
+        let now = Instant::now();
+        for id in lessor.sweep(&store, leading, now) {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let revoke = write_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
+                if let Err(error) = handle.write(group, revoke).await {
+                    tracing::debug!(lease = id, %error, "revoking an expired lease failed; will retry");
+                }
+            });
+        }
+        if leading.is_some() && now.duration_since(last_checkpoint) >= CHECKPOINT_INTERVAL {
+            last_checkpoint = now;
+            let checkpoints = lessor.checkpoints(now);
+            if !checkpoints.is_empty() {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let request = write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest {
+                        checkpoints,
+                    });
+                    let _ = handle.write(group, request).await;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostrakon_proto::etcdserverpb::LeaseGrantRequest;
+    use ostrakon_proto::peer::WriteRequest;
+    use ostrakon_raft::LogIndex;
+    use ostrakon_storage::mvcc::apply_write;
+
+    fn grant(store: &MvccStore, index: u64, id: i64, ttl: i64) {
+        let write = WriteRequest {
+            origin: 1,
+            id: index,
+            request: Some(write_request::Request::LeaseGrant(LeaseGrantRequest {
+                ttl,
+                id,
+            })),
+        };
+        apply_write(store, LogIndex(index), Term(1), &write);
+    }
+
+    #[test]
+    fn only_a_leader_keeps_deadlines_and_expired_leases_are_revoked_once_per_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let store = MvccStore::open(&keyspace, GroupId(1));
+        grant(&store, 2, 1, 10);
+        grant(&store, 3, 2, 100);
+        let lessor = Lessor::default();
+        let t0 = Instant::now();
+        assert!(lessor.sweep(&store, None, t0).is_empty());
+        assert_eq!(
+            lessor.renew(&store, 1),
+            None,
+            "a follower keeps no deadlines"
+        );
+
+        assert!(lessor.sweep(&store, Some(Term(2)), t0).is_empty());
+        assert_eq!(lessor.remaining(&store, 2).unwrap().ttl_secs, 100);
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(lessor.sweep(&store, Some(Term(2)), later), vec![1]);
+        assert!(
+            lessor
+                .sweep(&store, Some(Term(2)), later + Duration::from_secs(1))
+                .is_empty(),
+            "a revoke in flight is not proposed again at once"
+        );
+        assert_eq!(
+            lessor.sweep(
+                &store,
+                Some(Term(2)),
+                later + REVOKE_RETRY + Duration::from_secs(1)
+            ),
+            vec![1]
+        );
+        assert_eq!(lessor.renew(&store, 99), None, "unknown lease");
+        // A new term (a new leadership) starts over from the store.
+        assert!(lessor.sweep(&store, Some(Term(3)), later).is_empty());
+    }
+}

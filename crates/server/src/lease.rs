@@ -1,0 +1,218 @@
+//! etcd's Lease service.
+//!
+//! Grants and revokes are replicated writes. Keep-alives and time-to-live questions go to
+//! the leader, which alone keeps the deadlines (`ostrakon_node::lessor`); a follower
+//! forwards them.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
+use ostrakon_proto::etcdserverpb::lease_server::Lease;
+use ostrakon_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader,
+};
+use ostrakon_proto::peer::write_request::Request as Write;
+use ostrakon_storage::mvcc::WriteOutcome;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::errors::ApiError;
+
+/// etcd's largest lease TTL, in seconds.
+const TTL_MAX_SECS: i64 = 9_000_000_000;
+
+pub struct LeaseService {
+    node: NodeHandle,
+    /// Shorter TTLs are raised to this, as etcd does: a lease must outlive an election.
+    ttl_min_secs: i64,
+    /// Mixed into generated lease ids.
+    next_id: AtomicU64,
+}
+
+impl LeaseService {
+    /// `election_timeout_ms` sets the minimum TTL (etcd's rule: 1.5 election timeouts,
+    /// rounded up to whole seconds).
+    pub fn new(node: NodeHandle, election_timeout_ms: u64) -> LeaseService {
+        let seed = node.id().0 ^ std::process::id() as u64 ^ now_nanos();
+        LeaseService {
+            ttl_min_secs: (3 * election_timeout_ms / 2).div_ceil(1000).max(1) as i64,
+            node,
+            next_id: AtomicU64::new(seed),
+        }
+    }
+
+    fn header(&self) -> Option<ResponseHeader> {
+        let status = self.node.status(DEFAULT_GROUP).ok();
+        let revision = self
+            .node
+            .store(DEFAULT_GROUP)
+            .map(|s| s.current_revision().0)
+            .unwrap_or_default();
+        Some(ResponseHeader {
+            cluster_id: self.node.cluster_id(),
+            member_id: self.node.id().0,
+            revision,
+            raft_term: status.map(|s| s.term.0).unwrap_or_default(),
+        })
+    }
+
+    /// A fresh positive lease id (a mixed counter, so members rarely collide; a collision
+    /// is refused by the state machine with etcd's "lease already exists").
+    fn generate_id(&self) -> i64 {
+        let n = self
+            .next_id
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let mut x = n ^ (n >> 31);
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 27;
+        ((x & (i64::MAX as u64)).max(1)) as i64
+    }
+
+    async fn write(&self, write: Write) -> Result<WriteOutcome, ApiError> {
+        match self.node.write(DEFAULT_GROUP, write).await? {
+            WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
+                code: error.code,
+                message: error.message,
+            })),
+            outcome => Ok(outcome),
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut grant = request.into_inner();
+        if grant.ttl > TTL_MAX_SECS {
+            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+        }
+        grant.ttl = grant.ttl.max(self.ttl_min_secs);
+        if grant.id == 0 {
+            grant.id = self.generate_id();
+        }
+        match self.write(Write::LeaseGrant(grant)).await? {
+            WriteOutcome::LeaseGrant(mut response) => {
+                response.header = self.header();
+                Ok(Response::new(response))
+            }
+            other => panic!("a lease grant answered with {other:?}"),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        match self.write(Write::LeaseRevoke(request.into_inner())).await? {
+            WriteOutcome::LeaseRevoke(_) => Ok(Response::new(LeaseRevokeResponse {
+                header: self.header(),
+            })),
+            other => panic!("a lease revoke answered with {other:?}"),
+        }
+    }
+
+    type LeaseKeepAliveStream =
+        Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let node = self.node.clone();
+        let header = self.header();
+        let requests = request.into_inner();
+        let responses = requests.then(move |request| {
+            let node = node.clone();
+            let mut header = header;
+            async move {
+                let request = request?;
+                let renewed = node
+                    .lease_query(DEFAULT_GROUP, request.id, true)
+                    .await
+                    .map_err(ApiError::from)?;
+                if let (Some(h), Ok(store)) = (header.as_mut(), node.store(DEFAULT_GROUP)) {
+                    h.revision = store.current_revision().0;
+                }
+                Ok(LeaseKeepAliveResponse {
+                    header,
+                    id: request.id,
+                    // etcd answers 0 for a lease that does not exist (any more).
+                    ttl: renewed.map_or(0, |t| t.ttl_secs),
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let request = request.into_inner();
+        let found = self
+            .node
+            .lease_query(DEFAULT_GROUP, request.id, false)
+            .await
+            .map_err(ApiError::from)?;
+        let Some(ttl) = found else {
+            // etcd's answer for a lease that does not exist: TTL -1.
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header: self.header(),
+                id: request.id,
+                ttl: -1,
+                ..LeaseTimeToLiveResponse::default()
+            }));
+        };
+        let keys = if request.keys {
+            // The keys as of a linearizable point, like the leader's answer.
+            self.node
+                .linearizable_read_point(DEFAULT_GROUP)
+                .await
+                .map_err(ApiError::from)?;
+            let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+            store.read_view().lease_keys(request.id)
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: self.header(),
+            id: request.id,
+            ttl: ttl.remaining_secs,
+            granted_ttl: ttl.ttl_secs,
+            keys,
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        _: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.node
+            .linearizable_read_point(DEFAULT_GROUP)
+            .await
+            .map_err(ApiError::from)?;
+        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+        let leases = store
+            .leases()
+            .into_iter()
+            .map(|(id, _)| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.header(),
+            leases,
+        }))
+    }
+}
