@@ -287,3 +287,52 @@ async fn etcdctl_endpoint_hashkv_agrees_across_members() {
         assert_ne!(json_number(&out, "hash"), hashes[0], "{}", binary.display());
     }
 }
+
+/// `etcdctl lease grant / put --lease / timetolive --keys / keep-alive --once / list /
+/// revoke`, with etcdctl's own output for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lease_commands_behave_as_against_etcd() {
+    let binaries = etcdctls();
+    let cluster = TestCluster::start(3, &[]).await;
+    let endpoints = (0..3)
+        .map(|i| cluster.host_port(i))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (round, binary) in binaries.iter().enumerate() {
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: endpoints.clone(),
+        };
+        let granted = etcdctl.ok(&["lease", "grant", "60"]);
+        // "lease 694d7ae0b1a3f20b granted with TTL(60s)"
+        let id = granted
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{granted}"))
+            .to_string();
+        assert!(granted.contains("granted with TTL(60s)"), "{granted}");
+        let key = format!("leased{round}");
+        etcdctl.ok(&["put", &key, "v", &format!("--lease={id}")]);
+        let ttl = etcdctl.ok(&["lease", "timetolive", &id, "--keys"]);
+        assert!(
+            ttl.contains(&format!("lease {id} granted with TTL(60s), remaining("))
+                && ttl.contains(&format!("attached keys([{key}])")),
+            "{ttl}"
+        );
+        let kept = etcdctl.ok(&["lease", "keep-alive", "--once", &id]);
+        assert!(
+            kept.contains(&format!("lease {id} keepalived with TTL(60)")),
+            "{kept}"
+        );
+        let list = etcdctl.ok(&["lease", "list"]);
+        assert!(list.contains(&id), "{list}");
+        let revoked = etcdctl.ok(&["lease", "revoke", &id]);
+        assert!(
+            revoked.contains(&format!("lease {id} revoked")),
+            "{revoked}"
+        );
+        assert_eq!(etcdctl.ok(&["get", &key]), "");
+        let gone = etcdctl.ok(&["lease", "timetolive", &id]);
+        assert!(gone.contains("already expired"), "{gone}");
+    }
+}
