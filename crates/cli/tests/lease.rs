@@ -173,3 +173,40 @@ async fn a_lease_expires_unless_kept_alive_even_when_the_leader_dies() {
         .unwrap();
     assert_eq!(ttl.ttl(), -1);
 }
+
+/// The leader checkpoints remaining TTLs: after it dies, the new leader continues a lease
+/// from what was left instead of granting it its full TTL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_continues_a_lease_from_its_checkpointed_remaining_ttl() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let other = (leader + 1) % 3;
+    let mut client = cluster.client(other).await;
+    let id = client.lease_grant(30, None).await.unwrap().id();
+    // Longer than the 5 s checkpoint interval.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ttl = loop {
+        match cluster
+            .client(other)
+            .await
+            .lease_time_to_live(id, None)
+            .await
+        {
+            Ok(response) => break response,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "no answer: {error:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(ttl.granted_ttl(), 30);
+    assert!(
+        ttl.ttl() > 0 && ttl.ttl() <= 27,
+        "the new leader restarted the lease at {} s of 30",
+        ttl.ttl()
+    );
+}
