@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/kv.proto",
         "proto/etcd/auth.proto",
         "proto/etcd/rpc.proto",
+        "proto/etcd/v3lock.proto",
         "proto/peer.proto",
     ];
     tonic_build::configure()

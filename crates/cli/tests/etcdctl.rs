@@ -336,3 +336,50 @@ async fn etcdctl_lease_commands_behave_as_against_etcd() {
         assert!(gone.contains("already expired"), "{gone}");
     }
 }
+
+/// `etcdctl lock NAME COMMAND`: a second caller runs its command only after the first
+/// one's command ends and releases the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_serializes_holders() {
+    let binaries = etcdctls();
+    let cluster = TestCluster::start(3, &[]).await;
+    let endpoints = (0..3)
+        .map(|i| cluster.host_port(i))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (round, binary) in binaries.iter().enumerate() {
+        let name = format!("etcdctl-lock-{round}");
+        let lock = |command: &[&str]| {
+            Command::new(binary)
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoints}"))
+                .args(["lock", &name])
+                .args(command)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let started = std::time::Instant::now();
+        let holder = lock(&["sleep", "2"]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let second = lock(&["echo", "second"]).wait_with_output().unwrap();
+        let waited = started.elapsed();
+        let holder = holder.wait_with_output().unwrap();
+        assert!(
+            holder.status.success(),
+            "{}",
+            String::from_utf8_lossy(&holder.stderr)
+        );
+        assert!(
+            second.status.success(),
+            "{}",
+            String::from_utf8_lossy(&second.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "second");
+        assert!(
+            waited >= std::time::Duration::from_millis(1900),
+            "the second holder ran after {waited:?}, while the first still held the lock"
+        );
+    }
+}

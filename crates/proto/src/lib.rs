@@ -24,6 +24,12 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd's lock service.
+pub mod v3lockpb {
+    #![allow(missing_docs)]
+    tonic::include_proto!("v3lockpb");
+}
+
 /// ostrakon's member-to-member protocol.
 pub mod peer {
     #![allow(missing_docs)]

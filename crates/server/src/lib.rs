@@ -11,6 +11,7 @@ pub mod errors;
 mod health;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod run;
 pub mod validate;

@@ -13,6 +13,7 @@ use ostrakon_proto::etcdserverpb::lease_server::LeaseServer;
 use ostrakon_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ostrakon_proto::etcdserverpb::watch_server::WatchServer;
 use ostrakon_proto::peer::peer_server::PeerServer;
+use ostrakon_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -20,6 +21,7 @@ use tonic::service::Routes;
 use crate::health::health;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
+use crate::lock::LockService;
 use crate::maintenance::MaintenanceService;
 use crate::validate::Limits;
 use crate::watch::WatchService;
@@ -100,6 +102,7 @@ pub async fn run(
         let router = Routes::new(kv)
             .add_service(maintenance)
             .add_service(lease)
+            .add_service(LockServer::new(LockService::new(node.clone())))
             .add_service(watch)
             .into_axum_router()
             .route("/health", get(health).with_state(node.clone()));
