@@ -7,10 +7,11 @@ use ostrakon_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use ostrakon_proto::peer::write_request::Request as Write;
-use ostrakon_storage::mvcc::{self, WriteOutcome};
+use ostrakon_storage::mvcc::{self, Revision, WriteOutcome};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
+use crate::common;
 use crate::errors::ApiError;
 use crate::validate::{self, Limits};
 
@@ -25,32 +26,14 @@ impl KvService {
         KvService { node, limits }
     }
 
-    /// etcd's header: cluster and member ids, the revision the response reflects, and the
-    /// raft term.
     fn header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
         let revision = header.map(|h| h.revision).unwrap_or_default();
-        let term = self
-            .node
-            .status(DEFAULT_GROUP)
-            .map(|s| s.term.0)
-            .unwrap_or_default();
-        Some(ResponseHeader {
-            cluster_id: self.node.cluster_id(),
-            member_id: self.node.id().0,
-            revision,
-            raft_term: term,
-        })
+        common::header(&self.node, Revision(revision))
     }
 
     async fn write(&self, write: Write, encoded_bytes: usize) -> Result<WriteOutcome, ApiError> {
         validate::size(encoded_bytes, &self.limits)?;
-        match self.node.write(DEFAULT_GROUP, write).await? {
-            WriteOutcome::Error(error) => Err(ApiError::Node(ostrakon_node::NodeError::Refused {
-                code: error.code,
-                message: error.message,
-            })),
-            outcome => Ok(outcome),
-        }
+        common::write(&self.node, write).await
     }
 
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ApiError> {

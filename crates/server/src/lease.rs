@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::lease_server::Lease;
 use ostrakon_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -19,6 +19,7 @@ use ostrakon_storage::mvcc::WriteOutcome;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::common;
 use crate::errors::ApiError;
 
 /// etcd's largest lease TTL, in seconds.
@@ -45,18 +46,7 @@ impl LeaseService {
     }
 
     fn header(&self) -> Option<ResponseHeader> {
-        let status = self.node.status(DEFAULT_GROUP).ok();
-        let revision = self
-            .node
-            .store(DEFAULT_GROUP)
-            .map(|s| s.current_revision().0)
-            .unwrap_or_default();
-        Some(ResponseHeader {
-            cluster_id: self.node.cluster_id(),
-            member_id: self.node.id().0,
-            revision,
-            raft_term: status.map(|s| s.term.0).unwrap_or_default(),
-        })
+        common::current_header(&self.node)
     }
 
     /// A fresh positive lease id (a mixed counter, so members rarely collide; a collision
@@ -72,13 +62,7 @@ impl LeaseService {
     }
 
     async fn write(&self, write: Write) -> Result<WriteOutcome, ApiError> {
-        match self.node.write(DEFAULT_GROUP, write).await? {
-            WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
-                code: error.code,
-                message: error.message,
-            })),
-            outcome => Ok(outcome),
-        }
+        common::write(&self.node, write).await
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, Compare, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, ResponseHeader, TxnRequest,
@@ -17,10 +17,11 @@ use ostrakon_proto::mvccpb::event::EventType;
 use ostrakon_proto::peer::write_request::Request as Write;
 use ostrakon_proto::v3lockpb::lock_server::Lock;
 use ostrakon_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
-use ostrakon_storage::mvcc::{self, RevisionEvents, WriteOutcome};
+use ostrakon_storage::mvcc::{self, Revision, RevisionEvents, WriteOutcome};
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
+use crate::common;
 use crate::errors::ApiError;
 
 pub struct LockService {
@@ -33,27 +34,11 @@ impl LockService {
     }
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        let term = self
-            .node
-            .status(DEFAULT_GROUP)
-            .map(|s| s.term.0)
-            .unwrap_or_default();
-        Some(ResponseHeader {
-            cluster_id: self.node.cluster_id(),
-            member_id: self.node.id().0,
-            revision,
-            raft_term: term,
-        })
+        common::header(&self.node, Revision(revision))
     }
 
     async fn write(&self, write: Write) -> Result<WriteOutcome, ApiError> {
-        match self.node.write(DEFAULT_GROUP, write).await? {
-            WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
-                code: error.code,
-                message: error.message,
-            })),
-            outcome => Ok(outcome),
-        }
+        common::write(&self.node, write).await
     }
 
     /// Creates the caller's key unless it exists (the same lease locking twice is one

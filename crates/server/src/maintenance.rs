@@ -10,6 +10,7 @@ use ostrakon_proto::etcdserverpb::{
 use ostrakon_storage::mvcc::ReadView;
 use tonic::{Request, Response, Status};
 
+use crate::common;
 use crate::errors::ApiError;
 
 /// The etcd API version ostrakon implements; clients gate features on it.
@@ -27,22 +28,7 @@ impl MaintenanceService {
 
 impl MaintenanceService {
     fn header(&self) -> Option<ResponseHeader> {
-        let term = self
-            .node
-            .status(DEFAULT_GROUP)
-            .map(|s| s.term.0)
-            .unwrap_or_default();
-        let revision = self
-            .node
-            .store(DEFAULT_GROUP)
-            .map(|s| s.current_revision().0)
-            .unwrap_or_default();
-        Some(ResponseHeader {
-            cluster_id: self.node.cluster_id(),
-            member_id: self.node.id().0,
-            revision,
-            raft_term: term,
-        })
+        common::current_header(&self.node)
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::common;
 use crate::errors::ApiError;
 
 /// Responses queued for a client before its stream task waits for it to read.
@@ -187,17 +188,7 @@ impl WatchStream {
     }
 
     fn header(&self, revision: Revision) -> Option<ResponseHeader> {
-        let term = self
-            .node
-            .status(DEFAULT_GROUP)
-            .map(|s| s.term.0)
-            .unwrap_or_default();
-        Some(ResponseHeader {
-            cluster_id: self.node.cluster_id(),
-            member_id: self.node.id().0,
-            revision: revision.0,
-            raft_term: term,
-        })
+        common::header(&self.node, revision)
     }
 
     async fn send(&self, response: WatchResponse) -> Result<(), Gone> {

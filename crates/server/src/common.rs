@@ -1,0 +1,45 @@
+//! What every service does the same way: etcd's response header, and writes whose
+//! refusal becomes etcd's error.
+
+use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
+use ostrakon_proto::etcdserverpb::ResponseHeader;
+use ostrakon_proto::peer::write_request::Request as Write;
+use ostrakon_storage::mvcc::{Revision, WriteOutcome};
+
+use crate::errors::ApiError;
+
+/// etcd's header: cluster and member ids, the revision the response reflects, and the
+/// raft term.
+pub fn header(node: &NodeHandle, revision: Revision) -> Option<ResponseHeader> {
+    let term = node
+        .status(DEFAULT_GROUP)
+        .map(|s| s.term.0)
+        .unwrap_or_default();
+    Some(ResponseHeader {
+        cluster_id: node.cluster_id(),
+        member_id: node.id().0,
+        revision: revision.0,
+        raft_term: term,
+    })
+}
+
+/// The header at the store's current revision.
+pub fn current_header(node: &NodeHandle) -> Option<ResponseHeader> {
+    let revision = node
+        .store(DEFAULT_GROUP)
+        .map(|s| s.current_revision())
+        .unwrap_or_default();
+    header(node, revision)
+}
+
+/// Proposes a write (forwarded to the leader if need be); a refusal by the state machine
+/// becomes its etcd error.
+pub async fn write(node: &NodeHandle, write: Write) -> Result<WriteOutcome, ApiError> {
+    match node.write(DEFAULT_GROUP, write).await? {
+        WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
+            code: error.code,
+            message: error.message,
+        })),
+        outcome => Ok(outcome),
+    }
+}
