@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/auth.proto",
         "proto/etcd/rpc.proto",
         "proto/etcd/v3lock.proto",
+        "proto/etcd/v3election.proto",
         "proto/peer.proto",
     ];
     tonic_build::configure()

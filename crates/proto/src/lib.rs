@@ -30,6 +30,12 @@ pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
 }
 
+/// etcd's election service.
+pub mod v3electionpb {
+    #![allow(missing_docs)]
+    tonic::include_proto!("v3electionpb");
+}
+
 /// ostrakon's member-to-member protocol.
 pub mod peer {
     #![allow(missing_docs)]

@@ -8,12 +8,14 @@
 #![allow(clippy::result_large_err)]
 
 mod common;
+mod election;
 pub mod errors;
 mod health;
 mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod queue;
 mod run;
 pub mod validate;
 mod watch;

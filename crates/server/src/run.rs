@@ -13,11 +13,13 @@ use ostrakon_proto::etcdserverpb::lease_server::LeaseServer;
 use ostrakon_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ostrakon_proto::etcdserverpb::watch_server::WatchServer;
 use ostrakon_proto::peer::peer_server::PeerServer;
+use ostrakon_proto::v3electionpb::election_server::ElectionServer;
 use ostrakon_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
+use crate::election::ElectionService;
 use crate::health::health;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
@@ -103,6 +105,7 @@ pub async fn run(
             .add_service(maintenance)
             .add_service(lease)
             .add_service(LockServer::new(LockService::new(node.clone())))
+            .add_service(ElectionServer::new(ElectionService::new(node.clone())))
             .add_service(watch)
             .into_axum_router()
             .route("/health", get(health).with_state(node.clone()));

@@ -1,0 +1,206 @@
+//! etcd's Election service (`v3electionpb`), on the same create-revision queue as Lock.
+//!
+//! A campaigner's key is `<name>/<lease in hex>` holding its proclaimed value; the leader
+//! is the campaigner whose key was created first. Proclaim and Resign only act while the
+//! caller's key still exists with the create revision it was elected with.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_proto::etcdserverpb::{
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
+};
+use ostrakon_proto::peer::write_request::Request as Write;
+use ostrakon_proto::v3electionpb::election_server::Election;
+use ostrakon_proto::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use ostrakon_storage::mvcc::{Revision, WriteOutcome};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::common;
+use crate::errors::ApiError;
+use crate::queue;
+
+/// Responses queued for an observer before the stream waits for it to read.
+const OBSERVED_QUEUED_MAX: usize = 16;
+
+pub struct ElectionService {
+    node: NodeHandle,
+}
+
+impl ElectionService {
+    pub fn new(node: NodeHandle) -> ElectionService {
+        ElectionService { node }
+    }
+
+    fn current_header(&self) -> Option<ostrakon_proto::etcdserverpb::ResponseHeader> {
+        common::current_header(&self.node)
+    }
+
+    /// Runs `then` only while `leader`'s key exists with its election revision; else
+    /// etcd's "not leader" error.
+    async fn as_leader(&self, leader: Option<LeaderKey>, then: RequestOp) -> Result<(), Status> {
+        let leader = leader.ok_or_else(|| Status::invalid_argument("election: no leader key"))?;
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                key: leader.key.clone(),
+                target: compare::CompareTarget::Create as i32,
+                result: compare::CompareResult::Equal as i32,
+                target_union: Some(compare::TargetUnion::CreateRevision(leader.rev)),
+                range_end: Bytes::new(),
+            }],
+            success: vec![then],
+            failure: vec![],
+        };
+        match common::write(&self.node, Write::Txn(txn)).await? {
+            WriteOutcome::Txn(response) if response.succeeded => Ok(()),
+            WriteOutcome::Txn(_) => Err(Status::failed_precondition("election: not leader")),
+            other => panic!("an election txn answered with {other:?}"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let request = request.into_inner();
+        let (prefix, key) = queue::owner_key(&request.name, request.lease);
+        let created =
+            queue::enqueue(&self.node, &key, request.value.clone(), request.lease).await?;
+        queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;
+        Ok(Response::new(CampaignResponse {
+            header: self.current_header(),
+            leader: Some(LeaderKey {
+                name: request.name,
+                key,
+                rev: created.create_revision,
+                lease: request.lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let request = request.into_inner();
+        let leader = request.leader.clone();
+        let put = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: leader.as_ref().map(|l| l.key.clone()).unwrap_or_default(),
+                value: request.value,
+                lease: leader.as_ref().map_or(0, |l| l.lease),
+                ..PutRequest::default()
+            })),
+        };
+        self.as_leader(leader, put).await?;
+        Ok(Response::new(ProclaimResponse {
+            header: self.current_header(),
+        }))
+    }
+
+    async fn leader(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let (prefix, _) = queue::owner_key(&request.into_inner().name, 0);
+        match queue::head(&self.node, &prefix).await? {
+            Some(kv) => Ok(Response::new(LeaderResponse {
+                header: self.current_header(),
+                kv: Some(kv),
+            })),
+            None => Err(Status::not_found("election: no leader")),
+        }
+    }
+
+    type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+
+    /// The leader's key-value now and after every change of leader or of its value.
+    async fn observe(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let (prefix, _) = queue::owner_key(&request.into_inner().name, 0);
+        let node = self.node.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(OBSERVED_QUEUED_MAX);
+        tokio::spawn(async move {
+            let mut last: Option<(Bytes, i64)> = None;
+            loop {
+                let mut events = match node.subscribe_events(DEFAULT_GROUP) {
+                    Ok(events) => events,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(ApiError::from(error)))).await;
+                        return;
+                    }
+                };
+                match queue::head(&node, &prefix).await {
+                    Ok(Some(kv)) => {
+                        let seen = (kv.key.clone(), kv.mod_revision);
+                        if last.as_ref() != Some(&seen) {
+                            last = Some(seen);
+                            let response = LeaderResponse {
+                                header: common::header(&node, Revision(kv.mod_revision)),
+                                kv: Some(kv),
+                            };
+                            if sender.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                }
+                // Look again after anything under the election's prefix changes.
+                loop {
+                    match events.recv().await {
+                        Ok(revision) => {
+                            let touched = revision.events.iter().any(|e| {
+                                e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(&prefix))
+                            });
+                            if touched {
+                                break;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                    if sender.is_closed() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn resign(
+        &self,
+        request: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let leader = request.into_inner().leader;
+        let delete = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: leader.as_ref().map(|l| l.key.clone()).unwrap_or_default(),
+                    ..DeleteRangeRequest::default()
+                },
+            )),
+        };
+        self.as_leader(leader, delete).await?;
+        Ok(Response::new(ResignResponse {
+            header: self.current_header(),
+        }))
+    }
+}
