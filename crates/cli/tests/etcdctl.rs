@@ -383,3 +383,58 @@ async fn etcdctl_lock_serializes_holders() {
         );
     }
 }
+
+/// `etcdctl elect NAME PROPOSAL` wins an empty election and prints its key and value;
+/// `etcdctl elect -l NAME` (listen) prints the same leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_campaigns_and_listens() {
+    let binaries = etcdctls();
+    let cluster = TestCluster::start(3, &[]).await;
+    let endpoints = (0..3)
+        .map(|i| cluster.host_port(i))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (round, binary) in binaries.iter().enumerate() {
+        let name = format!("etcdctl-elect-{round}");
+        let first_lines = |args: &[&str]| {
+            let mut child = Command::new(binary)
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoints}"))
+                .arg("elect")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let lines = std::thread::spawn(move || {
+                use std::io::BufRead;
+                std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .take(2)
+                    .collect::<Vec<_>>()
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while !lines.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            (child, lines)
+        };
+        let (mut candidate, campaigned) = first_lines(&[&name, "proposal-1"]);
+        let (mut listener, listened) = first_lines(&["-l", &name]);
+        let _ = listener.kill();
+        let _ = listener.wait();
+        let _ = candidate.kill();
+        let _ = candidate.wait();
+        let campaigned = campaigned.join().unwrap();
+        let listened = listened.join().unwrap();
+        assert_eq!(campaigned.len(), 2, "{}: {campaigned:?}", binary.display());
+        assert!(
+            campaigned[0].starts_with(&format!("{name}/")),
+            "{campaigned:?}"
+        );
+        assert_eq!(campaigned[1], "proposal-1");
+        assert_eq!(listened, campaigned, "{}", binary.display());
+    }
+}
