@@ -94,6 +94,7 @@ impl ServerArgs {
             bail!("--experimental-watch-progress-notify-interval must be positive");
         }
         let mut peers = BTreeMap::new();
+        let mut member_names = BTreeMap::new();
         let mut my_id = None;
         for member in self.initial_cluster.split(',').filter(|m| !m.is_empty()) {
             let (name, url) = member
@@ -104,6 +105,7 @@ impl ServerArgs {
             if peers.insert(id, url.to_string()).is_some() {
                 bail!("--initial-cluster: {url} appears twice");
             }
+            member_names.insert(id, name.to_string());
             if name == self.name {
                 my_id = Some(id);
                 if url
@@ -135,6 +137,13 @@ impl ServerArgs {
             name: self.name.clone(),
             cluster_id: cluster_id(peers.keys().copied()),
             peers,
+            member_names,
+            client_urls: self
+                .advertise_client_urls
+                .split(',')
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect(),
             data_dir,
             tick_interval: Duration::from_millis(self.heartbeat_interval),
             election_ticks: (self.election_timeout / self.heartbeat_interval) as u32,

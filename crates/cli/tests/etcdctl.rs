@@ -438,3 +438,36 @@ async fn etcdctl_elect_campaigns_and_listens() {
         assert_eq!(listened, campaigned, "{}", binary.display());
     }
 }
+
+/// `etcdctl member list` shows every member with its name, peer and client URLs, so
+/// `--cluster` commands find every member; a membership change is refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_member_list_shows_every_member_and_cluster_commands_use_it() {
+    let binaries = etcdctls();
+    let cluster = TestCluster::start(3, &[]).await;
+    for binary in &binaries {
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: cluster.host_port(1),
+        };
+        let list = etcdctl.ok(&["member", "list"]);
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(lines.len(), 3, "{list}");
+        for i in 0..3 {
+            let client = format!("http://{}", cluster.host_port(i));
+            let line = lines
+                .iter()
+                .find(|l| l.contains(&client))
+                .unwrap_or_else(|| panic!("{client} missing from {list}"));
+            assert!(line.contains(", started, m"), "{line}");
+            assert!(line.ends_with("false"), "not a learner: {line}");
+        }
+        let statuses = etcdctl.ok(&["endpoint", "status", "--cluster"]);
+        assert_eq!(statuses.lines().count(), 3, "{statuses}");
+        let (ok, _, stderr) = etcdctl.run(
+            &["member", "add", "m4", "--peer-urls=http://127.0.0.1:1"],
+            None,
+        );
+        assert!(!ok && stderr.contains("not supported yet"), "{stderr}");
+    }
+}

@@ -17,6 +17,10 @@ pub struct NodeConfig {
     pub cluster_id: u64,
     /// The founding members and their peer URLs, this node included.
     pub peers: BTreeMap<NodeId, String>,
+    /// Every founding member's name (from `--initial-cluster`).
+    pub member_names: BTreeMap<NodeId, String>,
+    /// This member's advertised client URLs.
+    pub client_urls: Vec<String>,
     /// Where the WAL, the state machine and snapshots live.
     pub data_dir: PathBuf,
     /// The raft tick; the leader heartbeats once per tick (etcd's heartbeat interval).

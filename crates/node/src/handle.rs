@@ -54,6 +54,25 @@ struct Inner {
     transport: Transport,
     request_timeout: Duration,
     next_write_id: AtomicU64,
+    name: String,
+    client_urls: Vec<String>,
+    peers: std::collections::BTreeMap<NodeId, String>,
+    member_names: std::collections::BTreeMap<NodeId, String>,
+}
+
+/// One member as `MemberList` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// Its member id.
+    pub id: NodeId,
+    /// Its name (empty if it could not be asked).
+    pub name: String,
+    /// Where peers reach it.
+    pub peer_urls: Vec<String>,
+    /// Where clients reach it (empty if it could not be asked).
+    pub client_urls: Vec<String>,
+    /// Whether it is a learner.
+    pub is_learner: bool,
 }
 
 /// A cheap, cloneable handle on the running node.
@@ -78,6 +97,10 @@ impl NodeHandle {
                 transport,
                 request_timeout: config.request_timeout,
                 next_write_id: AtomicU64::new(1),
+                name: config.name.clone(),
+                client_urls: config.client_urls.clone(),
+                peers: config.peers.clone(),
+                member_names: config.member_names.clone(),
             }),
         }
     }
@@ -140,6 +163,46 @@ impl NodeHandle {
         } else {
             shared.lessor.remaining(&shared.store, id)
         })
+    }
+
+    /// This member's name and advertised client URLs.
+    pub fn self_description(&self) -> (String, Vec<String>) {
+        (self.inner.name.clone(), self.inner.client_urls.clone())
+    }
+
+    /// Every member of the group, with the names and client URLs each one reports about
+    /// itself (asked over the peer links; a member that does not answer within a second
+    /// is listed with its configured name and no client URLs).
+    pub async fn members(&self, group: GroupId) -> Result<Vec<MemberDescription>, NodeError> {
+        let conf_state = self.group(group)?.store.applied().conf_state;
+        let mut members = Vec::new();
+        for id in conf_state.members() {
+            let peer_urls = self.inner.peers.get(&id).cloned().into_iter().collect();
+            let (name, client_urls) = if id == self.inner.id {
+                self.self_description()
+            } else {
+                let asked = self.inner.transport.member_info(id);
+                match tokio::time::timeout(Duration::from_secs(1), asked).await {
+                    Ok(Some(info)) => (info.name, info.client_urls),
+                    _ => (
+                        self.inner
+                            .member_names
+                            .get(&id)
+                            .cloned()
+                            .unwrap_or_default(),
+                        Vec::new(),
+                    ),
+                }
+            };
+            members.push(MemberDescription {
+                id,
+                name,
+                peer_urls,
+                client_urls,
+                is_learner: conf_state.is_learner(id),
+            });
+        }
+        Ok(members)
     }
 
     /// Subscribes to the events of every revision the group commits from now on.

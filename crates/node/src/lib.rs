@@ -27,7 +27,7 @@ pub mod transport;
 
 pub use config::{member_id, NodeConfig};
 pub use error::NodeError;
-pub use handle::{GroupStatus, NodeHandle};
+pub use handle::{GroupStatus, MemberDescription, NodeHandle};
 
 /// The single group that covers the whole keyspace until ranges split.
 pub const DEFAULT_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(1);

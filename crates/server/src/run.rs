@@ -8,6 +8,7 @@ use axum::routing::get;
 use ostrakon_node::event_loop::{self, StartError};
 use ostrakon_node::transport::PeerService;
 use ostrakon_node::NodeConfig;
+use ostrakon_proto::etcdserverpb::cluster_server::ClusterServer;
 use ostrakon_proto::etcdserverpb::kv_server::KvServer;
 use ostrakon_proto::etcdserverpb::lease_server::LeaseServer;
 use ostrakon_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
+use crate::cluster::ClusterService;
 use crate::election::ElectionService;
 use crate::health::health;
 use crate::kv::KvService;
@@ -105,6 +107,7 @@ pub async fn run(
             .add_service(maintenance)
             .add_service(lease)
             .add_service(LockServer::new(LockService::new(node.clone())))
+            .add_service(ClusterServer::new(ClusterService::new(node.clone())))
             .add_service(ElectionServer::new(ElectionService::new(node.clone())))
             .add_service(watch)
             .into_axum_router()

@@ -220,6 +220,16 @@ impl Transport {
     }
 
     /// Has the leader propose a write for us; returns its outcome.
+    /// Asks a member about itself; `None` if it cannot be reached.
+    pub async fn member_info(&self, member: NodeId) -> Option<ostrakon_proto::peer::MemberInfo> {
+        let channel = self.inner.channels.get(&member)?;
+        PeerClient::new(channel.clone())
+            .member(ostrakon_proto::peer::MemberQuery {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
     /// Asks the leader to renew a lease or report its remaining TTL.
     pub async fn lease_query(
         &self,

@@ -146,6 +146,17 @@ impl Peer for PeerService {
         Ok(Response::new(encode_forward_response(outcome)))
     }
 
+    async fn member(
+        &self,
+        _: Request<ostrakon_proto::peer::MemberQuery>,
+    ) -> Result<Response<ostrakon_proto::peer::MemberInfo>, Status> {
+        let (name, client_urls) = self.handle.self_description();
+        Ok(Response::new(ostrakon_proto::peer::MemberInfo {
+            name,
+            client_urls,
+        }))
+    }
+
     async fn lease(
         &self,
         request: Request<ostrakon_proto::peer::LeaseQuery>,
