@@ -471,3 +471,35 @@ async fn etcdctl_member_list_shows_every_member_and_cluster_commands_use_it() {
         assert!(!ok && stderr.contains("not supported yet"), "{stderr}");
     }
 }
+
+/// `etcdctl move-leader`: leadership moves to the member named, and a target that is not
+/// a member is refused with etcd's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_move_leader_hands_leadership_over() {
+    let binaries = etcdctls();
+    let cluster = TestCluster::start(3, &[]).await;
+    let endpoints = (0..3)
+        .map(|i| cluster.host_port(i))
+        .collect::<Vec<_>>()
+        .join(",");
+    for binary in &binaries {
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: endpoints.clone(),
+        };
+        let leader = cluster.wait_for_leader().await;
+        let target = (leader + 1) % 3;
+        let list = etcdctl.ok(&["member", "list"]);
+        let target_id = list
+            .lines()
+            .find(|l| l.contains(&format!("http://{}", cluster.host_port(target))))
+            .and_then(|l| l.split(',').next())
+            .unwrap_or_else(|| panic!("{list}"))
+            .to_string();
+        let moved = etcdctl.ok(&["move-leader", &target_id]);
+        assert!(moved.contains(&format!("to {target_id}")), "{moved}");
+        assert_eq!(cluster.leader().await, Some(target), "{moved}");
+        let (ok, _, stderr) = etcdctl.run(&["move-leader", "1234"], None);
+        assert!(!ok && stderr.contains("bad leader transferee"), "{stderr}");
+    }
+}

@@ -75,6 +75,15 @@ pub enum Input {
         /// Its position.
         meta: SnapshotMeta,
     },
+    /// Hand leadership to `target` (this node must lead).
+    TransferLeader {
+        /// The group.
+        group: GroupId,
+        /// The voter to hand leadership to.
+        target: NodeId,
+        /// Answered once the transfer has started (or could not).
+        respond: tokio::sync::oneshot::Sender<Result<(), NodeError>>,
+    },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
     /// Stop: sync, persist, answer everyone waiting.
@@ -342,6 +351,20 @@ impl EventLoop {
                 }
             }
             Input::SnapshotCreated { group, meta } => self.snapshot_created(group, meta),
+            Input::TransferLeader {
+                group,
+                target,
+                respond,
+            } => {
+                let started = match self.replicas.get_mut(&group) {
+                    Some(replica) => replica
+                        .node
+                        .transfer_leader(target)
+                        .map_err(crate::replica::propose_error),
+                    None => Err(NodeError::UnknownGroup),
+                };
+                let _ = respond.send(started);
+            }
             Input::Unreachable(to) => {
                 for replica in self.replicas.values_mut() {
                     if replica.node.conf_state().members().contains(&to) {

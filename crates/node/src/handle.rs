@@ -271,6 +271,28 @@ impl NodeHandle {
         response.await.map_err(|_| NodeError::Stopped)?
     }
 
+    /// Hands the group's leadership to `target` and waits until it leads (this node must
+    /// lead; `target` must be a voter).
+    pub async fn move_leader(&self, group: GroupId, target: NodeId) -> Result<(), NodeError> {
+        let (respond, response) = oneshot::channel();
+        self.send(Input::TransferLeader {
+            group,
+            target,
+            respond,
+        })?;
+        response.await.map_err(|_| NodeError::Stopped)??;
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            if self.status(group)?.leader == target {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until this node's state machine reflects every write acknowledged before the
     /// call (raft's ReadIndex); then a read of the local store is linearizable.
     pub async fn linearizable_read_point(&self, group: GroupId) -> Result<(), NodeError> {

@@ -206,7 +206,7 @@ impl Replica {
     }
 }
 
-fn propose_error(error: ProposeError) -> NodeError {
+pub(crate) fn propose_error(error: ProposeError) -> NodeError {
     match error {
         ProposeError::NoLeader => NodeError::NoLeader,
         ProposeError::NotLeader { leader } => NodeError::NotLeader(leader),

@@ -1,12 +1,14 @@
 //! etcd's Maintenance service: `Status` (what `etcdctl endpoint status` shows), `Alarm`
 //! (list), `Hash` and `HashKV` (what `etcdctl endpoint hashkv` compares across members).
 
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::maintenance_server::Maintenance;
 use ostrakon_proto::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, ResponseHeader, StatusRequest, StatusResponse,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, StatusRequest,
+    StatusResponse,
 };
+use ostrakon_raft::NodeId;
 use ostrakon_storage::mvcc::ReadView;
 use tonic::{Request, Response, Status};
 
@@ -83,6 +85,39 @@ impl Maintenance for MaintenanceService {
             hash,
             compact_revision: compacted,
             hash_revision: at,
+        }))
+    }
+
+    /// Hands leadership to another voter, as etcd does: only the leader accepts it, and it
+    /// answers once the target leads.
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = NodeId(request.into_inner().target_id);
+        let status = self.node.status(DEFAULT_GROUP).map_err(ApiError::from)?;
+        if !status.is_leader {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+        if !store.applied().conf_state.is_voter(target) {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        if target != self.node.id() {
+            match self.node.move_leader(DEFAULT_GROUP, target).await {
+                Ok(()) => {}
+                Err(NodeError::Timeout) => {
+                    return Err(Status::unavailable(
+                        "etcdserver: request timed out, leader transfer took too long",
+                    ))
+                }
+                Err(other) => return Err(ApiError::from(other).into()),
+            }
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.header(),
         }))
     }
 
