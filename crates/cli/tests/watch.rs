@@ -225,3 +225,78 @@ async fn a_watcher_that_stops_reading_later_gets_every_revision_once_in_order() 
         "the server let the stalled watcher fall behind instead of buffering for it"
     );
 }
+
+/// A revision whose events exceed `--max-request-bytes` reaches a watcher that asked for
+/// fragments in several responses, all but the last marked `fragment`, and whole (in one
+/// response) to one that did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_revision_is_fragmented_only_for_watchers_that_ask() {
+    use ostrakon_proto::etcdserverpb::watch_client::WatchClient;
+    use ostrakon_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
+
+    let cluster = TestCluster::start(3, &["--max-request-bytes", "10000"]).await;
+    let mut kv = cluster.client(0).await;
+    for i in 0..10 {
+        kv.put(format!("big/{i}"), "x".repeat(3000), None)
+            .await
+            .unwrap();
+    }
+    let create = |watch_id: i64, fragment: bool| WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: bytes::Bytes::from_static(b"big/"),
+                range_end: bytes::Bytes::from_static(b"big0"),
+                prev_kv: true,
+                watch_id,
+                fragment,
+                ..WatchCreateRequest::default()
+            },
+        )),
+    };
+    let mut client = WatchClient::connect(cluster.endpoint(1)).await.unwrap();
+    let requests = tokio_stream::iter(vec![create(1, true), create(2, false)]);
+    let mut responses = client.watch(requests).await.unwrap().into_inner();
+    let mut created = 0;
+    while created < 2 {
+        let response = responses.message().await.unwrap().unwrap();
+        assert!(response.created);
+        created += 1;
+    }
+    // One revision: ten deletions, each carrying its 3,000-byte previous value.
+    kv.delete(
+        "big/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    let mut fragments = Vec::new();
+    let mut whole = None;
+    while whole.is_none()
+        || fragments
+            .last()
+            .is_none_or(|(more, _): &(bool, usize)| *more)
+    {
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match response.watch_id {
+            1 => fragments.push((response.fragment, response.events.len())),
+            2 => whole = Some((response.fragment, response.events.len())),
+            other => panic!("watch id {other}"),
+        }
+    }
+    assert_eq!(
+        whole,
+        Some((false, 10)),
+        "unfragmented for the watcher that did not ask"
+    );
+    assert!(fragments.len() >= 3, "{fragments:?}");
+    let (last, rest) = fragments.split_last().unwrap();
+    assert!(
+        !last.0 && rest.iter().all(|(more, _)| *more),
+        "{fragments:?}"
+    );
+    assert_eq!(fragments.iter().map(|(_, n)| n).sum::<usize>(), 10);
+}

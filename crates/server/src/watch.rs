@@ -165,11 +165,19 @@ impl WatchStream {
             tokio::time::Instant::now() + progress_interval,
             progress_interval,
         );
+        // A client that closes its sending side still gets its events, as from etcd; the
+        // stream ends when the client goes away.
+        let mut requests_open = true;
+        let client_side = self.responses.clone();
         loop {
             let step = tokio::select! {
-                request = requests.message() => match request {
+                request = requests.message(), if requests_open => match request {
                     Ok(Some(request)) => self.on_request(request).await,
-                    Ok(None) | Err(_) => Err(Gone),
+                    Ok(None) => {
+                        requests_open = false;
+                        Ok(())
+                    }
+                    Err(_) => Err(Gone),
                 },
                 revision = events.recv() => match revision {
                     Ok(revision) => self.on_revision(&revision).await,
@@ -180,6 +188,7 @@ impl WatchStream {
                     Err(broadcast::error::RecvError::Closed) => Err(Gone),
                 },
                 _ = progress.tick() => self.notify_progress().await,
+                _ = client_side.closed() => Err(Gone),
             };
             if step.is_err() {
                 return;
