@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 TOTAL=${TOTAL:-20000}
 ROUNDS=${ROUNDS:-3}
 ANCHOR=../shared/tools/etcd-anchor.sh
+source scripts/lib/ostrakon-cluster.sh
 cargo build --release -p ostrakon
 bin=$PWD/target/release/ostrakon
 results=$(mktemp)
@@ -41,19 +42,10 @@ echo "== starting etcd 3.5 and ostrakon"
 bash "$ANCHOR" stop >/dev/null 2>&1 || true
 bash "$ANCHOR" start 3.5
 dir=$(mktemp -d /tmp/ostrakon-bench.XXXX)
-cluster="o1=http://127.0.0.1:2380,o2=http://127.0.0.1:2480,o3=http://127.0.0.1:2580"
-pids=()
-for i in 1 2 3; do
-  c=$((2279 + 100 * i)); p=$((2280 + 100 * i))
-  "$bin" server --name o$i --data-dir "$dir/o$i" \
-    --listen-client-urls http://127.0.0.1:$c --advertise-client-urls http://127.0.0.1:$c \
-    --listen-peer-urls http://127.0.0.1:$p --initial-advertise-peer-urls http://127.0.0.1:$p \
-    --initial-cluster $cluster --log-level warn 2>"$dir/o$i.log" &
-  pids+=($!)
-done
+start_ostrakon_cluster "$bin" "$dir"
+pids=("${ostrakon_pids[@]}")
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; bash "$ANCHOR" stop >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:2379/health >/dev/null && break; sleep 0.2; done
 
 etcd_endpoints="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
 ostrakon_endpoints="127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579"

@@ -13,20 +13,13 @@ cargo build --release -p ostrakon
 bin=$PWD/target/release/ostrakon
 bash scripts/install-test-tools.sh >/dev/null
 etcdctl=$(command -v etcdctl)
+source scripts/lib/ostrakon-cluster.sh
 
 phase() { # with_watcher -> prints "max_rss_kib final_rss_kib puts_per_s"
   local with_watcher=$1 dir pids=() watcher=""
   dir=$(mktemp -d /tmp/ostrakon-watchmem.XXXX)
-  local cluster="o1=http://127.0.0.1:2380,o2=http://127.0.0.1:2480,o3=http://127.0.0.1:2580"
-  for i in 1 2 3; do
-    local c=$((2279 + 100 * i)) p=$((2280 + 100 * i))
-    "$bin" server --name o$i --data-dir "$dir/o$i" \
-      --listen-client-urls http://127.0.0.1:$c --advertise-client-urls http://127.0.0.1:$c \
-      --listen-peer-urls http://127.0.0.1:$p --initial-advertise-peer-urls http://127.0.0.1:$p \
-      --initial-cluster $cluster --log-level warn 2>"$dir/o$i.log" &
-    pids+=($!)
-  done
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:2379/health >/dev/null && break; sleep 0.2; done
+  start_ostrakon_cluster "$bin" "$dir"
+  pids=("${ostrakon_pids[@]}")
   if [ "$with_watcher" = 1 ]; then
     # `sleep` never reads the pipe: once it is full, etcdctl blocks and stops reading.
     ( ETCDCTL_API=3 "$etcdctl" --endpoints=127.0.0.1:2379 watch --prefix "" | sleep $((PHASE + 30)) ) &

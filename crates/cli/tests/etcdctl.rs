@@ -31,6 +31,29 @@ fn etcdctls() -> Vec<PathBuf> {
     vec![v34, v35]
 }
 
+/// A long-running etcdctl command and the lines it printed.
+struct Running {
+    child: std::process::Child,
+    lines: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Running {
+    /// Waits up to 15 s for the expected lines.
+    fn wait_for_lines(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !self.lines.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the command; returns the lines it printed.
+    fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.lines.join().unwrap()
+    }
+}
+
 struct Etcdctl<'a> {
     binary: &'a PathBuf,
     endpoints: String,
@@ -67,6 +90,29 @@ impl Etcdctl<'_> {
         )
     }
 
+    /// Starts a command that runs until stopped (watch, elect); the first `lines` lines it
+    /// prints are collected on a thread.
+    fn spawn(&self, args: &[&str], lines: usize) -> Running {
+        let mut child = Command::new(self.binary)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .take(lines)
+                .collect()
+        });
+        Running { child, lines }
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (success, stdout, stderr) = self.run(args, None);
         assert!(
@@ -82,10 +128,7 @@ impl Etcdctl<'_> {
 async fn etcdctl_put_get_del_txn_compact_behave_as_against_etcd() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let endpoints = (0..3)
-        .map(|i| cluster.host_port(i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.host_ports();
     for (round, binary) in binaries.iter().enumerate() {
         let ctl = Etcdctl {
             binary,
@@ -185,10 +228,7 @@ async fn etcdctl_put_get_del_txn_compact_behave_as_against_etcd() {
 async fn etcdctl_watch_prints_history_and_live_events() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let endpoints = (0..3)
-        .map(|i| cluster.host_port(i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.host_ports();
     for (round, binary) in binaries.iter().enumerate() {
         let etcdctl = Etcdctl {
             binary,
@@ -197,33 +237,15 @@ async fn etcdctl_watch_prints_history_and_live_events() {
         let prefix = format!("watch{round}/");
         let first = etcdctl.ok(&["put", &format!("{prefix}a"), "1", "-w", "json"]);
         let revision = json_number(&first, "revision");
-        let mut watch = Command::new(binary)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
-            .args(["watch", "--prefix", &format!("--rev={revision}"), &prefix])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = watch.stdout.take().unwrap();
-        let lines = std::thread::spawn(move || {
-            use std::io::BufRead;
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .take(6)
-                .collect::<Vec<_>>()
-        });
+        let watch = etcdctl.spawn(
+            &["watch", "--prefix", &format!("--rev={revision}"), &prefix],
+            6,
+        );
         // History first (the put above), then a live delete.
         std::thread::sleep(std::time::Duration::from_millis(500));
         etcdctl.ok(&["del", &format!("{prefix}a")]);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while !lines.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = watch.kill();
-        let _ = watch.wait();
-        let lines = lines.join().unwrap();
+        watch.wait_for_lines();
+        let lines = watch.stop();
         let key = format!("{prefix}a");
         assert_eq!(
             lines,
@@ -250,10 +272,7 @@ fn json_number(output: &str, field: &str) -> i64 {
 async fn etcdctl_endpoint_hashkv_agrees_across_members() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let all = (0..3)
-        .map(|i| cluster.host_port(i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = cluster.host_ports();
     for binary in &binaries {
         let everyone = Etcdctl {
             binary,
@@ -294,10 +313,7 @@ async fn etcdctl_endpoint_hashkv_agrees_across_members() {
 async fn etcdctl_lease_commands_behave_as_against_etcd() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let endpoints = (0..3)
-        .map(|i| cluster.host_port(i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.host_ports();
     for (round, binary) in binaries.iter().enumerate() {
         let etcdctl = Etcdctl {
             binary,
@@ -343,10 +359,7 @@ async fn etcdctl_lease_commands_behave_as_against_etcd() {
 async fn etcdctl_lock_serializes_holders() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let endpoints = (0..3)
-        .map(|i| cluster.host_port(i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.host_ports();
     for (round, binary) in binaries.iter().enumerate() {
         let name = format!("etcdctl-lock-{round}");
         let lock = |command: &[&str]| {
@@ -390,45 +403,19 @@ async fn etcdctl_lock_serializes_holders() {
 async fn etcdctl_elect_campaigns_and_listens() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let endpoints = (0..3)
-        .map(|i| cluster.host_port(i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.host_ports();
     for (round, binary) in binaries.iter().enumerate() {
         let name = format!("etcdctl-elect-{round}");
-        let first_lines = |args: &[&str]| {
-            let mut child = Command::new(binary)
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={endpoints}"))
-                .arg("elect")
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let stdout = child.stdout.take().unwrap();
-            let lines = std::thread::spawn(move || {
-                use std::io::BufRead;
-                std::io::BufReader::new(stdout)
-                    .lines()
-                    .map_while(Result::ok)
-                    .take(2)
-                    .collect::<Vec<_>>()
-            });
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while !lines.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            (child, lines)
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: endpoints.clone(),
         };
-        let (mut candidate, campaigned) = first_lines(&[&name, "proposal-1"]);
-        let (mut listener, listened) = first_lines(&["-l", &name]);
-        let _ = listener.kill();
-        let _ = listener.wait();
-        let _ = candidate.kill();
-        let _ = candidate.wait();
-        let campaigned = campaigned.join().unwrap();
-        let listened = listened.join().unwrap();
+        let candidate = etcdctl.spawn(&["elect", &name, "proposal-1"], 2);
+        candidate.wait_for_lines();
+        let listener = etcdctl.spawn(&["elect", "-l", &name], 2);
+        listener.wait_for_lines();
+        let listened = listener.stop();
+        let campaigned = candidate.stop();
         assert_eq!(campaigned.len(), 2, "{}: {campaigned:?}", binary.display());
         assert!(
             campaigned[0].starts_with(&format!("{name}/")),
@@ -478,10 +465,7 @@ async fn etcdctl_member_list_shows_every_member_and_cluster_commands_use_it() {
 async fn etcdctl_move_leader_hands_leadership_over() {
     let binaries = etcdctls();
     let cluster = TestCluster::start(3, &[]).await;
-    let endpoints = (0..3)
-        .map(|i| cluster.host_port(i))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = cluster.host_ports();
     for binary in &binaries {
         let etcdctl = Etcdctl {
             binary,

@@ -4,18 +4,11 @@
 
 mod common;
 
-use common::TestCluster;
+use common::{status_of, TestCluster};
 use etcd_client::{
     CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp,
 };
-
-fn status_of(error: etcd_client::Error) -> tonic::Status {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => status,
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_semantics_match_etcd_on_every_member() {

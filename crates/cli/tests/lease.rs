@@ -7,15 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{status_of, TestCluster};
 use etcd_client::{LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions};
-
-fn status_of(error: etcd_client::Error) -> tonic::Status {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => status,
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_grant_attach_keep_alive_revoke_as_etcd() {

@@ -157,7 +157,7 @@ impl NodeHandle {
         }
         shared
             .lessor
-            .sync(&shared.store, Some(status.term), std::time::Instant::now());
+            .take_over(&shared.store, status.term, std::time::Instant::now());
         Ok(if renew {
             shared.lessor.renew(&shared.store, id)
         } else {

@@ -86,14 +86,17 @@ impl Lessor {
         })
     }
 
-    /// Brings the deadlines in line with the store and leadership (a member that has just
-    /// been elected calls it before answering its first keep-alive, without waiting for
-    /// the next sweep).
-    pub fn sync(&self, store: &MvccStore, leading: Option<Term>, now: Instant) {
+    /// Starts keeping the deadlines for `term` if this lessor does not yet (a member that
+    /// has just been elected answers its first keep-alive without waiting for the next
+    /// sweep). Cheap when it already does: keep-alives call it every time.
+    pub fn take_over(&self, store: &MvccStore, term: Term, now: Instant) {
         let mut state = self.state.lock().unwrap();
-        Self::sync_locked(&mut state, store, leading, now);
+        if state.leading != Some(term) {
+            Self::sync_locked(&mut state, store, Some(term), now);
+        }
     }
 
+    /// Brings the deadlines in line with the store and leadership.
     fn sync_locked(
         state: &mut LessorState,
         store: &MvccStore,

@@ -37,10 +37,6 @@ impl ElectionService {
         ElectionService { node }
     }
 
-    fn current_header(&self) -> Option<ostrakon_proto::etcdserverpb::ResponseHeader> {
-        common::current_header(&self.node)
-    }
-
     /// Runs `then` only while `leader`'s key exists with its election revision; else
     /// etcd's "not leader" error.
     async fn as_leader(&self, leader: Option<LeaderKey>, then: RequestOp) -> Result<(), Status> {
@@ -76,7 +72,7 @@ impl Election for ElectionService {
             queue::enqueue(&self.node, &key, request.value.clone(), request.lease).await?;
         queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;
         Ok(Response::new(CampaignResponse {
-            header: self.current_header(),
+            header: common::current_header(&self.node),
             leader: Some(LeaderKey {
                 name: request.name,
                 key,
@@ -102,7 +98,7 @@ impl Election for ElectionService {
         };
         self.as_leader(leader, put).await?;
         Ok(Response::new(ProclaimResponse {
-            header: self.current_header(),
+            header: common::current_header(&self.node),
         }))
     }
 
@@ -113,7 +109,7 @@ impl Election for ElectionService {
         let (prefix, _) = queue::owner_key(&request.into_inner().name, 0);
         match queue::head(&self.node, &prefix).await? {
             Some(kv) => Ok(Response::new(LeaderResponse {
-                header: self.current_header(),
+                header: common::current_header(&self.node),
                 kv: Some(kv),
             })),
             None => Err(Status::not_found("election: no leader")),
@@ -200,7 +196,7 @@ impl Election for ElectionService {
         };
         self.as_leader(leader, delete).await?;
         Ok(Response::new(ResignResponse {
-            header: self.current_header(),
+            header: common::current_header(&self.node),
         }))
     }
 }

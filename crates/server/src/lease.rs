@@ -12,7 +12,7 @@ use ostrakon_proto::etcdserverpb::lease_server::Lease;
 use ostrakon_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use ostrakon_proto::peer::write_request::Request as Write;
 use ostrakon_storage::mvcc::WriteOutcome;
@@ -43,10 +43,6 @@ impl LeaseService {
             node,
             next_id: AtomicU64::new(seed),
         }
-    }
-
-    fn header(&self) -> Option<ResponseHeader> {
-        common::current_header(&self.node)
     }
 
     /// A fresh positive lease id (a mixed counter, so members rarely collide; a collision
@@ -89,7 +85,7 @@ impl Lease for LeaseService {
         }
         match self.write(Write::LeaseGrant(grant)).await? {
             WriteOutcome::LeaseGrant(mut response) => {
-                response.header = self.header();
+                response.header = common::current_header(&self.node);
                 Ok(Response::new(response))
             }
             other => panic!("a lease grant answered with {other:?}"),
@@ -102,7 +98,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         match self.write(Write::LeaseRevoke(request.into_inner())).await? {
             WriteOutcome::LeaseRevoke(_) => Ok(Response::new(LeaseRevokeResponse {
-                header: self.header(),
+                header: common::current_header(&self.node),
             })),
             other => panic!("a lease revoke answered with {other:?}"),
         }
@@ -116,7 +112,7 @@ impl Lease for LeaseService {
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let node = self.node.clone();
-        let header = self.header();
+        let header = common::current_header(&self.node);
         let requests = request.into_inner();
         let responses = requests.then(move |request| {
             let node = node.clone();
@@ -154,7 +150,7 @@ impl Lease for LeaseService {
         let Some(ttl) = found else {
             // etcd's answer for a lease that does not exist: TTL -1.
             return Ok(Response::new(LeaseTimeToLiveResponse {
-                header: self.header(),
+                header: common::current_header(&self.node),
                 id: request.id,
                 ttl: -1,
                 ..LeaseTimeToLiveResponse::default()
@@ -172,7 +168,7 @@ impl Lease for LeaseService {
             Vec::new()
         };
         Ok(Response::new(LeaseTimeToLiveResponse {
-            header: self.header(),
+            header: common::current_header(&self.node),
             id: request.id,
             ttl: ttl.remaining_secs,
             granted_ttl: ttl.ttl_secs,
@@ -195,7 +191,7 @@ impl Lease for LeaseService {
             .map(|(id, _)| LeaseStatus { id })
             .collect();
         Ok(Response::new(LeaseLeasesResponse {
-            header: self.header(),
+            header: common::current_header(&self.node),
             leases,
         }))
     }

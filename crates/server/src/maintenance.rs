@@ -5,8 +5,7 @@ use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::maintenance_server::Maintenance;
 use ostrakon_proto::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, StatusRequest,
-    StatusResponse,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
 };
 use ostrakon_raft::NodeId;
 use ostrakon_storage::mvcc::ReadView;
@@ -28,11 +27,7 @@ impl MaintenanceService {
     }
 }
 
-impl MaintenanceService {
-    fn header(&self) -> Option<ResponseHeader> {
-        common::current_header(&self.node)
-    }
-}
+impl MaintenanceService {}
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -44,7 +39,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<AlarmResponse>, Status> {
         match alarm_request::AlarmAction::try_from(request.into_inner().action) {
             Ok(alarm_request::AlarmAction::Get) => Ok(Response::new(AlarmResponse {
-                header: self.header(),
+                header: common::current_header(&self.node),
                 alarms: Vec::new(),
             })),
             _ => Err(Status::unimplemented(
@@ -62,7 +57,7 @@ impl Maintenance for MaintenanceService {
             .read_view();
         let hash = hash_off_the_workers(view, None).await?.0;
         Ok(Response::new(HashResponse {
-            header: self.header(),
+            header: common::current_header(&self.node),
             hash,
         }))
     }
@@ -81,7 +76,7 @@ impl Maintenance for MaintenanceService {
         let requested = request.into_inner().revision;
         let (hash, at, compacted) = hash_off_the_workers(view, Some(requested)).await?;
         Ok(Response::new(HashKvResponse {
-            header: self.header(),
+            header: common::current_header(&self.node),
             hash,
             compact_revision: compacted,
             hash_revision: at,
@@ -117,7 +112,7 @@ impl Maintenance for MaintenanceService {
             }
         }
         Ok(Response::new(MoveLeaderResponse {
-            header: self.header(),
+            header: common::current_header(&self.node),
         }))
     }
 
@@ -126,7 +121,7 @@ impl Maintenance for MaintenanceService {
         let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
         let db_bytes = store.disk_bytes() as i64;
         Ok(Response::new(StatusResponse {
-            header: self.header(),
+            header: common::current_header(&self.node),
             version: ETCD_API_VERSION.to_string(),
             db_size: db_bytes,
             leader: status.leader.0,

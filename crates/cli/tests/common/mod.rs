@@ -111,6 +111,15 @@ impl TestCluster {
         format!("127.0.0.1:{}", self.members[i].client_port)
     }
 
+    /// Every member's `host:port`, comma-separated (etcdctl's `--endpoints`).
+    #[allow(dead_code)]
+    pub fn host_ports(&self) -> String {
+        (0..self.members.len())
+            .map(|i| self.host_port(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub async fn client(&self, i: usize) -> etcd_client::Client {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
@@ -250,5 +259,14 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// The gRPC status inside an etcd-client error.
+#[allow(dead_code)]
+pub fn status_of(error: etcd_client::Error) -> tonic::Status {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status,
+        other => panic!("expected a gRPC status, got {other:?}"),
     }
 }

@@ -806,6 +806,9 @@ impl WriteTxn<'_> {
 
     /// Makes committed lease changes visible in the in-memory table.
     fn publish_lease_changes(&self) {
+        if self.lease_changes.is_empty() {
+            return;
+        }
         let mut leases = self.store.leases.lock().unwrap();
         for (id, change) in &self.lease_changes {
             match change {
