@@ -80,9 +80,6 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// Checks the flags and builds the member's configuration.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        if self.initial_cluster_state == ClusterState::Existing {
-            bail!("--initial-cluster-state existing (joining a running cluster) is not supported yet; it arrives with the Cluster API");
-        }
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             bail!(
                 "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
@@ -150,6 +147,9 @@ impl ServerArgs {
             snapshot_entries: self.snapshot_count.max(1),
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
+            // A joining member learns its id and the cluster's from the running members
+            // (identity::settle); the ids computed above are then only provisional.
+            join: self.initial_cluster_state == ClusterState::Existing,
         };
         let peer_addrs = urls::socket_addrs(&self.listen_peer_urls)?;
         let client_addrs = urls::socket_addrs(&self.listen_client_urls)?;

@@ -32,6 +32,9 @@ pub enum NodeError {
     /// This node is not the leader (internal: the handle forwards).
     #[error("not leader (leader is {0})")]
     NotLeader(NodeId),
+    /// A membership change is still being carried out; a new one must wait.
+    #[error("another membership change is in progress")]
+    ChangeInProgress,
     /// The group is not hosted here.
     #[error("unknown group")]
     UnknownGroup,

@@ -7,10 +7,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use ostrakon_proto::peer::WriteRequest;
+use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls};
 use ostrakon_raft::{
-    Config, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId, RawNode, Ready,
-    SnapshotMeta,
+    ConfChange, Config, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId, RawNode,
+    Ready, SnapshotMeta,
 };
+use ostrakon_storage::mvcc::MemberChange;
 use ostrakon_storage::mvcc::MvccStore;
 use ostrakon_storage::snapshot;
 use ostrakon_storage::wal::{RecoveredGroup, Wal, WalError, SEGMENT_BYTES_DEFAULT};
@@ -19,7 +21,7 @@ use tokio::sync::watch;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::handle::{GroupShared, GroupStatus, NodeHandle};
-use crate::replica::{ReadResponder, Replica, WriteResponder};
+use crate::replica::{ConfResponder, ReadResponder, Replica, WriteResponder};
 use crate::transport::Transport;
 use crate::DEFAULT_GROUP;
 
@@ -83,6 +85,15 @@ pub enum Input {
         target: NodeId,
         /// Answered once the transfer has started (or could not).
         respond: tokio::sync::oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// Change the group's membership (this node must lead).
+    ChangeMembership {
+        /// The group.
+        group: GroupId,
+        /// The change.
+        change: ConfChange,
+        /// Answered with the membership once the change applied (or why it could not).
+        respond: ConfResponder,
     },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
@@ -148,6 +159,13 @@ pub struct EventLoop {
     /// For the threads the loop starts (snapshot writers) to report back.
     input_tx: Sender<Input>,
     transport: Transport,
+    /// The member registry's version the transport's peers were last taken from.
+    members_version_seen: u64,
+    /// Whether this node has been in the group's membership (a joining node is not, until
+    /// the change that adds it applies).
+    was_member: bool,
+    /// Raised when this node is removed from the group.
+    removed: Arc<watch::Sender<bool>>,
 }
 
 /// Opens the node's storage, recovers or bootstraps its groups, and starts the event
@@ -178,12 +196,17 @@ pub fn start(
     let store = Arc::new(MvccStore::open(&keyspace, group));
     let initial = match recovered.groups.remove(&group) {
         Some(state) => recovered_state(state, &store)?,
+        None if config.join => {
+            tracing::info!("joining a running cluster: waiting for the leader's snapshot");
+            InitialState::joining()
+        }
         None => bootstrap(&config, &layout, &mut wal, &store)?,
     };
     let mut raft_config = Config::new(config.id, group);
     raft_config.election_ticks = config.election_ticks;
     raft_config.heartbeat_ticks = 1;
     let seed = config.id.0 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let was_member = initial.conf_state.members().contains(&config.id);
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
     let status = Arc::new(RwLock::new(GroupStatus::default()));
     let (applied_tx, applied_rx) = watch::channel(store.applied_index());
@@ -199,14 +222,22 @@ pub fn start(
         lessor: lessor.clone(),
         events,
     };
+    let removed = Arc::new(watch::channel(false).0);
     let handle = NodeHandle::new(
         &config,
         input_tx.clone(),
         [(group, shared)].into(),
         transport.clone(),
+        removed.subscribe(),
     );
-    runtime.spawn(crate::lessor::run(handle.clone(), group, lessor, store));
-    let event_loop = EventLoop {
+    runtime.spawn(crate::lessor::run(
+        handle.clone(),
+        group,
+        lessor,
+        store.clone(),
+    ));
+    runtime.spawn(crate::handle::publish_attributes(handle.clone(), group));
+    let mut event_loop = EventLoop {
         config,
         layout,
         wal,
@@ -214,7 +245,11 @@ pub fn start(
         inputs: input_rx,
         input_tx,
         transport,
+        members_version_seen: 0,
+        was_member,
+        removed,
     };
+    event_loop.follow_member_registry(&store);
     let thread = std::thread::Builder::new()
         .name("ostrakon-raft".into())
         .spawn(move || event_loop.run())
@@ -261,6 +296,21 @@ fn bootstrap(
     }
     let initial = InitialState::bootstrap(config.voters());
     let meta = initial.snapshot.clone();
+    // Every founder registers the same founders, from the same flags.
+    for (id, url) in &config.peers {
+        let change = MemberChange::PeerUrls(MemberPeerUrls {
+            id: id.0,
+            peer_urls: vec![url.clone()],
+        });
+        store.apply_member_change(meta.index, meta.term, &change);
+        let name = config.member_names.get(id).cloned().unwrap_or_default();
+        let change = MemberChange::Attributes(MemberAttributes {
+            id: id.0,
+            name,
+            client_urls: Vec::new(),
+        });
+        store.apply_member_change(meta.index, meta.term, &change);
+    }
     store.apply_conf_state(meta.index, meta.term, meta.conf_state.clone());
     store.persist();
     snapshot::create(store, &layout.snapshot_file(DEFAULT_GROUP, meta.index))
@@ -365,6 +415,14 @@ impl EventLoop {
                 };
                 let _ = respond.send(started);
             }
+            Input::ChangeMembership {
+                group,
+                change,
+                respond,
+            } => match self.replicas.get_mut(&group) {
+                Some(replica) => replica.propose_conf_change(change, respond),
+                None => drop(respond.send(Err(NodeError::UnknownGroup))),
+            },
             Input::Unreachable(to) => {
                 for replica in self.replicas.values_mut() {
                     if replica.node.conf_state().members().contains(&to) {
@@ -409,7 +467,43 @@ impl EventLoop {
             replica.answer_reads(std::mem::take(&mut ready.read_states));
             replica.node.advance();
             replica.publish_status(me);
+            let store = replica.store.clone();
+            self.follow_member_registry(&store);
+            self.notice_removal(group);
             self.maybe_snapshot(group);
+        }
+    }
+
+    /// Keeps the transport's peers those of the member registry.
+    fn follow_member_registry(&mut self, store: &MvccStore) {
+        let version = store.members_version();
+        if version == self.members_version_seen {
+            return;
+        }
+        self.members_version_seen = version;
+        let peers = crate::identity::peers_of(&store.members());
+        // A registry is empty only before a joining node's first snapshot; the peers it
+        // was told about stay until then.
+        if !peers.is_empty() {
+            self.transport.set_peers(&peers);
+        }
+    }
+
+    /// A member removed from the group stops (as etcd's does): it would only disturb the
+    /// others.
+    fn notice_removal(&mut self, group: GroupId) {
+        let replica = &self.replicas[&group];
+        let is_member = replica
+            .store
+            .applied()
+            .conf_state
+            .members()
+            .contains(&self.config.id);
+        if is_member {
+            self.was_member = true;
+        } else if self.was_member && !*self.removed.borrow() {
+            tracing::warn!("this member has been removed from the cluster; stopping");
+            self.removed.send_replace(true);
         }
     }
 

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ostrakon_proto::peer::{write_request, WriteRequest};
-use ostrakon_raft::{GroupId, LogIndex, NodeId, Term};
+use ostrakon_proto::peer::{write_request, MemberAttributes, MemberRecord, WriteRequest};
+use ostrakon_raft::{next_conf_state, ConfChange, ConfState, GroupId, LogIndex, NodeId, Term};
 use ostrakon_storage::mvcc::{MvccStore, WriteOutcome};
 use tokio::sync::{oneshot, watch};
 
@@ -56,8 +56,8 @@ struct Inner {
     next_write_id: AtomicU64,
     name: String,
     client_urls: Vec<String>,
-    peers: std::collections::BTreeMap<NodeId, String>,
-    member_names: std::collections::BTreeMap<NodeId, String>,
+    /// Raised by the event loop when this member is removed from the cluster.
+    removed: watch::Receiver<bool>,
 }
 
 /// One member as `MemberList` describes it.
@@ -87,6 +87,7 @@ impl NodeHandle {
         inputs: InputSender,
         groups: HashMap<GroupId, GroupShared>,
         transport: Transport,
+        removed: watch::Receiver<bool>,
     ) -> NodeHandle {
         NodeHandle {
             inner: Arc::new(Inner {
@@ -99,8 +100,7 @@ impl NodeHandle {
                 next_write_id: AtomicU64::new(1),
                 name: config.name.clone(),
                 client_urls: config.client_urls.clone(),
-                peers: config.peers.clone(),
-                member_names: config.member_names.clone(),
+                removed,
             }),
         }
     }
@@ -165,44 +165,102 @@ impl NodeHandle {
         })
     }
 
-    /// This member's name and advertised client URLs.
-    pub fn self_description(&self) -> (String, Vec<String>) {
-        (self.inner.name.clone(), self.inner.client_urls.clone())
+    /// Resolves once this member has been removed from the cluster.
+    pub async fn removed(&self) {
+        let mut removed = self.inner.removed.clone();
+        let _ = removed.wait_for(|removed| *removed).await;
     }
 
-    /// Every member of the group, with the names and client URLs each one reports about
-    /// itself (asked over the peer links; a member that does not answer within a second
-    /// is listed with its configured name and no client URLs).
-    pub async fn members(&self, group: GroupId) -> Result<Vec<MemberDescription>, NodeError> {
-        let conf_state = self.group(group)?.store.applied().conf_state;
-        let mut members = Vec::new();
-        for id in conf_state.members() {
-            let peer_urls = self.inner.peers.get(&id).cloned().into_iter().collect();
-            let (name, client_urls) = if id == self.inner.id {
-                self.self_description()
-            } else {
-                let asked = self.inner.transport.member_info(id);
-                match tokio::time::timeout(Duration::from_secs(1), asked).await {
-                    Ok(Some(info)) => (info.name, info.client_urls),
-                    _ => (
-                        self.inner
-                            .member_names
-                            .get(&id)
-                            .cloned()
-                            .unwrap_or_default(),
-                        Vec::new(),
-                    ),
+    /// Every member of the group (voters and learners), with what the member registry
+    /// knows of it: a member that has not started yet has no name and no client URLs.
+    pub fn members(&self, group: GroupId) -> Result<Vec<MemberDescription>, NodeError> {
+        let store = &self.group(group)?.store;
+        let conf_state = store.applied().conf_state;
+        let registry: std::collections::BTreeMap<u64, MemberRecord> =
+            store.members().into_iter().map(|r| (r.id, r)).collect();
+        Ok(conf_state
+            .members()
+            .into_iter()
+            .map(|id| {
+                let record = registry.get(&id.0).cloned().unwrap_or_default();
+                MemberDescription {
+                    id,
+                    name: record.name,
+                    peer_urls: record.peer_urls,
+                    client_urls: record.client_urls,
+                    is_learner: conf_state.is_learner(id),
                 }
+            })
+            .collect())
+    }
+
+    /// Changes the group's membership through its leader, and waits until this member
+    /// has applied the resulting membership (a joint configuration is left first).
+    /// Retried while another change is in progress or no leader is known, until the
+    /// request timeout. Not retried after a lost leader: the change may have applied.
+    pub async fn change_membership(
+        &self,
+        group: GroupId,
+        change: ConfChange,
+    ) -> Result<ConfState, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let applied = loop {
+            let status = self.status(group)?;
+            let attempt = if status.is_leader {
+                self.change_membership_local(group, change.clone()).await
+            } else if status.leader == NodeId::NONE || status.leader == self.id() {
+                Err(NodeError::NoLeader)
+            } else {
+                let remote = self
+                    .inner
+                    .transport
+                    .change_membership(status.leader, group, &change);
+                tokio::time::timeout_at(deadline, remote)
+                    .await
+                    .unwrap_or(Err(NodeError::Timeout))
             };
-            members.push(MemberDescription {
-                id,
-                name,
-                peer_urls,
-                client_urls,
-                is_learner: conf_state.is_learner(id),
-            });
+            match attempt {
+                Err(
+                    NodeError::ChangeInProgress | NodeError::NoLeader | NodeError::NotLeader(_),
+                ) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other?,
+            }
+        };
+        let settled = if applied.is_joint() {
+            next_conf_state(&applied, &ConfChange::LeaveJoint).expect("a joint config can be left")
+        } else {
+            applied
+        };
+        let store = self.store(group)?;
+        while store.applied().conf_state != settled {
+            if tokio::time::Instant::now() >= deadline {
+                // The change is committed; only this member's view lags.
+                tracing::warn!(?settled, "membership changed, but not yet applied here");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(members)
+        Ok(settled)
+    }
+
+    /// `change_membership` on this member only; fails with `NotLeader` unless it leads.
+    pub async fn change_membership_local(
+        &self,
+        group: GroupId,
+        change: ConfChange,
+    ) -> Result<ConfState, NodeError> {
+        let (respond, response) = oneshot::channel();
+        self.send(Input::ChangeMembership {
+            group,
+            change,
+            respond,
+        })?;
+        match tokio::time::timeout(self.inner.request_timeout, response).await {
+            Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
+            Err(_) => Err(NodeError::Timeout),
+        }
     }
 
     /// Subscribes to the events of every revision the group commits from now on.
@@ -313,6 +371,11 @@ impl NodeHandle {
         }
     }
 
+    /// This member's name and advertised client URLs.
+    pub fn self_description(&self) -> (String, Vec<String>) {
+        (self.inner.name.clone(), self.inner.client_urls.clone())
+    }
+
     pub(crate) fn inputs(&self) -> InputSender {
         self.inner.inputs.clone()
     }
@@ -327,5 +390,39 @@ impl NodeHandle {
             .inputs
             .send(input)
             .map_err(|_| NodeError::Stopped)
+    }
+}
+
+/// How often a member checks that the registry holds its name and client URLs, until it
+/// does.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Publishes this member's name and client URLs in the member registry through raft (as
+/// etcd's members publish their attributes), so every member lists them, even while this
+/// one is down. Ends once the registry holds them, or when the node stops.
+pub(crate) async fn publish_attributes(handle: NodeHandle, group: GroupId) {
+    let (name, client_urls) = handle.self_description();
+    loop {
+        tokio::time::sleep(PUBLISH_INTERVAL).await;
+        let Ok(store) = handle.store(group) else {
+            return;
+        };
+        let Some(record) = store.members().into_iter().find(|m| m.id == handle.id().0) else {
+            // Not registered yet (a joining member before its first snapshot).
+            continue;
+        };
+        if record.name == name && record.client_urls == client_urls {
+            return;
+        }
+        let attributes = write_request::Request::MemberAttributes(MemberAttributes {
+            id: handle.id().0,
+            name: name.clone(),
+            client_urls: client_urls.clone(),
+        });
+        match handle.write(group, attributes).await {
+            Ok(_) => tracing::info!(%name, ?client_urls, "published this member's attributes"),
+            Err(NodeError::Stopped) => return,
+            Err(error) => tracing::debug!(%error, "publishing attributes; will retry"),
+        }
     }
 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod event_loop;
 pub mod events;
 pub mod handle;
+pub mod identity;
 pub mod lessor;
 mod replica;
 pub mod transport;

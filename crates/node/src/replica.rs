@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use ostrakon_proto::peer::WriteRequest;
 use ostrakon_raft::{
-    Entry, EntryPayload, GroupId, LogIndex, NodeId, ProposeError, RawNode, ReadState, Role,
-    SnapshotMeta, Term,
+    next_conf_state, ConfChange, ConfChangeStep, ConfState, Entry, EntryPayload, GroupId, LogIndex,
+    NodeId, ProposeError, RawNode, ReadState, Role, SnapshotMeta, Term,
 };
 use ostrakon_storage::mvcc::{apply_write, MvccStore, WriteOutcome};
 use prost::Message as _;
@@ -22,6 +22,12 @@ use crate::handle::GroupStatus;
 pub type WriteResponder = oneshot::Sender<Result<WriteOutcome, NodeError>>;
 /// Where a reader waits for its read index.
 pub type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
+/// Where a membership change waits for the membership it produced.
+pub type ConfResponder = oneshot::Sender<Result<ConfState, NodeError>>;
+
+/// A learner may be promoted once its log holds this share of the leader's (etcd's
+/// `readyPercent`): a voter far behind would weaken the quorum while it catches up.
+const PROMOTE_MATCH_SHARE: f64 = 0.9;
 
 /// Bound on reads waiting for a read index, per group.
 const PENDING_READS_MAX: usize = 65_536;
@@ -43,6 +49,8 @@ pub struct Replica {
     pub snapshot_index: LogIndex,
     /// A snapshot file is being written on another thread.
     pub snapshot_in_progress: bool,
+    /// This node's membership change awaiting apply: its index, term and proposer.
+    conf_proposal: Option<(LogIndex, Term, ConfResponder)>,
 }
 
 impl Replica {
@@ -66,7 +74,91 @@ impl Replica {
             applied_tx,
             snapshot_index,
             snapshot_in_progress: false,
+            conf_proposal: None,
         }
+    }
+
+    /// Proposes a membership change (this node must lead); the responder gets the
+    /// membership once the change applies. One change at a time: while one is in flight or
+    /// the group is joint, `ChangeInProgress`.
+    pub fn propose_conf_change(&mut self, change: ConfChange, respond: ConfResponder) {
+        if let Err(error) = self.check_conf_change(&change) {
+            let _ = respond.send(Err(error));
+            return;
+        }
+        match self.node.propose_conf_change(change) {
+            Ok(proposal) => {
+                self.conf_proposal = Some((proposal.index, proposal.term, respond));
+            }
+            Err(ProposeError::ConfChangePending) => {
+                let _ = respond.send(Err(NodeError::ChangeInProgress));
+            }
+            Err(error) => {
+                let _ = respond.send(Err(propose_error(error)));
+            }
+        }
+    }
+
+    fn check_conf_change(&self, change: &ConfChange) -> Result<(), NodeError> {
+        if self.node.role() != Role::Leader {
+            return Err(NodeError::NotLeader(self.node.leader()));
+        }
+        let conf = self.node.conf_state();
+        if conf.is_joint() || self.conf_proposal.is_some() {
+            return Err(NodeError::ChangeInProgress);
+        }
+        next_conf_state(conf, change).map_err(|error| NodeError::Refused {
+            code: tonic::Code::FailedPrecondition as i32,
+            message: format!("ostrakon: {error}"),
+        })?;
+        let ConfChange::Change(steps) = change else {
+            return Ok(());
+        };
+        for step in steps {
+            if let ConfChangeStep::AddVoter(id) = step {
+                if conf.is_learner(*id) && !self.learner_is_ready(*id) {
+                    return Err(NodeError::Refused {
+                        code: tonic::Code::FailedPrecondition as i32,
+                        message:
+                            "etcdserver: can only promote a learner member which is in sync with leader"
+                                .into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn learner_is_ready(&self, learner: NodeId) -> bool {
+        let status = self.node.status();
+        let leader_match = status.last_index.0 as f64;
+        status
+            .progress
+            .iter()
+            .find(|(id, ..)| *id == learner)
+            .is_some_and(|(_, match_index, ..)| {
+                match_index.0 as f64 >= leader_match * PROMOTE_MATCH_SHARE
+            })
+    }
+
+    fn answer_conf_proposal(
+        &mut self,
+        entry: &Entry,
+        outcome: Option<Result<ConfState, NodeError>>,
+    ) {
+        let Some((index, term, _)) = &self.conf_proposal else {
+            return;
+        };
+        if *index > entry.index {
+            return;
+        }
+        let ours = *index == entry.index && *term == entry.term;
+        let (_, _, respond) = self.conf_proposal.take().expect("checked above");
+        let _ = respond.send(match outcome {
+            Some(result) if ours => result,
+            // Another leader's entry took the index: the change will never apply.
+            _ => Err(NodeError::LeaderChanged),
+        });
     }
 
     /// Proposes a write; the responder is answered when it is applied (or fails).
@@ -125,6 +217,7 @@ impl Replica {
                 entry.index,
                 self.store.applied_index()
             );
+            let mut conf_outcome = None;
             let outcome = match &entry.payload {
                 EntryPayload::Empty => {
                     self.store.set_applied(entry.index, entry.term);
@@ -137,19 +230,46 @@ impl Replica {
                     (write.origin == me.0).then_some((write.id, outcome))
                 }
                 EntryPayload::ConfChange(change) => {
-                    let conf_state = self
-                        .node
-                        .apply_conf_change(change)
-                        .expect("a committed configuration change applies");
-                    self.store
-                        .apply_conf_state(entry.index, entry.term, conf_state);
+                    conf_outcome = Some(self.apply_conf_change(&entry, change));
                     None
                 }
             };
             self.answer_proposals(&entry, outcome);
+            self.answer_conf_proposal(&entry, conf_outcome);
         }
         let applied = self.store.applied_index();
         self.applied_tx.send_replace(applied);
+    }
+
+    /// Applies a committed membership change. One that does not fit the membership it
+    /// meets (proposals are checked, but a new leader may find one of its predecessor's)
+    /// changes nothing, identically on every member.
+    fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+        change: &ConfChange,
+    ) -> Result<ConfState, NodeError> {
+        match self.node.apply_conf_change(change) {
+            Ok(conf_state) => {
+                tracing::info!(
+                    group = self.group.0,
+                    index = entry.index.0,
+                    ?conf_state,
+                    "membership changed"
+                );
+                self.store
+                    .apply_conf_state(entry.index, entry.term, conf_state.clone());
+                Ok(conf_state)
+            }
+            Err(error) => {
+                tracing::warn!(group = self.group.0, index = entry.index.0, %error, "a committed membership change is void");
+                self.store.set_applied(entry.index, entry.term);
+                Err(NodeError::Refused {
+                    code: tonic::Code::FailedPrecondition as i32,
+                    message: format!("ostrakon: {error}"),
+                })
+            }
+        }
     }
 
     fn answer_proposals(&mut self, entry: &Entry, outcome: Option<(u64, WriteOutcome)>) {
@@ -179,6 +299,9 @@ impl Replica {
             let _ = respond.send(Err(error.clone()));
         }
         for (_, respond) in self.reads.drain() {
+            let _ = respond.send(Err(error.clone()));
+        }
+        if let Some((_, _, respond)) = self.conf_proposal.take() {
             let _ = respond.send(Err(error.clone()));
         }
     }

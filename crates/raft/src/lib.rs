@@ -58,7 +58,7 @@ mod read_index;
 mod replication;
 mod types;
 
-pub use confchange::ConfChangeError;
+pub use confchange::{apply as next_conf_state, ConfChangeError};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{Config, ConfigError, ReadMode};

@@ -1,21 +1,27 @@
-//! etcd's Cluster service: `MemberList`. Changing the membership (add, remove, update,
-//! promote) is refused with UNIMPLEMENTED until joint-consensus changes are wired to the
-//! runtime (issue 4); the README lists it as not done.
+//! etcd's Cluster service: MemberList, MemberAdd (voter or learner), MemberRemove,
+//! MemberUpdate and MemberPromote. Raft membership changes go through joint consensus
+//! (the raft core enters and leaves the joint configuration); a member's URLs and name
+//! live in the replicated member registry.
 
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ostrakon_node::config::stable_id;
+use ostrakon_node::{MemberDescription, NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::cluster_server::Cluster;
 use ostrakon_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
+use ostrakon_proto::peer::{write_request, MemberPeerUrls};
+use ostrakon_raft::{ConfChange, ConfChangeStep, NodeId};
 use tonic::{Request, Response, Status};
 
 use crate::common;
 use crate::errors::ApiError;
 
-const CHANGES_NOT_SUPPORTED: &str =
-    "ostrakon: changing the membership is not supported yet; only MemberList is";
+/// etcd allows one learner at a time (`--experimental-max-learners` defaults to 1).
+const LEARNERS_MAX: usize = 1;
 
 pub struct ClusterService {
     node: NodeHandle,
@@ -25,6 +31,88 @@ impl ClusterService {
     pub fn new(node: NodeHandle) -> ClusterService {
         ClusterService { node }
     }
+
+    fn members(&self) -> Result<Vec<MemberDescription>, Status> {
+        Ok(self.node.members(DEFAULT_GROUP).map_err(ApiError::from)?)
+    }
+
+    fn member(&self, id: u64) -> Result<MemberDescription, Status> {
+        self.members()?
+            .into_iter()
+            .find(|m| m.id == NodeId(id))
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))
+    }
+
+    fn member_list(&self) -> Result<Vec<Member>, Status> {
+        Ok(self.members()?.into_iter().map(to_member).collect())
+    }
+
+    /// Refuses URLs that do not parse or that another member already uses.
+    fn check_peer_urls(&self, urls: &[String], except: Option<u64>) -> Result<(), Status> {
+        let valid = !urls.is_empty()
+            && urls.iter().all(|url| {
+                url.parse::<tonic::transport::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.port_u16().is_some()
+                })
+            });
+        if !valid {
+            return Err(Status::invalid_argument(
+                "etcdserver: given member URLs are invalid",
+            ));
+        }
+        let taken = self.members()?.into_iter().any(|member| {
+            Some(member.id.0) != except && member.peer_urls.iter().any(|u| urls.contains(u))
+        });
+        if taken {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn register_peer_urls(&self, id: u64, peer_urls: Vec<String>) -> Result<(), Status> {
+        let write = write_request::Request::MemberPeerUrls(MemberPeerUrls { id, peer_urls });
+        self.node
+            .write(DEFAULT_GROUP, write)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(())
+    }
+
+    async fn change(&self, step: ConfChangeStep) -> Result<(), Status> {
+        self.node
+            .change_membership(DEFAULT_GROUP, ConfChange::Change(vec![step]))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(())
+    }
+}
+
+fn to_member(m: MemberDescription) -> Member {
+    Member {
+        id: m.id.0,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+/// A new member's id, from its URLs, the cluster and the time (as etcd's), so a member
+/// added again after removal gets a new id.
+fn new_member_id(peer_urls: &[String], cluster_id: u64) -> u64 {
+    let mut sorted = peer_urls.to_vec();
+    sorted.sort();
+    let now_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let cluster = format!("{cluster_id:x}");
+    let now = now_nanos.to_string();
+    let mut parts: Vec<&str> = sorted.iter().map(String::as_str).collect();
+    parts.push(&cluster);
+    parts.push(&now);
+    stable_id(&parts)
 }
 
 #[tonic::async_trait]
@@ -39,51 +127,96 @@ impl Cluster for ClusterService {
                 .await
                 .map_err(ApiError::from)?;
         }
-        let members = self
-            .node
-            .members(DEFAULT_GROUP)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|m| Member {
-                id: m.id.0,
-                name: m.name,
-                peer_ur_ls: m.peer_urls,
-                client_ur_ls: m.client_urls,
-                is_learner: m.is_learner,
-            })
-            .collect();
         Ok(Response::new(MemberListResponse {
             header: common::current_header(&self.node),
-            members,
+            members: self.member_list()?,
         }))
     }
 
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(Status::unimplemented(CHANGES_NOT_SUPPORTED))
+        let request = request.into_inner();
+        self.check_peer_urls(&request.peer_ur_ls, None)?;
+        if request.is_learner {
+            let learners = self.members()?.iter().filter(|m| m.is_learner).count();
+            if learners >= LEARNERS_MAX {
+                return Err(Status::failed_precondition(
+                    "etcdserver: too many learner members in cluster",
+                ));
+            }
+        }
+        let id = new_member_id(&request.peer_ur_ls, self.node.cluster_id());
+        // Registered first, so that when the raft change applies every member already
+        // knows where to reach the new one.
+        self.register_peer_urls(id, request.peer_ur_ls.clone())
+            .await?;
+        let step = if request.is_learner {
+            ConfChangeStep::AddLearner(NodeId(id))
+        } else {
+            ConfChangeStep::AddVoter(NodeId(id))
+        };
+        self.change(step).await?;
+        tracing::info!(member = %format!("{id:x}"), urls = ?request.peer_ur_ls, learner = request.is_learner, "member added");
+        Ok(Response::new(MemberAddResponse {
+            header: common::current_header(&self.node),
+            member: Some(Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: request.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: request.is_learner,
+            }),
+            members: self.member_list()?,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(CHANGES_NOT_SUPPORTED))
+        let id = request.into_inner().id;
+        self.member(id)?;
+        self.change(ConfChangeStep::Remove(NodeId(id))).await?;
+        tracing::info!(member = %format!("{id:x}"), "member removed");
+        Ok(Response::new(MemberRemoveResponse {
+            header: common::current_header(&self.node),
+            members: self.member_list()?,
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(CHANGES_NOT_SUPPORTED))
+        let request = request.into_inner();
+        self.member(request.id)?;
+        self.check_peer_urls(&request.peer_ur_ls, Some(request.id))?;
+        self.register_peer_urls(request.id, request.peer_ur_ls.clone())
+            .await?;
+        tracing::info!(member = %format!("{:x}", request.id), urls = ?request.peer_ur_ls, "member updated");
+        Ok(Response::new(MemberUpdateResponse {
+            header: common::current_header(&self.node),
+            members: self.member_list()?,
+        }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(CHANGES_NOT_SUPPORTED))
+        let id = request.into_inner().id;
+        if !self.member(id)?.is_learner {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            ));
+        }
+        self.change(ConfChangeStep::AddVoter(NodeId(id))).await?;
+        tracing::info!(member = %format!("{id:x}"), "learner promoted");
+        Ok(Response::new(MemberPromoteResponse {
+            header: common::current_header(&self.node),
+            members: self.member_list()?,
+        }))
     }
 }

@@ -35,6 +35,7 @@ pub fn current_header(node: &NodeHandle) -> Option<ResponseHeader> {
 /// Proposes a write (forwarded to the leader if need be); a refusal by the state machine
 /// becomes its etcd error.
 pub async fn write(node: &NodeHandle, write: Write) -> Result<WriteOutcome, ApiError> {
+    refuse_on_learner(node)?;
     match node.write(DEFAULT_GROUP, write).await? {
         WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
             code: error.code,
@@ -42,4 +43,16 @@ pub async fn write(node: &NodeHandle, write: Write) -> Result<WriteOutcome, ApiE
         })),
         outcome => Ok(outcome),
     }
+}
+
+/// A learner serves only serializable reads and status, as in etcd: it is not part of
+/// the quorum, and clients should not depend on it.
+pub fn refuse_on_learner(node: &NodeHandle) -> Result<(), ApiError> {
+    if node.status(DEFAULT_GROUP)?.is_learner {
+        return Err(ApiError::Node(NodeError::Refused {
+            code: tonic::Code::Unavailable as i32,
+            message: "etcdserver: rpc not supported for learner".into(),
+        }));
+    }
+    Ok(())
 }

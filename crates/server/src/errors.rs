@@ -70,6 +70,10 @@ impl From<ApiError> for Status {
                 NodeError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
                 NodeError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
                 NodeError::Overloaded => (Code::ResourceExhausted, "etcdserver: too many requests"),
+                NodeError::ChangeInProgress => (
+                    Code::FailedPrecondition,
+                    "ostrakon: another membership change is in progress; retry",
+                ),
                 NodeError::Refused { code, message } => {
                     return Status::new(Code::from_i32(*code), message.clone())
                 }

@@ -39,6 +39,7 @@ impl KvService {
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ApiError> {
         validate::range(&request)?;
         if !request.serializable {
+            common::refuse_on_learner(&self.node)?;
             self.node.linearizable_read_point(DEFAULT_GROUP).await?;
         }
         let store = self.node.store(DEFAULT_GROUP)?;

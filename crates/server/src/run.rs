@@ -33,6 +33,8 @@ use crate::watch::WatchService;
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much, so that the size
 /// check (and its clear error) happens in the server rather than in the transport.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// How long a removed member keeps running before it stops.
+const REMOVED_LINGER: Duration = Duration::from_secs(1);
 /// Peer messages carry batches and snapshot chunks.
 const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
@@ -76,8 +78,10 @@ pub async fn run(
     for addr in &config.client_addrs {
         client_listeners.push(bind(*addr).await?);
     }
+    let mut node_config = config.node.clone();
+    ostrakon_node::identity::settle(&mut node_config).await?;
     let (node, loop_thread) =
-        event_loop::start(config.node.clone(), tokio::runtime::Handle::current())?;
+        event_loop::start(node_config.clone(), tokio::runtime::Handle::current())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -121,7 +125,14 @@ pub async fn run(
     }
     tracing::info!(member = %format!("{:x}", node.id().0), "serving");
 
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = node.removed() => {
+            // Linger a moment so the others hear, from this member's last messages, that
+            // the change that removed it is committed.
+            tokio::time::sleep(REMOVED_LINGER).await;
+        }
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for server in servers {

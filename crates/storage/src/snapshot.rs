@@ -1,6 +1,6 @@
 //! Point-in-time copies of a group's state machine, as files.
 //!
-//! A snapshot file is `[magic][header][items][end marker][leases][CRC32C]`: the header records the
+//! A snapshot file is `[magic][header][items][end marker][leases][members][CRC32C]`: the header records the
 //! applied position, the revision and the compacted revision; each item is one stored
 //! version (length-prefixed storage key and value). The file is written to a temporary
 //! name, synced and renamed, so a crash never leaves a half-written snapshot under the
@@ -17,8 +17,8 @@ use prost::Message as _;
 
 use crate::mvcc::{AppliedState, FrozenState, LeaseRecord, MvccStore, Revision};
 
-/// Version 2 adds the lease section after the items.
-const MAGIC: &[u8; 8] = b"OSTKSNP2";
+/// Version 2 added the lease section after the items; version 3 the member registry.
+const MAGIC: &[u8; 8] = b"OSTKSNP3";
 const END_MARKER: u32 = u32::MAX;
 
 /// Why a snapshot file cannot be used.
@@ -58,12 +58,19 @@ pub fn write(frozen: FrozenState, path: &Path) -> Result<SnapshotInfo, SnapshotE
     let applied = frozen.applied.clone();
     let revision = frozen.revision;
     let compact_revision = frozen.compact_revision;
+    // Leases, then members: small tables that follow the items.
     let mut lease_section = Vec::new();
     lease_section.put_u32_le(frozen.leases.len() as u32);
     for (id, record) in &frozen.leases {
         lease_section.put_i64_le(*id);
         lease_section.put_i64_le(record.ttl_secs);
         lease_section.put_i64_le(record.remaining_secs);
+    }
+    lease_section.put_u32_le(frozen.members.len() as u32);
+    for member in &frozen.members {
+        let encoded = member.encode_to_vec();
+        lease_section.put_u32_le(encoded.len() as u32);
+        lease_section.extend_from_slice(&encoded);
     }
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
@@ -124,6 +131,8 @@ pub struct SnapshotContent {
     pub items: Vec<(Vec<u8>, Vec<u8>)>,
     /// Every lease.
     pub leases: Vec<(i64, LeaseRecord)>,
+    /// Every registered member.
+    pub members: Vec<pb::MemberRecord>,
 }
 
 /// Reads and checks a snapshot file.
@@ -179,10 +188,10 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
         return Err(damaged("leases cut short"));
     }
     let lease_count = cursor.get_u32_le() as usize;
-    if cursor.len() != lease_count * 24 {
+    if cursor.len() < lease_count * 24 {
         return Err(damaged("leases cut short"));
     }
-    let leases = (0..lease_count)
+    let leases: Vec<(i64, LeaseRecord)> = (0..lease_count)
         .map(|_| {
             let id = cursor.get_i64_le();
             let record = LeaseRecord {
@@ -192,6 +201,27 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
             (id, record)
         })
         .collect();
+    if cursor.len() < 4 {
+        return Err(damaged("members cut short"));
+    }
+    let member_count = cursor.get_u32_le() as usize;
+    let mut members = Vec::with_capacity(member_count.min(1024));
+    for _ in 0..member_count {
+        if cursor.len() < 4 {
+            return Err(damaged("members cut short"));
+        }
+        let member_bytes = cursor.get_u32_le() as usize;
+        if cursor.len() < member_bytes {
+            return Err(damaged("members cut short"));
+        }
+        let member = pb::MemberRecord::decode(&cursor[..member_bytes])
+            .map_err(|_| damaged("bad member record"))?;
+        members.push(member);
+        cursor.advance(member_bytes);
+    }
+    if !cursor.is_empty() {
+        return Err(damaged("trailing bytes"));
+    }
     let info = SnapshotInfo {
         applied: AppliedState {
             index,
@@ -206,6 +236,7 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
         info,
         items,
         leases,
+        members,
     })
 }
 
@@ -215,10 +246,12 @@ pub fn install(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotE
         info,
         items,
         leases,
+        members,
     } = read(path)?;
     store.install(
         items,
         leases,
+        members,
         info.revision,
         info.compact_revision,
         info.applied.clone(),

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcdctl;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +16,9 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     child: Option<Child>,
+    /// For a member that joined a running cluster: the `--initial-cluster` it was given
+    /// (with `--initial-cluster-state existing`).
+    joined_with: Option<String>,
 }
 
 pub struct TestCluster {
@@ -39,6 +44,7 @@ impl TestCluster {
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
+                joined_with: None,
             })
             .collect();
         let initial_cluster = members
@@ -56,7 +62,66 @@ impl TestCluster {
             cluster.spawn(i);
         }
         cluster.wait_for_leader().await;
+        cluster.wait_for_published_members().await;
         cluster
+    }
+
+    /// Waits until every member has published its client URLs in the member registry
+    /// (through raft, once a leader is elected), so that member lists are complete.
+    pub async fn wait_for_published_members(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut client = self.client(0).await;
+        loop {
+            if let Ok(list) = client.member_list().await {
+                if list.members().iter().all(|m| !m.client_urls().is_empty()) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not publish their client URLs within {READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A member's name and free ports, for `etcdctl member add`, before it starts.
+    pub fn new_member(&mut self, name: &str) -> usize {
+        self.members.push(Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            joined_with: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// Starts member `i` (made by `new_member`) to join the running cluster, with the
+    /// `--initial-cluster` that `etcdctl member add` printed.
+    pub fn join(&mut self, i: usize, initial_cluster: &str) {
+        self.members[i].joined_with = Some(initial_cluster.to_string());
+        self.spawn(i);
+    }
+
+    /// Whether member `i`'s process has exited by itself (within `timeout`).
+    pub fn wait_for_exit(&mut self, i: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let child = self.members[i].child.as_mut().expect("member is running");
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                self.members[i].child = None;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
@@ -93,7 +158,18 @@ impl TestCluster {
                 "--initial-advertise-peer-urls",
                 &peer_url,
             ])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args([
+                "--initial-cluster",
+                member.joined_with.as_ref().unwrap_or(&self.initial_cluster),
+            ])
+            .args([
+                "--initial-cluster-state",
+                if member.joined_with.is_some() {
+                    "existing"
+                } else {
+                    "new"
+                },
+            ])
             .args(["--initial-cluster-token", "test"])
             .args(&self.extra_args)
             .stdout(Stdio::null())

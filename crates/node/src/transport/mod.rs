@@ -9,7 +9,7 @@
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ostrakon_proto::peer::peer_client::PeerClient;
@@ -43,8 +43,9 @@ struct Inner {
     layout: Layout,
     inputs: InputSender,
     runtime: tokio::runtime::Handle,
-    /// The peers' channels (lazily connected, reconnecting by themselves).
-    channels: BTreeMap<NodeId, Channel>,
+    /// The peers' URLs and channels (lazily connected, reconnecting by themselves);
+    /// replaced as the member registry changes.
+    channels: RwLock<BTreeMap<NodeId, (String, Channel)>>,
     queues: Mutex<HashMap<NodeId, mpsc::UnboundedSender<pb::RaftMessage>>>,
 }
 
@@ -62,30 +63,52 @@ impl Transport {
         inputs: InputSender,
         runtime: tokio::runtime::Handle,
     ) -> Transport {
-        let _guard = runtime.enter();
-        let channels = config
-            .peers
-            .iter()
-            .filter(|(id, _)| **id != config.id)
-            .map(|(id, url)| {
-                let endpoint = Endpoint::from_shared(url.clone())
-                    .expect("peer URLs are validated at startup")
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true);
-                (*id, endpoint.connect_lazy())
-            })
-            .collect();
-        Transport {
+        let transport = Transport {
             inner: Arc::new(Inner {
                 me: config.id,
                 cluster_id: config.cluster_id,
                 layout,
                 inputs,
                 runtime,
-                channels,
+                channels: RwLock::new(BTreeMap::new()),
                 queues: Mutex::new(HashMap::new()),
             }),
+        };
+        transport.set_peers(&config.peers);
+        transport
+    }
+
+    /// Makes the peers these (id to peer URL): new members get a channel, members whose
+    /// URL changed a new one, members that left none.
+    pub fn set_peers(&self, peers: &BTreeMap<NodeId, String>) {
+        let _guard = self.inner.runtime.enter();
+        let mut channels = self.inner.channels.write().unwrap();
+        channels.retain(|id, (url, _)| peers.get(id) == Some(url));
+        for (id, url) in peers {
+            if *id == self.inner.me || channels.contains_key(id) {
+                continue;
+            }
+            let endpoint = match Endpoint::from_shared(url.clone()) {
+                Ok(endpoint) => endpoint
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true),
+                Err(error) => {
+                    tracing::error!(peer = id.0, %url, %error, "a member's peer URL is unusable");
+                    continue;
+                }
+            };
+            tracing::info!(peer = %format!("{:x}", id.0), %url, "peer link");
+            channels.insert(*id, (url.clone(), endpoint.connect_lazy()));
         }
+    }
+
+    fn channel(&self, id: NodeId) -> Option<Channel> {
+        self.inner
+            .channels
+            .read()
+            .unwrap()
+            .get(&id)
+            .map(|(_, channel)| channel.clone())
     }
 
     /// Sends messages (from the event loop thread; never blocks).
@@ -96,7 +119,7 @@ impl Transport {
         let mut queues = self.inner.queues.lock().unwrap();
         for message in messages {
             let to = message.to;
-            if !self.inner.channels.contains_key(&to) {
+            if self.channel(to).is_none() {
                 tracing::debug!(to = to.0, "message to an unknown peer dropped");
                 continue;
             }
@@ -105,8 +128,11 @@ impl Transport {
                 continue;
             }
             let queue = queues.entry(to).or_insert_with(|| self.start_sender(to));
-            if queue.send(pb::RaftMessage::from(&message)).is_err() {
-                tracing::warn!(to = to.0, "peer sender stopped");
+            if let Err(unsent) = queue.send(pb::RaftMessage::from(&message)) {
+                // The sender ended (the peer's URL changed); start a new one.
+                let queue = self.start_sender(to);
+                let _ = queue.send(unsent.0);
+                queues.insert(to, queue);
             }
         }
     }
@@ -121,8 +147,11 @@ impl Transport {
     }
 
     async fn run_sender(self, to: NodeId, mut queue: mpsc::UnboundedReceiver<pb::RaftMessage>) {
-        let channel = self.inner.channels[&to].clone();
         loop {
+            // Each connection uses the member's current URL; a member that left ends it.
+            let Some(channel) = self.channel(to) else {
+                return;
+            };
             let (batches, stream) = mpsc::channel::<MessageBatch>(64);
             let mut client = PeerClient::new(channel.clone());
             let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream)).await });
@@ -186,7 +215,10 @@ impl Transport {
             .await
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let (chunks, stream) = mpsc::channel::<SnapshotChunk>(4);
-        let mut client = PeerClient::new(self.inner.channels[&message.to].clone());
+        let channel = self
+            .channel(message.to)
+            .ok_or_else(|| format!("member {:x} has no peer URL", message.to.0))?;
+        let mut client = PeerClient::new(channel);
         let call = tokio::spawn(async move { client.snapshot(ReceiverStream::new(stream)).await });
         let mut header = Some(SnapshotHeader {
             cluster_id: self.inner.cluster_id,
@@ -219,15 +251,30 @@ impl Transport {
         }
     }
 
-    /// Has the leader propose a write for us; returns its outcome.
-    /// Asks a member about itself; `None` if it cannot be reached.
-    pub async fn member_info(&self, member: NodeId) -> Option<ostrakon_proto::peer::MemberInfo> {
-        let channel = self.inner.channels.get(&member)?;
-        PeerClient::new(channel.clone())
-            .member(ostrakon_proto::peer::MemberQuery {})
+    /// Has the leader carry out a membership change; returns the membership once it
+    /// applied there.
+    pub async fn change_membership(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+        change: &ostrakon_raft::ConfChange,
+    ) -> Result<ostrakon_raft::ConfState, NodeError> {
+        let Some(channel) = self.channel(leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        let response = PeerClient::new(channel)
+            .change_membership(pb::MembershipChangeRequest {
+                group: group.0,
+                change: Some(change.into()),
+            })
             .await
-            .ok()
-            .map(|r| r.into_inner())
+            .map_err(|_| NodeError::LeaderChanged)?
+            .into_inner();
+        if let Some(error) = response.error {
+            return Err(service::decode_node_error(error));
+        }
+        let conf_state = response.conf_state.ok_or(NodeError::LeaderChanged)?;
+        ostrakon_raft::ConfState::try_from(&conf_state).map_err(|_| NodeError::LeaderChanged)
     }
 
     /// Asks the leader to renew a lease or report its remaining TTL.
@@ -238,10 +285,10 @@ impl Transport {
         id: i64,
         renew: bool,
     ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
-        let Some(channel) = self.inner.channels.get(&leader) else {
+        let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
         };
-        let answer = PeerClient::new(channel.clone())
+        let answer = PeerClient::new(channel)
             .lease(ostrakon_proto::peer::LeaseQuery {
                 group: group.0,
                 id,
@@ -268,10 +315,10 @@ impl Transport {
         group: GroupId,
         request: write_request::Request,
     ) -> Result<WriteOutcome, NodeError> {
-        let Some(channel) = self.inner.channels.get(&leader) else {
+        let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
         };
-        let mut client = PeerClient::new(channel.clone());
+        let mut client = PeerClient::new(channel);
         let forward = ForwardRequest {
             group: group.0,
             write: Some(WriteRequest {

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use ostrakon_proto::peer::peer_server::Peer;
 use ostrakon_proto::peer::{
-    write_response, ForwardRequest, ForwardResponse, MessageBatch, RaftAck, SnapshotAck,
-    SnapshotChunk, WriteResponse,
+    self as pb, write_response, ForwardRequest, ForwardResponse, MessageBatch, RaftAck,
+    SnapshotAck, SnapshotChunk, WriteResponse,
 };
-use ostrakon_raft::{GroupId, Message, MessageBody};
+use ostrakon_raft::{ConfChange, GroupId, Message, MessageBody};
 use ostrakon_storage::mvcc::WriteOutcome;
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
@@ -146,15 +146,48 @@ impl Peer for PeerService {
         Ok(Response::new(encode_forward_response(outcome)))
     }
 
-    async fn member(
+    async fn members(
         &self,
-        _: Request<ostrakon_proto::peer::MemberQuery>,
-    ) -> Result<Response<ostrakon_proto::peer::MemberInfo>, Status> {
-        let (name, client_urls) = self.handle.self_description();
-        Ok(Response::new(ostrakon_proto::peer::MemberInfo {
-            name,
-            client_urls,
+        request: Request<pb::MembersQuery>,
+    ) -> Result<Response<pb::MembersAnswer>, Status> {
+        let group = GroupId(request.into_inner().group);
+        let store = self
+            .handle
+            .store(group)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(pb::MembersAnswer {
+            cluster_id: self.handle.cluster_id(),
+            members: store.members(),
         }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::MembershipChangeRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        let request = request.into_inner();
+        let change = request
+            .change
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("no change"))
+            .and_then(|c| {
+                ConfChange::try_from(c).map_err(|e| Status::invalid_argument(e.to_string()))
+            })?;
+        let response = match self
+            .handle
+            .change_membership_local(GroupId(request.group), change)
+            .await
+        {
+            Ok(conf_state) => pb::MembershipChangeResponse {
+                conf_state: Some((&conf_state).into()),
+                error: None,
+            },
+            Err(error) => pb::MembershipChangeResponse {
+                conf_state: None,
+                error: Some(encode_node_error(error)),
+            },
+        };
+        Ok(Response::new(response))
     }
 
     async fn lease(
@@ -182,30 +215,50 @@ impl Peer for PeerService {
     }
 }
 
-/// Node errors that cross the wire in a forwarded write's response.
-const FORWARD_NOT_LEADER: i32 = -1;
-const FORWARD_NO_LEADER: i32 = -2;
-const FORWARD_LEADER_CHANGED: i32 = -3;
-const FORWARD_OVERLOADED: i32 = -4;
-const FORWARD_STOPPED: i32 = -5;
+/// Node errors that cross the wire, as negative codes (etcd's gRPC codes are positive).
+const REMOTE_NOT_LEADER: i32 = -1;
+const REMOTE_NO_LEADER: i32 = -2;
+const REMOTE_LEADER_CHANGED: i32 = -3;
+const REMOTE_OVERLOADED: i32 = -4;
+const REMOTE_STOPPED: i32 = -5;
+const REMOTE_CHANGE_IN_PROGRESS: i32 = -6;
+
+/// A node error for the wire; `Refused` keeps etcd's code and message.
+pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
+    let code = match error {
+        NodeError::Refused { code, message } => return pb::Error { code, message },
+        NodeError::NotLeader(_) => REMOTE_NOT_LEADER,
+        NodeError::NoLeader | NodeError::UnknownGroup => REMOTE_NO_LEADER,
+        NodeError::LeaderChanged | NodeError::Timeout => REMOTE_LEADER_CHANGED,
+        NodeError::Overloaded => REMOTE_OVERLOADED,
+        NodeError::Stopped => REMOTE_STOPPED,
+        NodeError::ChangeInProgress => REMOTE_CHANGE_IN_PROGRESS,
+    };
+    pb::Error {
+        code,
+        message: String::new(),
+    }
+}
+
+/// The node error a remote member reported. A remote "not leader" or "stopped" means
+/// the leader this member believed in is gone: the client may retry.
+pub(super) fn decode_node_error(error: pb::Error) -> NodeError {
+    match error.code {
+        REMOTE_NOT_LEADER | REMOTE_LEADER_CHANGED | REMOTE_STOPPED => NodeError::LeaderChanged,
+        REMOTE_NO_LEADER => NodeError::NoLeader,
+        REMOTE_OVERLOADED => NodeError::Overloaded,
+        REMOTE_CHANGE_IN_PROGRESS => NodeError::ChangeInProgress,
+        code => NodeError::Refused {
+            code,
+            message: error.message,
+        },
+    }
+}
 
 fn encode_forward_response(outcome: Result<WriteOutcome, NodeError>) -> ForwardResponse {
-    let internal = |code: i32| {
-        WriteOutcome::Error(ostrakon_proto::peer::Error {
-            code,
-            message: String::new(),
-        })
-    };
     let response = match outcome {
         Ok(outcome) => outcome,
-        Err(NodeError::Refused { code, message }) => {
-            WriteOutcome::Error(ostrakon_proto::peer::Error { code, message })
-        }
-        Err(NodeError::NotLeader(_)) => internal(FORWARD_NOT_LEADER),
-        Err(NodeError::NoLeader) | Err(NodeError::UnknownGroup) => internal(FORWARD_NO_LEADER),
-        Err(NodeError::LeaderChanged) | Err(NodeError::Timeout) => internal(FORWARD_LEADER_CHANGED),
-        Err(NodeError::Overloaded) => internal(FORWARD_OVERLOADED),
-        Err(NodeError::Stopped) => internal(FORWARD_STOPPED),
+        Err(error) => WriteOutcome::Error(encode_node_error(error)),
     };
     ForwardResponse {
         response: Some(WriteResponse {
@@ -222,14 +275,11 @@ pub(super) fn decode_forward_response(
         .and_then(|r| r.response)
         .ok_or(NodeError::LeaderChanged)?;
     match outcome {
-        write_response::Response::Error(error) => Err(match error.code {
-            FORWARD_NOT_LEADER => NodeError::LeaderChanged,
-            FORWARD_NO_LEADER => NodeError::NoLeader,
-            FORWARD_LEADER_CHANGED => NodeError::LeaderChanged,
-            FORWARD_OVERLOADED => NodeError::Overloaded,
-            FORWARD_STOPPED => NodeError::LeaderChanged,
-            _ => return Ok(write_response::Response::Error(error)),
-        }),
+        // An etcd error is the write's outcome; an internal one is the forward's failure.
+        write_response::Response::Error(error) if error.code >= 0 => {
+            Ok(write_response::Response::Error(error))
+        }
+        write_response::Response::Error(error) => Err(decode_node_error(error)),
         other => Ok(other),
     }
 }

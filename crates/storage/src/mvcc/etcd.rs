@@ -15,7 +15,7 @@ use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
 use ostrakon_raft::{LogIndex, Term};
 
 use super::store::{ReadView, WriteTxn};
-use super::{MvccError, MvccStore, Revision};
+use super::{MemberChange, MvccError, MvccStore, Revision};
 
 fn header(revision: Revision) -> Option<ResponseHeader> {
     Some(ResponseHeader {
@@ -224,6 +224,15 @@ pub fn apply_write(
             }
         };
     }
+    let member_change = match request {
+        Request::MemberPeerUrls(update) => Some(MemberChange::PeerUrls(update.clone())),
+        Request::MemberAttributes(attributes) => Some(MemberChange::Attributes(attributes.clone())),
+        _ => None,
+    };
+    if let Some(change) = member_change {
+        store.apply_member_change(index, term, &change);
+        return WriteOutcome::MemberUpdated(ostrakon_proto::peer::MemberUpdated {});
+    }
     let mut txn = store.write_txn();
     let result = match request {
         Request::Put(put) => apply_put(&mut txn, put).map(WriteOutcome::Put),
@@ -231,7 +240,9 @@ pub fn apply_write(
             Ok(WriteOutcome::DeleteRange(apply_delete(&mut txn, delete)))
         }
         Request::Txn(request) => apply_txn(&mut txn, request).map(WriteOutcome::Txn),
-        Request::Compaction(_) => unreachable!("handled above"),
+        Request::Compaction(_) | Request::MemberPeerUrls(_) | Request::MemberAttributes(_) => {
+            unreachable!("handled above")
+        }
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
             WriteOutcome::LeaseGrant(LeaseGrantResponse {
                 header: None,
@@ -276,7 +287,7 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         WriteOutcome::LeaseGrant(r) => &mut r.header,
         WriteOutcome::LeaseRevoke(r) => &mut r.header,
         WriteOutcome::LeaseCheckpoint(r) => &mut r.header,
-        WriteOutcome::Error(_) => return,
+        WriteOutcome::Error(_) | WriteOutcome::MemberUpdated(_) => return,
     };
     *header = self::header(revision);
 }

@@ -11,12 +11,14 @@ mod etcd;
 mod events;
 mod keys;
 mod latest;
+mod members;
 mod store;
 mod value;
 
 pub use error::MvccError;
 pub use etcd::{apply_write, etcd_status, range, WriteOutcome};
 pub use events::{EventSink, History, RevisionEvents};
+pub use members::{MemberChange, MemberRegistry};
 pub use store::{AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn};
 pub use value::StoredVersion;
 

@@ -9,12 +9,13 @@ use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use ostrakon_proto::mvccpb::KeyValue;
 use ostrakon_proto::peer as pb;
-use ostrakon_raft::{ConfState, GroupId, LogIndex, Term};
+use ostrakon_raft::{ConfState, GroupId, LogIndex, NodeId, Term};
 use prost::Message as _;
 
 use super::events::{delete_event, put_event, EventSink, RevisionEvents};
 use super::keys::{key_prefix, split_versioned_key, versioned_key};
 use super::latest::LatestIndex;
+use super::members::{is_member_key, MemberChange, MemberRegistry};
 use super::value::StoredVersion;
 use super::{MvccError, Revision, INITIAL_REVISION};
 use crate::fatal::engine;
@@ -59,6 +60,10 @@ pub struct MvccStore {
     leases: Mutex<BTreeMap<i64, LeaseRecord>>,
     /// Where committed revisions' events go, once the node has set it.
     events: OnceLock<Arc<dyn EventSink>>,
+    /// Every member's id, name and URLs (persisted in `meta`).
+    members: Mutex<MemberRegistry>,
+    /// Raised on every change of `members`, so the runtime notices cheaply.
+    members_version: AtomicU64,
 }
 
 impl MvccStore {
@@ -97,6 +102,15 @@ impl MvccStore {
                 ConfState::try_from(&wire).expect("stored conf state is valid")
             })
             .unwrap_or_default();
+        let stored_members: Vec<(fjall::Slice, fjall::Slice)> = meta
+            .snapshot()
+            .iter()
+            .map(|item| engine("reading members", item))
+            .filter(|(key, _)| is_member_key(key))
+            .collect();
+        let members = MemberRegistry::from_stored(
+            stored_members.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+        );
         let applied = AppliedState {
             index: LogIndex(read_u64(META_APPLIED_INDEX).unwrap_or(0)),
             term: Term(read_u64(META_APPLIED_TERM).unwrap_or(0)),
@@ -121,6 +135,44 @@ impl MvccStore {
             lease,
             leases: Mutex::new(leases),
             events: OnceLock::new(),
+            members: Mutex::new(members),
+            members_version: AtomicU64::new(1),
+        }
+    }
+
+    /// Every registered member, in id order.
+    pub fn members(&self) -> Vec<pb::MemberRecord> {
+        self.members.lock().unwrap().records()
+    }
+
+    /// Changes whenever the registry does.
+    pub fn members_version(&self) -> u64 {
+        self.members_version.load(Ordering::SeqCst)
+    }
+
+    /// Applies a registry change at `index`, durably with the applied position.
+    pub fn apply_member_change(&self, index: LogIndex, term: Term, change: &MemberChange) {
+        let mut batch = self.keyspace.batch();
+        let mut members = self.members.lock().unwrap();
+        self.put_member_change(&mut batch, &mut members, change);
+        self.put_applied(&mut batch, index, term);
+        engine("committing a member change", batch.commit());
+        drop(members);
+        self.members_version.fetch_add(1, Ordering::SeqCst);
+        self.set_applied(index, term);
+    }
+
+    fn put_member_change(
+        &self,
+        batch: &mut fjall::Batch,
+        members: &mut MemberRegistry,
+        change: &MemberChange,
+    ) {
+        for (key, value) in members.apply(change) {
+            match value {
+                Some(value) => batch.insert(&self.meta, key, value),
+                None => batch.remove(&self.meta, key),
+            }
         }
     }
 
@@ -192,7 +244,9 @@ impl MvccStore {
         self.applied_index.store(index.0, Ordering::SeqCst);
     }
 
-    /// Applies a membership change entry: the conf state is stored with its index.
+    /// Applies a membership change entry: the conf state is stored with its index, and
+    /// the registry forgets the members it no longer has (only those: a member being
+    /// added is registered before its raft change is proposed).
     pub fn apply_conf_state(&self, index: LogIndex, term: Term, conf_state: ConfState) {
         let mut batch = self.keyspace.batch();
         batch.insert(
@@ -200,8 +254,19 @@ impl MvccStore {
             META_CONF_STATE,
             pb::ConfState::from(&conf_state).encode_to_vec(),
         );
+        let previous = self.applied.lock().unwrap().conf_state.members();
+        let gone: std::collections::BTreeSet<_> = previous
+            .difference(&conf_state.members())
+            .copied()
+            .collect();
+        let mut members = self.members.lock().unwrap();
+        if !gone.is_empty() {
+            self.put_member_change(&mut batch, &mut members, &MemberChange::Remove(gone));
+        }
         self.put_applied(&mut batch, index, term);
         engine("committing a batch", batch.commit());
+        drop(members);
+        self.members_version.fetch_add(1, Ordering::SeqCst);
         self.applied.lock().unwrap().conf_state = conf_state;
         self.set_applied(index, term);
     }
@@ -233,6 +298,7 @@ impl MvccStore {
             compact_revision: self.compact_revision(),
             applied,
             leases: self.leases(),
+            members: self.members(),
             kv: self.kv.snapshot(),
         }
     }
@@ -340,11 +406,29 @@ impl MvccStore {
         &self,
         items: Vec<(Vec<u8>, Vec<u8>)>,
         leases: Vec<(i64, LeaseRecord)>,
+        members: Vec<pb::MemberRecord>,
         revision: Revision,
         compact_revision: Revision,
         applied: AppliedState,
     ) {
         let mut batch = self.keyspace.batch();
+        let new_members = MemberRegistry::from_records(members);
+        let mut registry = self.members.lock().unwrap();
+        let stale = registry
+            .records()
+            .into_iter()
+            .map(|r| NodeId(r.id))
+            .collect();
+        self.put_member_change(&mut batch, &mut registry, &MemberChange::Remove(stale));
+        for record in new_members.records() {
+            batch.insert(
+                &self.meta,
+                super::members::member_key(record.id),
+                record.encode_to_vec(),
+            );
+        }
+        *registry = new_members;
+        drop(registry);
         for item in self.kv.snapshot().keys() {
             batch.remove(&self.kv, engine("reading for an install", item));
         }
@@ -384,6 +468,7 @@ impl MvccStore {
             "persisting a snapshot",
             self.keyspace.persist(PersistMode::SyncAll),
         );
+        self.members_version.fetch_add(1, Ordering::SeqCst);
         self.compact_revision
             .store(compact_revision.0, Ordering::SeqCst);
         self.revision.store(revision.0, Ordering::SeqCst);
@@ -445,6 +530,8 @@ pub struct FrozenState {
     pub compact_revision: Revision,
     /// Every lease at that position.
     pub leases: Vec<(i64, LeaseRecord)>,
+    /// Every registered member at that position.
+    pub members: Vec<pb::MemberRecord>,
     kv: fjall::Snapshot,
 }
 

@@ -916,3 +916,65 @@ fn leases_attach_keys_and_a_revoke_deletes_them_in_one_revision() {
         vec![Bytes::from_static(b"a")]
     );
 }
+
+fn member_urls(id: u64, url: &str) -> Request {
+    Request::MemberPeerUrls(ostrakon_proto::peer::MemberPeerUrls {
+        id,
+        peer_urls: vec![url.to_string()],
+    })
+}
+
+#[test]
+fn member_registry_is_replicated_state_reopened_and_carried_by_snapshots() {
+    use ostrakon_raft::{ConfState, NodeId};
+    let mut f = Fixture::new();
+    f.store.apply_conf_state(
+        LogIndex(1),
+        Term(1),
+        ConfState::with_voters([NodeId(1), NodeId(2)]),
+    );
+    let version = f.store.members_version();
+    f.write(member_urls(1, "http://a:1"));
+    f.write(member_urls(2, "http://b:1"));
+    f.write(Request::MemberAttributes(
+        ostrakon_proto::peer::MemberAttributes {
+            id: 2,
+            name: "b".into(),
+            client_urls: vec!["http://b:2".into()],
+        },
+    ));
+    assert!(f.store.members_version() > version);
+    // A member registered before its raft change keeps its record when another member
+    // leaves the configuration.
+    f.write(member_urls(3, "http://c:1"));
+    f.index += 1;
+    f.store.apply_conf_state(
+        LogIndex(f.index),
+        Term(1),
+        ConfState::with_voters([NodeId(2)]),
+    );
+    let ids: Vec<u64> = f.store.members().iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![2, 3], "member 1 left the configuration");
+    let b = f.store.members()[0].clone();
+    assert_eq!((b.name.as_str(), b.client_urls.len()), ("b", 1));
+
+    f.store.persist();
+    drop(std::mem::replace(
+        &mut f.store,
+        MvccStore::open(&f.keyspace, GroupId(2)),
+    ));
+    let reopened = MvccStore::open(&f.keyspace, GroupId(1));
+    assert_eq!(
+        reopened.members(),
+        vec![b.clone(), reopened.members()[1].clone()]
+    );
+    assert_eq!(reopened.members().len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap");
+    crate::snapshot::create(&reopened, &path).unwrap();
+    let mut target = Fixture::new();
+    target.write(member_urls(9, "http://stale:1"));
+    crate::snapshot::install(&target.store, &path).unwrap();
+    assert_eq!(target.store.members(), reopened.members());
+}

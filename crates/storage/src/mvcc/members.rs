@@ -1,0 +1,162 @@
+//! The member registry: every member's id, name and URLs, replicated through raft like
+//! the data (etcd keeps the same in its `members` bucket). Raft's membership says who
+//! votes; the registry says how to reach them and what to call them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord};
+use ostrakon_raft::NodeId;
+use prost::Message as _;
+
+/// Meta-partition keys of member records: this prefix and the id, big-endian.
+const MEMBER_KEY_PREFIX: &[u8] = b"member/";
+
+/// A change to the registry, applied at one log index on every member alike.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MemberChange {
+    /// Creates the member or changes its peer URLs.
+    PeerUrls(MemberPeerUrls),
+    /// Sets a registered member's name and client URLs (ignored if it is not registered).
+    Attributes(MemberAttributes),
+    /// Forgets members (they left the raft membership).
+    Remove(BTreeSet<NodeId>),
+}
+
+/// The registry as kept in memory; the store persists each record in its meta partition.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemberRegistry {
+    records: BTreeMap<u64, MemberRecord>,
+}
+
+impl MemberRegistry {
+    /// The registry from stored (key, value) pairs of the meta partition.
+    pub fn from_stored<'a>(items: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let records = items
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(MEMBER_KEY_PREFIX))
+            .map(|(_, value)| {
+                let record = MemberRecord::decode(value).expect("a stored member record decodes");
+                (record.id, record)
+            })
+            .collect();
+        MemberRegistry { records }
+    }
+
+    /// A registry of these records.
+    pub fn from_records(records: impl IntoIterator<Item = MemberRecord>) -> Self {
+        MemberRegistry {
+            records: records.into_iter().map(|r| (r.id, r)).collect(),
+        }
+    }
+
+    /// Every record, in id order.
+    pub fn records(&self) -> Vec<MemberRecord> {
+        self.records.values().cloned().collect()
+    }
+
+    /// One member's record.
+    pub fn get(&self, id: NodeId) -> Option<&MemberRecord> {
+        self.records.get(&id.0)
+    }
+
+    /// Applies `change`; returns the records to store (`Some`) or delete (`None`), by
+    /// storage key.
+    pub fn apply(&mut self, change: &MemberChange) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut touched = Vec::new();
+        match change {
+            MemberChange::PeerUrls(update) => {
+                let record = self
+                    .records
+                    .entry(update.id)
+                    .or_insert_with(|| MemberRecord {
+                        id: update.id,
+                        ..MemberRecord::default()
+                    });
+                record.peer_urls = update.peer_urls.clone();
+                touched.push(update.id);
+            }
+            MemberChange::Attributes(attributes) => {
+                if let Some(record) = self.records.get_mut(&attributes.id) {
+                    record.name = attributes.name.clone();
+                    record.client_urls = attributes.client_urls.clone();
+                    touched.push(attributes.id);
+                }
+            }
+            MemberChange::Remove(ids) => {
+                for id in ids {
+                    if self.records.remove(&id.0).is_some() {
+                        touched.push(id.0);
+                    }
+                }
+            }
+        }
+        touched
+            .into_iter()
+            .map(|id| {
+                let value = self.records.get(&id).map(|r| r.encode_to_vec());
+                (member_key(id), value)
+            })
+            .collect()
+    }
+}
+
+/// The meta-partition key of member `id`.
+pub fn member_key(id: u64) -> Vec<u8> {
+    let mut key = MEMBER_KEY_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Whether a meta-partition key holds a member record.
+pub fn is_member_key(key: &[u8]) -> bool {
+    key.starts_with(MEMBER_KEY_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer_urls(id: u64, url: &str) -> MemberChange {
+        MemberChange::PeerUrls(MemberPeerUrls {
+            id,
+            peer_urls: vec![url.to_string()],
+        })
+    }
+
+    #[test]
+    fn attributes_of_an_unknown_member_are_ignored() {
+        let mut registry = MemberRegistry::default();
+        let touched = registry.apply(&MemberChange::Attributes(MemberAttributes {
+            id: 7,
+            name: "gone".into(),
+            client_urls: vec![],
+        }));
+        assert!(touched.is_empty());
+        assert!(registry.records().is_empty());
+    }
+
+    #[test]
+    fn peer_urls_create_then_attributes_fill_in_then_remove_forgets() {
+        let mut registry = MemberRegistry::default();
+        registry.apply(&peer_urls(7, "http://a:1"));
+        registry.apply(&MemberChange::Attributes(MemberAttributes {
+            id: 7,
+            name: "a".into(),
+            client_urls: vec!["http://a:2".into()],
+        }));
+        // A later peer URL change keeps the published attributes.
+        let touched = registry.apply(&peer_urls(7, "http://a:3"));
+        let record = registry.get(NodeId(7)).unwrap().clone();
+        assert_eq!(record.name, "a");
+        assert_eq!(record.peer_urls, vec!["http://a:3".to_string()]);
+        assert_eq!(record.client_urls, vec!["http://a:2".to_string()]);
+        assert_eq!(touched, vec![(member_key(7), Some(record.encode_to_vec()))]);
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = vec![(member_key(7), record.encode_to_vec())];
+        let reloaded =
+            MemberRegistry::from_stored(stored.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        assert_eq!(reloaded, registry);
+        let touched = registry.apply(&MemberChange::Remove([NodeId(7)].into()));
+        assert_eq!(touched, vec![(member_key(7), None)]);
+        assert!(registry.records().is_empty());
+    }
+}
