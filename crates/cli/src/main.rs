@@ -4,6 +4,7 @@ mod bench;
 mod duration;
 mod playground;
 mod server_args;
+mod snapshot_cmd;
 mod urls;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ enum Command {
     Playground(playground::PlaygroundArgs),
     /// Load an etcd-API cluster (ostrakon or etcd) and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Back up a running cluster, check a backup, or make a new cluster from one.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => server_args::run(*args),
         Command::Playground(args) => playground::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Snapshot(command) => snapshot_cmd::run(command),
     }
 }

@@ -7,10 +7,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use ostrakon_node::{config::cluster_id, member_id, NodeConfig};
+use ostrakon_raft::NodeId;
 use ostrakon_server::validate::Limits;
 use ostrakon_server::ServerConfig;
 
 use crate::urls;
+
+/// etcd's default space quota (`--quota-backend-bytes 0`): 2 GiB.
+const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 << 30;
 
 /// etcd's `--initial-cluster-state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,51 +94,22 @@ impl ServerArgs {
         if self.experimental_watch_progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be positive");
         }
-        let mut peers = BTreeMap::new();
-        let mut member_names = BTreeMap::new();
-        let mut my_id = None;
-        for member in self.initial_cluster.split(',').filter(|m| !m.is_empty()) {
-            let (name, url) = member
-                .split_once('=')
-                .with_context(|| format!("--initial-cluster: {member:?} is not name=url"))?;
-            urls::socket_addr(url).with_context(|| format!("--initial-cluster member {name}"))?;
-            let id = member_id(url, &self.initial_cluster_token);
-            if peers.insert(id, url.to_string()).is_some() {
-                bail!("--initial-cluster: {url} appears twice");
-            }
-            member_names.insert(id, name.to_string());
-            if name == self.name {
-                my_id = Some(id);
-                if url
-                    != self
-                        .initial_advertise_peer_urls
-                        .split(',')
-                        .next()
-                        .unwrap_or_default()
-                {
-                    bail!(
-                        "--initial-cluster has {name}={url} but --initial-advertise-peer-urls is {}",
-                        self.initial_advertise_peer_urls
-                    );
-                }
-            }
-        }
-        let id = my_id.with_context(|| {
-            format!(
-                "couldn't find local name {:?} in the initial cluster configuration",
-                self.name
-            )
-        })?;
+        let membership = FoundingMembership::parse(
+            &self.initial_cluster,
+            &self.initial_cluster_token,
+            &self.name,
+            &self.initial_advertise_peer_urls,
+        )?;
         let data_dir = self
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
         let node = NodeConfig {
-            id,
+            id: membership.id,
             name: self.name.clone(),
-            cluster_id: cluster_id(peers.keys().copied()),
-            peers,
-            member_names,
+            cluster_id: cluster_id(membership.peers.keys().copied()),
+            peers: membership.peers,
+            member_names: membership.member_names,
             client_urls: self
                 .advertise_client_urls
                 .split(',')
@@ -150,6 +125,11 @@ impl ServerArgs {
             // A joining member learns its id and the cluster's from the running members
             // (identity::settle); the ids computed above are then only provisional.
             join: self.initial_cluster_state == ClusterState::Existing,
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                QUOTA_BACKEND_BYTES_DEFAULT
+            } else {
+                self.quota_backend_bytes
+            },
         };
         let peer_addrs = urls::socket_addrs(&self.listen_peer_urls)?;
         let client_addrs = urls::socket_addrs(&self.listen_client_urls)?;
@@ -165,6 +145,60 @@ impl ServerArgs {
                 request_bytes_max: self.max_request_bytes,
             },
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+        })
+    }
+}
+
+/// The founding members from `--initial-cluster`, and this member's id among them.
+pub struct FoundingMembership {
+    /// This member's id.
+    pub id: NodeId,
+    /// Every founding member's peer URL.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Every founding member's name.
+    pub member_names: BTreeMap<NodeId, String>,
+}
+
+impl FoundingMembership {
+    /// Parses `--initial-cluster` (name=url,...) and finds `name` in it, whose URL must
+    /// be the first of `advertise_peer_urls`. Ids are derived as etcd derives them.
+    pub fn parse(
+        initial_cluster: &str,
+        token: &str,
+        name: &str,
+        advertise_peer_urls: &str,
+    ) -> anyhow::Result<FoundingMembership> {
+        let mut peers = BTreeMap::new();
+        let mut member_names = BTreeMap::new();
+        let mut my_id = None;
+        for member in initial_cluster.split(',').filter(|m| !m.is_empty()) {
+            let (member_name, url) = member
+                .split_once('=')
+                .with_context(|| format!("--initial-cluster: {member:?} is not name=url"))?;
+            urls::socket_addr(url)
+                .with_context(|| format!("--initial-cluster member {member_name}"))?;
+            let id = member_id(url, token);
+            if peers.insert(id, url.to_string()).is_some() {
+                bail!("--initial-cluster: {url} appears twice");
+            }
+            member_names.insert(id, member_name.to_string());
+            if member_name == name {
+                my_id = Some(id);
+                let advertised = advertise_peer_urls.split(',').next().unwrap_or_default();
+                if url != advertised {
+                    bail!(
+                        "--initial-cluster has {name}={url} but --initial-advertise-peer-urls is {advertise_peer_urls}"
+                    );
+                }
+            }
+        }
+        let id = my_id.with_context(|| {
+            format!("couldn't find local name {name:?} in the initial cluster configuration")
+        })?;
+        Ok(FoundingMembership {
+            id,
+            peers,
+            member_names,
         })
     }
 }

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     /// How long a client request may wait for commit or a read point.
     pub request_timeout: Duration,
+    /// `--quota-backend-bytes`: past this store size, writes that add data raise the
+    /// NOSPACE alarm and are refused.
+    pub quota_backend_bytes: u64,
     /// Join a running cluster (`--initial-cluster-state existing`) instead of founding
     /// one; settled by `identity::settle` from the data directory on later starts.
     pub join: bool,

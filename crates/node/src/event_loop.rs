@@ -7,13 +7,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use ostrakon_proto::peer::WriteRequest;
-use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls};
+use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord};
 use ostrakon_raft::{
     ConfChange, Config, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId, RawNode,
     Ready, SnapshotMeta,
 };
-use ostrakon_storage::mvcc::MemberChange;
 use ostrakon_storage::mvcc::MvccStore;
+use ostrakon_storage::mvcc::{FrozenState, MemberChange};
 use ostrakon_storage::snapshot;
 use ostrakon_storage::wal::{RecoveredGroup, Wal, WalError, SEGMENT_BYTES_DEFAULT};
 use tokio::sync::watch;
@@ -95,6 +95,13 @@ pub enum Input {
         /// Answered with the membership once the change applied (or why it could not).
         respond: ConfResponder,
     },
+    /// Freeze the group's state for a backup (`Maintenance.Snapshot`).
+    Freeze {
+        /// The group.
+        group: GroupId,
+        /// Answered with the frozen state.
+        respond: tokio::sync::oneshot::Sender<FrozenState>,
+    },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
     /// Stop: sync, persist, answer everyone waiting.
@@ -175,21 +182,7 @@ pub fn start(
     runtime: tokio::runtime::Handle,
 ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), StartError> {
     let layout = Layout::new(&config.data_dir);
-    for dir in [&layout.snap, &layout.kv] {
-        std::fs::create_dir_all(dir).map_err(|e| StartError::Io(dir.clone(), e))?;
-    }
-    let (mut wal, mut recovered) = Wal::open(&layout.wal, SEGMENT_BYTES_DEFAULT)?;
-    if recovered.torn_bytes_truncated > 0 {
-        tracing::warn!(
-            bytes = recovered.torn_bytes_truncated,
-            "repaired a torn WAL tail"
-        );
-    }
-    let keyspace = fjall::Config::new(&layout.kv)
-        .cache_size(STORE_CACHE_BYTES)
-        .max_write_buffer_size(STORE_WRITE_BUFFER_BYTES)
-        .open()
-        .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
+    let (mut wal, mut recovered, keyspace) = open_storage(&layout)?;
     let (input_tx, input_rx) = std::sync::mpsc::channel();
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
     let group = DEFAULT_GROUP;
@@ -257,6 +250,28 @@ pub fn start(
     Ok((handle, thread))
 }
 
+/// Opens (creating if needed) the WAL and the state machines' keyspace under `layout`.
+pub(crate) fn open_storage(
+    layout: &Layout,
+) -> Result<(Wal, ostrakon_storage::wal::Recovered, fjall::Keyspace), StartError> {
+    for dir in [&layout.snap, &layout.kv] {
+        std::fs::create_dir_all(dir).map_err(|e| StartError::Io(dir.clone(), e))?;
+    }
+    let (wal, recovered) = Wal::open(&layout.wal, SEGMENT_BYTES_DEFAULT)?;
+    if recovered.torn_bytes_truncated > 0 {
+        tracing::warn!(
+            bytes = recovered.torn_bytes_truncated,
+            "repaired a torn WAL tail"
+        );
+    }
+    let keyspace = fjall::Config::new(&layout.kv)
+        .cache_size(STORE_CACHE_BYTES)
+        .max_write_buffer_size(STORE_WRITE_BUFFER_BYTES)
+        .open()
+        .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
+    Ok((wal, recovered, keyspace))
+}
+
 fn recovered_state(state: RecoveredGroup, store: &MvccStore) -> Result<InitialState, StartError> {
     let applied = store.applied();
     let snapshot = state.snapshot.unwrap_or_default();
@@ -297,29 +312,55 @@ fn bootstrap(
     let initial = InitialState::bootstrap(config.voters());
     let meta = initial.snapshot.clone();
     // Every founder registers the same founders, from the same flags.
-    for (id, url) in &config.peers {
+    for record in founder_records(config) {
         let change = MemberChange::PeerUrls(MemberPeerUrls {
-            id: id.0,
-            peer_urls: vec![url.clone()],
+            id: record.id,
+            peer_urls: record.peer_urls,
         });
         store.apply_member_change(meta.index, meta.term, &change);
-        let name = config.member_names.get(id).cloned().unwrap_or_default();
         let change = MemberChange::Attributes(MemberAttributes {
-            id: id.0,
-            name,
+            id: record.id,
+            name: record.name,
             client_urls: Vec::new(),
         });
         store.apply_member_change(meta.index, meta.term, &change);
     }
     store.apply_conf_state(meta.index, meta.term, meta.conf_state.clone());
+    seal_bootstrap(layout, wal, store, &initial)?;
+    tracing::info!(voters = ?config.voters(), "bootstrapped a new cluster");
+    Ok(initial)
+}
+
+/// The founding members' registry records, from `--initial-cluster`.
+pub(crate) fn founder_records(config: &NodeConfig) -> Vec<MemberRecord> {
+    config
+        .peers
+        .iter()
+        .map(|(id, url)| MemberRecord {
+            id: id.0,
+            name: config.member_names.get(id).cloned().unwrap_or_default(),
+            peer_urls: vec![url.clone()],
+            client_urls: Vec::new(),
+        })
+        .collect()
+}
+
+/// Makes a founder's starting state durable: the state machine, a snapshot file at the
+/// bootstrap position (so it can be sent to members added later) and the WAL.
+pub(crate) fn seal_bootstrap(
+    layout: &Layout,
+    wal: &mut Wal,
+    store: &MvccStore,
+    initial: &InitialState,
+) -> Result<(), StartError> {
+    let meta = initial.snapshot.clone();
     store.persist();
     snapshot::create(store, &layout.snapshot_file(DEFAULT_GROUP, meta.index))
         .map_err(|e| StartError::Inconsistent(e.to_string()))?;
     wal.set_snapshot(DEFAULT_GROUP, meta);
     wal.set_hard_state(DEFAULT_GROUP, initial.hard_state);
     wal.sync();
-    tracing::info!(voters = ?config.voters(), "bootstrapped a new cluster");
-    Ok(initial)
+    Ok(())
 }
 
 impl EventLoop {
@@ -423,6 +464,11 @@ impl EventLoop {
                 Some(replica) => replica.propose_conf_change(change, respond),
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
+            Input::Freeze { group, respond } => {
+                if let Some(replica) = self.replicas.get(&group) {
+                    let _ = respond.send(replica.store.freeze());
+                }
+            }
             Input::Unreachable(to) => {
                 for replica in self.replicas.values_mut() {
                     if replica.node.conf_state().members().contains(&to) {

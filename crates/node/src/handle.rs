@@ -58,6 +58,9 @@ struct Inner {
     client_urls: Vec<String>,
     /// Raised by the event loop when this member is removed from the cluster.
     removed: watch::Receiver<bool>,
+    /// Where backups are written before they are streamed.
+    snap_dir: std::path::PathBuf,
+    quota_backend_bytes: u64,
 }
 
 /// One member as `MemberList` describes it.
@@ -101,6 +104,8 @@ impl NodeHandle {
                 name: config.name.clone(),
                 client_urls: config.client_urls.clone(),
                 removed,
+                snap_dir: crate::event_loop::Layout::new(&config.data_dir).snap,
+                quota_backend_bytes: config.quota_backend_bytes,
             }),
         }
     }
@@ -163,6 +168,44 @@ impl NodeHandle {
         } else {
             shared.lessor.remaining(&shared.store, id)
         })
+    }
+
+    /// Writes a consistent copy of the group's state, as of now on this member, to a new
+    /// snapshot file, and returns its path (the caller removes it). The state is frozen
+    /// between two applies; writes go on while the file is written.
+    pub async fn write_backup(
+        &self,
+        group: GroupId,
+    ) -> Result<(std::path::PathBuf, ostrakon_storage::snapshot::SnapshotInfo), NodeError> {
+        let (respond, frozen) = oneshot::channel();
+        self.send(Input::Freeze { group, respond })?;
+        let frozen = frozen.await.map_err(|_| NodeError::UnknownGroup)?;
+        static BACKUPS: AtomicU64 = AtomicU64::new(0);
+        let path = self.inner.snap_dir.join(format!(
+            "backup-{}-{}.backup",
+            std::process::id(),
+            BACKUPS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let target = path.clone();
+        let written =
+            tokio::task::spawn_blocking(move || ostrakon_storage::snapshot::write(frozen, &target))
+                .await
+                .expect("writing a backup panicked");
+        match written {
+            Ok(info) => Ok((path, info)),
+            Err(error) => {
+                let _ = std::fs::remove_file(&path);
+                Err(NodeError::Refused {
+                    code: tonic::Code::Internal as i32,
+                    message: format!("ostrakon: writing the backup failed: {error}"),
+                })
+            }
+        }
+    }
+
+    /// The store size past which writes that add data are refused (`--quota-backend-bytes`).
+    pub fn quota_backend_bytes(&self) -> u64 {
+        self.inner.quota_backend_bytes
     }
 
     /// Resolves once this member has been removed from the cluster.

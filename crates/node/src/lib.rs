@@ -24,6 +24,7 @@ pub mod handle;
 pub mod identity;
 pub mod lessor;
 mod replica;
+pub mod restore;
 pub mod transport;
 
 pub use config::{member_id, NodeConfig};

@@ -2,7 +2,7 @@
 //! refusal becomes etcd's error.
 
 use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
-use ostrakon_proto::etcdserverpb::ResponseHeader;
+use ostrakon_proto::etcdserverpb::{alarm_request, AlarmRequest, AlarmType, ResponseHeader};
 use ostrakon_proto::peer::write_request::Request as Write;
 use ostrakon_storage::mvcc::{Revision, WriteOutcome};
 
@@ -36,6 +36,7 @@ pub fn current_header(node: &NodeHandle) -> Option<ResponseHeader> {
 /// becomes its etcd error.
 pub async fn write(node: &NodeHandle, write: Write) -> Result<WriteOutcome, ApiError> {
     refuse_on_learner(node)?;
+    check_quota(node, &write).await?;
     match node.write(DEFAULT_GROUP, write).await? {
         WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
             code: error.code,
@@ -55,4 +56,30 @@ pub fn refuse_on_learner(node: &NodeHandle) -> Result<(), ApiError> {
         }));
     }
     Ok(())
+}
+
+/// etcd's space quota: a write that adds data to a store already past the quota raises
+/// the NOSPACE alarm (through raft, so every member refuses such writes until an operator
+/// disarms it) and is refused. Reads, deletes and compaction go on.
+async fn check_quota(node: &NodeHandle, write: &Write) -> Result<(), ApiError> {
+    if !ostrakon_storage::mvcc::adds_data(write) {
+        return Ok(());
+    }
+    let store = node.store(DEFAULT_GROUP)?;
+    let request_bytes = write.encoded_len() as u64;
+    if store.disk_bytes() + request_bytes <= node.quota_backend_bytes() {
+        return Ok(());
+    }
+    tracing::warn!(
+        size_bytes = store.disk_bytes(),
+        quota_bytes = node.quota_backend_bytes(),
+        "the space quota is reached; raising the NOSPACE alarm"
+    );
+    let alarm = Write::Alarm(AlarmRequest {
+        action: alarm_request::AlarmAction::Activate as i32,
+        member_id: node.id().0,
+        alarm: AlarmType::Nospace as i32,
+    });
+    node.write(DEFAULT_GROUP, alarm).await?;
+    Err(ApiError::Mvcc(ostrakon_storage::mvcc::MvccError::NoSpace))
 }

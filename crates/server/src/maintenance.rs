@@ -1,14 +1,20 @@
 //! etcd's Maintenance service: `Status` (what `etcdctl endpoint status` shows), `Alarm`
-//! (list), `Hash` and `HashKV` (what `etcdctl endpoint hashkv` compares across members).
+//! (list, raise, clear: replicated), `Defragment` (online: the member keeps serving),
+//! `Snapshot` (a consistent backup, streamed), `Hash` and `HashKV` (what `etcdctl
+//! endpoint hashkv` compares across members) and `MoveLeader`.
 
 use ostrakon_node::{NodeError, NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::maintenance_server::Maintenance;
 use ostrakon_proto::etcdserverpb::{
-    alarm_request, AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    alarm_request, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use ostrakon_proto::peer::write_request;
 use ostrakon_raft::NodeId;
 use ostrakon_storage::mvcc::ReadView;
+use ostrakon_storage::mvcc::WriteOutcome;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::common;
@@ -27,25 +33,87 @@ impl MaintenanceService {
     }
 }
 
-impl MaintenanceService {}
+/// An alarm's name as etcd prints it.
+fn alarm_name(alarm: i32) -> &'static str {
+    AlarmType::try_from(alarm).map_or("UNKNOWN", |a| a.as_str_name())
+}
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    /// Listing alarms works (there are none: the space quota and its NOSPACE alarm are not
-    /// enforced yet); raising or clearing one is refused until they are.
+    /// Lists the raised alarms (all, or those of one type), or raises or clears one
+    /// through raft, as etcd does.
     async fn alarm(
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        match alarm_request::AlarmAction::try_from(request.into_inner().action) {
-            Ok(alarm_request::AlarmAction::Get) => Ok(Response::new(AlarmResponse {
-                header: common::current_header(&self.node),
-                alarms: Vec::new(),
-            })),
-            _ => Err(Status::unimplemented(
-                "ostrakon: raising and clearing alarms is not supported yet",
-            )),
-        }
+        let request = request.into_inner();
+        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+        let alarms = match alarm_request::AlarmAction::try_from(request.action) {
+            Ok(alarm_request::AlarmAction::Get) => store
+                .alarms()
+                .into_iter()
+                .filter(|a| request.alarm == AlarmType::None as i32 || a.alarm == request.alarm)
+                .collect(),
+            Ok(_) => {
+                let write = write_request::Request::Alarm(request);
+                match common::write(&self.node, write).await? {
+                    WriteOutcome::Alarm(response) => response.alarms,
+                    other => panic!("an alarm request answered with {other:?}"),
+                }
+            }
+            Err(_) => return Err(Status::invalid_argument("unknown alarm action")),
+        };
+        Ok(Response::new(AlarmResponse {
+            header: common::current_header(&self.node),
+            alarms,
+        }))
+    }
+
+    /// Compacts this member's storage on the blocking pool while it keeps serving (etcd's
+    /// defragmentation stops the member's traffic for its duration).
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+        let before = store.disk_bytes();
+        let compacted = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .expect("defragmenting panicked");
+        compacted.map_err(|error| Status::internal(format!("ostrakon: defragment: {error}")))?;
+        let after = self
+            .node
+            .store(DEFAULT_GROUP)
+            .map_err(ApiError::from)?
+            .disk_bytes();
+        tracing::info!(before_bytes = before, after_bytes = after, "defragmented");
+        Ok(Response::new(DefragmentResponse {
+            header: common::current_header(&self.node),
+        }))
+    }
+
+    type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
+
+    /// A consistent copy of this member's state, as of the moment of the call, streamed
+    /// in chunks (ostrakon's snapshot file format; `ostrakon snapshot restore` reads it).
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let header = common::current_header(&self.node);
+        let (path, info) = self
+            .node
+            .write_backup(DEFAULT_GROUP)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(
+            revision = info.revision.0,
+            bytes = info.file_bytes,
+            "streaming a backup"
+        );
+        let (chunks, stream) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(stream_backup(path, info.file_bytes, header, chunks));
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 
     /// The hash of every stored version on this member (read locally, as etcd does).
@@ -128,11 +196,80 @@ impl Maintenance for MaintenanceService {
             raft_index: status.commit.0,
             raft_term: status.term.0,
             raft_applied_index: status.applied.0,
-            errors: Vec::new(),
+            errors: store
+                .alarms()
+                .iter()
+                .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+                .collect(),
             db_size_in_use: db_bytes,
             is_learner: status.is_learner,
         }))
     }
+}
+
+/// Bytes of backup per `SnapshotResponse`.
+const BACKUP_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Sends the backup file in chunks, then padding to whole 512-byte blocks and the SHA-256
+/// of it all (etcd's stream is a bbolt file and its SHA-256, and etcdctl checks both),
+/// then removes the file (also when the client goes away).
+async fn stream_backup(
+    path: std::path::PathBuf,
+    file_bytes: u64,
+    header: Option<ostrakon_proto::etcdserverpb::ResponseHeader>,
+    chunks: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let trailer_bytes = ostrakon_storage::snapshot::BACKUP_TRAILER_BYTES as u64;
+    let mut padding = Some(ostrakon_storage::snapshot::backup_padding(file_bytes));
+    let result = async {
+        let mut file = tokio::fs::File::open(&path).await?;
+        let padding_bytes = padding.as_ref().map_or(0, Vec::len) as u64;
+        let mut remaining = file_bytes + padding_bytes + trailer_bytes;
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; BACKUP_CHUNK_BYTES];
+        let mut header = header;
+        while remaining > 0 {
+            let blob = if remaining == padding_bytes + trailer_bytes && padding.is_some() {
+                let padding = padding.take().expect("checked");
+                hasher.update(&padding);
+                bytes::Bytes::from(padding)
+            } else if remaining > trailer_bytes {
+                let read = file.read(&mut buffer).await?;
+                if read == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the backup file is shorter than written",
+                    ));
+                }
+                hasher.update(&buffer[..read]);
+                bytes::Bytes::copy_from_slice(&buffer[..read])
+            } else {
+                bytes::Bytes::copy_from_slice(&std::mem::take(&mut hasher).finalize())
+            };
+            remaining -= blob.len() as u64;
+            let chunk = SnapshotResponse {
+                header: header.take(),
+                remaining_bytes: remaining,
+                blob,
+                version: ETCD_API_VERSION.to_string(),
+            };
+            if chunks.send(Ok(chunk)).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        let _ = chunks
+            .send(Err(Status::internal(format!(
+                "ostrakon: reading the backup: {error}"
+            ))))
+            .await;
+    }
+    let _ = tokio::fs::remove_file(&path).await;
 }
 
 /// Hashes a view on the blocking pool (it reads every stored version): at `revision`

@@ -1,6 +1,6 @@
 //! Point-in-time copies of a group's state machine, as files.
 //!
-//! A snapshot file is `[magic][header][items][end marker][leases][members][CRC32C]`: the header records the
+//! A snapshot file is `[magic][header][items][end marker][leases][tables][CRC32C]`: the header records the
 //! applied position, the revision and the compacted revision; each item is one stored
 //! version (length-prefixed storage key and value). The file is written to a temporary
 //! name, synced and renamed, so a crash never leaves a half-written snapshot under the
@@ -17,7 +17,8 @@ use prost::Message as _;
 
 use crate::mvcc::{AppliedState, FrozenState, LeaseRecord, MvccStore, Revision};
 
-/// Version 2 added the lease section after the items; version 3 the member registry.
+/// Version 2 added the lease section after the items; version 3 the member registry and
+/// the alarms (`SnapshotTables`).
 const MAGIC: &[u8; 8] = b"OSTKSNP3";
 const END_MARKER: u32 = u32::MAX;
 
@@ -58,7 +59,7 @@ pub fn write(frozen: FrozenState, path: &Path) -> Result<SnapshotInfo, SnapshotE
     let applied = frozen.applied.clone();
     let revision = frozen.revision;
     let compact_revision = frozen.compact_revision;
-    // Leases, then members: small tables that follow the items.
+    // Leases, then the member registry and alarms: small tables after the items.
     let mut lease_section = Vec::new();
     lease_section.put_u32_le(frozen.leases.len() as u32);
     for (id, record) in &frozen.leases {
@@ -66,12 +67,9 @@ pub fn write(frozen: FrozenState, path: &Path) -> Result<SnapshotInfo, SnapshotE
         lease_section.put_i64_le(record.ttl_secs);
         lease_section.put_i64_le(record.remaining_secs);
     }
-    lease_section.put_u32_le(frozen.members.len() as u32);
-    for member in &frozen.members {
-        let encoded = member.encode_to_vec();
-        lease_section.put_u32_le(encoded.len() as u32);
-        lease_section.extend_from_slice(&encoded);
-    }
+    let tables = frozen.tables.encode_to_vec();
+    lease_section.put_u32_le(tables.len() as u32);
+    lease_section.extend_from_slice(&tables);
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
     header.put_u64_le(applied.index.0);
@@ -131,22 +129,66 @@ pub struct SnapshotContent {
     pub items: Vec<(Vec<u8>, Vec<u8>)>,
     /// Every lease.
     pub leases: Vec<(i64, LeaseRecord)>,
-    /// Every registered member.
-    pub members: Vec<pb::MemberRecord>,
+    /// The member registry and the alarms.
+    pub tables: pb::SnapshotTables,
+    /// The file's checksum (its last four bytes).
+    pub crc32c: u32,
 }
 
-/// Reads and checks a snapshot file.
+/// Bytes of the SHA-256 that ends a backup stream (as etcd's `Maintenance.Snapshot` ends
+/// with one, which `etcdctl snapshot save` checks).
+pub const BACKUP_TRAILER_BYTES: usize = 32;
+/// etcdctl expects the data before the SHA-256 to be whole 512-byte blocks (a bbolt
+/// file's pages).
+const BACKUP_BLOCK_BYTES: usize = 512;
+
+/// A backup is `[snapshot file][padding][u32 padding length][SHA-256 of all before]`;
+/// this is the padding and its length for a snapshot file of `file_bytes`.
+pub fn backup_padding(file_bytes: u64) -> Vec<u8> {
+    let unpadded = (file_bytes as usize + 4) % BACKUP_BLOCK_BYTES;
+    let zeros = (BACKUP_BLOCK_BYTES - unpadded) % BACKUP_BLOCK_BYTES;
+    let mut padding = vec![0u8; zeros];
+    padding.put_u32_le((zeros + 4) as u32);
+    padding
+}
+
+/// The snapshot file inside a backup, if `data` is one (whole blocks and a matching
+/// SHA-256); `None` for anything else.
+fn unwrap_backup(data: &[u8]) -> Option<&[u8]> {
+    use sha2::Digest;
+    if data.len() % BACKUP_BLOCK_BYTES != BACKUP_TRAILER_BYTES || data.len() < 4 + 32 {
+        return None;
+    }
+    let (body, trailer) = data.split_at(data.len() - BACKUP_TRAILER_BYTES);
+    if sha2::Sha256::digest(body).as_slice() != trailer {
+        return None;
+    }
+    let padding = u32::from_le_bytes(body[body.len() - 4..].try_into().unwrap()) as usize;
+    (padding <= BACKUP_BLOCK_BYTES + 4 && padding <= body.len())
+        .then(|| &body[..body.len() - padding])
+}
+
+/// Reads and checks a snapshot file, or a backup (a snapshot file followed by its
+/// SHA-256, as `Maintenance.Snapshot` streams it).
 pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
-    let damaged = |what| SnapshotError::Damaged(path.to_path_buf(), what);
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(|e| SnapshotError::Io(path.to_path_buf(), e))?;
+    if let Some(file_bytes) = unwrap_backup(&data).map(<[u8]>::len) {
+        data.truncate(file_bytes);
+    }
+    parse(path, data)
+}
+
+fn parse(path: &Path, data: Vec<u8>) -> Result<SnapshotContent, SnapshotError> {
+    let damaged = |what| SnapshotError::Damaged(path.to_path_buf(), what);
     if data.len() < MAGIC.len() + 40 || &data[..MAGIC.len()] != MAGIC {
         return Err(damaged("not a snapshot file"));
     }
     let (body, crc) = data.split_at(data.len() - 4);
-    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+    let crc32c = u32::from_le_bytes(crc.try_into().unwrap());
+    if crc32c::crc32c(body) != crc32c {
         return Err(damaged("checksum mismatch"));
     }
     let mut cursor = &body[MAGIC.len()..];
@@ -202,23 +244,15 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
         })
         .collect();
     if cursor.len() < 4 {
-        return Err(damaged("members cut short"));
+        return Err(damaged("tables cut short"));
     }
-    let member_count = cursor.get_u32_le() as usize;
-    let mut members = Vec::with_capacity(member_count.min(1024));
-    for _ in 0..member_count {
-        if cursor.len() < 4 {
-            return Err(damaged("members cut short"));
-        }
-        let member_bytes = cursor.get_u32_le() as usize;
-        if cursor.len() < member_bytes {
-            return Err(damaged("members cut short"));
-        }
-        let member = pb::MemberRecord::decode(&cursor[..member_bytes])
-            .map_err(|_| damaged("bad member record"))?;
-        members.push(member);
-        cursor.advance(member_bytes);
+    let tables_bytes = cursor.get_u32_le() as usize;
+    if cursor.len() < tables_bytes {
+        return Err(damaged("tables cut short"));
     }
+    let tables =
+        pb::SnapshotTables::decode(&cursor[..tables_bytes]).map_err(|_| damaged("bad tables"))?;
+    cursor.advance(tables_bytes);
     if !cursor.is_empty() {
         return Err(damaged("trailing bytes"));
     }
@@ -236,7 +270,8 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
         info,
         items,
         leases,
-        members,
+        tables,
+        crc32c,
     })
 }
 
@@ -246,15 +281,78 @@ pub fn install(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotE
         info,
         items,
         leases,
-        members,
+        tables,
+        ..
     } = read(path)?;
     store.install(
         items,
         leases,
-        members,
+        tables,
         info.revision,
         info.compact_revision,
         info.applied.clone(),
     );
     Ok(info)
+}
+
+/// Replaces the store's content with a backup's data under a new identity: the applied
+/// position, the membership and the member registry are the new cluster's (as etcdutl's
+/// `snapshot restore` does); alarms are not carried over.
+pub fn restore(
+    store: &MvccStore,
+    path: &Path,
+    applied: AppliedState,
+    members: Vec<pb::MemberRecord>,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let SnapshotContent {
+        mut info,
+        items,
+        leases,
+        ..
+    } = read(path)?;
+    store.install(
+        items,
+        leases,
+        pb::SnapshotTables {
+            members,
+            alarms: Vec::new(),
+        },
+        info.revision,
+        info.compact_revision,
+        applied.clone(),
+    );
+    info.applied = applied;
+    Ok(info)
+}
+
+/// What `ostrakon snapshot status` reports about a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// The file's CRC32C (its last four bytes).
+    pub hash: u32,
+    /// The store's revision in it.
+    pub revision: i64,
+    /// Stored versions (every revision of every key, up to compaction).
+    pub total_versions: usize,
+    /// Distinct live keys at the revision.
+    pub total_keys: usize,
+    /// The file's size.
+    pub file_bytes: u64,
+}
+
+/// Reads and checks a snapshot file (or backup) and describes it.
+pub fn status(path: &Path) -> Result<SnapshotStatus, SnapshotError> {
+    let content = read(path)?;
+    let hash = content.crc32c;
+    let latest = crate::mvcc::latest::LatestIndex::build(
+        content.info.revision,
+        content.items.iter().map(|(k, v)| (k, v)),
+    );
+    Ok(SnapshotStatus {
+        hash,
+        revision: content.info.revision.0,
+        total_versions: content.items.len(),
+        total_keys: latest.live_keys(),
+        file_bytes: content.info.file_bytes,
+    })
 }

@@ -28,15 +28,37 @@ pub struct TestCluster {
     extra_args: Vec<String>,
 }
 
-/// A port nothing listens on now (bound to port 0 and released).
+/// A port nothing listens on now, below the kernel's ephemeral range (32768 and up on
+/// Linux): a port the kernel handed out (as port 0 does) can be taken again meanwhile by
+/// an outgoing connection, and then the member cannot listen on it.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    // Test binaries run as separate processes: each starts at its own offset.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = (FIRST + (start + n * 13) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TestCluster {
     /// Starts `size` members with extra server flags and waits until one leads.
     pub async fn start(size: usize, extra_args: &[&str]) -> TestCluster {
+        let mut cluster = TestCluster::unstarted(size, extra_args);
+        cluster.start_members().await;
+        cluster
+    }
+
+    /// A cluster's names, ports and directory, with no member started (to prepare the
+    /// data directories first, as a restore from a backup does).
+    pub fn unstarted(size: usize, extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -52,18 +74,39 @@ impl TestCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             members,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        for i in 0..size {
-            cluster.spawn(i);
         }
-        cluster.wait_for_leader().await;
-        cluster.wait_for_published_members().await;
-        cluster
+    }
+
+    /// Starts every member and waits until one leads and all have published themselves.
+    pub async fn start_members(&mut self) {
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
+        self.wait_for_leader().await;
+        self.wait_for_published_members().await;
+    }
+
+    /// `--initial-cluster` of the founding members.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
+    }
+
+    /// Runs `ostrakon ARGS` to completion; returns (success, stdout, stderr).
+    pub fn ostrakon(&self, args: &[&str]) -> (bool, String, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_ostrakon"))
+            .args(args)
+            .output()
+            .expect("the ostrakon binary runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     /// Waits until every member has published its client URLs in the member registry
@@ -142,6 +185,7 @@ impl TestCluster {
         let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
         let client_url = format!("http://127.0.0.1:{}", member.client_port);
         let child = Command::new(env!("CARGO_BIN_EXE_ostrakon"))
+            .env_remove("RUST_BACKTRACE")
             .arg("server")
             .args(["--name", &member.name])
             .arg("--data-dir")

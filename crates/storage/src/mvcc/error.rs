@@ -23,4 +23,7 @@ pub enum MvccError {
     /// The lease does not exist.
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// The NOSPACE alarm is raised: only reads, deletes and compaction are applied.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
 }

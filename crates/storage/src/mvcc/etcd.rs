@@ -4,6 +4,7 @@
 //! done by the server before a request is proposed; what needs state is done here, at
 //! apply time, identically on every member.
 
+use ostrakon_proto::etcdserverpb::AlarmType;
 use ostrakon_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
     Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
@@ -233,6 +234,15 @@ pub fn apply_write(
         store.apply_member_change(index, term, &change);
         return WriteOutcome::MemberUpdated(ostrakon_proto::peer::MemberUpdated {});
     }
+    if let Request::Alarm(alarm) = request {
+        return WriteOutcome::Alarm(store.apply_alarm(index, term, alarm));
+    }
+    if store.has_alarm(AlarmType::Nospace) && adds_data(request) {
+        // etcd's "capped" applier: with the space quota reached, nothing that adds data
+        // applies, on any member alike, until the alarm is cleared.
+        store.set_applied(index, term);
+        return error_outcome(MvccError::NoSpace);
+    }
     let mut txn = store.write_txn();
     let result = match request {
         Request::Put(put) => apply_put(&mut txn, put).map(WriteOutcome::Put),
@@ -240,7 +250,10 @@ pub fn apply_write(
             Ok(WriteOutcome::DeleteRange(apply_delete(&mut txn, delete)))
         }
         Request::Txn(request) => apply_txn(&mut txn, request).map(WriteOutcome::Txn),
-        Request::Compaction(_) | Request::MemberPeerUrls(_) | Request::MemberAttributes(_) => {
+        Request::Compaction(_)
+        | Request::MemberPeerUrls(_)
+        | Request::MemberAttributes(_)
+        | Request::Alarm(_) => {
             unreachable!("handled above")
         }
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
@@ -278,6 +291,27 @@ pub fn apply_write(
     }
 }
 
+/// Whether a write may grow the store: puts, Txns that can put, lease grants.
+pub fn adds_data(request: &write_request::Request) -> bool {
+    use write_request::Request;
+    match request {
+        Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(txn) => txn_puts(txn),
+        _ => false,
+    }
+}
+
+fn txn_puts(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_puts(inner),
+            _ => false,
+        })
+}
+
 fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
     let header = match outcome {
         WriteOutcome::Put(r) => &mut r.header,
@@ -287,7 +321,7 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         WriteOutcome::LeaseGrant(r) => &mut r.header,
         WriteOutcome::LeaseRevoke(r) => &mut r.header,
         WriteOutcome::LeaseCheckpoint(r) => &mut r.header,
-        WriteOutcome::Error(_) | WriteOutcome::MemberUpdated(_) => return,
+        WriteOutcome::Error(_) | WriteOutcome::MemberUpdated(_) | WriteOutcome::Alarm(_) => return,
     };
     *header = self::header(revision);
 }
@@ -315,6 +349,8 @@ pub fn etcd_status(error: &MvccError) -> (i32, &'static str) {
         MvccError::KeyNotFound => (3, "etcdserver: key not found"),
         MvccError::LeaseNotFound => (5, "etcdserver: requested lease not found"),
         MvccError::LeaseExists => (9, "etcdserver: lease already exists"),
+        // ResourceExhausted.
+        MvccError::NoSpace => (8, "etcdserver: mvcc: database space exceeded"),
     }
 }
 

@@ -50,6 +50,11 @@ impl LatestIndex {
         index
     }
 
+    /// How many keys are live.
+    pub fn live_keys(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Records `version` (at `revision`) as the newest of `key`.
     fn set(&mut self, key: Bytes, revision: Revision, version: &StoredVersion) {
         let old_lease = if version.tombstone {

@@ -10,13 +10,13 @@ mod error;
 mod etcd;
 mod events;
 mod keys;
-mod latest;
+pub(crate) mod latest;
 mod members;
 mod store;
 mod value;
 
 pub use error::MvccError;
-pub use etcd::{apply_write, etcd_status, range, WriteOutcome};
+pub use etcd::{adds_data, apply_write, etcd_status, range, WriteOutcome};
 pub use events::{EventSink, History, RevisionEvents};
 pub use members::{MemberChange, MemberRegistry};
 pub use store::{AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn};

@@ -1,12 +1,15 @@
 //! Storage of versions in fjall: consistent read views and atomic write transactions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use ostrakon_proto::etcdserverpb::{
+    alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+};
 use ostrakon_proto::mvccpb::KeyValue;
 use ostrakon_proto::peer as pb;
 use ostrakon_raft::{ConfState, GroupId, LogIndex, NodeId, Term};
@@ -64,6 +67,8 @@ pub struct MvccStore {
     members: Mutex<MemberRegistry>,
     /// Raised on every change of `members`, so the runtime notices cheaply.
     members_version: AtomicU64,
+    /// Raised alarms: (member id, alarm type), persisted in `meta`.
+    alarms: Mutex<BTreeSet<(u64, i32)>>,
 }
 
 impl MvccStore {
@@ -111,6 +116,11 @@ impl MvccStore {
         let members = MemberRegistry::from_stored(
             stored_members.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
         );
+        let alarms = meta
+            .snapshot()
+            .prefix(ALARM_KEY_PREFIX)
+            .map(|item| alarm_of_key(&engine("reading alarms", item).0))
+            .collect();
         let applied = AppliedState {
             index: LogIndex(read_u64(META_APPLIED_INDEX).unwrap_or(0)),
             term: Term(read_u64(META_APPLIED_TERM).unwrap_or(0)),
@@ -137,6 +147,78 @@ impl MvccStore {
             events: OnceLock::new(),
             members: Mutex::new(members),
             members_version: AtomicU64::new(1),
+            alarms: Mutex::new(alarms),
+        }
+    }
+
+    /// Rewrites the store's files without dead data (superseded and compacted versions,
+    /// tombstones), while reads and writes go on.
+    pub fn defragment(&self) -> Result<(), fjall::Error> {
+        for partition in [&self.kv, &self.lease, &self.meta] {
+            // Memtable data first, so that what compaction removed is dropped too.
+            partition.rotate_memtable_and_wait()?;
+            partition.major_compact()?;
+        }
+        Ok(())
+    }
+
+    /// Every raised alarm.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(member_id, alarm)| AlarmMember {
+                member_id: *member_id,
+                alarm: *alarm,
+            })
+            .collect()
+    }
+
+    /// Whether an alarm of this type is raised by any member.
+    pub fn has_alarm(&self, alarm: AlarmType) -> bool {
+        self.alarms
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, raised)| *raised == alarm as i32)
+    }
+
+    /// Applies a replicated alarm request (raise or clear), as etcd's alarm store does.
+    pub fn apply_alarm(
+        &self,
+        index: LogIndex,
+        term: Term,
+        request: &AlarmRequest,
+    ) -> AlarmResponse {
+        let member = AlarmMember {
+            member_id: request.member_id,
+            alarm: request.alarm,
+        };
+        let key = alarm_key(request.member_id, request.alarm);
+        let mut batch = self.keyspace.batch();
+        let mut alarms = self.alarms.lock().unwrap();
+        let entry = (request.member_id, request.alarm);
+        let mut answered = Vec::new();
+        match alarm_request::AlarmAction::try_from(request.action) {
+            Ok(alarm_request::AlarmAction::Activate) if request.alarm != AlarmType::None as i32 => {
+                alarms.insert(entry);
+                batch.insert(&self.meta, key, []);
+                answered.push(member);
+            }
+            Ok(alarm_request::AlarmAction::Deactivate) if alarms.remove(&entry) => {
+                batch.remove(&self.meta, key);
+                answered.push(member);
+            }
+            _ => {}
+        }
+        self.put_applied(&mut batch, index, term);
+        engine("committing an alarm", batch.commit());
+        drop(alarms);
+        self.set_applied(index, term);
+        AlarmResponse {
+            header: None,
+            alarms: answered,
         }
     }
 
@@ -216,7 +298,13 @@ impl MvccStore {
 
     /// Bytes the state machine's storage takes on disk (shared by every group's store).
     pub fn disk_bytes(&self) -> u64 {
-        self.keyspace.disk_space()
+        // The partitions' files; the journal is left out: fjall sizes its files ahead of
+        // use, so the keyspace's figure starts at tens of megabytes for an empty store.
+        // Data still only in memtables (up to the write buffer) is not counted yet.
+        [&self.kv, &self.lease, &self.meta]
+            .iter()
+            .map(|partition| partition.disk_space())
+            .sum()
     }
 
     /// The last applied index (cheap; for waiting readers).
@@ -298,7 +386,10 @@ impl MvccStore {
             compact_revision: self.compact_revision(),
             applied,
             leases: self.leases(),
-            members: self.members(),
+            tables: pb::SnapshotTables {
+                members: self.members(),
+                alarms: self.alarms(),
+            },
             kv: self.kv.snapshot(),
         }
     }
@@ -406,13 +497,22 @@ impl MvccStore {
         &self,
         items: Vec<(Vec<u8>, Vec<u8>)>,
         leases: Vec<(i64, LeaseRecord)>,
-        members: Vec<pb::MemberRecord>,
+        tables: pb::SnapshotTables,
         revision: Revision,
         compact_revision: Revision,
         applied: AppliedState,
     ) {
         let mut batch = self.keyspace.batch();
-        let new_members = MemberRegistry::from_records(members);
+        let new_members = MemberRegistry::from_records(tables.members);
+        let mut alarms = self.alarms.lock().unwrap();
+        for (member_id, alarm) in std::mem::take(&mut *alarms) {
+            batch.remove(&self.meta, alarm_key(member_id, alarm));
+        }
+        for raised in &tables.alarms {
+            batch.insert(&self.meta, alarm_key(raised.member_id, raised.alarm), []);
+            alarms.insert((raised.member_id, raised.alarm));
+        }
+        drop(alarms);
         let mut registry = self.members.lock().unwrap();
         let stale = registry
             .records()
@@ -511,6 +611,24 @@ impl LeaseRecord {
     }
 }
 
+const ALARM_KEY_PREFIX: &[u8] = b"alarm/";
+
+fn alarm_key(member_id: u64, alarm: i32) -> Vec<u8> {
+    let mut key = ALARM_KEY_PREFIX.to_vec();
+    key.extend_from_slice(&member_id.to_be_bytes());
+    key.extend_from_slice(&alarm.to_be_bytes());
+    key
+}
+
+fn alarm_of_key(key: &[u8]) -> (u64, i32) {
+    let rest = &key[ALARM_KEY_PREFIX.len()..];
+    assert_eq!(rest.len(), 12, "an alarm key is a prefix, 8 and 4 bytes");
+    (
+        u64::from_be_bytes(rest[..8].try_into().unwrap()),
+        i32::from_be_bytes(rest[8..].try_into().unwrap()),
+    )
+}
+
 fn lease_key(id: i64) -> [u8; 8] {
     id.to_be_bytes()
 }
@@ -530,8 +648,8 @@ pub struct FrozenState {
     pub compact_revision: Revision,
     /// Every lease at that position.
     pub leases: Vec<(i64, LeaseRecord)>,
-    /// Every registered member at that position.
-    pub members: Vec<pb::MemberRecord>,
+    /// The member registry and the alarms at that position.
+    pub tables: pb::SnapshotTables,
     kv: fjall::Snapshot,
 }
 

@@ -978,3 +978,69 @@ fn member_registry_is_replicated_state_reopened_and_carried_by_snapshots() {
     crate::snapshot::install(&target.store, &path).unwrap();
     assert_eq!(target.store.members(), reopened.members());
 }
+
+fn alarm(
+    f: &mut Fixture,
+    action: ostrakon_proto::etcdserverpb::alarm_request::AlarmAction,
+) -> WriteOutcome {
+    f.write(Request::Alarm(ostrakon_proto::etcdserverpb::AlarmRequest {
+        action: action as i32,
+        member_id: 42,
+        alarm: ostrakon_proto::etcdserverpb::AlarmType::Nospace as i32,
+    }))
+}
+
+#[test]
+fn a_nospace_alarm_lets_only_reads_deletes_and_compaction_apply_until_cleared() {
+    use ostrakon_proto::etcdserverpb::alarm_request::AlarmAction;
+    use ostrakon_proto::etcdserverpb::AlarmType;
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    match alarm(&mut f, AlarmAction::Activate) {
+        WriteOutcome::Alarm(response) => assert_eq!(response.alarms.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(f.store.has_alarm(AlarmType::Nospace));
+    let refused = f.write(Request::Put(PutRequest {
+        key: Bytes::from_static(b"b"),
+        value: Bytes::from_static(b"2"),
+        ..Default::default()
+    }));
+    assert!(
+        matches!(&refused, WriteOutcome::Error(e) if e.code == 8 && e.message == "etcdserver: mvcc: database space exceeded"),
+        "{refused:?}"
+    );
+    let txn_put = f.write(Request::Txn(TxnRequest {
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: Bytes::from_static(b"c"),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    }));
+    assert!(matches!(txn_put, WriteOutcome::Error(_)), "{txn_put:?}");
+    assert_eq!(f.delete("a", ""), 1, "deletes still apply");
+
+    // The alarm survives a reopen and travels in snapshots.
+    f.store.persist();
+    let reopened = MvccStore::open(&f.keyspace, GroupId(1));
+    assert_eq!(reopened.alarms(), f.store.alarms());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap");
+    crate::snapshot::create(&f.store, &path).unwrap();
+    let target = Fixture::new();
+    crate::snapshot::install(&target.store, &path).unwrap();
+    assert!(target.store.has_alarm(AlarmType::Nospace));
+    drop(reopened);
+
+    alarm(&mut f, AlarmAction::Deactivate);
+    assert!(f.store.alarms().is_empty());
+    f.put("b", "2");
+    let status = crate::snapshot::status(&path).unwrap();
+    assert_eq!(
+        (status.total_keys, status.total_versions),
+        (0, 2),
+        "{status:?}"
+    );
+}

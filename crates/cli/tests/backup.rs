@@ -1,0 +1,186 @@
+//! Backups and new clusters made from them: `Maintenance.Snapshot` streamed to
+//! `ostrakon snapshot save` and to etcdctl's `snapshot save` while writes go on,
+//! `ostrakon snapshot status`, and `ostrakon snapshot restore` into a new cluster that
+//! holds exactly the backed-up revision.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::etcdctl::{etcdctls, Etcdctl};
+use common::TestCluster;
+
+/// The (revision, key count) that `ostrakon snapshot status -w json` reports.
+fn status_of(cluster: &TestCluster, file: &std::path::Path) -> (i64, i64) {
+    let (ok, stdout, stderr) =
+        cluster.ostrakon(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
+    assert!(ok, "snapshot status failed: {stderr}");
+    let number = |field: &str| -> i64 {
+        let start = stdout.find(&format!("\"{field}\":")).unwrap() + field.len() + 3;
+        stdout[start..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (number("revision"), number("totalKey"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_restores_into_a_new_cluster_at_its_revision() {
+    let binaries = etcdctls();
+    let source = TestCluster::start(3, &[]).await;
+    let mut client = source.client(0).await;
+    for n in 0..200 {
+        client
+            .put(format!("before/{n:03}"), vec![b'x'; 100], None)
+            .await
+            .unwrap();
+    }
+    let lease = client.lease_grant(600, None).await.unwrap().id();
+    client
+        .put(
+            "leased",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    client.delete("before/000", None).await.unwrap();
+    // Writes go on during the backups.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let mut client = source.client(1).await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && n < 5000 {
+                let _ = client.put(format!("during/{n:05}"), "v", None).await;
+                n += 1;
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ostrakon.db");
+    let (ok, stdout, stderr) = source.ostrakon(&[
+        "snapshot",
+        "save",
+        ours.to_str().unwrap(),
+        "--endpoints",
+        &source.host_port(2),
+    ]);
+    assert!(ok, "snapshot save failed: {stderr}");
+    assert!(stdout.contains("Snapshot saved at"), "{stdout}");
+    for (i, binary) in binaries.iter().enumerate() {
+        let file = dir.path().join(format!("etcdctl-{i}.db"));
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: source.host_port(0),
+        };
+        let saved = etcdctl.ok(&["snapshot", "save", file.to_str().unwrap()]);
+        assert!(saved.contains("Snapshot saved at"), "{saved}");
+        let (revision, keys) = status_of(&source, &file);
+        assert!(revision > 200 && keys > 200, "{revision} {keys}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+
+    // The backup holds one revision, whole: a new cluster made from it hashes alike.
+    let (revision, keys) = status_of(&source, &ours);
+    let mut source_client = source.client(2).await;
+    let source_hash = source_client.hash_kv(revision).await.unwrap().hash();
+
+    let mut restored = TestCluster::unstarted(3, &[]);
+    for i in 0..3 {
+        let data_dir = restored.data_dir(i);
+        let peer_url = restored.peer_url(i);
+        let name = restored.members[i].name.clone();
+        let (ok, stdout, stderr) = restored.ostrakon(&[
+            "snapshot",
+            "restore",
+            ours.to_str().unwrap(),
+            "--name",
+            &name,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--initial-cluster",
+            restored.initial_cluster(),
+            "--initial-cluster-token",
+            "test",
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ]);
+        assert!(ok, "restore failed: {stderr}");
+        assert!(stdout.contains(&format!("revision {revision}")), "{stdout}");
+    }
+    // A data directory is never overwritten.
+    let (ok, _, stderr) = restored.ostrakon(&[
+        "snapshot",
+        "restore",
+        ours.to_str().unwrap(),
+        "--name",
+        "m1",
+        "--data-dir",
+        restored.data_dir(0).to_str().unwrap(),
+        "--initial-cluster",
+        restored.initial_cluster(),
+        "--initial-advertise-peer-urls",
+        &restored.peer_url(0),
+    ]);
+    assert!(!ok && stderr.contains("exists"), "{stderr}");
+
+    restored.start_members().await;
+    for i in 0..3 {
+        let mut client = restored.client(i).await;
+        let hash = client.hash_kv(revision).await.unwrap();
+        assert_eq!(
+            hash.hash(),
+            source_hash,
+            "member {i} of the restored cluster holds the backed-up revision"
+        );
+        let all = client
+            .get(
+                "",
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_all_keys()
+                        .with_count_only(),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(all.count(), keys, "member {i}");
+    }
+    let mut client = restored.client(0).await;
+    assert!(client
+        .get("before/000", None)
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty());
+    assert_eq!(client.get("before/001", None).await.unwrap().kvs().len(), 1);
+    let leases = client.leases().await.unwrap();
+    assert!(
+        leases.leases().iter().any(|l| l.id() == lease),
+        "the lease is restored"
+    );
+    let put = client.put("after-restore", "v", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), revision + 1);
+    let source_id = source_client
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .cluster_id();
+    let restored_id = client
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .cluster_id();
+    assert_ne!(source_id, restored_id, "a restore makes a new cluster");
+}

@@ -1,0 +1,50 @@
+//! Making a new cluster's member from a backup (`ostrakon snapshot restore`, as etcdutl's
+//! `snapshot restore`): the backup's keys, revisions and leases, under the membership,
+//! member ids and cluster id of the new `--initial-cluster`. Each member of the new
+//! cluster is restored from the same file with its own name and data directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ostrakon_raft::InitialState;
+use ostrakon_storage::mvcc::{AppliedState, MvccStore};
+use ostrakon_storage::snapshot::{self, SnapshotInfo};
+
+use crate::config::NodeConfig;
+use crate::event_loop::{founder_records, open_storage, seal_bootstrap, Layout, StartError};
+use crate::identity::Identity;
+use crate::DEFAULT_GROUP;
+
+/// Writes a founding member's data directory from `backup`. Refuses a data directory that
+/// already holds a member.
+pub fn restore_backup(config: &NodeConfig, backup: &Path) -> Result<SnapshotInfo, StartError> {
+    let layout = Layout::new(&config.data_dir);
+    let member_dir = layout.wal.parent().expect("member/").to_path_buf();
+    if member_dir.exists() {
+        return Err(StartError::Inconsistent(format!(
+            "data-dir {:?} exists; restore makes a new member",
+            config.data_dir
+        )));
+    }
+    // Check the file before creating anything.
+    snapshot::read(backup).map_err(|e| StartError::Inconsistent(e.to_string()))?;
+    let (mut wal, recovered, keyspace) = open_storage(&layout)?;
+    assert!(recovered.groups.is_empty(), "a new WAL holds no group");
+    let store = Arc::new(MvccStore::open(&keyspace, DEFAULT_GROUP));
+    let initial = InitialState::bootstrap(config.voters());
+    let applied = AppliedState {
+        index: initial.snapshot.index,
+        term: initial.snapshot.term,
+        conf_state: initial.conf_state.clone(),
+    };
+    let info = snapshot::restore(&store, backup, applied, founder_records(config))
+        .map_err(|e| StartError::Inconsistent(e.to_string()))?;
+    seal_bootstrap(&layout, &mut wal, &store, &initial)?;
+    Identity {
+        member_id: config.id,
+        cluster_id: config.cluster_id,
+        founder: true,
+    }
+    .store(&config.data_dir)?;
+    Ok(info)
+}
