@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use ostrakon_node::tls::{TlsFiles, TlsMaterial};
 use ostrakon_node::{config::cluster_id, member_id, NodeConfig};
 use ostrakon_raft::NodeId;
 use ostrakon_server::validate::Limits;
@@ -76,6 +77,31 @@ pub struct ServerArgs {
     /// Duration of periodic watch progress notifications (Go duration syntax, as etcd's).
     #[arg(long, default_value = "10m0s", value_parser = crate::duration::parse_go_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Path to the client server TLS cert file.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication (clients must present a cert signed by the
+    /// trusted CA).
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long)]
+    pub peer_client_cert_auth: bool,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -125,12 +151,31 @@ impl ServerArgs {
             // A joining member learns its id and the cluster's from the running members
             // (identity::settle); the ids computed above are then only provisional.
             join: self.initial_cluster_state == ClusterState::Existing,
+            peer_tls: None,
             quota_backend_bytes: if self.quota_backend_bytes == 0 {
                 QUOTA_BACKEND_BYTES_DEFAULT
             } else {
                 self.quota_backend_bytes
             },
         };
+        let client_tls = tls_material(
+            "",
+            &self.listen_client_urls,
+            &self.cert_file,
+            &self.key_file,
+            &self.trusted_ca_file,
+            self.client_cert_auth,
+        )?;
+        let peer_tls = tls_material(
+            "peer-",
+            &self.listen_peer_urls,
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+            self.peer_client_cert_auth,
+        )?;
+        let mut node = node;
+        node.peer_tls = peer_tls;
         let peer_addrs = urls::socket_addrs(&self.listen_peer_urls)?;
         let client_addrs = urls::socket_addrs(&self.listen_client_urls)?;
         if peer_addrs.len() != 1 {
@@ -145,8 +190,49 @@ impl ServerArgs {
                 request_bytes_max: self.max_request_bytes,
             },
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+            client_tls,
         })
     }
+}
+
+/// One side's TLS flags, checked as etcd checks them and read. `prefix` is "" for the
+/// client side and "peer-" for the peer side.
+fn tls_material(
+    prefix: &str,
+    listen_urls: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    trusted_ca: &Option<PathBuf>,
+    client_cert_auth: bool,
+) -> anyhow::Result<Option<TlsMaterial>> {
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (None, None) => {
+            if urls::any_https(listen_urls) {
+                bail!(
+                    "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {} url with HTTPS scheme",
+                    if prefix.is_empty() { "client" } else { "peer" }
+                );
+            }
+            if client_cert_auth {
+                bail!(
+                    "--{prefix}client-cert-auth needs --{prefix}cert-file and --{prefix}key-file"
+                );
+            }
+            return Ok(None);
+        }
+        _ => bail!("--{prefix}cert-file and --{prefix}key-file go together"),
+    };
+    if client_cert_auth && trusted_ca.is_none() {
+        bail!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file");
+    }
+    let files = TlsFiles {
+        cert,
+        key,
+        trusted_ca: trusted_ca.clone(),
+        client_cert_auth,
+    };
+    Ok(Some(TlsMaterial::load(&files)?))
 }
 
 /// The founding members from `--initial-cluster`, and this member's id among them.

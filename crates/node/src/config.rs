@@ -34,6 +34,8 @@ pub struct NodeConfig {
     /// `--quota-backend-bytes`: past this store size, writes that add data raise the
     /// NOSPACE alarm and are refused.
     pub quota_backend_bytes: u64,
+    /// TLS on the peer links (`--peer-cert-file` ...), if configured.
+    pub peer_tls: Option<crate::tls::TlsMaterial>,
     /// Join a running cluster (`--initial-cluster-state existing`) instead of founding
     /// one; settled by `identity::settle` from the data directory on later starts.
     pub join: bool,

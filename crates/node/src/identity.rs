@@ -12,7 +12,6 @@ use std::time::Duration;
 use ostrakon_proto::peer::peer_client::PeerClient;
 use ostrakon_proto::peer::{MemberRecord, MembersQuery};
 use ostrakon_raft::NodeId;
-use tonic::transport::Endpoint;
 
 use crate::config::NodeConfig;
 use crate::event_loop::{Layout, StartError};
@@ -189,7 +188,7 @@ async fn ask_members(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         for url in &others {
-            match ask_one(url).await {
+            match ask_one(url, config.peer_tls.as_ref()).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) => last_error = format!("{url}: {error}"),
             }
@@ -200,8 +199,12 @@ async fn ask_members(
     )))
 }
 
-async fn ask_one(url: &str) -> Result<(u64, Vec<MemberRecord>), String> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+async fn ask_one(
+    url: &str,
+    tls: Option<&crate::tls::TlsMaterial>,
+) -> Result<(u64, Vec<MemberRecord>), String> {
+    let tls = tls.map(|t| t.client_config());
+    let endpoint = crate::transport::peer_endpoint(url, tls.as_ref())
         .map_err(|e| e.to_string())?
         .connect_timeout(ASK_PEER_TIMEOUT)
         .timeout(ASK_PEER_TIMEOUT);

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod lessor;
 mod replica;
 pub mod restore;
+pub mod tls;
 pub mod transport;
 
 pub use config::{member_id, NodeConfig};

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How often watchers that asked for it hear how far they are.
     pub watch_progress_notify_interval: Duration,
+    /// TLS on the client listeners (`--cert-file` ...), if configured.
+    pub client_tls: Option<ostrakon_node::tls::TlsMaterial>,
 }
 
 /// Why a member stopped with an error.
@@ -89,7 +91,11 @@ pub async fn run(
 
     let peer = PeerServer::new(PeerService::new(node.clone(), &config.node.data_dir))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    let peer_server = tonic::transport::Server::builder()
+    let mut peer_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.node.peer_tls {
+        peer_builder = peer_builder.tls_config(tls.server_config())?;
+    }
+    let peer_server = peer_builder
         .tcp_nodelay(true)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
@@ -116,7 +122,11 @@ pub async fn run(
             .add_service(watch)
             .into_axum_router()
             .route("/health", get(health).with_state(node.clone()));
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.client_tls {
+            builder = builder.tls_config(tls.server_config())?;
+        }
+        let server = builder
             .accept_http1(true)
             .tcp_nodelay(true)
             .add_routes(Routes::from(router))

@@ -26,6 +26,18 @@ pub struct TestCluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     extra_args: Vec<String>,
+    /// "http" or "https", for client and peer URLs.
+    client_scheme: &'static str,
+    peer_scheme: &'static str,
+    /// How the harness's own clients connect when the client port speaks TLS.
+    client_tls: Option<etcd_client::TlsOptions>,
+}
+
+/// A TLS cluster's schemes and the harness's client credentials.
+pub struct TlsSetup {
+    pub client_https: bool,
+    pub peer_https: bool,
+    pub client_tls: Option<etcd_client::TlsOptions>,
 }
 
 /// A port nothing listens on now, below the kernel's ephemeral range (32768 and up on
@@ -59,7 +71,28 @@ impl TestCluster {
     /// A cluster's names, ports and directory, with no member started (to prepare the
     /// data directories first, as a restore from a backup does).
     pub fn unstarted(size: usize, extra_args: &[&str]) -> TestCluster {
+        TestCluster::unstarted_with_tls(
+            size,
+            extra_args,
+            TlsSetup {
+                client_https: false,
+                peer_https: false,
+                client_tls: None,
+            },
+        )
+    }
+
+    /// Starts `size` members with TLS on the client and/or peer URLs (the certificate
+    /// flags are in `extra_args`).
+    pub async fn start_with_tls(size: usize, extra_args: &[&str], tls: TlsSetup) -> TestCluster {
+        let mut cluster = TestCluster::unstarted_with_tls(size, extra_args, tls);
+        cluster.start_members().await;
+        cluster
+    }
+
+    fn unstarted_with_tls(size: usize, extra_args: &[&str], tls: TlsSetup) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        let peer_scheme = if tls.peer_https { "https" } else { "http" };
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{}", i + 1),
@@ -71,7 +104,7 @@ impl TestCluster {
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={peer_scheme}://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         TestCluster {
@@ -79,6 +112,9 @@ impl TestCluster {
             members,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            client_scheme: if tls.client_https { "https" } else { "http" },
+            peer_scheme,
+            client_tls: tls.client_tls,
         }
     }
 
@@ -164,7 +200,10 @@ impl TestCluster {
     }
 
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.peer_scheme, self.members[i].peer_port
+        )
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
@@ -182,8 +221,8 @@ impl TestCluster {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", member.name)))
             .unwrap();
-        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
-        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let peer_url = self.peer_url(i);
+        let client_url = self.endpoint(i);
         let child = Command::new(env!("CARGO_BIN_EXE_ostrakon"))
             .env_remove("RUST_BACKTRACE")
             .arg("server")
@@ -224,7 +263,21 @@ impl TestCluster {
     }
 
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.client_scheme, self.members[i].client_port
+        )
+    }
+
+    /// Connection options of the harness's clients (TLS when the cluster has it).
+    pub fn connect_options(&self, timeout: Duration) -> etcd_client::ConnectOptions {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(timeout);
+        match &self.client_tls {
+            Some(tls) => options.with_tls(tls.clone()),
+            None => options,
+        }
     }
 
     pub fn host_port(&self, i: usize) -> String {
@@ -241,9 +294,7 @@ impl TestCluster {
     }
 
     pub async fn client(&self, i: usize) -> etcd_client::Client {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(15));
+        let options = self.connect_options(Duration::from_secs(15));
         // Connecting is retried: a member that was just restarted may not listen yet.
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -298,7 +349,7 @@ impl TestCluster {
             }
             let Ok(mut client) = etcd_client::Client::connect(
                 [self.endpoint(i)],
-                Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(1))),
+                Some(self.connect_options(Duration::from_secs(1))),
             )
             .await
             else {

@@ -43,6 +43,8 @@ struct Inner {
     layout: Layout,
     inputs: InputSender,
     runtime: tokio::runtime::Handle,
+    /// TLS for connecting to peers, if configured.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     /// The peers' URLs and channels (lazily connected, reconnecting by themselves);
     /// replaced as the member registry changes.
     channels: RwLock<BTreeMap<NodeId, (String, Channel)>>,
@@ -53,6 +55,20 @@ struct Inner {
 #[derive(Clone)]
 pub struct Transport {
     inner: Arc<Inner>,
+}
+
+/// An endpoint for a peer's URL, with TLS if configured.
+pub(crate) fn peer_endpoint(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true);
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.clone()),
+        None => Ok(endpoint),
+    }
 }
 
 impl Transport {
@@ -71,6 +87,7 @@ impl Transport {
                 inputs,
                 runtime,
                 channels: RwLock::new(BTreeMap::new()),
+                tls: config.peer_tls.as_ref().map(|t| t.client_config()),
                 queues: Mutex::new(HashMap::new()),
             }),
         };
@@ -88,10 +105,8 @@ impl Transport {
             if *id == self.inner.me || channels.contains_key(id) {
                 continue;
             }
-            let endpoint = match Endpoint::from_shared(url.clone()) {
-                Ok(endpoint) => endpoint
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true),
+            let endpoint = match peer_endpoint(url, self.inner.tls.as_ref()) {
+                Ok(endpoint) => endpoint,
                 Err(error) => {
                     tracing::error!(peer = id.0, %url, %error, "a member's peer URL is unusable");
                     continue;

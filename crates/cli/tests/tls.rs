@@ -1,0 +1,191 @@
+//! TLS with rustls on both links of a 3-process cluster: client TLS with client
+//! certificates required (`--client-cert-auth`) and peer TLS with peer certificates
+//! required (`--peer-client-cert-auth`). The certificates are made here (rcgen).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::etcdctl::{etcdctls, Etcdctl};
+use common::{TestCluster, TlsSetup};
+
+/// A CA, a certificate for the members (server and client use, for 127.0.0.1 and
+/// localhost) and one for a client, as PEM files in `dir`.
+struct Certificates {
+    ca: PathBuf,
+    member_cert: PathBuf,
+    member_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_certificates(dir: &Path) -> Certificates {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ostrakon test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issue = |names: Vec<String>, common_name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (member_cert, member_key) = issue(
+        vec!["localhost".to_string(), "127.0.0.1".to_string()],
+        "member",
+    );
+    let (client_cert, client_key) = issue(vec!["client".to_string()], "client");
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    Certificates {
+        ca: write("ca.pem", &ca.pem()),
+        member_cert: write("member.pem", &member_cert),
+        member_key: write("member-key.pem", &member_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client-key.pem", &client_key),
+    }
+}
+
+fn tls_options(certs: &Certificates, with_identity: bool) -> etcd_client::TlsOptions {
+    let read = |p: &PathBuf| std::fs::read(p).unwrap();
+    let options = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(&certs.ca)));
+    if with_identity {
+        options.identity(etcd_client::Identity::from_pem(
+            read(&certs.client_cert),
+            read(&certs.client_key),
+        ))
+    } else {
+        options
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_on_client_and_peer_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certificates(dir.path());
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let args = [
+        "--cert-file".to_string(),
+        path(&certs.member_cert),
+        "--key-file".to_string(),
+        path(&certs.member_key),
+        "--trusted-ca-file".to_string(),
+        path(&certs.ca),
+        "--client-cert-auth".to_string(),
+        "--peer-cert-file".to_string(),
+        path(&certs.member_cert),
+        "--peer-key-file".to_string(),
+        path(&certs.member_key),
+        "--peer-trusted-ca-file".to_string(),
+        path(&certs.ca),
+        "--peer-client-cert-auth".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A leader is elected and members publish themselves: the peer links work over TLS.
+    let cluster = TestCluster::start_with_tls(
+        3,
+        &args,
+        TlsSetup {
+            client_https: true,
+            peer_https: true,
+            client_tls: Some(tls_options(&certs, true)),
+        },
+    )
+    .await;
+    let mut client = cluster.client(0).await;
+    client.put("secure", "yes", None).await.unwrap();
+    // A write through a follower is forwarded to the leader over a peer TLS link.
+    let mut follower = cluster
+        .client((cluster.wait_for_leader().await + 1) % 3)
+        .await;
+    follower.put("forwarded", "yes", None).await.unwrap();
+    let got = follower.get("secure", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"yes");
+
+    // Without a client certificate the handshake is refused.
+    let refused = etcd_client::Client::connect(
+        [cluster.endpoint(0)],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(2))
+                .with_tls(tls_options(&certs, false)),
+        ),
+    )
+    .await;
+    let refused = match refused {
+        Ok(mut client) => client.get("secure", None).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was served"
+    );
+    // Plain HTTP/2 on the TLS port is not served either.
+    let plain = etcd_client::Client::connect(
+        [format!(
+            "http://127.0.0.1:{}",
+            cluster.members[0].client_port
+        )],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(2)),
+        ),
+    )
+    .await;
+    let plain = match plain {
+        Ok(mut client) => client.get("secure", None).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(plain.is_err(), "plain text was served on the TLS port");
+
+    for binary in &etcdctls() {
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: format!("https://{}", cluster.host_port(1)),
+        };
+        let tls_args = [
+            format!("--cacert={}", path(&certs.ca)),
+            format!("--cert={}", path(&certs.client_cert)),
+            format!("--key={}", path(&certs.client_key)),
+        ];
+        let with = |args: &[&'static str]| -> Vec<String> {
+            tls_args
+                .iter()
+                .cloned()
+                .chain(args.iter().map(|a| a.to_string()))
+                .collect()
+        };
+        let put = with(&["put", "from-etcdctl", "v"]);
+        etcdctl.ok(&put.iter().map(String::as_str).collect::<Vec<_>>());
+        let get = with(&["get", "secure", "--print-value-only"]);
+        let got = etcdctl.ok(&get.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(got.trim(), "yes");
+        let (ok, _, stderr) = etcdctl.run(
+            &[
+                &format!("--cacert={}", path(&certs.ca)),
+                "--dial-timeout=2s",
+                "get",
+                "secure",
+            ],
+            None,
+        );
+        assert!(
+            !ok,
+            "etcdctl without a client certificate was served: {stderr}"
+        );
+    }
+}
