@@ -102,6 +102,9 @@ pub struct ServerArgs {
     /// Enable peer client cert authentication.
     #[arg(long)]
     pub peer_client_cert_auth: bool,
+    /// bcrypt's cost for hashing user passwords (4 to 31).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -191,6 +194,12 @@ impl ServerArgs {
             },
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             client_tls,
+            // etcd falls back to the default for a cost out of bcrypt's range.
+            bcrypt_cost: if (4..=31).contains(&self.bcrypt_cost) {
+                self.bcrypt_cost
+            } else {
+                10
+            },
         })
     }
 }

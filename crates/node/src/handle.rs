@@ -335,11 +335,28 @@ impl NodeHandle {
         group: GroupId,
         request: write_request::Request,
     ) -> Result<WriteOutcome, NodeError> {
+        self.write_checked(group, request, 0).await
+    }
+
+    /// `write`, refused at apply if the auth store's revision has moved past
+    /// `auth_revision` (the permissions the caller checked changed meanwhile; 0: none).
+    pub async fn write_checked(
+        &self,
+        group: GroupId,
+        request: write_request::Request,
+        auth_revision: u64,
+    ) -> Result<WriteOutcome, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let attempt = async {
-            match self.write_local(group, request.clone()).await {
+            match self
+                .write_local(group, request.clone(), auth_revision)
+                .await
+            {
                 Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
-                    self.inner.transport.forward(leader, group, request).await
+                    self.inner
+                        .transport
+                        .forward(leader, group, request, auth_revision)
+                        .await
                 }
                 Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
                 other => other,
@@ -356,12 +373,14 @@ impl NodeHandle {
         &self,
         group: GroupId,
         request: write_request::Request,
+        auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
         self.group(group)?;
         let write = WriteRequest {
             origin: self.inner.id.0,
             id: self.inner.next_write_id.fetch_add(1, Ordering::Relaxed),
             request: Some(request),
+            auth_revision,
         };
         let (respond, response) = oneshot::channel();
         self.send(Input::Propose {
@@ -391,6 +410,21 @@ impl NodeHandle {
                 return Err(NodeError::Timeout);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (up to the request timeout) until this node has applied `index`.
+    pub async fn wait_applied(&self, group: GroupId, index: LogIndex) -> Result<(), NodeError> {
+        let mut applied = self.group(group)?.applied.clone();
+        let waited = tokio::time::timeout(
+            self.inner.request_timeout,
+            applied.wait_for(|applied| *applied >= index),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
         }
     }
 

@@ -217,6 +217,7 @@ mod tests {
 
     fn grant(store: &MvccStore, index: u64, id: i64, ttl: i64) {
         let write = WriteRequest {
+            auth_revision: 0,
             origin: 1,
             id: index,
             request: Some(write_request::Request::LeaseGrant(LeaseGrantRequest {

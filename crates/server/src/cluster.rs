@@ -137,6 +137,9 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        crate::auth::caller(&self.node, request.metadata())
+            .await?
+            .check_admin()?;
         let request = request.into_inner();
         self.check_peer_urls(&request.peer_ur_ls, None)?;
         if request.is_learner {
@@ -176,6 +179,9 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        crate::auth::caller(&self.node, request.metadata())
+            .await?
+            .check_admin()?;
         let id = request.into_inner().id;
         self.member(id)?;
         self.change(ConfChangeStep::Remove(NodeId(id))).await?;
@@ -190,6 +196,9 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        crate::auth::caller(&self.node, request.metadata())
+            .await?
+            .check_admin()?;
         let request = request.into_inner();
         self.member(request.id)?;
         self.check_peer_urls(&request.peer_ur_ls, Some(request.id))?;
@@ -206,6 +215,9 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        crate::auth::caller(&self.node, request.metadata())
+            .await?
+            .check_admin()?;
         let id = request.into_inner().id;
         if !self.member(id)?.is_learner {
             return Err(Status::failed_precondition(

@@ -35,9 +35,22 @@ pub fn current_header(node: &NodeHandle) -> Option<ResponseHeader> {
 /// Proposes a write (forwarded to the leader if need be); a refusal by the state machine
 /// becomes its etcd error.
 pub async fn write(node: &NodeHandle, write: Write) -> Result<WriteOutcome, ApiError> {
+    write_checked(node, write, 0).await
+}
+
+/// `write`, refused at apply if the auth store moved past `auth_revision` (the revision
+/// the caller's permissions were checked at; 0: not checked).
+pub async fn write_checked(
+    node: &NodeHandle,
+    write: Write,
+    auth_revision: u64,
+) -> Result<WriteOutcome, ApiError> {
     refuse_on_learner(node)?;
     check_quota(node, &write).await?;
-    match node.write(DEFAULT_GROUP, write).await? {
+    match node
+        .write_checked(DEFAULT_GROUP, write, auth_revision)
+        .await?
+    {
         WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
             code: error.code,
             message: error.message,

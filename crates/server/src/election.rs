@@ -21,6 +21,8 @@ use ostrakon_storage::mvcc::{Revision, WriteOutcome};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use ostrakon_storage::mvcc::auth::Access;
+
 use crate::common;
 use crate::errors::ApiError;
 use crate::queue;
@@ -66,7 +68,11 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
+        let end = queue::prefix_end(&request.name);
+        caller.check(&request.name, &end, Access::Write)?;
+        caller.check(&request.name, &end, Access::Read)?;
         let (prefix, key) = queue::owner_key(&request.name, request.lease);
         let created =
             queue::enqueue(&self.node, &key, request.value.clone(), request.lease).await?;
@@ -86,8 +92,12 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
         let leader = request.leader.clone();
+        if let Some(leader) = &leader {
+            caller.check(&leader.key, b"", Access::Write)?;
+        }
         let put = RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key: leader.as_ref().map(|l| l.key.clone()).unwrap_or_default(),
@@ -106,7 +116,9 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let (prefix, _) = queue::owner_key(&request.into_inner().name, 0);
+        caller.check(&prefix, &queue::prefix_end(&prefix), Access::Read)?;
         match queue::head(&self.node, &prefix).await? {
             Some(kv) => Ok(Response::new(LeaderResponse {
                 header: common::current_header(&self.node),
@@ -123,7 +135,9 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let (prefix, _) = queue::owner_key(&request.into_inner().name, 0);
+        caller.check(&prefix, &queue::prefix_end(&prefix), Access::Read)?;
         let node = self.node.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(OBSERVED_QUEUED_MAX);
         tokio::spawn(async move {
@@ -185,7 +199,11 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let leader = request.into_inner().leader;
+        if let Some(leader) = &leader {
+            caller.check(&leader.key, b"", Access::Write)?;
+        }
         let delete = RequestOp {
             request: Some(request_op::Request::RequestDeleteRange(
                 DeleteRangeRequest {

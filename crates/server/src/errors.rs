@@ -42,6 +42,12 @@ impl From<NodeError> for ApiError {
     }
 }
 
+impl From<ostrakon_storage::mvcc::auth::AuthError> for ApiError {
+    fn from(error: ostrakon_storage::mvcc::auth::AuthError) -> Self {
+        ApiError::Mvcc(MvccError::Auth(error))
+    }
+}
+
 impl From<MvccError> for ApiError {
     fn from(error: MvccError) -> Self {
         ApiError::Mvcc(error)
@@ -60,7 +66,7 @@ impl From<ApiError> for Status {
             | ApiError::LeaseProvided => return Status::invalid_argument(error.to_string()),
             ApiError::Mvcc(mvcc) => {
                 let (code, message) = ostrakon_storage::mvcc::etcd_status(mvcc);
-                (Code::from_i32(code), message)
+                return Status::new(Code::from_i32(code), message);
             }
             ApiError::Node(node) => match node {
                 NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::UnknownGroup => {

@@ -2,15 +2,18 @@
 
 use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::kv_server::Kv;
+use ostrakon_proto::etcdserverpb::request_op;
 use ostrakon_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use ostrakon_proto::peer::write_request::Request as Write;
+use ostrakon_storage::mvcc::auth::Access;
 use ostrakon_storage::mvcc::{self, Revision, WriteOutcome};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Caller};
 use crate::common;
 use crate::errors::ApiError;
 use crate::validate::{self, Limits};
@@ -31,13 +34,23 @@ impl KvService {
         common::header(&self.node, Revision(revision))
     }
 
-    async fn write(&self, write: Write, encoded_bytes: usize) -> Result<WriteOutcome, ApiError> {
+    async fn write(
+        &self,
+        write: Write,
+        encoded_bytes: usize,
+        caller: &Caller,
+    ) -> Result<WriteOutcome, ApiError> {
         validate::size(encoded_bytes, &self.limits)?;
-        common::write(&self.node, write).await
+        common::write_checked(&self.node, write, caller.auth_revision()).await
     }
 
-    async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ApiError> {
+    async fn range(
+        &self,
+        request: RangeRequest,
+        caller: &Caller,
+    ) -> Result<RangeResponse, ApiError> {
         validate::range(&request)?;
+        caller.check(&request.key, &request.range_end, Access::Read)?;
         if !request.serializable {
             common::refuse_on_learner(&self.node)?;
             self.node.linearizable_read_point(DEFAULT_GROUP).await?;
@@ -55,6 +68,54 @@ impl KvService {
         response.header = self.header(response.header);
         Ok(response)
     }
+}
+
+/// A Put needs write permission on its key, read permission too if it returns the
+/// previous value, and write permission on every key already attached to its lease.
+fn check_put(node: &NodeHandle, caller: &Caller, put: &PutRequest) -> Result<(), ApiError> {
+    caller.check(&put.key, b"", Access::Write)?;
+    if put.prev_kv {
+        caller.check(&put.key, b"", Access::Read)?;
+    }
+    if put.lease != 0 {
+        for key in node.store(DEFAULT_GROUP)?.read_view().lease_keys(put.lease) {
+            caller.check(&key, b"", Access::Write)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_delete(caller: &Caller, delete: &DeleteRangeRequest) -> Result<(), ApiError> {
+    caller.check(&delete.key, &delete.range_end, Access::Write)?;
+    if delete.prev_kv {
+        caller.check(&delete.key, &delete.range_end, Access::Read)?;
+    }
+    Ok(())
+}
+
+/// A Txn needs read permission on what it compares, and on both branches what each
+/// operation needs (nested Txns included, which etcd 3.5 skips).
+fn check_txn(caller: &Caller, txn: &TxnRequest) -> Result<(), ApiError> {
+    for compare in &txn.compare {
+        caller.check(&compare.key, &compare.range_end, Access::Read)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(range)) => {
+                caller.check(&range.key, &range.range_end, Access::Read)?
+            }
+            Some(request_op::Request::RequestPut(put)) => {
+                caller.check(&put.key, b"", Access::Write)?;
+                if put.prev_kv {
+                    caller.check(&put.key, b"", Access::Read)?;
+                }
+            }
+            Some(request_op::Request::RequestDeleteRange(delete)) => check_delete(caller, delete)?,
+            Some(request_op::Request::RequestTxn(inner)) => check_txn(caller, inner)?,
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// The response inside a write's outcome, with etcd's header filled in.
@@ -78,48 +139,67 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let caller = auth::caller(&self.node, request.metadata()).await?;
         Ok(Response::new(
-            KvService::range(self, request.into_inner()).await?,
+            KvService::range(self, request.into_inner(), &caller).await?,
         ))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
         validate::put(&request)?;
+        check_put(&self.node, &caller, &request)?;
         let bytes = request.encoded_len();
-        respond!(self, self.write(Write::Put(request), bytes).await?, Put)
+        respond!(
+            self,
+            self.write(Write::Put(request), bytes, &caller).await?,
+            Put
+        )
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
         validate::delete_range(&request)?;
+        check_delete(&caller, &request)?;
         let bytes = request.encoded_len();
         respond!(
             self,
-            self.write(Write::DeleteRange(request), bytes).await?,
+            self.write(Write::DeleteRange(request), bytes, &caller)
+                .await?,
             DeleteRange
         )
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
         validate::txn(&request, &self.limits)?;
+        check_txn(&caller, &request)?;
         let bytes = request.encoded_len();
-        respond!(self, self.write(Write::Txn(request), bytes).await?, Txn)
+        respond!(
+            self,
+            self.write(Write::Txn(request), bytes, &caller).await?,
+            Txn
+        )
     }
 
     async fn compact(
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // As in etcd, compaction needs no permission.
+        let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
         let bytes = request.encoded_len();
         respond!(
             self,
-            self.write(Write::Compaction(request), bytes).await?,
+            self.write(Write::Compaction(request), bytes, &caller)
+                .await?,
             Compaction
         )
     }

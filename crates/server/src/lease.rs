@@ -96,7 +96,15 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match self.write(Write::LeaseRevoke(request.into_inner())).await? {
+        // Revoking deletes the lease's keys: it needs write permission on each of them.
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
+        let revoke = request.into_inner();
+        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+        for key in store.read_view().lease_keys(revoke.id) {
+            caller.check(&key, b"", ostrakon_storage::mvcc::auth::Access::Write)?;
+        }
+        let write = Write::LeaseRevoke(revoke);
+        match common::write_checked(&self.node, write, caller.auth_revision()).await? {
             WriteOutcome::LeaseRevoke(_) => Ok(Response::new(LeaseRevokeResponse {
                 header: common::current_header(&self.node),
             })),

@@ -7,6 +7,7 @@
 // tonic::Status is large, and it is what every gRPC handler returns.
 #![allow(clippy::result_large_err)]
 
+mod auth;
 mod cluster;
 mod common;
 mod election;

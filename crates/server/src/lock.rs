@@ -14,6 +14,8 @@ use ostrakon_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockR
 use ostrakon_storage::mvcc::{Revision, WriteOutcome};
 use tonic::{Request, Response, Status};
 
+use ostrakon_storage::mvcc::auth::Access;
+
 use crate::common;
 use crate::errors::ApiError;
 use crate::queue;
@@ -31,7 +33,12 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
+        // The caller's key goes under the name, and waiting reads the others there.
+        let end = queue::prefix_end(&request.name);
+        caller.check(&request.name, &end, Access::Write)?;
+        caller.check(&request.name, &end, Access::Read)?;
         let (prefix, key) = queue::owner_key(&request.name, request.lease);
         let created = queue::enqueue(&self.node, &key, Bytes::new(), request.lease).await?;
         queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;
@@ -50,8 +57,11 @@ impl Lock for LockService {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
+        let key = request.into_inner().key;
+        caller.check(&key, b"", Access::Write)?;
         let delete = DeleteRangeRequest {
-            key: request.into_inner().key,
+            key,
             ..DeleteRangeRequest::default()
         };
         let WriteOutcome::DeleteRange(response) =

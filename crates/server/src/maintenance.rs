@@ -33,6 +33,17 @@ impl MaintenanceService {
     }
 }
 
+impl MaintenanceService {
+    /// Backups, hashes, defragmentation, alarms and leadership moves are for
+    /// administrators (the root role) when auth is enabled.
+    async fn check_admin(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        crate::auth::caller(&self.node, metadata)
+            .await?
+            .check_admin()?;
+        Ok(())
+    }
+}
+
 /// An alarm's name as etcd prints it.
 fn alarm_name(alarm: i32) -> &'static str {
     AlarmType::try_from(alarm).map_or("UNKNOWN", |a| a.as_str_name())
@@ -46,7 +57,11 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
+        if request.action != alarm_request::AlarmAction::Get as i32 {
+            caller.check_admin()?;
+        }
         let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
         let alarms = match alarm_request::AlarmAction::try_from(request.action) {
             Ok(alarm_request::AlarmAction::Get) => store
@@ -73,8 +88,9 @@ impl Maintenance for MaintenanceService {
     /// defragmentation stops the member's traffic for its duration).
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.check_admin(request.metadata()).await?;
         let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
         let before = store.disk_bytes();
         let compacted = tokio::task::spawn_blocking(move || store.defragment())
@@ -98,8 +114,9 @@ impl Maintenance for MaintenanceService {
     /// in chunks (ostrakon's snapshot file format; `ostrakon snapshot restore` reads it).
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin(request.metadata()).await?;
         let header = common::current_header(&self.node);
         let (path, info) = self
             .node
@@ -117,7 +134,8 @@ impl Maintenance for MaintenanceService {
     }
 
     /// The hash of every stored version on this member (read locally, as etcd does).
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.check_admin(request.metadata()).await?;
         let view = self
             .node
             .store(DEFAULT_GROUP)
@@ -136,6 +154,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.check_admin(request.metadata()).await?;
         let view = self
             .node
             .store(DEFAULT_GROUP)
@@ -157,6 +176,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.check_admin(request.metadata()).await?;
         let target = NodeId(request.into_inner().target_id);
         let status = self.node.status(DEFAULT_GROUP).map_err(ApiError::from)?;
         if !status.is_leader {

@@ -8,6 +8,7 @@ use axum::routing::get;
 use ostrakon_node::event_loop::{self, StartError};
 use ostrakon_node::transport::PeerService;
 use ostrakon_node::NodeConfig;
+use ostrakon_proto::etcdserverpb::auth_server::AuthServer;
 use ostrakon_proto::etcdserverpb::cluster_server::ClusterServer;
 use ostrakon_proto::etcdserverpb::kv_server::KvServer;
 use ostrakon_proto::etcdserverpb::lease_server::LeaseServer;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
+use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::election::ElectionService;
 use crate::health::health;
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// TLS on the client listeners (`--cert-file` ...), if configured.
     pub client_tls: Option<ostrakon_node::tls::TlsMaterial>,
+    /// bcrypt's cost for user passwords (`--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 /// Why a member stopped with an error.
@@ -118,6 +122,10 @@ pub async fn run(
             .add_service(lease)
             .add_service(LockServer::new(LockService::new(node.clone())))
             .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+            .add_service(AuthServer::new(AuthService::new(
+                node.clone(),
+                config.bcrypt_cost,
+            )))
             .add_service(ElectionServer::new(ElectionService::new(node.clone())))
             .add_service(watch)
             .into_axum_router()

@@ -28,8 +28,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{self, Caller};
 use crate::common;
 use crate::errors::ApiError;
+use ostrakon_storage::mvcc::auth::Access;
 
 /// Responses queued for a client before its stream task waits for it to read.
 const RESPONSES_QUEUED_MAX: usize = 16;
@@ -81,8 +83,12 @@ impl Watch for WatchService {
             .subscribe_events(DEFAULT_GROUP)
             .map_err(ApiError::from)?;
         let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+        let caller = auth::caller(&self.node, request.metadata())
+            .await
+            .map_err(Status::from);
         let (responses, receiver) = mpsc::channel(RESPONSES_QUEUED_MAX);
         let stream = WatchStream {
+            caller,
             node: self.node.clone(),
             store,
             responses,
@@ -146,6 +152,9 @@ impl Watcher {
 }
 
 struct WatchStream {
+    /// Who opened the stream (or why their token was refused); each watcher created on it
+    /// needs read permission on its range.
+    caller: Result<Caller, Status>,
     node: NodeHandle,
     store: Arc<MvccStore>,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
@@ -253,6 +262,22 @@ impl WatchStream {
         let range_end = create.range_end.clone();
         if !range_end.is_empty() && range_end[..] != [0] && range_end <= create.key {
             return self.send(refuse(EMPTY_RANGE)).await;
+        }
+        let denied = match &self.caller {
+            Ok(caller) => caller
+                .check(&create.key, &range_end, Access::Read)
+                .err()
+                .map(Status::from),
+            Err(status) => Some(status.clone()),
+        };
+        if let Some(status) = denied {
+            // etcd cancels the watch with the gRPC error as its reason.
+            let reason = format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            );
+            return self.send(refuse(&reason)).await;
         }
         let id = if create.watch_id != 0 {
             if self.watchers.contains_key(&create.watch_id) {

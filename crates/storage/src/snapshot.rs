@@ -297,7 +297,7 @@ pub fn install(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotE
 
 /// Replaces the store's content with a backup's data under a new identity: the applied
 /// position, the membership and the member registry are the new cluster's (as etcdutl's
-/// `snapshot restore` does); alarms are not carried over.
+/// `snapshot restore` does); users and roles are kept, alarms are not.
 pub fn restore(
     store: &MvccStore,
     path: &Path,
@@ -308,6 +308,7 @@ pub fn restore(
         mut info,
         items,
         leases,
+        tables,
         ..
     } = read(path)?;
     store.install(
@@ -316,6 +317,7 @@ pub fn restore(
         pb::SnapshotTables {
             members,
             alarms: Vec::new(),
+            auth: tables.auth,
         },
         info.revision,
         info.compact_revision,

@@ -329,6 +329,7 @@ impl Transport {
         leader: NodeId,
         group: GroupId,
         request: write_request::Request,
+        auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
         let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
@@ -340,6 +341,7 @@ impl Transport {
                 origin: 0,
                 id: 0,
                 request: Some(request),
+                auth_revision,
             }),
         };
         let response = client

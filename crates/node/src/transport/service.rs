@@ -140,9 +140,15 @@ impl Peer for PeerService {
         let forward = request.into_inner();
         let write = forward
             .write
-            .and_then(|w| w.request)
             .ok_or_else(|| Status::invalid_argument("no write"))?;
-        let outcome = self.handle.write_local(GroupId(forward.group), write).await;
+        let auth_revision = write.auth_revision;
+        let request = write
+            .request
+            .ok_or_else(|| Status::invalid_argument("no write"))?;
+        let outcome = self
+            .handle
+            .write_local(GroupId(forward.group), request, auth_revision)
+            .await;
         Ok(Response::new(encode_forward_response(outcome)))
     }
 

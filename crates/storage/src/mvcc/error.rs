@@ -26,4 +26,7 @@ pub enum MvccError {
     /// The NOSPACE alarm is raised: only reads, deletes and compaction are applied.
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// The auth store refused the request.
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
 }

@@ -15,6 +15,7 @@ use ostrakon_proto::mvccpb::KeyValue;
 use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
 use ostrakon_raft::{LogIndex, Term};
 
+use super::auth::AuthError;
 use super::store::{ReadView, WriteTxn};
 use super::{MemberChange, MvccError, MvccStore, Revision};
 
@@ -237,6 +238,23 @@ pub fn apply_write(
     if let Request::Alarm(alarm) = request {
         return WriteOutcome::Alarm(store.apply_alarm(index, term, alarm));
     }
+    let auth = store.auth();
+    if write.auth_revision != 0 && auth.enabled() && write.auth_revision < auth.revision() {
+        // The users, roles or permissions changed after the proposer checked them.
+        store.set_applied(index, term);
+        return error_outcome(AuthError::AuthOldRevision.into());
+    }
+    if let Request::Auth(auth) = request {
+        return match store.apply_auth(index, term, auth) {
+            Ok((revision, token)) => {
+                WriteOutcome::Auth(ostrakon_proto::peer::AuthApplied { revision, token })
+            }
+            Err(error) => {
+                store.set_applied(index, term);
+                error_outcome(error.into())
+            }
+        };
+    }
     if store.has_alarm(AlarmType::Nospace) && adds_data(request) {
         // etcd's "capped" applier: with the space quota reached, nothing that adds data
         // applies, on any member alike, until the alarm is cleared.
@@ -253,7 +271,8 @@ pub fn apply_write(
         Request::Compaction(_)
         | Request::MemberPeerUrls(_)
         | Request::MemberAttributes(_)
-        | Request::Alarm(_) => {
+        | Request::Alarm(_)
+        | Request::Auth(_) => {
             unreachable!("handled above")
         }
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
@@ -321,7 +340,10 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         WriteOutcome::LeaseGrant(r) => &mut r.header,
         WriteOutcome::LeaseRevoke(r) => &mut r.header,
         WriteOutcome::LeaseCheckpoint(r) => &mut r.header,
-        WriteOutcome::Error(_) | WriteOutcome::MemberUpdated(_) | WriteOutcome::Alarm(_) => return,
+        WriteOutcome::Error(_)
+        | WriteOutcome::MemberUpdated(_)
+        | WriteOutcome::Alarm(_)
+        | WriteOutcome::Auth(_) => return,
     };
     *header = self::header(revision);
 }
@@ -329,14 +351,19 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
 /// The outcome of a refused write: the error in etcd's terms (a gRPC code and message).
 fn error_outcome(error: MvccError) -> WriteOutcome {
     let (code, message) = etcd_status(&error);
-    WriteOutcome::Error(ostrakon_proto::peer::Error {
-        code,
-        message: message.to_string(),
-    })
+    WriteOutcome::Error(ostrakon_proto::peer::Error { code, message })
 }
 
 /// etcd's gRPC status code and message for a state-machine error.
-pub fn etcd_status(error: &MvccError) -> (i32, &'static str) {
+pub fn etcd_status(error: &MvccError) -> (i32, String) {
+    if let MvccError::Auth(auth) = error {
+        return (auth.code(), auth.to_string());
+    }
+    let (code, message) = etcd_status_static(error);
+    (code, message.to_string())
+}
+
+fn etcd_status_static(error: &MvccError) -> (i32, &'static str) {
     // gRPC codes: InvalidArgument 3, NotFound 5, OutOfRange 11.
     match error {
         MvccError::Compacted { .. } => {
@@ -351,6 +378,7 @@ pub fn etcd_status(error: &MvccError) -> (i32, &'static str) {
         MvccError::LeaseExists => (9, "etcdserver: lease already exists"),
         // ResourceExhausted.
         MvccError::NoSpace => (8, "etcdserver: mvcc: database space exceeded"),
+        MvccError::Auth(_) => unreachable!("handled by etcd_status"),
     }
 }
 

@@ -6,6 +6,7 @@
 //! index is written in the same atomic batch as the data it covers, so after a crash the
 //! state machine resumes exactly after the last entry it applied.
 
+pub mod auth;
 mod error;
 mod etcd;
 mod events;

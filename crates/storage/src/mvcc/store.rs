@@ -1,9 +1,10 @@
 //! Storage of versions in fjall: consistent read views and atomic write transactions.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -15,6 +16,7 @@ use ostrakon_proto::peer as pb;
 use ostrakon_raft::{ConfState, GroupId, LogIndex, NodeId, Term};
 use prost::Message as _;
 
+use super::auth::{AuthError, AuthState};
 use super::events::{delete_event, put_event, EventSink, RevisionEvents};
 use super::keys::{key_prefix, split_versioned_key, versioned_key};
 use super::latest::LatestIndex;
@@ -69,7 +71,17 @@ pub struct MvccStore {
     members_version: AtomicU64,
     /// Raised alarms: (member id, alarm type), persisted in `meta`.
     alarms: Mutex<BTreeSet<(u64, i32)>>,
+    /// The auth store (persisted in `meta`), replaced whole on each change so readers
+    /// hold a consistent copy.
+    auth: Mutex<Arc<AuthState>>,
+    /// Tokens handed out by Authenticate: token to (user, expiry). Every member records
+    /// them when the Authenticate entry applies; they are not persisted (as etcd's simple
+    /// tokens): after a restart, clients authenticate again.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// How long an auth token lives without use (etcd's simple-token TTL).
+pub const AUTH_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 impl MvccStore {
     /// Opens (creating if needed) the state machine of `group` in `keyspace`.
@@ -121,6 +133,13 @@ impl MvccStore {
             .prefix(ALARM_KEY_PREFIX)
             .map(|item| alarm_of_key(&engine("reading alarms", item).0))
             .collect();
+        let stored_auth: Vec<(fjall::Slice, fjall::Slice)> = meta
+            .snapshot()
+            .prefix(b"auth/")
+            .map(|item| engine("reading the auth store", item))
+            .collect();
+        let auth =
+            AuthState::from_stored(stored_auth.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
         let applied = AppliedState {
             index: LogIndex(read_u64(META_APPLIED_INDEX).unwrap_or(0)),
             term: Term(read_u64(META_APPLIED_TERM).unwrap_or(0)),
@@ -148,7 +167,81 @@ impl MvccStore {
             members: Mutex::new(members),
             members_version: AtomicU64::new(1),
             alarms: Mutex::new(alarms),
+            auth: Mutex::new(Arc::new(auth)),
+            tokens: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The auth store as of the last applied entry.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.auth.lock().unwrap().clone()
+    }
+
+    /// The user a token stands for, if it is known and unexpired (its life is extended).
+    pub fn token_user(&self, token: &str) -> Option<String> {
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock().unwrap();
+        let (user, expires) = tokens.get_mut(token)?;
+        if *expires < now {
+            tokens.remove(token);
+            return None;
+        }
+        *expires = now + AUTH_TOKEN_TTL;
+        Some(user.clone())
+    }
+
+    /// Applies an auth change; returns the auth revision after it and, for Authenticate,
+    /// the token.
+    pub fn apply_auth(
+        &self,
+        index: LogIndex,
+        term: Term,
+        write: &pb::AuthWrite,
+    ) -> Result<(u64, String), AuthError> {
+        let mut current = self.auth.lock().unwrap();
+        let mut next = (**current).clone();
+        let changes = next.apply(write)?;
+        let mut batch = self.keyspace.batch();
+        for (key, value) in changes {
+            match value {
+                Some(value) => batch.insert(&self.meta, key, value),
+                None => batch.remove(&self.meta, key),
+            }
+        }
+        self.put_applied(&mut batch, index, term);
+        engine("committing an auth change", batch.commit());
+        let mut token = String::new();
+        {
+            let now = Instant::now();
+            let mut tokens = self.tokens.lock().unwrap();
+            tokens.retain(|_, (_, expires)| *expires >= now);
+            match &write.op {
+                // etcd's simple token: the proposer's random prefix and the entry's index,
+                // so every member assigns the same token.
+                Some(pb::auth_write::Op::Authenticate(authenticate)) => {
+                    token = format!("{}.{}", authenticate.token, index.0);
+                    tokens.insert(
+                        token.clone(),
+                        (authenticate.name.clone(), now + AUTH_TOKEN_TTL),
+                    );
+                }
+                Some(pb::auth_write::Op::UserDelete(pb_user)) => {
+                    tokens.retain(|_, (user, _)| *user != pb_user.name);
+                }
+                Some(pb::auth_write::Op::UserChangePassword(pb_user)) => {
+                    tokens.retain(|_, (user, _)| *user != pb_user.name);
+                }
+                _ => {}
+            }
+            if !next.enabled() {
+                tokens.clear();
+            }
+        }
+        let revision = next.revision();
+        *current = Arc::new(next);
+        drop(current);
+        self.set_applied(index, term);
+        Ok((revision, token))
     }
 
     /// Rewrites the store's files without dead data (superseded and compacted versions,
@@ -389,6 +482,7 @@ impl MvccStore {
             tables: pb::SnapshotTables {
                 members: self.members(),
                 alarms: self.alarms(),
+                auth: Some(self.auth().tables()),
             },
             kv: self.kv.snapshot(),
         }
@@ -529,6 +623,20 @@ impl MvccStore {
         }
         *registry = new_members;
         drop(registry);
+        let new_auth = tables
+            .auth
+            .as_ref()
+            .map(AuthState::from_tables)
+            .unwrap_or_default();
+        let mut auth = self.auth.lock().unwrap();
+        for item in self.meta.snapshot().prefix(b"auth/") {
+            batch.remove(&self.meta, engine("reading for an install", item).0);
+        }
+        for (key, value) in new_auth.stored() {
+            batch.insert(&self.meta, key, value.expect("stored state has values"));
+        }
+        *auth = Arc::new(new_auth);
+        drop(auth);
         for item in self.kv.snapshot().keys() {
             batch.remove(&self.kv, engine("reading for an install", item));
         }

@@ -31,6 +31,7 @@ impl Fixture {
     fn write(&mut self, request: Request) -> WriteOutcome {
         self.index += 1;
         let write = WriteRequest {
+            auth_revision: 0,
             origin: 1,
             id: self.index,
             request: Some(request),

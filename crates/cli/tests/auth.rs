@@ -1,0 +1,265 @@
+//! Auth on a real cluster, as an etcd operator sets it up with etcdctl: a root user, a
+//! role with read and write permissions on key ranges, a user with that role, `auth
+//! enable`; then what each user may do, through etcdctl 3.4 and 3.5 and etcd-client.
+
+mod common;
+
+use common::etcdctl::{etcdctls, Etcdctl};
+use common::TestCluster;
+
+/// Runs etcdctl and returns (success, stdout + stderr).
+fn run(etcdctl: &Etcdctl, args: &[&str]) -> (bool, String) {
+    let (ok, stdout, stderr) = etcdctl.run(args, None);
+    (ok, format!("{stdout}{stderr}"))
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn expect(etcdctl: &Etcdctl, args: &[&str], output: &str) {
+    let printed = etcdctl.ok(args);
+    assert_eq!(printed.trim_end(), output, "{args:?}");
+}
+
+fn refused(etcdctl: &Etcdctl, args: &[&str], error: &str) {
+    let (ok, printed) = run(etcdctl, args);
+    assert!(
+        !ok && printed.contains(error),
+        "{args:?} should fail with {error:?}: {printed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_roles_limit_what_each_client_may_do() {
+    let binaries = etcdctls();
+    let mut cluster = TestCluster::start(3, &["--bcrypt-cost", "4"]).await;
+    let v35 = Etcdctl {
+        binary: &binaries[1],
+        endpoints: cluster.host_port(0),
+    };
+    expect(
+        &v35,
+        &["user", "add", "root", "--new-user-password=rootpw"],
+        "User root created",
+    );
+    expect(
+        &v35,
+        &["user", "grant-role", "root", "root"],
+        "Role root is granted to user root",
+    );
+    expect(&v35, &["role", "add", "reader"], "Role reader created");
+    expect(
+        &v35,
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "app/",
+            "--prefix",
+        ],
+        "Role reader updated",
+    );
+    expect(
+        &v35,
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "readwrite",
+            "app/self",
+        ],
+        "Role reader updated",
+    );
+    expect(
+        &v35,
+        &["user", "add", "alice", "--new-user-password=alicepw"],
+        "User alice created",
+    );
+    expect(
+        &v35,
+        &["user", "grant-role", "alice", "reader"],
+        "Role reader is granted to user alice",
+    );
+    refused(
+        &v35,
+        &["user", "add", "alice", "--new-user-password=x"],
+        "user name already exists",
+    );
+    refused(
+        &v35,
+        &["user", "grant-role", "alice", "nosuch"],
+        "role name not found",
+    );
+    expect(&v35, &["auth", "enable"], "Authentication Enabled");
+
+    // Without credentials nothing is served; with a wrong password neither.
+    refused(&v35, &["get", "app/x"], "etcdserver: user name is empty");
+    refused(
+        &v35,
+        &["--user", "alice:wrong", "get", "app/x"],
+        "authentication failed, invalid user ID or password",
+    );
+    let root = |args: &[&str]| -> Vec<String> {
+        ["--user", "root:rootpw"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    v35.ok(&strs(&root(&["put", "app/x", "1"])));
+    v35.ok(&strs(&root(&["put", "other", "secret"])));
+    expect(
+        &v35,
+        &strs(&root(&["auth", "status"])),
+        "Authentication Status: true\nAuthRevision: 8",
+    );
+    expect(
+        &v35,
+        &strs(&root(&["user", "get", "alice"])),
+        "User: alice\nRoles: reader",
+    );
+    expect(&v35, &strs(&root(&["user", "list"])), "alice\nroot");
+    let role = v35.ok(&strs(&root(&["role", "get", "reader"])));
+    assert!(
+        role.contains("KV Read:") && role.contains("(prefix app/)") && role.contains("app/self"),
+        "{role}"
+    );
+
+    for binary in &binaries {
+        let etcdctl = Etcdctl {
+            binary,
+            endpoints: cluster.host_port(1),
+        };
+        let alice = |args: &[&str]| -> Vec<String> {
+            ["--user", "alice:alicepw"]
+                .iter()
+                .chain(args)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        expect(
+            &etcdctl,
+            &strs(&alice(&["get", "app/x", "--print-value-only"])),
+            "1",
+        );
+        let listed = etcdctl.ok(&strs(&alice(&["get", "app/", "--prefix", "--keys-only"])));
+        assert!(listed.contains("app/x"), "{listed}");
+        etcdctl.ok(&strs(&alice(&["put", "app/self", "mine"])));
+        refused(
+            &etcdctl,
+            &strs(&alice(&["put", "app/x", "2"])),
+            "etcdserver: permission denied",
+        );
+        refused(
+            &etcdctl,
+            &strs(&alice(&["get", "other"])),
+            "etcdserver: permission denied",
+        );
+        // A range reaching past the permission is refused whole.
+        refused(
+            &etcdctl,
+            &strs(&alice(&["get", "app", "--prefix"])),
+            "permission denied",
+        );
+        refused(
+            &etcdctl,
+            &strs(&alice(&["del", "app/x"])),
+            "permission denied",
+        );
+        refused(
+            &etcdctl,
+            &strs(&alice(&["user", "list"])),
+            "permission denied",
+        );
+        refused(
+            &etcdctl,
+            &strs(&alice(&[
+                "member",
+                "add",
+                "x",
+                "--peer-urls=http://127.0.0.1:1",
+            ])),
+            "permission denied",
+        );
+    }
+
+    // etcd-client: a watch outside the permissions is canceled; one inside gets events.
+    let options = cluster
+        .connect_options(std::time::Duration::from_secs(10))
+        .with_user("alice", "alicepw");
+    let mut alice = etcd_client::Client::connect([cluster.endpoint(2)], Some(options))
+        .await
+        .unwrap();
+    let denied = alice.put("other", "x", None).await.unwrap_err();
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    // etcd-client consumes the first (created and canceled) response itself: the watch
+    // it hands back has etcd's id for a refused watch.
+    let (outside, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        alice.watch("other", None),
+    )
+    .await
+    .expect("the refused watch is answered")
+    .unwrap();
+    assert_eq!(
+        outside.watch_id(),
+        -1,
+        "a watch outside the permissions is refused"
+    );
+    let (_watcher, mut inside) = alice
+        .watch("app/", Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    v35.ok(&strs(&root(&["put", "app/y", "2"])));
+    let mut seen = false;
+    for _ in 0..3 {
+        let response = tokio::time::timeout(std::time::Duration::from_secs(10), inside.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        if response
+            .events()
+            .iter()
+            .any(|e| e.kv().unwrap().key() == b"app/y")
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "alice's watch inside her permission saw the put");
+
+    // Revoking the role takes effect at once, on every member.
+    expect(
+        &v35,
+        &strs(&root(&["user", "revoke-role", "alice", "reader"])),
+        "Role reader is revoked from user alice",
+    );
+    let denied = alice.get("app/x", None).await.unwrap_err();
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+
+    // Users, roles and the enabled flag survive a restart.
+    cluster.terminate(0);
+    cluster.restart(0);
+    cluster.wait_member_knows_leader(0).await;
+    refused(&v35, &["get", "app/x"], "user name is empty");
+    expect(
+        &v35,
+        &strs(&root(&["get", "app/x", "--print-value-only"])),
+        "1",
+    );
+
+    refused(
+        &v35,
+        &strs(&root(&["user", "delete", "root"])),
+        "invalid auth management",
+    );
+    expect(
+        &v35,
+        &strs(&root(&["auth", "disable"])),
+        "Authentication Disabled",
+    );
+    expect(&v35, &["get", "other", "--print-value-only"], "secret");
+}

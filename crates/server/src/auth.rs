@@ -1,0 +1,437 @@
+//! etcd's Auth service and the permission checks every other service makes.
+//!
+//! A client authenticates with a name and password and gets a token (etcd's simple
+//! token: a random prefix and the raft index of the Authenticate entry, valid on every
+//! member once applied there); it sends the token in the gRPC metadata key `token` (or
+//! `authorization`). With auth enabled, each request is checked against the caller's
+//! roles; a write carries the auth revision it was checked at and is refused at apply if
+//! the users, roles or permissions changed meanwhile.
+//!
+//! Deliberate differences from etcd 3.5.1 (its later releases do the same): AuthStatus
+//! needs no admin, a token is ignored while auth is disabled, nested Txns are checked, and
+//! the admin-only Maintenance calls answer PERMISSION_DENIED rather than UNKNOWN.
+
+use std::sync::Arc;
+
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_proto::authpb::UserAddOptions;
+use ostrakon_proto::etcdserverpb::auth_server::Auth;
+use ostrakon_proto::etcdserverpb::*;
+use ostrakon_proto::peer::{auth_write, write_request, AuthWrite, AuthenticateWrite};
+use ostrakon_raft::LogIndex;
+use ostrakon_storage::mvcc::auth::{Access, AuthError, AuthState};
+use ostrakon_storage::mvcc::WriteOutcome;
+use rand::Rng;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::common;
+use crate::errors::ApiError;
+
+/// Who is calling, as far as auth is concerned.
+pub struct Caller {
+    /// The user, if a valid token was sent.
+    user: Option<String>,
+    /// The auth store the checks are made against.
+    state: Arc<AuthState>,
+}
+
+impl Caller {
+    /// Whether the caller may read or write the keys from `key` to `range_end`.
+    pub fn check(&self, key: &[u8], range_end: &[u8], access: Access) -> Result<(), ApiError> {
+        if !self.state.enabled() {
+            return Ok(());
+        }
+        let user = self.user.as_deref().ok_or(AuthError::UserEmpty)?;
+        Ok(self.state.check(user, key, range_end, access)?)
+    }
+
+    /// Whether the caller may administer (root role), when auth is enabled.
+    pub fn check_admin(&self) -> Result<(), ApiError> {
+        Ok(self.state.check_admin(self.user.as_deref())?)
+    }
+
+    /// The auth revision a write checked here must still hold at apply (0: no auth).
+    pub fn auth_revision(&self) -> u64 {
+        if self.state.enabled() {
+            self.state.revision()
+        } else {
+            0
+        }
+    }
+}
+
+/// The caller of a request, from its token. A token that is unknown or expired is
+/// refused; while auth is disabled tokens are ignored.
+pub async fn caller(node: &NodeHandle, metadata: &MetadataMap) -> Result<Caller, ApiError> {
+    let store = node.store(DEFAULT_GROUP)?;
+    let state = store.auth();
+    if !state.enabled() {
+        return Ok(Caller { user: None, state });
+    }
+    let token = metadata
+        .get("token")
+        .or_else(|| metadata.get("authorization"))
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = token else {
+        return Ok(Caller { user: None, state });
+    };
+    // The token's entry may not be applied here yet (it was issued by another member).
+    let index = token
+        .split_once('.')
+        .and_then(|(_, index)| index.parse::<u64>().ok())
+        .ok_or(AuthError::InvalidAuthToken)?;
+    node.wait_applied(DEFAULT_GROUP, LogIndex(index)).await?;
+    let user = store.token_user(token).ok_or(AuthError::InvalidAuthToken)?;
+    Ok(Caller {
+        user: Some(user),
+        state: store.auth(),
+    })
+}
+
+pub struct AuthService {
+    node: NodeHandle,
+    bcrypt_cost: u32,
+}
+
+impl AuthService {
+    pub fn new(node: NodeHandle, bcrypt_cost: u32) -> AuthService {
+        AuthService { node, bcrypt_cost }
+    }
+
+    fn header(&self) -> Option<ResponseHeader> {
+        common::current_header(&self.node)
+    }
+
+    /// Replicates an auth change, checked (admin) at the caller's auth revision.
+    async fn change(
+        &self,
+        caller: &Caller,
+        op: auth_write::Op,
+    ) -> Result<ostrakon_proto::peer::AuthApplied, Status> {
+        let write = write_request::Request::Auth(AuthWrite { op: Some(op) });
+        let outcome = common::write_checked(&self.node, write, caller.auth_revision()).await?;
+        match outcome {
+            WriteOutcome::Auth(applied) => Ok(applied),
+            other => panic!("an auth change answered with {other:?}"),
+        }
+    }
+
+    async fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = caller(&self.node, request.metadata()).await?;
+        caller.check_admin()?;
+        Ok(caller)
+    }
+
+    /// A bcrypt hash of `password`, off the async workers (hashing is slow on purpose).
+    async fn hash(&self, password: String) -> Result<String, Status> {
+        let cost = self.bcrypt_cost;
+        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+            .await
+            .expect("hashing panicked")
+            .map_err(|e| Status::internal(format!("ostrakon: hashing the password: {e}")))
+    }
+
+    /// The auth store after a linearizable read point (what every member agrees on).
+    async fn current_state(&self) -> Result<Arc<AuthState>, Status> {
+        self.node
+            .linearizable_read_point(DEFAULT_GROUP)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(self
+            .node
+            .store(DEFAULT_GROUP)
+            .map_err(ApiError::from)?
+            .auth())
+    }
+}
+
+fn refused(error: AuthError) -> Status {
+    ApiError::from(error).into()
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        request: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(&caller, auth_write::Op::Enable(AuthEnableRequest {}))
+            .await?;
+        tracing::info!("authentication enabled");
+        Ok(Response::new(AuthEnableResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn auth_disable(
+        &self,
+        request: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(&caller, auth_write::Op::Disable(AuthDisableRequest {}))
+            .await?;
+        tracing::info!("authentication disabled");
+        Ok(Response::new(AuthDisableResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn auth_status(
+        &self,
+        _: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        let state = self.current_state().await?;
+        Ok(Response::new(AuthStatusResponse {
+            header: self.header(),
+            enabled: state.enabled(),
+            auth_revision: state.revision(),
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let request = request.into_inner();
+        let state = self.current_state().await?;
+        if !state.enabled() {
+            return Err(refused(AuthError::AuthNotEnabled));
+        }
+        let user = state
+            .user(&request.name)
+            .ok_or(AuthError::AuthFailed)
+            .map_err(refused)?;
+        if user.options.is_some_and(|o| o.no_password) {
+            return Err(Status::unknown(AuthError::NoPasswordUser.to_string()));
+        }
+        let hash = String::from_utf8_lossy(&user.password).into_owned();
+        let password = request.password;
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .expect("checking a password panicked")
+            .unwrap_or(false);
+        if !matches {
+            return Err(refused(AuthError::AuthFailed));
+        }
+        let prefix: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .filter(u8::is_ascii_alphabetic)
+            .take(16)
+            .map(char::from)
+            .collect();
+        // Not checked against an auth revision: the password was, just now.
+        let write = write_request::Request::Auth(AuthWrite {
+            op: Some(auth_write::Op::Authenticate(AuthenticateWrite {
+                name: request.name,
+                token: prefix,
+            })),
+        });
+        let WriteOutcome::Auth(applied) = common::write_checked(&self.node, write, 0).await? else {
+            panic!("an authenticate write answered with another outcome");
+        };
+        Ok(Response::new(AuthenticateResponse {
+            header: self.header(),
+            token: applied.token,
+        }))
+    }
+
+    async fn user_add(
+        &self,
+        request: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        let mut add = request.into_inner();
+        let no_password = add.options.is_some_and(|o| o.no_password);
+        add.hashed_password = if no_password {
+            String::new()
+        } else {
+            self.hash(std::mem::take(&mut add.password)).await?
+        };
+        add.password.clear();
+        add.options = Some(UserAddOptions { no_password });
+        self.change(&caller, auth_write::Op::UserAdd(add)).await?;
+        Ok(Response::new(AuthUserAddResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn user_get(
+        &self,
+        request: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        let caller = caller(&self.node, request.metadata()).await?;
+        let name = request.into_inner().name;
+        if caller.user.as_deref() != Some(name.as_str()) {
+            caller.check_admin()?;
+        }
+        let state = self.current_state().await?;
+        let user = state
+            .user(&name)
+            .ok_or(AuthError::UserNotFound)
+            .map_err(refused)?;
+        Ok(Response::new(AuthUserGetResponse {
+            header: self.header(),
+            roles: user.roles.clone(),
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        request: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.admin(&request).await?;
+        let state = self.current_state().await?;
+        Ok(Response::new(AuthUserListResponse {
+            header: self.header(),
+            users: state.user_names(),
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        request: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(&caller, auth_write::Op::UserDelete(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserDeleteResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn user_change_password(
+        &self,
+        request: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        let mut change = request.into_inner();
+        if !change.password.is_empty() {
+            change.hashed_password = self.hash(std::mem::take(&mut change.password)).await?;
+        }
+        self.change(&caller, auth_write::Op::UserChangePassword(change))
+            .await?;
+        Ok(Response::new(AuthUserChangePasswordResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        request: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(&caller, auth_write::Op::UserGrantRole(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserGrantRoleResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        request: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(
+            &caller,
+            auth_write::Op::UserRevokeRole(request.into_inner()),
+        )
+        .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn role_add(
+        &self,
+        request: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(&caller, auth_write::Op::RoleAdd(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleAddResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn role_get(
+        &self,
+        request: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        let caller = caller(&self.node, request.metadata()).await?;
+        let role = request.into_inner().role;
+        let holds_role = caller
+            .user
+            .as_deref()
+            .and_then(|u| caller.state.user(u))
+            .is_some_and(|u| u.roles.contains(&role));
+        if !holds_role {
+            caller.check_admin()?;
+        }
+        let state = self.current_state().await?;
+        let found = state
+            .role(&role)
+            .ok_or(AuthError::RoleNotFound)
+            .map_err(refused)?;
+        Ok(Response::new(AuthRoleGetResponse {
+            header: self.header(),
+            perm: found.key_permission.clone(),
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        request: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.admin(&request).await?;
+        let state = self.current_state().await?;
+        Ok(Response::new(AuthRoleListResponse {
+            header: self.header(),
+            roles: state.role_names(),
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        request: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(&caller, auth_write::Op::RoleDelete(request.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleDeleteResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        request: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(
+            &caller,
+            auth_write::Op::RoleGrantPermission(request.into_inner()),
+        )
+        .await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        request: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        let caller = self.admin(&request).await?;
+        self.change(
+            &caller,
+            auth_write::Op::RoleRevokePermission(request.into_inner()),
+        )
+        .await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse {
+            header: self.header(),
+        }))
+    }
+}
