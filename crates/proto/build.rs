@@ -12,9 +12,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/v3election.proto",
         "proto/peer.proto",
     ];
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out_dir.join("descriptors.bin");
     tonic_build::configure()
         .bytes(["."])
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &["proto"])?;
+    // serde for the etcd API's messages, as etcd's JSON gateway writes them: the proto
+    // field names, 64-bit integers as strings, bytes in base64, enums by name.
+    let descriptor_set = std::fs::read(&descriptors)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_set)?
+        .preserve_proto_field_names()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -9,12 +9,14 @@
 pub mod mvccpb {
     #![allow(missing_docs)]
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// etcd's auth types.
 pub mod authpb {
     #![allow(missing_docs)]
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// etcd's gRPC API.
@@ -22,18 +24,21 @@ pub mod etcdserverpb {
     #![allow(missing_docs)]
     #![allow(clippy::doc_lazy_continuation)]
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// etcd's lock service.
 pub mod v3lockpb {
     #![allow(missing_docs)]
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// etcd's election service.
 pub mod v3electionpb {
     #![allow(missing_docs)]
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// ostrakon's member-to-member protocol.

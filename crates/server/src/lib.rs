@@ -12,6 +12,7 @@ mod cluster;
 mod common;
 mod election;
 pub mod errors;
+mod gateway;
 mod health;
 mod kv;
 mod lease;

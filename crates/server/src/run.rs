@@ -106,6 +106,9 @@ pub async fn run(
     let mut servers = vec![tokio::spawn(peer_server)];
 
     for listener in client_listeners {
+        let listener_addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Bind(config.client_addrs[0], e))?;
         let kv = KvServer::new(KvService::new(node.clone(), config.limits))
             .max_decoding_message_size(config.limits.request_bytes_max + GRPC_OVERHEAD_BYTES);
         let maintenance = MaintenanceServer::new(MaintenanceService::new(node.clone()));
@@ -129,7 +132,11 @@ pub async fn run(
             .add_service(ElectionServer::new(ElectionService::new(node.clone())))
             .add_service(watch)
             .into_axum_router()
-            .route("/health", get(health).with_state(node.clone()));
+            .route("/health", get(health).with_state(node.clone()))
+            .merge(crate::gateway::routes(gateway_channel(
+                listener_addr,
+                config.client_tls.as_ref(),
+            )?));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &config.client_tls {
             builder = builder.tls_config(tls.server_config())?;
@@ -161,6 +168,29 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || loop_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The JSON gateway's channel to this member's own gRPC listener (as etcd's gateway
+/// dials its own port): loopback for a wildcard address, TLS if the listener has it.
+fn gateway_channel(
+    addr: SocketAddr,
+    tls: Option<&ostrakon_node::tls::TlsMaterial>,
+) -> Result<tonic::transport::Channel, ServerError> {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!(
+        "{scheme}://{}",
+        SocketAddr::new(ip, addr.port())
+    ))?
+    .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client_config())?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// Accepted connections with Nagle's algorithm off. The server builder's `tcp_nodelay`
