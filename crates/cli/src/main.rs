@@ -1,6 +1,7 @@
 //! The `ostrakon` binary: argument parsing only; the work is in the library crates.
 
 mod bench;
+mod chaos_cmd;
 mod duration;
 mod playground;
 mod server_args;
@@ -28,6 +29,8 @@ enum Command {
     Playground(playground::PlaygroundArgs),
     /// Load an etcd-API cluster (ostrakon or etcd) and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run a local cluster under faults and check what clients saw (linearizability).
+    Chaos(chaos_cmd::ChaosArgs),
     /// Back up a running cluster, check a backup, or make a new cluster from one.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -40,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::Playground(args) => playground::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Snapshot(command) => snapshot_cmd::run(command),
+        Command::Chaos(args) => chaos_cmd::run(args),
     }
 }
