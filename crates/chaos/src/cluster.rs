@@ -133,6 +133,14 @@ impl LocalCluster {
         }
     }
 
+    /// Sends `signal` to member `i`'s process (SIGSTOP / SIGCONT pause and resume it).
+    pub fn signal(&self, i: usize, signal: i32) {
+        if let Some(child) = &self.members[i].child {
+            // SAFETY: kill(2) on a pid this cluster started and has not reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// Starts member `i` again from its data directory.
     pub fn restart(&mut self, i: usize) {
         if self.members[i].child.is_none() {
@@ -142,9 +150,10 @@ impl LocalCluster {
         }
     }
 
-    /// Restarts every stopped member.
+    /// Resumes paused members and restarts stopped ones.
     pub async fn heal(&mut self) {
         for i in 0..self.members.len() {
+            self.signal(i, libc::SIGCONT);
             self.restart(i);
         }
     }
@@ -178,6 +187,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
+            self.signal(i, libc::SIGCONT);
             self.kill(i);
         }
     }

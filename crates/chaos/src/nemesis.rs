@@ -16,6 +16,9 @@ pub enum Nemesis {
     KillLeader,
     /// kill -9 of a random member, restarted after a pause.
     KillRandom,
+    /// SIGSTOP of the current leader, SIGCONT after a pause: a stalled leader that wakes
+    /// up believing it still leads.
+    PauseLeader,
 }
 
 impl std::str::FromStr for Nemesis {
@@ -25,8 +28,9 @@ impl std::str::FromStr for Nemesis {
             "none" => Ok(Nemesis::None),
             "kill-leader" => Ok(Nemesis::KillLeader),
             "kill-random" => Ok(Nemesis::KillRandom),
+            "pause-leader" => Ok(Nemesis::PauseLeader),
             other => Err(format!(
-                "unknown nemesis {other:?}; known: none, kill-leader, kill-random"
+                "unknown nemesis {other:?}; known: none, kill-leader, kill-random, pause-leader"
             )),
         }
     }
@@ -68,17 +72,25 @@ pub async fn run(
             continue;
         }
         let victim = match nemesis {
-            Nemesis::KillLeader => cluster.leader().await,
+            Nemesis::KillLeader | Nemesis::PauseLeader => cluster.leader().await,
             Nemesis::KillRandom => Some(rand::thread_rng().gen_range(0..cluster.members.len())),
             Nemesis::None => None,
         };
         let Some(victim) = victim else { continue };
         let start = Instant::now();
-        cluster.kill(victim);
-        tokio::time::sleep(DOWN).await;
-        cluster.restart(victim);
+        let what = if nemesis == Nemesis::PauseLeader {
+            cluster.signal(victim, libc::SIGSTOP);
+            tokio::time::sleep(DOWN).await;
+            cluster.signal(victim, libc::SIGCONT);
+            "pause (SIGSTOP)"
+        } else {
+            cluster.kill(victim);
+            tokio::time::sleep(DOWN).await;
+            cluster.restart(victim);
+            "kill -9"
+        };
         windows.push(FaultWindow {
-            what: format!("kill -9 {}", cluster.members[victim].name),
+            what: format!("{what} {}", cluster.members[victim].name),
             start_ms: since(start),
             end_ms: since(Instant::now()),
         });

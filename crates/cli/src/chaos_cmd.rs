@@ -17,7 +17,7 @@ pub struct ChaosArgs {
     /// How long the workload and the faults run (Go duration: 30s, 10m).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse_go_duration)]
     pub duration: Duration,
-    /// The fault: none, kill-leader, kill-random.
+    /// The fault: none, kill-leader, kill-random, pause-leader.
     #[arg(long, default_value = "kill-leader")]
     pub nemesis: Nemesis,
     /// Concurrent clients.

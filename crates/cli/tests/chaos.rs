@@ -33,8 +33,8 @@ fn chaos(nemesis: &str) -> serde_json::Value {
 }
 
 #[test]
-fn histories_under_crashes_are_linearizable() {
-    for nemesis in ["kill-leader", "kill-random"] {
+fn histories_under_crashes_and_pauses_are_linearizable() {
+    for nemesis in ["kill-leader", "kill-random", "pause-leader"] {
         let verdict = chaos(nemesis);
         assert_eq!(verdict["valid"], true, "{verdict:#}");
         assert_eq!(verdict["checker"], "linearizable", "{verdict:#}");
