@@ -1,31 +1,67 @@
-//! A cluster of `ostrakon server` processes on loopback, each in its own data directory.
+//! The cluster under test: one `ostrakon server` process per host. A host is a network
+//! namespace with its own address (the default as root) or, without root, a pair of
+//! ports on loopback. Peer links always pass a fault proxy in front of the receiver.
 
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns::Netns;
+use crate::proxy::{LinkFaults, Proxy};
 use crate::ChaosError;
 
 /// How long a cluster may take to elect a leader.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ports inside a host's namespace (each host has its own address).
+const CLIENT_PORT: u16 = 2379;
+const PEER_PORT: u16 = 2380;
 
-/// One member process.
+/// Where the hosts live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// One network namespace per host on a bridge; partitions with iptables. Needs root.
+    Namespaces,
+    /// Every host on 127.0.0.1 with its own ports; no partitions.
+    Loopback,
+}
+
+/// One host and the member process it runs.
 pub struct Member {
-    /// Its name.
+    /// The member's name; a member that rejoined after removal gets a new one.
     pub name: String,
-    /// Its client port on 127.0.0.1.
-    pub client_port: u16,
-    peer_port: u16,
+    /// Its client URL.
+    pub client_url: String,
+    /// Its advertised peer URL (its proxy).
+    pub peer_url: String,
+    peer_listen: SocketAddr,
+    data_dir: PathBuf,
+    /// The fsync failpoint's trigger: while this file exists, every WAL sync fails.
+    pub fsync_trigger: PathBuf,
     child: Option<Child>,
+    paused: bool,
+    /// Extra environment for the next start (libfaketime for clock skew).
+    pub start_env: Vec<(String, String)>,
+    /// How the last process ended, if it ended by itself.
+    pub last_exit: Option<String>,
+    /// The faults on the peer links into this member.
+    pub link: std::sync::Arc<LinkFaults>,
+    _proxy: Proxy,
+    /// Start as a new member of a running cluster, with this initial cluster.
+    join_cluster: Option<String>,
 }
 
 /// The running cluster.
-pub struct LocalCluster {
-    dir: tempfile::TempDir,
+pub struct Cluster {
+    dir: PathBuf,
     binary: PathBuf,
-    /// The members, running or not.
+    /// The hosts, in order; a host keeps its index for the whole run.
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// The namespaces, when the hosts are namespaces.
+    pub netns: Option<Netns>,
 }
 
 fn free_port() -> Result<u16, ChaosError> {
@@ -37,90 +73,162 @@ fn free_port() -> Result<u16, ChaosError> {
         .port())
 }
 
-impl LocalCluster {
+impl Cluster {
     /// Starts `nodes` members and waits until one leads.
-    pub async fn start(binary: &Path, nodes: usize) -> Result<LocalCluster, ChaosError> {
-        let dir = tempfile::tempdir().map_err(|e| ChaosError::Cluster(e.to_string()))?;
+    pub async fn start(
+        binary: &Path,
+        nodes: usize,
+        network: Network,
+        dir: &Path,
+    ) -> Result<Cluster, ChaosError> {
+        let netns = match network {
+            Network::Namespaces => Some(Netns::create(nodes)?),
+            Network::Loopback => None,
+        };
         let mut members = Vec::new();
         for i in 0..nodes {
+            let name = format!("c{}", i + 1);
+            let (client, proxy_listen, peer_listen, namespace) = match &netns {
+                Some(netns) => {
+                    let ip = netns.host_ip(i);
+                    (
+                        SocketAddr::from((ip, CLIENT_PORT)),
+                        SocketAddr::from((ip, PEER_PORT)),
+                        SocketAddr::from(([127, 0, 0, 1], PEER_PORT)),
+                        Some(netns.namespace_file(i)?),
+                    )
+                }
+                None => (
+                    SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                    SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                    SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                    None,
+                ),
+            };
+            let proxy = Proxy::start(proxy_listen, peer_listen, namespace)?;
             members.push(Member {
-                name: format!("c{}", i + 1),
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                data_dir: dir.join(&name),
+                fsync_trigger: dir.join(format!("host{i}.fail-fsync")),
+                name,
+                client_url: format!("http://{client}"),
+                peer_url: format!("http://{proxy_listen}"),
+                peer_listen,
                 child: None,
+                paused: false,
+                start_env: Vec::new(),
+                last_exit: None,
+                link: proxy.faults.clone(),
+                _proxy: proxy,
+                join_cluster: None,
             });
         }
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = LocalCluster {
-            dir,
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
             binary: binary.to_path_buf(),
             members,
             initial_cluster,
+            netns,
         };
         for i in 0..nodes {
             cluster.spawn(i)?;
         }
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while cluster.leader().await.is_none() {
+        cluster.wait_for_leader(READY_TIMEOUT).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until a member leads.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<usize, ChaosError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Ok(leader);
+            }
             if Instant::now() > deadline {
                 return Err(ChaosError::Cluster(format!(
-                    "no leader within {READY_TIMEOUT:?}"
+                    "no leader within {timeout:?}; member logs are in {}",
+                    self.dir.as_path().display()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), ChaosError> {
+        let namespace = match &self.netns {
+            Some(netns) => Some(netns.namespace_file(i)?),
+            None => None,
+        };
         let member = &self.members[i];
-        let peer = format!("http://127.0.0.1:{}", member.peer_port);
-        let client = format!("http://127.0.0.1:{}", member.client_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("{}.log", member.name)))
+            .open(self.dir.join(format!("{}.log", member.name)))
             .map_err(|e| ChaosError::Cluster(e.to_string()))?;
-        let child = Command::new(&self.binary)
+        let (initial_cluster, state) = match &member.join_cluster {
+            Some(cluster) => (cluster.as_str(), "existing"),
+            None => (self.initial_cluster.as_str(), "new"),
+        };
+        let mut command = Command::new(&self.binary);
+        command
             .arg("server")
             .args(["--name", &member.name])
             .arg("--data-dir")
-            .arg(self.dir.path().join(&member.name))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
+            .arg(&member.data_dir)
+            .args(["--listen-client-urls", &member.client_url])
+            .args(["--advertise-client-urls", &member.client_url])
             .args([
                 "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
+                &format!("http://{}", member.peer_listen),
             ])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-advertise-peer-urls", &member.peer_url])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", "chaos"])
+            .env(
+                "OSTRAKON_FAILPOINT_FSYNC",
+                format!("file:{}", member.fsync_trigger.display()),
+            )
+            .envs(member.start_env.iter().cloned())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
-        self.members[i].child = Some(child);
+            .stderr(log);
+        if let Some(namespace) = namespace {
+            let fd = namespace.as_raw_fd();
+            // SAFETY: only setns(2), async-signal-safe, runs between fork and exec; the
+            // handle stays open in the parent until spawn returns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = command
+                .spawn()
+                .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
+            drop(namespace);
+            self.members[i].child = Some(child);
+        } else {
+            let child = command
+                .spawn()
+                .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
+            self.members[i].child = Some(child);
+        }
+        self.members[i].paused = false;
         Ok(())
     }
 
-    /// Every member's client endpoint.
+    /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect()
+        self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
-    /// Whether member `i` runs.
+    /// Whether member `i`'s process runs.
     pub fn is_running(&self, i: usize) -> bool {
         self.members[i].child.is_some()
     }
@@ -131,13 +239,35 @@ impl LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.members[i].paused = false;
     }
 
     /// Sends `signal` to member `i`'s process (SIGSTOP / SIGCONT pause and resume it).
-    pub fn signal(&self, i: usize, signal: i32) {
+    pub fn signal(&mut self, i: usize, signal: i32) {
         if let Some(child) = &self.members[i].child {
             // SAFETY: kill(2) on a pid this cluster started and has not reaped.
             unsafe { libc::kill(child.id() as i32, signal) };
+            self.members[i].paused = signal == libc::SIGSTOP;
+        }
+    }
+
+    /// Whether member `i`'s process has exited by itself; records how.
+    pub fn reap(&mut self, i: usize) -> bool {
+        let member = &mut self.members[i];
+        let Some(child) = &mut member.child else {
+            return false;
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                member.last_exit = Some(match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("exit code {code}"),
+                    (None, Some(signal)) => format!("signal {signal}"),
+                    _ => status.to_string(),
+                });
+                member.child = None;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -150,26 +280,62 @@ impl LocalCluster {
         }
     }
 
-    /// Resumes paused members and restarts stopped ones.
+    /// Member `i`'s raft log directory.
+    pub fn wal_dir(&self, i: usize) -> PathBuf {
+        self.members[i].data_dir.join("member").join("wal")
+    }
+
+    /// Replaces member `i` by a new member on the same host: a new name and an empty data
+    /// directory, started to join `initial_cluster` (the membership after the add).
+    pub fn reincarnate(&mut self, i: usize, name: String, initial_cluster: String) {
+        self.kill(i);
+        let member = &mut self.members[i];
+        let _ = std::fs::remove_dir_all(&member.data_dir);
+        member.data_dir = self.dir.join(&name);
+        member.name = name;
+        member.join_cluster = Some(initial_cluster);
+    }
+
+    /// Resumes paused members, lifts every network fault and restarts stopped members
+    /// without any clock skew.
     pub async fn heal(&mut self) {
+        if let Some(netns) = &self.netns {
+            if let Err(error) = netns.heal() {
+                tracing::error!(%error, "could not lift a partition");
+            }
+        }
         for i in 0..self.members.len() {
-            self.signal(i, libc::SIGCONT);
+            self.members[i].link.heal();
+            let _ = std::fs::remove_file(&self.members[i].fsync_trigger);
+            if self.members[i].paused {
+                self.signal(i, libc::SIGCONT);
+            }
+            self.reap(i);
+            if !self.members[i].start_env.is_empty() {
+                self.members[i].start_env.clear();
+                self.kill(i);
+            }
             self.restart(i);
         }
     }
 
+    /// A client of member `i` alone.
+    pub async fn client(&self, i: usize) -> Option<etcd_client::Client> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_secs(2));
+        etcd_client::Client::connect([self.members[i].client_url.clone()], Some(options))
+            .await
+            .ok()
+    }
+
     /// The member that leads, as the running members report it.
     pub async fn leader(&self) -> Option<usize> {
-        for (i, member) in self.members.iter().enumerate() {
-            if member.child.is_none() {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() || self.members[i].paused {
                 continue;
             }
-            let options = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_millis(500))
-                .with_timeout(Duration::from_secs(1));
-            let endpoint = format!("http://127.0.0.1:{}", member.client_port);
-            let Ok(mut client) = etcd_client::Client::connect([endpoint], Some(options)).await
-            else {
+            let Some(mut client) = self.client(i).await else {
                 continue;
             };
             let Ok(status) = client.status().await else {
@@ -184,10 +350,12 @@ impl LocalCluster {
     }
 }
 
-impl Drop for LocalCluster {
+impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
-            self.signal(i, libc::SIGCONT);
+            if self.members[i].paused {
+                self.signal(i, libc::SIGCONT);
+            }
             self.kill(i);
         }
     }

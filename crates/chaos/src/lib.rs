@@ -1,23 +1,40 @@
 //! Evidence that ostrakon keeps its promises under faults, gathered on real processes in
-//! the manner of Jepsen: a cluster of `ostrakon server` processes, clients that record
-//! every operation's invocation and outcome (ok, failed or unknown), a nemesis that
-//! injects faults while they run, and checkers that decide whether the history is
-//! linearizable. Issue 5 builds this out; this first part runs on loopback with the
-//! crash nemeses (kill -9 of the leader or of a random member, then restart) and the
-//! register workload (read, write, compare-and-set on a few keys).
+//! the manner of Jepsen and of etcd's robustness tests.
+//!
+//! A run starts a cluster of `ostrakon server` processes, one per host (a network
+//! namespace of its own, or a pair of ports on loopback without root), starts the
+//! workloads (registers, Txn groups, a set, watches), and lets a nemesis inject faults in
+//! turn: partitions, crashes, pauses, slow and lossy links, clock skew, disk faults,
+//! membership changes and leadership transfers. Then it stops the writers, heals
+//! everything, and checks: linearizability per key, nothing lost, nothing applied twice,
+//! revisions never going back, the watch guarantees, convergence of every member, and
+//! that members cut off from the majority acknowledged no write. The verdict is JSON; the
+//! report an HTML page with the timeline.
 
 mod cluster;
+mod convergence;
+mod membership;
 mod nemesis;
+mod netns;
+mod proxy;
+mod report;
+mod torn;
 mod verdict;
 mod workload;
 
-pub use cluster::{LocalCluster, Member};
-pub use nemesis::Nemesis;
+pub use cluster::{Cluster, Network};
+pub use nemesis::{Fault, FaultWindow, Nemesis, FAULTS};
+pub use report::html_report;
 pub use verdict::Verdict;
-pub use workload::RegisterWorkload;
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// libfaketime, as Debian's `libfaketime` package installs it (the multi-threaded build).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// How long the cluster may take to settle after healing.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One run's settings.
 #[derive(Clone, Debug)]
@@ -26,13 +43,15 @@ pub struct RunConfig {
     pub binary: PathBuf,
     /// Members in the cluster.
     pub nodes: usize,
-    /// How long the workload and the nemesis run.
+    /// How long the workloads and the nemesis run.
     pub duration: Duration,
-    /// The fault to inject.
+    /// The faults to inject, in turn.
     pub nemesis: Nemesis,
-    /// Concurrent clients.
+    /// Where the hosts live.
+    pub network: Network,
+    /// Concurrent register clients.
     pub clients: usize,
-    /// Registers (keys) the clients share.
+    /// Registers (keys) the register clients share.
     pub keys: u64,
 }
 
@@ -42,15 +61,92 @@ pub enum ChaosError {
     /// A member could not be started or reached.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The hosts' network could not be set up.
+    #[error("network: {0}")]
+    Network(String),
+    /// The settings ask for something this machine cannot do.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
-/// Starts a cluster, runs the workload and the nemesis for the duration, heals, and
-/// checks the history.
+/// Checks that this machine can run `config`; the error says what to do.
+pub fn preflight(config: &RunConfig) -> Result<(), ChaosError> {
+    if config.network == Network::Namespaces {
+        if let Some(reason) = netns::unavailable_reason() {
+            return Err(ChaosError::Unsupported(reason));
+        }
+    }
+    let partitions: Vec<&str> = config
+        .nemesis
+        .0
+        .iter()
+        .filter(|f| f.needs_namespaces())
+        .map(|f| f.name())
+        .collect();
+    if config.network == Network::Loopback && !partitions.is_empty() {
+        return Err(ChaosError::Unsupported(format!(
+            "{} need network namespaces: run as root without --network loopback",
+            partitions.join(", ")
+        )));
+    }
+    if config.nemesis.0.contains(&Fault::ClockSkew) && !std::path::Path::new(LIBFAKETIME).exists() {
+        return Err(ChaosError::Unsupported(format!(
+            "clock-skew needs libfaketime ({LIBFAKETIME}): install Debian's faketime \
+             (scripts/install-test-tools.sh does)"
+        )));
+    }
+    Ok(())
+}
+
+/// Starts a cluster, runs the workloads and the nemesis for the duration, heals, and
+/// checks everything that was recorded.
 pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
-    let mut cluster = LocalCluster::start(&config.binary, config.nodes).await?;
-    let workload = RegisterWorkload::start(&cluster, config.clients, config.keys);
-    let faults = nemesis::run(&mut cluster, config.nemesis, config.duration).await;
-    let history = workload.stop().await;
+    preflight(config)?;
+    let work = tempfile::Builder::new()
+        .prefix("ostrakon-chaos-")
+        .tempdir()
+        .map_err(|e| ChaosError::Cluster(e.to_string()))?;
+    let mut cluster =
+        Cluster::start(&config.binary, config.nodes, config.network, work.path()).await?;
+    let mut workloads = workload::Workloads::start(&cluster, config.clients, config.keys).await;
+    let recorder = workloads.recorder();
+    let faults = nemesis::run(
+        &mut cluster,
+        &config.nemesis,
+        config.duration,
+        recorder.started(),
+    )
+    .await;
+    let recorded = workloads.stop_writers().await;
     cluster.heal().await;
-    Ok(verdict::judge(history, faults, config))
+    let _ = cluster.wait_for_leader(SETTLE_TIMEOUT).await;
+    let convergence = convergence::check(&cluster, SETTLE_TIMEOUT).await;
+    let endpoints = cluster.endpoints();
+    let final_set = workload::set::read_final(&endpoints).await;
+    let target = convergence.revision;
+    let watched = workloads.watch.finish(target, SETTLE_TIMEOUT).await;
+    let watch_start = workloads.watch.start_revision;
+    let reference =
+        workload::watch::reference(&endpoints, watch_start, target, SETTLE_TIMEOUT).await;
+    let watched = watched
+        .into_iter()
+        .enumerate()
+        .map(|(i, (responses, caught_up))| (cluster.members[i].name.clone(), responses, caught_up))
+        .collect();
+    let evidence = verdict::Evidence {
+        recorded,
+        timeline: recorder.take_timeline(),
+        faults,
+        convergence,
+        final_set,
+        watch_start,
+        watched,
+        reference,
+    };
+    let mut verdict = verdict::judge(evidence, config);
+    drop(cluster);
+    if !verdict.valid {
+        verdict.logs = Some(work.keep());
+    }
+    Ok(verdict)
 }

@@ -1,83 +1,339 @@
-//! The verdict of a run, as JSON: valid or not, the operation counts, the fault windows
-//! and, when the history is not linearizable, why.
+//! The verdict of a run: every checker's finding, availability during each fault, and
+//! the counts, as one JSON object; valid only when every checker passed.
 
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use ostrakon_check::{check, simplify_unknowns, CheckResult, KeyedRegisterModel};
+use ostrakon_check::invariants::{
+    check_set, check_watch, revisions_never_decrease, AddOutcome, RevisionObservation, WatchEvent,
+};
+use ostrakon_check::{
+    check, simplify_unknowns, CheckResult, KeyedRegisterModel, Outcome, RegisterInput,
+    RegisterOutput,
+};
+use serde_json::{json, Value};
 
+use crate::convergence::Convergence;
 use crate::nemesis::FaultWindow;
-use crate::workload::RegisterHistory;
-use crate::RunConfig;
+use crate::workload::register::{keys_of, RegisterHistory, Shape};
+use crate::workload::{watch, Ended, Recorded, TimelineOp};
 
-/// How long the linearizability checker may search.
+/// How long the linearizability checker may search, per history.
 const CHECK_BUDGET: Duration = Duration::from_secs(60);
+
+/// Everything a run gathered, for the checkers.
+pub(crate) struct Evidence {
+    pub recorded: Recorded,
+    pub timeline: Vec<TimelineOp>,
+    pub faults: Vec<FaultWindow>,
+    pub convergence: Convergence,
+    pub final_set: Result<BTreeMap<String, i64>, String>,
+    pub watch_start: i64,
+    pub watched: Vec<(String, watch::Responses, bool)>,
+    pub reference: Result<Vec<WatchEvent>, String>,
+}
 
 /// The outcome of a run.
 #[derive(Clone, Debug)]
 pub struct Verdict {
-    /// Linearizable (and checked within the budget).
+    /// Every checker passed.
     pub valid: bool,
-    /// The checker's answer: "linearizable", "not linearizable" or "unknown" (budget).
-    pub checker: String,
-    /// Operations recorded.
-    pub ops: usize,
-    /// Operations that completed with a result.
-    pub ok: usize,
-    /// Operations that definitely did not apply.
-    pub failed: usize,
-    /// Operations whose outcome the client never learned.
-    pub unknown: usize,
+    /// The JSON verdict.
+    pub json: Value,
+    /// Every operation, for the report's plots.
+    pub timeline: Vec<TimelineOp>,
     /// The faults injected.
     pub faults: Vec<FaultWindow>,
-    /// Why the history is not linearizable, if it is not.
-    pub explanation: Option<String>,
-    /// The nemesis's name.
-    pub nemesis: String,
+    /// The members' logs and data, kept when the verdict is not valid.
+    pub logs: Option<PathBuf>,
 }
 
-impl Verdict {
-    /// The verdict as one JSON object.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "valid": self.valid,
-            "checker": self.checker,
-            "nemesis": self.nemesis,
-            "ops": self.ops,
-            "ok": self.ok,
-            "failed": self.failed,
-            "unknown": self.unknown,
-            "faults": self.faults.iter().map(|f| serde_json::json!({
-                "what": f.what, "start_ms": f.start_ms, "end_ms": f.end_ms,
-            })).collect::<Vec<_>>(),
-            "explanation": self.explanation,
-        })
-    }
+/// One checker's finding.
+struct Finding {
+    valid: bool,
+    detail: Value,
 }
 
-pub(crate) fn judge(
-    history: RegisterHistory,
-    faults: Vec<FaultWindow>,
-    config: &RunConfig,
-) -> Verdict {
-    let counts = history.counts();
+fn linearizable(history: &RegisterHistory) -> Finding {
     // Written values are unique, so unknown outcomes can be resolved or dropped soundly
     // before the search, which would otherwise have to place each one up to infinity.
     let ops = simplify_unknowns(history.ops());
     let result = check(&KeyedRegisterModel, &ops, CHECK_BUDGET);
+    let counts = history.counts();
     let (checker, explanation) = match &result {
         CheckResult::Linearizable => ("linearizable", None),
-        CheckResult::NotLinearizable(why) => ("not linearizable", Some(format!("{why:?}"))),
-        CheckResult::Unknown => ("unknown", None),
+        CheckResult::NotLinearizable(why) => ("not linearizable", Some(why.to_string())),
+        CheckResult::Unknown => ("unknown (the search ran out of its budget)", None),
     };
-    Verdict {
+    Finding {
         valid: result.is_linearizable(),
-        checker: checker.to_string(),
-        ops: history.len(),
-        ok: counts.ok,
-        failed: counts.failed,
-        unknown: counts.unknown,
-        faults,
-        explanation,
-        nemesis: format!("{:?}", config.nemesis),
+        detail: json!({
+            "checker": checker,
+            "ops": history.len(),
+            "ok": counts.ok,
+            "failed": counts.failed,
+            "unknown": counts.unknown,
+            "explanation": explanation,
+        }),
+    }
+}
+
+/// Every (key, value) a client saw acknowledged.
+fn acknowledged_writes(recorded: &Recorded) -> Vec<(String, String)> {
+    let mut writes = Vec::new();
+    for (shape, history) in [
+        (Shape::SingleKeys, &recorded.registers.history),
+        (Shape::TxnGroups, &recorded.txns.history),
+    ] {
+        for op in history.ops() {
+            let (register, input) = &op.input;
+            let value = match (input, &op.outcome) {
+                (RegisterInput::Write(v), Outcome::Ok(_)) => *v,
+                (RegisterInput::Cas { new, .. }, Outcome::Ok(RegisterOutput::Cas(true))) => *new,
+                _ => continue,
+            };
+            for key in keys_of(shape, *register) {
+                writes.push((key, value.to_string()));
+            }
+        }
+    }
+    for (element, outcome) in &recorded.set {
+        if *outcome == AddOutcome::Ok {
+            let sequence = element.rsplit('-').next().unwrap_or_default();
+            writes.push((element.clone(), sequence.to_string()));
+        }
+    }
+    writes
+}
+
+fn watch_finding(evidence: &Evidence) -> Finding {
+    let reference = match &evidence.reference {
+        Ok(reference) => reference,
+        Err(error) => {
+            return Finding {
+                valid: false,
+                detail: json!({ "error": error }),
+            }
+        }
+    };
+    let mut valid = true;
+    let mut watchers = Vec::new();
+    for (member, responses, caught_up) in &evidence.watched {
+        let report = check_watch(responses, reference);
+        valid &= report.is_valid() && *caught_up;
+        watchers.push(json!({
+            "member": member,
+            "caught_up": caught_up,
+            "events": report.events,
+            "responses": responses.len(),
+            "out_of_order": report.out_of_order,
+            "duplicates": report.duplicates,
+            "missing": report.missing,
+            "unexpected": report.unexpected,
+            "split_revisions": report.split_revisions,
+        }));
+    }
+    // Every acknowledged write must be among the events, with its value.
+    let events: HashSet<(&str, &str)> = reference
+        .iter()
+        .filter(|e| e.is_put)
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    let acknowledged = acknowledged_writes(&evidence.recorded);
+    let unseen: Vec<String> = acknowledged
+        .iter()
+        .filter(|(k, v)| !events.contains(&(k.as_str(), v.as_str())))
+        .take(10)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    valid &= unseen.is_empty();
+    Finding {
+        valid,
+        detail: json!({
+            "start_revision": evidence.watch_start,
+            "reference_events": reference.len(),
+            "acknowledged_writes": acknowledged.len(),
+            "acknowledged_writes_not_in_events": unseen,
+            "watchers": watchers,
+        }),
+    }
+}
+
+fn revisions_finding(timeline: &[TimelineOp]) -> Finding {
+    let observations: Vec<RevisionObservation> = timeline
+        .iter()
+        .filter(|op| op.ended == Ended::Ok)
+        .filter_map(|op| {
+            Some(RevisionObservation {
+                client: op.client,
+                invoked_at: op.invoked_us,
+                completed_at: op.completed_us?,
+                revision: op.revision?,
+            })
+        })
+        .collect();
+    let violations = revisions_never_decrease(&observations);
+    Finding {
+        valid: violations.is_empty(),
+        detail: json!({ "responses": observations.len(), "violations": violations }),
+    }
+}
+
+/// Availability during each fault, and whether members cut off from the majority
+/// acknowledged writes (a CP system must refuse them).
+fn availability(timeline: &[TimelineOp], faults: &[FaultWindow]) -> (Finding, Vec<Value>) {
+    let mut valid = true;
+    let mut windows = Vec::new();
+    for fault in faults {
+        let (start_us, end_us) = (fault.start_ms * 1000, fault.end_ms * 1000);
+        let during: Vec<&TimelineOp> = timeline
+            .iter()
+            .filter(|op| op.invoked_us >= start_us && op.invoked_us <= end_us)
+            .collect();
+        let ok = during.iter().filter(|op| op.ended == Ended::Ok).count();
+        let writes = during.iter().filter(|op| op.write).count();
+        let writes_ok = during
+            .iter()
+            .filter(|op| op.write && op.ended == Ended::Ok)
+            .count();
+        let cut_off_writes_ok = during
+            .iter()
+            .filter(|op| {
+                op.write
+                    && op.ended == Ended::Ok
+                    && op.member.is_some_and(|m| fault.cut_off.contains(&m))
+                    && op.completed_us.is_some_and(|c| c <= end_us)
+            })
+            .count();
+        valid &= cut_off_writes_ok == 0;
+        let fraction = |part: usize, whole: usize| {
+            if whole == 0 {
+                Value::Null
+            } else {
+                json!((part as f64 / whole as f64 * 1000.0).round() / 1000.0)
+            }
+        };
+        windows.push(json!({
+            "fault": fault.fault,
+            "what": fault.what,
+            "start_ms": fault.start_ms,
+            "end_ms": fault.end_ms,
+            "ops": during.len(),
+            "ok": ok,
+            "availability": fraction(ok, during.len()),
+            "write_availability": fraction(writes_ok, writes),
+            "cut_off": fault.cut_off,
+            "cut_off_writes_ok": cut_off_writes_ok,
+        }));
+    }
+    (
+        Finding {
+            valid,
+            detail: json!({ "cut_off_members_acknowledged_no_write": valid }),
+        },
+        windows,
+    )
+}
+
+pub(crate) fn judge(evidence: Evidence, config: &crate::RunConfig) -> Verdict {
+    let mut checks: BTreeMap<&str, Finding> = BTreeMap::new();
+    checks.insert(
+        "registers",
+        linearizable(&evidence.recorded.registers.history),
+    );
+    let mut txn = linearizable(&evidence.recorded.txns.history);
+    let torn = &evidence.recorded.txns.torn_reads;
+    txn.valid &= torn.is_empty();
+    txn.detail["torn_reads"] = json!(torn.iter().take(10).collect::<Vec<_>>());
+    checks.insert("txn", txn);
+    let set = match &evidence.final_set {
+        Ok(present) => {
+            let report = check_set(&evidence.recorded.set, present);
+            Finding {
+                valid: report.is_valid(),
+                detail: json!({
+                    "added": evidence.recorded.set.len(),
+                    "acknowledged": report.acknowledged,
+                    "unknown_present": report.unknown_present,
+                    "lost": report.lost.iter().take(10).collect::<Vec<_>>(),
+                    "lost_count": report.lost.len(),
+                    "duplicated": report.duplicated.iter().take(10).collect::<Vec<_>>(),
+                    "failed_but_present": report.failed_but_present.iter().take(10).collect::<Vec<_>>(),
+                    "unexpected": report.unexpected.iter().take(10).collect::<Vec<_>>(),
+                }),
+            }
+        }
+        Err(error) => Finding {
+            valid: false,
+            detail: json!({ "error": format!("the final read failed: {error}") }),
+        },
+    };
+    let lost = set.detail["lost_count"].as_u64().unwrap_or(0);
+    checks.insert("set", set);
+    checks.insert("revisions", revisions_finding(&evidence.timeline));
+    checks.insert("watch", watch_finding(&evidence));
+    checks.insert(
+        "convergence",
+        Finding {
+            valid: evidence.convergence.converged,
+            detail: json!({
+                "revision": evidence.convergence.revision,
+                "hashes": evidence.convergence.hashes.iter()
+                    .map(|(name, hash)| json!({ "member": name, "hash": hash }))
+                    .collect::<Vec<_>>(),
+                "problem": evidence.convergence.problem,
+            }),
+        },
+    );
+    let (available, windows) = availability(&evidence.timeline, &evidence.faults);
+    checks.insert("availability", available);
+    let fault_violations: Vec<&String> =
+        evidence.faults.iter().flat_map(|f| &f.violations).collect();
+    checks.insert(
+        "faults",
+        Finding {
+            valid: fault_violations.is_empty(),
+            detail: json!({ "violations": fault_violations }),
+        },
+    );
+    let valid = checks.values().all(|c| c.valid);
+    let failing: Vec<&str> = checks
+        .iter()
+        .filter(|(_, c)| !c.valid)
+        .map(|(name, _)| *name)
+        .collect();
+    let count = |ended: Ended| {
+        evidence
+            .timeline
+            .iter()
+            .filter(|op| op.ended == ended)
+            .count()
+    };
+    let json = json!({
+        "valid": valid,
+        "failing_checks": failing,
+        "nemesis": config.nemesis.to_string(),
+        "network": format!("{:?}", config.network).to_lowercase(),
+        "nodes": config.nodes,
+        "duration_s": config.duration.as_secs_f64(),
+        "ops": evidence.timeline.len(),
+        "ok": count(Ended::Ok),
+        "failed": count(Ended::Failed),
+        "unknown": count(Ended::Unknown),
+        "lost": lost,
+        "checks": checks.iter().map(|(name, c)| {
+            let mut detail = c.detail.clone();
+            detail["valid"] = json!(c.valid);
+            (name.to_string(), detail)
+        }).collect::<serde_json::Map<String, Value>>(),
+        "availability": windows,
+    });
+    Verdict {
+        valid,
+        json,
+        timeline: evidence.timeline,
+        faults: evidence.faults,
+        logs: None,
     }
 }

@@ -79,6 +79,7 @@
 mod bitset;
 mod entries;
 mod history;
+pub mod invariants;
 mod linearizability;
 mod model;
 mod models;

@@ -1,12 +1,13 @@
-//! `ostrakon chaos`: a cluster of this binary's servers on loopback under a workload and a
-//! nemesis, with the history checked; prints a JSON verdict (and writes it to `--out`).
+//! `ostrakon chaos`: a cluster of this binary's servers under the workloads and a nemesis,
+//! with everything recorded checked; prints the JSON verdict, writes it to `--out` and
+//! the HTML report to `--report`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ostrakon_chaos::{Nemesis, RunConfig};
+use ostrakon_chaos::{Nemesis, Network, RunConfig};
 
 /// The run's settings.
 #[derive(Args, Debug)]
@@ -14,14 +15,22 @@ pub struct ChaosArgs {
     /// Members in the cluster.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// How long the workload and the faults run (Go duration: 30s, 10m).
+    /// How long the workloads and the faults run (Go duration: 30s, 10m).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse_go_duration)]
     pub duration: Duration,
-    /// The fault: none, kill-leader, kill-random, pause-leader.
+    /// The faults, taken in turn, comma-separated: kill-leader, kill-random,
+    /// kill-minority, pause-leader, partition-leader, partition-halves,
+    /// partition-one-way, partition-bridge, partition-ring, delay, loss, blackhole,
+    /// clock-skew, fsync-error, torn-tail, membership, transfer-leader; or none,
+    /// partitions (every partition), all.
     #[arg(long, default_value = "kill-leader")]
     pub nemesis: Nemesis,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 8)]
+    /// Where the hosts live: namespaces (one network namespace per member; needs root)
+    /// or loopback (no partitions). Default: namespaces as root, else loopback.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Concurrent register clients.
+    #[arg(long, default_value_t = 4)]
     pub clients: usize,
     /// Registers the clients share.
     #[arg(long, default_value_t = 10)]
@@ -29,6 +38,9 @@ pub struct ChaosArgs {
     /// Where to write the JSON verdict as well.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Where to write the HTML report.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// Runs; fails (exit 1) when the verdict is not valid.
@@ -36,25 +48,69 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     if !(1..=7).contains(&args.nodes) {
         bail!("--nodes must be 1 to 7");
     }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let network = match args.network.as_deref() {
+        None if root => Network::Namespaces,
+        None => Network::Loopback,
+        Some("namespaces") => Network::Namespaces,
+        Some("loopback") => Network::Loopback,
+        Some(other) => bail!("--network must be namespaces or loopback, not {other:?}"),
+    };
     let config = RunConfig {
         binary: std::env::current_exe().context("finding this binary")?,
         nodes: args.nodes,
         duration: args.duration,
         nemesis: args.nemesis,
+        network,
         clients: args.clients.max(1),
         keys: args.keys.max(1),
     };
-    let verdict = tokio::runtime::Builder::new_multi_thread()
+    ostrakon_chaos::preflight(&config)?;
+    let progress = indicatif::ProgressBar::new(config.duration.as_secs());
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("chaos {msg} [{bar:30}] {pos}/{len} s")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    progress.set_message(config.nemesis.to_string());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(ostrakon_chaos::run(&config))?;
-    let json = serde_json::to_string_pretty(&verdict.to_json())?;
+        .build()?;
+    let verdict = runtime.block_on(async {
+        let ticker = {
+            let progress = progress.clone();
+            let total = config.duration.as_secs();
+            tokio::spawn(async move {
+                for _ in 0..total {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    progress.inc(1);
+                }
+                progress.set_message("checking");
+            })
+        };
+        let verdict = ostrakon_chaos::run(&config).await;
+        ticker.abort();
+        verdict
+    })?;
+    progress.finish_and_clear();
+    let json = serde_json::to_string_pretty(&verdict.json)?;
     println!("{json}");
     if let Some(out) = &args.out {
         std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
     }
+    if let Some(report) = &args.report {
+        std::fs::write(report, ostrakon_chaos::html_report(&verdict))
+            .with_context(|| format!("writing {}", report.display()))?;
+    }
+    if let Some(logs) = &verdict.logs {
+        eprintln!("the members' logs and data are kept in {}", logs.display());
+    }
     if !verdict.valid {
-        bail!("the history is {}", verdict.checker);
+        bail!(
+            "the verdict is not valid: {}",
+            verdict.json["failing_checks"]
+        );
     }
     Ok(())
 }

@@ -15,12 +15,30 @@ pub fn disk_failure(what: &str, error: &dyn std::fmt::Display) -> ! {
     std::process::exit(DISK_FAILURE_EXIT_CODE);
 }
 
-/// The fault-injection switch for `fsync`: with `OSTRAKON_FAILPOINT_FSYNC=error` in the
-/// environment every WAL sync fails, so tests and the chaos harness can check that the
-/// process exits rather than going on.
+/// The fault-injection switch for `fsync`, so tests and the chaos harness can check that
+/// the process exits rather than going on. `OSTRAKON_FAILPOINT_FSYNC=error` in the
+/// environment fails every WAL sync; `OSTRAKON_FAILPOINT_FSYNC=file:<path>` fails them
+/// while `<path>` exists, so the fault can be injected into a running member.
 pub fn fsync_failpoint_armed() -> bool {
-    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ARMED.get_or_init(|| std::env::var("OSTRAKON_FAILPOINT_FSYNC").as_deref() == Ok("error"))
+    enum Failpoint {
+        Off,
+        Always,
+        WhileFileExists(std::path::PathBuf),
+    }
+    static FAILPOINT: std::sync::OnceLock<Failpoint> = std::sync::OnceLock::new();
+    let failpoint = FAILPOINT.get_or_init(|| match std::env::var("OSTRAKON_FAILPOINT_FSYNC") {
+        Ok(value) if value == "error" => Failpoint::Always,
+        Ok(value) => match value.strip_prefix("file:") {
+            Some(path) => Failpoint::WhileFileExists(path.into()),
+            None => Failpoint::Off,
+        },
+        Err(_) => Failpoint::Off,
+    });
+    match failpoint {
+        Failpoint::Off => false,
+        Failpoint::Always => true,
+        Failpoint::WhileFileExists(path) => path.exists(),
+    }
 }
 
 /// Unwraps a storage engine result; an engine error means the disk failed us.
