@@ -78,8 +78,7 @@ pub fn preflight(config: &RunConfig) -> Result<(), ChaosError> {
     }
     let partitions: Vec<&str> = config
         .nemesis
-        .0
-        .iter()
+        .faults()
         .filter(|f| f.needs_namespaces())
         .map(|f| f.name())
         .collect();
@@ -89,7 +88,9 @@ pub fn preflight(config: &RunConfig) -> Result<(), ChaosError> {
             partitions.join(", ")
         )));
     }
-    if config.nemesis.0.contains(&Fault::ClockSkew) && !std::path::Path::new(LIBFAKETIME).exists() {
+    if config.nemesis.faults().any(|f| f == Fault::ClockSkew)
+        && !std::path::Path::new(LIBFAKETIME).exists()
+    {
         return Err(ChaosError::Unsupported(format!(
             "clock-skew needs libfaketime ({LIBFAKETIME}): install Debian's faketime \
              (scripts/install-test-tools.sh does)"

@@ -94,37 +94,57 @@ impl Fault {
     }
 }
 
-/// The faults a run injects, in turn; empty for none.
+/// The faults a run injects: steps taken in turn, each one fault or several injected
+/// together (`partition-halves+delay`); empty for none.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Nemesis(pub Vec<Fault>);
+pub struct Nemesis(pub Vec<Vec<Fault>>);
+
+impl Nemesis {
+    /// Every fault of every step.
+    pub fn faults(&self) -> impl Iterator<Item = Fault> + '_ {
+        self.0.iter().flatten().copied()
+    }
+}
+
+fn known_names() -> String {
+    let known: Vec<&str> = FAULTS.iter().map(|(n, _)| *n).collect();
+    format!("none, all, partitions, {}", known.join(", "))
+}
 
 impl std::str::FromStr for Nemesis {
     type Err = String;
     fn from_str(names: &str) -> Result<Self, String> {
-        let mut faults = Vec::new();
-        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            match name {
+        let mut steps = Vec::new();
+        for step in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match step {
                 "none" => {}
-                "all" => faults.extend(FAULTS.iter().map(|(_, f)| *f)),
-                "partitions" => faults.extend(
+                "all" => steps.extend(FAULTS.iter().map(|(_, f)| vec![*f])),
+                "partitions" => steps.extend(
                     FAULTS
                         .iter()
-                        .map(|(_, f)| *f)
-                        .filter(|f| f.needs_namespaces()),
+                        .filter(|(_, f)| f.needs_namespaces())
+                        .map(|(_, f)| vec![*f]),
                 ),
-                _ => match FAULTS.iter().find(|(n, _)| *n == name) {
-                    Some((_, fault)) => faults.push(*fault),
-                    None => {
-                        let known: Vec<&str> = FAULTS.iter().map(|(n, _)| *n).collect();
-                        return Err(format!(
-                            "unknown nemesis {name:?}; known: none, all, partitions, {}",
-                            known.join(", ")
-                        ));
+                _ => {
+                    let mut together = Vec::new();
+                    for name in step.split('+').map(str::trim) {
+                        match FAULTS.iter().find(|(n, _)| *n == name) {
+                            Some((_, fault)) if !together.contains(fault) => together.push(*fault),
+                            Some(_) => return Err(format!("{name:?} twice in {step:?}")),
+                            None => {
+                                return Err(format!(
+                                    "unknown nemesis {name:?}; known: {} (join faults with + \
+                                     to inject them together)",
+                                    known_names()
+                                ))
+                            }
+                        }
                     }
-                },
+                    steps.push(together);
+                }
             }
         }
-        Ok(Nemesis(faults))
+        Ok(Nemesis(steps))
     }
 }
 
@@ -133,9 +153,14 @@ impl std::fmt::Display for Nemesis {
         if self.0.is_empty() {
             return write!(f, "none");
         }
-        let names: Vec<&str> = self.0.iter().map(|fault| fault.name()).collect();
-        write!(f, "{}", names.join(","))
+        let steps: Vec<String> = self.0.iter().map(|step| step_name(step)).collect();
+        write!(f, "{}", steps.join(","))
     }
+}
+
+fn step_name(step: &[Fault]) -> String {
+    let names: Vec<&str> = step.iter().map(|fault| fault.name()).collect();
+    names.join("+")
 }
 
 /// How long a fault is held.
@@ -148,8 +173,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A fault's window, in milliseconds since the run started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultWindow {
-    /// The fault.
-    pub fault: &'static str,
+    /// The fault (faults injected together are joined with +).
+    pub fault: String,
     /// What was done, to whom.
     pub what: String,
     /// When it started (after it was in place).
@@ -182,17 +207,45 @@ pub async fn run(
         if Instant::now() + HOLD >= deadline {
             break;
         }
-        let Some(&fault) = nemesis.0.get(turn % nemesis.0.len().max(1)) else {
+        let Some(step) = nemesis.0.get(turn % nemesis.0.len().max(1)) else {
             continue;
         };
         turn += 1;
-        let Some(mut window) = inject(cluster, fault, started).await else {
+        let mut injected = Vec::new();
+        for &fault in step {
+            if let Some(window) = inject(cluster, fault, started).await {
+                injected.push((fault, window));
+            }
+        }
+        if injected.is_empty() {
             continue;
-        };
+        }
         tokio::time::sleep(HOLD).await;
-        heal(cluster, fault, &mut window).await;
+        let mut window = FaultWindow {
+            fault: step_name(step),
+            what: String::new(),
+            // The step's window opens once its last fault is in place.
+            start_ms: injected.iter().map(|(_, w)| w.start_ms).max().unwrap_or(0),
+            end_ms: 0,
+            cut_off: Vec::new(),
+            violations: Vec::new(),
+        };
+        for (fault, mut part) in injected {
+            check_effect(cluster, fault, &mut part).await;
+            if !window.what.is_empty() {
+                window.what.push_str(" + ");
+            }
+            window.what.push_str(&part.what);
+            for member in part.cut_off {
+                if !window.cut_off.contains(&member) {
+                    window.cut_off.push(member);
+                }
+            }
+            window.violations.extend(part.violations);
+        }
+        cluster.heal().await;
         window.end_ms = since(Instant::now());
-        tracing::info!(fault = fault.name(), what = %window.what, "healed");
+        tracing::info!(fault = %window.fault, what = %window.what, "healed");
         windows.push(window);
     }
     windows
@@ -400,7 +453,7 @@ async fn inject(cluster: &mut Cluster, fault: Fault, started: Instant) -> Option
         }
     };
     Some(FaultWindow {
-        fault: fault.name(),
+        fault: fault.name().to_string(),
         what,
         // Recorded once the fault is in place.
         start_ms: Instant::now().duration_since(started).as_millis() as u64,
@@ -410,8 +463,8 @@ async fn inject(cluster: &mut Cluster, fault: Fault, started: Instant) -> Option
     })
 }
 
-/// Lifts the fault, after checking what it should have caused.
-async fn heal(cluster: &mut Cluster, fault: Fault, window: &mut FaultWindow) {
+/// Checks, before healing, what the fault should have caused.
+async fn check_effect(cluster: &mut Cluster, fault: Fault, window: &mut FaultWindow) {
     if fault == Fault::FsyncError {
         let victim = cluster
             .members
@@ -437,5 +490,39 @@ async fn heal(cluster: &mut Cluster, fault: Fault, window: &mut FaultWindow) {
             )),
         }
     }
-    cluster.heal().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_comma_separated_and_faults_joined_with_plus_go_together() {
+        let nemesis: Nemesis = "partition-halves+delay, kill-leader".parse().unwrap();
+        assert_eq!(
+            nemesis.0,
+            vec![
+                vec![Fault::PartitionHalves, Fault::Delay],
+                vec![Fault::KillLeader]
+            ]
+        );
+        assert_eq!(nemesis.to_string(), "partition-halves+delay,kill-leader");
+        let all: Nemesis = "all".parse().unwrap();
+        assert_eq!(all.0.len(), FAULTS.len());
+        let partitions: Nemesis = "partitions".parse().unwrap();
+        assert!(partitions.faults().all(Fault::needs_namespaces));
+        assert_eq!(partitions.0.len(), 5);
+        assert!("none".parse::<Nemesis>().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn unknown_and_repeated_faults_are_refused_with_the_known_names() {
+        let error = "kill-everything".parse::<Nemesis>().unwrap_err();
+        assert!(
+            error.contains("known: none, all, partitions, kill-leader"),
+            "{error}"
+        );
+        let error = "delay+delay".parse::<Nemesis>().unwrap_err();
+        assert!(error.contains("twice"), "{error}");
+    }
 }

@@ -22,7 +22,8 @@ pub struct ChaosArgs {
     /// kill-minority, pause-leader, partition-leader, partition-halves,
     /// partition-one-way, partition-bridge, partition-ring, delay, loss, blackhole,
     /// clock-skew, fsync-error, torn-tail, membership, transfer-leader; or none,
-    /// partitions (every partition), all.
+    /// partitions (every partition), all. Faults joined with + are injected together
+    /// (partition-halves+delay).
     #[arg(long, default_value = "kill-leader")]
     pub nemesis: Nemesis,
     /// Where the hosts live: namespaces (one network namespace per member; needs root)

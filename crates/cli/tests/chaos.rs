@@ -271,3 +271,26 @@ fn a_planted_stale_read_bug_is_caught() {
         "{verdict:#}"
     );
 }
+
+#[test]
+fn faults_injected_together() {
+    let nemesis = "partition-halves+delay,kill-leader+loss";
+    let (verdict, passed) = run_chaos(
+        env!("CARGO_BIN_EXE_ostrakon"),
+        "combined",
+        &["--nemesis", nemesis, "--duration", DURATION],
+        &[],
+    );
+    assert!(passed, "{verdict:#}");
+    assert_eq!(verdict["lost"], 0, "{verdict:#}");
+    let windows = verdict["availability"].as_array().unwrap();
+    assert!(windows
+        .iter()
+        .any(|w| w["fault"] == "partition-halves+delay"
+            && w["what"]
+                .as_str()
+                .unwrap()
+                .contains(" + peer links +50..200 ms")
+            && w["cut_off"].as_array().unwrap().len() == 1));
+    assert!(windows.iter().any(|w| w["fault"] == "kill-leader+loss"));
+}
