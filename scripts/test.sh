@@ -15,7 +15,7 @@ BUGS="ack-before-persist read-without-read-index commit-previous-term vote-not-p
 
 step() { printf '\n=== %s\n' "$*"; }
 
-step "test tools (etcdctl 3.4 and 3.5, iptables, libfaketime)"
+step "test tools (etcdctl 3.4 and 3.5, iptables, libfaketime, chromium, playwright-core)"
 bash scripts/install-test-tools.sh
 
 step "cargo fmt --check"
@@ -33,6 +33,9 @@ step "cargo test"
 # Integration tests start real clusters; one test binary at a time keeps the 2-core
 # machine from starving their elections.
 timeout 1800 cargo test --workspace -- --test-threads 2
+
+step "dashboard in headless Chromium (playwright-core): stop the leader from the page"
+timeout 300 node tests/browser/dashboard.test.mjs target/debug/ostrakon
 
 step "simulator: $SIM_SEEDS clean seeds"
 cargo build --release -p ostrakon-sim

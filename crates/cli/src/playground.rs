@@ -19,6 +19,10 @@ pub struct PlaygroundArgs {
     /// Log level of the members.
     #[arg(long, default_value = "warn")]
     pub log_level: String,
+    /// Port (on 127.0.0.1) of the control endpoint the dashboard's buttons call to stop,
+    /// restart, pause and resume members.
+    #[arg(long, default_value_t = 2378)]
+    pub control_port: u16,
 }
 
 struct Member {
@@ -26,6 +30,15 @@ struct Member {
     client_url: String,
     peer_url: String,
 }
+
+/// A member's process, as the playground runs it.
+struct Slot {
+    command: std::sync::Arc<dyn Fn() -> Command + Send + Sync>,
+    child: Option<Child>,
+    paused: bool,
+}
+
+type Slots = std::sync::Arc<tokio::sync::Mutex<std::collections::BTreeMap<String, Slot>>>;
 
 fn members(count: u16) -> Vec<Member> {
     (0..count)
@@ -65,34 +78,66 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let exe = std::env::current_exe().context("finding the ostrakon binary")?;
-    let mut children: Vec<(String, Child)> = Vec::new();
+    let control_url = format!("http://127.0.0.1:{}", args.control_port);
+    let slots: Slots = Default::default();
     for member in &members {
-        let mut command = Command::new(&exe);
-        command
-            .arg("server")
-            .args(["--name", &member.name])
-            .arg("--data-dir")
-            .arg(root.join(&member.name))
-            .args(["--listen-client-urls", &member.client_url])
-            .args(["--advertise-client-urls", &member.client_url])
-            .args(["--listen-peer-urls", &member.peer_url])
-            .args(["--initial-advertise-peer-urls", &member.peer_url])
-            .args(["--initial-cluster", &initial_cluster])
-            .args(["--initial-cluster-token", "ostrakon-playground"])
-            .args(["--log-level", &args.log_level])
-            .kill_on_drop(true);
-        // If the playground dies without stopping its members (kill -9), they stop too.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = command
+        let (exe, root, initial_cluster, control_url) = (
+            exe.clone(),
+            root.clone(),
+            initial_cluster.clone(),
+            control_url.clone(),
+        );
+        let (name, client_url, peer_url, log_level) = (
+            member.name.clone(),
+            member.client_url.clone(),
+            member.peer_url.clone(),
+            args.log_level.clone(),
+        );
+        let command = std::sync::Arc::new(move || {
+            let mut command = Command::new(&exe);
+            command
+                .arg("server")
+                .args(["--name", &name])
+                .arg("--data-dir")
+                .arg(root.join(&name))
+                .args(["--listen-client-urls", &client_url])
+                .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial_cluster])
+                .args(["--initial-cluster-token", "ostrakon-playground"])
+                .args(["--log-level", &log_level])
+                .args(["--dashboard-control-url", &control_url])
+                .kill_on_drop(true);
+            // If the playground dies without stopping its members (kill -9), they stop too.
+            // SAFETY: prctl only, between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            command
+        });
+        let child = command()
             .spawn()
             .with_context(|| format!("starting {}", member.name))?;
-        children.push((member.name.clone(), child));
+        slots.lock().await.insert(
+            member.name.clone(),
+            Slot {
+                command,
+                child: Some(child),
+                paused: false,
+            },
+        );
     }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.control_port))
+        .await
+        .with_context(|| format!("binding the control port {}", args.control_port))?;
+    let control = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener,
+        control_routes(slots.clone()),
+    )));
     let endpoints = members
         .iter()
         .map(|m| m.client_url.trim_start_matches("http://"))
@@ -119,27 +164,22 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     );
     println!("  etcdctl --endpoints=$ENDPOINTS del greeting");
     println!("  curl -s http://127.0.0.1:2379/health");
+    println!("  curl -s http://127.0.0.1:2379/metrics");
+    println!();
+    println!("Dashboard (stop, restart, pause and resume members from it):");
+    println!("  {}/dashboard", members[0].client_url);
     println!();
     println!("Ctrl-C stops every member.");
 
-    let exited = wait_any(&mut children);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => println!("\nstopping..."),
         _ = terminate.recv() => println!("stopping..."),
-        (name, status) = exited => eprintln!("{name} exited ({status}); stopping the others"),
     }
-    for (name, child) in &mut children {
-        if let Some(pid) = child.id() {
-            // SIGTERM: a clean stop (the WAL is synced, clients are answered).
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        match tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!("{name} did not stop in 10 s; killing it");
-                let _ = child.kill().await;
-            }
+    control.abort();
+    for (name, slot) in slots.lock().await.iter_mut() {
+        if let Some(child) = &mut slot.child {
+            stop(name, child, slot.paused).await;
         }
     }
     if let Some(dir) = temporary {
@@ -149,13 +189,96 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_any(children: &mut [(String, Child)]) -> (String, String) {
-    loop {
-        for (name, child) in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return (name.clone(), status.to_string());
+/// SIGTERM (a clean stop: the WAL is synced, clients are answered); kill after 10 s.
+async fn stop(name: &str, child: &mut Child, paused: bool) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signals to a child this playground started and has not reaped.
+        unsafe {
+            if paused {
+                libc::kill(pid as i32, libc::SIGCONT);
             }
+            libc::kill(pid as i32, libc::SIGTERM);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("{name} did not stop in 10 s; killing it");
+        let _ = child.kill().await;
+    }
+}
+
+/// `POST /members/{name}/{stop|restart|pause|resume}`: what the dashboard's buttons call.
+/// Any page may call it (the dashboard is served from the members' ports), and only on
+/// 127.0.0.1.
+fn control_routes(slots: Slots) -> axum::Router {
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    axum::Router::new()
+        .route(
+            "/members/:name/:action",
+            axum::routing::post(
+                |State(slots): State<Slots>, Path((name, action)): Path<(String, String)>| async move {
+                    let (status, text) = control(&slots, &name, &action).await;
+                    (status, [("access-control-allow-origin", "*")], text)
+                },
+            ),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "POST /members/{name}/{stop|restart|pause|resume}\n") })
+        .with_state(slots)
+}
+
+async fn control(slots: &Slots, name: &str, action: &str) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let mut slots = slots.lock().await;
+    let Some(slot) = slots.get_mut(name) else {
+        return (StatusCode::NOT_FOUND, format!("no member {name}\n"));
+    };
+    // A member that exited by itself is stopped.
+    if let Some(child) = &mut slot.child {
+        if let Ok(Some(_)) = child.try_wait() {
+            slot.child = None;
+        }
+    }
+    let pid = slot.child.as_ref().and_then(|c| c.id());
+    match (action, pid) {
+        ("stop", Some(_)) => {
+            let mut child = slot.child.take().expect("running");
+            stop(name, &mut child, slot.paused).await;
+            slot.paused = false;
+        }
+        ("restart", pid) => {
+            if let (Some(_), Some(mut child)) = (pid, slot.child.take()) {
+                stop(name, &mut child, slot.paused).await;
+            }
+            match (slot.command)().spawn() {
+                Ok(child) => slot.child = Some(child),
+                Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+            }
+            slot.paused = false;
+        }
+        ("pause", Some(pid)) | ("resume", Some(pid)) => {
+            let pause = action == "pause";
+            // SAFETY: a signal to a child this playground started and has not reaped.
+            unsafe {
+                libc::kill(
+                    pid as i32,
+                    if pause { libc::SIGSTOP } else { libc::SIGCONT },
+                )
+            };
+            slot.paused = pause;
+        }
+        ("stop" | "pause" | "resume", None) => {
+            return (StatusCode::CONFLICT, format!("{name} is not running\n"))
+        }
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown action {action:?}: stop, restart, pause or resume\n"),
+            )
+        }
+    }
+    tracing::info!(member = name, action, "playground control");
+    (StatusCode::OK, format!("{name}: {action} done\n"))
 }

@@ -108,6 +108,13 @@ pub struct ServerArgs {
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// The playground's control URL: the dashboard then offers to stop, restart, pause
+    /// and resume members (set by `ostrakon playground`).
+    #[arg(long, hide = true)]
+    pub dashboard_control_url: Option<String>,
+    /// Log format: text (for people) or json (one object per line, for collectors).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 impl ServerArgs {
@@ -200,6 +207,7 @@ impl ServerArgs {
             } else {
                 10
             },
+            dashboard_control_url: self.dashboard_control_url.clone(),
         })
     }
 }
@@ -300,7 +308,7 @@ impl FoundingMembership {
 
 /// Runs a member until SIGTERM or SIGINT.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_level)?;
+    init_logging(&args.log_level, &args.log_format)?;
     let config = args.to_config()?;
     tracing::info!(
         name = %args.name,
@@ -328,13 +336,17 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(format!("{level},h2=warn,tower=warn,hyper=warn"))
             .with_context(|| format!("--log-level {level}"))?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     Ok(())
 }

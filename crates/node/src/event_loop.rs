@@ -10,7 +10,7 @@ use ostrakon_proto::peer::WriteRequest;
 use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord};
 use ostrakon_raft::{
     ConfChange, Config, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId, RawNode,
-    Ready, SnapshotMeta,
+    Ready, Role, SnapshotMeta,
 };
 use ostrakon_storage::mvcc::MvccStore;
 use ostrakon_storage::mvcc::{FrozenState, MemberChange};
@@ -101,6 +101,13 @@ pub enum Input {
         group: GroupId,
         /// Answered with the frozen state.
         respond: tokio::sync::oneshot::Sender<FrozenState>,
+    },
+    /// The group's raft status, with each follower's progress when this member leads.
+    RaftStatus {
+        /// The group.
+        group: GroupId,
+        /// Answered with the status.
+        respond: tokio::sync::oneshot::Sender<ostrakon_raft::Status>,
     },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
@@ -427,6 +434,7 @@ impl EventLoop {
                 let Some(replica) = self.replicas.get_mut(&message.group) else {
                     return;
                 };
+                crate::metrics::metrics().snapshots_received.inc();
                 if let MessageBody::InstallSnapshot { meta } = &message.body {
                     replica.incoming_snapshots.insert(meta.index, path);
                 }
@@ -469,6 +477,11 @@ impl EventLoop {
                     let _ = respond.send(replica.store.freeze());
                 }
             }
+            Input::RaftStatus { group, respond } => {
+                if let Some(replica) = self.replicas.get(&group) {
+                    let _ = respond.send(replica.node.status());
+                }
+            }
             Input::Unreachable(to) => {
                 for replica in self.replicas.values_mut() {
                     if replica.node.conf_state().members().contains(&to) {
@@ -490,6 +503,8 @@ impl EventLoop {
             let mut ready = replica.node.ready();
             if let Some(soft) = ready.soft_state {
                 tracing::info!(group = group.0, term = soft.term.0, leader = soft.leader.0, role = ?soft.role, "raft state changed");
+                let previous_leader = replica.status.read().unwrap().leader;
+                record_soft_state(soft, previous_leader);
             }
             self.transport.send(std::mem::take(&mut ready.messages));
             if let Some(meta) = &ready.snapshot {
@@ -503,13 +518,24 @@ impl EventLoop {
             readies.push((group, ready));
         }
         // Group commit: one write and one fdatasync for every group's entries and votes.
-        self.wal.sync();
+        let sync_started = std::time::Instant::now();
+        if self.wal.sync() > 0 {
+            crate::metrics::metrics()
+                .wal_fsync
+                .observe(sync_started.elapsed());
+        }
         let me = self.config.id;
         for (group, mut ready) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
             self.transport
                 .send(std::mem::take(&mut ready.persisted_messages));
-            replica.apply(std::mem::take(&mut ready.committed_entries), me);
+            if !ready.committed_entries.is_empty() {
+                let apply_started = std::time::Instant::now();
+                replica.apply(std::mem::take(&mut ready.committed_entries), me);
+                crate::metrics::metrics()
+                    .backend_commit
+                    .observe(apply_started.elapsed());
+            }
             replica.answer_reads(std::mem::take(&mut ready.read_states));
             replica.node.advance();
             replica.publish_status(me);
@@ -594,6 +620,7 @@ impl EventLoop {
 
     /// A snapshot file is durable: compact the raft log up to it.
     fn snapshot_created(&mut self, group: GroupId, meta: SnapshotMeta) {
+        crate::metrics::metrics().snapshots_created.inc();
         let replica = self.replicas.get_mut(&group).expect("group exists");
         replica.snapshot_in_progress = false;
         if meta.index <= replica.snapshot_index {
@@ -687,3 +714,17 @@ fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
 
 /// The sender half of the loop's input channel.
 pub type InputSender = Sender<Input>;
+
+/// Leader gauges and etcd's count of leader changes: a change is a new leader other than
+/// none that differs from the one known before.
+fn record_soft_state(soft: ostrakon_raft::SoftState, previous_leader: NodeId) {
+    let metrics = crate::metrics::metrics();
+    metrics
+        .has_leader
+        .set(i64::from(soft.leader != NodeId::NONE));
+    metrics.is_leader.set(i64::from(soft.role == Role::Leader));
+    metrics.raft_term.set(soft.term.0 as i64);
+    if soft.leader != NodeId::NONE && soft.leader != previous_leader {
+        metrics.leader_changes_seen.inc();
+    }
+}

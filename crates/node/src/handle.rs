@@ -327,6 +327,14 @@ impl NodeHandle {
         Ok(self.group(group)?.status.read().unwrap().clone())
     }
 
+    /// The group's full raft status (role, term, indexes, and each follower's progress
+    /// when this member leads), from the event loop; for status pages.
+    pub async fn raft_status(&self, group: GroupId) -> Result<ostrakon_raft::Status, NodeError> {
+        let (respond, status) = oneshot::channel();
+        self.send(Input::RaftStatus { group, respond })?;
+        status.await.map_err(|_| NodeError::UnknownGroup)
+    }
+
     /// Replicates and applies a write, through the leader wherever it is; the outcome is
     /// the state machine's response. Gives up after the request timeout, in which case the
     /// write may or may not have been applied.
@@ -347,6 +355,7 @@ impl NodeHandle {
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let _pending = PendingProposal::new();
         let attempt = async {
             match self
                 .write_local(group, request.clone(), auth_revision)
@@ -362,10 +371,15 @@ impl NodeHandle {
                 other => other,
             }
         };
-        match tokio::time::timeout_at(deadline, attempt).await {
+        let result = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(NodeError::Timeout),
+        };
+        // A refusal by the state machine is an answer, not a failed proposal.
+        if matches!(&result, Err(error) if !matches!(error, NodeError::Refused { .. })) {
+            crate::metrics::metrics().proposals_failed.inc();
         }
+        result
     }
 
     /// Proposes on this node only; fails with `NotLeader` on a follower.
@@ -501,5 +515,22 @@ pub(crate) async fn publish_attributes(handle: NodeHandle, group: GroupId) {
             Err(NodeError::Stopped) => return,
             Err(error) => tracing::debug!(%error, "publishing attributes; will retry"),
         }
+    }
+}
+
+/// Counts a write from its start until it is answered or abandoned (the guard is dropped
+/// either way): etcd_server_proposals_pending.
+struct PendingProposal;
+
+impl PendingProposal {
+    fn new() -> PendingProposal {
+        crate::metrics::metrics().proposals_pending.add(1);
+        PendingProposal
+    }
+}
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        crate::metrics::metrics().proposals_pending.add(-1);
     }
 }

@@ -23,6 +23,7 @@ pub mod events;
 pub mod handle;
 pub mod identity;
 pub mod lessor;
+pub mod metrics;
 mod replica;
 pub mod restore;
 pub mod tls;

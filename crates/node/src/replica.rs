@@ -316,6 +316,9 @@ impl Replica {
         shared.commit = self.node.commit();
         shared.applied = self.store.applied_index();
         shared.is_learner = self.node.conf_state().is_learner(me);
+        let metrics = crate::metrics::metrics();
+        metrics.proposals_committed.set(shared.commit.0 as i64);
+        metrics.proposals_applied.set(shared.applied.0 as i64);
     }
 
     /// The membership and term of the applied state, for a snapshot at `applied`.

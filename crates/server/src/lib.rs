@@ -10,6 +10,7 @@
 mod auth;
 mod cluster;
 mod common;
+mod dashboard;
 mod election;
 pub mod errors;
 mod gateway;
@@ -18,6 +19,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod observe;
 mod planted;
 mod queue;
 mod run;

@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub client_tls: Option<ostrakon_node::tls::TlsMaterial>,
     /// bcrypt's cost for user passwords (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    /// The playground's control URL, for the dashboard's member buttons.
+    pub dashboard_control_url: Option<String>,
 }
 
 /// Why a member stopped with an error.
@@ -132,7 +134,22 @@ pub async fn run(
             .add_service(ElectionServer::new(ElectionService::new(node.clone())))
             .add_service(watch)
             .into_axum_router()
+            // Only the gRPC routes above are wrapped: a layer covers what precedes it.
+            .layer(axum::middleware::from_fn(crate::observe::grpc_metrics))
             .route("/health", get(health).with_state(node.clone()))
+            .route(
+                "/metrics",
+                get(crate::observe::metrics_text).with_state(node.clone()),
+            )
+            .route(
+                "/readyz",
+                get(crate::observe::readyz).with_state(node.clone()),
+            )
+            .route("/livez", get(crate::observe::livez))
+            .merge(crate::dashboard::routes(
+                node.clone(),
+                config.dashboard_control_url.clone(),
+            ))
             .merge(crate::gateway::routes(gateway_channel(
                 listener_addr,
                 config.client_tls.as_ref(),

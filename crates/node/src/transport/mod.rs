@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use ostrakon_proto::peer::peer_client::PeerClient;
 use ostrakon_proto::peer::{
-    self as pb, write_request, ForwardRequest, MessageBatch, SnapshotChunk, SnapshotHeader,
-    WriteRequest,
+    self as pb, write_request, ForwardRequest, MembersQuery, MessageBatch, SnapshotChunk,
+    SnapshotHeader, WriteRequest,
 };
 use ostrakon_raft::{GroupId, Message, MessageBody, NodeId};
 use ostrakon_storage::mvcc::WriteOutcome;
+use prost::Message as _;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +37,10 @@ const BATCH_MESSAGES_MAX: usize = 4096;
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Pause before reopening a broken stream.
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
+/// How often the round trip to each peer is measured.
+const ROUND_TRIP_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A probe slower than this counts as lost.
+const ROUND_TRIP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Inner {
     me: NodeId,
@@ -93,6 +98,41 @@ impl Transport {
         };
         transport.set_peers(&config.peers);
         transport
+            .inner
+            .runtime
+            .spawn(transport.clone().probe_round_trips());
+        transport
+    }
+
+    /// Measures the round trip to each peer every few seconds with the cheapest call the
+    /// peer service has, over the same connection the raft stream uses (so through
+    /// whatever the link does to it): etcd_network_peer_round_trip_time_seconds.
+    async fn probe_round_trips(self) {
+        loop {
+            tokio::time::sleep(ROUND_TRIP_PROBE_INTERVAL).await;
+            let peers: Vec<(NodeId, Channel)> = self
+                .inner
+                .channels
+                .read()
+                .unwrap()
+                .iter()
+                .map(|(id, (_, channel))| (*id, channel.clone()))
+                .collect();
+            for (id, channel) in peers {
+                let started = std::time::Instant::now();
+                let query = MembersQuery {
+                    group: crate::DEFAULT_GROUP.0,
+                };
+                let mut client = PeerClient::new(channel);
+                let call = client.members(query);
+                if let Ok(Ok(_)) = tokio::time::timeout(ROUND_TRIP_PROBE_TIMEOUT, call).await {
+                    crate::metrics::metrics()
+                        .peer_round_trip
+                        .with(&[&format!("{:x}", id.0)])
+                        .observe(started.elapsed());
+                }
+            }
+        }
     }
 
     /// Makes the peers these (id to peer URL): new members get a channel, members whose
@@ -187,6 +227,14 @@ impl Transport {
                     cluster_id: self.inner.cluster_id,
                     messages,
                 };
+                let metrics = crate::metrics::metrics();
+                metrics
+                    .transport_batch_messages
+                    .observe_value(batch.messages.len() as f64);
+                metrics
+                    .peer_sent_bytes
+                    .with(&[&format!("{:x}", to.0)])
+                    .add(batch.encoded_len() as u64);
                 if batches.send(batch).await.is_err() {
                     break;
                 }
@@ -207,7 +255,10 @@ impl Transport {
             let group = message.group;
             let to = message.to;
             let delivered = match transport.stream_snapshot(&message).await {
-                Ok(()) => true,
+                Ok(()) => {
+                    crate::metrics::metrics().snapshots_sent.inc();
+                    true
+                }
                 Err(error) => {
                     tracing::warn!(to = to.0, %error, "snapshot stream failed");
                     false

@@ -56,6 +56,10 @@ impl Peer for PeerService {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check_cluster(batch.cluster_id)?;
+            crate::metrics::metrics()
+                .peer_received_bytes
+                .with(&[&format!("{:x}", batch.from)])
+                .add(prost::Message::encoded_len(&batch) as u64);
             for message in batch.messages {
                 let message = Message::try_from(message)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -1,0 +1,206 @@
+//! What operators see: `/metrics` parses as Prometheus text, has etcd's metric names, and
+//! moves under load and through a leader change; `/readyz`, `/livez`, the dashboard's
+//! page and status; JSON logs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::TestCluster;
+
+/// A GET over HTTP/1.0 (no chunking); returns the status, the headers and the body.
+fn get(port: u16, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (status, head.to_lowercase(), body.to_string())
+}
+
+/// One scrape, parsed by a Prometheus text parser; samples keyed by their line's name and
+/// labels as written (`name{a="b"}`).
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let (status, head, body) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    assert!(parsed.samples.len() > 20, "{body}");
+    let mut samples = HashMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (key, value) = line.rsplit_once(' ').unwrap();
+        samples.insert(key.to_string(), value.parse::<f64>().unwrap());
+    }
+    samples
+}
+
+fn sample(samples: &HashMap<String, f64>, key: &str) -> f64 {
+    *samples
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from {:?}", samples.keys()))
+}
+
+/// The sum of every sample whose key starts with `prefix` and contains every `part`.
+fn sum(samples: &HashMap<String, f64>, prefix: &str, parts: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix) && parts.iter().all(|p| k.contains(p)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_etcds_names_and_move_under_load_and_leader_changes() {
+    let mut cluster = TestCluster::start(3, &["--log-format", "json"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let before: Vec<_> = ports.iter().map(|&p| scrape(p)).collect();
+    for samples in &before {
+        assert_eq!(sample(samples, "etcd_server_has_leader"), 1.0);
+    }
+    let leaders: f64 = before
+        .iter()
+        .map(|s| sample(s, "etcd_server_is_leader"))
+        .sum();
+    assert_eq!(leaders, 1.0);
+    assert_eq!(sample(&before[leader], "etcd_server_is_leader"), 1.0);
+
+    let mut client = cluster.client(leader).await;
+    for i in 0..200 {
+        client.put(format!("metrics/{i}"), "v", None).await.unwrap();
+    }
+    // An invalid request is counted with its code.
+    let empty_key = client.put("", "v", None).await;
+    assert!(empty_key.is_err());
+    // The round-trip probe runs every 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let after = scrape(ports[leader]);
+    let grew = |key: &str, by: f64| {
+        let (old, new) = (sample(&before[leader], key), sample(&after, key));
+        assert!(new >= old + by, "{key}: {old} -> {new}, expected +{by}");
+    };
+    grew("etcd_server_proposals_committed_total", 200.0);
+    grew("etcd_server_proposals_applied_total", 200.0);
+    grew("etcd_disk_wal_fsync_duration_seconds_count", 50.0);
+    grew("etcd_disk_backend_commit_duration_seconds_count", 50.0);
+    grew("ostrakon_transport_batch_messages_count", 100.0);
+    assert_eq!(sample(&after, "etcd_server_proposals_pending"), 0.0);
+    let puts_ok = sum(
+        &after,
+        "grpc_server_handled_total",
+        &["grpc_method=\"Put\"", "grpc_code=\"OK\""],
+    );
+    assert!(puts_ok >= 200.0, "{puts_ok}");
+    assert_eq!(
+        sum(
+            &after,
+            "grpc_server_handled_total",
+            &["grpc_method=\"Put\"", "grpc_code=\"InvalidArgument\""]
+        ),
+        1.0
+    );
+    assert!(sum(&after, "grpc_server_handling_seconds_count", &["Put"]) >= 201.0);
+    // A round trip to each of the two peers, labelled by its id as etcd's are.
+    let round_trips: Vec<_> = after
+        .keys()
+        .filter(|k| k.starts_with("etcd_network_peer_round_trip_time_seconds_count{To="))
+        .collect();
+    assert_eq!(round_trips.len(), 2, "{round_trips:?}");
+    assert!(sum(&after, "etcd_network_peer_sent_bytes_total", &[]) > 10_000.0);
+    let follower = (leader + 1) % 3;
+    assert!(
+        sum(
+            &scrape(ports[follower]),
+            "etcd_network_peer_received_bytes_total",
+            &[]
+        ) > 10_000.0
+    );
+
+    // A leader change is seen by the survivors.
+    let changes_before = sample(
+        &scrape(ports[follower]),
+        "etcd_server_leader_changes_seen_total",
+    );
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+    let survivor = scrape(ports[follower]);
+    assert!(sample(&survivor, "etcd_server_leader_changes_seen_total") > changes_before);
+    assert_eq!(sample(&survivor, "etcd_server_has_leader"), 1.0);
+    assert_eq!(
+        sample(&scrape(ports[new_leader]), "etcd_server_is_leader"),
+        1.0
+    );
+
+    // JSON logs: every line of a member's log is one JSON object with a level.
+    let log = cluster.log(follower);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(entry["level"].is_string(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_liveness_and_the_dashboard_are_served() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let port = cluster.members[leader].client_port;
+    let (status, _, body) = get(port, "/readyz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(get(port, "/livez").0, 200);
+    let (status, head, page) = get(port, "/dashboard");
+    assert_eq!(status, 200);
+    assert!(head.contains("text/html"), "{head}");
+    assert!(page.contains("<title>ostrakon dashboard</title>"));
+    assert!(page.contains("/dashboard/events"));
+    let (status, head, body) = get(port, "/dashboard/status");
+    assert_eq!(status, 200);
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["raft"]["role"], "leader", "{json}");
+    assert_eq!(json["members"].as_array().unwrap().len(), 3, "{json}");
+    assert_eq!(
+        json["raft"]["progress"].as_array().unwrap().len(),
+        2,
+        "{json}"
+    );
+    assert!(json["control_url"].is_null());
+    // The event stream sends the same status.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /dashboard/events HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("\"raft\"") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "the event stream ended");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(text.contains("data: {"), "{text}");
+}
