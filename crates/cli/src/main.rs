@@ -6,6 +6,7 @@ mod duration;
 mod playground;
 mod server_args;
 mod snapshot_cmd;
+mod status_cmd;
 mod urls;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a local cluster under faults and check what clients saw (linearizability).
     Chaos(chaos_cmd::ChaosArgs),
+    /// One line per member: id, leader, term, indexes (etcdctl endpoint status -w table).
+    Status(status_cmd::StatusArgs),
     /// Back up a running cluster, check a backup, or make a new cluster from one.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -44,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Snapshot(command) => snapshot_cmd::run(command),
         Command::Chaos(args) => chaos_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
     }
 }

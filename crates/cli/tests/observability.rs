@@ -204,3 +204,35 @@ async fn readiness_liveness_and_the_dashboard_are_served() {
     assert!(text.contains("text/event-stream"), "{text}");
     assert!(text.contains("data: {"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ostrakon_status_prints_etcdctls_endpoint_status_table() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    cluster.wait_for_published_members().await;
+    let endpoints = cluster.host_ports();
+    let etcdctl35 = &common::etcdctl::etcdctls()[1];
+    let etcdctl = common::etcdctl::Etcdctl {
+        binary: etcdctl35,
+        endpoints: endpoints.clone(),
+    };
+    // An idle cluster: the same table from both, unless an index moved in between.
+    let mut last = (String::new(), String::new());
+    for _ in 0..5 {
+        let (ok, ours, stderr) = cluster.ostrakon(&["status", "--endpoints", &endpoints]);
+        assert!(ok, "{stderr}");
+        let theirs = etcdctl.ok(&["endpoint", "status", "-w", "table"]);
+        if ours == theirs {
+            assert_eq!(ours.lines().count(), 7, "{ours}");
+            assert_eq!(
+                ours.matches("|      true |").count(),
+                1,
+                "one leader: {ours}"
+            );
+            return;
+        }
+        last = (ours, theirs);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("ostrakon status:\n{}\netcdctl:\n{}", last.0, last.1);
+}
