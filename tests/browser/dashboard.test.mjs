@@ -111,6 +111,28 @@ try {
     { timeout: 30000 },
   );
   console.log(`${shown} restarted from the page and follows`);
+
+  // Isolate the leader from the page: nothing reaches it over the peer links, it steps
+  // down, and the others elect a new leader; healed, it follows again.
+  const isolated = await page.textContent("#leader-name");
+  await page.click(`#members tr[data-member="${isolated}"] button[data-action="isolate"]`);
+  await page.waitForFunction(
+    (old) => {
+      const name = document.getElementById("leader-name").textContent;
+      return name !== "none" && name !== old;
+    },
+    isolated,
+    { timeout: 30000 },
+  );
+  console.log(`${isolated} isolated from the page; ${await page.textContent("#leader-name")} leads`);
+  await page.screenshot({ path: resolve(artifacts, "dashboard-isolated.png"), fullPage: true });
+  await page.click(`#members tr[data-member="${isolated}"] button[data-action="heal"]`);
+  await page.waitForFunction(
+    (name) => document.querySelector(`#members tr[data-member="${name}"]`)?.dataset.role === "follower",
+    isolated,
+    { timeout: 30000 },
+  );
+  console.log(`${isolated} healed and follows`);
   console.log("dashboard browser test passed");
 } finally {
   if (browser) await browser.close();

@@ -24,6 +24,7 @@ mod workload;
 
 pub use cluster::{Cluster, Network};
 pub use nemesis::{Fault, FaultWindow, Nemesis, FAULTS};
+pub use proxy::{LinkFaults, Proxy};
 pub use report::html_report;
 pub use verdict::Verdict;
 

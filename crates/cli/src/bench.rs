@@ -191,6 +191,26 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration_max_secs);
     let started = Instant::now();
+    // Progress on stderr (drawn only on a terminal), so the report on stdout stays clean.
+    let progress = indicatif::ProgressBar::new(args.total as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} requests, {per_sec}, eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    progress.set_message(format!("{:?}", args.workload).to_lowercase());
+    let ticker = {
+        let (progress, next, total) = (progress.clone(), next.clone(), args.total);
+        tokio::spawn(async move {
+            loop {
+                let done = next.load(std::sync::atomic::Ordering::Relaxed).min(total);
+                progress.set_position(done as u64);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let mut tasks = Vec::new();
     for c in 0..args.clients.max(1) {
         let mut client = connections[c % connections.len()].clone();
@@ -222,6 +242,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         errors += e;
     }
     let elapsed = started.elapsed();
+    ticker.abort();
+    progress.finish_and_clear();
     latencies_us.sort_unstable();
     let percentile = |p: f64| -> f64 {
         if latencies_us.is_empty() {

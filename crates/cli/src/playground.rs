@@ -28,7 +28,10 @@ pub struct PlaygroundArgs {
 struct Member {
     name: String,
     client_url: String,
+    /// What the member advertises: its fault proxy, which the dashboard can cut.
     peer_url: String,
+    /// Where the member itself listens for peers, behind the proxy.
+    peer_listen: std::net::SocketAddr,
 }
 
 /// A member's process, as the playground runs it.
@@ -36,6 +39,9 @@ struct Slot {
     command: std::sync::Arc<dyn Fn() -> Command + Send + Sync>,
     child: Option<Child>,
     paused: bool,
+    /// The faults on the peer links into the member: an isolated member hears nothing.
+    link: std::sync::Arc<ostrakon_chaos::LinkFaults>,
+    _proxy: ostrakon_chaos::Proxy,
 }
 
 type Slots = std::sync::Arc<tokio::sync::Mutex<std::collections::BTreeMap<String, Slot>>>;
@@ -46,6 +52,7 @@ fn members(count: u16) -> Vec<Member> {
             name: format!("node{}", i + 1),
             client_url: format!("http://127.0.0.1:{}", 2379 + 100 * i),
             peer_url: format!("http://127.0.0.1:{}", 2380 + 100 * i),
+            peer_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 2381 + 100 * i)),
         })
         .collect()
 }
@@ -81,6 +88,13 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     let control_url = format!("http://127.0.0.1:{}", args.control_port);
     let slots: Slots = Default::default();
     for member in &members {
+        let proxy_addr = member
+            .peer_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address");
+        let proxy = ostrakon_chaos::Proxy::start(proxy_addr, member.peer_listen, None)
+            .with_context(|| format!("starting {}'s peer proxy", member.name))?;
         let (exe, root, initial_cluster, control_url) = (
             exe.clone(),
             root.clone(),
@@ -93,6 +107,7 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
             member.peer_url.clone(),
             args.log_level.clone(),
         );
+        let peer_listen = format!("http://{}", member.peer_listen);
         let command = std::sync::Arc::new(move || {
             let mut command = Command::new(&exe);
             command
@@ -102,7 +117,7 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
                 .arg(root.join(&name))
                 .args(["--listen-client-urls", &client_url])
                 .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url])
+                .args(["--listen-peer-urls", &peer_listen])
                 .args(["--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial_cluster])
                 .args(["--initial-cluster-token", "ostrakon-playground"])
@@ -128,6 +143,8 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
                 command,
                 child: Some(child),
                 paused: false,
+                link: proxy.faults.clone(),
+                _proxy: proxy,
             },
         );
     }
@@ -150,8 +167,8 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     );
     for member in &members {
         println!(
-            "  {:<6} client {}  peer {}",
-            member.name, member.client_url, member.peer_url
+            "  {:<6} client {}  peer {} (through a proxy to {})",
+            member.name, member.client_url, member.peer_url, member.peer_listen
         );
     }
     println!();
@@ -166,7 +183,7 @@ async fn playground(args: PlaygroundArgs) -> anyhow::Result<()> {
     println!("  curl -s http://127.0.0.1:2379/health");
     println!("  curl -s http://127.0.0.1:2379/metrics");
     println!();
-    println!("Dashboard (stop, restart, pause and resume members from it):");
+    println!("Dashboard (stop, restart, pause, resume, isolate and heal members from it):");
     println!("  {}/dashboard", members[0].client_url);
     println!();
     println!("Ctrl-C stops every member.");
@@ -209,7 +226,8 @@ async fn stop(name: &str, child: &mut Child, paused: bool) {
     }
 }
 
-/// `POST /members/{name}/{stop|restart|pause|resume}`: what the dashboard's buttons call.
+/// `POST /members/{name}/{stop|restart|pause|resume|isolate|heal}`: what the dashboard's
+/// buttons call.
 /// Any page may call it (the dashboard is served from the members' ports), and only on
 /// 127.0.0.1.
 fn control_routes(slots: Slots) -> axum::Router {
@@ -225,7 +243,12 @@ fn control_routes(slots: Slots) -> axum::Router {
                 },
             ),
         )
-        .fallback(|| async { (StatusCode::NOT_FOUND, "POST /members/{name}/{stop|restart|pause|resume}\n") })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "POST /members/{name}/{stop|restart|pause|resume|isolate|heal}\n",
+            )
+        })
         .with_state(slots)
 }
 
@@ -269,13 +292,19 @@ async fn control(slots: &Slots, name: &str, action: &str) -> (axum::http::Status
             };
             slot.paused = pause;
         }
+        // Nothing reaches the member over the peer links (its own connections out still
+        // carry what it sends); heal lifts it and resets the stalled connections.
+        ("isolate", _) => slot.link.set_blackhole(),
+        ("heal", _) => slot.link.heal(),
         ("stop" | "pause" | "resume", None) => {
             return (StatusCode::CONFLICT, format!("{name} is not running\n"))
         }
         _ => {
             return (
                 StatusCode::BAD_REQUEST,
-                format!("unknown action {action:?}: stop, restart, pause or resume\n"),
+                format!(
+                    "unknown action {action:?}: stop, restart, pause, resume, isolate or heal\n"
+                ),
             )
         }
     }

@@ -6,7 +6,8 @@
 //! (`/dashboard/events`) on every member it learns of, each sending that member's
 //! `/dashboard/status` twice a second; the members allow it cross-origin so one page can
 //! watch them all. Under `ostrakon playground` the page also shows buttons that ask the
-//! playground (which owns the processes) to stop, restart, pause or resume a member.
+//! playground (which owns the processes) to stop, restart, pause, resume, isolate or heal
+//! a member.
 
 use std::convert::Infallible;
 use std::time::Duration;
