@@ -108,24 +108,57 @@ async fn run_client(
     }
 }
 
-/// Reads every element present (linearizably, from any member), with its version.
+/// Elements per page of the final read: a long run's set does not fit in one response
+/// (the client refuses messages over 4 MiB).
+const PAGE_ELEMENTS: i64 = 5000;
+
+/// Reads every element present, with its version: page by page, all pages at the
+/// revision of the first (a linearizable read), from any member.
 pub async fn read_final(endpoints: &[String]) -> Result<BTreeMap<String, i64>, String> {
     let mut last_error = String::from("no member answered");
     for _ in 0..20 {
-        if let Some(mut etcd) = connect(endpoints).await {
-            let options = etcd_client::GetOptions::new().with_prefix();
-            match etcd.get(SET_PREFIX, Some(options)).await {
-                Ok(response) => {
-                    return Ok(response
-                        .kvs()
-                        .iter()
-                        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.version()))
-                        .collect())
-                }
-                Err(error) => last_error = error.to_string(),
-            }
+        match read_pages(endpoints).await {
+            Ok(present) => return Ok(present),
+            Err(error) => last_error = error,
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(last_error)
+}
+
+async fn read_pages(endpoints: &[String]) -> Result<BTreeMap<String, i64>, String> {
+    let mut etcd = connect(endpoints)
+        .await
+        .ok_or_else(|| "no member answered".to_string())?;
+    // The end of the prefix: its last byte plus one ('/' + 1 = '0').
+    let mut end = SET_PREFIX.as_bytes().to_vec();
+    *end.last_mut().expect("a prefix") += 1;
+    let mut present = BTreeMap::new();
+    let mut from = SET_PREFIX.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut options = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE_ELEMENTS);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let response = etcd
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(|e| e.to_string())?;
+        if revision == 0 {
+            revision = response.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in response.kvs() {
+            present.insert(String::from_utf8_lossy(kv.key()).into_owned(), kv.version());
+        }
+        match response.kvs().last() {
+            Some(last) if response.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(present),
+        }
+    }
 }
