@@ -126,10 +126,12 @@ pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
     let endpoints = cluster.endpoints();
     let final_set = workload::set::read_final(&endpoints).await;
     let target = convergence.revision;
-    let watched = workloads.watch.finish(target, SETTLE_TIMEOUT).await;
+    // Catching up a watch takes time in proportion to the history: allow a second per
+    // 5,000 revisions beyond the fixed settling time.
+    let catch_up = SETTLE_TIMEOUT + Duration::from_secs(target.max(0) as u64 / 5000);
+    let watched = workloads.watch.finish(target, catch_up).await;
     let watch_start = workloads.watch.start_revision;
-    let reference =
-        workload::watch::reference(&endpoints, watch_start, target, SETTLE_TIMEOUT).await;
+    let reference = workload::watch::reference(&endpoints, watch_start, target, catch_up).await;
     let watched = watched
         .into_iter()
         .enumerate()
