@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use crate::ChaosError;
@@ -16,6 +17,8 @@ const SLOTS: u8 = 200;
 pub struct Netns {
     slot: u8,
     hosts: usize,
+    /// The slot's lock, held for the run: the kernel releases it if the process dies.
+    _lock: File,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), ChaosError> {
@@ -66,8 +69,12 @@ impl Netns {
             return Err(ChaosError::Network(reason));
         }
         assert!(hosts < 250, "a /24 holds the bridge and at most 249 hosts");
-        let slot = Self::claim_slot()?;
-        let netns = Netns { slot, hosts };
+        let (slot, lock) = Self::claim_slot()?;
+        let netns = Netns {
+            slot,
+            hosts,
+            _lock: lock,
+        };
         let bridge = netns.bridge();
         run(
             "ip",
@@ -86,33 +93,32 @@ impl Netns {
         Ok(netns)
     }
 
-    /// Takes the first free slot: creating the bridge is the atomic claim. A bridge left by
-    /// a run that died is reclaimed when its owner's pid is gone.
-    fn claim_slot() -> Result<u8, ChaosError> {
-        let owners = std::path::Path::new("/run/ostrakon-chaos");
-        let _ = std::fs::create_dir_all(owners);
+    /// Takes the first free slot: an exclusive lock on the slot's lock file claims it,
+    /// so parallel runs never share one, and a run that died releases it with its process.
+    /// Whatever a dead run left in the slot (bridge, namespaces) is removed first.
+    fn claim_slot() -> Result<(u8, File), ChaosError> {
+        let locks = std::path::Path::new("/run/ostrakon-chaos");
+        std::fs::create_dir_all(locks)
+            .map_err(|e| ChaosError::Network(format!("{}: {e}", locks.display())))?;
         for slot in 1..=SLOTS {
-            let bridge = bridge_name(slot);
-            let owner_file = owners.join(format!("{slot}.pid"));
-            if run("ip", &["link", "add", &bridge, "type", "bridge"]).is_err() {
-                let owner_alive = std::fs::read_to_string(&owner_file)
-                    .ok()
-                    .and_then(|pid| pid.trim().parse::<i32>().ok())
-                    // SAFETY: kill with signal 0 only checks that the process exists.
-                    .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-                if owner_alive {
-                    continue;
-                }
-                remove_slot(slot);
-                if run("ip", &["link", "add", &bridge, "type", "bridge"]).is_err() {
-                    continue;
-                }
+            let path = locks.join(format!("{slot}.lock"));
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| ChaosError::Network(format!("{}: {e}", path.display())))?;
+            // SAFETY: flock on a descriptor this function owns.
+            let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if locked != 0 {
+                continue;
             }
-            let _ = std::fs::write(&owner_file, std::process::id().to_string());
-            return Ok(slot);
+            remove_slot(slot);
+            run("ip", &["link", "add", &bridge_name(slot), "type", "bridge"])?;
+            return Ok((slot, lock));
         }
         Err(ChaosError::Network(format!(
-            "all {SLOTS} chaos bridges (ostk-br*) are taken"
+            "all {SLOTS} chaos slots are taken (locks in /run/ostrakon-chaos)"
         )))
     }
 
@@ -224,8 +230,19 @@ fn remove_slot(slot: u8) {
             }
         }
     }
+    // A veth whose namespace a leftover process still holds outlives the namespace's
+    // name: delete the outer ends by name (the inner ends go with them).
+    if let Ok(output) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        let prefix = format!("ostk{slot}h");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let name = line.split(':').nth(1).unwrap_or("").trim();
+            let name = name.split('@').next().unwrap_or("");
+            if name.starts_with(&prefix) {
+                let _ = run("ip", &["link", "del", name]);
+            }
+        }
+    }
     let _ = run("ip", &["link", "del", &bridge_name(slot)]);
-    let _ = std::fs::remove_file(format!("/run/ostrakon-chaos/{slot}.pid"));
 }
 
 impl Drop for Netns {
