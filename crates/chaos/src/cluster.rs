@@ -196,7 +196,7 @@ impl Cluster {
             .envs(member.start_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(namespace) = namespace {
+        if let Some(namespace) = &namespace {
             let fd = namespace.as_raw_fd();
             // SAFETY: only setns(2), async-signal-safe, runs between fork and exec; the
             // handle stays open in the parent until spawn returns.
@@ -208,17 +208,12 @@ impl Cluster {
                     Ok(())
                 });
             }
-            let child = command
-                .spawn()
-                .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
-            drop(namespace);
-            self.members[i].child = Some(child);
-        } else {
-            let child = command
-                .spawn()
-                .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
-            self.members[i].child = Some(child);
         }
+        let child = command
+            .spawn()
+            .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
+        drop(namespace);
+        self.members[i].child = Some(child);
         self.members[i].paused = false;
         Ok(())
     }

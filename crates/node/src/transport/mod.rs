@@ -208,6 +208,10 @@ impl Transport {
                 return;
             };
             let (batches, stream) = mpsc::channel::<MessageBatch>(64);
+            // Looked up once per connection, not per batch.
+            let sent_bytes = crate::metrics::metrics()
+                .peer_sent_bytes
+                .with(&[&format!("{:x}", to.0)]);
             let mut client = PeerClient::new(channel.clone());
             let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream)).await });
             loop {
@@ -227,14 +231,10 @@ impl Transport {
                     cluster_id: self.inner.cluster_id,
                     messages,
                 };
-                let metrics = crate::metrics::metrics();
-                metrics
+                crate::metrics::metrics()
                     .transport_batch_messages
                     .observe_value(batch.messages.len() as f64);
-                metrics
-                    .peer_sent_bytes
-                    .with(&[&format!("{:x}", to.0)])
-                    .add(batch.encoded_len() as u64);
+                sent_bytes.add(batch.encoded_len() as u64);
                 if batches.send(batch).await.is_err() {
                     break;
                 }

@@ -53,13 +53,17 @@ impl Peer for PeerService {
         request: Request<Streaming<MessageBatch>>,
     ) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
+        let mut received_bytes = None;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check_cluster(batch.cluster_id)?;
-            crate::metrics::metrics()
-                .peer_received_bytes
-                .with(&[&format!("{:x}", batch.from)])
-                .add(prost::Message::encoded_len(&batch) as u64);
+            // A stream carries one peer's batches: look its counter up once.
+            let received = received_bytes.get_or_insert_with(|| {
+                crate::metrics::metrics()
+                    .peer_received_bytes
+                    .with(&[&format!("{:x}", batch.from)])
+            });
+            received.add(prost::Message::encoded_len(&batch) as u64);
             for message in batch.messages {
                 let message = Message::try_from(message)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
