@@ -1,4 +1,4 @@
-//! Compiles the etcd v3 and peer protocol definitions with a vendored protoc, so a fresh
+//! Compiles the etcd v3, peer and OTLP trace export protocol definitions with a vendored protoc, so a fresh
 //! machine needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/v3lock.proto",
         "proto/etcd/v3election.proto",
         "proto/peer.proto",
+        "proto/otlp_trace.proto",
     ];
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = out_dir.join("descriptors.bin");

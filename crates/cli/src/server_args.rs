@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use ostrakon_node::spans::export::ExportConfig;
 use ostrakon_node::tls::{TlsFiles, TlsMaterial};
 use ostrakon_node::{config::cluster_id, member_id, NodeConfig};
 use ostrakon_raft::NodeId;
@@ -115,9 +116,49 @@ pub struct ServerArgs {
     /// Log format: text (for people) or json (one object per line, for collectors).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Export OpenTelemetry spans of requests (gRPC call, forward, proposal, WAL fsync,
+    /// replication, apply) to an OTLP/gRPC collector.
+    #[arg(long)]
+    pub experimental_enable_distributed_tracing: bool,
+    /// The collector's OTLP/gRPC address.
+    #[arg(long, default_value = "localhost:4317")]
+    pub experimental_distributed_tracing_address: String,
+    /// The service name spans carry; the same for every member.
+    #[arg(long, default_value = "ostrakon")]
+    pub experimental_distributed_tracing_service_name: String,
+    /// The instance id spans carry, unique per member (default: the member's name).
+    #[arg(long, default_value = "")]
+    pub experimental_distributed_tracing_instance_id: String,
+    /// Traces started by this member that are sampled, per million (0 to 1000000). A
+    /// trace a client sampled and propagated (W3C traceparent) is always followed.
+    #[arg(long, default_value_t = 0)]
+    pub experimental_distributed_tracing_sampling_rate: u32,
 }
 
 impl ServerArgs {
+    /// Where spans go, if distributed tracing is enabled.
+    fn tracing_config(&self) -> anyhow::Result<Option<ExportConfig>> {
+        if !self.experimental_enable_distributed_tracing {
+            return Ok(None);
+        }
+        let sampling_per_million = self.experimental_distributed_tracing_sampling_rate;
+        if sampling_per_million > 1_000_000 {
+            bail!(
+                "--experimental-distributed-tracing-sampling-rate must be at most 1000000 (per million), got {sampling_per_million}"
+            );
+        }
+        let instance_id = match self.experimental_distributed_tracing_instance_id.as_str() {
+            "" => self.name.clone(),
+            id => id.to_string(),
+        };
+        Ok(Some(ExportConfig {
+            address: self.experimental_distributed_tracing_address.clone(),
+            service_name: self.experimental_distributed_tracing_service_name.clone(),
+            instance_id,
+            sampling_per_million,
+        }))
+    }
+
     /// Checks the flags and builds the member's configuration.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
@@ -208,6 +249,7 @@ impl ServerArgs {
                 10
             },
             dashboard_control_url: self.dashboard_control_url.clone(),
+            tracing: self.tracing_config()?,
         })
     }
 }

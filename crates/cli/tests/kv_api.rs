@@ -310,3 +310,26 @@ async fn bad_requests_get_etcds_errors_and_change_nothing() {
         .unwrap();
     assert_eq!(all.count(), 1, "only the first put is stored");
 }
+
+/// A lone member commits an entry as soon as its own WAL has it; it used to wait for the
+/// next tick, so every write took up to a heartbeat interval (1 s here, 5 puts: 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_member_answers_writes_without_waiting_for_a_tick() {
+    let cluster = TestCluster::start(
+        1,
+        &["--heartbeat-interval", "1000", "--election-timeout", "5000"],
+    )
+    .await;
+    let mut client = cluster.client(0).await;
+    client.put("warm", "up", None).await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        client.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    // Generous for a loaded machine, and far below the 5 ticks the bug cost.
+    assert!(
+        elapsed < std::time::Duration::from_millis(2500),
+        "5 puts took {elapsed:?}: writes wait for ticks"
+    );
+}

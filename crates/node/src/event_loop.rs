@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ostrakon_proto::peer::WriteRequest;
 use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord};
@@ -375,7 +375,13 @@ impl EventLoop {
         let tick = self.config.tick_interval;
         let mut next_tick = Instant::now() + tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            // Persisting can itself make a Ready (a lone member commits once its own
+            // WAL has the entry): handle it now rather than a tick later.
+            let wait = if self.replicas.values().any(|r| r.node.has_ready()) {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.inputs.recv_timeout(wait) {
                 Ok(Input::Shutdown) => break,
                 Ok(input) => self.handle(input),
@@ -519,10 +525,22 @@ impl EventLoop {
         }
         // Group commit: one write and one fdatasync for every group's entries and votes.
         let sync_started = std::time::Instant::now();
+        let traced_sync_started = self
+            .replicas
+            .values()
+            .any(Replica::has_traced)
+            .then(std::time::SystemTime::now);
         if self.wal.sync() > 0 {
             crate::metrics::metrics()
                 .wal_fsync
                 .observe(sync_started.elapsed());
+        }
+        if let Some(started) = traced_sync_started {
+            let ended = std::time::SystemTime::now();
+            let synced = readies.iter().map(|(_, ready)| ready.entries.len()).sum();
+            for (group, ready) in &readies {
+                self.replicas[group].record_fsync(&ready.entries, synced, started, ended);
+            }
         }
         let me = self.config.id;
         for (group, mut ready) in readies {

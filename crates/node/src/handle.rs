@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::event_loop::{Input, InputSender};
+use crate::spans::{self, SpanKind};
 use crate::transport::Transport;
 
 /// A group's state as last published by the event loop.
@@ -362,10 +363,24 @@ impl NodeHandle {
                 .await
             {
                 Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
-                    self.inner
+                    let mut span =
+                        spans::child(spans::current(), "raft.forward_to_leader", SpanKind::Client);
+                    let trace_parent = span
+                        .as_ref()
+                        .map(|span| span.context().to_traceparent())
+                        .unwrap_or_default();
+                    if let Some(span) = &mut span {
+                        span.set_attribute("raft.leader", format!("{:x}", leader.0));
+                    }
+                    let outcome = self
+                        .inner
                         .transport
-                        .forward(leader, group, request, auth_revision)
-                        .await
+                        .forward(leader, group, request, auth_revision, trace_parent)
+                        .await;
+                    if let (Some(span), Err(error)) = (&mut span, &outcome) {
+                        span.set_error(error);
+                    }
+                    outcome
                 }
                 Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
                 other => other,
@@ -390,11 +405,17 @@ impl NodeHandle {
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
         self.group(group)?;
+        // The proposal's span: members that apply the entry record their apply under it.
+        let span = spans::child(spans::current(), "raft.propose", SpanKind::Internal);
         let write = WriteRequest {
             origin: self.inner.id.0,
             id: self.inner.next_write_id.fetch_add(1, Ordering::Relaxed),
             request: Some(request),
             auth_revision,
+            trace_parent: span
+                .as_ref()
+                .map(|span| span.context().to_traceparent())
+                .unwrap_or_default(),
         };
         let (respond, response) = oneshot::channel();
         self.send(Input::Propose {
@@ -402,7 +423,16 @@ impl NodeHandle {
             write,
             respond,
         })?;
-        response.await.map_err(|_| NodeError::Stopped)?
+        let outcome = response.await.map_err(|_| NodeError::Stopped)?;
+        if let Some(mut span) = span {
+            match &outcome {
+                // Not proposed here: the forward to the leader is the next span.
+                Err(NodeError::NotLeader(_)) => span.discard(),
+                Err(error) => span.set_error(error),
+                Ok(_) => span.set_attribute("raft.group", group.0),
+            }
+        }
+        outcome
     }
 
     /// Hands the group's leadership to `target` and waits until it leads (this node must
@@ -446,6 +476,7 @@ impl NodeHandle {
     /// call (raft's ReadIndex); then a read of the local store is linearizable.
     pub async fn linearizable_read_point(&self, group: GroupId) -> Result<(), NodeError> {
         let mut applied = self.group(group)?.applied.clone();
+        let mut span = spans::child(spans::current(), "raft.read_index", SpanKind::Internal);
         let wait = async {
             let (respond, response) = oneshot::channel();
             self.send(Input::ReadIndex { group, respond })?;
@@ -456,10 +487,14 @@ impl NodeHandle {
                 .map_err(|_| NodeError::Stopped)?;
             Ok(())
         };
-        match tokio::time::timeout(self.inner.request_timeout, wait).await {
+        let result = match tokio::time::timeout(self.inner.request_timeout, wait).await {
             Ok(result) => result,
             Err(_) => Err(NodeError::Timeout),
+        };
+        if let (Some(span), Err(error)) = (&mut span, &result) {
+            span.set_error(error);
         }
+        result
     }
 
     /// This member's name and advertised client URLs.

@@ -218,6 +218,7 @@ mod tests {
     fn grant(store: &MvccStore, index: u64, id: i64, ttl: i64) {
         let write = WriteRequest {
             auth_revision: 0,
+            trace_parent: String::new(),
             origin: 1,
             id: index,
             request: Some(write_request::Request::LeaseGrant(LeaseGrantRequest {

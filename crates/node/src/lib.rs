@@ -26,6 +26,7 @@ pub mod lessor;
 pub mod metrics;
 mod replica;
 pub mod restore;
+pub mod spans;
 pub mod tls;
 pub mod transport;
 

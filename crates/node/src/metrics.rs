@@ -263,6 +263,10 @@ pub struct Metrics {
     pub snapshots_received: Counter,
     /// Snapshots this member created (log compactions).
     pub snapshots_created: Counter,
+    /// Spans sent to the OpenTelemetry collector.
+    pub trace_spans_exported: Counter,
+    /// Spans dropped: the export queue was full or the collector refused or failed.
+    pub trace_spans_dropped: Counter,
     /// gRPC requests started, by type, service and method.
     pub grpc_started: Family<Counter>,
     /// gRPC requests completed, by type, service, method and code.
@@ -292,6 +296,8 @@ impl Metrics {
             snapshots_sent: Counter::default(),
             snapshots_received: Counter::default(),
             snapshots_created: Counter::default(),
+            trace_spans_exported: Counter::default(),
+            trace_spans_dropped: Counter::default(),
             grpc_started: Family::new(
                 &["grpc_type", "grpc_service", "grpc_method"],
                 Counter::default,
@@ -387,6 +393,18 @@ impl Metrics {
             "counter",
             "Raft snapshots this member created to compact its log.",
             self.snapshots_created.get().to_string(),
+        );
+        scalar(
+            "ostrakon_trace_spans_exported_total",
+            "counter",
+            "Spans sent to the OpenTelemetry collector.",
+            self.trace_spans_exported.get().to_string(),
+        );
+        scalar(
+            "ostrakon_trace_spans_dropped_total",
+            "counter",
+            "Spans dropped because the export queue was full or the collector failed.",
+            self.trace_spans_dropped.get().to_string(),
         );
         for (name, help, histogram) in [
             (

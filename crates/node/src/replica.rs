@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use ostrakon_proto::peer::WriteRequest;
@@ -17,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::NodeError;
 use crate::handle::GroupStatus;
+use crate::spans::{self, SpanContext, SpanKind};
 
 /// Where a proposer waits for its write's outcome.
 pub type WriteResponder = oneshot::Sender<Result<WriteOutcome, NodeError>>;
@@ -39,6 +41,9 @@ pub struct Replica {
     /// Proposals of this node awaiting apply, by log index. Invariant: keys are indexes
     /// raft assigned to this node's proposals while it led.
     proposals: BTreeMap<LogIndex, (Term, u64, WriteResponder)>,
+    /// The traced ones among them: the proposal's span and when it was proposed, for the
+    /// WAL fsync and replication spans.
+    traced: BTreeMap<LogIndex, (SpanContext, SystemTime)>,
     reads: HashMap<u64, ReadResponder>,
     next_read_id: u64,
     /// Received snapshot files, by the index they cover, until raft asks to install one.
@@ -67,6 +72,7 @@ impl Replica {
             node,
             store,
             proposals: BTreeMap::new(),
+            traced: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_id: 1,
             incoming_snapshots: HashMap::new(),
@@ -164,8 +170,13 @@ impl Replica {
     /// Proposes a write; the responder is answered when it is applied (or fails).
     pub fn propose(&mut self, write: WriteRequest, respond: WriteResponder) {
         let id = write.id;
+        let traced = spans::parse_parent(&write.trace_parent);
         match self.node.propose(Bytes::from(write.encode_to_vec())) {
             Ok(proposal) => {
+                if let Some(span) = traced {
+                    self.traced
+                        .insert(proposal.index, (span, SystemTime::now()));
+                }
                 let replaced = self
                     .proposals
                     .insert(proposal.index, (proposal.term, id, respond));
@@ -226,7 +237,15 @@ impl Replica {
                 EntryPayload::Normal(data) => {
                     let write = WriteRequest::decode(data.as_ref())
                         .expect("entries hold writes this server encoded");
+                    let mut span = spans::parse_parent(&write.trace_parent).and_then(|parent| {
+                        self.record_replication(&entry, parent);
+                        spans::start(Some(parent), "mvcc.apply", SpanKind::Internal)
+                    });
                     let outcome = apply_write(&self.store, entry.index, entry.term, &write);
+                    if let Some(span) = &mut span {
+                        span.set_attribute("raft.index", entry.index.0);
+                        span.set_attribute("raft.member", format!("{:x}", me.0));
+                    }
                     (write.origin == me.0).then_some((write.id, outcome))
                 }
                 EntryPayload::ConfChange(change) => {
@@ -272,7 +291,61 @@ impl Replica {
         }
     }
 
+    /// On the member that proposed a traced entry, the span of its replication: from the
+    /// proposal until this member learned that a majority had it durably.
+    fn record_replication(&mut self, entry: &Entry, parent: SpanContext) {
+        let Some(&(proposal, proposed_at)) = self.traced.get(&entry.index) else {
+            return;
+        };
+        if proposal != parent {
+            return; // another leader's entry took the index
+        }
+        if let Some(mut span) = spans::start_at(
+            Some(parent),
+            "raft.replicate",
+            SpanKind::Internal,
+            proposed_at,
+        ) {
+            span.set_attribute("raft.index", entry.index.0);
+            span.set_attribute("raft.term", entry.term.0);
+        }
+    }
+
+    /// The WAL fsync spans of this member's traced proposals among `entries`, which the
+    /// group commit between `started` and `ended` made durable, with `synced` others.
+    pub fn record_fsync(
+        &self,
+        entries: &[Entry],
+        synced: usize,
+        started: SystemTime,
+        ended: SystemTime,
+    ) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        for (index, (parent, _)) in self.traced.range(first.index..=last.index) {
+            if let Some(mut span) =
+                spans::start_at(Some(*parent), "wal.fsync", SpanKind::Internal, started)
+            {
+                span.set_attribute("raft.index", index.0);
+                span.set_attribute("wal.entries_synced", synced as u64);
+                span.end_at(ended);
+            }
+        }
+    }
+
+    /// Whether any traced proposal awaits apply (only then are fsyncs timed for spans).
+    pub fn has_traced(&self) -> bool {
+        !self.traced.is_empty()
+    }
+
     fn answer_proposals(&mut self, entry: &Entry, outcome: Option<(u64, WriteOutcome)>) {
+        while let Some(first) = self.traced.first_entry() {
+            if *first.key() > entry.index {
+                break;
+            }
+            first.remove();
+        }
         while let Some(first) = self.proposals.first_entry() {
             if *first.key() > entry.index {
                 break;
@@ -295,6 +368,7 @@ impl Replica {
 
     /// Fails every waiting client (on shutdown).
     pub fn fail_all(&mut self, error: NodeError) {
+        self.traced.clear();
         for (_, (_, _, respond)) in std::mem::take(&mut self.proposals) {
             let _ = respond.send(Err(error.clone()));
         }

@@ -47,6 +47,12 @@ pub mod peer {
     tonic::include_proto!("peerpb");
 }
 
+/// The OpenTelemetry protocol's trace export (OTLP/gRPC), as far as ostrakon uses it.
+pub mod otlp {
+    #![allow(missing_docs)]
+    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+}
+
 mod raft_convert;
 
 pub use raft_convert::InvalidMessage;

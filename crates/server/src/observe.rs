@@ -1,6 +1,6 @@
 //! What operators scrape and probe on the client port: `/metrics` (Prometheus text, etcd's
 //! names), `/readyz` and `/livez` (as etcd 3.5's), and the gRPC request metrics recorded
-//! by a layer around every gRPC service.
+//! by a layer around every gRPC service, which also starts each call's trace span.
 
 use std::time::Instant;
 
@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ostrakon_node::metrics::metrics;
+use ostrakon_node::spans::{self, Span, SpanKind};
 use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
 
 /// gRPC's status codes by number, named as go-grpc-prometheus names them.
@@ -55,15 +56,22 @@ pub async fn grpc_metrics(request: Request, next: Next) -> Response {
     let registry = metrics();
     registry.grpc_started.with(&labels).inc();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut span = server_span(&request, service, method);
+    let response = spans::within(span.as_ref().map(Span::context), next.run(request)).await;
     // Errors go out trailers-only, their status in the headers; no status there is OK.
-    let code = response
+    let code_number = response
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
-        .and_then(|n| GRPC_CODES.get(n).copied())
-        .unwrap_or("OK");
+        .unwrap_or(0);
+    let code = GRPC_CODES.get(code_number).copied().unwrap_or("Unknown");
+    if let Some(span) = &mut span {
+        span.set_attribute("rpc.grpc.status_code", code_number as u64);
+        if code_number != 0 {
+            span.set_error(code);
+        }
+    }
     registry
         .grpc_handled
         .with(&[kind, service, method, code])
@@ -73,6 +81,24 @@ pub async fn grpc_metrics(request: Request, next: Next) -> Response {
         .with(&labels)
         .observe(started.elapsed());
     response
+}
+
+/// The call's server span (OpenTelemetry's gRPC conventions), continuing the trace of a
+/// client that sent a `traceparent`; none when tracing is off or the trace not sampled.
+fn server_span(request: &Request, service: &str, method: &str) -> Option<Span> {
+    if !spans::enabled() {
+        return None;
+    }
+    let parent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(spans::parse_parent);
+    let mut span = spans::start(parent, format!("{service}/{method}"), SpanKind::Server)?;
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", service);
+    span.set_attribute("rpc.method", method);
+    Some(span)
 }
 
 /// `/metrics`: every metric in Prometheus's text format; gauges read at scrape time are

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub bcrypt_cost: u32,
     /// The playground's control URL, for the dashboard's member buttons.
     pub dashboard_control_url: Option<String>,
+    /// Where to export spans (`--experimental-enable-distributed-tracing`); none: off.
+    pub tracing: Option<ostrakon_node::spans::export::ExportConfig>,
 }
 
 /// Why a member stopped with an error.
@@ -73,6 +75,9 @@ pub enum ServerError {
     /// A listener failed.
     #[error("serving: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// Distributed tracing could not start.
+    #[error(transparent)]
+    Tracing(#[from] ostrakon_node::spans::export::ExportError),
 }
 
 /// Runs a member until `shutdown` resolves, then stops cleanly: listeners close, the
@@ -81,6 +86,10 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let exporter = match &config.tracing {
+        Some(tracing) => Some(ostrakon_node::spans::export::install(tracing.clone())?),
+        None => None,
+    };
     let peer_listener = bind(config.peer_addr).await?;
     let mut client_listeners = Vec::new();
     for addr in &config.client_addrs {
@@ -183,6 +192,9 @@ pub async fn run(
     }
     node.shutdown();
     let _ = tokio::task::spawn_blocking(move || loop_thread.join()).await;
+    if let Some(exporter) = exporter {
+        exporter.flush(Duration::from_secs(2)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

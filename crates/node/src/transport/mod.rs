@@ -381,6 +381,7 @@ impl Transport {
         group: GroupId,
         request: write_request::Request,
         auth_revision: u64,
+        trace_parent: String,
     ) -> Result<WriteOutcome, NodeError> {
         let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
@@ -393,6 +394,7 @@ impl Transport {
                 id: 0,
                 request: Some(request),
                 auth_revision,
+                trace_parent,
             }),
         };
         let response = client

@@ -150,13 +150,16 @@ impl Peer for PeerService {
             .write
             .ok_or_else(|| Status::invalid_argument("no write"))?;
         let auth_revision = write.auth_revision;
+        let parent = crate::spans::parse_parent(&write.trace_parent);
         let request = write
             .request
             .ok_or_else(|| Status::invalid_argument("no write"))?;
-        let outcome = self
-            .handle
-            .write_local(GroupId(forward.group), request, auth_revision)
-            .await;
+        let outcome = crate::spans::within(
+            parent,
+            self.handle
+                .write_local(GroupId(forward.group), request, auth_revision),
+        )
+        .await;
         Ok(Response::new(encode_forward_response(outcome)))
     }
 

@@ -35,6 +35,7 @@ impl Fixture {
             origin: 1,
             id: self.index,
             request: Some(request),
+            ..Default::default()
         };
         apply_write(&self.store, LogIndex(self.index), Term(1), &write)
     }
