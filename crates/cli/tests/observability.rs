@@ -131,6 +131,41 @@ async fn metrics_have_etcds_names_and_move_under_load_and_leader_changes() {
         ) > 10_000.0
     );
 
+    // A watch stream is handled when it ends, not when it starts: started minus handled
+    // is the number of open streams, as etcd's dashboards chart it.
+    let open_watches = |samples: &HashMap<String, f64>| {
+        let watch = [
+            "grpc_service=\"etcdserverpb.Watch\"",
+            "grpc_type=\"bidi_stream\"",
+        ];
+        sum(samples, "grpc_server_started_total", &watch)
+            - sum(samples, "grpc_server_handled_total", &watch)
+    };
+    let mut watching = cluster.client(leader).await;
+    let (watcher, mut stream) = watching.watch("metrics/", None).await.unwrap();
+    client.put("metrics/", "watched", None).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+    assert!(event.expect("the watch hears the put").unwrap().is_some());
+    assert_eq!(open_watches(&scrape(ports[leader])), 1.0);
+    drop((watcher, stream, watching));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_watches(&scrape(ports[leader])) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended watch stream is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = scrape(ports[leader]);
+    assert_eq!(
+        sum(
+            &ended,
+            "grpc_server_handling_seconds_count",
+            &["grpc_service=\"etcdserverpb.Watch\""]
+        ),
+        1.0
+    );
+
     // A leader change is seen by the survivors.
     let changes_before = sample(
         &scrape(ports[follower]),

@@ -2,12 +2,17 @@
 //! names), `/readyz` and `/livez` (as etcd 3.5's), and the gRPC request metrics recorded
 //! by a layer around every gRPC service, which also starts each call's trace span.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::Frame;
 use ostrakon_node::metrics::metrics;
 use ostrakon_node::spans::{self, Span, SpanKind};
 use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
@@ -44,43 +49,116 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
     }
 }
 
-/// Counts and times every gRPC call. A stream is counted as handled when its response
-/// starts, so its latency is the time to the first response, not the stream's life.
+/// Counts and times every gRPC call, as go-grpc-prometheus does: started when it
+/// arrives, handled when its response ends (a stream's at its end, so started minus
+/// handled is the number of open streams, as etcd's dashboards chart it), with the status
+/// code its trailers carry. The call's trace span ends then too.
 pub async fn grpc_metrics(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
         return next.run(request).await;
     };
     let kind = grpc_type(service, method);
-    let labels = [kind, service, method];
-    let registry = metrics();
-    registry.grpc_started.with(&labels).inc();
+    metrics().grpc_started.with(&[kind, service, method]).inc();
     let started = Instant::now();
-    let mut span = server_span(&request, service, method);
+    let span = server_span(&request, service, method);
     let response = spans::within(span.as_ref().map(Span::context), next.run(request)).await;
-    // Errors go out trailers-only, their status in the headers; no status there is OK.
-    let code_number = response
-        .headers()
+    // Errors go out trailers-only, their status in the headers.
+    let code = grpc_status(response.headers());
+    let call = CallEnd {
+        labels: [kind.to_string(), service.to_string(), method.to_string()],
+        started,
+        code,
+        span,
+    };
+    response.map(|body| {
+        Body::new(ObservedBody {
+            inner: body,
+            call: Some(call),
+        })
+    })
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<usize> {
+    headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    let code = GRPC_CODES.get(code_number).copied().unwrap_or("Unknown");
-    if let Some(span) = &mut span {
-        span.set_attribute("rpc.grpc.status_code", code_number as u64);
-        if code_number != 0 {
-            span.set_error(code);
+}
+
+/// What is recorded when a call's response ends (or is dropped: a client that went away).
+struct CallEnd {
+    labels: [String; 3],
+    started: Instant,
+    /// The status, once headers or trailers gave it.
+    code: Option<usize>,
+    span: Option<Span>,
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        // No status: the response never finished, the client cancelled (grpc-go's
+        // server reports Canceled then too).
+        let code_number = self.code.unwrap_or(1);
+        let code = GRPC_CODES.get(code_number).copied().unwrap_or("Unknown");
+        let [kind, service, method] = &self.labels;
+        let registry = metrics();
+        registry
+            .grpc_handled
+            .with(&[kind, service, method, code])
+            .inc();
+        registry
+            .grpc_handling
+            .with(&[kind, service, method])
+            .observe(self.started.elapsed());
+        if let Some(span) = &mut self.span {
+            span.set_attribute("rpc.grpc.status_code", code_number as u64);
+            if code_number != 0 {
+                span.set_error(code);
+            }
         }
     }
-    registry
-        .grpc_handled
-        .with(&[kind, service, method, code])
-        .inc();
-    registry
-        .grpc_handling
-        .with(&labels)
-        .observe(started.elapsed());
-    response
+}
+
+/// A response body that notes the gRPC status in its trailers and records the call when
+/// it is done.
+struct ObservedBody {
+    inner: Body,
+    call: Option<CallEnd>,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(call)) = (frame.trailers_ref(), &mut self.call) {
+                    call.code = grpc_status(trailers).or(call.code);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut call) = self.call.take() {
+                    call.code = call.code.or(Some(0));
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The call's server span (OpenTelemetry's gRPC conventions), continuing the trace of a
