@@ -325,3 +325,45 @@ async fn membership_requests_that_cannot_apply_get_etcds_errors() {
     // Writes still commit with the three voters.
     client.put("still", "writable", None).await.unwrap();
 }
+
+/// A member removed while it was down learns it from the first peer it talks to when it
+/// comes back, and stops, as etcd's does ("the member has been permanently removed from
+/// the cluster"); it can no longer learn it from its log, which the leader stopped feeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_down_stops_when_it_comes_back() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let down = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    let members = client.member_list().await.unwrap();
+    let id = members
+        .members()
+        .iter()
+        .find(|m| m.name() == cluster.members[down].name)
+        .expect("the member is listed")
+        .id();
+    cluster.terminate(down);
+    client.member_remove(id).await.unwrap();
+    for i in 0..10 {
+        client.put(format!("after/{i}"), "v", None).await.unwrap();
+    }
+
+    cluster.restart(down);
+    assert!(
+        cluster.wait_for_exit(down, Duration::from_secs(30)),
+        "the removed member went on running: {}",
+        cluster.log(down)
+    );
+    assert!(
+        cluster
+            .log(down)
+            .contains("a peer reports that this member has been removed from the cluster"),
+        "{}",
+        cluster.log(down)
+    );
+    // The two that remain go on, and do not list it.
+    client.put("after/last", "v", None).await.unwrap();
+    let members = client.member_list().await.unwrap();
+    assert_eq!(members.members().len(), 2);
+    assert!(members.members().iter().all(|m| m.id() != id));
+}

@@ -153,6 +153,9 @@ async fn watch_events_history_filters_cancel_and_compaction_match_etcd() {
     c0.compact(5, Some(CompactionOptions::new().with_physical()))
         .await
         .unwrap();
+    // A watch is served from its member's own store: a linearizable read through c1 first
+    // makes c1 apply the compaction (the compaction answered once c0 had applied it).
+    c1.get("w/", None).await.unwrap();
     let (_w, mut compacted) = c1
         .watch(
             "w/",

@@ -111,6 +111,8 @@ pub enum Input {
     },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
+    /// A peer refused this member's messages: the cluster removed it.
+    RemovedByPeer(NodeId),
     /// Stop: sync, persist, answer everyone waiting.
     Shutdown,
 }
@@ -348,6 +350,7 @@ pub(crate) fn founder_records(config: &NodeConfig) -> Vec<MemberRecord> {
             name: config.member_names.get(id).cloned().unwrap_or_default(),
             peer_urls: vec![url.clone()],
             client_urls: Vec::new(),
+            removed: false,
         })
         .collect()
 }
@@ -486,6 +489,17 @@ impl EventLoop {
             Input::RaftStatus { group, respond } => {
                 if let Some(replica) = self.replicas.get(&group) {
                     let _ = respond.send(replica.node.status());
+                }
+            }
+            Input::RemovedByPeer(peer) => {
+                // The peer applied the change that removed this member; this member may
+                // never learn it from its log (the leader stops sending once it is out).
+                if !*self.removed.borrow() {
+                    tracing::warn!(
+                        peer = %format!("{:x}", peer.0),
+                        "a peer reports that this member has been removed from the cluster; stopping"
+                    );
+                    self.removed.send_replace(true);
                 }
             }
             Input::Unreachable(to) => {

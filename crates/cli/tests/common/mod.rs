@@ -156,10 +156,10 @@ impl TestCluster {
                     return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "members did not publish their client URLs within {READY_TIMEOUT:?}"
-            );
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("members did not publish their client URLs within {READY_TIMEOUT:?}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

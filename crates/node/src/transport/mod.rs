@@ -241,6 +241,12 @@ impl Transport {
             }
             if let Ok(Err(status)) = call.await {
                 tracing::debug!(to = to.0, %status, "peer stream broke");
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message() == service::MEMBER_REMOVED
+                {
+                    let _ = self.inner.inputs.send(Input::RemovedByPeer(to));
+                    return;
+                }
             }
             let _ = self.inner.inputs.send(Input::Unreachable(to));
             tokio::time::sleep(RECONNECT_DELAY).await;

@@ -7,7 +7,7 @@ use ostrakon_proto::peer::{
     self as pb, write_response, ForwardRequest, ForwardResponse, MessageBatch, RaftAck,
     SnapshotAck, SnapshotChunk, WriteResponse,
 };
-use ostrakon_raft::{ConfChange, GroupId, Message, MessageBody};
+use ostrakon_raft::{ConfChange, GroupId, Message, MessageBody, NodeId};
 use ostrakon_storage::mvcc::WriteOutcome;
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
@@ -35,6 +35,13 @@ impl PeerService {
         }
     }
 
+    /// Whether the registry marks `id` removed (it applied that member's removal).
+    fn is_removed(&self, id: NodeId) -> bool {
+        self.handle
+            .store(crate::DEFAULT_GROUP)
+            .is_ok_and(|store| store.is_removed_member(id))
+    }
+
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
         if cluster_id != self.handle.cluster_id() {
             return Err(Status::failed_precondition(format!(
@@ -45,6 +52,9 @@ impl PeerService {
         Ok(())
     }
 }
+
+/// The answer to a removed member's messages (etcd's words); the sender stops on it.
+pub(super) const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
 
 #[tonic::async_trait]
 impl Peer for PeerService {
@@ -57,6 +67,9 @@ impl Peer for PeerService {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check_cluster(batch.cluster_id)?;
+            if self.is_removed(NodeId(batch.from)) {
+                return Err(Status::failed_precondition(MEMBER_REMOVED));
+            }
             // A stream carries one peer's batches: look its counter up once.
             let received = received_bytes.get_or_insert_with(|| {
                 crate::metrics::metrics()

@@ -18,11 +18,12 @@ pub enum MemberChange {
     PeerUrls(MemberPeerUrls),
     /// Sets a registered member's name and client URLs (ignored if it is not registered).
     Attributes(MemberAttributes),
-    /// Forgets members (they left the raft membership).
+    /// Marks members removed (they left the raft membership); their ids never return.
     Remove(BTreeSet<NodeId>),
 }
 
 /// The registry as kept in memory; the store persists each record in its meta partition.
+/// Invariant: a record marked removed keeps only its id.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemberRegistry {
     records: BTreeMap<u64, MemberRecord>,
@@ -49,14 +50,29 @@ impl MemberRegistry {
         }
     }
 
-    /// Every record, in id order.
+    /// Every member's record, in id order (removed members are not members).
     pub fn records(&self) -> Vec<MemberRecord> {
+        self.records
+            .values()
+            .filter(|r| !r.removed)
+            .cloned()
+            .collect()
+    }
+
+    /// Every record including the removed members' marks, in id order: what a snapshot
+    /// carries.
+    pub fn all_records(&self) -> Vec<MemberRecord> {
         self.records.values().cloned().collect()
     }
 
     /// One member's record.
     pub fn get(&self, id: NodeId) -> Option<&MemberRecord> {
-        self.records.get(&id.0)
+        self.records.get(&id.0).filter(|r| !r.removed)
+    }
+
+    /// Whether `id` was a member and has been removed.
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.records.get(&id.0).is_some_and(|r| r.removed)
     }
 
     /// Applies `change`; returns the records to store (`Some`) or delete (`None`), by
@@ -64,6 +80,8 @@ impl MemberRegistry {
     pub fn apply(&mut self, change: &MemberChange) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut touched = Vec::new();
         match change {
+            // A removed id never returns (etcd refuses it too); the change is void.
+            MemberChange::PeerUrls(update) if self.is_removed(NodeId(update.id)) => {}
             MemberChange::PeerUrls(update) => {
                 let record = self
                     .records
@@ -76,7 +94,8 @@ impl MemberRegistry {
                 touched.push(update.id);
             }
             MemberChange::Attributes(attributes) => {
-                if let Some(record) = self.records.get_mut(&attributes.id) {
+                let live = self.records.get_mut(&attributes.id).filter(|r| !r.removed);
+                if let Some(record) = live {
                     record.name = attributes.name.clone();
                     record.client_urls = attributes.client_urls.clone();
                     touched.push(attributes.id);
@@ -84,7 +103,12 @@ impl MemberRegistry {
             }
             MemberChange::Remove(ids) => {
                 for id in ids {
-                    if self.records.remove(&id.0).is_some() {
+                    let mark = MemberRecord {
+                        id: id.0,
+                        removed: true,
+                        ..MemberRecord::default()
+                    };
+                    if self.records.insert(id.0, mark.clone()) != Some(mark) {
                         touched.push(id.0);
                     }
                 }
@@ -156,7 +180,46 @@ mod tests {
             MemberRegistry::from_stored(stored.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
         assert_eq!(reloaded, registry);
         let touched = registry.apply(&MemberChange::Remove([NodeId(7)].into()));
-        assert_eq!(touched, vec![(member_key(7), None)]);
+        let mark = MemberRecord {
+            id: 7,
+            removed: true,
+            ..MemberRecord::default()
+        };
+        assert_eq!(touched, vec![(member_key(7), Some(mark.encode_to_vec()))]);
         assert!(registry.records().is_empty());
+        assert!(registry.get(NodeId(7)).is_none());
+        assert!(registry.is_removed(NodeId(7)));
+        assert!(!registry.is_removed(NodeId(8)), "never a member");
+        assert_eq!(registry.all_records(), vec![mark]);
+    }
+
+    #[test]
+    fn a_removed_id_stays_removed_through_reload_and_later_changes() {
+        let mut registry = MemberRegistry::default();
+        registry.apply(&peer_urls(7, "http://a:1"));
+        registry.apply(&MemberChange::Remove([NodeId(7)].into()));
+        // Neither new URLs nor attributes bring it back.
+        assert!(registry.apply(&peer_urls(7, "http://a:9")).is_empty());
+        assert!(registry
+            .apply(&MemberChange::Attributes(MemberAttributes {
+                id: 7,
+                name: "back".into(),
+                client_urls: vec![],
+            }))
+            .is_empty());
+        assert!(registry.is_removed(NodeId(7)));
+        // Removing again changes nothing to store.
+        assert!(registry
+            .apply(&MemberChange::Remove([NodeId(7)].into()))
+            .is_empty());
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = registry
+            .all_records()
+            .iter()
+            .map(|r| (member_key(r.id), r.encode_to_vec()))
+            .collect();
+        let reloaded =
+            MemberRegistry::from_stored(stored.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        assert!(reloaded.is_removed(NodeId(7)));
+        assert_eq!(reloaded, registry);
     }
 }

@@ -320,6 +320,11 @@ impl MvccStore {
         self.members.lock().unwrap().records()
     }
 
+    /// Whether `id` was a member and has been removed (its id never returns).
+    pub fn is_removed_member(&self, id: NodeId) -> bool {
+        self.members.lock().unwrap().is_removed(id)
+    }
+
     /// Changes whenever the registry does.
     pub fn members_version(&self) -> u64 {
         self.members_version.load(Ordering::SeqCst)
@@ -480,7 +485,7 @@ impl MvccStore {
             applied,
             leases: self.leases(),
             tables: pb::SnapshotTables {
-                members: self.members(),
+                members: self.members.lock().unwrap().all_records(),
                 alarms: self.alarms(),
                 auth: Some(self.auth().tables()),
             },
@@ -608,13 +613,10 @@ impl MvccStore {
         }
         drop(alarms);
         let mut registry = self.members.lock().unwrap();
-        let stale = registry
-            .records()
-            .into_iter()
-            .map(|r| NodeId(r.id))
-            .collect();
-        self.put_member_change(&mut batch, &mut registry, &MemberChange::Remove(stale));
-        for record in new_members.records() {
+        for record in registry.all_records() {
+            batch.remove(&self.meta, super::members::member_key(record.id));
+        }
+        for record in new_members.all_records() {
             batch.insert(
                 &self.meta,
                 super::members::member_key(record.id),
