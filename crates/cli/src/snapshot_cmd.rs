@@ -238,6 +238,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         client_urls: Vec::new(),
         data_dir: data_dir.clone(),
         tick_interval: Duration::from_millis(100),
+        heartbeat_ticks: 1,
         election_ticks: 10,
         snapshot_entries: 100_000,
         request_timeout: Duration::from_secs(7),

@@ -23,8 +23,11 @@ pub struct NodeConfig {
     pub client_urls: Vec<String>,
     /// Where the WAL, the state machine and snapshots live.
     pub data_dir: PathBuf,
-    /// The raft tick; the leader heartbeats once per tick (etcd's heartbeat interval).
+    /// The raft tick: a fraction of the heartbeat interval, so that randomized election
+    /// timeouts take more distinct values than etcd's ten.
     pub tick_interval: Duration,
+    /// Ticks between the leader's heartbeats (etcd's heartbeat interval / tick interval).
+    pub heartbeat_ticks: u32,
     /// Ticks without a leader before an election (election timeout / tick interval).
     pub election_ticks: u32,
     /// Applied entries between snapshots of the state machine (etcd's `--snapshot-count`).

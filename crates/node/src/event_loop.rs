@@ -206,7 +206,9 @@ pub fn start(
     };
     let mut raft_config = Config::new(config.id, group);
     raft_config.election_ticks = config.election_ticks;
-    raft_config.heartbeat_ticks = 1;
+    raft_config.heartbeat_ticks = config.heartbeat_ticks;
+    // A leadership transfer gives up after an election timeout, as etcd's does.
+    raft_config.transfer_timeout_ticks = config.election_ticks;
     let seed = config.id.0 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
     let was_member = initial.conf_state.members().contains(&config.id);
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
