@@ -403,3 +403,49 @@ fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn node_config(flags: &[&str]) -> NodeConfig {
+        let argv = std::iter::once("ostrakon").chain(flags.iter().copied());
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .server
+            .to_config()
+            .expect("flags are valid")
+            .node
+    }
+
+    /// Regression: with one tick per heartbeat, the default flags left ten possible
+    /// election timeouts, and one failover in ten was a split vote (3.4 s, not 1.2).
+    #[test]
+    fn randomized_election_timeouts_take_forty_values_at_the_default_flags() {
+        let config = node_config(&[]);
+        assert_eq!(config.tick_interval, Duration::from_millis(25));
+        assert_eq!(config.heartbeat_ticks, 4);
+        // The raft core draws from [election_ticks, 2 * election_ticks).
+        assert_eq!(config.election_ticks, 40);
+    }
+
+    #[test]
+    fn heartbeats_and_election_timeouts_keep_their_milliseconds() {
+        let config = node_config(&["--heartbeat-interval", "30", "--election-timeout", "450"]);
+        assert_eq!(
+            config.tick_interval * config.heartbeat_ticks,
+            Duration::from_millis(30)
+        );
+        assert_eq!(
+            config.tick_interval * config.election_ticks,
+            Duration::from_millis(450)
+        );
+    }
+}
