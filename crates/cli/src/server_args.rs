@@ -113,6 +113,11 @@ pub struct ServerArgs {
     /// bcrypt's cost for hashing user passwords (4 to 31).
     #[arg(long, default_value_t = 10)]
     pub bcrypt_cost: u32,
+    /// Refuse membership changes that would leave the members that are up short of a
+    /// quorum (`--strict-reconfig-check=false` to allow them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub strict_reconfig_check: bool,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -207,6 +212,7 @@ impl ServerArgs {
             heartbeat_ticks: TICKS_PER_HEARTBEAT,
             election_ticks: (self.election_timeout * u64::from(TICKS_PER_HEARTBEAT)
                 / self.heartbeat_interval) as u32,
+            strict_reconfig_check: self.strict_reconfig_check,
             snapshot_entries: self.snapshot_count.max(1),
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
@@ -434,6 +440,13 @@ mod tests {
         assert_eq!(config.heartbeat_ticks, 4);
         // The raft core draws from [election_ticks, 2 * election_ticks).
         assert_eq!(config.election_ticks, 40);
+    }
+
+    #[test]
+    fn strict_reconfig_check_is_on_unless_turned_off_as_in_etcd() {
+        assert!(node_config(&[]).strict_reconfig_check);
+        assert!(node_config(&["--strict-reconfig-check"]).strict_reconfig_check);
+        assert!(!node_config(&["--strict-reconfig-check=false"]).strict_reconfig_check);
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         tick_interval: Duration::from_millis(100),
         heartbeat_ticks: 1,
         election_ticks: 10,
+        strict_reconfig_check: true,
         snapshot_entries: 100_000,
         request_timeout: Duration::from_secs(7),
         quota_backend_bytes: 0,

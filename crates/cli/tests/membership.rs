@@ -367,3 +367,82 @@ async fn a_member_removed_while_down_stops_when_it_comes_back() {
     assert_eq!(members.members().len(), 2);
     assert!(members.members().iter().all(|m| m.id() != id));
 }
+
+/// etcd's `--strict-reconfig-check`, on by default: a voter change after which the
+/// members that are up could not form a quorum is refused, since the group would stop
+/// committing until the missing members came back; removing a member that is down is
+/// allowed, and learners, which do not vote, are never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_would_leave_too_few_members_up_is_refused() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_published_members().await;
+    let leader = cluster.wait_for_leader().await;
+    let (down, live) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut client = cluster.client(leader).await;
+    let members = client.member_list().await.unwrap();
+    let id_of = |i: usize| {
+        members
+            .members()
+            .iter()
+            .find(|m| m.name() == cluster.members[i].name)
+            .expect("the member is listed")
+            .id()
+    };
+    let (down_id, live_id) = (id_of(down), id_of(live));
+
+    // Three voters started and up: two voters that never start may join (three of five
+    // is a quorum), a third may not (three of six is not).
+    let never = |port: u16| format!("http://127.0.0.1:{port}");
+    let mut unstarted = Vec::new();
+    for port in [1, 2] {
+        let added = client.member_add([never(port)], None).await.unwrap();
+        unstarted.push(added.member().unwrap().id());
+    }
+    let refused = client
+        .member_add([never(3)], None)
+        .await
+        .expect_err("a sixth voter with three started is refused");
+    let status = common::status_of(refused);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "etcdserver: re-configuration failed due to not enough started members"
+    );
+    for id in unstarted {
+        client.member_remove(id).await.unwrap();
+    }
+
+    // One of three down: after an election timeout the leader no longer counts it.
+    cluster.kill(down);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (what, outcome) in [
+        (
+            "removing a live member",
+            client.member_remove(live_id).await.map(drop),
+        ),
+        (
+            "adding a fourth voter",
+            client.member_add([never(4)], None).await.map(drop),
+        ),
+    ] {
+        let status = common::status_of(outcome.expect_err(what));
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{what}: {status:?}"
+        );
+        assert_eq!(status.message(), "etcdserver: unhealthy cluster", "{what}");
+    }
+    // A learner does not vote: it may come and go.
+    let options = etcd_client::MemberAddOptions::new().with_is_learner();
+    let learner = client.member_add([never(5)], Some(options)).await.unwrap();
+    client
+        .member_remove(learner.member().unwrap().id())
+        .await
+        .unwrap();
+    // Removing the member that is down leaves two of two up.
+    client.member_remove(down_id).await.unwrap();
+    let members = client.member_list().await.unwrap();
+    assert_eq!(members.members().len(), 2);
+    client.put("still", "writable", None).await.unwrap();
+}

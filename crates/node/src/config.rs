@@ -30,6 +30,9 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u32,
     /// Ticks without a leader before an election (election timeout / tick interval).
     pub election_ticks: u32,
+    /// etcd's `--strict-reconfig-check`: refuse voter changes that would leave the
+    /// members that are up short of a quorum.
+    pub strict_reconfig_check: bool,
     /// Applied entries between snapshots of the state machine (etcd's `--snapshot-count`).
     pub snapshot_entries: u64,
     /// How long a client request may wait for commit or a read point.

@@ -24,6 +24,7 @@ pub mod handle;
 pub mod identity;
 pub mod lessor;
 pub mod metrics;
+pub mod reconfig_check;
 mod replica;
 pub mod restore;
 pub mod spans;

@@ -1,7 +1,7 @@
 //! One raft group on this node: its raft state, its state machine, and the clients
 //! waiting on it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::NodeError;
 use crate::handle::GroupStatus;
+use crate::reconfig_check;
 use crate::spans::{self, SpanContext, SpanKind};
 
 /// Where a proposer waits for its write's outcome.
@@ -56,6 +57,10 @@ pub struct Replica {
     pub snapshot_in_progress: bool,
     /// This node's membership change awaiting apply: its index, term and proposer.
     conf_proposal: Option<(LogIndex, Term, ConfResponder)>,
+    /// etcd's `--strict-reconfig-check`: if set, voter changes are refused unless the
+    /// new voters that are up form a quorum; a member is up if the leader heard from it
+    /// within this many ticks.
+    pub strict_reconfig_active_ticks: Option<u64>,
 }
 
 impl Replica {
@@ -81,6 +86,7 @@ impl Replica {
             snapshot_index,
             snapshot_in_progress: false,
             conf_proposal: None,
+            strict_reconfig_active_ticks: None,
         }
     }
 
@@ -113,7 +119,7 @@ impl Replica {
         if conf.is_joint() || self.conf_proposal.is_some() {
             return Err(NodeError::ChangeInProgress);
         }
-        next_conf_state(conf, change).map_err(|error| NodeError::Refused {
+        let next = next_conf_state(conf, change).map_err(|error| NodeError::Refused {
             code: tonic::Code::FailedPrecondition as i32,
             message: format!("ostrakon: {error}"),
         })?;
@@ -131,6 +137,21 @@ impl Replica {
                     });
                 }
             }
+        }
+        if let Some(active_ticks) = self.strict_reconfig_active_ticks {
+            let started: BTreeSet<NodeId> = self
+                .store
+                .members()
+                .iter()
+                .filter(|m| !m.name.is_empty())
+                .map(|m| NodeId(m.id))
+                .collect();
+            let active = self.node.recently_active(active_ticks);
+            let liveness = reconfig_check::MemberLiveness {
+                started: &started,
+                active: &active,
+            };
+            reconfig_check::check(conf, &next, &liveness)?;
         }
         Ok(())
     }

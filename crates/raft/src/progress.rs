@@ -112,6 +112,8 @@ pub struct Progress {
     pub stalled: bool,
     /// The latest leader tick at which a heartbeat this member acknowledged was sent.
     pub heartbeat_acked_tick: u64,
+    /// The leader's tick when it last received any message from the member.
+    pub heard_at_tick: Option<u64>,
 }
 
 impl Progress {
@@ -128,6 +130,7 @@ impl Progress {
             behind_at_last_heartbeat: false,
             stalled: false,
             heartbeat_acked_tick: 0,
+            heard_at_tick: None,
         }
     }
 

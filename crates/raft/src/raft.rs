@@ -609,6 +609,7 @@ impl Raft {
     fn step_leader(&mut self, m: Message) {
         if let Some(progress) = self.progress.get_mut(&m.from) {
             progress.recent_active = true;
+            progress.heard_at_tick = Some(self.now_ticks);
         }
         match m.body {
             MessageBody::AppendResponse { index, reject } => {

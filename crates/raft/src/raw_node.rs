@@ -1,6 +1,8 @@
 //! The application's handle on one group: inputs (`step`, `tick`, `propose`, ...) and
 //! the `Ready` / `advance` cycle that makes the persistence order explicit.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 
 use crate::confchange::ConfChangeError;
@@ -335,6 +337,26 @@ impl RawNode {
                 .map(|(&id, p)| (id, p.match_index, p.next_index, p.state))
                 .collect(),
         }
+    }
+
+    /// Leader only: the members known to be up and reachable now, this node included:
+    /// those it heard from within the last `within_ticks` ticks.
+    /// Empty when not leading. For refusing membership changes that would leave the
+    /// members that are up short of a quorum.
+    pub fn recently_active(&self, within_ticks: u64) -> BTreeSet<NodeId> {
+        let raft = &self.raft;
+        if raft.role != Role::Leader {
+            return BTreeSet::new();
+        }
+        let since_tick = raft.now_ticks.saturating_sub(within_ticks);
+        let mut active: BTreeSet<NodeId> = raft
+            .progress
+            .iter()
+            .filter(|(_, p)| p.heard_at_tick.is_some_and(|tick| tick >= since_tick))
+            .map(|(&id, _)| id)
+            .collect();
+        active.insert(raft.id());
+        active
     }
 
     /// The role of this node.

@@ -206,3 +206,36 @@ fn a_restarted_node_recovers_its_term_vote_and_log() {
     assert_eq!(after.last_index, before.last_index);
     assert_eq!(after.commit, before.commit);
 }
+
+#[test]
+fn the_leader_knows_which_members_it_heard_from_recently() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    assert_eq!(
+        cluster.node(id(1)).recently_active(3),
+        [id(1), id(2), id(3)].into(),
+        "a new leader hears from its followers before its first heartbeat"
+    );
+    cluster.tick(id(1), 2);
+    assert_eq!(
+        cluster.node(id(1)).recently_active(3),
+        [id(1), id(2), id(3)].into()
+    );
+    assert!(
+        cluster.node(id(2)).recently_active(3).is_empty(),
+        "only a leader knows who is up"
+    );
+    cluster.isolate(id(3));
+    cluster.tick(id(1), 5);
+    assert_eq!(
+        cluster.node(id(1)).recently_active(3),
+        [id(1), id(2)].into(),
+        "node 3 sent nothing in the last 3 ticks"
+    );
+    cluster.heal();
+    cluster.tick(id(1), 1);
+    assert_eq!(
+        cluster.node(id(1)).recently_active(3),
+        [id(1), id(2), id(3)].into()
+    );
+}
