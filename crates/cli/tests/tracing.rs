@@ -263,6 +263,61 @@ async fn a_clients_trace_follows_a_put_through_forward_fsync_replication_and_eve
     assert!(leader_apply.end_ns <= propose.end_ns);
     // The call spans all of it on the follower's clock (same machine: one clock).
     assert!(call.start_ns <= propose.start_ns && propose.end_ns <= call.end_ns);
+
+    // The JSON gateway passes an HTTP caller's trace context on to its gRPC call.
+    let http_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let http_span = "10f067aa0ba902b8";
+    let response = http_post(
+        &cluster,
+        follower,
+        "/v3/kv/put",
+        &format!("00-{http_trace}-{http_span}-01"),
+        r#"{"key":"Z2F0ZXdheQ==","value":"dg=="}"#,
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let spans = collector
+        .wait_until("the gateway put's applies", |spans| {
+            spans
+                .iter()
+                .filter(|s| hex(&s.trace_id) == http_trace && s.name == "mvcc.apply")
+                .count()
+                == 3
+        })
+        .await;
+    let call = spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == http_trace && s.name == "etcdserverpb.KV/Put")
+        .expect("the gateway's gRPC call is in the HTTP caller's trace");
+    assert_eq!(hex(&call.parent_span_id), http_span);
+    assert_eq!(call.instance, name(follower));
+}
+
+/// POSTs a JSON body to a member's gateway with a `traceparent` header; the raw response.
+async fn http_post(
+    cluster: &TestCluster,
+    i: usize,
+    path: &str,
+    traceparent: &str,
+    body: &str,
+) -> String {
+    let address = format!("127.0.0.1:{}", cluster.members[i].client_port);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\ntraceparent: {traceparent}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

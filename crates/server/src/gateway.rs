@@ -34,6 +34,9 @@ use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+/// HTTP headers passed to the gRPC call as metadata of the same name.
+const PASSED_HEADERS: [&str; 3] = ["authorization", "traceparent", "tracestate"];
+
 /// The largest message the gateway's own client accepts from the member.
 const MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
@@ -111,12 +114,13 @@ fn parse_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
 
 /// A gRPC request carrying the HTTP caller's token, as grpc-gateway passes it on: the
 /// `Authorization` header becomes the metadata `authorization`, `Grpc-Metadata-K` becomes
-/// `k`.
+/// `k`. The W3C trace context headers pass as they are, so that the call's spans join
+/// the HTTP caller's trace.
 fn grpc_request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     for (name, value) in headers {
-        let key = if name == "authorization" {
-            "authorization".to_string()
+        let key = if PASSED_HEADERS.contains(&name.as_str()) {
+            name.as_str().to_string()
         } else if let Some(key) = name.as_str().strip_prefix("grpc-metadata-") {
             key.to_string()
         } else {
