@@ -9,7 +9,9 @@ use ostrakon_proto::etcdserverpb::kv_client::KvClient;
 use ostrakon_proto::etcdserverpb::{
     compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::client_conn::ClientTlsArgs;
 
 /// What each request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -29,9 +31,13 @@ pub enum Workload {
 /// Options of the load.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Client endpoints (host:port), comma-separated; connections are spread over them.
+    /// Client endpoints (host:port or URLs), comma-separated; connections are spread
+    /// over them.
     #[arg(long, default_value = "127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579")]
     pub endpoints: String,
+    /// TLS to the members.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// The kind of request.
     #[arg(long, value_enum, default_value = "put")]
     pub workload: Workload,
@@ -89,12 +95,10 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<KvClient<Channel>>> {
     let mut clients = Vec::new();
     for i in 0..args.conns.max(1) {
         let address = endpoints[i % endpoints.len()];
-        let url = if address.starts_with("http") {
-            address.to_string()
-        } else {
-            format!("http://{address}")
-        };
-        let channel = Endpoint::from_shared(url.clone())?
+        let url = args.tls.url(address);
+        let channel = args
+            .tls
+            .endpoint(address)?
             .tcp_nodelay(true)
             .connect()
             .await

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chaos_cmd;
+mod client_conn;
 mod duration;
 mod playground;
 mod server_args;

@@ -13,6 +13,7 @@ use ostrakon_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ostrakon_proto::etcdserverpb::SnapshotRequest;
 use tokio::io::AsyncWriteExt;
 
+use crate::client_conn::ClientTlsArgs;
 use crate::server_args::FoundingMembership;
 
 /// What to do with snapshots.
@@ -31,9 +32,12 @@ pub enum SnapshotCommand {
 pub struct SaveArgs {
     /// Where to write the backup.
     pub file: PathBuf,
-    /// The member to back up (host:port; the first of a list is used).
+    /// The member to back up (host:port or a URL; the first of a list is used).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+    /// TLS to the members.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// Output formats of `snapshot status`, as etcdutl's.
@@ -98,12 +102,10 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
         .next()
         .filter(|e| !e.is_empty())
         .context("--endpoints is empty")?;
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+    let url = args.tls.url(endpoint);
+    let channel = args
+        .tls
+        .endpoint(endpoint)?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await

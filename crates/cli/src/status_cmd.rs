@@ -5,14 +5,18 @@ use std::time::Duration;
 use clap::Args;
 use ostrakon_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ostrakon_proto::etcdserverpb::StatusRequest;
-use tonic::transport::Endpoint;
+
+use crate::client_conn::ClientTlsArgs;
 
 /// Which members to ask.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Client endpoints (host:port), comma-separated.
+    /// Client endpoints (host:port or URLs), comma-separated.
     #[arg(long, default_value = "127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579")]
     pub endpoints: String,
+    /// TLS to the members.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 const HEADERS: [&str; 10] = [
@@ -46,9 +50,10 @@ fn human_bytes(bytes: i64) -> String {
     unreachable!("the loop returns at TB")
 }
 
-async fn row(endpoint: &str) -> Result<Vec<String>, String> {
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| e.to_string())?
+async fn row(tls: &ClientTlsArgs, endpoint: &str) -> Result<Vec<String>, String> {
+    let channel = tls
+        .endpoint(endpoint)
+        .map_err(|e| format!("{e:#}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect()
@@ -123,13 +128,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(|e| {
-            if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("http://{e}")
-            }
-        })
+        .map(|e| args.tls.url(e))
         .collect();
     anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -137,8 +136,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .build()?;
     let mut rows = Vec::new();
     for endpoint in &endpoints {
-        let shown = endpoint.trim_start_matches("http://").to_string();
-        match runtime.block_on(row(endpoint)) {
+        let shown = endpoint
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
+        match runtime.block_on(row(&args.tls, endpoint)) {
             Ok(mut cells) => {
                 cells[0] = shown;
                 rows.push(cells);

@@ -188,4 +188,54 @@ async fn mutual_tls_on_client_and_peer_links() {
             "etcdctl without a client certificate was served: {stderr}"
         );
     }
+
+    // ostrakon's own client commands take etcdctl's TLS flags; an endpoint without a
+    // scheme then uses TLS.
+    let endpoints = cluster.host_ports();
+    let tls_flags = [
+        format!("--cacert={}", path(&certs.ca)),
+        format!("--cert={}", path(&certs.client_cert)),
+        format!("--key={}", path(&certs.client_key)),
+    ];
+    let run = |command: &[&str]| {
+        let args: Vec<&str> = command
+            .iter()
+            .copied()
+            .chain(tls_flags.iter().map(String::as_str))
+            .collect();
+        let (ok, stdout, stderr) = cluster.ostrakon(&args);
+        assert!(ok, "ostrakon {args:?}: {stderr}");
+        stdout
+    };
+    let table = run(&["status", "--endpoints", &endpoints]);
+    assert_eq!(table.matches(" true |").count(), 1, "one leader: {table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("127.0.0.1:")).count(),
+        3,
+        "{table}"
+    );
+    let backup = dir.path().join("backup.db");
+    let first = format!("https://{}", cluster.host_port(0));
+    run(&[
+        "snapshot",
+        "save",
+        backup.to_str().unwrap(),
+        "--endpoints",
+        &first,
+    ]);
+    assert!(std::fs::metadata(&backup).unwrap().len() > 0);
+    let report = run(&[
+        "bench",
+        "--endpoints",
+        &endpoints,
+        "--total",
+        "200",
+        "--clients",
+        "4",
+        "--json",
+    ]);
+    assert!(report.contains("\"ok\":200,\"errors\":0"), "{report}");
+    // Without the CA an https endpoint is refused with a hint, not a handshake error.
+    let (ok, _, stderr) = cluster.ostrakon(&["status", "--endpoints", &first]);
+    assert!(!ok && stderr.contains("--cacert"), "{stderr}");
 }
