@@ -1,10 +1,22 @@
-//! TLS material for the peer and client links, loaded once from etcd's flags
-//! (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth` and their
-//! `--peer-` twins). rustls does the work, through tonic.
+//! TLS material for the peer and client links, from etcd's flags (`--cert-file`,
+//! `--key-file`, `--trusted-ca-file`, `--client-cert-auth` and their `--peer-` twins).
+//! rustls does the work. Listeners do their own handshakes (not tonic's), so that a
+//! member's certificate can be rotated by replacing its files, as etcd allows.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// One side's TLS flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,55 +31,106 @@ pub struct TlsFiles {
     pub client_cert_auth: bool,
 }
 
-/// `TlsFiles`, read.
+/// `TlsFiles`, read. The certificate and key are read again when their files change, for
+/// the handshakes of listeners (see `ReloadingCertificate`).
 #[derive(Clone, Debug)]
 pub struct TlsMaterial {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     ca_pem: Option<Vec<u8>>,
-    client_cert_auth: bool,
+    server_config: Arc<rustls::ServerConfig>,
 }
 
-/// A TLS file that could not be read.
+/// A TLS file that could not be read or used.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
-pub struct TlsError {
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds no usable certificate, key or CA.
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError {
+    std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
     })
 }
 
+fn invalid(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
 impl TlsMaterial {
     /// Reads the files.
     pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
+        let certificate = Arc::new(ReloadingCertificate::load(&files.cert, &files.key)?);
+        let ca_pem = files.trusted_ca.as_deref().map(read).transpose()?;
+        let server_config = server_config(
+            certificate,
+            ca_pem.as_deref().filter(|_| files.client_cert_auth),
+        )?;
         Ok(TlsMaterial {
             cert_pem: read(&files.cert)?,
             key_pem: read(&files.key)?,
-            ca_pem: files.trusted_ca.as_deref().map(read).transpose()?,
-            client_cert_auth: files.client_cert_auth,
+            ca_pem,
+            server_config,
         })
     }
 
-    /// For a listener: this member's identity, and client certificates required (and
-    /// checked against the trusted CA) when `client_cert_auth` is set.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
-        match (&self.ca_pem, self.client_cert_auth) {
-            (Some(ca), true) => config.client_ca_root(Certificate::from_pem(ca)),
-            _ => config,
-        }
+    /// The connections `listener` accepts, each through a TLS handshake with this
+    /// member's current certificate. Handshakes run on their own tasks (a slow client
+    /// holds up no other) for at most `HANDSHAKE_TIMEOUT`; failed ones are dropped.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        let (accepted_tx, accepted_rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(self.server_config.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    // The server stopped.
+                    _ = accepted_tx.closed() => return,
+                };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(%error, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (acceptor, accepted_tx) = (acceptor.clone(), accepted_tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = accepted_tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(accepted_rx)
     }
 
     /// For connecting to a peer: the peer's certificate is checked against the trusted CA,
-    /// and this member presents its own (which the peer checks if it requires it).
+    /// and this member presents its own (which the peer checks if it requires it), as the
+    /// files held it at startup.
     pub fn client_config(&self) -> ClientTlsConfig {
         let config =
             ClientTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
@@ -75,5 +138,127 @@ impl TlsMaterial {
             Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
             None => config,
         }
+    }
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listener's TLS: the member's certificate (reloaded as its files change), client
+/// certificates required and checked against `client_ca_pem` if given; HTTP/2 and
+/// HTTP/1.1 (the JSON gateway) offered.
+fn server_config(
+    certificate: Arc<ReloadingCertificate>,
+    client_ca_pem: Option<&[u8]>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca_pem {
+        Some(ca) => {
+            let ca_invalid = |e: &dyn std::fmt::Display| invalid(Path::new("trusted CA"), e);
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                let cert = cert.map_err(|e| ca_invalid(&e))?;
+                roots.add(cert).map_err(|e| ca_invalid(&e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| ca_invalid(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// How often, at most, a handshake looks at the certificate files' modification times.
+const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A certificate and key from files, read again on a handshake once either file has
+/// changed, so that certificates are rotated without a restart, as etcd's are. A change
+/// that does not parse (a half-written file, a key that does not match) keeps the
+/// previous certificate, and is logged.
+#[derive(Debug)]
+pub struct ReloadingCertificate {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// The files' modification times when `key` was read.
+    modified: (Option<SystemTime>, Option<SystemTime>),
+    checked_at: Instant,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = read(cert_path)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(cert_path, e))?;
+    if chain.is_empty() {
+        return Err(invalid(cert_path, "no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?).map_err(|e| invalid(key_path, e))?;
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| invalid(key_path, e))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| invalid(key_path, format!("does not match the certificate: {e}")))?;
+    Ok(certified)
+}
+
+impl ReloadingCertificate {
+    /// Reads the files; they must hold a certificate and its key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<ReloadingCertificate, TlsError> {
+        let modified_before = (modified(cert_path), modified(key_path));
+        let key = certified_key(cert_path, key_path)?;
+        Ok(ReloadingCertificate {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            state: Mutex::new(Loaded {
+                key: Arc::new(key),
+                modified: modified_before,
+                checked_at: Instant::now(),
+            }),
+        })
+    }
+
+    /// The certificate to present now.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut state = self.state.lock().unwrap();
+        if state.checked_at.elapsed() < RELOAD_CHECK_INTERVAL {
+            return state.key.clone();
+        }
+        state.checked_at = Instant::now();
+        let now_modified = (modified(&self.cert_path), modified(&self.key_path));
+        if now_modified != state.modified {
+            match certified_key(&self.cert_path, &self.key_path) {
+                Ok(key) => {
+                    tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
+                    state.key = Arc::new(key);
+                    state.modified = now_modified;
+                }
+                Err(error) => {
+                    // Retried at the next check: the files may be mid-rotation.
+                    tracing::warn!(%error, "TLS certificate not reloaded; the previous one stays in use");
+                }
+            }
+        }
+        state.key.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
     }
 }

@@ -106,15 +106,19 @@ pub async fn run(
 
     let peer = PeerServer::new(PeerService::new(node.clone(), &config.node.data_dir))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    let mut peer_builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.node.peer_tls {
-        peer_builder = peer_builder.tls_config(tls.server_config())?;
-    }
-    let peer_server = peer_builder
+    let peer_router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(peer)
-        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
-    let mut servers = vec![tokio::spawn(peer_server)];
+        .add_service(peer);
+    let peer_stop = stopped(stop_rx.clone());
+    let peer_server = match &config.node.peer_tls {
+        Some(tls) => tokio::spawn(
+            peer_router.serve_with_incoming_shutdown(tls.incoming(peer_listener), peer_stop),
+        ),
+        None => tokio::spawn(
+            peer_router.serve_with_incoming_shutdown(incoming(peer_listener), peer_stop),
+        ),
+    };
+    let mut servers = vec![peer_server];
 
     for listener in client_listeners {
         let listener_addr = listener
@@ -163,16 +167,19 @@ pub async fn run(
                 listener_addr,
                 config.client_tls.as_ref(),
             )?));
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &config.client_tls {
-            builder = builder.tls_config(tls.server_config())?;
-        }
-        let server = builder
+        let client_router = tonic::transport::Server::builder()
             .accept_http1(true)
             .tcp_nodelay(true)
-            .add_routes(Routes::from(router))
-            .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
-        servers.push(tokio::spawn(server));
+            .add_routes(Routes::from(router));
+        let client_stop = stopped(stop_rx.clone());
+        servers.push(match &config.client_tls {
+            Some(tls) => tokio::spawn(
+                client_router.serve_with_incoming_shutdown(tls.incoming(listener), client_stop),
+            ),
+            None => tokio::spawn(
+                client_router.serve_with_incoming_shutdown(incoming(listener), client_stop),
+            ),
+        });
     }
     tracing::info!(member = %format!("{:x}", node.id().0), "serving");
 
