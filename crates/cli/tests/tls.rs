@@ -351,3 +351,111 @@ async fn a_replaced_certificate_is_served_without_a_restart() {
         cluster.log(0)
     );
 }
+
+/// A port on loopback that nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A member also presents a replaced certificate as a *client*, on its next connection to
+/// a peer. The peer here is the test's: it requires client certificates, records each
+/// connection's, and drops the connection, so the member keeps reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_is_presented_to_peers_too() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certificates(dir.path());
+    let (cert_file, key_file) = (dir.path().join("peer.pem"), dir.path().join("peer-key.pem"));
+    std::fs::copy(&certs.member_cert, &cert_file).unwrap();
+    std::fs::copy(&certs.member_key, &key_file).unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&certs.ca).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&certs.member_cert).unwrap()],
+            PrivateKeyDer::from_pem_file(&certs.member_key).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let fake_peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_port = fake_peer.local_addr().unwrap().port();
+    let presented = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let recorder = presented.clone();
+    let fake = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = fake_peer.accept().await.unwrap();
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                if let Some(chain) = tls.get_ref().1.peer_certificates() {
+                    recorder.lock().unwrap().push(chain[0].to_vec());
+                }
+            }
+        }
+    });
+
+    let (client_port, peer_port) = (free_port(), free_port());
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let mut member = std::process::Command::new(env!("CARGO_BIN_EXE_ostrakon"))
+        .args([
+            "server",
+            "--name=m1",
+            &format!("--data-dir={}", path(&dir.path().join("m1"))),
+            &format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+            &format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+            &format!("--listen-peer-urls=https://127.0.0.1:{peer_port}"),
+            &format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer_port}"),
+            &format!(
+                "--initial-cluster=m1=https://127.0.0.1:{peer_port},m2=https://127.0.0.1:{fake_port}"
+            ),
+            &format!("--peer-cert-file={}", path(&cert_file)),
+            &format!("--peer-key-file={}", path(&key_file)),
+            &format!("--peer-trusted-ca-file={}", path(&certs.ca)),
+            "--peer-client-cert-auth",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = |der: Vec<u8>| {
+        let presented = presented.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if presented.lock().unwrap().contains(&der) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    let first = seen(der(&certs.member_cert)).await;
+    std::fs::copy(&certs.member_key_next, &key_file).unwrap();
+    std::fs::copy(&certs.member_cert_next, &cert_file).unwrap();
+    let rotated = first && seen(der(&certs.member_cert_next)).await;
+    member.kill().unwrap();
+    member.wait().unwrap();
+    fake.abort();
+    assert!(
+        first,
+        "the member never connected to its peer with its certificate"
+    );
+    assert!(
+        rotated,
+        "the member went on presenting its old certificate to its peer"
+    );
+}

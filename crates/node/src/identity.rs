@@ -203,12 +203,15 @@ async fn ask_one(
     url: &str,
     tls: Option<&crate::tls::TlsMaterial>,
 ) -> Result<(u64, Vec<MemberRecord>), String> {
-    let tls = tls.map(|t| t.client_config());
-    let endpoint = crate::transport::peer_endpoint(url, tls.as_ref())
+    let endpoint = crate::transport::peer_endpoint(url, tls)
         .map_err(|e| e.to_string())?
         .connect_timeout(ASK_PEER_TIMEOUT)
         .timeout(ASK_PEER_TIMEOUT);
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = match tls {
+        Some(tls) => endpoint.connect_with_connector(tls.connector()).await,
+        None => endpoint.connect().await,
+    }
+    .map_err(|e| e.to_string())?;
     let answer = PeerClient::new(channel)
         .members(MembersQuery {
             group: DEFAULT_GROUP.0,

@@ -3,20 +3,28 @@
 //! rustls does the work. Listeners do their own handshakes (not tonic's), so that a
 //! member's certificate can be rotated by replacing its files, as etcd allows.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use hyper_util::rt::TokioIo;
+
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream as TlsClientStream;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tonic::codegen::http::Uri;
+use tonic::codegen::Service;
+use tonic::transport::Endpoint;
 
 /// One side's TLS flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,10 +43,8 @@ pub struct TlsFiles {
 /// the handshakes of listeners (see `ReloadingCertificate`).
 #[derive(Clone, Debug)]
 pub struct TlsMaterial {
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    ca_pem: Option<Vec<u8>>,
     server_config: Arc<rustls::ServerConfig>,
+    client_config: Arc<rustls::ClientConfig>,
 }
 
 /// A TLS file that could not be read or used.
@@ -76,15 +82,33 @@ impl TlsMaterial {
         let certificate = Arc::new(ReloadingCertificate::load(&files.cert, &files.key)?);
         let ca_pem = files.trusted_ca.as_deref().map(read).transpose()?;
         let server_config = server_config(
-            certificate,
+            certificate.clone(),
             ca_pem.as_deref().filter(|_| files.client_cert_auth),
         )?;
+        let client_config = client_config(certificate, ca_pem.as_deref())?;
         Ok(TlsMaterial {
-            cert_pem: read(&files.cert)?,
-            key_pem: read(&files.key)?,
-            ca_pem,
             server_config,
+            client_config,
         })
+    }
+
+    /// A connector for channels to `Self::endpoint`s: TLS checked against the trusted CA,
+    /// presenting this member's current certificate (which the other side checks if it
+    /// requires one).
+    pub fn connector(&self) -> TlsConnector {
+        TlsConnector {
+            config: self.client_config.clone(),
+        }
+    }
+
+    /// An endpoint for `url` to use with `Self::connector`, which does the TLS: tonic
+    /// refuses a connector of its own on an `https` URL, so the scheme becomes `http`.
+    pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+        let url = match url.strip_prefix("https://") {
+            Some(rest) => format!("http://{rest}"),
+            None => url.to_string(),
+        };
+        Endpoint::from_shared(url)
     }
 
     /// The connections `listener` accepts, each through a TLS handshake with this
@@ -127,18 +151,6 @@ impl TlsMaterial {
         });
         ReceiverStream::new(accepted_rx)
     }
-
-    /// For connecting to a peer: the peer's certificate is checked against the trusted CA,
-    /// and this member presents its own (which the peer checks if it requires it), as the
-    /// files held it at startup.
-    pub fn client_config(&self) -> ClientTlsConfig {
-        let config =
-            ClientTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
-        match &self.ca_pem {
-            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
-            None => config,
-        }
-    }
 }
 
 /// How long a client may take over its TLS handshake.
@@ -170,6 +182,71 @@ fn server_config(
     let mut config = builder.with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A client's TLS: servers checked against `ca_pem` (none: every server refused, as no
+/// system roots are read), the member's certificate presented; HTTP/2 offered.
+fn client_config(
+    certificate: Arc<ReloadingCertificate>,
+    ca_pem: Option<&[u8]>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca_pem {
+        let ca_invalid = |e: &dyn std::fmt::Display| invalid(Path::new("trusted CA"), e);
+        for cert in CertificateDer::pem_slice_iter(ca) {
+            let cert = cert.map_err(|e| ca_invalid(&e))?;
+            roots.add(cert).map_err(|e| ca_invalid(&e))?;
+        }
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed session keeps the identity of the handshake it resumes, so a rotated
+    // certificate would never be presented. Connections to peers are long-lived: a full
+    // handshake on each is cheap.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// Opens TLS connections for tonic channels (see `TlsMaterial::connector`).
+#[derive(Clone)]
+pub struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TlsClientStream<TcpStream>>>> + Send>>;
+
+impl Service<Uri> for TlsConnector {
+    type Response = TokioIo<TlsClientStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+            let host = uri.host().ok_or_else(|| bad("no host in the URL"))?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().ok_or_else(|| bad("no port in the URL"))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name =
+                ServerName::try_from(host).map_err(|_| bad("not a valid TLS server name"))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
 }
 
 /// How often, at most, a handshake looks at the certificate files' modification times.
@@ -254,6 +331,20 @@ impl ReloadingCertificate {
             }
         }
         state.key.clone()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

@@ -217,16 +217,16 @@ fn gateway_channel(
     } else {
         addr.ip()
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!(
-        "{scheme}://{}",
+    // The TLS, if any, is the connector's (`TlsMaterial::endpoint`): plain http here.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
         SocketAddr::new(ip, addr.port())
     ))?
     .tcp_nodelay(true);
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.client_config())?;
-    }
-    Ok(endpoint.connect_lazy())
+    Ok(match tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 /// Accepted connections with Nagle's algorithm off. The server builder's `tcp_nodelay`

@@ -30,6 +30,7 @@ pub use service::PeerService;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::event_loop::{Input, InputSender, Layout};
+use crate::tls::TlsMaterial;
 
 /// Messages in one batch at most.
 const BATCH_MESSAGES_MAX: usize = 4096;
@@ -49,7 +50,7 @@ struct Inner {
     inputs: InputSender,
     runtime: tokio::runtime::Handle,
     /// TLS for connecting to peers, if configured.
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<TlsMaterial>,
     /// The peers' URLs and channels (lazily connected, reconnecting by themselves);
     /// replaced as the member registry changes.
     channels: RwLock<BTreeMap<NodeId, (String, Channel)>>,
@@ -62,17 +63,25 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
-/// An endpoint for a peer's URL, with TLS if configured.
+/// An endpoint for a peer's URL; with TLS configured, for `TlsMaterial::connector`.
 pub(crate) fn peer_endpoint(
     url: &str,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
+    tls: Option<&TlsMaterial>,
 ) -> Result<Endpoint, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(url.to_string())?
+    let endpoint = match tls {
+        Some(_) => TlsMaterial::endpoint(url)?,
+        None => Endpoint::from_shared(url.to_string())?,
+    };
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true))
+}
+
+/// A channel to a peer that connects when first used, over TLS if configured.
+pub(crate) fn peer_channel_lazy(endpoint: Endpoint, tls: Option<&TlsMaterial>) -> Channel {
     match tls {
-        Some(tls) => endpoint.tls_config(tls.clone()),
-        None => Ok(endpoint),
+        Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+        None => endpoint.connect_lazy(),
     }
 }
 
@@ -92,7 +101,7 @@ impl Transport {
                 inputs,
                 runtime,
                 channels: RwLock::new(BTreeMap::new()),
-                tls: config.peer_tls.as_ref().map(|t| t.client_config()),
+                tls: config.peer_tls.clone(),
                 queues: Mutex::new(HashMap::new()),
             }),
         };
@@ -153,7 +162,8 @@ impl Transport {
                 }
             };
             tracing::info!(peer = %format!("{:x}", id.0), %url, "peer link");
-            channels.insert(*id, (url.clone(), endpoint.connect_lazy()));
+            let channel = peer_channel_lazy(endpoint, self.inner.tls.as_ref());
+            channels.insert(*id, (url.clone(), channel));
         }
     }
 
