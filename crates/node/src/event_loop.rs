@@ -27,6 +27,9 @@ use crate::DEFAULT_GROUP;
 
 /// Inputs drained per round before the groups' Readys are handled; bounds a round's work.
 const INPUTS_PER_ROUND_MAX: usize = 4096;
+/// A snapshot is due once this many bytes of entries were applied since the last (or as
+/// many as the last snapshot file holds, if more), whatever `--snapshot-count` says.
+pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 64 << 20;
 /// The state machine's block cache. Reads at the current revision mostly hit the memtables
 /// and the OS page cache; a small cache keeps a member's memory small.
 const STORE_CACHE_BYTES: u64 = 8 << 20;
@@ -76,6 +79,8 @@ pub enum Input {
         group: GroupId,
         /// Its position.
         meta: SnapshotMeta,
+        /// The file's size.
+        file_bytes: u64,
     },
     /// Hand leadership to `target` (this node must lead).
     TransferLeader {
@@ -465,7 +470,11 @@ impl EventLoop {
                     replica.node.report_snapshot(to, delivered);
                 }
             }
-            Input::SnapshotCreated { group, meta } => self.snapshot_created(group, meta),
+            Input::SnapshotCreated {
+                group,
+                meta,
+                file_bytes,
+            } => self.snapshot_created(group, meta, file_bytes),
             Input::TransferLeader {
                 group,
                 target,
@@ -618,18 +627,26 @@ impl EventLoop {
         }
     }
 
-    /// Every `snapshot_entries` applied entries, starts a snapshot: the state is frozen
-    /// here, between applies, and written to a file on its own thread while writes go on
-    /// (copying a large store on this thread would stall every group). The log is
-    /// compacted when the file is durable (`snapshot_created`).
+    /// Every `snapshot_entries` applied entries, or once the entries applied since the
+    /// last snapshot outweigh it (and `SNAPSHOT_LOG_BYTES_MIN`), starts a snapshot: the
+    /// state is frozen here, between applies, and written to a file on its own thread
+    /// while writes go on (copying a large store on this thread would stall every group).
+    /// The log is compacted when the file is durable (`snapshot_created`).
+    ///
+    /// The byte bound is TiKV's and CockroachDB's (they truncate the raft log by size):
+    /// etcd's count alone lets large values hold gigabytes of log in memory (100,000
+    /// entries of 1 MiB). Tied to the snapshot's own size, it never makes snapshots write
+    /// more than the log they replace.
     fn maybe_snapshot(&mut self, group: GroupId) {
         let replica = self.replicas.get_mut(&group).expect("group exists");
         let applied = replica.store.applied_index();
-        if replica.snapshot_in_progress
-            || applied.0 < replica.snapshot_index.0 + self.config.snapshot_entries
-        {
+        let entries_due = applied.0 >= replica.snapshot_index.0 + self.config.snapshot_entries;
+        let bytes_due = replica.log_bytes_since_snapshot
+            >= SNAPSHOT_LOG_BYTES_MIN.max(replica.snapshot_file_bytes);
+        if replica.snapshot_in_progress || !(entries_due || bytes_due) {
             return;
         }
+        replica.log_bytes_since_snapshot = 0;
         let meta = replica.snapshot_meta();
         let frozen = replica.store.freeze();
         let store = replica.store.clone();
@@ -643,10 +660,14 @@ impl EventLoop {
                 // that could rebuild it is compacted.
                 store.sync();
                 match snapshot::write(frozen, &path) {
-                    Ok(_) => {
+                    Ok(info) => {
                         // The loop may have stopped meanwhile; the file is then simply
                         // the newest snapshot on disk.
-                        let _ = done.send(Input::SnapshotCreated { group, meta });
+                        let _ = done.send(Input::SnapshotCreated {
+                            group,
+                            meta,
+                            file_bytes: info.file_bytes,
+                        });
                     }
                     Err(error) => tracing::error!(%error, "could not write a snapshot"),
                 }
@@ -658,10 +679,11 @@ impl EventLoop {
     }
 
     /// A snapshot file is durable: compact the raft log up to it.
-    fn snapshot_created(&mut self, group: GroupId, meta: SnapshotMeta) {
+    fn snapshot_created(&mut self, group: GroupId, meta: SnapshotMeta, file_bytes: u64) {
         crate::metrics::metrics().snapshots_created.inc();
         let replica = self.replicas.get_mut(&group).expect("group exists");
         replica.snapshot_in_progress = false;
+        replica.snapshot_file_bytes = file_bytes;
         if meta.index <= replica.snapshot_index {
             // A received snapshot moved the log past it meanwhile.
             return;

@@ -55,6 +55,11 @@ pub struct Replica {
     pub snapshot_index: LogIndex,
     /// A snapshot file is being written on another thread.
     pub snapshot_in_progress: bool,
+    /// Bytes of entries applied since the state the latest snapshot froze: the raft log
+    /// held in memory until the next one.
+    pub log_bytes_since_snapshot: u64,
+    /// The size of the latest snapshot file this member wrote (0 before the first).
+    pub snapshot_file_bytes: u64,
     /// This node's membership change awaiting apply: its index, term and proposer.
     conf_proposal: Option<(LogIndex, Term, ConfResponder)>,
     /// etcd's `--strict-reconfig-check`: if set, voter changes are refused unless the
@@ -85,6 +90,8 @@ impl Replica {
             applied_tx,
             snapshot_index,
             snapshot_in_progress: false,
+            log_bytes_since_snapshot: 0,
+            snapshot_file_bytes: 0,
             conf_proposal: None,
             strict_reconfig_active_ticks: None,
         }
@@ -243,6 +250,9 @@ impl Replica {
     /// Applies committed entries to the state machine and answers their proposers.
     pub fn apply(&mut self, entries: Vec<Entry>, me: NodeId) {
         for entry in entries {
+            if let EntryPayload::Normal(data) = &entry.payload {
+                self.log_bytes_since_snapshot += data.len() as u64;
+            }
             assert!(
                 entry.index > self.store.applied_index(),
                 "entry {} applied twice (applied {})",
