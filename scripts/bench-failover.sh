@@ -10,10 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-30}
 BASE=${BASE:-6380}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -p ostrakon
-  BIN=$PWD/target/release/ostrakon
-fi
+source scripts/lib/ostrakon-cluster.sh
+release_binary_unless_given
 dir=$(mktemp -d /tmp/ostrakon-bench-failover.XXXX)
 cluster="o1=http://127.0.0.1:$((BASE + 1)),o2=http://127.0.0.1:$((BASE + 101)),o3=http://127.0.0.1:$((BASE + 201))"
 eps=127.0.0.1:$BASE,127.0.0.1:$((BASE + 100)),127.0.0.1:$((BASE + 200))

@@ -9,11 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${TOTAL:-3000}
 VALUE_BYTES=${VALUE_BYTES:-65536}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release -p ostrakon
-  BIN=$PWD/target/release/ostrakon
-fi
 source scripts/lib/ostrakon-cluster.sh
+release_binary_unless_given
 dir=$(mktemp -d /tmp/ostrakon-log-memory.XXXX)
 cleanup() { kill "${ostrakon_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT

@@ -1,4 +1,15 @@
-# Sourced by the measuring scripts: starts a 3-member ostrakon cluster on loopback.
+# Sourced by the measuring scripts.
+
+# Sets BIN to the ostrakon binary to measure: BIN if the caller set it (to compare
+# builds), else a release build of this tree.
+release_binary_unless_given() {
+  if [ -z "${BIN:-}" ]; then
+    cargo build --release -p ostrakon
+    BIN=$PWD/target/release/ostrakon
+  fi
+}
+
+# Starts a 3-member ostrakon cluster on loopback.
 #   start_ostrakon_cluster BINARY DIR [BASE [FLAGS...]]
 # Sets ostrakon_pids; members log to DIR/o<i>.log. Client ports BASE, BASE+100, BASE+200
 # (default 2379), peer ports one above each. FLAGS go to every member. Returns once

@@ -40,7 +40,7 @@ pub struct TlsFiles {
 }
 
 /// `TlsFiles`, read. The certificate and key are read again when their files change, for
-/// the handshakes of listeners (see `ReloadingCertificate`).
+/// the handshakes of listeners and of connections to peers (see `ReloadingCertificate`).
 #[derive(Clone, Debug)]
 pub struct TlsMaterial {
     server_config: Arc<rustls::ServerConfig>,
@@ -80,12 +80,18 @@ impl TlsMaterial {
     /// Reads the files.
     pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         let certificate = Arc::new(ReloadingCertificate::load(&files.cert, &files.key)?);
-        let ca_pem = files.trusted_ca.as_deref().map(read).transpose()?;
+        let roots = match &files.trusted_ca {
+            Some(path) => Some(root_store(path)?),
+            None => None,
+        };
         let server_config = server_config(
             certificate.clone(),
-            ca_pem.as_deref().filter(|_| files.client_cert_auth),
+            roots.clone().filter(|_| files.client_cert_auth),
         )?;
-        let client_config = client_config(certificate, ca_pem.as_deref())?;
+        let client_config = client_config(
+            certificate,
+            roots.unwrap_or_else(rustls::RootCertStore::empty),
+        );
         Ok(TlsMaterial {
             server_config,
             client_config,
@@ -156,25 +162,29 @@ impl TlsMaterial {
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The certificates of a trusted-CA file.
+fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read(path)?) {
+        let cert = cert.map_err(|e| invalid(path, e))?;
+        roots.add(cert).map_err(|e| invalid(path, e))?;
+    }
+    Ok(roots)
+}
+
 /// A listener's TLS: the member's certificate (reloaded as its files change), client
-/// certificates required and checked against `client_ca_pem` if given; HTTP/2 and
+/// certificates required and checked against `client_roots` if given; HTTP/2 and
 /// HTTP/1.1 (the JSON gateway) offered.
 fn server_config(
     certificate: Arc<ReloadingCertificate>,
-    client_ca_pem: Option<&[u8]>,
+    client_roots: Option<rustls::RootCertStore>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder();
-    let builder = match client_ca_pem {
-        Some(ca) => {
-            let ca_invalid = |e: &dyn std::fmt::Display| invalid(Path::new("trusted CA"), e);
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(ca) {
-                let cert = cert.map_err(|e| ca_invalid(&e))?;
-                roots.add(cert).map_err(|e| ca_invalid(&e))?;
-            }
+    let builder = match client_roots {
+        Some(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
                 .build()
-                .map_err(|e| ca_invalid(&e))?;
+                .map_err(|e| invalid(Path::new("trusted CA"), e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -184,20 +194,13 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A client's TLS: servers checked against `ca_pem` (none: every server refused, as no
-/// system roots are read), the member's certificate presented; HTTP/2 offered.
+/// A client's TLS: servers checked against `roots` (empty without a trusted CA: every
+/// server refused, as no system roots are read), the member's certificate presented;
+/// HTTP/2 offered.
 fn client_config(
     certificate: Arc<ReloadingCertificate>,
-    ca_pem: Option<&[u8]>,
-) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca_pem {
-        let ca_invalid = |e: &dyn std::fmt::Display| invalid(Path::new("trusted CA"), e);
-        for cert in CertificateDer::pem_slice_iter(ca) {
-            let cert = cert.map_err(|e| ca_invalid(&e))?;
-            roots.add(cert).map_err(|e| ca_invalid(&e))?;
-        }
-    }
+    roots: rustls::RootCertStore,
+) -> Arc<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_cert_resolver(certificate);
@@ -206,7 +209,7 @@ fn client_config(
     // certificate would never be presented. Connections to peers are long-lived: a full
     // handshake on each is cheap.
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// Opens TLS connections for tonic channels (see `TlsMaterial::connector`).
