@@ -333,3 +333,119 @@ async fn a_lone_member_answers_writes_without_waiting_for_a_tick() {
         "5 puts took {elapsed:?}: writes wait for ticks"
     );
 }
+
+/// A Txn without writes is served as a read (etcd's behaviour): a read index and the
+/// local store, no raft entry. Before, each one was proposed, written to every WAL and
+/// fsync'd. It must still see every write acknowledged before it, on any member, with
+/// one revision for its compares and reads, and etcd's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_txn_is_a_linearizable_read_without_a_raft_entry() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let mut c0 = cluster.client(0).await;
+    let mut c2 = cluster.client(2).await;
+    c0.put("a", "1", None).await.unwrap();
+    c0.put("b", "2", None).await.unwrap();
+
+    // Compares and reads at one revision, nested Txns included, through a follower or
+    // the leader alike.
+    let read = Txn::new()
+        .when(vec![Compare::value("a", CompareOp::Equal, "1")])
+        .and_then(vec![
+            TxnOp::get("a", None),
+            TxnOp::txn(Txn::new().and_then(vec![TxnOp::get("b", None)])),
+        ])
+        .or_else(vec![TxnOp::get("b", None)]);
+    for client in [&mut c0, &mut c2] {
+        let response = client.txn(read.clone()).await.unwrap();
+        assert!(response.succeeded());
+        assert_eq!(response.header().unwrap().revision(), 3);
+        let ops = response.op_responses();
+        assert_eq!(ops.len(), 2);
+        let etcd_client::TxnOpResponse::Get(get) = &ops[0] else {
+            panic!("expected a get: {ops:?}")
+        };
+        assert_eq!(get.kvs()[0].value(), b"1");
+        let etcd_client::TxnOpResponse::Txn(nested) = &ops[1] else {
+            panic!("expected a nested txn: {ops:?}")
+        };
+        let etcd_client::TxnOpResponse::Get(get) = &nested.op_responses()[0] else {
+            panic!("expected a get in the nested txn")
+        };
+        assert_eq!(get.kvs()[0].value(), b"2");
+    }
+
+    // Linearizable: a write acknowledged through one member is seen at once through
+    // another, by the compare and by the read.
+    for i in 0..20 {
+        c0.put("a", format!("v{i}"), None).await.unwrap();
+        let seen = c2
+            .txn(
+                Txn::new()
+                    .when(vec![Compare::value("a", CompareOp::Equal, format!("v{i}"))])
+                    .and_then(vec![TxnOp::get("a", None)]),
+            )
+            .await
+            .unwrap();
+        assert!(
+            seen.succeeded(),
+            "round {i}: the txn missed an acknowledged write"
+        );
+    }
+
+    // No raft entry: a hundred read-only Txns leave every member's committed count where
+    // it was (give or take an entry the cluster writes by itself).
+    let before = committed_counts(&cluster).await;
+    for _ in 0..100 {
+        c2.txn(read.clone()).await.unwrap();
+    }
+    let after = committed_counts(&cluster).await;
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            a - b < 10.0,
+            "member {i}: {b} -> {a} committed entries for 100 reads"
+        );
+    }
+
+    // etcd's error for a read below the compacted revision, inside a Txn too.
+    c0.compact(5, None).await.unwrap();
+    let old = Txn::new().and_then(vec![TxnOp::get(
+        "a",
+        Some(GetOptions::new().with_revision(3)),
+    )]);
+    let status = status_of(c2.txn(old).await.unwrap_err());
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
+    assert_eq!(
+        status.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+}
+
+/// Every member's count of committed raft entries.
+async fn committed_counts(cluster: &TestCluster) -> Vec<f64> {
+    let mut counts = Vec::new();
+    for i in 0..cluster.members.len() {
+        counts.push(member_metric(cluster, i, "etcd_server_proposals_committed_total").await);
+    }
+    counts
+}
+
+/// One metric's value from member `i`'s `/metrics`.
+async fn member_metric(cluster: &TestCluster, i: usize, name: &str) -> f64 {
+    let url = format!("127.0.0.1:{}", cluster.members[i].client_port);
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(url).unwrap();
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .parse()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}

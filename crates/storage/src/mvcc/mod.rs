@@ -17,7 +17,10 @@ mod store;
 mod value;
 
 pub use error::MvccError;
-pub use etcd::{adds_data, apply_write, etcd_status, range, WriteOutcome};
+pub use etcd::{
+    adds_data, apply_write, etcd_status, range, read_txn, txn_is_read_only, txn_is_serializable,
+    WriteOutcome,
+};
 pub use events::{EventSink, History, RevisionEvents};
 pub use members::{MemberChange, MemberRegistry};
 pub use store::{AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn};

@@ -1046,3 +1046,85 @@ fn a_nospace_alarm_lets_only_reads_deletes_and_compaction_apply_until_cleared() 
         "{status:?}"
     );
 }
+
+/// A read-only Txn served from a view (`read_txn`) answers exactly what applying it as a
+/// write answers, over both branches, nested Txns, every compare target, sorted and
+/// past reads, and it is refused the same way below the compacted revision.
+#[test]
+fn a_read_only_txn_served_from_a_view_answers_as_its_apply_would() {
+    use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    f.put("b", "2");
+    f.put("a", "3");
+    f.put("c", "4");
+    let get = |key: &str, end: &str, revision: i64| RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: Bytes::from(key.to_string()),
+            range_end: Bytes::from(end.to_string()),
+            revision,
+            sort_order: range_request::SortOrder::Descend as i32,
+            sort_target: range_request::SortTarget::Value as i32,
+            ..Default::default()
+        })),
+    };
+    let txn = |compare: Vec<Compare>| TxnRequest {
+        compare,
+        success: vec![
+            get("a", "z", 0),
+            get("a", "", 2),
+            RequestOp {
+                request: Some(request_op::Request::RequestTxn(TxnRequest {
+                    compare: vec![cmp("b", T::Value, R::Equal, U::Value("2".into()))],
+                    success: vec![get("b", "", 0)],
+                    failure: vec![],
+                })),
+            },
+        ],
+        failure: vec![get("c", "", 0)],
+    };
+    let cases = [
+        txn(vec![cmp("a", T::Version, R::Equal, U::Version(2))]),
+        txn(vec![cmp("a", T::Mod, R::Greater, U::ModRevision(4))]),
+        txn(vec![cmp("a", T::Create, R::Equal, U::CreateRevision(2))]),
+        txn(vec![cmp(
+            "missing",
+            T::Value,
+            R::Equal,
+            U::Value("x".into()),
+        )]),
+        txn(vec![cmp("missing", T::Version, R::Equal, U::Version(0))]),
+        txn(vec![cmp("a", T::Lease, R::NotEqual, U::Lease(0))]),
+    ];
+    for request in cases {
+        assert!(txn_is_read_only(&request));
+        let read = read_txn(&f.store.read_view(), &request).unwrap();
+        let WriteOutcome::Txn(applied) = f.write(Request::Txn(request.clone())) else {
+            panic!("a read-only Txn applies")
+        };
+        assert_eq!(read, applied, "{request:?}");
+    }
+    assert!(!txn_is_read_only(&TxnRequest {
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                success: vec![put_op("x", "y")],
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    }));
+
+    f.write(Request::Compaction(CompactionRequest {
+        revision: 4,
+        physical: false,
+    }));
+    let old = TxnRequest {
+        success: vec![get("a", "", 2)],
+        ..Default::default()
+    };
+    let refused = read_txn(&f.store.read_view(), &old).unwrap_err();
+    let WriteOutcome::Error(applied) = f.write(Request::Txn(old)) else {
+        panic!("a read below the compaction is refused")
+    };
+    assert_eq!(etcd_status(&refused), (applied.code, applied.message));
+}
