@@ -348,6 +348,8 @@ impl Transport {
             .change_membership(pb::MembershipChangeRequest {
                 group: group.0,
                 change: Some(change.into()),
+                cluster_id: self.inner.cluster_id,
+                from: self.inner.me.0,
             })
             .await
             .map_err(|_| NodeError::LeaderChanged)?
@@ -375,6 +377,8 @@ impl Transport {
                 group: group.0,
                 id,
                 renew,
+                cluster_id: self.inner.cluster_id,
+                from: self.inner.me.0,
             })
             .await
             .map_err(|status| {
@@ -412,6 +416,8 @@ impl Transport {
                 auth_revision,
                 trace_parent,
             }),
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.me.0,
         };
         let response = client
             .forward(forward)

@@ -42,6 +42,16 @@ impl PeerService {
             .is_ok_and(|store| store.is_removed_member(id))
     }
 
+    /// A request from another member: refused unless it comes from this cluster and from
+    /// a member that has not been removed from it (the checks the raft stream makes).
+    fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
+        self.check_cluster(cluster_id)?;
+        if self.is_removed(NodeId(from)) {
+            return Err(Status::failed_precondition(MEMBER_REMOVED));
+        }
+        Ok(())
+    }
+
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
         if cluster_id != self.handle.cluster_id() {
             return Err(Status::failed_precondition(format!(
@@ -66,10 +76,7 @@ impl Peer for PeerService {
         let mut received_bytes = None;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            self.check_cluster(batch.cluster_id)?;
-            if self.is_removed(NodeId(batch.from)) {
-                return Err(Status::failed_precondition(MEMBER_REMOVED));
-            }
+            self.check_sender(batch.cluster_id, batch.from)?;
             // A stream carries one peer's batches: look its counter up once.
             let received = received_bytes.get_or_insert_with(|| {
                 crate::metrics::metrics()
@@ -109,7 +116,7 @@ impl Peer for PeerService {
             .header
             .clone()
             .ok_or_else(|| Status::invalid_argument("no header"))?;
-        self.check_cluster(header.cluster_id)?;
+        self.check_sender(header.cluster_id, header.from)?;
         let message = header
             .message
             .ok_or_else(|| Status::invalid_argument("no message"))?;
@@ -159,6 +166,7 @@ impl Peer for PeerService {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
         let forward = request.into_inner();
+        self.check_sender(forward.cluster_id, forward.from)?;
         let write = forward
             .write
             .ok_or_else(|| Status::invalid_argument("no write"))?;
@@ -196,6 +204,7 @@ impl Peer for PeerService {
         request: Request<pb::MembershipChangeRequest>,
     ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
         let request = request.into_inner();
+        self.check_sender(request.cluster_id, request.from)?;
         let change = request
             .change
             .as_ref()
@@ -225,6 +234,7 @@ impl Peer for PeerService {
         request: Request<ostrakon_proto::peer::LeaseQuery>,
     ) -> Result<Response<ostrakon_proto::peer::LeaseAnswer>, Status> {
         let query = request.into_inner();
+        self.check_sender(query.cluster_id, query.from)?;
         let answer =
             match self
                 .handle

@@ -1,0 +1,139 @@
+//! The peer RPCs other than the raft stream (forwarded writes, membership changes, lease
+//! queries, snapshots) make the raft stream's checks: a request from another cluster, or
+//! from a member the cluster removed, is refused and changes nothing. Before, only the
+//! raft stream checked, so a removed member (or a member of another cluster pointed at
+//! the wrong peer URL) could still write through the leader.
+
+mod common;
+
+use common::TestCluster;
+use etcd_client::MemberAddOptions;
+use ostrakon_proto::etcdserverpb::PutRequest;
+use ostrakon_proto::peer::peer_client::PeerClient;
+use ostrakon_proto::peer::{
+    write_request, ForwardRequest, LeaseQuery, MembershipChangeRequest, WriteRequest,
+};
+
+const REMOVED: &str = "the member has been permanently removed from the cluster";
+
+fn forward_put(key: &str, cluster_id: u64, from: u64) -> ForwardRequest {
+    ForwardRequest {
+        group: 1,
+        write: Some(WriteRequest {
+            origin: 0,
+            id: 0,
+            request: Some(write_request::Request::Put(PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                value: b"v".to_vec().into(),
+                ..Default::default()
+            })),
+            auth_revision: 0,
+            trace_parent: String::new(),
+        }),
+        cluster_id,
+        from,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_requests_from_another_cluster_or_a_removed_member_are_refused() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client(leader).await;
+    let header = client.put("warm", "up", None).await.unwrap();
+    let cluster_id = header.header().unwrap().cluster_id();
+    let member_of = |i: usize| cluster.members[i].name.clone();
+    let members = client.member_list().await.unwrap();
+    let follower_id = members
+        .members()
+        .iter()
+        .find(|m| m.name() != member_of(leader))
+        .unwrap()
+        .id();
+
+    // A member that is added (as a learner that never starts) and removed again: the
+    // registry keeps its id as removed.
+    let added = client
+        .member_add(
+            ["http://127.0.0.1:1"],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let removed_id = added.member().unwrap().id();
+    client.member_remove(removed_id).await.unwrap();
+
+    let mut peer = PeerClient::connect(cluster.peer_url(leader)).await.unwrap();
+    let other_cluster = cluster_id ^ 0x5a5a;
+
+    // Forwarded writes.
+    let status = peer
+        .forward(forward_put(
+            "from-another-cluster",
+            other_cluster,
+            follower_id,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("peer belongs to cluster"),
+        "{status:?}"
+    );
+    let status = peer
+        .forward(forward_put("from-a-removed-member", cluster_id, removed_id))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), REMOVED);
+    // A member of this cluster is served (the checks refuse only what they should).
+    peer.forward(forward_put("from-a-member", cluster_id, follower_id))
+        .await
+        .unwrap();
+    for (key, stored) in [
+        ("from-another-cluster", false),
+        ("from-a-removed-member", false),
+        ("from-a-member", true),
+    ] {
+        let got = client.get(key, None).await.unwrap();
+        assert_eq!(got.count() == 1, stored, "{key}");
+    }
+
+    // Lease queries and membership changes.
+    let lease = |cluster_id: u64, from: u64| LeaseQuery {
+        group: 1,
+        id: 1,
+        renew: true,
+        cluster_id,
+        from,
+    };
+    for query in [
+        lease(other_cluster, follower_id),
+        lease(cluster_id, removed_id),
+    ] {
+        let status = peer.lease(query).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    }
+    peer.lease(lease(cluster_id, follower_id)).await.unwrap();
+    let change = |cluster_id: u64, from: u64| MembershipChangeRequest {
+        group: 1,
+        change: None,
+        cluster_id,
+        from,
+    };
+    for request in [
+        change(other_cluster, follower_id),
+        change(cluster_id, removed_id),
+    ] {
+        let status = peer.change_membership(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    }
+    // From a member, the request itself is then judged (it carries no change).
+    let status = peer
+        .change_membership(change(cluster_id, follower_id))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let listed = client.member_list().await.unwrap().members().len();
+    assert_eq!(listed, 3, "no membership changed");
+}
