@@ -457,21 +457,6 @@ impl NodeHandle {
         }
     }
 
-    /// Waits (up to the request timeout) until this node has applied `index`.
-    pub async fn wait_applied(&self, group: GroupId, index: LogIndex) -> Result<(), NodeError> {
-        let mut applied = self.group(group)?.applied.clone();
-        let waited = tokio::time::timeout(
-            self.inner.request_timeout,
-            applied.wait_for(|applied| *applied >= index),
-        )
-        .await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(NodeError::Stopped),
-            Err(_) => Err(NodeError::Timeout),
-        }
-    }
-
     /// Waits until this node's state machine reflects every write acknowledged before the
     /// call (raft's ReadIndex); then a read of the local store is linearizable.
     pub async fn linearizable_read_point(&self, group: GroupId) -> Result<(), NodeError> {
