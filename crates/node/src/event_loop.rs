@@ -197,12 +197,19 @@ pub fn start(
 ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), StartError> {
     let layout = Layout::new(&config.data_dir);
     let (mut wal, mut recovered, keyspace) = open_storage(&layout)?;
+    remove_incoming_snapshots(&layout);
     let (input_tx, input_rx) = std::sync::mpsc::channel();
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
     let group = DEFAULT_GROUP;
     let store = Arc::new(MvccStore::open(&keyspace, group));
     let initial = match recovered.groups.remove(&group) {
-        Some(state) => recovered_state(state, &store)?,
+        Some(state) => {
+            let (initial, adopted) = recovered_state(state, &store)?;
+            if adopted {
+                seal_adopted_snapshot(&layout, &mut wal, &store, &initial)?;
+            }
+            initial
+        }
         None if config.join => {
             tracing::info!("joining a running cluster: waiting for the leader's snapshot");
             InitialState::joining()
@@ -293,9 +300,17 @@ pub(crate) fn open_storage(
     Ok((wal, recovered, keyspace))
 }
 
-fn recovered_state(state: RecoveredGroup, store: &MvccStore) -> Result<InitialState, StartError> {
+/// The raft state to restart from: the WAL's, unless the state machine holds a snapshot
+/// received from the leader that the WAL never recorded (the member crashed between the
+/// two). Returns whether the state machine's position was adopted as the snapshot; the
+/// WAL must then record it before anything else is appended.
+fn recovered_state(
+    state: RecoveredGroup,
+    store: &MvccStore,
+) -> Result<(InitialState, bool), StartError> {
     let applied = store.applied();
-    let snapshot = state.snapshot.unwrap_or_default();
+    let mut snapshot = state.snapshot.unwrap_or_default();
+    let mut entries = state.entries;
     if applied.index < snapshot.index {
         return Err(StartError::Inconsistent(format!(
             "the state machine is at index {} but the WAL starts after a snapshot at {}; \
@@ -304,16 +319,80 @@ fn recovered_state(state: RecoveredGroup, store: &MvccStore) -> Result<InitialSt
         )));
     }
     let mut hard_state = state.hard_state;
+    // Entries are applied only once the WAL holds them, so a state machine ahead of the
+    // WAL's log (or at an entry the log has with another term) installed a snapshot whose
+    // WAL record was lost in a crash. The data is the leader's, committed and durable:
+    // restart from it as the snapshot, discarding the log as raft does when it installs
+    // one. Otherwise the commit index would be raised past the log's end.
+    let log_matches = applied.index == snapshot.index
+        || entries
+            .iter()
+            .any(|e| e.index == applied.index && e.term == applied.term);
+    let adopted = !log_matches;
+    if adopted {
+        tracing::warn!(
+            index = applied.index.0,
+            wal_snapshot = snapshot.index.0,
+            "the state machine holds a snapshot the WAL did not record (a crash while \
+             installing it); restarting from it"
+        );
+        snapshot = SnapshotMeta {
+            index: applied.index,
+            term: applied.term,
+            conf_state: applied.conf_state.clone(),
+        };
+        entries.clear();
+        if hard_state.term < applied.term {
+            // The vote of an older term means nothing in this one.
+            hard_state.term = applied.term;
+            hard_state.vote = NodeId::NONE;
+        }
+    }
     // The state machine may have applied entries whose commit index the WAL recorded in
     // a later round; what is applied was committed.
     hard_state.commit = hard_state.commit.max(applied.index);
-    Ok(InitialState {
+    let initial = InitialState {
         hard_state,
         snapshot,
-        entries: state.entries,
+        entries,
         applied: applied.index,
         conf_state: applied.conf_state,
-    })
+    };
+    Ok((initial, adopted))
+}
+
+/// Records an adopted snapshot (`recovered_state`) durably: a snapshot file of the
+/// state machine at its position, if the crash came before the received one was kept
+/// (a leader must be able to send it), then the WAL's snapshot and hard state records.
+fn seal_adopted_snapshot(
+    layout: &Layout,
+    wal: &mut Wal,
+    store: &MvccStore,
+    initial: &InitialState,
+) -> Result<(), StartError> {
+    let meta = initial.snapshot.clone();
+    let file = layout.snapshot_file(DEFAULT_GROUP, meta.index);
+    if !file.exists() {
+        snapshot::create(store, &file).map_err(|e| StartError::Inconsistent(e.to_string()))?;
+    }
+    wal.set_snapshot(DEFAULT_GROUP, meta);
+    wal.set_hard_state(DEFAULT_GROUP, initial.hard_state);
+    wal.sync();
+    Ok(())
+}
+
+/// Removes received snapshot files that were never installed, and partial ones whose
+/// stream broke off: after a restart nothing waits for them (the leader sends again what
+/// it still needs).
+fn remove_incoming_snapshots(layout: &Layout) {
+    let Ok(entries) = std::fs::read_dir(&layout.snap) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().starts_with("incoming-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A founding member's first start: the synthetic snapshot at index 1, made durable in
@@ -726,6 +805,7 @@ fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta)
             panic!("a received snapshot that passed its checksum fails to install: {error}")
         }
     };
+    ostrakon_storage::fatal::crash_failpoint("after-snapshot-install");
     assert_eq!(
         info.applied.index, meta.index,
         "snapshot data and metadata disagree"

@@ -41,6 +41,19 @@ pub fn fsync_failpoint_armed() -> bool {
     }
 }
 
+/// A crash at a named point, for tests of what a restart finds when the process dies
+/// between two steps whose timing is too narrow to hit with kill -9:
+/// `OSTRAKON_FAILPOINT_CRASH=<name>` in the environment aborts the process there, as
+/// abruptly as kill -9 (nothing is flushed or synced on the way out).
+pub fn crash_failpoint(name: &str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("OSTRAKON_FAILPOINT_CRASH").ok());
+    if armed.as_deref() == Some(name) {
+        eprintln!("failpoint {name}: crashing");
+        std::process::abort();
+    }
+}
+
 /// Unwraps a storage engine result; an engine error means the disk failed us.
 pub fn engine<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> T {
     result.unwrap_or_else(|error| disk_failure(what, &error))

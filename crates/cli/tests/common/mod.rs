@@ -215,6 +215,10 @@ impl TestCluster {
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with_env(i, &[]);
+    }
+
+    fn spawn_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let member = &self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -225,6 +229,7 @@ impl TestCluster {
         let client_url = self.endpoint(i);
         let child = Command::new(env!("CARGO_BIN_EXE_ostrakon"))
             .env_remove("RUST_BACKTRACE")
+            .envs(env.iter().copied())
             .arg("server")
             .args(["--name", &member.name])
             .arg("--data-dir")
@@ -339,6 +344,12 @@ impl TestCluster {
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none());
         self.spawn(i);
+    }
+
+    /// Restarts member `i` with extra environment variables (a failpoint, say).
+    pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        assert!(self.members[i].child.is_none());
+        self.spawn_with_env(i, env);
     }
 
     /// The index of the member that leads, as the running members report it.
