@@ -137,3 +137,141 @@ async fn peer_requests_from_another_cluster_or_a_removed_member_are_refused() {
     let listed = client.member_list().await.unwrap().members().len();
     assert_eq!(listed, 3, "no membership changed");
 }
+
+/// A snapshot stream from a member of the cluster, with its first chunk of data; the
+/// stream stays open (more chunks may follow) while `chunks` lives.
+async fn open_snapshot_stream(
+    peer_url: String,
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+    index: u64,
+) -> (
+    tokio::sync::mpsc::Sender<ostrakon_proto::peer::SnapshotChunk>,
+    tokio::task::JoinHandle<
+        Result<tonic::Response<ostrakon_proto::peer::SnapshotAck>, tonic::Status>,
+    >,
+) {
+    use ostrakon_proto::peer::{RaftMessage, SnapshotChunk, SnapshotHeader};
+    use ostrakon_raft::{
+        ConfState, GroupId, LogIndex, Message, MessageBody, NodeId, SnapshotMeta, Term,
+    };
+    let message = Message {
+        group: GroupId(1),
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(1),
+        body: MessageBody::InstallSnapshot {
+            meta: SnapshotMeta {
+                index: LogIndex(index),
+                term: Term(1),
+                conf_state: ConfState::default(),
+            },
+        },
+    };
+    let (chunks, stream) = tokio::sync::mpsc::channel(4);
+    chunks
+        .send(SnapshotChunk {
+            header: Some(SnapshotHeader {
+                cluster_id,
+                group: 1,
+                from,
+                to,
+                message: Some(RaftMessage::from(&message)),
+            }),
+            data: vec![7u8; 4096].into(),
+            last: false,
+            crc32c: 0,
+        })
+        .await
+        .unwrap();
+    let mut client = PeerClient::connect(peer_url).await.unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .snapshot(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+    });
+    (chunks, call)
+}
+
+/// The received files in member `i`'s snapshot directory (`incoming-*`, partial or not).
+fn incoming_files(cluster: &TestCluster, i: usize) -> Vec<String> {
+    std::fs::read_dir(cluster.data_dir(i).join("member/snap"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("incoming-"))
+        .collect()
+}
+
+/// Snapshots are received at most two at a time (a third is refused, and the leader
+/// would send it again later), and a stream that breaks off midway leaves no partial
+/// file behind. Before, every stream was accepted and an aborted one's file stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_snapshots_are_bounded_and_an_aborted_one_leaves_no_file() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let mut client = cluster.client(0).await;
+    let header = client.put("warm", "up", None).await.unwrap();
+    let cluster_id = header.header().unwrap().cluster_id();
+    // Member 2 receives; another member sends.
+    let receiver = 2;
+    let members = client.member_list().await.unwrap();
+    let id_of = |name: &str| {
+        members
+            .members()
+            .iter()
+            .find(|m| m.name() == name)
+            .unwrap()
+            .id()
+    };
+    let to = id_of(&cluster.members[receiver].name);
+    let from = id_of(&cluster.members[0].name);
+    let url = cluster.peer_url(receiver);
+
+    // Two streams in progress (indexes far ahead, so nothing would install them).
+    let first = open_snapshot_stream(url.clone(), cluster_id, from, to, 1_000_001).await;
+    let second = open_snapshot_stream(url.clone(), cluster_id, from, to, 1_000_002).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while incoming_files(&cluster, receiver).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two streams did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A third is refused at once.
+    let (_third_chunks, third) =
+        open_snapshot_stream(url.clone(), cluster_id, from, to, 1_000_003).await;
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), third)
+        .await
+        .expect("a third concurrent snapshot is refused at once, not received")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+
+    // Both senders go away midway: their partial files are removed.
+    for (chunks, call) in [first, second] {
+        drop(chunks);
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = incoming_files(&cluster, receiver);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // And a new stream is accepted again once they ended.
+    let (chunks, call) = open_snapshot_stream(url, cluster_id, from, to, 1_000_004).await;
+    drop(chunks);
+    assert_eq!(
+        call.await.unwrap().unwrap_err().code(),
+        tonic::Code::Aborted
+    );
+}

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,10 @@ use crate::DEFAULT_GROUP;
 
 /// Inputs drained per round before the groups' Readys are handled; bounds a round's work.
 const INPUTS_PER_ROUND_MAX: usize = 4096;
+/// Inputs waiting for the loop, all groups together. Beyond it, client requests are
+/// refused ("too many requests") and peers' streams wait for room, so a loop that falls
+/// behind slows its senders rather than growing memory without bound.
+pub const INPUT_QUEUE_MAX: usize = 16 * INPUTS_PER_ROUND_MAX;
 /// A snapshot is due once this many bytes of entries were applied since the last (or as
 /// many as the last snapshot file holds, if more), whatever `--snapshot-count` says.
 pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 64 << 20;
@@ -176,9 +179,9 @@ pub struct EventLoop {
     layout: Layout,
     wal: Wal,
     replicas: HashMap<GroupId, Replica>,
-    inputs: Receiver<Input>,
+    inputs: flume::Receiver<Input>,
     /// For the threads the loop starts (snapshot writers) to report back.
-    input_tx: Sender<Input>,
+    input_tx: InputSender,
     transport: Transport,
     /// The member registry's version the transport's peers were last taken from.
     members_version_seen: u64,
@@ -198,7 +201,7 @@ pub fn start(
     let layout = Layout::new(&config.data_dir);
     let (mut wal, mut recovered, keyspace) = open_storage(&layout)?;
     remove_incoming_snapshots(&layout);
-    let (input_tx, input_rx) = std::sync::mpsc::channel();
+    let (input_tx, input_rx) = flume::bounded(INPUT_QUEUE_MAX);
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
     let group = DEFAULT_GROUP;
     let store = Arc::new(MvccStore::open(&keyspace, group));
@@ -479,8 +482,8 @@ impl EventLoop {
             match self.inputs.recv_timeout(wait) {
                 Ok(Input::Shutdown) => break,
                 Ok(input) => self.handle(input),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => break,
             }
             let mut shutdown = false;
             for _ in 0..INPUTS_PER_ROUND_MAX {
@@ -621,7 +624,8 @@ impl EventLoop {
                 let previous_leader = replica.status.read().unwrap().leader;
                 record_soft_state(soft, previous_leader);
             }
-            self.transport.send(std::mem::take(&mut ready.messages));
+            let full = self.transport.send(std::mem::take(&mut ready.messages));
+            report_full_queues(replica, &full);
             if let Some(meta) = &ready.snapshot {
                 install_snapshot(&self.layout, replica, meta);
                 self.wal.set_snapshot(group, meta.clone());
@@ -654,8 +658,10 @@ impl EventLoop {
         let me = self.config.id;
         for (group, mut ready) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
-            self.transport
+            let full = self
+                .transport
                 .send(std::mem::take(&mut ready.persisted_messages));
+            report_full_queues(replica, &full);
             if !ready.committed_entries.is_empty() {
                 let apply_started = std::time::Instant::now();
                 replica.apply(std::mem::take(&mut ready.committed_entries), me);
@@ -741,7 +747,7 @@ impl EventLoop {
                 match snapshot::write(frozen, &path) {
                     Ok(info) => {
                         // The loop may have stopped meanwhile; the file is then simply
-                        // the newest snapshot on disk.
+                        // the newest snapshot on disk. (This thread may wait for room.)
                         let _ = done.send(Input::SnapshotCreated {
                             group,
                             meta,
@@ -785,6 +791,14 @@ impl EventLoop {
             replica.store.persist();
         }
         tracing::info!("event loop stopped");
+    }
+}
+
+/// A peer whose send queue was full lost messages: raft treats it as unreachable (a
+/// leader then probes it one message at a time instead of pipelining), as etcd does.
+fn report_full_queues(replica: &mut Replica, full: &[NodeId]) {
+    for &peer in full {
+        replica.node.report_unreachable(peer);
     }
 }
 
@@ -853,8 +867,8 @@ fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
     }
 }
 
-/// The sender half of the loop's input channel.
-pub type InputSender = Sender<Input>;
+/// The sender half of the loop's input channel (bounded: `INPUT_QUEUE_MAX`).
+pub type InputSender = flume::Sender<Input>;
 
 /// Leader gauges and etcd's count of leader changes: a change is a new leader other than
 /// none that differs from the one known before.

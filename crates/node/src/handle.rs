@@ -491,17 +491,27 @@ impl NodeHandle {
         self.inner.inputs.clone()
     }
 
-    /// Asks the event loop to stop.
+    /// Asks the event loop to stop (waiting for room in its queue, which it drains).
     pub fn shutdown(&self) {
         let _ = self.inner.inputs.send(Input::Shutdown);
     }
 
     fn send(&self, input: Input) -> Result<(), NodeError> {
-        self.inner
-            .inputs
-            .send(input)
-            .map_err(|_| NodeError::Stopped)
+        offer(&self.inner.inputs, input)
     }
+}
+
+/// Queues `input` for the event loop unless its queue is full: then the request is
+/// refused at once with etcd's "too many requests" rather than let requests pile up
+/// without bound.
+fn offer(inputs: &InputSender, input: Input) -> Result<(), NodeError> {
+    inputs.try_send(input).map_err(|error| match error {
+        flume::TrySendError::Full(_) => {
+            crate::metrics::metrics().inputs_refused.inc();
+            NodeError::Overloaded
+        }
+        flume::TrySendError::Disconnected(_) => NodeError::Stopped,
+    })
 }
 
 /// How often a member checks that the registry holds its name and client URLs, until it
@@ -552,5 +562,38 @@ impl PendingProposal {
 impl Drop for PendingProposal {
     fn drop(&mut self) {
         crate::metrics::metrics().proposals_pending.add(-1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's queue is bounded: a request beyond it is refused with "too many
+    /// requests" (and counted), not queued; once the loop is gone, requests are told so.
+    #[test]
+    fn a_full_input_queue_refuses_requests_at_once() {
+        let (inputs, queue) = flume::bounded(2);
+        let status = || {
+            let (respond, _) = oneshot::channel();
+            Input::RaftStatus {
+                group: crate::DEFAULT_GROUP,
+                respond,
+            }
+        };
+        let refused_before = crate::metrics::metrics().inputs_refused.get();
+        assert!(offer(&inputs, status()).is_ok());
+        assert!(offer(&inputs, status()).is_ok());
+        assert!(matches!(
+            offer(&inputs, status()),
+            Err(NodeError::Overloaded)
+        ));
+        assert!(crate::metrics::metrics().inputs_refused.get() > refused_before);
+        assert_eq!(queue.len(), 2, "the refused request was not queued");
+        // The loop drains one: there is room again.
+        drop(queue.try_recv().unwrap());
+        assert!(offer(&inputs, status()).is_ok());
+        drop(queue);
+        assert!(matches!(offer(&inputs, status()), Err(NodeError::Stopped)));
     }
 }

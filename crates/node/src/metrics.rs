@@ -263,6 +263,10 @@ pub struct Metrics {
     pub snapshots_received: Counter,
     /// Snapshots this member created (log compactions).
     pub snapshots_created: Counter,
+    /// Raft messages dropped because a peer's send queue was full.
+    pub peer_messages_dropped: Counter,
+    /// Client requests refused because the event loop's input queue was full.
+    pub inputs_refused: Counter,
     /// Spans sent to the OpenTelemetry collector.
     pub trace_spans_exported: Counter,
     /// Spans dropped: the export queue was full or the collector refused or failed.
@@ -296,6 +300,8 @@ impl Metrics {
             snapshots_sent: Counter::default(),
             snapshots_received: Counter::default(),
             snapshots_created: Counter::default(),
+            peer_messages_dropped: Counter::default(),
+            inputs_refused: Counter::default(),
             trace_spans_exported: Counter::default(),
             trace_spans_dropped: Counter::default(),
             grpc_started: Family::new(
@@ -387,6 +393,18 @@ impl Metrics {
             "counter",
             "Raft snapshots received and installed.",
             self.snapshots_received.get().to_string(),
+        );
+        scalar(
+            "ostrakon_peer_messages_dropped_total",
+            "counter",
+            "Raft messages dropped because the peer's send queue was full (raft resends).",
+            self.peer_messages_dropped.get().to_string(),
+        );
+        scalar(
+            "ostrakon_inputs_refused_total",
+            "counter",
+            "Requests refused with 'too many requests' because the event loop's input queue was full.",
+            self.inputs_refused.get().to_string(),
         );
         scalar(
             "ostrakon_snapshots_created_total",

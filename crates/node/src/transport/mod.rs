@@ -38,6 +38,9 @@ const BATCH_MESSAGES_MAX: usize = 4096;
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Pause before reopening a broken stream.
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
+/// Messages waiting for one peer's stream; beyond it they are dropped (raft resends), as
+/// etcd drops them when its per-peer buffer is full.
+const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
 /// How often the round trip to each peer is measured.
 const ROUND_TRIP_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// A probe slower than this counts as lost.
@@ -54,7 +57,9 @@ struct Inner {
     /// The peers' URLs and channels (lazily connected, reconnecting by themselves);
     /// replaced as the member registry changes.
     channels: RwLock<BTreeMap<NodeId, (String, Channel)>>,
-    queues: Mutex<HashMap<NodeId, mpsc::UnboundedSender<pb::RaftMessage>>>,
+    /// Each peer's queue of messages waiting for its stream; bounded by
+    /// `PEER_QUEUE_MESSAGES_MAX`.
+    queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::RaftMessage>>>,
 }
 
 /// The client side of the peer protocol.
@@ -176,10 +181,13 @@ impl Transport {
             .map(|(_, channel)| channel.clone())
     }
 
-    /// Sends messages (from the event loop thread; never blocks).
-    pub fn send(&self, messages: Vec<Message>) {
+    /// Sends messages (from the event loop thread; never blocks). Returns the peers
+    /// whose queue was full: messages to them were dropped, as a lossy network would
+    /// (raft resends), and the caller reports them unreachable to raft.
+    pub fn send(&self, messages: Vec<Message>) -> Vec<NodeId> {
+        let mut full = Vec::new();
         if messages.is_empty() {
-            return;
+            return full;
         }
         let mut queues = self.inner.queues.lock().unwrap();
         for message in messages {
@@ -193,17 +201,28 @@ impl Transport {
                 continue;
             }
             let queue = queues.entry(to).or_insert_with(|| self.start_sender(to));
-            if let Err(unsent) = queue.send(pb::RaftMessage::from(&message)) {
-                // The sender ended (the peer's URL changed); start a new one.
-                let queue = self.start_sender(to);
-                let _ = queue.send(unsent.0);
-                queues.insert(to, queue);
+            match queue.try_send(pb::RaftMessage::from(&message)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    crate::metrics::metrics().peer_messages_dropped.inc();
+                    if !full.contains(&to) {
+                        tracing::debug!(to = to.0, "peer send queue full: message dropped");
+                        full.push(to);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(unsent)) => {
+                    // The sender ended (the peer's URL changed); start a new one.
+                    let queue = self.start_sender(to);
+                    let _ = queue.try_send(unsent);
+                    queues.insert(to, queue);
+                }
             }
         }
+        full
     }
 
-    fn start_sender(&self, to: NodeId) -> mpsc::UnboundedSender<pb::RaftMessage> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn start_sender(&self, to: NodeId) -> mpsc::Sender<pb::RaftMessage> {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
         let transport = self.clone();
         self.inner
             .runtime
@@ -211,7 +230,7 @@ impl Transport {
         tx
     }
 
-    async fn run_sender(self, to: NodeId, mut queue: mpsc::UnboundedReceiver<pb::RaftMessage>) {
+    async fn run_sender(self, to: NodeId, mut queue: mpsc::Receiver<pb::RaftMessage>) {
         loop {
             // Each connection uses the member's current URL; a member that left ends it.
             let Some(channel) = self.channel(to) else {
@@ -254,11 +273,11 @@ impl Transport {
                 if status.code() == tonic::Code::FailedPrecondition
                     && status.message() == service::MEMBER_REMOVED
                 {
-                    let _ = self.inner.inputs.send(Input::RemovedByPeer(to));
+                    let _ = self.inner.inputs.send_async(Input::RemovedByPeer(to)).await;
                     return;
                 }
             }
-            let _ = self.inner.inputs.send(Input::Unreachable(to));
+            let _ = self.inner.inputs.send_async(Input::Unreachable(to)).await;
             tokio::time::sleep(RECONNECT_DELAY).await;
             // What queued up while the stream was down is stale; raft resends.
             while queue.try_recv().is_ok() {}
@@ -280,11 +299,15 @@ impl Transport {
                     false
                 }
             };
-            let _ = transport.inner.inputs.send(Input::SnapshotReport {
-                group,
-                to,
-                delivered,
-            });
+            let _ = transport
+                .inner
+                .inputs
+                .send_async(Input::SnapshotReport {
+                    group,
+                    to,
+                    delivered,
+                })
+                .await;
         });
     }
 

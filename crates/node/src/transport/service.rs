@@ -17,11 +17,37 @@ use crate::error::NodeError;
 use crate::event_loop::{Input, InputSender, Layout};
 use crate::handle::NodeHandle;
 
+/// Snapshots received at once, every group and sender together. A snapshot stream
+/// holds a file and disk bandwidth; a leader refused here reports the snapshot
+/// undelivered and raft sends it again later.
+pub const INCOMING_SNAPSHOTS_MAX: usize = 2;
+
 /// Serves peers: raft message streams, snapshot streams, forwarded writes.
 pub struct PeerService {
     handle: NodeHandle,
     inputs: InputSender,
     snap_dir: PathBuf,
+    incoming_snapshots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// A file being received: removed when dropped before `keep` (the stream failed, or the
+/// call was dropped midway), so an aborted snapshot leaves nothing behind.
+struct PartialFile {
+    path: Option<PathBuf>,
+}
+
+impl PartialFile {
+    fn keep(mut self) -> PathBuf {
+        self.path.take().expect("kept once")
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl PeerService {
@@ -32,6 +58,9 @@ impl PeerService {
             handle,
             inputs,
             snap_dir: Layout::new(data_dir).snap,
+            incoming_snapshots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                INCOMING_SNAPSHOTS_MAX,
+            )),
         }
     }
 
@@ -95,8 +124,11 @@ impl Peer for PeerService {
                         "snapshots come on their own stream",
                     ));
                 }
+                // A full queue holds the stream (and so the peer's sender) until the loop
+                // catches up.
                 self.inputs
-                    .send(Input::Raft(message))
+                    .send_async(Input::Raft(message))
+                    .await
                     .map_err(|_| Status::unavailable("stopping"))?;
             }
         }
@@ -131,9 +163,17 @@ impl Peer for PeerService {
             meta.index.0,
             message.from.0
         ));
-        let partial = path.with_extension("part");
-        let io = |e: std::io::Error| Status::internal(format!("{}: {e}", partial.display()));
-        let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+        let _permit = self
+            .incoming_snapshots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("too many snapshots in flight"))?;
+        let partial_path = path.with_extension("part");
+        let io = |e: std::io::Error| Status::internal(format!("{}: {e}", partial_path.display()));
+        let mut file = tokio::fs::File::create(&partial_path).await.map_err(io)?;
+        let partial = PartialFile {
+            path: Some(partial_path.clone()),
+        };
         let mut crc = 0u32;
         let mut chunk = first;
         loop {
@@ -141,7 +181,6 @@ impl Peer for PeerService {
             file.write_all(&chunk.data).await.map_err(io)?;
             if chunk.last {
                 if chunk.crc32c != crc {
-                    let _ = tokio::fs::remove_file(&partial).await;
                     return Err(Status::data_loss("snapshot checksum mismatch"));
                 }
                 break;
@@ -154,9 +193,10 @@ impl Peer for PeerService {
         if let Err(error) = file.sync_all().await {
             ostrakon_storage::fatal::disk_failure("fsync of a received snapshot", &error);
         }
-        tokio::fs::rename(&partial, &path).await.map_err(io)?;
+        tokio::fs::rename(partial.keep(), &path).await.map_err(io)?;
         self.inputs
-            .send(Input::SnapshotReceived { message, path })
+            .send_async(Input::SnapshotReceived { message, path })
+            .await
             .map_err(|_| Status::unavailable("stopping"))?;
         Ok(Response::new(SnapshotAck {}))
     }
