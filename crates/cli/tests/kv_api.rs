@@ -407,7 +407,9 @@ async fn a_read_only_txn_is_a_linearizable_read_without_a_raft_entry() {
     }
 
     // etcd's error for a read below the compacted revision, inside a Txn too.
-    c0.compact(5, None).await.unwrap();
+    c0.compact(5, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
     let old = Txn::new().and_then(vec![TxnOp::get(
         "a",
         Some(GetOptions::new().with_revision(3)),

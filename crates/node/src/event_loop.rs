@@ -205,6 +205,8 @@ pub fn start(
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
     let group = DEFAULT_GROUP;
     let store = Arc::new(MvccStore::open(&keyspace, group));
+    ostrakon_storage::mvcc::spawn_physical_compactor(&store)
+        .map_err(|e| StartError::Io(PathBuf::from("compactor thread"), e))?;
     let initial = match recovered.groups.remove(&group) {
         Some(state) => {
             let (initial, adopted) = recovered_state(state, &store)?;

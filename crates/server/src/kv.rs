@@ -18,6 +18,10 @@ use crate::common;
 use crate::errors::ApiError;
 use crate::validate::{self, Limits};
 
+/// How long a `physical` compaction waits for the compactor before giving up with a
+/// timeout (the compaction itself applied: only the wait ends).
+const PHYSICAL_COMPACTION_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Serves Range, Put, DeleteRange, Txn and Compact for the node's single group.
 pub struct KvService {
     node: NodeHandle,
@@ -219,11 +223,23 @@ impl Kv for KvService {
         let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
         let bytes = request.encoded_len();
-        respond!(
-            self,
-            self.write(Write::Compaction(request), bytes, &caller)
-                .await?,
-            Compaction
-        )
+        let (revision, physical) = (Revision(request.revision), request.physical);
+        let outcome = self
+            .write(Write::Compaction(request), bytes, &caller)
+            .await?;
+        if physical {
+            // etcd's physical compaction: answer once this member's compactor has
+            // removed the garbage (the apply only made it invisible).
+            let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
+            let done = tokio::task::spawn_blocking(move || {
+                store.wait_compacted_physically(revision, PHYSICAL_COMPACTION_WAIT_MAX)
+            })
+            .await
+            .expect("waiting for a compaction panicked");
+            if !done {
+                return Err(ApiError::Node(ostrakon_node::NodeError::Timeout).into());
+            }
+        }
+        respond!(self, outcome, Compaction)
     }
 }

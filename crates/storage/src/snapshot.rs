@@ -276,23 +276,196 @@ fn parse(path: &Path, data: Vec<u8>) -> Result<SnapshotContent, SnapshotError> {
 }
 
 /// Replaces the store's content with the snapshot at `path`, atomically and durably.
+///
+/// The file is read twice, never whole into memory: once to check its checksum and
+/// structure (and to read its small sections), then its items straight into the store's
+/// install batch. A received snapshot can be as large as the store; holding it (and a
+/// parsed copy) in memory on top of the batch tripled the memory an install took.
 pub fn install(store: &MvccStore, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
-    let SnapshotContent {
-        info,
-        items,
-        leases,
-        tables,
-        ..
-    } = read(path)?;
+    let checked = check(path)?;
     store.install(
-        items,
+        checked.items(),
+        checked.leases.clone(),
+        checked.tables.clone(),
+        checked.info.revision,
+        checked.info.compact_revision,
+        checked.info.applied.clone(),
+    );
+    Ok(checked.info)
+}
+
+/// A snapshot file whose checksum and structure were checked, with its small sections
+/// read; its items are read from the file again on demand (`items`).
+pub struct CheckedSnapshot {
+    path: PathBuf,
+    /// Its position.
+    pub info: SnapshotInfo,
+    /// Every lease.
+    pub leases: Vec<(i64, LeaseRecord)>,
+    /// The member registry, the alarms and the auth store.
+    pub tables: pb::SnapshotTables,
+    /// Where the first item starts.
+    items_offset: u64,
+}
+
+/// A reader that folds every byte it reads into a CRC32C.
+struct CrcReader<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..read]);
+        Ok(read)
+    }
+}
+
+fn read_u32(reader: &mut impl Read) -> std::io::Result<u32> {
+    let mut bytes = [0u8; 4];
+    reader.read_exact(&mut bytes)?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
+fn read_u64(reader: &mut impl Read) -> std::io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    reader.read_exact(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+fn read_vec(reader: &mut impl Read, bytes: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    reader.take(bytes as u64).read_to_end(&mut out)?;
+    if out.len() < bytes {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(out)
+}
+
+/// Checks a snapshot file end to end, reading it as a stream (no more than a buffer of
+/// it in memory at once).
+pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
+    let damaged = |what| SnapshotError::Damaged(path.to_path_buf(), what);
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => damaged("cut short"),
+        _ => SnapshotError::Io(path.to_path_buf(), e),
+    };
+    let file = File::open(path).map_err(io)?;
+    let file_bytes = file.metadata().map_err(io)?.len();
+    if file_bytes < (MAGIC.len() + 40) as u64 {
+        return Err(damaged("not a snapshot file"));
+    }
+    let mut whole = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reader = CrcReader {
+        inner: (&mut whole).take(file_bytes - 4),
+        crc: 0,
+    };
+    if read_vec(&mut reader, MAGIC.len()).map_err(io)? != MAGIC {
+        return Err(damaged("not a snapshot file"));
+    }
+    let index = LogIndex(read_u64(&mut reader).map_err(io)?);
+    let term = Term(read_u64(&mut reader).map_err(io)?);
+    let revision = Revision(read_u64(&mut reader).map_err(io)? as i64);
+    let compact_revision = Revision(read_u64(&mut reader).map_err(io)? as i64);
+    let conf_bytes = read_u32(&mut reader).map_err(io)? as usize;
+    if conf_bytes as u64 > file_bytes {
+        return Err(damaged("header cut short"));
+    }
+    let conf = read_vec(&mut reader, conf_bytes).map_err(io)?;
+    let conf = pb::ConfState::decode(conf.as_slice()).map_err(|_| damaged("bad membership"))?;
+    let conf_state = ConfState::try_from(&conf).map_err(|_| damaged("bad membership"))?;
+    let items_offset = (MAGIC.len() + 36 + conf_bytes) as u64;
+    loop {
+        let key_bytes = read_u32(&mut reader).map_err(io)?;
+        if key_bytes == END_MARKER {
+            break;
+        }
+        let skipped = std::io::copy(
+            &mut (&mut reader).take(key_bytes as u64),
+            &mut std::io::sink(),
+        )
+        .map_err(io)?;
+        let value_bytes = read_u32(&mut reader).map_err(io)?;
+        let skipped_value = std::io::copy(
+            &mut (&mut reader).take(value_bytes as u64),
+            &mut std::io::sink(),
+        )
+        .map_err(io)?;
+        if skipped < key_bytes as u64 || skipped_value < value_bytes as u64 {
+            return Err(damaged("item cut short"));
+        }
+    }
+    let lease_count = read_u32(&mut reader).map_err(io)? as usize;
+    if (lease_count as u64).saturating_mul(24) > file_bytes {
+        return Err(damaged("leases cut short"));
+    }
+    let mut leases = Vec::with_capacity(lease_count);
+    for _ in 0..lease_count {
+        let id = read_u64(&mut reader).map_err(io)? as i64;
+        let record = LeaseRecord {
+            ttl_secs: read_u64(&mut reader).map_err(io)? as i64,
+            remaining_secs: read_u64(&mut reader).map_err(io)? as i64,
+        };
+        leases.push((id, record));
+    }
+    let tables_bytes = read_u32(&mut reader).map_err(io)? as usize;
+    if tables_bytes as u64 > file_bytes {
+        return Err(damaged("tables cut short"));
+    }
+    let tables = read_vec(&mut reader, tables_bytes).map_err(io)?;
+    let tables =
+        pb::SnapshotTables::decode(tables.as_slice()).map_err(|_| damaged("bad tables"))?;
+    if reader.inner.limit() != 0 {
+        return Err(damaged("trailing bytes"));
+    }
+    let crc = reader.crc;
+    if read_u32(&mut whole).map_err(io)? != crc {
+        return Err(damaged("checksum mismatch"));
+    }
+    Ok(CheckedSnapshot {
+        path: path.to_path_buf(),
+        info: SnapshotInfo {
+            applied: AppliedState {
+                index,
+                term,
+                conf_state,
+            },
+            revision,
+            compact_revision,
+            file_bytes,
+        },
         leases,
         tables,
-        info.revision,
-        info.compact_revision,
-        info.applied.clone(),
-    );
-    Ok(info)
+        items_offset,
+    })
+}
+
+impl CheckedSnapshot {
+    /// The stored versions, read from the file one at a time. The file was checked: a
+    /// read that fails now is the disk failing us, and a changed file a broken
+    /// invariant (received snapshots are not written once they are complete).
+    pub fn items(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+        use std::io::{Seek, SeekFrom};
+        let mut file = File::open(&self.path)
+            .unwrap_or_else(|e| crate::fatal::disk_failure("reopening a checked snapshot", &e));
+        file.seek(SeekFrom::Start(self.items_offset))
+            .unwrap_or_else(|e| crate::fatal::disk_failure("reading a checked snapshot", &e));
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        std::iter::from_fn(move || {
+            let read = |reader: &mut std::io::BufReader<File>| -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+                let key_bytes = read_u32(reader)?;
+                if key_bytes == END_MARKER {
+                    return Ok(None);
+                }
+                let key = read_vec(reader, key_bytes as usize)?;
+                let value_bytes = read_u32(reader)? as usize;
+                Ok(Some((key, read_vec(reader, value_bytes)?)))
+            };
+            read(&mut reader)
+                .unwrap_or_else(|e| crate::fatal::disk_failure("reading a checked snapshot", &e))
+        })
+    }
 }
 
 /// Replaces the store's content with a backup's data under a new identity: the applied

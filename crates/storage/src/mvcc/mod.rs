@@ -7,6 +7,7 @@
 //! state machine resumes exactly after the last entry it applied.
 
 pub mod auth;
+mod compaction;
 mod error;
 mod etcd;
 mod events;
@@ -23,7 +24,9 @@ pub use etcd::{
 };
 pub use events::{EventSink, History, RevisionEvents};
 pub use members::{MemberChange, MemberRegistry};
-pub use store::{AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn};
+pub use store::{
+    spawn_physical_compactor, AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn,
+};
 pub use value::StoredVersion;
 
 /// An etcd revision: the store's logical clock, increased by one per write transaction.

@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +30,9 @@ const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_APPLIED_TERM: &[u8] = b"applied_term";
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+/// The revision up to which compaction's garbage has been removed from disk (absent in
+/// stores written before compaction was split in two: they compacted at apply).
+const META_COMPACTED_PHYSICALLY: &[u8] = b"compacted_physically";
 const META_CONF_STATE: &[u8] = b"conf_state";
 
 /// The raft position the state machine reflects.
@@ -54,9 +58,13 @@ pub struct MvccStore {
     meta: PartitionHandle,
     /// Invariant: every version at or below it is committed in `kv`.
     revision: AtomicI64,
-    /// Raised before the compaction's batch commits, so no reader trusts data that is
-    /// about to go (see `ReadView`).
+    /// Raised when a compaction applies (before its batch commits), so no reader trusts
+    /// data that is about to go (see `ReadView`).
     compact_revision: AtomicI64,
+    /// The physical compaction's progress (`compaction` module); its changes are
+    /// signalled on `physical_compaction_changed`.
+    physical_compaction: Mutex<PhysicalCompaction>,
+    physical_compaction_changed: Condvar,
     applied_index: AtomicU64,
     applied: Mutex<AppliedState>,
     /// Lease id (big-endian) to its record.
@@ -78,6 +86,17 @@ pub struct MvccStore {
     /// them when the Authenticate entry applies; they are not persisted (as etcd's simple
     /// tokens): after a restart, clients authenticate again.
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// What the compactor thread has to do. Invariant: `done <= target`, and `target` is the
+/// compacted revision (so every version the compactor removes is invisible to reads).
+#[derive(Debug)]
+struct PhysicalCompaction {
+    target: Revision,
+    done: Revision,
+    /// Raised by every install of a snapshot: a pass that started before one is
+    /// abandoned (its classification was of data that is gone).
+    installs: u64,
 }
 
 /// How long an auth token lives without use (etcd's simple-token TTL).
@@ -113,6 +132,8 @@ impl MvccStore {
         };
         let revision = read_u64(META_REVISION).map_or(INITIAL_REVISION.0, |v| v as i64);
         let compact_revision = read_u64(META_COMPACT_REVISION).unwrap_or(0) as i64;
+        let compacted_physically =
+            read_u64(META_COMPACTED_PHYSICALLY).map_or(compact_revision, |v| v as i64);
         let conf_state = engine("reading metadata", meta.get(META_CONF_STATE))
             .map(|v| {
                 let wire = pb::ConfState::decode(v.as_ref()).expect("stored conf state decodes");
@@ -159,6 +180,12 @@ impl MvccStore {
             meta,
             revision: AtomicI64::new(revision),
             compact_revision: AtomicI64::new(compact_revision),
+            physical_compaction: Mutex::new(PhysicalCompaction {
+                target: Revision(compact_revision),
+                done: Revision(compacted_physically.min(compact_revision)),
+                installs: 0,
+            }),
+            physical_compaction_changed: Condvar::new(),
             applied_index: AtomicU64::new(applied.index.0),
             applied: Mutex::new(applied),
             lease,
@@ -557,44 +584,159 @@ impl MvccStore {
         if revision <= compacted {
             return Err(MvccError::Compacted { compacted });
         }
+        // Logical compaction only: reads below `revision` are refused from now on. The
+        // versions it makes garbage are removed later by the compactor thread, off the
+        // event loop (a scan of the whole store here stalled every group).
         let mut batch = self.keyspace.batch();
-        let mut last_key: Option<(Vec<u8>, Vec<u8>, bool)> = None; // (prefix, stored key, tombstone)
-        for item in self.kv.snapshot().iter() {
-            let (stored_key, stored_value) = engine("scanning for compaction", item);
-            let (_, version_revision) = split_versioned_key(&stored_key);
-            if version_revision > revision {
-                continue;
-            }
-            let prefix = stored_key[..stored_key.len() - 8].to_vec();
-            let tombstone = StoredVersion::decode(&stored_value).tombstone;
-            if let Some((last_prefix, last_stored, last_tombstone)) = last_key.take() {
-                // An older version of the same key is superseded; the newest version at
-                // or below `revision` of a key stays unless it is a tombstone.
-                if last_prefix == prefix || last_tombstone {
-                    batch.remove(&self.kv, last_stored);
-                }
-            }
-            last_key = Some((prefix, stored_key.to_vec(), tombstone));
-        }
-        if let Some((_, last_stored, true)) = last_key {
-            batch.remove(&self.kv, last_stored);
-        }
         batch.insert(
             &self.meta,
             META_COMPACT_REVISION,
             (revision.0 as u64).to_be_bytes(),
         );
+        // Recorded with the compacted revision, so a restart knows how far the garbage
+        // was removed (a store without the record compacted at apply, all of it). The
+        // compactor may record a later point meanwhile: going back only repeats a pass.
+        let done = self.compacted_physically();
+        batch.insert(
+            &self.meta,
+            META_COMPACTED_PHYSICALLY,
+            (done.0 as u64).to_be_bytes(),
+        );
         self.put_applied(&mut batch, index, term);
         self.compact_revision.store(revision.0, Ordering::SeqCst);
         engine("committing a compaction", batch.commit());
+        let mut physical = self.physical_compaction.lock().unwrap();
+        physical.target = physical.target.max(revision);
+        self.physical_compaction_changed.notify_all();
+        drop(physical);
         self.set_applied(index, term);
         Ok(())
+    }
+
+    /// The revision up to which compaction's garbage is gone from disk.
+    pub fn compacted_physically(&self) -> Revision {
+        self.physical_compaction.lock().unwrap().done
+    }
+
+    /// One pass of the physical compaction, if one is due: removes the versions that the
+    /// compacted revision makes garbage, `COMPACTION_BATCH_VERSIONS` at a time with a
+    /// pause between batches. Returns whether a pass ran (finished or was abandoned for
+    /// an install). Runs on the compactor thread, concurrently with the event loop.
+    pub fn compact_physically(&self) -> bool {
+        use super::compaction::{classify, COMPACTION_BATCH_PAUSE, COMPACTION_BATCH_VERSIONS};
+        let (target, installs) = {
+            let physical = self.physical_compaction.lock().unwrap();
+            if physical.done >= physical.target {
+                return false;
+            }
+            (physical.target, physical.installs)
+        };
+        let snapshot = self.kv.snapshot();
+        let versions = snapshot
+            .iter()
+            .map(|item| engine("scanning for compaction", item));
+        let mut garbage: Vec<Vec<u8>> = Vec::new();
+        let mut removed = 0usize;
+        let walked = classify(versions, target, |stored_key, _, is_garbage| {
+            if is_garbage {
+                garbage.push(stored_key.to_vec());
+            }
+            if garbage.len() < COMPACTION_BATCH_VERSIONS {
+                return ControlFlow::Continue(());
+            }
+            removed += garbage.len();
+            if !self.remove_garbage(std::mem::take(&mut garbage), installs, None) {
+                return ControlFlow::Break(());
+            }
+            std::thread::sleep(COMPACTION_BATCH_PAUSE);
+            ControlFlow::Continue(())
+        });
+        if walked.is_break() {
+            return true;
+        }
+        removed += garbage.len();
+        if self.remove_garbage(garbage, installs, Some(target)) {
+            tracing::debug!(
+                group = self.group.0,
+                revision = target.0,
+                removed,
+                "compaction's garbage removed"
+            );
+        }
+        true
+    }
+
+    /// Removes `keys` in one batch, unless a snapshot was installed since the pass began
+    /// (`installs` changed); with `finished`, also records the pass as done. Returns
+    /// whether it removed them.
+    fn remove_garbage(
+        &self,
+        keys: Vec<Vec<u8>>,
+        installs: u64,
+        finished: Option<Revision>,
+    ) -> bool {
+        let mut physical = self.physical_compaction.lock().unwrap();
+        if physical.installs != installs {
+            return false;
+        }
+        let mut batch = self.keyspace.batch();
+        for key in keys {
+            batch.remove(&self.kv, key);
+        }
+        if let Some(target) = finished {
+            assert!(
+                target <= self.compact_revision(),
+                "compacted beyond the compacted revision"
+            );
+            batch.insert(
+                &self.meta,
+                META_COMPACTED_PHYSICALLY,
+                (target.0 as u64).to_be_bytes(),
+            );
+        }
+        engine("removing compacted versions", batch.commit());
+        if let Some(target) = finished {
+            physical.done = physical.done.max(target);
+            self.physical_compaction_changed.notify_all();
+        }
+        true
+    }
+
+    /// Waits (at most `timeout`) until a physical compaction is due.
+    fn wait_for_compaction_work(&self, timeout: Duration) {
+        let physical = self.physical_compaction.lock().unwrap();
+        if physical.done < physical.target {
+            return;
+        }
+        let _ = self
+            .physical_compaction_changed
+            .wait_timeout(physical, timeout)
+            .unwrap();
+    }
+
+    /// Waits until the garbage of a compaction at `revision` is gone from disk (etcd's
+    /// `physical` compaction), for at most `timeout`; returns whether it is.
+    pub fn wait_compacted_physically(&self, revision: Revision, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut physical = self.physical_compaction.lock().unwrap();
+        while physical.done < revision {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            physical = self
+                .physical_compaction_changed
+                .wait_timeout(physical, left)
+                .unwrap()
+                .0;
+        }
+        true
     }
 
     /// Replaces the whole state machine with a snapshot's content, atomically.
     pub(crate) fn install(
         &self,
-        items: Vec<(Vec<u8>, Vec<u8>)>,
+        items: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
         leases: Vec<(i64, LeaseRecord)>,
         tables: pb::SnapshotTables,
         revision: Revision,
@@ -648,10 +790,14 @@ impl MvccStore {
         for (id, record) in &leases {
             batch.insert(&self.lease, lease_key(*id), record.encode());
         }
-        let new_latest = LatestIndex::build(revision, items.iter().map(|(k, v)| (k, v)));
-        for (key, value) in items {
-            batch.insert(&self.kv, key, value);
-        }
+        // The items go into the batch as the index is built from them: one pass, no
+        // copy of them all beside the batch.
+        let new_latest = LatestIndex::build(
+            revision,
+            items.into_iter().inspect(|(key, value)| {
+                batch.insert(&self.kv, key.as_slice(), value.as_slice());
+            }),
+        );
         batch.insert(&self.meta, META_REVISION, (revision.0 as u64).to_be_bytes());
         batch.insert(
             &self.meta,
@@ -663,16 +809,25 @@ impl MvccStore {
             META_CONF_STATE,
             pb::ConfState::from(&applied.conf_state).encode_to_vec(),
         );
+        // The snapshot may carry its sender's garbage not yet removed: the compactor
+        // goes over it again.
+        batch.insert(&self.meta, META_COMPACTED_PHYSICALLY, 0u64.to_be_bytes());
         self.put_applied(&mut batch, applied.index, applied.term);
         // Lower the compaction bound only after the data is in; raise it before.
         self.compact_revision
             .fetch_max(compact_revision.0, Ordering::SeqCst);
         {
-            // Readers see the old index with the old data or the new with the new.
+            // Readers see the old index with the old data or the new with the new; the
+            // compactor commits no removal while the data is replaced.
+            let mut physical = self.physical_compaction.lock().unwrap();
             let mut latest = self.latest.lock().unwrap();
             engine("installing a snapshot", batch.commit());
             *latest = new_latest;
             *self.leases.lock().unwrap() = leases.into_iter().collect();
+            physical.installs += 1;
+            physical.target = compact_revision;
+            physical.done = Revision(0);
+            self.physical_compaction_changed.notify_all();
         }
         engine(
             "persisting a snapshot",
@@ -889,19 +1044,29 @@ impl ReadView {
     /// A checksum (CRC32C) of every stored version at or below `at`, in storage order:
     /// members that applied the same writes and compactions agree on it.
     pub fn hash_kv(&self, at: Revision) -> u32 {
+        // The view took its snapshot before it read the compacted revision: every version
+        // missing from the snapshot is garbage at that revision, so the hash is of what
+        // the compaction keeps, whether or not its garbage is gone from this member's
+        // disk yet.
+        let compacted = self.compacted;
         let mut crc = 0u32;
-        for item in self.kv.iter() {
-            let (stored_key, stored_value) = engine("hashing the store", item);
-            let revision = u64::from_be_bytes(
-                stored_key[stored_key.len() - 8..]
-                    .try_into()
-                    .expect("8 revision bytes"),
-            ) as i64;
-            if revision <= at.0 {
-                crc = crc32c::crc32c_append(crc, &stored_key);
-                crc = crc32c::crc32c_append(crc, &stored_value);
-            }
-        }
+        let versions = self.kv.iter().map(|item| engine("hashing the store", item));
+        let _ = super::compaction::classify(
+            versions,
+            compacted,
+            |stored_key, stored_value, garbage| {
+                let revision = u64::from_be_bytes(
+                    stored_key[stored_key.len() - 8..]
+                        .try_into()
+                        .expect("8 revision bytes"),
+                ) as i64;
+                if !garbage && revision <= at.0 {
+                    crc = crc32c::crc32c_append(crc, stored_key);
+                    crc = crc32c::crc32c_append(crc, stored_value);
+                }
+                ControlFlow::Continue(())
+            },
+        );
         crc
     }
 
@@ -1187,4 +1352,22 @@ impl WriteTxn<'_> {
             sink.publish(RevisionEvents { revision, events });
         }
     }
+}
+
+/// Starts the thread that removes compaction's garbage from `store` (one per store,
+/// whatever number of compactions). It ends once the store is dropped.
+pub fn spawn_physical_compactor(
+    store: &Arc<MvccStore>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let store: Weak<MvccStore> = Arc::downgrade(store);
+    std::thread::Builder::new()
+        .name("ostrakon-compactor".into())
+        .spawn(move || loop {
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            if !store.compact_physically() {
+                store.wait_for_compaction_work(Duration::from_secs(1));
+            }
+        })
 }
