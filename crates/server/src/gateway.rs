@@ -12,9 +12,11 @@
 use std::future::Future;
 
 use axum::body::{Body, Bytes};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{any, MethodRouter};
 use axum::Router;
 use ostrakon_proto::etcdserverpb::auth_client::AuthClient;
 use ostrakon_proto::etcdserverpb::cluster_client::ClusterClient;
@@ -188,6 +190,32 @@ where
         .expect("a valid response")
 }
 
+/// A POST route that answers other methods as etcd's gateway does: 405 with Go's plain
+/// "Method Not Allowed" and no `Allow` header (axum's own 405 adds one).
+fn post_only<H, T>(handler: H) -> MethodRouter
+where
+    H: Handler<T, ()>,
+    T: 'static,
+{
+    any(move |request: axum::extract::Request| {
+        let handler = handler.clone();
+        async move {
+            if request.method() != axum::http::Method::POST {
+                return (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    [
+                        ("content-type", "text/plain; charset=utf-8"),
+                        ("x-content-type-options", "nosniff"),
+                    ],
+                    "Method Not Allowed\n",
+                )
+                    .into_response();
+            }
+            handler.call(request, ()).await
+        }
+    })
+}
+
 /// The routes, calling the member's gRPC services over `channel`.
 pub fn routes(channel: Channel) -> Router {
     let mut router = Router::new();
@@ -196,7 +224,7 @@ pub fn routes(channel: Channel) -> Router {
             let channel = channel.clone();
             router = router.route(
                 $path,
-                post(move |headers: HeaderMap, body: Bytes| {
+                post_only(move |headers: HeaderMap, body: Bytes| {
                     let channel = channel.clone();
                     async move {
                         unary::<$request, _, _, _>(headers, body, |request| async move {
@@ -446,7 +474,7 @@ pub fn routes(channel: Channel) -> Router {
     let watch_channel = channel.clone();
     router = router.route(
         "/v3/watch",
-        post(move |headers: HeaderMap, body: Bytes| {
+        post_only(move |headers: HeaderMap, body: Bytes| {
             let channel = watch_channel.clone();
             async move {
                 let requests = match parse_all::<WatchRequest>(&body) {
@@ -472,7 +500,7 @@ pub fn routes(channel: Channel) -> Router {
     let keepalive_channel = channel.clone();
     router = router.route(
         "/v3/lease/keepalive",
-        post(move |headers: HeaderMap, body: Bytes| {
+        post_only(move |headers: HeaderMap, body: Bytes| {
             let channel = keepalive_channel.clone();
             async move {
                 let requests = match parse_all::<LeaseKeepAliveRequest>(&body) {
@@ -494,7 +522,7 @@ pub fn routes(channel: Channel) -> Router {
     let observe_channel = channel.clone();
     router = router.route(
         "/v3/election/observe",
-        post(move |headers: HeaderMap, body: Bytes| {
+        post_only(move |headers: HeaderMap, body: Bytes| {
             let channel = observe_channel.clone();
             async move {
                 let request = match parse_one::<LeaderRequest>(&body) {
@@ -514,7 +542,7 @@ pub fn routes(channel: Channel) -> Router {
     let snapshot_channel = channel;
     router.route(
         "/v3/maintenance/snapshot",
-        post(move |headers: HeaderMap| {
+        post_only(move |headers: HeaderMap| {
             let channel = snapshot_channel.clone();
             async move {
                 match MaintenanceClient::new(channel)

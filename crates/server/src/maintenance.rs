@@ -20,9 +20,6 @@ use tonic::{Request, Response, Status};
 use crate::common;
 use crate::errors::ApiError;
 
-/// The etcd API version ostrakon implements; clients gate features on it.
-pub const ETCD_API_VERSION: &str = "3.5.0";
-
 pub struct MaintenanceService {
     node: NodeHandle,
 }
@@ -210,7 +207,7 @@ impl Maintenance for MaintenanceService {
         let db_bytes = store.disk_bytes() as i64;
         Ok(Response::new(StatusResponse {
             header: common::current_header(&self.node),
-            version: ETCD_API_VERSION.to_string(),
+            version: crate::etcd_http::ETCD_SERVER_VERSION.to_string(),
             db_size: db_bytes,
             leader: status.leader.0,
             raft_index: status.commit.0,
@@ -273,7 +270,7 @@ async fn stream_backup(
                 header: header.take(),
                 remaining_bytes: remaining,
                 blob,
-                version: ETCD_API_VERSION.to_string(),
+                version: crate::etcd_http::ETCD_SERVER_VERSION.to_string(),
             };
             if chunks.send(Ok(chunk)).await.is_err() {
                 break;

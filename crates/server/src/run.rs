@@ -4,7 +4,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::routing::get;
+use axum::middleware::from_fn;
+use axum::routing::{any, get};
+
+use crate::etcd_http;
 use ostrakon_node::event_loop::{self, StartError};
 use ostrakon_node::transport::PeerService;
 use ostrakon_node::NodeConfig;
@@ -24,7 +27,6 @@ use tonic::service::Routes;
 use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::election::ElectionService;
-use crate::health::health;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::lock::LockService;
@@ -149,10 +151,26 @@ pub async fn run(
             .into_axum_router()
             // Only the gRPC routes above are wrapped: a layer covers what precedes it.
             .layer(axum::middleware::from_fn(crate::observe::grpc_metrics))
-            .route("/health", get(health).with_state(node.clone()))
+            .route(
+                "/health",
+                any(etcd_http::health)
+                    .layer(from_fn(etcd_http::get_only))
+                    .with_state(node.clone()),
+            )
+            .route(
+                "/version",
+                any(etcd_http::version).layer(from_fn(etcd_http::get_only)),
+            )
+            .route(
+                "/debug/vars",
+                any(etcd_http::debug_vars)
+                    .layer(from_fn(etcd_http::get_only))
+                    .with_state(node.clone()),
+            )
+            // etcd serves its metrics whatever the method.
             .route(
                 "/metrics",
-                get(crate::observe::metrics_text).with_state(node.clone()),
+                any(crate::observe::metrics_text).with_state(node.clone()),
             )
             .route(
                 "/readyz",
@@ -166,7 +184,13 @@ pub async fn run(
             .merge(crate::gateway::routes(gateway_channel(
                 listener_addr,
                 config.client_tls.as_ref(),
-            )?));
+            )?))
+            .fallback(etcd_http::not_found);
+        // Around the routing, not inside each route: a preflight is answered before any
+        // route's own method handling, and every HTTP response carries the headers.
+        let router = axum::Router::new()
+            .fallback_service(router)
+            .layer(from_fn(etcd_http::cors));
         let client_router = tonic::transport::Server::builder()
             .accept_http1(true)
             .tcp_nodelay(true)

