@@ -83,6 +83,32 @@ async fn the_space_quota_raises_nospace_which_stops_puts_until_disarmed() {
         "{:?}",
         status.errors()
     );
+    // etcd's /health is unhealthy while an alarm is raised, unless it is excluded.
+    let health = |query: &str| {
+        let url = format!("127.0.0.1:{}", cluster.members[1].client_port);
+        let query = query.to_string();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(url).unwrap();
+            write!(stream, "GET /health{query} HTTP/1.0\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        })
+        .join()
+        .unwrap()
+    };
+    let alarmed = health("");
+    assert!(alarmed.starts_with("HTTP/1.0 503"), "{alarmed}");
+    assert!(
+        alarmed.ends_with(r#"{"health":"false","reason":"ALARM NOSPACE"}"#),
+        "{alarmed}"
+    );
+    let excluded = health("?exclude=NOSPACE");
+    assert!(
+        excluded.ends_with(r#"{"health":"true","reason":""}"#),
+        "{excluded}"
+    );
 
     let etcdctl = Etcdctl {
         binary: &binaries[1],
