@@ -1,6 +1,6 @@
 //! What etcd 3.5 serves over plain HTTP on its client port besides the JSON gateway, as
 //! it serves it (checked response by response against a real etcd 3.5 in
-//! `crates/cli/tests/etcd_http.rs`): `/version`, `/health`, `/debug/vars`, the CORS
+//! `crates/cli/tests/against_etcd.rs`): `/version`, `/health`, `/debug/vars`, the CORS
 //! headers of etcd's default `--cors=*` on every HTTP response (and any `OPTIONS` answered
 //! as a preflight), Go's "404 page not found" for an unknown path and "Method Not
 //! Allowed" for a wrong method. gRPC requests pass through untouched.

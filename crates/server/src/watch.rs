@@ -339,7 +339,7 @@ impl WatchStream {
                     _ => continue,
                 }
             }
-            self.deliver(id, revision).await?;
+            self.deliver(id, std::slice::from_ref(revision)).await?;
         }
         Ok(())
     }
@@ -374,9 +374,9 @@ impl WatchStream {
             .expect("reading watch history panicked");
             match history {
                 Ok(history) => {
-                    for revision in &history.revisions {
-                        self.deliver(id, revision).await?;
-                    }
+                    // The history read at once goes out in one response, as etcd's
+                    // catch-up sends it (a live watcher gets one response per revision).
+                    self.deliver(id, &history.revisions).await?;
                     if let Some(watcher) = self.watchers.get_mut(&id) {
                         watcher.next = watcher.next.max(Revision(history.covered.0 + 1));
                     }
@@ -398,24 +398,30 @@ impl WatchStream {
         }
     }
 
-    /// Sends one revision's events to a watcher (split into fragments if it asked for
-    /// them and they are too large) and moves it past the revision.
-    async fn deliver(&mut self, id: i64, revision: &RevisionEvents) -> Result<(), Gone> {
+    /// Sends the events of `revisions` (ascending) to a watcher in one response (split
+    /// into fragments if it asked for them and they are too large) and moves it past
+    /// them.
+    async fn deliver(&mut self, id: i64, revisions: &[RevisionEvents]) -> Result<(), Gone> {
         let Some(watcher) = self.watchers.get_mut(&id) else {
             return Ok(());
         };
-        assert!(
-            revision.revision >= watcher.next,
-            "watcher {id} would get revision {:?} again",
-            revision.revision
-        );
-        watcher.next = Revision(revision.revision.0 + 1);
-        let events = watcher.select(revision);
+        let mut events = Vec::new();
+        let mut last = Revision(0);
+        for revision in revisions {
+            assert!(
+                revision.revision >= watcher.next,
+                "watcher {id} would get revision {:?} again",
+                revision.revision
+            );
+            watcher.next = Revision(revision.revision.0 + 1);
+            last = revision.revision;
+            events.extend(watcher.select(revision));
+        }
         if events.is_empty() {
             return Ok(());
         }
         let fragment = watcher.fragment;
-        let header = self.header(self.store.current_revision().max(revision.revision));
+        let header = self.header(self.store.current_revision().max(last));
         let parts = if fragment {
             split_by_size(events, self.fragment_bytes_max)
         } else {

@@ -43,7 +43,7 @@ const VALUE_BYTES: usize = 1 << 20;
 const VALUES: usize = 48;
 
 #[test]
-fn installing_a_snapshot_holds_one_copy_of_its_data_not_three() {
+fn installing_a_snapshot_holds_one_copy_of_its_data_not_two() {
     let dir = tempfile::tempdir().unwrap();
     let source_keyspace = fjall::Config::new(dir.path().join("source"))
         .open()

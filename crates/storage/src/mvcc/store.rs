@@ -30,6 +30,8 @@ const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_APPLIED_TERM: &[u8] = b"applied_term";
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+/// The compacted revision of a store never compacted (etcd's initial `compactMainRev`).
+pub const NEVER_COMPACTED: Revision = Revision(-1);
 /// The revision up to which compaction's garbage has been removed from disk (absent in
 /// stores written before compaction was split in two: they compacted at apply).
 const META_COMPACTED_PHYSICALLY: &[u8] = b"compacted_physically";
@@ -131,7 +133,10 @@ impl MvccStore {
                 .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8-byte meta")))
         };
         let revision = read_u64(META_REVISION).map_or(INITIAL_REVISION.0, |v| v as i64);
-        let compact_revision = read_u64(META_COMPACT_REVISION).unwrap_or(0) as i64;
+        // Never compacted is -1, as in etcd: a fresh store may be compacted at revision 0
+        // once (etcd answers "compacted revision 0"), and HashKV reports -1 until then.
+        let compact_revision =
+            read_u64(META_COMPACT_REVISION).map_or(NEVER_COMPACTED.0, |v| v as i64);
         let compacted_physically =
             read_u64(META_COMPACTED_PHYSICALLY).map_or(compact_revision, |v| v as i64);
         let conf_state = engine("reading metadata", meta.get(META_CONF_STATE))
@@ -811,7 +816,11 @@ impl MvccStore {
         );
         // The snapshot may carry its sender's garbage not yet removed: the compactor
         // goes over it again.
-        batch.insert(&self.meta, META_COMPACTED_PHYSICALLY, 0u64.to_be_bytes());
+        batch.insert(
+            &self.meta,
+            META_COMPACTED_PHYSICALLY,
+            (NEVER_COMPACTED.0 as u64).to_be_bytes(),
+        );
         self.put_applied(&mut batch, applied.index, applied.term);
         // Lower the compaction bound only after the data is in; raise it before.
         self.compact_revision
@@ -826,7 +835,7 @@ impl MvccStore {
             *self.leases.lock().unwrap() = leases.into_iter().collect();
             physical.installs += 1;
             physical.target = compact_revision;
-            physical.done = Revision(0);
+            physical.done = NEVER_COMPACTED;
             self.physical_compaction_changed.notify_all();
         }
         engine(

