@@ -1,5 +1,9 @@
 //! Why a client request could not be served, in terms the server maps to etcd's errors.
 
+use std::path::PathBuf;
+
+use ostrakon_storage::wal::WalError;
+
 use ostrakon_raft::NodeId;
 
 /// A request the node could not carry out.
@@ -38,4 +42,24 @@ pub enum NodeError {
     /// The group is not hosted here.
     #[error("unknown group")]
     UnknownGroup,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The WAL could not be recovered.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The state machine could not be opened.
+    #[error("opening the state machine at {0}: {1}")]
+    Store(PathBuf, String),
+    /// A directory could not be created.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Raft refused the configuration.
+    #[error("raft configuration: {0}")]
+    Raft(String),
+    /// The data directory's state contradicts itself.
+    #[error("{0}")]
+    Inconsistent(String),
 }

@@ -1,26 +1,28 @@
 //! The node's single event loop: every raft group, one WAL, one `fdatasync` per round.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ostrakon_proto::peer::WriteRequest;
 use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord};
 use ostrakon_raft::{
-    ConfChange, Config, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId, RawNode,
-    Ready, Role, SnapshotMeta,
+    Config, GroupId, InitialState, LogIndex, MessageBody, NodeId, RawNode, Ready, Role,
+    SnapshotMeta,
 };
+use ostrakon_storage::mvcc::MemberChange;
 use ostrakon_storage::mvcc::MvccStore;
-use ostrakon_storage::mvcc::{FrozenState, MemberChange};
 use ostrakon_storage::snapshot;
-use ostrakon_storage::wal::{RecoveredGroup, Wal, WalError, SEGMENT_BYTES_DEFAULT};
+use ostrakon_storage::wal::{RecoveredGroup, Wal, SEGMENT_BYTES_DEFAULT};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+pub use crate::error::StartError;
 use crate::handle::{GroupShared, GroupStatus, NodeHandle};
-use crate::replica::{ConfResponder, ReadResponder, Replica, WriteResponder};
+pub use crate::input::{ConfResponder, Input, InputSender, ReadResponder, WriteResponder};
+pub use crate::layout::Layout;
+use crate::replica::Replica;
 use crate::transport::Transport;
 use crate::DEFAULT_GROUP;
 
@@ -38,140 +40,6 @@ pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 64 << 20;
 const STORE_CACHE_BYTES: u64 = 8 << 20;
 /// All memtables together: beyond this, fjall flushes the largest to disk.
 const STORE_WRITE_BUFFER_BYTES: u64 = 8 << 20;
-
-/// Everything the event loop reacts to.
-pub enum Input {
-    /// A raft message from a peer.
-    Raft(Message),
-    /// A client write to propose.
-    Propose {
-        /// The group.
-        group: GroupId,
-        /// The write, stamped with this node as origin.
-        write: WriteRequest,
-        /// Answered when applied, or on failure.
-        respond: WriteResponder,
-    },
-    /// A linearizable read wants a read index.
-    ReadIndex {
-        /// The group.
-        group: GroupId,
-        /// Answered with the index to wait for.
-        respond: ReadResponder,
-    },
-    /// A snapshot's data arrived and is durable at `path`; `message` is its InstallSnapshot.
-    SnapshotReceived {
-        /// The InstallSnapshot message.
-        message: Message,
-        /// The received file.
-        path: PathBuf,
-    },
-    /// A snapshot stream to `to` ended.
-    SnapshotReport {
-        /// The group.
-        group: GroupId,
-        /// The receiver.
-        to: NodeId,
-        /// Whether it was received.
-        delivered: bool,
-    },
-    /// A snapshot file at `meta` is durable, and so is the state machine up to it: the
-    /// raft log before it may go.
-    SnapshotCreated {
-        /// The group.
-        group: GroupId,
-        /// Its position.
-        meta: SnapshotMeta,
-        /// The file's size.
-        file_bytes: u64,
-    },
-    /// Hand leadership to `target` (this node must lead).
-    TransferLeader {
-        /// The group.
-        group: GroupId,
-        /// The voter to hand leadership to.
-        target: NodeId,
-        /// Answered once the transfer has started (or could not).
-        respond: tokio::sync::oneshot::Sender<Result<(), NodeError>>,
-    },
-    /// Change the group's membership (this node must lead).
-    ChangeMembership {
-        /// The group.
-        group: GroupId,
-        /// The change.
-        change: ConfChange,
-        /// Answered with the membership once the change applied (or why it could not).
-        respond: ConfResponder,
-    },
-    /// Freeze the group's state for a backup (`Maintenance.Snapshot`).
-    Freeze {
-        /// The group.
-        group: GroupId,
-        /// Answered with the frozen state.
-        respond: tokio::sync::oneshot::Sender<FrozenState>,
-    },
-    /// The group's raft status, with each follower's progress when this member leads.
-    RaftStatus {
-        /// The group.
-        group: GroupId,
-        /// Answered with the status.
-        respond: tokio::sync::oneshot::Sender<ostrakon_raft::Status>,
-    },
-    /// Messages to `to` could not be delivered.
-    Unreachable(NodeId),
-    /// A peer refused this member's messages: the cluster removed it.
-    RemovedByPeer(NodeId),
-    /// Stop: sync, persist, answer everyone waiting.
-    Shutdown,
-}
-
-/// Paths under the data directory.
-#[derive(Clone, Debug)]
-pub struct Layout {
-    /// The write-ahead log.
-    pub wal: PathBuf,
-    /// The fjall keyspace of the state machines.
-    pub kv: PathBuf,
-    /// Snapshot files.
-    pub snap: PathBuf,
-}
-
-impl Layout {
-    /// The layout under `data_dir` (as etcd, everything is under `member/`).
-    pub fn new(data_dir: &Path) -> Layout {
-        let member = data_dir.join("member");
-        Layout {
-            wal: member.join("wal"),
-            kv: member.join("kv"),
-            snap: member.join("snap"),
-        }
-    }
-
-    /// The snapshot file of `group` at `index`.
-    pub fn snapshot_file(&self, group: GroupId, index: LogIndex) -> PathBuf {
-        self.snap.join(format!("g{}-{:016}.snap", group.0, index.0))
-    }
-}
-
-/// Why the node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The WAL could not be recovered.
-    #[error(transparent)]
-    Wal(#[from] WalError),
-    /// The state machine could not be opened.
-    #[error("opening the state machine at {0}: {1}")]
-    Store(PathBuf, String),
-    /// A directory could not be created.
-    #[error("{0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    /// Raft refused the configuration.
-    #[error("raft configuration: {0}")]
-    Raft(String),
-    /// The data directory's state contradicts itself.
-    #[error("{0}")]
-    Inconsistent(String),
-}
 
 /// The running loop's state.
 pub struct EventLoop {
@@ -256,7 +124,7 @@ pub fn start(
         transport.clone(),
         removed.subscribe(),
     );
-    runtime.spawn(crate::lessor::run(
+    runtime.spawn(crate::lease_expiry::run(
         handle.clone(),
         group,
         lessor,
@@ -868,9 +736,6 @@ fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
         let _ = std::fs::remove_file(path);
     }
 }
-
-/// The sender half of the loop's input channel (bounded: `INPUT_QUEUE_MAX`).
-pub type InputSender = flume::Sender<Input>;
 
 /// Leader gauges and etcd's count of leader changes: a change is a new leader other than
 /// none that differs from the one known before.

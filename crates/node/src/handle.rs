@@ -6,32 +6,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ostrakon_proto::peer::{write_request, MemberAttributes, MemberRecord, WriteRequest};
-use ostrakon_raft::{next_conf_state, ConfChange, ConfState, GroupId, LogIndex, NodeId, Term};
+use ostrakon_raft::{next_conf_state, ConfChange, ConfState, GroupId, LogIndex, NodeId};
 use ostrakon_storage::mvcc::{MvccStore, WriteOutcome};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::event_loop::{Input, InputSender};
+use crate::input::{Input, InputSender};
 use crate::spans::{self, SpanKind};
+pub use crate::status::GroupStatus;
 use crate::transport::Transport;
-
-/// A group's state as last published by the event loop.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GroupStatus {
-    /// The current term.
-    pub term: Term,
-    /// The known leader, or `NodeId::NONE`.
-    pub leader: NodeId,
-    /// Whether this node leads the group.
-    pub is_leader: bool,
-    /// The commit index.
-    pub commit: LogIndex,
-    /// The applied index.
-    pub applied: LogIndex,
-    /// Whether this node is a learner of the group.
-    pub is_learner: bool,
-}
 
 /// What the handle shares with the event loop about one group.
 pub struct GroupShared {
@@ -105,7 +89,7 @@ impl NodeHandle {
                 name: config.name.clone(),
                 client_urls: config.client_urls.clone(),
                 removed,
-                snap_dir: crate::event_loop::Layout::new(&config.data_dir).snap,
+                snap_dir: crate::layout::Layout::new(&config.data_dir).snap,
                 quota_backend_bytes: config.quota_backend_bytes,
             }),
         }

@@ -14,7 +14,8 @@ use ostrakon_proto::peer::{MemberRecord, MembersQuery};
 use ostrakon_raft::NodeId;
 
 use crate::config::NodeConfig;
-use crate::event_loop::{Layout, StartError};
+use crate::error::StartError;
+use crate::layout::Layout;
 use crate::DEFAULT_GROUP;
 
 /// How long a joining member waits for one peer's answer.

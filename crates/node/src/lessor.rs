@@ -8,20 +8,13 @@
 //! reset again and again by leader changes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ostrakon_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
-use ostrakon_proto::peer::write_request;
-use ostrakon_raft::{GroupId, Term};
+use ostrakon_proto::etcdserverpb::LeaseCheckpoint;
+use ostrakon_raft::Term;
 use ostrakon_storage::mvcc::MvccStore;
 
-use crate::handle::NodeHandle;
-
-/// How often the leader looks for expired leases.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the leader records remaining TTLs in the log.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// A revoke that has not taken effect after this long is proposed again.
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
@@ -131,7 +124,7 @@ impl Lessor {
 
     /// `sync`, then the leases whose deadline passed and whose revoke should be proposed
     /// now.
-    fn sweep(&self, store: &MvccStore, leading: Option<Term>, now: Instant) -> Vec<i64> {
+    pub(crate) fn sweep(&self, store: &MvccStore, leading: Option<Term>, now: Instant) -> Vec<i64> {
         let mut state = self.state.lock().unwrap();
         Self::sync_locked(&mut state, store, leading, now);
         if state.leading.is_none() {
@@ -156,7 +149,7 @@ impl Lessor {
     }
 
     /// Every lease's remaining TTL, for a checkpoint.
-    fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
+    pub(crate) fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
         let state = self.state.lock().unwrap();
         state
             .deadlines
@@ -169,49 +162,13 @@ impl Lessor {
     }
 }
 
-/// Runs a group's lessor: sweeps for expired leases, proposes their revokes, and
-/// checkpoints remaining TTLs, while this member leads. Ends when the node stops.
-pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store: Arc<MvccStore>) {
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_checkpoint = Instant::now();
-    loop {
-        sweep.tick().await;
-        let Ok(status) = handle.status(group) else {
-            return;
-        };
-        let leading = status.is_leader.then_some(status.term);
-        let now = Instant::now();
-        for id in lessor.sweep(&store, leading, now) {
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let revoke = write_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
-                if let Err(error) = handle.write(group, revoke).await {
-                    tracing::debug!(lease = id, %error, "revoking an expired lease failed; will retry");
-                }
-            });
-        }
-        if leading.is_some() && now.duration_since(last_checkpoint) >= CHECKPOINT_INTERVAL {
-            last_checkpoint = now;
-            let checkpoints = lessor.checkpoints(now);
-            if !checkpoints.is_empty() {
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    let request = write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest {
-                        checkpoints,
-                    });
-                    let _ = handle.write(group, request).await;
-                });
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use ostrakon_proto::etcdserverpb::LeaseGrantRequest;
+    use ostrakon_proto::peer::write_request;
     use ostrakon_proto::peer::WriteRequest;
+    use ostrakon_raft::GroupId;
     use ostrakon_raft::LogIndex;
     use ostrakon_storage::mvcc::apply_write;
 

@@ -22,12 +22,16 @@ pub mod event_loop;
 pub mod events;
 pub mod handle;
 pub mod identity;
+pub mod input;
+pub mod layout;
+mod lease_expiry;
 pub mod lessor;
 pub mod metrics;
 pub mod reconfig_check;
 mod replica;
 pub mod restore;
 pub mod spans;
+pub mod status;
 pub mod tls;
 pub mod transport;
 

@@ -14,19 +14,13 @@ use ostrakon_raft::{
 };
 use ostrakon_storage::mvcc::{apply_write, MvccStore, WriteOutcome};
 use prost::Message as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::error::NodeError;
-use crate::handle::GroupStatus;
+use crate::input::{ConfResponder, ReadResponder, WriteResponder};
 use crate::reconfig_check;
 use crate::spans::{self, SpanContext, SpanKind};
-
-/// Where a proposer waits for its write's outcome.
-pub type WriteResponder = oneshot::Sender<Result<WriteOutcome, NodeError>>;
-/// Where a reader waits for its read index.
-pub type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
-/// Where a membership change waits for the membership it produced.
-pub type ConfResponder = oneshot::Sender<Result<ConfState, NodeError>>;
+use crate::status::GroupStatus;
 
 /// A learner may be promoted once its log holds this share of the leader's (etcd's
 /// `readyPercent`): a voter far behind would weaken the quorum while it catches up.

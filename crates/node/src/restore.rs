@@ -11,8 +11,10 @@ use ostrakon_storage::mvcc::{AppliedState, MvccStore};
 use ostrakon_storage::snapshot::{self, SnapshotInfo};
 
 use crate::config::NodeConfig;
-use crate::event_loop::{founder_records, open_storage, seal_bootstrap, Layout, StartError};
+use crate::error::StartError;
+use crate::event_loop::{founder_records, open_storage, seal_bootstrap};
 use crate::identity::Identity;
+use crate::layout::Layout;
 use crate::DEFAULT_GROUP;
 
 /// Writes a founding member's data directory from `backup`. Refuses a data directory that

@@ -6,6 +6,7 @@
 //! which raft tolerates. Snapshots go in their own stream, in chunks, and their outcome is
 //! always reported back to raft.
 
+mod codec;
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,7 +30,8 @@ pub use service::PeerService;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::event_loop::{Input, InputSender, Layout};
+use crate::input::{Input, InputSender};
+use crate::layout::Layout;
 use crate::tls::TlsMaterial;
 
 /// Messages in one batch at most.
@@ -271,7 +273,7 @@ impl Transport {
             if let Ok(Err(status)) = call.await {
                 tracing::debug!(to = to.0, %status, "peer stream broke");
                 if status.code() == tonic::Code::FailedPrecondition
-                    && status.message() == service::MEMBER_REMOVED
+                    && status.message() == codec::MEMBER_REMOVED
                 {
                     let _ = self.inner.inputs.send_async(Input::RemovedByPeer(to)).await;
                     return;
@@ -378,7 +380,7 @@ impl Transport {
             .map_err(|_| NodeError::LeaderChanged)?
             .into_inner();
         if let Some(error) = response.error {
-            return Err(service::decode_node_error(error));
+            return Err(codec::decode_node_error(error));
         }
         let conf_state = response.conf_state.ok_or(NodeError::LeaderChanged)?;
         ostrakon_raft::ConfState::try_from(&conf_state).map_err(|_| NodeError::LeaderChanged)
@@ -450,6 +452,6 @@ impl Transport {
                 _ => NodeError::LeaderChanged,
             })?
             .into_inner();
-        service::decode_forward_response(response)
+        codec::decode_forward_response(response)
     }
 }

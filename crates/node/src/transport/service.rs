@@ -4,18 +4,17 @@ use std::path::PathBuf;
 
 use ostrakon_proto::peer::peer_server::Peer;
 use ostrakon_proto::peer::{
-    self as pb, write_response, ForwardRequest, ForwardResponse, MessageBatch, RaftAck,
-    SnapshotAck, SnapshotChunk, WriteResponse,
+    self as pb, ForwardRequest, ForwardResponse, MessageBatch, RaftAck, SnapshotAck, SnapshotChunk,
 };
 use ostrakon_raft::{ConfChange, GroupId, Message, MessageBody, NodeId};
-use ostrakon_storage::mvcc::WriteOutcome;
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::NodeError;
-use crate::event_loop::{Input, InputSender, Layout};
+use super::codec::{encode_forward_response, encode_node_error, MEMBER_REMOVED};
 use crate::handle::NodeHandle;
+use crate::input::{Input, InputSender};
+use crate::layout::Layout;
 
 /// Snapshots received at once, every group and sender together. A snapshot stream
 /// holds a file and disk bandwidth; a leader refused here reports the snapshot
@@ -91,9 +90,6 @@ impl PeerService {
         Ok(())
     }
 }
-
-/// The answer to a removed member's messages (etcd's words); the sender stops on it.
-pub(super) const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
 
 #[tonic::async_trait]
 impl Peer for PeerService {
@@ -292,74 +288,5 @@ impl Peer for PeerService {
                 },
             };
         Ok(Response::new(answer))
-    }
-}
-
-/// Node errors that cross the wire, as negative codes (etcd's gRPC codes are positive).
-const REMOTE_NOT_LEADER: i32 = -1;
-const REMOTE_NO_LEADER: i32 = -2;
-const REMOTE_LEADER_CHANGED: i32 = -3;
-const REMOTE_OVERLOADED: i32 = -4;
-const REMOTE_STOPPED: i32 = -5;
-const REMOTE_CHANGE_IN_PROGRESS: i32 = -6;
-
-/// A node error for the wire; `Refused` keeps etcd's code and message.
-pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
-    let code = match error {
-        NodeError::Refused { code, message } => return pb::Error { code, message },
-        NodeError::NotLeader(_) => REMOTE_NOT_LEADER,
-        NodeError::NoLeader | NodeError::UnknownGroup => REMOTE_NO_LEADER,
-        NodeError::LeaderChanged | NodeError::Timeout => REMOTE_LEADER_CHANGED,
-        NodeError::Overloaded => REMOTE_OVERLOADED,
-        NodeError::Stopped => REMOTE_STOPPED,
-        NodeError::ChangeInProgress => REMOTE_CHANGE_IN_PROGRESS,
-    };
-    pb::Error {
-        code,
-        message: String::new(),
-    }
-}
-
-/// The node error a remote member reported. A remote "not leader" or "stopped" means
-/// the leader this member believed in is gone: the client may retry.
-pub(super) fn decode_node_error(error: pb::Error) -> NodeError {
-    match error.code {
-        REMOTE_NOT_LEADER | REMOTE_LEADER_CHANGED | REMOTE_STOPPED => NodeError::LeaderChanged,
-        REMOTE_NO_LEADER => NodeError::NoLeader,
-        REMOTE_OVERLOADED => NodeError::Overloaded,
-        REMOTE_CHANGE_IN_PROGRESS => NodeError::ChangeInProgress,
-        code => NodeError::Refused {
-            code,
-            message: error.message,
-        },
-    }
-}
-
-fn encode_forward_response(outcome: Result<WriteOutcome, NodeError>) -> ForwardResponse {
-    let response = match outcome {
-        Ok(outcome) => outcome,
-        Err(error) => WriteOutcome::Error(encode_node_error(error)),
-    };
-    ForwardResponse {
-        response: Some(WriteResponse {
-            response: Some(response),
-        }),
-    }
-}
-
-pub(super) fn decode_forward_response(
-    response: ForwardResponse,
-) -> Result<WriteOutcome, NodeError> {
-    let outcome = response
-        .response
-        .and_then(|r| r.response)
-        .ok_or(NodeError::LeaderChanged)?;
-    match outcome {
-        // An etcd error is the write's outcome; an internal one is the forward's failure.
-        write_response::Response::Error(error) if error.code >= 0 => {
-            Ok(write_response::Response::Error(error))
-        }
-        write_response::Response::Error(error) => Err(decode_node_error(error)),
-        other => Ok(other),
     }
 }

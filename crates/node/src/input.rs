@@ -1,0 +1,108 @@
+//! What the event loop reacts to, and how it answers: the types every sender of inputs
+//! (the node's handle, the peer transport, snapshot threads) shares with the loop, kept
+//! in a leaf module so that none of them imports the loop.
+
+use std::path::PathBuf;
+
+use ostrakon_proto::peer::WriteRequest;
+use ostrakon_raft::{ConfChange, ConfState, GroupId, LogIndex, Message, NodeId, SnapshotMeta};
+use ostrakon_storage::mvcc::{FrozenState, WriteOutcome};
+use tokio::sync::oneshot;
+
+use crate::error::NodeError;
+
+/// Where a proposer waits for its write's outcome.
+pub type WriteResponder = oneshot::Sender<Result<WriteOutcome, NodeError>>;
+/// Where a reader waits for its read index.
+pub type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
+/// Where a membership change waits for the membership it produced.
+pub type ConfResponder = oneshot::Sender<Result<ConfState, NodeError>>;
+
+/// Everything the event loop reacts to.
+pub enum Input {
+    /// A raft message from a peer.
+    Raft(Message),
+    /// A client write to propose.
+    Propose {
+        /// The group.
+        group: GroupId,
+        /// The write, stamped with this node as origin.
+        write: WriteRequest,
+        /// Answered when applied, or on failure.
+        respond: WriteResponder,
+    },
+    /// A linearizable read wants a read index.
+    ReadIndex {
+        /// The group.
+        group: GroupId,
+        /// Answered with the index to wait for.
+        respond: ReadResponder,
+    },
+    /// A snapshot's data arrived and is durable at `path`; `message` is its InstallSnapshot.
+    SnapshotReceived {
+        /// The InstallSnapshot message.
+        message: Message,
+        /// The received file.
+        path: PathBuf,
+    },
+    /// A snapshot stream to `to` ended.
+    SnapshotReport {
+        /// The group.
+        group: GroupId,
+        /// The receiver.
+        to: NodeId,
+        /// Whether it was received.
+        delivered: bool,
+    },
+    /// A snapshot file at `meta` is durable, and so is the state machine up to it: the
+    /// raft log before it may go.
+    SnapshotCreated {
+        /// The group.
+        group: GroupId,
+        /// Its position.
+        meta: SnapshotMeta,
+        /// The file's size.
+        file_bytes: u64,
+    },
+    /// Hand leadership to `target` (this node must lead).
+    TransferLeader {
+        /// The group.
+        group: GroupId,
+        /// The voter to hand leadership to.
+        target: NodeId,
+        /// Answered once the transfer has started (or could not).
+        respond: tokio::sync::oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// Change the group's membership (this node must lead).
+    ChangeMembership {
+        /// The group.
+        group: GroupId,
+        /// The change.
+        change: ConfChange,
+        /// Answered with the membership once the change applied (or why it could not).
+        respond: ConfResponder,
+    },
+    /// Freeze the group's state for a backup (`Maintenance.Snapshot`).
+    Freeze {
+        /// The group.
+        group: GroupId,
+        /// Answered with the frozen state.
+        respond: tokio::sync::oneshot::Sender<FrozenState>,
+    },
+    /// The group's raft status, with each follower's progress when this member leads.
+    RaftStatus {
+        /// The group.
+        group: GroupId,
+        /// Answered with the status.
+        respond: tokio::sync::oneshot::Sender<ostrakon_raft::Status>,
+    },
+    /// Messages to `to` could not be delivered.
+    Unreachable(NodeId),
+    /// A peer refused this member's messages: the cluster removed it.
+    RemovedByPeer(NodeId),
+    /// Stop: sync, persist, answer everyone waiting.
+    Shutdown,
+}
+
+/// The sender half of the loop's input channel (bounded: `event_loop::INPUT_QUEUE_MAX`).
+pub type InputSender = flume::Sender<Input>;

@@ -1,0 +1,81 @@
+//! What crosses the wire between members besides raft messages: node errors as codes,
+//! forwarded writes' outcomes, and the words a removed member is refused with. Shared by
+//! the client side (`mod.rs`) and the server side (`service.rs`), which import it and
+//! not each other.
+
+use ostrakon_proto::peer::{self as pb, write_response, ForwardResponse, WriteResponse};
+use ostrakon_storage::mvcc::WriteOutcome;
+
+use crate::error::NodeError;
+
+/// The answer to a removed member's messages (etcd's words); the sender stops on it.
+pub(super) const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
+
+/// Node errors that cross the wire, as negative codes (etcd's gRPC codes are positive).
+const REMOTE_NOT_LEADER: i32 = -1;
+const REMOTE_NO_LEADER: i32 = -2;
+const REMOTE_LEADER_CHANGED: i32 = -3;
+const REMOTE_OVERLOADED: i32 = -4;
+const REMOTE_STOPPED: i32 = -5;
+const REMOTE_CHANGE_IN_PROGRESS: i32 = -6;
+
+/// A node error for the wire; `Refused` keeps etcd's code and message.
+pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
+    let code = match error {
+        NodeError::Refused { code, message } => return pb::Error { code, message },
+        NodeError::NotLeader(_) => REMOTE_NOT_LEADER,
+        NodeError::NoLeader | NodeError::UnknownGroup => REMOTE_NO_LEADER,
+        NodeError::LeaderChanged | NodeError::Timeout => REMOTE_LEADER_CHANGED,
+        NodeError::Overloaded => REMOTE_OVERLOADED,
+        NodeError::Stopped => REMOTE_STOPPED,
+        NodeError::ChangeInProgress => REMOTE_CHANGE_IN_PROGRESS,
+    };
+    pb::Error {
+        code,
+        message: String::new(),
+    }
+}
+
+/// The node error a remote member reported. A remote "not leader" or "stopped" means
+/// the leader this member believed in is gone: the client may retry.
+pub(super) fn decode_node_error(error: pb::Error) -> NodeError {
+    match error.code {
+        REMOTE_NOT_LEADER | REMOTE_LEADER_CHANGED | REMOTE_STOPPED => NodeError::LeaderChanged,
+        REMOTE_NO_LEADER => NodeError::NoLeader,
+        REMOTE_OVERLOADED => NodeError::Overloaded,
+        REMOTE_CHANGE_IN_PROGRESS => NodeError::ChangeInProgress,
+        code => NodeError::Refused {
+            code,
+            message: error.message,
+        },
+    }
+}
+
+pub(super) fn encode_forward_response(outcome: Result<WriteOutcome, NodeError>) -> ForwardResponse {
+    let response = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => WriteOutcome::Error(encode_node_error(error)),
+    };
+    ForwardResponse {
+        response: Some(WriteResponse {
+            response: Some(response),
+        }),
+    }
+}
+
+pub(super) fn decode_forward_response(
+    response: ForwardResponse,
+) -> Result<WriteOutcome, NodeError> {
+    let outcome = response
+        .response
+        .and_then(|r| r.response)
+        .ok_or(NodeError::LeaderChanged)?;
+    match outcome {
+        // An etcd error is the write's outcome; an internal one is the forward's failure.
+        write_response::Response::Error(error) if error.code >= 0 => {
+            Ok(write_response::Response::Error(error))
+        }
+        write_response::Response::Error(error) => Err(decode_node_error(error)),
+        other => Ok(other),
+    }
+}
