@@ -11,6 +11,7 @@ mod compaction;
 mod error;
 mod etcd;
 mod events;
+mod history;
 mod keys;
 pub(crate) mod latest;
 mod members;
