@@ -166,6 +166,9 @@ async fn http_endpoints_answer_as_etcd_3_5_does() {
             false,
         ),
         ("GET", "/v3/kv/range", "", true),
+        ("HEAD", "/health", "", true),
+        ("HEAD", "/version", "", true),
+        ("POST", "/debug/vars", "", false),
     ];
     let mut differences = Vec::new();
     for &(method, path, body, exact) in probes {

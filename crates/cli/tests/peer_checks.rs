@@ -275,3 +275,79 @@ async fn incoming_snapshots_are_bounded_and_an_aborted_one_leaves_no_file() {
         tonic::Code::Aborted
     );
 }
+
+/// A peer that stops reading (SIGSTOP) fills the leader's send queue to it (made tiny
+/// here): the leader drops what does not fit, reports the peer unreachable to raft and
+/// goes on serving; the peer catches up once it resumes. The first version reported it
+/// between raft's ready() and advance(), which raft refuses with a panic: the leader died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_peer_send_queue_drops_messages_and_the_leader_goes_on() {
+    let cluster =
+        TestCluster::start_with_env(3, &[], &[("OSTRAKON_PEER_QUEUE_MESSAGES_MAX", "2")]).await;
+    let leader = cluster.wait_for_leader().await;
+    let stopped = (leader + 1) % 3;
+    let pid = cluster.pid(stopped);
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let mut client = cluster.client(leader).await;
+    // Raft keeps at most 256 appends in flight to a peer: they must outweigh what the
+    // HTTP/2 window and the kernel's socket buffers absorb (a few MiB) before the queue
+    // fills.
+    let value = "v".repeat(64 << 10);
+    let keys: Vec<String> = (0..400).map(|i| format!("w{i:04}")).collect();
+    let mut dropped = 0.0;
+    for (i, key) in keys.iter().enumerate() {
+        client
+            .put(key.clone(), value.clone(), None)
+            .await
+            .unwrap_or_else(|e| panic!("put {i} failed: {e}\n{}", cluster.log(leader)));
+        if i % 50 == 49 {
+            dropped = leader_metric(&cluster, leader, "ostrakon_peer_messages_dropped_total");
+        }
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert!(
+        dropped > 0.0,
+        "the tiny queue to the stopped peer never filled"
+    );
+    assert!(cluster.is_running(leader));
+    let log = cluster.log(leader);
+    assert!(!log.contains("panicked"), "{log}");
+    // The resumed peer catches up on everything.
+    let mut resumed = cluster.client(stopped).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = resumed
+            .get(
+                "w",
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only(),
+                ),
+            )
+            .await;
+        if got.as_ref().is_ok_and(|g| g.count() == keys.len() as i64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed peer did not catch up: {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn leader_metric(cluster: &TestCluster, i: usize, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", cluster.members[i].client_port)).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .parse()
+        .unwrap()
+}

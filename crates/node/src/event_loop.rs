@@ -483,7 +483,8 @@ impl EventLoop {
 
     /// Every group's Ready: early messages out, one WAL sync for all, then the rest.
     fn handle_readies(&mut self) {
-        let mut readies: Vec<(GroupId, Ready)> = Vec::new();
+        // (group, its Ready, the peers whose send queue was full while it was sent)
+        let mut readies: Vec<(GroupId, Ready, Vec<NodeId>)> = Vec::new();
         for (&group, replica) in self.replicas.iter_mut() {
             if !replica.node.has_ready() {
                 continue;
@@ -495,7 +496,6 @@ impl EventLoop {
                 record_soft_state(soft, previous_leader);
             }
             let full = self.transport.send(std::mem::take(&mut ready.messages));
-            report_full_queues(replica, &full);
             if let Some(meta) = &ready.snapshot {
                 install_snapshot(&self.layout, replica, meta);
                 self.wal.set_snapshot(group, meta.clone());
@@ -504,7 +504,7 @@ impl EventLoop {
             if let Some(hard_state) = ready.hard_state {
                 self.wal.set_hard_state(group, hard_state);
             }
-            readies.push((group, ready));
+            readies.push((group, ready, full));
         }
         // Group commit: one write and one fdatasync for every group's entries and votes.
         let sync_started = std::time::Instant::now();
@@ -520,18 +520,21 @@ impl EventLoop {
         }
         if let Some(started) = traced_sync_started {
             let ended = std::time::SystemTime::now();
-            let synced = readies.iter().map(|(_, ready)| ready.entries.len()).sum();
-            for (group, ready) in &readies {
+            let synced = readies
+                .iter()
+                .map(|(_, ready, _)| ready.entries.len())
+                .sum();
+            for (group, ready, _) in &readies {
                 self.replicas[group].record_fsync(&ready.entries, synced, started, ended);
             }
         }
         let me = self.config.id;
-        for (group, mut ready) in readies {
+        for (group, mut ready, mut full) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
-            let full = self
-                .transport
-                .send(std::mem::take(&mut ready.persisted_messages));
-            report_full_queues(replica, &full);
+            full.extend(
+                self.transport
+                    .send(std::mem::take(&mut ready.persisted_messages)),
+            );
             if !ready.committed_entries.is_empty() {
                 let apply_started = std::time::Instant::now();
                 replica.apply(std::mem::take(&mut ready.committed_entries), me);
@@ -541,6 +544,8 @@ impl EventLoop {
             }
             replica.answer_reads(std::mem::take(&mut ready.read_states));
             replica.node.advance();
+            // Only now: raft takes no input between ready() and advance().
+            report_full_queues(replica, &full);
             replica.publish_status(me);
             let store = replica.store.clone();
             self.follow_member_registry(&store);
@@ -666,6 +671,7 @@ impl EventLoop {
 
 /// A peer whose send queue was full lost messages: raft treats it as unreachable (a
 /// leader then probes it one message at a time instead of pipelining), as etcd does.
+/// Called after the group's `advance()`.
 fn report_full_queues(replica: &mut Replica, full: &[NodeId]) {
     for &peer in full {
         replica.node.report_unreachable(peer);

@@ -92,9 +92,9 @@ pub async fn not_found(request: Request) -> Response {
     go_error(StatusCode::NOT_FOUND, "404 page not found")
 }
 
-/// etcd's handlers that take only GET answer anything else so.
+/// etcd's handlers that take only GET (HEAD included) answer anything else so.
 pub async fn get_only(request: Request, next: Next) -> Response {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    if request.method() != Method::GET {
         let mut response = go_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
         response
             .headers_mut()

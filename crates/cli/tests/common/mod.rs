@@ -31,6 +31,8 @@ pub struct TestCluster {
     peer_scheme: &'static str,
     /// How the harness's own clients connect when the client port speaks TLS.
     client_tls: Option<etcd_client::TlsOptions>,
+    /// Environment variables every member starts with.
+    member_env: Vec<(String, String)>,
 }
 
 /// A TLS cluster's schemes and the harness's client credentials.
@@ -64,6 +66,22 @@ impl TestCluster {
     /// Starts `size` members with extra server flags and waits until one leads.
     pub async fn start(size: usize, extra_args: &[&str]) -> TestCluster {
         let mut cluster = TestCluster::unstarted(size, extra_args);
+        cluster.start_members().await;
+        cluster
+    }
+
+    /// Starts `size` members, each with the environment variables `env` (a tunable or a
+    /// failpoint), and waits until one leads.
+    pub async fn start_with_env(
+        size: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestCluster {
+        let mut cluster = TestCluster::unstarted(size, extra_args);
+        cluster.member_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         cluster.start_members().await;
         cluster
     }
@@ -115,6 +133,7 @@ impl TestCluster {
             client_scheme: if tls.client_https { "https" } else { "http" },
             peer_scheme,
             client_tls: tls.client_tls,
+            member_env: Vec::new(),
         }
     }
 
@@ -229,6 +248,11 @@ impl TestCluster {
         let client_url = self.endpoint(i);
         let child = Command::new(env!("CARGO_BIN_EXE_ostrakon"))
             .env_remove("RUST_BACKTRACE")
+            .envs(
+                self.member_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .envs(env.iter().copied())
             .arg("server")
             .args(["--name", &member.name])
@@ -311,6 +335,15 @@ impl TestCluster {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// Member `i`'s process id (it must be running).
+    pub fn pid(&self, i: usize) -> u32 {
+        self.members[i]
+            .child
+            .as_ref()
+            .expect("member is running")
+            .id()
     }
 
     pub fn is_running(&self, i: usize) -> bool {

@@ -43,6 +43,19 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(50);
 /// Messages waiting for one peer's stream; beyond it they are dropped (raft resends), as
 /// etcd drops them when its per-peer buffer is full.
 const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
+
+/// `PEER_QUEUE_MESSAGES_MAX`, unless `OSTRAKON_PEER_QUEUE_MESSAGES_MAX` in the environment
+/// sets another bound: tests make it tiny to see what a full queue does.
+fn peer_queue_messages_max() -> usize {
+    static BOUND: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BOUND.get_or_init(|| {
+        std::env::var("OSTRAKON_PEER_QUEUE_MESSAGES_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&bound| bound > 0)
+            .unwrap_or(PEER_QUEUE_MESSAGES_MAX)
+    })
+}
 /// How often the round trip to each peer is measured.
 const ROUND_TRIP_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// A probe slower than this counts as lost.
@@ -224,7 +237,7 @@ impl Transport {
     }
 
     fn start_sender(&self, to: NodeId) -> mpsc::Sender<pb::RaftMessage> {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        let (tx, rx) = mpsc::channel(peer_queue_messages_max());
         let transport = self.clone();
         self.inner
             .runtime

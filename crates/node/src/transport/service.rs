@@ -27,6 +27,8 @@ pub struct PeerService {
     inputs: InputSender,
     snap_dir: PathBuf,
     incoming_snapshots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Numbers the incoming snapshot streams, for their partial files' names.
+    incoming_streams: std::sync::atomic::AtomicU64,
 }
 
 /// A file being received: removed when dropped before `keep` (the stream failed, or the
@@ -60,6 +62,7 @@ impl PeerService {
             incoming_snapshots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 INCOMING_SNAPSHOTS_MAX,
             )),
+            incoming_streams: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -164,7 +167,12 @@ impl Peer for PeerService {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Status::resource_exhausted("too many snapshots in flight"))?;
-        let partial_path = path.with_extension("part");
+        // Two streams of the same snapshot may overlap (a resend while the first is
+        // still running): each writes its own partial file.
+        let stream_number = self
+            .incoming_streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partial_path = path.with_extension(format!("{stream_number}.part"));
         let io = |e: std::io::Error| Status::internal(format!("{}: {e}", partial_path.display()));
         let mut file = tokio::fs::File::create(&partial_path).await.map_err(io)?;
         let partial = PartialFile {
