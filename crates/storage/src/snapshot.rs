@@ -306,18 +306,26 @@ pub struct CheckedSnapshot {
     pub tables: pb::SnapshotTables,
     /// Where the first item starts.
     items_offset: u64,
+    /// The CRC32C of the items section (the end marker included), to check the second
+    /// read against the first.
+    items_crc: u32,
 }
 
-/// A reader that folds every byte it reads into a CRC32C.
+/// A reader that folds every byte it reads into a CRC32C, and into a second one for a
+/// section while `section_crc` is set.
 struct CrcReader<R> {
     inner: R,
     crc: u32,
+    section_crc: Option<u32>,
 }
 
 impl<R: Read> Read for CrcReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let read = self.inner.read(buf)?;
         self.crc = crc32c::crc32c_append(self.crc, &buf[..read]);
+        if let Some(section) = &mut self.section_crc {
+            *section = crc32c::crc32c_append(*section, &buf[..read]);
+        }
         Ok(read)
     }
 }
@@ -360,6 +368,7 @@ pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
     let mut reader = CrcReader {
         inner: (&mut whole).take(file_bytes - 4),
         crc: 0,
+        section_crc: None,
     };
     if read_vec(&mut reader, MAGIC.len()).map_err(io)? != MAGIC {
         return Err(damaged("not a snapshot file"));
@@ -376,6 +385,7 @@ pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
     let conf = pb::ConfState::decode(conf.as_slice()).map_err(|_| damaged("bad membership"))?;
     let conf_state = ConfState::try_from(&conf).map_err(|_| damaged("bad membership"))?;
     let items_offset = (MAGIC.len() + 36 + conf_bytes) as u64;
+    reader.section_crc = Some(0);
     loop {
         let key_bytes = read_u32(&mut reader).map_err(io)?;
         if key_bytes == END_MARKER {
@@ -396,6 +406,7 @@ pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
             return Err(damaged("item cut short"));
         }
     }
+    let items_crc = reader.section_crc.take().expect("set above");
     let lease_count = read_u32(&mut reader).map_err(io)? as usize;
     if (lease_count as u64).saturating_mul(24) > file_bytes {
         return Err(damaged("leases cut short"));
@@ -438,24 +449,39 @@ pub fn check(path: &Path) -> Result<CheckedSnapshot, SnapshotError> {
         leases,
         tables,
         items_offset,
+        items_crc,
     })
 }
 
 impl CheckedSnapshot {
     /// The stored versions, read from the file one at a time. The file was checked: a
-    /// read that fails now is the disk failing us, and a changed file a broken
-    /// invariant (received snapshots are not written once they are complete).
+    /// read that fails now is the disk failing us, and a file that changed since (its
+    /// items' checksum differs at the end marker) a broken invariant: received snapshots
+    /// are not written once complete. The install's batch commits only after the last
+    /// item, so nothing of a changed file is kept.
     pub fn items(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
         use std::io::{Seek, SeekFrom};
         let mut file = File::open(&self.path)
             .unwrap_or_else(|e| crate::fatal::disk_failure("reopening a checked snapshot", &e));
         file.seek(SeekFrom::Start(self.items_offset))
             .unwrap_or_else(|e| crate::fatal::disk_failure("reading a checked snapshot", &e));
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut reader = CrcReader {
+            inner: std::io::BufReader::with_capacity(1 << 20, file),
+            crc: 0,
+            section_crc: None,
+        };
+        let expected_crc = self.items_crc;
+        let path = self.path.clone();
         std::iter::from_fn(move || {
-            let read = |reader: &mut std::io::BufReader<File>| -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+            let read = |reader: &mut CrcReader<std::io::BufReader<File>>| -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
                 let key_bytes = read_u32(reader)?;
                 if key_bytes == END_MARKER {
+                    assert_eq!(
+                        reader.crc,
+                        expected_crc,
+                        "snapshot {} changed after it was checked",
+                        path.display()
+                    );
                     return Ok(None);
                 }
                 let key = read_vec(reader, key_bytes as usize)?;

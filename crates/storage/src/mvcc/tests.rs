@@ -1238,3 +1238,26 @@ fn a_fresh_store_compacts_at_revision_zero_once_as_etcd_does() {
     assert_eq!(reopened.compact_revision(), Revision(-1));
     assert!(!reopened.compact_physically());
 }
+
+/// A snapshot file that changes between its check and the read of its items is caught
+/// at the end of the items, before the install's batch could commit.
+#[test]
+#[should_panic(expected = "changed after it was checked")]
+fn a_snapshot_changed_after_its_check_is_refused_at_its_end() {
+    let mut source = Fixture::new();
+    source.put("a", "1");
+    source.put("b", "2");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.snap");
+    crate::snapshot::create(&source.store, &path).unwrap();
+    let checked = crate::snapshot::check(&path).unwrap();
+    let mut data = std::fs::read(&path).unwrap();
+    // The last item is b's version, its value "2" right before the end marker.
+    let value_byte = data
+        .windows(5)
+        .position(|w| w == [b'2', 0xFF, 0xFF, 0xFF, 0xFF])
+        .expect("the last value is in the file before the end marker");
+    data[value_byte] = b'3';
+    std::fs::write(&path, data).unwrap();
+    let _items: Vec<_> = checked.items().collect();
+}
