@@ -39,6 +39,9 @@ pub struct Operation<I, O> {
 pub struct OpId(usize);
 
 impl OpId {
+    /// An id no history hands out: for requests a test harness makes on its own behalf.
+    pub const NONE: OpId = OpId(usize::MAX);
+
     /// Position of the operation in [`History::ops`].
     pub fn index(self) -> usize {
         self.0

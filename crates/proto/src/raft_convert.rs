@@ -214,10 +214,12 @@ impl From<&Message> for pb::RaftMessage {
                 commit,
                 read_round,
                 sent_tick,
+                quiesce,
             } => Body::Heartbeat(pb::Heartbeat {
                 commit: commit.0,
                 read_round: *read_round,
                 sent_tick: *sent_tick,
+                quiesce: *quiesce,
             }),
             MessageBody::HeartbeatResponse {
                 read_round,
@@ -296,6 +298,7 @@ impl TryFrom<pb::RaftMessage> for Message {
                 commit: LogIndex(heartbeat.commit),
                 read_round: heartbeat.read_round,
                 sent_tick: heartbeat.sent_tick,
+                quiesce: heartbeat.quiesce,
             },
             Body::HeartbeatResponse(response) => MessageBody::HeartbeatResponse {
                 read_round: response.read_round,
@@ -403,6 +406,13 @@ mod tests {
                 commit: LogIndex(8),
                 read_round: 3,
                 sent_tick: 99,
+                quiesce: false,
+            },
+            MessageBody::Heartbeat {
+                commit: LogIndex(9),
+                read_round: 0,
+                sent_tick: 100,
+                quiesce: true,
             },
             MessageBody::HeartbeatResponse {
                 read_round: 3,

@@ -56,6 +56,12 @@ pub struct Config {
     /// A leadership transfer that has not completed within this many ticks is abandoned
     /// and the leader accepts proposals again. Default: equal to `election_ticks`.
     pub transfer_timeout_ticks: u32,
+    /// Quiescence: once every member holds and knows every committed entry and nothing
+    /// is pending, the leader stops ticking and heartbeating, and so do its followers,
+    /// until a message or a proposal wakes the group. Only correct when the runtime
+    /// reports nodes whose process is down (`RawNode::report_node_down`), since a
+    /// quiesced follower no longer times out by itself. Default false.
+    pub quiesce: bool,
     /// Knob for the simulator's self-test only: deliberately break one protocol rule.
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
@@ -75,6 +81,12 @@ pub enum PlantedBug {
     VoteNotPersisted,
     /// Keep conflicting entries instead of truncating the log on a conflict.
     NoTruncateOnConflict,
+    /// A leader woken from quiescence keeps the lease evidence it had before it slept,
+    /// though its followers may have voted for another leader meanwhile.
+    QuiescedLeaseKept,
+    /// A quiesced follower ignores the report that its leader's node is down, so the
+    /// group never elects a new leader.
+    NodeDownIgnored,
 }
 
 impl Config {
@@ -94,6 +106,7 @@ impl Config {
             apply_bytes_max: 16 << 20,
             uncommitted_bytes_max: 64 << 20,
             transfer_timeout_ticks: 10,
+            quiesce: false,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -158,6 +171,8 @@ pub(crate) enum BugKind {
     CommitPreviousTerm,
     VoteNotPersisted,
     NoTruncateOnConflict,
+    QuiescedLeaseKept,
+    NodeDownIgnored,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -169,6 +184,8 @@ impl From<PlantedBug> for BugKind {
             PlantedBug::CommitPreviousTerm => BugKind::CommitPreviousTerm,
             PlantedBug::VoteNotPersisted => BugKind::VoteNotPersisted,
             PlantedBug::NoTruncateOnConflict => BugKind::NoTruncateOnConflict,
+            PlantedBug::QuiescedLeaseKept => BugKind::QuiescedLeaseKept,
+            PlantedBug::NodeDownIgnored => BugKind::NodeDownIgnored,
         }
     }
 }

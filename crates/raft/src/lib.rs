@@ -51,6 +51,7 @@ mod log;
 mod membership;
 mod message;
 mod progress;
+mod quiesce;
 pub mod quorum;
 mod raft;
 mod raw_node;

@@ -76,6 +76,10 @@ pub enum MessageBody {
         read_round: u64,
         /// The leader's tick count when it sent this heartbeat (for lease reads).
         sent_tick: u64,
+        /// The group is idle and the leader stops ticking: a follower that holds every
+        /// entry up to `commit` stops too (quiescence), until a message wakes it or its
+        /// runtime reports the leader's node down.
+        quiesce: bool,
     },
     /// Follower → leader.
     HeartbeatResponse {
@@ -128,6 +132,7 @@ impl MessageBody {
             MessageBody::RequestVote { .. } => "RequestVote",
             MessageBody::VoteResponse { pre_vote: true, .. } => "PreVoteResponse",
             MessageBody::VoteResponse { .. } => "VoteResponse",
+            MessageBody::Heartbeat { quiesce: true, .. } => "QuiesceHeartbeat",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",

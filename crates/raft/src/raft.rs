@@ -135,6 +135,17 @@ pub struct Raft {
     /// The leader told a transfer target to campaign in this term: the target will ask
     /// voters to disregard their leases, so this leader's lease is void.
     pub(crate) timeout_now_sent: bool,
+    /// Idle: neither ticks nor heartbeats until woken (see `quiesce`).
+    /// Invariant: only a leader or a follower with a known leader is quiesced.
+    pub(crate) quiesced: bool,
+    /// Leader: quiescing heartbeats are out; it quiesces once every member acknowledged
+    /// one (a member that missed it would keep a stale commit index, and a learner
+    /// never times out to ask again).
+    pub(crate) quiescing: Option<crate::quiesce::Quiescing>,
+    /// Heartbeat acknowledgements of heartbeats sent before this tick are no evidence
+    /// for a lease: raised when a quiesced leader wakes, since its clock stood still
+    /// while its followers' liveness clocks ran.
+    pub(crate) lease_floor_tick: u64,
     /// Messages that may leave now.
     pub(crate) msgs: Vec<Message>,
     /// Messages that may leave only once the entries and hard state are durable.
@@ -179,6 +190,9 @@ impl Raft {
             term_durable: true,
             now_ticks: 0,
             timeout_now_sent: false,
+            quiesced: false,
+            quiescing: None,
+            lease_floor_tick: 0,
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
             config,
@@ -232,6 +246,8 @@ impl Raft {
             self.term_durable = false;
         }
         self.timeout_now_sent = false;
+        self.quiesced = false;
+        self.quiescing = None;
         self.leader = NodeId::NONE;
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
@@ -262,6 +278,7 @@ impl Raft {
         self.fail_forwarded_reads();
         self.votes.clear();
         self.leader = NodeId::NONE;
+        self.quiesced = false;
         self.role = Role::PreCandidate;
     }
 
@@ -356,6 +373,11 @@ impl Raft {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        if self.quiesced {
+            // The runtime need not tick a quiesced group at all; if it does, time stands
+            // still for it, as it would have.
+            return;
+        }
         self.now_ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
@@ -365,9 +387,14 @@ impl Raft {
 
     fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.is_promotable() && self.election_elapsed_ticks >= self.randomized_election_ticks {
+        if self.election_elapsed_ticks < self.randomized_election_ticks {
+            return;
+        }
+        if self.is_promotable() {
             self.election_elapsed_ticks = 0;
             self.campaign(false);
+        } else if self.maybe_ask_leader_for_news() {
+            self.election_elapsed_ticks = 0;
         }
     }
 
@@ -389,6 +416,9 @@ impl Raft {
         }
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed_ticks = 0;
+            if self.maybe_quiesce() {
+                return;
+            }
             let last_index = self.log.last_index();
             for progress in self.progress.values_mut() {
                 progress.note_periodic_heartbeat(last_index);
@@ -435,6 +465,9 @@ impl Raft {
             m.to, self.config.id
         );
         assert_eq!(m.group, self.config.group, "message for another group");
+        if self.quiesced && !self.is_quiesced_traffic(&m) {
+            self.wake();
+        }
         if let MessageBody::ReadIndexResponse { request_id, index } = m.body {
             // Keyed by request id and meaningful in any term: a refusal sent just before
             // the leader's term ended must still reach the waiting read.
@@ -560,10 +593,14 @@ impl Raft {
                 commit,
                 read_round,
                 sent_tick,
+                quiesce,
             } => {
                 self.election_elapsed_ticks = 0;
                 self.leader = m.from;
                 self.handle_heartbeat(m.from, commit, read_round, sent_tick);
+                if quiesce {
+                    self.maybe_quiesce_follower(commit);
+                }
             }
             MessageBody::InstallSnapshot { meta } => {
                 self.election_elapsed_ticks = 0;

@@ -133,6 +133,8 @@ pub struct Status {
     pub last_index: LogIndex,
     /// Membership.
     pub conf_state: ConfState,
+    /// Quiesced: neither ticking nor heartbeating until woken.
+    pub quiesced: bool,
     /// Leader only: (member, match index, next index, state) per follower.
     pub progress: Vec<(NodeId, LogIndex, LogIndex, ProgressState)>,
 }
@@ -210,12 +212,14 @@ impl RawNode {
     /// Proposes an application command.
     pub fn propose(&mut self, data: Bytes) -> Result<Proposal, ProposeError> {
         self.assert_not_in_ready();
+        self.raft.wake_leader();
         self.raft.propose(data)
     }
 
     /// Proposes a membership change.
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Proposal, ProposeError> {
         self.assert_not_in_ready();
+        self.raft.wake_leader();
         self.raft.propose_conf_change(change)
     }
 
@@ -227,12 +231,14 @@ impl RawNode {
     /// Requests a linearizable read point; answered in `Ready::read_states`.
     pub fn read_index(&mut self, request_id: u64) -> Result<(), ProposeError> {
         self.assert_not_in_ready();
+        self.raft.wake_leader();
         self.raft.read_index(request_id)
     }
 
     /// Starts a leadership transfer to `target`.
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
         self.assert_not_in_ready();
+        self.raft.wake_leader();
         self.raft.transfer_leader(target)
     }
 
@@ -252,6 +258,19 @@ impl RawNode {
     pub fn report_unreachable(&mut self, to: NodeId) {
         self.assert_not_in_ready();
         self.raft.report_unreachable(to);
+    }
+
+    /// The runtime's node liveness says `node`'s process is down: a follower quiesced
+    /// under a leader there wakes and forgets it, so the group elects another leader.
+    /// Must be called for every node that goes down when `Config::quiesce` is on.
+    pub fn report_node_down(&mut self, node: NodeId) {
+        self.assert_not_in_ready();
+        self.raft.report_node_down(node);
+    }
+
+    /// Whether this member is quiesced: it need not be ticked until an input wakes it.
+    pub fn is_quiesced(&self) -> bool {
+        self.raft.is_quiesced()
     }
 
     /// Whether `ready` would return any work. Cheap: the event loop polls it.
@@ -331,6 +350,7 @@ impl RawNode {
             applied: raft.log.applied(),
             last_index: raft.log.last_index(),
             conf_state: raft.conf.clone(),
+            quiesced: raft.quiesced,
             progress: raft
                 .progress
                 .iter()

@@ -70,6 +70,14 @@ impl ReadIndexState {
     pub(crate) fn has_unsent(&self) -> bool {
         !self.unsent.is_empty()
     }
+
+    /// No read waits for anything: a group with reads in progress must not quiesce.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.waiting_for_commit.is_empty()
+            && self.unsent.is_empty()
+            && self.in_flight.is_empty()
+            && self.ready.is_empty()
+    }
 }
 
 impl Raft {
@@ -157,10 +165,16 @@ impl Raft {
         read_round: u64,
         sent_tick: u64,
     ) {
+        if !self.progress.contains_key(&from) {
+            return;
+        }
+        self.note_quiesce_ack(from, sent_tick);
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        progress.heartbeat_acked_tick = progress.heartbeat_acked_tick.max(sent_tick);
+        if sent_tick >= self.lease_floor_tick {
+            progress.heartbeat_acked_tick = progress.heartbeat_acked_tick.max(sent_tick);
+        }
         // The follower is alive: resume a paused probe, re-probe a follower whose appends
         // were lost, or make room in a full window whose acknowledgements were lost.
         progress.probe_sent = false;
@@ -171,7 +185,9 @@ impl Raft {
             progress.inflights.free_first_one();
         }
         if progress.match_index < self.log.last_index() {
-            self.send_append(from, false);
+            // Even an empty append: in probe, the answer to the last one may have been
+            // lost, and only a new probe at `next` brings the follower's refusal back.
+            self.send_append(from, true);
         }
         if read_round > 0 {
             let acked = self.reads.acked_rounds.entry(from).or_insert(0);
@@ -215,7 +231,7 @@ impl Raft {
     /// 20 %. A leader that told a transfer target to campaign (which overrides leases)
     /// holds no lease.
     fn holds_lease(&self) -> bool {
-        if self.timeout_now_sent || self.transfer.is_some() {
+        if self.timeout_now_sent || self.transfer.is_some() || self.quiesced {
             return false;
         }
         let me = self.config.id;

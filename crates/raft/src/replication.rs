@@ -142,6 +142,7 @@ impl Raft {
                     commit,
                     read_round,
                     sent_tick,
+                    quiesce: false,
                 },
             );
         }

@@ -299,3 +299,43 @@ fn leader_sends_appends_before_its_own_write_is_durable_but_counts_itself_after(
         "one durable copy is not a majority"
     );
 }
+
+#[test]
+fn a_lost_rejection_of_an_empty_probe_is_retried_at_the_next_heartbeat() {
+    // A learner added to an idle group gets an empty probe at the leader's last index;
+    // it refuses (it has nothing), and that refusal is lost. The heartbeat's answer
+    // must bring another probe, or the learner waits forever (found by the simulator,
+    // seed 5459 once quiescence made idle groups common).
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    cluster.propose(id(1), "before").unwrap();
+    cluster.add_empty_node(id(4));
+    let dropped = Rc::new(Cell::new(false));
+    let dropped_in_filter = dropped.clone();
+    cluster.filter = Some(Box::new(move |m: &Message| {
+        let refusal = m.from == id(4)
+            && matches!(
+                m.body,
+                MessageBody::AppendResponse {
+                    reject: Some(_),
+                    ..
+                }
+            );
+        if refusal && !dropped_in_filter.get() {
+            dropped_in_filter.set(true);
+            return true;
+        }
+        false
+    }));
+    cluster
+        .node_mut(id(1))
+        .propose_conf_change(ConfChange::Change(vec![ConfChangeStep::AddLearner(id(4))]))
+        .unwrap();
+    cluster.stabilize();
+    assert!(dropped.get(), "the learner's first refusal was dropped");
+    cluster.tick_all(3);
+    assert_eq!(cluster.node(id(4)).commit(), cluster.node(id(1)).commit());
+    assert_eq!(cluster.applied_data(id(4)), vec!["before"]);
+}

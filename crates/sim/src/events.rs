@@ -30,6 +30,8 @@ pub enum Event {
     Tick(NodeId, u64),
     /// A raft message arrives.
     Deliver(Message, Option<KvState>),
+    /// A node-level liveness heartbeat arrives (one per node pair, whatever the groups).
+    Ping { from: NodeId, to: NodeId },
     /// A node's disk finished persisting its Ready.
     PersistDone(NodeId, u64),
     /// A client request arrives at a node.

@@ -18,7 +18,7 @@ struct Args {
     start_seed: u64,
     /// Plant a protocol bug the checkers must catch: ack-before-persist,
     /// read-without-read-index, commit-previous-term, vote-not-persisted,
-    /// no-truncate-on-conflict.
+    /// no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored.
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -42,10 +42,13 @@ fn parse_bug(name: &str) -> Result<PlantedBug, String> {
         "commit-previous-term" => PlantedBug::CommitPreviousTerm,
         "vote-not-persisted" => PlantedBug::VoteNotPersisted,
         "no-truncate-on-conflict" => PlantedBug::NoTruncateOnConflict,
+        "quiesced-lease-kept" => PlantedBug::QuiescedLeaseKept,
+        "node-down-ignored" => PlantedBug::NodeDownIgnored,
         other => {
             return Err(format!(
             "unknown bug '{other}'; expected one of ack-before-persist, read-without-read-index, \
-                 commit-previous-term, vote-not-persisted, no-truncate-on-conflict"
+                 commit-previous-term, vote-not-persisted, no-truncate-on-conflict, \
+                 quiesced-lease-kept, node-down-ignored"
         ))
         }
     })

@@ -109,6 +109,8 @@ pub enum Input {
     /// The snapshot stream to this node ended, delivered or not (as a runtime's
     /// transport reports it).
     SnapshotReport(NodeId, bool),
+    /// Node liveness: this node has heard nothing from that one for an election timeout.
+    NodeDown(NodeId),
 }
 
 /// A client operation waiting at a node.
@@ -120,6 +122,10 @@ pub struct Waiting {
     pub op: OpId,
     /// For reads: the register.
     pub key: u64,
+    /// For reads: the highest commit index any node knew when the read arrived. Every
+    /// entry up to it was committed before the read began, so a linearizable read index
+    /// is at least this (a deposed leader answering from a stale lease is not).
+    pub read_floor: LogIndex,
 }
 
 /// A node while it is up.
@@ -142,6 +148,13 @@ pub struct Running {
     pub reads: BTreeMap<u64, Waiting>,
     /// Reads with a read index, waiting for applied to reach it.
     pub reads_waiting_apply: Vec<(LogIndex, Waiting)>,
+    /// Node liveness: when each other node was last heard from (any message or ping).
+    /// A node never heard from counts from `started_us`.
+    pub heard_us: BTreeMap<NodeId, u64>,
+    /// When this life started.
+    pub started_us: u64,
+    /// Nodes reported down to raft and not heard from since.
+    pub down: std::collections::BTreeSet<NodeId>,
     /// The membership before the last change this node applied. A write committed just
     /// before a change is applied was counted under this configuration; only one change
     /// is in flight at a time, so no older configuration can have counted it.

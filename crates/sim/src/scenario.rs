@@ -72,6 +72,11 @@ pub struct Scenario {
     pub faults: FaultKnobs,
     /// A deliberate protocol bug the checkers must catch.
     pub bug: Option<PlantedBug>,
+    /// Raft quiescence, with node liveness reporting dead nodes to raft.
+    pub quiesce: bool,
+    /// A client waits up to this long between operations (uniform); long pauses leave
+    /// the group idle long enough to quiesce in the middle of the faults.
+    pub client_think_us_max: u64,
 }
 
 impl Scenario {
@@ -112,6 +117,8 @@ impl Scenario {
             snapshot_every_entries: rng.pick(&[20, 100, 1_000_000]),
             faults,
             bug,
+            quiesce: rng.chance(0.75),
+            client_think_us_max: rng.pick(&[20_000, 20_000, 300_000]),
         }
     }
 }

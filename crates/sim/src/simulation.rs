@@ -21,6 +21,8 @@ const TRACE_LINES_MAX: usize = 4_000;
 /// still makes progress; outside the clients' keys.
 const PROBE_KEY: u64 = u64::MAX;
 /// That write.
+/// The pseudo-client of the simulator's own reads: its answers go to no client.
+const PROBE_CLIENT: u64 = u64::MAX;
 const PROBE_COMMAND: Command = Command::Put {
     key: PROBE_KEY,
     value: 0,
@@ -31,6 +33,10 @@ const PROBE_DEADLINE_US: u64 = 3_000_000;
 const ELECTION_TICKS: u32 = 10;
 /// Raft heartbeat interval in ticks.
 const HEARTBEAT_TICKS: u32 = 2;
+/// How long after healing an idle group must have quiesced.
+const QUIESCE_DEADLINE_US: u64 = 1_000_000;
+/// How long after a quiesced leader's node dies the group must have a new leader.
+const QUIESCED_FAILOVER_DEADLINE_US: u64 = 3_000_000;
 const _: () = assert!(HEARTBEAT_TICKS < ELECTION_TICKS);
 
 /// The history the clients record: register operations keyed by register.
@@ -148,6 +154,7 @@ impl Simulation {
         config.inflight_msgs_max = self.scenario.inflight_msgs_max;
         config.read_mode = self.scenario.read_mode;
         config.planted_bug = self.scenario.bug;
+        config.quiesce = self.scenario.quiesce;
         config
     }
 
@@ -200,6 +207,9 @@ impl Simulation {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
+            heard_us: BTreeMap::new(),
+            started_us: self.now_us,
+            down: BTreeSet::new(),
             conf_before_last_change: disk.snapshot.conf_state.clone(),
         });
         let (epoch, tick_us) = (node.epoch, node.tick_us);
@@ -211,6 +221,9 @@ impl Simulation {
     /// Runs the seed to the end. Returns early on the first violation.
     pub fn run(&mut self) {
         self.run_until(self.scenario.active_us + self.scenario.settle_us);
+        if self.violation.is_none() && self.scenario.quiesce {
+            self.check_quiesced_failover();
+        }
         if self.violation.is_none() {
             self.check_progress();
         }
@@ -262,11 +275,22 @@ impl Simulation {
                     let next = self.now_us + node.tick_us;
                     self.events.push(next, Event::Tick(id, epoch));
                     self.input(id, Input::Tick);
+                    if self.is_up(id) {
+                        self.tick_liveness(id);
+                    }
+                }
+            }
+            Event::Ping { from, to } => {
+                if !self.blocked.contains(&(from, to)) && self.is_up(to) {
+                    self.heard(to, from);
                 }
             }
             Event::Deliver(message, data) => {
                 let delivered =
                     !self.blocked.contains(&(message.from, message.to)) && self.is_up(message.to);
+                if delivered {
+                    self.heard(message.to, message.from);
+                }
                 if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
                     self.report_snapshot_stream(message.from, message.to, delivered);
                 }
@@ -408,6 +432,10 @@ impl Simulation {
             }
             Input::SnapshotReport(to, delivered) => {
                 self.running(id).raw.report_snapshot(to, delivered)
+            }
+            Input::NodeDown(node) => {
+                trace!(self, "{id:?} sees {node:?} down");
+                self.running(id).raw.report_node_down(node);
             }
             Input::Transfer(target) => {
                 let result = self.running(id).raw.transfer_leader(target);
@@ -601,6 +629,14 @@ impl Simulation {
             return;
         };
         match read.index {
+            Some(index) if index < waiting.read_floor => {
+                let message = format!(
+                    "stale read: {id:?} answered client {}'s read with index {index:?}, below \
+                     {:?}, committed before the read began",
+                    waiting.client, waiting.read_floor
+                );
+                self.fail(Violation(message));
+            }
             Some(index) => running.reads_waiting_apply.push((index, waiting)),
             None => {
                 let leader_hint = running.raw.leader();
@@ -701,13 +737,25 @@ impl Simulation {
     ) {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
+        let read_floor = self
+            .nodes
+            .values()
+            .filter_map(|n| n.running.as_ref())
+            .map(|r| r.raw.commit())
+            .max()
+            .unwrap_or(LogIndex(0));
         let running = self.running(id);
         match request {
             Request::Write(command) => {
                 let key = match command {
                     Command::Put { key, .. } | Command::Cas { key, .. } => key,
                 };
-                let waiting = Waiting { client, op, key };
+                let waiting = Waiting {
+                    client,
+                    op,
+                    key,
+                    read_floor: LogIndex(0),
+                };
                 let result = running.raw.propose(command.encode());
                 match result {
                     Ok(proposal) => {
@@ -727,7 +775,12 @@ impl Simulation {
                 );
             }
             Request::Read { key } => {
-                let waiting = Waiting { client, op, key };
+                let waiting = Waiting {
+                    client,
+                    op,
+                    key,
+                    read_floor,
+                };
                 match running.raw.read_index(request_id) {
                     Ok(()) => {
                         running.reads.insert(request_id, waiting);
@@ -742,6 +795,9 @@ impl Simulation {
     }
 
     fn reply(&mut self, waiting: Waiting, reply: Reply) {
+        if waiting.client == PROBE_CLIENT {
+            return;
+        }
         if self.rng.chance(self.scenario.faults.drop_probability) {
             return; // The client will time out: outcome unknown.
         }
@@ -867,9 +923,63 @@ impl Simulation {
             .take()
             .expect("outstanding op");
         self.history.complete(op, outcome, self.now_us);
-        let think_us = self.rng.range(0, 20_000);
+        let think_us = self.rng.range(0, self.scenario.client_think_us_max);
         self.events
             .push(self.now_us + think_us, Event::ClientNext(client));
+    }
+
+    // --- Node liveness ------------------------------------------------------------------
+
+    /// `node` heard from `from`: it is up, as far as `node` can tell.
+    fn heard(&mut self, node: NodeId, from: NodeId) {
+        let now_us = self.now_us;
+        let running = self.running(node);
+        running.heard_us.insert(from, now_us);
+        running.down.remove(&from);
+    }
+
+    /// At each tick: pings every other node, and reports to raft every
+    /// node not heard from for an election timeout of this node's clock (once per
+    /// silence, as a runtime reports a node going down).
+    fn tick_liveness(&mut self, id: NodeId) {
+        let tick_us = self.nodes[&id].tick_us;
+        let others: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(&other, n)| other != id && !n.decommissioned)
+            .map(|(&other, _)| other)
+            .collect();
+        let now_us = self.now_us;
+        let running = self.running(id);
+        let silence_us = u64::from(ELECTION_TICKS) * tick_us;
+        let mut newly_down = Vec::new();
+        for &other in &others {
+            let last_us = running
+                .heard_us
+                .get(&other)
+                .copied()
+                .unwrap_or(running.started_us);
+            if now_us.saturating_sub(last_us) > silence_us && running.down.insert(other) {
+                newly_down.push(other);
+            }
+        }
+        for other in newly_down {
+            self.input(id, Input::NodeDown(other));
+        }
+        for other in others {
+            if self.rng.chance(self.scenario.faults.drop_probability) {
+                continue;
+            }
+            let faults = &self.scenario.faults;
+            let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+            self.events.push(
+                self.now_us + latency,
+                Event::Ping {
+                    from: id,
+                    to: other,
+                },
+            );
+        }
     }
 
     // --- Nemesis ------------------------------------------------------------------------
@@ -1100,6 +1210,124 @@ impl Simulation {
                 PROBE_DEADLINE_US / 1000
             )));
         }
+    }
+
+    /// Quiescence, checked after healing and settling: the idle group quiesces; then its
+    /// leader's node dies, and node liveness must get the quiesced followers to elect
+    /// another leader (a quiesced follower never times out by itself). The old leader
+    /// then restarts for the progress and convergence checks.
+    fn check_quiesced_failover(&mut self) {
+        let quiesce_deadline_us = self.now_us + QUIESCE_DEADLINE_US;
+        let leader = loop {
+            let members = self.latest_conf.1.members();
+            let running: Vec<&Running> = self
+                .nodes
+                .iter()
+                .filter(|(id, _)| members.contains(id))
+                .filter_map(|(_, n)| n.running.as_ref())
+                .collect();
+            let all_quiesced = running
+                .iter()
+                .all(|r| r.raw.is_quiesced() && r.busy.is_none());
+            if let (Some(leader), true) = (self.current_leader(), all_quiesced) {
+                break leader;
+            }
+            if self.now_us >= quiesce_deadline_us {
+                self.fail(Violation(format!(
+                    "an idle, healed group did not quiesce within {} ms",
+                    QUIESCE_DEADLINE_US / 1000
+                )));
+                return;
+            }
+            self.run_until(self.now_us + 10_000);
+            if self.violation.is_some() {
+                return;
+            }
+        };
+        let voters = self.latest_conf.1.voters.len();
+        if voters < 3 {
+            return; // Losing the leader would leave no quorum.
+        }
+        // Cut off rather than dead, the old leader is still up to answer a read: its
+        // followers elected another leader meanwhile, so it must not answer from a lease.
+        let isolate = self.rng.chance(0.5);
+        if isolate {
+            trace!(self, "the quiesced leader {leader:?} is cut off");
+            for other in self.nodes.keys().copied().collect::<Vec<_>>() {
+                if other != leader {
+                    self.blocked.insert((leader, other));
+                    self.blocked.insert((other, leader));
+                }
+            }
+        } else {
+            trace!(self, "the quiesced leader {leader:?} dies");
+            let node = self.nodes.get_mut(&leader).expect("leader");
+            node.running = None;
+            node.epoch += 1;
+            self.invariants.forget_volatile(leader);
+        }
+        let failover_deadline_us = self.now_us + QUIESCED_FAILOVER_DEADLINE_US;
+        let new_leader_committed = |sim: &Simulation| {
+            sim.nodes.iter().any(|(&id, n)| {
+                id != leader
+                    && n.running.as_ref().is_some_and(|r| {
+                        r.raw.role() == Role::Leader
+                            && r.raw.log_term(r.raw.commit()) == Some(r.raw.term())
+                    })
+            })
+        };
+        while !new_leader_committed(self) {
+            if self.now_us >= failover_deadline_us {
+                self.fail(Violation(format!(
+                    "no new leader within {} ms after the quiesced leader's node died",
+                    QUIESCED_FAILOVER_DEADLINE_US / 1000
+                )));
+                return;
+            }
+            self.run_until(self.now_us + 10_000);
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        if isolate {
+            self.read_at_deposed_leader(leader);
+            self.blocked.clear();
+        } else {
+            trace!(self, "{leader:?} restarts");
+            self.start_node(leader);
+        }
+    }
+
+    /// A read at a leader cut off while quiesced, after the others elected a new leader
+    /// that committed an entry: it must not be answered below that entry (checked in
+    /// `handle_read_state`), whatever its lease said before it slept.
+    fn read_at_deposed_leader(&mut self, leader: NodeId) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let read_floor = self
+            .nodes
+            .values()
+            .filter_map(|n| n.running.as_ref())
+            .map(|r| r.raw.commit())
+            .max()
+            .unwrap_or(LogIndex(0));
+        let waiting = Waiting {
+            client: PROBE_CLIENT,
+            op: ostrakon_check::OpId::NONE,
+            key: PROBE_KEY,
+            read_floor,
+        };
+        let running = self.running(leader);
+        if running.busy.is_some() || running.raw.read_index(request_id).is_err() {
+            return;
+        }
+        running.reads.insert(request_id, waiting);
+        trace!(
+            self,
+            "a read at the deposed leader {leader:?} (floor {read_floor:?})"
+        );
+        self.drive(leader);
+        self.run_until(self.now_us + 200_000);
     }
 
     fn check_convergence(&mut self) {

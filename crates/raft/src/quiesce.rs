@@ -1,0 +1,230 @@
+//! Quiescence: an idle group stops ticking and heartbeating, so that a node can hold
+//! many groups at almost no cost at rest (CockroachDB's quiesced ranges, TiKV's
+//! hibernated regions).
+//!
+//! Once every member holds every committed entry and nothing is pending, the leader's
+//! heartbeats become quiescing heartbeats: they carry the commit index and tell each
+//! follower to stop ticking. The leader stops too once every member has acknowledged
+//! one, so no member is left with a stale commit index (a learner would never time out
+//! to ask for it). Any message other than those heartbeats and their answers wakes a
+//! quiesced member, and so does a proposal, a read or a transfer on the leader.
+//!
+//! A quiesced follower no longer times out, so it cannot notice a dead leader by itself:
+//! the runtime watches the nodes (one heartbeat per node pair, whatever the number of
+//! groups) and calls `report_node_down` when a leader's node stops answering. The
+//! follower then forgets that leader and, once awake, elects another as after any
+//! election timeout.
+//!
+//! Two promises change while asleep, and are kept:
+//! - A quiesced leader holds no lease: its clock stands still while its followers' run,
+//!   so a lease measured in its ticks could outlive the followers' promise not to vote.
+//!   On waking it counts only acknowledgements of heartbeats sent after it woke.
+//! - Check-quorum restarts on waking: a leader that slept through a partition steps down
+//!   one election timeout after waking unless a quorum answers meanwhile.
+
+use std::collections::BTreeSet;
+
+use crate::config::BugKind;
+use crate::ids::{LogIndex, NodeId};
+use crate::message::{Message, MessageBody};
+use crate::progress::ProgressState;
+use crate::raft::{Raft, Role};
+
+/// A leader's quiescing heartbeats in flight.
+#[derive(Clone, Debug)]
+pub(crate) struct Quiescing {
+    /// The tick the first quiescing heartbeat was sent at: acknowledgements of heartbeats
+    /// sent before it do not count.
+    since_tick: u64,
+    /// Members that acknowledged a quiescing heartbeat.
+    acked: BTreeSet<NodeId>,
+}
+
+impl Raft {
+    /// Whether the group is idle enough for its leader to stop ticking: every entry is
+    /// durable here, committed, handed out for applying, and held by every member,
+    /// each of which answered within an election timeout; no read, transfer
+    /// or membership change is in progress.
+    fn can_quiesce(&self) -> bool {
+        if !self.config.quiesce || self.role != Role::Leader || self.quiesced {
+            return false;
+        }
+        let last = self.log.last_index();
+        let log_settled = self.term_durable
+            && self.log.persisted() == last
+            && self.log.committed() == last
+            && self.log.applied() == last
+            && !self.pending_broadcast;
+        let nothing_pending = self.transfer.is_none()
+            && self.reads.is_idle()
+            && self.pending_conf_index <= self.log.applied()
+            && self.conf.voters_outgoing.is_empty();
+        let election_ticks = u64::from(self.config.election_ticks);
+        let followers_caught_up = self.progress.values().all(|p| {
+            p.match_index == last
+                && !matches!(p.state, ProgressState::Snapshot { .. })
+                && p.heard_at_tick
+                    .is_some_and(|tick| self.now_ticks.saturating_sub(tick) < election_ticks)
+        });
+        log_settled && nothing_pending && followers_caught_up
+    }
+
+    /// Leader, at heartbeat time: if the group is idle, sends quiescing heartbeats
+    /// instead of heartbeats to the members that have not acknowledged one yet (and
+    /// quiesces at once without followers). Returns whether it did.
+    pub(crate) fn maybe_quiesce(&mut self) -> bool {
+        if !self.can_quiesce() {
+            self.quiescing = None;
+            return false;
+        }
+        let commit = self.log.committed();
+        let sent_tick = self.now_ticks;
+        let quiescing = self.quiescing.get_or_insert_with(|| Quiescing {
+            since_tick: sent_tick,
+            acked: BTreeSet::new(),
+        });
+        let unacked: Vec<NodeId> = self
+            .progress
+            .keys()
+            .filter(|id| !quiescing.acked.contains(id))
+            .copied()
+            .collect();
+        if unacked.is_empty() {
+            self.quiesced = true;
+            self.quiescing = None;
+            return true;
+        }
+        for id in unacked {
+            self.send(
+                id,
+                MessageBody::Heartbeat {
+                    commit,
+                    read_round: 0,
+                    sent_tick,
+                    quiesce: true,
+                },
+            );
+        }
+        true
+    }
+
+    /// Leader: `from` answered a heartbeat sent at `sent_tick`. Once every member has
+    /// answered a quiescing heartbeat and the group is still idle, the leader quiesces.
+    pub(crate) fn note_quiesce_ack(&mut self, from: NodeId, sent_tick: u64) {
+        let Some(quiescing) = self.quiescing.as_mut() else {
+            return;
+        };
+        if sent_tick < quiescing.since_tick {
+            return;
+        }
+        quiescing.acked.insert(from);
+        let all_acked = self.progress.keys().all(|id| quiescing.acked.contains(id));
+        if all_acked && self.can_quiesce() {
+            self.quiesced = true;
+            self.quiescing = None;
+        }
+    }
+
+    /// Follower, on the leader's quiescing heartbeat: quiesce if this member holds
+    /// exactly what the leader committed (a follower still missing entries keeps its
+    /// timer: it will be brought up to date once it asks).
+    pub(crate) fn maybe_quiesce_follower(&mut self, leader_commit: LogIndex) {
+        assert_eq!(self.role, Role::Follower);
+        assert!(self.leader.is_some());
+        if self.log.last_index() == leader_commit && self.log.committed() == leader_commit {
+            self.quiesced = true;
+        }
+    }
+
+    /// The messages a quiesced member exchanges without waking: the leader's quiescing
+    /// heartbeat and the answers to heartbeats that confirmed no read.
+    pub(crate) fn is_quiesced_traffic(&self, m: &Message) -> bool {
+        match m.body {
+            MessageBody::Heartbeat { quiesce, .. } => quiesce && m.from == self.leader,
+            MessageBody::HeartbeatResponse { read_round, .. } => {
+                self.role == Role::Leader && read_round == 0
+            }
+            _ => false,
+        }
+    }
+
+    /// Resumes ticking. A leader also restarts check-quorum and its lease from now: its
+    /// clock stood still while asleep, so nothing measured before says anything now.
+    pub(crate) fn wake(&mut self) {
+        // Whatever woke the group may change what the quiescing heartbeats said.
+        self.quiescing = None;
+        if !self.quiesced {
+            return;
+        }
+        self.quiesced = false;
+        if self.role != Role::Leader {
+            return;
+        }
+        self.election_elapsed_ticks = 0;
+        // Heartbeat at the next tick: followers woken by it resume their timers.
+        self.heartbeat_elapsed_ticks = self.config.heartbeat_ticks.saturating_sub(1);
+        if self.has_bug(BugKind::QuiescedLeaseKept) {
+            return;
+        }
+        self.now_ticks += 1;
+        self.lease_floor_tick = self.now_ticks;
+        for progress in self.progress.values_mut() {
+            progress.recent_active = false;
+            progress.heartbeat_acked_tick = 0;
+        }
+    }
+
+    /// Wakes a quiesced leader before it takes a proposal, a read or a transfer.
+    pub(crate) fn wake_leader(&mut self) {
+        if self.role == Role::Leader {
+            self.wake();
+        }
+    }
+
+    /// The runtime's node liveness says `node` is down (its process stopped answering
+    /// for an election timeout). A follower quiesced under a leader on that node forgets
+    /// it and wakes, so the group elects another leader; forgetting also ends the
+    /// follower's promise not to vote, which is safe since a quiesced leader holds no
+    /// lease. Anything else ignores the report: an awake follower has its own timer, and
+    /// a learner cannot campaign (a new leader's first message wakes it).
+    pub fn report_node_down(&mut self, node: NodeId) {
+        let applies = self.quiesced
+            && self.role == Role::Follower
+            && self.leader == node
+            && self.is_promotable();
+        if !applies {
+            return;
+        }
+        if self.has_bug(BugKind::NodeDownIgnored) {
+            return;
+        }
+        self.wake();
+        self.leader = NodeId::NONE;
+    }
+
+    /// A learner that heard nothing for an election timeout tells its leader what it
+    /// holds, which wakes a quiesced leader: a learner woken by a stray message would
+    /// otherwise tick forever (it never campaigns, which is how a voter wakes the
+    /// group). Its commit index is the claim: committed entries match the leader's log.
+    /// Returns whether it asked.
+    pub(crate) fn maybe_ask_leader_for_news(&mut self) -> bool {
+        if !self.config.quiesce || self.role != Role::Follower || !self.leader.is_some() {
+            return false;
+        }
+        let leader = self.leader;
+        let index = self.log.committed();
+        self.send(
+            leader,
+            MessageBody::AppendResponse {
+                index,
+                reject: None,
+            },
+        );
+        true
+    }
+
+    /// Whether this member is quiesced (it need not be ticked).
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced
+    }
+}
