@@ -118,6 +118,12 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
+    /// Quiesce idle raft groups: once every member has every entry, the leader stops
+    /// heartbeating until there is work; one heartbeat per node pair tells followers
+    /// the leader's node is up (`--raft-quiesce=false` heartbeats as etcd does).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub raft_quiesce: bool,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -213,6 +219,7 @@ impl ServerArgs {
             election_ticks: (self.election_timeout * u64::from(TICKS_PER_HEARTBEAT)
                 / self.heartbeat_interval) as u32,
             strict_reconfig_check: self.strict_reconfig_check,
+            quiesce: self.raft_quiesce,
             snapshot_entries: self.snapshot_count.max(1),
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),

@@ -243,6 +243,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         heartbeat_ticks: 1,
         election_ticks: 10,
         strict_reconfig_check: true,
+        quiesce: true,
         snapshot_entries: 100_000,
         request_timeout: Duration::from_secs(7),
         quota_backend_bytes: 0,

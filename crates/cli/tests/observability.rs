@@ -9,21 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::TestCluster;
-
-/// A GET over HTTP/1.0 (no chunking); returns the status, the headers and the body.
-fn get(port: u16, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (status, head.to_lowercase(), body.to_string())
-}
+use common::{http_get as get, TestCluster};
 
 /// One scrape, parsed by a Prometheus text parser; samples keyed by their line's name and
 /// labels as written (`name{a="b"}`).

@@ -33,6 +33,10 @@ pub struct NodeConfig {
     /// etcd's `--strict-reconfig-check`: refuse voter changes that would leave the
     /// members that are up short of a quorum.
     pub strict_reconfig_check: bool,
+    /// Quiesce idle raft groups (`--raft-quiesce`): their leaders stop ticking and
+    /// heartbeating until there is work, and node liveness replaces their heartbeats
+    /// for noticing a dead leader. Default true.
+    pub quiesce: bool,
     /// Applied entries between snapshots of the state machine (etcd's `--snapshot-count`).
     pub snapshot_entries: u64,
     /// How long a client request may wait for commit or a read point.

@@ -1,6 +1,6 @@
 //! The node's single event loop: every raft group, one WAL, one `fdatasync` per round.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -58,6 +58,15 @@ pub struct EventLoop {
     was_member: bool,
     /// Raised when this node is removed from the group.
     removed: Arc<watch::Sender<bool>>,
+    /// Groups that are not quiesced: the only ones a tick visits.
+    ticking: BTreeSet<GroupId>,
+    /// Groups given an input or a tick since their Ready was last looked at: the only
+    /// ones a round visits.
+    dirty: BTreeSet<GroupId>,
+    /// Peers reported down to the quiesced groups they led, and not heard from since.
+    nodes_down: BTreeSet<NodeId>,
+    /// When each peer was last heard from (shared with the transport).
+    liveness: Arc<crate::liveness::Liveness>,
 }
 
 /// Opens the node's storage, recovers or bootstraps its groups, and starts the event
@@ -94,6 +103,7 @@ pub fn start(
     raft_config.heartbeat_ticks = config.heartbeat_ticks;
     // A leadership transfer gives up after an election timeout, as etcd's does.
     raft_config.transfer_timeout_ticks = config.election_ticks;
+    raft_config.quiesce = config.quiesce;
     let seed = config.id.0 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
     let was_member = initial.conf_state.members().contains(&config.id);
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
@@ -131,6 +141,7 @@ pub fn start(
         store.clone(),
     ));
     runtime.spawn(crate::handle::publish_attributes(handle.clone(), group));
+    let liveness = transport.liveness().clone();
     let mut event_loop = EventLoop {
         config,
         layout,
@@ -142,6 +153,10 @@ pub fn start(
         members_version_seen: 0,
         was_member,
         removed,
+        ticking: [group].into(),
+        dirty: [group].into(),
+        nodes_down: BTreeSet::new(),
+        liveness,
     };
     event_loop.follow_member_registry(&store);
     let thread = std::thread::Builder::new()
@@ -344,7 +359,7 @@ impl EventLoop {
         loop {
             // Persisting can itself make a Ready (a lone member commits once its own
             // WAL has the entry): handle it now rather than a tick later.
-            let wait = if self.replicas.values().any(|r| r.node.has_ready()) {
+            let wait = if !self.dirty.is_empty() {
                 Duration::ZERO
             } else {
                 next_tick.saturating_duration_since(Instant::now())
@@ -367,9 +382,7 @@ impl EventLoop {
                 }
             }
             if Instant::now() >= next_tick {
-                for replica in self.replicas.values_mut() {
-                    replica.node.tick();
-                }
+                self.tick_groups();
                 next_tick += tick;
                 if next_tick < Instant::now() {
                     // The loop fell behind (a long fsync); do not fire a burst of ticks.
@@ -384,7 +397,63 @@ impl EventLoop {
         self.stop();
     }
 
+    /// A tick for every group that is not quiesced, then node liveness.
+    fn tick_groups(&mut self) {
+        for &group in &self.ticking {
+            self.replicas
+                .get_mut(&group)
+                .expect("a ticking group exists")
+                .node
+                .tick();
+            self.dirty.insert(group);
+        }
+        self.check_liveness();
+        let metrics = crate::metrics::metrics();
+        metrics.raft_groups.set(self.replicas.len() as i64);
+        metrics
+            .raft_groups_quiesced
+            .set((self.replicas.len() - self.ticking.len()) as i64);
+    }
+
+    /// Reports every peer newly silent for an election timeout to every group (quiesced
+    /// followers of a leader there no longer time out by themselves), and every peer
+    /// heard from again after that (a quiesced leader catches it up).
+    fn check_liveness(&mut self) {
+        let silence = self.config.tick_interval * self.config.election_ticks;
+        let now = Instant::now();
+        for peer in self.transport.peer_ids() {
+            let silent = self.liveness.is_silent(peer, silence, now);
+            if !silent {
+                if self.nodes_down.remove(&peer) {
+                    tracing::info!(peer = %format!("{:x}", peer.0), "a peer reported down is heard from again");
+                    for (&group, replica) in self.replicas.iter_mut() {
+                        replica.node.report_node_up(peer);
+                        self.dirty.insert(group);
+                    }
+                }
+                continue;
+            }
+            if !self.nodes_down.insert(peer) {
+                continue;
+            }
+            crate::metrics::metrics().nodes_reported_down.inc();
+            tracing::info!(
+                peer = %format!("{:x}", peer.0),
+                "no word from a peer for an election timeout: its quiesced groups elect again"
+            );
+            // Only on the transition, so a scan of the groups is rare.
+            for (&group, replica) in self.replicas.iter_mut() {
+                replica.node.report_node_down(peer);
+                self.dirty.insert(group);
+            }
+        }
+    }
+
     fn handle(&mut self, input: Input) {
+        if let Some(group) = input.group() {
+            // Whatever reaches a group may wake it; its Ready decides (handle_readies).
+            self.dirty.insert(group);
+        }
         match input {
             Input::Raft(message) => {
                 if let Some(replica) = self.replicas.get_mut(&message.group) {
@@ -446,7 +515,7 @@ impl EventLoop {
                 change,
                 respond,
             } => match self.replicas.get_mut(&group) {
-                Some(replica) => replica.propose_conf_change(change, respond),
+                Some(replica) => replica.propose_conf_change(change, respond, &self.nodes_down),
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
             Input::Freeze { group, respond } => {
@@ -471,9 +540,13 @@ impl EventLoop {
                 }
             }
             Input::Unreachable(to) => {
-                for replica in self.replicas.values_mut() {
-                    if replica.node.conf_state().members().contains(&to) {
+                for (&group, replica) in self.replicas.iter_mut() {
+                    // A quiesced group sends nothing, so it lost nothing.
+                    if !replica.node.is_quiesced()
+                        && replica.node.conf_state().members().contains(&to)
+                    {
                         replica.node.report_unreachable(to);
+                        self.dirty.insert(group);
                     }
                 }
             }
@@ -485,7 +558,15 @@ impl EventLoop {
     fn handle_readies(&mut self) {
         // (group, its Ready, the peers whose send queue was full while it was sent)
         let mut readies: Vec<(GroupId, Ready, Vec<NodeId>)> = Vec::new();
-        for (&group, replica) in self.replicas.iter_mut() {
+        for group in std::mem::take(&mut self.dirty) {
+            let Some(replica) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            if replica.node.is_quiesced() {
+                self.ticking.remove(&group);
+            } else {
+                self.ticking.insert(group);
+            }
             if !replica.node.has_ready() {
                 continue;
             }
@@ -546,6 +627,10 @@ impl EventLoop {
             replica.node.advance();
             // Only now: raft takes no input between ready() and advance().
             report_full_queues(replica, &full);
+            if replica.node.has_ready() || !full.is_empty() {
+                // Persisting made more work (a commit once our own write is durable).
+                self.dirty.insert(group);
+            }
             replica.publish_status(me);
             let store = replica.store.clone();
             self.follow_member_registry(&store);

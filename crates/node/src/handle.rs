@@ -100,6 +100,11 @@ impl NodeHandle {
         self.inner.id
     }
 
+    /// The peer links (and the node liveness they feed).
+    pub fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
     /// The cluster's id.
     pub fn cluster_id(&self) -> u64 {
         self.inner.cluster_id

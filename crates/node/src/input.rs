@@ -106,3 +106,21 @@ pub enum Input {
 
 /// The sender half of the loop's input channel (bounded: `event_loop::INPUT_QUEUE_MAX`).
 pub type InputSender = flume::Sender<Input>;
+
+impl Input {
+    /// The group the input is for, if it is for one group.
+    pub fn group(&self) -> Option<GroupId> {
+        match self {
+            Input::Raft(message) | Input::SnapshotReceived { message, .. } => Some(message.group),
+            Input::Propose { group, .. }
+            | Input::ReadIndex { group, .. }
+            | Input::SnapshotReport { group, .. }
+            | Input::SnapshotCreated { group, .. }
+            | Input::TransferLeader { group, .. }
+            | Input::ChangeMembership { group, .. }
+            | Input::Freeze { group, .. }
+            | Input::RaftStatus { group, .. } => Some(*group),
+            Input::Unreachable(_) | Input::RemovedByPeer(_) | Input::Shutdown => None,
+        }
+    }
+}

@@ -26,6 +26,7 @@ pub mod input;
 pub mod layout;
 mod lease_expiry;
 pub mod lessor;
+pub mod liveness;
 pub mod metrics;
 pub mod reconfig_check;
 mod replica;

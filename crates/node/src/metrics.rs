@@ -267,6 +267,12 @@ pub struct Metrics {
     pub peer_messages_dropped: Counter,
     /// Client requests refused because the event loop's input queue was full.
     pub inputs_refused: Counter,
+    /// Raft groups hosted here.
+    pub raft_groups: Gauge,
+    /// Raft groups hosted here that are quiesced (neither ticked nor heartbeating).
+    pub raft_groups_quiesced: Gauge,
+    /// Peer nodes this node reported down (silent for an election timeout).
+    pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
     pub trace_spans_exported: Counter,
     /// Spans dropped: the export queue was full or the collector refused or failed.
@@ -302,6 +308,9 @@ impl Metrics {
             snapshots_created: Counter::default(),
             peer_messages_dropped: Counter::default(),
             inputs_refused: Counter::default(),
+            raft_groups: Gauge::default(),
+            raft_groups_quiesced: Gauge::default(),
+            nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
             trace_spans_dropped: Counter::default(),
             grpc_started: Family::new(
@@ -405,6 +414,24 @@ impl Metrics {
             "counter",
             "Requests refused with 'too many requests' because the event loop's input queue was full.",
             self.inputs_refused.get().to_string(),
+        );
+        scalar(
+            "ostrakon_raft_groups",
+            "gauge",
+            "Raft groups with a replica on this member.",
+            self.raft_groups.get().to_string(),
+        );
+        scalar(
+            "ostrakon_raft_groups_quiesced",
+            "gauge",
+            "Raft groups on this member that are quiesced: idle, neither ticked nor heartbeating.",
+            self.raft_groups_quiesced.get().to_string(),
+        );
+        scalar(
+            "ostrakon_nodes_reported_down_total",
+            "counter",
+            "Times a peer was silent for an election timeout and reported down to the quiesced groups it led.",
+            self.nodes_reported_down.get().to_string(),
         );
         scalar(
             "ostrakon_snapshots_created_total",

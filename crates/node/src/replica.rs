@@ -93,9 +93,15 @@ impl Replica {
 
     /// Proposes a membership change (this node must lead); the responder gets the
     /// membership once the change applies. One change at a time: while one is in flight or
-    /// the group is joint, `ChangeInProgress`.
-    pub fn propose_conf_change(&mut self, change: ConfChange, respond: ConfResponder) {
-        if let Err(error) = self.check_conf_change(&change) {
+    /// the group is joint, `ChangeInProgress`. `nodes_down`: peers node liveness calls
+    /// down, never counted as up by the strict reconfiguration check.
+    pub fn propose_conf_change(
+        &mut self,
+        change: ConfChange,
+        respond: ConfResponder,
+        nodes_down: &BTreeSet<NodeId>,
+    ) {
+        if let Err(error) = self.check_conf_change(&change, nodes_down) {
             let _ = respond.send(Err(error));
             return;
         }
@@ -112,7 +118,11 @@ impl Replica {
         }
     }
 
-    fn check_conf_change(&self, change: &ConfChange) -> Result<(), NodeError> {
+    fn check_conf_change(
+        &self,
+        change: &ConfChange,
+        nodes_down: &BTreeSet<NodeId>,
+    ) -> Result<(), NodeError> {
         if self.node.role() != Role::Leader {
             return Err(NodeError::NotLeader(self.node.leader()));
         }
@@ -147,7 +157,10 @@ impl Replica {
                 .filter(|m| !m.name.is_empty())
                 .map(|m| NodeId(m.id))
                 .collect();
-            let active = self.node.recently_active(active_ticks);
+            // A leader that was quiesced heard nothing while asleep, so what it heard last
+            // may be old: node liveness has the fresher word on who is down.
+            let mut active = self.node.recently_active(active_ticks);
+            active.retain(|id| !nodes_down.contains(id));
             let liveness = reconfig_check::MemberLiveness {
                 started: &started,
                 active: &active,

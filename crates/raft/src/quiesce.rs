@@ -27,7 +27,8 @@ use std::collections::BTreeSet;
 use crate::config::BugKind;
 use crate::ids::{LogIndex, NodeId};
 use crate::message::{Message, MessageBody};
-use crate::progress::ProgressState;
+use crate::progress::{Progress, ProgressState};
+use crate::quorum::{vote_result, VoteResult};
 use crate::raft::{Raft, Role};
 
 /// A leader's quiescing heartbeats in flight.
@@ -60,13 +61,33 @@ impl Raft {
             && self.pending_conf_index <= self.log.applied()
             && self.conf.voters_outgoing.is_empty();
         let election_ticks = u64::from(self.config.election_ticks);
-        let followers_caught_up = self.progress.values().all(|p| {
+        let caught_up = |p: &Progress| {
             p.match_index == last
                 && !matches!(p.state, ProgressState::Snapshot { .. })
                 && p.heard_at_tick
                     .is_some_and(|tick| self.now_ticks.saturating_sub(tick) < election_ticks)
-        });
-        log_settled && nothing_pending && followers_caught_up
+        };
+        // Members on nodes reported down are not waited for (they are brought up to date
+        // when reported up), but the others must be a quorum: a leader that lost its
+        // quorum must stay awake for check-quorum to depose it.
+        let live_followers_caught_up = self
+            .progress
+            .iter()
+            .filter(|(id, _)| !self.down_peers.contains(id))
+            .all(|(_, p)| caught_up(p));
+        let me = self.config.id;
+        let live_quorum = vote_result(&self.conf, |id| {
+            Some(id == me || (!self.down_peers.contains(&id) && self.progress.contains_key(&id)))
+        }) == VoteResult::Won;
+        log_settled && nothing_pending && live_followers_caught_up && live_quorum
+    }
+
+    /// The followers a quiescing leader waits for: those not reported down.
+    fn live_followers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.progress
+            .keys()
+            .copied()
+            .filter(|id| !self.down_peers.contains(id))
     }
 
     /// Leader, at heartbeat time: if the group is idle, sends quiescing heartbeats
@@ -83,11 +104,10 @@ impl Raft {
             since_tick: sent_tick,
             acked: BTreeSet::new(),
         });
+        let acked = quiescing.acked.clone();
         let unacked: Vec<NodeId> = self
-            .progress
-            .keys()
-            .filter(|id| !quiescing.acked.contains(id))
-            .copied()
+            .live_followers()
+            .filter(|id| !acked.contains(id))
             .collect();
         if unacked.is_empty() {
             self.quiesced = true;
@@ -118,7 +138,8 @@ impl Raft {
             return;
         }
         quiescing.acked.insert(from);
-        let all_acked = self.progress.keys().all(|id| quiescing.acked.contains(id));
+        let acked = quiescing.acked.clone();
+        let all_acked = self.live_followers().all(|id| acked.contains(&id));
         if all_acked && self.can_quiesce() {
             self.quiesced = true;
             self.quiescing = None;
@@ -182,24 +203,43 @@ impl Raft {
     }
 
     /// The runtime's node liveness says `node` is down (its process stopped answering
-    /// for an election timeout). A follower quiesced under a leader on that node forgets
-    /// it and wakes, so the group elects another leader; forgetting also ends the
-    /// follower's promise not to vote, which is safe since a quiesced leader holds no
-    /// lease. Anything else ignores the report: an awake follower has its own timer, and
-    /// a learner cannot campaign (a new leader's first message wakes it).
+    /// for an election timeout).
+    ///
+    /// A follower quiesced under a leader on that node forgets it and wakes, so the
+    /// group elects another leader; forgetting also ends the follower's promise not to
+    /// vote, which is safe since a quiesced leader holds no lease. An awake follower has
+    /// its own timer, and a learner cannot campaign (a new leader's first message wakes
+    /// it). A quiesced leader wakes: without that member it may have lost its quorum,
+    /// which check-quorum decides; if not, it quiesces again without waiting for it.
     pub fn report_node_down(&mut self, node: NodeId) {
-        let applies = self.quiesced
-            && self.role == Role::Follower
-            && self.leader == node
-            && self.is_promotable();
-        if !applies {
+        self.down_peers.insert(node);
+        if !self.quiesced {
             return;
         }
-        if self.has_bug(BugKind::NodeDownIgnored) {
-            return;
+        match self.role {
+            Role::Leader if self.progress.contains_key(&node) => self.wake(),
+            Role::Follower if self.leader == node && self.is_promotable() => {
+                if self.has_bug(BugKind::NodeDownIgnored) {
+                    return;
+                }
+                self.wake();
+                self.leader = NodeId::NONE;
+            }
+            _ => {}
         }
-        self.wake();
-        self.leader = NodeId::NONE;
+    }
+
+    /// The runtime's node liveness hears from `node` again. A quiesced leader wakes to
+    /// bring that member up to date: it may have missed entries while it was down.
+    pub fn report_node_up(&mut self, node: NodeId) {
+        let was_down = self.down_peers.remove(&node);
+        if was_down
+            && self.quiesced
+            && self.role == Role::Leader
+            && self.progress.contains_key(&node)
+        {
+            self.wake();
+        }
     }
 
     /// A learner that heard nothing for an election timeout tells its leader what it

@@ -142,6 +142,9 @@ pub struct Raft {
     /// one (a member that missed it would keep a stale commit index, and a learner
     /// never times out to ask again).
     pub(crate) quiescing: Option<crate::quiesce::Quiescing>,
+    /// Nodes the runtime's node liveness reports down (`report_node_down`) and not up
+    /// since. A leader quiesces without waiting for them.
+    pub(crate) down_peers: BTreeSet<NodeId>,
     /// Heartbeat acknowledgements of heartbeats sent before this tick are no evidence
     /// for a lease: raised when a quiesced leader wakes, since its clock stood still
     /// while its followers' liveness clocks ran.
@@ -192,6 +195,7 @@ impl Raft {
             timeout_now_sent: false,
             quiesced: false,
             quiescing: None,
+            down_peers: BTreeSet::new(),
             lease_floor_tick: 0,
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
@@ -466,6 +470,11 @@ impl Raft {
         );
         assert_eq!(m.group, self.config.group, "message for another group");
         if self.quiesced && !self.is_quiesced_traffic(&m) {
+            self.wake();
+        }
+        if self.down_peers.remove(&m.from) && self.role == Role::Leader {
+            // A message from a member reported down shows it is up, whether or not the
+            // runtime has said so yet: the leader must not quiesce without it.
             self.wake();
         }
         if let MessageBody::ReadIndexResponse { request_id, index } = m.body {

@@ -268,6 +268,14 @@ impl RawNode {
         self.raft.report_node_down(node);
     }
 
+    /// The runtime's node liveness hears from `node` again after reporting it down: a
+    /// quiesced leader wakes to bring that member up to date. Must be called for every
+    /// node reported down that comes back.
+    pub fn report_node_up(&mut self, node: NodeId) {
+        self.assert_not_in_ready();
+        self.raft.report_node_up(node);
+    }
+
     /// Whether this member is quiesced: it need not be ticked until an input wakes it.
     pub fn is_quiesced(&self) -> bool {
         self.raft.is_quiesced()

@@ -217,3 +217,40 @@ fn the_leader_quiesces_only_once_every_member_has_the_commit_index() {
         assert!(cluster.node(id(n)).is_quiesced(), "node {n}");
     }
 }
+
+#[test]
+fn a_leader_quiesces_without_a_member_reported_down_and_catches_it_up_once_back() {
+    let mut cluster = quiesced_cluster(quiescing);
+    cluster.down.insert(id(3));
+    cluster.node_mut(id(1)).report_node_down(id(3));
+    assert!(!cluster.node(id(1)).is_quiesced(), "it wakes to see");
+    cluster.propose(id(1), "b").unwrap();
+    cluster.tick_all(3);
+    assert!(
+        cluster.node(id(1)).is_quiesced(),
+        "idle again, without waiting for the member that is down"
+    );
+    assert!(cluster.node(id(2)).is_quiesced());
+    // Node 3 comes back having missed "b": the leader wakes and brings it up to date.
+    cluster.down.remove(&id(3));
+    cluster.node_mut(id(1)).report_node_up(id(3));
+    assert!(!cluster.node(id(1)).is_quiesced());
+    cluster.tick_all(3);
+    assert_eq!(cluster.applied_data(id(3)), vec!["a", "b"]);
+    for n in 1..=3 {
+        assert!(cluster.node(id(n)).is_quiesced(), "node {n}");
+    }
+}
+
+#[test]
+fn a_quiesced_leader_whose_quorum_is_reported_down_wakes_and_steps_down() {
+    // Cut off while asleep, it must not go on claiming leadership forever.
+    let mut cluster = quiesced_cluster(quiescing);
+    cluster.isolate(id(1));
+    cluster.node_mut(id(1)).report_node_down(id(2));
+    cluster.node_mut(id(1)).report_node_down(id(3));
+    let election_ticks = cluster.config(id(1)).election_ticks;
+    cluster.tick(id(1), 2 * election_ticks + 1);
+    assert!(!cluster.node(id(1)).is_quiesced());
+    assert_ne!(cluster.node(id(1)).role(), Role::Leader);
+}

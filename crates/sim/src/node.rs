@@ -111,6 +111,8 @@ pub enum Input {
     SnapshotReport(NodeId, bool),
     /// Node liveness: this node has heard nothing from that one for an election timeout.
     NodeDown(NodeId),
+    /// Node liveness: this node hears from that one again after reporting it down.
+    NodeUp(NodeId),
 }
 
 /// A client operation waiting at a node.

@@ -56,6 +56,9 @@ pub struct Simulation {
     events: EventQueue,
     pub(crate) nodes: BTreeMap<NodeId, SimNode>,
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Blocked links on which node liveness pings still pass (raft messages are lost
+    /// while the receiver's liveness hears the sender).
+    pings_pass: BTreeSet<(NodeId, NodeId)>,
     partition_id: u64,
     clients: Vec<ClientState>,
     pub(crate) history: RegisterHistory,
@@ -94,6 +97,7 @@ impl Simulation {
             events: EventQueue::default(),
             nodes: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            pings_pass: BTreeSet::new(),
             partition_id: 0,
             clients: Vec::new(),
             history: History::new(),
@@ -281,7 +285,9 @@ impl Simulation {
                 }
             }
             Event::Ping { from, to } => {
-                if !self.blocked.contains(&(from, to)) && self.is_up(to) {
+                let link = (from, to);
+                let passes = !self.blocked.contains(&link) || self.pings_pass.contains(&link);
+                if passes && self.is_up(to) {
                     self.heard(to, from);
                 }
             }
@@ -436,6 +442,10 @@ impl Simulation {
             Input::NodeDown(node) => {
                 trace!(self, "{id:?} sees {node:?} down");
                 self.running(id).raw.report_node_down(node);
+            }
+            Input::NodeUp(node) => {
+                trace!(self, "{id:?} sees {node:?} up again");
+                self.running(id).raw.report_node_up(node);
             }
             Input::Transfer(target) => {
                 let result = self.running(id).raw.transfer_leader(target);
@@ -935,7 +945,9 @@ impl Simulation {
         let now_us = self.now_us;
         let running = self.running(node);
         running.heard_us.insert(from, now_us);
-        running.down.remove(&from);
+        if running.down.remove(&from) {
+            self.input(node, Input::NodeUp(from));
+        }
     }
 
     /// At each tick: pings every other node, and reports to raft every
@@ -1250,13 +1262,20 @@ impl Simulation {
         }
         // Cut off rather than dead, the old leader is still up to answer a read: its
         // followers elected another leader meanwhile, so it must not answer from a lease.
+        // Its raft messages are lost both ways while the others' pings still reach it (a
+        // burst of losses that spares them): its node liveness sees nothing wrong, so it
+        // stays quiesced until the read wakes it.
         let isolate = self.rng.chance(0.5);
         if isolate {
-            trace!(self, "the quiesced leader {leader:?} is cut off");
+            trace!(
+                self,
+                "the quiesced leader {leader:?} is cut off, though it still hears pings"
+            );
             for other in self.nodes.keys().copied().collect::<Vec<_>>() {
                 if other != leader {
                     self.blocked.insert((leader, other));
                     self.blocked.insert((other, leader));
+                    self.pings_pass.insert((other, leader));
                 }
             }
         } else {
@@ -1292,6 +1311,7 @@ impl Simulation {
         if isolate {
             self.read_at_deposed_leader(leader);
             self.blocked.clear();
+            self.pings_pass.clear();
         } else {
             trace!(self, "{leader:?} restarts");
             self.start_node(leader);

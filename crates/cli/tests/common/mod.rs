@@ -45,6 +45,23 @@ pub struct TlsSetup {
 /// A port nothing listens on now, below the kernel's ephemeral range (32768 and up on
 /// Linux): a port the kernel handed out (as port 0 does) can be taken again meanwhile by
 /// an outgoing connection, and then the member cannot listen on it.
+/// A GET over HTTP/1.0 (no chunking) to a member's client port; returns the status, the
+/// headers (lowercased) and the body.
+#[allow(dead_code)]
+pub fn http_get(port: u16, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (status, head.to_lowercase(), body.to_string())
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -5,6 +5,10 @@
 //! reported to raft (`Unreachable`) and reopened; messages queued meanwhile are dropped,
 //! which raft tolerates. Snapshots go in their own stream, in chunks, and their outcome is
 //! always reported back to raft.
+//!
+//! A sender with nothing to send for a heartbeat interval sends an empty batch: the
+//! peer's node liveness (`Liveness`) hears from this node even when every group is
+//! quiesced.
 
 mod codec;
 mod service;
@@ -32,6 +36,7 @@ use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::input::{Input, InputSender};
 use crate::layout::Layout;
+use crate::liveness::Liveness;
 use crate::tls::TlsMaterial;
 
 /// Messages in one batch at most.
@@ -75,6 +80,10 @@ struct Inner {
     /// Each peer's queue of messages waiting for its stream; bounded by
     /// `PEER_QUEUE_MESSAGES_MAX`.
     queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::RaftMessage>>>,
+    /// When each peer was last heard from (filled by the peer service).
+    liveness: Arc<Liveness>,
+    /// An idle sender sends an empty batch this often (the raft heartbeat interval).
+    idle_ping_interval: Duration,
 }
 
 /// The client side of the peer protocol.
@@ -123,6 +132,8 @@ impl Transport {
                 channels: RwLock::new(BTreeMap::new()),
                 tls: config.peer_tls.clone(),
                 queues: Mutex::new(HashMap::new()),
+                liveness: Arc::new(Liveness::default()),
+                idle_ping_interval: config.tick_interval * config.heartbeat_ticks,
             }),
         };
         transport.set_peers(&config.peers);
@@ -164,9 +175,38 @@ impl Transport {
         }
     }
 
+    /// When each peer was last heard from.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.inner.liveness
+    }
+
+    /// The peers' ids.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.inner
+            .channels
+            .read()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Makes the peers these (id to peer URL): new members get a channel, members whose
-    /// URL changed a new one, members that left none.
+    /// URL changed a new one, members that left none. Every peer gets a sender at once,
+    /// so its idle pings start before any group has anything to say.
     pub fn set_peers(&self, peers: &BTreeMap<NodeId, String>) {
+        self.set_channels(peers);
+        let ids = self.peer_ids();
+        let mut queues = self.inner.queues.lock().unwrap();
+        for id in ids {
+            let running = queues.get(&id).is_some_and(|queue| !queue.is_closed());
+            if !running {
+                queues.insert(id, self.start_sender(id));
+            }
+        }
+    }
+
+    fn set_channels(&self, peers: &BTreeMap<NodeId, String>) {
         let _guard = self.inner.runtime.enter();
         let mut channels = self.inner.channels.write().unwrap();
         channels.retain(|id, (url, _)| peers.get(id) == Some(url));
@@ -259,11 +299,15 @@ impl Transport {
             let mut client = PeerClient::new(channel.clone());
             let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream)).await });
             loop {
-                let Some(first) = queue.recv().await else {
-                    return;
-                };
-                let mut messages = vec![first];
-                while messages.len() < BATCH_MESSAGES_MAX {
+                let idle_ping_interval = self.inner.idle_ping_interval;
+                let mut messages = Vec::new();
+                match tokio::time::timeout(idle_ping_interval, queue.recv()).await {
+                    Ok(Some(first)) => messages.push(first),
+                    Ok(None) => return,
+                    // Nothing to say: an empty batch tells the peer this node is up.
+                    Err(_) => {}
+                }
+                while !messages.is_empty() && messages.len() < BATCH_MESSAGES_MAX {
                     match queue.try_recv() {
                         Ok(message) => messages.push(message),
                         Err(_) => break,
@@ -275,9 +319,11 @@ impl Transport {
                     cluster_id: self.inner.cluster_id,
                     messages,
                 };
-                crate::metrics::metrics()
-                    .transport_batch_messages
-                    .observe_value(batch.messages.len() as f64);
+                if !batch.messages.is_empty() {
+                    crate::metrics::metrics()
+                        .transport_batch_messages
+                        .observe_value(batch.messages.len() as f64);
+                }
                 sent_bytes.add(batch.encoded_len() as u64);
                 if batches.send(batch).await.is_err() {
                     break;

@@ -105,6 +105,7 @@ impl Peer for PeerService {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check_sender(batch.cluster_id, batch.from)?;
+            self.handle.transport().liveness().heard(NodeId(batch.from));
             // A stream carries one peer's batches: look its counter up once.
             let received = received_bytes.get_or_insert_with(|| {
                 crate::metrics::metrics()
