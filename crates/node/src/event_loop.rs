@@ -109,7 +109,15 @@ pub fn start(
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
     let status = Arc::new(RwLock::new(GroupStatus::default()));
     let (applied_tx, applied_rx) = watch::channel(store.applied_index());
-    let mut replica = Replica::new(group, node, store.clone(), status.clone(), applied_tx);
+    let lessor = Arc::new(crate::lessor::Lessor::default());
+    let mut replica = Replica::new(
+        group,
+        node,
+        store.clone(),
+        status.clone(),
+        applied_tx,
+        lessor.clone(),
+    );
     // Up means: the leader heard from it within an election timeout (the window
     // check-quorum uses to decide the leader still leads).
     replica.strict_reconfig_active_ticks = config
@@ -118,7 +126,6 @@ pub fn start(
     replica.publish_status(config.id);
     let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
     store.set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
-    let lessor = Arc::new(crate::lessor::Lessor::default());
     let shared = GroupShared {
         store: store.clone(),
         status,

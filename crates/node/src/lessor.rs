@@ -59,6 +59,27 @@ impl Lessor {
         })
     }
 
+    /// A grant applied: if this member leads, the lease's deadline is its full TTL from
+    /// now. A lease revoked and granted again under the same id between two sweeps must
+    /// not keep the revoked one's deadline (found by the differential test: the new
+    /// lease would expire early, deleting its keys).
+    pub fn applied_grant(&self, id: i64, ttl_secs: i64, now: Instant) {
+        let mut state = self.state.lock().unwrap();
+        state.revoking.remove(&id);
+        if state.leading.is_some() {
+            state
+                .deadlines
+                .insert(id, now + Duration::from_secs(ttl_secs.max(0) as u64));
+        }
+    }
+
+    /// A revoke applied: the lease's deadline goes with it.
+    pub fn applied_revoke(&self, id: i64) {
+        let mut state = self.state.lock().unwrap();
+        state.deadlines.remove(&id);
+        state.revoking.remove(&id);
+    }
+
     /// How long a lease has left. `None` if it does not exist or this member does not
     /// lead.
     pub fn remaining(&self, store: &MvccStore, id: i64) -> Option<LeaseTtl> {
@@ -223,5 +244,36 @@ mod tests {
         assert_eq!(lessor.renew(&store, 99), None, "unknown lease");
         // A new term (a new leadership) starts over from the store.
         assert!(lessor.sweep(&store, Some(Term(3)), later).is_empty());
+    }
+
+    /// A lease revoked and granted again under the same id between two sweeps starts
+    /// from its new TTL (the revoked one's deadline would expire it early, deleting its
+    /// keys; found by the differential test against etcd).
+    #[test]
+    fn a_lease_granted_again_after_a_revoke_gets_a_fresh_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let store = MvccStore::open(&keyspace, GroupId(1));
+        let lessor = Lessor::default();
+        let t0 = Instant::now();
+        grant(&store, 2, 7, 5);
+        assert!(lessor.sweep(&store, Some(Term(2)), t0).is_empty());
+        // Revoked and granted again with a long TTL before the next sweep.
+        let write = WriteRequest {
+            request: Some(write_request::Request::LeaseRevoke(
+                ostrakon_proto::etcdserverpb::LeaseRevokeRequest { id: 7 },
+            )),
+            ..Default::default()
+        };
+        apply_write(&store, LogIndex(3), Term(2), &write);
+        lessor.applied_revoke(7);
+        grant(&store, 4, 7, 3600);
+        lessor.applied_grant(7, 3600, t0);
+        let later = t0 + Duration::from_secs(6);
+        assert!(
+            lessor.sweep(&store, Some(Term(2)), later).is_empty(),
+            "the new lease is not expired by the old deadline"
+        );
+        assert!(lessor.remaining(&store, 7).unwrap().remaining_secs > 3500);
     }
 }

@@ -33,6 +33,8 @@ pub struct Replica {
     pub group: GroupId,
     pub node: RawNode,
     pub store: Arc<MvccStore>,
+    /// The group's lease deadlines (kept while this member leads).
+    lessor: Arc<crate::lessor::Lessor>,
     /// Proposals of this node awaiting apply, by log index. Invariant: keys are indexes
     /// raft assigned to this node's proposals while it led.
     proposals: BTreeMap<LogIndex, (Term, u64, WriteResponder)>,
@@ -69,12 +71,14 @@ impl Replica {
         store: Arc<MvccStore>,
         status: Arc<RwLock<GroupStatus>>,
         applied_tx: watch::Sender<LogIndex>,
+        lessor: Arc<crate::lessor::Lessor>,
     ) -> Replica {
         let snapshot_index = node.snapshot_meta().index;
         Replica {
             group,
             node,
             store,
+            lessor,
             proposals: BTreeMap::new(),
             traced: BTreeMap::new(),
             reads: HashMap::new(),
@@ -280,6 +284,7 @@ impl Replica {
                         spans::start(Some(parent), "mvcc.apply", SpanKind::Internal)
                     });
                     let outcome = apply_write(&self.store, entry.index, entry.term, &write);
+                    self.note_lease_change(&write, &outcome);
                     if let Some(span) = &mut span {
                         span.set_attribute("raft.index", entry.index.0);
                         span.set_attribute("raft.member", format!("{:x}", me.0));
@@ -296,6 +301,21 @@ impl Replica {
         }
         let applied = self.store.applied_index();
         self.applied_tx.send_replace(applied);
+    }
+
+    /// Keeps the leader's lease deadlines in step with grants and revokes as they apply.
+    fn note_lease_change(&self, write: &WriteRequest, outcome: &WriteOutcome) {
+        use ostrakon_proto::peer::write_request::Request;
+        match (&write.request, outcome) {
+            (Some(Request::LeaseGrant(_)), WriteOutcome::LeaseGrant(granted)) => {
+                self.lessor
+                    .applied_grant(granted.id, granted.ttl, std::time::Instant::now());
+            }
+            (Some(Request::LeaseRevoke(revoke)), WriteOutcome::LeaseRevoke(_)) => {
+                self.lessor.applied_revoke(revoke.id);
+            }
+            _ => {}
+        }
     }
 
     /// Applies a committed membership change. One that does not fit the membership it

@@ -43,7 +43,6 @@ const STREAM_WATCH_ID: i64 = -1;
 /// etcd's cancel reasons (`mvcc` package errors).
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
-const COMPACTED: &str = "mvcc: required revision has been compacted";
 
 /// Serves Watch for the node's single group.
 pub struct WatchService {
@@ -383,12 +382,13 @@ impl WatchStream {
                 }
                 Err(MvccError::Compacted { compacted }) => {
                     self.watchers.remove(&id);
+                    // As etcd 3.5 answers it: the header's revision is 0 and there is no
+                    // cancel reason; clients read the compacted revision.
                     let response = WatchResponse {
-                        header: self.header(self.store.current_revision()),
+                        header: self.header(Revision(0)),
                         watch_id: id,
                         canceled: true,
                         compact_revision: compacted.0,
-                        cancel_reason: COMPACTED.to_string(),
                         ..WatchResponse::default()
                     };
                     return self.send(response).await;

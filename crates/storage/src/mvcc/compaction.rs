@@ -98,6 +98,7 @@ mod tests {
                 version: 1,
                 lease: 0,
                 value: bytes::Bytes::from_static(b"v"),
+                sub: 0,
             }
         };
         (

@@ -99,6 +99,16 @@ fn range_from(
         (kvs, count)
     };
     let count = count as i64;
+    if request.count_only {
+        // etcd counts without reading the keys, so nothing is left over for `more`.
+        kvs.clear();
+    }
+    if limits_before_sorting(request) {
+        // etcd reads only the first `limit + 1` keys (in key order) when the request
+        // names no sort order and no filter, then sorts those by the target: a target
+        // without an order sorts a page, not the range.
+        kvs.truncate(request.limit as usize + 1);
+    }
     prune(&mut kvs, request);
     sort(&mut kvs, request);
     let mut more = false;
@@ -106,9 +116,7 @@ fn range_from(
         kvs.truncate(request.limit as usize);
         more = true;
     }
-    if request.count_only {
-        kvs.clear();
-    } else if request.keys_only {
+    if request.keys_only {
         for kv in &mut kvs {
             kv.value = Default::default();
         }
@@ -119,6 +127,16 @@ fn range_from(
         more,
         count,
     })
+}
+
+/// Whether etcd applies the limit before sorting (see `range_from`).
+fn limits_before_sorting(r: &RangeRequest) -> bool {
+    r.limit > 0
+        && r.sort_order == range_request::SortOrder::None as i32
+        && r.min_mod_revision == 0
+        && r.max_mod_revision == 0
+        && r.min_create_revision == 0
+        && r.max_create_revision == 0
 }
 
 /// Whether the request sorts or filters, so every key in the range must be built.
@@ -263,11 +281,18 @@ pub fn apply_write(
     }
     let mut txn = store.write_txn();
     let result = match request {
-        Request::Put(put) => apply_put(&mut txn, put).map(WriteOutcome::Put),
+        Request::Put(put) => apply_put(&mut txn, put, PutIn::Request).map(WriteOutcome::Put),
         Request::DeleteRange(delete) => {
             Ok(WriteOutcome::DeleteRange(apply_delete(&mut txn, delete)))
         }
-        Request::Txn(request) => apply_txn(&mut txn, request).map(WriteOutcome::Txn),
+        Request::Txn(request) => {
+            // etcd evaluates every compare, nested ones included, before any write, then
+            // checks the puts and the reads on that path, then applies.
+            let path = txn_path(&txn, request);
+            check_txn(&txn, request, &path)
+                .and_then(|()| apply_txn(&mut txn, request, &path))
+                .map(WriteOutcome::Txn)
+        }
         Request::Compaction(_)
         | Request::MemberPeerUrls(_)
         | Request::MemberAttributes(_)
@@ -394,7 +419,22 @@ fn apply_compaction(
     })
 }
 
-fn apply_put(txn: &mut WriteTxn<'_>, put: &PutRequest) -> Result<PutResponse, MvccError> {
+/// Where a put comes from: etcd checks a plain put's lease before the key an
+/// `ignore_value`/`ignore_lease` put needs, and a Txn's put the other way round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PutIn {
+    Request,
+    Txn,
+}
+
+fn apply_put(
+    txn: &mut WriteTxn<'_>,
+    put: &PutRequest,
+    put_in: PutIn,
+) -> Result<PutResponse, MvccError> {
+    if put_in == PutIn::Request && put.lease != 0 && txn.lease(put.lease).is_none() {
+        return Err(MvccError::LeaseNotFound);
+    }
     let previous = txn.range_latest(&put.key, b"").pop();
     if (put.ignore_value || put.ignore_lease) && previous.is_none() {
         return Err(MvccError::KeyNotFound);
@@ -426,16 +466,102 @@ fn apply_delete(txn: &mut WriteTxn<'_>, delete: &DeleteRangeRequest) -> DeleteRa
     }
 }
 
-fn apply_txn(txn: &mut WriteTxn<'_>, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
-    let succeeded = request.compare.iter().all(|c| compare_holds(txn, c));
+/// Which branch a Txn takes, and, in order, which branch each Txn nested in that branch
+/// takes: decided from the state before the Txn writes anything (etcd's
+/// `compareToPath`), so a nested compare does not see the writes made before it.
+struct TxnPath {
+    succeeded: bool,
+    nested: Vec<TxnPath>,
+}
+
+fn txn_path(source: &impl RangeSource, request: &TxnRequest) -> TxnPath {
+    let succeeded = request.compare.iter().all(|c| compare_holds(source, c));
     let ops = if succeeded {
         &request.success
     } else {
         &request.failure
     };
+    let nested = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestTxn(inner)) => Some(txn_path(source, inner)),
+            _ => None,
+        })
+        .collect();
+    TxnPath { succeeded, nested }
+}
+
+/// Calls `f` on every operation on the Txn's path, depth first in order (etcd's
+/// `checkRequests`); the first error stops it.
+fn for_each_op_on_path(
+    request: &TxnRequest,
+    path: &TxnPath,
+    f: &mut impl FnMut(&RequestOp) -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    let ops = if path.succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    let mut nested_paths = path.nested.iter();
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestTxn(nested)) => {
+                let nested_path = nested_paths.next().expect("a path for every nested Txn");
+                for_each_op_on_path(nested, nested_path, f)?;
+            }
+            _ => f(op)?,
+        }
+    }
+    Ok(())
+}
+
+/// etcd's checks before a Txn writes, against the state before it: first every put on
+/// the path (a key that `ignore_value`/`ignore_lease` needs, then the lease), then every
+/// read (its revision neither compacted nor in the future). So an error is the one etcd
+/// reports, whatever order the operations come in.
+fn check_txn(txn: &WriteTxn<'_>, request: &TxnRequest, path: &TxnPath) -> Result<(), MvccError> {
+    for_each_op_on_path(request, path, &mut |op| {
+        let Some(request_op::Request::RequestPut(put)) = &op.request else {
+            return Ok(());
+        };
+        if (put.ignore_value || put.ignore_lease) && txn.range_latest(&put.key, b"").is_empty() {
+            return Err(MvccError::KeyNotFound);
+        }
+        if put.lease != 0 && txn.lease(put.lease).is_none() {
+            return Err(MvccError::LeaseNotFound);
+        }
+        Ok(())
+    })?;
+    for_each_op_on_path(request, path, &mut |op| {
+        let Some(request_op::Request::RequestRange(range)) = &op.request else {
+            return Ok(());
+        };
+        txn.view().resolve(range.revision).map(|_| ())
+    })
+}
+
+fn apply_txn(
+    txn: &mut WriteTxn<'_>,
+    request: &TxnRequest,
+    path: &TxnPath,
+) -> Result<TxnResponse, MvccError> {
+    let succeeded = path.succeeded;
+    let ops = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    let mut nested_paths = path.nested.iter();
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
-        responses.push(apply_op(txn, op)?);
+        let nested_path = match &op.request {
+            Some(request_op::Request::RequestTxn(_)) => {
+                Some(nested_paths.next().expect("a path for every nested Txn"))
+            }
+            _ => None,
+        };
+        responses.push(apply_op(txn, op, nested_path)?);
     }
     Ok(TxnResponse {
         header: None,
@@ -444,16 +570,23 @@ fn apply_txn(txn: &mut WriteTxn<'_>, request: &TxnRequest) -> Result<TxnResponse
     })
 }
 
-fn apply_op(txn: &mut WriteTxn<'_>, op: &RequestOp) -> Result<ResponseOp, MvccError> {
+fn apply_op(
+    txn: &mut WriteTxn<'_>,
+    op: &RequestOp,
+    nested_path: Option<&TxnPath>,
+) -> Result<ResponseOp, MvccError> {
     use request_op::Request;
     use response_op::Response;
     let response = match &op.request {
         Some(Request::RequestRange(range)) => Response::ResponseRange(range_from(txn, range)?),
-        Some(Request::RequestPut(put)) => Response::ResponsePut(apply_put(txn, put)?),
+        Some(Request::RequestPut(put)) => Response::ResponsePut(apply_put(txn, put, PutIn::Txn)?),
         Some(Request::RequestDeleteRange(delete)) => {
             Response::ResponseDeleteRange(apply_delete(txn, delete))
         }
-        Some(Request::RequestTxn(nested)) => Response::ResponseTxn(apply_txn(txn, nested)?),
+        Some(Request::RequestTxn(nested)) => {
+            let path = nested_path.expect("a nested Txn comes with its path");
+            Response::ResponseTxn(apply_txn(txn, nested, path)?)
+        }
         None => return Ok(ResponseOp { response: None }),
     };
     let mut response = response;
@@ -461,7 +594,8 @@ fn apply_op(txn: &mut WriteTxn<'_>, op: &RequestOp) -> Result<ResponseOp, MvccEr
     match &mut response {
         Response::ResponsePut(r) => r.header = header(revision),
         Response::ResponseDeleteRange(r) => r.header = header(revision),
-        Response::ResponseTxn(r) => r.header = header(revision),
+        // etcd answers a nested Txn with an empty header (revision 0).
+        Response::ResponseTxn(r) => r.header = Some(ResponseHeader::default()),
         Response::ResponseRange(_) => {}
     }
     Ok(ResponseOp {
@@ -521,7 +655,8 @@ pub fn read_txn(view: &ReadView, request: &TxnRequest) -> Result<TxnResponse, Mv
             }
             Some(Request::RequestTxn(nested)) => {
                 let mut nested = read_txn(view, nested)?;
-                nested.header = header(revision);
+                // etcd answers a nested Txn with an empty header (revision 0).
+                nested.header = Some(ResponseHeader::default());
                 Some(Response::ResponseTxn(nested))
             }
             Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {

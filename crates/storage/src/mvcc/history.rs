@@ -44,7 +44,9 @@ impl ReadView {
         } else {
             std::ops::Bound::Excluded(key_prefix(range_end))
         };
-        let mut by_revision: std::collections::BTreeMap<Revision, Vec<Event>> = Default::default();
+        // Each revision's events with their sub-revisions, put in write order at the end.
+        let mut by_revision: std::collections::BTreeMap<Revision, Vec<(u32, Event)>> =
+            Default::default();
         let mut events_held = 0usize;
         let mut limit = self.current;
         // The previous version of the key being scanned, while it is live.
@@ -60,6 +62,7 @@ impl ReadView {
                 continue;
             }
             let stored = StoredVersion::decode(&stored_value);
+            let sub = stored.sub;
             let prev_kv = match previous.take() {
                 Some((previous_key, live)) if previous_key == user_key => live,
                 _ => None,
@@ -71,7 +74,7 @@ impl ReadView {
                     Some(kv) => put_event(kv.clone(), prev_kv),
                     None => delete_event(user_key.clone(), revision, prev_kv),
                 };
-                by_revision.entry(revision).or_default().push(event);
+                by_revision.entry(revision).or_default().push((sub, event));
                 events_held += 1;
                 while events_held > events_max && by_revision.len() > 1 {
                     let (_, dropped) = by_revision.pop_last().expect("more than one revision");
@@ -84,7 +87,13 @@ impl ReadView {
         }
         history.revisions = by_revision
             .into_iter()
-            .map(|(revision, events)| RevisionEvents { revision, events })
+            .map(|(revision, mut events)| {
+                events.sort_by_key(|(sub, _)| *sub);
+                RevisionEvents {
+                    revision,
+                    events: events.into_iter().map(|(_, event)| event).collect(),
+                }
+            })
             .collect();
         Ok(history)
     }

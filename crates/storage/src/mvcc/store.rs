@@ -569,6 +569,7 @@ impl MvccStore {
             store: self,
             view: self.read_view(),
             changes: BTreeMap::new(),
+            next_sub: 0,
             lease_changes: BTreeMap::new(),
         }
     }
@@ -1146,9 +1147,13 @@ pub(super) fn key_value(key: Bytes, mod_revision: Revision, stored: StoredVersio
 pub struct WriteTxn<'a> {
     store: &'a MvccStore,
     view: ReadView,
-    /// User key to its new version. Invariant: a key is written at most once (etcd
-    /// refuses a Txn that writes a key twice before it reaches the store).
+    /// User key to its new version, whose `sub` numbers the writes in order.
+    /// Invariant: a key is put at most once and deleted at most once (etcd refuses a
+    /// Txn that writes a key twice before it reaches the store, but for a delete of a
+    /// range ending in "\0"); the last write is kept.
     changes: BTreeMap<Bytes, StoredVersion>,
+    /// The next write's sub-revision.
+    next_sub: u32,
     /// Leases granted or changed (`Some`) and revoked (`None`).
     lease_changes: BTreeMap<i64, Option<LeaseRecord>>,
 }
@@ -1184,7 +1189,8 @@ impl WriteTxn<'_> {
             if self.changes.contains_key(&key) {
                 continue;
             }
-            self.changes.insert(key, StoredVersion::tombstone());
+            let tombstone = self.next_write(StoredVersion::tombstone());
+            self.changes.insert(key, tombstone);
         }
         self.lease_changes.insert(id, None);
         Ok(())
@@ -1253,6 +1259,13 @@ impl WriteTxn<'_> {
         merged.into_values().collect()
     }
 
+    /// Numbers a write of this transaction (its sub-revision).
+    fn next_write(&mut self, version: StoredVersion) -> StoredVersion {
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        StoredVersion { sub, ..version }
+    }
+
     /// Writes `value` under `key`; returns the previous live version.
     pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
         let previous = self.range_latest(&key, b"").pop();
@@ -1264,9 +1277,16 @@ impl WriteTxn<'_> {
             version: previous.as_ref().map_or(1, |p| p.version + 1),
             lease,
             value,
+            sub: 0,
         };
+        let version = self.next_write(version);
+        // etcd's duplicate check lets one Txn delete a key (a range ending in "\0") and
+        // then put it; the put wins. Two puts of a key are refused before apply.
         let replaced = self.changes.insert(key, version);
-        assert!(replaced.is_none(), "a key written twice in one revision");
+        assert!(
+            replaced.is_none_or(|r| r.tombstone),
+            "a key put twice in one revision"
+        );
         previous
     }
 
@@ -1274,10 +1294,14 @@ impl WriteTxn<'_> {
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
         let deleted = self.range_latest(key, range_end);
         for kv in &deleted {
-            let replaced = self
-                .changes
-                .insert(kv.key.clone(), StoredVersion::tombstone());
-            assert!(replaced.is_none(), "a key written twice in one revision");
+            // A key this transaction put is deleted again (etcd's duplicate check lets a
+            // range ending in "\0" through): the tombstone wins.
+            let tombstone = self.next_write(StoredVersion::tombstone());
+            let replaced = self.changes.insert(kv.key.clone(), tombstone);
+            assert!(
+                replaced.is_none_or(|r| !r.tombstone),
+                "a key deleted twice in one revision"
+            );
         }
         deleted
     }
@@ -1346,8 +1370,10 @@ impl WriteTxn<'_> {
         self.store.revision.store(revision.0, Ordering::SeqCst);
         self.store.set_applied(index, term);
         if let Some(sink) = self.store.events.get().filter(|sink| sink.wants_events()) {
-            let events = self
-                .changes
+            // In the order the transaction wrote them, as etcd publishes them.
+            let mut changes: Vec<(Bytes, StoredVersion)> = self.changes.into_iter().collect();
+            changes.sort_by_key(|(_, version)| version.sub);
+            let events = changes
                 .into_iter()
                 .map(|(key, version)| {
                     let prev_kv = self.view.get(&key, self.view.current);

@@ -419,6 +419,112 @@ fn txn_compares_and_runs_one_branch_at_one_revision() {
     assert!(!r.succeeded);
 }
 
+/// A sort target without a sort order sorts ascending, but etcd applies the limit
+/// first (it reads `limit + 1` keys in key order, then sorts them): found by the
+/// differential test against etcd.
+#[test]
+fn a_sort_target_without_an_order_sorts_the_first_page_only() {
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    f.put("a", "2");
+    f.put("a", "3");
+    f.put("b", "1");
+    f.put("b", "2");
+    f.put("c", "1");
+    f.put("d", "1");
+    f.put("d", "2");
+    f.put("d", "3");
+    f.put("d", "4");
+    let response = f
+        .range(RangeRequest {
+            limit: 2,
+            sort_target: range_request::SortTarget::Version as i32,
+            ..all_from("a")
+        })
+        .unwrap();
+    // The first three keys (a: 3, b: 2, c: 1) sorted by version, then cut to two; d,
+    // with the highest version, is not among them.
+    assert_eq!(keys(&response), vec!["c", "b"]);
+    assert!(response.more);
+    assert_eq!(response.count, 4);
+}
+
+/// etcd decides every branch of a Txn, nested ones included, from the state before the
+/// Txn writes (`compareToPath`): a nested compare does not see the outer Txn's writes
+/// (found by the differential test against etcd).
+#[test]
+fn nested_compares_see_the_state_before_the_txn() {
+    use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let mut f = Fixture::new();
+    let nested = RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            compare: vec![cmp("n", T::Value, R::Equal, U::Value("new".into()))],
+            success: vec![put_op("hit", "1")],
+            failure: vec![put_op("miss", "1")],
+        })),
+    };
+    let WriteOutcome::Txn(response) = f.write(Request::Txn(TxnRequest {
+        success: vec![put_op("n", "new"), nested],
+        ..Default::default()
+    })) else {
+        panic!()
+    };
+    assert!(response.succeeded);
+    assert!(f.get("miss").is_some() && f.get("hit").is_none());
+}
+
+/// etcd's duplicate check takes a range end of "\0" literally, so it lets one Txn put a
+/// key and delete it with such a range (or the reverse); etcd applies them in order, and
+/// so must the store, at one revision (found by the differential test against etcd).
+#[test]
+fn a_txn_may_put_and_delete_a_key_through_a_range_ending_in_zero() {
+    let delete_from = |key: &str| RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: Bytes::from(key.to_string()),
+                range_end: Bytes::from_static(b"\0"),
+                prev_kv: true,
+            },
+        )),
+    };
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    let put_then_delete = Request::Txn(TxnRequest {
+        success: vec![put_op("z", "new"), delete_from("a")],
+        ..Default::default()
+    });
+    let WriteOutcome::Txn(response) = f.write(put_then_delete) else {
+        panic!()
+    };
+    assert_eq!(response.header.unwrap().revision, 3);
+    let Some(ostrakon_proto::etcdserverpb::response_op::Response::ResponseDeleteRange(deleted)) =
+        &response.responses[1].response
+    else {
+        panic!()
+    };
+    assert_eq!(
+        deleted.deleted, 2,
+        "the key put a moment before is deleted too"
+    );
+    assert!(f.get("z").is_none() && f.get("a").is_none());
+
+    let delete_then_put = Request::Txn(TxnRequest {
+        success: vec![delete_from("a"), put_op("z", "again")],
+        ..Default::default()
+    });
+    f.put("y", "1");
+    let WriteOutcome::Txn(response) = f.write(delete_then_put) else {
+        panic!()
+    };
+    assert_eq!(response.header.unwrap().revision, 5);
+    let z = f.get("z").unwrap();
+    assert_eq!(
+        (z.value, z.version, z.create_revision),
+        (Bytes::from("again"), 1, 5)
+    );
+    assert!(f.get("y").is_none());
+}
+
 #[test]
 fn compaction_refuses_old_reads_and_removes_old_versions() {
     let mut f = Fixture::new();

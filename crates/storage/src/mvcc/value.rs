@@ -17,10 +17,17 @@ pub struct StoredVersion {
     pub lease: i64,
     /// The value (empty for a tombstone).
     pub value: Bytes,
+    /// The write's place among the writes of its revision (etcd's sub-revision): events
+    /// of one revision go out in this order, the order the Txn wrote them.
+    pub sub: u32,
 }
 
 const FLAG_TOMBSTONE: u8 = 1;
+/// A sub-revision follows the header (absent in versions written before sub-revisions
+/// were kept, and when 0).
+const FLAG_SUB: u8 = 2;
 const HEADER_BYTES: usize = 1 + 8 + 8 + 8;
+const SUB_BYTES: usize = 4;
 
 impl StoredVersion {
     /// The tombstone of a delete.
@@ -31,16 +38,24 @@ impl StoredVersion {
             version: 0,
             lease: 0,
             value: Bytes::new(),
+            sub: 0,
         }
     }
 
     /// The bytes stored under the versioned key.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_BYTES + self.value.len());
-        out.put_u8(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
+        let mut out = Vec::with_capacity(HEADER_BYTES + SUB_BYTES + self.value.len());
+        let mut flags = if self.tombstone { FLAG_TOMBSTONE } else { 0 };
+        if self.sub != 0 {
+            flags |= FLAG_SUB;
+        }
+        out.put_u8(flags);
         out.put_i64_le(self.create_revision.0);
         out.put_i64_le(self.version);
         out.put_i64_le(self.lease);
+        if self.sub != 0 {
+            out.put_u32_le(self.sub);
+        }
         out.extend_from_slice(&self.value);
         out
     }
@@ -56,12 +71,53 @@ impl StoredVersion {
         assert!(stored.len() >= HEADER_BYTES, "stored version too short");
         let mut header = &stored[..HEADER_BYTES];
         let flags = header.get_u8();
+        let (sub, value_at) = if flags & FLAG_SUB != 0 {
+            assert!(
+                stored.len() >= HEADER_BYTES + SUB_BYTES,
+                "stored version too short"
+            );
+            let mut sub = &stored[HEADER_BYTES..HEADER_BYTES + SUB_BYTES];
+            (sub.get_u32_le(), HEADER_BYTES + SUB_BYTES)
+        } else {
+            (0, HEADER_BYTES)
+        };
         StoredVersion {
             tombstone: flags & FLAG_TOMBSTONE != 0,
             create_revision: Revision(header.get_i64_le()),
             version: header.get_i64_le(),
             lease: header.get_i64_le(),
-            value: Bytes::copy_from_slice(&stored[HEADER_BYTES..]),
+            value: Bytes::copy_from_slice(&stored[value_at..]),
+            sub,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_round_trip_with_and_without_a_sub_revision() {
+        for sub in [0, 1, 77] {
+            for tombstone in [false, true] {
+                let version = StoredVersion {
+                    tombstone,
+                    create_revision: Revision(3),
+                    version: 2,
+                    lease: 9,
+                    value: Bytes::from_static(b"value"),
+                    sub,
+                };
+                let encoded = version.encode();
+                assert_eq!(StoredVersion::decode(&encoded), version);
+                assert_eq!(StoredVersion::is_tombstone(&encoded), tombstone);
+            }
+        }
+        // A version written before sub-revisions were kept reads as sub-revision 0.
+        let old = StoredVersion {
+            sub: 0,
+            ..StoredVersion::tombstone()
+        };
+        assert_eq!(old.encode().len(), HEADER_BYTES);
     }
 }
