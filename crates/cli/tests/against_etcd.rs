@@ -254,4 +254,21 @@ async fn watch_history_grouping_and_compact_at_zero_match_etcd() {
     }
     assert_eq!(groupings[0], vec![vec![2, 3, 4, 5, 5]], "etcd's grouping");
     assert_eq!(groupings[1], groupings[0], "ostrakon's grouping is etcd's");
+
+    // HashKV at the compacted revision itself is refused (a Range there is served).
+    for client in [&mut theirs, &mut mine] {
+        client.compact(3, None).await.unwrap();
+        let refused = client.maintenance_client().hash_kv(3).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("required revision has been compacted"),
+            "{refused}"
+        );
+        client.maintenance_client().hash_kv(4).await.unwrap();
+        client
+            .get("w1", Some(etcd_client::GetOptions::new().with_revision(3)))
+            .await
+            .unwrap();
+    }
 }

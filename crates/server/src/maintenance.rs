@@ -12,8 +12,8 @@ use ostrakon_proto::etcdserverpb::{
 };
 use ostrakon_proto::peer::write_request;
 use ostrakon_raft::NodeId;
-use ostrakon_storage::mvcc::ReadView;
 use ostrakon_storage::mvcc::WriteOutcome;
+use ostrakon_storage::mvcc::{MvccError, ReadView};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -298,6 +298,14 @@ async fn hash_off_the_workers(
 ) -> Result<(u32, i64, i64), Status> {
     let compacted = view.compact_revision().0;
     let at = match revision {
+        // etcd refuses a hash at the compacted revision itself (`HashByRev`), where a
+        // Range there is served (found by the differential test).
+        Some(requested) if requested > 0 && requested <= compacted => {
+            return Err(ApiError::from(MvccError::Compacted {
+                compacted: view.compact_revision(),
+            })
+            .into());
+        }
         Some(requested) => view.resolve(requested).map_err(ApiError::from)?,
         None => view.current_revision(),
     };

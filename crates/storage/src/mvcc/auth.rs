@@ -352,13 +352,14 @@ impl AuthState {
                 touched_users.push(change.name.clone());
             }
             Op::UserGrantRole(grant) => {
+                // etcd looks the user up first (found by the differential test).
+                if !self.users.contains_key(&grant.user) {
+                    return Err(AuthError::UserNotFound);
+                }
                 if grant.role != ROOT && !self.roles.contains_key(&grant.role) {
                     return Err(AuthError::RoleNotFound);
                 }
-                let user = self
-                    .users
-                    .get_mut(&grant.user)
-                    .ok_or(AuthError::UserNotFound)?;
+                let user = self.users.get_mut(&grant.user).expect("checked just above");
                 if user.roles.contains(&grant.role) {
                     return Ok(Vec::new());
                 }
@@ -478,17 +479,22 @@ impl AuthState {
             .roles
             .get_mut(&grant.name)
             .ok_or(AuthError::RoleNotFound)?;
-        // The same key range granted again replaces its type.
-        match role
+        // As etcd: permissions are kept sorted by key alone (a stable sort, so those of
+        // one key stay in the order granted); a grant replaces the type of the first
+        // permission with its key only if that one has its range end too, and is added
+        // otherwise (found by the differential test).
+        let first_at_or_after = role
             .key_permission
-            .iter_mut()
-            .find(|p| p.key == perm.key && p.range_end == perm.range_end)
-        {
-            Some(existing) => existing.perm_type = perm.perm_type,
-            None => role.key_permission.push(perm),
+            .partition_point(|p| p.key.as_ref() < perm.key.as_ref());
+        match role.key_permission.get_mut(first_at_or_after) {
+            Some(existing) if existing.key == perm.key && existing.range_end == perm.range_end => {
+                existing.perm_type = perm.perm_type;
+            }
+            _ => {
+                role.key_permission.push(perm);
+                role.key_permission.sort_by(|a, b| a.key.cmp(&b.key));
+            }
         }
-        role.key_permission
-            .sort_by(|a, b| (&a.key, &a.range_end).cmp(&(&b.key, &b.range_end)));
         Ok(())
     }
 
@@ -621,6 +627,60 @@ mod tests {
             Err(AuthError::InvalidAuthMgmt)
         );
         assert!(state.is_admin(ROOT));
+    }
+
+    /// etcd keeps a role's permissions sorted by key alone, in grant order for one key,
+    /// and replaces a permission's type only when it is the first of its key (found by
+    /// the differential test against etcd, whose RoleGet answers must match).
+    #[test]
+    fn permissions_keep_etcds_order_and_its_replacement_rule() {
+        use permission::Type;
+        let mut state = AuthState::default();
+        apply(
+            &mut state,
+            auth_write::Op::RoleAdd(AuthRoleAddRequest { name: "r".into() }),
+        )
+        .unwrap();
+        grant(&mut state, "r", "b", "", Type::Read);
+        grant(&mut state, "r", "a", "foo", Type::Read);
+        grant(&mut state, "r", "a", "\0", Type::Read);
+        let listed = |state: &AuthState| -> Vec<(String, String, i32)> {
+            state.roles["r"]
+                .key_permission
+                .iter()
+                .map(|p| (name_of(&p.key), name_of(&p.range_end), p.perm_type))
+                .collect()
+        };
+        let (read, write) = (Type::Read as i32, Type::Write as i32);
+        assert_eq!(
+            listed(&state),
+            vec![
+                ("a".into(), "foo".into(), read),
+                ("a".into(), "\0".into(), read),
+                ("b".into(), "".into(), read),
+            ]
+        );
+        // The first permission of key "a" is replaced in place...
+        grant(&mut state, "r", "a", "foo", Type::Write);
+        assert_eq!(listed(&state)[0], ("a".into(), "foo".into(), write));
+        // ...but another range of "a" granted again is added once more, as etcd does.
+        grant(&mut state, "r", "a", "\0", Type::Write);
+        assert_eq!(listed(&state).len(), 4);
+    }
+
+    /// etcd looks the user up before the role (found by the differential test).
+    #[test]
+    fn granting_a_missing_role_to_a_missing_user_reports_the_user() {
+        let mut state = AuthState::default();
+        let grant = || {
+            auth_write::Op::UserGrantRole(AuthUserGrantRoleRequest {
+                user: "nobody".into(),
+                role: "nothing".into(),
+            })
+        };
+        assert_eq!(apply(&mut state, grant()), Err(AuthError::UserNotFound));
+        user(&mut state, "nobody");
+        assert_eq!(apply(&mut state, grant()), Err(AuthError::RoleNotFound));
     }
 
     #[test]
