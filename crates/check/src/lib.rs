@@ -83,6 +83,7 @@ pub mod invariants;
 mod linearizability;
 mod model;
 mod models;
+mod timestamps;
 
 pub use history::{ClientId, History, OpId, Operation, Outcome, OutcomeCounts};
 pub use linearizability::{check, CheckResult, Explanation};
@@ -90,3 +91,4 @@ pub use model::Model;
 pub use models::etcd_kv::{EtcdInput, EtcdKvModel, EtcdOutput, EtcdState, KeyValue};
 pub use models::keyed_register::{simplify_unknowns, KeyedRegisterModel};
 pub use models::register::{RegisterInput, RegisterModel, RegisterOutput};
+pub use timestamps::{check_timestamps, TimestampCount, TimestampGrant};

@@ -15,6 +15,8 @@ use crate::node::Request;
 pub enum Reply {
     /// Done, with the register model's output.
     Ok(ostrakon_check::RegisterOutput),
+    /// Timestamps from the oracle.
+    Timestamps(ostrakon_check::TimestampGrant),
     /// Definitely not done; try `leader_hint` if known.
     Failed {
         /// Where the node thinks the leader is.

@@ -1,8 +1,10 @@
-//! The simulated state machine: a map of registers, and the commands that change it.
+//! The simulated state machine: a map of registers and the timestamp oracle's persisted
+//! bound (the real code of the range layer), and the commands that change them.
 
 use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ostrakon_ranges::{OracleBound, Timestamp};
 
 /// A write command, replicated through raft.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,11 @@ pub enum Command {
         /// The value to write.
         new: u64,
     },
+    /// Raise the timestamp oracle's persisted bound (proposed by the oracle's leader).
+    OracleBound {
+        /// The new bound.
+        bound: u64,
+    },
 }
 
 impl Command {
@@ -41,6 +48,10 @@ impl Command {
                 buf.put_u64(new);
                 buf.put_u8(expected.is_some() as u8);
                 buf.put_u64(expected.unwrap_or(0));
+            }
+            Command::OracleBound { bound } => {
+                buf.put_u8(3);
+                buf.put_u64(bound);
             }
         }
         buf.freeze()
@@ -62,28 +73,39 @@ impl Command {
                 new: u64_at(9),
                 expected: (data[17] == 1).then(|| u64_at(18)),
             },
+            3 => Command::OracleBound { bound: u64_at(1) },
             tag => panic!("unknown command tag {tag}"),
         }
     }
 }
 
-/// The registers, as of some applied index.
-pub type KvState = BTreeMap<u64, u64>;
+/// The state machine, as of some applied index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvState {
+    /// The registers.
+    pub registers: BTreeMap<u64, u64>,
+    /// The timestamp oracle's persisted bound.
+    pub oracle_bound: OracleBound,
+}
 
 /// Applies `command`; returns whether it took effect (always for Put).
 pub fn apply(state: &mut KvState, command: Command) -> bool {
     match command {
         Command::Put { key, value } => {
-            state.insert(key, value);
+            state.registers.insert(key, value);
             true
         }
         Command::Cas { key, expected, new } => {
-            if state.get(&key).copied() == expected {
-                state.insert(key, new);
+            if state.registers.get(&key).copied() == expected {
+                state.registers.insert(key, new);
                 true
             } else {
                 false
             }
+        }
+        Command::OracleBound { bound } => {
+            state.oracle_bound.apply(Timestamp(bound));
+            true
         }
     }
 }
@@ -106,6 +128,7 @@ mod tests {
                 expected: Some(0),
                 new: 5,
             },
+            Command::OracleBound { bound: 1 << 40 },
         ] {
             assert_eq!(Command::decode(&command.encode()), command);
         }
@@ -113,7 +136,7 @@ mod tests {
 
     #[test]
     fn cas_requires_the_expected_value() {
-        let mut state = KvState::new();
+        let mut state = KvState::default();
         assert!(!apply(
             &mut state,
             Command::Cas {
@@ -130,6 +153,6 @@ mod tests {
                 new: 2
             }
         ));
-        assert_eq!(state.get(&1), Some(&2));
+        assert_eq!(state.registers.get(&1), Some(&2));
     }
 }

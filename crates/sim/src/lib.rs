@@ -1,4 +1,5 @@
-//! A deterministic simulator for the ostrakon raft core.
+//! A deterministic simulator for the ostrakon raft core and the range layer's deciding
+//! code (today the timestamp oracle).
 //!
 //! One seed drives everything: the cluster shape, the workload, the fault knobs and every
 //! random choice along the way, in virtual time. Nodes run the real `RawNode` with a
@@ -6,9 +7,11 @@
 //! a node crashes; a simulated network drops, duplicates, delays, reorders and
 //! partitions messages. After every step the safety invariants are checked; at the end
 //! the faults heal and the run checks convergence, progress and linearizability of the
-//! clients' history. A failing seed replays exactly, with a trace.
+//! clients' history, and of the timestamps the oracle handed out. A failing seed replays
+//! exactly, with a trace.
 #![deny(missing_docs)]
 
+pub mod clients;
 pub mod events;
 pub mod invariants;
 pub mod kv;
@@ -17,3 +20,4 @@ pub mod rng;
 pub mod runner;
 pub mod scenario;
 pub mod simulation;
+mod timestamps;

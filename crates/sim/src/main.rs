@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ostrakon_raft::PlantedBug;
+use ostrakon_ranges::OracleBug;
 use ostrakon_sim::runner::{run_seed, run_seeds};
+use ostrakon_sim::scenario::Bug;
 
 /// Runs the deterministic raft simulator over a range of seeds.
 #[derive(Parser, Debug)]
@@ -18,7 +20,8 @@ struct Args {
     start_seed: u64,
     /// Plant a protocol bug the checkers must catch: ack-before-persist,
     /// read-without-read-index, commit-previous-term, vote-not-persisted,
-    /// no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored.
+    /// no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored (raft);
+    /// oracle-beyond-bound (the timestamp oracle).
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -35,21 +38,23 @@ struct Args {
     verbose: bool,
 }
 
-fn parse_bug(name: &str) -> Result<PlantedBug, String> {
+fn parse_bug(name: &str) -> Result<Bug, String> {
     Ok(match name {
-        "ack-before-persist" => PlantedBug::AckBeforePersist,
-        "read-without-read-index" => PlantedBug::ReadWithoutReadIndex,
-        "commit-previous-term" => PlantedBug::CommitPreviousTerm,
-        "vote-not-persisted" => PlantedBug::VoteNotPersisted,
-        "no-truncate-on-conflict" => PlantedBug::NoTruncateOnConflict,
-        "quiesced-lease-kept" => PlantedBug::QuiescedLeaseKept,
-        "node-down-ignored" => PlantedBug::NodeDownIgnored,
+        "ack-before-persist" => PlantedBug::AckBeforePersist.into(),
+        "read-without-read-index" => PlantedBug::ReadWithoutReadIndex.into(),
+        "commit-previous-term" => PlantedBug::CommitPreviousTerm.into(),
+        "vote-not-persisted" => PlantedBug::VoteNotPersisted.into(),
+        "no-truncate-on-conflict" => PlantedBug::NoTruncateOnConflict.into(),
+        "quiesced-lease-kept" => PlantedBug::QuiescedLeaseKept.into(),
+        "node-down-ignored" => PlantedBug::NodeDownIgnored.into(),
+        "oracle-beyond-bound" => OracleBug::HandOutBeyondBound.into(),
         other => {
             return Err(format!(
-            "unknown bug '{other}'; expected one of ack-before-persist, read-without-read-index, \
-                 commit-previous-term, vote-not-persisted, no-truncate-on-conflict, \
-                 quiesced-lease-kept, node-down-ignored"
-        ))
+                "unknown bug '{other}'; expected one of ack-before-persist, \
+                 read-without-read-index, commit-previous-term, vote-not-persisted, \
+                 no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
+                 oracle-beyond-bound"
+            ))
         }
     })
 }
@@ -99,11 +104,12 @@ fn main() -> ExitCode {
         println!("replay: cargo run --release -p ostrakon-sim -- --seeds 1 --start-seed {seed}{bug_flag}");
     }
     println!(
-        "{} seeds, {} violations, {} unknown, {} ops in {:.1} s",
+        "{} seeds, {} violations, {} unknown, {} ops and {} timestamp requests answered in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
         summary.ops,
+        summary.timestamps_granted,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

@@ -82,6 +82,11 @@ pub enum Request {
     },
     /// Replicate a write.
     Write(Command),
+    /// Ask the timestamp oracle (on the leader) for `count` timestamps.
+    Timestamps {
+        /// How many.
+        count: u64,
+    },
 }
 
 /// Something for the running node to handle, queued while it is busy persisting.
@@ -128,6 +133,8 @@ pub struct Waiting {
     /// entry up to it was committed before the read began, so a linearizable read index
     /// is at least this (a deposed leader answering from a stale lease is not).
     pub read_floor: LogIndex,
+    /// For timestamp requests: how many were asked for (None: a register operation).
+    pub timestamps: Option<u64>,
 }
 
 /// A node while it is up.
@@ -161,6 +168,11 @@ pub struct Running {
     /// before a change is applied was counted under this configuration; only one change
     /// is in flight at a time, so no older configuration can have counted it.
     pub conf_before_last_change: ostrakon_raft::ConfState,
+    /// The timestamp oracle (the range layer's real code), used while leading.
+    pub oracle: ostrakon_ranges::Oracle,
+    /// Timestamp requests whose read index has applied, to be served (or, at the
+    /// oracle's bound, waiting for the next bound to apply).
+    pub timestamps_confirmed: Vec<Waiting>,
 }
 
 /// A simulated machine.
@@ -177,4 +189,6 @@ pub struct SimNode {
     pub fsync_latency_us_max: u64,
     /// Removed from the group and shut down for good.
     pub decommissioned: bool,
+    /// How far this node's wall clock is ahead of true time (clocks are skewed).
+    pub clock_offset_ms: u64,
 }

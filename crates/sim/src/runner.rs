@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ostrakon_check::{check, simplify_unknowns, CheckResult, KeyedRegisterModel};
-use ostrakon_raft::PlantedBug;
+use ostrakon_check::{
+    check, check_timestamps, simplify_unknowns, CheckResult, KeyedRegisterModel, Outcome,
+};
 
+use crate::scenario::Bug;
 use crate::simulation::Simulation;
 
 /// Time the linearizability checker may spend on one seed's history before answering
@@ -33,6 +35,8 @@ pub struct SeedReport {
     pub check_unknown: bool,
     /// Operations left for the checker after pruning.
     pub checked_ops: usize,
+    /// Timestamp requests the oracle answered (all checked).
+    pub timestamps_granted: usize,
     /// Wall-clock time of the simulation and of the check.
     pub simulate_time: Duration,
     /// See `simulate_time`.
@@ -40,7 +44,7 @@ pub struct SeedReport {
 }
 
 /// Runs one seed to the end, turning panics inside the core into violations.
-pub fn run_seed(seed: u64, bug: Option<PlantedBug>, keep_trace: bool) -> (SeedReport, Vec<String>) {
+pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, Vec<String>) {
     let began = Instant::now();
     let mut sim = Simulation::new(seed, bug, keep_trace);
     let outcome = catch_unwind(AssertUnwindSafe(|| sim.run()));
@@ -55,6 +59,18 @@ pub fn run_seed(seed: u64, bug: Option<PlantedBug>, keep_trace: bool) -> (SeedRe
         violation.get_or_insert(format!("panic: {message}"));
     }
     sim.history.finish_pending_as_unknown();
+    sim.timestamps.finish_pending_as_unknown();
+    let timestamps_granted = sim
+        .timestamps
+        .ops()
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Ok(_)))
+        .count();
+    if violation.is_none() {
+        if let Err(broken) = check_timestamps(sim.timestamps.ops()) {
+            violation = Some(broken);
+        }
+    }
     let counts = sim.history.counts();
     let mut check_unknown = false;
     let mut checked_ops = 0;
@@ -79,6 +95,7 @@ pub fn run_seed(seed: u64, bug: Option<PlantedBug>, keep_trace: bool) -> (SeedRe
         violation,
         check_unknown,
         checked_ops,
+        timestamps_granted,
         simulate_time,
         check_time: began.elapsed(),
     };
@@ -96,6 +113,8 @@ pub struct Summary {
     pub unknown: u64,
     /// Client operations over all seeds.
     pub ops: u64,
+    /// Timestamp requests answered over all seeds.
+    pub timestamps_granted: u64,
     /// Lowest failing seed.
     pub first_failing_seed: Option<u64>,
     /// The report of that seed.
@@ -129,7 +148,7 @@ impl Summary {
 pub fn run_seeds(
     start: u64,
     count: u64,
-    bug: Option<PlantedBug>,
+    bug: Option<Bug>,
     threads: usize,
     stop_on_failure: bool,
     verbose: bool,
@@ -165,6 +184,7 @@ pub fn run_seeds(
                 let mut summary = summary.lock().expect("summary lock");
                 summary.seeds += 1;
                 summary.ops += report.ops as u64;
+                summary.timestamps_granted += report.timestamps_granted as u64;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {
                     summary.violations += 1;

@@ -1,8 +1,48 @@
 //! What one seed simulates: cluster shape, workload and fault knobs, all drawn from the seed.
 
 use ostrakon_raft::{PlantedBug, ReadMode};
+use ostrakon_ranges::OracleBug;
 
 use crate::rng::Rng;
+
+/// A deliberate bug the checkers must catch: in the raft core or in the range layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// In the raft core.
+    Raft(PlantedBug),
+    /// In the timestamp oracle.
+    Oracle(OracleBug),
+}
+
+impl From<PlantedBug> for Bug {
+    fn from(bug: PlantedBug) -> Bug {
+        Bug::Raft(bug)
+    }
+}
+
+impl From<OracleBug> for Bug {
+    fn from(bug: OracleBug) -> Bug {
+        Bug::Oracle(bug)
+    }
+}
+
+impl Bug {
+    /// The raft core's bug, if that is where it is planted.
+    pub fn raft(self) -> Option<PlantedBug> {
+        match self {
+            Bug::Raft(bug) => Some(bug),
+            Bug::Oracle(_) => None,
+        }
+    }
+
+    /// The oracle's bug, if that is where it is planted.
+    pub fn oracle(self) -> Option<OracleBug> {
+        match self {
+            Bug::Oracle(bug) => Some(bug),
+            Bug::Raft(_) => None,
+        }
+    }
+}
 
 /// Fault knobs, each named by what it does. Probabilities are per message (network) or per
 /// nemesis step (everything else).
@@ -70,18 +110,25 @@ pub struct Scenario {
     pub read_mode: ReadMode,
     /// The faults.
     pub faults: FaultKnobs,
-    /// A deliberate protocol bug the checkers must catch.
-    pub bug: Option<PlantedBug>,
+    /// A deliberate bug the checkers must catch.
+    pub bug: Option<Bug>,
     /// Raft quiescence, with node liveness reporting dead nodes to raft.
     pub quiesce: bool,
     /// A client waits up to this long between operations (uniform); long pauses leave
     /// the group idle long enough to quiesce in the middle of the faults.
     pub client_think_us_max: u64,
+    /// Clients asking the timestamp oracle (on the group's leader) for timestamps.
+    pub timestamp_client_count: u64,
+    /// The oracle persists its bound this far ahead of its clock; short windows make
+    /// it raise the bound often, so leader changes meet bounds in flight.
+    pub oracle_window_ms: u64,
+    /// Each node's clock is set up to this far from true time (uniform, per node).
+    pub clock_offset_ms_max: u64,
 }
 
 impl Scenario {
     /// The scenario of `seed`.
-    pub fn from_seed(rng: &mut Rng, bug: Option<PlantedBug>) -> Scenario {
+    pub fn from_seed(rng: &mut Rng, bug: Option<Bug>) -> Scenario {
         let faults = FaultKnobs {
             drop_probability: rng.pick(&[0.0, 0.01, 0.05, 0.1]),
             duplicate_probability: rng.pick(&[0.0, 0.01, 0.05]),
@@ -103,7 +150,7 @@ impl Scenario {
         } else {
             ReadMode::ReadIndex
         };
-        Scenario {
+        let mut scenario = Scenario {
             read_mode,
             node_count: rng.pick(&[3, 3, 5]),
             client_count: rng.range(2, 6),
@@ -119,6 +166,14 @@ impl Scenario {
             bug,
             quiesce: rng.chance(0.75),
             client_think_us_max: rng.pick(&[20_000, 20_000, 300_000]),
+            timestamp_client_count: rng.pick(&[0, 1, 2]),
+            oracle_window_ms: rng.pick(&[20, 100, 1_000]),
+            clock_offset_ms_max: rng.pick(&[0, 20, 500]),
+        };
+        if bug.is_some_and(|b| b.oracle().is_some()) {
+            // A bug in the oracle needs someone asking it.
+            scenario.timestamp_client_count = scenario.timestamp_client_count.max(2);
         }
+        scenario
     }
 }

@@ -2,21 +2,24 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use ostrakon_check::{History, Outcome, RegisterInput, RegisterOutput};
+use ostrakon_check::{
+    History, Outcome, RegisterInput, RegisterOutput, TimestampCount, TimestampGrant,
+};
 use ostrakon_raft::{
     ConfState, Config, EntryPayload, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId,
     RawNode, Role,
 };
 
+use crate::clients::{ClientState, TimestampClient, TIMESTAMP_CLIENT_BASE};
 use crate::events::{Event, EventQueue, Reply};
 use crate::invariants::{Invariants, Violation};
 use crate::kv::{self, Command};
 use crate::node::{Disk, Input, Request, Running, SimNode, Waiting};
 use crate::rng::Rng;
-use crate::scenario::Scenario;
+use crate::scenario::{Bug, Scenario};
 
 /// Lines of trace kept for a failing seed (the most recent ones).
-const TRACE_LINES_MAX: usize = 4_000;
+pub(crate) const TRACE_LINES_MAX: usize = 4_000;
 /// The key of the write the simulator itself makes after healing to prove the cluster
 /// still makes progress; outside the clients' keys.
 const PROBE_KEY: u64 = u64::MAX;
@@ -42,18 +45,15 @@ const _: () = assert!(HEARTBEAT_TICKS < ELECTION_TICKS);
 /// The history the clients record: register operations keyed by register.
 pub type RegisterHistory = History<(u64, RegisterInput), RegisterOutput>;
 
-struct ClientState {
-    believed_leader: NodeId,
-    outstanding: Option<ostrakon_check::OpId>,
-    last_seen: BTreeMap<u64, Option<u64>>,
-}
+/// The history of the timestamp clients: how many asked for, what was granted.
+pub type TimestampHistory = History<TimestampCount, TimestampGrant>;
 
 /// The simulated world of one seed.
 pub struct Simulation {
     pub(crate) now_us: u64,
-    rng: Rng,
+    pub(crate) rng: Rng,
     pub(crate) scenario: Scenario,
-    events: EventQueue,
+    pub(crate) events: EventQueue,
     pub(crate) nodes: BTreeMap<NodeId, SimNode>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     /// Blocked links on which node liveness pings still pass (raft messages are lost
@@ -62,32 +62,36 @@ pub struct Simulation {
     partition_id: u64,
     clients: Vec<ClientState>,
     pub(crate) history: RegisterHistory,
+    pub(crate) timestamp_clients: Vec<TimestampClient>,
+    /// What the timestamp clients asked the oracle and got.
+    pub(crate) timestamps: TimestampHistory,
     invariants: Invariants,
-    trace: Option<VecDeque<String>>,
+    pub(crate) trace: Option<VecDeque<String>>,
     next_value: u64,
-    next_request_id: u64,
+    pub(crate) next_request_id: u64,
     next_node_id: u64,
     /// The membership applied at the highest index seen anywhere.
     latest_conf: (LogIndex, ConfState),
     pub(crate) healed_at_us: Option<u64>,
-    clients_stopped: bool,
+    pub(crate) clients_stopped: bool,
     pub(crate) violation: Option<Violation>,
 }
 
 macro_rules! trace {
     ($sim:expr, $($arg:tt)*) => {
         if let Some(trace) = $sim.trace.as_mut() {
-            if trace.len() >= TRACE_LINES_MAX {
+            if trace.len() >= $crate::simulation::TRACE_LINES_MAX {
                 trace.pop_front();
             }
             trace.push_back(format!("{:>9}us {}", $sim.now_us, format!($($arg)*)));
         }
     };
 }
+pub(crate) use trace;
 
 impl Simulation {
     /// A world for `seed`. With `keep_trace`, a readable trace of the run is kept.
-    pub fn new(seed: u64, bug: Option<ostrakon_raft::PlantedBug>, keep_trace: bool) -> Simulation {
+    pub fn new(seed: u64, bug: Option<Bug>, keep_trace: bool) -> Simulation {
         let mut rng = Rng::new(seed);
         let scenario = Scenario::from_seed(&mut rng, bug);
         let voters: Vec<NodeId> = (1..=scenario.node_count).map(NodeId).collect();
@@ -101,6 +105,8 @@ impl Simulation {
             partition_id: 0,
             clients: Vec::new(),
             history: History::new(),
+            timestamp_clients: Vec::new(),
+            timestamps: History::new(),
             invariants: Invariants::default(),
             trace: keep_trace.then(VecDeque::new),
             next_value: 1,
@@ -125,6 +131,15 @@ impl Simulation {
             });
             let start = sim.rng.range(0, 100_000);
             sim.events.push(start, Event::ClientNext(client));
+        }
+        for client in 0..sim.scenario.timestamp_client_count {
+            sim.timestamp_clients.push(TimestampClient {
+                believed_leader: NodeId::NONE,
+                outstanding: None,
+            });
+            let start = sim.rng.range(0, 100_000);
+            sim.events
+                .push(start, Event::ClientNext(TIMESTAMP_CLIENT_BASE + client));
         }
         sim.events
             .push(sim.scenario.faults.nemesis_interval_us, Event::Nemesis);
@@ -157,7 +172,7 @@ impl Simulation {
         config.append_entries_max = self.scenario.append_entries_max;
         config.inflight_msgs_max = self.scenario.inflight_msgs_max;
         config.read_mode = self.scenario.read_mode;
-        config.planted_bug = self.scenario.bug;
+        config.planted_bug = self.scenario.bug.and_then(Bug::raft);
         config.quiesce = self.scenario.quiesce;
         config
     }
@@ -166,7 +181,7 @@ impl Simulation {
         let disk = Disk {
             hard_state: state.hard_state,
             snapshot: state.snapshot.clone(),
-            snapshot_data: kv::KvState::new(),
+            snapshot_data: kv::KvState::default(),
             entries: state.entries.clone(),
         };
         // Clocks drift: each node ticks faster or slower than nominal.
@@ -174,6 +189,7 @@ impl Simulation {
         let tick_us = self
             .rng
             .range(self.scenario.tick_us - drift, self.scenario.tick_us + drift);
+        let clock_offset_ms = self.rng.range(0, self.scenario.clock_offset_ms_max);
         let node = SimNode {
             disk,
             running: None,
@@ -181,6 +197,7 @@ impl Simulation {
             tick_us,
             fsync_latency_us_max: self.scenario.faults.fsync_latency_us_max,
             decommissioned: false,
+            clock_offset_ms,
         };
         self.nodes.insert(id, node);
         self.start_node(id);
@@ -201,6 +218,10 @@ impl Simulation {
             conf_state: disk.snapshot.conf_state.clone(),
         };
         let raw = RawNode::new(config, state, seed).expect("valid config");
+        let oracle = ostrakon_ranges::Oracle::new(ostrakon_ranges::OracleConfig {
+            window_ms: self.scenario.oracle_window_ms,
+        })
+        .with_bug(self.scenario.bug.and_then(Bug::oracle));
         node.running = Some(Running {
             raw,
             kv: disk.snapshot_data.clone(),
@@ -215,6 +236,8 @@ impl Simulation {
             started_us: self.now_us,
             down: BTreeSet::new(),
             conf_before_last_change: disk.snapshot.conf_state.clone(),
+            oracle,
+            timestamps_confirmed: Vec::new(),
         });
         let (epoch, tick_us) = (node.epoch, node.tick_us);
         let first_tick = self.now_us + self.rng.range(1, tick_us);
@@ -335,13 +358,22 @@ impl Simulation {
                     );
                 }
             }
+            Event::Reply { client, op, reply } if client >= TIMESTAMP_CLIENT_BASE => {
+                self.handle_timestamp_reply(client, op, reply)
+            }
             Event::Reply { client, op, reply } => self.handle_reply(client, op, reply),
+            Event::ClientTimeout { client, op } if client >= TIMESTAMP_CLIENT_BASE => {
+                self.timestamp_request_timed_out(client, op)
+            }
             Event::ClientTimeout { client, op } => {
                 if self.clients[client as usize].outstanding == Some(op) {
                     trace!(self, "client {client} op {} times out", op.index());
                     self.complete(client, Outcome::Unknown);
                     self.clients[client as usize].believed_leader = NodeId::NONE;
                 }
+            }
+            Event::ClientNext(client) if client >= TIMESTAMP_CLIENT_BASE => {
+                self.start_timestamp_request(client)
             }
             Event::ClientNext(client) => self.start_operation(client),
             Event::Crash(id, epoch) => {
@@ -391,7 +423,7 @@ impl Simulation {
         self.nodes.get(&id).is_some_and(|n| n.running.is_some())
     }
 
-    fn running(&mut self, id: NodeId) -> &mut Running {
+    pub(crate) fn running(&mut self, id: NodeId) -> &mut Running {
         self.nodes
             .get_mut(&id)
             .and_then(|n| n.running.as_mut())
@@ -541,6 +573,7 @@ impl Simulation {
         let running = self.running(id);
         running.raw.advance();
         let applied = running.applied;
+        self.allocate_confirmed_timestamps(id);
         if let Err(violation) = self.invariants.check_applied(id, applied) {
             self.fail(violation);
         }
@@ -563,10 +596,11 @@ impl Simulation {
             EntryPayload::Normal(data) => {
                 let command = Command::decode(data);
                 let took_effect = kv::apply(&mut running.kv, command);
-                Some(match command {
-                    Command::Put { .. } => RegisterOutput::Write,
-                    Command::Cas { .. } => RegisterOutput::Cas(took_effect),
-                })
+                match command {
+                    Command::Put { .. } => Some(RegisterOutput::Write),
+                    Command::Cas { .. } => Some(RegisterOutput::Cas(took_effect)),
+                    Command::OracleBound { .. } => None,
+                }
             }
             EntryPayload::ConfChange(change) => {
                 running.conf_before_last_change = running.raw.conf_state().clone();
@@ -633,7 +667,7 @@ impl Simulation {
         }
     }
 
-    fn handle_read_state(&mut self, id: NodeId, read: ostrakon_raft::ReadState) {
+    pub(crate) fn handle_read_state(&mut self, id: NodeId, read: ostrakon_raft::ReadState) {
         let running = self.running(id);
         let Some(waiting) = running.reads.remove(&read.request_id) else {
             return;
@@ -663,9 +697,14 @@ impl Simulation {
             .drain(..)
             .partition(|(i, _)| *i <= applied);
         running.reads_waiting_apply = waiting;
-        let answers: Vec<(Waiting, Option<u64>)> = ready
+        let (timestamps, reads): (Vec<_>, Vec<_>) =
+            ready.into_iter().partition(|(_, w)| w.timestamps.is_some());
+        running
+            .timestamps_confirmed
+            .extend(timestamps.into_iter().map(|(_, w)| w));
+        let answers: Vec<(Waiting, Option<u64>)> = reads
             .into_iter()
-            .map(|(_, w)| (w, running.kv.get(&w.key).copied()))
+            .map(|(_, w)| (w, running.kv.registers.get(&w.key).copied()))
             .collect();
         for (waiting, value) in answers {
             self.reply(waiting, Reply::Ok(RegisterOutput::Read(value)));
@@ -759,12 +798,14 @@ impl Simulation {
             Request::Write(command) => {
                 let key = match command {
                     Command::Put { key, .. } | Command::Cas { key, .. } => key,
+                    Command::OracleBound { .. } => unreachable!("clients write registers"),
                 };
                 let waiting = Waiting {
                     client,
                     op,
                     key,
                     read_floor: LogIndex(0),
+                    timestamps: None,
                 };
                 let result = running.raw.propose(command.encode());
                 match result {
@@ -784,12 +825,23 @@ impl Simulation {
                     op.index()
                 );
             }
+            Request::Timestamps { count } => {
+                let waiting = Waiting {
+                    client,
+                    op,
+                    key: 0,
+                    read_floor,
+                    timestamps: Some(count),
+                };
+                self.confirm_for_timestamps(id, request_id, waiting);
+            }
             Request::Read { key } => {
                 let waiting = Waiting {
                     client,
                     op,
                     key,
                     read_floor,
+                    timestamps: None,
                 };
                 match running.raw.read_index(request_id) {
                     Ok(()) => {
@@ -804,7 +856,7 @@ impl Simulation {
         }
     }
 
-    fn reply(&mut self, waiting: Waiting, reply: Reply) {
+    pub(crate) fn reply(&mut self, waiting: Waiting, reply: Reply) {
         if waiting.client == PROBE_CLIENT {
             return;
         }
@@ -868,6 +920,17 @@ impl Simulation {
         );
         let state = &mut self.clients[client as usize];
         state.outstanding = Some(op);
+        self.send_request(target, client, op, request);
+    }
+
+    /// Sends a client's request over the network, and starts its timeout.
+    pub(crate) fn send_request(
+        &mut self,
+        target: NodeId,
+        client: u64,
+        op: ostrakon_check::OpId,
+        request: Request,
+    ) {
         let faults = &self.scenario.faults;
         let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
         self.events.push(
@@ -887,6 +950,11 @@ impl Simulation {
 
     fn pick_target(&mut self, client: u64, is_write: bool) -> NodeId {
         let believed = self.clients[client as usize].believed_leader;
+        self.pick_node(believed, is_write)
+    }
+
+    /// `believed` if it is still a member (for reads, not always), else any member.
+    pub(crate) fn pick_node(&mut self, believed: NodeId, is_write: bool) -> NodeId {
         // Reads sometimes go to any member, exercising forwarded ReadIndex.
         let any_member = !is_write && self.rng.chance(0.2);
         if believed.is_some() && !any_member && !self.nodes[&believed].decommissioned {
@@ -915,6 +983,7 @@ impl Simulation {
                 trace!(self, "client {client} op {} ok {output:?}", op.index());
                 self.complete(client, Outcome::Ok(output));
             }
+            Reply::Timestamps(grant) => panic!("timestamps {grant:?} answer a register operation"),
             Reply::Failed { leader_hint } => {
                 trace!(
                     self,
@@ -1199,7 +1268,7 @@ impl Simulation {
                 self.nodes[id]
                     .running
                     .as_ref()
-                    .is_some_and(|r| r.kv.contains_key(&PROBE_KEY))
+                    .is_some_and(|r| r.kv.registers.contains_key(&PROBE_KEY))
             });
             if applied_everywhere {
                 return;
@@ -1207,7 +1276,7 @@ impl Simulation {
             let anyone_applied = self.nodes.values().any(|n| {
                 n.running
                     .as_ref()
-                    .is_some_and(|r| r.kv.contains_key(&PROBE_KEY))
+                    .is_some_and(|r| r.kv.registers.contains_key(&PROBE_KEY))
             });
             if !anyone_applied {
                 if let Some(leader) = self.current_leader() {
@@ -1336,6 +1405,7 @@ impl Simulation {
             op: ostrakon_check::OpId::NONE,
             key: PROBE_KEY,
             read_floor,
+            timestamps: None,
         };
         let running = self.running(leader);
         if running.busy.is_some() || running.raw.read_index(request_id).is_err() {

@@ -1,10 +1,12 @@
 //! The simulator itself: seeds replay exactly, clean seeds pass, planted bugs are caught.
 
 use ostrakon_raft::PlantedBug;
+use ostrakon_ranges::OracleBug;
 use ostrakon_sim::runner::{run_seed, run_seeds};
+use ostrakon_sim::scenario::Bug;
 use ostrakon_sim::simulation::Simulation;
 
-fn fingerprint(seed: u64, bug: Option<PlantedBug>) -> String {
+fn fingerprint(seed: u64, bug: Option<Bug>) -> String {
     let mut sim = Simulation::new(seed, bug, true);
     sim.run();
     format!(
@@ -44,6 +46,12 @@ fn clean_seeds_pass_with_real_work_done() {
         "the clients did work: {} ops",
         summary.ops
     );
+    // Two seeds in three have clients of the timestamp oracle.
+    assert!(
+        summary.timestamps_granted > 1_000,
+        "the oracle handed out timestamps: {} requests answered",
+        summary.timestamps_granted
+    );
 }
 
 #[test]
@@ -59,7 +67,7 @@ fn planted_no_truncate_bug_is_caught() {
     let summary = run_seeds(
         0,
         50,
-        Some(PlantedBug::NoTruncateOnConflict),
+        Some(PlantedBug::NoTruncateOnConflict.into()),
         2,
         true,
         false,
@@ -72,7 +80,14 @@ fn planted_no_truncate_bug_is_caught() {
 
 #[test]
 fn planted_ack_before_persist_bug_is_caught() {
-    let summary = run_seeds(0, 50, Some(PlantedBug::AckBeforePersist), 2, true, false);
+    let summary = run_seeds(
+        0,
+        50,
+        Some(PlantedBug::AckBeforePersist.into()),
+        2,
+        true,
+        false,
+    );
     let failure = summary.first_failure.expect("caught");
     assert!(
         failure.violation.unwrap().contains("durable only on"),
@@ -82,16 +97,47 @@ fn planted_ack_before_persist_bug_is_caught() {
 
 #[test]
 fn planted_quiescence_bugs_are_caught() {
-    let summary = run_seeds(0, 50, Some(PlantedBug::NodeDownIgnored), 2, true, false);
+    let summary = run_seeds(
+        0,
+        50,
+        Some(PlantedBug::NodeDownIgnored.into()),
+        2,
+        true,
+        false,
+    );
     let failure = summary.first_failure.expect("caught");
     assert!(
         failure.violation.unwrap().contains("no new leader"),
         "caught by the quiesced failover check"
     );
-    let summary = run_seeds(0, 100, Some(PlantedBug::QuiescedLeaseKept), 2, true, false);
+    let summary = run_seeds(
+        0,
+        100,
+        Some(PlantedBug::QuiescedLeaseKept.into()),
+        2,
+        true,
+        false,
+    );
     let failure = summary.first_failure.expect("caught");
     assert!(
         failure.violation.unwrap().contains("stale read"),
         "caught by the read floor"
+    );
+}
+
+#[test]
+fn planted_oracle_bug_is_caught() {
+    let summary = run_seeds(
+        0,
+        200,
+        Some(OracleBug::HandOutBeyondBound.into()),
+        2,
+        true,
+        false,
+    );
+    let failure = summary.first_failure.expect("caught");
+    assert!(
+        failure.violation.unwrap().contains("timestamps"),
+        "caught by the timestamp check"
     );
 }

@@ -1,0 +1,28 @@
+//! What the simulated clients remember between operations.
+
+use std::collections::BTreeMap;
+
+use ostrakon_check::OpId;
+use ostrakon_raft::NodeId;
+
+/// Client ids from here on are timestamp clients (`id - TIMESTAMP_CLIENT_BASE` indexes
+/// them); below it, register clients.
+pub const TIMESTAMP_CLIENT_BASE: u64 = 1 << 32;
+
+/// A client of the registers.
+pub struct ClientState {
+    /// Where it sends requests.
+    pub believed_leader: NodeId,
+    /// Its operation in flight, if any (at most one).
+    pub outstanding: Option<OpId>,
+    /// The value it last saw on each register (the expected value of its next CAS).
+    pub last_seen: BTreeMap<u64, Option<u64>>,
+}
+
+/// A client of the timestamp oracle.
+pub struct TimestampClient {
+    /// Where it sends requests.
+    pub believed_leader: NodeId,
+    /// Its request in flight, if any (at most one), in the timestamp history.
+    pub outstanding: Option<OpId>,
+}

@@ -1,0 +1,161 @@
+//! The timestamp oracle under simulation: clients ask the group's leader for
+//! timestamps, and the leader serves them with the range layer's real `Oracle`, its
+//! bound persisted through the group's log like any command.
+//!
+//! A request is served as the runtime will serve it: the leader takes a read index
+//! after the request arrived (confirming it still leads), waits until it has applied up
+//! to it (so the bound it reads is the latest committed), then allocates; a request
+//! that would reach the bound waits for the next bound to apply. The checker
+//! (`ostrakon_check::check_timestamps`) then holds every answer to uniqueness and
+//! real-time order.
+
+use ostrakon_check::{OpId, Outcome, TimestampGrant};
+use ostrakon_raft::{NodeId, Role};
+
+use crate::clients::TIMESTAMP_CLIENT_BASE;
+use crate::events::{Event, Reply};
+use crate::kv::Command;
+use crate::node::{Request, Waiting};
+use crate::simulation::{trace, Simulation};
+
+/// What every node's wall clock reads at the start of a run (before its skew): a
+/// realistic epoch, so timestamps look like the ones a real cluster hands out.
+const WALL_CLOCK_START_MS: u64 = 1_780_000_000_000;
+
+impl Simulation {
+    /// `id`'s wall clock: running fast or slow with its tick rate, and set ahead by its
+    /// skew.
+    fn wall_clock_ms(&self, id: NodeId) -> u64 {
+        let node = &self.nodes[&id];
+        let local_us =
+            u128::from(self.now_us) * u128::from(self.scenario.tick_us) / u128::from(node.tick_us);
+        WALL_CLOCK_START_MS + node.clock_offset_ms + (local_us / 1_000) as u64
+    }
+
+    /// A timestamp request arrived at `id`: only the leader serves the oracle, once a
+    /// read index taken now confirms it still leads.
+    pub(crate) fn confirm_for_timestamps(&mut self, id: NodeId, request_id: u64, waiting: Waiting) {
+        let running = self.running(id);
+        let leader_hint = running.raw.leader();
+        if running.raw.role() != Role::Leader || running.raw.read_index(request_id).is_err() {
+            self.reply(waiting, Reply::Failed { leader_hint });
+            return;
+        }
+        running.reads.insert(request_id, waiting);
+    }
+
+    /// Serves the confirmed timestamp requests at `id` (after its Ready is advanced:
+    /// allocating may propose a new bound).
+    pub(crate) fn allocate_confirmed_timestamps(&mut self, id: NodeId) {
+        if self.running(id).timestamps_confirmed.is_empty() {
+            return;
+        }
+        let now_ms = self.wall_clock_ms(id);
+        let running = self.running(id);
+        let confirmed = std::mem::take(&mut running.timestamps_confirmed);
+        let leader_hint = running.raw.leader();
+        if running.raw.role() != Role::Leader {
+            for waiting in confirmed {
+                self.reply(waiting, Reply::Failed { leader_hint });
+            }
+            return;
+        }
+        let term = running.raw.term();
+        let mut granted = Vec::new();
+        let mut proposals = Vec::new();
+        for waiting in confirmed {
+            let count = waiting.timestamps.expect("a timestamp request");
+            let bound = running.kv.oracle_bound;
+            let allocation = running.oracle.allocate(term, bound, now_ms, count);
+            if let Some(bound) = allocation.propose_bound {
+                let command = Command::OracleBound { bound: bound.0 };
+                let result = running.raw.propose(command.encode());
+                if result.is_err() {
+                    running.oracle.bound_not_proposed();
+                }
+                proposals.push((bound, result));
+            }
+            match allocation.granted {
+                Some(range) => granted.push((waiting, range)),
+                None => running.timestamps_confirmed.push(waiting),
+            }
+        }
+        for (bound, result) in proposals {
+            trace!(self, "{id:?} proposes oracle bound {}: {result:?}", bound.0);
+        }
+        for (waiting, range) in granted {
+            trace!(
+                self,
+                "{id:?} grants client {} timestamps {}+{}",
+                waiting.client,
+                range.first.0,
+                range.count
+            );
+            let grant = TimestampGrant {
+                first: range.first.0,
+                count: range.count,
+            };
+            self.reply(waiting, Reply::Timestamps(grant));
+        }
+    }
+
+    // --- The timestamp clients ----------------------------------------------------------
+
+    pub(crate) fn start_timestamp_request(&mut self, client: u64) {
+        let index = (client - TIMESTAMP_CLIENT_BASE) as usize;
+        if self.clients_stopped || self.timestamp_clients[index].outstanding.is_some() {
+            return;
+        }
+        let count = self.rng.range(1, 3);
+        let op = self.timestamps.invoke(client, count, self.now_us);
+        let believed = self.timestamp_clients[index].believed_leader;
+        let target = self.pick_node(believed, true);
+        trace!(
+            self,
+            "timestamp client {client} op {} asks {target:?} for {count}",
+            op.index()
+        );
+        self.timestamp_clients[index].outstanding = Some(op);
+        self.send_request(target, client, op, Request::Timestamps { count });
+    }
+
+    pub(crate) fn handle_timestamp_reply(&mut self, client: u64, op: OpId, reply: Reply) {
+        let index = (client - TIMESTAMP_CLIENT_BASE) as usize;
+        if self.timestamp_clients[index].outstanding != Some(op) {
+            return; // Timed out already.
+        }
+        match reply {
+            Reply::Timestamps(grant) => self.complete_timestamp_request(client, Outcome::Ok(grant)),
+            Reply::Failed { leader_hint } => {
+                self.complete_timestamp_request(client, Outcome::Failed);
+                self.timestamp_clients[index].believed_leader = leader_hint;
+            }
+            Reply::Ok(output) => panic!("a register answer {output:?} to a timestamp request"),
+        }
+    }
+
+    pub(crate) fn timestamp_request_timed_out(&mut self, client: u64, op: OpId) {
+        let index = (client - TIMESTAMP_CLIENT_BASE) as usize;
+        if self.timestamp_clients[index].outstanding == Some(op) {
+            self.complete_timestamp_request(client, Outcome::Unknown);
+            self.timestamp_clients[index].believed_leader = NodeId::NONE;
+        }
+    }
+
+    fn complete_timestamp_request(&mut self, client: u64, outcome: Outcome<TimestampGrant>) {
+        let index = (client - TIMESTAMP_CLIENT_BASE) as usize;
+        let op = self.timestamp_clients[index]
+            .outstanding
+            .take()
+            .expect("a request in flight");
+        trace!(
+            self,
+            "timestamp client {client} op {} ends {outcome:?}",
+            op.index()
+        );
+        self.timestamps.complete(op, outcome, self.now_us);
+        let think_us = self.rng.range(0, self.scenario.client_think_us_max);
+        self.events
+            .push(self.now_us + think_us, Event::ClientNext(client));
+    }
+}
