@@ -52,10 +52,12 @@ mod membership;
 mod message;
 mod progress;
 mod quiesce;
+mod quiescing;
 pub mod quorum;
 mod raft;
 mod raw_node;
 mod read_index;
+mod read_queue;
 mod replication;
 mod types;
 

@@ -28,18 +28,9 @@ use crate::config::BugKind;
 use crate::ids::{LogIndex, NodeId};
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ProgressState};
+use crate::quiescing::Quiescing;
 use crate::quorum::{vote_result, VoteResult};
 use crate::raft::{Raft, Role};
-
-/// A leader's quiescing heartbeats in flight.
-#[derive(Clone, Debug)]
-pub(crate) struct Quiescing {
-    /// The tick the first quiescing heartbeat was sent at: acknowledgements of heartbeats
-    /// sent before it do not count.
-    since_tick: u64,
-    /// Members that acknowledged a quiescing heartbeat.
-    acked: BTreeSet<NodeId>,
-}
 
 impl Raft {
     /// Whether the group is idle enough for its leader to stop ticking: every entry is

@@ -8,7 +8,8 @@ use crate::ids::{LogIndex, NodeId, Term};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
-use crate::read_index::ReadIndexState;
+use crate::read_queue::ReadIndexState;
+pub use crate::types::ReadState;
 use crate::types::{ConfState, Entry, EntryPayload, HardState};
 
 /// The role a node plays in its group.
@@ -79,16 +80,6 @@ pub struct Proposal {
     pub term: Term,
 }
 
-/// The answer to a read-index request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadState {
-    /// The caller's request id.
-    pub request_id: u64,
-    /// Serve the read once applied >= this index. `None`: leadership was lost or never
-    /// known before the read could be confirmed; retry.
-    pub index: Option<LogIndex>,
-}
-
 /// A leadership transfer under way.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Transfer {
@@ -141,7 +132,7 @@ pub struct Raft {
     /// Leader: quiescing heartbeats are out; it quiesces once every member acknowledged
     /// one (a member that missed it would keep a stale commit index, and a learner
     /// never times out to ask again).
-    pub(crate) quiescing: Option<crate::quiesce::Quiescing>,
+    pub(crate) quiescing: Option<crate::quiescing::Quiescing>,
     /// Nodes the runtime's node liveness reports down (`report_node_down`) and not up
     /// since. A leader quiesces without waiting for them.
     pub(crate) down_peers: BTreeSet<NodeId>,

@@ -2,14 +2,13 @@
 //! commit index, confirms with a heartbeat round that it still leads, and the read is
 //! served once the state machine has applied up to that index.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use crate::config::{BugKind, ReadMode};
 use crate::ids::{LogIndex, NodeId};
 use crate::message::MessageBody;
 use crate::progress::ProgressState;
 use crate::quorum::committed_index;
 use crate::raft::{ProposeError, Raft, ReadState, Role};
+use crate::read_queue::PendingRead;
 
 /// A lease lasts this share of an election timeout after the quorum's acknowledged
 /// heartbeat was sent; the rest is margin for clock-rate differences.
@@ -18,67 +17,6 @@ const LEASE_FRACTION_PERCENT: u64 = 80;
 /// Bound on reads a follower has forwarded to the leader and awaits answers for; beyond
 /// it the oldest is failed (its answer was probably lost with a message).
 const FORWARDED_READS_MAX: usize = 4096;
-
-#[derive(Clone, Copy, Debug)]
-struct PendingRead {
-    from: NodeId,
-    request_id: u64,
-    index: LogIndex,
-}
-
-/// Read-index bookkeeping of one group.
-#[derive(Debug)]
-pub(crate) struct ReadIndexState {
-    /// Reads that arrived before the leader committed an entry of its term: until then
-    /// it does not know the commit index of its predecessor.
-    waiting_for_commit: Vec<PendingRead>,
-    /// Reads to be confirmed by the next heartbeat round.
-    unsent: Vec<PendingRead>,
-    /// Reads whose round was sent, in round order.
-    in_flight: VecDeque<(u64, PendingRead)>,
-    /// The next round number; rounds start at 1 (0 in a heartbeat means "no round").
-    next_round: u64,
-    /// The highest round each member acknowledged.
-    acked_rounds: BTreeMap<NodeId, u64>,
-    /// Follower side: request ids forwarded to the leader, oldest first.
-    forwarded: VecDeque<u64>,
-    /// Answers to hand to the application in the next `Ready`.
-    pub(crate) ready: Vec<ReadState>,
-}
-
-impl Default for ReadIndexState {
-    fn default() -> Self {
-        ReadIndexState {
-            waiting_for_commit: Vec::new(),
-            unsent: Vec::new(),
-            in_flight: VecDeque::new(),
-            next_round: 1,
-            acked_rounds: BTreeMap::new(),
-            forwarded: VecDeque::new(),
-            ready: Vec::new(),
-        }
-    }
-}
-
-impl ReadIndexState {
-    /// The latest round sent whose reads are still unconfirmed (0 if none): periodic
-    /// heartbeats carry it so that a lost heartbeat does not strand reads.
-    pub(crate) fn round_in_flight(&self) -> u64 {
-        self.in_flight.back().map_or(0, |(round, _)| *round)
-    }
-
-    pub(crate) fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty()
-    }
-
-    /// No read waits for anything: a group with reads in progress must not quiesce.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.waiting_for_commit.is_empty()
-            && self.unsent.is_empty()
-            && self.in_flight.is_empty()
-            && self.ready.is_empty()
-    }
-}
 
 impl Raft {
     /// Requests a read index for `request_id`; the answer arrives in `Ready::read_states`.

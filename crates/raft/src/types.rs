@@ -134,3 +134,13 @@ pub struct SnapshotMeta {
     /// The membership as of `index`.
     pub conf_state: ConfState,
 }
+
+/// The answer to a read-index request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The caller's request id.
+    pub request_id: u64,
+    /// Serve the read once applied >= this index. `None`: leadership was lost or never
+    /// known before the read could be confirmed; retry.
+    pub index: Option<LogIndex>,
+}
