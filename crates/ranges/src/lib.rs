@@ -1,6 +1,8 @@
 //! The range layer's deciding logic, as plain state machines without I/O, so that the
 //! node runtime and the deterministic simulator run the same code.
 //!
+//! - [`descriptor`]: a range, its span and its generation.
+//! - [`directory`]: the routing cache that maps keys to ranges.
 //! - [`timestamp`]: the cluster-wide revision as a hybrid timestamp (milliseconds and a
 //!   logical counter), as TiKV's placement driver hands them out.
 //! - [`oracle`]: the timestamp oracle on range 0's leader: strictly increasing
@@ -9,9 +11,13 @@
 //!   write.
 #![deny(missing_docs)]
 
+pub mod descriptor;
+pub mod directory;
 pub mod oracle;
 pub mod timestamp;
 
+pub use descriptor::{RangeDescriptor, RangeId};
+pub use directory::Directory;
 #[cfg(feature = "planted-bugs")]
 pub use oracle::OracleBug;
 pub use oracle::{Allocation, Oracle, OracleBound, OracleConfig};

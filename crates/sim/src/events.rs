@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use ostrakon_check::OpId;
-use ostrakon_raft::{Message, NodeId};
+use ostrakon_raft::{GroupId, Message, NodeId};
 
 use crate::kv::KvState;
 use crate::node::Request;
@@ -34,11 +34,12 @@ pub enum Event {
     Deliver(Message, Option<KvState>),
     /// A node-level liveness heartbeat arrives (one per node pair, whatever the groups).
     Ping { from: NodeId, to: NodeId },
-    /// A node's disk finished persisting its Ready.
-    PersistDone(NodeId, u64),
-    /// A client request arrives at a node.
+    /// A node's disk finished persisting a replica's Ready.
+    PersistDone(NodeId, GroupId, u64),
+    /// A client request arrives at a node, for one range.
     Request {
         node: NodeId,
+        range: GroupId,
         client: u64,
         op: OpId,
         request: Request,
@@ -51,6 +52,7 @@ pub enum Event {
     ClientNext(u64),
     /// The transport reports how a snapshot stream from `from` to `to` ended.
     SnapshotReport {
+        group: GroupId,
         from: NodeId,
         to: NodeId,
         delivered: bool,
@@ -65,8 +67,9 @@ pub enum Event {
     HealPartition(u64),
     /// A slow disk recovers.
     DiskRecovers(NodeId, u64),
-    /// A node removed from the group shuts down for good.
-    Decommission(NodeId),
+    /// A node removed from a range's group destroys its replica (and shuts down for
+    /// good once it holds none).
+    Decommission(NodeId, GroupId),
     /// The faulty phase ends.
     HealAll,
     /// Clients stop issuing operations.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ostrakon_ranges::{OracleBound, Timestamp};
+use ostrakon_ranges::{OracleBound, RangeDescriptor, Timestamp};
 
 /// A write command, replicated through raft.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,13 +79,22 @@ impl Command {
     }
 }
 
-/// The state machine, as of some applied index.
+/// A range's state machine, as of some applied index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvState {
+    /// The span the range holds (None: the meta range, which holds no registers, or a
+    /// replica that has not received its first snapshot).
+    pub descriptor: Option<RangeDescriptor>,
     /// The registers.
     pub registers: BTreeMap<u64, u64>,
-    /// The timestamp oracle's persisted bound.
+    /// The timestamp oracle's persisted bound (in the meta range).
     pub oracle_bound: OracleBound,
+}
+
+/// The byte key a register is routed by (its big-endian bytes, so that ranges of
+/// registers are spans of keys).
+pub fn routing_key(register: u64) -> [u8; 8] {
+    register.to_be_bytes()
 }
 
 /// Applies `command`; returns whether it took effect (always for Put).

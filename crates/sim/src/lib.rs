@@ -12,10 +12,14 @@
 #![deny(missing_docs)]
 
 pub mod clients;
+mod end_checks;
 pub mod events;
 pub mod invariants;
 pub mod kv;
+mod liveness;
+mod nemesis;
 pub mod node;
+mod requests;
 pub mod rng;
 pub mod runner;
 pub mod scenario;

@@ -1,16 +1,17 @@
-//! A simulated machine: a durable disk that survives crashes and a running raft group
-//! (with its key-value state machine) that does not.
+//! A simulated machine: a durable disk that survives crashes, and running replicas of
+//! ranges (each a raft group with its key-value state machine) that do not.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use ostrakon_check::OpId;
 use ostrakon_raft::{
-    ConfChange, Entry, HardState, LogIndex, Message, NodeId, RawNode, Ready, SnapshotMeta, Term,
+    ConfChange, Entry, GroupId, HardState, LogIndex, Message, NodeId, RawNode, Ready, SnapshotMeta,
+    Term,
 };
 
 use crate::kv::{Command, KvState};
 
-/// What survives a crash.
+/// What survives a crash, for one replica.
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     /// Persisted term, vote and commit.
@@ -82,21 +83,32 @@ pub enum Request {
     },
     /// Replicate a write.
     Write(Command),
-    /// Ask the timestamp oracle (on the leader) for `count` timestamps.
+    /// Ask the timestamp oracle (on the meta range's leader) for `count` timestamps.
     Timestamps {
         /// How many.
         count: u64,
     },
 }
 
-/// Something for the running node to handle, queued while it is busy persisting.
+impl Request {
+    /// The register the request is about, if any.
+    pub fn key(&self) -> Option<u64> {
+        match self {
+            Request::Read { key } => Some(*key),
+            Request::Write(Command::Put { key, .. } | Command::Cas { key, .. }) => Some(*key),
+            Request::Write(Command::OracleBound { .. }) | Request::Timestamps { .. } => None,
+        }
+    }
+}
+
+/// Something for one of a node's replicas to handle, queued while it is busy persisting.
 #[derive(Clone, Debug)]
 pub enum Input {
     /// A raft message, with the snapshot data if it is `InstallSnapshot`.
     Message(Message, Option<KvState>),
     /// One raft tick.
     Tick,
-    /// A client request.
+    /// A client request, routed by the client to this range.
     Request {
         /// The client.
         client: u64,
@@ -120,7 +132,7 @@ pub enum Input {
     NodeUp(NodeId),
 }
 
-/// A client operation waiting at a node.
+/// A client operation waiting at a replica.
 #[derive(Clone, Copy, Debug)]
 pub struct Waiting {
     /// The client.
@@ -129,16 +141,17 @@ pub struct Waiting {
     pub op: OpId,
     /// For reads: the register.
     pub key: u64,
-    /// For reads: the highest commit index any node knew when the read arrived. Every
-    /// entry up to it was committed before the read began, so a linearizable read index
-    /// is at least this (a deposed leader answering from a stale lease is not).
+    /// For reads: the highest commit index any replica of the range knew when the read
+    /// arrived. Every entry up to it was committed before the read began, so a
+    /// linearizable read index is at least this (a deposed leader answering from a
+    /// stale lease is not).
     pub read_floor: LogIndex,
     /// For timestamp requests: how many were asked for (None: a register operation).
     pub timestamps: Option<u64>,
 }
 
-/// A node while it is up.
-pub struct Running {
+/// One range's replica on a running node: its raft group and state machine.
+pub struct Replica {
     /// The raft group.
     pub raw: RawNode,
     /// The state machine.
@@ -157,6 +170,22 @@ pub struct Running {
     pub reads: BTreeMap<u64, Waiting>,
     /// Reads with a read index, waiting for applied to reach it.
     pub reads_waiting_apply: Vec<(LogIndex, Waiting)>,
+    /// The membership before the last change this replica applied. A write committed
+    /// just before a change is applied was counted under this configuration; only one
+    /// change is in flight at a time, so no older configuration can have counted it.
+    pub conf_before_last_change: ostrakon_raft::ConfState,
+    /// The timestamp oracle (the range layer's real code), used while leading the meta
+    /// range.
+    pub oracle: ostrakon_ranges::Oracle,
+    /// Timestamp requests whose read index has applied, to be served (or, at the
+    /// oracle's bound, waiting for the next bound to apply).
+    pub timestamps_confirmed: Vec<Waiting>,
+}
+
+/// A node while it is up: its replicas, and node liveness (shared by all of them).
+pub struct Running {
+    /// The replicas, by range.
+    pub replicas: BTreeMap<GroupId, Replica>,
     /// Node liveness: when each other node was last heard from (any message or ping).
     /// A node never heard from counts from `started_us`.
     pub heard_us: BTreeMap<NodeId, u64>,
@@ -164,21 +193,12 @@ pub struct Running {
     pub started_us: u64,
     /// Nodes reported down to raft and not heard from since.
     pub down: std::collections::BTreeSet<NodeId>,
-    /// The membership before the last change this node applied. A write committed just
-    /// before a change is applied was counted under this configuration; only one change
-    /// is in flight at a time, so no older configuration can have counted it.
-    pub conf_before_last_change: ostrakon_raft::ConfState,
-    /// The timestamp oracle (the range layer's real code), used while leading.
-    pub oracle: ostrakon_ranges::Oracle,
-    /// Timestamp requests whose read index has applied, to be served (or, at the
-    /// oracle's bound, waiting for the next bound to apply).
-    pub timestamps_confirmed: Vec<Waiting>,
 }
 
 /// A simulated machine.
 pub struct SimNode {
-    /// Durable state.
-    pub disk: Disk,
+    /// Durable state, one disk area per replica it holds.
+    pub disks: BTreeMap<GroupId, Disk>,
     /// The process, when up.
     pub running: Option<Running>,
     /// Incremented at every crash, so events scheduled for a previous life are ignored.
@@ -187,7 +207,7 @@ pub struct SimNode {
     pub tick_us: u64,
     /// Persist latency is uniform in `[0, fsync_latency_us_max]`.
     pub fsync_latency_us_max: u64,
-    /// Removed from the group and shut down for good.
+    /// Holds no replica any more and is shut down for good.
     pub decommissioned: bool,
     /// How far this node's wall clock is ahead of true time (clocks are skewed).
     pub clock_offset_ms: u64,

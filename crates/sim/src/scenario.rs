@@ -124,6 +124,9 @@ pub struct Scenario {
     pub oracle_window_ms: u64,
     /// Each node's clock is set up to this far from true time (uniform, per node).
     pub clock_offset_ms_max: u64,
+    /// Ranges holding the registers (besides the meta range, which holds the oracle's
+    /// bound): each its own raft group on the same nodes.
+    pub data_range_count: u64,
 }
 
 impl Scenario {
@@ -169,6 +172,7 @@ impl Scenario {
             timestamp_client_count: rng.pick(&[0, 1, 2]),
             oracle_window_ms: rng.pick(&[20, 100, 1_000]),
             clock_offset_ms_max: rng.pick(&[0, 20, 500]),
+            data_range_count: rng.pick(&[1, 2, 3]),
         };
         if bug.is_some_and(|b| b.oracle().is_some()) {
             // A bug in the oracle needs someone asking it.

@@ -1,50 +1,44 @@
-//! One seed's run: the event loop, the nodes' Ready cycles, the clients and the nemesis.
+//! One seed's run: the event loop and each replica's Ready cycle. The clients
+//! (`requests`, `timestamps`), the faults (`nemesis`, `liveness`) and the checks made
+//! after healing (`end_checks`) are `impl Simulation` blocks of their own modules.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use ostrakon_check::{
-    History, Outcome, RegisterInput, RegisterOutput, TimestampCount, TimestampGrant,
-};
+use ostrakon_check::{History, RegisterInput, RegisterOutput, TimestampCount, TimestampGrant};
 use ostrakon_raft::{
     ConfState, Config, EntryPayload, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId,
     RawNode, Role,
 };
+use ostrakon_ranges::{Directory, RangeDescriptor, RangeId};
 
 use crate::clients::{ClientState, TimestampClient, TIMESTAMP_CLIENT_BASE};
 use crate::events::{Event, EventQueue, Reply};
 use crate::invariants::{Invariants, Violation};
-use crate::kv::{self, Command};
-use crate::node::{Disk, Input, Request, Running, SimNode, Waiting};
+use crate::kv::{self, routing_key, Command, KvState};
+use crate::node::{Disk, Input, Replica, Running, SimNode, Waiting};
 use crate::rng::Rng;
 use crate::scenario::{Bug, Scenario};
 
 /// Lines of trace kept for a failing seed (the most recent ones).
 pub(crate) const TRACE_LINES_MAX: usize = 4_000;
-/// The key of the write the simulator itself makes after healing to prove the cluster
-/// still makes progress; outside the clients' keys.
-const PROBE_KEY: u64 = u64::MAX;
-/// That write.
+/// The key of the write the simulator itself makes in every range after healing to prove
+/// the cluster still makes progress; outside the clients' keys.
+pub(crate) const PROBE_KEY: u64 = u64::MAX;
 /// The pseudo-client of the simulator's own reads: its answers go to no client.
-const PROBE_CLIENT: u64 = u64::MAX;
-const PROBE_COMMAND: Command = Command::Put {
+pub(crate) const PROBE_CLIENT: u64 = u64::MAX;
+/// That write.
+pub(crate) const PROBE_COMMAND: Command = Command::Put {
     key: PROBE_KEY,
     value: 0,
 };
-/// How long after healing and settling the probe write may take to apply everywhere.
-const PROBE_DEADLINE_US: u64 = 3_000_000;
 /// Raft election timeout in ticks for every simulated node.
-const ELECTION_TICKS: u32 = 10;
+pub(crate) const ELECTION_TICKS: u32 = 10;
 /// Raft heartbeat interval in ticks.
 const HEARTBEAT_TICKS: u32 = 2;
-/// How long after healing an idle group must have quiesced.
-const QUIESCE_DEADLINE_US: u64 = 1_000_000;
-/// How long after a quiesced leader's node dies the group must have a new leader.
-const QUIESCED_FAILOVER_DEADLINE_US: u64 = 3_000_000;
 const _: () = assert!(HEARTBEAT_TICKS < ELECTION_TICKS);
 
 /// The history the clients record: register operations keyed by register.
 pub type RegisterHistory = History<(u64, RegisterInput), RegisterOutput>;
-
 /// The history of the timestamp clients: how many asked for, what was granted.
 pub type TimestampHistory = History<TimestampCount, TimestampGrant>;
 
@@ -55,23 +49,30 @@ pub struct Simulation {
     pub(crate) scenario: Scenario,
     pub(crate) events: EventQueue,
     pub(crate) nodes: BTreeMap<NodeId, SimNode>,
-    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Links on which messages are lost.
+    pub(crate) blocked: BTreeSet<(NodeId, NodeId)>,
     /// Blocked links on which node liveness pings still pass (raft messages are lost
     /// while the receiver's liveness hears the sender).
-    pings_pass: BTreeSet<(NodeId, NodeId)>,
-    partition_id: u64,
-    clients: Vec<ClientState>,
+    pub(crate) pings_pass: BTreeSet<(NodeId, NodeId)>,
+    pub(crate) partition_id: u64,
+    /// The data ranges, which cover every key (the meta range has no span).
+    pub(crate) ranges: Vec<RangeDescriptor>,
+    pub(crate) clients: Vec<ClientState>,
     pub(crate) history: RegisterHistory,
     pub(crate) timestamp_clients: Vec<TimestampClient>,
     /// What the timestamp clients asked the oracle and got.
     pub(crate) timestamps: TimestampHistory,
-    invariants: Invariants,
+    /// Safety knowledge, per range.
+    invariants: BTreeMap<GroupId, Invariants>,
     pub(crate) trace: Option<VecDeque<String>>,
-    next_value: u64,
+    pub(crate) next_value: u64,
     pub(crate) next_request_id: u64,
-    next_node_id: u64,
-    /// The membership applied at the highest index seen anywhere.
-    latest_conf: (LogIndex, ConfState),
+    pub(crate) next_node_id: u64,
+    /// Per range: the membership applied at the highest index seen anywhere.
+    pub(crate) latest_conf: BTreeMap<GroupId, (LogIndex, ConfState)>,
+    /// Every (node, range) that ever held a replica: a replica destroyed after its
+    /// removal is never created again on that node (its id would be reused).
+    pub(crate) ever_hosted: BTreeSet<(NodeId, GroupId)>,
     pub(crate) healed_at_us: Option<u64>,
     pub(crate) clients_stopped: bool,
     pub(crate) violation: Option<Violation>,
@@ -89,12 +90,16 @@ macro_rules! trace {
 }
 pub(crate) use trace;
 
+/// The meta range's group: it holds the oracle's bound and no registers.
+pub(crate) const META: GroupId = GroupId(RangeId::META.0);
+
 impl Simulation {
     /// A world for `seed`. With `keep_trace`, a readable trace of the run is kept.
     pub fn new(seed: u64, bug: Option<Bug>, keep_trace: bool) -> Simulation {
         let mut rng = Rng::new(seed);
         let scenario = Scenario::from_seed(&mut rng, bug);
         let voters: Vec<NodeId> = (1..=scenario.node_count).map(NodeId).collect();
+        let ranges = initial_ranges(scenario.data_range_count, scenario.key_count);
         let mut sim = Simulation {
             now_us: 0,
             rng,
@@ -103,31 +108,54 @@ impl Simulation {
             blocked: BTreeSet::new(),
             pings_pass: BTreeSet::new(),
             partition_id: 0,
+            ranges: ranges.clone(),
             clients: Vec::new(),
             history: History::new(),
             timestamp_clients: Vec::new(),
             timestamps: History::new(),
-            invariants: Invariants::default(),
+            invariants: BTreeMap::new(),
             trace: keep_trace.then(VecDeque::new),
             next_value: 1,
             next_request_id: 1,
             next_node_id: scenario.node_count + 1,
-            latest_conf: (LogIndex(0), ConfState::with_voters(voters.iter().copied())),
+            latest_conf: BTreeMap::new(),
+            ever_hosted: BTreeSet::new(),
             healed_at_us: None,
             clients_stopped: false,
             violation: None,
             scenario,
         };
         trace!(sim, "seed {seed}: {:?}", sim.scenario);
+        trace!(sim, "ranges: {:?}", sim.ranges);
         for &id in &voters {
-            let state = InitialState::bootstrap(voters.iter().copied());
-            sim.add_node(id, state);
+            sim.add_node(id);
         }
+        let meta = std::iter::once((META, None));
+        let data_ranges = ranges.iter().map(|r| (r.id.group(), Some(r.clone())));
+        for (group, descriptor) in meta.chain(data_ranges) {
+            sim.latest_conf.insert(
+                group,
+                (LogIndex(0), ConfState::with_voters(voters.iter().copied())),
+            );
+            let data = KvState {
+                descriptor,
+                ..KvState::default()
+            };
+            for &id in &voters {
+                let state = InitialState::bootstrap(voters.iter().copied());
+                sim.add_replica(id, group, state, data.clone());
+            }
+        }
+        for &id in &voters {
+            sim.start_node(id);
+        }
+        let directory = Directory::with(ranges.iter().cloned());
         for client in 0..sim.scenario.client_count {
             sim.clients.push(ClientState {
-                believed_leader: NodeId::NONE,
+                believed_leader: BTreeMap::new(),
                 outstanding: None,
                 last_seen: BTreeMap::new(),
+                directory: directory.clone(),
             });
             let start = sim.rng.range(0, 100_000);
             sim.events.push(start, Event::ClientNext(client));
@@ -164,8 +192,8 @@ impl Simulation {
             .unwrap_or_default()
     }
 
-    fn raft_config(&self, id: NodeId) -> Config {
-        let mut config = Config::new(id, GroupId(1));
+    fn raft_config(&self, id: NodeId, group: GroupId) -> Config {
+        let mut config = Config::new(id, group);
         config.election_ticks = ELECTION_TICKS;
         config.heartbeat_ticks = HEARTBEAT_TICKS;
         config.transfer_timeout_ticks = ELECTION_TICKS;
@@ -177,21 +205,15 @@ impl Simulation {
         config
     }
 
-    fn add_node(&mut self, id: NodeId, state: InitialState) {
-        let disk = Disk {
-            hard_state: state.hard_state,
-            snapshot: state.snapshot.clone(),
-            snapshot_data: kv::KvState::default(),
-            entries: state.entries.clone(),
-        };
-        // Clocks drift: each node ticks faster or slower than nominal.
+    /// A machine with no replica yet (and its drifting, skewed clock).
+    pub(crate) fn add_node(&mut self, id: NodeId) {
         let drift = self.scenario.tick_us * self.scenario.faults.clock_drift_percent_max / 100;
         let tick_us = self
             .rng
             .range(self.scenario.tick_us - drift, self.scenario.tick_us + drift);
         let clock_offset_ms = self.rng.range(0, self.scenario.clock_offset_ms_max);
         let node = SimNode {
-            disk,
+            disks: BTreeMap::new(),
             running: None,
             epoch: 0,
             tick_us,
@@ -200,16 +222,64 @@ impl Simulation {
             clock_offset_ms,
         };
         self.nodes.insert(id, node);
-        self.start_node(id);
     }
 
-    /// Boots a node from its disk.
-    fn start_node(&mut self, id: NodeId) {
-        let config = self.raft_config(id);
-        let seed = self.rng.next_u64();
+    /// Creates a replica of `group` on `id` (durably), and starts it if the node is up.
+    pub(crate) fn add_replica(
+        &mut self,
+        id: NodeId,
+        group: GroupId,
+        state: InitialState,
+        data: KvState,
+    ) {
+        assert!(
+            self.ever_hosted.insert((id, group)),
+            "{id:?} held a replica of {group:?} before"
+        );
+        let disk = Disk {
+            hard_state: state.hard_state,
+            snapshot: state.snapshot.clone(),
+            snapshot_data: data,
+            entries: state.entries.clone(),
+        };
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.disks.insert(group, disk);
+        if node.running.is_some() {
+            self.start_replica(id, group);
+        }
+    }
+
+    /// Boots a node from its disks.
+    pub(crate) fn start_node(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node");
         assert!(node.running.is_none() && !node.decommissioned);
-        let disk = &node.disk;
+        node.running = Some(Running {
+            replicas: BTreeMap::new(),
+            heard_us: BTreeMap::new(),
+            started_us: self.now_us,
+            down: BTreeSet::new(),
+        });
+        let groups: Vec<GroupId> = node.disks.keys().copied().collect();
+        for group in groups {
+            self.start_replica(id, group);
+        }
+        let node = &self.nodes[&id];
+        let (epoch, tick_us) = (node.epoch, node.tick_us);
+        let first_tick = self.now_us + self.rng.range(1, tick_us);
+        self.events.push(first_tick, Event::Tick(id, epoch));
+        trace!(self, "{id:?} starts (epoch {epoch})");
+    }
+
+    /// Starts a replica from its disk on a running node.
+    fn start_replica(&mut self, id: NodeId, group: GroupId) {
+        let config = self.raft_config(id, group);
+        let seed = self.rng.next_u64();
+        let oracle = ostrakon_ranges::Oracle::new(ostrakon_ranges::OracleConfig {
+            window_ms: self.scenario.oracle_window_ms,
+        })
+        .with_bug(self.scenario.bug.and_then(Bug::oracle));
+        let node = self.nodes.get_mut(&id).expect("node");
+        let disk = &node.disks[&group];
         let state = InitialState {
             hard_state: disk.hard_state,
             snapshot: disk.snapshot.clone(),
@@ -218,11 +288,7 @@ impl Simulation {
             conf_state: disk.snapshot.conf_state.clone(),
         };
         let raw = RawNode::new(config, state, seed).expect("valid config");
-        let oracle = ostrakon_ranges::Oracle::new(ostrakon_ranges::OracleConfig {
-            window_ms: self.scenario.oracle_window_ms,
-        })
-        .with_bug(self.scenario.bug.and_then(Bug::oracle));
-        node.running = Some(Running {
+        let replica = Replica {
             raw,
             kv: disk.snapshot_data.clone(),
             applied: disk.snapshot.index,
@@ -232,17 +298,12 @@ impl Simulation {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
-            heard_us: BTreeMap::new(),
-            started_us: self.now_us,
-            down: BTreeSet::new(),
             conf_before_last_change: disk.snapshot.conf_state.clone(),
             oracle,
             timestamps_confirmed: Vec::new(),
-        });
-        let (epoch, tick_us) = (node.epoch, node.tick_us);
-        let first_tick = self.now_us + self.rng.range(1, tick_us);
-        self.events.push(first_tick, Event::Tick(id, epoch));
-        trace!(self, "{id:?} starts (epoch {epoch})");
+        };
+        let running = node.running.as_mut().expect("up");
+        assert!(running.replicas.insert(group, replica).is_none());
     }
 
     /// Runs the seed to the end. Returns early on the first violation.
@@ -259,7 +320,7 @@ impl Simulation {
         }
     }
 
-    fn run_until(&mut self, end_us: u64) {
+    pub(crate) fn run_until(&mut self, end_us: u64) {
         while let Some((at_us, event)) = self.events.pop() {
             if at_us > end_us {
                 self.events.push(at_us, event);
@@ -274,16 +335,26 @@ impl Simulation {
         }
     }
 
-    fn fail(&mut self, violation: Violation) {
+    pub(crate) fn fail(&mut self, violation: Violation) {
         if self.trace.is_some() {
-            let statuses: Vec<String> = self
-                .nodes
-                .iter()
-                .map(|(id, n)| match &n.running {
-                    Some(r) => format!("{id:?}: {:?} applied {:?}", r.raw.status(), r.applied),
-                    None => format!("{id:?}: down (decommissioned: {})", n.decommissioned),
-                })
-                .collect();
+            let mut statuses = Vec::new();
+            for (id, n) in &self.nodes {
+                match &n.running {
+                    Some(r) => {
+                        for (group, replica) in &r.replicas {
+                            statuses.push(format!(
+                                "{id:?} {group:?}: {:?} applied {:?}",
+                                replica.raw.status(),
+                                replica.applied
+                            ));
+                        }
+                    }
+                    None => statuses.push(format!(
+                        "{id:?}: down (decommissioned: {})",
+                        n.decommissioned
+                    )),
+                }
+            }
             for status in statuses {
                 trace!(self, "status {status}");
             }
@@ -301,7 +372,9 @@ impl Simulation {
                 if node.epoch == epoch && node.running.is_some() {
                     let next = self.now_us + node.tick_us;
                     self.events.push(next, Event::Tick(id, epoch));
-                    self.input(id, Input::Tick);
+                    for group in self.groups_on(id) {
+                        self.input(id, group, Input::Tick);
+                    }
                     if self.is_up(id) {
                         self.tick_liveness(id);
                     }
@@ -320,42 +393,52 @@ impl Simulation {
                 if delivered {
                     self.heard(message.to, message.from);
                 }
+                let group = message.group;
+                // A node without a replica of the range drops its messages: replicas are
+                // created only when the range's leader adds them.
+                let delivered = delivered && self.hosts(message.to, group);
                 if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
-                    self.report_snapshot_stream(message.from, message.to, delivered);
+                    self.report_snapshot_stream(group, message.from, message.to, delivered);
                 }
                 if delivered {
-                    self.input(message.to, Input::Message(message, data));
+                    self.input(message.to, group, Input::Message(message, data));
                 }
             }
             Event::SnapshotReport {
+                group,
                 from,
                 to,
                 delivered,
             } => {
-                if self.is_up(from) {
-                    self.input(from, Input::SnapshotReport(to, delivered));
+                if self.hosts(from, group) {
+                    self.input(from, group, Input::SnapshotReport(to, delivered));
                 }
             }
-            Event::PersistDone(id, epoch) => {
-                if self.nodes[&id].epoch == epoch && self.is_up(id) {
-                    self.finish_persist(id);
+            Event::PersistDone(id, group, epoch) => {
+                if self.nodes[&id].epoch == epoch && self.hosts(id, group) {
+                    self.finish_persist(id, group);
                 }
             }
             Event::Request {
                 node,
+                range,
                 client,
                 op,
                 request,
             } => {
-                if self.is_up(node) {
-                    self.input(
-                        node,
-                        Input::Request {
-                            client,
-                            op,
-                            request,
-                        },
-                    );
+                let input = Input::Request {
+                    client,
+                    op,
+                    request,
+                };
+                if self.hosts(node, range) {
+                    self.input(node, range, input);
+                } else if self.is_up(node) {
+                    // The range is not here (any more): the client asks elsewhere.
+                    let Input::Request { client, op, .. } = input else {
+                        unreachable!()
+                    };
+                    self.reply_failed(client, op, NodeId::NONE);
                 }
             }
             Event::Reply { client, op, reply } if client >= TIMESTAMP_CLIENT_BASE => {
@@ -365,13 +448,7 @@ impl Simulation {
             Event::ClientTimeout { client, op } if client >= TIMESTAMP_CLIENT_BASE => {
                 self.timestamp_request_timed_out(client, op)
             }
-            Event::ClientTimeout { client, op } => {
-                if self.clients[client as usize].outstanding == Some(op) {
-                    trace!(self, "client {client} op {} times out", op.index());
-                    self.complete(client, Outcome::Unknown);
-                    self.clients[client as usize].believed_leader = NodeId::NONE;
-                }
-            }
+            Event::ClientTimeout { client, op } => self.request_timed_out(client, op),
             Event::ClientNext(client) if client >= TIMESTAMP_CLIENT_BASE => {
                 self.start_timestamp_request(client)
             }
@@ -406,21 +483,52 @@ impl Simulation {
                         self.scenario.faults.fsync_latency_us_max;
                 }
             }
-            Event::Decommission(id) => {
-                trace!(self, "{id:?} is decommissioned");
-                let node = self.nodes.get_mut(&id).expect("node");
-                node.decommissioned = true;
-                node.running = None;
-                node.epoch += 1;
-                self.invariants.forget_volatile(id);
-            }
+            Event::Decommission(id, group) => self.destroy_replica(id, group),
             Event::HealAll => self.heal_all(),
             Event::StopClients => self.clients_stopped = true,
         }
     }
 
+    /// A node removed from a range's group destroys its replica, durable state
+    /// included; a node left with no replica shuts down for good.
+    fn destroy_replica(&mut self, id: NodeId, group: GroupId) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.disks.remove(&group).is_none() {
+            return;
+        }
+        if let Some(running) = node.running.as_mut() {
+            running.replicas.remove(&group);
+        }
+        self.forget_volatile(id, group);
+        trace!(self, "{id:?} destroys its replica of {group:?}");
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.disks.is_empty() {
+            node.decommissioned = true;
+            node.running = None;
+            node.epoch += 1;
+            trace!(self, "{id:?} holds no replica: decommissioned");
+        }
+    }
+
     pub(crate) fn is_up(&self, id: NodeId) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.running.is_some())
+    }
+
+    /// Whether `id` is up and holds a replica of `group`.
+    pub(crate) fn hosts(&self, id: NodeId, group: GroupId) -> bool {
+        self.nodes
+            .get(&id)
+            .and_then(|n| n.running.as_ref())
+            .is_some_and(|r| r.replicas.contains_key(&group))
+    }
+
+    /// The ranges `id` holds a running replica of.
+    pub(crate) fn groups_on(&self, id: NodeId) -> Vec<GroupId> {
+        self.nodes[&id]
+            .running
+            .as_ref()
+            .map(|r| r.replicas.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn running(&mut self, id: NodeId) -> &mut Running {
@@ -430,92 +538,138 @@ impl Simulation {
             .expect("node is up")
     }
 
-    // --- Node inputs and the Ready cycle ------------------------------------------------
-
-    fn input(&mut self, id: NodeId, input: Input) {
-        let running = self.running(id);
-        if running.busy.is_some() {
-            running.inbox.push_back(input);
-            return;
-        }
-        self.handle_input(id, input);
-        self.drive(id);
+    pub(crate) fn replica(&mut self, id: NodeId, group: GroupId) -> &mut Replica {
+        self.running(id)
+            .replicas
+            .get_mut(&group)
+            .expect("the node holds the replica")
     }
 
-    fn handle_input(&mut self, id: NodeId, input: Input) {
+    /// The replica of `group` on `id`, if it is up and holds one.
+    pub(crate) fn replica_ref(&self, id: NodeId, group: GroupId) -> Option<&Replica> {
+        self.nodes
+            .get(&id)
+            .and_then(|n| n.running.as_ref())
+            .and_then(|r| r.replicas.get(&group))
+    }
+
+    // --- Replica inputs and the Ready cycle ---------------------------------------------
+
+    pub(crate) fn input(&mut self, id: NodeId, group: GroupId, input: Input) {
+        let replica = self.replica(id, group);
+        if replica.busy.is_some() {
+            replica.inbox.push_back(input);
+            return;
+        }
+        self.handle_input(id, group, input);
+        self.drive(id, group);
+    }
+
+    fn handle_input(&mut self, id: NodeId, group: GroupId, input: Input) {
         match input {
             Input::Message(message, data) => {
-                let running = self.running(id);
+                let replica = self.replica(id, group);
                 if let MessageBody::InstallSnapshot { meta } = &message.body {
-                    running.incoming_snapshot = Some((
+                    replica.incoming_snapshot = Some((
                         meta.index,
                         data.expect("snapshot data travels with the message"),
                     ));
                 }
-                running.raw.step(message);
+                replica.raw.step(message);
             }
-            Input::Tick => self.running(id).raw.tick(),
+            Input::Tick => self.replica(id, group).raw.tick(),
             Input::Request {
                 client,
                 op,
                 request,
-            } => self.handle_request(id, client, op, request),
+            } => self.handle_request(id, group, client, op, request),
             Input::ConfChange(change) => {
-                let result = self.running(id).raw.propose_conf_change(change.clone());
-                trace!(self, "{id:?} proposes {change:?}: {result:?}");
+                let result = self
+                    .replica(id, group)
+                    .raw
+                    .propose_conf_change(change.clone());
+                trace!(self, "{id:?} {group:?} proposes {change:?}: {result:?}");
             }
             Input::Probe => {
-                let result = self.running(id).raw.propose(PROBE_COMMAND.encode());
-                trace!(self, "{id:?} proposes the progress probe: {result:?}");
-            }
-            Input::SnapshotReport(to, delivered) => {
-                self.running(id).raw.report_snapshot(to, delivered)
-            }
-            Input::NodeDown(node) => {
-                trace!(self, "{id:?} sees {node:?} down");
-                self.running(id).raw.report_node_down(node);
-            }
-            Input::NodeUp(node) => {
-                trace!(self, "{id:?} sees {node:?} up again");
-                self.running(id).raw.report_node_up(node);
-            }
-            Input::Transfer(target) => {
-                let result = self.running(id).raw.transfer_leader(target);
+                let result = self.replica(id, group).raw.propose(PROBE_COMMAND.encode());
                 trace!(
                     self,
-                    "{id:?} transfers leadership to {target:?}: {result:?}"
+                    "{id:?} {group:?} proposes the progress probe: {result:?}"
+                );
+            }
+            Input::SnapshotReport(to, delivered) => {
+                self.replica(id, group).raw.report_snapshot(to, delivered)
+            }
+            Input::NodeDown(node) => {
+                trace!(self, "{id:?} {group:?} sees {node:?} down");
+                self.replica(id, group).raw.report_node_down(node);
+            }
+            Input::NodeUp(node) => {
+                trace!(self, "{id:?} {group:?} sees {node:?} up again");
+                self.replica(id, group).raw.report_node_up(node);
+            }
+            Input::Transfer(target) => {
+                let result = self.replica(id, group).raw.transfer_leader(target);
+                trace!(
+                    self,
+                    "{id:?} {group:?} transfers leadership to {target:?}: {result:?}"
                 );
             }
         }
-        self.check_node(id);
+        self.check_replica(id, group);
     }
 
-    fn check_node(&mut self, id: NodeId) {
-        let raw = &self.nodes[&id].running.as_ref().expect("up").raw;
-        if let Err(violation) = self.invariants.check_node(id, raw) {
-            self.fail(violation);
+    /// `id` lost its volatile state of `group` (a crash, or the replica destroyed).
+    pub(crate) fn forget_volatile(&mut self, id: NodeId, group: GroupId) {
+        self.invariants
+            .entry(group)
+            .or_default()
+            .forget_volatile(id);
+    }
+
+    pub(crate) fn fail_in(&mut self, group: GroupId, violation: Violation) {
+        self.fail(Violation(format!("{group:?}: {}", violation.0)));
+    }
+
+    fn check_replica(&mut self, id: NodeId, group: GroupId) {
+        let raw = &self.nodes[&id].running.as_ref().expect("up").replicas[&group].raw;
+        let result = self
+            .invariants
+            .entry(group)
+            .or_default()
+            .check_node(id, raw);
+        if let Err(violation) = result {
+            self.fail_in(group, violation);
         }
     }
 
-    /// Starts persisting the next Ready, if any.
-    fn drive(&mut self, id: NodeId) {
+    /// Starts persisting the replica's next Ready, if any.
+    pub(crate) fn drive(&mut self, id: NodeId, group: GroupId) {
         let node = self.nodes.get_mut(&id).expect("node");
         let epoch = node.epoch;
         let fsync_max = node.fsync_latency_us_max;
-        let running = node.running.as_mut().expect("up");
-        if running.busy.is_some() || !running.raw.has_ready() {
+        let replica = node
+            .running
+            .as_mut()
+            .expect("up")
+            .replicas
+            .get_mut(&group)
+            .expect("replica");
+        if replica.busy.is_some() || !replica.raw.has_ready() {
             return;
         }
-        let mut ready = running.raw.ready();
-        if let Err(violation) = self
-            .invariants
-            .check_new_entries(id, &running.raw, &ready.entries)
-        {
-            self.fail(violation);
+        let mut ready = replica.raw.ready();
+        let result = self.invariants.entry(group).or_default().check_new_entries(
+            id,
+            &replica.raw,
+            &ready.entries,
+        );
+        if let Err(violation) = result {
+            self.fail_in(group, violation);
         }
-        let running = self.running(id);
+        let replica = self.replica(id, group);
         let data = ready.snapshot.as_ref().map(|meta| {
-            let (index, data) = running.incoming_snapshot.take().expect("snapshot data");
+            let (index, data) = replica.incoming_snapshot.take().expect("snapshot data");
             assert_eq!(index, meta.index, "snapshot data for another index");
             data
         });
@@ -523,7 +677,7 @@ impl Simulation {
         if let Some(soft) = ready.soft_state {
             trace!(
                 self,
-                "{id:?} is {:?} in {:?} (leader {:?})",
+                "{id:?} is {:?} of {group:?} in {:?} (leader {:?})",
                 soft.role,
                 soft.term,
                 soft.leader
@@ -539,63 +693,82 @@ impl Simulation {
                 self.events.push(at, Event::Crash(id, epoch));
             }
         }
-        self.running(id).busy = Some((ready, data));
+        self.replica(id, group).busy = Some((ready, data));
         for message in messages {
             self.send(message);
         }
         let latency = self.rng.range(0, fsync_max);
         self.events
-            .push(self.now_us + latency, Event::PersistDone(id, epoch));
+            .push(self.now_us + latency, Event::PersistDone(id, group, epoch));
     }
 
-    fn finish_persist(&mut self, id: NodeId) {
-        let (mut ready, data) = self.running(id).busy.take().expect("a Ready in flight");
+    fn finish_persist(&mut self, id: NodeId, group: GroupId) {
+        let (mut ready, data) = self
+            .replica(id, group)
+            .busy
+            .take()
+            .expect("a Ready in flight");
         let node = self.nodes.get_mut(&id).unwrap();
-        node.disk.persist(&ready, data.clone());
+        node.disks
+            .get_mut(&group)
+            .expect("disk")
+            .persist(&ready, data.clone());
         for message in std::mem::take(&mut ready.persisted_messages) {
             self.send(message);
         }
         if let (Some(meta), Some(data)) = (&ready.snapshot, data) {
-            let running = self.running(id);
-            running.kv = data;
-            running.applied = meta.index;
-            running.proposals.retain(|&index, _| index > meta.index);
-            trace!(self, "{id:?} installed snapshot at {:?}", meta.index);
+            let replica = self.replica(id, group);
+            replica.kv = data;
+            replica.applied = meta.index;
+            replica.proposals.retain(|&index, _| index > meta.index);
+            trace!(
+                self,
+                "{id:?} {group:?} installed snapshot at {:?}",
+                meta.index
+            );
         }
         for entry in std::mem::take(&mut ready.committed_entries) {
-            self.apply_entry(id, entry);
+            self.apply_entry(id, group, entry);
+            if !self.hosts(id, group) {
+                return; // It applied its own removal and was destroyed.
+            }
         }
         for read in std::mem::take(&mut ready.read_states) {
-            self.handle_read_state(id, read);
+            self.handle_read_state(id, group, read);
         }
-        self.release_reads(id);
-        self.maybe_compact(id);
-        let running = self.running(id);
-        running.raw.advance();
-        let applied = running.applied;
-        self.allocate_confirmed_timestamps(id);
-        if let Err(violation) = self.invariants.check_applied(id, applied) {
-            self.fail(violation);
+        self.release_reads(id, group);
+        self.maybe_compact(id, group);
+        let replica = self.replica(id, group);
+        replica.raw.advance();
+        let applied = replica.applied;
+        self.allocate_confirmed_timestamps(id, group);
+        let result = self
+            .invariants
+            .entry(group)
+            .or_default()
+            .check_applied(id, applied);
+        if let Err(violation) = result {
+            self.fail_in(group, violation);
         }
-        self.check_node(id);
-        while let Some(input) = self.running(id).inbox.pop_front() {
-            self.handle_input(id, input);
+        self.check_replica(id, group);
+        while let Some(input) = self.replica(id, group).inbox.pop_front() {
+            self.handle_input(id, group, input);
         }
-        self.drive(id);
+        self.drive(id, group);
     }
 
-    fn apply_entry(&mut self, id: NodeId, entry: ostrakon_raft::Entry) {
-        let running = self.running(id);
+    fn apply_entry(&mut self, id: NodeId, group: GroupId, entry: ostrakon_raft::Entry) {
+        let replica = self.replica(id, group);
         assert_eq!(
             entry.index,
-            running.applied.next(),
+            replica.applied.next(),
             "entries apply in order without gaps"
         );
-        running.applied = entry.index;
+        replica.applied = entry.index;
         let output = match &entry.payload {
             EntryPayload::Normal(data) => {
                 let command = Command::decode(data);
-                let took_effect = kv::apply(&mut running.kv, command);
+                let took_effect = kv::apply(&mut replica.kv, command);
                 match command {
                     Command::Put { .. } => Some(RegisterOutput::Write),
                     Command::Cas { .. } => Some(RegisterOutput::Cas(took_effect)),
@@ -603,131 +776,146 @@ impl Simulation {
                 }
             }
             EntryPayload::ConfChange(change) => {
-                running.conf_before_last_change = running.raw.conf_state().clone();
-                let result = running.raw.apply_conf_change(change);
+                replica.conf_before_last_change = replica.raw.conf_state().clone();
+                let result = replica.raw.apply_conf_change(change);
                 trace!(
                     self,
-                    "{id:?} applies {change:?} at {:?}: {result:?}",
+                    "{id:?} {group:?} applies {change:?} at {:?}: {result:?}",
                     entry.index
                 );
                 if let Ok(conf) = result {
-                    self.observe_conf(entry.index, conf);
+                    self.observe_conf(group, entry.index, conf);
                 }
                 None
             }
             EntryPayload::Empty => None,
         };
-        let running = self.running(id);
-        let Some((term, waiting)) = running.proposals.remove(&entry.index) else {
+        let replica = self.replica(id, group);
+        let Some((term, waiting)) = replica.proposals.remove(&entry.index) else {
             return;
         };
         match output {
             Some(output) if term == entry.term => {
                 let confs = [
-                    running.raw.conf_state().clone(),
-                    running.conf_before_last_change.clone(),
+                    replica.raw.conf_state().clone(),
+                    replica.conf_before_last_change.clone(),
                 ];
                 let disks: BTreeMap<NodeId, &Disk> = self
                     .nodes
                     .iter()
-                    .map(|(&n, node)| (n, &node.disk))
+                    .filter_map(|(&n, node)| node.disks.get(&group).map(|d| (n, d)))
                     .collect();
-                if let Err(violation) =
-                    self.invariants
-                        .check_acknowledged(entry.index, term, &confs, &disks)
-                {
-                    self.fail(violation);
+                let result = self
+                    .invariants
+                    .entry(group)
+                    .or_default()
+                    .check_acknowledged(entry.index, term, &confs, &disks);
+                if let Err(violation) = result {
+                    self.fail_in(group, violation);
                 }
                 self.reply(waiting, Reply::Ok(output));
             }
             _ => {
                 // Another entry took the index: ours was overwritten and can never commit.
-                let leader_hint = running.raw.leader();
+                let leader_hint = replica.raw.leader();
                 self.reply(waiting, Reply::Failed { leader_hint });
             }
         }
     }
 
-    fn observe_conf(&mut self, index: LogIndex, conf: ConfState) {
-        if index <= self.latest_conf.0 {
+    fn observe_conf(&mut self, group: GroupId, index: LogIndex, conf: ConfState) {
+        let latest = self.latest_conf.get_mut(&group).expect("range");
+        if index <= latest.0 {
             return;
         }
-        let removed: Vec<NodeId> = self
-            .latest_conf
+        let removed: Vec<NodeId> = latest
             .1
             .members()
             .difference(&conf.members())
             .copied()
             .collect();
-        self.latest_conf = (index, conf);
+        *latest = (index, conf);
         for id in removed {
-            // Out of the group for good: shut it down, as an operator would, once the
-            // current event (which may be that very node applying its removal) is done.
-            self.events.push(self.now_us, Event::Decommission(id));
+            // Out of the group for good: destroy the replica, as the runtime will, once
+            // the current event (which may be that very replica applying its removal) is
+            // done.
+            self.events
+                .push(self.now_us, Event::Decommission(id, group));
         }
     }
 
-    pub(crate) fn handle_read_state(&mut self, id: NodeId, read: ostrakon_raft::ReadState) {
-        let running = self.running(id);
-        let Some(waiting) = running.reads.remove(&read.request_id) else {
+    pub(crate) fn handle_read_state(
+        &mut self,
+        id: NodeId,
+        group: GroupId,
+        read: ostrakon_raft::ReadState,
+    ) {
+        let replica = self.replica(id, group);
+        let Some(waiting) = replica.reads.remove(&read.request_id) else {
             return;
         };
         match read.index {
             Some(index) if index < waiting.read_floor => {
                 let message = format!(
-                    "stale read: {id:?} answered client {}'s read with index {index:?}, below \
+                    "stale read: {id:?} answered client {}'s read with index {index:?}, below \\
                      {:?}, committed before the read began",
                     waiting.client, waiting.read_floor
                 );
-                self.fail(Violation(message));
+                self.fail_in(group, Violation(message));
             }
-            Some(index) => running.reads_waiting_apply.push((index, waiting)),
+            Some(index) => replica.reads_waiting_apply.push((index, waiting)),
             None => {
-                let leader_hint = running.raw.leader();
+                let leader_hint = replica.raw.leader();
                 self.reply(waiting, Reply::Failed { leader_hint });
             }
         }
     }
 
-    fn release_reads(&mut self, id: NodeId) {
-        let running = self.running(id);
-        let applied = running.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) = running
+    fn release_reads(&mut self, id: NodeId, group: GroupId) {
+        let replica = self.replica(id, group);
+        let applied = replica.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = replica
             .reads_waiting_apply
             .drain(..)
             .partition(|(i, _)| *i <= applied);
-        running.reads_waiting_apply = waiting;
+        replica.reads_waiting_apply = waiting;
         let (timestamps, reads): (Vec<_>, Vec<_>) =
             ready.into_iter().partition(|(_, w)| w.timestamps.is_some());
-        running
+        replica
             .timestamps_confirmed
             .extend(timestamps.into_iter().map(|(_, w)| w));
         let answers: Vec<(Waiting, Option<u64>)> = reads
             .into_iter()
-            .map(|(_, w)| (w, running.kv.registers.get(&w.key).copied()))
+            .map(|(_, w)| (w, replica.kv.registers.get(&w.key).copied()))
             .collect();
         for (waiting, value) in answers {
             self.reply(waiting, Reply::Ok(RegisterOutput::Read(value)));
         }
     }
 
-    fn maybe_compact(&mut self, id: NodeId) {
+    fn maybe_compact(&mut self, id: NodeId, group: GroupId) {
         let every = self.scenario.snapshot_every_entries;
         let node = self.nodes.get_mut(&id).unwrap();
-        let running = node.running.as_mut().expect("up");
-        if running.applied.0 < node.disk.snapshot.index.0 + every {
+        let disk = node.disks.get_mut(&group).expect("disk");
+        let replica = node
+            .running
+            .as_mut()
+            .expect("up")
+            .replicas
+            .get_mut(&group)
+            .expect("replica");
+        if replica.applied.0 < disk.snapshot.index.0 + every {
             return;
         }
-        let conf = running.raw.conf_state().clone();
-        running.raw.compact(running.applied, conf);
-        node.disk
-            .compact(running.raw.snapshot_meta().clone(), running.kv.clone());
+        let conf = replica.raw.conf_state().clone();
+        replica.raw.compact(replica.applied, conf);
+        disk.compact(replica.raw.snapshot_meta().clone(), replica.kv.clone());
     }
 
-    fn send(&mut self, message: Message) {
+    pub(crate) fn send(&mut self, message: Message) {
         let data = match &message.body {
             MessageBody::InstallSnapshot { meta } => {
-                let disk = &self.nodes[&message.from].disk;
+                let disk = &self.nodes[&message.from].disks[&message.group];
                 assert_eq!(
                     disk.snapshot.index, meta.index,
                     "a leader sends the snapshot it has on disk"
@@ -739,7 +927,7 @@ impl Simulation {
         let faults = &self.scenario.faults;
         if self.rng.chance(faults.drop_probability) {
             if data.is_some() {
-                self.report_snapshot_stream(message.from, message.to, false);
+                self.report_snapshot_stream(message.group, message.from, message.to, false);
             }
             return;
         }
@@ -759,7 +947,13 @@ impl Simulation {
 
     /// A real transport knows how each snapshot stream ended (a failed one after a
     /// timeout) and tells raft; without that report a follower could wait forever.
-    fn report_snapshot_stream(&mut self, from: NodeId, to: NodeId, delivered: bool) {
+    fn report_snapshot_stream(
+        &mut self,
+        group: GroupId,
+        from: NodeId,
+        to: NodeId,
+        delivered: bool,
+    ) {
         let delay_us = if delivered {
             self.scenario.faults.delay_us_max
         } else {
@@ -768,6 +962,7 @@ impl Simulation {
         self.events.push(
             self.now_us + delay_us,
             Event::SnapshotReport {
+                group,
                 from,
                 to,
                 delivered,
@@ -775,676 +970,94 @@ impl Simulation {
         );
     }
 
-    // --- Clients ------------------------------------------------------------------------
-
-    fn handle_request(
-        &mut self,
-        id: NodeId,
-        client: u64,
-        op: ostrakon_check::OpId,
-        request: Request,
-    ) {
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
-        let read_floor = self
-            .nodes
+    /// The highest commit index any replica of `group` knows now.
+    pub(crate) fn highest_commit(&self, group: GroupId) -> LogIndex {
+        self.nodes
             .values()
             .filter_map(|n| n.running.as_ref())
-            .map(|r| r.raw.commit())
+            .filter_map(|r| r.replicas.get(&group))
+            .map(|replica| replica.raw.commit())
             .max()
-            .unwrap_or(LogIndex(0));
-        let running = self.running(id);
-        match request {
-            Request::Write(command) => {
-                let key = match command {
-                    Command::Put { key, .. } | Command::Cas { key, .. } => key,
-                    Command::OracleBound { .. } => unreachable!("clients write registers"),
-                };
-                let waiting = Waiting {
-                    client,
-                    op,
-                    key,
-                    read_floor: LogIndex(0),
-                    timestamps: None,
-                };
-                let result = running.raw.propose(command.encode());
-                match result {
-                    Ok(proposal) => {
-                        running
-                            .proposals
-                            .insert(proposal.index, (proposal.term, waiting));
-                    }
-                    Err(_) => {
-                        let leader_hint = running.raw.leader();
-                        self.reply(waiting, Reply::Failed { leader_hint });
-                    }
-                }
-                trace!(
-                    self,
-                    "{id:?} proposes op {} of client {client}: {result:?}",
-                    op.index()
-                );
-            }
-            Request::Timestamps { count } => {
-                let waiting = Waiting {
-                    client,
-                    op,
-                    key: 0,
-                    read_floor,
-                    timestamps: Some(count),
-                };
-                self.confirm_for_timestamps(id, request_id, waiting);
-            }
-            Request::Read { key } => {
-                let waiting = Waiting {
-                    client,
-                    op,
-                    key,
-                    read_floor,
-                    timestamps: None,
-                };
-                match running.raw.read_index(request_id) {
-                    Ok(()) => {
-                        running.reads.insert(request_id, waiting);
-                    }
-                    Err(_) => {
-                        let leader_hint = running.raw.leader();
-                        self.reply(waiting, Reply::Failed { leader_hint });
-                    }
-                }
-            }
-        }
+            .unwrap_or(LogIndex(0))
     }
 
-    pub(crate) fn reply(&mut self, waiting: Waiting, reply: Reply) {
-        if waiting.client == PROBE_CLIENT {
-            return;
-        }
-        if self.rng.chance(self.scenario.faults.drop_probability) {
-            return; // The client will time out: outcome unknown.
-        }
-        let faults = &self.scenario.faults;
-        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
-        self.events.push(
-            self.now_us + latency,
-            Event::Reply {
-                client: waiting.client,
-                op: waiting.op,
-                reply,
-            },
-        );
-    }
-
-    fn start_operation(&mut self, client: u64) {
-        if self.clients_stopped || self.clients[client as usize].outstanding.is_some() {
-            return;
-        }
-        let key = self.rng.below(self.scenario.key_count);
-        let roll = self.rng.below(10);
-        let value = self.next_value;
-        let (input, request) = if roll < 5 {
-            (RegisterInput::Read, Request::Read { key })
-        } else {
-            self.next_value += 1;
-            // Compare-and-set against the value this client last saw; a client that has
-            // seen nothing on the key writes blindly.
-            match self.clients[client as usize].last_seen.get(&key).copied() {
-                Some(expected) if roll >= 8 => {
-                    let input = RegisterInput::Cas {
-                        expected,
-                        new: value,
-                    };
-                    (
-                        input,
-                        Request::Write(Command::Cas {
-                            key,
-                            expected,
-                            new: value,
-                        }),
-                    )
-                }
-                _ => (
-                    RegisterInput::Write(value),
-                    Request::Write(Command::Put { key, value }),
-                ),
-            }
-        };
-        let is_write = !matches!(input, RegisterInput::Read);
-        let op = self.history.invoke(client, (key, input), self.now_us);
-        let target = self.pick_target(client, is_write);
-        trace!(
-            self,
-            "client {client} op {} {:?} on key {key} -> {target:?}",
-            op.index(),
-            request
-        );
-        let state = &mut self.clients[client as usize];
-        state.outstanding = Some(op);
-        self.send_request(target, client, op, request);
-    }
-
-    /// Sends a client's request over the network, and starts its timeout.
-    pub(crate) fn send_request(
-        &mut self,
-        target: NodeId,
-        client: u64,
-        op: ostrakon_check::OpId,
-        request: Request,
-    ) {
-        let faults = &self.scenario.faults;
-        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
-        self.events.push(
-            self.now_us + latency,
-            Event::Request {
-                node: target,
-                client,
-                op,
-                request,
-            },
-        );
-        self.events.push(
-            self.now_us + self.scenario.client_timeout_us,
-            Event::ClientTimeout { client, op },
-        );
-    }
-
-    fn pick_target(&mut self, client: u64, is_write: bool) -> NodeId {
-        let believed = self.clients[client as usize].believed_leader;
-        self.pick_node(believed, is_write)
-    }
-
-    /// `believed` if it is still a member (for reads, not always), else any member.
-    pub(crate) fn pick_node(&mut self, believed: NodeId, is_write: bool) -> NodeId {
-        // Reads sometimes go to any member, exercising forwarded ReadIndex.
-        let any_member = !is_write && self.rng.chance(0.2);
-        if believed.is_some() && !any_member && !self.nodes[&believed].decommissioned {
-            return believed;
-        }
-        let members: Vec<NodeId> = self.latest_conf.1.members().into_iter().collect();
-        self.rng.pick(&members)
-    }
-
-    fn handle_reply(&mut self, client: u64, op: ostrakon_check::OpId, reply: Reply) {
-        if self.clients[client as usize].outstanding != Some(op) {
-            return; // Timed out already.
-        }
-        match reply {
-            Reply::Ok(output) => {
-                let (key, input) = self.history.ops()[op.index()].input.clone();
-                let seen = match (&input, &output) {
-                    (_, RegisterOutput::Read(value)) => Some(*value),
-                    (RegisterInput::Write(v), _) => Some(Some(*v)),
-                    (RegisterInput::Cas { new, .. }, RegisterOutput::Cas(true)) => Some(Some(*new)),
-                    _ => None,
-                };
-                if let Some(value) = seen {
-                    self.clients[client as usize].last_seen.insert(key, value);
-                }
-                trace!(self, "client {client} op {} ok {output:?}", op.index());
-                self.complete(client, Outcome::Ok(output));
-            }
-            Reply::Timestamps(grant) => panic!("timestamps {grant:?} answer a register operation"),
-            Reply::Failed { leader_hint } => {
-                trace!(
-                    self,
-                    "client {client} op {} failed (leader hint {leader_hint:?})",
-                    op.index()
-                );
-                self.complete(client, Outcome::Failed);
-                self.clients[client as usize].believed_leader = leader_hint;
-            }
-        }
-    }
-
-    fn complete(&mut self, client: u64, outcome: Outcome<RegisterOutput>) {
-        let op = self.clients[client as usize]
-            .outstanding
-            .take()
-            .expect("outstanding op");
-        self.history.complete(op, outcome, self.now_us);
-        let think_us = self.rng.range(0, self.scenario.client_think_us_max);
-        self.events
-            .push(self.now_us + think_us, Event::ClientNext(client));
-    }
-
-    // --- Node liveness ------------------------------------------------------------------
-
-    /// `node` heard from `from`: it is up, as far as `node` can tell.
-    fn heard(&mut self, node: NodeId, from: NodeId) {
-        let now_us = self.now_us;
-        let running = self.running(node);
-        running.heard_us.insert(from, now_us);
-        if running.down.remove(&from) {
-            self.input(node, Input::NodeUp(from));
-        }
-    }
-
-    /// At each tick: pings every other node, and reports to raft every
-    /// node not heard from for an election timeout of this node's clock (once per
-    /// silence, as a runtime reports a node going down).
-    fn tick_liveness(&mut self, id: NodeId) {
-        let tick_us = self.nodes[&id].tick_us;
-        let others: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(&other, n)| other != id && !n.decommissioned)
-            .map(|(&other, _)| other)
-            .collect();
-        let now_us = self.now_us;
-        let running = self.running(id);
-        let silence_us = u64::from(ELECTION_TICKS) * tick_us;
-        let mut newly_down = Vec::new();
-        for &other in &others {
-            let last_us = running
-                .heard_us
-                .get(&other)
-                .copied()
-                .unwrap_or(running.started_us);
-            if now_us.saturating_sub(last_us) > silence_us && running.down.insert(other) {
-                newly_down.push(other);
-            }
-        }
-        for other in newly_down {
-            self.input(id, Input::NodeDown(other));
-        }
-        for other in others {
-            if self.rng.chance(self.scenario.faults.drop_probability) {
-                continue;
-            }
-            let faults = &self.scenario.faults;
-            let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
-            self.events.push(
-                self.now_us + latency,
-                Event::Ping {
-                    from: id,
-                    to: other,
-                },
-            );
-        }
-    }
-
-    // --- Nemesis ------------------------------------------------------------------------
-
-    pub(crate) fn current_leader(&self) -> Option<NodeId> {
+    /// The leader of `group` with the highest term, among the running replicas.
+    pub(crate) fn current_leader(&self, group: GroupId) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|(&id, n)| n.running.as_ref().map(|r| (id, r)))
-            .filter(|(_, r)| r.raw.role() == Role::Leader)
-            .max_by_key(|(_, r)| r.raw.term())
+            .filter_map(|(&id, n)| Some((id, n.running.as_ref()?.replicas.get(&group)?)))
+            .filter(|(_, replica)| replica.raw.role() == Role::Leader)
+            .max_by_key(|(_, replica)| replica.raw.term())
             .map(|(id, _)| id)
     }
 
-    fn live_members(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| !n.decommissioned)
-            .map(|(&id, _)| id)
+    /// Every range's group, the meta range's first.
+    pub(crate) fn groups(&self) -> Vec<GroupId> {
+        std::iter::once(META)
+            .chain(self.ranges.iter().map(|r| r.id.group()))
             .collect()
     }
+}
 
-    fn nemesis(&mut self) {
-        let faults = self.scenario.faults.clone();
-        if self.rng.chance(faults.partition_probability) {
-            self.partition();
-        }
-        if self.rng.chance(faults.crash_probability) {
-            self.crash_one();
-        }
-        if self.rng.chance(faults.membership_change_probability) {
-            self.change_membership();
-        }
-        if self.rng.chance(faults.transfer_probability) {
-            if let Some(leader) = self.current_leader() {
-                let voters: Vec<NodeId> = self
-                    .latest_conf
-                    .1
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|&v| v != leader)
-                    .collect();
-                if !voters.is_empty() {
-                    let target = self.rng.pick(&voters);
-                    self.input(leader, Input::Transfer(target));
-                }
+/// `data_ranges` ranges covering every key, cut so that the clients' `key_count`
+/// registers are spread over them.
+fn initial_ranges(data_ranges: u64, key_count: u64) -> Vec<RangeDescriptor> {
+    let split_keys: Vec<Vec<u8>> = (1..data_ranges)
+        .map(|i| routing_key(i * key_count.max(data_ranges) / data_ranges).to_vec())
+        .collect();
+    RangeDescriptor::partition(RangeId(1), &split_keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeds with several data ranges spread the registers over them, and every range
+    /// takes client writes and reconfigures on its own.
+    #[test]
+    fn the_registers_are_spread_over_the_ranges_and_each_range_takes_writes() {
+        let mut multi_range_seeds = 0;
+        for seed in 0..30 {
+            let mut sim = Simulation::new(seed, None, false);
+            if sim.scenario.data_range_count < 2 || sim.scenario.key_count < 2 {
+                continue;
             }
-        }
-        if self.rng.chance(faults.slow_disk_probability) {
-            let nodes = self.live_members();
-            let id = self.rng.pick(&nodes);
-            let node = self.nodes.get_mut(&id).unwrap();
-            node.fsync_latency_us_max = faults.fsync_latency_us_max * 10;
-            let epoch = node.epoch;
-            trace!(self, "{id:?}'s disk turns slow");
-            let until = self.now_us + self.rng.range(500_000, 3_000_000);
-            self.events.push(until, Event::DiskRecovers(id, epoch));
-        }
-    }
-
-    fn partition(&mut self) {
-        let nodes = self.live_members();
-        self.blocked.clear();
-        self.partition_id += 1;
-        // Isolating the leader is the most telling partition, so it is the most common.
-        let kind = match self.rng.below(20) {
-            0..=7 => 0,
-            8..=13 => 1,
-            14..=16 => 2,
-            _ => 3,
-        };
-        let description = match kind {
-            0 => {
-                let leader = self
-                    .current_leader()
-                    .unwrap_or_else(|| self.rng.pick(&nodes));
-                for &other in &nodes {
-                    if other != leader {
-                        self.blocked.insert((leader, other));
-                        self.blocked.insert((other, leader));
-                    }
-                }
-                format!("isolate leader {leader:?}")
-            }
-            1 => {
-                let mut shuffled = nodes.clone();
-                for i in (1..shuffled.len()).rev() {
-                    let j = self.rng.below(i as u64 + 1) as usize;
-                    shuffled.swap(i, j);
-                }
-                let minority = self.rng.range(1, (nodes.len() as u64 / 2).max(1)) as usize;
-                let (small, large) = shuffled.split_at(minority);
-                for &a in small {
-                    for &b in large {
-                        self.blocked.insert((a, b));
-                        self.blocked.insert((b, a));
-                    }
-                }
-                format!("split minority {small:?} from majority {large:?}")
-            }
-            2 => {
-                let a = self.rng.pick(&nodes);
-                for &b in &nodes {
-                    if b != a {
-                        self.blocked.insert((a, b));
-                    }
-                }
-                format!("one-way: {a:?} cannot send to anyone but hears everyone")
-            }
-            _ => {
-                let a = self.rng.pick(&nodes);
-                let b = self.rng.pick(&nodes);
-                if a != b {
-                    self.blocked.insert((a, b));
-                    self.blocked.insert((b, a));
-                }
-                format!("cut link {a:?} <-> {b:?}")
-            }
-        };
-        trace!(self, "partition {}: {description}", self.partition_id);
-        let until = self.now_us + self.rng.range(300_000, 3_000_000);
-        self.events
-            .push(until, Event::HealPartition(self.partition_id));
-    }
-
-    fn crash_one(&mut self) {
-        let up: Vec<NodeId> = self
-            .live_members()
-            .into_iter()
-            .filter(|&id| self.is_up(id))
-            .collect();
-        if up.is_empty() {
-            return;
-        }
-        let victim = match self.current_leader() {
-            Some(leader) if self.rng.chance(0.5) => leader,
-            _ => self.rng.pick(&up),
-        };
-        self.crash(victim);
-    }
-
-    /// Kills a node: everything it had not persisted is lost; it restarts later.
-    fn crash(&mut self, victim: NodeId) {
-        let node = self.nodes.get_mut(&victim).unwrap();
-        node.running = None;
-        node.epoch += 1;
-        self.invariants.forget_volatile(victim);
-        trace!(self, "{victim:?} crashes, losing what it had not persisted");
-        let restart_at = self.now_us + self.rng.range(100_000, 2_000_000);
-        self.events.push(restart_at, Event::Restart(victim));
-    }
-
-    fn change_membership(&mut self) {
-        use ostrakon_raft::{ConfChange, ConfChangeStep};
-        let Some(leader) = self.current_leader() else {
-            return;
-        };
-        let conf = self.running(leader).raw.conf_state().clone();
-        if conf.is_joint() {
-            return;
-        }
-        let step = if let Some(&learner) = conf.learners.iter().next() {
-            ConfChangeStep::AddVoter(learner)
-        } else if conf.voters.len() >= 3
-            && (conf.voters.len() as u64 > self.scenario.node_count || self.rng.chance(0.5))
-        {
-            let voters: Vec<NodeId> = conf.voters.iter().copied().collect();
-            ConfChangeStep::Remove(self.rng.pick(&voters))
-        } else {
-            let id = NodeId(self.next_node_id);
-            self.next_node_id += 1;
-            self.add_node(id, InitialState::joining());
-            ConfChangeStep::AddLearner(id)
-        };
-        self.input(leader, Input::ConfChange(ConfChange::Change(vec![step])));
-    }
-
-    fn heal_all(&mut self) {
-        trace!(
-            self,
-            "heal: partitions end, crashed nodes restart, disks recover"
-        );
-        self.healed_at_us = Some(self.now_us);
-        self.blocked.clear();
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.nodes.get_mut(&id).unwrap().fsync_latency_us_max =
-                self.scenario.faults.fsync_latency_us_max;
-            let node = &self.nodes[&id];
-            if node.running.is_none() && !node.decommissioned {
-                self.start_node(id);
-            }
-        }
-    }
-
-    // --- End of run ---------------------------------------------------------------------
-
-    /// Progress: a write proposed at the leader after the faults healed is applied by
-    /// every member within the deadline.
-    fn check_progress(&mut self) {
-        let deadline_us = self.now_us + PROBE_DEADLINE_US;
-        while self.now_us < deadline_us && self.violation.is_none() {
-            let members = self.latest_conf.1.members();
-            let applied_everywhere = members.iter().all(|id| {
-                self.nodes[id]
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.kv.registers.contains_key(&PROBE_KEY))
-            });
-            if applied_everywhere {
-                return;
-            }
-            let anyone_applied = self.nodes.values().any(|n| {
-                n.running
-                    .as_ref()
-                    .is_some_and(|r| r.kv.registers.contains_key(&PROBE_KEY))
-            });
-            if !anyone_applied {
-                if let Some(leader) = self.current_leader() {
-                    self.input(leader, Input::Probe);
-                }
-            }
-            self.run_until(self.now_us + 100_000);
-        }
-        if self.violation.is_none() {
-            self.fail(Violation(format!(
-                "no progress: a write proposed after healing was not applied by every member within {} ms",
-                PROBE_DEADLINE_US / 1000
-            )));
-        }
-    }
-
-    /// Quiescence, checked after healing and settling: the idle group quiesces; then its
-    /// leader's node dies, and node liveness must get the quiesced followers to elect
-    /// another leader (a quiesced follower never times out by itself). The old leader
-    /// then restarts for the progress and convergence checks.
-    fn check_quiesced_failover(&mut self) {
-        let quiesce_deadline_us = self.now_us + QUIESCE_DEADLINE_US;
-        let leader = loop {
-            let members = self.latest_conf.1.members();
-            let running: Vec<&Running> = self
-                .nodes
+            multi_range_seeds += 1;
+            sim.run();
+            assert!(sim.violation.is_none(), "seed {seed}: {:?}", sim.violation);
+            let ranges_written = sim
+                .ranges
                 .iter()
-                .filter(|(id, _)| members.contains(id))
-                .filter_map(|(_, n)| n.running.as_ref())
-                .collect();
-            let all_quiesced = running
-                .iter()
-                .all(|r| r.raw.is_quiesced() && r.busy.is_none());
-            if let (Some(leader), true) = (self.current_leader(), all_quiesced) {
-                break leader;
-            }
-            if self.now_us >= quiesce_deadline_us {
-                self.fail(Violation(format!(
-                    "an idle, healed group did not quiesce within {} ms",
-                    QUIESCE_DEADLINE_US / 1000
-                )));
-                return;
-            }
-            self.run_until(self.now_us + 10_000);
-            if self.violation.is_some() {
-                return;
-            }
-        };
-        let voters = self.latest_conf.1.voters.len();
-        if voters < 3 {
-            return; // Losing the leader would leave no quorum.
-        }
-        // Cut off rather than dead, the old leader is still up to answer a read: its
-        // followers elected another leader meanwhile, so it must not answer from a lease.
-        // Its raft messages are lost both ways while the others' pings still reach it (a
-        // burst of losses that spares them): its node liveness sees nothing wrong, so it
-        // stays quiesced until the read wakes it.
-        let isolate = self.rng.chance(0.5);
-        if isolate {
-            trace!(
-                self,
-                "the quiesced leader {leader:?} is cut off, though it still hears pings"
-            );
-            for other in self.nodes.keys().copied().collect::<Vec<_>>() {
-                if other != leader {
-                    self.blocked.insert((leader, other));
-                    self.blocked.insert((other, leader));
-                    self.pings_pass.insert((other, leader));
-                }
-            }
-        } else {
-            trace!(self, "the quiesced leader {leader:?} dies");
-            let node = self.nodes.get_mut(&leader).expect("leader");
-            node.running = None;
-            node.epoch += 1;
-            self.invariants.forget_volatile(leader);
-        }
-        let failover_deadline_us = self.now_us + QUIESCED_FAILOVER_DEADLINE_US;
-        let new_leader_committed = |sim: &Simulation| {
-            sim.nodes.iter().any(|(&id, n)| {
-                id != leader
-                    && n.running.as_ref().is_some_and(|r| {
-                        r.raw.role() == Role::Leader
-                            && r.raw.log_term(r.raw.commit()) == Some(r.raw.term())
+                .filter(|range| {
+                    let group = range.id.group();
+                    sim.nodes.keys().any(|&id| {
+                        sim.replica_ref(id, group)
+                            .is_some_and(|r| r.kv.registers.keys().any(|&key| key != PROBE_KEY))
                     })
-            })
-        };
-        while !new_leader_committed(self) {
-            if self.now_us >= failover_deadline_us {
-                self.fail(Violation(format!(
-                    "no new leader within {} ms after the quiesced leader's node died",
-                    QUIESCED_FAILOVER_DEADLINE_US / 1000
-                )));
-                return;
+                })
+                .count();
+            assert!(
+                ranges_written >= 2,
+                "seed {seed}: client writes reached {ranges_written} of {} ranges",
+                sim.ranges.len()
+            );
+            for range in &sim.ranges {
+                for id in sim.nodes.keys() {
+                    if let Some(replica) = sim.replica_ref(*id, range.id.group()) {
+                        let keys = replica.kv.registers.keys().filter(|&&k| k != PROBE_KEY);
+                        for &key in keys {
+                            assert!(
+                                range.contains(&routing_key(key)),
+                                "key {key} outside {range:?}"
+                            );
+                        }
+                    }
+                }
             }
-            self.run_until(self.now_us + 10_000);
-            if self.violation.is_some() {
-                return;
-            }
         }
-        if isolate {
-            self.read_at_deposed_leader(leader);
-            self.blocked.clear();
-            self.pings_pass.clear();
-        } else {
-            trace!(self, "{leader:?} restarts");
-            self.start_node(leader);
-        }
-    }
-
-    /// A read at a leader cut off while quiesced, after the others elected a new leader
-    /// that committed an entry: it must not be answered below that entry (checked in
-    /// `handle_read_state`), whatever its lease said before it slept.
-    fn read_at_deposed_leader(&mut self, leader: NodeId) {
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
-        let read_floor = self
-            .nodes
-            .values()
-            .filter_map(|n| n.running.as_ref())
-            .map(|r| r.raw.commit())
-            .max()
-            .unwrap_or(LogIndex(0));
-        let waiting = Waiting {
-            client: PROBE_CLIENT,
-            op: ostrakon_check::OpId::NONE,
-            key: PROBE_KEY,
-            read_floor,
-            timestamps: None,
-        };
-        let running = self.running(leader);
-        if running.busy.is_some() || running.raw.read_index(request_id).is_err() {
-            return;
-        }
-        running.reads.insert(request_id, waiting);
-        trace!(
-            self,
-            "a read at the deposed leader {leader:?} (floor {read_floor:?})"
+        assert!(
+            multi_range_seeds >= 5,
+            "only {multi_range_seeds} seeds had several ranges"
         );
-        self.drive(leader);
-        self.run_until(self.now_us + 200_000);
-    }
-
-    fn check_convergence(&mut self) {
-        let members = self.latest_conf.1.members();
-        let Some(leader) = self.current_leader() else {
-            self.fail(Violation("no leader after healing and settling".into()));
-            return;
-        };
-        let (leader_commit, leader_kv) = {
-            let running = self.nodes[&leader].running.as_ref().unwrap();
-            (running.raw.commit(), running.kv.clone())
-        };
-        for id in members {
-            let Some(running) = self.nodes[&id].running.as_ref() else {
-                self.fail(Violation(format!(
-                    "member {id:?} is not running after healing"
-                )));
-                return;
-            };
-            if running.applied != leader_commit || running.kv != leader_kv {
-                let message = format!(
-                    "member {id:?} did not converge: applied {:?} (leader {leader:?} committed {leader_commit:?}), state {:?} vs {:?}",
-                    running.applied, running.kv, leader_kv
-                );
-                self.fail(Violation(message));
-                return;
-            }
-        }
     }
 }

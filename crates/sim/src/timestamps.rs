@@ -10,13 +10,13 @@
 //! real-time order.
 
 use ostrakon_check::{OpId, Outcome, TimestampGrant};
-use ostrakon_raft::{NodeId, Role};
+use ostrakon_raft::{GroupId, NodeId, Role};
 
 use crate::clients::TIMESTAMP_CLIENT_BASE;
 use crate::events::{Event, Reply};
 use crate::kv::Command;
 use crate::node::{Request, Waiting};
-use crate::simulation::{trace, Simulation};
+use crate::simulation::{trace, Simulation, META};
 
 /// What every node's wall clock reads at the start of a run (before its skew): a
 /// realistic epoch, so timestamps look like the ones a real cluster hands out.
@@ -35,49 +35,50 @@ impl Simulation {
     /// A timestamp request arrived at `id`: only the leader serves the oracle, once a
     /// read index taken now confirms it still leads.
     pub(crate) fn confirm_for_timestamps(&mut self, id: NodeId, request_id: u64, waiting: Waiting) {
-        let running = self.running(id);
-        let leader_hint = running.raw.leader();
-        if running.raw.role() != Role::Leader || running.raw.read_index(request_id).is_err() {
+        let replica = self.replica(id, META);
+        let leader_hint = replica.raw.leader();
+        if replica.raw.role() != Role::Leader || replica.raw.read_index(request_id).is_err() {
             self.reply(waiting, Reply::Failed { leader_hint });
             return;
         }
-        running.reads.insert(request_id, waiting);
+        replica.reads.insert(request_id, waiting);
     }
 
     /// Serves the confirmed timestamp requests at `id` (after its Ready is advanced:
     /// allocating may propose a new bound).
-    pub(crate) fn allocate_confirmed_timestamps(&mut self, id: NodeId) {
-        if self.running(id).timestamps_confirmed.is_empty() {
+    pub(crate) fn allocate_confirmed_timestamps(&mut self, id: NodeId, group: GroupId) {
+        if self.replica(id, group).timestamps_confirmed.is_empty() {
             return;
         }
+        assert_eq!(group, META, "only the meta range serves timestamps");
         let now_ms = self.wall_clock_ms(id);
-        let running = self.running(id);
-        let confirmed = std::mem::take(&mut running.timestamps_confirmed);
-        let leader_hint = running.raw.leader();
-        if running.raw.role() != Role::Leader {
+        let replica = self.replica(id, group);
+        let confirmed = std::mem::take(&mut replica.timestamps_confirmed);
+        let leader_hint = replica.raw.leader();
+        if replica.raw.role() != Role::Leader {
             for waiting in confirmed {
                 self.reply(waiting, Reply::Failed { leader_hint });
             }
             return;
         }
-        let term = running.raw.term();
+        let term = replica.raw.term();
         let mut granted = Vec::new();
         let mut proposals = Vec::new();
         for waiting in confirmed {
             let count = waiting.timestamps.expect("a timestamp request");
-            let bound = running.kv.oracle_bound;
-            let allocation = running.oracle.allocate(term, bound, now_ms, count);
+            let bound = replica.kv.oracle_bound;
+            let allocation = replica.oracle.allocate(term, bound, now_ms, count);
             if let Some(bound) = allocation.propose_bound {
                 let command = Command::OracleBound { bound: bound.0 };
-                let result = running.raw.propose(command.encode());
+                let result = replica.raw.propose(command.encode());
                 if result.is_err() {
-                    running.oracle.bound_not_proposed();
+                    replica.oracle.bound_not_proposed();
                 }
                 proposals.push((bound, result));
             }
             match allocation.granted {
                 Some(range) => granted.push((waiting, range)),
-                None => running.timestamps_confirmed.push(waiting),
+                None => replica.timestamps_confirmed.push(waiting),
             }
         }
         for (bound, result) in proposals {
@@ -109,14 +110,14 @@ impl Simulation {
         let count = self.rng.range(1, 3);
         let op = self.timestamps.invoke(client, count, self.now_us);
         let believed = self.timestamp_clients[index].believed_leader;
-        let target = self.pick_node(believed, true);
+        let target = self.pick_node(META, believed, true);
         trace!(
             self,
             "timestamp client {client} op {} asks {target:?} for {count}",
             op.index()
         );
         self.timestamp_clients[index].outstanding = Some(op);
-        self.send_request(target, client, op, Request::Timestamps { count });
+        self.send_request(target, META, client, op, Request::Timestamps { count });
     }
 
     pub(crate) fn handle_timestamp_reply(&mut self, client: u64, op: OpId, reply: Reply) {

@@ -1,0 +1,233 @@
+//! The faults the nemesis injects during the faulty phase: partitions, crashes, slow
+//! disks, membership changes and leadership transfers, each aimed at one range where
+//! it matters which (the leader it isolates, the group it reconfigures).
+
+use ostrakon_raft::{GroupId, NodeId};
+
+use crate::events::Event;
+use crate::node::Input;
+use crate::simulation::{trace, Simulation};
+
+impl Simulation {
+    /// A range, the meta range included.
+    fn pick_group(&mut self) -> GroupId {
+        let groups = self.groups();
+        self.rng.pick(&groups)
+    }
+
+    /// Stops a node's process: everything it had not persisted is lost.
+    pub(crate) fn stop(&mut self, id: NodeId) {
+        let groups = self.groups_on(id);
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.running = None;
+        node.epoch += 1;
+        for group in groups {
+            self.forget_volatile(id, group);
+        }
+    }
+
+    pub(crate) fn live_members(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| !n.decommissioned)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    pub(crate) fn nemesis(&mut self) {
+        let faults = self.scenario.faults.clone();
+        if self.rng.chance(faults.partition_probability) {
+            self.partition();
+        }
+        if self.rng.chance(faults.crash_probability) {
+            self.crash_one();
+        }
+        if self.rng.chance(faults.membership_change_probability) {
+            self.change_membership();
+        }
+        if self.rng.chance(faults.transfer_probability) {
+            let group = self.pick_group();
+            if let Some(leader) = self.current_leader(group) {
+                let voters: Vec<NodeId> = self.latest_conf[&group]
+                    .1
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != leader)
+                    .collect();
+                if !voters.is_empty() {
+                    let target = self.rng.pick(&voters);
+                    self.input(leader, group, Input::Transfer(target));
+                }
+            }
+        }
+        if self.rng.chance(faults.slow_disk_probability) {
+            let nodes = self.live_members();
+            let id = self.rng.pick(&nodes);
+            let node = self.nodes.get_mut(&id).unwrap();
+            node.fsync_latency_us_max = faults.fsync_latency_us_max * 10;
+            let epoch = node.epoch;
+            trace!(self, "{id:?}'s disk turns slow");
+            let until = self.now_us + self.rng.range(500_000, 3_000_000);
+            self.events.push(until, Event::DiskRecovers(id, epoch));
+        }
+    }
+
+    fn partition(&mut self) {
+        let nodes = self.live_members();
+        self.blocked.clear();
+        self.partition_id += 1;
+        // Isolating the leader is the most telling partition, so it is the most common.
+        let kind = match self.rng.below(20) {
+            0..=7 => 0,
+            8..=13 => 1,
+            14..=16 => 2,
+            _ => 3,
+        };
+        let description = match kind {
+            0 => {
+                let group = self.pick_group();
+                let leader = self
+                    .current_leader(group)
+                    .unwrap_or_else(|| self.rng.pick(&nodes));
+                for &other in &nodes {
+                    if other != leader {
+                        self.blocked.insert((leader, other));
+                        self.blocked.insert((other, leader));
+                    }
+                }
+                format!("isolate leader {leader:?}")
+            }
+            1 => {
+                let mut shuffled = nodes.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = self.rng.below(i as u64 + 1) as usize;
+                    shuffled.swap(i, j);
+                }
+                let minority = self.rng.range(1, (nodes.len() as u64 / 2).max(1)) as usize;
+                let (small, large) = shuffled.split_at(minority);
+                for &a in small {
+                    for &b in large {
+                        self.blocked.insert((a, b));
+                        self.blocked.insert((b, a));
+                    }
+                }
+                format!("split minority {small:?} from majority {large:?}")
+            }
+            2 => {
+                let a = self.rng.pick(&nodes);
+                for &b in &nodes {
+                    if b != a {
+                        self.blocked.insert((a, b));
+                    }
+                }
+                format!("one-way: {a:?} cannot send to anyone but hears everyone")
+            }
+            _ => {
+                let a = self.rng.pick(&nodes);
+                let b = self.rng.pick(&nodes);
+                if a != b {
+                    self.blocked.insert((a, b));
+                    self.blocked.insert((b, a));
+                }
+                format!("cut link {a:?} <-> {b:?}")
+            }
+        };
+        trace!(self, "partition {}: {description}", self.partition_id);
+        let until = self.now_us + self.rng.range(300_000, 3_000_000);
+        self.events
+            .push(until, Event::HealPartition(self.partition_id));
+    }
+
+    fn crash_one(&mut self) {
+        let up: Vec<NodeId> = self
+            .live_members()
+            .into_iter()
+            .filter(|&id| self.is_up(id))
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let group = self.pick_group();
+        let victim = match self.current_leader(group) {
+            Some(leader) if self.rng.chance(0.5) => leader,
+            _ => self.rng.pick(&up),
+        };
+        self.crash(victim);
+    }
+
+    /// Kills a node: everything it had not persisted is lost; it restarts later.
+    pub(crate) fn crash(&mut self, victim: NodeId) {
+        self.stop(victim);
+        trace!(self, "{victim:?} crashes, losing what it had not persisted");
+        let restart_at = self.now_us + self.rng.range(100_000, 2_000_000);
+        self.events.push(restart_at, Event::Restart(victim));
+    }
+
+    /// Changes one range's membership: promotes its learner, removes a voter, or adds
+    /// a learner on a node that never held the range (a new node, or one holding other
+    /// ranges).
+    fn change_membership(&mut self) {
+        use ostrakon_raft::{ConfChange, ConfChangeStep};
+        let group = self.pick_group();
+        let Some(leader) = self.current_leader(group) else {
+            return;
+        };
+        let conf = self.replica(leader, group).raw.conf_state().clone();
+        if conf.is_joint() {
+            return;
+        }
+        let step = if let Some(&learner) = conf.learners.iter().next() {
+            ConfChangeStep::AddVoter(learner)
+        } else if conf.voters.len() >= 3
+            && (conf.voters.len() as u64 > self.scenario.node_count || self.rng.chance(0.5))
+        {
+            let voters: Vec<NodeId> = conf.voters.iter().copied().collect();
+            ConfChangeStep::Remove(self.rng.pick(&voters))
+        } else {
+            let hosts_elsewhere: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(&id, n)| !n.decommissioned && !self.ever_hosted.contains(&(id, group)))
+                .map(|(&id, _)| id)
+                .collect();
+            let id = if !hosts_elsewhere.is_empty() && self.rng.chance(0.5) {
+                self.rng.pick(&hosts_elsewhere)
+            } else {
+                let id = NodeId(self.next_node_id);
+                self.next_node_id += 1;
+                self.add_node(id);
+                id
+            };
+            let joining = ostrakon_raft::InitialState::joining();
+            self.add_replica(id, group, joining, crate::kv::KvState::default());
+            if !self.is_up(id) && self.nodes[&id].disks.len() == 1 {
+                self.start_node(id);
+            }
+            ConfChangeStep::AddLearner(id)
+        };
+        self.input(
+            leader,
+            group,
+            Input::ConfChange(ConfChange::Change(vec![step])),
+        );
+    }
+
+    pub(crate) fn heal_all(&mut self) {
+        trace!(
+            self,
+            "heal: partitions end, crashed nodes restart, disks recover"
+        );
+        self.healed_at_us = Some(self.now_us);
+        self.blocked.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.nodes.get_mut(&id).unwrap().fsync_latency_us_max =
+                self.scenario.faults.fsync_latency_us_max;
+            let node = &self.nodes[&id];
+            if node.running.is_none() && !node.decommissioned {
+                self.start_node(id);
+            }
+        }
+    }
+}

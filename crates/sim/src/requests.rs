@@ -1,0 +1,274 @@
+//! The register clients: each routes its key to a range through the range layer's
+//! `Directory`, sends the request to the node it believes leads that range, and records
+//! what it saw for the linearizability check. The node side serves the request on its
+//! replica of the range, which first checks that the key is in its span.
+
+use ostrakon_check::{OpId, Outcome, RegisterInput, RegisterOutput};
+use ostrakon_raft::{GroupId, NodeId};
+
+use crate::events::{Event, Reply};
+use crate::kv::{routing_key, Command};
+use crate::node::{Request, Waiting};
+use crate::simulation::{trace, Simulation, META};
+
+impl Simulation {
+    /// A client's request reached the replica of `group` on `id`.
+    pub(crate) fn handle_request(
+        &mut self,
+        id: NodeId,
+        group: GroupId,
+        client: u64,
+        op: OpId,
+        request: Request,
+    ) {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let read_floor = self.highest_commit(group);
+        let waiting = Waiting {
+            client,
+            op,
+            key: request.key().unwrap_or(0),
+            read_floor,
+            timestamps: None,
+        };
+        let replica = self.replica(id, group);
+        let leader_hint = replica.raw.leader();
+        if let Some(key) = request.key() {
+            let in_span = replica
+                .kv
+                .descriptor
+                .as_ref()
+                .is_some_and(|range| range.contains(&routing_key(key)));
+            if !in_span {
+                // Not (or not yet) this replica's key: the client routes again.
+                trace!(self, "{id:?} {group:?} refuses key {key}: not in its span");
+                self.reply(waiting, Reply::Failed { leader_hint });
+                return;
+            }
+        }
+        match request {
+            Request::Write(command) => {
+                let waiting = Waiting {
+                    read_floor: ostrakon_raft::LogIndex(0),
+                    ..waiting
+                };
+                let result = replica.raw.propose(command.encode());
+                match result {
+                    Ok(proposal) => {
+                        replica
+                            .proposals
+                            .insert(proposal.index, (proposal.term, waiting));
+                    }
+                    Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
+                }
+                trace!(
+                    self,
+                    "{id:?} {group:?} proposes op {} of client {client}: {result:?}",
+                    op.index()
+                );
+            }
+            Request::Read { .. } => match replica.raw.read_index(request_id) {
+                Ok(()) => {
+                    replica.reads.insert(request_id, waiting);
+                }
+                Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
+            },
+            Request::Timestamps { count } => {
+                assert_eq!(group, META, "timestamps are asked of the meta range");
+                let waiting = Waiting {
+                    timestamps: Some(count),
+                    ..waiting
+                };
+                self.confirm_for_timestamps(id, request_id, waiting);
+            }
+        }
+    }
+
+    pub(crate) fn reply(&mut self, waiting: Waiting, reply: Reply) {
+        if waiting.client == crate::simulation::PROBE_CLIENT {
+            return;
+        }
+        if self.rng.chance(self.scenario.faults.drop_probability) {
+            return; // The client will time out: outcome unknown.
+        }
+        let faults = &self.scenario.faults;
+        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+        self.events.push(
+            self.now_us + latency,
+            Event::Reply {
+                client: waiting.client,
+                op: waiting.op,
+                reply,
+            },
+        );
+    }
+
+    /// Answers a request that reached a node without a replica of its range.
+    pub(crate) fn reply_failed(&mut self, client: u64, op: OpId, leader_hint: NodeId) {
+        let waiting = Waiting {
+            client,
+            op,
+            key: 0,
+            read_floor: ostrakon_raft::LogIndex(0),
+            timestamps: None,
+        };
+        self.reply(waiting, Reply::Failed { leader_hint });
+    }
+
+    /// The range a client's directory routes `key` to.
+    fn route(&self, client: u64, key: u64) -> GroupId {
+        self.clients[client as usize]
+            .directory
+            .lookup(&routing_key(key))
+            .expect("the data ranges cover every key")
+            .id
+            .group()
+    }
+
+    pub(crate) fn start_operation(&mut self, client: u64) {
+        if self.clients_stopped || self.clients[client as usize].outstanding.is_some() {
+            return;
+        }
+        let key = self.rng.below(self.scenario.key_count);
+        let roll = self.rng.below(10);
+        let value = self.next_value;
+        let (input, request) = if roll < 5 {
+            (RegisterInput::Read, Request::Read { key })
+        } else {
+            self.next_value += 1;
+            // Compare-and-set against the value this client last saw; a client that has
+            // seen nothing on the key writes blindly.
+            match self.clients[client as usize].last_seen.get(&key).copied() {
+                Some(expected) if roll >= 8 => {
+                    let input = RegisterInput::Cas {
+                        expected,
+                        new: value,
+                    };
+                    let command = Command::Cas {
+                        key,
+                        expected,
+                        new: value,
+                    };
+                    (input, Request::Write(command))
+                }
+                _ => (
+                    RegisterInput::Write(value),
+                    Request::Write(Command::Put { key, value }),
+                ),
+            }
+        };
+        let is_write = !matches!(input, RegisterInput::Read);
+        let op = self.history.invoke(client, (key, input), self.now_us);
+        let group = self.route(client, key);
+        let believed = self.clients[client as usize]
+            .believed_leader
+            .get(&group)
+            .copied()
+            .unwrap_or(NodeId::NONE);
+        let target = self.pick_node(group, believed, is_write);
+        trace!(
+            self,
+            "client {client} op {} {:?} on key {key} -> {target:?} {group:?}",
+            op.index(),
+            request
+        );
+        self.clients[client as usize].outstanding = Some(op);
+        self.send_request(target, group, client, op, request);
+    }
+
+    /// Sends a client's request over the network, and starts its timeout.
+    pub(crate) fn send_request(
+        &mut self,
+        target: NodeId,
+        range: GroupId,
+        client: u64,
+        op: OpId,
+        request: Request,
+    ) {
+        let faults = &self.scenario.faults;
+        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+        self.events.push(
+            self.now_us + latency,
+            Event::Request {
+                node: target,
+                range,
+                client,
+                op,
+                request,
+            },
+        );
+        self.events.push(
+            self.now_us + self.scenario.client_timeout_us,
+            Event::ClientTimeout { client, op },
+        );
+    }
+
+    /// `believed` if it is still a member of `group` (for reads, not always: they
+    /// sometimes go to any member, exercising forwarded ReadIndex), else any member.
+    pub(crate) fn pick_node(&mut self, group: GroupId, believed: NodeId, is_write: bool) -> NodeId {
+        let any_member = !is_write && self.rng.chance(0.2);
+        let members = self.latest_conf[&group].1.members();
+        if believed.is_some() && !any_member && members.contains(&believed) {
+            return believed;
+        }
+        let members: Vec<NodeId> = members.into_iter().collect();
+        self.rng.pick(&members)
+    }
+
+    pub(crate) fn handle_reply(&mut self, client: u64, op: OpId, reply: Reply) {
+        if self.clients[client as usize].outstanding != Some(op) {
+            return; // Timed out already.
+        }
+        let (key, input) = self.history.ops()[op.index()].input.clone();
+        match reply {
+            Reply::Ok(output) => {
+                let seen = match (&input, &output) {
+                    (_, RegisterOutput::Read(value)) => Some(*value),
+                    (RegisterInput::Write(v), _) => Some(Some(*v)),
+                    (RegisterInput::Cas { new, .. }, RegisterOutput::Cas(true)) => Some(Some(*new)),
+                    _ => None,
+                };
+                if let Some(value) = seen {
+                    self.clients[client as usize].last_seen.insert(key, value);
+                }
+                trace!(self, "client {client} op {} ok {output:?}", op.index());
+                self.complete(client, Outcome::Ok(output));
+            }
+            Reply::Timestamps(grant) => panic!("timestamps {grant:?} answer a register operation"),
+            Reply::Failed { leader_hint } => {
+                trace!(
+                    self,
+                    "client {client} op {} failed (leader hint {leader_hint:?})",
+                    op.index()
+                );
+                self.complete(client, Outcome::Failed);
+                let group = self.route(client, key);
+                self.clients[client as usize]
+                    .believed_leader
+                    .insert(group, leader_hint);
+            }
+        }
+    }
+
+    pub(crate) fn request_timed_out(&mut self, client: u64, op: OpId) {
+        if self.clients[client as usize].outstanding != Some(op) {
+            return;
+        }
+        trace!(self, "client {client} op {} times out", op.index());
+        let key = self.history.ops()[op.index()].input.0;
+        self.complete(client, Outcome::Unknown);
+        let group = self.route(client, key);
+        self.clients[client as usize].believed_leader.remove(&group);
+    }
+
+    fn complete(&mut self, client: u64, outcome: Outcome<RegisterOutput>) {
+        let op = self.clients[client as usize]
+            .outstanding
+            .take()
+            .expect("outstanding op");
+        self.history.complete(op, outcome, self.now_us);
+        let think_us = self.rng.range(0, self.scenario.client_think_us_max);
+        self.events
+            .push(self.now_us + think_us, Event::ClientNext(client));
+    }
+}
