@@ -39,10 +39,16 @@ impl InitialState {
 
     /// A founding member of a new group with these voters.
     pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> InitialState {
-        let conf_state = ConfState::with_voters(voters);
+        Self::founding(ConfState::with_voters(voters))
+    }
+
+    /// A founding member of a new group with this membership (learners included): the
+    /// state every replica of a range created by a split starts from, with the
+    /// membership of the range it split from.
+    pub fn founding(conf_state: ConfState) -> InitialState {
         assert!(
-            !conf_state.voters.is_empty(),
-            "a group needs at least one voter"
+            !conf_state.voters.is_empty() && !conf_state.is_joint(),
+            "a group is founded with voters and not in a joint configuration"
         );
         InitialState {
             hard_state: HardState {

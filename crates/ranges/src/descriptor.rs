@@ -81,6 +81,22 @@ impl RangeDescriptor {
     }
 }
 
+/// A descriptor for tests: range `id` over `[start, end)` at `generation`.
+#[cfg(test)]
+pub(crate) fn test_range(
+    id: u64,
+    start: &[u8],
+    end: Option<&[u8]>,
+    generation: u64,
+) -> RangeDescriptor {
+    RangeDescriptor::new(
+        RangeId(id),
+        start.to_vec(),
+        end.map(<[u8]>::to_vec),
+        generation,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,14 +77,7 @@ impl Directory {
 mod tests {
     use super::*;
 
-    fn range(id: u64, start: &[u8], end: Option<&[u8]>, generation: u64) -> RangeDescriptor {
-        RangeDescriptor::new(
-            RangeId(id),
-            start.to_vec(),
-            end.map(<[u8]>::to_vec),
-            generation,
-        )
-    }
+    use crate::descriptor::test_range as range;
 
     #[test]
     fn a_key_routes_to_the_range_whose_span_holds_it() {

@@ -3,6 +3,8 @@
 //!
 //! - [`descriptor`]: a range, its span and its generation.
 //! - [`directory`]: the routing cache that maps keys to ranges.
+//! - [`split`]: splitting a range, and the span check that keeps the left half from
+//!   serving the keys that moved.
 //! - [`timestamp`]: the cluster-wide revision as a hybrid timestamp (milliseconds and a
 //!   logical counter), as TiKV's placement driver hands them out.
 //! - [`oracle`]: the timestamp oracle on range 0's leader: strictly increasing
@@ -14,6 +16,7 @@
 pub mod descriptor;
 pub mod directory;
 pub mod oracle;
+pub mod split;
 pub mod timestamp;
 
 pub use descriptor::{RangeDescriptor, RangeId};
@@ -21,4 +24,7 @@ pub use directory::Directory;
 #[cfg(feature = "planted-bugs")]
 pub use oracle::OracleBug;
 pub use oracle::{Allocation, Oracle, OracleBound, OracleConfig};
+#[cfg(feature = "planted-bugs")]
+pub use split::RangeBug;
+pub use split::{split, SpanCheck, Split, SplitRefused, SplitRequest};
 pub use timestamp::{Timestamp, TimestampRange};

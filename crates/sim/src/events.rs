@@ -17,6 +17,13 @@ pub enum Reply {
     Ok(ostrakon_check::RegisterOutput),
     /// Timestamps from the oracle.
     Timestamps(ostrakon_check::TimestampGrant),
+    /// Definitely not done: the key is not in the range the client sent it to (split
+    /// off, or the node holds no replica of that range). The descriptors of every range
+    /// the answering node holds, for the client's directory.
+    Mismatch {
+        /// What the node knows.
+        ranges: Vec<ostrakon_ranges::RangeDescriptor>,
+    },
     /// Definitely not done; try `leader_hint` if known.
     Failed {
         /// Where the node thinks the leader is.
@@ -69,7 +76,7 @@ pub enum Event {
     DiskRecovers(NodeId, u64),
     /// A node removed from a range's group destroys its replica (and shuts down for
     /// good once it holds none).
-    Decommission(NodeId, GroupId),
+    DestroyReplica(NodeId, GroupId),
     /// The faulty phase ends.
     HealAll,
     /// Clients stop issuing operations.

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ostrakon_ranges::{OracleBound, RangeDescriptor, Timestamp};
+use ostrakon_ranges::{
+    OracleBound, RangeDescriptor, RangeId, SplitRefused, SplitRequest, Timestamp,
+};
 
 /// A write command, replicated through raft.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,15 @@ pub enum Command {
         /// The new bound.
         bound: u64,
     },
+    /// Split the range: registers from `at` on move to the new range `right`.
+    Split {
+        /// The first register of the right half.
+        at: u64,
+        /// The new range's id.
+        right: u64,
+        /// The range's generation the proposer saw.
+        expected_generation: u64,
+    },
 }
 
 impl Command {
@@ -53,6 +64,16 @@ impl Command {
                 buf.put_u8(3);
                 buf.put_u64(bound);
             }
+            Command::Split {
+                at,
+                right,
+                expected_generation,
+            } => {
+                buf.put_u8(4);
+                buf.put_u64(at);
+                buf.put_u64(right);
+                buf.put_u64(expected_generation);
+            }
         }
         buf.freeze()
     }
@@ -74,6 +95,11 @@ impl Command {
                 expected: (data[17] == 1).then(|| u64_at(18)),
             },
             3 => Command::OracleBound { bound: u64_at(1) },
+            4 => Command::Split {
+                at: u64_at(1),
+                right: u64_at(9),
+                expected_generation: u64_at(17),
+            },
             tag => panic!("unknown command tag {tag}"),
         }
     }
@@ -116,7 +142,39 @@ pub fn apply(state: &mut KvState, command: Command) -> bool {
             state.oracle_bound.apply(Timestamp(bound));
             true
         }
+        Command::Split { .. } => panic!("a split is applied with apply_split"),
     }
+}
+
+/// Applies a split command: the range keeps the registers before the split key and
+/// hands the others to the new range, whose first state this returns (the same on
+/// every replica), or refuses the split as every replica does.
+pub fn apply_split(state: &mut KvState, command: Command) -> Result<KvState, SplitRefused> {
+    let Command::Split {
+        at,
+        right,
+        expected_generation,
+    } = command
+    else {
+        panic!("not a split: {command:?}");
+    };
+    let current = state
+        .descriptor
+        .as_ref()
+        .expect("only data ranges split, and only once they hold a span");
+    let request = SplitRequest {
+        at: routing_key(at).to_vec(),
+        right: RangeId(right),
+        expected_generation,
+    };
+    let halves = ostrakon_ranges::split(current, &request)?;
+    let moved = state.registers.split_off(&at);
+    state.descriptor = Some(halves.left);
+    Ok(KvState {
+        descriptor: Some(halves.right),
+        registers: moved,
+        oracle_bound: OracleBound::default(),
+    })
 }
 
 #[cfg(test)]
@@ -138,6 +196,11 @@ mod tests {
                 new: 5,
             },
             Command::OracleBound { bound: 1 << 40 },
+            Command::Split {
+                at: 7,
+                right: 3,
+                expected_generation: 2,
+            },
         ] {
             assert_eq!(Command::decode(&command.encode()), command);
         }
@@ -163,5 +226,38 @@ mod tests {
             }
         ));
         assert_eq!(state.registers.get(&1), Some(&2));
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn a_split_moves_the_registers_from_its_key_on() {
+        let range = RangeDescriptor::new(RangeId(1), Vec::new(), None, 1);
+        let mut state = KvState {
+            descriptor: Some(range),
+            ..KvState::default()
+        };
+        for key in [1, 5, 9] {
+            state.registers.insert(key, key * 10);
+        }
+        let split = Command::Split {
+            at: 5,
+            right: 2,
+            expected_generation: 1,
+        };
+        let right = apply_split(&mut state, split).unwrap();
+        assert_eq!(state.registers.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(right.registers.keys().copied().collect::<Vec<_>>(), [5, 9]);
+        assert!(state.descriptor.unwrap().contains(&routing_key(4)));
+        assert!(right.descriptor.unwrap().contains(&routing_key(5)));
+        // Proposed against the old generation again: refused.
+        let mut again = KvState {
+            descriptor: Some(RangeDescriptor::new(RangeId(1), Vec::new(), None, 2)),
+            ..KvState::default()
+        };
+        assert!(apply_split(&mut again, split).is_err());
     }
 }

@@ -28,9 +28,9 @@ impl Simulation {
         let tick_us = self.nodes[&id].tick_us;
         let others: Vec<NodeId> = self
             .nodes
-            .iter()
-            .filter(|(&other, n)| other != id && !n.decommissioned)
-            .map(|(&other, _)| other)
+            .keys()
+            .filter(|&&other| other != id)
+            .copied()
             .collect();
         let now_us = self.now_us;
         let running = self.running(id);

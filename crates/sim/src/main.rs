@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ostrakon_raft::PlantedBug;
-use ostrakon_ranges::OracleBug;
+use ostrakon_ranges::{OracleBug, RangeBug};
 use ostrakon_sim::runner::{run_seed, run_seeds};
 use ostrakon_sim::scenario::Bug;
 
@@ -21,7 +21,7 @@ struct Args {
     /// Plant a protocol bug the checkers must catch: ack-before-persist,
     /// read-without-read-index, commit-previous-term, vote-not-persisted,
     /// no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored (raft);
-    /// oracle-beyond-bound (the timestamp oracle).
+    /// oracle-beyond-bound (the timestamp oracle); serve-moved-keys (splits).
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -36,6 +36,9 @@ struct Args {
     /// Print one line per seed (on stderr).
     #[arg(long)]
     verbose: bool,
+    /// Print the trace of the first seed even if it passes (to read what a seed does).
+    #[arg(long)]
+    trace: bool,
 }
 
 fn parse_bug(name: &str) -> Result<Bug, String> {
@@ -48,12 +51,13 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "quiesced-lease-kept" => PlantedBug::QuiescedLeaseKept.into(),
         "node-down-ignored" => PlantedBug::NodeDownIgnored.into(),
         "oracle-beyond-bound" => OracleBug::HandOutBeyondBound.into(),
+        "serve-moved-keys" => RangeBug::ServeMovedKeys.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
                  read-without-read-index, commit-previous-term, vote-not-persisted, \
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
-                 oracle-beyond-bound"
+                 oracle-beyond-bound, serve-moved-keys"
             ))
         }
     })
@@ -82,6 +86,12 @@ fn main() -> ExitCode {
         !args.keep_going,
         args.verbose,
     );
+    if args.trace && summary.first_failing_seed != Some(args.start_seed) {
+        let (_, trace) = run_seed(args.start_seed, bug, true);
+        for line in &trace {
+            println!("{line}");
+        }
+    }
     if let Some(seed) = summary.first_failing_seed {
         // Replay the failing seed with a trace: the same seed reproduces the same run.
         let (report, trace) = run_seed(seed, bug, true);

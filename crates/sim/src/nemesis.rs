@@ -15,6 +15,37 @@ impl Simulation {
         self.rng.pick(&groups)
     }
 
+    /// Asks the leader of a data range to split it at a register strictly inside it
+    /// (the register right after the clients' keys splits off the probe's range).
+    fn split_range(&mut self) {
+        let groups: Vec<GroupId> = self.ranges.iter().map(|r| r.id.group()).collect();
+        let group = self.rng.pick(&groups);
+        let Some(leader) = self.current_leader(group) else {
+            return;
+        };
+        let Some(current) = self.replica(leader, group).kv.descriptor.clone() else {
+            return;
+        };
+        let candidates: Vec<u64> = (0..=self.scenario.key_count)
+            .filter(|&key| {
+                let at = crate::kv::routing_key(key);
+                current.contains(&at) && at.as_slice() > current.start.as_slice()
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let at = self.rng.pick(&candidates);
+        let right = self.next_range_id;
+        self.next_range_id += 1;
+        let split = crate::kv::Command::Split {
+            at,
+            right,
+            expected_generation: current.generation,
+        };
+        self.input(leader, group, Input::Propose(split));
+    }
+
     /// Stops a node's process: everything it had not persisted is lost.
     pub(crate) fn stop(&mut self, id: NodeId) {
         let groups = self.groups_on(id);
@@ -27,11 +58,7 @@ impl Simulation {
     }
 
     pub(crate) fn live_members(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| !n.decommissioned)
-            .map(|(&id, _)| id)
-            .collect()
+        self.nodes.keys().copied().collect()
     }
 
     pub(crate) fn nemesis(&mut self) {
@@ -60,6 +87,9 @@ impl Simulation {
                     self.input(leader, group, Input::Transfer(target));
                 }
             }
+        }
+        if self.rng.chance(self.scenario.split_probability) {
+            self.split_range();
         }
         if self.rng.chance(faults.slow_disk_probability) {
             let nodes = self.live_members();
@@ -187,9 +217,9 @@ impl Simulation {
         } else {
             let hosts_elsewhere: Vec<NodeId> = self
                 .nodes
-                .iter()
-                .filter(|(&id, n)| !n.decommissioned && !self.ever_hosted.contains(&(id, group)))
-                .map(|(&id, _)| id)
+                .keys()
+                .filter(|&&id| !self.ever_hosted.contains(&(id, group)))
+                .copied()
                 .collect();
             let id = if !hosts_elsewhere.is_empty() && self.rng.chance(0.5) {
                 self.rng.pick(&hosts_elsewhere)
@@ -225,7 +255,7 @@ impl Simulation {
             self.nodes.get_mut(&id).unwrap().fsync_latency_us_max =
                 self.scenario.faults.fsync_latency_us_max;
             let node = &self.nodes[&id];
-            if node.running.is_none() && !node.decommissioned {
+            if node.running.is_none() {
                 self.start_node(id);
             }
         }

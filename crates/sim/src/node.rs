@@ -96,7 +96,8 @@ impl Request {
         match self {
             Request::Read { key } => Some(*key),
             Request::Write(Command::Put { key, .. } | Command::Cas { key, .. }) => Some(*key),
-            Request::Write(Command::OracleBound { .. }) | Request::Timestamps { .. } => None,
+            Request::Write(Command::OracleBound { .. } | Command::Split { .. })
+            | Request::Timestamps { .. } => None,
         }
     }
 }
@@ -121,6 +122,9 @@ pub enum Input {
     ConfChange(ConfChange),
     /// The simulator's own progress probe write (only acted on by a leader).
     Probe,
+    /// The nemesis proposes a command of the range layer, such as a split (only acted on
+    /// by a leader).
+    Propose(Command),
     /// The nemesis asks for a leadership transfer (only acted on by a leader).
     Transfer(NodeId),
     /// The snapshot stream to this node ended, delivered or not (as a runtime's
@@ -207,8 +211,6 @@ pub struct SimNode {
     pub tick_us: u64,
     /// Persist latency is uniform in `[0, fsync_latency_us_max]`.
     pub fsync_latency_us_max: u64,
-    /// Holds no replica any more and is shut down for good.
-    pub decommissioned: bool,
     /// How far this node's wall clock is ahead of true time (clocks are skewed).
     pub clock_offset_ms: u64,
 }

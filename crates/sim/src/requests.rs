@@ -31,18 +31,16 @@ impl Simulation {
             read_floor,
             timestamps: None,
         };
+        let span_check = self.span_check;
         let replica = self.replica(id, group);
         let leader_hint = replica.raw.leader();
         if let Some(key) = request.key() {
-            let in_span = replica
-                .kv
-                .descriptor
-                .as_ref()
-                .is_some_and(|range| range.contains(&routing_key(key)));
+            let in_span = span_check.on_arrival(replica.kv.descriptor.as_ref(), &routing_key(key));
             if !in_span {
                 // Not (or not yet) this replica's key: the client routes again.
                 trace!(self, "{id:?} {group:?} refuses key {key}: not in its span");
-                self.reply(waiting, Reply::Failed { leader_hint });
+                let ranges = self.local_descriptors(id);
+                self.reply(waiting, Reply::Mismatch { ranges });
                 return;
             }
         }
@@ -104,7 +102,12 @@ impl Simulation {
     }
 
     /// Answers a request that reached a node without a replica of its range.
-    pub(crate) fn reply_failed(&mut self, client: u64, op: OpId, leader_hint: NodeId) {
+    pub(crate) fn reply_mismatch(
+        &mut self,
+        client: u64,
+        op: OpId,
+        ranges: Vec<ostrakon_ranges::RangeDescriptor>,
+    ) {
         let waiting = Waiting {
             client,
             op,
@@ -112,17 +115,33 @@ impl Simulation {
             read_floor: ostrakon_raft::LogIndex(0),
             timestamps: None,
         };
-        self.reply(waiting, Reply::Failed { leader_hint });
+        let reply = if client >= crate::clients::TIMESTAMP_CLIENT_BASE {
+            Reply::Failed {
+                leader_hint: NodeId::NONE,
+            }
+        } else {
+            Reply::Mismatch { ranges }
+        };
+        self.reply(waiting, reply);
     }
 
-    /// The range a client's directory routes `key` to.
+    /// The range a client's directory routes `key` to; with a gap in the directory (a
+    /// range it has not heard of yet), the known range before the key, whose replicas
+    /// will answer with what they know.
     fn route(&self, client: u64, key: u64) -> GroupId {
-        self.clients[client as usize]
-            .directory
-            .lookup(&routing_key(key))
-            .expect("the data ranges cover every key")
-            .id
-            .group()
+        let directory = &self.clients[client as usize].directory;
+        let key = routing_key(key);
+        match directory.lookup(&key) {
+            Some(range) => range.id.group(),
+            None => directory
+                .ranges()
+                .take_while(|range| range.start.as_slice() <= key.as_slice())
+                .last()
+                .or_else(|| directory.ranges().next())
+                .expect("a directory is never empty")
+                .id
+                .group(),
+        }
     }
 
     pub(crate) fn start_operation(&mut self, client: u64) {
@@ -235,6 +254,18 @@ impl Simulation {
                 self.complete(client, Outcome::Ok(output));
             }
             Reply::Timestamps(grant) => panic!("timestamps {grant:?} answer a register operation"),
+            Reply::Mismatch { ranges } => {
+                trace!(
+                    self,
+                    "client {client} op {} failed: key {key} not in that range; learns {ranges:?}",
+                    op.index()
+                );
+                self.complete(client, Outcome::Failed);
+                let state = &mut self.clients[client as usize];
+                for range in ranges {
+                    state.directory.learn(range);
+                }
+            }
             Reply::Failed { leader_hint } => {
                 trace!(
                     self,

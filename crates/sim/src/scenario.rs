@@ -1,7 +1,7 @@
 //! What one seed simulates: cluster shape, workload and fault knobs, all drawn from the seed.
 
 use ostrakon_raft::{PlantedBug, ReadMode};
-use ostrakon_ranges::OracleBug;
+use ostrakon_ranges::{OracleBug, RangeBug};
 
 use crate::rng::Rng;
 
@@ -12,6 +12,8 @@ pub enum Bug {
     Raft(PlantedBug),
     /// In the timestamp oracle.
     Oracle(OracleBug),
+    /// In the range layer's splits.
+    Range(RangeBug),
 }
 
 impl From<PlantedBug> for Bug {
@@ -26,12 +28,18 @@ impl From<OracleBug> for Bug {
     }
 }
 
+impl From<RangeBug> for Bug {
+    fn from(bug: RangeBug) -> Bug {
+        Bug::Range(bug)
+    }
+}
+
 impl Bug {
     /// The raft core's bug, if that is where it is planted.
     pub fn raft(self) -> Option<PlantedBug> {
         match self {
             Bug::Raft(bug) => Some(bug),
-            Bug::Oracle(_) => None,
+            _ => None,
         }
     }
 
@@ -39,7 +47,15 @@ impl Bug {
     pub fn oracle(self) -> Option<OracleBug> {
         match self {
             Bug::Oracle(bug) => Some(bug),
-            Bug::Raft(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The range layer's bug, if that is where it is planted.
+    pub fn range(self) -> Option<RangeBug> {
+        match self {
+            Bug::Range(bug) => Some(bug),
+            _ => None,
         }
     }
 }
@@ -127,6 +143,8 @@ pub struct Scenario {
     /// Ranges holding the registers (besides the meta range, which holds the oracle's
     /// bound): each its own raft group on the same nodes.
     pub data_range_count: u64,
+    /// A nemesis step splits a data range at a register inside it.
+    pub split_probability: f64,
 }
 
 impl Scenario {
@@ -173,10 +191,15 @@ impl Scenario {
             oracle_window_ms: rng.pick(&[20, 100, 1_000]),
             clock_offset_ms_max: rng.pick(&[0, 20, 500]),
             data_range_count: rng.pick(&[1, 2, 3]),
+            split_probability: rng.pick(&[0.0, 0.3, 0.6]),
         };
         if bug.is_some_and(|b| b.oracle().is_some()) {
             // A bug in the oracle needs someone asking it.
             scenario.timestamp_client_count = scenario.timestamp_client_count.max(2);
+        }
+        if bug.is_some_and(|b| b.range().is_some()) {
+            // A bug in splits needs splits.
+            scenario.split_probability = scenario.split_probability.max(0.6);
         }
         scenario
     }

@@ -9,7 +9,7 @@ use ostrakon_raft::{
     ConfState, Config, EntryPayload, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId,
     RawNode, Role,
 };
-use ostrakon_ranges::{Directory, RangeDescriptor, RangeId};
+use ostrakon_ranges::{Directory, RangeDescriptor, RangeId, SpanCheck};
 
 use crate::clients::{ClientState, TimestampClient, TIMESTAMP_CLIENT_BASE};
 use crate::events::{Event, EventQueue, Reply};
@@ -73,6 +73,10 @@ pub struct Simulation {
     /// Every (node, range) that ever held a replica: a replica destroyed after its
     /// removal is never created again on that node (its id would be reused).
     pub(crate) ever_hosted: BTreeSet<(NodeId, GroupId)>,
+    /// The id the next split gives its right half.
+    pub(crate) next_range_id: u64,
+    /// The range layer's span check (where a bug may be planted).
+    pub(crate) span_check: SpanCheck,
     pub(crate) healed_at_us: Option<u64>,
     pub(crate) clients_stopped: bool,
     pub(crate) violation: Option<Violation>,
@@ -120,6 +124,8 @@ impl Simulation {
             next_node_id: scenario.node_count + 1,
             latest_conf: BTreeMap::new(),
             ever_hosted: BTreeSet::new(),
+            next_range_id: scenario.data_range_count + 1,
+            span_check: SpanCheck::with_bug(bug.and_then(Bug::range)),
             healed_at_us: None,
             clients_stopped: false,
             violation: None,
@@ -218,7 +224,6 @@ impl Simulation {
             epoch: 0,
             tick_us,
             fsync_latency_us_max: self.scenario.faults.fsync_latency_us_max,
-            decommissioned: false,
             clock_offset_ms,
         };
         self.nodes.insert(id, node);
@@ -252,7 +257,7 @@ impl Simulation {
     /// Boots a node from its disks.
     pub(crate) fn start_node(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node");
-        assert!(node.running.is_none() && !node.decommissioned);
+        assert!(node.running.is_none());
         node.running = Some(Running {
             replicas: BTreeMap::new(),
             heard_us: BTreeMap::new(),
@@ -349,10 +354,7 @@ impl Simulation {
                             ));
                         }
                     }
-                    None => statuses.push(format!(
-                        "{id:?}: down (decommissioned: {})",
-                        n.decommissioned
-                    )),
+                    None => statuses.push(format!("{id:?}: down")),
                 }
             }
             for status in statuses {
@@ -394,8 +396,20 @@ impl Simulation {
                     self.heard(message.to, message.from);
                 }
                 let group = message.group;
-                // A node without a replica of the range drops its messages: replicas are
-                // created only when the range's leader adds them.
+                if delivered && !self.ever_hosted.contains(&(message.to, group)) {
+                    // A member of a range this node never held: created by a split this
+                    // node has not applied (it may never, if a snapshot of the left half
+                    // overtakes the split). It starts empty and gets a snapshot, as a new
+                    // learner does. A replica destroyed after its removal stays
+                    // destroyed: its id is tombstoned.
+                    trace!(
+                        self,
+                        "{:?} creates an empty replica of {group:?} for a message",
+                        message.to
+                    );
+                    let joining = InitialState::joining();
+                    self.add_replica(message.to, group, joining, KvState::default());
+                }
                 let delivered = delivered && self.hosts(message.to, group);
                 if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
                     self.report_snapshot_stream(group, message.from, message.to, delivered);
@@ -434,11 +448,12 @@ impl Simulation {
                 if self.hosts(node, range) {
                     self.input(node, range, input);
                 } else if self.is_up(node) {
-                    // The range is not here (any more): the client asks elsewhere.
+                    // The range is not here (any more): the client routes again.
                     let Input::Request { client, op, .. } = input else {
                         unreachable!()
                     };
-                    self.reply_failed(client, op, NodeId::NONE);
+                    let ranges = self.local_descriptors(node);
+                    self.reply_mismatch(client, op, ranges);
                 }
             }
             Event::Reply { client, op, reply } if client >= TIMESTAMP_CLIENT_BASE => {
@@ -460,7 +475,7 @@ impl Simulation {
             }
             Event::Restart(id) => {
                 let node = &self.nodes[&id];
-                if node.running.is_none() && !node.decommissioned {
+                if node.running.is_none() {
                     self.start_node(id);
                 }
             }
@@ -483,14 +498,15 @@ impl Simulation {
                         self.scenario.faults.fsync_latency_us_max;
                 }
             }
-            Event::Decommission(id, group) => self.destroy_replica(id, group),
+            Event::DestroyReplica(id, group) => self.destroy_replica(id, group),
             Event::HealAll => self.heal_all(),
             Event::StopClients => self.clients_stopped = true,
         }
     }
 
     /// A node removed from a range's group destroys its replica, durable state
-    /// included; a node left with no replica shuts down for good.
+    /// included. The node goes on: it is still in the cluster (a node left with no
+    /// replica gets one again when a range adds it or a split hands it one).
     fn destroy_replica(&mut self, id: NodeId, group: GroupId) {
         let node = self.nodes.get_mut(&id).expect("node");
         if node.disks.remove(&group).is_none() {
@@ -501,13 +517,6 @@ impl Simulation {
         }
         self.forget_volatile(id, group);
         trace!(self, "{id:?} destroys its replica of {group:?}");
-        let node = self.nodes.get_mut(&id).expect("node");
-        if node.disks.is_empty() {
-            node.decommissioned = true;
-            node.running = None;
-            node.epoch += 1;
-            trace!(self, "{id:?} holds no replica: decommissioned");
-        }
     }
 
     pub(crate) fn is_up(&self, id: NodeId) -> bool {
@@ -596,6 +605,10 @@ impl Simulation {
                     self,
                     "{id:?} {group:?} proposes the progress probe: {result:?}"
                 );
+            }
+            Input::Propose(command) => {
+                let result = self.replica(id, group).raw.propose(command.encode());
+                trace!(self, "{id:?} proposes {command:?} in {group:?}: {result:?}");
             }
             Input::SnapshotReport(to, delivered) => {
                 self.replica(id, group).raw.report_snapshot(to, delivered)
@@ -758,6 +771,7 @@ impl Simulation {
     }
 
     fn apply_entry(&mut self, id: NodeId, group: GroupId, entry: ostrakon_raft::Entry) {
+        let span_check = self.span_check;
         let replica = self.replica(id, group);
         assert_eq!(
             entry.index,
@@ -768,11 +782,33 @@ impl Simulation {
         let output = match &entry.payload {
             EntryPayload::Normal(data) => {
                 let command = Command::decode(data);
-                let took_effect = kv::apply(&mut replica.kv, command);
                 match command {
-                    Command::Put { .. } => Some(RegisterOutput::Write),
-                    Command::Cas { .. } => Some(RegisterOutput::Cas(took_effect)),
-                    Command::OracleBound { .. } => None,
+                    Command::Put { key, .. } | Command::Cas { key, .. }
+                        if key != PROBE_KEY
+                            && !span_check.where_it_takes_effect(
+                                replica.kv.descriptor.as_ref(),
+                                &routing_key(key),
+                            ) =>
+                    {
+                        // Proposed before a split moved the key away: no effect here.
+                        trace!(
+                            self,
+                            "{id:?} {group:?} refuses a write of key {key} at apply: moved"
+                        );
+                        Some(Err(()))
+                    }
+                    Command::Split { .. } => {
+                        self.apply_split(id, group, command);
+                        None
+                    }
+                    _ => {
+                        let took_effect = kv::apply(&mut replica.kv, command);
+                        match command {
+                            Command::Put { .. } => Some(Ok(RegisterOutput::Write)),
+                            Command::Cas { .. } => Some(Ok(RegisterOutput::Cas(took_effect))),
+                            _ => None,
+                        }
+                    }
                 }
             }
             EntryPayload::ConfChange(change) => {
@@ -795,7 +831,11 @@ impl Simulation {
             return;
         };
         match output {
-            Some(output) if term == entry.term => {
+            Some(Err(())) if term == entry.term => {
+                let ranges = self.local_descriptors(id);
+                self.reply(waiting, Reply::Mismatch { ranges });
+            }
+            Some(Ok(output)) if term == entry.term => {
                 let confs = [
                     replica.raw.conf_state().clone(),
                     replica.conf_before_last_change.clone(),
@@ -840,7 +880,7 @@ impl Simulation {
             // the current event (which may be that very replica applying its removal) is
             // done.
             self.events
-                .push(self.now_us, Event::Decommission(id, group));
+                .push(self.now_us, Event::DestroyReplica(id, group));
         }
     }
 
@@ -872,6 +912,7 @@ impl Simulation {
     }
 
     fn release_reads(&mut self, id: NodeId, group: GroupId) {
+        let span_check = self.span_check;
         let replica = self.replica(id, group);
         let applied = replica.applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = replica
@@ -884,12 +925,27 @@ impl Simulation {
         replica
             .timestamps_confirmed
             .extend(timestamps.into_iter().map(|(_, w)| w));
-        let answers: Vec<(Waiting, Option<u64>)> = reads
+        let answers: Vec<(Waiting, Option<Option<u64>>)> = reads
             .into_iter()
-            .map(|(_, w)| (w, replica.kv.registers.get(&w.key).copied()))
+            .map(|(_, w)| {
+                let in_span = w.key == PROBE_KEY
+                    || span_check
+                        .where_it_takes_effect(replica.kv.descriptor.as_ref(), &routing_key(w.key));
+                (
+                    w,
+                    in_span.then(|| replica.kv.registers.get(&w.key).copied()),
+                )
+            })
             .collect();
         for (waiting, value) in answers {
-            self.reply(waiting, Reply::Ok(RegisterOutput::Read(value)));
+            match value {
+                Some(value) => self.reply(waiting, Reply::Ok(RegisterOutput::Read(value))),
+                None => {
+                    // The split that moved the key applied before the read index did.
+                    let ranges = self.local_descriptors(id);
+                    self.reply(waiting, Reply::Mismatch { ranges });
+                }
+            }
         }
     }
 
@@ -991,6 +1047,61 @@ impl Simulation {
             .map(|(id, _)| id)
     }
 
+    /// The descriptors of the ranges `id` holds a replica of (with a span).
+    pub(crate) fn local_descriptors(&self, id: NodeId) -> Vec<RangeDescriptor> {
+        self.nodes[&id]
+            .running
+            .iter()
+            .flat_map(|r| r.replicas.values())
+            .filter_map(|replica| replica.kv.descriptor.clone())
+            .collect()
+    }
+
+    /// Applies a split at the replica of `group` on `id`: the range keeps the left
+    /// half, and the right half's replica is created here unless this node already has
+    /// one (made for a message of the new range, or destroyed since: a tombstone).
+    fn apply_split(&mut self, id: NodeId, group: GroupId, command: Command) {
+        let replica = self.replica(id, group);
+        let conf = replica.raw.conf_state().clone();
+        if conf.is_joint() {
+            // Refused alike on every replica: the membership is the log's at this index.
+            trace!(
+                self,
+                "{id:?} {group:?} refuses {command:?}: membership change in progress"
+            );
+            return;
+        }
+        match kv::apply_split(&mut replica.kv, command) {
+            Err(refused) => trace!(self, "{id:?} {group:?} refuses {command:?}: {refused:?}"),
+            Ok(right_state) => {
+                let left = replica.kv.descriptor.clone().expect("split range");
+                let right = right_state.descriptor.clone().expect("new range");
+                trace!(self, "{id:?} splits {group:?} into {left:?} and {right:?}");
+                self.observe_split(left, right.clone(), &conf);
+                let right_group = right.id.group();
+                if !self.ever_hosted.contains(&(id, right_group)) {
+                    let state = InitialState::founding(conf);
+                    self.add_replica(id, right_group, state, right_state);
+                }
+            }
+        }
+    }
+
+    /// The first replica to apply a split makes it known to the simulator's checks.
+    fn observe_split(&mut self, left: RangeDescriptor, right: RangeDescriptor, conf: &ConfState) {
+        for range in [left, right] {
+            let group = range.id.group();
+            match self.ranges.iter_mut().find(|r| r.id == range.id) {
+                Some(known) if known.generation < range.generation => *known = range,
+                Some(_) => {}
+                None => {
+                    self.latest_conf.insert(group, (LogIndex(0), conf.clone()));
+                    self.ranges.push(range);
+                }
+            }
+        }
+    }
+
     /// Every range's group, the meta range's first.
     pub(crate) fn groups(&self) -> Vec<GroupId> {
         std::iter::once(META)
@@ -1012,14 +1123,18 @@ fn initial_ranges(data_ranges: u64, key_count: u64) -> Vec<RangeDescriptor> {
 mod tests {
     use super::*;
 
-    /// Seeds with several data ranges spread the registers over them, and every range
-    /// takes client writes and reconfigures on its own.
+    /// Seeds with several data ranges (and no splits) spread the registers over them,
+    /// and the ranges take client writes on their own.
     #[test]
     fn the_registers_are_spread_over_the_ranges_and_each_range_takes_writes() {
         let mut multi_range_seeds = 0;
-        for seed in 0..30 {
+        for seed in 0..60 {
             let mut sim = Simulation::new(seed, None, false);
-            if sim.scenario.data_range_count < 2 || sim.scenario.key_count < 2 {
+            let scenario = &sim.scenario;
+            if scenario.data_range_count < 2
+                || scenario.key_count < 2
+                || scenario.split_probability > 0.0
+            {
                 continue;
             }
             multi_range_seeds += 1;
@@ -1059,5 +1174,30 @@ mod tests {
             multi_range_seeds >= 5,
             "only {multi_range_seeds} seeds had several ranges"
         );
+    }
+
+    /// Seeds that draw splits split ranges while the clients run, and each range made by
+    /// a split has replicas that hold its span and converge.
+    #[test]
+    fn ranges_split_under_faults_and_the_new_ranges_serve() {
+        let mut splits = 0;
+        for seed in 0..20 {
+            let mut sim = Simulation::new(seed, None, false);
+            if sim.scenario.split_probability == 0.0 {
+                continue;
+            }
+            let initial = sim.ranges.len();
+            sim.run();
+            assert!(sim.violation.is_none(), "seed {seed}: {:?}", sim.violation);
+            splits += sim.ranges.len() - initial;
+            for range in &sim.ranges {
+                let members = sim.latest_conf[&range.id.group()].1.members();
+                for id in members {
+                    let replica = sim.replica_ref(id, range.id.group()).expect("converged");
+                    assert_eq!(replica.kv.descriptor.as_ref(), Some(range), "seed {seed}");
+                }
+            }
+        }
+        assert!(splits >= 5, "only {splits} splits in 20 seeds");
     }
 }

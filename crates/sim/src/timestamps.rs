@@ -131,7 +131,9 @@ impl Simulation {
                 self.complete_timestamp_request(client, Outcome::Failed);
                 self.timestamp_clients[index].believed_leader = leader_hint;
             }
-            Reply::Ok(output) => panic!("a register answer {output:?} to a timestamp request"),
+            Reply::Ok(_) | Reply::Mismatch { .. } => {
+                panic!("a register answer {reply:?} to a timestamp request")
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! The simulator itself: seeds replay exactly, clean seeds pass, planted bugs are caught.
 
 use ostrakon_raft::PlantedBug;
-use ostrakon_ranges::OracleBug;
+use ostrakon_ranges::{OracleBug, RangeBug};
 use ostrakon_sim::runner::{run_seed, run_seeds};
 use ostrakon_sim::scenario::Bug;
 use ostrakon_sim::simulation::Simulation;
@@ -139,5 +139,22 @@ fn planted_oracle_bug_is_caught() {
     assert!(
         failure.violation.unwrap().contains("timestamps"),
         "caught by the timestamp check"
+    );
+}
+
+#[test]
+fn planted_split_bug_is_caught() {
+    let summary = run_seeds(
+        0,
+        200,
+        Some(RangeBug::ServeMovedKeys.into()),
+        2,
+        true,
+        false,
+    );
+    let failure = summary.first_failure.expect("caught");
+    assert!(
+        failure.violation.unwrap().contains("not linearizable"),
+        "caught by linearizability: the left range served a key that had moved"
     );
 }
