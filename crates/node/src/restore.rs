@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ostrakon_raft::InitialState;
+use ostrakon_storage::backup::{self, RevisionBump};
 use ostrakon_storage::mvcc::{AppliedState, MvccStore};
-use ostrakon_storage::snapshot::{self, SnapshotInfo};
+use ostrakon_storage::snapshot::SnapshotInfo;
 
 use crate::config::NodeConfig;
 use crate::error::StartError;
@@ -17,9 +18,14 @@ use crate::identity::Identity;
 use crate::layout::Layout;
 use crate::DEFAULT_GROUP;
 
-/// Writes a founding member's data directory from `backup`. Refuses a data directory that
-/// already holds a member.
-pub fn restore_backup(config: &NodeConfig, backup: &Path) -> Result<SnapshotInfo, StartError> {
+/// Writes a founding member's data directory from `backup_path` (etcd's format or ostrakon's
+/// earlier one), its revision bumped as asked. Refuses a data directory that already
+/// holds a member.
+pub fn restore_backup(
+    config: &NodeConfig,
+    backup_path: &Path,
+    bump: RevisionBump,
+) -> Result<SnapshotInfo, StartError> {
     let layout = Layout::new(&config.data_dir);
     let member_dir = layout.wal.parent().expect("member/").to_path_buf();
     if member_dir.exists() {
@@ -29,7 +35,7 @@ pub fn restore_backup(config: &NodeConfig, backup: &Path) -> Result<SnapshotInfo
         )));
     }
     // Check the file before creating anything.
-    snapshot::read(backup).map_err(|e| StartError::Inconsistent(e.to_string()))?;
+    backup::read(backup_path).map_err(|e| StartError::Inconsistent(e.to_string()))?;
     let (mut wal, recovered, keyspace) = open_storage(&layout)?;
     assert!(recovered.groups.is_empty(), "a new WAL holds no group");
     let store = Arc::new(MvccStore::open(&keyspace, DEFAULT_GROUP));
@@ -39,7 +45,7 @@ pub fn restore_backup(config: &NodeConfig, backup: &Path) -> Result<SnapshotInfo
         term: initial.snapshot.term,
         conf_state: initial.conf_state.clone(),
     };
-    let info = snapshot::restore(&store, backup, applied, founder_records(config))
+    let info = backup::restore(&store, backup_path, applied, founder_records(config), bump)
         .map_err(|e| StartError::Inconsistent(e.to_string()))?;
     seal_bootstrap(&layout, &mut wal, &store, &initial)?;
     Identity {

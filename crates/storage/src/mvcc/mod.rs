@@ -7,12 +7,12 @@
 //! state machine resumes exactly after the last entry it applied.
 
 pub mod auth;
-mod compaction;
+pub(crate) mod compaction;
 mod error;
 mod etcd;
 mod events;
 mod history;
-mod keys;
+pub(crate) mod keys;
 pub(crate) mod latest;
 mod members;
 mod store;
@@ -26,7 +26,8 @@ pub use etcd::{
 pub use events::{EventSink, History, RevisionEvents};
 pub use members::{MemberChange, MemberRegistry};
 pub use store::{
-    spawn_physical_compactor, AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn,
+    spawn_physical_compactor, AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView,
+    WriteTxn, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 

@@ -1226,7 +1226,7 @@ fn a_nospace_alarm_lets_only_reads_deletes_and_compaction_apply_until_cleared() 
     alarm(&mut f, AlarmAction::Deactivate);
     assert!(f.store.alarms().is_empty());
     f.put("b", "2");
-    let status = crate::snapshot::status(&path).unwrap();
+    let status = crate::backup::status(&path).unwrap();
     assert_eq!(
         (status.total_keys, status.total_versions),
         (0, 2),
