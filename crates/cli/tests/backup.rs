@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::etcdctl::{etcdctls, Etcdctl};
+use common::real_etcd::etcd_tool;
 use common::TestCluster;
 
 /// The (revision, entry count) that `ostrakon snapshot status -w json` reports (as
@@ -84,6 +85,21 @@ async fn a_backup_taken_under_load_restores_into_a_new_cluster_at_its_revision()
         assert!(saved.contains("Snapshot saved at"), "{saved}");
         let (revision, keys) = status_of(&source, &file);
         assert!(revision > 200 && keys > 200, "{revision} {keys}");
+        // Taken under load, it is a whole database that etcd's own tool reads, and
+        // describes as ostrakon does.
+        let etcdutl = std::process::Command::new(etcd_tool("etcdutl"))
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            etcdutl.status.success(),
+            "{}",
+            String::from_utf8_lossy(&etcdutl.stderr)
+        );
+        let (_, ours, _) =
+            source.ostrakon(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
+        assert_eq!(String::from_utf8_lossy(&etcdutl.stdout).trim(), ours.trim());
     }
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
