@@ -163,6 +163,8 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        // etcd checks a request's shape before its token.
+        validate::range(request.get_ref()).map_err(Status::from)?;
         let caller = auth::caller(&self.node, request.metadata()).await?;
         Ok(Response::new(
             KvService::range(self, request.into_inner(), &caller).await?,
@@ -170,11 +172,15 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        // etcd checks a request's shape before its token.
+        validate::put(request.get_ref())?;
         let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
-        validate::put(&request)?;
-        check_put(&self.node, &caller, &request)?;
+        // As etcd: the size is checked as the request goes to raft, and permissions
+        // after (etcd checks a write's permissions as it applies).
         let bytes = request.encoded_len();
+        validate::size(bytes, &self.limits)?;
+        check_put(&self.node, &caller, &request)?;
         respond!(
             self,
             self.write(Write::Put(request), bytes, &caller).await?,
@@ -186,11 +192,12 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        validate::delete_range(request.get_ref())?;
         let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
-        validate::delete_range(&request)?;
-        check_delete(&caller, &request)?;
         let bytes = request.encoded_len();
+        validate::size(bytes, &self.limits)?;
+        check_delete(&caller, &request)?;
         respond!(
             self,
             self.write(Write::DeleteRange(request), bytes, &caller)
@@ -200,14 +207,18 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        validate::txn(request.get_ref(), &self.limits)?;
         let caller = auth::caller(&self.node, request.metadata()).await?;
         let request = request.into_inner();
-        validate::txn(&request, &self.limits)?;
+        let read_only = mvcc::txn_is_read_only(&request);
+        let bytes = request.encoded_len();
+        if !read_only {
+            validate::size(bytes, &self.limits)?;
+        }
         check_txn(&caller, &request)?;
-        if mvcc::txn_is_read_only(&request) {
+        if read_only {
             return Ok(Response::new(self.read_txn(request).await?));
         }
-        let bytes = request.encoded_len();
         respond!(
             self,
             self.write(Write::Txn(request), bytes, &caller).await?,

@@ -75,6 +75,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // No permission is needed, but a token, if given, must be valid (etcd checks it
+        // for every request that goes through raft; found by the differential test).
+        crate::auth::caller(&self.node, request.metadata()).await?;
         let mut grant = request.into_inner();
         if grant.ttl > TTL_MAX_SECS {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));

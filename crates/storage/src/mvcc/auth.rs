@@ -281,20 +281,27 @@ impl AuthState {
             .collect();
         intervals.sort();
         let wanted_end = interval_end(key, range_end);
-        // Sweep: how far from `key` the permissions reach without a gap.
+        // Sweep: how far from `key` the permissions reach without a gap. `key` itself
+        // must be covered, even for an empty or backward range (which reads nothing):
+        // etcd refuses `[z, b)` to a user who may not read "z" and serves `[foo/bar, b)`
+        // to one who may read "foo/bar" (found by the differential test with auth on).
         let mut reached = key.to_vec();
+        let mut key_covered = false;
         for (start, end) in intervals {
             if start > reached {
                 break;
             }
             match end {
                 None => return Ok(()),
-                Some(end) if end > reached => reached = end,
+                Some(end) if end > reached => {
+                    reached = end;
+                    key_covered = true;
+                }
                 Some(_) => {}
             }
         }
         match wanted_end {
-            Some(end) if reached >= end => Ok(()),
+            Some(end) if key_covered && reached >= end => Ok(()),
             _ => Err(AuthError::PermissionDenied),
         }
     }
@@ -588,6 +595,55 @@ mod tests {
             }),
         )
         .unwrap();
+    }
+
+    /// A range that ends before it begins names no key; etcd lets a user name it when
+    /// they may read its first key (found by the differential test with auth on).
+    #[test]
+    fn a_backward_range_is_permitted_only_if_its_key_is() {
+        use ostrakon_proto::authpb::{permission::Type, Permission};
+        use ostrakon_proto::etcdserverpb::AuthRoleGrantPermissionRequest;
+        let mut state = AuthState::default();
+        user(&mut state, "alice");
+        apply(
+            &mut state,
+            auth_write::Op::RoleAdd(AuthRoleAddRequest {
+                name: "reader".into(),
+            }),
+        )
+        .unwrap();
+        for (key, range_end) in [("a", "b"), ("foo", "fop")] {
+            let perm = Permission {
+                perm_type: Type::Read as i32,
+                key: key.as_bytes().to_vec().into(),
+                range_end: range_end.as_bytes().to_vec().into(),
+            };
+            apply(
+                &mut state,
+                auth_write::Op::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                    name: "reader".into(),
+                    perm: Some(perm),
+                }),
+            )
+            .unwrap();
+        }
+        apply(
+            &mut state,
+            auth_write::Op::UserGrantRole(AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: "reader".into(),
+            }),
+        )
+        .unwrap();
+        let read = |key: &str, end: &str| {
+            state.check("alice", key.as_bytes(), end.as_bytes(), Access::Read)
+        };
+        assert_eq!(read("foo/bar", "b"), Ok(()));
+        assert_eq!(read("z", "b/1"), Err(AuthError::PermissionDenied));
+        assert_eq!(read("a/1", "a"), Ok(()));
+        // Forward ranges as before: covered, or not.
+        assert_eq!(read("a", "b"), Ok(()));
+        assert_eq!(read("a", "c"), Err(AuthError::PermissionDenied));
     }
 
     #[test]
