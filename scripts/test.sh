@@ -26,8 +26,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "planted-bug build for the chaos harness's self-test (target/planted/ostrakon)"
 cargo build -p ostrakon --features planted-bugs
+cargo build -p ostrakon-lazyfs
 mkdir -p target/planted
 cp target/debug/ostrakon target/planted/ostrakon
+cp target/debug/ostrakon-lazyfs target/planted/ostrakon-lazyfs
 
 step "cargo test"
 # Integration tests start real clusters; one test binary at a time keeps the 2-core

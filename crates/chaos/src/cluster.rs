@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::disk::LazyDisk;
 use crate::netns::Netns;
 use crate::proxy::{LinkFaults, Proxy};
 use crate::ChaosError;
@@ -62,6 +63,9 @@ pub struct Cluster {
     initial_cluster: String,
     /// The namespaces, when the hosts are namespaces.
     pub netns: Option<Netns>,
+    /// Each host's disk, when power cuts are injected (unmounted when the cluster is
+    /// dropped, after `Drop` killed the members).
+    disks: Vec<LazyDisk>,
 }
 
 fn free_port() -> Result<u16, ChaosError> {
@@ -74,17 +78,25 @@ fn free_port() -> Result<u16, ChaosError> {
 }
 
 impl Cluster {
-    /// Starts `nodes` members and waits until one leads.
+    /// Starts `nodes` members and waits until one leads. With `lazy_disks` (the
+    /// `ostrakon-lazyfs` binary), each host's data lives on a disk that can lose power.
     pub async fn start(
         binary: &Path,
         nodes: usize,
         network: Network,
         dir: &Path,
+        lazy_disks: Option<&Path>,
     ) -> Result<Cluster, ChaosError> {
         let netns = match network {
             Network::Namespaces => Some(Netns::create(nodes)?),
             Network::Loopback => None,
         };
+        let mut disks = Vec::new();
+        if let Some(lazyfs) = lazy_disks {
+            for host in 0..nodes {
+                disks.push(LazyDisk::start(lazyfs, dir, host)?);
+            }
+        }
         let mut members = Vec::new();
         for i in 0..nodes {
             let name = format!("c{}", i + 1);
@@ -106,8 +118,9 @@ impl Cluster {
                 ),
             };
             let proxy = Proxy::start(proxy_listen, peer_listen, namespace)?;
+            let data_root = disks.get(i).map_or(dir, |disk: &LazyDisk| &disk.mountpoint);
             members.push(Member {
-                data_dir: dir.join(&name),
+                data_dir: data_root.join(&name),
                 fsync_trigger: dir.join(format!("host{i}.fail-fsync")),
                 name,
                 client_url: format!("http://{client}"),
@@ -133,6 +146,7 @@ impl Cluster {
             members,
             initial_cluster,
             netns,
+            disks,
         };
         for i in 0..nodes {
             cluster.spawn(i)?;
@@ -275,6 +289,22 @@ impl Cluster {
         }
     }
 
+    /// Every member loses power at once: killed, and what each had written and not
+    /// synced is gone from its disk. They start again at the next heal.
+    pub fn cut_power(&mut self) -> Result<(), ChaosError> {
+        assert!(
+            !self.disks.is_empty(),
+            "power cuts need the cluster's lazy disks"
+        );
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        for disk in &mut self.disks {
+            disk.cut_power()?;
+        }
+        Ok(())
+    }
+
     /// Member `i`'s raft log directory.
     pub fn wal_dir(&self, i: usize) -> PathBuf {
         self.members[i].data_dir.join("member").join("wal")
@@ -284,9 +314,10 @@ impl Cluster {
     /// directory, started to join `initial_cluster` (the membership after the add).
     pub fn reincarnate(&mut self, i: usize, name: String, initial_cluster: String) {
         self.kill(i);
+        let data_root = self.disks.get(i).map_or(&self.dir, |disk| &disk.mountpoint);
         let member = &mut self.members[i];
         let _ = std::fs::remove_dir_all(&member.data_dir);
-        member.data_dir = self.dir.join(&name);
+        member.data_dir = data_root.join(&name);
         member.name = name;
         member.join_cluster = Some(initial_cluster);
     }

@@ -13,6 +13,7 @@
 
 mod cluster;
 mod convergence;
+mod disk;
 mod membership;
 mod nemesis;
 mod netns;
@@ -56,6 +57,14 @@ pub struct RunConfig {
     pub keys: u64,
 }
 
+impl RunConfig {
+    /// The power-loss disks' file system: `ostrakon-lazyfs`, beside the `ostrakon`
+    /// binary (cargo builds them into one directory).
+    pub fn lazyfs(&self) -> PathBuf {
+        self.binary.with_file_name("ostrakon-lazyfs")
+    }
+}
+
 /// Why a run could not be carried out (distinct from a failing verdict).
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {
@@ -89,6 +98,11 @@ pub fn preflight(config: &RunConfig) -> Result<(), ChaosError> {
             partitions.join(", ")
         )));
     }
+    if config.nemesis.faults().any(|f| f == Fault::PowerLoss) {
+        if let Some(reason) = disk::unavailable_reason(&config.lazyfs()) {
+            return Err(ChaosError::Unsupported(reason));
+        }
+    }
     if config.nemesis.faults().any(|f| f == Fault::ClockSkew)
         && !std::path::Path::new(LIBFAKETIME).exists()
     {
@@ -108,8 +122,16 @@ pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
         .prefix("ostrakon-chaos-")
         .tempdir()
         .map_err(|e| ChaosError::Cluster(e.to_string()))?;
-    let mut cluster =
-        Cluster::start(&config.binary, config.nodes, config.network, work.path()).await?;
+    let lazyfs = config.lazyfs();
+    let power_cuts = config.nemesis.faults().any(|f| f == Fault::PowerLoss);
+    let mut cluster = Cluster::start(
+        &config.binary,
+        config.nodes,
+        config.network,
+        work.path(),
+        power_cuts.then_some(lazyfs.as_path()),
+    )
+    .await?;
     let mut workloads = workload::Workloads::start(&cluster, config.clients, config.keys).await;
     let recorder = workloads.recorder();
     let faults = nemesis::run(

@@ -48,10 +48,13 @@ pub enum Fault {
     Membership,
     /// Leadership moved to a random follower.
     TransferLeader,
+    /// Every member loses power at once: killed, and what it wrote without syncing is
+    /// gone from its disk (a FUSE file system that caches unsynced data, crates/lazyfs).
+    PowerLoss,
 }
 
 /// Every fault, by its command-line name.
-pub const FAULTS: [(&str, Fault); 17] = [
+pub const FAULTS: [(&str, Fault); 18] = [
     ("kill-leader", Fault::KillLeader),
     ("kill-random", Fault::KillRandom),
     ("kill-minority", Fault::KillMinority),
@@ -69,6 +72,7 @@ pub const FAULTS: [(&str, Fault); 17] = [
     ("torn-tail", Fault::TornTail),
     ("membership", Fault::Membership),
     ("transfer-leader", Fault::TransferLeader),
+    ("power-loss", Fault::PowerLoss),
 ];
 
 impl Fault {
@@ -450,6 +454,20 @@ async fn inject(cluster: &mut Cluster, fault: Fault, started: Instant) -> Option
             let to = *others(cluster, from).choose(&mut rand::thread_rng())?;
             let what = crate::membership::move_leader(cluster, from, to).await;
             (what, vec![])
+        }
+        Fault::PowerLoss => {
+            if let Err(error) = cluster.cut_power() {
+                tracing::error!(%error, "could not cut the power");
+                return None;
+            }
+            let all: Vec<usize> = (0..n).collect();
+            (
+                format!(
+                    "power cut: {} and their unsynced writes",
+                    names(cluster, &all)
+                ),
+                vec![],
+            )
         }
     };
     Some(FaultWindow {

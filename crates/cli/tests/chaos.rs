@@ -184,6 +184,45 @@ fn fsync_error_makes_the_member_exit() {
     }
 }
 
+/// Every member loses power at once, with its data on a disk that drops what was not
+/// synced (crates/lazyfs): nothing acknowledged is lost.
+#[test]
+fn power_loss() {
+    let verdict = chaos("power-loss");
+    assert!(whats(&verdict)
+        .iter()
+        .all(|w| w.starts_with("power cut: c1 c2 c3")));
+}
+
+/// A build whose WAL syncs do not sync (OSTRAKON_PLANTED_BUG=wal-skips-fsync) loses
+/// nothing to kill -9, but a power cut takes acknowledged writes with it: the power-loss
+/// nemesis catches it, and the members refuse to start from what their disks kept
+/// rather than serve it.
+#[test]
+fn a_planted_unsynced_wal_is_caught_by_power_loss() {
+    let planted = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/planted/ostrakon");
+    assert!(
+        std::path::Path::new(planted).exists(),
+        "{planted} is missing: build it with `cargo build --features planted-bugs` and copy \
+         target/debug/ostrakon and ostrakon-lazyfs there (scripts/test.sh does)"
+    );
+    let (verdict, passed) = run_chaos(
+        planted,
+        "planted-wal-skips-fsync",
+        &["--nemesis", "power-loss", "--duration", "20s"],
+        &[("OSTRAKON_PLANTED_BUG", "wal-skips-fsync")],
+    );
+    assert!(!passed, "the planted bug went unnoticed: {verdict:#}");
+    assert_eq!(verdict["valid"], false);
+    let failing = verdict["failing_checks"].as_array().unwrap();
+    assert!(
+        failing
+            .iter()
+            .any(|c| c == "set" || c == "registers" || c == "convergence"),
+        "{verdict:#}"
+    );
+}
+
 #[test]
 fn torn_tail() {
     let verdict = chaos("torn-tail");

@@ -58,3 +58,23 @@ pub fn crash_failpoint(name: &str) {
 pub fn engine<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> T {
     result.unwrap_or_else(|error| disk_failure(what, &error))
 }
+
+/// A deliberate bug, compiled in only with the `planted-bugs` feature (the chaos
+/// harness's self-test): with `OSTRAKON_PLANTED_BUG=wal-skips-fsync`, WAL syncs return
+/// without syncing. A process killed loses nothing (the page cache keeps the writes); a
+/// power cut loses acknowledged writes, which the power-loss nemesis must catch.
+pub fn planted_wal_skips_fsync() -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            let on = std::env::var("OSTRAKON_PLANTED_BUG").as_deref() == Ok("wal-skips-fsync");
+            if on {
+                tracing::warn!("planted bug: WAL syncs do not sync");
+            }
+            on
+        })
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    false
+}

@@ -326,6 +326,9 @@ fn fdatasync(file: &File, path: &Path) {
         let error = std::io::Error::other("failpoint OSTRAKON_FAILPOINT_FSYNC");
         fatal::disk_failure(&format!("fdatasync of {}", path.display()), &error);
     }
+    if fatal::planted_wal_skips_fsync() {
+        return;
+    }
     if let Err(error) = file.sync_data() {
         fatal::disk_failure(&format!("fdatasync of {}", path.display()), &error);
     }
