@@ -22,9 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // serde for the etcd API's messages, as etcd's JSON gateway writes them: the proto
     // field names, 64-bit integers as strings, bytes in base64, enums by name.
     let descriptor_set = std::fs::read(&descriptors)?;
+    // Unknown fields are ignored, as etcd's gateway ignores them (found by the
+    // differential test through the gateway).
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_set)?
         .preserve_proto_field_names()
+        .ignore_unknown_fields()
         .build(&[
             ".mvccpb",
             ".authpb",

@@ -100,9 +100,9 @@ impl Maintenance for MaintenanceService {
             .map_err(ApiError::from)?
             .disk_bytes();
         tracing::info!(before_bytes = before, after_bytes = after, "defragmented");
-        Ok(Response::new(DefragmentResponse {
-            header: common::current_header(&self.node),
-        }))
+        // etcd answers a defragmentation without a header (found by the differential
+        // test).
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
