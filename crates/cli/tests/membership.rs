@@ -143,7 +143,16 @@ async fn a_learner_joins_is_promoted_and_a_founder_is_removed_under_load_losing_
         assert!(Instant::now() < deadline, "the learner never caught up");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (list, line) = member_line(&etcdctl, &id);
+    // A member publishes its name through raft once it serves, which may come just
+    // after its promotion (it can be in sync before that entry commits).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (list, line) = loop {
+        let (list, line) = member_line(&etcdctl, &id);
+        if line[1] == "started" || Instant::now() > deadline {
+            break (list, line);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         (line[1].as_str(), line[2].as_str(), line[5].as_str()),
         ("started", "m4", "false"),
