@@ -5,9 +5,14 @@
 # flags and run side by side; every workload runs on etcd and then at once on ostrakon,
 # ROUNDS times, and the table shows each system's median round. This shared machine's
 # speed drifts by 2x within minutes, so interleaving is what makes the ratio mean
-# something. Values are 256 bytes.
+# something. Values are 256 bytes. Clients' connections are spread over all three
+# members, as etcd's client balances them (so followers forward, as they do for users).
+# Besides throughput and latency, the table has the CPU time all members of a cluster
+# spent per 1,000 requests (user + system, from /proc, over the round) and every
+# member's resident memory after the runs. Fewer than 3 rounds print figures but do not
+# write the table: a median of fewer means little on this machine.
 #   bash scripts/bench-vs-etcd.sh                     # full run
-#   TOTAL=5000 ROUNDS=1 bash scripts/bench-vs-etcd.sh # shorter
+#   TOTAL=5000 ROUNDS=1 bash scripts/bench-vs-etcd.sh # shorter, not written to the docs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${TOTAL:-20000}
@@ -29,14 +34,34 @@ runs=(
   "range 64 8 $((TOTAL / 4))"
 )
 
-bench() { # system endpoints workload clients conns total
-  local line
-  line=$("$bin" bench --endpoints "$2" --workload "$3" --clients "$4" --conns "$5" --total "$6" --json)
-  echo "$1 $line" >> "$results"
-  echo "$1 $line"
+clock_ticks=$(getconf CLK_TCK)
+# CPU time (user + system, in clock ticks) of the given processes so far.
+cpu_ticks() {
+  local total=0 pid fields
+  for pid in "$@"; do
+    # The fields after the command's closing parenthesis: utime and stime are the 12th
+    # and 13th of them (the 14th and 15th of the line).
+    fields=$(sed 's/.*) //' "/proc/$pid/stat")
+    set -- $fields
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
 }
 
-rss_kib() { for pid in "$@"; do ps -o rss= -p "$pid"; done | sort -n | tail -1; }
+bench() { # system endpoints pids-var workload clients conns total
+  local system=$1 endpoints=$2 pids_var=$3 line before after
+  shift 3
+  local -n members=$pids_var
+  before=$(cpu_ticks "${members[@]}")
+  line=$("$bin" bench --endpoints "$endpoints" --workload "$1" --clients "$2" --conns "$3" --total "$4" --json)
+  after=$(cpu_ticks "${members[@]}")
+  local cpu_seconds
+  cpu_seconds=$(python3 -c "print(($after - $before) / $clock_ticks)")
+  echo "$system $cpu_seconds $line" >> "$results"
+  echo "$system cpu_s=$cpu_seconds $line"
+}
+
+rss_kib_each() { for pid in "$@"; do ps -o rss= -p "$pid"; done | tr -s ' \n' ' '; }
 
 echo "== starting etcd 3.5 and ostrakon"
 bash "$ANCHOR" stop >/dev/null 2>&1 || true
@@ -44,6 +69,8 @@ bash "$ANCHOR" start 3.5
 dir=$(mktemp -d /tmp/ostrakon-bench.XXXX)
 start_ostrakon_cluster "$bin" "$dir"
 pids=("${ostrakon_pids[@]}")
+etcd_pids=()
+for f in /tmp/etcd-anchor/*.pid; do etcd_pids+=("$(cat "$f")"); done
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; bash "$ANCHOR" stop >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT
 
@@ -53,41 +80,56 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS"
   for run in "${runs[@]}"; do
     set -- $run
-    bench etcd "$etcd_endpoints" "$@"
-    bench ostrakon "$ostrakon_endpoints" "$@"
+    bench etcd "$etcd_endpoints" etcd_pids "$@"
+    bench ostrakon "$ostrakon_endpoints" pids "$@"
   done
 done
-etcd_rss=$(rss_kib $(cat /tmp/etcd-anchor/*.pid))
-ostrakon_rss=$(rss_kib "${pids[@]}")
+etcd_rss=$(rss_kib_each "${etcd_pids[@]}")
+ostrakon_rss=$(rss_kib_each "${pids[@]}")
 
 python3 - "$results" "$etcd_rss" "$ostrakon_rss" "$ROUNDS" <<'PY'
 import json, sys, datetime, re
-path, etcd_rss, ostrakon_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+path, rounds = sys.argv[1], int(sys.argv[4])
+etcd_rss = [int(k) for k in sys.argv[2].split()]
+ostrakon_rss = [int(k) for k in sys.argv[3].split()]
 by_run = {}
 for line in open(path):
-    system, data = line.split(" ", 1)
+    system, cpu_seconds, data = line.split(" ", 2)
     r = json.loads(data)
+    # CPU of all members per 1,000 answered requests, over this round.
+    r["cpu_ms_per_1k"] = float(cpu_seconds) * 1000 / max(r["ok"], 1) * 1000
     by_run.setdefault((r["workload"], r["clients"]), {}).setdefault(system, []).append(r)
 # Each system's median round by throughput.
 rows = {key: {system: sorted(rs, key=lambda r: r["throughput"])[len(rs) // 2]
               for system, rs in systems.items()}
         for key, systems in by_run.items()}
-out = ["| workload | clients | etcd 3.5 req/s | ostrakon req/s | ratio | etcd p50 / p99 ms | ostrakon p50 / p99 ms | errors (etcd / ostrakon) |",
-       "|---|---|---|---|---|---|---|---|"]
+# CPU per request: each system's median over the rounds, on its own.
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+cpu = {key: {system: median([r["cpu_ms_per_1k"] for r in rs]) for system, rs in systems.items()}
+       for key, systems in by_run.items()}
+out = ["| workload | clients | etcd 3.5 req/s | ostrakon req/s | ratio | etcd p50 / p99 ms | ostrakon p50 / p99 ms | CPU ms per 1,000 req, all members (etcd / ostrakon) | CPU ratio | errors (etcd / ostrakon) |",
+       "|---|---|---|---|---|---|---|---|---|---|"]
 for (workload, clients), r in rows.items():
     e, o = r["etcd"], r["ostrakon"]
+    ce, co = cpu[(workload, clients)]["etcd"], cpu[(workload, clients)]["ostrakon"]
     out.append(f"| {workload} | {clients} | {e['throughput']:.0f} | {o['throughput']:.0f} | {o['throughput']/e['throughput']:.2f}x | "
-               f"{e['p50_ms']:.2f} / {e['p99_ms']:.2f} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {e['errors']} / {o['errors']} |")
-out.append(f"| resident memory, largest member after the runs | | {etcd_rss/1024:.0f} MiB | {ostrakon_rss/1024:.0f} MiB | {ostrakon_rss/etcd_rss:.2f}x | | | |")
+               f"{e['p50_ms']:.2f} / {e['p99_ms']:.2f} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {ce:.0f} / {co:.0f} | {co/ce:.2f}x | {e['errors']} / {o['errors']} |")
+mib = lambda kibs: " / ".join(f"{k/1024:.0f}" for k in kibs)
+out.append(f"| resident memory of each member after the runs, MiB | | {mib(etcd_rss)} | {mib(ostrakon_rss)} | {max(ostrakon_rss)/max(etcd_rss):.2f}x (largest) | | | | | |")
 table = "\n".join(out)
+print(table)
+if rounds < 3:
+    print(f"{rounds} round(s): not written to docs/BENCHMARKS.md (3 at least)")
+    sys.exit(0)
 stamp = datetime.date.today().isoformat()
-block = f"<!-- bench-vs-etcd:start -->\nMeasured {stamp} by `bash scripts/bench-vs-etcd.sh` (3 members each on loopback, 256-byte values, 2-core machine; both clusters up at once, each workload on etcd then on ostrakon, {rounds} rounds, median round shown):\n\n{table}\n<!-- bench-vs-etcd:end -->"
+block = f"<!-- bench-vs-etcd:start -->\nMeasured {stamp} by `bash scripts/bench-vs-etcd.sh` (3 members each on loopback, 256-byte values, 2-core machine; clients' connections spread over the 3 members; both clusters up at once, each workload on etcd then on ostrakon, {rounds} rounds, median round shown; CPU is user + system time of all 3 members over a round, per 1,000 answered requests, median of the rounds):\n\n{table}\n<!-- bench-vs-etcd:end -->"
 doc = open("docs/BENCHMARKS.md").read()
 if "<!-- bench-vs-etcd:start -->" in doc:
     doc = re.sub(r"<!-- bench-vs-etcd:start -->.*<!-- bench-vs-etcd:end -->", lambda _: block, doc, flags=re.S)
 else:
     doc += "\n## ostrakon against etcd 3.5, side by side\n\n" + block + "\n"
 open("docs/BENCHMARKS.md", "w").write(doc)
-print(table)
 PY
 rm -f "$results"

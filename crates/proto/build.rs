@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/v3lock.proto",
         "proto/etcd/v3election.proto",
         "proto/peer.proto",
+        "proto/ostrakon.proto",
         "proto/otlp_trace.proto",
     ];
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -37,19 +37,23 @@ pub async fn replace(cluster: &mut Cluster, victim: usize) -> String {
     let old_name = cluster.members[victim].name.clone();
     let deadline = Instant::now() + CALL_TIMEOUT;
     let mut removed = None;
+    let mut last_error = String::from("no other member answered");
     while removed.is_none() && Instant::now() < deadline {
         if let Some(mut client) = client_of_another(cluster, victim).await {
             if let Some(id) = member_id(&mut client, &old_name).await {
-                if client.member_remove(id).await.is_ok() {
-                    removed = Some(());
-                    break;
+                match client.member_remove(id).await {
+                    Ok(_) => {
+                        removed = Some(());
+                        break;
+                    }
+                    Err(error) => last_error = error.to_string(),
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     if removed.is_none() {
-        return format!("could not remove {old_name} within {CALL_TIMEOUT:?}");
+        return format!("could not remove {old_name} within {CALL_TIMEOUT:?}: {last_error}");
     }
     // A removed member stops by itself; give it a moment, then make sure.
     let stop_deadline = Instant::now() + Duration::from_secs(5);

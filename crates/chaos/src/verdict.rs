@@ -160,6 +160,24 @@ fn watch_finding(evidence: &Evidence) -> Finding {
     }
 }
 
+/// The timestamp oracle's promises: unique, increasing in real-time order.
+fn timestamps_finding(ops: &crate::workload::timestamps::Recorded) -> Finding {
+    let answered = ops
+        .iter()
+        .filter(|op| matches!(op.outcome, ostrakon_check::Outcome::Ok(_)))
+        .count();
+    let result = ostrakon_check::check_timestamps(ops);
+    Finding {
+        // A run in which the oracle answered nothing proves nothing about it.
+        valid: result.is_ok() && answered > 0,
+        detail: json!({
+            "requests": ops.len(),
+            "answered": answered,
+            "violation": result.err(),
+        }),
+    }
+}
+
 fn revisions_finding(timeline: &[TimelineOp]) -> Finding {
     let observations: Vec<RevisionObservation> = timeline
         .iter()
@@ -272,6 +290,10 @@ pub(crate) fn judge(evidence: Evidence, config: &crate::RunConfig) -> Verdict {
     let lost = set.detail["lost_count"].as_u64().unwrap_or(0);
     checks.insert("set", set);
     checks.insert("revisions", revisions_finding(&evidence.timeline));
+    checks.insert(
+        "timestamps",
+        timestamps_finding(&evidence.recorded.timestamps),
+    );
     checks.insert("watch", watch_finding(&evidence));
     checks.insert(
         "convergence",

@@ -70,6 +70,7 @@ fn chaos(nemesis: &str) -> Value {
         "convergence",
         "availability",
         "faults",
+        "timestamps",
     ] {
         assert_eq!(
             verdict["checks"][check]["valid"], true,

@@ -246,6 +246,29 @@ async fn a_learner_joins_is_promoted_and_a_founder_is_removed_under_load_losing_
         id,
         "the restarted newcomer has the id it was added with"
     );
+
+    // The meta range followed the membership (a learner that was promoted, a founder
+    // removed): with one more founder down, the newcomer and the last founder still make
+    // its quorum and serve timestamps. A meta range still counting the removed founder's
+    // vote, or without the newcomer's, could not.
+    cluster.kill(survivors[0]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match common::timestamps(&cluster.endpoint(newcomer), 4).await {
+            Ok((_, count)) => {
+                assert_eq!(count, 4);
+                break;
+            }
+            Err(error) if Instant::now() > deadline => {
+                cluster.dump_logs();
+                panic!(
+                    "the meta range lost its quorum with two of its three members up: {error:?}"
+                );
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// etcd's errors for membership requests that cannot be carried out, from both etcdctls.

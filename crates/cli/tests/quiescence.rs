@@ -4,42 +4,33 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{http_get, TestCluster};
+use common::{metrics, TestCluster};
 
 /// How long an idle group may take to quiesce: a few heartbeats after the last write.
 const QUIESCE_WITHIN: Duration = Duration::from_secs(5);
 
-/// The member's `/metrics`, as `name{labels}` → value.
-fn scrape(port: u16) -> HashMap<String, f64> {
-    let (status, _, body) = http_get(port, "/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(k, v)| (k.to_string(), v.parse::<f64>().unwrap()))
-        .collect()
-}
-
 /// Raft messages member `i` has sent, all peers together (every non-empty batch).
 fn raft_messages_sent(cluster: &TestCluster, i: usize) -> f64 {
-    scrape(cluster.members[i].client_port)["ostrakon_transport_batch_messages_sum"]
+    metrics(cluster.members[i].client_port)["ostrakon_transport_batch_messages_sum"]
 }
 
 async fn wait_until_every_member_is_quiesced(cluster: &TestCluster, members: &[usize]) {
     let deadline = Instant::now() + QUIESCE_WITHIN;
     loop {
+        // Every group: the data range's and the meta range's.
         let quiesced = members.iter().all(|&i| {
-            scrape(cluster.members[i].client_port)["ostrakon_raft_groups_quiesced"] == 1.0
+            let scraped = metrics(cluster.members[i].client_port);
+            scraped["ostrakon_raft_groups"] == 2.0
+                && scraped["ostrakon_raft_groups_quiesced"] == scraped["ostrakon_raft_groups"]
         });
         if quiesced {
             return;
         }
         if Instant::now() > deadline {
             cluster.dump_logs();
-            panic!("the idle group did not quiesce on every member within {QUIESCE_WITHIN:?}");
+            panic!("the idle groups did not quiesce on every member within {QUIESCE_WITHIN:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -106,7 +97,7 @@ async fn killing_the_quiesced_leader_elects_another_through_node_liveness() {
         killed_at.elapsed()
     );
     let reported =
-        scrape(cluster.members[survivor].client_port)["ostrakon_nodes_reported_down_total"];
+        metrics(cluster.members[survivor].client_port)["ostrakon_nodes_reported_down_total"];
     assert!(reported >= 1.0, "the survivor reported the dead node");
     let new_leader = cluster.wait_for_leader().await;
     assert_ne!(new_leader, leader);

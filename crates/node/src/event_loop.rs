@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord};
 use ostrakon_raft::{
-    Config, GroupId, InitialState, LogIndex, MessageBody, NodeId, RawNode, Ready, Role,
+    ConfChange, Config, GroupId, InitialState, LogIndex, MessageBody, NodeId, RawNode, Ready, Role,
     SnapshotMeta,
 };
 use ostrakon_storage::mvcc::MemberChange;
@@ -24,7 +24,7 @@ pub use crate::input::{ConfResponder, Input, InputSender, ReadResponder, WriteRe
 pub use crate::layout::Layout;
 use crate::replica::Replica;
 use crate::transport::Transport;
-use crate::DEFAULT_GROUP;
+use crate::{DEFAULT_GROUP, META_GROUP};
 
 /// Inputs drained per round before the groups' Readys are handled; bounds a round's work.
 const INPUTS_PER_ROUND_MAX: usize = 4096;
@@ -67,10 +67,34 @@ pub struct EventLoop {
     nodes_down: BTreeSet<NodeId>,
     /// When each peer was last heard from (shared with the transport).
     liveness: Arc<crate::liveness::Liveness>,
+    /// The meta range's last step toward the data range's membership, until answered
+    /// (and, if refused, until it may be tried again).
+    meta_follow_attempt: Option<FollowAttempt>,
 }
 
-/// Opens the node's storage, recovers or bootstraps its groups, and starts the event
-/// loop on its own thread. Returns the handle and the thread.
+struct FollowAttempt {
+    step: ostrakon_raft::ConfChangeStep,
+    answer: tokio::sync::oneshot::Receiver<Result<ostrakon_raft::ConfState, NodeError>>,
+    retry_at: Instant,
+}
+
+/// The members that published their name, from the member registry (the data range's).
+fn started_members(replicas: &HashMap<GroupId, Replica>) -> BTreeSet<NodeId> {
+    replicas[&DEFAULT_GROUP]
+        .store
+        .members()
+        .iter()
+        .filter(|m| !m.name.is_empty())
+        .map(|m| NodeId(m.id))
+        .collect()
+}
+
+/// The timestamp oracle persists its bound this far ahead of its clock (docs/RANGES.md).
+const ORACLE_WINDOW_MS: u64 = 3_000;
+
+/// Opens the node's storage, recovers or bootstraps its groups (the data range and the
+/// meta range), and starts the event loop on its own thread. Returns the handle and the
+/// thread.
 pub fn start(
     config: NodeConfig,
     runtime: tokio::runtime::Handle,
@@ -80,23 +104,121 @@ pub fn start(
     remove_incoming_snapshots(&layout);
     let (input_tx, input_rx) = flume::bounded(INPUT_QUEUE_MAX);
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
-    let group = DEFAULT_GROUP;
-    let store = Arc::new(MvccStore::open(&keyspace, group));
-    ostrakon_storage::mvcc::spawn_physical_compactor(&store)
+    let had_data_group = recovered.groups.contains_key(&DEFAULT_GROUP);
+    let (data, was_member) = open_group(
+        &config,
+        &layout,
+        &mut wal,
+        &mut recovered,
+        &keyspace,
+        DEFAULT_GROUP,
+        false,
+    )?;
+    ostrakon_storage::mvcc::spawn_physical_compactor(&data.store)
         .map_err(|e| StartError::Io(PathBuf::from("compactor thread"), e))?;
+    // A data directory written before the meta range existed has the data range only:
+    // its members cannot found the meta range alike, so it waits for a snapshot.
+    let (mut meta, _) = open_group(
+        &config,
+        &layout,
+        &mut wal,
+        &mut recovered,
+        &keyspace,
+        META_GROUP,
+        had_data_group,
+    )?;
+    meta.timestamps = Some(crate::timestamps::TimestampService::new(ORACLE_WINDOW_MS));
+    let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
+    data.store
+        .set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
+    let shared = |replica: &Replica, events| GroupShared {
+        store: replica.store.clone(),
+        status: replica.status.clone(),
+        applied: replica.applied_tx.subscribe(),
+        lessor: replica.lessor.clone(),
+        events,
+    };
+    let groups = [
+        (DEFAULT_GROUP, shared(&data, events)),
+        (
+            META_GROUP,
+            shared(&meta, tokio::sync::broadcast::channel(1).0),
+        ),
+    ];
+    let removed = Arc::new(watch::channel(false).0);
+    let handle = NodeHandle::new(
+        &config,
+        input_tx.clone(),
+        groups.into(),
+        transport.clone(),
+        removed.subscribe(),
+    );
+    runtime.spawn(crate::lease_expiry::run(
+        handle.clone(),
+        DEFAULT_GROUP,
+        data.lessor.clone(),
+        data.store.clone(),
+    ));
+    runtime.spawn(crate::handle::publish_attributes(
+        handle.clone(),
+        DEFAULT_GROUP,
+    ));
+    let liveness = transport.liveness().clone();
+    let data_store = data.store.clone();
+    let mut event_loop = EventLoop {
+        config,
+        layout,
+        wal,
+        replicas: [(DEFAULT_GROUP, data), (META_GROUP, meta)].into(),
+        inputs: input_rx,
+        input_tx,
+        transport,
+        members_version_seen: 0,
+        was_member,
+        removed,
+        ticking: [DEFAULT_GROUP, META_GROUP].into(),
+        dirty: [DEFAULT_GROUP, META_GROUP].into(),
+        nodes_down: BTreeSet::new(),
+        liveness,
+        meta_follow_attempt: None,
+    };
+    event_loop.follow_member_registry(&data_store);
+    let thread = std::thread::Builder::new()
+        .name("ostrakon-raft".into())
+        .spawn(move || event_loop.run())
+        .map_err(|e| StartError::Io(PathBuf::from("thread"), e))?;
+    Ok((handle, thread))
+}
+
+/// Opens one group's state machine and raft state: recovered from the WAL, or waiting for
+/// the leader's snapshot (a joining node, or `wait_for_snapshot`), or bootstrapped as a
+/// founder. Returns its replica and whether this node is in its membership.
+fn open_group(
+    config: &NodeConfig,
+    layout: &Layout,
+    wal: &mut Wal,
+    recovered: &mut ostrakon_storage::wal::Recovered,
+    keyspace: &fjall::Keyspace,
+    group: GroupId,
+    wait_for_snapshot: bool,
+) -> Result<(Replica, bool), StartError> {
+    let store = Arc::new(MvccStore::open(keyspace, group));
     let initial = match recovered.groups.remove(&group) {
         Some(state) => {
             let (initial, adopted) = recovered_state(state, &store)?;
             if adopted {
-                seal_adopted_snapshot(&layout, &mut wal, &store, &initial)?;
+                seal_adopted_snapshot(layout, wal, &store, group, &initial)?;
             }
             initial
         }
-        None if config.join => {
-            tracing::info!("joining a running cluster: waiting for the leader's snapshot");
+        None if config.join || wait_for_snapshot => {
+            tracing::info!(
+                group = group.0,
+                "waiting for the leader's snapshot of a group of a running cluster"
+            );
             InitialState::joining()
         }
-        None => bootstrap(&config, &layout, &mut wal, &store)?,
+        None => bootstrap(config, layout, wal, &store, group)?,
     };
     let mut raft_config = Config::new(config.id, group);
     raft_config.election_ticks = config.election_ticks;
@@ -104,73 +226,23 @@ pub fn start(
     // A leadership transfer gives up after an election timeout, as etcd's does.
     raft_config.transfer_timeout_ticks = config.election_ticks;
     raft_config.quiesce = config.quiesce;
-    let seed = config.id.0 ^ std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let seed = config.id.0
+        ^ group.0.rotate_left(32)
+        ^ std::process::id() as u64
+        ^ Instant::now().elapsed().as_nanos() as u64;
     let was_member = initial.conf_state.members().contains(&config.id);
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
     let status = Arc::new(RwLock::new(GroupStatus::default()));
-    let (applied_tx, applied_rx) = watch::channel(store.applied_index());
+    let (applied_tx, _) = watch::channel(store.applied_index());
     let lessor = Arc::new(crate::lessor::Lessor::default());
-    let mut replica = Replica::new(
-        group,
-        node,
-        store.clone(),
-        status.clone(),
-        applied_tx,
-        lessor.clone(),
-    );
+    let mut replica = Replica::new(group, node, store, status, applied_tx, lessor);
     // Up means: the leader heard from it within an election timeout (the window
     // check-quorum uses to decide the leader still leads).
     replica.strict_reconfig_active_ticks = config
         .strict_reconfig_check
         .then_some(u64::from(config.election_ticks));
     replica.publish_status(config.id);
-    let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
-    store.set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
-    let shared = GroupShared {
-        store: store.clone(),
-        status,
-        applied: applied_rx,
-        lessor: lessor.clone(),
-        events,
-    };
-    let removed = Arc::new(watch::channel(false).0);
-    let handle = NodeHandle::new(
-        &config,
-        input_tx.clone(),
-        [(group, shared)].into(),
-        transport.clone(),
-        removed.subscribe(),
-    );
-    runtime.spawn(crate::lease_expiry::run(
-        handle.clone(),
-        group,
-        lessor,
-        store.clone(),
-    ));
-    runtime.spawn(crate::handle::publish_attributes(handle.clone(), group));
-    let liveness = transport.liveness().clone();
-    let mut event_loop = EventLoop {
-        config,
-        layout,
-        wal,
-        replicas: [(group, replica)].into(),
-        inputs: input_rx,
-        input_tx,
-        transport,
-        members_version_seen: 0,
-        was_member,
-        removed,
-        ticking: [group].into(),
-        dirty: [group].into(),
-        nodes_down: BTreeSet::new(),
-        liveness,
-    };
-    event_loop.follow_member_registry(&store);
-    let thread = std::thread::Builder::new()
-        .name("ostrakon-raft".into())
-        .spawn(move || event_loop.run())
-        .map_err(|e| StartError::Io(PathBuf::from("thread"), e))?;
-    Ok((handle, thread))
+    Ok((replica, was_member))
 }
 
 /// Opens (creating if needed) the WAL and the state machines' keyspace under `layout`.
@@ -263,15 +335,16 @@ fn seal_adopted_snapshot(
     layout: &Layout,
     wal: &mut Wal,
     store: &MvccStore,
+    group: GroupId,
     initial: &InitialState,
 ) -> Result<(), StartError> {
     let meta = initial.snapshot.clone();
-    let file = layout.snapshot_file(DEFAULT_GROUP, meta.index);
+    let file = layout.snapshot_file(group, meta.index);
     if !file.exists() {
         snapshot::create(store, &file).map_err(|e| StartError::Inconsistent(e.to_string()))?;
     }
-    wal.set_snapshot(DEFAULT_GROUP, meta);
-    wal.set_hard_state(DEFAULT_GROUP, initial.hard_state);
+    wal.set_snapshot(group, meta);
+    wal.set_hard_state(group, initial.hard_state);
     wal.sync();
     Ok(())
 }
@@ -290,14 +363,15 @@ fn remove_incoming_snapshots(layout: &Layout) {
     }
 }
 
-/// A founding member's first start: the synthetic snapshot at index 1, made durable in
-/// the state machine, as a snapshot file (so it can be sent to members added later) and
-/// in the WAL.
-fn bootstrap(
+/// A founding member's first start of a group: the synthetic snapshot at index 1, made
+/// durable in the state machine, as a snapshot file (so it can be sent to members added
+/// later) and in the WAL. The data range's holds the member registry of the founders.
+pub(crate) fn bootstrap(
     config: &NodeConfig,
     layout: &Layout,
     wal: &mut Wal,
     store: &MvccStore,
+    group: GroupId,
 ) -> Result<InitialState, StartError> {
     if store.applied().index > LogIndex(0) {
         return Err(StartError::Inconsistent(
@@ -307,7 +381,12 @@ fn bootstrap(
     let initial = InitialState::bootstrap(config.voters());
     let meta = initial.snapshot.clone();
     // Every founder registers the same founders, from the same flags.
-    for record in founder_records(config) {
+    let registry = if group == DEFAULT_GROUP {
+        founder_records(config)
+    } else {
+        Vec::new()
+    };
+    for record in registry {
         let change = MemberChange::PeerUrls(MemberPeerUrls {
             id: record.id,
             peer_urls: record.peer_urls,
@@ -321,8 +400,8 @@ fn bootstrap(
         store.apply_member_change(meta.index, meta.term, &change);
     }
     store.apply_conf_state(meta.index, meta.term, meta.conf_state.clone());
-    seal_bootstrap(layout, wal, store, &initial)?;
-    tracing::info!(voters = ?config.voters(), "bootstrapped a new cluster");
+    seal_bootstrap(layout, wal, store, group, &initial)?;
+    tracing::info!(group = group.0, voters = ?config.voters(), "bootstrapped a new cluster's group");
     Ok(initial)
 }
 
@@ -347,14 +426,15 @@ pub(crate) fn seal_bootstrap(
     layout: &Layout,
     wal: &mut Wal,
     store: &MvccStore,
+    group: GroupId,
     initial: &InitialState,
 ) -> Result<(), StartError> {
     let meta = initial.snapshot.clone();
     store.persist();
-    snapshot::create(store, &layout.snapshot_file(DEFAULT_GROUP, meta.index))
+    snapshot::create(store, &layout.snapshot_file(group, meta.index))
         .map_err(|e| StartError::Inconsistent(e.to_string()))?;
-    wal.set_snapshot(DEFAULT_GROUP, meta);
-    wal.set_hard_state(DEFAULT_GROUP, initial.hard_state);
+    wal.set_snapshot(group, meta);
+    wal.set_hard_state(group, initial.hard_state);
     wal.sync();
     Ok(())
 }
@@ -522,7 +602,11 @@ impl EventLoop {
                 change,
                 respond,
             } => match self.replicas.get_mut(&group) {
-                Some(replica) => replica.propose_conf_change(change, respond, &self.nodes_down),
+                Some(_) => {
+                    let started = started_members(&self.replicas);
+                    let replica = self.replicas.get_mut(&group).expect("matched above");
+                    replica.propose_conf_change(change, respond, &self.nodes_down, &started)
+                }
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
             Input::Freeze { group, respond } => {
@@ -546,6 +630,10 @@ impl EventLoop {
                     self.removed.send_replace(true);
                 }
             }
+            Input::Timestamps { count, respond } => match self.replicas.get_mut(&META_GROUP) {
+                Some(replica) => replica.request_timestamps(count, respond),
+                None => drop(respond.send(Err(NodeError::UnknownGroup))),
+            },
             Input::Unreachable(to) => {
                 for (&group, replica) in self.replicas.iter_mut() {
                     // A quiesced group sends nothing, so it lost nothing.
@@ -569,6 +657,7 @@ impl EventLoop {
             let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
             };
+            replica.before_ready();
             if replica.node.is_quiesced() {
                 self.ticking.remove(&group);
             } else {
@@ -580,8 +669,14 @@ impl EventLoop {
             let mut ready = replica.node.ready();
             if let Some(soft) = ready.soft_state {
                 tracing::info!(group = group.0, term = soft.term.0, leader = soft.leader.0, role = ?soft.role, "raft state changed");
-                let previous_leader = replica.status.read().unwrap().leader;
-                record_soft_state(soft, previous_leader);
+                let (previous_leader, was_leader) = {
+                    let status = replica.status.read().unwrap();
+                    (status.leader, status.is_leader)
+                };
+                record_group_role(group, soft.role == Role::Leader, was_leader);
+                if group == DEFAULT_GROUP {
+                    record_soft_state(soft, previous_leader);
+                }
             }
             let full = self.transport.send(std::mem::take(&mut ready.messages));
             if let Some(meta) = &ready.snapshot {
@@ -634,16 +729,77 @@ impl EventLoop {
             replica.node.advance();
             // Only now: raft takes no input between ready() and advance().
             report_full_queues(replica, &full);
+            replica.after_advance(me);
             if replica.node.has_ready() || !full.is_empty() {
                 // Persisting made more work (a commit once our own write is durable).
                 self.dirty.insert(group);
             }
             replica.publish_status(me);
-            let store = replica.store.clone();
-            self.follow_member_registry(&store);
-            self.notice_removal(group);
+            if group == DEFAULT_GROUP {
+                let store = replica.store.clone();
+                self.follow_member_registry(&store);
+                self.notice_removal(group);
+            }
             self.maybe_snapshot(group);
         }
+        self.follow_data_membership();
+    }
+
+    /// On the meta range's leader: one step toward the data range's membership, if one is
+    /// due and no change is in flight (`follow_membership`). A refused step is logged and
+    /// tried again a second later, not every round.
+    fn follow_data_membership(&mut self) {
+        if let Some(attempt) = &mut self.meta_follow_attempt {
+            use tokio::sync::oneshot::error::TryRecvError;
+            let taken = match attempt.answer.try_recv() {
+                Err(TryRecvError::Empty) => return, // in flight
+                Ok(Ok(_)) => true,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, step = ?attempt.step, "the meta range could not take a membership step; will retry");
+                    false
+                }
+                Err(TryRecvError::Closed) => false,
+            };
+            if !taken && Instant::now() < attempt.retry_at {
+                return;
+            }
+            self.meta_follow_attempt = None;
+        }
+        let (Some(data), Some(meta)) = (
+            self.replicas.get(&DEFAULT_GROUP),
+            self.replicas.get(&META_GROUP),
+        ) else {
+            return;
+        };
+        if meta.node.role() != Role::Leader || meta.has_conf_proposal() {
+            return; // (cheap checks first: this runs every round)
+        }
+        let target = data.store.applied().conf_state;
+        let step = crate::follow_membership::next_step(
+            &target,
+            meta.node.conf_state(),
+            |id| data.store.is_removed_member(id),
+            |id| meta.learner_is_ready(id),
+        );
+        let Some(step) = step else {
+            return;
+        };
+        tracing::info!(?step, "the meta range follows the data range's membership");
+        let (respond, answer) = tokio::sync::oneshot::channel();
+        let started = started_members(&self.replicas);
+        let meta = self.replicas.get_mut(&META_GROUP).expect("checked above");
+        meta.propose_conf_change(
+            ConfChange::Change(vec![step]),
+            respond,
+            &self.nodes_down,
+            &started,
+        );
+        self.meta_follow_attempt = Some(FollowAttempt {
+            step,
+            answer,
+            retry_at: Instant::now() + Duration::from_secs(1),
+        });
+        self.dirty.insert(META_GROUP);
     }
 
     /// Keeps the transport's peers those of the member registry.
@@ -832,6 +988,17 @@ fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
     older.pop();
     for (_, path) in older {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The count of groups led, and whether this member serves the oracle.
+fn record_group_role(group: GroupId, is_leader: bool, was_leader: bool) {
+    let metrics = crate::metrics::metrics();
+    metrics
+        .raft_groups_led
+        .add(i64::from(is_leader) - i64::from(was_leader));
+    if group == META_GROUP {
+        metrics.oracle_is_leader.set(i64::from(is_leader));
     }
 }
 

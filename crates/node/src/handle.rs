@@ -63,6 +63,9 @@ pub struct MemberDescription {
     pub is_learner: bool,
 }
 
+/// The most timestamps one request may ask for.
+pub const TIMESTAMPS_PER_REQUEST_MAX: u64 = 1024;
+
 /// A cheap, cloneable handle on the running node.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -237,6 +240,33 @@ impl NodeHandle {
         change: ConfChange,
     ) -> Result<ConfState, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let applied = self.change_membership_at_leader(group, change).await?;
+        let settled = if applied.is_joint() {
+            next_conf_state(&applied, &ConfChange::LeaveJoint).expect("a joint config can be left")
+        } else {
+            applied
+        };
+        let store = self.store(group)?;
+        while store.applied().conf_state != settled {
+            if tokio::time::Instant::now() >= deadline {
+                // The change is committed; only this member's view lags.
+                tracing::warn!(?settled, "membership changed, but not yet applied here");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(settled)
+    }
+
+    /// `change_membership`, answered once the change has applied on the leader (this
+    /// member's view may lag, and a joint configuration may not be left yet): for a group
+    /// whose membership other changes may follow at once (the meta range's).
+    pub async fn change_membership_at_leader(
+        &self,
+        group: GroupId,
+        change: ConfChange,
+    ) -> Result<ConfState, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let applied = loop {
             let status = self.status(group)?;
             let attempt = if status.is_leader {
@@ -261,21 +291,7 @@ impl NodeHandle {
                 other => break other?,
             }
         };
-        let settled = if applied.is_joint() {
-            next_conf_state(&applied, &ConfChange::LeaveJoint).expect("a joint config can be left")
-        } else {
-            applied
-        };
-        let store = self.store(group)?;
-        while store.applied().conf_state != settled {
-            if tokio::time::Instant::now() >= deadline {
-                // The change is committed; only this member's view lags.
-                tracing::warn!(?settled, "membership changed, but not yet applied here");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(settled)
+        Ok(applied)
     }
 
     /// `change_membership` on this member only; fails with `NotLeader` unless it leads.
@@ -290,6 +306,56 @@ impl NodeHandle {
             change,
             respond,
         })?;
+        match tokio::time::timeout(self.inner.request_timeout, response).await {
+            Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// `count` timestamps from the oracle on the meta range's leader (forwarded there if
+    /// this node does not lead it), retried while no leader is known or the leader
+    /// changes, until the request timeout. Retrying is safe: a lost answer only leaves
+    /// timestamps unused.
+    pub async fn timestamps(
+        &self,
+        count: u64,
+    ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
+        assert!(
+            (1..=TIMESTAMPS_PER_REQUEST_MAX).contains(&count),
+            "timestamp count checked by the caller"
+        );
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            let status = self.status(crate::META_GROUP)?;
+            let attempt = if status.is_leader {
+                self.timestamps_local(count).await
+            } else if status.leader == NodeId::NONE || status.leader == self.id() {
+                Err(NodeError::NoLeader)
+            } else {
+                let remote = self.inner.transport.timestamps(status.leader, count);
+                tokio::time::timeout_at(deadline, remote)
+                    .await
+                    .unwrap_or(Err(NodeError::Timeout))
+            };
+            match attempt {
+                Err(NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::LeaderChanged)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `timestamps` from this member's oracle; fails with `NotLeader` unless it leads the
+    /// meta range.
+    pub async fn timestamps_local(
+        &self,
+        count: u64,
+    ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
+        let (respond, response) = oneshot::channel();
+        self.send(Input::Timestamps { count, respond })?;
         match tokio::time::timeout(self.inner.request_timeout, response).await {
             Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
             Err(_) => Err(NodeError::Timeout),

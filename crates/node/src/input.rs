@@ -96,6 +96,13 @@ pub enum Input {
         /// Answered with the status.
         respond: tokio::sync::oneshot::Sender<ostrakon_raft::Status>,
     },
+    /// Timestamps from the oracle (this node must lead the meta range).
+    Timestamps {
+        /// How many (at least one).
+        count: u64,
+        /// Answered with the timestamps, or why not.
+        respond: crate::timestamps::TimestampResponder,
+    },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
     /// A peer refused this member's messages: the cluster removed it.
@@ -120,6 +127,7 @@ impl Input {
             | Input::ChangeMembership { group, .. }
             | Input::Freeze { group, .. }
             | Input::RaftStatus { group, .. } => Some(*group),
+            Input::Timestamps { .. } => Some(crate::META_GROUP),
             Input::Unreachable(_) | Input::RemovedByPeer(_) | Input::Shutdown => None,
         }
     }

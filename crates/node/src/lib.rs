@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod event_loop;
 pub mod events;
+mod follow_membership;
 pub mod handle;
 pub mod identity;
 pub mod input;
@@ -33,6 +34,7 @@ mod replica;
 pub mod restore;
 pub mod spans;
 pub mod status;
+pub mod timestamps;
 pub mod tls;
 pub mod transport;
 
@@ -42,3 +44,6 @@ pub use handle::{GroupStatus, MemberDescription, NodeHandle};
 
 /// The single group that covers the whole keyspace until ranges split.
 pub const DEFAULT_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(1);
+/// The meta range's group (range 0): what is cluster-wide and no user keys. Today it
+/// holds the timestamp oracle's bound.
+pub const META_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(0);

@@ -271,6 +271,12 @@ pub struct Metrics {
     pub raft_groups: Gauge,
     /// Raft groups hosted here that are quiesced (neither ticked nor heartbeating).
     pub raft_groups_quiesced: Gauge,
+    /// Raft groups this member leads.
+    pub raft_groups_led: Gauge,
+    /// Whether this member leads the meta range, and so serves the timestamp oracle.
+    pub oracle_is_leader: Gauge,
+    /// Timestamps the oracle on this member handed out.
+    pub oracle_timestamps: Counter,
     /// Peer nodes this node reported down (silent for an election timeout).
     pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
@@ -310,6 +316,9 @@ impl Metrics {
             inputs_refused: Counter::default(),
             raft_groups: Gauge::default(),
             raft_groups_quiesced: Gauge::default(),
+            raft_groups_led: Gauge::default(),
+            oracle_is_leader: Gauge::default(),
+            oracle_timestamps: Counter::default(),
             nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
             trace_spans_dropped: Counter::default(),
@@ -426,6 +435,24 @@ impl Metrics {
             "gauge",
             "Raft groups on this member that are quiesced: idle, neither ticked nor heartbeating.",
             self.raft_groups_quiesced.get().to_string(),
+        );
+        scalar(
+            "ostrakon_raft_groups_led",
+            "gauge",
+            "Raft groups this member leads.",
+            self.raft_groups_led.get().to_string(),
+        );
+        scalar(
+            "ostrakon_oracle_is_leader",
+            "gauge",
+            "Whether this member leads the meta range and serves the timestamp oracle (1) or not (0).",
+            self.oracle_is_leader.get().to_string(),
+        );
+        scalar(
+            "ostrakon_oracle_timestamps_total",
+            "counter",
+            "Timestamps the oracle on this member handed out.",
+            self.oracle_timestamps.get().to_string(),
         );
         scalar(
             "ostrakon_nodes_reported_down_total",

@@ -34,7 +34,7 @@ pub struct Replica {
     pub node: RawNode,
     pub store: Arc<MvccStore>,
     /// The group's lease deadlines (kept while this member leads).
-    lessor: Arc<crate::lessor::Lessor>,
+    pub(crate) lessor: Arc<crate::lessor::Lessor>,
     /// Proposals of this node awaiting apply, by log index. Invariant: keys are indexes
     /// raft assigned to this node's proposals while it led.
     proposals: BTreeMap<LogIndex, (Term, u64, WriteResponder)>,
@@ -62,6 +62,8 @@ pub struct Replica {
     /// new voters that are up form a quorum; a member is up if the leader heard from it
     /// within this many ticks.
     pub strict_reconfig_active_ticks: Option<u64>,
+    /// The timestamp oracle, on the meta range's replicas only.
+    pub timestamps: Option<crate::timestamps::TimestampService>,
 }
 
 impl Replica {
@@ -92,20 +94,59 @@ impl Replica {
             snapshot_file_bytes: 0,
             conf_proposal: None,
             strict_reconfig_active_ticks: None,
+            timestamps: None,
+        }
+    }
+
+    /// A request for `count` timestamps from the oracle (the meta range's leader only).
+    pub fn request_timestamps(
+        &mut self,
+        count: u64,
+        respond: crate::timestamps::TimestampResponder,
+    ) {
+        match &mut self.timestamps {
+            Some(service) => service.request(&self.node, count, respond),
+            None => drop(respond.send(Err(NodeError::UnknownGroup))),
+        }
+    }
+
+    /// Work to hand raft before its Ready is taken: the oracle's read index for the
+    /// timestamp requests that arrived this round.
+    pub fn before_ready(&mut self) {
+        if let Some(service) = &mut self.timestamps {
+            service.confirm_arrived(&mut self.node);
+        }
+    }
+
+    /// Work after the Ready is advanced (raft takes proposals again): the oracle serves
+    /// what its read indexes and bounds now allow.
+    pub fn after_advance(&mut self, me: NodeId) {
+        if let Some(service) = &mut self.timestamps {
+            if service.has_waiting() {
+                service.serve(
+                    &mut self.node,
+                    self.store.oracle_bound(),
+                    self.store.applied_index(),
+                    me,
+                );
+            }
         }
     }
 
     /// Proposes a membership change (this node must lead); the responder gets the
     /// membership once the change applies. One change at a time: while one is in flight or
-    /// the group is joint, `ChangeInProgress`. `nodes_down`: peers node liveness calls
+    /// the group is joint, `ChangeInProgress`. `started`: the members that published their
+    /// name (the member registry is the data range's, whatever group changes).
+    /// `nodes_down`: peers node liveness calls
     /// down, never counted as up by the strict reconfiguration check.
     pub fn propose_conf_change(
         &mut self,
         change: ConfChange,
         respond: ConfResponder,
         nodes_down: &BTreeSet<NodeId>,
+        started: &BTreeSet<NodeId>,
     ) {
-        if let Err(error) = self.check_conf_change(&change, nodes_down) {
+        if let Err(error) = self.check_conf_change(&change, nodes_down, started) {
             let _ = respond.send(Err(error));
             return;
         }
@@ -126,6 +167,7 @@ impl Replica {
         &self,
         change: &ConfChange,
         nodes_down: &BTreeSet<NodeId>,
+        started: &BTreeSet<NodeId>,
     ) -> Result<(), NodeError> {
         if self.node.role() != Role::Leader {
             return Err(NodeError::NotLeader(self.node.leader()));
@@ -154,19 +196,12 @@ impl Replica {
             }
         }
         if let Some(active_ticks) = self.strict_reconfig_active_ticks {
-            let started: BTreeSet<NodeId> = self
-                .store
-                .members()
-                .iter()
-                .filter(|m| !m.name.is_empty())
-                .map(|m| NodeId(m.id))
-                .collect();
             // A leader that was quiesced heard nothing while asleep, so what it heard last
             // may be old: node liveness has the fresher word on who is down.
             let mut active = self.node.recently_active(active_ticks);
             active.retain(|id| !nodes_down.contains(id));
             let liveness = reconfig_check::MemberLiveness {
-                started: &started,
+                started,
                 active: &active,
             };
             reconfig_check::check(conf, &next, &liveness)?;
@@ -174,7 +209,12 @@ impl Replica {
         Ok(())
     }
 
-    fn learner_is_ready(&self, learner: NodeId) -> bool {
+    /// Whether a membership change this node proposed awaits apply.
+    pub fn has_conf_proposal(&self) -> bool {
+        self.conf_proposal.is_some()
+    }
+
+    pub(crate) fn learner_is_ready(&self, learner: NodeId) -> bool {
         let status = self.node.status();
         let leader_match = status.last_index.0 as f64;
         status
@@ -251,6 +291,11 @@ impl Replica {
 
     pub fn answer_reads(&mut self, read_states: Vec<ReadState>) {
         for state in read_states {
+            if let Some(service) = &mut self.timestamps {
+                if service.read_state(&state) {
+                    continue;
+                }
+            }
             let Some(respond) = self.reads.remove(&state.request_id) else {
                 continue;
             };
@@ -436,6 +481,9 @@ impl Replica {
         if let Some((_, _, respond)) = self.conf_proposal.take() {
             let _ = respond.send(Err(error.clone()));
         }
+        if let Some(service) = &mut self.timestamps {
+            service.fail_all(error);
+        }
     }
 
     /// Publishes the group's state for the handle; runs every round, so it reads raft's
@@ -448,6 +496,9 @@ impl Replica {
         shared.commit = self.node.commit();
         shared.applied = self.store.applied_index();
         shared.is_learner = self.node.conf_state().is_learner(me);
+        if self.group != crate::DEFAULT_GROUP {
+            return; // etcd's metrics are of the data
+        }
         let metrics = crate::metrics::metrics();
         metrics.proposals_committed.set(shared.commit.0 as i64);
         metrics.proposals_applied.set(shared.applied.0 as i64);

@@ -13,10 +13,10 @@ use ostrakon_storage::snapshot::SnapshotInfo;
 
 use crate::config::NodeConfig;
 use crate::error::StartError;
-use crate::event_loop::{founder_records, open_storage, seal_bootstrap};
+use crate::event_loop::{bootstrap, founder_records, open_storage, seal_bootstrap};
 use crate::identity::Identity;
 use crate::layout::Layout;
-use crate::DEFAULT_GROUP;
+use crate::{DEFAULT_GROUP, META_GROUP};
 
 /// Writes a founding member's data directory from `backup_path` (etcd's format or ostrakon's
 /// earlier one), its revision bumped as asked. Refuses a data directory that already
@@ -47,7 +47,10 @@ pub fn restore_backup(
     };
     let info = backup::restore(&store, backup_path, applied, founder_records(config), bump)
         .map_err(|e| StartError::Inconsistent(e.to_string()))?;
-    seal_bootstrap(&layout, &mut wal, &store, &initial)?;
+    seal_bootstrap(&layout, &mut wal, &store, DEFAULT_GROUP, &initial)?;
+    // The meta range is new, as for any new cluster.
+    let meta_store = MvccStore::open(&keyspace, META_GROUP);
+    bootstrap(config, &layout, &mut wal, &meta_store, META_GROUP)?;
     Identity {
         member_id: config.id,
         cluster_id: config.cluster_id,

@@ -47,6 +47,12 @@ pub mod peer {
     tonic::include_proto!("peerpb");
 }
 
+/// ostrakon's own client API (what etcd's has no call for).
+pub mod ostrakonpb {
+    #![allow(missing_docs)]
+    tonic::include_proto!("ostrakonpb");
+}
+
 /// The OpenTelemetry protocol's trace export (OTLP/gRPC), as far as ostrakon uses it.
 pub mod otlp {
     #![allow(missing_docs)]

@@ -47,6 +47,14 @@ impl Caller {
     }
 
     /// Whether the caller may administer (root role), when auth is enabled.
+    /// Whether the caller is a user (any user) when auth is enabled.
+    pub fn check_authenticated(&self) -> Result<(), ApiError> {
+        if self.state.enabled() && self.user.is_none() {
+            return Err(AuthError::UserEmpty.into());
+        }
+        Ok(())
+    }
+
     pub fn check_admin(&self) -> Result<(), ApiError> {
         Ok(self.state.check_admin(self.user.as_deref())?)
     }

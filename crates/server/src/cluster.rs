@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ostrakon_node::config::stable_id;
-use ostrakon_node::{MemberDescription, NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::{MemberDescription, NodeError, NodeHandle, DEFAULT_GROUP, META_GROUP};
 use ostrakon_proto::etcdserverpb::cluster_server::Cluster;
 use ostrakon_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -78,6 +78,33 @@ impl ClusterService {
             .await
             .map_err(ApiError::from)?;
         Ok(())
+    }
+
+    /// Removes a member from the meta range before the data range: once out of the data
+    /// range it stops, and the meta range must not wait for it (two members would lose
+    /// their quorum). The meta range otherwise follows the data range's membership by
+    /// itself (ostrakon_node's `follow_membership`), which also finishes this if the data
+    /// range's change fails after it. Answered once the meta range's leader applied the
+    /// removal: until the data range's removal applies, the follower may add the member
+    /// back as a learner (it is still in the data range), and then remove it again, so
+    /// waiting here for one settled membership could wait for nothing.
+    async fn leave_meta_range(&self, id: NodeId) -> Result<(), Status> {
+        let meta = self.node.store(META_GROUP).map_err(ApiError::from)?;
+        if !meta.applied().conf_state.members().contains(&id) {
+            return Ok(());
+        }
+        match self
+            .node
+            .change_membership_at_leader(
+                META_GROUP,
+                ConfChange::Change(vec![ConfChangeStep::Remove(id)]),
+            )
+            .await
+        {
+            // Already gone (this member's view was stale).
+            Ok(_) | Err(NodeError::Refused { .. }) => Ok(()),
+            Err(error) => Err(ApiError::from(error).into()),
+        }
     }
 
     async fn change(&self, step: ConfChangeStep) -> Result<(), Status> {
@@ -184,6 +211,7 @@ impl Cluster for ClusterService {
             .check_admin()?;
         let id = request.into_inner().id;
         self.member(id)?;
+        self.leave_meta_range(NodeId(id)).await?;
         self.change(ConfChangeStep::Remove(NodeId(id))).await?;
         tracing::info!(member = %format!("{id:x}"), "member removed");
         Ok(Response::new(MemberRemoveResponse {

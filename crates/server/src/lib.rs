@@ -20,6 +20,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod observe;
+mod oracle;
 mod planted;
 mod queue;
 mod run;

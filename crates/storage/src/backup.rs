@@ -46,6 +46,7 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
                 members: Vec::new(),
                 alarms: Vec::new(),
                 auth: Some(backup.auth),
+                oracle_bound: 0,
             },
             crc32c: status.hash,
         });
@@ -83,6 +84,7 @@ pub fn restore(
             members,
             alarms: Vec::new(),
             auth: tables.auth,
+            oracle_bound: 0,
         },
         info.revision,
         info.compact_revision,

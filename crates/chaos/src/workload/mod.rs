@@ -4,13 +4,15 @@
 //! - registers: read, write and compare-and-set of single keys;
 //! - txn: the same on groups of keys written together by one Txn, read by one Range;
 //! - set: unique elements added through one pinned member each, all read back at the end;
-//! - watch: one watcher per member over every key the others write.
+//! - watch: one watcher per member over every key the others write;
+//! - timestamps: one client per member asks the timestamp oracle for timestamps.
 //!
 //! Besides its own typed history, every operation goes on a shared timeline (for the
 //! revision checker, availability per fault and the report's plots).
 
 pub(crate) mod register;
 pub(crate) mod set;
+pub(crate) mod timestamps;
 pub(crate) mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +128,7 @@ pub struct Workloads {
     registers: register::RegisterWorkload,
     txns: register::RegisterWorkload,
     set: set::SetWorkload,
+    timestamps: timestamps::TimestampWorkload,
     /// The watchers: stopped only after the cluster has healed and converged.
     pub watch: watch::WatchWorkload,
 }
@@ -138,6 +141,8 @@ pub struct Recorded {
     pub txns: register::Recorded,
     /// The set's elements.
     pub set: set::Recorded,
+    /// The timestamp requests.
+    pub timestamps: timestamps::Recorded,
 }
 
 impl Workloads {
@@ -161,6 +166,7 @@ impl Workloads {
                 3,
             ),
             set: set::SetWorkload::start(cluster, recorder.clone()),
+            timestamps: timestamps::TimestampWorkload::start(cluster, recorder.clone()),
             watch,
             recorder,
         }
@@ -178,6 +184,7 @@ impl Workloads {
             registers: self.registers.stop().await,
             txns: self.txns.stop().await,
             set: self.set.stop().await,
+            timestamps: self.timestamps.stop().await,
         }
     }
 }

@@ -503,3 +503,32 @@ pub fn status_of(error: etcd_client::Error) -> tonic::Status {
         other => panic!("expected a gRPC status, got {other:?}"),
     }
 }
+
+/// A member's `/metrics`, as `name{labels}` → value.
+pub fn metrics(port: u16) -> std::collections::HashMap<String, f64> {
+    let (status, _, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse::<f64>().unwrap()))
+        .collect()
+}
+
+/// `count` timestamps from the cluster's oracle through `endpoint` (ostrakon's Oracle
+/// service): the first and how many.
+pub async fn timestamps(endpoint: &str, count: u64) -> Result<(u64, u64), tonic::Status> {
+    use ostrakon_proto::ostrakonpb::{oracle_client::OracleClient, TimestampsRequest};
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let response = OracleClient::new(channel)
+        .timestamps(TimestampsRequest { count })
+        .await?
+        .into_inner();
+    Ok((response.first, response.count))
+}

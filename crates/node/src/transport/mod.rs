@@ -445,6 +445,36 @@ impl Transport {
         ostrakon_raft::ConfState::try_from(&conf_state).map_err(|_| NodeError::LeaderChanged)
     }
 
+    /// Asks the meta range's leader for timestamps.
+    pub async fn timestamps(
+        &self,
+        leader: NodeId,
+        count: u64,
+    ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
+        let Some(channel) = self.channel(leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        let response = PeerClient::new(channel)
+            .timestamps(pb::PeerTimestampsRequest {
+                count,
+                cluster_id: self.inner.cluster_id,
+                from: self.inner.me.0,
+            })
+            .await
+            .map_err(|_| NodeError::LeaderChanged)?
+            .into_inner();
+        if let Some(error) = response.error {
+            return Err(codec::decode_node_error(error));
+        }
+        if response.count != count {
+            return Err(NodeError::LeaderChanged);
+        }
+        Ok(ostrakon_ranges::TimestampRange {
+            first: ostrakon_ranges::Timestamp(response.first),
+            count,
+        })
+    }
+
     /// Asks the leader to renew a lease or report its remaining TTL.
     pub async fn lease_query(
         &self,

@@ -274,6 +274,29 @@ impl Peer for PeerService {
         Ok(Response::new(response))
     }
 
+    async fn timestamps(
+        &self,
+        request: Request<pb::PeerTimestampsRequest>,
+    ) -> Result<Response<pb::PeerTimestampsResponse>, Status> {
+        let request = request.into_inner();
+        self.check_sender(request.cluster_id, request.from)?;
+        if request.count == 0 || request.count > crate::handle::TIMESTAMPS_PER_REQUEST_MAX {
+            return Err(Status::invalid_argument("timestamp count out of range"));
+        }
+        let response = match self.handle.timestamps_local(request.count).await {
+            Ok(range) => pb::PeerTimestampsResponse {
+                first: range.first.0,
+                count: range.count,
+                error: None,
+            },
+            Err(error) => pb::PeerTimestampsResponse {
+                error: Some(encode_node_error(error)),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+
     async fn lease(
         &self,
         request: Request<ostrakon_proto::peer::LeaseQuery>,

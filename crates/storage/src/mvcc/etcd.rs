@@ -253,6 +253,10 @@ pub fn apply_write(
         store.apply_member_change(index, term, &change);
         return WriteOutcome::MemberUpdated(ostrakon_proto::peer::MemberUpdated {});
     }
+    if let Request::OracleBound(raise) = request {
+        let bound = store.apply_oracle_bound(index, term, raise.bound);
+        return WriteOutcome::OracleBound(ostrakon_proto::peer::OracleBound { bound });
+    }
     if let Request::Alarm(alarm) = request {
         return WriteOutcome::Alarm(store.apply_alarm(index, term, alarm));
     }
@@ -297,7 +301,8 @@ pub fn apply_write(
         | Request::MemberPeerUrls(_)
         | Request::MemberAttributes(_)
         | Request::Alarm(_)
-        | Request::Auth(_) => {
+        | Request::Auth(_)
+        | Request::OracleBound(_) => {
             unreachable!("handled above")
         }
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
@@ -368,7 +373,8 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         WriteOutcome::Error(_)
         | WriteOutcome::MemberUpdated(_)
         | WriteOutcome::Alarm(_)
-        | WriteOutcome::Auth(_) => return,
+        | WriteOutcome::Auth(_)
+        | WriteOutcome::OracleBound(_) => return,
     };
     *header = self::header(revision);
 }

@@ -36,6 +36,8 @@ pub const NEVER_COMPACTED: Revision = Revision(-1);
 /// stores written before compaction was split in two: they compacted at apply).
 const META_COMPACTED_PHYSICALLY: &[u8] = b"compacted_physically";
 const META_CONF_STATE: &[u8] = b"conf_state";
+/// The timestamp oracle's persisted bound (the meta range's store only).
+const META_ORACLE_BOUND: &[u8] = b"oracle_bound";
 
 /// The raft position the state machine reflects.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -88,6 +90,8 @@ pub struct MvccStore {
     /// them when the Authenticate entry applies; they are not persisted (as etcd's simple
     /// tokens): after a restart, clients authenticate again.
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// The timestamp oracle's bound (persisted in `meta`): 0 outside the meta range.
+    oracle_bound: AtomicU64,
 }
 
 /// What the compactor thread has to do. Invariant: `done <= target`, and `target` is the
@@ -132,6 +136,7 @@ impl MvccStore {
             engine("reading metadata", meta.get(key))
                 .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8-byte meta")))
         };
+        let oracle_bound = read_u64(META_ORACLE_BOUND).unwrap_or(0);
         let revision = read_u64(META_REVISION).map_or(INITIAL_REVISION.0, |v| v as i64);
         // Never compacted is -1, as in etcd: a fresh store may be compacted at revision 0
         // once (etcd answers "compacted revision 0"), and HashKV reports -1 until then.
@@ -201,7 +206,27 @@ impl MvccStore {
             alarms: Mutex::new(alarms),
             auth: Mutex::new(Arc::new(auth)),
             tokens: Mutex::new(HashMap::new()),
+            oracle_bound: AtomicU64::new(oracle_bound),
         }
+    }
+
+    /// The timestamp oracle's persisted bound as of the last applied entry (0 before the
+    /// first, and outside the meta range).
+    pub fn oracle_bound(&self) -> u64 {
+        self.oracle_bound.load(Ordering::SeqCst)
+    }
+
+    /// Applies a raise of the oracle's bound. A bound never falls: a proposal overtaken
+    /// by a higher one leaves the higher. Returns the bound after it.
+    pub fn apply_oracle_bound(&self, index: LogIndex, term: Term, proposed: u64) -> u64 {
+        let bound = self.oracle_bound().max(proposed);
+        let mut batch = self.keyspace.batch();
+        batch.insert(&self.meta, META_ORACLE_BOUND, bound.to_be_bytes());
+        self.put_applied(&mut batch, index, term);
+        engine("committing the oracle's bound", batch.commit());
+        self.oracle_bound.store(bound, Ordering::SeqCst);
+        self.set_applied(index, term);
+        bound
     }
 
     /// The auth store as of the last applied entry.
@@ -520,6 +545,7 @@ impl MvccStore {
                 members: self.members.lock().unwrap().all_records(),
                 alarms: self.alarms(),
                 auth: Some(self.auth().tables()),
+                oracle_bound: self.oracle_bound(),
             },
             kv: self.kv.snapshot(),
         }
@@ -750,6 +776,20 @@ impl MvccStore {
         applied: AppliedState,
     ) {
         let mut batch = self.keyspace.batch();
+        // A snapshot is of a later position than ours, and a bound never falls.
+        assert!(
+            tables.oracle_bound >= self.oracle_bound(),
+            "a snapshot lowers the oracle's bound from {} to {}",
+            self.oracle_bound(),
+            tables.oracle_bound
+        );
+        batch.insert(
+            &self.meta,
+            META_ORACLE_BOUND,
+            tables.oracle_bound.to_be_bytes(),
+        );
+        self.oracle_bound
+            .store(tables.oracle_bound, Ordering::SeqCst);
         let new_members = MemberRegistry::from_records(tables.members);
         let mut alarms = self.alarms.lock().unwrap();
         for (member_id, alarm) in std::mem::take(&mut *alarms) {

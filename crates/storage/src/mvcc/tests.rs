@@ -1367,3 +1367,32 @@ fn a_snapshot_changed_after_its_check_is_refused_at_its_end() {
     std::fs::write(&path, data).unwrap();
     let _items: Vec<_> = checked.items().collect();
 }
+
+#[test]
+fn the_oracle_bound_never_falls_survives_a_restart_and_travels_in_snapshots() {
+    let mut meta = Fixture::new();
+    assert_eq!(meta.store.oracle_bound(), 0);
+    let raise = |bound| Request::OracleBound(ostrakon_proto::peer::OracleBound { bound });
+    let bound_of = |outcome| match outcome {
+        WriteOutcome::OracleBound(applied) => applied.bound,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(bound_of(meta.write(raise(500))), 500);
+    // A proposal overtaken by a higher one leaves the higher.
+    assert_eq!(bound_of(meta.write(raise(300))), 500);
+    assert_eq!(meta.store.applied_index(), LogIndex(meta.index));
+    // It is data of the state machine, not a revision of the keyspace.
+    assert_eq!(meta.store.current_revision(), Revision(1));
+    meta.store.persist();
+    let reopened = MvccStore::open(&meta.keyspace, GroupId(1));
+    assert_eq!(reopened.oracle_bound(), 500);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap");
+    crate::snapshot::create(&reopened, &path).unwrap();
+    let target = Fixture::new();
+    crate::snapshot::install(&target.store, &path).unwrap();
+    assert_eq!(target.store.oracle_bound(), 500);
+    let reopened_target = MvccStore::open(&target.keyspace, GroupId(1));
+    assert_eq!(reopened_target.oracle_bound(), 500);
+}
