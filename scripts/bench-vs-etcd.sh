@@ -8,7 +8,7 @@
 # something. Values are 256 bytes. Clients' connections are spread over all three
 # members, as etcd's client balances them (so followers forward, as they do for users).
 # Besides throughput and latency, the table has the CPU time all members of a cluster
-# spent per 1,000 requests (user + system, from /proc, over the round) and every
+# spent per 1,000 requests (user + system, from /proc, over the measured requests) and every
 # member's resident memory after the runs. Fewer than 3 rounds print figures but do not
 # write the table: a median of fewer means little on this machine.
 #   bash scripts/bench-vs-etcd.sh                     # full run
@@ -34,31 +34,16 @@ runs=(
   "range 64 8 $((TOTAL / 4))"
 )
 
-clock_ticks=$(getconf CLK_TCK)
-# CPU time (user + system, in clock ticks) of the given processes so far.
-cpu_ticks() {
-  local total=0 pid fields
-  for pid in "$@"; do
-    # The fields after the command's closing parenthesis: utime and stime are the 12th
-    # and 13th of them (the 14th and 15th of the line).
-    fields=$(sed 's/.*) //' "/proc/$pid/stat")
-    set -- $fields
-    total=$((total + ${12} + ${13}))
-  done
-  echo "$total"
-}
-
 bench() { # system endpoints pids-var workload clients conns total
-  local system=$1 endpoints=$2 pids_var=$3 line before after
+  local system=$1 endpoints=$2 line
+  local -n members=$3
   shift 3
-  local -n members=$pids_var
-  before=$(cpu_ticks "${members[@]}")
-  line=$("$bin" bench --endpoints "$endpoints" --workload "$1" --clients "$2" --conns "$3" --total "$4" --json)
-  after=$(cpu_ticks "${members[@]}")
-  local cpu_seconds
-  cpu_seconds=$(python3 -c "print(($after - $before) / $clock_ticks)")
-  echo "$system $cpu_seconds $line" >> "$results"
-  echo "$system cpu_s=$cpu_seconds $line"
+  # The members' CPU over the measured requests only (not the loading of the keys a
+  # read workload needs), as `ostrakon bench` reads it from /proc.
+  line=$("$bin" bench --endpoints "$endpoints" --workload "$1" --clients "$2" --conns "$3" --total "$4" \
+    --cpu-of-pids "$(IFS=,; echo "${members[*]}")" --json)
+  echo "$system $line" >> "$results"
+  echo "$system $line"
 }
 
 rss_kib_each() { for pid in "$@"; do ps -o rss= -p "$pid"; done | tr -s ' \n' ' '; }
@@ -94,10 +79,10 @@ etcd_rss = [int(k) for k in sys.argv[2].split()]
 ostrakon_rss = [int(k) for k in sys.argv[3].split()]
 by_run = {}
 for line in open(path):
-    system, cpu_seconds, data = line.split(" ", 2)
+    system, data = line.split(" ", 1)
     r = json.loads(data)
     # CPU of all members per 1,000 answered requests, over this round.
-    r["cpu_ms_per_1k"] = float(cpu_seconds) * 1000 / max(r["ok"], 1) * 1000
+    r["cpu_ms_per_1k"] = r["servers_cpu_ms_per_1k"]
     by_run.setdefault((r["workload"], r["clients"]), {}).setdefault(system, []).append(r)
 # Each system's median round by throughput.
 rows = {key: {system: sorted(rs, key=lambda r: r["throughput"])[len(rs) // 2]
@@ -124,7 +109,7 @@ if rounds < 3:
     print(f"{rounds} round(s): not written to docs/BENCHMARKS.md (3 at least)")
     sys.exit(0)
 stamp = datetime.date.today().isoformat()
-block = f"<!-- bench-vs-etcd:start -->\nMeasured {stamp} by `bash scripts/bench-vs-etcd.sh` (3 members each on loopback, 256-byte values, 2-core machine; clients' connections spread over the 3 members; both clusters up at once, each workload on etcd then on ostrakon, {rounds} rounds, median round shown; CPU is user + system time of all 3 members over a round, per 1,000 answered requests, median of the rounds):\n\n{table}\n<!-- bench-vs-etcd:end -->"
+block = f"<!-- bench-vs-etcd:start -->\nMeasured {stamp} by `bash scripts/bench-vs-etcd.sh` (3 members each on loopback, 256-byte values, 2-core machine; clients' connections spread over the 3 members; both clusters up at once, each workload on etcd then on ostrakon, {rounds} rounds, median round shown; CPU is user + system time of all 3 members over a round's measured requests, per 1,000 answered, read from /proc, median of the rounds):\n\n{table}\n<!-- bench-vs-etcd:end -->"
 doc = open("docs/BENCHMARKS.md").read()
 if "<!-- bench-vs-etcd:start -->" in doc:
     doc = re.sub(r"<!-- bench-vs-etcd:start -->.*<!-- bench-vs-etcd:end -->", lambda _: block, doc, flags=re.S)

@@ -65,6 +65,36 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Processes (the servers' pids, comma-separated) whose CPU time (user + system, from
+    /// /proc) over the measured requests is reported, per 1,000 requests: what a request
+    /// costs the whole cluster. Loading the keys a read workload needs is not counted.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_of_pids: Vec<u32>,
+}
+
+/// CPU time (user + system) the processes have used so far, in seconds.
+fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading the CPU time of process {pid}"))?;
+        // After the command name's closing parenthesis: state is the first field, utime
+        // the 12th and stime the 13th (fields 14 and 15 of proc(5)).
+        let after_name = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest)
+            .context("a /proc stat line without a command name")?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        for index in [11, 12] {
+            ticks += fields
+                .get(index)
+                .and_then(|f| f.parse::<u64>().ok())
+                .context("a /proc stat line without CPU times")?;
+        }
+    }
+    Ok(ticks as f64 / ticks_per_second)
 }
 
 /// Runs the load and prints throughput and latency percentiles.
@@ -194,6 +224,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let args = std::sync::Arc::new(args);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration_max_secs);
+    let cpu_before = cpu_seconds(&args.cpu_of_pids)?;
     let started = Instant::now();
     // Progress on stderr (drawn only on a terminal), so the report on stdout stays clean.
     let progress = indicatif::ProgressBar::new(args.total as u64);
@@ -246,6 +277,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         errors += e;
     }
     let elapsed = started.elapsed();
+    let cpu_used = cpu_seconds(&args.cpu_of_pids)? - cpu_before;
     ticker.abort();
     progress.finish_and_clear();
     latencies_us.sort_unstable();
@@ -258,10 +290,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let ok = latencies_us.len();
     let throughput = ok as f64 / elapsed.as_secs_f64();
+    let cpu_ms_per_1k = cpu_used * 1000.0 / ok.max(1) as f64 * 1000.0;
     let name = format!("{:?}", args.workload).to_lowercase();
     if args.json {
         println!(
-            "{{\"workload\":\"{name}\",\"clients\":{},\"conns\":{},\"ok\":{ok},\"errors\":{errors},\"seconds\":{:.3},\"throughput\":{throughput:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}",
+            "{{\"workload\":\"{name}\",\"clients\":{},\"conns\":{},\"ok\":{ok},\"errors\":{errors},\"seconds\":{:.3},\"throughput\":{throughput:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"servers_cpu_s\":{cpu_used:.3},\"servers_cpu_ms_per_1k\":{cpu_ms_per_1k:.1}}}",
             args.clients, args.conns, elapsed.as_secs_f64(), percentile(0.5), percentile(0.9), percentile(0.99)
         );
     } else {
@@ -269,6 +302,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "{name}: {ok} ok, {errors} errors in {:.2} s: {throughput:.0} req/s; latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
             elapsed.as_secs_f64(), percentile(0.5), percentile(0.9), percentile(0.99)
         );
+        if !args.cpu_of_pids.is_empty() {
+            println!("servers' CPU: {cpu_used:.2} s, {cpu_ms_per_1k:.0} ms per 1,000 requests");
+        }
     }
     Ok(())
 }
