@@ -478,3 +478,64 @@ async fn a_change_that_would_leave_too_few_members_up_is_refused() {
     assert_eq!(members.members().len(), 2);
     client.put("still", "writable", None).await.unwrap();
 }
+
+/// MemberRemove of a member that is down and led the meta range: the meta range elects
+/// another leader first (its followers learn of the death through node liveness), and the
+/// removal goes on without the client seeing "leader changed" (CI once saw it, when the
+/// removal was forwarded to the dead leader and not retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_down_member_that_led_the_meta_range() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let data_leader = cluster.wait_for_leader().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let meta_leader = loop {
+        let leaders: Vec<usize> = (0..3)
+            .filter(|&i| {
+                common::metrics(cluster.members[i].client_port)["ostrakon_oracle_is_leader"] == 1.0
+            })
+            .collect();
+        if let [leader] = leaders[..] {
+            break leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no meta range leader: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut client = cluster.client((meta_leader + 1) % 3).await;
+    let ids: Vec<u64> = {
+        let members = client.member_list().await.unwrap();
+        (0..3)
+            .map(|i| {
+                members
+                    .members()
+                    .iter()
+                    .find(|m| m.name() == cluster.members[i].name)
+                    .expect("every member is listed")
+                    .id()
+            })
+            .collect()
+    };
+    if data_leader == meta_leader {
+        // Only the meta range's leader should go down: move the data range's away.
+        let target = ids[(meta_leader + 1) % 3];
+        let mut leader_client = cluster.client(data_leader).await;
+        leader_client.move_leader(target).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.leader().await != Some((meta_leader + 1) % 3) {
+            assert!(
+                Instant::now() < deadline,
+                "the data range's leadership did not move"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    cluster.terminate(meta_leader);
+    client.member_remove(ids[meta_leader]).await.unwrap();
+    client.put("after-removal", "v", None).await.unwrap();
+    let (_, count) = common::timestamps(&cluster.endpoint((meta_leader + 1) % 3), 2)
+        .await
+        .expect("the two members left serve the oracle");
+    assert_eq!(count, 2);
+}

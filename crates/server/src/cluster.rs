@@ -88,22 +88,32 @@ impl ClusterService {
     /// removal: until the data range's removal applies, the follower may add the member
     /// back as a learner (it is still in the data range), and then remove it again, so
     /// waiting here for one settled membership could wait for nothing.
+    ///
+    /// Retried while the meta range's leader changes (it may be the member being removed,
+    /// down, and the others elect a new one first): a removal applied twice is refused the
+    /// second time, which is what it is meant to achieve.
     async fn leave_meta_range(&self, id: NodeId) -> Result<(), Status> {
         let meta = self.node.store(META_GROUP).map_err(ApiError::from)?;
-        if !meta.applied().conf_state.members().contains(&id) {
-            return Ok(());
-        }
-        match self
-            .node
-            .change_membership_at_leader(
-                META_GROUP,
-                ConfChange::Change(vec![ConfChangeStep::Remove(id)]),
-            )
-            .await
-        {
-            // Already gone (this member's view was stale).
-            Ok(_) | Err(NodeError::Refused { .. }) => Ok(()),
-            Err(error) => Err(ApiError::from(error).into()),
+        let deadline = tokio::time::Instant::now() + META_LEAVE_TIMEOUT;
+        loop {
+            if !meta.applied().conf_state.members().contains(&id) {
+                return Ok(());
+            }
+            let removal = ConfChange::Change(vec![ConfChangeStep::Remove(id)]);
+            match self
+                .node
+                .change_membership_at_leader(META_GROUP, removal)
+                .await
+            {
+                // Already gone (this member's view was stale).
+                Ok(_) | Err(NodeError::Refused { .. }) => return Ok(()),
+                Err(NodeError::LeaderChanged | NodeError::NoLeader | NodeError::Timeout)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(ApiError::from(error).into()),
+            }
         }
     }
 
@@ -115,6 +125,11 @@ impl ClusterService {
         Ok(())
     }
 }
+
+/// How long MemberRemove tries to take the member out of the meta range: long enough for
+/// the meta range to elect a new leader when the member was its leader and is down (a
+/// silence of an election timeout, then an election).
+const META_LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn to_member(m: MemberDescription) -> Member {
     Member {
