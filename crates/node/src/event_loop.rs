@@ -231,11 +231,13 @@ fn open_group(
         ^ std::process::id() as u64
         ^ Instant::now().elapsed().as_nanos() as u64;
     let was_member = initial.conf_state.members().contains(&config.id);
+    let wal_hard_state = initial.hard_state;
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
     let status = Arc::new(RwLock::new(GroupStatus::default()));
     let (applied_tx, _) = watch::channel(store.applied_index());
     let lessor = Arc::new(crate::lessor::Lessor::default());
     let mut replica = Replica::new(group, node, store, status, applied_tx, lessor);
+    replica.wal_hard_state = wal_hard_state;
     // Up means: the leader heard from it within an election timeout (the window
     // check-quorum uses to decide the leader still leads).
     replica.strict_reconfig_active_ticks = config
@@ -685,7 +687,18 @@ impl EventLoop {
             }
             self.wal.append_entries(group, &ready.entries);
             if let Some(hard_state) = ready.hard_state {
-                self.wal.set_hard_state(group, hard_state);
+                // A new commit index alone is not worth an fdatasync (it can be learnt
+                // again from the leader, and recovery takes at least the applied index),
+                // as etcd's raft does not sync for it: it goes to the WAL with the next
+                // entries or vote. Syncing it cost the leader a second fdatasync per
+                // put, before the apply (scripts/latency-budget.sh).
+                let previous = replica.wal_hard_state;
+                let vote_changed =
+                    hard_state.term != previous.term || hard_state.vote != previous.vote;
+                if vote_changed || !ready.entries.is_empty() || ready.snapshot.is_some() {
+                    self.wal.set_hard_state(group, hard_state);
+                    replica.wal_hard_state = hard_state;
+                }
             }
             readies.push((group, ready, full));
         }

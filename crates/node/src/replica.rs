@@ -64,6 +64,8 @@ pub struct Replica {
     pub strict_reconfig_active_ticks: Option<u64>,
     /// The timestamp oracle, on the meta range's replicas only.
     pub timestamps: Option<crate::timestamps::TimestampService>,
+    /// The hard state last written to the WAL (its commit index may lag raft's).
+    pub wal_hard_state: ostrakon_raft::HardState,
 }
 
 impl Replica {
@@ -95,6 +97,7 @@ impl Replica {
             conf_proposal: None,
             strict_reconfig_active_ticks: None,
             timestamps: None,
+            wal_hard_state: ostrakon_raft::HardState::default(),
         }
     }
 
