@@ -202,7 +202,7 @@ fn open_group(
     group: GroupId,
     wait_for_snapshot: bool,
 ) -> Result<(Replica, bool), StartError> {
-    let store = Arc::new(MvccStore::open(keyspace, group));
+    let store = Arc::new(MvccStore::open(keyspace, group, crate::group_span(group)));
     let initial = match recovered.groups.remove(&group) {
         Some(state) => {
             let (initial, adopted) = recovered_state(state, &store)?;
@@ -266,6 +266,15 @@ pub(crate) fn open_storage(
         .max_write_buffer_size(STORE_WRITE_BUFFER_BYTES)
         .open()
         .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
+    // Before the ranges shared one data partition, each group had its own (`g1-kv`).
+    if keyspace.partition_exists("g1-kv") {
+        return Err(StartError::Store(
+            layout.kv.clone(),
+            "written by an older ostrakon (one partition per group); start a new member \
+             from a backup of it (ostrakon snapshot restore)"
+                .into(),
+        ));
+    }
     Ok((wal, recovered, keyspace))
 }
 
@@ -1026,5 +1035,30 @@ fn record_soft_state(soft: ostrakon_raft::SoftState, previous_leader: NodeId) {
     metrics.raft_term.set(soft.term.0 as i64);
     if soft.leader != NodeId::NONE && soft.leader != previous_leader {
         metrics.leader_changes_seen.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_with_one_partition_per_group_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        drop(open_storage(&layout).expect("a new data directory opens"));
+        {
+            // What ostrakon wrote before the ranges shared one data partition.
+            let keyspace = fjall::Config::new(&layout.kv).open().unwrap();
+            keyspace
+                .open_partition("g1-kv", fjall::PartitionCreateOptions::default())
+                .unwrap();
+            keyspace.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        let refused = open_storage(&layout).err().expect("refused").to_string();
+        assert!(
+            refused.contains("older ostrakon") && refused.contains("snapshot restore"),
+            "{refused}"
+        );
     }
 }

@@ -211,7 +211,11 @@ mod tests {
     fn only_a_leader_keeps_deadlines_and_expired_leases_are_revoked_once_per_retry() {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
-        let store = MvccStore::open(&keyspace, GroupId(1));
+        let store = MvccStore::open(
+            &keyspace,
+            GroupId(1),
+            ostrakon_storage::mvcc::KeySpan::whole(),
+        );
         grant(&store, 2, 1, 10);
         grant(&store, 3, 2, 100);
         let lessor = Lessor::default();
@@ -253,7 +257,11 @@ mod tests {
     fn a_lease_granted_again_after_a_revoke_gets_a_fresh_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
-        let store = MvccStore::open(&keyspace, GroupId(1));
+        let store = MvccStore::open(
+            &keyspace,
+            GroupId(1),
+            ostrakon_storage::mvcc::KeySpan::whole(),
+        );
         let lessor = Lessor::default();
         let t0 = Instant::now();
         grant(&store, 2, 7, 5);

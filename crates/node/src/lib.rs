@@ -47,3 +47,13 @@ pub const DEFAULT_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(1);
 /// The meta range's group (range 0): what is cluster-wide and no user keys. Today it
 /// holds the timestamp oracle's bound.
 pub const META_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(0);
+
+/// The user keys a group's store holds: the meta range none, the data range all of them
+/// (until ranges split).
+pub fn group_span(group: ostrakon_raft::GroupId) -> ostrakon_storage::mvcc::KeySpan {
+    if group == META_GROUP {
+        ostrakon_storage::mvcc::KeySpan::none()
+    } else {
+        ostrakon_storage::mvcc::KeySpan::whole()
+    }
+}

@@ -38,7 +38,11 @@ pub fn restore_backup(
     backup::read(backup_path).map_err(|e| StartError::Inconsistent(e.to_string()))?;
     let (mut wal, recovered, keyspace) = open_storage(&layout)?;
     assert!(recovered.groups.is_empty(), "a new WAL holds no group");
-    let store = Arc::new(MvccStore::open(&keyspace, DEFAULT_GROUP));
+    let store = Arc::new(MvccStore::open(
+        &keyspace,
+        DEFAULT_GROUP,
+        crate::group_span(DEFAULT_GROUP),
+    ));
     let initial = InitialState::bootstrap(config.voters());
     let applied = AppliedState {
         index: initial.snapshot.index,
@@ -49,7 +53,7 @@ pub fn restore_backup(
         .map_err(|e| StartError::Inconsistent(e.to_string()))?;
     seal_bootstrap(&layout, &mut wal, &store, DEFAULT_GROUP, &initial)?;
     // The meta range is new, as for any new cluster.
-    let meta_store = MvccStore::open(&keyspace, META_GROUP);
+    let meta_store = MvccStore::open(&keyspace, META_GROUP, crate::group_span(META_GROUP));
     bootstrap(config, &layout, &mut wal, &meta_store, META_GROUP)?;
     Identity {
         member_id: config.id,

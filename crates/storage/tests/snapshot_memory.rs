@@ -48,7 +48,11 @@ fn installing_a_snapshot_holds_one_copy_of_its_data_not_two() {
     let source_keyspace = fjall::Config::new(dir.path().join("source"))
         .open()
         .unwrap();
-    let source = MvccStore::open(&source_keyspace, GroupId(1));
+    let source = MvccStore::open(
+        &source_keyspace,
+        GroupId(1),
+        ostrakon_storage::mvcc::KeySpan::whole(),
+    );
     for i in 0..VALUES {
         let write = WriteRequest {
             request: Some(Request::Put(PutRequest {
@@ -70,7 +74,11 @@ fn installing_a_snapshot_holds_one_copy_of_its_data_not_two() {
     let target_keyspace = fjall::Config::new(dir.path().join("target"))
         .open()
         .unwrap();
-    let target = MvccStore::open(&target_keyspace, GroupId(1));
+    let target = MvccStore::open(
+        &target_keyspace,
+        GroupId(1),
+        ostrakon_storage::mvcc::KeySpan::whole(),
+    );
     let baseline = CURRENT_BYTES.load(Ordering::SeqCst);
     PEAK_BYTES.store(baseline, Ordering::SeqCst);
     let installed = ostrakon_storage::snapshot::install(&target, &path).unwrap();
@@ -82,9 +90,13 @@ fn installing_a_snapshot_holds_one_copy_of_its_data_not_two() {
             let keyspace = fjall::Config::new(dir.path().join("source"))
                 .open()
                 .unwrap();
-            MvccStore::open(&keyspace, GroupId(1))
-                .read_view()
-                .hash_kv(created.revision)
+            MvccStore::open(
+                &keyspace,
+                GroupId(1),
+                ostrakon_storage::mvcc::KeySpan::whole(),
+            )
+            .read_view()
+            .hash_kv(created.revision)
         },
         "the installed store holds the source's data"
     );

@@ -72,7 +72,7 @@ impl Store {
     fn new() -> Store {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
-        let store = MvccStore::open(&keyspace, GroupId(1));
+        let store = MvccStore::open(&keyspace, GroupId(1), crate::mvcc::KeySpan::whole());
         Store {
             _dir: dir,
             _keyspace: keyspace,

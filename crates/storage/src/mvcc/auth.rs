@@ -16,6 +16,8 @@ use prost::Message as _;
 /// The user and role that may do everything, as in etcd.
 pub const ROOT: &str = "root";
 
+/// Every auth record's name in the range's local state starts with it.
+pub(crate) const AUTH_KEY_PREFIX: &[u8] = b"auth/";
 const KEY_ENABLED: &[u8] = b"auth/enabled";
 const KEY_REVISION: &[u8] = b"auth/revision";
 const USER_PREFIX: &[u8] = b"auth/user/";
@@ -130,11 +132,11 @@ impl Default for AuthState {
     }
 }
 
-/// Storage changes: keys to write (`Some`) or delete (`None`) in the meta partition.
+/// Storage changes: keys to write (`Some`) or delete (`None`) in the range's local state.
 pub type AuthChanges = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 impl AuthState {
-    /// The state from stored (key, value) pairs of the meta partition.
+    /// The state from stored (key, value) pairs of the range's local state.
     pub fn from_stored<'a>(items: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> AuthState {
         let mut state = AuthState::default();
         for (key, value) in items {
@@ -153,9 +155,9 @@ impl AuthState {
         state
     }
 
-    /// Whether a meta-partition key belongs to the auth store.
+    /// Whether a local-state name belongs to the auth store.
     pub fn is_auth_key(key: &[u8]) -> bool {
-        key.starts_with(b"auth/")
+        key.starts_with(AUTH_KEY_PREFIX)
     }
 
     /// The state as a snapshot carries it.

@@ -9,7 +9,7 @@ use ostrakon_raft::NodeId;
 use prost::Message as _;
 
 /// Meta-partition keys of member records: this prefix and the id, big-endian.
-const MEMBER_KEY_PREFIX: &[u8] = b"member/";
+pub(crate) const MEMBER_KEY_PREFIX: &[u8] = b"member/";
 
 /// A change to the registry, applied at one log index on every member alike.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,7 +22,7 @@ pub enum MemberChange {
     Remove(BTreeSet<NodeId>),
 }
 
-/// The registry as kept in memory; the store persists each record in its meta partition.
+/// The registry as kept in memory; the store persists each record in the range's local state.
 /// Invariant: a record marked removed keeps only its id.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemberRegistry {
@@ -30,7 +30,7 @@ pub struct MemberRegistry {
 }
 
 impl MemberRegistry {
-    /// The registry from stored (key, value) pairs of the meta partition.
+    /// The registry from stored (key, value) pairs of the range's local state.
     pub fn from_stored<'a>(items: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Self {
         let records = items
             .into_iter()
@@ -124,16 +124,11 @@ impl MemberRegistry {
     }
 }
 
-/// The meta-partition key of member `id`.
+/// The local-state name of member `id`.
 pub fn member_key(id: u64) -> Vec<u8> {
     let mut key = MEMBER_KEY_PREFIX.to_vec();
     key.extend_from_slice(&id.to_be_bytes());
     key
-}
-
-/// Whether a meta-partition key holds a member record.
-pub fn is_member_key(key: &[u8]) -> bool {
-    key.starts_with(MEMBER_KEY_PREFIX)
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 //! The key-value state machine of one raft group, with etcd's MVCC semantics, on fjall.
 //!
+//! Every range of a node keeps its versions in one shared data partition keyed by user
+//! key, each store within its span (`span`), and its own state under its id in the shared
+//! `local` partition (`local`): a split cuts a span and copies nothing.
+//!
 //! Every write transaction that changes something gets the next revision; each key keeps
 //! its versions (`create_revision`, `mod_revision`, `version`) until compaction. Reads can
 //! ask for any revision between the compacted one and the current one. The applied raft
@@ -14,7 +18,9 @@ mod events;
 mod history;
 pub(crate) mod keys;
 pub(crate) mod latest;
+mod local;
 mod members;
+mod span;
 mod store;
 mod value;
 
@@ -24,10 +30,12 @@ pub use etcd::{
     WriteOutcome,
 };
 pub use events::{EventSink, History, RevisionEvents};
+pub use local::LOCAL_PARTITION;
 pub use members::{MemberChange, MemberRegistry};
+pub use span::KeySpan;
 pub use store::{
     spawn_physical_compactor, AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView,
-    WriteTxn, NEVER_COMPACTED,
+    WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 
@@ -38,5 +46,7 @@ pub struct Revision(pub i64);
 /// The revision of an empty store, as in etcd (the first write is revision 2).
 pub const INITIAL_REVISION: Revision = Revision(1);
 
+#[cfg(test)]
+mod shared_tests;
 #[cfg(test)]
 mod tests;

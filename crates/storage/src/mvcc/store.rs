@@ -17,15 +17,20 @@ use ostrakon_proto::peer as pb;
 use ostrakon_raft::{ConfState, GroupId, LogIndex, NodeId, Term};
 use prost::Message as _;
 
+use super::auth::AUTH_KEY_PREFIX;
 use super::auth::{AuthError, AuthState};
 use super::events::{delete_event, put_event, EventSink, RevisionEvents};
 use super::keys::{key_prefix, split_versioned_key, versioned_key};
 use super::latest::LatestIndex;
-use super::members::{is_member_key, MemberChange, MemberRegistry};
+use super::local::LocalState;
+use super::members::{MemberChange, MemberRegistry, MEMBER_KEY_PREFIX};
+use super::span::KeySpan;
 use super::value::StoredVersion;
 use super::{MvccError, Revision, INITIAL_REVISION};
 use crate::fatal::engine;
 
+/// The partition of every range's versions, keyed by user key then revision.
+pub const DATA_PARTITION: &str = "kv";
 const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_APPLIED_TERM: &[u8] = b"applied_term";
 const META_REVISION: &[u8] = b"revision";
@@ -55,11 +60,17 @@ pub struct AppliedState {
 pub struct MvccStore {
     keyspace: Keyspace,
     group: GroupId,
+    /// The user keys this range holds (see `span`).
+    span: Arc<KeySpan>,
+    /// The data partition every range of the node shares, keyed by user key; this
+    /// store reads and writes only its span of it.
     kv: PartitionHandle,
     /// Updated after each write's batch commits, so a reader that copies it and then
     /// takes a `kv` snapshot finds every version it points at.
     latest: Mutex<LatestIndex>,
-    meta: PartitionHandle,
+    /// This range's local state: applied position, revisions, membership, leases and
+    /// the cluster-wide tables (see `local`).
+    local: LocalState,
     /// Invariant: every version at or below it is committed in `kv`.
     revision: AtomicI64,
     /// Raised when a compaction applies (before its batch commits), so no reader trusts
@@ -71,26 +82,24 @@ pub struct MvccStore {
     physical_compaction_changed: Condvar,
     applied_index: AtomicU64,
     applied: Mutex<AppliedState>,
-    /// Lease id (big-endian) to its record.
-    lease: PartitionHandle,
-    /// Every lease, as in `lease`.
+    /// Every lease, as persisted under `LEASE_NAME_PREFIX` in `local`.
     leases: Mutex<BTreeMap<i64, LeaseRecord>>,
     /// Where committed revisions' events go, once the node has set it.
     events: OnceLock<Arc<dyn EventSink>>,
-    /// Every member's id, name and URLs (persisted in `meta`).
+    /// Every member's id, name and URLs (persisted in `local`).
     members: Mutex<MemberRegistry>,
     /// Raised on every change of `members`, so the runtime notices cheaply.
     members_version: AtomicU64,
-    /// Raised alarms: (member id, alarm type), persisted in `meta`.
+    /// Raised alarms: (member id, alarm type), persisted in `local`.
     alarms: Mutex<BTreeSet<(u64, i32)>>,
-    /// The auth store (persisted in `meta`), replaced whole on each change so readers
+    /// The auth store (persisted in `local`), replaced whole on each change so readers
     /// hold a consistent copy.
     auth: Mutex<Arc<AuthState>>,
     /// Tokens handed out by Authenticate: token to (user, expiry). Every member records
     /// them when the Authenticate entry applies; they are not persisted (as etcd's simple
     /// tokens): after a restart, clients authenticate again.
     tokens: Mutex<HashMap<String, (String, Instant)>>,
-    /// The timestamp oracle's bound (persisted in `meta`): 0 outside the meta range.
+    /// The timestamp oracle's bound (persisted in `local`): 0 outside the meta range.
     oracle_bound: AtomicU64,
 }
 
@@ -109,31 +118,22 @@ struct PhysicalCompaction {
 pub const AUTH_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 impl MvccStore {
-    /// Opens (creating if needed) the state machine of `group` in `keyspace`.
-    pub fn open(keyspace: &Keyspace, group: GroupId) -> MvccStore {
-        let options = PartitionCreateOptions::default;
+    /// Opens (creating if needed) the state machine of `group`, holding the user keys of
+    /// `span`, in `keyspace`.
+    pub fn open(keyspace: &Keyspace, group: GroupId, span: KeySpan) -> MvccStore {
         let kv = engine(
             "opening a partition",
-            keyspace.open_partition(&format!("g{}-kv", group.0), options()),
+            keyspace.open_partition(DATA_PARTITION, PartitionCreateOptions::default()),
         );
-        let meta = engine(
-            "opening a partition",
-            keyspace.open_partition(&format!("g{}-meta", group.0), options()),
-        );
-        let lease = engine(
-            "opening a partition",
-            keyspace.open_partition(&format!("g{}-lease", group.0), options()),
-        );
-        let leases = lease
-            .snapshot()
-            .iter()
-            .map(|item| {
-                let (key, value) = engine("reading leases", item);
-                (lease_id_of(&key), LeaseRecord::decode(&value))
-            })
+        let local = LocalState::open(keyspace, group);
+        let leases = local
+            .scan(LEASE_NAME_PREFIX)
+            .into_iter()
+            .map(|(name, value)| (lease_id_of(&name), LeaseRecord::decode(&value)))
             .collect();
-        let read_u64 = |key: &[u8]| {
-            engine("reading metadata", meta.get(key))
+        let read_u64 = |name: &[u8]| {
+            local
+                .get(name)
                 .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8-byte meta")))
         };
         let oracle_bound = read_u64(META_ORACLE_BOUND).unwrap_or(0);
@@ -144,31 +144,23 @@ impl MvccStore {
             read_u64(META_COMPACT_REVISION).map_or(NEVER_COMPACTED.0, |v| v as i64);
         let compacted_physically =
             read_u64(META_COMPACTED_PHYSICALLY).map_or(compact_revision, |v| v as i64);
-        let conf_state = engine("reading metadata", meta.get(META_CONF_STATE))
+        let conf_state = local
+            .get(META_CONF_STATE)
             .map(|v| {
                 let wire = pb::ConfState::decode(v.as_ref()).expect("stored conf state decodes");
                 ConfState::try_from(&wire).expect("stored conf state is valid")
             })
             .unwrap_or_default();
-        let stored_members: Vec<(fjall::Slice, fjall::Slice)> = meta
-            .snapshot()
-            .iter()
-            .map(|item| engine("reading members", item))
-            .filter(|(key, _)| is_member_key(key))
-            .collect();
+        let stored_members = local.scan(MEMBER_KEY_PREFIX);
         let members = MemberRegistry::from_stored(
             stored_members.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
         );
-        let alarms = meta
-            .snapshot()
-            .prefix(ALARM_KEY_PREFIX)
-            .map(|item| alarm_of_key(&engine("reading alarms", item).0))
+        let alarms = local
+            .scan(ALARM_KEY_PREFIX)
+            .iter()
+            .map(|(name, _)| alarm_of_key(name))
             .collect();
-        let stored_auth: Vec<(fjall::Slice, fjall::Slice)> = meta
-            .snapshot()
-            .prefix(b"auth/")
-            .map(|item| engine("reading the auth store", item))
-            .collect();
+        let stored_auth = local.scan(AUTH_KEY_PREFIX);
         let auth =
             AuthState::from_stored(stored_auth.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
         let applied = AppliedState {
@@ -179,15 +171,16 @@ impl MvccStore {
         let latest = LatestIndex::build(
             Revision(revision),
             kv.snapshot()
-                .iter()
+                .range(span.storage_bounds())
                 .map(|item| engine("reading the store to index it", item)),
         );
         MvccStore {
             keyspace: keyspace.clone(),
             group,
+            span: Arc::new(span),
             kv,
             latest: Mutex::new(latest),
-            meta,
+            local,
             revision: AtomicI64::new(revision),
             compact_revision: AtomicI64::new(compact_revision),
             physical_compaction: Mutex::new(PhysicalCompaction {
@@ -198,7 +191,6 @@ impl MvccStore {
             physical_compaction_changed: Condvar::new(),
             applied_index: AtomicU64::new(applied.index.0),
             applied: Mutex::new(applied),
-            lease,
             leases: Mutex::new(leases),
             events: OnceLock::new(),
             members: Mutex::new(members),
@@ -221,7 +213,8 @@ impl MvccStore {
     pub fn apply_oracle_bound(&self, index: LogIndex, term: Term, proposed: u64) -> u64 {
         let bound = self.oracle_bound().max(proposed);
         let mut batch = self.keyspace.batch();
-        batch.insert(&self.meta, META_ORACLE_BOUND, bound.to_be_bytes());
+        self.local
+            .insert(&mut batch, META_ORACLE_BOUND, bound.to_be_bytes());
         self.put_applied(&mut batch, index, term);
         engine("committing the oracle's bound", batch.commit());
         self.oracle_bound.store(bound, Ordering::SeqCst);
@@ -261,8 +254,8 @@ impl MvccStore {
         let mut batch = self.keyspace.batch();
         for (key, value) in changes {
             match value {
-                Some(value) => batch.insert(&self.meta, key, value),
-                None => batch.remove(&self.meta, key),
+                Some(value) => self.local.insert(&mut batch, key, value),
+                None => self.local.remove(&mut batch, key),
             }
         }
         self.put_applied(&mut batch, index, term);
@@ -304,7 +297,7 @@ impl MvccStore {
     /// Rewrites the store's files without dead data (superseded and compacted versions,
     /// tombstones), while reads and writes go on.
     pub fn defragment(&self) -> Result<(), fjall::Error> {
-        for partition in [&self.kv, &self.lease, &self.meta] {
+        for partition in [&self.kv, self.local.partition()] {
             // Memtable data first, so that what compaction removed is dropped too.
             partition.rotate_memtable_and_wait()?;
             partition.major_compact()?;
@@ -353,11 +346,11 @@ impl MvccStore {
         match alarm_request::AlarmAction::try_from(request.action) {
             Ok(alarm_request::AlarmAction::Activate) if request.alarm != AlarmType::None as i32 => {
                 alarms.insert(entry);
-                batch.insert(&self.meta, key, []);
+                self.local.insert(&mut batch, key, []);
                 answered.push(member);
             }
             Ok(alarm_request::AlarmAction::Deactivate) if alarms.remove(&entry) => {
-                batch.remove(&self.meta, key);
+                self.local.remove(&mut batch, key);
                 answered.push(member);
             }
             _ => {}
@@ -407,8 +400,8 @@ impl MvccStore {
     ) {
         for (key, value) in members.apply(change) {
             match value {
-                Some(value) => batch.insert(&self.meta, key, value),
-                None => batch.remove(&self.meta, key),
+                Some(value) => self.local.insert(batch, key, value),
+                None => self.local.remove(batch, key),
             }
         }
     }
@@ -441,6 +434,11 @@ impl MvccStore {
         self.group
     }
 
+    /// The user keys this store holds.
+    pub fn span(&self) -> &KeySpan {
+        &self.span
+    }
+
     /// The revision of the last write transaction.
     pub fn current_revision(&self) -> Revision {
         Revision(self.revision.load(Ordering::SeqCst))
@@ -456,7 +454,7 @@ impl MvccStore {
         // The partitions' files; the journal is left out: fjall sizes its files ahead of
         // use, so the keyspace's figure starts at tens of megabytes for an empty store.
         // Data still only in memtables (up to the write buffer) is not counted yet.
-        [&self.kv, &self.lease, &self.meta]
+        [&self.kv, self.local.partition()]
             .iter()
             .map(|partition| partition.disk_space())
             .sum()
@@ -492,8 +490,8 @@ impl MvccStore {
     /// added is registered before its raft change is proposed).
     pub fn apply_conf_state(&self, index: LogIndex, term: Term, conf_state: ConfState) {
         let mut batch = self.keyspace.batch();
-        batch.insert(
-            &self.meta,
+        self.local.insert(
+            &mut batch,
             META_CONF_STATE,
             pb::ConfState::from(&conf_state).encode_to_vec(),
         );
@@ -548,6 +546,7 @@ impl MvccStore {
                 oracle_bound: self.oracle_bound(),
             },
             kv: self.kv.snapshot(),
+            span: self.span.clone(),
         }
     }
 
@@ -561,8 +560,10 @@ impl MvccStore {
     }
 
     fn put_applied(&self, batch: &mut fjall::Batch, index: LogIndex, term: Term) {
-        batch.insert(&self.meta, META_APPLIED_INDEX, index.0.to_be_bytes());
-        batch.insert(&self.meta, META_APPLIED_TERM, term.0.to_be_bytes());
+        self.local
+            .insert(batch, META_APPLIED_INDEX, index.0.to_be_bytes());
+        self.local
+            .insert(batch, META_APPLIED_TERM, term.0.to_be_bytes());
     }
 
     /// A consistent view for reads at any revision from the compacted one to the current.
@@ -581,6 +582,7 @@ impl MvccStore {
             if compacted <= latest.revision() {
                 return ReadView {
                     kv,
+                    span: self.span.clone(),
                     current: latest.revision(),
                     latest,
                     compacted,
@@ -620,8 +622,8 @@ impl MvccStore {
         // versions it makes garbage are removed later by the compactor thread, off the
         // event loop (a scan of the whole store here stalled every group).
         let mut batch = self.keyspace.batch();
-        batch.insert(
-            &self.meta,
+        self.local.insert(
+            &mut batch,
             META_COMPACT_REVISION,
             (revision.0 as u64).to_be_bytes(),
         );
@@ -629,8 +631,8 @@ impl MvccStore {
         // was removed (a store without the record compacted at apply, all of it). The
         // compactor may record a later point meanwhile: going back only repeats a pass.
         let done = self.compacted_physically();
-        batch.insert(
-            &self.meta,
+        self.local.insert(
+            &mut batch,
             META_COMPACTED_PHYSICALLY,
             (done.0 as u64).to_be_bytes(),
         );
@@ -665,7 +667,7 @@ impl MvccStore {
         };
         let snapshot = self.kv.snapshot();
         let versions = snapshot
-            .iter()
+            .range(self.span.storage_bounds())
             .map(|item| engine("scanning for compaction", item));
         let mut garbage: Vec<Vec<u8>> = Vec::new();
         let mut removed = 0usize;
@@ -720,8 +722,8 @@ impl MvccStore {
                 target <= self.compact_revision(),
                 "compacted beyond the compacted revision"
             );
-            batch.insert(
-                &self.meta,
+            self.local.insert(
+                &mut batch,
                 META_COMPACTED_PHYSICALLY,
                 (target.0 as u64).to_be_bytes(),
             );
@@ -783,8 +785,8 @@ impl MvccStore {
             self.oracle_bound(),
             tables.oracle_bound
         );
-        batch.insert(
-            &self.meta,
+        self.local.insert(
+            &mut batch,
             META_ORACLE_BOUND,
             tables.oracle_bound.to_be_bytes(),
         );
@@ -793,20 +795,22 @@ impl MvccStore {
         let new_members = MemberRegistry::from_records(tables.members);
         let mut alarms = self.alarms.lock().unwrap();
         for (member_id, alarm) in std::mem::take(&mut *alarms) {
-            batch.remove(&self.meta, alarm_key(member_id, alarm));
+            self.local.remove(&mut batch, alarm_key(member_id, alarm));
         }
         for raised in &tables.alarms {
-            batch.insert(&self.meta, alarm_key(raised.member_id, raised.alarm), []);
+            self.local
+                .insert(&mut batch, alarm_key(raised.member_id, raised.alarm), []);
             alarms.insert((raised.member_id, raised.alarm));
         }
         drop(alarms);
         let mut registry = self.members.lock().unwrap();
         for record in registry.all_records() {
-            batch.remove(&self.meta, super::members::member_key(record.id));
+            self.local
+                .remove(&mut batch, super::members::member_key(record.id));
         }
         for record in new_members.all_records() {
-            batch.insert(
-                &self.meta,
+            self.local.insert(
+                &mut batch,
                 super::members::member_key(record.id),
                 record.encode_to_vec(),
             );
@@ -819,22 +823,25 @@ impl MvccStore {
             .map(AuthState::from_tables)
             .unwrap_or_default();
         let mut auth = self.auth.lock().unwrap();
-        for item in self.meta.snapshot().prefix(b"auth/") {
-            batch.remove(&self.meta, engine("reading for an install", item).0);
+        for (name, _) in self.local.scan(AUTH_KEY_PREFIX) {
+            self.local.remove(&mut batch, &name);
         }
         for (key, value) in new_auth.stored() {
-            batch.insert(&self.meta, key, value.expect("stored state has values"));
+            self.local
+                .insert(&mut batch, key, value.expect("stored state has values"));
         }
         *auth = Arc::new(new_auth);
         drop(auth);
-        for item in self.kv.snapshot().keys() {
-            batch.remove(&self.kv, engine("reading for an install", item));
+        // This range's span only: the data partition holds the other ranges' keys too.
+        for item in self.kv.snapshot().range(self.span.storage_bounds()) {
+            batch.remove(&self.kv, engine("reading for an install", item).0);
         }
-        for item in self.lease.snapshot().keys() {
-            batch.remove(&self.lease, engine("reading for an install", item));
+        for (name, _) in self.local.scan(LEASE_NAME_PREFIX) {
+            self.local.remove(&mut batch, &name);
         }
         for (id, record) in &leases {
-            batch.insert(&self.lease, lease_key(*id), record.encode());
+            self.local
+                .insert(&mut batch, lease_name(*id), record.encode());
         }
         // The items go into the batch as the index is built from them: one pass, no
         // copy of them all beside the batch.
@@ -844,21 +851,22 @@ impl MvccStore {
                 batch.insert(&self.kv, key.as_slice(), value.as_slice());
             }),
         );
-        batch.insert(&self.meta, META_REVISION, (revision.0 as u64).to_be_bytes());
-        batch.insert(
-            &self.meta,
+        self.local
+            .insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
+        self.local.insert(
+            &mut batch,
             META_COMPACT_REVISION,
             (compact_revision.0 as u64).to_be_bytes(),
         );
-        batch.insert(
-            &self.meta,
+        self.local.insert(
+            &mut batch,
             META_CONF_STATE,
             pb::ConfState::from(&applied.conf_state).encode_to_vec(),
         );
         // The snapshot may carry its sender's garbage not yet removed: the compactor
         // goes over it again.
-        batch.insert(
-            &self.meta,
+        self.local.insert(
+            &mut batch,
             META_COMPACTED_PHYSICALLY,
             (NEVER_COMPACTED.0 as u64).to_be_bytes(),
         );
@@ -892,9 +900,12 @@ impl MvccStore {
     }
 }
 
-/// Every stored version in a snapshot of `kv`: (storage key, stored value).
-fn stored_versions(kv: fjall::Snapshot) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
-    kv.iter().map(|item| {
+/// Every stored version of `span` in a snapshot of `kv`: (storage key, stored value).
+fn stored_versions(
+    kv: fjall::Snapshot,
+    span: &KeySpan,
+) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+    kv.range(span.storage_bounds()).map(|item| {
         let (key, value) = engine("reading for a snapshot", item);
         (key.to_vec(), value.to_vec())
     })
@@ -944,12 +955,20 @@ fn alarm_of_key(key: &[u8]) -> (u64, i32) {
     )
 }
 
-fn lease_key(id: i64) -> [u8; 8] {
-    id.to_be_bytes()
+/// Every lease record's name in the range's local state starts with it.
+const LEASE_NAME_PREFIX: &[u8] = b"lease/";
+
+fn lease_name(id: i64) -> Vec<u8> {
+    let mut name = LEASE_NAME_PREFIX.to_vec();
+    name.extend_from_slice(&id.to_be_bytes());
+    name
 }
 
-fn lease_id_of(key: &[u8]) -> i64 {
-    i64::from_be_bytes(key.try_into().expect("an 8-byte lease key"))
+fn lease_id_of(name: &[u8]) -> i64 {
+    let id = name
+        .strip_prefix(LEASE_NAME_PREFIX)
+        .expect("a lease record's name");
+    i64::from_be_bytes(id.try_into().expect("an 8-byte lease id"))
 }
 
 /// The state of the store at one applied position, readable from any thread while the
@@ -966,18 +985,21 @@ pub struct FrozenState {
     /// The member registry and the alarms at that position.
     pub tables: pb::SnapshotTables,
     kv: fjall::Snapshot,
+    span: Arc<KeySpan>,
 }
 
 impl FrozenState {
     /// Every stored version: (storage key, stored value), in storage order.
     pub(crate) fn items(self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
-        stored_versions(self.kv)
+        stored_versions(self.kv, &self.span)
     }
 }
 
 /// A consistent, point-in-time view of the store.
 pub struct ReadView {
     pub(super) kv: fjall::Snapshot,
+    /// The store's span: every read stays in it.
+    pub(super) span: Arc<KeySpan>,
     pub(super) latest: LatestIndex,
     pub(super) current: Revision,
     pub(super) compacted: Revision,
@@ -1035,6 +1057,11 @@ impl ReadView {
             at <= self.current,
             "reading at {at:?} beyond {:?}",
             self.current
+        );
+        assert!(
+            self.span.covers(key, range_end),
+            "a read of {key:?}..{range_end:?} outside the store's span {:?}",
+            self.span
         );
         if range_end.is_empty() {
             let mut found: Vec<KeyValue> = self.get(key, at).into_iter().collect();
@@ -1100,7 +1127,10 @@ impl ReadView {
         // disk yet.
         let compacted = self.compacted;
         let mut crc = 0u32;
-        let versions = self.kv.iter().map(|item| engine("hashing the store", item));
+        let versions = self
+            .kv
+            .range(self.span.storage_bounds())
+            .map(|item| engine("hashing the store", item));
         let _ = super::compaction::classify(
             versions,
             compacted,
@@ -1152,6 +1182,11 @@ impl ReadView {
 
     /// The live version of `key` at `at`.
     pub fn get(&self, key: &[u8], at: Revision) -> Option<KeyValue> {
+        assert!(
+            self.span.contains(key),
+            "a read of {key:?} outside the store's span {:?}",
+            self.span
+        );
         if at == self.current {
             let revision = self.latest.get(key)?;
             return Some(self.version_from_index(key, revision));
@@ -1351,8 +1386,11 @@ impl WriteTxn<'_> {
     fn put_lease_changes(&self, batch: &mut fjall::Batch) {
         for (id, change) in &self.lease_changes {
             match change {
-                Some(record) => batch.insert(&self.store.lease, lease_key(*id), record.encode()),
-                None => batch.remove(&self.store.lease, lease_key(*id)),
+                Some(record) => self
+                    .store
+                    .local
+                    .insert(batch, lease_name(*id), record.encode()),
+                None => self.store.local.remove(batch, lease_name(*id)),
             }
         }
     }
@@ -1394,11 +1432,9 @@ impl WriteTxn<'_> {
                 version.encode(),
             );
         }
-        batch.insert(
-            &self.store.meta,
-            META_REVISION,
-            (revision.0 as u64).to_be_bytes(),
-        );
+        self.store
+            .local
+            .insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
         self.store.put_applied(&mut batch, index, term);
         engine("committing a write", batch.commit());
         self.publish_lease_changes();

@@ -19,7 +19,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
-        let store = MvccStore::open(&keyspace, GroupId(1));
+        let store = MvccStore::open(&keyspace, GroupId(1), KeySpan::whole());
         Fixture {
             _dir: dir,
             keyspace,
@@ -609,7 +609,7 @@ fn physical_compaction_resumes_after_a_restart_and_after_an_install() {
     let hash = f.store.read_view().hash_kv(Revision(2501));
     // A restart before the compactor ran.
     f.store.persist();
-    let store = MvccStore::open(&f.keyspace, GroupId(1));
+    let store = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(store.compact_revision(), Revision(2000));
     assert_eq!(store.compacted_physically(), Revision(-1));
     assert_eq!(store.read_view().hash_kv(Revision(2501)), hash);
@@ -648,7 +648,7 @@ fn applied_index_and_data_survive_reopen_together() {
     f.store.persist();
     let index = f.index;
     drop(f.store);
-    let store = MvccStore::open(&f.keyspace, GroupId(1));
+    let store = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(store.applied().index, LogIndex(index));
     assert_eq!(store.current_revision(), Revision(3));
 }
@@ -840,9 +840,9 @@ fn latest_version_index_agrees_with_the_versions_and_a_model() {
         f.store.persist();
         drop(std::mem::replace(
             &mut f.store,
-            MvccStore::open(&f.keyspace, GroupId(2)),
+            MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none()),
         ));
-        let reopened = MvccStore::open(&f.keyspace, GroupId(1));
+        let reopened = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
         assert_eq!(
             store_range(&reopened, 0),
             model_range(&model),
@@ -1085,9 +1085,9 @@ fn leases_attach_keys_and_a_revoke_deletes_them_in_one_revision() {
     f.store.persist();
     drop(std::mem::replace(
         &mut f.store,
-        MvccStore::open(&f.keyspace, GroupId(2)),
+        MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none()),
     ));
-    let reopened = MvccStore::open(&f.keyspace, GroupId(1));
+    let reopened = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(reopened.leases(), vec![(7, expected)]);
     assert_eq!(
         reopened.read_view().lease_keys(7),
@@ -1150,9 +1150,9 @@ fn member_registry_is_replicated_state_reopened_and_carried_by_snapshots() {
     f.store.persist();
     drop(std::mem::replace(
         &mut f.store,
-        MvccStore::open(&f.keyspace, GroupId(2)),
+        MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none()),
     ));
-    let reopened = MvccStore::open(&f.keyspace, GroupId(1));
+    let reopened = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(
         reopened.members(),
         vec![b.clone(), reopened.members()[1].clone()]
@@ -1213,7 +1213,7 @@ fn a_nospace_alarm_lets_only_reads_deletes_and_compaction_apply_until_cleared() 
 
     // The alarm survives a reopen and travels in snapshots.
     f.store.persist();
-    let reopened = MvccStore::open(&f.keyspace, GroupId(1));
+    let reopened = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(reopened.alarms(), f.store.alarms());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("snap");
@@ -1340,7 +1340,7 @@ fn a_fresh_store_compacts_at_revision_zero_once_as_etcd_does() {
     // The never-compacted state survives a reopen, and a snapshot carries it.
     let g = Fixture::new();
     g.store.persist();
-    let reopened = MvccStore::open(&g.keyspace, GroupId(1));
+    let reopened = MvccStore::open(&g.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(reopened.compact_revision(), Revision(-1));
     assert!(!reopened.compact_physically());
 }
@@ -1384,7 +1384,7 @@ fn the_oracle_bound_never_falls_survives_a_restart_and_travels_in_snapshots() {
     // It is data of the state machine, not a revision of the keyspace.
     assert_eq!(meta.store.current_revision(), Revision(1));
     meta.store.persist();
-    let reopened = MvccStore::open(&meta.keyspace, GroupId(1));
+    let reopened = MvccStore::open(&meta.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(reopened.oracle_bound(), 500);
 
     let dir = tempfile::tempdir().unwrap();
@@ -1393,6 +1393,6 @@ fn the_oracle_bound_never_falls_survives_a_restart_and_travels_in_snapshots() {
     let target = Fixture::new();
     crate::snapshot::install(&target.store, &path).unwrap();
     assert_eq!(target.store.oracle_bound(), 500);
-    let reopened_target = MvccStore::open(&target.keyspace, GroupId(1));
+    let reopened_target = MvccStore::open(&target.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(reopened_target.oracle_bound(), 500);
 }

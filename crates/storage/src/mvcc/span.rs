@@ -1,0 +1,168 @@
+//! The user keys one range's store holds: a half-open span `[start, end)` of the data
+//! partition every range of the node shares.
+//!
+//! Ranges share one data partition keyed by user key, so a split moves no data: it
+//! only cuts a span in two. Every scan a store makes (its index at open, snapshots,
+//! installs, compaction, hashes) stays within its span, and a request outside it is a
+//! routing bug (requests are checked against the range's span before they take effect).
+
+use std::ops::Bound;
+
+use super::keys::key_prefix;
+
+/// A half-open span of user keys; `end: None` is the end of the keyspace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeySpan {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+impl KeySpan {
+    /// Every user key.
+    pub fn whole() -> KeySpan {
+        KeySpan {
+            start: Vec::new(),
+            end: None,
+        }
+    }
+
+    /// No user key (the meta range's store: it holds what is cluster-wide, no data).
+    pub fn none() -> KeySpan {
+        KeySpan {
+            start: Vec::new(),
+            end: Some(Vec::new()),
+        }
+    }
+
+    /// `[start, end)`; `end` must be above `start`.
+    pub fn new(start: Vec<u8>, end: Option<Vec<u8>>) -> KeySpan {
+        if let Some(end) = &end {
+            assert!(start < *end, "an empty or reversed span {start:?}..{end:?}");
+        }
+        KeySpan { start, end }
+    }
+
+    /// The first key held.
+    pub fn start(&self) -> &[u8] {
+        &self.start
+    }
+
+    /// The first key after the span (None: the end of the keyspace).
+    pub fn end(&self) -> Option<&[u8]> {
+        self.end.as_deref()
+    }
+
+    /// Whether no key falls in it.
+    pub fn is_none(&self) -> bool {
+        self.end
+            .as_deref()
+            .is_some_and(|end| end <= self.start.as_slice())
+    }
+
+    /// Whether `key` falls in the span.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+
+    /// Whether every key of an etcd request's interval falls in the span: `range_end`
+    /// empty means `key` alone, `"\0"` every key from `key` on.
+    pub fn covers(&self, key: &[u8], range_end: &[u8]) -> bool {
+        if range_end.is_empty() {
+            return self.contains(key);
+        }
+        if range_end == [0] {
+            return key >= self.start.as_slice() && self.end.is_none();
+        }
+        if range_end <= key {
+            return true; // an empty interval
+        }
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| range_end <= end)
+    }
+
+    /// The two spans a split at `key` makes; `key` must fall strictly inside.
+    pub fn split_at(&self, key: &[u8]) -> (KeySpan, KeySpan) {
+        assert!(
+            self.contains(key) && key > self.start.as_slice(),
+            "split key {key:?} is not inside {self:?}"
+        );
+        (
+            KeySpan::new(self.start.clone(), Some(key.to_vec())),
+            KeySpan::new(key.to_vec(), self.end.clone()),
+        )
+    }
+
+    /// The bounds of the span's stored versions in the data partition.
+    pub(crate) fn storage_bounds(&self) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+        if self.is_none() {
+            // An empty interval fjall accepts: [x, x).
+            return (Bound::Included(Vec::new()), Bound::Excluded(Vec::new()));
+        }
+        let low = Bound::Included(key_prefix(&self.start));
+        let high = match &self.end {
+            None => Bound::Unbounded,
+            Some(end) => Bound::Excluded(key_prefix(end)),
+        };
+        (low, high)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::keys::versioned_key;
+    use super::super::Revision;
+    use super::*;
+
+    fn inside(bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>), stored: &[u8]) -> bool {
+        use std::ops::RangeBounds;
+        bounds.contains(&stored.to_vec())
+    }
+
+    #[test]
+    fn storage_bounds_hold_exactly_the_versions_of_the_spans_keys() {
+        let span = KeySpan::new(b"b".to_vec(), Some(b"d".to_vec()));
+        let bounds = span.storage_bounds();
+        let keys: [&[u8]; 8] = [
+            b"",
+            b"a",
+            b"a\xff",
+            b"b",
+            b"b\0",
+            b"c\xff\xff",
+            b"d",
+            b"d\0",
+        ];
+        for key in keys {
+            for revision in [0, 1, i64::MAX] {
+                let stored = versioned_key(key, Revision(revision));
+                assert_eq!(
+                    inside(&bounds, &stored),
+                    span.contains(key),
+                    "{key:?} at {revision}"
+                );
+            }
+        }
+        let whole = KeySpan::whole().storage_bounds();
+        let none = KeySpan::none().storage_bounds();
+        for key in keys {
+            assert!(inside(&whole, &versioned_key(key, Revision(3))));
+            assert!(!inside(&none, &versioned_key(key, Revision(3))));
+        }
+    }
+
+    #[test]
+    fn covers_follows_etcds_interval_forms() {
+        let span = KeySpan::new(b"b".to_vec(), Some(b"d".to_vec()));
+        assert!(span.covers(b"b", b""));
+        assert!(!span.covers(b"d", b""));
+        assert!(span.covers(b"b", b"d"));
+        assert!(!span.covers(b"b", b"d\0"));
+        assert!(!span.covers(b"a", b"c"));
+        assert!(!span.covers(b"b", b"\0"), "to the end of the keyspace");
+        assert!(span.covers(b"c", b"a"), "an empty interval");
+        let (left, right) = span.split_at(b"c");
+        assert!(left.covers(b"b", b"c") && !left.covers(b"b", b"c\0"));
+        assert!(right.covers(b"c", b"d") && !right.contains(b"b\xff"));
+        assert!(KeySpan::whole().covers(b"", b"\0"));
+        assert!(KeySpan::none().is_none() && !KeySpan::none().contains(b""));
+    }
+}
