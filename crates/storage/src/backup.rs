@@ -47,6 +47,7 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
                 alarms: Vec::new(),
                 auth: Some(backup.auth),
                 oracle_bound: 0,
+                span: None,
             },
             crc32c: status.hash,
         });
@@ -85,6 +86,8 @@ pub fn restore(
             alarms: Vec::new(),
             auth: tables.auth,
             oracle_bound: 0,
+            // The store's own span: a backup is restored into a new cluster's range.
+            span: None,
         },
         info.revision,
         info.compact_revision,

@@ -103,6 +103,39 @@ impl LatestIndex {
         self.revision = revision;
     }
 
+    /// Moves every key from `key` on into a new index (at the same revision), keeping
+    /// those before it: the index of a split's two ranges. It takes time in the number
+    /// of keys moved (imbl's maps cannot be cut in O(log n)).
+    pub fn split_off(&mut self, key: &[u8]) -> LatestIndex {
+        let mut right = LatestIndex {
+            revision: self.revision,
+            ..LatestIndex::default()
+        };
+        let moved: Vec<(Bytes, (Revision, i64))> = self
+            .keys
+            .range(Bytes::copy_from_slice(key)..)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (moved_key, (revision, lease)) in moved {
+            self.keys.remove(&moved_key);
+            if lease != 0 {
+                if let Some(keys) = self.attached.get_mut(&lease) {
+                    keys.remove(&moved_key);
+                    if keys.is_empty() {
+                        self.attached.remove(&lease);
+                    }
+                }
+                right
+                    .attached
+                    .entry(lease)
+                    .or_default()
+                    .insert(moved_key.clone());
+            }
+            right.keys.insert(moved_key, (revision, lease));
+        }
+        right
+    }
+
     /// The newest version's revision of a live key.
     pub fn get(&self, key: &[u8]) -> Option<Revision> {
         self.keys.get(key).map(|(revision, _)| *revision)

@@ -208,3 +208,157 @@ fn a_read_beyond_the_span_is_a_broken_invariant() {
         .read_view()
         .range(b"a", b"\0", left.store.current_revision());
 }
+
+/// How many versions the node's data partition holds, whatever range they belong to.
+fn stored_versions(keyspace: &fjall::Keyspace) -> usize {
+    keyspace
+        .open_partition(DATA_PARTITION, Default::default())
+        .unwrap()
+        .snapshot()
+        .iter()
+        .count()
+}
+
+fn split_position(group: u64) -> AppliedState {
+    AppliedState {
+        index: LogIndex(5),
+        term: Term(1),
+        conf_state: ostrakon_raft::ConfState::with_voters([ostrakon_raft::NodeId(group)]),
+    }
+}
+
+#[test]
+fn a_split_moves_no_data_and_both_halves_go_on_through_restarts_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut whole = Range::open(&keyspace, 1, KeySpan::whole());
+    whole.put("a", "a1", 0);
+    let before = whole.put("m", "m1", 0);
+    whole.put("m", "m2", 0);
+    whole.put("z", "z1", 0);
+    let versions = stored_versions(&keyspace);
+
+    whole.index += 1;
+    let right_store = whole.store.split(
+        b"m",
+        LogIndex(whole.index),
+        Term(1),
+        GroupId(2),
+        split_position(2),
+    );
+    let mut left = whole;
+    let mut right = Range {
+        index: right_store.applied_index().0,
+        store: right_store,
+    };
+    assert_eq!(
+        stored_versions(&keyspace),
+        versions,
+        "a split copies nothing"
+    );
+    assert_eq!(*left.store.span(), left_span());
+    assert_eq!(*right.store.span(), right_span());
+    assert_eq!(left.store.applied_index(), LogIndex(left.index));
+    assert_eq!(right.store.applied(), split_position(2));
+    assert_eq!(left.listing(0), pairs(&[("a", "a1")]));
+    assert_eq!(right.listing(0), pairs(&[("m", "m2"), ("z", "z1")]));
+    assert_eq!(
+        right.listing(before.0),
+        pairs(&[("m", "m1")]),
+        "history moves too"
+    );
+    assert_eq!(
+        right.store.current_revision(),
+        left.store.current_revision()
+    );
+
+    left.put("b", "b1", 0);
+    right.put("n", "n1", 0);
+    left.store.persist();
+    right.store.persist();
+    let (left_applied, right_applied) = (left.store.applied(), right.store.applied());
+    drop((left, right));
+    // The spans a split recorded win over the span a store is opened with.
+    let left = Range::open(&keyspace, 1, KeySpan::whole());
+    let right = Range::open(&keyspace, 2, KeySpan::none());
+    assert_eq!(*left.store.span(), left_span());
+    assert_eq!(*right.store.span(), right_span());
+    assert_eq!(
+        (left.store.applied(), right.store.applied()),
+        (left_applied, right_applied)
+    );
+    assert_eq!(left.listing(0), pairs(&[("a", "a1"), ("b", "b1")]));
+    assert_eq!(
+        right.listing(0),
+        pairs(&[("m", "m2"), ("n", "n1"), ("z", "z1")])
+    );
+
+    // The right range's snapshot holds its span, and a new replica of it (which knows no
+    // span yet) takes that span from it.
+    let snapshots = tempfile::tempdir().unwrap();
+    let path = snapshots.path().join("right");
+    crate::snapshot::create(&right.store, &path).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = fjall::Config::new(other_dir.path()).open().unwrap();
+    let replica = Range::open(&other, 2, KeySpan::none());
+    crate::snapshot::install(&replica.store, &path).unwrap();
+    assert_eq!(*replica.store.span(), right_span());
+    assert_eq!(replica.listing(0), right.listing(0));
+    assert_eq!(
+        stored_versions(&other),
+        4,
+        "m twice, n and z: the right span only"
+    );
+}
+
+#[test]
+fn a_snapshot_taken_after_a_split_installs_into_a_replica_that_missed_the_split() {
+    // The leader's node: split at "m", then each half moves on.
+    let leader_dir = tempfile::tempdir().unwrap();
+    let leader_keyspace = fjall::Config::new(leader_dir.path()).open().unwrap();
+    let mut leader_left = Range::open(&leader_keyspace, 1, KeySpan::whole());
+    leader_left.put("a", "a1", 0);
+    leader_left.put("x", "x1", 0);
+    leader_left.index += 1;
+    let right_store = leader_left.store.split(
+        b"m",
+        LogIndex(leader_left.index),
+        Term(1),
+        GroupId(2),
+        split_position(2),
+    );
+    let mut leader_right = Range {
+        index: right_store.applied_index().0,
+        store: right_store,
+    };
+    leader_left.put("b", "b1", 0);
+    leader_right.put("x", "x2", 0);
+
+    // A follower that was cut off before the split: its range 1 still holds everything.
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower_keyspace = fjall::Config::new(follower_dir.path()).open().unwrap();
+    let mut follower_left = Range::open(&follower_keyspace, 1, KeySpan::whole());
+    follower_left.put("a", "a1", 0);
+    follower_left.put("x", "x1", 0);
+
+    let snapshots = tempfile::tempdir().unwrap();
+    let left_path = snapshots.path().join("left");
+    let right_path = snapshots.path().join("right");
+    crate::snapshot::create(&leader_left.store, &left_path).unwrap();
+    crate::snapshot::create(&leader_right.store, &right_path).unwrap();
+
+    // Range 2's replica is made on the follower by its own snapshot (here before range
+    // 1 catches up), which replaces what range 1 still holds in its span.
+    let follower_right = Range::open(&follower_keyspace, 2, KeySpan::none());
+    crate::snapshot::install(&follower_right.store, &right_path).unwrap();
+    assert_eq!(*follower_right.store.span(), right_span());
+    assert_eq!(follower_right.listing(0), pairs(&[("x", "x2")]));
+    // Range 1's snapshot cuts the follower's range to the leader's span and replaces only
+    // that: range 2's keys stay.
+    crate::snapshot::install(&follower_left.store, &left_path).unwrap();
+    assert_eq!(*follower_left.store.span(), left_span());
+    assert_eq!(follower_left.listing(0), leader_left.listing(0));
+    assert_eq!(follower_right.listing(0), pairs(&[("x", "x2")]));
+    assert_eq!(follower_right.hash(), leader_right.hash());
+    assert_eq!(follower_left.hash(), leader_left.hash());
+}

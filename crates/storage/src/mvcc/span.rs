@@ -8,6 +8,9 @@
 
 use std::ops::Bound;
 
+use ostrakon_proto::peer::KeySpanRecord;
+use prost::Message as _;
+
 use super::keys::key_prefix;
 
 /// A half-open span of user keys; `end: None` is the end of the keyspace.
@@ -91,6 +94,30 @@ impl KeySpan {
         )
     }
 
+    /// The span as snapshots and the local state record it.
+    pub fn to_record(&self) -> KeySpanRecord {
+        KeySpanRecord {
+            start: self.start.clone().into(),
+            end: self.end.clone().map(Into::into),
+        }
+    }
+
+    /// The span a record describes (which this node wrote: a bad one is a bug).
+    pub fn from_record(record: &KeySpanRecord) -> KeySpan {
+        KeySpan {
+            start: record.start.to_vec(),
+            end: record.end.as_ref().map(|end| end.to_vec()),
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        self.to_record().encode_to_vec()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> KeySpan {
+        KeySpan::from_record(&KeySpanRecord::decode(bytes).expect("a stored span decodes"))
+    }
+
     /// The bounds of the span's stored versions in the data partition.
     pub(crate) fn storage_bounds(&self) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
         if self.is_none() {
@@ -164,5 +191,8 @@ mod tests {
         assert!(right.covers(b"c", b"d") && !right.contains(b"b\xff"));
         assert!(KeySpan::whole().covers(b"", b"\0"));
         assert!(KeySpan::none().is_none() && !KeySpan::none().contains(b""));
+        for span in [span, left, right, KeySpan::whole(), KeySpan::none()] {
+            assert_eq!(KeySpan::decode(&span.encode()), span);
+        }
     }
 }

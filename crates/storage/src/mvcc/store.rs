@@ -41,6 +41,9 @@ pub const NEVER_COMPACTED: Revision = Revision(-1);
 /// stores written before compaction was split in two: they compacted at apply).
 const META_COMPACTED_PHYSICALLY: &[u8] = b"compacted_physically";
 const META_CONF_STATE: &[u8] = b"conf_state";
+/// The range's span, once a split made or cut it (a store without it holds the span it
+/// was opened with).
+const META_SPAN: &[u8] = b"span";
 /// The timestamp oracle's persisted bound (the meta range's store only).
 const META_ORACLE_BOUND: &[u8] = b"oracle_bound";
 
@@ -60,8 +63,9 @@ pub struct AppliedState {
 pub struct MvccStore {
     keyspace: Keyspace,
     group: GroupId,
-    /// The user keys this range holds (see `span`).
-    span: Arc<KeySpan>,
+    /// The user keys this range holds (see `span`); changed by a split under the
+    /// `latest` lock, so a reader takes the two together.
+    span: Mutex<Arc<KeySpan>>,
     /// The data partition every range of the node shares, keyed by user key; this
     /// store reads and writes only its span of it.
     kv: PartitionHandle,
@@ -118,9 +122,20 @@ struct PhysicalCompaction {
 pub const AUTH_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 impl MvccStore {
-    /// Opens (creating if needed) the state machine of `group`, holding the user keys of
-    /// `span`, in `keyspace`.
+    /// Opens (creating if needed) the state machine of `group` in `keyspace`. A new
+    /// store holds the user keys of `span`; one that recorded its own span (a split
+    /// made it or cut it) keeps that.
     pub fn open(keyspace: &Keyspace, group: GroupId, span: KeySpan) -> MvccStore {
+        MvccStore::open_indexed(keyspace, group, span, None)
+    }
+
+    /// `open`, with the latest-version index already built (by a split) or not.
+    fn open_indexed(
+        keyspace: &Keyspace,
+        group: GroupId,
+        span: KeySpan,
+        index: Option<LatestIndex>,
+    ) -> MvccStore {
         let kv = engine(
             "opening a partition",
             keyspace.open_partition(DATA_PARTITION, PartitionCreateOptions::default()),
@@ -168,16 +183,26 @@ impl MvccStore {
             term: Term(read_u64(META_APPLIED_TERM).unwrap_or(0)),
             conf_state,
         };
-        let latest = LatestIndex::build(
+        let span = local
+            .get(META_SPAN)
+            .map_or(span, |stored| KeySpan::decode(&stored));
+        let latest = index.unwrap_or_else(|| {
+            LatestIndex::build(
+                Revision(revision),
+                kv.snapshot()
+                    .range(span.storage_bounds())
+                    .map(|item| engine("reading the store to index it", item)),
+            )
+        });
+        assert_eq!(
+            latest.revision(),
             Revision(revision),
-            kv.snapshot()
-                .range(span.storage_bounds())
-                .map(|item| engine("reading the store to index it", item)),
+            "an index of another revision"
         );
         MvccStore {
             keyspace: keyspace.clone(),
             group,
-            span: Arc::new(span),
+            span: Mutex::new(Arc::new(span)),
             kv,
             latest: Mutex::new(latest),
             local,
@@ -435,8 +460,77 @@ impl MvccStore {
     }
 
     /// The user keys this store holds.
-    pub fn span(&self) -> &KeySpan {
-        &self.span
+    pub fn span(&self) -> Arc<KeySpan> {
+        self.span.lock().unwrap().clone()
+    }
+
+    /// Splits the range at `key`, applying the split's entry at (`index`, `term`): this
+    /// store keeps the keys before `key`, and the store returned, of `right_group`,
+    /// holds the rest, at the same revision and compacted revision, with the applied
+    /// position `right_applied` (its raft group's initial state). No data moves: both
+    /// spans' versions stay where they are in the shared data partition. The two
+    /// ranges' new state commits in one batch, so a crash leaves both or neither.
+    /// Members, alarms, auth and leases stay with this store.
+    pub fn split(
+        &self,
+        key: &[u8],
+        index: LogIndex,
+        term: Term,
+        right_group: GroupId,
+        right_applied: AppliedState,
+    ) -> MvccStore {
+        let (left_span, right_span) = self.span().split_at(key);
+        let right_local = LocalState::open(&self.keyspace, right_group);
+        assert!(
+            right_local.scan(b"").is_empty(),
+            "the split's right range {right_group:?} exists already"
+        );
+        let revision = self.current_revision();
+        let mut batch = self.keyspace.batch();
+        self.local.insert(&mut batch, META_SPAN, left_span.encode());
+        self.put_applied(&mut batch, index, term);
+        right_local.insert(&mut batch, META_SPAN, right_span.encode());
+        right_local.insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
+        let compacted = self.compact_revision();
+        right_local.insert(
+            &mut batch,
+            META_COMPACT_REVISION,
+            (compacted.0 as u64).to_be_bytes(),
+        );
+        let right_index = {
+            // The compactor abandons a pass over the old span, and readers see the old
+            // span with the old index or the new with the new.
+            let mut physical = self.physical_compaction.lock().unwrap();
+            right_local.insert(
+                &mut batch,
+                META_COMPACTED_PHYSICALLY,
+                (physical.done.0 as u64).to_be_bytes(),
+            );
+            right_local.insert(
+                &mut batch,
+                META_APPLIED_INDEX,
+                right_applied.index.0.to_be_bytes(),
+            );
+            right_local.insert(
+                &mut batch,
+                META_APPLIED_TERM,
+                right_applied.term.0.to_be_bytes(),
+            );
+            right_local.insert(
+                &mut batch,
+                META_CONF_STATE,
+                pb::ConfState::from(&right_applied.conf_state).encode_to_vec(),
+            );
+            let mut latest = self.latest.lock().unwrap();
+            engine("committing a split", batch.commit());
+            let right_index = latest.split_off(key);
+            *self.span.lock().unwrap() = Arc::new(left_span);
+            physical.installs += 1;
+            self.physical_compaction_changed.notify_all();
+            right_index
+        };
+        self.set_applied(index, term);
+        MvccStore::open_indexed(&self.keyspace, right_group, right_span, Some(right_index))
     }
 
     /// The revision of the last write transaction.
@@ -544,9 +638,10 @@ impl MvccStore {
                 alarms: self.alarms(),
                 auth: Some(self.auth().tables()),
                 oracle_bound: self.oracle_bound(),
+                span: Some(self.span().to_record()),
             },
             kv: self.kv.snapshot(),
-            span: self.span.clone(),
+            span: self.span(),
         }
     }
 
@@ -574,15 +669,15 @@ impl MvccStore {
             // the snapshot holds every version the index points at. Only a compaction
             // beyond the index's revision could remove one (the compacted revision is
             // raised before a compaction commits): then start again.
-            let (latest, kv) = {
+            let (latest, span, kv) = {
                 let latest = self.latest.lock().unwrap();
-                (latest.clone(), self.kv.snapshot())
+                (latest.clone(), self.span(), self.kv.snapshot())
             };
             let compacted = self.compact_revision();
             if compacted <= latest.revision() {
                 return ReadView {
                     kv,
-                    span: self.span.clone(),
+                    span,
                     current: latest.revision(),
                     latest,
                     compacted,
@@ -667,7 +762,7 @@ impl MvccStore {
         };
         let snapshot = self.kv.snapshot();
         let versions = snapshot
-            .range(self.span.storage_bounds())
+            .range(self.span().storage_bounds())
             .map(|item| engine("scanning for compaction", item));
         let mut garbage: Vec<Vec<u8>> = Vec::new();
         let mut removed = 0usize;
@@ -832,8 +927,16 @@ impl MvccStore {
         }
         *auth = Arc::new(new_auth);
         drop(auth);
-        // This range's span only: the data partition holds the other ranges' keys too.
-        for item in self.kv.snapshot().range(self.span.storage_bounds()) {
+        // The snapshot's span only: the data partition holds other ranges' keys too. A
+        // snapshot taken after a split this store has not applied holds less than the
+        // store; what it leaves out belongs to the split's other range, whose replica
+        // here replaces it with its own snapshot.
+        let span = tables
+            .span
+            .as_ref()
+            .map_or_else(|| (*self.span()).clone(), KeySpan::from_record);
+        self.local.insert(&mut batch, META_SPAN, span.encode());
+        for item in self.kv.snapshot().range(span.storage_bounds()) {
             batch.remove(&self.kv, engine("reading for an install", item).0);
         }
         for (name, _) in self.local.scan(LEASE_NAME_PREFIX) {
@@ -881,6 +984,7 @@ impl MvccStore {
             let mut latest = self.latest.lock().unwrap();
             engine("installing a snapshot", batch.commit());
             *latest = new_latest;
+            *self.span.lock().unwrap() = Arc::new(span);
             *self.leases.lock().unwrap() = leases.into_iter().collect();
             physical.installs += 1;
             physical.target = compact_revision;
