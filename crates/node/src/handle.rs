@@ -467,6 +467,8 @@ impl NodeHandle {
             id: self.inner.next_write_id.fetch_add(1, Ordering::Relaxed),
             request: Some(request),
             auth_revision,
+            // The event loop sets it on a range that takes its revisions from the oracle.
+            revision: 0,
             trace_parent: span
                 .as_ref()
                 .map(|span| span.context().to_traceparent())

@@ -203,6 +203,7 @@ mod tests {
                 ttl,
                 id,
             })),
+            revision: 0,
         };
         apply_write(store, LogIndex(index), Term(1), &write);
     }

@@ -48,6 +48,7 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
                 auth: Some(backup.auth),
                 oracle_bound: 0,
                 span: None,
+                oracle_revisions: false,
             },
             crc32c: status.hash,
         });
@@ -88,6 +89,8 @@ pub fn restore(
             oracle_bound: 0,
             // The store's own span: a backup is restored into a new cluster's range.
             span: None,
+            // One range again: its revisions count on from the backup's.
+            oracle_revisions: false,
         },
         info.revision,
         info.compact_revision,

@@ -529,6 +529,8 @@ impl Transport {
                 request: Some(request),
                 auth_revision,
                 trace_parent,
+                // The leader chooses it.
+                revision: 0,
             }),
             cluster_id: self.inner.cluster_id,
             from: self.inner.me.0,

@@ -26,6 +26,16 @@ pub enum MvccError {
     /// The NOSPACE alarm is raised: only reads, deletes and compaction are applied.
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// The write's revision is not above the range's current one (it was chosen before a
+    /// later write took a higher one), or the range takes its revisions from the oracle
+    /// and the write came without one: the node proposes it again with a new timestamp.
+    #[error("ostrakon: the write's revision {given:?} is not above the range's {current:?}")]
+    StaleRevision {
+        /// The revision the write came with (0: none).
+        given: Revision,
+        /// The range's current revision.
+        current: Revision,
+    },
     /// The auth store refused the request.
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),

@@ -283,7 +283,13 @@ pub fn apply_write(
         store.set_applied(index, term);
         return error_outcome(MvccError::NoSpace);
     }
-    let mut txn = store.write_txn();
+    let mut txn = match store.write_txn_at(Revision(write.revision)) {
+        Ok(txn) => txn,
+        Err(error) => {
+            store.set_applied(index, term);
+            return error_outcome(error);
+        }
+    };
     let result = match request {
         Request::Put(put) => apply_put(&mut txn, put, PutIn::Request).map(WriteOutcome::Put),
         Request::DeleteRange(delete) => {
@@ -409,6 +415,8 @@ fn etcd_status_static(error: &MvccError) -> (i32, &'static str) {
         MvccError::LeaseExists => (9, "etcdserver: lease already exists"),
         // ResourceExhausted.
         MvccError::NoSpace => (8, "etcdserver: mvcc: database space exceeded"),
+        // Unavailable: the node retries it; a client that sees it may too.
+        MvccError::StaleRevision { .. } => (14, "ostrakon: the write's revision is stale"),
         MvccError::Auth(_) => unreachable!("handled by etcd_status"),
     }
 }

@@ -90,12 +90,13 @@ impl LatestIndex {
         self.revision
     }
 
-    /// Records the writes of `revision`, the one after the index's.
+    /// Records the writes of `revision`, above the index's (the next one, or an oracle
+    /// timestamp).
     pub fn apply(&mut self, revision: Revision, changes: &BTreeMap<Bytes, StoredVersion>) {
-        assert_eq!(
-            revision.0,
-            self.revision.0 + 1,
-            "the latest-version index skips a revision"
+        assert!(
+            revision > self.revision,
+            "the latest-version index goes back from {:?} to {revision:?}",
+            self.revision
         );
         for (key, version) in changes {
             self.set(key.clone(), revision, version);

@@ -22,23 +22,51 @@ impl Range {
     }
 
     fn write(&mut self, request: Request) -> WriteOutcome {
+        self.write_at(request, Revision(0))
+    }
+
+    /// A write whose revision the range's leader chose (0: none).
+    fn write_at(&mut self, request: Request, revision: Revision) -> WriteOutcome {
         self.index += 1;
         let write = WriteRequest {
             origin: 1,
             id: self.index,
             request: Some(request),
+            revision: revision.0,
             ..Default::default()
         };
         apply_write(&self.store, LogIndex(self.index), Term(1), &write)
     }
 
+    /// A put at `revision`: the revision it took, or the refusal's gRPC code.
+    fn put_at(&mut self, key: &str, value: &str, revision: i64) -> Result<Revision, i32> {
+        let put = Request::Put(PutRequest {
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from(value.to_string()),
+            ..Default::default()
+        });
+        match self.write_at(put, Revision(revision)) {
+            WriteOutcome::Put(r) => Ok(Revision(r.header.unwrap().revision)),
+            WriteOutcome::Error(error) => Err(error.code),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A put; on a range that takes its revisions from the oracle, the test stands in for
+    /// it with a revision above the range's.
     fn put(&mut self, key: &str, value: &str, lease: i64) -> Revision {
-        match self.write(Request::Put(PutRequest {
+        let revision = if self.store.oracle_revisions() {
+            Revision(self.store.current_revision().0 + 1_000)
+        } else {
+            Revision(0)
+        };
+        let put = Request::Put(PutRequest {
             key: Bytes::from(key.to_string()),
             value: Bytes::from(value.to_string()),
             lease,
             ..Default::default()
-        })) {
+        });
+        match self.write_at(put, revision) {
             WriteOutcome::Put(r) => Revision(r.header.unwrap().revision),
             other => panic!("{other:?}"),
         }
@@ -361,4 +389,95 @@ fn a_snapshot_taken_after_a_split_installs_into_a_replica_that_missed_the_split(
     assert_eq!(follower_right.listing(0), pairs(&[("x", "x2")]));
     assert_eq!(follower_right.hash(), leader_right.hash());
     assert_eq!(follower_left.hash(), leader_left.hash());
+}
+
+/// gRPC's Unavailable: what a stale revision is refused with (the node retries it).
+const UNAVAILABLE: i32 = 14;
+
+#[test]
+fn writes_take_the_revision_the_leader_chose_and_revisions_only_rise() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut range = Range::open(&keyspace, 1, KeySpan::whole());
+    assert_eq!(
+        range.put_at("a", "1", 0),
+        Ok(Revision(2)),
+        "no revision: the next"
+    );
+    assert_eq!(range.put_at("a", "2", 1_000), Ok(Revision(1_000)));
+    assert_eq!(range.put_at("b", "1", 1_000), Err(UNAVAILABLE), "not above");
+    assert_eq!(range.put_at("b", "1", 999), Err(UNAVAILABLE), "below");
+    assert_eq!(range.store.current_revision(), Revision(1_000));
+    assert_eq!(
+        range.store.applied_index(),
+        LogIndex(range.index),
+        "refusals apply"
+    );
+    assert_eq!(range.put_at("b", "1", 5_000), Ok(Revision(5_000)));
+    assert_eq!(range.put_at("a", "3", 0), Ok(Revision(5_001)));
+
+    // Reads between sparse revisions see the newest write at or below them, and the
+    // history holds exactly the revisions written.
+    assert_eq!(range.listing(999), pairs(&[("a", "1")]));
+    assert_eq!(range.listing(4_999), pairs(&[("a", "2")]));
+    assert_eq!(range.listing(5_000), pairs(&[("a", "2"), ("b", "1")]));
+    let view = range.store.read_view();
+    let history = view.history(b"", b"\0", Revision(1), 100).unwrap();
+    let revisions: Vec<i64> = history.revisions.iter().map(|r| r.revision.0).collect();
+    assert_eq!(revisions, vec![2, 1_000, 5_000, 5_001]);
+
+    drop(view);
+    range.store.persist();
+    drop(range);
+    let range = Range::open(&keyspace, 1, KeySpan::whole());
+    assert_eq!(range.store.current_revision(), Revision(5_001));
+    assert_eq!(range.listing(4_999), pairs(&[("a", "2")]));
+}
+
+#[test]
+fn after_a_split_both_ranges_refuse_writes_without_an_oracle_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut left = Range::open(&keyspace, 1, KeySpan::whole());
+    left.put("a", "1", 0);
+    assert!(!left.store.oracle_revisions());
+    left.index += 1;
+    let right_store = left.store.split(
+        b"m",
+        LogIndex(left.index),
+        Term(1),
+        GroupId(2),
+        split_position(2),
+    );
+    let mut right = Range {
+        index: right_store.applied_index().0,
+        store: right_store,
+    };
+    assert!(left.store.oracle_revisions() && right.store.oracle_revisions());
+    // A write proposed before the split applied, without a revision, would count on from
+    // the range's own revision and fall below what the other range has handed out.
+    assert_eq!(left.put_at("b", "1", 0), Err(UNAVAILABLE));
+    assert_eq!(right.put_at("n", "1", 0), Err(UNAVAILABLE));
+    assert_eq!(right.put_at("n", "1", 1 << 40), Ok(Revision(1 << 40)));
+    assert_eq!(
+        left.put_at("b", "1", (1 << 40) + 1),
+        Ok(Revision((1 << 40) + 1))
+    );
+
+    // The mode survives a restart and travels in snapshots.
+    let snapshots = tempfile::tempdir().unwrap();
+    let path = snapshots.path().join("right");
+    crate::snapshot::create(&right.store, &path).unwrap();
+    left.store.persist();
+    drop((left, right));
+    assert!(Range::open(&keyspace, 1, KeySpan::whole())
+        .store
+        .oracle_revisions());
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = fjall::Config::new(other_dir.path()).open().unwrap();
+    let mut replica = Range::open(&other, 2, KeySpan::none());
+    crate::snapshot::install(&replica.store, &path).unwrap();
+    replica.index = replica.store.applied_index().0;
+    assert!(replica.store.oracle_revisions());
+    assert_eq!(replica.put_at("o", "1", 0), Err(UNAVAILABLE));
 }

@@ -44,6 +44,8 @@ const META_CONF_STATE: &[u8] = b"conf_state";
 /// The range's span, once a split made or cut it (a store without it holds the span it
 /// was opened with).
 const META_SPAN: &[u8] = b"span";
+/// Present once the range takes its revisions from the oracle.
+const META_ORACLE_REVISIONS: &[u8] = b"oracle_revisions";
 /// The timestamp oracle's persisted bound (the meta range's store only).
 const META_ORACLE_BOUND: &[u8] = b"oracle_bound";
 
@@ -105,6 +107,9 @@ pub struct MvccStore {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     /// The timestamp oracle's bound (persisted in `local`): 0 outside the meta range.
     oracle_bound: AtomicU64,
+    /// Whether writes take their revisions from the oracle (persisted in `local`; set by
+    /// a split on both its ranges, and carried by snapshots).
+    oracle_revisions: std::sync::atomic::AtomicBool,
 }
 
 /// What the compactor thread has to do. Invariant: `done <= target`, and `target` is the
@@ -152,6 +157,7 @@ impl MvccStore {
                 .map(|v| u64::from_be_bytes(v.as_ref().try_into().expect("8-byte meta")))
         };
         let oracle_bound = read_u64(META_ORACLE_BOUND).unwrap_or(0);
+        let oracle_revisions = local.get(META_ORACLE_REVISIONS).is_some();
         let revision = read_u64(META_REVISION).map_or(INITIAL_REVISION.0, |v| v as i64);
         // Never compacted is -1, as in etcd: a fresh store may be compacted at revision 0
         // once (etcd answers "compacted revision 0"), and HashKV reports -1 until then.
@@ -224,6 +230,7 @@ impl MvccStore {
             auth: Mutex::new(Arc::new(auth)),
             tokens: Mutex::new(HashMap::new()),
             oracle_bound: AtomicU64::new(oracle_bound),
+            oracle_revisions: oracle_revisions.into(),
         }
     }
 
@@ -490,6 +497,10 @@ impl MvccStore {
         self.local.insert(&mut batch, META_SPAN, left_span.encode());
         self.put_applied(&mut batch, index, term);
         right_local.insert(&mut batch, META_SPAN, right_span.encode());
+        // From the split on, the two ranges' revisions must be comparable: both take them
+        // from the oracle (its timestamps are far above any count of writes).
+        self.local.insert(&mut batch, META_ORACLE_REVISIONS, []);
+        right_local.insert(&mut batch, META_ORACLE_REVISIONS, []);
         right_local.insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
         let compacted = self.compact_revision();
         right_local.insert(
@@ -527,6 +538,7 @@ impl MvccStore {
             *self.span.lock().unwrap() = Arc::new(left_span);
             physical.installs += 1;
             self.physical_compaction_changed.notify_all();
+            self.oracle_revisions.store(true, Ordering::SeqCst);
             right_index
         };
         self.set_applied(index, term);
@@ -639,6 +651,7 @@ impl MvccStore {
                 auth: Some(self.auth().tables()),
                 oracle_bound: self.oracle_bound(),
                 span: Some(self.span().to_record()),
+                oracle_revisions: self.oracle_revisions(),
             },
             kv: self.kv.snapshot(),
             span: self.span(),
@@ -688,13 +701,40 @@ impl MvccStore {
 
     /// Starts the write transaction of the next revision.
     pub fn write_txn(&self) -> WriteTxn<'_> {
+        let view = self.read_view();
         WriteTxn {
             store: self,
-            view: self.read_view(),
+            revision: Revision(view.current.0 + 1),
+            view,
             changes: BTreeMap::new(),
             next_sub: 0,
             lease_changes: BTreeMap::new(),
         }
+    }
+
+    /// Starts a write transaction whose changes take `revision` (0: the next one). A
+    /// revision at or below the current one is refused, and so is none on a range that
+    /// takes its revisions from the oracle: revisions rise in every range's log.
+    pub fn write_txn_at(&self, revision: Revision) -> Result<WriteTxn<'_>, MvccError> {
+        let mut txn = self.write_txn();
+        let current = txn.view.current;
+        let oracle = self.oracle_revisions();
+        if (revision.0 == 0 && oracle) || (revision.0 != 0 && revision <= current) {
+            return Err(MvccError::StaleRevision {
+                given: revision,
+                current,
+            });
+        }
+        if revision.0 != 0 {
+            txn.revision = revision;
+        }
+        Ok(txn)
+    }
+
+    /// Whether the range's writes take their revisions from the oracle (every range once
+    /// the keyspace has split).
+    pub fn oracle_revisions(&self) -> bool {
+        self.oracle_revisions.load(Ordering::SeqCst)
     }
 
     /// Removes every version that no read at or above `revision` can see, and records
@@ -936,6 +976,11 @@ impl MvccStore {
             .as_ref()
             .map_or_else(|| (*self.span()).clone(), KeySpan::from_record);
         self.local.insert(&mut batch, META_SPAN, span.encode());
+        if tables.oracle_revisions {
+            self.local.insert(&mut batch, META_ORACLE_REVISIONS, []);
+        } else {
+            self.local.remove(&mut batch, META_ORACLE_REVISIONS);
+        }
         for item in self.kv.snapshot().range(span.storage_bounds()) {
             batch.remove(&self.kv, engine("reading for an install", item).0);
         }
@@ -985,6 +1030,8 @@ impl MvccStore {
             engine("installing a snapshot", batch.commit());
             *latest = new_latest;
             *self.span.lock().unwrap() = Arc::new(span);
+            self.oracle_revisions
+                .store(tables.oracle_revisions, Ordering::SeqCst);
             *self.leases.lock().unwrap() = leases.into_iter().collect();
             physical.installs += 1;
             physical.target = compact_revision;
@@ -1326,6 +1373,8 @@ pub(super) fn key_value(key: Bytes, mod_revision: Revision, stored: StoredVersio
 pub struct WriteTxn<'a> {
     store: &'a MvccStore,
     view: ReadView,
+    /// The revision its changes take.
+    revision: Revision,
     /// User key to its new version, whose `sub` numbers the writes in order.
     /// Invariant: a key is put at most once and deleted at most once (etcd refuses a
     /// Txn that writes a key twice before it reaches the store, but for a delete of a
@@ -1396,7 +1445,7 @@ impl WriteTxn<'_> {
 
     /// The revision this transaction's writes get.
     pub fn write_revision(&self) -> Revision {
-        Revision(self.view.current.0 + 1)
+        self.revision
     }
 
     /// The revision the transaction's responses report: the new one if it wrote.
