@@ -22,7 +22,13 @@ const REMOTE_CHANGE_IN_PROGRESS: i32 = -6;
 /// A node error for the wire; `Refused` keeps etcd's code and message.
 pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
     let code = match error {
-        NodeError::Refused { code, message } => return pb::Error { code, message },
+        NodeError::Refused { code, message } => {
+            return pb::Error {
+                code,
+                message,
+                ..Default::default()
+            }
+        }
         NodeError::NotLeader(_) => REMOTE_NOT_LEADER,
         NodeError::NoLeader | NodeError::UnknownGroup => REMOTE_NO_LEADER,
         NodeError::LeaderChanged | NodeError::Timeout => REMOTE_LEADER_CHANGED,
@@ -32,7 +38,7 @@ pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
     };
     pb::Error {
         code,
-        message: String::new(),
+        ..Default::default()
     }
 }
 

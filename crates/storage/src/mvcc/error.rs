@@ -36,6 +36,13 @@ pub enum MvccError {
         /// The range's current revision.
         current: Revision,
     },
+    /// A key of the request is not in the range (a split moved it, or the request was
+    /// routed by a stale view): the node routes it again.
+    #[error("ostrakon: a key of the request is not in range {group}")]
+    WrongRange {
+        /// The range's group.
+        group: u64,
+    },
     /// The auth store refused the request.
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),

@@ -253,6 +253,10 @@ pub fn apply_write(
         store.apply_member_change(index, term, &change);
         return WriteOutcome::MemberUpdated(ostrakon_proto::peer::MemberUpdated {});
     }
+    if let Request::AllocateRangeId(_) = request {
+        let range_id = store.apply_allocate_range_id(index, term);
+        return WriteOutcome::RangeIdAllocated(ostrakon_proto::peer::RangeIdAllocated { range_id });
+    }
     if let Request::OracleBound(raise) = request {
         let bound = store.apply_oracle_bound(index, term, raise.bound);
         return WriteOutcome::OracleBound(ostrakon_proto::peer::OracleBound { bound });
@@ -283,6 +287,18 @@ pub fn apply_write(
         store.set_applied(index, term);
         return error_outcome(MvccError::NoSpace);
     }
+    // The keys must be the range's: a split may have moved them after the request was
+    // routed (the node routes it again).
+    let span = store.span();
+    if !super::write_intervals(request)
+        .iter()
+        .all(|(key, range_end)| span.covers(key, range_end))
+    {
+        store.set_applied(index, term);
+        return error_outcome(MvccError::WrongRange {
+            group: store.group().0,
+        });
+    }
     let mut txn = match store.write_txn_at(Revision(write.revision)) {
         Ok(txn) => txn,
         Err(error) => {
@@ -308,9 +324,11 @@ pub fn apply_write(
         | Request::MemberAttributes(_)
         | Request::Alarm(_)
         | Request::Auth(_)
-        | Request::OracleBound(_) => {
+        | Request::OracleBound(_)
+        | Request::AllocateRangeId(_) => {
             unreachable!("handled above")
         }
+        Request::Split(_) => unreachable!("the node applies splits"),
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
             WriteOutcome::LeaseGrant(LeaseGrantResponse {
                 header: None,
@@ -380,15 +398,27 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         | WriteOutcome::MemberUpdated(_)
         | WriteOutcome::Alarm(_)
         | WriteOutcome::Auth(_)
-        | WriteOutcome::OracleBound(_) => return,
+        | WriteOutcome::OracleBound(_)
+        | WriteOutcome::RangeIdAllocated(_)
+        | WriteOutcome::RangeSplit(_) => return,
     };
     *header = self::header(revision);
 }
 
 /// The outcome of a refused write: the error in etcd's terms (a gRPC code and message).
 fn error_outcome(error: MvccError) -> WriteOutcome {
+    use ostrakon_proto::peer::Retry;
     let (code, message) = etcd_status(&error);
-    WriteOutcome::Error(ostrakon_proto::peer::Error { code, message })
+    let retry = match error {
+        MvccError::StaleRevision { .. } => Retry::StaleRevision,
+        MvccError::WrongRange { .. } => Retry::WrongRange,
+        _ => Retry::None,
+    };
+    WriteOutcome::Error(ostrakon_proto::peer::Error {
+        code,
+        message,
+        retry: retry as i32,
+    })
 }
 
 /// etcd's gRPC status code and message for a state-machine error.
@@ -417,6 +447,10 @@ fn etcd_status_static(error: &MvccError) -> (i32, &'static str) {
         MvccError::NoSpace => (8, "etcdserver: mvcc: database space exceeded"),
         // Unavailable: the node retries it; a client that sees it may too.
         MvccError::StaleRevision { .. } => (14, "ostrakon: the write's revision is stale"),
+        // FailedPrecondition; the node routes it again.
+        MvccError::WrongRange { .. } => {
+            (9, "ostrakon: a key of the request moved to another range")
+        }
         MvccError::Auth(_) => unreachable!("handled by etcd_status"),
     }
 }

@@ -74,6 +74,33 @@ impl LocalState {
             .collect()
     }
 
+    /// Every group with state in the keyspace's local partition, in id order: one seek
+    /// per group, not a scan of every key.
+    pub(crate) fn stored_groups(keyspace: &Keyspace) -> Vec<GroupId> {
+        let partition = engine(
+            "opening a partition",
+            keyspace.open_partition(LOCAL_PARTITION, PartitionCreateOptions::default()),
+        );
+        let snapshot = partition.snapshot();
+        let mut groups = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let next = snapshot
+                .range(from.to_be_bytes().to_vec()..)
+                .next()
+                .map(|item| engine("reading local state", item).0);
+            let Some(key) = next else {
+                return groups;
+            };
+            let id = u64::from_be_bytes(key[..8].try_into().expect("an 8-byte prefix"));
+            groups.push(GroupId(id));
+            match id.checked_add(1) {
+                Some(after) => from = after,
+                None => return groups,
+            }
+        }
+    }
+
     /// The partition, for what concerns it whole (its size, its compaction).
     pub(crate) fn partition(&self) -> &PartitionHandle {
         &self.partition

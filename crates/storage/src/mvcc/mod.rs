@@ -20,6 +20,7 @@ pub(crate) mod keys;
 pub(crate) mod latest;
 mod local;
 mod members;
+mod request_keys;
 mod span;
 mod store;
 mod value;
@@ -32,6 +33,7 @@ pub use etcd::{
 pub use events::{EventSink, History, RevisionEvents};
 pub use local::LOCAL_PARTITION;
 pub use members::{MemberChange, MemberRegistry};
+pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::KeySpan;
 pub use store::{
     spawn_physical_compactor, AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView,

@@ -267,13 +267,16 @@ fn a_split_moves_no_data_and_both_halves_go_on_through_restarts_and_snapshots() 
     let versions = stored_versions(&keyspace);
 
     whole.index += 1;
-    let right_store = whole.store.split(
-        b"m",
-        LogIndex(whole.index),
-        Term(1),
-        GroupId(2),
-        split_position(2),
-    );
+    let right_store = whole
+        .store
+        .split(
+            b"m",
+            LogIndex(whole.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+        )
+        .expect("a new right range");
     let mut left = whole;
     let mut right = Range {
         index: right_store.applied_index().0,
@@ -348,13 +351,16 @@ fn a_snapshot_taken_after_a_split_installs_into_a_replica_that_missed_the_split(
     leader_left.put("a", "a1", 0);
     leader_left.put("x", "x1", 0);
     leader_left.index += 1;
-    let right_store = leader_left.store.split(
-        b"m",
-        LogIndex(leader_left.index),
-        Term(1),
-        GroupId(2),
-        split_position(2),
-    );
+    let right_store = leader_left
+        .store
+        .split(
+            b"m",
+            LogIndex(leader_left.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+        )
+        .expect("a new right range");
     let mut leader_right = Range {
         index: right_store.applied_index().0,
         store: right_store,
@@ -442,13 +448,16 @@ fn after_a_split_both_ranges_refuse_writes_without_an_oracle_revision() {
     left.put("a", "1", 0);
     assert!(!left.store.oracle_revisions());
     left.index += 1;
-    let right_store = left.store.split(
-        b"m",
-        LogIndex(left.index),
-        Term(1),
-        GroupId(2),
-        split_position(2),
-    );
+    let right_store = left
+        .store
+        .split(
+            b"m",
+            LogIndex(left.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+        )
+        .expect("a new right range");
     let mut right = Range {
         index: right_store.applied_index().0,
         store: right_store,
@@ -480,4 +489,106 @@ fn after_a_split_both_ranges_refuse_writes_without_an_oracle_revision() {
     replica.index = replica.store.applied_index().0;
     assert!(replica.store.oracle_revisions());
     assert_eq!(replica.put_at("o", "1", 0), Err(UNAVAILABLE));
+}
+
+#[test]
+fn a_write_routed_to_a_range_that_no_longer_holds_its_keys_is_sent_back() {
+    use ostrakon_proto::peer::Retry;
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut left = Range::open(&keyspace, 1, KeySpan::whole());
+    left.index += 1;
+    left.store
+        .split(
+            b"m",
+            LogIndex(left.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+        )
+        .expect("a new right range");
+    assert_eq!(
+        MvccStore::stored_groups(&keyspace),
+        vec![GroupId(1), GroupId(2)]
+    );
+    let put = Request::Put(PutRequest {
+        key: Bytes::from_static(b"x"),
+        value: Bytes::from_static(b"1"),
+        ..Default::default()
+    });
+    let revision_before = left.store.current_revision();
+    match left.write_at(put, Revision(1 << 40)) {
+        WriteOutcome::Error(error) => assert_eq!(error.retry, Retry::WrongRange as i32),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(left.store.current_revision(), revision_before);
+    assert_eq!(left.store.applied_index(), LogIndex(left.index));
+}
+
+#[test]
+fn the_meta_range_hands_out_each_range_id_once_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut meta = Range::open(&keyspace, 0, KeySpan::none());
+    let mut allocate = |meta: &mut Range| match meta.write(Request::AllocateRangeId(
+        ostrakon_proto::peer::AllocateRangeId {},
+    )) {
+        WriteOutcome::RangeIdAllocated(allocated) => allocated.range_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(allocate(&mut meta), 2);
+    assert_eq!(allocate(&mut meta), 3);
+    meta.store.persist();
+    drop(meta);
+    let mut meta = Range::open(&keyspace, 0, KeySpan::none());
+    assert_eq!(allocate(&mut meta), 4);
+}
+
+#[test]
+fn a_split_whose_right_range_arrived_first_by_snapshot_only_cuts_the_left() {
+    // The leader's node splits; range 2's leader sends its snapshot to a follower whose
+    // range 1 has not applied the split yet.
+    let leader_dir = tempfile::tempdir().unwrap();
+    let leader_keyspace = fjall::Config::new(leader_dir.path()).open().unwrap();
+    let mut leader = Range::open(&leader_keyspace, 1, KeySpan::whole());
+    leader.put("x", "x1", 0);
+    leader.index += 1;
+    let right_store = leader
+        .store
+        .split(
+            b"m",
+            LogIndex(leader.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+        )
+        .expect("a new right range");
+    let mut leader_right = Range {
+        index: right_store.applied_index().0,
+        store: right_store,
+    };
+    leader_right.put("x", "x2", 0);
+    let snapshots = tempfile::tempdir().unwrap();
+    let path = snapshots.path().join("right");
+    crate::snapshot::create(&leader_right.store, &path).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut follower = Range::open(&keyspace, 1, KeySpan::whole());
+    follower.put("x", "x1", 0);
+    let follower_right = Range::open(&keyspace, 2, KeySpan::none());
+    crate::snapshot::install(&follower_right.store, &path).unwrap();
+    follower.index += 1;
+    let created = follower.store.split(
+        b"m",
+        LogIndex(follower.index),
+        Term(1),
+        GroupId(2),
+        split_position(2),
+    );
+    assert!(created.is_none(), "range 2's newer state is kept");
+    assert_eq!(*follower.store.span(), left_span());
+    assert!(follower.store.oracle_revisions());
+    assert_eq!(follower.listing(0), Vec::<(String, String)>::new());
+    assert_eq!(follower_right.listing(0), pairs(&[("x", "x2")]));
 }

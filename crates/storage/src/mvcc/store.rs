@@ -44,6 +44,10 @@ const META_CONF_STATE: &[u8] = b"conf_state";
 /// The range's span, once a split made or cut it (a store without it holds the span it
 /// was opened with).
 const META_SPAN: &[u8] = b"span";
+/// The next range id the meta range hands out.
+const META_NEXT_RANGE_ID: &[u8] = b"next_range_id";
+/// The first id a split gives a range (0: the meta range; 1: the first data range).
+const FIRST_SPLIT_RANGE_ID: u64 = 2;
 /// Present once the range takes its revisions from the oracle.
 const META_ORACLE_REVISIONS: &[u8] = b"oracle_revisions";
 /// The timestamp oracle's persisted bound (the meta range's store only).
@@ -252,6 +256,30 @@ impl MvccStore {
         self.oracle_bound.store(bound, Ordering::SeqCst);
         self.set_applied(index, term);
         bound
+    }
+
+    /// Hands out the next range id (the meta range's store): ids 0 and 1 are the meta
+    /// range and the first data range.
+    pub fn apply_allocate_range_id(&self, index: LogIndex, term: Term) -> u64 {
+        let id = self
+            .local
+            .get(META_NEXT_RANGE_ID)
+            .map_or(FIRST_SPLIT_RANGE_ID, |v| {
+                u64::from_be_bytes(v.as_ref().try_into().expect("an 8-byte range id"))
+            });
+        let mut batch = self.keyspace.batch();
+        self.local
+            .insert(&mut batch, META_NEXT_RANGE_ID, (id + 1).to_be_bytes());
+        self.put_applied(&mut batch, index, term);
+        engine("committing a range id", batch.commit());
+        self.set_applied(index, term);
+        id
+    }
+
+    /// The groups whose state the keyspace holds (every range this node has a replica
+    /// of, the meta range included), in id order.
+    pub fn stored_groups(keyspace: &Keyspace) -> Vec<GroupId> {
+        LocalState::stored_groups(keyspace)
     }
 
     /// The auth store as of the last applied entry.
@@ -478,6 +506,10 @@ impl MvccStore {
     /// spans' versions stay where they are in the shared data partition. The two
     /// ranges' new state commits in one batch, so a crash leaves both or neither.
     /// Members, alarms, auth and leases stay with this store.
+    ///
+    /// If the right range has state here already (its own leader's snapshot reached this
+    /// replica before the split applied), that state is newer than the split's: only this
+    /// range is cut, and None is returned.
     pub fn split(
         &self,
         key: &[u8],
@@ -485,13 +517,27 @@ impl MvccStore {
         term: Term,
         right_group: GroupId,
         right_applied: AppliedState,
-    ) -> MvccStore {
+    ) -> Option<MvccStore> {
         let (left_span, right_span) = self.span().split_at(key);
         let right_local = LocalState::open(&self.keyspace, right_group);
-        assert!(
-            right_local.scan(b"").is_empty(),
-            "the split's right range {right_group:?} exists already"
-        );
+        let right_exists = !right_local.scan(b"").is_empty();
+        if right_exists {
+            let mut batch = self.keyspace.batch();
+            self.local.insert(&mut batch, META_SPAN, left_span.encode());
+            self.local.insert(&mut batch, META_ORACLE_REVISIONS, []);
+            self.put_applied(&mut batch, index, term);
+            let mut physical = self.physical_compaction.lock().unwrap();
+            let mut latest = self.latest.lock().unwrap();
+            engine("committing a split", batch.commit());
+            drop(latest.split_off(key));
+            *self.span.lock().unwrap() = Arc::new(left_span);
+            physical.installs += 1;
+            self.physical_compaction_changed.notify_all();
+            self.oracle_revisions.store(true, Ordering::SeqCst);
+            drop((latest, physical));
+            self.set_applied(index, term);
+            return None;
+        }
         let revision = self.current_revision();
         let mut batch = self.keyspace.batch();
         self.local.insert(&mut batch, META_SPAN, left_span.encode());
@@ -542,7 +588,12 @@ impl MvccStore {
             right_index
         };
         self.set_applied(index, term);
-        MvccStore::open_indexed(&self.keyspace, right_group, right_span, Some(right_index))
+        Some(MvccStore::open_indexed(
+            &self.keyspace,
+            right_group,
+            right_span,
+            Some(right_index),
+        ))
     }
 
     /// The revision of the last write transaction.
