@@ -530,7 +530,7 @@ fn the_meta_range_hands_out_each_range_id_once_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let keyspace = fjall::Config::new(dir.path()).open().unwrap();
     let mut meta = Range::open(&keyspace, 0, KeySpan::none());
-    let mut allocate = |meta: &mut Range| match meta.write(Request::AllocateRangeId(
+    let allocate = |meta: &mut Range| match meta.write(Request::AllocateRangeId(
         ostrakon_proto::peer::AllocateRangeId {},
     )) {
         WriteOutcome::RangeIdAllocated(allocated) => allocated.range_id,
