@@ -42,6 +42,10 @@ pub enum NodeError {
     /// The group is not hosted here.
     #[error("unknown group")]
     UnknownGroup,
+    /// The request's keys fall in more than one range, which the request cannot span
+    /// (yet: docs/RANGES.md).
+    #[error("ostrakon: the request's keys fall in more than one range; requests across ranges are not supported yet")]
+    SpansRanges,
 }
 
 /// Why the node could not start.

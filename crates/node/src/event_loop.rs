@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 pub use crate::error::StartError;
-use crate::handle::{GroupShared, GroupStatus, NodeHandle};
+use crate::handle::{GroupShared, GroupStatus, NodeHandle, SharedGroups};
 pub use crate::input::{ConfResponder, Input, InputSender, ReadResponder, WriteResponder};
 pub use crate::layout::Layout;
 use crate::replica::Replica;
@@ -46,7 +46,11 @@ pub struct EventLoop {
     config: NodeConfig,
     layout: Layout,
     wal: Wal,
+    /// The state machines' keyspace, for the stores of ranges created at runtime.
+    keyspace: fjall::Keyspace,
     replicas: HashMap<GroupId, Replica>,
+    /// What the handle sees of every group (the loop adds the ranges it creates).
+    groups: SharedGroups,
     inputs: flume::Receiver<Input>,
     /// For the threads the loop starts (snapshot writers) to report back.
     input_tx: InputSender,
@@ -70,6 +74,11 @@ pub struct EventLoop {
     /// The meta range's last step toward the data range's membership, until answered
     /// (and, if refused, until it may be tried again).
     meta_follow_attempt: Option<FollowAttempt>,
+    /// Writes of ranges that take their revisions from the oracle, waiting for them.
+    revisions: crate::revisions::RevisionFetcher,
+    /// For the tasks that fetch revisions from the oracle.
+    handle: NodeHandle,
+    runtime: tokio::runtime::Handle,
 }
 
 struct FollowAttempt {
@@ -128,28 +137,30 @@ pub fn start(
         had_data_group,
     )?;
     meta.timestamps = Some(crate::timestamps::TimestampService::new(ORACLE_WINDOW_MS));
-    let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
-    data.store
-        .set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
-    let shared = |replica: &Replica, events| GroupShared {
-        store: replica.store.clone(),
-        status: replica.status.clone(),
-        applied: replica.applied_tx.subscribe(),
-        lessor: replica.lessor.clone(),
-        events,
-    };
-    let groups = [
-        (DEFAULT_GROUP, shared(&data, events)),
-        (
-            META_GROUP,
-            shared(&meta, tokio::sync::broadcast::channel(1).0),
-        ),
-    ];
+    // The ranges splits made (and replicas waiting for a range's first snapshot): every
+    // group the state machine or the WAL knows beyond the two every node has.
+    let mut others: BTreeSet<GroupId> = MvccStore::stored_groups(&keyspace).into_iter().collect();
+    others.extend(recovered.groups.keys().copied());
+    others.retain(|group| *group != DEFAULT_GROUP && *group != META_GROUP);
+    let mut other_replicas = Vec::new();
+    for group in others {
+        let (replica, _) = open_group(
+            &config,
+            &layout,
+            &mut wal,
+            &mut recovered,
+            &keyspace,
+            group,
+            true,
+        )?;
+        other_replicas.push(replica);
+    }
+    let groups: SharedGroups = Arc::new(RwLock::new(HashMap::new()));
     let removed = Arc::new(watch::channel(false).0);
     let handle = NodeHandle::new(
         &config,
         input_tx.clone(),
-        groups.into(),
+        groups.clone(),
         transport.clone(),
         removed.subscribe(),
     );
@@ -169,19 +180,31 @@ pub fn start(
         config,
         layout,
         wal,
-        replicas: [(DEFAULT_GROUP, data), (META_GROUP, meta)].into(),
+        keyspace,
+        replicas: HashMap::new(),
+        groups,
         inputs: input_rx,
         input_tx,
         transport,
         members_version_seen: 0,
         was_member,
         removed,
-        ticking: [DEFAULT_GROUP, META_GROUP].into(),
-        dirty: [DEFAULT_GROUP, META_GROUP].into(),
+        ticking: BTreeSet::new(),
+        dirty: BTreeSet::new(),
         nodes_down: BTreeSet::new(),
         liveness,
         meta_follow_attempt: None,
+        revisions: crate::revisions::RevisionFetcher::default(),
+        handle: handle.clone(),
+        runtime,
     };
+    // The first data range's compactor was started above, before anything could fail.
+    let compactor = |e| StartError::Io(PathBuf::from("compactor thread"), e);
+    event_loop.add_group(data, false).map_err(compactor)?;
+    event_loop.add_group(meta, false).map_err(compactor)?;
+    for replica in other_replicas {
+        event_loop.add_group(replica, true).map_err(compactor)?;
+    }
     event_loop.follow_member_registry(&data_store);
     let thread = std::thread::Builder::new()
         .name("ostrakon-raft".into())
@@ -211,6 +234,13 @@ fn open_group(
             }
             initial
         }
+        // A range a split created whose WAL records were lost in a crash (they are
+        // written with the next round's sync): it starts where its state machine is.
+        None if store.applied().index > LogIndex(0) => {
+            let (initial, _) = recovered_state(RecoveredGroup::default(), &store)?;
+            seal_adopted_snapshot(layout, wal, &store, group, &initial)?;
+            initial
+        }
         None if config.join || wait_for_snapshot => {
             tracing::info!(
                 group = group.0,
@@ -220,6 +250,18 @@ fn open_group(
         }
         None => bootstrap(config, layout, wal, &store, group)?,
     };
+    let was_member = initial.conf_state.members().contains(&config.id);
+    let replica = new_replica(config, group, store, initial)?;
+    Ok((replica, was_member))
+}
+
+/// A replica of `group` starting from `initial`, with its state machine.
+fn new_replica(
+    config: &NodeConfig,
+    group: GroupId,
+    store: Arc<MvccStore>,
+    initial: InitialState,
+) -> Result<Replica, StartError> {
     let mut raft_config = Config::new(config.id, group);
     raft_config.election_ticks = config.election_ticks;
     raft_config.heartbeat_ticks = config.heartbeat_ticks;
@@ -230,7 +272,6 @@ fn open_group(
         ^ group.0.rotate_left(32)
         ^ std::process::id() as u64
         ^ Instant::now().elapsed().as_nanos() as u64;
-    let was_member = initial.conf_state.members().contains(&config.id);
     let wal_hard_state = initial.hard_state;
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
     let status = Arc::new(RwLock::new(GroupStatus::default()));
@@ -244,7 +285,7 @@ fn open_group(
         .strict_reconfig_check
         .then_some(u64::from(config.election_ticks));
     replica.publish_status(config.id);
-    Ok((replica, was_member))
+    Ok(replica)
 }
 
 /// Opens (creating if needed) the WAL and the state machines' keyspace under `layout`.
@@ -451,6 +492,114 @@ pub(crate) fn seal_bootstrap(
 }
 
 impl EventLoop {
+    /// Hosts a group: the loop drives it from now on and the handle sees it. A data
+    /// range publishes its events for watchers; with `compactor`, its store's physical
+    /// compactor starts (the first data range's is started before the loop).
+    fn add_group(&mut self, replica: Replica, compactor: bool) -> std::io::Result<()> {
+        let group = replica.group;
+        if compactor {
+            ostrakon_storage::mvcc::spawn_physical_compactor(&replica.store)?;
+        }
+        let events = if group == META_GROUP {
+            tokio::sync::broadcast::channel(1).0
+        } else {
+            let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
+            replica
+                .store
+                .set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
+            events
+        };
+        let shared = GroupShared {
+            store: replica.store.clone(),
+            status: replica.status.clone(),
+            applied: replica.applied_tx.subscribe(),
+            lessor: replica.lessor.clone(),
+            events,
+        };
+        self.groups.write().unwrap().insert(group, Arc::new(shared));
+        self.replicas.insert(group, replica);
+        self.ticking.insert(group);
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    /// A replica of a range this node does not host yet, for a message from the range's
+    /// group (whose leader is ahead of this node's split, or sends it the range's first
+    /// snapshot because this node will never apply the split): it holds nothing until
+    /// the snapshot comes.
+    fn host_uninitialized(&mut self, group: GroupId) {
+        if group == META_GROUP || group == DEFAULT_GROUP || self.replicas.contains_key(&group) {
+            return;
+        }
+        let store = Arc::new(MvccStore::open(
+            &self.keyspace,
+            group,
+            crate::group_span(group),
+        ));
+        let replica = match new_replica(&self.config, group, store, InitialState::joining()) {
+            Ok(replica) => replica,
+            Err(error) => panic!("a new replica of group {} fails: {error}", group.0),
+        };
+        tracing::info!(
+            group = group.0,
+            "hosting a replica of a new range, waiting for its snapshot"
+        );
+        if let Err(error) = self.add_group(replica, true) {
+            tracing::error!(%error, group = group.0, "could not start a range's compactor");
+        }
+    }
+
+    /// The range a split just created on this node: its group starts here from the
+    /// founding state every replica of the range shares (replacing a replica that was
+    /// waiting for the range's snapshot, whose vote it keeps).
+    fn host_split_range(&mut self, split: crate::split::SplitOff) {
+        let group = split.group;
+        let Some(store) = split.store else {
+            // The range's own snapshot reached this node first: it is here already.
+            return;
+        };
+        let mut initial = InitialState::founding(split.conf_state);
+        if let Some(mut waiting) = self.replicas.remove(&group) {
+            let voted = waiting.wal_hard_state;
+            if voted.term >= initial.hard_state.term {
+                initial.hard_state.term = voted.term;
+                initial.hard_state.vote = voted.vote;
+            }
+            waiting.fail_all(NodeError::LeaderChanged);
+            self.groups.write().unwrap().remove(&group);
+            self.ticking.remove(&group);
+        }
+        self.wal.set_snapshot(group, initial.snapshot.clone());
+        self.wal.set_hard_state(group, initial.hard_state);
+        let replica = match new_replica(&self.config, group, Arc::new(store), initial) {
+            Ok(replica) => replica,
+            Err(error) => panic!("the range a split created fails to start: {error}"),
+        };
+        tracing::info!(group = group.0, span = ?replica.store.span(), "a split created a range");
+        crate::metrics::metrics().range_splits.inc();
+        if let Err(error) = self.add_group(replica, true) {
+            tracing::error!(%error, group = group.0, "could not start a range's compactor");
+        }
+        // The range's first snapshot file, for a replica that missed the split.
+        self.start_snapshot(group);
+    }
+
+    /// Asks the oracle for the revisions of the writes waiting for them, if none is
+    /// being fetched; the answer comes back as `Input::RevisionsGranted`.
+    fn fetch_revisions(&mut self) {
+        let Some((fetch, count)) = self.revisions.start() else {
+            return;
+        };
+        let handle = self.handle.clone();
+        let inputs = self.input_tx.clone();
+        self.runtime.spawn(async move {
+            let granted = handle.timestamps(count).await;
+            let _ = inputs
+                .send_async(Input::RevisionsGranted { fetch, granted })
+                .await;
+        });
+    }
+
     fn run(mut self) {
         let tick = self.config.tick_interval;
         let mut next_tick = Instant::now() + tick;
@@ -487,6 +636,7 @@ impl EventLoop {
                     next_tick = Instant::now() + tick;
                 }
             }
+            self.fetch_revisions();
             self.handle_readies();
             if shutdown {
                 break;
@@ -554,6 +704,7 @@ impl EventLoop {
         }
         match input {
             Input::Raft(message) => {
+                self.host_uninitialized(message.group);
                 if let Some(replica) = self.replicas.get_mut(&message.group) {
                     replica.node.step(message);
                 }
@@ -563,14 +714,38 @@ impl EventLoop {
                 write,
                 respond,
             } => match self.replicas.get_mut(&group) {
+                // A range that split takes its writes' revisions from the oracle: the
+                // leader proposes them once the node has them (`fetch_revisions`).
+                Some(replica)
+                    if replica.store.oracle_revisions() && replica.node.role() == Role::Leader =>
+                {
+                    crate::metrics::metrics().oracle_revision_writes.inc();
+                    self.revisions.wait(crate::revisions::WaitingWrite {
+                        group,
+                        write,
+                        respond,
+                    });
+                }
                 Some(replica) => replica.propose(write, respond),
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
+            Input::RevisionsGranted { fetch, granted } => {
+                for waiting in self.revisions.granted(fetch, granted) {
+                    match self.replicas.get_mut(&waiting.group) {
+                        Some(replica) => {
+                            replica.propose(waiting.write, waiting.respond);
+                            self.dirty.insert(waiting.group);
+                        }
+                        None => drop(waiting.respond.send(Err(NodeError::UnknownGroup))),
+                    }
+                }
+            }
             Input::ReadIndex { group, respond } => match self.replicas.get_mut(&group) {
                 Some(replica) => replica.read_index(respond),
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
             Input::SnapshotReceived { message, path } => {
+                self.host_uninitialized(message.group);
                 let Some(replica) = self.replicas.get_mut(&message.group) else {
                     return;
                 };
@@ -747,6 +922,7 @@ impl EventLoop {
                     .backend_commit
                     .observe(apply_started.elapsed());
             }
+            let split_offs = replica.take_split_offs();
             replica.answer_reads(std::mem::take(&mut ready.read_states));
             replica.node.advance();
             // Only now: raft takes no input between ready() and advance().
@@ -763,6 +939,9 @@ impl EventLoop {
                 self.notice_removal(group);
             }
             self.maybe_snapshot(group);
+            for split in split_offs {
+                self.host_split_range(split);
+            }
         }
         self.follow_data_membership();
     }
@@ -876,6 +1055,16 @@ impl EventLoop {
         if replica.snapshot_in_progress || !(entries_due || bytes_due) {
             return;
         }
+        self.start_snapshot(group);
+    }
+
+    /// Starts writing a snapshot file of the group at its applied position (unless one
+    /// is being written).
+    fn start_snapshot(&mut self, group: GroupId) {
+        let replica = self.replicas.get_mut(&group).expect("group exists");
+        if replica.snapshot_in_progress {
+            return;
+        }
         replica.log_bytes_since_snapshot = 0;
         let meta = replica.snapshot_meta();
         let frozen = replica.store.freeze();
@@ -930,6 +1119,7 @@ impl EventLoop {
     }
 
     fn stop(mut self) {
+        self.revisions.fail_all(NodeError::Stopped);
         self.wal.sync();
         for replica in self.replicas.values_mut() {
             replica.fail_all(NodeError::Stopped);

@@ -31,11 +31,15 @@ pub struct GroupShared {
     pub events: tokio::sync::broadcast::Sender<Arc<ostrakon_storage::mvcc::RevisionEvents>>,
 }
 
+/// Every group hosted here, shared by the handle and the event loop (which adds the
+/// ranges splits create).
+pub type SharedGroups = Arc<RwLock<HashMap<GroupId, Arc<GroupShared>>>>;
+
 struct Inner {
     id: NodeId,
     cluster_id: u64,
     inputs: InputSender,
-    groups: HashMap<GroupId, GroupShared>,
+    groups: SharedGroups,
     transport: Transport,
     request_timeout: Duration,
     next_write_id: AtomicU64,
@@ -63,6 +67,21 @@ pub struct MemberDescription {
     pub is_learner: bool,
 }
 
+/// How long a request waits before it is routed again (a range being created here, or a
+/// split this node has not applied yet).
+const ROUTE_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// The error a write's unexpected outcome stands for.
+fn refusal_of(outcome: WriteOutcome) -> NodeError {
+    match outcome {
+        WriteOutcome::Error(error) => NodeError::Refused {
+            code: error.code,
+            message: error.message,
+        },
+        other => panic!("a write answered with the outcome of another kind: {other:?}"),
+    }
+}
+
 /// The most timestamps one request may ask for.
 pub const TIMESTAMPS_PER_REQUEST_MAX: u64 = 1024;
 
@@ -76,7 +95,7 @@ impl NodeHandle {
     pub(crate) fn new(
         config: &NodeConfig,
         inputs: InputSender,
-        groups: HashMap<GroupId, GroupShared>,
+        groups: SharedGroups,
         transport: Transport,
         removed: watch::Receiver<bool>,
     ) -> NodeHandle {
@@ -113,8 +132,109 @@ impl NodeHandle {
         self.inner.cluster_id
     }
 
-    fn group(&self, group: GroupId) -> Result<&GroupShared, NodeError> {
-        self.inner.groups.get(&group).ok_or(NodeError::UnknownGroup)
+    fn group(&self, group: GroupId) -> Result<Arc<GroupShared>, NodeError> {
+        self.inner
+            .groups
+            .read()
+            .unwrap()
+            .get(&group)
+            .cloned()
+            .ok_or(NodeError::UnknownGroup)
+    }
+
+    /// The data ranges this node holds a replica of, with their spans, in key order
+    /// (replicas still waiting for their first snapshot hold no span and are left out).
+    pub fn data_ranges(&self) -> Vec<(GroupId, Arc<ostrakon_storage::mvcc::KeySpan>)> {
+        let mut ranges: Vec<_> = self
+            .inner
+            .groups
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(group, _)| **group != crate::META_GROUP)
+            .map(|(group, shared)| (*group, shared.store.span()))
+            .filter(|(_, span)| !span.is_none())
+            .collect();
+        ranges.sort_by(|a, b| a.1.start().cmp(b.1.start()));
+        ranges
+    }
+
+    /// The range holding every key of `intervals`, waiting (until the request timeout)
+    /// while no range here holds them yet (one being created by a split). Fails with
+    /// `SpansRanges` if they fall in several.
+    pub async fn route(
+        &self,
+        intervals: &[ostrakon_storage::mvcc::KeyInterval<'_>],
+    ) -> Result<GroupId, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            match crate::routing::route(&self.data_ranges(), intervals) {
+                crate::routing::Route::One(group) => return Ok(group),
+                crate::routing::Route::Several => return Err(NodeError::SpansRanges),
+                crate::routing::Route::Unknown if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+                }
+                crate::routing::Route::Unknown => return Err(NodeError::Timeout),
+            }
+        }
+    }
+
+    /// Applies a write to the range holding its keys (`write_intervals`), routed again
+    /// while a split moves them; writes without keys go to the first data range, which
+    /// holds leases, members, auth and alarms.
+    pub async fn write_routed(
+        &self,
+        request: write_request::Request,
+        auth_revision: u64,
+    ) -> Result<WriteOutcome, NodeError> {
+        use ostrakon_proto::peer::Retry;
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            let intervals = ostrakon_storage::mvcc::write_intervals(&request);
+            let group = if intervals.is_empty() {
+                crate::DEFAULT_GROUP
+            } else {
+                self.route(&intervals).await?
+            };
+            let outcome = self
+                .write_checked(group, request.clone(), auth_revision)
+                .await?;
+            match &outcome {
+                WriteOutcome::Error(error)
+                    if error.retry == Retry::WrongRange as i32
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    // This node has not applied the split the range has: wait for it.
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+                }
+                _ => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Splits the range holding `key` at `key` (which must not be the range's first
+    /// key): the keys from `key` on go to a new range, with a new raft group on every
+    /// replica of the old one. Returns the two ranges' groups.
+    pub async fn split_range(&self, key: &[u8]) -> Result<(GroupId, GroupId), NodeError> {
+        use ostrakon_proto::peer::{AllocateRangeId, SplitRange};
+        let left = self.route(&[(key, b"")]).await?;
+        let allocated = self
+            .write(
+                crate::META_GROUP,
+                write_request::Request::AllocateRangeId(AllocateRangeId {}),
+            )
+            .await?;
+        let WriteOutcome::RangeIdAllocated(allocated) = allocated else {
+            return Err(refusal_of(allocated));
+        };
+        let split = write_request::Request::Split(SplitRange {
+            key: key.to_vec().into(),
+            right_range_id: allocated.range_id,
+        });
+        match self.write(left, split).await? {
+            WriteOutcome::RangeSplit(done) => Ok((left, GroupId(done.right_range_id))),
+            other => Err(refusal_of(other)),
+        }
     }
 
     /// Renews a lease (`renew`) or reads how long it has left, on the leader: here if this
@@ -148,7 +268,7 @@ impl NodeHandle {
         id: i64,
         renew: bool,
     ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
-        let shared = self.group(group)?;
+        let shared = self.group(group)?.clone();
         let status = self.status(group)?;
         if !status.is_leader {
             return Err(NodeError::NotLeader(status.leader));
@@ -210,7 +330,7 @@ impl NodeHandle {
     /// Every member of the group (voters and learners), with what the member registry
     /// knows of it: a member that has not started yet has no name and no client URLs.
     pub fn members(&self, group: GroupId) -> Result<Vec<MemberDescription>, NodeError> {
-        let store = &self.group(group)?.store;
+        let store = self.group(group)?.store.clone();
         let conf_state = store.applied().conf_state;
         let registry: std::collections::BTreeMap<u64, MemberRecord> =
             store.members().into_iter().map(|r| (r.id, r)).collect();

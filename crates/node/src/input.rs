@@ -103,6 +103,14 @@ pub enum Input {
         /// Answered with the timestamps, or why not.
         respond: crate::timestamps::TimestampResponder,
     },
+    /// The oracle's answer to a fetch of revisions for waiting writes
+    /// (`revisions::RevisionFetcher`).
+    RevisionsGranted {
+        /// The fetch.
+        fetch: u64,
+        /// The timestamps, or why there are none.
+        granted: Result<ostrakon_ranges::TimestampRange, NodeError>,
+    },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),
     /// A peer refused this member's messages: the cluster removed it.
@@ -128,7 +136,10 @@ impl Input {
             | Input::Freeze { group, .. }
             | Input::RaftStatus { group, .. } => Some(*group),
             Input::Timestamps { .. } => Some(crate::META_GROUP),
-            Input::Unreachable(_) | Input::RemovedByPeer(_) | Input::Shutdown => None,
+            Input::Unreachable(_)
+            | Input::RemovedByPeer(_)
+            | Input::RevisionsGranted { .. }
+            | Input::Shutdown => None,
         }
     }
 }

@@ -32,7 +32,10 @@ pub mod metrics;
 pub mod reconfig_check;
 mod replica;
 pub mod restore;
+pub mod revisions;
+pub mod routing;
 pub mod spans;
+pub mod split;
 pub mod status;
 pub mod timestamps;
 pub mod tls;
@@ -48,12 +51,13 @@ pub const DEFAULT_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(1);
 /// holds the timestamp oracle's bound.
 pub const META_GROUP: ostrakon_raft::GroupId = ostrakon_raft::GroupId(0);
 
-/// The user keys a group's store holds: the meta range none, the data range all of them
-/// (until ranges split).
+/// The user keys a new group's store holds: the first data range all of them; the meta
+/// range none; a range a split creates none until the split or its first snapshot gives
+/// it its span.
 pub fn group_span(group: ostrakon_raft::GroupId) -> ostrakon_storage::mvcc::KeySpan {
-    if group == META_GROUP {
-        ostrakon_storage::mvcc::KeySpan::none()
-    } else {
+    if group == DEFAULT_GROUP {
         ostrakon_storage::mvcc::KeySpan::whole()
+    } else {
+        ostrakon_storage::mvcc::KeySpan::none()
     }
 }

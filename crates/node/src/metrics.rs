@@ -273,6 +273,10 @@ pub struct Metrics {
     pub raft_groups_quiesced: Gauge,
     /// Raft groups this member leads.
     pub raft_groups_led: Gauge,
+    /// Splits applied on this member that created a range here.
+    pub range_splits: Counter,
+    /// Writes that waited for revisions from the oracle (ranges that split).
+    pub oracle_revision_writes: Counter,
     /// Whether this member leads the meta range, and so serves the timestamp oracle.
     pub oracle_is_leader: Gauge,
     /// Timestamps the oracle on this member handed out.
@@ -317,6 +321,8 @@ impl Metrics {
             raft_groups: Gauge::default(),
             raft_groups_quiesced: Gauge::default(),
             raft_groups_led: Gauge::default(),
+            range_splits: Counter::default(),
+            oracle_revision_writes: Counter::default(),
             oracle_is_leader: Gauge::default(),
             oracle_timestamps: Counter::default(),
             nodes_reported_down: Counter::default(),
@@ -441,6 +447,18 @@ impl Metrics {
             "gauge",
             "Raft groups this member leads.",
             self.raft_groups_led.get().to_string(),
+        );
+        scalar(
+            "ostrakon_range_splits_total",
+            "counter",
+            "Splits applied on this member that created a range here.",
+            self.range_splits.get().to_string(),
+        );
+        scalar(
+            "ostrakon_oracle_revision_writes_total",
+            "counter",
+            "Writes that took their revision from the timestamp oracle (ranges that split).",
+            self.oracle_revision_writes.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_is_leader",

@@ -66,6 +66,8 @@ pub struct Replica {
     pub timestamps: Option<crate::timestamps::TimestampService>,
     /// The hard state last written to the WAL (its commit index may lag raft's).
     pub wal_hard_state: ostrakon_raft::HardState,
+    /// Ranges the splits applied since the event loop last looked created.
+    split_offs: Vec<crate::split::SplitOff>,
 }
 
 impl Replica {
@@ -98,7 +100,14 @@ impl Replica {
             strict_reconfig_active_ticks: None,
             timestamps: None,
             wal_hard_state: ostrakon_raft::HardState::default(),
+            split_offs: Vec::new(),
         }
+    }
+
+    /// The ranges the splits applied since the last call created, for the event loop to
+    /// host.
+    pub fn take_split_offs(&mut self) -> Vec<crate::split::SplitOff> {
+        std::mem::take(&mut self.split_offs)
     }
 
     /// A request for `count` timestamps from the oracle (the meta range's leader only).
@@ -331,7 +340,21 @@ impl Replica {
                         self.record_replication(&entry, parent);
                         spans::start(Some(parent), "mvcc.apply", SpanKind::Internal)
                     });
-                    let outcome = apply_write(&self.store, entry.index, entry.term, &write);
+                    let outcome = match &write.request {
+                        Some(ostrakon_proto::peer::write_request::Request::Split(split)) => {
+                            let conf = self.node.conf_state().clone();
+                            let (outcome, split_off) = crate::split::apply_split(
+                                &self.store,
+                                entry.index,
+                                entry.term,
+                                split,
+                                &conf,
+                            );
+                            self.split_offs.extend(split_off);
+                            outcome
+                        }
+                        _ => apply_write(&self.store, entry.index, entry.term, &write),
+                    };
                     self.note_lease_change(&write, &outcome);
                     if let Some(span) = &mut span {
                         span.set_attribute("raft.index", entry.index.0);

@@ -83,6 +83,9 @@ impl From<ApiError> for Status {
                 NodeError::Refused { code, message } => {
                     return Status::new(Code::from_i32(*code), message.clone())
                 }
+                NodeError::SpansRanges => {
+                    return Status::failed_precondition(node.to_string());
+                }
             },
         };
         Status::new(code, message)

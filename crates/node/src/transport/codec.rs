@@ -22,6 +22,13 @@ const REMOTE_CHANGE_IN_PROGRESS: i32 = -6;
 /// A node error for the wire; `Refused` keeps etcd's code and message.
 pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
     let code = match error {
+        NodeError::SpansRanges => {
+            return pb::Error {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: error.to_string(),
+                ..Default::default()
+            }
+        }
         NodeError::Refused { code, message } => {
             return pb::Error {
                 code,

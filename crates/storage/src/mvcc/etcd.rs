@@ -299,13 +299,7 @@ pub fn apply_write(
             group: store.group().0,
         });
     }
-    let mut txn = match store.write_txn_at(Revision(write.revision)) {
-        Ok(txn) => txn,
-        Err(error) => {
-            store.set_applied(index, term);
-            return error_outcome(error);
-        }
-    };
+    let mut txn = store.write_txn_at(Revision(write.revision));
     let result = match request {
         Request::Put(put) => apply_put(&mut txn, put, PutIn::Request).map(WriteOutcome::Put),
         Request::DeleteRange(delete) => {
@@ -349,7 +343,7 @@ pub fn apply_write(
             }))
         }
     };
-    match result {
+    match result.and_then(|outcome| txn.check_revision().map(|()| outcome)) {
         Ok(mut outcome) => {
             let revision = txn.response_revision();
             txn.commit(index, term);

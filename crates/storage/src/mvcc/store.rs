@@ -756,6 +756,7 @@ impl MvccStore {
         WriteTxn {
             store: self,
             revision: Revision(view.current.0 + 1),
+            given_revision: Revision(0),
             view,
             changes: BTreeMap::new(),
             next_sub: 0,
@@ -763,23 +764,15 @@ impl MvccStore {
         }
     }
 
-    /// Starts a write transaction whose changes take `revision` (0: the next one). A
-    /// revision at or below the current one is refused, and so is none on a range that
-    /// takes its revisions from the oracle: revisions rise in every range's log.
-    pub fn write_txn_at(&self, revision: Revision) -> Result<WriteTxn<'_>, MvccError> {
+    /// Starts a write transaction whose changes take `revision` (0: the next one); see
+    /// `WriteTxn::check_revision`.
+    pub fn write_txn_at(&self, revision: Revision) -> WriteTxn<'_> {
         let mut txn = self.write_txn();
-        let current = txn.view.current;
-        let oracle = self.oracle_revisions();
-        if (revision.0 == 0 && oracle) || (revision.0 != 0 && revision <= current) {
-            return Err(MvccError::StaleRevision {
-                given: revision,
-                current,
-            });
-        }
+        txn.given_revision = revision;
         if revision.0 != 0 {
             txn.revision = revision;
         }
-        Ok(txn)
+        txn
     }
 
     /// Whether the range's writes take their revisions from the oracle (every range once
@@ -1426,6 +1419,8 @@ pub struct WriteTxn<'a> {
     view: ReadView,
     /// The revision its changes take.
     revision: Revision,
+    /// The revision the write came with (0: none).
+    given_revision: Revision,
     /// User key to its new version, whose `sub` numbers the writes in order.
     /// Invariant: a key is put at most once and deleted at most once (etcd refuses a
     /// Txn that writes a key twice before it reaches the store, but for a delete of a
@@ -1492,6 +1487,27 @@ impl WriteTxn<'_> {
     /// Whether the transaction has written anything yet.
     pub fn has_changes(&self) -> bool {
         !self.changes.is_empty()
+    }
+
+    /// Whether the revision its changes would take may be used, if it changes keys: one
+    /// at or below the current is refused, and so is none on a range that takes its
+    /// revisions from the oracle (revisions rise in every range's log). Writes that
+    /// change no key take no revision and pass.
+    pub fn check_revision(&self) -> Result<(), MvccError> {
+        if !self.has_changes() {
+            return Ok(());
+        }
+        let given = self.given_revision;
+        let current = self.view.current;
+        let unusable = if given.0 == 0 {
+            self.store.oracle_revisions()
+        } else {
+            given <= current
+        };
+        if unusable {
+            return Err(MvccError::StaleRevision { given, current });
+        }
+        Ok(())
     }
 
     /// The revision this transaction's writes get.

@@ -1,0 +1,174 @@
+//! Revisions from the oracle for the writes of ranges that split (docs/RANGES.md,
+//! "Revisions from the oracle").
+//!
+//! A write to such a range waits here until the node has timestamps for it: every write
+//! that arrived before a fetch started shares that fetch (one request to the oracle for
+//! all of them, whatever their ranges), so a write acknowledged before another began
+//! always gets the smaller revision, and writes are proposed in timestamp order, so
+//! revisions rise in each range's log. One fetch is in flight at a time; writes arriving
+//! meanwhile wait for the next.
+
+use ostrakon_proto::peer::WriteRequest;
+use ostrakon_raft::GroupId;
+use ostrakon_ranges::TimestampRange;
+
+use crate::error::NodeError;
+use crate::handle::TIMESTAMPS_PER_REQUEST_MAX;
+use crate::input::WriteResponder;
+
+/// A write waiting for its revision.
+pub struct WaitingWrite {
+    /// Its range.
+    pub group: GroupId,
+    /// The write; its `revision` is set once granted.
+    pub write: WriteRequest,
+    /// Its proposer.
+    pub respond: WriteResponder,
+}
+
+/// The writes waiting for revisions, and the fetch in flight.
+#[derive(Default)]
+pub struct RevisionFetcher {
+    waiting: Vec<WaitingWrite>,
+    /// The writes the fetch in flight is for, and its number.
+    in_flight: Option<(u64, Vec<WaitingWrite>)>,
+    next_fetch: u64,
+}
+
+impl RevisionFetcher {
+    /// Queues a write until the next fetch is granted.
+    pub fn wait(&mut self, waiting: WaitingWrite) {
+        self.waiting.push(waiting);
+    }
+
+    /// If no fetch is in flight and writes wait: starts one for them (at most
+    /// `TIMESTAMPS_PER_REQUEST_MAX`), returning its number and how many timestamps it
+    /// needs.
+    pub fn start(&mut self) -> Option<(u64, u64)> {
+        if self.in_flight.is_some() || self.waiting.is_empty() {
+            return None;
+        }
+        let count = self.waiting.len().min(TIMESTAMPS_PER_REQUEST_MAX as usize);
+        let rest = self.waiting.split_off(count);
+        let writes = std::mem::replace(&mut self.waiting, rest);
+        self.next_fetch += 1;
+        self.in_flight = Some((self.next_fetch, writes));
+        Some((self.next_fetch, count as u64))
+    }
+
+    /// The oracle's answer to fetch `fetch`: the writes with their revisions, in
+    /// timestamp order (to be proposed in that order), or, if it failed, nothing (its
+    /// writes were answered with the error).
+    pub fn granted(
+        &mut self,
+        fetch: u64,
+        granted: Result<TimestampRange, NodeError>,
+    ) -> Vec<WaitingWrite> {
+        let Some((number, writes)) = self.in_flight.take() else {
+            panic!("revisions granted for fetch {fetch} with none in flight");
+        };
+        assert_eq!(number, fetch, "the answer of another fetch");
+        match granted {
+            Ok(range) => {
+                assert_eq!(
+                    range.count,
+                    writes.len() as u64,
+                    "the oracle granted another count"
+                );
+                writes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut waiting)| {
+                        let revision = range.first.plus(i as u64).0;
+                        waiting.write.revision =
+                            i64::try_from(revision).expect("timestamps stay below 2^63");
+                        waiting
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                for waiting in writes {
+                    let _ = waiting.respond.send(Err(error.clone()));
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Fails every waiting write (on shutdown).
+    pub fn fail_all(&mut self, error: NodeError) {
+        let in_flight = self.in_flight.take().map(|(_, writes)| writes);
+        for waiting in self
+            .waiting
+            .drain(..)
+            .chain(in_flight.into_iter().flatten())
+        {
+            let _ = waiting.respond.send(Err(error.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostrakon_ranges::Timestamp;
+
+    type Answer =
+        tokio::sync::oneshot::Receiver<Result<ostrakon_storage::mvcc::WriteOutcome, NodeError>>;
+
+    fn waiting(group: u64, id: u64) -> (WaitingWrite, Answer) {
+        let (respond, answer) = tokio::sync::oneshot::channel();
+        let write = WriteRequest {
+            id,
+            ..Default::default()
+        };
+        (
+            WaitingWrite {
+                group: GroupId(group),
+                write,
+                respond,
+            },
+            answer,
+        )
+    }
+
+    #[test]
+    fn writes_share_a_fetch_in_arrival_order_and_later_ones_wait_for_the_next() {
+        let mut fetcher = RevisionFetcher::default();
+        assert_eq!(fetcher.start(), None);
+        let mut answers = Vec::new();
+        for (group, id) in [(1, 1), (2, 2), (1, 3)] {
+            let (w, answer) = waiting(group, id);
+            fetcher.wait(w);
+            answers.push(answer);
+        }
+        let (fetch, count) = fetcher.start().expect("writes wait");
+        assert_eq!(count, 3);
+        let (late, _late_answer) = waiting(2, 4);
+        fetcher.wait(late);
+        assert_eq!(fetcher.start(), None, "one fetch in flight");
+        let first = Timestamp::from_physical_ms(1_000);
+        let granted = fetcher.granted(fetch, Ok(TimestampRange { first, count: 3 }));
+        let stamped: Vec<(u64, u64, i64)> = granted
+            .iter()
+            .map(|w| (w.group.0, w.write.id, w.write.revision))
+            .collect();
+        let base = first.0 as i64;
+        assert_eq!(
+            stamped,
+            vec![(1, 1, base), (2, 2, base + 1), (1, 3, base + 2)]
+        );
+        assert_eq!(fetcher.start().map(|(_, count)| count), Some(1));
+    }
+
+    #[test]
+    fn a_failed_fetch_answers_its_writes_with_the_error() {
+        let mut fetcher = RevisionFetcher::default();
+        let (w, mut answer) = waiting(1, 1);
+        fetcher.wait(w);
+        let (fetch, _) = fetcher.start().unwrap();
+        assert!(fetcher.granted(fetch, Err(NodeError::Timeout)).is_empty());
+        assert_eq!(answer.try_recv().unwrap(), Err(NodeError::Timeout));
+        assert_eq!(fetcher.start(), None);
+    }
+}
