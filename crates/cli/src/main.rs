@@ -5,6 +5,7 @@ mod chaos_cmd;
 mod client_conn;
 mod duration;
 mod playground;
+mod ranges_cmd;
 mod server_args;
 mod snapshot_cmd;
 mod status_cmd;
@@ -35,6 +36,8 @@ enum Command {
     Chaos(chaos_cmd::ChaosArgs),
     /// One line per member: id, leader, term, indexes (etcdctl endpoint status -w table).
     Status(status_cmd::StatusArgs),
+    /// The keyspace's ranges (each with its own raft group); `ranges split KEY` splits one.
+    Ranges(ranges_cmd::RangesArgs),
     /// Back up a running cluster, check a backup, or make a new cluster from one.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Snapshot(command) => snapshot_cmd::run(command),
         Command::Chaos(args) => chaos_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Ranges(args) => ranges_cmd::run(args),
     }
 }

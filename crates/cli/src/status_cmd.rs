@@ -80,12 +80,12 @@ async fn row(tls: &ClientTlsArgs, endpoint: &str) -> Result<Vec<String>, String>
 }
 
 /// Renders rows as etcdctl's tables: centred headers, cells padded, ASCII borders.
-fn table(rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = (0..HEADERS.len())
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..headers.len())
         .map(|c| {
             rows.iter()
                 .map(|r| r[c].len())
-                .chain([HEADERS[c].len()])
+                .chain([headers[c].len()])
                 .max()
                 .unwrap_or(0)
         })
@@ -101,7 +101,7 @@ fn table(rows: &[Vec<String>]) -> String {
     let line = |cells: Vec<String>| format!("| {} |", cells.join(" | "));
     let mut out = vec![border.clone()];
     out.push(line(
-        HEADERS
+        headers
             .iter()
             .zip(&widths)
             .map(|(h, w)| format!("{h:^w$}"))
@@ -149,7 +149,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(!rows.is_empty(), "no member answered");
-    println!("{}", table(&rows));
+    println!("{}", table(&HEADERS, &rows));
     Ok(())
 }
 
@@ -182,7 +182,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let text = table(&[row]);
+        let text = table(&HEADERS, &[row]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5);
         assert!(lines[1].starts_with("|    ENDPOINT    |        ID        | VERSION |"));

@@ -164,18 +164,9 @@ pub fn start(
         transport.clone(),
         removed.subscribe(),
     );
-    runtime.spawn(crate::lease_expiry::run(
-        handle.clone(),
-        DEFAULT_GROUP,
-        data.lessor.clone(),
-        data.store.clone(),
-    ));
-    runtime.spawn(crate::handle::publish_attributes(
-        handle.clone(),
-        DEFAULT_GROUP,
-    ));
     let liveness = transport.liveness().clone();
     let data_store = data.store.clone();
+    let (data_lessor, tasks_runtime) = (data.lessor.clone(), runtime.clone());
     let mut event_loop = EventLoop {
         config,
         layout,
@@ -205,6 +196,17 @@ pub fn start(
     for replica in other_replicas {
         event_loop.add_group(replica, true).map_err(compactor)?;
     }
+    // Only once the handle sees the groups: these tasks end when their group is unknown.
+    tasks_runtime.spawn(crate::lease_expiry::run(
+        handle.clone(),
+        DEFAULT_GROUP,
+        data_lessor,
+        data_store.clone(),
+    ));
+    tasks_runtime.spawn(crate::handle::publish_attributes(
+        handle.clone(),
+        DEFAULT_GROUP,
+    ));
     event_loop.follow_member_registry(&data_store);
     let thread = std::thread::Builder::new()
         .name("ostrakon-raft".into())
@@ -909,6 +911,7 @@ impl EventLoop {
             }
         }
         let me = self.config.id;
+        let mut split_offs = Vec::new();
         for (group, mut ready, mut full) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
             full.extend(
@@ -922,7 +925,10 @@ impl EventLoop {
                     .backend_commit
                     .observe(apply_started.elapsed());
             }
-            let split_offs = replica.take_split_offs();
+            // The split range's leader starts the new range's election at once (as TiKV
+            // does), rather than every replica waiting out an election timeout.
+            let campaign = replica.node.role() == Role::Leader;
+            split_offs.extend(replica.take_split_offs().into_iter().map(|s| (s, campaign)));
             replica.answer_reads(std::mem::take(&mut ready.read_states));
             replica.node.advance();
             // Only now: raft takes no input between ready() and advance().
@@ -939,8 +945,17 @@ impl EventLoop {
                 self.notice_removal(group);
             }
             self.maybe_snapshot(group);
-            for split in split_offs {
-                self.host_split_range(split);
+        }
+        // Only once every Ready of the round is advanced: a new range may replace a
+        // replica whose Ready was in this round.
+        for (split, campaign) in split_offs {
+            let group = split.group;
+            self.host_split_range(split);
+            if campaign {
+                if let Some(new) = self.replicas.get_mut(&group) {
+                    new.node.campaign();
+                    self.dirty.insert(group);
+                }
             }
         }
         self.follow_data_membership();

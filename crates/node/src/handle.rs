@@ -71,6 +71,43 @@ pub struct MemberDescription {
 /// split this node has not applied yet).
 const ROUTE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
+/// Until leases span ranges, their keys must be in the first data range, which holds the
+/// leases: its revoke and expiry delete them in the lease's revision.
+const LEASE_OUTSIDE_FIRST_RANGE: &str = "ostrakon: a lease can be attached only to keys of the first range until leases span ranges (docs/RANGES.md)";
+
+/// Whether a write attaches a lease to a key (a Put with a lease, in a Txn too).
+fn attaches_lease(request: &write_request::Request) -> bool {
+    use ostrakon_proto::etcdserverpb::{request_op, TxnRequest};
+    fn txn_attaches(txn: &TxnRequest) -> bool {
+        txn.success
+            .iter()
+            .chain(&txn.failure)
+            .any(|op| match &op.request {
+                Some(request_op::Request::RequestPut(put)) => put.lease != 0,
+                Some(request_op::Request::RequestTxn(nested)) => txn_attaches(nested),
+                _ => false,
+            })
+    }
+    match request {
+        write_request::Request::Put(put) => put.lease != 0,
+        write_request::Request::Txn(txn) => txn_attaches(txn),
+        _ => false,
+    }
+}
+
+/// A state machine refusal as a write's outcome.
+fn mvcc_error_outcome(error: &ostrakon_storage::mvcc::MvccError) -> WriteOutcome {
+    let (code, message) = ostrakon_storage::mvcc::etcd_status(error);
+    WriteOutcome::Error(ostrakon_proto::peer::Error {
+        code,
+        message,
+        ..Default::default()
+    })
+}
+
+/// How long a request to a range a split created waits for the range's leader.
+const NEW_RANGE_ELECTION_WAIT: Duration = Duration::from_secs(3);
+
 /// The error a write's unexpected outcome stands for.
 fn refusal_of(outcome: WriteOutcome) -> NodeError {
     match outcome {
@@ -161,11 +198,15 @@ impl NodeHandle {
 
     /// The range holding every key of `intervals`, waiting (until the request timeout)
     /// while no range here holds them yet (one being created by a split). Fails with
-    /// `SpansRanges` if they fall in several.
+    /// `SpansRanges` if they fall in several. A request without keys (an empty Txn) goes
+    /// to the first data range.
     pub async fn route(
         &self,
         intervals: &[ostrakon_storage::mvcc::KeyInterval<'_>],
     ) -> Result<GroupId, NodeError> {
+        if intervals.is_empty() {
+            return Ok(crate::DEFAULT_GROUP);
+        }
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         loop {
             match crate::routing::route(&self.data_ranges(), intervals) {
@@ -188,6 +229,9 @@ impl NodeHandle {
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
         use ostrakon_proto::peer::Retry;
+        if let write_request::Request::Compaction(compaction) = &request {
+            return self.compact_every_range(compaction, auth_revision).await;
+        }
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         loop {
             let intervals = ostrakon_storage::mvcc::write_intervals(&request);
@@ -196,20 +240,116 @@ impl NodeHandle {
             } else {
                 self.route(&intervals).await?
             };
-            let outcome = self
+            if group != crate::DEFAULT_GROUP && attaches_lease(&request) {
+                return Err(NodeError::Refused {
+                    code: tonic::Code::FailedPrecondition as i32,
+                    message: LEASE_OUTSIDE_FIRST_RANGE.into(),
+                });
+            }
+            let outcome = match self
                 .write_checked(group, request.clone(), auth_revision)
-                .await?;
-            match &outcome {
-                WriteOutcome::Error(error)
-                    if error.retry == Retry::WrongRange as i32
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    // This node has not applied the split the range has: wait for it.
-                    tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
-                }
-                _ => return Ok(outcome),
+                .await
+            {
+                Err(NodeError::NoLeader) if self.await_new_range_leader(group).await => continue,
+                other => other?,
+            };
+            let retry = match &outcome {
+                WriteOutcome::Error(error) => error.retry,
+                _ => Retry::None as i32,
+            };
+            if retry == Retry::None as i32 || tokio::time::Instant::now() >= deadline {
+                return Ok(outcome);
+            }
+            if retry == Retry::WrongRange as i32 {
+                // This node has not applied the split the range has: wait for it.
+                tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+            }
+            // A stale revision (a leader changed between the fetch and the apply): the
+            // write changed nothing and is proposed again with a new one.
+        }
+    }
+
+    /// For a range a split created (not the first data range, whose requests fail at
+    /// once without a leader, as etcd's): waits up to `NEW_RANGE_ELECTION_WAIT` for a
+    /// leader, as the range elects its first one right after the split. Returns whether
+    /// one is known now (the request is then tried again).
+    pub async fn await_new_range_leader(&self, group: GroupId) -> bool {
+        if group == crate::DEFAULT_GROUP || group == crate::META_GROUP {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + NEW_RANGE_ELECTION_WAIT;
+        loop {
+            if self
+                .status(group)
+                .is_ok_and(|status| status.leader != NodeId::NONE)
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+        }
+    }
+
+    /// The data ranges' current revision: the highest of them (each range's writes since
+    /// the keyspace split carry the oracle's timestamps, so the highest is the last).
+    pub fn current_revision(&self) -> ostrakon_storage::mvcc::Revision {
+        let groups = self.inner.groups.read().unwrap();
+        groups
+            .iter()
+            .filter(|(group, _)| **group != crate::META_GROUP)
+            .map(|(_, shared)| shared.store.current_revision())
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// etcd's Compact on a keyspace in ranges: every range compacts at the revision, or at
+    /// its own current revision if that is lower (it holds nothing above it). The
+    /// revision may not be above the keyspace's current one; one every range compacted
+    /// already is refused as in etcd.
+    async fn compact_every_range(
+        &self,
+        compaction: &ostrakon_proto::etcdserverpb::CompactionRequest,
+        auth_revision: u64,
+    ) -> Result<WriteOutcome, NodeError> {
+        use ostrakon_storage::mvcc::{MvccError, Revision};
+        let ranges = self.data_ranges();
+        if ranges.len() == 1 {
+            let request = write_request::Request::Compaction(*compaction);
+            return self
+                .write_checked(ranges[0].0, request, auth_revision)
+                .await;
+        }
+        let revision = Revision(compaction.revision);
+        if revision > self.current_revision() {
+            return Ok(mvcc_error_outcome(&MvccError::FutureRevision));
+        }
+        let mut last = None;
+        let mut refusal = None;
+        for (group, _) in ranges {
+            let store = self.group(group)?.store.clone();
+            let at = revision.min(store.current_revision());
+            if at <= store.compact_revision() {
+                refusal.get_or_insert(MvccError::Compacted {
+                    compacted: store.compact_revision(),
+                });
+                continue;
+            }
+            let request = write_request::Request::Compaction(
+                ostrakon_proto::etcdserverpb::CompactionRequest {
+                    revision: at.0,
+                    physical: compaction.physical,
+                },
+            );
+            match self.write_checked(group, request, auth_revision).await? {
+                WriteOutcome::Error(error) => return Ok(WriteOutcome::Error(error)),
+                outcome => last = Some(outcome),
             }
         }
+        Ok(last.unwrap_or_else(|| {
+            mvcc_error_outcome(&refusal.expect("every range refused or compacted"))
+        }))
     }
 
     /// Splits the range holding `key` at `key` (which must not be the range's first
@@ -217,23 +357,59 @@ impl NodeHandle {
     /// replica of the old one. Returns the two ranges' groups.
     pub async fn split_range(&self, key: &[u8]) -> Result<(GroupId, GroupId), NodeError> {
         use ostrakon_proto::peer::{AllocateRangeId, SplitRange};
-        let left = self.route(&[(key, b"")]).await?;
-        let allocated = self
-            .write(
-                crate::META_GROUP,
-                write_request::Request::AllocateRangeId(AllocateRangeId {}),
-            )
-            .await?;
+        let allocate = write_request::Request::AllocateRangeId(AllocateRangeId {});
+        let allocated = self.write_retrying(crate::META_GROUP, allocate).await?;
         let WriteOutcome::RangeIdAllocated(allocated) = allocated else {
             return Err(refusal_of(allocated));
         };
-        let split = write_request::Request::Split(SplitRange {
-            key: key.to_vec().into(),
-            right_range_id: allocated.range_id,
-        });
-        match self.write(left, split).await? {
-            WriteOutcome::RangeSplit(done) => Ok((left, GroupId(done.right_range_id))),
-            other => Err(refusal_of(other)),
+        let right = GroupId(allocated.range_id);
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            let left = self.route(&[(key, b"")]).await?;
+            let split = write_request::Request::Split(SplitRange {
+                key: key.to_vec().into(),
+                right_range_id: right.0,
+            });
+            match self.write(left, split).await {
+                Ok(WriteOutcome::RangeSplit(done)) => {
+                    return Ok((left, GroupId(done.right_range_id)))
+                }
+                Ok(other) => return Err(refusal_of(other)),
+                Err(NodeError::NoLeader | NodeError::LeaderChanged | NodeError::Timeout)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    // The split may have applied without its answer reaching us: then
+                    // the range `right` starts at the key once this node applies it.
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE * 5).await;
+                    if self
+                        .group(right)
+                        .is_ok_and(|g| g.store.span().start() == key)
+                    {
+                        return Ok((left, right));
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// `write`, retried while the group has no leader or its leader changes, until the
+    /// request timeout: for writes that may be repeated safely.
+    async fn write_retrying(
+        &self,
+        group: GroupId,
+        request: write_request::Request,
+    ) -> Result<WriteOutcome, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            match self.write(group, request.clone()).await {
+                Err(NodeError::NoLeader | NodeError::LeaderChanged)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE * 5).await;
+                }
+                other => return other,
+            }
         }
     }
 

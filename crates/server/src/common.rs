@@ -23,13 +23,9 @@ pub fn header(node: &NodeHandle, revision: Revision) -> Option<ResponseHeader> {
     })
 }
 
-/// The header at the store's current revision.
+/// The header at the keyspace's current revision (the highest of its ranges').
 pub fn current_header(node: &NodeHandle) -> Option<ResponseHeader> {
-    let revision = node
-        .store(DEFAULT_GROUP)
-        .map(|s| s.current_revision())
-        .unwrap_or_default();
-    header(node, revision)
+    header(node, node.current_revision())
 }
 
 /// Proposes a write (forwarded to the leader if need be); a refusal by the state machine
@@ -47,10 +43,7 @@ pub async fn write_checked(
 ) -> Result<WriteOutcome, ApiError> {
     refuse_on_learner(node)?;
     check_quota(node, &write).await?;
-    match node
-        .write_checked(DEFAULT_GROUP, write, auth_revision)
-        .await?
-    {
+    match node.write_routed(write, auth_revision).await? {
         WriteOutcome::Error(error) => Err(ApiError::Node(NodeError::Refused {
             code: error.code,
             message: error.message,

@@ -55,17 +55,17 @@ impl KvService {
     ) -> Result<RangeResponse, ApiError> {
         validate::range(&request)?;
         caller.check(&request.key, &request.range_end, Access::Read)?;
-        if !request.serializable && !crate::planted::stale_reads() {
+        if !request.serializable {
             common::refuse_on_learner(&self.node)?;
-            self.node.linearizable_read_point(DEFAULT_GROUP).await?;
         }
-        let store = self.node.store(DEFAULT_GROUP)?;
+        let interval = [(&request.key[..], &request.range_end[..])];
+        let view = crate::routed::read_view(&self.node, &interval, !request.serializable).await?;
         let mut response = if request.range_end.is_empty() {
-            mvcc::range(&store.read_view(), &request)?
+            mvcc::range(&view, &request)?
         } else {
             // A range may read many keys: keep it off the async workers, where it would
             // hold up every other request sharing the worker.
-            tokio::task::spawn_blocking(move || mvcc::range(&store.read_view(), &request))
+            tokio::task::spawn_blocking(move || mvcc::range(&view, &request))
                 .await
                 .expect("a range read panicked")?
         };
@@ -81,14 +81,13 @@ impl KvService {
     async fn read_txn(&self, request: TxnRequest) -> Result<TxnResponse, ApiError> {
         // A learner serves only serializable Ranges, as before (etcd refuses Txn there).
         common::refuse_on_learner(&self.node)?;
-        if !mvcc::txn_is_serializable(&request) && !crate::planted::stale_reads() {
-            self.node.linearizable_read_point(DEFAULT_GROUP).await?;
-        }
-        let store = self.node.store(DEFAULT_GROUP)?;
-        let mut response =
-            tokio::task::spawn_blocking(move || mvcc::read_txn(&store.read_view(), &request))
-                .await
-                .expect("a read-only Txn panicked")?;
+        let mut intervals = Vec::new();
+        mvcc::txn_intervals(&request, &mut intervals);
+        let linearizable = !mvcc::txn_is_serializable(&request);
+        let view = crate::routed::read_view(&self.node, &intervals, linearizable).await?;
+        let mut response = tokio::task::spawn_blocking(move || mvcc::read_txn(&view, &request))
+            .await
+            .expect("a read-only Txn panicked")?;
         response.header = self.header(response.header);
         Ok(response)
     }
@@ -238,17 +237,21 @@ impl Kv for KvService {
         let outcome = self
             .write(Write::Compaction(request), bytes, &caller)
             .await?;
-        if physical {
-            // etcd's physical compaction: answer once this member's compactor has
-            // removed the garbage (the apply only made it invisible).
-            let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
-            let done = tokio::task::spawn_blocking(move || {
-                store.wait_compacted_physically(revision, PHYSICAL_COMPACTION_WAIT_MAX)
-            })
-            .await
-            .expect("waiting for a compaction panicked");
-            if !done {
-                return Err(ApiError::Node(ostrakon_node::NodeError::Timeout).into());
+        if physical && matches!(outcome, WriteOutcome::Compaction(_)) {
+            // etcd's physical compaction: answer once this member's compactors have
+            // removed the garbage (the apply only made it invisible); each range
+            // compacted at the revision or at its own current one if lower.
+            for (group, _) in self.node.data_ranges() {
+                let store = self.node.store(group).map_err(ApiError::from)?;
+                let done = tokio::task::spawn_blocking(move || {
+                    let at = revision.min(store.current_revision());
+                    store.wait_compacted_physically(at, PHYSICAL_COMPACTION_WAIT_MAX)
+                })
+                .await
+                .expect("waiting for a compaction panicked");
+                if !done {
+                    return Err(ApiError::Node(ostrakon_node::NodeError::Timeout).into());
+                }
             }
         }
         respond!(self, outcome, Compaction)

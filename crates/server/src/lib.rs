@@ -23,6 +23,8 @@ mod observe;
 mod oracle;
 mod planted;
 mod queue;
+mod ranges;
+mod routed;
 mod run;
 pub mod validate;
 mod watch;

@@ -18,6 +18,7 @@ use ostrakon_proto::etcdserverpb::lease_server::LeaseServer;
 use ostrakon_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ostrakon_proto::etcdserverpb::watch_server::WatchServer;
 use ostrakon_proto::ostrakonpb::oracle_server::OracleServer;
+use ostrakon_proto::ostrakonpb::ranges_server::RangesServer;
 use ostrakon_proto::peer::peer_server::PeerServer;
 use ostrakon_proto::v3electionpb::election_server::ElectionServer;
 use ostrakon_proto::v3lockpb::lock_server::LockServer;
@@ -150,6 +151,9 @@ pub async fn run(
             .add_service(ElectionServer::new(ElectionService::new(node.clone())))
             .add_service(watch)
             .add_service(OracleServer::new(crate::oracle::OracleService::new(
+                node.clone(),
+            )))
+            .add_service(RangesServer::new(crate::ranges::RangesService::new(
                 node.clone(),
             )))
             .into_axum_router()

@@ -1,20 +1,24 @@
 //! etcd's Watch service: many watchers on one bidirectional stream.
 //!
-//! Each stream is one task. It subscribes to the group's committed revisions (a bounded
-//! broadcast shared by every watcher of the node), and every watcher remembers the next
-//! revision it owes the client. A revision is delivered whole, in order, once: a watcher
+//! Each stream is one task. Each watcher watches keys of one range: the stream
+//! subscribes to the committed revisions of every range its watchers watch (a bounded
+//! broadcast per range, shared by every watcher of the node), and every watcher
+//! remembers the next revision it owes the client. When a split moves a watcher's keys
+//! to another range, the watcher follows them there and reads what it missed from
+//! storage (the new range holds the keys' whole history: a split moves no data). A revision is delivered whole, in order, once: a watcher
 //! that starts in the past, or finds a gap (it fell behind the broadcast, or a snapshot
 //! moved the store on), first reads the missing revisions back from storage in bounded
 //! chunks. While the client does not read, the task waits on its bounded response queue
 //! and the broadcast simply moves on without it, so a stalled client costs a bounded
 //! amount of memory (etcd issue 16839 is what this avoids).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::routing::Route;
+use ostrakon_node::NodeHandle;
 use ostrakon_proto::etcdserverpb::watch_create_request::FilterType;
 use ostrakon_proto::etcdserverpb::watch_request::RequestUnion;
 use ostrakon_proto::etcdserverpb::watch_server::Watch;
@@ -22,10 +26,13 @@ use ostrakon_proto::etcdserverpb::{
     ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use ostrakon_proto::mvccpb::{event::EventType, Event};
+use ostrakon_raft::GroupId;
 use ostrakon_storage::mvcc::{MvccError, MvccStore, Revision, RevisionEvents};
 use prost::Message as _;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_stream::{StreamExt as _, StreamMap};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Caller};
@@ -43,8 +50,13 @@ const STREAM_WATCH_ID: i64 = -1;
 /// etcd's cancel reasons (`mvcc` package errors).
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// ostrakon's cancel reason for a watcher whose keys fall in more than one range.
+const SPANS_RANGES: &str =
+    "ostrakon: the watched keys fall in more than one range; watches across ranges are not supported yet";
+/// How often a stream checks whether a split moved its watchers' keys.
+const SPLIT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Serves Watch for the node's single group.
+/// Serves Watch for the node's ranges.
 pub struct WatchService {
     node: NodeHandle,
     /// Fragments are cut below this size, as etcd cuts them at `--max-request-bytes`.
@@ -75,13 +87,6 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        // Subscribe before reading the current revision: nothing committed after it is
-        // missed.
-        let events = self
-            .node
-            .subscribe_events(DEFAULT_GROUP)
-            .map_err(ApiError::from)?;
-        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
         let caller = auth::caller(&self.node, request.metadata())
             .await
             .map_err(Status::from);
@@ -89,13 +94,14 @@ impl Watch for WatchService {
         let stream = WatchStream {
             caller,
             node: self.node.clone(),
-            store,
+            ranges: HashMap::new(),
+            events: StreamMap::new(),
             responses,
             watchers: BTreeMap::new(),
             next_auto_id: 0,
             fragment_bytes_max: self.fragment_bytes_max,
         };
-        tokio::spawn(stream.run(request.into_inner(), events, self.progress_interval));
+        tokio::spawn(stream.run(request.into_inner(), self.progress_interval));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
@@ -104,6 +110,8 @@ impl Watch for WatchService {
 struct Gone;
 
 struct Watcher {
+    /// The range whose revisions it follows.
+    group: GroupId,
     key: Bytes,
     /// Empty: just `key`; `"\0"`: every key from `key` on.
     range_end: Bytes,
@@ -155,7 +163,10 @@ struct WatchStream {
     /// needs read permission on its range.
     caller: Result<Caller, Status>,
     node: NodeHandle,
-    store: Arc<MvccStore>,
+    /// The stores of the ranges its watchers watch.
+    ranges: HashMap<GroupId, Arc<MvccStore>>,
+    /// Their committed revisions.
+    events: StreamMap<GroupId, BroadcastStream<Arc<RevisionEvents>>>,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_auto_id: i64,
@@ -163,16 +174,13 @@ struct WatchStream {
 }
 
 impl WatchStream {
-    async fn run(
-        mut self,
-        mut requests: Streaming<WatchRequest>,
-        mut events: broadcast::Receiver<Arc<RevisionEvents>>,
-        progress_interval: Duration,
-    ) {
+    async fn run(mut self, mut requests: Streaming<WatchRequest>, progress_interval: Duration) {
         let mut progress = tokio::time::interval_at(
             tokio::time::Instant::now() + progress_interval,
             progress_interval,
         );
+        let mut split_check = tokio::time::interval(SPLIT_CHECK_INTERVAL);
+        split_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A client that closes its sending side still gets its events, as from etcd; the
         // stream ends when the client goes away.
         let mut requests_open = true;
@@ -187,15 +195,15 @@ impl WatchStream {
                     }
                     Err(_) => Err(Gone),
                 },
-                revision = events.recv() => match revision {
-                    Ok(revision) => self.on_revision(&revision).await,
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                Some((group, revision)) = self.events.next() => match revision {
+                    Ok(revision) => self.on_revision(group, &revision).await,
+                    Err(BroadcastStreamRecvError::Lagged(skipped)) => {
                         tracing::info!(skipped, "a watch stream fell behind; catching up from storage");
-                        self.catch_up_all().await
+                        self.catch_up_range(group).await
                     }
-                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
                 },
                 _ = progress.tick() => self.notify_progress().await,
+                _ = split_check.tick() => self.follow_splits().await,
                 _ = client_side.closed() => Err(Gone),
             };
             if step.is_err() {
@@ -208,6 +216,67 @@ impl WatchStream {
         common::header(&self.node, revision)
     }
 
+    /// The store of a range a watcher watches.
+    fn store(&self, group: GroupId) -> &Arc<MvccStore> {
+        &self.ranges[&group]
+    }
+
+    /// Follows the range's revisions from now on (if not already): subscribed before
+    /// its current revision is read, so nothing committed after that is missed.
+    fn subscribe(&mut self, group: GroupId) -> Result<Arc<MvccStore>, ApiError> {
+        if let Some(store) = self.ranges.get(&group) {
+            return Ok(store.clone());
+        }
+        let events = self.node.subscribe_events(group)?;
+        let store = self.node.store(group)?;
+        self.events.insert(group, BroadcastStream::new(events));
+        self.ranges.insert(group, store.clone());
+        Ok(store)
+    }
+
+    /// Moves every watcher whose keys a split moved to the range now holding them; it
+    /// reads what it missed there from storage. One whose keys now fall in several
+    /// ranges is cancelled.
+    async fn follow_splits(&mut self) -> Result<(), Gone> {
+        let moved: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !self.ranges[&w.group].span().covers(&w.key, &w.range_end))
+            .map(|(id, _)| *id)
+            .collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let ranges = self.node.data_ranges();
+        for id in moved {
+            let watcher = &self.watchers[&id];
+            let route =
+                ostrakon_node::routing::route(&ranges, &[(&watcher.key, &watcher.range_end)]);
+            match route {
+                Route::One(group) => {
+                    if self.subscribe(group).is_err() {
+                        continue; // the range is not ready here yet: try again later
+                    }
+                    self.watchers.get_mut(&id).expect("listed above").group = group;
+                    self.catch_up(id).await?;
+                }
+                Route::Several => {
+                    self.watchers.remove(&id);
+                    let response = WatchResponse {
+                        header: self.header(self.node.current_revision()),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: SPANS_RANGES.into(),
+                        ..WatchResponse::default()
+                    };
+                    self.send(response).await?;
+                }
+                Route::Unknown => {}
+            }
+        }
+        Ok(())
+    }
+
     async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
         self.responses.send(Ok(response)).await.map_err(|_| Gone)
     }
@@ -218,7 +287,7 @@ impl WatchStream {
             Some(RequestUnion::CancelRequest(cancel)) => {
                 if self.watchers.remove(&cancel.watch_id).is_some() {
                     let response = WatchResponse {
-                        header: self.header(self.store.current_revision()),
+                        header: self.header(self.node.current_revision()),
                         watch_id: cancel.watch_id,
                         canceled: true,
                         ..WatchResponse::default()
@@ -229,11 +298,11 @@ impl WatchStream {
             }
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Everything up to this revision has been sent to every watcher.
-                let current = self.store.current_revision();
+                let current = self.node.current_revision();
                 let delivered = self
                     .watchers
                     .values()
-                    .map(|w| Revision(w.next.0 - 1))
+                    .map(|w| Revision(w.next.0 - 1).min(self.store(w.group).current_revision()))
                     .min()
                     .unwrap_or(current)
                     .min(current);
@@ -249,9 +318,9 @@ impl WatchStream {
     }
 
     async fn create(&mut self, create: WatchCreateRequest) -> Result<(), Gone> {
-        let current = self.store.current_revision();
+        let refuse_header = self.header(self.node.current_revision());
         let refuse = |reason: &str| WatchResponse {
-            header: self.header(current),
+            header: refuse_header,
             watch_id: STREAM_WATCH_ID,
             created: true,
             canceled: true,
@@ -279,10 +348,30 @@ impl WatchStream {
         if !range_end.is_empty() && range_end[..] != [0] && range_end <= create.key {
             return self.send(refuse(EMPTY_RANGE)).await;
         }
-        let id = if create.watch_id != 0 {
-            if self.watchers.contains_key(&create.watch_id) {
-                return self.send(refuse(DUPLICATE_ID)).await;
+        if self.watchers.contains_key(&create.watch_id) && create.watch_id != 0 {
+            return self.send(refuse(DUPLICATE_ID)).await;
+        }
+        let interval = [(&create.key[..], &range_end[..])];
+        let group = match self.node.route(&interval).await {
+            Ok(group) => group,
+            Err(ostrakon_node::NodeError::SpansRanges) => {
+                return self.send(refuse(SPANS_RANGES)).await;
             }
+            Err(error) => {
+                let reason = tonic::Status::from(ApiError::from(error))
+                    .message()
+                    .to_string();
+                return self.send(refuse(&reason)).await;
+            }
+        };
+        let current = match self.subscribe(group) {
+            Ok(store) => store.current_revision(),
+            Err(error) => {
+                let reason = tonic::Status::from(error).message().to_string();
+                return self.send(refuse(&reason)).await;
+            }
+        };
+        let id = if create.watch_id != 0 {
             create.watch_id
         } else {
             while self.watchers.contains_key(&self.next_auto_id) {
@@ -298,6 +387,7 @@ impl WatchStream {
         };
         let filters = |filter: FilterType| create.filters.contains(&(filter as i32));
         let watcher = Watcher {
+            group,
             key: create.key.clone(),
             range_end,
             next,
@@ -321,13 +411,26 @@ impl WatchStream {
         Ok(())
     }
 
-    /// A committed revision from the broadcast, for every watcher that is due it.
-    async fn on_revision(&mut self, revision: &RevisionEvents) -> Result<(), Gone> {
+    /// A committed revision of a range, for every watcher of it that is due it.
+    async fn on_revision(&mut self, group: GroupId, revision: &RevisionEvents) -> Result<(), Gone> {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let Some(watcher) = self.watchers.get(&id) else {
                 continue;
             };
+            if watcher.group != group {
+                continue;
+            }
+            if !self
+                .store(group)
+                .span()
+                .covers(&watcher.key, &watcher.range_end)
+            {
+                // A split moved its keys: the range's later revisions are not its
+                // (`follow_splits` moves it to its keys' range, which holds their whole
+                // history).
+                continue;
+            }
             if revision.revision < watcher.next {
                 continue;
             }
@@ -344,10 +447,15 @@ impl WatchStream {
         Ok(())
     }
 
-    /// The broadcast moved on without this stream: every watcher reads what it missed
-    /// from storage.
-    async fn catch_up_all(&mut self) -> Result<(), Gone> {
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+    /// A range's broadcast moved on without this stream: every watcher of it reads what
+    /// it missed from storage.
+    async fn catch_up_range(&mut self, group: GroupId) -> Result<(), Gone> {
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.group == group)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             self.catch_up(id).await?;
         }
@@ -361,8 +469,12 @@ impl WatchStream {
             let Some(watcher) = self.watchers.get(&id) else {
                 return Ok(());
             };
-            let view = self.store.read_view();
+            let view = self.store(watcher.group).read_view();
             if watcher.next > view.current_revision() {
+                return Ok(());
+            }
+            if !view.span().covers(&watcher.key, &watcher.range_end) {
+                // A split moved its keys: `follow_splits` moves it, then it catches up.
                 return Ok(());
             }
             let (key, range_end, from) =
@@ -403,9 +515,11 @@ impl WatchStream {
     /// into fragments if it asked for them and they are too large) and moves it past
     /// them.
     async fn deliver(&mut self, id: i64, revisions: &[RevisionEvents]) -> Result<(), Gone> {
-        let Some(watcher) = self.watchers.get_mut(&id) else {
+        let Some(group) = self.watchers.get(&id).map(|w| w.group) else {
             return Ok(());
         };
+        let current = self.store(group).current_revision();
+        let watcher = self.watchers.get_mut(&id).expect("looked up above");
         let mut events = Vec::new();
         let mut last = Revision(0);
         for revision in revisions {
@@ -422,7 +536,7 @@ impl WatchStream {
             return Ok(());
         }
         let fragment = watcher.fragment;
-        let header = self.header(self.store.current_revision().max(last));
+        let header = self.header(current.max(last));
         let parts = if fragment {
             split_by_size(events, self.fragment_bytes_max)
         } else {
@@ -445,14 +559,14 @@ impl WatchStream {
     /// Tells every watcher that asked for progress notifications and has nothing pending
     /// how far it is.
     async fn notify_progress(&mut self) -> Result<(), Gone> {
-        let current = self.store.current_revision();
-        let due: Vec<i64> = self
+        let due: Vec<(i64, Revision)> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.progress_notify && w.next > current)
-            .map(|(id, _)| *id)
+            .map(|(id, w)| (*id, w, self.store(w.group).current_revision()))
+            .filter(|(_, w, current)| w.progress_notify && w.next > *current)
+            .map(|(id, _, current)| (id, current))
             .collect();
-        for id in due {
+        for (id, current) in due {
             let response = WatchResponse {
                 header: self.header(current),
                 watch_id: id,
@@ -519,6 +633,7 @@ mod tests {
     #[test]
     fn a_watcher_selects_its_range_and_filters() {
         let watcher = Watcher {
+            group: GroupId(1),
             key: Bytes::from_static(b"a"),
             range_end: Bytes::from_static(b"c"),
             next: Revision(1),

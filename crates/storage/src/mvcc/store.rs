@@ -1206,6 +1206,16 @@ impl ReadView {
         self.current
     }
 
+    /// How many keys are live in the view.
+    pub fn live_keys(&self) -> usize {
+        self.latest.live_keys()
+    }
+
+    /// The user keys the view's range held when it was taken.
+    pub fn span(&self) -> &KeySpan {
+        &self.span
+    }
+
     /// The live keys attached to a lease.
     pub fn lease_keys(&self, lease: i64) -> Vec<Bytes> {
         self.latest.lease_keys(lease)

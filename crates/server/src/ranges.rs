@@ -1,0 +1,75 @@
+//! ostrakon's Ranges service: the keyspace's ranges, listed and split by hand.
+
+use ostrakon_node::NodeHandle;
+use ostrakon_proto::ostrakonpb::ranges_server::Ranges;
+use ostrakon_proto::ostrakonpb::{
+    ListRangesRequest, ListRangesResponse, RangeInfo, SplitRangeRequest, SplitRangeResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::errors::ApiError;
+
+pub struct RangesService {
+    node: NodeHandle,
+}
+
+impl RangesService {
+    pub fn new(node: NodeHandle) -> RangesService {
+        RangesService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Ranges for RangesService {
+    async fn list(
+        &self,
+        request: Request<ListRangesRequest>,
+    ) -> Result<Response<ListRangesResponse>, Status> {
+        crate::auth::caller(&self.node, request.metadata())
+            .await?
+            .check_authenticated()?;
+        let mut ranges = Vec::new();
+        for (group, span) in self.node.data_ranges() {
+            let store = self.node.store(group).map_err(ApiError::from)?;
+            let status = self.node.status(group).map_err(ApiError::from)?;
+            let view = store.read_view();
+            ranges.push(RangeInfo {
+                range_id: group.0,
+                start: span.start().to_vec().into(),
+                end: span.end().unwrap_or_default().to_vec().into(),
+                unbounded_end: span.end().is_none(),
+                leader: status.leader.0,
+                replicas: store
+                    .applied()
+                    .conf_state
+                    .members()
+                    .iter()
+                    .map(|id| id.0)
+                    .collect(),
+                keys: view.live_keys() as u64,
+                revision: view.current_revision().0,
+            });
+        }
+        Ok(Response::new(ListRangesResponse { ranges }))
+    }
+
+    async fn split(
+        &self,
+        request: Request<SplitRangeRequest>,
+    ) -> Result<Response<SplitRangeResponse>, Status> {
+        crate::auth::caller(&self.node, request.metadata())
+            .await?
+            .check_admin()?;
+        let key = request.into_inner().key;
+        if key.is_empty() {
+            return Err(Status::invalid_argument(
+                "ostrakon: a split key must not be empty (the first range starts there)",
+            ));
+        }
+        let (left, right) = self.node.split_range(&key).await.map_err(ApiError::from)?;
+        Ok(Response::new(SplitRangeResponse {
+            left_range_id: left.0,
+            right_range_id: right.0,
+        }))
+    }
+}
