@@ -114,10 +114,29 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
         .unwrap();
     let lease = client.lease_grant(60, None).await.unwrap().id();
 
-    let (ok, out, err) =
-        cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(1)]);
+    // A key from the split key on attached to a lease (the leases live in the first
+    // range) keeps the range whole until the lease is gone.
+    let early_lease = client.lease_grant(60, None).await.unwrap().id();
+    client
+        .put(
+            "zz",
+            "leased",
+            Some(PutOptions::new().with_lease(early_lease)),
+        )
+        .await
+        .unwrap();
+    let split_m = ["ranges", "split", "m", "--endpoint", &cluster.host_port(1)];
+    let (ok, _, err) = cluster.ostrakon(&split_m);
+    assert!(!ok && err.contains("attached to a lease"), "{err}");
+    client.lease_revoke(early_lease).await.unwrap();
+
+    let (ok, out, err) = cluster.ostrakon(&split_m);
     assert!(ok, "split failed: {out} {err}");
-    assert!(out.contains("range 1") && out.contains("range 2"), "{out}");
+    // (The refused split took range id 2: ids are handed out before a split applies.)
+    assert!(
+        out.contains("split range 1 at") && out.contains("range 3"),
+        "{out}"
+    );
     wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
     let (ok, listing, _) = cluster.ostrakon(&["ranges", "--endpoint", &cluster.host_port(2)]);
     assert!(
@@ -200,6 +219,21 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
         .await
         .unwrap_err();
     assert_eq!(status_of(refused).code(), tonic::Code::FailedPrecondition);
+    // What a split keyspace does not do yet is refused, not half done: membership
+    // changes, backups, and election names outside the first range.
+    let refused = client
+        .member_add(["http://127.0.0.1:1"], None)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(refused).code(), tonic::Code::FailedPrecondition);
+    let refused = match client.snapshot().await {
+        Err(refused) => refused,
+        Ok(mut backup) => backup.message().await.unwrap_err(),
+    };
+    assert_eq!(status_of(refused).code(), tonic::Code::FailedPrecondition);
+    let refused = client.leader("zz-election").await.unwrap_err();
+    assert_eq!(status_of(refused).code(), tonic::Code::FailedPrecondition);
+    assert_eq!(client.member_list().await.unwrap().members().len(), 3);
     // A split key outside the keyspace's ranges' insides is refused clearly.
     let (ok, _, err) =
         cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);

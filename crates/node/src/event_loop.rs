@@ -560,6 +560,9 @@ impl EventLoop {
             // The range's own snapshot reached this node first: it is here already.
             return;
         };
+        // The cut must be on disk before the WAL records that say the new range exists
+        // (a power loss between them would leave a WAL ahead of the state machine).
+        store.sync();
         let mut initial = InitialState::founding(split.conf_state);
         if let Some(mut waiting) = self.replicas.remove(&group) {
             let voted = waiting.wal_hard_state;
@@ -584,6 +587,20 @@ impl EventLoop {
         }
         // The range's first snapshot file, for a replica that missed the split.
         self.start_snapshot(group);
+    }
+
+    /// Another data range here whose span overlaps `span` (the span of a snapshot for
+    /// `group`), if any.
+    fn overlapping_range(
+        &self,
+        group: GroupId,
+        span: &ostrakon_storage::mvcc::KeySpan,
+    ) -> Option<GroupId> {
+        self.replicas
+            .iter()
+            .filter(|(other, _)| **other != group && **other != META_GROUP)
+            .find(|(_, replica)| replica.store.span().overlaps(span))
+            .map(|(other, _)| *other)
     }
 
     /// Asks the oracle for the revisions of the writes waiting for them, if none is
@@ -746,8 +763,28 @@ impl EventLoop {
                 Some(replica) => replica.read_index(respond),
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
-            Input::SnapshotReceived { message, path } => {
+            Input::SnapshotReceived {
+                message,
+                path,
+                span,
+            } => {
                 self.host_uninitialized(message.group);
+                if let Some(other) = span
+                    .as_ref()
+                    .and_then(|span| self.overlapping_range(message.group, span))
+                {
+                    // Another range here still holds some of its keys (it has not applied
+                    // the split that gave them to this one): installing it now would mix
+                    // the two ranges' versions. Dropped; the leader sends it again, and
+                    // by then the other range has caught up.
+                    tracing::info!(
+                        group = message.group.0,
+                        other = other.0,
+                        "a snapshot overlaps another range here; dropped until that range catches up"
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    return;
+                }
                 let Some(replica) = self.replicas.get_mut(&message.group) else {
                     return;
                 };

@@ -250,7 +250,12 @@ impl NodeHandle {
                 .write_checked(group, request.clone(), auth_revision)
                 .await
             {
-                Err(NodeError::NoLeader) if self.await_new_range_leader(group).await => continue,
+                Err(NodeError::NoLeader)
+                    if tokio::time::Instant::now() < deadline
+                        && self.await_new_range_leader(group).await =>
+                {
+                    continue
+                }
                 other => other?,
             };
             let retry = match &outcome {

@@ -44,6 +44,9 @@ pub enum Input {
         message: Message,
         /// The received file.
         path: PathBuf,
+        /// The user keys the snapshot's range holds (None: a snapshot from before ranges
+        /// recorded their span).
+        span: Option<ostrakon_storage::mvcc::KeySpan>,
     },
     /// A snapshot stream to `to` ended.
     SnapshotReport {

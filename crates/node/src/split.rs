@@ -44,6 +44,13 @@ pub fn apply_split(
         ))
     } else if conf.is_joint() {
         Some("ostrakon: the range's membership is changing; split it once that is done".into())
+    } else if store.read_view().has_leased_key_from(&split.key) {
+        // Leases live in the first range, whose revoke and expiry delete their keys
+        // there only: a leased key moved out of it would outlive its lease.
+        Some(format!(
+            "ostrakon: a key from {:?} on is attached to a lease; leases do not span ranges yet",
+            String::from_utf8_lossy(&split.key)
+        ))
     } else {
         None
     };

@@ -85,9 +85,17 @@ async fn one_key(
 ) -> Result<Option<KeyValue>, ApiError> {
     node.linearizable_read_point(DEFAULT_GROUP).await?;
     let store = node.store(DEFAULT_GROUP)?;
+    let end = prefix_end(prefix);
+    if !store.span().covers(prefix, &end) {
+        // Lock and Election keys carry leases, which live in the first range.
+        return Err(ApiError::Node(ostrakon_node::NodeError::Refused {
+            code: tonic::Code::FailedPrecondition as i32,
+            message: "ostrakon: lock and election names must fall in the first range until leases span ranges (docs/RANGES.md)".into(),
+        }));
+    }
     let request = RangeRequest {
         key: prefix.clone(),
-        range_end: prefix_end(prefix),
+        range_end: end,
         max_create_revision: (created_before - 1).max(0),
         sort_order: order as i32,
         sort_target: range_request::SortTarget::Create as i32,

@@ -199,8 +199,30 @@ impl Peer for PeerService {
             ostrakon_storage::fatal::disk_failure("fsync of a received snapshot", &error);
         }
         tokio::fs::rename(partial.keep(), &path).await.map_err(io)?;
+        // The span it holds decides whether the node may install it now (the event loop
+        // refuses one that overlaps another range here): read off the event loop.
+        let checked_path = path.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || ostrakon_storage::snapshot::check(&checked_path))
+                .await
+                .expect("checking a snapshot panicked");
+        let span = match checked {
+            Ok(checked) => checked
+                .tables
+                .span
+                .as_ref()
+                .map(ostrakon_storage::mvcc::KeySpan::from_record),
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(Status::data_loss(error.to_string()));
+            }
+        };
         self.inputs
-            .send_async(Input::SnapshotReceived { message, path })
+            .send_async(Input::SnapshotReceived {
+                message,
+                path,
+                span,
+            })
             .await
             .map_err(|_| Status::unavailable("stopping"))?;
         Ok(Response::new(SnapshotAck {}))

@@ -67,6 +67,22 @@ impl KeySpan {
         key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
     }
 
+    /// Whether the two spans share a key.
+    pub fn overlaps(&self, other: &KeySpan) -> bool {
+        if self.is_none() || other.is_none() {
+            return false;
+        }
+        let starts_before_other_ends = other
+            .end
+            .as_deref()
+            .is_none_or(|end| self.start.as_slice() < end);
+        let other_starts_before_end = self
+            .end
+            .as_deref()
+            .is_none_or(|end| other.start.as_slice() < end);
+        starts_before_other_ends && other_starts_before_end
+    }
+
     /// Whether every key of an etcd request's interval falls in the span: `range_end`
     /// empty means `key` alone, `"\0"` every key from `key` on.
     pub fn covers(&self, key: &[u8], range_end: &[u8]) -> bool {
@@ -191,6 +207,8 @@ mod tests {
         assert!(right.covers(b"c", b"d") && !right.contains(b"b\xff"));
         assert!(KeySpan::whole().covers(b"", b"\0"));
         assert!(KeySpan::none().is_none() && !KeySpan::none().contains(b""));
+        assert!(left.overlaps(&KeySpan::whole()) && !left.overlaps(&right));
+        assert!(right.overlaps(&span) && !KeySpan::none().overlaps(&KeySpan::whole()));
         for span in [span, left, right, KeySpan::whole(), KeySpan::none()] {
             assert_eq!(KeySpan::decode(&span.encode()), span);
         }

@@ -1211,6 +1211,11 @@ impl ReadView {
         self.latest.live_keys()
     }
 
+    /// Whether a live key of the view from `key` on is attached to a lease.
+    pub fn has_leased_key_from(&self, key: &[u8]) -> bool {
+        self.latest.has_leased_key_from(key)
+    }
+
     /// The user keys the view's range held when it was taken.
     pub fn span(&self) -> &KeySpan {
         &self.span
