@@ -77,7 +77,7 @@ fn range_from(
     request: &RangeRequest,
 ) -> Result<RangeResponse, MvccError> {
     let at = source.view().resolve(request.revision)?;
-    let (mut kvs, count) = if !source.has_own_writes() && !needs_every_key(request) {
+    let (kvs, count) = if !source.has_own_writes() && !needs_every_key(request) {
         // Nothing to sort or filter: copy out only what is returned (plus one, for `more`).
         let materialize = if request.count_only {
             0
@@ -98,7 +98,61 @@ fn range_from(
         let count = kvs.len();
         (kvs, count)
     };
-    let count = count as i64;
+    let (kvs, more) = shape(kvs, request);
+    Ok(RangeResponse {
+        header: header(source.response_revision()),
+        kvs,
+        more,
+        count: count as i64,
+    })
+}
+
+/// Serves a Range across several ranges at one revision `at`: `views` are the ranges'
+/// views in key order, together holding every key of the request (each view reads the
+/// part of the request in its span). A view whose range has no write above its current
+/// revision up to `at` (the caller made sure) is read at its current revision. The
+/// response is what one range holding every key would answer at `at`.
+pub fn range_across(
+    views: &[ReadView],
+    request: &RangeRequest,
+    at: Revision,
+) -> Result<RangeResponse, MvccError> {
+    let fast = !needs_every_key(request);
+    let materialize_max = if request.count_only {
+        0
+    } else if request.limit > 0 && fast {
+        request.limit as usize + 1
+    } else {
+        usize::MAX
+    };
+    let mut kvs = Vec::new();
+    let mut count = 0;
+    for view in views {
+        let read_at = view.resolve(at.min(view.current_revision()).0)?;
+        let Some((key, range_end)) = view.span().clip(&request.key, &request.range_end) else {
+            continue;
+        };
+        let (mut part, part_count) = view.range_counted(
+            &key,
+            &range_end,
+            read_at,
+            materialize_max.saturating_sub(kvs.len()),
+        );
+        kvs.append(&mut part);
+        count += part_count;
+    }
+    let (kvs, more) = shape(kvs, request);
+    Ok(RangeResponse {
+        header: header(at),
+        kvs,
+        more,
+        count: count as i64,
+    })
+}
+
+/// What etcd makes of the live keys a Range read, in key order: filtered, sorted and
+/// limited. Returns them and whether more were left out.
+fn shape(mut kvs: Vec<KeyValue>, request: &RangeRequest) -> (Vec<KeyValue>, bool) {
     if request.count_only {
         // etcd counts without reading the keys, so nothing is left over for `more`.
         kvs.clear();
@@ -121,12 +175,7 @@ fn range_from(
             kv.value = Default::default();
         }
     }
-    Ok(RangeResponse {
-        header: header(source.response_revision()),
-        kvs,
-        more,
-        count,
-    })
+    (kvs, more)
 }
 
 /// Whether etcd applies the limit before sorting (see `range_from`).

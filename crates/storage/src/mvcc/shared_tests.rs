@@ -592,3 +592,162 @@ fn a_split_whose_right_range_arrived_first_by_snapshot_only_cuts_the_left() {
     assert_eq!(follower.listing(0), Vec::<(String, String)>::new());
     assert_eq!(follower_right.listing(0), pairs(&[("x", "x2")]));
 }
+
+#[test]
+fn a_range_across_ranges_answers_as_one_range_holding_every_key() {
+    use ostrakon_proto::etcdserverpb::{range_request, DeleteRangeRequest, RangeRequest};
+    // The same writes on a keyspace that stays whole and on one split in three.
+    let one_dir = tempfile::tempdir().unwrap();
+    let one_keyspace = fjall::Config::new(one_dir.path()).open().unwrap();
+    let mut one = Range::open(&one_keyspace, 1, KeySpan::whole());
+    let split_dir = tempfile::tempdir().unwrap();
+    let split_keyspace = fjall::Config::new(split_dir.path()).open().unwrap();
+    let mut left = Range::open(&split_keyspace, 1, KeySpan::whole());
+    let keys = ["a", "c", "f", "g", "k", "m", "n", "q", "t", "z", "zz"];
+    let mut past = Vec::new();
+    for round in 0..3 {
+        for (i, key) in keys.iter().enumerate() {
+            if (i + round) % 4 == 3 {
+                let delete = || {
+                    Request::DeleteRange(DeleteRangeRequest {
+                        key: Bytes::from(key.to_string()),
+                        ..Default::default()
+                    })
+                };
+                one.write(delete());
+                left.write(delete());
+            } else {
+                // Few distinct values, so sorts by value meet ties.
+                let value = format!("{}", (i * 7 + round * 3) % 5);
+                assert_eq!(one.put(key, &value, 0), left.put(key, &value, 0));
+            }
+        }
+        past.push(one.store.current_revision());
+    }
+    left.index += 1;
+    let middle_store = left
+        .store
+        .split(
+            b"g",
+            LogIndex(left.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+        )
+        .unwrap();
+    let mut middle = Range {
+        index: middle_store.applied_index().0,
+        store: middle_store,
+    };
+    middle.index += 1;
+    let right_store = middle
+        .store
+        .split(
+            b"q",
+            LogIndex(middle.index),
+            Term(1),
+            GroupId(3),
+            split_position(3),
+        )
+        .unwrap();
+    let views = |ranges: [&MvccStore; 3]| ranges.map(|store| store.read_view());
+    let split_views = views([&left.store, &middle.store, &right_store]);
+    let one_view = one.store.read_view();
+
+    use range_request::{SortOrder, SortTarget};
+    let targets = [
+        SortTarget::Key,
+        SortTarget::Version,
+        SortTarget::Create,
+        SortTarget::Mod,
+        SortTarget::Value,
+    ];
+    let orders = [SortOrder::None, SortOrder::Ascend, SortOrder::Descend];
+    let intervals: [(&str, &str); 6] = [
+        ("", "\0"),
+        ("b", "r"),
+        ("g", "q"),
+        ("h", "i"),
+        ("m", ""),
+        ("zz", ""),
+    ];
+    let mut compared = 0;
+    for (key, range_end) in intervals {
+        for limit in [0, 1, 2, 5] {
+            for target in targets {
+                for order in orders {
+                    for revision in [0, past[0].0, past[1].0] {
+                        for variant in 0..4 {
+                            let request = RangeRequest {
+                                key: Bytes::from(key),
+                                range_end: Bytes::from(range_end),
+                                limit,
+                                sort_order: order as i32,
+                                sort_target: target as i32,
+                                revision,
+                                keys_only: variant == 1,
+                                count_only: variant == 2,
+                                min_mod_revision: if variant == 3 { past[0].0 + 2 } else { 0 },
+                                ..Default::default()
+                            };
+                            let expected = range(&one_view, &request).unwrap();
+                            let at = one_view.resolve(revision).unwrap();
+                            let across = range_across(&split_views, &request, at).unwrap();
+                            assert_eq!(
+                                (&across.kvs, across.more, across.count),
+                                (&expected.kvs, expected.more, expected.count),
+                                "{request:?}"
+                            );
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 6 * 4 * 5 * 3 * 3 * 4);
+
+    // A write to the middle range only: the others are read at their current revision,
+    // and the read below it still sees the old value.
+    let before = middle.store.current_revision();
+    let after = middle.put("k", "new", 0);
+    let split_views = views([&left.store, &middle.store, &right_store]);
+    let every = RangeRequest {
+        key: Bytes::from(""),
+        range_end: Bytes::from("\0"),
+        ..Default::default()
+    };
+    let read = |at: Revision| {
+        range_across(&split_views, &every, at)
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let mut expected: Vec<_> = range(&one_view, &every)
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+        .collect();
+    assert_eq!(read(before), expected);
+    let k = expected.iter().position(|(key, _)| key == b"k").unwrap();
+    expected[k].1 = b"new".to_vec();
+    assert_eq!(read(after), expected);
+    assert_eq!(
+        read(Revision(after.0 + 5)),
+        expected,
+        "nothing above `after`"
+    );
+    // A revision compacted in one range is compacted for the read.
+    left.write(Request::Compaction(CompactionRequest {
+        revision: past[2].0,
+        ..Default::default()
+    }));
+    let split_views = views([&left.store, &middle.store, &right_store]);
+    assert!(matches!(
+        range_across(&split_views, &every, past[1]),
+        Err(MvccError::Compacted { .. })
+    ));
+}

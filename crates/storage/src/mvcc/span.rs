@@ -98,6 +98,32 @@ impl KeySpan {
         key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| range_end <= end)
     }
 
+    /// The part of an etcd request's interval that falls in the span, in etcd's interval
+    /// form (`range_end` empty: `key` alone; `"\0"`: every key from `key` on); None if no
+    /// key of it does.
+    pub fn clip(&self, key: &[u8], range_end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        if range_end.is_empty() {
+            return self.contains(key).then(|| (key.to_vec(), Vec::new()));
+        }
+        let interval_end = (range_end != [0]).then_some(range_end);
+        if self.is_none() || interval_end.is_some_and(|end| end <= key) {
+            return None;
+        }
+        let start = key.max(self.start.as_slice());
+        let end = match (interval_end, self.end.as_deref()) {
+            (None, None) => None,
+            (Some(end), None) | (None, Some(end)) => Some(end),
+            (Some(a), Some(b)) => Some(a.min(b)),
+        };
+        match end {
+            None => Some((start.to_vec(), vec![0])),
+            Some(end) if end <= start => None,
+            // Only the empty key is below "\0": the interval of it alone.
+            Some([0]) => Some((start.to_vec(), Vec::new())),
+            Some(end) => Some((start.to_vec(), end.to_vec())),
+        }
+    }
+
     /// The two spans a split at `key` makes; `key` must fall strictly inside.
     pub fn split_at(&self, key: &[u8]) -> (KeySpan, KeySpan) {
         assert!(
@@ -211,6 +237,37 @@ mod tests {
         assert!(right.overlaps(&span) && !KeySpan::none().overlaps(&KeySpan::whole()));
         for span in [span, left, right, KeySpan::whole(), KeySpan::none()] {
             assert_eq!(KeySpan::decode(&span.encode()), span);
+        }
+    }
+
+    #[test]
+    fn clip_keeps_the_part_of_an_interval_inside_the_span() {
+        let span = KeySpan::new(b"b".to_vec(), Some(b"d".to_vec()));
+        let clip = |key: &[u8], end: &[u8]| span.clip(key, end);
+        let some = |key: &[u8], end: &[u8]| Some((key.to_vec(), end.to_vec()));
+        assert_eq!(clip(b"c", b""), some(b"c", b""));
+        assert_eq!(clip(b"d", b""), None);
+        assert_eq!(clip(b"a", b"c"), some(b"b", b"c"));
+        assert_eq!(clip(b"a", b"\0"), some(b"b", b"d"));
+        assert_eq!(clip(b"", b"\0"), some(b"b", b"d"));
+        assert_eq!(clip(b"c", b"z"), some(b"c", b"d"));
+        assert_eq!(clip(b"d", b"z"), None);
+        assert_eq!(clip(b"a", b"b"), None, "ends where the span starts");
+        assert_eq!(clip(b"c", b"a"), None, "an empty interval");
+        let right = KeySpan::new(b"m".to_vec(), None);
+        assert_eq!(right.clip(b"a", b"\0"), some(b"m", b"\0"));
+        assert_eq!(right.clip(b"a", b"n"), some(b"m", b"n"));
+        assert_eq!(KeySpan::whole().clip(b"", b"\0"), some(b"", b"\0"));
+        assert_eq!(KeySpan::none().clip(b"", b"\0"), None);
+        // Every key the clipped interval names is in both the interval and the span.
+        for key in [&b"a"[..], b"b", b"b\0", b"c", b"c\xff", b"d", b"z"] {
+            for (start, end) in [(&b"a"[..], &b"c"[..]), (b"", b"\0"), (b"c", b"z")] {
+                let in_interval = key >= start && (end == b"\0" || key < end);
+                let in_clip = clip(start, end).is_some_and(|(s, e)| {
+                    key >= s.as_slice() && (e == b"\0" || key < e.as_slice())
+                });
+                assert_eq!(in_clip, in_interval && span.contains(key), "{key:?}");
+            }
         }
     }
 }
