@@ -1,14 +1,14 @@
 //! The keyspace split into ranges on real processes: `ostrakon ranges split`, every
 //! member serving both ranges' keys, revisions from the oracle ordered across ranges, a
 //! watcher following its keys into the new range, and members that restart or missed
-//! the split catching up.
+//! the split catching up; reads across ranges at one revision.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{status_of, TestCluster};
-use etcd_client::{GetOptions, PutOptions, WatchOptions};
+use etcd_client::{GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions};
 use ostrakon_proto::ostrakonpb::{ranges_client::RangesClient, ListRangesRequest, RangeInfo};
 
 /// The ranges member `i` knows (None while it does not answer: it is starting).
@@ -191,7 +191,8 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
     let expected: Vec<String> = (0..6).map(|round| format!("x-{round}")).collect();
     assert_eq!(seen, expected);
 
-    // A read within one range; one across both is refused clearly.
+    // A read within one range, and one across both; a Txn across both is refused
+    // clearly.
     let left = client
         .get("a", Some(GetOptions::new().with_range("l")))
         .await
@@ -200,6 +201,16 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
     assert_eq!(keys, vec!["a", "k"]);
     let across = client
         .get("a", Some(GetOptions::new().with_range("z")))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = across
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["a", "k", "m", "x"]);
+    let across = client
+        .txn(Txn::new().and_then([TxnOp::get("a", None), TxnOp::get("x", None)]))
         .await
         .unwrap_err();
     let status = status_of(across);
@@ -306,4 +317,217 @@ async fn members_that_restart_or_missed_the_split_catch_up_on_both_ranges() {
         wait_for_local_value(&cluster, i, "x", "after restart").await;
         wait_for_local_value(&cluster, i, "a", "a59").await;
     }
+}
+
+/// Every key and value a read found.
+fn listing(response: &etcd_client::GetResponse) -> Vec<(String, String)> {
+    let pair = |kv: &etcd_client::KeyValue| {
+        let key = kv.key_str().unwrap().to_string();
+        (key, kv.value_str().unwrap().to_string())
+    };
+    response.kvs().iter().map(pair).collect()
+}
+
+/// The values of "a" and "x" a read of every key found (0: absent).
+fn a_and_x(response: &etcd_client::GetResponse) -> (u64, u64) {
+    let value = |key: &str| {
+        response
+            .kvs()
+            .iter()
+            .find(|kv| kv.key() == key.as_bytes())
+            .map_or(0, |kv| kv.value_str().unwrap().parse::<u64>().unwrap())
+    };
+    (value("a"), value("x"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_across_ranges_sees_every_range_at_one_revision() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    for key in ["a", "f", "x"] {
+        client.put(key, "0", None).await.unwrap();
+    }
+    for at in ["m", "t"] {
+        let (ok, out, err) =
+            cluster.ostrakon(&["ranges", "split", at, "--endpoint", &cluster.host_port(0)]);
+        assert!(ok, "split at {at} failed: {out} {err}");
+    }
+    wait_for_spans(&cluster, &[("", "m"), ("m", "t"), ("t", "")]).await;
+
+    // One writer puts i to "a" (first range), then to "x" (third range), through
+    // different members. Any one revision of the keyspace has a = x or a = x + 1.
+    let acked = Arc::new(AtomicU64::new(0));
+    let rounds = 120;
+    let writer = {
+        let acked = acked.clone();
+        let mut clients = Vec::new();
+        for i in 0..3 {
+            clients.push(cluster.client(i).await);
+        }
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            for i in 1..=rounds {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let value = i.to_string();
+                clients[(i % 3) as usize]
+                    .put("a", value.clone(), None)
+                    .await
+                    .expect("put a");
+                clients[((i + 1) % 3) as usize]
+                    .put("x", value, None)
+                    .await
+                    .expect("put x");
+                acked.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    // Another writer keeps revision fetches in flight on the middle and last ranges,
+    // where a read could miss a write whose revision is below the read's.
+    let other_writer = {
+        let mut client = cluster.client(1).await;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            for i in 0..rounds * 2 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let key = if i % 2 == 0 { "f" } else { "y" };
+                client.put(key, i.to_string(), None).await.expect("put");
+            }
+        })
+    };
+    let every = || GetOptions::new().with_range("\0");
+    // A reader on every member, each its own client and stream of requests.
+    let writer = Arc::new(writer);
+    let mut readers = Vec::new();
+    for member in 0..3 {
+        let mut reader = cluster.client(member).await;
+        let (acked, writer) = (acked.clone(), writer.clone());
+        readers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !writer.is_finished() {
+                // Linearizable: sees every write acknowledged before it began.
+                let acked_before = acked.load(Ordering::SeqCst);
+                let read = reader.get("\0", Some(every())).await.unwrap();
+                let (a, x) = a_and_x(&read);
+                assert!(a == x || a == x + 1, "a = {a}, x = {x}: not one revision");
+                assert!(
+                    x >= acked_before,
+                    "x = {x} misses the acknowledged {acked_before}"
+                );
+                assert!(read.count() == 3 || read.count() == 4, "{}", read.count());
+                let header = read.header().unwrap().revision();
+                assert!(read.kvs().iter().all(|kv| kv.mod_revision() <= header));
+                samples.push((header, listing(&read)));
+                // Serializable: this member's ranges at one revision, however stale.
+                let local = reader
+                    .get("\0", Some(every().with_serializable()))
+                    .await
+                    .unwrap();
+                let (a, x) = a_and_x(&local);
+                assert!(a == x || a == x + 1, "serializable a = {a}, x = {x}");
+                // Pages at the first page's revision, as kube-apiserver lists.
+                let first = reader.get("\0", Some(every().with_limit(1))).await.unwrap();
+                assert!(first.more());
+                let at = first.header().unwrap().revision();
+                let rest = reader
+                    .get("b", Some(every().with_revision(at)))
+                    .await
+                    .unwrap();
+                let a = first.kvs()[0].value_str().unwrap().parse::<u64>().unwrap();
+                let (_, x) = a_and_x(&rest);
+                assert!(a == x || a == x + 1, "paged a = {a}, x = {x} at {at}");
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for reader in readers {
+        samples.extend(reader.await.expect("a reader failed"));
+    }
+    let writer = Arc::into_inner(writer).expect("the readers are done");
+    writer.await.unwrap();
+    eprintln!(
+        "{} reads across ranges ran alongside the writes",
+        samples.len()
+    );
+    assert!(
+        samples.len() >= 30,
+        "only {} reads ran alongside the writes",
+        samples.len()
+    );
+    // Every read saw its revision whole: read again at it now that every write has
+    // applied, it finds the same (a write in flight below it was not missed).
+    other_writer.await.unwrap();
+    for (at, seen) in samples {
+        let again = client
+            .get("\0", Some(every().with_revision(at)))
+            .await
+            .unwrap();
+        assert_eq!(listing(&again), seen, "the keyspace at {at} changed");
+    }
+
+    // Sorted and limited across the ranges as on one.
+    let sorted = client
+        .get(
+            "\0",
+            Some(
+                every()
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(2),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<&str> = sorted
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["y", "x"]);
+    assert!(sorted.more() && sorted.count() == 4);
+
+    // A revision of one range's write read in another range that has not reached it
+    // (once refused as a future revision there).
+    let last_a = client
+        .put("a", "last", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let x_then = cluster
+        .client(2)
+        .await
+        .get("x", Some(GetOptions::new().with_revision(last_a)))
+        .await
+        .unwrap();
+    let last_x = acked.load(Ordering::SeqCst);
+    assert_eq!(x_then.kvs()[0].value_str().unwrap(), last_x.to_string());
+    // A revision no write can have yet is a future revision, as in etcd.
+    let future = client
+        .get(
+            "x",
+            Some(GetOptions::new().with_revision(last_a + (1 << 40))),
+        )
+        .await
+        .unwrap_err();
+    let status = status_of(future);
+    assert_eq!(
+        status.code(),
+        tonic::Code::OutOfRange,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("future revision"),
+        "{}",
+        status.message()
+    );
 }

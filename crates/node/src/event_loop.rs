@@ -603,6 +603,22 @@ impl EventLoop {
             .map(|(other, _)| *other)
     }
 
+    /// A read barrier no fetch holds up: every write of the range that can take a
+    /// revision at or below the read's is in the leader's log, so the read waits for the
+    /// leader's last entry and for a read index (the leader is still the leader).
+    fn read_barrier(&mut self, barrier: crate::revisions::WaitingBarrier) {
+        let crate::revisions::WaitingBarrier { group, respond } = barrier;
+        match self.replicas.get_mut(&group) {
+            Some(replica) if replica.node.role() == Role::Leader => {
+                let last = replica.node.last_index();
+                replica.read_index_at_least(last, respond);
+                self.dirty.insert(group);
+            }
+            Some(replica) => drop(respond.send(Err(NodeError::NotLeader(replica.node.leader())))),
+            None => drop(respond.send(Err(NodeError::UnknownGroup))),
+        }
+    }
+
     /// Asks the oracle for the revisions of the writes waiting for them, if none is
     /// being fetched; the answer comes back as `Input::RevisionsGranted`.
     fn fetch_revisions(&mut self) {
@@ -743,6 +759,7 @@ impl EventLoop {
                         group,
                         write,
                         respond,
+                        term: replica.node.term(),
                     });
                 }
                 Some(replica) => replica.propose(write, respond),
@@ -751,12 +768,31 @@ impl EventLoop {
             Input::RevisionsGranted { fetch, granted } => {
                 for waiting in self.revisions.granted(fetch, granted) {
                     match self.replicas.get_mut(&waiting.group) {
-                        Some(replica) => {
+                        // Only the leadership that fetched the revision proposes it: a
+                        // read barrier on a later leader did not wait for this fetch.
+                        Some(replica)
+                            if replica.node.role() == Role::Leader
+                                && replica.node.term() == waiting.term =>
+                        {
                             replica.propose(waiting.write, waiting.respond);
                             self.dirty.insert(waiting.group);
                         }
+                        Some(replica) => drop(
+                            waiting
+                                .respond
+                                .send(Err(NodeError::NotLeader(replica.node.leader()))),
+                        ),
                         None => drop(waiting.respond.send(Err(NodeError::UnknownGroup))),
                     }
+                }
+                for barrier in self.revisions.released_barriers() {
+                    self.read_barrier(barrier);
+                }
+            }
+            Input::ReadBarrier { group, respond } => {
+                let barrier = crate::revisions::WaitingBarrier { group, respond };
+                if let Some(barrier) = self.revisions.barrier(barrier) {
+                    self.read_barrier(barrier);
                 }
             }
             Input::ReadIndex { group, respond } => match self.replicas.get_mut(&group) {

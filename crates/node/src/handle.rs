@@ -220,6 +220,26 @@ impl NodeHandle {
         }
     }
 
+    /// Every range holding some key of `intervals`, in key order, waiting (until the
+    /// request timeout) while some of them fall in no range here yet (one being created
+    /// by a split). A request without keys reads the first data range.
+    pub async fn ranges_touched(
+        &self,
+        intervals: &[ostrakon_storage::mvcc::KeyInterval<'_>],
+    ) -> Result<Vec<GroupId>, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            match crate::routing::touched(&self.data_ranges(), intervals) {
+                Some(groups) if groups.is_empty() => return Ok(vec![crate::DEFAULT_GROUP]),
+                Some(groups) => return Ok(groups),
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+                }
+                None => return Err(NodeError::Timeout),
+            }
+        }
+    }
+
     /// Applies a write to the range holding its keys (`write_intervals`), routed again
     /// while a split moves them; writes without keys go to the first data range, which
     /// holds leases, members, auth and alarms.
@@ -812,6 +832,54 @@ impl NodeHandle {
                 return Err(NodeError::Timeout);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until this node's replica of `group` holds every write of it whose revision
+    /// is at or below `revision` that will ever apply (the read-wait rule of ranges that
+    /// take revisions from the oracle; `revision` must have come from the oracle before
+    /// the call). At once if the replica applied a write above `revision` (revisions
+    /// rise in a range's log); otherwise a read barrier on the range's leader, which
+    /// also confirms the read is linearizable.
+    pub async fn read_point_at(
+        &self,
+        group: GroupId,
+        revision: ostrakon_storage::mvcc::Revision,
+    ) -> Result<(), NodeError> {
+        let shared = self.group(group)?;
+        if shared.store.current_revision() >= revision {
+            return Ok(());
+        }
+        let mut applied = shared.applied.clone();
+        let wait = async {
+            let index = match self.read_barrier_local(group).await {
+                Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
+                    self.inner.transport.read_barrier(leader, group).await?
+                }
+                Err(NodeError::NotLeader(_)) => return Err(NodeError::NoLeader),
+                other => other?,
+            };
+            applied
+                .wait_for(|applied| *applied >= index)
+                .await
+                .map_err(|_| NodeError::Stopped)?;
+            Ok(())
+        };
+        match tokio::time::timeout(self.inner.request_timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// A read barrier on this node's replica of `group`: the index to wait for, or
+    /// `NotLeader` unless it leads the range.
+    pub async fn read_barrier_local(&self, group: GroupId) -> Result<LogIndex, NodeError> {
+        self.group(group)?;
+        let (respond, response) = oneshot::channel();
+        self.send(Input::ReadBarrier { group, respond })?;
+        match tokio::time::timeout(self.inner.request_timeout, response).await {
+            Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
+            Err(_) => Err(NodeError::Timeout),
         }
     }
 

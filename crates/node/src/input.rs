@@ -38,6 +38,15 @@ pub enum Input {
         /// Answered with the index to wait for.
         respond: ReadResponder,
     },
+    /// A read at a revision of a range that takes its revisions from the oracle, on the
+    /// range's leader: answered with a log index after which every write that can take a
+    /// revision at or below the read's has applied (docs/RANGES.md, "the read-wait rule").
+    ReadBarrier {
+        /// The range.
+        group: GroupId,
+        /// Answered with the index to wait for.
+        respond: ReadResponder,
+    },
     /// A snapshot's data arrived and is durable at `path`; `message` is its InstallSnapshot.
     SnapshotReceived {
         /// The InstallSnapshot message.
@@ -132,6 +141,7 @@ impl Input {
             Input::Raft(message) | Input::SnapshotReceived { message, .. } => Some(message.group),
             Input::Propose { group, .. }
             | Input::ReadIndex { group, .. }
+            | Input::ReadBarrier { group, .. }
             | Input::SnapshotReport { group, .. }
             | Input::SnapshotCreated { group, .. }
             | Input::TransferLeader { group, .. }

@@ -41,7 +41,8 @@ pub struct Replica {
     /// The traced ones among them: the proposal's span and when it was proposed, for the
     /// WAL fsync and replication spans.
     traced: BTreeMap<LogIndex, (SpanContext, SystemTime)>,
-    reads: HashMap<u64, ReadResponder>,
+    /// Each with the lowest index to answer (a read barrier's: its leader's last entry).
+    reads: HashMap<u64, (ReadResponder, LogIndex)>,
     next_read_id: u64,
     /// Received snapshot files, by the index they cover, until raft asks to install one.
     pub incoming_snapshots: HashMap<LogIndex, PathBuf>,
@@ -285,6 +286,11 @@ impl Replica {
 
     /// Asks raft for a linearizable read point.
     pub fn read_index(&mut self, respond: ReadResponder) {
+        self.read_index_at_least(LogIndex(0), respond);
+    }
+
+    /// Asks raft for a linearizable read point, answering at least `lowest`.
+    pub fn read_index_at_least(&mut self, lowest: LogIndex, respond: ReadResponder) {
         if self.reads.len() >= PENDING_READS_MAX {
             let _ = respond.send(Err(NodeError::Overloaded));
             return;
@@ -293,7 +299,7 @@ impl Replica {
         self.next_read_id += 1;
         match self.node.read_index(id) {
             Ok(()) => {
-                self.reads.insert(id, respond);
+                self.reads.insert(id, (respond, lowest));
             }
             Err(error) => {
                 let _ = respond.send(Err(propose_error(error)));
@@ -308,10 +314,11 @@ impl Replica {
                     continue;
                 }
             }
-            let Some(respond) = self.reads.remove(&state.request_id) else {
+            let Some((respond, lowest)) = self.reads.remove(&state.request_id) else {
                 continue;
             };
-            let _ = respond.send(state.index.ok_or(NodeError::LeaderChanged));
+            let index = state.index.map(|index| index.max(lowest));
+            let _ = respond.send(index.ok_or(NodeError::LeaderChanged));
         }
     }
 
@@ -501,7 +508,7 @@ impl Replica {
         for (_, (_, _, respond)) in std::mem::take(&mut self.proposals) {
             let _ = respond.send(Err(error.clone()));
         }
-        for (_, respond) in self.reads.drain() {
+        for (_, (respond, _)) in self.reads.drain() {
             let _ = respond.send(Err(error.clone()));
         }
         if let Some((_, _, respond)) = self.conf_proposal.take() {

@@ -7,14 +7,23 @@
 //! always gets the smaller revision, and writes are proposed in timestamp order, so
 //! revisions rise in each range's log. One fetch is in flight at a time; writes arriving
 //! meanwhile wait for the next.
+//!
+//! A read at revision R of such a range (the read-wait rule) must not miss a write that
+//! commits below R. Its R came from the oracle before the read reached the range's
+//! leader, so a fetch the leader starts after that gets timestamps above R; only the
+//! fetch in flight when the read arrived can hand out less. So the read waits for that
+//! fetch (a *barrier*), after which every write that can take a revision at or below R
+//! is in the leader's log. A write is proposed only by the leadership that fetched its
+//! revision (same term): another leader's entry could commit after a read that never
+//! waited for its fetch.
 
 use ostrakon_proto::peer::WriteRequest;
-use ostrakon_raft::GroupId;
+use ostrakon_raft::{GroupId, Term};
 use ostrakon_ranges::TimestampRange;
 
 use crate::error::NodeError;
 use crate::handle::TIMESTAMPS_PER_REQUEST_MAX;
-use crate::input::WriteResponder;
+use crate::input::{ReadResponder, WriteResponder};
 
 /// A write waiting for its revision.
 pub struct WaitingWrite {
@@ -24,6 +33,16 @@ pub struct WaitingWrite {
     pub write: WriteRequest,
     /// Its proposer.
     pub respond: WriteResponder,
+    /// The range leader's term when the write arrived: it is proposed in that term only.
+    pub term: Term,
+}
+
+/// A read barrier waiting for the fetch in flight when it arrived.
+pub struct WaitingBarrier {
+    /// Its range.
+    pub group: GroupId,
+    /// Answered with the index to read at, once released.
+    pub respond: ReadResponder,
 }
 
 /// The writes waiting for revisions, and the fetch in flight.
@@ -33,9 +52,31 @@ pub struct RevisionFetcher {
     /// The writes the fetch in flight is for, and its number.
     in_flight: Option<(u64, Vec<WaitingWrite>)>,
     next_fetch: u64,
+    /// Barriers waiting for the fetch in flight.
+    barriers: Vec<WaitingBarrier>,
 }
 
 impl RevisionFetcher {
+    /// A read barrier: returned at once if no fetch is in flight, else kept until it is
+    /// answered (`granted` hands it back).
+    pub fn barrier(&mut self, barrier: WaitingBarrier) -> Option<WaitingBarrier> {
+        if self.in_flight.is_none() {
+            return Some(barrier);
+        }
+        self.barriers.push(barrier);
+        None
+    }
+
+    /// The barriers the last answered fetch released (call after `granted`, once its
+    /// writes are proposed).
+    pub fn released_barriers(&mut self) -> Vec<WaitingBarrier> {
+        assert!(
+            self.in_flight.is_none() || self.barriers.is_empty(),
+            "barriers released while their fetch is in flight"
+        );
+        std::mem::take(&mut self.barriers)
+    }
+
     /// Queues a write until the next fetch is granted.
     pub fn wait(&mut self, waiting: WaitingWrite) {
         self.waiting.push(waiting);
@@ -105,6 +146,9 @@ impl RevisionFetcher {
         {
             let _ = waiting.respond.send(Err(error.clone()));
         }
+        for barrier in self.barriers.drain(..) {
+            let _ = barrier.respond.send(Err(error.clone()));
+        }
     }
 }
 
@@ -127,6 +171,7 @@ mod tests {
                 group: GroupId(group),
                 write,
                 respond,
+                term: Term(1),
             },
             answer,
         )
@@ -170,5 +215,60 @@ mod tests {
         assert!(fetcher.granted(fetch, Err(NodeError::Timeout)).is_empty());
         assert_eq!(answer.try_recv().unwrap(), Err(NodeError::Timeout));
         assert_eq!(fetcher.start(), None);
+    }
+
+    #[test]
+    fn a_barrier_waits_only_for_the_fetch_in_flight_when_it_arrived() {
+        let mut fetcher = RevisionFetcher::default();
+        let barrier = || {
+            let (respond, answer) = tokio::sync::oneshot::channel();
+            (
+                WaitingBarrier {
+                    group: GroupId(2),
+                    respond,
+                },
+                answer,
+            )
+        };
+        let (first, _answer) = barrier();
+        assert!(fetcher.barrier(first).is_some(), "no fetch in flight");
+        let (w, _answer) = waiting(2, 1);
+        fetcher.wait(w);
+        let (queued, _queued_answer) = barrier();
+        assert!(
+            fetcher.barrier(queued).is_some(),
+            "a queued write's fetch starts after the barrier arrived"
+        );
+        let (fetch, _) = fetcher.start().unwrap();
+        let (held, _held_answer) = barrier();
+        assert!(
+            fetcher.barrier(held).is_none(),
+            "held for the fetch in flight"
+        );
+        let first = Timestamp::from_physical_ms(1_000);
+        assert_eq!(
+            fetcher
+                .granted(fetch, Ok(TimestampRange { first, count: 1 }))
+                .len(),
+            1
+        );
+        assert_eq!(fetcher.released_barriers().len(), 1);
+        assert!(fetcher.released_barriers().is_empty());
+
+        // A failed fetch releases its barriers too, and shutdown answers those held.
+        let (w, _answer) = waiting(2, 2);
+        fetcher.wait(w);
+        let (fetch, _) = fetcher.start().unwrap();
+        let (held, _held_answer) = barrier();
+        assert!(fetcher.barrier(held).is_none());
+        assert!(fetcher.granted(fetch, Err(NodeError::Timeout)).is_empty());
+        assert_eq!(fetcher.released_barriers().len(), 1);
+        let (w, _answer) = waiting(2, 3);
+        fetcher.wait(w);
+        fetcher.start().unwrap();
+        let (held, mut held_answer) = barrier();
+        assert!(fetcher.barrier(held).is_none());
+        fetcher.fail_all(NodeError::Stopped);
+        assert_eq!(held_answer.try_recv().unwrap(), Err(NodeError::Stopped));
     }
 }

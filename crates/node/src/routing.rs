@@ -42,6 +42,28 @@ pub fn route(ranges: &[(GroupId, Arc<KeySpan>)], intervals: &[KeyInterval<'_>]) 
     chosen.map_or(Route::Unknown, Route::One)
 }
 
+/// Every range a request touching `intervals` reads, in key order (none for a request
+/// without keys); None while some of its keys fall in no range here (a range being
+/// created on this node).
+pub fn touched(
+    ranges: &[(GroupId, Arc<KeySpan>)],
+    intervals: &[KeyInterval<'_>],
+) -> Option<Vec<GroupId>> {
+    let spans: Vec<&KeySpan> = ranges.iter().map(|(_, span)| span.as_ref()).collect();
+    if !intervals
+        .iter()
+        .all(|&(key, range_end)| ostrakon_storage::mvcc::spans_cover(&spans, key, range_end))
+    {
+        return None;
+    }
+    let touched = ranges.iter().filter(|(_, span)| {
+        intervals
+            .iter()
+            .any(|&(key, range_end)| span.clip(key, range_end).is_some())
+    });
+    Some(touched.map(|(group, _)| *group).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +93,20 @@ mod tests {
         assert_eq!(route(&ranges, &[(b"", b"\0")]), Route::Several);
         assert_eq!(route(&ranges, &[(b"a", b""), (b"x", b"")]), Route::Several);
         assert_eq!(route(&ranges[1..], &[(b"a", b"")]), Route::Unknown);
+    }
+
+    #[test]
+    fn a_read_touches_every_range_holding_some_of_its_keys() {
+        let ranges = ranges();
+        let (one, two) = (GroupId(1), GroupId(2));
+        assert_eq!(touched(&ranges, &[(b"a", b"")]), Some(vec![one]));
+        assert_eq!(touched(&ranges, &[(b"", b"\0")]), Some(vec![one, two]));
+        assert_eq!(touched(&ranges, &[(b"n", b"\0")]), Some(vec![two]));
+        assert_eq!(
+            touched(&ranges, &[(b"x", b""), (b"a", b"")]),
+            Some(vec![one, two])
+        );
+        assert_eq!(touched(&ranges, &[(b"c", b"a")]), Some(vec![]));
+        assert_eq!(touched(&ranges[1..], &[(b"a", b"z")]), None);
     }
 }

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{self, Caller};
 use crate::common;
 use crate::errors::ApiError;
+use crate::routed::RoutedRead;
 use crate::validate::{self, Limits};
 
 /// How long a `physical` compaction waits for the compactor before giving up with a
@@ -59,15 +60,33 @@ impl KvService {
             common::refuse_on_learner(&self.node)?;
         }
         let interval = [(&request.key[..], &request.range_end[..])];
-        let view = crate::routed::read_view(&self.node, &interval, !request.serializable).await?;
-        let mut response = if request.range_end.is_empty() {
-            mvcc::range(&view, &request)?
-        } else {
+        let routed = crate::routed::read_at(
+            &self.node,
+            &interval,
+            !request.serializable,
+            request.revision,
+        )
+        .await?;
+        let mut response = match routed {
+            RoutedRead::One(view) if request.range_end.is_empty() => mvcc::range(&view, &request)?,
             // A range may read many keys: keep it off the async workers, where it would
             // hold up every other request sharing the worker.
-            tokio::task::spawn_blocking(move || mvcc::range(&view, &request))
-                .await
-                .expect("a range read panicked")?
+            RoutedRead::One(view) => {
+                tokio::task::spawn_blocking(move || mvcc::range(&view, &request))
+                    .await
+                    .expect("a range read panicked")?
+            }
+            RoutedRead::Across { views, at, header } => {
+                let mut response =
+                    tokio::task::spawn_blocking(move || mvcc::range_across(&views, &request, at))
+                        .await
+                        .expect("a range read panicked")?;
+                response.header = Some(ResponseHeader {
+                    revision: header.0,
+                    ..ResponseHeader::default()
+                });
+                response
+            }
         };
         response.header = self.header(response.header);
         Ok(response)

@@ -1,9 +1,25 @@
-//! Reads served by the range holding their keys.
+//! Reads served by the ranges holding their keys: one range's view, or the views of
+//! several ranges at one revision (docs/RANGES.md, "Reads across ranges").
 
-use ostrakon_node::NodeHandle;
-use ostrakon_storage::mvcc::{KeyInterval, ReadView};
+use ostrakon_node::{NodeError, NodeHandle};
+use ostrakon_raft::GroupId;
+use ostrakon_storage::mvcc::{spans_cover, KeyInterval, MvccError, ReadView, Revision};
 
 use crate::errors::ApiError;
+
+/// Where a read finds its keys.
+pub enum RoutedRead {
+    /// One range holds every key, and the read is as on a keyspace of one range: the
+    /// view is read at the request's revision.
+    One(ReadView),
+    /// The views of every range the read touches, in key order, to be read at `at`
+    /// (`mvcc::range_across`); `header` is the revision for the response's header.
+    Across {
+        views: Vec<ReadView>,
+        at: Revision,
+        header: Revision,
+    },
+}
 
 /// A view of the range holding every key of `intervals` (linearizable: after the range's
 /// read index). If a split moved the keys between the route and the view (this node
@@ -15,22 +31,150 @@ pub async fn read_view(
 ) -> Result<ReadView, ApiError> {
     loop {
         let group = node.route(intervals).await?;
-        if linearizable && !crate::planted::stale_reads() {
-            match node.linearizable_read_point(group).await {
-                Err(ostrakon_node::NodeError::NoLeader)
-                    if node.await_new_range_leader(group).await =>
-                {
-                    continue
-                }
-                other => other?,
-            }
-        }
-        let view = node.store(group)?.read_view();
-        if intervals
-            .iter()
-            .all(|(key, range_end)| view.span().covers(key, range_end))
-        {
+        if let Some(view) = view_of(node, group, intervals, linearizable).await? {
             return Ok(view);
         }
     }
+}
+
+/// The views a Range of `intervals` at `requested` (0: current) reads. Within one range,
+/// as on a keyspace of one range; across ranges (or, on a keyspace that split, at a
+/// revision the one range here has not reached), one revision for all: the current one
+/// from the oracle, or the requested one, after every range has applied every write at
+/// or below it (the read-wait rule).
+pub async fn read_at(
+    node: &NodeHandle,
+    intervals: &[KeyInterval<'_>],
+    linearizable: bool,
+    requested: i64,
+) -> Result<RoutedRead, ApiError> {
+    loop {
+        let groups = node.ranges_touched(intervals).await?;
+        if let [group] = groups[..] {
+            let store = node.store(group)?;
+            if requested <= store.current_revision().0 || !store.oracle_revisions() {
+                match view_of(node, group, intervals, linearizable).await? {
+                    Some(view) => return Ok(RoutedRead::One(view)),
+                    None => continue,
+                }
+            }
+        }
+        if let Some(read) = read_across(node, &groups, intervals, linearizable, requested).await? {
+            return Ok(read);
+        }
+    }
+}
+
+/// `group`'s view, if it still holds every key of `intervals`.
+async fn view_of(
+    node: &NodeHandle,
+    group: GroupId,
+    intervals: &[KeyInterval<'_>],
+    linearizable: bool,
+) -> Result<Option<ReadView>, ApiError> {
+    if linearizable && !crate::planted::stale_reads() {
+        match node.linearizable_read_point(group).await {
+            Err(NodeError::NoLeader) if node.await_new_range_leader(group).await => {
+                return Ok(None)
+            }
+            other => other?,
+        }
+    }
+    let view = node.store(group)?.read_view();
+    let holds_all = intervals
+        .iter()
+        .all(|(key, range_end)| view.span().covers(key, range_end));
+    Ok(holds_all.then_some(view))
+}
+
+/// The views of `groups` at one revision; None if they no longer hold every key of
+/// `intervals` (a split moved some: routed again).
+async fn read_across(
+    node: &NodeHandle,
+    groups: &[GroupId],
+    intervals: &[KeyInterval<'_>],
+    linearizable: bool,
+    requested: i64,
+) -> Result<Option<RoutedRead>, ApiError> {
+    let stores = groups
+        .iter()
+        .map(|&group| node.store(group))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !linearizable && requested <= 0 {
+        // What this member has: at the lowest of its ranges' current revisions, each of
+        // them holds every write at or below it that will ever apply (revisions rise in
+        // a range's log, and the apply refuses one that does not).
+        let views: Vec<ReadView> = stores.iter().map(|store| store.read_view()).collect();
+        let at = lowest_current(&views);
+        if views.iter().all(|view| view.compact_revision() <= at) {
+            return Ok(covering(views, intervals).map(|views| RoutedRead::Across {
+                views,
+                at,
+                header: at,
+            }));
+        }
+        // A range compacted past what another has applied here: read as a
+        // linearizable read does.
+    }
+    let every_range_reached = requested > 0
+        && stores
+            .iter()
+            .all(|store| store.current_revision().0 >= requested);
+    let at = if every_range_reached {
+        Revision(requested)
+    } else {
+        let now = node.timestamps(1).await?.first.0;
+        let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
+        if requested > now.0 {
+            return Err(MvccError::FutureRevision.into());
+        }
+        if requested > 0 {
+            Revision(requested)
+        } else {
+            now
+        }
+    };
+    let mut waits = tokio::task::JoinSet::new();
+    for &group in groups {
+        let node = node.clone();
+        waits.spawn(async move { (group, node.read_point_at(group, at).await) });
+    }
+    while let Some(done) = waits.join_next().await {
+        let (group, result) = done.expect("a read barrier panicked");
+        match result {
+            Err(NodeError::NoLeader) if node.await_new_range_leader(group).await => {
+                return Ok(None)
+            }
+            other => other?,
+        }
+    }
+    let views: Vec<ReadView> = stores.iter().map(|store| store.read_view()).collect();
+    // A read of the current revision answers with the revision it read, so that pages
+    // read at it see the same keyspace (a range may have applied later writes since);
+    // one at a given revision answers with the current one, as etcd does.
+    let header = if requested > 0 {
+        highest_current(&views).max(at)
+    } else {
+        at
+    };
+    Ok(covering(views, intervals).map(|views| RoutedRead::Across { views, at, header }))
+}
+
+fn lowest_current(views: &[ReadView]) -> Revision {
+    let lowest = views.iter().map(ReadView::current_revision).min();
+    lowest.expect("a read touches at least one range")
+}
+
+fn highest_current(views: &[ReadView]) -> Revision {
+    let highest = views.iter().map(ReadView::current_revision).max();
+    highest.expect("a read touches at least one range")
+}
+
+/// The views, if together they still hold every key of `intervals`.
+fn covering(views: Vec<ReadView>, intervals: &[KeyInterval<'_>]) -> Option<Vec<ReadView>> {
+    let spans: Vec<_> = views.iter().map(ReadView::span).collect();
+    intervals
+        .iter()
+        .all(|&(key, range_end)| spans_cover(&spans, key, range_end))
+        .then_some(views)
 }

@@ -22,7 +22,7 @@ use ostrakon_proto::peer::{
     self as pb, write_request, ForwardRequest, MembersQuery, MessageBatch, SnapshotChunk,
     SnapshotHeader, WriteRequest,
 };
-use ostrakon_raft::{GroupId, Message, MessageBody, NodeId};
+use ostrakon_raft::{GroupId, LogIndex, Message, MessageBody, NodeId};
 use ostrakon_storage::mvcc::WriteOutcome;
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
@@ -473,6 +473,30 @@ impl Transport {
             first: ostrakon_ranges::Timestamp(response.first),
             count,
         })
+    }
+
+    /// A read barrier on the range's leader (`NodeHandle::read_barrier_local` there).
+    pub async fn read_barrier(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+    ) -> Result<LogIndex, NodeError> {
+        let Some(channel) = self.channel(leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        let response = PeerClient::new(channel)
+            .read_barrier(pb::ReadBarrierRequest {
+                group: group.0,
+                cluster_id: self.inner.cluster_id,
+                from: self.inner.me.0,
+            })
+            .await
+            .map_err(|_| NodeError::LeaderChanged)?
+            .into_inner();
+        match response.error {
+            Some(error) => Err(codec::decode_node_error(error)),
+            None => Ok(LogIndex(response.index)),
+        }
     }
 
     /// Asks the leader to renew a lease or report its remaining TTL.

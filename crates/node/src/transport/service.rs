@@ -319,6 +319,25 @@ impl Peer for PeerService {
         Ok(Response::new(response))
     }
 
+    async fn read_barrier(
+        &self,
+        request: Request<pb::ReadBarrierRequest>,
+    ) -> Result<Response<pb::ReadBarrierResponse>, Status> {
+        let request = request.into_inner();
+        self.check_sender(request.cluster_id, request.from)?;
+        let response = match self.handle.read_barrier_local(GroupId(request.group)).await {
+            Ok(index) => pb::ReadBarrierResponse {
+                index: index.0,
+                error: None,
+            },
+            Err(error) => pb::ReadBarrierResponse {
+                index: 0,
+                error: Some(encode_node_error(error)),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
     async fn lease(
         &self,
         request: Request<ostrakon_proto::peer::LeaseQuery>,

@@ -34,7 +34,7 @@ pub use events::{EventSink, History, RevisionEvents};
 pub use local::LOCAL_PARTITION;
 pub use members::{MemberChange, MemberRegistry};
 pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
-pub use span::KeySpan;
+pub use span::{spans_cover, KeySpan};
 pub use store::{
     spawn_physical_compactor, AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView,
     WriteTxn, DATA_PARTITION, NEVER_COMPACTED,

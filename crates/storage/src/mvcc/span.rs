@@ -175,6 +175,29 @@ impl KeySpan {
     }
 }
 
+/// Whether `spans` (disjoint, in key order) together hold every key of an etcd
+/// interval.
+pub fn spans_cover(spans: &[&KeySpan], key: &[u8], range_end: &[u8]) -> bool {
+    if range_end.is_empty() {
+        return spans.iter().any(|span| span.contains(key));
+    }
+    let end = (range_end != [0]).then_some(range_end);
+    if end.is_some_and(|end| end <= key) {
+        return true; // an empty interval
+    }
+    let mut from = key.to_vec();
+    loop {
+        let Some(span) = spans.iter().find(|span| span.contains(&from)) else {
+            return false;
+        };
+        match span.end() {
+            None => return true,
+            Some(span_end) if end.is_some_and(|end| end <= span_end) => return true,
+            Some(span_end) => from = span_end.to_vec(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::keys::versioned_key;
@@ -238,6 +261,27 @@ mod tests {
         for span in [span, left, right, KeySpan::whole(), KeySpan::none()] {
             assert_eq!(KeySpan::decode(&span.encode()), span);
         }
+    }
+
+    #[test]
+    fn spans_cover_an_interval_only_without_a_gap() {
+        let left = KeySpan::new(Vec::new(), Some(b"g".to_vec()));
+        let middle = KeySpan::new(b"g".to_vec(), Some(b"q".to_vec()));
+        let right = KeySpan::new(b"q".to_vec(), None);
+        let all = [&left, &middle, &right];
+        assert!(spans_cover(&all, b"", b"\0"));
+        assert!(spans_cover(&all, b"a", b"z"));
+        assert!(spans_cover(&all, b"x", b""));
+        assert!(spans_cover(&[&left, &right], b"a", b"g"));
+        assert!(!spans_cover(&[&left, &right], b"a", b"g\0"), "a gap at g");
+        assert!(
+            !spans_cover(&[&left, &middle], b"a", b"\0"),
+            "nothing from q on"
+        );
+        assert!(spans_cover(&[&left, &middle], b"a", b"q"));
+        assert!(!spans_cover(&[&middle], b"f", b"h"));
+        assert!(spans_cover(&[&middle], b"h", b"a"), "an empty interval");
+        assert!(!spans_cover(&[], b"a", b""));
     }
 
     #[test]
