@@ -249,20 +249,6 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
     let (ok, _, err) =
         cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);
     assert!(!ok && err.contains("not inside range"), "{err}");
-    // A watch across ranges is cancelled with a reason (asked on a stream that has a
-    // watcher already: the client reads a stream's first answer itself).
-    let (mut watcher, mut stream) = client.watch("b", None).await.unwrap();
-    watcher
-        .watch("a", Some(WatchOptions::new().with_range("z")))
-        .await
-        .unwrap();
-    let cancelled = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("the refusal comes")
-        .unwrap()
-        .unwrap();
-    assert!(cancelled.canceled(), "{cancelled:?}");
-    assert!(cancelled.cancel_reason().contains("more than one range"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,4 +516,114 @@ async fn a_read_across_ranges_sees_every_range_at_one_revision() {
         "{}",
         status.message()
     );
+}
+
+/// Every event a watch stream delivers within `wait` until it has `count` of them, as
+/// (key, value, revision), checking that revisions only rise.
+async fn watched_events(
+    stream: &mut etcd_client::WatchStream,
+    count: usize,
+    wait: Duration,
+) -> Vec<(String, String, i64)> {
+    let mut events = Vec::new();
+    let deadline = Instant::now() + wait;
+    while events.len() < count && Instant::now() < deadline {
+        let Ok(Ok(Some(response))) =
+            tokio::time::timeout(Duration::from_millis(500), stream.message()).await
+        else {
+            continue;
+        };
+        assert!(!response.canceled(), "{response:?}");
+        for event in response.events() {
+            let kv = event.kv().unwrap();
+            let revision = kv.mod_revision();
+            if let Some((_, _, last)) = events.last() {
+                assert!(revision > *last, "revision {revision} after {last}");
+            }
+            let key = kv.key_str().unwrap().to_string();
+            events.push((key, kv.value_str().unwrap().to_string(), revision));
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    client.put("a", "0", None).await.unwrap();
+    // A watcher of keys in one range, which splits under it.
+    let (_before, mut before_split) = cluster
+        .client(2)
+        .await
+        .watch("a", Some(WatchOptions::new().with_range("z")))
+        .await
+        .unwrap();
+    for at in ["m", "t"] {
+        let (ok, out, err) =
+            cluster.ostrakon(&["ranges", "split", at, "--endpoint", &cluster.host_port(0)]);
+        assert!(ok, "split at {at} failed: {out} {err}");
+    }
+    wait_for_spans(&cluster, &[("", "m"), ("m", "t"), ("t", "")]).await;
+    // A watcher of every key, across the three ranges.
+    let (_live, mut live) = cluster
+        .client(1)
+        .await
+        .watch("\0", Some(WatchOptions::new().with_range("\0")))
+        .await
+        .unwrap();
+    let start = client
+        .put("a", "start", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+
+    // Three writers, each on its own member and range, at once.
+    let mut writers = Vec::new();
+    for (member, key) in [(0, "b"), (1, "n"), (2, "x")] {
+        let mut writer = cluster.client(member).await;
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..40 {
+                let put = writer.put(key, i.to_string(), None).await.expect("put");
+                acked.push((
+                    key.to_string(),
+                    i.to_string(),
+                    put.header().unwrap().revision(),
+                ));
+            }
+            acked
+        }));
+    }
+    let mut acked = vec![("a".to_string(), "start".to_string(), start)];
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    acked.sort_by_key(|(_, _, revision)| *revision);
+
+    // Every acknowledged put once, in revision order, with nothing else.
+    let seen = watched_events(&mut live, acked.len(), Duration::from_secs(20)).await;
+    assert_eq!(seen, acked);
+    // The watcher from before the splits followed its keys into both new ranges.
+    let followed = watched_events(&mut before_split, acked.len(), Duration::from_secs(20)).await;
+    assert_eq!(followed, acked);
+    // A watcher from a past revision reads the ranges' histories, merged the same way.
+    let (_past, mut past) = cluster
+        .client(0)
+        .await
+        .watch(
+            "\0",
+            Some(
+                WatchOptions::new()
+                    .with_range("\0")
+                    .with_start_revision(start),
+            ),
+        )
+        .await
+        .unwrap();
+    let replayed = watched_events(&mut past, acked.len(), Duration::from_secs(20)).await;
+    assert_eq!(replayed, acked);
 }

@@ -28,5 +28,6 @@ mod routed;
 mod run;
 pub mod validate;
 mod watch;
+mod watch_merge;
 
 pub use run::{run, ServerConfig, ServerError};

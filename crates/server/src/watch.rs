@@ -1,11 +1,13 @@
 //! etcd's Watch service: many watchers on one bidirectional stream.
 //!
-//! Each stream is one task. Each watcher watches keys of one range: the stream
-//! subscribes to the committed revisions of every range its watchers watch (a bounded
+//! Each stream is one task. A watcher of keys in one range follows that range: the
+//! stream subscribes to the committed revisions of every such range (a bounded
 //! broadcast per range, shared by every watcher of the node), and every watcher
 //! remembers the next revision it owes the client. When a split moves a watcher's keys
 //! to another range, the watcher follows them there and reads what it missed from
-//! storage (the new range holds the keys' whole history: a split moves no data). A revision is delivered whole, in order, once: a watcher
+//! storage (the new range holds the keys' whole history: a split moves no data); one
+//! whose keys fall in several ranges is served from their histories, merged by revision
+//! (`watch_merge`). A revision is delivered whole, in order, once: a watcher
 //! that starts in the past, or finds a gap (it fell behind the broadcast, or a snapshot
 //! moved the store on), first reads the missing revisions back from storage in bounded
 //! chunks. While the client does not read, the task waits on its bounded response queue
@@ -50,11 +52,15 @@ const STREAM_WATCH_ID: i64 = -1;
 /// etcd's cancel reasons (`mvcc` package errors).
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
-/// ostrakon's cancel reason for a watcher whose keys fall in more than one range.
-const SPANS_RANGES: &str =
-    "ostrakon: the watched keys fall in more than one range; watches across ranges are not supported yet";
 /// How often a stream checks whether a split moved its watchers' keys.
 const SPLIT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a stream serves its watchers of keys in several ranges (a round costs a
+/// timestamp and a read barrier per range, and only runs while a range has applied
+/// something a watcher is owed).
+const MERGE_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a merge round waits for its ranges before trying again in the next round
+/// (a range without a leader holds up every watcher of the stream meanwhile).
+const MERGE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// Serves Watch for the node's ranges.
 pub struct WatchService {
@@ -109,9 +115,18 @@ impl Watch for WatchService {
 /// The client went away: the stream ends.
 struct Gone;
 
+/// Which ranges a watcher's revisions come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Follows {
+    /// The one range holding its keys: its committed revisions as they come.
+    One(GroupId),
+    /// Several ranges hold its keys: their histories, merged (`watch_merge`).
+    Several,
+}
+
 struct Watcher {
-    /// The range whose revisions it follows.
-    group: GroupId,
+    /// The ranges whose revisions it gets.
+    follows: Follows,
     key: Bytes,
     /// Empty: just `key`; `"\0"`: every key from `key` on.
     range_end: Bytes,
@@ -180,6 +195,8 @@ impl WatchStream {
             progress_interval,
         );
         let mut split_check = tokio::time::interval(SPLIT_CHECK_INTERVAL);
+        let mut merge = tokio::time::interval(MERGE_INTERVAL);
+        merge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         split_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A client that closes its sending side still gets its events, as from etcd; the
         // stream ends when the client goes away.
@@ -204,12 +221,20 @@ impl WatchStream {
                 },
                 _ = progress.tick() => self.notify_progress().await,
                 _ = split_check.tick() => self.follow_splits().await,
+                _ = merge.tick(), if self.has_merged() => self.serve_merged().await,
                 _ = client_side.closed() => Err(Gone),
             };
             if step.is_err() {
                 return;
             }
         }
+    }
+
+    /// Whether a watcher's keys fall in several ranges.
+    fn has_merged(&self) -> bool {
+        self.watchers
+            .values()
+            .any(|w| w.follows == Follows::Several)
     }
 
     fn header(&self, revision: Revision) -> Option<ResponseHeader> {
@@ -241,7 +266,10 @@ impl WatchStream {
         let moved: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| !self.ranges[&w.group].span().covers(&w.key, &w.range_end))
+            .filter(|(_, w)| match w.follows {
+                Follows::One(group) => !self.ranges[&group].span().covers(&w.key, &w.range_end),
+                Follows::Several => false,
+            })
             .map(|(id, _)| *id)
             .collect();
         if moved.is_empty() {
@@ -257,19 +285,13 @@ impl WatchStream {
                     if self.subscribe(group).is_err() {
                         continue; // the range is not ready here yet: try again later
                     }
-                    self.watchers.get_mut(&id).expect("listed above").group = group;
+                    self.watchers.get_mut(&id).expect("listed above").follows = Follows::One(group);
                     self.catch_up(id).await?;
                 }
+                // Its keys now fall in several ranges: the merge rounds serve it from its
+                // next revision on.
                 Route::Several => {
-                    self.watchers.remove(&id);
-                    let response = WatchResponse {
-                        header: self.header(self.node.current_revision()),
-                        watch_id: id,
-                        canceled: true,
-                        cancel_reason: SPANS_RANGES.into(),
-                        ..WatchResponse::default()
-                    };
-                    self.send(response).await?;
+                    self.watchers.get_mut(&id).expect("listed above").follows = Follows::Several;
                 }
                 Route::Unknown => {}
             }
@@ -302,7 +324,12 @@ impl WatchStream {
                 let delivered = self
                     .watchers
                     .values()
-                    .map(|w| Revision(w.next.0 - 1).min(self.store(w.group).current_revision()))
+                    .map(|w| match w.follows {
+                        Follows::One(group) => {
+                            Revision(w.next.0 - 1).min(self.store(group).current_revision())
+                        }
+                        Follows::Several => Revision(w.next.0 - 1),
+                    })
                     .min()
                     .unwrap_or(current)
                     .min(current);
@@ -352,20 +379,8 @@ impl WatchStream {
             return self.send(refuse(DUPLICATE_ID)).await;
         }
         let interval = [(&create.key[..], &range_end[..])];
-        let group = match self.node.route(&interval).await {
-            Ok(group) => group,
-            Err(ostrakon_node::NodeError::SpansRanges) => {
-                return self.send(refuse(SPANS_RANGES)).await;
-            }
-            Err(error) => {
-                let reason = tonic::Status::from(ApiError::from(error))
-                    .message()
-                    .to_string();
-                return self.send(refuse(&reason)).await;
-            }
-        };
-        let current = match self.subscribe(group) {
-            Ok(store) => store.current_revision(),
+        let (follows, current) = match self.follow(&interval).await {
+            Ok(followed) => followed,
             Err(error) => {
                 let reason = tonic::Status::from(error).message().to_string();
                 return self.send(refuse(&reason)).await;
@@ -387,7 +402,7 @@ impl WatchStream {
         };
         let filters = |filter: FilterType| create.filters.contains(&(filter as i32));
         let watcher = Watcher {
-            group,
+            follows,
             key: create.key.clone(),
             range_end,
             next,
@@ -411,6 +426,146 @@ impl WatchStream {
         Ok(())
     }
 
+    /// Which ranges a new watcher of `interval` follows, and the revision it starts
+    /// after: its range's current one, or, across ranges, the keyspace's from the oracle
+    /// (as a read across ranges answers).
+    async fn follow(
+        &mut self,
+        interval: &[(&[u8], &[u8]); 1],
+    ) -> Result<(Follows, Revision), ApiError> {
+        let groups = self.node.ranges_touched(interval).await?;
+        if let [group] = groups[..] {
+            let store = self.subscribe(group)?;
+            return Ok((Follows::One(group), store.current_revision()));
+        }
+        let now = self.node.timestamps(1).await?.first.0;
+        let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
+        Ok((Follows::Several, now))
+    }
+
+    /// Serves the watchers of keys in several ranges a round (`watch_merge`): if a range
+    /// of theirs has applied a revision one of them is owed, a revision from the oracle,
+    /// every range of theirs caught up to it, and each sent what its ranges' histories
+    /// hold up to it.
+    async fn serve_merged(&mut self) -> Result<(), Gone> {
+        let ranges = self.node.data_ranges();
+        let mut due = Vec::new();
+        let mut groups = std::collections::BTreeSet::new();
+        for (id, watcher) in &self.watchers {
+            if watcher.follows != Follows::Several {
+                continue;
+            }
+            let interval = [(&watcher.key[..], &watcher.range_end[..])];
+            let Some(touched) = ostrakon_node::routing::touched(&ranges, &interval) else {
+                continue; // a range being created here: the next round
+            };
+            let owed = touched.iter().any(|&group| {
+                self.node
+                    .store(group)
+                    .is_ok_and(|store| store.current_revision() >= watcher.next)
+            });
+            if owed {
+                groups.extend(touched.iter().copied());
+                due.push((*id, touched));
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let resolved = async {
+            let now = self.node.timestamps(1).await?.first.0;
+            let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
+            let mut waits = tokio::task::JoinSet::new();
+            for group in groups {
+                let node = self.node.clone();
+                waits.spawn(async move { node.read_point_at(group, now).await });
+            }
+            while let Some(done) = waits.join_next().await {
+                done.expect("a read barrier panicked")?;
+            }
+            Ok::<_, ostrakon_node::NodeError>(now)
+        };
+        let resolved = match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
+            Ok(Ok(resolved)) => resolved,
+            // No oracle or a range without a leader: the next round tries again.
+            _ => return Ok(()),
+        };
+        for (id, touched) in due {
+            self.catch_up_merged(id, &touched, resolved).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a watcher of keys in several ranges (`touched`, in key order) every
+    /// revision from its next one up to `resolved`, which each of them has applied every
+    /// write at or below, read back from their histories in bounded chunks; cancels it
+    /// if that history is compacted in any of them.
+    async fn catch_up_merged(
+        &mut self,
+        id: i64,
+        touched: &[GroupId],
+        resolved: Revision,
+    ) -> Result<(), Gone> {
+        loop {
+            let Some(watcher) = self.watchers.get(&id) else {
+                return Ok(());
+            };
+            if watcher.follows != Follows::Several || watcher.next > resolved {
+                return Ok(());
+            }
+            let mut views = Vec::new();
+            for &group in touched {
+                match self.node.store(group) {
+                    Ok(store) => views.push(store.read_view()),
+                    Err(_) => return Ok(()), // gone by now: the next round routes again
+                }
+            }
+            let spans: Vec<_> = views.iter().map(|view| view.span()).collect();
+            if !ostrakon_storage::mvcc::spans_cover(&spans, &watcher.key, &watcher.range_end) {
+                return Ok(()); // a split moved some keys: the next round routes again
+            }
+            let (key, range_end, from) =
+                (watcher.key.clone(), watcher.range_end.clone(), watcher.next);
+            let histories = tokio::task::spawn_blocking(move || {
+                let mut histories = Vec::new();
+                for view in &views {
+                    let Some((key, range_end)) = view.span().clip(&key, &range_end) else {
+                        continue;
+                    };
+                    let history = view.history(&key, &range_end, from, CATCH_UP_EVENTS_MAX)?;
+                    histories.push(crate::watch_merge::RangeHistory {
+                        history,
+                        current: view.current_revision(),
+                    });
+                }
+                Ok::<_, MvccError>(histories)
+            })
+            .await
+            .expect("reading watch history panicked");
+            match histories {
+                Ok(histories) => {
+                    let (merged, covered) = crate::watch_merge::merge(histories, resolved);
+                    self.deliver(id, &merged).await?;
+                    if let Some(watcher) = self.watchers.get_mut(&id) {
+                        watcher.next = watcher.next.max(Revision(covered.0 + 1));
+                    }
+                }
+                Err(MvccError::Compacted { compacted }) => {
+                    self.watchers.remove(&id);
+                    let response = WatchResponse {
+                        header: self.header(Revision(0)),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: compacted.0,
+                        ..WatchResponse::default()
+                    };
+                    return self.send(response).await;
+                }
+                Err(other) => panic!("reading watch history failed: {other}"),
+            }
+        }
+    }
+
     /// A committed revision of a range, for every watcher of it that is due it.
     async fn on_revision(&mut self, group: GroupId, revision: &RevisionEvents) -> Result<(), Gone> {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
@@ -418,7 +573,7 @@ impl WatchStream {
             let Some(watcher) = self.watchers.get(&id) else {
                 continue;
             };
-            if watcher.group != group {
+            if watcher.follows != Follows::One(group) {
                 continue;
             }
             if !self
@@ -453,7 +608,7 @@ impl WatchStream {
         let ids: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.group == group)
+            .filter(|(_, w)| w.follows == Follows::One(group))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -469,7 +624,10 @@ impl WatchStream {
             let Some(watcher) = self.watchers.get(&id) else {
                 return Ok(());
             };
-            let view = self.store(watcher.group).read_view();
+            let Follows::One(group) = watcher.follows else {
+                return Ok(()); // the merge rounds serve it
+            };
+            let view = self.store(group).read_view();
             if watcher.next > view.current_revision() {
                 return Ok(());
             }
@@ -515,10 +673,14 @@ impl WatchStream {
     /// into fragments if it asked for them and they are too large) and moves it past
     /// them.
     async fn deliver(&mut self, id: i64, revisions: &[RevisionEvents]) -> Result<(), Gone> {
-        let Some(group) = self.watchers.get(&id).map(|w| w.group) else {
+        let Some(follows) = self.watchers.get(&id).map(|w| w.follows) else {
             return Ok(());
         };
-        let current = self.store(group).current_revision();
+        let current = match follows {
+            Follows::One(group) => self.store(group).current_revision(),
+            // What it was resolved to is the revision of its last event or above.
+            Follows::Several => Revision(0),
+        };
         let watcher = self.watchers.get_mut(&id).expect("looked up above");
         let mut events = Vec::new();
         let mut last = Revision(0);
@@ -562,7 +724,13 @@ impl WatchStream {
         let due: Vec<(i64, Revision)> = self
             .watchers
             .iter()
-            .map(|(id, w)| (*id, w, self.store(w.group).current_revision()))
+            .map(|(id, w)| {
+                let current = match w.follows {
+                    Follows::One(group) => self.store(group).current_revision(),
+                    Follows::Several => Revision(w.next.0 - 1),
+                };
+                (*id, w, current)
+            })
             .filter(|(_, w, current)| w.progress_notify && w.next > *current)
             .map(|(id, _, current)| (id, current))
             .collect();
@@ -633,7 +801,7 @@ mod tests {
     #[test]
     fn a_watcher_selects_its_range_and_filters() {
         let watcher = Watcher {
-            group: GroupId(1),
+            follows: Follows::One(GroupId(1)),
             key: Bytes::from_static(b"a"),
             range_end: Bytes::from_static(b"c"),
             next: Revision(1),
