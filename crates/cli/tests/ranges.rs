@@ -191,8 +191,8 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
     let expected: Vec<String> = (0..6).map(|round| format!("x-{round}")).collect();
     assert_eq!(seen, expected);
 
-    // A read within one range, and one across both; a Txn across both is refused
-    // clearly.
+    // A read within one range, and one across both; a read-only Txn across both, and
+    // a Txn writing across both refused clearly.
     let left = client
         .get("a", Some(GetOptions::new().with_range("l")))
         .await
@@ -209,8 +209,14 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
         .map(|kv| kv.key_str().unwrap())
         .collect();
     assert_eq!(keys, vec!["a", "k", "m", "x"]);
-    let across = client
+    let read_txn = client
         .txn(Txn::new().and_then([TxnOp::get("a", None), TxnOp::get("x", None)]))
+        .await
+        .unwrap();
+    assert!(read_txn.succeeded());
+    assert_eq!(read_txn.op_responses().len(), 2);
+    let across = client
+        .txn(Txn::new().and_then([TxnOp::put("a", "1", None), TxnOp::put("x", "1", None)]))
         .await
         .unwrap_err();
     let status = status_of(across);
@@ -418,6 +424,21 @@ async fn a_read_across_ranges_sees_every_range_at_one_revision() {
                     .unwrap();
                 let (a, x) = a_and_x(&local);
                 assert!(a == x || a == x + 1, "serializable a = {a}, x = {x}");
+                // A read-only Txn reads its ranges at one revision too.
+                let txn = Txn::new().and_then([TxnOp::get("a", None), TxnOp::get("x", None)]);
+                let read = reader.txn(txn).await.unwrap();
+                let values: Vec<u64> = read
+                    .op_responses()
+                    .into_iter()
+                    .map(|op| match op {
+                        etcd_client::TxnOpResponse::Get(get) => {
+                            get.kvs()[0].value_str().unwrap().parse().unwrap()
+                        }
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                let (a, x) = (values[0], values[1]);
+                assert!(a == x || a == x + 1, "Txn a = {a}, x = {x}");
                 // Pages at the first page's revision, as kube-apiserver lists.
                 let first = reader.get("\0", Some(every().with_limit(1))).await.unwrap();
                 assert!(first.more());

@@ -103,10 +103,14 @@ impl KvService {
         let mut intervals = Vec::new();
         mvcc::txn_intervals(&request, &mut intervals);
         let linearizable = !mvcc::txn_is_serializable(&request);
-        let view = crate::routed::read_view(&self.node, &intervals, linearizable).await?;
-        let mut response = tokio::task::spawn_blocking(move || mvcc::read_txn(&view, &request))
-            .await
-            .expect("a read-only Txn panicked")?;
+        let routed = crate::routed::read_at(&self.node, &intervals, linearizable, 0).await?;
+        let mut response = tokio::task::spawn_blocking(move || match routed {
+            RoutedRead::One(view) => mvcc::read_txn(&view, &request),
+            // Compares and reads across ranges at one revision, which the header carries.
+            RoutedRead::Across { views, at, .. } => mvcc::read_txn_across(&views, &request, at),
+        })
+        .await
+        .expect("a read-only Txn panicked")?;
         response.header = self.header(response.header);
         Ok(response)
     }

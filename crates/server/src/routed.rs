@@ -21,22 +21,6 @@ pub enum RoutedRead {
     },
 }
 
-/// A view of the range holding every key of `intervals` (linearizable: after the range's
-/// read index). If a split moved the keys between the route and the view (this node
-/// applied it while the read waited), the read is routed again.
-pub async fn read_view(
-    node: &NodeHandle,
-    intervals: &[KeyInterval<'_>],
-    linearizable: bool,
-) -> Result<ReadView, ApiError> {
-    loop {
-        let group = node.route(intervals).await?;
-        if let Some(view) = view_of(node, group, intervals, linearizable).await? {
-            return Ok(view);
-        }
-    }
-}
-
 /// The views a Range of `intervals` at `requested` (0: current) reads. Within one range,
 /// as on a keyspace of one range; across ranges (or, on a keyspace that split, at a
 /// revision the one range here has not reached), one revision for all: the current one

@@ -764,10 +764,85 @@ pub fn read_txn(view: &ReadView, request: &TxnRequest) -> Result<TxnResponse, Mv
     })
 }
 
+/// Serves a read-only Txn (`txn_is_read_only`) across several ranges' views at one
+/// revision `at`, as `range_across` serves a Range: its compares and reads see the
+/// keyspace at `at`, which the header carries.
+pub fn read_txn_across(
+    views: &[ReadView],
+    request: &TxnRequest,
+    at: Revision,
+) -> Result<TxnResponse, MvccError> {
+    assert!(
+        txn_is_read_only(request),
+        "read_txn_across is given only Txns without writes"
+    );
+    let mut succeeded = true;
+    for compare in &request.compare {
+        let mut kvs = Vec::new();
+        for view in views {
+            let Some((key, range_end)) = view.span().clip(&compare.key, &compare.range_end) else {
+                continue;
+            };
+            let read_at = view.resolve(at.min(view.current_revision()).0)?;
+            kvs.extend(view.range(&key, &range_end, read_at));
+        }
+        if !compare_kvs(compare, &kvs) {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        use request_op::Request;
+        use response_op::Response;
+        let response = match &op.request {
+            Some(Request::RequestRange(range)) => {
+                // A Range in a Txn may name its own revision, up to the Txn's.
+                if range.revision > at.0 {
+                    return Err(MvccError::FutureRevision);
+                }
+                let range_at = if range.revision > 0 {
+                    Revision(range.revision)
+                } else {
+                    at
+                };
+                let mut response = range_across(views, range, range_at)?;
+                response.header = header(at);
+                Some(Response::ResponseRange(response))
+            }
+            Some(Request::RequestTxn(nested)) => {
+                let mut nested = read_txn_across(views, nested, at)?;
+                // etcd answers a nested Txn with an empty header (revision 0).
+                nested.header = Some(ResponseHeader::default());
+                Some(Response::ResponseTxn(nested))
+            }
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
+                unreachable!("checked read-only above")
+            }
+            None => None,
+        };
+        responses.push(ResponseOp { response });
+    }
+    Ok(TxnResponse {
+        header: header(at),
+        succeeded,
+        responses,
+    })
+}
+
 /// etcd's compare: every key in the range must satisfy it; over no keys, a VALUE
 /// compare fails and the others compare against a zero-valued key.
 fn compare_holds(source: &impl RangeSource, c: &Compare) -> bool {
-    let kvs = source.range_latest(&c.key, &c.range_end);
+    compare_kvs(c, &source.range_latest(&c.key, &c.range_end))
+}
+
+/// `compare_holds` over the live keys of the compare's range.
+fn compare_kvs(c: &Compare, kvs: &[KeyValue]) -> bool {
     if kvs.is_empty() {
         if c.target == compare::CompareTarget::Value as i32 {
             return false;

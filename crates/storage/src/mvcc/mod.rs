@@ -27,8 +27,8 @@ mod value;
 
 pub use error::MvccError;
 pub use etcd::{
-    adds_data, apply_write, etcd_status, range, range_across, read_txn, txn_is_read_only,
-    txn_is_serializable, WriteOutcome,
+    adds_data, apply_write, etcd_status, range, range_across, read_txn, read_txn_across,
+    txn_is_read_only, txn_is_serializable, WriteOutcome,
 };
 pub use events::{EventSink, History, RevisionEvents};
 pub use local::LOCAL_PARTITION;

@@ -707,6 +707,54 @@ fn a_range_across_ranges_answers_as_one_range_holding_every_key() {
     }
     assert_eq!(compared, 6 * 4 * 5 * 3 * 3 * 4);
 
+    // Read-only Txns whose compares and reads fall in several ranges.
+    use ostrakon_proto::etcdserverpb::{
+        compare::{CompareResult, CompareTarget, TargetUnion},
+        request_op, Compare, RequestOp, TxnRequest,
+    };
+    let get = |key: &str, range_end: &str, revision: i64| RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: Bytes::from(key.to_string()),
+            range_end: Bytes::from(range_end.to_string()),
+            revision,
+            ..Default::default()
+        })),
+    };
+    let compare = |key: &str, range_end: &str, result: CompareResult, version: i64| Compare {
+        key: Bytes::from(key.to_string()),
+        range_end: Bytes::from(range_end.to_string()),
+        result: result as i32,
+        target: CompareTarget::Version as i32,
+        target_union: Some(TargetUnion::Version(version)),
+    };
+    let txns = [
+        (vec![compare("a", "\0", CompareResult::Greater, 0)], true),
+        (vec![compare("a", "z", CompareResult::Greater, 2)], false),
+        (
+            vec![
+                compare("a", "", CompareResult::Greater, 0),
+                compare("t", "", CompareResult::Greater, 0),
+            ],
+            true,
+        ),
+        (vec![compare("nothing", "", CompareResult::Equal, 0)], true),
+    ];
+    for (compares, holds) in &txns {
+        for revision in [0, past[1].0] {
+            let request = TxnRequest {
+                compare: compares.clone(),
+                success: vec![get("", "\0", revision), get("f", "r", 0)],
+                failure: vec![get("k", "", revision)],
+            };
+            let expected = read_txn(&one_view, &request).unwrap();
+            let across =
+                read_txn_across(&split_views, &request, one_view.current_revision()).unwrap();
+            assert_eq!(across.succeeded, expected.succeeded, "{request:?}");
+            assert_eq!(across.succeeded, *holds, "{request:?}");
+            assert_eq!(across.responses, expected.responses, "{request:?}");
+        }
+    }
+
     // A write to the middle range only: the others are read at their current revision,
     // and the read below it still sees the old value.
     let before = middle.store.current_revision();
