@@ -70,11 +70,33 @@ fn member_line(etcdctl: &Etcdctl, id: &str) -> (String, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_joins_is_promoted_and_a_founder_is_removed_under_load_losing_no_write() {
+    learner_joins_is_promoted_and_a_founder_is_removed(&[]).await;
+}
+
+/// The same on a keyspace split in three ranges: every range's group follows the
+/// membership (the load moves from the first range to the second halfway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_split_keyspace_every_range_follows_the_membership() {
+    learner_joins_is_promoted_and_a_founder_is_removed(&["load/001000", "m"]).await;
+}
+
+async fn learner_joins_is_promoted_and_a_founder_is_removed(split_keys: &[&str]) {
     let binary = &etcdctls()[1];
     // Snapshots every 200 entries: the log the learner needs is gone by the time it
     // joins, so it must be caught up by a snapshot.
     let mut cluster = TestCluster::start(3, &["--snapshot-count", "200"]).await;
     let victim = cluster.wait_for_leader().await;
+    for key in split_keys {
+        let split = [
+            "ranges",
+            "split",
+            key,
+            "--endpoint",
+            &cluster.host_port(victim),
+        ];
+        let (ok, out, err) = cluster.ostrakon(&split);
+        assert!(ok, "split at {key} failed: {out} {err}");
+    }
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = start_writer(
@@ -247,11 +269,25 @@ async fn a_learner_joins_is_promoted_and_a_founder_is_removed_under_load_losing_
         "the restarted newcomer has the id it was added with"
     );
 
-    // The meta range followed the membership (a learner that was promoted, a founder
-    // removed): with one more founder down, the newcomer and the last founder still make
-    // its quorum and serve timestamps. A meta range still counting the removed founder's
-    // vote, or without the newcomer's, could not.
+    // The meta range and every data range followed the membership (a learner that was
+    // promoted, a founder removed): with one more founder down, the newcomer and the last
+    // founder still make their quorums, serve timestamps and take writes in every range.
+    // A range still counting the removed founder's vote, or without the newcomer's,
+    // could not.
     cluster.kill(survivors[0]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for key in ["a", "load/999999", "z"] {
+        loop {
+            match newcomer_client.put(key, "two of three", None).await {
+                Ok(_) => break,
+                Err(error) if Instant::now() > deadline => {
+                    cluster.dump_logs();
+                    panic!("no quorum for {key} with two of three members up: {error}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match common::timestamps(&cluster.endpoint(newcomer), 4).await {

@@ -71,9 +71,15 @@ pub struct EventLoop {
     nodes_down: BTreeSet<NodeId>,
     /// When each peer was last heard from (shared with the transport).
     liveness: Arc<crate::liveness::Liveness>,
-    /// The meta range's last step toward the data range's membership, until answered
-    /// (and, if refused, until it may be tried again).
-    meta_follow_attempt: Option<FollowAttempt>,
+    /// Each range's last step toward the first data range's membership, until answered
+    /// (and, if refused, until it may be tried again): the meta range's and the other
+    /// data ranges' (`follow_membership`).
+    follow_attempts: HashMap<GroupId, FollowAttempt>,
+    /// When the ranges this node leads are next checked against the first data range's
+    /// membership (at once when it changes).
+    next_follow_check: Instant,
+    /// The first data range's membership when they were last checked.
+    followed_conf: Option<ostrakon_raft::ConfState>,
     /// Writes of ranges that take their revisions from the oracle, waiting for them.
     revisions: crate::revisions::RevisionFetcher,
     /// For the tasks that fetch revisions from the oracle.
@@ -97,6 +103,10 @@ fn started_members(replicas: &HashMap<GroupId, Replica>) -> BTreeSet<NodeId> {
         .map(|m| NodeId(m.id))
         .collect()
 }
+
+/// How often the ranges a node leads are checked against the first data range's
+/// membership when it does not change (a learner caught up, a leadership moved here).
+const FOLLOW_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The timestamp oracle persists its bound this far ahead of its clock (docs/RANGES.md).
 const ORACLE_WINDOW_MS: u64 = 3_000;
@@ -184,7 +194,9 @@ pub fn start(
         dirty: BTreeSet::new(),
         nodes_down: BTreeSet::new(),
         liveness,
-        meta_follow_attempt: None,
+        follow_attempts: HashMap::new(),
+        next_follow_check: Instant::now(),
+        followed_conf: None,
         revisions: crate::revisions::RevisionFetcher::default(),
         handle: handle.clone(),
         runtime,
@@ -1034,61 +1046,92 @@ impl EventLoop {
         self.follow_data_membership();
     }
 
-    /// On the meta range's leader: one step toward the data range's membership, if one is
-    /// due and no change is in flight (`follow_membership`). A refused step is logged and
-    /// tried again a second later, not every round.
+    /// On the leader of each range but the first data range (the meta range and the
+    /// ranges split from it): one step toward the first data range's membership, if one
+    /// is due and no change of that range is in flight (`follow_membership`). The ranges
+    /// are checked when that membership changes and every `FOLLOW_CHECK_INTERVAL` (a
+    /// learner catching up, a leadership moving here), not every round: a round visits
+    /// only the groups with work. A refused step is logged and tried again a second
+    /// later.
     fn follow_data_membership(&mut self) {
-        if let Some(attempt) = &mut self.meta_follow_attempt {
+        let Some(data) = self.replicas.get(&DEFAULT_GROUP) else {
+            return;
+        };
+        let target = data.store.applied().conf_state;
+        let now = Instant::now();
+        if now < self.next_follow_check && self.followed_conf.as_ref() == Some(&target) {
+            return;
+        }
+        self.next_follow_check = now + FOLLOW_CHECK_INTERVAL;
+        self.followed_conf = Some(target.clone());
+        let groups: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(group, replica)| {
+                **group != DEFAULT_GROUP && replica.node.role() == Role::Leader
+            })
+            .map(|(group, _)| *group)
+            .collect();
+        for group in groups {
+            self.follow_step(group, &target, now);
+        }
+    }
+
+    /// One step of range `group` (led here) toward `target`, if due.
+    fn follow_step(&mut self, group: GroupId, target: &ostrakon_raft::ConfState, now: Instant) {
+        if let Some(attempt) = self.follow_attempts.get_mut(&group) {
             use tokio::sync::oneshot::error::TryRecvError;
             let taken = match attempt.answer.try_recv() {
                 Err(TryRecvError::Empty) => return, // in flight
                 Ok(Ok(_)) => true,
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, step = ?attempt.step, "the meta range could not take a membership step; will retry");
+                    tracing::warn!(%error, group = group.0, step = ?attempt.step, "a range could not take a membership step; will retry");
                     false
                 }
                 Err(TryRecvError::Closed) => false,
             };
-            if !taken && Instant::now() < attempt.retry_at {
+            if !taken && now < attempt.retry_at {
                 return;
             }
-            self.meta_follow_attempt = None;
+            self.follow_attempts.remove(&group);
         }
-        let (Some(data), Some(meta)) = (
-            self.replicas.get(&DEFAULT_GROUP),
-            self.replicas.get(&META_GROUP),
-        ) else {
+        let data = &self.replicas[&DEFAULT_GROUP];
+        let replica = &self.replicas[&group];
+        if replica.has_conf_proposal() {
             return;
-        };
-        if meta.node.role() != Role::Leader || meta.has_conf_proposal() {
-            return; // (cheap checks first: this runs every round)
         }
-        let target = data.store.applied().conf_state;
         let step = crate::follow_membership::next_step(
-            &target,
-            meta.node.conf_state(),
+            target,
+            replica.node.conf_state(),
             |id| data.store.is_removed_member(id),
-            |id| meta.learner_is_ready(id),
+            |id| replica.learner_is_ready(id),
         );
         let Some(step) = step else {
             return;
         };
-        tracing::info!(?step, "the meta range follows the data range's membership");
+        tracing::info!(
+            group = group.0,
+            ?step,
+            "a range follows the first data range's membership"
+        );
         let (respond, answer) = tokio::sync::oneshot::channel();
         let started = started_members(&self.replicas);
-        let meta = self.replicas.get_mut(&META_GROUP).expect("checked above");
-        meta.propose_conf_change(
+        let replica = self.replicas.get_mut(&group).expect("checked above");
+        replica.propose_conf_change(
             ConfChange::Change(vec![step]),
             respond,
             &self.nodes_down,
             &started,
         );
-        self.meta_follow_attempt = Some(FollowAttempt {
-            step,
-            answer,
-            retry_at: Instant::now() + Duration::from_secs(1),
-        });
-        self.dirty.insert(META_GROUP);
+        self.follow_attempts.insert(
+            group,
+            FollowAttempt {
+                step,
+                answer,
+                retry_at: now + Duration::from_secs(1),
+            },
+        );
+        self.dirty.insert(group);
     }
 
     /// Keeps the transport's peers those of the member registry.

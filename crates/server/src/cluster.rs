@@ -14,7 +14,7 @@ use ostrakon_proto::etcdserverpb::{
     MemberUpdateRequest, MemberUpdateResponse,
 };
 use ostrakon_proto::peer::{write_request, MemberPeerUrls};
-use ostrakon_raft::{ConfChange, ConfChangeStep, NodeId};
+use ostrakon_raft::{ConfChange, ConfChangeStep, GroupId, NodeId};
 use tonic::{Request, Response, Status};
 
 use crate::common;
@@ -80,31 +80,43 @@ impl ClusterService {
         Ok(())
     }
 
-    /// Removes a member from the meta range before the data range: once out of the data
-    /// range it stops, and the meta range must not wait for it (two members would lose
-    /// their quorum). The meta range otherwise follows the data range's membership by
-    /// itself (ostrakon_node's `follow_membership`), which also finishes this if the data
-    /// range's change fails after it. Answered once the meta range's leader applied the
-    /// removal: until the data range's removal applies, the follower may add the member
-    /// back as a learner (it is still in the data range), and then remove it again, so
+    /// Removes a member from every range but the first data range (the meta range and
+    /// the ranges split from it) before that one: once out of the first data range it
+    /// stops, and the other ranges must not wait for it (two members would lose their
+    /// quorum). They otherwise follow the first data range's membership by themselves
+    /// (ostrakon_node's `follow_membership`), which also finishes this if the first data
+    /// range's change fails after it. Each is answered once its leader applied the
+    /// removal: until the first data range's removal applies, the follower may add the
+    /// member back as a learner (it is still in that range), and then remove it again, so
     /// waiting here for one settled membership could wait for nothing.
-    ///
-    /// Retried while the meta range's leader changes (it may be the member being removed,
-    /// down, and the others elect a new one first): a removal applied twice is refused the
-    /// second time, which is what it is meant to achieve.
-    async fn leave_meta_range(&self, id: NodeId) -> Result<(), Status> {
-        let meta = self.node.store(META_GROUP).map_err(ApiError::from)?;
-        let deadline = tokio::time::Instant::now() + META_LEAVE_TIMEOUT;
+    async fn leave_other_ranges(&self, id: NodeId) -> Result<(), Status> {
+        let mut groups = vec![META_GROUP];
+        groups.extend(
+            self.node
+                .data_ranges()
+                .into_iter()
+                .map(|(group, _)| group)
+                .filter(|group| *group != DEFAULT_GROUP),
+        );
+        for group in groups {
+            self.leave_range(group, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the member out of one range's group. Retried while the range's leader
+    /// changes (it may be the member being removed, down, and the others elect a new one
+    /// first): a removal applied twice is refused the second time, which is what it is
+    /// meant to achieve.
+    async fn leave_range(&self, group: GroupId, id: NodeId) -> Result<(), Status> {
+        let store = self.node.store(group).map_err(ApiError::from)?;
+        let deadline = tokio::time::Instant::now() + RANGE_LEAVE_TIMEOUT;
         loop {
-            if !meta.applied().conf_state.members().contains(&id) {
+            if !store.applied().conf_state.members().contains(&id) {
                 return Ok(());
             }
             let removal = ConfChange::Change(vec![ConfChangeStep::Remove(id)]);
-            match self
-                .node
-                .change_membership_at_leader(META_GROUP, removal)
-                .await
-            {
+            match self.node.change_membership_at_leader(group, removal).await {
                 // Already gone (this member's view was stale).
                 Ok(_) | Err(NodeError::Refused { .. }) => return Ok(()),
                 Err(NodeError::LeaderChanged | NodeError::NoLeader | NodeError::Timeout)
@@ -117,20 +129,7 @@ impl ClusterService {
         }
     }
 
-    /// Once the keyspace has split, a change of the first range's group alone would leave
-    /// the other ranges' groups behind (ranges will follow the membership later).
-    fn refuse_if_split(&self) -> Result<(), Status> {
-        let first = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
-        if first.oracle_revisions() {
-            return Err(Status::failed_precondition(
-                "ostrakon: membership changes of a keyspace split into ranges are not supported yet (docs/RANGES.md)",
-            ));
-        }
-        Ok(())
-    }
-
     async fn change(&self, step: ConfChangeStep) -> Result<(), Status> {
-        self.refuse_if_split()?;
         self.node
             .change_membership(DEFAULT_GROUP, ConfChange::Change(vec![step]))
             .await
@@ -139,10 +138,10 @@ impl ClusterService {
     }
 }
 
-/// How long MemberRemove tries to take the member out of the meta range: long enough for
-/// the meta range to elect a new leader when the member was its leader and is down (a
-/// silence of an election timeout, then an election).
-const META_LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long MemberRemove tries to take the member out of each range but the first data
+/// range: long enough for the range to elect a new leader when the member was its leader
+/// and is down (a silence of an election timeout, then an election).
+const RANGE_LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn to_member(m: MemberDescription) -> Member {
     Member {
@@ -205,7 +204,6 @@ impl Cluster for ClusterService {
                 ));
             }
         }
-        self.refuse_if_split()?;
         let id = new_member_id(&request.peer_ur_ls, self.node.cluster_id());
         // Registered first, so that when the raft change applies every member already
         // knows where to reach the new one.
@@ -240,8 +238,7 @@ impl Cluster for ClusterService {
             .check_admin()?;
         let id = request.into_inner().id;
         self.member(id)?;
-        self.refuse_if_split()?;
-        self.leave_meta_range(NodeId(id)).await?;
+        self.leave_other_ranges(NodeId(id)).await?;
         self.change(ConfChangeStep::Remove(NodeId(id))).await?;
         tracing::info!(member = %format!("{id:x}"), "member removed");
         Ok(Response::new(MemberRemoveResponse {
