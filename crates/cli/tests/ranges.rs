@@ -532,6 +532,27 @@ async fn a_read_across_ranges_sees_every_range_at_one_revision() {
         "{}",
         status.message()
     );
+    // The revision a read across ranges answers with is one Compact takes (it is above
+    // every range's last write, but the oracle handed it out).
+    let at = client
+        .get("\0", Some(every()))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert!(at > last_a);
+    client.compact(at, None).await.unwrap();
+    let compacted = client
+        .get("\0", Some(every().with_revision(last_a - 1)))
+        .await
+        .unwrap_err();
+    let status = status_of(compacted);
+    assert!(
+        status.message().contains("compacted"),
+        "{}",
+        status.message()
+    );
 }
 
 /// Every event a watch stream delivers within `wait` until it has `count` of them, as

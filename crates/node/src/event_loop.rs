@@ -482,6 +482,7 @@ pub(crate) fn founder_records(config: &NodeConfig) -> Vec<MemberRecord> {
             peer_urls: vec![url.clone()],
             client_urls: Vec::new(),
             removed: false,
+            leaving: false,
         })
         .collect()
 }
@@ -788,6 +789,13 @@ impl EventLoop {
                         {
                             replica.propose(waiting.write, waiting.respond);
                             self.dirty.insert(waiting.group);
+                        }
+                        // Leading again, in a later term: a new revision, fetched now.
+                        Some(replica) if replica.node.role() == Role::Leader => {
+                            let mut waiting = waiting;
+                            waiting.term = replica.node.term();
+                            waiting.write.revision = 0;
+                            self.revisions.wait(waiting);
                         }
                         Some(replica) => drop(
                             waiting
@@ -1103,7 +1111,8 @@ impl EventLoop {
         let step = crate::follow_membership::next_step(
             target,
             replica.node.conf_state(),
-            |id| data.store.is_removed_member(id),
+            // A member MemberRemove is taking out is not added back meanwhile.
+            |id| data.store.is_leaving_member(id),
             |id| replica.learner_is_ready(id),
         );
         let Some(step) = step else {

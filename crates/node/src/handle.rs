@@ -179,6 +179,11 @@ impl NodeHandle {
             .ok_or(NodeError::UnknownGroup)
     }
 
+    /// How long a request may take before it fails with a timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
     /// The data ranges this node holds a replica of, with their spans, in key order
     /// (replicas still waiting for their first snapshot hold no span and are left out).
     pub fn data_ranges(&self) -> Vec<(GroupId, Arc<ostrakon_storage::mvcc::KeySpan>)> {
@@ -348,7 +353,13 @@ impl NodeHandle {
         }
         let revision = Revision(compaction.revision);
         if revision > self.current_revision() {
-            return Ok(mvcc_error_outcome(&MvccError::FutureRevision));
+            // A revision a read across ranges answered with (the oracle's at the time)
+            // is above every range's last write: future only if the oracle has not
+            // handed it out yet.
+            let now = self.timestamps(1).await?.first.0;
+            if revision.0 as u64 > now {
+                return Ok(mvcc_error_outcome(&MvccError::FutureRevision));
+            }
         }
         let mut last = None;
         let mut refusal = None;

@@ -13,7 +13,7 @@ use ostrakon_proto::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use ostrakon_proto::peer::{write_request, MemberPeerUrls};
+use ostrakon_proto::peer::{write_request, MemberLeaving, MemberPeerUrls};
 use ostrakon_raft::{ConfChange, ConfChangeStep, GroupId, NodeId};
 use tonic::{Request, Response, Status};
 
@@ -90,17 +90,41 @@ impl ClusterService {
     /// member back as a learner (it is still in that range), and then remove it again, so
     /// waiting here for one settled membership could wait for nothing.
     async fn leave_other_ranges(&self, id: NodeId) -> Result<(), Status> {
-        let mut groups = vec![META_GROUP];
-        groups.extend(
-            self.node
-                .data_ranges()
+        // Listed again until no range holds it: a split meanwhile founds a range with it.
+        for _ in 0..LEAVE_PASSES_MAX {
+            let mut groups = vec![META_GROUP];
+            groups.extend(
+                self.node
+                    .data_ranges()
+                    .into_iter()
+                    .map(|(group, _)| group)
+                    .filter(|group| *group != DEFAULT_GROUP),
+            );
+            let holding: Vec<GroupId> = groups
                 .into_iter()
-                .map(|(group, _)| group)
-                .filter(|group| *group != DEFAULT_GROUP),
-        );
-        for group in groups {
-            self.leave_range(group, id).await?;
+                .filter(|group| {
+                    self.node
+                        .store(*group)
+                        .is_ok_and(|store| store.applied().conf_state.members().contains(&id))
+                })
+                .collect();
+            if holding.is_empty() {
+                return Ok(());
+            }
+            for group in holding {
+                self.leave_range(group, id).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Marks member `id` as leaving or staying in the member registry.
+    async fn set_leaving(&self, id: u64, leaving: bool) -> Result<(), Status> {
+        let write = write_request::Request::MemberLeaving(MemberLeaving { id, leaving });
+        self.node
+            .write(DEFAULT_GROUP, write)
+            .await
+            .map_err(ApiError::from)?;
         Ok(())
     }
 
@@ -137,6 +161,9 @@ impl ClusterService {
         Ok(())
     }
 }
+
+/// How many times MemberRemove lists the ranges that still hold the member.
+const LEAVE_PASSES_MAX: usize = 3;
 
 /// How long MemberRemove tries to take the member out of each range but the first data
 /// range: long enough for the range to elect a new leader when the member was its leader
@@ -238,8 +265,20 @@ impl Cluster for ClusterService {
             .check_admin()?;
         let id = request.into_inner().id;
         self.member(id)?;
-        self.leave_other_ranges(NodeId(id)).await?;
-        self.change(ConfChangeStep::Remove(NodeId(id))).await?;
+        // Marked first, so that the ranges following the membership do not add it back
+        // between its removal from them and from the first data range.
+        self.set_leaving(id, true).await?;
+        let removal = async {
+            self.leave_other_ranges(NodeId(id)).await?;
+            self.change(ConfChangeStep::Remove(NodeId(id))).await
+        };
+        if let Err(status) = removal.await {
+            // Not removed (refused, or no quorum): it stays, and the ranges it left take
+            // it back. (If this member stops before that, it stays marked, left by the
+            // other ranges, until MemberRemove is asked again.)
+            let _ = self.set_leaving(id, false).await;
+            return Err(status);
+        }
         tracing::info!(member = %format!("{id:x}"), "member removed");
         Ok(Response::new(MemberRemoveResponse {
             header: common::current_header(&self.node),

@@ -7,6 +7,9 @@ use ostrakon_storage::mvcc::{spans_cover, KeyInterval, MvccError, ReadView, Revi
 
 use crate::errors::ApiError;
 
+/// How long a read across ranges waits before trying a range whose leader moved again.
+const LEADER_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Where a read finds its keys.
 pub enum RoutedRead {
     /// One range holds every key, and the read is as on a keyspace of one range: the
@@ -32,7 +35,11 @@ pub async fn read_at(
     linearizable: bool,
     requested: i64,
 ) -> Result<RoutedRead, ApiError> {
+    let deadline = tokio::time::Instant::now() + node.request_timeout();
     loop {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::Timeout.into());
+        }
         let groups = node.ranges_touched(intervals).await?;
         if let [group] = groups[..] {
             let store = node.store(group)?;
@@ -43,8 +50,15 @@ pub async fn read_at(
                 }
             }
         }
-        if let Some(read) = read_across(node, &groups, intervals, linearizable, requested).await? {
-            return Ok(read);
+        match read_across(node, &groups, intervals, linearizable, requested).await {
+            Ok(Some(read)) => return Ok(read),
+            Ok(None) => {}
+            // A range's leadership moving (or not known here yet): tried again, within
+            // the deadline.
+            Err(ApiError::Node(
+                NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::LeaderChanged,
+            )) => tokio::time::sleep(LEADER_RETRY_PAUSE).await,
+            Err(error) => return Err(error),
         }
     }
 }

@@ -296,6 +296,10 @@ pub fn apply_write(
     let member_change = match request {
         Request::MemberPeerUrls(update) => Some(MemberChange::PeerUrls(update.clone())),
         Request::MemberAttributes(attributes) => Some(MemberChange::Attributes(attributes.clone())),
+        Request::MemberLeaving(leaving) => Some(MemberChange::Leaving(
+            ostrakon_raft::NodeId(leaving.id),
+            leaving.leaving,
+        )),
         _ => None,
     };
     if let Some(change) = member_change {
@@ -365,6 +369,7 @@ pub fn apply_write(
         Request::Compaction(_)
         | Request::MemberPeerUrls(_)
         | Request::MemberAttributes(_)
+        | Request::MemberLeaving(_)
         | Request::Alarm(_)
         | Request::Auth(_)
         | Request::OracleBound(_)

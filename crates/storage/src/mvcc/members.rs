@@ -20,6 +20,9 @@ pub enum MemberChange {
     Attributes(MemberAttributes),
     /// Marks members removed (they left the raft membership); their ids never return.
     Remove(BTreeSet<NodeId>),
+    /// Marks a registered member as leaving (MemberRemove began), or as staying again
+    /// (MemberRemove failed); ignored if it is not registered or already removed.
+    Leaving(NodeId, bool),
 }
 
 /// The registry as kept in memory; the store persists each record in the range's local state.
@@ -75,6 +78,13 @@ impl MemberRegistry {
         self.records.get(&id.0).is_some_and(|r| r.removed)
     }
 
+    /// Whether MemberRemove began to take the member out (or did).
+    pub fn is_leaving(&self, id: NodeId) -> bool {
+        self.records
+            .get(&id.0)
+            .is_some_and(|r| r.leaving || r.removed)
+    }
+
     /// Applies `change`; returns the records to store (`Some`) or delete (`None`), by
     /// storage key.
     pub fn apply(&mut self, change: &MemberChange) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
@@ -99,6 +109,15 @@ impl MemberRegistry {
                     record.name = attributes.name.clone();
                     record.client_urls = attributes.client_urls.clone();
                     touched.push(attributes.id);
+                }
+            }
+            MemberChange::Leaving(id, leaving) => {
+                let live = self.records.get_mut(&id.0).filter(|r| !r.removed);
+                if let Some(record) = live {
+                    if record.leaving != *leaving {
+                        record.leaving = *leaving;
+                        touched.push(id.0);
+                    }
                 }
             }
             MemberChange::Remove(ids) => {
@@ -140,6 +159,40 @@ mod tests {
             id,
             peer_urls: vec![url.to_string()],
         })
+    }
+
+    #[test]
+    fn a_leaving_member_is_marked_until_it_stays_or_is_removed() {
+        let mut registry = MemberRegistry::default();
+        registry.apply(&peer_urls(7, "http://a:1"));
+        assert!(!registry.is_leaving(NodeId(7)));
+        assert_eq!(
+            registry
+                .apply(&MemberChange::Leaving(NodeId(7), true))
+                .len(),
+            1
+        );
+        assert!(registry.is_leaving(NodeId(7)) && !registry.is_removed(NodeId(7)));
+        assert!(
+            registry
+                .apply(&MemberChange::Leaving(NodeId(7), true))
+                .is_empty(),
+            "already marked"
+        );
+        registry.apply(&MemberChange::Leaving(NodeId(7), false));
+        assert!(
+            !registry.is_leaving(NodeId(7)),
+            "MemberRemove failed: it stays"
+        );
+        registry.apply(&MemberChange::Remove([NodeId(7)].into()));
+        assert!(registry.is_leaving(NodeId(7)), "a removed member has left");
+        assert!(registry
+            .apply(&MemberChange::Leaving(NodeId(7), false))
+            .is_empty());
+        assert!(registry.is_leaving(NodeId(7)) && registry.is_removed(NodeId(7)));
+        assert!(registry
+            .apply(&MemberChange::Leaving(NodeId(8), true))
+            .is_empty());
     }
 
     #[test]

@@ -435,6 +435,11 @@ impl MvccStore {
         self.members.lock().unwrap().is_removed(id)
     }
 
+    /// Whether MemberRemove began to take the member out of the cluster (or did).
+    pub fn is_leaving_member(&self, id: NodeId) -> bool {
+        self.members.lock().unwrap().is_leaving(id)
+    }
+
     /// Changes whenever the registry does.
     pub fn members_version(&self) -> u64 {
         self.members_version.load(Ordering::SeqCst)
