@@ -102,6 +102,7 @@ impl Watch for WatchService {
             node: self.node.clone(),
             ranges: HashMap::new(),
             events: StreamMap::new(),
+            live: crate::watch_merge::LiveRanges::default(),
             responses,
             watchers: BTreeMap::new(),
             next_auto_id: 0,
@@ -127,6 +128,8 @@ enum Follows {
 struct Watcher {
     /// The ranges whose revisions it gets.
     follows: Follows,
+    /// Following several ranges: their events received, until every range resolved them.
+    pending: Option<crate::watch_merge::Pending>,
     key: Bytes,
     /// Empty: just `key`; `"\0"`: every key from `key` on.
     range_end: Bytes,
@@ -182,6 +185,8 @@ struct WatchStream {
     ranges: HashMap<GroupId, Arc<MvccStore>>,
     /// Their committed revisions.
     events: StreamMap<GroupId, BroadcastStream<Arc<RevisionEvents>>>,
+    /// How far each of them has been received.
+    live: crate::watch_merge::LiveRanges,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_auto_id: i64,
@@ -256,7 +261,19 @@ impl WatchStream {
         let store = self.node.store(group)?;
         self.events.insert(group, BroadcastStream::new(events));
         self.ranges.insert(group, store.clone());
+        self.live.subscribed(group, store.current_revision());
         Ok(store)
+    }
+
+    /// Subscribes to every range of `groups`: the revision above which the stream
+    /// receives every event of all of them.
+    fn subscribe_all(&mut self, groups: &[GroupId]) -> Result<Revision, ApiError> {
+        let mut from = Revision(0);
+        for &group in groups {
+            self.subscribe(group)?;
+            from = from.max(self.live.from(group).expect("subscribed above"));
+        }
+        Ok(from)
     }
 
     /// Moves every watcher whose keys a split moved to the range now holding them; it
@@ -291,7 +308,16 @@ impl WatchStream {
                 // Its keys now fall in several ranges: the merge rounds serve it from its
                 // next revision on.
                 Route::Several => {
-                    self.watchers.get_mut(&id).expect("listed above").follows = Follows::Several;
+                    let groups = ostrakon_node::routing::touched(
+                        &ranges,
+                        &[(&watcher.key, &watcher.range_end)],
+                    );
+                    let Some(from) = groups.and_then(|g| self.subscribe_all(&g).ok()) else {
+                        continue; // a range is not ready here yet: try again later
+                    };
+                    let watcher = self.watchers.get_mut(&id).expect("listed above");
+                    watcher.follows = Follows::Several;
+                    watcher.pending = Some(crate::watch_merge::Pending::new(from));
                 }
                 Route::Unknown => {}
             }
@@ -379,7 +405,7 @@ impl WatchStream {
             return self.send(refuse(DUPLICATE_ID)).await;
         }
         let interval = [(&create.key[..], &range_end[..])];
-        let (follows, current) = match self.follow(&interval).await {
+        let (follows, current, pending) = match self.follow(&interval).await {
             Ok(followed) => followed,
             Err(error) => {
                 let reason = tonic::Status::from(error).message().to_string();
@@ -403,6 +429,7 @@ impl WatchStream {
         let filters = |filter: FilterType| create.filters.contains(&(filter as i32));
         let watcher = Watcher {
             follows,
+            pending,
             key: create.key.clone(),
             range_end,
             next,
@@ -432,15 +459,17 @@ impl WatchStream {
     async fn follow(
         &mut self,
         interval: &[(&[u8], &[u8]); 1],
-    ) -> Result<(Follows, Revision), ApiError> {
+    ) -> Result<(Follows, Revision, Option<crate::watch_merge::Pending>), ApiError> {
         let groups = self.node.ranges_touched(interval).await?;
         if let [group] = groups[..] {
             let store = self.subscribe(group)?;
-            return Ok((Follows::One(group), store.current_revision()));
+            return Ok((Follows::One(group), store.current_revision(), None));
         }
+        let from = self.subscribe_all(&groups)?;
         let now = self.node.timestamps(1).await?.first.0;
         let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
-        Ok((Follows::Several, now))
+        let pending = crate::watch_merge::Pending::new(from);
+        Ok((Follows::Several, now, Some(pending)))
     }
 
     /// Serves the watchers of keys in several ranges a round (`watch_merge`): if a range
@@ -451,22 +480,35 @@ impl WatchStream {
         let ranges = self.node.data_ranges();
         let mut due = Vec::new();
         let mut groups = std::collections::BTreeSet::new();
-        for (id, watcher) in &self.watchers {
-            if watcher.follows != Follows::Several {
-                continue;
-            }
+        let merged: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.follows == Follows::Several)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in merged {
+            let watcher = &self.watchers[&id];
             let interval = [(&watcher.key[..], &watcher.range_end[..])];
             let Some(touched) = ostrakon_node::routing::touched(&ranges, &interval) else {
                 continue; // a range being created here: the next round
             };
-            let owed = touched.iter().any(|&group| {
-                self.node
-                    .store(group)
-                    .is_ok_and(|store| store.current_revision() >= watcher.next)
-            });
+            // A range new to the stream (a split): its events from now on come live,
+            // those before from the histories.
+            let Ok(from) = self.subscribe_all(&touched) else {
+                continue;
+            };
+            let watcher = self.watchers.get_mut(&id).expect("listed above");
+            let pending = watcher.pending.as_mut().expect("a merged watcher");
+            pending.from = pending.from.max(from);
+            let owed = !pending.is_empty()
+                || touched.iter().any(|&group| {
+                    self.node
+                        .store(group)
+                        .is_ok_and(|store| store.current_revision() >= watcher.next)
+                });
             if owed {
                 groups.extend(touched.iter().copied());
-                due.push((*id, touched));
+                due.push((id, touched));
             }
         }
         if due.is_empty() {
@@ -491,7 +533,42 @@ impl WatchStream {
             _ => return Ok(()),
         };
         for (id, touched) in due {
-            self.catch_up_merged(id, &touched, resolved).await?;
+            let Some(watcher) = self.watchers.get(&id) else {
+                continue;
+            };
+            let from = watcher.pending.as_ref().expect("a merged watcher").from;
+            if watcher.next <= from {
+                self.catch_up_merged(id, &touched, resolved).await?;
+            } else {
+                self.release_pending(id, &touched, resolved).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a merged watcher the events it received live up to what every range of
+    /// its (`touched`) has been received to, at most `resolved`.
+    async fn release_pending(
+        &mut self,
+        id: i64,
+        touched: &[GroupId],
+        resolved: Revision,
+    ) -> Result<(), Gone> {
+        let mut covered = resolved;
+        for &group in touched {
+            let current = self.store(group).current_revision();
+            covered = covered.min(self.live.complete_to(group, current, resolved));
+        }
+        let watcher = self.watchers.get_mut(&id).expect("a due watcher");
+        if covered < watcher.next {
+            return Ok(());
+        }
+        let next = watcher.next;
+        let pending = watcher.pending.as_mut().expect("a merged watcher");
+        let revisions = pending.take(next, covered);
+        self.deliver(id, &revisions).await?;
+        if let Some(watcher) = self.watchers.get_mut(&id) {
+            watcher.next = watcher.next.max(Revision(covered.0 + 1));
         }
         Ok(())
     }
@@ -568,11 +645,25 @@ impl WatchStream {
 
     /// A committed revision of a range, for every watcher of it that is due it.
     async fn on_revision(&mut self, group: GroupId, revision: &RevisionEvents) -> Result<(), Gone> {
+        self.live.received(group, revision.revision);
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let Some(watcher) = self.watchers.get(&id) else {
                 continue;
             };
+            if watcher.follows == Follows::Several {
+                // Kept until every range of the watcher resolved the revision.
+                if revision.revision >= watcher.next {
+                    let events = watcher.select(revision);
+                    if !events.is_empty() {
+                        let current = self.node.current_revision();
+                        let watcher = self.watchers.get_mut(&id).expect("looked up above");
+                        let pending = watcher.pending.as_mut().expect("a merged watcher");
+                        pending.push(revision.revision, events, current);
+                    }
+                }
+                continue;
+            }
             if watcher.follows != Follows::One(group) {
                 continue;
             }
@@ -605,6 +696,14 @@ impl WatchStream {
     /// A range's broadcast moved on without this stream: every watcher of it reads what
     /// it missed from storage.
     async fn catch_up_range(&mut self, group: GroupId) -> Result<(), Gone> {
+        // Watchers of several ranges read what the broadcast dropped from the histories.
+        let current = self.store(group).current_revision();
+        self.live.lagged(group, current);
+        for watcher in self.watchers.values_mut() {
+            if let Some(pending) = &mut watcher.pending {
+                pending.from = pending.from.max(current);
+            }
+        }
         let ids: Vec<i64> = self
             .watchers
             .iter()
@@ -802,6 +901,7 @@ mod tests {
     fn a_watcher_selects_its_range_and_filters() {
         let watcher = Watcher {
             follows: Follows::One(GroupId(1)),
+            pending: None,
             key: Bytes::from_static(b"a"),
             range_end: Bytes::from_static(b"c"),
             next: Revision(1),

@@ -1,17 +1,134 @@
 //! One watcher's revisions from several ranges (a watcher whose keys fall in more than
 //! one range; docs/RANGES.md, "Watches across ranges").
 //!
-//! Such a watcher is served from storage, in rounds: each round takes a revision R from
-//! the oracle, waits until every range it watches has applied every write at or below R
-//! (the read-wait rule, as a read at R), reads each range's history of its keys from the
-//! watcher's next revision, and sends what every range covers, merged in revision order:
-//! a revision is released only once no range can still produce an event below it. So the
-//! watcher gets each revision once, whole, in order, with no gap, as from one range.
+//! Such a watcher is served in rounds: each round takes a revision R from the oracle and
+//! waits until every range it watches has applied every write at or below R (the
+//! read-wait rule, as a read at R); then it sends what every range covers up to R,
+//! merged in revision order: a revision is released only once no range can still
+//! produce an event below it. The events come from the ranges' live broadcasts, kept
+//! per watcher until released (`Pending`); where those may miss some (a watcher that
+//! starts in the past, a broadcast that moved on without the stream, a range new to
+//! the stream), from the ranges' histories. So the watcher gets each revision once,
+//! whole, in order, with no gap, as from one range.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use ostrakon_raft::GroupId;
 
 use ostrakon_proto::mvccpb::Event;
 use ostrakon_storage::mvcc::{History, Revision, RevisionEvents};
+
+/// Events a watcher holds at most before it falls back to reading histories.
+const PENDING_EVENTS_MAX: usize = 10_000;
+
+/// How far a stream has received each range's broadcast.
+#[derive(Default)]
+pub struct LiveRanges {
+    ranges: HashMap<GroupId, Live>,
+}
+
+struct Live {
+    /// Every revision of the range above it has been or will be received, in order.
+    from: Revision,
+    /// The last revision received.
+    seen: Revision,
+}
+
+impl LiveRanges {
+    /// The stream subscribed to `group`'s broadcast, then read its current revision.
+    pub fn subscribed(&mut self, group: GroupId, current: Revision) {
+        self.ranges.insert(
+            group,
+            Live {
+                from: current,
+                seen: current,
+            },
+        );
+    }
+
+    /// Revisions above this are received from `group` (None: not subscribed).
+    pub fn from(&self, group: GroupId) -> Option<Revision> {
+        self.ranges.get(&group).map(|live| live.from)
+    }
+
+    /// A revision of `group` was received.
+    pub fn received(&mut self, group: GroupId, revision: Revision) {
+        if let Some(live) = self.ranges.get_mut(&group) {
+            live.seen = live.seen.max(revision);
+        }
+    }
+
+    /// `group`'s broadcast moved on without the stream: what it held up to `current`
+    /// may be lost.
+    pub fn lagged(&mut self, group: GroupId, current: Revision) {
+        self.subscribed(group, current);
+    }
+
+    /// Up to which revision the stream has received every event of `group` at or below
+    /// `resolved` (which the range has applied every write at or below), given the
+    /// range's current revision now: all of them once it has received up to there.
+    pub fn complete_to(&self, group: GroupId, current: Revision, resolved: Revision) -> Revision {
+        match self.ranges.get(&group) {
+            Some(live) if live.seen >= current => resolved,
+            Some(live) => live.seen.min(resolved),
+            None => Revision(0),
+        }
+    }
+}
+
+/// A merged watcher's events received live, kept until every range resolved them.
+pub struct Pending {
+    revisions: BTreeMap<Revision, Vec<Event>>,
+    events: usize,
+    /// Every event of the watcher's keys above it is here (or was sent); below or at
+    /// it, the histories must be read.
+    pub from: Revision,
+}
+
+impl Pending {
+    /// Nothing received yet; events above `from` will be.
+    pub fn new(from: Revision) -> Pending {
+        Pending {
+            revisions: BTreeMap::new(),
+            events: 0,
+            from,
+        }
+    }
+
+    /// Keeps a revision's events. Past `PENDING_EVENTS_MAX`, drops them all and counts
+    /// on the histories up to `current` (the highest revision received anywhere).
+    pub fn push(&mut self, revision: Revision, events: Vec<Event>, current: Revision) {
+        if revision <= self.from {
+            return;
+        }
+        self.events += events.len();
+        self.revisions.entry(revision).or_default().extend(events);
+        if self.events > PENDING_EVENTS_MAX {
+            self.revisions.clear();
+            self.events = 0;
+            self.from = self.from.max(current);
+        }
+    }
+
+    /// The revisions from `next` up to `covered`, in order (those below `next` were
+    /// sent already and are dropped).
+    pub fn take(&mut self, next: Revision, covered: Revision) -> Vec<RevisionEvents> {
+        let mut later = self.revisions.split_off(&Revision(covered.0 + 1));
+        std::mem::swap(&mut later, &mut self.revisions);
+        let taken: Vec<RevisionEvents> = later
+            .into_iter()
+            .filter(|(revision, _)| *revision >= next)
+            .map(|(revision, events)| RevisionEvents { revision, events })
+            .collect();
+        self.events = self.revisions.values().map(Vec::len).sum();
+        taken
+    }
+
+    /// Whether events wait here.
+    pub fn is_empty(&self) -> bool {
+        self.revisions.is_empty()
+    }
+}
 
 /// One range's history of a watcher's keys, read from a view of the range.
 pub struct RangeHistory {
@@ -103,6 +220,69 @@ mod tests {
                 (r.revision.0, keys)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_range_is_complete_to_the_resolved_revision_once_its_current_one_arrived() {
+        let mut live = LiveRanges::default();
+        let group = GroupId(2);
+        assert_eq!(
+            live.complete_to(group, Revision(5), Revision(9)),
+            Revision(0)
+        );
+        live.subscribed(group, Revision(5));
+        assert_eq!(live.from(group), Some(Revision(5)));
+        assert_eq!(
+            live.complete_to(group, Revision(5), Revision(9)),
+            Revision(9)
+        );
+        // Revision 7 applied, not received yet: complete to 5 only.
+        assert_eq!(
+            live.complete_to(group, Revision(7), Revision(9)),
+            Revision(5)
+        );
+        live.received(group, Revision(7));
+        assert_eq!(
+            live.complete_to(group, Revision(7), Revision(9)),
+            Revision(9)
+        );
+        // Applied past the resolved revision, received below it.
+        assert_eq!(
+            live.complete_to(group, Revision(12), Revision(9)),
+            Revision(7)
+        );
+        live.received(group, Revision(12));
+        assert_eq!(
+            live.complete_to(group, Revision(12), Revision(9)),
+            Revision(9)
+        );
+        live.lagged(group, Revision(20));
+        assert_eq!(live.from(group), Some(Revision(20)));
+    }
+
+    #[test]
+    fn pending_events_go_out_in_order_once_covered_and_overflow_falls_back_to_history() {
+        let mut pending = Pending::new(Revision(3));
+        pending.push(Revision(3), revision(3, &["old"]).events, Revision(3));
+        pending.push(Revision(6), revision(6, &["x"]).events, Revision(6));
+        pending.push(Revision(4), revision(4, &["a"]).events, Revision(6));
+        pending.push(Revision(9), revision(9, &["b"]).events, Revision(9));
+        let taken = pending.take(Revision(4), Revision(6));
+        assert_eq!(
+            shape(&taken),
+            vec![(4, vec!["a".to_string()]), (6, vec!["x".to_string()])]
+        );
+        assert!(!pending.is_empty());
+        assert_eq!(shape(&pending.take(Revision(7), Revision(9))).len(), 1);
+        assert!(pending.is_empty());
+        let many: Vec<&str> = vec!["k"; PENDING_EVENTS_MAX + 1];
+        pending.push(Revision(20), revision(20, &many).events, Revision(25));
+        assert!(pending.is_empty());
+        assert_eq!(
+            pending.from,
+            Revision(25),
+            "read from the histories up to 25"
+        );
     }
 
     #[test]
