@@ -1065,11 +1065,14 @@ impl EventLoop {
         let Some(data) = self.replicas.get(&DEFAULT_GROUP) else {
             return;
         };
-        let target = data.store.applied().conf_state;
+        // Raft's membership, as applied (read without the store's lock: this runs every
+        // round).
+        let conf = data.node.conf_state();
         let now = Instant::now();
-        if now < self.next_follow_check && self.followed_conf.as_ref() == Some(&target) {
+        if now < self.next_follow_check && self.followed_conf.as_ref() == Some(conf) {
             return;
         }
+        let target = conf.clone();
         self.next_follow_check = now + FOLLOW_CHECK_INTERVAL;
         self.followed_conf = Some(target.clone());
         let groups: Vec<GroupId> = self
