@@ -11,12 +11,18 @@
 # spent per 1,000 requests (user + system, from /proc, over the measured requests) and every
 # member's resident memory after the runs. Fewer than 3 rounds print figures but do not
 # write the table: a median of fewer means little on this machine.
+# With SPLITS (keys, space-separated), the ostrakon cluster's keyspace is split at them
+# before the runs (`ostrakon ranges split`), and the table goes to its own section:
+# writes then take their revisions from the oracle, and the range workload reads across
+# ranges. The benchmark's keys are b0000000 to b0009999: "b0005" halves them.
 #   bash scripts/bench-vs-etcd.sh                     # full run
 #   TOTAL=5000 ROUNDS=1 bash scripts/bench-vs-etcd.sh # shorter, not written to the docs
+#   SPLITS="b0005" bash scripts/bench-vs-etcd.sh      # on a keyspace split in two
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${TOTAL:-20000}
 ROUNDS=${ROUNDS:-3}
+SPLITS=${SPLITS:-}
 ANCHOR=../shared/tools/etcd-anchor.sh
 source scripts/lib/ostrakon-cluster.sh
 cargo build --release -p ostrakon
@@ -54,6 +60,9 @@ bash "$ANCHOR" start 3.5
 dir=$(mktemp -d /tmp/ostrakon-bench.XXXX)
 start_ostrakon_cluster "$bin" "$dir"
 pids=("${ostrakon_pids[@]}")
+for key in $SPLITS; do
+  "$bin" ranges split "$key" --endpoint 127.0.0.1:2379
+done
 etcd_pids=()
 for f in /tmp/etcd-anchor/*.pid; do etcd_pids+=("$(cat "$f")"); done
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; bash "$ANCHOR" stop >/dev/null 2>&1 || true; rm -rf "$dir"; }
@@ -72,9 +81,9 @@ done
 etcd_rss=$(rss_kib_each "${etcd_pids[@]}")
 ostrakon_rss=$(rss_kib_each "${pids[@]}")
 
-python3 - "$results" "$etcd_rss" "$ostrakon_rss" "$ROUNDS" <<'PY'
+python3 - "$results" "$etcd_rss" "$ostrakon_rss" "$ROUNDS" "$SPLITS" <<'PY'
 import json, sys, datetime, re
-path, rounds = sys.argv[1], int(sys.argv[4])
+path, rounds, splits = sys.argv[1], int(sys.argv[4]), sys.argv[5].split()
 etcd_rss = [int(k) for k in sys.argv[2].split()]
 ostrakon_rss = [int(k) for k in sys.argv[3].split()]
 by_run = {}
@@ -109,12 +118,16 @@ if rounds < 3:
     print(f"{rounds} round(s): not written to docs/BENCHMARKS.md (3 at least)")
     sys.exit(0)
 stamp = datetime.date.today().isoformat()
-block = f"<!-- bench-vs-etcd:start -->\nMeasured {stamp} by `bash scripts/bench-vs-etcd.sh` (3 members each on loopback, 256-byte values, 2-core machine; clients' connections spread over the 3 members; both clusters up at once, each workload on etcd then on ostrakon, {rounds} rounds, median round shown; CPU is user + system time of all 3 members over a round's measured requests, per 1,000 answered, read from /proc, median of the rounds):\n\n{table}\n<!-- bench-vs-etcd:end -->"
+marker = "bench-vs-etcd-split" if splits else "bench-vs-etcd"
+command = f"SPLITS=\"{' '.join(splits)}\" bash scripts/bench-vs-etcd.sh" if splits else "bash scripts/bench-vs-etcd.sh"
+split_note = f"; ostrakon's keyspace split at {', '.join(splits)} into {len(splits) + 1} ranges" if splits else ""
+block = f"<!-- {marker}:start -->\nMeasured {stamp} by `{command}` (3 members each on loopback, 256-byte values, 2-core machine; clients' connections spread over the 3 members; both clusters up at once, each workload on etcd then on ostrakon, {rounds} rounds, median round shown; CPU is user + system time of all 3 members over a round's measured requests, per 1,000 answered, read from /proc, median of the rounds{split_note}):\n\n{table}\n<!-- {marker}:end -->"
 doc = open("docs/BENCHMARKS.md").read()
-if "<!-- bench-vs-etcd:start -->" in doc:
-    doc = re.sub(r"<!-- bench-vs-etcd:start -->.*<!-- bench-vs-etcd:end -->", lambda _: block, doc, flags=re.S)
+if f"<!-- {marker}:start -->" in doc:
+    doc = re.sub(f"<!-- {marker}:start -->.*<!-- {marker}:end -->", lambda _: block, doc, flags=re.S)
 else:
-    doc += "\n## ostrakon against etcd 3.5, side by side\n\n" + block + "\n"
+    title = "on a keyspace split into ranges" if splits else "side by side"
+    doc += f"\n## ostrakon against etcd 3.5, {title}\n\n" + block + "\n"
 open("docs/BENCHMARKS.md", "w").write(doc)
 PY
 rm -f "$results"
