@@ -584,17 +584,43 @@ async fn watched_events(
     events
 }
 
+/// Asserts two event lists are the same, showing the first difference only.
+fn assert_same_events(
+    seen: &[(String, String, i64)],
+    expected: &[(String, String, i64)],
+    what: &str,
+) {
+    if let Some(i) = (0..seen.len().max(expected.len())).find(|&i| seen.get(i) != expected.get(i)) {
+        panic!(
+            "{what}: {} events, {} expected; the first difference at {i}: {:?} instead of {:?}",
+            seen.len(),
+            expected.len(),
+            seen.get(i),
+            expected.get(i)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
     let cluster = TestCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;
     let mut client = cluster.client(0).await;
-    client.put("a", "0", None).await.unwrap();
-    // A watcher of keys in one range, which splits under it.
+    let first = client.put("a", "0", None).await.unwrap();
+    let first = first.header().unwrap().revision();
+    // A watcher of keys in one range, which splits under it (from the revision after
+    // that put: its member may not have applied it yet).
     let (_before, mut before_split) = cluster
         .client(2)
         .await
-        .watch("a", Some(WatchOptions::new().with_range("z")))
+        .watch(
+            "a",
+            Some(
+                WatchOptions::new()
+                    .with_range("z")
+                    .with_start_revision(first + 1),
+            ),
+        )
         .await
         .unwrap();
     for at in ["m", "t"] {
@@ -643,10 +669,10 @@ async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
 
     // Every acknowledged put once, in revision order, with nothing else.
     let seen = watched_events(&mut live, acked.len(), Duration::from_secs(20)).await;
-    assert_eq!(seen, acked);
+    assert_same_events(&seen, &acked, "the live watcher");
     // The watcher from before the splits followed its keys into both new ranges.
     let followed = watched_events(&mut before_split, acked.len(), Duration::from_secs(20)).await;
-    assert_eq!(followed, acked);
+    assert_same_events(&followed, &acked, "the watcher from before the splits");
     // A watcher from a past revision reads the ranges' histories, merged the same way.
     let (_past, mut past) = cluster
         .client(0)
@@ -662,5 +688,69 @@ async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
         .await
         .unwrap();
     let replayed = watched_events(&mut past, acked.len(), Duration::from_secs(20)).await;
-    assert_eq!(replayed, acked);
+    assert_same_events(&replayed, &acked, "the watcher from a past revision");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_on_a_member_caught_up_by_snapshots_miss_nothing() {
+    // A small snapshot count: while the member is paused, both ranges' logs are compacted
+    // past what it has, and it catches up by snapshots, whose revisions no broadcast
+    // brings to its watchers.
+    let cluster = TestCluster::start(3, &["--snapshot-count", "20"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let behind = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    client.put("a", "0", None).await.unwrap();
+    client.put("x", "0", None).await.unwrap();
+    let split = [
+        "ranges",
+        "split",
+        "m",
+        "--endpoint",
+        &cluster.host_port(leader),
+    ];
+    let (ok, out, err) = cluster.ostrakon(&split);
+    assert!(ok, "split failed: {out} {err}");
+    wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
+    let mut watching = cluster.client(behind).await;
+    let (_across, mut across) = watching
+        .watch("\0", Some(WatchOptions::new().with_range("\0")))
+        .await
+        .unwrap();
+    let (_one, mut one) = watching.watch("x", None).await.unwrap();
+
+    let pid = cluster.pid(behind) as i32;
+    // SAFETY: signals to a child process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut acked = Vec::new();
+    for round in 1..=300 {
+        for key in ["a", "x"] {
+            // The paused member may lead the meta range (the oracle): the others elect
+            // a new leader first.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let put = loop {
+                match client.put(key, round.to_string(), None).await {
+                    Ok(put) => break put,
+                    Err(error) if Instant::now() > deadline => panic!("put {key}: {error}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            acked.push((
+                key.to_string(),
+                round.to_string(),
+                put.header().unwrap().revision(),
+            ));
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+
+    let seen = watched_events(&mut across, acked.len(), Duration::from_secs(30)).await;
+    assert_same_events(&seen, &acked, "the watcher across ranges");
+    let only_x: Vec<_> = acked.iter().filter(|(k, _, _)| k == "x").cloned().collect();
+    let seen_x = watched_events(&mut one, only_x.len(), Duration::from_secs(30)).await;
+    assert_same_events(&seen_x, &only_x, "the watcher of one key");
+    let scraped = common::metrics(cluster.members[behind].client_port);
+    let snapshots = scraped["ostrakon_snapshots_received_total"];
+    assert!(snapshots >= 1.0, "caught up by snapshot: {snapshots}");
 }

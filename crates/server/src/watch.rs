@@ -480,6 +480,12 @@ impl WatchStream {
         let ranges = self.node.data_ranges();
         let mut due = Vec::new();
         let mut groups = std::collections::BTreeSet::new();
+        // Once a round, for every range the stream follows.
+        let followed: Vec<GroupId> = self.ranges.keys().copied().collect();
+        for group in followed {
+            let current = self.store(group).current_revision();
+            self.live.check_stalled(group, current);
+        }
         let merged: Vec<i64> = self
             .watchers
             .iter()
@@ -536,7 +542,14 @@ impl WatchStream {
             let Some(watcher) = self.watchers.get(&id) else {
                 continue;
             };
-            let from = watcher.pending.as_ref().expect("a merged watcher").from;
+            // Below or at a range's `from`, the stream may not have received its events.
+            let from = touched
+                .iter()
+                .filter_map(|&group| self.live.from(group))
+                .fold(
+                    watcher.pending.as_ref().expect("a merged watcher").from,
+                    Revision::max,
+                );
             if watcher.next <= from {
                 self.catch_up_merged(id, &touched, resolved).await?;
             } else {
@@ -645,7 +658,8 @@ impl WatchStream {
 
     /// A committed revision of a range, for every watcher of it that is due it.
     async fn on_revision(&mut self, group: GroupId, revision: &RevisionEvents) -> Result<(), Gone> {
-        self.live.received(group, revision.revision);
+        self.live
+            .received(group, revision.revision, revision.previous);
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let Some(watcher) = self.watchers.get(&id) else {
@@ -680,8 +694,10 @@ impl WatchStream {
             if revision.revision < watcher.next {
                 continue;
             }
-            if revision.revision > watcher.next {
-                // A gap: the revisions in between come from storage first.
+            if revision.previous >= watcher.next {
+                // A gap (the range had revisions since the watcher's last that it did not
+                // get: revisions of ranges that split are sparse, so only the range's
+                // previous one tells): the revisions in between come from storage first.
                 self.catch_up(id).await?;
                 match self.watchers.get(&id) {
                     Some(watcher) if revision.revision >= watcher.next => {}
@@ -699,11 +715,6 @@ impl WatchStream {
         // Watchers of several ranges read what the broadcast dropped from the histories.
         let current = self.store(group).current_revision();
         self.live.lagged(group, current);
-        for watcher in self.watchers.values_mut() {
-            if let Some(pending) = &mut watcher.pending {
-                pending.from = pending.from.max(current);
-            }
-        }
         let ids: Vec<i64> = self
             .watchers
             .iter()
@@ -917,6 +928,7 @@ mod tests {
         with_prev.prev_kv = Some(KeyValue::default());
         let revision = RevisionEvents {
             revision: Revision(5),
+            previous: Revision(4),
             events: vec![with_prev, delete, event("c", 1), event("bz", 1)],
         };
         let selected = watcher.select(&revision);

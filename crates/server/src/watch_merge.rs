@@ -32,6 +32,8 @@ struct Live {
     from: Revision,
     /// The last revision received.
     seen: Revision,
+    /// `seen` when a round last found it below the range's current revision.
+    stalled: Option<Revision>,
 }
 
 impl LiveRanges {
@@ -42,6 +44,7 @@ impl LiveRanges {
             Live {
                 from: current,
                 seen: current,
+                stalled: None,
             },
         );
     }
@@ -51,10 +54,37 @@ impl LiveRanges {
         self.ranges.get(&group).map(|live| live.from)
     }
 
-    /// A revision of `group` was received.
-    pub fn received(&mut self, group: GroupId, revision: Revision) {
+    /// A revision of `group` was received; `previous` is the range's revision before it.
+    /// If the stream had not received up to `previous`, it missed revisions (a snapshot
+    /// moved the range on): their events come from the history.
+    pub fn received(&mut self, group: GroupId, revision: Revision, previous: Revision) {
         if let Some(live) = self.ranges.get_mut(&group) {
+            if previous > live.seen {
+                live.from = live.from.max(previous);
+            }
             live.seen = live.seen.max(revision);
+            live.stalled = None;
+        }
+    }
+
+    /// Called each round with `group`'s current revision: a range whose broadcast has not
+    /// brought its current revision over two rounds (a snapshot moved it on without
+    /// events, and nothing was written since) is read from the history up to there.
+    pub fn check_stalled(&mut self, group: GroupId, current: Revision) {
+        let Some(live) = self.ranges.get_mut(&group) else {
+            return;
+        };
+        if live.seen >= current {
+            live.stalled = None;
+            return;
+        }
+        match live.stalled {
+            Some(seen) if seen == live.seen => {
+                live.from = live.from.max(current);
+                live.seen = current;
+                live.stalled = None;
+            }
+            _ => live.stalled = Some(live.seen),
         }
     }
 
@@ -118,7 +148,11 @@ impl Pending {
         let taken: Vec<RevisionEvents> = later
             .into_iter()
             .filter(|(revision, _)| *revision >= next)
-            .map(|(revision, events)| RevisionEvents { revision, events })
+            .map(|(revision, events)| RevisionEvents {
+                revision,
+                previous: Revision(0),
+                events,
+            })
             .collect();
         self.events = self.revisions.values().map(Vec::len).sum();
         taken
@@ -170,7 +204,11 @@ pub fn merge(histories: Vec<RangeHistory>, resolved: Revision) -> (Vec<RevisionE
     }
     let merged = by_revision
         .into_iter()
-        .map(|(revision, events)| RevisionEvents { revision, events })
+        .map(|(revision, events)| RevisionEvents {
+            revision,
+            previous: Revision(0),
+            events,
+        })
         .collect();
     (merged, covered)
 }
@@ -194,6 +232,7 @@ mod tests {
             .collect();
         RevisionEvents {
             revision: Revision(revision),
+            previous: Revision(0),
             events,
         }
     }
@@ -241,7 +280,7 @@ mod tests {
             live.complete_to(group, Revision(7), Revision(9)),
             Revision(5)
         );
-        live.received(group, Revision(7));
+        live.received(group, Revision(7), Revision(5));
         assert_eq!(
             live.complete_to(group, Revision(7), Revision(9)),
             Revision(9)
@@ -251,13 +290,30 @@ mod tests {
             live.complete_to(group, Revision(12), Revision(9)),
             Revision(7)
         );
-        live.received(group, Revision(12));
+        live.received(group, Revision(12), Revision(7));
         assert_eq!(
             live.complete_to(group, Revision(12), Revision(9)),
             Revision(9)
         );
+        assert_eq!(live.from(group), Some(Revision(5)), "no revision missed");
         live.lagged(group, Revision(20));
         assert_eq!(live.from(group), Some(Revision(20)));
+        // A revision whose previous one never came: the ones between are in the history.
+        live.received(group, Revision(40), Revision(30));
+        assert_eq!(live.from(group), Some(Revision(30)));
+        // The range moved to 50 without a broadcast: history to there after two rounds.
+        live.check_stalled(group, Revision(50));
+        assert_eq!(
+            live.from(group),
+            Some(Revision(30)),
+            "one round may be a delay"
+        );
+        live.check_stalled(group, Revision(50));
+        assert_eq!(live.from(group), Some(Revision(50)));
+        assert_eq!(
+            live.complete_to(group, Revision(50), Revision(60)),
+            Revision(60)
+        );
     }
 
     #[test]

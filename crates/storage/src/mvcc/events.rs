@@ -14,6 +14,10 @@ use super::Revision;
 pub struct RevisionEvents {
     /// The revision.
     pub revision: Revision,
+    /// The range's revision before this one, as the store publishes it live: a receiver
+    /// that has seen less missed the revisions in between (a snapshot installed, say).
+    /// `Revision(0)` when read back from history, where it is not known.
+    pub previous: Revision,
     /// Its events, in key order.
     pub events: Vec<Event>,
 }

@@ -91,6 +91,7 @@ impl ReadView {
                 events.sort_by_key(|(sub, _)| *sub);
                 RevisionEvents {
                     revision,
+                    previous: Revision(0),
                     events: events.into_iter().map(|(_, event)| event).collect(),
                 }
             })

@@ -1700,7 +1700,11 @@ impl WriteTxn<'_> {
                     }
                 })
                 .collect();
-            sink.publish(RevisionEvents { revision, events });
+            sink.publish(RevisionEvents {
+                revision,
+                previous: self.view.current,
+                events,
+            });
         }
     }
 }

@@ -921,6 +921,7 @@ fn history_read_back_equals_the_events_published_live() {
                     .collect();
                 (!kept.is_empty()).then(|| RevisionEvents {
                     revision: r.revision,
+                    previous: Revision(0),
                     events: kept,
                 })
             })
