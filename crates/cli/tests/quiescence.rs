@@ -40,6 +40,9 @@ async fn wait_until_every_member_is_quiesced(cluster: &TestCluster, members: &[u
 async fn an_idle_group_quiesces_sends_no_raft_message_and_wakes_for_a_write() {
     let cluster = TestCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;
+    // Each member publishes its name with a write of its own: no write may come after
+    // the test's (one did, on a loaded machine, and woke the group in the quiet window).
+    cluster.wait_for_published_members().await;
     let mut client = cluster.client(0).await;
     client.put("quiet", "1", None).await.unwrap();
     wait_until_every_member_is_quiesced(&cluster, &[0, 1, 2]).await;

@@ -754,3 +754,68 @@ async fn watches_on_a_member_caught_up_by_snapshots_miss_nothing() {
     let snapshots = scraped["ostrakon_snapshots_received_total"];
     assert!(snapshots >= 1.0, "caught up by snapshot: {snapshots}");
 }
+
+/// The ranges each running member leads, by its own metrics.
+fn leaders_per_member(cluster: &TestCluster) -> Vec<f64> {
+    (0..cluster.members.len())
+        .map(|i| common::metrics(cluster.members[i].client_port)["ostrakon_raft_groups_led"])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_of_a_split_keyspace_spread_over_the_members() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    // Every range split off is first led by the leader of the range it came from, so
+    // without spreading one member would lead all three data ranges.
+    for at in ["m", "t"] {
+        let (ok, out, err) =
+            cluster.ostrakon(&["ranges", "split", at, "--endpoint", &cluster.host_port(0)]);
+        assert!(ok, "split at {at} failed: {out} {err}");
+    }
+    wait_for_spans(&cluster, &[("", "m"), ("m", "t"), ("t", "")]).await;
+
+    // Four ranges (the meta range's too) on three members: each leads one or two.
+    let balanced = |led: &[f64]| led.iter().sum::<f64>() == 4.0 && led.iter().all(|&n| n >= 1.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut led = leaders_per_member(&cluster);
+    while !balanced(&led) {
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!("the range leaders did not spread over the members: {led:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        led = leaders_per_member(&cluster);
+    }
+    println!("leaders per member: {led:?}");
+    // And they stay put: no leadership bounces between members that lead about as many.
+    let moves = |cluster: &TestCluster| -> f64 {
+        (0..3)
+            .map(|i| {
+                common::metrics(cluster.members[i].client_port)
+                    ["ostrakon_leader_spread_moves_total"]
+            })
+            .sum()
+    };
+    let moves_then = moves(&cluster);
+    println!("leaderships moved to spread them: {moves_then}");
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = leaders_per_member(&cluster);
+        assert!(balanced(&now), "the leaders moved out of balance: {now:?}");
+    }
+    assert_eq!(moves(&cluster), moves_then, "leaderships kept moving");
+
+    // Every range takes writes through every member.
+    for i in 0..3 {
+        let mut client = cluster.client(i).await;
+        for key in ["a", "n", "x"] {
+            client.put(key, format!("{i}"), None).await.unwrap();
+        }
+        let read = client
+            .get("\0", Some(GetOptions::new().with_range("\u{7f}")))
+            .await
+            .unwrap();
+        assert_eq!(read.count(), 3);
+    }
+}

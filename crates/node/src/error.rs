@@ -15,6 +15,11 @@ pub enum NodeError {
     /// The leader changed before the request was committed; it may or may not apply.
     #[error("leader changed")]
     LeaderChanged,
+    /// The request never took effect and never will: it was refused before it entered
+    /// the log (a leadership transfer was under way, or the member asked was not the
+    /// leader), or another leader's entry took its log index. Safe to try again.
+    #[error("leader changed")]
+    Dropped,
     /// The request did not finish in time; it may or may not apply.
     #[error("request timed out")]
     Timeout,

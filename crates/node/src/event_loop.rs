@@ -80,6 +80,8 @@ pub struct EventLoop {
     next_follow_check: Instant,
     /// The first data range's membership when they were last checked.
     followed_conf: Option<ostrakon_raft::ConfState>,
+    /// When this node next looks at its ranges' leaders, to spread them over the nodes.
+    leader_spread: crate::leader_spread::LeaderSpread,
     /// Writes of ranges that take their revisions from the oracle, waiting for them.
     revisions: crate::revisions::RevisionFetcher,
     /// For the tasks that fetch revisions from the oracle.
@@ -197,6 +199,7 @@ pub fn start(
         follow_attempts: HashMap::new(),
         next_follow_check: Instant::now(),
         followed_conf: None,
+        leader_spread: crate::leader_spread::LeaderSpread::new(),
         revisions: crate::revisions::RevisionFetcher::default(),
         handle: handle.clone(),
         runtime,
@@ -704,6 +707,13 @@ impl EventLoop {
             self.dirty.insert(group);
         }
         self.check_liveness();
+        self.publish_group_gauges();
+    }
+
+    /// The group counts as they are now: also after a round that woke or quiesced a
+    /// group, not only at the next tick (a scrape in between saw a woken group as
+    /// quiesced, which the quiescence test caught on a loaded machine).
+    fn publish_group_gauges(&self) {
         let metrics = crate::metrics::metrics();
         metrics.raft_groups.set(self.replicas.len() as i64);
         metrics
@@ -746,10 +756,29 @@ impl EventLoop {
     }
 
     fn handle(&mut self, input: Input) {
+        let quiesced_group = input.group().filter(|group| {
+            self.replicas
+                .get(group)
+                .is_some_and(|replica| replica.node.is_quiesced())
+        });
+        let woken_by = quiesced_group.map(|_| input.kind_name());
         if let Some(group) = input.group() {
             // Whatever reaches a group may wake it; its Ready decides (handle_readies).
             self.dirty.insert(group);
         }
+        self.handle_input(input);
+        if let (Some(group), Some(woken_by)) = (quiesced_group, woken_by) {
+            if self
+                .replicas
+                .get(&group)
+                .is_some_and(|replica| !replica.node.is_quiesced())
+            {
+                tracing::debug!(group = group.0, woken_by, "a quiesced group woke");
+            }
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
         match input {
             Input::Raft(message) => {
                 self.host_uninitialized(message.group);
@@ -934,15 +963,20 @@ impl EventLoop {
     fn handle_readies(&mut self) {
         // (group, its Ready, the peers whose send queue was full while it was sent)
         let mut readies: Vec<(GroupId, Ready, Vec<NodeId>)> = Vec::new();
+        let mut ticking_changed = false;
         for group in std::mem::take(&mut self.dirty) {
             let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
             };
             replica.before_ready();
             if replica.node.is_quiesced() {
-                self.ticking.remove(&group);
-            } else {
-                self.ticking.insert(group);
+                if self.ticking.remove(&group) {
+                    tracing::debug!(group = group.0, "group quiesced");
+                    ticking_changed = true;
+                }
+            } else if self.ticking.insert(group) {
+                tracing::debug!(group = group.0, "group ticks again");
+                ticking_changed = true;
             }
             if !replica.node.has_ready() {
                 continue;
@@ -980,6 +1014,9 @@ impl EventLoop {
                 }
             }
             readies.push((group, ready, full));
+        }
+        if ticking_changed {
+            self.publish_group_gauges();
         }
         // Group commit: one write and one fdatasync for every group's entries and votes.
         let sync_started = std::time::Instant::now();
@@ -1052,6 +1089,35 @@ impl EventLoop {
             }
         }
         self.follow_data_membership();
+        self.spread_leaders();
+    }
+
+    /// Hands one of the ranges this node leads to the node leading the fewest, if this
+    /// one leads two more than it (`leader_spread`).
+    fn spread_leaders(&mut self) {
+        let Some(data) = self.replicas.get(&DEFAULT_GROUP) else {
+            return;
+        };
+        let store = &data.store;
+        let may_lead =
+            crate::leader_spread::may_lead(&self.nodes_down, |id| store.is_leaving_member(id));
+        let Some((group, to)) =
+            self.leader_spread
+                .next_move(self.config.id, &self.replicas, may_lead, Instant::now())
+        else {
+            return;
+        };
+        let replica = self.replicas.get_mut(&group).expect("a range led here");
+        match replica.node.transfer_leader(to) {
+            Ok(()) => {
+                tracing::info!(group = group.0, to = %format!("{:x}", to.0), "handing a range's leadership over, to spread leaders over the nodes");
+                crate::metrics::metrics().leader_spread_moves.inc();
+            }
+            Err(error) => {
+                tracing::debug!(group = group.0, ?error, "a leadership move was refused")
+            }
+        }
+        self.dirty.insert(group);
     }
 
     /// On the leader of each range but the first data range (the meta range and the

@@ -42,6 +42,9 @@ struct Inner {
     groups: SharedGroups,
     transport: Transport,
     request_timeout: Duration,
+    /// How long a request waits for a group's leadership to settle (two election
+    /// timeouts) before it fails with no leader or leader changed.
+    leader_wait: Duration,
     next_write_id: AtomicU64,
     name: String,
     client_urls: Vec<String>,
@@ -144,6 +147,7 @@ impl NodeHandle {
                 groups,
                 transport,
                 request_timeout: config.request_timeout,
+                leader_wait: config.tick_interval * config.election_ticks * 2,
                 next_write_id: AtomicU64::new(1),
                 name: config.name.clone(),
                 client_urls: config.client_urls.clone(),
@@ -411,9 +415,12 @@ impl NodeHandle {
                     return Ok((left, GroupId(done.right_range_id)))
                 }
                 Ok(other) => return Err(refusal_of(other)),
-                Err(NodeError::NoLeader | NodeError::LeaderChanged | NodeError::Timeout)
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(
+                    NodeError::NoLeader
+                    | NodeError::LeaderChanged
+                    | NodeError::Dropped
+                    | NodeError::Timeout,
+                ) if tokio::time::Instant::now() < deadline => {
                     // The split may have applied without its answer reaching us: then
                     // the range `right` starts at the key once this node applies it.
                     tokio::time::sleep(ROUTE_RETRY_PAUSE * 5).await;
@@ -439,7 +446,7 @@ impl NodeHandle {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         loop {
             match self.write(group, request.clone()).await {
-                Err(NodeError::NoLeader | NodeError::LeaderChanged)
+                Err(NodeError::NoLeader | NodeError::LeaderChanged | NodeError::Dropped)
                     if tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(ROUTE_RETRY_PAUSE * 5).await;
@@ -616,7 +623,10 @@ impl NodeHandle {
             };
             match attempt {
                 Err(
-                    NodeError::ChangeInProgress | NodeError::NoLeader | NodeError::NotLeader(_),
+                    NodeError::ChangeInProgress
+                    | NodeError::NoLeader
+                    | NodeError::NotLeader(_)
+                    | NodeError::Dropped,
                 ) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -670,9 +680,12 @@ impl NodeHandle {
                     .unwrap_or(Err(NodeError::Timeout))
             };
             match attempt {
-                Err(NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::LeaderChanged)
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(
+                    NodeError::NoLeader
+                    | NodeError::NotLeader(_)
+                    | NodeError::LeaderChanged
+                    | NodeError::Dropped,
+                ) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 other => return other,
@@ -744,39 +757,46 @@ impl NodeHandle {
     ) -> Result<WriteOutcome, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let _pending = PendingProposal::new();
-        let attempt = async {
-            match self
-                .write_local(group, request.clone(), auth_revision)
-                .await
-            {
-                Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
-                    let mut span =
-                        spans::child(spans::current(), "raft.forward_to_leader", SpanKind::Client);
-                    let trace_parent = span
-                        .as_ref()
-                        .map(|span| span.context().to_traceparent())
-                        .unwrap_or_default();
-                    if let Some(span) = &mut span {
-                        span.set_attribute("raft.leader", format!("{:x}", leader.0));
+        let attempt = || {
+            let request = request.clone();
+            async move {
+                match self
+                    .write_local(group, request.clone(), auth_revision)
+                    .await
+                {
+                    Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
+                        let mut span = spans::child(
+                            spans::current(),
+                            "raft.forward_to_leader",
+                            SpanKind::Client,
+                        );
+                        let trace_parent = span
+                            .as_ref()
+                            .map(|span| span.context().to_traceparent())
+                            .unwrap_or_default();
+                        if let Some(span) = &mut span {
+                            span.set_attribute("raft.leader", format!("{:x}", leader.0));
+                        }
+                        let outcome = self
+                            .inner
+                            .transport
+                            .forward(leader, group, request, auth_revision, trace_parent)
+                            .await;
+                        if let (Some(span), Err(error)) = (&mut span, &outcome) {
+                            span.set_error(error);
+                        }
+                        outcome
                     }
-                    let outcome = self
-                        .inner
-                        .transport
-                        .forward(leader, group, request, auth_revision, trace_parent)
-                        .await;
-                    if let (Some(span), Err(error)) = (&mut span, &outcome) {
-                        span.set_error(error);
-                    }
-                    outcome
+                    Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
+                    other => other,
                 }
-                Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
-                other => other,
             }
         };
-        let result = match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(NodeError::Timeout),
-        };
+        let never_applied =
+            |error: &NodeError| matches!(error, NodeError::NoLeader | NodeError::Dropped);
+        let result = self
+            .while_leadership_moves(deadline, never_applied, attempt)
+            .await;
         // A refusal by the state machine is an answer, not a failed proposal.
         if matches!(&result, Err(error) if !matches!(error, NodeError::Refused { .. })) {
             crate::metrics::metrics().proposals_failed.inc();
@@ -897,26 +917,65 @@ impl NodeHandle {
     /// Waits until this node's state machine reflects every write acknowledged before the
     /// call (raft's ReadIndex); then a read of the local store is linearizable.
     pub async fn linearizable_read_point(&self, group: GroupId) -> Result<(), NodeError> {
-        let mut applied = self.group(group)?.applied.clone();
+        let applied = self.group(group)?.applied.clone();
         let mut span = spans::child(spans::current(), "raft.read_index", SpanKind::Internal);
-        let wait = async {
+        let wait = || async {
             let (respond, response) = oneshot::channel();
             self.send(Input::ReadIndex { group, respond })?;
             let index = response.await.map_err(|_| NodeError::Stopped)??;
             applied
+                .clone()
                 .wait_for(|applied| *applied >= index)
                 .await
                 .map_err(|_| NodeError::Stopped)?;
             Ok(())
         };
-        let result = match tokio::time::timeout(self.inner.request_timeout, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(NodeError::Timeout),
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let leadership_moved = |error: &NodeError| {
+            matches!(
+                error,
+                NodeError::NoLeader | NodeError::LeaderChanged | NodeError::Dropped
+            )
         };
+        let result = self
+            .while_leadership_moves(deadline, leadership_moved, wait)
+            .await;
         if let (Some(span), Err(error)) = (&mut span, &result) {
             span.set_error(error);
         }
         result
+    }
+
+    /// Runs `attempt` (within `deadline`) again while it fails because the group's
+    /// leadership is moving and `retry` says trying again is safe: for a write, no leader
+    /// known or the request dropped (refused during a leadership transfer, or its log
+    /// index taken by another leader's entry: it never applies, so trying again cannot
+    /// apply it twice); for a read, any leader change. Leaderships move on purpose
+    /// (leaders spread over the nodes, `MoveLeader`), and clients should not see that;
+    /// after two election timeouts without a leader the error is the client's, as before.
+    async fn while_leadership_moves<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        retry: fn(&NodeError) -> bool,
+        mut attempt: F,
+    ) -> Result<T, NodeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, NodeError>>,
+    {
+        let settle_by = (tokio::time::Instant::now() + self.inner.leader_wait).min(deadline);
+        loop {
+            let result = match tokio::time::timeout_at(deadline, attempt()).await {
+                Ok(result) => result,
+                Err(_) => Err(NodeError::Timeout),
+            };
+            match result {
+                Err(error) if retry(&error) && tokio::time::Instant::now() < settle_by => {
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE * 2).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// This member's name and advertised client URLs.

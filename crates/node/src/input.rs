@@ -135,6 +135,28 @@ pub enum Input {
 pub type InputSender = flume::Sender<Input>;
 
 impl Input {
+    /// A short name for logs: the raft message's kind, or the input's.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Input::Raft(message) => message.body.kind_name(),
+            Input::Propose { .. } => "Propose",
+            Input::ReadIndex { .. } => "ReadIndex",
+            Input::ReadBarrier { .. } => "ReadBarrier",
+            Input::SnapshotReceived { .. } => "SnapshotReceived",
+            Input::SnapshotReport { .. } => "SnapshotReport",
+            Input::SnapshotCreated { .. } => "SnapshotCreated",
+            Input::TransferLeader { .. } => "TransferLeader",
+            Input::ChangeMembership { .. } => "ChangeMembership",
+            Input::Freeze { .. } => "Freeze",
+            Input::RaftStatus { .. } => "RaftStatus",
+            Input::Timestamps { .. } => "Timestamps",
+            Input::RevisionsGranted { .. } => "RevisionsGranted",
+            Input::Unreachable(_) => "Unreachable",
+            Input::RemovedByPeer(_) => "RemovedByPeer",
+            Input::Shutdown => "Shutdown",
+        }
+    }
+
     /// The group the input is for, if it is for one group.
     pub fn group(&self) -> Option<GroupId> {
         match self {

@@ -25,6 +25,7 @@ pub mod handle;
 pub mod identity;
 pub mod input;
 pub mod layout;
+mod leader_spread;
 mod lease_expiry;
 pub mod lessor;
 pub mod liveness;

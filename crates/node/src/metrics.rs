@@ -275,6 +275,8 @@ pub struct Metrics {
     pub raft_groups_led: Gauge,
     /// Splits applied on this member that created a range here.
     pub range_splits: Counter,
+    /// Range leaderships handed to another member to spread leaders over the nodes.
+    pub leader_spread_moves: Counter,
     /// Writes that waited for revisions from the oracle (ranges that split).
     pub oracle_revision_writes: Counter,
     /// Whether this member leads the meta range, and so serves the timestamp oracle.
@@ -322,6 +324,7 @@ impl Metrics {
             raft_groups_quiesced: Gauge::default(),
             raft_groups_led: Gauge::default(),
             range_splits: Counter::default(),
+            leader_spread_moves: Counter::default(),
             oracle_revision_writes: Counter::default(),
             oracle_is_leader: Gauge::default(),
             oracle_timestamps: Counter::default(),
@@ -453,6 +456,12 @@ impl Metrics {
             "counter",
             "Splits applied on this member that created a range here.",
             self.range_splits.get().to_string(),
+        );
+        scalar(
+            "ostrakon_leader_spread_moves_total",
+            "counter",
+            "Range leaderships this member handed to another to spread leaders over the nodes.",
+            self.leader_spread_moves.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_revision_writes_total",

@@ -495,8 +495,11 @@ impl Replica {
             if ours {
                 let (_, outcome) = outcome.clone().expect("checked above");
                 let _ = respond.send(Ok(outcome));
-            } else {
+            } else if index == entry.index {
                 // Another leader's entry took this index: ours will never apply.
+                let _ = respond.send(Err(NodeError::Dropped));
+            } else {
+                // A snapshot covered the index: ours may be in it.
                 let _ = respond.send(Err(NodeError::LeaderChanged));
             }
         }
@@ -552,7 +555,7 @@ pub(crate) fn propose_error(error: ProposeError) -> NodeError {
     match error {
         ProposeError::NoLeader => NodeError::NoLeader,
         ProposeError::NotLeader { leader } => NodeError::NotLeader(leader),
-        ProposeError::TransferInProgress { .. } => NodeError::LeaderChanged,
+        ProposeError::TransferInProgress { .. } => NodeError::Dropped,
         ProposeError::Overloaded | ProposeError::ConfChangePending => NodeError::Overloaded,
         ProposeError::NotAVoter { .. } => NodeError::NoLeader,
     }

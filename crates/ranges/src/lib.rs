@@ -5,6 +5,8 @@
 //! - [`directory`]: the routing cache that maps keys to ranges.
 //! - [`split`]: splitting a range, and the span check that keeps the left half from
 //!   serving the keys that moved.
+//! - [`leader_balance`]: which range leadership a node hands to another, so that every
+//!   node leads about as many ranges.
 //! - [`timestamp`]: the cluster-wide revision as a hybrid timestamp (milliseconds and a
 //!   logical counter), as TiKV's placement driver hands them out.
 //! - [`oracle`]: the timestamp oracle on range 0's leader: strictly increasing
@@ -15,6 +17,7 @@
 
 pub mod descriptor;
 pub mod directory;
+pub mod leader_balance;
 pub mod oracle;
 pub mod split;
 pub mod timestamp;

@@ -143,9 +143,12 @@ impl ClusterService {
             match self.node.change_membership_at_leader(group, removal).await {
                 // Already gone (this member's view was stale).
                 Ok(_) | Err(NodeError::Refused { .. }) => return Ok(()),
-                Err(NodeError::LeaderChanged | NodeError::NoLeader | NodeError::Timeout)
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(
+                    NodeError::LeaderChanged
+                    | NodeError::Dropped
+                    | NodeError::NoLeader
+                    | NodeError::Timeout,
+                ) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(error) => return Err(ApiError::from(error).into()),

@@ -72,7 +72,9 @@ impl From<ApiError> for Status {
                 NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::UnknownGroup => {
                     (Code::Unavailable, "etcdserver: no leader")
                 }
-                NodeError::LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
+                NodeError::LeaderChanged | NodeError::Dropped => {
+                    (Code::Unavailable, "etcdserver: leader changed")
+                }
                 NodeError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
                 NodeError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
                 NodeError::Overloaded => (Code::ResourceExhausted, "etcdserver: too many requests"),

@@ -56,7 +56,10 @@ pub async fn read_at(
             // A range's leadership moving (or not known here yet): tried again, within
             // the deadline.
             Err(ApiError::Node(
-                NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::LeaderChanged,
+                NodeError::NoLeader
+                | NodeError::NotLeader(_)
+                | NodeError::LeaderChanged
+                | NodeError::Dropped,
             )) => tokio::time::sleep(LEADER_RETRY_PAUSE).await,
             Err(error) => return Err(error),
         }

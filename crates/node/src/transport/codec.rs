@@ -18,6 +18,7 @@ const REMOTE_LEADER_CHANGED: i32 = -3;
 const REMOTE_OVERLOADED: i32 = -4;
 const REMOTE_STOPPED: i32 = -5;
 const REMOTE_CHANGE_IN_PROGRESS: i32 = -6;
+const REMOTE_DROPPED: i32 = -7;
 
 /// A node error for the wire; `Refused` keeps etcd's code and message.
 pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
@@ -37,6 +38,7 @@ pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
             }
         }
         NodeError::NotLeader(_) => REMOTE_NOT_LEADER,
+        NodeError::Dropped => REMOTE_DROPPED,
         NodeError::NoLeader | NodeError::UnknownGroup => REMOTE_NO_LEADER,
         NodeError::LeaderChanged | NodeError::Timeout => REMOTE_LEADER_CHANGED,
         NodeError::Overloaded => REMOTE_OVERLOADED,
@@ -49,11 +51,13 @@ pub(super) fn encode_node_error(error: NodeError) -> pb::Error {
     }
 }
 
-/// The node error a remote member reported. A remote "not leader" or "stopped" means
-/// the leader this member believed in is gone: the client may retry.
+/// The node error a remote member reported. A remote "not leader" means the leader this
+/// member believed in is gone and nothing was proposed there (dropped: safe to retry); a
+/// remote that stopped may have proposed it.
 pub(super) fn decode_node_error(error: pb::Error) -> NodeError {
     match error.code {
-        REMOTE_NOT_LEADER | REMOTE_LEADER_CHANGED | REMOTE_STOPPED => NodeError::LeaderChanged,
+        REMOTE_NOT_LEADER | REMOTE_DROPPED => NodeError::Dropped,
+        REMOTE_LEADER_CHANGED | REMOTE_STOPPED => NodeError::LeaderChanged,
         REMOTE_NO_LEADER => NodeError::NoLeader,
         REMOTE_OVERLOADED => NodeError::Overloaded,
         REMOTE_CHANGE_IN_PROGRESS => NodeError::ChangeInProgress,
