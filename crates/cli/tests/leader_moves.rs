@@ -72,19 +72,27 @@ async fn no_request_fails_while_the_leadership_moves_round_the_members() {
             .unwrap_or_else(|error| panic!("move {moved} to member {target} failed: {error}"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while cluster.leader().await != Some(target) {
-            assert!(Instant::now() < deadline, "move {moved} did not take effect");
+            assert!(
+                Instant::now() < deadline,
+                "move {moved} did not take effect"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Requests ran across the move.
         let deadline = Instant::now() + Duration::from_secs(10);
         while done.load(Ordering::SeqCst) < before + 30 {
-            assert!(Instant::now() < deadline, "requests stalled after move {moved}");
+            assert!(
+                Instant::now() < deadline,
+                "requests stalled after move {moved}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     stop.store(true, Ordering::SeqCst);
     for client in clients {
-        client.await.expect("a client's request failed while the leadership moved");
+        client
+            .await
+            .expect("a client's request failed while the leadership moved");
     }
     println!(
         "{} puts, each read back, through six leadership moves",

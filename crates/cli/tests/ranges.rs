@@ -766,6 +766,33 @@ fn leaders_per_member(cluster: &TestCluster) -> Vec<f64> {
 async fn the_leaders_of_a_split_keyspace_spread_over_the_members() {
     let cluster = TestCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;
+    // Clients on every member write and read keys of every range while the keyspace
+    // splits and the leaderships move: none of them may see an error.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        let mut client = cluster.client(i).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                round += 1;
+                let key = ["a", "n", "x"][(round % 3) as usize];
+                let value = format!("{i}-{round}");
+                client
+                    .put(key, value.as_str(), None)
+                    .await
+                    .unwrap_or_else(|error| panic!("put {key} {value} failed: {error}"));
+                let read = client
+                    .get(key, None)
+                    .await
+                    .unwrap_or_else(|error| panic!("get {key} failed: {error}"));
+                assert_eq!(read.count(), 1, "{key}");
+            }
+            round
+        }));
+    }
     // Every range split off is first led by the leader of the range it came from, so
     // without spreading one member would lead all three data ranges.
     for at in ["m", "t"] {
@@ -805,6 +832,13 @@ async fn the_leaders_of_a_split_keyspace_spread_over_the_members() {
         assert!(balanced(&now), "the leaders moved out of balance: {now:?}");
     }
     assert_eq!(moves(&cluster), moves_then, "leaderships kept moving");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        let rounds = writer
+            .await
+            .expect("a client saw an error while leaders moved");
+        assert!(rounds > 10, "a client made {rounds} rounds only");
+    }
 
     // Every range takes writes through every member.
     for i in 0..3 {

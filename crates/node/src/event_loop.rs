@@ -179,6 +179,8 @@ pub fn start(
     let liveness = transport.liveness().clone();
     let data_store = data.store.clone();
     let (data_lessor, tasks_runtime) = (data.lessor.clone(), runtime.clone());
+    let leader_spread =
+        crate::leader_spread::LeaderSpread::new(config.tick_interval, config.election_ticks);
     let mut event_loop = EventLoop {
         config,
         layout,
@@ -199,7 +201,7 @@ pub fn start(
         follow_attempts: HashMap::new(),
         next_follow_check: Instant::now(),
         followed_conf: None,
-        leader_spread: crate::leader_spread::LeaderSpread::new(),
+        leader_spread,
         revisions: crate::revisions::RevisionFetcher::default(),
         handle: handle.clone(),
         runtime,
@@ -898,6 +900,7 @@ impl EventLoop {
                 target,
                 respond,
             } => {
+                self.leader_spread.pause_after_operator_move(Instant::now());
                 let started = match self.replicas.get_mut(&group) {
                     Some(replica) => replica
                         .node

@@ -6,35 +6,53 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use ostrakon_raft::{GroupId, NodeId, Role};
-use ostrakon_ranges::leader_balance::{next_leader_move, LeaderMove, RangeLeadership};
+use ostrakon_ranges::leader_balance::{LeaderBalance, LeaderMove, RangeLeadership};
 use ostrakon_ranges::RangeId;
 
 use crate::replica::Replica;
 
-/// How often a node looks at its ranges' leaders.
+/// How often a node looks at its ranges' leaders, give or take `JITTER_MAX`.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// After a move, how long the node waits before the next one: the transfer takes an
-/// election round, and the other nodes' views must catch up with it, or they would
-/// count the moved leadership twice.
-const AFTER_MOVE_PAUSE: Duration = Duration::from_secs(2);
+/// Spreads the nodes' looks apart, so that they seldom decide at once from the same
+/// counts (several nodes handing the same node a range each overshoot).
+const JITTER_MAX: Duration = Duration::from_millis(250);
+/// The least a node waits after a move before the next (and after an operator's
+/// MoveLeader, so spreading does not undo it at once): the transfer takes an election
+/// round, and the other nodes' views must catch up with it, or they would count the
+/// moved leadership twice. Two election timeouts where those are longer.
+const AFTER_MOVE_PAUSE_MIN: Duration = Duration::from_secs(2);
 
 /// When this node next looks.
 pub struct LeaderSpread {
     next_check: Instant,
+    after_move_pause: Duration,
+    election_ticks: u64,
+    /// Varies the jitter from look to look (a counter mixed with the node id).
+    looks: u64,
 }
 
 impl LeaderSpread {
-    /// A spreader that looks at once.
-    pub fn new() -> LeaderSpread {
+    /// A spreader that looks at once, for nodes whose election timeout is
+    /// `election_ticks` ticks of `tick_interval`.
+    pub fn new(tick_interval: Duration, election_ticks: u32) -> LeaderSpread {
         LeaderSpread {
             next_check: Instant::now(),
+            after_move_pause: AFTER_MOVE_PAUSE_MIN.max(tick_interval * election_ticks * 2),
+            election_ticks: u64::from(election_ticks),
+            looks: 0,
         }
     }
 
+    /// An operator moved a leadership: no move of this node's for a while.
+    pub fn pause_after_operator_move(&mut self, now: Instant) {
+        self.next_check = self.next_check.max(now + self.after_move_pause);
+    }
+
     /// The leadership this node should hand over now, if it is time to look and a move
-    /// is due. Only a keyspace split into several data ranges spreads its leaders (with
-    /// one data range, the meta range's leader has almost nothing to do). Nothing moves
-    /// while a range changes its membership or has no replica here yet that knows it.
+    /// is due (`LeaderBalance::next_move`: only a keyspace split into several data
+    /// ranges spreads its leaders, and nothing moves while a range elects, changes its
+    /// membership or transfers its leadership). Nor while a replica here has not
+    /// learned its range's membership yet.
     pub fn next_move(
         &mut self,
         me: NodeId,
@@ -45,15 +63,12 @@ impl LeaderSpread {
         if now < self.next_check {
             return None;
         }
-        self.next_check = now + CHECK_INTERVAL;
-        // The meta range and at least two data ranges.
-        if replicas.len() < 3 {
-            return None;
-        }
+        self.looks += 1;
+        self.next_check = now + CHECK_INTERVAL + self.jitter(me);
         let mut ranges = Vec::with_capacity(replicas.len());
         for (&group, replica) in replicas {
             let conf = replica.node.conf_state();
-            if conf.voters.is_empty() || conf.is_joint() || replica.has_conf_proposal() {
+            if conf.voters.is_empty() {
                 return None;
             }
             let leader = replica.node.leader();
@@ -61,17 +76,30 @@ impl LeaderSpread {
                 range: RangeId(group.0),
                 leader: (leader != NodeId::NONE).then_some(leader),
                 voters: conf.voters.iter().copied().collect(),
+                caught_up: replica.node.caught_up_voters(self.election_ticks),
+                changing: conf.is_joint()
+                    || replica.has_conf_proposal()
+                    || replica.node.transfer_target().is_some(),
             });
         }
-        let LeaderMove { range, to } = next_leader_move(me, &ranges, may_lead)?;
+        let LeaderMove { range, to } = LeaderBalance::default().next_move(me, &ranges, may_lead)?;
         let group = GroupId(range.0);
         // What this node knows of its own role is first-hand; a stale view of another
         // range's leader is not, but it only delays a move.
         if replicas[&group].node.role() != Role::Leader {
             return None;
         }
-        self.next_check = now + AFTER_MOVE_PAUSE;
+        self.next_check = now + self.after_move_pause + self.jitter(me);
         Some((group, to))
+    }
+
+    /// Up to `JITTER_MAX`, different per node and per look (a hash of both; no need for
+    /// randomness that is more than uneven).
+    fn jitter(&self, me: NodeId) -> Duration {
+        let mixed = (me.0 ^ self.looks.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let max_ms = JITTER_MAX.as_millis() as u64;
+        Duration::from_millis((mixed >> 32) % (max_ms + 1))
     }
 }
 

@@ -393,6 +393,33 @@ impl RawNode {
         active
     }
 
+    /// Leader only: the member a leadership transfer in progress hands over to.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.raft.transfer.as_ref().map(|transfer| transfer.target)
+    }
+
+    /// Leader only: the voters holding every entry of the log, not being sent a
+    /// snapshot, and heard from within `within_ticks` ticks (this node not included):
+    /// those a leadership transfer can reach at once.
+    pub fn caught_up_voters(&self, within_ticks: u64) -> Vec<NodeId> {
+        let raft = &self.raft;
+        if raft.role != Role::Leader {
+            return Vec::new();
+        }
+        let last = raft.log.last_index();
+        let since_tick = raft.now_ticks.saturating_sub(within_ticks);
+        raft.progress
+            .iter()
+            .filter(|(id, p)| {
+                raft.conf.voters.contains(id)
+                    && p.match_index == last
+                    && !matches!(p.state, ProgressState::Snapshot { .. })
+                    && p.heard_at_tick.is_some_and(|tick| tick >= since_tick)
+            })
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// The role of this node.
     pub fn role(&self) -> Role {
         self.raft.role

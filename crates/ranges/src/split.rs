@@ -26,6 +26,9 @@ pub enum RangeBug {
     /// effect: a write or read in flight across a split is served by the left range for
     /// a key that moved to the right one.
     ServeMovedKeys,
+    /// Spread range leaders from a node leading one more range than another (not two):
+    /// leaderships move back and forth for ever (`leader_balance`).
+    MoveLeadersOneApart,
 }
 
 /// What a split command asks.

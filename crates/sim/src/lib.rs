@@ -16,6 +16,7 @@ mod end_checks;
 pub mod events;
 pub mod invariants;
 pub mod kv;
+mod leader_spread;
 mod liveness;
 mod nemesis;
 pub mod node;

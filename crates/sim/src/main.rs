@@ -52,12 +52,13 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "node-down-ignored" => PlantedBug::NodeDownIgnored.into(),
         "oracle-beyond-bound" => OracleBug::HandOutBeyondBound.into(),
         "serve-moved-keys" => RangeBug::ServeMovedKeys.into(),
+        "move-leaders-one-apart" => RangeBug::MoveLeadersOneApart.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
                  read-without-read-index, commit-previous-term, vote-not-persisted, \
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
-                 oracle-beyond-bound, serve-moved-keys"
+                 oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart"
             ))
         }
     })

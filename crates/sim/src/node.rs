@@ -197,6 +197,8 @@ pub struct Running {
     pub started_us: u64,
     /// Nodes reported down to raft and not heard from since.
     pub down: std::collections::BTreeSet<NodeId>,
+    /// When this node next looks at its ranges' leaders, to spread them.
+    pub next_spread_us: u64,
 }
 
 /// A simulated machine.

@@ -9,6 +9,7 @@ use ostrakon_raft::{
     ConfState, Config, EntryPayload, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId,
     RawNode, Role,
 };
+use ostrakon_ranges::leader_balance::LeaderBalance;
 use ostrakon_ranges::{Directory, RangeDescriptor, RangeId, SpanCheck};
 
 use crate::clients::{ClientState, TimestampClient, TIMESTAMP_CLIENT_BASE};
@@ -77,6 +78,10 @@ pub struct Simulation {
     pub(crate) next_range_id: u64,
     /// The range layer's span check (where a bug may be planted).
     pub(crate) span_check: SpanCheck,
+    /// The range layer's rule for spreading leaders (where a bug may be planted).
+    pub(crate) leader_balance: LeaderBalance,
+    /// Whether the nodes spread leaders (until the end checks after the spread's own).
+    pub(crate) spreading_leaders: bool,
     pub(crate) healed_at_us: Option<u64>,
     pub(crate) clients_stopped: bool,
     pub(crate) violation: Option<Violation>,
@@ -126,6 +131,8 @@ impl Simulation {
             ever_hosted: BTreeSet::new(),
             next_range_id: scenario.data_range_count + 1,
             span_check: SpanCheck::with_bug(bug.and_then(Bug::range)),
+            leader_balance: LeaderBalance::with_bug(bug.and_then(Bug::range)),
+            spreading_leaders: true,
             healed_at_us: None,
             clients_stopped: false,
             violation: None,
@@ -263,6 +270,7 @@ impl Simulation {
             heard_us: BTreeMap::new(),
             started_us: self.now_us,
             down: BTreeSet::new(),
+            next_spread_us: 0,
         });
         let groups: Vec<GroupId> = node.disks.keys().copied().collect();
         for group in groups {
@@ -314,6 +322,12 @@ impl Simulation {
     /// Runs the seed to the end. Returns early on the first violation.
     pub fn run(&mut self) {
         self.run_until(self.scenario.active_us + self.scenario.settle_us);
+        // First, while the nodes still spread leaders: the moves end. Then they stop, so
+        // that the checks below see the leaders they chose (one kills a leader).
+        if self.violation.is_none() {
+            self.check_leaders_spread();
+        }
+        self.spreading_leaders = false;
         if self.violation.is_none() && self.scenario.quiesce {
             self.check_quiesced_failover();
         }
@@ -379,6 +393,7 @@ impl Simulation {
                     }
                     if self.is_up(id) {
                         self.tick_liveness(id);
+                        self.spread_leaders(id);
                     }
                 }
             }

@@ -143,6 +143,26 @@ fn planted_oracle_bug_is_caught() {
 }
 
 #[test]
+fn planted_leader_spread_bug_is_caught() {
+    let summary = run_seeds(
+        0,
+        200,
+        Some(RangeBug::MoveLeadersOneApart.into()),
+        2,
+        true,
+        false,
+    );
+    let failure = summary.first_failure.expect("caught");
+    assert!(
+        failure
+            .violation
+            .unwrap()
+            .contains("did not settle spread over the nodes"),
+        "caught by the spread check: leaderships moved back and forth"
+    );
+}
+
+#[test]
 fn planted_split_bug_is_caught() {
     let summary = run_seeds(
         0,
