@@ -7,6 +7,8 @@
 //!   serving the keys that moved.
 //! - [`leader_balance`]: which range leadership a node hands to another, so that every
 //!   node leads about as many ranges.
+//! - [`txn`]: writes across ranges, the replicated half of their two-phase commit: a
+//!   range's locks and a primary range's transaction records.
 //! - [`timestamp`]: the cluster-wide revision as a hybrid timestamp (milliseconds and a
 //!   logical counter), as TiKV's placement driver hands them out.
 //! - [`oracle`]: the timestamp oracle on range 0's leader: strictly increasing
@@ -21,6 +23,7 @@ pub mod leader_balance;
 pub mod oracle;
 pub mod split;
 pub mod timestamp;
+pub mod txn;
 
 pub use descriptor::{RangeDescriptor, RangeId};
 pub use directory::Directory;

@@ -1,0 +1,379 @@
+//! Writes across ranges, the replicated half of their two-phase commit (docs/RANGES.md,
+//! "Writes across ranges"): the locks a participant range holds for transactions that
+//! prepared there, and the records a transaction's primary range keeps of how each one
+//! ended. Both change only as raft entries apply, identically on every replica, so they
+//! are plain data with the rules that decide each change.
+//!
+//! - A transaction takes its revision T from the oracle first, then prepares on every
+//!   range it touches: each locks the keys the transaction compares, reads or may write
+//!   (`LockTable::prepare`), refusing a T not above its last revision (a newer write
+//!   applied there) and a lock that overlaps another transaction's (no waiting, so no
+//!   deadlock: the coordinator aborts and tries again).
+//! - It commits when its primary range records it committed (`TxnRecords::commit`);
+//!   then every participant writes its versions at T and releases its locks.
+//! - Whoever meets a lock it cannot pass (a read at or above T, a write) and finds it
+//!   stale asks the primary: a committed record is finished, a missing one is aborted
+//!   (`TxnRecords::abort`), after which the commit is refused. So a coordinator that dies
+//!   leaves nothing stuck, and no reader sees part of a transaction.
+
+use std::collections::BTreeMap;
+
+use ostrakon_raft::NodeId;
+
+#[cfg(feature = "planted-bugs")]
+use crate::RangeBug;
+use crate::RangeId;
+
+/// A transaction: the member coordinating it and a number unique on that member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TxnId {
+    /// The member that coordinates it.
+    pub coordinator: NodeId,
+    /// Unique among that member's transactions (across its restarts too).
+    pub number: u64,
+}
+
+/// The keys `[start, end)` (`end` None: to the end of the keyspace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySpan {
+    /// The first key.
+    pub start: Vec<u8>,
+    /// The first key after the span.
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeySpan {
+    /// One key.
+    pub fn key(key: &[u8]) -> KeySpan {
+        let mut end = key.to_vec();
+        end.push(0);
+        KeySpan {
+            start: key.to_vec(),
+            end: Some(end),
+        }
+    }
+
+    /// `[start, end)`; asserts the span is not empty.
+    pub fn span(start: &[u8], end: Option<&[u8]>) -> KeySpan {
+        if let Some(end) = end {
+            assert!(start < end, "an empty or reversed key span");
+        }
+        KeySpan {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Whether the two spans share a key.
+    pub fn overlaps(&self, other: &KeySpan) -> bool {
+        let starts_before =
+            |start: &[u8], end: &Option<Vec<u8>>| end.as_deref().is_none_or(|end| start < end);
+        starts_before(&self.start, &other.end) && starts_before(&other.start, &self.end)
+    }
+}
+
+/// A prepared transaction's hold on some of a range's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lock {
+    /// The transaction.
+    pub txn: TxnId,
+    /// The revision every write of the transaction takes.
+    pub revision: u64,
+    /// The range holding the transaction's record: where to ask how it ended.
+    pub primary: RangeId,
+    /// The keys it compares, reads or may write in this range.
+    pub spans: Vec<KeySpan>,
+}
+
+impl Lock {
+    fn overlaps(&self, spans: &[KeySpan]) -> bool {
+        self.spans
+            .iter()
+            .any(|held| spans.iter().any(|span| held.overlaps(span)))
+    }
+}
+
+/// Why a range refused to prepare a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrepareRefused {
+    /// The range has applied a write at or above the transaction's revision: it must
+    /// take a new one.
+    Stale {
+        /// The range's last revision.
+        last_revision: u64,
+    },
+    /// Another transaction holds some of the keys.
+    Conflict {
+        /// That transaction.
+        holder: TxnId,
+    },
+}
+
+/// The locks of one range, as of its applied index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockTable {
+    locks: BTreeMap<TxnId, Lock>,
+    #[cfg(feature = "planted-bugs")]
+    bug: Option<RangeBug>,
+}
+
+impl LockTable {
+    /// An empty table, with a bug planted.
+    #[cfg(feature = "planted-bugs")]
+    pub fn with_bug(bug: Option<RangeBug>) -> LockTable {
+        LockTable {
+            locks: BTreeMap::new(),
+            bug,
+        }
+    }
+
+    /// Applies a prepare: records `lock` if its revision is above `last_revision` (the
+    /// range's) and it overlaps no other transaction's lock. The caller then raises the
+    /// range's last revision to the lock's, so that no later write of the range takes a
+    /// revision at or below it. Preparing the same lock again (a prepare retried through
+    /// the log) is accepted as it is.
+    pub fn prepare(&mut self, lock: Lock, last_revision: u64) -> Result<(), PrepareRefused> {
+        if let Some(held) = self.locks.get(&lock.txn) {
+            assert_eq!(
+                *held, lock,
+                "a transaction prepares once per range, with one revision and one set of keys"
+            );
+            return Ok(());
+        }
+        if lock.revision <= last_revision {
+            return Err(PrepareRefused::Stale { last_revision });
+        }
+        if let Some(holder) = self.locks.values().find(|held| held.overlaps(&lock.spans)) {
+            return Err(PrepareRefused::Conflict { holder: holder.txn });
+        }
+        self.locks.insert(lock.txn, lock);
+        Ok(())
+    }
+
+    /// The lock a write of `spans` meets, if any: a single-range write waits (it is
+    /// refused and tried again) until the lock is released, whatever the lock's revision.
+    pub fn blocking_write(&self, spans: &[KeySpan]) -> Option<&Lock> {
+        self.locks.values().find(|held| held.overlaps(spans))
+    }
+
+    /// The lock a read of `spans` at `revision` meets, if any: one at or below the
+    /// revision, whose writes the read must see or know absent. Locks above it do not
+    /// matter to it.
+    pub fn blocking_read(&self, spans: &[KeySpan], revision: u64) -> Option<&Lock> {
+        #[cfg(feature = "planted-bugs")]
+        if self.bug == Some(RangeBug::ReadIgnoresPendingLock) {
+            return None;
+        }
+        self.locks
+            .values()
+            .filter(|held| held.revision <= revision)
+            .find(|held| held.overlaps(spans))
+    }
+
+    /// Releases the transaction's lock (committed and written, or aborted); None if it
+    /// holds none here (released already, or never prepared here).
+    pub fn release(&mut self, txn: TxnId) -> Option<Lock> {
+        self.locks.remove(&txn)
+    }
+
+    /// The revision up to which the range's history is final, given its current
+    /// revision: below the lowest pending lock's revision, whose writes will enter the
+    /// history under revisions the range has already passed. What watchers may be sent
+    /// up to.
+    pub fn resolved_revision(&self, current_revision: u64) -> u64 {
+        self.locks
+            .values()
+            .map(|held| held.revision - 1)
+            .min()
+            .map_or(current_revision, |below| below.min(current_revision))
+    }
+
+    /// Every lock, by transaction (for snapshots).
+    pub fn locks(&self) -> impl Iterator<Item = &Lock> {
+        self.locks.values()
+    }
+
+    /// Whether no lock is held.
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+}
+
+/// How a transaction ended, as its primary range records it. `M` is what a committed
+/// record keeps so that anyone can finish the transaction: every range's writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOutcome<M> {
+    /// Committed: its writes take effect at its revision in every range.
+    Committed(M),
+    /// Aborted: nothing it prepared takes effect.
+    Aborted,
+}
+
+/// The outcomes a primary range has recorded, as of its applied index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnRecords<M> {
+    records: BTreeMap<TxnId, TxnOutcome<M>>,
+}
+
+impl<M> Default for TxnRecords<M> {
+    fn default() -> Self {
+        TxnRecords {
+            records: BTreeMap::new(),
+        }
+    }
+}
+
+impl<M: Clone> TxnRecords<M> {
+    /// Applies a commit: the commit point, unless the transaction was aborted first (by
+    /// someone who found its locks stale). Committing again is accepted.
+    pub fn commit(&mut self, txn: TxnId, writes: M) -> Result<(), TxnOutcome<M>> {
+        match self.records.get(&txn) {
+            Some(TxnOutcome::Aborted) => Err(TxnOutcome::Aborted),
+            Some(TxnOutcome::Committed(_)) => Ok(()),
+            None => {
+                self.records.insert(txn, TxnOutcome::Committed(writes));
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies an abort: the transaction will never commit, unless it committed first,
+    /// whose record this returns (the one who asked finishes it instead).
+    pub fn abort(&mut self, txn: TxnId) -> Result<(), TxnOutcome<M>> {
+        match self.records.get(&txn) {
+            Some(committed @ TxnOutcome::Committed(_)) => Err(committed.clone()),
+            Some(TxnOutcome::Aborted) => Ok(()),
+            None => {
+                self.records.insert(txn, TxnOutcome::Aborted);
+                Ok(())
+            }
+        }
+    }
+
+    /// How the transaction ended, if it did.
+    pub fn outcome(&self, txn: TxnId) -> Option<&TxnOutcome<M>> {
+        self.records.get(&txn)
+    }
+
+    /// Every record, by transaction (for snapshots).
+    pub fn records(&self) -> impl Iterator<Item = (&TxnId, &TxnOutcome<M>)> {
+        self.records.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(number: u64) -> TxnId {
+        TxnId {
+            coordinator: NodeId(1),
+            number,
+        }
+    }
+
+    fn lock(number: u64, revision: u64, spans: Vec<KeySpan>) -> Lock {
+        Lock {
+            txn: txn(number),
+            revision,
+            primary: RangeId(1),
+            spans,
+        }
+    }
+
+    #[test]
+    fn spans_overlap_when_they_share_a_key() {
+        let a = KeySpan::key(b"a");
+        assert!(a.overlaps(&KeySpan::key(b"a")));
+        assert!(!a.overlaps(&KeySpan::key(b"a\0")));
+        assert!(!a.overlaps(&KeySpan::key(b"b")));
+        let a_to_c = KeySpan::span(b"a", Some(b"c"));
+        assert!(a_to_c.overlaps(&KeySpan::key(b"b")));
+        assert!(!a_to_c.overlaps(&KeySpan::key(b"c")));
+        assert!(KeySpan::span(b"b", None).overlaps(&KeySpan::key(b"zzz")));
+        assert!(KeySpan::span(b"b", None).overlaps(&a_to_c));
+        assert!(!KeySpan::span(b"c", None).overlaps(&a_to_c));
+    }
+
+    #[test]
+    fn a_prepare_is_refused_below_the_last_revision_and_on_another_lock() {
+        let mut table = LockTable::default();
+        assert_eq!(
+            table.prepare(lock(1, 10, vec![KeySpan::key(b"a")]), 10),
+            Err(PrepareRefused::Stale { last_revision: 10 })
+        );
+        table
+            .prepare(lock(1, 11, vec![KeySpan::span(b"a", Some(b"c"))]), 10)
+            .unwrap();
+        assert_eq!(
+            table.prepare(lock(2, 12, vec![KeySpan::key(b"b")]), 11),
+            Err(PrepareRefused::Conflict { holder: txn(1) })
+        );
+        table
+            .prepare(lock(2, 12, vec![KeySpan::key(b"c")]), 11)
+            .unwrap();
+        // The same prepare applied again (retried through the log) is accepted.
+        table
+            .prepare(lock(1, 11, vec![KeySpan::span(b"a", Some(b"c"))]), 12)
+            .unwrap();
+        assert_eq!(table.locks().count(), 2);
+    }
+
+    #[test]
+    fn reads_meet_locks_at_or_below_their_revision_and_writes_meet_any() {
+        let mut table = LockTable::default();
+        table
+            .prepare(lock(1, 20, vec![KeySpan::key(b"k")]), 10)
+            .unwrap();
+        let k = [KeySpan::key(b"k")];
+        assert_eq!(table.blocking_read(&k, 19), None);
+        assert_eq!(table.blocking_read(&k, 20).map(|l| l.txn), Some(txn(1)));
+        assert_eq!(table.blocking_read(&k, 30).map(|l| l.txn), Some(txn(1)));
+        assert_eq!(table.blocking_read(&[KeySpan::key(b"j")], 30), None);
+        assert_eq!(table.blocking_write(&k).map(|l| l.txn), Some(txn(1)));
+        assert_eq!(table.release(txn(1)).map(|l| l.revision), Some(20));
+        assert_eq!(table.blocking_read(&k, 30), None);
+        assert_eq!(table.release(txn(1)), None);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn the_planted_bug_lets_reads_pass_locks() {
+        let mut table = LockTable::with_bug(Some(RangeBug::ReadIgnoresPendingLock));
+        table
+            .prepare(lock(1, 20, vec![KeySpan::key(b"k")]), 10)
+            .unwrap();
+        assert_eq!(table.blocking_read(&[KeySpan::key(b"k")], 30), None);
+    }
+
+    #[test]
+    fn the_resolved_revision_stays_below_every_pending_lock() {
+        let mut table = LockTable::default();
+        assert_eq!(table.resolved_revision(50), 50);
+        table
+            .prepare(lock(1, 40, vec![KeySpan::key(b"a")]), 30)
+            .unwrap();
+        table
+            .prepare(lock(2, 45, vec![KeySpan::key(b"b")]), 40)
+            .unwrap();
+        assert_eq!(table.resolved_revision(50), 39);
+        table.release(txn(1));
+        assert_eq!(table.resolved_revision(50), 44);
+        table.release(txn(2));
+        assert_eq!(table.resolved_revision(50), 50);
+    }
+
+    #[test]
+    fn a_transaction_ends_once_committed_or_aborted_whichever_applies_first() {
+        let mut records: TxnRecords<&str> = TxnRecords::default();
+        records.commit(txn(1), "writes").unwrap();
+        records.commit(txn(1), "writes").unwrap();
+        assert_eq!(records.abort(txn(1)), Err(TxnOutcome::Committed("writes")));
+        records.abort(txn(2)).unwrap();
+        records.abort(txn(2)).unwrap();
+        assert_eq!(records.commit(txn(2), "late"), Err(TxnOutcome::Aborted));
+        assert_eq!(records.outcome(txn(2)), Some(&TxnOutcome::Aborted));
+        assert_eq!(records.outcome(txn(3)), None);
+        assert_eq!(records.records().count(), 2);
+    }
+}
