@@ -77,6 +77,9 @@ try {
   assert.equal(leaderRole, "leader");
   const followers = await page.locator("#progress tbody tr").count();
   assert.equal(followers, 2, "the leader's view of both followers is shown");
+  // The range map: one data range over the whole keyspace, led by the cluster's leader.
+  const rangeLeaders = await page.$$eval("#ranges tbody tr", rows => rows.map(row => row.dataset.leader));
+  assert.deepEqual(rangeLeaders, [shown], "the range map shows the one range and its leader");
   await page.screenshot({ path: resolve(artifacts, "dashboard-before.png"), fullPage: true });
   console.log(`dashboard shows leader ${shown}; stopping it from the page`);
 

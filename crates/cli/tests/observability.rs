@@ -227,6 +227,71 @@ async fn readiness_liveness_and_the_dashboard_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_range_map_live() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    cluster.wait_for_published_members().await;
+    let port = cluster.members[0].client_port;
+    let (_, _, page) = get(port, "/dashboard");
+    assert!(page.contains("id=\"ranges\""), "the page has the range map");
+    let status = || -> serde_json::Value {
+        let (code, _, body) = get(port, "/dashboard/status");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).unwrap()
+    };
+    let first = status();
+    let ids: Vec<String> = first["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    let ranges = first["ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 1, "{first}");
+    assert_eq!(ranges[0]["start"], "", "{first}");
+    assert!(ranges[0]["end"].is_null(), "{first}");
+
+    // A split shows as a second range, and the leaders, spread over the members, show
+    // where they move: the meta range and both data ranges each on their own member.
+    let (ok, out, err) =
+        cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);
+    assert!(ok, "split failed: {out} {err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = status();
+        let ranges = now["ranges"].as_array().unwrap();
+        let spans: Vec<(String, Option<String>)> = ranges
+            .iter()
+            .map(|r| {
+                (
+                    r["start"].as_str().unwrap().to_string(),
+                    r["end"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        let mut leaders: Vec<String> = ranges
+            .iter()
+            .map(|r| r["leader"].as_str().unwrap().to_string())
+            .chain(now["meta_leader"].as_str().map(str::to_string))
+            .collect();
+        let every_leader_a_member = leaders.iter().all(|l| ids.contains(l));
+        leaders.sort();
+        leaders.dedup();
+        if spans == [("".into(), Some("m".into())), ("m".into(), None)]
+            && every_leader_a_member
+            && leaders.len() == 3
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard did not show two ranges led by different members: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ostrakon_status_prints_etcdctls_endpoint_status_table() {
     let cluster = TestCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;

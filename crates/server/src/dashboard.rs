@@ -18,7 +18,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::{Json, Router};
 use ostrakon_node::metrics::metrics;
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP, META_GROUP};
 use ostrakon_raft::Role;
 use serde_json::{json, Value};
 
@@ -98,10 +98,33 @@ async fn status(dashboard: &Dashboard) -> Value {
         }),
         Err(error) => json!({ "error": error.to_string() }),
     };
+    // The range map: who leads which range, as this member knows it (splits and
+    // leadership moves show as they happen).
+    let ranges: Vec<Value> = crate::ranges::describe_ranges(node)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|range| {
+            json!({
+                "id": range.range_id,
+                "start": String::from_utf8_lossy(&range.start),
+                "end": (!range.unbounded_end).then(|| String::from_utf8_lossy(&range.end).into_owned()),
+                "leader": format!("{:x}", range.leader),
+                "replicas": range.replicas.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+                "keys": range.keys,
+                "revision": range.revision,
+            })
+        })
+        .collect();
+    let meta_leader = node
+        .status(META_GROUP)
+        .map(|status| format!("{:x}", status.leader.0))
+        .ok();
     json!({
         "id": format!("{:x}", node.id().0),
         "raft": raft,
         "members": members,
+        "ranges": ranges,
+        "meta_leader": meta_leader,
         "control_url": dashboard.control_url,
         "metrics": {
             "leader_changes_seen": registry.leader_changes_seen.get(),

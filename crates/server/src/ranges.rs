@@ -19,6 +19,34 @@ impl RangesService {
     }
 }
 
+/// The data ranges this member holds, in key order, as it knows them (the listing, and
+/// the dashboard's range map).
+pub(crate) fn describe_ranges(node: &NodeHandle) -> Result<Vec<RangeInfo>, ApiError> {
+    let mut ranges = Vec::new();
+    for (group, span) in node.data_ranges() {
+        let store = node.store(group)?;
+        let status = node.status(group)?;
+        let view = store.read_view();
+        ranges.push(RangeInfo {
+            range_id: group.0,
+            start: span.start().to_vec().into(),
+            end: span.end().unwrap_or_default().to_vec().into(),
+            unbounded_end: span.end().is_none(),
+            leader: status.leader.0,
+            replicas: store
+                .applied()
+                .conf_state
+                .members()
+                .iter()
+                .map(|id| id.0)
+                .collect(),
+            keys: view.live_keys() as u64,
+            revision: view.current_revision().0,
+        });
+    }
+    Ok(ranges)
+}
+
 #[tonic::async_trait]
 impl Ranges for RangesService {
     async fn list(
@@ -28,28 +56,7 @@ impl Ranges for RangesService {
         crate::auth::caller(&self.node, request.metadata())
             .await?
             .check_authenticated()?;
-        let mut ranges = Vec::new();
-        for (group, span) in self.node.data_ranges() {
-            let store = self.node.store(group).map_err(ApiError::from)?;
-            let status = self.node.status(group).map_err(ApiError::from)?;
-            let view = store.read_view();
-            ranges.push(RangeInfo {
-                range_id: group.0,
-                start: span.start().to_vec().into(),
-                end: span.end().unwrap_or_default().to_vec().into(),
-                unbounded_end: span.end().is_none(),
-                leader: status.leader.0,
-                replicas: store
-                    .applied()
-                    .conf_state
-                    .members()
-                    .iter()
-                    .map(|id| id.0)
-                    .collect(),
-                keys: view.live_keys() as u64,
-                revision: view.current_revision().0,
-            });
-        }
+        let ranges = describe_ranges(&self.node)?;
         Ok(Response::new(ListRangesResponse { ranges }))
     }
 

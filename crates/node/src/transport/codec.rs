@@ -96,3 +96,36 @@ pub(super) fn decode_forward_response(
         other => Ok(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostrakon_raft::NodeId;
+
+    /// A forwarded write's error keeps what the retry depends on: whether the write may
+    /// have applied. Dropped and "not leader" (nothing proposed there) come back as
+    /// Dropped, which is tried again; a leader change or a stop mid-write stays
+    /// LeaderChanged, which is not.
+    #[test]
+    fn a_remote_error_says_whether_the_write_may_have_applied() {
+        let round_trip = |error: NodeError| decode_node_error(encode_node_error(error));
+        assert_eq!(round_trip(NodeError::Dropped), NodeError::Dropped);
+        assert_eq!(
+            round_trip(NodeError::NotLeader(NodeId(3))),
+            NodeError::Dropped
+        );
+        assert_eq!(
+            round_trip(NodeError::LeaderChanged),
+            NodeError::LeaderChanged
+        );
+        assert_eq!(round_trip(NodeError::Timeout), NodeError::LeaderChanged);
+        assert_eq!(round_trip(NodeError::Stopped), NodeError::LeaderChanged);
+        assert_eq!(round_trip(NodeError::NoLeader), NodeError::NoLeader);
+        assert_eq!(round_trip(NodeError::Overloaded), NodeError::Overloaded);
+        let refused = NodeError::Refused {
+            code: tonic::Code::InvalidArgument as i32,
+            message: "etcdserver: key is not provided".into(),
+        };
+        assert_eq!(round_trip(refused.clone()), refused);
+    }
+}
