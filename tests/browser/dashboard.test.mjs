@@ -136,6 +136,13 @@ try {
     { timeout: 30000 },
   );
   console.log(`${isolated} healed and follows`);
+  // A split at a key that looks like markup: the range map shows the key as text.
+  const markup = "<i>m</i>";
+  execFileSync(binary, ["ranges", "split", markup, "--endpoint", "127.0.0.1:2379"], { stdio: "ignore" });
+  await page.waitForFunction(() => document.querySelectorAll("#ranges tbody tr").length === 2, null, { timeout: 30000 });
+  const cells = await page.$$eval("#ranges tbody tr td:nth-child(3)", tds => tds.map(td => td.textContent));
+  assert.ok(cells.includes(JSON.stringify(markup)), `the split key is shown as text: ${cells}`);
+  assert.equal(await page.locator("#ranges i").count(), 0, "no markup from a key reaches the page");
   console.log("dashboard browser test passed");
 } finally {
   if (browser) await browser.close();

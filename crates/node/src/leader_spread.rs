@@ -69,7 +69,8 @@ impl LeaderSpread {
         for (&group, replica) in replicas {
             let conf = replica.node.conf_state();
             if conf.voters.is_empty() {
-                return None;
+                // An empty replica waiting for its range's first snapshot: not counted.
+                continue;
             }
             let leader = replica.node.leader();
             ranges.push(RangeLeadership {

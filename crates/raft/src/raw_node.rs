@@ -398,21 +398,24 @@ impl RawNode {
         self.raft.transfer.as_ref().map(|transfer| transfer.target)
     }
 
-    /// Leader only: the voters holding every entry of the log, not being sent a
-    /// snapshot, and heard from within `within_ticks` ticks (this node not included):
-    /// those a leadership transfer can reach at once.
+    /// Leader only: the voters holding every committed entry, not being sent a
+    /// snapshot, not reported down, and heard from within `within_ticks` ticks (this node
+    /// not included): those a leadership transfer brings up to date within a round trip
+    /// (an exact match with the last index would leave a busy range's followers never
+    /// eligible, as entries are always in flight).
     pub fn caught_up_voters(&self, within_ticks: u64) -> Vec<NodeId> {
         let raft = &self.raft;
         if raft.role != Role::Leader {
             return Vec::new();
         }
-        let last = raft.log.last_index();
+        let committed = raft.log.committed();
         let since_tick = raft.now_ticks.saturating_sub(within_ticks);
         raft.progress
             .iter()
             .filter(|(id, p)| {
                 raft.conf.voters.contains(id)
-                    && p.match_index == last
+                    && !raft.down_peers.contains(id)
+                    && p.match_index >= committed
                     && !matches!(p.state, ProgressState::Snapshot { .. })
                     && p.heard_at_tick.is_some_and(|tick| tick >= since_tick)
             })

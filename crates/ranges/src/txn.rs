@@ -107,6 +107,13 @@ pub enum PrepareRefused {
         /// That transaction.
         holder: TxnId,
     },
+    /// The transaction holds a different lock here already (its id was reused for
+    /// another attempt: every attempt must take a new id). Refused, never asserted: the
+    /// entry is in the log, and asserting would stop every replica at it for good.
+    Mismatch {
+        /// The lock it holds.
+        held: Box<Lock>,
+    },
 }
 
 /// The locks of one range, as of its applied index.
@@ -127,17 +134,20 @@ impl LockTable {
         }
     }
 
-    /// Applies a prepare: records `lock` if its revision is above `last_revision` (the
-    /// range's) and it overlaps no other transaction's lock. The caller then raises the
-    /// range's last revision to the lock's, so that no later write of the range takes a
-    /// revision at or below it. Preparing the same lock again (a prepare retried through
-    /// the log) is accepted as it is.
+    /// Applies a prepare: records `lock` if its revision is above `last_revision` and it
+    /// overlaps no other transaction's lock. `last_revision` is the higher of the
+    /// range's last revision and its read floor (the highest revision a read of the
+    /// range was served at, docs/RANGES.md). The caller then raises the range's last
+    /// revision to the lock's, so that no later write of the range takes a revision at
+    /// or below it. Preparing the same lock again (a prepare retried through the log) is
+    /// accepted as it is; a different lock under the same transaction is refused.
     pub fn prepare(&mut self, lock: Lock, last_revision: u64) -> Result<(), PrepareRefused> {
         if let Some(held) = self.locks.get(&lock.txn) {
-            assert_eq!(
-                *held, lock,
-                "a transaction prepares once per range, with one revision and one set of keys"
-            );
+            if *held != lock {
+                return Err(PrepareRefused::Mismatch {
+                    held: Box::new(held.clone()),
+                });
+            }
             return Ok(());
         }
         if lock.revision <= last_revision {
@@ -223,13 +233,21 @@ impl<M> Default for TxnRecords<M> {
     }
 }
 
-impl<M: Clone> TxnRecords<M> {
+impl<M: Clone + PartialEq> TxnRecords<M> {
     /// Applies a commit: the commit point, unless the transaction was aborted first (by
-    /// someone who found its locks stale). Committing again is accepted.
+    /// someone who found its locks stale). Committing the same writes again is
+    /// accepted; different writes under the same transaction (a reused id) are refused
+    /// with the record that stands.
     pub fn commit(&mut self, txn: TxnId, writes: M) -> Result<(), TxnOutcome<M>> {
         match self.records.get(&txn) {
             Some(TxnOutcome::Aborted) => Err(TxnOutcome::Aborted),
-            Some(TxnOutcome::Committed(_)) => Ok(()),
+            Some(committed @ TxnOutcome::Committed(held)) => {
+                if *held == writes {
+                    Ok(())
+                } else {
+                    Err(committed.clone())
+                }
+            }
             None => {
                 self.records.insert(txn, TxnOutcome::Committed(writes));
                 Ok(())
@@ -312,10 +330,15 @@ mod tests {
         table
             .prepare(lock(2, 12, vec![KeySpan::key(b"c")]), 11)
             .unwrap();
-        // The same prepare applied again (retried through the log) is accepted.
+        // The same prepare applied again (retried through the log) is accepted; another
+        // lock under the same transaction is refused, not asserted.
         table
             .prepare(lock(1, 11, vec![KeySpan::span(b"a", Some(b"c"))]), 12)
             .unwrap();
+        assert!(matches!(
+            table.prepare(lock(1, 13, vec![KeySpan::key(b"x")]), 12),
+            Err(PrepareRefused::Mismatch { .. })
+        ));
         assert_eq!(table.locks().count(), 2);
     }
 
@@ -368,6 +391,10 @@ mod tests {
         let mut records: TxnRecords<&str> = TxnRecords::default();
         records.commit(txn(1), "writes").unwrap();
         records.commit(txn(1), "writes").unwrap();
+        assert_eq!(
+            records.commit(txn(1), "other writes"),
+            Err(TxnOutcome::Committed("writes"))
+        );
         assert_eq!(records.abort(txn(1)), Err(TxnOutcome::Committed("writes")));
         records.abort(txn(2)).unwrap();
         records.abort(txn(2)).unwrap();

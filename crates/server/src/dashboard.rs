@@ -99,15 +99,27 @@ async fn status(dashboard: &Dashboard) -> Value {
         Err(error) => json!({ "error": error.to_string() }),
     };
     // The range map: who leads which range, as this member knows it (splits and
-    // leadership moves show as they happen).
+    // leadership moves show as they happen). The page needs no login, so with auth on
+    // the spans (user keys) are left out, as `ostrakon ranges` requires a login.
+    let auth_enabled = node
+        .store(DEFAULT_GROUP)
+        .is_ok_and(|store| store.auth().enabled());
     let ranges: Vec<Value> = crate::ranges::describe_ranges(node)
-        .unwrap_or_default()
         .into_iter()
         .map(|range| {
+            let (start, end) = if auth_enabled {
+                (Value::Null, Value::Null)
+            } else {
+                (
+                    json!(String::from_utf8_lossy(&range.start)),
+                    json!((!range.unbounded_end)
+                        .then(|| String::from_utf8_lossy(&range.end).into_owned())),
+                )
+            };
             json!({
                 "id": range.range_id,
-                "start": String::from_utf8_lossy(&range.start),
-                "end": (!range.unbounded_end).then(|| String::from_utf8_lossy(&range.end).into_owned()),
+                "start": start,
+                "end": end,
                 "leader": format!("{:x}", range.leader),
                 "replicas": range.replicas.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
                 "keys": range.keys,
@@ -124,6 +136,7 @@ async fn status(dashboard: &Dashboard) -> Value {
         "raft": raft,
         "members": members,
         "ranges": ranges,
+        "range_spans_hidden": auth_enabled,
         "meta_leader": meta_leader,
         "control_url": dashboard.control_url,
         "metrics": {

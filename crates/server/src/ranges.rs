@@ -20,12 +20,14 @@ impl RangesService {
 }
 
 /// The data ranges this member holds, in key order, as it knows them (the listing, and
-/// the dashboard's range map).
-pub(crate) fn describe_ranges(node: &NodeHandle) -> Result<Vec<RangeInfo>, ApiError> {
+/// the dashboard's range map); a range that goes away while it is listed (a split or a
+/// removal racing the listing) is left out.
+pub(crate) fn describe_ranges(node: &NodeHandle) -> Vec<RangeInfo> {
     let mut ranges = Vec::new();
     for (group, span) in node.data_ranges() {
-        let store = node.store(group)?;
-        let status = node.status(group)?;
+        let (Ok(store), Ok(status)) = (node.store(group), node.status(group)) else {
+            continue;
+        };
         let view = store.read_view();
         ranges.push(RangeInfo {
             range_id: group.0,
@@ -44,7 +46,7 @@ pub(crate) fn describe_ranges(node: &NodeHandle) -> Result<Vec<RangeInfo>, ApiEr
             revision: view.current_revision().0,
         });
     }
-    Ok(ranges)
+    ranges
 }
 
 #[tonic::async_trait]
@@ -56,7 +58,7 @@ impl Ranges for RangesService {
         crate::auth::caller(&self.node, request.metadata())
             .await?
             .check_authenticated()?;
-        let ranges = describe_ranges(&self.node)?;
+        let ranges = describe_ranges(&self.node);
         Ok(Response::new(ListRangesResponse { ranges }))
     }
 

@@ -4,7 +4,7 @@
 //! it waits, as the runtime does. The end check: once the faults healed, the moves end
 //! with no move due anywhere.
 
-use ostrakon_raft::{NodeId, Role};
+use ostrakon_raft::{GroupId, NodeId, Role};
 use ostrakon_ranges::leader_balance::{LeaderMove, RangeLeadership};
 use ostrakon_ranges::RangeId;
 
@@ -67,12 +67,13 @@ impl Simulation {
     }
 
     /// The move due somewhere by the true leaders and memberships (every node up), if
-    /// any: what the nodes converge to once their views catch up.
-    fn move_due(&self) -> Option<(NodeId, LeaderMove)> {
+    /// any: what the nodes converge to once their views catch up. Err while a range has
+    /// no leader (not settled, whatever the others do).
+    fn move_due(&self) -> Result<Option<(NodeId, LeaderMove)>, GroupId> {
         let mut ranges = Vec::new();
         for group in self.groups() {
             let conf = &self.latest_conf[&group].1;
-            let leader = self.current_leader(group)?;
+            let leader = self.current_leader(group).ok_or(group)?;
             let caught_up = self
                 .replica_ref(leader, group)
                 .map(|replica| replica.raw.caught_up_voters(u64::from(ELECTION_TICKS)))
@@ -85,7 +86,8 @@ impl Simulation {
                 changing: conf.is_joint(),
             });
         }
-        self.nodes
+        Ok(self
+            .nodes
             .keys()
             .filter(|&&id| self.is_up(id))
             .find_map(|&id| {
@@ -97,7 +99,7 @@ impl Simulation {
                 self.leader_balance
                     .next_move(id, &holds, |node| self.is_up(node))
                     .map(|step| (id, step))
-            })
+            }))
     }
 
     /// After healing: within the deadline, the leaders reach a spread where no move is
@@ -107,13 +109,13 @@ impl Simulation {
         let mut settled_since: Option<u64> = None;
         while self.now_us < deadline_us && self.violation.is_none() {
             match self.move_due() {
-                None => {
+                Ok(None) => {
                     let since = *settled_since.get_or_insert(self.now_us);
                     if self.now_us >= since + SPREAD_STABLE_US {
                         return;
                     }
                 }
-                Some(_) => settled_since = None,
+                Ok(Some(_)) | Err(_) => settled_since = None,
             }
             self.run_until(self.now_us + 100_000);
         }
