@@ -691,6 +691,70 @@ async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
     assert_same_events(&replayed, &acked, "the watcher from a past revision");
 }
 
+/// A watcher whose keys a split spread over two ranges, and which learns of the split
+/// late (a slow split check, as when a new range is not ready on its member yet), still
+/// gets what its old range applied meanwhile: the old range's broadcast brought those
+/// revisions while they were no longer the range's to give, so they come from the
+/// histories. CI once lost such an event (`a_watch_across_ranges_...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_learns_of_a_split_late_misses_nothing() {
+    let cluster = TestCluster::start_with_env(
+        3,
+        &[],
+        &[("OSTRAKON_FAILPOINT_WATCH_SPLIT_CHECK_MS", "5000")],
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    let first = client.put("a", "0", None).await.unwrap();
+    let first = first.header().unwrap().revision();
+    let mut watching = cluster.client(2).await;
+    let (_watcher, mut watch) = watching
+        .watch(
+            "a",
+            Some(
+                WatchOptions::new()
+                    .with_range("z")
+                    .with_start_revision(first + 1),
+            ),
+        )
+        .await
+        .unwrap();
+    // The stream checked for splits when the watcher came; the next check is 5 s on.
+    let (ok, out, err) =
+        cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);
+    assert!(ok, "split failed: {out} {err}");
+    wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
+    let a = client.put("a", "1", None).await.unwrap();
+    let a = a.header().unwrap().revision();
+    // The watcher's member applies it before its stream learns of the split.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = watching
+            .get("a", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
+        if got.kvs().first().map(|kv| kv.value()) == Some(&b"1"[..]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member 2 never applied the put");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let n = client.put("n", "1", None).await.unwrap();
+    let n = n.header().unwrap().revision();
+    let seen = watched_events(&mut watch, 2, Duration::from_secs(20)).await;
+    let expected = [
+        ("a".to_string(), "1".to_string(), a),
+        ("n".to_string(), "1".to_string(), n),
+    ];
+    assert_same_events(
+        &seen,
+        &expected,
+        "the watcher that learned of the split late",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_on_a_member_caught_up_by_snapshots_miss_nothing() {
     // A small snapshot count: while the member is paused, both ranges' logs are compacted

@@ -54,6 +54,17 @@ const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 /// How often a stream checks whether a split moved its watchers' keys.
 const SPLIT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// `SPLIT_CHECK_INTERVAL`, or `OSTRAKON_FAILPOINT_WATCH_SPLIT_CHECK_MS` from the
+/// environment: a slow check lets tests hold a watcher on a range that split under it,
+/// as a new range not yet ready on its member does.
+fn split_check_interval() -> Duration {
+    std::env::var("OSTRAKON_FAILPOINT_WATCH_SPLIT_CHECK_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(SPLIT_CHECK_INTERVAL)
+}
+
 /// How often a stream serves its watchers of keys in several ranges (a round costs a
 /// timestamp and a read barrier per range, and only runs while a range has applied
 /// something a watcher is owed).
@@ -199,7 +210,7 @@ impl WatchStream {
             tokio::time::Instant::now() + progress_interval,
             progress_interval,
         );
-        let mut split_check = tokio::time::interval(SPLIT_CHECK_INTERVAL);
+        let mut split_check = tokio::time::interval(split_check_interval());
         let mut merge = tokio::time::interval(MERGE_INTERVAL);
         merge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         split_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -295,6 +306,12 @@ impl WatchStream {
         let ranges = self.node.data_ranges();
         for id in moved {
             let watcher = &self.watchers[&id];
+            let Follows::One(old) = watcher.follows else {
+                unreachable!("only watchers of one range are moved");
+            };
+            // Since the split, `on_revision` dropped the revisions of its old range it
+            // received (they were not the range's to give); the store holds them.
+            let dropped_to = self.store(old).current_revision();
             let route =
                 ostrakon_node::routing::route(&ranges, &[(&watcher.key, &watcher.range_end)]);
             match route {
@@ -317,6 +334,9 @@ impl WatchStream {
                     };
                     let watcher = self.watchers.get_mut(&id).expect("listed above");
                     watcher.follows = Follows::Several;
+                    // What the old range's broadcast brought and was dropped comes from
+                    // the histories.
+                    let from = from.max(dropped_to);
                     watcher.pending = Some(crate::watch_merge::Pending::new(from));
                 }
                 Route::Unknown => {}
