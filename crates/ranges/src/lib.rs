@@ -9,6 +9,8 @@
 //!   node leads about as many ranges.
 //! - [`txn`]: writes across ranges, the replicated half of their two-phase commit: a
 //!   range's locks and a primary range's transaction records.
+//! - [`read_floor`]: the revision below which a range's leader takes no more writes,
+//!   raised by every read at a revision.
 //! - [`timestamp`]: the cluster-wide revision as a hybrid timestamp (milliseconds and a
 //!   logical counter), as TiKV's placement driver hands them out.
 //! - [`oracle`]: the timestamp oracle on range 0's leader: strictly increasing
@@ -21,6 +23,7 @@ pub mod descriptor;
 pub mod directory;
 pub mod leader_balance;
 pub mod oracle;
+pub mod read_floor;
 pub mod split;
 pub mod timestamp;
 pub mod txn;

@@ -33,6 +33,14 @@ pub enum RangeBug {
     /// holding it had not written there (`txn::LockTable::blocking_read`): it may see
     /// part of a transaction.
     ReadIgnoresPendingLock,
+    /// A read at a revision does not raise the range's read floor
+    /// (`read_floor::ReadFloor::raise`): a write whose revision was fetched before the
+    /// read's can land below it after the read was answered without it.
+    ReadLeavesFloor,
+    /// A new leadership starts with a floor of zero instead of asking the oracle
+    /// (`read_floor::ReadFloor::lead`): a write with an old revision can land below a
+    /// read its predecessor served.
+    NewLeaderSkipsFloor,
 }
 
 /// What a split command asks.

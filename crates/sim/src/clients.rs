@@ -9,6 +9,15 @@ use ostrakon_ranges::Directory;
 /// Client ids from here on are timestamp clients (`id - TIMESTAMP_CLIENT_BASE` indexes
 /// them); below it, register clients.
 pub const TIMESTAMP_CLIENT_BASE: u64 = 1 << 32;
+/// From here on, scanning clients (`id - SCAN_CLIENT_BASE` indexes them; only their
+/// next-operation events carry these ids).
+pub const SCAN_CLIENT_BASE: u64 = 1 << 36;
+/// From here on, the requests of scanning clients (`id - SCAN_REQUEST_BASE` numbers
+/// them): each request its own id, so a late answer is told from the current one.
+pub const SCAN_REQUEST_BASE: u64 = 1 << 38;
+/// From here on, a range leader's requests for its read floor (`id - FLOOR_CLIENT_BASE`
+/// numbers them). The progress probe's pseudo-client is above, and never answered.
+pub const FLOOR_CLIENT_BASE: u64 = 1 << 40;
 
 /// A client of the registers.
 pub struct ClientState {
@@ -20,6 +29,45 @@ pub struct ClientState {
     pub outstanding: Option<OpId>,
     /// The value it last saw on each register (the expected value of its next CAS).
     pub last_seen: BTreeMap<u64, Option<u64>>,
+    /// Its write waiting for a revision from the oracle (its operation is outstanding).
+    pub awaiting_revision: Option<crate::kv::Command>,
+}
+
+/// A client reading every register at one revision, range by range.
+pub struct ScanClient {
+    /// Where it sends each range's requests.
+    pub believed_leader: BTreeMap<GroupId, NodeId>,
+    /// Which range holds which register.
+    pub directory: Directory,
+    /// Its read in flight, if any.
+    pub scan: Option<Scan>,
+}
+
+/// A read of every register at one revision, in progress.
+pub struct Scan {
+    /// When it began.
+    pub invoked_us: u64,
+    /// The revision (None: still asking the oracle).
+    pub revision: Option<u64>,
+    /// What the ranges answered so far, register by register.
+    pub values: BTreeMap<u64, Option<u64>>,
+    /// The number of its request in flight (see `SCAN_REQUEST_BASE`), if any.
+    pub request: Option<u64>,
+    /// Requests sent so far; past a bound it gives up.
+    pub attempts: u32,
+}
+
+/// A read of every register at one revision that completed.
+#[derive(Clone, Debug)]
+pub struct ScanRecord {
+    /// The revision.
+    pub revision: u64,
+    /// Every register's value at it (None: not written at or below it).
+    pub values: BTreeMap<u64, Option<u64>>,
+    /// When it began and ended.
+    pub invoked_us: u64,
+    /// See `invoked_us`.
+    pub completed_us: u64,
 }
 
 /// A client of the timestamp oracle.

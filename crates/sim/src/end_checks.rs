@@ -172,13 +172,12 @@ impl Simulation {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let read_floor = self.highest_commit(group);
-        let waiting = Waiting {
-            client: PROBE_CLIENT,
-            op: ostrakon_check::OpId::NONE,
-            key: PROBE_KEY,
+        let waiting = Waiting::register(
+            PROBE_CLIENT,
+            ostrakon_check::OpId::NONE,
+            PROBE_KEY,
             read_floor,
-            timestamps: None,
-        };
+        );
         let replica = self.replica(leader, group);
         if replica.busy.is_some() || replica.raw.read_index(request_id).is_err() {
             return;

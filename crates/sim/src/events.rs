@@ -17,6 +17,14 @@ pub enum Reply {
     Ok(ostrakon_check::RegisterOutput),
     /// Timestamps from the oracle.
     Timestamps(ostrakon_check::TimestampGrant),
+    /// A read at a revision: the range's span when it read, and each register in it
+    /// that has a version (at the revision: None if none at or below it).
+    Scanned {
+        /// The span read.
+        descriptor: ostrakon_ranges::RangeDescriptor,
+        /// The registers' values at the revision.
+        values: Vec<(u64, Option<u64>)>,
+    },
     /// Definitely not done: the key is not in the range the client sent it to (split
     /// off, or the node holds no replica of that range). The descriptors of every range
     /// the answering node holds, for the client's directory.
@@ -38,7 +46,7 @@ pub enum Event {
     /// A node's clock ticks (ignored if the node's epoch moved on).
     Tick(NodeId, u64),
     /// A raft message arrives.
-    Deliver(Message, Option<KvState>),
+    Deliver(Message, Option<Box<KvState>>),
     /// A node-level liveness heartbeat arrives (one per node pair, whatever the groups).
     Ping { from: NodeId, to: NodeId },
     /// A node's disk finished persisting a replica's Ready.
@@ -57,6 +65,12 @@ pub enum Event {
     ClientTimeout { client: u64, op: OpId },
     /// A client starts its next operation.
     ClientNext(u64),
+    /// A slow client sends its write, with the revision it got a while ago.
+    SendWrite {
+        client: u64,
+        op: OpId,
+        command: crate::kv::Command,
+    },
     /// The transport reports how a snapshot stream from `from` to `to` ended.
     SnapshotReport {
         group: GroupId,

@@ -1,5 +1,12 @@
-//! The simulated state machine: a map of registers and the timestamp oracle's persisted
-//! bound (the real code of the range layer), and the commands that change them.
+//! The simulated state machine: a map of versioned registers and the timestamp oracle's
+//! persisted bound (the real code of the range layer), and the commands that change
+//! them.
+//!
+//! A register write carries its revision, a timestamp its client took from the oracle
+//! (as a transaction's coordinator takes one). A range applies writes in rising
+//! revisions only: one at or below the range's last is refused, identically on every
+//! replica, as the node refuses a stale revision. Every version is kept, so a read at a
+//! revision can be checked against the final history.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +24,8 @@ pub enum Command {
         key: u64,
         /// The new value (unique per write in the simulator).
         value: u64,
+        /// The write's revision (0: unversioned, the simulator's own progress probe).
+        revision: u64,
     },
     /// Set `key` to `new` if it currently holds `expected`.
     Cas {
@@ -26,6 +35,8 @@ pub enum Command {
         expected: Option<u64>,
         /// The value to write.
         new: u64,
+        /// The write's revision, as for `Put`.
+        revision: u64,
     },
     /// Raise the timestamp oracle's persisted bound (proposed by the oracle's leader).
     OracleBound {
@@ -44,21 +55,70 @@ pub enum Command {
 }
 
 impl Command {
+    /// A register write's revision (None: not a register write, or unversioned).
+    pub fn revision(&self) -> Option<u64> {
+        match *self {
+            Command::Put { revision, .. } | Command::Cas { revision, .. } if revision != 0 => {
+                Some(revision)
+            }
+            _ => None,
+        }
+    }
+
+    /// The register a write is about.
+    pub fn key(&self) -> Option<u64> {
+        match *self {
+            Command::Put { key, .. } | Command::Cas { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// A register write at `revision`.
+    pub fn with_revision(self, revision: u64) -> Command {
+        match self {
+            Command::Put { key, value, .. } => Command::Put {
+                key,
+                value,
+                revision,
+            },
+            Command::Cas {
+                key, expected, new, ..
+            } => Command::Cas {
+                key,
+                expected,
+                new,
+                revision,
+            },
+            other => panic!("{other:?} is not a register write"),
+        }
+    }
+
     /// The wire form: a tag byte then fixed-width fields.
     pub fn encode(&self) -> Bytes {
-        let mut buf = BytesMut::with_capacity(26);
+        let mut buf = BytesMut::with_capacity(34);
         match *self {
-            Command::Put { key, value } => {
+            Command::Put {
+                key,
+                value,
+                revision,
+            } => {
                 buf.put_u8(1);
                 buf.put_u64(key);
                 buf.put_u64(value);
+                buf.put_u64(revision);
             }
-            Command::Cas { key, expected, new } => {
+            Command::Cas {
+                key,
+                expected,
+                new,
+                revision,
+            } => {
                 buf.put_u8(2);
                 buf.put_u64(key);
                 buf.put_u64(new);
                 buf.put_u8(expected.is_some() as u8);
                 buf.put_u64(expected.unwrap_or(0));
+                buf.put_u64(revision);
             }
             Command::OracleBound { bound } => {
                 buf.put_u8(3);
@@ -88,11 +148,13 @@ impl Command {
             1 => Command::Put {
                 key: u64_at(1),
                 value: u64_at(9),
+                revision: u64_at(17),
             },
             2 => Command::Cas {
                 key: u64_at(1),
                 new: u64_at(9),
                 expected: (data[17] == 1).then(|| u64_at(18)),
+                revision: u64_at(26),
             },
             3 => Command::OracleBound { bound: u64_at(1) },
             4 => Command::Split {
@@ -111,8 +173,12 @@ pub struct KvState {
     /// The span the range holds (None: the meta range, which holds no registers, or a
     /// replica that has not received its first snapshot).
     pub descriptor: Option<RangeDescriptor>,
-    /// The registers.
+    /// The registers' latest values.
     pub registers: BTreeMap<u64, u64>,
+    /// Every version of the registers: (register, revision) → value.
+    pub versions: BTreeMap<(u64, u64), u64>,
+    /// The revision of the last write applied (0: none yet).
+    pub last_revision: u64,
     /// The timestamp oracle's persisted bound (in the meta range).
     pub oracle_bound: OracleBound,
 }
@@ -123,27 +189,63 @@ pub fn routing_key(register: u64) -> [u8; 8] {
     register.to_be_bytes()
 }
 
-/// Applies `command`; returns whether it took effect (always for Put).
-pub fn apply(state: &mut KvState, command: Command) -> bool {
+/// A write whose revision is not above the range's last: refused, with no effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleRevision;
+
+/// Applies `command`; returns whether it took effect (always for Put, unless stale).
+pub fn apply(state: &mut KvState, command: Command) -> Result<bool, StaleRevision> {
     match command {
-        Command::Put { key, value } => {
-            state.registers.insert(key, value);
-            true
+        Command::Put {
+            key,
+            value,
+            revision,
+        } => {
+            write(state, key, value, revision)?;
+            Ok(true)
         }
-        Command::Cas { key, expected, new } => {
+        Command::Cas {
+            key,
+            expected,
+            new,
+            revision,
+        } => {
+            if revision != 0 && revision <= state.last_revision {
+                return Err(StaleRevision);
+            }
             if state.registers.get(&key).copied() == expected {
-                state.registers.insert(key, new);
-                true
+                write(state, key, new, revision)?;
+                Ok(true)
             } else {
-                false
+                Ok(false)
             }
         }
         Command::OracleBound { bound } => {
             state.oracle_bound.apply(Timestamp(bound));
-            true
+            Ok(true)
         }
         Command::Split { .. } => panic!("a split is applied with apply_split"),
     }
+}
+
+fn write(state: &mut KvState, key: u64, value: u64, revision: u64) -> Result<(), StaleRevision> {
+    if revision != 0 {
+        if revision <= state.last_revision {
+            return Err(StaleRevision);
+        }
+        state.last_revision = revision;
+        state.versions.insert((key, revision), value);
+    }
+    state.registers.insert(key, value);
+    Ok(())
+}
+
+/// The value of `key` as of `revision`: its latest version at or below it.
+pub fn value_at(versions: &BTreeMap<(u64, u64), u64>, key: u64, revision: u64) -> Option<u64> {
+    versions
+        .range((key, 0)..=(key, revision))
+        .next_back()
+        .map(|(_, value)| *value)
 }
 
 /// Applies a split command: the range keeps the registers before the split key and
@@ -169,10 +271,15 @@ pub fn apply_split(state: &mut KvState, command: Command) -> Result<KvState, Spl
     };
     let halves = ostrakon_ranges::split(current, &request)?;
     let moved = state.registers.split_off(&at);
+    let moved_versions = state.versions.split_off(&(at, 0));
     state.descriptor = Some(halves.left);
     Ok(KvState {
         descriptor: Some(halves.right),
         registers: moved,
+        versions: moved_versions,
+        // Writes in flight to the moved keys were fetched their revisions before the
+        // split applied: the right half refuses those the left would have.
+        last_revision: state.last_revision,
         oracle_bound: OracleBound::default(),
     })
 }
@@ -184,16 +291,22 @@ mod tests {
     #[test]
     fn commands_round_trip() {
         for command in [
-            Command::Put { key: 3, value: 99 },
+            Command::Put {
+                key: 3,
+                value: 99,
+                revision: 7,
+            },
             Command::Cas {
                 key: 1,
                 expected: None,
                 new: 5,
+                revision: 0,
             },
             Command::Cas {
                 key: 1,
                 expected: Some(0),
                 new: 5,
+                revision: 1 << 40,
             },
             Command::OracleBound { bound: 1 << 40 },
             Command::Split {
@@ -209,23 +322,35 @@ mod tests {
     #[test]
     fn cas_requires_the_expected_value() {
         let mut state = KvState::default();
-        assert!(!apply(
-            &mut state,
-            Command::Cas {
-                key: 1,
-                expected: Some(1),
-                new: 2
-            }
-        ));
-        assert!(apply(
-            &mut state,
-            Command::Cas {
-                key: 1,
-                expected: None,
-                new: 2
-            }
-        ));
+        let cas = |expected, revision| Command::Cas {
+            key: 1,
+            expected,
+            new: 2,
+            revision,
+        };
+        assert_eq!(apply(&mut state, cas(Some(1), 5)), Ok(false));
+        assert_eq!(apply(&mut state, cas(None, 5)), Ok(true));
         assert_eq!(state.registers.get(&1), Some(&2));
+    }
+
+    #[test]
+    fn writes_apply_in_rising_revisions_and_every_version_is_kept() {
+        let mut state = KvState::default();
+        let put = |value, revision| Command::Put {
+            key: 1,
+            value,
+            revision,
+        };
+        assert_eq!(apply(&mut state, put(10, 5)), Ok(true));
+        assert_eq!(apply(&mut state, put(11, 5)), Err(StaleRevision));
+        assert_eq!(apply(&mut state, put(12, 3)), Err(StaleRevision));
+        assert_eq!(apply(&mut state, put(13, 9)), Ok(true));
+        assert_eq!(state.registers.get(&1), Some(&13));
+        assert_eq!(value_at(&state.versions, 1, 4), None);
+        assert_eq!(value_at(&state.versions, 1, 5), Some(10));
+        assert_eq!(value_at(&state.versions, 1, 8), Some(10));
+        assert_eq!(value_at(&state.versions, 1, 9), Some(13));
+        assert_eq!(value_at(&state.versions, 2, 9), None);
     }
 }
 
@@ -241,7 +366,12 @@ mod split_tests {
             ..KvState::default()
         };
         for key in [1, 5, 9] {
-            state.registers.insert(key, key * 10);
+            let put = Command::Put {
+                key,
+                value: key * 10,
+                revision: key,
+            };
+            apply(&mut state, put).unwrap();
         }
         let split = Command::Split {
             at: 5,
@@ -251,6 +381,9 @@ mod split_tests {
         let right = apply_split(&mut state, split).unwrap();
         assert_eq!(state.registers.keys().copied().collect::<Vec<_>>(), [1]);
         assert_eq!(right.registers.keys().copied().collect::<Vec<_>>(), [5, 9]);
+        assert_eq!(value_at(&right.versions, 5, 9), Some(50));
+        assert_eq!(value_at(&state.versions, 5, 9), None);
+        assert_eq!(right.last_revision, 9);
         assert!(state.descriptor.unwrap().contains(&routing_key(4)));
         assert!(right.descriptor.unwrap().contains(&routing_key(5)));
         // Proposed against the old generation again: refused.

@@ -1,5 +1,5 @@
 //! A deterministic simulator for the ostrakon raft core and the range layer's deciding
-//! code (today the timestamp oracle).
+//! code (the timestamp oracle, splits, leader spreading and the read floor).
 //!
 //! One seed drives everything: the cluster shape, the workload, the fault knobs and every
 //! random choice along the way, in virtual time. Nodes run the real `RawNode` with a
@@ -7,7 +7,8 @@
 //! a node crashes; a simulated network drops, duplicates, delays, reorders and
 //! partitions messages. After every step the safety invariants are checked; at the end
 //! the faults heal and the run checks convergence, progress and linearizability of the
-//! clients' history, and of the timestamps the oracle handed out. A failing seed replays
+//! clients' history, of the timestamps the oracle handed out, and of every read of all
+//! registers at one revision against the registers' final versions. A failing seed replays
 //! exactly, with a trace.
 #![deny(missing_docs)]
 
@@ -20,9 +21,11 @@ mod leader_spread;
 mod liveness;
 mod nemesis;
 pub mod node;
+mod read_floors;
 mod requests;
 pub mod rng;
 pub mod runner;
+mod scans;
 pub mod scenario;
 pub mod simulation;
 mod timestamps;

@@ -21,7 +21,9 @@ struct Args {
     /// Plant a protocol bug the checkers must catch: ack-before-persist,
     /// read-without-read-index, commit-previous-term, vote-not-persisted,
     /// no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored (raft);
-    /// oracle-beyond-bound (the timestamp oracle); serve-moved-keys (splits).
+    /// oracle-beyond-bound (the timestamp oracle); serve-moved-keys (splits);
+    /// move-leaders-one-apart (leader spreading); read-leaves-floor,
+    /// new-leader-skips-floor (reads at a revision).
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -53,12 +55,15 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "oracle-beyond-bound" => OracleBug::HandOutBeyondBound.into(),
         "serve-moved-keys" => RangeBug::ServeMovedKeys.into(),
         "move-leaders-one-apart" => RangeBug::MoveLeadersOneApart.into(),
+        "read-leaves-floor" => RangeBug::ReadLeavesFloor.into(),
+        "new-leader-skips-floor" => RangeBug::NewLeaderSkipsFloor.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
                  read-without-read-index, commit-previous-term, vote-not-persisted, \
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
-                 oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart"
+                 oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
+                 read-leaves-floor, new-leader-skips-floor"
             ))
         }
     })
@@ -115,12 +120,14 @@ fn main() -> ExitCode {
         println!("replay: cargo run --release -p ostrakon-sim -- --seeds 1 --start-seed {seed}{bug_flag}");
     }
     println!(
-        "{} seeds, {} violations, {} unknown, {} ops and {} timestamp requests answered in {:.1} s",
+        "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered and {} \
+         reads at one revision in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
         summary.ops,
         summary.timestamps_granted,
+        summary.scans,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

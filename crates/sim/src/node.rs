@@ -88,13 +88,21 @@ pub enum Request {
         /// How many.
         count: u64,
     },
+    /// Read every register of the range as of `revision`, at its leader (one range of a
+    /// read across ranges at one revision).
+    ScanAt {
+        /// The first register the client still needs (checked against the span).
+        key: u64,
+        /// The revision read at.
+        revision: u64,
+    },
 }
 
 impl Request {
     /// The register the request is about, if any.
     pub fn key(&self) -> Option<u64> {
         match self {
-            Request::Read { key } => Some(*key),
+            Request::Read { key } | Request::ScanAt { key, .. } => Some(*key),
             Request::Write(Command::Put { key, .. } | Command::Cas { key, .. }) => Some(*key),
             Request::Write(Command::OracleBound { .. } | Command::Split { .. })
             | Request::Timestamps { .. } => None,
@@ -106,7 +114,7 @@ impl Request {
 #[derive(Clone, Debug)]
 pub enum Input {
     /// A raft message, with the snapshot data if it is `InstallSnapshot`.
-    Message(Message, Option<KvState>),
+    Message(Message, Option<Box<KvState>>),
     /// One raft tick.
     Tick,
     /// A client request, routed by the client to this range.
@@ -152,6 +160,27 @@ pub struct Waiting {
     pub read_floor: LogIndex,
     /// For timestamp requests: how many were asked for (None: a register operation).
     pub timestamps: Option<u64>,
+    /// For reads at a revision: the revision.
+    pub scan_at: Option<u64>,
+    /// Answered only once the replica has applied this far (a read at a revision: the
+    /// leader's last index when the read raised its floor, so that writes proposed
+    /// before, possibly below the read's revision, are seen).
+    pub wait_index: LogIndex,
+}
+
+impl Waiting {
+    /// A register operation's request, with nothing else to wait for.
+    pub fn register(client: u64, op: OpId, key: u64, read_floor: LogIndex) -> Waiting {
+        Waiting {
+            client,
+            op,
+            key,
+            read_floor,
+            timestamps: None,
+            scan_at: None,
+            wait_index: LogIndex(0),
+        }
+    }
 }
 
 /// One range's replica on a running node: its raft group and state machine.
@@ -184,6 +213,10 @@ pub struct Replica {
     /// Timestamp requests whose read index has applied, to be served (or, at the
     /// oracle's bound, waiting for the next bound to apply).
     pub timestamps_confirmed: Vec<Waiting>,
+    /// The range layer's read floor, while leading a data range.
+    pub floor: ostrakon_ranges::read_floor::ReadFloor,
+    /// The oracle request in flight for the floor of the current leadership, if any.
+    pub floor_fetch: Option<u64>,
 }
 
 /// A node while it is up: its replicas, and node liveness (shared by all of them).

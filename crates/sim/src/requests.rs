@@ -4,12 +4,17 @@
 //! replica of the range, which first checks that the key is in its span.
 
 use ostrakon_check::{OpId, Outcome, RegisterInput, RegisterOutput};
-use ostrakon_raft::{GroupId, NodeId};
+use ostrakon_raft::{GroupId, NodeId, Role};
 
 use crate::events::{Event, Reply};
 use crate::kv::{routing_key, Command};
 use crate::node::{Request, Waiting};
 use crate::simulation::{trace, Simulation, META};
+
+/// How often a client pauses between getting its write's revision and sending it.
+const SLOW_WRITER_PROBABILITY: f64 = 0.2;
+/// How long it pauses at most.
+const SLOW_WRITER_PAUSE_US_MAX: u64 = 500_000;
 
 impl Simulation {
     /// A client's request reached the replica of `group` on `id`.
@@ -24,13 +29,7 @@ impl Simulation {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let read_floor = self.highest_commit(group);
-        let waiting = Waiting {
-            client,
-            op,
-            key: request.key().unwrap_or(0),
-            read_floor,
-            timestamps: None,
-        };
+        let waiting = Waiting::register(client, op, request.key().unwrap_or(0), read_floor);
         let span_check = self.span_check;
         let replica = self.replica(id, group);
         let leader_hint = replica.raw.leader();
@@ -50,6 +49,20 @@ impl Simulation {
                     read_floor: ostrakon_raft::LogIndex(0),
                     ..waiting
                 };
+                // A write with a revision fetched elsewhere lands only above every read
+                // the leader served (`read_floor`).
+                if let (Some(revision), Role::Leader) = (command.revision(), replica.raw.role()) {
+                    replica.floor.lead(replica.raw.term());
+                    if let Err(refused) = replica.floor.admit(revision) {
+                        trace!(
+                            self,
+                            "{id:?} {group:?} refuses op {} of client {client}: {refused}",
+                            op.index()
+                        );
+                        self.reply(waiting, Reply::Failed { leader_hint });
+                        return;
+                    }
+                }
                 let result = replica.raw.propose(command.encode());
                 match result {
                     Ok(proposal) => {
@@ -78,6 +91,39 @@ impl Simulation {
                     ..waiting
                 };
                 self.confirm_for_timestamps(id, request_id, waiting);
+            }
+            Request::ScanAt { revision, .. } => {
+                // Served by the leader only: its floor rises first, then it answers once
+                // it has applied every entry in its log now and its read index.
+                if replica.raw.role() != Role::Leader {
+                    self.reply(waiting, Reply::Failed { leader_hint });
+                    return;
+                }
+                replica.floor.lead(replica.raw.term());
+                if let Err(refused) = replica.floor.raise(revision) {
+                    trace!(
+                        self,
+                        "{id:?} {group:?} defers a read at {revision}: {refused}"
+                    );
+                    self.reply(waiting, Reply::Failed { leader_hint });
+                    return;
+                }
+                let waiting = Waiting {
+                    scan_at: Some(revision),
+                    wait_index: replica.raw.last_index(),
+                    ..waiting
+                };
+                match replica.raw.read_index(request_id) {
+                    Ok(()) => {
+                        replica.reads.insert(request_id, waiting);
+                    }
+                    Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
+                }
+                trace!(
+                    self,
+                    "{id:?} {group:?} reads at {revision} for client {client} (after {:?})",
+                    waiting.wait_index
+                );
             }
         }
     }
@@ -108,14 +154,10 @@ impl Simulation {
         op: OpId,
         ranges: Vec<ostrakon_ranges::RangeDescriptor>,
     ) {
-        let waiting = Waiting {
-            client,
-            op,
-            key: 0,
-            read_floor: ostrakon_raft::LogIndex(0),
-            timestamps: None,
-        };
-        let reply = if client >= crate::clients::TIMESTAMP_CLIENT_BASE {
+        let waiting = Waiting::register(client, op, 0, ostrakon_raft::LogIndex(0));
+        let scan_request = (crate::clients::SCAN_REQUEST_BASE..crate::clients::FLOOR_CLIENT_BASE)
+            .contains(&client);
+        let reply = if client >= crate::clients::TIMESTAMP_CLIENT_BASE && !scan_request {
             Reply::Failed {
                 leader_hint: NodeId::NONE,
             }
@@ -129,19 +171,7 @@ impl Simulation {
     /// range it has not heard of yet), the known range before the key, whose replicas
     /// will answer with what they know.
     fn route(&self, client: u64, key: u64) -> GroupId {
-        let directory = &self.clients[client as usize].directory;
-        let key = routing_key(key);
-        match directory.lookup(&key) {
-            Some(range) => range.id.group(),
-            None => directory
-                .ranges()
-                .take_while(|range| range.start.as_slice() <= key.as_slice())
-                .last()
-                .or_else(|| directory.ranges().next())
-                .expect("a directory is never empty")
-                .id
-                .group(),
-        }
+        route_in(&self.clients[client as usize].directory, key)
     }
 
     pub(crate) fn start_operation(&mut self, client: u64) {
@@ -167,17 +197,41 @@ impl Simulation {
                         key,
                         expected,
                         new: value,
+                        revision: 0,
                     };
                     (input, Request::Write(command))
                 }
                 _ => (
                     RegisterInput::Write(value),
-                    Request::Write(Command::Put { key, value }),
+                    Request::Write(Command::Put {
+                        key,
+                        value,
+                        revision: 0,
+                    }),
                 ),
             }
         };
         let is_write = !matches!(input, RegisterInput::Read);
         let op = self.history.invoke(client, (key, input), self.now_us);
+        if let Request::Write(command) = request {
+            // A write first takes its revision from the oracle, as a transaction's
+            // coordinator does; then it goes to its range.
+            self.clients[client as usize].awaiting_revision = Some(command);
+            self.clients[client as usize].outstanding = Some(op);
+            let believed = self.clients[client as usize]
+                .believed_leader
+                .get(&META)
+                .copied()
+                .unwrap_or(NodeId::NONE);
+            let target = self.pick_node(META, believed, true);
+            trace!(
+                self,
+                "client {client} op {} {command:?} asks {target:?} for a revision",
+                op.index()
+            );
+            self.send_request(target, META, client, op, Request::Timestamps { count: 1 });
+            return;
+        }
         let group = self.route(client, key);
         let believed = self.clients[client as usize]
             .believed_leader
@@ -239,6 +293,9 @@ impl Simulation {
             return; // Timed out already.
         }
         let (key, input) = self.history.ops()[op.index()].input.clone();
+        if let Some(command) = self.clients[client as usize].awaiting_revision.take() {
+            return self.revision_reply(client, op, command, reply);
+        }
         match reply {
             Reply::Ok(output) => {
                 let seen = match (&input, &output) {
@@ -254,6 +311,7 @@ impl Simulation {
                 self.complete(client, Outcome::Ok(output));
             }
             Reply::Timestamps(grant) => panic!("timestamps {grant:?} answer a register operation"),
+            Reply::Scanned { .. } => panic!("a read at a revision answers a register operation"),
             Reply::Mismatch { ranges } => {
                 trace!(
                     self,
@@ -286,10 +344,69 @@ impl Simulation {
             return;
         }
         trace!(self, "client {client} op {} times out", op.index());
+        self.clients[client as usize].awaiting_revision = None;
         let key = self.history.ops()[op.index()].input.0;
         self.complete(client, Outcome::Unknown);
         let group = self.route(client, key);
         self.clients[client as usize].believed_leader.remove(&group);
+    }
+
+    /// The oracle answered a write's request for its revision: the write goes to its
+    /// range with it; without one, it definitely did not happen.
+    fn revision_reply(&mut self, client: u64, op: OpId, command: Command, reply: Reply) {
+        let revision = match reply {
+            Reply::Timestamps(grant) => grant.first,
+            Reply::Failed { leader_hint } => {
+                trace!(self, "client {client} op {} got no revision", op.index());
+                self.clients[client as usize]
+                    .believed_leader
+                    .insert(META, leader_hint);
+                return self.complete(client, Outcome::Failed);
+            }
+            // The node it asked holds no replica of the meta range (any more).
+            Reply::Mismatch { .. } => {
+                self.clients[client as usize].believed_leader.remove(&META);
+                return self.complete(client, Outcome::Failed);
+            }
+            other => panic!("{other:?} answers a timestamp request"),
+        };
+        let command = command.with_revision(revision);
+        if self.rng.chance(SLOW_WRITER_PROBABILITY) {
+            // A slow client (or a transaction's coordinator): its revision may be below
+            // reads served meanwhile, by this leader or the next.
+            let pause_us = self.rng.range(0, SLOW_WRITER_PAUSE_US_MAX);
+            self.events.push(
+                self.now_us + pause_us,
+                Event::SendWrite {
+                    client,
+                    op,
+                    command,
+                },
+            );
+            return;
+        }
+        self.send_write(client, op, command);
+    }
+
+    /// Sends a write with its revision to its range.
+    pub(crate) fn send_write(&mut self, client: u64, op: OpId, command: Command) {
+        if self.clients[client as usize].outstanding != Some(op) {
+            return; // Timed out meanwhile.
+        }
+        let key = command.key().expect("a register write");
+        let group = self.route(client, key);
+        let believed = self.clients[client as usize]
+            .believed_leader
+            .get(&group)
+            .copied()
+            .unwrap_or(NodeId::NONE);
+        let target = self.pick_node(group, believed, true);
+        trace!(
+            self,
+            "client {client} op {} {command:?} -> {target:?} {group:?}",
+            op.index()
+        );
+        self.send_request(target, group, client, op, Request::Write(command));
     }
 
     fn complete(&mut self, client: u64, outcome: Outcome<RegisterOutput>) {
@@ -301,5 +418,23 @@ impl Simulation {
         let think_us = self.rng.range(0, self.scenario.client_think_us_max);
         self.events
             .push(self.now_us + think_us, Event::ClientNext(client));
+    }
+}
+
+/// The range `directory` routes register `key` to; with a gap in the directory (a range
+/// it has not heard of yet), the known range before the key, whose replicas will answer
+/// with what they know.
+pub(crate) fn route_in(directory: &ostrakon_ranges::Directory, key: u64) -> GroupId {
+    let key = routing_key(key);
+    match directory.lookup(&key) {
+        Some(range) => range.id.group(),
+        None => directory
+            .ranges()
+            .take_while(|range| range.start.as_slice() <= key.as_slice())
+            .last()
+            .or_else(|| directory.ranges().next())
+            .expect("a directory is never empty")
+            .id
+            .group(),
     }
 }

@@ -37,6 +37,8 @@ pub struct SeedReport {
     pub checked_ops: usize,
     /// Timestamp requests the oracle answered (all checked).
     pub timestamps_granted: usize,
+    /// Reads of every register at one revision that completed (all checked).
+    pub scans: usize,
     /// Wall-clock time of the simulation and of the check.
     pub simulate_time: Duration,
     /// See `simulate_time`.
@@ -96,6 +98,7 @@ pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, V
         check_unknown,
         checked_ops,
         timestamps_granted,
+        scans: sim.scans.len(),
         simulate_time,
         check_time: began.elapsed(),
     };
@@ -115,6 +118,8 @@ pub struct Summary {
     pub ops: u64,
     /// Timestamp requests answered over all seeds.
     pub timestamps_granted: u64,
+    /// Reads at one revision completed over all seeds.
+    pub scans: u64,
     /// Lowest failing seed.
     pub first_failing_seed: Option<u64>,
     /// The report of that seed.
@@ -185,6 +190,7 @@ pub fn run_seeds(
                 summary.seeds += 1;
                 summary.ops += report.ops as u64;
                 summary.timestamps_granted += report.timestamps_granted as u64;
+                summary.scans += report.scans as u64;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {
                     summary.violations += 1;

@@ -145,6 +145,8 @@ pub struct Scenario {
     pub data_range_count: u64,
     /// A nemesis step splits a data range at a register inside it.
     pub split_probability: f64,
+    /// Clients reading every register at one revision, range by range.
+    pub scan_client_count: u64,
 }
 
 impl Scenario {
@@ -192,14 +194,16 @@ impl Scenario {
             clock_offset_ms_max: rng.pick(&[0, 20, 500]),
             data_range_count: rng.pick(&[1, 2, 3]),
             split_probability: rng.pick(&[0.0, 0.3, 0.6]),
+            scan_client_count: rng.pick(&[0, 1, 2]),
         };
         if bug.is_some_and(|b| b.oracle().is_some()) {
             // A bug in the oracle needs someone asking it.
             scenario.timestamp_client_count = scenario.timestamp_client_count.max(2);
         }
         if bug.is_some_and(|b| b.range().is_some()) {
-            // A bug in splits needs splits.
+            // A bug in splits needs splits; one in reads at a revision needs them.
             scenario.split_probability = scenario.split_probability.max(0.6);
+            scenario.scan_client_count = scenario.scan_client_count.max(2);
         }
         scenario
     }

@@ -12,7 +12,10 @@ use ostrakon_raft::{
 use ostrakon_ranges::leader_balance::LeaderBalance;
 use ostrakon_ranges::{Directory, RangeDescriptor, RangeId, SpanCheck};
 
-use crate::clients::{ClientState, TimestampClient, TIMESTAMP_CLIENT_BASE};
+use crate::clients::{
+    ClientState, ScanClient, ScanRecord, TimestampClient, FLOOR_CLIENT_BASE, SCAN_CLIENT_BASE,
+    SCAN_REQUEST_BASE, TIMESTAMP_CLIENT_BASE,
+};
 use crate::events::{Event, EventQueue, Reply};
 use crate::invariants::{Invariants, Violation};
 use crate::kv::{self, routing_key, Command, KvState};
@@ -31,6 +34,7 @@ pub(crate) const PROBE_CLIENT: u64 = u64::MAX;
 pub(crate) const PROBE_COMMAND: Command = Command::Put {
     key: PROBE_KEY,
     value: 0,
+    revision: 0,
 };
 /// Raft election timeout in ticks for every simulated node.
 pub(crate) const ELECTION_TICKS: u32 = 10;
@@ -63,6 +67,17 @@ pub struct Simulation {
     pub(crate) timestamp_clients: Vec<TimestampClient>,
     /// What the timestamp clients asked the oracle and got.
     pub(crate) timestamps: TimestampHistory,
+    /// The clients reading every register at one revision.
+    pub(crate) scan_clients: Vec<ScanClient>,
+    /// Their reads that completed, checked against the final versions at the end.
+    pub(crate) scans: Vec<ScanRecord>,
+    /// Their requests in flight: request number → scan client.
+    pub(crate) scan_requests: BTreeMap<u64, usize>,
+    /// The range leaders' oracle requests for their read floors in flight: request
+    /// number → (node, range, the term it leads in).
+    pub(crate) floor_fetches: BTreeMap<u64, (NodeId, GroupId, ostrakon_raft::Term)>,
+    /// Numbers the next scan or floor request.
+    pub(crate) next_internal_request: u64,
     /// Safety knowledge, per range.
     invariants: BTreeMap<GroupId, Invariants>,
     pub(crate) trace: Option<VecDeque<String>>,
@@ -122,6 +137,11 @@ impl Simulation {
             history: History::new(),
             timestamp_clients: Vec::new(),
             timestamps: History::new(),
+            scan_clients: Vec::new(),
+            scans: Vec::new(),
+            scan_requests: BTreeMap::new(),
+            floor_fetches: BTreeMap::new(),
+            next_internal_request: 0,
             invariants: BTreeMap::new(),
             trace: keep_trace.then(VecDeque::new),
             next_value: 1,
@@ -168,10 +188,21 @@ impl Simulation {
                 believed_leader: BTreeMap::new(),
                 outstanding: None,
                 last_seen: BTreeMap::new(),
+                awaiting_revision: None,
                 directory: directory.clone(),
             });
             let start = sim.rng.range(0, 100_000);
             sim.events.push(start, Event::ClientNext(client));
+        }
+        for client in 0..sim.scenario.scan_client_count {
+            sim.scan_clients.push(ScanClient {
+                believed_leader: BTreeMap::new(),
+                directory: directory.clone(),
+                scan: None,
+            });
+            let start = sim.rng.range(0, 100_000);
+            sim.events
+                .push(start, Event::ClientNext(SCAN_CLIENT_BASE + client));
         }
         for client in 0..sim.scenario.timestamp_client_count {
             sim.timestamp_clients.push(TimestampClient {
@@ -314,6 +345,10 @@ impl Simulation {
             conf_before_last_change: disk.snapshot.conf_state.clone(),
             oracle,
             timestamps_confirmed: Vec::new(),
+            floor: ostrakon_ranges::read_floor::ReadFloor::with_bug(
+                self.scenario.bug.and_then(Bug::range),
+            ),
+            floor_fetch: None,
         };
         let running = node.running.as_mut().expect("up");
         assert!(running.replicas.insert(group, replica).is_none());
@@ -336,6 +371,9 @@ impl Simulation {
         }
         if self.violation.is_none() {
             self.check_convergence();
+        }
+        if self.violation.is_none() {
+            self.check_scans();
         }
     }
 
@@ -390,6 +428,9 @@ impl Simulation {
                     self.events.push(next, Event::Tick(id, epoch));
                     for group in self.groups_on(id) {
                         self.input(id, group, Input::Tick);
+                        if self.hosts(id, group) {
+                            self.fetch_read_floor(id, group);
+                        }
                     }
                     if self.is_up(id) {
                         self.tick_liveness(id);
@@ -471,14 +512,32 @@ impl Simulation {
                     self.reply_mismatch(client, op, ranges);
                 }
             }
+            Event::Reply { client, reply, .. } if client >= FLOOR_CLIENT_BASE => {
+                self.handle_floor_reply(client, reply)
+            }
+            Event::Reply { client, reply, .. } if client >= SCAN_REQUEST_BASE => {
+                self.handle_scan_reply(client, reply)
+            }
             Event::Reply { client, op, reply } if client >= TIMESTAMP_CLIENT_BASE => {
                 self.handle_timestamp_reply(client, op, reply)
             }
             Event::Reply { client, op, reply } => self.handle_reply(client, op, reply),
+            Event::ClientTimeout { client, .. } if client >= FLOOR_CLIENT_BASE => {
+                self.floor_fetch_timed_out(client)
+            }
+            Event::ClientTimeout { client, .. } if client >= SCAN_REQUEST_BASE => {
+                self.scan_request_timed_out(client)
+            }
             Event::ClientTimeout { client, op } if client >= TIMESTAMP_CLIENT_BASE => {
                 self.timestamp_request_timed_out(client, op)
             }
             Event::ClientTimeout { client, op } => self.request_timed_out(client, op),
+            Event::SendWrite {
+                client,
+                op,
+                command,
+            } => self.send_write(client, op, command),
+            Event::ClientNext(client) if client >= SCAN_CLIENT_BASE => self.start_scan(client),
             Event::ClientNext(client) if client >= TIMESTAMP_CLIENT_BASE => {
                 self.start_timestamp_request(client)
             }
@@ -596,7 +655,7 @@ impl Simulation {
                 if let MessageBody::InstallSnapshot { meta } = &message.body {
                     replica.incoming_snapshot = Some((
                         meta.index,
-                        data.expect("snapshot data travels with the message"),
+                        *data.expect("snapshot data travels with the message"),
                     ));
                 }
                 replica.raw.step(message);
@@ -810,20 +869,28 @@ impl Simulation {
                             self,
                             "{id:?} {group:?} refuses a write of key {key} at apply: moved"
                         );
-                        Some(Err(()))
+                        Some(Err(Refused::Moved))
                     }
                     Command::Split { .. } => {
                         self.apply_split(id, group, command);
                         None
                     }
-                    _ => {
-                        let took_effect = kv::apply(&mut replica.kv, command);
-                        match command {
+                    _ => match kv::apply(&mut replica.kv, command) {
+                        Err(kv::StaleRevision) => {
+                            let last = replica.kv.last_revision;
+                            trace!(
+                                self,
+                                "{id:?} {group:?} refuses {command:?} at apply: not above \
+                                 revision {last}"
+                            );
+                            Some(Err(Refused::Stale))
+                        }
+                        Ok(took_effect) => match command {
                             Command::Put { .. } => Some(Ok(RegisterOutput::Write)),
                             Command::Cas { .. } => Some(Ok(RegisterOutput::Cas(took_effect))),
                             _ => None,
-                        }
-                    }
+                        },
+                    },
                 }
             }
             EntryPayload::ConfChange(change) => {
@@ -846,7 +913,7 @@ impl Simulation {
             return;
         };
         match output {
-            Some(Err(())) if term == entry.term => {
+            Some(Err(Refused::Moved)) if term == entry.term => {
                 let ranges = self.local_descriptors(id);
                 self.reply(waiting, Reply::Mismatch { ranges });
             }
@@ -871,7 +938,8 @@ impl Simulation {
                 self.reply(waiting, Reply::Ok(output));
             }
             _ => {
-                // Another entry took the index: ours was overwritten and can never commit.
+                // Another entry took the index (ours was overwritten and can never
+                // commit), or its revision was stale: definitely not done.
                 let leader_hint = replica.raw.leader();
                 self.reply(waiting, Reply::Failed { leader_hint });
             }
@@ -935,6 +1003,12 @@ impl Simulation {
             .drain(..)
             .partition(|(i, _)| *i <= applied);
         replica.reads_waiting_apply = waiting;
+        let (ready, waiting): (Vec<_>, Vec<_>) = ready
+            .into_iter()
+            .partition(|(_, w)| w.wait_index <= applied);
+        replica.reads_waiting_apply.extend(waiting);
+        let (scans, ready): (Vec<_>, Vec<_>) =
+            ready.into_iter().partition(|(_, w)| w.scan_at.is_some());
         let (timestamps, reads): (Vec<_>, Vec<_>) =
             ready.into_iter().partition(|(_, w)| w.timestamps.is_some());
         replica
@@ -952,6 +1026,16 @@ impl Simulation {
                 )
             })
             .collect();
+        let scanned: Vec<(Waiting, Option<Reply>)> = scans
+            .into_iter()
+            .map(|(_, w)| (w, scan_answer(&replica.kv, &w)))
+            .collect();
+        for (waiting, reply) in scanned {
+            let reply = reply.unwrap_or_else(|| Reply::Mismatch {
+                ranges: self.local_descriptors(id),
+            });
+            self.reply(waiting, reply);
+        }
         for (waiting, value) in answers {
             match value {
                 Some(value) => self.reply(waiting, Reply::Ok(RegisterOutput::Read(value))),
@@ -991,7 +1075,7 @@ impl Simulation {
                     disk.snapshot.index, meta.index,
                     "a leader sends the snapshot it has on disk"
                 );
-                Some(disk.snapshot_data.clone())
+                Some(Box::new(disk.snapshot_data.clone()))
             }
             _ => None,
         };
@@ -1127,6 +1211,38 @@ impl Simulation {
 
 /// `data_ranges` ranges covering every key, cut so that the clients' `key_count`
 /// registers are spread over them.
+/// Why a replicated register write had no effect.
+enum Refused {
+    /// A split moved its key away before it applied.
+    Moved,
+    /// Its revision is not above the range's last.
+    Stale,
+}
+
+/// A read at a revision, answered from `kv`: every register of the range's span with
+/// its value at the revision; None if the split that moved the register asked for
+/// applied first.
+fn scan_answer(kv: &KvState, waiting: &Waiting) -> Option<Reply> {
+    let revision = waiting.scan_at.expect("a read at a revision");
+    let descriptor = kv.descriptor.as_ref()?;
+    if !descriptor.contains(&routing_key(waiting.key)) {
+        return None;
+    }
+    let mut values: Vec<(u64, Option<u64>)> = kv
+        .versions
+        .keys()
+        .map(|&(key, _)| key)
+        .collect::<BTreeSet<u64>>()
+        .into_iter()
+        .map(|key| (key, kv::value_at(&kv.versions, key, revision)))
+        .collect();
+    values.retain(|(key, _)| descriptor.contains(&routing_key(*key)));
+    Some(Reply::Scanned {
+        descriptor: descriptor.clone(),
+        values,
+    })
+}
+
 fn initial_ranges(data_ranges: u64, key_count: u64) -> Vec<RangeDescriptor> {
     let split_keys: Vec<Vec<u8>> = (1..data_ranges)
         .map(|i| routing_key(i * key_count.max(data_ranges) / data_ranges).to_vec())

@@ -131,7 +131,7 @@ impl Simulation {
                 self.complete_timestamp_request(client, Outcome::Failed);
                 self.timestamp_clients[index].believed_leader = leader_hint;
             }
-            Reply::Ok(_) | Reply::Mismatch { .. } => {
+            Reply::Ok(_) | Reply::Mismatch { .. } | Reply::Scanned { .. } => {
                 panic!("a register answer {reply:?} to a timestamp request")
             }
         }

@@ -52,6 +52,12 @@ fn clean_seeds_pass_with_real_work_done() {
         "the oracle handed out timestamps: {} requests answered",
         summary.timestamps_granted
     );
+    // Two seeds in three have clients reading every register at one revision.
+    assert!(
+        summary.scans > 500,
+        "reads at one revision completed (and were checked): {}",
+        summary.scans
+    );
 }
 
 #[test]
@@ -177,4 +183,17 @@ fn planted_split_bug_is_caught() {
         failure.violation.unwrap().contains("not linearizable"),
         "caught by linearizability: the left range served a key that had moved"
     );
+}
+
+#[test]
+fn planted_read_floor_bugs_are_caught() {
+    for bug in [RangeBug::ReadLeavesFloor, RangeBug::NewLeaderSkipsFloor] {
+        let summary = run_seeds(0, 200, Some(bug.into()), 2, true, false);
+        let failure = summary.first_failure.expect("caught");
+        let violation = failure.violation.unwrap();
+        assert!(
+            violation.contains("a read of every register at revision"),
+            "{bug:?} caught by the check of reads at one revision: {violation}"
+        );
+    }
 }
