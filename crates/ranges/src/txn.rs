@@ -207,6 +207,43 @@ impl LockTable {
     pub fn is_empty(&self) -> bool {
         self.locks.is_empty()
     }
+
+    /// A split at `at`: the locks' holds on keys from `at` on move to the table this
+    /// returns (the right half's), the rest stay. A lock holding keys on both sides is
+    /// in both, each with its side's part, and each side resolves its part.
+    pub fn split_off(&mut self, at: &[u8]) -> LockTable {
+        let mut right = LockTable {
+            locks: BTreeMap::new(),
+            #[cfg(feature = "planted-bugs")]
+            bug: self.bug,
+        };
+        for lock in self.locks.values_mut() {
+            let mut left_spans = Vec::new();
+            let mut right_spans = Vec::new();
+            for span in lock.spans.drain(..) {
+                let starts_left = span.start.as_slice() < at;
+                let ends_right = span.end.as_deref().is_none_or(|end| end > at);
+                match (starts_left, ends_right) {
+                    (true, true) => {
+                        left_spans.push(KeySpan::span(&span.start, Some(at)));
+                        right_spans.push(KeySpan::span(at, span.end.as_deref()));
+                    }
+                    (true, false) => left_spans.push(span),
+                    (false, _) => right_spans.push(span),
+                }
+            }
+            if !right_spans.is_empty() {
+                let moved = Lock {
+                    spans: right_spans,
+                    ..lock.clone()
+                };
+                right.locks.insert(lock.txn, moved);
+            }
+            lock.spans = left_spans;
+        }
+        self.locks.retain(|_, lock| !lock.spans.is_empty());
+        right
+    }
 }
 
 /// How a transaction ended, as its primary range records it. `M` is what a committed
@@ -297,6 +334,45 @@ mod tests {
             primary: RangeId(1),
             spans,
         }
+    }
+
+    #[test]
+    fn a_split_divides_the_locks_at_its_key() {
+        let mut table = LockTable::default();
+        table
+            .prepare(lock(1, 10, vec![KeySpan::key(b"a"), KeySpan::key(b"x")]), 0)
+            .unwrap();
+        table
+            .prepare(lock(2, 10, vec![KeySpan::key(b"b")]), 0)
+            .unwrap();
+        table
+            .prepare(lock(3, 10, vec![KeySpan::span(b"k", Some(b"p"))]), 0)
+            .unwrap();
+        let right = table.split_off(b"m");
+        let holds = |table: &LockTable| -> Vec<(u64, Vec<KeySpan>)> {
+            table
+                .locks()
+                .map(|l| (l.txn.number, l.spans.clone()))
+                .collect()
+        };
+        assert_eq!(
+            holds(&table),
+            [
+                (1, vec![KeySpan::key(b"a")]),
+                (2, vec![KeySpan::key(b"b")]),
+                (3, vec![KeySpan::span(b"k", Some(b"m"))]),
+            ]
+        );
+        assert_eq!(
+            holds(&right),
+            [
+                (1, vec![KeySpan::key(b"x")]),
+                (3, vec![KeySpan::span(b"m", Some(b"p"))]),
+            ]
+        );
+        // Each side resolves its part on its own.
+        assert!(right.blocking_write(&[KeySpan::key(b"x")]).is_some());
+        assert!(table.blocking_write(&[KeySpan::key(b"x")]).is_none());
     }
 
     #[test]

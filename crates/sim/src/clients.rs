@@ -9,6 +9,14 @@ use ostrakon_ranges::Directory;
 /// Client ids from here on are timestamp clients (`id - TIMESTAMP_CLIENT_BASE` indexes
 /// them); below it, register clients.
 pub const TIMESTAMP_CLIENT_BASE: u64 = 1 << 32;
+/// From here on, bank clients (`id - BANK_CLIENT_BASE` indexes them; only their
+/// next-operation events carry these ids).
+pub const BANK_CLIENT_BASE: u64 = 1 << 34;
+/// From here on, the requests of bank clients (`id - BANK_REQUEST_BASE` numbers them).
+pub const BANK_REQUEST_BASE: u64 = 1 << 37;
+/// From here on, range leaders' pushes of stale locks (`id - PUSH_REQUEST_BASE`
+/// numbers them).
+pub const PUSH_REQUEST_BASE: u64 = 1 << 41;
 /// From here on, scanning clients (`id - SCAN_CLIENT_BASE` indexes them; only their
 /// next-operation events carry these ids).
 pub const SCAN_CLIENT_BASE: u64 = 1 << 36;
@@ -31,6 +39,8 @@ pub struct ClientState {
     pub last_seen: BTreeMap<u64, Option<u64>>,
     /// Its write waiting for a revision from the oracle (its operation is outstanding).
     pub awaiting_revision: Option<crate::kv::Command>,
+    /// Revisions its write in flight has taken so far.
+    pub write_attempts: u32,
 }
 
 /// A client reading every register at one revision, range by range.

@@ -17,6 +17,8 @@ pub enum Reply {
     Ok(ostrakon_check::RegisterOutput),
     /// Timestamps from the oracle.
     Timestamps(ostrakon_check::TimestampGrant),
+    /// A command of two-phase commit applied.
+    Txn(crate::txn_kv::TxnApplied),
     /// A read at a revision: the range's span when it read, and each register in it
     /// that has a version (at the revision: None if none at or below it).
     Scanned {
@@ -32,6 +34,9 @@ pub enum Reply {
         /// What the node knows.
         ranges: Vec<ostrakon_ranges::RangeDescriptor>,
     },
+    /// Definitely not done: the write's revision is at or below a read the range served
+    /// or a write it applied; it may take a new one.
+    Stale,
     /// Definitely not done; try `leader_hint` if known.
     Failed {
         /// Where the node thinks the leader is.
@@ -65,6 +70,11 @@ pub enum Event {
     ClientTimeout { client: u64, op: OpId },
     /// A client starts its next operation.
     ClientNext(u64),
+    /// A slow bank client sends the commit of its transfer.
+    CommitTransfer {
+        index: usize,
+        txn: ostrakon_ranges::txn::TxnId,
+    },
     /// A slow client sends its write, with the revision it got a while ago.
     SendWrite {
         client: u64,

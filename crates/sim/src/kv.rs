@@ -179,6 +179,8 @@ pub struct KvState {
     pub versions: BTreeMap<(u64, u64), u64>,
     /// The revision of the last write applied (0: none yet).
     pub last_revision: u64,
+    /// Transactions across ranges: this range's locks and records.
+    pub txns: crate::txn_kv::TxnState,
     /// The timestamp oracle's persisted bound (in the meta range).
     pub oracle_bound: OracleBound,
 }
@@ -272,6 +274,7 @@ pub fn apply_split(state: &mut KvState, command: Command) -> Result<KvState, Spl
     let halves = ostrakon_ranges::split(current, &request)?;
     let moved = state.registers.split_off(&at);
     let moved_versions = state.versions.split_off(&(at, 0));
+    let moved_locks = state.txns.locks.split_off(&routing_key(at));
     state.descriptor = Some(halves.left);
     Ok(KvState {
         descriptor: Some(halves.right),
@@ -280,6 +283,11 @@ pub fn apply_split(state: &mut KvState, command: Command) -> Result<KvState, Spl
         // Writes in flight to the moved keys were fetched their revisions before the
         // split applied: the right half refuses those the left would have.
         last_revision: state.last_revision,
+        // The records stay with the range's id, where transactions ask for them.
+        txns: crate::txn_kv::TxnState {
+            locks: moved_locks,
+            records: Default::default(),
+        },
         oracle_bound: OracleBound::default(),
     })
 }

@@ -12,6 +12,7 @@
 //! exactly, with a trace.
 #![deny(missing_docs)]
 
+mod bank;
 pub mod clients;
 mod end_checks;
 pub mod events;
@@ -29,3 +30,4 @@ mod scans;
 pub mod scenario;
 pub mod simulation;
 mod timestamps;
+pub mod txn_kv;

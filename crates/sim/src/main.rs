@@ -23,7 +23,8 @@ struct Args {
     /// no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored (raft);
     /// oracle-beyond-bound (the timestamp oracle); serve-moved-keys (splits);
     /// move-leaders-one-apart (leader spreading); read-leaves-floor,
-    /// new-leader-skips-floor (reads at a revision).
+    /// new-leader-skips-floor (reads at a revision); read-ignores-pending-lock
+    /// (transactions across ranges).
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -57,13 +58,14 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "move-leaders-one-apart" => RangeBug::MoveLeadersOneApart.into(),
         "read-leaves-floor" => RangeBug::ReadLeavesFloor.into(),
         "new-leader-skips-floor" => RangeBug::NewLeaderSkipsFloor.into(),
+        "read-ignores-pending-lock" => RangeBug::ReadIgnoresPendingLock.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
                  read-without-read-index, commit-previous-term, vote-not-persisted, \
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
                  oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
-                 read-leaves-floor, new-leader-skips-floor"
+                 read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock"
             ))
         }
     })
@@ -120,14 +122,15 @@ fn main() -> ExitCode {
         println!("replay: cargo run --release -p ostrakon-sim -- --seeds 1 --start-seed {seed}{bug_flag}");
     }
     println!(
-        "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered and {} \
-         reads at one revision in {:.1} s",
+        "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
+         reads at one revision and {} transfers across ranges in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
         summary.ops,
         summary.timestamps_granted,
         summary.scans,
+        summary.transfers,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

@@ -26,7 +26,7 @@ impl Simulation {
         let Some(current) = self.replica(leader, group).kv.descriptor.clone() else {
             return;
         };
-        let candidates: Vec<u64> = (0..=self.scenario.key_count)
+        let candidates: Vec<u64> = (0..=self.scenario.total_keys())
             .filter(|&key| {
                 let at = crate::kv::routing_key(key);
                 current.contains(&at) && at.as_slice() > current.start.as_slice()

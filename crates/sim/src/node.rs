@@ -88,6 +88,8 @@ pub enum Request {
         /// How many.
         count: u64,
     },
+    /// A command of two-phase commit, proposed by the range's leader.
+    Txn(crate::txn_kv::TxnCommand),
     /// Read every register of the range as of `revision`, at its leader (one range of a
     /// read across ranges at one revision).
     ScanAt {
@@ -105,7 +107,8 @@ impl Request {
             Request::Read { key } | Request::ScanAt { key, .. } => Some(*key),
             Request::Write(Command::Put { key, .. } | Command::Cas { key, .. }) => Some(*key),
             Request::Write(Command::OracleBound { .. } | Command::Split { .. })
-            | Request::Timestamps { .. } => None,
+            | Request::Timestamps { .. }
+            | Request::Txn(_) => None,
         }
     }
 }
@@ -217,6 +220,11 @@ pub struct Replica {
     pub floor: ostrakon_ranges::read_floor::ReadFloor,
     /// The oracle request in flight for the floor of the current leadership, if any.
     pub floor_fetch: Option<u64>,
+    /// While leading: when it first saw each transaction's lock (a lock held too long
+    /// is pushed: its primary is asked how the transaction ended).
+    pub locks_seen_us: BTreeMap<ostrakon_ranges::txn::TxnId, u64>,
+    /// The pushes in flight: request number by transaction.
+    pub pushes: BTreeMap<ostrakon_ranges::txn::TxnId, u64>,
 }
 
 /// A node while it is up: its replicas, and node liveness (shared by all of them).

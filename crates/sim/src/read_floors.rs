@@ -5,7 +5,7 @@
 use ostrakon_raft::{GroupId, NodeId, Role};
 
 use crate::clients::FLOOR_CLIENT_BASE;
-use crate::events::{Event, Reply};
+use crate::events::Reply;
 use crate::node::Request;
 use crate::simulation::{trace, Simulation, META};
 
@@ -46,25 +46,8 @@ impl Simulation {
             "{id:?} {group:?} asks {target:?} for its read floor in {term:?}"
         );
         let client = FLOOR_CLIENT_BASE + number;
-        let faults = &self.scenario.faults;
-        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
-        self.events.push(
-            self.now_us + latency,
-            Event::Request {
-                node: target,
-                range: META,
-                client,
-                op: ostrakon_check::OpId::NONE,
-                request: Request::Timestamps { count: 1 },
-            },
-        );
-        self.events.push(
-            self.now_us + FLOOR_FETCH_TIMEOUT_US,
-            Event::ClientTimeout {
-                client,
-                op: ostrakon_check::OpId::NONE,
-            },
-        );
+        let request = Request::Timestamps { count: 1 };
+        self.push_request(client, target, META, request, FLOOR_FETCH_TIMEOUT_US);
     }
 
     /// The oracle answered a leader's request for its floor.
@@ -92,13 +75,7 @@ impl Simulation {
     fn end_floor_fetch(&mut self, client: u64) -> Option<(NodeId, GroupId, ostrakon_raft::Term)> {
         let number = client - FLOOR_CLIENT_BASE;
         let (id, group, term) = self.floor_fetches.remove(&number)?;
-        let replica = self
-            .nodes
-            .get_mut(&id)?
-            .running
-            .as_mut()?
-            .replicas
-            .get_mut(&group)?;
+        let replica = self.replica_if_up(id, group)?;
         if replica.floor_fetch != Some(number) {
             return None;
         }

@@ -5,6 +5,7 @@
 
 use ostrakon_check::{OpId, Outcome, RegisterInput, RegisterOutput};
 use ostrakon_raft::{GroupId, NodeId, Role};
+use ostrakon_ranges::read_floor::FloorRefused;
 
 use crate::events::{Event, Reply};
 use crate::kv::{routing_key, Command};
@@ -15,6 +16,9 @@ use crate::simulation::{trace, Simulation, META};
 const SLOW_WRITER_PROBABILITY: f64 = 0.2;
 /// How long it pauses at most.
 const SLOW_WRITER_PAUSE_US_MAX: u64 = 500_000;
+/// How many revisions a write takes at most before it gives up (each refused as below
+/// a read served or a write applied).
+const WRITE_ATTEMPTS_MAX: u32 = 4;
 
 impl Simulation {
     /// A client's request reached the replica of `group` on `id`.
@@ -59,7 +63,11 @@ impl Simulation {
                             "{id:?} {group:?} refuses op {} of client {client}: {refused}",
                             op.index()
                         );
-                        self.reply(waiting, Reply::Failed { leader_hint });
+                        let reply = match refused {
+                            FloorRefused::Unknown => Reply::Failed { leader_hint },
+                            FloorRefused::BelowFloor { .. } => Reply::Stale,
+                        };
+                        self.reply(waiting, reply);
                         return;
                     }
                 }
@@ -91,6 +99,37 @@ impl Simulation {
                     ..waiting
                 };
                 self.confirm_for_timestamps(id, request_id, waiting);
+            }
+            Request::Txn(command) => {
+                if replica.raw.role() != Role::Leader {
+                    self.reply(waiting, Reply::Failed { leader_hint });
+                    return;
+                }
+                // A prepare's revision was fetched by its coordinator: it must land above
+                // every read the leader served, as a write's.
+                if let Some(revision) = command.prepare_revision() {
+                    replica.floor.lead(replica.raw.term());
+                    if let Err(refused) = replica.floor.admit(revision) {
+                        trace!(self, "{id:?} {group:?} refuses {command:?}: {refused}");
+                        self.reply(waiting, Reply::Failed { leader_hint });
+                        return;
+                    }
+                }
+                let waiting = Waiting {
+                    read_floor: ostrakon_raft::LogIndex(0),
+                    ..waiting
+                };
+                let result = replica.raw.propose(command.encode());
+                trace!(self, "{id:?} {group:?} proposes {command:?}: {result:?}");
+                match result {
+                    Ok(proposal) => {
+                        let replica = self.replica(id, group);
+                        replica
+                            .proposals
+                            .insert(proposal.index, (proposal.term, waiting));
+                    }
+                    Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
+                }
             }
             Request::ScanAt { revision, .. } => {
                 // Served by the leader only: its floor rises first, then it answers once
@@ -214,22 +253,9 @@ impl Simulation {
         let is_write = !matches!(input, RegisterInput::Read);
         let op = self.history.invoke(client, (key, input), self.now_us);
         if let Request::Write(command) = request {
-            // A write first takes its revision from the oracle, as a transaction's
-            // coordinator does; then it goes to its range.
-            self.clients[client as usize].awaiting_revision = Some(command);
             self.clients[client as usize].outstanding = Some(op);
-            let believed = self.clients[client as usize]
-                .believed_leader
-                .get(&META)
-                .copied()
-                .unwrap_or(NodeId::NONE);
-            let target = self.pick_node(META, believed, true);
-            trace!(
-                self,
-                "client {client} op {} {command:?} asks {target:?} for a revision",
-                op.index()
-            );
-            self.send_request(target, META, client, op, Request::Timestamps { count: 1 });
+            self.clients[client as usize].write_attempts = 0;
+            self.fetch_revision(client, op, command);
             return;
         }
         let group = self.route(client, key);
@@ -276,6 +302,34 @@ impl Simulation {
         );
     }
 
+    /// A request over the simulated network, with a timeout for its sender.
+    pub(crate) fn push_request(
+        &mut self,
+        client: u64,
+        target: NodeId,
+        group: GroupId,
+        request: Request,
+        timeout_us: u64,
+    ) {
+        let faults = &self.scenario.faults;
+        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+        let op = ostrakon_check::OpId::NONE;
+        self.events.push(
+            self.now_us + latency,
+            Event::Request {
+                node: target,
+                range: group,
+                client,
+                op,
+                request,
+            },
+        );
+        self.events.push(
+            self.now_us + timeout_us,
+            Event::ClientTimeout { client, op },
+        );
+    }
+
     /// `believed` if it is still a member of `group` (for reads, not always: they
     /// sometimes go to any member, exercising forwarded ReadIndex), else any member.
     pub(crate) fn pick_node(&mut self, group: GroupId, believed: NodeId, is_write: bool) -> NodeId {
@@ -311,7 +365,28 @@ impl Simulation {
                 self.complete(client, Outcome::Ok(output));
             }
             Reply::Timestamps(grant) => panic!("timestamps {grant:?} answer a register operation"),
-            Reply::Scanned { .. } => panic!("a read at a revision answers a register operation"),
+            Reply::Stale => {
+                // Definitely not done: its revision was below a read served or a write
+                // applied. It takes a new one, a few times.
+                let Request::Write(command) = self.pending_write(op) else {
+                    unreachable!("only writes are stale")
+                };
+                let state = &mut self.clients[client as usize];
+                state.write_attempts += 1;
+                if state.write_attempts < WRITE_ATTEMPTS_MAX {
+                    trace!(
+                        self,
+                        "client {client} op {} takes a new revision",
+                        op.index()
+                    );
+                    self.fetch_revision(client, op, command);
+                } else {
+                    self.complete(client, Outcome::Failed);
+                }
+            }
+            Reply::Scanned { .. } | Reply::Txn(_) => {
+                panic!("{reply:?} answers a register operation")
+            }
             Reply::Mismatch { ranges } => {
                 trace!(
                     self,
@@ -386,6 +461,44 @@ impl Simulation {
             return;
         }
         self.send_write(client, op, command);
+    }
+
+    /// A write first takes its revision from the oracle, as a transaction's coordinator
+    /// does; then it goes to its range.
+    fn fetch_revision(&mut self, client: u64, op: OpId, command: Command) {
+        self.clients[client as usize].awaiting_revision = Some(command);
+        let believed = self.clients[client as usize]
+            .believed_leader
+            .get(&META)
+            .copied()
+            .unwrap_or(NodeId::NONE);
+        let target = self.pick_node(META, believed, true);
+        trace!(
+            self,
+            "client {client} op {} {command:?} asks {target:?} for a revision",
+            op.index()
+        );
+        self.send_request(target, META, client, op, Request::Timestamps { count: 1 });
+    }
+
+    /// The write of a register operation in flight, as its client built it.
+    fn pending_write(&self, op: OpId) -> Request {
+        let (key, input) = self.history.ops()[op.index()].input.clone();
+        let command = match input {
+            RegisterInput::Write(value) => Command::Put {
+                key,
+                value,
+                revision: 0,
+            },
+            RegisterInput::Cas { expected, new } => Command::Cas {
+                key,
+                expected,
+                new,
+                revision: 0,
+            },
+            RegisterInput::Read => return Request::Read { key },
+        };
+        Request::Write(command)
     }
 
     /// Sends a write with its revision to its range.

@@ -39,6 +39,8 @@ pub struct SeedReport {
     pub timestamps_granted: usize,
     /// Reads of every register at one revision that completed (all checked).
     pub scans: usize,
+    /// Transfers between accounts acknowledged committed (transactions across ranges).
+    pub transfers: u64,
     /// Wall-clock time of the simulation and of the check.
     pub simulate_time: Duration,
     /// See `simulate_time`.
@@ -99,6 +101,7 @@ pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, V
         checked_ops,
         timestamps_granted,
         scans: sim.scans.len(),
+        transfers: sim.transfers_committed,
         simulate_time,
         check_time: began.elapsed(),
     };
@@ -120,6 +123,8 @@ pub struct Summary {
     pub timestamps_granted: u64,
     /// Reads at one revision completed over all seeds.
     pub scans: u64,
+    /// Transfers committed over all seeds.
+    pub transfers: u64,
     /// Lowest failing seed.
     pub first_failing_seed: Option<u64>,
     /// The report of that seed.
@@ -191,6 +196,7 @@ pub fn run_seeds(
                 summary.ops += report.ops as u64;
                 summary.timestamps_granted += report.timestamps_granted as u64;
                 summary.scans += report.scans as u64;
+                summary.transfers += report.transfers;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {
                     summary.violations += 1;

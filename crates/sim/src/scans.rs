@@ -49,7 +49,7 @@ impl Simulation {
     /// Asks the oracle for the read's revision, or the next range for its registers;
     /// completes the read once every register is read.
     fn send_scan_request(&mut self, index: usize) {
-        let key_count = self.scenario.key_count;
+        let key_count = self.scenario.total_keys();
         let state = &mut self.scan_clients[index];
         let scan = state.scan.as_mut().expect("a read in progress");
         let missing = (0..key_count).find(|key| !scan.values.contains_key(key));
@@ -108,23 +108,7 @@ impl Simulation {
             "scan client {index} sends {request:?} to {target:?} {group:?}"
         );
         let client = SCAN_REQUEST_BASE + number;
-        let faults = &self.scenario.faults;
-        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
-        let op = ostrakon_check::OpId::NONE;
-        self.events.push(
-            self.now_us + latency,
-            Event::Request {
-                node: target,
-                range: group,
-                client,
-                op,
-                request,
-            },
-        );
-        self.events.push(
-            self.now_us + SCAN_REQUEST_TIMEOUT_US,
-            Event::ClientTimeout { client, op },
-        );
+        self.push_request(client, target, group, request, SCAN_REQUEST_TIMEOUT_US);
     }
 
     /// The scan request numbered by `client` ended: its client, if that read still
@@ -152,7 +136,7 @@ impl Simulation {
         let Some(index) = self.end_scan_request(client) else {
             return;
         };
-        let key_count = self.scenario.key_count;
+        let key_count = self.scenario.total_keys();
         let state = &mut self.scan_clients[index];
         let scan = state.scan.as_mut().expect("a read in progress");
         match reply {
@@ -190,7 +174,9 @@ impl Simulation {
                 state.believed_leader.insert(group, leader_hint);
                 self.retry_scan(index);
             }
-            Reply::Ok(output) => panic!("a register answer {output:?} to a read at a revision"),
+            Reply::Ok(_) | Reply::Txn(_) | Reply::Stale => {
+                panic!("{reply:?} answers a read at a revision")
+            }
         }
     }
 

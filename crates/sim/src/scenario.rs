@@ -147,6 +147,18 @@ pub struct Scenario {
     pub split_probability: f64,
     /// Clients reading every register at one revision, range by range.
     pub scan_client_count: u64,
+    /// Accounts (registers after the plain clients' ones) that bank clients move
+    /// amounts between, by transactions across ranges.
+    pub account_count: u64,
+    /// Bank clients (none without accounts).
+    pub bank_client_count: u64,
+}
+
+impl Scenario {
+    /// Every register: the plain clients' and the accounts.
+    pub fn total_keys(&self) -> u64 {
+        self.key_count + self.account_count
+    }
 }
 
 impl Scenario {
@@ -195,7 +207,12 @@ impl Scenario {
             data_range_count: rng.pick(&[1, 2, 3]),
             split_probability: rng.pick(&[0.0, 0.3, 0.6]),
             scan_client_count: rng.pick(&[0, 1, 2]),
+            account_count: rng.pick(&[0, 2, 4, 6]),
+            bank_client_count: rng.range(1, 4),
         };
+        if scenario.account_count == 0 {
+            scenario.bank_client_count = 0;
+        }
         if bug.is_some_and(|b| b.oracle().is_some()) {
             // A bug in the oracle needs someone asking it.
             scenario.timestamp_client_count = scenario.timestamp_client_count.max(2);
@@ -204,6 +221,8 @@ impl Scenario {
             // A bug in splits needs splits; one in reads at a revision needs them.
             scenario.split_probability = scenario.split_probability.max(0.6);
             scenario.scan_client_count = scenario.scan_client_count.max(2);
+            scenario.account_count = scenario.account_count.max(4);
+            scenario.bank_client_count = scenario.bank_client_count.max(2);
         }
         scenario
     }

@@ -131,7 +131,11 @@ impl Simulation {
                 self.complete_timestamp_request(client, Outcome::Failed);
                 self.timestamp_clients[index].believed_leader = leader_hint;
             }
-            Reply::Ok(_) | Reply::Mismatch { .. } | Reply::Scanned { .. } => {
+            Reply::Ok(_)
+            | Reply::Mismatch { .. }
+            | Reply::Scanned { .. }
+            | Reply::Txn(_)
+            | Reply::Stale => {
                 panic!("a register answer {reply:?} to a timestamp request")
             }
         }

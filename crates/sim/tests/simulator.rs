@@ -52,6 +52,12 @@ fn clean_seeds_pass_with_real_work_done() {
         "the oracle handed out timestamps: {} requests answered",
         summary.timestamps_granted
     );
+    // Three seeds in four have accounts, and bank clients moving amounts between them.
+    assert!(
+        summary.transfers > 200,
+        "transfers across ranges committed (and were checked): {}",
+        summary.transfers
+    );
     // Two seeds in three have clients reading every register at one revision.
     assert!(
         summary.scans > 500,
@@ -196,4 +202,22 @@ fn planted_read_floor_bugs_are_caught() {
             "{bug:?} caught by the check of reads at one revision: {violation}"
         );
     }
+}
+
+#[test]
+fn planted_pending_lock_bug_is_caught() {
+    let summary = run_seeds(
+        0,
+        200,
+        Some(RangeBug::ReadIgnoresPendingLock.into()),
+        2,
+        true,
+        false,
+    );
+    let violation = summary.first_failure.expect("caught").violation.unwrap();
+    assert!(
+        violation.contains("a read of every register at revision"),
+        "caught by the check of reads at one revision: a read saw part of a transfer \
+         ({violation})"
+    );
 }

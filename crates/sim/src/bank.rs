@@ -1,0 +1,531 @@
+//! Transfers between accounts in different ranges, by two-phase commit (the
+//! coordinator's half; the ranges' half is `txn_kv`). The accounts are registers after
+//! the plain clients' ones, each starting at `INITIAL_BALANCE`. A bank client moves an
+//! amount from one account to another:
+//!
+//! 1. it takes a revision T from the oracle;
+//! 2. it prepares both accounts' ranges at T (each locks its accounts and answers their
+//!    balances as of T); the range of the lower account is the primary;
+//! 3. with every range prepared, it commits at the primary with both new balances (the
+//!    commit point), then resolves the others; on any refusal it aborts at the primary
+//!    and releases the others.
+//!
+//! A coordinator may pause, lose its messages or give up at any step. Range leaders push
+//! locks held too long: they ask the primary to abort the transaction, which either
+//! aborts it or answers its committed record, and resolve their part accordingly. At
+//! the end no lock may be left, the accounts must hold their initial total, every read
+//! at one revision must sum to it, and every committed record's writes must be in the
+//! final versions at its revision.
+
+use std::collections::BTreeMap;
+
+use ostrakon_raft::{GroupId, NodeId, Role};
+use ostrakon_ranges::txn::TxnId;
+use ostrakon_ranges::RangeId;
+
+use crate::clients::{BANK_CLIENT_BASE, BANK_REQUEST_BASE, PUSH_REQUEST_BASE};
+use crate::events::{Event, Reply};
+use crate::invariants::Violation;
+use crate::node::Request;
+use crate::requests::route_in;
+use crate::simulation::{trace, Simulation, META};
+use crate::txn_kv::{TxnApplied, TxnCommand, Writes};
+
+/// Every account's balance before any transfer.
+pub(crate) const INITIAL_BALANCE: u64 = 100;
+/// Coordinators' ids in transaction ids (unique per bank client, apart from nodes).
+const COORDINATOR_ID_BASE: u64 = 1 << 20;
+/// How long a coordinator waits for an answer.
+const BANK_REQUEST_TIMEOUT_US: u64 = 500_000;
+/// A leader pushes a lock it has seen held this long.
+const PUSH_AFTER_US: u64 = 300_000;
+/// How often a coordinator pauses before its commit.
+const SLOW_COORDINATOR_PROBABILITY: f64 = 0.2;
+/// How long it pauses at most (beyond `PUSH_AFTER_US`, so that its locks get pushed).
+const SLOW_COORDINATOR_PAUSE_US_MAX: u64 = 600_000;
+/// How long a pusher waits for the primary's answer before asking again.
+const PUSH_TIMEOUT_US: u64 = 300_000;
+
+/// A bank client: one transfer at a time.
+pub struct BankClient {
+    /// Where it sends each range's requests.
+    pub believed_leader: BTreeMap<GroupId, NodeId>,
+    /// Which range holds which account.
+    pub directory: ostrakon_ranges::Directory,
+    /// Its transfer in flight.
+    pub transfer: Option<Transfer>,
+    /// Numbers its transactions (each attempt a new one).
+    pub next_number: u64,
+}
+
+/// A transfer in flight.
+pub struct Transfer {
+    txn: TxnId,
+    from: u64,
+    to: u64,
+    amount: u64,
+    revision: Option<u64>,
+    /// Each participant range and the accounts it holds.
+    participants: BTreeMap<GroupId, Vec<u64>>,
+    primary: GroupId,
+    /// The balances each prepared range answered.
+    prepared: BTreeMap<GroupId, Vec<(u64, Option<u64>)>>,
+    /// Requests in flight: number → range.
+    waiting: BTreeMap<u64, GroupId>,
+    committing: bool,
+}
+
+impl Transfer {
+    /// The participants other than the primary.
+    fn others(&self) -> Vec<GroupId> {
+        let primary = self.primary;
+        let groups = self.participants.keys().copied();
+        groups.filter(|&g| g != primary).collect()
+    }
+}
+
+impl Simulation {
+    /// The accounts: registers after the plain clients' ones.
+    pub(crate) fn accounts(&self) -> std::ops::Range<u64> {
+        self.scenario.key_count..self.scenario.key_count + self.scenario.account_count
+    }
+
+    pub(crate) fn start_transfer(&mut self, client: u64) {
+        let index = (client - BANK_CLIENT_BASE) as usize;
+        if self.clients_stopped || self.bank_clients[index].transfer.is_some() {
+            return;
+        }
+        let accounts: Vec<u64> = self.accounts().collect();
+        let from = self.rng.pick(&accounts);
+        let to = loop {
+            let to = self.rng.pick(&accounts);
+            if to != from {
+                break to;
+            }
+        };
+        let amount = self.rng.range(1, 20);
+        let state = &mut self.bank_clients[index];
+        let txn = TxnId {
+            coordinator: NodeId(COORDINATOR_ID_BASE + index as u64),
+            number: state.next_number,
+        };
+        state.next_number += 1;
+        state.transfer = Some(Transfer {
+            txn,
+            from,
+            to,
+            amount,
+            revision: None,
+            participants: BTreeMap::new(),
+            primary: META,
+            prepared: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            committing: false,
+        });
+        trace!(
+            self,
+            "bank client {index} {txn:?}: {amount} from {from} to {to}"
+        );
+        self.send_bank(index, META, Request::Timestamps { count: 1 });
+    }
+
+    fn send_bank(&mut self, index: usize, group: GroupId, request: Request) {
+        let number = self.next_internal_request;
+        self.next_internal_request += 1;
+        let state = &mut self.bank_clients[index];
+        let believed = state
+            .believed_leader
+            .get(&group)
+            .copied()
+            .unwrap_or(NodeId::NONE);
+        if let Some(transfer) = state.transfer.as_mut() {
+            transfer.waiting.insert(number, group);
+        }
+        self.bank_requests.insert(number, index);
+        let target = self.pick_node(group, believed, true);
+        self.push_request(
+            BANK_REQUEST_BASE + number,
+            target,
+            group,
+            request,
+            BANK_REQUEST_TIMEOUT_US,
+        );
+    }
+
+    /// Ends the transfer (however it ended) and schedules the next.
+    fn end_transfer(&mut self, index: usize, how: &str) {
+        if let Some(transfer) = self.bank_clients[index].transfer.take() {
+            trace!(self, "bank client {index} {:?} {how}", transfer.txn);
+            if how == "committed" {
+                self.transfers_committed += 1;
+            }
+        }
+        let think_us = self.rng.range(0, self.scenario.client_think_us_max);
+        self.events.push(
+            self.now_us + think_us,
+            Event::ClientNext(BANK_CLIENT_BASE + index as u64),
+        );
+    }
+
+    /// Gives the transfer up before its commit: aborted at the primary (so it can never
+    /// commit), its locks released (best effort: pushers release what this misses).
+    fn abort_transfer(&mut self, index: usize) {
+        let transfer = self.bank_clients[index]
+            .transfer
+            .as_ref()
+            .expect("a transfer");
+        let txn = transfer.txn;
+        let primary = transfer.primary;
+        let others = transfer.others();
+        if primary != META {
+            self.send_bank(index, primary, Request::Txn(TxnCommand::Abort { txn }));
+            for group in others {
+                self.send_bank(index, group, Request::Txn(TxnCommand::Release { txn }));
+            }
+        }
+        self.end_transfer(index, "aborted");
+    }
+
+    pub(crate) fn handle_bank_reply(&mut self, client: u64, reply: Reply) {
+        let number = client - BANK_REQUEST_BASE;
+        let Some(index) = self.bank_requests.remove(&number) else {
+            return;
+        };
+        let Some(transfer) = self.bank_clients[index].transfer.as_mut() else {
+            return;
+        };
+        let Some(group) = transfer.waiting.remove(&number) else {
+            return;
+        };
+        if let Reply::Failed { leader_hint } = &reply {
+            self.bank_clients[index]
+                .believed_leader
+                .insert(group, *leader_hint);
+        }
+        let transfer = self.bank_clients[index].transfer.as_mut().expect("above");
+        match (transfer.revision, reply) {
+            (None, Reply::Timestamps(grant)) => {
+                transfer.revision = Some(grant.first);
+                self.prepare_transfer(index);
+            }
+            (Some(_), Reply::Txn(TxnApplied::Prepared(values))) if !transfer.committing => {
+                transfer.prepared.insert(group, values);
+                if transfer.prepared.len() == transfer.participants.len() {
+                    self.commit_transfer(index);
+                }
+            }
+            (Some(_), Reply::Txn(TxnApplied::Committed(_))) if transfer.committing => {
+                let transfer = self.bank_clients[index].transfer.as_ref().expect("above");
+                let (txn, revision) = (transfer.txn, transfer.revision.expect("set"));
+                let writes = self.transfer_writes(index);
+                for group in transfer.others() {
+                    let resolve = TxnCommand::Resolve {
+                        txn,
+                        revision,
+                        writes: writes.clone(),
+                    };
+                    self.send_bank(index, group, Request::Txn(resolve));
+                }
+                self.end_transfer(index, "committed");
+            }
+            (Some(_), Reply::Txn(TxnApplied::Aborted)) if transfer.committing => {
+                // Someone found its locks stale and aborted it first.
+                self.end_transfer(index, "aborted by a pusher");
+            }
+            (_, Reply::Failed { .. }) if transfer.committing => {
+                // The commit was not proposed, or lost its log position: it did not
+                // apply. Aborting settles it either way (an abort after a commit finds
+                // the record).
+                self.abort_transfer(index);
+            }
+            (_, reply) if transfer.committing => {
+                trace!(self, "bank client {index}: {reply:?} to its commit");
+                self.end_transfer(index, "unknown");
+            }
+            (_, _) => self.abort_transfer(index),
+        }
+    }
+
+    pub(crate) fn bank_request_timed_out(&mut self, client: u64) {
+        let number = client - BANK_REQUEST_BASE;
+        let Some(index) = self.bank_requests.remove(&number) else {
+            return;
+        };
+        let Some(transfer) = self.bank_clients[index].transfer.as_mut() else {
+            return;
+        };
+        if let Some(group) = transfer.waiting.remove(&number) {
+            self.bank_clients[index].believed_leader.remove(&group);
+            let transfer = self.bank_clients[index].transfer.as_ref().expect("above");
+            if transfer.committing {
+                // The commit may or may not apply: the pushers finish the transaction.
+                self.end_transfer(index, "unknown");
+            } else {
+                self.abort_transfer(index);
+            }
+        }
+    }
+
+    fn prepare_transfer(&mut self, index: usize) {
+        let state = &mut self.bank_clients[index];
+        let transfer = state.transfer.as_mut().expect("a transfer");
+        let revision = transfer.revision.expect("a revision");
+        for account in [transfer.from, transfer.to] {
+            let group = route_in(&state.directory, account);
+            transfer
+                .participants
+                .entry(group)
+                .or_default()
+                .push(account);
+        }
+        let lower = transfer.from.min(transfer.to);
+        transfer.primary = route_in(&state.directory, lower);
+        let txn = transfer.txn;
+        let primary = RangeId(transfer.primary.0);
+        let participants = transfer.participants.clone();
+        for (group, keys) in participants {
+            let prepare = TxnCommand::Prepare {
+                txn,
+                revision,
+                primary,
+                keys,
+            };
+            self.send_bank(index, group, Request::Txn(prepare));
+        }
+    }
+
+    /// The transfer's writes, from the balances its ranges answered.
+    fn transfer_writes(&self, index: usize) -> Writes {
+        let transfer = self.bank_clients[index]
+            .transfer
+            .as_ref()
+            .expect("a transfer");
+        let balance = |account: u64| {
+            transfer
+                .prepared
+                .values()
+                .flatten()
+                .find(|(key, _)| *key == account)
+                .and_then(|(_, value)| *value)
+                .unwrap_or(INITIAL_BALANCE)
+        };
+        vec![
+            (
+                transfer.from,
+                balance(transfer.from).wrapping_sub(transfer.amount),
+            ),
+            (
+                transfer.to,
+                balance(transfer.to).wrapping_add(transfer.amount),
+            ),
+        ]
+    }
+
+    /// Every range prepared: the commit goes to the primary, now or, from a slow
+    /// coordinator, after a pause (in which its locks may be pushed).
+    fn commit_transfer(&mut self, index: usize) {
+        let txn = self.bank_clients[index]
+            .transfer
+            .as_ref()
+            .expect("a transfer")
+            .txn;
+        if self.rng.chance(SLOW_COORDINATOR_PROBABILITY) {
+            let pause_us = self.rng.range(0, SLOW_COORDINATOR_PAUSE_US_MAX);
+            self.events
+                .push(self.now_us + pause_us, Event::CommitTransfer { index, txn });
+            return;
+        }
+        self.send_commit(index, txn);
+    }
+
+    pub(crate) fn send_commit(&mut self, index: usize, txn: TxnId) {
+        match &self.bank_clients[index].transfer {
+            Some(transfer) if transfer.txn == txn && !transfer.committing => {}
+            _ => return,
+        }
+        let writes = self.transfer_writes(index);
+        let transfer = self.bank_clients[index]
+            .transfer
+            .as_mut()
+            .expect("a transfer");
+        transfer.committing = true;
+        let commit = TxnCommand::Commit {
+            txn: transfer.txn,
+            revision: transfer.revision.expect("a revision"),
+            writes,
+        };
+        let primary = transfer.primary;
+        self.send_bank(index, primary, Request::Txn(commit));
+    }
+
+    // --- Pushers ------------------------------------------------------------------------
+
+    /// At every tick of a range's leader: a lock held too long is pushed, its primary
+    /// asked to abort the transaction (which answers the record if it committed).
+    pub(crate) fn push_stale_locks(&mut self, id: NodeId, group: GroupId) {
+        if group == META {
+            return;
+        }
+        let now_us = self.now_us;
+        let replica = self.replica(id, group);
+        if replica.raw.role() != Role::Leader {
+            replica.locks_seen_us.clear();
+            return;
+        }
+        let held: Vec<(TxnId, RangeId)> = replica
+            .kv
+            .txns
+            .locks
+            .locks()
+            .map(|lock| (lock.txn, lock.primary))
+            .collect();
+        replica
+            .locks_seen_us
+            .retain(|txn, _| held.iter().any(|(held, _)| held == txn));
+        let mut due = Vec::new();
+        for (txn, primary) in held {
+            let seen = *replica.locks_seen_us.entry(txn).or_insert(now_us);
+            if now_us >= seen + PUSH_AFTER_US && !replica.pushes.contains_key(&txn) {
+                due.push((txn, primary));
+            }
+        }
+        for (txn, primary) in due {
+            let number = self.next_internal_request;
+            self.next_internal_request += 1;
+            self.replica(id, group).pushes.insert(txn, number);
+            self.push_requests.insert(number, (id, group, txn));
+            let primary = primary.group();
+            let hint = self
+                .replica_ref(id, primary)
+                .map(|r| r.raw.leader())
+                .unwrap_or(NodeId::NONE);
+            let target = self.pick_node(primary, hint, true);
+            trace!(
+                self,
+                "{id:?} {group:?} pushes {txn:?} at {target:?} {primary:?}"
+            );
+            let request = Request::Txn(TxnCommand::Abort { txn });
+            self.push_request(
+                PUSH_REQUEST_BASE + number,
+                target,
+                primary,
+                request,
+                PUSH_TIMEOUT_US,
+            );
+        }
+    }
+
+    /// The primary answered a push: the pusher resolves its part as the record says.
+    pub(crate) fn handle_push_reply(&mut self, client: u64, reply: Reply) {
+        let Some((id, group, txn)) = self.end_push(client) else {
+            return;
+        };
+        let command = match reply {
+            Reply::Txn(TxnApplied::Committed((revision, writes))) => TxnCommand::Resolve {
+                txn,
+                revision,
+                writes,
+            },
+            Reply::Txn(TxnApplied::Aborted) => TxnCommand::Release { txn },
+            _ => return, // tried again at a later tick
+        };
+        trace!(
+            self,
+            "{id:?} {group:?} resolves {txn:?} after a push: {command:?}"
+        );
+        // Through the replica's inputs (it may be in the middle of a Ready); nobody
+        // waits for the answer.
+        let input = crate::node::Input::Request {
+            client: crate::simulation::PROBE_CLIENT,
+            op: ostrakon_check::OpId::NONE,
+            request: Request::Txn(command),
+        };
+        self.input(id, group, input);
+    }
+
+    pub(crate) fn push_timed_out(&mut self, client: u64) {
+        self.end_push(client);
+    }
+
+    fn end_push(&mut self, client: u64) -> Option<(NodeId, GroupId, TxnId)> {
+        let number = client - PUSH_REQUEST_BASE;
+        let (id, group, txn) = self.push_requests.remove(&number)?;
+        let replica = self.replica_if_up(id, group)?;
+        if replica.pushes.get(&txn) != Some(&number) {
+            return None;
+        }
+        replica.pushes.remove(&txn);
+        // Pushed again only after another wait.
+        replica.locks_seen_us.remove(&txn);
+        Some((id, group, txn))
+    }
+
+    // --- The checks at the end ----------------------------------------------------------
+
+    /// No lock left, the accounts' total kept in the final state and in every read at
+    /// one revision, every committed transaction whole in the final versions.
+    pub(crate) fn check_bank(&mut self) {
+        if self.scenario.account_count == 0 {
+            return;
+        }
+        let total = INITIAL_BALANCE.wrapping_mul(self.scenario.account_count);
+        let mut versions = BTreeMap::new();
+        let mut records = Vec::new();
+        for group in self.groups().into_iter().filter(|&g| g != META) {
+            let Some(leader) = self.current_leader(group) else {
+                continue;
+            };
+            let kv = &self.replica_ref(leader, group).expect("the leader").kv;
+            let left = kv.txns.locks.locks().next().map(|lock| format!("{lock:?}"));
+            if let Some(lock) = left {
+                let message = format!("{group:?}: a lock was left behind: {lock}");
+                self.fail(Violation(message));
+                return;
+            }
+            versions.extend(kv.versions.iter().map(|(k, v)| (*k, *v)));
+            for (txn, outcome) in kv.txns.records.records() {
+                if let ostrakon_ranges::txn::TxnOutcome::Committed(record) = outcome {
+                    records.push((*txn, record.clone()));
+                }
+            }
+        }
+        let sum_at = |revision: u64| {
+            self.accounts().fold(0u64, |sum, account| {
+                let balance = crate::kv::value_at(&versions, account, revision);
+                sum.wrapping_add(balance.unwrap_or(INITIAL_BALANCE))
+            })
+        };
+        if sum_at(u64::MAX) != total {
+            let message = format!(
+                "the accounts hold {} in the end, not {total}",
+                sum_at(u64::MAX)
+            );
+            return self.fail(Violation(message));
+        }
+        for (txn, (revision, writes)) in records {
+            for (key, value) in writes {
+                if versions.get(&(key, revision)) != Some(&value) {
+                    let message = format!(
+                        "{txn:?} committed at {revision} with account {key} = {value}, \
+                         which the final versions do not hold"
+                    );
+                    return self.fail(Violation(message));
+                }
+            }
+        }
+        let accounts = self.accounts();
+        for scan in &self.scans {
+            let sum = accounts.clone().fold(0u64, |sum, account| {
+                let balance = scan.values.get(&account).copied().flatten();
+                sum.wrapping_add(balance.unwrap_or(INITIAL_BALANCE))
+            });
+            if sum != total {
+                let message = format!(
+                    "a read of every account at revision {} summed to {sum}, not {total}",
+                    scan.revision
+                );
+                return self.fail(Violation(message));
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Transactions across ranges in the simulated state machine: the commands of two-phase
+//! commit and how a range applies them, with the range layer's real lock table and
+//! transaction records (`ostrakon_ranges::txn`). A participant locks the registers a
+//! transaction touches at its revision T (`Prepare`); the primary range's record decides
+//! it (`Commit`, or `Abort` by whoever finds it stale); the other participants write
+//! their part at T and release (`Resolve`), or just release (`Release`).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ostrakon_raft::NodeId;
+use ostrakon_ranges::txn::{KeySpan, Lock, LockTable, TxnId, TxnOutcome, TxnRecords};
+use ostrakon_ranges::RangeId;
+
+use crate::kv::{routing_key, KvState};
+
+/// A transaction's writes: (register, value).
+pub type Writes = Vec<(u64, u64)>;
+
+/// What a primary range records of a committed transaction: its revision and writes.
+pub type Record = (u64, Writes);
+
+/// A range's share of the transactions: its locks, and, as a primary, their records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnState {
+    /// The locks of transactions prepared here.
+    pub locks: LockTable,
+    /// How the transactions whose primary this range is ended.
+    pub records: TxnRecords<Record>,
+}
+
+/// The entry tags of transaction commands (register commands use lower ones).
+pub const TXN_TAG_BASE: u8 = 10;
+
+/// A command of two-phase commit, replicated through a range's raft log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnCommand {
+    /// Lock `keys` at `revision` for `txn`, whose record is in `primary`.
+    Prepare {
+        /// The transaction.
+        txn: TxnId,
+        /// Its revision.
+        revision: u64,
+        /// Its primary range.
+        primary: RangeId,
+        /// The registers it touches in this range.
+        keys: Vec<u64>,
+    },
+    /// The commit point, in the primary: record the transaction committed with its
+    /// writes in every range, and write this range's part.
+    Commit {
+        /// The transaction.
+        txn: TxnId,
+        /// Its revision.
+        revision: u64,
+        /// Every write of it, in every range.
+        writes: Writes,
+    },
+    /// In the primary: the transaction will never commit, unless it did already.
+    Abort {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// A committed transaction's part here: written at its revision, lock released.
+    Resolve {
+        /// The transaction.
+        txn: TxnId,
+        /// Its revision.
+        revision: u64,
+        /// Every write of it (this range writes those in its span).
+        writes: Writes,
+    },
+    /// An aborted transaction's lock here, released.
+    Release {
+        /// The transaction.
+        txn: TxnId,
+    },
+}
+
+/// What applying a transaction command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnApplied {
+    /// Prepared: the locked registers' values (as of the revision, since nothing below
+    /// it can still be written and nothing above can pass the lock).
+    Prepared(Vec<(u64, Option<u64>)>),
+    /// Not prepared (why, for the trace).
+    Refused(String),
+    /// The transaction committed (its record, from a commit or an abort that found it).
+    Committed(Record),
+    /// The transaction aborted.
+    Aborted,
+    /// Resolved or released (or nothing left to do).
+    Done,
+}
+
+fn put_txn(buf: &mut BytesMut, txn: TxnId) {
+    buf.put_u64(txn.coordinator.0);
+    buf.put_u64(txn.number);
+}
+
+fn get_txn(buf: &mut Bytes) -> TxnId {
+    TxnId {
+        coordinator: NodeId(buf.get_u64()),
+        number: buf.get_u64(),
+    }
+}
+
+fn put_writes(buf: &mut BytesMut, writes: &Writes) {
+    buf.put_u64(writes.len() as u64);
+    for &(key, value) in writes {
+        buf.put_u64(key);
+        buf.put_u64(value);
+    }
+}
+
+fn get_writes(buf: &mut Bytes) -> Writes {
+    let count = buf.get_u64();
+    (0..count).map(|_| (buf.get_u64(), buf.get_u64())).collect()
+}
+
+impl TxnCommand {
+    /// The wire form: a tag byte then the fields, lists prefixed by their length.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        match self {
+            TxnCommand::Prepare {
+                txn,
+                revision,
+                primary,
+                keys,
+            } => {
+                buf.put_u8(TXN_TAG_BASE);
+                put_txn(&mut buf, *txn);
+                buf.put_u64(*revision);
+                buf.put_u64(primary.0);
+                buf.put_u64(keys.len() as u64);
+                for &key in keys {
+                    buf.put_u64(key);
+                }
+            }
+            TxnCommand::Commit {
+                txn,
+                revision,
+                writes,
+            }
+            | TxnCommand::Resolve {
+                txn,
+                revision,
+                writes,
+            } => {
+                let commit = matches!(self, TxnCommand::Commit { .. });
+                buf.put_u8(TXN_TAG_BASE + if commit { 1 } else { 3 });
+                put_txn(&mut buf, *txn);
+                buf.put_u64(*revision);
+                put_writes(&mut buf, writes);
+            }
+            TxnCommand::Abort { txn } | TxnCommand::Release { txn } => {
+                let abort = matches!(self, TxnCommand::Abort { .. });
+                buf.put_u8(TXN_TAG_BASE + if abort { 2 } else { 4 });
+                put_txn(&mut buf, *txn);
+            }
+        }
+        buf.freeze()
+    }
+
+    /// Parses the wire form (only what `encode` wrote: anything else is a bug).
+    pub fn decode(data: &[u8]) -> TxnCommand {
+        let mut buf = Bytes::copy_from_slice(data);
+        let tag = buf.get_u8();
+        let txn = get_txn(&mut buf);
+        match tag - TXN_TAG_BASE {
+            0 => {
+                let revision = buf.get_u64();
+                let primary = RangeId(buf.get_u64());
+                let count = buf.get_u64();
+                let keys = (0..count).map(|_| buf.get_u64()).collect();
+                TxnCommand::Prepare {
+                    txn,
+                    revision,
+                    primary,
+                    keys,
+                }
+            }
+            1 => TxnCommand::Commit {
+                txn,
+                revision: buf.get_u64(),
+                writes: get_writes(&mut buf),
+            },
+            2 => TxnCommand::Abort { txn },
+            3 => TxnCommand::Resolve {
+                txn,
+                revision: buf.get_u64(),
+                writes: get_writes(&mut buf),
+            },
+            4 => TxnCommand::Release { txn },
+            other => panic!("unknown transaction command tag {}", other + TXN_TAG_BASE),
+        }
+    }
+
+    /// The revision a write of it takes, if it is a prepare (which the leader checks
+    /// against its read floor before proposing it).
+    pub fn prepare_revision(&self) -> Option<u64> {
+        match self {
+            TxnCommand::Prepare { revision, .. } => Some(*revision),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a transaction command to a range's state, the same on every replica.
+pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
+    match command {
+        TxnCommand::Prepare {
+            txn,
+            revision,
+            primary,
+            keys,
+        } => {
+            let Some(descriptor) = state.descriptor.as_ref() else {
+                return TxnApplied::Refused("no span".into());
+            };
+            if let Some(key) = keys
+                .iter()
+                .find(|&&k| !descriptor.contains(&routing_key(k)))
+            {
+                return TxnApplied::Refused(format!("register {key} moved"));
+            }
+            let lock = Lock {
+                txn: *txn,
+                revision: *revision,
+                primary: *primary,
+                spans: keys
+                    .iter()
+                    .map(|&k| KeySpan::key(&routing_key(k)))
+                    .collect(),
+            };
+            match state.txns.locks.prepare(lock, state.last_revision) {
+                Ok(()) => {
+                    // Every later write of the range takes a revision above it.
+                    state.last_revision = state.last_revision.max(*revision);
+                    let values = keys
+                        .iter()
+                        .map(|&k| (k, state.registers.get(&k).copied()))
+                        .collect();
+                    TxnApplied::Prepared(values)
+                }
+                Err(refused) => TxnApplied::Refused(format!("{refused:?}")),
+            }
+        }
+        TxnCommand::Commit {
+            txn,
+            revision,
+            writes,
+        } => match state.txns.records.commit(*txn, (*revision, writes.clone())) {
+            Ok(()) => {
+                write_locked(state, *txn, *revision, writes);
+                TxnApplied::Committed((*revision, writes.clone()))
+            }
+            Err(TxnOutcome::Aborted) => TxnApplied::Aborted,
+            Err(TxnOutcome::Committed(other)) => {
+                TxnApplied::Refused(format!("committed already with {other:?}"))
+            }
+        },
+        TxnCommand::Abort { txn } => match state.txns.records.abort(*txn) {
+            Ok(()) => {
+                state.txns.locks.release(*txn);
+                TxnApplied::Aborted
+            }
+            Err(TxnOutcome::Committed(record)) => {
+                // Its own part was written when it committed, unless a split moved the
+                // lock here since (then it is written now).
+                write_locked(state, *txn, record.0, &record.1);
+                TxnApplied::Committed(record)
+            }
+            Err(TxnOutcome::Aborted) => unreachable!("abort refuses only a committed record"),
+        },
+        TxnCommand::Resolve {
+            txn,
+            revision,
+            writes,
+        } => {
+            write_locked(state, *txn, *revision, writes);
+            TxnApplied::Done
+        }
+        TxnCommand::Release { txn } => {
+            state.txns.locks.release(*txn);
+            TxnApplied::Done
+        }
+    }
+}
+
+/// Writes a committed transaction's writes that fall in the range at its revision, if
+/// the range still holds its lock (else they were written already, or never prepared
+/// here), and releases the lock.
+fn write_locked(state: &mut KvState, txn: TxnId, revision: u64, writes: &Writes) {
+    let Some(lock) = state.txns.locks.release(txn) else {
+        return;
+    };
+    for &(key, value) in writes {
+        let held = lock
+            .spans
+            .iter()
+            .any(|span| span == &KeySpan::key(&routing_key(key)));
+        if held {
+            // Nothing was written to the key above the revision while it was locked.
+            state.versions.insert((key, revision), value);
+            state.registers.insert(key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostrakon_ranges::RangeDescriptor;
+
+    fn txn(number: u64) -> TxnId {
+        TxnId {
+            coordinator: NodeId(7),
+            number,
+        }
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        for command in [
+            TxnCommand::Prepare {
+                txn: txn(1),
+                revision: 9,
+                primary: RangeId(2),
+                keys: vec![3, 4],
+            },
+            TxnCommand::Commit {
+                txn: txn(1),
+                revision: 9,
+                writes: vec![(3, 10), (4, 11)],
+            },
+            TxnCommand::Abort { txn: txn(2) },
+            TxnCommand::Resolve {
+                txn: txn(1),
+                revision: 9,
+                writes: vec![],
+            },
+            TxnCommand::Release { txn: txn(3) },
+        ] {
+            assert_eq!(TxnCommand::decode(&command.encode()), command);
+        }
+    }
+
+    #[test]
+    fn a_prepared_transaction_commits_at_its_revision_or_aborts_without_a_trace() {
+        let mut state = KvState {
+            descriptor: Some(RangeDescriptor::new(RangeId(1), Vec::new(), None, 1)),
+            ..KvState::default()
+        };
+        let prepare = |number, revision| TxnCommand::Prepare {
+            txn: txn(number),
+            revision,
+            primary: RangeId(1),
+            keys: vec![1, 2],
+        };
+        assert_eq!(
+            apply_txn(&mut state, &prepare(1, 5)),
+            TxnApplied::Prepared(vec![(1, None), (2, None)])
+        );
+        assert_eq!(state.last_revision, 5);
+        // Another transaction on the same registers is refused while the lock is held.
+        assert!(matches!(
+            apply_txn(&mut state, &prepare(2, 6)),
+            TxnApplied::Refused(_)
+        ));
+        let writes = vec![(1, 10), (2, 20)];
+        let commit = TxnCommand::Commit {
+            txn: txn(1),
+            revision: 5,
+            writes: writes.clone(),
+        };
+        assert_eq!(
+            apply_txn(&mut state, &commit),
+            TxnApplied::Committed((5, writes.clone()))
+        );
+        assert_eq!(crate::kv::value_at(&state.versions, 2, 5), Some(20));
+        // An abort arriving late finds it committed.
+        assert_eq!(
+            apply_txn(&mut state, &TxnCommand::Abort { txn: txn(1) }),
+            TxnApplied::Committed((5, writes))
+        );
+        // One aborted first can no longer commit, and leaves nothing.
+        assert!(matches!(
+            apply_txn(&mut state, &prepare(3, 8)),
+            TxnApplied::Prepared(_)
+        ));
+        assert_eq!(
+            apply_txn(&mut state, &TxnCommand::Abort { txn: txn(3) }),
+            TxnApplied::Aborted
+        );
+        let late = TxnCommand::Commit {
+            txn: txn(3),
+            revision: 8,
+            writes: vec![(1, 99)],
+        };
+        assert_eq!(apply_txn(&mut state, &late), TxnApplied::Aborted);
+        assert_eq!(crate::kv::value_at(&state.versions, 1, 8), Some(10));
+        assert!(state.txns.locks.is_empty());
+    }
+}
