@@ -24,7 +24,8 @@ pub struct RangesArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum RangesCommand {
-    /// One line per range: id, span, leader, replicas, keys, revision (the default).
+    /// One line per range: id, span, leader, replicas, keys, size (bytes of the live keys
+    /// and values), revision (the default).
     List,
     /// Split the range holding KEY at KEY: the keys from KEY on go to a new range with
     /// its own raft group on every replica.
@@ -34,8 +35,8 @@ pub enum RangesCommand {
     },
 }
 
-const HEADERS: [&str; 7] = [
-    "RANGE", "START", "END", "LEADER", "REPLICAS", "KEYS", "REVISION",
+const HEADERS: [&str; 8] = [
+    "RANGE", "START", "END", "LEADER", "REPLICAS", "KEYS", "SIZE", "REVISION",
 ];
 
 /// A key as it is printed: the text if it is printable, else hex.
@@ -68,6 +69,7 @@ fn row(range: &RangeInfo) -> Vec<String> {
         format!("{:x}", range.leader),
         replicas.join(","),
         range.keys.to_string(),
+        range.live_bytes.to_string(),
         range.revision.to_string(),
     ]
 }

@@ -191,6 +191,36 @@ async fn a_split_makes_two_ranges_that_every_member_serves_with_one_revision_ord
     let expected: Vec<String> = (0..6).map(|round| format!("x-{round}")).collect();
     assert_eq!(seen, expected);
 
+    // Each range's size is the bytes of its live keys and values, as a read finds them.
+    let all = client
+        .get("\0", Some(GetOptions::new().with_range("\0")))
+        .await
+        .unwrap();
+    let mut expected_bytes = [0u64; 2];
+    for kv in all.kvs() {
+        let side = usize::from(kv.key() >= &b"m"[..]);
+        expected_bytes[side] += (kv.key().len() + kv.value().len()) as u64;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed: Vec<u64> = ranges(&cluster, 2)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|range| range.live_bytes)
+            .collect();
+        if listed == expected_bytes {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sizes listed {listed:?}, the data holds {expected_bytes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, listing, _) = cluster.ostrakon(&["ranges", "--endpoint", &cluster.host_port(2)]);
+    assert!(ok && listing.contains("SIZE"), "{listing}");
+
     // A read within one range, and one across both; a read-only Txn across both, and
     // a Txn writing across both refused clearly.
     let left = client

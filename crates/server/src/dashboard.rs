@@ -123,6 +123,7 @@ async fn status(dashboard: &Dashboard) -> Value {
                 "leader": format!("{:x}", range.leader),
                 "replicas": range.replicas.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
                 "keys": range.keys,
+                "live_bytes": range.live_bytes,
                 "revision": range.revision,
             })
         })

@@ -43,6 +43,7 @@ pub(crate) fn describe_ranges(node: &NodeHandle) -> Vec<RangeInfo> {
                 .map(|id| id.0)
                 .collect(),
             keys: view.live_keys() as u64,
+            live_bytes: view.live_bytes(),
             revision: view.current_revision().0,
         });
     }

@@ -20,10 +20,29 @@ use super::Revision;
 #[derive(Clone, Debug, Default)]
 pub struct LatestIndex {
     revision: Revision,
-    /// Key to (revision of its newest version, its lease or 0).
-    keys: imbl::OrdMap<Bytes, (Revision, i64)>,
+    /// Key to its newest version.
+    keys: imbl::OrdMap<Bytes, Newest>,
     /// Lease to the live keys attached to it.
     attached: imbl::OrdMap<i64, imbl::OrdSet<Bytes>>,
+    /// The bytes of every live key and its value (a range's size, as CockroachDB's
+    /// live bytes: what a split by size looks at).
+    live_bytes: u64,
+}
+
+/// What the index keeps of a live key's newest version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Newest {
+    revision: Revision,
+    /// Its lease, or 0.
+    lease: i64,
+    value_bytes: u32,
+}
+
+impl Newest {
+    /// The live bytes of `key` with this version.
+    fn bytes(&self, key: &[u8]) -> u64 {
+        key.len() as u64 + u64::from(self.value_bytes)
+    }
 }
 
 impl LatestIndex {
@@ -55,15 +74,28 @@ impl LatestIndex {
         self.keys.len()
     }
 
+    /// The bytes of the live keys and their values.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
     /// Records `version` (at `revision`) as the newest of `key`.
     fn set(&mut self, key: Bytes, revision: Revision, version: &StoredVersion) {
-        let old_lease = if version.tombstone {
-            self.keys.remove(&key).map(|(_, lease)| lease)
+        let old = if version.tombstone {
+            self.keys.remove(&key)
         } else {
-            self.keys
-                .insert(key.clone(), (revision, version.lease))
-                .map(|(_, lease)| lease)
+            let newest = Newest {
+                revision,
+                lease: version.lease,
+                value_bytes: u32::try_from(version.value.len()).expect("values stay below 4 GiB"),
+            };
+            self.live_bytes += newest.bytes(&key);
+            self.keys.insert(key.clone(), newest)
         };
+        if let Some(old) = old {
+            self.live_bytes -= old.bytes(&key);
+        }
+        let old_lease = old.map(|old| old.lease);
         if let Some(old_lease) = old_lease.filter(|lease| *lease != 0) {
             if let Some(keys) = self.attached.get_mut(&old_lease) {
                 keys.remove(&key);
@@ -112,13 +144,16 @@ impl LatestIndex {
             revision: self.revision,
             ..LatestIndex::default()
         };
-        let moved: Vec<(Bytes, (Revision, i64))> = self
+        let moved: Vec<(Bytes, Newest)> = self
             .keys
             .range(Bytes::copy_from_slice(key)..)
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        for (moved_key, (revision, lease)) in moved {
+        for (moved_key, newest) in moved {
             self.keys.remove(&moved_key);
+            self.live_bytes -= newest.bytes(&moved_key);
+            right.live_bytes += newest.bytes(&moved_key);
+            let lease = newest.lease;
             if lease != 0 {
                 if let Some(keys) = self.attached.get_mut(&lease) {
                     keys.remove(&moved_key);
@@ -132,7 +167,7 @@ impl LatestIndex {
                     .or_default()
                     .insert(moved_key.clone());
             }
-            right.keys.insert(moved_key, (revision, lease));
+            right.keys.insert(moved_key, newest);
         }
         right
     }
@@ -141,12 +176,12 @@ impl LatestIndex {
     pub fn has_leased_key_from(&self, key: &[u8]) -> bool {
         self.keys
             .range(Bytes::copy_from_slice(key)..)
-            .any(|(_, (_, lease))| *lease != 0)
+            .any(|(_, newest)| newest.lease != 0)
     }
 
     /// The newest version's revision of a live key.
     pub fn get(&self, key: &[u8]) -> Option<Revision> {
-        self.keys.get(key).map(|(revision, _)| *revision)
+        self.keys.get(key).map(|newest| newest.revision)
     }
 
     /// The live keys in `[key, range_end)` in key order (`range_end` `"\0"` means no upper
@@ -162,6 +197,51 @@ impl LatestIndex {
         } else {
             Bound::Excluded(Bytes::copy_from_slice(range_end))
         };
-        self.keys.range((low, high)).map(|(k, (r, _))| (k, *r))
+        self.keys
+            .range((low, high))
+            .map(|(k, newest)| (k, newest.revision))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(value: Option<&str>) -> StoredVersion {
+        StoredVersion {
+            tombstone: value.is_none(),
+            create_revision: Revision(1),
+            version: 1,
+            lease: 0,
+            value: Bytes::copy_from_slice(value.unwrap_or_default().as_bytes()),
+            sub: 0,
+        }
+    }
+
+    fn changes(items: &[(&str, Option<&str>)]) -> BTreeMap<Bytes, StoredVersion> {
+        items
+            .iter()
+            .map(|(key, value)| (Bytes::copy_from_slice(key.as_bytes()), version(*value)))
+            .collect()
+    }
+
+    #[test]
+    fn live_bytes_follow_puts_overwrites_deletes_and_splits() {
+        let mut index = LatestIndex::default();
+        index.apply(
+            Revision(1),
+            &changes(&[("a", Some("12345")), ("m", Some("1"))]),
+        );
+        assert_eq!(index.live_bytes(), 6 + 2);
+        index.apply(
+            Revision(2),
+            &changes(&[("a", Some("12")), ("zz", Some("123"))]),
+        );
+        assert_eq!(index.live_bytes(), 3 + 2 + 5);
+        index.apply(Revision(3), &changes(&[("m", None), ("nothing", None)]));
+        assert_eq!(index.live_bytes(), 3 + 5);
+        let right = index.split_off(b"b");
+        assert_eq!((index.live_bytes(), right.live_bytes()), (3, 5));
+        assert_eq!((index.live_keys(), right.live_keys()), (1, 1));
     }
 }

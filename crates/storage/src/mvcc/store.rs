@@ -1216,6 +1216,11 @@ impl ReadView {
         self.latest.live_keys()
     }
 
+    /// The bytes of the view's live keys and their values.
+    pub fn live_bytes(&self) -> u64 {
+        self.latest.live_bytes()
+    }
+
     /// Whether a live key of the view from `key` on is attached to a lease.
     pub fn has_leased_key_from(&self, key: &[u8]) -> bool {
         self.latest.has_leased_key_from(key)
