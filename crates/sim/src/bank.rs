@@ -39,7 +39,7 @@ const COORDINATOR_ID_BASE: u64 = 1 << 20;
 const BANK_REQUEST_TIMEOUT_US: u64 = 500_000;
 /// A leader pushes a lock it has seen held this long.
 const PUSH_AFTER_US: u64 = 300_000;
-/// How often a coordinator pauses before its commit.
+/// How often a coordinator pauses before its prepares, and before its commit.
 const SLOW_COORDINATOR_PROBABILITY: f64 = 0.2;
 /// How long it pauses at most (beyond `PUSH_AFTER_US`, so that its locks get pushed).
 const SLOW_COORDINATOR_PAUSE_US_MAX: u64 = 600_000;
@@ -56,6 +56,18 @@ pub struct BankClient {
     pub transfer: Option<Transfer>,
     /// Numbers its transactions (each attempt a new one).
     pub next_number: u64,
+}
+
+/// How a transfer ended, as its coordinator knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TransferEnd {
+    /// The primary answered its commit: committed.
+    Committed,
+    /// It never commits: aborted before its commit was proposed, its commit never
+    /// applied, or the primary answered that it was aborted first.
+    Aborted,
+    /// Its commit may or may not apply (the pushers finish it).
+    Unknown,
 }
 
 /// A transfer in flight.
@@ -97,10 +109,21 @@ impl Simulation {
         }
         let accounts: Vec<u64> = self.accounts().collect();
         let from = self.rng.pick(&accounts);
-        let to = loop {
-            let to = self.rng.pick(&accounts);
-            if to != from {
-                break to;
+        // Mostly to an account its directory places in another range.
+        let directory = &self.bank_clients[index].directory;
+        let elsewhere: Vec<u64> = accounts
+            .iter()
+            .copied()
+            .filter(|&a| route_in(directory, a) != route_in(directory, from))
+            .collect();
+        let to = if !elsewhere.is_empty() && self.rng.chance(0.8) {
+            self.rng.pick(&elsewhere)
+        } else {
+            loop {
+                let to = self.rng.pick(&accounts);
+                if to != from {
+                    break to;
+                }
             }
         };
         let amount = self.rng.range(1, 20);
@@ -152,12 +175,27 @@ impl Simulation {
         );
     }
 
-    /// Ends the transfer (however it ended) and schedules the next.
-    fn end_transfer(&mut self, index: usize, how: &str) {
+    /// Ends the transfer and schedules the next. A definite outcome (the coordinator
+    /// was told it committed, or knows it never will) is kept for the checks at the end.
+    fn end_transfer(&mut self, index: usize, outcome: TransferEnd) {
         if let Some(transfer) = self.bank_clients[index].transfer.take() {
-            trace!(self, "bank client {index} {:?} {how}", transfer.txn);
-            if how == "committed" {
+            trace!(self, "bank client {index} {:?} {outcome:?}", transfer.txn);
+            let across = transfer.participants.len() > 1;
+            if outcome == TransferEnd::Committed {
                 self.transfers_committed += 1;
+                self.transfers_across_ranges += u64::from(across);
+            }
+            if let Some(revision) = transfer.revision {
+                let definite = match outcome {
+                    TransferEnd::Committed => Some(true),
+                    TransferEnd::Aborted => Some(false),
+                    TransferEnd::Unknown => None,
+                };
+                if let Some(committed) = definite {
+                    let accounts = [transfer.from, transfer.to];
+                    self.transfer_outcomes
+                        .push((transfer.txn, revision, accounts, committed));
+                }
             }
         }
         let think_us = self.rng.range(0, self.scenario.client_think_us_max);
@@ -183,7 +221,7 @@ impl Simulation {
                 self.send_bank(index, group, Request::Txn(TxnCommand::Release { txn }));
             }
         }
-        self.end_transfer(index, "aborted");
+        self.end_transfer(index, TransferEnd::Aborted);
     }
 
     pub(crate) fn handle_bank_reply(&mut self, client: u64, reply: Reply) {
@@ -197,10 +235,19 @@ impl Simulation {
         let Some(group) = transfer.waiting.remove(&number) else {
             return;
         };
-        if let Reply::Failed { leader_hint } = &reply {
-            self.bank_clients[index]
-                .believed_leader
-                .insert(group, *leader_hint);
+        match &reply {
+            Reply::Failed { leader_hint } => {
+                self.bank_clients[index]
+                    .believed_leader
+                    .insert(group, *leader_hint);
+            }
+            // An account moved (a split): routed right next time.
+            Reply::Mismatch { ranges } => {
+                for range in ranges {
+                    self.bank_clients[index].directory.learn(range.clone());
+                }
+            }
+            _ => {}
         }
         let transfer = self.bank_clients[index].transfer.as_mut().expect("above");
         match (transfer.revision, reply) {
@@ -226,11 +273,11 @@ impl Simulation {
                     };
                     self.send_bank(index, group, Request::Txn(resolve));
                 }
-                self.end_transfer(index, "committed");
+                self.end_transfer(index, TransferEnd::Committed);
             }
             (Some(_), Reply::Txn(TxnApplied::Aborted)) if transfer.committing => {
                 // Someone found its locks stale and aborted it first.
-                self.end_transfer(index, "aborted by a pusher");
+                self.end_transfer(index, TransferEnd::Aborted);
             }
             (_, Reply::Failed { .. }) if transfer.committing => {
                 // The commit was not proposed, or lost its log position: it did not
@@ -240,7 +287,7 @@ impl Simulation {
             }
             (_, reply) if transfer.committing => {
                 trace!(self, "bank client {index}: {reply:?} to its commit");
-                self.end_transfer(index, "unknown");
+                self.end_transfer(index, TransferEnd::Unknown);
             }
             (_, _) => self.abort_transfer(index),
         }
@@ -259,14 +306,21 @@ impl Simulation {
             let transfer = self.bank_clients[index].transfer.as_ref().expect("above");
             if transfer.committing {
                 // The commit may or may not apply: the pushers finish the transaction.
-                self.end_transfer(index, "unknown");
+                self.end_transfer(index, TransferEnd::Unknown);
             } else {
                 self.abort_transfer(index);
             }
         }
     }
 
+    /// The transfer has its revision: the prepares go out (now, or after a pause).
     fn prepare_transfer(&mut self, index: usize) {
+        if !self.pauses(index) {
+            self.send_prepares(index);
+        }
+    }
+
+    fn send_prepares(&mut self, index: usize) {
         let state = &mut self.bank_clients[index];
         let transfer = state.transfer.as_mut().expect("a transfer");
         let revision = transfer.revision.expect("a revision");
@@ -321,28 +375,45 @@ impl Simulation {
         ]
     }
 
-    /// Every range prepared: the commit goes to the primary, now or, from a slow
-    /// coordinator, after a pause (in which its locks may be pushed).
-    fn commit_transfer(&mut self, index: usize) {
-        let txn = self.bank_clients[index]
+    /// A slow coordinator pauses (its revision may fall below reads served meanwhile,
+    /// by this leader or the next; its locks may be pushed): true if it does, and then
+    /// resumes later.
+    fn pauses(&mut self, index: usize) -> bool {
+        if !self.rng.chance(SLOW_COORDINATOR_PROBABILITY) {
+            return false;
+        }
+        let transfer = self.bank_clients[index]
             .transfer
             .as_ref()
-            .expect("a transfer")
-            .txn;
-        if self.rng.chance(SLOW_COORDINATOR_PROBABILITY) {
-            let pause_us = self.rng.range(0, SLOW_COORDINATOR_PAUSE_US_MAX);
-            self.events
-                .push(self.now_us + pause_us, Event::CommitTransfer { index, txn });
-            return;
-        }
-        self.send_commit(index, txn);
+            .expect("a transfer");
+        let txn = transfer.txn;
+        let pause_us = self.rng.range(0, SLOW_COORDINATOR_PAUSE_US_MAX);
+        self.events
+            .push(self.now_us + pause_us, Event::ResumeTransfer { index, txn });
+        true
     }
 
-    pub(crate) fn send_commit(&mut self, index: usize, txn: TxnId) {
+    /// A paused coordinator goes on where it stopped: its prepares, or its commit.
+    pub(crate) fn resume_transfer(&mut self, index: usize, txn: TxnId) {
         match &self.bank_clients[index].transfer {
-            Some(transfer) if transfer.txn == txn && !transfer.committing => {}
-            _ => return,
+            Some(transfer) if transfer.txn == txn && transfer.participants.is_empty() => {
+                self.send_prepares(index)
+            }
+            Some(transfer) if transfer.txn == txn && !transfer.committing => {
+                self.send_commit(index)
+            }
+            _ => {}
         }
+    }
+
+    /// Every range prepared: the commit goes to the primary (now, or after a pause).
+    fn commit_transfer(&mut self, index: usize) {
+        if !self.pauses(index) {
+            self.send_commit(index);
+        }
+    }
+
+    fn send_commit(&mut self, index: usize) {
         let writes = self.transfer_writes(index);
         let transfer = self.bank_clients[index]
             .transfer
@@ -501,6 +572,23 @@ impl Simulation {
                 sum_at(u64::MAX)
             );
             return self.fail(Violation(message));
+        }
+        // What coordinators were told: committed exactly when the record says so, and
+        // an aborted transfer wrote nothing.
+        for &(txn, revision, accounts, told_committed) in &self.transfer_outcomes {
+            let recorded = records.iter().any(|(t, _)| *t == txn);
+            let written = accounts
+                .iter()
+                .any(|&account| versions.contains_key(&(account, revision)));
+            if told_committed != recorded || told_committed != written {
+                let message = format!(
+                    "{txn:?} at {revision}: its coordinator was told committed = \
+                     {told_committed}, but a committed record exists = {recorded} and its \
+                     writes exist = {written}"
+                );
+                self.fail(Violation(message));
+                return;
+            }
         }
         for (txn, (revision, writes)) in records {
             for (key, value) in writes {

@@ -70,8 +70,8 @@ pub enum Event {
     ClientTimeout { client: u64, op: OpId },
     /// A client starts its next operation.
     ClientNext(u64),
-    /// A slow bank client sends the commit of its transfer.
-    CommitTransfer {
+    /// A slow bank client goes on with its transfer (its prepares, or its commit).
+    ResumeTransfer {
         index: usize,
         txn: ostrakon_ranges::txn::TxnId,
     },

@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     }
     println!(
         "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
-         reads at one revision and {} transfers across ranges in {:.1} s",
+         reads at one revision and {} transfers ({} across ranges) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -131,6 +131,7 @@ fn main() -> ExitCode {
         summary.timestamps_granted,
         summary.scans,
         summary.transfers,
+        summary.transfers_across_ranges,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

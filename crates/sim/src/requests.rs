@@ -16,6 +16,11 @@ use crate::simulation::{trace, Simulation, META};
 const SLOW_WRITER_PROBABILITY: f64 = 0.2;
 /// How long it pauses at most.
 const SLOW_WRITER_PAUSE_US_MAX: u64 = 500_000;
+/// How often a request of the range layer's own clients (reads at a revision,
+/// transactions, pushes, floors) arrives late.
+const LATE_REQUEST_PROBABILITY: f64 = 0.03;
+/// How late at most.
+const LATE_REQUEST_DELAY_US_MAX: u64 = 1_000_000;
 /// How many revisions a write takes at most before it gives up (each refused as below
 /// a read served or a write applied).
 const WRITE_ATTEMPTS_MAX: u32 = 4;
@@ -104,6 +109,18 @@ impl Simulation {
                 if replica.raw.role() != Role::Leader {
                     self.reply(waiting, Reply::Failed { leader_hint });
                     return;
+                }
+                if let crate::txn_kv::TxnCommand::Prepare { keys, .. } = &command {
+                    let descriptor = replica.kv.descriptor.as_ref();
+                    let moved = keys
+                        .iter()
+                        .any(|&key| !span_check.on_arrival(descriptor, &routing_key(key)));
+                    if moved {
+                        // A split moved an account: the coordinator routes again.
+                        let ranges = self.local_descriptors(id);
+                        self.reply(waiting, Reply::Mismatch { ranges });
+                        return;
+                    }
                 }
                 // A prepare's revision was fetched by its coordinator: it must land above
                 // every read the leader served, as a write's.
@@ -312,18 +329,29 @@ impl Simulation {
         timeout_us: u64,
     ) {
         let faults = &self.scenario.faults;
-        let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
         let op = ostrakon_check::OpId::NONE;
-        self.events.push(
-            self.now_us + latency,
-            Event::Request {
+        // Delivered once, twice (a retransmission), or late (past its sender's timeout:
+        // a prepare may then arrive after its transaction was released).
+        let copies = if self.rng.chance(faults.duplicate_probability) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let faults = &self.scenario.faults;
+            let mut latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+            if self.rng.chance(LATE_REQUEST_PROBABILITY) {
+                latency += self.rng.range(0, LATE_REQUEST_DELAY_US_MAX);
+            }
+            let request = Event::Request {
                 node: target,
                 range: group,
                 client,
                 op,
-                request,
-            },
-        );
+                request: request.clone(),
+            };
+            self.events.push(self.now_us + latency, request);
+        }
         self.events.push(
             self.now_us + timeout_us,
             Event::ClientTimeout { client, op },

@@ -39,8 +39,10 @@ pub struct SeedReport {
     pub timestamps_granted: usize,
     /// Reads of every register at one revision that completed (all checked).
     pub scans: usize,
-    /// Transfers between accounts acknowledged committed (transactions across ranges).
+    /// Transfers between accounts acknowledged committed.
     pub transfers: u64,
+    /// Those that touched two ranges (two-phase commit across ranges).
+    pub transfers_across_ranges: u64,
     /// Wall-clock time of the simulation and of the check.
     pub simulate_time: Duration,
     /// See `simulate_time`.
@@ -102,6 +104,7 @@ pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, V
         timestamps_granted,
         scans: sim.scans.len(),
         transfers: sim.transfers_committed,
+        transfers_across_ranges: sim.transfers_across_ranges,
         simulate_time,
         check_time: began.elapsed(),
     };
@@ -125,6 +128,8 @@ pub struct Summary {
     pub scans: u64,
     /// Transfers committed over all seeds.
     pub transfers: u64,
+    /// Those that touched two ranges.
+    pub transfers_across_ranges: u64,
     /// Lowest failing seed.
     pub first_failing_seed: Option<u64>,
     /// The report of that seed.
@@ -197,6 +202,7 @@ pub fn run_seeds(
                 summary.timestamps_granted += report.timestamps_granted as u64;
                 summary.scans += report.scans as u64;
                 summary.transfers += report.transfers;
+                summary.transfers_across_ranges += report.transfers_across_ranges;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {
                     summary.violations += 1;

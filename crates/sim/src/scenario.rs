@@ -212,6 +212,9 @@ impl Scenario {
         };
         if scenario.account_count == 0 {
             scenario.bank_client_count = 0;
+        } else {
+            // Transfers are checked for isolation by reads at one revision.
+            scenario.scan_client_count = scenario.scan_client_count.max(1);
         }
         if bug.is_some_and(|b| b.oracle().is_some()) {
             // A bug in the oracle needs someone asking it.
@@ -223,6 +226,8 @@ impl Scenario {
             scenario.scan_client_count = scenario.scan_client_count.max(2);
             scenario.account_count = scenario.account_count.max(4);
             scenario.bank_client_count = scenario.bank_client_count.max(2);
+            // And leaderships that move (a new leader must learn its floor).
+            scenario.faults.transfer_probability = scenario.faults.transfer_probability.max(0.2);
         }
         scenario
     }

@@ -86,6 +86,11 @@ pub struct Simulation {
     pub(crate) bank_requests: BTreeMap<u64, usize>,
     /// Transfers acknowledged committed.
     pub(crate) transfers_committed: u64,
+    /// Those of them that touched two ranges.
+    pub(crate) transfers_across_ranges: u64,
+    /// What coordinators were told definitely: (transaction, revision, accounts,
+    /// committed).
+    pub(crate) transfer_outcomes: Vec<(ostrakon_ranges::txn::TxnId, u64, [u64; 2], bool)>,
     /// Range leaders' pushes in flight: request number → (node, range, transaction).
     pub(crate) push_requests: BTreeMap<u64, (NodeId, GroupId, ostrakon_ranges::txn::TxnId)>,
     /// Safety knowledge, per range.
@@ -155,6 +160,8 @@ impl Simulation {
             bank_clients: Vec::new(),
             bank_requests: BTreeMap::new(),
             transfers_committed: 0,
+            transfers_across_ranges: 0,
+            transfer_outcomes: Vec::new(),
             push_requests: BTreeMap::new(),
             invariants: BTreeMap::new(),
             trace: keep_trace.then(VecDeque::new),
@@ -580,7 +587,7 @@ impl Simulation {
                 self.timestamp_request_timed_out(client, op)
             }
             Event::ClientTimeout { client, op } => self.request_timed_out(client, op),
-            Event::CommitTransfer { index, txn } => self.send_commit(index, txn),
+            Event::ResumeTransfer { index, txn } => self.resume_transfer(index, txn),
             Event::SendWrite {
                 client,
                 op,
