@@ -25,7 +25,8 @@ pub struct RangesArgs {
 #[derive(Subcommand, Debug)]
 pub enum RangesCommand {
     /// One line per range: id, span, leader, replicas, keys, size (bytes of the live keys
-    /// and values), revision (the default).
+    /// and values), requests per second (over the last 10 s, summed over the members),
+    /// revision (the default).
     List,
     /// Split the range holding KEY at KEY: the keys from KEY on go to a new range with
     /// its own raft group on every replica.
@@ -35,8 +36,16 @@ pub enum RangesCommand {
     },
 }
 
-const HEADERS: [&str; 8] = [
-    "RANGE", "START", "END", "LEADER", "REPLICAS", "KEYS", "SIZE", "REVISION",
+const HEADERS: [&str; 9] = [
+    "RANGE",
+    "START",
+    "END",
+    "LEADER",
+    "REPLICAS",
+    "KEYS",
+    "SIZE",
+    "REQUESTS/S",
+    "REVISION",
 ];
 
 /// A key as it is printed: the text if it is printable, else hex.
@@ -50,7 +59,9 @@ fn printable(key: &[u8]) -> String {
     }
 }
 
-fn row(range: &RangeInfo) -> Vec<String> {
+/// `range`'s row, with its requests per second summed over the members (None: not
+/// known from every member).
+fn row(range: &RangeInfo, requests_per_second: Option<f64>) -> Vec<String> {
     let start = if range.start.is_empty() {
         "-inf".to_string()
     } else {
@@ -70,6 +81,7 @@ fn row(range: &RangeInfo) -> Vec<String> {
         replicas.join(","),
         range.keys.to_string(),
         range.live_bytes.to_string(),
+        requests_per_second.map_or("?".to_string(), |rate| format!("{rate:.1}")),
         range.revision.to_string(),
     ]
 }
@@ -87,7 +99,7 @@ pub fn run(args: RangesArgs) -> anyhow::Result<()> {
             .timeout(Duration::from_secs(30))
             .connect()
             .await?;
-        let mut client = RangesClient::new(channel);
+        let mut client = RangesClient::new(channel.clone());
         match args.command.unwrap_or(RangesCommand::List) {
             RangesCommand::List => {
                 let ranges = client
@@ -96,8 +108,18 @@ pub fn run(args: RangesArgs) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("{}", e.message()))?
                     .into_inner()
                     .ranges;
-                let rows: Vec<Vec<String>> = ranges.iter().map(row).collect();
+                let load = load_over_members(&args.tls, channel.clone()).await;
+                let rows: Vec<Vec<String>> = ranges
+                    .iter()
+                    .map(|range| {
+                        let rate = load.as_ref().and_then(|load| load.get(&range.range_id));
+                        row(range, rate.copied())
+                    })
+                    .collect();
                 println!("{}", crate::status_cmd::table(&HEADERS, &rows));
+                if load.is_none() {
+                    eprintln!("requests/s unknown: not every member answered");
+                }
             }
             RangesCommand::Split { key } => {
                 let split = client
@@ -117,4 +139,41 @@ pub fn run(args: RangesArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Each range's requests per second summed over every member (each counts what it
+/// serves), or None if a member cannot be asked.
+async fn load_over_members(
+    tls: &ClientTlsArgs,
+    channel: tonic::transport::Channel,
+) -> Option<std::collections::HashMap<u64, f64>> {
+    use ostrakon_proto::etcdserverpb::{cluster_client::ClusterClient, MemberListRequest};
+    let members = ClusterClient::new(channel)
+        .member_list(MemberListRequest::default())
+        .await
+        .ok()?
+        .into_inner()
+        .members;
+    let mut load = std::collections::HashMap::new();
+    for member in members {
+        let url = member.client_ur_ls.first()?;
+        let channel = tls
+            .endpoint(url)
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .ok()?;
+        let ranges = RangesClient::new(channel)
+            .list(ListRangesRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .ranges;
+        for range in ranges {
+            *load.entry(range.range_id).or_insert(0.0) += range.requests_per_second;
+        }
+    }
+    Some(load)
 }

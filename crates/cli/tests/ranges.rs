@@ -947,3 +947,40 @@ async fn the_leaders_of_a_split_keyspace_spread_over_the_members() {
         assert_eq!(read.count(), 3);
     }
 }
+
+/// `ostrakon ranges` shows each range's requests per second, summed over the members
+/// (each counts the writes it proposes as leader and the reads it answers): the range
+/// under load shows it, the idle one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_list_their_requests_per_second() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let (ok, out, err) =
+        cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);
+    assert!(ok, "split failed: {out} {err}");
+    wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
+    // Writes and reads of "x" (the right range) through every member.
+    for i in 0..150 {
+        let mut client = cluster.client(i % 3).await;
+        client.put("x", i.to_string(), None).await.unwrap();
+        client.get("x", None).await.unwrap();
+    }
+    // Rates count whole seconds: the one the load ended in must be over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (ok, listing, err) = cluster.ostrakon(&["ranges", "--endpoint", &cluster.host_port(1)]);
+    assert!(ok && listing.contains("REQUESTS/S"), "{listing} {err}");
+    // | RANGE | START | END | LEADER | REPLICAS | KEYS | SIZE | REQUESTS/S | REVISION |
+    let rates: Vec<f64> = listing
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.contains("RANGE"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            cells[8].parse().unwrap_or_else(|_| panic!("{listing}"))
+        })
+        .collect();
+    assert_eq!(rates.len(), 2, "{listing}");
+    // 300 requests within the 10 s window: at least 30 a second. The first range took
+    // only the split and the members' own writes.
+    assert!(rates[1] >= 30.0, "{listing}");
+    assert!(rates[0] < rates[1] / 10.0, "{listing}");
+}

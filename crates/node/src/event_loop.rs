@@ -535,6 +535,7 @@ impl EventLoop {
             applied: replica.applied_tx.subscribe(),
             lessor: replica.lessor.clone(),
             events,
+            requests: Default::default(),
         };
         self.groups.write().unwrap().insert(group, Arc::new(shared));
         self.replicas.insert(group, replica);

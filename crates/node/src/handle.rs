@@ -29,6 +29,8 @@ pub struct GroupShared {
     pub lessor: Arc<crate::lessor::Lessor>,
     /// Every committed revision's events, for watchers.
     pub events: tokio::sync::broadcast::Sender<Arc<ostrakon_storage::mvcc::RevisionEvents>>,
+    /// The requests this member serves for the range.
+    pub requests: crate::request_rate::RequestRate,
 }
 
 /// Every group hosted here, shared by the handle and the event loop (which adds the
@@ -723,6 +725,18 @@ impl NodeHandle {
         Ok(self.group(group)?.store.clone())
     }
 
+    /// A read of `group` served by this member (writes are counted where proposed).
+    pub fn record_read(&self, group: GroupId) {
+        if let Ok(shared) = self.group(group) {
+            shared.requests.record();
+        }
+    }
+
+    /// The requests per second this member serves for `group` (see `request_rate`).
+    pub fn requests_per_second(&self, group: GroupId) -> Result<f64, NodeError> {
+        Ok(self.group(group)?.requests.per_second())
+    }
+
     /// The group's last published status.
     pub fn status(&self, group: GroupId) -> Result<GroupStatus, NodeError> {
         Ok(self.group(group)?.status.read().unwrap().clone())
@@ -811,7 +825,7 @@ impl NodeHandle {
         request: write_request::Request,
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
-        self.group(group)?;
+        let shared = self.group(group)?;
         // The proposal's span: members that apply the entry record their apply under it.
         let span = spans::child(spans::current(), "raft.propose", SpanKind::Internal);
         let write = WriteRequest {
@@ -833,6 +847,11 @@ impl NodeHandle {
             respond,
         })?;
         let outcome = response.await.map_err(|_| NodeError::Stopped)?;
+        if outcome.is_ok() {
+            // Applied through this member as the range's leader (refused or retried
+            // attempts are not the range's load).
+            shared.requests.record();
+        }
         if let Some(mut span) = span {
             match &outcome {
                 // Not proposed here: the forward to the leader is the next span.

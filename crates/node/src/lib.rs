@@ -32,6 +32,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod reconfig_check;
 mod replica;
+pub mod request_rate;
 pub mod restore;
 pub mod revisions;
 pub mod routing;

@@ -44,6 +44,7 @@ pub(crate) fn describe_ranges(node: &NodeHandle) -> Vec<RangeInfo> {
                 .collect(),
             keys: view.live_keys() as u64,
             live_bytes: view.live_bytes(),
+            requests_per_second: node.requests_per_second(group).unwrap_or(0.0),
             revision: view.current_revision().0,
         });
     }

@@ -45,13 +45,21 @@ pub async fn read_at(
             let store = node.store(group)?;
             if requested <= store.current_revision().0 || !store.oracle_revisions() {
                 match view_of(node, group, intervals, linearizable).await? {
-                    Some(view) => return Ok(RoutedRead::One(view)),
+                    Some(view) => {
+                        node.record_read(group);
+                        return Ok(RoutedRead::One(view));
+                    }
                     None => continue,
                 }
             }
         }
         match read_across(node, &groups, intervals, linearizable, requested).await {
-            Ok(Some(read)) => return Ok(read),
+            Ok(Some(read)) => {
+                for &group in &groups {
+                    node.record_read(group);
+                }
+                return Ok(read);
+            }
             Ok(None) => {}
             // A range's leadership moving (or not known here yet): tried again, within
             // the deadline.
