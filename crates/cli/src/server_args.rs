@@ -76,6 +76,12 @@ pub struct ServerArgs {
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Split a range whose live keys and values hold more than this many bytes, where
+    /// the bytes are halved (0: never; ranges are then split by hand with `ostrakon
+    /// ranges split`). Off by default until writes across ranges are built: a
+    /// DeleteRange or writing Txn across two ranges is refused.
+    #[arg(long, default_value_t = 0)]
+    pub range_max_bytes: u64,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
@@ -232,6 +238,7 @@ impl ServerArgs {
             } else {
                 self.quota_backend_bytes
             },
+            range_max_bytes: self.range_max_bytes,
         };
         let client_tls = tls_material(
             "",

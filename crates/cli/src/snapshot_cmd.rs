@@ -266,6 +266,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         snapshot_entries: 100_000,
         request_timeout: Duration::from_secs(7),
         quota_backend_bytes: 0,
+        range_max_bytes: 0,
         peer_tls: None,
         join: false,
     };

@@ -984,3 +984,50 @@ async fn ranges_list_their_requests_per_second() {
     assert!(rates[1] >= 30.0, "{listing}");
     assert!(rates[0] < rates[1] / 10.0, "{listing}");
 }
+
+/// With `--range-max-bytes`, a range whose live keys and values outgrow the limit is
+/// split where the bytes are halved, again and again, until every range is within it;
+/// every key keeps its value and stays writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_past_their_size_split_by_themselves() {
+    let cluster = TestCluster::start(3, &["--range-max-bytes", "2048"]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(1).await;
+    let value = "v".repeat(100);
+    for i in 0..40 {
+        client
+            .put(format!("k{i:02}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    // 40 keys of 103 bytes: at least three ranges, each within the limit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let listed = ranges(&cluster, 0).await.unwrap_or_default();
+        let within = listed.iter().all(|range| range.live_bytes <= 2048);
+        let total: u64 = listed.iter().map(|range| range.live_bytes).sum();
+        if listed.len() >= 3 && within && total == 40 * 103 {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "ranges now: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(listed.len() <= 6, "split too finely: {listed:?}");
+    // Every key is there with its value, read across the ranges and written again.
+    let all = client
+        .get("k", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(all.kvs().len(), 40);
+    assert!(all.kvs().iter().all(|kv| kv.value_str().unwrap() == value));
+    for i in [0, 20, 39] {
+        client.put(format!("k{i:02}"), "again", None).await.unwrap();
+        let got = cluster
+            .client(2)
+            .await
+            .get(format!("k{i:02}"), None)
+            .await
+            .unwrap();
+        assert_eq!(got.kvs()[0].value_str().unwrap(), "again");
+    }
+}

@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// `--quota-backend-bytes`: past this store size, writes that add data raise the
     /// NOSPACE alarm and are refused.
     pub quota_backend_bytes: u64,
+    /// `--range-max-bytes`: a data range whose live keys and values hold more is split
+    /// (0: never, by size).
+    pub range_max_bytes: u64,
     /// TLS on the peer links (`--peer-cert-file` ...), if configured.
     pub peer_tls: Option<crate::tls::TlsMaterial>,
     /// Join a running cluster (`--initial-cluster-state existing`) instead of founding

@@ -181,6 +181,7 @@ pub fn start(
     let (data_lessor, tasks_runtime) = (data.lessor.clone(), runtime.clone());
     let leader_spread =
         crate::leader_spread::LeaderSpread::new(config.tick_interval, config.election_ticks);
+    let range_max_bytes = config.range_max_bytes;
     let mut event_loop = EventLoop {
         config,
         layout,
@@ -224,6 +225,9 @@ pub fn start(
         handle.clone(),
         DEFAULT_GROUP,
     ));
+    if range_max_bytes > 0 {
+        tasks_runtime.spawn(crate::size_split::run(handle.clone(), range_max_bytes));
+    }
     event_loop.follow_member_registry(&data_store);
     let thread = std::thread::Builder::new()
         .name("ostrakon-raft".into())

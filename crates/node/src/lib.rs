@@ -36,6 +36,7 @@ pub mod request_rate;
 pub mod restore;
 pub mod revisions;
 pub mod routing;
+mod size_split;
 pub mod spans;
 pub mod split;
 pub mod status;

@@ -79,6 +79,28 @@ impl LatestIndex {
         self.live_bytes
     }
 
+    /// The key to split at so that the keys before it hold about half the live bytes:
+    /// the first key after which they hold at least half (never the first live key, so
+    /// both sides keep a key); None with fewer than two live keys. Takes time in the
+    /// number of keys before it.
+    pub fn middle_key(&self) -> Option<Bytes> {
+        let half = self.live_bytes / 2;
+        let mut before = 0;
+        let mut keys = self.keys.iter().peekable();
+        let mut last_candidate = None;
+        while let Some((key, newest)) = keys.next() {
+            before += newest.bytes(key);
+            let Some((next, _)) = keys.peek() else {
+                break;
+            };
+            last_candidate = Some((*next).clone());
+            if before >= half {
+                return last_candidate;
+            }
+        }
+        last_candidate
+    }
+
     /// Records `version` (at `revision`) as the newest of `key`.
     fn set(&mut self, key: Bytes, revision: Revision, version: &StoredVersion) {
         let old = if version.tombstone {
@@ -243,5 +265,26 @@ mod tests {
         let right = index.split_off(b"b");
         assert_eq!((index.live_bytes(), right.live_bytes()), (3, 5));
         assert_eq!((index.live_keys(), right.live_keys()), (1, 1));
+    }
+
+    #[test]
+    fn the_middle_key_halves_the_live_bytes_and_leaves_a_key_on_each_side() {
+        let mut index = LatestIndex::default();
+        assert_eq!(index.middle_key(), None);
+        index.apply(Revision(1), &changes(&[("a", Some("123456789"))]));
+        // One key cannot be split.
+        assert_eq!(index.middle_key(), None);
+        index.apply(
+            Revision(2),
+            &changes(&[("b", Some("1")), ("c", Some("1")), ("d", Some("1"))]),
+        );
+        // a holds 10 of 16 bytes: the split goes right after it.
+        assert_eq!(index.middle_key().as_deref(), Some(&b"b"[..]));
+        index.apply(
+            Revision(3),
+            &changes(&[("a", Some("")), ("e", Some("1234567"))]),
+        );
+        // 1 + 2 + 2 + 2 + 8 = 15: a, b, c hold 5, a..d 7 (at least 7): split before e.
+        assert_eq!(index.middle_key().as_deref(), Some(&b"e"[..]));
     }
 }

@@ -1221,6 +1221,11 @@ impl ReadView {
         self.latest.live_bytes()
     }
 
+    /// Where a split would halve the view's live bytes (`LatestIndex::middle_key`).
+    pub fn middle_key(&self) -> Option<Bytes> {
+        self.latest.middle_key()
+    }
+
     /// Whether a live key of the view from `key` on is attached to a lease.
     pub fn has_leased_key_from(&self, key: &[u8]) -> bool {
         self.latest.has_leased_key_from(key)

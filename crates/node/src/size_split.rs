@@ -1,0 +1,69 @@
+//! Splits by size (`--range-max-bytes`): every few seconds the node looks at the data
+//! ranges it leads, and a range whose live keys and values hold more than the limit is
+//! split where the bytes before the key are about half (`MvccStore`'s `middle_key`),
+//! through the same split command an operator's `ostrakon ranges split` proposes. One
+//! task per node, not per range; a range is looked at only while this node leads it.
+//!
+//! Off by default (0): until writes across ranges are built in the node, a DeleteRange
+//! or a writing Txn whose keys fall in two ranges is refused, so a keyspace split on its
+//! own would refuse requests etcd accepts.
+
+use std::time::Duration;
+
+use crate::handle::NodeHandle;
+use crate::DEFAULT_GROUP;
+
+/// How often the node looks at the sizes of the ranges it leads.
+const SIZE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Looks at the ranges this node leads until the node stops, splitting those past
+/// `range_max_bytes`.
+pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64) {
+    assert!(range_max_bytes > 0, "splits by size are off at 0");
+    let mut check = tokio::time::interval(SIZE_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        check.tick().await;
+        if handle.status(DEFAULT_GROUP).is_err() {
+            return; // the node stopped
+        }
+        for (group, _) in handle.data_ranges() {
+            let (Ok(status), Ok(store)) = (handle.status(group), handle.store(group)) else {
+                continue;
+            };
+            if !status.is_leader {
+                continue;
+            }
+            let view = store.read_view();
+            let live_bytes = view.live_bytes();
+            if live_bytes <= range_max_bytes {
+                continue;
+            }
+            let Some(key) = view.middle_key() else {
+                continue; // one key, larger than the limit: nothing to split
+            };
+            if view.has_leased_key_from(&key) {
+                // Leases and their keys live in the first range until leases work
+                // across ranges: such a split would be refused.
+                tracing::debug!(
+                    group = group.0,
+                    live_bytes,
+                    "a range past its size keeps leased keys; not split"
+                );
+                continue;
+            }
+            match handle.split_range(&key).await {
+                Ok((left, right)) => tracing::info!(
+                    left = left.0,
+                    right = right.0,
+                    live_bytes,
+                    range_max_bytes,
+                    "split a range past its size"
+                ),
+                Err(error) => {
+                    tracing::debug!(group = group.0, %error, "splitting a range past its size failed; will retry")
+                }
+            }
+        }
+    }
+}
