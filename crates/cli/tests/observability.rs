@@ -250,6 +250,9 @@ async fn the_dashboard_shows_the_range_map_live() {
     assert_eq!(ranges.len(), 1, "{first}");
     assert_eq!(ranges[0]["start"], "", "{first}");
     assert!(ranges[0]["end"].is_null(), "{first}");
+    // Each range's size and the requests this member serves for it.
+    assert!(ranges[0]["live_bytes"].is_u64(), "{first}");
+    assert!(ranges[0]["requests_per_second"].is_f64(), "{first}");
 
     // A split shows as a second range, and the leaders, spread over the members, show
     // where they move: the meta range and both data ranges each on their own member.

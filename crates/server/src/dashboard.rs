@@ -124,6 +124,7 @@ async fn status(dashboard: &Dashboard) -> Value {
                 "replicas": range.replicas.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
                 "keys": range.keys,
                 "live_bytes": range.live_bytes,
+                "requests_per_second": range.requests_per_second,
                 "revision": range.revision,
             })
         })
