@@ -228,6 +228,7 @@ pub fn start(
     if range_max_bytes > 0 {
         tasks_runtime.spawn(crate::size_split::run(handle.clone(), range_max_bytes));
     }
+    tasks_runtime.spawn(crate::txn_pusher::run(handle.clone()));
     event_loop.follow_member_registry(&data_store);
     let thread = std::thread::Builder::new()
         .name("ostrakon-raft".into())

@@ -76,6 +76,16 @@ pub struct MemberDescription {
 /// split this node has not applied yet).
 const ROUTE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
+/// The pause before trying a write again that met a transaction's lock for the
+/// `retries`th time: from 2 ms, doubling up to 64 ms, spread over half to the whole of it.
+fn locked_pause(retries: u32) -> Duration {
+    let ceiling_ms = 2u64 << retries.min(5);
+    let spread = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| u64::from(now.subsec_nanos()));
+    Duration::from_millis(ceiling_ms / 2 + spread % (ceiling_ms / 2 + 1))
+}
+
 /// Until leases span ranges, their keys must be in the first data range, which holds the
 /// leases: its revoke and expiry delete them in the lease's revision.
 const LEASE_OUTSIDE_FIRST_RANGE: &str = "ostrakon: a lease can be attached only to keys of the first range until leases span ranges (docs/RANGES.md)";
@@ -264,30 +274,35 @@ impl NodeHandle {
             return self.compact_every_range(compaction, auth_revision).await;
         }
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let mut locked_retries = 0u32;
         loop {
             let intervals = ostrakon_storage::mvcc::write_intervals(&request);
-            let group = if intervals.is_empty() {
-                crate::DEFAULT_GROUP
+            let groups = if intervals.is_empty() {
+                vec![crate::DEFAULT_GROUP]
             } else {
-                self.route(&intervals).await?
+                self.ranges_touched(&intervals).await?
             };
-            if group != crate::DEFAULT_GROUP && attaches_lease(&request) {
+            if groups != [crate::DEFAULT_GROUP] && attaches_lease(&request) {
                 return Err(NodeError::Refused {
                     code: tonic::Code::FailedPrecondition as i32,
                     message: LEASE_OUTSIDE_FIRST_RANGE.into(),
                 });
             }
-            let outcome = match self
-                .write_checked(group, request.clone(), auth_revision)
-                .await
-            {
-                Err(NodeError::NoLeader)
-                    if tokio::time::Instant::now() < deadline
-                        && self.await_new_range_leader(group).await =>
+            let outcome = if let [group] = groups[..] {
+                match self
+                    .write_checked(group, request.clone(), auth_revision)
+                    .await
                 {
-                    continue
+                    Err(NodeError::NoLeader)
+                        if tokio::time::Instant::now() < deadline
+                            && self.await_new_range_leader(group).await =>
+                    {
+                        continue
+                    }
+                    other => other?,
                 }
-                other => other?,
+            } else {
+                crate::txn_coordinator::attempt(self, &request, auth_revision, &groups).await?
             };
             let retry = match &outcome {
                 WriteOutcome::Error(error) => error.retry,
@@ -300,8 +315,32 @@ impl NodeHandle {
                 // This node has not applied the split the range has: wait for it.
                 tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
             }
+            if retry == Retry::Locked as i32 {
+                // A transaction across ranges holds the keys: it ends within a few
+                // round trips. Pauses grow, and vary, so that transactions that keep
+                // meeting each other's locks stop meeting.
+                locked_retries += 1;
+                tokio::time::sleep(locked_pause(locked_retries)).await;
+            }
             // A stale revision (a leader changed between the fetch and the apply): the
             // write changed nothing and is proposed again with a new one.
+        }
+    }
+
+    /// Waits until this member's replica of `group` has applied `index` (within the
+    /// request timeout).
+    pub async fn wait_applied(&self, group: GroupId, index: LogIndex) -> Result<(), NodeError> {
+        let mut applied = self.group(group)?.applied.clone();
+        let waited = tokio::time::timeout(
+            self.inner.request_timeout,
+            applied.wait_for(|applied| *applied >= index),
+        )
+        .await
+        .map(|result| result.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
         }
     }
 
@@ -415,6 +454,13 @@ impl NodeHandle {
             match self.write(left, split).await {
                 Ok(WriteOutcome::RangeSplit(done)) => {
                     return Ok((left, GroupId(done.right_range_id)))
+                }
+                Ok(WriteOutcome::Error(error))
+                    if error.retry == ostrakon_proto::peer::Retry::Locked as i32
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    // A transaction across ranges holds keys of the range: it ends soon.
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
                 }
                 Ok(other) => return Err(refusal_of(other)),
                 Err(

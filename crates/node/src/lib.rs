@@ -43,6 +43,8 @@ pub mod status;
 pub mod timestamps;
 pub mod tls;
 pub mod transport;
+mod txn_coordinator;
+mod txn_pusher;
 
 pub use config::{member_id, NodeConfig};
 pub use error::NodeError;

@@ -277,6 +277,10 @@ pub struct Metrics {
     pub range_splits: Counter,
     /// Range leaderships handed to another member to spread leaders over the nodes.
     pub leader_spread_moves: Counter,
+    /// Writes across ranges this member coordinated that committed.
+    pub txns_committed_across_ranges: Counter,
+    /// Locks of transactions across ranges this member ended as stale (`txn_pusher`).
+    pub txn_locks_pushed: Counter,
     /// Writes that waited for revisions from the oracle (ranges that split).
     pub oracle_revision_writes: Counter,
     /// Whether this member leads the meta range, and so serves the timestamp oracle.
@@ -325,6 +329,8 @@ impl Metrics {
             raft_groups_led: Gauge::default(),
             range_splits: Counter::default(),
             leader_spread_moves: Counter::default(),
+            txns_committed_across_ranges: Counter::default(),
+            txn_locks_pushed: Counter::default(),
             oracle_revision_writes: Counter::default(),
             oracle_is_leader: Gauge::default(),
             oracle_timestamps: Counter::default(),
@@ -456,6 +462,18 @@ impl Metrics {
             "counter",
             "Splits applied on this member that created a range here.",
             self.range_splits.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txns_committed_across_ranges_total",
+            "counter",
+            "Writes across ranges this member coordinated that committed.",
+            self.txns_committed_across_ranges.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txn_locks_pushed_total",
+            "counter",
+            "Locks of transactions across ranges this member ended as stale.",
+            self.txn_locks_pushed.get().to_string(),
         );
         scalar(
             "ostrakon_leader_spread_moves_total",

@@ -44,6 +44,10 @@ pub fn apply_split(
         ))
     } else if conf.is_joint() {
         Some("ostrakon: the range's membership is changing; split it once that is done".into())
+    } else if store.has_txn_locks() {
+        // A lock's spans are checked against the range when it is prepared; the keys
+        // stay put until the transaction ends.
+        Some("ostrakon: a transaction across ranges holds keys of the range; retry".into())
     } else if store.read_view().has_leased_key_from(&split.key) {
         // Leases live in the first range, whose revoke and expiry delete their keys
         // there only: a leased key moved out of it would outlive its lease.
@@ -56,10 +60,15 @@ pub fn apply_split(
     };
     if let Some(message) = refusal {
         store.set_applied(index, term);
+        let locked = store.has_txn_locks();
         let error = Error {
             code: tonic::Code::FailedPrecondition as i32,
             message,
-            ..Default::default()
+            retry: if locked {
+                ostrakon_proto::peer::Retry::Locked as i32
+            } else {
+                ostrakon_proto::peer::Retry::None as i32
+            },
         };
         return (WriteOutcome::Error(error), None);
     }

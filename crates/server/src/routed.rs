@@ -10,6 +10,10 @@ use crate::errors::ApiError;
 /// How long a read across ranges waits before trying a range whose leader moved again.
 const LEADER_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// How long a read that met a transaction's lock waits before it looks again (the
+/// transaction ends within a few round trips, or its lock is pushed as stale).
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Where a read finds its keys.
 pub enum RoutedRead {
     /// One range holds every key, and the read is as on a keyspace of one range: the
@@ -93,6 +97,13 @@ async fn view_of(
     let holds_all = intervals
         .iter()
         .all(|(key, range_end)| view.span().covers(key, range_end));
+    if linearizable && view.locked(intervals, None) {
+        // A transaction across ranges holds some of the keys, and may have committed:
+        // a linearizable read must not miss it (its part here is written when the lock
+        // goes). A serializable read may be stale, and reads what is here.
+        tokio::time::sleep(LOCK_RETRY_PAUSE).await;
+        return Ok(None);
+    }
     Ok(holds_all.then_some(view))
 }
 
@@ -158,6 +169,13 @@ async fn read_across(
         }
     }
     let views: Vec<ReadView> = stores.iter().map(|store| store.read_view()).collect();
+    if views.iter().any(|view| view.locked(intervals, Some(at))) {
+        // A transaction across ranges with a lock at or below `at` writes at or below
+        // it, maybe: the read waits for the lock to go, so it sees all of its writes or
+        // none.
+        tokio::time::sleep(LOCK_RETRY_PAUSE).await;
+        return Ok(None);
+    }
     // A read of the current revision answers with the revision it read, so that pages
     // read at it see the same keyspace (a range may have applied later writes since);
     // one at a given revision answers with the current one, as etcd does.

@@ -544,14 +544,24 @@ impl WatchStream {
             let now = self.node.timestamps(1).await?.first.0;
             let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
             let mut waits = tokio::task::JoinSet::new();
-            for group in groups {
+            for &group in &groups {
                 let node = self.node.clone();
                 waits.spawn(async move { node.read_point_at(group, now).await });
             }
             while let Some(done) = waits.join_next().await {
                 done.expect("a read barrier panicked")?;
             }
-            Ok::<_, ostrakon_node::NodeError>(now)
+            // A transaction across ranges still holding a lock will write at or above
+            // the lock's revision: each range is final only below its lowest lock
+            // (every lock at or below `now` has applied by now).
+            let mut resolved = now;
+            for &group in &groups {
+                let lowest_lock = self.node.store(group)?.read_view().lowest_lock_revision();
+                if let Some(lowest_lock) = lowest_lock {
+                    resolved = resolved.min(Revision(lowest_lock.0 - 1));
+                }
+            }
+            Ok::<_, ostrakon_node::NodeError>(resolved)
         };
         let resolved = match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
             Ok(Ok(resolved)) => resolved,

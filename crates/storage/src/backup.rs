@@ -49,6 +49,8 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
                 oracle_bound: 0,
                 span: None,
                 oracle_revisions: false,
+                txn_locks: Vec::new(),
+                txn_outcomes: Vec::new(),
             },
             crc32c: status.hash,
         });
@@ -91,6 +93,9 @@ pub fn restore(
             span: None,
             // One range again: its revisions count on from the backup's.
             oracle_revisions: false,
+            // A backup is of one range that never split: no transaction across ranges.
+            txn_locks: Vec::new(),
+            txn_outcomes: Vec::new(),
         },
         info.revision,
         info.compact_revision,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod etcdctl;
+pub mod ranges;
 pub mod real_etcd;
 
 use std::path::PathBuf;

@@ -43,6 +43,10 @@ pub enum MvccError {
         /// The range's group.
         group: u64,
     },
+    /// A transaction across ranges holds a lock in the range: no other write changes its
+    /// keys until the transaction ends (the node tries the write again shortly).
+    #[error("ostrakon: the range is locked by a transaction across ranges")]
+    Locked,
     /// The auth store refused the request.
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),

@@ -317,6 +317,25 @@ pub fn apply_write(
     if let Request::Alarm(alarm) = request {
         return WriteOutcome::Alarm(store.apply_alarm(index, term, alarm));
     }
+    // A transaction's decision and its resolution are never refused (not by auth, not
+    // by the space quota): locks must go. Its prepare is checked as any write.
+    match request {
+        Request::TxnCommit(decide) => {
+            return WriteOutcome::TxnDecided(store.apply_txn_commit(index, term, decide))
+        }
+        Request::TxnAbort(txn) => {
+            return WriteOutcome::TxnDecided(store.apply_txn_abort(index, term, txn))
+        }
+        Request::TxnResolve(decide) => {
+            store.apply_txn_resolve(index, term, decide);
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
+        }
+        Request::TxnRelease(txn) => {
+            store.apply_txn_release(index, term, txn);
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
+        }
+        _ => {}
+    }
     let auth = store.auth();
     if write.auth_revision != 0 && auth.enabled() && write.auth_revision < auth.revision() {
         // The users, roles or permissions changed after the proposer checked them.
@@ -352,6 +371,20 @@ pub fn apply_write(
             group: store.group().0,
         });
     }
+    if let Request::TxnPrepare(prepare) = request {
+        return match store.apply_txn_prepare(index, term, prepare, Revision(write.revision)) {
+            Ok(prepared) => WriteOutcome::TxnPrepared(prepared),
+            Err(error) => {
+                store.set_applied(index, term);
+                error_outcome(error)
+            }
+        };
+    }
+    if changes_keys(request) && store.has_txn_locks() {
+        // A transaction across ranges holds keys here: the write waits for it to end.
+        store.set_applied(index, term);
+        return error_outcome(MvccError::Locked);
+    }
     let mut txn = store.write_txn_at(Revision(write.revision));
     let result = match request {
         Request::Put(put) => apply_put(&mut txn, put, PutIn::Request).map(WriteOutcome::Put),
@@ -377,6 +410,11 @@ pub fn apply_write(
             unreachable!("handled above")
         }
         Request::Split(_) => unreachable!("the node applies splits"),
+        Request::TxnPrepare(_)
+        | Request::TxnCommit(_)
+        | Request::TxnResolve(_)
+        | Request::TxnAbort(_)
+        | Request::TxnRelease(_) => unreachable!("transaction commands are handled above"),
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
             WriteOutcome::LeaseGrant(LeaseGrantResponse {
                 header: None,
@@ -412,11 +450,50 @@ pub fn apply_write(
     }
 }
 
+/// Whether a write may change user keys (and so waits while a transaction across ranges
+/// holds a lock in the range).
+fn changes_keys(request: &write_request::Request) -> bool {
+    use write_request::Request;
+    matches!(
+        request,
+        Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_) | Request::LeaseRevoke(_)
+    )
+}
+
+/// Evaluates a Put, DeleteRange or Txn whose keys fall in several ranges, as one range
+/// holding them all would apply it, over `views` (those ranges' views, each taken once
+/// the transaction's lock there applied, so no write changes them meanwhile) at
+/// `revision`: the response, and the writes each range then makes at the revision.
+/// `lease_store` is the range holding the leases.
+pub fn evaluate_across(
+    lease_store: &MvccStore,
+    views: Vec<ReadView>,
+    revision: Revision,
+    request: &write_request::Request,
+) -> Result<(WriteOutcome, ostrakon_proto::peer::TxnWrites), MvccError> {
+    use write_request::Request;
+    let view = lease_store.merged_view(views);
+    let mut txn = lease_store.write_txn_over(view, revision);
+    let mut outcome = match request {
+        Request::Put(put) => WriteOutcome::Put(apply_put(&mut txn, put, PutIn::Request)?),
+        Request::DeleteRange(delete) => WriteOutcome::DeleteRange(apply_delete(&mut txn, delete)),
+        Request::Txn(request) => {
+            let path = txn_path(&txn, request);
+            check_txn(&txn, request, &path)?;
+            WriteOutcome::Txn(apply_txn(&mut txn, request, &path)?)
+        }
+        other => unreachable!("only Put, DeleteRange and Txn have keys: {other:?}"),
+    };
+    set_header_revision(&mut outcome, txn.response_revision());
+    Ok((outcome, txn.into_writes()))
+}
+
 /// Whether a write may grow the store: puts, Txns that can put, lease grants.
 pub fn adds_data(request: &write_request::Request) -> bool {
     use write_request::Request;
     match request {
         Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::TxnPrepare(prepare) => prepare.adds_data,
         Request::Txn(txn) => txn_puts(txn),
         _ => false,
     }
@@ -448,7 +525,10 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         | WriteOutcome::Auth(_)
         | WriteOutcome::OracleBound(_)
         | WriteOutcome::RangeIdAllocated(_)
-        | WriteOutcome::RangeSplit(_) => return,
+        | WriteOutcome::RangeSplit(_)
+        | WriteOutcome::TxnPrepared(_)
+        | WriteOutcome::TxnDecided(_)
+        | WriteOutcome::TxnDone(_) => return,
     };
     *header = self::header(revision);
 }
@@ -460,6 +540,7 @@ fn error_outcome(error: MvccError) -> WriteOutcome {
     let retry = match error {
         MvccError::StaleRevision { .. } => Retry::StaleRevision,
         MvccError::WrongRange { .. } => Retry::WrongRange,
+        MvccError::Locked => Retry::Locked,
         _ => Retry::None,
     };
     WriteOutcome::Error(ostrakon_proto::peer::Error {
@@ -499,6 +580,11 @@ fn etcd_status_static(error: &MvccError) -> (i32, &'static str) {
         MvccError::WrongRange { .. } => {
             (9, "ostrakon: a key of the request moved to another range")
         }
+        // Unavailable: the node retries it until the request's deadline.
+        MvccError::Locked => (
+            14,
+            "ostrakon: keys are locked by a transaction across ranges; retry",
+        ),
         MvccError::Auth(_) => unreachable!("handled by etcd_status"),
     }
 }

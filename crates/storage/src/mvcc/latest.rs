@@ -158,6 +158,22 @@ impl LatestIndex {
         self.revision = revision;
     }
 
+    /// The index of two ranges' keys together (disjoint spans), at the higher revision:
+    /// what a transaction across ranges reads through.
+    pub fn merge(mut self, other: LatestIndex) -> LatestIndex {
+        self.revision = self.revision.max(other.revision);
+        self.live_bytes += other.live_bytes;
+        for (key, newest) in other.keys {
+            let replaced = self.keys.insert(key, newest);
+            assert!(replaced.is_none(), "merged indexes share a key");
+        }
+        for (lease, keys) in other.attached {
+            let attached = self.attached.entry(lease).or_default();
+            *attached = attached.clone().union(keys);
+        }
+        self
+    }
+
     /// Moves every key from `key` on into a new index (at the same revision), keeping
     /// those before it: the index of a split's two ranges. It takes time in the number
     /// of keys moved (imbl's maps cannot be cut in O(log n)).

@@ -23,12 +23,13 @@ mod members;
 mod request_keys;
 mod span;
 mod store;
+pub mod txn_tables;
 mod value;
 
 pub use error::MvccError;
 pub use etcd::{
-    adds_data, apply_write, etcd_status, range, range_across, read_txn, read_txn_across,
-    txn_is_read_only, txn_is_serializable, WriteOutcome,
+    adds_data, apply_write, etcd_status, evaluate_across, range, range_across, read_txn,
+    read_txn_across, txn_is_read_only, txn_is_serializable, WriteOutcome,
 };
 pub use events::{EventSink, History, RevisionEvents};
 pub use local::LOCAL_PARTITION;
@@ -52,3 +53,5 @@ pub const INITIAL_REVISION: Revision = Revision(1);
 mod shared_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

@@ -25,9 +25,13 @@ use super::latest::LatestIndex;
 use super::local::LocalState;
 use super::members::{MemberChange, MemberRegistry, MEMBER_KEY_PREFIX};
 use super::span::KeySpan;
+use super::txn_tables::{self, LocalChange, TxnOutcomes};
 use super::value::StoredVersion;
 use super::{MvccError, Revision, INITIAL_REVISION};
 use crate::fatal::engine;
+use ostrakon_ranges::txn::LockTable;
+
+mod txn_apply;
 
 /// The partition of every range's versions, keyed by user key then revision.
 pub const DATA_PARTITION: &str = "kv";
@@ -114,6 +118,13 @@ pub struct MvccStore {
     /// Whether writes take their revisions from the oracle (persisted in `local`; set by
     /// a split on both its ranges, and carried by snapshots).
     oracle_revisions: std::sync::atomic::AtomicBool,
+    /// The locks of transactions across ranges prepared here (persisted in `local`);
+    /// replaced whole under the `latest` lock, so a view holds the locks that go with
+    /// its data.
+    txn_locks: Mutex<Arc<LockTable>>,
+    /// The outcomes of transactions across ranges whose primary this range is
+    /// (persisted in `local`).
+    txn_outcomes: Mutex<TxnOutcomes>,
 }
 
 /// What the compactor thread has to do. Invariant: `done <= target`, and `target` is the
@@ -196,6 +207,7 @@ impl MvccStore {
         let span = local
             .get(META_SPAN)
             .map_or(span, |stored| KeySpan::decode(&stored));
+        let (txn_locks, txn_outcomes) = txn_tables::load(&local);
         let latest = index.unwrap_or_else(|| {
             LatestIndex::build(
                 Revision(revision),
@@ -235,6 +247,8 @@ impl MvccStore {
             tokens: Mutex::new(HashMap::new()),
             oracle_bound: AtomicU64::new(oracle_bound),
             oracle_revisions: oracle_revisions.into(),
+            txn_locks: Mutex::new(Arc::new(txn_locks)),
+            txn_outcomes: Mutex::new(txn_outcomes),
         }
     }
 
@@ -523,6 +537,10 @@ impl MvccStore {
         right_group: GroupId,
         right_applied: AppliedState,
     ) -> Option<MvccStore> {
+        assert!(
+            self.txn_locks.lock().unwrap().is_empty(),
+            "a range split while a transaction holds a lock in it"
+        );
         let (left_span, right_span) = self.span().split_at(key);
         let right_local = LocalState::open(&self.keyspace, right_group);
         let right_exists = !right_local.scan(b"").is_empty();
@@ -696,6 +714,10 @@ impl MvccStore {
         let mut batch = self.keyspace.batch();
         self.put_applied(&mut batch, applied.index, applied.term);
         engine("committing a batch", batch.commit());
+        let (txn_locks, txn_outcomes) = txn_tables::records_of_tables(
+            &self.txn_locks.lock().unwrap(),
+            &self.txn_outcomes.lock().unwrap(),
+        );
         FrozenState {
             revision: self.current_revision(),
             compact_revision: self.compact_revision(),
@@ -708,6 +730,8 @@ impl MvccStore {
                 oracle_bound: self.oracle_bound(),
                 span: Some(self.span().to_record()),
                 oracle_revisions: self.oracle_revisions(),
+                txn_locks,
+                txn_outcomes,
             },
             kv: self.kv.snapshot(),
             span: self.span(),
@@ -721,6 +745,19 @@ impl MvccStore {
             "persisting the state machine",
             self.keyspace.persist(PersistMode::SyncAll),
         );
+    }
+
+    fn put_local_changes(
+        &self,
+        batch: &mut fjall::Batch,
+        changes: impl IntoIterator<Item = LocalChange>,
+    ) {
+        for (name, value) in changes {
+            match value {
+                Some(value) => self.local.insert(batch, name, value),
+                None => self.local.remove(batch, name),
+            }
+        }
     }
 
     fn put_applied(&self, batch: &mut fjall::Batch, index: LogIndex, term: Term) {
@@ -738,9 +775,10 @@ impl MvccStore {
             // the snapshot holds every version the index points at. Only a compaction
             // beyond the index's revision could remove one (the compacted revision is
             // raised before a compaction commits): then start again.
-            let (latest, span, kv) = {
+            let (latest, span, kv, locks) = {
                 let latest = self.latest.lock().unwrap();
-                (latest.clone(), self.span(), self.kv.snapshot())
+                let locks = self.txn_locks.lock().unwrap().clone();
+                (latest.clone(), self.span(), self.kv.snapshot(), locks)
             };
             let compacted = self.compact_revision();
             if compacted <= latest.revision() {
@@ -750,6 +788,7 @@ impl MvccStore {
                     current: latest.revision(),
                     latest,
                     compacted,
+                    locks,
                 };
             }
         }
@@ -762,6 +801,28 @@ impl MvccStore {
             store: self,
             revision: Revision(view.current.0 + 1),
             given_revision: Revision(0),
+            view,
+            changes: BTreeMap::new(),
+            next_sub: 0,
+            lease_changes: BTreeMap::new(),
+        }
+    }
+
+    /// The views of several ranges as one (`ReadView::merged`), over a snapshot of the
+    /// data taken now (every range of the node shares the data partition).
+    pub fn merged_view(&self, views: Vec<ReadView>) -> ReadView {
+        ReadView::merged(views, self.kv.snapshot())
+    }
+
+    /// A write transaction over `view` (the views of several ranges merged, `ReadView::
+    /// merged`) whose changes take `revision`: a transaction across ranges, evaluated by
+    /// its coordinator and never committed here (`WriteTxn::into_writes`). Leases are
+    /// this store's (the first data range's, which holds them).
+    pub fn write_txn_over(&self, view: ReadView, revision: Revision) -> WriteTxn<'_> {
+        WriteTxn {
+            store: self,
+            revision,
+            given_revision: revision,
             view,
             changes: BTreeMap::new(),
             next_sub: 0,
@@ -976,6 +1037,22 @@ impl MvccStore {
         );
         self.oracle_bound
             .store(tables.oracle_bound, Ordering::SeqCst);
+        let (new_locks, new_outcomes) =
+            txn_tables::tables_of_records(&tables.txn_locks, &tables.txn_outcomes);
+        for prefix in [
+            txn_tables::LOCK_NAME_PREFIX,
+            txn_tables::OUTCOME_NAME_PREFIX,
+        ] {
+            for (name, _) in self.local.scan(prefix) {
+                self.local.remove(&mut batch, &name);
+            }
+        }
+        let txn_changes = new_locks.locks().map(txn_tables::store_lock).chain(
+            new_outcomes
+                .records()
+                .map(|(txn, outcome)| txn_tables::store_outcome(*txn, outcome)),
+        );
+        self.put_local_changes(&mut batch, txn_changes);
         let new_members = MemberRegistry::from_records(tables.members);
         let mut alarms = self.alarms.lock().unwrap();
         for (member_id, alarm) in std::mem::take(&mut *alarms) {
@@ -1082,6 +1159,8 @@ impl MvccStore {
             self.oracle_revisions
                 .store(tables.oracle_revisions, Ordering::SeqCst);
             *self.leases.lock().unwrap() = leases.into_iter().collect();
+            *self.txn_locks.lock().unwrap() = Arc::new(new_locks);
+            *self.txn_outcomes.lock().unwrap() = new_outcomes;
             physical.installs += 1;
             physical.target = compact_revision;
             physical.done = NEVER_COMPACTED;
@@ -1203,12 +1282,73 @@ pub struct ReadView {
     pub(super) latest: LatestIndex,
     pub(super) current: Revision,
     pub(super) compacted: Revision,
+    /// The locks of transactions across ranges held when the view was taken (their
+    /// writes are not in it yet).
+    pub(super) locks: Arc<LockTable>,
 }
 
 impl ReadView {
+    /// The views of several ranges, each frozen by a transaction's locks, as one view:
+    /// the span from the first's start to the last's end (the transaction reads only
+    /// keys of these ranges), at the highest of their revisions (each range has no write
+    /// between its own and that one), over `kv`, a snapshot taken after every view.
+    fn merged(mut views: Vec<ReadView>, kv: fjall::Snapshot) -> ReadView {
+        assert!(!views.is_empty(), "a merge of no views");
+        views.sort_by(|a, b| a.span.start().cmp(b.span.start()));
+        let start = views[0].span.start().to_vec();
+        let end = views[views.len() - 1].span.end().map(<[u8]>::to_vec);
+        let mut views = views.into_iter();
+        let first = views.next().expect("one view at least");
+        let mut merged = ReadView {
+            kv,
+            span: Arc::new(KeySpan::new(start, end)),
+            current: first.current,
+            compacted: first.compacted,
+            latest: first.latest,
+            locks: Arc::new(LockTable::default()),
+        };
+        for view in views {
+            merged.current = merged.current.max(view.current);
+            merged.compacted = merged.compacted.max(view.compacted);
+            merged.latest = merged.latest.merge(view.latest);
+        }
+        merged
+    }
+
     /// The revision of the last write the view contains.
     pub fn current_revision(&self) -> Revision {
         self.current
+    }
+
+    /// Whether a transaction across ranges holds a lock on some key of `intervals`:
+    /// any lock if `at` is None (a linearizable read of the current state, which must
+    /// not miss a transaction that may have committed), else one whose revision is at
+    /// or below `at` (a read at `at`; a lock above it cannot write below it). A read
+    /// that meets one waits for it to go and takes a new view.
+    pub fn locked(&self, intervals: &[super::KeyInterval<'_>], at: Option<Revision>) -> bool {
+        if self.locks.is_empty() {
+            return false;
+        }
+        let spans: Vec<_> = intervals
+            .iter()
+            .filter_map(|&(key, range_end)| txn_tables::lock_span(key, range_end))
+            .collect();
+        match at {
+            None => self.locks.blocking_write(&spans).is_some(),
+            Some(at) => self
+                .locks
+                .blocking_read(&spans, u64::try_from(at.0).unwrap_or(0))
+                .is_some(),
+        }
+    }
+
+    /// The lowest revision a lock held in the view will write at, if any: the range's
+    /// history below it is final (what a watcher merging ranges may release).
+    pub fn lowest_lock_revision(&self) -> Option<Revision> {
+        self.locks
+            .locks()
+            .map(|lock| Revision(i64::try_from(lock.revision).expect("revisions below 2^63")))
+            .min()
     }
 
     /// How many keys are live in the view.
@@ -1659,18 +1799,75 @@ impl WriteTxn<'_> {
         }
     }
 
+    /// The transaction's writes, in the order it made them (a transaction across ranges
+    /// evaluated by its coordinator: each range then writes its part, `set_version`).
+    pub fn into_writes(self) -> ostrakon_proto::peer::TxnWrites {
+        let mut changes: Vec<(Bytes, StoredVersion)> = self.changes.into_iter().collect();
+        changes.sort_by_key(|(_, version)| version.sub);
+        ostrakon_proto::peer::TxnWrites {
+            revision: self.revision.0,
+            writes: changes
+                .into_iter()
+                .map(|(key, version)| ostrakon_proto::peer::TxnWrite {
+                    key,
+                    delete: version.tombstone,
+                    value: version.value,
+                    lease: version.lease,
+                    create_revision: version.create_revision.0,
+                    version: version.version,
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes a version another transaction computed (`into_writes`), as the next write.
+    pub(crate) fn set_version(&mut self, write: &ostrakon_proto::peer::TxnWrite) {
+        let version = if write.delete {
+            StoredVersion::tombstone()
+        } else {
+            StoredVersion {
+                tombstone: false,
+                create_revision: Revision(write.create_revision),
+                version: write.version,
+                lease: write.lease,
+                value: write.value.clone(),
+                sub: 0,
+            }
+        };
+        let version = self.next_write(version);
+        self.changes.insert(write.key.clone(), version);
+    }
+
     /// Applies the writes, if any, with the applied index, in one atomic batch.
     pub fn commit(self, index: LogIndex, term: Term) {
-        if self.changes.is_empty() && self.lease_changes.is_empty() {
+        self.commit_with(index, term, Vec::new(), None);
+    }
+
+    /// `commit`, with changes to the range's local state in the same batch, and the lock
+    /// table replaced by `locks` as the writes become visible.
+    pub(crate) fn commit_with(
+        self,
+        index: LogIndex,
+        term: Term,
+        local_changes: Vec<LocalChange>,
+        locks: Option<LockTable>,
+    ) {
+        if self.changes.is_empty() && self.lease_changes.is_empty() && local_changes.is_empty() {
+            assert!(locks.is_none(), "the locks changed without a stored change");
             self.store.set_applied(index, term);
             return;
         }
         let mut batch = self.store.keyspace.batch();
         self.put_lease_changes(&mut batch);
+        self.store.put_local_changes(&mut batch, local_changes);
         if self.changes.is_empty() {
             self.store.put_applied(&mut batch, index, term);
             engine("committing lease changes", batch.commit());
             self.publish_lease_changes();
+            if let Some(locks) = locks {
+                let _latest = self.store.latest.lock().unwrap();
+                *self.store.txn_locks.lock().unwrap() = Arc::new(locks);
+            }
             self.store.set_applied(index, term);
             return;
         }
@@ -1688,11 +1885,15 @@ impl WriteTxn<'_> {
         self.store.put_applied(&mut batch, index, term);
         engine("committing a write", batch.commit());
         self.publish_lease_changes();
-        self.store
-            .latest
-            .lock()
-            .unwrap()
-            .apply(revision, &self.changes);
+        {
+            // A reader takes the index and the locks together: it sees the lock or the
+            // writes it stood for, never neither.
+            let mut latest = self.store.latest.lock().unwrap();
+            latest.apply(revision, &self.changes);
+            if let Some(locks) = locks {
+                *self.store.txn_locks.lock().unwrap() = Arc::new(locks);
+            }
+        }
         self.store.revision.store(revision.0, Ordering::SeqCst);
         self.store.set_applied(index, term);
         if let Some(sink) = self.store.events.get().filter(|sink| sink.wants_events()) {

@@ -1,0 +1,58 @@
+//! The ranges of a test cluster, as its members list them.
+
+use std::time::{Duration, Instant};
+
+use ostrakon_proto::ostrakonpb::{ranges_client::RangesClient, ListRangesRequest, RangeInfo};
+
+use super::TestCluster;
+
+/// The ranges member `i` knows (None while it does not answer: it is starting).
+pub async fn ranges(cluster: &TestCluster, i: usize) -> Option<Vec<RangeInfo>> {
+    let channel = tonic::transport::Endpoint::from_shared(cluster.endpoint(i))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .ok()?;
+    let listed = RangesClient::new(channel)
+        .list(ListRangesRequest {})
+        .await
+        .ok()?;
+    Some(listed.into_inner().ranges)
+}
+
+/// Waits (bounded) until every running member lists `spans` (start, end; "" for the end
+/// of the keyspace).
+pub async fn wait_for_spans(cluster: &TestCluster, spans: &[(&str, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut all = true;
+        for i in (0..cluster.members.len()).filter(|&i| cluster.is_running(i)) {
+            let listed: Vec<(String, String)> = ranges(cluster, i)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    (
+                        String::from_utf8_lossy(&r.start).into_owned(),
+                        String::from_utf8_lossy(&r.end).into_owned(),
+                    )
+                })
+                .collect();
+            let expected: Vec<(String, String)> = spans
+                .iter()
+                .map(|(s, e)| (s.to_string(), e.to_string()))
+                .collect();
+            all &= listed == expected;
+        }
+        if all {
+            return;
+        }
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!("the members do not all list {spans:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,95 @@
+//! Ends the locks that transactions across ranges leave behind when their coordinator
+//! dies, pauses or loses its messages (docs/RANGES.md, "Writes across ranges in the
+//! node"). One task per node: every second it looks at the data ranges this node
+//! leads, and a lock seen held for `LOCK_STALE` is pushed: the transaction's primary
+//! is asked to abort it (`TxnAbort`), which answers the committed record instead if the
+//! commit came first; then the lock's range writes the transaction's part (`TxnResolve`)
+//! or forgets the lock (`TxnRelease`). Aborting a transaction whose coordinator is only
+//! slow is safe: its commit is then refused and it tries again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ostrakon_proto::peer::{self as pb, write_request::Request};
+use ostrakon_raft::GroupId;
+use ostrakon_ranges::txn::TxnId;
+use ostrakon_storage::mvcc::txn_tables::txn_id_record;
+use ostrakon_storage::mvcc::WriteOutcome;
+
+use crate::handle::NodeHandle;
+use crate::txn_coordinator::propose;
+use crate::DEFAULT_GROUP;
+
+/// How often the node looks for stale locks.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a lock is held before it is pushed: a coordinator finishes within a few
+/// round trips.
+pub(crate) const LOCK_STALE: Duration = Duration::from_secs(2);
+
+/// Pushes stale locks in the ranges this node leads until the node stops.
+pub(crate) async fn run(handle: NodeHandle) {
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When this node first saw each lock held (while leading its range).
+    let mut first_seen: HashMap<(GroupId, TxnId), Instant> = HashMap::new();
+    loop {
+        check.tick().await;
+        if handle.status(DEFAULT_GROUP).is_err() {
+            return; // the node stopped
+        }
+        let now = Instant::now();
+        let mut held = HashMap::new();
+        for (group, _) in handle.data_ranges() {
+            let (Ok(status), Ok(store)) = (handle.status(group), handle.store(group)) else {
+                continue;
+            };
+            if !status.is_leader || !store.has_txn_locks() {
+                continue;
+            }
+            for lock in store.txn_locks() {
+                let seen = *first_seen.get(&(group, lock.txn)).unwrap_or(&now);
+                held.insert((group, lock.txn), seen);
+                if now.duration_since(seen) >= LOCK_STALE {
+                    push(&handle, group, lock.txn, GroupId(lock.primary.0)).await;
+                }
+            }
+        }
+        first_seen = held;
+    }
+}
+
+/// Ends `txn`'s lock in `group`: abort at the primary (or learn its commit), then
+/// resolve or release here.
+async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId) {
+    let record = txn_id_record(txn);
+    let decided = match propose(handle, primary, &Request::TxnAbort(record), 0).await {
+        Ok(WriteOutcome::TxnDecided(decided)) => decided,
+        other => {
+            tracing::debug!(
+                ?txn,
+                group = group.0,
+                ?other,
+                "pushing a stale lock failed; will retry"
+            );
+            return;
+        }
+    };
+    let finish = if decided.committed {
+        Request::TxnResolve(pb::TxnDecide {
+            txn: Some(record),
+            writes: decided.writes,
+        })
+    } else {
+        Request::TxnRelease(record)
+    };
+    let outcome = propose(handle, group, &finish, 0).await;
+    crate::metrics::metrics().txn_locks_pushed.inc();
+    tracing::info!(
+        ?txn,
+        group = group.0,
+        committed = decided.committed,
+        ok = outcome.is_ok(),
+        "ended a stale lock of a transaction across ranges"
+    );
+}

@@ -1,0 +1,253 @@
+//! How a range applies the commands of two-phase commit (docs/RANGES.md, "Writes across
+//! ranges in the node"), identically on every replica: a prepare locks keys for a
+//! transaction at the revision the range's leader fetched for it; the primary's commit
+//! or abort decides the transaction; a resolve writes a committed transaction's part
+//! and a release forgets an aborted one's lock. While a lock is held, no other write
+//! changes the range's keys (`MvccError::Locked`), so the transaction's part is written
+//! above everything the range holds, and what its coordinator read stays true.
+
+use std::sync::Arc;
+
+use ostrakon_proto::peer as pb;
+use ostrakon_raft::{LogIndex, Term};
+use ostrakon_ranges::txn::{KeySpan as LockSpan, Lock, TxnId, TxnOutcome};
+use ostrakon_ranges::RangeId;
+
+use super::{LocalChange, MvccStore};
+use crate::fatal::engine;
+use crate::mvcc::txn_tables::{self, txn_id_of};
+use crate::mvcc::{MvccError, Revision};
+
+fn span_contains(span: &LockSpan, key: &[u8]) -> bool {
+    span.start.as_slice() <= key && span.end.as_deref().is_none_or(|end| key < end)
+}
+
+fn named_txn(record: Option<&pb::TxnIdRecord>) -> TxnId {
+    txn_id_of(record.expect("a transaction command names its transaction"))
+}
+
+impl MvccStore {
+    /// Whether a transaction across ranges holds a lock here.
+    pub fn has_txn_locks(&self) -> bool {
+        !self.txn_locks.lock().unwrap().is_empty()
+    }
+
+    /// The locks held here, as of the last applied entry.
+    pub fn txn_locks(&self) -> Vec<Lock> {
+        self.txn_locks.lock().unwrap().locks().cloned().collect()
+    }
+
+    /// Applies a prepare at (`index`, `term`) with the revision the write came with:
+    /// locks its spans, which must be the range's, if no lock is held here and the
+    /// revision is above the range's current one. Preparing the same lock again (an
+    /// entry retried through the log) answers as the first time.
+    pub fn apply_txn_prepare(
+        &self,
+        index: LogIndex,
+        term: Term,
+        prepare: &pb::TxnPrepare,
+        revision: Revision,
+    ) -> Result<pb::TxnPrepared, MvccError> {
+        let txn = named_txn(prepare.txn.as_ref());
+        let spans: Vec<LockSpan> = prepare
+            .spans
+            .iter()
+            .map(txn_tables::span_of_record)
+            .collect();
+        let span = self.span();
+        let inside = spans
+            .iter()
+            .all(|lock| span.covers(&lock.start, lock.end.as_deref().unwrap_or(&[0])));
+        if !inside {
+            return Err(MvccError::WrongRange {
+                group: self.group().0,
+            });
+        }
+        let lock = Lock {
+            txn,
+            revision: u64::try_from(revision.0).unwrap_or(0),
+            primary: RangeId(prepare.primary),
+            spans,
+        };
+        let locks = self.txn_locks.lock().unwrap().clone();
+        if let Some(held) = locks.locks().find(|held| held.txn == txn) {
+            if held.spans == lock.spans && held.primary == lock.primary {
+                self.set_applied(index, term);
+                return Ok(pb::TxnPrepared {
+                    revision: i64::try_from(held.revision).expect("revisions below 2^63"),
+                    index: index.0,
+                });
+            }
+            return Err(MvccError::Locked);
+        }
+        if !locks.is_empty() {
+            return Err(MvccError::Locked);
+        }
+        let current = self.current_revision();
+        if revision <= current {
+            return Err(MvccError::StaleRevision {
+                given: revision,
+                current,
+            });
+        }
+        let mut held = (*locks).clone();
+        held.prepare(lock.clone(), u64::try_from(current.0).unwrap_or(0))
+            .expect("a range without locks takes one above its revision");
+        let mut batch = self.keyspace.batch();
+        self.put_local_changes(&mut batch, [txn_tables::store_lock(&lock)]);
+        self.put_applied(&mut batch, index, term);
+        engine("committing a prepare", batch.commit());
+        {
+            let _latest = self.latest.lock().unwrap();
+            *self.txn_locks.lock().unwrap() = Arc::new(held);
+        }
+        self.set_applied(index, term);
+        Ok(pb::TxnPrepared {
+            revision: revision.0,
+            index: index.0,
+        })
+    }
+
+    /// Applies a commit in the transaction's primary: the commit point, unless someone
+    /// aborted it first. Writes the primary's own part with the record.
+    pub fn apply_txn_commit(
+        &self,
+        index: LogIndex,
+        term: Term,
+        decide: &pb::TxnDecide,
+    ) -> pb::TxnDecided {
+        let txn = named_txn(decide.txn.as_ref());
+        let writes = decide.writes.clone().expect("a commit carries its writes");
+        let decided = self
+            .txn_outcomes
+            .lock()
+            .unwrap()
+            .commit(txn, writes.clone());
+        match decided {
+            Ok(()) => {
+                let record = txn_tables::store_outcome(txn, &TxnOutcome::Committed(writes.clone()));
+                self.write_locked(index, term, txn, &writes, vec![record]);
+                pb::TxnDecided {
+                    committed: true,
+                    writes: Some(writes),
+                }
+            }
+            Err(TxnOutcome::Aborted) => {
+                self.set_applied(index, term);
+                pb::TxnDecided {
+                    committed: false,
+                    writes: None,
+                }
+            }
+            Err(TxnOutcome::Committed(standing)) => {
+                self.set_applied(index, term);
+                pb::TxnDecided {
+                    committed: true,
+                    writes: Some(standing),
+                }
+            }
+        }
+    }
+
+    /// Applies an abort in the transaction's primary (by its coordinator, or by whoever
+    /// found one of its locks stale): it will never commit, unless it did already, in
+    /// which case the record is answered (and the primary's part written if its lock is
+    /// still held).
+    pub fn apply_txn_abort(
+        &self,
+        index: LogIndex,
+        term: Term,
+        txn: &pb::TxnIdRecord,
+    ) -> pb::TxnDecided {
+        let txn = txn_id_of(txn);
+        let decided = self.txn_outcomes.lock().unwrap().abort(txn);
+        match decided {
+            Ok(()) => {
+                let record = txn_tables::store_outcome(txn, &TxnOutcome::Aborted);
+                self.release_lock(index, term, txn, vec![record]);
+                pb::TxnDecided {
+                    committed: false,
+                    writes: None,
+                }
+            }
+            Err(TxnOutcome::Committed(writes)) => {
+                self.write_locked(index, term, txn, &writes, Vec::new());
+                pb::TxnDecided {
+                    committed: true,
+                    writes: Some(writes),
+                }
+            }
+            Err(TxnOutcome::Aborted) => unreachable!("an abort is refused only when committed"),
+        }
+    }
+
+    /// Applies a resolve: a committed transaction's writes in the range, at its revision,
+    /// if the range still holds its lock (else they were written already).
+    pub fn apply_txn_resolve(&self, index: LogIndex, term: Term, decide: &pb::TxnDecide) {
+        let txn = named_txn(decide.txn.as_ref());
+        let writes = decide
+            .writes
+            .as_ref()
+            .expect("a resolve carries its writes");
+        self.write_locked(index, term, txn, writes, Vec::new());
+    }
+
+    /// Applies a release: an aborted transaction's lock forgotten.
+    pub fn apply_txn_release(&self, index: LogIndex, term: Term, txn: &pb::TxnIdRecord) {
+        self.release_lock(index, term, txn_id_of(txn), Vec::new());
+    }
+
+    /// Writes the transaction's writes that its lock here covers, at its revision, and
+    /// forgets the lock, with `local_changes`, in one batch.
+    fn write_locked(
+        &self,
+        index: LogIndex,
+        term: Term,
+        txn: TxnId,
+        writes: &pb::TxnWrites,
+        mut local_changes: Vec<LocalChange>,
+    ) {
+        let locks = self.txn_locks.lock().unwrap().clone();
+        let Some(lock) = locks.locks().find(|held| held.txn == txn).cloned() else {
+            self.write_txn()
+                .commit_with(index, term, local_changes, None);
+            return;
+        };
+        let mut remaining = (*locks).clone();
+        remaining.release(txn);
+        local_changes.push(txn_tables::forget_lock(txn));
+        let revision = Revision(writes.revision);
+        let mut write = self.write_txn_at(revision);
+        for one in &writes.writes {
+            if lock.spans.iter().any(|span| span_contains(span, &one.key)) {
+                write.set_version(one);
+            }
+        }
+        // No write changed the range's keys while the lock was held, and the lock's
+        // revision was above the range's: so is the transaction's (the highest lock's).
+        assert!(
+            !write.has_changes() || revision > self.current_revision(),
+            "transaction {txn:?} writes at {revision:?}, not above range {}'s {:?}",
+            self.group().0,
+            self.current_revision()
+        );
+        write.commit_with(index, term, local_changes, Some(remaining));
+    }
+
+    /// Forgets the transaction's lock, if held, with `local_changes`, in one batch.
+    fn release_lock(
+        &self,
+        index: LogIndex,
+        term: Term,
+        txn: TxnId,
+        mut local_changes: Vec<LocalChange>,
+    ) {
+        let mut remaining = (**self.txn_locks.lock().unwrap()).clone();
+        let released = remaining.release(txn).map(|_| {
+            local_changes.push(txn_tables::forget_lock(txn));
+            remaining
+        });
+        self.write_txn()
+            .commit_with(index, term, local_changes, released);
+    }
+}

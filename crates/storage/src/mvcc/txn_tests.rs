@@ -1,0 +1,330 @@
+//! Two-phase commit as two ranges of one node apply it: a prepare locks, writes wait,
+//! the primary decides, each range writes its part at one revision.
+
+use bytes::Bytes;
+use ostrakon_proto::etcdserverpb::{
+    compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use ostrakon_proto::peer::{self as pb, write_request::Request, WriteRequest};
+use ostrakon_raft::{GroupId, LogIndex, Term};
+
+use super::*;
+
+/// Two ranges sharing one data partition, as after a split at "m": the left holds
+/// keys before "m", the right the rest.
+struct TwoRanges {
+    dir: tempfile::TempDir,
+    keyspace: fjall::Keyspace,
+    left: MvccStore,
+    right: MvccStore,
+    index: u64,
+}
+
+fn left_span() -> KeySpan {
+    KeySpan::new(Vec::new(), Some(b"m".to_vec()))
+}
+
+fn right_span() -> KeySpan {
+    KeySpan::new(b"m".to_vec(), None)
+}
+
+fn txn_id(number: u64) -> pb::TxnIdRecord {
+    pb::TxnIdRecord {
+        coordinator: 7,
+        number,
+    }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from(value.to_string()),
+            prev_kv: true,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A Txn: if `a` holds `expected`, put `a` and `x` to `new`, else read `x`.
+fn transfer(expected: &str, new: &str) -> Request {
+    Request::Txn(TxnRequest {
+        compare: vec![Compare {
+            key: "a".into(),
+            target: compare::CompareTarget::Value as i32,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Value(expected.to_string().into())),
+            ..Default::default()
+        }],
+        success: vec![put_op("a", new), put_op("x", new)],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: "x".into(),
+                ..Default::default()
+            })),
+        }],
+    })
+}
+
+impl TwoRanges {
+    fn new() -> TwoRanges {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let left = MvccStore::open(&keyspace, GroupId(1), left_span());
+        let right = MvccStore::open(&keyspace, GroupId(2), right_span());
+        TwoRanges {
+            dir,
+            keyspace,
+            left,
+            right,
+            index: 1,
+        }
+    }
+
+    fn store(&self, right: bool) -> &MvccStore {
+        if right {
+            &self.right
+        } else {
+            &self.left
+        }
+    }
+
+    fn apply(&mut self, right: bool, request: Request, revision: i64) -> WriteOutcome {
+        self.index += 1;
+        let write = WriteRequest {
+            origin: 1,
+            id: self.index,
+            request: Some(request),
+            revision,
+            ..Default::default()
+        };
+        apply_write(self.store(right), LogIndex(self.index), Term(1), &write)
+    }
+
+    fn put(&mut self, key: &str, value: &str, revision: i64) -> WriteOutcome {
+        let right = key >= "m";
+        self.apply(
+            right,
+            Request::Put(PutRequest {
+                key: Bytes::from(key.to_string()),
+                value: Bytes::from(value.to_string()),
+                ..Default::default()
+            }),
+            revision,
+        )
+    }
+
+    fn prepare(&mut self, right: bool, number: u64, keys: &[&str], revision: i64) -> WriteOutcome {
+        let prepare = pb::TxnPrepare {
+            txn: Some(txn_id(number)),
+            primary: 1,
+            spans: keys
+                .iter()
+                .map(|key| {
+                    txn_tables::span_record(&txn_tables::lock_span(key.as_bytes(), b"").unwrap())
+                })
+                .collect(),
+            adds_data: true,
+        };
+        self.apply(right, Request::TxnPrepare(prepare), revision)
+    }
+
+    fn value(&self, key: &str) -> Option<(String, i64)> {
+        let store = self.store(key >= "m");
+        store
+            .read_view()
+            .get(key.as_bytes(), store.current_revision())
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.value.to_vec()).unwrap(),
+                    kv.mod_revision,
+                )
+            })
+    }
+}
+
+fn prepared_revision(outcome: WriteOutcome) -> i64 {
+    match outcome {
+        WriteOutcome::TxnPrepared(prepared) => prepared.revision,
+        other => panic!("not prepared: {other:?}"),
+    }
+}
+
+fn is_locked(outcome: &WriteOutcome) -> bool {
+    matches!(outcome, WriteOutcome::Error(error) if error.retry == pb::Retry::Locked as i32)
+}
+
+#[test]
+fn a_transaction_across_two_ranges_writes_at_one_revision_and_holds_writes_off_meanwhile() {
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    ranges.put("x", "1", 11);
+    assert_eq!(prepared_revision(ranges.prepare(false, 1, &["a"], 20)), 20);
+    assert_eq!(prepared_revision(ranges.prepare(true, 1, &["x"], 21)), 21);
+    // A second transaction, and any plain write, wait while the locks are held; reads of
+    // the current state see that a lock is there.
+    assert!(is_locked(&ranges.prepare(true, 2, &["y"], 22)));
+    assert!(is_locked(&ranges.put("b", "9", 23)));
+    assert!(is_locked(&ranges.put("z", "9", 24)));
+    let intervals: [KeyInterval; 1] = [(b"a", b"")];
+    assert!(ranges.left.read_view().locked(&intervals, None));
+    assert!(ranges
+        .left
+        .read_view()
+        .locked(&intervals, Some(Revision(20))));
+    assert!(!ranges
+        .left
+        .read_view()
+        .locked(&intervals, Some(Revision(19))));
+    let elsewhere: [KeyInterval; 1] = [(b"b", b"")];
+    assert!(!ranges.left.read_view().locked(&elsewhere, None));
+    assert_eq!(
+        ranges.left.read_view().lowest_lock_revision(),
+        Some(Revision(20))
+    );
+
+    // The coordinator evaluates the Txn over both views at the highest lock's revision.
+    let views = vec![ranges.left.read_view(), ranges.right.read_view()];
+    let (outcome, writes) =
+        evaluate_across(&ranges.left, views, Revision(21), &transfer("1", "2")).unwrap();
+    let WriteOutcome::Txn(response) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(response.succeeded);
+    assert_eq!(response.header.unwrap().revision, 21);
+    assert_eq!(writes.revision, 21);
+    assert_eq!(writes.writes.len(), 2);
+
+    let decide = pb::TxnDecide {
+        txn: Some(txn_id(1)),
+        writes: Some(writes.clone()),
+    };
+    match ranges.apply(false, Request::TxnCommit(decide.clone()), 0) {
+        WriteOutcome::TxnDecided(decided) => assert!(decided.committed),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ranges.value("a"), Some(("2".into(), 21)));
+    // The other range's part waits for its resolve; its lock still holds writes off.
+    assert_eq!(ranges.value("x"), Some(("1".into(), 11)));
+    assert!(is_locked(&ranges.put("z", "9", 25)));
+    ranges.apply(true, Request::TxnResolve(decide.clone()), 0);
+    assert_eq!(ranges.value("x"), Some(("2".into(), 21)));
+    let x = ranges.right.read_view().get(b"x", Revision(21)).unwrap();
+    assert_eq!((x.version, x.create_revision), (2, 11));
+    // A resolve delivered twice writes nothing more.
+    ranges.apply(true, Request::TxnResolve(decide), 0);
+    assert_eq!(ranges.right.current_revision(), Revision(21));
+    assert!(!ranges.left.has_txn_locks() && !ranges.right.has_txn_locks());
+    assert!(matches!(ranges.put("z", "9", 26), WriteOutcome::Put(_)));
+}
+
+#[test]
+fn an_aborted_transaction_leaves_nothing_and_never_commits() {
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    prepared_revision(ranges.prepare(false, 1, &["a"], 20));
+    prepared_revision(ranges.prepare(true, 1, &["x"], 21));
+    match ranges.apply(false, Request::TxnAbort(txn_id(1)), 0) {
+        WriteOutcome::TxnDecided(decided) => assert!(!decided.committed),
+        other => panic!("{other:?}"),
+    }
+    let late = pb::TxnDecide {
+        txn: Some(txn_id(1)),
+        writes: Some(pb::TxnWrites {
+            revision: 21,
+            writes: vec![pb::TxnWrite {
+                key: "a".into(),
+                value: "2".into(),
+                version: 2,
+                create_revision: 10,
+                ..Default::default()
+            }],
+        }),
+    };
+    match ranges.apply(false, Request::TxnCommit(late), 0) {
+        WriteOutcome::TxnDecided(decided) => assert!(!decided.committed),
+        other => panic!("{other:?}"),
+    }
+    ranges.apply(true, Request::TxnRelease(txn_id(1)), 0);
+    assert_eq!(ranges.value("a"), Some(("1".into(), 10)));
+    assert!(!ranges.left.has_txn_locks() && !ranges.right.has_txn_locks());
+}
+
+#[test]
+fn an_abort_after_the_commit_learns_it_and_locks_and_outcomes_survive_a_restart() {
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    prepared_revision(ranges.prepare(false, 1, &["a"], 20));
+    prepared_revision(ranges.prepare(true, 1, &["x"], 21));
+    let views = vec![ranges.left.read_view(), ranges.right.read_view()];
+    let (_, writes) =
+        evaluate_across(&ranges.left, views, Revision(21), &transfer("1", "3")).unwrap();
+    ranges.apply(
+        false,
+        Request::TxnCommit(pb::TxnDecide {
+            txn: Some(txn_id(1)),
+            writes: Some(writes.clone()),
+        }),
+        0,
+    );
+    ranges.left.persist();
+    ranges.right.persist();
+    // A restart keeps the right range's lock and the primary's record.
+    let TwoRanges {
+        dir,
+        keyspace,
+        left,
+        right,
+        mut index,
+    } = ranges;
+    drop((left, right));
+    let left = MvccStore::open(&keyspace, GroupId(1), left_span());
+    let right = MvccStore::open(&keyspace, GroupId(2), right_span());
+    assert!(right.has_txn_locks());
+    index += 1;
+    // Whoever finds the lock stale asks the primary to abort, and learns the commit.
+    let abort = WriteRequest {
+        request: Some(Request::TxnAbort(txn_id(1))),
+        ..Default::default()
+    };
+    match apply_write(&left, LogIndex(index), Term(1), &abort) {
+        WriteOutcome::TxnDecided(decided) => {
+            assert!(decided.committed);
+            assert_eq!(decided.writes, Some(writes));
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(dir);
+}
+
+#[test]
+fn a_snapshot_carries_locks_and_outcomes() {
+    let mut ranges = TwoRanges::new();
+    prepared_revision(ranges.prepare(true, 1, &["x"], 21));
+    ranges.apply(false, Request::TxnAbort(txn_id(5)), 0);
+    let path = ranges.dir.path().join("snap");
+    crate::snapshot::create(&ranges.right, &path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let target = MvccStore::open(&keyspace, GroupId(2), right_span());
+    crate::snapshot::install(&target, &path).unwrap();
+    assert_eq!(target.txn_locks(), ranges.right.txn_locks());
+    let path = ranges.dir.path().join("snap-left");
+    crate::snapshot::create(&ranges.left, &path).unwrap();
+    let target_left = MvccStore::open(&keyspace, GroupId(1), left_span());
+    crate::snapshot::install(&target_left, &path).unwrap();
+    // The installed primary remembers the abort: a late commit is refused.
+    let late = WriteRequest {
+        request: Some(Request::TxnCommit(pb::TxnDecide {
+            txn: Some(txn_id(5)),
+            writes: Some(pb::TxnWrites::default()),
+        })),
+        ..Default::default()
+    };
+    let index = target_left.applied_index().0 + 1;
+    match apply_write(&target_left, LogIndex(index), Term(1), &late) {
+        WriteOutcome::TxnDecided(decided) => assert!(!decided.committed),
+        other => panic!("{other:?}"),
+    }
+    drop(ranges.keyspace);
+}
