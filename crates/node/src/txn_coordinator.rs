@@ -122,17 +122,39 @@ async fn release(handle: &NodeHandle, txn: TxnId, groups: &[GroupId]) {
 }
 
 /// Writes a committed transaction's parts in `groups`; those that fail are left to the
-/// pushers (the locks hold readers and writers off until then).
-async fn resolve(handle: &NodeHandle, txn: TxnId, writes: &pb::TxnWrites, groups: &[GroupId]) {
+/// pushers (the locks hold readers and writers off until then). Returns whether every
+/// part is written.
+async fn resolve(
+    handle: &NodeHandle,
+    txn: TxnId,
+    writes: &pb::TxnWrites,
+    groups: &[GroupId],
+) -> bool {
     let decide = pb::TxnDecide {
         txn: Some(txn_id_record(txn)),
         writes: Some(writes.clone()),
     };
+    let mut written = true;
     for outcome in propose_each(handle, groups, |_| Request::TxnResolve(decide.clone()), 0).await {
         if let Err(error) = outcome {
+            written = false;
             tracing::warn!(?txn, %error, "a resolve failed; the range's pusher finishes it");
         }
     }
+    written
+}
+
+/// Drops a committed transaction's record at its primary once every part is written
+/// (in the background: the client has its answer; a record left behind costs only
+/// space).
+fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        let forget = Request::TxnForget(txn_id_record(txn));
+        if let Err(error) = propose(&handle, primary, &forget, 0).await {
+            tracing::debug!(?txn, %error, "forgetting a transaction's record failed");
+        }
+    });
 }
 
 /// One attempt at `request`, whose keys fall in `groups` (in key order, two or more):
@@ -262,7 +284,9 @@ pub(crate) async fn attempt(
             if failpoint("after-commit") {
                 return Err(NodeError::Timeout);
             }
-            resolve(handle, txn, &writes, &groups[1..]).await;
+            if resolve(handle, txn, &writes, &groups[1..]).await {
+                forget(handle, txn, primary);
+            }
             crate::metrics::metrics().txns_committed_across_ranges.inc();
             Ok(outcome)
         }

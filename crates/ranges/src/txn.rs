@@ -305,6 +305,18 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
         }
     }
 
+    /// Forgets a committed transaction's record once every range wrote its part (no
+    /// lock of it is left for anyone to ask about); returns whether it was there.
+    /// Aborted records are kept: a prepare that applies after its coordinator gave up
+    /// leaves a lock whose pusher must learn the abort.
+    pub fn forget_committed(&mut self, txn: TxnId) -> bool {
+        if matches!(self.records.get(&txn), Some(TxnOutcome::Committed(_))) {
+            self.records.remove(&txn);
+            return true;
+        }
+        false
+    }
+
     /// How the transaction ended, if it did.
     pub fn outcome(&self, txn: TxnId) -> Option<&TxnOutcome<M>> {
         self.records.get(&txn)

@@ -334,6 +334,10 @@ pub fn apply_write(
             store.apply_txn_release(index, term, txn);
             return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
         }
+        Request::TxnForget(txn) => {
+            store.apply_txn_forget(index, term, txn);
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
+        }
         _ => {}
     }
     let auth = store.auth();
@@ -414,7 +418,8 @@ pub fn apply_write(
         | Request::TxnCommit(_)
         | Request::TxnResolve(_)
         | Request::TxnAbort(_)
-        | Request::TxnRelease(_) => unreachable!("transaction commands are handled above"),
+        | Request::TxnRelease(_)
+        | Request::TxnForget(_) => unreachable!("transaction commands are handled above"),
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
             WriteOutcome::LeaseGrant(LeaseGrantResponse {
                 header: None,

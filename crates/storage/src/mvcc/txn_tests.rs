@@ -216,6 +216,13 @@ fn a_transaction_across_two_ranges_writes_at_one_revision_and_holds_writes_off_m
     assert_eq!(ranges.right.current_revision(), Revision(21));
     assert!(!ranges.left.has_txn_locks() && !ranges.right.has_txn_locks());
     assert!(matches!(ranges.put("z", "9", 26), WriteOutcome::Put(_)));
+    // Every part written, the primary forgets the record; an abort then finds none.
+    assert_eq!(ranges.left.txn_outcome_count(), 1);
+    ranges.apply(false, Request::TxnForget(txn_id(1)), 0);
+    assert_eq!(ranges.left.txn_outcome_count(), 0);
+    ranges.left.persist();
+    let reopened = MvccStore::open(&ranges.keyspace, GroupId(1), left_span());
+    assert_eq!(reopened.txn_outcome_count(), 0);
 }
 
 #[test]

@@ -197,6 +197,27 @@ impl MvccStore {
         self.release_lock(index, term, txn_id_of(txn), Vec::new());
     }
 
+    /// Applies a forget in the primary: a committed transaction's record dropped, every
+    /// range having written its part.
+    pub fn apply_txn_forget(&self, index: LogIndex, term: Term, txn: &pb::TxnIdRecord) {
+        let txn = txn_id_of(txn);
+        let forgotten = self.txn_outcomes.lock().unwrap().forget_committed(txn);
+        let changes = if forgotten {
+            vec![(
+                txn_tables::txn_name(txn_tables::OUTCOME_NAME_PREFIX, txn),
+                None,
+            )]
+        } else {
+            Vec::new()
+        };
+        self.write_txn().commit_with(index, term, changes, None);
+    }
+
+    /// How many transaction outcomes this range keeps as a primary.
+    pub fn txn_outcome_count(&self) -> usize {
+        self.txn_outcomes.lock().unwrap().records().count()
+    }
+
     /// Writes the transaction's writes that its lock here covers, at its revision, and
     /// forgets the lock, with `local_changes`, in one batch.
     fn write_locked(
