@@ -232,6 +232,31 @@ impl Cluster {
         Ok(())
     }
 
+    /// Splits the keyspace at `key` (`ostrakon ranges split` through a member), tried
+    /// again on every member until it applies or `timeout` passes.
+    pub async fn split(&self, key: &str, timeout: Duration) -> Result<(), ChaosError> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::new();
+        for endpoint in self.endpoints().iter().cycle() {
+            if Instant::now() > deadline {
+                break;
+            }
+            let output = tokio::process::Command::new(&self.binary)
+                .args(["ranges", "split", key, "--endpoint", endpoint])
+                .output()
+                .await
+                .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
+            if output.status.success() {
+                return Ok(());
+            }
+            last_error = String::from_utf8_lossy(&output.stderr).into_owned();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(ChaosError::Cluster(format!(
+            "splitting at {key:?} failed: {last_error}"
+        )))
+    }
+
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()

@@ -55,6 +55,9 @@ pub struct RunConfig {
     pub clients: usize,
     /// Registers (keys) the register clients share.
     pub keys: u64,
+    /// Keys to split the keyspace at before the workloads start (each range with its
+    /// own raft group; a Txn group's keys split apart commit through two-phase commit).
+    pub split_at: Vec<String>,
 }
 
 impl RunConfig {
@@ -132,6 +135,9 @@ pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
         power_cuts.then_some(lazyfs.as_path()),
     )
     .await?;
+    for key in &config.split_at {
+        cluster.split(key, SETTLE_TIMEOUT).await?;
+    }
     let mut workloads = workload::Workloads::start(&cluster, config.clients, config.keys).await;
     let recorder = workloads.recorder();
     let faults = nemesis::run(

@@ -338,6 +338,7 @@ pub(crate) fn judge(evidence: Evidence, config: &crate::RunConfig) -> Verdict {
         "nemesis": config.nemesis.to_string(),
         "network": format!("{:?}", config.network).to_lowercase(),
         "nodes": config.nodes,
+        "split_at": config.split_at,
         "duration_s": config.duration.as_secs_f64(),
         "ops": evidence.timeline.len(),
         "ok": count(Ended::Ok),

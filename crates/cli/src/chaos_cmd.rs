@@ -36,6 +36,11 @@ pub struct ChaosArgs {
     /// Registers the clients share.
     #[arg(long, default_value_t = 10)]
     pub keys: u64,
+    /// Split the keyspace at this key before the workloads start (repeatable). The Txn
+    /// workload's groups are chaos/txn/<n>/<0..3>: a split at chaos/txn/0/1 puts group
+    /// 0's keys in two ranges, so its Txns commit across ranges.
+    #[arg(long = "split-at")]
+    pub split_at: Vec<String>,
     /// Where to write the JSON verdict as well.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -66,6 +71,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         network,
         clients: args.clients.max(1),
         keys: args.keys.max(1),
+        split_at: args.split_at,
     };
     ostrakon_chaos::preflight(&config)?;
     let progress = indicatif::ProgressBar::new(config.duration.as_secs());

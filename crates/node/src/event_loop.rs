@@ -802,7 +802,9 @@ impl EventLoop {
                 // A range that split takes its writes' revisions from the oracle: the
                 // leader proposes them once the node has them (`fetch_revisions`).
                 Some(replica)
-                    if replica.store.oracle_revisions() && replica.node.role() == Role::Leader =>
+                    if replica.store.oracle_revisions()
+                        && replica.node.role() == Role::Leader
+                        && takes_fetched_revision(&write) =>
                 {
                     crate::metrics::metrics().oracle_revision_writes.inc();
                     self.revisions.wait(crate::revisions::WaitingWrite {
@@ -1444,6 +1446,24 @@ fn record_soft_state(soft: ostrakon_raft::SoftState, previous_leader: NodeId) {
     if soft.leader != NodeId::NONE && soft.leader != previous_leader {
         metrics.leader_changes_seen.inc();
     }
+}
+
+/// Whether a write on a range that takes its revisions from the oracle waits for one.
+/// The decisions of a transaction across ranges do not: a commit or resolve writes at
+/// the transaction's own revision, and an abort, release or forget writes nothing
+/// (the range is locked meanwhile, so the read-wait rule holds through its prepare).
+fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
+    use ostrakon_proto::peer::write_request::Request;
+    !matches!(
+        write.request,
+        Some(
+            Request::TxnCommit(_)
+                | Request::TxnResolve(_)
+                | Request::TxnAbort(_)
+                | Request::TxnRelease(_)
+                | Request::TxnForget(_)
+        )
+    )
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! through the same split command an operator's `ostrakon ranges split` proposes. One
 //! task per node, not per range; a range is looked at only while this node leads it.
 //!
-//! Off by default (0): until writes across ranges are built in the node, a DeleteRange
-//! or a writing Txn whose keys fall in two ranges is refused, so a keyspace split on its
-//! own would refuse requests etcd accepts.
+//! Off by default (0): until leases span ranges, a lease attached to a key outside the
+//! first range is refused, so a keyspace split on its own would refuse requests etcd
+//! accepts.
 
 use std::time::Duration;
 

@@ -110,11 +110,15 @@ async fn propose_each(
     outcomes
 }
 
-/// Releases the transaction's locks in `groups` (an aborted or never committed one).
-/// A release that fails is left to the pushers.
-async fn release(handle: &NodeHandle, txn: TxnId, groups: &[GroupId]) {
-    let record = txn_id_record(txn);
-    for outcome in propose_each(handle, groups, |_| Request::TxnRelease(record), 0).await {
+/// Releases the transaction's locks in `groups` (an aborted or never committed one;
+/// with `raise_revision`, one whose path wrote nothing, read at that revision). A
+/// release that fails is left to the pushers.
+async fn release(handle: &NodeHandle, txn: TxnId, groups: &[GroupId], raise_revision: i64) {
+    let release = pb::TxnRelease {
+        txn: Some(txn_id_record(txn)),
+        raise_revision,
+    };
+    for outcome in propose_each(handle, groups, |_| Request::TxnRelease(release), 0).await {
         if let Err(error) = outcome {
             tracing::debug!(?txn, %error, "a release failed; the range's pusher ends the lock");
         }
@@ -130,12 +134,24 @@ async fn resolve(
     writes: &pb::TxnWrites,
     groups: &[GroupId],
 ) -> bool {
-    let decide = pb::TxnDecide {
-        txn: Some(txn_id_record(txn)),
-        writes: Some(writes.clone()),
+    let part_of = |group: GroupId| {
+        let span = handle.store(group).map(|store| store.span());
+        let writes = pb::TxnWrites {
+            revision: writes.revision,
+            writes: writes
+                .writes
+                .iter()
+                .filter(|write| span.as_ref().map_or(true, |span| span.contains(&write.key)))
+                .cloned()
+                .collect(),
+        };
+        Request::TxnResolve(pb::TxnDecide {
+            txn: Some(txn_id_record(txn)),
+            writes: Some(writes),
+        })
     };
     let mut written = true;
-    for outcome in propose_each(handle, groups, |_| Request::TxnResolve(decide.clone()), 0).await {
+    for outcome in propose_each(handle, groups, part_of, 0).await {
         if let Err(error) = outcome {
             written = false;
             tracing::warn!(?txn, %error, "a resolve failed; the range's pusher finishes it");
@@ -155,6 +171,38 @@ fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
             tracing::debug!(?txn, %error, "forgetting a transaction's record failed");
         }
     });
+}
+
+/// This member's replicas of `groups`, once they applied the prepares, as one view: what
+/// the ranges hold while the transaction's locks stand. None if a lock is gone already
+/// (a pusher found it stale), or a compaction moved while the views were taken (the
+/// merged view's data must hold what every view's compacted revision promises).
+async fn frozen_view(
+    handle: &NodeHandle,
+    txn: TxnId,
+    groups: &[GroupId],
+    prepared: &[pb::TxnPrepared],
+) -> Result<Option<ostrakon_storage::mvcc::ReadView>, NodeError> {
+    let mut stores = Vec::with_capacity(groups.len());
+    let mut views = Vec::with_capacity(groups.len());
+    for (&group, done) in groups.iter().zip(prepared) {
+        handle
+            .wait_applied(group, ostrakon_raft::LogIndex(done.index))
+            .await?;
+        let store = handle.store(group)?;
+        views.push(store.read_view());
+        stores.push(store);
+    }
+    if !views.iter().all(|view| view.holds_lock_of(txn)) {
+        return Ok(None);
+    }
+    let compacted: Vec<_> = views.iter().map(|view| view.compact_revision()).collect();
+    let merged = stores[0].merged_view(views);
+    let compaction_moved = stores
+        .iter()
+        .zip(compacted)
+        .any(|(store, compacted)| store.compact_revision() != compacted);
+    Ok((!compaction_moved).then_some(merged))
 }
 
 /// One attempt at `request`, whose keys fall in `groups` (in key order, two or more):
@@ -213,7 +261,7 @@ pub(crate) async fn attempt(
         }
     }
     if let Some(refusal) = refusal {
-        release(handle, txn, groups).await;
+        release(handle, txn, groups, 0).await;
         return refusal;
     }
     if failpoint("after-prepare") {
@@ -224,21 +272,25 @@ pub(crate) async fn attempt(
         .map(|done| done.revision)
         .max()
         .expect("two prepares at least");
-    // This member's replicas, once they applied the prepares, hold what the ranges hold
-    // until the locks go.
-    let mut views = Vec::with_capacity(groups.len());
-    for (&group, done) in groups.iter().zip(&prepared) {
-        handle
-            .wait_applied(group, ostrakon_raft::LogIndex(done.index))
-            .await?;
-        views.push(handle.store(group)?.read_view());
-    }
+    let view = match frozen_view(handle, txn, groups, &prepared).await {
+        Ok(Some(view)) => view,
+        // A pusher ended a lock meanwhile (this member lagged): the ranges may have
+        // moved on, so what it would read is not one state.
+        Ok(None) => {
+            release(handle, txn, groups, 0).await;
+            return Ok(try_again());
+        }
+        Err(error) => {
+            release(handle, txn, groups, 0).await;
+            return Err(error);
+        }
+    };
     let lease_store = handle.store(crate::DEFAULT_GROUP)?;
     let evaluate_request = request.clone();
     let evaluated = tokio::task::spawn_blocking(move || {
         ostrakon_storage::mvcc::evaluate_across(
             &lease_store,
-            views,
+            view,
             Revision(revision),
             &evaluate_request,
         )
@@ -248,7 +300,7 @@ pub(crate) async fn attempt(
     let (outcome, writes) = match evaluated {
         Ok(evaluated) => evaluated,
         Err(error) => {
-            release(handle, txn, groups).await;
+            release(handle, txn, groups, 0).await;
             let (code, message) = etcd_status(&error);
             return Ok(WriteOutcome::Error(pb::Error {
                 code,
@@ -258,8 +310,11 @@ pub(crate) async fn attempt(
         }
     };
     if writes.writes.is_empty() {
-        // Its path only compared and read: nothing to commit.
-        release(handle, txn, groups).await;
+        // Its path only compared and read: nothing to commit. The ranges' revisions move
+        // up to the one it read at, so that no write lands below it later (a write
+        // fetched before the prepares but refused while they held) and the answer's
+        // revision stays true.
+        release(handle, txn, groups, revision).await;
         return Ok(outcome);
     }
     let commit = Request::TxnCommit(pb::TxnDecide {
@@ -297,7 +352,7 @@ pub(crate) async fn attempt(
                 !decided.committed,
                 "transaction {txn:?} committed with writes it did not make"
             );
-            release(handle, txn, &groups[1..]).await;
+            release(handle, txn, &groups[1..], 0).await;
             Ok(try_again())
         }
         other => panic!("a commit answered with {other:?}"),

@@ -81,7 +81,10 @@ async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId)
             writes: decided.writes,
         })
     } else {
-        Request::TxnRelease(record)
+        Request::TxnRelease(pb::TxnRelease {
+            txn: Some(record),
+            raise_revision: 0,
+        })
     };
     let outcome = propose(handle, group, &finish, 0).await;
     crate::metrics::metrics().txn_locks_pushed.inc();

@@ -47,7 +47,14 @@ pub async fn read_at(
         let groups = node.ranges_touched(intervals).await?;
         if let [group] = groups[..] {
             let store = node.store(group)?;
-            if requested <= store.current_revision().0 || !store.oracle_revisions() {
+            // On a keyspace that split, a linearizable read of the current state reads at
+            // the oracle's current revision, as a read across ranges does, so that its
+            // answer's revision is at or above every revision answered before it began
+            // (the range's own current revision can be below another range's).
+            let current_from_oracle = store.oracle_revisions() && linearizable && requested <= 0;
+            let answered_here = !store.oracle_revisions()
+                || (!current_from_oracle && requested <= store.current_revision().0);
+            if answered_here {
                 match view_of(node, group, intervals, linearizable).await? {
                     Some(view) => {
                         node.record_read(group);

@@ -330,8 +330,8 @@ pub fn apply_write(
             store.apply_txn_resolve(index, term, decide);
             return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
         }
-        Request::TxnRelease(txn) => {
-            store.apply_txn_release(index, term, txn);
+        Request::TxnRelease(release) => {
+            store.apply_txn_release(index, term, release);
             return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
         }
         Request::TxnForget(txn) => {
@@ -384,7 +384,7 @@ pub fn apply_write(
             }
         };
     }
-    if changes_keys(request) && store.has_txn_locks() {
+    if changes_keys(request) && store.has_txn_locks() && !revokes_no_key(store, request) {
         // A transaction across ranges holds keys here: the write waits for it to end.
         store.set_applied(index, term);
         return error_outcome(MvccError::Locked);
@@ -465,19 +465,27 @@ fn changes_keys(request: &write_request::Request) -> bool {
     )
 }
 
+/// Whether the request revokes a lease with no key attached (it changes no key, so a
+/// transaction's lock does not hold it off).
+fn revokes_no_key(store: &MvccStore, request: &write_request::Request) -> bool {
+    matches!(request, write_request::Request::LeaseRevoke(revoke)
+        if store.read_view().lease_keys(revoke.id).is_empty())
+}
+
 /// Evaluates a Put, DeleteRange or Txn whose keys fall in several ranges, as one range
 /// holding them all would apply it, over `views` (those ranges' views, each taken once
-/// the transaction's lock there applied, so no write changes them meanwhile) at
-/// `revision`: the response, and the writes each range then makes at the revision.
-/// `lease_store` is the range holding the leases.
+/// the transaction's lock there applied, so no write changes them meanwhile; merged by
+/// `MvccStore::merged_view`) at
+/// `revision`: the response, with `revision` in its header, and the writes each range
+/// then makes at the revision (if it makes none, the ranges' revisions are raised to it
+/// as their locks go). `lease_store` is the range holding the leases.
 pub fn evaluate_across(
     lease_store: &MvccStore,
-    views: Vec<ReadView>,
+    view: ReadView,
     revision: Revision,
     request: &write_request::Request,
 ) -> Result<(WriteOutcome, ostrakon_proto::peer::TxnWrites), MvccError> {
     use write_request::Request;
-    let view = lease_store.merged_view(views);
     let mut txn = lease_store.write_txn_over(view, revision);
     let mut outcome = match request {
         Request::Put(put) => WriteOutcome::Put(apply_put(&mut txn, put, PutIn::Request)?),
@@ -489,7 +497,7 @@ pub fn evaluate_across(
         }
         other => unreachable!("only Put, DeleteRange and Txn have keys: {other:?}"),
     };
-    set_header_revision(&mut outcome, txn.response_revision());
+    set_header_revision(&mut outcome, revision);
     Ok((outcome, txn.into_writes()))
 }
 

@@ -805,6 +805,7 @@ impl MvccStore {
             changes: BTreeMap::new(),
             next_sub: 0,
             lease_changes: BTreeMap::new(),
+            raises: false,
         }
     }
 
@@ -827,6 +828,7 @@ impl MvccStore {
             changes: BTreeMap::new(),
             next_sub: 0,
             lease_changes: BTreeMap::new(),
+            raises: false,
         }
     }
 
@@ -1320,6 +1322,12 @@ impl ReadView {
         self.current
     }
 
+    /// Whether the view holds `txn`'s lock (taken after the lock's prepare applied: the
+    /// range is still frozen for it, no pusher has ended it).
+    pub fn holds_lock_of(&self, txn: ostrakon_ranges::txn::TxnId) -> bool {
+        self.locks.locks().any(|lock| lock.txn == txn)
+    }
+
     /// Whether a transaction across ranges holds a lock on some key of `intervals`:
     /// any lock if `at` is None (a linearizable read of the current state, which must
     /// not miss a transaction that may have committed), else one whose revision is at
@@ -1600,6 +1608,8 @@ pub struct WriteTxn<'a> {
     next_sub: u32,
     /// Leases granted or changed (`Some`) and revoked (`None`).
     lease_changes: BTreeMap<i64, Option<LeaseRecord>>,
+    /// Whether the store's revision moves to `revision` even without changes.
+    raises: bool,
 }
 
 impl WriteTxn<'_> {
@@ -1685,10 +1695,14 @@ impl WriteTxn<'_> {
         self.revision
     }
 
-    /// The revision the transaction's responses report: the new one if it wrote.
+    /// The revision the transaction's responses report: the new one if it wrote; if it
+    /// wrote nothing, the revision it came with if higher than the view's (a range that
+    /// takes revisions from the oracle: no write at or below that one can still apply
+    /// here, and other ranges' writes acknowledged before it are below it, so answers
+    /// keep rising in real time as on one range).
     pub fn response_revision(&self) -> Revision {
         if self.changes.is_empty() {
-            self.view.current
+            self.view.current.max(self.given_revision)
         } else {
             self.write_revision()
         }
@@ -1820,6 +1834,18 @@ impl WriteTxn<'_> {
         }
     }
 
+    /// Moves the store's revision to the transaction's even if it changes no key: no
+    /// later write then takes a revision at or below it.
+    pub(crate) fn raise_revision(&mut self) {
+        assert!(
+            self.revision > self.view.current,
+            "a revision raised from {:?} to {:?}",
+            self.view.current,
+            self.revision
+        );
+        self.raises = true;
+    }
+
     /// Writes a version another transaction computed (`into_writes`), as the next write.
     pub(crate) fn set_version(&mut self, write: &ostrakon_proto::peer::TxnWrite) {
         let version = if write.delete {
@@ -1852,7 +1878,11 @@ impl WriteTxn<'_> {
         local_changes: Vec<LocalChange>,
         locks: Option<LockTable>,
     ) {
-        if self.changes.is_empty() && self.lease_changes.is_empty() && local_changes.is_empty() {
+        if self.changes.is_empty()
+            && !self.raises
+            && self.lease_changes.is_empty()
+            && local_changes.is_empty()
+        {
             assert!(locks.is_none(), "the locks changed without a stored change");
             self.store.set_applied(index, term);
             return;
@@ -1860,7 +1890,7 @@ impl WriteTxn<'_> {
         let mut batch = self.store.keyspace.batch();
         self.put_lease_changes(&mut batch);
         self.store.put_local_changes(&mut batch, local_changes);
-        if self.changes.is_empty() {
+        if self.changes.is_empty() && !self.raises {
             self.store.put_applied(&mut batch, index, term);
             engine("committing lease changes", batch.commit());
             self.publish_lease_changes();

@@ -185,8 +185,13 @@ fn a_transaction_across_two_ranges_writes_at_one_revision_and_holds_writes_off_m
 
     // The coordinator evaluates the Txn over both views at the highest lock's revision.
     let views = vec![ranges.left.read_view(), ranges.right.read_view()];
-    let (outcome, writes) =
-        evaluate_across(&ranges.left, views, Revision(21), &transfer("1", "2")).unwrap();
+    let (outcome, writes) = evaluate_across(
+        &ranges.left,
+        ranges.left.merged_view(views),
+        Revision(21),
+        &transfer("1", "2"),
+    )
+    .unwrap();
     let WriteOutcome::Txn(response) = outcome else {
         panic!("{outcome:?}")
     };
@@ -252,7 +257,14 @@ fn an_aborted_transaction_leaves_nothing_and_never_commits() {
         WriteOutcome::TxnDecided(decided) => assert!(!decided.committed),
         other => panic!("{other:?}"),
     }
-    ranges.apply(true, Request::TxnRelease(txn_id(1)), 0);
+    ranges.apply(
+        true,
+        Request::TxnRelease(pb::TxnRelease {
+            txn: Some(txn_id(1)),
+            raise_revision: 0,
+        }),
+        0,
+    );
     assert_eq!(ranges.value("a"), Some(("1".into(), 10)));
     assert!(!ranges.left.has_txn_locks() && !ranges.right.has_txn_locks());
 }
@@ -264,8 +276,13 @@ fn an_abort_after_the_commit_learns_it_and_locks_and_outcomes_survive_a_restart(
     prepared_revision(ranges.prepare(false, 1, &["a"], 20));
     prepared_revision(ranges.prepare(true, 1, &["x"], 21));
     let views = vec![ranges.left.read_view(), ranges.right.read_view()];
-    let (_, writes) =
-        evaluate_across(&ranges.left, views, Revision(21), &transfer("1", "3")).unwrap();
+    let (_, writes) = evaluate_across(
+        &ranges.left,
+        ranges.left.merged_view(views),
+        Revision(21),
+        &transfer("1", "3"),
+    )
+    .unwrap();
     ranges.apply(
         false,
         Request::TxnCommit(pb::TxnDecide {
@@ -334,4 +351,56 @@ fn a_snapshot_carries_locks_and_outcomes() {
         other => panic!("{other:?}"),
     }
     drop(ranges.keyspace);
+}
+
+#[test]
+fn a_release_after_a_path_without_writes_raises_the_revision_it_read_at() {
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    prepared_revision(ranges.prepare(false, 1, &["a"], 20));
+    prepared_revision(ranges.prepare(true, 1, &["x"], 30));
+    let views = vec![ranges.left.read_view(), ranges.right.read_view()];
+    let merged = ranges.left.merged_view(views);
+    let (outcome, writes) =
+        evaluate_across(&ranges.left, merged, Revision(30), &transfer("9", "2")).unwrap();
+    assert!(writes.writes.is_empty());
+    let WriteOutcome::Txn(response) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(!response.succeeded);
+    assert_eq!(response.header.unwrap().revision, 30);
+    let release = pb::TxnRelease {
+        txn: Some(txn_id(1)),
+        raise_revision: 30,
+    };
+    ranges.apply(false, Request::TxnRelease(release), 0);
+    ranges.apply(true, Request::TxnRelease(release), 0);
+    // The answer said "as of 30": no write may land at or below it now.
+    assert_eq!(ranges.left.current_revision(), Revision(30));
+    assert_eq!(ranges.right.current_revision(), Revision(30));
+    let stale = ranges.put("b", "late", 25);
+    assert!(
+        matches!(&stale, WriteOutcome::Error(error) if error.retry == pb::Retry::StaleRevision as i32),
+        "{stale:?}"
+    );
+    assert!(matches!(ranges.put("b", "fresh", 31), WriteOutcome::Put(_)));
+    // A write that changes nothing answers with the revision it came with.
+    let missed = ranges.apply(
+        false,
+        Request::Txn(TxnRequest {
+            compare: vec![Compare {
+                key: "a".into(),
+                target: compare::CompareTarget::Value as i32,
+                result: compare::CompareResult::Equal as i32,
+                target_union: Some(compare::TargetUnion::Value("nope".into())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        40,
+    );
+    let WriteOutcome::Txn(missed) = missed else {
+        panic!("{missed:?}")
+    };
+    assert_eq!(missed.header.unwrap().revision, 40);
 }

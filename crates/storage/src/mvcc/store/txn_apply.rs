@@ -164,7 +164,7 @@ impl MvccStore {
         match decided {
             Ok(()) => {
                 let record = txn_tables::store_outcome(txn, &TxnOutcome::Aborted);
-                self.release_lock(index, term, txn, vec![record]);
+                self.release_lock(index, term, txn, vec![record], Revision(0));
                 pb::TxnDecided {
                     committed: false,
                     writes: None,
@@ -192,9 +192,12 @@ impl MvccStore {
         self.write_locked(index, term, txn, writes, Vec::new());
     }
 
-    /// Applies a release: an aborted transaction's lock forgotten.
-    pub fn apply_txn_release(&self, index: LogIndex, term: Term, txn: &pb::TxnIdRecord) {
-        self.release_lock(index, term, txn_id_of(txn), Vec::new());
+    /// Applies a release: the lock of an aborted transaction, or of one whose path
+    /// wrote nothing, forgotten, and the range's revision raised as the release asks.
+    pub fn apply_txn_release(&self, index: LogIndex, term: Term, release: &pb::TxnRelease) {
+        let txn = named_txn(release.txn.as_ref());
+        let raise = Revision(release.raise_revision);
+        self.release_lock(index, term, txn, Vec::new(), raise);
     }
 
     /// Applies a forget in the primary: a committed transaction's record dropped, every
@@ -255,20 +258,28 @@ impl MvccStore {
         write.commit_with(index, term, local_changes, Some(remaining));
     }
 
-    /// Forgets the transaction's lock, if held, with `local_changes`, in one batch.
+    /// Forgets the transaction's lock, if held, with `local_changes`, in one batch; if
+    /// it was held, the range's revision moves up to `raise` (when above it).
     fn release_lock(
         &self,
         index: LogIndex,
         term: Term,
         txn: TxnId,
         mut local_changes: Vec<LocalChange>,
+        raise: Revision,
     ) {
         let mut remaining = (**self.txn_locks.lock().unwrap()).clone();
         let released = remaining.release(txn).map(|_| {
             local_changes.push(txn_tables::forget_lock(txn));
             remaining
         });
-        self.write_txn()
-            .commit_with(index, term, local_changes, released);
+        let write = if released.is_some() && raise > self.current_revision() {
+            let mut write = self.write_txn_at(raise);
+            write.raise_revision();
+            write
+        } else {
+            self.write_txn()
+        };
+        write.commit_with(index, term, local_changes, released);
     }
 }
