@@ -24,6 +24,9 @@ pub enum Workload {
     GetSerializable,
     /// A Txn: compare the key's mod revision, then put it.
     Txn,
+    /// A Txn that puts two keys: the key and its pair (`--pair-prefix`, the key's digits,
+    /// then "p"); with the keyspace split between them, a Txn across two ranges.
+    TxnPair,
     /// Linearizable range over 100 keys.
     Range,
 }
@@ -62,6 +65,10 @@ pub struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: usize,
+    /// The first byte of each pair key of the txn-pair workload ("b": beside the key;
+    /// "c" with a split at "c": in the next range).
+    #[arg(long, default_value = "b")]
+    pub pair_prefix: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -194,6 +201,27 @@ async fn one(
                 .txn(TxnRequest {
                     compare: vec![compare],
                     success: vec![put],
+                    failure: vec![],
+                })
+                .await?;
+        }
+        Workload::TxnPair => {
+            let pair = format!(
+                "{}{}p",
+                args.pair_prefix,
+                String::from_utf8_lossy(&key[1..])
+            );
+            let put = |key: Bytes| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key,
+                    value: value.clone(),
+                    ..Default::default()
+                })),
+            };
+            client
+                .txn(TxnRequest {
+                    compare: vec![],
+                    success: vec![put(key), put(Bytes::from(pair))],
                     failure: vec![],
                 })
                 .await?;
