@@ -799,6 +799,17 @@ impl EventLoop {
                 write,
                 respond,
             } => match self.replicas.get_mut(&group) {
+                // A transaction across ranges holds the range: the write would only go
+                // through the log to be refused (as it would be at apply, on every
+                // replica); it is answered at once and tried again shortly.
+                Some(replica)
+                    if replica.node.role() == Role::Leader
+                        && write.request.as_ref().is_some_and(|request| {
+                            ostrakon_storage::mvcc::held_off_by_locks(&replica.store, request)
+                        }) =>
+                {
+                    drop(respond.send(Ok(ostrakon_storage::mvcc::locked_outcome())));
+                }
                 // A range that split takes its writes' revisions from the oracle: the
                 // leader proposes them once the node has them (`fetch_revisions`).
                 Some(replica)

@@ -205,6 +205,31 @@ async fn frozen_view(
     Ok((!compaction_moved).then_some(merged))
 }
 
+/// How long a prepare waits before trying a range another transaction holds again.
+const PREPARE_WAIT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Proposes a prepare in `group`, again while another transaction holds the range, until
+/// `deadline`.
+async fn prepare_waiting(
+    handle: &NodeHandle,
+    group: GroupId,
+    request: &Request,
+    auth_revision: u64,
+    deadline: tokio::time::Instant,
+) -> Result<WriteOutcome, NodeError> {
+    loop {
+        match propose(handle, group, request, auth_revision).await? {
+            WriteOutcome::Error(error)
+                if error.retry == Retry::Locked as i32
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(PREPARE_WAIT_PAUSE).await;
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
 /// One attempt at `request`, whose keys fall in `groups` (in key order, two or more):
 /// the outcome for the client, or one marked to be tried again.
 pub(crate) async fn attempt(
@@ -214,6 +239,7 @@ pub(crate) async fn attempt(
     groups: &[GroupId],
 ) -> Result<WriteOutcome, NodeError> {
     assert!(groups.len() > 1, "a transaction across one range");
+    let deadline = tokio::time::Instant::now() + handle.request_timeout();
     let txn = TxnId {
         coordinator: handle.id(),
         number: next_txn_number(),
@@ -249,21 +275,56 @@ pub(crate) async fn attempt(
         auth_revision,
     )
     .await;
-    let mut prepared = Vec::with_capacity(groups.len());
+    let mut prepared: Vec<Option<pb::TxnPrepared>> = Vec::with_capacity(groups.len());
     let mut refusal = None;
-    for outcome in outcomes {
+    let mut first_locked = None;
+    for (at, outcome) in outcomes.into_iter().enumerate() {
         match outcome {
-            Ok(WriteOutcome::TxnPrepared(done)) => prepared.push(done),
-            // Refused (a lock in the way, keys moved, auth, space): nothing to commit.
-            Ok(other) => drop(refusal.get_or_insert(Ok(other))),
+            Ok(WriteOutcome::TxnPrepared(done)) => prepared.push(Some(done)),
+            // Held by another transaction: waited for below.
+            Ok(WriteOutcome::Error(error)) if error.retry == Retry::Locked as i32 => {
+                first_locked.get_or_insert(at);
+                prepared.push(None);
+            }
+            // Refused (keys moved, auth, space): nothing to commit.
+            Ok(other) => {
+                refusal.get_or_insert(Ok(other));
+                prepared.push(None);
+            }
             // Maybe prepared: released below all the same.
-            Err(error) => drop(refusal.get_or_insert(Err(error))),
+            Err(error) => {
+                refusal.get_or_insert(Err(error));
+                prepared.push(None);
+            }
         }
     }
     if let Some(refusal) = refusal {
         release(handle, txn, groups, 0).await;
         return refusal;
     }
+    if let Some(first_locked) = first_locked {
+        // Another transaction holds a range: this one keeps the ranges before it, gives
+        // up those after, and takes the rest in key order, each waited for while held.
+        // Every waiter then holds only ranges before the one it waits for, so no two
+        // transactions wait for each other, and a busy range serves its transactions
+        // one after the other instead of turning them all away.
+        let later = &groups[first_locked + 1..];
+        release(handle, txn, later, 0).await;
+        for at in first_locked..groups.len() {
+            let request = Request::TxnPrepare(prepares[at].clone());
+            match prepare_waiting(handle, groups[at], &request, auth_revision, deadline).await {
+                Ok(WriteOutcome::TxnPrepared(done)) => prepared[at] = Some(done),
+                other => {
+                    release(handle, txn, groups, 0).await;
+                    return other;
+                }
+            }
+        }
+    }
+    let prepared: Vec<pb::TxnPrepared> = prepared
+        .into_iter()
+        .map(|done| done.expect("every range prepared"))
+        .collect();
     if failpoint("after-prepare") {
         return Err(NodeError::Timeout);
     }
@@ -339,9 +400,15 @@ pub(crate) async fn attempt(
             if failpoint("after-commit") {
                 return Err(NodeError::Timeout);
             }
-            if resolve(handle, txn, &writes, &groups[1..]).await {
-                forget(handle, txn, primary);
-            }
+            // Committed: the client is answered now. The other ranges' locks hold their
+            // readers and writers until they write their parts (a linearizable read
+            // waits for a lock on its keys), so nobody can tell the resolves came after.
+            let (resolver, others) = (handle.clone(), groups[1..].to_vec());
+            tokio::spawn(async move {
+                if resolve(&resolver, txn, &writes, &others).await {
+                    forget(&resolver, txn, primary);
+                }
+            });
             crate::metrics::metrics().txns_committed_across_ranges.inc();
             Ok(outcome)
         }

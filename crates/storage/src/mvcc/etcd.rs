@@ -384,7 +384,7 @@ pub fn apply_write(
             }
         };
     }
-    if changes_keys(request) && store.has_txn_locks() && !revokes_no_key(store, request) {
+    if held_off_by_locks(store, request) {
         // A transaction across ranges holds keys here: the write waits for it to end.
         store.set_applied(index, term);
         return error_outcome(MvccError::Locked);
@@ -463,6 +463,32 @@ fn changes_keys(request: &write_request::Request) -> bool {
         request,
         Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_) | Request::LeaseRevoke(_)
     )
+}
+
+/// Whether a transaction's lock in the range holds `request` off: a write that changes
+/// keys, or another transaction's prepare. Checked where a write applies (on every
+/// replica alike) and, by the range's leader, before it proposes one: a write held off
+/// is answered at once instead of going through the log to be refused.
+pub fn held_off_by_locks(store: &MvccStore, request: &write_request::Request) -> bool {
+    if !store.has_txn_locks() {
+        return false;
+    }
+    match request {
+        write_request::Request::TxnPrepare(prepare) => {
+            let txn = prepare
+                .txn
+                .as_ref()
+                .map(super::txn_tables::txn_id_of)
+                .expect("a prepare names its transaction");
+            !store.txn_locks().iter().any(|lock| lock.txn == txn)
+        }
+        other => changes_keys(other) && !revokes_no_key(store, other),
+    }
+}
+
+/// The answer to a write a lock holds off (the node tries it again shortly).
+pub fn locked_outcome() -> WriteOutcome {
+    error_outcome(MvccError::Locked)
 }
 
 /// Whether the request revokes a lease with no key attached (it changes no key, so a
