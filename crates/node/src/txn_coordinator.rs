@@ -112,17 +112,25 @@ async fn propose_each(
 
 /// Releases the transaction's locks in `groups` (an aborted or never committed one;
 /// with `raise_revision`, one whose path wrote nothing, read at that revision). A
-/// release that fails is left to the pushers.
-async fn release(handle: &NodeHandle, txn: TxnId, groups: &[GroupId], raise_revision: i64) {
+/// release that fails is left to the pushers. Returns whether every range still held
+/// the lock when its release applied.
+async fn release(handle: &NodeHandle, txn: TxnId, groups: &[GroupId], raise_revision: i64) -> bool {
     let release = pb::TxnRelease {
         txn: Some(txn_id_record(txn)),
         raise_revision,
     };
+    let mut all_held = true;
     for outcome in propose_each(handle, groups, |_| Request::TxnRelease(release), 0).await {
-        if let Err(error) = outcome {
-            tracing::debug!(?txn, %error, "a release failed; the range's pusher ends the lock");
+        match outcome {
+            Ok(WriteOutcome::TxnDone(done)) => all_held &= done.held,
+            Ok(other) => panic!("a release answered with {other:?}"),
+            Err(error) => {
+                all_held = false;
+                tracing::debug!(?txn, %error, "a release failed; the range's pusher ends the lock");
+            }
         }
     }
+    all_held
 }
 
 /// Writes a committed transaction's parts in `groups`; those that fail are left to the
@@ -375,7 +383,11 @@ pub(crate) async fn attempt(
         // up to the one it read at, so that no write lands below it later (a write
         // fetched before the prepares but refused while they held) and the answer's
         // revision stays true.
-        release(handle, txn, groups, revision).await;
+        if !release(handle, txn, groups, revision).await {
+            // A pusher ended a lock before the release: a write may have landed in that
+            // range below the revision read at, so the answer would not hold.
+            return Ok(try_again());
+        }
         return Ok(outcome);
     }
     let commit = Request::TxnCommit(pb::TxnDecide {

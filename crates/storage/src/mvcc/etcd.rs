@@ -327,16 +327,16 @@ pub fn apply_write(
             return WriteOutcome::TxnDecided(store.apply_txn_abort(index, term, txn))
         }
         Request::TxnResolve(decide) => {
-            store.apply_txn_resolve(index, term, decide);
-            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
+            let held = store.apply_txn_resolve(index, term, decide);
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone { held });
         }
         Request::TxnRelease(release) => {
-            store.apply_txn_release(index, term, release);
-            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
+            let held = store.apply_txn_release(index, term, release);
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone { held });
         }
         Request::TxnForget(txn) => {
             store.apply_txn_forget(index, term, txn);
-            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone {});
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone { held: false });
         }
         _ => {}
     }

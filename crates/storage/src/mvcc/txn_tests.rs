@@ -373,8 +373,13 @@ fn a_release_after_a_path_without_writes_raises_the_revision_it_read_at() {
         txn: Some(txn_id(1)),
         raise_revision: 30,
     };
-    ranges.apply(false, Request::TxnRelease(release), 0);
-    ranges.apply(true, Request::TxnRelease(release), 0);
+    for right in [false, true] {
+        let done = ranges.apply(right, Request::TxnRelease(release), 0);
+        assert_eq!(done, WriteOutcome::TxnDone(pb::TxnDone { held: true }));
+    }
+    // Released again (its lock gone): answered as not held, and nothing raised.
+    let again = ranges.apply(false, Request::TxnRelease(release), 0);
+    assert_eq!(again, WriteOutcome::TxnDone(pb::TxnDone { held: false }));
     // The answer said "as of 30": no write may land at or below it now.
     assert_eq!(ranges.left.current_revision(), Revision(30));
     assert_eq!(ranges.right.current_revision(), Revision(30));

@@ -182,22 +182,24 @@ impl MvccStore {
     }
 
     /// Applies a resolve: a committed transaction's writes in the range, at its revision,
-    /// if the range still holds its lock (else they were written already).
-    pub fn apply_txn_resolve(&self, index: LogIndex, term: Term, decide: &pb::TxnDecide) {
+    /// if the range still holds its lock (else they were written already). Returns
+    /// whether it held it.
+    pub fn apply_txn_resolve(&self, index: LogIndex, term: Term, decide: &pb::TxnDecide) -> bool {
         let txn = named_txn(decide.txn.as_ref());
         let writes = decide
             .writes
             .as_ref()
             .expect("a resolve carries its writes");
-        self.write_locked(index, term, txn, writes, Vec::new());
+        self.write_locked(index, term, txn, writes, Vec::new())
     }
 
     /// Applies a release: the lock of an aborted transaction, or of one whose path
     /// wrote nothing, forgotten, and the range's revision raised as the release asks.
-    pub fn apply_txn_release(&self, index: LogIndex, term: Term, release: &pb::TxnRelease) {
+    /// Returns whether the range held the lock (if not, nothing is raised).
+    pub fn apply_txn_release(&self, index: LogIndex, term: Term, release: &pb::TxnRelease) -> bool {
         let txn = named_txn(release.txn.as_ref());
         let raise = Revision(release.raise_revision);
-        self.release_lock(index, term, txn, Vec::new(), raise);
+        self.release_lock(index, term, txn, Vec::new(), raise)
     }
 
     /// Applies a forget in the primary: a committed transaction's record dropped, every
@@ -230,12 +232,12 @@ impl MvccStore {
         txn: TxnId,
         writes: &pb::TxnWrites,
         mut local_changes: Vec<LocalChange>,
-    ) {
+    ) -> bool {
         let locks = self.txn_locks.lock().unwrap().clone();
         let Some(lock) = locks.locks().find(|held| held.txn == txn).cloned() else {
             self.write_txn()
                 .commit_with(index, term, local_changes, None);
-            return;
+            return false;
         };
         let mut remaining = (*locks).clone();
         remaining.release(txn);
@@ -256,6 +258,7 @@ impl MvccStore {
             self.current_revision()
         );
         write.commit_with(index, term, local_changes, Some(remaining));
+        true
     }
 
     /// Forgets the transaction's lock, if held, with `local_changes`, in one batch; if
@@ -267,13 +270,14 @@ impl MvccStore {
         txn: TxnId,
         mut local_changes: Vec<LocalChange>,
         raise: Revision,
-    ) {
+    ) -> bool {
         let mut remaining = (**self.txn_locks.lock().unwrap()).clone();
         let released = remaining.release(txn).map(|_| {
             local_changes.push(txn_tables::forget_lock(txn));
             remaining
         });
-        let write = if released.is_some() && raise > self.current_revision() {
+        let held = released.is_some();
+        let write = if held && raise > self.current_revision() {
             let mut write = self.write_txn_at(raise);
             write.raise_revision();
             write
@@ -281,5 +285,6 @@ impl MvccStore {
             self.write_txn()
         };
         write.commit_with(index, term, local_changes, released);
+        held
     }
 }
