@@ -8,19 +8,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::ranges::wait_for_spans;
+use common::ranges::split_at_m;
 use common::{status_of, TestCluster};
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
-
-/// Splits the keyspace at "m" and waits until every member serves both ranges.
-async fn split_at_m(cluster: &TestCluster) {
-    let (ok, out, err) =
-        cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);
-    assert!(ok, "split failed: {out} {err}");
-    wait_for_spans(cluster, &[("", "m"), ("m", "")]).await;
-}
 
 /// A watcher, through member `i`, of every key from "a" to "z", from the next revision.
 async fn watch_from_now(

@@ -86,10 +86,6 @@ fn locked_pause(retries: u32) -> Duration {
     Duration::from_millis(ceiling_ms / 2 + spread % (ceiling_ms / 2 + 1))
 }
 
-/// Until leases span ranges, their keys must be in the first data range, which holds the
-/// leases: its revoke and expiry delete them in the lease's revision.
-const LEASE_OUTSIDE_FIRST_RANGE: &str = "ostrakon: a lease can be attached only to keys of the first range until leases span ranges (docs/RANGES.md)";
-
 /// Whether a write attaches a lease to a key (a Put with a lease, in a Txn too).
 fn attaches_lease(request: &write_request::Request) -> bool {
     use ostrakon_proto::etcdserverpb::{request_op, TxnRequest};
@@ -276,18 +272,7 @@ impl NodeHandle {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let mut locked_retries = 0u32;
         loop {
-            let intervals = ostrakon_storage::mvcc::write_intervals(&request);
-            let groups = if intervals.is_empty() {
-                vec![crate::DEFAULT_GROUP]
-            } else {
-                self.ranges_touched(&intervals).await?
-            };
-            if groups != [crate::DEFAULT_GROUP] && attaches_lease(&request) {
-                return Err(NodeError::Refused {
-                    code: tonic::Code::FailedPrecondition as i32,
-                    message: LEASE_OUTSIDE_FIRST_RANGE.into(),
-                });
-            }
+            let groups = self.write_participants(&request).await?;
             let outcome = if let [group] = groups[..] {
                 match self
                     .write_checked(group, request.clone(), auth_revision)
@@ -325,6 +310,54 @@ impl NodeHandle {
             // A stale revision (a leader changed between the fetch and the apply): the
             // write changed nothing and is proposed again with a new one.
         }
+    }
+
+    /// The ranges a write takes part in, in key order: those holding its keys, and the
+    /// first data range too if it attaches a lease (the lease lives there: a transaction
+    /// with it keeps the lease from being revoked before its keys are written); a lease
+    /// revoke takes every data range (the lease's keys may be anywhere). Writes without
+    /// keys go to the first data range, which holds leases, members, auth and alarms.
+    async fn write_participants(
+        &self,
+        request: &write_request::Request,
+    ) -> Result<Vec<GroupId>, NodeError> {
+        if let write_request::Request::LeaseRevoke(_) = request {
+            let mut groups: Vec<GroupId> = self
+                .data_ranges()
+                .into_iter()
+                .map(|(group, _)| group)
+                .collect();
+            if groups.is_empty() {
+                groups.push(crate::DEFAULT_GROUP);
+            }
+            assert_eq!(
+                groups[0],
+                crate::DEFAULT_GROUP,
+                "the first data range starts the keyspace"
+            );
+            return Ok(groups);
+        }
+        let intervals = ostrakon_storage::mvcc::write_intervals(request);
+        if intervals.is_empty() {
+            return Ok(vec![crate::DEFAULT_GROUP]);
+        }
+        let mut groups = self.ranges_touched(&intervals).await?;
+        if attaches_lease(request) && groups[0] != crate::DEFAULT_GROUP {
+            groups.insert(0, crate::DEFAULT_GROUP);
+        }
+        Ok(groups)
+    }
+
+    /// The live keys attached to `lease`, in every data range here, in key order.
+    pub fn lease_keys(&self, lease: i64) -> Vec<bytes::Bytes> {
+        let mut keys: Vec<bytes::Bytes> = self
+            .data_ranges()
+            .into_iter()
+            .filter_map(|(group, _)| self.store(group).ok())
+            .flat_map(|store| store.read_view().lease_keys(lease))
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Waits until this member's replica of `group` has applied `index` (within the

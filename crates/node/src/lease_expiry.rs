@@ -19,30 +19,25 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the leader records remaining TTLs in the log.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Proposes the revoke of an expired lease, again while a transaction across ranges
-/// holds the range (its keys wait for it to end, within the request timeout).
-async fn revoke_expired(handle: NodeHandle, group: GroupId, id: i64) {
+/// Revokes an expired lease as a client's revoke goes: on a keyspace in ranges, a
+/// transaction across every range (the lease's keys may be anywhere), tried again while
+/// a transaction across ranges holds one (within the request timeout).
+async fn revoke_expired(handle: NodeHandle, id: i64) {
     let revoke = write_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
-    let deadline = tokio::time::Instant::now() + handle.request_timeout();
-    loop {
-        match crate::txn_coordinator::propose(&handle, group, &revoke, 0).await {
-            Ok(ostrakon_storage::mvcc::WriteOutcome::Error(error))
-                if error.retry == ostrakon_proto::peer::Retry::Locked as i32
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(LOCKED_REVOKE_PAUSE).await;
-            }
-            Err(error) => {
-                tracing::debug!(lease = id, %error, "revoking an expired lease failed; will retry");
-                return;
-            }
-            Ok(_) => return,
+    match handle.write_routed(revoke, 0).await {
+        Ok(ostrakon_storage::mvcc::WriteOutcome::Error(error)) => {
+            tracing::debug!(
+                lease = id,
+                ?error,
+                "revoking an expired lease was refused; will retry"
+            );
         }
+        Err(error) => {
+            tracing::debug!(lease = id, %error, "revoking an expired lease failed; will retry");
+        }
+        Ok(_) => {}
     }
 }
-
-/// How long the revoke of an expired lease waits before trying a locked range again.
-const LOCKED_REVOKE_PAUSE: Duration = Duration::from_millis(5);
 
 /// Runs a group's lessor: sweeps for expired leases, proposes their revokes, and
 /// checkpoints remaining TTLs, while this member leads. Ends when the node stops.
@@ -59,7 +54,7 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         let now = Instant::now();
         for id in lessor.sweep(&store, leading, now) {
             let handle = handle.clone();
-            tokio::spawn(revoke_expired(handle, group, id));
+            tokio::spawn(revoke_expired(handle, id));
         }
         if leading.is_some() && now.duration_since(last_checkpoint) >= CHECKPOINT_INTERVAL {
             last_checkpoint = now;

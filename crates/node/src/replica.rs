@@ -392,6 +392,12 @@ impl Replica {
             (Some(Request::LeaseRevoke(revoke)), WriteOutcome::LeaseRevoke(_)) => {
                 self.lessor.applied_revoke(revoke.id);
             }
+            // A revoke across ranges, committed here (the first data range, its primary).
+            (_, WriteOutcome::TxnDecided(decided)) if decided.committed => {
+                for &id in decided.writes.iter().flat_map(|w| &w.revoked_leases) {
+                    self.lessor.applied_revoke(id);
+                }
+            }
             _ => {}
         }
     }

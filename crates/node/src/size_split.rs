@@ -4,9 +4,8 @@
 //! through the same split command an operator's `ostrakon ranges split` proposes. One
 //! task per node, not per range; a range is looked at only while this node leads it.
 //!
-//! Off by default (0): until leases span ranges, a lease attached to a key outside the
-//! first range is refused, so a keyspace split on its own would refuse requests etcd
-//! accepts.
+//! Off by default (0): a backup (`Maintenance.Snapshot`) of a keyspace in ranges is
+//! still refused, so a keyspace split on its own would refuse a request etcd accepts.
 
 use std::time::Duration;
 
@@ -42,16 +41,6 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64) {
             let Some(key) = view.middle_key() else {
                 continue; // one key, larger than the limit: nothing to split
             };
-            if view.has_leased_key_from(&key) {
-                // Leases and their keys live in the first range until leases work
-                // across ranges: such a split would be refused.
-                tracing::debug!(
-                    group = group.0,
-                    live_bytes,
-                    "a range past its size keeps leased keys; not split"
-                );
-                continue;
-            }
             match handle.split_range(&key).await {
                 Ok((left, right)) => tracing::info!(
                     left = left.0,

@@ -48,13 +48,6 @@ pub fn apply_split(
         // A lock's spans are checked against the range when it is prepared; the keys
         // stay put until the transaction ends.
         Some("ostrakon: a transaction across ranges holds keys of the range; retry".into())
-    } else if store.read_view().has_leased_key_from(&split.key) {
-        // Leases live in the first range, whose revoke and expiry delete their keys
-        // there only: a leased key moved out of it would outlive its lease.
-        Some(format!(
-            "ostrakon: a key from {:?} on is attached to a lease; leases do not span ranges yet",
-            String::from_utf8_lossy(&split.key)
-        ))
     } else {
         None
     };

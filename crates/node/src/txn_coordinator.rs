@@ -19,13 +19,15 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ostrakon_proto::peer::{self as pb, write_request::Request, Retry};
 use ostrakon_raft::GroupId;
 use ostrakon_ranges::txn::TxnId;
 use ostrakon_storage::mvcc::txn_tables::{lock_span, span_record, txn_id_record};
-use ostrakon_storage::mvcc::{adds_data, etcd_status, write_intervals, Revision, WriteOutcome};
+use ostrakon_storage::mvcc::{
+    adds_data, etcd_status, write_intervals, MvccError, MvccStore, ReadView, Revision, WriteOutcome,
+};
 
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
@@ -144,6 +146,7 @@ async fn resolve(
 ) -> bool {
     let part_of = |group: GroupId| {
         let span = handle.store(group).map(|store| store.span());
+        // The primary forgot the revoked leases with its commit: they live there.
         let writes = pb::TxnWrites {
             revision: writes.revision,
             writes: writes
@@ -152,6 +155,7 @@ async fn resolve(
                 .filter(|write| span.as_ref().map_or(true, |span| span.contains(&write.key)))
                 .cloned()
                 .collect(),
+            revoked_leases: Vec::new(),
         };
         Request::TxnResolve(pb::TxnDecide {
             txn: Some(txn_id_record(txn)),
@@ -181,36 +185,90 @@ fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
     });
 }
 
-/// This member's replicas of `groups`, once they applied the prepares, as one view: what
-/// the ranges hold while the transaction's locks stand. None if a lock is gone already
-/// (a pusher found it stale), or a compaction moved while the views were taken (the
-/// merged view's data must hold what every view's compacted revision promises).
-async fn frozen_view(
+/// This member's replicas of `groups`, once they applied the prepares, with their views:
+/// what the ranges hold while the transaction's locks stand. None if a lock is gone
+/// already (a pusher found it stale, while this member lagged).
+async fn frozen_views(
     handle: &NodeHandle,
     txn: TxnId,
     groups: &[GroupId],
     prepared: &[pb::TxnPrepared],
-) -> Result<Option<ostrakon_storage::mvcc::ReadView>, NodeError> {
-    let mut stores = Vec::with_capacity(groups.len());
-    let mut views = Vec::with_capacity(groups.len());
+) -> Result<Option<Vec<(Arc<MvccStore>, ReadView)>>, NodeError> {
+    let mut frozen = Vec::with_capacity(groups.len());
     for (&group, done) in groups.iter().zip(prepared) {
         handle
             .wait_applied(group, ostrakon_raft::LogIndex(done.index))
             .await?;
         let store = handle.store(group)?;
-        views.push(store.read_view());
-        stores.push(store);
+        let view = store.read_view();
+        if !view.holds_lock_of(txn) {
+            return Ok(None);
+        }
+        frozen.push((store, view));
     }
-    if !views.iter().all(|view| view.holds_lock_of(txn)) {
-        return Ok(None);
-    }
+    Ok(Some(frozen))
+}
+
+/// The views of the ranges the request reads (`reads`, those it locked keys in; not the
+/// first range joined only for a lease), merged into one. None if a compaction moved
+/// while the views were taken (the merged view's data must hold what every view's
+/// compacted revision promises).
+fn merged_view(frozen: Vec<(Arc<MvccStore>, ReadView)>, reads: &[bool]) -> Option<ReadView> {
+    let (stores, views): (Vec<_>, Vec<_>) = frozen
+        .into_iter()
+        .zip(reads)
+        .filter(|(_, &read)| read)
+        .map(|(frozen, _)| frozen)
+        .unzip();
+    assert!(!views.is_empty(), "a transaction across ranges reads none");
     let compacted: Vec<_> = views.iter().map(|view| view.compact_revision()).collect();
     let merged = stores[0].merged_view(views);
     let compaction_moved = stores
         .iter()
         .zip(compacted)
         .any(|(store, compacted)| store.compact_revision() != compacted);
-    Ok((!compaction_moved).then_some(merged))
+    (!compaction_moved).then_some(merged)
+}
+
+/// Every key a request's transaction locks: its keys, or, for a lease revoke (whose
+/// keys are known only once the ranges are frozen), every key.
+fn lock_intervals(request: &Request) -> Vec<ostrakon_storage::mvcc::KeyInterval<'_>> {
+    match request {
+        Request::LeaseRevoke(_) => vec![(&b""[..], &b"\0"[..])],
+        other => write_intervals(other),
+    }
+}
+
+/// Evaluates the request at `revision` over the frozen ranges: a revoke range by range
+/// (it reads nothing across them, and merging every range's index would cost the
+/// keyspace's size), anything else over the merged views of the ranges it reads.
+/// None if the merged view could not be taken (tried again).
+async fn evaluate(
+    handle: &NodeHandle,
+    request: &Request,
+    revision: Revision,
+    frozen: Vec<(Arc<MvccStore>, ReadView)>,
+    reads: Vec<bool>,
+) -> Result<Option<Result<(WriteOutcome, pb::TxnWrites), MvccError>>, NodeError> {
+    let lease_store = handle.store(crate::DEFAULT_GROUP)?;
+    let request = request.clone();
+    let evaluated = tokio::task::spawn_blocking(move || match &request {
+        Request::LeaseRevoke(revoke) => {
+            let views = frozen.into_iter().map(|(_, view)| view).collect();
+            Some(ostrakon_storage::mvcc::evaluate_revoke_across(
+                &lease_store,
+                views,
+                revision,
+                revoke.id,
+            ))
+        }
+        other => merged_view(frozen, &reads).map(|view| {
+            ostrakon_storage::mvcc::evaluate_across(&lease_store, view, revision, other)
+        }),
+    })
+    .await
+    .expect("evaluating a transaction panicked");
+    Ok(evaluated)
 }
 
 /// How long a prepare waits before trying a range another transaction holds again.
@@ -253,16 +311,18 @@ pub(crate) async fn attempt(
         number: next_txn_number(),
     };
     let primary = groups[0];
-    let intervals = write_intervals(request);
+    let intervals = lock_intervals(request);
     let mut prepares = Vec::with_capacity(groups.len());
+    let mut reads = Vec::with_capacity(groups.len());
     for &group in groups {
         let span = handle.store(group)?.span();
-        let spans = intervals
+        let spans: Vec<_> = intervals
             .iter()
             .filter_map(|&(key, range_end)| span.clip(key, range_end))
             .filter_map(|(key, range_end)| lock_span(&key, &range_end))
             .map(|span| span_record(&span))
             .collect();
+        reads.push(!spans.is_empty());
         prepares.push(pb::TxnPrepare {
             txn: Some(txn_id_record(txn)),
             primary: primary.0,
@@ -341,8 +401,8 @@ pub(crate) async fn attempt(
         .map(|done| done.revision)
         .max()
         .expect("two prepares at least");
-    let view = match frozen_view(handle, txn, groups, &prepared).await {
-        Ok(Some(view)) => view,
+    let frozen = match frozen_views(handle, txn, groups, &prepared).await {
+        Ok(Some(frozen)) => frozen,
         // A pusher ended a lock meanwhile (this member lagged): the ranges may have
         // moved on, so what it would read is not one state.
         Ok(None) => {
@@ -354,18 +414,17 @@ pub(crate) async fn attempt(
             return Err(error);
         }
     };
-    let lease_store = handle.store(crate::DEFAULT_GROUP)?;
-    let evaluate_request = request.clone();
-    let evaluated = tokio::task::spawn_blocking(move || {
-        ostrakon_storage::mvcc::evaluate_across(
-            &lease_store,
-            view,
-            Revision(revision),
-            &evaluate_request,
-        )
-    })
-    .await
-    .expect("evaluating a transaction panicked");
+    let evaluated = match evaluate(handle, request, Revision(revision), frozen, reads).await {
+        Ok(Some(evaluated)) => evaluated,
+        Ok(None) => {
+            release(handle, txn, groups, 0).await;
+            return Ok(try_again());
+        }
+        Err(error) => {
+            release(handle, txn, groups, 0).await;
+            return Err(error);
+        }
+    };
     let (outcome, writes) = match evaluated {
         Ok(evaluated) => evaluated,
         Err(error) => {
@@ -378,7 +437,7 @@ pub(crate) async fn attempt(
             }));
         }
     };
-    if writes.writes.is_empty() {
+    if writes.writes.is_empty() && writes.revoked_leases.is_empty() {
         // Its path only compared and read: nothing to commit. The ranges' revisions move
         // up to the one it read at, so that no write lands below it later (a write
         // fetched before the prepares but refused while they held) and the answer's

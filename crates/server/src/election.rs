@@ -7,7 +7,7 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::NodeHandle;
 use ostrakon_proto::etcdserverpb::{
     compare, request_op, Compare, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
 };
@@ -24,7 +24,6 @@ use tonic::{Request, Response, Status};
 use ostrakon_storage::mvcc::auth::Access;
 
 use crate::common;
-use crate::errors::ApiError;
 use crate::queue;
 
 /// Responses queued for an observer before the stream waits for it to read.
@@ -143,10 +142,10 @@ impl Election for ElectionService {
         tokio::spawn(async move {
             let mut last: Option<(Bytes, i64)> = None;
             loop {
-                let mut events = match node.subscribe_events(DEFAULT_GROUP) {
+                let mut events = match queue::prefix_events(&node, &prefix).await {
                     Ok(events) => events,
                     Err(error) => {
-                        let _ = sender.send(Err(Status::from(ApiError::from(error)))).await;
+                        let _ = sender.send(Err(Status::from(error))).await;
                         return;
                     }
                 };
@@ -172,7 +171,12 @@ impl Election for ElectionService {
                 }
                 // Look again after anything under the election's prefix changes.
                 loop {
-                    match events.recv().await {
+                    let Ok(received) =
+                        tokio::time::timeout(queue::TURN_RECHECK, events.recv()).await
+                    else {
+                        break; // a change in another range: look again
+                    };
+                    match received {
                         Ok(revision) => {
                             let touched = revision.events.iter().any(|e| {
                                 e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(&prefix))

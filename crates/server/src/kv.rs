@@ -1,6 +1,6 @@
 //! etcd's KV service.
 
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::NodeHandle;
 use ostrakon_proto::etcdserverpb::kv_server::Kv;
 use ostrakon_proto::etcdserverpb::request_op;
 use ostrakon_proto::etcdserverpb::{
@@ -124,7 +124,7 @@ fn check_put(node: &NodeHandle, caller: &Caller, put: &PutRequest) -> Result<(),
         caller.check(&put.key, b"", Access::Read)?;
     }
     if put.lease != 0 {
-        for key in node.store(DEFAULT_GROUP)?.read_view().lease_keys(put.lease) {
+        for key in node.lease_keys(put.lease) {
             caller.check(&key, b"", Access::Write)?;
         }
     }

@@ -102,8 +102,7 @@ impl Lease for LeaseService {
         // Revoking deletes the lease's keys: it needs write permission on each of them.
         let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let revoke = request.into_inner();
-        let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
-        for key in store.read_view().lease_keys(revoke.id) {
+        for key in self.node.lease_keys(revoke.id) {
             caller.check(&key, b"", ostrakon_storage::mvcc::auth::Access::Write)?;
         }
         let write = Write::LeaseRevoke(revoke);
@@ -168,13 +167,15 @@ impl Lease for LeaseService {
             }));
         };
         let keys = if request.keys {
-            // The keys as of a linearizable point, like the leader's answer.
-            self.node
-                .linearizable_read_point(DEFAULT_GROUP)
-                .await
-                .map_err(ApiError::from)?;
-            let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
-            store.read_view().lease_keys(request.id)
+            // The keys as of a linearizable point in every range, like the leader's
+            // answer (a keyspace in ranges keeps a lease's keys wherever they fall).
+            for (group, _) in self.node.data_ranges() {
+                self.node
+                    .linearizable_read_point(group)
+                    .await
+                    .map_err(ApiError::from)?;
+            }
+            self.node.lease_keys(request.id)
         } else {
             Vec::new()
         };

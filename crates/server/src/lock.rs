@@ -6,7 +6,7 @@
 //! guarded by the lock should refuse writes carrying a smaller one (see docs/LOCKS.md).
 
 use bytes::Bytes;
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::NodeHandle;
 use ostrakon_proto::etcdserverpb::DeleteRangeRequest;
 use ostrakon_proto::peer::write_request::Request as Write;
 use ostrakon_proto::v3lockpb::lock_server::Lock;
@@ -17,7 +17,6 @@ use tonic::{Request, Response, Status};
 use ostrakon_storage::mvcc::auth::Access;
 
 use crate::common;
-use crate::errors::ApiError;
 use crate::queue;
 
 pub struct LockService {
@@ -42,11 +41,7 @@ impl Lock for LockService {
         let (prefix, key) = queue::owner_key(&request.name, request.lease);
         let created = queue::enqueue(&self.node, &key, Bytes::new(), request.lease).await?;
         queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;
-        let revision = self
-            .node
-            .store(DEFAULT_GROUP)
-            .map_err(ApiError::from)?
-            .current_revision();
+        let revision = self.node.current_revision();
         Ok(Response::new(LockResponse {
             header: common::header(&self.node, revision),
             key,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_node::NodeHandle;
 use ostrakon_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 
 use crate::common;
 use crate::errors::ApiError;
+use crate::routed::RoutedRead;
 
 /// The queue's key for an owner: `<name>/<lease in hex>`.
 pub fn owner_key(name: &[u8], lease: i64) -> (Bytes, Bytes) {
@@ -83,16 +84,8 @@ async fn one_key(
     created_before: i64,
     order: range_request::SortOrder,
 ) -> Result<Option<KeyValue>, ApiError> {
-    node.linearizable_read_point(DEFAULT_GROUP).await?;
-    let store = node.store(DEFAULT_GROUP)?;
     let end = prefix_end(prefix);
-    if !store.span().covers(prefix, &end) {
-        // Lock and Election keys carry leases, which live in the first range.
-        return Err(ApiError::Node(ostrakon_node::NodeError::Refused {
-            code: tonic::Code::FailedPrecondition as i32,
-            message: "ostrakon: lock and election names must fall in the first range until leases span ranges (docs/RANGES.md)".into(),
-        }));
-    }
+    let routed = crate::routed::read_at(node, &[(&prefix[..], &end[..])], true, 0).await?;
     let request = RangeRequest {
         key: prefix.clone(),
         range_end: end,
@@ -102,9 +95,12 @@ async fn one_key(
         limit: 1,
         ..RangeRequest::default()
     };
-    let response = tokio::task::spawn_blocking(move || mvcc::range(&store.read_view(), &request))
-        .await
-        .expect("a queue's range panicked")?;
+    let response = tokio::task::spawn_blocking(move || match routed {
+        RoutedRead::One(view) => mvcc::range(&view, &request),
+        RoutedRead::Across { views, at, .. } => mvcc::range_across(&views, &request, at),
+    })
+    .await
+    .expect("a queue's range panicked")?;
     Ok(response.kvs.into_iter().next())
 }
 
@@ -121,13 +117,35 @@ pub async fn wait_for_turn(
     created: i64,
 ) -> Result<(), ApiError> {
     loop {
-        // Subscribe before looking, so a delete between the two is not missed.
-        let mut events = node.subscribe_events(DEFAULT_GROUP)?;
+        // Subscribe before looking, so a delete between the two is not missed: to the
+        // range holding the queue's first key, where the predecessor most likely is.
+        // The wait is bounded, so a predecessor in another range, or moved by a split,
+        // is looked for again.
+        let mut events = prefix_events(node, prefix).await?;
         match one_key(node, prefix, created, range_request::SortOrder::Descend).await? {
             None => return Ok(()),
-            Some(predecessor) => deleted(&mut events, &predecessor.key).await,
+            Some(predecessor) => {
+                let _ = tokio::time::timeout(TURN_RECHECK, deleted(&mut events, &predecessor.key))
+                    .await;
+            }
         }
     }
+}
+
+/// How long a queue member waits for its predecessor's delete (or an election observer
+/// for a change under its prefix) before it looks again.
+pub const TURN_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The events of the range holding the queue's first keys (where its members most
+/// likely are: a queue's keys share a prefix). Callers look again after `TURN_RECHECK`
+/// as well, for members in another range or moved by a split.
+pub async fn prefix_events(
+    node: &NodeHandle,
+    prefix: &Bytes,
+) -> Result<broadcast::Receiver<Arc<RevisionEvents>>, ApiError> {
+    let end = prefix_end(prefix);
+    let holder = node.ranges_touched(&[(&prefix[..], &end[..])]).await?[0];
+    Ok(node.subscribe_events(holder)?)
 }
 
 /// The end of the range of keys starting with `prefix`.

@@ -56,3 +56,11 @@ pub async fn wait_for_spans(cluster: &TestCluster, spans: &[(&str, &str)]) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Splits the keyspace at "m" and waits until every member serves both ranges.
+pub async fn split_at_m(cluster: &TestCluster) {
+    let (ok, out, err) =
+        cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);
+    assert!(ok, "split failed: {out} {err}");
+    wait_for_spans(cluster, &[("", "m"), ("m", "")]).await;
+}

@@ -366,9 +366,14 @@ pub fn apply_write(
     // The keys must be the range's: a split may have moved them after the request was
     // routed (the node routes it again).
     let span = store.span();
-    if !super::write_intervals(request)
-        .iter()
-        .all(|(key, range_end)| span.covers(key, range_end))
+    // A revoke deletes its lease's keys wherever they are: on a split keyspace it is a
+    // transaction across every range (the node sends it round as one).
+    let revoke_outside =
+        matches!(request, Request::LeaseRevoke(_)) && *span != super::KeySpan::whole();
+    if revoke_outside
+        || !super::write_intervals(request)
+            .iter()
+            .all(|(key, range_end)| span.covers(key, range_end))
     {
         store.set_applied(index, term);
         return error_outcome(MvccError::WrongRange {
@@ -525,6 +530,35 @@ pub fn evaluate_across(
     };
     set_header_revision(&mut outcome, revision);
     Ok((outcome, txn.into_writes()))
+}
+
+/// Evaluates the revoke of lease `id` on a keyspace in ranges over `views` (every data
+/// range's, each taken once the transaction's lock there applied) at `revision`: the
+/// response, and the writes that delete the lease's keys in every range and forget the
+/// lease (`TxnWrites::revoked_leases`). Each range is evaluated on its own view: a
+/// revoke reads nothing across them. `lease_store` is the range holding the leases.
+pub fn evaluate_revoke_across(
+    lease_store: &MvccStore,
+    views: Vec<ReadView>,
+    revision: Revision,
+    id: i64,
+) -> Result<(WriteOutcome, ostrakon_proto::peer::TxnWrites), MvccError> {
+    if lease_store.lease(id).is_none() {
+        return Err(MvccError::LeaseNotFound);
+    }
+    let mut writes = ostrakon_proto::peer::TxnWrites {
+        revision: revision.0,
+        writes: Vec::new(),
+        revoked_leases: vec![id],
+    };
+    for view in views {
+        let mut txn = lease_store.write_txn_over(view, revision);
+        txn.revoke_lease(id)?;
+        writes.writes.extend(txn.into_writes().writes);
+    }
+    let mut outcome = WriteOutcome::LeaseRevoke(LeaseRevokeResponse { header: None });
+    set_header_revision(&mut outcome, revision);
+    Ok((outcome, writes))
 }
 
 /// Whether a write may grow the store: puts, Txns that can put, lease grants.

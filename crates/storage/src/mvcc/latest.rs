@@ -210,13 +210,6 @@ impl LatestIndex {
         right
     }
 
-    /// Whether a live key from `key` on is attached to a lease.
-    pub fn has_leased_key_from(&self, key: &[u8]) -> bool {
-        self.keys
-            .range(Bytes::copy_from_slice(key)..)
-            .any(|(_, newest)| newest.lease != 0)
-    }
-
     /// The newest version's revision of a live key.
     pub fn get(&self, key: &[u8]) -> Option<Revision> {
         self.keys.get(key).map(|newest| newest.revision)

@@ -1374,11 +1374,6 @@ impl ReadView {
         self.latest.middle_key()
     }
 
-    /// Whether a live key of the view from `key` on is attached to a lease.
-    pub fn has_leased_key_from(&self, key: &[u8]) -> bool {
-        self.latest.has_leased_key_from(key)
-    }
-
     /// The user keys the view's range held when it was taken.
     pub fn span(&self) -> &KeySpan {
         &self.span
@@ -1816,6 +1811,17 @@ impl WriteTxn<'_> {
     /// The transaction's writes, in the order it made them (a transaction across ranges
     /// evaluated by its coordinator: each range then writes its part, `set_version`).
     pub fn into_writes(self) -> ostrakon_proto::peer::TxnWrites {
+        let revoked_leases = self
+            .lease_changes
+            .iter()
+            .map(|(id, change)| {
+                assert!(
+                    change.is_none(),
+                    "a transaction across ranges only revokes leases"
+                );
+                *id
+            })
+            .collect();
         let mut changes: Vec<(Bytes, StoredVersion)> = self.changes.into_iter().collect();
         changes.sort_by_key(|(_, version)| version.sub);
         ostrakon_proto::peer::TxnWrites {
@@ -1831,6 +1837,15 @@ impl WriteTxn<'_> {
                     version: version.version,
                 })
                 .collect(),
+            revoked_leases,
+        }
+    }
+
+    /// Forgets a lease another transaction revoked (`into_writes`; its keys' deletes come
+    /// as writes), if this range holds its record.
+    pub(crate) fn forget_lease(&mut self, id: i64) {
+        if self.lease(id).is_some() {
+            self.lease_changes.insert(id, None);
         }
     }
 

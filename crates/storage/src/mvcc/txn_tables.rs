@@ -226,6 +226,7 @@ mod tests {
                 value: "v".into(),
                 ..Default::default()
             }],
+            revoked_leases: Vec::new(),
         };
         outcomes.commit(txn, writes).unwrap();
         outcomes

@@ -251,6 +251,7 @@ fn an_aborted_transaction_leaves_nothing_and_never_commits() {
                 create_revision: 10,
                 ..Default::default()
             }],
+            revoked_leases: Vec::new(),
         }),
     };
     match ranges.apply(false, Request::TxnCommit(late), 0) {
@@ -408,4 +409,136 @@ fn a_release_after_a_path_without_writes_raises_the_revision_it_read_at() {
         panic!("{missed:?}")
     };
     assert_eq!(missed.header.unwrap().revision, 40);
+}
+
+impl TwoRanges {
+    /// A prepare of transaction `number` locking every key of one range (a revoke's).
+    fn prepare_whole(&mut self, right: bool, number: u64, revision: i64) -> WriteOutcome {
+        let span = self.store(right).span();
+        let (key, range_end) = span.clip(b"", b"\0").unwrap();
+        let prepare = pb::TxnPrepare {
+            txn: Some(txn_id(number)),
+            primary: 1,
+            spans: vec![txn_tables::span_record(
+                &txn_tables::lock_span(&key, &range_end).unwrap(),
+            )],
+            adds_data: false,
+        };
+        self.apply(right, Request::TxnPrepare(prepare), revision)
+    }
+
+    fn decide(&mut self, right: bool, number: u64, writes: &pb::TxnWrites) -> WriteOutcome {
+        let decide = pb::TxnDecide {
+            txn: Some(txn_id(number)),
+            writes: Some(writes.clone()),
+        };
+        let request = if right {
+            Request::TxnResolve(decide)
+        } else {
+            Request::TxnCommit(decide)
+        };
+        self.apply(right, request, 0)
+    }
+}
+
+#[test]
+fn a_lease_attached_and_revoked_across_ranges_deletes_every_key_at_one_revision() {
+    use ostrakon_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+    let mut ranges = TwoRanges::new();
+    let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 5 });
+    assert!(matches!(
+        ranges.apply(false, grant, 10),
+        WriteOutcome::LeaseGrant(_)
+    ));
+    let leased_put = |key: &str| PutRequest {
+        key: Bytes::from(key.to_string()),
+        value: "v".into(),
+        lease: 5,
+        ..Default::default()
+    };
+    assert!(matches!(
+        ranges.apply(false, Request::Put(leased_put("a")), 11),
+        WriteOutcome::Put(_)
+    ));
+    // The right range holds no lease: a plain put there with the lease is refused.
+    let refused = ranges.apply(true, Request::Put(leased_put("x")), 12);
+    assert!(
+        matches!(&refused, WriteOutcome::Error(e) if e.code == 5),
+        "{refused:?}"
+    );
+
+    // Attaching it to "x" is a transaction with the first range, which locks no key
+    // there (the coordinator reads only the right range's view) but keeps the lease.
+    prepared_revision(ranges.prepare(false, 1, &[], 20));
+    prepared_revision(ranges.prepare(true, 1, &["x"], 21));
+    let merged = ranges.left.merged_view(vec![ranges.right.read_view()]);
+    let (_, writes) = evaluate_across(
+        &ranges.left,
+        merged,
+        Revision(21),
+        &Request::Put(leased_put("x")),
+    )
+    .unwrap();
+    assert!(writes.revoked_leases.is_empty());
+    ranges.decide(false, 1, &writes);
+    ranges.decide(true, 1, &writes);
+    assert_eq!(
+        ranges.right.read_view().lease_keys(5),
+        vec![Bytes::from("x")]
+    );
+    // The first range wrote nothing but its revision moved to the transaction's: no
+    // write fetched before it may land below it.
+    assert_eq!(ranges.left.current_revision(), Revision(21));
+    assert!(matches!(
+        ranges.put("b", "late", 15),
+        WriteOutcome::Error(e) if e.retry == pb::Retry::StaleRevision as i32
+    ));
+
+    // A plain revoke in the first range of a split keyspace would leave "x" behind: it
+    // is refused as in the wrong range (the node sends it round every range instead).
+    let revoke = Request::LeaseRevoke(LeaseRevokeRequest { id: 5 });
+    let refused = ranges.apply(false, revoke, 30);
+    assert!(
+        matches!(&refused, WriteOutcome::Error(e) if e.retry == pb::Retry::WrongRange as i32),
+        "{refused:?}"
+    );
+    assert!(ranges.left.lease(5).is_some());
+
+    // The revoke across ranges: every range locked whole, each evaluated on its own.
+    prepared_revision(ranges.prepare_whole(false, 2, 40));
+    prepared_revision(ranges.prepare_whole(true, 2, 41));
+    assert!(is_locked(&ranges.put("y", "9", 42)));
+    let views = vec![ranges.left.read_view(), ranges.right.read_view()];
+    let (outcome, writes) = evaluate_revoke_across(&ranges.left, views, Revision(41), 5).unwrap();
+    assert!(matches!(outcome, WriteOutcome::LeaseRevoke(_)));
+    assert_eq!(writes.revoked_leases, vec![5]);
+    let deleted: Vec<_> = writes
+        .writes
+        .iter()
+        .map(|w| (w.key.clone(), w.delete))
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![(Bytes::from("a"), true), (Bytes::from("x"), true)]
+    );
+    ranges.decide(false, 2, &writes);
+    assert!(ranges.left.lease(5).is_none());
+    assert_eq!(ranges.value("a"), None);
+    // Until its resolve, the right range still holds "x" under the lock.
+    assert!(ranges.right.read_view().locked(&[(b"x", b"")], None));
+    ranges.decide(true, 2, &writes);
+    assert_eq!(ranges.value("x"), None);
+    assert!(ranges.right.read_view().lease_keys(5).is_empty());
+    let history = ranges.right.read_view().get(b"x", Revision(40)).unwrap();
+    assert_eq!(history.lease, 5);
+    assert_eq!(ranges.right.current_revision(), Revision(41));
+    assert_eq!(ranges.left.current_revision(), Revision(41));
+
+    // A lease that does not exist is refused as etcd refuses it.
+    prepared_revision(ranges.prepare_whole(false, 3, 50));
+    let views = vec![ranges.left.read_view()];
+    assert_eq!(
+        evaluate_revoke_across(&ranges.left, views, Revision(50), 5).unwrap_err(),
+        MvccError::LeaseNotFound
+    );
 }

@@ -249,14 +249,23 @@ impl MvccStore {
                 write.set_version(one);
             }
         }
+        for &lease in &writes.revoked_leases {
+            write.forget_lease(lease);
+        }
         // No write changed the range's keys while the lock was held, and the lock's
         // revision was above the range's: so is the transaction's (the highest lock's).
+        let current = self.current_revision();
         assert!(
-            !write.has_changes() || revision > self.current_revision(),
+            !write.has_changes() || revision > current,
             "transaction {txn:?} writes at {revision:?}, not above range {}'s {:?}",
             self.group().0,
-            self.current_revision()
+            current
         );
+        if !write.has_changes() && revision > current {
+            // The range wrote nothing but was read at the revision (its compares, or
+            // only a lease): no write fetched before it may land at or below it now.
+            write.raise_revision();
+        }
         write.commit_with(index, term, local_changes, Some(remaining));
         true
     }
