@@ -590,15 +590,8 @@ impl NodeHandle {
         &self,
         group: GroupId,
     ) -> Result<(std::path::PathBuf, ostrakon_storage::snapshot::SnapshotInfo), NodeError> {
-        let (respond, frozen) = oneshot::channel();
-        self.send(Input::Freeze { group, respond })?;
-        let frozen = frozen.await.map_err(|_| NodeError::UnknownGroup)?;
-        static BACKUPS: AtomicU64 = AtomicU64::new(0);
-        let path = self.inner.snap_dir.join(format!(
-            "backup-{}-{}.backup",
-            std::process::id(),
-            BACKUPS.fetch_add(1, Ordering::Relaxed)
-        ));
+        let frozen = self.freeze(group).await?;
+        let path = self.backup_path("backup");
         let target = path.clone();
         let written =
             tokio::task::spawn_blocking(move || ostrakon_storage::snapshot::write(frozen, &target))
@@ -606,6 +599,52 @@ impl NodeHandle {
                 .expect("writing a backup panicked");
         match written {
             Ok(info) => Ok((path, info)),
+            Err(error) => {
+                let _ = std::fs::remove_file(&path);
+                Err(NodeError::Refused {
+                    code: tonic::Code::Internal as i32,
+                    message: format!("ostrakon: writing the backup failed: {error}"),
+                })
+            }
+        }
+    }
+
+    /// This member's replica of `group`, frozen between two applies.
+    pub async fn freeze(
+        &self,
+        group: GroupId,
+    ) -> Result<ostrakon_storage::mvcc::FrozenState, NodeError> {
+        let (respond, frozen) = oneshot::channel();
+        self.send(Input::Freeze { group, respond })?;
+        frozen.await.map_err(|_| NodeError::UnknownGroup)
+    }
+
+    /// A new file name for a backup being written, in the snapshot directory.
+    fn backup_path(&self, extension: &str) -> std::path::PathBuf {
+        static BACKUPS: AtomicU64 = AtomicU64::new(0);
+        self.inner.snap_dir.join(format!(
+            "backup-{}-{}.{extension}",
+            std::process::id(),
+            BACKUPS.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// Writes a backup of a keyspace in ranges in etcd's format (every data range at one
+    /// consistent point, `consistent_point`); returns the file, its size and revision.
+    pub async fn write_etcd_backup_across(
+        &self,
+    ) -> Result<(std::path::PathBuf, u64, ostrakon_storage::mvcc::Revision), NodeError> {
+        let (revision, frozen) = crate::consistent_point::freeze_every_range(self).await?;
+        let path = self.backup_path("etcd.db");
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let content = ostrakon_storage::snapshot::content_across(frozen, revision);
+            ostrakon_storage::etcd_backup::write(&content, &target)
+        })
+        .await
+        .expect("writing a backup panicked");
+        match written {
+            Ok(file_bytes) => Ok((path, file_bytes, revision)),
             Err(error) => {
                 let _ = std::fs::remove_file(&path);
                 Err(NodeError::Refused {

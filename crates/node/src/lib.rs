@@ -17,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod config;
+mod consistent_point;
 pub mod error;
 pub mod event_loop;
 pub mod events;

@@ -34,7 +34,7 @@ use crate::handle::NodeHandle;
 
 /// Transaction numbers: random at start (so a restarted member does not reuse its past
 /// ones), then counted up.
-fn next_txn_number() -> u64 {
+pub(crate) fn next_txn_number() -> u64 {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     NEXT.get_or_init(|| {
         let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
@@ -116,7 +116,12 @@ async fn propose_each(
 /// with `raise_revision`, one whose path wrote nothing, read at that revision). A
 /// release that fails is left to the pushers. Returns whether every range still held
 /// the lock when its release applied.
-async fn release(handle: &NodeHandle, txn: TxnId, groups: &[GroupId], raise_revision: i64) -> bool {
+pub(crate) async fn release(
+    handle: &NodeHandle,
+    txn: TxnId,
+    groups: &[GroupId],
+    raise_revision: i64,
+) -> bool {
     let release = pb::TxnRelease {
         txn: Some(txn_id_record(txn)),
         raise_revision,
@@ -296,40 +301,17 @@ async fn prepare_waiting(
     }
 }
 
-/// One attempt at `request`, whose keys fall in `groups` (in key order, two or more):
-/// the outcome for the client, or one marked to be tried again.
-pub(crate) async fn attempt(
+/// Prepares `prepares` (one per range of `groups`, in key order) in parallel; a range
+/// another transaction holds is waited for in key order. The prepared locks, or the
+/// outcome that refused one (every lock taken then released).
+pub(crate) async fn prepare_every(
     handle: &NodeHandle,
-    request: &Request,
-    auth_revision: u64,
+    txn: TxnId,
     groups: &[GroupId],
-) -> Result<WriteOutcome, NodeError> {
-    assert!(groups.len() > 1, "a transaction across one range");
-    let deadline = tokio::time::Instant::now() + handle.request_timeout();
-    let txn = TxnId {
-        coordinator: handle.id(),
-        number: next_txn_number(),
-    };
-    let primary = groups[0];
-    let intervals = lock_intervals(request);
-    let mut prepares = Vec::with_capacity(groups.len());
-    let mut reads = Vec::with_capacity(groups.len());
-    for &group in groups {
-        let span = handle.store(group)?.span();
-        let spans: Vec<_> = intervals
-            .iter()
-            .filter_map(|&(key, range_end)| span.clip(key, range_end))
-            .filter_map(|(key, range_end)| lock_span(&key, &range_end))
-            .map(|span| span_record(&span))
-            .collect();
-        reads.push(!spans.is_empty());
-        prepares.push(pb::TxnPrepare {
-            txn: Some(txn_id_record(txn)),
-            primary: primary.0,
-            spans,
-            adds_data: adds_data(request),
-        });
-    }
+    prepares: &[pb::TxnPrepare],
+    auth_revision: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Result<Vec<pb::TxnPrepared>, WriteOutcome>, NodeError> {
     let outcomes = propose_each(
         handle,
         groups,
@@ -368,7 +350,7 @@ pub(crate) async fn attempt(
     }
     if let Some(refusal) = refusal {
         release(handle, txn, groups, 0).await;
-        return refusal;
+        return refusal.map(Err);
     }
     if let Some(first_locked) = first_locked {
         // Another transaction holds a range: this one keeps the ranges before it, gives
@@ -384,15 +366,56 @@ pub(crate) async fn attempt(
                 Ok(WriteOutcome::TxnPrepared(done)) => prepared[at] = Some(done),
                 other => {
                     release(handle, txn, groups, 0).await;
-                    return other;
+                    return other.map(Err);
                 }
             }
         }
     }
-    let prepared: Vec<pb::TxnPrepared> = prepared
+    Ok(Ok(prepared
         .into_iter()
         .map(|done| done.expect("every range prepared"))
-        .collect();
+        .collect()))
+}
+
+/// One attempt at `request`, whose keys fall in `groups` (in key order, two or more):
+/// the outcome for the client, or one marked to be tried again.
+pub(crate) async fn attempt(
+    handle: &NodeHandle,
+    request: &Request,
+    auth_revision: u64,
+    groups: &[GroupId],
+) -> Result<WriteOutcome, NodeError> {
+    assert!(groups.len() > 1, "a transaction across one range");
+    let deadline = tokio::time::Instant::now() + handle.request_timeout();
+    let txn = TxnId {
+        coordinator: handle.id(),
+        number: next_txn_number(),
+    };
+    let primary = groups[0];
+    let intervals = lock_intervals(request);
+    let mut prepares = Vec::with_capacity(groups.len());
+    let mut reads = Vec::with_capacity(groups.len());
+    for &group in groups {
+        let span = handle.store(group)?.span();
+        let spans: Vec<_> = intervals
+            .iter()
+            .filter_map(|&(key, range_end)| span.clip(key, range_end))
+            .filter_map(|(key, range_end)| lock_span(&key, &range_end))
+            .map(|span| span_record(&span))
+            .collect();
+        reads.push(!spans.is_empty());
+        prepares.push(pb::TxnPrepare {
+            txn: Some(txn_id_record(txn)),
+            primary: primary.0,
+            spans,
+            adds_data: adds_data(request),
+        });
+    }
+    let prepared =
+        match prepare_every(handle, txn, groups, &prepares, auth_revision, deadline).await? {
+            Ok(prepared) => prepared,
+            Err(refused) => return Ok(refused),
+        };
     if failpoint("after-prepare") {
         return Err(NodeError::Timeout);
     }

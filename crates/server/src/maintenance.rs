@@ -116,13 +116,23 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_admin(request.metadata()).await?;
         let first = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
-        if *first.span() != ostrakon_storage::mvcc::KeySpan::whole() || first.oracle_revisions() {
-            // A backup of the first range alone would silently leave out the others.
-            return Err(Status::failed_precondition(
-                "ostrakon: backups of a keyspace split into several ranges are not supported yet (docs/RANGES.md)",
-            ));
-        }
         let header = common::current_header(&self.node);
+        if *first.span() != ostrakon_storage::mvcc::KeySpan::whole() {
+            // A keyspace in ranges: every range at one consistent point.
+            let (etcd_path, file_bytes, revision) = self
+                .node
+                .write_etcd_backup_across()
+                .await
+                .map_err(ApiError::from)?;
+            tracing::info!(
+                revision = revision.0,
+                bytes = file_bytes,
+                "streaming a backup of every range"
+            );
+            let (chunks, stream) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(stream_backup(etcd_path, file_bytes, header, chunks));
+            return Ok(Response::new(ReceiverStream::new(stream)));
+        }
         let (path, info) = self
             .node
             .write_backup(DEFAULT_GROUP)

@@ -139,6 +139,51 @@ pub struct SnapshotContent {
     pub crc32c: u32,
 }
 
+/// A backup's content for a keyspace in ranges, from the frozen states of every data
+/// range (in key order: the first, which holds the leases, members, auth and alarms,
+/// first) taken at one consistent point, `revision` (no range held a write above it, and
+/// none can land at or below it). Versions older than the highest compacted revision
+/// are kept from ranges compacted less, but a reader of the backup treats them as
+/// compacted.
+pub fn content_across(frozen: Vec<FrozenState>, revision: Revision) -> SnapshotContent {
+    assert!(
+        frozen.iter().all(|state| state.revision <= revision),
+        "a range's state is past the backup's revision"
+    );
+    let compact_revision = frozen
+        .iter()
+        .map(|state| state.compact_revision)
+        .max()
+        .expect("a keyspace has a range");
+    let mut states = frozen.into_iter();
+    let first = states.next().expect("a keyspace has a range");
+    let info = SnapshotInfo {
+        applied: first.applied.clone(),
+        revision,
+        compact_revision,
+        file_bytes: 0,
+    };
+    let leases = first.leases.clone();
+    let tables = pb::SnapshotTables {
+        span: Some(crate::mvcc::KeySpan::whole().to_record()),
+        // The consistent point's own locks are no part of the data.
+        txn_locks: Vec::new(),
+        txn_outcomes: Vec::new(),
+        ..first.tables.clone()
+    };
+    let mut items: Vec<(Vec<u8>, Vec<u8>)> = first.items().collect();
+    for state in states {
+        items.extend(state.items());
+    }
+    SnapshotContent {
+        info,
+        items,
+        leases,
+        tables,
+        crc32c: 0,
+    }
+}
+
 /// Bytes of the SHA-256 that ended a backup of ostrakon's earlier format.
 const BACKUP_TRAILER_BYTES: usize = 32;
 /// That format padded the snapshot file to whole 512-byte blocks, as etcdctl expects.

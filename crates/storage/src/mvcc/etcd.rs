@@ -556,6 +556,10 @@ pub fn evaluate_revoke_across(
         txn.revoke_lease(id)?;
         writes.writes.extend(txn.into_writes().writes);
     }
+    // Each range's deletes counted their sub-revisions from 0: one count for them all.
+    for (sub, write) in writes.writes.iter_mut().enumerate() {
+        write.sub = u32::try_from(sub).expect("a revoke deletes below 2^32 keys");
+    }
     let mut outcome = WriteOutcome::LeaseRevoke(LeaseRevokeResponse { header: None });
     set_header_revision(&mut outcome, revision);
     Ok((outcome, writes))

@@ -1835,6 +1835,7 @@ impl WriteTxn<'_> {
                     lease: version.lease,
                     create_revision: version.create_revision.0,
                     version: version.version,
+                    sub: version.sub,
                 })
                 .collect(),
             revoked_leases,
@@ -1862,7 +1863,11 @@ impl WriteTxn<'_> {
     }
 
     /// Writes a version another transaction computed (`into_writes`), as the next write.
+    /// The write keeps its sub-revision in the whole transaction, so the versions one
+    /// transaction writes in several ranges at one revision never share one (a backup
+    /// in etcd's format keys every version by both).
     pub(crate) fn set_version(&mut self, write: &ostrakon_proto::peer::TxnWrite) {
+        let sub = write.sub;
         let version = if write.delete {
             StoredVersion::tombstone()
         } else {
@@ -1872,10 +1877,11 @@ impl WriteTxn<'_> {
                 version: write.version,
                 lease: write.lease,
                 value: write.value.clone(),
-                sub: 0,
+                sub,
             }
         };
-        let version = self.next_write(version);
+        let version = StoredVersion { sub, ..version };
+        self.next_sub = self.next_sub.max(sub + 1);
         self.changes.insert(write.key.clone(), version);
     }
 

@@ -199,6 +199,8 @@ fn a_transaction_across_two_ranges_writes_at_one_revision_and_holds_writes_off_m
     assert_eq!(response.header.unwrap().revision, 21);
     assert_eq!(writes.revision, 21);
     assert_eq!(writes.writes.len(), 2);
+    let subs: Vec<u32> = writes.writes.iter().map(|w| w.sub).collect();
+    assert_eq!(subs, vec![0, 1]);
 
     let decide = pb::TxnDecide {
         txn: Some(txn_id(1)),
@@ -521,6 +523,10 @@ fn a_lease_attached_and_revoked_across_ranges_deletes_every_key_at_one_revision(
         deleted,
         vec![(Bytes::from("a"), true), (Bytes::from("x"), true)]
     );
+    // One count of sub-revisions over the ranges: no two versions of the revision share
+    // one (a backup keys them by both).
+    let subs: Vec<u32> = writes.writes.iter().map(|w| w.sub).collect();
+    assert_eq!(subs, vec![0, 1]);
     ranges.decide(false, 2, &writes);
     assert!(ranges.left.lease(5).is_none());
     assert_eq!(ranges.value("a"), None);

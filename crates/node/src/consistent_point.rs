@@ -1,0 +1,116 @@
+//! One consistent point across every data range, for a backup of a keyspace in ranges
+//! (`Maintenance.Snapshot`). One transaction locks every range whole (as a lease revoke
+//! does: other writes and transactions wait, reads of the current state too); each
+//! range is then frozen on this member (`MvccStore::freeze`, between two applies, after
+//! its lock applied); then the locks go, each range's revision raised to the
+//! transaction's, T. No range's keys changed while its lock stood, so the frozen states
+//! together are the keyspace as of T, and no write lands at or below T afterwards. The
+//! ranges are locked only while they are frozen (milliseconds); the backup is written
+//! from the frozen states after.
+
+use ostrakon_proto::peer as pb;
+use ostrakon_ranges::txn::TxnId;
+use ostrakon_storage::mvcc::txn_tables::{lock_span, span_record, txn_id_record};
+use ostrakon_storage::mvcc::{FrozenState, Revision, WriteOutcome};
+
+use crate::error::NodeError;
+use crate::handle::NodeHandle;
+use crate::txn_coordinator::{next_txn_number, prepare_every, release};
+
+/// How long the consistent point waits before trying again after a refusal that asks
+/// for it (a split moving keys, a transaction's lock that outlived the wait).
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Every data range's frozen state, in key order, at one revision (returned with them).
+pub(crate) async fn freeze_every_range(
+    handle: &NodeHandle,
+) -> Result<(Revision, Vec<FrozenState>), NodeError> {
+    let deadline = tokio::time::Instant::now() + handle.request_timeout();
+    loop {
+        if let Some(frozen) = attempt(handle, deadline).await? {
+            return Ok(frozen);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::Timeout);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// One try; None to try again.
+async fn attempt(
+    handle: &NodeHandle,
+    deadline: tokio::time::Instant,
+) -> Result<Option<(Revision, Vec<FrozenState>)>, NodeError> {
+    let groups: Vec<_> = handle
+        .data_ranges()
+        .into_iter()
+        .map(|(group, _)| group)
+        .collect();
+    assert_eq!(
+        groups.first(),
+        Some(&crate::DEFAULT_GROUP),
+        "the first data range starts the keyspace"
+    );
+    let txn = TxnId {
+        coordinator: handle.id(),
+        number: next_txn_number(),
+    };
+    let mut prepares = Vec::with_capacity(groups.len());
+    for &group in &groups {
+        let span = handle.store(group)?.span();
+        let spans = span
+            .clip(b"", b"\0")
+            .and_then(|(key, range_end)| lock_span(&key, &range_end))
+            .map(|span| vec![span_record(&span)])
+            .unwrap_or_default();
+        prepares.push(pb::TxnPrepare {
+            txn: Some(txn_id_record(txn)),
+            primary: crate::DEFAULT_GROUP.0,
+            spans,
+            adds_data: false,
+        });
+    }
+    let prepared = match prepare_every(handle, txn, &groups, &prepares, 0, deadline).await? {
+        Ok(prepared) => prepared,
+        Err(WriteOutcome::Error(error)) if error.retry != pb::Retry::None as i32 => {
+            return Ok(None);
+        }
+        Err(WriteOutcome::Error(error)) => {
+            return Err(NodeError::Refused {
+                code: error.code,
+                message: error.message,
+            })
+        }
+        Err(other) => panic!("a prepare answered with {other:?}"),
+    };
+    let revision = prepared
+        .iter()
+        .map(|done| done.revision)
+        .max()
+        .expect("a keyspace has a range");
+    let mut frozen = Vec::with_capacity(groups.len());
+    for (&group, done) in groups.iter().zip(&prepared) {
+        let state = match handle
+            .wait_applied(group, ostrakon_raft::LogIndex(done.index))
+            .await
+        {
+            Ok(()) => handle.freeze(group).await,
+            Err(error) => Err(error),
+        };
+        match state {
+            Ok(state) => frozen.push(state),
+            Err(error) => {
+                release(handle, txn, &groups, 0).await;
+                return Err(error);
+            }
+        }
+    }
+    // Every range still held the lock when its release applied (so when it was frozen,
+    // before): otherwise a pusher ended one, and a write may have landed below T.
+    if release(handle, txn, &groups, revision).await {
+        Ok(Some((Revision(revision), frozen)))
+    } else {
+        Ok(None)
+    }
+}
