@@ -78,9 +78,9 @@ pub struct ServerArgs {
     pub quota_backend_bytes: u64,
     /// Split a range whose live keys and values hold more than this many bytes, where
     /// the bytes are halved (0: never; ranges are then split by hand with `ostrakon
-    /// ranges split`). Off by default until writes across ranges are built: a
-    /// DeleteRange or writing Txn across two ranges is refused.
-    #[arg(long, default_value_t = 0)]
+    /// ranges split`). 64 MiB by default, as CockroachDB's ranges were for years (TiKV's
+    /// regions split at 96 MiB).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub range_max_bytes: u64,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1_572_864)]

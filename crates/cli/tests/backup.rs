@@ -326,7 +326,11 @@ async fn a_backup_taken_under_load_restores_into_a_new_cluster_at_its_revision()
         "the lease is restored"
     );
     let put = client.put("after-restore", "v", None).await.unwrap();
-    assert_eq!(put.header().unwrap().revision(), revision + 1);
+    if common::splits_eagerly() {
+        assert!(put.header().unwrap().revision() > revision);
+    } else {
+        assert_eq!(put.header().unwrap().revision(), revision + 1);
+    }
     let source_id = source_client
         .status()
         .await

@@ -99,6 +99,16 @@ async fn a_lease_spans_ranges_and_its_revoke_or_expiry_deletes_every_key_at_one_
     // A lease that does not exist is refused in any range, as etcd refuses it.
     let refused = client.put("y", "v", leased(lease + 1)).await.unwrap_err();
     assert_eq!(status_of(refused).code(), tonic::Code::NotFound);
+    // A put keeping the key's lease (ignore_lease) finds the lease where it lives.
+    member2
+        .put("x", "right-2", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .unwrap();
+    let x = client.get("x", None).await.unwrap();
+    assert_eq!(
+        (x.kvs()[0].value(), x.kvs()[0].lease()),
+        (&b"right-2"[..], lease)
+    );
 
     // A client's revoke: both keys go at one revision, seen whole by a watcher.
     let (_watcher, mut watch) = watch_from_now(&cluster, 2).await;
@@ -108,6 +118,13 @@ async fn a_lease_spans_ranges_and_its_revoke_or_expiry_deletes_every_key_at_one_
     assert_eq!(deleted["b"], deleted["x"], "{deleted:?}");
     let gone = member2.lease_time_to_live(lease, None).await.unwrap();
     assert_eq!(gone.ttl(), -1);
+    // A lease without keys goes too (a transaction that deletes nothing but the lease).
+    let keyless = client.lease_grant(60, None).await.unwrap().id();
+    member2.lease_revoke(keyless).await.unwrap();
+    let gone = client.lease_time_to_live(keyless, None).await.unwrap();
+    assert_eq!(gone.ttl(), -1);
+    let refused = member2.lease_revoke(keyless).await.unwrap_err();
+    assert_eq!(status_of(refused).code(), tonic::Code::NotFound);
 
     // Expiry: the same, with nobody asking.
     let expiring = client.lease_grant(2, None).await.unwrap().id();
@@ -130,6 +147,47 @@ async fn a_lease_spans_ranges_and_its_revoke_or_expiry_deletes_every_key_at_one_
     let deleted = deletes_of(&mut watch, &["q", "t"]).await;
     assert_eq!(deleted["q"], deleted["t"], "{deleted:?}");
     assert_eq!(live_keys(&mut client).await, vec!["a"]);
+}
+
+/// A revoke's coordinator that stops after its commit (a failpoint): the ranges' leaders
+/// finish it, deleting the keys in the other range too, and the lease is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_whose_coordinator_dies_after_its_commit_is_finished_by_the_ranges() {
+    let cluster = TestCluster::start_with_env(
+        3,
+        &[],
+        &[("OSTRAKON_FAILPOINT_TXN_COORDINATOR", "after-commit")],
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    split_at_m(&cluster).await;
+    let mut client = cluster.client(0).await;
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    client
+        .put("b", "left", leased(lease))
+        .await
+        .unwrap_or_else(|error| panic!("a put in the first range is no transaction: {error}"));
+    // Attaching in the other range is a transaction: its coordinator stops after the
+    // commit too, and the pushers write the key.
+    let _ = client.put("x", "right", leased(lease)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while live_keys(&mut client).await != vec!["b", "x"] {
+        assert!(Instant::now() < deadline, "the attach was not finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_watcher, mut watch) = watch_from_now(&cluster, 2).await;
+    let lost = client.lease_revoke(lease).await;
+    assert!(lost.is_err(), "{lost:?}");
+    let deleted = deletes_of(&mut watch, &["b", "x"]).await;
+    assert_eq!(deleted["b"], deleted["x"], "{deleted:?}");
+    assert!(live_keys(&mut client).await.is_empty());
+    let gone = cluster
+        .client(1)
+        .await
+        .lease_time_to_live(lease, None)
+        .await
+        .unwrap();
+    assert_eq!(gone.ttl(), -1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,10 +111,20 @@ async fn learner_joins_is_promoted_and_a_founder_is_removed(split_keys: &[&str])
             .collect::<Vec<_>>()
             .join(","),
     };
-    // Let the load build up a compacted log first.
+    // Let the load build up a compacted log first (600 writes: the first range's log
+    // alone on a keyspace of one range).
     let mut client = cluster.client(survivors[0]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client.status().await.unwrap().raft_index() < 600 {
+    let written = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    while client
+        .get("load/", Some(written.clone()))
+        .await
+        .unwrap()
+        .count()
+        < 600
+    {
         assert!(Instant::now() < deadline, "the load made no progress");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -15,7 +15,7 @@ use ostrakon_storage::mvcc::{FrozenState, Revision, WriteOutcome};
 
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
-use crate::txn_coordinator::{next_txn_number, prepare_every, release};
+use crate::txn_coordinator::{covers, next_txn_number, prepare_every, release};
 
 /// How long the consistent point waits before trying again after a refusal that asks
 /// for it (a split moving keys, a transaction's lock that outlived the wait).
@@ -57,8 +57,13 @@ async fn attempt(
         number: next_txn_number(),
     };
     let mut prepares = Vec::with_capacity(groups.len());
+    let mut range_spans = Vec::with_capacity(groups.len());
     for &group in &groups {
+        // This member's replica catches up first, so that the ranges stay locked only
+        // for the moment it takes to freeze them, not while it lags.
+        handle.linearizable_read_point(group).await?;
         let span = handle.store(group)?.span();
+        range_spans.push(span.clone());
         let spans = span
             .clip(b"", b"\0")
             .and_then(|(key, range_end)| lock_span(&key, &range_end))
@@ -70,6 +75,10 @@ async fn attempt(
             spans,
             adds_data: false,
         });
+    }
+    if !covers(&range_spans, &[(b"", b"\0")]) {
+        // A range this member has no replica of yet (a split just made it): wait.
+        return Ok(None);
     }
     let prepared = match prepare_every(handle, txn, &groups, &prepares, 0, deadline).await? {
         Ok(prepared) => prepared,

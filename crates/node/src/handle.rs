@@ -86,7 +86,9 @@ fn locked_pause(retries: u32) -> Duration {
     Duration::from_millis(ceiling_ms / 2 + spread % (ceiling_ms / 2 + 1))
 }
 
-/// Whether a write attaches a lease to a key (a Put with a lease, in a Txn too).
+/// Whether a write attaches a lease to a key (a Put with a lease, or one keeping the
+/// key's lease, `ignore_lease`, in a Txn too): the lease's existence is checked in the
+/// first data range, which holds the leases.
 fn attaches_lease(request: &write_request::Request) -> bool {
     use ostrakon_proto::etcdserverpb::{request_op, TxnRequest};
     fn txn_attaches(txn: &TxnRequest) -> bool {
@@ -94,13 +96,13 @@ fn attaches_lease(request: &write_request::Request) -> bool {
             .iter()
             .chain(&txn.failure)
             .any(|op| match &op.request {
-                Some(request_op::Request::RequestPut(put)) => put.lease != 0,
+                Some(request_op::Request::RequestPut(put)) => put.lease != 0 || put.ignore_lease,
                 Some(request_op::Request::RequestTxn(nested)) => txn_attaches(nested),
                 _ => false,
             })
     }
     match request {
-        write_request::Request::Put(put) => put.lease != 0,
+        write_request::Request::Put(put) => put.lease != 0 || put.ignore_lease,
         write_request::Request::Txn(txn) => txn_attaches(txn),
         _ => false,
     }

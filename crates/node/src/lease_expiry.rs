@@ -39,12 +39,30 @@ async fn revoke_expired(handle: NodeHandle, id: i64) {
     }
 }
 
+/// Revokes expired leases: side by side on a keyspace of one range (each is one raft
+/// entry), one after the other on a keyspace in ranges (each is a transaction locking
+/// every range).
+async fn revoke_all_expired(handle: NodeHandle, expired: Vec<i64>) {
+    if handle.data_ranges().len() > 1 {
+        for id in expired {
+            revoke_expired(handle.clone(), id).await;
+        }
+        return;
+    }
+    let mut revokes = tokio::task::JoinSet::new();
+    for id in expired {
+        revokes.spawn(revoke_expired(handle.clone(), id));
+    }
+    while revokes.join_next().await.is_some() {}
+}
+
 /// Runs a group's lessor: sweeps for expired leases, proposes their revokes, and
 /// checkpoints remaining TTLs, while this member leads. Ends when the node stops.
 pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store: Arc<MvccStore>) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = Instant::now();
+    let mut revoking: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         sweep.tick().await;
         let Ok(status) = handle.status(group) else {
@@ -52,9 +70,14 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         };
         let leading = status.is_leader.then_some(status.term);
         let now = Instant::now();
-        for id in lessor.sweep(&store, leading, now) {
-            let handle = handle.clone();
-            tokio::spawn(revoke_expired(handle, id));
+        // One batch of revokes at a time: on a keyspace in ranges each locks every
+        // range, so running them side by side only makes them wait for each other (and
+        // a lease still being revoked would be swept again).
+        if revoking.as_ref().is_none_or(|batch| batch.is_finished()) {
+            let expired = lessor.sweep(&store, leading, now);
+            if !expired.is_empty() {
+                revoking = Some(tokio::spawn(revoke_all_expired(handle.clone(), expired)));
+            }
         }
         if leading.is_some() && now.duration_since(last_checkpoint) >= CHECKPOINT_INTERVAL {
             last_checkpoint = now;

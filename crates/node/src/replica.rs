@@ -393,9 +393,13 @@ impl Replica {
                 self.lessor.applied_revoke(revoke.id);
             }
             // A revoke across ranges, committed here (the first data range, its primary).
+            // The record is answered again to a late abort or a repeated commit: a lease
+            // granted anew under the same id since then keeps its deadline.
             (_, WriteOutcome::TxnDecided(decided)) if decided.committed => {
                 for &id in decided.writes.iter().flat_map(|w| &w.revoked_leases) {
-                    self.lessor.applied_revoke(id);
+                    if self.store.lease(id).is_none() {
+                        self.lessor.applied_revoke(id);
+                    }
                 }
             }
             _ => {}

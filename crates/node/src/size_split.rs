@@ -4,8 +4,7 @@
 //! through the same split command an operator's `ostrakon ranges split` proposes. One
 //! task per node, not per range; a range is looked at only while this node leads it.
 //!
-//! Off by default (0): a backup (`Maintenance.Snapshot`) of a keyspace in ranges is
-//! still refused, so a keyspace split on its own would refuse a request etcd accepts.
+//! On by default (64 MiB; 0 turns it off).
 
 use std::time::Duration;
 

@@ -225,7 +225,9 @@ fn merged_view(frozen: Vec<(Arc<MvccStore>, ReadView)>, reads: &[bool]) -> Optio
         .filter(|(_, &read)| read)
         .map(|(frozen, _)| frozen)
         .unzip();
-    assert!(!views.is_empty(), "a transaction across ranges reads none");
+    if views.is_empty() {
+        return None; // its keys moved meanwhile: routed again
+    }
     let compacted: Vec<_> = views.iter().map(|view| view.compact_revision()).collect();
     let merged = stores[0].merged_view(views);
     let compaction_moved = stores
@@ -233,6 +235,17 @@ fn merged_view(frozen: Vec<(Arc<MvccStore>, ReadView)>, reads: &[bool]) -> Optio
         .zip(compacted)
         .any(|(store, compacted)| store.compact_revision() != compacted);
     (!compaction_moved).then_some(merged)
+}
+
+/// Whether the ranges' spans hold every key of `intervals`.
+pub(crate) fn covers(
+    spans: &[Arc<ostrakon_storage::mvcc::KeySpan>],
+    intervals: &[ostrakon_storage::mvcc::KeyInterval<'_>],
+) -> bool {
+    let spans: Vec<&ostrakon_storage::mvcc::KeySpan> = spans.iter().map(|span| &**span).collect();
+    intervals
+        .iter()
+        .all(|(key, range_end)| ostrakon_storage::mvcc::spans_cover(&spans, key, range_end))
 }
 
 /// Every key a request's transaction locks: its keys, or, for a lease revoke (whose
@@ -395,8 +408,10 @@ pub(crate) async fn attempt(
     let intervals = lock_intervals(request);
     let mut prepares = Vec::with_capacity(groups.len());
     let mut reads = Vec::with_capacity(groups.len());
+    let mut range_spans = Vec::with_capacity(groups.len());
     for &group in groups {
         let span = handle.store(group)?.span();
+        range_spans.push(span.clone());
         let spans: Vec<_> = intervals
             .iter()
             .filter_map(|&(key, range_end)| span.clip(key, range_end))
@@ -410,6 +425,12 @@ pub(crate) async fn attempt(
             spans,
             adds_data: adds_data(request),
         });
+    }
+    if !covers(&range_spans, &intervals) {
+        // A split moved keys to a range not among `groups` (or this member has not got
+        // its replica yet) after they were routed: locking the rest would leave those
+        // keys out. Routed again. (A split after this point is refused at the prepare.)
+        return Ok(try_again());
     }
     let prepared =
         match prepare_every(handle, txn, groups, &prepares, auth_revision, deadline).await? {

@@ -37,6 +37,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether auth is on (checks can be skipped, and what they need not gathered).
+    pub fn auth_enabled(&self) -> bool {
+        self.state.enabled()
+    }
+
     /// Whether the caller may read or write the keys from `key` to `range_end`.
     pub fn check(&self, key: &[u8], range_end: &[u8], access: Access) -> Result<(), ApiError> {
         if !self.state.enabled() {

@@ -174,6 +174,9 @@ impl Election for ElectionService {
                     let Ok(received) =
                         tokio::time::timeout(queue::TURN_RECHECK, events.recv()).await
                     else {
+                        if sender.is_closed() {
+                            return; // the observer went away
+                        }
                         break; // a change in another range: look again
                     };
                     match received {

@@ -129,6 +129,7 @@ impl Maintenance for MaintenanceService {
                 bytes = file_bytes,
                 "streaming a backup of every range"
             );
+            let header = common::header(&self.node, revision);
             let (chunks, stream) = tokio::sync::mpsc::channel(4);
             tokio::spawn(stream_backup(etcd_path, file_bytes, header, chunks));
             return Ok(Response::new(ReceiverStream::new(stream)));

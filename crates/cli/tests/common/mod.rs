@@ -81,6 +81,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The environment variable that makes every test cluster's members split their ranges
+/// past that many bytes (`--range-max-bytes`), unless a test sets its own limit:
+/// `scripts/test.sh` runs the etcd API's tests once more with a tiny one.
+pub const SPLIT_EAGERLY_ENV: &str = "OSTRAKON_TEST_RANGE_MAX_BYTES";
+
+/// Where a run that splits eagerly splits every new cluster's keyspace first (keys the
+/// tests' own splits do not use).
+const PRESPLIT_KEYS: [&str; 4] = ["d", "h", "p", "u"];
+
+/// Whether this run splits every cluster's keyspace eagerly (revisions are then the
+/// oracle's, sparse, as docs/RANGES.md says).
+pub fn splits_eagerly() -> bool {
+    std::env::var_os(SPLIT_EAGERLY_ENV).is_some()
+}
+
 impl TestCluster {
     /// Starts `size` members with extra server flags and waits until one leads.
     pub async fn start(size: usize, extra_args: &[&str]) -> TestCluster {
@@ -144,11 +159,18 @@ impl TestCluster {
             .map(|m| format!("{}={peer_scheme}://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        // A CI run of the etcd API's tests on a keyspace that splits eagerly.
+        if let Ok(bytes) = std::env::var(SPLIT_EAGERLY_ENV) {
+            if !extra_args.iter().any(|arg| arg == "--range-max-bytes") {
+                extra_args.extend(["--range-max-bytes".to_string(), bytes]);
+            }
+        }
         TestCluster {
             dir,
             members,
             initial_cluster,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             client_scheme: if tls.client_https { "https" } else { "http" },
             peer_scheme,
             client_tls: tls.client_tls,
@@ -163,6 +185,29 @@ impl TestCluster {
         }
         self.wait_for_leader().await;
         self.wait_for_published_members().await;
+        if splits_eagerly() {
+            self.presplit().await;
+        }
+    }
+
+    /// Splits a new cluster's keyspace at `PRESPLIT_KEYS` (a run that splits eagerly),
+    /// so that every test's keys spread over several ranges from its first write.
+    async fn presplit(&self) {
+        if ranges::ranges(self, 0)
+            .await
+            .is_some_and(|listed| listed.len() > 1)
+        {
+            return; // split already (a restarted or restored cluster)
+        }
+        for key in PRESPLIT_KEYS {
+            let (ok, out, err) =
+                self.ostrakon(&["ranges", "split", key, "--endpoint", &self.host_port(0)]);
+            assert!(ok, "presplit at {key} failed: {out} {err}");
+        }
+        let mut spans = vec![("", PRESPLIT_KEYS[0])];
+        spans.extend(PRESPLIT_KEYS.windows(2).map(|pair| (pair[0], pair[1])));
+        spans.push((PRESPLIT_KEYS[PRESPLIT_KEYS.len() - 1], ""));
+        ranges::wait_for_spans(self, &spans).await;
     }
 
     /// `--initial-cluster` of the founding members.

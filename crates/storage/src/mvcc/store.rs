@@ -1865,9 +1865,19 @@ impl WriteTxn<'_> {
     /// Writes a version another transaction computed (`into_writes`), as the next write.
     /// The write keeps its sub-revision in the whole transaction, so the versions one
     /// transaction writes in several ranges at one revision never share one (a backup
-    /// in etcd's format keys every version by both).
-    pub(crate) fn set_version(&mut self, write: &ostrakon_proto::peer::TxnWrite) {
-        let sub = write.sub;
+    /// in etcd's format keys every version by both). Writes made before they carried it
+    /// (`numbered_here`: every sub 0) are numbered in this range's order, as they were
+    /// then, so a replica replaying an old entry stores what the others stored.
+    pub(crate) fn set_version(
+        &mut self,
+        write: &ostrakon_proto::peer::TxnWrite,
+        numbered_here: bool,
+    ) {
+        let sub = if numbered_here {
+            self.next_sub
+        } else {
+            write.sub
+        };
         let version = if write.delete {
             StoredVersion::tombstone()
         } else {

@@ -244,9 +244,10 @@ impl MvccStore {
         local_changes.push(txn_tables::forget_lock(txn));
         let revision = Revision(writes.revision);
         let mut write = self.write_txn_at(revision);
+        let numbered_here = writes.writes.len() > 1 && writes.writes.iter().all(|w| w.sub == 0);
         for one in &writes.writes {
             if lock.spans.iter().any(|span| span_contains(span, &one.key)) {
-                write.set_version(one);
+                write.set_version(one, numbered_here);
             }
         }
         for &lease in &writes.revoked_leases {
