@@ -414,10 +414,10 @@ impl NodeHandle {
             .unwrap_or_default()
     }
 
-    /// etcd's Compact on a keyspace in ranges: every range compacts at the revision, or at
-    /// its own current revision if that is lower (it holds nothing above it). The
-    /// revision may not be above the keyspace's current one; one every range compacted
-    /// already is refused as in etcd.
+    /// etcd's Compact on a keyspace in ranges: every range compacts at the revision (one
+    /// whose last write is older raises its revision to it). The revision may not be
+    /// above the keyspace's current one; one every range compacted already is refused as
+    /// in etcd.
     async fn compact_every_range(
         &self,
         compaction: &ostrakon_proto::etcdserverpb::CompactionRequest,
@@ -443,24 +443,38 @@ impl NodeHandle {
         }
         let mut last = None;
         let mut refusal = None;
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         for (group, _) in ranges {
             let store = self.group(group)?.store.clone();
-            let at = revision.min(store.current_revision());
-            if at <= store.compact_revision() {
+            if revision <= store.compact_revision() {
                 refusal.get_or_insert(MvccError::Compacted {
                     compacted: store.compact_revision(),
                 });
                 continue;
             }
-            let request = write_request::Request::Compaction(
-                ostrakon_proto::etcdserverpb::CompactionRequest {
-                    revision: at.0,
-                    physical: compaction.physical,
-                },
-            );
-            match self.write_checked(group, request, auth_revision).await? {
-                WriteOutcome::Error(error) => return Ok(WriteOutcome::Error(error)),
-                outcome => last = Some(outcome),
+            // Every range compacts at the revision, raising its own to it if it is
+            // behind (`MvccStore::compact`), so reads below it are refused everywhere.
+            let request = write_request::Request::Compaction(*compaction);
+            let mut locked_retries = 0;
+            loop {
+                match self
+                    .write_checked(group, request.clone(), auth_revision)
+                    .await?
+                {
+                    // A transaction's lock: it ends within a few round trips.
+                    WriteOutcome::Error(error)
+                        if error.retry == ostrakon_proto::peer::Retry::Locked as i32
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        locked_retries += 1;
+                        tokio::time::sleep(locked_pause(locked_retries)).await;
+                    }
+                    WriteOutcome::Error(error) => return Ok(WriteOutcome::Error(error)),
+                    outcome => {
+                        last = Some(outcome);
+                        break;
+                    }
+                }
             }
         }
         Ok(last.unwrap_or_else(|| {

@@ -367,18 +367,19 @@ impl WatchStream {
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Everything up to this revision has been sent to every watcher.
                 let current = self.node.current_revision();
-                let delivered = self
+                let followed: Vec<(Follows, Revision)> = self
                     .watchers
                     .values()
-                    .map(|w| match w.follows {
-                        Follows::One(group) => {
-                            Revision(w.next.0 - 1).min(self.store(group).current_revision())
-                        }
-                        Follows::Several => Revision(w.next.0 - 1),
-                    })
-                    .min()
-                    .unwrap_or(current)
-                    .min(current);
+                    .map(|w| (w.follows, w.next))
+                    .collect();
+                let mut delivered = current;
+                for (follows, next) in followed {
+                    let watcher_delivered = match follows {
+                        Follows::One(group) => self.delivered_in(group, next).await,
+                        Follows::Several => Revision(next.0 - 1),
+                    };
+                    delivered = delivered.min(watcher_delivered);
+                }
                 let response = WatchResponse {
                     header: self.header(delivered),
                     watch_id: STREAM_WATCH_ID,
@@ -858,22 +859,57 @@ impl WatchStream {
         Ok(())
     }
 
+    /// Up to which revision every event of `group` has been sent to a watcher that expects
+    /// `next` next. On a keyspace of one range: the range's current revision, once sent.
+    /// On a keyspace in ranges, where the range's own revision can stay far below the
+    /// keyspace's: as far as the oracle's present, once the range has applied every
+    /// write up to it (the read-wait rule) and below its lowest lock (a transaction's
+    /// write still to come), so that a client waiting for progress past a write in
+    /// another range (Kubernetes' consistent reads from its watch cache) gets it.
+    async fn delivered_in(&self, group: GroupId, next: Revision) -> Revision {
+        let store = self.store(group).clone();
+        let sent = Revision(next.0 - 1).min(store.current_revision());
+        if !store.oracle_revisions() {
+            return sent;
+        }
+        let resolved = async {
+            let now = self.node.timestamps(1).await?.first.0;
+            let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
+            self.node.read_point_at(group, now).await?;
+            let view = store.read_view();
+            let below_locks = view
+                .lowest_lock_revision()
+                .map_or(now, |lock| now.min(Revision(lock.0 - 1)));
+            Ok::<_, ostrakon_node::NodeError>((below_locks, view.current_revision()))
+        };
+        match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
+            // Every event up to the range's current revision was sent, and the range
+            // holds none between it and the resolved one.
+            Ok(Ok((resolved, current))) if next > current => resolved.max(sent),
+            _ => sent,
+        }
+    }
+
     /// Tells every watcher that asked for progress notifications and has nothing pending
     /// how far it is.
     async fn notify_progress(&mut self) -> Result<(), Gone> {
-        let due: Vec<(i64, Revision)> = self
+        let asking: Vec<(i64, Follows, Revision)> = self
             .watchers
             .iter()
-            .map(|(id, w)| {
-                let current = match w.follows {
-                    Follows::One(group) => self.store(group).current_revision(),
-                    Follows::Several => Revision(w.next.0 - 1),
-                };
-                (*id, w, current)
-            })
-            .filter(|(_, w, current)| w.progress_notify && w.next > *current)
-            .map(|(id, _, current)| (id, current))
+            .filter(|(_, w)| w.progress_notify)
+            .map(|(id, w)| (*id, w.follows, w.next))
             .collect();
+        let mut due = Vec::with_capacity(asking.len());
+        for (id, follows, next) in asking {
+            let current = match follows {
+                Follows::One(group) if next > self.store(group).current_revision() => {
+                    self.delivered_in(group, next).await
+                }
+                Follows::One(_) => continue, // events still on their way to it
+                Follows::Several => Revision(next.0 - 1),
+            };
+            due.push((id, current));
+        }
         for (id, current) in due {
             let response = WatchResponse {
                 header: self.header(current),

@@ -57,10 +57,30 @@ pub async fn wait_for_spans(cluster: &TestCluster, spans: &[(&str, &str)]) {
     }
 }
 
-/// Splits the keyspace at "m" and waits until every member serves both ranges.
+/// Splits the keyspace at "m" and waits until every member serves both ranges (on a
+/// keyspace split eagerly, every member has a range starting at "m").
 pub async fn split_at_m(cluster: &TestCluster) {
     let (ok, out, err) =
         cluster.ostrakon(&["ranges", "split", "m", "--endpoint", &cluster.host_port(0)]);
     assert!(ok, "split failed: {out} {err}");
-    wait_for_spans(cluster, &[("", "m"), ("m", "")]).await;
+    if !super::splits_eagerly() {
+        wait_for_spans(cluster, &[("", "m"), ("m", "")]).await;
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut all = true;
+        for i in (0..cluster.members.len()).filter(|&i| cluster.is_running(i)) {
+            let listed = ranges(cluster, i).await.unwrap_or_default();
+            all &= listed.iter().any(|range| range.start == b"m"[..]);
+        }
+        if all {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members do not all split at m"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

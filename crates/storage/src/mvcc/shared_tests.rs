@@ -799,3 +799,80 @@ fn a_range_across_ranges_answers_as_one_range_holding_every_key() {
         Err(MvccError::Compacted { .. })
     ));
 }
+
+#[test]
+fn a_compaction_above_a_range_s_last_write_raises_its_revision_on_a_keyspace_in_ranges() {
+    use ostrakon_proto::etcdserverpb::CompactionRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut whole = Range::open(&keyspace, 1, KeySpan::whole());
+    let first = whole.put("a", "a1", 0);
+    whole.put("z", "z1", 0);
+    // On one range, a revision not reached yet is etcd's future revision.
+    let future = Request::Compaction(CompactionRequest {
+        revision: whole.store.current_revision().0 + 10,
+        physical: false,
+    });
+    assert!(
+        matches!(whole.write(future), WriteOutcome::Error(e) if e.code == 11),
+        "future revision"
+    );
+    whole.index += 1;
+    let right_store = whole
+        .store
+        .split(
+            b"m",
+            LogIndex(whole.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+        )
+        .expect("a new right range");
+    let mut right = Range {
+        index: right_store.applied_index().0,
+        store: right_store,
+    };
+    let mut left = whole;
+    let later = left.put("b", "b1", 0);
+    // The keyspace's Compact at `later` reaches the right range, whose last write is
+    // older: its revision rises to it and reads below it are refused there too.
+    let compact = Request::Compaction(CompactionRequest {
+        revision: later.0,
+        physical: false,
+    });
+    assert!(matches!(
+        right.write(compact.clone()),
+        WriteOutcome::Compaction(_)
+    ));
+    assert_eq!(right.store.current_revision(), later);
+    assert_eq!(right.store.compact_revision(), later);
+    assert!(right.store.read_view().resolve(first.0).is_err());
+    assert_eq!(right.listing(0), pairs(&[("z", "z1")]));
+    // No write lands at or below it now.
+    assert!(right.put_at("y", "late", later.0).is_err());
+    assert!(matches!(left.write(compact), WriteOutcome::Compaction(_)));
+    // Not while a transaction's lock is held (its writes must land above the range's
+    // revision): the node tries again once it is gone.
+    let prepare = Request::TxnPrepare(ostrakon_proto::peer::TxnPrepare {
+        txn: Some(ostrakon_proto::peer::TxnIdRecord {
+            coordinator: 1,
+            number: 1,
+        }),
+        primary: 1,
+        spans: Vec::new(),
+        adds_data: false,
+    });
+    let lock_at = Revision(later.0 + 100);
+    assert!(matches!(
+        right.write_at(prepare, lock_at),
+        WriteOutcome::TxnPrepared(_)
+    ));
+    let held_off = right.write(Request::Compaction(CompactionRequest {
+        revision: lock_at.0 + 1,
+        physical: false,
+    }));
+    assert!(
+        matches!(&held_off, WriteOutcome::Error(e) if e.retry == ostrakon_proto::peer::Retry::Locked as i32),
+        "{held_off:?}"
+    );
+}

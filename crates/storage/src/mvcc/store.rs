@@ -859,33 +859,48 @@ impl MvccStore {
     ) -> Result<(), MvccError> {
         let current = self.current_revision();
         let compacted = self.compact_revision();
-        if revision > current {
+        // On a keyspace in ranges, a Compact at a revision the keyspace reached (the node
+        // checks the oracle handed it out) applies in every range, also one whose last
+        // write is older: its revision is raised to it, so that reads below it are
+        // refused here too, as etcd refuses them, and no write lands at or below it. Not
+        // while a transaction's lock is held: its writes must land above the range's
+        // revision.
+        let raise = revision > current;
+        if raise && !self.oracle_revisions() {
             return Err(MvccError::FutureRevision);
+        }
+        if raise && self.has_txn_locks() {
+            return Err(MvccError::Locked);
         }
         if revision <= compacted {
             return Err(MvccError::Compacted { compacted });
         }
         // Logical compaction only: reads below `revision` are refused from now on. The
         // versions it makes garbage are removed later by the compactor thread, off the
-        // event loop (a scan of the whole store here stalled every group).
-        let mut batch = self.keyspace.batch();
-        self.local.insert(
-            &mut batch,
-            META_COMPACT_REVISION,
-            (revision.0 as u64).to_be_bytes(),
-        );
-        // Recorded with the compacted revision, so a restart knows how far the garbage
-        // was removed (a store without the record compacted at apply, all of it). The
-        // compactor may record a later point meanwhile: going back only repeats a pass.
+        // event loop (a scan of the whole store here stalled every group). Recorded with
+        // how far the garbage was removed, so a restart knows (a store without the record
+        // compacted at apply, all of it). The compactor may record a later point
+        // meanwhile: going back only repeats a pass.
         let done = self.compacted_physically();
-        self.local.insert(
-            &mut batch,
-            META_COMPACTED_PHYSICALLY,
-            (done.0 as u64).to_be_bytes(),
-        );
-        self.put_applied(&mut batch, index, term);
+        let records = vec![
+            (
+                META_COMPACT_REVISION.to_vec(),
+                Some((revision.0 as u64).to_be_bytes().to_vec()),
+            ),
+            (
+                META_COMPACTED_PHYSICALLY.to_vec(),
+                Some((done.0 as u64).to_be_bytes().to_vec()),
+            ),
+        ];
+        // The transaction's view first: a view is taken only at or above the compacted
+        // revision, which is raised before the compaction commits (readers meanwhile
+        // wait for the commit, which raises the range's revision with it).
+        let mut write = self.write_txn_at(revision);
+        if raise {
+            write.raise_revision();
+        }
         self.compact_revision.store(revision.0, Ordering::SeqCst);
-        engine("committing a compaction", batch.commit());
+        write.commit_with(index, term, records, None);
         let mut physical = self.physical_compaction.lock().unwrap();
         physical.target = physical.target.max(revision);
         self.physical_compaction_changed.notify_all();
