@@ -151,7 +151,7 @@ async fn watch_events_history_filters_cancel_and_compaction_match_etcd() {
     watcher.request_progress().await.unwrap();
     let progress = next(&mut stream).await;
     assert_eq!(progress.watch_id(), -1);
-    assert_revision_reached(progress.header().unwrap().revision(), r6);
+    common::assert_header_reached(progress.header().unwrap().revision(), r6);
 
     // A watcher from a compacted revision is created, then canceled with the compacted
     // revision, as etcd 3.5 does it: no cancel reason, revision 0 in the header.
@@ -181,18 +181,7 @@ async fn watch_events_history_filters_cancel_and_compaction_match_etcd() {
         .unwrap();
     let notification = next(&mut quiet).await;
     assert!(notification.events().is_empty() && !notification.canceled());
-    assert_revision_reached(notification.header().unwrap().revision(), r6);
-}
-
-/// A header's revision where the last write was at `last`: that one on a keyspace of one
-/// range; at least that one on a keyspace in ranges (its revisions are the oracle's,
-/// which a header may give as of a later moment).
-fn assert_revision_reached(header: i64, last: i64) {
-    if common::splits_eagerly() {
-        assert!(header >= last, "{header} < {last}");
-    } else {
-        assert_eq!(header, last);
-    }
+    common::assert_header_reached(notification.header().unwrap().revision(), r6);
 }
 
 /// A client that creates a watch and stops reading while 3,000 revisions are written

@@ -96,6 +96,62 @@ pub fn splits_eagerly() -> bool {
     std::env::var_os(SPLIT_EAGERLY_ENV).is_some()
 }
 
+/// The revisions a test's writes took, by the number etcd gives them on a keyspace of one
+/// range (dense: the first write 2, then 3, ...). On a keyspace split eagerly they are the
+/// oracle's (sparse, rising): each write's is recorded under its dense number, which the
+/// test's assertions then look up.
+#[derive(Default)]
+pub struct Revisions {
+    taken: std::collections::BTreeMap<i64, i64>,
+}
+
+impl Revisions {
+    /// The write etcd numbers `dense` answered `actual` (the same, on one range).
+    pub fn wrote(&mut self, dense: i64, actual: i64) -> i64 {
+        if splits_eagerly() {
+            if let Some((_, last)) = self.taken.range(..dense).next_back() {
+                assert!(actual > *last, "revisions rise: {last} then {actual}");
+            }
+        } else {
+            assert_eq!(actual, dense, "etcd's dense revisions");
+        }
+        self.taken.insert(dense, actual);
+        actual
+    }
+
+    /// The revision of the write etcd numbers `dense`.
+    pub fn of(&self, dense: i64) -> i64 {
+        if splits_eagerly() {
+            *self
+                .taken
+                .get(&dense)
+                .unwrap_or_else(|| panic!("no write numbered {dense} recorded"))
+        } else {
+            dense
+        }
+    }
+
+    /// A header's revision where the last write is the one etcd numbers `dense`: its
+    /// revision on one range; at least it on a keyspace in ranges (a header may give the
+    /// oracle's revision as of a later moment).
+    pub fn assert_header(&self, header: i64, dense: i64) {
+        assert_header_reached(header, self.of(dense));
+    }
+}
+
+/// A header's revision where the last write took `last`: that one on one range; at least
+/// it on a keyspace in ranges.
+pub fn assert_header_reached(header: i64, last: i64) {
+    if splits_eagerly() {
+        assert!(
+            header >= last,
+            "header at {header}, below the last write's {last}"
+        );
+    } else {
+        assert_eq!(header, last, "the header carries the last write's revision");
+    }
+}
+
 impl TestCluster {
     /// Starts `size` members with extra server flags and waits until one leads.
     pub async fn start(size: usize, extra_args: &[&str]) -> TestCluster {
