@@ -267,6 +267,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(7),
         quota_backend_bytes: 0,
         range_max_bytes: 0,
+        range_split_qps: 0,
         peer_tls: None,
         join: false,
     };

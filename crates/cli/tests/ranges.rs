@@ -963,3 +963,48 @@ async fn ranges_past_their_size_split_by_themselves() {
         assert_eq!(got.kvs()[0].value_str().unwrap(), "again");
     }
 }
+
+/// With `--range-split-qps`, a range whose leader serves more requests per second than
+/// the limit splits where its requests halve: one client writing 20 keys round and round
+/// splits the keyspace near the middle of them, and every value stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_past_its_load_splits_where_its_requests_halve() {
+    let cluster = TestCluster::start(3, &["--range-split-qps", "40"]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(1).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut round = 0u64;
+    let boundaries = loop {
+        for i in 0..20 {
+            client
+                .put(format!("hot/{i:02}"), round.to_string(), None)
+                .await
+                .unwrap();
+        }
+        round += 1;
+        let listed = ranges(&cluster, 0).await.unwrap_or_default();
+        let boundaries: Vec<String> = listed
+            .iter()
+            .map(|range| String::from_utf8_lossy(&range.start).into_owned())
+            .filter(|start| !start.is_empty())
+            .collect();
+        if !boundaries.is_empty() {
+            break boundaries;
+        }
+        assert!(Instant::now() < deadline, "no split by load: {listed:?}");
+    };
+    // The first split falls among the hot keys, near their middle (a sample of 64
+    // requests over 20 keys: its median within a few keys of hot/10).
+    let first = &boundaries[0];
+    assert!(
+        first.as_str() >= "hot/04" && first.as_str() <= "hot/16",
+        "split at {first:?}"
+    );
+    let all = client
+        .get("hot/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(all.kvs().len(), 20);
+    let last = (round - 1).to_string();
+    assert!(all.kvs().iter().all(|kv| kv.value_str().unwrap() == last));
+}

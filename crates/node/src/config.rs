@@ -47,6 +47,9 @@ pub struct NodeConfig {
     /// `--range-max-bytes`: a data range whose live keys and values hold more is split
     /// (0: never, by size).
     pub range_max_bytes: u64,
+    /// `--range-split-qps`: a data range serving more requests per second (on its
+    /// leader's member, over 10 s) is split where its load halves (0: never, by load).
+    pub range_split_qps: u64,
     /// TLS on the peer links (`--peer-cert-file` ...), if configured.
     pub peer_tls: Option<crate::tls::TlsMaterial>,
     /// Join a running cluster (`--initial-cluster-state existing`) instead of founding

@@ -181,7 +181,7 @@ pub fn start(
     let (data_lessor, tasks_runtime) = (data.lessor.clone(), runtime.clone());
     let leader_spread =
         crate::leader_spread::LeaderSpread::new(config.tick_interval, config.election_ticks);
-    let range_max_bytes = config.range_max_bytes;
+    let (range_max_bytes, range_split_qps) = (config.range_max_bytes, config.range_split_qps);
     let mut event_loop = EventLoop {
         config,
         layout,
@@ -227,6 +227,9 @@ pub fn start(
     ));
     if range_max_bytes > 0 {
         tasks_runtime.spawn(crate::size_split::run(handle.clone(), range_max_bytes));
+    }
+    if range_split_qps > 0 {
+        tasks_runtime.spawn(crate::load_split::run(handle.clone(), range_split_qps));
     }
     tasks_runtime.spawn(crate::txn_pusher::run(handle.clone()));
     event_loop.follow_member_registry(&data_store);

@@ -859,11 +859,18 @@ impl NodeHandle {
         Ok(self.group(group)?.store.clone())
     }
 
-    /// A read of `group` served by this member (writes are counted where proposed).
-    pub fn record_read(&self, group: GroupId) {
+    /// A read of `group` served by this member, from `key` (writes are counted where
+    /// proposed).
+    pub fn record_read(&self, group: GroupId, key: &[u8]) {
         if let Ok(shared) = self.group(group) {
-            shared.requests.record();
+            shared.requests.record_key(key);
         }
+    }
+
+    /// The keys `group`'s requests on this member were sampled at since the last call,
+    /// sorted (see `request_rate`).
+    pub fn take_key_sample(&self, group: GroupId) -> Result<Vec<Vec<u8>>, NodeError> {
+        Ok(self.group(group)?.requests.take_key_sample())
     }
 
     /// The requests per second this member serves for `group` (see `request_rate`).
@@ -960,6 +967,10 @@ impl NodeHandle {
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
         let shared = self.group(group)?;
+        // Where the write falls, for a split by load (writes without keys count only).
+        let first_key = ostrakon_storage::mvcc::write_intervals(&request)
+            .first()
+            .map(|(key, _)| key.to_vec());
         // The proposal's span: members that apply the entry record their apply under it.
         let span = spans::child(spans::current(), "raft.propose", SpanKind::Internal);
         let write = WriteRequest {
@@ -984,7 +995,10 @@ impl NodeHandle {
         if outcome.is_ok() {
             // Applied through this member as the range's leader (refused or retried
             // attempts are not the range's load).
-            shared.requests.record();
+            match &first_key {
+                Some(key) => shared.requests.record_key(key),
+                None => shared.requests.record(),
+            }
         }
         if let Some(mut span) = span {
             match &outcome {

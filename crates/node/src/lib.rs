@@ -30,6 +30,7 @@ mod leader_spread;
 mod lease_expiry;
 pub mod lessor;
 pub mod liveness;
+pub mod load_split;
 pub mod metrics;
 pub mod reconfig_check;
 mod replica;

@@ -3,7 +3,9 @@
 //! one-second buckets over the last `WINDOW_SECONDS` whole seconds. The range's load,
 //! as `ostrakon ranges` shows it (summed over the members) and a split by load will
 //! read it. Recording costs an uncontended lock; nothing runs per range in the
-//! background (a bucket is rolled over when it is next touched).
+//! background (a bucket is rolled over when it is next touched). The keys of the
+//! requests are sampled too (a reservoir of `SAMPLED_KEYS`), so that a split by load can
+//! cut the range where its requests halve.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -11,11 +13,46 @@ use std::time::Instant;
 /// The seconds a rate is averaged over.
 pub const WINDOW_SECONDS: u64 = 10;
 
+/// How many request keys a range keeps as its sample of where its load falls.
+pub const SAMPLED_KEYS: usize = 64;
+
 /// One range's requests on this member.
 #[derive(Debug)]
 pub struct RequestRate {
     started: Instant,
     buckets: Mutex<Buckets>,
+    sample: Mutex<KeySample>,
+}
+
+/// A uniform sample of the keys of the requests recorded since it was last taken
+/// (reservoir sampling: the n-th key replaces a kept one with probability
+/// `SAMPLED_KEYS / n`).
+#[derive(Debug, Default)]
+struct KeySample {
+    keys: Vec<Vec<u8>>,
+    seen: u64,
+    /// A xorshift generator's state: which keys are kept needs no better randomness.
+    random: u64,
+}
+
+impl KeySample {
+    fn offer(&mut self, key: &[u8]) {
+        self.seen += 1;
+        if self.keys.len() < SAMPLED_KEYS {
+            self.keys.push(key.to_vec());
+            return;
+        }
+        if self.random == 0 {
+            self.random = 0x9E37_79B9_7F4A_7C15;
+        }
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        let slot = self.random % self.seen;
+        if let Some(kept) = self.keys.get_mut(slot as usize) {
+            *kept = key.to_vec();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +85,7 @@ impl Default for RequestRate {
         RequestRate {
             started: Instant::now(),
             buckets: Mutex::new(Buckets::default()),
+            sample: Mutex::new(KeySample::default()),
         }
     }
 }
@@ -60,6 +98,22 @@ impl RequestRate {
     /// One request served now.
     pub fn record(&self) {
         self.record_at(self.now_second());
+    }
+
+    /// One request for `key` (the first key it reads or writes) served now.
+    pub fn record_key(&self, key: &[u8]) {
+        self.record();
+        self.sample.lock().expect("key sample lock").offer(key);
+    }
+
+    /// The sampled keys of the requests since the last call, sorted, and starts a new
+    /// sample.
+    pub fn take_key_sample(&self) -> Vec<Vec<u8>> {
+        let mut sample = self.sample.lock().expect("key sample lock");
+        let mut keys = std::mem::take(&mut sample.keys);
+        sample.seen = 0;
+        keys.sort();
+        keys
     }
 
     /// Requests per second over the last whole seconds of the window.
@@ -117,6 +171,39 @@ mod tests {
         rate.record_at(41);
         rate.record_at(30);
         assert_eq!(rate.per_second_at(42), 0.2);
+    }
+
+    #[test]
+    fn the_key_sample_keeps_a_bounded_share_of_every_key_seen() {
+        let rate = RequestRate::default();
+        // 9,000 requests on keys a.., 1,000 on keys z..: the sample is bounded and keeps
+        // them in about that proportion.
+        for n in 0..10_000u32 {
+            let key = if n % 10 == 9 {
+                format!("z{n}")
+            } else {
+                format!("a{n}")
+            };
+            rate.record_key(key.as_bytes());
+        }
+        let sample = rate.take_key_sample();
+        assert_eq!(sample.len(), SAMPLED_KEYS);
+        assert!(sample.windows(2).all(|pair| pair[0] <= pair[1]), "sorted");
+        let late = sample.iter().filter(|key| key[0] == b'z').count();
+        assert!(
+            (1..=20).contains(&late),
+            "{late} of {SAMPLED_KEYS} from the 10% on z"
+        );
+        assert!(
+            sample
+                .iter()
+                .any(|key| key.as_slice() > b"a5000".as_slice()),
+            "later keys replace earlier ones"
+        );
+        // Taking it starts a new sample.
+        assert!(rate.take_key_sample().is_empty());
+        rate.record_key(b"m");
+        assert_eq!(rate.take_key_sample(), vec![b"m".to_vec()]);
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub enum RoutedRead {
     },
 }
 
+/// The first key a read names (what a split by load samples).
+fn first_key<'a>(intervals: &[KeyInterval<'a>]) -> &'a [u8] {
+    intervals.first().map_or(&[][..], |(key, _)| *key)
+}
+
 /// The views a Range of `intervals` at `requested` (0: current) reads. Within one range,
 /// as on a keyspace of one range; across ranges (or, on a keyspace that split, at a
 /// revision the one range here has not reached), one revision for all: the current one
@@ -57,7 +62,7 @@ pub async fn read_at(
             if answered_here {
                 match view_of(node, group, intervals, linearizable).await? {
                     Some(view) => {
-                        node.record_read(group);
+                        node.record_read(group, first_key(intervals));
                         return Ok(RoutedRead::One(view));
                     }
                     None => continue,
@@ -67,7 +72,13 @@ pub async fn read_at(
         match read_across(node, &groups, intervals, linearizable, requested).await {
             Ok(Some(read)) => {
                 for &group in &groups {
-                    node.record_read(group);
+                    // Where the read enters the range: its first key, or the range's.
+                    let start = node.store(group).map(|store| store.span().start().to_vec());
+                    let first = first_key(intervals);
+                    match start {
+                        Ok(start) if first < start.as_slice() => node.record_read(group, &start),
+                        _ => node.record_read(group, first),
+                    }
                 }
                 return Ok(read);
             }
