@@ -425,13 +425,17 @@ impl NodeHandle {
     ) -> Result<WriteOutcome, NodeError> {
         use ostrakon_storage::mvcc::{MvccError, Revision};
         let ranges = self.data_ranges();
-        if ranges.len() == 1 {
+        let revision = Revision(compaction.revision);
+        let oracle_revisions = ranges.iter().any(|(group, _)| {
+            self.store(*group)
+                .is_ok_and(|store| store.oracle_revisions())
+        });
+        if ranges.len() == 1 && !oracle_revisions {
             let request = write_request::Request::Compaction(*compaction);
             return self
                 .write_checked(ranges[0].0, request, auth_revision)
                 .await;
         }
-        let revision = Revision(compaction.revision);
         if revision > self.current_revision() {
             // A revision a read across ranges answered with (the oracle's at the time)
             // is above every range's last write: future only if the oracle has not
@@ -992,7 +996,7 @@ impl NodeHandle {
             respond,
         })?;
         let outcome = response.await.map_err(|_| NodeError::Stopped)?;
-        if outcome.is_ok() {
+        if matches!(&outcome, Ok(applied) if !matches!(applied, WriteOutcome::Error(_))) {
             // Applied through this member as the range's leader (refused or retried
             // attempts are not the range's load).
             match &first_key {

@@ -30,14 +30,22 @@ const SPLIT_COOLDOWN: Duration = Duration::from_secs(crate::request_rate::WINDOW
 /// median key, or the nearest sampled key after it, then before it, that falls strictly
 /// inside the range (not its first key; a key sampled before a split moved it out does
 /// not count). None if no sampled key can cut it.
+///
+/// A key that leaves less than a quarter of the sample on one side would not spread the
+/// load: the range is left whole.
 pub fn split_key(sample: &[Vec<u8>], span: &KeySpan) -> Option<Vec<u8>> {
     let middle = sample.len() / 2;
-    sample[middle..]
+    let key = sample[middle..]
         .iter()
         .chain(sample[..middle].iter().rev())
-        .find(|key| key.as_slice() > span.start() && span.contains(key))
-        .cloned()
+        .find(|key| key.as_slice() > span.start() && span.contains(key))?;
+    let below = sample.iter().filter(|sampled| *sampled < key).count();
+    let balanced = below * 4 >= sample.len() && below * 4 <= sample.len() * 3;
+    balanced.then(|| key.clone())
 }
+
+/// Fewer sampled requests than this say too little about where a range's load falls.
+const SAMPLE_MIN: usize = 16;
 
 /// Looks at the load of the ranges this node leads until the node stops, splitting
 /// those past `split_qps`.
@@ -62,6 +70,9 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
                 continue;
             };
             if !status.is_leader || resting.contains_key(&group) || per_second <= split_qps as f64 {
+                continue;
+            }
+            if sample.len() < SAMPLE_MIN {
                 continue;
             }
             let Some(key) = split_key(&sample, &span) else {
@@ -119,6 +130,9 @@ mod tests {
             split_key(&keys(&["k", "l", "p", "q"]), &narrowed),
             Some(b"l".to_vec())
         );
+        // A key leaving less than a quarter on one side spreads nothing.
+        let lopsided = keys(&["m", "n", "n", "n", "n", "z"]);
+        assert_eq!(split_key(&lopsided, &from("m")), None);
         // One hot key at the range's start, or no sample: no split.
         assert_eq!(split_key(&keys(&["m", "m"]), &from("m")), None);
         assert_eq!(split_key(&[], &KeySpan::whole()), None);

@@ -367,15 +367,17 @@ impl WatchStream {
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Everything up to this revision has been sent to every watcher.
                 let current = self.node.current_revision();
-                let followed: Vec<(Follows, Revision)> = self
+                let followed: Vec<(Follows, Revision, Bytes, Bytes)> = self
                     .watchers
                     .values()
-                    .map(|w| (w.follows, w.next))
+                    .map(|w| (w.follows, w.next, w.key.clone(), w.range_end.clone()))
                     .collect();
                 let mut delivered = current;
-                for (follows, next) in followed {
+                for (follows, next, key, range_end) in followed {
                     let watcher_delivered = match follows {
-                        Follows::One(group) => self.delivered_in(group, next).await,
+                        Follows::One(group) => {
+                            self.delivered_in(group, next, (&key, &range_end)).await
+                        }
                         Follows::Several => Revision(next.0 - 1),
                     };
                     delivered = delivered.min(watcher_delivered);
@@ -866,10 +868,18 @@ impl WatchStream {
     /// write up to it (the read-wait rule) and below its lowest lock (a transaction's
     /// write still to come), so that a client waiting for progress past a write in
     /// another range (Kubernetes' consistent reads from its watch cache) gets it.
-    async fn delivered_in(&self, group: GroupId, next: Revision) -> Revision {
+    /// A watcher whose keys (`interval`) a split moved partly out of the range, and that
+    /// has not followed them yet, gets no more than `sent`: the other range's events
+    /// are still to come to it.
+    async fn delivered_in(
+        &self,
+        group: GroupId,
+        next: Revision,
+        interval: (&[u8], &[u8]),
+    ) -> Revision {
         let store = self.store(group).clone();
         let sent = Revision(next.0 - 1).min(store.current_revision());
-        if !store.oracle_revisions() {
+        if !store.oracle_revisions() || !store.span().covers(interval.0, interval.1) {
             return sent;
         }
         let resolved = async {
@@ -893,17 +903,17 @@ impl WatchStream {
     /// Tells every watcher that asked for progress notifications and has nothing pending
     /// how far it is.
     async fn notify_progress(&mut self) -> Result<(), Gone> {
-        let asking: Vec<(i64, Follows, Revision)> = self
+        let asking: Vec<(i64, Follows, Revision, Bytes, Bytes)> = self
             .watchers
             .iter()
             .filter(|(_, w)| w.progress_notify)
-            .map(|(id, w)| (*id, w.follows, w.next))
+            .map(|(id, w)| (*id, w.follows, w.next, w.key.clone(), w.range_end.clone()))
             .collect();
         let mut due = Vec::with_capacity(asking.len());
-        for (id, follows, next) in asking {
+        for (id, follows, next, key, range_end) in asking {
             let current = match follows {
                 Follows::One(group) if next > self.store(group).current_revision() => {
-                    self.delivered_in(group, next).await
+                    self.delivered_in(group, next, (&key, &range_end)).await
                 }
                 Follows::One(_) => continue, // events still on their way to it
                 Follows::Several => Revision(next.0 - 1),

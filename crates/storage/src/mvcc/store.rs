@@ -893,14 +893,18 @@ impl MvccStore {
             ),
         ];
         // The transaction's view first: a view is taken only at or above the compacted
-        // revision, which is raised before the compaction commits (readers meanwhile
-        // wait for the commit, which raises the range's revision with it).
+        // revision. Without a raise, that is raised before the compaction commits; with
+        // one, after (readers would otherwise spin until the raise commits; nothing is
+        // removed before the compactor's target moves, below).
         let mut write = self.write_txn_at(revision);
         if raise {
             write.raise_revision();
+            write.commit_with(index, term, records, None);
+            self.compact_revision.store(revision.0, Ordering::SeqCst);
+        } else {
+            self.compact_revision.store(revision.0, Ordering::SeqCst);
+            write.commit_with(index, term, records, None);
         }
-        self.compact_revision.store(revision.0, Ordering::SeqCst);
-        write.commit_with(index, term, records, None);
         let mut physical = self.physical_compaction.lock().unwrap();
         physical.target = physical.target.max(revision);
         self.physical_compaction_changed.notify_all();
