@@ -174,13 +174,7 @@ impl Lease for LeaseService {
         let keys = if request.keys {
             // The keys as of a linearizable point in every range, like the leader's
             // answer (a keyspace in ranges keeps a lease's keys wherever they fall).
-            for (group, _) in self.node.data_ranges() {
-                self.node
-                    .linearizable_read_point(group)
-                    .await
-                    .map_err(ApiError::from)?;
-            }
-            self.node.lease_keys(request.id)
+            linearizable_lease_keys(&self.node, request.id).await?
         } else {
             Vec::new()
         };
@@ -212,4 +206,49 @@ impl Lease for LeaseService {
             leases,
         }))
     }
+}
+
+/// How long a lease's keys wait before looking again at a range a transaction across
+/// ranges holds.
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The live keys attached to `lease` in every data range, as of a linearizable point: on
+/// a keyspace in ranges, once no range holds a lock taken before it (a transaction that
+/// attached the lease to a key, acknowledged at its commit, writes the key in the other
+/// ranges as its locks go).
+async fn linearizable_lease_keys(
+    node: &NodeHandle,
+    lease: i64,
+) -> Result<Vec<bytes::Bytes>, ApiError> {
+    let ranges = node.data_ranges();
+    let split = ranges.len() > 1;
+    let now = if split {
+        node.timestamps(1).await?.first.0
+    } else {
+        0
+    };
+    for (group, _) in &ranges {
+        node.linearizable_read_point(*group).await?;
+    }
+    let deadline = tokio::time::Instant::now() + node.request_timeout();
+    let held_before = |group: ostrakon_raft::GroupId| -> Result<bool, ApiError> {
+        let lowest = node.store(group)?.read_view().lowest_lock_revision();
+        Ok(lowest.is_some_and(|lock| u64::try_from(lock.0).unwrap_or(0) <= now))
+    };
+    if split {
+        loop {
+            let mut held = false;
+            for (group, _) in &ranges {
+                held |= held_before(*group)?;
+            }
+            if !held {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ostrakon_node::NodeError::Timeout.into());
+            }
+            tokio::time::sleep(LOCK_RETRY_PAUSE).await;
+        }
+    }
+    Ok(node.lease_keys(lease))
 }
