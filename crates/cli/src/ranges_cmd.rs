@@ -1,15 +1,17 @@
 //! `ostrakon ranges`: the keyspace's ranges (as CockroachDB's SHOW RANGES lists them), and
-//! `ostrakon ranges split KEY`.
+//! `ostrakon ranges split KEY` and `ostrakon ranges merge KEY`.
 
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ostrakon_proto::ostrakonpb::ranges_client::RangesClient;
-use ostrakon_proto::ostrakonpb::{ListRangesRequest, RangeInfo, SplitRangeRequest};
+use ostrakon_proto::ostrakonpb::{
+    ListRangesRequest, MergeRangesRequest, RangeInfo, SplitRangeRequest,
+};
 
 use crate::client_conn::ClientTlsArgs;
 
-/// `ostrakon ranges [list|split KEY]`.
+/// `ostrakon ranges [list|split KEY|merge KEY]`.
 #[derive(Args, Debug)]
 pub struct RangesArgs {
     #[command(subcommand)]
@@ -32,6 +34,12 @@ pub enum RangesCommand {
     /// its own raft group on every replica.
     Split {
         /// The first key of the new range.
+        key: String,
+    },
+    /// Merge the range holding KEY with the range after it: one range, with one raft
+    /// group, then holds both spans' keys. A range split off by hand is merged only so.
+    Merge {
+        /// A key of the left range of the two.
         key: String,
     },
 }
@@ -134,6 +142,19 @@ pub fn run(args: RangesArgs) -> anyhow::Result<()> {
                     split.left_range_id,
                     printable(key.as_bytes()),
                     split.right_range_id
+                );
+            }
+            RangesCommand::Merge { key } => {
+                let merged = client
+                    .merge(MergeRangesRequest {
+                        key: key.clone().into_bytes().into(),
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+                    .into_inner();
+                println!(
+                    "merged range {} into range {}, which holds both spans' keys now",
+                    merged.right_range_id, merged.left_range_id
                 );
             }
         }

@@ -917,11 +917,9 @@ async fn ranges_list_their_requests_per_second() {
     assert!(rates[0] < rates[1] / 10.0, "{listing}");
 }
 
-/// With `--range-max-bytes`, a range whose live keys and values outgrow the limit is
-/// split where the bytes are halved, again and again, until every range is within it;
-/// every key keeps its value and stays writable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ranges_past_their_size_split_by_themselves() {
+/// A cluster that splits past 2 KiB, after 40 keys of 103 bytes (k00 to k39) were
+/// written through member 1: its client, and the value of each.
+async fn forty_values_past_2_kib() -> (TestCluster, etcd_client::Client, String) {
     let cluster = TestCluster::start(3, &["--range-max-bytes", "2048"]).await;
     cluster.wait_for_leader().await;
     let mut client = cluster.client(1).await;
@@ -932,6 +930,15 @@ async fn ranges_past_their_size_split_by_themselves() {
             .await
             .unwrap();
     }
+    (cluster, client, value)
+}
+
+/// With `--range-max-bytes`, a range whose live keys and values outgrow the limit is
+/// split where the bytes are halved, again and again, until every range is within it;
+/// every key keeps its value and stays writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_past_their_size_split_by_themselves() {
+    let (cluster, mut client, value) = forty_values_past_2_kib().await;
     // 40 keys of 103 bytes: at least three ranges, each within the limit.
     let deadline = Instant::now() + Duration::from_secs(30);
     let listed = loop {
@@ -1007,4 +1014,202 @@ async fn a_range_past_its_load_splits_where_its_requests_halve() {
     assert_eq!(all.kvs().len(), 20);
     let last = (round - 1).to_string();
     assert!(all.kvs().iter().all(|kv| kv.value_str().unwrap() == last));
+}
+
+/// A put through `client`, as the event a watcher should see of it.
+async fn put(client: &mut etcd_client::Client, key: &str, value: String) -> (String, String, i64) {
+    let put = client.put(key, value.as_str(), None).await.unwrap();
+    (key.to_string(), value, put.header().unwrap().revision())
+}
+
+/// Merges a test cluster's range holding `key` with the next one, through member `i`.
+fn merge_at(cluster: &TestCluster, key: &str, i: usize) {
+    let (ok, out, err) =
+        cluster.ostrakon(&["ranges", "merge", key, "--endpoint", &cluster.host_port(i)]);
+    assert!(ok, "merge at {key} failed: {out} {err}");
+}
+
+/// `ostrakon ranges merge`: two ranges become one range, which every member serves with
+/// every value, one revision order and its watchers' events; through restarts, and a
+/// member that was down during the merge gets it by snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_makes_one_range_of_two_that_every_member_serves() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-count", "20"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    let first = client.put("a", "a0", None).await.unwrap();
+    let first = first.header().unwrap().revision();
+    let (_watch, mut watcher) = cluster
+        .client(2)
+        .await
+        .watch(
+            "\0",
+            Some(
+                WatchOptions::new()
+                    .with_range("\0")
+                    .with_start_revision(first),
+            ),
+        )
+        .await
+        .unwrap();
+    common::ranges::split_at_m(&cluster).await;
+    let mut expected = vec![("a".to_string(), "a0".to_string(), first)];
+    let mut last = first;
+    for round in 1..=3 {
+        for (i, key) in [(1, "a"), (2, "x")] {
+            let mut client = cluster.client(i).await;
+            let event = put(&mut client, key, format!("{key}{round}")).await;
+            assert!(event.2 > last, "revision {} after {last}", event.2);
+            last = event.2;
+            expected.push(event);
+        }
+    }
+    // With a member down, the right range's replicas cannot all take in its freeze: the
+    // merge is given up, and the range thaws and takes writes again.
+    let down = (leader + 1) % 3;
+    let up = (leader + 2) % 3;
+    cluster.kill(down);
+    let (ok, out, err) =
+        cluster.ostrakon(&["ranges", "merge", "a", "--endpoint", &cluster.host_port(up)]);
+    assert!(!ok, "a merge with a replica down: {out}");
+    assert!(err.contains("did not catch up"), "{err}");
+    for (i, key) in [(up, "x"), (leader, "a")] {
+        let mut client = cluster.client(i).await;
+        let event = put(&mut client, key, format!("{key}-thawed")).await;
+        assert!(event.2 > last, "revision {} after {last}", event.2);
+        last = event.2;
+        expected.push(event);
+    }
+    wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
+
+    // With every member up it merges. One member goes down at once and misses the
+    // writes after it (the log moves on past it: it may take the merged range by
+    // snapshot).
+    cluster.restart(down);
+    wait_for_local_value(&cluster, down, "x", "x-thawed").await;
+    merge_at(&cluster, "a", up);
+    cluster.kill(down);
+    let running: Vec<usize> = (0..3).filter(|&i| i != down).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &i in &running {
+        loop {
+            let listed = ranges(&cluster, i).await.unwrap_or_default();
+            if listed.len() == 1 && listed[0].start.is_empty() && listed[0].unbounded_end {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member {i} lists {listed:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for round in 4..=40 {
+        for (i, key) in [(running[0], "x"), (running[1], "a")] {
+            let mut client = cluster.client(i).await;
+            let event = put(&mut client, key, format!("{key}{round}")).await;
+            assert!(event.2 > last, "revision {} after {last}", event.2);
+            last = event.2;
+            expected.push(event);
+        }
+    }
+    let seen = watched_events(&mut watcher, expected.len(), Duration::from_secs(20)).await;
+    assert_same_events(
+        &seen,
+        &expected,
+        "a watcher from before the split and the merge",
+    );
+    // A transaction over keys that were in two ranges is one range's write now.
+    let txn = Txn::new().and_then([TxnOp::put("a", "both", None), TxnOp::put("x", "both", None)]);
+    let done = cluster.client(running[0]).await.txn(txn).await.unwrap();
+    assert!(done.header().unwrap().revision() > last);
+
+    cluster.restart(down);
+    wait_for_spans(&cluster, &[("", "")]).await;
+    for i in 0..3 {
+        wait_for_local_value(&cluster, i, "a", "both").await;
+        wait_for_local_value(&cluster, i, "x", "both").await;
+    }
+    let scraped = common::metrics(cluster.members[down].client_port);
+    assert_eq!(
+        scraped["ostrakon_raft_groups"], 2.0,
+        "the member that was down hosts the meta range and the merged range only"
+    );
+
+    // Through a restart of every member; and the keyspace splits and merges again.
+    for i in 0..3 {
+        cluster.kill(i);
+        cluster.restart(i);
+    }
+    cluster.wait_for_leader().await;
+    wait_for_spans(&cluster, &[("", "")]).await;
+    for i in 0..3 {
+        wait_for_local_value(&cluster, i, "x", "both").await;
+    }
+    common::ranges::split_at_m(&cluster).await;
+    cluster.client(1).await.put("y", "y", None).await.unwrap();
+    merge_at(&cluster, "", 2);
+    wait_for_spans(&cluster, &[("", "")]).await;
+    let all = cluster
+        .client(0)
+        .await
+        .get("\0", Some(GetOptions::new().with_range("\0")))
+        .await
+        .unwrap();
+    assert_eq!(
+        listing(&all),
+        vec![
+            ("a".to_string(), "both".to_string()),
+            ("x".to_string(), "both".to_string()),
+            ("y".to_string(), "y".to_string()),
+        ]
+    );
+}
+
+/// Ranges that split by size merge back once they are small and cold: a keyspace split
+/// in several ranges by its values merges into fewer once the values are deleted, and
+/// every write goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cold_ranges_merge_by_themselves() {
+    let (cluster, mut client, _) = forty_values_past_2_kib().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let split = loop {
+        let listed = ranges(&cluster, 0).await.unwrap_or_default();
+        if listed.len() >= 3 {
+            break listed.len();
+        }
+        assert!(Instant::now() < deadline, "ranges now: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    client
+        .delete("k", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    // Small (under a quarter of 2 KiB together) and cold for about 10 s: merged, one
+    // pair at a time, while a writer goes on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        client.put("k00", round.to_string(), None).await.unwrap();
+        let listed = ranges(&cluster, 0).await.unwrap_or_default();
+        if listed.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{split} ranges merged only into {}: {listed:?}",
+            listed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_for_spans(&cluster, &[("", "")]).await;
+    for i in 0..3 {
+        wait_for_local_value(&cluster, i, "k00", &round.to_string()).await;
+    }
+    let merges: f64 = (0..3)
+        .map(|i| common::metrics(cluster.members[i].client_port)["ostrakon_range_merges_total"])
+        .sum();
+    assert_eq!(
+        merges,
+        3.0 * (split as f64 - 1.0),
+        "every member merged every range"
+    );
 }

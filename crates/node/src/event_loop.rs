@@ -87,6 +87,12 @@ pub struct EventLoop {
     /// For the tasks that fetch revisions from the oracle.
     handle: NodeHandle,
     runtime: tokio::runtime::Handle,
+    /// Ranges merged into others: gone from this node for good, so no late message
+    /// brings a replica of one back.
+    merged_away: BTreeSet<GroupId>,
+    /// The ranges holding committed entries from a merge on, until this node's replica
+    /// of the merge's right range has applied its freeze (`crate::merge`).
+    held: BTreeSet<GroupId>,
 }
 
 struct FollowAttempt {
@@ -154,6 +160,14 @@ pub fn start(
     let mut others: BTreeSet<GroupId> = MvccStore::stored_groups(&keyspace).into_iter().collect();
     others.extend(recovered.groups.keys().copied());
     others.retain(|group| *group != DEFAULT_GROUP && *group != META_GROUP);
+    // A range merged away whose WAL records outlived a crash right after the merge.
+    let merged_away = MvccStore::merged_away(&keyspace);
+    for group in &merged_away {
+        others.remove(group);
+        if recovered.groups.remove(group).is_some() {
+            wal.forget_group(*group);
+        }
+    }
     let mut other_replicas = Vec::new();
     for group in others {
         let (replica, _) = open_group(
@@ -206,6 +220,8 @@ pub fn start(
         revisions: crate::revisions::RevisionFetcher::default(),
         handle: handle.clone(),
         runtime,
+        merged_away,
+        held: BTreeSet::new(),
     };
     // The first data range's compactor was started above, before anything could fail.
     let compactor = |e| StartError::Io(PathBuf::from("compactor thread"), e);
@@ -232,6 +248,11 @@ pub fn start(
         tasks_runtime.spawn(crate::load_split::run(handle.clone(), range_split_qps));
     }
     tasks_runtime.spawn(crate::txn_pusher::run(handle.clone()));
+    tasks_runtime.spawn(crate::merge_queue::run(
+        handle.clone(),
+        range_max_bytes,
+        range_split_qps,
+    ));
     event_loop.follow_member_registry(&data_store);
     let thread = std::thread::Builder::new()
         .name("ostrakon-raft".into())
@@ -557,7 +578,11 @@ impl EventLoop {
     /// snapshot because this node will never apply the split): it holds nothing until
     /// the snapshot comes.
     fn host_uninitialized(&mut self, group: GroupId) {
-        if group == META_GROUP || group == DEFAULT_GROUP || self.replicas.contains_key(&group) {
+        if group == META_GROUP
+            || group == DEFAULT_GROUP
+            || self.replicas.contains_key(&group)
+            || self.merged_away.contains(&group)
+        {
             return;
         }
         let store = Arc::new(MvccStore::open(
@@ -616,16 +641,119 @@ impl EventLoop {
         self.start_snapshot(group);
     }
 
+    /// Removes the replica of a range merged into another, for good: its group stops,
+    /// its waiting clients are told to route again, the WAL forgets it, its snapshot
+    /// files go, and no later message brings it back. Its data stays: it is the merged
+    /// range's now.
+    fn destroy_merged(&mut self, group: GroupId) {
+        self.merged_away.insert(group);
+        let Some(mut replica) = self.replicas.remove(&group) else {
+            return;
+        };
+        // Nothing proposed in a frozen range applies: every waiting write is safe to
+        // route again.
+        replica.fail_all(NodeError::Dropped);
+        // Readers holding its store route again.
+        replica.store.retire();
+        let was_leader = replica.status.read().unwrap().is_leader;
+        record_group_role(group, false, was_leader);
+        self.groups.write().unwrap().remove(&group);
+        self.ticking.remove(&group);
+        self.dirty.remove(&group);
+        self.held.remove(&group);
+        self.wal.forget_group(group);
+        remove_snapshots_below(&self.layout, group, LogIndex(u64::MAX), 0);
+        crate::metrics::metrics().range_merges.inc();
+        self.publish_group_gauges();
+        tracing::info!(
+            group = group.0,
+            "a range merged into another is gone from this node"
+        );
+    }
+
+    /// Applies the merges held in the ranges of `held` whose right range has reached its
+    /// freeze here, then what each held after its merge.
+    fn apply_held_merges(&mut self) {
+        for group in self.held.clone() {
+            if !self.apply_held_merge(group) {
+                self.held.remove(&group);
+            }
+        }
+    }
+
+    /// The merge `left` holds first: applied (or refused), unless this node's replica of
+    /// its right range must catch up first. Returns whether `left` still holds entries.
+    fn apply_held_merge(&mut self, left: GroupId) -> bool {
+        let me = self.config.id;
+        let Some(replica) = self.replicas.get(&left) else {
+            return false;
+        };
+        let Some(entry) = replica.held_entries.first() else {
+            return false;
+        };
+        let (index, term) = (entry.index, entry.term);
+        let merge = crate::merge::held_command(entry);
+        let right = GroupId(merge.right_range_id);
+        let step = crate::merge::step(
+            &replica.store,
+            replica.node.conf_state(),
+            &merge,
+            self.replicas.get(&right).map(|r| &r.store),
+        );
+        let outcome = match step {
+            crate::merge::MergeStep::Wait {
+                right,
+                freeze_index,
+                freeze_term,
+            } => {
+                // The left range's commit of the merge proves the freeze committed; this
+                // replica may not have heard so from a leader that is gone now.
+                if let Some(right_replica) = self.replicas.get_mut(&right) {
+                    right_replica.node.commit_known(freeze_index, freeze_term);
+                    self.dirty.insert(right);
+                }
+                return true;
+            }
+            crate::merge::MergeStep::Refused(error) => {
+                replica.store.set_applied(index, term);
+                ostrakon_storage::mvcc::WriteOutcome::Error(error)
+            }
+            crate::merge::MergeStep::Apply(right) => {
+                let right_store = self.replicas[&right].store.clone();
+                replica.store.apply_merge(index, term, &right_store);
+                // On disk before the WAL forgets the right range.
+                replica.store.sync();
+                let span = replica.store.span().to_record();
+                tracing::info!(
+                    left = left.0,
+                    right = right.0,
+                    "merged a range into the one before it"
+                );
+                self.destroy_merged(right);
+                ostrakon_storage::mvcc::WriteOutcome::RangesMerged(
+                    ostrakon_proto::peer::RangesMerged { span: Some(span) },
+                )
+            }
+        };
+        let replica = self.replicas.get_mut(&left).expect("looked up above");
+        replica.finish_merge(outcome, me);
+        self.dirty.insert(left);
+        !replica.held_entries.is_empty()
+    }
+
     /// Another data range here whose span overlaps `span` (the span of a snapshot for
     /// `group`), if any.
     fn overlapping_range(
         &self,
         group: GroupId,
         span: &ostrakon_storage::mvcc::KeySpan,
+        absorbed: &[GroupId],
     ) -> Option<GroupId> {
         self.replicas
             .iter()
-            .filter(|(other, _)| **other != group && **other != META_GROUP)
+            .filter(|(other, _)| {
+                **other != group && **other != META_GROUP && !absorbed.contains(other)
+            })
             .find(|(_, replica)| replica.store.span().overlaps(span))
             .map(|(other, _)| *other)
     }
@@ -876,11 +1004,14 @@ impl EventLoop {
                 message,
                 path,
                 span,
+                absorbed,
             } => {
                 self.host_uninitialized(message.group);
+                // Ranges merged into the snapshot's range overlap it here until it is
+                // installed, which removes them.
                 if let Some(other) = span
                     .as_ref()
-                    .and_then(|span| self.overlapping_range(message.group, span))
+                    .and_then(|span| self.overlapping_range(message.group, span, &absorbed))
                 {
                     // Another range here still holds some of its keys (it has not applied
                     // the split that gave them to this one): installing it now would mix
@@ -989,6 +1120,7 @@ impl EventLoop {
         // (group, its Ready, the peers whose send queue was full while it was sent)
         let mut readies: Vec<(GroupId, Ready, Vec<NodeId>)> = Vec::new();
         let mut ticking_changed = false;
+        let mut merged_by_snapshot = Vec::new();
         for group in std::mem::take(&mut self.dirty) {
             let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
@@ -1022,6 +1154,15 @@ impl EventLoop {
             if let Some(meta) = &ready.snapshot {
                 install_snapshot(&self.layout, replica, meta);
                 self.wal.set_snapshot(group, meta.clone());
+                // A snapshot taken after merges: this node applies them no more from
+                // the log, and the merged ranges' keys are the snapshot's now.
+                merged_by_snapshot.extend(
+                    replica
+                        .store
+                        .absorbed_ranges()
+                        .into_iter()
+                        .filter(|absorbed| !self.merged_away.contains(absorbed)),
+                );
             }
             self.wal.append_entries(group, &ready.entries);
             if let Some(hard_state) = ready.hard_state {
@@ -1079,6 +1220,9 @@ impl EventLoop {
                 crate::metrics::metrics()
                     .backend_commit
                     .observe(apply_started.elapsed());
+                if !replica.held_entries.is_empty() {
+                    self.held.insert(group);
+                }
             }
             // The split range's leader starts the new range's election at once (as TiKV
             // does), rather than every replica waiting out an election timeout.
@@ -1113,6 +1257,10 @@ impl EventLoop {
                 }
             }
         }
+        for merged in merged_by_snapshot {
+            self.destroy_merged(merged);
+        }
+        self.apply_held_merges();
         self.follow_data_membership();
         self.spread_leaders();
     }
@@ -1170,7 +1318,10 @@ impl EventLoop {
             .replicas
             .iter()
             .filter(|(group, replica)| {
-                **group != DEFAULT_GROUP && replica.node.role() == Role::Leader
+                // A range frozen for a merge keeps the membership the merge checks.
+                **group != DEFAULT_GROUP
+                    && replica.node.role() == Role::Leader
+                    && replica.store.frozen().is_none()
             })
             .map(|(group, _)| *group)
             .collect();
@@ -1402,6 +1553,11 @@ fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta)
         let _ = std::fs::remove_file(stale);
     }
     replica.snapshot_index = meta.index;
+    // Entries held for a merge are in the snapshot (a leader sends one only below what
+    // this member has).
+    replica
+        .held_entries
+        .retain(|entry| entry.index > meta.index);
     remove_old_snapshots(layout, replica.group, meta.index);
     replica.applied_tx.send_replace(meta.index);
     tracing::info!(
@@ -1414,6 +1570,11 @@ fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta)
 /// Keeps the newest snapshot file of the group and the one before (a stream of it may
 /// still be running).
 fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
+    remove_snapshots_below(layout, group, newest, 1);
+}
+
+/// Removes the group's snapshot files below `below`, but the `keep` newest of them.
+fn remove_snapshots_below(layout: &Layout, group: GroupId, below: LogIndex, keep: usize) {
     let Ok(entries) = std::fs::read_dir(&layout.snap) else {
         return;
     };
@@ -1427,11 +1588,11 @@ fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
                 .strip_suffix(".snap")?
                 .parse()
                 .ok()?;
-            (index < newest.0).then(|| (index, e.path()))
+            (index < below.0).then(|| (index, e.path()))
         })
         .collect();
     older.sort();
-    older.pop();
+    older.truncate(older.len().saturating_sub(keep));
     for (_, path) in older {
         let _ = std::fs::remove_file(path);
     }
@@ -1476,6 +1637,10 @@ fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
                 | Request::TxnAbort(_)
                 | Request::TxnRelease(_)
                 | Request::TxnForget(_)
+                | Request::FreezeRange(_)
+                | Request::UnfreezeRange(_)
+                | Request::MergeRange(_)
+                | Request::RefuseMerge(_)
         )
     )
 }

@@ -286,6 +286,11 @@ impl NodeHandle {
                     {
                         continue
                     }
+                    // The range merged into another while the write was on its way.
+                    Err(NodeError::UnknownGroup) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+                        continue;
+                    }
                     other => other?,
                 }
             } else {
@@ -488,8 +493,13 @@ impl NodeHandle {
 
     /// Splits the range holding `key` at `key` (which must not be the range's first
     /// key): the keys from `key` on go to a new range, with a new raft group on every
-    /// replica of the old one. Returns the two ranges' groups.
-    pub async fn split_range(&self, key: &[u8]) -> Result<(GroupId, GroupId), NodeError> {
+    /// replica of the old one. Returns the two ranges' groups. A split `by_hand` (an
+    /// operator's) is never merged back on the node's own initiative.
+    pub async fn split_range(
+        &self,
+        key: &[u8],
+        by_hand: bool,
+    ) -> Result<(GroupId, GroupId), NodeError> {
         use ostrakon_proto::peer::{AllocateRangeId, SplitRange};
         let allocate = write_request::Request::AllocateRangeId(AllocateRangeId {});
         let allocated = self.write_retrying(crate::META_GROUP, allocate).await?;
@@ -503,6 +513,7 @@ impl NodeHandle {
             let split = write_request::Request::Split(SplitRange {
                 key: key.to_vec().into(),
                 right_range_id: right.0,
+                by_hand,
             });
             match self.write(left, split).await {
                 Ok(WriteOutcome::RangeSplit(done)) => {
@@ -535,6 +546,61 @@ impl NodeHandle {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Merges the range holding `key` with the range after it (docs/RANGES.md,
+    /// "Merges"), through the node leading the right range, and waits until this node
+    /// has applied it. Returns (the merged range, the range merged into it).
+    pub async fn merge_ranges_at(&self, key: &[u8]) -> Result<(GroupId, GroupId), NodeError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout * 2;
+        let left = self.route(&[(key, b"")]).await?;
+        let left_span = self.store(left)?.span();
+        let Some(end) = left_span.end().map(<[u8]>::to_vec) else {
+            return Err(NodeError::Refused {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: format!(
+                    "ostrakon: range {} is the last range; there is none after it to merge",
+                    left.0
+                ),
+            });
+        };
+        let right = self.route(&[(&end, b"")]).await?;
+        loop {
+            let status = self.status(right)?;
+            let attempt = if status.is_leader {
+                crate::merge_coordinator::merge_here(self, left, right).await
+            } else if status.leader == NodeId::NONE || status.leader == self.id() {
+                Err(NodeError::NoLeader)
+            } else {
+                let remote = self
+                    .inner
+                    .transport
+                    .merge_ranges(status.leader, left, right);
+                tokio::time::timeout_at(deadline, remote)
+                    .await
+                    .unwrap_or(Err(NodeError::Timeout))
+            };
+            match attempt {
+                Ok(()) => break,
+                Err(NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::Dropped)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE * 10).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        // Merged: this node's replicas follow within a round trip or so.
+        while self.group(right).is_ok() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+        }
+        Ok((left, right))
+    }
+
+    /// Merges `right` into `left` from this node, which must lead `right` (a peer's
+    /// `merge_ranges_at` lands here).
+    pub async fn merge_ranges_here(&self, left: GroupId, right: GroupId) -> Result<(), NodeError> {
+        crate::merge_coordinator::merge_here(self, left, right).await
     }
 
     /// `write`, retried while the group has no leader or its leader changes, until the

@@ -56,6 +56,8 @@ pub enum Input {
         /// The user keys the snapshot's range holds (None: a snapshot from before ranges
         /// recorded their span).
         span: Option<ostrakon_storage::mvcc::KeySpan>,
+        /// The ranges merged into the snapshot's range (their replicas here go).
+        absorbed: Vec<GroupId>,
     },
     /// A snapshot stream to `to` ended.
     SnapshotReport {

@@ -78,7 +78,7 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
             let Some(key) = split_key(&sample, &span) else {
                 continue; // one hot key: no split spreads it
             };
-            match handle.split_range(&key).await {
+            match handle.split_range(&key, false).await {
                 Ok((left, right)) => {
                     tracing::info!(
                         left = left.0,

@@ -275,6 +275,8 @@ pub struct Metrics {
     pub raft_groups_led: Gauge,
     /// Splits applied on this member that created a range here.
     pub range_splits: Counter,
+    /// Merges applied on this member (a range taken over by the one before it).
+    pub range_merges: Counter,
     /// Range leaderships handed to another member to spread leaders over the nodes.
     pub leader_spread_moves: Counter,
     /// Writes across ranges this member coordinated that committed.
@@ -328,6 +330,7 @@ impl Metrics {
             raft_groups_quiesced: Gauge::default(),
             raft_groups_led: Gauge::default(),
             range_splits: Counter::default(),
+            range_merges: Counter::default(),
             leader_spread_moves: Counter::default(),
             txns_committed_across_ranges: Counter::default(),
             txn_locks_pushed: Counter::default(),
@@ -462,6 +465,12 @@ impl Metrics {
             "counter",
             "Splits applied on this member that created a range here.",
             self.range_splits.get().to_string(),
+        );
+        scalar(
+            "ostrakon_range_merges_total",
+            "counter",
+            "Merges applied on this member (a range taken over by the one before it).",
+            self.range_merges.get().to_string(),
         );
         scalar(
             "ostrakon_txns_committed_across_ranges_total",

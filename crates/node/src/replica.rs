@@ -69,6 +69,10 @@ pub struct Replica {
     pub wal_hard_state: ostrakon_raft::HardState,
     /// Ranges the splits applied since the event loop last looked created.
     split_offs: Vec<crate::split::SplitOff>,
+    /// Committed entries not applied yet, from a merge on: its right range has not
+    /// applied its freeze on this node (`crate::merge`). The event loop applies the
+    /// merge once it has, then the rest.
+    pub held_entries: Vec<Entry>,
 }
 
 impl Replica {
@@ -102,6 +106,7 @@ impl Replica {
             timestamps: None,
             wal_hard_state: ostrakon_raft::HardState::default(),
             split_offs: Vec::new(),
+            held_entries: Vec::new(),
         }
     }
 
@@ -322,9 +327,28 @@ impl Replica {
         }
     }
 
-    /// Applies committed entries to the state machine and answers their proposers.
+    /// Applies committed entries to the state machine and answers their proposers, up
+    /// to a merge: that entry and those after it are held (`held_entries`) for the
+    /// event loop, which applies the merge with the right range's replica.
     pub fn apply(&mut self, entries: Vec<Entry>, me: NodeId) {
-        for entry in entries {
+        if !self.held_entries.is_empty() {
+            self.held_entries.extend(entries);
+            return;
+        }
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
+            let write = match &entry.payload {
+                EntryPayload::Normal(data) => Some(
+                    WriteRequest::decode(data.as_ref())
+                        .expect("entries hold writes this server encoded"),
+                ),
+                _ => None,
+            };
+            if write.as_ref().is_some_and(crate::merge::is_merge) {
+                self.held_entries.push(entry);
+                self.held_entries.extend(entries);
+                break;
+            }
             if let EntryPayload::Normal(data) = &entry.payload {
                 self.log_bytes_since_snapshot += data.len() as u64;
             }
@@ -340,9 +364,8 @@ impl Replica {
                     self.store.set_applied(entry.index, entry.term);
                     None
                 }
-                EntryPayload::Normal(data) => {
-                    let write = WriteRequest::decode(data.as_ref())
-                        .expect("entries hold writes this server encoded");
+                EntryPayload::Normal(_) => {
+                    let write = write.expect("decoded above");
                     let mut span = spans::parse_parent(&write.trace_parent).and_then(|parent| {
                         self.record_replication(&entry, parent);
                         spans::start(Some(parent), "mvcc.apply", SpanKind::Internal)
@@ -483,6 +506,23 @@ impl Replica {
     /// Whether any traced proposal awaits apply (only then are fsyncs timed for spans).
     pub fn has_traced(&self) -> bool {
         !self.traced.is_empty()
+    }
+
+    /// Answers the proposer of a merge the event loop applied (the first held entry),
+    /// and applies the entries held after it.
+    pub fn finish_merge(&mut self, outcome: WriteOutcome, me: NodeId) {
+        let mut held = std::mem::take(&mut self.held_entries).into_iter();
+        let entry = held.next().expect("a merge is held");
+        let EntryPayload::Normal(data) = &entry.payload else {
+            unreachable!("a held merge is a normal entry")
+        };
+        self.log_bytes_since_snapshot += data.len() as u64;
+        let write = WriteRequest::decode(data.as_ref()).expect("a held merge decodes");
+        let answer = (write.origin == me.0).then_some((write.id, outcome));
+        self.answer_proposals(&entry, answer);
+        self.apply(held.collect(), me);
+        let applied = self.store.applied_index();
+        self.applied_tx.send_replace(applied);
     }
 
     fn answer_proposals(&mut self, entry: &Entry, outcome: Option<(u64, WriteOutcome)>) {

@@ -40,7 +40,7 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64) {
             let Some(key) = view.middle_key() else {
                 continue; // one key, larger than the limit: nothing to split
             };
-            match handle.split_range(&key).await {
+            match handle.split_range(&key, false).await {
                 Ok((left, right)) => tracing::info!(
                     left = left.0,
                     right = right.0,

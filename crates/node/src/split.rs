@@ -30,7 +30,9 @@ pub fn apply_split(
 ) -> (WriteOutcome, Option<SplitOff>) {
     let span = store.span();
     let right = GroupId(split.right_range_id);
-    let refusal = if !span.contains(&split.key) || split.key.as_ref() == span.start() {
+    let refusal = if store.frozen().is_some() {
+        Some("ostrakon: the range is frozen for a merge; retry".into())
+    } else if !span.contains(&split.key) || split.key.as_ref() == span.start() {
         Some(format!(
             "ostrakon: split key {:?} is not inside range {} ({:?})",
             String::from_utf8_lossy(&split.key),
@@ -53,7 +55,7 @@ pub fn apply_split(
     };
     if let Some(message) = refusal {
         store.set_applied(index, term);
-        let locked = store.has_txn_locks();
+        let locked = store.has_txn_locks() || store.frozen().is_some();
         let error = Error {
             code: tonic::Code::FailedPrecondition as i32,
             message,
@@ -71,7 +73,7 @@ pub fn apply_split(
         term: founding.snapshot.term,
         conf_state: conf.clone(),
     };
-    let right_store = store.split(&split.key, index, term, right, right_applied);
+    let right_store = store.split(&split.key, index, term, right, right_applied, split.by_hand);
     let (left_span, right_span) = span.split_at(&split.key);
     let outcome = WriteOutcome::RangeSplit(RangeSplit {
         right_range_id: right.0,

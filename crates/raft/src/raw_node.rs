@@ -189,6 +189,20 @@ impl RawNode {
         self.raft.step(message);
     }
 
+    /// Records that the entry at `index` of `term` is committed, as the application
+    /// learned elsewhere (a merge: the left range's log commits only after the right
+    /// range's freeze entry committed, and the right range's leader may be gone before
+    /// this member heard its commit index). Ignored unless this log holds that entry:
+    /// by log matching, the entries up to it are then the committed ones. Returns
+    /// whether the commit index rose.
+    pub fn commit_known(&mut self, index: LogIndex, term: Term) -> bool {
+        self.assert_not_in_ready();
+        if self.raft.log.term(index) != Some(term) {
+            return false;
+        }
+        self.raft.log.commit_to(index)
+    }
+
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.assert_not_in_ready();

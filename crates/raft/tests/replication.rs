@@ -339,3 +339,40 @@ fn a_lost_rejection_of_an_empty_probe_is_retried_at_the_next_heartbeat() {
     assert_eq!(cluster.node(id(4)).commit(), cluster.node(id(1)).commit());
     assert_eq!(cluster.applied_data(id(4)), vec!["before"]);
 }
+
+#[test]
+fn a_commit_known_elsewhere_applies_the_entries_a_follower_holds() {
+    // A follower that holds an entry but never heard it committed (its leader is gone):
+    // told of the commit by the application (a merge's left range), it applies up to
+    // it; told of an entry it does not hold, or of another term's, it ignores it.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    let commit_before = cluster.node(id(2)).commit();
+    cluster.filter = Some(Box::new(|m: &Message| {
+        m.to == id(2)
+            && match &m.body {
+                MessageBody::Append { entries, .. } => entries.is_empty(),
+                _ => true,
+            }
+    }));
+    let proposal = cluster.propose(id(1), "frozen").unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(id(1)).commit() >= proposal.index);
+    let follower = cluster.node_mut(id(2));
+    assert!(
+        follower.last_index() >= proposal.index,
+        "it holds the entry"
+    );
+    assert_eq!(
+        follower.commit(),
+        commit_before,
+        "but never heard it committed"
+    );
+    cluster.down.insert(id(1));
+    let follower = cluster.node_mut(id(2));
+    assert!(!follower.commit_known(proposal.index, Term(proposal.term.0 + 1)));
+    assert!(!follower.commit_known(LogIndex(proposal.index.0 + 5), proposal.term));
+    assert!(follower.commit_known(proposal.index, proposal.term));
+    cluster.process(id(2));
+    assert_eq!(cluster.applied_data(id(2)), vec!["frozen"]);
+}

@@ -3,7 +3,8 @@
 use ostrakon_node::NodeHandle;
 use ostrakon_proto::ostrakonpb::ranges_server::Ranges;
 use ostrakon_proto::ostrakonpb::{
-    ListRangesRequest, ListRangesResponse, RangeInfo, SplitRangeRequest, SplitRangeResponse,
+    ListRangesRequest, ListRangesResponse, MergeRangesRequest, MergeRangesResponse, RangeInfo,
+    SplitRangeRequest, SplitRangeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -77,8 +78,31 @@ impl Ranges for RangesService {
                 "ostrakon: a split key must not be empty (the first range starts there)",
             ));
         }
-        let (left, right) = self.node.split_range(&key).await.map_err(ApiError::from)?;
+        let (left, right) = self
+            .node
+            .split_range(&key, true)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(SplitRangeResponse {
+            left_range_id: left.0,
+            right_range_id: right.0,
+        }))
+    }
+
+    async fn merge(
+        &self,
+        request: Request<MergeRangesRequest>,
+    ) -> Result<Response<MergeRangesResponse>, Status> {
+        crate::auth::caller(&self.node, request.metadata())
+            .await?
+            .check_admin()?;
+        let key = request.into_inner().key;
+        let (left, right) = self
+            .node
+            .merge_ranges_at(&key)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(MergeRangesResponse {
             left_range_id: left.0,
             right_range_id: right.0,
         }))

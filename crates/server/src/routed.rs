@@ -13,6 +13,8 @@ const LEADER_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis
 /// How long a read that met a transaction's lock waits before it looks again (the
 /// transaction ends within a few round trips, or its lock is pushed as stale).
 const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a read waits before it is routed again after a split or merge moved keys.
+const ROUTE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Where a read finds its keys.
 pub enum RoutedRead {
@@ -51,7 +53,11 @@ pub async fn read_at(
         }
         let groups = node.ranges_touched(intervals).await?;
         if let [group] = groups[..] {
-            let store = node.store(group)?;
+            let Ok(store) = node.store(group) else {
+                // The range merged into another since it was routed: routed again.
+                tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+                continue;
+            };
             // On a keyspace that split, a linearizable read of the current state reads at
             // the oracle's current revision, as a read across ranges does, so that its
             // answer's revision is at or above every revision answered before it began
@@ -82,14 +88,16 @@ pub async fn read_at(
                 }
                 return Ok(read);
             }
-            Ok(None) => {}
+            // A split or merge moved keys: routed again once this node follows.
+            Ok(None) => tokio::time::sleep(ROUTE_RETRY_PAUSE).await,
             // A range's leadership moving (or not known here yet): tried again, within
             // the deadline.
             Err(ApiError::Node(
                 NodeError::NoLeader
                 | NodeError::NotLeader(_)
                 | NodeError::LeaderChanged
-                | NodeError::Dropped,
+                | NodeError::Dropped
+                | NodeError::UnknownGroup,
             )) => tokio::time::sleep(LEADER_RETRY_PAUSE).await,
             Err(error) => return Err(error),
         }
@@ -111,10 +119,20 @@ async fn view_of(
             other => other?,
         }
     }
-    let view = node.store(group)?.read_view();
+    let Ok(store) = node.store(group) else {
+        // Merged into another range meanwhile: routed again.
+        tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+        return Ok(None);
+    };
+    let view = store.read_view();
     let holds_all = intervals
         .iter()
         .all(|(key, range_end)| view.span().covers(key, range_end));
+    if !holds_all {
+        // A split or a merge moves the keys (a range frozen for a merge reads nothing):
+        // routed again shortly.
+        tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+    }
     if linearizable && view.locked(intervals, None) {
         // A transaction across ranges holds some of the keys, and may have committed:
         // a linearizable read must not miss it (its part here is written when the lock

@@ -51,6 +51,7 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
                 oracle_revisions: false,
                 txn_locks: Vec::new(),
                 txn_outcomes: Vec::new(),
+                ..Default::default()
             },
             crc32c: status.hash,
         });
@@ -96,6 +97,7 @@ pub fn restore(
             // A backup is of one range that never split: no transaction across ranges.
             txn_locks: Vec::new(),
             txn_outcomes: Vec::new(),
+            ..Default::default()
         },
         info.revision,
         info.compact_revision,

@@ -445,6 +445,32 @@ impl Transport {
         ostrakon_raft::ConfState::try_from(&conf_state).map_err(|_| NodeError::LeaderChanged)
     }
 
+    /// Has the right range's leader merge it into the left one.
+    pub async fn merge_ranges(
+        &self,
+        leader: NodeId,
+        left: GroupId,
+        right: GroupId,
+    ) -> Result<(), NodeError> {
+        let Some(channel) = self.channel(leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        let response = PeerClient::new(channel)
+            .merge_ranges(pb::PeerMergeRequest {
+                left_range_id: left.0,
+                right_range_id: right.0,
+                cluster_id: self.inner.cluster_id,
+                from: self.inner.me.0,
+            })
+            .await
+            .map_err(|_| NodeError::LeaderChanged)?
+            .into_inner();
+        match response.error {
+            Some(error) => Err(codec::decode_node_error(error)),
+            None => Ok(()),
+        }
+    }
+
     /// Asks the meta range's leader for timestamps.
     pub async fn timestamps(
         &self,

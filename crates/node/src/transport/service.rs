@@ -206,12 +206,20 @@ impl Peer for PeerService {
             tokio::task::spawn_blocking(move || ostrakon_storage::snapshot::check(&checked_path))
                 .await
                 .expect("checking a snapshot panicked");
-        let span = match checked {
-            Ok(checked) => checked
-                .tables
-                .span
-                .as_ref()
-                .map(ostrakon_storage::mvcc::KeySpan::from_record),
+        let (span, absorbed) = match checked {
+            Ok(checked) => (
+                checked
+                    .tables
+                    .span
+                    .as_ref()
+                    .map(ostrakon_storage::mvcc::KeySpan::from_record),
+                checked
+                    .tables
+                    .absorbed_ranges
+                    .iter()
+                    .map(|&id| GroupId(id))
+                    .collect(),
+            ),
             Err(error) => {
                 let _ = tokio::fs::remove_file(&path).await;
                 return Err(Status::data_loss(error.to_string()));
@@ -222,6 +230,7 @@ impl Peer for PeerService {
                 message,
                 path,
                 span,
+                absorbed,
             })
             .await
             .map_err(|_| Status::unavailable("stopping"))?;
@@ -294,6 +303,24 @@ impl Peer for PeerService {
             },
         };
         Ok(Response::new(response))
+    }
+
+    async fn merge_ranges(
+        &self,
+        request: Request<pb::PeerMergeRequest>,
+    ) -> Result<Response<pb::PeerMergeResponse>, Status> {
+        let request = request.into_inner();
+        self.check_sender(request.cluster_id, request.from)?;
+        let merged = self
+            .handle
+            .merge_ranges_here(
+                GroupId(request.left_range_id),
+                GroupId(request.right_range_id),
+            )
+            .await;
+        Ok(Response::new(pb::PeerMergeResponse {
+            error: merged.err().map(encode_node_error),
+        }))
     }
 
     async fn timestamps(

@@ -13,7 +13,7 @@ use ostrakon_proto::etcdserverpb::{
 };
 use ostrakon_proto::mvccpb::KeyValue;
 use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
-use ostrakon_raft::{LogIndex, Term};
+use ostrakon_raft::{GroupId, LogIndex, Term};
 
 use super::auth::AuthError;
 use super::store::{ReadView, WriteTxn};
@@ -284,6 +284,41 @@ pub fn apply_write(
         .request
         .as_ref()
         .expect("the server proposes only writes with a request");
+    match request {
+        Request::FreezeRange(freeze) => {
+            return match store.apply_freeze(index, term, GroupId(freeze.left_range_id)) {
+                Ok(mark) => WriteOutcome::RangeFrozen(ostrakon_proto::peer::RangeFrozen {
+                    freeze_index: mark.index.0,
+                    freeze_term: mark.term.0,
+                    left_range_id: mark.left.0,
+                    span: Some(store.span().to_record()),
+                    conf_state: Some((&store.applied().conf_state).into()),
+                }),
+                Err(error) => error_outcome(error),
+            };
+        }
+        Request::UnfreezeRange(thaw) => {
+            let thawed = store.apply_unfreeze(index, term, LogIndex(thaw.freeze_index));
+            return WriteOutcome::RangeUnfrozen(ostrakon_proto::peer::RangeUnfrozen { thawed });
+        }
+        _ if store.frozen().is_some() => {
+            // Frozen for a merge: every replica stops at the same state, which the left
+            // range takes over. The node routes the request again (to the merged range,
+            // or here once thawed).
+            store.set_applied(index, term);
+            return error_outcome(MvccError::Locked);
+        }
+        Request::RefuseMerge(refuse) => {
+            let merged = store.apply_merge_fence(
+                index,
+                term,
+                GroupId(refuse.right_range_id),
+                LogIndex(refuse.freeze_index),
+            );
+            return WriteOutcome::MergeFence(ostrakon_proto::peer::MergeFence { merged });
+        }
+        _ => {}
+    }
     if let Request::Compaction(compaction) = request {
         return match apply_compaction(store, index, term, compaction) {
             Ok(response) => WriteOutcome::Compaction(response),
@@ -418,7 +453,12 @@ pub fn apply_write(
         | Request::AllocateRangeId(_) => {
             unreachable!("handled above")
         }
-        Request::Split(_) => unreachable!("the node applies splits"),
+        Request::Split(_) | Request::MergeRange(_) => {
+            unreachable!("the node applies splits and merges")
+        }
+        Request::FreezeRange(_) | Request::UnfreezeRange(_) | Request::RefuseMerge(_) => {
+            unreachable!("merge commands are handled above")
+        }
         Request::TxnPrepare(_)
         | Request::TxnCommit(_)
         | Request::TxnResolve(_)
@@ -603,6 +643,10 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         | WriteOutcome::OracleBound(_)
         | WriteOutcome::RangeIdAllocated(_)
         | WriteOutcome::RangeSplit(_)
+        | WriteOutcome::RangeFrozen(_)
+        | WriteOutcome::RangeUnfrozen(_)
+        | WriteOutcome::RangesMerged(_)
+        | WriteOutcome::MergeFence(_)
         | WriteOutcome::TxnPrepared(_)
         | WriteOutcome::TxnDecided(_)
         | WriteOutcome::TxnDone(_) => return,

@@ -38,8 +38,8 @@ pub use members::{MemberChange, MemberRegistry};
 pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::{spans_cover, KeySpan};
 pub use store::{
-    spawn_physical_compactor, AppliedState, FrozenState, LeaseRecord, MvccStore, ReadView,
-    WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
+    spawn_physical_compactor, AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore,
+    ReadView, WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 

@@ -275,6 +275,7 @@ fn a_split_moves_no_data_and_both_halves_go_on_through_restarts_and_snapshots() 
             Term(1),
             GroupId(2),
             split_position(2),
+            false,
         )
         .expect("a new right range");
     let mut left = whole;
@@ -359,6 +360,7 @@ fn a_snapshot_taken_after_a_split_installs_into_a_replica_that_missed_the_split(
             Term(1),
             GroupId(2),
             split_position(2),
+            false,
         )
         .expect("a new right range");
     let mut leader_right = Range {
@@ -456,6 +458,7 @@ fn after_a_split_both_ranges_refuse_writes_without_an_oracle_revision() {
             Term(1),
             GroupId(2),
             split_position(2),
+            false,
         )
         .expect("a new right range");
     let mut right = Range {
@@ -505,6 +508,7 @@ fn a_write_routed_to_a_range_that_no_longer_holds_its_keys_is_sent_back() {
             Term(1),
             GroupId(2),
             split_position(2),
+            false,
         )
         .expect("a new right range");
     assert_eq!(
@@ -561,6 +565,7 @@ fn a_split_whose_right_range_arrived_first_by_snapshot_only_cuts_the_left() {
             Term(1),
             GroupId(2),
             split_position(2),
+            false,
         )
         .expect("a new right range");
     let mut leader_right = Range {
@@ -585,6 +590,7 @@ fn a_split_whose_right_range_arrived_first_by_snapshot_only_cuts_the_left() {
         Term(1),
         GroupId(2),
         split_position(2),
+        false,
     );
     assert!(created.is_none(), "range 2's newer state is kept");
     assert_eq!(*follower.store.span(), left_span());
@@ -633,6 +639,7 @@ fn a_range_across_ranges_answers_as_one_range_holding_every_key() {
             Term(1),
             GroupId(2),
             split_position(2),
+            false,
         )
         .unwrap();
     let mut middle = Range {
@@ -648,6 +655,7 @@ fn a_range_across_ranges_answers_as_one_range_holding_every_key() {
             Term(1),
             GroupId(3),
             split_position(3),
+            false,
         )
         .unwrap();
     let views = |ranges: [&MvccStore; 3]| ranges.map(|store| store.read_view());
@@ -826,6 +834,7 @@ fn a_compaction_above_a_range_s_last_write_raises_its_revision_on_a_keyspace_in_
             Term(1),
             GroupId(2),
             split_position(2),
+            false,
         )
         .expect("a new right range");
     let mut right = Range {
@@ -875,4 +884,147 @@ fn a_compaction_above_a_range_s_last_write_raises_its_revision_on_a_keyspace_in_
         matches!(&held_off, WriteOutcome::Error(e) if e.retry == ostrakon_proto::peer::Retry::Locked as i32),
         "{held_off:?}"
     );
+}
+
+#[test]
+fn a_merge_takes_the_frozen_right_range_over_and_a_fenced_merge_thaws_it() {
+    use ostrakon_proto::peer::{FreezeRange, RefuseMerge, Retry, UnfreezeRange};
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut whole = Range::open(&keyspace, 1, KeySpan::whole());
+    whole.put("a", "a1", 0);
+    let before = whole.put("m", "m1", 0);
+    whole.put("m", "m2", 0);
+    whole.put("z", "z1", 0);
+    whole.index += 1;
+    let right_store = whole
+        .store
+        .split(
+            b"m",
+            LogIndex(whole.index),
+            Term(1),
+            GroupId(2),
+            split_position(2),
+            false,
+        )
+        .expect("a new right range");
+    let mut left = whole;
+    let mut right = Range {
+        index: right_store.applied_index().0,
+        store: right_store,
+    };
+    left.put("b", "b1", 0);
+    right.put("n", "n1", 0);
+    let right_revision = right.put("z", "z2", 0);
+
+    let freeze = |right: &mut Range| match right
+        .write(Request::FreezeRange(FreezeRange { left_range_id: 1 }))
+    {
+        WriteOutcome::RangeFrozen(frozen) => LogIndex(frozen.freeze_index),
+        other => panic!("{other:?}"),
+    };
+    // Frozen: nothing applies, no read is served; the node routes them again.
+    let first_freeze = freeze(&mut right);
+    assert_eq!(first_freeze, LogIndex(right.index));
+    let refused = right.write_at(
+        Request::Put(PutRequest {
+            key: Bytes::from_static(b"n"),
+            value: Bytes::from_static(b"n2"),
+            ..Default::default()
+        }),
+        Revision(right.store.current_revision().0 + 1_000),
+    );
+    assert!(
+        matches!(&refused, WriteOutcome::Error(e) if e.retry == Retry::Locked as i32),
+        "{refused:?}"
+    );
+    assert!(right.store.read_view().span().is_none());
+    assert_eq!(
+        freeze(&mut right),
+        first_freeze,
+        "frozen already: the same mark"
+    );
+
+    // A merge given up: fenced in the left range, then the right one thaws.
+    let fence = |left: &mut Range, freeze_index: LogIndex| match left.write(Request::RefuseMerge(
+        RefuseMerge {
+            right_range_id: 2,
+            freeze_index: freeze_index.0,
+        },
+    )) {
+        WriteOutcome::MergeFence(fence) => fence.merged,
+        other => panic!("{other:?}"),
+    };
+    assert!(!fence(&mut left, first_freeze), "not merged: fenced");
+    assert!(left.store.has_merge_fence(GroupId(2), first_freeze));
+    let thaw = right.write(Request::UnfreezeRange(UnfreezeRange {
+        freeze_index: first_freeze.0,
+    }));
+    assert!(
+        matches!(thaw, WriteOutcome::RangeUnfrozen(ref t) if t.thawed),
+        "{thaw:?}"
+    );
+    assert_eq!(*right.store.read_view().span(), right_span());
+    let right_revision = right_revision.max(right.put("n", "n2", 0));
+
+    // Frozen again, and merged: the left range holds both spans, every version, the
+    // higher revision; the right range's local state is gone, and it is recorded.
+    let freeze_index = freeze(&mut right);
+    assert!(freeze_index > first_freeze);
+    let versions = stored_versions(&keyspace);
+    left.index += 1;
+    left.store
+        .apply_merge(LogIndex(left.index), Term(1), &right.store);
+    assert_eq!(
+        stored_versions(&keyspace),
+        versions,
+        "a merge copies nothing"
+    );
+    assert_eq!(*left.store.span(), KeySpan::whole());
+    assert!(
+        right.store.span().is_none(),
+        "the right store holds nothing now"
+    );
+    assert_eq!(left.store.current_revision(), right_revision);
+    let everything = pairs(&[
+        ("a", "a1"),
+        ("b", "b1"),
+        ("m", "m2"),
+        ("n", "n2"),
+        ("z", "z2"),
+    ]);
+    assert_eq!(left.listing(0), everything);
+    assert_eq!(
+        left.store.read_view().range(b"m", b"", before).len(),
+        1,
+        "history moves too"
+    );
+    assert_eq!(left.store.absorbed_ranges(), vec![GroupId(2)]);
+    assert_eq!(MvccStore::stored_groups(&keyspace), vec![GroupId(1)]);
+    assert!(
+        fence(&mut left, freeze_index),
+        "merged first: the fence says so"
+    );
+    left.put("p", "p1", 0);
+
+    // Through a restart, and a snapshot into a new replica.
+    left.store.persist();
+    let (applied, listing) = (left.store.applied(), left.listing(0));
+    drop((left, right));
+    let left = Range::open(&keyspace, 1, left_span());
+    assert_eq!(*left.store.span(), KeySpan::whole());
+    assert_eq!(left.store.applied(), applied);
+    assert_eq!(left.listing(0), listing);
+    assert_eq!(left.store.absorbed_ranges(), vec![GroupId(2)]);
+    let snapshots = tempfile::tempdir().unwrap();
+    let path = snapshots.path().join("merged");
+    crate::snapshot::create(&left.store, &path).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = fjall::Config::new(other_dir.path()).open().unwrap();
+    let replica = Range::open(&other, 1, left_span());
+    crate::snapshot::install(&replica.store, &path).unwrap();
+    assert_eq!(*replica.store.span(), KeySpan::whole());
+    assert_eq!(replica.listing(0), listing);
+    assert_eq!(replica.store.absorbed_ranges(), vec![GroupId(2)]);
+    assert!(replica.store.has_merge_fence(GroupId(2), first_freeze));
 }

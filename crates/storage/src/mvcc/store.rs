@@ -31,7 +31,10 @@ use super::{MvccError, Revision, INITIAL_REVISION};
 use crate::fatal::engine;
 use ostrakon_ranges::txn::LockTable;
 
+mod merge_apply;
 mod txn_apply;
+
+pub use merge_apply::FreezeMark;
 
 /// The partition of every range's versions, keyed by user key then revision.
 pub const DATA_PARTITION: &str = "kv";
@@ -125,6 +128,9 @@ pub struct MvccStore {
     /// The outcomes of transactions across ranges whose primary this range is
     /// (persisted in `local`).
     txn_outcomes: Mutex<TxnOutcomes>,
+    /// Where the range froze for a merge (persisted in `local`): it then applies nothing
+    /// but its thaw, and serves no read.
+    frozen: Mutex<Option<FreezeMark>>,
 }
 
 /// What the compactor thread has to do. Invariant: `done <= target`, and `target` is the
@@ -208,6 +214,7 @@ impl MvccStore {
             .get(META_SPAN)
             .map_or(span, |stored| KeySpan::decode(&stored));
         let (txn_locks, txn_outcomes) = txn_tables::load(&local);
+        let frozen = MvccStore::load_freeze_mark(&local);
         let latest = index.unwrap_or_else(|| {
             LatestIndex::build(
                 Revision(revision),
@@ -249,6 +256,7 @@ impl MvccStore {
             oracle_revisions: oracle_revisions.into(),
             txn_locks: Mutex::new(Arc::new(txn_locks)),
             txn_outcomes: Mutex::new(txn_outcomes),
+            frozen: Mutex::new(frozen),
         }
     }
 
@@ -536,6 +544,7 @@ impl MvccStore {
         term: Term,
         right_group: GroupId,
         right_applied: AppliedState,
+        by_hand: bool,
     ) -> Option<MvccStore> {
         assert!(
             self.txn_locks.lock().unwrap().is_empty(),
@@ -570,6 +579,9 @@ impl MvccStore {
         // from the oracle (its timestamps are far above any count of writes).
         self.local.insert(&mut batch, META_ORACLE_REVISIONS, []);
         right_local.insert(&mut batch, META_ORACLE_REVISIONS, []);
+        if by_hand {
+            right_local.insert(&mut batch, merge_apply::META_SPLIT_BY_HAND, []);
+        }
         right_local.insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
         let compacted = self.compact_revision();
         right_local.insert(
@@ -718,21 +730,24 @@ impl MvccStore {
             &self.txn_locks.lock().unwrap(),
             &self.txn_outcomes.lock().unwrap(),
         );
+        let mut tables = pb::SnapshotTables {
+            members: self.members.lock().unwrap().all_records(),
+            alarms: self.alarms(),
+            auth: Some(self.auth().tables()),
+            oracle_bound: self.oracle_bound(),
+            span: Some(self.span().to_record()),
+            oracle_revisions: self.oracle_revisions(),
+            txn_locks,
+            txn_outcomes,
+            ..Default::default()
+        };
+        self.merge_tables(&mut tables);
         FrozenState {
             revision: self.current_revision(),
             compact_revision: self.compact_revision(),
             applied,
             leases: self.leases(),
-            tables: pb::SnapshotTables {
-                members: self.members.lock().unwrap().all_records(),
-                alarms: self.alarms(),
-                auth: Some(self.auth().tables()),
-                oracle_bound: self.oracle_bound(),
-                span: Some(self.span().to_record()),
-                oracle_revisions: self.oracle_revisions(),
-                txn_locks,
-                txn_outcomes,
-            },
+            tables,
             kv: self.kv.snapshot(),
             span: self.span(),
         }
@@ -778,7 +793,14 @@ impl MvccStore {
             let (latest, span, kv, locks) = {
                 let latest = self.latest.lock().unwrap();
                 let locks = self.txn_locks.lock().unwrap().clone();
-                (latest.clone(), self.span(), self.kv.snapshot(), locks)
+                // A range frozen for a merge serves no read: its keys are about to be
+                // the left range's, which may take writes before this replica learns it.
+                let span = if self.frozen().is_some() {
+                    Arc::new(KeySpan::none())
+                } else {
+                    self.span()
+                };
+                (latest.clone(), span, self.kv.snapshot(), locks)
             };
             let compacted = self.compact_revision();
             if compacted <= latest.revision() {
@@ -1044,6 +1066,7 @@ impl MvccStore {
         applied: AppliedState,
     ) {
         let mut batch = self.keyspace.batch();
+        let freeze_mark = self.install_merge_tables(&mut batch, &tables);
         // A snapshot is of a later position than ours, and a bound never falls.
         assert!(
             tables.oracle_bound >= self.oracle_bound(),
@@ -1182,6 +1205,7 @@ impl MvccStore {
             *self.leases.lock().unwrap() = leases.into_iter().collect();
             *self.txn_locks.lock().unwrap() = Arc::new(new_locks);
             *self.txn_outcomes.lock().unwrap() = new_outcomes;
+            *self.frozen.lock().unwrap() = freeze_mark;
             physical.installs += 1;
             physical.target = compact_revision;
             physical.done = NEVER_COMPACTED;

@@ -126,6 +126,12 @@ impl Wal {
             recover::replay(&mut recovered.groups, scan.records);
             segments.insert(seq, Segment { path, last_index });
         }
+        // A forgotten group's entries keep no segment.
+        for segment in segments.values_mut() {
+            segment
+                .last_index
+                .retain(|group, _| recovered.groups.contains_key(group));
+        }
         for (group, state) in &recovered.groups {
             state.finish(*group, dir)?;
         }
@@ -189,6 +195,18 @@ impl Wal {
     pub fn set_snapshot(&mut self, group: GroupId, meta: SnapshotMeta) {
         record::encode(&Record::Snapshot(group, meta.clone()), &mut self.staged);
         self.groups.entry(group).or_default().snapshot = Some(meta);
+    }
+
+    /// Forgets a group gone from this node for good (a range merged into another): its
+    /// records no longer keep segments, and recovery drops them. The group's state must
+    /// be gone from the state machine first (durably), and it must write no more.
+    pub fn forget_group(&mut self, group: GroupId) {
+        record::encode(&Record::Forget(group), &mut self.staged);
+        self.groups.remove(&group);
+        self.staged_last_index.remove(&group);
+        for segment in self.segments.values_mut() {
+            segment.last_index.remove(&group);
+        }
     }
 
     /// Whether anything is staged.

@@ -16,6 +16,7 @@ pub const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
 const KIND_ENTRIES: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
+const KIND_FORGET: u8 = 4;
 
 /// One logical WAL record.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +28,9 @@ pub enum Record {
     HardState(GroupId, HardState),
     /// The group's log now starts after this snapshot, whose data is durable elsewhere.
     Snapshot(GroupId, SnapshotMeta),
+    /// The group is gone from this node for good (a range merged into another): its
+    /// earlier records mean nothing any more.
+    Forget(GroupId),
 }
 
 /// Appends the framed record to `out`.
@@ -57,6 +61,10 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             pb::SnapshotMeta::from(meta)
                 .encode(out)
                 .expect("a Vec grows as needed");
+        }
+        Record::Forget(group) => {
+            out.put_u8(KIND_FORGET);
+            out.put_u64_le(group.0);
         }
     }
     let payload_bytes = out.len() - start - FRAME_HEADER_BYTES;
@@ -143,6 +151,7 @@ fn decode_payload(mut payload: &[u8]) -> Result<Record, &'static str> {
             let meta = SnapshotMeta::try_from(&meta).map_err(|_| "invalid snapshot")?;
             Ok(Record::Snapshot(group, meta))
         }
+        KIND_FORGET if payload.is_empty() => Ok(Record::Forget(group)),
         _ => Err("unknown record kind"),
     }
 }
@@ -186,6 +195,7 @@ mod tests {
                     conf_state: ConfState::with_voters([NodeId(1), NodeId(2)]),
                 },
             ),
+            Record::Forget(GroupId(8)),
         ]
     }
 

@@ -79,6 +79,7 @@ impl RecoveredGroup {
                     self.entries.extend(entries);
                 }
             }
+            Record::Forget(_) => unreachable!("`replay` drops a forgotten group"),
         }
     }
 
@@ -191,6 +192,10 @@ pub(super) fn replay(groups: &mut HashMap<GroupId, RecoveredGroup>, records: Vec
     for record in records {
         let group = match &record {
             Record::Entries(g, _) | Record::HardState(g, _) | Record::Snapshot(g, _) => *g,
+            Record::Forget(g) => {
+                groups.remove(g);
+                continue;
+            }
         };
         groups.entry(group).or_default().apply(record);
     }

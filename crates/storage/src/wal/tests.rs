@@ -195,3 +195,34 @@ fn a_lost_segment_in_the_middle_refuses_to_start() {
     let error = Wal::open(dir.path(), 512).err().expect("must refuse");
     assert!(error.to_string().contains("missing entries"), "{error}");
 }
+
+#[test]
+fn a_forgotten_group_keeps_no_segment_and_is_not_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes_max = 1024;
+    {
+        let (mut wal, _) = Wal::open(dir.path(), segment_bytes_max).unwrap();
+        wal.set_snapshot(G1, meta(1, 1));
+        wal.set_snapshot(G2, meta(1, 1));
+        // G2's entries sit in the first segments, then it goes quiet.
+        for i in 2..=30 {
+            wal.append_entries(G2, &entries(1, i..=i));
+            wal.sync();
+        }
+        for i in 2..=100 {
+            wal.append_entries(G1, &entries(1, i..=i));
+            wal.set_hard_state(G1, hard(1, i));
+            wal.sync();
+        }
+        wal.set_snapshot(G1, meta(90, 1));
+        wal.sync();
+        let kept = wal.segment_count();
+        assert!(kept > 3, "G2's entries keep {kept} segments");
+        wal.forget_group(G2);
+        wal.sync();
+        assert!(wal.segment_count() <= 3, "{} segments", wal.segment_count());
+    }
+    let (_, recovered) = Wal::open(dir.path(), segment_bytes_max).unwrap();
+    assert!(!recovered.groups.contains_key(&G2));
+    assert_eq!(recovered.groups[&G1].entries, entries(1, 91..=100));
+}

@@ -1,0 +1,185 @@
+//! Drives a merge of a range into the range before it (docs/RANGES.md, "Merges"), on
+//! the node that leads the right range: the one member that sees how far every replica
+//! of it got.
+//!
+//! 1. The right range freezes (`FreezeRange`): from that entry on it applies nothing but
+//!    its thaw, so every replica's copy of it ends in the same state.
+//! 2. Every replica of it holds the freeze in its log (the leader's progress of each).
+//! 3. The left range applies the merge (`MergeRange`): each replica waits until its
+//!    replica of the right range has applied the freeze, then takes it over.
+//!
+//! A merge given up (the replicas do not catch up in time, the left range refuses it, or
+//! its answer is lost) is fenced in the left range (`RefuseMerge`) before the right
+//! range thaws (`UnfreezeRange`): the left range's log decides, once, whether the merge
+//! happened, so a late merge entry can never take over a range that thawed. A node that
+//! finds a range frozen for long (its coordinator died) does the same.
+
+use std::time::Duration;
+
+use ostrakon_proto::peer::{
+    write_request::Request, FreezeRange, MergeRange, RefuseMerge, UnfreezeRange,
+};
+use ostrakon_raft::{GroupId, LogIndex, Role};
+use ostrakon_storage::mvcc::WriteOutcome;
+
+use crate::error::NodeError;
+use crate::handle::NodeHandle;
+use crate::txn_coordinator::propose;
+
+/// How long the right range's replicas get to take in its freeze.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the leader looks at the replicas' progress meanwhile.
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+
+fn refused(message: impl Into<String>) -> NodeError {
+    NodeError::Refused {
+        code: tonic::Code::FailedPrecondition as i32,
+        message: message.into(),
+    }
+}
+
+fn refusal_of(outcome: WriteOutcome) -> NodeError {
+    match outcome {
+        WriteOutcome::Error(error) => NodeError::Refused {
+            code: error.code,
+            message: error.message,
+        },
+        other => refused(format!("ostrakon: unexpected answer {other:?}")),
+    }
+}
+
+/// Merges `right` into `left`, the range before it; this node must lead `right`.
+pub(crate) async fn merge_here(
+    handle: &NodeHandle,
+    left: GroupId,
+    right: GroupId,
+) -> Result<(), NodeError> {
+    let (left_store, right_store) = (handle.store(left)?, handle.store(right)?);
+    if left_store.span().end() != Some(right_store.span().start()) {
+        return Err(refused(format!(
+            "ostrakon: range {} does not end where range {} starts",
+            left.0, right.0
+        )));
+    }
+    let status = handle.status(right)?;
+    if !status.is_leader {
+        return Err(NodeError::NotLeader(status.leader));
+    }
+    if left_store.applied().conf_state != right_store.applied().conf_state {
+        return Err(refused(
+            "ostrakon: the two ranges' memberships differ; merge them once they agree",
+        ));
+    }
+    let freeze = Request::FreezeRange(FreezeRange {
+        left_range_id: left.0,
+    });
+    let frozen = match propose(handle, right, &freeze, 0).await? {
+        WriteOutcome::RangeFrozen(frozen) => frozen,
+        other => return Err(refusal_of(other)),
+    };
+    let freeze_index = LogIndex(frozen.freeze_index);
+    if frozen.left_range_id != left.0 {
+        return Err(refused(format!(
+            "ostrakon: range {} is being merged into range {}",
+            right.0, frozen.left_range_id
+        )));
+    }
+    if !replicas_hold(handle, right, freeze_index).await {
+        return match give_up(handle, left, right, freeze_index).await? {
+            true => Ok(()),
+            false => Err(refused(
+                "ostrakon: the right range's replicas did not catch up; merge again later",
+            )),
+        };
+    }
+    let merge = Request::MergeRange(MergeRange {
+        right_range_id: right.0,
+        freeze_index: freeze_index.0,
+        freeze_term: frozen.freeze_term,
+        right_span: frozen.span,
+        conf_state: frozen.conf_state,
+    });
+    match propose(handle, left, &merge, 0).await {
+        Ok(WriteOutcome::RangesMerged(_)) => Ok(()),
+        answer => {
+            // Refused, or the answer was lost: the left range's log decides.
+            tracing::info!(
+                left = left.0,
+                right = right.0,
+                ?answer,
+                "a merge did not go through; fencing it off"
+            );
+            match give_up(handle, left, right, freeze_index).await? {
+                true => Ok(()),
+                false => Err(match answer {
+                    Ok(outcome) => refusal_of(outcome),
+                    Err(error) => error,
+                }),
+            }
+        }
+    }
+}
+
+/// Waits until every replica of `group` holds its log up to `index`, while this node
+/// leads it; false if that takes too long.
+async fn replicas_hold(handle: &NodeHandle, group: GroupId, index: LogIndex) -> bool {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let Ok(status) = handle.raft_status(group).await else {
+            return false;
+        };
+        if status.role != Role::Leader {
+            return false;
+        }
+        let members = status.conf_state.members();
+        let behind = members.iter().any(|member| {
+            *member != status.id
+                && !status
+                    .progress
+                    .iter()
+                    .any(|(id, matched, _, _)| id == member && *matched >= index)
+        });
+        if !behind && status.last_index >= index {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
+    }
+}
+
+/// Fences off the merge of `right` frozen at `freeze_index` in `left`, then thaws
+/// `right`; returns true if the merge had applied instead (nothing to thaw).
+pub(crate) async fn give_up(
+    handle: &NodeHandle,
+    left: GroupId,
+    right: GroupId,
+    freeze_index: LogIndex,
+) -> Result<bool, NodeError> {
+    let fence = Request::RefuseMerge(RefuseMerge {
+        right_range_id: right.0,
+        freeze_index: freeze_index.0,
+    });
+    let merged = match propose(handle, left, &fence, 0).await? {
+        WriteOutcome::MergeFence(fence) => fence.merged,
+        other => return Err(refusal_of(other)),
+    };
+    if merged {
+        return Ok(true);
+    }
+    let thaw = Request::UnfreezeRange(UnfreezeRange {
+        freeze_index: freeze_index.0,
+    });
+    match propose(handle, right, &thaw, 0).await? {
+        WriteOutcome::RangeUnfrozen(_) => {
+            tracing::info!(
+                left = left.0,
+                right = right.0,
+                "a merge was given up; the range thawed"
+            );
+            Ok(false)
+        }
+        other => Err(refusal_of(other)),
+    }
+}

@@ -1,0 +1,154 @@
+//! Merges on the node's own initiative (docs/RANGES.md, "Merges"): every few seconds the
+//! node looks at the data ranges it leads, and one that stayed small and cold together
+//! with the range before it is merged into it. Small: the two hold less than a quarter
+//! of `--range-max-bytes` (so the merged range is far from a split by size, and the two
+//! do not split and merge in turn); cold: together under a quarter of
+//! `--range-split-qps`. A range an operator split off is merged only by an operator.
+//!
+//! The same look thaws a range frozen for a merge whose coordinator is gone (frozen
+//! for longer than a merge takes): the merge is fenced off in the left range first.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ostrakon_raft::GroupId;
+
+use crate::handle::NodeHandle;
+use crate::DEFAULT_GROUP;
+
+/// How often the node looks at the ranges it leads.
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How many looks in a row a pair must be small and cold (about 10 s).
+const COLD_LOOKS: u32 = 5;
+/// A range frozen this long is thawed (its coordinator is gone): a merge takes a few
+/// seconds at most.
+const ABANDONED_AFTER: Duration = Duration::from_secs(15);
+
+/// The part of the split limits below which two ranges together merge.
+const MERGE_SHARE: u64 = 4;
+
+/// Whether two neighbours together are small and cold enough to merge.
+pub fn merge_due(
+    live_bytes: u64,
+    requests_per_second: f64,
+    range_max_bytes: u64,
+    range_split_qps: u64,
+) -> bool {
+    let small = live_bytes < range_max_bytes / MERGE_SHARE;
+    let cold =
+        range_split_qps == 0 || requests_per_second < range_split_qps as f64 / MERGE_SHARE as f64;
+    small && cold
+}
+
+/// Looks at the ranges this node leads until the node stops.
+pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qps: u64) {
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Looks in a row each right range was due to merge.
+    let mut due_looks: HashMap<GroupId, u32> = HashMap::new();
+    // When this node first saw each range frozen while leading it.
+    let mut frozen_since: HashMap<GroupId, Instant> = HashMap::new();
+    loop {
+        check.tick().await;
+        if handle.status(DEFAULT_GROUP).is_err() {
+            return; // the node stopped
+        }
+        let ranges = handle.data_ranges();
+        let mut still_due = HashMap::new();
+        let mut still_frozen = HashMap::new();
+        let mut merge = None;
+        for pair in ranges.windows(2) {
+            let ((left, _), (right, _)) = (pair[0].clone(), pair[1].clone());
+            let (Ok(status), Ok(store)) = (handle.status(right), handle.store(right)) else {
+                continue;
+            };
+            if !status.is_leader {
+                continue;
+            }
+            if let Some(mark) = store.frozen() {
+                let since = *frozen_since.get(&right).unwrap_or(&Instant::now());
+                still_frozen.insert(right, since);
+                if since.elapsed() >= ABANDONED_AFTER {
+                    thaw(&handle, mark.left, right, mark.index).await;
+                }
+                continue;
+            }
+            if range_max_bytes == 0 || store.split_by_hand() {
+                continue;
+            }
+            let Ok(left_store) = handle.store(left) else {
+                continue;
+            };
+            let live_bytes = left_store.read_view().live_bytes() + store.read_view().live_bytes();
+            let rate = handle.requests_per_second(left).unwrap_or(f64::MAX)
+                + handle.requests_per_second(right).unwrap_or(f64::MAX);
+            if !merge_due(live_bytes, rate, range_max_bytes, range_split_qps) {
+                continue;
+            }
+            let looks = due_looks.get(&right).copied().unwrap_or(0) + 1;
+            still_due.insert(right, looks);
+            if looks >= COLD_LOOKS && merge.is_none() {
+                merge = Some((left, right, live_bytes));
+            }
+        }
+        due_looks = still_due;
+        frozen_since = still_frozen;
+        if let Some((left, right, live_bytes)) = merge {
+            due_looks.remove(&right);
+            match crate::merge_coordinator::merge_here(&handle, left, right).await {
+                Ok(()) => tracing::info!(
+                    left = left.0,
+                    right = right.0,
+                    live_bytes,
+                    "merged a small, cold range into the one before it"
+                ),
+                Err(error) => {
+                    tracing::debug!(left = left.0, right = right.0, %error, "merging small ranges failed; will retry")
+                }
+            }
+        }
+    }
+}
+
+/// Fences off and thaws a merge whose coordinator is gone.
+async fn thaw(
+    handle: &NodeHandle,
+    left: GroupId,
+    right: GroupId,
+    freeze_index: ostrakon_raft::LogIndex,
+) {
+    match crate::merge_coordinator::give_up(handle, left, right, freeze_index).await {
+        Ok(merged) => tracing::info!(
+            left = left.0,
+            right = right.0,
+            merged,
+            "ended a merge whose coordinator was gone"
+        ),
+        Err(error) => {
+            tracing::warn!(left = left.0, right = right.0, %error, "a range stays frozen for an abandoned merge; will retry")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_ranges_merge_only_when_small_and_cold_together() {
+        let mib = 1 << 20;
+        assert!(merge_due(mib, 10.0, 64 * mib, 2_500));
+        assert!(
+            !merge_due(16 * mib, 10.0, 64 * mib, 2_500),
+            "a quarter is not small"
+        );
+        assert!(
+            !merge_due(mib, 625.0, 64 * mib, 2_500),
+            "a quarter is not cold"
+        );
+        assert!(
+            merge_due(mib, 1e9, 64 * mib, 0),
+            "no load limit: size alone"
+        );
+    }
+}
