@@ -84,12 +84,10 @@ pub(crate) async fn merge_here(
             right.0, frozen.left_range_id
         )));
     }
-    if !replicas_hold(handle, right, freeze_index).await {
+    if let Err(error) = replicas_hold(handle, right, freeze_index).await {
         return match give_up(handle, left, right, freeze_index).await? {
             true => Ok(()),
-            false => Err(refused(
-                "ostrakon: the right range's replicas did not catch up; merge again later",
-            )),
+            false => Err(error),
         };
     }
     let merge = Request::MergeRange(MergeRange {
@@ -121,15 +119,18 @@ pub(crate) async fn merge_here(
 }
 
 /// Waits until every replica of `group` holds its log up to `index`, while this node
-/// leads it; false if that takes too long.
-async fn replicas_hold(handle: &NodeHandle, group: GroupId, index: LogIndex) -> bool {
+/// leads it: `NotLeader` if it stops leading (the merge is tried again through the new
+/// leader), refused if a replica does not catch up in time (one is down).
+async fn replicas_hold(
+    handle: &NodeHandle,
+    group: GroupId,
+    index: LogIndex,
+) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
     loop {
-        let Ok(status) = handle.raft_status(group).await else {
-            return false;
-        };
+        let status = handle.raft_status(group).await?;
         if status.role != Role::Leader {
-            return false;
+            return Err(NodeError::NotLeader(status.leader));
         }
         let members = status.conf_state.members();
         let behind = members.iter().any(|member| {
@@ -140,10 +141,13 @@ async fn replicas_hold(handle: &NodeHandle, group: GroupId, index: LogIndex) -> 
                     .any(|(id, matched, _, _)| id == member && *matched >= index)
         });
         if !behind && status.last_index >= index {
-            return true;
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return Err(refused(
+                "ostrakon: a replica of the right range did not take in its freeze in time \
+                 (every replica must be up to merge); merge again later",
+            ));
         }
         tokio::time::sleep(CATCH_UP_POLL).await;
     }
