@@ -645,14 +645,15 @@ impl EventLoop {
     /// its waiting clients are told to route again, the WAL forgets it, its snapshot
     /// files go, and no later message brings it back. Its data stays: it is the merged
     /// range's now.
-    fn destroy_merged(&mut self, group: GroupId) {
+    /// `waiting_error` is what its waiting clients get: `Dropped` where the replica had
+    /// applied its freeze (nothing proposed after it applies), `LeaderChanged` where a
+    /// snapshot overtook it (a proposal may have applied).
+    fn destroy_merged(&mut self, group: GroupId, waiting_error: NodeError) {
         self.merged_away.insert(group);
         let Some(mut replica) = self.replicas.remove(&group) else {
             return;
         };
-        // Nothing proposed in a frozen range applies: every waiting write is safe to
-        // route again.
-        replica.fail_all(NodeError::Dropped);
+        replica.fail_all(waiting_error);
         // Readers holding its store route again.
         replica.store.retire();
         let was_leader = replica.status.read().unwrap().is_leader;
@@ -709,8 +710,9 @@ impl EventLoop {
                 // The left range's commit of the merge proves the freeze committed; this
                 // replica may not have heard so from a leader that is gone now.
                 if let Some(right_replica) = self.replicas.get_mut(&right) {
-                    right_replica.node.commit_known(freeze_index, freeze_term);
-                    self.dirty.insert(right);
+                    if right_replica.node.commit_known(freeze_index, freeze_term) {
+                        self.dirty.insert(right);
+                    }
                 }
                 return true;
             }
@@ -729,16 +731,36 @@ impl EventLoop {
                     right = right.0,
                     "merged a range into the one before it"
                 );
-                self.destroy_merged(right);
+                self.destroy_merged(right, NodeError::Dropped);
                 ostrakon_storage::mvcc::WriteOutcome::RangesMerged(
                     ostrakon_proto::peer::RangesMerged { span: Some(span) },
                 )
             }
         };
+        let merged = matches!(
+            outcome,
+            ostrakon_storage::mvcc::WriteOutcome::RangesMerged(_)
+        );
         let replica = self.replicas.get_mut(&left).expect("looked up above");
         replica.finish_merge(outcome, me);
+        if merged {
+            // A member added to the range from now on must get a snapshot that holds
+            // the merged keys, not the log: its membership changes wait for one.
+            replica.snapshot_due_for_merge = Some(index);
+        }
+        let campaign = replica.node.role() == Role::Leader;
+        let split_offs: Vec<_> = replica
+            .take_split_offs()
+            .into_iter()
+            .map(|split| (split, campaign))
+            .collect();
+        let still_held = !replica.held_entries.is_empty();
         self.dirty.insert(left);
-        !replica.held_entries.is_empty()
+        self.host_split_offs(split_offs);
+        if merged {
+            self.start_snapshot(left);
+        }
+        still_held
     }
 
     /// Another data range here whose span overlaps `span` (the span of a snapshot for
@@ -1247,6 +1269,18 @@ impl EventLoop {
         }
         // Only once every Ready of the round is advanced: a new range may replace a
         // replica whose Ready was in this round.
+        self.host_split_offs(split_offs);
+        for merged in merged_by_snapshot {
+            self.destroy_merged(merged, NodeError::LeaderChanged);
+        }
+        self.apply_held_merges();
+        self.follow_data_membership();
+        self.spread_leaders();
+    }
+
+    /// Hosts the ranges splits created, each campaigning at once if its split range's
+    /// leader is here.
+    fn host_split_offs(&mut self, split_offs: Vec<(crate::split::SplitOff, bool)>) {
         for (split, campaign) in split_offs {
             let group = split.group;
             self.host_split_range(split);
@@ -1257,12 +1291,6 @@ impl EventLoop {
                 }
             }
         }
-        for merged in merged_by_snapshot {
-            self.destroy_merged(merged);
-        }
-        self.apply_held_merges();
-        self.follow_data_membership();
-        self.spread_leaders();
     }
 
     /// Hands one of the ranges this node leads to the node leading the fewest, if this
@@ -1485,9 +1513,19 @@ impl EventLoop {
     /// A snapshot file is durable: compact the raft log up to it.
     fn snapshot_created(&mut self, group: GroupId, meta: SnapshotMeta, file_bytes: u64) {
         crate::metrics::metrics().snapshots_created.inc();
-        let replica = self.replicas.get_mut(&group).expect("group exists");
+        let Some(replica) = self.replicas.get_mut(&group) else {
+            // The range merged into another while the file was written.
+            let _ = std::fs::remove_file(self.layout.snapshot_file(group, meta.index));
+            return;
+        };
         replica.snapshot_in_progress = false;
         replica.snapshot_file_bytes = file_bytes;
+        let merge_due = replica.snapshot_due_for_merge;
+        if merge_due.is_some_and(|due| meta.index.max(replica.snapshot_index) < due) {
+            // Taken before a merge applied: another one, after it.
+            self.start_snapshot(group);
+        }
+        let replica = self.replicas.get_mut(&group).expect("looked up above");
         if meta.index <= replica.snapshot_index {
             // A received snapshot moved the log past it meanwhile.
             return;

@@ -454,7 +454,12 @@ impl NodeHandle {
         let mut refusal = None;
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         for (group, _) in ranges {
-            let store = self.group(group)?.store.clone();
+            // A range merged into another since the listing: its keys are in a range
+            // compacted here (at least at the revision, the higher of the two).
+            let Ok(shared) = self.group(group) else {
+                continue;
+            };
+            let store = shared.store.clone();
             if revision <= store.compact_revision() {
                 refusal.get_or_insert(MvccError::Compacted {
                     compacted: store.compact_revision(),
@@ -466,10 +471,14 @@ impl NodeHandle {
             let request = write_request::Request::Compaction(*compaction);
             let mut locked_retries = 0;
             loop {
-                match self
+                let outcome = match self
                     .write_checked(group, request.clone(), auth_revision)
-                    .await?
+                    .await
                 {
+                    Err(NodeError::UnknownGroup) => break, // merged meanwhile: as above
+                    other => other?,
+                };
+                match outcome {
                     // A transaction's lock: it ends within a few round trips.
                     WriteOutcome::Error(error)
                         if error.retry == ostrakon_proto::peer::Retry::Locked as i32
@@ -595,6 +604,25 @@ impl NodeHandle {
             tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
         }
         Ok((left, right))
+    }
+
+    /// The range here that took `group` over by a merge (directly or through others),
+    /// if `group` merged away.
+    pub fn absorbing_range(&self, group: GroupId) -> Option<GroupId> {
+        self.data_ranges().into_iter().find_map(|(range, _)| {
+            self.store(range)
+                .is_ok_and(|store| store.absorbed_ranges().contains(&group))
+                .then_some(range)
+        })
+    }
+
+    /// `group`, or the range that took it over if it merged away (a transaction's
+    /// primary: the merged range keeps its outcomes).
+    pub fn live_range(&self, group: GroupId) -> GroupId {
+        if self.group(group).is_ok() {
+            return group;
+        }
+        self.absorbing_range(group).unwrap_or(group)
     }
 
     /// Merges `right` into `left` from this node, which must lead `right` (a peer's

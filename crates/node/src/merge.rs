@@ -78,6 +78,14 @@ pub(crate) fn step(
     if left.frozen().is_some() {
         return refused("ostrakon: the left range is being merged itself".into());
     }
+    if left.has_txn_locks() {
+        // A transaction's part here is written at its lock's revision, which must stay
+        // above the range's: taking the right range's higher revision would break that.
+        return refused(
+            "ostrakon: a transaction across ranges holds keys of the left range; merge again later"
+                .into(),
+        );
+    }
     if left.has_merge_fence(right_group, freeze_index) {
         return refused(format!(
             "ostrakon: the merge of range {} was given up",
@@ -96,7 +104,9 @@ pub(crate) fn step(
     }
     let Some(right) = right else {
         // Every member of the left range held the right range's log up to its freeze
-        // when the merge was proposed, and a replica goes only by this merge.
+        // when the merge was proposed, and a replica goes only by this merge; a member
+        // added to the left range since gets a snapshot taken after the merge (its
+        // membership changes wait for one).
         panic!(
             "range {} merges range {}, of which this node holds no replica",
             left.group().0,
@@ -118,4 +128,124 @@ pub(crate) fn step(
         left.group().0
     );
     MergeStep::Apply(right_group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostrakon_proto::peer::{write_request::Request, FreezeRange, TxnIdRecord, TxnPrepare};
+    use ostrakon_raft::NodeId;
+    use ostrakon_storage::mvcc::{apply_write, AppliedState, WriteOutcome};
+
+    fn write(store: &MvccStore, index: u64, request: Request, revision: i64) -> WriteOutcome {
+        let write = WriteRequest {
+            origin: 1,
+            id: index,
+            request: Some(request),
+            revision,
+            ..Default::default()
+        };
+        apply_write(store, LogIndex(index), Term(1), &write)
+    }
+
+    /// Two ranges split at "m", the right one frozen for a merge into the left: the
+    /// merge command, the left and right stores and the membership.
+    fn frozen_pair(
+        keyspace: &fjall::Keyspace,
+    ) -> (MergeRange, Arc<MvccStore>, Arc<MvccStore>, ConfState) {
+        let conf = ConfState::with_voters([NodeId(1)]);
+        let left = Arc::new(MvccStore::open(keyspace, GroupId(1), KeySpan::whole()));
+        let right_applied = AppliedState {
+            index: LogIndex(5),
+            term: Term(1),
+            conf_state: conf.clone(),
+        };
+        let right = Arc::new(
+            left.split(b"m", LogIndex(1), Term(1), GroupId(2), right_applied, false)
+                .expect("a new right range"),
+        );
+        let freeze = Request::FreezeRange(FreezeRange { left_range_id: 1 });
+        let WriteOutcome::RangeFrozen(frozen) = write(&right, 6, freeze, 0) else {
+            panic!("the right range freezes");
+        };
+        let merge = MergeRange {
+            right_range_id: 2,
+            freeze_index: frozen.freeze_index,
+            freeze_term: frozen.freeze_term,
+            right_span: frozen.span,
+            conf_state: Some((&conf).into()),
+        };
+        (merge, left, right, conf)
+    }
+
+    #[test]
+    fn a_merge_applies_once_the_right_range_reached_its_freeze_and_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let (merge, left, right, conf) = frozen_pair(&keyspace);
+        assert_eq!(
+            step(&left, &conf, &merge, Some(&right)),
+            MergeStep::Apply(GroupId(2))
+        );
+        // A replica whose right range has not applied the freeze yet waits for it.
+        let ahead = MergeRange {
+            freeze_index: merge.freeze_index + 3,
+            ..merge.clone()
+        };
+        assert_eq!(
+            step(&left, &conf, &ahead, Some(&right)),
+            MergeStep::Wait {
+                right: GroupId(2),
+                freeze_index: LogIndex(merge.freeze_index + 3),
+                freeze_term: Term(merge.freeze_term),
+            }
+        );
+        // Another membership, or a left range that no longer touches the right one:
+        // refused alike on every replica.
+        let other = ConfState::with_voters([NodeId(1), NodeId(2)]);
+        assert!(matches!(
+            step(&left, &other, &merge, Some(&right)),
+            MergeStep::Refused(_)
+        ));
+        let apart = MergeRange {
+            right_span: Some(KeySpan::new(b"n".to_vec(), None).to_record()),
+            ..merge.clone()
+        };
+        assert!(matches!(
+            step(&left, &conf, &apart, Some(&right)),
+            MergeStep::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn a_merge_into_a_range_a_transaction_holds_is_refused() {
+        // A transaction's part is written at its lock's revision, which the right
+        // range's higher revision would overtake (a review found every replica would
+        // then crash at the transaction's commit).
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let (merge, left, right, conf) = frozen_pair(&keyspace);
+        let prepare = Request::TxnPrepare(TxnPrepare {
+            txn: Some(TxnIdRecord {
+                coordinator: 1,
+                number: 1,
+            }),
+            primary: 1,
+            spans: vec![ostrakon_storage::mvcc::txn_tables::span_record(
+                &ostrakon_storage::mvcc::txn_tables::lock_span(b"a", b"").unwrap(),
+            )],
+            adds_data: true,
+        });
+        let revision = left.current_revision().0 + 1_000;
+        let prepared = write(&left, 2, prepare, revision);
+        assert!(
+            matches!(prepared, WriteOutcome::TxnPrepared(_)),
+            "{prepared:?}"
+        );
+        let refused = step(&left, &conf, &merge, Some(&right));
+        assert!(
+            matches!(&refused, MergeStep::Refused(e) if e.message.contains("transaction")),
+            "{refused:?}"
+        );
+    }
 }

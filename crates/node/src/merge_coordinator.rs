@@ -65,6 +65,11 @@ pub(crate) async fn merge_here(
     if !status.is_leader {
         return Err(NodeError::NotLeader(status.leader));
     }
+    if left_store.frozen().is_some() || right_store.frozen().is_some() {
+        return Err(refused(
+            "ostrakon: one of the two ranges is being merged already; merge again later",
+        ));
+    }
     if left_store.applied().conf_state != right_store.applied().conf_state {
         return Err(refused(
             "ostrakon: the two ranges' memberships differ; merge them once they agree",
@@ -84,7 +89,12 @@ pub(crate) async fn merge_here(
             right.0, frozen.left_range_id
         )));
     }
-    if let Err(error) = replicas_hold(handle, right, freeze_index).await {
+    let frozen_conf = frozen
+        .conf_state
+        .as_ref()
+        .and_then(|c| ostrakon_raft::ConfState::try_from(c).ok())
+        .expect("a freeze answers the range's membership");
+    if let Err(error) = replicas_hold(handle, right, freeze_index, &frozen_conf).await {
         return match give_up(handle, left, right, freeze_index).await? {
             true => Ok(()),
             false => Err(error),
@@ -125,6 +135,7 @@ async fn replicas_hold(
     handle: &NodeHandle,
     group: GroupId,
     index: LogIndex,
+    frozen_conf: &ostrakon_raft::ConfState,
 ) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
     loop {
@@ -132,7 +143,14 @@ async fn replicas_hold(
         if status.role != Role::Leader {
             return Err(NodeError::NotLeader(status.leader));
         }
-        let members = status.conf_state.members();
+        if status.conf_state != *frozen_conf {
+            // A membership change that was in flight when the range froze: the left
+            // range would refuse the merge.
+            return Err(refused(
+                "ostrakon: the right range's membership changed as it froze; merge again later",
+            ));
+        }
+        let members = frozen_conf.members();
         let behind = members.iter().any(|member| {
             *member != status.id
                 && !status
@@ -165,9 +183,17 @@ pub(crate) async fn give_up(
         right_range_id: right.0,
         freeze_index: freeze_index.0,
     });
-    let merged = match propose(handle, left, &fence, 0).await? {
-        WriteOutcome::MergeFence(fence) => fence.merged,
-        other => return Err(refusal_of(other)),
+    let merged = match propose(handle, left, &fence, 0).await {
+        Ok(WriteOutcome::MergeFence(fence)) => fence.merged,
+        // The left range merged into the range before it here. Its log ended with its
+        // own freeze, and a merge of `right` before that would have removed `right`
+        // here already: the merge can no longer happen, unless a range that absorbed
+        // the left one lists `right` too (it merged, this replica lags).
+        Err(NodeError::UnknownGroup) if handle.absorbing_range(left).is_some() => {
+            handle.absorbing_range(right).is_some()
+        }
+        Ok(other) => return Err(refusal_of(other)),
+        Err(error) => return Err(error),
     };
     if merged {
         return Ok(true);

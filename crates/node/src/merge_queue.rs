@@ -24,6 +24,10 @@ const COLD_LOOKS: u32 = 5;
 /// seconds at most.
 const ABANDONED_AFTER: Duration = Duration::from_secs(15);
 
+/// How long a pair whose merge failed rests (a replica down fails every attempt, and
+/// each freezes the right range for a few seconds).
+const FAILED_MERGE_REST: Duration = Duration::from_secs(60);
+
 /// The part of the split limits below which two ranges together merge.
 const MERGE_SHARE: u64 = 4;
 
@@ -48,6 +52,8 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
     let mut due_looks: HashMap<GroupId, u32> = HashMap::new();
     // When this node first saw each range frozen while leading it.
     let mut frozen_since: HashMap<GroupId, Instant> = HashMap::new();
+    // When each right range's last merge failed.
+    let mut failed: HashMap<GroupId, Instant> = HashMap::new();
     loop {
         check.tick().await;
         if handle.status(DEFAULT_GROUP).is_err() {
@@ -73,7 +79,12 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
                 }
                 continue;
             }
-            if range_max_bytes == 0 || store.split_by_hand() {
+            if range_max_bytes == 0
+                || store.split_by_hand()
+                || failed
+                    .get(&right)
+                    .is_some_and(|at| at.elapsed() < FAILED_MERGE_REST)
+            {
                 continue;
             }
             let Ok(left_store) = handle.store(left) else {
@@ -93,8 +104,14 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
         }
         due_looks = still_due;
         frozen_since = still_frozen;
+        failed.retain(|_, at| at.elapsed() < FAILED_MERGE_REST);
         if let Some((left, right, live_bytes)) = merge {
             due_looks.remove(&right);
+            if !replicas_caught_up(&handle, right).await {
+                // Likely one is down: the freeze would only hold the range up.
+                failed.insert(right, Instant::now());
+                continue;
+            }
             match crate::merge_coordinator::merge_here(&handle, left, right).await {
                 Ok(()) => tracing::info!(
                     left = left.0,
@@ -102,12 +119,29 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
                     live_bytes,
                     "merged a small, cold range into the one before it"
                 ),
+                // Due again after as many looks (two neighbours merging into each other
+                // at once give one up); a replica that did not take the freeze in fails
+                // the check above next time, and the pair then rests.
                 Err(error) => {
                     tracing::debug!(left = left.0, right = right.0, %error, "merging small ranges failed; will retry")
                 }
             }
         }
     }
+}
+
+/// Whether every replica of `group` (led here) has every committed entry.
+async fn replicas_caught_up(handle: &NodeHandle, group: GroupId) -> bool {
+    let Ok(status) = handle.raft_status(group).await else {
+        return false;
+    };
+    status.conf_state.members().iter().all(|member| {
+        *member == status.id
+            || status
+                .progress
+                .iter()
+                .any(|(id, matched, _, _)| id == member && *matched >= status.commit)
+    })
 }
 
 /// Fences off and thaws a merge whose coordinator is gone.

@@ -73,6 +73,10 @@ pub struct Replica {
     /// applied its freeze on this node (`crate::merge`). The event loop applies the
     /// merge once it has, then the rest.
     pub held_entries: Vec<Entry>,
+    /// The index of a merge applied here until a snapshot at or after it is taken: a
+    /// member added meanwhile would get the log from before the merge, without the
+    /// merged range's keys, so membership changes wait.
+    pub snapshot_due_for_merge: Option<LogIndex>,
 }
 
 impl Replica {
@@ -107,6 +111,7 @@ impl Replica {
             wal_hard_state: ostrakon_raft::HardState::default(),
             split_offs: Vec::new(),
             held_entries: Vec::new(),
+            snapshot_due_for_merge: None,
         }
     }
 
@@ -166,6 +171,14 @@ impl Replica {
     ) {
         if let Err(error) = self.check_conf_change(&change, nodes_down, started) {
             let _ = respond.send(Err(error));
+            return;
+        }
+        if self
+            .snapshot_due_for_merge
+            .is_some_and(|due| self.snapshot_index < due)
+        {
+            // Retried by the caller once the snapshot holding the merge is taken.
+            let _ = respond.send(Err(NodeError::ChangeInProgress));
             return;
         }
         match self.node.propose_conf_change(change) {

@@ -184,6 +184,7 @@ fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
     let handle = handle.clone();
     tokio::spawn(async move {
         let forget = Request::TxnForget(txn_id_record(txn));
+        let primary = handle.live_range(primary);
         if let Err(error) = propose(&handle, primary, &forget, 0).await {
             tracing::debug!(?txn, %error, "forgetting a transaction's record failed");
         }

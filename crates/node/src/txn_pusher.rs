@@ -63,6 +63,8 @@ pub(crate) async fn run(handle: NodeHandle) {
 /// resolve or release here.
 async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId) {
     let record = txn_id_record(txn);
+    // A primary merged into another range: that range keeps its outcomes.
+    let primary = handle.live_range(primary);
     let decided = match propose(handle, primary, &Request::TxnAbort(record), 0).await {
         Ok(WriteOutcome::TxnDecided(decided)) => decided,
         other => {

@@ -879,7 +879,9 @@ impl WatchStream {
     ) -> Revision {
         let store = self.store(group).clone();
         let sent = Revision(next.0 - 1).min(store.current_revision());
-        if !store.oracle_revisions() || !store.span().covers(interval.0, interval.1) {
+        // A range frozen for a merge holds no keys in its view: the merged range may take
+        // writes to them before this replica applies the merge.
+        if !store.oracle_revisions() || !store.read_view().span().covers(interval.0, interval.1) {
             return sent;
         }
         let resolved = async {
@@ -890,12 +892,13 @@ impl WatchStream {
             let below_locks = view
                 .lowest_lock_revision()
                 .map_or(now, |lock| now.min(Revision(lock.0 - 1)));
-            Ok::<_, ostrakon_node::NodeError>((below_locks, view.current_revision()))
+            let covers = view.span().covers(interval.0, interval.1);
+            Ok::<_, ostrakon_node::NodeError>((below_locks, view.current_revision(), covers))
         };
         match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
             // Every event up to the range's current revision was sent, and the range
-            // holds none between it and the resolved one.
-            Ok(Ok((resolved, current))) if next > current => resolved.max(sent),
+            // holds none between it and the resolved one (and still holds the keys).
+            Ok(Ok((resolved, current, true))) if next > current => resolved.max(sent),
             _ => sent,
         }
     }

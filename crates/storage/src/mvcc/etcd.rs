@@ -301,13 +301,9 @@ pub fn apply_write(
             let thawed = store.apply_unfreeze(index, term, LogIndex(thaw.freeze_index));
             return WriteOutcome::RangeUnfrozen(ostrakon_proto::peer::RangeUnfrozen { thawed });
         }
-        _ if store.frozen().is_some() => {
-            // Frozen for a merge: every replica stops at the same state, which the left
-            // range takes over. The node routes the request again (to the merged range,
-            // or here once thawed).
-            store.set_applied(index, term);
-            return error_outcome(MvccError::Locked);
-        }
+        // A fence applies also in a range frozen itself (it is merged into the range
+        // before it meanwhile): it changes nothing a merge takes over, and the range
+        // frozen for a merge into this one must be able to thaw.
         Request::RefuseMerge(refuse) => {
             let merged = store.apply_merge_fence(
                 index,
@@ -316,6 +312,13 @@ pub fn apply_write(
                 LogIndex(refuse.freeze_index),
             );
             return WriteOutcome::MergeFence(ostrakon_proto::peer::MergeFence { merged });
+        }
+        _ if store.frozen().is_some() => {
+            // Frozen for a merge: every replica stops at the same state, which the left
+            // range takes over. The node routes the request again (to the merged range,
+            // or here once thawed).
+            store.set_applied(index, term);
+            return error_outcome(MvccError::Locked);
         }
         _ => {}
     }
