@@ -66,6 +66,8 @@ pub struct Cluster {
     /// Each host's disk, when power cuts are injected (unmounted when the cluster is
     /// dropped, after `Drop` killed the members).
     disks: Vec<LazyDisk>,
+    /// A split the split-merge nemesis made, to merge back before its window heals.
+    pub split_to_undo: Option<String>,
 }
 
 fn free_port() -> Result<u16, ChaosError> {
@@ -147,6 +149,7 @@ impl Cluster {
             initial_cluster,
             netns,
             disks,
+            split_to_undo: None,
         };
         for i in 0..nodes {
             cluster.spawn(i)?;
@@ -235,6 +238,23 @@ impl Cluster {
     /// Splits the keyspace at `key` (`ostrakon ranges split` through a member), tried
     /// again on every member until it applies or `timeout` passes.
     pub async fn split(&self, key: &str, timeout: Duration) -> Result<(), ChaosError> {
+        self.ranges_command("split", key, timeout).await
+    }
+
+    /// Merges the range starting at `key` into the one before it (`ostrakon ranges
+    /// merge`), tried again on every member until it applies or `timeout` passes.
+    pub async fn merge(&self, key: &str, timeout: Duration) -> Result<(), ChaosError> {
+        self.ranges_command("merge", key, timeout).await
+    }
+
+    /// `ostrakon ranges <command> <key>` through each member in turn, until one applies
+    /// it or `timeout` passes.
+    async fn ranges_command(
+        &self,
+        command: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), ChaosError> {
         let deadline = Instant::now() + timeout;
         let mut last_error = String::new();
         for endpoint in self.endpoints().iter().cycle() {
@@ -242,18 +262,23 @@ impl Cluster {
                 break;
             }
             let output = tokio::process::Command::new(&self.binary)
-                .args(["ranges", "split", key, "--endpoint", endpoint])
+                .args(["ranges", command, key, "--endpoint", endpoint])
                 .output()
                 .await
                 .map_err(|e| ChaosError::Cluster(format!("{}: {e}", self.binary.display())))?;
             if output.status.success() {
                 return Ok(());
             }
-            last_error = String::from_utf8_lossy(&output.stderr).into_owned();
+            // The message, without a backtrace.
+            last_error = String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Err(ChaosError::Cluster(format!(
-            "splitting at {key:?} failed: {last_error}"
+            "ranges {command} at {key:?} failed: {last_error}"
         )))
     }
 

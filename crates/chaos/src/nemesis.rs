@@ -51,10 +51,25 @@ pub enum Fault {
     /// Every member loses power at once: killed, and what it wrote without syncing is
     /// gone from its disk (a FUSE file system that caches unsynced data, crates/lazyfs).
     PowerLoss,
+    /// The keyspace split at one of the workloads' keys (a register's, a Txn group's
+    /// middle), and merged back before the window heals: writes, reads, transactions
+    /// and watches meet a range that freezes and goes.
+    SplitMerge,
 }
 
+/// Where the split-merge nemesis splits: between registers, at the set's keys, and
+/// through Txn groups (whose transactions then span two ranges).
+const SPLIT_MERGE_KEYS: [&str; 6] = [
+    "chaos/register/3",
+    "chaos/register/7",
+    "chaos/set/",
+    "chaos/txn/2/1",
+    "chaos/txn/5/",
+    "chaos/txn/9/2",
+];
+
 /// Every fault, by its command-line name.
-pub const FAULTS: [(&str, Fault); 18] = [
+pub const FAULTS: [(&str, Fault); 19] = [
     ("kill-leader", Fault::KillLeader),
     ("kill-random", Fault::KillRandom),
     ("kill-minority", Fault::KillMinority),
@@ -73,6 +88,7 @@ pub const FAULTS: [(&str, Fault); 18] = [
     ("membership", Fault::Membership),
     ("transfer-leader", Fault::TransferLeader),
     ("power-loss", Fault::PowerLoss),
+    ("split-merge", Fault::SplitMerge),
 ];
 
 impl Fault {
@@ -455,6 +471,15 @@ async fn inject(cluster: &mut Cluster, fault: Fault, started: Instant) -> Option
             let what = crate::membership::move_leader(cluster, from, to).await;
             (what, vec![])
         }
+        Fault::SplitMerge => {
+            let key = *SPLIT_MERGE_KEYS.choose(&mut rand::thread_rng())?;
+            if let Err(error) = cluster.split(key, HOLD).await {
+                tracing::info!(%error, "the split-merge nemesis could not split; skipped");
+                return None;
+            }
+            cluster.split_to_undo = Some(key.to_string());
+            (format!("split at {key:?}"), vec![])
+        }
         Fault::PowerLoss => {
             if let Err(error) = cluster.cut_power() {
                 tracing::error!(%error, "could not cut the power");
@@ -483,6 +508,16 @@ async fn inject(cluster: &mut Cluster, fault: Fault, started: Instant) -> Option
 
 /// Checks, before healing, what the fault should have caused.
 async fn check_effect(cluster: &mut Cluster, fault: Fault, window: &mut FaultWindow) {
+    if let (Fault::SplitMerge, Some(key)) = (fault, cluster.split_to_undo.take()) {
+        // Merged back within the window, under the workloads. A merge may fail (a
+        // member down under another fault of the step): the ranges then stay split.
+        match cluster.merge(&key, HOLD * 3).await {
+            Ok(()) => window.what.push_str(", merged back"),
+            Err(error) => window
+                .what
+                .push_str(&format!(", not merged back ({error})")),
+        }
+    }
     if fault == Fault::FsyncError {
         let victim = cluster
             .members

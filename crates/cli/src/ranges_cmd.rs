@@ -36,10 +36,11 @@ pub enum RangesCommand {
         /// The first key of the new range.
         key: String,
     },
-    /// Merge the range holding KEY with the range after it: one range, with one raft
-    /// group, then holds both spans' keys. A range split off by hand is merged only so.
+    /// Merge the range that starts at KEY into the range before it, undoing `split KEY`:
+    /// one range, with one raft group, then holds both spans' keys. Every replica must be
+    /// up. A range split off by hand is merged only so.
     Merge {
-        /// A key of the left range of the two.
+        /// The first key of the range to merge into the one before it.
         key: String,
     },
 }

@@ -369,3 +369,19 @@ fn faults_injected_together() {
             && w["cut_off"].as_array().unwrap().len() == 1));
     assert!(windows.iter().any(|w| w["fault"] == "kill-leader+loss"));
 }
+
+/// Ranges split at the workloads' keys and merged back under them, alone and while a
+/// member is killed or the members are partitioned (a merge that cannot reach every
+/// replica is given up and its range thaws): every check stays valid.
+#[test]
+fn split_merge() {
+    let verdict = chaos_named(
+        "split-merge",
+        "split-merge,split-merge+kill-random,split-merge+partition-halves",
+        &[],
+    );
+    assert!(
+        whats(&verdict).iter().any(|w| w.contains("merged back")),
+        "{verdict:#}"
+    );
+}

@@ -1022,7 +1022,8 @@ async fn put(client: &mut etcd_client::Client, key: &str, value: String) -> (Str
     (key.to_string(), value, put.header().unwrap().revision())
 }
 
-/// Merges a test cluster's range holding `key` with the next one, through member `i`.
+/// Merges the range of a test cluster that starts at `key` into the one before it,
+/// through member `i`.
 fn merge_at(cluster: &TestCluster, key: &str, i: usize) {
     let (ok, out, err) =
         cluster.ostrakon(&["ranges", "merge", key, "--endpoint", &cluster.host_port(i)]);
@@ -1071,7 +1072,7 @@ async fn a_merge_makes_one_range_of_two_that_every_member_serves() {
     // merge is given up, and the range thaws and takes writes again.
     cluster.kill(down);
     let (ok, out, err) =
-        cluster.ostrakon(&["ranges", "merge", "a", "--endpoint", &cluster.host_port(up)]);
+        cluster.ostrakon(&["ranges", "merge", "m", "--endpoint", &cluster.host_port(up)]);
     assert!(!ok, "a merge with a replica down: {out}");
     assert!(err.contains("every replica must be up"), "{err}");
     for (i, key) in [(up, "x"), (leader, "a")] {
@@ -1088,7 +1089,7 @@ async fn a_merge_makes_one_range_of_two_that_every_member_serves() {
     // snapshot).
     cluster.restart(down);
     wait_for_local_value(&cluster, down, "x", "x-thawed").await;
-    merge_at(&cluster, "a", up);
+    merge_at(&cluster, "m", up);
     cluster.kill(down);
     let running: Vec<usize> = (0..3).filter(|&i| i != down).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1146,7 +1147,7 @@ async fn a_merge_makes_one_range_of_two_that_every_member_serves() {
     }
     common::ranges::split_at_m(&cluster).await;
     cluster.client(1).await.put("y", "y", None).await.unwrap();
-    merge_at(&cluster, "", 2);
+    merge_at(&cluster, "m", 2);
     wait_for_spans(&cluster, &[("", "")]).await;
     let all = cluster
         .client(0)

@@ -557,23 +557,35 @@ impl NodeHandle {
         }
     }
 
-    /// Merges the range holding `key` with the range after it (docs/RANGES.md,
-    /// "Merges"), through the node leading the right range, and waits until this node
-    /// has applied it. Returns (the merged range, the range merged into it).
+    /// Merges the range that starts at `key` into the range before it, undoing a split
+    /// at `key` (CockroachDB's unsplit; docs/RANGES.md, "Merges"), through the node
+    /// leading the right range, and waits until this node has applied it. Returns (the
+    /// merged range, the range merged into it).
     pub async fn merge_ranges_at(&self, key: &[u8]) -> Result<(GroupId, GroupId), NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout * 2;
-        let left = self.route(&[(key, b"")]).await?;
-        let left_span = self.store(left)?.span();
-        let Some(end) = left_span.end().map(<[u8]>::to_vec) else {
-            return Err(NodeError::Refused {
-                code: tonic::Code::FailedPrecondition as i32,
-                message: format!(
-                    "ostrakon: range {} is the last range; there is none after it to merge",
-                    left.0
-                ),
-            });
+        let no_boundary = || {
+            NodeError::Refused {
+            code: tonic::Code::FailedPrecondition as i32,
+            message: format!(
+                "ostrakon: no range starts at {:?} after another one; `ostrakon ranges` lists where ranges start",
+                String::from_utf8_lossy(key)
+            ),
+        }
         };
-        let right = self.route(&[(&end, b"")]).await?;
+        if key.is_empty() {
+            return Err(no_boundary());
+        }
+        let right = self.route(&[(key, b"")]).await?;
+        if self.store(right)?.span().start() != key {
+            return Err(no_boundary());
+        }
+        let before = self
+            .data_ranges()
+            .into_iter()
+            .find(|(_, span)| span.end() == Some(key));
+        let Some((left, _)) = before else {
+            return Err(no_boundary());
+        };
         loop {
             let status = self.status(right)?;
             let attempt = if status.is_leader {

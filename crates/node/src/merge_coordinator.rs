@@ -75,6 +75,10 @@ pub(crate) async fn merge_here(
             "ostrakon: the two ranges' memberships differ; merge them once they agree",
         ));
     }
+    if !replicas_caught_up(handle, right).await {
+        // Likely one is down: a freeze would hold the range up for nothing.
+        return Err(replicas_behind());
+    }
     let freeze = Request::FreezeRange(FreezeRange {
         left_range_id: left.0,
     });
@@ -162,13 +166,31 @@ async fn replicas_hold(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(refused(
-                "ostrakon: a replica of the right range did not take in its freeze in time \
-                 (every replica must be up to merge); merge again later",
-            ));
+            return Err(replicas_behind());
         }
         tokio::time::sleep(CATCH_UP_POLL).await;
     }
+}
+
+/// Whether every replica of `group` (led here) has every committed entry.
+pub(crate) async fn replicas_caught_up(handle: &NodeHandle, group: GroupId) -> bool {
+    let Ok(status) = handle.raft_status(group).await else {
+        return false;
+    };
+    status.conf_state.members().iter().all(|member| {
+        *member == status.id
+            || status
+                .progress
+                .iter()
+                .any(|(id, matched, _, _)| id == member && *matched >= status.commit)
+    })
+}
+
+fn replicas_behind() -> NodeError {
+    refused(
+        "ostrakon: a replica of the right range is behind (every replica must be up to \
+         merge); merge again later",
+    )
 }
 
 /// Fences off the merge of `right` frozen at `freeze_index` in `left`, then thaws

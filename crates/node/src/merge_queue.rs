@@ -107,7 +107,7 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
         failed.retain(|_, at| at.elapsed() < FAILED_MERGE_REST);
         if let Some((left, right, live_bytes)) = merge {
             due_looks.remove(&right);
-            if !replicas_caught_up(&handle, right).await {
+            if !crate::merge_coordinator::replicas_caught_up(&handle, right).await {
                 // Likely one is down: the freeze would only hold the range up.
                 failed.insert(right, Instant::now());
                 continue;
@@ -128,20 +128,6 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
             }
         }
     }
-}
-
-/// Whether every replica of `group` (led here) has every committed entry.
-async fn replicas_caught_up(handle: &NodeHandle, group: GroupId) -> bool {
-    let Ok(status) = handle.raft_status(group).await else {
-        return false;
-    };
-    status.conf_state.members().iter().all(|member| {
-        *member == status.id
-            || status
-                .progress
-                .iter()
-                .any(|(id, matched, _, _)| id == member && *matched >= status.commit)
-    })
 }
 
 /// Fences off and thaws a merge whose coordinator is gone.
