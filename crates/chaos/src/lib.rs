@@ -37,6 +37,8 @@ pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.
 
 /// How long the cluster may take to settle after healing.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a run waits for watches to catch up beyond `SETTLE_TIMEOUT`.
+const CATCH_UP_EXTRA_MAX: Duration = Duration::from_secs(120);
 
 /// One run's settings.
 #[derive(Clone, Debug)]
@@ -153,10 +155,17 @@ pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
     let convergence = convergence::check(&cluster, SETTLE_TIMEOUT).await;
     let endpoints = cluster.endpoints();
     let final_set = workload::set::read_final(&endpoints).await;
-    let target = convergence.revision;
+    // The watches must bring every write: up to the last one under the prefix (the
+    // keyspace's revision may be above it with nothing to watch there).
+    let target = workload::watch::last_write_revision(&endpoints)
+        .await
+        .map_or(convergence.revision, |last| last.min(convergence.revision));
     // Catching up a watch takes time in proportion to the history: allow a second per
-    // 5,000 revisions beyond the fixed settling time.
-    let catch_up = SETTLE_TIMEOUT + Duration::from_secs(target.max(0) as u64 / 5000);
+    // 5,000 revisions beyond the fixed settling time, two minutes at most. (Once the
+    // keyspace splits, revisions are the oracle's timestamps, far above any count of
+    // writes: uncapped, a watcher that never caught up held the run for ever.)
+    let catch_up =
+        SETTLE_TIMEOUT + Duration::from_secs(target.max(0) as u64 / 5000).min(CATCH_UP_EXTRA_MAX);
     let watched = workloads.watch.finish(target, catch_up).await;
     let watch_start = workloads.watch.start_revision;
     let reference = workload::watch::reference(&endpoints, watch_start, target, catch_up).await;

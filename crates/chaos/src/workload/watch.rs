@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
 use ostrakon_check::invariants::WatchEvent;
 
 use super::{connect, KEY_PREFIX};
@@ -162,6 +162,27 @@ fn to_event(event: &etcd_client::Event) -> Option<WatchEvent> {
         },
         is_put,
     })
+}
+
+/// The revision of the last write under the workloads' prefix (none deletes), as any
+/// member answers a linearizable read; None if none answers. The watches are complete
+/// once they reached it: the keyspace's revision may be higher with no event there (a
+/// transaction across ranges that wrote nothing raises its ranges' revisions, and so
+/// do writes outside the prefix).
+pub async fn last_write_revision(endpoints: &[String]) -> Option<i64> {
+    let newest_first = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Mod, SortOrder::Descend)
+        .with_limit(1);
+    for _ in 0..20 {
+        if let Some(mut etcd) = connect(endpoints).await {
+            if let Ok(response) = etcd.get(KEY_PREFIX, Some(newest_first.clone())).await {
+                return Some(response.kvs().first().map_or(0, |kv| kv.mod_revision()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
 }
 
 /// Every event from `start` to `target`, from one fresh watch on any member: the
