@@ -1206,12 +1206,15 @@ async fn small_cold_ranges_merge_by_themselves() {
     for i in 0..3 {
         wait_for_local_value(&cluster, i, "k00", &round.to_string()).await;
     }
-    let merges: f64 = (0..3)
+    // Splits by size may go on after the count above: every member merged as many
+    // ranges, at least all but one of those counted.
+    let merges: Vec<f64> = (0..3)
         .map(|i| common::metrics(cluster.members[i].client_port)["ostrakon_range_merges_total"])
-        .sum();
-    assert_eq!(
-        merges,
-        3.0 * (split as f64 - 1.0),
-        "every member merged every range"
+        .collect();
+    assert!(
+        merges
+            .iter()
+            .all(|&m| m == merges[0] && m >= split as f64 - 1.0),
+        "every member merged every range: {merges:?} merges, {split} ranges seen"
     );
 }
