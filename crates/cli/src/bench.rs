@@ -237,16 +237,35 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         args.workload,
         Workload::Get | Workload::GetSerializable | Workload::Range
     ) {
-        // Reads need the keys to exist; writing them is not measured.
-        let mut client = connections[0].clone();
-        for n in 0..args.key_space.min(args.total) {
-            client
-                .put(PutRequest {
-                    key: key(&args, n),
-                    value: value.clone(),
-                    ..Default::default()
-                })
-                .await?;
+        // Reads need the keys to exist; writing them is not measured (so it may as well
+        // be quick: as many writers as the workload has clients).
+        let keys: std::sync::Arc<Vec<Bytes>> = std::sync::Arc::new(
+            (0..args.key_space.min(args.total))
+                .map(|n| key(&args, n))
+                .collect(),
+        );
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut writers = tokio::task::JoinSet::new();
+        for c in 0..args.clients.max(1) {
+            let mut client = connections[c % connections.len()].clone();
+            let (next, value, keys) = (next.clone(), value.clone(), keys.clone());
+            writers.spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(key) = keys.get(n) else {
+                        return Ok::<(), tonic::Status>(());
+                    };
+                    let put = PutRequest {
+                        key: key.clone(),
+                        value: value.clone(),
+                        ..Default::default()
+                    };
+                    client.put(put).await?;
+                }
+            });
+        }
+        while let Some(written) = writers.join_next().await {
+            written??;
         }
     }
     let args = std::sync::Arc::new(args);

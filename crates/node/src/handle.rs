@@ -55,6 +55,10 @@ struct Inner {
     /// Where backups are written before they are streamed.
     snap_dir: std::path::PathBuf,
     quota_backend_bytes: u64,
+    /// Reads' timestamps from the oracle, one fetch at a time for the node.
+    read_timestamps: Arc<crate::coalesce::Coalescer<(), u64>>,
+    /// Reads' barriers, one at a time per range.
+    read_barriers: Arc<crate::coalesce::Coalescer<GroupId, LogIndex>>,
 }
 
 /// One member as `MemberList` describes it.
@@ -164,6 +168,8 @@ impl NodeHandle {
                 removed,
                 snap_dir: crate::layout::Layout::new(&config.data_dir).snap,
                 quota_backend_bytes: config.quota_backend_bytes,
+                read_timestamps: Arc::new(crate::coalesce::Coalescer::new(config.request_timeout)),
+                read_barriers: Arc::new(crate::coalesce::Coalescer::new(config.request_timeout)),
             }),
         }
     }
@@ -445,7 +451,7 @@ impl NodeHandle {
             // A revision a read across ranges answered with (the oracle's at the time)
             // is above every range's last write: future only if the oracle has not
             // handed it out yet.
-            let now = self.timestamps(1).await?.first.0;
+            let now = self.current_timestamp().await?;
             if revision.0 as u64 > now {
                 return Ok(mvcc_error_outcome(&MvccError::FutureRevision));
             }
@@ -939,6 +945,19 @@ impl NodeHandle {
         }
     }
 
+    /// A timestamp the oracle handed out after this call began: at or above the revision
+    /// of every write acknowledged before it, in any range (the current revision of a
+    /// read across ranges, or of a linearizable read of a keyspace in ranges). Reads on
+    /// this member share fetches (`coalesce`): one is in flight at a time.
+    pub async fn current_timestamp(&self) -> Result<u64, NodeError> {
+        let node = self.clone();
+        let fetch = move || {
+            let node = node.clone();
+            async move { Ok(node.timestamps(1).await?.first.0) }
+        };
+        self.inner.read_timestamps.join((), fetch).await
+    }
+
     /// `timestamps` from this member's oracle; fails with `NotLeader` unless it leads the
     /// meta range.
     pub async fn timestamps_local(
@@ -1159,14 +1178,23 @@ impl NodeHandle {
             return Ok(());
         }
         let mut applied = shared.applied.clone();
-        let wait = async {
-            let index = match self.read_barrier_local(group).await {
-                Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
-                    self.inner.transport.read_barrier(leader, group).await?
+        // Any barrier sent after `revision` came from the oracle will do: reads of the
+        // range on this member share them (`coalesce`).
+        let node = self.clone();
+        let barrier = move || {
+            let node = node.clone();
+            async move {
+                match node.read_barrier_local(group).await {
+                    Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
+                        node.inner.transport.read_barrier(leader, group).await
+                    }
+                    Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
+                    other => other,
                 }
-                Err(NodeError::NotLeader(_)) => return Err(NodeError::NoLeader),
-                other => other?,
-            };
+            }
+        };
+        let wait = async {
+            let index = self.inner.read_barriers.join(group, barrier).await?;
             applied
                 .wait_for(|applied| *applied >= index)
                 .await

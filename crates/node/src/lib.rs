@@ -16,6 +16,7 @@
 // tonic::Status is large, and it is what every gRPC handler returns.
 #![allow(clippy::result_large_err)]
 
+mod coalesce;
 pub mod config;
 mod consistent_point;
 pub mod error;

@@ -77,10 +77,15 @@ impl KvService {
                     .expect("a range read panicked")?
             }
             RoutedRead::Across { views, at, header } => {
-                let mut response =
+                // A single key (a read of one range of a keyspace in ranges) is read here:
+                // a hop to a blocking thread costs more than the read.
+                let mut response = if request.range_end.is_empty() {
+                    mvcc::range_across(&views, &request, at)?
+                } else {
                     tokio::task::spawn_blocking(move || mvcc::range_across(&views, &request, at))
                         .await
-                        .expect("a range read panicked")?;
+                        .expect("a range read panicked")?
+                };
                 response.header = Some(ResponseHeader {
                     revision: header.0,
                     ..ResponseHeader::default()
@@ -104,13 +109,22 @@ impl KvService {
         mvcc::txn_intervals(&request, &mut intervals);
         let linearizable = !mvcc::txn_is_serializable(&request);
         let routed = crate::routed::read_at(&self.node, &intervals, linearizable, 0).await?;
-        let mut response = tokio::task::spawn_blocking(move || match routed {
+        // Reads of single keys are evaluated here (a hop to a blocking thread costs more
+        // than they do); ranges of keys off the async workers.
+        let single_keys = intervals.iter().all(|(_, range_end)| range_end.is_empty());
+        drop(intervals);
+        let evaluate = move || match routed {
             RoutedRead::One(view) => mvcc::read_txn(&view, &request),
             // Compares and reads across ranges at one revision, which the header carries.
             RoutedRead::Across { views, at, .. } => mvcc::read_txn_across(&views, &request, at),
-        })
-        .await
-        .expect("a read-only Txn panicked")?;
+        };
+        let mut response = if single_keys {
+            evaluate()?
+        } else {
+            tokio::task::spawn_blocking(evaluate)
+                .await
+                .expect("a read-only Txn panicked")?
+        };
         response.header = self.header(response.header);
         Ok(response)
     }

@@ -223,7 +223,7 @@ async fn linearizable_lease_keys(
     let ranges = node.data_ranges();
     let split = ranges.len() > 1;
     let now = if split {
-        node.timestamps(1).await?.first.0
+        node.current_timestamp().await?
     } else {
         0
     };

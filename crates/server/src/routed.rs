@@ -179,7 +179,7 @@ async fn read_across(
     let at = if every_range_reached {
         Revision(requested)
     } else {
-        let now = node.timestamps(1).await?.first.0;
+        let now = node.current_timestamp().await?;
         let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
         if requested > now.0 {
             return Err(MvccError::FutureRevision.into());
@@ -190,13 +190,21 @@ async fn read_across(
             now
         }
     };
+    // Every range's barrier at once (a task each; one range needs none of its own).
     let mut waits = tokio::task::JoinSet::new();
-    for &group in groups {
-        let node = node.clone();
-        waits.spawn(async move { (group, node.read_point_at(group, at).await) });
+    let mut results = Vec::new();
+    if let [group] = groups[..] {
+        results.push((group, node.read_point_at(group, at).await));
+    } else {
+        for &group in groups {
+            let node = node.clone();
+            waits.spawn(async move { (group, node.read_point_at(group, at).await) });
+        }
     }
     while let Some(done) = waits.join_next().await {
-        let (group, result) = done.expect("a read barrier panicked");
+        results.push(done.expect("a read barrier panicked"));
+    }
+    for (group, result) in results {
         match result {
             Err(NodeError::NoLeader) if node.await_new_range_leader(group).await => {
                 return Ok(None)

@@ -489,7 +489,7 @@ impl WatchStream {
             return Ok((Follows::One(group), store.current_revision(), None));
         }
         let from = self.subscribe_all(&groups)?;
-        let now = self.node.timestamps(1).await?.first.0;
+        let now = self.node.current_timestamp().await?;
         let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
         let pending = crate::watch_merge::Pending::new(from);
         Ok((Follows::Several, now, Some(pending)))
@@ -544,7 +544,7 @@ impl WatchStream {
             return Ok(());
         }
         let resolved = async {
-            let now = self.node.timestamps(1).await?.first.0;
+            let now = self.node.current_timestamp().await?;
             let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
             let mut waits = tokio::task::JoinSet::new();
             for &group in &groups {
@@ -885,7 +885,7 @@ impl WatchStream {
             return sent;
         }
         let resolved = async {
-            let now = self.node.timestamps(1).await?.first.0;
+            let now = self.node.current_timestamp().await?;
             let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
             self.node.read_point_at(group, now).await?;
             let view = store.read_view();
