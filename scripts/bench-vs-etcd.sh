@@ -18,11 +18,15 @@
 #   bash scripts/bench-vs-etcd.sh                     # full run
 #   TOTAL=5000 ROUNDS=1 bash scripts/bench-vs-etcd.sh # shorter, not written to the docs
 #   SPLITS="b0005" bash scripts/bench-vs-etcd.sh      # on a keyspace split in two
+# With WORKLOADS (names, space-separated: put get get-serializable txn range), only those
+# run, and the table is printed, not written (a partial table would replace the whole):
+#   WORKLOADS="get" SPLITS="b0005" bash scripts/bench-vs-etcd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${TOTAL:-20000}
 ROUNDS=${ROUNDS:-3}
 SPLITS=${SPLITS:-}
+WORKLOADS=${WORKLOADS:-}
 ANCHOR=../shared/tools/etcd-anchor.sh
 source scripts/lib/ostrakon-cluster.sh
 cargo build --release -p ostrakon
@@ -74,6 +78,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS"
   for run in "${runs[@]}"; do
     set -- $run
+    if [ -n "$WORKLOADS" ] && ! [[ " $WORKLOADS " == *" $1 "* ]]; then continue; fi
     bench etcd "$etcd_endpoints" etcd_pids "$@"
     bench ostrakon "$ostrakon_endpoints" pids "$@"
   done
@@ -81,9 +86,9 @@ done
 etcd_rss=$(rss_kib_each "${etcd_pids[@]}")
 ostrakon_rss=$(rss_kib_each "${pids[@]}")
 
-python3 - "$results" "$etcd_rss" "$ostrakon_rss" "$ROUNDS" "$SPLITS" <<'PY'
+python3 - "$results" "$etcd_rss" "$ostrakon_rss" "$ROUNDS" "$SPLITS" "$WORKLOADS" <<'PY'
 import json, sys, datetime, re
-path, rounds, splits = sys.argv[1], int(sys.argv[4]), sys.argv[5].split()
+path, rounds, splits, only = sys.argv[1], int(sys.argv[4]), sys.argv[5].split(), sys.argv[6]
 etcd_rss = [int(k) for k in sys.argv[2].split()]
 ostrakon_rss = [int(k) for k in sys.argv[3].split()]
 by_run = {}
@@ -116,6 +121,9 @@ table = "\n".join(out)
 print(table)
 if rounds < 3:
     print(f"{rounds} round(s): not written to docs/BENCHMARKS.md (3 at least)")
+    sys.exit(0)
+if only:
+    print(f"only {only}: not written to docs/BENCHMARKS.md (a partial table)")
     sys.exit(0)
 stamp = datetime.date.today().isoformat()
 marker = "bench-vs-etcd-split" if splits else "bench-vs-etcd"

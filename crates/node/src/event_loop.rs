@@ -796,6 +796,30 @@ impl EventLoop {
         }
     }
 
+    /// A fresh read whose fetch gave it `revision`, after the fetch's writes were
+    /// proposed: a barrier at `revision` in the term it arrived in (a later leadership
+    /// may not have proposed every write of this one's fetches: the reader tries again).
+    fn fresh_read_point(&mut self, read: crate::revisions::WaitingFreshRead, revision: u64) {
+        let crate::revisions::WaitingFreshRead {
+            group,
+            respond,
+            term,
+        } = read;
+        match self.replicas.get_mut(&group) {
+            Some(replica) if replica.node.role() == Role::Leader && replica.node.term() == term => {
+                let last = replica.node.last_index();
+                let waiter = crate::input::ReadWaiter::Fresh { respond, revision };
+                replica.read_index_at_least(last, waiter);
+                self.dirty.insert(group);
+            }
+            Some(replica) if replica.node.role() == Role::Leader => {
+                drop(respond.send(Err(NodeError::LeaderChanged)))
+            }
+            Some(replica) => drop(respond.send(Err(NodeError::NotLeader(replica.node.leader())))),
+            None => drop(respond.send(Err(NodeError::UnknownGroup))),
+        }
+    }
+
     /// Asks the oracle for the revisions of the writes waiting for them, if none is
     /// being fetched; the answer comes back as `Input::RevisionsGranted`.
     fn fetch_revisions(&mut self) {
@@ -1011,7 +1035,24 @@ impl EventLoop {
                 for barrier in self.revisions.released_barriers() {
                     self.read_barrier(barrier);
                 }
+                for (read, revision) in self.revisions.released_fresh_reads() {
+                    self.fresh_read_point(read, revision);
+                }
             }
+            Input::FreshReadPoint { group, respond } => match self.replicas.get(&group) {
+                Some(replica) if replica.node.role() == Role::Leader => {
+                    self.revisions
+                        .wait_fresh(crate::revisions::WaitingFreshRead {
+                            group,
+                            respond,
+                            term: replica.node.term(),
+                        });
+                }
+                Some(replica) => {
+                    drop(respond.send(Err(NodeError::NotLeader(replica.node.leader()))))
+                }
+                None => drop(respond.send(Err(NodeError::UnknownGroup))),
+            },
             Input::ReadBarrier { group, respond } => {
                 let barrier = crate::revisions::WaitingBarrier { group, respond };
                 if let Some(barrier) = self.revisions.barrier(barrier) {

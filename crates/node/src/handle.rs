@@ -59,6 +59,8 @@ struct Inner {
     read_timestamps: Arc<crate::coalesce::Coalescer<(), u64>>,
     /// Reads' barriers, one at a time per range.
     read_barriers: Arc<crate::coalesce::Coalescer<GroupId, LogIndex>>,
+    /// Fresh read points, one at a time per range.
+    fresh_read_points: Arc<crate::coalesce::Coalescer<GroupId, (LogIndex, u64)>>,
 }
 
 /// One member as `MemberList` describes it.
@@ -170,6 +172,9 @@ impl NodeHandle {
                 quota_backend_bytes: config.quota_backend_bytes,
                 read_timestamps: Arc::new(crate::coalesce::Coalescer::new(config.request_timeout)),
                 read_barriers: Arc::new(crate::coalesce::Coalescer::new(config.request_timeout)),
+                fresh_read_points: Arc::new(crate::coalesce::Coalescer::new(
+                    config.request_timeout,
+                )),
             }),
         }
     }
@@ -1203,6 +1208,60 @@ impl NodeHandle {
         };
         match tokio::time::timeout(self.inner.request_timeout, wait).await {
             Ok(result) => result,
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// A revision R at or above every revision acknowledged before the call, in any range,
+    /// once this member's replica of `group` holds every write of the range at or below
+    /// R that will ever apply: a linearizable read of the range's current state reads
+    /// there. R comes from the range leader's next oracle fetch, which its writes share
+    /// (one request to the leader instead of one to the oracle and a barrier), and the
+    /// reads of the range on this member share their requests (`coalesce`).
+    pub async fn fresh_read_point(
+        &self,
+        group: GroupId,
+    ) -> Result<ostrakon_storage::mvcc::Revision, NodeError> {
+        let mut applied = self.group(group)?.applied.clone();
+        let node = self.clone();
+        let point = move || {
+            let node = node.clone();
+            async move {
+                match node.fresh_read_point_local(group).await {
+                    Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
+                        node.inner.transport.fresh_read_point(leader, group).await
+                    }
+                    Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
+                    other => other,
+                }
+            }
+        };
+        let wait = async {
+            let (index, revision) = self.inner.fresh_read_points.join(group, point).await?;
+            applied
+                .wait_for(|applied| *applied >= index)
+                .await
+                .map_err(|_| NodeError::Stopped)?;
+            let revision = i64::try_from(revision).expect("timestamps stay below 2^63");
+            Ok(ostrakon_storage::mvcc::Revision(revision))
+        };
+        match tokio::time::timeout(self.inner.request_timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// A fresh read point from this node's replica of `group`: R and the index to wait
+    /// for, or `NotLeader` unless it leads the range.
+    pub async fn fresh_read_point_local(
+        &self,
+        group: GroupId,
+    ) -> Result<(LogIndex, u64), NodeError> {
+        self.group(group)?;
+        let (respond, response) = oneshot::channel();
+        self.send(Input::FreshReadPoint { group, respond })?;
+        match tokio::time::timeout(self.inner.request_timeout, response).await {
+            Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
             Err(_) => Err(NodeError::Timeout),
         }
     }

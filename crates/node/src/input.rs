@@ -15,6 +15,35 @@ use crate::error::NodeError;
 pub type WriteResponder = oneshot::Sender<Result<WriteOutcome, NodeError>>;
 /// Where a reader waits for its read index.
 pub type ReadResponder = oneshot::Sender<Result<LogIndex, NodeError>>;
+/// Where a fresh read of a range waits for its revision and the index to read at.
+pub type FreshReadResponder = oneshot::Sender<Result<(LogIndex, u64), NodeError>>;
+
+/// Who waits for a read index: a reader, or a fresh read that also gets its revision.
+pub enum ReadWaiter {
+    Index(ReadResponder),
+    Fresh {
+        respond: FreshReadResponder,
+        revision: u64,
+    },
+}
+
+impl ReadWaiter {
+    pub fn answer(self, index: Result<LogIndex, NodeError>) {
+        match self {
+            ReadWaiter::Index(respond) => drop(respond.send(index)),
+            ReadWaiter::Fresh { respond, revision } => {
+                drop(respond.send(index.map(|index| (index, revision))))
+            }
+        }
+    }
+}
+
+impl From<ReadResponder> for ReadWaiter {
+    fn from(respond: ReadResponder) -> ReadWaiter {
+        ReadWaiter::Index(respond)
+    }
+}
+
 /// Where a membership change waits for the membership it produced.
 pub type ConfResponder = oneshot::Sender<Result<ConfState, NodeError>>;
 
@@ -46,6 +75,15 @@ pub enum Input {
         group: GroupId,
         /// Answered with the index to wait for.
         respond: ReadResponder,
+    },
+    /// A linearizable read of a range that takes its revisions from the oracle, on the
+    /// range's leader: answered with a revision R from a fetch started after it arrived
+    /// and a log index after which every write of the range at or below R has applied
+    /// (a read barrier at R; docs/RANGES.md, "the read-wait rule").
+    FreshReadPoint {
+        /// The range.
+        group: GroupId,
+        respond: FreshReadResponder,
     },
     /// A snapshot's data arrived and is durable at `path`; `message` is its InstallSnapshot.
     SnapshotReceived {
@@ -144,6 +182,7 @@ impl Input {
             Input::Propose { .. } => "Propose",
             Input::ReadIndex { .. } => "ReadIndex",
             Input::ReadBarrier { .. } => "ReadBarrier",
+            Input::FreshReadPoint { .. } => "FreshReadPoint",
             Input::SnapshotReceived { .. } => "SnapshotReceived",
             Input::SnapshotReport { .. } => "SnapshotReport",
             Input::SnapshotCreated { .. } => "SnapshotCreated",
@@ -166,6 +205,7 @@ impl Input {
             Input::Propose { group, .. }
             | Input::ReadIndex { group, .. }
             | Input::ReadBarrier { group, .. }
+            | Input::FreshReadPoint { group, .. }
             | Input::SnapshotReport { group, .. }
             | Input::SnapshotCreated { group, .. }
             | Input::TransferLeader { group, .. }

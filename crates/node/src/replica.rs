@@ -17,7 +17,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::error::NodeError;
-use crate::input::{ConfResponder, ReadResponder, WriteResponder};
+use crate::input::{ConfResponder, ReadResponder, ReadWaiter, WriteResponder};
 use crate::reconfig_check;
 use crate::spans::{self, SpanContext, SpanKind};
 use crate::status::GroupStatus;
@@ -42,7 +42,7 @@ pub struct Replica {
     /// WAL fsync and replication spans.
     traced: BTreeMap<LogIndex, (SpanContext, SystemTime)>,
     /// Each with the lowest index to answer (a read barrier's: its leader's last entry).
-    reads: HashMap<u64, (ReadResponder, LogIndex)>,
+    reads: HashMap<u64, (ReadWaiter, LogIndex)>,
     next_read_id: u64,
     /// Received snapshot files, by the index they cover, until raft asks to install one.
     pub incoming_snapshots: HashMap<LogIndex, PathBuf>,
@@ -308,9 +308,10 @@ impl Replica {
     }
 
     /// Asks raft for a linearizable read point, answering at least `lowest`.
-    pub fn read_index_at_least(&mut self, lowest: LogIndex, respond: ReadResponder) {
+    pub fn read_index_at_least(&mut self, lowest: LogIndex, respond: impl Into<ReadWaiter>) {
+        let respond = respond.into();
         if self.reads.len() >= PENDING_READS_MAX {
-            let _ = respond.send(Err(NodeError::Overloaded));
+            respond.answer(Err(NodeError::Overloaded));
             return;
         }
         let id = self.next_read_id;
@@ -319,9 +320,7 @@ impl Replica {
             Ok(()) => {
                 self.reads.insert(id, (respond, lowest));
             }
-            Err(error) => {
-                let _ = respond.send(Err(propose_error(error)));
-            }
+            Err(error) => respond.answer(Err(propose_error(error))),
         }
     }
 
@@ -336,7 +335,7 @@ impl Replica {
                 continue;
             };
             let index = state.index.map(|index| index.max(lowest));
-            let _ = respond.send(index.ok_or(NodeError::LeaderChanged));
+            respond.answer(index.ok_or(NodeError::LeaderChanged));
         }
     }
 
@@ -575,7 +574,7 @@ impl Replica {
             let _ = respond.send(Err(error.clone()));
         }
         for (_, (respond, _)) in self.reads.drain() {
-            let _ = respond.send(Err(error.clone()));
+            respond.answer(Err(error.clone()));
         }
         if let Some((_, _, respond)) = self.conf_proposal.take() {
             let _ = respond.send(Err(error.clone()));

@@ -23,7 +23,7 @@ use ostrakon_ranges::TimestampRange;
 
 use crate::error::NodeError;
 use crate::handle::TIMESTAMPS_PER_REQUEST_MAX;
-use crate::input::{ReadResponder, WriteResponder};
+use crate::input::{FreshReadResponder, ReadResponder, WriteResponder};
 
 /// A write waiting for its revision.
 pub struct WaitingWrite {
@@ -45,15 +45,37 @@ pub struct WaitingBarrier {
     pub respond: ReadResponder,
 }
 
+/// A linearizable read of the range's current state, on its leader: it takes the last
+/// timestamp of the next fetch as its revision R, so it is answered after that fetch's
+/// writes are proposed, as a barrier at R would be (`Input::FreshReadPoint`).
+pub struct WaitingFreshRead {
+    /// Its range.
+    pub group: GroupId,
+    /// Answered with R and the index to read at.
+    pub respond: FreshReadResponder,
+    /// The range leader's term when the read arrived: answered in that term only.
+    pub term: Term,
+}
+
+/// The writes the fetch in flight is for.
+struct InFlight {
+    number: u64,
+    writes: Vec<WaitingWrite>,
+    reads: Vec<WaitingFreshRead>,
+}
+
 /// The writes waiting for revisions, and the fetch in flight.
 #[derive(Default)]
 pub struct RevisionFetcher {
     waiting: Vec<WaitingWrite>,
-    /// The writes the fetch in flight is for, and its number.
-    in_flight: Option<(u64, Vec<WaitingWrite>)>,
+    /// Fresh reads waiting for the next fetch.
+    waiting_reads: Vec<WaitingFreshRead>,
+    in_flight: Option<InFlight>,
     next_fetch: u64,
     /// Barriers waiting for the fetch in flight.
     barriers: Vec<WaitingBarrier>,
+    /// Fresh reads the last answered fetch released, with their revision.
+    released_reads: Vec<(WaitingFreshRead, u64)>,
 }
 
 impl RevisionFetcher {
@@ -82,19 +104,36 @@ impl RevisionFetcher {
         self.waiting.push(waiting);
     }
 
-    /// If no fetch is in flight and writes wait: starts one for them (at most
-    /// `TIMESTAMPS_PER_REQUEST_MAX`), returning its number and how many timestamps it
-    /// needs.
+    /// Queues a fresh read until the next fetch is granted.
+    pub fn wait_fresh(&mut self, read: WaitingFreshRead) {
+        self.waiting_reads.push(read);
+    }
+
+    /// The fresh reads the last answered fetch released, with their revision (call after
+    /// `granted`, once its writes are proposed).
+    pub fn released_fresh_reads(&mut self) -> Vec<(WaitingFreshRead, u64)> {
+        std::mem::take(&mut self.released_reads)
+    }
+
+    /// If no fetch is in flight and writes or fresh reads wait: starts one for them (at
+    /// most `TIMESTAMPS_PER_REQUEST_MAX` timestamps: one per write, and one the reads
+    /// share), returning its number and how many timestamps it needs.
     pub fn start(&mut self) -> Option<(u64, u64)> {
-        if self.in_flight.is_some() || self.waiting.is_empty() {
+        if self.in_flight.is_some() || (self.waiting.is_empty() && self.waiting_reads.is_empty()) {
             return None;
         }
-        let count = self.waiting.len().min(TIMESTAMPS_PER_REQUEST_MAX as usize);
+        let for_reads = u64::from(!self.waiting_reads.is_empty());
+        let room = (TIMESTAMPS_PER_REQUEST_MAX - for_reads) as usize;
+        let count = self.waiting.len().min(room);
         let rest = self.waiting.split_off(count);
         let writes = std::mem::replace(&mut self.waiting, rest);
         self.next_fetch += 1;
-        self.in_flight = Some((self.next_fetch, writes));
-        Some((self.next_fetch, count as u64))
+        self.in_flight = Some(InFlight {
+            number: self.next_fetch,
+            writes,
+            reads: std::mem::take(&mut self.waiting_reads),
+        });
+        Some((self.next_fetch, count as u64 + for_reads))
     }
 
     /// The oracle's answer to fetch `fetch`: the writes with their revisions, in
@@ -105,17 +144,32 @@ impl RevisionFetcher {
         fetch: u64,
         granted: Result<TimestampRange, NodeError>,
     ) -> Vec<WaitingWrite> {
-        let Some((number, writes)) = self.in_flight.take() else {
+        let Some(InFlight {
+            number,
+            writes,
+            reads,
+        }) = self.in_flight.take()
+        else {
             panic!("revisions granted for fetch {fetch} with none in flight");
         };
         assert_eq!(number, fetch, "the answer of another fetch");
+        assert!(
+            self.released_reads.is_empty(),
+            "fresh reads left unreleased"
+        );
         match granted {
             Ok(range) => {
                 assert_eq!(
                     range.count,
-                    writes.len() as u64,
+                    writes.len() as u64 + u64::from(!reads.is_empty()),
                     "the oracle granted another count"
                 );
+                // The reads take the last timestamp: above every write of the fetch.
+                let read_revision = range.first.plus(range.count - 1).0;
+                self.released_reads = reads
+                    .into_iter()
+                    .map(|read| (read, read_revision))
+                    .collect();
                 writes
                     .into_iter()
                     .enumerate()
@@ -131,6 +185,9 @@ impl RevisionFetcher {
                 for waiting in writes {
                     let _ = waiting.respond.send(Err(error.clone()));
                 }
+                for read in reads {
+                    let _ = read.respond.send(Err(error.clone()));
+                }
                 Vec::new()
             }
         }
@@ -138,13 +195,16 @@ impl RevisionFetcher {
 
     /// Fails every waiting write (on shutdown).
     pub fn fail_all(&mut self, error: NodeError) {
-        let in_flight = self.in_flight.take().map(|(_, writes)| writes);
-        for waiting in self
-            .waiting
-            .drain(..)
-            .chain(in_flight.into_iter().flatten())
-        {
+        let (writes, reads) = match self.in_flight.take() {
+            Some(in_flight) => (in_flight.writes, in_flight.reads),
+            None => (Vec::new(), Vec::new()),
+        };
+        for waiting in self.waiting.drain(..).chain(writes) {
             let _ = waiting.respond.send(Err(error.clone()));
+        }
+        let released = self.released_reads.drain(..).map(|(read, _)| read);
+        for read in self.waiting_reads.drain(..).chain(reads).chain(released) {
+            let _ = read.respond.send(Err(error.clone()));
         }
         for barrier in self.barriers.drain(..) {
             let _ = barrier.respond.send(Err(error.clone()));
@@ -204,6 +264,63 @@ mod tests {
             vec![(1, 1, base), (2, 2, base + 1), (1, 3, base + 2)]
         );
         assert_eq!(fetcher.start().map(|(_, count)| count), Some(1));
+    }
+
+    type FreshAnswer =
+        tokio::sync::oneshot::Receiver<Result<(ostrakon_raft::LogIndex, u64), NodeError>>;
+
+    fn fresh_read(group: u64) -> (WaitingFreshRead, FreshAnswer) {
+        let (respond, answer) = tokio::sync::oneshot::channel();
+        let read = WaitingFreshRead {
+            group: GroupId(group),
+            respond,
+            term: Term(1),
+        };
+        (read, answer)
+    }
+
+    #[test]
+    fn fresh_reads_take_the_last_timestamp_of_the_next_fetch_never_the_one_in_flight() {
+        let mut fetcher = RevisionFetcher::default();
+        let (w, _answer) = waiting(1, 1);
+        fetcher.wait(w);
+        let (fetch, count) = fetcher.start().unwrap();
+        assert_eq!(count, 1);
+        // Arrived while fetch 1 is in flight: it may have been answered before.
+        let (read, _read_answer) = fresh_read(1);
+        fetcher.wait_fresh(read);
+        let (other, _other_answer) = fresh_read(2);
+        fetcher.wait_fresh(other);
+        let (w, _answer) = waiting(1, 2);
+        fetcher.wait(w);
+        assert_eq!(fetcher.start(), None, "one fetch in flight");
+        let first = Timestamp::from_physical_ms(1_000);
+        assert_eq!(
+            fetcher
+                .granted(fetch, Ok(TimestampRange { first, count: 1 }))
+                .len(),
+            1
+        );
+        assert!(fetcher.released_fresh_reads().is_empty());
+        // The next fetch: one timestamp for the write, one the two reads share, above it.
+        let (fetch, count) = fetcher.start().unwrap();
+        assert_eq!(count, 2);
+        let first = Timestamp::from_physical_ms(2_000);
+        let writes = fetcher.granted(fetch, Ok(TimestampRange { first, count: 2 }));
+        assert_eq!(writes[0].write.revision, first.0 as i64);
+        let reads = fetcher.released_fresh_reads();
+        let revisions: Vec<(u64, u64)> = reads.iter().map(|(r, at)| (r.group.0, *at)).collect();
+        assert_eq!(revisions, vec![(1, first.0 + 1), (2, first.0 + 1)]);
+        assert!(fetcher.released_fresh_reads().is_empty());
+
+        // Reads alone start a fetch; a failed one answers them with its error.
+        let (read, mut read_answer) = fresh_read(1);
+        fetcher.wait_fresh(read);
+        let (fetch, count) = fetcher.start().unwrap();
+        assert_eq!(count, 1);
+        assert!(fetcher.granted(fetch, Err(NodeError::Timeout)).is_empty());
+        assert!(fetcher.released_fresh_reads().is_empty());
+        assert_eq!(read_answer.try_recv().unwrap(), Err(NodeError::Timeout));
     }
 
     #[test]

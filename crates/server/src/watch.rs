@@ -885,9 +885,8 @@ impl WatchStream {
             return sent;
         }
         let resolved = async {
-            let now = self.node.current_timestamp().await?;
-            let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
-            self.node.read_point_at(group, now).await?;
+            // A revision from the range leader's next oracle fetch, with its barrier.
+            let now = self.node.fresh_read_point(group).await?;
             let view = store.read_view();
             let below_locks = view
                 .lowest_lock_revision()

@@ -507,6 +507,27 @@ impl Transport {
         leader: NodeId,
         group: GroupId,
     ) -> Result<LogIndex, NodeError> {
+        self.read_point_at_leader(leader, group, false)
+            .await
+            .map(|(index, _)| index)
+    }
+
+    /// Asks the leader of `group` for a fresh read point: a revision from its next
+    /// oracle fetch and the index to read at (`Input::FreshReadPoint`).
+    pub async fn fresh_read_point(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+    ) -> Result<(LogIndex, u64), NodeError> {
+        self.read_point_at_leader(leader, group, true).await
+    }
+
+    async fn read_point_at_leader(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+        fresh: bool,
+    ) -> Result<(LogIndex, u64), NodeError> {
         let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
         };
@@ -515,13 +536,14 @@ impl Transport {
                 group: group.0,
                 cluster_id: self.inner.cluster_id,
                 from: self.inner.me.0,
+                fresh,
             })
             .await
             .map_err(|_| NodeError::LeaderChanged)?
             .into_inner();
         match response.error {
             Some(error) => Err(codec::decode_node_error(error)),
-            None => Ok(LogIndex(response.index)),
+            None => Ok((LogIndex(response.index), response.revision)),
         }
     }
 

@@ -352,14 +352,23 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ReadBarrierResponse>, Status> {
         let request = request.into_inner();
         self.check_sender(request.cluster_id, request.from)?;
-        let response = match self.handle.read_barrier_local(GroupId(request.group)).await {
-            Ok(index) => pb::ReadBarrierResponse {
+        let group = GroupId(request.group);
+        let point = if request.fresh {
+            self.handle.fresh_read_point_local(group).await
+        } else {
+            let index = self.handle.read_barrier_local(group).await;
+            index.map(|index| (index, 0))
+        };
+        let response = match point {
+            Ok((index, revision)) => pb::ReadBarrierResponse {
                 index: index.0,
                 error: None,
+                revision,
             },
             Err(error) => pb::ReadBarrierResponse {
                 index: 0,
                 error: Some(encode_node_error(error)),
+                revision: 0,
             },
         };
         Ok(Response::new(response))
