@@ -77,6 +77,12 @@ where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, NodeError>>,
     {
+        // Should a fetch panic, the key is forgotten with its callers (who get `Stopped`),
+        // so that the next caller starts a fetch again rather than wait for none.
+        let _forget_on_panic = ForgetOnPanic {
+            batches: &self.batches,
+            key: key.clone(),
+        };
         loop {
             let batch = {
                 let mut batches = self.batches.lock().unwrap();
@@ -92,6 +98,21 @@ where
                 .unwrap_or(Err(NodeError::Timeout));
             for respond in batch {
                 let _ = respond.send(answer.clone());
+            }
+        }
+    }
+}
+
+struct ForgetOnPanic<'a, K: Eq + Hash, T> {
+    batches: &'a Mutex<HashMap<K, Batch<T>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash, T> Drop for ForgetOnPanic<'_, K, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut batches) = self.batches.lock() {
+                batches.remove(&self.key);
             }
         }
     }
@@ -199,6 +220,27 @@ mod tests {
         gated.release.add_permits(2);
         let (seven, eight) = (seven.await.unwrap().unwrap(), eight.await.unwrap().unwrap());
         assert_ne!(seven, eight);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_fails_its_batch_and_the_next_caller_fetches_again() {
+        let coalescer = Arc::new(Coalescer::<(), u64>::new(Duration::from_secs(5)));
+        let panicking = || async {
+            if std::hint::black_box(true) {
+                panic!("a planted panic in a fetch");
+            }
+            Ok::<u64, NodeError>(0)
+        };
+        assert_eq!(coalescer.join((), panicking).await, Err(NodeError::Stopped));
+        let gated = Gated::new();
+        gated.release.add_permits(1);
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), coalescer.join((), gated.fetcher()));
+        assert_eq!(
+            next.await,
+            Ok(Ok(1)),
+            "the key stayed wedged after the panic"
+        );
     }
 
     #[tokio::test]

@@ -1200,10 +1200,11 @@ impl NodeHandle {
         };
         let wait = async {
             let index = self.inner.read_barriers.join(group, barrier).await?;
+            // The replica gone meanwhile (merged into its left neighbour): routed again.
             applied
                 .wait_for(|applied| *applied >= index)
                 .await
-                .map_err(|_| NodeError::Stopped)?;
+                .map_err(|_| NodeError::UnknownGroup)?;
             Ok(())
         };
         match tokio::time::timeout(self.inner.request_timeout, wait).await {
@@ -1238,10 +1239,11 @@ impl NodeHandle {
         };
         let wait = async {
             let (index, revision) = self.inner.fresh_read_points.join(group, point).await?;
+            // The replica gone meanwhile (merged into its left neighbour): routed again.
             applied
                 .wait_for(|applied| *applied >= index)
                 .await
-                .map_err(|_| NodeError::Stopped)?;
+                .map_err(|_| NodeError::UnknownGroup)?;
             let revision = i64::try_from(revision).expect("timestamps stay below 2^63");
             Ok(ostrakon_storage::mvcc::Revision(revision))
         };
