@@ -289,6 +289,8 @@ pub struct Metrics {
     pub oracle_is_leader: Gauge,
     /// Timestamps the oracle on this member handed out.
     pub oracle_timestamps: Counter,
+    /// Requests the oracle on this member answered (each for one or more timestamps).
+    pub oracle_requests: Counter,
     /// Peer nodes this node reported down (silent for an election timeout).
     pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
@@ -337,6 +339,7 @@ impl Metrics {
             oracle_revision_writes: Counter::default(),
             oracle_is_leader: Gauge::default(),
             oracle_timestamps: Counter::default(),
+            oracle_requests: Counter::default(),
             nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
             trace_spans_dropped: Counter::default(),
@@ -507,6 +510,12 @@ impl Metrics {
             "counter",
             "Timestamps the oracle on this member handed out.",
             self.oracle_timestamps.get().to_string(),
+        );
+        scalar(
+            "ostrakon_oracle_requests_total",
+            "counter",
+            "Requests the oracle on this member answered; timestamps per request is the batching.",
+            self.oracle_requests.get().to_string(),
         );
         scalar(
             "ostrakon_nodes_reported_down_total",

@@ -150,9 +150,9 @@ impl TimestampService {
             };
             let waiting = self.ready.pop_front().expect("checked above");
             self.waiting -= 1;
-            crate::metrics::metrics()
-                .oracle_timestamps
-                .add(granted.count);
+            let metrics = crate::metrics::metrics();
+            metrics.oracle_timestamps.add(granted.count);
+            metrics.oracle_requests.inc();
             let _ = waiting.respond.send(Ok(granted));
         }
     }
