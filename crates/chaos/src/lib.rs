@@ -155,6 +155,7 @@ pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
     let convergence = convergence::check(&cluster, SETTLE_TIMEOUT).await;
     let endpoints = cluster.endpoints();
     let final_set = workload::set::read_final(&endpoints).await;
+    let final_bank = workload::bank::read_final(&endpoints).await;
     // The watches must bring every write: up to the last one under the prefix (the
     // keyspace's revision may be above it with nothing to watch there).
     let target = workload::watch::last_write_revision(&endpoints)
@@ -180,6 +181,7 @@ pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
         faults,
         convergence,
         final_set,
+        final_bank,
         watch_start,
         watched,
         reference,
@@ -187,6 +189,10 @@ pub async fn run(config: &RunConfig) -> Result<Verdict, ChaosError> {
     let mut verdict = verdict::judge(evidence, config);
     drop(cluster);
     if !verdict.valid {
+        // Kept with the members' logs, so a failure found by a test that overwrites its
+        // verdict file can still be read.
+        let saved = serde_json::to_string_pretty(&verdict.json).unwrap_or_default();
+        let _ = std::fs::write(work.path().join("verdict.json"), saved);
         verdict.logs = Some(work.keep());
     }
     Ok(verdict)

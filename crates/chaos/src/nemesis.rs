@@ -58,14 +58,15 @@ pub enum Fault {
 }
 
 /// Where the split-merge nemesis splits: between registers, at the set's keys, and
-/// through Txn groups (whose transactions then span two ranges).
-const SPLIT_MERGE_KEYS: [&str; 6] = [
+/// through Txn groups and the bank's accounts (whose transactions then span two ranges).
+const SPLIT_MERGE_KEYS: [&str; 7] = [
     "chaos/register/3",
     "chaos/register/7",
     "chaos/set/",
     "chaos/txn/2/1",
     "chaos/txn/5/",
     "chaos/txn/9/2",
+    "chaos/bank/5",
 ];
 
 /// Every fault, by its command-line name.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ostrakon_check::bank::{check_bank, BankRead};
 use ostrakon_check::invariants::{
     check_set, check_watch, revisions_never_decrease, AddOutcome, RevisionObservation, WatchEvent,
 };
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use crate::convergence::Convergence;
 use crate::nemesis::FaultWindow;
 use crate::workload::register::{keys_of, RegisterHistory, Shape};
-use crate::workload::{watch, Ended, Recorded, TimelineOp};
+use crate::workload::{bank, watch, Ended, Recorded, TimelineOp};
 
 /// How long the linearizability checker may search, per history.
 const CHECK_BUDGET: Duration = Duration::from_secs(60);
@@ -29,6 +30,7 @@ pub(crate) struct Evidence {
     pub faults: Vec<FaultWindow>,
     pub convergence: Convergence,
     pub final_set: Result<BTreeMap<String, i64>, String>,
+    pub final_bank: Result<BankRead, String>,
     pub watch_start: i64,
     pub watched: Vec<(String, watch::Responses, bool)>,
     pub reference: Result<Vec<WatchEvent>, String>,
@@ -178,6 +180,54 @@ fn timestamps_finding(ops: &crate::workload::timestamps::Recorded) -> Finding {
     }
 }
 
+/// The bank's promise: every read of all accounts, during the faults and after, finds
+/// the money the accounts opened with. A run in which no transfer committed, or no read
+/// completed, proves nothing and is not valid.
+fn bank_finding(recorded: &bank::Recorded, final_read: &Result<BankRead, String>) -> Finding {
+    let opened = match &recorded.opened {
+        Ok(revision) => *revision,
+        Err(error) => {
+            return Finding {
+                valid: false,
+                detail: json!({ "error": error }),
+            }
+        }
+    };
+    let mut reads = recorded.reads.clone();
+    let final_error = match final_read {
+        Ok(read) => {
+            reads.push(read.clone());
+            None
+        }
+        Err(error) => Some(format!("the final read failed: {error}")),
+    };
+    let report = check_bank(&reads, &bank::accounts(), bank::total());
+    let transfers = recorded.transfers;
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for read in &reads {
+        *kinds.entry(read.kind).or_default() += 1;
+    }
+    Finding {
+        valid: report.is_valid()
+            && final_error.is_none()
+            && transfers.committed > 0
+            && !recorded.reads.is_empty(),
+        detail: json!({
+            "accounts": bank::accounts().len(),
+            "total": bank::total(),
+            "opened_at": opened,
+            "transfers_committed": transfers.committed,
+            "transfers_refused": transfers.refused,
+            "transfers_failed": transfers.failed,
+            "transfers_unknown": transfers.unknown,
+            "reads": kinds,
+            "wrong_reads": report.wrong_count,
+            "wrong": report.wrong,
+            "final_error": final_error,
+        }),
+    }
+}
+
 fn revisions_finding(timeline: &[TimelineOp]) -> Finding {
     let observations: Vec<RevisionObservation> = timeline
         .iter()
@@ -295,6 +345,10 @@ pub(crate) fn judge(evidence: Evidence, config: &crate::RunConfig) -> Verdict {
         timestamps_finding(&evidence.recorded.timestamps),
     );
     checks.insert("watch", watch_finding(&evidence));
+    checks.insert(
+        "bank",
+        bank_finding(&evidence.recorded.bank, &evidence.final_bank),
+    );
     checks.insert(
         "convergence",
         Finding {

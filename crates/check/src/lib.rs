@@ -76,6 +76,7 @@
 //! ([`Explanation`]); usually the culprit is among the latter.
 #![deny(missing_docs)]
 
+pub mod bank;
 mod bitset;
 mod entries;
 mod history;

@@ -76,6 +76,7 @@ fn chaos_named(name: &str, nemesis: &str, extra_args: &[&str]) -> Value {
         "availability",
         "faults",
         "timestamps",
+        "bank",
     ] {
         assert_eq!(
             verdict["checks"][check]["valid"], true,
@@ -319,6 +320,37 @@ fn a_planted_stale_read_bug_is_caught() {
     );
 }
 
+/// A build whose reads ignore the locks of transactions across ranges is caught by the
+/// bank: with its accounts split over two ranges, a read that lands between a transfer's
+/// commit and its resolution in the other range sums wrong.
+#[test]
+fn a_planted_read_that_ignores_locks_is_caught_by_the_bank() {
+    let planted = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/planted/ostrakon");
+    assert!(
+        std::path::Path::new(planted).exists(),
+        "{planted} is missing: scripts/test.sh builds it"
+    );
+    let (verdict, passed) = run_chaos(
+        planted,
+        "planted-reads-ignore-locks",
+        &[
+            "--nemesis",
+            "kill-random",
+            "--duration",
+            "20s",
+            "--split-at",
+            "chaos/bank/4",
+        ],
+        &[("OSTRAKON_PLANTED_BUG", "reads-ignore-locks")],
+    );
+    assert!(!passed, "the planted bug went unnoticed: {verdict:#}");
+    assert_eq!(verdict["checks"]["bank"]["valid"], false, "{verdict:#}");
+    assert!(
+        verdict["checks"]["bank"]["wrong_reads"].as_u64().unwrap() > 0,
+        "{verdict:#}"
+    );
+}
+
 /// The keyspace split so that every Txn group's keys fall in two ranges (its Txns commit
 /// through two-phase commit, its reads read both ranges at one revision) and the
 /// single-key registers in two more, while members are killed and partitioned: the
@@ -334,11 +366,13 @@ fn transactions_across_ranges_under_kills_and_partitions() {
         "chaos/txn/1/1",
         "--split-at",
         "chaos/txn/2/2",
+        "--split-at",
+        "chaos/bank/4",
     ];
     let verdict = chaos_named("ranges", "kill-random,partition-halves", &splits);
     assert_eq!(
         verdict["split_at"].as_array().unwrap().len(),
-        4,
+        5,
         "{verdict:#}"
     );
     assert_eq!(

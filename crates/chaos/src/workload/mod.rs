@@ -5,11 +5,14 @@
 //! - txn: the same on groups of keys written together by one Txn, read by one Range;
 //! - set: unique elements added through one pinned member each, all read back at the end;
 //! - watch: one watcher per member over every key the others write;
-//! - timestamps: one client per member asks the timestamp oracle for timestamps.
+//! - timestamps: one client per member asks the timestamp oracle for timestamps;
+//! - bank: transfers between accounts by Txn, and reads of every account at one revision
+//!   that must always find the same total.
 //!
 //! Besides its own typed history, every operation goes on a shared timeline (for the
 //! revision checker, availability per fault and the report's plots).
 
+pub(crate) mod bank;
 pub(crate) mod register;
 pub(crate) mod set;
 pub(crate) mod timestamps;
@@ -129,6 +132,7 @@ pub struct Workloads {
     txns: register::RegisterWorkload,
     set: set::SetWorkload,
     timestamps: timestamps::TimestampWorkload,
+    bank: bank::BankWorkload,
     /// The watchers: stopped only after the cluster has healed and converged.
     pub watch: watch::WatchWorkload,
 }
@@ -143,6 +147,8 @@ pub struct Recorded {
     pub set: set::Recorded,
     /// The timestamp requests.
     pub timestamps: timestamps::Recorded,
+    /// The bank's transfers and reads.
+    pub bank: bank::Recorded,
 }
 
 impl Workloads {
@@ -150,6 +156,8 @@ impl Workloads {
     pub async fn start(cluster: &Cluster, clients: usize, keys: u64) -> Workloads {
         let recorder = Recorder::new();
         let watch = watch::WatchWorkload::start(cluster).await;
+        // Opened before the others start, so the faults meet its transfers.
+        let bank = bank::BankWorkload::start(cluster, recorder.clone()).await;
         Workloads {
             registers: register::RegisterWorkload::start(
                 cluster,
@@ -167,6 +175,7 @@ impl Workloads {
             ),
             set: set::SetWorkload::start(cluster, recorder.clone()),
             timestamps: timestamps::TimestampWorkload::start(cluster, recorder.clone()),
+            bank,
             watch,
             recorder,
         }
@@ -185,6 +194,7 @@ impl Workloads {
             txns: self.txns.stop().await,
             set: self.set.stop().await,
             timestamps: self.timestamps.stop().await,
+            bank: self.bank.stop().await,
         }
     }
 }
