@@ -93,6 +93,8 @@ pub struct EventLoop {
     /// The ranges holding committed entries from a merge on, until this node's replica
     /// of the merge's right range has applied its freeze (`crate::merge`).
     held: BTreeSet<GroupId>,
+    /// Removes every data range's compaction garbage, on one thread.
+    compactor: ostrakon_storage::mvcc::Compactor,
 }
 
 struct FollowAttempt {
@@ -141,7 +143,7 @@ pub fn start(
         DEFAULT_GROUP,
         false,
     )?;
-    ostrakon_storage::mvcc::spawn_physical_compactor(&data.store)
+    let compactor = ostrakon_storage::mvcc::Compactor::start()
         .map_err(|e| StartError::Io(PathBuf::from("compactor thread"), e))?;
     // A data directory written before the meta range existed has the data range only:
     // its members cannot found the meta range alike, so it waits for a snapshot.
@@ -222,13 +224,12 @@ pub fn start(
         runtime,
         merged_away,
         held: BTreeSet::new(),
+        compactor,
     };
-    // The first data range's compactor was started above, before anything could fail.
-    let compactor = |e| StartError::Io(PathBuf::from("compactor thread"), e);
-    event_loop.add_group(data, false).map_err(compactor)?;
-    event_loop.add_group(meta, false).map_err(compactor)?;
+    event_loop.add_group(data);
+    event_loop.add_group(meta);
     for replica in other_replicas {
-        event_loop.add_group(replica, true).map_err(compactor)?;
+        event_loop.add_group(replica);
     }
     // Only once the handle sees the groups: these tasks end when their group is unknown.
     tasks_runtime.spawn(crate::lease_expiry::run(
@@ -542,22 +543,19 @@ pub(crate) fn seal_bootstrap(
 
 impl EventLoop {
     /// Hosts a group: the loop drives it from now on and the handle sees it. A data
-    /// range publishes its events for watchers; with `compactor`, its store's physical
-    /// compactor starts (the first data range's is started before the loop).
-    fn add_group(&mut self, replica: Replica, compactor: bool) -> std::io::Result<()> {
+    /// range publishes its events for watchers, and the node's compactor removes its
+    /// compactions' garbage.
+    fn add_group(&mut self, replica: Replica) {
         let group = replica.group;
-        if compactor {
-            ostrakon_storage::mvcc::spawn_physical_compactor(&replica.store)?;
+        if group != META_GROUP {
+            self.compactor.attach(&replica.store);
         }
-        let events = if group == META_GROUP {
-            tokio::sync::broadcast::channel(1).0
-        } else {
-            let (events, _) = tokio::sync::broadcast::channel(crate::events::REVISIONS_BUFFERED);
+        let events = Arc::new(crate::events::RevisionChannel::default());
+        if group != META_GROUP {
             replica
                 .store
                 .set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
-            events
-        };
+        }
         let shared = GroupShared {
             store: replica.store.clone(),
             status: replica.status.clone(),
@@ -570,7 +568,6 @@ impl EventLoop {
         self.replicas.insert(group, replica);
         self.ticking.insert(group);
         self.dirty.insert(group);
-        Ok(())
     }
 
     /// A replica of a range this node does not host yet, for a message from the range's
@@ -598,9 +595,7 @@ impl EventLoop {
             group = group.0,
             "hosting a replica of a new range, waiting for its snapshot"
         );
-        if let Err(error) = self.add_group(replica, true) {
-            tracing::error!(%error, group = group.0, "could not start a range's compactor");
-        }
+        self.add_group(replica);
     }
 
     /// The range a split just created on this node: its group starts here from the
@@ -634,9 +629,7 @@ impl EventLoop {
         };
         tracing::info!(group = group.0, span = ?replica.store.span(), "a split created a range");
         crate::metrics::metrics().range_splits.inc();
-        if let Err(error) = self.add_group(replica, true) {
-            tracing::error!(%error, group = group.0, "could not start a range's compactor");
-        }
+        self.add_group(replica);
         // The range's first snapshot file, for a replica that missed the split.
         self.start_snapshot(group);
     }

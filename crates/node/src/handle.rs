@@ -28,7 +28,7 @@ pub struct GroupShared {
     /// Lease deadlines (kept while this member leads).
     pub lessor: Arc<crate::lessor::Lessor>,
     /// Every committed revision's events, for watchers.
-    pub events: tokio::sync::broadcast::Sender<Arc<ostrakon_storage::mvcc::RevisionEvents>>,
+    pub events: Arc<crate::events::RevisionChannel>,
     /// The requests this member serves for the range.
     pub requests: crate::request_rate::RequestRate,
 }

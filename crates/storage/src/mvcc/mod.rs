@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub(crate) mod compaction;
+mod compactor;
 mod error;
 mod etcd;
 mod events;
@@ -26,6 +27,7 @@ mod store;
 pub mod txn_tables;
 mod value;
 
+pub use compactor::Compactor;
 pub use error::MvccError;
 pub use etcd::{
     adds_data, apply_write, etcd_status, evaluate_across, evaluate_revoke_across,
@@ -38,8 +40,8 @@ pub use members::{MemberChange, MemberRegistry};
 pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::{spans_cover, KeySpan};
 pub use store::{
-    spawn_physical_compactor, AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore,
-    ReadView, WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
+    AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn,
+    DATA_PARTITION, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 

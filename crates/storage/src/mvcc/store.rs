@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use prost::Message as _;
 
 use super::auth::AUTH_KEY_PREFIX;
 use super::auth::{AuthError, AuthState};
+use super::compactor::CompactionQueue;
 use super::events::{delete_event, put_event, EventSink, RevisionEvents};
 use super::keys::{key_prefix, split_versioned_key, versioned_key};
 use super::latest::LatestIndex;
@@ -97,6 +98,10 @@ pub struct MvccStore {
     /// signalled on `physical_compaction_changed`.
     physical_compaction: Mutex<PhysicalCompaction>,
     physical_compaction_changed: Condvar,
+    /// The node's compactor once attached, with this store's own handle for its queue.
+    compactor: OnceLock<(Weak<CompactionQueue>, Weak<MvccStore>)>,
+    /// Whether this store is on the compactor's queue.
+    compaction_queued: AtomicBool,
     applied_index: AtomicU64,
     applied: Mutex<AppliedState>,
     /// Every lease, as persisted under `LEASE_NAME_PREFIX` in `local`.
@@ -243,6 +248,8 @@ impl MvccStore {
                 installs: 0,
             }),
             physical_compaction_changed: Condvar::new(),
+            compactor: OnceLock::new(),
+            compaction_queued: AtomicBool::new(false),
             applied_index: AtomicU64::new(applied.index.0),
             applied: Mutex::new(applied),
             leases: Mutex::new(leases),
@@ -564,7 +571,7 @@ impl MvccStore {
             drop(latest.split_off(key));
             *self.span.lock().unwrap() = Arc::new(left_span);
             physical.installs += 1;
-            self.physical_compaction_changed.notify_all();
+            self.compaction_changed();
             self.oracle_revisions.store(true, Ordering::SeqCst);
             drop((latest, physical));
             self.set_applied(index, term);
@@ -618,7 +625,7 @@ impl MvccStore {
             let right_index = latest.split_off(key);
             *self.span.lock().unwrap() = Arc::new(left_span);
             physical.installs += 1;
-            self.physical_compaction_changed.notify_all();
+            self.compaction_changed();
             self.oracle_revisions.store(true, Ordering::SeqCst);
             right_index
         };
@@ -929,7 +936,7 @@ impl MvccStore {
         }
         let mut physical = self.physical_compaction.lock().unwrap();
         physical.target = physical.target.max(revision);
-        self.physical_compaction_changed.notify_all();
+        self.compaction_changed();
         drop(physical);
         self.set_applied(index, term);
         Ok(())
@@ -1024,16 +1031,41 @@ impl MvccStore {
         true
     }
 
-    /// Waits (at most `timeout`) until a physical compaction is due.
-    fn wait_for_compaction_work(&self, timeout: Duration) {
-        let physical = self.physical_compaction.lock().unwrap();
-        if physical.done < physical.target {
-            return;
+    /// Hands this store's physical compaction to the node's compactor.
+    pub(crate) fn attach_compactor(self: &Arc<Self>, queue: Weak<CompactionQueue>) {
+        let attached = self.compactor.set((queue, Arc::downgrade(self)));
+        assert!(attached.is_ok(), "a store attached to two compactors");
+        if self.compaction_due() {
+            self.queue_compaction();
         }
-        let _ = self
-            .physical_compaction_changed
-            .wait_timeout(physical, timeout)
-            .unwrap();
+    }
+
+    /// Whether garbage below the compacted revision is left on disk.
+    pub(crate) fn compaction_due(&self) -> bool {
+        let physical = self.physical_compaction.lock().unwrap();
+        physical.done < physical.target
+    }
+
+    /// Puts this store on its compactor's queue (if attached, and not on it already).
+    pub(crate) fn queue_compaction(&self) {
+        if let Some((queue, this)) = self.compactor.get() {
+            if let Some(queue) = queue.upgrade() {
+                queue.push(this.clone(), &self.compaction_queued);
+            }
+        }
+    }
+
+    /// The compactor took this store off its queue.
+    pub(crate) fn compaction_dequeued(&self) {
+        self.compaction_queued.store(false, Ordering::SeqCst);
+    }
+
+    /// The compaction target or the data changed: wakes whoever waits on the physical
+    /// compaction and queues the store for the compactor. Called with the
+    /// `physical_compaction` lock held or not (the queue's lock is taken after it).
+    fn compaction_changed(&self) {
+        self.physical_compaction_changed.notify_all();
+        self.queue_compaction();
     }
 
     /// Waits until the garbage of a compaction at `revision` is gone from disk (etcd's
@@ -1209,7 +1241,7 @@ impl MvccStore {
             physical.installs += 1;
             physical.target = compact_revision;
             physical.done = NEVER_COMPACTED;
-            self.physical_compaction_changed.notify_all();
+            self.compaction_changed();
         }
         engine(
             "persisting a snapshot",
@@ -2022,22 +2054,4 @@ impl WriteTxn<'_> {
             });
         }
     }
-}
-
-/// Starts the thread that removes compaction's garbage from `store` (one per store,
-/// whatever number of compactions). It ends once the store is dropped.
-pub fn spawn_physical_compactor(
-    store: &Arc<MvccStore>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let store: Weak<MvccStore> = Arc::downgrade(store);
-    std::thread::Builder::new()
-        .name("ostrakon-compactor".into())
-        .spawn(move || loop {
-            let Some(store) = store.upgrade() else {
-                return;
-            };
-            if !store.compact_physically() {
-                store.wait_for_compaction_work(Duration::from_secs(1));
-            }
-        })
 }

@@ -11,7 +11,7 @@ use super::*;
 struct Fixture {
     _dir: tempfile::TempDir,
     keyspace: fjall::Keyspace,
-    store: MvccStore,
+    store: std::sync::Arc<MvccStore>,
     index: u64,
 }
 
@@ -19,7 +19,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
-        let store = MvccStore::open(&keyspace, GroupId(1), KeySpan::whole());
+        let store = std::sync::Arc::new(MvccStore::open(&keyspace, GroupId(1), KeySpan::whole()));
         Fixture {
             _dir: dir,
             keyspace,
@@ -594,6 +594,47 @@ fn compaction_refuses_old_reads_and_removes_old_versions() {
         .wait_compacted_physically(Revision(5), std::time::Duration::ZERO));
 }
 
+/// One compactor thread serves every store attached to it, with no polling: a store with
+/// a compaction pending when attached is served, and so is one compacted afterwards.
+#[test]
+fn one_compactor_serves_every_store_attached_to_it() {
+    let compactor = Compactor::start().unwrap();
+    let mut fixtures: Vec<Fixture> = (0..3).map(|_| Fixture::new()).collect();
+    for f in &mut fixtures {
+        for i in 0..20 {
+            f.put(&format!("k{}", i % 4), "v");
+        }
+    }
+    let compact = |f: &mut Fixture, revision: i64| {
+        f.write(Request::Compaction(CompactionRequest {
+            revision,
+            physical: false,
+        }));
+    };
+    compact(&mut fixtures[0], 10);
+    for f in &fixtures {
+        compactor.attach(&f.store);
+    }
+    let wait = std::time::Duration::from_secs(10);
+    assert!(fixtures[0]
+        .store
+        .wait_compacted_physically(Revision(10), wait));
+    for f in &mut fixtures[1..] {
+        compact(f, 15);
+    }
+    compact(&mut fixtures[0], 18);
+    for f in &fixtures {
+        let target = f.store.compact_revision();
+        assert!(f.store.wait_compacted_physically(target, wait));
+        assert_eq!(f.store.compacted_physically(), target);
+        // 4 keys, each with its newest version at or below the target kept.
+        assert_eq!(
+            f.store.freeze().items().count(),
+            4 + (21 - target.0 as usize)
+        );
+    }
+}
+
 /// The physical compaction resumes after a restart that came before it finished, and
 /// goes over an installed snapshot again (it may carry its sender's garbage).
 #[test]
@@ -840,7 +881,7 @@ fn latest_version_index_agrees_with_the_versions_and_a_model() {
         f.store.persist();
         drop(std::mem::replace(
             &mut f.store,
-            MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none()),
+            std::sync::Arc::new(MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none())),
         ));
         let reopened = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
         assert_eq!(
@@ -1086,7 +1127,7 @@ fn leases_attach_keys_and_a_revoke_deletes_them_in_one_revision() {
     f.store.persist();
     drop(std::mem::replace(
         &mut f.store,
-        MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none()),
+        std::sync::Arc::new(MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none())),
     ));
     let reopened = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(reopened.leases(), vec![(7, expected)]);
@@ -1151,7 +1192,7 @@ fn member_registry_is_replicated_state_reopened_and_carried_by_snapshots() {
     f.store.persist();
     drop(std::mem::replace(
         &mut f.store,
-        MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none()),
+        std::sync::Arc::new(MvccStore::open(&f.keyspace, GroupId(2), KeySpan::none())),
     ));
     let reopened = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(

@@ -284,8 +284,8 @@ impl MvccStore {
             physical.target = physical.target.max(compacted);
             physical.done = done;
             right_physical.installs += 1;
-            self.physical_compaction_changed.notify_all();
-            right.physical_compaction_changed.notify_all();
+            self.compaction_changed();
+            right.compaction_changed();
         }
         self.set_applied(index, term);
     }

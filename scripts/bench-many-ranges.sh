@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# What ranges cost a node at rest: a 3-member cluster on loopback split into RANGES
+# ranges by hand (`ostrakon ranges split`), left idle for SETTLE_S seconds, then each
+# member's resident memory, threads, and CPU over IDLE_S seconds with no requests.
+#   RANGES=1000 bash scripts/bench-many-ranges.sh
+#   BIN=/path/to/ostrakon RANGES=1000 bash scripts/bench-many-ranges.sh   # another build
+# Prints one line per member count of ranges measured (1, then RANGES).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RANGES=${RANGES:-1000}
+SETTLE_S=${SETTLE_S:-15}
+IDLE_S=${IDLE_S:-30}
+BASE=${BASE:-5379}
+source scripts/lib/ostrakon-cluster.sh
+release_binary_unless_given
+dir=$(mktemp -d)
+cleanup() { kill "${ostrakon_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+start_ostrakon_cluster "$BIN" "$dir" "$BASE"
+endpoint=http://127.0.0.1:$BASE
+tck=$(getconf CLK_TCK)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+status_field() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+
+measure() { # label
+  sleep "$SETTLE_S"
+  local before=() after=() i pid
+  for pid in "${ostrakon_pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
+  sleep "$IDLE_S"
+  for pid in "${ostrakon_pids[@]}"; do after+=("$(cpu_ticks "$pid")"); done
+  local line="$1:"
+  for i in 0 1 2; do
+    pid=${ostrakon_pids[$i]}
+    line+=$(printf ' | o%d rss %d MiB, threads %d, cpu %.1f%% of a core' $((i + 1)) \
+      $(( $(status_field "$pid" VmRSS) / 1024 )) "$(status_field "$pid" Threads)" \
+      "$(awk -v t=$(( ${after[$i]} - ${before[$i]} )) -v hz="$tck" -v s="$IDLE_S" 'BEGIN {print t * 100 / hz / s}')")
+  done
+  echo "$line"
+}
+
+measure "1 data range"
+started=$(date +%s)
+for i in $(seq 1 $((RANGES - 1))); do
+  "$BIN" ranges split "$(printf 'r%07d' "$i")" --endpoint "$endpoint" >/dev/null
+done
+echo "split into $RANGES ranges in $(( $(date +%s) - started )) s"
+measure "$RANGES data ranges"
