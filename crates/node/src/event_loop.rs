@@ -95,6 +95,8 @@ pub struct EventLoop {
     held: BTreeSet<GroupId>,
     /// Removes every data range's compaction garbage, on one thread.
     compactor: ostrakon_storage::mvcc::Compactor,
+    /// Write every group's snapshot files, a few at a time.
+    snapshot_writers: crate::snapshot_writers::SnapshotWriters,
 }
 
 struct FollowAttempt {
@@ -117,6 +119,10 @@ fn started_members(replicas: &HashMap<GroupId, Replica>) -> BTreeSet<NodeId> {
 /// How often the ranges a node leads are checked against the first data range's
 /// membership when it does not change (a learner caught up, a leadership moved here).
 const FOLLOW_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How often once every range led here has the first data range's membership and no step
+/// is in flight: a check visits every range, and thousands of idle ranges made it most
+/// of an idle node's work. A leadership change or a membership change checks at once.
+const FOLLOW_SETTLED_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The timestamp oracle persists its bound this far ahead of its clock (docs/RANGES.md).
 const ORACLE_WINDOW_MS: u64 = 3_000;
@@ -145,6 +151,8 @@ pub fn start(
     )?;
     let compactor = ostrakon_storage::mvcc::Compactor::start()
         .map_err(|e| StartError::Io(PathBuf::from("compactor thread"), e))?;
+    let snapshot_writers = crate::snapshot_writers::SnapshotWriters::start()
+        .map_err(|e| StartError::Io(PathBuf::from("snapshot writer threads"), e))?;
     // A data directory written before the meta range existed has the data range only:
     // its members cannot found the meta range alike, so it waits for a snapshot.
     let (mut meta, _) = open_group(
@@ -225,6 +233,7 @@ pub fn start(
         merged_away,
         held: BTreeSet::new(),
         compactor,
+        snapshot_writers,
     };
     event_loop.add_group(data);
     event_loop.add_group(meta);
@@ -568,6 +577,7 @@ impl EventLoop {
         self.replicas.insert(group, replica);
         self.ticking.insert(group);
         self.dirty.insert(group);
+        self.leader_spread.unsettle();
     }
 
     /// A replica of a range this node does not host yet, for a message from the range's
@@ -655,6 +665,7 @@ impl EventLoop {
         self.ticking.remove(&group);
         self.dirty.remove(&group);
         self.held.remove(&group);
+        self.leader_spread.unsettle();
         self.wal.forget_group(group);
         remove_snapshots_below(&self.layout, group, LogIndex(u64::MAX), 0);
         crate::metrics::metrics().range_merges.inc();
@@ -910,6 +921,7 @@ impl EventLoop {
             if !silent {
                 if self.nodes_down.remove(&peer) {
                     tracing::info!(peer = %format!("{:x}", peer.0), "a peer reported down is heard from again");
+                    self.leader_spread.unsettle();
                     for (&group, replica) in self.replicas.iter_mut() {
                         replica.node.report_node_up(peer);
                         self.dirty.insert(group);
@@ -921,6 +933,7 @@ impl EventLoop {
                 continue;
             }
             crate::metrics::metrics().nodes_reported_down.inc();
+            self.leader_spread.unsettle();
             tracing::info!(
                 peer = %format!("{:x}", peer.0),
                 "no word from a peer for an election timeout: its quiesced groups elect again"
@@ -1197,6 +1210,9 @@ impl EventLoop {
             let mut ready = replica.node.ready();
             if let Some(soft) = ready.soft_state {
                 tracing::info!(group = group.0, term = soft.term.0, leader = soft.leader.0, role = ?soft.role, "raft state changed");
+                self.leader_spread.unsettle();
+                // A range led here now may be behind the data range's membership.
+                self.next_follow_check = Instant::now();
                 let (previous_leader, was_leader) = {
                     let status = replica.status.read().unwrap();
                     (status.leader, status.is_leader)
@@ -1374,7 +1390,6 @@ impl EventLoop {
             return;
         }
         let target = conf.clone();
-        self.next_follow_check = now + FOLLOW_CHECK_INTERVAL;
         self.followed_conf = Some(target.clone());
         let groups: Vec<GroupId> = self
             .replicas
@@ -1390,6 +1405,18 @@ impl EventLoop {
         for group in groups {
             self.follow_step(group, &target, now);
         }
+        let settled = self.follow_attempts.is_empty()
+            && self.replicas.iter().all(|(group, replica)| {
+                *group == DEFAULT_GROUP
+                    || replica.node.role() != Role::Leader
+                    || *replica.node.conf_state() == target
+            });
+        let interval = if settled {
+            FOLLOW_SETTLED_INTERVAL
+        } else {
+            FOLLOW_CHECK_INTERVAL
+        };
+        self.next_follow_check = now + interval;
     }
 
     /// One step of range `group` (led here) toward `target`, if due.
@@ -1519,29 +1546,23 @@ impl EventLoop {
         let path = self.layout.snapshot_file(group, meta.index);
         let done = self.input_tx.clone();
         replica.snapshot_in_progress = true;
-        let spawned = std::thread::Builder::new()
-            .name("ostrakon-snapshot".into())
-            .spawn(move || {
-                // The store up to the frozen position must be durable before the log
-                // that could rebuild it is compacted.
-                store.sync();
-                match snapshot::write(frozen, &path) {
-                    Ok(info) => {
-                        // The loop may have stopped meanwhile; the file is then simply
-                        // the newest snapshot on disk. (This thread may wait for room.)
-                        let _ = done.send(Input::SnapshotCreated {
-                            group,
-                            meta,
-                            file_bytes: info.file_bytes,
-                        });
-                    }
-                    Err(error) => tracing::error!(%error, "could not write a snapshot"),
+        self.snapshot_writers.submit(move || {
+            // The store up to the frozen position must be durable before the log that
+            // could rebuild it is compacted.
+            store.sync();
+            match snapshot::write(frozen, &path) {
+                Ok(info) => {
+                    // The loop may have stopped meanwhile; the file is then simply the
+                    // newest snapshot on disk. (This thread may wait for room.)
+                    let _ = done.send(Input::SnapshotCreated {
+                        group,
+                        meta,
+                        file_bytes: info.file_bytes,
+                    });
                 }
-            });
-        if let Err(error) = spawned {
-            tracing::error!(%error, "could not start a snapshot writer; will retry");
-            replica.snapshot_in_progress = false;
-        }
+                Err(error) => tracing::error!(%error, "could not write a snapshot"),
+            }
+        });
     }
 
     /// A snapshot file is durable: compact the raft log up to it.

@@ -540,10 +540,13 @@ impl NodeHandle {
                     return Ok((left, GroupId(done.right_range_id)))
                 }
                 Ok(WriteOutcome::Error(error))
-                    if error.retry == ostrakon_proto::peer::Retry::Locked as i32
+                    if (error.retry == ostrakon_proto::peer::Retry::Locked as i32
+                        || error.retry == ostrakon_proto::peer::Retry::WrongRange as i32)
                         && tokio::time::Instant::now() < deadline =>
                 {
                     // A transaction across ranges holds keys of the range: it ends soon.
+                    // Or this node routed on ranges a split had changed on the range's
+                    // leader: routed again once it applies the split too.
                     tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
                 }
                 Ok(other) => return Err(refusal_of(other)),

@@ -21,6 +21,12 @@ const JITTER_MAX: Duration = Duration::from_millis(250);
 /// round, and the other nodes' views must catch up with it, or they would count the
 /// moved leadership twice. Two election timeouts where those are longer.
 const AFTER_MOVE_PAUSE_MIN: Duration = Duration::from_secs(2);
+/// Once a look found nothing to move, the next looks only after a leadership changed
+/// here or in a range this node holds, a node went down or came back, or a range came or
+/// went, or after this long (a membership change or a voter catching up, which are not
+/// signalled, then waits for it). A look visits every range: at rest, with thousands of
+/// ranges, looking twice a second was most of an idle node's work.
+const SETTLED_RECHECK: Duration = Duration::from_secs(10);
 
 /// When this node next looks.
 pub struct LeaderSpread {
@@ -29,6 +35,8 @@ pub struct LeaderSpread {
     election_ticks: u64,
     /// Varies the jitter from look to look (a counter mixed with the node id).
     looks: u64,
+    /// The last look found nothing to move, and nothing signalled has changed since.
+    settled: bool,
 }
 
 impl LeaderSpread {
@@ -40,6 +48,16 @@ impl LeaderSpread {
             after_move_pause: AFTER_MOVE_PAUSE_MIN.max(tick_interval * election_ticks * 2),
             election_ticks: u64::from(election_ticks),
             looks: 0,
+            settled: false,
+        }
+    }
+
+    /// Something a look depends on changed (a leader, the nodes up, the ranges held):
+    /// the next look is at the usual interval again.
+    pub fn unsettle(&mut self) {
+        if self.settled {
+            self.settled = false;
+            self.next_check = self.next_check.min(Instant::now() + CHECK_INTERVAL);
         }
     }
 
@@ -65,6 +83,9 @@ impl LeaderSpread {
         }
         self.looks += 1;
         self.next_check = now + CHECK_INTERVAL + self.jitter(me);
+        // Settled unless this look moves something (or stops short of moving because
+        // this node's view of a range is behind, which a leadership change ends).
+        self.settled = true;
         let mut ranges = Vec::with_capacity(replicas.len());
         for (&group, replica) in replicas {
             let conf = replica.node.conf_state();
@@ -83,13 +104,20 @@ impl LeaderSpread {
                     || replica.node.transfer_target().is_some(),
             });
         }
-        let LeaderMove { range, to } = LeaderBalance::default().next_move(me, &ranges, may_lead)?;
+        let Some(LeaderMove { range, to }) =
+            LeaderBalance::default().next_move(me, &ranges, may_lead)
+        else {
+            self.next_check = now + SETTLED_RECHECK;
+            return None;
+        };
         let group = GroupId(range.0);
         // What this node knows of its own role is first-hand; a stale view of another
         // range's leader is not, but it only delays a move.
         if replicas[&group].node.role() != Role::Leader {
+            self.next_check = now + SETTLED_RECHECK;
             return None;
         }
+        self.settled = false;
         self.next_check = now + self.after_move_pause + self.jitter(me);
         Some((group, to))
     }

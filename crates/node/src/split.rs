@@ -56,11 +56,15 @@ pub fn apply_split(
     if let Some(message) = refusal {
         store.set_applied(index, term);
         let locked = store.has_txn_locks() || store.frozen().is_some();
+        // Routed on a view of the ranges that a split or a merge has changed since.
+        let moved = !span.contains(&split.key);
         let error = Error {
             code: tonic::Code::FailedPrecondition as i32,
             message,
             retry: if locked {
                 ostrakon_proto::peer::Retry::Locked as i32
+            } else if moved {
+                ostrakon_proto::peer::Retry::WrongRange as i32
             } else {
                 ostrakon_proto::peer::Retry::None as i32
             },
