@@ -201,7 +201,7 @@ fn bank_finding(recorded: &bank::Recorded, final_read: &Result<BankRead, String>
         }
         Err(error) => Some(format!("the final read failed: {error}")),
     };
-    let report = check_bank(&reads, &bank::accounts(), bank::total());
+    let report = check_bank(&reads, &bank::accounts(), bank::total(), opened);
     let transfers = recorded.transfers;
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for read in &reads {

@@ -19,6 +19,9 @@ pub struct BankRead {
     /// Each account present, with its balance as stored (not parsed: a value that is
     /// not a number is itself a finding).
     pub balances: BTreeMap<String, String>,
+    /// What the client found wrong in the answers themselves (a key in two pages, a page
+    /// that says more follow and holds none), if anything.
+    pub malformed: Option<String>,
 }
 
 /// What the reads showed.
@@ -39,13 +42,23 @@ impl BankReport {
     }
 }
 
-/// Checks `reads` against the accounts' names and the total they hold together.
-pub fn check_bank(reads: &[BankRead], accounts: &[String], total: i64) -> BankReport {
+/// Checks `reads` against the accounts' names and the total they hold together. The
+/// accounts were opened at revision `opened_at`: a read below it (a serializable read of a
+/// member that has not applied the opening yet) may find none of them, but not some.
+pub fn check_bank(
+    reads: &[BankRead],
+    accounts: &[String],
+    total: i64,
+    opened_at: i64,
+) -> BankReport {
     let mut report = BankReport {
         reads: reads.len(),
         ..BankReport::default()
     };
     for read in reads {
+        if read.revision < opened_at && read.balances.is_empty() && read.malformed.is_none() {
+            continue;
+        }
         if let Some(problem) = problem_of(read, accounts, total) {
             report.wrong_count += 1;
             if report.wrong.len() < EXAMPLES_MAX {
@@ -60,6 +73,9 @@ pub fn check_bank(reads: &[BankRead], accounts: &[String], total: i64) -> BankRe
 }
 
 fn problem_of(read: &BankRead, accounts: &[String], total: i64) -> Option<String> {
+    if let Some(malformed) = &read.malformed {
+        return Some(malformed.clone());
+    }
     let missing: Vec<&String> = accounts
         .iter()
         .filter(|a| !read.balances.contains_key(*a))
@@ -104,6 +120,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            malformed: None,
         }
     }
 
@@ -113,7 +130,7 @@ mod tests {
             read(&[("a0", "10"), ("a1", "10"), ("a2", "10")]),
             read(&[("a0", "0"), ("a1", "25"), ("a2", "5")]),
         ];
-        let report = check_bank(&reads, &accounts(), 30);
+        let report = check_bank(&reads, &accounts(), 30, 1);
         assert!(report.is_valid(), "{report:?}");
         assert_eq!(report.reads, 2);
     }
@@ -125,7 +142,7 @@ mod tests {
             read(&[("a0", "10"), ("a1", "10"), ("a2", "10")]),
             read(&[("a0", "5"), ("a1", "10"), ("a2", "10")]),
         ];
-        let report = check_bank(&reads, &accounts(), 30);
+        let report = check_bank(&reads, &accounts(), 30, 1);
         assert!(!report.is_valid());
         assert_eq!(report.wrong_count, 1);
         assert!(report.wrong[0].contains("sum to 25, not 30"), "{report:?}");
@@ -139,11 +156,34 @@ mod tests {
             read(&[("a0", "x"), ("a1", "20"), ("a2", "10")]),
             read(&[("a0", "10"), ("a1", "10"), ("a2", "10"), ("b", "0")]),
         ];
-        let report = check_bank(&reads, &accounts(), 30);
+        let report = check_bank(&reads, &accounts(), 30, 1);
         assert_eq!(report.wrong_count, 4, "{report:?}");
         assert!(report.wrong[0].contains("missing"));
         assert!(report.wrong[1].contains("overdrawn"));
         assert!(report.wrong[2].contains("not a number"));
         assert!(report.wrong[3].contains("no account"));
+    }
+
+    /// Before the opening, no account is right; some accounts are not. After it, none is
+    /// not. A malformed answer is wrong whatever it holds.
+    #[test]
+    fn reads_below_the_opening_may_find_nothing() {
+        let mut before = read(&[]);
+        before.revision = 4;
+        let mut partly_opened = read(&[("a0", "10")]);
+        partly_opened.revision = 4;
+        let after = read(&[]);
+        let mut malformed = read(&[("a0", "10"), ("a1", "10"), ("a2", "10")]);
+        malformed.malformed = Some("a0 in two pages".into());
+        let report = check_bank(&[before.clone()], &accounts(), 30, 5);
+        assert!(report.is_valid(), "{report:?}");
+        let report = check_bank(
+            &[before, partly_opened, after, malformed],
+            &accounts(),
+            30,
+            5,
+        );
+        assert_eq!(report.wrong_count, 3, "{report:?}");
+        assert!(report.wrong[2].contains("two pages"), "{report:?}");
     }
 }

@@ -540,13 +540,28 @@ impl NodeHandle {
                     return Ok((left, GroupId(done.right_range_id)))
                 }
                 Ok(WriteOutcome::Error(error))
-                    if (error.retry == ostrakon_proto::peer::Retry::Locked as i32
-                        || error.retry == ostrakon_proto::peer::Retry::WrongRange as i32)
+                    if error.retry == ostrakon_proto::peer::Retry::Locked as i32
                         && tokio::time::Instant::now() < deadline =>
                 {
                     // A transaction across ranges holds keys of the range: it ends soon.
-                    // Or this node routed on ranges a split had changed on the range's
-                    // leader: routed again once it applies the split too.
+                    tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
+                }
+                Ok(WriteOutcome::Error(error))
+                    if by_hand
+                        && error.retry == ostrakon_proto::peer::Retry::WrongRange as i32
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    // This node routed on ranges that a split or a merge had changed on
+                    // the range's leader: routed again once it applies that too. (A split
+                    // by size or load was meant for the range it measured: it is dropped,
+                    // and the next look measures again.) An earlier attempt whose answer
+                    // was lost may be what moved the key.
+                    if self
+                        .group(right)
+                        .is_ok_and(|g| g.store.span().start() == key)
+                    {
+                        return Ok((left, right));
+                    }
                     tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
                 }
                 Ok(other) => return Err(refusal_of(other)),

@@ -11,6 +11,7 @@
 //! transfer's two accounts in different ranges: it commits by two-phase commit, and
 //! each read reads several ranges at one revision.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ const READERS: u64 = 1;
 const CLIENT_BASE: u64 = 3000;
 /// Accounts per page of a paged read.
 const PAGE_ACCOUNTS: i64 = 3;
+/// Revisions a client keeps, its latest, for its reads at a revision.
+const SEEN_REVISIONS_KEPT: usize = 1000;
 /// How long opening the accounts may take (the cluster has just started).
 const OPEN_ATTEMPTS: usize = 60;
 
@@ -102,7 +105,7 @@ impl BankWorkload {
                         endpoints: endpoints.clone(),
                         shared: shared.clone(),
                         recorder: recorder.clone(),
-                        seen_revisions: vec![opened_at],
+                        seen_revisions: VecDeque::from([opened_at]),
                         read_next: false,
                     };
                     tokio::spawn(client.run())
@@ -182,21 +185,31 @@ pub async fn read_final(endpoints: &[String]) -> Result<BankRead, String> {
     Err(last_error)
 }
 
-/// The balances in `pages`.
+/// The balances in `pages`, and what is wrong with the pages themselves: a key in two
+/// of them, a page that says more follow and holds none, or more after the last page.
 fn bank_read(kind: &'static str, revision: i64, pages: &[GetResponse]) -> BankRead {
-    let balances = pages
-        .iter()
-        .flat_map(|page| page.kvs())
-        .map(|kv| {
+    let mut balances = std::collections::BTreeMap::new();
+    let mut malformed = None;
+    for (number, page) in pages.iter().enumerate() {
+        if page.more() && page.kvs().is_empty() {
+            malformed = Some(format!("page {number} says more follow and holds no key"));
+        }
+        for kv in page.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let value = String::from_utf8_lossy(kv.value()).into_owned();
-            (key, value)
-        })
-        .collect();
+            if balances.insert(key.clone(), value).is_some() {
+                malformed = Some(format!("{key} came twice"));
+            }
+        }
+    }
+    if pages.last().is_some_and(|page| page.more()) {
+        malformed = Some(format!("more after {} pages of 8 accounts", pages.len()));
+    }
     BankRead {
         kind,
         revision,
         balances,
+        malformed,
     }
 }
 
@@ -218,7 +231,7 @@ struct Client {
     recorder: Arc<Recorder>,
     /// Revisions this client's linearizable reads answered with: where its reads at a
     /// revision read.
-    seen_revisions: Vec<i64>,
+    seen_revisions: VecDeque<i64>,
     /// Its last transfer committed: the next step reads every account. The client is
     /// answered once the transfer commits in its first range; the other range writes its
     /// part a moment later, so this read lands where a read that ignored the other
@@ -403,8 +416,12 @@ impl Client {
             .reads
             .push(bank_read(name, revision, &pages));
         let current = matches!(kind, ReadKind::Linearizable | ReadKind::Paged);
-        if current && self.seen_revisions.len() < 1000 {
-            self.seen_revisions.push(revision);
+        if current {
+            // The latest ones: reads at a revision go over the whole run as it goes.
+            if self.seen_revisions.len() == SEEN_REVISIONS_KEPT {
+                self.seen_revisions.pop_front();
+            }
+            self.seen_revisions.push_back(revision);
         }
         Some(Step {
             write: false,
@@ -437,11 +454,14 @@ async fn read_pages(
         if !more {
             break;
         }
-        let last = pages
+        let Some(last) = pages
             .last()
             .and_then(|page| page.kvs().last())
             .map(|kv| kv.key().to_vec())
-            .expect("a page with more after it holds keys");
+        else {
+            // A page that says more follow and holds no key: `bank_read` reports it.
+            break;
+        };
         let mut next = last;
         next.push(0);
         let page = etcd

@@ -284,8 +284,12 @@ impl MvccStore {
             physical.target = physical.target.max(compacted);
             physical.done = done;
             right_physical.installs += 1;
+            // The right range's garbage is the merged range's now (its pass covers the
+            // merged span): nothing is left to do in the right one, whose local state is
+            // about to go, and a pass there would write its progress back into it.
+            right_physical.done = right_physical.target;
             self.compaction_changed();
-            right.compaction_changed();
+            right.physical_compaction_changed.notify_all();
         }
         self.set_applied(index, term);
     }
