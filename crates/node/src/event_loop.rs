@@ -95,8 +95,6 @@ pub struct EventLoop {
     held: BTreeSet<GroupId>,
     /// Removes every data range's compaction garbage, on one thread.
     compactor: ostrakon_storage::mvcc::Compactor,
-    /// Write every group's snapshot files, a few at a time.
-    snapshot_writers: crate::snapshot_writers::SnapshotWriters,
 }
 
 struct FollowAttempt {
@@ -151,8 +149,6 @@ pub fn start(
     )?;
     let compactor = ostrakon_storage::mvcc::Compactor::start()
         .map_err(|e| StartError::Io(PathBuf::from("compactor thread"), e))?;
-    let snapshot_writers = crate::snapshot_writers::SnapshotWriters::start()
-        .map_err(|e| StartError::Io(PathBuf::from("snapshot writer threads"), e))?;
     // A data directory written before the meta range existed has the data range only:
     // its members cannot found the meta range alike, so it waits for a snapshot.
     let (mut meta, _) = open_group(
@@ -233,7 +229,6 @@ pub fn start(
         merged_away,
         held: BTreeSet::new(),
         compactor,
-        snapshot_writers,
     };
     event_loop.add_group(data);
     event_loop.add_group(meta);
@@ -1546,23 +1541,29 @@ impl EventLoop {
         let path = self.layout.snapshot_file(group, meta.index);
         let done = self.input_tx.clone();
         replica.snapshot_in_progress = true;
-        self.snapshot_writers.submit(move || {
-            // The store up to the frozen position must be durable before the log that
-            // could rebuild it is compacted.
-            store.sync();
-            match snapshot::write(frozen, &path) {
-                Ok(info) => {
-                    // The loop may have stopped meanwhile; the file is then simply the
-                    // newest snapshot on disk. (This thread may wait for room.)
-                    let _ = done.send(Input::SnapshotCreated {
-                        group,
-                        meta,
-                        file_bytes: info.file_bytes,
-                    });
+        let spawned = std::thread::Builder::new()
+            .name("ostrakon-snapshot".into())
+            .spawn(move || {
+                // The store up to the frozen position must be durable before the log
+                // that could rebuild it is compacted.
+                store.sync();
+                match snapshot::write(frozen, &path) {
+                    Ok(info) => {
+                        // The loop may have stopped meanwhile; the file is then simply
+                        // the newest snapshot on disk. (This thread may wait for room.)
+                        let _ = done.send(Input::SnapshotCreated {
+                            group,
+                            meta,
+                            file_bytes: info.file_bytes,
+                        });
+                    }
+                    Err(error) => tracing::error!(%error, "could not write a snapshot"),
                 }
-                Err(error) => tracing::error!(%error, "could not write a snapshot"),
-            }
-        });
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "could not start a snapshot writer; will retry");
+            replica.snapshot_in_progress = false;
+        }
     }
 
     /// A snapshot file is durable: compact the raft log up to it.

@@ -43,7 +43,6 @@ pub mod restore;
 pub mod revisions;
 pub mod routing;
 mod size_split;
-mod snapshot_writers;
 pub mod spans;
 pub mod split;
 pub mod status;
