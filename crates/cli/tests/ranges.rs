@@ -268,6 +268,105 @@ async fn members_that_restart_or_missed_the_split_catch_up_on_both_ranges() {
     }
 }
 
+/// A member that joins gets each range by snapshot, in whatever order they come. When
+/// a range split after its latest snapshot and the new range's snapshot comes first, the
+/// old range's snapshot overlaps it there and can never go in: the old range's leader,
+/// told of the refusal, takes a snapshot after the split (before, the newcomer waited
+/// for ever and its reads timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_holding_a_split_off_range_gets_a_snapshot_newer_than_the_split() {
+    // A snapshot every 20 entries: the range [m, ...)'s latest one is taken after 20 of
+    // the 24 puts, before it splits at t, and the log before it is gone.
+    let mut cluster = TestCluster::start(3, &["--snapshot-count", "20"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client(leader).await;
+    let split = |key: &str| {
+        let (ok, out, err) = cluster.ostrakon(&[
+            "ranges",
+            "split",
+            key,
+            "--endpoint",
+            &cluster.host_port(leader),
+        ]);
+        assert!(ok, "split at {key} failed: {out} {err}");
+    };
+    split("m");
+    wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
+    // The first range's latest snapshot is after this split: a newcomer gets the range
+    // [m, ...) from its own snapshot, not from the first range's log.
+    for i in 0..25 {
+        client.put("a", format!("a{i}"), None).await.unwrap();
+    }
+    // A large range (24 MiB): its snapshot takes longer to reach the newcomer than the
+    // one split off it, which then is there first. (The first range is not the one: a
+    // joining member starts it over the whole keyspace, and waits for it.)
+    let value = "v".repeat(1 << 20);
+    for i in 0..24 {
+        client
+            .put(format!("n/{i:02}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    split("t");
+    wait_for_spans(&cluster, &[("", "m"), ("m", "t"), ("t", "")]).await;
+    client.put("u", "after the split", None).await.unwrap();
+
+    let newcomer = cluster.new_member("m4");
+    let peer_url = cluster.peer_url(newcomer);
+    let added = client
+        .member_add(
+            [peer_url.as_str()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let id = added.member().unwrap().id();
+    let initial_cluster = format!("{},m4={peer_url}", cluster.initial_cluster());
+    cluster.join(newcomer, &initial_cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(error) = client.member_promote(id).await {
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!("the learner never caught up: {error}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Every key, read linearizably through the newcomer (which waits for its own
+    // replicas to apply up to the leaders').
+    let mut newcomer_client = cluster.client(newcomer).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let keys = loop {
+        let read = newcomer_client
+            .get("", Some(GetOptions::new().with_from_key().with_keys_only()))
+            .await;
+        match read {
+            Ok(read) => break read,
+            Err(error) if Instant::now() > deadline => {
+                cluster.dump_logs();
+                panic!("a read through the newcomer: {error}");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let keys: Vec<String> = keys
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
+    let mut expected = vec!["a".to_string()];
+    expected.extend((0..24).map(|i| format!("n/{i:02}")));
+    expected.push("u".into());
+    assert_eq!(keys, expected);
+    wait_for_local_value(&cluster, newcomer, "u", "after the split").await;
+    wait_for_local_value(&cluster, newcomer, "n/23", &value).await;
+    let refused = cluster
+        .log(newcomer)
+        .matches("a snapshot overlaps another range here; refused")
+        .count();
+    eprintln!("the newcomer refused {refused} snapshots that overlapped a range it held");
+}
+
 /// Every key and value a read found.
 fn listing(response: &etcd_client::GetResponse) -> Vec<(String, String)> {
     let pair = |kv: &etcd_client::KeyValue| {

@@ -746,6 +746,7 @@ impl EventLoop {
             // A member added to the range from now on must get a snapshot that holds
             // the merged keys, not the log: its membership changes wait for one.
             replica.snapshot_due_for_merge = Some(index);
+            replica.span_changed_at = index;
         }
         let campaign = replica.node.role() == Role::Leader;
         let split_offs: Vec<_> = replica
@@ -1069,6 +1070,7 @@ impl EventLoop {
                 path,
                 span,
                 absorbed,
+                verdict,
             } => {
                 self.host_uninitialized(message.group);
                 // Ranges merged into the snapshot's range overlap it here until it is
@@ -1077,18 +1079,22 @@ impl EventLoop {
                     .as_ref()
                     .and_then(|span| self.overlapping_range(message.group, span, &absorbed))
                 {
-                    // Another range here still holds some of its keys (it has not applied
-                    // the split that gave them to this one): installing it now would mix
-                    // the two ranges' versions. Dropped; the leader sends it again, and
-                    // by then the other range has caught up.
+                    // Another range here holds some of its keys: installing it now would
+                    // mix the two ranges' versions. Either that range has not applied the
+                    // split that gave them to this one (the leader sends the snapshot
+                    // again, and by then it has caught up), or the snapshot is older
+                    // than a split of its own range whose new range is here already (its
+                    // leader, told, takes a newer one: waiting would never end).
                     tracing::info!(
                         group = message.group.0,
                         other = other.0,
-                        "a snapshot overlaps another range here; dropped until that range catches up"
+                        "a snapshot overlaps another range here; refused"
                     );
                     let _ = std::fs::remove_file(&path);
+                    let _ = verdict.send(crate::input::SnapshotVerdict::Overlaps(other));
                     return;
                 }
+                let _ = verdict.send(crate::input::SnapshotVerdict::Taken);
                 let Some(replica) = self.replicas.get_mut(&message.group) else {
                     return;
                 };
@@ -1102,9 +1108,13 @@ impl EventLoop {
                 group,
                 to,
                 delivered,
+                refused_as_overlapping,
             } => {
                 if let Some(replica) = self.replicas.get_mut(&group) {
                     replica.node.report_snapshot(to, delivered);
+                }
+                if refused_as_overlapping {
+                    self.refresh_snapshot_older_than_split(group);
                 }
             }
             Input::SnapshotCreated {
@@ -1564,6 +1574,30 @@ impl EventLoop {
             tracing::error!(%error, "could not start a snapshot writer; will retry");
             replica.snapshot_in_progress = false;
         }
+    }
+
+    /// A follower refused this range's snapshot because another range there holds some
+    /// of its keys. If the snapshot is older than the range's latest split, that other
+    /// range may be the split's new range, installed there from its own newer snapshot:
+    /// the old one can never go in, so a snapshot after the split is taken (as
+    /// CockroachDB's snapshots, made when sent, are never older than the range's span).
+    fn refresh_snapshot_older_than_split(&mut self, group: GroupId) {
+        let Some(replica) = self.replicas.get(&group) else {
+            return;
+        };
+        if replica.node.role() != Role::Leader
+            || replica.snapshot_in_progress
+            || replica.snapshot_index >= replica.span_changed_at
+        {
+            return;
+        }
+        tracing::info!(
+            group = group.0,
+            snapshot_index = replica.snapshot_index.0,
+            span_changed_at = replica.span_changed_at.0,
+            "a follower refused a snapshot older than this range's split; taking a newer one"
+        );
+        self.start_snapshot(group);
     }
 
     /// A snapshot file is durable: compact the raft log up to it.

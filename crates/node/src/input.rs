@@ -47,6 +47,18 @@ impl From<ReadResponder> for ReadWaiter {
 /// Where a membership change waits for the membership it produced.
 pub type ConfResponder = oneshot::Sender<Result<ConfState, NodeError>>;
 
+/// What a node did with a received snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotVerdict {
+    /// Handed to raft (which may still find it stale and ignore it).
+    Taken,
+    /// Dropped: another range here holds some of its keys. Either that range has not
+    /// applied the split that gave them to the snapshot's range (it catches up), or the
+    /// snapshot predates a split of its range whose new range is here already: then only
+    /// a snapshot taken after that split can go in, and its leader takes one.
+    Overlaps(GroupId),
+}
+
 /// Everything the event loop reacts to.
 pub enum Input {
     /// A raft message from a peer.
@@ -96,6 +108,8 @@ pub enum Input {
         span: Option<ostrakon_storage::mvcc::KeySpan>,
         /// The ranges merged into the snapshot's range (their replicas here go).
         absorbed: Vec<GroupId>,
+        /// Told whether the node took it, for the sender (`SnapshotVerdict`).
+        verdict: oneshot::Sender<SnapshotVerdict>,
     },
     /// A snapshot stream to `to` ended.
     SnapshotReport {
@@ -105,6 +119,9 @@ pub enum Input {
         to: NodeId,
         /// Whether it was received.
         delivered: bool,
+        /// The receiver refused it: it overlaps another range there
+        /// (`SnapshotVerdict::Overlaps`).
+        refused_as_overlapping: bool,
     },
     /// A snapshot file at `meta` is durable, and so is the state machine up to it: the
     /// raft log before it may go.

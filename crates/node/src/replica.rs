@@ -77,6 +77,9 @@ pub struct Replica {
     /// member added meanwhile would get the log from before the merge, without the
     /// merged range's keys, so membership changes wait.
     pub snapshot_due_for_merge: Option<LogIndex>,
+    /// The index of the latest split or merge of this range applied here (the applied
+    /// index at start, not knowing): a snapshot before it holds another span.
+    pub span_changed_at: LogIndex,
 }
 
 impl Replica {
@@ -89,6 +92,7 @@ impl Replica {
         lessor: Arc<crate::lessor::Lessor>,
     ) -> Replica {
         let snapshot_index = node.snapshot_meta().index;
+        let span_changed_at = store.applied_index();
         Replica {
             group,
             node,
@@ -112,6 +116,7 @@ impl Replica {
             split_offs: Vec::new(),
             held_entries: Vec::new(),
             snapshot_due_for_merge: None,
+            span_changed_at,
         }
     }
 
@@ -392,6 +397,9 @@ impl Replica {
                                 split,
                                 &conf,
                             );
+                            if split_off.is_some() {
+                                self.span_changed_at = entry.index;
+                            }
                             self.split_offs.extend(split_off);
                             outcome
                         }

@@ -11,6 +11,10 @@ use crate::error::NodeError;
 /// The answer to a removed member's messages (etcd's words); the sender stops on it.
 pub(super) const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
 
+/// The answer to a snapshot the receiver dropped because it overlaps another range there
+/// (`SnapshotVerdict::Overlaps`); the sender's leader may take a fresh snapshot on it.
+pub(super) const SNAPSHOT_OVERLAPS: &str = "the snapshot overlaps another range here";
+
 /// Node errors that cross the wire, as negative codes (etcd's gRPC codes are positive).
 const REMOTE_NOT_LEADER: i32 = -1;
 const REMOTE_NO_LEADER: i32 = -2;

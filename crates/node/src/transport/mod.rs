@@ -32,6 +32,14 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use service::PeerService;
 
+/// Why a snapshot did not reach its receiver.
+enum SnapshotSendError {
+    /// The receiver refused it: it overlaps another range there.
+    Overlaps(String),
+    /// The stream failed (the receiver is down, a file could not be read, ...).
+    Failed(String),
+}
+
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::input::{Input, InputSender};
@@ -350,16 +358,21 @@ impl Transport {
         self.inner.runtime.spawn(async move {
             let group = message.group;
             let to = message.to;
-            let delivered = match transport.stream_snapshot(&message).await {
-                Ok(()) => {
-                    crate::metrics::metrics().snapshots_sent.inc();
-                    true
-                }
-                Err(error) => {
-                    tracing::warn!(to = to.0, %error, "snapshot stream failed");
-                    false
-                }
-            };
+            let (delivered, refused_as_overlapping) =
+                match transport.stream_snapshot(&message).await {
+                    Ok(()) => {
+                        crate::metrics::metrics().snapshots_sent.inc();
+                        (true, false)
+                    }
+                    Err(SnapshotSendError::Overlaps(refusal)) => {
+                        tracing::info!(to = to.0, group = group.0, %refusal, "snapshot refused");
+                        (false, true)
+                    }
+                    Err(SnapshotSendError::Failed(error)) => {
+                        tracing::warn!(to = to.0, %error, "snapshot stream failed");
+                        (false, false)
+                    }
+                };
             let _ = transport
                 .inner
                 .inputs
@@ -367,23 +380,24 @@ impl Transport {
                     group,
                     to,
                     delivered,
+                    refused_as_overlapping,
                 })
                 .await;
         });
     }
 
-    async fn stream_snapshot(&self, message: &Message) -> Result<(), String> {
+    async fn stream_snapshot(&self, message: &Message) -> Result<(), SnapshotSendError> {
         let MessageBody::InstallSnapshot { meta } = &message.body else {
             unreachable!("only snapshot messages are streamed")
         };
         let path = self.inner.layout.snapshot_file(message.group, meta.index);
         let mut file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| SnapshotSendError::Failed(format!("{}: {e}", path.display())))?;
         let (chunks, stream) = mpsc::channel::<SnapshotChunk>(4);
-        let channel = self
-            .channel(message.to)
-            .ok_or_else(|| format!("member {:x} has no peer URL", message.to.0))?;
+        let channel = self.channel(message.to).ok_or_else(|| {
+            SnapshotSendError::Failed(format!("member {:x} has no peer URL", message.to.0))
+        })?;
         let mut client = PeerClient::new(channel);
         let call = tokio::spawn(async move { client.snapshot(ReceiverStream::new(stream)).await });
         let mut header = Some(SnapshotHeader {
@@ -396,7 +410,10 @@ impl Transport {
         let mut crc = 0u32;
         let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
         loop {
-            let read = file.read(&mut buffer).await.map_err(|e| e.to_string())?;
+            let read = file
+                .read(&mut buffer)
+                .await
+                .map_err(|e| SnapshotSendError::Failed(e.to_string()))?;
             crc = crc32c::crc32c_append(crc, &buffer[..read]);
             let last = read == 0;
             let chunk = SnapshotChunk {
@@ -412,8 +429,14 @@ impl Transport {
         drop(chunks);
         match call.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => Err(status.to_string()),
-            Err(error) => Err(error.to_string()),
+            Ok(Err(status))
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message().starts_with(codec::SNAPSHOT_OVERLAPS) =>
+            {
+                Err(SnapshotSendError::Overlaps(status.message().to_string()))
+            }
+            Ok(Err(status)) => Err(SnapshotSendError::Failed(status.to_string())),
+            Err(error) => Err(SnapshotSendError::Failed(error.to_string())),
         }
     }
 

@@ -11,9 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::codec::{encode_forward_response, encode_node_error, MEMBER_REMOVED};
+use super::codec::{encode_forward_response, encode_node_error, MEMBER_REMOVED, SNAPSHOT_OVERLAPS};
 use crate::handle::NodeHandle;
-use crate::input::{Input, InputSender};
+use crate::input::{Input, InputSender, SnapshotVerdict};
 use crate::layout::Layout;
 
 /// Snapshots received at once, every group and sender together. A snapshot stream
@@ -225,16 +225,26 @@ impl Peer for PeerService {
                 return Err(Status::data_loss(error.to_string()));
             }
         };
+        let (verdict, verdict_rx) = tokio::sync::oneshot::channel();
         self.inputs
             .send_async(Input::SnapshotReceived {
                 message,
                 path,
                 span,
                 absorbed,
+                verdict,
             })
             .await
             .map_err(|_| Status::unavailable("stopping"))?;
-        Ok(Response::new(SnapshotAck {}))
+        // The sender hears of a refusal: its leader may have to take a newer snapshot.
+        match verdict_rx.await {
+            Ok(SnapshotVerdict::Taken) => Ok(Response::new(SnapshotAck {})),
+            Ok(SnapshotVerdict::Overlaps(other)) => Err(Status::failed_precondition(format!(
+                "{SNAPSHOT_OVERLAPS} (range {})",
+                other.0
+            ))),
+            Err(_) => Err(Status::unavailable("stopping")),
+        }
     }
 
     async fn forward(
