@@ -35,6 +35,10 @@ pub const INPUT_QUEUE_MAX: usize = 16 * INPUTS_PER_ROUND_MAX;
 /// A snapshot is due once this many bytes of entries were applied since the last (or as
 /// many as the last snapshot file holds, if more), whatever `--snapshot-count` says.
 pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 64 << 20;
+
+/// After a snapshot file could not be written, how long before the next try (a failing
+/// disk fails each at once).
+const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// The state machine's block cache. Reads at the current revision mostly hit the memtables
 /// and the OS page cache; a small cache keeps a member's memory small.
 const STORE_CACHE_BYTES: u64 = 8 << 20;
@@ -749,6 +753,14 @@ impl EventLoop {
             replica.span_changed_at = index;
         }
         let campaign = replica.node.role() == Role::Leader;
+        if campaign {
+            // The merge and the entries held after it applied outside a round's Readies.
+            self.handle.range_work().after_change(
+                left,
+                &replica.store,
+                self.config.range_max_bytes,
+            );
+        }
         let split_offs: Vec<_> = replica
             .take_split_offs()
             .into_iter()
@@ -1122,6 +1134,7 @@ impl EventLoop {
                 meta,
                 file_bytes,
             } => self.snapshot_created(group, meta, file_bytes),
+            Input::SnapshotFailed { group } => self.snapshot_failed(group),
             Input::TransferLeader {
                 group,
                 target,
@@ -1195,6 +1208,8 @@ impl EventLoop {
         let mut readies: Vec<(GroupId, Ready, Vec<NodeId>)> = Vec::new();
         let mut ticking_changed = false;
         let mut merged_by_snapshot = Vec::new();
+        // Ranges whose leadership this node won this round.
+        let mut won = BTreeSet::new();
         for group in std::mem::take(&mut self.dirty) {
             let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
@@ -1225,6 +1240,9 @@ impl EventLoop {
                 record_group_role(group, soft.role == Role::Leader, was_leader);
                 if group == DEFAULT_GROUP {
                     record_soft_state(soft, previous_leader);
+                }
+                if soft.role == Role::Leader && !was_leader {
+                    won.insert(group);
                 }
             }
             let full = self.transport.send(std::mem::take(&mut ready.messages));
@@ -1291,7 +1309,8 @@ impl EventLoop {
                 self.transport
                     .send(std::mem::take(&mut ready.persisted_messages)),
             );
-            if !ready.committed_entries.is_empty() {
+            let applied_now = !ready.committed_entries.is_empty();
+            if applied_now {
                 let apply_started = std::time::Instant::now();
                 replica.apply(std::mem::take(&mut ready.committed_entries), me);
                 crate::metrics::metrics()
@@ -1315,6 +1334,16 @@ impl EventLoop {
                 self.dirty.insert(group);
             }
             replica.publish_status(me);
+            if group != META_GROUP
+                && replica.node.role() == Role::Leader
+                && (applied_now || won.contains(&group))
+            {
+                self.handle.range_work().after_change(
+                    group,
+                    &replica.store,
+                    self.config.range_max_bytes,
+                );
+            }
             if group == DEFAULT_GROUP {
                 let store = replica.store.clone();
                 self.follow_member_registry(&store);
@@ -1567,7 +1596,13 @@ impl EventLoop {
                             file_bytes: info.file_bytes,
                         });
                     }
-                    Err(error) => tracing::error!(%error, "could not write a snapshot"),
+                    Err(error) => {
+                        tracing::error!(group = group.0, %error, "could not write a snapshot");
+                        // Not left marked as in progress for ever: the loop tries again,
+                        // after a pause (on a failing disk each try fails).
+                        std::thread::sleep(SNAPSHOT_RETRY_PAUSE);
+                        let _ = done.send(Input::SnapshotFailed { group });
+                    }
                 }
             });
         if let Err(error) = spawned {
@@ -1598,6 +1633,21 @@ impl EventLoop {
             "a follower refused a snapshot older than this range's split; taking a newer one"
         );
         self.start_snapshot(group);
+    }
+
+    /// A snapshot file could not be written (its writer paused before saying so): the
+    /// reason it was started still holds (the entries or bytes due, a range's first
+    /// snapshot after a split, one after a merge, a follower's refusal), and an idle range
+    /// would not start another by itself, so another is started, unless one installed
+    /// meanwhile covers everything applied.
+    fn snapshot_failed(&mut self, group: GroupId) {
+        let Some(replica) = self.replicas.get_mut(&group) else {
+            return;
+        };
+        replica.snapshot_in_progress = false;
+        if replica.store.applied_index() > replica.snapshot_index {
+            self.start_snapshot(group);
+        }
     }
 
     /// A snapshot file is durable: compact the raft log up to it.

@@ -43,6 +43,8 @@ struct Inner {
     inputs: InputSender,
     groups: SharedGroups,
     transport: Transport,
+    /// The ranges noticed for the node's periodic range tasks.
+    range_work: crate::range_work::RangeWork,
     request_timeout: Duration,
     /// How long a request waits for a group's leadership to settle (two election
     /// timeouts) before it fails with no leader or leader changed.
@@ -162,6 +164,7 @@ impl NodeHandle {
                 inputs,
                 groups,
                 transport,
+                range_work: crate::range_work::RangeWork::default(),
                 request_timeout: config.request_timeout,
                 leader_wait: config.tick_interval * config.election_ticks * 2,
                 next_write_id: AtomicU64::new(1),
@@ -1006,6 +1009,11 @@ impl NodeHandle {
         Ok(self.group(group)?.events.subscribe())
     }
 
+    /// The ranges noticed for the node's periodic range tasks.
+    pub(crate) fn range_work(&self) -> &crate::range_work::RangeWork {
+        &self.inner.range_work
+    }
+
     /// The group's state machine, for reads.
     pub fn store(&self, group: GroupId) -> Result<Arc<MvccStore>, NodeError> {
         Ok(self.group(group)?.store.clone())
@@ -1015,7 +1023,9 @@ impl NodeHandle {
     /// proposed).
     pub fn record_read(&self, group: GroupId, key: &[u8]) {
         if let Ok(shared) = self.group(group) {
-            shared.requests.record_key(key);
+            if shared.requests.record_key(key) {
+                self.inner.range_work.served.notice(group);
+            }
         }
     }
 
@@ -1148,7 +1158,11 @@ impl NodeHandle {
             // Applied through this member as the range's leader (refused or retried
             // attempts are not the range's load).
             match &first_key {
-                Some(key) => shared.requests.record_key(key),
+                Some(key) => {
+                    if shared.requests.record_key(key) {
+                        self.inner.range_work.served.notice(group);
+                    }
+                }
                 None => shared.requests.record(),
             }
         }

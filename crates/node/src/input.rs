@@ -133,6 +133,12 @@ pub enum Input {
         /// The file's size.
         file_bytes: u64,
     },
+    /// A snapshot file could not be written (logged where it failed): the group may
+    /// start another.
+    SnapshotFailed {
+        /// The group.
+        group: GroupId,
+    },
     /// Hand leadership to `target` (this node must lead).
     TransferLeader {
         /// The group.
@@ -203,6 +209,7 @@ impl Input {
             Input::SnapshotReceived { .. } => "SnapshotReceived",
             Input::SnapshotReport { .. } => "SnapshotReport",
             Input::SnapshotCreated { .. } => "SnapshotCreated",
+            Input::SnapshotFailed { .. } => "SnapshotFailed",
             Input::TransferLeader { .. } => "TransferLeader",
             Input::ChangeMembership { .. } => "ChangeMembership",
             Input::Freeze { .. } => "Freeze",
@@ -225,6 +232,7 @@ impl Input {
             | Input::FreshReadPoint { group, .. }
             | Input::SnapshotReport { group, .. }
             | Input::SnapshotCreated { group, .. }
+            | Input::SnapshotFailed { group }
             | Input::TransferLeader { group, .. }
             | Input::ChangeMembership { group, .. }
             | Input::Freeze { group, .. }

@@ -36,6 +36,7 @@ pub(crate) mod merge;
 mod merge_coordinator;
 mod merge_queue;
 pub mod metrics;
+pub mod range_work;
 pub mod reconfig_check;
 mod replica;
 pub mod request_rate;

@@ -1,5 +1,6 @@
 //! Splits by load (`--range-split-qps`, as CockroachDB splits a range by load): every few
-//! seconds the node looks at the data ranges it leads; one that served more requests per
+//! seconds the node looks at the data ranges it leads that served requests since it last
+//! looked (`range_work`); one that served more requests per
 //! second on this member than the limit, averaged over the last 10 s (`request_rate`),
 //! is split at the middle of the keys its requests were sampled at
 //! (`RequestRate::take_key_sample`), so that each half takes about half of them. A
@@ -60,15 +61,21 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
             return; // the node stopped
         }
         resting.retain(|_, since| since.elapsed() < SPLIT_COOLDOWN);
-        for (group, span) in handle.data_ranges() {
-            // The sample covers the requests since the last look, hot or not.
-            let (Ok(status), Ok(sample), Ok(per_second)) = (
+        for group in handle.range_work().served.take() {
+            // The sample covers the requests since the last look, hot or not (taking it
+            // has the range's next request notice it again).
+            let (Ok(status), Ok(sample), Ok(per_second), Ok(store)) = (
                 handle.status(group),
                 handle.take_key_sample(group),
                 handle.requests_per_second(group),
+                handle.store(group),
             ) else {
                 continue;
             };
+            let span = store.span();
+            if group == crate::META_GROUP || span.is_none() {
+                continue;
+            }
             if !status.is_leader || resting.contains_key(&group) || per_second <= split_qps as f64 {
                 continue;
             }

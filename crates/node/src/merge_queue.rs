@@ -90,7 +90,7 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
             let Ok(left_store) = handle.store(left) else {
                 continue;
             };
-            let live_bytes = left_store.read_view().live_bytes() + store.read_view().live_bytes();
+            let live_bytes = left_store.live_bytes() + store.live_bytes();
             let rate = handle.requests_per_second(left).unwrap_or(f64::MAX)
                 + handle.requests_per_second(right).unwrap_or(f64::MAX);
             if !merge_due(live_bytes, rate, range_max_bytes, range_split_qps) {

@@ -100,10 +100,14 @@ impl RequestRate {
         self.record_at(self.now_second());
     }
 
-    /// One request for `key` (the first key it reads or writes) served now.
-    pub fn record_key(&self, key: &[u8]) {
+    /// One request for `key` (the first key it reads or writes) served now. Returns
+    /// whether it is the first since the sample was last taken (the range's load is
+    /// then worth a look: `range_work`).
+    pub fn record_key(&self, key: &[u8]) -> bool {
         self.record();
-        self.sample.lock().expect("key sample lock").offer(key);
+        let mut sample = self.sample.lock().expect("key sample lock");
+        sample.offer(key);
+        sample.seen == 1
     }
 
     /// The sampled keys of the requests since the last call, sorted, and starts a new
@@ -184,7 +188,8 @@ mod tests {
             } else {
                 format!("a{n}")
             };
-            rate.record_key(key.as_bytes());
+            // Only the first since the sample was taken says so.
+            assert_eq!(rate.record_key(key.as_bytes()), n == 0);
         }
         let sample = rate.take_key_sample();
         assert_eq!(sample.len(), SAMPLED_KEYS);
@@ -202,7 +207,10 @@ mod tests {
         );
         // Taking it starts a new sample.
         assert!(rate.take_key_sample().is_empty());
-        rate.record_key(b"m");
+        assert!(
+            rate.record_key(b"m"),
+            "the first since the sample was taken"
+        );
         assert_eq!(rate.take_key_sample(), vec![b"m".to_vec()]);
     }
 

@@ -1,13 +1,14 @@
 //! Ends the locks that transactions across ranges leave behind when their coordinator
 //! dies, pauses or loses its messages (docs/RANGES.md, "Writes across ranges in the
 //! node"). One task per node: every second it looks at the data ranges this node
-//! leads, and a lock seen held for `LOCK_STALE` is pushed: the transaction's primary
+//! leads that held a lock after a change (`range_work`), for as long as they hold one,
+//! and a lock seen held for `LOCK_STALE` is pushed: the transaction's primary
 //! is asked to abort it (`TxnAbort`), which answers the committed record instead if the
 //! commit came first; then the lock's range writes the transaction's part (`TxnResolve`)
 //! or forgets the lock (`TxnRelease`). Aborting a transaction whose coordinator is only
 //! slow is safe: its commit is then refused and it tries again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use ostrakon_proto::peer::{self as pb, write_request::Request};
@@ -33,6 +34,8 @@ pub(crate) async fn run(handle: NodeHandle) {
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When this node first saw each lock held (while leading its range).
     let mut first_seen: HashMap<(GroupId, TxnId), Instant> = HashMap::new();
+    // The ranges led here that held a lock at the last look, or were noticed since.
+    let mut locked = BTreeSet::new();
     loop {
         check.tick().await;
         if handle.status(DEFAULT_GROUP).is_err() {
@@ -40,13 +43,18 @@ pub(crate) async fn run(handle: NodeHandle) {
         }
         let now = Instant::now();
         let mut held = HashMap::new();
-        for (group, _) in handle.data_ranges() {
+        locked.append(&mut handle.range_work().locked.take());
+        let mut still_locked = BTreeSet::new();
+        for group in locked {
             let (Ok(status), Ok(store)) = (handle.status(group), handle.store(group)) else {
                 continue;
             };
+            // A range led elsewhere now is pushed there (one led here again is noticed
+            // again, locks and all).
             if !status.is_leader || !store.has_txn_locks() {
                 continue;
             }
+            still_locked.insert(group);
             for lock in store.txn_locks() {
                 let seen = *first_seen.get(&(group, lock.txn)).unwrap_or(&now);
                 held.insert((group, lock.txn), seen);
@@ -56,6 +64,7 @@ pub(crate) async fn run(handle: NodeHandle) {
             }
         }
         first_seen = held;
+        locked = still_locked;
     }
 }
 

@@ -789,6 +789,12 @@ impl MvccStore {
             .insert(batch, META_APPLIED_TERM, term.0.to_be_bytes());
     }
 
+    /// The bytes of the live keys and values (what a split by size weighs), without
+    /// taking a read view.
+    pub fn live_bytes(&self) -> u64 {
+        self.latest.lock().unwrap().live_bytes()
+    }
+
     /// A consistent view for reads at any revision from the compacted one to the current.
     pub fn read_view(&self) -> ReadView {
         loop {
