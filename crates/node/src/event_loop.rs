@@ -36,6 +36,11 @@ pub const INPUT_QUEUE_MAX: usize = 16 * INPUTS_PER_ROUND_MAX;
 /// many as the last snapshot file holds, if more), whatever `--snapshot-count` says.
 pub const SNAPSHOT_LOG_BYTES_MIN: u64 = 64 << 20;
 
+/// Snapshot files written at once on a node; more wait (`EventLoop::snapshots_waiting`).
+/// Each syncs the store, then copies a range: thousands at once (a new member catching
+/// up on every range) would each take a thread and its memory.
+const SNAPSHOT_WRITERS_MAX: usize = 4;
+
 /// After a snapshot file could not be written, how long before the next try (a failing
 /// disk fails each at once).
 const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -99,6 +104,10 @@ pub struct EventLoop {
     held: BTreeSet<GroupId>,
     /// Removes every data range's compaction garbage, on one thread.
     compactor: ostrakon_storage::mvcc::Compactor,
+    /// Snapshot files being written, on a thread each (at most `SNAPSHOT_WRITERS_MAX`).
+    snapshot_writers: usize,
+    /// Ranges whose snapshot waits for a writer, in the order they asked.
+    snapshots_waiting: std::collections::VecDeque<GroupId>,
 }
 
 struct FollowAttempt {
@@ -233,6 +242,8 @@ pub fn start(
         merged_away,
         held: BTreeSet::new(),
         compactor,
+        snapshot_writers: 0,
+        snapshots_waiting: std::collections::VecDeque::new(),
     };
     event_loop.add_group(data);
     event_loop.add_group(meta);
@@ -638,9 +649,10 @@ impl EventLoop {
         };
         tracing::info!(group = group.0, span = ?replica.store.span(), "a split created a range");
         crate::metrics::metrics().range_splits.inc();
+        // No snapshot file yet: the first is written when a follower first needs one
+        // (`SnapshotSent::NoFile`). Every member writing one at every split made
+        // thousands of snapshot writes at once when splits came fast.
         self.add_group(replica);
-        // The range's first snapshot file, for a replica that missed the split.
-        self.start_snapshot(group);
     }
 
     /// Removes the replica of a range merged into another, for good: its group stops,
@@ -1116,17 +1128,21 @@ impl EventLoop {
                 }
                 replica.node.step(message);
             }
-            Input::SnapshotReport {
-                group,
-                to,
-                delivered,
-                refused_as_overlapping,
-            } => {
+            Input::SnapshotReport { group, to, outcome } => {
                 if let Some(replica) = self.replicas.get_mut(&group) {
-                    replica.node.report_snapshot(to, delivered);
+                    replica
+                        .node
+                        .report_snapshot(to, outcome == crate::input::SnapshotSent::Delivered);
                 }
-                if refused_as_overlapping {
-                    self.refresh_snapshot_older_than_split(group);
+                match outcome {
+                    crate::input::SnapshotSent::RefusedAsOverlapping => {
+                        self.refresh_snapshot_older_than_split(group)
+                    }
+                    // Written now; raft sends it again once the log starts at it.
+                    crate::input::SnapshotSent::NoFile if self.replicas.contains_key(&group) => {
+                        self.start_snapshot(group)
+                    }
+                    _ => {}
                 }
             }
             Input::SnapshotCreated {
@@ -1567,19 +1583,52 @@ impl EventLoop {
     }
 
     /// Starts writing a snapshot file of the group at its applied position (unless one
-    /// is being written).
+    /// is being written or waits to be), or queues it while `SNAPSHOT_WRITERS_MAX` are
+    /// being written.
     fn start_snapshot(&mut self, group: GroupId) {
         let replica = self.replicas.get_mut(&group).expect("group exists");
         if replica.snapshot_in_progress {
             return;
         }
+        replica.snapshot_in_progress = true;
+        if self.snapshot_writers >= SNAPSHOT_WRITERS_MAX {
+            self.snapshots_waiting.push_back(group);
+            return;
+        }
+        self.write_snapshot(group);
+    }
+
+    /// A snapshot writer finished (or failed): the next waiting snapshot starts.
+    fn snapshot_writer_done(&mut self) {
+        assert!(
+            self.snapshot_writers > 0,
+            "a snapshot writer finished twice"
+        );
+        self.snapshot_writers -= 1;
+        while self.snapshot_writers < SNAPSHOT_WRITERS_MAX {
+            let Some(group) = self.snapshots_waiting.pop_front() else {
+                return;
+            };
+            // A range merged away (or a replica replaced) meanwhile wants none.
+            if self
+                .replicas
+                .get(&group)
+                .is_some_and(|replica| replica.snapshot_in_progress)
+            {
+                self.write_snapshot(group);
+            }
+        }
+    }
+
+    /// Writes a snapshot file of the group at its applied position, on a thread.
+    fn write_snapshot(&mut self, group: GroupId) {
+        let replica = self.replicas.get_mut(&group).expect("group exists");
         replica.log_bytes_since_snapshot = 0;
         let meta = replica.snapshot_meta();
         let frozen = replica.store.freeze();
         let store = replica.store.clone();
         let path = self.layout.snapshot_file(group, meta.index);
         let done = self.input_tx.clone();
-        replica.snapshot_in_progress = true;
         let spawned = std::thread::Builder::new()
             .name("ostrakon-snapshot".into())
             .spawn(move || {
@@ -1605,9 +1654,12 @@ impl EventLoop {
                     }
                 }
             });
-        if let Err(error) = spawned {
-            tracing::error!(%error, "could not start a snapshot writer; will retry");
-            replica.snapshot_in_progress = false;
+        match spawned {
+            Ok(_) => self.snapshot_writers += 1,
+            Err(error) => {
+                tracing::error!(%error, "could not start a snapshot writer; will retry");
+                replica.snapshot_in_progress = false;
+            }
         }
     }
 
@@ -1641,6 +1693,7 @@ impl EventLoop {
     /// would not start another by itself, so another is started, unless one installed
     /// meanwhile covers everything applied.
     fn snapshot_failed(&mut self, group: GroupId) {
+        self.snapshot_writer_done();
         let Some(replica) = self.replicas.get_mut(&group) else {
             return;
         };
@@ -1653,6 +1706,7 @@ impl EventLoop {
     /// A snapshot file is durable: compact the raft log up to it.
     fn snapshot_created(&mut self, group: GroupId, meta: SnapshotMeta, file_bytes: u64) {
         crate::metrics::metrics().snapshots_created.inc();
+        self.snapshot_writer_done();
         let Some(replica) = self.replicas.get_mut(&group) else {
             // The range merged into another while the file was written.
             let _ = std::fs::remove_file(self.layout.snapshot_file(group, meta.index));

@@ -47,6 +47,21 @@ impl From<ReadResponder> for ReadWaiter {
 /// Where a membership change waits for the membership it produced.
 pub type ConfResponder = oneshot::Sender<Result<ConfState, NodeError>>;
 
+/// How sending a snapshot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSent {
+    /// The receiver took it.
+    Delivered,
+    /// The stream failed (the receiver is down or busy, ...): raft sends it again.
+    Failed,
+    /// The receiver refused it: it overlaps another range there
+    /// (`SnapshotVerdict::Overlaps`).
+    RefusedAsOverlapping,
+    /// No file holds it: a range's first snapshot is written when a follower first needs
+    /// it, not by every member at every split.
+    NoFile,
+}
+
 /// What a node did with a received snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotVerdict {
@@ -117,11 +132,8 @@ pub enum Input {
         group: GroupId,
         /// The receiver.
         to: NodeId,
-        /// Whether it was received.
-        delivered: bool,
-        /// The receiver refused it: it overlaps another range there
-        /// (`SnapshotVerdict::Overlaps`).
-        refused_as_overlapping: bool,
+        /// How it ended.
+        outcome: SnapshotSent,
     },
     /// A snapshot file at `meta` is durable, and so is the state machine up to it: the
     /// raft log before it may go.

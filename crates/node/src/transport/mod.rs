@@ -36,13 +36,15 @@ pub use service::PeerService;
 enum SnapshotSendError {
     /// The receiver refused it: it overlaps another range there.
     Overlaps(String),
+    /// No file holds the snapshot (not written yet: `SnapshotSent::NoFile`).
+    NoFile,
     /// The stream failed (the receiver is down, a file could not be read, ...).
     Failed(String),
 }
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::input::{Input, InputSender};
+use crate::input::{Input, InputSender, SnapshotSent};
 use crate::layout::Layout;
 use crate::liveness::Liveness;
 use crate::tls::TlsMaterial;
@@ -358,30 +360,25 @@ impl Transport {
         self.inner.runtime.spawn(async move {
             let group = message.group;
             let to = message.to;
-            let (delivered, refused_as_overlapping) =
-                match transport.stream_snapshot(&message).await {
-                    Ok(()) => {
-                        crate::metrics::metrics().snapshots_sent.inc();
-                        (true, false)
-                    }
-                    Err(SnapshotSendError::Overlaps(refusal)) => {
-                        tracing::info!(to = to.0, group = group.0, %refusal, "snapshot refused");
-                        (false, true)
-                    }
-                    Err(SnapshotSendError::Failed(error)) => {
-                        tracing::warn!(to = to.0, %error, "snapshot stream failed");
-                        (false, false)
-                    }
-                };
+            let outcome = match transport.stream_snapshot(&message).await {
+                Ok(()) => {
+                    crate::metrics::metrics().snapshots_sent.inc();
+                    SnapshotSent::Delivered
+                }
+                Err(SnapshotSendError::Overlaps(refusal)) => {
+                    tracing::info!(to = to.0, group = group.0, %refusal, "snapshot refused");
+                    SnapshotSent::RefusedAsOverlapping
+                }
+                Err(SnapshotSendError::NoFile) => SnapshotSent::NoFile,
+                Err(SnapshotSendError::Failed(error)) => {
+                    tracing::warn!(to = to.0, %error, "snapshot stream failed");
+                    SnapshotSent::Failed
+                }
+            };
             let _ = transport
                 .inner
                 .inputs
-                .send_async(Input::SnapshotReport {
-                    group,
-                    to,
-                    delivered,
-                    refused_as_overlapping,
-                })
+                .send_async(Input::SnapshotReport { group, to, outcome })
                 .await;
         });
     }
@@ -391,9 +388,13 @@ impl Transport {
             unreachable!("only snapshot messages are streamed")
         };
         let path = self.inner.layout.snapshot_file(message.group, meta.index);
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| SnapshotSendError::Failed(format!("{}: {e}", path.display())))?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                SnapshotSendError::NoFile
+            } else {
+                SnapshotSendError::Failed(format!("{}: {e}", path.display()))
+            }
+        })?;
         let (chunks, stream) = mpsc::channel::<SnapshotChunk>(4);
         let channel = self.channel(message.to).ok_or_else(|| {
             SnapshotSendError::Failed(format!("member {:x} has no peer URL", message.to.0))
