@@ -22,6 +22,8 @@ tck=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 status_field() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+# Snapshot files a member wrote since it started (its /metrics).
+snapshots_written() { curl -sf "http://127.0.0.1:$1/metrics" | awk '$1 == "ostrakon_snapshots_created_total" {print int($2)}'; }
 
 measure() { # label
   sleep "$SETTLE_S"
@@ -32,9 +34,10 @@ measure() { # label
   local line="$1:"
   for i in 0 1 2; do
     pid=${ostrakon_pids[$i]}
-    line+=$(printf ' | o%d rss %d MiB, threads %d, cpu %.1f%% of a core' $((i + 1)) \
+    line+=$(printf ' | o%d rss %d MiB, threads %d, cpu %.1f%% of a core, %d snapshots written' $((i + 1)) \
       $(( $(status_field "$pid" VmRSS) / 1024 )) "$(status_field "$pid" Threads)" \
-      "$(awk -v t=$(( ${after[$i]} - ${before[$i]} )) -v hz="$tck" -v s="$IDLE_S" 'BEGIN {print t * 100 / hz / s}')")
+      "$(awk -v t=$(( ${after[$i]} - ${before[$i]} )) -v hz="$tck" -v s="$IDLE_S" 'BEGIN {print t * 100 / hz / s}')" \
+      "$(snapshots_written $((BASE + 100 * i)))")
   done
   echo "$line"
 }
