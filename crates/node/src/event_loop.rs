@@ -917,6 +917,9 @@ impl EventLoop {
         }
         self.check_liveness();
         self.publish_group_gauges();
+        if !self.snapshots_waiting.is_empty() {
+            self.start_waiting_snapshots();
+        }
     }
 
     /// The group counts as they are now: also after a round that woke or quiesced a
@@ -1595,7 +1598,9 @@ impl EventLoop {
             self.snapshots_waiting.push_back(group);
             return;
         }
-        self.write_snapshot(group);
+        if !self.write_snapshot(group) {
+            self.snapshots_waiting.push_back(group);
+        }
     }
 
     /// A snapshot writer finished (or failed): the next waiting snapshot starts.
@@ -1605,6 +1610,12 @@ impl EventLoop {
             "a snapshot writer finished twice"
         );
         self.snapshot_writers -= 1;
+        self.start_waiting_snapshots();
+    }
+
+    /// Starts waiting snapshots while writer slots are free (also at every tick: a
+    /// writer thread that could not be started is tried again).
+    fn start_waiting_snapshots(&mut self) {
         while self.snapshot_writers < SNAPSHOT_WRITERS_MAX {
             let Some(group) = self.snapshots_waiting.pop_front() else {
                 return;
@@ -1614,14 +1625,17 @@ impl EventLoop {
                 .replicas
                 .get(&group)
                 .is_some_and(|replica| replica.snapshot_in_progress)
+                && !self.write_snapshot(group)
             {
-                self.write_snapshot(group);
+                self.snapshots_waiting.push_front(group);
+                return;
             }
         }
     }
 
     /// Writes a snapshot file of the group at its applied position, on a thread.
-    fn write_snapshot(&mut self, group: GroupId) {
+    /// Returns false if no thread could be started (the caller queues it again).
+    fn write_snapshot(&mut self, group: GroupId) -> bool {
         let replica = self.replicas.get_mut(&group).expect("group exists");
         replica.log_bytes_since_snapshot = 0;
         let meta = replica.snapshot_meta();
@@ -1633,9 +1647,15 @@ impl EventLoop {
             .name("ostrakon-snapshot".into())
             .spawn(move || {
                 // The store up to the frozen position must be durable before the log
-                // that could rebuild it is compacted.
-                store.sync();
-                match snapshot::write(frozen, &path) {
+                // that could rebuild it is compacted. A panic is reported as a failure:
+                // a writer slot is never lost.
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    store.sync();
+                    snapshot::write(frozen, &path)
+                }))
+                .map_err(|_| "the snapshot writer panicked".to_string())
+                .and_then(|written| written.map_err(|error| error.to_string()));
+                match written {
                     Ok(info) => {
                         // The loop may have stopped meanwhile; the file is then simply
                         // the newest snapshot on disk. (This thread may wait for room.)
@@ -1655,10 +1675,13 @@ impl EventLoop {
                 }
             });
         match spawned {
-            Ok(_) => self.snapshot_writers += 1,
+            Ok(_) => {
+                self.snapshot_writers += 1;
+                true
+            }
             Err(error) => {
                 tracing::error!(%error, "could not start a snapshot writer; will retry");
-                replica.snapshot_in_progress = false;
+                false
             }
         }
     }
