@@ -31,10 +31,12 @@ pub enum RangesCommand {
     /// revision (the default).
     List,
     /// Split the range holding KEY at KEY: the keys from KEY on go to a new range with
-    /// its own raft group on every replica.
+    /// its own raft group on every replica. Given several keys, splits at each in turn
+    /// over one connection (one split per key, as if the command ran once per key).
     Split {
-        /// The first key of the new range.
-        key: String,
+        /// The first key of each new range.
+        #[arg(required = true)]
+        keys: Vec<String>,
     },
     /// Merge the range that starts at KEY into the range before it, undoing `split KEY`:
     /// one range, with one raft group, then holds both spans' keys. Every replica must be
@@ -130,20 +132,22 @@ pub fn run(args: RangesArgs) -> anyhow::Result<()> {
                     eprintln!("requests/s unknown: not every member answered");
                 }
             }
-            RangesCommand::Split { key } => {
-                let split = client
-                    .split(SplitRangeRequest {
-                        key: key.clone().into_bytes().into(),
-                    })
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}", e.message()))?
-                    .into_inner();
-                println!(
-                    "split range {} at {}: the keys from there on are range {}",
-                    split.left_range_id,
-                    printable(key.as_bytes()),
-                    split.right_range_id
-                );
+            RangesCommand::Split { keys } => {
+                for key in keys {
+                    let split = client
+                        .split(SplitRangeRequest {
+                            key: key.clone().into_bytes().into(),
+                        })
+                        .await
+                        .map_err(|e| anyhow::anyhow!("split at {key:?}: {}", e.message()))?
+                        .into_inner();
+                    println!(
+                        "split range {} at {}: the keys from there on are range {}",
+                        split.left_range_id,
+                        printable(key.as_bytes()),
+                        split.right_range_id
+                    );
+                }
             }
             RangesCommand::Merge { key } => {
                 let merged = client

@@ -42,6 +42,8 @@ struct Inner {
     cluster_id: u64,
     inputs: InputSender,
     groups: SharedGroups,
+    /// The data ranges in key order, kept while no group or span changes.
+    directory: crate::local_directory::LocalDirectory,
     transport: Transport,
     /// The ranges noticed for the node's periodic range tasks.
     range_work: crate::range_work::RangeWork,
@@ -163,6 +165,7 @@ impl NodeHandle {
                 cluster_id: config.cluster_id,
                 inputs,
                 groups,
+                directory: Default::default(),
                 transport,
                 range_work: crate::range_work::RangeWork::default(),
                 request_timeout: config.request_timeout,
@@ -215,18 +218,27 @@ impl NodeHandle {
     /// The data ranges this node holds a replica of, with their spans, in key order
     /// (replicas still waiting for their first snapshot hold no span and are left out).
     pub fn data_ranges(&self) -> Vec<(GroupId, Arc<ostrakon_storage::mvcc::KeySpan>)> {
-        let mut ranges: Vec<_> = self
-            .inner
-            .groups
-            .read()
-            .unwrap()
-            .iter()
-            .filter(|(group, _)| **group != crate::META_GROUP)
-            .map(|(group, shared)| (*group, shared.store.span()))
-            .filter(|(_, span)| !span.is_none())
-            .collect();
-        ranges.sort_by(|a, b| a.1.start().cmp(b.1.start()));
-        ranges
+        self.directory().to_vec()
+    }
+
+    /// `data_ranges`, shared: built again only after a range came or went here or a
+    /// span changed.
+    pub fn directory(&self) -> crate::local_directory::Directory {
+        self.inner.directory.get(|| {
+            self.inner
+                .groups
+                .read()
+                .unwrap()
+                .iter()
+                .filter(|(group, _)| **group != crate::META_GROUP)
+                .map(|(group, shared)| (*group, shared.store.span()))
+                .collect()
+        })
+    }
+
+    /// The event loop added or removed a group: the directory is built again.
+    pub(crate) fn groups_changed(&self) {
+        self.inner.directory.groups_changed();
     }
 
     /// The range holding every key of `intervals`, waiting (until the request timeout)
@@ -242,7 +254,7 @@ impl NodeHandle {
         }
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         loop {
-            match crate::routing::route(&self.data_ranges(), intervals) {
+            match crate::routing::route(&self.directory(), intervals) {
                 crate::routing::Route::One(group) => return Ok(group),
                 crate::routing::Route::Several => return Err(NodeError::SpansRanges),
                 crate::routing::Route::Unknown if tokio::time::Instant::now() < deadline => {
@@ -262,7 +274,7 @@ impl NodeHandle {
     ) -> Result<Vec<GroupId>, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         loop {
-            match crate::routing::touched(&self.data_ranges(), intervals) {
+            match crate::routing::touched(&self.directory(), intervals) {
                 Some(groups) if groups.is_empty() => return Ok(vec![crate::DEFAULT_GROUP]),
                 Some(groups) => return Ok(groups),
                 None if tokio::time::Instant::now() < deadline => {

@@ -32,6 +32,7 @@ mod lease_expiry;
 pub mod lessor;
 pub mod liveness;
 pub mod load_split;
+pub mod local_directory;
 pub(crate) mod merge;
 mod merge_coordinator;
 mod merge_queue;

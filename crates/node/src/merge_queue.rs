@@ -18,7 +18,13 @@ use crate::DEFAULT_GROUP;
 
 /// How often the node looks at the ranges it leads.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
-/// How many looks in a row a pair must be small and cold (about 10 s).
+/// How many pairs of neighbours one look visits at most: the next look goes on where it
+/// stopped. Up to this many ranges, each look visits every pair; beyond, a pass over the
+/// keyspace takes several looks (as CockroachDB's replica scanner paces its queues), so
+/// the cost of a look stays the same at 100,000 ranges.
+const PAIRS_PER_LOOK: usize = 1_000;
+/// How many looks in a row a pair must be small and cold (about 10 s with at most
+/// `PAIRS_PER_LOOK` ranges; passes in a row beyond).
 const COLD_LOOKS: u32 = 5;
 /// A range frozen this long is thawed (its coordinator is gone): a merge takes a few
 /// seconds at most.
@@ -48,43 +54,58 @@ pub fn merge_due(
 pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qps: u64) {
     let mut check = tokio::time::interval(CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Looks in a row each right range was due to merge.
+    // Passes in a row each right range was due to merge.
     let mut due_looks: HashMap<GroupId, u32> = HashMap::new();
     // When this node first saw each range frozen while leading it.
     let mut frozen_since: HashMap<GroupId, Instant> = HashMap::new();
     // When each right range's last merge failed.
     let mut failed: HashMap<GroupId, Instant> = HashMap::new();
+    // Where the next look starts: the index of a pair's right range in the directory
+    // (ranges come and go between looks; an index off by some only shifts the pass).
+    let mut next_pair = 0;
     loop {
         check.tick().await;
         if handle.status(DEFAULT_GROUP).is_err() {
             return; // the node stopped
         }
-        let ranges = handle.data_ranges();
-        let mut still_due = HashMap::new();
-        let mut still_frozen = HashMap::new();
+        let ranges = handle.directory();
+        let pairs = ranges.len().saturating_sub(1);
+        if next_pair >= pairs {
+            next_pair = 0;
+            // A new pass: forget what is known of ranges no longer here.
+            let here: std::collections::HashSet<GroupId> =
+                ranges.iter().map(|(group, _)| *group).collect();
+            due_looks.retain(|group, _| here.contains(group));
+            frozen_since.retain(|group, _| here.contains(group));
+        }
+        let looked = pairs.min(PAIRS_PER_LOOK);
         let mut merge = None;
-        for pair in ranges.windows(2) {
-            let ((left, _), (right, _)) = (pair[0].clone(), pair[1].clone());
+        for offset in 0..looked {
+            let index = (next_pair + offset) % pairs;
+            let (left, right) = (ranges[index].0, ranges[index + 1].0);
             let (Ok(status), Ok(store)) = (handle.status(right), handle.store(right)) else {
                 continue;
             };
             if !status.is_leader {
+                due_looks.remove(&right);
+                frozen_since.remove(&right);
                 continue;
             }
             if let Some(mark) = store.frozen() {
-                let since = *frozen_since.get(&right).unwrap_or(&Instant::now());
-                still_frozen.insert(right, since);
+                let since = *frozen_since.entry(right).or_insert_with(Instant::now);
                 if since.elapsed() >= ABANDONED_AFTER {
                     thaw(&handle, mark.left, right, mark.index).await;
                 }
                 continue;
             }
+            frozen_since.remove(&right);
             if range_max_bytes == 0
                 || store.split_by_hand()
                 || failed
                     .get(&right)
                     .is_some_and(|at| at.elapsed() < FAILED_MERGE_REST)
             {
+                due_looks.remove(&right);
                 continue;
             }
             let Ok(left_store) = handle.store(left) else {
@@ -94,16 +115,16 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
             let rate = handle.requests_per_second(left).unwrap_or(f64::MAX)
                 + handle.requests_per_second(right).unwrap_or(f64::MAX);
             if !merge_due(live_bytes, rate, range_max_bytes, range_split_qps) {
+                due_looks.remove(&right);
                 continue;
             }
-            let looks = due_looks.get(&right).copied().unwrap_or(0) + 1;
-            still_due.insert(right, looks);
-            if looks >= COLD_LOOKS && merge.is_none() {
+            let looks = due_looks.entry(right).or_insert(0);
+            *looks += 1;
+            if *looks >= COLD_LOOKS && merge.is_none() {
                 merge = Some((left, right, live_bytes));
             }
         }
-        due_looks = still_due;
-        frozen_since = still_frozen;
+        next_pair += looked;
         failed.retain(|_, at| at.elapsed() < FAILED_MERGE_REST);
         if let Some((left, right, live_bytes)) = merge {
             due_looks.remove(&right);

@@ -40,8 +40,8 @@ pub use members::{MemberChange, MemberRegistry};
 pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::{spans_cover, KeySpan};
 pub use store::{
-    AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView, WriteTxn,
-    DATA_PARTITION, NEVER_COMPACTED,
+    span_changes, AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView,
+    WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 

@@ -72,6 +72,17 @@ pub struct AppliedState {
     pub conf_state: ConfState,
 }
 
+/// Every change of any store's span in this process, counted (`span_changes`).
+static SPAN_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a store's span changed in this process: a cache of spans built after
+/// reading this count is current while the count stays the same. One count for the
+/// whole process (several nodes share it in tests), so a change elsewhere only makes a
+/// cache rebuild.
+pub fn span_changes() -> u64 {
+    SPAN_CHANGES.load(Ordering::Acquire)
+}
+
 /// The state machine of one group. Reads may run on any thread, concurrently with the
 /// single writer (the node's event loop).
 pub struct MvccStore {
@@ -533,6 +544,12 @@ impl MvccStore {
         self.span.lock().unwrap().clone()
     }
 
+    /// Changes the user keys this store holds, and counts the change (`span_changes`).
+    fn set_span(&self, span: KeySpan) {
+        *self.span.lock().unwrap() = Arc::new(span);
+        SPAN_CHANGES.fetch_add(1, Ordering::Release);
+    }
+
     /// Splits the range at `key`, applying the split's entry at (`index`, `term`): this
     /// store keeps the keys before `key`, and the store returned, of `right_group`,
     /// holds the rest, at the same revision and compacted revision, with the applied
@@ -569,7 +586,7 @@ impl MvccStore {
             let mut latest = self.latest.lock().unwrap();
             engine("committing a split", batch.commit());
             drop(latest.split_off(key));
-            *self.span.lock().unwrap() = Arc::new(left_span);
+            self.set_span(left_span);
             physical.installs += 1;
             self.compaction_changed();
             self.oracle_revisions.store(true, Ordering::SeqCst);
@@ -623,7 +640,7 @@ impl MvccStore {
             let mut latest = self.latest.lock().unwrap();
             engine("committing a split", batch.commit());
             let right_index = latest.split_off(key);
-            *self.span.lock().unwrap() = Arc::new(left_span);
+            self.set_span(left_span);
             physical.installs += 1;
             self.compaction_changed();
             self.oracle_revisions.store(true, Ordering::SeqCst);
@@ -1237,7 +1254,7 @@ impl MvccStore {
             let mut latest = self.latest.lock().unwrap();
             engine("installing a snapshot", batch.commit());
             *latest = new_latest;
-            *self.span.lock().unwrap() = Arc::new(span);
+            self.set_span(span);
             self.oracle_revisions
                 .store(tables.oracle_revisions, Ordering::SeqCst);
             *self.leases.lock().unwrap() = leases.into_iter().collect();

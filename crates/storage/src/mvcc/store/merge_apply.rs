@@ -10,7 +10,6 @@
 //! range thaws, so the left range's log decides, once, whether the merge happened.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use ostrakon_proto::peer as pb;
 use ostrakon_raft::{GroupId, LogIndex, Term};
@@ -267,8 +266,8 @@ impl MvccStore {
             let taken = std::mem::take(&mut *right_latest);
             *latest = std::mem::take(&mut *latest).merge(taken);
             self.revision.store(revision.0, Ordering::SeqCst);
-            *self.span.lock().unwrap() = Arc::new(merged_span);
-            *right.span.lock().unwrap() = Arc::new(KeySpan::none());
+            self.set_span(merged_span);
+            right.set_span(KeySpan::none());
             let mut outcomes = self.txn_outcomes.lock().unwrap();
             for (txn, outcome) in right_outcomes.records() {
                 let kept = match outcome {
@@ -303,7 +302,7 @@ impl MvccStore {
             self.local.remove(&mut batch, &name);
         }
         engine("retiring a merged range", batch.commit());
-        *self.span.lock().unwrap() = Arc::new(KeySpan::none());
+        self.set_span(KeySpan::none());
     }
 
     /// The merge tables for a snapshot: the freeze mark, the absorbed ranges and the
