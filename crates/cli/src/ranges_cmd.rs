@@ -31,12 +31,17 @@ pub enum RangesCommand {
     /// revision (the default).
     List,
     /// Split the range holding KEY at KEY: the keys from KEY on go to a new range with
-    /// its own raft group on every replica. Given several keys, splits at each in turn
-    /// over one connection (one split per key, as if the command ran once per key).
+    /// its own raft group on every replica. Given several keys, splits at each over one
+    /// connection (one split per key, as if the command ran once per key), up to
+    /// `--concurrency` at once (splits of different ranges then share their rounds'
+    /// fsyncs; splits of one range take their turns).
     Split {
         /// The first key of each new range.
         #[arg(required = true)]
         keys: Vec<String>,
+        /// How many splits are in flight at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
     },
     /// Merge the range that starts at KEY into the range before it, undoing `split KEY`:
     /// one range, with one raft group, then holds both spans' keys. Every replica must be
@@ -132,13 +137,28 @@ pub fn run(args: RangesArgs) -> anyhow::Result<()> {
                     eprintln!("requests/s unknown: not every member answered");
                 }
             }
-            RangesCommand::Split { keys } => {
-                for key in keys {
-                    let split = client
-                        .split(SplitRangeRequest {
-                            key: key.clone().into_bytes().into(),
-                        })
-                        .await
+            RangesCommand::Split { keys, concurrency } => {
+                let mut keys = keys.into_iter();
+                let mut in_flight = tokio::task::JoinSet::new();
+                loop {
+                    while in_flight.len() < usize::from(concurrency) {
+                        let Some(key) = keys.next() else {
+                            break;
+                        };
+                        let mut client = client.clone();
+                        in_flight.spawn(async move {
+                            let request = SplitRangeRequest {
+                                key: key.clone().into_bytes().into(),
+                            };
+                            let answer = client.split(request).await;
+                            (key, answer)
+                        });
+                    }
+                    let Some(done) = in_flight.join_next().await else {
+                        break;
+                    };
+                    let (key, answer) = done?;
+                    let split = answer
                         .map_err(|e| anyhow::anyhow!("split at {key:?}: {}", e.message()))?
                         .into_inner();
                     println!(

@@ -89,6 +89,10 @@ pub struct EventLoop {
     next_follow_check: Instant,
     /// The first data range's membership when they were last checked.
     followed_conf: Option<ostrakon_raft::ConfState>,
+    /// Ranges whose leadership this node won since the last check: checked at the next
+    /// round, alone (a whole check per leadership won made splitting into 100,000
+    /// ranges quadratic).
+    follow_due: BTreeSet<GroupId>,
     /// When this node next looks at its ranges' leaders, to spread them over the nodes.
     leader_spread: crate::leader_spread::LeaderSpread,
     /// Writes of ranges that take their revisions from the oracle, waiting for them.
@@ -235,6 +239,7 @@ pub fn start(
         follow_attempts: HashMap::new(),
         next_follow_check: Instant::now(),
         followed_conf: None,
+        follow_due: BTreeSet::new(),
         leader_spread,
         revisions: crate::revisions::RevisionFetcher::default(),
         handle: handle.clone(),
@@ -575,6 +580,7 @@ impl EventLoop {
                 .store
                 .set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
         }
+        replica.store.set_span_listener(self.handle.span_listener());
         let shared = GroupShared {
             store: replica.store.clone(),
             status: replica.status.clone(),
@@ -584,7 +590,7 @@ impl EventLoop {
             requests: Default::default(),
         };
         self.groups.write().unwrap().insert(group, Arc::new(shared));
-        self.handle.groups_changed();
+        self.handle.group_changed(group);
         self.replicas.insert(group, replica);
         self.ticking.insert(group);
         self.dirty.insert(group);
@@ -640,7 +646,7 @@ impl EventLoop {
             }
             waiting.fail_all(NodeError::LeaderChanged);
             self.groups.write().unwrap().remove(&group);
-            self.handle.groups_changed();
+            self.handle.group_changed(group);
             self.ticking.remove(&group);
         }
         self.wal.set_snapshot(group, initial.snapshot.clone());
@@ -675,7 +681,7 @@ impl EventLoop {
         let was_leader = replica.status.read().unwrap().is_leader;
         record_group_role(group, false, was_leader);
         self.groups.write().unwrap().remove(&group);
-        self.handle.groups_changed();
+        self.handle.group_changed(group);
         self.ticking.remove(&group);
         self.dirty.remove(&group);
         self.held.remove(&group);
@@ -1254,7 +1260,9 @@ impl EventLoop {
                 tracing::info!(group = group.0, term = soft.term.0, leader = soft.leader.0, role = ?soft.role, "raft state changed");
                 self.leader_spread.unsettle();
                 // A range led here now may be behind the data range's membership.
-                self.next_follow_check = Instant::now();
+                if soft.role == Role::Leader {
+                    self.follow_due.insert(group);
+                }
                 let (previous_leader, was_leader) = {
                     let status = replica.status.read().unwrap();
                     (status.leader, status.is_leader)
@@ -1443,7 +1451,8 @@ impl EventLoop {
         // round).
         let conf = data.node.conf_state();
         let now = Instant::now();
-        if now < self.next_follow_check && self.followed_conf.as_ref() == Some(conf) {
+        let whole = now >= self.next_follow_check || self.followed_conf.as_ref() != Some(conf);
+        if !whole && self.follow_due.is_empty() {
             return;
         }
         let target = conf.clone();
@@ -1452,10 +1461,16 @@ impl EventLoop {
             .members()
             .into_iter()
             .any(|id| data.store.is_leaving_member(id));
+        let due = std::mem::take(&mut self.follow_due);
+        let candidates: Vec<GroupId> = if whole {
+            self.replicas.keys().copied().collect()
+        } else {
+            due.into_iter().collect()
+        };
         let attempts = &self.follow_attempts;
-        let groups: Vec<GroupId> = self
-            .replicas
+        let groups: Vec<GroupId> = candidates
             .iter()
+            .filter_map(|group| self.replicas.get(group).map(|replica| (group, replica)))
             .filter(|(group, replica)| {
                 **group != DEFAULT_GROUP
                     && replica.node.role() == Role::Leader
@@ -1470,8 +1485,16 @@ impl EventLoop {
             })
             .map(|(group, _)| *group)
             .collect();
+        let stepped = !groups.is_empty();
         for group in groups {
             self.follow_step(group, &target, now);
+        }
+        if !whole {
+            // Ranges that took a step are looked at again soon (a learner to promote).
+            if stepped {
+                self.next_follow_check = self.next_follow_check.min(now + FOLLOW_CHECK_INTERVAL);
+            }
+            return;
         }
         let settled = self.follow_attempts.is_empty()
             && self.replicas.iter().all(|(group, replica)| {

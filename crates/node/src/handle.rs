@@ -42,8 +42,8 @@ struct Inner {
     cluster_id: u64,
     inputs: InputSender,
     groups: SharedGroups,
-    /// The data ranges in key order, kept while no group or span changes.
-    directory: crate::local_directory::LocalDirectory,
+    /// The data ranges in key order, kept up to date change by change.
+    directory: Arc<crate::local_directory::LocalDirectory>,
     transport: Transport,
     /// The ranges noticed for the node's periodic range tasks.
     range_work: crate::range_work::RangeWork,
@@ -218,27 +218,31 @@ impl NodeHandle {
     /// The data ranges this node holds a replica of, with their spans, in key order
     /// (replicas still waiting for their first snapshot hold no span and are left out).
     pub fn data_ranges(&self) -> Vec<(GroupId, Arc<ostrakon_storage::mvcc::KeySpan>)> {
-        self.directory().to_vec()
+        self.directory()
+            .iter()
+            .map(|((_, group), span)| (*group, span.clone()))
+            .collect()
     }
 
-    /// `data_ranges`, shared: built again only after a range came or went here or a
-    /// span changed.
+    /// `data_ranges`, shared, by first key (`local_directory`).
     pub fn directory(&self) -> crate::local_directory::Directory {
-        self.inner.directory.get(|| {
-            self.inner
-                .groups
-                .read()
-                .unwrap()
-                .iter()
-                .filter(|(group, _)| **group != crate::META_GROUP)
-                .map(|(group, shared)| (*group, shared.store.span()))
-                .collect()
+        self.inner.directory.get(|group| {
+            if group == crate::META_GROUP {
+                return None;
+            }
+            let groups = self.inner.groups.read().unwrap();
+            groups.get(&group).map(|shared| shared.store.span())
         })
     }
 
-    /// The event loop added or removed a group: the directory is built again.
-    pub(crate) fn groups_changed(&self) {
-        self.inner.directory.groups_changed();
+    /// The event loop added or removed `group`: the directory reads it again.
+    pub(crate) fn group_changed(&self, group: GroupId) {
+        self.inner.directory.changed(group);
+    }
+
+    /// Told by the stores here of their spans' changes.
+    pub(crate) fn span_listener(&self) -> Arc<dyn ostrakon_storage::mvcc::SpanListener> {
+        self.inner.directory.clone()
     }
 
     /// The range holding every key of `intervals`, waiting (until the request timeout)

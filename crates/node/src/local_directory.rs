@@ -1,59 +1,75 @@
-//! The data ranges this node holds, in key order, as requests route by them: built once
-//! and kept until a range comes or goes here or a span changes, not rebuilt (a lock,
-//! a copy and a sort of every range) for every request. At 3,000 ranges the rebuild
-//! was a large part of a request; at 100,000 it would be most of it.
+//! The data ranges this node holds, in key order, as requests route by them. Kept up
+//! to date change by change: a store tells it when its span changes, and the event loop
+//! when a range comes or goes here; a read takes the changes since the last one. Built
+//! again from every range for every request, then for every change, it was most of a
+//! node's work while splitting into tens of thousands of ranges.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use ostrakon_raft::GroupId;
-use ostrakon_storage::mvcc::KeySpan;
+use ostrakon_storage::mvcc::{KeySpan, SpanListener};
 
-/// The data ranges in key order, each with its span.
-pub type Directory = Arc<[(GroupId, Arc<KeySpan>)]>;
+/// The data ranges by (first key, range), each with its span. The range is part of the
+/// key so that two ranges whose spans briefly share a first key (a merge half applied
+/// here) are both listed.
+pub type Ranges = BTreeMap<RangeStart, Arc<KeySpan>>;
 
-/// The cached directory and what it was built from.
+/// Where a range is listed: its first key, and the range.
+pub type RangeStart = (Vec<u8>, GroupId);
+
+/// The directory as one read sees it; unchanged by later changes.
+pub type Directory = Arc<Ranges>;
+
+/// The directory and the ranges changed since it was last brought up to date.
 #[derive(Default)]
 pub struct LocalDirectory {
-    /// Bumped whenever a group comes or goes here.
-    groups_changes: AtomicU64,
-    cached: Mutex<Option<Built>>,
+    changed: Mutex<HashSet<GroupId>>,
+    state: Mutex<State>,
 }
 
-struct Built {
-    groups_changes: u64,
-    span_changes: u64,
+#[derive(Default)]
+struct State {
     ranges: Directory,
+    /// Where each range is listed in `ranges`.
+    starts: HashMap<GroupId, Vec<u8>>,
+}
+
+impl SpanListener for LocalDirectory {
+    fn span_changed(&self, group: GroupId) {
+        self.changed(group);
+    }
 }
 
 impl LocalDirectory {
-    /// A group was added here or removed.
-    pub fn groups_changed(&self) {
-        self.groups_changes.fetch_add(1, Ordering::Release);
+    /// `group` came, went, or changed its span: read it again at the next `get`.
+    pub fn changed(&self, group: GroupId) {
+        self.changed.lock().unwrap().insert(group);
     }
 
-    /// The directory, built by `build` (the data ranges with their spans, in any order)
-    /// if a group or a span changed since it was last built. The counts are read before
-    /// building, so a change made during a build makes the next call build again.
-    pub fn get(&self, build: impl FnOnce() -> Vec<(GroupId, Arc<KeySpan>)>) -> Directory {
-        let groups_changes = self.groups_changes.load(Ordering::Acquire);
-        let span_changes = ostrakon_storage::mvcc::span_changes();
-        let mut cached = self.cached.lock().unwrap();
-        if let Some(built) = cached.as_ref() {
-            if built.groups_changes == groups_changes && built.span_changes == span_changes {
-                return built.ranges.clone();
+    /// The directory, with every range changed since the last call read again through
+    /// `span_of` (None: not a data range here, or gone). The changes are taken before
+    /// the spans are read, so a change made meanwhile is read again by the next call.
+    /// The map is copied only if a reader still holds the previous one.
+    pub fn get(&self, span_of: impl Fn(GroupId) -> Option<Arc<KeySpan>>) -> Directory {
+        let mut state = self.state.lock().unwrap();
+        let changed = std::mem::take(&mut *self.changed.lock().unwrap());
+        if changed.is_empty() {
+            return state.ranges.clone();
+        }
+        let State { ranges, starts } = &mut *state;
+        let ranges_now = Arc::make_mut(ranges);
+        for group in changed {
+            if let Some(start) = starts.remove(&group) {
+                ranges_now.remove(&(start, group));
+            }
+            if let Some(span) = span_of(group).filter(|span| !span.is_none()) {
+                let start = span.start().to_vec();
+                ranges_now.insert((start.clone(), group), span);
+                starts.insert(group, start);
             }
         }
-        let mut ranges = build();
-        ranges.retain(|(_, span)| !span.is_none());
-        ranges.sort_by(|a, b| a.1.start().cmp(b.1.start()));
-        let ranges: Directory = ranges.into();
-        *cached = Some(Built {
-            groups_changes,
-            span_changes,
-            ranges: ranges.clone(),
-        });
-        ranges
+        state.ranges.clone()
     }
 }
 
@@ -68,27 +84,54 @@ mod tests {
         ))
     }
 
+    fn groups(directory: &Directory) -> Vec<GroupId> {
+        directory.keys().map(|(_, group)| *group).collect()
+    }
+
     #[test]
-    fn the_directory_is_rebuilt_only_after_a_group_changed() {
+    fn the_directory_reads_again_only_the_ranges_that_changed() {
         let directory = LocalDirectory::default();
-        let built = directory.get(|| {
-            vec![
-                (GroupId(3), span("m", None)),
-                (GroupId(2), span("", Some("m"))),
-                (GroupId(0), Arc::new(KeySpan::none())),
-            ]
-        });
-        let groups: Vec<GroupId> = built.iter().map(|(group, _)| *group).collect();
+        let mut spans: HashMap<GroupId, Arc<KeySpan>> = HashMap::new();
+        spans.insert(GroupId(2), span("", Some("m")));
+        spans.insert(GroupId(3), span("m", None));
+        spans.insert(GroupId(4), Arc::new(KeySpan::none()));
+        for group in [2, 3, 4] {
+            directory.changed(GroupId(group));
+        }
+        let built = directory.get(|group| spans.get(&group).cloned());
         assert_eq!(
-            groups,
+            groups(&built),
             vec![GroupId(2), GroupId(3)],
             "in key order, no empty span"
         );
-        // Unchanged: the build is not run.
-        let again = directory.get(|| panic!("rebuilt with nothing changed"));
+        // Unchanged: nothing is read.
+        let again = directory.get(|_| panic!("read with nothing changed"));
         assert!(Arc::ptr_eq(&built, &again));
-        directory.groups_changed();
-        let rebuilt = directory.get(|| vec![(GroupId(2), span("", None))]);
-        assert_eq!(rebuilt.len(), 1);
+        // Range 3 splits at "t" into 3 and 5: only those two are read.
+        spans.insert(GroupId(3), span("m", Some("t")));
+        spans.insert(GroupId(5), span("t", None));
+        directory.span_changed(GroupId(3));
+        directory.changed(GroupId(5));
+        let split = directory.get(|group| {
+            assert!(group == GroupId(3) || group == GroupId(5), "read {group:?}");
+            spans.get(&group).cloned()
+        });
+        assert_eq!(groups(&split), vec![GroupId(2), GroupId(3), GroupId(5)]);
+        assert_eq!(
+            groups(&built),
+            vec![GroupId(2), GroupId(3)],
+            "a held directory stays"
+        );
+        // Range 5 merges into 3: both listed while their spans share a start, then 5 goes.
+        spans.insert(GroupId(3), span("m", None));
+        directory.span_changed(GroupId(3));
+        spans.remove(&GroupId(5));
+        directory.changed(GroupId(5));
+        let merged = directory.get(|group| spans.get(&group).cloned());
+        assert_eq!(groups(&merged), vec![GroupId(2), GroupId(3)]);
+        assert_eq!(
+            merged.get(&(b"m".to_vec(), GroupId(3))).unwrap().end(),
+            None
+        );
     }
 }

@@ -68,7 +68,7 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
         if handle.status(DEFAULT_GROUP).is_err() {
             return; // the node stopped
         }
-        let ranges = handle.directory();
+        let ranges = handle.data_ranges();
         let pairs = ranges.len().saturating_sub(1);
         if next_pair >= pairs {
             next_pair = 0;

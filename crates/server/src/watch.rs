@@ -303,7 +303,7 @@ impl WatchStream {
         if moved.is_empty() {
             return Ok(());
         }
-        let ranges = self.node.data_ranges();
+        let ranges = self.node.directory();
         for id in moved {
             let watcher = &self.watchers[&id];
             let Follows::One(old) = watcher.follows else {
@@ -500,7 +500,7 @@ impl WatchStream {
     /// every range of theirs caught up to it, and each sent what its ranges' histories
     /// hold up to it.
     async fn serve_merged(&mut self) -> Result<(), Gone> {
-        let ranges = self.node.data_ranges();
+        let ranges = self.node.directory();
         let mut due = Vec::new();
         let mut groups = std::collections::BTreeSet::new();
         // Once a round, for every range the stream follows.

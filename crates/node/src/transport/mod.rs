@@ -53,6 +53,18 @@ use crate::tls::TlsMaterial;
 const BATCH_MESSAGES_MAX: usize = 4096;
 /// Bytes per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Snapshot streams to one peer at once. More would only meet the receiver's bound
+/// (`service::INCOMING_SNAPSHOTS_MAX`, from all its peers) and fail: with thousands of
+/// ranges behind on one member, every range's leader retried at every heartbeat, and a
+/// sender held a gigabyte in failing streams.
+const OUTGOING_SNAPSHOTS_PER_PEER: usize = 1;
+/// The pause before a failed or refused snapshot send is reported to raft (which then
+/// sends it again), doubling with each failure in a row of the range's snapshots to that
+/// peer, up to `SNAPSHOT_RETRY_PAUSE_MAX`. A refusal most often means the receiver has
+/// not applied the split that created the range yet: it soon will, and then needs no
+/// snapshot at all.
+const SNAPSHOT_RETRY_PAUSE_MIN: Duration = Duration::from_millis(200);
+const SNAPSHOT_RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// Pause before reopening a broken stream.
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
 /// Messages waiting for one peer's stream; beyond it they are dropped (raft resends), as
@@ -94,6 +106,10 @@ struct Inner {
     liveness: Arc<Liveness>,
     /// An idle sender sends an empty batch this often (the raft heartbeat interval).
     idle_ping_interval: Duration,
+    /// Each peer's permits for snapshot streams (`OUTGOING_SNAPSHOTS_PER_PEER`).
+    outgoing_snapshots: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
+    /// Failed snapshot sends in a row, per range and peer (for the retry pause).
+    snapshot_failures: Mutex<HashMap<(GroupId, NodeId), u32>>,
 }
 
 /// The client side of the peer protocol.
@@ -144,6 +160,8 @@ impl Transport {
                 queues: Mutex::new(HashMap::new()),
                 liveness: Arc::new(Liveness::default()),
                 idle_ping_interval: config.tick_interval * config.heartbeat_ticks,
+                outgoing_snapshots: Mutex::default(),
+                snapshot_failures: Mutex::default(),
             }),
         };
         transport.set_peers(&config.peers);
@@ -360,6 +378,17 @@ impl Transport {
         self.inner.runtime.spawn(async move {
             let group = message.group;
             let to = message.to;
+            let permits = transport
+                .inner
+                .outgoing_snapshots
+                .lock()
+                .unwrap()
+                .entry(to)
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(OUTGOING_SNAPSHOTS_PER_PEER))
+                })
+                .clone();
+            let permit = permits.acquire_owned().await.expect("never closed");
             let outcome = match transport.stream_snapshot(&message).await {
                 Ok(()) => {
                     crate::metrics::metrics().snapshots_sent.inc();
@@ -375,12 +404,34 @@ impl Transport {
                     SnapshotSent::Failed
                 }
             };
+            drop(permit);
+            let pause = transport.retry_pause(group, to, outcome);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
             let _ = transport
                 .inner
                 .inputs
                 .send_async(Input::SnapshotReport { group, to, outcome })
                 .await;
         });
+    }
+
+    /// How long to wait before reporting `outcome` of a snapshot send of `group` to
+    /// `to` (`SNAPSHOT_RETRY_PAUSE_MIN`): none unless it failed or was refused.
+    fn retry_pause(&self, group: GroupId, to: NodeId, outcome: SnapshotSent) -> Duration {
+        let mut failures = self.inner.snapshot_failures.lock().unwrap();
+        match outcome {
+            SnapshotSent::Delivered | SnapshotSent::NoFile => {
+                failures.remove(&(group, to));
+                Duration::ZERO
+            }
+            SnapshotSent::Failed | SnapshotSent::RefusedAsOverlapping => {
+                let in_a_row = failures.entry((group, to)).or_insert(0);
+                *in_a_row = in_a_row.saturating_add(1);
+                retry_pause_after(*in_a_row)
+            }
+        }
     }
 
     async fn stream_snapshot(&self, message: &Message) -> Result<(), SnapshotSendError> {
@@ -640,5 +691,27 @@ impl Transport {
             })?
             .into_inner();
         codec::decode_forward_response(response)
+    }
+}
+
+/// The pause after `in_a_row` failed snapshot sends (at least 1): doubling from
+/// `SNAPSHOT_RETRY_PAUSE_MIN` up to `SNAPSHOT_RETRY_PAUSE_MAX`.
+fn retry_pause_after(in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    SNAPSHOT_RETRY_PAUSE_MIN
+        .saturating_mul(1 << doublings)
+        .min(SNAPSHOT_RETRY_PAUSE_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_snapshot_sends_pause_longer_in_a_row_up_to_a_bound() {
+        assert_eq!(retry_pause_after(1), SNAPSHOT_RETRY_PAUSE_MIN);
+        assert_eq!(retry_pause_after(2), SNAPSHOT_RETRY_PAUSE_MIN * 2);
+        assert_eq!(retry_pause_after(30), SNAPSHOT_RETRY_PAUSE_MAX);
+        assert_eq!(retry_pause_after(u32::MAX), SNAPSHOT_RETRY_PAUSE_MAX);
     }
 }

@@ -40,7 +40,7 @@ pub use members::{MemberChange, MemberRegistry};
 pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::{spans_cover, KeySpan};
 pub use store::{
-    span_changes, AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView,
+    AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView, SpanListener,
     WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;

@@ -72,15 +72,10 @@ pub struct AppliedState {
     pub conf_state: ConfState,
 }
 
-/// Every change of any store's span in this process, counted (`span_changes`).
-static SPAN_CHANGES: AtomicU64 = AtomicU64::new(0);
-
-/// How many times a store's span changed in this process: a cache of spans built after
-/// reading this count is current while the count stays the same. One count for the
-/// whole process (several nodes share it in tests), so a change elsewhere only makes a
-/// cache rebuild.
-pub fn span_changes() -> u64 {
-    SPAN_CHANGES.load(Ordering::Acquire)
+/// Told whenever a store's span changes (the node's directory of ranges listens).
+pub trait SpanListener: Send + Sync {
+    /// `group`'s span changed: read it again.
+    fn span_changed(&self, group: GroupId);
 }
 
 /// The state machine of one group. Reads may run on any thread, concurrently with the
@@ -119,6 +114,8 @@ pub struct MvccStore {
     leases: Mutex<BTreeMap<i64, LeaseRecord>>,
     /// Where committed revisions' events go, once the node has set it.
     events: OnceLock<Arc<dyn EventSink>>,
+    /// Told of every change of `span`.
+    span_listener: OnceLock<Arc<dyn SpanListener>>,
     /// Every member's id, name and URLs (persisted in `local`).
     members: Mutex<MemberRegistry>,
     /// Raised on every change of `members`, so the runtime notices cheaply.
@@ -265,6 +262,7 @@ impl MvccStore {
             applied: Mutex::new(applied),
             leases: Mutex::new(leases),
             events: OnceLock::new(),
+            span_listener: OnceLock::new(),
             members: Mutex::new(members),
             members_version: AtomicU64::new(1),
             alarms: Mutex::new(alarms),
@@ -544,10 +542,18 @@ impl MvccStore {
         self.span.lock().unwrap().clone()
     }
 
-    /// Changes the user keys this store holds, and counts the change (`span_changes`).
+    /// Changes the user keys this store holds, and tells the span listener.
     fn set_span(&self, span: KeySpan) {
         *self.span.lock().unwrap() = Arc::new(span);
-        SPAN_CHANGES.fetch_add(1, Ordering::Release);
+        if let Some(listener) = self.span_listener.get() {
+            listener.span_changed(self.group);
+        }
+    }
+
+    /// Sets who is told of every change of the span (the first listener set stays: a
+    /// store belongs to one node).
+    pub fn set_span_listener(&self, listener: Arc<dyn SpanListener>) {
+        let _ = self.span_listener.set(listener);
     }
 
     /// Splits the range at `key`, applying the split's entry at (`index`, `term`): this
