@@ -73,6 +73,26 @@ impl LocalDirectory {
     }
 }
 
+/// The ranges of `ranges` whose spans overlap `span`, from the last one on. The ranges
+/// here never overlap one another (a split or a merge changes both spans in one apply of
+/// the event loop, which is where this is asked), so they end in the order they start:
+/// the walk back stops at the first that ends at or before `span` starts, and costs a
+/// search and the ranges it finds, not a look at every range.
+pub fn overlapping<'a>(
+    ranges: &'a Ranges,
+    span: &'a KeySpan,
+) -> impl Iterator<Item = GroupId> + 'a {
+    let before_end = match span.end() {
+        Some(end) => ranges.range(..(end.to_vec(), GroupId(0))),
+        None => ranges.range(..),
+    };
+    before_end
+        .rev()
+        .take_while(move |(_, other)| other.end().is_none_or(|end| end > span.start()))
+        .filter(move |(_, other)| other.overlaps(span))
+        .map(|((_, group), _)| *group)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +153,34 @@ mod tests {
             merged.get(&(b"m".to_vec(), GroupId(3))).unwrap().end(),
             None
         );
+    }
+
+    #[test]
+    fn the_ranges_overlapping_a_span_are_found_without_a_look_at_every_range() {
+        let ranges: Ranges = [
+            (2, span("", Some("c"))),
+            (3, span("c", Some("g"))),
+            (4, span("g", Some("m"))),
+            (5, span("m", None)),
+        ]
+        .into_iter()
+        .map(|(group, span)| ((span.start().to_vec(), GroupId(group)), span))
+        .collect();
+        let found = |start: &str, end: Option<&str>| {
+            let span = span(start, end);
+            let mut found: Vec<u64> = overlapping(&ranges, &span).map(|g| g.0).collect();
+            found.sort();
+            found
+        };
+        assert_eq!(found("c", Some("g")), vec![3]);
+        assert_eq!(found("d", Some("h")), vec![3, 4]);
+        assert_eq!(found("a", None), vec![2, 3, 4, 5]);
+        assert_eq!(
+            found("g", Some("m")),
+            vec![4],
+            "touching spans do not overlap"
+        );
+        assert_eq!(found("z", None), vec![5]);
+        assert_eq!(found("", Some("a")), vec![2]);
     }
 }
