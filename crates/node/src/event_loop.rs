@@ -54,6 +54,8 @@ const STORE_WRITE_BUFFER_BYTES: u64 = 8 << 20;
 pub struct EventLoop {
     config: NodeConfig,
     layout: Layout,
+    /// The snapshot files kept here, per range.
+    snapshot_files: crate::snapshot_files::SnapshotFiles,
     wal: Wal,
     /// The state machines' keyspace, for the stores of ranges created at runtime.
     keyspace: fjall::Keyspace,
@@ -219,8 +221,10 @@ pub fn start(
     let leader_spread =
         crate::leader_spread::LeaderSpread::new(config.tick_interval, config.election_ticks);
     let (range_max_bytes, range_split_qps) = (config.range_max_bytes, config.range_split_qps);
+    let snapshot_files = crate::snapshot_files::SnapshotFiles::scan(&layout);
     let mut event_loop = EventLoop {
         config,
+        snapshot_files,
         layout,
         wal,
         keyspace,
@@ -687,7 +691,7 @@ impl EventLoop {
         self.held.remove(&group);
         self.leader_spread.unsettle();
         self.wal.forget_group(group);
-        remove_snapshots_below(&self.layout, group, LogIndex(u64::MAX), 0);
+        self.snapshot_files.remove_all(group);
         crate::metrics::metrics().range_merges.inc();
         self.publish_group_gauges();
         tracing::info!(
@@ -1277,7 +1281,7 @@ impl EventLoop {
             }
             let full = self.transport.send(std::mem::take(&mut ready.messages));
             if let Some(meta) = &ready.snapshot {
-                install_snapshot(&self.layout, replica, meta);
+                install_snapshot(&self.layout, &mut self.snapshot_files, replica, meta);
                 self.wal.set_snapshot(group, meta.clone());
                 // A snapshot taken after merges: this node applies them no more from
                 // the log, and the merged ranges' keys are the snapshot's now.
@@ -1781,6 +1785,8 @@ impl EventLoop {
             self.start_snapshot(group);
         }
         let replica = self.replicas.get_mut(&group).expect("looked up above");
+        // Known before anything else, so that a newer snapshot's file removes it.
+        self.snapshot_files.kept(group, meta.index);
         if meta.index <= replica.snapshot_index {
             // A received snapshot moved the log past it meanwhile.
             return;
@@ -1788,7 +1794,6 @@ impl EventLoop {
         self.wal.set_snapshot(group, meta.clone());
         replica.node.compact(meta.index, meta.conf_state.clone());
         replica.snapshot_index = meta.index;
-        remove_old_snapshots(&self.layout, group, meta.index);
         tracing::info!(
             group = group.0,
             index = meta.index.0,
@@ -1817,7 +1822,12 @@ fn report_full_queues(replica: &mut Replica, full: &[NodeId]) {
 }
 
 /// Replaces the state machine with a received snapshot, before the Ready's entries.
-fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta) {
+fn install_snapshot(
+    layout: &Layout,
+    snapshot_files: &mut crate::snapshot_files::SnapshotFiles,
+    replica: &mut Replica,
+    meta: &SnapshotMeta,
+) {
     let path = replica
         .incoming_snapshots
         .remove(&meta.index)
@@ -1851,44 +1861,13 @@ fn install_snapshot(layout: &Layout, replica: &mut Replica, meta: &SnapshotMeta)
     replica
         .held_entries
         .retain(|entry| entry.index > meta.index);
-    remove_old_snapshots(layout, replica.group, meta.index);
+    snapshot_files.kept(replica.group, meta.index);
     replica.applied_tx.send_replace(meta.index);
     tracing::info!(
         group = replica.group.0,
         index = meta.index.0,
         "installed a snapshot from the leader"
     );
-}
-
-/// Keeps the newest snapshot file of the group and the one before (a stream of it may
-/// still be running).
-fn remove_old_snapshots(layout: &Layout, group: GroupId, newest: LogIndex) {
-    remove_snapshots_below(layout, group, newest, 1);
-}
-
-/// Removes the group's snapshot files below `below`, but the `keep` newest of them.
-fn remove_snapshots_below(layout: &Layout, group: GroupId, below: LogIndex, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(&layout.snap) else {
-        return;
-    };
-    let prefix = format!("g{}-", group.0);
-    let mut older: Vec<(u64, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let index = name
-                .strip_prefix(&prefix)?
-                .strip_suffix(".snap")?
-                .parse()
-                .ok()?;
-            (index < below.0).then(|| (index, e.path()))
-        })
-        .collect();
-    older.sort();
-    older.truncate(older.len().saturating_sub(keep));
-    for (_, path) in older {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 /// The count of groups led, and whether this member serves the oracle.

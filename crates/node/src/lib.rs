@@ -45,6 +45,7 @@ pub mod restore;
 pub mod revisions;
 pub mod routing;
 mod size_split;
+pub mod snapshot_files;
 pub mod spans;
 pub mod split;
 pub mod status;
