@@ -52,6 +52,9 @@ pub enum RangesCommand {
     },
 }
 
+/// The largest list of ranges taken (gRPC's default of 4 MiB is about 60,000 ranges).
+const LIST_BYTES_MAX: usize = 1 << 30;
+
 const HEADERS: [&str; 9] = [
     "RANGE",
     "START",
@@ -115,7 +118,8 @@ pub fn run(args: RangesArgs) -> anyhow::Result<()> {
             .timeout(Duration::from_secs(30))
             .connect()
             .await?;
-        let mut client = RangesClient::new(channel.clone());
+        let mut client =
+            RangesClient::new(channel.clone()).max_decoding_message_size(LIST_BYTES_MAX);
         match args.command.unwrap_or(RangesCommand::List) {
             RangesCommand::List => {
                 let ranges = client
@@ -212,6 +216,7 @@ async fn load_over_members(
             .await
             .ok()?;
         let ranges = RangesClient::new(channel)
+            .max_decoding_message_size(LIST_BYTES_MAX)
             .list(ListRangesRequest {})
             .await
             .ok()?
