@@ -1317,3 +1317,91 @@ async fn small_cold_ranges_merge_by_themselves() {
         "every member merged every range: {merges:?} merges, {split} ranges seen"
     );
 }
+
+/// A merge whose coordinator dies between the right range's freeze and the merge leaves
+/// that range frozen on the members left: its next leader fences the merge off in the
+/// left range and thaws it (after 15 s), and the range takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_frozen_by_a_merge_whose_coordinator_died_thaws() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    common::ranges::split_at_m(&cluster).await;
+    cluster.client(0).await.put("x", "x0", None).await.unwrap();
+    let mut member_ids = Vec::new();
+    for i in 0..3 {
+        let status = cluster.client(i).await.status().await.unwrap();
+        member_ids.push(status.header().unwrap().member_id());
+    }
+    // The merge's coordinator is the right range's leader: one that stayed the leader
+    // for 3 s (the leaders of a split keyspace move to spread out at first).
+    let leader_of_right = |listed: Vec<ostrakon_proto::ostrakonpb::RangeInfo>| {
+        listed
+            .iter()
+            .find(|range| range.start == b"m"[..])
+            .and_then(|range| member_ids.iter().position(|&id| id == range.leader))
+    };
+    let mut attempts = 0;
+    let (coordinator, paused, merge) = loop {
+        attempts += 1;
+        assert!(attempts <= 5, "no merge attempt got as far as the freeze");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = (None, Instant::now());
+        let coordinator = loop {
+            let leader = leader_of_right(ranges(&cluster, 0).await.unwrap_or_default());
+            if leader != seen.0 {
+                seen = (leader, Instant::now());
+            }
+            if let (Some(leader), true) = (leader, seen.1.elapsed() >= Duration::from_secs(3)) {
+                break leader;
+            }
+            assert!(Instant::now() < deadline, "no steady leader of [m, end)");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // A paused replica (caught up when the merge starts) never takes the freeze in:
+        // the coordinator waits for it (5 s), and dies meanwhile.
+        let paused = (coordinator + 1) % 3;
+        unsafe { libc::kill(cluster.pid(paused) as i32, libc::SIGSTOP) };
+        let mut merge = std::process::Command::new(env!("CARGO_BIN_EXE_ostrakon"))
+            .args(["ranges", "merge", "m", "--endpoint"])
+            .arg(cluster.host_port(coordinator))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        if merge.try_wait().unwrap().is_none() {
+            break (coordinator, paused, merge); // waiting for the paused replica
+        }
+        // Refused at once (a replica behind, a leader moved): again.
+        unsafe { libc::kill(cluster.pid(paused) as i32, libc::SIGCONT) };
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    };
+    cluster.kill(coordinator);
+    unsafe { libc::kill(cluster.pid(paused) as i32, libc::SIGCONT) };
+    let merged = merge.wait_with_output().unwrap();
+    assert!(!merged.status.success(), "the merge's coordinator died");
+    // The right range thaws: a write to it goes through, within the 15 s it is left
+    // frozen, an election and the fence.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let survivor = (coordinator + 2) % 3;
+    loop {
+        let put = tokio::time::timeout(Duration::from_secs(5), async {
+            cluster.client(survivor).await.put("x", "x1", None).await
+        })
+        .await;
+        if matches!(put, Ok(Ok(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "[m, end) stays frozen: {put:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ended = [paused, survivor].iter().any(|&i| {
+        cluster
+            .log(i)
+            .contains("ended a merge whose coordinator was gone")
+    });
+    assert!(ended, "the range was frozen, and thawed by its next leader");
+    wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
+    let got = cluster.client(paused).await.get("x", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value_str().unwrap(), "x1");
+}

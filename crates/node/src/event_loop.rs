@@ -95,6 +95,14 @@ pub struct EventLoop {
     /// round, alone (a whole check per leadership won made splitting into 100,000
     /// ranges quadratic).
     follow_due: BTreeSet<GroupId>,
+    /// The spans of the snapshots received and taken since the last Readies were handled
+    /// (they install there): a snapshot received meanwhile must not overlap them either.
+    snapshots_taken_this_round: Vec<(GroupId, ostrakon_storage::mvcc::KeySpan)>,
+    /// Ranges that were due while frozen for a merge: due again each
+    /// `FOLLOW_FROZEN_INTERVAL` (a thaw or a merge ends the freeze within seconds; left
+    /// to the whole check, one waited `FOLLOW_SETTLED_INTERVAL`).
+    follow_frozen: BTreeSet<GroupId>,
+    next_follow_frozen: Instant,
     /// When this node next looks at its ranges' leaders, to spread them over the nodes.
     leader_spread: crate::leader_spread::LeaderSpread,
     /// Writes of ranges that take their revisions from the oracle, waiting for them.
@@ -136,6 +144,8 @@ fn started_members(replicas: &HashMap<GroupId, Replica>) -> BTreeSet<NodeId> {
 /// How often the ranges a node leads are checked against the first data range's
 /// membership when it does not change (a learner caught up, a leadership moved here).
 const FOLLOW_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a range due while frozen for a merge is looked at again.
+const FOLLOW_FROZEN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often once every range led here has the first data range's membership and no step
 /// is in flight: a check visits every range, and thousands of idle ranges made it most
 /// of an idle node's work. A leadership change or a membership change checks at once.
@@ -244,6 +254,9 @@ pub fn start(
         next_follow_check: Instant::now(),
         followed_conf: None,
         follow_due: BTreeSet::new(),
+        follow_frozen: BTreeSet::new(),
+        next_follow_frozen: Instant::now(),
+        snapshots_taken_this_round: Vec::new(),
         leader_spread,
         revisions: crate::revisions::RevisionFetcher::default(),
         handle: handle.clone(),
@@ -692,6 +705,7 @@ impl EventLoop {
         self.leader_spread.unsettle();
         self.wal.forget_group(group);
         self.snapshot_files.remove_all(group);
+        self.transport.forget_range(group);
         crate::metrics::metrics().range_merges.inc();
         self.publish_group_gauges();
         tracing::info!(
@@ -810,11 +824,17 @@ impl EventLoop {
     ) -> Option<GroupId> {
         // The node's directory: every data range here with its store's span (the meta
         // range's holds no key), searched rather than every replica looked at (a look
-        // per snapshot received was most of a node's work at 40,000 ranges).
+        // per snapshot received was most of a node's work at 40,000 ranges). And the
+        // snapshots taken earlier this round: each installs in this round's Readies,
+        // after this check, so two overlapping ones taken in one round both went in.
         let directory = self.handle.directory();
-        let found = crate::local_directory::overlapping(&directory, span)
-            .find(|other| *other != group && *other != META_GROUP && !absorbed.contains(other));
-        found
+        crate::local_directory::overlapping_for_snapshot(
+            &directory,
+            &self.snapshots_taken_this_round,
+            group,
+            span,
+            absorbed,
+        )
     }
 
     /// A read barrier no fetch holds up: every write of the range that can take a
@@ -1138,13 +1158,21 @@ impl EventLoop {
                 let Some(replica) = self.replicas.get_mut(&message.group) else {
                     return;
                 };
+                if let Some(span) = span {
+                    self.snapshots_taken_this_round.push((message.group, span));
+                }
                 crate::metrics::metrics().snapshots_received.inc();
                 if let MessageBody::InstallSnapshot { meta } = &message.body {
                     replica.incoming_snapshots.insert(meta.index, path);
                 }
                 replica.node.step(message);
             }
-            Input::SnapshotReport { group, to, outcome } => {
+            Input::SnapshotReport {
+                group,
+                to,
+                outcome,
+                index,
+            } => {
                 if let Some(replica) = self.replicas.get_mut(&group) {
                     replica
                         .node
@@ -1154,8 +1182,16 @@ impl EventLoop {
                     crate::input::SnapshotSent::RefusedAsOverlapping => {
                         self.refresh_snapshot_older_than_split(group)
                     }
-                    // Written now; raft sends it again once the log starts at it.
-                    crate::input::SnapshotSent::NoFile if self.replicas.contains_key(&group) => {
+                    // Written now; raft sends it again once the log starts at it. Not if
+                    // a newer file replaced it while the send waited for its turn: raft
+                    // sends that one.
+                    crate::input::SnapshotSent::NoFile
+                        if self.replicas.contains_key(&group)
+                            && self
+                                .snapshot_files
+                                .newest(group)
+                                .is_none_or(|newest| newest <= index) =>
+                    {
                         self.start_snapshot(group)
                     }
                     _ => {}
@@ -1310,6 +1346,8 @@ impl EventLoop {
             }
             readies.push((group, ready, full));
         }
+        // Every snapshot taken this round is installed (or raft dropped it as stale).
+        self.snapshots_taken_this_round.clear();
         if ticking_changed {
             self.publish_group_gauges();
         }
@@ -1455,6 +1493,10 @@ impl EventLoop {
         // round).
         let conf = data.node.conf_state();
         let now = Instant::now();
+        if !self.follow_frozen.is_empty() && now >= self.next_follow_frozen {
+            self.follow_due.append(&mut self.follow_frozen);
+            self.next_follow_frozen = now + FOLLOW_FROZEN_INTERVAL;
+        }
         let whole = now >= self.next_follow_check || self.followed_conf.as_ref() != Some(conf);
         if !whole && self.follow_due.is_empty() {
             return;
@@ -1466,6 +1508,13 @@ impl EventLoop {
             .into_iter()
             .any(|id| data.store.is_leaving_member(id));
         let due = std::mem::take(&mut self.follow_due);
+        for group in &due {
+            if let Some(replica) = self.replicas.get(group) {
+                if replica.node.role() == Role::Leader && replica.store.frozen().is_some() {
+                    self.follow_frozen.insert(*group);
+                }
+            }
+        }
         let candidates: Vec<GroupId> = if whole {
             self.replicas.keys().copied().collect()
         } else {

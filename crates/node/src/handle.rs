@@ -240,6 +240,11 @@ impl NodeHandle {
         self.inner.directory.changed(group);
     }
 
+    /// The ranges here frozen for a merge (`LocalDirectory::frozen`).
+    pub(crate) fn frozen_ranges(&self) -> Vec<GroupId> {
+        self.inner.directory.frozen()
+    }
+
     /// Told by the stores here of their spans' changes.
     pub(crate) fn span_listener(&self) -> Arc<dyn ostrakon_storage::mvcc::SpanListener> {
         self.inner.directory.clone()

@@ -134,6 +134,8 @@ pub enum Input {
         to: NodeId,
         /// How it ended.
         outcome: SnapshotSent,
+        /// The index of the snapshot sent.
+        index: LogIndex,
     },
     /// A snapshot file at `meta` is durable, and so is the state machine up to it: the
     /// raft log before it may go.

@@ -26,6 +26,9 @@ pub type Directory = Arc<Ranges>;
 pub struct LocalDirectory {
     changed: Mutex<HashSet<GroupId>>,
     state: Mutex<State>,
+    /// The ranges here frozen for a merge (a few at a time): the merge queue looks at
+    /// these at every look, not only when its paced pass over every range comes by.
+    frozen: Mutex<HashSet<GroupId>>,
 }
 
 #[derive(Default)]
@@ -39,12 +42,27 @@ impl SpanListener for LocalDirectory {
     fn span_changed(&self, group: GroupId) {
         self.changed(group);
     }
+
+    fn frozen_changed(&self, group: GroupId, frozen: bool) {
+        let mut ranges = self.frozen.lock().unwrap();
+        if frozen {
+            ranges.insert(group);
+        } else {
+            ranges.remove(&group);
+        }
+    }
 }
 
 impl LocalDirectory {
     /// `group` came, went, or changed its span: read it again at the next `get`.
     pub fn changed(&self, group: GroupId) {
         self.changed.lock().unwrap().insert(group);
+    }
+
+    /// The ranges here frozen for a merge, as their stores last told (a range merged
+    /// away or removed while frozen is listed until the next `get`).
+    pub fn frozen(&self) -> Vec<GroupId> {
+        self.frozen.lock().unwrap().iter().copied().collect()
     }
 
     /// The directory, with every range changed since the last call read again through
@@ -63,7 +81,12 @@ impl LocalDirectory {
             if let Some(start) = starts.remove(&group) {
                 ranges_now.remove(&(start, group));
             }
-            if let Some(span) = span_of(group).filter(|span| !span.is_none()) {
+            let span = span_of(group);
+            if span.is_none() {
+                // Gone from here: no longer frozen here either.
+                self.frozen.lock().unwrap().remove(&group);
+            }
+            if let Some(span) = span.filter(|span| !span.is_none()) {
                 let start = span.start().to_vec();
                 ranges_now.insert((start.clone(), group), span);
                 starts.insert(group, start);
@@ -91,6 +114,28 @@ pub fn overlapping<'a>(
         .take_while(move |(_, other)| other.end().is_none_or(|end| end > span.start()))
         .filter(move |(_, other)| other.overlaps(span))
         .map(|((_, group), _)| *group)
+}
+
+/// The range here, other than `group`, the ranges merged into it (`absorbed`) and the
+/// meta range, that a snapshot of `group` holding `span` would overlap: one in
+/// `ranges`, or one whose snapshot was taken earlier in the event loop's round (`taken`:
+/// not installed yet, so not in `ranges`, and installed in the same round as this one).
+pub fn overlapping_for_snapshot(
+    ranges: &Ranges,
+    taken: &[(GroupId, KeySpan)],
+    group: GroupId,
+    span: &KeySpan,
+    absorbed: &[GroupId],
+) -> Option<GroupId> {
+    let other = |other: &GroupId| *other != group && !absorbed.contains(other);
+    overlapping(ranges, span)
+        .find(|found| other(found) && *found != crate::META_GROUP)
+        .or_else(|| {
+            taken
+                .iter()
+                .find(|(found, taken)| other(found) && taken.overlaps(span))
+                .map(|(found, _)| *found)
+        })
 }
 
 #[cfg(test)]
@@ -156,6 +201,22 @@ mod tests {
     }
 
     #[test]
+    fn the_frozen_ranges_are_listed_until_they_thaw_or_go() {
+        let directory = LocalDirectory::default();
+        directory.frozen_changed(GroupId(3), true);
+        directory.frozen_changed(GroupId(4), true);
+        let mut frozen = directory.frozen();
+        frozen.sort();
+        assert_eq!(frozen, vec![GroupId(3), GroupId(4)]);
+        directory.frozen_changed(GroupId(3), false);
+        assert_eq!(directory.frozen(), vec![GroupId(4)], "3 thawed");
+        // Range 4 merged away while frozen: gone at the next read of the directory.
+        directory.changed(GroupId(4));
+        directory.get(|_| None);
+        assert!(directory.frozen().is_empty(), "4 is gone");
+    }
+
+    #[test]
     fn the_ranges_overlapping_a_span_are_found_without_a_look_at_every_range() {
         let ranges: Ranges = [
             (2, span("", Some("c"))),
@@ -182,5 +243,35 @@ mod tests {
         );
         assert_eq!(found("z", None), vec![5]);
         assert_eq!(found("", Some("a")), vec![2]);
+    }
+
+    #[test]
+    fn a_snapshot_overlapping_one_taken_earlier_in_the_round_is_refused() {
+        let ranges: Ranges = [(2, span("", Some("c")))]
+            .into_iter()
+            .map(|(group, span)| ((span.start().to_vec(), GroupId(group)), span))
+            .collect();
+        // Range 5's snapshot, [c, g), was taken this round: not in the directory yet.
+        let taken = vec![(GroupId(5), KeySpan::new(b"c".to_vec(), Some(b"g".to_vec())))];
+        let check = |group: u64, start: &str, end: Option<&str>, absorbed: &[GroupId]| {
+            overlapping_for_snapshot(&ranges, &taken, GroupId(group), &span(start, end), absorbed)
+        };
+        assert_eq!(check(7, "e", Some("h"), &[]), Some(GroupId(5)));
+        assert_eq!(
+            check(7, "a", Some("d"), &[]),
+            Some(GroupId(2)),
+            "installed first"
+        );
+        assert_eq!(check(7, "g", None, &[]), None, "touching only");
+        assert_eq!(
+            check(5, "c", Some("h"), &[]),
+            None,
+            "its own earlier snapshot"
+        );
+        assert_eq!(
+            check(7, "c", Some("z"), &[GroupId(5)]),
+            None,
+            "merged into it"
+        );
     }
 }

@@ -5,13 +5,15 @@
 //! do not split and merge in turn); cold: together under a quarter of
 //! `--range-split-qps`. A range an operator split off is merged only by an operator.
 //!
-//! The same look thaws a range frozen for a merge whose coordinator is gone (frozen
-//! for longer than a merge takes): the merge is fenced off in the left range first.
+//! Every look also thaws a range frozen for a merge whose coordinator is gone (frozen
+//! for longer than a merge takes): the merge is fenced off in the left range first. The
+//! frozen ranges are few and the stores tell the node of them, so each look checks all
+//! of them, whatever part of the keyspace its paced pass is at.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ostrakon_raft::GroupId;
+use ostrakon_raft::{GroupId, LogIndex};
 
 use crate::handle::NodeHandle;
 use crate::DEFAULT_GROUP;
@@ -56,8 +58,9 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Passes in a row each right range was due to merge.
     let mut due_looks: HashMap<GroupId, u32> = HashMap::new();
-    // When this node first saw each range frozen while leading it.
-    let mut frozen_since: HashMap<GroupId, Instant> = HashMap::new();
+    // When this node first saw each range frozen, by the freeze's index, while leading
+    // it (a range thawed and frozen again between looks is a new freeze).
+    let mut frozen_since: HashMap<(GroupId, LogIndex), Instant> = HashMap::new();
     // When each right range's last merge failed.
     let mut failed: HashMap<GroupId, Instant> = HashMap::new();
     // Where the next look starts: the index of a pair's right range in the directory
@@ -69,6 +72,7 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
             return; // the node stopped
         }
         let ranges = handle.data_ranges();
+        thaw_abandoned(&handle, &mut frozen_since).await;
         let pairs = ranges.len().saturating_sub(1);
         if next_pair >= pairs {
             next_pair = 0;
@@ -76,29 +80,20 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
             let here: std::collections::HashSet<GroupId> =
                 ranges.iter().map(|(group, _)| *group).collect();
             due_looks.retain(|group, _| here.contains(group));
-            frozen_since.retain(|group, _| here.contains(group));
         }
-        let looked = pairs.min(PAIRS_PER_LOOK);
+        // A look stops at the end of the keyspace: the next starts a new pass (a look
+        // that wrapped around would count some pairs twice towards `COLD_LOOKS`).
+        let looked = (pairs - next_pair).min(PAIRS_PER_LOOK);
         let mut merge = None;
-        for offset in 0..looked {
-            let index = (next_pair + offset) % pairs;
+        for index in next_pair..next_pair + looked {
             let (left, right) = (ranges[index].0, ranges[index + 1].0);
             let (Ok(status), Ok(store)) = (handle.status(right), handle.store(right)) else {
                 continue;
             };
-            if !status.is_leader {
+            if !status.is_leader || store.frozen().is_some() {
                 due_looks.remove(&right);
-                frozen_since.remove(&right);
                 continue;
             }
-            if let Some(mark) = store.frozen() {
-                let since = *frozen_since.entry(right).or_insert_with(Instant::now);
-                if since.elapsed() >= ABANDONED_AFTER {
-                    thaw(&handle, mark.left, right, mark.index).await;
-                }
-                continue;
-            }
-            frozen_since.remove(&right);
             if range_max_bytes == 0
                 || store.split_by_hand()
                 || failed
@@ -151,13 +146,39 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
     }
 }
 
-/// Fences off and thaws a merge whose coordinator is gone.
-async fn thaw(
+/// Thaws each range this node leads that has been frozen, at the same freeze, for longer
+/// than a merge takes (`frozen_since`: when each freeze was first seen here).
+async fn thaw_abandoned(
     handle: &NodeHandle,
-    left: GroupId,
-    right: GroupId,
-    freeze_index: ostrakon_raft::LogIndex,
+    frozen_since: &mut HashMap<(GroupId, LogIndex), Instant>,
 ) {
+    let mut frozen_now = Vec::new();
+    for right in handle.frozen_ranges() {
+        let (Ok(status), Ok(store)) = (handle.status(right), handle.store(right)) else {
+            continue;
+        };
+        match store.frozen() {
+            Some(mark) if status.is_leader => frozen_now.push((right, mark)),
+            _ => {}
+        }
+    }
+    frozen_since.retain(|(right, index), _| {
+        frozen_now
+            .iter()
+            .any(|(now, mark)| now == right && mark.index == *index)
+    });
+    for (right, mark) in frozen_now {
+        let since = *frozen_since
+            .entry((right, mark.index))
+            .or_insert_with(Instant::now);
+        if since.elapsed() >= ABANDONED_AFTER {
+            thaw(handle, mark.left, right, mark.index).await;
+        }
+    }
+}
+
+/// Fences off and thaws a merge whose coordinator is gone.
+async fn thaw(handle: &NodeHandle, left: GroupId, right: GroupId, freeze_index: LogIndex) {
     match crate::merge_coordinator::give_up(handle, left, right, freeze_index).await {
         Ok(merged) => tracing::info!(
             left = left.0,

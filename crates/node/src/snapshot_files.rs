@@ -51,6 +51,11 @@ impl SnapshotFiles {
         }
     }
 
+    /// The index of `group`'s newest snapshot file here.
+    pub fn newest(&self, group: GroupId) -> Option<LogIndex> {
+        self.held.get(&group)?.last().copied()
+    }
+
     /// `group` is gone from this node: every file of it goes.
     pub fn remove_all(&mut self, group: GroupId) {
         for index in self.held.remove(&group).unwrap_or_default() {
@@ -110,7 +115,10 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(files_on_disk(&layout), expected);
+        assert_eq!(files.newest(one), Some(LogIndex(12)));
+        assert_eq!(files.newest(two), Some(LogIndex(3)));
         files.remove_all(one);
+        assert_eq!(files.newest(one), None);
         let expected: BTreeSet<String> = [name(two, 3), "incoming-g1-7.part".to_string()]
             .into_iter()
             .collect();

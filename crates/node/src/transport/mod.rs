@@ -33,6 +33,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use service::PeerService;
 
 /// Why a snapshot did not reach its receiver.
+#[derive(Debug)]
 enum SnapshotSendError {
     /// The receiver refused it: it overlaps another range there.
     Overlaps(String),
@@ -65,6 +66,11 @@ const OUTGOING_SNAPSHOTS_PER_PEER: usize = 1;
 /// snapshot at all.
 const SNAPSHOT_RETRY_PAUSE_MIN: Duration = Duration::from_millis(200);
 const SNAPSHOT_RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// A snapshot stream that makes no progress this long (a chunk not taken, or no answer
+/// once all was sent) has failed: a peer behind a link that drops everything would
+/// otherwise hold the peer's one permit (`OUTGOING_SNAPSHOTS_PER_PEER`) until TCP gives
+/// up, many minutes after the link came back.
+const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause before reopening a broken stream.
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
 /// Messages waiting for one peer's stream; beyond it they are dropped (raft resends), as
@@ -108,7 +114,8 @@ struct Inner {
     idle_ping_interval: Duration,
     /// Each peer's permits for snapshot streams (`OUTGOING_SNAPSHOTS_PER_PEER`).
     outgoing_snapshots: Mutex<HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
-    /// Failed snapshot sends in a row, per range and peer (for the retry pause).
+    /// Failed snapshot sends in a row, per range and peer (for the retry pause);
+    /// forgotten on success, and when the range or the peer goes.
     snapshot_failures: Mutex<HashMap<(GroupId, NodeId), u32>>,
 }
 
@@ -225,6 +232,16 @@ impl Transport {
     pub fn set_peers(&self, peers: &BTreeMap<NodeId, String>) {
         self.set_channels(peers);
         let ids = self.peer_ids();
+        self.inner
+            .outgoing_snapshots
+            .lock()
+            .unwrap()
+            .retain(|id, _| ids.contains(id));
+        self.inner
+            .snapshot_failures
+            .lock()
+            .unwrap()
+            .retain(|(_, id), _| ids.contains(id));
         let mut queues = self.inner.queues.lock().unwrap();
         for id in ids {
             let running = queues.get(&id).is_some_and(|queue| !queue.is_closed());
@@ -378,6 +395,10 @@ impl Transport {
         self.inner.runtime.spawn(async move {
             let group = message.group;
             let to = message.to;
+            let MessageBody::InstallSnapshot { meta } = &message.body else {
+                unreachable!("only snapshot messages are streamed")
+            };
+            let snapshot_index = meta.index;
             let permits = transport
                 .inner
                 .outgoing_snapshots
@@ -412,9 +433,23 @@ impl Transport {
             let _ = transport
                 .inner
                 .inputs
-                .send_async(Input::SnapshotReport { group, to, outcome })
+                .send_async(Input::SnapshotReport {
+                    group,
+                    to,
+                    outcome,
+                    index: snapshot_index,
+                })
                 .await;
         });
+    }
+
+    /// `group` is gone from this node (merged away): its failed sends are forgotten.
+    pub fn forget_range(&self, group: GroupId) {
+        self.inner
+            .snapshot_failures
+            .lock()
+            .unwrap()
+            .retain(|(failed, _), _| *failed != group);
     }
 
     /// How long to wait before reporting `outcome` of a snapshot send of `group` to
@@ -439,7 +474,7 @@ impl Transport {
             unreachable!("only snapshot messages are streamed")
         };
         let path = self.inner.layout.snapshot_file(message.group, meta.index);
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+        let file = tokio::fs::File::open(&path).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 SnapshotSendError::NoFile
             } else {
@@ -451,35 +486,29 @@ impl Transport {
             SnapshotSendError::Failed(format!("member {:x} has no peer URL", message.to.0))
         })?;
         let mut client = PeerClient::new(channel);
-        let call = tokio::spawn(async move { client.snapshot(ReceiverStream::new(stream)).await });
-        let mut header = Some(SnapshotHeader {
+        let mut call =
+            tokio::spawn(async move { client.snapshot(ReceiverStream::new(stream)).await });
+        let header = SnapshotHeader {
             cluster_id: self.inner.cluster_id,
             group: message.group.0,
             from: message.from.0,
             to: message.to.0,
             message: Some(pb::RaftMessage::from(message)),
-        });
-        let mut crc = 0u32;
-        let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-        loop {
-            let read = file
-                .read(&mut buffer)
-                .await
-                .map_err(|e| SnapshotSendError::Failed(e.to_string()))?;
-            crc = crc32c::crc32c_append(crc, &buffer[..read]);
-            let last = read == 0;
-            let chunk = SnapshotChunk {
-                header: header.take(),
-                data: bytes::Bytes::copy_from_slice(&buffer[..read]),
-                last,
-                crc32c: if last { crc } else { 0 },
-            };
-            if chunks.send(chunk).await.is_err() || last {
-                break;
-            }
+        };
+        if let Err(error) = send_chunks(file, header, chunks, SNAPSHOT_STALL_TIMEOUT).await {
+            call.abort();
+            return Err(error);
         }
-        drop(chunks);
-        match call.await {
+        let answer = match tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, &mut call).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                call.abort();
+                return Err(SnapshotSendError::Failed(format!(
+                    "no answer {SNAPSHOT_STALL_TIMEOUT:?} after the last chunk"
+                )));
+            }
+        };
+        match answer {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status))
                 if status.code() == tonic::Code::FailedPrecondition
@@ -694,6 +723,44 @@ impl Transport {
     }
 }
 
+/// Sends `file` as snapshot chunks into `chunks`, `header` on the first, a checksum of
+/// the whole on the last; fails if a chunk is not taken within `stall_timeout`. A
+/// receiver that ended the call early stops the sending (its answer says why).
+async fn send_chunks(
+    mut file: tokio::fs::File,
+    header: SnapshotHeader,
+    chunks: mpsc::Sender<SnapshotChunk>,
+    stall_timeout: Duration,
+) -> Result<(), SnapshotSendError> {
+    let mut header = Some(header);
+    let mut crc = 0u32;
+    let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .await
+            .map_err(|e| SnapshotSendError::Failed(e.to_string()))?;
+        crc = crc32c::crc32c_append(crc, &buffer[..read]);
+        let last = read == 0;
+        let chunk = SnapshotChunk {
+            header: header.take(),
+            data: bytes::Bytes::copy_from_slice(&buffer[..read]),
+            last,
+            crc32c: if last { crc } else { 0 },
+        };
+        match tokio::time::timeout(stall_timeout, chunks.send(chunk)).await {
+            Err(_) => {
+                return Err(SnapshotSendError::Failed(format!(
+                    "the receiver took no chunk for {stall_timeout:?}"
+                )))
+            }
+            Ok(Err(_)) => return Ok(()),
+            Ok(Ok(())) if last => return Ok(()),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
 /// The pause after `in_a_row` failed snapshot sends (at least 1): doubling from
 /// `SNAPSHOT_RETRY_PAUSE_MIN` up to `SNAPSHOT_RETRY_PAUSE_MAX`.
 fn retry_pause_after(in_a_row: u32) -> Duration {
@@ -713,5 +780,61 @@ mod tests {
         assert_eq!(retry_pause_after(2), SNAPSHOT_RETRY_PAUSE_MIN * 2);
         assert_eq!(retry_pause_after(30), SNAPSHOT_RETRY_PAUSE_MAX);
         assert_eq!(retry_pause_after(u32::MAX), SNAPSHOT_RETRY_PAUSE_MAX);
+    }
+
+    async fn snapshot_file(bytes: usize) -> (tempfile::TempDir, tokio::fs::File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g2-7.snap");
+        let content: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, content).unwrap();
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        (dir, file)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_goes_in_chunks_with_the_header_first_and_a_checksum_last() {
+        let bytes = SNAPSHOT_CHUNK_BYTES * 2 + 17;
+        let (_dir, file) = snapshot_file(bytes).await;
+        let (chunks, mut received) = mpsc::channel(1);
+        let header = SnapshotHeader {
+            group: 2,
+            ..Default::default()
+        };
+        let sent = tokio::spawn(send_chunks(file, header, chunks, Duration::from_secs(5)));
+        let mut all = Vec::new();
+        let mut headers = 0;
+        let last = loop {
+            let chunk = received.recv().await.expect("a last chunk");
+            headers += chunk.header.is_some() as usize;
+            assert_eq!(chunk.header.is_some(), all.is_empty(), "header first only");
+            all.extend_from_slice(&chunk.data);
+            if chunk.last {
+                break chunk;
+            }
+        };
+        assert!(matches!(sent.await.unwrap(), Ok(())));
+        assert_eq!((all.len(), headers), (bytes, 1));
+        assert_eq!(last.crc32c, crc32c::crc32c(&all));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_stream_whose_receiver_takes_nothing_fails_after_the_stall_timeout() {
+        let (_dir, file) = snapshot_file(SNAPSHOT_CHUNK_BYTES * 3).await;
+        // Room for one chunk, and a receiver that never reads: a peer whose link drops
+        // everything, the stream's flow-control window full.
+        let (chunks, _never_read) = mpsc::channel(1);
+        let started = std::time::Instant::now();
+        let sent = send_chunks(
+            file,
+            SnapshotHeader::default(),
+            chunks,
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(
+            matches!(&sent, Err(SnapshotSendError::Failed(why)) if why.contains("took no chunk")),
+            "{sent:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -72,10 +72,13 @@ pub struct AppliedState {
     pub conf_state: ConfState,
 }
 
-/// Told whenever a store's span changes (the node's directory of ranges listens).
+/// Told whenever a store's span changes, or it freezes or thaws for a merge (the node's
+/// directory of ranges listens).
 pub trait SpanListener: Send + Sync {
     /// `group`'s span changed: read it again.
     fn span_changed(&self, group: GroupId);
+    /// `group` froze for a merge (`frozen`), or thawed.
+    fn frozen_changed(&self, group: GroupId, frozen: bool);
 }
 
 /// The state machine of one group. Reads may run on any thread, concurrently with the
@@ -550,10 +553,21 @@ impl MvccStore {
         }
     }
 
-    /// Sets who is told of every change of the span (the first listener set stays: a
-    /// store belongs to one node).
+    /// Sets who is told of every change of the span and of every freeze and thaw (the
+    /// first listener set stays: a store belongs to one node). A store opened frozen
+    /// tells it at once.
     pub fn set_span_listener(&self, listener: Arc<dyn SpanListener>) {
-        let _ = self.span_listener.set(listener);
+        if self.span_listener.set(listener.clone()).is_ok() && self.frozen().is_some() {
+            listener.frozen_changed(self.group, true);
+        }
+    }
+
+    /// Sets the freeze mark, and tells the span listener.
+    fn set_frozen(&self, mark: Option<FreezeMark>) {
+        *self.frozen.lock().unwrap() = mark;
+        if let Some(listener) = self.span_listener.get() {
+            listener.frozen_changed(self.group, mark.is_some());
+        }
     }
 
     /// Splits the range at `key`, applying the split's entry at (`index`, `term`): this
@@ -1266,7 +1280,7 @@ impl MvccStore {
             *self.leases.lock().unwrap() = leases.into_iter().collect();
             *self.txn_locks.lock().unwrap() = Arc::new(new_locks);
             *self.txn_outcomes.lock().unwrap() = new_outcomes;
-            *self.frozen.lock().unwrap() = freeze_mark;
+            self.set_frozen(freeze_mark);
             physical.installs += 1;
             physical.target = compact_revision;
             physical.done = NEVER_COMPACTED;

@@ -117,7 +117,7 @@ impl MvccStore {
         self.local.insert(&mut batch, META_FROZEN, mark.encode());
         self.put_applied(&mut batch, index, term);
         engine("committing a freeze", batch.commit());
-        *self.frozen.lock().unwrap() = Some(mark);
+        self.set_frozen(Some(mark));
         self.set_applied(index, term);
         Ok(mark)
     }
@@ -133,7 +133,7 @@ impl MvccStore {
         self.put_applied(&mut batch, index, term);
         engine("committing a thaw", batch.commit());
         if thawed {
-            *self.frozen.lock().unwrap() = None;
+            self.set_frozen(None);
         }
         self.set_applied(index, term);
         thawed
