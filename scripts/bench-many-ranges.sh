@@ -4,12 +4,20 @@
 # member's resident memory, threads, and CPU over IDLE_S seconds with no requests.
 #   RANGES=1000 bash scripts/bench-many-ranges.sh
 #   BIN=/path/to/ostrakon RANGES=1000 bash scripts/bench-many-ranges.sh   # another build
-# Prints one line per member count of ranges measured (1, then RANGES).
+# Prints one line per member count of ranges measured (1, then RANGES). Then, with
+# PUT_ROUNDS > 0 (default 3), a single client's put latency, through member 1, to ranges
+# at rest (each put to another range, quiesced) and to active ranges (30 ranges taking
+# puts in turn), in interleaved rounds of PUTS puts each (default 300). Then, with
+# FAILOVER=1, kill -9 of member 3: the time until member 1 lists a live leader for every
+# range (none led by member 3, none without a leader), then a put to every range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANGES=${RANGES:-1000}
 SETTLE_S=${SETTLE_S:-15}
 IDLE_S=${IDLE_S:-30}
+PUT_ROUNDS=${PUT_ROUNDS:-3}
+PUTS=${PUTS:-300}
+FAILOVER=${FAILOVER:-0}
 BASE=${BASE:-5379}
 source scripts/lib/ostrakon-cluster.sh
 release_binary_unless_given
@@ -54,3 +62,58 @@ seq 1 $((RANGES - 1)) |
 listed=$("$BIN" ranges --endpoint "$endpoint" list | grep -c '^| *[0-9]')
 echo "split into $RANGES ranges in $(( $(date +%s) - started )) s; ranges list shows $listed data ranges"
 measure "$RANGES data ranges"
+
+# Groups quiesced on each member, from its /metrics.
+quiesced() {
+  local i line=""
+  for i in 0 1 2; do
+    line+=" $(curl -sf "http://127.0.0.1:$((BASE + 100 * i))/metrics" | awk '$1 == "ostrakon_raft_groups_quiesced" {print int($2)}')"
+  done
+  echo "$line"
+}
+# One round of single-client puts: key space 1..RANGES (each put to another range, at
+# rest) or 30 (the first 30 ranges, each taking a put every 30); its p50 and p99.
+put_round() { # key space, round
+  "$BIN" bench --endpoints "127.0.0.1:$BASE" --workload put --clients 1 --conns 1 \
+    --total "$PUTS" --key-prefix r --key-size 8 --key-space "$1" --json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["p50_ms"], r["p99_ms"], r["errors"])'
+}
+if (( PUT_ROUNDS > 0 )); then
+  declare -a rest_p50 rest_p99 active_p50 active_p99
+  for round in $(seq 1 "$PUT_ROUNDS"); do
+    # Ranges that took the last round's puts quiesce again first.
+    sleep 10
+    echo "round $round: groups quiesced per member before:$(quiesced)"
+    read -r p50 p99 errors < <(put_round "$RANGES")
+    echo "round $round: put to a range at rest: p50 $p50 ms, p99 $p99 ms, $errors errors"
+    rest_p50+=("$p50"); rest_p99+=("$p99")
+    read -r p50 p99 errors < <(put_round 30)
+    echo "round $round: put to an active range: p50 $p50 ms, p99 $p99 ms, $errors errors"
+    active_p50+=("$p50"); active_p99+=("$p99")
+  done
+  median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+  echo "put latency, median of $PUT_ROUNDS rounds: at rest p50 $(median "${rest_p50[@]}") ms, p99 $(median "${rest_p99[@]}") ms; active p50 $(median "${active_p50[@]}") ms, p99 $(median "${active_p99[@]}") ms"
+fi
+
+# Ranges member 1 lists as led by $1 or by no one.
+led_by() {
+  "$BIN" ranges --endpoint "$endpoint" list |
+    awk -F'|' -v dead="$1" '$2 ~ /^ *[0-9]+ *$/ { gsub(/ /, "", $5); if ($5 == dead || $5 == "0") n++ } END { print n + 0 }'
+}
+if (( FAILOVER )); then
+  dead=$("$BIN" status --endpoints "127.0.0.1:$((BASE + 200))" |
+    awk -F'|' '$2 ~ /127\.0\.0\.1/ { gsub(/ /, "", $3); print $3 }')
+  echo "failover: member 3 ($dead) leads $(led_by "$dead") ranges; kill -9"
+  kill -9 "${ostrakon_pids[2]}"
+  killed=$(date +%s%N)
+  polls=0
+  until (( $(led_by "$dead") == 0 )); do
+    (( ++polls < 600 )) || { echo "failover: ranges still without a live leader after 600 looks"; break; }
+    sleep 0.1
+  done
+  echo "failover: every range has a live leader $(( ($(date +%s%N) - killed) / 1000000 )) ms after the kill"
+  "$BIN" bench --endpoints "127.0.0.1:$BASE,127.0.0.1:$((BASE + 100))" --workload put --clients 16 \
+    --conns 2 --total "$RANGES" --key-prefix r --key-size 8 --key-space "$RANGES" |
+    sed 's/^/failover: a put to every range: /'
+  echo "failover: the puts done $(( ($(date +%s%N) - killed) / 1000000 )) ms after the kill"
+fi

@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     pub key_space: usize,
+    /// What every key starts with, before its number ("r" with `--key-size 8` gives
+    /// r0000123, the keys scripts/bench-many-ranges.sh splits at).
+    #[arg(long, default_value = "b")]
+    pub key_prefix: String,
     /// The first byte of each pair key of the txn-pair workload ("b": beside the key;
     /// "c" with a split at "c": in the next range).
     #[arg(long, default_value = "b")]
@@ -114,9 +118,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn key(args: &BenchArgs, n: usize) -> Bytes {
     let mut key = format!(
-        "b{:0width$}",
+        "{}{:0width$}",
+        args.key_prefix,
         n % args.key_space,
-        width = args.key_size.saturating_sub(1)
+        width = args.key_size.saturating_sub(args.key_prefix.len())
     );
     key.truncate(args.key_size.max(1));
     Bytes::from(key)

@@ -1368,11 +1368,23 @@ async fn a_range_frozen_by_a_merge_whose_coordinator_died_thaws() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(2_000)).await;
-        if merge.try_wait().unwrap().is_none() {
+        // Frozen on the coordinator and the third member (the paused one waits).
+        let survivor = (coordinator + 2) % 3;
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline && merge.try_wait().unwrap().is_none() {
+            if [coordinator, survivor]
+                .iter()
+                .all(|&i| frozen_ranges(&cluster, i) == 1.0)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if merge.try_wait().unwrap().is_none() && frozen_ranges(&cluster, survivor) == 1.0 {
             break (coordinator, paused, merge); // waiting for the paused replica
         }
-        // Refused at once (a replica behind, a leader moved): again.
+        // Refused at once (a replica behind, a leader moved), or not frozen: again.
+        let _ = merge.wait();
         unsafe { libc::kill(cluster.pid(paused) as i32, libc::SIGCONT) };
         tokio::time::sleep(Duration::from_millis(1_000)).await;
     };
@@ -1380,10 +1392,22 @@ async fn a_range_frozen_by_a_merge_whose_coordinator_died_thaws() {
     unsafe { libc::kill(cluster.pid(paused) as i32, libc::SIGCONT) };
     let merged = merge.wait_with_output().unwrap();
     assert!(!merged.status.success(), "the merge's coordinator died");
+    // A member that restarts with the range frozen knows it frozen (its store tells the
+    // node at start).
+    let survivor = (coordinator + 2) % 3;
+    cluster.kill(survivor);
+    cluster.restart(survivor);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while frozen_ranges(&cluster, survivor) != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "member {survivor} restarted with [m, end) frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The right range thaws: a write to it goes through, within the 15 s it is left
     // frozen, an election and the fence.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let survivor = (coordinator + 2) % 3;
     loop {
         let put = tokio::time::timeout(Duration::from_secs(5), async {
             cluster.client(survivor).await.put("x", "x1", None).await
@@ -1401,7 +1425,28 @@ async fn a_range_frozen_by_a_merge_whose_coordinator_died_thaws() {
             .contains("ended a merge whose coordinator was gone")
     });
     assert!(ended, "the range was frozen, and thawed by its next leader");
+    for i in [paused, survivor] {
+        assert_eq!(frozen_ranges(&cluster, i), 0.0, "member {i} thawed");
+    }
     wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
     let got = cluster.client(paused).await.get("x", None).await.unwrap();
     assert_eq!(got.kvs()[0].value_str().unwrap(), "x1");
+}
+
+/// The ranges member `i` holds frozen for a merge, from its metrics (-1 while it does
+/// not answer).
+fn frozen_ranges(cluster: &TestCluster, i: usize) -> f64 {
+    let port = cluster.members[i].client_port;
+    // A member starting refuses the connection (http_get panics).
+    let Ok((status, _, body)) = std::panic::catch_unwind(|| common::http_get(port, "/metrics"))
+    else {
+        return -1.0;
+    };
+    if status != 200 {
+        return -1.0;
+    }
+    body.lines()
+        .find_map(|line| line.strip_prefix("ostrakon_ranges_frozen "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(-1.0)
 }

@@ -597,7 +597,6 @@ impl EventLoop {
                 .store
                 .set_event_sink(Arc::new(crate::events::BroadcastSink(events.clone())));
         }
-        replica.store.set_span_listener(self.handle.span_listener());
         let shared = GroupShared {
             store: replica.store.clone(),
             status: replica.status.clone(),
@@ -607,6 +606,9 @@ impl EventLoop {
             requests: Default::default(),
         };
         self.groups.write().unwrap().insert(group, Arc::new(shared));
+        // Once listed: a store opened frozen tells the directory at once, and a look at
+        // the directory must find the range (a range gone is no longer frozen here).
+        replica.store.set_span_listener(self.handle.span_listener());
         self.handle.group_changed(group);
         self.replicas.insert(group, replica);
         self.ticking.insert(group);
@@ -1459,23 +1461,34 @@ impl EventLoop {
         let store = &data.store;
         let may_lead =
             crate::leader_spread::may_lead(&self.nodes_down, |id| store.is_leaving_member(id));
-        let Some((group, to)) =
+        let moves =
             self.leader_spread
-                .next_move(self.config.id, &self.replicas, may_lead, Instant::now())
-        else {
+                .next_moves(self.config.id, &self.replicas, may_lead, Instant::now());
+        if moves.is_empty() {
             return;
-        };
-        let replica = self.replicas.get_mut(&group).expect("a range led here");
-        match replica.node.transfer_leader(to) {
-            Ok(()) => {
-                tracing::info!(group = group.0, to = %format!("{:x}", to.0), "handing a range's leadership over, to spread leaders over the nodes");
-                crate::metrics::metrics().leader_spread_moves.inc();
-            }
-            Err(error) => {
-                tracing::debug!(group = group.0, ?error, "a leadership move was refused")
-            }
         }
-        self.dirty.insert(group);
+        let mut handed = 0;
+        for &(group, to) in &moves {
+            let replica = self.replicas.get_mut(&group).expect("a range led here");
+            match replica.node.transfer_leader(to) {
+                Ok(()) => {
+                    tracing::debug!(group = group.0, to = %format!("{:x}", to.0), "handing a range's leadership over");
+                    crate::metrics::metrics().leader_spread_moves.inc();
+                    handed += 1;
+                }
+                Err(error) => {
+                    tracing::debug!(group = group.0, ?error, "a leadership move was refused")
+                }
+            }
+            self.dirty.insert(group);
+        }
+        let (first, to) = moves[0];
+        tracing::info!(
+            handed,
+            first = first.0,
+            to = %format!("{:x}", to.0),
+            "handing ranges' leaderships over, to spread leaders over the nodes"
+        );
     }
 
     /// On the leader of each range but the first data range (the meta range and the

@@ -3,6 +3,7 @@
 //! leaders, how often it looks, and when it holds back.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ostrakon_raft::{GroupId, NodeId, Role};
@@ -66,20 +67,20 @@ impl LeaderSpread {
         self.next_check = self.next_check.max(now + self.after_move_pause);
     }
 
-    /// The leadership this node should hand over now, if it is time to look and a move
-    /// is due (`LeaderBalance::next_move`: only a keyspace split into several data
+    /// The leaderships this node should hand over now, if it is time to look and moves
+    /// are due (`LeaderBalance::next_moves`: only a keyspace split into several data
     /// ranges spreads its leaders, and nothing moves while a range elects, changes its
     /// membership or transfers its leadership). Nor while a replica here has not
     /// learned its range's membership yet.
-    pub fn next_move(
+    pub fn next_moves(
         &mut self,
         me: NodeId,
         replicas: &HashMap<GroupId, Replica>,
         may_lead: impl Fn(NodeId) -> bool,
         now: Instant,
-    ) -> Option<(GroupId, NodeId)> {
+    ) -> Vec<(GroupId, NodeId)> {
         if now < self.next_check {
-            return None;
+            return Vec::new();
         }
         self.looks += 1;
         self.next_check = now + CHECK_INTERVAL + self.jitter(me);
@@ -87,39 +88,43 @@ impl LeaderSpread {
         // this node's view of a range is behind, which a leadership change ends).
         self.settled = true;
         let mut ranges = Vec::with_capacity(replicas.len());
+        // The voters of the range before, shared with the next if they are the same.
+        let mut voters: Arc<[NodeId]> = Arc::new([]);
         for (&group, replica) in replicas {
             let conf = replica.node.conf_state();
             if conf.voters.is_empty() {
                 // An empty replica waiting for its range's first snapshot: not counted.
                 continue;
             }
+            if !conf.voters.iter().eq(voters.iter()) {
+                voters = conf.voters.iter().copied().collect();
+            }
             let leader = replica.node.leader();
             ranges.push(RangeLeadership {
                 range: RangeId(group.0),
                 leader: (leader != NodeId::NONE).then_some(leader),
-                voters: conf.voters.iter().copied().collect(),
+                voters: voters.clone(),
                 caught_up: replica.node.caught_up_voters(self.election_ticks),
                 changing: conf.is_joint()
                     || replica.has_conf_proposal()
                     || replica.node.transfer_target().is_some(),
             });
         }
-        let Some(LeaderMove { range, to }) =
-            LeaderBalance::default().next_move(me, &ranges, may_lead)
-        else {
-            self.next_check = now + SETTLED_RECHECK;
-            return None;
-        };
-        let group = GroupId(range.0);
         // What this node knows of its own role is first-hand; a stale view of another
         // range's leader is not, but it only delays a move.
-        if replicas[&group].node.role() != Role::Leader {
+        let moves: Vec<(GroupId, NodeId)> = LeaderBalance::default()
+            .next_moves(me, &ranges, may_lead)
+            .into_iter()
+            .map(|LeaderMove { range, to }| (GroupId(range.0), to))
+            .filter(|(group, _)| replicas[group].node.role() == Role::Leader)
+            .collect();
+        if moves.is_empty() {
             self.next_check = now + SETTLED_RECHECK;
-            return None;
+            return moves;
         }
         self.settled = false;
         self.next_check = now + self.after_move_pause + self.jitter(me);
-        Some((group, to))
+        moves
     }
 
     /// Up to `JITTER_MAX`, different per node and per look (a hash of both; no need for

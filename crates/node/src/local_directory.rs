@@ -50,6 +50,9 @@ impl SpanListener for LocalDirectory {
         } else {
             ranges.remove(&group);
         }
+        crate::metrics::metrics()
+            .ranges_frozen
+            .set(ranges.len() as i64);
     }
 }
 
@@ -84,7 +87,7 @@ impl LocalDirectory {
             let span = span_of(group);
             if span.is_none() {
                 // Gone from here: no longer frozen here either.
-                self.frozen.lock().unwrap().remove(&group);
+                self.frozen_changed(group, false);
             }
             if let Some(span) = span.filter(|span| !span.is_none()) {
                 let start = span.start().to_vec();

@@ -273,6 +273,8 @@ pub struct Metrics {
     pub raft_groups_quiesced: Gauge,
     /// Raft groups this member leads.
     pub raft_groups_led: Gauge,
+    /// Ranges here frozen for a merge.
+    pub ranges_frozen: Gauge,
     /// Splits applied on this member that created a range here.
     pub range_splits: Counter,
     /// Merges applied on this member (a range taken over by the one before it).
@@ -331,6 +333,7 @@ impl Metrics {
             raft_groups: Gauge::default(),
             raft_groups_quiesced: Gauge::default(),
             raft_groups_led: Gauge::default(),
+            ranges_frozen: Gauge::default(),
             range_splits: Counter::default(),
             range_merges: Counter::default(),
             leader_spread_moves: Counter::default(),
@@ -456,6 +459,12 @@ impl Metrics {
             "gauge",
             "Raft groups on this member that are quiesced: idle, neither ticked nor heartbeating.",
             self.raft_groups_quiesced.get().to_string(),
+        );
+        scalar(
+            "ostrakon_ranges_frozen",
+            "gauge",
+            "Ranges on this member frozen for a merge: a merge under way (one whose coordinator died is thawed after 15 s).",
+            self.ranges_frozen.get().to_string(),
         );
         scalar(
             "ostrakon_raft_groups_led",

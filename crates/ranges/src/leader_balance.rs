@@ -3,11 +3,17 @@
 //! first, answering), so ranges all led by one node leave the others idle.
 //!
 //! Every node runs this for the ranges it leads, from what it knows locally (each of its
-//! replicas knows its range's leader), and hands one leadership at a time to the node
-//! that leads the fewest: as PD's leader-count balancing in TiKV, without a central
-//! scheduler. A move is made only from a node leading at least two more ranges than the
-//! target, so every move made alone lowers the sum of squared leader counts and the
-//! moves end, with leaders never bouncing between two nodes that lead about as many.
+//! replicas knows its range's leader), and hands leaderships to the node that leads the
+//! fewest: as PD's leader-count balancing in TiKV, without a central scheduler. A move is
+//! made only from a node leading at least two more ranges than the target, so every move
+//! made alone lowers the sum of squared leader counts and the moves end, with leaders
+//! never bouncing between two nodes that lead about as many.
+//!
+//! A look hands over several leaderships when the counts are far apart: each one the
+//! move a look would choose after the ones before it were made, up to a share of the gap
+//! (`MOVES_PER_LOOK_MAX` at most). A keyspace split by hand into 100,000 ranges leaves
+//! them all led by one node; one move per look took hours to spread them, each look
+//! visiting every range.
 //! Nodes that decide at once may overshoot (four nodes each handing the fifth one range
 //! raise the sum); the runtime spaces its looks with jitter, and later moves undo the
 //! overshoot. A move goes only to a node that is caught up with the range's log, as
@@ -29,8 +35,9 @@ pub struct RangeLeadership {
     pub range: RangeId,
     /// Its leader as this node knows it; None while it elects.
     pub leader: Option<NodeId>,
-    /// The voters of its group (only a voter can lead).
-    pub voters: Vec<NodeId>,
+    /// The voters of its group (only a voter can lead); shared by the ranges that have
+    /// the same (most do: a look at 100,000 ranges made as many lists).
+    pub voters: std::sync::Arc<[NodeId]>,
     /// For a range led here: the voters caught up with its log and heard from within an
     /// election timeout, which may take its leadership (empty for the others).
     pub caught_up: Vec<NodeId>,
@@ -47,6 +54,9 @@ pub struct LeaderMove {
     /// The node to hand it to.
     pub to: NodeId,
 }
+
+/// The most leaderships one look hands over.
+pub const MOVES_PER_LOOK_MAX: usize = 1_000;
 
 /// The rule, where a bug may be planted.
 #[derive(Clone, Copy, Debug, Default)]
@@ -74,8 +84,22 @@ impl LeaderBalance {
         ranges: &[RangeLeadership],
         eligible: impl Fn(NodeId) -> bool,
     ) -> Option<LeaderMove> {
+        self.next_moves(me, ranges, eligible).into_iter().next()
+    }
+
+    /// The moves node `me` should make now, in order: the first is `next_move`'s, each
+    /// next one the move after those before it were made. As many as the gap between
+    /// `me` and the node leading the fewest allows shared among the nodes (so that nodes
+    /// deciding at once hand the same node no more than the gap), at least one, at most
+    /// `MOVES_PER_LOOK_MAX`.
+    pub fn next_moves(
+        &self,
+        me: NodeId,
+        ranges: &[RangeLeadership],
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Vec<LeaderMove> {
         if ranges.len() < 3 || ranges.iter().any(|range| range.changing) {
-            return None;
+            return Vec::new();
         }
         #[allow(unused_mut)]
         let mut apart = 2;
@@ -83,21 +107,21 @@ impl LeaderBalance {
         if self.bug == Some(RangeBug::MoveLeadersOneApart) {
             apart = 1;
         }
-        next_leader_move(me, ranges, eligible, apart)
+        next_leader_moves(me, ranges, eligible, apart)
     }
 }
 
-/// The move node `me` should make now, if any: from a node leading at least `apart`
-/// more ranges than the target (2; 1 is the planted bug that moves leaderships back and
-/// forth for ever).
-fn next_leader_move(
+/// The moves node `me` should make now: each from `me` leading at least `apart` more
+/// ranges than the target (2; 1 is the planted bug that moves leaderships back and forth
+/// for ever), as counted after the moves before it.
+fn next_leader_moves(
     me: NodeId,
     ranges: &[RangeLeadership],
     eligible: impl Fn(NodeId) -> bool,
     apart: usize,
-) -> Option<LeaderMove> {
+) -> Vec<LeaderMove> {
     if ranges.iter().any(|range| range.leader.is_none()) {
-        return None;
+        return Vec::new();
     }
     // The nodes that vote in every range here count, also when they lead nothing yet;
     // only they take a leadership from here. A node missing from some range here may
@@ -122,27 +146,56 @@ fn next_leader_move(
             *count += 1;
         }
     }
-    let mine = *led.get(&me)?;
-    // Of the ranges led here, the one whose best target leads the fewest; ties go to the
-    // higher range id (the meta range, which serves the oracle, and the first data range,
-    // whose leader etcd's Status reports, move last) and then the lower node id, so the
-    // choice is deterministic.
-    ranges
-        .iter()
-        .filter(|range| range.leader == Some(me))
-        .filter_map(|range| {
-            range
-                .caught_up
-                .iter()
-                .copied()
-                .filter(|&node| node != me)
-                .filter_map(|node| led.get(&node).map(|&count| (count, node)))
-                .min()
-                .map(|(count, to)| (count, std::cmp::Reverse(range.range), to))
-        })
-        .filter(|&(count, _, _)| count + apart <= mine)
-        .min()
-        .map(|(_, std::cmp::Reverse(range), to)| LeaderMove { range, to })
+    let Some(&mine_before) = led.get(&me) else {
+        return Vec::new();
+    };
+    let mut mine = mine_before;
+    let fewest = led.values().copied().min().unwrap_or(mine);
+    let limit = ((mine - fewest) / (2 * led.len())).clamp(1, MOVES_PER_LOOK_MAX);
+    // For each node that may take one, the ranges led here it is caught up in, by id.
+    let mut takes: BTreeMap<NodeId, Vec<RangeId>> = BTreeMap::new();
+    for range in ranges.iter().filter(|range| range.leader == Some(me)) {
+        for &node in &range.caught_up {
+            if node != me && led.contains_key(&node) {
+                takes.entry(node).or_default().push(range.range);
+            }
+        }
+    }
+    for ids in takes.values_mut() {
+        ids.sort_unstable();
+    }
+    // Each move: of the ranges led here, the one whose best target leads the fewest;
+    // ties go to the higher range id (the meta range, which serves the oracle, and the
+    // first data range, whose leader etcd's Status reports, move last) and then the lower
+    // node id, so the choice is deterministic. Each node's highest range not moved yet
+    // is its best; the nodes are few.
+    let mut moved: BTreeSet<RangeId> = BTreeSet::new();
+    let mut moves = Vec::new();
+    while moves.len() < limit {
+        let mut best: Option<(usize, std::cmp::Reverse<RangeId>, NodeId)> = None;
+        for (&node, ids) in takes.iter_mut() {
+            while ids.last().is_some_and(|id| moved.contains(id)) {
+                ids.pop();
+            }
+            if let Some(&id) = ids.last() {
+                let candidate = (led[&node], std::cmp::Reverse(id), node);
+                if best.is_none_or(|best| candidate < best) {
+                    best = Some(candidate);
+                }
+            }
+        }
+        let Some((count, std::cmp::Reverse(range), to)) = best else {
+            break;
+        };
+        if count + apart > mine {
+            break;
+        }
+        moved.insert(range);
+        *led.get_mut(&to).expect("a counted node") += 1;
+        mine -= 1;
+        moves.push(LeaderMove { range, to });
+    }
+    moves
 }
 
 #[cfg(test)]
@@ -315,6 +368,35 @@ mod tests {
                 to: NodeId(2)
             })
         );
+    }
+
+    #[test]
+    fn a_look_far_from_balance_moves_a_share_of_the_gap_each_as_one_at_a_time_would() {
+        // Node 1 leads 60 ranges, nodes 2 and 3 none: a sixth of the gap, 10 moves.
+        let ranges: Vec<RangeLeadership> = (0..60).map(|id| range(id, 1, &[1, 2, 3])).collect();
+        let moves = LeaderBalance::default().next_moves(NodeId(1), &ranges, everyone);
+        assert_eq!(moves.len(), 10);
+        // The same as looks of one move each, the view updated after each.
+        let mut view = ranges.clone();
+        for step in &moves {
+            assert_eq!(next_leader_move(NodeId(1), &view, everyone), Some(*step));
+            view.iter_mut()
+                .find(|r| r.range == step.range)
+                .unwrap()
+                .leader = Some(step.to);
+        }
+        let to = |node| moves.iter().filter(|m| m.to == NodeId(node)).count();
+        assert_eq!(
+            (to(2), to(3)),
+            (5, 5),
+            "alternately to the two that lead fewest"
+        );
+        // Far apart: at most MOVES_PER_LOOK_MAX.
+        let many: Vec<RangeLeadership> = (0..20_000).map(|id| range(id, 1, &[1, 2, 3])).collect();
+        let moves = LeaderBalance::default().next_moves(NodeId(1), &many, everyone);
+        assert_eq!(moves.len(), MOVES_PER_LOOK_MAX);
+        let distinct: BTreeSet<RangeId> = moves.iter().map(|m| m.range).collect();
+        assert_eq!(distinct.len(), moves.len(), "each range moves once");
     }
 
     /// Every node deciding from the same view, one move at a time, in any order: the

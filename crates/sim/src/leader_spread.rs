@@ -46,24 +46,23 @@ impl Simulation {
             ranges.push(RangeLeadership {
                 range: RangeId(group.0),
                 leader: (leader != NodeId::NONE).then_some(leader),
-                voters: conf.voters.iter().copied().collect(),
+                voters: conf.voters.iter().copied().collect::<Vec<_>>().into(),
                 caught_up: replica.raw.caught_up_voters(u64::from(ELECTION_TICKS)),
                 changing: conf.is_joint() || replica.raw.transfer_target().is_some(),
             });
         }
-        let Some(LeaderMove { range, to }) = self
+        let moves = self
             .leader_balance
-            .next_move(id, &ranges, |node| !down.contains(&node))
-        else {
-            return;
-        };
-        let group = range.group();
-        if self.replica(id, group).raw.role() != Role::Leader {
-            return;
+            .next_moves(id, &ranges, |node| !down.contains(&node));
+        for LeaderMove { range, to } in moves {
+            let group = range.group();
+            if self.replica(id, group).raw.role() != Role::Leader {
+                continue;
+            }
+            self.running(id).next_spread_us = now_us + AFTER_MOVE_TICKS * tick_us;
+            trace!(self, "{id:?} spreads leaders: hands {group:?} to {to:?}");
+            self.input(id, group, Input::Transfer(to));
         }
-        self.running(id).next_spread_us = now_us + AFTER_MOVE_TICKS * tick_us;
-        trace!(self, "{id:?} spreads leaders: hands {group:?} to {to:?}");
-        self.input(id, group, Input::Transfer(to));
     }
 
     /// The move due somewhere by the true leaders and memberships (every node up), if
@@ -81,7 +80,7 @@ impl Simulation {
             ranges.push(RangeLeadership {
                 range: RangeId(group.0),
                 leader: Some(leader),
-                voters: conf.voters.iter().copied().collect(),
+                voters: conf.voters.iter().copied().collect::<Vec<_>>().into(),
                 caught_up,
                 changing: conf.is_joint(),
             });

@@ -69,7 +69,9 @@ const SNAPSHOT_RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// A snapshot stream that makes no progress this long (a chunk not taken, or no answer
 /// once all was sent) has failed: a peer behind a link that drops everything would
 /// otherwise hold the peer's one permit (`OUTGOING_SNAPSHOTS_PER_PEER`) until TCP gives
-/// up, many minutes after the link came back.
+/// up, many minutes after the link came back. The answer, once every chunk is sent, gets
+/// as long again and a second per MiB of the file: the receiver writes it, fsyncs it and
+/// reads it back before it answers.
 const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause before reopening a broken stream.
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
@@ -481,6 +483,8 @@ impl Transport {
                 SnapshotSendError::Failed(format!("{}: {e}", path.display()))
             }
         })?;
+        let file_bytes = file.metadata().await.map_or(0, |meta| meta.len());
+        let answer_timeout = SNAPSHOT_STALL_TIMEOUT + Duration::from_secs(file_bytes >> 20);
         let (chunks, stream) = mpsc::channel::<SnapshotChunk>(4);
         let channel = self.channel(message.to).ok_or_else(|| {
             SnapshotSendError::Failed(format!("member {:x} has no peer URL", message.to.0))
@@ -499,12 +503,12 @@ impl Transport {
             call.abort();
             return Err(error);
         }
-        let answer = match tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, &mut call).await {
+        let answer = match tokio::time::timeout(answer_timeout, &mut call).await {
             Ok(answer) => answer,
             Err(_) => {
                 call.abort();
                 return Err(SnapshotSendError::Failed(format!(
-                    "no answer {SNAPSHOT_STALL_TIMEOUT:?} after the last chunk"
+                    "no answer {answer_timeout:?} after the last chunk"
                 )));
             }
         };
