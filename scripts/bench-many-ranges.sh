@@ -8,8 +8,9 @@
 # PUT_ROUNDS > 0 (default 3), a single client's put latency, through member 1, to ranges
 # at rest (each put to another range, quiesced) and to active ranges (30 ranges taking
 # puts in turn), in interleaved rounds of PUTS puts each (default 300). Then, with
-# FAILOVER=1, kill -9 of member 3: the time until member 1 lists a live leader for every
-# range (none led by member 3, none without a leader), then a put to every range.
+# FAILOVER=1, kill -9 of member 3: the time until members 1 and 2 lead every range
+# between them (their ostrakon_raft_groups_led, polled every 50 ms), then a put to every
+# range.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANGES=${RANGES:-1000}
@@ -32,6 +33,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 status_field() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 # Snapshot files a member wrote since it started (its /metrics).
 snapshots_written() { curl -sf "http://127.0.0.1:$1/metrics" | awk '$1 == "ostrakon_snapshots_created_total" {print int($2)}'; }
+# Ranges a member leads (its /metrics).
+ranges_led() { curl -sf "http://127.0.0.1:$1/metrics" | awk '$1 == "ostrakon_raft_groups_led" {print int($2)}'; }
 
 measure() { # label
   sleep "$SETTLE_S"
@@ -42,10 +45,10 @@ measure() { # label
   local line="$1:"
   for i in 0 1 2; do
     pid=${ostrakon_pids[$i]}
-    line+=$(printf ' | o%d rss %d MiB, threads %d, cpu %.1f%% of a core, %d snapshots written' $((i + 1)) \
+    line+=$(printf ' | o%d rss %d MiB, threads %d, cpu %.1f%% of a core, %d snapshots written, leads %d' $((i + 1)) \
       $(( $(status_field "$pid" VmRSS) / 1024 )) "$(status_field "$pid" Threads)" \
       "$(awk -v t=$(( ${after[$i]} - ${before[$i]} )) -v hz="$tck" -v s="$IDLE_S" 'BEGIN {print t * 100 / hz / s}')" \
-      "$(snapshots_written $((BASE + 100 * i)))")
+      "$(snapshots_written $((BASE + 100 * i)))" "$(ranges_led $((BASE + 100 * i)))")
   done
   echo "$line"
 }
@@ -95,23 +98,19 @@ if (( PUT_ROUNDS > 0 )); then
   echo "put latency, median of $PUT_ROUNDS rounds: at rest p50 $(median "${rest_p50[@]}") ms, p99 $(median "${rest_p99[@]}") ms; active p50 $(median "${active_p50[@]}") ms, p99 $(median "${active_p99[@]}") ms"
 fi
 
-# Ranges member 1 lists as led by $1 or by no one.
-led_by() {
-  "$BIN" ranges --endpoint "$endpoint" list |
-    awk -F'|' -v dead="$1" '$2 ~ /^ *[0-9]+ *$/ { gsub(/ /, "", $5); if ($5 == dead || $5 == "0") n++ } END { print n + 0 }'
-}
+# Raft groups member $1 (0-based) hosts.
+groups_hosted() { curl -sf "http://127.0.0.1:$((BASE + 100 * $1))/metrics" | awk '$1 == "ostrakon_raft_groups" {print int($2)}'; }
 if (( FAILOVER )); then
-  dead=$("$BIN" status --endpoints "127.0.0.1:$((BASE + 200))" |
-    awk -F'|' '$2 ~ /127\.0\.0\.1/ { gsub(/ /, "", $3); print $3 }')
-  echo "failover: member 3 ($dead) leads $(led_by "$dead") ranges; kill -9"
+  groups=$(groups_hosted 0)
+  echo "failover: member 3 leads $(ranges_led $((BASE + 200))) of $groups groups; kill -9"
   kill -9 "${ostrakon_pids[2]}"
   killed=$(date +%s%N)
   polls=0
-  until (( $(led_by "$dead") == 0 )); do
-    (( ++polls < 600 )) || { echo "failover: ranges still without a live leader after 600 looks"; break; }
-    sleep 0.1
+  until (( $(ranges_led "$BASE") + $(ranges_led $((BASE + 100))) == groups )); do
+    (( ++polls < 1200 )) || { echo "failover: groups still without a live leader after 60 s"; break; }
+    sleep 0.05
   done
-  echo "failover: every range has a live leader $(( ($(date +%s%N) - killed) / 1000000 )) ms after the kill"
+  echo "failover: members 1 and 2 lead every group $(( ($(date +%s%N) - killed) / 1000000 )) ms after the kill"
   "$BIN" bench --endpoints "127.0.0.1:$BASE,127.0.0.1:$((BASE + 100))" --workload put --clients 16 \
     --conns 2 --total "$RANGES" --key-prefix r --key-size 8 --key-space "$RANGES" |
     sed 's/^/failover: a put to every range: /'
