@@ -32,10 +32,11 @@ use crate::quiescing::Quiescing;
 use crate::quorum::{vote_result, VoteResult};
 use crate::raft::{Raft, Role};
 
-/// Ticks after a quiesced group's leader is reported down before the voter picked to
-/// campaign first does (`Raft::report_node_down`): the other voters' liveness reports
-/// the death within about a tick of this one's.
-const FIRST_CAMPAIGN_DELAY_TICKS: u32 = 3;
+/// Heartbeat intervals after a quiesced group's leader is reported down before the
+/// voter picked to campaign first does (`Raft::report_node_down`). The other voters'
+/// liveness reports the death within about a heartbeat of this one's: each node pair's
+/// last ping before the death came at its own time in the heartbeat interval.
+const FIRST_CAMPAIGN_DELAY_HEARTBEATS: u32 = 2;
 
 impl Raft {
     /// Whether the group is idle enough for its leader to stop ticking: every entry is
@@ -204,9 +205,9 @@ impl Raft {
     /// A follower quiesced under a leader on that node forgets it and wakes, so the
     /// group elects another leader; forgetting also ends the follower's promise not to
     /// vote, which is safe since a quiesced leader holds no lease. One voter of those
-    /// left campaigns after `FIRST_CAMPAIGN_DELAY_TICKS` (which one by the group's id, so
-    /// that a dead node's ranges spread over the others), the others a whole randomized
-    /// election timeout later: every follower waiting out its own timeout took 3-4 s for
+    /// left campaigns after `FIRST_CAMPAIGN_DELAY_HEARTBEATS` (which one by the group's
+    /// id, so that a dead node's ranges spread over the others), the others a whole
+    /// randomized election timeout later: every follower waiting out its own timeout took 3-4 s for
     /// every range of a dead node to have a leader (two followers timing out close
     /// together split the vote and wait again). The delay lets the other voters notice
     /// the death too (until then they keep their promise and refuse the vote); a
@@ -228,8 +229,8 @@ impl Raft {
                 self.wake();
                 self.leader = NodeId::NONE;
                 self.election_elapsed_ticks = if self.campaigns_first() {
-                    self.randomized_election_ticks
-                        .saturating_sub(FIRST_CAMPAIGN_DELAY_TICKS)
+                    let delay = self.config.heartbeat_ticks * FIRST_CAMPAIGN_DELAY_HEARTBEATS;
+                    self.randomized_election_ticks.saturating_sub(delay)
                 } else {
                     0
                 };

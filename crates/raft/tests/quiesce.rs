@@ -122,8 +122,8 @@ fn one_voter_picked_by_the_group_campaigns_within_a_few_ticks_of_the_leaders_dea
     for n in [2, 3] {
         cluster.node_mut(id(n)).report_node_down(id(1));
     }
-    // Group 1 of the voters up, [2, 3]: node 3 campaigns after 3 ticks, not after a
-    // whole randomized election timeout (10 to 19 ticks here).
+    // Group 1 of the voters up, [2, 3]: node 3 campaigns after two heartbeats (2 ticks
+    // here), not after a whole randomized election timeout (10 to 19 ticks here).
     cluster.tick_all(5);
     let leaders: Vec<_> = cluster
         .leaders()
