@@ -322,7 +322,9 @@ fn a_planted_stale_read_bug_is_caught() {
 
 /// A build whose reads ignore the locks of transactions across ranges is caught by the
 /// bank: with its accounts split over two ranges, a read that lands between a transfer's
-/// commit and its resolution in the other range sums wrong.
+/// commit and its resolution in the other range sums wrong. Within two runs of 20 s: a
+/// run needs such a read, and on a loaded machine one run committed only 31 transfers
+/// and read none of them half done.
 #[test]
 fn a_planted_read_that_ignores_locks_is_caught_by_the_bank() {
     let planted = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/planted/ostrakon");
@@ -330,20 +332,30 @@ fn a_planted_read_that_ignores_locks_is_caught_by_the_bank() {
         std::path::Path::new(planted).exists(),
         "{planted} is missing: scripts/test.sh builds it"
     );
-    let (verdict, passed) = run_chaos(
-        planted,
-        "planted-reads-ignore-locks",
-        &[
-            "--nemesis",
-            "kill-random",
-            "--duration",
-            "20s",
-            "--split-at",
-            "chaos/bank/4",
-        ],
-        &[("OSTRAKON_PLANTED_BUG", "reads-ignore-locks")],
+    let mut runs = 0;
+    let (verdict, passed) = loop {
+        runs += 1;
+        let (verdict, passed) = run_chaos(
+            planted,
+            "planted-reads-ignore-locks",
+            &[
+                "--nemesis",
+                "kill-random",
+                "--duration",
+                "20s",
+                "--split-at",
+                "chaos/bank/4",
+            ],
+            &[("OSTRAKON_PLANTED_BUG", "reads-ignore-locks")],
+        );
+        if !passed || runs == 2 {
+            break (verdict, passed);
+        }
+    };
+    assert!(
+        !passed,
+        "the planted bug went unnoticed in {runs} runs: {verdict:#}"
     );
-    assert!(!passed, "the planted bug went unnoticed: {verdict:#}");
     assert_eq!(verdict["checks"]["bank"]["valid"], false, "{verdict:#}");
     assert!(
         verdict["checks"]["bank"]["wrong_reads"].as_u64().unwrap() > 0,
