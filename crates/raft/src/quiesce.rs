@@ -32,6 +32,12 @@ use crate::quiescing::Quiescing;
 use crate::quorum::{vote_result, VoteResult};
 use crate::raft::{Raft, Role};
 
+/// Heartbeat intervals after a quiesced group's leader is reported down before the
+/// voter picked to campaign first does (`Raft::report_node_down`). The other voters'
+/// liveness reports the death within about a heartbeat of this one's: each node pair's
+/// last ping before the death came at its own time in the heartbeat interval.
+const FIRST_CAMPAIGN_DELAY_HEARTBEATS: u32 = 2;
+
 impl Raft {
     /// Whether the group is idle enough for its leader to stop ticking: every entry is
     /// durable here, committed, handed out for applying, and held by every member,
@@ -198,13 +204,27 @@ impl Raft {
     ///
     /// A follower quiesced under a leader on that node forgets it and wakes, so the
     /// group elects another leader; forgetting also ends the follower's promise not to
-    /// vote, which is safe since a quiesced leader holds no lease. An awake follower has
+    /// vote, which is safe since a quiesced leader holds no lease. One voter of those
+    /// left campaigns after `FIRST_CAMPAIGN_DELAY_HEARTBEATS` (which one by the group's
+    /// id, so that a dead node's ranges spread over the others), the others a whole
+    /// randomized election timeout later: every follower waiting out its own timeout took 3-4 s for
+    /// every range of a dead node to have a leader (two followers timing out close
+    /// together split the vote and wait again). The delay lets the other voters notice
+    /// the death too (until then they keep their promise and refuse the vote); a
+    /// campaign that fails anyway leaves the usual timeouts to elect. An awake follower has
     /// its own timer, and a learner cannot campaign (a new leader's first message wakes
     /// it). A quiesced leader wakes: without that member it may have lost its quorum,
     /// which check-quorum decides; if not, it quiesces again without waiting for it.
+    ///
+    /// A follower woken by another voter's pre-vote before it was told of the death is
+    /// treated as still quiesced until it hears from its leader: otherwise it would keep
+    /// the dead leader, and refuse votes for it, for a whole election timeout. Its
+    /// promise is worth nothing to that leader: a woken leader counts for its lease only
+    /// acknowledgements of heartbeats sent after it woke, which this member has not had.
     pub fn report_node_down(&mut self, node: NodeId) {
         self.down_peers.insert(node);
-        if !self.quiesced {
+        let asleep_under_leader = self.quiesced || self.leader_unheard_since_wake;
+        if !asleep_under_leader {
             return;
         }
         match self.role {
@@ -215,9 +235,36 @@ impl Raft {
                 }
                 self.wake();
                 self.leader = NodeId::NONE;
+                self.leader_unheard_since_wake = false;
+                self.election_elapsed_ticks = if self.campaigns_first() {
+                    let delay = self
+                        .config
+                        .heartbeat_ticks
+                        .saturating_mul(FIRST_CAMPAIGN_DELAY_HEARTBEATS);
+                    self.randomized_election_ticks.saturating_sub(delay)
+                } else {
+                    0
+                };
             }
             _ => {}
         }
+    }
+
+    /// Whether this voter is the one of the voters not reported down that campaigns
+    /// first when its quiesced group's leader dies: the group's id picks it, the same on
+    /// every voter that sees the same nodes down.
+    fn campaigns_first(&self) -> bool {
+        let up: Vec<NodeId> = self
+            .conf
+            .voters
+            .iter()
+            .copied()
+            .filter(|voter| !self.down_peers.contains(voter))
+            .collect();
+        if up.is_empty() {
+            return false;
+        }
+        up[(self.config.group.0 % up.len() as u64) as usize] == self.config.id
     }
 
     /// The runtime's node liveness hears from `node` again. A quiesced leader wakes to

@@ -129,6 +129,11 @@ pub struct Raft {
     /// Idle: neither ticks nor heartbeats until woken (see `quiesce`).
     /// Invariant: only a leader or a follower with a known leader is quiesced.
     pub(crate) quiesced: bool,
+    /// Follower: woken from quiescence by another member (a candidate's pre-vote) and
+    /// not heard from its leader since. Its leader may still be asleep, holding no
+    /// lease, so a report that the leader's node is down is acted on as if this member
+    /// still slept (`report_node_down`).
+    pub(crate) leader_unheard_since_wake: bool,
     /// Leader: quiescing heartbeats are out; it quiesces once every member acknowledged
     /// one (a member that missed it would keep a stale commit index, and a learner
     /// never times out to ask again).
@@ -185,6 +190,7 @@ impl Raft {
             now_ticks: 0,
             timeout_now_sent: false,
             quiesced: false,
+            leader_unheard_since_wake: false,
             quiescing: None,
             down_peers: BTreeSet::new(),
             lease_floor_tick: 0,
@@ -242,6 +248,7 @@ impl Raft {
         }
         self.timeout_now_sent = false;
         self.quiesced = false;
+        self.leader_unheard_since_wake = false;
         self.quiescing = None;
         self.leader = NodeId::NONE;
         self.election_elapsed_ticks = 0;
@@ -274,6 +281,7 @@ impl Raft {
         self.votes.clear();
         self.leader = NodeId::NONE;
         self.quiesced = false;
+        self.leader_unheard_since_wake = false;
         self.role = Role::PreCandidate;
     }
 
@@ -461,7 +469,13 @@ impl Raft {
         );
         assert_eq!(m.group, self.config.group, "message for another group");
         if self.quiesced && !self.is_quiesced_traffic(&m) {
+            if self.role == Role::Follower && m.from != self.leader {
+                self.leader_unheard_since_wake = true;
+            }
             self.wake();
+        }
+        if m.from == self.leader && m.term >= self.term {
+            self.leader_unheard_since_wake = false;
         }
         if self.down_peers.remove(&m.from) && self.role == Role::Leader {
             // A message from a member reported down shows it is up, whether or not the

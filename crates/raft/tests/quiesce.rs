@@ -116,6 +116,50 @@ fn a_quiesced_group_elects_a_new_leader_once_the_leaders_node_is_reported_down()
 }
 
 #[test]
+fn one_voter_picked_by_the_group_campaigns_within_a_few_ticks_of_the_leaders_death() {
+    let mut cluster = quiesced_cluster(quiescing);
+    cluster.down.insert(id(1));
+    for n in [2, 3] {
+        cluster.node_mut(id(n)).report_node_down(id(1));
+    }
+    // Group 1 of the voters up, [2, 3]: node 3 campaigns after two heartbeats (2 ticks
+    // here), not after a whole randomized election timeout (10 to 19 ticks here).
+    cluster.tick_all(5);
+    let leaders: Vec<_> = cluster
+        .leaders()
+        .into_iter()
+        .filter(|&l| l != id(1))
+        .collect();
+    assert_eq!(leaders, vec![id(3)]);
+    cluster.propose(id(3), "b").unwrap();
+    assert_eq!(cluster.applied_data(id(2)), vec!["a", "b"]);
+}
+
+#[test]
+fn the_voter_picked_to_campaign_first_refused_by_one_not_yet_told_the_leader_died() {
+    let mut cluster = quiesced_cluster(quiescing);
+    cluster.down.insert(id(1));
+    // Only node 3, the one picked, hears that node 1 died: node 2 keeps its promise not
+    // to vote while quiesced under a leader, and nobody wins early.
+    cluster.node_mut(id(3)).report_node_down(id(1));
+    cluster.tick_all(5);
+    assert!(cluster.leaders().iter().all(|&l| l == id(1)));
+    // Node 3's pre-vote woke node 2, which still names node 1 its leader.
+    assert!(!cluster.node(id(2)).is_quiesced());
+    assert_eq!(cluster.node(id(2)).leader(), id(1));
+    // Told late, node 2 forgets the dead leader at once, although the pre-vote woke it
+    // (it has not heard from node 1 since): it no longer refuses votes for a whole
+    // election timeout, and the usual timeouts elect.
+    cluster.node_mut(id(2)).report_node_down(id(1));
+    assert_eq!(cluster.node(id(2)).leader(), NodeId::NONE);
+    cluster.tick_all(40);
+    assert!(
+        cluster.leaders().iter().any(|&l| l == id(2) || l == id(3)),
+        "no new leader"
+    );
+}
+
+#[test]
 fn a_report_about_another_node_leaves_a_quiesced_follower_asleep() {
     let mut cluster = quiesced_cluster(quiescing);
     cluster.node_mut(id(2)).report_node_down(id(3));

@@ -85,6 +85,9 @@ pub struct Transfer {
     /// Requests in flight: number → range.
     waiting: BTreeMap<u64, GroupId>,
     committing: bool,
+    /// Its commit failed where it was sent: an abort at the primary asks how the
+    /// transaction ended (a copy of the commit may be in the log all the same).
+    asking_outcome: bool,
 }
 
 impl Transfer {
@@ -144,6 +147,7 @@ impl Simulation {
             prepared: BTreeMap::new(),
             waiting: BTreeMap::new(),
             committing: false,
+            asking_outcome: false,
         });
         trace!(
             self,
@@ -276,14 +280,25 @@ impl Simulation {
                 self.end_transfer(index, TransferEnd::Committed);
             }
             (Some(_), Reply::Txn(TxnApplied::Aborted)) if transfer.committing => {
-                // Someone found its locks stale and aborted it first.
+                // Someone found its locks stale and aborted it first, or its own abort
+                // did after its commit failed.
+                if transfer.asking_outcome {
+                    let txn = transfer.txn;
+                    for group in transfer.others() {
+                        self.send_bank(index, group, Request::Txn(TxnCommand::Release { txn }));
+                    }
+                }
                 self.end_transfer(index, TransferEnd::Aborted);
             }
-            (_, Reply::Failed { .. }) if transfer.committing => {
-                // The commit was not proposed, or lost its log position: it did not
-                // apply. Aborting settles it either way (an abort after a commit finds
-                // the record).
-                self.abort_transfer(index);
+            (_, Reply::Failed { .. }) if transfer.committing && !transfer.asking_outcome => {
+                // This copy of the commit was not proposed, but another (a
+                // retransmission) may be in the log: an abort at the primary answers how
+                // the transaction ended (after a commit it finds the record), as the
+                // node's coordinator asks. Until then the outcome is not known.
+                transfer.asking_outcome = true;
+                let txn = transfer.txn;
+                let primary = transfer.primary;
+                self.send_bank(index, primary, Request::Txn(TxnCommand::Abort { txn }));
             }
             (_, reply) if transfer.committing => {
                 trace!(self, "bank client {index}: {reply:?} to its commit");

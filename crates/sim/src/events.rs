@@ -94,6 +94,9 @@ pub enum Event {
     Restart(NodeId),
     /// The nemesis acts.
     Nemesis,
+    /// The nemesis moves a range's leadership away right after its leader served a read
+    /// at a revision: the next leader must learn that read's floor anew.
+    TransferAfterRead(GroupId),
     /// A partition ends.
     HealPartition(u64),
     /// A slow disk recovers.

@@ -24,6 +24,11 @@ pub struct Invariants {
     entries: HashMap<(LogIndex, Term), (u64, Option<Term>)>,
     /// The committed log as observed anywhere: index → term.
     committed: BTreeMap<LogIndex, Term>,
+    /// For each committed index, the lowest term of a node seen holding it committed:
+    /// never below the term whose leader committed it, so a leader of a later term
+    /// must hold it (leader completeness). A leader of an earlier term may win its
+    /// election late (its vote answers delayed) and need not.
+    committed_seen_in_term: BTreeMap<LogIndex, Term>,
     /// Per node: commit index and role at the last check, applied index in this life.
     last_commit: HashMap<NodeId, LogIndex>,
     last_role: HashMap<NodeId, Role>,
@@ -114,6 +119,11 @@ impl Invariants {
                     self.committed.insert(index, term);
                 }
             }
+            let seen_in = self
+                .committed_seen_in_term
+                .entry(index)
+                .or_insert(raw.term());
+            *seen_in = (*seen_in).min(raw.term());
             index = index.next();
         }
         // Figure 2's commit rule: a leader advances its commit index only to an entry of
@@ -145,7 +155,8 @@ impl Invariants {
     fn check_leader_completeness(&self, node: NodeId, raw: &RawNode) -> Result<(), Violation> {
         let snapshot_index = raw.first_index().prev();
         for (&index, &term) in self.committed.range(snapshot_index.next()..) {
-            if raw.log_term(index) != Some(term) {
+            let seen_in = self.committed_seen_in_term[&index];
+            if seen_in < raw.term() && raw.log_term(index) != Some(term) {
                 return Err(Violation(format!(
                     "leader completeness: {node:?} leads {:?} without committed entry ({index:?}, {term:?}); it has {:?}",
                     raw.term(),

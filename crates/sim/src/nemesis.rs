@@ -74,19 +74,7 @@ impl Simulation {
         }
         if self.rng.chance(faults.transfer_probability) {
             let group = self.pick_group();
-            if let Some(leader) = self.current_leader(group) {
-                let voters: Vec<NodeId> = self.latest_conf[&group]
-                    .1
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|&v| v != leader)
-                    .collect();
-                if !voters.is_empty() {
-                    let target = self.rng.pick(&voters);
-                    self.input(leader, group, Input::Transfer(target));
-                }
-            }
+            self.transfer_leadership(group);
         }
         if self.rng.chance(self.scenario.split_probability) {
             self.split_range();
@@ -100,6 +88,28 @@ impl Simulation {
             trace!(self, "{id:?}'s disk turns slow");
             let until = self.now_us + self.rng.range(500_000, 3_000_000);
             self.events.push(until, Event::DiskRecovers(id, epoch));
+        }
+    }
+
+    /// Asks `group`'s leader, if it has one, to hand its leadership to another voter.
+    pub(crate) fn transfer_leadership(&mut self, group: GroupId) {
+        let Some(leader) = self.current_leader(group) else {
+            return;
+        };
+        let voters: Vec<NodeId> = self.latest_conf[&group]
+            .1
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader)
+            .collect();
+        if !voters.is_empty() {
+            let target = self.rng.pick(&voters);
+            trace!(
+                self,
+                "nemesis: {group:?} leadership {leader:?} -> {target:?}"
+            );
+            self.input(leader, group, Input::Transfer(target));
         }
     }
 

@@ -24,6 +24,13 @@ const LATE_REQUEST_DELAY_US_MAX: u64 = 1_000_000;
 /// How many revisions a write takes at most before it gives up (each refused as below
 /// a read served or a write applied).
 const WRITE_ATTEMPTS_MAX: u32 = 4;
+/// How often, while faults run, the nemesis moves a range's leadership away right after
+/// it served a read at a revision: the moment a new leader that skipped learning its
+/// floor would take a slow writer's revision below that read. Crashes and partitions
+/// reach that moment too, but how often depends on how long failover takes.
+const TRANSFER_AFTER_READ_PROBABILITY: f64 = 0.3;
+/// How long after the read at most.
+const TRANSFER_AFTER_READ_DELAY_US_MAX: u64 = 30_000;
 
 impl Simulation {
     /// A client's request reached the replica of `group` on `id`.
@@ -173,13 +180,18 @@ impl Simulation {
                     Ok(()) => {
                         replica.reads.insert(request_id, waiting);
                     }
-                    Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
+                    Err(_) => return self.reply(waiting, Reply::Failed { leader_hint }),
                 }
                 trace!(
                     self,
                     "{id:?} {group:?} reads at {revision} for client {client} (after {:?})",
                     waiting.wait_index
                 );
+                if self.healed_at_us.is_none() && self.rng.chance(TRANSFER_AFTER_READ_PROBABILITY) {
+                    let delay_us = self.rng.range(0, TRANSFER_AFTER_READ_DELAY_US_MAX);
+                    self.events
+                        .push(self.now_us + delay_us, Event::TransferAfterRead(group));
+                }
             }
         }
     }

@@ -78,6 +78,9 @@ pub struct Simulation {
     /// The range leaders' oracle requests for their read floors in flight: request
     /// number → (node, range, the term it leads in).
     pub(crate) floor_fetches: BTreeMap<u64, (NodeId, GroupId, ostrakon_raft::Term)>,
+    /// No crash of the oracle's leader right after a bound before this time
+    /// (`timestamps::CRASH_AFTER_BOUND_PROBABILITY`): bounds come every few ms.
+    pub(crate) next_crash_after_bound_us: u64,
     /// Numbers the next scan, bank, floor or push request.
     pub(crate) next_internal_request: u64,
     /// The clients moving amounts between accounts by transactions across ranges.
@@ -156,6 +159,7 @@ impl Simulation {
             scans: Vec::new(),
             scan_requests: BTreeMap::new(),
             floor_fetches: BTreeMap::new(),
+            next_crash_after_bound_us: 0,
             next_internal_request: 0,
             bank_clients: Vec::new(),
             bank_requests: BTreeMap::new(),
@@ -617,6 +621,11 @@ impl Simulation {
                     self.events.push(next, Event::Nemesis);
                 }
             }
+            Event::TransferAfterRead(group) => {
+                if self.healed_at_us.is_none() {
+                    self.transfer_leadership(group);
+                }
+            }
             Event::HealPartition(id) => {
                 if id == self.partition_id && !self.blocked.is_empty() {
                     trace!(self, "partition {id} heals");
@@ -895,7 +904,15 @@ impl Simulation {
         let replica = self.replica(id, group);
         replica.raw.advance();
         let applied = replica.applied;
-        self.allocate_confirmed_timestamps(id, group);
+        if self.allocate_confirmed_timestamps(id, group) {
+            // The nemesis crashes the oracle's leader before its new bound leaves it, and
+            // restarts it soon: the point is the successor, not a long outage.
+            self.stop(id);
+            trace!(self, "{id:?} crashes right after proposing an oracle bound");
+            let restart_at = self.now_us + self.rng.range(50_000, 300_000);
+            self.events.push(restart_at, Event::Restart(id));
+            return;
+        }
         let result = self
             .invariants
             .entry(group)

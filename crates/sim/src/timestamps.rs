@@ -18,6 +18,15 @@ use crate::kv::Command;
 use crate::node::{Request, Waiting};
 use crate::simulation::{trace, Simulation, META};
 
+/// How often, while faults run, the nemesis crashes the oracle's leader right after it
+/// answered and proposed a new bound, before the bound left the node: the moment a leader that
+/// handed out timestamps beyond its persisted bound leaves its successor below them.
+/// Random crashes reach that moment too, but rarely (it lasts until the next Ready).
+const CRASH_AFTER_BOUND_PROBABILITY: f64 = 0.15;
+/// At most one such crash in this long: with a short window a bound is proposed every
+/// few ms, and the oracle would hardly ever serve.
+const CRASH_AFTER_BOUND_INTERVAL_US_MIN: u64 = 300_000;
+
 /// What every node's wall clock reads at the start of a run (before its skew): a
 /// realistic epoch, so timestamps look like the ones a real cluster hands out.
 const WALL_CLOCK_START_MS: u64 = 1_780_000_000_000;
@@ -45,10 +54,11 @@ impl Simulation {
     }
 
     /// Serves the confirmed timestamp requests at `id` (after its Ready is advanced:
-    /// allocating may propose a new bound).
-    pub(crate) fn allocate_confirmed_timestamps(&mut self, id: NodeId, group: GroupId) {
+    /// allocating may propose a new bound). Returns whether the node is to crash now,
+    /// before its new bound is persisted or sent.
+    pub(crate) fn allocate_confirmed_timestamps(&mut self, id: NodeId, group: GroupId) -> bool {
         if self.replica(id, group).timestamps_confirmed.is_empty() {
-            return;
+            return false;
         }
         assert_eq!(group, META, "only the meta range serves timestamps");
         let now_ms = self.wall_clock_ms(id);
@@ -59,7 +69,7 @@ impl Simulation {
             for waiting in confirmed {
                 self.reply(waiting, Reply::Failed { leader_hint });
             }
-            return;
+            return false;
         }
         let term = replica.raw.term();
         let mut granted = Vec::new();
@@ -81,8 +91,17 @@ impl Simulation {
                 None => replica.timestamps_confirmed.push(waiting),
             }
         }
+        let mut crashes = false;
         for (bound, result) in proposals {
             trace!(self, "{id:?} proposes oracle bound {}: {result:?}", bound.0);
+            crashes |= result.is_ok()
+                && !granted.is_empty()
+                && self.healed_at_us.is_none()
+                && self.now_us >= self.next_crash_after_bound_us
+                && self.rng.chance(CRASH_AFTER_BOUND_PROBABILITY);
+        }
+        if crashes {
+            self.next_crash_after_bound_us = self.now_us + CRASH_AFTER_BOUND_INTERVAL_US_MIN;
         }
         for (waiting, range) in granted {
             trace!(
@@ -98,6 +117,7 @@ impl Simulation {
             };
             self.reply(waiting, Reply::Timestamps(grant));
         }
+        crashes
     }
 
     // --- The timestamp clients ----------------------------------------------------------

