@@ -73,6 +73,11 @@ pub struct ServerArgs {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Past this many bytes of raft log held in memory by all ranges together, the
+    /// heaviest logs are compacted (their entries stay in the WAL until the state
+    /// machine is durable past them; 0: each range compacts only at its snapshots).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub raft_log_memory_bytes: u64,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -232,6 +237,7 @@ impl ServerArgs {
             strict_reconfig_check: self.strict_reconfig_check,
             quiesce: self.raft_quiesce,
             snapshot_entries: self.snapshot_count.max(1),
+            raft_log_memory_bytes: self.raft_log_memory_bytes,
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
             // A joining member learns its id and the cluster's from the running members

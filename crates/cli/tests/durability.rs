@@ -196,6 +196,60 @@ async fn a_member_that_missed_compacted_entries_catches_up_by_snapshot() {
     );
 }
 
+/// The raft logs held in memory are bounded node-wide (`--raft-log-memory-bytes`): over
+/// the budget they are compacted without a snapshot file, a member that missed the
+/// compacted entries is sent a snapshot written when it needs one, and members restart
+/// from a log position that has no file, with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_log_in_memory_is_bounded_node_wide_and_nothing_is_lost() {
+    const BUDGET_BYTES: f64 = 65_536.0;
+    let mut cluster = TestCluster::start(3, &["--raft-log-memory-bytes", "65536"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    let value = "x".repeat(1024);
+    // 400 puts of 1 KiB: over 400 KiB of log, six times the budget.
+    let keys: Vec<String> = (0..400).map(|i| format!("w{i:03}")).collect();
+    for key in &keys[..200] {
+        client.put(key.clone(), value.clone(), None).await.unwrap();
+    }
+    cluster.terminate(lagging);
+    for key in &keys[200..] {
+        client.put(key.clone(), value.clone(), None).await.unwrap();
+    }
+    // The leader weighs its logs every 500 ms: within a few looks they are back under
+    // the budget (a snapshot every 100,000 entries would have kept all 400).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = common::metrics(cluster.members[leader].client_port)["ostrakon_raft_log_bytes"];
+        if held <= BUDGET_BYTES {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader still holds {held} bytes of raft log (budget {BUDGET_BYTES})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.restart(lagging);
+    assert_all_present(&cluster, lagging, &keys, true).await;
+    let log = std::fs::read_to_string(
+        cluster
+            .dir
+            .path()
+            .join(format!("{}.log", cluster.members[lagging].name)),
+    )
+    .unwrap();
+    assert!(
+        log.contains("installed a snapshot"),
+        "the lagging member was sent a snapshot of entries compacted without a file"
+    );
+    // The leader restarts from its compacted log, with everything.
+    cluster.terminate(leader);
+    cluster.restart(leader);
+    assert_all_present(&cluster, leader, &keys, true).await;
+}
+
 /// A member that crashes after installing a received snapshot in its state machine and
 /// before its WAL records the snapshot (a failpoint: the window is too narrow for kill
 /// -9) restarts from the state machine's position. It used to raise its commit index to
@@ -268,10 +322,11 @@ async fn sigterm_stops_cleanly_and_a_restart_keeps_everything() {
 /// The raft log held in memory is bounded in bytes as well as in entries (TiKV and
 /// CockroachDB truncate it by size): 1 MiB values reach the 64 MiB bound long before
 /// etcd's 100,000 entries, a snapshot compacts the log, and a restart after it keeps
-/// everything.
+/// everything. (Without the node-wide bound on the log held in memory, which compacts
+/// it without a file long before: `the_raft_log_in_memory_is_bounded_node_wide...`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_are_snapshotted_by_size_long_before_the_entry_count() {
-    let mut cluster = TestCluster::start(1, &[]).await;
+    let mut cluster = TestCluster::start(1, &["--raft-log-memory-bytes", "0"]).await;
     let mut client = cluster.client(0).await;
     let value = vec![b'x'; 1 << 20];
     let put_range = |range: std::ops::Range<usize>| {

@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub quiesce: bool,
     /// Applied entries between snapshots of the state machine (etcd's `--snapshot-count`).
     pub snapshot_entries: u64,
+    /// `--raft-log-memory-bytes`: past this, the raft logs of all groups together held in
+    /// memory are compacted, heaviest first (`log_budget`; 0: no node-wide bound).
+    pub raft_log_memory_bytes: u64,
     /// How long a client request may wait for commit or a read point.
     pub request_timeout: Duration,
     /// `--quota-backend-bytes`: past this store size, writes that add data raise the

@@ -44,6 +44,9 @@ const SNAPSHOT_WRITERS_MAX: usize = 4;
 /// After a snapshot file could not be written, how long before the next try (a failing
 /// disk fails each at once).
 const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often the raft logs held in memory are weighed against the node-wide budget
+/// (`log_budget`): a look visits every group.
+const LOG_LOOK_INTERVAL: Duration = Duration::from_millis(500);
 /// The state machine's block cache. Reads at the current revision mostly hit the memtables
 /// and the OS page cache; a small cache keeps a member's memory small.
 const STORE_CACHE_BYTES: u64 = 8 << 20;
@@ -122,6 +125,12 @@ pub struct EventLoop {
     snapshot_writers: usize,
     /// Ranges whose snapshot waits for a writer, in the order they asked.
     snapshots_waiting: std::collections::VecDeque<GroupId>,
+    /// The node-wide bound on the raft log held in memory.
+    log_budget: crate::log_budget::LogBudget,
+    /// A sync of the engine before compacting logs over the budget is under way.
+    log_compaction_in_flight: bool,
+    /// When the logs are next weighed against the budget.
+    next_log_look: Instant,
 }
 
 struct FollowAttempt {
@@ -232,6 +241,9 @@ pub fn start(
         crate::leader_spread::LeaderSpread::new(config.tick_interval, config.election_ticks);
     let (range_max_bytes, range_split_qps) = (config.range_max_bytes, config.range_split_qps);
     let snapshot_files = crate::snapshot_files::SnapshotFiles::scan(&layout);
+    let log_budget = crate::log_budget::LogBudget {
+        bytes_max: config.raft_log_memory_bytes,
+    };
     let mut event_loop = EventLoop {
         config,
         snapshot_files,
@@ -266,6 +278,9 @@ pub fn start(
         compactor,
         snapshot_writers: 0,
         snapshots_waiting: std::collections::VecDeque::new(),
+        log_budget,
+        log_compaction_in_flight: false,
+        next_log_look: Instant::now(),
     };
     event_loop.add_group(data);
     event_loop.add_group(meta);
@@ -955,6 +970,7 @@ impl EventLoop {
         if !self.snapshots_waiting.is_empty() {
             self.start_waiting_snapshots();
         }
+        self.weigh_logs();
     }
 
     /// The group counts as they are now: also after a round that woke or quiesced a
@@ -1205,6 +1221,7 @@ impl EventLoop {
                 file_bytes,
             } => self.snapshot_created(group, meta, file_bytes),
             Input::SnapshotFailed { group } => self.snapshot_failed(group),
+            Input::LogsCompactable { metas } => self.compact_logs(metas),
             Input::TransferLeader {
                 group,
                 target,
@@ -1799,10 +1816,13 @@ impl EventLoop {
         let Some(replica) = self.replicas.get(&group) else {
             return;
         };
-        if replica.node.role() != Role::Leader
-            || replica.snapshot_in_progress
-            || replica.snapshot_index >= replica.span_changed_at
-        {
+        // The newest file, not the log's snapshot position: the log is also compacted
+        // without a file (`compact_logs`).
+        let file_after_split = self
+            .snapshot_files
+            .newest(group)
+            .is_some_and(|index| index >= replica.span_changed_at);
+        if replica.node.role() != Role::Leader || replica.snapshot_in_progress || file_after_split {
             return;
         }
         tracing::info!(
@@ -1861,6 +1881,100 @@ impl EventLoop {
             index = meta.index.0,
             "snapshot taken, log compacted"
         );
+    }
+
+    /// Every `LOG_LOOK_INTERVAL`: weighs the raft logs held in memory and, over the
+    /// budget, writes down the applied position of the heaviest groups' state machines
+    /// and syncs the engine on a thread; the logs are compacted when it is durable
+    /// (`compact_logs`). One such sync at a time.
+    fn weigh_logs(&mut self) {
+        let now = Instant::now();
+        if self.log_compaction_in_flight || now < self.next_log_look {
+            return;
+        }
+        self.next_log_look = now + LOG_LOOK_INTERVAL;
+        let logs: Vec<(GroupId, u64)> = self
+            .replicas
+            .iter()
+            .map(|(&group, replica)| (group, replica.node.log_bytes()))
+            .collect();
+        let total: u64 = logs.iter().map(|&(_, bytes)| bytes).sum();
+        crate::metrics::metrics().raft_log_bytes.set(total as i64);
+        let follower_window_ticks = 2 * u64::from(self.config.election_ticks);
+        let mut metas = Vec::new();
+        let mut store = None;
+        for group in self.log_budget.pick(logs) {
+            let replica = self.replicas.get(&group).expect("weighed above");
+            if !replica.held_entries.is_empty() {
+                continue; // Held for a merge: its store is behind its log.
+            }
+            let applied = replica.store.applied();
+            let floor = replica.node.compaction_floor(follower_window_ticks);
+            let index = applied.index.min(floor);
+            if index <= replica.snapshot_index {
+                continue;
+            }
+            // The membership at `index` is the applied one unless it changed since.
+            let conf_changed = (index.0 + 1..=applied.index.0).any(|i| {
+                matches!(
+                    replica.node.log_entry(LogIndex(i)).map(|e| &e.payload),
+                    Some(ostrakon_raft::EntryPayload::ConfChange(_))
+                )
+            });
+            if conf_changed {
+                continue;
+            }
+            let term = replica
+                .node
+                .log_term(index)
+                .expect("an index above the snapshot and applied is in the log");
+            replica.store.write_applied();
+            store.get_or_insert_with(|| replica.store.clone());
+            metas.push((
+                group,
+                SnapshotMeta {
+                    index,
+                    term,
+                    conf_state: applied.conf_state,
+                },
+            ));
+        }
+        let Some(store) = store else {
+            return;
+        };
+        let done = self.input_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ostrakon-log-sync".into())
+            .spawn(move || {
+                // Every range's store is a view of one engine: one sync makes each
+                // position written down above durable.
+                store.sync();
+                let _ = done.send(Input::LogsCompactable { metas });
+            });
+        match spawned {
+            Ok(_) => self.log_compaction_in_flight = true,
+            Err(error) => tracing::error!(%error, "could not start a log sync; will retry"),
+        }
+    }
+
+    /// The state machine is durable up to each position: the WAL records it as the
+    /// group's snapshot position (its segments before it may go) and the raft log before
+    /// it goes. No file is written: a follower that needs one gets it when sent
+    /// (`SnapshotSent::NoFile`).
+    fn compact_logs(&mut self, metas: Vec<(GroupId, SnapshotMeta)>) {
+        self.log_compaction_in_flight = false;
+        for (group, meta) in metas {
+            let Some(replica) = self.replicas.get_mut(&group) else {
+                continue; // Merged away meanwhile.
+            };
+            if meta.index <= replica.snapshot_index {
+                continue; // A snapshot (made or received) moved the log past it.
+            }
+            self.wal.set_snapshot(group, meta.clone());
+            replica.node.compact(meta.index, meta.conf_state);
+            replica.snapshot_index = meta.index;
+            replica.log_bytes_since_snapshot = 0;
+        }
     }
 
     fn stop(mut self) {

@@ -147,6 +147,12 @@ pub enum Input {
         /// The file's size.
         file_bytes: u64,
     },
+    /// The state machine is durable up to each of these positions (one sync of the
+    /// engine, `log_budget`): each group's raft log before its position may go.
+    LogsCompactable {
+        /// Each group's position.
+        metas: Vec<(GroupId, SnapshotMeta)>,
+    },
     /// A snapshot file could not be written (logged where it failed): the group may
     /// start another.
     SnapshotFailed {
@@ -224,6 +230,7 @@ impl Input {
             Input::SnapshotReport { .. } => "SnapshotReport",
             Input::SnapshotCreated { .. } => "SnapshotCreated",
             Input::SnapshotFailed { .. } => "SnapshotFailed",
+            Input::LogsCompactable { .. } => "LogsCompactable",
             Input::TransferLeader { .. } => "TransferLeader",
             Input::ChangeMembership { .. } => "ChangeMembership",
             Input::Freeze { .. } => "Freeze",
@@ -253,6 +260,7 @@ impl Input {
             | Input::RaftStatus { group, .. } => Some(*group),
             Input::Timestamps { .. } => Some(crate::META_GROUP),
             Input::Unreachable(_)
+            | Input::LogsCompactable { .. }
             | Input::RemovedByPeer(_)
             | Input::RevisionsGranted { .. }
             | Input::Shutdown => None,

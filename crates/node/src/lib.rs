@@ -33,6 +33,7 @@ pub mod lessor;
 pub mod liveness;
 pub mod load_split;
 pub mod local_directory;
+mod log_budget;
 pub(crate) mod merge;
 mod merge_coordinator;
 mod merge_queue;

@@ -271,6 +271,8 @@ pub struct Metrics {
     pub raft_groups: Gauge,
     /// Raft groups hosted here that are quiesced (neither ticked nor heartbeating).
     pub raft_groups_quiesced: Gauge,
+    /// What the raft logs of every group here weigh in memory, at the last look.
+    pub raft_log_bytes: Gauge,
     /// Raft groups this member leads.
     pub raft_groups_led: Gauge,
     /// Ranges here frozen for a merge.
@@ -332,6 +334,7 @@ impl Metrics {
             inputs_refused: Counter::default(),
             raft_groups: Gauge::default(),
             raft_groups_quiesced: Gauge::default(),
+            raft_log_bytes: Gauge::default(),
             raft_groups_led: Gauge::default(),
             ranges_frozen: Gauge::default(),
             range_splits: Counter::default(),
@@ -459,6 +462,12 @@ impl Metrics {
             "gauge",
             "Raft groups on this member that are quiesced: idle, neither ticked nor heartbeating.",
             self.raft_groups_quiesced.get().to_string(),
+        );
+        scalar(
+            "ostrakon_raft_log_bytes",
+            "gauge",
+            "Bytes of raft log entries every group on this member holds in memory (bounded by --raft-log-memory-bytes).",
+            self.raft_log_bytes.get().to_string(),
         );
         scalar(
             "ostrakon_ranges_frozen",

@@ -27,6 +27,18 @@ pub struct RaftLog {
     unstable_from: LogIndex,
     /// A snapshot received from the leader that the application must install.
     pending_snapshot: Option<SnapshotMeta>,
+    /// What `entries` weigh in memory (`entry_bytes` of each): the runtime bounds the
+    /// sum over its groups.
+    bytes: u64,
+}
+
+/// What an entry held in the log weighs: its payload and its place in the vector.
+fn entry_bytes(entry: &Entry) -> u64 {
+    entry.payload_bytes() + std::mem::size_of::<Entry>() as u64
+}
+
+fn entries_bytes(entries: &[Entry]) -> u64 {
+    entries.iter().map(entry_bytes).sum()
 }
 
 impl RaftLog {
@@ -58,6 +70,7 @@ impl RaftLog {
         );
         RaftLog {
             snapshot,
+            bytes: entries_bytes(&entries),
             entries,
             committed,
             applied,
@@ -65,6 +78,11 @@ impl RaftLog {
             unstable_from: last.next(),
             pending_snapshot: None,
         }
+    }
+
+    /// What the entries held in memory weigh.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The first index still in the log (after the snapshot).
@@ -173,6 +191,7 @@ impl RaftLog {
             entry.term >= self.last_term(),
             "leader appends must not go back in term"
         );
+        self.bytes += entry_bytes(&entry);
         self.entries.push(entry);
     }
 
@@ -202,6 +221,7 @@ impl RaftLog {
             let last = self.last_index();
             for entry in &entries[start..] {
                 if entry.index > last {
+                    self.bytes += entry_bytes(entry);
                     self.entries.push(entry.clone());
                 }
             }
@@ -209,6 +229,7 @@ impl RaftLog {
             return;
         }
         self.truncate_from(conflict);
+        self.bytes += entries_bytes(&entries[start..]);
         self.entries.extend_from_slice(&entries[start..]);
     }
 
@@ -221,8 +242,9 @@ impl RaftLog {
             index <= self.last_index().next(),
             "truncation beyond the end"
         );
-        self.entries
-            .truncate((index.0 - self.first_index().0) as usize);
+        let keep = (index.0 - self.first_index().0) as usize;
+        self.bytes -= entries_bytes(&self.entries[keep..]);
+        self.entries.truncate(keep);
         if self.persisted >= index {
             // The durable copy of these entries is now stale; the application overwrites
             // it when it persists the replacements.
@@ -266,7 +288,8 @@ impl RaftLog {
             meta.index,
             self.committed
         );
-        self.entries.clear();
+        self.entries = Vec::new();
+        self.bytes = 0;
         self.committed = meta.index;
         self.applied = meta.index;
         self.persisted = meta.index;
@@ -292,7 +315,13 @@ impl RaftLog {
             "snapshot term must match the log"
         );
         let drop_count = (meta.index.0 - self.snapshot.index.0) as usize;
+        self.bytes -= entries_bytes(&self.entries[..drop_count]);
         self.entries.drain(..drop_count);
+        // A log that was long keeps its vector's room otherwise (100,000 entries of a
+        // busy range are megabytes with nothing in them).
+        if self.entries.capacity() > 2 * self.entries.len() + 1024 {
+            self.entries.shrink_to(2 * self.entries.len() + 1024);
+        }
         self.snapshot = meta;
     }
 
@@ -446,6 +475,51 @@ mod tests {
         assert_eq!(log.term(LogIndex(1)), None);
         assert_eq!(log.first_index(), LogIndex(3));
         assert!(log.slice(LogIndex(2), LogIndex(4), u64::MAX, 10).is_none());
+    }
+
+    #[test]
+    fn the_log_weighs_what_it_holds_through_appends_truncations_and_compactions() {
+        let with_data = |index: u64, term: u64, len: usize| Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            payload: EntryPayload::Normal(bytes::Bytes::from(vec![7u8; len])),
+        };
+        let slot = std::mem::size_of::<Entry>() as u64;
+        let mut log = RaftLog::restore(
+            SnapshotMeta::default(),
+            Vec::new(),
+            LogIndex(0),
+            LogIndex(0),
+        );
+        assert_eq!(log.bytes(), 0);
+        log.append_own(with_data(1, 1, 100));
+        log.append_own(with_data(2, 1, 200));
+        log.append_own(with_data(3, 1, 300));
+        assert_eq!(log.bytes(), 600 + 3 * slot);
+        // A leader of term 2 replaces entry 3 with one of 50 bytes, and adds one of 10.
+        log.append_from_leader(&[with_data(3, 2, 50), with_data(4, 2, 10)], false);
+        assert_eq!(log.bytes(), 360 + 4 * slot);
+        log.commit_to(LogIndex(4));
+        log.take_committed(u64::MAX);
+        log.compact(SnapshotMeta {
+            index: LogIndex(2),
+            term: Term(1),
+            ..SnapshotMeta::default()
+        });
+        assert_eq!(log.bytes(), 60 + 2 * slot);
+        let restored = RaftLog::restore(
+            SnapshotMeta::default(),
+            vec![with_data(1, 1, 5), with_data(2, 1, 6)],
+            LogIndex(0),
+            LogIndex(0),
+        );
+        assert_eq!(restored.bytes(), 11 + 2 * slot);
+        log.restore_snapshot(SnapshotMeta {
+            index: LogIndex(9),
+            term: Term(2),
+            ..SnapshotMeta::default()
+        });
+        assert_eq!(log.bytes(), 0);
     }
 
     #[test]

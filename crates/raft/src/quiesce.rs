@@ -218,9 +218,16 @@ impl Raft {
     ///
     /// A follower woken by another voter's pre-vote before it was told of the death is
     /// treated as still quiesced until it hears from its leader: otherwise it would keep
-    /// the dead leader, and refuse votes for it, for a whole election timeout. Its
-    /// promise is worth nothing to that leader: a woken leader counts for its lease only
-    /// acknowledgements of heartbeats sent after it woke, which this member has not had.
+    /// the dead leader, and refuse votes for it, for a whole election timeout. Woken, it
+    /// has been ticking: its election timer is left as it is.
+    ///
+    /// Why forgetting the leader keeps the lease promise, asleep or woken: the report
+    /// comes only after this node heard nothing from the leader's node (raft messages
+    /// included) for a whole election timeout of its own clock, longer than any lease
+    /// the leader may hold from this member's acknowledgements (a lease lasts a fraction
+    /// of the election timeout, and a leader that slept counts only acknowledgements of
+    /// heartbeats sent after it woke). Runtimes must keep that: liveness reports a node
+    /// down after at least an election timeout of silence.
     pub fn report_node_down(&mut self, node: NodeId) {
         self.down_peers.insert(node);
         let asleep_under_leader = self.quiesced || self.leader_unheard_since_wake;
@@ -233,6 +240,7 @@ impl Raft {
                 if self.has_bug(BugKind::NodeDownIgnored) {
                     return;
                 }
+                let was_awake = !self.quiesced;
                 self.wake();
                 self.leader = NodeId::NONE;
                 self.leader_unheard_since_wake = false;
@@ -242,6 +250,8 @@ impl Raft {
                         .heartbeat_ticks
                         .saturating_mul(FIRST_CAMPAIGN_DELAY_HEARTBEATS);
                     self.randomized_election_ticks.saturating_sub(delay)
+                } else if was_awake {
+                    self.election_elapsed_ticks
                 } else {
                     0
                 };

@@ -486,6 +486,34 @@ impl RawNode {
     pub fn snapshot_meta(&self) -> &SnapshotMeta {
         self.raft.log.snapshot()
     }
+
+    /// What the entries held in memory weigh (payloads and a fixed cost per entry).
+    pub fn log_bytes(&self) -> u64 {
+        self.raft.log.bytes()
+    }
+
+    /// How far the log may be compacted without sending a snapshot to a follower that
+    /// keeps up: as a leader, the lowest match index of the followers heard from within
+    /// `within_ticks` ticks, not reported down and not being sent a snapshot (a follower
+    /// away that long is sent a snapshot anyway, as TiKV's raft log GC does once the log
+    /// is too large); otherwise no limit (`LogIndex(u64::MAX)`).
+    pub fn compaction_floor(&self, within_ticks: u64) -> LogIndex {
+        let raft = &self.raft;
+        if raft.role != Role::Leader {
+            return LogIndex(u64::MAX);
+        }
+        let since_tick = raft.now_ticks.saturating_sub(within_ticks);
+        raft.progress
+            .iter()
+            .filter(|(id, p)| {
+                !raft.down_peers.contains(id)
+                    && !matches!(p.state, ProgressState::Snapshot { .. })
+                    && p.heard_at_tick.is_some_and(|tick| tick >= since_tick)
+            })
+            .map(|(_, p)| p.match_index)
+            .min()
+            .unwrap_or(LogIndex(u64::MAX))
+    }
 }
 
 fn soft_state(raft: &Raft) -> SoftState {

@@ -376,3 +376,28 @@ fn a_commit_known_elsewhere_applies_the_entries_a_follower_holds() {
     cluster.process(id(2));
     assert_eq!(cluster.applied_data(id(2)), vec!["frozen"]);
 }
+
+#[test]
+fn the_compaction_floor_is_the_lowest_match_of_the_followers_that_keep_up() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    cluster.propose(id(1), "a").unwrap();
+    cluster.stabilize();
+    let last = cluster.node(id(1)).last_index();
+    // Every follower holds everything: the whole log may go.
+    assert_eq!(cluster.node(id(1)).compaction_floor(10), last);
+    // A follower is cut off: while it was heard from lately, the floor waits for it.
+    cluster.isolate(id(3));
+    cluster.propose(id(1), "b").unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.node(id(1)).compaction_floor(10), last);
+    // Once silent for longer than the window, it no longer holds the log back (it
+    // would be sent a snapshot).
+    cluster.tick_all(12);
+    assert_eq!(
+        cluster.node(id(1)).compaction_floor(10),
+        cluster.node(id(1)).last_index()
+    );
+    // A follower's floor is not its business: no limit.
+    assert_eq!(cluster.node(id(2)).compaction_floor(10), LogIndex(u64::MAX));
+}

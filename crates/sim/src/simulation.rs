@@ -904,15 +904,7 @@ impl Simulation {
         let replica = self.replica(id, group);
         replica.raw.advance();
         let applied = replica.applied;
-        if self.allocate_confirmed_timestamps(id, group) {
-            // The nemesis crashes the oracle's leader before its new bound leaves it, and
-            // restarts it soon: the point is the successor, not a long outage.
-            self.stop(id);
-            trace!(self, "{id:?} crashes right after proposing an oracle bound");
-            let restart_at = self.now_us + self.rng.range(50_000, 300_000);
-            self.events.push(restart_at, Event::Restart(id));
-            return;
-        }
+        let crashes = self.allocate_confirmed_timestamps(id, group);
         let result = self
             .invariants
             .entry(group)
@@ -922,6 +914,16 @@ impl Simulation {
             self.fail_in(group, violation);
         }
         self.check_replica(id, group);
+        if crashes {
+            // The nemesis crashes the oracle's leader before its new bound leaves it
+            // (after the checks: advancing may have moved the commit index), and
+            // restarts it soon: the point is the successor, not a long outage.
+            self.stop(id);
+            trace!(self, "{id:?} crashes right after proposing an oracle bound");
+            let restart_at = self.now_us + self.rng.range(50_000, 300_000);
+            self.events.push(restart_at, Event::Restart(id));
+            return;
+        }
         while let Some(input) = self.replica(id, group).inbox.pop_front() {
             self.handle_input(id, group, input);
         }

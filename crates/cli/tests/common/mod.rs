@@ -216,10 +216,18 @@ impl TestCluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        // A CI run of the etcd API's tests on a keyspace that splits eagerly.
+        // A CI run of the etcd API's tests on a keyspace that splits eagerly, and whose
+        // raft logs are compacted eagerly (past 16 KiB held by the member, without a
+        // snapshot file: members catch up by snapshots written when they need one).
         if let Ok(bytes) = std::env::var(SPLIT_EAGERLY_ENV) {
             if !extra_args.iter().any(|arg| arg == "--range-max-bytes") {
                 extra_args.extend(["--range-max-bytes".to_string(), bytes]);
+            }
+            if !extra_args
+                .iter()
+                .any(|arg| arg == "--raft-log-memory-bytes")
+            {
+                extra_args.extend(["--raft-log-memory-bytes".to_string(), "16384".to_string()]);
             }
         }
         TestCluster {

@@ -750,10 +750,7 @@ impl MvccStore {
 
     /// Makes everything written so far durable (before the raft log may forget it).
     pub fn persist(&self) {
-        let applied = self.applied();
-        let mut batch = self.keyspace.batch();
-        self.put_applied(&mut batch, applied.index, applied.term);
-        engine("committing a batch", batch.commit());
+        self.write_applied();
         engine(
             "persisting the state machine",
             self.keyspace.persist(PersistMode::SyncAll),
@@ -766,10 +763,7 @@ impl MvccStore {
     /// moves it without a write), so once `sync` has run the store on disk is at or beyond
     /// the frozen position and the raft log before it may go.
     pub fn freeze(&self) -> FrozenState {
-        let applied = self.applied();
-        let mut batch = self.keyspace.batch();
-        self.put_applied(&mut batch, applied.index, applied.term);
-        engine("committing a batch", batch.commit());
+        let applied = self.write_applied();
         let (txn_locks, txn_outcomes) = txn_tables::records_of_tables(
             &self.txn_locks.lock().unwrap(),
             &self.txn_outcomes.lock().unwrap(),
@@ -795,6 +789,18 @@ impl MvccStore {
             kv: self.kv.snapshot(),
             span: self.span(),
         }
+    }
+
+    /// Writes the applied position down, without syncing (an empty entry moves it
+    /// without a write): once `sync` has run, the store on disk is at or beyond it, and
+    /// the raft log up to it may go. Must be called by the writer, between applies.
+    /// Returns the position written.
+    pub fn write_applied(&self) -> AppliedState {
+        let applied = self.applied();
+        let mut batch = self.keyspace.batch();
+        self.put_applied(&mut batch, applied.index, applied.term);
+        engine("committing a batch", batch.commit());
+        applied
     }
 
     /// Makes every write committed so far durable, without touching the applied position
