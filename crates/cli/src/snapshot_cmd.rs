@@ -264,7 +264,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         strict_reconfig_check: true,
         quiesce: true,
         snapshot_entries: 100_000,
-        raft_log_memory_bytes: 32 << 20,
+        raft_log_memory_bytes: 4 << 20,
         request_timeout: Duration::from_secs(7),
         quota_backend_bytes: 0,
         range_max_bytes: 0,
