@@ -233,8 +233,28 @@ async fn the_raft_log_in_memory_is_bounded_node_wide_and_nothing_is_lost() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Writes go on while the member catches up, so the leader goes on compacting: the
+    // snapshot it writes for the member must not be compacted past before it is sent
+    // (it was, over and over, while the member waited).
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (writing, mut client, value) = (writing.clone(), client.clone(), value.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let mut i = 0;
+            while writing.load(Ordering::Relaxed) && Instant::now() < deadline {
+                client
+                    .put(format!("x{i:05}"), value.clone(), None)
+                    .await
+                    .unwrap();
+                i += 1;
+            }
+        })
+    };
     cluster.restart(lagging);
     assert_all_present(&cluster, lagging, &keys, true).await;
+    writing.store(false, Ordering::Relaxed);
+    writer.await.unwrap();
     // Of entries compacted without a file.
     assert_installed_a_snapshot(&cluster, lagging);
     // The leader restarts from its compacted log, with everything.

@@ -47,6 +47,9 @@ const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How often the raft logs held in memory are weighed against the node-wide budget
 /// (`log_budget`): a look visits every group.
 const LOG_LOOK_INTERVAL: Duration = Duration::from_millis(500);
+/// At most this many groups compacted per look: each writes its applied position down
+/// on the loop (a restarted node at 100,000 ranges holds a little log in each).
+const LOG_COMPACTIONS_PER_LOOK_MAX: usize = 1_000;
 /// The state machine's block cache. Reads at the current revision mostly hit the memtables
 /// and the OS page cache; a small cache keeps a member's memory small.
 const STORE_CACHE_BYTES: u64 = 8 << 20;
@@ -1900,44 +1903,22 @@ impl EventLoop {
             .collect();
         let total: u64 = logs.iter().map(|&(_, bytes)| bytes).sum();
         crate::metrics::metrics().raft_log_bytes.set(total as i64);
+        let (candidates, to_free) = self.log_budget.candidates(logs);
         let follower_window_ticks = 2 * u64::from(self.config.election_ticks);
-        let mut metas = Vec::new();
+        let (mut metas, mut freed) = (Vec::new(), 0);
         let mut store = None;
-        for group in self.log_budget.pick(logs) {
+        for (group, bytes) in candidates {
+            if freed >= to_free || metas.len() >= LOG_COMPACTIONS_PER_LOOK_MAX {
+                break;
+            }
             let replica = self.replicas.get(&group).expect("weighed above");
-            if !replica.held_entries.is_empty() {
-                continue; // Held for a merge: its store is behind its log.
-            }
-            let applied = replica.store.applied();
-            let floor = replica.node.compaction_floor(follower_window_ticks);
-            let index = applied.index.min(floor);
-            if index <= replica.snapshot_index {
+            let Some(meta) = crate::log_budget::compactable(replica, follower_window_ticks) else {
                 continue;
-            }
-            // The membership at `index` is the applied one unless it changed since.
-            let conf_changed = (index.0 + 1..=applied.index.0).any(|i| {
-                matches!(
-                    replica.node.log_entry(LogIndex(i)).map(|e| &e.payload),
-                    Some(ostrakon_raft::EntryPayload::ConfChange(_))
-                )
-            });
-            if conf_changed {
-                continue;
-            }
-            let term = replica
-                .node
-                .log_term(index)
-                .expect("an index above the snapshot and applied is in the log");
+            };
             replica.store.write_applied();
             store.get_or_insert_with(|| replica.store.clone());
-            metas.push((
-                group,
-                SnapshotMeta {
-                    index,
-                    term,
-                    conf_state: applied.conf_state,
-                },
-            ));
+            metas.push((group, meta));
+            freed += bytes;
         }
         let Some(store) = store else {
             return;
@@ -1967,8 +1948,17 @@ impl EventLoop {
             let Some(replica) = self.replicas.get_mut(&group) else {
                 continue; // Merged away meanwhile.
             };
-            if meta.index <= replica.snapshot_index {
+            let log_snapshot = replica.node.snapshot_meta().index;
+            if meta.index <= replica.snapshot_index.max(log_snapshot) {
                 continue; // A snapshot (made or received) moved the log past it.
+            }
+            if replica.node.log_term(meta.index) != Some(meta.term) {
+                continue; // Not the log it was taken from (a replica replaced meanwhile).
+            }
+            if replica.snapshot_in_progress {
+                // A file being written (a follower waits for it): compacting past it
+                // would make it useless before it is sent.
+                continue;
             }
             self.wal.set_snapshot(group, meta.clone());
             replica.node.compact(meta.index, meta.conf_state);

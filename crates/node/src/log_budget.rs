@@ -15,7 +15,9 @@
 //! only up to what its followers that keep up hold (`RawNode::compaction_floor`), so
 //! they are not sent snapshots for a few entries in flight.
 
-use ostrakon_raft::GroupId;
+use ostrakon_raft::{EntryPayload, GroupId, LogIndex, SnapshotMeta};
+
+use crate::replica::Replica;
 
 /// How the heaviest logs are picked for compaction.
 #[derive(Clone, Copy, Debug)]
@@ -25,30 +27,61 @@ pub struct LogBudget {
 }
 
 impl LogBudget {
-    /// The groups to compact, heaviest first, given every group's log weight: none while
-    /// the total is within the budget; else the fewest whose logs bring it down to half
-    /// the budget (the rest of the budget is room for the writes until the next look).
-    pub fn pick(&self, logs: impl IntoIterator<Item = (GroupId, u64)>) -> Vec<GroupId> {
-        if self.bytes_max == 0 {
-            return Vec::new();
+    /// The groups to try to compact, heaviest first, and how many bytes their
+    /// compactions should free: nothing while the total is within the budget; else down
+    /// to half the budget (the rest is room for the writes until the next look). The
+    /// caller takes groups in order until it freed that much: some cannot be compacted
+    /// now (a follower behind, a merge holding entries).
+    pub fn candidates(&self, logs: Vec<(GroupId, u64)>) -> (Vec<(GroupId, u64)>, u64) {
+        let total: u64 = logs.iter().map(|&(_, bytes)| bytes).sum();
+        if self.bytes_max == 0 || total <= self.bytes_max {
+            return (Vec::new(), 0);
         }
         let mut logs: Vec<(GroupId, u64)> = logs.into_iter().filter(|&(_, b)| b > 0).collect();
-        let mut total: u64 = logs.iter().map(|&(_, bytes)| bytes).sum();
-        if total <= self.bytes_max {
-            return Vec::new();
-        }
         logs.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let low_water = self.bytes_max / 2;
-        let mut picked = Vec::new();
-        for (group, bytes) in logs {
-            if total <= low_water {
-                break;
-            }
-            picked.push(group);
-            total -= bytes;
-        }
-        picked
+        (logs, total - self.bytes_max / 2)
     }
+}
+
+/// Where `replica`'s log may be compacted to now, if anywhere past its snapshot: the
+/// state machine's applied position, or below it a leader's compaction floor (its
+/// followers heard from within `follower_window_ticks`). None for a range holding
+/// entries for a merge (its store is behind its log), writing a snapshot file (a
+/// follower waits for it), or whose membership changed between the two positions (the
+/// snapshot position's membership must be the one at its index).
+pub(crate) fn compactable(replica: &Replica, follower_window_ticks: u64) -> Option<SnapshotMeta> {
+    if !replica.held_entries.is_empty() || replica.snapshot_in_progress {
+        return None;
+    }
+    let applied = replica.store.applied();
+    let floor = replica.node.compaction_floor(follower_window_ticks);
+    let index = applied.index.min(floor);
+    // Raft's own snapshot position first: one just received is installed in the store
+    // (and `snapshot_index`) only when its Ready is handled.
+    let snapshot = replica
+        .snapshot_index
+        .max(replica.node.snapshot_meta().index);
+    if index <= snapshot {
+        return None;
+    }
+    let conf_changed = (index.0 + 1..=applied.index.0).any(|i| {
+        matches!(
+            replica
+                .node
+                .log_entry(LogIndex(i))
+                .map(|entry| &entry.payload),
+            Some(EntryPayload::ConfChange(_))
+        )
+    });
+    if conf_changed {
+        return None;
+    }
+    let term = replica.node.log_term(index)?;
+    Some(SnapshotMeta {
+        index,
+        term,
+        conf_state: applied.conf_state,
+    })
 }
 
 #[cfg(test)]
@@ -58,22 +91,27 @@ mod tests {
     #[test]
     fn nothing_is_compacted_within_the_budget() {
         let budget = LogBudget { bytes_max: 100 };
-        assert!(budget.pick([(GroupId(1), 60), (GroupId(2), 40)]).is_empty());
+        let (groups, to_free) = budget.candidates(vec![(GroupId(1), 60), (GroupId(2), 40)]);
+        assert!(groups.is_empty());
+        assert_eq!(to_free, 0);
         let unbounded = LogBudget { bytes_max: 0 };
-        assert!(unbounded.pick([(GroupId(1), 1 << 40)]).is_empty());
+        assert_eq!(unbounded.candidates(vec![(GroupId(1), 1 << 40)]).1, 0);
     }
 
     #[test]
-    fn the_heaviest_logs_go_until_half_the_budget_is_left() {
+    fn the_heaviest_logs_come_first_until_half_the_budget_is_left() {
         let budget = LogBudget { bytes_max: 100 };
-        let logs = [
+        let logs = vec![
             (GroupId(1), 10),
             (GroupId(2), 70),
             (GroupId(3), 30),
-            (GroupId(4), 25),
+            (GroupId(4), 30),
             (GroupId(5), 0),
         ];
-        // 135 in all: without group 2, 65; without group 3 too, 35 (at most 50).
-        assert_eq!(budget.pick(logs), vec![GroupId(2), GroupId(3)]);
+        // 140 in all: 90 to free to be left with 50.
+        let (groups, to_free) = budget.candidates(logs);
+        assert_eq!(to_free, 90);
+        let order: Vec<GroupId> = groups.iter().map(|&(group, _)| group).collect();
+        assert_eq!(order, vec![GroupId(2), GroupId(3), GroupId(4), GroupId(1)]);
     }
 }

@@ -494,9 +494,11 @@ impl RawNode {
 
     /// How far the log may be compacted without sending a snapshot to a follower that
     /// keeps up: as a leader, the lowest match index of the followers heard from within
-    /// `within_ticks` ticks, not reported down and not being sent a snapshot (a follower
-    /// away that long is sent a snapshot anyway, as TiKV's raft log GC does once the log
-    /// is too large); otherwise no limit (`LogIndex(u64::MAX)`).
+    /// `within_ticks` ticks and not reported down (a follower away that long is sent a
+    /// snapshot anyway, as TiKV's raft log GC does once the log is too large); a
+    /// follower being sent a snapshot counts at that snapshot's index, so the snapshot
+    /// it waits for (a file written when it was first needed) is not compacted past
+    /// before it is sent. Otherwise no limit (`LogIndex(u64::MAX)`).
     pub fn compaction_floor(&self, within_ticks: u64) -> LogIndex {
         let raft = &self.raft;
         if raft.role != Role::Leader {
@@ -507,10 +509,12 @@ impl RawNode {
             .iter()
             .filter(|(id, p)| {
                 !raft.down_peers.contains(id)
-                    && !matches!(p.state, ProgressState::Snapshot { .. })
                     && p.heard_at_tick.is_some_and(|tick| tick >= since_tick)
             })
-            .map(|(_, p)| p.match_index)
+            .map(|(_, p)| match p.state {
+                ProgressState::Snapshot { pending_index } => pending_index,
+                _ => p.match_index,
+            })
             .min()
             .unwrap_or(LogIndex(u64::MAX))
     }
