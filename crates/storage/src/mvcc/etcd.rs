@@ -4,6 +4,7 @@
 //! done by the server before a request is proposed; what needs state is done here, at
 //! apply time, identically on every member.
 
+use bytes::Bytes;
 use ostrakon_proto::etcdserverpb::AlarmType;
 use ostrakon_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
@@ -16,6 +17,7 @@ use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
 use ostrakon_raft::{GroupId, LogIndex, Term};
 
 use super::auth::AuthError;
+use super::latest::KeyMeta;
 use super::store::{ReadView, WriteTxn};
 use super::{MemberChange, MvccError, MvccStore, Revision};
 
@@ -33,6 +35,8 @@ trait RangeSource {
     /// Whether there are writes not yet in the view (a write transaction's own).
     fn has_own_writes(&self) -> bool;
     fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue>;
+    /// The newest live version of one key as of now, without its value.
+    fn latest_meta(&self, key: &[u8]) -> Option<KeyMeta>;
     fn response_revision(&self) -> Revision;
 }
 
@@ -45,6 +49,9 @@ impl RangeSource for ReadView {
     }
     fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
         self.range(key, range_end, self.current_revision())
+    }
+    fn latest_meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        ReadView::latest_meta(self, key)
     }
     fn response_revision(&self) -> Revision {
         self.current_revision()
@@ -60,6 +67,9 @@ impl RangeSource for WriteTxn<'_> {
     }
     fn range_latest(&self, key: &[u8], range_end: &[u8]) -> Vec<KeyValue> {
         WriteTxn::range_latest(self, key, range_end)
+    }
+    fn latest_meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        WriteTxn::latest_meta(self, key)
     }
     fn response_revision(&self) -> Revision {
         WriteTxn::response_revision(self)
@@ -741,22 +751,29 @@ fn apply_put(
     if put_in == PutIn::Request && put.lease != 0 && txn.lease(put.lease).is_none() {
         return Err(MvccError::LeaseNotFound);
     }
-    let previous = txn.range_latest(&put.key, b"").pop();
-    if (put.ignore_value || put.ignore_lease) && previous.is_none() {
+    // The index has all a plain put needs; the stored version (its value) is read only
+    // for prev_kv or ignore_value.
+    let previous_meta = txn.latest_meta(&put.key);
+    if (put.ignore_value || put.ignore_lease) && previous_meta.is_none() {
         return Err(MvccError::KeyNotFound);
     }
+    let previous = if put.prev_kv || put.ignore_value {
+        txn.range_latest(&put.key, b"").pop()
+    } else {
+        None
+    };
     let value = match (&previous, put.ignore_value) {
         (Some(previous), true) => previous.value.clone(),
         _ => put.value.clone(),
     };
-    let lease = match (&previous, put.ignore_lease) {
+    let lease = match (&previous_meta, put.ignore_lease) {
         (Some(previous), true) => previous.lease,
         _ => put.lease,
     };
     if lease != 0 && txn.lease(lease).is_none() {
         return Err(MvccError::LeaseNotFound);
     }
-    let previous = txn.put(put.key.clone(), value, lease);
+    txn.put(put.key.clone(), value, lease);
     Ok(PutResponse {
         header: None,
         prev_kv: if put.prev_kv { previous } else { None },
@@ -831,7 +848,7 @@ fn check_txn(txn: &WriteTxn<'_>, request: &TxnRequest, path: &TxnPath) -> Result
         let Some(request_op::Request::RequestPut(put)) = &op.request else {
             return Ok(());
         };
-        if (put.ignore_value || put.ignore_lease) && txn.range_latest(&put.key, b"").is_empty() {
+        if (put.ignore_value || put.ignore_lease) && txn.latest_meta(&put.key).is_none() {
             return Err(MvccError::KeyNotFound);
         }
         if put.lease != 0 && txn.lease(put.lease).is_none() {
@@ -1053,6 +1070,15 @@ pub fn read_txn_across(
 /// etcd's compare: every key in the range must satisfy it; over no keys, a VALUE
 /// compare fails and the others compare against a zero-valued key.
 fn compare_holds(source: &impl RangeSource, c: &Compare) -> bool {
+    if c.range_end.is_empty() && c.target != compare::CompareTarget::Value as i32 {
+        // One key's version, revisions or lease: the index has them, no value is read.
+        let kvs: Vec<KeyValue> = source
+            .latest_meta(&c.key)
+            .map(|meta| meta.without_value(Bytes::new()))
+            .into_iter()
+            .collect();
+        return compare_kvs(c, &kvs);
+    }
     compare_kvs(c, &source.range_latest(&c.key, &c.range_end))
 }
 

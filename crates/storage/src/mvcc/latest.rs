@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use ostrakon_proto::mvccpb::KeyValue;
 
 use super::keys::split_versioned_key;
 use super::value::StoredVersion;
@@ -29,13 +30,51 @@ pub struct LatestIndex {
     live_bytes: u64,
 }
 
-/// What the index keeps of a live key's newest version.
+/// What the index keeps of a live key's newest version: all a put, a compare of
+/// anything but the value, or an `ignore_lease` needs, so that they read no stored
+/// version (etcd's treeIndex keeps a key's created revision and version count too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Newest {
     revision: Revision,
+    create_revision: Revision,
+    version: i64,
     /// Its lease, or 0.
     lease: i64,
     value_bytes: u32,
+}
+
+/// A live key's newest version without its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyMeta {
+    pub mod_revision: Revision,
+    pub create_revision: Revision,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl KeyMeta {
+    /// What a key-value shows of its version.
+    pub fn of(kv: &KeyValue) -> KeyMeta {
+        KeyMeta {
+            mod_revision: Revision(kv.mod_revision),
+            create_revision: Revision(kv.create_revision),
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+
+    /// The key-value with an empty value: what a compare of anything but the value
+    /// looks at.
+    pub fn without_value(&self, key: Bytes) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision.0,
+            mod_revision: self.mod_revision.0,
+            version: self.version,
+            value: Bytes::new(),
+            lease: self.lease,
+        }
+    }
 }
 
 impl Newest {
@@ -108,6 +147,8 @@ impl LatestIndex {
         } else {
             let newest = Newest {
                 revision,
+                create_revision: version.create_revision,
+                version: version.version,
                 lease: version.lease,
                 value_bytes: u32::try_from(version.value.len()).expect("values stay below 4 GiB"),
             };
@@ -215,6 +256,16 @@ impl LatestIndex {
         self.keys.get(key).map(|newest| newest.revision)
     }
 
+    /// The newest version of a live key, without its value.
+    pub fn meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        self.keys.get(key).map(|newest| KeyMeta {
+            mod_revision: newest.revision,
+            create_revision: newest.create_revision,
+            version: newest.version,
+            lease: newest.lease,
+        })
+    }
+
     /// The live keys in `[key, range_end)` in key order (`range_end` `"\0"` means no upper
     /// bound; the caller handles the single-key and empty cases).
     pub fn range<'a>(
@@ -274,6 +325,31 @@ mod tests {
         let right = index.split_off(b"b");
         assert_eq!((index.live_bytes(), right.live_bytes()), (3, 5));
         assert_eq!((index.live_keys(), right.live_keys()), (1, 1));
+    }
+
+    #[test]
+    fn the_index_keeps_what_a_put_and_a_compare_need_without_the_value() {
+        let mut index = LatestIndex::default();
+        assert_eq!(index.meta(b"a"), None);
+        let mut first = version(Some("1"));
+        first.create_revision = Revision(4);
+        first.lease = 7;
+        index.apply(Revision(4), &[(Bytes::from_static(b"a"), first)].into());
+        let mut second = version(Some("22"));
+        second.create_revision = Revision(4);
+        second.version = 2;
+        index.apply(Revision(9), &[(Bytes::from_static(b"a"), second)].into());
+        assert_eq!(
+            index.meta(b"a"),
+            Some(KeyMeta {
+                mod_revision: Revision(9),
+                create_revision: Revision(4),
+                version: 2,
+                lease: 0,
+            })
+        );
+        index.apply(Revision(10), &changes(&[("a", None)]));
+        assert_eq!(index.meta(b"a"), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::auth::{AuthError, AuthState};
 use super::compactor::CompactionQueue;
 use super::events::{delete_event, put_event, EventSink, RevisionEvents};
 use super::keys::{key_prefix, split_versioned_key, versioned_key};
-use super::latest::LatestIndex;
+use super::latest::{KeyMeta, LatestIndex};
 use super::local::LocalState;
 use super::members::{MemberChange, MemberRegistry, MEMBER_KEY_PREFIX};
 use super::span::KeySpan;
@@ -1672,6 +1672,26 @@ impl ReadView {
         })
     }
 
+    /// The newest live version of `key`, without its value, from the index alone.
+    pub fn latest_meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        assert!(
+            self.span.contains(key),
+            "a read of {key:?} outside the store's span {:?}",
+            self.span
+        );
+        let meta = self.latest.meta(key);
+        if cfg!(debug_assertions) {
+            // The index agrees with the stored version it points at.
+            let stored = self.get(key, self.current);
+            assert_eq!(
+                meta,
+                stored.as_ref().map(KeyMeta::of),
+                "the latest-version index disagrees with the stored version of {key:?}"
+            );
+        }
+        meta
+    }
+
     /// The live version of `key` at `at`.
     pub fn get(&self, key: &[u8], at: Revision) -> Option<KeyValue> {
         assert!(
@@ -1857,6 +1877,21 @@ impl WriteTxn<'_> {
         merged.into_values().collect()
     }
 
+    /// The newest live version of `key` as of now, including this transaction's own
+    /// writes, without its value: no stored version is read.
+    pub fn latest_meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        match self.changes.get(key) {
+            Some(version) if version.tombstone => None,
+            Some(version) => Some(KeyMeta {
+                mod_revision: self.write_revision(),
+                create_revision: version.create_revision,
+                version: version.version,
+                lease: version.lease,
+            }),
+            None => self.view.latest_meta(key),
+        }
+    }
+
     /// Numbers a write of this transaction (its sub-revision).
     fn next_write(&mut self, version: StoredVersion) -> StoredVersion {
         let sub = self.next_sub;
@@ -1864,14 +1899,14 @@ impl WriteTxn<'_> {
         StoredVersion { sub, ..version }
     }
 
-    /// Writes `value` under `key`; returns the previous live version.
-    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
-        let previous = self.range_latest(&key, b"").pop();
+    /// Writes `value` under `key`.
+    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) {
+        let previous = self.latest_meta(&key);
         let version = StoredVersion {
             tombstone: false,
             create_revision: previous
                 .as_ref()
-                .map_or(self.write_revision(), |p| Revision(p.create_revision)),
+                .map_or(self.write_revision(), |p| p.create_revision),
             version: previous.as_ref().map_or(1, |p| p.version + 1),
             lease,
             value,
@@ -1885,7 +1920,6 @@ impl WriteTxn<'_> {
             replaced.is_none_or(|r| r.tombstone),
             "a key put twice in one revision"
         );
-        previous
     }
 
     /// Deletes the live keys in the range; returns them.
