@@ -454,3 +454,65 @@ async fn member_metric(cluster: &TestCluster, i: usize, name: &str) -> f64 {
     .await
     .unwrap()
 }
+
+/// Writes a follower forwards travel many to a peer call (the forwarder), and each still
+/// gets its own answer: its own revision, and the version it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_forwarded_together_each_get_their_own_answer() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.wait_member_knows_leader(follower).await;
+    let client = cluster.client(follower).await;
+    const KEYS: usize = 40;
+    const ROUNDS: usize = 5;
+    let mut revisions = Vec::new();
+    for round in 0..ROUNDS {
+        let mut puts = tokio::task::JoinSet::new();
+        for key in 0..KEYS {
+            let mut client = client.clone();
+            puts.spawn(async move {
+                let put = client
+                    .put(
+                        format!("fwd/{key:02}"),
+                        format!("{round}"),
+                        Some(PutOptions::new().with_prev_key()),
+                    )
+                    .await
+                    .unwrap();
+                (key, put)
+            });
+        }
+        for (key, put) in puts.join_all().await {
+            revisions.push(put.header().unwrap().revision());
+            match round {
+                0 => assert!(put.prev_key().is_none(), "fwd/{key:02} had no version"),
+                _ => {
+                    let prev = put.prev_key().expect("the version it replaced");
+                    assert_eq!(prev.value(), format!("{}", round - 1).as_bytes());
+                    assert_eq!(prev.version(), round as i64);
+                }
+            }
+        }
+    }
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        KEYS * ROUNDS,
+        "two writes answered one revision"
+    );
+    let metrics = common::metrics(cluster.members[follower].client_port);
+    let (writes, calls) = (
+        metrics["ostrakon_forward_batch_writes_sum"],
+        metrics["ostrakon_forward_batch_writes_count"],
+    );
+    assert!(
+        writes >= (KEYS * ROUNDS) as f64,
+        "{writes} writes forwarded"
+    );
+    assert!(
+        calls < writes,
+        "{calls} calls for {writes} writes: none carried two"
+    );
+}

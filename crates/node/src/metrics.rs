@@ -257,6 +257,8 @@ pub struct Metrics {
     pub peer_received_bytes: Family<Counter>,
     /// Messages per batch the transport sends.
     pub transport_batch_messages: Histogram,
+    /// Writes per batch this member forwards to a leader.
+    pub forward_batch_writes: Histogram,
     /// Snapshots sent to followers.
     pub snapshots_sent: Counter,
     /// Snapshots received and installed.
@@ -327,6 +329,7 @@ impl Metrics {
             peer_sent_bytes: Family::new(&["To"], Counter::default),
             peer_received_bytes: Family::new(&["From"], Counter::default),
             transport_batch_messages: Histogram::new(BATCH_BOUNDS),
+            forward_batch_writes: Histogram::new(BATCH_BOUNDS),
             snapshots_sent: Counter::default(),
             snapshots_received: Counter::default(),
             snapshots_created: Counter::default(),
@@ -574,6 +577,11 @@ impl Metrics {
                 "ostrakon_transport_batch_messages",
                 "Raft messages per batch sent to a peer.",
                 &self.transport_batch_messages,
+            ),
+            (
+                "ostrakon_forward_batch_writes",
+                "Writes per batch forwarded to a range's leader.",
+                &self.forward_batch_writes,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");

@@ -11,6 +11,7 @@
 //! quiesced.
 
 mod codec;
+mod forwarder;
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -119,6 +120,8 @@ struct Inner {
     /// Failed snapshot sends in a row, per range and peer (for the retry pause);
     /// forgotten on success, and when the range or the peer goes.
     snapshot_failures: Mutex<HashMap<(GroupId, NodeId), u32>>,
+    /// Each leader member's queue of writes to forward (`forwarder`).
+    forward_queues: Mutex<HashMap<NodeId, mpsc::Sender<forwarder::QueuedForward>>>,
 }
 
 /// The client side of the peer protocol.
@@ -171,6 +174,7 @@ impl Transport {
                 idle_ping_interval: config.tick_interval * config.heartbeat_ticks,
                 outgoing_snapshots: Mutex::default(),
                 snapshot_failures: Mutex::default(),
+                forward_queues: Mutex::default(),
             }),
         };
         transport.set_peers(&config.peers);
@@ -697,10 +701,9 @@ impl Transport {
         auth_revision: u64,
         trace_parent: String,
     ) -> Result<WriteOutcome, NodeError> {
-        let Some(channel) = self.channel(leader) else {
+        if self.channel(leader).is_none() {
             return Err(NodeError::NoLeader);
-        };
-        let mut client = PeerClient::new(channel);
+        }
         let forward = ForwardRequest {
             group: group.0,
             write: Some(WriteRequest {
@@ -712,17 +715,11 @@ impl Transport {
                 // The leader chooses it.
                 revision: 0,
             }),
-            cluster_id: self.inner.cluster_id,
-            from: self.inner.me.0,
+            // The batch carries them.
+            cluster_id: 0,
+            from: 0,
         };
-        let response = client
-            .forward(forward)
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::DeadlineExceeded => NodeError::Timeout,
-                _ => NodeError::LeaderChanged,
-            })?
-            .into_inner();
+        let response = self.forward_batched(leader, forward).await?;
         codec::decode_forward_response(response)
     }
 }

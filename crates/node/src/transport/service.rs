@@ -73,6 +73,26 @@ impl PeerService {
             .is_ok_and(|store| store.is_removed_member(id))
     }
 
+    /// Proposes one forwarded write here (its sender checked by the caller) and
+    /// answers with its outcome.
+    async fn forward_one(&self, forward: ForwardRequest) -> Result<ForwardResponse, Status> {
+        let write = forward
+            .write
+            .ok_or_else(|| Status::invalid_argument("no write"))?;
+        let auth_revision = write.auth_revision;
+        let parent = crate::spans::parse_parent(&write.trace_parent);
+        let request = write
+            .request
+            .ok_or_else(|| Status::invalid_argument("no write"))?;
+        let outcome = crate::spans::within(
+            parent,
+            self.handle
+                .write_local(GroupId(forward.group), request, auth_revision),
+        )
+        .await;
+        Ok(encode_forward_response(outcome))
+    }
+
     /// A request from another member: refused unless it comes from this cluster and from
     /// a member that has not been removed from it (the checks the raft stream makes).
     fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
@@ -253,21 +273,21 @@ impl Peer for PeerService {
     ) -> Result<Response<ForwardResponse>, Status> {
         let forward = request.into_inner();
         self.check_sender(forward.cluster_id, forward.from)?;
-        let write = forward
-            .write
-            .ok_or_else(|| Status::invalid_argument("no write"))?;
-        let auth_revision = write.auth_revision;
-        let parent = crate::spans::parse_parent(&write.trace_parent);
-        let request = write
-            .request
-            .ok_or_else(|| Status::invalid_argument("no write"))?;
-        let outcome = crate::spans::within(
-            parent,
-            self.handle
-                .write_local(GroupId(forward.group), request, auth_revision),
-        )
-        .await;
-        Ok(Response::new(encode_forward_response(outcome)))
+        Ok(Response::new(self.forward_one(forward).await?))
+    }
+
+    async fn forward_batch(
+        &self,
+        request: Request<pb::ForwardBatchRequest>,
+    ) -> Result<Response<pb::ForwardBatchResponse>, Status> {
+        let batch = request.into_inner();
+        self.check_sender(batch.cluster_id, batch.from)?;
+        // Polled in order, so the writes are proposed in the order they came.
+        let outcomes =
+            futures_util::future::join_all(batch.writes.into_iter().map(|w| self.forward_one(w)))
+                .await;
+        let responses = outcomes.into_iter().collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::ForwardBatchResponse { responses }))
     }
 
     async fn members(
