@@ -516,3 +516,39 @@ async fn writes_forwarded_together_each_get_their_own_answer() {
         "{calls} calls for {writes} writes: none carried two"
     );
 }
+
+/// A batch of forwarded writes may answer more than it sent (each write's `prev_kv`):
+/// answers above gRPC's default 4 MiB message still reach the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_whose_answers_outweigh_them_are_answered() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.wait_member_knows_leader(follower).await;
+    let client = cluster.client(follower).await;
+    const KEYS: usize = 48;
+    const VALUE_BYTES: usize = 256 * 1024;
+    for round in 0..2u8 {
+        let mut puts = tokio::task::JoinSet::new();
+        for key in 0..KEYS {
+            let mut client = client.clone();
+            puts.spawn(async move {
+                let put = client
+                    .put(
+                        format!("big/{key:02}"),
+                        vec![b'a' + round; VALUE_BYTES],
+                        Some(PutOptions::new().with_prev_key()),
+                    )
+                    .await;
+                (key, put)
+            });
+        }
+        for (key, put) in puts.join_all().await {
+            let put = put.unwrap_or_else(|e| panic!("put big/{key:02}: {e}"));
+            if round == 1 {
+                let prev = put.prev_key().expect("the version it replaced");
+                assert_eq!(prev.value(), vec![b'a'; VALUE_BYTES].as_slice());
+            }
+        }
+    }
+}

@@ -10,12 +10,14 @@
 //! outcome: they were proposed together and commit in the same rounds.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ostrakon_proto::peer::peer_client::PeerClient;
 use ostrakon_proto::peer::{ForwardBatchRequest, ForwardRequest, ForwardResponse};
 use ostrakon_raft::NodeId;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
 
 use super::Transport;
 use crate::error::NodeError;
@@ -30,6 +32,11 @@ const FORWARD_BATCH_WRITES_MAX: usize = 512;
 const FORWARD_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Writes waiting for a call, per leader member; a full queue holds the caller back.
 const FORWARD_QUEUE_WRITES_MAX: usize = 4096;
+/// The largest answer to a batch accepted (the peer server's limit on what it takes): a
+/// batch of writes with `prev_kv` answers more than it sent.
+const FORWARD_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// How much longer than the request timeout a batch's call may take.
+const FORWARD_CALL_MARGIN: Duration = Duration::from_secs(1);
 
 /// A write waiting to be forwarded, and where its answer goes.
 pub(super) struct QueuedForward {
@@ -83,18 +90,29 @@ impl Transport {
                 .acquire_owned()
                 .await
                 .expect("the forwarder's semaphore is never closed");
-            let mut bytes = first.forward.encoded_len();
-            let mut batch = vec![first];
-            while batch.len() < FORWARD_BATCH_WRITES_MAX && bytes < FORWARD_BATCH_BYTES_MAX {
-                match queue.try_recv() {
-                    Ok(next) => {
-                        bytes += next.forward.encoded_len();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(queued) = next.take() {
+                // A write whose caller gave up (its deadline passed) is not sent: it was
+                // answered Timeout, and nobody waits for it.
+                if !queued.answer.is_closed() {
+                    bytes += queued.forward.encoded_len();
+                    batch.push(queued);
+                }
+                if batch.len() < FORWARD_BATCH_WRITES_MAX && bytes < FORWARD_BATCH_BYTES_MAX {
+                    next = queue.try_recv().ok();
                 }
             }
+            if batch.is_empty() {
+                continue;
+            }
             let Some(channel) = self.channel(to) else {
+                // Not a peer any more: nothing queued for it was sent.
+                queue.close();
+                while let Ok(queued) = queue.try_recv() {
+                    batch.push(queued);
+                }
                 for queued in batch {
                     let _ = queued.answer.send(Err(NodeError::NoLeader));
                 }
@@ -103,49 +121,91 @@ impl Transport {
             crate::metrics::metrics()
                 .forward_batch_writes
                 .observe_value(batch.len() as f64);
-            let (forwards, answers): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|queued| (queued.forward, queued.answer))
-                .unzip();
-            let request = ForwardBatchRequest {
-                writes: forwards,
-                cluster_id: self.inner.cluster_id,
-                from: self.inner.me.0,
-            };
+            let transport = self.clone();
             tokio::spawn(async move {
-                let outcome = PeerClient::new(channel).forward_batch(request).await;
+                transport.send_batch(channel, batch).await;
                 drop(permit);
-                match outcome {
-                    Ok(response) => {
-                        let responses = response.into_inner().responses;
-                        if responses.len() != answers.len() {
-                            // A leader of another version, or a broken one: no write's
-                            // fate is known.
-                            tracing::warn!(
-                                sent = answers.len(),
-                                answered = responses.len(),
-                                "a forwarded batch came back with a different count"
-                            );
-                            for answer in answers {
-                                let _ = answer.send(Err(NodeError::LeaderChanged));
-                            }
-                            return;
-                        }
-                        for (answer, response) in answers.into_iter().zip(responses) {
-                            let _ = answer.send(Ok(response));
-                        }
-                    }
-                    Err(status) => {
-                        let error = match status.code() {
-                            tonic::Code::DeadlineExceeded => NodeError::Timeout,
-                            _ => NodeError::LeaderChanged,
-                        };
-                        for answer in answers {
-                            let _ = answer.send(Err(error.clone()));
-                        }
-                    }
-                }
             });
         }
+    }
+
+    /// Sends one batch and hands each write its answer.
+    async fn send_batch(&self, channel: Channel, batch: Vec<QueuedForward>) {
+        let (forwards, answers): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|queued| (queued.forward, queued.answer))
+            .unzip();
+        let request = ForwardBatchRequest {
+            // Cheap to keep: the writes' keys and values are shared buffers.
+            writes: forwards.clone(),
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.me.0,
+        };
+        let mut client =
+            PeerClient::new(channel.clone()).max_decoding_message_size(FORWARD_RESPONSE_BYTES_MAX);
+        // The leader answers each write within the request timeout (a write that takes
+        // longer is answered Timeout); the margin covers the trip.
+        let deadline = self.inner.request_timeout + FORWARD_CALL_MARGIN;
+        let outcome = match tokio::time::timeout(deadline, client.forward_batch(request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(tonic::Status::deadline_exceeded("the forwarded batch")),
+        };
+        let responses = match outcome {
+            Ok(response) => response.into_inner().responses,
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                // A leader of an earlier version, during a rolling upgrade: one call
+                // per write, as it knows.
+                let (cluster_id, from) = (self.inner.cluster_id, self.inner.me.0);
+                for (forward, answer) in forwards.into_iter().zip(answers) {
+                    let mut client = PeerClient::new(channel.clone());
+                    tokio::spawn(async move {
+                        let forward = ForwardRequest {
+                            cluster_id,
+                            from,
+                            ..forward
+                        };
+                        let _ = answer.send(
+                            client
+                                .forward(forward)
+                                .await
+                                .map(tonic::Response::into_inner)
+                                .map_err(|status| forward_failure(&status)),
+                        );
+                    });
+                }
+                return;
+            }
+            Err(status) => {
+                let error = forward_failure(&status);
+                for answer in answers {
+                    let _ = answer.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        if responses.len() != answers.len() {
+            // A broken leader: no write's fate is known.
+            tracing::warn!(
+                sent = answers.len(),
+                answered = responses.len(),
+                "a forwarded batch came back with a different count"
+            );
+            for answer in answers {
+                let _ = answer.send(Err(NodeError::LeaderChanged));
+            }
+            return;
+        }
+        for (answer, response) in answers.into_iter().zip(responses) {
+            let _ = answer.send(Ok(response));
+        }
+    }
+}
+
+/// What a failed call means for the writes it carried: they may have applied, so they
+/// are not tried again (as for a failed single forward).
+fn forward_failure(status: &tonic::Status) -> NodeError {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => NodeError::Timeout,
+        _ => NodeError::LeaderChanged,
     }
 }

@@ -120,6 +120,9 @@ struct Inner {
     /// Failed snapshot sends in a row, per range and peer (for the retry pause);
     /// forgotten on success, and when the range or the peer goes.
     snapshot_failures: Mutex<HashMap<(GroupId, NodeId), u32>>,
+    /// How long a forwarded write may take (`--request-timeout`): a batch's call ends
+    /// by then.
+    request_timeout: Duration,
     /// Each leader member's queue of writes to forward (`forwarder`).
     forward_queues: Mutex<HashMap<NodeId, mpsc::Sender<forwarder::QueuedForward>>>,
 }
@@ -174,6 +177,7 @@ impl Transport {
                 idle_ping_interval: config.tick_interval * config.heartbeat_ticks,
                 outgoing_snapshots: Mutex::default(),
                 snapshot_failures: Mutex::default(),
+                request_timeout: config.request_timeout,
                 forward_queues: Mutex::default(),
             }),
         };
@@ -248,6 +252,12 @@ impl Transport {
             .lock()
             .unwrap()
             .retain(|(_, id), _| ids.contains(id));
+        // A member that left: its forwarder's queue closes, and the forwarder ends.
+        self.inner
+            .forward_queues
+            .lock()
+            .unwrap()
+            .retain(|id, _| ids.contains(id));
         let mut queues = self.inner.queues.lock().unwrap();
         for id in ids {
             let running = queues.get(&id).is_some_and(|queue| !queue.is_closed());

@@ -282,10 +282,18 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ForwardBatchResponse>, Status> {
         let batch = request.into_inner();
         self.check_sender(batch.cluster_id, batch.from)?;
-        // Polled in order, so the writes are proposed in the order they came.
+        // Polled in order, so the writes are proposed in the order they came. Each is
+        // answered within the request timeout: one slow write (a group without a leader)
+        // holds the batch's other answers that long at most.
+        let timeout = self.handle.request_timeout();
         let outcomes =
-            futures_util::future::join_all(batch.writes.into_iter().map(|w| self.forward_one(w)))
-                .await;
+            futures_util::future::join_all(batch.writes.into_iter().map(|write| async {
+                match tokio::time::timeout(timeout, self.forward_one(write)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Ok(encode_forward_response(Err(crate::NodeError::Timeout))),
+                }
+            }))
+            .await;
         let responses = outcomes.into_iter().collect::<Result<Vec<_>, Status>>()?;
         Ok(Response::new(pb::ForwardBatchResponse { responses }))
     }

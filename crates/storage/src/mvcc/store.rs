@@ -1703,6 +1703,12 @@ impl ReadView {
             let revision = self.latest.get(key)?;
             return Some(self.version_from_index(key, revision));
         }
+        self.stored_version_at(key, at)
+    }
+
+    /// The live version of `key` at `at`, from the stored versions alone (not the
+    /// index).
+    fn stored_version_at(&self, key: &[u8], at: Revision) -> Option<KeyValue> {
         let low = versioned_key(key, Revision(0));
         let high = versioned_key(key, at);
         let item = self.kv.range(low..=high).next_back()?;
@@ -2104,32 +2110,11 @@ impl WriteTxn<'_> {
         self.store.put_applied(&mut batch, index, term);
         engine("committing a write", batch.commit());
         self.publish_lease_changes();
-        let sink = self.store.events.get().filter(|sink| sink.wants_events());
-        let events = sink.map(|_| {
-            // In the order the transaction wrote them, as etcd publishes them, each with
-            // the version it replaced.
-            let mut changes: Vec<(&Bytes, &StoredVersion)> = self.changes.iter().collect();
-            changes.sort_by_key(|(_, version)| version.sub);
-            let events = changes
-                .into_iter()
-                .map(|(key, version)| {
-                    let prev_kv = self.view.get(key, self.view.current);
-                    if version.tombstone {
-                        delete_event(key.clone(), revision, prev_kv)
-                    } else {
-                        put_event(key_value(key.clone(), revision, version.clone()), prev_kv)
-                    }
-                })
-                .collect();
-            RevisionEvents {
-                revision,
-                previous: self.view.current,
-                events,
-            }
-        });
-        // The view shares the index's nodes: gone, the index below changes in place
-        // instead of copying the path to every key it writes (unless a reader holds it).
-        drop(self.view);
+        // The view's index shares the store's nodes: released, the update below changes
+        // an index no reader holds in place instead of copying the path to every key it
+        // writes. The view's snapshot of the versions stays, for the events.
+        let mut view = self.view;
+        view.latest = LatestIndex::default();
         {
             // A reader takes the index and the locks together: it sees the lock or the
             // writes it stood for, never neither.
@@ -2141,8 +2126,29 @@ impl WriteTxn<'_> {
         }
         self.store.revision.store(revision.0, Ordering::SeqCst);
         self.store.set_applied(index, term);
-        if let (Some(sink), Some(events)) = (sink, events) {
-            sink.publish(events);
+        // Asked only now: a watch subscribes and then reads the current revision, so one
+        // that read the revision before this write must get its events.
+        if let Some(sink) = self.store.events.get().filter(|sink| sink.wants_events()) {
+            // In the order the transaction wrote them, as etcd publishes them, each with
+            // the version it replaced.
+            let mut changes: Vec<(Bytes, StoredVersion)> = self.changes.into_iter().collect();
+            changes.sort_by_key(|(_, version)| version.sub);
+            let events = changes
+                .into_iter()
+                .map(|(key, version)| {
+                    let prev_kv = view.stored_version_at(&key, view.current);
+                    if version.tombstone {
+                        delete_event(key, revision, prev_kv)
+                    } else {
+                        put_event(key_value(key, revision, version), prev_kv)
+                    }
+                })
+                .collect();
+            sink.publish(RevisionEvents {
+                revision,
+                previous: view.current,
+                events,
+            });
         }
     }
 }
