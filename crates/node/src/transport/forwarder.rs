@@ -109,8 +109,10 @@ impl Transport {
             }
             let Some(channel) = self.channel(to) else {
                 // Not a peer any more: nothing queued for it was sent.
+                // Closed, the queue still yields what senders that reserved a slot put
+                // in, then ends.
                 queue.close();
-                while let Ok(queued) = queue.try_recv() {
+                while let Some(queued) = queue.recv().await {
                     batch.push(queued);
                 }
                 for queued in batch {
@@ -157,7 +159,8 @@ impl Transport {
                 // per write, as it knows.
                 let (cluster_id, from) = (self.inner.cluster_id, self.inner.me.0);
                 for (forward, answer) in forwards.into_iter().zip(answers) {
-                    let mut client = PeerClient::new(channel.clone());
+                    let mut client = PeerClient::new(channel.clone())
+                        .max_decoding_message_size(FORWARD_RESPONSE_BYTES_MAX);
                     tokio::spawn(async move {
                         let forward = ForwardRequest {
                             cluster_id,

@@ -282,10 +282,12 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ForwardBatchResponse>, Status> {
         let batch = request.into_inner();
         self.check_sender(batch.cluster_id, batch.from)?;
-        // Polled in order, so the writes are proposed in the order they came. Each is
-        // answered within the request timeout: one slow write (a group without a leader)
-        // holds the batch's other answers that long at most.
-        let timeout = self.handle.request_timeout();
+        // Polled in order, so the writes are proposed in the order they came. The batch
+        // is answered when its last write is: a write that hangs (its group lost this
+        // leader, cut off) is answered Timeout after half the request timeout, so the
+        // others' answers still reach their callers, whose own deadlines (the whole
+        // timeout) began a little before the batch left.
+        let timeout = self.handle.request_timeout() / 2;
         let outcomes =
             futures_util::future::join_all(batch.writes.into_iter().map(|write| async {
                 match tokio::time::timeout(timeout, self.forward_one(write)).await {
