@@ -17,6 +17,8 @@
 //!   timestamps that survive leader changes and crashes, with the bound it may hand out
 //!   below persisted through range 0's log in batches, so handing one out costs no disk
 //!   write.
+//! - [`watch_merge`]: which revisions a watcher of keys in several ranges may be sent:
+//!   those every range has resolved, each revision whole.
 #![deny(missing_docs)]
 
 pub mod descriptor;
@@ -27,6 +29,7 @@ pub mod read_floor;
 pub mod split;
 pub mod timestamp;
 pub mod txn;
+pub mod watch_merge;
 
 pub use descriptor::{RangeDescriptor, RangeId};
 pub use directory::Directory;

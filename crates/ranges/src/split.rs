@@ -41,6 +41,10 @@ pub enum RangeBug {
     /// (`read_floor::ReadFloor::lead`): a write with an old revision can land below a
     /// read its predecessor served.
     NewLeaderSkipsFloor,
+    /// A watcher of keys in several ranges is sent what any one range has covered,
+    /// not what every range has (`watch_merge::Merger::merge`): the revisions a range
+    /// had not covered yet are skipped.
+    WatchReleasesEarly,
 }
 
 /// What a split command asks.

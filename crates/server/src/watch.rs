@@ -557,14 +557,12 @@ impl WatchStream {
             // A transaction across ranges still holding a lock will write at or above
             // the lock's revision: each range is final only below its lowest lock
             // (every lock at or below `now` has applied by now).
-            let mut resolved = now;
+            let mut lowest_locks = Vec::new();
             for &group in &groups {
                 let lowest_lock = self.node.store(group)?.read_view().lowest_lock_revision();
-                if let Some(lowest_lock) = lowest_lock {
-                    resolved = resolved.min(Revision(lowest_lock.0 - 1));
-                }
+                lowest_locks.extend(lowest_lock);
             }
-            Ok::<_, ostrakon_node::NodeError>(resolved)
+            Ok::<_, ostrakon_node::NodeError>(crate::watch_merge::resolved(now, lowest_locks))
         };
         let resolved = match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
             Ok(Ok(resolved)) => resolved,

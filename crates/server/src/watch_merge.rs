@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ostrakon_raft::GroupId;
+use ostrakon_ranges::watch_merge;
 
 use ostrakon_proto::mvccpb::Event;
 use ostrakon_storage::mvcc::{History, Revision, RevisionEvents};
@@ -173,44 +174,53 @@ pub struct RangeHistory {
 }
 
 /// The revisions of `histories` (one per range, in key order) that every range covers
-/// up to `resolved` (each range has applied every write at or below it), merged in
-/// revision order, with the last revision they cover: `resolved`, or less where a
-/// history was cut short (read on from the revision after it).
+/// up to `resolved`, merged in revision order, with the last revision they cover: the
+/// range layer's rule (`ostrakon_ranges::watch_merge`, which the simulator runs too) on
+/// the store's events.
 pub fn merge(histories: Vec<RangeHistory>, resolved: Revision) -> (Vec<RevisionEvents>, Revision) {
-    let covered = histories
-        .iter()
-        .map(|range| {
-            if range.history.covered >= range.current {
-                // The whole history to the view's current revision; the range has no
-                // write above it up to `resolved`, or the view is past `resolved`.
-                resolved
-            } else {
-                range.history.covered.min(resolved)
-            }
-        })
-        .min()
-        .unwrap_or(resolved);
-    let mut by_revision: BTreeMap<Revision, Vec<Event>> = BTreeMap::new();
-    for range in histories {
-        for revision in range.history.revisions {
-            if revision.revision <= covered {
-                // Ranges come in key order: a revision's events stay in key order.
-                by_revision
-                    .entry(revision.revision)
-                    .or_default()
-                    .extend(revision.events);
-            }
-        }
-    }
-    let merged = by_revision
+    let histories = histories
         .into_iter()
-        .map(|(revision, events)| RevisionEvents {
-            revision,
-            previous: Revision(0),
-            events,
+        .map(|range| watch_merge::RangeHistory {
+            revisions: range
+                .history
+                .revisions
+                .into_iter()
+                .map(|revision| watch_merge::RevisionEvents {
+                    revision: unsigned(revision.revision),
+                    events: revision.events,
+                })
+                .collect(),
+            covered: unsigned(range.history.covered),
+            current: unsigned(range.current),
         })
         .collect();
-    (merged, covered)
+    let (merged, covered) = watch_merge::Merger::default().merge(histories, unsigned(resolved));
+    let merged = merged
+        .into_iter()
+        .map(|revision| RevisionEvents {
+            revision: signed(revision.revision),
+            previous: Revision(0),
+            events: revision.events,
+        })
+        .collect();
+    (merged, signed(covered))
+}
+
+/// The revision up to which every range of a watcher is final, given the oracle's `now`
+/// (after each range applied every write at or below it) and the ranges' lowest locks.
+pub fn resolved(now: Revision, lowest_locks: impl IntoIterator<Item = Revision>) -> Revision {
+    signed(watch_merge::resolved(
+        unsigned(now),
+        lowest_locks.into_iter().map(unsigned),
+    ))
+}
+
+fn unsigned(revision: Revision) -> u64 {
+    u64::try_from(revision.0).expect("revisions are not negative")
+}
+
+fn signed(revision: u64) -> Revision {
+    Revision(i64::try_from(revision).expect("revisions stay below 2^63"))
 }
 
 #[cfg(test)]
@@ -234,16 +244,6 @@ mod tests {
             revision: Revision(revision),
             previous: Revision(0),
             events,
-        }
-    }
-
-    fn range(revisions: Vec<RevisionEvents>, covered: i64, current: i64) -> RangeHistory {
-        RangeHistory {
-            history: History {
-                revisions,
-                covered: Revision(covered),
-            },
-            current: Revision(current),
         }
     }
 
@@ -338,60 +338,6 @@ mod tests {
             pending.from,
             Revision(25),
             "read from the histories up to 25"
-        );
-    }
-
-    #[test]
-    fn revisions_come_in_order_up_to_what_every_range_covers() {
-        // The left range is quiet (current 10), the right one has applied past the
-        // resolved revision 40: 50 waits for a later round.
-        let left = range(vec![revision(5, &["a"])], 10, 10);
-        let right = range(
-            vec![
-                revision(3, &["x"]),
-                revision(30, &["y"]),
-                revision(50, &["z"]),
-            ],
-            50,
-            50,
-        );
-        let (merged, covered) = merge(vec![left, right], Revision(40));
-        assert_eq!(covered, Revision(40));
-        assert_eq!(
-            shape(&merged),
-            vec![
-                (3, vec!["x".to_string()]),
-                (5, vec!["a".to_string()]),
-                (30, vec!["y".to_string()])
-            ]
-        );
-    }
-
-    #[test]
-    fn a_history_cut_short_holds_every_range_back_to_it() {
-        let left = range(vec![revision(5, &["a"]), revision(8, &["b"])], 8, 20);
-        let right = range(vec![revision(7, &["x"]), revision(9, &["y"])], 30, 30);
-        let (merged, covered) = merge(vec![left, right], Revision(40));
-        assert_eq!(covered, Revision(8), "the left history stopped at 8");
-        assert_eq!(
-            shape(&merged),
-            vec![
-                (5, vec!["a".to_string()]),
-                (7, vec!["x".to_string()]),
-                (8, vec!["b".to_string()])
-            ]
-        );
-    }
-
-    #[test]
-    fn one_revisions_events_from_several_ranges_go_out_together_in_key_order() {
-        let left = range(vec![revision(6, &["a", "b"])], 9, 9);
-        let right = range(vec![revision(6, &["x"])], 9, 9);
-        let (merged, covered) = merge(vec![left, right], Revision(9));
-        assert_eq!(covered, Revision(9));
-        assert_eq!(
-            shape(&merged),
-            vec![(6, vec!["a".into(), "b".into(), "x".into()])]
         );
     }
 }

@@ -51,6 +51,37 @@ pub struct ScanClient {
     pub directory: Directory,
     /// Its read in flight, if any.
     pub scan: Option<Scan>,
+    /// For a watcher (its reads are rounds of a watch of every register): what it was
+    /// sent so far.
+    pub watch: Option<WatchState>,
+}
+
+/// A register's new value: a watch event of the simulator.
+pub type WatchEvent = (u64, u64);
+
+/// A watcher of every register, served in rounds as the node serves a watcher of keys
+/// in several ranges: each round takes a revision R from the oracle, reads each range's
+/// history from the watcher's next revision at its leader (which raises its read floor
+/// to R first, as a read at R does), then sends what the range layer's merge releases.
+pub struct WatchState {
+    /// The first revision not sent yet: every revision below it was sent or has no
+    /// event.
+    pub next: u64,
+    /// The revisions sent, in the order sent.
+    pub sent: Vec<ostrakon_ranges::watch_merge::RevisionEvents<WatchEvent>>,
+    /// The range layer's merge (with the planted bug, if that is the seed's).
+    pub merger: ostrakon_ranges::watch_merge::Merger,
+}
+
+/// One range's answer to a watcher's round.
+#[derive(Clone, Debug)]
+pub struct RangeWatchAnswer {
+    /// The span it answered for.
+    pub descriptor: ostrakon_ranges::RangeDescriptor,
+    /// Its history of the registers from the watcher's next revision.
+    pub history: ostrakon_ranges::watch_merge::RangeHistory<WatchEvent>,
+    /// The revision of its lowest pending lock, if any.
+    pub lowest_lock: Option<u64>,
 }
 
 /// A read of every register at one revision, in progress.
@@ -65,6 +96,8 @@ pub struct Scan {
     pub request: Option<u64>,
     /// Requests sent so far; past a bound it gives up.
     pub attempts: u32,
+    /// A watcher's round: the ranges' answers so far.
+    pub histories: Vec<RangeWatchAnswer>,
 }
 
 /// A read of every register at one revision that completed.

@@ -27,6 +27,8 @@ pub enum Reply {
         /// The registers' values at the revision.
         values: Vec<(u64, Option<u64>)>,
     },
+    /// A watcher's round in one range.
+    Watched(crate::clients::RangeWatchAnswer),
     /// Definitely not done: the key is not in the range the client sent it to (split
     /// off, or the node holds no replica of that range). The descriptors of every range
     /// the answering node holds, for the client's directory.

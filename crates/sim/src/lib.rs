@@ -31,3 +31,4 @@ pub mod scenario;
 pub mod simulation;
 mod timestamps;
 pub mod txn_kv;
+mod watches;

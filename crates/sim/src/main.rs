@@ -24,7 +24,7 @@ struct Args {
     /// oracle-beyond-bound (the timestamp oracle); serve-moved-keys (splits);
     /// move-leaders-one-apart (leader spreading); read-leaves-floor,
     /// new-leader-skips-floor (reads at a revision); read-ignores-pending-lock
-    /// (transactions across ranges).
+    /// (transactions across ranges); watch-releases-early (watches across ranges).
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -59,13 +59,15 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "read-leaves-floor" => RangeBug::ReadLeavesFloor.into(),
         "new-leader-skips-floor" => RangeBug::NewLeaderSkipsFloor.into(),
         "read-ignores-pending-lock" => RangeBug::ReadIgnoresPendingLock.into(),
+        "watch-releases-early" => RangeBug::WatchReleasesEarly.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
                  read-without-read-index, commit-previous-term, vote-not-persisted, \
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
                  oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
-                 read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock"
+                 read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
+                 watch-releases-early"
             ))
         }
     })
@@ -123,13 +125,15 @@ fn main() -> ExitCode {
     }
     println!(
         "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
-         reads at one revision and {} transfers ({} across ranges) in {:.1} s",
+         reads at one revision, {} revisions sent to watchers and {} transfers ({} across \
+         ranges) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
         summary.ops,
         summary.timestamps_granted,
         summary.scans,
+        summary.watch_revisions,
         summary.transfers,
         summary.transfers_across_ranges,
         summary.elapsed.as_secs_f64()

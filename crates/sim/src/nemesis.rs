@@ -8,6 +8,10 @@ use crate::events::Event;
 use crate::node::Input;
 use crate::simulation::{trace, Simulation};
 
+/// How often, while faults run, a register client's request makes its range split at
+/// the request's key just before the request is proposed.
+const SPLIT_UNDER_REQUEST_PROBABILITY: f64 = 0.05;
+
 impl Simulation {
     /// A range, the meta range included.
     fn pick_group(&mut self) -> GroupId {
@@ -36,14 +40,50 @@ impl Simulation {
             return;
         }
         let at = self.rng.pick(&candidates);
+        let split = self.split_command(current.generation, at);
+        self.input(leader, group, Input::Propose(split));
+    }
+
+    /// A register client's request reached the leader of `group`: sometimes the range
+    /// splits at its key right then, before the request is proposed, so the request
+    /// crosses the split (checked on arrival against the span before it, it takes
+    /// effect after it: the race the span check where a request takes effect is for).
+    pub(crate) fn maybe_split_under_request(&mut self, leader: NodeId, group: GroupId, key: u64) {
+        if self.healed_at_us.is_some()
+            || self.scenario.split_probability == 0.0
+            || !self.rng.chance(SPLIT_UNDER_REQUEST_PROBABILITY)
+        {
+            return;
+        }
+        let replica = self.replica(leader, group);
+        if replica.raw.role() != ostrakon_raft::Role::Leader {
+            return;
+        }
+        let Some(current) = replica.kv.descriptor.clone() else {
+            return;
+        };
+        let at = crate::kv::routing_key(key);
+        if current.contains(&at) && at.as_slice() > current.start.as_slice() {
+            trace!(
+                self,
+                "{leader:?} {group:?} splits at {key} under a request for it"
+            );
+            let split = self.split_command(current.generation, key);
+            // Proposed at once, ahead of the request (the replica is handling an input,
+            // so not persisting; its caller drives it after).
+            self.handle_input(leader, group, Input::Propose(split));
+        }
+    }
+
+    /// A split at register `at` of a range of `generation`, into a new range.
+    fn split_command(&mut self, generation: u64, at: u64) -> crate::kv::Command {
         let right = self.next_range_id;
         self.next_range_id += 1;
-        let split = crate::kv::Command::Split {
+        crate::kv::Command::Split {
             at,
             right,
-            expected_generation: current.generation,
-        };
-        self.input(leader, group, Input::Propose(split));
+            expected_generation: generation,
+        }
     }
 
     /// Stops a node's process: everything it had not persisted is lost.

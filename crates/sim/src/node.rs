@@ -98,13 +98,27 @@ pub enum Request {
         /// The revision read at.
         revision: u64,
     },
+    /// A watcher's round in one range, at its leader: the range's history from `from`
+    /// on, once the leader raised its floor to `revision` and applied what it had.
+    WatchAt {
+        /// The first register the watcher still needs this round.
+        key: u64,
+        /// The round's revision.
+        revision: u64,
+        /// The watcher's next revision.
+        from: u64,
+        /// At most about this many events (whole revisions, at least one).
+        events_max: usize,
+    },
 }
 
 impl Request {
     /// The register the request is about, if any.
     pub fn key(&self) -> Option<u64> {
         match self {
-            Request::Read { key } | Request::ScanAt { key, .. } => Some(*key),
+            Request::Read { key } | Request::ScanAt { key, .. } | Request::WatchAt { key, .. } => {
+                Some(*key)
+            }
             Request::Write(Command::Put { key, .. } | Command::Cas { key, .. }) => Some(*key),
             Request::Write(Command::OracleBound { .. } | Command::Split { .. })
             | Request::Timestamps { .. }
@@ -169,6 +183,9 @@ pub struct Waiting {
     /// leader's last index when the read raised its floor, so that writes proposed
     /// before, possibly below the read's revision, are seen).
     pub wait_index: LogIndex,
+    /// For a watcher's round: its next revision and how many events it takes at most
+    /// (a read at `scan_at` that answers with the history rather than the values).
+    pub watch_from: Option<(u64, usize)>,
 }
 
 impl Waiting {
@@ -182,6 +199,7 @@ impl Waiting {
             timestamps: None,
             scan_at: None,
             wait_index: LogIndex(0),
+            watch_from: None,
         }
     }
 }

@@ -59,6 +59,18 @@ impl Simulation {
                 return;
             }
         }
+        if client < crate::clients::TIMESTAMP_CLIENT_BASE {
+            if let Some(key) = request.key() {
+                self.maybe_split_under_request(id, group, key);
+            }
+        }
+        let replica = self.replica(id, group);
+        let watch_from = match &request {
+            Request::WatchAt {
+                from, events_max, ..
+            } => Some((*from, *events_max)),
+            _ => None,
+        };
         match request {
             Request::Write(command) => {
                 let waiting = Waiting {
@@ -155,7 +167,7 @@ impl Simulation {
                     Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
                 }
             }
-            Request::ScanAt { revision, .. } => {
+            Request::ScanAt { revision, .. } | Request::WatchAt { revision, .. } => {
                 // Served by the leader only: its floor rises first, then it answers once
                 // it has applied every entry in its log now and its read index.
                 if replica.raw.role() != Role::Leader {
@@ -174,6 +186,7 @@ impl Simulation {
                 let waiting = Waiting {
                     scan_at: Some(revision),
                     wait_index: replica.raw.last_index(),
+                    watch_from,
                     ..waiting
                 };
                 match replica.raw.read_index(request_id) {
@@ -424,7 +437,7 @@ impl Simulation {
                     self.complete(client, Outcome::Failed);
                 }
             }
-            Reply::Scanned { .. } | Reply::Txn(_) => {
+            Reply::Scanned { .. } | Reply::Watched(_) | Reply::Txn(_) => {
                 panic!("{reply:?} answers a register operation")
             }
             Reply::Mismatch { ranges } => {

@@ -39,6 +39,8 @@ pub struct SeedReport {
     pub timestamps_granted: usize,
     /// Reads of every register at one revision that completed (all checked).
     pub scans: usize,
+    /// Revisions sent to watchers of every register (all checked).
+    pub watch_revisions: usize,
     /// Transfers between accounts acknowledged committed.
     pub transfers: u64,
     /// Those that touched two ranges (two-phase commit across ranges).
@@ -103,6 +105,7 @@ pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, V
         checked_ops,
         timestamps_granted,
         scans: sim.scans.len(),
+        watch_revisions: sim.watch_revisions_sent(),
         transfers: sim.transfers_committed,
         transfers_across_ranges: sim.transfers_across_ranges,
         simulate_time,
@@ -126,6 +129,8 @@ pub struct Summary {
     pub timestamps_granted: u64,
     /// Reads at one revision completed over all seeds.
     pub scans: u64,
+    /// Revisions sent to watchers over all seeds.
+    pub watch_revisions: u64,
     /// Transfers committed over all seeds.
     pub transfers: u64,
     /// Those that touched two ranges.
@@ -201,6 +206,7 @@ pub fn run_seeds(
                 summary.ops += report.ops as u64;
                 summary.timestamps_granted += report.timestamps_granted as u64;
                 summary.scans += report.scans as u64;
+                summary.watch_revisions += report.watch_revisions as u64;
                 summary.transfers += report.transfers;
                 summary.transfers_across_ranges += report.transfers_across_ranges;
                 summary.unknown += report.check_unknown as u64;

@@ -38,6 +38,7 @@ impl Simulation {
                     values: Default::default(),
                     request: None,
                     attempts: 0,
+                    histories: Vec::new(),
                 });
                 self.send_scan_request(index);
             }
@@ -58,6 +59,15 @@ impl Simulation {
         };
         let Some(key) = missing else {
             let scan = state.scan.take().expect("a read in progress");
+            if state.watch.is_some() {
+                self.finish_watch_round(index, revision, scan);
+                let think_us = self.rng.range(0, self.scenario.client_think_us_max);
+                self.events.push(
+                    self.now_us + think_us,
+                    Event::ClientNext(SCAN_CLIENT_BASE + index as u64),
+                );
+                return;
+            }
             trace!(
                 self,
                 "scan client {index} read at {revision}: {:?}",
@@ -77,7 +87,16 @@ impl Simulation {
             return;
         };
         let group = route_in(&state.directory, key);
-        self.send_scan(index, group, Request::ScanAt { key, revision });
+        let request = match &state.watch {
+            Some(watch) => Request::WatchAt {
+                key,
+                revision,
+                from: watch.next,
+                events_max: self.scenario.watch_events_max,
+            },
+            None => Request::ScanAt { key, revision },
+        };
+        self.send_scan(index, group, request);
     }
 
     fn send_scan(&mut self, index: usize, group: GroupId, request: Request) {
@@ -157,6 +176,14 @@ impl Simulation {
                 state.directory.learn(descriptor);
                 self.send_scan_request(index);
             }
+            Reply::Watched(answer) => {
+                for key in (0..key_count).filter(|&k| answer.descriptor.contains(&routing_key(k))) {
+                    scan.values.insert(key, None);
+                }
+                state.directory.learn(answer.descriptor.clone());
+                scan.histories.push(answer);
+                self.send_scan_request(index);
+            }
             Reply::Mismatch { ranges } => {
                 for range in ranges {
                     state.directory.learn(range);
@@ -187,9 +214,9 @@ impl Simulation {
         }
     }
 
-    /// Every completed read at a revision saw exactly what the registers' final
-    /// versions hold at that revision (run once the ranges converged).
-    pub(crate) fn check_scans(&mut self) {
+    /// Every version of every register, as the data ranges' leaders hold them once the
+    /// ranges converged: (register, revision) to value.
+    pub(crate) fn final_versions(&self) -> std::collections::BTreeMap<(u64, u64), u64> {
         let mut versions = std::collections::BTreeMap::new();
         for group in self.groups().into_iter().filter(|&g| g != META) {
             let Some(leader) = self.current_leader(group) else {
@@ -200,6 +227,13 @@ impl Simulation {
                 .expect("the leader's replica");
             versions.extend(replica.kv.versions.iter().map(|(k, v)| (*k, *v)));
         }
+        versions
+    }
+
+    /// Every completed read at a revision saw exactly what the registers' final
+    /// versions hold at that revision (run once the ranges converged).
+    pub(crate) fn check_scans(&mut self) {
+        let versions = self.final_versions();
         for scan in &self.scans {
             for (&key, &seen) in &scan.values {
                 let expected = kv::value_at(&versions, key, scan.revision);

@@ -152,6 +152,13 @@ pub struct Scenario {
     pub account_count: u64,
     /// Bank clients (none without accounts).
     pub bank_client_count: u64,
+    /// Clients watching every register from the first revision on, in rounds merged
+    /// from the ranges' histories (`ostrakon_ranges::watch_merge`).
+    pub watch_client_count: u64,
+    /// A range answers a watcher's round with at most about this many events (whole
+    /// revisions, at least one): small limits cut histories short, so the merge must
+    /// hold the other ranges back to them.
+    pub watch_events_max: usize,
 }
 
 impl Scenario {
@@ -209,6 +216,10 @@ impl Scenario {
             scan_client_count: rng.pick(&[0, 1, 2]),
             account_count: rng.pick(&[0, 2, 4, 6]),
             bank_client_count: rng.range(1, 4),
+            // Drawn apart (`draw_watchers`), so that the other knobs of a seed stay
+            // what they were before watchers existed.
+            watch_client_count: 0,
+            watch_events_max: usize::MAX,
         };
         if scenario.account_count == 0 {
             scenario.bank_client_count = 0;
@@ -230,5 +241,21 @@ impl Scenario {
             scenario.faults.transfer_probability = scenario.faults.transfer_probability.max(0.2);
         }
         scenario
+    }
+
+    /// The watchers' knobs, from their own generator (see `from_seed`).
+    pub fn draw_watchers(&mut self, rng: &mut Rng) {
+        self.watch_client_count = rng.pick(&[0, 1, 1, 2]);
+        self.watch_events_max = rng.pick(&[1, 2, 4, 64]);
+        if self
+            .bug
+            .and_then(Bug::range)
+            .is_some_and(|bug| bug == RangeBug::WatchReleasesEarly)
+        {
+            // Merging needs several ranges, and their histories cut short.
+            self.watch_client_count = self.watch_client_count.max(2);
+            self.watch_events_max = self.watch_events_max.min(2);
+            self.data_range_count = self.data_range_count.max(2);
+        }
     }
 }

@@ -132,6 +132,9 @@ macro_rules! trace {
 }
 pub(crate) use trace;
 
+/// Mixed into the seed for the watchers' knobs, drawn apart from the rest.
+const WATCHER_SEED_SALT: u64 = 0x7761_7463_6865_7273;
+
 /// The meta range's group: it holds the oracle's bound and no registers.
 pub(crate) const META: GroupId = GroupId(RangeId::META.0);
 
@@ -139,7 +142,8 @@ impl Simulation {
     /// A world for `seed`. With `keep_trace`, a readable trace of the run is kept.
     pub fn new(seed: u64, bug: Option<Bug>, keep_trace: bool) -> Simulation {
         let mut rng = Rng::new(seed);
-        let scenario = Scenario::from_seed(&mut rng, bug);
+        let mut scenario = Scenario::from_seed(&mut rng, bug);
+        scenario.draw_watchers(&mut Rng::new(seed ^ WATCHER_SEED_SALT));
         let voters: Vec<NodeId> = (1..=scenario.node_count).map(NodeId).collect();
         let ranges = initial_ranges(scenario.data_range_count, scenario.total_keys());
         let mut sim = Simulation {
@@ -240,6 +244,25 @@ impl Simulation {
                 believed_leader: BTreeMap::new(),
                 directory: directory.clone(),
                 scan: None,
+                watch: None,
+            });
+            let start = sim.rng.range(0, 100_000);
+            sim.events
+                .push(start, Event::ClientNext(SCAN_CLIENT_BASE + client));
+        }
+        // Watchers: scanning clients whose reads are watch rounds (`watches`).
+        for _ in 0..sim.scenario.watch_client_count {
+            let merger = ostrakon_ranges::watch_merge::Merger::with_bug(bug.and_then(Bug::range));
+            let client = sim.scan_clients.len() as u64;
+            sim.scan_clients.push(ScanClient {
+                believed_leader: BTreeMap::new(),
+                directory: directory.clone(),
+                scan: None,
+                watch: Some(crate::clients::WatchState {
+                    next: 1,
+                    sent: Vec::new(),
+                    merger,
+                }),
             });
             let start = sim.rng.range(0, 100_000);
             sim.events
@@ -417,6 +440,9 @@ impl Simulation {
         }
         if self.violation.is_none() {
             self.check_scans();
+        }
+        if self.violation.is_none() {
+            self.check_watches();
         }
         if self.violation.is_none() {
             self.check_bank();
@@ -724,7 +750,7 @@ impl Simulation {
         self.drive(id, group);
     }
 
-    fn handle_input(&mut self, id: NodeId, group: GroupId, input: Input) {
+    pub(crate) fn handle_input(&mut self, id: NodeId, group: GroupId, input: Input) {
         match input {
             Input::Message(message, data) => {
                 let replica = self.replica(id, group);
@@ -1343,6 +1369,10 @@ impl Simulation {
 /// The lock a read at a revision waits for, if any.
 fn blocking_lock<'a>(kv: &'a KvState, waiting: &Waiting) -> Option<&'a ostrakon_ranges::txn::Lock> {
     let revision = waiting.scan_at.expect("a read at a revision");
+    if waiting.watch_from.is_some() {
+        // A watcher's round does not wait: the merge holds the revisions back instead.
+        return None;
+    }
     let descriptor = kv.descriptor.as_ref()?;
     let span = KeySpan::span(&descriptor.start, descriptor.end.as_deref());
     kv.txns.locks.blocking_read(&[span], revision)
@@ -1364,6 +1394,11 @@ fn scan_answer(kv: &KvState, waiting: &Waiting) -> Option<Reply> {
     let descriptor = kv.descriptor.as_ref()?;
     if !descriptor.contains(&routing_key(waiting.key)) {
         return None;
+    }
+    if let Some((from, events_max)) = waiting.watch_from {
+        return Some(Reply::Watched(crate::watches::watch_answer(
+            kv, descriptor, from, events_max,
+        )));
     }
     let mut values: Vec<(u64, Option<u64>)> = kv
         .versions

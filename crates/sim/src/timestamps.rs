@@ -154,6 +154,7 @@ impl Simulation {
             Reply::Ok(_)
             | Reply::Mismatch { .. }
             | Reply::Scanned { .. }
+            | Reply::Watched(_)
             | Reply::Txn(_)
             | Reply::Stale => {
                 panic!("a register answer {reply:?} to a timestamp request")

@@ -69,6 +69,13 @@ fn clean_seeds_pass_with_real_work_done() {
         "reads at one revision completed (and were checked): {}",
         summary.scans
     );
+    // Three seeds in four have watchers of every register, merged across ranges (736
+    // revisions in these seeds).
+    assert!(
+        summary.watch_revisions > 400,
+        "revisions sent to watchers (and checked): {}",
+        summary.watch_revisions
+    );
 }
 
 #[test]
@@ -224,6 +231,23 @@ fn planted_read_floor_bugs_are_caught() {
             "{bug:?} caught by the check of reads at one revision: {violation}"
         );
     }
+}
+
+#[test]
+fn planted_watch_merge_bug_is_caught() {
+    let summary = run_seeds(
+        0,
+        200,
+        Some(RangeBug::WatchReleasesEarly.into()),
+        2,
+        true,
+        false,
+    );
+    let violation = summary.first_failure.expect("caught").violation.unwrap();
+    assert!(
+        violation.contains("watcher"),
+        "caught by the watch check: a revision skipped or sent in part ({violation})"
+    );
 }
 
 #[test]
