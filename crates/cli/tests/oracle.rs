@@ -194,3 +194,50 @@ async fn bad_timestamp_requests_get_clear_errors() {
     let (_, count) = timestamps(&cluster.endpoint(0), 0).await.unwrap();
     assert_eq!(count, 1);
 }
+
+/// Asks a member that does not serve the oracle for timestamps `requests` times, one
+/// request at a time; each must be answered, above the one before.
+async fn ask_through_a_follower(cluster: &TestCluster, requests: usize) -> usize {
+    let leader = oracle_leader(cluster).await;
+    let follower = (leader + 1) % cluster.members.len();
+    let mut last = 0;
+    for _ in 0..requests {
+        let (first, count) = timestamps(&cluster.endpoint(follower), 2)
+            .await
+            .expect("timestamps through a follower");
+        assert_eq!(count, 2);
+        assert!(first > last, "{first} after {last}");
+        last = first + 1;
+    }
+    follower
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_timestamp_requests_ride_the_peer_stream() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let follower = ask_through_a_follower(&cluster, 200).await;
+    let seen = metrics(cluster.members[follower].client_port);
+    assert!(
+        seen["ostrakon_oracle_asks_granted_total"] >= 200.0,
+        "every request was granted on the stream: {}",
+        seen["ostrakon_oracle_asks_granted_total"]
+    );
+    assert_eq!(seen["ostrakon_oracle_asks_unanswered_total"], 0.0);
+}
+
+/// A member of an earlier version ignores asks on the stream (simulated here): the
+/// asker falls back to unary calls once, and keeps to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oracle_leader_that_ignores_asks_is_asked_by_unary_calls() {
+    let cluster =
+        TestCluster::start_with_env(3, &[], &[("OSTRAKON_TEST_IGNORE_TIMESTAMP_ASKS", "1")]).await;
+    cluster.wait_for_leader().await;
+    let follower = ask_through_a_follower(&cluster, 50).await;
+    let seen = metrics(cluster.members[follower].client_port);
+    assert_eq!(seen["ostrakon_oracle_asks_granted_total"], 0.0);
+    assert_eq!(
+        seen["ostrakon_oracle_asks_unanswered_total"], 1.0,
+        "one ask went unanswered, then unary calls only"
+    );
+}

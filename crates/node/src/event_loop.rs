@@ -1275,7 +1275,7 @@ impl EventLoop {
             }
             Input::Timestamps { count, respond } => match self.replicas.get_mut(&META_GROUP) {
                 Some(replica) => replica.request_timestamps(count, respond),
-                None => drop(respond.send(Err(NodeError::UnknownGroup))),
+                None => respond.answer(Err(NodeError::UnknownGroup)),
             },
             Input::Unreachable(to) => {
                 for (&group, replica) in self.replicas.iter_mut() {

@@ -1012,6 +1012,7 @@ impl NodeHandle {
         count: u64,
     ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
         let (respond, response) = oneshot::channel();
+        let respond = crate::timestamps::TimestampResponder::Local(respond);
         self.send(Input::Timestamps { count, respond })?;
         match tokio::time::timeout(self.inner.request_timeout, response).await {
             Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,

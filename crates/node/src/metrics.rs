@@ -297,6 +297,11 @@ pub struct Metrics {
     pub oracle_timestamps: Counter,
     /// Requests the oracle on this member answered (each for one or more timestamps).
     pub oracle_requests: Counter,
+    /// Timestamp asks on a peer stream that went unanswered (asked again by a unary
+    /// call).
+    pub oracle_asks_unanswered: Counter,
+    /// Timestamp asks this member sent on a peer stream and got a grant for.
+    pub oracle_asks_granted: Counter,
     /// Peer nodes this node reported down (silent for an election timeout).
     pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
@@ -349,6 +354,8 @@ impl Metrics {
             oracle_is_leader: Gauge::default(),
             oracle_timestamps: Counter::default(),
             oracle_requests: Counter::default(),
+            oracle_asks_unanswered: Counter::default(),
+            oracle_asks_granted: Counter::default(),
             nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
             trace_spans_dropped: Counter::default(),
@@ -537,6 +544,18 @@ impl Metrics {
             "counter",
             "Requests the oracle on this member answered; timestamps per request is the batching.",
             self.oracle_requests.get().to_string(),
+        );
+        scalar(
+            "ostrakon_oracle_asks_unanswered_total",
+            "counter",
+            "Timestamp asks on a peer stream unanswered within 500 ms, asked again by a unary call.",
+            self.oracle_asks_unanswered.get().to_string(),
+        );
+        scalar(
+            "ostrakon_oracle_asks_granted_total",
+            "counter",
+            "Timestamp asks this member sent on a peer stream and got a grant for.",
+            self.oracle_asks_granted.get().to_string(),
         );
         scalar(
             "ostrakon_nodes_reported_down_total",

@@ -134,7 +134,7 @@ impl Replica {
     ) {
         match &mut self.timestamps {
             Some(service) => service.request(&self.node, count, respond),
-            None => drop(respond.send(Err(NodeError::UnknownGroup))),
+            None => respond.answer(Err(NodeError::UnknownGroup)),
         }
     }
 

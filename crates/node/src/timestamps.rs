@@ -23,7 +23,23 @@ use tokio::sync::oneshot;
 use crate::error::NodeError;
 
 /// Where a timestamp request waits for its timestamps.
-pub type TimestampResponder = oneshot::Sender<Result<TimestampRange, NodeError>>;
+pub enum TimestampResponder {
+    /// A caller on this member, waiting on a channel.
+    Local(oneshot::Sender<Result<TimestampRange, NodeError>>),
+    /// A peer's ask, answered on the peer stream back to it (the closure queues the
+    /// answer there; it never blocks the event loop).
+    Peer(Box<dyn FnOnce(Result<TimestampRange, NodeError>) + Send>),
+}
+
+impl TimestampResponder {
+    /// Answers the request (a caller that gave up is not an error).
+    pub fn answer(self, result: Result<TimestampRange, NodeError>) {
+        match self {
+            TimestampResponder::Local(respond) => drop(respond.send(result)),
+            TimestampResponder::Peer(respond) => respond(result),
+        }
+    }
+}
 
 /// The bit that marks the oracle's read indexes apart from the replica's own reads in
 /// raft's one space of read request ids.
@@ -71,9 +87,9 @@ impl TimestampService {
     pub fn request(&mut self, node: &RawNode, count: u64, respond: TimestampResponder) {
         assert!(count > 0, "a request for no timestamps");
         if node.role() != Role::Leader {
-            let _ = respond.send(Err(NodeError::NotLeader(node.leader())));
+            respond.answer(Err(NodeError::NotLeader(node.leader())));
         } else if self.waiting >= WAITING_MAX {
-            let _ = respond.send(Err(NodeError::Overloaded));
+            respond.answer(Err(NodeError::Overloaded));
         } else {
             self.waiting += 1;
             self.arrived.push(Waiting { count, respond });
@@ -153,7 +169,7 @@ impl TimestampService {
             let metrics = crate::metrics::metrics();
             metrics.oracle_timestamps.add(granted.count);
             metrics.oracle_requests.inc();
-            let _ = waiting.respond.send(Ok(granted));
+            waiting.respond.answer(Ok(granted));
         }
     }
 
@@ -175,7 +191,7 @@ impl TimestampService {
     fn fail(&mut self, batch: Vec<Waiting>, error: NodeError) {
         self.waiting -= batch.len();
         for waiting in batch {
-            let _ = waiting.respond.send(Err(error.clone()));
+            waiting.respond.answer(Err(error.clone()));
         }
     }
 }

@@ -27,6 +27,7 @@ pub(crate) fn watch_answer(
     from: u64,
     events_max: usize,
 ) -> RangeWatchAnswer {
+    assert!(events_max > 0, "a history holds at least one revision");
     let mut by_revision: BTreeMap<u64, Vec<WatchEvent>> = BTreeMap::new();
     // Versions come in key order, so each revision's events are in key order.
     for (&(key, revision), &value) in &kv.versions {

@@ -13,6 +13,7 @@
 mod codec;
 mod forwarder;
 mod service;
+mod timestamp_asks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -110,7 +111,9 @@ struct Inner {
     channels: RwLock<BTreeMap<NodeId, (String, Channel)>>,
     /// Each peer's queue of messages waiting for its stream; bounded by
     /// `PEER_QUEUE_MESSAGES_MAX`.
-    queues: Mutex<HashMap<NodeId, mpsc::Sender<pb::RaftMessage>>>,
+    queues: Mutex<HashMap<NodeId, mpsc::Sender<Outgoing>>>,
+    /// Timestamp asks sent on the peer streams, waiting for their grants.
+    asks: timestamp_asks::Asks,
     /// When each peer was last heard from (filled by the peer service).
     liveness: Arc<Liveness>,
     /// An idle sender sends an empty batch this often (the raft heartbeat interval).
@@ -125,6 +128,13 @@ struct Inner {
     request_timeout: Duration,
     /// Each leader member's queue of writes to forward (`forwarder`).
     forward_queues: Mutex<HashMap<NodeId, mpsc::Sender<forwarder::QueuedForward>>>,
+}
+
+/// What a peer's stream carries: raft messages, and the oracle's asks and grants.
+enum Outgoing {
+    Raft(pb::RaftMessage),
+    Ask(pb::TimestampsAsk),
+    Grant(pb::TimestampsGrant),
 }
 
 /// The client side of the peer protocol.
@@ -179,6 +189,7 @@ impl Transport {
                 snapshot_failures: Mutex::default(),
                 request_timeout: config.request_timeout,
                 forward_queues: Mutex::default(),
+                asks: timestamp_asks::Asks::default(),
             }),
         };
         transport.set_peers(&config.peers);
@@ -316,28 +327,40 @@ impl Transport {
                 self.send_snapshot(message);
                 continue;
             }
-            let queue = queues.entry(to).or_insert_with(|| self.start_sender(to));
-            match queue.try_send(pb::RaftMessage::from(&message)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    crate::metrics::metrics().peer_messages_dropped.inc();
-                    if !full.contains(&to) {
-                        tracing::debug!(to = to.0, "peer send queue full: message dropped");
-                        full.push(to);
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(unsent)) => {
-                    // The sender ended (the peer's URL changed); start a new one.
-                    let queue = self.start_sender(to);
-                    let _ = queue.try_send(unsent);
-                    queues.insert(to, queue);
+            let message = Outgoing::Raft(pb::RaftMessage::from(&message));
+            if !self.enqueue(&mut queues, to, message) {
+                crate::metrics::metrics().peer_messages_dropped.inc();
+                if !full.contains(&to) {
+                    tracing::debug!(to = to.0, "peer send queue full: message dropped");
+                    full.push(to);
                 }
             }
         }
         full
     }
 
-    fn start_sender(&self, to: NodeId) -> mpsc::Sender<pb::RaftMessage> {
+    /// Queues `item` for `to`'s stream; false if the queue is full (dropped).
+    fn enqueue(
+        &self,
+        queues: &mut HashMap<NodeId, mpsc::Sender<Outgoing>>,
+        to: NodeId,
+        item: Outgoing,
+    ) -> bool {
+        let queue = queues.entry(to).or_insert_with(|| self.start_sender(to));
+        match queue.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(unsent)) => {
+                // The sender ended (the peer's URL changed); start a new one.
+                let queue = self.start_sender(to);
+                let sent = queue.try_send(unsent).is_ok();
+                queues.insert(to, queue);
+                sent
+            }
+        }
+    }
+
+    fn start_sender(&self, to: NodeId) -> mpsc::Sender<Outgoing> {
         let (tx, rx) = mpsc::channel(peer_queue_messages_max());
         let transport = self.clone();
         self.inner
@@ -346,7 +369,7 @@ impl Transport {
         tx
     }
 
-    async fn run_sender(self, to: NodeId, mut queue: mpsc::Receiver<pb::RaftMessage>) {
+    async fn run_sender(self, to: NodeId, mut queue: mpsc::Receiver<Outgoing>) {
         loop {
             // Each connection uses the member's current URL; a member that left ends it.
             let Some(channel) = self.channel(to) else {
@@ -361,25 +384,32 @@ impl Transport {
             let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream)).await });
             loop {
                 let idle_ping_interval = self.inner.idle_ping_interval;
-                let mut messages = Vec::new();
+                let mut items = Vec::new();
                 match tokio::time::timeout(idle_ping_interval, queue.recv()).await {
-                    Ok(Some(first)) => messages.push(first),
+                    Ok(Some(first)) => items.push(first),
                     Ok(None) => return,
                     // Nothing to say: an empty batch tells the peer this node is up.
                     Err(_) => {}
                 }
-                while !messages.is_empty() && messages.len() < BATCH_MESSAGES_MAX {
+                while !items.is_empty() && items.len() < BATCH_MESSAGES_MAX {
                     match queue.try_recv() {
-                        Ok(message) => messages.push(message),
+                        Ok(item) => items.push(item),
                         Err(_) => break,
                     }
                 }
-                let batch = MessageBatch {
+                let mut batch = MessageBatch {
                     from: self.inner.me.0,
                     to: to.0,
                     cluster_id: self.inner.cluster_id,
-                    messages,
+                    ..MessageBatch::default()
                 };
+                for item in items {
+                    match item {
+                        Outgoing::Raft(message) => batch.messages.push(message),
+                        Outgoing::Ask(ask) => batch.timestamps_asks.push(ask),
+                        Outgoing::Grant(grant) => batch.timestamps_grants.push(grant),
+                    }
+                }
                 if !batch.messages.is_empty() {
                     crate::metrics::metrics()
                         .transport_batch_messages
@@ -591,36 +621,6 @@ impl Transport {
             Some(error) => Err(codec::decode_node_error(error)),
             None => Ok(()),
         }
-    }
-
-    /// Asks the meta range's leader for timestamps.
-    pub async fn timestamps(
-        &self,
-        leader: NodeId,
-        count: u64,
-    ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
-        let Some(channel) = self.channel(leader) else {
-            return Err(NodeError::NoLeader);
-        };
-        let response = PeerClient::new(channel)
-            .timestamps(pb::PeerTimestampsRequest {
-                count,
-                cluster_id: self.inner.cluster_id,
-                from: self.inner.me.0,
-            })
-            .await
-            .map_err(|_| NodeError::LeaderChanged)?
-            .into_inner();
-        if let Some(error) = response.error {
-            return Err(codec::decode_node_error(error));
-        }
-        if response.count != count {
-            return Err(NodeError::LeaderChanged);
-        }
-        Ok(ostrakon_ranges::TimestampRange {
-            first: ostrakon_ranges::Timestamp(response.first),
-            count,
-        })
     }
 
     /// A read barrier on the range's leader (`NodeHandle::read_barrier_local` there).

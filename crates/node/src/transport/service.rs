@@ -151,6 +151,33 @@ impl Peer for PeerService {
                     .await
                     .map_err(|_| Status::unavailable("stopping"))?;
             }
+            let from = NodeId(batch.from);
+            for grant in batch.timestamps_grants {
+                self.handle.transport().granted(from, grant);
+            }
+            let asks = if super::timestamp_asks::ignore_asks() {
+                Vec::new()
+            } else {
+                batch.timestamps_asks
+            };
+            for ask in asks {
+                let transport = self.handle.transport().clone();
+                let id = ask.id;
+                if ask.count == 0 || ask.count > crate::handle::TIMESTAMPS_PER_REQUEST_MAX {
+                    return Err(Status::invalid_argument("timestamp count out of range"));
+                }
+                let respond =
+                    crate::timestamps::TimestampResponder::Peer(Box::new(move |result| {
+                        transport.grant(from, id, result)
+                    }));
+                self.inputs
+                    .send_async(Input::Timestamps {
+                        count: ask.count,
+                        respond,
+                    })
+                    .await
+                    .map_err(|_| Status::unavailable("stopping"))?;
+            }
         }
         Ok(Response::new(RaftAck {}))
     }

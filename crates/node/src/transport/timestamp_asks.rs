@@ -1,0 +1,212 @@
+//! Timestamps from the meta range's leader, asked and granted on the peer streams that
+//! carry raft messages (docs/PERFORMANCE.md, "Oracle requests on the peer stream").
+//!
+//! A unary gRPC call per oracle request cost more thread hand-offs than the read index
+//! the oracle waits for: a task on each side, a new HTTP/2 stream, tonic's buffer. An
+//! ask instead joins the next batch of raft messages to the leader, and the grant rides
+//! the batch back, often with the heartbeat answers of the very read index it waited
+//! for. The asker keeps a table of asks by id; the grant's sender must be the member
+//! asked.
+//!
+//! Streams drop what they cannot carry (a full queue, a broken connection), so an ask
+//! unanswered within `ASK_TIMEOUT` is asked again with the unary `Timestamps` call. A
+//! member of an earlier version ignores asks: one that has never granted one and lets an
+//! ask time out is asked by unary calls only, for `UNARY_ONLY_FOR`. A lost or late grant
+//! leaves its timestamps unused, which the oracle allows.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ostrakon_proto::peer::peer_client::PeerClient;
+use ostrakon_proto::peer::{self as pb};
+use ostrakon_raft::NodeId;
+use ostrakon_ranges::{Timestamp, TimestampRange};
+use tokio::sync::oneshot;
+
+use super::{codec, Outgoing, Transport};
+use crate::error::NodeError;
+
+/// An ask unanswered this long is asked again by a unary call. Well above the read
+/// index round it waits for, which takes a round trip and the followers' turns.
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a member that never granted an ask is asked by unary calls only.
+const UNARY_ONLY_FOR: Duration = Duration::from_secs(30);
+
+/// Whether this member ignores the asks it receives, as a member of an earlier version
+/// does: `OSTRAKON_TEST_IGNORE_TIMESTAMP_ASKS=1` (tests show the askers fall back).
+pub(super) fn ignore_asks() -> bool {
+    static IGNORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IGNORE.get_or_init(|| {
+        std::env::var("OSTRAKON_TEST_IGNORE_TIMESTAMP_ASKS").is_ok_and(|value| value == "1")
+    })
+}
+
+type Waiter = oneshot::Sender<Result<TimestampRange, NodeError>>;
+
+/// The asks waiting for grants, and what is known of each peer's answering.
+#[derive(Default)]
+pub(super) struct Asks {
+    next_id: AtomicU64,
+    /// Ask id to the member asked and its waiter.
+    waiting: Mutex<HashMap<u64, (NodeId, Waiter)>>,
+    /// Members that granted an ask (they speak this protocol).
+    granting: Mutex<HashSet<NodeId>>,
+    /// Members asked by unary calls only until then.
+    unary_only: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Transport {
+    /// `count` timestamps from the meta range's leader `leader`: asked on the peer
+    /// stream, or by a unary call if that goes unanswered.
+    pub async fn timestamps(
+        &self,
+        leader: NodeId,
+        count: u64,
+    ) -> Result<TimestampRange, NodeError> {
+        if !self.asks_unary_only(leader) {
+            match self.ask_on_stream(leader, count).await {
+                Some(granted) => return granted,
+                None => {
+                    crate::metrics::metrics().oracle_asks_unanswered.inc();
+                    let asks = &self.inner.asks;
+                    if !asks.granting.lock().unwrap().contains(&leader) {
+                        let until = Instant::now() + UNARY_ONLY_FOR;
+                        asks.unary_only.lock().unwrap().insert(leader, until);
+                    }
+                }
+            }
+        }
+        self.timestamps_unary(leader, count).await
+    }
+
+    fn asks_unary_only(&self, leader: NodeId) -> bool {
+        let mut unary_only = self.inner.asks.unary_only.lock().unwrap();
+        match unary_only.get(&leader) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                unary_only.remove(&leader);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Asks on the stream; None if no grant came within `ASK_TIMEOUT` (or the ask could
+    /// not be queued).
+    async fn ask_on_stream(
+        &self,
+        leader: NodeId,
+        count: u64,
+    ) -> Option<Result<TimestampRange, NodeError>> {
+        if self.channel(leader).is_none() {
+            return Some(Err(NodeError::NoLeader));
+        }
+        let asks = &self.inner.asks;
+        let id = asks.next_id.fetch_add(1, Ordering::Relaxed);
+        let (waiter, granted) = oneshot::channel();
+        asks.waiting.lock().unwrap().insert(id, (leader, waiter));
+        let ask = Outgoing::Ask(pb::TimestampsAsk { id, count });
+        let queued = {
+            let mut queues = self.inner.queues.lock().unwrap();
+            self.enqueue(&mut queues, leader, ask)
+        };
+        let answer = if queued {
+            tokio::time::timeout(ASK_TIMEOUT, granted).await.ok()
+        } else {
+            None
+        };
+        asks.waiting.lock().unwrap().remove(&id);
+        match answer {
+            Some(Ok(result)) => Some(result.and_then(|range| {
+                // An answer for another count is not this ask's.
+                if range.count == count {
+                    Ok(range)
+                } else {
+                    Err(NodeError::LeaderChanged)
+                }
+            })),
+            // The waiter went with the table entry: a grant from another member.
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// A grant arrived on `from`'s stream.
+    pub(super) fn granted(&self, from: NodeId, grant: pb::TimestampsGrant) {
+        let asks = &self.inner.asks;
+        asks.granting.lock().unwrap().insert(from);
+        let mut waiting = asks.waiting.lock().unwrap();
+        match waiting.get(&grant.id) {
+            Some((asked, _)) if *asked == from => {}
+            // Late (given up on), or from a member that was not asked.
+            _ => return,
+        }
+        let (_, waiter) = waiting.remove(&grant.id).expect("looked up above");
+        drop(waiting);
+        crate::metrics::metrics().oracle_asks_granted.inc();
+        let result = match grant.error {
+            Some(error) => Err(codec::decode_node_error(error)),
+            None => Ok(TimestampRange {
+                first: Timestamp(grant.first),
+                count: grant.count,
+            }),
+        };
+        let _ = waiter.send(result);
+    }
+
+    /// Answers `to`'s ask `id` on the stream back to it (from the event loop: never
+    /// blocks; a full queue drops the grant, and the asker asks again).
+    pub(super) fn grant(&self, to: NodeId, id: u64, result: Result<TimestampRange, NodeError>) {
+        if self.channel(to).is_none() {
+            return; // not (or no longer) a peer: no stream to answer on
+        }
+        let grant = match result {
+            Ok(range) => pb::TimestampsGrant {
+                id,
+                first: range.first.0,
+                count: range.count,
+                error: None,
+            },
+            Err(error) => pb::TimestampsGrant {
+                id,
+                error: Some(codec::encode_node_error(error)),
+                ..Default::default()
+            },
+        };
+        let mut queues = self.inner.queues.lock().unwrap();
+        if !self.enqueue(&mut queues, to, Outgoing::Grant(grant)) {
+            crate::metrics::metrics().peer_messages_dropped.inc();
+        }
+    }
+
+    /// The unary `Timestamps` call.
+    async fn timestamps_unary(
+        &self,
+        leader: NodeId,
+        count: u64,
+    ) -> Result<TimestampRange, NodeError> {
+        let Some(channel) = self.channel(leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        let response = PeerClient::new(channel)
+            .timestamps(pb::PeerTimestampsRequest {
+                count,
+                cluster_id: self.inner.cluster_id,
+                from: self.inner.me.0,
+            })
+            .await
+            .map_err(|_| NodeError::LeaderChanged)?
+            .into_inner();
+        if let Some(error) = response.error {
+            return Err(codec::decode_node_error(error));
+        }
+        if response.count != count {
+            return Err(NodeError::LeaderChanged);
+        }
+        Ok(TimestampRange {
+            first: Timestamp(response.first),
+            count,
+        })
+    }
+}
