@@ -152,6 +152,11 @@ impl Peer for PeerService {
                     .map_err(|_| Status::unavailable("stopping"))?;
             }
             let from = NodeId(batch.from);
+            if batch.to != self.handle.id().0 {
+                // A stream meant for another member at this URL: its asks and grants
+                // are not ours (its raft messages were refused above).
+                continue;
+            }
             for grant in batch.timestamps_grants {
                 self.handle.transport().granted(from, grant);
             }
@@ -164,7 +169,13 @@ impl Peer for PeerService {
                 let transport = self.handle.transport().clone();
                 let id = ask.id;
                 if ask.count == 0 || ask.count > crate::handle::TIMESTAMPS_PER_REQUEST_MAX {
-                    return Err(Status::invalid_argument("timestamp count out of range"));
+                    // As the unary call fails alone: this ask only, not the stream.
+                    let refused = crate::error::NodeError::Refused {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: "timestamp count out of range".to_string(),
+                    };
+                    transport.grant(from, id, Err(refused));
+                    continue;
                 }
                 let respond =
                     crate::timestamps::TimestampResponder::Peer(Box::new(move |result| {

@@ -10,11 +10,17 @@
 //!
 //! Streams drop what they cannot carry (a full queue, a broken connection), so an ask
 //! unanswered within `ASK_TIMEOUT` is asked again with the unary `Timestamps` call. A
-//! member of an earlier version ignores asks: one that has never granted one and lets an
-//! ask time out is asked by unary calls only, for `UNARY_ONLY_FOR`. A lost or late grant
-//! leaves its timestamps unused, which the oracle allows.
+//! member of an earlier version ignores asks: after `MISSES_BEFORE_UNARY` asks in a row
+//! go unanswered, a member is asked by unary calls only, for `UNARY_ONLY_FOR` (one lost
+//! ask, as when a restarted leader's stream drops what was queued, is not enough). A
+//! lost or late grant leaves its timestamps unused, which the oracle allows.
+//!
+//! Ask ids start at a random number in each process: a grant queued for a process
+//! that crashed must not match an ask of its successor, whose caller began after those
+//! timestamps were handed out (they could be below a write acknowledged in between).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,7 +37,9 @@ use crate::error::NodeError;
 /// An ask unanswered this long is asked again by a unary call. Well above the read
 /// index round it waits for, which takes a round trip and the followers' turns.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a member that never granted an ask is asked by unary calls only.
+/// Unanswered asks in a row after which a member is asked by unary calls only.
+const MISSES_BEFORE_UNARY: u32 = 3;
+/// How long a member that stopped answering asks is asked by unary calls only.
 const UNARY_ONLY_FOR: Duration = Duration::from_secs(30);
 
 /// Whether this member ignores the asks it receives, as a member of an earlier version
@@ -46,15 +54,40 @@ pub(super) fn ignore_asks() -> bool {
 type Waiter = oneshot::Sender<Result<TimestampRange, NodeError>>;
 
 /// The asks waiting for grants, and what is known of each peer's answering.
-#[derive(Default)]
 pub(super) struct Asks {
     next_id: AtomicU64,
     /// Ask id to the member asked and its waiter.
     waiting: Mutex<HashMap<u64, (NodeId, Waiter)>>,
-    /// Members that granted an ask (they speak this protocol).
-    granting: Mutex<HashSet<NodeId>>,
+    /// Each member's unanswered asks in a row.
+    misses: Mutex<HashMap<NodeId, u32>>,
     /// Members asked by unary calls only until then.
     unary_only: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Default for Asks {
+    fn default() -> Asks {
+        // Random per process (the standard library seeds it from the OS).
+        let first_id = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        Asks {
+            next_id: AtomicU64::new(first_id),
+            waiting: Mutex::default(),
+            misses: Mutex::default(),
+            unary_only: Mutex::default(),
+        }
+    }
+}
+
+/// Removes an ask from the table however its wait ends (a caller that gives up drops
+/// the wait mid-way).
+struct Pending<'a> {
+    asks: &'a Asks,
+    id: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.asks.waiting.lock().unwrap().remove(&self.id);
+    }
 }
 
 impl Transport {
@@ -66,16 +99,8 @@ impl Transport {
         count: u64,
     ) -> Result<TimestampRange, NodeError> {
         if !self.asks_unary_only(leader) {
-            match self.ask_on_stream(leader, count).await {
-                Some(granted) => return granted,
-                None => {
-                    crate::metrics::metrics().oracle_asks_unanswered.inc();
-                    let asks = &self.inner.asks;
-                    if !asks.granting.lock().unwrap().contains(&leader) {
-                        let until = Instant::now() + UNARY_ONLY_FOR;
-                        asks.unary_only.lock().unwrap().insert(leader, until);
-                    }
-                }
+            if let Some(granted) = self.ask_on_stream(leader, count).await {
+                return granted;
             }
         }
         self.timestamps_unary(leader, count).await
@@ -107,19 +132,19 @@ impl Transport {
         let id = asks.next_id.fetch_add(1, Ordering::Relaxed);
         let (waiter, granted) = oneshot::channel();
         asks.waiting.lock().unwrap().insert(id, (leader, waiter));
+        let _pending = Pending { asks, id };
         let ask = Outgoing::Ask(pb::TimestampsAsk { id, count });
         let queued = {
             let mut queues = self.inner.queues.lock().unwrap();
             self.enqueue(&mut queues, leader, ask)
         };
-        let answer = if queued {
-            tokio::time::timeout(ASK_TIMEOUT, granted).await.ok()
-        } else {
-            None
-        };
-        asks.waiting.lock().unwrap().remove(&id);
-        match answer {
-            Some(Ok(result)) => Some(result.and_then(|range| {
+        if !queued {
+            // Our own queue is full: nothing learnt about the peer.
+            crate::metrics::metrics().peer_messages_dropped.inc();
+            return None;
+        }
+        match tokio::time::timeout(ASK_TIMEOUT, granted).await {
+            Ok(Ok(result)) => Some(result.and_then(|range| {
                 // An answer for another count is not this ask's.
                 if range.count == count {
                     Ok(range)
@@ -127,15 +152,26 @@ impl Transport {
                     Err(NodeError::LeaderChanged)
                 }
             })),
-            // The waiter went with the table entry: a grant from another member.
-            Some(Err(_)) | None => None,
+            Ok(Err(_)) => unreachable!("a waiter leaves the table only to be answered"),
+            Err(_) => {
+                crate::metrics::metrics().oracle_asks_unanswered.inc();
+                let mut misses = asks.misses.lock().unwrap();
+                let missed = misses.entry(leader).or_default();
+                *missed += 1;
+                if *missed >= MISSES_BEFORE_UNARY {
+                    *missed = 0;
+                    let until = Instant::now() + UNARY_ONLY_FOR;
+                    asks.unary_only.lock().unwrap().insert(leader, until);
+                }
+                None
+            }
         }
     }
 
     /// A grant arrived on `from`'s stream.
     pub(super) fn granted(&self, from: NodeId, grant: pb::TimestampsGrant) {
         let asks = &self.inner.asks;
-        asks.granting.lock().unwrap().insert(from);
+        asks.misses.lock().unwrap().remove(&from);
         let mut waiting = asks.waiting.lock().unwrap();
         match waiting.get(&grant.id) {
             Some((asked, _)) if *asked == from => {}
@@ -144,13 +180,15 @@ impl Transport {
         }
         let (_, waiter) = waiting.remove(&grant.id).expect("looked up above");
         drop(waiting);
-        crate::metrics::metrics().oracle_asks_granted.inc();
         let result = match grant.error {
             Some(error) => Err(codec::decode_node_error(error)),
-            None => Ok(TimestampRange {
-                first: Timestamp(grant.first),
-                count: grant.count,
-            }),
+            None => {
+                crate::metrics::metrics().oracle_asks_granted.inc();
+                Ok(TimestampRange {
+                    first: Timestamp(grant.first),
+                    count: grant.count,
+                })
+            }
         };
         let _ = waiter.send(result);
     }
