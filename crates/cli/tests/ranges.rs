@@ -1115,6 +1115,55 @@ async fn a_range_past_its_load_splits_where_its_requests_halve() {
     assert!(all.kvs().iter().all(|kv| kv.value_str().unwrap() == last));
 }
 
+/// A split by load counts the reads every member serves, not only its leader's: two
+/// followers each reading below the limit (about 40 serializable gets a second each,
+/// limit 60), the leader serving none, together past it, split the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_other_members_serve_count_toward_a_split_by_load() {
+    let cluster = TestCluster::start(3, &["--range-split-qps", "60"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut writer = cluster.client(leader).await;
+    for i in 0..20 {
+        writer.put(format!("hot/{i:02}"), "v", None).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut readers = tokio::task::JoinSet::new();
+    for follower in (0..3).filter(|&i| i != leader) {
+        let mut client = cluster.client(follower).await;
+        readers.spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(25));
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                pace.tick().await;
+                let key = format!("hot/{:02}", n % 20);
+                let options = GetOptions::new().with_serializable();
+                client.get(key, Some(options)).await.unwrap();
+                n += 1;
+            }
+        });
+    }
+    let boundaries = loop {
+        let listed = ranges(&cluster, leader).await.unwrap_or_default();
+        let boundaries: Vec<String> = listed
+            .iter()
+            .map(|range| String::from_utf8_lossy(&range.start).into_owned())
+            .filter(|start| !start.is_empty())
+            .collect();
+        if !boundaries.is_empty() {
+            break boundaries;
+        }
+        assert!(Instant::now() < deadline, "no split by load: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    readers.abort_all();
+    // Cut among the hot keys, where the followers' reads halve.
+    let first = &boundaries[0];
+    assert!(
+        first.as_str() >= "hot/04" && first.as_str() <= "hot/16",
+        "split at {first:?}"
+    );
+}
+
 /// A put through `client`, as the event a watcher should see of it.
 async fn put(client: &mut etcd_client::Client, key: &str, value: String) -> (String, String, i64) {
     let put = client.put(key, value.as_str(), None).await.unwrap();

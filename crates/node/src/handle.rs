@@ -47,6 +47,8 @@ struct Inner {
     transport: Transport,
     /// The ranges noticed for the node's periodic range tasks.
     range_work: crate::range_work::RangeWork,
+    /// What the other members report of the ranges this member leads.
+    remote_load: crate::remote_load::RemoteLoad,
     request_timeout: Duration,
     /// How long a request waits for a group's leadership to settle (two election
     /// timeouts) before it fails with no leader or leader changed.
@@ -168,6 +170,7 @@ impl NodeHandle {
                 directory: Default::default(),
                 transport,
                 range_work: crate::range_work::RangeWork::default(),
+                remote_load: crate::remote_load::RemoteLoad::default(),
                 request_timeout: config.request_timeout,
                 leader_wait: config.tick_interval * config.election_ticks * 2,
                 next_write_id: AtomicU64::new(1),
@@ -1034,6 +1037,11 @@ impl NodeHandle {
     /// The ranges noticed for the node's periodic range tasks.
     pub(crate) fn range_work(&self) -> &crate::range_work::RangeWork {
         &self.inner.range_work
+    }
+
+    /// The load the other members report for the ranges this member leads.
+    pub(crate) fn remote_load(&self) -> &crate::remote_load::RemoteLoad {
+        &self.inner.remote_load
     }
 
     /// The group's state machine, for reads.

@@ -40,6 +40,7 @@ mod merge_queue;
 pub mod metrics;
 pub mod range_work;
 pub mod reconfig_check;
+pub mod remote_load;
 mod replica;
 pub mod request_rate;
 pub mod restore;

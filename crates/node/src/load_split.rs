@@ -8,20 +8,28 @@
 //! hot key) leaves it whole. A range split by load, and the range it made, are left
 //! alone for a window, while their rates are measured anew. One task per node.
 //!
-//! The rate is this member's: every write the range applies, as its leader, and the
-//! reads this member serves. Reads served by the other members are not counted here.
+//! The rate is the range's on every member: this member's (every write the range
+//! applies, as its leader, and the reads it serves), and what the other members report
+//! of the reads they serve (`remote_load`): each look, a member sends every range's
+//! leader the rate and key sample of the ranges it served without leading them. The
+//! cut is at the middle of the members' samples, each weighted by its member's rate.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ostrakon_raft::GroupId;
+use ostrakon_proto::peer as pb;
+use ostrakon_raft::{GroupId, NodeId};
 use ostrakon_storage::mvcc::KeySpan;
 
 use crate::handle::NodeHandle;
+use crate::remote_load::weighted_sample;
 use crate::DEFAULT_GROUP;
 
 /// How often the node looks at the load of the ranges it leads.
 const LOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a load report to a range's leader may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a range that split by load is left alone: its rate's window (the rate of the
 /// range it kept still counts the half it gave away until then).
@@ -61,12 +69,12 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
             return; // the node stopped
         }
         resting.retain(|_, since| since.elapsed() < SPLIT_COOLDOWN);
-        for group in handle.range_work().served.take() {
-            // The sample covers the requests since the last look, hot or not (taking it
-            // has the range's next request notice it again).
-            let (Ok(status), Ok(sample), Ok(per_second), Ok(store)) = (
+        let mut reports: HashMap<NodeId, Vec<pb::RangeLoad>> = HashMap::new();
+        let mut groups = handle.range_work().served.take();
+        groups.extend(handle.remote_load().reported());
+        for group in groups {
+            let (Ok(status), Ok(per_second), Ok(store)) = (
                 handle.status(group),
-                handle.take_key_sample(group),
                 handle.requests_per_second(group),
                 handle.store(group),
             ) else {
@@ -76,9 +84,33 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
             if group == crate::META_GROUP || span.is_none() {
                 continue;
             }
-            if !status.is_leader || resting.contains_key(&group) || per_second <= split_qps as f64 {
+            if !status.is_leader {
+                handle.remote_load().forget(group);
+                // Served here without leading it: the leader hears of it.
+                if status.leader != NodeId::NONE && per_second > 0.0 {
+                    let sample = handle.take_key_sample(group).unwrap_or_default();
+                    reports
+                        .entry(status.leader)
+                        .or_default()
+                        .push(pb::RangeLoad {
+                            group: group.0,
+                            per_second,
+                            sample: sample.into_iter().map(Into::into).collect(),
+                        });
+                }
                 continue;
             }
+            // The sample covers the requests since the last look, hot or not (taking it
+            // has the range's next request notice it again).
+            let local_sample = handle.take_key_sample(group).unwrap_or_default();
+            let remote = handle.remote_load().take(group);
+            let total_per_second = per_second + remote.per_second;
+            if resting.contains_key(&group) || total_per_second <= split_qps as f64 {
+                continue;
+            }
+            let mut samples = remote.samples;
+            samples.push((per_second, local_sample));
+            let sample = weighted_sample(&samples, crate::request_rate::SAMPLED_KEYS);
             if sample.len() < SAMPLE_MIN {
                 continue;
             }
@@ -90,17 +122,29 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
                     tracing::info!(
                         left = left.0,
                         right = right.0,
-                        per_second,
+                        per_second = total_per_second,
+                        on_this_member = per_second,
                         split_qps,
                         key = %String::from_utf8_lossy(&key),
                         "split a range past its load"
                     );
+                    handle.remote_load().forget(left);
+                    handle.remote_load().forget(right);
                     resting.insert(left, Instant::now());
                     resting.insert(right, Instant::now());
                 }
                 Err(error) => {
                     tracing::debug!(group = group.0, %error, "splitting a range past its load failed; will retry")
                 }
+            }
+        }
+        for (leader, ranges) in reports {
+            // A lost report only delays a split: the next look reports again.
+            let report = handle.transport().report_load(leader, ranges);
+            match tokio::time::timeout(REPORT_TIMEOUT, report).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(leader = leader.0, %error, "load report failed"),
+                Err(_) => tracing::debug!(leader = leader.0, "load report timed out"),
             }
         }
     }

@@ -623,6 +623,26 @@ impl Transport {
         }
     }
 
+    /// Reports the load this member served for ranges `leader` leads (`remote_load`).
+    pub async fn report_load(
+        &self,
+        leader: NodeId,
+        ranges: Vec<pb::RangeLoad>,
+    ) -> Result<(), NodeError> {
+        let Some(channel) = self.channel(leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        PeerClient::new(channel)
+            .report_load(pb::LoadReport {
+                cluster_id: self.inner.cluster_id,
+                from: self.inner.me.0,
+                ranges,
+            })
+            .await
+            .map_err(|_| NodeError::LeaderChanged)?;
+        Ok(())
+    }
+
     /// A read barrier on the range's leader (`NodeHandle::read_barrier_local` there).
     pub async fn read_barrier(
         &self,

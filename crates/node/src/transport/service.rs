@@ -424,6 +424,32 @@ impl Peer for PeerService {
         Ok(Response::new(response))
     }
 
+    async fn report_load(
+        &self,
+        request: Request<pb::LoadReport>,
+    ) -> Result<Response<pb::LoadReportAck>, Status> {
+        let request = request.into_inner();
+        self.check_sender(request.cluster_id, request.from)?;
+        let from = NodeId(request.from);
+        for range in request.ranges {
+            if !range.per_second.is_finite() || range.per_second < 0.0 {
+                return Err(Status::invalid_argument(
+                    "a load report's rate is not a rate",
+                ));
+            }
+            let sample = range
+                .sample
+                .into_iter()
+                .take(crate::request_rate::SAMPLED_KEYS)
+                .map(|key| key.to_vec())
+                .collect();
+            self.handle
+                .remote_load()
+                .record(from, GroupId(range.group), range.per_second, sample);
+        }
+        Ok(Response::new(pb::LoadReportAck {}))
+    }
+
     async fn read_barrier(
         &self,
         request: Request<pb::ReadBarrierRequest>,
