@@ -1088,12 +1088,7 @@ async fn a_range_past_its_load_splits_where_its_requests_halve() {
                 .unwrap();
         }
         round += 1;
-        let listed = ranges(&cluster, 0).await.unwrap_or_default();
-        let boundaries: Vec<String> = listed
-            .iter()
-            .map(|range| String::from_utf8_lossy(&range.start).into_owned())
-            .filter(|start| !start.is_empty())
-            .collect();
+        let (boundaries, listed) = boundaries(&cluster, 0).await;
         if !boundaries.is_empty() {
             break boundaries;
         }
@@ -1113,6 +1108,20 @@ async fn a_range_past_its_load_splits_where_its_requests_halve() {
     assert_eq!(all.kvs().len(), 20);
     let last = (round - 1).to_string();
     assert!(all.kvs().iter().all(|kv| kv.value_str().unwrap() == last));
+}
+
+/// Where ranges start (the first excepted), as member `i` lists them, and the listing.
+async fn boundaries(
+    cluster: &TestCluster,
+    i: usize,
+) -> (Vec<String>, Vec<ostrakon_proto::ostrakonpb::RangeInfo>) {
+    let listed = ranges(cluster, i).await.unwrap_or_default();
+    let boundaries = listed
+        .iter()
+        .map(|range| String::from_utf8_lossy(&range.start).into_owned())
+        .filter(|start| !start.is_empty())
+        .collect();
+    (boundaries, listed)
 }
 
 /// A split by load counts the reads every member serves, not only its leader's: two
@@ -1143,12 +1152,7 @@ async fn reads_other_members_serve_count_toward_a_split_by_load() {
         });
     }
     let boundaries = loop {
-        let listed = ranges(&cluster, leader).await.unwrap_or_default();
-        let boundaries: Vec<String> = listed
-            .iter()
-            .map(|range| String::from_utf8_lossy(&range.start).into_owned())
-            .filter(|start| !start.is_empty())
-            .collect();
+        let (boundaries, listed) = boundaries(&cluster, leader).await;
         if !boundaries.is_empty() {
             break boundaries;
         }
