@@ -1088,7 +1088,7 @@ async fn a_range_past_its_load_splits_where_its_requests_halve() {
                 .unwrap();
         }
         round += 1;
-        let (boundaries, listed) = boundaries(&cluster, 0).await;
+        let (boundaries, listed) = range_starts(&cluster, 0).await;
         if !boundaries.is_empty() {
             break boundaries;
         }
@@ -1111,7 +1111,7 @@ async fn a_range_past_its_load_splits_where_its_requests_halve() {
 }
 
 /// Where ranges start (the first excepted), as member `i` lists them, and the listing.
-async fn boundaries(
+async fn range_starts(
     cluster: &TestCluster,
     i: usize,
 ) -> (Vec<String>, Vec<ostrakon_proto::ostrakonpb::RangeInfo>) {
@@ -1135,7 +1135,7 @@ async fn reads_other_members_serve_count_toward_a_split_by_load() {
     for i in 0..20 {
         writer.put(format!("hot/{i:02}"), "v", None).await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut readers = tokio::task::JoinSet::new();
     for follower in (0..3).filter(|&i| i != leader) {
         let mut client = cluster.client(follower).await;
@@ -1152,20 +1152,28 @@ async fn reads_other_members_serve_count_toward_a_split_by_load() {
         });
     }
     let boundaries = loop {
-        let (boundaries, listed) = boundaries(&cluster, leader).await;
+        let (boundaries, listed) = range_starts(&cluster, leader).await;
         if !boundaries.is_empty() {
             break boundaries;
         }
         assert!(Instant::now() < deadline, "no split by load: {listed:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    readers.abort_all();
     // Cut among the hot keys, where the followers' reads halve.
     let first = &boundaries[0];
     assert!(
         first.as_str() >= "hot/04" && first.as_str() <= "hot/16",
         "split at {first:?}"
     );
+    // The halves are not cold to their leader (five cold looks, 10 s, merge them): the
+    // followers' reads go on, and the cut stays.
+    let watch_until = Instant::now() + Duration::from_secs(14);
+    while Instant::now() < watch_until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (now, listed) = range_starts(&cluster, leader).await;
+        assert!(!now.is_empty(), "the halves merged back: {listed:?}");
+    }
+    readers.abort_all();
 }
 
 /// A put through `client`, as the event a watcher should see of it.

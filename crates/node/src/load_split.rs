@@ -30,6 +30,8 @@ const LOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a load report to a range's leader may take.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Ranges in one load report at most (and taken from one at most).
+pub(crate) const REPORT_RANGES_MAX: usize = 1_000;
 
 /// How long a range that split by load is left alone: its rate's window (the rate of the
 /// range it kept still counts the half it gave away until then).
@@ -86,9 +88,12 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
             }
             if !status.is_leader {
                 handle.remote_load().forget(group);
-                // Served here without leading it: the leader hears of it.
-                if status.leader != NodeId::NONE && per_second > 0.0 {
-                    let sample = handle.take_key_sample(group).unwrap_or_default();
+                // Taken whatever happens next: the range's next request notices it again.
+                let sample = handle.take_key_sample(group).unwrap_or_default();
+                // Served here without leading it: the leader hears of it. (The rate counts
+                // whole seconds: the first look after a quiet spell may see none yet.)
+                let served = per_second > 0.0 || !sample.is_empty();
+                if status.leader != NodeId::NONE && served {
                     reports
                         .entry(status.leader)
                         .or_default()
@@ -103,7 +108,7 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
             // The sample covers the requests since the last look, hot or not (taking it
             // has the range's next request notice it again).
             let local_sample = handle.take_key_sample(group).unwrap_or_default();
-            let remote = handle.remote_load().take(group);
+            let remote = handle.remote_load().load(group);
             let total_per_second = per_second + remote.per_second;
             if resting.contains_key(&group) || total_per_second <= split_qps as f64 {
                 continue;
@@ -138,15 +143,24 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
                 }
             }
         }
-        for (leader, ranges) in reports {
-            // A lost report only delays a split: the next look reports again.
-            let report = handle.transport().report_load(leader, ranges);
-            match tokio::time::timeout(REPORT_TIMEOUT, report).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(leader = leader.0, %error, "load report failed"),
-                Err(_) => tracing::debug!(leader = leader.0, "load report timed out"),
+        // To every leader at once (a lost report only delays a split: the next look
+        // reports again), the busiest ranges first and at most `REPORT_RANGES_MAX`.
+        let sends = reports.into_iter().map(|(leader, mut ranges)| {
+            ranges.sort_by(|a, b| b.per_second.total_cmp(&a.per_second));
+            ranges.truncate(REPORT_RANGES_MAX);
+            let transport = handle.transport().clone();
+            async move {
+                let report = transport.report_load(leader, ranges);
+                match tokio::time::timeout(REPORT_TIMEOUT, report).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(leader = leader.0, %error, "load report failed")
+                    }
+                    Err(_) => tracing::debug!(leader = leader.0, "load report timed out"),
+                }
             }
-        }
+        });
+        futures_util::future::join_all(sends).await;
     }
 }
 

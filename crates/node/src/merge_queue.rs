@@ -107,8 +107,13 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
                 continue;
             };
             let live_bytes = left_store.live_bytes() + store.live_bytes();
+            // Every member's load (what the others report of ranges led here), as splits
+            // by load count it: halves split by the followers' reads must not merge back.
+            let remote = |group| handle.remote_load().load(group).per_second;
             let rate = handle.requests_per_second(left).unwrap_or(f64::MAX)
-                + handle.requests_per_second(right).unwrap_or(f64::MAX);
+                + handle.requests_per_second(right).unwrap_or(f64::MAX)
+                + remote(left)
+                + remote(right);
             if !merge_due(live_bytes, rate, range_max_bytes, range_split_qps) {
                 due_looks.remove(&right);
                 continue;

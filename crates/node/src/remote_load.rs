@@ -32,7 +32,8 @@ pub struct RemoteLoad {
 pub struct Load {
     /// Requests per second, summed over the members.
     pub per_second: f64,
-    /// Each member's requests per second and key sample (taken: a sample counts once).
+    /// Each member's requests per second and key sample (the requests since its
+    /// report before).
     pub samples: Vec<(f64, Vec<Vec<u8>>)>,
 }
 
@@ -58,19 +59,16 @@ impl RemoteLoad {
         reports.keys().copied().collect()
     }
 
-    /// `group`'s load on the other members; their samples are taken.
-    pub fn take(&self, group: GroupId) -> Load {
-        let mut reports = self.reports.lock().unwrap();
+    /// `group`'s load on the other members, as their latest fresh reports say (each
+    /// look of the leader reads them, until newer ones replace them).
+    pub fn load(&self, group: GroupId) -> Load {
+        let reports = self.reports.lock().unwrap();
         let mut load = Load::default();
-        for report in reports
-            .get_mut(&group)
-            .into_iter()
-            .flat_map(|m| m.values_mut())
-        {
+        for report in reports.get(&group).into_iter().flat_map(|m| m.values()) {
             if report.at.elapsed() < REPORT_FRESH_FOR {
                 load.per_second += report.per_second;
                 load.samples
-                    .push((report.per_second, std::mem::take(&mut report.sample)));
+                    .push((report.per_second, report.sample.clone()));
             }
         }
         load
@@ -112,7 +110,7 @@ mod tests {
     }
 
     #[test]
-    fn reports_sum_over_members_and_their_samples_count_once() {
+    fn reports_sum_over_members_until_replaced_or_forgotten() {
         let load = RemoteLoad::default();
         let group = GroupId(7);
         load.record(NodeId(2), group, 100.0, keys(&["a", "b"]));
@@ -120,20 +118,18 @@ mod tests {
         // A newer report replaces the member's last.
         load.record(NodeId(3), group, 60.0, keys(&["d"]));
         assert_eq!(load.reported(), vec![group]);
-        let taken = load.take(group);
-        assert_eq!(taken.per_second, 160.0);
-        let mut samples = taken.samples;
+        let seen = load.load(group);
+        assert_eq!(seen.per_second, 160.0);
+        let mut samples = seen.samples;
         samples.sort_by(|a, b| a.0.total_cmp(&b.0));
         assert_eq!(
             samples,
             vec![(60.0, keys(&["d"])), (100.0, keys(&["a", "b"]))]
         );
-        // The rates stand until they go stale; the samples were taken.
-        let again = load.take(group);
-        assert_eq!(again.per_second, 160.0);
-        assert!(again.samples.iter().all(|(_, keys)| keys.is_empty()));
+        // Each look reads the same reports until newer ones come.
+        assert_eq!(load.load(group).per_second, 160.0);
         load.forget(group);
-        assert_eq!(load.take(group), Load::default());
+        assert_eq!(load.load(group), Load::default());
         assert!(load.reported().is_empty());
     }
 

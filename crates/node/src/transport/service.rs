@@ -431,11 +431,23 @@ impl Peer for PeerService {
         let request = request.into_inner();
         self.check_sender(request.cluster_id, request.from)?;
         let from = NodeId(request.from);
-        for range in request.ranges {
+        for range in request
+            .ranges
+            .into_iter()
+            .take(crate::load_split::REPORT_RANGES_MAX)
+        {
             if !range.per_second.is_finite() || range.per_second < 0.0 {
                 return Err(Status::invalid_argument(
                     "a load report's rate is not a rate",
                 ));
+            }
+            let group = GroupId(range.group);
+            if !self
+                .handle
+                .status(group)
+                .is_ok_and(|status| status.is_leader)
+            {
+                continue; // led elsewhere by now: the reporter learns the new leader
             }
             let sample = range
                 .sample
@@ -445,7 +457,7 @@ impl Peer for PeerService {
                 .collect();
             self.handle
                 .remote_load()
-                .record(from, GroupId(range.group), range.per_second, sample);
+                .record(from, group, range.per_second, sample);
         }
         Ok(Response::new(pb::LoadReportAck {}))
     }
