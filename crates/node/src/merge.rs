@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use ostrakon_proto::peer::{write_request::Request, Error, MergeRange, WriteRequest};
 use ostrakon_raft::{ConfState, Entry, EntryPayload, GroupId, LogIndex, Term};
+use ostrakon_ranges::merge::{
+    FreezeMark, LeftRange, MergeCheck, MergeStep as Decision, RightReplica,
+};
+use ostrakon_ranges::RangeId;
 use ostrakon_storage::mvcc::{KeySpan, MvccStore};
 use prost::Message as _;
 
@@ -45,18 +49,11 @@ pub(crate) enum MergeStep {
     Apply(GroupId),
 }
 
-fn refused(message: String) -> MergeStep {
-    MergeStep::Refused(Error {
-        code: tonic::Code::FailedPrecondition as i32,
-        message,
-        retry: ostrakon_proto::peer::Retry::None as i32,
-    })
-}
-
 /// Decides what the left range (`left`, with membership `conf` as of the entry) does
 /// with `merge`; `right` is this node's replica of the right range, if it has one.
-/// The refusals depend only on the left range's state, so every replica refuses alike;
-/// the wait only on this node's right replica.
+/// The decision is the range layer's (`ostrakon_ranges::merge`), which the simulator
+/// runs too: the refusals depend only on the left range's state, so every replica
+/// refuses alike; the wait only on this node's right replica.
 pub(crate) fn step(
     left: &MvccStore,
     conf: &ConfState,
@@ -75,59 +72,41 @@ pub(crate) fn step(
         .as_ref()
         .and_then(|c| ConfState::try_from(c).ok())
         .expect("a merge names the right range's membership");
-    if left.frozen().is_some() {
-        return refused("ostrakon: the left range is being merged itself".into());
-    }
-    if left.has_txn_locks() {
-        // A transaction's part here is written at its lock's revision, which must stay
-        // above the range's: taking the right range's higher revision would break that.
-        return refused(
-            "ostrakon: a transaction across ranges holds keys of the left range; merge again later"
-                .into(),
-        );
-    }
-    if left.has_merge_fence(right_group, freeze_index) {
-        return refused(format!(
-            "ostrakon: the merge of range {} was given up",
-            right_group.0
-        ));
-    }
-    if left.span().end() != Some(right_span.start()) {
-        return refused(format!(
-            "ostrakon: range {} no longer ends where range {} starts",
-            left.group().0,
-            right_group.0
-        ));
-    }
-    if *conf != merge_conf {
-        return refused("ostrakon: the two ranges' memberships differ".into());
-    }
-    let Some(right) = right else {
-        // Every member of the left range held the right range's log up to its freeze
-        // when the merge was proposed, and a replica goes only by this merge; a member
-        // added to the left range since gets a snapshot taken after the merge (its
-        // membership changes wait for one).
-        panic!(
-            "range {} merges range {}, of which this node holds no replica",
-            left.group().0,
-            right_group.0
-        );
+    let facts = LeftRange {
+        id: RangeId(left.group().0),
+        frozen: left.frozen().is_some(),
+        holds_locks: left.has_txn_locks(),
+        fenced: left.has_merge_fence(right_group, freeze_index),
+        ends_where_right_starts: left.span().end() == Some(right_span.start()),
+        same_membership: *conf == merge_conf,
     };
-    if right.applied_index() < freeze_index {
-        return MergeStep::Wait {
+    let right_replica = right.map(|store| RightReplica {
+        applied_index: store.applied_index().0,
+        frozen: store.frozen().map(|mark| FreezeMark {
+            left: RangeId(mark.left.0),
+            index: mark.index.0,
+            term: mark.term.0,
+        }),
+    });
+    let decision = MergeCheck::default().step(
+        &facts,
+        RangeId(right_group.0),
+        freeze_index.0,
+        right_replica.as_ref(),
+    );
+    match decision {
+        Decision::Refused(refusal) => MergeStep::Refused(Error {
+            code: tonic::Code::FailedPrecondition as i32,
+            message: refusal.to_string(),
+            retry: ostrakon_proto::peer::Retry::None as i32,
+        }),
+        Decision::Wait => MergeStep::Wait {
             right: right_group,
             freeze_index,
             freeze_term: Term(merge.freeze_term),
-        };
+        },
+        Decision::Apply => MergeStep::Apply(right_group),
     }
-    let mark = right.frozen();
-    assert!(
-        mark.is_some_and(|m| m.index == freeze_index && m.left == left.group()),
-        "range {} past its freeze at {freeze_index} for range {} is frozen at {mark:?}, and no fence stopped the merge",
-        right_group.0,
-        left.group().0
-    );
-    MergeStep::Apply(right_group)
 }
 
 #[cfg(test)]

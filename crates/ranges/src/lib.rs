@@ -5,6 +5,8 @@
 //! - [`directory`]: the routing cache that maps keys to ranges.
 //! - [`split`]: splitting a range, and the span check that keeps the left half from
 //!   serving the keys that moved.
+//! - [`merge`]: merging a range into its left neighbour: the merged range, and what
+//!   each replica of the left range decides when the merge reaches it.
 //! - [`leader_balance`]: which range leadership a node hands to another, so that every
 //!   node leads about as many ranges.
 //! - [`txn`]: writes across ranges, the replicated half of their two-phase commit: a
@@ -24,6 +26,7 @@
 pub mod descriptor;
 pub mod directory;
 pub mod leader_balance;
+pub mod merge;
 pub mod oracle;
 pub mod read_floor;
 pub mod split;

@@ -84,6 +84,13 @@ impl ReadFloor {
         }
     }
 
+    /// The range took over another (a merge), whose leader served reads this one never
+    /// saw: the floor is learnt anew from the oracle, as a new leadership's. The caller
+    /// ignores answers to requests made before (they may predate those reads).
+    pub fn forget(&mut self) {
+        self.floor = None;
+    }
+
     /// Whether this leadership still needs a timestamp from the oracle.
     pub fn is_unknown(&self) -> bool {
         self.floor.is_none()
@@ -160,6 +167,20 @@ mod tests {
         // Leading again in a new term forgets it.
         floor.lead(Term(4));
         assert!(floor.is_unknown());
+    }
+
+    #[test]
+    fn a_merge_forgets_the_floor_within_the_same_leadership() {
+        let mut floor = ReadFloor::default();
+        floor.lead(Term(2));
+        floor.learn(Term(2), 30);
+        floor.forget();
+        assert_eq!(floor.admit(31), Err(FloorRefused::Unknown));
+        assert_eq!(floor.raise(31), Err(FloorRefused::Unknown));
+        floor.lead(Term(2)); // still the same leadership: still unknown
+        assert!(floor.is_unknown());
+        floor.learn(Term(2), 90);
+        assert_eq!(floor.admit(91), Ok(()));
     }
 
     #[cfg(feature = "planted-bugs")]

@@ -45,6 +45,10 @@ pub enum RangeBug {
     /// not what every range has (`watch_merge::Merger::merge`): the revisions a range
     /// had not covered yet are skipped.
     WatchReleasesEarly,
+    /// A replica of the left range takes the right range over when the merge applies,
+    /// without waiting for its own replica of the right range to reach the freeze
+    /// (`merge::MergeCheck::step`): the writes between are lost on that replica.
+    MergeSkipsFreezeWait,
 }
 
 /// What a split command asks.

@@ -317,6 +317,16 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
         false
     }
 
+    /// Takes in the records of a range merged into this one: a lock elsewhere may still
+    /// ask the merged range how a transaction whose primary was the absorbed range ended.
+    /// A transaction has one primary, so no transaction is in both.
+    pub fn absorb(&mut self, other: TxnRecords<M>) {
+        for (txn, outcome) in other.records {
+            let previous = self.records.insert(txn, outcome);
+            assert!(previous.is_none(), "{txn:?} recorded in two primary ranges");
+        }
+    }
+
     /// How the transaction ended, if it did.
     pub fn outcome(&self, txn: TxnId) -> Option<&TxnOutcome<M>> {
         self.records.get(&txn)
@@ -490,5 +500,17 @@ mod tests {
         assert_eq!(records.outcome(txn(2)), Some(&TxnOutcome::Aborted));
         assert_eq!(records.outcome(txn(3)), None);
         assert_eq!(records.records().count(), 2);
+    }
+
+    #[test]
+    fn a_merged_range_answers_for_the_records_of_the_range_it_absorbed() {
+        let mut left: TxnRecords<&str> = TxnRecords::default();
+        left.commit(txn(1), "a").unwrap();
+        let mut right: TxnRecords<&str> = TxnRecords::default();
+        right.abort(txn(2)).unwrap();
+        left.absorb(right);
+        assert_eq!(left.outcome(txn(2)), Some(&TxnOutcome::Aborted));
+        assert_eq!(left.commit(txn(2), "b"), Err(TxnOutcome::Aborted));
+        assert_eq!(left.outcome(txn(1)), Some(&TxnOutcome::Committed("a")));
     }
 }
