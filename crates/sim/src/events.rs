@@ -106,6 +106,8 @@ pub enum Event {
     /// A node removed from a range's group destroys its replica (and shuts down for
     /// good once it holds none).
     DestroyReplica(NodeId, GroupId),
+    /// The merge driver looks at the merge in flight (`merges`).
+    MergeStep,
     /// The faulty phase ends.
     HealAll,
     /// Clients stop issuing operations.

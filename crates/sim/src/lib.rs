@@ -1,5 +1,5 @@
 //! A deterministic simulator for the ostrakon raft core and the range layer's deciding
-//! code (the timestamp oracle, splits, leader spreading and the read floor).
+//! code (the timestamp oracle, splits, merges, leader spreading and the read floor).
 //!
 //! One seed drives everything: the cluster shape, the workload, the fault knobs and every
 //! random choice along the way, in virtual time. Nodes run the real `RawNode` with a
@@ -20,6 +20,7 @@ pub mod invariants;
 pub mod kv;
 mod leader_spread;
 mod liveness;
+mod merges;
 mod nemesis;
 pub mod node;
 mod read_floors;

@@ -24,7 +24,8 @@ struct Args {
     /// oracle-beyond-bound (the timestamp oracle); serve-moved-keys (splits);
     /// move-leaders-one-apart (leader spreading); read-leaves-floor,
     /// new-leader-skips-floor (reads at a revision); read-ignores-pending-lock
-    /// (transactions across ranges); watch-releases-early (watches across ranges).
+    /// (transactions across ranges); watch-releases-early (watches across ranges);
+    /// merge-skips-freeze-wait (merges).
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -60,6 +61,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "new-leader-skips-floor" => RangeBug::NewLeaderSkipsFloor.into(),
         "read-ignores-pending-lock" => RangeBug::ReadIgnoresPendingLock.into(),
         "watch-releases-early" => RangeBug::WatchReleasesEarly.into(),
+        "merge-skips-freeze-wait" => RangeBug::MergeSkipsFreezeWait.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
@@ -67,7 +69,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
                  oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
                  read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
-                 watch-releases-early"
+                 watch-releases-early, merge-skips-freeze-wait"
             ))
         }
     })
@@ -125,8 +127,8 @@ fn main() -> ExitCode {
     }
     println!(
         "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
-         reads at one revision, {} revisions sent to watchers and {} transfers ({} across \
-         ranges) in {:.1} s",
+         reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
+         ranges) and {} merges ({} given up, {} held by a replica) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -136,6 +138,9 @@ fn main() -> ExitCode {
         summary.watch_revisions,
         summary.transfers,
         summary.transfers_across_ranges,
+        summary.merges,
+        summary.merges_given_up,
+        summary.merges_held,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

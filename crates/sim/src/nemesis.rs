@@ -119,6 +119,14 @@ impl Simulation {
         if self.rng.chance(self.scenario.split_probability) {
             self.split_range();
         }
+        if self.scenario.merge_probability > 0.0 {
+            // A range left frozen by a merge given up before its freeze applied comes
+            // first (one merge is in flight at a time).
+            self.thaw_stray_freezes();
+            if self.rng.chance(self.scenario.merge_probability) {
+                self.start_merge();
+            }
+        }
         if self.rng.chance(faults.slow_disk_probability) {
             let nodes = self.live_members();
             let id = self.rng.pick(&nodes);
@@ -170,12 +178,7 @@ impl Simulation {
                 let leader = self
                     .current_leader(group)
                     .unwrap_or_else(|| self.rng.pick(&nodes));
-                for &other in &nodes {
-                    if other != leader {
-                        self.blocked.insert((leader, other));
-                        self.blocked.insert((other, leader));
-                    }
-                }
+                self.cut_off(leader);
                 format!("isolate leader {leader:?}")
             }
             1 => {
@@ -219,6 +222,32 @@ impl Simulation {
             .push(until, Event::HealPartition(self.partition_id));
     }
 
+    /// Blocks every link to and from `id` (messages in flight on them are lost).
+    fn cut_off(&mut self, id: NodeId) {
+        for other in self.live_members() {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    /// A one-way partition, until it heals: `id` hears every other node but cannot send
+    /// to any (its messages in flight are lost).
+    pub(crate) fn silence(&mut self, id: NodeId) {
+        self.blocked.clear();
+        self.partition_id += 1;
+        for other in self.live_members() {
+            if other != id {
+                self.blocked.insert((id, other));
+            }
+        }
+        trace!(self, "partition {}: {id:?} cannot send", self.partition_id);
+        let until = self.now_us + self.rng.range(300_000, 3_000_000);
+        self.events
+            .push(until, Event::HealPartition(self.partition_id));
+    }
+
     fn crash_one(&mut self) {
         let up: Vec<NodeId> = self
             .live_members()
@@ -253,6 +282,9 @@ impl Simulation {
         let Some(leader) = self.current_leader(group) else {
             return;
         };
+        if !self.may_change_membership(group) {
+            return;
+        }
         let conf = self.replica(leader, group).raw.conf_state().clone();
         if conf.is_joint() {
             return;
@@ -291,6 +323,29 @@ impl Simulation {
             group,
             Input::ConfChange(ConfChange::Change(vec![step])),
         );
+    }
+
+    /// Whether a range's membership may change now: not while a merge involves it (the
+    /// merge names the membership both ranges share, and a member added to the right
+    /// range after its freeze would never see it merged), and not before every member
+    /// snapshotted past the range's last merge (a member added later would otherwise be
+    /// sent the log from before it, and replay the merge without the merged range's
+    /// replica: the node's membership changes wait for the same).
+    fn may_change_membership(&self, group: GroupId) -> bool {
+        if let Some(attempt) = &self.merge_attempt {
+            if attempt.involves(group) {
+                return false;
+            }
+        }
+        let Some(&merged_at) = self.merged_at.get(&group) else {
+            return true;
+        };
+        self.latest_conf[&group].1.members().into_iter().all(|id| {
+            self.nodes[&id]
+                .disks
+                .get(&group)
+                .is_some_and(|disk| disk.snapshot.index >= merged_at)
+        })
     }
 
     pub(crate) fn heal_all(&mut self) {

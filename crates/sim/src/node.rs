@@ -120,7 +120,14 @@ impl Request {
                 Some(*key)
             }
             Request::Write(Command::Put { key, .. } | Command::Cas { key, .. }) => Some(*key),
-            Request::Write(Command::OracleBound { .. } | Command::Split { .. })
+            Request::Write(
+                Command::OracleBound { .. }
+                | Command::Split { .. }
+                | Command::Freeze { .. }
+                | Command::Unfreeze { .. }
+                | Command::Merge(_)
+                | Command::FenceMerge { .. },
+            )
             | Request::Timestamps { .. }
             | Request::Txn(_) => None,
         }
@@ -159,6 +166,10 @@ pub enum Input {
     NodeDown(NodeId),
     /// Node liveness: this node hears from that one again after reporting it down.
     NodeUp(NodeId),
+    /// A left range's replica here holds a merge whose freeze, at this entry of this
+    /// range's log, is committed (the left range committed the merge after it): the
+    /// replica may not have heard so from a leader gone since (`RawNode::commit_known`).
+    CommitKnown(LogIndex, Term),
 }
 
 /// A client operation waiting at a replica.
@@ -243,6 +254,9 @@ pub struct Replica {
     pub locks_seen_us: BTreeMap<ostrakon_ranges::txn::TxnId, u64>,
     /// The pushes in flight: request number by transaction.
     pub pushes: BTreeMap<ostrakon_ranges::txn::TxnId, u64>,
+    /// Committed entries not applied yet because the first is a merge whose right
+    /// range's replica here has not applied its freeze (`ostrakon_ranges::merge`).
+    pub held: VecDeque<Entry>,
 }
 
 /// A node while it is up: its replicas, and node liveness (shared by all of them).

@@ -59,6 +59,19 @@ impl Simulation {
                 return;
             }
         }
+        if self.replica(id, group).kv.frozen.is_some() {
+            // Frozen for a merge: routed again (to the merged range, or here once
+            // thawed); a transaction's command is tried again.
+            trace!(self, "{id:?} {group:?} refuses {request:?}: frozen");
+            let reply = match request {
+                Request::Txn(_) => Reply::Failed { leader_hint },
+                _ => Reply::Mismatch {
+                    ranges: self.local_descriptors(id),
+                },
+            };
+            self.reply(waiting, reply);
+            return;
+        }
         if client < crate::clients::TIMESTAMP_CLIENT_BASE {
             if let Some(key) = request.key() {
                 self.maybe_split_under_request(id, group, key);
@@ -109,6 +122,9 @@ impl Simulation {
                     "{id:?} {group:?} proposes op {} of client {client}: {result:?}",
                     op.index()
                 );
+                if result.is_ok() {
+                    self.maybe_freeze_behind_write(id, group);
+                }
             }
             Request::Read { .. } => match replica.raw.read_index(request_id) {
                 Ok(()) => {

@@ -45,6 +45,12 @@ pub struct SeedReport {
     pub transfers: u64,
     /// Those that touched two ranges (two-phase commit across ranges).
     pub transfers_across_ranges: u64,
+    /// Merges applied.
+    pub merges: u64,
+    /// Merges given up (fenced off and thawed).
+    pub merges_given_up: u64,
+    /// Merges a replica held until its right replica reached the freeze.
+    pub merges_held: u64,
     /// Wall-clock time of the simulation and of the check.
     pub simulate_time: Duration,
     /// See `simulate_time`.
@@ -108,6 +114,9 @@ pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, V
         watch_revisions: sim.watch_revisions_sent(),
         transfers: sim.transfers_committed,
         transfers_across_ranges: sim.transfers_across_ranges,
+        merges: sim.merges,
+        merges_given_up: sim.merges_given_up,
+        merges_held: sim.merges_held,
         simulate_time,
         check_time: began.elapsed(),
     };
@@ -135,6 +144,12 @@ pub struct Summary {
     pub transfers: u64,
     /// Those that touched two ranges.
     pub transfers_across_ranges: u64,
+    /// Merges applied over all seeds.
+    pub merges: u64,
+    /// Merges given up over all seeds.
+    pub merges_given_up: u64,
+    /// Merges held over all seeds.
+    pub merges_held: u64,
     /// Lowest failing seed.
     pub first_failing_seed: Option<u64>,
     /// The report of that seed.
@@ -209,6 +224,9 @@ pub fn run_seeds(
                 summary.watch_revisions += report.watch_revisions as u64;
                 summary.transfers += report.transfers;
                 summary.transfers_across_ranges += report.transfers_across_ranges;
+                summary.merges += report.merges;
+                summary.merges_given_up += report.merges_given_up;
+                summary.merges_held += report.merges_held;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {
                     summary.violations += 1;

@@ -181,6 +181,11 @@ impl Simulation {
                     scan.values.insert(key, None);
                 }
                 state.directory.learn(answer.descriptor.clone());
+                // A range merged since an earlier answer of this round: its answer covers
+                // the earlier one's keys too (it asked for a key no answer covered yet, so
+                // it is the newer description), and replaces it.
+                scan.histories
+                    .retain(|earlier| !earlier.descriptor.overlaps(&answer.descriptor));
                 scan.histories.push(answer);
                 self.send_scan_request(index);
             }
