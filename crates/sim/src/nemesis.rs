@@ -337,6 +337,13 @@ impl Simulation {
                 return false;
             }
         }
+        let frozen = self
+            .current_leader(group)
+            .and_then(|leader| self.replica_ref(leader, group))
+            .is_some_and(|replica| replica.kv.frozen.is_some());
+        if frozen {
+            return false; // As the node's membership following skips frozen ranges.
+        }
         let Some(&merged_at) = self.merged_at.get(&group) else {
             return true;
         };

@@ -982,13 +982,7 @@ impl Simulation {
                 return; // It applied its own removal and was destroyed.
             }
         }
-        if self.replica(id, group).applied != applied_before {
-            // A merge held on another range of this node may wait for this one.
-            self.release_held_merges(id, group);
-            if !self.hosts(id, group) {
-                return;
-            }
-        }
+        let applied_more = self.replica(id, group).applied != applied_before;
         for read in std::mem::take(&mut ready.read_states) {
             self.handle_read_state(id, group, read);
         }
@@ -1016,6 +1010,14 @@ impl Simulation {
             let restart_at = self.now_us + self.rng.range(50_000, 300_000);
             self.events.push(restart_at, Event::Restart(id));
             return;
+        }
+        if applied_more {
+            // A merge held on another range of this node may wait for this one (after
+            // `advance`: the release may tell this replica a commit index).
+            self.release_held_merges(id, group);
+            if !self.hosts(id, group) {
+                return; // Taken over by the merge it released.
+            }
         }
         while let Some(input) = self.replica(id, group).inbox.pop_front() {
             self.handle_input(id, group, input);
@@ -1050,7 +1052,12 @@ impl Simulation {
                 );
                 self.replica(id, group).held.push_back(entry);
                 let right = GroupId(merge.right);
-                if self.hosts(id, right) {
+                // A leader commits the freeze through an entry of its own term (the
+                // commit rule), and soon: it is told nothing.
+                let leads = self
+                    .replica_ref(id, right)
+                    .is_some_and(|r| r.raw.role() == Role::Leader);
+                if self.hosts(id, right) && !leads {
                     let known = Input::CommitKnown(
                         LogIndex(merge.freeze_index),
                         ostrakon_raft::Term(merge.freeze_term),
@@ -1101,6 +1108,7 @@ impl Simulation {
             if !self.hosts(id, left) {
                 continue;
             }
+            let applied_before = self.replica(id, left).applied;
             let held = std::mem::take(&mut self.replica(id, left).held);
             for entry in held {
                 self.apply_committed(id, left, entry);
@@ -1118,6 +1126,11 @@ impl Simulation {
                     .check_applied(id, applied);
                 if let Err(violation) = result {
                     self.fail_in(left, violation);
+                }
+                if applied != applied_before {
+                    // The entries released may include a freeze another merge held
+                    // on this node waits for (a chain of merges).
+                    self.release_held_merges(id, left);
                 }
             }
         }
@@ -1545,6 +1558,11 @@ impl Simulation {
             .get_mut(&group)
             .expect("replica");
         if !force && replica.applied.0 < disk.snapshot.index.0 + every {
+            return;
+        }
+        if replica.raw.snapshot_meta().index > replica.applied {
+            // Raft took in a later snapshot, not persisted yet (a merge released while
+            // its Ready is in flight): that snapshot replaces this state.
             return;
         }
         let conf = replica.raw.conf_state().clone();
