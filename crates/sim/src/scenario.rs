@@ -271,9 +271,10 @@ impl Scenario {
             self.client_think_us_max = 20_000;
             self.key_count = 6;
             self.node_count = 3;
-            self.faults.partition_probability = self.faults.partition_probability.min(0.3);
-            self.faults.crash_probability = self.faults.crash_probability.min(0.3);
+            self.faults.partition_probability = self.faults.partition_probability.min(0.1);
+            self.faults.crash_probability = self.faults.crash_probability.min(0.1);
             self.faults.nemesis_interval_us = self.faults.nemesis_interval_us.max(500_000);
+            self.faults.leader_crash_after_election_probability = 0.0;
         }
     }
 
