@@ -3,7 +3,8 @@
 # each round starts a fresh 3-member cluster on loopback from one build (splits by load
 # off, split by hand at b0005, so both ranges' leaders and the oracle's are spread as
 # the node spreads them), then measures one client's puts (latency) and 64 clients'
-# puts (throughput, and CPU of the three members per 1,000 puts from /proc). Rounds
+# puts (throughput, CPU of the three members per 1,000 puts from /proc, and their
+# resident memory after). Rounds
 # alternate the builds (old, new, old, new, ...); compare the ratios of adjacent rounds,
 # never absolute figures of different runs.
 #   bash scripts/bench-builds.sh OLD_BINARY NEW_BINARY [ROUNDS]
@@ -24,6 +25,15 @@ cpu_ticks() {
   echo "$total"
 }
 
+# Resident memory of each member, MiB, after the round's puts.
+rss_mib() {
+  local pid out=()
+  for pid in "${ostrakon_pids[@]}"; do
+    out+=("$(( $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status") / 1024 ))")
+  done
+  (IFS=/; echo "${out[*]}")
+}
+
 one_round() {
   local label=$1 bin=$2 dir single many before after
   dir=$(mktemp -d /tmp/ostrakon-builds.XXXX)
@@ -38,8 +48,8 @@ one_round() {
   many=$("$bin" bench --endpoints "$endpoints" --clients 64 --conns 8 --total 30000 |
     grep -o '[0-9]* req/s')
   after=$(cpu_ticks)
-  printf '%s\t1 client %s\t64 clients %s\tCPU %s ms per 1,000 puts\n' "$label" "$single" \
-    "$many" "$(( (after - before) * 1000 / $(getconf CLK_TCK) / 30 ))"
+  printf '%s\t1 client %s\t64 clients %s\tCPU %s ms per 1,000 puts\tRSS %s MiB\n' "$label" \
+    "$single" "$many" "$(( (after - before) * 1000 / $(getconf CLK_TCK) / 30 ))" "$(rss_mib)"
   kill "${ostrakon_pids[@]}"
   sleep 1
   kill -9 "${ostrakon_pids[@]}" 2>/dev/null || true
