@@ -607,15 +607,22 @@ impl Simulation {
                     op,
                     request,
                 };
+                let is_txn = matches!(
+                    &input,
+                    Input::Request {
+                        request: crate::node::Request::Txn(_),
+                        ..
+                    }
+                );
                 if self.hosts(node, range) {
                     self.input(node, range, input);
-                } else if let Some(absorber) = self
-                    .is_up(node)
+                } else if let Some(absorber) = (is_txn && self.is_up(node))
                     .then(|| self.absorbing_replica(node, range))
                     .flatten()
                 {
-                    // The range merged into another here, which holds its keys and its
-                    // transaction records now (the node's `absorbing_range`).
+                    // A transaction command for a primary range merged into another here,
+                    // which holds its records now (the node's `absorbing_range`); other
+                    // requests route again by key.
                     self.input(node, absorber, input);
                 } else if self.is_up(node) {
                     // The range is not here (any more): the client routes again.
