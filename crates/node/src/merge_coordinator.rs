@@ -34,7 +34,7 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// committed entry: a leadership that just began knows no follower's progress until its
 /// first appends are answered, and right after a split the new range's leadership moves
 /// (leaders spread) and its last writes may be a fsync away on a member.
-pub(crate) const CAUGHT_UP_BEFORE_FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
+const CAUGHT_UP_BEFORE_FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn refused(message: impl Into<String>) -> NodeError {
     NodeError::Refused {
@@ -179,7 +179,7 @@ async fn replicas_hold(
 
 /// Waits up to `timeout` until every replica of `group` has every committed entry, while
 /// this node leads it; returns whether they did (`NotLeader` if it stops leading).
-pub(crate) async fn replicas_catch_up(
+async fn replicas_catch_up(
     handle: &NodeHandle,
     group: GroupId,
     timeout: Duration,
@@ -201,7 +201,7 @@ pub(crate) async fn replicas_catch_up(
 }
 
 /// Whether every replica of `group` (led here) has every committed entry.
-async fn replicas_caught_up(handle: &NodeHandle, group: GroupId) -> bool {
+pub(crate) async fn replicas_caught_up(handle: &NodeHandle, group: GroupId) -> bool {
     let Ok(status) = handle.raft_status(group).await else {
         return false;
     };
