@@ -32,7 +32,7 @@ pub(crate) struct Evidence {
     pub final_set: Result<BTreeMap<String, i64>, String>,
     pub final_bank: Result<BankRead, String>,
     pub watch_start: i64,
-    pub watched: Vec<(String, watch::Responses, bool)>,
+    pub watched: Vec<(String, watch::Received, bool)>,
     pub reference: Result<Vec<WatchEvent>, String>,
 }
 
@@ -121,7 +121,8 @@ fn watch_finding(evidence: &Evidence) -> Finding {
     };
     let mut valid = true;
     let mut watchers = Vec::new();
-    for (member, responses, caught_up) in &evidence.watched {
+    for (member, received, caught_up) in &evidence.watched {
+        let responses = &received.responses;
         let report = check_watch(responses, reference);
         valid &= report.is_valid() && *caught_up;
         watchers.push(json!({
@@ -129,6 +130,8 @@ fn watch_finding(evidence: &Evidence) -> Finding {
             "caught_up": caught_up,
             "events": report.events,
             "responses": responses.len(),
+            "connections": received.connections.len(),
+            "first_gap": first_gap(received, reference),
             "out_of_order": report.out_of_order,
             "duplicates": report.duplicates,
             "missing": report.missing,
@@ -160,6 +163,55 @@ fn watch_finding(evidence: &Evidence) -> Finding {
             "watchers": watchers,
         }),
     }
+}
+
+/// Where a watcher's first missing event (of the reference) should have come: the
+/// events it received just before and after that revision, when, and the connections
+/// made between them; None if it missed nothing. Enough to find the moment in the
+/// members' logs.
+fn first_gap(received: &watch::Received, reference: &[WatchEvent]) -> Option<Value> {
+    let seen: HashSet<&WatchEvent> = received.responses.iter().flatten().collect();
+    let missing = reference.iter().find(|event| !seen.contains(event))?;
+    let mut before: Option<(usize, i64)> = None;
+    let mut after: Option<(usize, i64)> = None;
+    for (index, response) in received.responses.iter().enumerate() {
+        for event in response {
+            if event.revision < missing.revision {
+                before = Some((index, event.revision));
+            } else if event.revision > missing.revision && after.is_none() {
+                after = Some((index, event.revision));
+            }
+        }
+    }
+    let place = |at: Option<(usize, i64)>| {
+        at.map(|(index, revision)| {
+            json!({
+                "revision": revision,
+                "response": index,
+                "arrived_ms": received.arrived_ms.get(index),
+            })
+        })
+    };
+    let low = before.map_or(0, |(index, _)| index + 1);
+    let high = after.map_or(usize::MAX, |(index, _)| index);
+    let connections: Vec<Value> = received
+        .connections
+        .iter()
+        .filter(|c| c.after_responses >= low && c.after_responses <= high)
+        .map(|c| {
+            json!({
+                "after_responses": c.after_responses,
+                "start_revision": c.start_revision,
+                "at_ms": c.at_ms,
+            })
+        })
+        .collect();
+    Some(json!({
+        "missing": format!("{} at revision {}", missing.key, missing.revision),
+        "received_before": place(before),
+        "received_after": place(after),
+        "connections_between": connections,
+    }))
 }
 
 /// The timestamp oracle's promises: unique, increasing in real-time order.

@@ -18,8 +18,38 @@ use crate::cluster::Cluster;
 /// What one watcher received: its responses' events, in arrival order.
 pub type Responses = Vec<Vec<WatchEvent>>;
 
+/// What one watcher received, with when, and where its stream broke: enough to place a
+/// gap in the members' logs.
+#[derive(Default)]
+pub struct Received {
+    /// The responses' events, in arrival order.
+    pub responses: Responses,
+    /// When each response arrived (milliseconds since the Unix epoch).
+    pub arrived_ms: Vec<u64>,
+    /// Each (re)connection: how many responses had arrived, the revision it asked to
+    /// start from, and when.
+    pub connections: Vec<Connection>,
+}
+
+/// One watch request of a watcher.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    /// Responses received before it.
+    pub after_responses: usize,
+    /// The revision it started from.
+    pub start_revision: i64,
+    /// When it was sent (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 struct Watcher {
-    responses: Arc<Mutex<Responses>>,
+    responses: Arc<Mutex<Received>>,
     last_revision: Arc<AtomicI64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -41,7 +71,7 @@ impl WatchWorkload {
             .endpoints()
             .into_iter()
             .map(|endpoint| {
-                let responses = Arc::new(Mutex::new(Vec::new()));
+                let responses = Arc::new(Mutex::new(Received::default()));
                 let last_revision = Arc::new(AtomicI64::new(start_revision - 1));
                 let task = tokio::spawn(run_watcher(
                     endpoint,
@@ -65,7 +95,7 @@ impl WatchWorkload {
 
     /// Waits (at most `timeout`) until every watcher has received revision `target`, then
     /// stops them; returns what each received and whether it caught up.
-    pub async fn finish(&mut self, target: i64, timeout: Duration) -> Vec<(Responses, bool)> {
+    pub async fn finish(&mut self, target: i64, timeout: Duration) -> Vec<(Received, bool)> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline
             && self
@@ -111,7 +141,7 @@ pub async fn current_revision(endpoints: &[String]) -> i64 {
 
 async fn run_watcher(
     endpoint: String,
-    responses: Arc<Mutex<Responses>>,
+    responses: Arc<Mutex<Received>>,
     last_revision: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
 ) {
@@ -120,9 +150,19 @@ async fn run_watcher(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        let start_revision = last_revision.load(Ordering::SeqCst) + 1;
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(last_revision.load(Ordering::SeqCst) + 1);
+            .with_start_revision(start_revision);
+        {
+            let mut received = responses.lock().unwrap();
+            let after_responses = received.responses.len();
+            received.connections.push(Connection {
+                after_responses,
+                start_revision,
+                at_ms: now_ms(),
+            });
+        }
         let Ok((_watcher, mut stream)) = etcd.watch(KEY_PREFIX, Some(options)).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -142,7 +182,9 @@ async fn run_watcher(
                 last_revision.fetch_max(last.revision, Ordering::SeqCst);
             }
             if !events.is_empty() {
-                responses.lock().unwrap().push(events);
+                let mut received = responses.lock().unwrap();
+                received.responses.push(events);
+                received.arrived_ms.push(now_ms());
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
