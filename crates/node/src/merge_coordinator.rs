@@ -30,6 +30,11 @@ use crate::txn_coordinator::propose;
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the leader looks at the replicas' progress meanwhile.
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+/// How long, before freezing anything, the right range's replicas get to have every
+/// committed entry: a leadership that just began knows no follower's progress until its
+/// first appends are answered, and right after a split the new range's leadership moves
+/// (leaders spread) and its last writes may be a fsync away on a member.
+pub(crate) const CAUGHT_UP_BEFORE_FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn refused(message: impl Into<String>) -> NodeError {
     NodeError::Refused {
@@ -75,7 +80,7 @@ pub(crate) async fn merge_here(
             "ostrakon: the two ranges' memberships differ; merge them once they agree",
         ));
     }
-    if !replicas_caught_up(handle, right).await {
+    if !replicas_catch_up(handle, right, CAUGHT_UP_BEFORE_FREEZE_TIMEOUT).await? {
         // Likely one is down: a freeze would hold the range up for nothing.
         return Err(replicas_behind());
     }
@@ -172,8 +177,31 @@ async fn replicas_hold(
     }
 }
 
+/// Waits up to `timeout` until every replica of `group` has every committed entry, while
+/// this node leads it; returns whether they did (`NotLeader` if it stops leading).
+pub(crate) async fn replicas_catch_up(
+    handle: &NodeHandle,
+    group: GroupId,
+    timeout: Duration,
+) -> Result<bool, NodeError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if replicas_caught_up(handle, group).await {
+            return Ok(true);
+        }
+        let status = handle.raft_status(group).await?;
+        if status.role != Role::Leader {
+            return Err(NodeError::NotLeader(status.leader));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
+    }
+}
+
 /// Whether every replica of `group` (led here) has every committed entry.
-pub(crate) async fn replicas_caught_up(handle: &NodeHandle, group: GroupId) -> bool {
+async fn replicas_caught_up(handle: &NodeHandle, group: GroupId) -> bool {
     let Ok(status) = handle.raft_status(group).await else {
         return false;
     };

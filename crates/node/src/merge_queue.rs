@@ -128,10 +128,24 @@ pub(crate) async fn run(handle: NodeHandle, range_max_bytes: u64, range_split_qp
         failed.retain(|_, at| at.elapsed() < FAILED_MERGE_REST);
         if let Some((left, right, live_bytes)) = merge {
             due_looks.remove(&right);
-            if !crate::merge_coordinator::replicas_caught_up(&handle, right).await {
-                // Likely one is down: the freeze would only hold the range up.
-                failed.insert(right, Instant::now());
-                continue;
+            // A leadership that just began (leaders spread after every merge) knows no
+            // follower's progress until its first appends are answered: a single look
+            // here rested pairs for a minute right after a merge. The coordinator waits
+            // for them instead, and refuses only if one stays behind (likely down).
+            let caught_up = crate::merge_coordinator::replicas_catch_up(
+                &handle,
+                right,
+                crate::merge_coordinator::CAUGHT_UP_BEFORE_FREEZE_TIMEOUT,
+            )
+            .await;
+            match caught_up {
+                Ok(true) => {}
+                Ok(false) => {
+                    failed.insert(right, Instant::now());
+                    continue;
+                }
+                // No longer leading the right range: its next leader's queue decides.
+                Err(_) => continue,
             }
             match crate::merge_coordinator::merge_here(&handle, left, right).await {
                 Ok(()) => tracing::info!(
