@@ -13,7 +13,7 @@ use ostrakon_proto::etcdserverpb::{
 use ostrakon_proto::peer::write_request;
 use ostrakon_raft::NodeId;
 use ostrakon_storage::mvcc::WriteOutcome;
-use ostrakon_storage::mvcc::{MvccError, ReadView};
+use ostrakon_storage::mvcc::{MvccError, ReadView, Revision};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -302,20 +302,29 @@ async fn stream_backup(
     let _ = tokio::fs::remove_file(&path).await;
 }
 
-/// Hashes a view on the blocking pool (it reads every stored version): at `revision`
-/// (checked as a Range's revision is) or, for `None`, everything. Returns the hash, the
-/// revision hashed and the compacted revision.
 /// The hash of the stored versions of every range up to a revision (`hash_off_the_workers`
 /// for each): while the keyspace is one range, that range's, as etcd's. A range whose
-/// current revision is below the one asked for is hashed at its own (it holds nothing
-/// above it); the hashes are combined in key order.
+/// current revision is below the one asked for is hashed at its own once this member's
+/// replica holds every write of the range at or below the one asked for (the read-wait
+/// rule: it may be behind, and then its own revision is not the keyspace's at the one
+/// asked for; members compared while one caught up hashed differently); the hashes are
+/// combined in key order.
 async fn hash_ranges(node: &NodeHandle, revision: Option<i64>) -> Result<(u32, i64, i64), Status> {
     let ranges = node.data_ranges();
     let mut combined: Option<(u32, i64, i64)> = None;
     for (group, _) in &ranges {
+        let caught_up_to_requested = match revision {
+            Some(requested) if ranges.len() > 1 && requested > 0 => {
+                node.read_point_at(*group, Revision(requested))
+                    .await
+                    .map_err(ApiError::from)?;
+                true
+            }
+            _ => false,
+        };
         let view = node.store(*group).map_err(ApiError::from)?.read_view();
         let requested = match revision {
-            Some(requested) if ranges.len() > 1 && requested > 0 => {
+            Some(requested) if caught_up_to_requested => {
                 Some(requested.min(view.current_revision().0))
             }
             other => other,
@@ -333,6 +342,9 @@ async fn hash_ranges(node: &NodeHandle, revision: Option<i64>) -> Result<(u32, i
     combined.ok_or_else(|| Status::unavailable("etcdserver: no leader"))
 }
 
+/// Hashes a view on the blocking pool (it reads every stored version): at `revision`
+/// (checked as a Range's revision is) or, for `None`, everything. Returns the hash, the
+/// revision hashed and the compacted revision.
 async fn hash_off_the_workers(
     view: ReadView,
     revision: Option<i64>,

@@ -569,6 +569,10 @@ impl WatchStream {
             // No oracle or a range without a leader: the next round tries again.
             _ => return Ok(()),
         };
+        // After the wait, so that a merge applied meanwhile is seen: a watcher whose
+        // ranges (`touched`, read before it) no longer list the range merged away had
+        // its keys' range absorb it by then.
+        self.forget_merged_away();
         for (id, touched) in due {
             let Some(watcher) = self.watchers.get(&id) else {
                 continue;
@@ -588,6 +592,37 @@ impl WatchStream {
             }
         }
         Ok(())
+    }
+
+    /// Stops following the ranges merged into another (`LiveRanges::merged_away`): the
+    /// watchers of several ranges read what is left of them from the merged ranges'
+    /// histories.
+    fn forget_merged_away(&mut self) {
+        let gone: Vec<GroupId> = self
+            .ranges
+            .iter()
+            .filter(|(group, store)| store.span().is_none() && self.live.from(**group).is_some())
+            .map(|(group, _)| *group)
+            .collect();
+        for group in gone {
+            let followed: Vec<(GroupId, Revision)> = self
+                .ranges
+                .iter()
+                .filter(|(other, _)| **other != group)
+                .map(|(other, store)| (*other, store.current_revision()))
+                .collect();
+            self.live.merged_away(group, followed);
+            // A watcher of its keys alone keeps it until `follow_splits` moves it to the
+            // range that absorbed it.
+            if !self
+                .watchers
+                .values()
+                .any(|w| w.follows == Follows::One(group))
+            {
+                self.ranges.remove(&group);
+                self.events.remove(&group);
+            }
+        }
     }
 
     /// Sends a merged watcher the events it received live up to what every range of

@@ -95,6 +95,23 @@ impl LiveRanges {
         self.subscribed(group, current);
     }
 
+    /// `gone` was merged into a range the stream follows (it holds no keys here any
+    /// more): its broadcast may still hold revisions the stream has not received, and no
+    /// round waits for them now that no watcher's keys fall in it. The range that
+    /// absorbed it holds their history, at no revision above its current one: every
+    /// range still followed (`followed`, each with its current revision) is read from
+    /// its history up to there.
+    pub fn merged_away(
+        &mut self,
+        gone: GroupId,
+        followed: impl IntoIterator<Item = (GroupId, Revision)>,
+    ) {
+        self.ranges.remove(&gone);
+        for (group, current) in followed {
+            self.lagged(group, current);
+        }
+    }
+
     /// Up to which revision the stream has received every event of `group` at or below
     /// `resolved` (which the range has applied every write at or below), given the
     /// range's current revision now: all of them once it has received up to there.
@@ -313,6 +330,35 @@ mod tests {
         assert_eq!(
             live.complete_to(group, Revision(50), Revision(60)),
             Revision(60)
+        );
+    }
+
+    /// The race CI's split-merge chaos run found: the right range's last writes were
+    /// still in its broadcast when the merge applied; the next round no longer looked at
+    /// the right range, found the left one received up to a revision above those writes
+    /// (its own, written after the freeze), and released past them: watchers missed
+    /// them for good.
+    #[test]
+    fn a_range_merged_away_sends_the_watchers_to_the_merged_history() {
+        let (left, right) = (GroupId(1), GroupId(2));
+        let mut live = LiveRanges::default();
+        live.subscribed(left, Revision(10));
+        live.subscribed(right, Revision(10));
+        // The right range applies 11 and 12 (not received yet), freezes; the left
+        // writes 13 and 14 (received), then takes the right range over at 14.
+        live.received(left, Revision(13), Revision(10));
+        live.received(left, Revision(14), Revision(13));
+        assert_eq!(
+            live.complete_to(right, Revision(12), Revision(20)),
+            Revision(10),
+            "while the right range is followed, its unreceived revisions hold releases"
+        );
+        live.merged_away(right, [(left, Revision(14))]);
+        assert_eq!(live.from(right), None);
+        assert_eq!(
+            live.from(left),
+            Some(Revision(14)),
+            "up to the merged range's revision, its history is read"
         );
     }
 
