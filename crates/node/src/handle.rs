@@ -583,11 +583,8 @@ impl NodeHandle {
                     // by size or load was meant for the range it measured: it is dropped,
                     // and the next look measures again.) An earlier attempt whose answer
                     // was lost may be what moved the key.
-                    if self
-                        .group(right)
-                        .is_ok_and(|g| g.store.span().start() == key)
-                    {
-                        return Ok((left, right));
+                    if let Some(done) = self.split_done_at(key, right) {
+                        return Ok(done);
                     }
                     tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
                 }
@@ -601,16 +598,32 @@ impl NodeHandle {
                     // The split may have applied without its answer reaching us: then
                     // the range `right` starts at the key once this node applies it.
                     tokio::time::sleep(ROUTE_RETRY_PAUSE * 5).await;
-                    if self
-                        .group(right)
-                        .is_ok_and(|g| g.store.span().start() == key)
-                    {
-                        return Ok((left, right));
+                    if let Some(done) = self.split_done_at(key, right) {
+                        return Ok(done);
                     }
                 }
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// If the split at `key` that gave `right` its id has applied here (an earlier
+    /// attempt whose answer was lost): the range before `key` and `right`. The range
+    /// before is looked up, not the one the last attempt routed to: once the split
+    /// applied, that was `right` itself.
+    fn split_done_at(&self, key: &[u8], right: GroupId) -> Option<(GroupId, GroupId)> {
+        if !self
+            .group(right)
+            .is_ok_and(|g| g.store.span().start() == key)
+        {
+            return None;
+        }
+        let directory = self.directory();
+        let left = directory
+            .iter()
+            .find(|(_, span)| span.end() == Some(key))
+            .map(|((_, group), _)| *group)?;
+        Some((left, right))
     }
 
     /// Merges the range that starts at `key` into the range before it, undoing a split
