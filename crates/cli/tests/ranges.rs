@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ranges::{ranges, wait_for_spans};
@@ -390,8 +392,7 @@ fn a_and_x(response: &etcd_client::GetResponse) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_across_ranges_sees_every_range_at_one_revision() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
 
     let cluster = TestCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;
@@ -662,6 +663,37 @@ fn assert_same_events(
     }
 }
 
+/// Three writers, each on its own member and range (keys b, n and x), at once: each
+/// puts up to `puts` values, or fewer once `stop` is set; returns what each acknowledged
+/// as (key, value, revision).
+async fn spawn_writers(
+    cluster: &TestCluster,
+    puts: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(String, String, i64)>>> {
+    let mut writers = Vec::new();
+    for (member, key) in [(0, "b"), (1, "n"), (2, "x")] {
+        let mut writer = cluster.client(member).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..puts {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let put = writer.put(key, i.to_string(), None).await.expect("put");
+                acked.push((
+                    key.to_string(),
+                    i.to_string(),
+                    put.header().unwrap().revision(),
+                ));
+            }
+            acked
+        }));
+    }
+    writers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
     let cluster = TestCluster::start(3, &[]).await;
@@ -706,22 +738,8 @@ async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
         .revision();
 
     // Three writers, each on its own member and range, at once.
-    let mut writers = Vec::new();
-    for (member, key) in [(0, "b"), (1, "n"), (2, "x")] {
-        let mut writer = cluster.client(member).await;
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..40 {
-                let put = writer.put(key, i.to_string(), None).await.expect("put");
-                acked.push((
-                    key.to_string(),
-                    i.to_string(),
-                    put.header().unwrap().revision(),
-                ));
-            }
-            acked
-        }));
-    }
+    let never = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cluster, 40, &never).await;
     let mut acked = vec![("a".to_string(), "start".to_string(), start)];
     for writer in writers {
         acked.extend(writer.await.unwrap());
@@ -750,6 +768,102 @@ async fn a_watch_across_ranges_gets_every_revision_once_in_order() {
         .unwrap();
     let replayed = watched_events(&mut past, acked.len(), Duration::from_secs(20)).await;
     assert_same_events(&replayed, &acked, "the watcher from a past revision");
+}
+
+/// Watchers across ranges added to a stream that already follows those ranges for
+/// another watcher, while writes run: one from a past revision and one from now. The
+/// stream had received revisions before they existed, which it never kept for them: they
+/// must come from the histories (a review found the new watcher started keeping live
+/// events only above the stream's first subscription, and was released past them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_added_to_a_stream_across_ranges_miss_nothing() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    for at in ["m", "t"] {
+        let (ok, out, err) =
+            cluster.ostrakon(&["ranges", "split", at, "--endpoint", &cluster.host_port(0)]);
+        assert!(ok, "split at {at} failed: {out} {err}");
+    }
+    wait_for_spans(&cluster, &[("", "m"), ("m", "t"), ("t", "")]).await;
+    let every = || WatchOptions::new().with_range("\0");
+    let (mut watcher, mut stream) = cluster
+        .client(1)
+        .await
+        .watch("\0", Some(every()))
+        .await
+        .unwrap();
+    let first_id = watcher.watch_id();
+    let start = client
+        .put("a", "start", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    // Writers run until both new watchers have existed for a while (bounded).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cluster, 3000, &stop).await;
+    // While the writers run and the stream receives their revisions for the first
+    // watcher: one watcher from the past, then one from now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watcher
+        .watch("\0", Some(every().with_start_revision(start)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watcher.watch("\0", Some(every())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = vec![("a".to_string(), "start".to_string(), start)];
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    acked.sort_by_key(|(_, _, revision)| *revision);
+
+    let mut by_watcher: std::collections::BTreeMap<i64, Vec<(String, String, i64)>> =
+        Default::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ids = Vec::new();
+    while Instant::now() < deadline {
+        let done = by_watcher.get(&first_id).map_or(0, Vec::len) >= acked.len()
+            && ids.len() == 2
+            && by_watcher.get(&ids[0]).map_or(0, Vec::len) >= acked.len()
+            && by_watcher
+                .get(&ids[1])
+                .and_then(|events| events.last())
+                .is_some_and(|last| Some(last) == acked.last());
+        if done {
+            break;
+        }
+        let Ok(Ok(Some(response))) =
+            tokio::time::timeout(Duration::from_millis(500), stream.message()).await
+        else {
+            continue;
+        };
+        assert!(!response.canceled(), "{response:?}");
+        if response.created() && response.watch_id() != first_id {
+            ids.push(response.watch_id());
+        }
+        let events = by_watcher.entry(response.watch_id()).or_default();
+        for event in response.events() {
+            let kv = event.kv().unwrap();
+            let key = kv.key_str().unwrap().to_string();
+            events.push((key, kv.value_str().unwrap().to_string(), kv.mod_revision()));
+        }
+    }
+    assert_eq!(ids.len(), 2, "both new watchers were created");
+    let seen = |id: i64| by_watcher.get(&id).cloned().unwrap_or_default();
+    assert_same_events(&seen(first_id), &acked, "the first watcher");
+    assert_same_events(&seen(ids[0]), &acked, "the watcher from a past revision");
+    // The watcher from now gets every acknowledged put from its first event on.
+    let from_now = seen(ids[1]);
+    let first = from_now.first().expect("the watcher from now got events");
+    let at = acked
+        .iter()
+        .position(|event| event == first)
+        .expect("its first event was acknowledged");
+    assert_same_events(&from_now, &acked[at..], "the watcher from now");
 }
 
 /// A watcher whose keys a split spread over two ranges, and which learns of the split

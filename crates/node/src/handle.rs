@@ -556,6 +556,10 @@ impl NodeHandle {
         let right = GroupId(allocated.range_id);
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         loop {
+            // An earlier attempt whose answer was lost may have split the range already.
+            if let Some(done) = self.split_done_at(key, right) {
+                return Ok(done);
+            }
             let left = self.route(&[(key, b"")]).await?;
             let split = write_request::Request::Split(SplitRange {
                 key: key.to_vec().into(),
@@ -588,7 +592,14 @@ impl NodeHandle {
                     }
                     tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
                 }
-                Ok(other) => return Err(refusal_of(other)),
+                Ok(other) => {
+                    // A retry routed to `right` itself is refused ("not inside"): the
+                    // split it retries applied.
+                    if let Some(done) = self.split_done_at(key, right) {
+                        return Ok(done);
+                    }
+                    return Err(refusal_of(other));
+                }
                 Err(
                     NodeError::NoLeader
                     | NodeError::LeaderChanged

@@ -311,17 +311,26 @@ async fn stream_backup(
 /// combined in key order.
 async fn hash_ranges(node: &NodeHandle, revision: Option<i64>) -> Result<(u32, i64, i64), Status> {
     let ranges = node.data_ranges();
+    // Across ranges, each is hashed once it holds every write up to the revision (a
+    // range still catching up would be hashed at its own, lower one); the waits run
+    // together.
+    let caught_up_to_requested = match revision {
+        Some(requested) if ranges.len() > 1 && requested > 0 => {
+            let mut waits = tokio::task::JoinSet::new();
+            for (group, _) in &ranges {
+                let (node, group) = (node.clone(), *group);
+                waits.spawn(async move { node.read_point_at(group, Revision(requested)).await });
+            }
+            while let Some(done) = waits.join_next().await {
+                done.expect("a read barrier panicked")
+                    .map_err(ApiError::from)?;
+            }
+            true
+        }
+        _ => false,
+    };
     let mut combined: Option<(u32, i64, i64)> = None;
     for (group, _) in &ranges {
-        let caught_up_to_requested = match revision {
-            Some(requested) if ranges.len() > 1 && requested > 0 => {
-                node.read_point_at(*group, Revision(requested))
-                    .await
-                    .map_err(ApiError::from)?;
-                true
-            }
-            _ => false,
-        };
         let view = node.store(*group).map_err(ApiError::from)?.read_view();
         let requested = match revision {
             Some(requested) if caught_up_to_requested => {

@@ -287,6 +287,16 @@ impl WatchStream {
         Ok(from)
     }
 
+    /// The highest revision the stream received from any of `groups` (all subscribed):
+    /// a watcher new to them starts keeping their live events above it, as those up to
+    /// it went by before it existed and come from the histories.
+    fn received_to(&self, groups: &[GroupId]) -> Revision {
+        groups
+            .iter()
+            .filter_map(|&group| self.live.seen(group))
+            .fold(Revision(0), Revision::max)
+    }
+
     /// Moves every watcher whose keys a split moved to the range now holding them; it
     /// reads what it missed there from storage. One whose keys now fall in several
     /// ranges is cancelled.
@@ -329,9 +339,12 @@ impl WatchStream {
                         &ranges,
                         &[(&watcher.key, &watcher.range_end)],
                     );
-                    let Some(from) = groups.and_then(|g| self.subscribe_all(&g).ok()) else {
+                    let Some((from, groups)) =
+                        groups.and_then(|g| Some((self.subscribe_all(&g).ok()?, g)))
+                    else {
                         continue; // a range is not ready here yet: try again later
                     };
+                    let from = from.max(self.received_to(&groups));
                     let watcher = self.watchers.get_mut(&id).expect("listed above");
                     watcher.follows = Follows::Several;
                     // What the old range's broadcast brought and was dropped comes from
@@ -488,7 +501,7 @@ impl WatchStream {
             let store = self.subscribe(group)?;
             return Ok((Follows::One(group), store.current_revision(), None));
         }
-        let from = self.subscribe_all(&groups)?;
+        let from = self.subscribe_all(&groups)?.max(self.received_to(&groups));
         let now = self.node.current_timestamp().await?;
         let now = Revision(i64::try_from(now).expect("timestamps stay below 2^63"));
         let pending = crate::watch_merge::Pending::new(from);
@@ -577,6 +590,9 @@ impl WatchStream {
             let Some(watcher) = self.watchers.get(&id) else {
                 continue;
             };
+            if touched.iter().any(|&group| self.live.from(group).is_none()) {
+                continue; // a range of its merged away meanwhile: the next round routes again
+            }
             // Below or at a range's `from`, the stream may not have received its events.
             let from = touched
                 .iter()
@@ -608,7 +624,9 @@ impl WatchStream {
             let followed: Vec<(GroupId, Revision)> = self
                 .ranges
                 .iter()
-                .filter(|(other, _)| **other != group)
+                // Another range merged away but kept for a watcher of its keys alone
+                // is not followed live any more.
+                .filter(|(other, store)| **other != group && !store.span().is_none())
                 .map(|(other, store)| (*other, store.current_revision()))
                 .collect();
             self.live.merged_away(group, followed);

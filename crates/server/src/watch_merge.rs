@@ -55,6 +55,12 @@ impl LiveRanges {
         self.ranges.get(&group).map(|live| live.from)
     }
 
+    /// The last revision received from `group` (None: not subscribed): a watcher new
+    /// to the stream missed what came up to there, which was never kept for it.
+    pub fn seen(&self, group: GroupId) -> Option<Revision> {
+        self.ranges.get(&group).map(|live| live.seen)
+    }
+
     /// A revision of `group` was received; `previous` is the range's revision before it.
     /// If the stream had not received up to `previous`, it missed revisions (a snapshot
     /// moved the range on): their events come from the history.
