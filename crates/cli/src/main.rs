@@ -4,6 +4,7 @@ mod bench;
 mod chaos_cmd;
 mod client_conn;
 mod duration;
+mod heap;
 mod playground;
 mod ranges_cmd;
 mod server_args;

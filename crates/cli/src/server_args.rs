@@ -396,6 +396,7 @@ impl FoundingMembership {
 /// Runs a member until SIGTERM or SIGINT.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, &args.log_format)?;
+    crate::heap::hold_less();
     let config = args.to_config()?;
     tracing::info!(
         name = %args.name,
