@@ -16,7 +16,12 @@ pub struct Convergence {
     pub hashes: Vec<(String, Option<u32>)>,
     /// Why it did not converge, if it did not.
     pub problem: Option<String>,
+    /// The last error of each member whose HashKV never answered.
+    pub errors: Vec<String>,
 }
+
+/// How long a member that does not answer HashKV is asked again, at least.
+const HASH_RETRY_FOR: Duration = Duration::from_secs(15);
 
 async fn revision_of(cluster: &Cluster, i: usize) -> Option<i64> {
     let mut client = cluster.client(i).await?;
@@ -52,12 +57,30 @@ pub async fn check(cluster: &Cluster, timeout: Duration) -> Convergence {
             seen.join(", ")
         ));
     }
+    // On a keyspace in ranges a member hashes each range once it holds every write up to
+    // the revision, which takes each range's leader: a range still electing one after
+    // the last fault answers "no leader" for a moment, so each member is asked again
+    // (bounded) until it answers.
+    let hash_deadline = deadline.max(Instant::now() + HASH_RETRY_FOR);
     for i in 0..n {
         let mut hash = None;
-        if let Some(mut client) = cluster.client(i).await {
-            if let Ok(response) = client.hash_kv(highest).await {
-                hash = Some(response.hash());
+        let mut last_error = None;
+        while hash.is_none() && Instant::now() < hash_deadline {
+            match cluster.client(i).await {
+                Some(mut client) => match client.hash_kv(highest).await {
+                    Ok(response) => hash = Some(response.hash()),
+                    Err(error) => last_error = Some(error.to_string()),
+                },
+                None => last_error = Some("no connection".to_string()),
             }
+            if hash.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if let (None, Some(error)) = (hash, last_error) {
+            result
+                .errors
+                .push(format!("{}: {error}", cluster.members[i].name));
         }
         result.hashes.push((cluster.members[i].name.clone(), hash));
     }
@@ -65,8 +88,8 @@ pub async fn check(cluster: &Cluster, timeout: Duration) -> Convergence {
     if result.problem.is_none() {
         if first.is_none() || result.hashes.iter().any(|(_, h)| *h != first) {
             result.problem = Some(format!(
-                "HashKV at revision {highest} differs: {:?}",
-                result.hashes
+                "HashKV at revision {highest} differs: {:?} (errors: {:?})",
+                result.hashes, result.errors
             ));
         } else {
             result.converged = true;

@@ -331,6 +331,7 @@ impl WatchStream {
                     }
                     self.watchers.get_mut(&id).expect("listed above").follows = Follows::One(group);
                     self.catch_up(id).await?;
+                    self.drop_if_merged_away(old);
                 }
                 // Its keys now fall in several ranges: the merge rounds serve it from its
                 // next revision on.
@@ -356,6 +357,25 @@ impl WatchStream {
             }
         }
         Ok(())
+    }
+
+    /// Stops following a range merged away (no keys) that a watcher of its keys alone
+    /// kept until `follow_splits` moved it, once none is left: its broadcast would
+    /// otherwise stay open for the stream's life.
+    fn drop_if_merged_away(&mut self, group: GroupId) {
+        let merged_away = self
+            .ranges
+            .get(&group)
+            .is_some_and(|store| store.span().is_none());
+        let followed = self
+            .watchers
+            .values()
+            .any(|w| w.follows == Follows::One(group));
+        if merged_away && !followed {
+            self.ranges.remove(&group);
+            self.events.remove(&group);
+            self.live.forget(group);
+        }
     }
 
     async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
@@ -651,6 +671,18 @@ impl WatchStream {
         touched: &[GroupId],
         resolved: Revision,
     ) -> Result<(), Gone> {
+        // A range of its split during the round's wait: the new range, which the stream
+        // does not follow yet, may hold revisions at or below `resolved`; the next round
+        // routes again. (Split after the wait, it only gets revisions above.)
+        let watcher = &self.watchers[&id];
+        let spans: Vec<_> = touched
+            .iter()
+            .map(|&group| self.store(group).span())
+            .collect();
+        let spans: Vec<&ostrakon_storage::mvcc::KeySpan> = spans.iter().map(|s| &**s).collect();
+        if !ostrakon_storage::mvcc::spans_cover(&spans, &watcher.key, &watcher.range_end) {
+            return Ok(());
+        }
         let mut covered = resolved;
         for &group in touched {
             let current = self.store(group).current_revision();
@@ -783,8 +815,14 @@ impl WatchStream {
                 // get: revisions of ranges that split are sparse, so only the range's
                 // previous one tells): the revisions in between come from storage first.
                 self.catch_up(id).await?;
+                // Only once the gap is filled: a range frozen for a merge (its view holds
+                // no keys) or split meanwhile reads nothing, and the revisions skipped
+                // would be lost; they come from the history later (the next revision's
+                // gap, or the range that takes the keys).
                 match self.watchers.get(&id) {
-                    Some(watcher) if revision.revision >= watcher.next => {}
+                    Some(watcher)
+                        if watcher.next > revision.previous
+                            && revision.revision >= watcher.next => {}
                     _ => continue,
                 }
             }

@@ -118,6 +118,12 @@ impl LiveRanges {
         }
     }
 
+    /// The stream no longer follows `group` (merged away, and no watcher's keys left in
+    /// it).
+    pub fn forget(&mut self, group: GroupId) {
+        self.ranges.remove(&group);
+    }
+
     /// Up to which revision the stream has received every event of `group` at or below
     /// `resolved` (which the range has applied every write at or below), given the
     /// range's current revision now: all of them once it has received up to there.
