@@ -778,6 +778,22 @@ impl EventLoop {
                 }
                 return true;
             }
+            crate::merge::MergeStep::MissingRight { right } => {
+                // Cannot apply: the range stays held here (its other replicas go on)
+                // rather than crash on every restart. See `MergeStep::MissingRight`.
+                let replica = self.replicas.get_mut(&left).expect("looked up above");
+                if replica.missing_right_logged != Some(index) {
+                    replica.missing_right_logged = Some(index);
+                    tracing::error!(
+                        left = left.0,
+                        right = right.0,
+                        index = index.0,
+                        "this replica replays a merge of a range it holds no replica of \
+                         (it joined after the merge, from an older snapshot): it stops here"
+                    );
+                }
+                return true;
+            }
             crate::merge::MergeStep::Refused(error) => {
                 replica.store.set_applied(index, term);
                 ostrakon_storage::mvcc::WriteOutcome::Error(error)
@@ -828,7 +844,7 @@ impl EventLoop {
         let still_held = !replica.held_entries.is_empty();
         self.dirty.insert(left);
         self.host_split_offs(split_offs);
-        if merged {
+        if merged && !crate::merge::skips_snapshot_after_merge() {
             self.start_snapshot(left);
         }
         still_held
@@ -1248,7 +1264,9 @@ impl EventLoop {
                 Some(_) => {
                     let started = started_members(&self.replicas);
                     let replica = self.replicas.get_mut(&group).expect("matched above");
-                    replica.propose_conf_change(change, respond, &self.nodes_down, &started)
+                    let merge =
+                        replica.propose_conf_change(change, respond, &self.nodes_down, &started);
+                    self.snapshot_past_merge(group, merge);
                 }
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
@@ -1637,12 +1655,13 @@ impl EventLoop {
         let (respond, answer) = tokio::sync::oneshot::channel();
         let started = started_members(&self.replicas);
         let replica = self.replicas.get_mut(&group).expect("checked above");
-        replica.propose_conf_change(
+        let merge = replica.propose_conf_change(
             ConfChange::Change(vec![step]),
             respond,
             &self.nodes_down,
             &started,
         );
+        self.snapshot_past_merge(group, merge);
         self.follow_attempts.insert(
             group,
             FollowAttempt {
@@ -1807,6 +1826,26 @@ impl EventLoop {
                 tracing::error!(%error, "could not start a snapshot writer; will retry");
                 false
             }
+        }
+    }
+
+    /// A membership change waits for a snapshot past the merge at `merge` (if any): one
+    /// is taken once the merge applied here. (Applying a merge starts one, but a restart
+    /// in between forgets it: nothing else would, on an idle range.)
+    fn snapshot_past_merge(&mut self, group: GroupId, merge: Option<LogIndex>) {
+        let Some(merge) = merge else {
+            return;
+        };
+        let Some(replica) = self.replicas.get(&group) else {
+            return;
+        };
+        if replica.store.applied_index() >= merge && !replica.snapshot_in_progress {
+            tracing::info!(
+                group = group.0,
+                merge = merge.0,
+                "a membership change waits for a snapshot past the range's merge; taking one"
+            );
+            self.start_snapshot(group);
         }
     }
 

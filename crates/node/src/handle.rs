@@ -332,7 +332,15 @@ impl NodeHandle {
                     other => other?,
                 }
             } else {
-                crate::txn_coordinator::attempt(self, &request, auth_revision, &groups).await?
+                // On a task of its own: a client that gives up must not stop the
+                // coordinator between its steps (its locks would hold the keys until a
+                // pusher found them stale).
+                let (handle, request) = (self.clone(), request.clone());
+                tokio::spawn(async move {
+                    crate::txn_coordinator::attempt(&handle, &request, auth_revision, &groups).await
+                })
+                .await
+                .expect("a transaction's coordinator panicked")?
             };
             let retry = match &outcome {
                 WriteOutcome::Error(error) => error.retry,
@@ -669,7 +677,7 @@ impl NodeHandle {
         loop {
             let status = self.status(right)?;
             let attempt = if status.is_leader {
-                crate::merge_coordinator::merge_here(self, left, right).await
+                crate::merge_coordinator::merge_detached(self, left, right).await
             } else if status.leader == NodeId::NONE || status.leader == self.id() {
                 Err(NodeError::NoLeader)
             } else {
@@ -720,7 +728,7 @@ impl NodeHandle {
     /// Merges `right` into `left` from this node, which must lead `right` (a peer's
     /// `merge_ranges_at` lands here).
     pub async fn merge_ranges_here(&self, left: GroupId, right: GroupId) -> Result<(), NodeError> {
-        crate::merge_coordinator::merge_here(self, left, right).await
+        crate::merge_coordinator::merge_detached(self, left, right).await
     }
 
     /// `write`, retried while the group has no leader or its leader changes, until the

@@ -13,6 +13,15 @@ use ostrakon_ranges::RangeId;
 use ostrakon_storage::mvcc::{KeySpan, MvccStore};
 use prost::Message as _;
 
+/// Whether applying a merge skips the snapshot it starts (`OSTRAKON_FAILPOINT_MERGE` set
+/// to `no-snapshot`; tests only): as if the member restarted before it was taken.
+pub(crate) fn skips_snapshot_after_merge() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| {
+        std::env::var("OSTRAKON_FAILPOINT_MERGE").is_ok_and(|value| value == "no-snapshot")
+    })
+}
+
 /// Whether a write is a merge (applied by the event loop, which holds both ranges).
 pub(crate) fn is_merge(write: &WriteRequest) -> bool {
     matches!(write.request, Some(Request::MergeRange(_)))
@@ -47,6 +56,9 @@ pub(crate) enum MergeStep {
     },
     /// Take the right range over.
     Apply(GroupId),
+    /// This node holds no replica of the right range: the merge cannot apply here
+    /// (`ostrakon_ranges::merge::MergeStep::MissingRight`).
+    MissingRight { right: GroupId },
 }
 
 /// Decides what the left range (`left`, with membership `conf` as of the entry) does
@@ -74,6 +86,7 @@ pub(crate) fn step(
         .expect("a merge names the right range's membership");
     let facts = LeftRange {
         id: RangeId(left.group().0),
+        absorbed_right: left.absorbed_ranges().contains(&right_group),
         frozen: left.frozen().is_some(),
         holds_locks: left.has_txn_locks(),
         fenced: left.has_merge_fence(right_group, freeze_index),
@@ -106,6 +119,7 @@ pub(crate) fn step(
             freeze_term: Term(merge.freeze_term),
         },
         Decision::Apply => MergeStep::Apply(right_group),
+        Decision::MissingRight => MergeStep::MissingRight { right: right_group },
     }
 }
 
@@ -194,6 +208,35 @@ mod tests {
             step(&left, &conf, &apart, Some(&right)),
             MergeStep::Refused(_)
         ));
+    }
+
+    #[test]
+    fn the_same_merge_again_after_a_split_at_its_key_is_refused() {
+        // A merge proposed again after a lost answer may apply after the first copy
+        // and a split at the same key: the left range ends where the right one began
+        // again, and no replica holds the right range any more (a review found every
+        // replica of the left range then panicked).
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let (merge, left, right, conf) = frozen_pair(&keyspace);
+        assert_eq!(
+            step(&left, &conf, &merge, Some(&right)),
+            MergeStep::Apply(GroupId(2))
+        );
+        left.apply_merge(LogIndex(2), Term(1), &right);
+        let again_applied = AppliedState {
+            index: LogIndex(5),
+            term: Term(1),
+            conf_state: conf.clone(),
+        };
+        left.split(b"m", LogIndex(3), Term(1), GroupId(3), again_applied, false)
+            .expect("a new right range at the same key");
+        assert_eq!(left.span().end(), Some(&b"m"[..]));
+        let refused = step(&left, &conf, &merge, None);
+        assert!(
+            matches!(&refused, MergeStep::Refused(e) if e.message.contains("merged already")),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -53,6 +53,20 @@ fn refusal_of(outcome: WriteOutcome) -> NodeError {
     }
 }
 
+/// `merge_here` on a task of its own: a caller that gives up (a client's deadline, a
+/// peer's dropped call) must not stop it between its freeze and its merge or thaw, which
+/// would leave the right range frozen until a node found it frozen for long.
+pub(crate) async fn merge_detached(
+    handle: &NodeHandle,
+    left: GroupId,
+    right: GroupId,
+) -> Result<(), NodeError> {
+    let handle = handle.clone();
+    tokio::spawn(async move { merge_here(&handle, left, right).await })
+        .await
+        .expect("a merge coordinator panicked")
+}
+
 /// Merges `right` into `left`, the range before it; this node must lead `right`.
 pub(crate) async fn merge_here(
     handle: &NodeHandle,

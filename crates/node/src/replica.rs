@@ -73,10 +73,12 @@ pub struct Replica {
     /// applied its freeze on this node (`crate::merge`). The event loop applies the
     /// merge once it has, then the rest.
     pub held_entries: Vec<Entry>,
-    /// The index of a merge applied here until a snapshot at or after it is taken: a
-    /// member added meanwhile would get the log from before the merge, without the
-    /// merged range's keys, so membership changes wait.
+    /// The index of a merge applied here until a snapshot at or after it is taken (one
+    /// is started again if the first was taken before it).
     pub snapshot_due_for_merge: Option<LogIndex>,
+    /// The merge entry this replica could not apply for want of a replica of its right
+    /// range, once logged (`crate::merge::MergeStep::MissingRight`).
+    pub missing_right_logged: Option<LogIndex>,
     /// The index of the latest split or merge of this range applied here (the applied
     /// index at start, not knowing): a snapshot before it holds another span.
     pub span_changed_at: LogIndex,
@@ -116,6 +118,7 @@ impl Replica {
             split_offs: Vec::new(),
             held_entries: Vec::new(),
             snapshot_due_for_merge: None,
+            missing_right_logged: None,
             span_changed_at,
         }
     }
@@ -167,24 +170,27 @@ impl Replica {
     /// name (the member registry is the data range's, whatever group changes).
     /// `nodes_down`: peers node liveness calls
     /// down, never counted as up by the strict reconfiguration check.
+    ///
+    /// Refused while the log holds a merge above its snapshot: a member added then would
+    /// be sent that snapshot and replay the merge without a replica of the merged range
+    /// (the merge was committed, or applied before a restart, but no snapshot covers it
+    /// yet). Returns that merge's index then: the caller takes a snapshot after it.
+    #[must_use]
     pub fn propose_conf_change(
         &mut self,
         change: ConfChange,
         respond: ConfResponder,
         nodes_down: &BTreeSet<NodeId>,
         started: &BTreeSet<NodeId>,
-    ) {
+    ) -> Option<LogIndex> {
         if let Err(error) = self.check_conf_change(&change, nodes_down, started) {
             let _ = respond.send(Err(error));
-            return;
+            return None;
         }
-        if self
-            .snapshot_due_for_merge
-            .is_some_and(|due| self.snapshot_index < due)
-        {
-            // Retried by the caller once the snapshot holding the merge is taken.
+        if let Some(merge) = self.merge_above_snapshot() {
+            // Retried by the caller once a snapshot holding the merge is taken.
             let _ = respond.send(Err(NodeError::ChangeInProgress));
-            return;
+            return Some(merge);
         }
         match self.node.propose_conf_change(change) {
             Ok(proposal) => {
@@ -197,6 +203,23 @@ impl Replica {
                 let _ = respond.send(Err(propose_error(error)));
             }
         }
+        None
+    }
+
+    /// The last merge entry in the raft log above its snapshot, if any (read only for a
+    /// membership change: a range's log past its snapshot is short).
+    pub fn merge_above_snapshot(&self) -> Option<LogIndex> {
+        let first = self.node.snapshot_meta().index.0 + 1;
+        let last = self.node.last_index().0;
+        (first..=last).rev().map(LogIndex).find(|&index| {
+            self.node
+                .log_entry(index)
+                .is_some_and(|entry| match &entry.payload {
+                    EntryPayload::Normal(data) => WriteRequest::decode(data.as_ref())
+                        .is_ok_and(|write| crate::merge::is_merge(&write)),
+                    _ => false,
+                })
+        })
     }
 
     fn check_conf_change(

@@ -130,6 +130,16 @@ pub(crate) async fn release(
     for outcome in propose_each(handle, groups, |_| Request::TxnRelease(release), 0).await {
         match outcome {
             Ok(WriteOutcome::TxnDone(done)) => all_held &= done.held,
+            // Refused: the range froze for a merge, which it does only when it holds no
+            // lock, so it holds none of this transaction's.
+            Ok(WriteOutcome::Error(error)) => {
+                all_held = false;
+                tracing::debug!(
+                    ?txn,
+                    ?error,
+                    "a release was refused; the range holds no lock"
+                );
+            }
             Ok(other) => panic!("a release answered with {other:?}"),
             Err(error) => {
                 all_held = false;
@@ -169,9 +179,18 @@ async fn resolve(
     };
     let mut written = true;
     for outcome in propose_each(handle, groups, part_of, 0).await {
-        if let Err(error) = outcome {
-            written = false;
-            tracing::warn!(?txn, %error, "a resolve failed; the range's pusher finishes it");
+        match outcome {
+            // Refused (frozen for a merge): the record stays, as for a failure; the range
+            // held no lock when it froze, so a pusher wrote the part already.
+            Ok(WriteOutcome::Error(error)) => {
+                written = false;
+                tracing::debug!(?txn, ?error, "a resolve was refused");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                written = false;
+                tracing::warn!(?txn, %error, "a resolve failed; the range's pusher finishes it");
+            }
         }
     }
     written
@@ -189,6 +208,40 @@ fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
             tracing::debug!(?txn, %error, "forgetting a transaction's record failed");
         }
     });
+}
+
+/// How long a coordinator that could not learn its transaction's outcome waits before
+/// asking the primary again.
+const DECIDE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The transaction's outcome, asked of its primary by an abort (which answers a recorded
+/// commit instead), again while the primary refuses (frozen for a merge: it froze only
+/// once the transaction's lock there was gone, so the outcome is recorded, and the range
+/// that merges it keeps the record), until `deadline`.
+async fn decide_by_abort(
+    handle: &NodeHandle,
+    txn: TxnId,
+    primary: GroupId,
+    deadline: tokio::time::Instant,
+) -> Result<pb::TxnDecided, NodeError> {
+    let abort = Request::TxnAbort(txn_id_record(txn));
+    loop {
+        let refused = match propose(handle, handle.live_range(primary), &abort, 0).await {
+            Ok(WriteOutcome::TxnDecided(decided)) => return Ok(decided),
+            Ok(WriteOutcome::Error(error)) => NodeError::Refused {
+                code: error.code,
+                message: error.message,
+            },
+            Ok(other) => panic!("an abort answered with {other:?}"),
+            Err(NodeError::UnknownGroup) => NodeError::UnknownGroup,
+            Err(error) => return Err(error),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(?txn, %refused, "a transaction's outcome stays unknown");
+            return Err(NodeError::Timeout);
+        }
+        tokio::time::sleep(DECIDE_RETRY_PAUSE).await;
+    }
 }
 
 /// This member's replicas of `groups`, once they applied the prepares, with their views:
@@ -498,21 +551,26 @@ pub(crate) async fn attempt(
         txn: Some(txn_id_record(txn)),
         writes: Some(writes.clone()),
     });
+    // The outcome is worth a wait of its own: without it the client hears only that
+    // its request may or may not have applied.
+    let deadline = tokio::time::Instant::now() + handle.request_timeout();
     let decided = match propose(handle, primary, &commit, 0).await {
-        Ok(decided) => decided,
+        Ok(WriteOutcome::TxnDecided(decided)) => decided,
+        // Refused: the primary froze for a merge, so a pusher had ended the lock there
+        // (or an earlier copy of this commit applied): the record says which.
+        Ok(WriteOutcome::Error(_)) => match decide_by_abort(handle, txn, primary, deadline).await {
+            Ok(decided) => decided,
+            Err(error) => return Err(error),
+        },
+        Ok(other) => panic!("a commit answered with {other:?}"),
         // Whether the commit applied is unknown: an abort answers how it ended.
-        Err(error) => {
-            let abort = Request::TxnAbort(txn_id_record(txn));
-            match propose(handle, primary, &abort, 0).await {
-                Ok(decided) => decided,
-                Err(_) => return Err(error),
-            }
-        }
+        Err(error) => match decide_by_abort(handle, txn, primary, deadline).await {
+            Ok(decided) => decided,
+            Err(_) => return Err(error),
+        },
     };
     match decided {
-        WriteOutcome::TxnDecided(decided)
-            if decided.committed && decided.writes.as_ref() == Some(&writes) =>
-        {
+        decided if decided.committed && decided.writes.as_ref() == Some(&writes) => {
             if failpoint("after-commit") {
                 return Err(NodeError::Timeout);
             }
@@ -528,7 +586,7 @@ pub(crate) async fn attempt(
             crate::metrics::metrics().txns_committed_across_ranges.inc();
             Ok(outcome)
         }
-        WriteOutcome::TxnDecided(decided) => {
+        decided => {
             // Aborted first by a pusher that found a lock stale; a record with other
             // writes would be a reused transaction number, which is never committed.
             assert!(
@@ -538,6 +596,5 @@ pub(crate) async fn attempt(
             release(handle, txn, &groups[1..], 0).await;
             Ok(try_again())
         }
-        other => panic!("a commit answered with {other:?}"),
     }
 }

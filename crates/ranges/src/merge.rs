@@ -37,6 +37,9 @@ pub struct FreezeMark {
 pub struct LeftRange {
     /// The left range.
     pub id: RangeId,
+    /// It took the right range over already: this is the same merge command again (a
+    /// proposal retried after a lost answer).
+    pub absorbed_right: bool,
     /// It froze for a merge of its own.
     pub frozen: bool,
     /// A transaction across ranges holds keys in it.
@@ -61,6 +64,12 @@ pub struct RightReplica {
 /// Why every replica of the left range refused a merge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MergeRefused {
+    /// The left range took the right one over already (by an earlier copy of this
+    /// command).
+    AlreadyMerged {
+        /// The right range.
+        right: RangeId,
+    },
     /// The left range froze for a merge of its own.
     LeftFrozen,
     /// A transaction's part in the left range is written at its lock's revision, which
@@ -85,6 +94,9 @@ pub enum MergeRefused {
 impl std::fmt::Display for MergeRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            MergeRefused::AlreadyMerged { right } => {
+                write!(f, "ostrakon: range {} is merged already", right.0)
+            }
             MergeRefused::LeftFrozen => f.write_str("ostrakon: the left range is being merged itself"),
             MergeRefused::LeftLocked => f.write_str(
                 "ostrakon: a transaction across ranges holds keys of the left range; merge again later",
@@ -116,6 +128,12 @@ pub enum MergeStep {
     Wait,
     /// Take the right range over, as its replica here stands (at its freeze).
     Apply,
+    /// This node holds no replica of the right range, so it cannot take it over: it
+    /// joined the left range after the merge was proposed and replays the merge from a
+    /// log older than it. Members are added only once a snapshot covers every merge in
+    /// the log, so this takes a leader change between a new member's admission and its
+    /// first snapshot, or a bug; the caller decides (the simulator calls it a bug).
+    MissingRight,
 }
 
 /// The decision a left range's replica makes on a merge command (where a bug may be
@@ -138,10 +156,11 @@ impl MergeCheck {
     /// depend only on the left range's log, so every replica refuses alike; the wait
     /// only on this node's right replica.
     ///
-    /// Panics if this node holds no replica of the right range, or holds one past the
-    /// freeze that is not frozen there: every member of the left range held the right
-    /// range's log up to its freeze when the merge was proposed, a replica of it goes
-    /// only by this merge, and a merge is proposed only after its freeze applied.
+    /// Panics if this node holds a replica of the right range past the freeze that is
+    /// not frozen there: a merge is proposed only after its freeze applied, and a range
+    /// frozen for it thaws only once the left range's log fenced the merge off.
+    /// A merge the left range applied already is refused first: its right range is
+    /// gone, and a later split may have made the left range end at its start again.
     pub fn step(
         &self,
         left: &LeftRange,
@@ -149,7 +168,9 @@ impl MergeCheck {
         freeze_index: u64,
         right_replica: Option<&RightReplica>,
     ) -> MergeStep {
-        let refusal = if left.frozen {
+        let refusal = if left.absorbed_right {
+            Some(MergeRefused::AlreadyMerged { right })
+        } else if left.frozen {
             Some(MergeRefused::LeftFrozen)
         } else if left.holds_locks {
             Some(MergeRefused::LeftLocked)
@@ -169,10 +190,7 @@ impl MergeCheck {
             return MergeStep::Refused(refusal);
         }
         let Some(replica) = right_replica else {
-            panic!(
-                "range {} merges range {}, of which this node holds no replica",
-                left.id.0, right.0
-            );
+            return MergeStep::MissingRight;
         };
         if replica.applied_index < freeze_index {
             #[cfg(feature = "planted-bugs")]
@@ -221,6 +239,7 @@ mod tests {
     fn fitting_left() -> LeftRange {
         LeftRange {
             id: RangeId(1),
+            absorbed_right: false,
             frozen: false,
             holds_locks: false,
             fenced: false,
@@ -260,6 +279,22 @@ mod tests {
     fn a_merge_that_no_longer_fits_is_refused_before_anything_else() {
         let check = MergeCheck::default();
         let cases = [
+            (
+                LeftRange {
+                    absorbed_right: true,
+                    // A split at the same key made it end where the right range began.
+                    ..fitting_left()
+                },
+                MergeRefused::AlreadyMerged { right: RangeId(2) },
+            ),
+            (
+                LeftRange {
+                    absorbed_right: true,
+                    frozen: true,
+                    ..fitting_left()
+                },
+                MergeRefused::AlreadyMerged { right: RangeId(2) },
+            ),
             (
                 LeftRange {
                     frozen: true,
@@ -324,9 +359,11 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "holds no replica")]
-    fn a_merge_without_a_right_replica_is_a_bug() {
-        MergeCheck::default().step(&fitting_left(), RangeId(2), 7, None);
+    fn a_merge_without_a_right_replica_cannot_apply() {
+        assert_eq!(
+            MergeCheck::default().step(&fitting_left(), RangeId(2), 7, None),
+            MergeStep::MissingRight
+        );
     }
 
     #[test]

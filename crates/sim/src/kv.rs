@@ -490,6 +490,7 @@ pub fn left_facts(
         .expect("only data ranges merge, and only once they hold a span");
     LeftRange {
         id: descriptor.id,
+        absorbed_right: state.absorbed.contains(&merge.right),
         frozen: state.frozen.is_some(),
         holds_locks: !state.txns.locks.is_empty(),
         fenced: state.fences.contains(&(merge.right, merge.freeze_index)),

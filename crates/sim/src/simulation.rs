@@ -1148,6 +1148,12 @@ impl Simulation {
     fn apply_merge(&mut self, id: NodeId, group: GroupId, merge: kv::MergeCommand) {
         match self.merge_step(id, group, &merge) {
             MergeStep::Wait => unreachable!("a merge that waits is held"),
+            // Every member of the left range is one of the right range's here (the
+            // simulator changes no membership under a merge): a bug.
+            MergeStep::MissingRight => panic!(
+                "{id:?} {group:?} merges range {}, of which it holds no replica",
+                merge.right
+            ),
             MergeStep::Refused(refusal) => {
                 trace!(self, "{id:?} {group:?} refuses {merge:?}: {refusal}");
             }

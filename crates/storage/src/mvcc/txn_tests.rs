@@ -129,6 +129,22 @@ impl TwoRanges {
         self.apply(right, Request::TxnPrepare(prepare), revision)
     }
 
+    /// Transaction 1 prepared in both ranges (at 20 and 21) and evaluated: the writes
+    /// of `transfer("1", new)` at 21.
+    fn prepared_transfer(&mut self, new: &str) -> pb::TxnWrites {
+        prepared_revision(self.prepare(false, 1, &["a"], 20));
+        prepared_revision(self.prepare(true, 1, &["x"], 21));
+        let views = vec![self.left.read_view(), self.right.read_view()];
+        let (_, writes) = evaluate_across(
+            &self.left,
+            self.left.merged_view(views),
+            Revision(21),
+            &transfer("1", new),
+        )
+        .unwrap();
+        writes
+    }
+
     fn value(&self, key: &str) -> Option<(String, i64)> {
         let store = self.store(key >= "m");
         store
@@ -273,19 +289,38 @@ fn an_aborted_transaction_leaves_nothing_and_never_commits() {
 }
 
 #[test]
+fn a_prepare_applied_after_its_transaction_committed_is_only_forgotten() {
+    // A copy of a prepare that reaches a leader late (its first copy answered, the
+    // transaction committed and its part written) takes a lock above the transaction's
+    // revision; whoever pushes it learns the commit and resolves. A review found every
+    // replica then asserted the part's revision was above the range's, and crashed.
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    ranges.put("x", "1", 11);
+    let decide = pb::TxnDecide {
+        txn: Some(txn_id(1)),
+        writes: Some(ranges.prepared_transfer("2")),
+    };
+    ranges.apply(false, Request::TxnCommit(decide.clone()), 0);
+    ranges.apply(true, Request::TxnResolve(decide.clone()), 0);
+    assert_eq!(ranges.value("x"), Some(("2".into(), 21)));
+    assert_eq!(prepared_revision(ranges.prepare(true, 1, &["x"], 30)), 30);
+    assert!(ranges.right.has_txn_locks());
+    ranges.apply(true, Request::TxnResolve(decide), 0);
+    assert!(!ranges.right.has_txn_locks(), "the late lock is forgotten");
+    assert_eq!(
+        ranges.value("x"),
+        Some(("2".into(), 21)),
+        "nothing written again"
+    );
+    assert!(matches!(ranges.put("y", "9", 31), WriteOutcome::Put(_)));
+}
+
+#[test]
 fn an_abort_after_the_commit_learns_it_and_locks_and_outcomes_survive_a_restart() {
     let mut ranges = TwoRanges::new();
     ranges.put("a", "1", 10);
-    prepared_revision(ranges.prepare(false, 1, &["a"], 20));
-    prepared_revision(ranges.prepare(true, 1, &["x"], 21));
-    let views = vec![ranges.left.read_view(), ranges.right.read_view()];
-    let (_, writes) = evaluate_across(
-        &ranges.left,
-        ranges.left.merged_view(views),
-        Revision(21),
-        &transfer("1", "3"),
-    )
-    .unwrap();
+    let writes = ranges.prepared_transfer("3");
     ranges.apply(
         false,
         Request::TxnCommit(pb::TxnDecide {

@@ -243,6 +243,19 @@ impl MvccStore {
         remaining.release(txn);
         local_changes.push(txn_tables::forget_lock(txn));
         let revision = Revision(writes.revision);
+        if lock.revision > u64::try_from(revision.0).unwrap_or(0) {
+            // A lock above the transaction's own revision (the highest of its locks)
+            // was taken by a copy of its prepare that applied after its part here was
+            // written (a proposal that reached a leader late): only forgotten.
+            tracing::info!(
+                ?txn,
+                group = self.group().0,
+                "forgot a lock a late prepare took"
+            );
+            self.write_txn()
+                .commit_with(index, term, local_changes, Some(remaining));
+            return false;
+        }
         let mut write = self.write_txn_at(revision);
         let numbered_here = writes.writes.len() > 1 && writes.writes.iter().all(|w| w.sub == 0);
         for one in &writes.writes {
