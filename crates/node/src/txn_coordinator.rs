@@ -269,10 +269,15 @@ async fn frozen_views(
 }
 
 /// The views of the ranges the request reads (`reads`, those it locked keys in; not the
-/// first range joined only for a lease), merged into one. None if a compaction moved
+/// first range joined only for a lease), merged into one holding the keys of
+/// `intervals` (the request's: all it reads or writes). None if a compaction moved
 /// while the views were taken (the merged view's data must hold what every view's
 /// compacted revision promises).
-fn merged_view(frozen: Vec<(Arc<MvccStore>, ReadView)>, reads: &[bool]) -> Option<ReadView> {
+fn merged_view(
+    frozen: Vec<(Arc<MvccStore>, ReadView)>,
+    reads: &[bool],
+    intervals: &[ostrakon_storage::mvcc::KeyInterval<'_>],
+) -> Option<ReadView> {
     let (stores, views): (Vec<_>, Vec<_>) = frozen
         .into_iter()
         .zip(reads)
@@ -283,7 +288,7 @@ fn merged_view(frozen: Vec<(Arc<MvccStore>, ReadView)>, reads: &[bool]) -> Optio
         return None; // its keys moved meanwhile: routed again
     }
     let compacted: Vec<_> = views.iter().map(|view| view.compact_revision()).collect();
-    let merged = stores[0].merged_view(views);
+    let merged = stores[0].merged_view(views, intervals);
     let compaction_moved = stores
         .iter()
         .zip(compacted)
@@ -334,7 +339,7 @@ async fn evaluate(
                 revoke.id,
             ))
         }
-        other => merged_view(frozen, &reads).map(|view| {
+        other => merged_view(frozen, &reads, &lock_intervals(other)).map(|view| {
             ostrakon_storage::mvcc::evaluate_across(&lease_store, view, revision, other)
         }),
     })
@@ -343,7 +348,10 @@ async fn evaluate(
     Ok(evaluated)
 }
 
-/// How long a prepare waits before trying a range another transaction holds again.
+/// How long a prepare waits before trying a range another transaction holds again. (A
+/// wait woken by this member's replica applying the entry that ends the lock was tried,
+/// 2026-12-03: 64 clients over two ranges got 15 % more Txn/s but some starved past
+/// their deadline, as every waiter woke at once and the quickest won each time.)
 const PREPARE_WAIT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Proposes a prepare in `group`, again while another transaction holds the range, until
@@ -368,6 +376,47 @@ async fn prepare_waiting(
     }
 }
 
+/// How long a transaction waits at most, before its prepares, for this member's earlier
+/// transactions to finish writing their parts in its ranges.
+const OWN_RESOLVES_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The committed transactions whose parts their coordinators (in this process) are
+/// writing after answering their clients.
+fn resolving() -> &'static std::sync::Mutex<std::collections::HashSet<TxnId>> {
+    static RESOLVING: OnceLock<std::sync::Mutex<std::collections::HashSet<TxnId>>> =
+        OnceLock::new();
+    RESOLVING.get_or_init(Default::default)
+}
+
+/// Waits (up to `OWN_RESOLVES_WAIT`) until this member's replicas of `groups` hold no
+/// lock of a committed transaction this member is resolving: its parts are written after
+/// its client is answered, so a client's next transaction over the same ranges would
+/// otherwise find its own last one there, be refused, and prepare again (a whole round
+/// more, for most transactions of a single client). Nothing is held while waiting.
+async fn wait_own_resolves(handle: &NodeHandle, groups: &[GroupId]) {
+    let deadline = tokio::time::Instant::now() + OWN_RESOLVES_WAIT;
+    for &group in groups {
+        loop {
+            let Ok(store) = handle.store(group) else {
+                break;
+            };
+            let applied = store.applied_index();
+            let own = store.txn_locks().iter().any(|lock| {
+                lock.txn.coordinator == handle.id()
+                    && resolving().lock().unwrap().contains(&lock.txn)
+            });
+            if !own {
+                break;
+            }
+            let next = ostrakon_raft::LogIndex(applied.0 + 1);
+            let waited = tokio::time::timeout_at(deadline, handle.wait_applied(group, next)).await;
+            if waited.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Prepares `prepares` (one per range of `groups`, in key order) in parallel; a range
 /// another transaction holds is waited for in key order. The prepared locks, or the
 /// outcome that refused one (every lock taken then released).
@@ -379,6 +428,7 @@ pub(crate) async fn prepare_every(
     auth_revision: u64,
     deadline: tokio::time::Instant,
 ) -> Result<Result<Vec<pb::TxnPrepared>, WriteOutcome>, NodeError> {
+    wait_own_resolves(handle, groups).await;
     let outcomes = propose_each(
         handle,
         groups,
@@ -578,8 +628,11 @@ pub(crate) async fn attempt(
             // readers and writers until they write their parts (a linearizable read
             // waits for a lock on its keys), so nobody can tell the resolves came after.
             let (resolver, others) = (handle.clone(), groups[1..].to_vec());
+            resolving().lock().unwrap().insert(txn);
             tokio::spawn(async move {
-                if resolve(&resolver, txn, &writes, &others).await {
+                let written = resolve(&resolver, txn, &writes, &others).await;
+                resolving().lock().unwrap().remove(&txn);
+                if written {
                     forget(&resolver, txn, primary);
                 }
             });

@@ -215,6 +215,46 @@ impl LatestIndex {
         self
     }
 
+    /// The index of the live keys in `intervals` only (etcd's `(key, range_end)` form),
+    /// at the same revision: what a transaction across ranges reads through, in time
+    /// in the keys it touches rather than in every key of its ranges.
+    pub fn within(&self, intervals: &[super::KeyInterval<'_>]) -> LatestIndex {
+        let mut index = LatestIndex {
+            revision: self.revision,
+            ..LatestIndex::default()
+        };
+        for &(key, range_end) in intervals {
+            let single = range_end.is_empty().then(|| self.keys.get_key_value(key));
+            let entries: Box<dyn Iterator<Item = (&Bytes, &Newest)>> = match single {
+                Some(found) => Box::new(found.into_iter()),
+                None if range_end != [0] && range_end <= key => Box::new(std::iter::empty()),
+                None => {
+                    let low = Bound::Included(Bytes::copy_from_slice(key));
+                    let high = if range_end == [0] {
+                        Bound::Unbounded
+                    } else {
+                        Bound::Excluded(Bytes::copy_from_slice(range_end))
+                    };
+                    Box::new(self.keys.range((low, high)))
+                }
+            };
+            for (key, newest) in entries {
+                if index.keys.insert(key.clone(), *newest).is_some() {
+                    continue; // in two intervals
+                }
+                index.live_bytes += newest.bytes(key);
+                if newest.lease != 0 {
+                    index
+                        .attached
+                        .entry(newest.lease)
+                        .or_default()
+                        .insert(key.clone());
+                }
+            }
+        }
+        index
+    }
+
     /// Moves every key from `key` on into a new index (at the same revision), keeping
     /// those before it: the index of a split's two ranges. It takes time in the number
     /// of keys moved (imbl's maps cannot be cut in O(log n)).
@@ -305,6 +345,35 @@ mod tests {
             .iter()
             .map(|(key, value)| (Bytes::copy_from_slice(key.as_bytes()), version(*value)))
             .collect()
+    }
+
+    #[test]
+    fn an_index_within_intervals_holds_their_keys_and_leases_only() {
+        let mut index = LatestIndex::default();
+        let mut items = changes(&[
+            ("a", Some("1")),
+            ("b", Some("22")),
+            ("c", Some("3")),
+            ("x", Some("4")),
+        ]);
+        items.get_mut(&b"c"[..]).unwrap().lease = 7;
+        items.get_mut(&b"x"[..]).unwrap().lease = 7;
+        index.apply(Revision(5), &items);
+        let keys = |within: &LatestIndex| -> Vec<Bytes> {
+            within.range(b"", b"\0").map(|(k, _)| k.clone()).collect()
+        };
+        // A single key, an interval to the end, and one key in both.
+        let within = index.within(&[(b"b", b""), (b"c", b"\0"), (b"x", b"")]);
+        assert_eq!(keys(&within), vec!["b", "c", "x"]);
+        assert_eq!(within.revision(), Revision(5));
+        assert_eq!(within.live_bytes(), 3 + 2 + 2);
+        assert_eq!(within.lease_keys(7), vec!["c", "x"]);
+        // A bounded interval, an empty one, and a key not there.
+        let within = index.within(&[(b"a", b"c"), (b"q", b"d"), (b"zz", b"")]);
+        assert_eq!(keys(&within), vec!["a", "b"]);
+        assert!(within.lease_keys(7).is_empty());
+        let meta = within.meta(b"b").unwrap();
+        assert_eq!(meta.mod_revision, Revision(5));
     }
 
     #[test]

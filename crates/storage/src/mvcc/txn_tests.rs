@@ -135,11 +135,12 @@ impl TwoRanges {
         prepared_revision(self.prepare(false, 1, &["a"], 20));
         prepared_revision(self.prepare(true, 1, &["x"], 21));
         let views = vec![self.left.read_view(), self.right.read_view()];
+        let request = transfer("1", new);
         let (_, writes) = evaluate_across(
             &self.left,
-            self.left.merged_view(views),
+            self.left.merged_view(views, &write_intervals(&request)),
             Revision(21),
-            &transfer("1", new),
+            &request,
         )
         .unwrap();
         writes
@@ -201,11 +202,12 @@ fn a_transaction_across_two_ranges_writes_at_one_revision_and_holds_writes_off_m
 
     // The coordinator evaluates the Txn over both views at the highest lock's revision.
     let views = vec![ranges.left.read_view(), ranges.right.read_view()];
+    let request = transfer("1", "2");
     let (outcome, writes) = evaluate_across(
         &ranges.left,
-        ranges.left.merged_view(views),
+        ranges.left.merged_view(views, &write_intervals(&request)),
         Revision(21),
-        &transfer("1", "2"),
+        &request,
     )
     .unwrap();
     let WriteOutcome::Txn(response) = outcome else {
@@ -398,9 +400,9 @@ fn a_release_after_a_path_without_writes_raises_the_revision_it_read_at() {
     prepared_revision(ranges.prepare(false, 1, &["a"], 20));
     prepared_revision(ranges.prepare(true, 1, &["x"], 30));
     let views = vec![ranges.left.read_view(), ranges.right.read_view()];
-    let merged = ranges.left.merged_view(views);
-    let (outcome, writes) =
-        evaluate_across(&ranges.left, merged, Revision(30), &transfer("9", "2")).unwrap();
+    let request = transfer("9", "2");
+    let merged = ranges.left.merged_view(views, &write_intervals(&request));
+    let (outcome, writes) = evaluate_across(&ranges.left, merged, Revision(30), &request).unwrap();
     assert!(writes.writes.is_empty());
     let WriteOutcome::Txn(response) = outcome else {
         panic!("{outcome:?}")
@@ -508,14 +510,11 @@ fn a_lease_attached_and_revoked_across_ranges_deletes_every_key_at_one_revision(
     // there (the coordinator reads only the right range's view) but keeps the lease.
     prepared_revision(ranges.prepare(false, 1, &[], 20));
     prepared_revision(ranges.prepare(true, 1, &["x"], 21));
-    let merged = ranges.left.merged_view(vec![ranges.right.read_view()]);
-    let (_, writes) = evaluate_across(
-        &ranges.left,
-        merged,
-        Revision(21),
-        &Request::Put(leased_put("x")),
-    )
-    .unwrap();
+    let request = Request::Put(leased_put("x"));
+    let merged = ranges
+        .left
+        .merged_view(vec![ranges.right.read_view()], &write_intervals(&request));
+    let (_, writes) = evaluate_across(&ranges.left, merged, Revision(21), &request).unwrap();
     assert!(writes.revoked_leases.is_empty());
     ranges.decide(false, 1, &writes);
     ranges.decide(true, 1, &writes);
