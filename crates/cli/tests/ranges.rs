@@ -1004,6 +1004,15 @@ async fn watches_on_a_member_caught_up_by_snapshots_miss_nothing() {
     assert!(snapshots >= 1.0, "caught up by snapshot: {snapshots}");
 }
 
+/// The leaderships the members handed over to spread them, by their metrics.
+fn spread_moves(cluster: &TestCluster) -> f64 {
+    (0..cluster.members.len())
+        .map(|i| {
+            common::metrics(cluster.members[i].client_port)["ostrakon_leader_spread_moves_total"]
+        })
+        .sum()
+}
+
 /// The ranges each running member leads, by its own metrics.
 fn leaders_per_member(cluster: &TestCluster) -> Vec<f64> {
     (0..cluster.members.len())
@@ -1065,22 +1074,18 @@ async fn the_leaders_of_a_split_keyspace_spread_over_the_members() {
     }
     println!("leaders per member: {led:?}");
     // And they stay put: no leadership bounces between members that lead about as many.
-    let moves = |cluster: &TestCluster| -> f64 {
-        (0..3)
-            .map(|i| {
-                common::metrics(cluster.members[i].client_port)
-                    ["ostrakon_leader_spread_moves_total"]
-            })
-            .sum()
-    };
-    let moves_then = moves(&cluster);
+    let moves_then = spread_moves(&cluster);
     println!("leaderships moved to spread them: {moves_then}");
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = leaders_per_member(&cluster);
         assert!(balanced(&now), "the leaders moved out of balance: {now:?}");
     }
-    assert_eq!(moves(&cluster), moves_then, "leaderships kept moving");
+    assert_eq!(
+        spread_moves(&cluster),
+        moves_then,
+        "leaderships kept moving"
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for writer in writers {
         let rounds = writer
@@ -1100,6 +1105,132 @@ async fn the_leaders_of_a_split_keyspace_spread_over_the_members() {
             .await
             .unwrap();
         assert_eq!(read.count(), 3);
+    }
+}
+
+/// Each data range's leader as member 0 lists it, by start key (0 while unknown).
+async fn leaders_by_start(cluster: &TestCluster) -> Vec<(String, u64)> {
+    ranges(cluster, 0)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (String::from_utf8_lossy(&r.start).into_owned(), r.leader))
+        .collect()
+}
+
+/// Counting leaders leaves two hot ranges on one member whenever the counts are even:
+/// with the counts settled, load put on two ranges one member leads moves one of them
+/// to another member (the load rule of `leader_balance`, from the loads the members
+/// gossip), and the clients writing to them see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hot_ranges_led_by_one_member_end_led_by_two() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let starts = ["b", "c", "d", "e", "f"];
+    for at in starts {
+        let (ok, out, err) =
+            cluster.ostrakon(&["ranges", "split", at, "--endpoint", &cluster.host_port(0)]);
+        assert!(ok, "split at {at} failed: {out} {err}");
+    }
+    wait_for_spans(
+        &cluster,
+        &[
+            ("", "b"),
+            ("b", "c"),
+            ("c", "d"),
+            ("d", "e"),
+            ("e", "f"),
+            ("f", ""),
+        ],
+    )
+    .await;
+    // The counts settle first: seven ranges (the meta range's too), two or three each,
+    // and no move for 3 s.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut stable_since = (Instant::now(), spread_moves(&cluster));
+    loop {
+        let led = leaders_per_member(&cluster);
+        let balanced = led.iter().sum::<f64>() == 7.0 && led.iter().all(|&n| n >= 2.0);
+        let moved = spread_moves(&cluster);
+        if !balanced || moved != stable_since.1 {
+            stable_since = (Instant::now(), moved);
+        } else if stable_since.0.elapsed() >= Duration::from_secs(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the counts did not settle: {led:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Two data ranges one member leads.
+    let listed = leaders_by_start(&cluster).await;
+    let (hot, leader) = listed
+        .iter()
+        .find_map(|(start, leader)| {
+            let mine: Vec<&String> = listed
+                .iter()
+                .filter(|(_, l)| l == leader && *leader != 0)
+                .map(|(s, _)| s)
+                .collect();
+            (mine.len() >= 2 && mine[0] == start)
+                .then(|| ([mine[0].clone(), mine[1].clone()], *leader))
+        })
+        .unwrap_or_else(|| panic!("no member leads two data ranges: {listed:?}"));
+    println!("hot ranges {hot:?}, both led by {leader:x}");
+
+    // Two clients per hot range, on different members, writing as fast as they can.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (n, start) in hot.iter().enumerate() {
+        for i in 0..2 {
+            let mut client = cluster.client((n + i) % 3).await;
+            let (stop, key) = (stop.clone(), format!("{start}/hot"));
+            writers.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(90);
+                let mut round = 0u64;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    round += 1;
+                    client
+                        .put(key.as_str(), round.to_string(), None)
+                        .await
+                        .unwrap_or_else(|error| panic!("put {key} failed: {error}"));
+                }
+                round
+            }));
+        }
+    }
+    // Within the rate's 10 s window, a look or two and an election: their leaders part.
+    let loaded_at = Instant::now();
+    let deadline = loaded_at + Duration::from_secs(60);
+    let parted = loop {
+        let listed = leaders_by_start(&cluster).await;
+        let of = |start: &str| listed.iter().find(|(s, _)| s == start).map(|(_, l)| *l);
+        let (first, second) = (of(&hot[0]), of(&hot[1]));
+        if let (Some(a), Some(b)) = (first, second) {
+            if a != 0 && b != 0 && a != b {
+                break (a, b);
+            }
+        }
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::SeqCst);
+            cluster.dump_logs();
+            panic!("the two hot ranges are still led by one member: {listed:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "hot ranges now led by {:x} and {:x}, {:.1} s into the load",
+        parted.0,
+        parted.1,
+        loaded_at.elapsed().as_secs_f64()
+    );
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        let rounds = writer
+            .await
+            .expect("a client saw an error while a hot range moved");
+        assert!(rounds > 100, "a client made {rounds} writes only");
     }
 }
 

@@ -88,6 +88,8 @@ pub struct EventLoop {
     nodes_down: BTreeSet<NodeId>,
     /// When each peer was last heard from (shared with the transport).
     liveness: Arc<crate::liveness::Liveness>,
+    /// This node's load as leader and its peers' (shared with the transport).
+    loads: Arc<crate::node_load::NodeLoads>,
     /// Each range's last step toward the first data range's membership, until answered
     /// (and, if refused, until it may be tried again): the meta range's and the other
     /// data ranges' (`follow_membership`).
@@ -238,6 +240,7 @@ pub fn start(
         removed.subscribe(),
     );
     let liveness = transport.liveness().clone();
+    let loads = transport.loads().clone();
     let data_store = data.store.clone();
     let (data_lessor, tasks_runtime) = (data.lessor.clone(), runtime.clone());
     let leader_spread =
@@ -265,6 +268,7 @@ pub fn start(
         dirty: BTreeSet::new(),
         nodes_down: BTreeSet::new(),
         liveness,
+        loads,
         follow_attempts: HashMap::new(),
         next_follow_check: Instant::now(),
         followed_conf: None,
@@ -1490,8 +1494,9 @@ impl EventLoop {
         }
     }
 
-    /// Hands one of the ranges this node leads to the node leading the fewest, if this
-    /// one leads two more than it (`leader_spread`).
+    /// Hands ranges this node leads to the node leading the fewest, if this one leads two
+    /// more than it, or, the counts even, one range to a node far less loaded
+    /// (`leader_spread`).
     fn spread_leaders(&mut self) {
         let Some(data) = self.replicas.get(&DEFAULT_GROUP) else {
             return;
@@ -1499,9 +1504,14 @@ impl EventLoop {
         let store = &data.store;
         let may_lead =
             crate::leader_spread::may_lead(&self.nodes_down, |id| store.is_leaving_member(id));
-        let moves =
-            self.leader_spread
-                .next_moves(self.config.id, &self.replicas, may_lead, Instant::now());
+        let moves = self.leader_spread.next_moves(
+            self.config.id,
+            &self.replicas,
+            &self.groups,
+            &self.loads,
+            may_lead,
+            Instant::now(),
+        );
         if moves.is_empty() {
             return;
         }

@@ -1,15 +1,21 @@
 //! The event loop's side of spreading range leaders over the nodes
 //! (`ostrakon_ranges::leader_balance` decides): what this node knows of its ranges'
-//! leaders, how often it looks, and when it holds back.
+//! leaders and loads, how often it looks, and when it holds back. Each look also sets
+//! this node's load as leader, which the transport sends its peers (`node_load`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ostrakon_raft::{GroupId, NodeId, Role};
-use ostrakon_ranges::leader_balance::{LeaderBalance, LeaderMove, RangeLeadership};
+use ostrakon_ranges::leader_balance::{
+    LeaderBalance, LeaderMove, RangeLeadership, RecentHandoffs, LOAD_GAP_MIN_PER_SECOND,
+    TAKEN_LATELY_MS,
+};
 use ostrakon_ranges::RangeId;
 
+use crate::handle::SharedGroups;
+use crate::node_load::NodeLoads;
 use crate::replica::Replica;
 
 /// How often a node looks at its ranges' leaders, give or take `JITTER_MAX`.
@@ -28,6 +34,12 @@ const AFTER_MOVE_PAUSE_MIN: Duration = Duration::from_secs(2);
 /// signalled, then waits for it). A look visits every range: at rest, with thousands of
 /// ranges, looking twice a second was most of an idle node's work.
 const SETTLED_RECHECK: Duration = Duration::from_secs(10);
+/// The same while this node serves enough as leader for a move by load to start from
+/// it: loads change without a signal, and the looks that find them are what spreads
+/// them (and what refreshes the figure the peers see).
+const LOADED_RECHECK: Duration = Duration::from_secs(2);
+/// `TAKEN_LATELY_MS` on this clock.
+const TAKEN_LATELY: Duration = Duration::from_millis(TAKEN_LATELY_MS);
 
 /// When this node next looks.
 pub struct LeaderSpread {
@@ -38,6 +50,12 @@ pub struct LeaderSpread {
     looks: u64,
     /// The last look found nothing to move, and nothing signalled has changed since.
     settled: bool,
+    /// The loads this node handed over lately, counted toward their takers.
+    handoffs: RecentHandoffs,
+    /// The clock `handoffs` counts on.
+    started: Instant,
+    /// Since when (as the looks saw) this node leads each range it leads.
+    led_since: HashMap<GroupId, Instant>,
 }
 
 impl LeaderSpread {
@@ -50,6 +68,9 @@ impl LeaderSpread {
             election_ticks: u64::from(election_ticks),
             looks: 0,
             settled: false,
+            handoffs: RecentHandoffs::default(),
+            started: Instant::now(),
+            led_since: HashMap::new(),
         }
     }
 
@@ -71,11 +92,15 @@ impl LeaderSpread {
     /// are due (`LeaderBalance::next_moves`: only a keyspace split into several data
     /// ranges spreads its leaders, and nothing moves while a range elects, changes its
     /// membership or transfers its leadership). Nor while a replica here has not
-    /// learned its range's membership yet.
+    /// learned its range's membership yet. Each look sets this node's load in `loads`
+    /// (the requests per second of the ranges it leads, from `groups`), and reads the
+    /// peers' there.
     pub fn next_moves(
         &mut self,
         me: NodeId,
         replicas: &HashMap<GroupId, Replica>,
+        groups: &SharedGroups,
+        loads: &NodeLoads,
         may_lead: impl Fn(NodeId) -> bool,
         now: Instant,
     ) -> Vec<(GroupId, NodeId)> {
@@ -90,37 +115,74 @@ impl LeaderSpread {
         let mut ranges = Vec::with_capacity(replicas.len());
         // The voters of the range before, shared with the next if they are the same.
         let mut voters: Arc<[NodeId]> = Arc::new([]);
-        for (&group, replica) in replicas {
-            let conf = replica.node.conf_state();
-            if conf.voters.is_empty() {
-                // An empty replica waiting for its range's first snapshot: not counted.
-                continue;
+        let mut mine = 0.0;
+        let mut led_since = HashMap::with_capacity(self.led_since.len());
+        {
+            let shared = groups.read().expect("groups lock");
+            for (&group, replica) in replicas {
+                let conf = replica.node.conf_state();
+                if conf.voters.is_empty() {
+                    // An empty replica waiting for its range's first snapshot: not counted.
+                    continue;
+                }
+                if !conf.voters.iter().eq(voters.iter()) {
+                    voters = conf.voters.iter().copied().collect();
+                }
+                let leader = replica.node.leader();
+                let (load_per_second, taken_lately) = if leader == me {
+                    let since = *self.led_since.get(&group).unwrap_or(&now);
+                    led_since.insert(group, since);
+                    let load = shared
+                        .get(&group)
+                        .map_or(0.0, |shared| shared.requests.per_second());
+                    (load, now.saturating_duration_since(since) < TAKEN_LATELY)
+                } else {
+                    (0.0, false)
+                };
+                mine += load_per_second;
+                ranges.push(RangeLeadership {
+                    range: RangeId(group.0),
+                    leader: (leader != NodeId::NONE).then_some(leader),
+                    voters: voters.clone(),
+                    caught_up: replica.node.caught_up_voters(self.election_ticks),
+                    changing: conf.is_joint()
+                        || replica.has_conf_proposal()
+                        || replica.node.transfer_target().is_some(),
+                    load_per_second,
+                    taken_lately,
+                });
             }
-            if !conf.voters.iter().eq(voters.iter()) {
-                voters = conf.voters.iter().copied().collect();
-            }
-            let leader = replica.node.leader();
-            ranges.push(RangeLeadership {
-                range: RangeId(group.0),
-                leader: (leader != NodeId::NONE).then_some(leader),
-                voters: voters.clone(),
-                caught_up: replica.node.caught_up_voters(self.election_ticks),
-                changing: conf.is_joint()
-                    || replica.has_conf_proposal()
-                    || replica.node.transfer_target().is_some(),
-            });
         }
+        self.led_since = led_since;
+        loads.set_mine(mine);
+        let now_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        let mut peer_loads = loads.fresh(now);
+        self.handoffs.add_to(now_ms, &mut peer_loads);
         // What this node knows of its own role is first-hand; a stale view of another
         // range's leader is not, but it only delays a move.
         let moves: Vec<(GroupId, NodeId)> = LeaderBalance::default()
-            .next_moves(me, &ranges, may_lead)
+            .next_moves(me, &ranges, may_lead, &peer_loads)
             .into_iter()
             .map(|LeaderMove { range, to }| (GroupId(range.0), to))
             .filter(|(group, _)| replicas[group].node.role() == Role::Leader)
             .collect();
         if moves.is_empty() {
-            self.next_check = now + SETTLED_RECHECK;
+            let recheck = if mine >= LOAD_GAP_MIN_PER_SECOND {
+                LOADED_RECHECK
+            } else {
+                SETTLED_RECHECK
+            };
+            self.next_check = now + recheck;
             return moves;
+        }
+        for &(group, to) in &moves {
+            let load = ranges
+                .iter()
+                .find(|range| range.range == RangeId(group.0))
+                .map_or(0.0, |range| range.load_per_second);
+            if load > 0.0 {
+                self.handoffs.record(now_ms, to, load);
+            }
         }
         self.settled = false;
         self.next_check = now + self.after_move_pause + self.jitter(me);

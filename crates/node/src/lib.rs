@@ -38,6 +38,7 @@ pub(crate) mod merge;
 mod merge_coordinator;
 mod merge_queue;
 pub mod metrics;
+pub mod node_load;
 pub mod range_work;
 pub mod reconfig_check;
 pub mod remote_load;

@@ -29,6 +29,10 @@ pub enum RangeBug {
     /// Spread range leaders from a node leading one more range than another (not two):
     /// leaderships move back and forth for ever (`leader_balance`).
     MoveLeadersOneApart,
+    /// Spread range leaders by load moving a range that carries more than the gap
+    /// between two nodes' loads: the hot range moves back and forth for ever
+    /// (`leader_balance`).
+    MoveLeadersHotterThanGap,
     /// A read passes a pending lock at or below its revision, as if the transaction
     /// holding it had not written there (`txn::LockTable::blocking_read`): it may see
     /// part of a transaction.

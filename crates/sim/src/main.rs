@@ -57,6 +57,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "oracle-beyond-bound" => OracleBug::HandOutBeyondBound.into(),
         "serve-moved-keys" => RangeBug::ServeMovedKeys.into(),
         "move-leaders-one-apart" => RangeBug::MoveLeadersOneApart.into(),
+        "move-leaders-hotter-than-gap" => RangeBug::MoveLeadersHotterThanGap.into(),
         "read-leaves-floor" => RangeBug::ReadLeavesFloor.into(),
         "new-leader-skips-floor" => RangeBug::NewLeaderSkipsFloor.into(),
         "read-ignores-pending-lock" => RangeBug::ReadIgnoresPendingLock.into(),
@@ -68,6 +69,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
                  read-without-read-index, commit-previous-term, vote-not-persisted, \
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
                  oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
+                 move-leaders-hotter-than-gap, \
                  read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
                  watch-releases-early, merge-skips-freeze-wait"
             ))

@@ -272,6 +272,14 @@ pub struct Running {
     pub down: std::collections::BTreeSet<NodeId>,
     /// When this node next looks at its ranges' leaders, to spread them.
     pub next_spread_us: u64,
+    /// The load it served as leader at its last look, and when (what the runtime gossips
+    /// to the other nodes).
+    pub leading_load: Option<(f64, u64)>,
+    /// The loads it handed other nodes lately.
+    pub handoffs: ostrakon_ranges::leader_balance::RecentHandoffs,
+    /// Since when (as its looks saw) it leads each range it leads: its rate of a range
+    /// it just took ramps up over the runtime's 10 s window.
+    pub led_since_us: BTreeMap<GroupId, u64>,
 }
 
 /// A simulated machine.

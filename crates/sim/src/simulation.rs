@@ -133,6 +133,8 @@ pub struct Simulation {
     pub(crate) leader_balance: LeaderBalance,
     /// Whether the nodes spread leaders (until the end checks after the spread's own).
     pub(crate) spreading_leaders: bool,
+    /// Mixed with a range's id for its steady load (`leader_spread::range_load`).
+    pub(crate) load_salt: u64,
     pub(crate) healed_at_us: Option<u64>,
     pub(crate) clients_stopped: bool,
     pub(crate) violation: Option<Violation>,
@@ -154,6 +156,8 @@ pub(crate) use trace;
 const WATCHER_SEED_SALT: u64 = 0x7761_7463_6865_7273;
 /// Mixed into the seed for the merges' knob.
 const MERGE_SEED_SALT: u64 = 0x6d65_7267_6573_2121;
+/// Mixed into the seed for the ranges' loads (`leader_spread`).
+const LOAD_SEED_SALT: u64 = 0x6c6f_6164_7321_2121;
 
 /// The meta range's group: it holds the oracle's bound and no registers.
 pub(crate) const META: GroupId = GroupId(RangeId::META.0);
@@ -211,6 +215,7 @@ impl Simulation {
             merges_held: 0,
             leader_balance: LeaderBalance::with_bug(bug.and_then(Bug::range)),
             spreading_leaders: true,
+            load_salt: seed ^ LOAD_SEED_SALT,
             healed_at_us: None,
             clients_stopped: false,
             violation: None,
@@ -395,6 +400,9 @@ impl Simulation {
             started_us: self.now_us,
             down: BTreeSet::new(),
             next_spread_us: 0,
+            leading_load: None,
+            handoffs: Default::default(),
+            led_since_us: BTreeMap::new(),
         });
         let groups: Vec<GroupId> = node.disks.keys().copied().collect();
         for group in groups {

@@ -50,6 +50,7 @@ use crate::error::NodeError;
 use crate::input::{Input, InputSender, SnapshotSent};
 use crate::layout::Layout;
 use crate::liveness::Liveness;
+use crate::node_load::NodeLoads;
 use crate::tls::TlsMaterial;
 
 /// Messages in one batch at most.
@@ -116,6 +117,9 @@ struct Inner {
     asks: timestamp_asks::Asks,
     /// When each peer was last heard from (filled by the peer service).
     liveness: Arc<Liveness>,
+    /// This node's load as leader, sent on every batch, and the peers' (filled by the
+    /// peer service).
+    loads: Arc<NodeLoads>,
     /// An idle sender sends an empty batch this often (the raft heartbeat interval).
     idle_ping_interval: Duration,
     /// Each peer's permits for snapshot streams (`OUTGOING_SNAPSHOTS_PER_PEER`).
@@ -184,6 +188,7 @@ impl Transport {
                 tls: config.peer_tls.clone(),
                 queues: Mutex::new(HashMap::new()),
                 liveness: Arc::new(Liveness::default()),
+                loads: Arc::new(NodeLoads::default()),
                 idle_ping_interval: config.tick_interval * config.heartbeat_ticks,
                 outgoing_snapshots: Mutex::default(),
                 snapshot_failures: Mutex::default(),
@@ -234,6 +239,11 @@ impl Transport {
     /// When each peer was last heard from.
     pub fn liveness(&self) -> &Arc<Liveness> {
         &self.inner.liveness
+    }
+
+    /// This node's load as leader and its peers'.
+    pub fn loads(&self) -> &Arc<NodeLoads> {
+        &self.inner.loads
     }
 
     /// The peers' ids.
@@ -401,6 +411,7 @@ impl Transport {
                     from: self.inner.me.0,
                     to: to.0,
                     cluster_id: self.inner.cluster_id,
+                    leading_per_second: Some(self.inner.loads.mine()),
                     ..MessageBatch::default()
                 };
                 for item in items {

@@ -157,6 +157,12 @@ impl Peer for PeerService {
                 // are not ours (its raft messages were refused above).
                 continue;
             }
+            if let Some(load) = batch.leading_per_second {
+                self.handle
+                    .transport()
+                    .loads()
+                    .heard(from, load, std::time::Instant::now());
+            }
             for grant in batch.timestamps_grants {
                 self.handle.transport().granted(from, grant);
             }

@@ -1,0 +1,84 @@
+//! The load each node serves as leader of its ranges, for spreading leaders by load
+//! (`ostrakon_ranges::leader_balance`): this node's own figure, set by the event loop at
+//! each look, rides every batch of the peer streams (idle pings included), and the
+//! figures the peers send are kept with the time they arrived. A figure older than
+//! `PEER_LOAD_FRESH_FOR` (a peer that went quiet, or an older build that sends none)
+//! does not count: that peer takes no range by load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ostrakon_raft::NodeId;
+use ostrakon_ranges::leader_balance::PeerLoads;
+
+/// How long a peer's figure counts after it arrived: a peer sends one at least every
+/// idle ping, and refreshes it at every look (every 2 s while it carries load).
+pub const PEER_LOAD_FRESH_FOR: Duration = Duration::from_secs(10);
+
+/// This node's load and its peers'.
+#[derive(Debug, Default)]
+pub struct NodeLoads {
+    /// This node's requests per second as leader, as `f64` bits (0 until the first look).
+    mine_bits: AtomicU64,
+    peers: Mutex<HashMap<NodeId, (f64, Instant)>>,
+}
+
+impl NodeLoads {
+    /// This node's load, as the last look found it.
+    pub fn mine(&self) -> f64 {
+        f64::from_bits(self.mine_bits.load(Ordering::Relaxed))
+    }
+
+    /// The event loop's look found this node serving `per_second` as leader.
+    pub fn set_mine(&self, per_second: f64) {
+        self.mine_bits
+            .store(per_second.to_bits(), Ordering::Relaxed);
+    }
+
+    /// `from` reported its load. A figure that is not a load (negative, not finite)
+    /// is ignored: the peer then has no fresh figure.
+    pub fn heard(&self, from: NodeId, per_second: f64, now: Instant) {
+        if per_second.is_finite() && per_second >= 0.0 {
+            self.peers
+                .lock()
+                .expect("peer loads lock")
+                .insert(from, (per_second, now));
+        }
+    }
+
+    /// The peers' fresh figures.
+    pub fn fresh(&self, now: Instant) -> PeerLoads {
+        self.peers
+            .lock()
+            .expect("peer loads lock")
+            .iter()
+            .filter(|(_, &(_, at))| now.saturating_duration_since(at) < PEER_LOAD_FRESH_FOR)
+            .map(|(&node, &(load, _))| (node, load))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_figure_counts_while_fresh_and_only_if_it_is_a_load() {
+        let loads = NodeLoads::default();
+        let start = Instant::now();
+        loads.heard(NodeId(2), 250.0, start);
+        loads.heard(NodeId(3), f64::NAN, start);
+        loads.heard(NodeId(4), -1.0, start);
+        let fresh = loads.fresh(start + Duration::from_secs(1));
+        assert_eq!(
+            fresh.into_iter().collect::<Vec<_>>(),
+            vec![(NodeId(2), 250.0)]
+        );
+        assert!(loads.fresh(start + PEER_LOAD_FRESH_FOR).is_empty());
+        assert_eq!(loads.mine(), 0.0);
+        loads.set_mine(12.5);
+        assert_eq!(loads.mine(), 12.5);
+    }
+}
