@@ -155,6 +155,9 @@ impl LeaderSpread {
         }
         self.led_since = led_since;
         loads.set_mine(mine);
+        crate::metrics::metrics()
+            .leading_requests_per_second
+            .set(mine.round() as i64);
         let now_ms = now.saturating_duration_since(self.started).as_millis() as u64;
         let mut peer_loads = loads.fresh(now);
         self.handoffs.add_to(now_ms, &mut peer_loads);

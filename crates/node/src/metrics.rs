@@ -285,6 +285,9 @@ pub struct Metrics {
     pub range_merges: Counter,
     /// Range leaderships handed to another member to spread leaders over the nodes.
     pub leader_spread_moves: Counter,
+    /// Requests per second this member serves as leader of its ranges, at the last look
+    /// at spreading leaders (the figure it gossips).
+    pub leading_requests_per_second: Gauge,
     /// Writes across ranges this member coordinated that committed.
     pub txns_committed_across_ranges: Counter,
     /// Locks of transactions across ranges this member ended as stale (`txn_pusher`).
@@ -348,6 +351,7 @@ impl Metrics {
             range_splits: Counter::default(),
             range_merges: Counter::default(),
             leader_spread_moves: Counter::default(),
+            leading_requests_per_second: Gauge::default(),
             txns_committed_across_ranges: Counter::default(),
             txn_locks_pushed: Counter::default(),
             oracle_revision_writes: Counter::default(),
@@ -520,6 +524,12 @@ impl Metrics {
             "counter",
             "Range leaderships this member handed to another to spread leaders over the nodes.",
             self.leader_spread_moves.get().to_string(),
+        );
+        scalar(
+            "ostrakon_leading_requests_per_second",
+            "gauge",
+            "Requests per second this member serves as leader of its ranges, at its last look at spreading leaders (the load it tells the other members).",
+            self.leading_requests_per_second.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_revision_writes_total",
