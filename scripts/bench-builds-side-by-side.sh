@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Two builds of ostrakon side by side on what users run: both builds' 3-member clusters
+# up at once on loopback with default flags (so keyspaces split by load and leaders
+# spread as they would), every workload of scripts/bench-vs-etcd.sh run on build A and
+# then at once on build B, ROUNDS times, clients spread over the members. Prints one
+# JSON line per run (throughput, latency, CPU of the members per 1,000 requests) and,
+# after each round, the leaderships each cluster handed over to spread its leaders.
+# Interleaving is what makes the ratio mean something on this shared machine: compare
+# the two builds' medians, never figures of different runs.
+#   bash scripts/bench-builds-side-by-side.sh BINARY_A BINARY_B [ROUNDS] [TOTAL]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin_a=$1
+bin_b=$2
+rounds=${3:-3}
+total=${4:-20000}
+source scripts/lib/ostrakon-cluster.sh
+dir_a=$(mktemp -d /tmp/ostrakon-a.XXXX)
+dir_b=$(mktemp -d /tmp/ostrakon-b.XXXX)
+start_ostrakon_cluster "$bin_a" "$dir_a" 2379
+pids_a=("${ostrakon_pids[@]}")
+start_ostrakon_cluster "$bin_b" "$dir_b" 3379
+pids_b=("${ostrakon_pids[@]}")
+trap 'kill "${pids_a[@]}" "${pids_b[@]}" 2>/dev/null; wait; rm -rf "$dir_a" "$dir_b"' EXIT
+endpoints_a=127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579
+endpoints_b=127.0.0.1:3379,127.0.0.1:3479,127.0.0.1:3579
+
+moves() { # client ports
+  local sum=0 port value
+  for port in "$@"; do
+    value=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^ostrakon_leader_spread_moves_total /{print $2}')
+    sum=$((sum + ${value%.*}))
+  done
+  echo "$sum"
+}
+
+runs=("put 1 1 3000" "put 64 8 $total" "put 256 16 $total" "get 64 8 $total"
+  "get-serializable 64 8 $total" "txn 64 8 $total" "range 64 8 $((total / 4))")
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round of $rounds"
+  for run in "${runs[@]}"; do
+    set -- $run
+    echo "A $("$bin_a" bench --endpoints "$endpoints_a" --workload "$1" --clients "$2" --conns "$3" \
+      --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_a[*]}")" --json)"
+    echo "B $("$bin_b" bench --endpoints "$endpoints_b" --workload "$1" --clients "$2" --conns "$3" \
+      --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_b[*]}")" --json)"
+  done
+  echo "leaderships handed over so far: A $(moves 2379 2479 2579), B $(moves 3379 3479 3579)"
+done
