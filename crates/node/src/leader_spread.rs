@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ostrakon_raft::{GroupId, NodeId, Role};
 use ostrakon_ranges::leader_balance::{
-    LeaderBalance, LeaderMove, RangeLeadership, RecentHandoffs, LOAD_GAP_MIN_PER_SECOND,
+    LeaderBalance, LeaderMove, MoveRule, RangeLeadership, RecentHandoffs, LOAD_GAP_MIN_PER_SECOND,
     TAKEN_LATELY_MS,
 };
 use ostrakon_ranges::RangeId;
@@ -38,6 +38,11 @@ const SETTLED_RECHECK: Duration = Duration::from_secs(10);
 /// it: loads change without a signal, and the looks that find them are what spreads
 /// them (and what refreshes the figure the peers see).
 const LOADED_RECHECK: Duration = Duration::from_secs(2);
+/// How long moves by load must have been due, look after look, before one is made: a
+/// load measured over a 10 s window swings with bursts (the side-by-side benchmark's
+/// 2-second workloads, one after another, made 11 moves where counts alone made 2, and
+/// each move stalls its range for an election round); balancing is for load that lasts.
+const LOAD_DUE_FOR: Duration = Duration::from_secs(10);
 /// `TAKEN_LATELY_MS` on this clock.
 const TAKEN_LATELY: Duration = Duration::from_millis(TAKEN_LATELY_MS);
 
@@ -56,6 +61,8 @@ pub struct LeaderSpread {
     started: Instant,
     /// Since when (as the looks saw) this node leads each range it leads.
     led_since: HashMap<GroupId, Instant>,
+    /// Since when every look found a move by load due (none made yet).
+    load_due_since: Option<Instant>,
 }
 
 impl LeaderSpread {
@@ -71,6 +78,7 @@ impl LeaderSpread {
             handoffs: RecentHandoffs::default(),
             started: Instant::now(),
             led_since: HashMap::new(),
+            load_due_since: None,
         }
     }
 
@@ -163,12 +171,23 @@ impl LeaderSpread {
         self.handoffs.add_to(now_ms, &mut peer_loads);
         // What this node knows of its own role is first-hand; a stale view of another
         // range's leader is not, but it only delays a move.
-        let moves: Vec<(GroupId, NodeId)> = LeaderBalance::default()
-            .next_moves(me, &ranges, may_lead, &peer_loads)
+        let (moves, rule) =
+            LeaderBalance::default().next_moves_by_rule(me, &ranges, may_lead, &peer_loads);
+        let moves: Vec<(GroupId, NodeId)> = moves
             .into_iter()
             .map(|LeaderMove { range, to }| (GroupId(range.0), to))
             .filter(|(group, _)| replicas[group].node.role() == Role::Leader)
             .collect();
+        if rule == MoveRule::Load && !moves.is_empty() {
+            let since = *self.load_due_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < LOAD_DUE_FOR {
+                // Due, not for long enough yet: looked at again soon.
+                self.settled = false;
+                self.next_check = now + LOADED_RECHECK;
+                return Vec::new();
+            }
+        }
+        self.load_due_since = None;
         if moves.is_empty() {
             let recheck = if mine >= LOAD_GAP_MIN_PER_SECOND {
                 LOADED_RECHECK

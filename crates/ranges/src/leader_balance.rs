@@ -151,12 +151,26 @@ impl LeaderBalance {
         eligible: impl Fn(NodeId) -> bool,
         peer_loads: &PeerLoads,
     ) -> Vec<LeaderMove> {
+        self.next_moves_by_rule(me, ranges, eligible, peer_loads).0
+    }
+
+    /// `next_moves`, and the rule that chose them: the runtime makes a move by load only
+    /// once one has been due for a while, as loads are measured over a window and swing
+    /// with bursts, where counts do not.
+    pub fn next_moves_by_rule(
+        &self,
+        me: NodeId,
+        ranges: &[RangeLeadership],
+        eligible: impl Fn(NodeId) -> bool,
+        peer_loads: &PeerLoads,
+    ) -> (Vec<LeaderMove>, MoveRule) {
+        let none = (Vec::new(), MoveRule::Count);
         if ranges.len() < 3
             || ranges
                 .iter()
                 .any(|range| range.changing || range.leader.is_none())
         {
-            return Vec::new();
+            return none;
         }
         #[allow(unused_mut)]
         let mut apart = 2;
@@ -165,11 +179,11 @@ impl LeaderBalance {
             apart = 1;
         }
         let Some(counted) = counted_nodes(me, ranges, eligible) else {
-            return Vec::new();
+            return none;
         };
         let moves = next_leader_moves(me, ranges, counted.clone(), peer_loads, apart);
         if !moves.is_empty() {
-            return moves;
+            return (moves, MoveRule::Count);
         }
         #[allow(unused_mut)]
         let mut band = LoadBand::CORRECT;
@@ -177,10 +191,20 @@ impl LeaderBalance {
         if self.bug == Some(RangeBug::MoveLeadersHotterThanGap) {
             band = LoadBand::PAST_THE_GAP;
         }
-        next_load_move(me, ranges, &counted, peer_loads, band)
+        let moves = next_load_move(me, ranges, &counted, peer_loads, band)
             .into_iter()
-            .collect()
+            .collect();
+        (moves, MoveRule::Load)
     }
+}
+
+/// Which rule chose a look's moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveRule {
+    /// Leader counts (or nothing was due).
+    Count,
+    /// Loads: the counts called for nothing.
+    Load,
 }
 
 /// How long a node adds the load of a range it handed over to the figure of the node it
