@@ -344,3 +344,85 @@ async fn a_coordinator_that_dies_leaves_nothing_stuck() {
         );
     }
 }
+
+/// Records of one outcome (`aborted` or `committed`) kept by the ranges the members
+/// lead, summed over the members.
+async fn records_kept(cluster: &TestCluster, outcome: &str) -> f64 {
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let name = format!("ostrakon_txn_records_{outcome}");
+    tokio::task::spawn_blocking(move || {
+        ports.iter().map(|&port| common::metrics(port)[&name]).sum()
+    })
+    .await
+    .unwrap()
+}
+
+/// A transaction across "a" and "x" whose coordinator stops as if it died at
+/// `failpoint`, on a cluster whose horizons stay 4 s behind the oracle's time instead
+/// of 10 minutes; returns the cluster once its primary keeps the transaction's record
+/// (the pushers decided it without the coordinator).
+async fn transaction_left_by_its_coordinator(failpoint: &str, outcome: &str) -> TestCluster {
+    let cluster = TestCluster::start_with_env(
+        3,
+        &[],
+        &[
+            ("OSTRAKON_FAILPOINT_TXN_COORDINATOR", failpoint),
+            ("OSTRAKON_TXN_HORIZON_LAG_MS", "4000"),
+        ],
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    client.put("a", "1", None).await.unwrap();
+    client.put("x", "1", None).await.unwrap();
+    split_at_m(&cluster).await;
+    let lost = client
+        .txn(Txn::new().and_then([TxnOp::put("a", "2", None), TxnOp::put("x", "2", None)]))
+        .await;
+    assert!(lost.is_err(), "{lost:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while records_kept(&cluster, outcome).await < 1.0 {
+        assert!(Instant::now() < deadline, "no {outcome} record was kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster
+}
+
+/// The abort the pushers record is forgotten once the primary's horizon passes the
+/// transaction's birth, and the transaction stays aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_records_are_forgotten_once_the_horizon_passes() {
+    let cluster = transaction_left_by_its_coordinator("after-prepare", "aborted").await;
+    // The oracle's time moves with writes; the horizon follows it and forgets the record.
+    let mut other = cluster.client(1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut puts = 0;
+    while records_kept(&cluster, "aborted").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the aborted record was kept past the horizon ({puts} puts later)"
+        );
+        puts += 1;
+        other.put("b", puts.to_string(), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = everything(&mut other).await;
+    assert_eq!((now["a"].0.as_str(), now["x"].0.as_str()), ("1", "1"));
+    assert_eq!(now["b"].0, puts.to_string());
+}
+
+/// A committed transaction its coordinator left is finished by the pushers in every
+/// range, and its record then forgotten, with no write needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_records_a_pusher_finished_are_forgotten() {
+    let cluster = transaction_left_by_its_coordinator("after-commit", "committed").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while records_kept(&cluster, "committed").await > 0.0 {
+        assert!(Instant::now() < deadline, "the committed record was kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut other = cluster.client(2).await;
+    let now = everything(&mut other).await;
+    assert_eq!((now["a"].0.as_str(), now["x"].0.as_str()), ("2", "2"));
+    assert_eq!(now["a"].1, now["x"].1, "one revision for both writes");
+}

@@ -9,13 +9,12 @@
 //! from the frozen states after.
 
 use ostrakon_proto::peer as pb;
-use ostrakon_ranges::txn::TxnId;
 use ostrakon_storage::mvcc::txn_tables::{lock_span, span_record, txn_id_record};
 use ostrakon_storage::mvcc::{FrozenState, Revision, WriteOutcome};
 
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
-use crate::txn_coordinator::{covers, next_txn_number, prepare_every, release};
+use crate::txn_coordinator::{covers, new_txn, prepare_every, release};
 
 /// How long the consistent point waits before trying again after a refusal that asks
 /// for it (a split moving keys, a transaction's lock that outlived the wait).
@@ -52,10 +51,7 @@ async fn attempt(
         Some(&crate::DEFAULT_GROUP),
         "the first data range starts the keyspace"
     );
-    let txn = TxnId {
-        coordinator: handle.id(),
-        number: next_txn_number(),
-    };
+    let txn = new_txn(handle, &groups);
     let mut prepares = Vec::with_capacity(groups.len());
     let mut range_spans = Vec::with_capacity(groups.len());
     for &group in &groups {

@@ -312,6 +312,7 @@ pub fn start(
         tasks_runtime.spawn(crate::load_split::run(handle.clone(), range_split_qps));
     }
     tasks_runtime.spawn(crate::txn_pusher::run(handle.clone()));
+    tasks_runtime.spawn(crate::txn_horizon::run(handle.clone()));
     tasks_runtime.spawn(crate::merge_queue::run(
         handle.clone(),
         range_max_bytes,
@@ -2112,7 +2113,7 @@ fn record_soft_state(soft: ostrakon_raft::SoftState, previous_leader: NodeId) {
 
 /// Whether a write on a range that takes its revisions from the oracle waits for one.
 /// The decisions of a transaction across ranges do not: a commit or resolve writes at
-/// the transaction's own revision, and an abort, release or forget writes nothing
+/// the transaction's own revision, and an abort, release, forget or horizon writes nothing
 /// (the range is locked meanwhile, so the read-wait rule holds through its prepare).
 fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
     use ostrakon_proto::peer::write_request::Request;
@@ -2124,6 +2125,7 @@ fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
                 | Request::TxnAbort(_)
                 | Request::TxnRelease(_)
                 | Request::TxnForget(_)
+                | Request::TxnHorizon(_)
                 | Request::FreezeRange(_)
                 | Request::UnfreezeRange(_)
                 | Request::MergeRange(_)

@@ -251,6 +251,7 @@ mod tests {
             txn: Some(TxnIdRecord {
                 coordinator: 1,
                 number: 1,
+                born: 0,
             }),
             primary: 1,
             spans: vec![ostrakon_storage::mvcc::txn_tables::span_record(

@@ -292,6 +292,12 @@ pub struct Metrics {
     pub txns_committed_across_ranges: Counter,
     /// Locks of transactions across ranges this member ended as stale (`txn_pusher`).
     pub txn_locks_pushed: Counter,
+    /// Aborted transaction records kept by the ranges this member leads, at the last
+    /// look (`txn_horizon`).
+    pub txn_records_aborted: Gauge,
+    /// Committed transaction records kept by the ranges this member leads, at the last
+    /// look (a coordinator or a pusher forgets one once every part is written).
+    pub txn_records_committed: Gauge,
     /// Writes that waited for revisions from the oracle (ranges that split).
     pub oracle_revision_writes: Counter,
     /// Whether this member leads the meta range, and so serves the timestamp oracle.
@@ -354,6 +360,8 @@ impl Metrics {
             leading_requests_per_second: Gauge::default(),
             txns_committed_across_ranges: Counter::default(),
             txn_locks_pushed: Counter::default(),
+            txn_records_aborted: Gauge::default(),
+            txn_records_committed: Gauge::default(),
             oracle_revision_writes: Counter::default(),
             oracle_is_leader: Gauge::default(),
             oracle_timestamps: Counter::default(),
@@ -518,6 +526,18 @@ impl Metrics {
             "counter",
             "Locks of transactions across ranges this member ended as stale.",
             self.txn_locks_pushed.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txn_records_aborted",
+            "gauge",
+            "Aborted records of transactions across ranges kept by the ranges this member leads (forgotten once their horizon passes, 10 minutes on).",
+            self.txn_records_aborted.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txn_records_committed",
+            "gauge",
+            "Committed records of transactions across ranges kept by the ranges this member leads (forgotten once every range wrote its part).",
+            self.txn_records_committed.get().to_string(),
         );
         scalar(
             "ostrakon_leader_spread_moves_total",

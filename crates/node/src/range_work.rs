@@ -1,6 +1,6 @@
 //! Which ranges the node's periodic range tasks look at: splits by size
-//! (`size_split`), splits by load (`load_split`) and the pusher of stale transaction
-//! locks (`txn_pusher`). A range is noticed where its state changes: a round of the
+//! (`size_split`), splits by load (`load_split`), the pusher of stale transaction
+//! locks (`txn_pusher`) and the horizons that forget aborted records (`txn_horizon`). A range is noticed where its state changes: a round of the
 //! event loop that applied its entries or made this node its leader, or the first
 //! request it serves after its load was last looked at. So each task looks at the
 //! ranges that may need it, not at every range every second or two: with many ranges at
@@ -22,6 +22,8 @@ pub struct RangeWork {
     pub served: Noticed,
     /// Led here and holding a transaction's lock after a change.
     pub locked: Noticed,
+    /// Led here and keeping transaction records after a change (`txn_horizon`).
+    pub recorded: Noticed,
 }
 
 impl RangeWork {
@@ -33,6 +35,9 @@ impl RangeWork {
         }
         if store.has_txn_locks() {
             self.locked.notice(group);
+        }
+        if store.txn_outcome_count() > 0 {
+            self.recorded.notice(group);
         }
     }
 }

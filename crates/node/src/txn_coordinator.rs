@@ -34,7 +34,7 @@ use crate::handle::NodeHandle;
 
 /// Transaction numbers: random at start (so a restarted member does not reuse its past
 /// ones), then counted up.
-pub(crate) fn next_txn_number() -> u64 {
+fn next_txn_number() -> u64 {
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     NEXT.get_or_init(|| {
         let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
@@ -42,6 +42,34 @@ pub(crate) fn next_txn_number() -> u64 {
         AtomicU64::new(seed.finish() >> 1)
     })
     .fetch_add(1, Ordering::Relaxed)
+}
+
+/// A new transaction over `groups`, born at the oracle's time as this member knows it
+/// (`oracle_clock`): with no round trip, a little ahead of the oracle's present, and
+/// compared with its primary's horizon, 10 minutes behind.
+pub(crate) fn new_txn(handle: &NodeHandle, groups: &[GroupId]) -> TxnId {
+    let born = oracle_clock(handle, groups);
+    TxnId {
+        coordinator: handle.id(),
+        number: next_txn_number(),
+        born,
+    }
+}
+
+/// The oracle's time as this member knows it: its persisted bound as the meta range's
+/// replica here applied it (up to a window, 3 s, ahead of the timestamps handed out),
+/// or the highest revision the replicas of `groups` applied, if higher (a lagging meta
+/// replica). A replica that lagged 10 minutes costs a transaction one attempt, after
+/// which it has caught up.
+pub(crate) fn oracle_clock(handle: &NodeHandle, groups: &[GroupId]) -> u64 {
+    let bound = handle
+        .store(crate::META_GROUP)
+        .map_or(0, |meta| meta.oracle_bound());
+    groups
+        .iter()
+        .filter_map(|&group| handle.store(group).ok())
+        .map(|store| u64::try_from(store.current_revision().0).unwrap_or(0))
+        .fold(bound, u64::max)
 }
 
 /// Where a coordinator stops as if it died (`OSTRAKON_FAILPOINT_TXN_COORDINATOR`:
@@ -153,7 +181,7 @@ pub(crate) async fn release(
 /// Writes a committed transaction's parts in `groups`; those that fail are left to the
 /// pushers (the locks hold readers and writers off until then). Returns whether every
 /// part is written.
-async fn resolve(
+pub(crate) async fn resolve(
     handle: &NodeHandle,
     txn: TxnId,
     writes: &pb::TxnWrites,
@@ -171,6 +199,7 @@ async fn resolve(
                 .cloned()
                 .collect(),
             revoked_leases: Vec::new(),
+            participants: Vec::new(),
         };
         Request::TxnResolve(pb::TxnDecide {
             txn: Some(txn_id_record(txn)),
@@ -199,7 +228,7 @@ async fn resolve(
 /// Drops a committed transaction's record at its primary once every part is written
 /// (in the background: the client has its answer; a record left behind costs only
 /// space).
-fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
+pub(crate) fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
     let handle = handle.clone();
     tokio::spawn(async move {
         let forget = Request::TxnForget(txn_id_record(txn));
@@ -504,10 +533,7 @@ pub(crate) async fn attempt(
 ) -> Result<WriteOutcome, NodeError> {
     assert!(groups.len() > 1, "a transaction across one range");
     let deadline = tokio::time::Instant::now() + handle.request_timeout();
-    let txn = TxnId {
-        coordinator: handle.id(),
-        number: next_txn_number(),
-    };
+    let txn = new_txn(handle, groups);
     let primary = groups[0];
     let intervals = lock_intervals(request);
     let mut prepares = Vec::with_capacity(groups.len());
@@ -573,7 +599,7 @@ pub(crate) async fn attempt(
             return Err(error);
         }
     };
-    let (outcome, writes) = match evaluated {
+    let (outcome, mut writes) = match evaluated {
         Ok(evaluated) => evaluated,
         Err(error) => {
             release(handle, txn, groups, 0).await;
@@ -597,6 +623,7 @@ pub(crate) async fn attempt(
         }
         return Ok(outcome);
     }
+    writes.participants = groups.iter().map(|group| group.0).collect();
     let commit = Request::TxnCommit(pb::TxnDecide {
         txn: Some(txn_id_record(txn)),
         writes: Some(writes.clone()),

@@ -6,7 +6,8 @@
 //! is asked to abort it (`TxnAbort`), which answers the committed record instead if the
 //! commit came first; then the lock's range writes the transaction's part (`TxnResolve`)
 //! or forgets the lock (`TxnRelease`). Aborting a transaction whose coordinator is only
-//! slow is safe: its commit is then refused and it tries again.
+//! slow is safe: its commit is then refused and it tries again. A committed one is
+//! finished in every range it prepared in, and its record then forgotten at the primary.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use ostrakon_storage::mvcc::txn_tables::txn_id_record;
 use ostrakon_storage::mvcc::WriteOutcome;
 
 use crate::handle::NodeHandle;
-use crate::txn_coordinator::propose;
+use crate::txn_coordinator::{forget, propose, resolve};
 use crate::DEFAULT_GROUP;
 
 /// How often the node looks for stale locks.
@@ -86,6 +87,15 @@ async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId)
             return;
         }
     };
+    let participants: Vec<GroupId> = decided
+        .writes
+        .as_ref()
+        .map(|writes| writes.participants.iter().copied().map(GroupId).collect())
+        .unwrap_or_default();
+    if decided.committed && !participants.is_empty() {
+        finish_committed(handle, group, txn, primary, decided, participants).await;
+        return;
+    }
     let finish = if decided.committed {
         Request::TxnResolve(pb::TxnDecide {
             txn: Some(record),
@@ -106,4 +116,40 @@ async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId)
         ok = outcome.is_ok(),
         "ended a stale lock of a transaction across ranges"
     );
+}
+
+/// Finishes a committed transaction its coordinator left: writes its part in every
+/// range it prepared in but the primary (which wrote its own with the record; a range
+/// whose part is written already takes the resolve as a no-op), then, every part
+/// written, has the primary forget the record, as the coordinator would have. Until a
+/// part is written the record stays: forgotten, a lock left standing would be taken
+/// for aborted.
+async fn finish_committed(
+    handle: &NodeHandle,
+    group: GroupId,
+    txn: TxnId,
+    primary: GroupId,
+    decided: pb::TxnDecided,
+    participants: Vec<GroupId>,
+) {
+    let writes = decided
+        .writes
+        .expect("a committed record carries its writes");
+    // A range merged since it wrote its part is resolved in the range that took it in.
+    let others: Vec<GroupId> = participants
+        .into_iter()
+        .filter(|&participant| participant != primary)
+        .map(|participant| handle.live_range(participant))
+        .collect();
+    let written = resolve(handle, txn, &writes, &others).await;
+    crate::metrics::metrics().txn_locks_pushed.inc();
+    tracing::info!(
+        ?txn,
+        group = group.0,
+        written,
+        "finished a committed transaction across ranges its coordinator left"
+    );
+    if written {
+        forget(handle, txn, primary);
+    }
 }

@@ -53,6 +53,11 @@ pub enum RangeBug {
     /// without waiting for its own replica of the right range to reach the freeze
     /// (`merge::MergeCheck::step`): the writes between are lost on that replica.
     MergeSkipsFreezeWait,
+    /// A range forgets the aborted records below its horizon but still lets a
+    /// transaction born below it commit (`txn::TxnRecords::raise_horizon`): a commit
+    /// arriving late, after the transaction was aborted and its record forgotten,
+    /// commits a transaction whose other parts were released.
+    HorizonForgetsOnly,
 }
 
 /// What a split command asks.

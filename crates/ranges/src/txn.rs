@@ -15,6 +15,9 @@
 //!   stale asks the primary: a committed record is finished, a missing one is aborted
 //!   (`TxnRecords::abort`), after which the commit is refused. So a coordinator that dies
 //!   leaves nothing stuck, and no reader sees part of a transaction.
+//! - Aborted records are forgotten below a *horizon* (`TxnRecords::raise_horizon`): a
+//!   transaction born below it is answered "aborted" without a record and can no
+//!   longer commit, so forgetting its record changes no answer.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,10 @@ pub struct TxnId {
     pub coordinator: NodeId,
     /// Unique among that member's transactions (across its restarts too).
     pub number: u64,
+    /// A timestamp of the oracle's from about when the transaction began (0: unknown),
+    /// the same in every command of it. Once its primary's horizon passes it, the
+    /// transaction can only be aborted (`TxnRecords::raise_horizon`).
+    pub born: u64,
 }
 
 /// The keys `[start, end)` (`end` None: to the end of the keyspace).
@@ -260,13 +267,108 @@ pub enum TxnOutcome<M> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnRecords<M> {
     records: BTreeMap<TxnId, TxnOutcome<M>>,
+    /// Transactions born below it are aborted, recorded or not (0: none).
+    horizon: u64,
+    #[cfg(feature = "planted-bugs")]
+    bug: Option<RangeBug>,
 }
 
 impl<M> Default for TxnRecords<M> {
     fn default() -> Self {
         TxnRecords {
             records: BTreeMap::new(),
+            horizon: 0,
+            #[cfg(feature = "planted-bugs")]
+            bug: None,
         }
+    }
+}
+
+impl<M> TxnRecords<M> {
+    /// No records, with a bug planted.
+    #[cfg(feature = "planted-bugs")]
+    pub fn with_bug(bug: Option<RangeBug>) -> TxnRecords<M> {
+        TxnRecords {
+            bug,
+            ..TxnRecords::default()
+        }
+    }
+
+    /// No records, with the same planted bug (the right half of a split, a primary for
+    /// transactions to come).
+    pub fn fresh(&self) -> TxnRecords<M> {
+        TxnRecords {
+            #[cfg(feature = "planted-bugs")]
+            bug: self.bug,
+            ..TxnRecords::default()
+        }
+    }
+
+    /// Whether the horizon has passed the transaction's birth: it can only be aborted.
+    fn beyond_horizon(&self, txn: TxnId) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if self.bug == Some(RangeBug::HorizonForgetsOnly) {
+            return false;
+        }
+        txn.born != 0 && txn.born < self.horizon
+    }
+
+    /// The horizon: transactions born below it are aborted, recorded or not.
+    pub fn horizon(&self) -> u64 {
+        self.horizon
+    }
+
+    /// Applies a horizon: from now on a transaction born below `below` with no record
+    /// is answered "aborted" and its commit refused, which is what an aborted record
+    /// says, so the aborted records of such transactions are forgotten; returns them.
+    /// Committed records stay: a lock of the transaction may still stand in a range
+    /// that was unavailable, and its part must be written. The horizon only rises, and
+    /// a transaction of unknown birth is never forgotten.
+    pub fn raise_horizon(&mut self, below: u64) -> Vec<TxnId> {
+        self.horizon = self.horizon.max(below);
+        let horizon = self.horizon;
+        let forgotten: Vec<TxnId> = self
+            .records
+            .iter()
+            .filter(|(txn, outcome)| {
+                matches!(outcome, TxnOutcome::Aborted) && txn.born != 0 && txn.born < horizon
+            })
+            .map(|(txn, _)| *txn)
+            .collect();
+        for txn in &forgotten {
+            self.records.remove(txn);
+        }
+        forgotten
+    }
+
+    /// How many records are kept (O(1): looked at after every change of a led range).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record is kept.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// How many aborted records are kept.
+    pub fn aborted_count(&self) -> usize {
+        self.records
+            .values()
+            .filter(|outcome| matches!(outcome, TxnOutcome::Aborted))
+            .count()
+    }
+
+    /// The earliest birth among the aborted records a horizon at `below` would forget
+    /// (a range's leader proposes a horizon only when it forgets something).
+    pub fn oldest_forgettable(&self, below: u64) -> Option<u64> {
+        self.records
+            .iter()
+            .filter(|(txn, outcome)| {
+                matches!(outcome, TxnOutcome::Aborted) && txn.born != 0 && txn.born < below
+            })
+            .map(|(txn, _)| txn.born)
+            .min()
     }
 }
 
@@ -277,6 +379,7 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
     /// with the record that stands.
     pub fn commit(&mut self, txn: TxnId, writes: M) -> Result<(), TxnOutcome<M>> {
         match self.records.get(&txn) {
+            None if self.beyond_horizon(txn) => Err(TxnOutcome::Aborted),
             Some(TxnOutcome::Aborted) => Err(TxnOutcome::Aborted),
             Some(committed @ TxnOutcome::Committed(held)) => {
                 if *held == writes {
@@ -298,6 +401,7 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
         match self.records.get(&txn) {
             Some(committed @ TxnOutcome::Committed(_)) => Err(committed.clone()),
             Some(TxnOutcome::Aborted) => Ok(()),
+            None if self.beyond_horizon(txn) => Ok(()),
             None => {
                 self.records.insert(txn, TxnOutcome::Aborted);
                 Ok(())
@@ -319,12 +423,33 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
 
     /// Takes in the records of a range merged into this one: a lock elsewhere may still
     /// ask the merged range how a transaction whose primary was the absorbed range ended.
-    /// A transaction has one primary, so no transaction is in both.
+    /// A transaction has one primary, so no transaction is in both with different
+    /// outcomes.
+    /// The merged range keeps the higher horizon: what the absorbed range forgot must
+    /// stay refused.
     pub fn absorb(&mut self, other: TxnRecords<M>) {
+        self.horizon = self.horizon.max(other.horizon);
         for (txn, outcome) in other.records {
-            let previous = self.records.insert(txn, outcome);
-            assert!(previous.is_none(), "{txn:?} recorded in two primary ranges");
+            self.restore(txn, outcome);
         }
+    }
+
+    /// Puts back a record as stored (loading a range's tables, or taking in a merged
+    /// range's), whatever the horizon: it was decided when it was written.
+    pub fn restore(&mut self, txn: TxnId, outcome: TxnOutcome<M>) {
+        if let Some(previous) = self.records.get(&txn) {
+            assert!(
+                *previous == outcome,
+                "{txn:?} recorded twice, with different outcomes"
+            );
+            return;
+        }
+        self.records.insert(txn, outcome);
+    }
+
+    /// Sets the horizon as stored (loading a range's tables); it only rises.
+    pub fn restore_horizon(&mut self, horizon: u64) {
+        self.horizon = self.horizon.max(horizon);
     }
 
     /// How the transaction ended, if it did.
@@ -346,6 +471,7 @@ mod tests {
         TxnId {
             coordinator: NodeId(1),
             number,
+            born: 100 + number,
         }
     }
 
@@ -512,5 +638,64 @@ mod tests {
         assert_eq!(left.outcome(txn(2)), Some(&TxnOutcome::Aborted));
         assert_eq!(left.commit(txn(2), "b"), Err(TxnOutcome::Aborted));
         assert_eq!(left.outcome(txn(1)), Some(&TxnOutcome::Committed("a")));
+    }
+    #[test]
+    fn below_the_horizon_aborted_records_are_forgotten_and_their_transactions_stay_aborted() {
+        let mut records: TxnRecords<&str> = TxnRecords::default();
+        records.commit(txn(1), "committed").unwrap();
+        records.abort(txn(2)).unwrap();
+        records.abort(txn(5)).unwrap();
+        let unknown = TxnId { born: 0, ..txn(3) };
+        records.abort(unknown).unwrap();
+        assert_eq!(records.oldest_forgettable(104), Some(102));
+        assert_eq!(records.oldest_forgettable(102), None);
+        // Born at 101, 102 and 105: the horizon at 104 forgets the aborted 102 only.
+        assert_eq!(records.raise_horizon(104), vec![txn(2)]);
+        assert_eq!(records.horizon(), 104);
+        assert_eq!(records.outcome(txn(2)), None);
+        // A late commit of it is refused as its record would have refused it, and an
+        // abort answers aborted without recording anything again.
+        assert_eq!(records.commit(txn(2), "late"), Err(TxnOutcome::Aborted));
+        records.abort(txn(2)).unwrap();
+        assert_eq!(records.outcome(txn(2)), None);
+        // Any transaction born below it, recorded or not, can no longer commit...
+        assert_eq!(records.commit(txn(0), "new"), Err(TxnOutcome::Aborted));
+        // ...but a committed record stays, and one born above or of unknown birth too.
+        assert_eq!(
+            records.outcome(txn(1)),
+            Some(&TxnOutcome::Committed("committed"))
+        );
+        assert_eq!(
+            records.abort(txn(1)),
+            Err(TxnOutcome::Committed("committed"))
+        );
+        assert_eq!(records.outcome(txn(5)), Some(&TxnOutcome::Aborted));
+        assert_eq!(records.outcome(unknown), Some(&TxnOutcome::Aborted));
+        records.commit(txn(6), "above").unwrap();
+        // The horizon never goes back.
+        assert_eq!(records.raise_horizon(50), Vec::<TxnId>::new());
+        assert_eq!(records.horizon(), 104);
+    }
+
+    #[test]
+    fn a_merged_range_keeps_the_higher_horizon() {
+        let mut left: TxnRecords<&str> = TxnRecords::default();
+        left.raise_horizon(103);
+        let mut right: TxnRecords<&str> = TxnRecords::default();
+        right.abort(txn(4)).unwrap();
+        right.raise_horizon(105);
+        left.absorb(right);
+        assert_eq!(left.horizon(), 105);
+        assert_eq!(left.commit(txn(4), "late"), Err(TxnOutcome::Aborted));
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    #[test]
+    fn the_planted_bug_forgets_records_but_lets_late_commits_in() {
+        let mut records: TxnRecords<&str> =
+            TxnRecords::with_bug(Some(RangeBug::HorizonForgetsOnly));
+        records.abort(txn(2)).unwrap();
+        assert_eq!(records.raise_horizon(104), vec![txn(2)]);
+        assert_eq!(records.commit(txn(2), "late"), Ok(()));
     }
 }

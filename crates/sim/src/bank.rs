@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use ostrakon_raft::{GroupId, NodeId, Role};
 use ostrakon_ranges::txn::TxnId;
-use ostrakon_ranges::RangeId;
+use ostrakon_ranges::{RangeId, Timestamp};
 
 use crate::clients::{BANK_CLIENT_BASE, BANK_REQUEST_BASE, PUSH_REQUEST_BASE};
 use crate::events::{Event, Reply};
@@ -45,6 +45,12 @@ const SLOW_COORDINATOR_PROBABILITY: f64 = 0.2;
 const SLOW_COORDINATOR_PAUSE_US_MAX: u64 = 600_000;
 /// How long a pusher waits for the primary's answer before asking again.
 const PUSH_TIMEOUT_US: u64 = 300_000;
+/// How far a primary's transaction horizon stays behind the range's last revision, in
+/// the oracle's milliseconds (the node keeps 10 minutes; short here, so that late
+/// commits meet horizons that forgot their records).
+const HORIZON_LAG_MS: u64 = 400;
+/// How often a primary's leader proposes a horizon at most (when it forgets something).
+const HORIZON_EVERY_US: u64 = 200_000;
 
 /// A bank client: one transfer at a time.
 pub struct BankClient {
@@ -134,6 +140,8 @@ impl Simulation {
         let txn = TxnId {
             coordinator: NodeId(COORDINATOR_ID_BASE + index as u64),
             number: state.next_number,
+            // Set when its revision arrives, before any command of it is sent.
+            born: 0,
         };
         state.next_number += 1;
         state.transfer = Some(Transfer {
@@ -257,6 +265,8 @@ impl Simulation {
         match (transfer.revision, reply) {
             (None, Reply::Timestamps(grant)) => {
                 transfer.revision = Some(grant.first);
+                // Born at its revision: every command of it carries that.
+                transfer.txn.born = grant.first;
                 self.prepare_transfer(index);
             }
             (Some(_), Reply::Txn(TxnApplied::Prepared(values))) if !transfer.committing => {
@@ -458,6 +468,26 @@ impl Simulation {
             replica.locks_seen_us.clear();
             return;
         }
+        let below = Timestamp(replica.kv.last_revision)
+            .physical_ms()
+            .saturating_sub(HORIZON_LAG_MS);
+        let below = Timestamp::from_physical_ms(below).0;
+        let horizon_due = now_us >= replica.horizon_proposed_us + HORIZON_EVERY_US
+            && replica.kv.txns.records.oldest_forgettable(below).is_some();
+        if horizon_due {
+            replica.horizon_proposed_us = now_us;
+            trace!(
+                self,
+                "{id:?} {group:?} proposes a transaction horizon at {below}"
+            );
+            let input = crate::node::Input::Request {
+                client: crate::simulation::PROBE_CLIENT,
+                op: ostrakon_check::OpId::NONE,
+                request: Request::Txn(TxnCommand::Horizon { below }),
+            };
+            self.input(id, group, input);
+        }
+        let replica = self.replica(id, group);
         let held: Vec<(TxnId, RangeId)> = replica
             .kv
             .txns
@@ -557,6 +587,7 @@ impl Simulation {
         let total = INITIAL_BALANCE.wrapping_mul(self.scenario.account_count);
         let mut versions = BTreeMap::new();
         let mut records = Vec::new();
+        let mut forgotten = 0;
         for group in self.groups().into_iter().filter(|&g| g != META) {
             let Some(leader) = self.current_leader(group) else {
                 continue;
@@ -569,12 +600,14 @@ impl Simulation {
                 return;
             }
             versions.extend(kv.versions.iter().map(|(k, v)| (*k, *v)));
+            forgotten += kv.txns.forgotten;
             for (txn, outcome) in kv.txns.records.records() {
                 if let ostrakon_ranges::txn::TxnOutcome::Committed(record) = outcome {
                     records.push((*txn, record.clone()));
                 }
             }
         }
+        self.records_forgotten = forgotten;
         let sum_at = |revision: u64| {
             self.accounts().fold(0u64, |sum, account| {
                 let balance = crate::kv::value_at(&versions, account, revision);

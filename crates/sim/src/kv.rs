@@ -419,7 +419,8 @@ pub fn apply_split(state: &mut KvState, command: Command) -> Result<KvState, Spl
         // The records stay with the range's id, where transactions ask for them.
         txns: crate::txn_kv::TxnState {
             locks: moved_locks,
-            records: Default::default(),
+            records: state.txns.records.fresh(),
+            forgotten: 0,
         },
         oracle_bound: OracleBound::default(),
         frozen: None,
@@ -769,6 +770,7 @@ mod merge_tests {
             txn: ostrakon_ranges::txn::TxnId {
                 coordinator: NodeId(1),
                 number: 1,
+                born: 0,
             },
             revision: 50,
             primary: RangeId(2),

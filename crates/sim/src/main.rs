@@ -25,7 +25,7 @@ struct Args {
     /// move-leaders-one-apart (leader spreading); read-leaves-floor,
     /// new-leader-skips-floor (reads at a revision); read-ignores-pending-lock
     /// (transactions across ranges); watch-releases-early (watches across ranges);
-    /// merge-skips-freeze-wait (merges).
+    /// merge-skips-freeze-wait (merges), horizon-forgets-only (transaction records).
     #[arg(long)]
     bug: Option<String>,
     /// Print a JSON summary as the last line.
@@ -63,6 +63,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "read-ignores-pending-lock" => RangeBug::ReadIgnoresPendingLock.into(),
         "watch-releases-early" => RangeBug::WatchReleasesEarly.into(),
         "merge-skips-freeze-wait" => RangeBug::MergeSkipsFreezeWait.into(),
+        "horizon-forgets-only" => RangeBug::HorizonForgetsOnly.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
@@ -71,7 +72,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
                  oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
                  move-leaders-hotter-than-gap, \
                  read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
-                 watch-releases-early, merge-skips-freeze-wait"
+                 watch-releases-early, merge-skips-freeze-wait, horizon-forgets-only"
             ))
         }
     })
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
     println!(
         "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
-         ranges) and {} merges ({} given up, {} held by a replica) in {:.1} s",
+         ranges, {} aborted records forgotten) and {} merges ({} given up, {} held by a replica) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -140,6 +141,7 @@ fn main() -> ExitCode {
         summary.watch_revisions,
         summary.transfers,
         summary.transfers_across_ranges,
+        summary.records_forgotten,
         summary.merges,
         summary.merges_given_up,
         summary.merges_held,

@@ -254,6 +254,8 @@ pub struct Replica {
     pub locks_seen_us: BTreeMap<ostrakon_ranges::txn::TxnId, u64>,
     /// The pushes in flight: request number by transaction.
     pub pushes: BTreeMap<ostrakon_ranges::txn::TxnId, u64>,
+    /// While leading: when it last proposed a transaction horizon.
+    pub horizon_proposed_us: u64,
     /// Committed entries not applied yet because the first is a merge whose right
     /// range's replica here has not applied its freeze (`ostrakon_ranges::merge`).
     pub held: VecDeque<Entry>,

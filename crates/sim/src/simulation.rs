@@ -92,6 +92,9 @@ pub struct Simulation {
     pub(crate) transfers_committed: u64,
     /// Those of them that touched two ranges.
     pub(crate) transfers_across_ranges: u64,
+    /// Aborted transaction records forgotten below horizons (counted at the end, from
+    /// the ranges' leaders).
+    pub(crate) records_forgotten: u64,
     /// What coordinators were told definitely: (transaction, revision, accounts,
     /// committed).
     pub(crate) transfer_outcomes: Vec<(ostrakon_ranges::txn::TxnId, u64, [u64; 2], bool)>,
@@ -194,6 +197,7 @@ impl Simulation {
             bank_requests: BTreeMap::new(),
             transfers_committed: 0,
             transfers_across_ranges: 0,
+            records_forgotten: 0,
             transfer_outcomes: Vec::new(),
             push_requests: BTreeMap::new(),
             invariants: BTreeMap::new(),
@@ -237,7 +241,8 @@ impl Simulation {
                 descriptor,
                 txns: crate::txn_kv::TxnState {
                     locks: ostrakon_ranges::txn::LockTable::with_bug(bug.and_then(Bug::range)),
-                    records: Default::default(),
+                    records: ostrakon_ranges::txn::TxnRecords::with_bug(bug.and_then(Bug::range)),
+                    forgotten: 0,
                 },
                 ..KvState::default()
             };
@@ -452,6 +457,7 @@ impl Simulation {
             floor_fetch: None,
             locks_seen_us: BTreeMap::new(),
             pushes: BTreeMap::new(),
+            horizon_proposed_us: 0,
             held: VecDeque::new(),
         };
         let running = node.running.as_mut().expect("up");

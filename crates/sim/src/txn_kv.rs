@@ -25,6 +25,8 @@ pub struct TxnState {
     pub locks: LockTable,
     /// How the transactions whose primary this range is ended.
     pub records: TxnRecords<Record>,
+    /// How many aborted records horizons have forgotten here.
+    pub forgotten: u64,
 }
 
 /// The entry tags of transaction commands (register commands use lower ones).
@@ -73,6 +75,12 @@ pub enum TxnCommand {
         /// The transaction.
         txn: TxnId,
     },
+    /// In a primary: transactions born below `below` are aborted from now on, and
+    /// their aborted records forgotten (`TxnRecords::raise_horizon`).
+    Horizon {
+        /// The new horizon (an oracle timestamp).
+        below: u64,
+    },
 }
 
 /// What applying a transaction command did.
@@ -94,12 +102,14 @@ pub enum TxnApplied {
 fn put_txn(buf: &mut BytesMut, txn: TxnId) {
     buf.put_u64(txn.coordinator.0);
     buf.put_u64(txn.number);
+    buf.put_u64(txn.born);
 }
 
 fn get_txn(buf: &mut Bytes) -> TxnId {
     TxnId {
         coordinator: NodeId(buf.get_u64()),
         number: buf.get_u64(),
+        born: buf.get_u64(),
     }
 }
 
@@ -157,6 +167,10 @@ impl TxnCommand {
                 buf.put_u8(TXN_TAG_BASE + if abort { 2 } else { 4 });
                 put_txn(&mut buf, *txn);
             }
+            TxnCommand::Horizon { below } => {
+                buf.put_u8(TXN_TAG_BASE + 5);
+                buf.put_u64(*below);
+            }
         }
         buf.freeze()
     }
@@ -165,6 +179,11 @@ impl TxnCommand {
     pub fn decode(data: &[u8]) -> TxnCommand {
         let mut buf = Bytes::copy_from_slice(data);
         let tag = buf.get_u8();
+        if tag == TXN_TAG_BASE + 5 {
+            return TxnCommand::Horizon {
+                below: buf.get_u64(),
+            };
+        }
         let txn = get_txn(&mut buf);
         match tag - TXN_TAG_BASE {
             0 => {
@@ -284,6 +303,10 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
             state.txns.locks.release(*txn);
             TxnApplied::Done
         }
+        TxnCommand::Horizon { below } => {
+            state.txns.forgotten += state.txns.records.raise_horizon(*below).len() as u64;
+            TxnApplied::Done
+        }
     }
 }
 
@@ -316,6 +339,7 @@ mod tests {
         TxnId {
             coordinator: NodeId(7),
             number,
+            born: 1000 + number,
         }
     }
 
@@ -340,6 +364,7 @@ mod tests {
                 writes: vec![],
             },
             TxnCommand::Release { txn: txn(3) },
+            TxnCommand::Horizon { below: 1002 },
         ] {
             assert_eq!(TxnCommand::decode(&command.encode()), command);
         }
@@ -400,5 +425,12 @@ mod tests {
         assert_eq!(apply_txn(&mut state, &late), TxnApplied::Aborted);
         assert_eq!(crate::kv::value_at(&state.versions, 1, 8), Some(10));
         assert!(state.txns.locks.is_empty());
+        // A horizon above its birth forgets the aborted record, and the late commit is
+        // still refused.
+        apply_txn(&mut state, &TxnCommand::Horizon { below: 1004 });
+        assert_eq!(state.txns.forgotten, 1);
+        assert_eq!(state.txns.records.outcome(txn(3)), None);
+        assert_eq!(apply_txn(&mut state, &late), TxnApplied::Aborted);
+        assert_eq!(crate::kv::value_at(&state.versions, 1, 8), Some(10));
     }
 }

@@ -386,6 +386,10 @@ pub fn apply_write(
             store.apply_txn_forget(index, term, txn);
             return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone { held: false });
         }
+        Request::TxnHorizon(horizon) => {
+            store.apply_txn_horizon(index, term, horizon.below);
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone { held: false });
+        }
         _ => {}
     }
     let auth = store.auth();
@@ -477,7 +481,8 @@ pub fn apply_write(
         | Request::TxnResolve(_)
         | Request::TxnAbort(_)
         | Request::TxnRelease(_)
-        | Request::TxnForget(_) => unreachable!("transaction commands are handled above"),
+        | Request::TxnForget(_)
+        | Request::TxnHorizon(_) => unreachable!("transaction commands are handled above"),
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
             WriteOutcome::LeaseGrant(LeaseGrantResponse {
                 header: None,
@@ -603,6 +608,7 @@ pub fn evaluate_revoke_across(
         revision: revision.0,
         writes: Vec::new(),
         revoked_leases: vec![id],
+        participants: Vec::new(),
     };
     for view in views {
         let mut txn = lease_store.write_txn_over(view, revision);

@@ -866,6 +866,7 @@ fn a_compaction_above_a_range_s_last_write_raises_its_revision_on_a_keyspace_in_
         txn: Some(ostrakon_proto::peer::TxnIdRecord {
             coordinator: 1,
             number: 1,
+            born: 0,
         }),
         primary: 1,
         spans: Vec::new(),

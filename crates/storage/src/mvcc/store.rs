@@ -764,10 +764,11 @@ impl MvccStore {
     /// the frozen position and the raft log before it may go.
     pub fn freeze(&self) -> FrozenState {
         let applied = self.write_applied();
-        let (txn_locks, txn_outcomes) = txn_tables::records_of_tables(
-            &self.txn_locks.lock().unwrap(),
-            &self.txn_outcomes.lock().unwrap(),
-        );
+        let outcomes = self.txn_outcomes.lock().unwrap();
+        let (txn_locks, txn_outcomes) =
+            txn_tables::records_of_tables(&self.txn_locks.lock().unwrap(), &outcomes);
+        let txn_horizon = outcomes.horizon();
+        drop(outcomes);
         let mut tables = pb::SnapshotTables {
             members: self.members.lock().unwrap().all_records(),
             alarms: self.alarms(),
@@ -777,6 +778,7 @@ impl MvccStore {
             oracle_revisions: self.oracle_revisions(),
             txn_locks,
             txn_outcomes,
+            txn_horizon,
             ..Default::default()
         };
         self.merge_tables(&mut tables);
@@ -1167,8 +1169,11 @@ impl MvccStore {
         );
         self.oracle_bound
             .store(tables.oracle_bound, Ordering::SeqCst);
-        let (new_locks, new_outcomes) =
-            txn_tables::tables_of_records(&tables.txn_locks, &tables.txn_outcomes);
+        let (new_locks, new_outcomes) = txn_tables::tables_of_records(
+            &tables.txn_locks,
+            &tables.txn_outcomes,
+            tables.txn_horizon,
+        );
         for prefix in [
             txn_tables::LOCK_NAME_PREFIX,
             txn_tables::OUTCOME_NAME_PREFIX,
@@ -1177,11 +1182,15 @@ impl MvccStore {
                 self.local.remove(&mut batch, &name);
             }
         }
-        let txn_changes = new_locks.locks().map(txn_tables::store_lock).chain(
-            new_outcomes
-                .records()
-                .map(|(txn, outcome)| txn_tables::store_outcome(*txn, outcome)),
-        );
+        let txn_changes = new_locks
+            .locks()
+            .map(txn_tables::store_lock)
+            .chain(
+                new_outcomes
+                    .records()
+                    .map(|(txn, outcome)| txn_tables::store_outcome(*txn, outcome)),
+            )
+            .chain([txn_tables::store_horizon(new_outcomes.horizon())]);
         self.put_local_changes(&mut batch, txn_changes);
         let new_members = MemberRegistry::from_records(tables.members);
         let mut alarms = self.alarms.lock().unwrap();
@@ -2015,6 +2024,8 @@ impl WriteTxn<'_> {
                 })
                 .collect(),
             revoked_leases,
+            // The coordinator names them in its commit.
+            participants: Vec::new(),
         }
     }
 

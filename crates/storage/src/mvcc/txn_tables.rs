@@ -15,6 +15,8 @@ use super::local::LocalState;
 pub(crate) const LOCK_NAME_PREFIX: &[u8] = b"txn_lock/";
 /// Names of the outcomes a primary keeps (then the transaction id).
 pub(crate) const OUTCOME_NAME_PREFIX: &[u8] = b"txn_outcome/";
+/// The name of a primary's transaction horizon (big-endian).
+pub(crate) const HORIZON_NAME: &[u8] = b"txn_horizon";
 
 /// How the transactions a range is the primary of ended: a committed one keeps every
 /// range's writes, so whoever finds one of its locks can finish it.
@@ -25,6 +27,7 @@ pub fn txn_id_of(record: &pb::TxnIdRecord) -> TxnId {
     TxnId {
         coordinator: NodeId(record.coordinator),
         number: record.number,
+        born: record.born,
     }
 }
 
@@ -33,6 +36,7 @@ pub fn txn_id_record(txn: TxnId) -> pb::TxnIdRecord {
     pb::TxnIdRecord {
         coordinator: txn.coordinator.0,
         number: txn.number,
+        born: txn.born,
     }
 }
 
@@ -104,10 +108,12 @@ pub(crate) fn txn_name(prefix: &[u8], txn: TxnId) -> Vec<u8> {
     name
 }
 
-/// The tables of the wire records (a snapshot's, or the stored ones).
+/// The tables of the wire records (a snapshot's, or the stored ones), with the
+/// horizon the outcomes were kept under.
 pub(crate) fn tables_of_records(
     locks: &[pb::TxnLockRecord],
     outcomes: &[pb::TxnOutcomeRecord],
+    horizon: u64,
 ) -> (LockTable, TxnOutcomes) {
     let mut table = LockTable::default();
     for record in locks {
@@ -123,13 +129,14 @@ pub(crate) fn tables_of_records(
                 .as_ref()
                 .expect("an outcome names its transaction"),
         );
-        let decided = if record.committed {
-            records.commit(txn, record.writes.clone().unwrap_or_default())
+        let outcome = if record.committed {
+            TxnOutcome::Committed(record.writes.clone().unwrap_or_default())
         } else {
-            records.abort(txn)
+            TxnOutcome::Aborted
         };
-        decided.expect("stored outcomes do not contradict each other");
+        records.restore(txn, outcome);
     }
+    records.restore_horizon(horizon);
     (table, records)
 }
 
@@ -161,7 +168,10 @@ pub(crate) fn load(local: &LocalState) -> (LockTable, TxnOutcomes) {
             pb::TxnOutcomeRecord::decode(value.as_ref()).expect("stored outcome decodes")
         })
         .collect();
-    tables_of_records(&locks, &outcomes)
+    let horizon = local.get(HORIZON_NAME).map_or(0, |value| {
+        u64::from_be_bytes(value.as_ref().try_into().expect("8 bytes"))
+    });
+    tables_of_records(&locks, &outcomes, horizon)
 }
 
 /// A change to a range's local state, made in the same batch as the write it goes with:
@@ -179,6 +189,11 @@ pub(crate) fn store_lock(lock: &Lock) -> LocalChange {
 /// The local change that forgets a lock.
 pub(crate) fn forget_lock(txn: TxnId) -> LocalChange {
     (txn_name(LOCK_NAME_PREFIX, txn), None)
+}
+
+/// The local change that stores the horizon.
+pub(crate) fn store_horizon(horizon: u64) -> LocalChange {
+    (HORIZON_NAME.to_vec(), Some(horizon.to_be_bytes().to_vec()))
 }
 
 /// The local change that stores an outcome.
@@ -209,6 +224,7 @@ mod tests {
         let txn = TxnId {
             coordinator: NodeId(3),
             number: 9,
+            born: 30,
         };
         let lock = Lock {
             txn,
@@ -227,16 +243,20 @@ mod tests {
                 ..Default::default()
             }],
             revoked_leases: Vec::new(),
+            participants: Vec::new(),
         };
         outcomes.commit(txn, writes).unwrap();
         outcomes
             .abort(TxnId {
                 coordinator: NodeId(3),
                 number: 10,
+                born: 35,
             })
             .unwrap();
+        outcomes.raise_horizon(20);
         let (lock_records, outcome_records) = records_of_tables(&locks, &outcomes);
-        let (locks_again, outcomes_again) = tables_of_records(&lock_records, &outcome_records);
+        let (locks_again, outcomes_again) =
+            tables_of_records(&lock_records, &outcome_records, outcomes.horizon());
         assert_eq!(locks_again, locks);
         assert_eq!(outcomes_again, outcomes);
     }

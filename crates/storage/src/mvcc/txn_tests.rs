@@ -32,6 +32,7 @@ fn txn_id(number: u64) -> pb::TxnIdRecord {
     pb::TxnIdRecord {
         coordinator: 7,
         number,
+        born: 100 + number,
     }
 }
 
@@ -272,6 +273,7 @@ fn an_aborted_transaction_leaves_nothing_and_never_commits() {
                 ..Default::default()
             }],
             revoked_leases: Vec::new(),
+            participants: Vec::new(),
         }),
     };
     match ranges.apply(false, Request::TxnCommit(late), 0) {
@@ -391,6 +393,97 @@ fn a_snapshot_carries_locks_and_outcomes() {
         other => panic!("{other:?}"),
     }
     drop(ranges.keyspace);
+}
+
+#[test]
+fn a_horizon_forgets_aborted_records_and_late_commits_below_it_stay_refused() {
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    // Born at 101 (aborted), 103 (committed) and 105 (aborted).
+    prepared_revision(ranges.prepare(false, 1, &["a"], 20));
+    ranges.apply(false, Request::TxnAbort(txn_id(1)), 0);
+    ranges.apply(false, Request::TxnAbort(txn_id(5)), 0);
+    ranges.apply(
+        false,
+        Request::TxnCommit(pb::TxnDecide {
+            txn: Some(txn_id(3)),
+            writes: Some(pb::TxnWrites {
+                revision: 30,
+                ..Default::default()
+            }),
+        }),
+        0,
+    );
+    assert_eq!(ranges.left.txn_outcome_count(), 3);
+    assert_eq!(ranges.left.oldest_forgettable_txn(104), Some(101));
+    ranges.apply(false, Request::TxnHorizon(pb::TxnHorizon { below: 104 }), 0);
+    assert_eq!(ranges.left.txn_outcome_count(), 2);
+    assert_eq!(ranges.left.txn_aborted_count(), 1);
+    assert_eq!(ranges.left.oldest_forgettable_txn(104), None);
+    let late_commit = |number| {
+        Request::TxnCommit(pb::TxnDecide {
+            txn: Some(txn_id(number)),
+            writes: Some(pb::TxnWrites {
+                revision: 40,
+                writes: vec![pb::TxnWrite {
+                    key: "a".into(),
+                    value: "late".into(),
+                    version: 2,
+                    create_revision: 10,
+                    ..Default::default()
+                }],
+                revoked_leases: Vec::new(),
+                participants: Vec::new(),
+            }),
+        })
+    };
+    // Its record is gone, its commit still refused: across a restart and a snapshot too.
+    let refused = |outcome: WriteOutcome| match outcome {
+        WriteOutcome::TxnDecided(decided) => !decided.committed,
+        other => panic!("{other:?}"),
+    };
+    assert!(refused(ranges.apply(false, late_commit(1), 0)));
+    ranges.left.persist();
+    let reopened = MvccStore::open(&ranges.keyspace, GroupId(1), left_span());
+    assert_eq!(reopened.txn_outcome_count(), 2);
+    let index = reopened.applied_index().0 + 1;
+    let late = WriteRequest {
+        request: Some(late_commit(2)),
+        ..Default::default()
+    };
+    assert!(refused(apply_write(
+        &reopened,
+        LogIndex(index),
+        Term(1),
+        &late
+    )));
+    let path = ranges.dir.path().join("snap-horizon");
+    crate::snapshot::create(&reopened, &path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let installed = MvccStore::open(&keyspace, GroupId(1), left_span());
+    crate::snapshot::install(&installed, &path).unwrap();
+    assert_eq!(installed.txn_outcome_count(), 2);
+    let index = installed.applied_index().0 + 1;
+    assert!(refused(apply_write(
+        &installed,
+        LogIndex(index),
+        Term(1),
+        &late
+    )));
+    // Born above it, a transaction commits as before.
+    let above = WriteRequest {
+        request: Some(late_commit(6)),
+        ..Default::default()
+    };
+    assert!(!refused(apply_write(
+        &installed,
+        LogIndex(index + 1),
+        Term(1),
+        &above
+    )));
+    assert_eq!(ranges.value("a"), Some(("1".into(), 10)));
+    drop(reopened);
 }
 
 #[test]

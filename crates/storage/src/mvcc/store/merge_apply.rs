@@ -234,9 +234,15 @@ impl MvccStore {
             (compacted.0 as u64).to_be_bytes(),
         );
         let right_outcomes = right.txn_outcomes.lock().unwrap().clone();
+        // The merged range keeps the higher horizon: what either range forgot stays
+        // refused.
+        let horizon = right_outcomes
+            .horizon()
+            .max(self.txn_outcomes.lock().unwrap().horizon());
         let taken_over = right_outcomes
             .records()
-            .map(|(txn, outcome)| txn_tables::store_outcome(*txn, outcome));
+            .map(|(txn, outcome)| txn_tables::store_outcome(*txn, outcome))
+            .chain([txn_tables::store_horizon(horizon)]);
         self.put_local_changes(&mut batch, taken_over);
         for absorbed in right.absorbed_ranges().into_iter().chain([right.group]) {
             self.local.insert(&mut batch, absorbed_name(absorbed), []);
@@ -268,17 +274,7 @@ impl MvccStore {
             self.revision.store(revision.0, Ordering::SeqCst);
             self.set_span(merged_span);
             right.set_span(KeySpan::none());
-            let mut outcomes = self.txn_outcomes.lock().unwrap();
-            for (txn, outcome) in right_outcomes.records() {
-                let kept = match outcome {
-                    ostrakon_ranges::txn::TxnOutcome::Committed(writes) => {
-                        outcomes.commit(*txn, writes.clone())
-                    }
-                    ostrakon_ranges::txn::TxnOutcome::Aborted => outcomes.abort(*txn),
-                };
-                kept.expect("two ranges record one transaction's outcome alike");
-            }
-            drop(outcomes);
+            self.txn_outcomes.lock().unwrap().absorb(right_outcomes);
             physical.installs += 1;
             physical.target = physical.target.max(compacted);
             physical.done = done;

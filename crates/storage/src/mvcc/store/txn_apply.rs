@@ -218,9 +218,47 @@ impl MvccStore {
         self.write_txn().commit_with(index, term, changes, None);
     }
 
+    /// Applies a horizon in a primary: transactions born below it are aborted from now
+    /// on, and the aborted records it passes are forgotten, in one batch with the new
+    /// horizon (`TxnRecords::raise_horizon`).
+    pub fn apply_txn_horizon(&self, index: LogIndex, term: Term, below: u64) {
+        let mut outcomes = self.txn_outcomes.lock().unwrap();
+        let forgotten = outcomes.raise_horizon(below);
+        let changes = forgotten
+            .iter()
+            .map(|&txn| {
+                (
+                    txn_tables::txn_name(txn_tables::OUTCOME_NAME_PREFIX, txn),
+                    None,
+                )
+            })
+            .chain([txn_tables::store_horizon(outcomes.horizon())])
+            .collect();
+        drop(outcomes);
+        if !forgotten.is_empty() {
+            tracing::debug!(
+                group = self.group().0,
+                below,
+                forgotten = forgotten.len(),
+                "forgot aborted transaction records below the horizon"
+            );
+        }
+        self.write_txn().commit_with(index, term, changes, None);
+    }
+
+    /// The earliest birth of an aborted record a horizon at `below` would forget.
+    pub fn oldest_forgettable_txn(&self, below: u64) -> Option<u64> {
+        self.txn_outcomes.lock().unwrap().oldest_forgettable(below)
+    }
+
     /// How many transaction outcomes this range keeps as a primary.
     pub fn txn_outcome_count(&self) -> usize {
-        self.txn_outcomes.lock().unwrap().records().count()
+        self.txn_outcomes.lock().unwrap().len()
+    }
+
+    /// How many of them are aborted records.
+    pub fn txn_aborted_count(&self) -> usize {
+        self.txn_outcomes.lock().unwrap().aborted_count()
     }
 
     /// Writes the transaction's writes that its lock here covers, at its revision, and
