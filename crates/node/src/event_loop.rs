@@ -2126,6 +2126,7 @@ fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
                 | Request::TxnRelease(_)
                 | Request::TxnForget(_)
                 | Request::TxnHorizon(_)
+                | Request::TxnFinished(_)
                 | Request::FreezeRange(_)
                 | Request::UnfreezeRange(_)
                 | Request::MergeRange(_)

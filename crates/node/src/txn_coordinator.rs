@@ -228,7 +228,7 @@ pub(crate) async fn resolve(
 /// Drops a committed transaction's record at its primary once every part is written
 /// (in the background: the client has its answer; a record left behind costs only
 /// space).
-pub(crate) fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
+fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
     let handle = handle.clone();
     tokio::spawn(async move {
         let forget = Request::TxnForget(txn_id_record(txn));
@@ -665,6 +665,17 @@ pub(crate) async fn attempt(
             });
             crate::metrics::metrics().txns_committed_across_ranges.inc();
             Ok(outcome)
+        }
+        decided if decided.forgotten => {
+            // Born below the primary's horizon (a coordinator paused for minutes, or an
+            // oracle clock that jumped): it may have committed, its record forgotten
+            // since, so the request is neither answered nor run again.
+            release(handle, txn, &groups[1..], 0).await;
+            tracing::warn!(
+                ?txn,
+                "a transaction's outcome was forgotten before it learned it"
+            );
+            Err(NodeError::Timeout)
         }
         decided => {
             // Aborted first by a pusher that found a lock stale; a record with other

@@ -1,8 +1,9 @@
-//! Forgets the aborted records of transactions across ranges (docs/RANGES.md,
-//! "Forgetting transaction records"). A primary range records an abort when an outcome
-//! had to be decided without the transaction's coordinator (a pusher's abort, or a
-//! coordinator that lost track of its commit); without more, those records would pile
-//! up for ever. One task per node: every second it looks at the ranges this node leads
+//! Forgets the records of transactions across ranges decided without their
+//! coordinator (docs/RANGES.md, "Forgetting transaction records"). A primary range
+//! records an abort when an outcome had to be decided without the transaction's
+//! coordinator (a pusher's abort, or a coordinator that lost track of its commit), and
+//! keeps the record of a committed transaction a pusher finished until no coordinator
+//! can still ask about it; without more, those records would pile up for ever. One task per node: every second it looks at the ranges this node leads
 //! that kept records after a change (`range_work`), for as long as they keep some
 //! (counted in `ostrakon_txn_records_aborted` and `_committed`), and proposes a horizon `horizon_lag_ms` behind the oracle's time as this node
 //! knows it, the clock transactions are born by (`txn_coordinator::oracle_clock`; at most
@@ -86,9 +87,6 @@ pub(crate) async fn run(handle: NodeHandle) {
             let aborted = store.txn_aborted_count();
             aborted_kept += aborted;
             committed_kept += kept - aborted;
-            if aborted == 0 {
-                continue;
-            }
             // The same clock transactions are born by.
             let clock = crate::txn_coordinator::oracle_clock(&handle, &[group]);
             let below = horizon_below(clock, horizon_lag_ms());

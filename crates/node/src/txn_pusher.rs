@@ -19,7 +19,7 @@ use ostrakon_storage::mvcc::txn_tables::txn_id_record;
 use ostrakon_storage::mvcc::WriteOutcome;
 
 use crate::handle::NodeHandle;
-use crate::txn_coordinator::{forget, propose, resolve};
+use crate::txn_coordinator::{propose, resolve};
 use crate::DEFAULT_GROUP;
 
 /// How often the node looks for stale locks.
@@ -121,9 +121,12 @@ async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId)
 /// Finishes a committed transaction its coordinator left: writes its part in every
 /// range it prepared in but the primary (which wrote its own with the record; a range
 /// whose part is written already takes the resolve as a no-op), then, every part
-/// written, has the primary forget the record, as the coordinator would have. Until a
-/// part is written the record stays: forgotten, a lock left standing would be taken
-/// for aborted.
+/// written, marks the record finished at the primary, which forgets it once its horizon
+/// passes the transaction's birth. Not at once: the coordinator may be alive, its
+/// commit's answer lost, and about to ask the primary how its transaction ended (a
+/// forgotten record would answer "aborted", and it would run the request again). Until
+/// a part is written the record stays unmarked: forgotten, a lock left standing would
+/// be taken for aborted.
 async fn finish_committed(
     handle: &NodeHandle,
     group: GroupId,
@@ -150,6 +153,9 @@ async fn finish_committed(
         "finished a committed transaction across ranges its coordinator left"
     );
     if written {
-        forget(handle, txn, primary);
+        let finished = Request::TxnFinished(txn_id_record(txn));
+        if let Err(error) = propose(handle, handle.live_range(primary), &finished, 0).await {
+            tracing::debug!(?txn, %error, "marking a transaction finished failed");
+        }
     }
 }

@@ -15,11 +15,12 @@
 //!   stale asks the primary: a committed record is finished, a missing one is aborted
 //!   (`TxnRecords::abort`), after which the commit is refused. So a coordinator that dies
 //!   leaves nothing stuck, and no reader sees part of a transaction.
-//! - Aborted records are forgotten below a *horizon* (`TxnRecords::raise_horizon`): a
-//!   transaction born below it is answered "aborted" without a record and can no
-//!   longer commit, so forgetting its record changes no answer.
+//! - Records decided without the coordinator are forgotten below a *horizon*
+//!   (`TxnRecords::raise_horizon`): a transaction born below it with no record can no
+//!   longer commit, and is answered `Decided::Forgotten` (its locks are released; its
+//!   coordinator tells its client the outcome is unknown).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ostrakon_raft::NodeId;
 
@@ -263,10 +264,28 @@ pub enum TxnOutcome<M> {
     Aborted,
 }
 
+/// How a transaction ended, as the answer to a commit or an abort that did not take
+/// effect as asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decided<M> {
+    /// Committed (its record).
+    Committed(M),
+    /// Aborted (recorded so).
+    Aborted,
+    /// Born below the primary's horizon with no record: it can no longer commit, but it
+    /// may have committed, its record forgotten once every part was written. Whoever
+    /// holds a lock of it releases it (a lock left is a late copy of a prepare); its
+    /// coordinator cannot tell its client more than that the outcome is unknown.
+    Forgotten,
+}
+
 /// The outcomes a primary range has recorded, as of its applied index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnRecords<M> {
     records: BTreeMap<TxnId, TxnOutcome<M>>,
+    /// Committed transactions a pusher finished (every part written): forgotten below
+    /// the horizon, not at once, since their coordinator may still ask how they ended.
+    finished: BTreeSet<TxnId>,
     /// Transactions born below it are aborted, recorded or not (0: none).
     horizon: u64,
     #[cfg(feature = "planted-bugs")]
@@ -277,6 +296,7 @@ impl<M> Default for TxnRecords<M> {
     fn default() -> Self {
         TxnRecords {
             records: BTreeMap::new(),
+            finished: BTreeSet::new(),
             horizon: 0,
             #[cfg(feature = "planted-bugs")]
             bug: None,
@@ -320,25 +340,45 @@ impl<M> TxnRecords<M> {
 
     /// Applies a horizon: from now on a transaction born below `below` with no record
     /// is answered "aborted" and its commit refused, which is what an aborted record
-    /// says, so the aborted records of such transactions are forgotten; returns them.
-    /// Committed records stay: a lock of the transaction may still stand in a range
-    /// that was unavailable, and its part must be written. The horizon only rises, and
-    /// a transaction of unknown birth is never forgotten.
+    /// says, so the aborted records of such transactions are forgotten, and so are the
+    /// committed ones a pusher finished (no coordinator is still waiting for their
+    /// outcome that long after they began); returns them. Other committed records stay:
+    /// a lock of the transaction may still stand in a range that was unavailable, and
+    /// its part must be written. The horizon only rises, and a transaction of unknown
+    /// birth is never forgotten.
     pub fn raise_horizon(&mut self, below: u64) -> Vec<TxnId> {
         self.horizon = self.horizon.max(below);
-        let horizon = self.horizon;
         let forgotten: Vec<TxnId> = self
             .records
-            .iter()
-            .filter(|(txn, outcome)| {
-                matches!(outcome, TxnOutcome::Aborted) && txn.born != 0 && txn.born < horizon
-            })
-            .map(|(txn, _)| *txn)
+            .keys()
+            .filter(|&&txn| self.forgettable(txn, self.horizon))
+            .copied()
             .collect();
         for txn in &forgotten {
             self.records.remove(txn);
+            self.finished.remove(txn);
         }
         forgotten
+    }
+
+    /// Whether a horizon at `below` forgets the transaction's record.
+    fn forgettable(&self, txn: TxnId, below: u64) -> bool {
+        let done = matches!(self.records.get(&txn), Some(TxnOutcome::Aborted))
+            || self.finished.contains(&txn);
+        done && txn.born != 0 && txn.born < below
+    }
+
+    /// Whether a pusher finished the committed transaction (`mark_finished`).
+    pub fn is_finished(&self, txn: TxnId) -> bool {
+        self.finished.contains(&txn)
+    }
+
+    /// Applies a pusher's word that every part of a committed transaction is written:
+    /// its record stays until a horizon passes the transaction's birth. Returns whether
+    /// it marked a committed record (not one forgotten, aborted or marked already).
+    pub fn mark_finished(&mut self, txn: TxnId) -> bool {
+        matches!(self.records.get(&txn), Some(TxnOutcome::Committed(_)))
+            && self.finished.insert(txn)
     }
 
     /// How many records are kept (O(1): looked at after every change of a led range).
@@ -359,15 +399,13 @@ impl<M> TxnRecords<M> {
             .count()
     }
 
-    /// The earliest birth among the aborted records a horizon at `below` would forget
-    /// (a range's leader proposes a horizon only when it forgets something).
+    /// The earliest birth among the records a horizon at `below` would forget (a
+    /// range's leader proposes a horizon only when it forgets something).
     pub fn oldest_forgettable(&self, below: u64) -> Option<u64> {
         self.records
-            .iter()
-            .filter(|(txn, outcome)| {
-                matches!(outcome, TxnOutcome::Aborted) && txn.born != 0 && txn.born < below
-            })
-            .map(|(txn, _)| txn.born)
+            .keys()
+            .filter(|&&txn| self.forgettable(txn, below))
+            .map(|txn| txn.born)
             .min()
     }
 }
@@ -377,15 +415,15 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
     /// someone who found its locks stale). Committing the same writes again is
     /// accepted; different writes under the same transaction (a reused id) are refused
     /// with the record that stands.
-    pub fn commit(&mut self, txn: TxnId, writes: M) -> Result<(), TxnOutcome<M>> {
+    pub fn commit(&mut self, txn: TxnId, writes: M) -> Result<(), Decided<M>> {
         match self.records.get(&txn) {
-            None if self.beyond_horizon(txn) => Err(TxnOutcome::Aborted),
-            Some(TxnOutcome::Aborted) => Err(TxnOutcome::Aborted),
-            Some(committed @ TxnOutcome::Committed(held)) => {
+            None if self.beyond_horizon(txn) => Err(Decided::Forgotten),
+            Some(TxnOutcome::Aborted) => Err(Decided::Aborted),
+            Some(TxnOutcome::Committed(held)) => {
                 if *held == writes {
                     Ok(())
                 } else {
-                    Err(committed.clone())
+                    Err(Decided::Committed(held.clone()))
                 }
             }
             None => {
@@ -396,15 +434,17 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
     }
 
     /// Applies an abort: the transaction will never commit, unless it committed first,
-    /// whose record this returns (the one who asked finishes it instead).
-    pub fn abort(&mut self, txn: TxnId) -> Result<(), TxnOutcome<M>> {
+    /// whose record this returns (the one who asked finishes it instead), or the horizon
+    /// passed it (`Decided::Forgotten`). Ok(true) if it recorded the abort now (to be
+    /// stored); Ok(false) if it was recorded already.
+    pub fn abort(&mut self, txn: TxnId) -> Result<bool, Decided<M>> {
         match self.records.get(&txn) {
-            Some(committed @ TxnOutcome::Committed(_)) => Err(committed.clone()),
-            Some(TxnOutcome::Aborted) => Ok(()),
-            None if self.beyond_horizon(txn) => Ok(()),
+            Some(TxnOutcome::Committed(writes)) => Err(Decided::Committed(writes.clone())),
+            Some(TxnOutcome::Aborted) => Ok(false),
+            None if self.beyond_horizon(txn) => Err(Decided::Forgotten),
             None => {
                 self.records.insert(txn, TxnOutcome::Aborted);
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -416,6 +456,7 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
     pub fn forget_committed(&mut self, txn: TxnId) -> bool {
         if matches!(self.records.get(&txn), Some(TxnOutcome::Committed(_))) {
             self.records.remove(&txn);
+            self.finished.remove(&txn);
             return true;
         }
         false
@@ -430,21 +471,25 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
     pub fn absorb(&mut self, other: TxnRecords<M>) {
         self.horizon = self.horizon.max(other.horizon);
         for (txn, outcome) in other.records {
-            self.restore(txn, outcome);
+            let finished = other.finished.contains(&txn);
+            self.restore(txn, outcome, finished);
         }
     }
 
     /// Puts back a record as stored (loading a range's tables, or taking in a merged
     /// range's), whatever the horizon: it was decided when it was written.
-    pub fn restore(&mut self, txn: TxnId, outcome: TxnOutcome<M>) {
+    pub fn restore(&mut self, txn: TxnId, outcome: TxnOutcome<M>, finished: bool) {
         if let Some(previous) = self.records.get(&txn) {
             assert!(
                 *previous == outcome,
                 "{txn:?} recorded twice, with different outcomes"
             );
-            return;
+        } else {
+            self.records.insert(txn, outcome);
         }
-        self.records.insert(txn, outcome);
+        if finished {
+            assert!(self.mark_finished(txn) || self.finished.contains(&txn));
+        }
     }
 
     /// Sets the horizon as stored (loading a range's tables); it only rises.
@@ -617,12 +662,12 @@ mod tests {
         records.commit(txn(1), "writes").unwrap();
         assert_eq!(
             records.commit(txn(1), "other writes"),
-            Err(TxnOutcome::Committed("writes"))
+            Err(Decided::Committed("writes"))
         );
-        assert_eq!(records.abort(txn(1)), Err(TxnOutcome::Committed("writes")));
-        records.abort(txn(2)).unwrap();
-        records.abort(txn(2)).unwrap();
-        assert_eq!(records.commit(txn(2), "late"), Err(TxnOutcome::Aborted));
+        assert_eq!(records.abort(txn(1)), Err(Decided::Committed("writes")));
+        assert_eq!(records.abort(txn(2)), Ok(true));
+        assert_eq!(records.abort(txn(2)), Ok(false));
+        assert_eq!(records.commit(txn(2), "late"), Err(Decided::Aborted));
         assert_eq!(records.outcome(txn(2)), Some(&TxnOutcome::Aborted));
         assert_eq!(records.outcome(txn(3)), None);
         assert_eq!(records.records().count(), 2);
@@ -636,7 +681,7 @@ mod tests {
         right.abort(txn(2)).unwrap();
         left.absorb(right);
         assert_eq!(left.outcome(txn(2)), Some(&TxnOutcome::Aborted));
-        assert_eq!(left.commit(txn(2), "b"), Err(TxnOutcome::Aborted));
+        assert_eq!(left.commit(txn(2), "b"), Err(Decided::Aborted));
         assert_eq!(left.outcome(txn(1)), Some(&TxnOutcome::Committed("a")));
     }
     #[test]
@@ -654,27 +699,51 @@ mod tests {
         assert_eq!(records.horizon(), 104);
         assert_eq!(records.outcome(txn(2)), None);
         // A late commit of it is refused as its record would have refused it, and an
-        // abort answers aborted without recording anything again.
-        assert_eq!(records.commit(txn(2), "late"), Err(TxnOutcome::Aborted));
-        records.abort(txn(2)).unwrap();
+        // abort records nothing again; both answer that the outcome was forgotten.
+        assert_eq!(records.commit(txn(2), "late"), Err(Decided::Forgotten));
+        assert_eq!(records.abort(txn(2)), Err(Decided::Forgotten));
         assert_eq!(records.outcome(txn(2)), None);
         // Any transaction born below it, recorded or not, can no longer commit...
-        assert_eq!(records.commit(txn(0), "new"), Err(TxnOutcome::Aborted));
+        assert_eq!(records.commit(txn(0), "new"), Err(Decided::Forgotten));
         // ...but a committed record stays, and one born above or of unknown birth too.
         assert_eq!(
             records.outcome(txn(1)),
             Some(&TxnOutcome::Committed("committed"))
         );
-        assert_eq!(
-            records.abort(txn(1)),
-            Err(TxnOutcome::Committed("committed"))
-        );
+        assert_eq!(records.abort(txn(1)), Err(Decided::Committed("committed")));
         assert_eq!(records.outcome(txn(5)), Some(&TxnOutcome::Aborted));
         assert_eq!(records.outcome(unknown), Some(&TxnOutcome::Aborted));
         records.commit(txn(6), "above").unwrap();
         // The horizon never goes back.
         assert_eq!(records.raise_horizon(50), Vec::<TxnId>::new());
         assert_eq!(records.horizon(), 104);
+    }
+
+    #[test]
+    fn a_committed_record_a_pusher_finished_stays_until_the_horizon_passes() {
+        let mut records: TxnRecords<&str> = TxnRecords::default();
+        records.commit(txn(1), "one").unwrap();
+        records.commit(txn(2), "two").unwrap();
+        records.abort(txn(3)).unwrap();
+        assert!(records.mark_finished(txn(1)));
+        assert!(!records.mark_finished(txn(1)), "marked once");
+        assert!(
+            !records.mark_finished(txn(3)),
+            "an aborted record is not finished"
+        );
+        assert!(!records.mark_finished(txn(9)), "nor a missing one");
+        // Its coordinator, still asking, learns it committed.
+        assert_eq!(records.abort(txn(1)), Err(Decided::Committed("one")));
+        assert_eq!(records.oldest_forgettable(110), Some(101));
+        // Past the horizon the finished record goes; the unfinished one stays.
+        assert_eq!(records.raise_horizon(110), vec![txn(1), txn(3)]);
+        assert!(!records.is_finished(txn(1)));
+        assert_eq!(records.outcome(txn(2)), Some(&TxnOutcome::Committed("two")));
+        // A record carried whole (a merge, a snapshot) keeps its mark.
+        records.mark_finished(txn(2));
+        let mut merged: TxnRecords<&str> = TxnRecords::default();
+        merged.absorb(records);
+        assert!(merged.is_finished(txn(2)));
     }
 
     #[test]
@@ -686,7 +755,7 @@ mod tests {
         right.raise_horizon(105);
         left.absorb(right);
         assert_eq!(left.horizon(), 105);
-        assert_eq!(left.commit(txn(4), "late"), Err(TxnOutcome::Aborted));
+        assert_eq!(left.commit(txn(4), "late"), Err(Decided::Forgotten));
     }
 
     #[cfg(feature = "planted-bugs")]

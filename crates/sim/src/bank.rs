@@ -300,6 +300,15 @@ impl Simulation {
                 }
                 self.end_transfer(index, TransferEnd::Aborted);
             }
+            (Some(_), Reply::Txn(TxnApplied::Forgotten)) if transfer.committing => {
+                // Born below its primary's horizon with no record there: it can no
+                // longer commit, but whether it did is not known (its locks go).
+                let txn = transfer.txn;
+                for group in transfer.others() {
+                    self.send_bank(index, group, Request::Txn(TxnCommand::Release { txn }));
+                }
+                self.end_transfer(index, TransferEnd::Unknown);
+            }
             (_, Reply::Failed { .. }) if transfer.committing && !transfer.asking_outcome => {
                 // This copy of the commit was not proposed, but another (a
                 // retransmission) may be in the log: an abort at the primary answers how
@@ -542,7 +551,7 @@ impl Simulation {
                 revision,
                 writes,
             },
-            Reply::Txn(TxnApplied::Aborted) => TxnCommand::Release { txn },
+            Reply::Txn(TxnApplied::Aborted | TxnApplied::Forgotten) => TxnCommand::Release { txn },
             _ => return, // tried again at a later tick
         };
         trace!(

@@ -7,7 +7,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ostrakon_raft::NodeId;
-use ostrakon_ranges::txn::{KeySpan, Lock, LockTable, TxnId, TxnOutcome, TxnRecords};
+use ostrakon_ranges::txn::{Decided, KeySpan, Lock, LockTable, TxnId, TxnRecords};
 use ostrakon_ranges::RangeId;
 
 use crate::kv::{routing_key, KvState};
@@ -95,6 +95,9 @@ pub enum TxnApplied {
     Committed(Record),
     /// The transaction aborted.
     Aborted,
+    /// Born below the primary's horizon with no record: it can no longer commit, but
+    /// whether it did is not known.
+    Forgotten,
     /// Resolved or released (or nothing left to do).
     Done,
 }
@@ -273,23 +276,28 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
                 write_locked(state, *txn, *revision, writes);
                 TxnApplied::Committed((*revision, writes.clone()))
             }
-            Err(TxnOutcome::Aborted) => TxnApplied::Aborted,
-            Err(TxnOutcome::Committed(other)) => {
+            Err(Decided::Aborted) => TxnApplied::Aborted,
+            Err(Decided::Forgotten) => TxnApplied::Forgotten,
+            Err(Decided::Committed(other)) => {
                 TxnApplied::Refused(format!("committed already with {other:?}"))
             }
         },
         TxnCommand::Abort { txn } => match state.txns.records.abort(*txn) {
-            Ok(()) => {
+            Ok(_) => {
                 state.txns.locks.release(*txn);
                 TxnApplied::Aborted
             }
-            Err(TxnOutcome::Committed(record)) => {
+            Err(Decided::Committed(record)) => {
                 // Its own part was written when it committed, unless a split moved the
                 // lock here since (then it is written now).
                 write_locked(state, *txn, record.0, &record.1);
                 TxnApplied::Committed(record)
             }
-            Err(TxnOutcome::Aborted) => unreachable!("abort refuses only a committed record"),
+            Err(Decided::Forgotten) => {
+                state.txns.locks.release(*txn);
+                TxnApplied::Forgotten
+            }
+            Err(Decided::Aborted) => unreachable!("abort refuses only a committed record"),
         },
         TxnCommand::Resolve {
             txn,
@@ -430,7 +438,7 @@ mod tests {
         apply_txn(&mut state, &TxnCommand::Horizon { below: 1004 });
         assert_eq!(state.txns.forgotten, 1);
         assert_eq!(state.txns.records.outcome(txn(3)), None);
-        assert_eq!(apply_txn(&mut state, &late), TxnApplied::Aborted);
+        assert_eq!(apply_txn(&mut state, &late), TxnApplied::Forgotten);
         assert_eq!(crate::kv::value_at(&state.versions, 1, 8), Some(10));
     }
 }

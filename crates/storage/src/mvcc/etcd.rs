@@ -390,6 +390,10 @@ pub fn apply_write(
             store.apply_txn_horizon(index, term, horizon.below);
             return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone { held: false });
         }
+        Request::TxnFinished(txn) => {
+            store.apply_txn_finished(index, term, txn);
+            return WriteOutcome::TxnDone(ostrakon_proto::peer::TxnDone { held: false });
+        }
         _ => {}
     }
     let auth = store.auth();
@@ -482,7 +486,8 @@ pub fn apply_write(
         | Request::TxnAbort(_)
         | Request::TxnRelease(_)
         | Request::TxnForget(_)
-        | Request::TxnHorizon(_) => unreachable!("transaction commands are handled above"),
+        | Request::TxnHorizon(_)
+        | Request::TxnFinished(_) => unreachable!("transaction commands are handled above"),
         Request::LeaseGrant(grant) => txn.grant_lease(grant.id, grant.ttl).map(|()| {
             WriteOutcome::LeaseGrant(LeaseGrantResponse {
                 header: None,

@@ -1185,11 +1185,9 @@ impl MvccStore {
         let txn_changes = new_locks
             .locks()
             .map(txn_tables::store_lock)
-            .chain(
-                new_outcomes
-                    .records()
-                    .map(|(txn, outcome)| txn_tables::store_outcome(*txn, outcome)),
-            )
+            .chain(new_outcomes.records().map(|(txn, outcome)| {
+                txn_tables::store_outcome(*txn, outcome, new_outcomes.is_finished(*txn))
+            }))
             .chain([txn_tables::store_horizon(new_outcomes.horizon())]);
         self.put_local_changes(&mut batch, txn_changes);
         let new_members = MemberRegistry::from_records(tables.members);

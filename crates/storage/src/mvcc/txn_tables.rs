@@ -88,6 +88,7 @@ pub(crate) fn lock_of_record(record: &pb::TxnLockRecord) -> Lock {
 pub(crate) fn outcome_record(
     txn: TxnId,
     outcome: &TxnOutcome<pb::TxnWrites>,
+    finished: bool,
 ) -> pb::TxnOutcomeRecord {
     let (committed, writes) = match outcome {
         TxnOutcome::Committed(writes) => (true, Some(writes.clone())),
@@ -97,6 +98,7 @@ pub(crate) fn outcome_record(
         txn: Some(txn_id_record(txn)),
         committed,
         writes,
+        finished,
     }
 }
 
@@ -134,7 +136,7 @@ pub(crate) fn tables_of_records(
         } else {
             TxnOutcome::Aborted
         };
-        records.restore(txn, outcome);
+        records.restore(txn, outcome, record.finished);
     }
     records.restore_horizon(horizon);
     (table, records)
@@ -149,7 +151,7 @@ pub(crate) fn records_of_tables(
         locks.locks().map(lock_record).collect(),
         outcomes
             .records()
-            .map(|(txn, outcome)| outcome_record(*txn, outcome))
+            .map(|(txn, outcome)| outcome_record(*txn, outcome, outcomes.is_finished(*txn)))
             .collect(),
     )
 }
@@ -197,10 +199,14 @@ pub(crate) fn store_horizon(horizon: u64) -> LocalChange {
 }
 
 /// The local change that stores an outcome.
-pub(crate) fn store_outcome(txn: TxnId, outcome: &TxnOutcome<pb::TxnWrites>) -> LocalChange {
+pub(crate) fn store_outcome(
+    txn: TxnId,
+    outcome: &TxnOutcome<pb::TxnWrites>,
+    finished: bool,
+) -> LocalChange {
     (
         txn_name(OUTCOME_NAME_PREFIX, txn),
-        Some(outcome_record(txn, outcome).encode_to_vec()),
+        Some(outcome_record(txn, outcome, finished).encode_to_vec()),
     )
 }
 
@@ -246,6 +252,7 @@ mod tests {
             participants: Vec::new(),
         };
         outcomes.commit(txn, writes).unwrap();
+        assert!(outcomes.mark_finished(txn));
         outcomes
             .abort(TxnId {
                 coordinator: NodeId(3),

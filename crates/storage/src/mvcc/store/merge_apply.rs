@@ -241,7 +241,9 @@ impl MvccStore {
             .max(self.txn_outcomes.lock().unwrap().horizon());
         let taken_over = right_outcomes
             .records()
-            .map(|(txn, outcome)| txn_tables::store_outcome(*txn, outcome))
+            .map(|(txn, outcome)| {
+                txn_tables::store_outcome(*txn, outcome, right_outcomes.is_finished(*txn))
+            })
             .chain([txn_tables::store_horizon(horizon)]);
         self.put_local_changes(&mut batch, taken_over);
         for absorbed in right.absorbed_ranges().into_iter().chain([right.group]) {

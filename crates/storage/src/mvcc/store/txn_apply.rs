@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ostrakon_proto::peer as pb;
 use ostrakon_raft::{LogIndex, Term};
-use ostrakon_ranges::txn::{KeySpan as LockSpan, Lock, TxnId, TxnOutcome};
+use ostrakon_ranges::txn::{Decided, KeySpan as LockSpan, Lock, TxnId, TxnOutcome};
 use ostrakon_ranges::RangeId;
 
 use super::{LocalChange, MvccStore};
@@ -125,25 +125,32 @@ impl MvccStore {
             .commit(txn, writes.clone());
         match decided {
             Ok(()) => {
-                let record = txn_tables::store_outcome(txn, &TxnOutcome::Committed(writes.clone()));
+                let record =
+                    txn_tables::store_outcome(txn, &TxnOutcome::Committed(writes.clone()), false);
                 self.write_locked(index, term, txn, &writes, vec![record]);
                 pb::TxnDecided {
                     committed: true,
                     writes: Some(writes),
+                    forgotten: false,
                 }
             }
-            Err(TxnOutcome::Aborted) => {
+            Err(Decided::Aborted) => {
+                self.set_applied(index, term);
+                pb::TxnDecided::default()
+            }
+            Err(Decided::Forgotten) => {
                 self.set_applied(index, term);
                 pb::TxnDecided {
-                    committed: false,
-                    writes: None,
+                    forgotten: true,
+                    ..Default::default()
                 }
             }
-            Err(TxnOutcome::Committed(standing)) => {
+            Err(Decided::Committed(standing)) => {
                 self.set_applied(index, term);
                 pb::TxnDecided {
                     committed: true,
                     writes: Some(standing),
+                    forgotten: false,
                 }
             }
         }
@@ -162,22 +169,31 @@ impl MvccStore {
         let txn = txn_id_of(txn);
         let decided = self.txn_outcomes.lock().unwrap().abort(txn);
         match decided {
-            Ok(()) => {
-                let record = txn_tables::store_outcome(txn, &TxnOutcome::Aborted);
-                self.release_lock(index, term, txn, vec![record], Revision(0));
+            Ok(recorded) => {
+                // Stored only if recorded now.
+                let record =
+                    recorded.then(|| txn_tables::store_outcome(txn, &TxnOutcome::Aborted, false));
+                self.release_lock(index, term, txn, record.into_iter().collect(), Revision(0));
+                pb::TxnDecided::default()
+            }
+            Err(Decided::Forgotten) => {
+                // Below the horizon: nothing recorded, on disk as in memory; a lock of it
+                // here is a late copy of a prepare.
+                self.release_lock(index, term, txn, Vec::new(), Revision(0));
                 pb::TxnDecided {
-                    committed: false,
-                    writes: None,
+                    forgotten: true,
+                    ..Default::default()
                 }
             }
-            Err(TxnOutcome::Committed(writes)) => {
+            Err(Decided::Committed(writes)) => {
                 self.write_locked(index, term, txn, &writes, Vec::new());
                 pb::TxnDecided {
                     committed: true,
                     writes: Some(writes),
+                    forgotten: false,
                 }
             }
-            Err(TxnOutcome::Aborted) => unreachable!("an abort is refused only when committed"),
+            Err(Decided::Aborted) => unreachable!("an abort is refused only when committed"),
         }
     }
 
@@ -215,6 +231,21 @@ impl MvccStore {
         } else {
             Vec::new()
         };
+        self.write_txn().commit_with(index, term, changes, None);
+    }
+
+    /// Applies a pusher's word in a primary that every part of a committed transaction
+    /// is written: its record stays, marked, until a horizon passes its birth.
+    pub fn apply_txn_finished(&self, index: LogIndex, term: Term, txn: &pb::TxnIdRecord) {
+        let txn = txn_id_of(txn);
+        let mut outcomes = self.txn_outcomes.lock().unwrap();
+        let changes = if outcomes.mark_finished(txn) {
+            let outcome = outcomes.outcome(txn).expect("a finished record").clone();
+            vec![txn_tables::store_outcome(txn, &outcome, true)]
+        } else {
+            Vec::new()
+        };
+        drop(outcomes);
         self.write_txn().commit_with(index, term, changes, None);
     }
 
