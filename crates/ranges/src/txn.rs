@@ -346,7 +346,7 @@ impl<M> TxnRecords<M> {
     /// a lock of the transaction may still stand in a range that was unavailable, and
     /// its part must be written. The horizon only rises, and a transaction of unknown
     /// birth is never forgotten.
-    pub fn raise_horizon(&mut self, below: u64) -> Vec<TxnId> {
+    pub fn raise_horizon(&mut self, below: u64) -> Vec<(TxnId, TxnOutcome<M>)> {
         self.horizon = self.horizon.max(below);
         let forgotten: Vec<TxnId> = self
             .records
@@ -354,11 +354,14 @@ impl<M> TxnRecords<M> {
             .filter(|&&txn| self.forgettable(txn, self.horizon))
             .copied()
             .collect();
-        for txn in &forgotten {
-            self.records.remove(txn);
-            self.finished.remove(txn);
-        }
         forgotten
+            .into_iter()
+            .map(|txn| {
+                self.finished.remove(&txn);
+                let outcome = self.records.remove(&txn).expect("listed above");
+                (txn, outcome)
+            })
+            .collect()
     }
 
     /// Whether a horizon at `below` forgets the transaction's record.
@@ -695,7 +698,10 @@ mod tests {
         assert_eq!(records.oldest_forgettable(104), Some(102));
         assert_eq!(records.oldest_forgettable(102), None);
         // Born at 101, 102 and 105: the horizon at 104 forgets the aborted 102 only.
-        assert_eq!(records.raise_horizon(104), vec![txn(2)]);
+        assert_eq!(
+            records.raise_horizon(104),
+            vec![(txn(2), TxnOutcome::Aborted)]
+        );
         assert_eq!(records.horizon(), 104);
         assert_eq!(records.outcome(txn(2)), None);
         // A late commit of it is refused as its record would have refused it, and an
@@ -715,7 +721,7 @@ mod tests {
         assert_eq!(records.outcome(unknown), Some(&TxnOutcome::Aborted));
         records.commit(txn(6), "above").unwrap();
         // The horizon never goes back.
-        assert_eq!(records.raise_horizon(50), Vec::<TxnId>::new());
+        assert_eq!(records.raise_horizon(50), Vec::new());
         assert_eq!(records.horizon(), 104);
     }
 
@@ -736,7 +742,13 @@ mod tests {
         assert_eq!(records.abort(txn(1)), Err(Decided::Committed("one")));
         assert_eq!(records.oldest_forgettable(110), Some(101));
         // Past the horizon the finished record goes; the unfinished one stays.
-        assert_eq!(records.raise_horizon(110), vec![txn(1), txn(3)]);
+        assert_eq!(
+            records.raise_horizon(110),
+            vec![
+                (txn(1), TxnOutcome::Committed("one")),
+                (txn(3), TxnOutcome::Aborted)
+            ]
+        );
         assert!(!records.is_finished(txn(1)));
         assert_eq!(records.outcome(txn(2)), Some(&TxnOutcome::Committed("two")));
         // A record carried whole (a merge, a snapshot) keeps its mark.
@@ -764,7 +776,10 @@ mod tests {
         let mut records: TxnRecords<&str> =
             TxnRecords::with_bug(Some(RangeBug::HorizonForgetsOnly));
         records.abort(txn(2)).unwrap();
-        assert_eq!(records.raise_horizon(104), vec![txn(2)]);
+        assert_eq!(
+            records.raise_horizon(104),
+            vec![(txn(2), TxnOutcome::Aborted)]
+        );
         assert_eq!(records.commit(txn(2), "late"), Ok(()));
     }
 }

@@ -43,6 +43,9 @@ const PUSH_AFTER_US: u64 = 300_000;
 const SLOW_COORDINATOR_PROBABILITY: f64 = 0.2;
 /// How long it pauses at most (beyond `PUSH_AFTER_US`, so that its locks get pushed).
 const SLOW_COORDINATOR_PAUSE_US_MAX: u64 = 600_000;
+/// How often a coordinator stops after its commit is answered, leaving its other
+/// ranges' locks to the pushers.
+const COORDINATOR_STOPS_AFTER_COMMIT: f64 = 0.25;
 /// How long a pusher waits for the primary's answer before asking again.
 const PUSH_TIMEOUT_US: u64 = 300_000;
 /// How far a primary's transaction horizon stays behind the range's last revision, in
@@ -279,7 +282,15 @@ impl Simulation {
                 let transfer = self.bank_clients[index].transfer.as_ref().expect("above");
                 let (txn, revision) = (transfer.txn, transfer.revision.expect("set"));
                 let writes = self.transfer_writes(index);
-                for group in transfer.others() {
+                // Some coordinators stop once their client is answered, as if they died:
+                // pushers finish their transactions (`finishes`).
+                let others = if self.rng.chance(COORDINATOR_STOPS_AFTER_COMMIT) {
+                    trace!(self, "bank client {index} {txn:?} stops after its commit");
+                    Vec::new()
+                } else {
+                    transfer.others()
+                };
+                for group in others {
                     let resolve = TxnCommand::Resolve {
                         txn,
                         revision,
@@ -518,8 +529,8 @@ impl Simulation {
             let number = self.next_internal_request;
             self.next_internal_request += 1;
             self.replica(id, group).pushes.insert(txn, number);
-            self.push_requests.insert(number, (id, group, txn));
-            let primary = primary.group();
+            let primary = self.live_range(id, primary.group());
+            self.push_requests.insert(number, (id, group, txn, primary));
             let hint = self
                 .replica_ref(id, primary)
                 .map(|r| r.raw.leader())
@@ -540,17 +551,42 @@ impl Simulation {
         }
     }
 
+    /// The range that holds `group`'s records now, as node `id` knows it: `group` while
+    /// `id` holds a replica of it, else the range its replicas say absorbed it in a
+    /// merge (as the node's `live_range`; a primary merged away keeps answering there).
+    pub(crate) fn live_range(&self, id: NodeId, group: GroupId) -> GroupId {
+        let mut group = group;
+        // Each step goes to a range that absorbed the last: at most one per merge.
+        for _ in 0..64 {
+            if self.replica_ref(id, group).is_some() {
+                return group;
+            }
+            let absorbing = self.groups_on(id).into_iter().find(|&g| {
+                self.replica_ref(id, g)
+                    .is_some_and(|r| r.kv.absorbed.contains(&group.0))
+            });
+            match absorbing {
+                Some(next) => group = next,
+                None => return group,
+            }
+        }
+        group
+    }
+
     /// The primary answered a push: the pusher resolves its part as the record says.
     pub(crate) fn handle_push_reply(&mut self, client: u64, reply: Reply) {
-        let Some((id, group, txn)) = self.end_push(client) else {
+        let Some((id, group, txn, primary)) = self.end_push(client) else {
             return;
         };
         let command = match reply {
-            Reply::Txn(TxnApplied::Committed((revision, writes))) => TxnCommand::Resolve {
-                txn,
-                revision,
-                writes,
-            },
+            Reply::Txn(TxnApplied::Committed((revision, writes))) => {
+                self.start_finish(primary, txn, revision, &writes);
+                TxnCommand::Resolve {
+                    txn,
+                    revision,
+                    writes,
+                }
+            }
             Reply::Txn(TxnApplied::Aborted | TxnApplied::Forgotten) => TxnCommand::Release { txn },
             _ => return, // tried again at a later tick
         };
@@ -572,9 +608,9 @@ impl Simulation {
         self.end_push(client);
     }
 
-    fn end_push(&mut self, client: u64) -> Option<(NodeId, GroupId, TxnId)> {
+    fn end_push(&mut self, client: u64) -> Option<(NodeId, GroupId, TxnId, GroupId)> {
         let number = client - PUSH_REQUEST_BASE;
-        let (id, group, txn) = self.push_requests.remove(&number)?;
+        let (id, group, txn, primary) = self.push_requests.remove(&number)?;
         let replica = self.replica_if_up(id, group)?;
         if replica.pushes.get(&txn) != Some(&number) {
             return None;
@@ -582,7 +618,7 @@ impl Simulation {
         replica.pushes.remove(&txn);
         // Pushed again only after another wait.
         replica.locks_seen_us.remove(&txn);
-        Some((id, group, txn))
+        Some((id, group, txn, primary))
     }
 
     // --- The checks at the end ----------------------------------------------------------
@@ -596,7 +632,7 @@ impl Simulation {
         let total = INITIAL_BALANCE.wrapping_mul(self.scenario.account_count);
         let mut versions = BTreeMap::new();
         let mut records = Vec::new();
-        let mut forgotten = 0;
+        let (mut forgotten, mut committed_forgotten) = (0, 0);
         for group in self.groups().into_iter().filter(|&g| g != META) {
             let Some(leader) = self.current_leader(group) else {
                 continue;
@@ -615,8 +651,12 @@ impl Simulation {
                     records.push((*txn, record.clone()));
                 }
             }
+            // Those horizons forgot once pushers finished them count as well.
+            records.extend(kv.txns.forgotten_committed.iter().cloned());
+            committed_forgotten += kv.txns.forgotten_committed.len() as u64;
         }
         self.records_forgotten = forgotten;
+        self.committed_forgotten = committed_forgotten;
         let sum_at = |revision: u64| {
             self.accounts().fold(0u64, |sum, account| {
                 let balance = crate::kv::value_at(&versions, account, revision);

@@ -17,6 +17,9 @@ pub const BANK_REQUEST_BASE: u64 = 1 << 37;
 /// From here on, range leaders' pushes of stale locks (`id - PUSH_REQUEST_BASE`
 /// numbers them).
 pub const PUSH_REQUEST_BASE: u64 = 1 << 41;
+/// From here on, pushers' requests that finish committed transactions (`id -
+/// FINISH_REQUEST_BASE` numbers them).
+pub const FINISH_REQUEST_BASE: u64 = 1 << 42;
 /// From here on, scanning clients (`id - SCAN_CLIENT_BASE` indexes them; only their
 /// next-operation events carry these ids).
 pub const SCAN_CLIENT_BASE: u64 = 1 << 36;

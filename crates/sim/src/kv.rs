@@ -421,6 +421,7 @@ pub fn apply_split(state: &mut KvState, command: Command) -> Result<KvState, Spl
             locks: moved_locks,
             records: state.txns.records.fresh(),
             forgotten: 0,
+            forgotten_committed: Vec::new(),
         },
         oracle_bound: OracleBound::default(),
         frozen: None,
@@ -525,6 +526,10 @@ pub fn apply_merge(left: &mut KvState, merge: &MergeCommand, right: KvState) {
     );
     left.last_revision = left.last_revision.max(right.last_revision);
     left.txns.records.absorb(right.txns.records);
+    left.txns.forgotten += right.txns.forgotten;
+    left.txns
+        .forgotten_committed
+        .extend(right.txns.forgotten_committed);
     left.absorbed.insert(merge.right);
     left.absorbed.extend(right.absorbed);
     left.descriptor = Some(merged);

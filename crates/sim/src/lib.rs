@@ -16,6 +16,7 @@ mod bank;
 pub mod clients;
 mod end_checks;
 pub mod events;
+mod finishes;
 pub mod invariants;
 pub mod kv;
 mod leader_spread;

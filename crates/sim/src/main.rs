@@ -131,7 +131,7 @@ fn main() -> ExitCode {
     println!(
         "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
-         ranges, {} aborted records forgotten) and {} merges ({} given up, {} held by a replica) in {:.1} s",
+         ranges, {} records forgotten, {} of them committed) and {} merges ({} given up, {} held by a replica) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -142,6 +142,7 @@ fn main() -> ExitCode {
         summary.transfers,
         summary.transfers_across_ranges,
         summary.records_forgotten,
+        summary.committed_forgotten,
         summary.merges,
         summary.merges_given_up,
         summary.merges_held,

@@ -45,8 +45,10 @@ pub struct SeedReport {
     pub transfers: u64,
     /// Those that touched two ranges (two-phase commit across ranges).
     pub transfers_across_ranges: u64,
-    /// Aborted transaction records forgotten below horizons.
+    /// Transaction records forgotten below horizons.
     pub records_forgotten: u64,
+    /// Of those, committed ones pushers finished.
+    pub committed_forgotten: u64,
     /// Merges applied.
     pub merges: u64,
     /// Merges given up (fenced off and thawed).
@@ -117,6 +119,7 @@ pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, V
         transfers: sim.transfers_committed,
         transfers_across_ranges: sim.transfers_across_ranges,
         records_forgotten: sim.records_forgotten,
+        committed_forgotten: sim.committed_forgotten,
         merges: sim.merges,
         merges_given_up: sim.merges_given_up,
         merges_held: sim.merges_held,
@@ -147,8 +150,10 @@ pub struct Summary {
     pub transfers: u64,
     /// Those that touched two ranges.
     pub transfers_across_ranges: u64,
-    /// Aborted transaction records forgotten over all seeds.
+    /// Transaction records forgotten over all seeds.
     pub records_forgotten: u64,
+    /// Of those, committed ones pushers finished.
+    pub committed_forgotten: u64,
     /// Merges applied over all seeds.
     pub merges: u64,
     /// Merges given up over all seeds.
@@ -230,6 +235,7 @@ pub fn run_seeds(
                 summary.transfers += report.transfers;
                 summary.transfers_across_ranges += report.transfers_across_ranges;
                 summary.records_forgotten += report.records_forgotten;
+                summary.committed_forgotten += report.committed_forgotten;
                 summary.merges += report.merges;
                 summary.merges_given_up += report.merges_given_up;
                 summary.merges_held += report.merges_held;

@@ -181,11 +181,24 @@ impl Simulation {
                     scan.values.insert(key, None);
                 }
                 state.directory.learn(answer.descriptor.clone());
-                // A range merged since an earlier answer of this round: its answer covers
-                // the earlier one's keys too (it asked for a key no answer covered yet, so
-                // it is the newer description), and replaces it.
-                scan.histories
-                    .retain(|earlier| !earlier.descriptor.overlaps(&answer.descriptor));
+                // A range merged or split since an earlier answer of this round overlaps
+                // it (it asked for a key no answer covered yet, so it is the newer
+                // description), and replaces it. The earlier answer's keys it does not
+                // cover are asked again: dropped with it, their history would be missing
+                // from the round, and the merge would release revisions without them (a
+                // gap; seen at seed 618 once a split followed a merge).
+                let (replaced, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut scan.histories)
+                    .into_iter()
+                    .partition(|earlier| earlier.descriptor.overlaps(&answer.descriptor));
+                scan.histories = kept;
+                for earlier in replaced {
+                    for register in (0..key_count).filter(|&register| {
+                        let key = routing_key(register);
+                        earlier.descriptor.contains(&key) && !answer.descriptor.contains(&key)
+                    }) {
+                        scan.values.remove(&register);
+                    }
+                }
                 scan.histories.push(answer);
                 self.send_scan_request(index);
             }

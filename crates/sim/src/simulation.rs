@@ -16,7 +16,7 @@ use ostrakon_ranges::{Directory, RangeDescriptor, RangeId, SpanCheck};
 
 use crate::clients::{
     ClientState, ScanClient, ScanRecord, TimestampClient, BANK_CLIENT_BASE, BANK_REQUEST_BASE,
-    FLOOR_CLIENT_BASE, PUSH_REQUEST_BASE, SCAN_CLIENT_BASE, SCAN_REQUEST_BASE,
+    FINISH_REQUEST_BASE, FLOOR_CLIENT_BASE, PUSH_REQUEST_BASE, SCAN_CLIENT_BASE, SCAN_REQUEST_BASE,
     TIMESTAMP_CLIENT_BASE,
 };
 use crate::events::{Event, EventQueue, Reply};
@@ -95,11 +95,20 @@ pub struct Simulation {
     /// Aborted transaction records forgotten below horizons (counted at the end, from
     /// the ranges' leaders).
     pub(crate) records_forgotten: u64,
+    /// Of those, committed ones pushers finished.
+    pub(crate) committed_forgotten: u64,
     /// What coordinators were told definitely: (transaction, revision, accounts,
     /// committed).
     pub(crate) transfer_outcomes: Vec<(ostrakon_ranges::txn::TxnId, u64, [u64; 2], bool)>,
     /// Range leaders' pushes in flight: request number → (node, range, transaction).
-    pub(crate) push_requests: BTreeMap<u64, (NodeId, GroupId, ostrakon_ranges::txn::TxnId)>,
+    pub(crate) push_requests:
+        BTreeMap<u64, (NodeId, GroupId, ostrakon_ranges::txn::TxnId, GroupId)>,
+    /// Committed transactions pushers are finishing, by number.
+    pub(crate) finishes: BTreeMap<u64, crate::finishes::Finish>,
+    /// The finish each of their requests is for.
+    pub(crate) finish_requests: BTreeMap<u64, u64>,
+    /// Numbers the finishes.
+    pub(crate) next_finish: u64,
     /// Safety knowledge, per range.
     invariants: BTreeMap<GroupId, Invariants>,
     pub(crate) trace: Option<VecDeque<String>>,
@@ -198,8 +207,12 @@ impl Simulation {
             transfers_committed: 0,
             transfers_across_ranges: 0,
             records_forgotten: 0,
+            committed_forgotten: 0,
             transfer_outcomes: Vec::new(),
             push_requests: BTreeMap::new(),
+            finishes: BTreeMap::new(),
+            finish_requests: BTreeMap::new(),
+            next_finish: 0,
             invariants: BTreeMap::new(),
             trace: keep_trace.then(VecDeque::new),
             next_value: 1,
@@ -243,6 +256,7 @@ impl Simulation {
                     locks: ostrakon_ranges::txn::LockTable::with_bug(bug.and_then(Bug::range)),
                     records: ostrakon_ranges::txn::TxnRecords::with_bug(bug.and_then(Bug::range)),
                     forgotten: 0,
+                    forgotten_committed: Vec::new(),
                 },
                 ..KvState::default()
             };
@@ -647,6 +661,9 @@ impl Simulation {
                     self.reply_mismatch(client, op, ranges);
                 }
             }
+            Event::Reply { client, reply, .. } if client >= FINISH_REQUEST_BASE => {
+                self.handle_finish_reply(client, reply)
+            }
             Event::Reply { client, reply, .. } if client >= PUSH_REQUEST_BASE => {
                 self.handle_push_reply(client, reply)
             }
@@ -663,6 +680,9 @@ impl Simulation {
                 self.handle_timestamp_reply(client, op, reply)
             }
             Event::Reply { client, op, reply } => self.handle_reply(client, op, reply),
+            Event::ClientTimeout { client, .. } if client >= FINISH_REQUEST_BASE => {
+                self.finish_timed_out(client)
+            }
             Event::ClientTimeout { client, .. } if client >= PUSH_REQUEST_BASE => {
                 self.push_timed_out(client)
             }

@@ -7,7 +7,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ostrakon_raft::NodeId;
-use ostrakon_ranges::txn::{Decided, KeySpan, Lock, LockTable, TxnId, TxnRecords};
+use ostrakon_ranges::txn::{Decided, KeySpan, Lock, LockTable, TxnId, TxnOutcome, TxnRecords};
 use ostrakon_ranges::RangeId;
 
 use crate::kv::{routing_key, KvState};
@@ -25,8 +25,11 @@ pub struct TxnState {
     pub locks: LockTable,
     /// How the transactions whose primary this range is ended.
     pub records: TxnRecords<Record>,
-    /// How many aborted records horizons have forgotten here.
+    /// How many records horizons have forgotten here.
     pub forgotten: u64,
+    /// The committed records horizons forgot here (for the checks at the end only:
+    /// nothing the range decides reads it).
+    pub forgotten_committed: Vec<(TxnId, Record)>,
 }
 
 /// The entry tags of transaction commands (register commands use lower ones).
@@ -75,11 +78,17 @@ pub enum TxnCommand {
         /// The transaction.
         txn: TxnId,
     },
-    /// In a primary: transactions born below `below` are aborted from now on, and
-    /// their aborted records forgotten (`TxnRecords::raise_horizon`).
+    /// In a primary: transactions born below `below` can no longer commit, and their
+    /// aborted records and finished committed ones are forgotten
+    /// (`TxnRecords::raise_horizon`).
     Horizon {
         /// The new horizon (an oracle timestamp).
         below: u64,
+    },
+    /// In a primary: a pusher wrote every part of the committed transaction.
+    Finished {
+        /// The transaction.
+        txn: TxnId,
     },
 }
 
@@ -170,6 +179,10 @@ impl TxnCommand {
                 buf.put_u8(TXN_TAG_BASE + if abort { 2 } else { 4 });
                 put_txn(&mut buf, *txn);
             }
+            TxnCommand::Finished { txn } => {
+                buf.put_u8(TXN_TAG_BASE + 6);
+                put_txn(&mut buf, *txn);
+            }
             TxnCommand::Horizon { below } => {
                 buf.put_u8(TXN_TAG_BASE + 5);
                 buf.put_u64(*below);
@@ -213,6 +226,7 @@ impl TxnCommand {
                 writes: get_writes(&mut buf),
             },
             4 => TxnCommand::Release { txn },
+            6 => TxnCommand::Finished { txn },
             other => panic!("unknown transaction command tag {}", other + TXN_TAG_BASE),
         }
     }
@@ -312,7 +326,16 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
             TxnApplied::Done
         }
         TxnCommand::Horizon { below } => {
-            state.txns.forgotten += state.txns.records.raise_horizon(*below).len() as u64;
+            for (txn, outcome) in state.txns.records.raise_horizon(*below) {
+                state.txns.forgotten += 1;
+                if let TxnOutcome::Committed(record) = outcome {
+                    state.txns.forgotten_committed.push((txn, record));
+                }
+            }
+            TxnApplied::Done
+        }
+        TxnCommand::Finished { txn } => {
+            state.txns.records.mark_finished(*txn);
             TxnApplied::Done
         }
     }
@@ -373,6 +396,7 @@ mod tests {
             },
             TxnCommand::Release { txn: txn(3) },
             TxnCommand::Horizon { below: 1002 },
+            TxnCommand::Finished { txn: txn(4) },
         ] {
             assert_eq!(TxnCommand::decode(&command.encode()), command);
         }

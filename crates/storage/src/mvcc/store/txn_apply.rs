@@ -257,9 +257,9 @@ impl MvccStore {
         let forgotten = outcomes.raise_horizon(below);
         let changes = forgotten
             .iter()
-            .map(|&txn| {
+            .map(|(txn, _)| {
                 (
-                    txn_tables::txn_name(txn_tables::OUTCOME_NAME_PREFIX, txn),
+                    txn_tables::txn_name(txn_tables::OUTCOME_NAME_PREFIX, *txn),
                     None,
                 )
             })
