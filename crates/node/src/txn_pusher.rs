@@ -2,15 +2,17 @@
 //! dies, pauses or loses its messages (docs/RANGES.md, "Writes across ranges in the
 //! node"). One task per node: every second it looks at the data ranges this node
 //! leads that held a lock after a change (`range_work`), for as long as they hold one,
-//! and a lock seen held for `LOCK_STALE` is pushed: the transaction's primary
-//! is asked to abort it (`TxnAbort`), which answers the committed record instead if the
-//! commit came first; then the lock's range writes the transaction's part (`TxnResolve`)
-//! or forgets the lock (`TxnRelease`). Aborting a transaction whose coordinator is only
+//! and a lock seen held for `LOCK_STALE` is pushed (several at once): the transaction's
+//! primary is asked to abort it (`TxnAbort`), which answers the committed record instead
+//! if the commit came first; then the lock's range writes the transaction's part
+//! (`TxnResolve`) or forgets the lock (`TxnRelease`). Aborting a transaction whose coordinator is only
 //! slow is safe: its commit is then refused and it tries again. A committed one is
 //! finished in every range it prepared in, and its record then forgotten at the primary.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use ostrakon_proto::peer::{self as pb, write_request::Request};
 use ostrakon_raft::GroupId;
@@ -29,6 +31,9 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// round trips.
 pub(crate) const LOCK_STALE: Duration = Duration::from_secs(2);
 
+/// How many pushes one node runs at once.
+const PUSHES_IN_FLIGHT_MAX: usize = 16;
+
 /// Pushes stale locks in the ranges this node leads until the node stops.
 pub(crate) async fn run(handle: NodeHandle) {
     let mut check = tokio::time::interval(CHECK_INTERVAL);
@@ -46,6 +51,7 @@ pub(crate) async fn run(handle: NodeHandle) {
         let mut held = HashMap::new();
         locked.append(&mut handle.range_work().locked.take());
         let mut still_locked = BTreeSet::new();
+        let mut stale = Vec::new();
         for group in locked {
             let (Ok(status), Ok(store)) = (handle.status(group), handle.store(group)) else {
                 continue;
@@ -60,10 +66,18 @@ pub(crate) async fn run(handle: NodeHandle) {
                 let seen = *first_seen.get(&(group, lock.txn)).unwrap_or(&now);
                 held.insert((group, lock.txn), seen);
                 if now.duration_since(seen) >= LOCK_STALE {
-                    push(&handle, group, lock.txn, GroupId(lock.primary.0)).await;
+                    stale.push((group, lock.txn, GroupId(lock.primary.0)));
                 }
             }
         }
+        // Pushed side by side: a push whose primary has no leader waits out a request
+        // timeout, and must not hold back the others' (a few at a time, so a node with
+        // many stale locks does not flood the primaries).
+        futures_util::stream::iter(stale)
+            .for_each_concurrent(PUSHES_IN_FLIGHT_MAX, |(group, txn, primary)| {
+                push(&handle, group, txn, primary)
+            })
+            .await;
         first_seen = held;
         locked = still_locked;
     }

@@ -10,8 +10,9 @@
 //!   every leader hands out only timestamps below the bound it has applied. A new leader
 //!   starts at the bound, so it starts above everything its predecessors handed out.
 //!   Raising the bound is a command through range 0's log, made a window ahead of the
-//!   clock (3 s by default), so handing out a timestamp costs no disk write: one
-//!   persisted bound covers millions of them.
+//!   clock (3 s by default), or of the timestamps handed out when they run ahead of it,
+//!   so handing out a timestamp costs no disk write: one persisted bound covers millions
+//!   of them.
 //! - **The bound is raised before it is reached.** Once the clock is within half a
 //!   window of the bound the leader proposes the next one while it goes on handing out
 //!   below the current, so in steady state no request waits for a write. If the clock
@@ -177,9 +178,16 @@ impl Oracle {
             _ => self.next.max(clock),
         };
         let range = TimestampRange { first, count };
-        let next_bound =
-            Timestamp::from_physical_ms(now_ms + self.config.window_ms).max(range.last().plus(1));
-        let half_window_ahead = Timestamp::from_physical_ms(now_ms + self.config.window_ms / 2);
+        // The window runs ahead of the clock, or of the timestamps handed out when they
+        // are ahead of it (a leader whose clock lags its predecessor's bound): measured
+        // from the clock alone, each bound would make room for one more batch, and every
+        // request would wait for a round of range 0's log until the clock caught up
+        // (simulator seed 3992).
+        let ahead_of_ms = now_ms.max(range.last().physical_ms());
+        let next_bound = Timestamp::from_physical_ms(ahead_of_ms + self.config.window_ms)
+            .max(range.last().plus(1));
+        let half_window_ahead =
+            Timestamp::from_physical_ms(ahead_of_ms + self.config.window_ms / 2);
         let wants_bound = range.last() >= bound || half_window_ahead >= bound;
         let propose_bound = if wants_bound && self.proposed.is_none_or(|p| p <= range.last()) {
             self.proposed = Some(next_bound);
@@ -245,7 +253,8 @@ mod tests {
         let bound = OracleBound::new(ms(6_000));
         let allocation = oracle.allocate(Term(1), bound, 5_000, 1);
         assert_eq!(allocation.granted, None);
-        assert_eq!(allocation.propose_bound, Some(ms(6_000).plus(1)));
+        // A window ahead of the timestamps it will hand out, the clock being behind.
+        assert_eq!(allocation.propose_bound, Some(ms(6_000 + WINDOW_MS)));
         // Asked again before it applies: no second proposal.
         let again = oracle.allocate(Term(1), bound, 5_001, 1);
         assert_eq!(
@@ -306,6 +315,25 @@ mod tests {
         bound.apply(ms(7_500));
         let granted = oracle.allocate(Term(1), bound, 6_500, 1).granted.unwrap();
         assert_eq!(granted.first, ms(6_500), "back with the clock");
+    }
+
+    #[test]
+    fn a_leader_whose_clock_lags_the_bound_still_hands_out_a_window_per_bound() {
+        // The previous leader's clock ran 10 s ahead of this one's.
+        let mut bound = OracleBound::new(ms(20_000));
+        let mut oracle = oracle();
+        let mut proposals = 0;
+        let mut granted = 0;
+        for request in 0..10_000u64 {
+            let allocation = oracle.allocate(Term(2), bound, 10_000 + request / 100, 1);
+            if let Some(proposed) = allocation.propose_bound {
+                proposals += 1;
+                bound.apply(proposed);
+            }
+            granted += u64::from(allocation.granted.is_some());
+        }
+        assert_eq!(granted, 10_000 - 1, "only the first waits for a bound");
+        assert_eq!(proposals, 1, "one bound covers a window of timestamps");
     }
 
     #[test]

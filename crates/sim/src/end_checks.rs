@@ -70,6 +70,34 @@ impl Simulation {
         Some(leaders)
     }
 
+    /// The replicas keeping `quiesced_leaders` from answering, for the failure message.
+    fn awake_replicas(&self) -> String {
+        let mut awake = Vec::new();
+        for group in self.groups() {
+            for id in self.latest_conf[&group].1.members() {
+                let Some(replica) = self.replica_ref(id, group) else {
+                    awake.push(format!("{id:?} holds no replica of {group:?}"));
+                    continue;
+                };
+                if !replica.raw.is_quiesced() || replica.busy.is_some() {
+                    awake.push(format!(
+                        "{id:?} {group:?} {:?} of {:?} (leader {:?}, commit {:?}, applied {:?}, busy {})",
+                        replica.raw.role(),
+                        replica.raw.term(),
+                        replica.raw.leader(),
+                        replica.raw.commit(),
+                        replica.applied,
+                        replica.busy.is_some()
+                    ));
+                }
+            }
+            if self.current_leader(group).is_none() {
+                awake.push(format!("{group:?} has no leader"));
+            }
+        }
+        awake.join("; ")
+    }
+
     /// Quiescence, checked after healing and settling: the idle ranges quiesce; then a
     /// node leading some of them dies (or is cut off), and node liveness must get the
     /// quiesced followers of each range it led to elect another leader (a quiesced
@@ -82,8 +110,9 @@ impl Simulation {
                 break leaders;
             }
             if self.now_us >= quiesce_deadline_us {
+                let awake = self.awake_replicas();
                 self.fail(Violation(format!(
-                    "idle, healed ranges did not all quiesce within {} ms",
+                    "idle, healed ranges did not all quiesce within {} ms: {awake}",
                     QUIESCE_DEADLINE_US / 1000
                 )));
                 return;

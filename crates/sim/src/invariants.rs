@@ -102,6 +102,11 @@ impl Invariants {
         }
         let commit = raw.commit();
         let last_commit = self.last_commit.get(&node).copied().unwrap_or(LogIndex(0));
+        // Known committed before this node's step: a commit index learned, not decided
+        // (`RawNode::commit_known`, a merge's proof that the right range's freeze
+        // committed), is no leader's decision under the commit rule below.
+        let commit_known_already = raw.log_term(commit).is_some()
+            && self.committed.get(&commit).copied() == raw.log_term(commit);
         let from = last_commit.max(raw.first_index().prev());
         let mut index = from.next();
         while index <= commit {
@@ -134,6 +139,7 @@ impl Invariants {
             && led_already
             && commit > last_commit
             && raw.log_term(commit) != Some(raw.term())
+            && !commit_known_already
         {
             return Err(Violation(format!(
                 "commit rule: leader {node:?} of {:?} advanced its commit index to {commit:?}, an entry of {:?}",

@@ -88,8 +88,11 @@ fn main() -> ExitCode {
         }
     };
     // Panics inside a seed are caught and reported as violations with their message;
-    // the default hook would print each one as well.
-    std::panic::set_hook(Box::new(|_| {}));
+    // the default hook would print each one as well (kept with RUST_BACKTRACE set, to
+    // find where a seed panics).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

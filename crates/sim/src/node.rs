@@ -225,7 +225,10 @@ pub struct Replica {
     pub applied: LogIndex,
     /// The Ready being persisted, with the snapshot data it carries.
     pub busy: Option<(Ready, Option<KvState>)>,
-    /// Inputs that arrived while busy.
+    /// Applying a persisted Ready's entries, before `advance`: an input now (a merge
+    /// held on another range telling this one its freeze committed) waits in the inbox.
+    pub applying: bool,
+    /// Inputs that arrived while busy or applying.
     pub inbox: VecDeque<Input>,
     /// Snapshot data received with `InstallSnapshot`, until raft hands it out.
     pub incoming_snapshot: Option<(LogIndex, KvState)>,

@@ -457,6 +457,7 @@ impl Simulation {
             kv: disk.snapshot_data.clone(),
             applied: disk.snapshot.index,
             busy: None,
+            applying: false,
             inbox: VecDeque::new(),
             incoming_snapshot: None,
             proposals: BTreeMap::new(),
@@ -825,7 +826,7 @@ impl Simulation {
 
     pub(crate) fn input(&mut self, id: NodeId, group: GroupId, input: Input) {
         let replica = self.replica(id, group);
-        if replica.busy.is_some() {
+        if replica.busy.is_some() || replica.applying {
             replica.inbox.push_back(input);
             return;
         }
@@ -997,6 +998,7 @@ impl Simulation {
             self.send(message);
         }
         let applied_before = self.replica(id, group).applied;
+        self.replica(id, group).applying = true;
         if let (Some(meta), Some(data)) = (&ready.snapshot, data) {
             let replica = self.replica(id, group);
             replica.kv = data;
@@ -1031,6 +1033,7 @@ impl Simulation {
         self.maybe_compact(id, group);
         let replica = self.replica(id, group);
         replica.raw.advance();
+        replica.applying = false;
         let applied = replica.applied;
         let crashes = self.allocate_confirmed_timestamps(id, group);
         let result = self
@@ -1060,7 +1063,12 @@ impl Simulation {
                 return; // Taken over by the merge it released.
             }
         }
-        while let Some(input) = self.replica(id, group).inbox.pop_front() {
+        // The release above may have driven this replica into its next Ready (an input
+        // it was given): what is left waits for that one's persist.
+        while self.replica(id, group).busy.is_none() {
+            let Some(input) = self.replica(id, group).inbox.pop_front() else {
+                break;
+            };
             self.handle_input(id, group, input);
         }
         self.drive(id, group);
@@ -1093,12 +1101,12 @@ impl Simulation {
                 );
                 self.replica(id, group).held.push_back(entry);
                 let right = GroupId(merge.right);
-                // A leader commits the freeze through an entry of its own term (the
-                // commit rule), and soon: it is told nothing.
-                let leads = self
-                    .replica_ref(id, right)
-                    .is_some_and(|r| r.raw.role() == Role::Leader);
-                if self.hosts(id, right) && !leads {
+                // The left range's commit of the merge proves the freeze committed, as
+                // the node's event loop tells its right replica. A leader is told too:
+                // it may have won its term with the others' votes and never learned the
+                // freeze committed, and those others may destroy their replicas once
+                // the merge applies, before they acknowledge its term (seed 4777).
+                if self.hosts(id, right) {
                     let known = Input::CommitKnown(
                         LogIndex(merge.freeze_index),
                         ostrakon_raft::Term(merge.freeze_term),
@@ -1844,7 +1852,8 @@ mod tests {
     fn the_registers_are_spread_over_the_ranges_and_each_range_takes_writes() {
         let mut multi_range_seeds = 0;
         let mut seeds_writing_every_range = 0;
-        for seed in 0..240 {
+        // Seeds that qualify are few (11 in these 720).
+        for seed in 0..720 {
             let mut sim = Simulation::new(seed, None, false);
             let scenario = &sim.scenario;
             // Accounts take the ranges after the registers' (and only transfers write
@@ -1931,7 +1940,9 @@ mod tests {
     #[test]
     fn ranges_merge_under_faults_and_the_merged_ranges_serve() {
         let mut merges = 0;
-        for seed in 0..20 {
+        // Enough seeds for the floor below to hold when a change elsewhere moves which
+        // seeds merge (20 gave 4 to 8).
+        for seed in 0..40 {
             let mut sim = Simulation::new(seed, None, false);
             if sim.scenario.merge_probability == 0.0 {
                 continue;
@@ -1962,7 +1973,7 @@ mod tests {
                 }
             }
         }
-        assert!(merges >= 5, "only {merges} merges in 20 seeds");
+        assert!(merges >= 8, "only {merges} merges in 40 seeds");
     }
 
     /// A replica of the left range that applies the merge before its replica of the
