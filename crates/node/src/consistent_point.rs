@@ -89,11 +89,12 @@ async fn attempt(
         }
         Err(other) => panic!("a prepare answered with {other:?}"),
     };
-    let revision = prepared
-        .iter()
-        .map(|done| done.revision)
-        .max()
-        .expect("a keyspace has a range");
+    let revision = i64::try_from(ostrakon_ranges::frozen_txn::txn_revision(
+        prepared
+            .iter()
+            .map(|done| u64::try_from(done.revision).expect("a prepare's revision is positive")),
+    ))
+    .expect("revisions below 2^63");
     let mut frozen = Vec::with_capacity(groups.len());
     for (&group, done) in groups.iter().zip(&prepared) {
         let state = match handle

@@ -48,7 +48,7 @@ fn next_txn_number() -> u64 {
 /// (`oracle_clock`): with no round trip, a little ahead of the oracle's present, and
 /// compared with its primary's horizon, 10 minutes behind.
 pub(crate) fn new_txn(handle: &NodeHandle, groups: &[GroupId]) -> TxnId {
-    let born = oracle_clock(handle, groups);
+    let born = oracle_clock(handle, groups).max(wall_clock_floor());
     TxnId {
         coordinator: handle.id(),
         number: next_txn_number(),
@@ -56,11 +56,28 @@ pub(crate) fn new_txn(handle: &NodeHandle, groups: &[GroupId]) -> TxnId {
     }
 }
 
+/// This member's wall clock, half a horizon lag back, as a timestamp: the lowest birth
+/// a transaction takes. The oracle's bound stands still while nobody asks it for
+/// timestamps, so after an idle spell `oracle_clock` may lie far in the past, and a
+/// transaction born there would meet the horizon its own prepares moved up (its commit
+/// answered "forgotten", its client a timeout; found by review). Born too late is safe
+/// (its aborted record is only forgotten later): a member whose clock runs ahead keeps
+/// its aborted records by as much longer.
+fn wall_clock_floor() -> u64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+    let lag_ms = crate::txn_horizon::horizon_lag_ms() / 2;
+    ostrakon_ranges::Timestamp::from_physical_ms(now_ms.saturating_sub(lag_ms)).0
+}
+
 /// The oracle's time as this member knows it: its persisted bound as the meta range's
 /// replica here applied it (up to a window, 3 s, ahead of the timestamps handed out),
 /// or the highest revision the replicas of `groups` applied, if higher (a lagging meta
-/// replica). A replica that lagged 10 minutes costs a transaction one attempt, after
-/// which it has caught up.
+/// replica). The bound moves only while timestamps are handed out: see
+/// `wall_clock_floor`.
 pub(crate) fn oracle_clock(handle: &NodeHandle, groups: &[GroupId]) -> u64 {
     let bound = handle
         .store(crate::META_GROUP)
@@ -232,11 +249,42 @@ fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
     let handle = handle.clone();
     tokio::spawn(async move {
         let forget = Request::TxnForget(txn_id_record(txn));
-        let primary = handle.live_range(primary);
-        if let Err(error) = propose(&handle, primary, &forget, 0).await {
-            tracing::debug!(?txn, %error, "forgetting a transaction's record failed");
-        }
+        tell_primary(&handle, txn, primary, &forget).await;
     });
+}
+
+/// How many times a word to a primary that nobody will ask again is tried.
+const TELL_PRIMARY_ATTEMPTS: u32 = 5;
+
+/// Proposes `request` (a forget, or a pusher's finished mark) in the transaction's
+/// primary, or the range that merged it, tried again after a growing pause while it fails
+/// or is refused (no leader; frozen for a merge). Once every lock of a committed
+/// transaction is gone nobody comes back to its record: a word lost here leaves it for
+/// good, since the horizon forgets only finished committed records.
+pub(crate) async fn tell_primary(
+    handle: &NodeHandle,
+    txn: TxnId,
+    primary: GroupId,
+    request: &Request,
+) {
+    let mut pause = std::time::Duration::from_millis(100);
+    for attempt in 1..=TELL_PRIMARY_ATTEMPTS {
+        let failure = match propose(handle, handle.live_range(primary), request, 0).await {
+            Ok(WriteOutcome::Error(error)) => error.message,
+            Ok(_) => return,
+            Err(error) => error.to_string(),
+        };
+        tracing::debug!(
+            ?txn,
+            attempt,
+            failure,
+            "telling a transaction's primary failed"
+        );
+        if attempt < TELL_PRIMARY_ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
 }
 
 /// How long a coordinator that could not learn its transaction's outcome waits before
@@ -570,11 +618,12 @@ pub(crate) async fn attempt(
     if failpoint("after-prepare") {
         return Err(NodeError::Timeout);
     }
-    let revision = prepared
-        .iter()
-        .map(|done| done.revision)
-        .max()
-        .expect("two prepares at least");
+    let revision = i64::try_from(ostrakon_ranges::frozen_txn::txn_revision(
+        prepared
+            .iter()
+            .map(|done| u64::try_from(done.revision).expect("a prepare's revision is positive")),
+    ))
+    .expect("revisions below 2^63");
     let frozen = match frozen_views(handle, txn, groups, &prepared).await {
         Ok(Some(frozen)) => frozen,
         // A pusher ended a lock meanwhile (this member lagged): the ranges may have

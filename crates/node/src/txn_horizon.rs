@@ -29,7 +29,7 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How far behind the oracle's time a range's horizon stays, in the oracle's milliseconds: a
 /// transaction still running this long after it began is long past its request's
 /// deadline. `OSTRAKON_TXN_HORIZON_LAG_MS` sets it (tests only).
-fn horizon_lag_ms() -> u64 {
+pub(crate) fn horizon_lag_ms() -> u64 {
     static LAG_MS: OnceLock<u64> = OnceLock::new();
     *LAG_MS.get_or_init(|| {
         std::env::var("OSTRAKON_TXN_HORIZON_LAG_MS")

@@ -21,7 +21,7 @@ use ostrakon_storage::mvcc::txn_tables::txn_id_record;
 use ostrakon_storage::mvcc::WriteOutcome;
 
 use crate::handle::NodeHandle;
-use crate::txn_coordinator::{propose, resolve};
+use crate::txn_coordinator::{propose, resolve, tell_primary};
 use crate::DEFAULT_GROUP;
 
 /// How often the node looks for stale locks.
@@ -168,8 +168,6 @@ async fn finish_committed(
     );
     if written {
         let finished = Request::TxnFinished(txn_id_record(txn));
-        if let Err(error) = propose(handle, handle.live_range(primary), &finished, 0).await {
-            tracing::debug!(?txn, %error, "marking a transaction finished failed");
-        }
+        tell_primary(handle, txn, primary, &finished).await;
     }
 }

@@ -11,6 +11,8 @@
 //!   node leads about as many ranges.
 //! - [`txn`]: writes across ranges, the replicated half of their two-phase commit: a
 //!   range's locks and a primary range's transaction records.
+//! - [`frozen_txn`]: the node's variant of those writes, where a transaction's lock
+//!   freezes its whole range: what each replica decides as their commands apply.
 //! - [`read_floor`]: the revision below which a range's leader takes no more writes,
 //!   raised by every read at a revision.
 //! - [`timestamp`]: the cluster-wide revision as a hybrid timestamp (milliseconds and a
@@ -25,6 +27,7 @@
 
 pub mod descriptor;
 pub mod directory;
+pub mod frozen_txn;
 pub mod leader_balance;
 pub mod merge;
 pub mod oracle;

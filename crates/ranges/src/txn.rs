@@ -417,21 +417,23 @@ impl<M: Clone + PartialEq> TxnRecords<M> {
     /// Applies a commit: the commit point, unless the transaction was aborted first (by
     /// someone who found its locks stale). Committing the same writes again is
     /// accepted; different writes under the same transaction (a reused id) are refused
-    /// with the record that stands.
-    pub fn commit(&mut self, txn: TxnId, writes: M) -> Result<(), Decided<M>> {
+    /// with the record that stands. Ok(true) if it recorded the commit now (to be
+    /// stored); Ok(false) if it was recorded already (the record stored stays as it is:
+    /// marked finished, it must not be stored again unmarked).
+    pub fn commit(&mut self, txn: TxnId, writes: M) -> Result<bool, Decided<M>> {
         match self.records.get(&txn) {
             None if self.beyond_horizon(txn) => Err(Decided::Forgotten),
             Some(TxnOutcome::Aborted) => Err(Decided::Aborted),
             Some(TxnOutcome::Committed(held)) => {
                 if *held == writes {
-                    Ok(())
+                    Ok(false)
                 } else {
                     Err(Decided::Committed(held.clone()))
                 }
             }
             None => {
                 self.records.insert(txn, TxnOutcome::Committed(writes));
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -661,8 +663,12 @@ mod tests {
     #[test]
     fn a_transaction_ends_once_committed_or_aborted_whichever_applies_first() {
         let mut records: TxnRecords<&str> = TxnRecords::default();
-        records.commit(txn(1), "writes").unwrap();
-        records.commit(txn(1), "writes").unwrap();
+        assert_eq!(records.commit(txn(1), "writes"), Ok(true));
+        assert_eq!(
+            records.commit(txn(1), "writes"),
+            Ok(false),
+            "recorded already"
+        );
         assert_eq!(
             records.commit(txn(1), "other writes"),
             Err(Decided::Committed("writes"))
@@ -780,6 +786,6 @@ mod tests {
             records.raise_horizon(104),
             vec![(txn(2), TxnOutcome::Aborted)]
         );
-        assert_eq!(records.commit(txn(2), "late"), Ok(()));
+        assert_eq!(records.commit(txn(2), "late"), Ok(true));
     }
 }

@@ -286,7 +286,7 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
             revision,
             writes,
         } => match state.txns.records.commit(*txn, (*revision, writes.clone())) {
-            Ok(()) => {
+            Ok(_) => {
                 write_locked(state, *txn, *revision, writes);
                 TxnApplied::Committed((*revision, writes.clone()))
             }

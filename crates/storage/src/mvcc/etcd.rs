@@ -538,20 +538,22 @@ fn changes_keys(request: &write_request::Request) -> bool {
 /// replica alike) and, by the range's leader, before it proposes one: a write held off
 /// is answered at once instead of going through the log to be refused.
 pub fn held_off_by_locks(store: &MvccStore, request: &write_request::Request) -> bool {
+    use ostrakon_ranges::frozen_txn::{holds_off, RangeWrite};
     if !store.has_txn_locks() {
         return false;
     }
-    match request {
-        write_request::Request::TxnPrepare(prepare) => {
-            let txn = prepare
+    let write = match request {
+        write_request::Request::TxnPrepare(prepare) => RangeWrite::Prepare(
+            prepare
                 .txn
                 .as_ref()
                 .map(super::txn_tables::txn_id_of)
-                .expect("a prepare names its transaction");
-            !store.txn_locks().iter().any(|lock| lock.txn == txn)
-        }
-        other => changes_keys(other) && !revokes_no_key(store, other),
-    }
+                .expect("a prepare names its transaction"),
+        ),
+        other if changes_keys(other) && !revokes_no_key(store, other) => RangeWrite::ChangesKeys,
+        _ => RangeWrite::ChangesNoKey,
+    };
+    holds_off(&store.txn_lock_table(), write)
 }
 
 /// The answer to a write a lock holds off (the node tries it again shortly).

@@ -486,6 +486,71 @@ fn a_horizon_forgets_aborted_records_and_late_commits_below_it_stay_refused() {
     drop(reopened);
 }
 
+/// A copy of a commit applied again after a pusher marked the record finished (a
+/// proposal retried through the log) keeps it finished on disk as in memory: reopened,
+/// the store's horizon forgets it as the others' do (found by review: the copy stored it
+/// again unmarked, and a replica restarted then kept it for good).
+#[test]
+fn a_commit_applied_again_after_its_record_was_finished_keeps_it_finished() {
+    let mut ranges = TwoRanges::new();
+    let commit = Request::TxnCommit(pb::TxnDecide {
+        txn: Some(txn_id(3)),
+        writes: Some(pb::TxnWrites {
+            revision: 30,
+            ..Default::default()
+        }),
+    });
+    ranges.apply(false, commit.clone(), 0);
+    ranges.apply(false, Request::TxnFinished(txn_id(3)), 0);
+    let again = ranges.apply(false, commit, 0);
+    let WriteOutcome::TxnDecided(decided) = again else {
+        panic!("{again:?}")
+    };
+    assert!(decided.committed, "the commit stands");
+    ranges.left.persist();
+    let reopened = MvccStore::open(&ranges.keyspace, GroupId(1), left_span());
+    assert_eq!(reopened.txn_outcome_count(), 1);
+    let index = reopened.applied_index().0 + 1;
+    let horizon = WriteRequest {
+        request: Some(Request::TxnHorizon(pb::TxnHorizon { below: 104 })),
+        ..Default::default()
+    };
+    apply_write(&reopened, LogIndex(index), Term(1), &horizon);
+    assert_eq!(
+        reopened.txn_outcome_count(),
+        0,
+        "a finished record below the horizon is forgotten after a restart too"
+    );
+    drop(reopened);
+}
+
+/// A commit answered "forgotten" (born below the primary's horizon) releases the
+/// transaction's lock in the primary, as an abort answered so does: the coordinator
+/// releases the other ranges' only, and the primary would stay frozen until a pusher
+/// came (found by review).
+#[test]
+fn a_commit_below_the_horizon_releases_the_primarys_lock() {
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    prepared_revision(ranges.prepare(false, 2, &["a"], 20));
+    ranges.apply(false, Request::TxnHorizon(pb::TxnHorizon { below: 104 }), 0);
+    assert!(ranges.left.has_txn_locks());
+    let commit = Request::TxnCommit(pb::TxnDecide {
+        txn: Some(txn_id(2)),
+        writes: Some(pb::TxnWrites {
+            revision: 20,
+            ..Default::default()
+        }),
+    });
+    let answer = ranges.apply(false, commit, 0);
+    let WriteOutcome::TxnDecided(decided) = answer else {
+        panic!("{answer:?}")
+    };
+    assert!(decided.forgotten && !decided.committed);
+    assert!(!ranges.left.has_txn_locks(), "the range is not left frozen");
+    assert!(matches!(ranges.put("a", "2", 25), WriteOutcome::Put(_)));
+}
+
 #[test]
 fn a_release_after_a_path_without_writes_raises_the_revision_it_read_at() {
     let mut ranges = TwoRanges::new();

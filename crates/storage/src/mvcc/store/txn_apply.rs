@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ostrakon_proto::peer as pb;
 use ostrakon_raft::{LogIndex, Term};
+use ostrakon_ranges::frozen_txn::{self, PartStep, PrepareRefusal, PrepareStep};
 use ostrakon_ranges::txn::{Decided, KeySpan as LockSpan, Lock, TxnId, TxnOutcome};
 use ostrakon_ranges::RangeId;
 
@@ -30,6 +31,11 @@ impl MvccStore {
     /// Whether a transaction across ranges holds a lock here.
     pub fn has_txn_locks(&self) -> bool {
         !self.txn_locks.lock().unwrap().is_empty()
+    }
+
+    /// The lock table, as of the last applied entry.
+    pub fn txn_lock_table(&self) -> Arc<ostrakon_ranges::txn::LockTable> {
+        self.txn_locks.lock().unwrap().clone()
     }
 
     /// The locks held here, as of the last applied entry.
@@ -58,11 +64,6 @@ impl MvccStore {
         let inside = spans
             .iter()
             .all(|lock| span.covers(&lock.start, lock.end.as_deref().unwrap_or(&[0])));
-        if !inside {
-            return Err(MvccError::WrongRange {
-                group: self.group().0,
-            });
-        }
         let lock = Lock {
             txn,
             revision: u64::try_from(revision.0).unwrap_or(0),
@@ -70,25 +71,29 @@ impl MvccStore {
             spans,
         };
         let locks = self.txn_locks.lock().unwrap().clone();
-        if let Some(held) = locks.locks().find(|held| held.txn == txn) {
-            if held.spans == lock.spans && held.primary == lock.primary {
+        let current = self.current_revision();
+        let current_revision = u64::try_from(current.0).unwrap_or(0);
+        match frozen_txn::decide_prepare(&locks, &lock, inside, current_revision) {
+            PrepareStep::Lock => {}
+            PrepareStep::Again { revision } => {
                 self.set_applied(index, term);
                 return Ok(pb::TxnPrepared {
-                    revision: i64::try_from(held.revision).expect("revisions below 2^63"),
+                    revision: i64::try_from(revision).expect("revisions below 2^63"),
                     index: index.0,
                 });
             }
-            return Err(MvccError::Locked);
-        }
-        if !locks.is_empty() {
-            return Err(MvccError::Locked);
-        }
-        let current = self.current_revision();
-        if revision <= current {
-            return Err(MvccError::StaleRevision {
-                given: revision,
-                current,
-            });
+            PrepareStep::Refused(PrepareRefusal::OutsideSpan) => {
+                return Err(MvccError::WrongRange {
+                    group: self.group().0,
+                })
+            }
+            PrepareStep::Refused(PrepareRefusal::Locked) => return Err(MvccError::Locked),
+            PrepareStep::Refused(PrepareRefusal::Stale { .. }) => {
+                return Err(MvccError::StaleRevision {
+                    given: revision,
+                    current,
+                })
+            }
         }
         let mut held = (*locks).clone();
         held.prepare(lock.clone(), u64::try_from(current.0).unwrap_or(0))
@@ -124,10 +129,14 @@ impl MvccStore {
             .unwrap()
             .commit(txn, writes.clone());
         match decided {
-            Ok(()) => {
-                let record =
-                    txn_tables::store_outcome(txn, &TxnOutcome::Committed(writes.clone()), false);
-                self.write_locked(index, term, txn, &writes, vec![record]);
+            Ok(recorded) => {
+                // Stored only if recorded now: a copy of the commit applied again (a
+                // proposal retried through the log) must not store a record a pusher
+                // marked finished since as unfinished; memory and disk would disagree.
+                let record = recorded.then(|| {
+                    txn_tables::store_outcome(txn, &TxnOutcome::Committed(writes.clone()), false)
+                });
+                self.write_locked(index, term, txn, &writes, record.into_iter().collect());
                 pb::TxnDecided {
                     committed: true,
                     writes: Some(writes),
@@ -139,7 +148,10 @@ impl MvccStore {
                 pb::TxnDecided::default()
             }
             Err(Decided::Forgotten) => {
-                self.set_applied(index, term);
+                // Below the horizon it can never commit: its lock here goes now, as an
+                // abort answered by the horizon releases it (the coordinator releases
+                // the other ranges'), rather than freeze the range until a pusher comes.
+                self.release_lock(index, term, txn, Vec::new(), Revision(0));
                 pb::TxnDecided {
                     forgotten: true,
                     ..Default::default()
@@ -303,16 +315,18 @@ impl MvccStore {
         mut local_changes: Vec<LocalChange>,
     ) -> bool {
         let locks = self.txn_locks.lock().unwrap().clone();
-        let Some(lock) = locks.locks().find(|held| held.txn == txn).cloned() else {
+        let revision = Revision(writes.revision);
+        let txn_revision = u64::try_from(revision.0).unwrap_or(0);
+        let step = frozen_txn::decide_part(&locks, txn, txn_revision);
+        if step == PartStep::NotHeld {
             self.write_txn()
                 .commit_with(index, term, local_changes, None);
             return false;
-        };
+        }
         let mut remaining = (*locks).clone();
-        remaining.release(txn);
+        let lock = remaining.release(txn).expect("decided on a lock held");
         local_changes.push(txn_tables::forget_lock(txn));
-        let revision = Revision(writes.revision);
-        if lock.revision > u64::try_from(revision.0).unwrap_or(0) {
+        if step == PartStep::ForgetLateLock {
             // A lock above the transaction's own revision (the highest of its locks)
             // was taken by a copy of its prepare that applied after its part here was
             // written (a proposal that reached a leader late): only forgotten.
@@ -337,16 +351,10 @@ impl MvccStore {
         }
         // No write changed the range's keys while the lock was held, and the lock's
         // revision was above the range's: so is the transaction's (the highest lock's).
-        let current = self.current_revision();
-        assert!(
-            !write.has_changes() || revision > current,
-            "transaction {txn:?} writes at {revision:?}, not above range {}'s {:?}",
-            self.group().0,
-            current
-        );
-        if !write.has_changes() && revision > current {
-            // The range wrote nothing but was read at the revision (its compares, or
-            // only a lease): no write fetched before it may land at or below it now.
+        // A range that wrote nothing but was read at the revision (its compares, or only
+        // a lease) is raised to it: no write fetched before may land at or below it now.
+        let current = u64::try_from(self.current_revision().0).unwrap_or(0);
+        if frozen_txn::part_raises(write.has_changes(), txn_revision, current) {
             write.raise_revision();
         }
         write.commit_with(index, term, local_changes, Some(remaining));
@@ -369,7 +377,9 @@ impl MvccStore {
             remaining
         });
         let held = released.is_some();
-        let write = if held && raise > self.current_revision() {
+        let current = u64::try_from(self.current_revision().0).unwrap_or(0);
+        let raise_revision = u64::try_from(raise.0).unwrap_or(0);
+        let write = if frozen_txn::release_raises(held, raise_revision, current) {
             let mut write = self.write_txn_at(raise);
             write.raise_revision();
             write
