@@ -1,6 +1,9 @@
 //! Revisions from the oracle for the writes of ranges that split (docs/RANGES.md,
 //! "Revisions from the oracle").
 //!
+//! The rules are the range layer's (`ostrakon_ranges::read_wait`, run by the simulator
+//! too); this module adapts them to the node's requests and answers.
+//!
 //! A write to such a range waits here until the node has timestamps for it: every write
 //! that arrived before a fetch started shares that fetch (one request to the oracle for
 //! all of them, whatever their ranges), so a write acknowledged before another began
@@ -19,6 +22,7 @@
 
 use ostrakon_proto::peer::WriteRequest;
 use ostrakon_raft::{GroupId, Term};
+use ostrakon_ranges::read_wait::{Failed, RevisionFetcher as Fetcher, Stamped};
 use ostrakon_ranges::TimestampRange;
 
 use crate::error::NodeError;
@@ -57,83 +61,55 @@ pub struct WaitingFreshRead {
     pub term: Term,
 }
 
-/// The writes the fetch in flight is for.
-struct InFlight {
-    number: u64,
-    writes: Vec<WaitingWrite>,
-    reads: Vec<WaitingFreshRead>,
+impl Stamped for WaitingWrite {
+    fn stamp(&mut self, revision: u64) {
+        self.write.revision = i64::try_from(revision).expect("timestamps stay below 2^63");
+    }
 }
 
-/// The writes waiting for revisions, and the fetch in flight.
-#[derive(Default)]
-pub struct RevisionFetcher {
-    waiting: Vec<WaitingWrite>,
-    /// Fresh reads waiting for the next fetch.
-    waiting_reads: Vec<WaitingFreshRead>,
-    in_flight: Option<InFlight>,
-    next_fetch: u64,
-    /// Barriers waiting for the fetch in flight.
-    barriers: Vec<WaitingBarrier>,
-    /// Fresh reads the last answered fetch released, with their revision.
-    released_reads: Vec<(WaitingFreshRead, u64)>,
+/// The writes waiting for revisions, and the fetch in flight: the range layer's rules
+/// (`ostrakon_ranges::read_wait`), answering with the node's errors what they hand back.
+pub struct RevisionFetcher(Fetcher<WaitingWrite, WaitingBarrier, WaitingFreshRead>);
+
+impl Default for RevisionFetcher {
+    fn default() -> Self {
+        RevisionFetcher(Fetcher::new(TIMESTAMPS_PER_REQUEST_MAX))
+    }
 }
 
 impl RevisionFetcher {
     /// A read barrier: returned at once if no fetch is in flight, else kept until it is
     /// answered (`granted` hands it back).
     pub fn barrier(&mut self, barrier: WaitingBarrier) -> Option<WaitingBarrier> {
-        if self.in_flight.is_none() {
-            return Some(barrier);
-        }
-        self.barriers.push(barrier);
-        None
+        self.0.barrier(barrier)
     }
 
     /// The barriers the last answered fetch released (call after `granted`, once its
     /// writes are proposed).
     pub fn released_barriers(&mut self) -> Vec<WaitingBarrier> {
-        assert!(
-            self.in_flight.is_none() || self.barriers.is_empty(),
-            "barriers released while their fetch is in flight"
-        );
-        std::mem::take(&mut self.barriers)
+        self.0.released_barriers()
     }
 
     /// Queues a write until the next fetch is granted.
     pub fn wait(&mut self, waiting: WaitingWrite) {
-        self.waiting.push(waiting);
+        self.0.wait(waiting);
     }
 
     /// Queues a fresh read until the next fetch is granted.
     pub fn wait_fresh(&mut self, read: WaitingFreshRead) {
-        self.waiting_reads.push(read);
+        self.0.wait_fresh(read);
     }
 
     /// The fresh reads the last answered fetch released, with their revision (call after
     /// `granted`, once its writes are proposed).
     pub fn released_fresh_reads(&mut self) -> Vec<(WaitingFreshRead, u64)> {
-        std::mem::take(&mut self.released_reads)
+        self.0.released_fresh_reads()
     }
 
-    /// If no fetch is in flight and writes or fresh reads wait: starts one for them (at
-    /// most `TIMESTAMPS_PER_REQUEST_MAX` timestamps: one per write, and one the reads
-    /// share), returning its number and how many timestamps it needs.
+    /// If no fetch is in flight and writes or fresh reads wait: starts one for them,
+    /// returning its number and how many timestamps it needs.
     pub fn start(&mut self) -> Option<(u64, u64)> {
-        if self.in_flight.is_some() || (self.waiting.is_empty() && self.waiting_reads.is_empty()) {
-            return None;
-        }
-        let for_reads = u64::from(!self.waiting_reads.is_empty());
-        let room = (TIMESTAMPS_PER_REQUEST_MAX - for_reads) as usize;
-        let count = self.waiting.len().min(room);
-        let rest = self.waiting.split_off(count);
-        let writes = std::mem::replace(&mut self.waiting, rest);
-        self.next_fetch += 1;
-        self.in_flight = Some(InFlight {
-            number: self.next_fetch,
-            writes,
-            reads: std::mem::take(&mut self.waiting_reads),
-        });
-        Some((self.next_fetch, count as u64 + for_reads))
+        self.0.start()
     }
 
     /// The oracle's answer to fetch `fetch`: the writes with their revisions, in
@@ -144,44 +120,14 @@ impl RevisionFetcher {
         fetch: u64,
         granted: Result<TimestampRange, NodeError>,
     ) -> Vec<WaitingWrite> {
-        let Some(InFlight {
-            number,
-            writes,
-            reads,
-        }) = self.in_flight.take()
-        else {
-            panic!("revisions granted for fetch {fetch} with none in flight");
+        let (range, error) = match granted {
+            Ok(range) => (Some(range), None),
+            Err(error) => (None, Some(error)),
         };
-        assert_eq!(number, fetch, "the answer of another fetch");
-        assert!(
-            self.released_reads.is_empty(),
-            "fresh reads left unreleased"
-        );
-        match granted {
-            Ok(range) => {
-                assert_eq!(
-                    range.count,
-                    writes.len() as u64 + u64::from(!reads.is_empty()),
-                    "the oracle granted another count"
-                );
-                // The reads take the last timestamp: above every write of the fetch.
-                let read_revision = range.first.plus(range.count - 1).0;
-                self.released_reads = reads
-                    .into_iter()
-                    .map(|read| (read, read_revision))
-                    .collect();
-                writes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, mut waiting)| {
-                        let revision = range.first.plus(i as u64).0;
-                        waiting.write.revision =
-                            i64::try_from(revision).expect("timestamps stay below 2^63");
-                        waiting
-                    })
-                    .collect()
-            }
-            Err(error) => {
+        match self.0.granted(fetch, range) {
+            Ok(writes) => writes,
+            Err(Failed { writes, reads }) => {
+                let error = error.expect("a fetch fails with an error");
                 for waiting in writes {
                     let _ = waiting.respond.send(Err(error.clone()));
                 }
@@ -195,18 +141,14 @@ impl RevisionFetcher {
 
     /// Fails every waiting write (on shutdown).
     pub fn fail_all(&mut self, error: NodeError) {
-        let (writes, reads) = match self.in_flight.take() {
-            Some(in_flight) => (in_flight.writes, in_flight.reads),
-            None => (Vec::new(), Vec::new()),
-        };
-        for waiting in self.waiting.drain(..).chain(writes) {
+        let drained = self.0.drain();
+        for waiting in drained.writes {
             let _ = waiting.respond.send(Err(error.clone()));
         }
-        let released = self.released_reads.drain(..).map(|(read, _)| read);
-        for read in self.waiting_reads.drain(..).chain(reads).chain(released) {
+        for read in drained.reads {
             let _ = read.respond.send(Err(error.clone()));
         }
-        for barrier in self.barriers.drain(..) {
+        for barrier in drained.barriers {
             let _ = barrier.respond.send(Err(error.clone()));
         }
     }

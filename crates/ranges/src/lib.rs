@@ -13,6 +13,8 @@
 //!   range's locks and a primary range's transaction records.
 //! - [`frozen_txn`]: the node's variant of those writes, where a transaction's lock
 //!   freezes its whole range: what each replica decides as their commands apply.
+//! - [`read_wait`]: the writes of a keyspace in ranges waiting for the oracle's
+//!   revisions, one fetch in flight at a time, and the reads that wait for it.
 //! - [`read_floor`]: the revision below which a range's leader takes no more writes,
 //!   raised by every read at a revision.
 //! - [`timestamp`]: the cluster-wide revision as a hybrid timestamp (milliseconds and a
@@ -32,6 +34,7 @@ pub mod leader_balance;
 pub mod merge;
 pub mod oracle;
 pub mod read_floor;
+pub mod read_wait;
 pub mod split;
 pub mod timestamp;
 pub mod txn;
