@@ -66,7 +66,17 @@ pub async fn read_at(
             let answered_here = !store.oracle_revisions()
                 || (!current_from_oracle && requested <= store.current_revision().0);
             if answered_here {
+                let took_oracle_revisions = store.oracle_revisions();
                 match view_of(node, group, intervals, linearizable).await? {
+                    // The wait applied the keyspace's first split (this member lagged):
+                    // the range's own revision may now be below one answered elsewhere
+                    // before this read began. Decided again, from the oracle (found by
+                    // review).
+                    Some(_)
+                        if linearizable && !took_oracle_revisions && store.oracle_revisions() =>
+                    {
+                        continue
+                    }
                     Some(view) => {
                         node.record_read(group, first_key(intervals));
                         return Ok(RoutedRead::One(view));
