@@ -1427,6 +1427,13 @@ impl EventLoop {
                 self.transport
                     .send(std::mem::take(&mut ready.persisted_messages)),
             );
+            if merged_by_snapshot.contains(&group) {
+                // A snapshot of this round took the range in (its replica is destroyed
+                // below): its entries must not write over the span the snapshot
+                // installed, whose versions may since have been compacted (found by
+                // review).
+                ready.committed_entries.clear();
+            }
             let applied_now = !ready.committed_entries.is_empty();
             if applied_now {
                 let apply_started = std::time::Instant::now();
