@@ -45,8 +45,9 @@ fn next_txn_number() -> u64 {
 }
 
 /// A new transaction over `groups`, born at the oracle's time as this member knows it
-/// (`oracle_clock`): with no round trip, a little ahead of the oracle's present, and
-/// compared with its primary's horizon, 10 minutes behind.
+/// (`oracle_clock`), or at this member's wall clock less half the horizon's lag if that
+/// is later (`wall_clock_floor`): with no round trip, and compared with its primary's
+/// horizon, 10 minutes behind.
 pub(crate) fn new_txn(handle: &NodeHandle, groups: &[GroupId]) -> TxnId {
     let born = oracle_clock(handle, groups).max(wall_clock_floor());
     TxnId {
