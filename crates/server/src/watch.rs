@@ -136,6 +136,15 @@ enum Follows {
     Several,
 }
 
+/// Which watchers of several ranges a merge round serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    /// Those a range has applied a revision for (the rounds every 20 ms).
+    Owed,
+    /// Every one: a client asked how far its watchers are.
+    Every,
+}
+
 struct Watcher {
     /// The ranges whose revisions it gets.
     follows: Follows,
@@ -237,7 +246,7 @@ impl WatchStream {
                 },
                 _ = progress.tick() => self.notify_progress().await,
                 _ = split_check.tick() => self.follow_splits().await,
-                _ = merge.tick(), if self.has_merged() => self.serve_merged().await,
+                _ = merge.tick(), if self.has_merged() => self.serve_merged(Round::Owed).await,
                 _ = client_side.closed() => Err(Gone),
             };
             if step.is_err() {
@@ -420,22 +429,7 @@ impl WatchStream {
             }
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Everything up to this revision has been sent to every watcher.
-                let current = self.node.current_revision();
-                let followed: Vec<(Follows, Revision, Bytes, Bytes)> = self
-                    .watchers
-                    .values()
-                    .map(|w| (w.follows, w.next, w.key.clone(), w.range_end.clone()))
-                    .collect();
-                let mut delivered = current;
-                for (follows, next, key, range_end) in followed {
-                    let watcher_delivered = match follows {
-                        Follows::One(group) => {
-                            self.delivered_in(group, next, (&key, &range_end)).await
-                        }
-                        Follows::Several => Revision(next.0 - 1),
-                    };
-                    delivered = delivered.min(watcher_delivered);
-                }
+                let delivered = self.delivered_to_every_watcher().await?;
                 let response = WatchResponse {
                     header: self.header(delivered),
                     watch_id: STREAM_WATCH_ID,
@@ -550,10 +544,12 @@ impl WatchStream {
     }
 
     /// Serves the watchers of keys in several ranges a round (`watch_merge`): if a range
-    /// of theirs has applied a revision one of them is owed, a revision from the oracle,
-    /// every range of theirs caught up to it, and each sent what its ranges' histories
-    /// hold up to it.
-    async fn serve_merged(&mut self) -> Result<(), Gone> {
+    /// of theirs has applied a revision one of them is owed (or for every one of them,
+    /// `Round::Every`), a revision from the oracle, every range of theirs caught up to
+    /// it, and each sent what its ranges' histories hold up to it. A watcher served so
+    /// has been sent everything up to that revision: its `next` moves past it, written
+    /// or not.
+    async fn serve_merged(&mut self, round: Round) -> Result<(), Gone> {
         let ranges = self.node.directory();
         let mut due = Vec::new();
         let mut groups = std::collections::BTreeSet::new();
@@ -583,7 +579,8 @@ impl WatchStream {
             let watcher = self.watchers.get_mut(&id).expect("listed above");
             let pending = watcher.pending.as_mut().expect("a merged watcher");
             pending.from = pending.from.max(from);
-            let owed = !pending.is_empty()
+            let owed = round == Round::Every
+                || !pending.is_empty()
                 || touched.iter().any(|&group| {
                     self.node
                         .store(group)
@@ -1004,6 +1001,36 @@ impl WatchStream {
         }
     }
 
+    /// The revision up to which every watcher of the stream has been sent every event
+    /// (a `ProgressRequest`'s answer). On a keyspace in ranges this reaches the oracle's
+    /// present when no event is on its way: the watchers of several ranges are served a
+    /// round first, and those of one range ask it (`delivered_in`). So a client that read
+    /// at R and waits for progress at R or above (Kubernetes' consistent reads from its
+    /// watch cache) gets it without a write to its keys. With no watcher: the member's
+    /// current revision, as etcd answers.
+    async fn delivered_to_every_watcher(&mut self) -> Result<Revision, Gone> {
+        if self.has_merged() {
+            self.serve_merged(Round::Every).await?;
+        }
+        let followed: Vec<(Follows, Revision, Bytes, Bytes)> = self
+            .watchers
+            .values()
+            .map(|w| (w.follows, w.next, w.key.clone(), w.range_end.clone()))
+            .collect();
+        if followed.is_empty() {
+            return Ok(self.node.current_revision());
+        }
+        let mut delivered = Revision(i64::MAX);
+        for (follows, next, key, range_end) in followed {
+            let watcher_delivered = match follows {
+                Follows::One(group) => self.delivered_in(group, next, (&key, &range_end)).await,
+                Follows::Several => Revision(next.0 - 1),
+            };
+            delivered = delivered.min(watcher_delivered);
+        }
+        Ok(delivered)
+    }
+
     /// Tells every watcher that asked for progress notifications and has nothing pending
     /// how far it is.
     async fn notify_progress(&mut self) -> Result<(), Gone> {
@@ -1013,8 +1040,18 @@ impl WatchStream {
             .filter(|(_, w)| w.progress_notify)
             .map(|(id, w)| (*id, w.follows, w.next, w.key.clone(), w.range_end.clone()))
             .collect();
+        if asking
+            .iter()
+            .any(|(_, follows, ..)| *follows == Follows::Several)
+        {
+            self.serve_merged(Round::Every).await?;
+        }
         let mut due = Vec::with_capacity(asking.len());
-        for (id, follows, next, key, range_end) in asking {
+        for (id, follows, _, key, range_end) in asking {
+            // The watcher's next revision after the round above.
+            let Some(next) = self.watchers.get(&id).map(|w| w.next) else {
+                continue; // canceled by the round (its history compacted)
+            };
             let current = match follows {
                 Follows::One(group) if next > self.store(group).current_revision() => {
                     self.delivered_in(group, next, (&key, &range_end)).await

@@ -57,6 +57,17 @@ pub async fn wait_for_spans(cluster: &TestCluster, spans: &[(&str, &str)]) {
     }
 }
 
+/// Splits the keyspace at "m" and "t" by hand (three data ranges) and waits until every
+/// member holds the three.
+pub async fn split_in_three(cluster: &TestCluster) {
+    for at in ["m", "t"] {
+        let (ok, out, err) =
+            cluster.ostrakon(&["ranges", "split", at, "--endpoint", &cluster.host_port(0)]);
+        assert!(ok, "split at {at} failed: {out} {err}");
+    }
+    wait_for_spans(cluster, &[("", "m"), ("m", "t"), ("t", "")]).await;
+}
+
 /// Splits the keyspace at "m" and waits until every member serves both ranges (on a
 /// keyspace split eagerly, every member has a range starting at "m").
 pub async fn split_at_m(cluster: &TestCluster) {
