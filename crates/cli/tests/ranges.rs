@@ -1864,6 +1864,61 @@ async fn a_range_frozen_by_a_merge_whose_coordinator_died_thaws() {
     assert_eq!(got.kvs()[0].value_str().unwrap(), "x1");
 }
 
+/// A merge whose freeze committed but whose coordinator lost the answer (a timeout, a
+/// leadership change; here a failpoint drops it) thaws the right range at once: a review
+/// found it left frozen until a node found the merge abandoned, 15 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_whose_freeze_answer_is_lost_thaws_at_once() {
+    let cluster = TestCluster::start_with_env(
+        3,
+        &[],
+        &[("OSTRAKON_FAILPOINT_MERGE", "lose-freeze-answer")],
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    common::ranges::split_at_m(&cluster).await;
+    let mut client = cluster.client(0).await;
+    client.put("x", "x0", None).await.unwrap();
+    let fenced = |cluster: &TestCluster| {
+        (0..3).any(|i| {
+            cluster
+                .log(i)
+                .contains("a freeze's answer was lost; fencing the merge off")
+        })
+    };
+    // A merge can also be refused before its freeze (the new range's leadership still
+    // moving, a replica a fsync behind): tried again until one froze.
+    let mut attempts = 0;
+    let answered = loop {
+        attempts += 1;
+        assert!(attempts <= 5, "no merge attempt got as far as the freeze");
+        let (ok, out, _) =
+            cluster.ostrakon(&["ranges", "merge", "m", "--endpoint", &cluster.host_port(0)]);
+        assert!(
+            !ok,
+            "the merge went through with its freeze's answer lost: {out}"
+        );
+        // Fenced off by the coordinator (the fix), or left frozen (the bug).
+        if fenced(&cluster) || (0..3).any(|i| frozen_ranges(&cluster, i) == 1.0) {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    };
+    // Thawed on every member well before 15 s, and the range takes writes.
+    for i in 0..3 {
+        while frozen_ranges(&cluster, i) != 0.0 {
+            assert!(
+                answered.elapsed() < Duration::from_secs(3),
+                "member {i} still holds [m, end) frozen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let put = tokio::time::timeout(Duration::from_secs(3), client.put("x", "x1", None)).await;
+    assert!(matches!(put, Ok(Ok(_))), "[m, end) takes writes: {put:?}");
+    wait_for_spans(&cluster, &[("", "m"), ("m", "")]).await;
+}
+
 /// The ranges member `i` holds frozen for a merge, from its metrics (-1 while it does
 /// not answer).
 fn frozen_ranges(cluster: &TestCluster, i: usize) -> f64 {

@@ -36,6 +36,18 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// (leaders spread) and its last writes may be a fsync away on a member.
 pub(crate) const CAUGHT_UP_BEFORE_FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a coordinator whose freeze went unanswered watches for it to apply here.
+const LOST_FREEZE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether the coordinator drops its freeze's answer (`OSTRAKON_FAILPOINT_MERGE` set to
+/// `lose-freeze-answer`; tests only): as if it timed out while the freeze committed.
+fn loses_freeze_answer() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| {
+        std::env::var("OSTRAKON_FAILPOINT_MERGE").is_ok_and(|value| value == "lose-freeze-answer")
+    })
+}
+
 fn refused(message: impl Into<String>) -> NodeError {
     NodeError::Refused {
         code: tonic::Code::FailedPrecondition as i32,
@@ -101,9 +113,13 @@ pub(crate) async fn merge_here(
     let freeze = Request::FreezeRange(FreezeRange {
         left_range_id: left.0,
     });
-    let frozen = match propose(handle, right, &freeze, 0).await? {
-        WriteOutcome::RangeFrozen(frozen) => frozen,
-        other => return Err(refusal_of(other)),
+    let frozen = match propose(handle, right, &freeze, 0).await {
+        Ok(WriteOutcome::RangeFrozen(_)) if loses_freeze_answer() => {
+            return thaw_if_frozen(handle, left, right, NodeError::Timeout).await;
+        }
+        Ok(WriteOutcome::RangeFrozen(frozen)) => frozen,
+        Ok(other) => return Err(refusal_of(other)),
+        Err(error) => return thaw_if_frozen(handle, left, right, error).await,
     };
     let freeze_index = LogIndex(frozen.freeze_index);
     if frozen.left_range_id != left.0 {
@@ -148,6 +164,41 @@ pub(crate) async fn merge_here(
                 }),
             }
         }
+    }
+}
+
+/// The freeze of `right` for a merge into `left` went unanswered (`error`: a timeout,
+/// a leadership change): it may have committed all the same. If this node's replica
+/// applies it within `LOST_FREEZE_WAIT`, the merge is fenced off and the range thawed
+/// at once, instead of staying frozen until `merge_queue` finds it abandoned (15 s).
+/// The merge still fails (`error`): the merge queue tries it again later.
+async fn thaw_if_frozen(
+    handle: &NodeHandle,
+    left: GroupId,
+    right: GroupId,
+    error: NodeError,
+) -> Result<(), NodeError> {
+    let deadline = tokio::time::Instant::now() + LOST_FREEZE_WAIT;
+    loop {
+        let mark = handle.store(right).ok().and_then(|store| store.frozen());
+        if let Some(mark) = mark.filter(|mark| mark.left == left) {
+            tracing::info!(
+                left = left.0,
+                right = right.0,
+                %error,
+                "a freeze's answer was lost; fencing the merge off"
+            );
+            // Merged all the same: a coordinator on the range's next leader froze it
+            // (this node's lost leadership may be what lost the answer) and went on.
+            return match give_up(handle, left, right, mark.index).await? {
+                true => Ok(()),
+                false => Err(error),
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
     }
 }
 
