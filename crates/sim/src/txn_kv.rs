@@ -291,7 +291,12 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
                 TxnApplied::Committed((*revision, writes.clone()))
             }
             Err(Decided::Aborted) => TxnApplied::Aborted,
-            Err(Decided::Forgotten) => TxnApplied::Forgotten,
+            Err(Decided::Forgotten) => {
+                // Below the horizon it can never commit: its lock here goes now, as the
+                // node's store releases it, rather than wait for a pusher.
+                state.txns.locks.release(*txn);
+                TxnApplied::Forgotten
+            }
             Err(Decided::Committed(other)) => {
                 TxnApplied::Refused(format!("committed already with {other:?}"))
             }
@@ -464,5 +469,22 @@ mod tests {
         assert_eq!(state.txns.records.outcome(txn(3)), None);
         assert_eq!(apply_txn(&mut state, &late), TxnApplied::Forgotten);
         assert_eq!(crate::kv::value_at(&state.versions, 1, 8), Some(10));
+        // A late prepare of one born below the horizon locks; its commit, answered
+        // forgotten, releases the lock (as the node's store does).
+        assert!(matches!(
+            apply_txn(&mut state, &prepare(2, 9)),
+            TxnApplied::Prepared(_)
+        ));
+        let commit = TxnCommand::Commit {
+            txn: txn(2),
+            revision: 9,
+            writes: vec![(1, 77)],
+        };
+        assert_eq!(apply_txn(&mut state, &commit), TxnApplied::Forgotten);
+        assert!(
+            state.txns.locks.is_empty(),
+            "the forgotten commit's lock stays"
+        );
+        assert_eq!(crate::kv::value_at(&state.versions, 1, 9), Some(10));
     }
 }
