@@ -8,6 +8,12 @@
 # Interleaving is what makes the ratio mean something on this shared machine: compare
 # the two builds' medians, never figures of different runs.
 #   bash scripts/bench-builds-side-by-side.sh BINARY_A BINARY_B [ROUNDS] [TOTAL]
+# With SPLITS_B (keys, space-separated), cluster B's keyspace is split at them first: one
+# build against itself measures what a split keyspace costs single-range work
+# (issue 14's "within 10 % of one group"):
+#   SPLITS_B="b0005" bash scripts/bench-builds-side-by-side.sh target/release/ostrakon target/release/ostrakon
+# FLAGS_A and FLAGS_B go to every member of A's and B's cluster (FLAGS_A="--range-split-qps 0"
+# keeps A's keyspace whole: no split by load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin_a=$1
@@ -17,10 +23,15 @@ total=${4:-20000}
 source scripts/lib/ostrakon-cluster.sh
 dir_a=$(mktemp -d /tmp/ostrakon-a.XXXX)
 dir_b=$(mktemp -d /tmp/ostrakon-b.XXXX)
-start_ostrakon_cluster "$bin_a" "$dir_a" 2379
+# shellcheck disable=SC2086 # FLAGS_A and FLAGS_B are lists of flags
+start_ostrakon_cluster "$bin_a" "$dir_a" 2379 ${FLAGS_A:-}
 pids_a=("${ostrakon_pids[@]}")
-start_ostrakon_cluster "$bin_b" "$dir_b" 3379
+# shellcheck disable=SC2086
+start_ostrakon_cluster "$bin_b" "$dir_b" 3379 ${FLAGS_B:-}
 pids_b=("${ostrakon_pids[@]}")
+for key in ${SPLITS_B:-}; do
+  "$bin_b" ranges split "$key" --endpoint 127.0.0.1:3379
+done
 trap 'kill "${pids_a[@]}" "${pids_b[@]}" 2>/dev/null; wait; rm -rf "$dir_a" "$dir_b"' EXIT
 endpoints_a=127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579
 endpoints_b=127.0.0.1:3379,127.0.0.1:3479,127.0.0.1:3579

@@ -11,6 +11,7 @@
 #   bash scripts/flamegraph.sh put                  # docs/flamegraphs/put.svg
 #   bash scripts/flamegraph.sh get
 #   BIN=/tmp/ostrakon-old NAME=put-before bash scripts/flamegraph.sh put
+#   SPLITS="b0005" NAME=put-split bash scripts/flamegraph.sh put   # keyspace split first
 # Needs perf (Debian: linux-perf) and permission to sample (root, or
 # kernel.perf_event_paranoid <= 1).
 set -euo pipefail
@@ -18,6 +19,8 @@ cd "$(dirname "$0")/.."
 WORKLOAD=${1:-put}
 NAME=${NAME:-$WORKLOAD}
 CLIENTS=${CLIENTS:-64}
+SPLITS=${SPLITS:-}
+FLAGS=${FLAGS:-} # to every member, e.g. FLAGS="--range-split-qps 0": no split by load
 command -v perf >/dev/null || { echo "perf not found (Debian: apt-get install linux-perf)" >&2; exit 1; }
 source scripts/lib/ostrakon-cluster.sh
 release_binary_unless_given
@@ -26,7 +29,8 @@ if [ ! -x "$tools/bin/inferno-flamegraph" ]; then
   cargo install --locked inferno --version 0.12.8 --root "$tools"
 fi
 dir=$(mktemp -d /tmp/ostrakon-flame.XXXX)
-start_ostrakon_cluster "$BIN" "$dir"
+# shellcheck disable=SC2086 # FLAGS is a list of flags
+start_ostrakon_cluster "$BIN" "$dir" 2379 $FLAGS
 cleanup() {
   kill "${ostrakon_pids[@]}" 2>/dev/null || true
   for _ in $(seq 1 50); do
@@ -38,6 +42,9 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
+for key in $SPLITS; do
+  "$BIN" ranges split "$key" --endpoint 127.0.0.1:2379
+done
 endpoints="127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579"
 bench() {
   "$BIN" bench --endpoints "$endpoints" --workload "$WORKLOAD" --clients "$CLIENTS" \
