@@ -8,7 +8,8 @@
 # Interleaving is what makes the ratio mean something on this shared machine: compare
 # the two builds' medians, never figures of different runs.
 #   bash scripts/bench-builds-side-by-side.sh BINARY_A BINARY_B [ROUNDS] [TOTAL]
-# With SPLITS_B (keys, space-separated), cluster B's keyspace is split at them first: one
+# With SPLITS_A or SPLITS_B (keys, space-separated), that cluster's keyspace is split at
+# them first. SPLITS_B alone: one
 # build against itself measures what a split keyspace costs single-range work
 # (issue 14's "within 10 % of one group"):
 #   SPLITS_B="b0005" bash scripts/bench-builds-side-by-side.sh target/release/ostrakon target/release/ostrakon
@@ -26,6 +27,9 @@ dir_b=$(mktemp -d /tmp/ostrakon-b.XXXX)
 # shellcheck disable=SC2086 # FLAGS_A and FLAGS_B are lists of flags
 start_ostrakon_cluster "$bin_a" "$dir_a" 2379 ${FLAGS_A:-}
 pids_a=("${ostrakon_pids[@]}")
+for key in ${SPLITS_A:-}; do
+  "$bin_a" ranges split "$key" --endpoint 127.0.0.1:2379
+done
 # shellcheck disable=SC2086
 start_ostrakon_cluster "$bin_b" "$dir_b" 3379 ${FLAGS_B:-}
 pids_b=("${ostrakon_pids[@]}")
