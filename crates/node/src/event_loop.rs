@@ -10,6 +10,7 @@ use ostrakon_raft::{
     ConfChange, Config, GroupId, InitialState, LogIndex, MessageBody, NodeId, RawNode, Ready, Role,
     SnapshotMeta,
 };
+use ostrakon_ranges::read_wait::{grant_step, GrantStep};
 use ostrakon_storage::mvcc::MemberChange;
 use ostrakon_storage::mvcc::MvccStore;
 use ostrakon_storage::snapshot;
@@ -1111,29 +1112,28 @@ impl EventLoop {
             },
             Input::RevisionsGranted { fetch, granted } => {
                 for waiting in self.revisions.granted(fetch, granted) {
-                    match self.replicas.get_mut(&waiting.group) {
-                        // Only the leadership that fetched the revision proposes it: a
-                        // read barrier on a later leader did not wait for this fetch.
-                        Some(replica)
-                            if replica.node.role() == Role::Leader
-                                && replica.node.term() == waiting.term =>
-                        {
+                    let Some(replica) = self.replicas.get_mut(&waiting.group) else {
+                        drop(waiting.respond.send(Err(NodeError::UnknownGroup)));
+                        continue;
+                    };
+                    let leading_in =
+                        (replica.node.role() == Role::Leader).then(|| replica.node.term());
+                    match grant_step(leading_in, waiting.term) {
+                        GrantStep::Propose => {
                             replica.propose(waiting.write, waiting.respond);
                             self.dirty.insert(waiting.group);
                         }
-                        // Leading again, in a later term: a new revision, fetched now.
-                        Some(replica) if replica.node.role() == Role::Leader => {
+                        GrantStep::FetchAgain => {
                             let mut waiting = waiting;
                             waiting.term = replica.node.term();
                             waiting.write.revision = 0;
                             self.revisions.wait(waiting);
                         }
-                        Some(replica) => drop(
+                        GrantStep::NotLeader => drop(
                             waiting
                                 .respond
                                 .send(Err(NodeError::NotLeader(replica.node.leader()))),
                         ),
-                        None => drop(waiting.respond.send(Err(NodeError::UnknownGroup))),
                     }
                 }
                 for barrier in self.revisions.released_barriers() {

@@ -115,6 +115,22 @@ pub fn txn_revision(prepared: impl IntoIterator<Item = u64>) -> u64 {
         .expect("a transaction prepared in a range at least")
 }
 
+/// [`txn_revision`], or with [`crate::RangeBug::TxnTakesLowestPrepare`] planted the lowest of the
+/// prepares' revisions (for the simulator, which runs the coordinator's choice).
+#[cfg(feature = "planted-bugs")]
+pub fn txn_revision_with_bug(
+    prepared: impl IntoIterator<Item = u64>,
+    bug: Option<crate::split::RangeBug>,
+) -> u64 {
+    if bug == Some(crate::split::RangeBug::TxnTakesLowestPrepare) {
+        return prepared
+            .into_iter()
+            .min()
+            .expect("a transaction prepared in a range at least");
+    }
+    txn_revision(prepared)
+}
+
 /// What a range does with a committed transaction's part (a commit at the primary, a
 /// resolve elsewhere) written at `txn_revision`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,5 +282,13 @@ mod tests {
         assert!(release_raises(true, 12, 8));
         assert!(!release_raises(false, 12, 8));
         assert!(!release_raises(true, 8, 8));
+    }
+
+    #[test]
+    fn a_transaction_takes_its_highest_prepare_unless_the_bug_is_planted() {
+        assert_eq!(txn_revision([7, 12, 9]), 12);
+        assert_eq!(txn_revision_with_bug([7, 12, 9], None), 12);
+        let bug = Some(crate::RangeBug::TxnTakesLowestPrepare);
+        assert_eq!(txn_revision_with_bug([7, 12, 9], bug), 7);
     }
 }

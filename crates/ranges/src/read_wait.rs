@@ -21,6 +21,33 @@
 //!   carry a higher revision than the read's.
 
 use crate::timestamp::TimestampRange;
+use ostrakon_raft::Term;
+
+/// What a range's replica does with a write once the fetch its leader started for it is
+/// granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantStep {
+    /// It still leads in the term that fetched: propose the write at its revision.
+    Propose,
+    /// It leads again, in a later term: a read barrier of that leadership did not wait
+    /// for this fetch, so the write takes a new revision, fetched now.
+    FetchAgain,
+    /// It no longer leads: the write was never proposed (the client may retry).
+    NotLeader,
+}
+
+/// The grant's leadership check: `leading_in` is the term the replica leads in now (None
+/// if it does not lead), `fetched_in` the term its leader fetched the revision in.
+pub fn grant_step(leading_in: Option<Term>, fetched_in: Term) -> GrantStep {
+    match leading_in {
+        Some(term) if term == fetched_in => GrantStep::Propose,
+        Some(term) => {
+            assert!(term > fetched_in, "a leader's term went back");
+            GrantStep::FetchAgain
+        }
+        None => GrantStep::NotLeader,
+    }
+}
 
 /// A write that takes a revision.
 pub trait Stamped {
@@ -70,6 +97,8 @@ pub struct RevisionFetcher<W, B, R> {
     barriers: Vec<B>,
     /// Fresh reads the last answered fetch released, with their revision.
     released_reads: Vec<(R, u64)>,
+    #[cfg(feature = "planted-bugs")]
+    bug: Option<crate::RangeBug>,
 }
 
 impl<W: Stamped, B, R> RevisionFetcher<W, B, R> {
@@ -87,6 +116,17 @@ impl<W: Stamped, B, R> RevisionFetcher<W, B, R> {
             next_fetch: 0,
             barriers: Vec::new(),
             released_reads: Vec::new(),
+            #[cfg(feature = "planted-bugs")]
+            bug: None,
+        }
+    }
+
+    /// A fetcher with a bug planted.
+    #[cfg(feature = "planted-bugs")]
+    pub fn with_bug(timestamps_per_fetch_max: u64, bug: Option<crate::RangeBug>) -> Self {
+        RevisionFetcher {
+            bug,
+            ..Self::new(timestamps_per_fetch_max)
         }
     }
 
@@ -94,6 +134,10 @@ impl<W: Stamped, B, R> RevisionFetcher<W, B, R> {
     /// fetch is answered (`released_barriers` hands it back).
     pub fn barrier(&mut self, barrier: B) -> Option<B> {
         if self.in_flight.is_none() {
+            return Some(barrier);
+        }
+        #[cfg(feature = "planted-bugs")]
+        if self.bug == Some(crate::RangeBug::BarrierSkipsFetchInFlight) {
             return Some(barrier);
         }
         self.barriers.push(barrier);
@@ -295,6 +339,21 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(fetcher.released_fresh_reads(), vec![("late read", first.0)]);
+    }
+
+    #[test]
+    fn only_the_leadership_that_fetched_proposes() {
+        assert_eq!(grant_step(Some(Term(3)), Term(3)), GrantStep::Propose);
+        assert_eq!(grant_step(Some(Term(4)), Term(3)), GrantStep::FetchAgain);
+        assert_eq!(grant_step(None, Term(3)), GrantStep::NotLeader);
+    }
+
+    #[test]
+    fn the_planted_bug_lets_a_barrier_pass_the_fetch_in_flight() {
+        let mut fetcher = Fetcher::with_bug(16, Some(crate::RangeBug::BarrierSkipsFetchInFlight));
+        fetcher.wait(Write(1, None));
+        fetcher.start().unwrap();
+        assert_eq!(fetcher.barrier("passes"), Some("passes"));
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub enum RangeBug {
     /// arriving late, after the transaction was aborted and its record forgotten,
     /// commits a transaction whose other parts were released.
     HorizonForgetsOnly,
+    /// A transaction across ranges under whole-range locks takes the lowest of its
+    /// prepares' revisions instead of the highest (`frozen_txn::txn_revision`): a range
+    /// whose lock is above it writes the part below a revision it already served.
+    TxnTakesLowestPrepare,
+    /// A read at a revision does not wait for the revision fetch in flight when it
+    /// arrived (`read_wait::RevisionFetcher::barrier`): a write that fetch stamps at or
+    /// below the read's revision is proposed after the read was served without it.
+    BarrierSkipsFetchInFlight,
 }
 
 /// What a split command asks.
