@@ -60,7 +60,8 @@ pub enum RangeBug {
     HorizonForgetsOnly,
     /// A transaction across ranges under whole-range locks takes the lowest of its
     /// prepares' revisions instead of the highest (`frozen_txn::txn_revision`): a range
-    /// whose lock is above it writes the part below a revision it already served.
+    /// whose lock is above it takes its part for a late prepare's and drops it
+    /// (`frozen_txn::decide_part`), so the transaction commits in part.
     TxnTakesLowestPrepare,
     /// A read at a revision does not wait for the revision fetch in flight when it
     /// arrived (`read_wait::RevisionFetcher::barrier`): a write that fetch stamps at or

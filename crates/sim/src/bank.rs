@@ -28,8 +28,10 @@ use crate::events::{Event, Reply};
 use crate::invariants::Violation;
 use crate::node::Request;
 use crate::requests::route_in;
+use crate::scenario::TxnProtocol;
 use crate::simulation::{trace, Simulation, META};
 use crate::txn_kv::{TxnApplied, TxnCommand, Writes};
+use ostrakon_ranges::frozen_txn;
 
 /// Every account's balance before any transfer.
 pub(crate) const INITIAL_BALANCE: u64 = 100;
@@ -79,6 +81,9 @@ pub(crate) enum TransferEnd {
     Unknown,
 }
 
+/// A range's answer to a prepare: the revision it prepared at, and the balances.
+type PreparedPart = (u64, Vec<(u64, Option<u64>)>);
+
 /// A transfer in flight.
 pub struct Transfer {
     txn: TxnId,
@@ -89,8 +94,8 @@ pub struct Transfer {
     /// Each participant range and the accounts it holds.
     participants: BTreeMap<GroupId, Vec<u64>>,
     primary: GroupId,
-    /// The balances each prepared range answered.
-    prepared: BTreeMap<GroupId, Vec<(u64, Option<u64>)>>,
+    /// The balances each prepared range answered, with the revision it prepared at.
+    prepared: BTreeMap<GroupId, PreparedPart>,
     /// Requests in flight: number → range.
     waiting: BTreeMap<u64, GroupId>,
     committing: bool,
@@ -265,20 +270,40 @@ impl Simulation {
             _ => {}
         }
         let transfer = self.bank_clients[index].transfer.as_mut().expect("above");
-        match (transfer.revision, reply) {
-            (None, Reply::Timestamps(grant)) => {
-                transfer.revision = Some(grant.first);
-                // Born at its revision: every command of it carries that.
+        let whole_range = self.scenario.txn_protocol == TxnProtocol::WholeRange;
+        let born = transfer.txn.born != 0;
+        match (born, reply) {
+            (false, Reply::Timestamps(grant)) => {
+                // Born at the timestamp: every command of it carries that. Under key
+                // locks it is the transaction's revision too; under whole-range locks
+                // the revision is the highest its ranges' leaders fetch for the prepares.
                 transfer.txn.born = grant.first;
+                if !whole_range {
+                    transfer.revision = Some(grant.first);
+                }
                 self.prepare_transfer(index);
             }
-            (Some(_), Reply::Txn(TxnApplied::Prepared(values))) if !transfer.committing => {
-                transfer.prepared.insert(group, values);
+            (true, Reply::Txn(TxnApplied::Prepared { revision, values }))
+                if !transfer.committing =>
+            {
+                transfer.prepared.insert(group, (revision, values));
                 if transfer.prepared.len() == transfer.participants.len() {
+                    if whole_range {
+                        let prepared = transfer.prepared.values().map(|(revision, _)| *revision);
+                        let bug = self.scenario.bug.and_then(crate::scenario::Bug::range);
+                        let revision = frozen_txn::txn_revision_with_bug(prepared, bug);
+                        trace!(
+                            self,
+                            "bank client {index} {:?} takes revision {revision}",
+                            transfer.txn
+                        );
+                        let transfer = self.bank_clients[index].transfer.as_mut().expect("above");
+                        transfer.revision = Some(revision);
+                    }
                     self.commit_transfer(index);
                 }
             }
-            (Some(_), Reply::Txn(TxnApplied::Committed(_))) if transfer.committing => {
+            (true, Reply::Txn(TxnApplied::Committed(_))) if transfer.committing => {
                 let transfer = self.bank_clients[index].transfer.as_ref().expect("above");
                 let (txn, revision) = (transfer.txn, transfer.revision.expect("set"));
                 let writes = self.transfer_writes(index);
@@ -300,7 +325,7 @@ impl Simulation {
                 }
                 self.end_transfer(index, TransferEnd::Committed);
             }
-            (Some(_), Reply::Txn(TxnApplied::Aborted)) if transfer.committing => {
+            (true, Reply::Txn(TxnApplied::Aborted)) if transfer.committing => {
                 // Someone found its locks stale and aborted it first, or its own abort
                 // did after its commit failed.
                 if transfer.asking_outcome {
@@ -311,7 +336,7 @@ impl Simulation {
                 }
                 self.end_transfer(index, TransferEnd::Aborted);
             }
-            (Some(_), Reply::Txn(TxnApplied::Forgotten)) if transfer.committing => {
+            (true, Reply::Txn(TxnApplied::Forgotten)) if transfer.committing => {
                 // Born below its primary's horizon with no record there: it can no
                 // longer commit, but whether it did is not known (its locks go).
                 let txn = transfer.txn;
@@ -368,7 +393,8 @@ impl Simulation {
     fn send_prepares(&mut self, index: usize) {
         let state = &mut self.bank_clients[index];
         let transfer = state.transfer.as_mut().expect("a transfer");
-        let revision = transfer.revision.expect("a revision");
+        // Under whole-range locks each range's leader stamps its prepare's revision.
+        let revision = transfer.revision.unwrap_or(0);
         for account in [transfer.from, transfer.to] {
             let group = route_in(&state.directory, account);
             transfer
@@ -403,7 +429,7 @@ impl Simulation {
             transfer
                 .prepared
                 .values()
-                .flatten()
+                .flat_map(|(_, values)| values)
                 .find(|(key, _)| *key == account)
                 .and_then(|(_, value)| *value)
                 .unwrap_or(INITIAL_BALANCE)
@@ -531,11 +557,7 @@ impl Simulation {
             self.replica(id, group).pushes.insert(txn, number);
             let primary = self.live_range(id, primary.group());
             self.push_requests.insert(number, (id, group, txn, primary));
-            let hint = self
-                .replica_ref(id, primary)
-                .map(|r| r.raw.leader())
-                .unwrap_or(NodeId::NONE);
-            let target = self.pick_node(primary, hint, true);
+            let target = self.pick_node_as_known_on(id, primary);
             trace!(
                 self,
                 "{id:?} {group:?} pushes {txn:?} at {target:?} {primary:?}"

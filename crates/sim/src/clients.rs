@@ -20,6 +20,9 @@ pub const PUSH_REQUEST_BASE: u64 = 1 << 41;
 /// From here on, pushers' requests that finish committed transactions (`id -
 /// FINISH_REQUEST_BASE` numbers them).
 pub const FINISH_REQUEST_BASE: u64 = 1 << 42;
+/// From here on, a node's fetches of revisions for its range leaders' writes
+/// (`id - REVISION_FETCH_BASE` numbers them).
+pub const REVISION_FETCH_BASE: u64 = 1 << 43;
 /// From here on, scanning clients (`id - SCAN_CLIENT_BASE` indexes them; only their
 /// next-operation events carry these ids).
 pub const SCAN_CLIENT_BASE: u64 = 1 << 36;

@@ -26,6 +26,7 @@ mod nemesis;
 pub mod node;
 mod read_floors;
 mod requests;
+mod revision_fetches;
 pub mod rng;
 pub mod runner;
 mod scans;

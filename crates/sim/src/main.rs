@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use ostrakon_raft::PlantedBug;
 use ostrakon_ranges::{OracleBug, RangeBug};
-use ostrakon_sim::runner::{run_seed, run_seeds};
-use ostrakon_sim::scenario::Bug;
+use ostrakon_sim::runner::{run_seed_with, run_seeds_with};
+use ostrakon_sim::scenario::{Bug, TxnProtocol};
 
 /// Runs the deterministic raft simulator over a range of seeds.
 #[derive(Parser, Debug)]
@@ -25,9 +25,15 @@ struct Args {
     /// move-leaders-one-apart (leader spreading); read-leaves-floor,
     /// new-leader-skips-floor (reads at a revision); read-ignores-pending-lock
     /// (transactions across ranges); watch-releases-early (watches across ranges);
-    /// merge-skips-freeze-wait (merges), horizon-forgets-only (transaction records).
+    /// merge-skips-freeze-wait (merges), horizon-forgets-only (transaction records);
+    /// txn-takes-lowest-prepare, barrier-skips-fetch-in-flight (the node's transaction
+    /// variant).
     #[arg(long)]
     bug: Option<String>,
+    /// Run every seed's transactions under one protocol: key-locks or whole-range (the
+    /// node's). By default each seed draws one.
+    #[arg(long)]
+    protocol: Option<String>,
     /// Print a JSON summary as the last line.
     #[arg(long)]
     json: bool,
@@ -64,6 +70,8 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "watch-releases-early" => RangeBug::WatchReleasesEarly.into(),
         "merge-skips-freeze-wait" => RangeBug::MergeSkipsFreezeWait.into(),
         "horizon-forgets-only" => RangeBug::HorizonForgetsOnly.into(),
+        "txn-takes-lowest-prepare" => RangeBug::TxnTakesLowestPrepare.into(),
+        "barrier-skips-fetch-in-flight" => RangeBug::BarrierSkipsFetchInFlight.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
@@ -72,14 +80,32 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
                  oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
                  move-leaders-hotter-than-gap, \
                  read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
-                 watch-releases-early, merge-skips-freeze-wait, horizon-forgets-only"
+                 watch-releases-early, merge-skips-freeze-wait, horizon-forgets-only, \
+                 txn-takes-lowest-prepare, barrier-skips-fetch-in-flight"
             ))
         }
     })
 }
 
+fn parse_protocol(name: &str) -> Result<TxnProtocol, String> {
+    match name {
+        "key-locks" => Ok(TxnProtocol::KeyLocks),
+        "whole-range" => Ok(TxnProtocol::WholeRange),
+        other => Err(format!(
+            "unknown protocol '{other}'; expected key-locks or whole-range"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let protocol = match args.protocol.as_deref().map(parse_protocol).transpose() {
+        Ok(protocol) => protocol,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let bug = match args.bug.as_deref().map(parse_bug).transpose() {
         Ok(bug) => bug,
         Err(message) => {
@@ -96,23 +122,24 @@ fn main() -> ExitCode {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let summary = run_seeds(
+    let summary = run_seeds_with(
         args.start_seed,
         args.seeds,
         bug,
+        protocol,
         threads,
         !args.keep_going,
         args.verbose,
     );
     if args.trace && summary.first_failing_seed != Some(args.start_seed) {
-        let (_, trace) = run_seed(args.start_seed, bug, true);
+        let (_, trace) = run_seed_with(args.start_seed, bug, protocol, true);
         for line in &trace {
             println!("{line}");
         }
     }
     if let Some(seed) = summary.first_failing_seed {
         // Replay the failing seed with a trace: the same seed reproduces the same run.
-        let (report, trace) = run_seed(seed, bug, true);
+        let (report, trace) = run_seed_with(seed, bug, protocol, true);
         println!("--- trace of seed {seed} (last {} lines) ---", trace.len());
         for line in &trace {
             println!("{line}");
@@ -125,16 +152,21 @@ fn main() -> ExitCode {
                 .as_deref()
                 .unwrap_or("(no violation on replay: nondeterminism!)")
         );
-        let bug_flag = args
+        let mut bug_flag = args
             .bug
             .as_deref()
             .map_or(String::new(), |b| format!(" --bug {b}"));
+        if let Some(protocol) = args.protocol.as_deref() {
+            bug_flag.push_str(&format!(" --protocol {protocol}"));
+        }
         println!("replay: cargo run --release -p ostrakon-sim -- --seeds 1 --start-seed {seed}{bug_flag}");
     }
     println!(
         "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
-         ranges, {} records forgotten, {} of them committed) and {} merges ({} given up, {} held by a replica) in {:.1} s",
+         ranges, {} records forgotten, {} of them committed) and {} merges ({} given up, {} held by a replica); \
+         {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
+         leaders, {} reads held for a fetch) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -149,6 +181,10 @@ fn main() -> ExitCode {
         summary.merges,
         summary.merges_given_up,
         summary.merges_held,
+        summary.whole_range_seeds,
+        summary.whole_range_transfers_across,
+        summary.writes_fetched,
+        summary.barriers_held,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

@@ -166,6 +166,12 @@ pub enum Input {
     NodeDown(NodeId),
     /// Node liveness: this node hears from that one again after reporting it down.
     NodeUp(NodeId),
+    /// The oracle granted the revision of a write or prepare this range's leader
+    /// fetched: proposed if the leadership that fetched it still leads.
+    Granted(FetchedWrite),
+    /// A read at a revision held for a fetch in flight, released once the fetch's
+    /// writes were proposed (queued behind them).
+    ReadAt(HeldRead),
     /// A left range's replica here holds a merge whose freeze, at this entry of this
     /// range's log, is committed (the left range committed the merge after it): the
     /// replica may not have heard so from a leader gone since (`RawNode::commit_known`).
@@ -214,6 +220,45 @@ impl Waiting {
         }
     }
 }
+
+/// A write or prepare a range's leader holds until the oracle grants its revision (the
+/// node's variant, `TxnProtocol::WholeRange`).
+#[derive(Clone, Debug)]
+pub struct FetchedWrite {
+    /// The range it goes to.
+    pub group: GroupId,
+    /// A register write or a transaction's prepare.
+    pub request: Request,
+    /// The client waiting for it.
+    pub waiting: Waiting,
+    /// The term of the leadership that fetches its revision.
+    pub term: Term,
+}
+
+impl ostrakon_ranges::read_wait::Stamped for FetchedWrite {
+    fn stamp(&mut self, revision: u64) {
+        match &mut self.request {
+            Request::Write(command) => *command = command.with_revision(revision),
+            Request::Txn(crate::txn_kv::TxnCommand::Prepare { revision: r, .. }) => *r = revision,
+            other => panic!("{other:?} takes no revision"),
+        }
+    }
+}
+
+/// A read at a revision a range's leader holds until the fetch in flight when it
+/// arrived is answered (the node's variant).
+#[derive(Clone, Copy, Debug)]
+pub struct HeldRead {
+    /// The range read.
+    pub group: GroupId,
+    /// Its read index request's id.
+    pub request_id: u64,
+    /// The client waiting for it (with the revision and the watch round, if any).
+    pub waiting: Waiting,
+}
+
+/// The node's revision fetcher: writes, barriers and (none in the simulator) fresh reads.
+pub type Revisions = ostrakon_ranges::read_wait::RevisionFetcher<FetchedWrite, HeldRead, ()>;
 
 /// One range's replica on a running node: its raft group and state machine.
 pub struct Replica {
@@ -285,6 +330,11 @@ pub struct Running {
     /// Since when (as its looks saw) it leads each range it leads: its rate of a range
     /// it just took ramps up over the runtime's 10 s window.
     pub led_since_us: BTreeMap<GroupId, u64>,
+    /// The revisions its range leaders fetch for their writes (the node's variant).
+    pub revisions: Revisions,
+    /// Its fetch in flight to the oracle, if any: the request's number and the
+    /// fetcher's number of the fetch.
+    pub fetch_request: Option<(u64, u64)>,
 }
 
 /// A simulated machine.

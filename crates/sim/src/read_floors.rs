@@ -19,7 +19,9 @@ impl Simulation {
         // Nobody needs a floor once the clients stopped and no read at a revision is
         // left (the checks at the end then see no oracle bound proposed for it).
         let reads_left = self.scan_clients.iter().any(|c| c.scan.is_some());
-        if group == META || (self.clients_stopped && !reads_left) {
+        // The node's variant has no floors: reads wait for the fetch in flight instead.
+        let whole_range = self.scenario.txn_protocol == crate::scenario::TxnProtocol::WholeRange;
+        if group == META || whole_range || (self.clients_stopped && !reads_left) {
             return;
         }
         let replica = self.replica(id, group);
@@ -35,12 +37,7 @@ impl Simulation {
         self.next_internal_request += 1;
         self.replica(id, group).floor_fetch = Some(number);
         self.floor_fetches.insert(number, (id, group, term));
-        // Its own replica of the meta range knows who leads it, if anyone does.
-        let hint = self
-            .replica_ref(id, META)
-            .map(|meta| meta.raw.leader())
-            .unwrap_or(NodeId::NONE);
-        let target = self.pick_node(META, hint, true);
+        let target = self.pick_node_as_known_on(id, META);
         trace!(
             self,
             "{id:?} {group:?} asks {target:?} for its read floor in {term:?}"

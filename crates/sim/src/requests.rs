@@ -9,8 +9,11 @@ use ostrakon_ranges::read_floor::FloorRefused;
 
 use crate::events::{Event, Reply};
 use crate::kv::{routing_key, Command};
-use crate::node::{Request, Waiting};
+use crate::node::{FetchedWrite, HeldRead, Request, Waiting};
+use crate::scenario::TxnProtocol;
 use crate::simulation::{trace, Simulation, META};
+use crate::txn_kv::{TxnApplied, TxnCommand};
+use ostrakon_ranges::frozen_txn::{holds_off, RangeWrite};
 
 /// How often a client pauses between getting its write's revision and sending it.
 const SLOW_WRITER_PROBABILITY: f64 = 0.2;
@@ -77,6 +80,7 @@ impl Simulation {
                 self.maybe_split_under_request(id, group, key);
             }
         }
+        let whole_range = self.scenario.txn_protocol == TxnProtocol::WholeRange;
         let replica = self.replica(id, group);
         let watch_from = match &request {
             Request::WatchAt {
@@ -90,6 +94,10 @@ impl Simulation {
                     read_floor: ostrakon_raft::LogIndex(0),
                     ..waiting
                 };
+                if whole_range {
+                    let request = Request::Write(command);
+                    return self.hold_for_revision(id, group, request, waiting);
+                }
                 // A write with a revision fetched elsewhere lands only above every read
                 // the leader served (`read_floor`).
                 if let (Some(revision), Role::Leader) = (command.revision(), replica.raw.role()) {
@@ -157,6 +165,14 @@ impl Simulation {
                         return;
                     }
                 }
+                let waiting_txn = Waiting {
+                    read_floor: ostrakon_raft::LogIndex(0),
+                    ..waiting
+                };
+                if whole_range && command.prepare_revision().is_some() {
+                    // Its leader fetches its revision, as a write's.
+                    return self.hold_for_revision(id, group, Request::Txn(command), waiting_txn);
+                }
                 // A prepare's revision was fetched by its coordinator: it must land above
                 // every read the leader served, as a write's.
                 if let Some(revision) = command.prepare_revision() {
@@ -167,10 +183,7 @@ impl Simulation {
                         return;
                     }
                 }
-                let waiting = Waiting {
-                    read_floor: ostrakon_raft::LogIndex(0),
-                    ..waiting
-                };
+                let waiting = waiting_txn;
                 let result = replica.raw.propose(command.encode());
                 trace!(self, "{id:?} {group:?} proposes {command:?}: {result:?}");
                 match result {
@@ -190,6 +203,19 @@ impl Simulation {
                     self.reply(waiting, Reply::Failed { leader_hint });
                     return;
                 }
+                let read = HeldRead {
+                    group,
+                    request_id,
+                    waiting: Waiting {
+                        scan_at: Some(revision),
+                        watch_from,
+                        ..waiting
+                    },
+                };
+                if whole_range {
+                    // No floor: the read waits for the node's fetch in flight instead.
+                    return self.read_behind_barrier(id, read);
+                }
                 replica.floor.lead(replica.raw.term());
                 if let Err(refused) = replica.floor.raise(revision) {
                     trace!(
@@ -199,30 +225,93 @@ impl Simulation {
                     self.reply(waiting, Reply::Failed { leader_hint });
                     return;
                 }
-                let waiting = Waiting {
-                    scan_at: Some(revision),
-                    wait_index: replica.raw.last_index(),
-                    watch_from,
-                    ..waiting
-                };
-                match replica.raw.read_index(request_id) {
-                    Ok(()) => {
-                        replica.reads.insert(request_id, waiting);
-                    }
-                    Err(_) => return self.reply(waiting, Reply::Failed { leader_hint }),
-                }
-                trace!(
-                    self,
-                    "{id:?} {group:?} reads at {revision} for client {client} (after {:?})",
-                    waiting.wait_index
-                );
-                if self.healed_at_us.is_none() && self.rng.chance(TRANSFER_AFTER_READ_PROBABILITY) {
-                    let delay_us = self.rng.range(0, TRANSFER_AFTER_READ_DELAY_US_MAX);
-                    self.events
-                        .push(self.now_us + delay_us, Event::TransferAfterRead(group));
-                }
+                self.read_at(id, read);
             }
         }
+    }
+
+    /// A read at a revision on the leader of its range: answered once the replica has
+    /// applied every entry in its log now and its read index.
+    pub(crate) fn read_at(&mut self, id: NodeId, read: HeldRead) {
+        let HeldRead {
+            group,
+            request_id,
+            waiting,
+        } = read;
+        let revision = waiting.scan_at.expect("a read at a revision");
+        let client = waiting.client;
+        let replica = self.replica(id, group);
+        let leader_hint = replica.raw.leader();
+        if replica.raw.role() != Role::Leader {
+            self.reply(waiting, Reply::Failed { leader_hint });
+            return;
+        }
+        let waiting = Waiting {
+            wait_index: replica.raw.last_index(),
+            ..waiting
+        };
+        match replica.raw.read_index(request_id) {
+            Ok(()) => {
+                replica.reads.insert(request_id, waiting);
+            }
+            Err(_) => return self.reply(waiting, Reply::Failed { leader_hint }),
+        }
+        trace!(
+            self,
+            "{id:?} {group:?} reads at {revision} for client {client} (after {:?})",
+            waiting.wait_index
+        );
+        if self.healed_at_us.is_none() && self.rng.chance(TRANSFER_AFTER_READ_PROBABILITY) {
+            let delay_us = self.rng.range(0, TRANSFER_AFTER_READ_DELAY_US_MAX);
+            self.events
+                .push(self.now_us + delay_us, Event::TransferAfterRead(group));
+        }
+    }
+
+    /// A write or prepare at the leader of its range (the node's variant): refused at
+    /// once while a transaction holds the range, else held for a revision from the
+    /// node's next fetch.
+    fn hold_for_revision(
+        &mut self,
+        id: NodeId,
+        group: GroupId,
+        request: Request,
+        waiting: Waiting,
+    ) {
+        let replica = self.replica(id, group);
+        let leader_hint = replica.raw.leader();
+        if replica.raw.role() != Role::Leader {
+            self.reply(waiting, Reply::Failed { leader_hint });
+            return;
+        }
+        let write = match &request {
+            Request::Write(command) => {
+                assert!(
+                    command.revision().is_none(),
+                    "a client fetched a revision the leader's barriers do not cover"
+                );
+                RangeWrite::ChangesKeys
+            }
+            Request::Txn(TxnCommand::Prepare { txn, .. }) => RangeWrite::Prepare(*txn),
+            other => panic!("{other:?} takes no revision"),
+        };
+        if holds_off(&replica.kv.txns.locks, write) {
+            trace!(self, "{id:?} {group:?} refuses {request:?}: locked");
+            let reply = match request {
+                Request::Write(_) => Reply::Stale,
+                _ => Reply::Txn(TxnApplied::Refused("locked".into())),
+            };
+            self.reply(waiting, reply);
+            return;
+        }
+        let term = replica.raw.term();
+        let write = FetchedWrite {
+            group,
+            request,
+            waiting,
+            term,
+        };
+        self.fetch_revision_for(id, write);
     }
 
     pub(crate) fn reply(&mut self, waiting: Waiting, reply: Reply) {
@@ -313,7 +402,12 @@ impl Simulation {
         if let Request::Write(command) = request {
             self.clients[client as usize].outstanding = Some(op);
             self.clients[client as usize].write_attempts = 0;
-            self.fetch_revision(client, op, command);
+            if self.scenario.txn_protocol == TxnProtocol::WholeRange {
+                // The range's leader fetches its revision.
+                self.send_write(client, op, command);
+            } else {
+                self.fetch_revision(client, op, command);
+            }
             return;
         }
         let group = self.route(client, key);
@@ -399,6 +493,16 @@ impl Simulation {
         );
     }
 
+    /// Where node `id` sends its own request for `group`: the leader its replica of the
+    /// range knows of, if it holds one and anyone leads, else any member.
+    pub(crate) fn pick_node_as_known_on(&mut self, id: NodeId, group: GroupId) -> NodeId {
+        let hint = self
+            .replica_ref(id, group)
+            .map(|replica| replica.raw.leader())
+            .unwrap_or(NodeId::NONE);
+        self.pick_node(group, hint, true)
+    }
+
     /// `believed` if it is still a member of `group` (for reads, not always: they
     /// sometimes go to any member, exercising forwarded ReadIndex), else any member.
     pub(crate) fn pick_node(&mut self, group: GroupId, believed: NodeId, is_write: bool) -> NodeId {
@@ -442,13 +546,29 @@ impl Simulation {
                 };
                 let state = &mut self.clients[client as usize];
                 state.write_attempts += 1;
+                let attempts = u64::from(state.write_attempts);
                 if state.write_attempts < WRITE_ATTEMPTS_MAX {
                     trace!(
                         self,
                         "client {client} op {} takes a new revision",
                         op.index()
                     );
-                    self.fetch_revision(client, op, command);
+                    if self.scenario.txn_protocol == TxnProtocol::WholeRange {
+                        // Sent again after a pause that grows (the node's
+                        // `write_routed`): a transaction holds the range meanwhile.
+                        let pause_us = self.rng.range(1_000, 20_000 * attempts);
+                        let at = self.now_us + pause_us;
+                        self.events.push(
+                            at,
+                            Event::SendWrite {
+                                client,
+                                op,
+                                command,
+                            },
+                        );
+                    } else {
+                        self.fetch_revision(client, op, command);
+                    }
                 } else {
                     self.complete(client, Outcome::Failed);
                 }

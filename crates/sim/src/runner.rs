@@ -9,7 +9,7 @@ use ostrakon_check::{
     check, check_timestamps, simplify_unknowns, CheckResult, KeyedRegisterModel, Outcome,
 };
 
-use crate::scenario::Bug;
+use crate::scenario::{Bug, TxnProtocol};
 use crate::simulation::Simulation;
 
 /// Time the linearizability checker may spend on one seed's history before answering
@@ -55,6 +55,13 @@ pub struct SeedReport {
     pub merges_given_up: u64,
     /// Merges a replica held until its right replica reached the freeze.
     pub merges_held: u64,
+    /// Whether it ran the node's transaction variant (whole-range locks, revisions
+    /// fetched by range leaders).
+    pub whole_range: bool,
+    /// Writes and prepares whose revision a range's leader fetched.
+    pub writes_fetched: u64,
+    /// Reads at a revision held for a fetch in flight.
+    pub barriers_held: u64,
     /// Wall-clock time of the simulation and of the check.
     pub simulate_time: Duration,
     /// See `simulate_time`.
@@ -63,8 +70,18 @@ pub struct SeedReport {
 
 /// Runs one seed to the end, turning panics inside the core into violations.
 pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, Vec<String>) {
+    run_seed_with(seed, bug, None, keep_trace)
+}
+
+/// `run_seed` with the transaction protocol pinned (drawn from the seed if None).
+pub fn run_seed_with(
+    seed: u64,
+    bug: Option<Bug>,
+    protocol: Option<TxnProtocol>,
+    keep_trace: bool,
+) -> (SeedReport, Vec<String>) {
     let began = Instant::now();
-    let mut sim = Simulation::new(seed, bug, keep_trace);
+    let mut sim = Simulation::with_protocol(seed, bug, keep_trace, protocol);
     let outcome = catch_unwind(AssertUnwindSafe(|| sim.run()));
     let simulate_time = began.elapsed();
     let mut violation = sim.violation.as_ref().map(|v| v.0.clone());
@@ -123,6 +140,9 @@ pub fn run_seed(seed: u64, bug: Option<Bug>, keep_trace: bool) -> (SeedReport, V
         merges: sim.merges,
         merges_given_up: sim.merges_given_up,
         merges_held: sim.merges_held,
+        whole_range: sim.scenario.txn_protocol == TxnProtocol::WholeRange,
+        writes_fetched: sim.writes_fetched,
+        barriers_held: sim.barriers_held,
         simulate_time,
         check_time: began.elapsed(),
     };
@@ -160,6 +180,14 @@ pub struct Summary {
     pub merges_given_up: u64,
     /// Merges held over all seeds.
     pub merges_held: u64,
+    /// Seeds that ran the node's transaction variant.
+    pub whole_range_seeds: u64,
+    /// Transfers across ranges committed in those seeds.
+    pub whole_range_transfers_across: u64,
+    /// Writes and prepares whose revision a range's leader fetched, over all seeds.
+    pub writes_fetched: u64,
+    /// Reads at a revision held for a fetch in flight, over all seeds.
+    pub barriers_held: u64,
     /// Lowest failing seed.
     pub first_failing_seed: Option<u64>,
     /// The report of that seed.
@@ -198,6 +226,19 @@ pub fn run_seeds(
     stop_on_failure: bool,
     verbose: bool,
 ) -> Summary {
+    run_seeds_with(start, count, bug, None, threads, stop_on_failure, verbose)
+}
+
+/// `run_seeds` with the transaction protocol pinned (drawn from each seed if None).
+pub fn run_seeds_with(
+    start: u64,
+    count: u64,
+    bug: Option<Bug>,
+    protocol: Option<TxnProtocol>,
+    threads: usize,
+    stop_on_failure: bool,
+    verbose: bool,
+) -> Summary {
     let began = Instant::now();
     let next = Arc::new(AtomicU64::new(start));
     let summary = Arc::new(Mutex::new(Summary::default()));
@@ -211,7 +252,7 @@ pub fn run_seeds(
                 if seed >= end {
                     return;
                 }
-                let (report, _) = run_seed(seed, bug, false);
+                let (report, _) = run_seed_with(seed, bug, protocol, false);
                 if verbose {
                     eprintln!(
                         "seed {seed}: {} ops ({} ok, {} failed, {} unknown), {} checked, sim {:?}, check {:?}{}{}",
@@ -239,6 +280,12 @@ pub fn run_seeds(
                 summary.merges += report.merges;
                 summary.merges_given_up += report.merges_given_up;
                 summary.merges_held += report.merges_held;
+                if report.whole_range {
+                    summary.whole_range_seeds += 1;
+                    summary.whole_range_transfers_across += report.transfers_across_ranges;
+                }
+                summary.writes_fetched += report.writes_fetched;
+                summary.barriers_held += report.barriers_held;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {
                     summary.violations += 1;

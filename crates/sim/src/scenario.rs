@@ -60,6 +60,20 @@ impl Bug {
     }
 }
 
+/// How transactions across ranges lock and where writes take their revisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnProtocol {
+    /// The simulator's first variant: a transaction locks its keys at a revision its
+    /// coordinator fetched, and every write's client fetches its own revision (read
+    /// floors keep those above the reads served).
+    KeyLocks,
+    /// The node's: a transaction's lock freezes its whole range
+    /// (`ostrakon_ranges::frozen_txn`), each range's leader fetches the revisions of the
+    /// writes and prepares it proposes, and reads at a revision wait for the fetch in
+    /// flight (`ostrakon_ranges::read_wait`).
+    WholeRange,
+}
+
 /// Fault knobs, each named by what it does. Probabilities are per message (network) or per
 /// nemesis step (everything else).
 #[derive(Clone, Debug)]
@@ -162,6 +176,8 @@ pub struct Scenario {
     /// A nemesis step merges two neighbouring data ranges (one merge in flight at a
     /// time; `merges`).
     pub merge_probability: f64,
+    /// How transactions across ranges run.
+    pub txn_protocol: TxnProtocol,
 }
 
 impl Scenario {
@@ -225,6 +241,8 @@ impl Scenario {
             watch_events_max: usize::MAX,
             // Drawn apart too (`draw_merges`).
             merge_probability: 0.0,
+            // And this (`draw_txn_protocol`).
+            txn_protocol: TxnProtocol::KeyLocks,
         };
         if scenario.account_count == 0 {
             scenario.bank_client_count = 0;
@@ -275,6 +293,24 @@ impl Scenario {
             self.faults.crash_probability = self.faults.crash_probability.min(0.1);
             self.faults.nemesis_interval_us = self.faults.nemesis_interval_us.max(500_000);
             self.faults.leader_crash_after_election_probability = 0.0;
+        }
+    }
+
+    /// The transaction protocol, from its own generator (see `from_seed`): the node's
+    /// in half the seeds. A planted bug of the node's variant forces it (with the
+    /// workload that meets it); every other planted bug keeps the key-lock variant, and
+    /// so the seeds at which it was measured to be caught.
+    pub fn draw_txn_protocol(&mut self, rng: &mut Rng) {
+        self.txn_protocol = rng.pick(&[TxnProtocol::KeyLocks, TxnProtocol::WholeRange]);
+        match self.bug.and_then(Bug::range) {
+            Some(RangeBug::TxnTakesLowestPrepare | RangeBug::BarrierSkipsFetchInFlight) => {
+                self.txn_protocol = TxnProtocol::WholeRange;
+                self.client_think_us_max = 20_000;
+                self.scan_client_count = self.scan_client_count.max(2);
+            }
+            Some(_) => self.txn_protocol = TxnProtocol::KeyLocks,
+            None if self.bug.is_some() => self.txn_protocol = TxnProtocol::KeyLocks,
+            None => {}
         }
     }
 

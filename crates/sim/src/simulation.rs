@@ -16,15 +16,15 @@ use ostrakon_ranges::{Directory, RangeDescriptor, RangeId, SpanCheck};
 
 use crate::clients::{
     ClientState, ScanClient, ScanRecord, TimestampClient, BANK_CLIENT_BASE, BANK_REQUEST_BASE,
-    FINISH_REQUEST_BASE, FLOOR_CLIENT_BASE, PUSH_REQUEST_BASE, SCAN_CLIENT_BASE, SCAN_REQUEST_BASE,
-    TIMESTAMP_CLIENT_BASE,
+    FINISH_REQUEST_BASE, FLOOR_CLIENT_BASE, PUSH_REQUEST_BASE, REVISION_FETCH_BASE,
+    SCAN_CLIENT_BASE, SCAN_REQUEST_BASE, TIMESTAMP_CLIENT_BASE,
 };
 use crate::events::{Event, EventQueue, Reply};
 use crate::invariants::{Invariants, Violation};
 use crate::kv::{self, routing_key, Command, KvState};
 use crate::node::{Disk, Input, Replica, Running, SimNode, Waiting};
 use crate::rng::Rng;
-use crate::scenario::{Bug, Scenario};
+use crate::scenario::{Bug, Scenario, TxnProtocol};
 
 /// Lines of trace kept for a failing seed (the most recent ones).
 pub(crate) const TRACE_LINES_MAX: usize = 4_000;
@@ -79,6 +79,12 @@ pub struct Simulation {
     /// The range leaders' oracle requests for their read floors in flight: request
     /// number → (node, range, the term it leads in).
     pub(crate) floor_fetches: BTreeMap<u64, (NodeId, GroupId, ostrakon_raft::Term)>,
+    /// Nodes' revision fetches in flight, by request number (the node's variant).
+    pub(crate) revision_fetches: BTreeMap<u64, NodeId>,
+    /// Writes and prepares whose revision a range's leader fetched.
+    pub(crate) writes_fetched: u64,
+    /// Reads at a revision held for a fetch in flight.
+    pub(crate) barriers_held: u64,
     /// No crash of the oracle's leader right after a bound before this time
     /// (`timestamps::CRASH_AFTER_BOUND_PROBABILITY`): bounds come every few ms.
     pub(crate) next_crash_after_bound_us: u64,
@@ -168,6 +174,8 @@ pub(crate) use trace;
 const WATCHER_SEED_SALT: u64 = 0x7761_7463_6865_7273;
 /// Mixed into the seed for the merges' knob.
 const MERGE_SEED_SALT: u64 = 0x6d65_7267_6573_2121;
+/// Mixed into the seed for the transaction protocol.
+const TXN_PROTOCOL_SEED_SALT: u64 = 0x7478_6e73_2121_2121;
 /// Mixed into the seed for the ranges' loads (`leader_spread`).
 const LOAD_SEED_SALT: u64 = 0x6c6f_6164_7321_2121;
 
@@ -177,10 +185,25 @@ pub(crate) const META: GroupId = GroupId(RangeId::META.0);
 impl Simulation {
     /// A world for `seed`. With `keep_trace`, a readable trace of the run is kept.
     pub fn new(seed: u64, bug: Option<Bug>, keep_trace: bool) -> Simulation {
+        Simulation::with_protocol(seed, bug, keep_trace, None)
+    }
+
+    /// A world for `seed` whose transactions run under `protocol` (drawn from the seed
+    /// if None).
+    pub fn with_protocol(
+        seed: u64,
+        bug: Option<Bug>,
+        keep_trace: bool,
+        protocol: Option<TxnProtocol>,
+    ) -> Simulation {
         let mut rng = Rng::new(seed);
         let mut scenario = Scenario::from_seed(&mut rng, bug);
         scenario.draw_watchers(&mut Rng::new(seed ^ WATCHER_SEED_SALT));
         scenario.draw_merges(&mut Rng::new(seed ^ MERGE_SEED_SALT));
+        scenario.draw_txn_protocol(&mut Rng::new(seed ^ TXN_PROTOCOL_SEED_SALT));
+        if let Some(protocol) = protocol {
+            scenario.txn_protocol = protocol;
+        }
         let voters: Vec<NodeId> = (1..=scenario.node_count).map(NodeId).collect();
         let ranges = initial_ranges(scenario.data_range_count, scenario.total_keys());
         let mut sim = Simulation {
@@ -200,6 +223,9 @@ impl Simulation {
             scans: Vec::new(),
             scan_requests: BTreeMap::new(),
             floor_fetches: BTreeMap::new(),
+            revision_fetches: BTreeMap::new(),
+            writes_fetched: 0,
+            barriers_held: 0,
             next_crash_after_bound_us: 0,
             next_internal_request: 0,
             bank_clients: Vec::new(),
@@ -422,6 +448,11 @@ impl Simulation {
             leading_load: None,
             handoffs: Default::default(),
             led_since_us: BTreeMap::new(),
+            revisions: crate::node::Revisions::with_bug(
+                crate::revision_fetches::TIMESTAMPS_PER_FETCH_MAX,
+                self.scenario.bug.and_then(Bug::range),
+            ),
+            fetch_request: None,
         });
         let groups: Vec<GroupId> = node.disks.keys().copied().collect();
         for group in groups {
@@ -662,6 +693,9 @@ impl Simulation {
                     self.reply_mismatch(client, op, ranges);
                 }
             }
+            Event::Reply { client, reply, .. } if client >= REVISION_FETCH_BASE => {
+                self.handle_revision_fetch_reply(client, reply)
+            }
             Event::Reply { client, reply, .. } if client >= FINISH_REQUEST_BASE => {
                 self.handle_finish_reply(client, reply)
             }
@@ -681,6 +715,9 @@ impl Simulation {
                 self.handle_timestamp_reply(client, op, reply)
             }
             Event::Reply { client, op, reply } => self.handle_reply(client, op, reply),
+            Event::ClientTimeout { client, .. } if client >= REVISION_FETCH_BASE => {
+                self.revision_fetch_timed_out(client)
+            }
             Event::ClientTimeout { client, .. } if client >= FINISH_REQUEST_BASE => {
                 self.finish_timed_out(client)
             }
@@ -889,6 +926,8 @@ impl Simulation {
                     "{id:?} {group:?} learns {index:?} of {term:?} committed: {raised}"
                 );
             }
+            Input::Granted(write) => self.propose_fetched(id, write),
+            Input::ReadAt(read) => self.read_at(id, read),
             Input::Transfer(target) => {
                 let result = self.replica(id, group).raw.transfer_leader(target);
                 trace!(
@@ -1279,6 +1318,7 @@ impl Simulation {
 
     fn apply_entry(&mut self, id: NodeId, group: GroupId, entry: ostrakon_raft::Entry) {
         let span_check = self.span_check;
+        let protocol = self.scenario.txn_protocol;
         let replica = self.replica(id, group);
         assert_eq!(
             entry.index,
@@ -1306,7 +1346,7 @@ impl Simulation {
             }
             EntryPayload::Normal(data) if data[0] >= crate::txn_kv::TXN_TAG_BASE => {
                 let command = crate::txn_kv::TxnCommand::decode(data);
-                let applied = crate::txn_kv::apply_txn(&mut replica.kv, &command);
+                let applied = crate::txn_kv::apply_txn(&mut replica.kv, &command, protocol);
                 trace!(
                     self,
                     "{id:?} {group:?} applies {command:?} at {:?}: {applied:?}",
@@ -1397,12 +1437,7 @@ impl Simulation {
                         None
                     }
                     Command::Put { key, .. } | Command::Cas { key, .. }
-                        if replica
-                            .kv
-                            .txns
-                            .locks
-                            .blocking_write(&[KeySpan::key(&routing_key(key))])
-                            .is_some() =>
+                        if key != PROBE_KEY && locked_against_write(&replica.kv, key, protocol) =>
                     {
                         // A transaction holds the key: refused, the client tries again.
                         trace!(
@@ -1718,6 +1753,14 @@ impl Simulation {
     /// half, and the right half's replica is created here unless this node already has
     /// one (made for a message of the new range, or destroyed since: a tombstone).
     fn apply_split(&mut self, id: NodeId, group: GroupId, command: Command) {
+        let whole_range = self.scenario.txn_protocol == TxnProtocol::WholeRange;
+        let replica = self.replica(id, group);
+        if whole_range && !replica.kv.txns.locks.is_empty() {
+            // A transaction holds the whole range: refused alike on every replica (as
+            // the node's split), so a lock never divides.
+            trace!(self, "{id:?} {group:?} refuses {command:?}: locked");
+            return;
+        }
         let replica = self.replica(id, group);
         let conf = replica.raw.conf_state().clone();
         if conf.is_joint() {
@@ -1773,6 +1816,23 @@ impl Simulation {
 
 /// `data_ranges` ranges covering every key, cut so that the clients' `key_count`
 /// registers are spread over them.
+/// Whether a transaction's lock holds a write of register `key` off (refused, the
+/// client tries again): a lock of the key, or under whole-range locks any lock of the
+/// range (`frozen_txn::holds_off`).
+pub(crate) fn locked_against_write(kv: &KvState, key: u64, protocol: TxnProtocol) -> bool {
+    match protocol {
+        TxnProtocol::KeyLocks => kv
+            .txns
+            .locks
+            .blocking_write(&[KeySpan::key(&routing_key(key))])
+            .is_some(),
+        TxnProtocol::WholeRange => ostrakon_ranges::frozen_txn::holds_off(
+            &kv.txns.locks,
+            ostrakon_ranges::frozen_txn::RangeWrite::ChangesKeys,
+        ),
+    }
+}
+
 /// The lock a read at a revision waits for, if any.
 fn blocking_lock<'a>(kv: &'a KvState, waiting: &Waiting) -> Option<&'a ostrakon_ranges::txn::Lock> {
     let revision = waiting.scan_at.expect("a read at a revision");

@@ -7,10 +7,12 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ostrakon_raft::NodeId;
+use ostrakon_ranges::frozen_txn::{self, PartStep, PrepareStep};
 use ostrakon_ranges::txn::{Decided, KeySpan, Lock, LockTable, TxnId, TxnOutcome, TxnRecords};
 use ostrakon_ranges::RangeId;
 
 use crate::kv::{routing_key, KvState};
+use crate::scenario::TxnProtocol;
 
 /// A transaction's writes: (register, value).
 pub type Writes = Vec<(u64, u64)>;
@@ -95,9 +97,15 @@ pub enum TxnCommand {
 /// What applying a transaction command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnApplied {
-    /// Prepared: the locked registers' values (as of the revision, since nothing below
-    /// it can still be written and nothing above can pass the lock).
-    Prepared(Vec<(u64, Option<u64>)>),
+    /// Prepared at `revision` (the prepare's own; or, applied again under whole-range
+    /// locks, the lock's), with the locked registers' values (as of the revision, since
+    /// nothing below it can still be written and nothing above can pass the lock).
+    Prepared {
+        /// The revision of the lock.
+        revision: u64,
+        /// The values.
+        values: Vec<(u64, Option<u64>)>,
+    },
     /// Not prepared (why, for the trace).
     Refused(String),
     /// The transaction committed (its record, from a commit or an abort that found it).
@@ -241,8 +249,9 @@ impl TxnCommand {
     }
 }
 
-/// Applies a transaction command to a range's state, the same on every replica.
-pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
+/// Applies a transaction command to a range's state, the same on every replica, under
+/// `protocol`'s rules.
+pub fn apply_txn(state: &mut KvState, command: &TxnCommand, protocol: TxnProtocol) -> TxnApplied {
     match command {
         TxnCommand::Prepare {
             txn,
@@ -268,15 +277,21 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
                     .map(|&k| KeySpan::key(&routing_key(k)))
                     .collect(),
             };
+            let values = keys
+                .iter()
+                .map(|&k| (k, state.registers.get(&k).copied()))
+                .collect();
+            if protocol == TxnProtocol::WholeRange {
+                return prepare_whole_range(state, lock, values);
+            }
             match state.txns.locks.prepare(lock, state.last_revision) {
                 Ok(()) => {
                     // Every later write of the range takes a revision above it.
                     state.last_revision = state.last_revision.max(*revision);
-                    let values = keys
-                        .iter()
-                        .map(|&k| (k, state.registers.get(&k).copied()))
-                        .collect();
-                    TxnApplied::Prepared(values)
+                    TxnApplied::Prepared {
+                        revision: *revision,
+                        values,
+                    }
                 }
                 Err(refused) => TxnApplied::Refused(format!("{refused:?}")),
             }
@@ -287,7 +302,7 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
             writes,
         } => match state.txns.records.commit(*txn, (*revision, writes.clone())) {
             Ok(_) => {
-                write_locked(state, *txn, *revision, writes);
+                write_part(state, *txn, *revision, writes, protocol);
                 TxnApplied::Committed((*revision, writes.clone()))
             }
             Err(Decided::Aborted) => TxnApplied::Aborted,
@@ -309,7 +324,7 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
             Err(Decided::Committed(record)) => {
                 // Its own part was written when it committed, unless a split moved the
                 // lock here since (then it is written now).
-                write_locked(state, *txn, record.0, &record.1);
+                write_part(state, *txn, record.0, &record.1, protocol);
                 TxnApplied::Committed(record)
             }
             Err(Decided::Forgotten) => {
@@ -323,7 +338,7 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
             revision,
             writes,
         } => {
-            write_locked(state, *txn, *revision, writes);
+            write_part(state, *txn, *revision, writes, protocol);
             TxnApplied::Done
         }
         TxnCommand::Release { txn } => {
@@ -346,13 +361,64 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand) -> TxnApplied {
     }
 }
 
+/// A prepare under whole-range locks (`ostrakon_ranges::frozen_txn`, as the node's
+/// store applies it): the range's revision is not raised, the part raises it.
+fn prepare_whole_range(
+    state: &mut KvState,
+    lock: Lock,
+    values: Vec<(u64, Option<u64>)>,
+) -> TxnApplied {
+    // The span was checked by the caller.
+    match frozen_txn::decide_prepare(&state.txns.locks, &lock, true, state.last_revision) {
+        PrepareStep::Lock => {
+            let revision = lock.revision;
+            state
+                .txns
+                .locks
+                .prepare(lock, state.last_revision)
+                .expect("a range without locks takes a lock above its revision");
+            TxnApplied::Prepared { revision, values }
+        }
+        PrepareStep::Again { revision } => TxnApplied::Prepared { revision, values },
+        PrepareStep::Refused(refused) => TxnApplied::Refused(format!("{refused:?}")),
+    }
+}
+
+/// Writes a committed transaction's part here at its revision, under `protocol`.
+fn write_part(
+    state: &mut KvState,
+    txn: TxnId,
+    revision: u64,
+    writes: &Writes,
+    protocol: TxnProtocol,
+) {
+    if protocol == TxnProtocol::KeyLocks {
+        write_locked(state, txn, revision, writes);
+        return;
+    }
+    match frozen_txn::decide_part(&state.txns.locks, txn, revision) {
+        PartStep::NotHeld => {}
+        PartStep::ForgetLateLock => {
+            state.txns.locks.release(txn);
+        }
+        PartStep::Write => {
+            let current = state.last_revision;
+            let changes_keys = write_locked(state, txn, revision, writes);
+            // Asserts nothing landed at or above the revision while the lock held.
+            frozen_txn::part_raises(changes_keys, revision, current);
+            state.last_revision = state.last_revision.max(revision);
+        }
+    }
+}
+
 /// Writes a committed transaction's writes that fall in the range at its revision, if
 /// the range still holds its lock (else they were written already, or never prepared
-/// here), and releases the lock.
-fn write_locked(state: &mut KvState, txn: TxnId, revision: u64, writes: &Writes) {
+/// here), and releases the lock. Returns whether it wrote a register.
+fn write_locked(state: &mut KvState, txn: TxnId, revision: u64, writes: &Writes) -> bool {
     let Some(lock) = state.txns.locks.release(txn) else {
-        return;
+        return false;
     };
+    let mut wrote = false;
     for &(key, value) in writes {
         let held = lock
             .spans
@@ -362,14 +428,18 @@ fn write_locked(state: &mut KvState, txn: TxnId, revision: u64, writes: &Writes)
             // Nothing was written to the key above the revision while it was locked.
             state.versions.insert((key, revision), value);
             state.registers.insert(key, value);
+            wrote = true;
         }
     }
+    wrote
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ostrakon_ranges::RangeDescriptor;
+
+    const KEY_LOCKS: TxnProtocol = TxnProtocol::KeyLocks;
 
     fn txn(number: u64) -> TxnId {
         TxnId {
@@ -420,13 +490,16 @@ mod tests {
             keys: vec![1, 2],
         };
         assert_eq!(
-            apply_txn(&mut state, &prepare(1, 5)),
-            TxnApplied::Prepared(vec![(1, None), (2, None)])
+            apply_txn(&mut state, &prepare(1, 5), KEY_LOCKS),
+            TxnApplied::Prepared {
+                revision: 5,
+                values: vec![(1, None), (2, None)]
+            }
         );
         assert_eq!(state.last_revision, 5);
         // Another transaction on the same registers is refused while the lock is held.
         assert!(matches!(
-            apply_txn(&mut state, &prepare(2, 6)),
+            apply_txn(&mut state, &prepare(2, 6), KEY_LOCKS),
             TxnApplied::Refused(_)
         ));
         let writes = vec![(1, 10), (2, 20)];
@@ -436,22 +509,22 @@ mod tests {
             writes: writes.clone(),
         };
         assert_eq!(
-            apply_txn(&mut state, &commit),
+            apply_txn(&mut state, &commit, KEY_LOCKS),
             TxnApplied::Committed((5, writes.clone()))
         );
         assert_eq!(crate::kv::value_at(&state.versions, 2, 5), Some(20));
         // An abort arriving late finds it committed.
         assert_eq!(
-            apply_txn(&mut state, &TxnCommand::Abort { txn: txn(1) }),
+            apply_txn(&mut state, &TxnCommand::Abort { txn: txn(1) }, KEY_LOCKS),
             TxnApplied::Committed((5, writes))
         );
         // One aborted first can no longer commit, and leaves nothing.
         assert!(matches!(
-            apply_txn(&mut state, &prepare(3, 8)),
-            TxnApplied::Prepared(_)
+            apply_txn(&mut state, &prepare(3, 8), KEY_LOCKS),
+            TxnApplied::Prepared { .. }
         ));
         assert_eq!(
-            apply_txn(&mut state, &TxnCommand::Abort { txn: txn(3) }),
+            apply_txn(&mut state, &TxnCommand::Abort { txn: txn(3) }, KEY_LOCKS),
             TxnApplied::Aborted
         );
         let late = TxnCommand::Commit {
@@ -459,32 +532,114 @@ mod tests {
             revision: 8,
             writes: vec![(1, 99)],
         };
-        assert_eq!(apply_txn(&mut state, &late), TxnApplied::Aborted);
+        assert_eq!(apply_txn(&mut state, &late, KEY_LOCKS), TxnApplied::Aborted);
         assert_eq!(crate::kv::value_at(&state.versions, 1, 8), Some(10));
         assert!(state.txns.locks.is_empty());
         // A horizon above its birth forgets the aborted record, and the late commit is
         // still refused.
-        apply_txn(&mut state, &TxnCommand::Horizon { below: 1004 });
+        apply_txn(&mut state, &TxnCommand::Horizon { below: 1004 }, KEY_LOCKS);
         assert_eq!(state.txns.forgotten, 1);
         assert_eq!(state.txns.records.outcome(txn(3)), None);
-        assert_eq!(apply_txn(&mut state, &late), TxnApplied::Forgotten);
+        assert_eq!(
+            apply_txn(&mut state, &late, KEY_LOCKS),
+            TxnApplied::Forgotten
+        );
         assert_eq!(crate::kv::value_at(&state.versions, 1, 8), Some(10));
         // A late prepare of one born below the horizon locks; its commit, answered
         // forgotten, releases the lock (as the node's store does).
         assert!(matches!(
-            apply_txn(&mut state, &prepare(2, 9)),
-            TxnApplied::Prepared(_)
+            apply_txn(&mut state, &prepare(2, 9), KEY_LOCKS),
+            TxnApplied::Prepared { .. }
         ));
         let commit = TxnCommand::Commit {
             txn: txn(2),
             revision: 9,
             writes: vec![(1, 77)],
         };
-        assert_eq!(apply_txn(&mut state, &commit), TxnApplied::Forgotten);
+        assert_eq!(
+            apply_txn(&mut state, &commit, KEY_LOCKS),
+            TxnApplied::Forgotten
+        );
         assert!(
             state.txns.locks.is_empty(),
             "the forgotten commit's lock stays"
         );
         assert_eq!(crate::kv::value_at(&state.versions, 1, 9), Some(10));
+    }
+
+    #[test]
+    fn under_whole_range_locks_a_part_raises_the_range_and_a_late_lock_is_forgotten() {
+        const WHOLE: TxnProtocol = TxnProtocol::WholeRange;
+        let mut state = KvState {
+            descriptor: Some(RangeDescriptor::new(RangeId(1), Vec::new(), None, 1)),
+            last_revision: 4,
+            ..KvState::default()
+        };
+        let prepare = |number, revision, keys: Vec<u64>| TxnCommand::Prepare {
+            txn: txn(number),
+            revision,
+            primary: RangeId(1),
+            keys,
+        };
+        // Stale: the range applied a write at or above the prepare's revision.
+        assert!(matches!(
+            apply_txn(&mut state, &prepare(1, 4, vec![1]), WHOLE),
+            TxnApplied::Refused(_)
+        ));
+        assert_eq!(
+            apply_txn(&mut state, &prepare(1, 6, vec![1]), WHOLE),
+            TxnApplied::Prepared {
+                revision: 6,
+                values: vec![(1, None)]
+            }
+        );
+        assert_eq!(state.last_revision, 4, "a prepare does not raise the range");
+        // Applied again (a copy fetched another revision): the lock's revision.
+        assert!(matches!(
+            apply_txn(&mut state, &prepare(1, 7, vec![1]), WHOLE),
+            TxnApplied::Prepared { revision: 6, .. }
+        ));
+        // Another transaction, even on other keys, is refused: the whole range is held.
+        assert!(matches!(
+            apply_txn(&mut state, &prepare(2, 8, vec![2]), WHOLE),
+            TxnApplied::Refused(_)
+        ));
+        // Committed at 9 (another range's prepare was higher): written at 9, raised.
+        let commit = TxnCommand::Commit {
+            txn: txn(1),
+            revision: 9,
+            writes: vec![(1, 10), (5, 50)],
+        };
+        assert!(matches!(
+            apply_txn(&mut state, &commit, WHOLE),
+            TxnApplied::Committed(_)
+        ));
+        assert_eq!(crate::kv::value_at(&state.versions, 1, 9), Some(10));
+        assert_eq!(
+            crate::kv::value_at(&state.versions, 5, 9),
+            None,
+            "not locked here"
+        );
+        assert_eq!(state.last_revision, 9);
+        assert!(state.txns.locks.is_empty());
+        // A late copy of a prepare of another transaction's part, fetched above its
+        // revision, locks; the resolve at the transaction's revision only forgets it.
+        let mut other = KvState {
+            descriptor: Some(RangeDescriptor::new(RangeId(2), Vec::new(), None, 1)),
+            ..KvState::default()
+        };
+        assert!(matches!(
+            apply_txn(&mut other, &prepare(3, 12, vec![2]), WHOLE),
+            TxnApplied::Prepared { .. }
+        ));
+        let resolve = TxnCommand::Resolve {
+            txn: txn(3),
+            revision: 11,
+            writes: vec![(2, 20)],
+        };
+        assert_eq!(apply_txn(&mut other, &resolve, WHOLE), TxnApplied::Done);
+        assert!(other.txns.locks.is_empty());
+        assert_eq!(crate::kv::value_at(&other.versions, 2, 12), None);
+        assert_eq!(other.last_revision, 0);
     }
 }

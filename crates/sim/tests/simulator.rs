@@ -2,8 +2,8 @@
 
 use ostrakon_raft::PlantedBug;
 use ostrakon_ranges::{OracleBug, RangeBug};
-use ostrakon_sim::runner::{run_seed, run_seeds};
-use ostrakon_sim::scenario::Bug;
+use ostrakon_sim::runner::{run_seed, run_seed_with, run_seeds, run_seeds_with};
+use ostrakon_sim::scenario::{Bug, TxnProtocol};
 use ostrakon_sim::simulation::Simulation;
 
 fn fingerprint(seed: u64, bug: Option<Bug>) -> String {
@@ -34,7 +34,8 @@ fn a_seed_replays_exactly() {
 
 #[test]
 fn clean_seeds_pass_with_real_work_done() {
-    let summary = run_seeds(0, 40, None, 2, false, false);
+    // The key-lock variant (the node's is checked apart: its own figures, below).
+    let summary = run_seeds_with(0, 40, None, Some(TxnProtocol::KeyLocks), 2, false, false);
     assert_eq!(
         summary.violations, 0,
         "first failure: {:?}",
@@ -101,8 +102,61 @@ fn a_bank_coordinator_whose_commit_failed_asks_how_its_transaction_ended() {
     // refusal reached the coordinator first. It took the refusal for a definite abort,
     // while the first copy committed. It now asks the primary with an abort, as the
     // node's coordinator does, which answers the committed record.
-    let (report, _) = run_seed(682, None, false);
+    let (report, _) = run_seed_with(682, None, Some(TxnProtocol::KeyLocks), false);
     assert!(report.violation.is_none(), "{:?}", report.violation);
+}
+
+#[test]
+fn a_read_at_a_revision_goes_behind_granted_writes_still_in_the_inbox() {
+    // Seed 1435: a read at a revision waited in its replica's inbox (a Ready was being
+    // persisted) while the fetch in flight was answered; the granted write queued behind
+    // it. Handled first, the read found no fetch in flight and was served without the
+    // write, whose revision was below the read's. It now goes behind granted writes.
+    let (report, _) = run_seed_with(1435, None, Some(TxnProtocol::WholeRange), false);
+    assert!(report.violation.is_none(), "{:?}", report.violation);
+}
+
+#[test]
+fn the_nodes_transaction_variant_passes_clean_seeds_with_real_work_done() {
+    // Whole-range locks, revisions fetched by range leaders, reads behind the fetch in
+    // flight: the node's own rules (`ostrakon_ranges::frozen_txn`, `read_wait`).
+    let summary = run_seeds_with(0, 40, None, Some(TxnProtocol::WholeRange), 2, false, false);
+    assert_eq!(
+        summary.violations, 0,
+        "first failure: {:?}",
+        summary.first_failure
+    );
+    assert_eq!(summary.whole_range_seeds, 40);
+    // About 1,500 in these seeds.
+    assert!(
+        summary.writes_fetched > 800,
+        "range leaders fetched revisions: {}",
+        summary.writes_fetched
+    );
+    // About 340: without reads held, the barrier is not exercised.
+    assert!(
+        summary.barriers_held > 150,
+        "reads at a revision held for a fetch in flight: {}",
+        summary.barriers_held
+    );
+    // 17 in these seeds: fewer than under key locks, since one transaction holds a
+    // whole range and a second one aborts (the node's coordinator waits instead).
+    assert!(
+        summary.whole_range_transfers_across > 8,
+        "transfers across ranges committed (and were checked): {} of {}",
+        summary.whole_range_transfers_across,
+        summary.transfers
+    );
+    assert!(
+        summary.scans > 300,
+        "reads at one revision completed (and were checked): {}",
+        summary.scans
+    );
+    assert!(
+        summary.watch_revisions > 300,
+        "revisions sent to watchers (and checked): {}",
+        summary.watch_revisions
+    );
 }
 
 #[test]
@@ -313,5 +367,30 @@ fn planted_horizon_bug_is_caught() {
     assert!(
         violation.contains("committed"),
         "caught by the bank's checks of committed transactions: {violation}"
+    );
+}
+
+#[test]
+fn planted_txn_revision_bug_is_caught() {
+    // A transaction that takes the lowest of its prepares' revisions: a range whose lock
+    // is above it takes its part for a late prepare's and drops it, so the accounts'
+    // total changes (or a read at one revision sees part of the transfer).
+    first_violation_among(
+        RangeBug::TxnTakesLowestPrepare.into(),
+        &[
+            "the accounts hold",
+            "a read of every account at revision",
+            "a read of every register at revision",
+        ],
+    );
+}
+
+#[test]
+fn planted_barrier_bug_is_caught() {
+    // A read at a revision served while a fetch that can grant below it is in flight:
+    // a write lands at or below a revision already read.
+    first_violation_among(
+        RangeBug::BarrierSkipsFetchInFlight.into(),
+        &["a read of every register at revision", "watcher"],
     );
 }

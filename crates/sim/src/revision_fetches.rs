@@ -1,0 +1,239 @@
+//! The node's variant of revisions (`TxnProtocol::WholeRange`): a range's leader holds
+//! each register write and transaction prepare it receives until its node's fetcher
+//! (`ostrakon_ranges::read_wait::RevisionFetcher`, the node's own code) has a revision
+//! for it from the oracle, then proposes it if the leadership that fetched still leads
+//! (`read_wait::grant_step`). A read at a revision waits for the fetch in flight when it
+//! arrived (a barrier), then reads once the fetch's writes are proposed.
+//!
+//! One fetcher per node, shared by its ranges, as in the node's event loop. It is
+//! volatile: a crash loses what waits in it, and those clients time out.
+
+use ostrakon_raft::{NodeId, Role};
+use ostrakon_ranges::read_wait::{grant_step, GrantStep};
+use ostrakon_ranges::{Timestamp, TimestampRange};
+
+use crate::clients::REVISION_FETCH_BASE;
+use crate::events::Reply;
+use crate::node::{FetchedWrite, HeldRead, Input, Request};
+use crate::simulation::{trace, Simulation, META};
+use crate::txn_kv::TxnCommand;
+
+/// At most this many timestamps per fetch (small, so that busy nodes split their writes
+/// over several fetches, as the node does past its limit).
+pub(crate) const TIMESTAMPS_PER_FETCH_MAX: u64 = 8;
+/// How long a node waits for the oracle's answer; then the writes of the fetch fail.
+const REVISION_FETCH_TIMEOUT_US: u64 = 300_000;
+
+impl Simulation {
+    /// A write or prepare reached the leader of its range: it waits for the node's next
+    /// fetch.
+    pub(crate) fn fetch_revision_for(&mut self, id: NodeId, write: FetchedWrite) {
+        trace!(
+            self,
+            "{id:?} {:?} fetches a revision for {:?} of client {}",
+            write.group,
+            write.request,
+            write.waiting.client
+        );
+        self.writes_fetched += 1;
+        self.running(id).revisions.wait(write);
+        self.start_revision_fetch(id);
+    }
+
+    /// A read at a revision reached the leader of its range: read now, unless a fetch is
+    /// in flight (which may grant a revision at or below the read's).
+    pub(crate) fn read_behind_barrier(&mut self, id: NodeId, read: HeldRead) {
+        // The node proposes a granted write at once; here it may wait in the replica's
+        // inbox while a Ready persists (this read, queued before it, is handled first):
+        // the read goes behind it, as in the node it would find it in the log.
+        let grant_queued = self
+            .replica(id, read.group)
+            .inbox
+            .iter()
+            .any(|input| matches!(input, Input::Granted(_)));
+        match self.running(id).revisions.barrier(read) {
+            Some(read) if grant_queued => {
+                trace!(self, "{id:?} {:?} reads behind granted writes", read.group);
+                self.replica(id, read.group)
+                    .inbox
+                    .push_back(Input::ReadAt(read));
+            }
+            Some(read) => self.read_at(id, read),
+            None => {
+                self.barriers_held += 1;
+                trace!(
+                    self,
+                    "{id:?} {:?} holds a read at {:?} for the fetch in flight",
+                    read.group,
+                    read.waiting.scan_at
+                );
+            }
+        }
+    }
+
+    /// Starts the node's next fetch if none is in flight and writes wait.
+    fn start_revision_fetch(&mut self, id: NodeId) {
+        let Some((fetch, count)) = self.running(id).revisions.start() else {
+            return;
+        };
+        let number = self.next_internal_request;
+        self.next_internal_request += 1;
+        self.running(id).fetch_request = Some((number, fetch));
+        self.revision_fetches.insert(number, id);
+        let target = self.pick_node_as_known_on(id, META);
+        trace!(
+            self,
+            "{id:?} fetch {fetch} asks {target:?} for {count} revisions"
+        );
+        let request = Request::Timestamps { count };
+        let client = REVISION_FETCH_BASE + number;
+        self.push_request(client, target, META, request, REVISION_FETCH_TIMEOUT_US);
+    }
+
+    /// The oracle answered a node's fetch.
+    pub(crate) fn handle_revision_fetch_reply(&mut self, client: u64, reply: Reply) {
+        let Some((id, fetch)) = self.end_revision_fetch(client) else {
+            return;
+        };
+        let granted = match reply {
+            Reply::Timestamps(grant) => Some(TimestampRange {
+                first: Timestamp(grant.first),
+                count: grant.count,
+            }),
+            _ => None,
+        };
+        self.revisions_granted(id, fetch, granted);
+    }
+
+    pub(crate) fn revision_fetch_timed_out(&mut self, client: u64) {
+        if let Some((id, fetch)) = self.end_revision_fetch(client) {
+            self.revisions_granted(id, fetch, None);
+        }
+    }
+
+    /// The fetch ended (answered or not): the node that made it and its fetch number, if
+    /// it is still the same life of it and waiting for this request (a copy or a late
+    /// answer finds it ended).
+    fn end_revision_fetch(&mut self, client: u64) -> Option<(NodeId, u64)> {
+        let number = client - REVISION_FETCH_BASE;
+        let id = self.revision_fetches.remove(&number)?;
+        if !self.is_up(id) {
+            return None;
+        }
+        let running = self.running(id);
+        let (request, fetch) = running.fetch_request?;
+        if request != number {
+            return None;
+        }
+        running.fetch_request = None;
+        Some((id, fetch))
+    }
+
+    /// Hands the fetch's writes to their replicas (to be proposed), then the reads it
+    /// held, queued behind them; or, if it failed, answers its writes.
+    fn revisions_granted(&mut self, id: NodeId, fetch: u64, granted: Option<TimestampRange>) {
+        trace!(self, "{id:?} fetch {fetch} answered: {granted:?}");
+        let result = self.running(id).revisions.granted(fetch, granted);
+        // Taken now: a write handed on below may start the next fetch.
+        let reads = self.running(id).revisions.released_barriers();
+        let failed = Reply::Failed {
+            leader_hint: NodeId::NONE,
+        };
+        match result {
+            Ok(writes) => {
+                for write in writes {
+                    let (group, waiting) = (write.group, write.waiting);
+                    self.input_or_answer(id, group, Input::Granted(write), waiting, &failed);
+                }
+            }
+            Err(unstamped) => {
+                for write in unstamped.writes {
+                    self.reply(write.waiting, failed.clone());
+                }
+            }
+        }
+        for read in reads {
+            let (group, waiting) = (read.group, read.waiting);
+            self.input_or_answer(id, group, Input::ReadAt(read), waiting, &failed);
+        }
+        self.start_revision_fetch(id);
+    }
+
+    /// Hands `input` to the replica of `group` on `id`, or answers its client with
+    /// `reply` if the replica is gone (destroyed, or merged away).
+    fn input_or_answer(
+        &mut self,
+        id: NodeId,
+        group: ostrakon_raft::GroupId,
+        input: Input,
+        waiting: crate::node::Waiting,
+        reply: &Reply,
+    ) {
+        if self.hosts(id, group) {
+            self.input(id, group, input);
+        } else {
+            self.reply(waiting, reply.clone());
+        }
+    }
+
+    /// A granted write at its replica: proposed by the leadership that fetched it, or
+    /// fetched again by a later one.
+    pub(crate) fn propose_fetched(&mut self, id: NodeId, write: FetchedWrite) {
+        let group = write.group;
+        let replica = self.replica(id, group);
+        let leader_hint = replica.raw.leader();
+        let leading_in = (replica.raw.role() == Role::Leader).then(|| replica.raw.term());
+        match grant_step(leading_in, write.term) {
+            GrantStep::Propose => {
+                let (data, is_register_write) = match &write.request {
+                    Request::Write(command) => (command.encode(), true),
+                    Request::Txn(command) => (command.encode(), false),
+                    other => panic!("{other:?} takes no revision"),
+                };
+                let result = replica.raw.propose(data);
+                match result {
+                    Ok(proposal) => {
+                        replica
+                            .proposals
+                            .insert(proposal.index, (proposal.term, write.waiting));
+                    }
+                    Err(_) => self.reply(write.waiting, Reply::Failed { leader_hint }),
+                }
+                trace!(
+                    self,
+                    "{id:?} {group:?} proposes {:?} of client {}: {result:?}",
+                    write.request,
+                    write.waiting.client
+                );
+                if result.is_ok() && is_register_write {
+                    self.maybe_freeze_behind_write(id, group);
+                }
+            }
+            GrantStep::FetchAgain => {
+                let mut write = write;
+                write.term = self.replica(id, group).raw.term();
+                write.request = without_revision(write.request);
+                trace!(self, "{id:?} {group:?} fetches again for a later term");
+                self.running(id).revisions.wait(write);
+                self.start_revision_fetch(id);
+            }
+            GrantStep::NotLeader => self.reply(write.waiting, Reply::Failed { leader_hint }),
+        }
+    }
+}
+
+/// The request as it was before a revision was stamped on it.
+fn without_revision(request: Request) -> Request {
+    match request {
+        Request::Write(command) => Request::Write(command.with_revision(0)),
+        Request::Txn(TxnCommand::Prepare {
+            txn, primary, keys, ..
+        }) => Request::Txn(TxnCommand::Prepare {
+            txn,
+            revision: 0,
+            primary,
+            keys,
+        }),
+        other => panic!("{other:?} takes no revision"),
+    }
+}
