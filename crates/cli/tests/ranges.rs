@@ -919,6 +919,134 @@ async fn progress_answers_reach_a_linearizable_reads_revision() {
     }
 }
 
+/// A watcher of keys in several ranges that starts in the future has been sent nothing
+/// owed up to the present: a progress request answers the present revision, as etcd
+/// does, not the one before the watcher's start (which is above every revision the
+/// cluster has given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_of_a_watcher_starting_in_the_future_is_the_present() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    split_in_three(&cluster).await;
+    let put = client.put("n", "1", None).await.unwrap();
+    // About 70 minutes ahead of the oracle's present (its revisions are milliseconds
+    // shifted left by 18 bits).
+    let start = put.header().unwrap().revision() + (1 << 40);
+    let (mut watcher, mut stream) = cluster
+        .client(1)
+        .await
+        .watch(
+            "k",
+            Some(
+                WatchOptions::new()
+                    .with_range("p")
+                    .with_start_revision(start),
+            ),
+        )
+        .await
+        .unwrap();
+    watcher.request_progress().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let progress = loop {
+        assert!(Instant::now() < deadline, "no progress answer in 10 s");
+        let Ok(Ok(Some(response))) =
+            tokio::time::timeout(Duration::from_millis(500), stream.message()).await
+        else {
+            continue;
+        };
+        assert!(response.events().is_empty(), "{response:?}");
+        if response.watch_id() == -1 {
+            break response.header().unwrap().revision();
+        }
+    };
+    // A read across every range reads at the oracle's present, after the answer.
+    let everything = GetOptions::new().with_range("z");
+    let read = client.get("a", Some(everything)).await.unwrap();
+    let present = read.header().unwrap().revision();
+    assert!(
+        progress <= present,
+        "progress answered at {progress}, above the cluster's revision {present} (the \
+         watcher starts at {start})"
+    );
+    assert!(progress >= put.header().unwrap().revision());
+}
+
+/// A progress request on a stream whose ranges cannot answer (two members of three
+/// paused) answers within about the second the stream waits for a range, however many
+/// watchers it holds: the ranges are asked at once (they were asked one watcher after
+/// another, up to a second each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_answer_waits_for_leaderless_ranges_once() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    split_in_three(&cluster).await;
+    let intervals = [
+        ("a", "b"),
+        ("c", "d"),
+        ("e", "f"),
+        ("g", "h"),
+        ("i", "j"),
+        ("n", "o"),
+        ("p", "q"),
+        ("r", "s"),
+        ("u", "v"),
+        ("w", "x"),
+        ("y", "z"),
+    ];
+    let (mut watcher, mut stream) = cluster
+        .client(0)
+        .await
+        .watch("a", Some(WatchOptions::new().with_range("b")))
+        .await
+        .unwrap();
+    for (key, end) in &intervals[1..] {
+        watcher
+            .watch(*key, Some(WatchOptions::new().with_range(*end)))
+            .await
+            .unwrap();
+    }
+    let mut created = 1; // the first watcher's answer came with the stream
+    while created < intervals.len() {
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("every watcher created within 10 s")
+            .unwrap()
+            .unwrap();
+        created += usize::from(response.created());
+    }
+    // Paused, not killed: what the stream asks of them (a leader's read point, the
+    // oracle) waits for an answer, rather than failing at once on a closed connection.
+    let paused: Vec<i32> = [1, 2].iter().map(|&i| cluster.pid(i) as i32).collect();
+    for &pid in &paused {
+        // SAFETY: signals to a child process this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    let asked = Instant::now();
+    watcher.request_progress().await.unwrap();
+    loop {
+        let response = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("a progress answer within 20 s")
+            .unwrap()
+            .unwrap();
+        if response.watch_id() == -1 {
+            break;
+        }
+    }
+    let took = asked.elapsed();
+    // One second for the ranges asked at once; asked one watcher after another, each
+    // waited its second.
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the progress answer took {took:?} with two members of three paused"
+    );
+    for &pid in &paused {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+}
+
 /// A watcher whose keys a split spread over two ranges, and which learns of the split
 /// late (a slow split check, as when a new range is not ready on its member yet), still
 /// gets what its old range applied meanwhile: the old range's broadcast brought those

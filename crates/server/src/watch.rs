@@ -246,7 +246,9 @@ impl WatchStream {
                 },
                 _ = progress.tick() => self.notify_progress().await,
                 _ = split_check.tick() => self.follow_splits().await,
-                _ = merge.tick(), if self.has_merged() => self.serve_merged(Round::Owed).await,
+                _ = merge.tick(), if self.has_merged() => {
+                    self.serve_merged(Round::Owed).await.map(drop)
+                }
                 _ = client_side.closed() => Err(Gone),
             };
             if step.is_err() {
@@ -548,8 +550,8 @@ impl WatchStream {
     /// `Round::Every`), a revision from the oracle, every range of theirs caught up to
     /// it, and each sent what its ranges' histories hold up to it. A watcher served so
     /// has been sent everything up to that revision: its `next` moves past it, written
-    /// or not.
-    async fn serve_merged(&mut self, round: Round) -> Result<(), Gone> {
+    /// or not. Returns the oracle's revision the round was served at, if it was.
+    async fn serve_merged(&mut self, round: Round) -> Result<Option<Revision>, Gone> {
         let ranges = self.node.directory();
         let mut due = Vec::new();
         let mut groups = std::collections::BTreeSet::new();
@@ -592,7 +594,7 @@ impl WatchStream {
             }
         }
         if due.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let resolved = async {
             let now = self.node.current_timestamp().await?;
@@ -613,12 +615,13 @@ impl WatchStream {
                 let lowest_lock = self.node.store(group)?.read_view().lowest_lock_revision();
                 lowest_locks.extend(lowest_lock);
             }
-            Ok::<_, ostrakon_node::NodeError>(crate::watch_merge::resolved(now, lowest_locks))
+            let resolved = crate::watch_merge::resolved(now, lowest_locks);
+            Ok::<_, ostrakon_node::NodeError>((now, resolved))
         };
-        let resolved = match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
-            Ok(Ok(resolved)) => resolved,
+        let (now, resolved) = match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
+            Ok(Ok(answer)) => answer,
             // No oracle or a range without a leader: the next round tries again.
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
         // After the wait, so that a merge applied meanwhile is seen: a watcher whose
         // ranges (`touched`, read before it) no longer list the range merged away had
@@ -645,7 +648,7 @@ impl WatchStream {
                 self.release_pending(id, &touched, resolved).await?;
             }
         }
-        Ok(())
+        Ok(Some(now))
     }
 
     /// Stops following the ranges merged into another (`LiveRanges::merged_away`): the
@@ -960,47 +963,6 @@ impl WatchStream {
         Ok(())
     }
 
-    /// Up to which revision every event of `group` has been sent to a watcher that expects
-    /// `next` next. On a keyspace of one range: the range's current revision, once sent.
-    /// On a keyspace in ranges, where the range's own revision can stay far below the
-    /// keyspace's: as far as the oracle's present, once the range has applied every
-    /// write up to it (the read-wait rule) and below its lowest lock (a transaction's
-    /// write still to come), so that a client waiting for progress past a write in
-    /// another range (Kubernetes' consistent reads from its watch cache) gets it.
-    /// A watcher whose keys (`interval`) a split moved partly out of the range, and that
-    /// has not followed them yet, gets no more than `sent`: the other range's events
-    /// are still to come to it.
-    async fn delivered_in(
-        &self,
-        group: GroupId,
-        next: Revision,
-        interval: (&[u8], &[u8]),
-    ) -> Revision {
-        let store = self.store(group).clone();
-        let sent = Revision(next.0 - 1).min(store.current_revision());
-        // A range frozen for a merge holds no keys in its view: the merged range may take
-        // writes to them before this replica applies the merge.
-        if !store.oracle_revisions() || !store.read_view().span().covers(interval.0, interval.1) {
-            return sent;
-        }
-        let resolved = async {
-            // A revision from the range leader's next oracle fetch, with its barrier.
-            let now = self.node.fresh_read_point(group).await?;
-            let view = store.read_view();
-            let below_locks = view
-                .lowest_lock_revision()
-                .map_or(now, |lock| now.min(Revision(lock.0 - 1)));
-            let covers = view.span().covers(interval.0, interval.1);
-            Ok::<_, ostrakon_node::NodeError>((below_locks, view.current_revision(), covers))
-        };
-        match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
-            // Every event up to the range's current revision was sent, and the range
-            // holds none between it and the resolved one (and still holds the keys).
-            Ok(Ok((resolved, current, true))) if next > current => resolved.max(sent),
-            _ => sent,
-        }
-    }
-
     /// The revision up to which every watcher of the stream has been sent every event
     /// (a `ProgressRequest`'s answer). On a keyspace in ranges this reaches the oracle's
     /// present when no event is on its way: the watchers of several ranges are served a
@@ -1009,9 +971,11 @@ impl WatchStream {
     /// watch cache) gets it without a write to its keys. With no watcher: the member's
     /// current revision, as etcd answers.
     async fn delivered_to_every_watcher(&mut self) -> Result<Revision, Gone> {
-        if self.has_merged() {
-            self.serve_merged(Round::Every).await?;
-        }
+        let round_at = if self.has_merged() {
+            self.serve_merged(Round::Every).await?
+        } else {
+            None
+        };
         let followed: Vec<(Follows, Revision, Bytes, Bytes)> = self
             .watchers
             .values()
@@ -1021,12 +985,22 @@ impl WatchStream {
             return Ok(self.node.current_revision());
         }
         let mut delivered = Revision(i64::MAX);
+        // The ranges are asked all at once: one without a leader costs the answer its
+        // wait once, not once per watcher.
+        let mut asks = tokio::task::JoinSet::new();
         for (follows, next, key, range_end) in followed {
-            let watcher_delivered = match follows {
-                Follows::One(group) => self.delivered_in(group, next, (&key, &range_end)).await,
-                Follows::Several => Revision(next.0 - 1),
-            };
-            delivered = delivered.min(watcher_delivered);
+            match follows {
+                Follows::One(group) => {
+                    let (node, store) = (self.node.clone(), self.store(group).clone());
+                    asks.spawn(
+                        async move { delivered_in(node, store, next, (&key, &range_end)).await },
+                    );
+                }
+                Follows::Several => delivered = delivered.min(merged_progress(next, round_at)),
+            }
+        }
+        while let Some(answer) = asks.join_next().await {
+            delivered = delivered.min(answer.expect("a progress ask panicked"));
         }
         Ok(delivered)
     }
@@ -1040,27 +1014,41 @@ impl WatchStream {
             .filter(|(_, w)| w.progress_notify)
             .map(|(id, w)| (*id, w.follows, w.next, w.key.clone(), w.range_end.clone()))
             .collect();
-        if asking
+        let several = asking
             .iter()
-            .any(|(_, follows, ..)| *follows == Follows::Several)
-        {
-            self.serve_merged(Round::Every).await?;
-        }
+            .any(|(_, follows, ..)| *follows == Follows::Several);
+        let round_at = if several {
+            self.serve_merged(Round::Every).await?
+        } else {
+            None
+        };
         let mut due = Vec::with_capacity(asking.len());
+        // The ranges of the watchers of one range are asked all at once.
+        let mut asks = tokio::task::JoinSet::new();
         for (id, follows, _, key, range_end) in asking {
             // The watcher's next revision after the round above.
             let Some(next) = self.watchers.get(&id).map(|w| w.next) else {
                 continue; // canceled by the round (its history compacted)
             };
-            let current = match follows {
+            match follows {
                 Follows::One(group) if next > self.store(group).current_revision() => {
-                    self.delivered_in(group, next, (&key, &range_end)).await
+                    let (node, store) = (self.node.clone(), self.store(group).clone());
+                    asks.spawn(async move {
+                        (
+                            id,
+                            delivered_in(node, store, next, (&key, &range_end)).await,
+                        )
+                    });
                 }
                 Follows::One(_) => continue, // events still on their way to it
-                Follows::Several => Revision(next.0 - 1),
-            };
-            due.push((id, current));
+                Follows::Several => due.push((id, merged_progress(next, round_at))),
+            }
         }
+        while let Some(answer) = asks.join_next().await {
+            due.push(answer.expect("a progress ask panicked"));
+        }
+        // In the watchers' order, as before the asks ran at once.
+        due.sort_unstable_by_key(|(id, _)| *id);
         for (id, current) in due {
             let response = WatchResponse {
                 header: self.header(current),
@@ -1071,6 +1059,56 @@ impl WatchStream {
         }
         Ok(())
     }
+}
+
+/// Up to which revision every event of `store`'s range has been sent to a watcher that expects
+/// `next` next. On a keyspace of one range: the range's current revision, once sent.
+/// On a keyspace in ranges, where the range's own revision can stay far below the
+/// keyspace's: as far as the oracle's present, once the range has applied every
+/// write up to it (the read-wait rule) and below its lowest lock (a transaction's
+/// write still to come), so that a client waiting for progress past a write in
+/// another range (Kubernetes' consistent reads from its watch cache) gets it.
+/// A watcher whose keys (`interval`) a split moved partly out of the range, and that
+/// has not followed them yet, gets no more than `sent`: the other range's events
+/// are still to come to it.
+async fn delivered_in(
+    node: NodeHandle,
+    store: Arc<MvccStore>,
+    next: Revision,
+    interval: (&[u8], &[u8]),
+) -> Revision {
+    let group = store.group();
+    let sent = Revision(next.0 - 1).min(store.current_revision());
+    // A range frozen for a merge holds no keys in its view: the merged range may take
+    // writes to them before this replica applies the merge.
+    if !store.oracle_revisions() || !store.read_view().span().covers(interval.0, interval.1) {
+        return sent;
+    }
+    let resolved = async {
+        // A revision from the range leader's next oracle fetch, with its barrier.
+        let now = node.fresh_read_point(group).await?;
+        let view = store.read_view();
+        let below_locks = view
+            .lowest_lock_revision()
+            .map_or(now, |lock| now.min(Revision(lock.0 - 1)));
+        let covers = view.span().covers(interval.0, interval.1);
+        Ok::<_, ostrakon_node::NodeError>((below_locks, view.current_revision(), covers))
+    };
+    match tokio::time::timeout(MERGE_WAIT_MAX, resolved).await {
+        // Every event up to the range's current revision was sent, and the range
+        // holds none between it and the resolved one (and still holds the keys).
+        Ok(Ok((resolved, current, true))) if next > current => resolved.max(sent),
+        _ => sent,
+    }
+}
+
+/// How far a watcher of several ranges whose next revision is `next` has been sent every
+/// event, after a round served at the oracle's revision `round_at`: up to `next - 1`,
+/// but not above the round's revision (a watcher that starts in the future has been
+/// sent nothing owed up to the present, and etcd answers its present revision).
+fn merged_progress(next: Revision, round_at: Option<Revision>) -> Revision {
+    let sent = Revision(next.0 - 1);
+    round_at.map_or(sent, |at| sent.min(at))
 }
 
 /// Splits events into groups of at most `bytes_max` encoded bytes each (an event larger
@@ -1096,6 +1134,19 @@ fn split_by_size(events: Vec<Event>, bytes_max: usize) -> Vec<Vec<Event>> {
 mod tests {
     use super::*;
     use ostrakon_proto::mvccpb::KeyValue;
+
+    #[test]
+    fn a_merged_watchers_progress_stops_at_the_rounds_revision() {
+        assert_eq!(
+            merged_progress(Revision(10), Some(Revision(20))),
+            Revision(9)
+        );
+        assert_eq!(
+            merged_progress(Revision(50), Some(Revision(20))),
+            Revision(20)
+        );
+        assert_eq!(merged_progress(Revision(50), None), Revision(49));
+    }
 
     fn event(key: &str, value_bytes: usize) -> Event {
         Event {
