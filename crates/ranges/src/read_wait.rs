@@ -161,6 +161,14 @@ impl<W: Stamped, B, R> RevisionFetcher<W, B, R> {
 
     /// Queues a fresh read until the next fetch is granted.
     pub fn wait_fresh(&mut self, read: R) {
+        #[cfg(feature = "planted-bugs")]
+        if self.bug == Some(crate::RangeBug::FreshReadTakesFetchInFlight) {
+            // Joins the fetch in flight if that one has a timestamp for reads already.
+            if let Some(in_flight) = self.in_flight.as_mut().filter(|f| !f.reads.is_empty()) {
+                in_flight.reads.push(read);
+                return;
+            }
+        }
         self.waiting_reads.push(read);
     }
 
@@ -339,6 +347,22 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(fetcher.released_fresh_reads(), vec![("late read", first.0)]);
+    }
+
+    #[test]
+    fn the_planted_bug_lets_a_fresh_read_join_the_fetch_in_flight() {
+        let mut fetcher = Fetcher::with_bug(16, Some(crate::RangeBug::FreshReadTakesFetchInFlight));
+        fetcher.wait_fresh("first");
+        let (fetch, count) = fetcher.start().unwrap();
+        assert_eq!(count, 1);
+        fetcher.wait_fresh("late");
+        let first = Timestamp::from_physical_ms(1_000);
+        let granted = fetcher.granted(fetch, Some(TimestampRange { first, count: 1 }));
+        assert!(granted.unwrap().is_empty());
+        assert_eq!(
+            fetcher.released_fresh_reads(),
+            vec![("first", first.0), ("late", first.0)]
+        );
     }
 
     #[test]

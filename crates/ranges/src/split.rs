@@ -67,6 +67,11 @@ pub enum RangeBug {
     /// arrived (`read_wait::RevisionFetcher::barrier`): a write that fetch stamps at or
     /// below the read's revision is proposed after the read was served without it.
     BarrierSkipsFetchInFlight,
+    /// A fresh read (a linearizable read of the current state) takes the last timestamp
+    /// of the fetch in flight when it arrived, not of the next one
+    /// (`read_wait::RevisionFetcher::wait_fresh`): that fetch may have been answered by
+    /// the oracle before the read began, below a revision acknowledged meanwhile.
+    FreshReadTakesFetchInFlight,
 }
 
 /// What a split command asks.

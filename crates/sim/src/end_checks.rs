@@ -16,6 +16,8 @@ const PROBE_DEADLINE_US: u64 = 3_000_000;
 const QUIESCE_DEADLINE_US: u64 = 1_000_000;
 /// How long after a quiesced leader's node dies its ranges must have new leaders.
 const QUIESCED_FAILOVER_DEADLINE_US: u64 = 3_000_000;
+/// How long the members of every range get to apply what their leaders committed last.
+const CONVERGE_DEADLINE_US: u64 = 1_000_000;
 
 impl Simulation {
     /// Progress: a write proposed at each range's leader after the faults healed is
@@ -222,34 +224,47 @@ impl Simulation {
     /// Every member of every range applied what its leader committed, and holds the
     /// same state.
     pub(crate) fn check_convergence(&mut self) {
+        // A range leader's own work (a pusher's abort, a horizon) may have been proposed
+        // just before: it gets a little time to reach every member.
+        let deadline_us = self.now_us + CONVERGE_DEADLINE_US;
+        loop {
+            let Some((group, violation)) = self.divergence() else {
+                return;
+            };
+            if self.now_us >= deadline_us || self.violation.is_some() {
+                return self.fail_in(group, violation);
+            }
+            self.run_until(self.now_us + 100_000);
+        }
+    }
+
+    /// The first range whose members differ from its leader, if any.
+    fn divergence(&self) -> Option<(GroupId, Violation)> {
         for group in self.groups() {
             let members = self.latest_conf[&group].1.members();
             let Some(leader) = self.current_leader(group) else {
-                self.fail_in(
+                return Some((
                     group,
                     Violation("no leader after healing and settling".into()),
-                );
-                return;
+                ));
             };
             let leader_replica = self.replica_ref(leader, group).expect("leader");
-            let (leader_commit, leader_kv) =
-                (leader_replica.raw.commit(), leader_replica.kv.clone());
+            let (leader_commit, leader_kv) = (leader_replica.raw.commit(), &leader_replica.kv);
             for id in members {
                 let Some(replica) = self.replica_ref(id, group) else {
                     let message = format!("member {id:?} is not running after healing");
-                    self.fail_in(group, Violation(message));
-                    return;
+                    return Some((group, Violation(message)));
                 };
-                if replica.applied != leader_commit || replica.kv != leader_kv {
+                if replica.applied != leader_commit || &replica.kv != leader_kv {
                     let message = format!(
                         "member {id:?} did not converge: applied {:?} (leader {leader:?} \
                          committed {leader_commit:?}), state {:?} vs {:?}",
                         replica.applied, replica.kv, leader_kv
                     );
-                    self.fail_in(group, Violation(message));
-                    return;
+                    return Some((group, Violation(message)));
                 }
             }
         }
+        None
     }
 }

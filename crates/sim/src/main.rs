@@ -26,8 +26,8 @@ struct Args {
     /// new-leader-skips-floor (reads at a revision); read-ignores-pending-lock
     /// (transactions across ranges); watch-releases-early (watches across ranges);
     /// merge-skips-freeze-wait (merges), horizon-forgets-only (transaction records);
-    /// txn-takes-lowest-prepare, barrier-skips-fetch-in-flight (the node's transaction
-    /// variant).
+    /// txn-takes-lowest-prepare, barrier-skips-fetch-in-flight,
+    /// fresh-read-takes-fetch-in-flight (the node's transaction variant).
     #[arg(long)]
     bug: Option<String>,
     /// Run every seed's transactions under one protocol: key-locks or whole-range (the
@@ -72,6 +72,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "horizon-forgets-only" => RangeBug::HorizonForgetsOnly.into(),
         "txn-takes-lowest-prepare" => RangeBug::TxnTakesLowestPrepare.into(),
         "barrier-skips-fetch-in-flight" => RangeBug::BarrierSkipsFetchInFlight.into(),
+        "fresh-read-takes-fetch-in-flight" => RangeBug::FreshReadTakesFetchInFlight.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
@@ -81,7 +82,8 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
                  move-leaders-hotter-than-gap, \
                  read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
                  watch-releases-early, merge-skips-freeze-wait, horizon-forgets-only, \
-                 txn-takes-lowest-prepare, barrier-skips-fetch-in-flight"
+                 txn-takes-lowest-prepare, barrier-skips-fetch-in-flight, \
+                 fresh-read-takes-fetch-in-flight"
             ))
         }
     })
@@ -166,7 +168,7 @@ fn main() -> ExitCode {
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
          ranges, {} records forgotten, {} of them committed) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
-         leaders, {} reads held for a fetch) in {:.1} s",
+         leaders, {} reads held for a fetch, {} fresh reads checked) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -185,6 +187,7 @@ fn main() -> ExitCode {
         summary.whole_range_transfers_across,
         summary.writes_fetched,
         summary.barriers_held,
+        summary.fresh_reads,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

@@ -172,6 +172,9 @@ pub enum Input {
     /// A read at a revision held for a fetch in flight, released once the fetch's
     /// writes were proposed (queued behind them).
     ReadAt(HeldRead),
+    /// A fresh read with the revision its fetch gave it, queued behind the fetch's
+    /// writes.
+    FreshAt(FreshRead, u64),
     /// A left range's replica here holds a merge whose freeze, at this entry of this
     /// range's log, is committed (the left range committed the merge after it): the
     /// replica may not have heard so from a leader gone since (`RawNode::commit_known`).
@@ -203,6 +206,8 @@ pub struct Waiting {
     /// For a watcher's round: its next revision and how many events it takes at most
     /// (a read at `scan_at` that answers with the history rather than the values).
     pub watch_from: Option<(u64, usize)>,
+    /// For a fresh read of a register: the revision it reads at.
+    pub fresh_at: Option<u64>,
 }
 
 impl Waiting {
@@ -217,6 +222,7 @@ impl Waiting {
             scan_at: None,
             wait_index: LogIndex(0),
             watch_from: None,
+            fresh_at: None,
         }
     }
 }
@@ -257,8 +263,22 @@ pub struct HeldRead {
     pub waiting: Waiting,
 }
 
-/// The node's revision fetcher: writes, barriers and (none in the simulator) fresh reads.
-pub type Revisions = ostrakon_ranges::read_wait::RevisionFetcher<FetchedWrite, HeldRead, ()>;
+/// A linearizable read of a register at its range's leader (the node's variant): it
+/// takes the last timestamp of the node's next fetch as its revision.
+#[derive(Clone, Copy, Debug)]
+pub struct FreshRead {
+    /// The range read.
+    pub group: GroupId,
+    /// Its read index request's id.
+    pub request_id: u64,
+    /// The client waiting for it.
+    pub waiting: Waiting,
+    /// The term of the leadership it arrived at.
+    pub term: Term,
+}
+
+/// The node's revision fetcher: writes, barriers and fresh reads.
+pub type Revisions = ostrakon_ranges::read_wait::RevisionFetcher<FetchedWrite, HeldRead, FreshRead>;
 
 /// One range's replica on a running node: its raft group and state machine.
 pub struct Replica {

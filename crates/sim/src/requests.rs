@@ -9,7 +9,7 @@ use ostrakon_ranges::read_floor::FloorRefused;
 
 use crate::events::{Event, Reply};
 use crate::kv::{routing_key, Command};
-use crate::node::{FetchedWrite, HeldRead, Request, Waiting};
+use crate::node::{FetchedWrite, FreshRead, HeldRead, Request, Waiting};
 use crate::scenario::TxnProtocol;
 use crate::simulation::{trace, Simulation, META};
 use crate::txn_kv::{TxnApplied, TxnCommand};
@@ -133,6 +133,17 @@ impl Simulation {
                 if result.is_ok() {
                     self.maybe_freeze_behind_write(id, group);
                 }
+            }
+            // At its leader, in the node's variant, a read takes its revision from the
+            // node's next fetch (a follower's read goes through ReadIndex, as before).
+            Request::Read { .. } if whole_range && replica.raw.role() == Role::Leader => {
+                let read = FreshRead {
+                    group,
+                    request_id,
+                    waiting,
+                    term: replica.raw.term(),
+                };
+                self.read_fresh_for(id, read);
             }
             Request::Read { .. } => match replica.raw.read_index(request_id) {
                 Ok(()) => {

@@ -14,7 +14,7 @@ use ostrakon_ranges::{Timestamp, TimestampRange};
 
 use crate::clients::REVISION_FETCH_BASE;
 use crate::events::Reply;
-use crate::node::{FetchedWrite, HeldRead, Input, Request};
+use crate::node::{FetchedWrite, FreshRead, HeldRead, Input, Request, Waiting};
 use crate::simulation::{trace, Simulation, META};
 use crate::txn_kv::TxnCommand;
 
@@ -23,6 +23,12 @@ use crate::txn_kv::TxnCommand;
 pub(crate) const TIMESTAMPS_PER_FETCH_MAX: u64 = 8;
 /// How long a node waits for the oracle's answer; then the writes of the fetch fail.
 const REVISION_FETCH_TIMEOUT_US: u64 = 300_000;
+/// How often, while faults run, the oracle's answer to a fetch is slow to reach its node
+/// (a loaded link, a paused process): reads arrive meanwhile, and other nodes' writes
+/// take later timestamps and are acknowledged.
+const SLOW_FETCH_ANSWER_PROBABILITY: f64 = 0.1;
+/// How slow at most (within the fetch's timeout).
+const SLOW_FETCH_ANSWER_US_MAX: u64 = 150_000;
 
 impl Simulation {
     /// A write or prepare reached the leader of its range: it waits for the node's next
@@ -38,6 +44,43 @@ impl Simulation {
         self.writes_fetched += 1;
         self.running(id).revisions.wait(write);
         self.start_revision_fetch(id);
+    }
+
+    /// A register read reached the leader of its range: it waits for the node's next
+    /// fetch, whose last timestamp is its revision.
+    pub(crate) fn read_fresh_for(&mut self, id: NodeId, read: FreshRead) {
+        self.running(id).revisions.wait_fresh(read);
+        self.start_revision_fetch(id);
+    }
+
+    /// A fresh read with its revision, behind its fetch's writes: read once the replica
+    /// has applied its log now and a read index, if the leadership it arrived at still
+    /// leads (as the node's `fresh_read_point`).
+    pub(crate) fn read_fresh(&mut self, id: NodeId, read: FreshRead, revision: u64) {
+        let replica = self.replica(id, read.group);
+        let leader_hint = replica.raw.leader();
+        let leading_in = (replica.raw.role() == Role::Leader).then(|| replica.raw.term());
+        if grant_step(leading_in, read.term) != GrantStep::Propose {
+            return self.reply(read.waiting, Reply::Failed { leader_hint });
+        }
+        let waiting = Waiting {
+            fresh_at: Some(revision),
+            wait_index: replica.raw.last_index(),
+            ..read.waiting
+        };
+        match replica.raw.read_index(read.request_id) {
+            Ok(()) => {
+                replica.reads.insert(read.request_id, waiting);
+                trace!(
+                    self,
+                    "{id:?} {:?} reads register {} fresh at {revision} (after {:?})",
+                    read.group,
+                    waiting.key,
+                    waiting.wait_index
+                );
+            }
+            Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
+        }
     }
 
     /// A read at a revision reached the leader of its range: read now, unless a fetch is
@@ -92,6 +135,24 @@ impl Simulation {
 
     /// The oracle answered a node's fetch.
     pub(crate) fn handle_revision_fetch_reply(&mut self, client: u64, reply: Reply) {
+        let number = client - REVISION_FETCH_BASE;
+        let answered = matches!(reply, Reply::Timestamps(_));
+        if answered
+            && self.healed_at_us.is_none()
+            && self.revision_fetches.contains_key(&number)
+            && self.slow_fetch_answers.insert(number)
+            && self.rng.chance(SLOW_FETCH_ANSWER_PROBABILITY)
+        {
+            let delay_us = self.rng.range(1, SLOW_FETCH_ANSWER_US_MAX);
+            trace!(self, "the answer to revision fetch {number} is slow");
+            let event = crate::events::Event::Reply {
+                client,
+                op: ostrakon_check::OpId::NONE,
+                reply,
+            };
+            self.events.push(self.now_us + delay_us, event);
+            return;
+        }
         let Some((id, fetch)) = self.end_revision_fetch(client) else {
             return;
         };
@@ -136,6 +197,7 @@ impl Simulation {
         let result = self.running(id).revisions.granted(fetch, granted);
         // Taken now: a write handed on below may start the next fetch.
         let reads = self.running(id).revisions.released_barriers();
+        let fresh_reads = self.running(id).revisions.released_fresh_reads();
         let failed = Reply::Failed {
             leader_hint: NodeId::NONE,
         };
@@ -150,11 +212,19 @@ impl Simulation {
                 for write in unstamped.writes {
                     self.reply(write.waiting, failed.clone());
                 }
+                for read in unstamped.reads {
+                    self.reply(read.waiting, failed.clone());
+                }
             }
         }
         for read in reads {
             let (group, waiting) = (read.group, read.waiting);
             self.input_or_answer(id, group, Input::ReadAt(read), waiting, &failed);
+        }
+        for (read, revision) in fresh_reads {
+            let (group, waiting) = (read.group, read.waiting);
+            let input = Input::FreshAt(read, revision);
+            self.input_or_answer(id, group, input, waiting, &failed);
         }
         self.start_revision_fetch(id);
     }
@@ -235,5 +305,60 @@ fn without_revision(request: Request) -> Request {
             keys,
         }),
         other => panic!("{other:?} takes no revision"),
+    }
+}
+
+impl Simulation {
+    /// Every fresh read answered was served at a revision at or above the revision of
+    /// every register write acknowledged before it began, in any range: etcd's promise
+    /// for a linearizable read (its header's revision), which the fetch a fresh read
+    /// takes keeps (the next one, started after the read arrived).
+    pub(crate) fn check_fresh_reads(&mut self) {
+        let ops = self.history.ops();
+        let acknowledged = |op: &ostrakon_check::OpId| {
+            let op = &ops[op.index()];
+            match op.outcome {
+                ostrakon_check::Outcome::Ok(_) => op.completed_at,
+                _ => None,
+            }
+        };
+        let mut writes: Vec<(u64, u64)> = self
+            .write_revisions
+            .iter()
+            .filter_map(|(op, &revision)| acknowledged(op).map(|at| (at, revision)))
+            .collect();
+        writes.sort_unstable();
+        // The highest revision acknowledged up to each write's acknowledgement.
+        let mut highest = 0;
+        let highest_by: Vec<(u64, u64)> = writes
+            .iter()
+            .map(|&(at, revision)| {
+                highest = highest.max(revision);
+                (at, highest)
+            })
+            .collect();
+        let mut checked = 0;
+        for (op, &revision) in &self.fresh_read_revisions {
+            if acknowledged(op).is_none() {
+                continue;
+            }
+            checked += 1;
+            let began = ops[op.index()].invoked_at;
+            let before = highest_by.partition_point(|&(at, _)| at < began);
+            let Some(&(_, acknowledged_revision)) = before.checked_sub(1).map(|i| &highest_by[i])
+            else {
+                continue;
+            };
+            if acknowledged_revision > revision {
+                let message = format!(
+                    "a fresh read (op {}) that began at {began} us was served at revision \
+                     {revision}, below revision {acknowledged_revision} of a write \
+                     acknowledged before it began",
+                    op.index()
+                );
+                return self.fail(crate::invariants::Violation(message));
+            }
+        }
+        self.fresh_reads_checked = checked;
     }
 }

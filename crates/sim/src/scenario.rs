@@ -303,10 +303,21 @@ impl Scenario {
     pub fn draw_txn_protocol(&mut self, rng: &mut Rng) {
         self.txn_protocol = rng.pick(&[TxnProtocol::KeyLocks, TxnProtocol::WholeRange]);
         match self.bug.and_then(Bug::range) {
-            Some(RangeBug::TxnTakesLowestPrepare | RangeBug::BarrierSkipsFetchInFlight) => {
+            Some(
+                RangeBug::TxnTakesLowestPrepare
+                | RangeBug::BarrierSkipsFetchInFlight
+                | RangeBug::FreshReadTakesFetchInFlight,
+            ) => {
                 self.txn_protocol = TxnProtocol::WholeRange;
                 self.client_think_us_max = 20_000;
                 self.scan_client_count = self.scan_client_count.max(2);
+                if self.bug == Some(Bug::Range(RangeBug::FreshReadTakesFetchInFlight)) {
+                    // Busy clients over several ranges: reads arrive while a fetch is in
+                    // flight, and other leaders' writes are acknowledged meanwhile.
+                    self.client_count = self.client_count.max(5);
+                    self.key_count = self.key_count.max(3);
+                    self.data_range_count = self.data_range_count.max(3);
+                }
             }
             Some(_) => self.txn_protocol = TxnProtocol::KeyLocks,
             None if self.bug.is_some() => self.txn_protocol = TxnProtocol::KeyLocks,

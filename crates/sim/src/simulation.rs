@@ -85,6 +85,14 @@ pub struct Simulation {
     pub(crate) writes_fetched: u64,
     /// Reads at a revision held for a fetch in flight.
     pub(crate) barriers_held: u64,
+    /// The revisions of register writes acknowledged to their clients, by operation.
+    pub(crate) write_revisions: BTreeMap<ostrakon_check::OpId, u64>,
+    /// The revisions fresh reads were served at, by operation.
+    pub(crate) fresh_read_revisions: BTreeMap<ostrakon_check::OpId, u64>,
+    /// Fresh reads whose revisions the end checked.
+    pub(crate) fresh_reads_checked: u64,
+    /// Revision fetches whose answer was considered for a delay (once each).
+    pub(crate) slow_fetch_answers: BTreeSet<u64>,
     /// No crash of the oracle's leader right after a bound before this time
     /// (`timestamps::CRASH_AFTER_BOUND_PROBABILITY`): bounds come every few ms.
     pub(crate) next_crash_after_bound_us: u64,
@@ -226,6 +234,10 @@ impl Simulation {
             revision_fetches: BTreeMap::new(),
             writes_fetched: 0,
             barriers_held: 0,
+            write_revisions: BTreeMap::new(),
+            fresh_read_revisions: BTreeMap::new(),
+            fresh_reads_checked: 0,
+            slow_fetch_answers: BTreeSet::new(),
             next_crash_after_bound_us: 0,
             next_internal_request: 0,
             bank_clients: Vec::new(),
@@ -539,6 +551,9 @@ impl Simulation {
         }
         if self.violation.is_none() {
             self.check_bank();
+        }
+        if self.violation.is_none() {
+            self.check_fresh_reads();
         }
     }
 
@@ -928,6 +943,7 @@ impl Simulation {
             }
             Input::Granted(write) => self.propose_fetched(id, write),
             Input::ReadAt(read) => self.read_at(id, read),
+            Input::FreshAt(read, revision) => self.read_fresh(id, read, revision),
             Input::Transfer(target) => {
                 let result = self.replica(id, group).raw.transfer_leader(target);
                 trace!(
@@ -1483,6 +1499,13 @@ impl Simulation {
         let Some((term, waiting)) = replica.proposals.remove(&entry.index) else {
             return;
         };
+        // A register write's revision, for the check of fresh reads' revisions.
+        let write_revision = match &entry.payload {
+            EntryPayload::Normal(data) if data[0] < crate::txn_kv::TXN_TAG_BASE => {
+                Command::decode(data).revision()
+            }
+            _ => None,
+        };
         match output {
             Some(Err(Refused::Moved)) if term == entry.term => {
                 let ranges = self.local_descriptors(id);
@@ -1506,6 +1529,9 @@ impl Simulation {
                     .check_acknowledged(entry.index, term, &confs, &disks);
                 if let Err(violation) = result {
                     self.fail_in(group, violation);
+                }
+                if let Some(revision) = write_revision {
+                    self.write_revisions.insert(waiting.op, revision);
                 }
                 self.reply(waiting, Reply::Ok(output));
             }
@@ -1602,10 +1628,12 @@ impl Simulation {
                             replica.kv.descriptor.as_ref(),
                             &routing_key(w.key),
                         ));
-                (
-                    w,
-                    in_span.then(|| replica.kv.registers.get(&w.key).copied()),
-                )
+                // A fresh read reads at its revision, as the node's store does.
+                let value = |kv: &KvState| match w.fresh_at {
+                    Some(revision) => kv::value_at(&kv.versions, w.key, revision),
+                    None => kv.registers.get(&w.key).copied(),
+                };
+                (w, in_span.then(|| value(&replica.kv)))
             })
             .collect();
         let scanned: Vec<(Waiting, Option<Reply>)> = scans
@@ -1620,7 +1648,12 @@ impl Simulation {
         }
         for (waiting, value) in answers {
             match value {
-                Some(value) => self.reply(waiting, Reply::Ok(RegisterOutput::Read(value))),
+                Some(value) => {
+                    if let Some(revision) = waiting.fresh_at {
+                        self.fresh_read_revisions.insert(waiting.op, revision);
+                    }
+                    self.reply(waiting, Reply::Ok(RegisterOutput::Read(value)))
+                }
                 None => {
                     // The split that moved the key applied before the read index did.
                     let ranges = self.local_descriptors(id);
