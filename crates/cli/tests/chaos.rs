@@ -297,7 +297,10 @@ fn loopback_runs_crashes_and_refuses_partitions_clearly() {
 
 /// A build whose members answer linearizable reads from local state (no ReadIndex) is
 /// caught: with the leader cut off, it keeps serving values the majority has overwritten.
-/// scripts/test.sh builds it into target/planted (cargo build --features planted-bugs).
+/// Which checks see it depends on which keys the stale reads hit: the registers' or the
+/// Txn groups' histories are not linearizable, or a client sees the revision go back
+/// (CI once saw only the last two). scripts/test.sh builds it into target/planted
+/// (cargo build --features planted-bugs).
 #[test]
 fn a_planted_stale_read_bug_is_caught() {
     let planted = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/planted/ostrakon");
@@ -314,9 +317,13 @@ fn a_planted_stale_read_bug_is_caught() {
     );
     assert!(!passed, "the planted bug went unnoticed: {verdict:#}");
     assert_eq!(verdict["valid"], false);
-    assert_eq!(
-        verdict["checks"]["registers"]["checker"], "not linearizable",
-        "{verdict:#}"
+    let checks = &verdict["checks"];
+    let stale_read_seen = checks["registers"]["checker"] == "not linearizable"
+        || checks["txn"]["checker"] == "not linearizable"
+        || checks["revisions"]["valid"] == false;
+    assert!(
+        stale_read_seen,
+        "caught, but not by a check of what reads returned: {verdict:#}"
     );
 }
 
