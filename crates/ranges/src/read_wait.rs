@@ -130,6 +130,11 @@ impl<W: Stamped, B, R> RevisionFetcher<W, B, R> {
         }
     }
 
+    /// Whether a fetch is in flight (a barrier asked now is held for it).
+    pub fn fetch_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// A read barrier: returned at once if no fetch is in flight, else kept until that
     /// fetch is answered (`released_barriers` hands it back).
     pub fn barrier(&mut self, barrier: B) -> Option<B> {

@@ -99,6 +99,13 @@ fn parse_protocol(name: &str) -> Result<TxnProtocol, String> {
     }
 }
 
+fn protocol_name(protocol: TxnProtocol) -> &'static str {
+    match protocol {
+        TxnProtocol::KeyLocks => "key-locks",
+        TxnProtocol::WholeRange => "whole-range",
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let protocol = match args.protocol.as_deref().map(parse_protocol).transpose() {
@@ -115,6 +122,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(bug), Some(protocol)) = (bug, protocol) {
+        if bug.forced_protocol() != protocol {
+            eprintln!(
+                "error: --protocol {} contradicts --bug {}, which runs only under {}",
+                protocol_name(protocol),
+                args.bug.as_deref().unwrap_or_default(),
+                protocol_name(bug.forced_protocol())
+            );
+            return ExitCode::from(2);
+        }
+    }
     // Panics inside a seed are caught and reported as violations with their message;
     // the default hook would print each one as well (kept with RUST_BACKTRACE set, to
     // find where a seed panics).
@@ -168,7 +186,7 @@ fn main() -> ExitCode {
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
          ranges, {} records forgotten, {} of them committed) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
-         leaders, {} reads held for a fetch, {} fresh reads checked) in {:.1} s",
+         leaders, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -187,6 +205,7 @@ fn main() -> ExitCode {
         summary.whole_range_transfers_across,
         summary.writes_fetched,
         summary.barriers_held,
+        summary.barriers_skipped,
         summary.fresh_reads,
         summary.elapsed.as_secs_f64()
     );

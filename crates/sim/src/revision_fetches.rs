@@ -94,7 +94,15 @@ impl Simulation {
             .inbox
             .iter()
             .any(|input| matches!(input, Input::Granted(_)));
-        match self.running(id).revisions.barrier(read) {
+        let fetch_in_flight = self.running(id).revisions.fetch_in_flight();
+        let barrier = self.running(id).revisions.barrier(read);
+        if fetch_in_flight && barrier.is_some() {
+            // Only the planted `barrier-skips-fetch-in-flight` answers a read the fetch
+            // in flight could still write below: counted, to see how often it had the
+            // chance to be caught.
+            self.barriers_skipped += 1;
+        }
+        match barrier {
             Some(read) if grant_queued => {
                 trace!(self, "{id:?} {:?} reads behind granted writes", read.group);
                 self.replica(id, read.group)

@@ -62,6 +62,8 @@ pub struct SeedReport {
     pub writes_fetched: u64,
     /// Reads at a revision held for a fetch in flight.
     pub barriers_held: u64,
+    /// Reads at a revision answered while a fetch was in flight (a planted bug only).
+    pub barriers_skipped: u64,
     /// Fresh reads (the node's variant) whose revisions were checked.
     pub fresh_reads: u64,
     /// Wall-clock time of the simulation and of the check.
@@ -145,6 +147,7 @@ pub fn run_seed_with(
         whole_range: sim.scenario.txn_protocol == TxnProtocol::WholeRange,
         writes_fetched: sim.writes_fetched,
         barriers_held: sim.barriers_held,
+        barriers_skipped: sim.barriers_skipped,
         fresh_reads: sim.fresh_reads_checked,
         simulate_time,
         check_time: began.elapsed(),
@@ -191,6 +194,8 @@ pub struct Summary {
     pub writes_fetched: u64,
     /// Reads at a revision held for a fetch in flight, over all seeds.
     pub barriers_held: u64,
+    /// Reads at a revision answered while a fetch was in flight (a planted bug only).
+    pub barriers_skipped: u64,
     /// Fresh reads checked, over all seeds.
     pub fresh_reads: u64,
     /// Lowest failing seed.
@@ -291,6 +296,7 @@ pub fn run_seeds_with(
                 }
                 summary.writes_fetched += report.writes_fetched;
                 summary.barriers_held += report.barriers_held;
+                summary.barriers_skipped += report.barriers_skipped;
                 summary.fresh_reads += report.fresh_reads;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {

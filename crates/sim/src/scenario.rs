@@ -58,6 +58,20 @@ impl Bug {
             _ => None,
         }
     }
+
+    /// The transaction protocol under which this bug can show: the node's variant for
+    /// the bugs planted in its code, the key-lock variant for every other bug (their
+    /// catch rates were measured under it).
+    pub fn forced_protocol(self) -> TxnProtocol {
+        match self.range() {
+            Some(
+                RangeBug::TxnTakesLowestPrepare
+                | RangeBug::BarrierSkipsFetchInFlight
+                | RangeBug::FreshReadTakesFetchInFlight,
+            ) => TxnProtocol::WholeRange,
+            _ => TxnProtocol::KeyLocks,
+        }
+    }
 }
 
 /// How transactions across ranges lock and where writes take their revisions.
@@ -302,26 +316,20 @@ impl Scenario {
     /// so the seeds at which it was measured to be caught.
     pub fn draw_txn_protocol(&mut self, rng: &mut Rng) {
         self.txn_protocol = rng.pick(&[TxnProtocol::KeyLocks, TxnProtocol::WholeRange]);
-        match self.bug.and_then(Bug::range) {
-            Some(
-                RangeBug::TxnTakesLowestPrepare
-                | RangeBug::BarrierSkipsFetchInFlight
-                | RangeBug::FreshReadTakesFetchInFlight,
-            ) => {
-                self.txn_protocol = TxnProtocol::WholeRange;
-                self.client_think_us_max = 20_000;
-                self.scan_client_count = self.scan_client_count.max(2);
-                if self.bug == Some(Bug::Range(RangeBug::FreshReadTakesFetchInFlight)) {
-                    // Busy clients over several ranges: reads arrive while a fetch is in
-                    // flight, and other leaders' writes are acknowledged meanwhile.
-                    self.client_count = self.client_count.max(5);
-                    self.key_count = self.key_count.max(3);
-                    self.data_range_count = self.data_range_count.max(3);
-                }
+        let Some(bug) = self.bug else {
+            return;
+        };
+        self.txn_protocol = bug.forced_protocol();
+        if self.txn_protocol == TxnProtocol::WholeRange {
+            self.client_think_us_max = 20_000;
+            self.scan_client_count = self.scan_client_count.max(2);
+            if self.bug == Some(Bug::Range(RangeBug::FreshReadTakesFetchInFlight)) {
+                // Busy clients over several ranges: reads arrive while a fetch is in
+                // flight, and other leaders' writes are acknowledged meanwhile.
+                self.client_count = self.client_count.max(5);
+                self.key_count = self.key_count.max(3);
+                self.data_range_count = self.data_range_count.max(3);
             }
-            Some(_) => self.txn_protocol = TxnProtocol::KeyLocks,
-            None if self.bug.is_some() => self.txn_protocol = TxnProtocol::KeyLocks,
-            None => {}
         }
     }
 

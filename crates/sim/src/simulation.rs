@@ -85,6 +85,9 @@ pub struct Simulation {
     pub(crate) writes_fetched: u64,
     /// Reads at a revision held for a fetch in flight.
     pub(crate) barriers_held: u64,
+    /// Reads at a revision answered while a fetch was in flight (the planted
+    /// `barrier-skips-fetch-in-flight` only).
+    pub(crate) barriers_skipped: u64,
     /// The revisions of register writes acknowledged to their clients, by operation.
     pub(crate) write_revisions: BTreeMap<ostrakon_check::OpId, u64>,
     /// The revisions fresh reads were served at, by operation.
@@ -210,6 +213,16 @@ impl Simulation {
         scenario.draw_merges(&mut Rng::new(seed ^ MERGE_SEED_SALT));
         scenario.draw_txn_protocol(&mut Rng::new(seed ^ TXN_PROTOCOL_SEED_SALT));
         if let Some(protocol) = protocol {
+            // A planted bug shows only under its own protocol: pinning another would
+            // make its seeds pass for a reason that has nothing to do with the checkers.
+            if let Some(bug) = bug {
+                assert_eq!(
+                    bug.forced_protocol(),
+                    protocol,
+                    "{bug:?} runs only under {:?}",
+                    bug.forced_protocol()
+                );
+            }
             scenario.txn_protocol = protocol;
         }
         let voters: Vec<NodeId> = (1..=scenario.node_count).map(NodeId).collect();
@@ -234,6 +247,7 @@ impl Simulation {
             revision_fetches: BTreeMap::new(),
             writes_fetched: 0,
             barriers_held: 0,
+            barriers_skipped: 0,
             write_revisions: BTreeMap::new(),
             fresh_read_revisions: BTreeMap::new(),
             fresh_reads_checked: 0,
@@ -1847,8 +1861,6 @@ impl Simulation {
     }
 }
 
-/// `data_ranges` ranges covering every key, cut so that the clients' `key_count`
-/// registers are spread over them.
 /// Whether a transaction's lock holds a write of register `key` off (refused, the
 /// client tries again): a lock of the key, or under whole-range locks any lock of the
 /// range (`frozen_txn::holds_off`).
@@ -1928,6 +1940,8 @@ fn scan_answer(kv: &KvState, waiting: &Waiting) -> Option<Reply> {
     })
 }
 
+/// `data_ranges` ranges covering every key, cut so that the clients' `key_count`
+/// registers are spread over them.
 fn initial_ranges(data_ranges: u64, key_count: u64) -> Vec<RangeDescriptor> {
     let split_keys: Vec<Vec<u8>> = (1..data_ranges)
         .map(|i| routing_key(i * key_count.max(data_ranges) / data_ranges).to_vec())
