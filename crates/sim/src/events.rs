@@ -70,6 +70,8 @@ pub enum Event {
     Reply { client: u64, op: OpId, reply: Reply },
     /// A client gives up waiting.
     ClientTimeout { client: u64, op: OpId },
+    /// A node asks the oracle again for a fetch a non-leader refused (its request id).
+    RetryRevisionFetch(u64),
     /// A client starts its next operation.
     ClientNext(u64),
     /// A slow bank client goes on with its transfer (its prepares, or its commit).

@@ -186,7 +186,7 @@ fn main() -> ExitCode {
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
          ranges, {} records forgotten, {} of them committed) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
-         leaders, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
+         leaders, {} fetches asked again, {} writes fetched again, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -204,6 +204,8 @@ fn main() -> ExitCode {
         summary.whole_range_seeds,
         summary.whole_range_transfers_across,
         summary.writes_fetched,
+        summary.fetches_retried,
+        summary.fetches_again,
         summary.barriers_held,
         summary.barriers_skipped,
         summary.fresh_reads,

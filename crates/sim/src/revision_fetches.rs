@@ -29,6 +29,21 @@ const REVISION_FETCH_TIMEOUT_US: u64 = 300_000;
 const SLOW_FETCH_ANSWER_PROBABILITY: f64 = 0.1;
 /// How slow at most (within the fetch's timeout).
 const SLOW_FETCH_ANSWER_US_MAX: u64 = 150_000;
+/// After a refusal, a node asks again this much later, within the fetch's timeout (as
+/// the node's `NodeHandle::timestamps` does while the meta range's leadership moves).
+const FETCH_RETRY_PAUSE_US: u64 = 20_000;
+
+/// A node's fetch waiting for the oracle, by request id.
+pub(crate) struct FetchInFlight {
+    pub(crate) node: NodeId,
+    /// Timestamps asked.
+    count: u64,
+    /// When the node gives up on it: its writes fail.
+    deadline_us: u64,
+    /// A refusal was answered with a retry not sent yet (a copy of the refusal must
+    /// not send another).
+    retry_pending: bool,
+}
 
 impl Simulation {
     /// A write or prepare reached the leader of its range: it waits for the node's next
@@ -130,7 +145,13 @@ impl Simulation {
         let number = self.next_internal_request;
         self.next_internal_request += 1;
         self.running(id).fetch_request = Some((number, fetch));
-        self.revision_fetches.insert(number, id);
+        let in_flight = FetchInFlight {
+            node: id,
+            count,
+            deadline_us: self.now_us + REVISION_FETCH_TIMEOUT_US,
+            retry_pending: false,
+        };
+        self.revision_fetches.insert(number, in_flight);
         let target = self.pick_node_as_known_on(id, META);
         trace!(
             self,
@@ -161,6 +182,22 @@ impl Simulation {
             self.events.push(self.now_us + delay_us, event);
             return;
         }
+        if let (Reply::Failed { .. }, Some(in_flight)) =
+            (&reply, self.revision_fetches.get_mut(&number))
+        {
+            // Refused (asked a member that does not lead the meta range): asked again
+            // while the fetch's time lasts, as the node does.
+            if self.now_us + FETCH_RETRY_PAUSE_US < in_flight.deadline_us {
+                if !in_flight.retry_pending {
+                    in_flight.retry_pending = true;
+                    self.fetches_retried += 1;
+                    trace!(self, "revision fetch {number} refused: asked again shortly");
+                    let event = crate::events::Event::RetryRevisionFetch(client);
+                    self.events.push(self.now_us + FETCH_RETRY_PAUSE_US, event);
+                }
+                return;
+            }
+        }
         let Some((id, fetch)) = self.end_revision_fetch(client) else {
             return;
         };
@@ -174,6 +211,32 @@ impl Simulation {
         self.revisions_granted(id, fetch, granted);
     }
 
+    /// Asks the oracle again for a fetch a member refused, if its node still waits for
+    /// it (not crashed since).
+    pub(crate) fn retry_revision_fetch(&mut self, client: u64) {
+        let number = client - REVISION_FETCH_BASE;
+        let Some(in_flight) = self.revision_fetches.get_mut(&number) else {
+            return;
+        };
+        in_flight.retry_pending = false;
+        let (id, count, deadline_us) = (in_flight.node, in_flight.count, in_flight.deadline_us);
+        let waiting = self.is_up(id)
+            && self.running(id).fetch_request.map(|(request, _)| request) == Some(number);
+        if !waiting {
+            self.revision_fetches.remove(&number);
+            return;
+        }
+        let target = self.pick_node_as_known_on(id, META);
+        trace!(
+            self,
+            "{id:?} asks {target:?} again for revision fetch {number}"
+        );
+        let request = Request::Timestamps { count };
+        // The fetch's own timeout stands (the first request's); this one's adds nothing.
+        let timeout_us = deadline_us.saturating_sub(self.now_us);
+        self.push_request(client, target, META, request, timeout_us);
+    }
+
     pub(crate) fn revision_fetch_timed_out(&mut self, client: u64) {
         if let Some((id, fetch)) = self.end_revision_fetch(client) {
             self.revisions_granted(id, fetch, None);
@@ -185,7 +248,7 @@ impl Simulation {
     /// answer finds it ended).
     fn end_revision_fetch(&mut self, client: u64) -> Option<(NodeId, u64)> {
         let number = client - REVISION_FETCH_BASE;
-        let id = self.revision_fetches.remove(&number)?;
+        let id = self.revision_fetches.remove(&number)?.node;
         if !self.is_up(id) {
             return None;
         }
@@ -288,6 +351,7 @@ impl Simulation {
                 }
             }
             GrantStep::FetchAgain => {
+                self.fetches_again += 1;
                 let mut write = write;
                 write.term = self.replica(id, group).raw.term();
                 write.request = without_revision(write.request);

@@ -64,6 +64,10 @@ pub struct SeedReport {
     pub barriers_held: u64,
     /// Reads at a revision answered while a fetch was in flight (a planted bug only).
     pub barriers_skipped: u64,
+    /// Fetches asked again after a refusal, and writes fetched again for a later term.
+    pub fetches_retried: u64,
+    /// See `fetches_retried`.
+    pub fetches_again: u64,
     /// Fresh reads (the node's variant) whose revisions were checked.
     pub fresh_reads: u64,
     /// Wall-clock time of the simulation and of the check.
@@ -148,6 +152,8 @@ pub fn run_seed_with(
         writes_fetched: sim.writes_fetched,
         barriers_held: sim.barriers_held,
         barriers_skipped: sim.barriers_skipped,
+        fetches_retried: sim.fetches_retried,
+        fetches_again: sim.fetches_again,
         fresh_reads: sim.fresh_reads_checked,
         simulate_time,
         check_time: began.elapsed(),
@@ -196,6 +202,10 @@ pub struct Summary {
     pub barriers_held: u64,
     /// Reads at a revision answered while a fetch was in flight (a planted bug only).
     pub barriers_skipped: u64,
+    /// Fetches asked again after a refusal, and writes fetched again for a later term.
+    pub fetches_retried: u64,
+    /// See `fetches_retried`.
+    pub fetches_again: u64,
     /// Fresh reads checked, over all seeds.
     pub fresh_reads: u64,
     /// Lowest failing seed.
@@ -297,6 +307,8 @@ pub fn run_seeds_with(
                 summary.writes_fetched += report.writes_fetched;
                 summary.barriers_held += report.barriers_held;
                 summary.barriers_skipped += report.barriers_skipped;
+                summary.fetches_retried += report.fetches_retried;
+                summary.fetches_again += report.fetches_again;
                 summary.fresh_reads += report.fresh_reads;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {

@@ -80,7 +80,12 @@ pub struct Simulation {
     /// number → (node, range, the term it leads in).
     pub(crate) floor_fetches: BTreeMap<u64, (NodeId, GroupId, ostrakon_raft::Term)>,
     /// Nodes' revision fetches in flight, by request number (the node's variant).
-    pub(crate) revision_fetches: BTreeMap<u64, NodeId>,
+    pub(crate) revision_fetches: BTreeMap<u64, crate::revision_fetches::FetchInFlight>,
+    /// Fetches asked again after an oracle's refusal (not its meta range's leader).
+    pub(crate) fetches_retried: u64,
+    /// Fetched writes whose range's leadership had moved to a later term of the same
+    /// node by their grant, fetched again (`GrantStep::FetchAgain`).
+    pub(crate) fetches_again: u64,
     /// Writes and prepares whose revision a range's leader fetched.
     pub(crate) writes_fetched: u64,
     /// Reads at a revision held for a fetch in flight.
@@ -120,6 +125,8 @@ pub struct Simulation {
     /// Range leaders' pushes in flight: request number → (node, range, transaction).
     pub(crate) push_requests:
         BTreeMap<u64, (NodeId, GroupId, ostrakon_ranges::txn::TxnId, GroupId)>,
+    /// Pushes sent on to the leader a refusing member named (once per push).
+    pub(crate) pushes_redirected: BTreeSet<u64>,
     /// Committed transactions pushers are finishing, by number.
     pub(crate) finishes: BTreeMap<u64, crate::finishes::Finish>,
     /// The finish each of their requests is for.
@@ -245,6 +252,8 @@ impl Simulation {
             scan_requests: BTreeMap::new(),
             floor_fetches: BTreeMap::new(),
             revision_fetches: BTreeMap::new(),
+            fetches_retried: 0,
+            fetches_again: 0,
             writes_fetched: 0,
             barriers_held: 0,
             barriers_skipped: 0,
@@ -262,6 +271,7 @@ impl Simulation {
             committed_forgotten: 0,
             transfer_outcomes: Vec::new(),
             push_requests: BTreeMap::new(),
+            pushes_redirected: BTreeSet::new(),
             finishes: BTreeMap::new(),
             finish_requests: BTreeMap::new(),
             next_finish: 0,
@@ -744,6 +754,7 @@ impl Simulation {
                 self.handle_timestamp_reply(client, op, reply)
             }
             Event::Reply { client, op, reply } => self.handle_reply(client, op, reply),
+            Event::RetryRevisionFetch(client) => self.retry_revision_fetch(client),
             Event::ClientTimeout { client, .. } if client >= REVISION_FETCH_BASE => {
                 self.revision_fetch_timed_out(client)
             }
