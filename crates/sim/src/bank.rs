@@ -56,6 +56,9 @@ const PUSH_TIMEOUT_US: u64 = 300_000;
 const HORIZON_LAG_MS: u64 = 400;
 /// How often a primary's leader proposes a horizon at most (when it forgets something).
 const HORIZON_EVERY_US: u64 = 200_000;
+/// Under whole-range locks, how often a bank client audits instead of transferring: a
+/// read-only transaction over every account's range (the node's read-only path).
+const AUDIT_PROBABILITY: f64 = 0.1;
 
 /// A bank client: one transfer at a time.
 pub struct BankClient {
@@ -102,6 +105,15 @@ pub struct Transfer {
     /// Its commit failed where it was sent: an abort at the primary asks how the
     /// transaction ended (a copy of the commit may be in the log all the same).
     asking_outcome: bool,
+    /// An audit: it reads every account under its locks and writes nothing, then
+    /// releases them raising their ranges to its revision, as the node's coordinator
+    /// ends a read-only transaction across ranges.
+    audit: bool,
+    /// An audit's releases not answered yet, and whether every one answered so far
+    /// still held its lock (else a pusher ended one, and what was read may be torn:
+    /// the node answers such a transaction "try again").
+    releases_left: usize,
+    releases_held: bool,
 }
 
 impl Transfer {
@@ -144,6 +156,9 @@ impl Simulation {
             }
         };
         let amount = self.rng.range(1, 20);
+        // Drawn only under whole-range locks: key-lock seeds keep their course.
+        let audit = self.scenario.txn_protocol == TxnProtocol::WholeRange
+            && self.rng.chance(AUDIT_PROBABILITY);
         let state = &mut self.bank_clients[index];
         let txn = TxnId {
             coordinator: NodeId(COORDINATOR_ID_BASE + index as u64),
@@ -164,11 +179,18 @@ impl Simulation {
             waiting: BTreeMap::new(),
             committing: false,
             asking_outcome: false,
+            audit,
+            releases_left: 0,
+            releases_held: true,
         });
-        trace!(
-            self,
-            "bank client {index} {txn:?}: {amount} from {from} to {to}"
-        );
+        if audit {
+            trace!(self, "bank client {index} {txn:?}: audits every account");
+        } else {
+            trace!(
+                self,
+                "bank client {index} {txn:?}: {amount} from {from} to {to}"
+            );
+        }
         self.send_bank(index, META, Request::Timestamps { count: 1 });
     }
 
@@ -200,6 +222,10 @@ impl Simulation {
     fn end_transfer(&mut self, index: usize, outcome: TransferEnd) {
         if let Some(transfer) = self.bank_clients[index].transfer.take() {
             trace!(self, "bank client {index} {:?} {outcome:?}", transfer.txn);
+            if transfer.audit {
+                // Nothing to remember: an audit writes nothing, and checked its sum.
+                return self.next_bank_operation(index);
+            }
             let across = transfer.participants.len() > 1;
             if outcome == TransferEnd::Committed {
                 self.transfers_committed += 1;
@@ -218,6 +244,10 @@ impl Simulation {
                 }
             }
         }
+        self.next_bank_operation(index);
+    }
+
+    fn next_bank_operation(&mut self, index: usize) {
         let think_us = self.rng.range(0, self.scenario.client_think_us_max);
         self.events.push(
             self.now_us + think_us,
@@ -235,10 +265,23 @@ impl Simulation {
         let txn = transfer.txn;
         let primary = transfer.primary;
         let others = transfer.others();
+        if transfer.audit {
+            // No record to abort: its locks go (a read-only transaction has none).
+            let groups: Vec<GroupId> = transfer.participants.keys().copied().collect();
+            for group in groups {
+                let release = TxnCommand::Release { txn, raise: 0 };
+                self.send_bank(index, group, Request::Txn(release));
+            }
+            return self.end_transfer(index, TransferEnd::Aborted);
+        }
         if primary != META {
             self.send_bank(index, primary, Request::Txn(TxnCommand::Abort { txn }));
             for group in others {
-                self.send_bank(index, group, Request::Txn(TxnCommand::Release { txn }));
+                self.send_bank(
+                    index,
+                    group,
+                    Request::Txn(TxnCommand::Release { txn, raise: 0 }),
+                );
             }
         }
         self.end_transfer(index, TransferEnd::Aborted);
@@ -303,6 +346,17 @@ impl Simulation {
                     self.commit_transfer(index);
                 }
             }
+            (true, Reply::Txn(TxnApplied::Released { held })) if transfer.releases_left > 0 => {
+                transfer.releases_held &= held;
+                transfer.releases_left -= 1;
+                if transfer.releases_left == 0 {
+                    self.finish_audit(index);
+                }
+            }
+            (_, _) if transfer.releases_left > 0 => {
+                // A release not answered: whether the audit's locks all held is unknown.
+                self.end_transfer(index, TransferEnd::Unknown);
+            }
             (true, Reply::Txn(TxnApplied::Committed(_))) if transfer.committing => {
                 let transfer = self.bank_clients[index].transfer.as_ref().expect("above");
                 let (txn, revision) = (transfer.txn, transfer.revision.expect("set"));
@@ -331,7 +385,11 @@ impl Simulation {
                 if transfer.asking_outcome {
                     let txn = transfer.txn;
                     for group in transfer.others() {
-                        self.send_bank(index, group, Request::Txn(TxnCommand::Release { txn }));
+                        self.send_bank(
+                            index,
+                            group,
+                            Request::Txn(TxnCommand::Release { txn, raise: 0 }),
+                        );
                     }
                 }
                 self.end_transfer(index, TransferEnd::Aborted);
@@ -341,7 +399,11 @@ impl Simulation {
                 // longer commit, but whether it did is not known (its locks go).
                 let txn = transfer.txn;
                 for group in transfer.others() {
-                    self.send_bank(index, group, Request::Txn(TxnCommand::Release { txn }));
+                    self.send_bank(
+                        index,
+                        group,
+                        Request::Txn(TxnCommand::Release { txn, raise: 0 }),
+                    );
                 }
                 self.end_transfer(index, TransferEnd::Unknown);
             }
@@ -374,7 +436,7 @@ impl Simulation {
         if let Some(group) = transfer.waiting.remove(&number) {
             self.bank_clients[index].believed_leader.remove(&group);
             let transfer = self.bank_clients[index].transfer.as_ref().expect("above");
-            if transfer.committing {
+            if transfer.committing || transfer.releases_left > 0 {
                 // The commit may or may not apply: the pushers finish the transaction.
                 self.end_transfer(index, TransferEnd::Unknown);
             } else {
@@ -395,7 +457,13 @@ impl Simulation {
         let transfer = state.transfer.as_mut().expect("a transfer");
         // Under whole-range locks each range's leader stamps its prepare's revision.
         let revision = transfer.revision.unwrap_or(0);
-        for account in [transfer.from, transfer.to] {
+        let accounts: Vec<u64> = if transfer.audit {
+            (self.scenario.key_count..self.scenario.key_count + self.scenario.account_count)
+                .collect()
+        } else {
+            vec![transfer.from, transfer.to]
+        };
+        for account in accounts {
             let group = route_in(&state.directory, account);
             transfer
                 .participants
@@ -403,7 +471,11 @@ impl Simulation {
                 .or_default()
                 .push(account);
         }
-        let lower = transfer.from.min(transfer.to);
+        let lower = if transfer.audit {
+            self.scenario.key_count
+        } else {
+            transfer.from.min(transfer.to)
+        };
         transfer.primary = route_in(&state.directory, lower);
         let txn = transfer.txn;
         let primary = RangeId(transfer.primary.0);
@@ -485,6 +557,13 @@ impl Simulation {
     }
 
     fn send_commit(&mut self, index: usize) {
+        if self.bank_clients[index]
+            .transfer
+            .as_ref()
+            .is_some_and(|transfer| transfer.audit)
+        {
+            return self.release_audit(index);
+        }
         let writes = self.transfer_writes(index);
         let transfer = self.bank_clients[index]
             .transfer
@@ -498,6 +577,68 @@ impl Simulation {
         };
         let primary = transfer.primary;
         self.send_bank(index, primary, Request::Txn(commit));
+    }
+
+    /// An audit read every account under its locks: it writes nothing, so it releases
+    /// them, raising each range's revision to the one it read at (no write may land
+    /// below it later: the node's `frozen_txn::release_raises`).
+    fn release_audit(&mut self, index: usize) {
+        let transfer = self.bank_clients[index]
+            .transfer
+            .as_mut()
+            .expect("a transfer");
+        transfer.committing = true;
+        let (txn, raise) = (transfer.txn, transfer.revision.expect("a revision"));
+        let groups: Vec<GroupId> = transfer.participants.keys().copied().collect();
+        transfer.releases_left = groups.len();
+        for group in groups {
+            self.send_bank(
+                index,
+                group,
+                Request::Txn(TxnCommand::Release { txn, raise }),
+            );
+        }
+    }
+
+    /// Every release of an audit answered: if each range still held its lock, what it
+    /// read is one consistent point, and the accounts must hold their total there.
+    fn finish_audit(&mut self, index: usize) {
+        let transfer = self.bank_clients[index]
+            .transfer
+            .as_ref()
+            .expect("a transfer");
+        if !transfer.releases_held {
+            // A pusher ended a lock first: the node answers "try again".
+            trace!(
+                self,
+                "bank client {index} {:?}: a lock was gone, read again",
+                transfer.txn
+            );
+            return self.end_transfer(index, TransferEnd::Aborted);
+        }
+        let balances: Vec<(u64, Option<u64>)> = transfer
+            .prepared
+            .values()
+            .flat_map(|(_, values)| values.iter().copied())
+            .collect();
+        let sum = balances.iter().fold(0u64, |sum, (_, balance)| {
+            sum.wrapping_add(balance.unwrap_or(INITIAL_BALANCE))
+        });
+        let total = INITIAL_BALANCE.wrapping_mul(self.scenario.account_count);
+        let (txn, revision) = (transfer.txn, transfer.revision.expect("a revision"));
+        self.audits_checked += 1;
+        trace!(
+            self,
+            "bank client {index} {txn:?} audited {sum} at {revision}"
+        );
+        if sum != total || balances.len() as u64 != self.scenario.account_count {
+            let message = format!(
+                "an audit of every account at revision {revision} ({txn:?}, a read-only \
+                 transaction across ranges) read {balances:?}, summing to {sum}, not {total}"
+            );
+            return self.fail(Violation(message));
+        }
+        self.end_transfer(index, TransferEnd::Committed);
     }
 
     // --- Pushers ------------------------------------------------------------------------
@@ -628,7 +769,9 @@ impl Simulation {
                     writes,
                 }
             }
-            Reply::Txn(TxnApplied::Aborted | TxnApplied::Forgotten) => TxnCommand::Release { txn },
+            Reply::Txn(TxnApplied::Aborted | TxnApplied::Forgotten) => {
+                TxnCommand::Release { txn, raise: 0 }
+            }
             _ => return, // tried again at a later tick
         };
         trace!(

@@ -68,6 +68,8 @@ pub struct SeedReport {
     pub fetches_retried: u64,
     /// See `fetches_retried`.
     pub fetches_again: u64,
+    /// Audits (read-only transactions over every account) whose sums were checked.
+    pub audits_checked: u64,
     /// Fresh reads (the node's variant) whose revisions were checked.
     pub fresh_reads: u64,
     /// Wall-clock time of the simulation and of the check.
@@ -154,6 +156,7 @@ pub fn run_seed_with(
         barriers_skipped: sim.barriers_skipped,
         fetches_retried: sim.fetches_retried,
         fetches_again: sim.fetches_again,
+        audits_checked: sim.audits_checked,
         fresh_reads: sim.fresh_reads_checked,
         simulate_time,
         check_time: began.elapsed(),
@@ -206,6 +209,8 @@ pub struct Summary {
     pub fetches_retried: u64,
     /// See `fetches_retried`.
     pub fetches_again: u64,
+    /// Audits (read-only transactions over every account) whose sums were checked.
+    pub audits_checked: u64,
     /// Fresh reads checked, over all seeds.
     pub fresh_reads: u64,
     /// Lowest failing seed.
@@ -309,6 +314,7 @@ pub fn run_seeds_with(
                 summary.barriers_skipped += report.barriers_skipped;
                 summary.fetches_retried += report.fetches_retried;
                 summary.fetches_again += report.fetches_again;
+                summary.audits_checked += report.audits_checked;
                 summary.fresh_reads += report.fresh_reads;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {

@@ -112,6 +112,8 @@ pub struct Simulation {
     pub(crate) bank_requests: BTreeMap<u64, usize>,
     /// Transfers acknowledged committed.
     pub(crate) transfers_committed: u64,
+    /// Audits (read-only transactions over every account) whose sums were checked.
+    pub(crate) audits_checked: u64,
     /// Those of them that touched two ranges.
     pub(crate) transfers_across_ranges: u64,
     /// Aborted transaction records forgotten below horizons (counted at the end, from
@@ -266,6 +268,7 @@ impl Simulation {
             bank_clients: Vec::new(),
             bank_requests: BTreeMap::new(),
             transfers_committed: 0,
+            audits_checked: 0,
             transfers_across_ranges: 0,
             records_forgotten: 0,
             committed_forgotten: 0,
@@ -2101,7 +2104,7 @@ mod tests {
     #[test]
     fn a_merge_waits_for_the_right_replica_to_reach_its_freeze() {
         let mut held = 0;
-        for seed in [252, 439, 467, 474] {
+        for seed in [484, 527] {
             let mut sim = Simulation::new(seed, None, false);
             sim.run();
             assert!(sim.violation.is_none(), "seed {seed}: {:?}", sim.violation);

@@ -75,10 +75,14 @@ pub enum TxnCommand {
         /// Every write of it (this range writes those in its span).
         writes: Writes,
     },
-    /// An aborted transaction's lock here, released.
+    /// An aborted transaction's lock here, released; or, with `raise`, a read-only
+    /// one's (under whole-range locks the range's revision moves up to `raise`, as the
+    /// node's `frozen_txn::release_raises` says).
     Release {
         /// The transaction.
         txn: TxnId,
+        /// The revision a read-only transaction read at (0: none).
+        raise: u64,
     },
     /// In a primary: transactions born below `below` can no longer commit, and their
     /// aborted records and finished committed ones are forgotten
@@ -115,8 +119,13 @@ pub enum TxnApplied {
     /// Born below the primary's horizon with no record: it can no longer commit, but
     /// whether it did is not known.
     Forgotten,
-    /// Resolved or released (or nothing left to do).
+    /// Resolved (or nothing left to do).
     Done,
+    /// Released: whether the range still held the lock (a pusher may have ended it).
+    Released {
+        /// See above.
+        held: bool,
+    },
 }
 
 fn put_txn(buf: &mut BytesMut, txn: TxnId) {
@@ -182,10 +191,14 @@ impl TxnCommand {
                 buf.put_u64(*revision);
                 put_writes(&mut buf, writes);
             }
-            TxnCommand::Abort { txn } | TxnCommand::Release { txn } => {
-                let abort = matches!(self, TxnCommand::Abort { .. });
-                buf.put_u8(TXN_TAG_BASE + if abort { 2 } else { 4 });
+            TxnCommand::Abort { txn } => {
+                buf.put_u8(TXN_TAG_BASE + 2);
                 put_txn(&mut buf, *txn);
+            }
+            TxnCommand::Release { txn, raise } => {
+                buf.put_u8(TXN_TAG_BASE + 4);
+                put_txn(&mut buf, *txn);
+                buf.put_u64(*raise);
             }
             TxnCommand::Finished { txn } => {
                 buf.put_u8(TXN_TAG_BASE + 6);
@@ -233,7 +246,10 @@ impl TxnCommand {
                 revision: buf.get_u64(),
                 writes: get_writes(&mut buf),
             },
-            4 => TxnCommand::Release { txn },
+            4 => TxnCommand::Release {
+                txn,
+                raise: buf.get_u64(),
+            },
             6 => TxnCommand::Finished { txn },
             other => panic!("unknown transaction command tag {}", other + TXN_TAG_BASE),
         }
@@ -341,9 +357,14 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand, protocol: TxnProtoco
             write_part(state, *txn, *revision, writes, protocol);
             TxnApplied::Done
         }
-        TxnCommand::Release { txn } => {
-            state.txns.locks.release(*txn);
-            TxnApplied::Done
+        TxnCommand::Release { txn, raise } => {
+            let held = state.txns.locks.release(*txn).is_some();
+            if protocol == TxnProtocol::WholeRange
+                && frozen_txn::release_raises(held, *raise, state.last_revision)
+            {
+                state.last_revision = *raise;
+            }
+            TxnApplied::Released { held }
         }
         TxnCommand::Horizon { below } => {
             for (txn, outcome) in state.txns.records.raise_horizon(*below) {
@@ -469,7 +490,10 @@ mod tests {
                 revision: 9,
                 writes: vec![],
             },
-            TxnCommand::Release { txn: txn(3) },
+            TxnCommand::Release {
+                txn: txn(3),
+                raise: 5,
+            },
             TxnCommand::Horizon { below: 1002 },
             TxnCommand::Finished { txn: txn(4) },
         ] {
