@@ -59,6 +59,9 @@ const HORIZON_EVERY_US: u64 = 200_000;
 /// Under whole-range locks, how often a bank client audits instead of transferring: a
 /// read-only transaction over every account's range (the node's read-only path).
 const AUDIT_PROBABILITY: f64 = 0.1;
+/// Under whole-range locks, how often a transfer also locks a third account, in another
+/// range, that it reads and does not write (a guard): that range's part writes nothing.
+const GUARD_PROBABILITY: f64 = 0.5;
 
 /// A bank client: one transfer at a time.
 pub struct BankClient {
@@ -92,6 +95,9 @@ pub struct Transfer {
     txn: TxnId,
     from: u64,
     to: u64,
+    /// An account it locks and reads but does not write, in a range of its own: that
+    /// range's part changes no key and only raises its revision (`part_raises`).
+    guard: Option<u64>,
     amount: u64,
     revision: Option<u64>,
     /// Each participant range and the accounts it holds.
@@ -157,8 +163,20 @@ impl Simulation {
         };
         let amount = self.rng.range(1, 20);
         // Drawn only under whole-range locks: key-lock seeds keep their course.
-        let audit = self.scenario.txn_protocol == TxnProtocol::WholeRange
-            && self.rng.chance(AUDIT_PROBABILITY);
+        let whole_range = self.scenario.txn_protocol == TxnProtocol::WholeRange;
+        let audit = whole_range && self.rng.chance(AUDIT_PROBABILITY);
+        let guard = if whole_range && !audit && self.rng.chance(GUARD_PROBABILITY) {
+            let directory = &self.bank_clients[index].directory;
+            let taken = [route_in(directory, from), route_in(directory, to)];
+            let apart: Vec<u64> = accounts
+                .iter()
+                .copied()
+                .filter(|&a| !taken.contains(&route_in(directory, a)))
+                .collect();
+            (!apart.is_empty()).then(|| self.rng.pick(&apart))
+        } else {
+            None
+        };
         let state = &mut self.bank_clients[index];
         let txn = TxnId {
             coordinator: NodeId(COORDINATOR_ID_BASE + index as u64),
@@ -171,6 +189,7 @@ impl Simulation {
             txn,
             from,
             to,
+            guard,
             amount,
             revision: None,
             participants: BTreeMap::new(),
@@ -188,7 +207,7 @@ impl Simulation {
         } else {
             trace!(
                 self,
-                "bank client {index} {txn:?}: {amount} from {from} to {to}"
+                "bank client {index} {txn:?}: {amount} from {from} to {to} (guard {guard:?})"
             );
         }
         self.send_bank(index, META, Request::Timestamps { count: 1 });
@@ -230,6 +249,7 @@ impl Simulation {
             if outcome == TransferEnd::Committed {
                 self.transfers_committed += 1;
                 self.transfers_across_ranges += u64::from(across);
+                self.guarded_transfers += u64::from(transfer.guard.is_some());
             }
             if let Some(revision) = transfer.revision {
                 let definite = match outcome {
@@ -461,7 +481,10 @@ impl Simulation {
             (self.scenario.key_count..self.scenario.key_count + self.scenario.account_count)
                 .collect()
         } else {
-            vec![transfer.from, transfer.to]
+            [transfer.from, transfer.to]
+                .into_iter()
+                .chain(transfer.guard)
+                .collect()
         };
         for account in accounts {
             let group = route_in(&state.directory, account);

@@ -186,7 +186,7 @@ fn main() -> ExitCode {
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
          ranges, {} records forgotten, {} of them committed) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
-         leaders, {} fetches asked again, {} writes fetched again, {} audits checked, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
+         leaders, {} fetches asked again, {} writes fetched again, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -207,6 +207,7 @@ fn main() -> ExitCode {
         summary.fetches_retried,
         summary.fetches_again,
         summary.audits_checked,
+        summary.guarded_transfers,
         summary.barriers_held,
         summary.barriers_skipped,
         summary.fresh_reads,

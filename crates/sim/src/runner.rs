@@ -70,6 +70,8 @@ pub struct SeedReport {
     pub fetches_again: u64,
     /// Audits (read-only transactions over every account) whose sums were checked.
     pub audits_checked: u64,
+    /// Committed transfers with a guard account (a part that writes nothing).
+    pub guarded_transfers: u64,
     /// Fresh reads (the node's variant) whose revisions were checked.
     pub fresh_reads: u64,
     /// Wall-clock time of the simulation and of the check.
@@ -157,6 +159,7 @@ pub fn run_seed_with(
         fetches_retried: sim.fetches_retried,
         fetches_again: sim.fetches_again,
         audits_checked: sim.audits_checked,
+        guarded_transfers: sim.guarded_transfers,
         fresh_reads: sim.fresh_reads_checked,
         simulate_time,
         check_time: began.elapsed(),
@@ -211,6 +214,8 @@ pub struct Summary {
     pub fetches_again: u64,
     /// Audits (read-only transactions over every account) whose sums were checked.
     pub audits_checked: u64,
+    /// Committed transfers with a guard account (a part that writes nothing).
+    pub guarded_transfers: u64,
     /// Fresh reads checked, over all seeds.
     pub fresh_reads: u64,
     /// Lowest failing seed.
@@ -315,6 +320,7 @@ pub fn run_seeds_with(
                 summary.fetches_retried += report.fetches_retried;
                 summary.fetches_again += report.fetches_again;
                 summary.audits_checked += report.audits_checked;
+                summary.guarded_transfers += report.guarded_transfers;
                 summary.fresh_reads += report.fresh_reads;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {

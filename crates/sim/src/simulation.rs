@@ -114,6 +114,8 @@ pub struct Simulation {
     pub(crate) transfers_committed: u64,
     /// Audits (read-only transactions over every account) whose sums were checked.
     pub(crate) audits_checked: u64,
+    /// Committed transfers that locked a guard account, whose range's part wrote nothing.
+    pub(crate) guarded_transfers: u64,
     /// Those of them that touched two ranges.
     pub(crate) transfers_across_ranges: u64,
     /// Aborted transaction records forgotten below horizons (counted at the end, from
@@ -269,6 +271,7 @@ impl Simulation {
             bank_requests: BTreeMap::new(),
             transfers_committed: 0,
             audits_checked: 0,
+            guarded_transfers: 0,
             transfers_across_ranges: 0,
             records_forgotten: 0,
             committed_forgotten: 0,

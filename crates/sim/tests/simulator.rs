@@ -140,7 +140,7 @@ fn the_nodes_transaction_variant_passes_clean_seeds_with_real_work_done() {
         summary.barriers_held
     );
     // Fetches refused by a member that does not lead the meta range are asked again
-    // within their time, as the node's are (155 in these seeds), so some span
+    // within their time, as the node's are (146 in these seeds), so some span
     // an oracle failover or a leadership change of their range.
     assert!(
         summary.fetches_retried > 60,
@@ -159,13 +159,13 @@ fn the_nodes_transaction_variant_passes_clean_seeds_with_real_work_done() {
     );
     // Read-only transactions over every account's range (the node's read-only path:
     // releases that raise their ranges to the revision read at), each checked for the
-    // accounts' total.
+    // accounts' total (7 in these seeds).
     assert!(
-        summary.audits_checked > 5,
+        summary.audits_checked > 3,
         "audits checked: {}",
         summary.audits_checked
     );
-    // 12 in these seeds (17 before audits): fewer than under key locks, since one transaction holds a
+    // 16 in these seeds: fewer than under key locks, since one transaction holds a
     // whole range and a second one aborts (the node's coordinator waits instead).
     assert!(
         summary.whole_range_transfers_across > 8,
@@ -404,8 +404,8 @@ fn planted_txn_revision_bug_is_caught() {
     // or an audit (a read-only transaction over every account) sums wrong after it.
     // (No read sees part of it torn: the dropped part is never written, so every read
     // at one revision sees the same partial transfer the end state holds, and only
-    // sums or the committed values can show it. In seeds 0-199: 74 by the end sum, 8
-    // by an audit, one by a value.)
+    // sums or the committed values can show it. In seeds 0-199: 72 by the end sum, 2
+    // by an audit, 3 by a value.)
     first_violation_among(
         RangeBug::TxnTakesLowestPrepare.into(),
         &[
@@ -440,14 +440,21 @@ fn a_push_refused_by_a_member_goes_on_to_the_leader_it_names() {
 #[test]
 fn writes_are_fetched_again_for_a_later_term_of_their_leader() {
     // `GrantStep::FetchAgain`: the range's leadership that fetched lost it and won it
-    // back before the grant; the write is fetched again in the new term (6 in these
-    // seeds; 39 in the 1,036 of the node's variant among seeds 0-1,999).
+    // back before the grant; the write is fetched again in the new term (16 in these
+    // seeds; 57 in the 1,036 of the node's variant among seeds 0-1,999).
     let summary = run_seeds_with(0, 300, None, Some(TxnProtocol::WholeRange), 2, false, false);
     assert_eq!(summary.violations, 0, "{:?}", summary.first_failure);
     assert!(
         summary.fetches_again > 0,
         "writes fetched again: {}",
         summary.fetches_again
+    );
+    // And transfers that locked a guard account in a third range, whose part there
+    // writes nothing and only raises the range (`frozen_txn::part_raises`): 8 here.
+    assert!(
+        summary.guarded_transfers > 0,
+        "transfers with a part writing nothing: {}",
+        summary.guarded_transfers
     );
 }
 
