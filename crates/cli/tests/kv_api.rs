@@ -333,6 +333,25 @@ async fn a_lone_member_answers_writes_without_waiting_for_a_tick() {
     );
 }
 
+/// The test harness itself: a port taken by another process between `free_port` and
+/// the member's bind (CI, 2026-12-04) makes a new cluster start again on new ports,
+/// rather than wait 30 s for a member that exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_whose_port_was_taken_starts_on_new_ports() {
+    let mut cluster = TestCluster::unstarted(3, &[]);
+    let taken = cluster.members[0].client_port;
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", taken)).expect("the port is free");
+    cluster.start_members().await;
+    assert_ne!(
+        cluster.members[0].client_port, taken,
+        "started on new ports"
+    );
+    let mut client = cluster.client(0).await;
+    client.put("k", "v", None).await.unwrap();
+    let got = client.get("k", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"v");
+}
+
 /// A Txn without writes is served as a read (etcd's behaviour): a read index and the
 /// local store, no raft entry. Before, each one was proposed, written to every WAL and
 /// fsync'd. It must still see every write acknowledged before it, on any member, with

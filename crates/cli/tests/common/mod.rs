@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// How long a cluster may take to elect a leader and serve.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a new cluster starts on new ports when a member's was taken.
+const PORT_ATTEMPTS: usize = 3;
 
 pub struct Member {
     pub name: String,
@@ -244,8 +246,28 @@ impl TestCluster {
 
     /// Starts every member and waits until one leads and all have published themselves.
     pub async fn start_members(&mut self) {
-        for i in 0..self.members.len() {
-            self.spawn(i);
+        // A port `free_port` found free can be taken by another process before the
+        // member binds it (a CI run, 2026-12-04: "cannot listen on 127.0.0.1:24529:
+        // Address already in use", and the test timed out waiting for that member). A
+        // new cluster, with nothing in its data directories yet, starts again on new
+        // ports; a cluster with data (restarted, restored) keeps its ports.
+        let fresh = (0..self.members.len()).all(|i| !self.data_dir(i).exists());
+        for attempt in 1..=PORT_ATTEMPTS {
+            for i in 0..self.members.len() {
+                self.spawn(i);
+            }
+            if !fresh || attempt == PORT_ATTEMPTS || !self.a_member_lost_its_port().await {
+                break;
+            }
+            eprintln!("a member's port was taken before it bound it: starting on new ports");
+            for i in 0..self.members.len() {
+                if let Some(mut child) = self.members[i].child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                std::fs::remove_dir_all(self.data_dir(i)).ok();
+            }
+            self.pick_new_ports();
         }
         self.wait_for_leader().await;
         self.wait_for_published_members().await;
@@ -309,6 +331,46 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether a member just started exited because its port was taken, watched until
+    /// every member listens on its client port (or for a few seconds).
+    async fn a_member_lost_its_port(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            for i in 0..self.members.len() {
+                let child = self.members[i].child.as_mut().expect("just started");
+                if child.try_wait().unwrap().is_some() {
+                    let name = &self.members[i].name;
+                    let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                        .unwrap_or_default();
+                    return log.contains("Address already in use");
+                }
+            }
+            let listening = self.members.iter().all(|member| {
+                std::net::TcpStream::connect(("127.0.0.1", member.client_port)).is_ok()
+            });
+            if listening {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    /// New free ports for every member of a cluster not started yet.
+    fn pick_new_ports(&mut self) {
+        for member in &mut self.members {
+            member.client_port = free_port();
+            member.peer_port = free_port();
+        }
+        let scheme = self.peer_scheme;
+        self.initial_cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}={scheme}://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
     }
 
     /// A member's name and free ports, for `etcdctl member add`, before it starts.
