@@ -366,7 +366,15 @@ impl Simulation {
                     self.commit_transfer(index);
                 }
             }
-            (true, Reply::Txn(TxnApplied::Released { held })) if transfer.releases_left > 0 => {
+            (true, Reply::Txn(TxnApplied::Released { lock_revision }))
+                if transfer.releases_left > 0 =>
+            {
+                // Held since the audit read here only if it is the lock its prepare
+                // took: a pusher may have ended that one, and a late copy of the prepare
+                // taken another since, at a later revision (review, 2026-12-04). The
+                // node's release answers whether any lock of the transaction was there.
+                let prepared = transfer.prepared.get(&group).map(|(revision, _)| *revision);
+                let held = lock_revision.is_some() && lock_revision == prepared;
                 transfer.releases_held &= held;
                 transfer.releases_left -= 1;
                 if transfer.releases_left == 0 {
@@ -762,21 +770,31 @@ impl Simulation {
     /// The primary answered a push: the pusher resolves its part as the record says.
     pub(crate) fn handle_push_reply(&mut self, client: u64, reply: Reply) {
         let number = client - PUSH_REQUEST_BASE;
-        if let (Reply::Failed { leader_hint }, Some(&(id, _, txn, primary))) =
+        if let (Reply::Failed { leader_hint }, Some(&(id, group, txn, primary))) =
             (&reply, self.push_requests.get(&number))
         {
             // A member that does not lead the primary named its leader: the push goes
-            // on there, as the node forwards a request to its range's leader. (Sent to
-            // members picked at random, a push from a node without a replica of the
-            // primary missed its leader nine times in a row in seed 5254, past the end
-            // of the run.)
-            if *leader_hint != NodeId::NONE && self.pushes_redirected.insert(number) {
-                trace!(
-                    self,
-                    "{id:?} sends its push of {txn:?} on to {leader_hint:?}"
-                );
+            // on there, once, as the node forwards a request to its range's leader.
+            // (Sent to members picked at random, a push from a node without a replica
+            // of the primary missed its leader nine times in a row in seed 5254, past
+            // the end of the run.) Under a new request number, so that a copy of this
+            // refusal, or the first request's timeout, cannot end the push sent on.
+            let current = self
+                .replica_if_up(id, group)
+                .is_some_and(|replica| replica.pushes.get(&txn) == Some(&number));
+            let hint = *leader_hint;
+            if current && hint != NodeId::NONE && !self.pushes_redirected.contains(&number) {
+                let entry = self.push_requests.remove(&number).expect("looked up above");
+                let redirected = self.next_internal_request;
+                self.next_internal_request += 1;
+                self.push_requests.insert(redirected, entry);
+                self.pushes_redirected.insert(redirected);
+                self.replica(id, group).pushes.insert(txn, redirected);
+                self.pushes_sent_on += 1;
+                trace!(self, "{id:?} sends its push of {txn:?} on to {hint:?}");
                 let request = Request::Txn(TxnCommand::Abort { txn });
-                self.push_request(client, *leader_hint, primary, request, PUSH_TIMEOUT_US);
+                let client = PUSH_REQUEST_BASE + redirected;
+                self.push_request(client, hint, primary, request, PUSH_TIMEOUT_US);
                 return;
             }
         }

@@ -212,29 +212,42 @@ impl Simulation {
     }
 
     /// Asks the oracle again for a fetch a member refused, if its node still waits for
-    /// it (not crashed since).
+    /// it (not crashed since). Under a new request number, as the node has one attempt
+    /// out at a time: a late copy of the refusal, or any answer or timeout of the first
+    /// request, then finds nothing to end.
     pub(crate) fn retry_revision_fetch(&mut self, client: u64) {
         let number = client - REVISION_FETCH_BASE;
-        let Some(in_flight) = self.revision_fetches.get_mut(&number) else {
+        let Some(mut in_flight) = self.revision_fetches.remove(&number) else {
             return;
         };
-        in_flight.retry_pending = false;
-        let (id, count, deadline_us) = (in_flight.node, in_flight.count, in_flight.deadline_us);
+        let id = in_flight.node;
         let waiting = self.is_up(id)
             && self.running(id).fetch_request.map(|(request, _)| request) == Some(number);
         if !waiting {
-            self.revision_fetches.remove(&number);
             return;
         }
+        in_flight.retry_pending = false;
+        let (count, deadline_us) = (in_flight.count, in_flight.deadline_us);
+        let retry = self.next_internal_request;
+        self.next_internal_request += 1;
+        self.revision_fetches.insert(retry, in_flight);
+        let fetch = self.running(id).fetch_request.expect("waiting").1;
+        self.running(id).fetch_request = Some((retry, fetch));
         let target = self.pick_node_as_known_on(id, META);
         trace!(
             self,
-            "{id:?} asks {target:?} again for revision fetch {number}"
+            "{id:?} asks {target:?} again for revision fetch {number}, now {retry}"
         );
         let request = Request::Timestamps { count };
-        // The fetch's own timeout stands (the first request's); this one's adds nothing.
+        // Within the fetch's time: its timeout comes at the same deadline.
         let timeout_us = deadline_us.saturating_sub(self.now_us);
-        self.push_request(client, target, META, request, timeout_us);
+        self.push_request(
+            REVISION_FETCH_BASE + retry,
+            target,
+            META,
+            request,
+            timeout_us,
+        );
     }
 
     pub(crate) fn revision_fetch_timed_out(&mut self, client: u64) {

@@ -72,6 +72,8 @@ pub struct SeedReport {
     pub audits_checked: u64,
     /// Committed transfers with a guard account (a part that writes nothing).
     pub guarded_transfers: u64,
+    /// Pushes a refusing member's leader hint sent on.
+    pub pushes_sent_on: u64,
     /// Fresh reads (the node's variant) whose revisions were checked.
     pub fresh_reads: u64,
     /// Wall-clock time of the simulation and of the check.
@@ -160,6 +162,7 @@ pub fn run_seed_with(
         fetches_again: sim.fetches_again,
         audits_checked: sim.audits_checked,
         guarded_transfers: sim.guarded_transfers,
+        pushes_sent_on: sim.pushes_sent_on,
         fresh_reads: sim.fresh_reads_checked,
         simulate_time,
         check_time: began.elapsed(),
@@ -216,6 +219,8 @@ pub struct Summary {
     pub audits_checked: u64,
     /// Committed transfers with a guard account (a part that writes nothing).
     pub guarded_transfers: u64,
+    /// Pushes a refusing member's leader hint sent on.
+    pub pushes_sent_on: u64,
     /// Fresh reads checked, over all seeds.
     pub fresh_reads: u64,
     /// Lowest failing seed.
@@ -321,6 +326,7 @@ pub fn run_seeds_with(
                 summary.fetches_again += report.fetches_again;
                 summary.audits_checked += report.audits_checked;
                 summary.guarded_transfers += report.guarded_transfers;
+                summary.pushes_sent_on += report.pushes_sent_on;
                 summary.fresh_reads += report.fresh_reads;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {

@@ -129,8 +129,10 @@ pub struct Simulation {
     /// Range leaders' pushes in flight: request number → (node, range, transaction).
     pub(crate) push_requests:
         BTreeMap<u64, (NodeId, GroupId, ostrakon_ranges::txn::TxnId, GroupId)>,
-    /// Pushes sent on to the leader a refusing member named (once per push).
+    /// Pushes sent on to the leader a refusing member named, by their new request
+    /// number (sent on once per push), and how many were.
     pub(crate) pushes_redirected: BTreeSet<u64>,
+    pub(crate) pushes_sent_on: u64,
     /// Committed transactions pushers are finishing, by number.
     pub(crate) finishes: BTreeMap<u64, crate::finishes::Finish>,
     /// The finish each of their requests is for.
@@ -278,6 +280,7 @@ impl Simulation {
             transfer_outcomes: Vec::new(),
             push_requests: BTreeMap::new(),
             pushes_redirected: BTreeSet::new(),
+            pushes_sent_on: 0,
             finishes: BTreeMap::new(),
             finish_requests: BTreeMap::new(),
             next_finish: 0,

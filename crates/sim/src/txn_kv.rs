@@ -121,10 +121,12 @@ pub enum TxnApplied {
     Forgotten,
     /// Resolved (or nothing left to do).
     Done,
-    /// Released: whether the range still held the lock (a pusher may have ended it).
+    /// Released: the revision of the transaction's lock the range still held, if it
+    /// held one (a pusher may have ended it; a late copy of a prepare may have taken
+    /// another since, at a later revision).
     Released {
         /// See above.
-        held: bool,
+        lock_revision: Option<u64>,
     },
 }
 
@@ -358,13 +360,14 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand, protocol: TxnProtoco
             TxnApplied::Done
         }
         TxnCommand::Release { txn, raise } => {
-            let held = state.txns.locks.release(*txn).is_some();
+            let lock_revision = state.txns.locks.release(*txn).map(|lock| lock.revision);
+            let held = lock_revision.is_some();
             if protocol == TxnProtocol::WholeRange
                 && frozen_txn::release_raises(held, *raise, state.last_revision)
             {
                 state.last_revision = *raise;
             }
-            TxnApplied::Released { held }
+            TxnApplied::Released { lock_revision }
         }
         TxnCommand::Horizon { below } => {
             for (txn, outcome) in state.txns.records.raise_horizon(*below) {
