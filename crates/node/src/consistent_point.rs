@@ -14,7 +14,7 @@ use ostrakon_storage::mvcc::{FrozenState, Revision, WriteOutcome};
 
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
-use crate::txn_coordinator::{covers, new_txn, prepare_every, release};
+use crate::txn_coordinator::{covers, new_txn, prepare_every, release, release_read_at};
 
 /// How long the consistent point waits before trying again after a refusal that asks
 /// for it (a split moving keys, a transaction's lock that outlived the wait).
@@ -107,14 +107,15 @@ async fn attempt(
         match state {
             Ok(state) => frozen.push(state),
             Err(error) => {
-                release(handle, txn, &groups, 0).await;
+                release(handle, txn, &groups).await;
                 return Err(error);
             }
         }
     }
-    // Every range still held the lock when its release applied (so when it was frozen,
-    // before): otherwise a pusher ended one, and a write may have landed below T.
-    if release(handle, txn, &groups, revision).await {
+    // Every range still held the lock its prepare took when its release applied (so
+    // when it was frozen, before): otherwise a pusher ended one, and a write may have
+    // landed below T.
+    if release_read_at(handle, txn, &groups, &prepared, revision).await {
         Ok(Some((Revision(revision), frozen)))
     } else {
         Ok(None)

@@ -158,22 +158,53 @@ async fn propose_each(
     outcomes
 }
 
-/// Releases the transaction's locks in `groups` (an aborted or never committed one;
-/// with `raise_revision`, one whose path wrote nothing, read at that revision). A
-/// release that fails is left to the pushers. Returns whether every range still held
-/// the lock when its release applied.
-pub(crate) async fn release(
+/// Releases the transaction's locks in `groups` (an aborted or never committed one).
+/// A release that fails is left to the pushers.
+pub(crate) async fn release(handle: &NodeHandle, txn: TxnId, groups: &[GroupId]) {
+    release_each(handle, txn, groups, |_| 0, 0).await;
+}
+
+/// Releases the locks of a transaction whose path wrote nothing, read at `revision`
+/// under the locks its prepares took (`prepared`, in the order of `groups`); each range
+/// is raised to `revision`. Returns whether every range still held the lock its prepare
+/// took when its release applied: otherwise a pusher ended one, and a write may have
+/// landed there at or below `revision` after the read.
+pub(crate) async fn release_read_at(
     handle: &NodeHandle,
     txn: TxnId,
     groups: &[GroupId],
+    prepared: &[pb::TxnPrepared],
+    revision: i64,
+) -> bool {
+    assert_eq!(groups.len(), prepared.len(), "one prepare per range");
+    let prepared_revision = |group: GroupId| {
+        let at = groups
+            .iter()
+            .position(|&one| one == group)
+            .expect("a range of the transaction");
+        prepared[at].revision
+    };
+    release_each(handle, txn, groups, prepared_revision, revision).await
+}
+
+/// Proposes the transaction's release in every group of `groups`, naming the lock
+/// `prepared_revision` says (0: any) and raising to `raise_revision` (0: none).
+async fn release_each(
+    handle: &NodeHandle,
+    txn: TxnId,
+    groups: &[GroupId],
+    prepared_revision: impl Fn(GroupId) -> i64,
     raise_revision: i64,
 ) -> bool {
-    let release = pb::TxnRelease {
-        txn: Some(txn_id_record(txn)),
-        raise_revision,
+    let release = |group| {
+        Request::TxnRelease(pb::TxnRelease {
+            txn: Some(txn_id_record(txn)),
+            raise_revision,
+            prepared_revision: prepared_revision(group),
+        })
     };
     let mut all_held = true;
-    for outcome in propose_each(handle, groups, |_| Request::TxnRelease(release), 0).await {
+    for outcome in propose_each(handle, groups, release, 0).await {
         match outcome {
             Ok(WriteOutcome::TxnDone(done)) => all_held &= done.held,
             // Refused: the range froze for a merge, which it does only when it holds no
@@ -338,7 +369,8 @@ async fn frozen_views(
             .await?;
         let store = handle.store(group)?;
         let view = store.read_view();
-        if !view.holds_lock_of(txn) {
+        let revision = u64::try_from(done.revision).expect("a prepare's revision is positive");
+        if !view.holds_lock_at(txn, revision) {
             return Ok(None);
         }
         frozen.push((store, view));
@@ -544,7 +576,7 @@ pub(crate) async fn prepare_every(
         }
     }
     if let Some(refusal) = refusal {
-        release(handle, txn, groups, 0).await;
+        release(handle, txn, groups).await;
         return refusal.map(Err);
     }
     if let Some(first_locked) = first_locked {
@@ -554,13 +586,13 @@ pub(crate) async fn prepare_every(
         // transactions wait for each other, and a busy range serves its transactions
         // one after the other instead of turning them all away.
         let later = &groups[first_locked + 1..];
-        release(handle, txn, later, 0).await;
+        release(handle, txn, later).await;
         for at in first_locked..groups.len() {
             let request = Request::TxnPrepare(prepares[at].clone());
             match prepare_waiting(handle, groups[at], &request, auth_revision, deadline).await {
                 Ok(WriteOutcome::TxnPrepared(done)) => prepared[at] = Some(done),
                 other => {
-                    release(handle, txn, groups, 0).await;
+                    release(handle, txn, groups).await;
                     return other.map(Err);
                 }
             }
@@ -630,29 +662,29 @@ pub(crate) async fn attempt(
         // A pusher ended a lock meanwhile (this member lagged): the ranges may have
         // moved on, so what it would read is not one state.
         Ok(None) => {
-            release(handle, txn, groups, 0).await;
+            release(handle, txn, groups).await;
             return Ok(try_again());
         }
         Err(error) => {
-            release(handle, txn, groups, 0).await;
+            release(handle, txn, groups).await;
             return Err(error);
         }
     };
     let evaluated = match evaluate(handle, request, Revision(revision), frozen, reads).await {
         Ok(Some(evaluated)) => evaluated,
         Ok(None) => {
-            release(handle, txn, groups, 0).await;
+            release(handle, txn, groups).await;
             return Ok(try_again());
         }
         Err(error) => {
-            release(handle, txn, groups, 0).await;
+            release(handle, txn, groups).await;
             return Err(error);
         }
     };
     let (outcome, mut writes) = match evaluated {
         Ok(evaluated) => evaluated,
         Err(error) => {
-            release(handle, txn, groups, 0).await;
+            release(handle, txn, groups).await;
             let (code, message) = etcd_status(&error);
             return Ok(WriteOutcome::Error(pb::Error {
                 code,
@@ -666,7 +698,7 @@ pub(crate) async fn attempt(
         // up to the one it read at, so that no write lands below it later (a write
         // fetched before the prepares but refused while they held) and the answer's
         // revision stays true.
-        if !release(handle, txn, groups, revision).await {
+        if !release_read_at(handle, txn, groups, &prepared, revision).await {
             // A pusher ended a lock before the release: a write may have landed in that
             // range below the revision read at, so the answer would not hold.
             return Ok(try_again());
@@ -720,7 +752,7 @@ pub(crate) async fn attempt(
             // Born below the primary's horizon (a coordinator paused for minutes, or an
             // oracle clock that jumped): it may have committed, its record forgotten
             // since, so the request is neither answered nor run again.
-            release(handle, txn, &groups[1..], 0).await;
+            release(handle, txn, &groups[1..]).await;
             tracing::warn!(
                 ?txn,
                 "a transaction's outcome was forgotten before it learned it"
@@ -734,7 +766,7 @@ pub(crate) async fn attempt(
                 !decided.committed,
                 "transaction {txn:?} committed with writes it did not make"
             );
-            release(handle, txn, &groups[1..], 0).await;
+            release(handle, txn, &groups[1..]).await;
             Ok(try_again())
         }
     }

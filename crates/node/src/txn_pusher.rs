@@ -119,6 +119,8 @@ async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId)
         Request::TxnRelease(pb::TxnRelease {
             txn: Some(record),
             raise_revision: 0,
+            // Whichever lock of it the range holds: the transaction is over.
+            prepared_revision: 0,
         })
     };
     let outcome = propose(handle, group, &finish, 0).await;

@@ -167,6 +167,16 @@ pub fn part_raises(changes_keys: bool, txn_revision: u64, current_revision: u64)
     !changes_keys && txn_revision > current_revision
 }
 
+/// Whether a release found the lock it names: the transaction's lock taken at
+/// `prepared_revision`, or any lock of it when that is 0 (an abort's release, a
+/// pusher's). `held_revision` is the revision of the transaction's lock the range held,
+/// if it held one. A lock at another revision is not the one the transaction read
+/// under: a pusher ended that one, which let writes in, and a late copy of the prepare
+/// took this one since (review, 2026-12-04). Either way the release forgets it.
+pub fn release_found(held_revision: Option<u64>, prepared_revision: u64) -> bool {
+    held_revision.is_some_and(|held| prepared_revision == 0 || held == prepared_revision)
+}
+
 /// Whether a release raises the range's revision to `raise`: only if the range held the
 /// lock (a pusher may have ended it first and let a write in) and `raise` is above it.
 pub fn release_raises(held: bool, raise: u64, current_revision: u64) -> bool {
@@ -282,6 +292,17 @@ mod tests {
         assert!(release_raises(true, 12, 8));
         assert!(!release_raises(false, 12, 8));
         assert!(!release_raises(true, 8, 8));
+    }
+
+    #[test]
+    fn a_release_finds_only_the_lock_its_prepare_took() {
+        assert!(release_found(Some(12), 12));
+        // A late copy of the prepare's lock, taken after a pusher ended the first.
+        assert!(!release_found(Some(15), 12));
+        assert!(!release_found(None, 12));
+        // An abort's release names no revision: any lock of the transaction.
+        assert!(release_found(Some(15), 0));
+        assert!(!release_found(None, 0));
     }
 
     #[test]

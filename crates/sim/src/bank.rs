@@ -289,7 +289,11 @@ impl Simulation {
             // No record to abort: its locks go (a read-only transaction has none).
             let groups: Vec<GroupId> = transfer.participants.keys().copied().collect();
             for group in groups {
-                let release = TxnCommand::Release { txn, raise: 0 };
+                let release = TxnCommand::Release {
+                    txn,
+                    raise: 0,
+                    prepared: 0,
+                };
                 self.send_bank(index, group, Request::Txn(release));
             }
             return self.end_transfer(index, TransferEnd::Aborted);
@@ -300,7 +304,11 @@ impl Simulation {
                 self.send_bank(
                     index,
                     group,
-                    Request::Txn(TxnCommand::Release { txn, raise: 0 }),
+                    Request::Txn(TxnCommand::Release {
+                        txn,
+                        raise: 0,
+                        prepared: 0,
+                    }),
                 );
             }
         }
@@ -366,15 +374,10 @@ impl Simulation {
                     self.commit_transfer(index);
                 }
             }
-            (true, Reply::Txn(TxnApplied::Released { lock_revision }))
-                if transfer.releases_left > 0 =>
-            {
+            (true, Reply::Txn(TxnApplied::Released { held })) if transfer.releases_left > 0 => {
                 // Held since the audit read here only if it is the lock its prepare
-                // took: a pusher may have ended that one, and a late copy of the prepare
-                // taken another since, at a later revision (review, 2026-12-04). The
-                // node's release answers whether any lock of the transaction was there.
-                let prepared = transfer.prepared.get(&group).map(|(revision, _)| *revision);
-                let held = lock_revision.is_some() && lock_revision == prepared;
+                // took, which the release names: a pusher may have ended that one, and
+                // a late copy of the prepare taken another since (review, 2026-12-04).
                 transfer.releases_held &= held;
                 transfer.releases_left -= 1;
                 if transfer.releases_left == 0 {
@@ -416,7 +419,11 @@ impl Simulation {
                         self.send_bank(
                             index,
                             group,
-                            Request::Txn(TxnCommand::Release { txn, raise: 0 }),
+                            Request::Txn(TxnCommand::Release {
+                                txn,
+                                raise: 0,
+                                prepared: 0,
+                            }),
                         );
                     }
                 }
@@ -430,7 +437,11 @@ impl Simulation {
                     self.send_bank(
                         index,
                         group,
-                        Request::Txn(TxnCommand::Release { txn, raise: 0 }),
+                        Request::Txn(TxnCommand::Release {
+                            txn,
+                            raise: 0,
+                            prepared: 0,
+                        }),
                     );
                 }
                 self.end_transfer(index, TransferEnd::Unknown);
@@ -620,13 +631,24 @@ impl Simulation {
             .expect("a transfer");
         transfer.committing = true;
         let (txn, raise) = (transfer.txn, transfer.revision.expect("a revision"));
-        let groups: Vec<GroupId> = transfer.participants.keys().copied().collect();
+        let groups: Vec<(GroupId, u64)> = transfer
+            .participants
+            .keys()
+            .map(|group| {
+                let (prepared, _) = transfer.prepared[group];
+                (*group, prepared)
+            })
+            .collect();
         transfer.releases_left = groups.len();
-        for group in groups {
+        for (group, prepared) in groups {
             self.send_bank(
                 index,
                 group,
-                Request::Txn(TxnCommand::Release { txn, raise }),
+                Request::Txn(TxnCommand::Release {
+                    txn,
+                    raise,
+                    prepared,
+                }),
             );
         }
     }
@@ -810,9 +832,11 @@ impl Simulation {
                     writes,
                 }
             }
-            Reply::Txn(TxnApplied::Aborted | TxnApplied::Forgotten) => {
-                TxnCommand::Release { txn, raise: 0 }
-            }
+            Reply::Txn(TxnApplied::Aborted | TxnApplied::Forgotten) => TxnCommand::Release {
+                txn,
+                raise: 0,
+                prepared: 0,
+            },
             _ => return, // tried again at a later tick
         };
         trace!(

@@ -77,12 +77,15 @@ pub enum TxnCommand {
     },
     /// An aborted transaction's lock here, released; or, with `raise`, a read-only
     /// one's (under whole-range locks the range's revision moves up to `raise`, as the
-    /// node's `frozen_txn::release_raises` says).
+    /// node's `frozen_txn::release_raises` says, if the range held the lock its prepare
+    /// took: `frozen_txn::release_found`).
     Release {
         /// The transaction.
         txn: TxnId,
         /// The revision a read-only transaction read at (0: none).
         raise: u64,
+        /// The revision its prepare took here (0: any lock of it).
+        prepared: u64,
     },
     /// In a primary: transactions born below `below` can no longer commit, and their
     /// aborted records and finished committed ones are forgotten
@@ -121,12 +124,12 @@ pub enum TxnApplied {
     Forgotten,
     /// Resolved (or nothing left to do).
     Done,
-    /// Released: the revision of the transaction's lock the range still held, if it
-    /// held one (a pusher may have ended it; a late copy of a prepare may have taken
-    /// another since, at a later revision).
+    /// Released: whether the range still held the lock the release named (a pusher may
+    /// have ended it; a late copy of a prepare may have taken another since, at a later
+    /// revision: `frozen_txn::release_found`).
     Released {
         /// See above.
-        lock_revision: Option<u64>,
+        held: bool,
     },
 }
 
@@ -197,10 +200,15 @@ impl TxnCommand {
                 buf.put_u8(TXN_TAG_BASE + 2);
                 put_txn(&mut buf, *txn);
             }
-            TxnCommand::Release { txn, raise } => {
+            TxnCommand::Release {
+                txn,
+                raise,
+                prepared,
+            } => {
                 buf.put_u8(TXN_TAG_BASE + 4);
                 put_txn(&mut buf, *txn);
                 buf.put_u64(*raise);
+                buf.put_u64(*prepared);
             }
             TxnCommand::Finished { txn } => {
                 buf.put_u8(TXN_TAG_BASE + 6);
@@ -251,6 +259,7 @@ impl TxnCommand {
             4 => TxnCommand::Release {
                 txn,
                 raise: buf.get_u64(),
+                prepared: buf.get_u64(),
             },
             6 => TxnCommand::Finished { txn },
             other => panic!("unknown transaction command tag {}", other + TXN_TAG_BASE),
@@ -359,15 +368,19 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand, protocol: TxnProtoco
             write_part(state, *txn, *revision, writes, protocol);
             TxnApplied::Done
         }
-        TxnCommand::Release { txn, raise } => {
+        TxnCommand::Release {
+            txn,
+            raise,
+            prepared,
+        } => {
             let lock_revision = state.txns.locks.release(*txn).map(|lock| lock.revision);
-            let held = lock_revision.is_some();
+            let held = frozen_txn::release_found(lock_revision, *prepared);
             if protocol == TxnProtocol::WholeRange
                 && frozen_txn::release_raises(held, *raise, state.last_revision)
             {
                 state.last_revision = *raise;
             }
-            TxnApplied::Released { lock_revision }
+            TxnApplied::Released { held }
         }
         TxnCommand::Horizon { below } => {
             for (txn, outcome) in state.txns.records.raise_horizon(*below) {
@@ -496,6 +509,7 @@ mod tests {
             TxnCommand::Release {
                 txn: txn(3),
                 raise: 5,
+                prepared: 4,
             },
             TxnCommand::Horizon { below: 1002 },
             TxnCommand::Finished { txn: txn(4) },

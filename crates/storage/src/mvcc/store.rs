@@ -1465,10 +1465,12 @@ impl ReadView {
         self.current
     }
 
-    /// Whether the view holds `txn`'s lock (taken after the lock's prepare applied: the
-    /// range is still frozen for it, no pusher has ended it).
-    pub fn holds_lock_of(&self, txn: ostrakon_ranges::txn::TxnId) -> bool {
-        self.locks.locks().any(|lock| lock.txn == txn)
+    /// Whether the view holds the lock of `txn` taken at `revision` (its prepare's; not
+    /// one a late copy of the prepare took after a pusher ended that one).
+    pub fn holds_lock_at(&self, txn: ostrakon_ranges::txn::TxnId, revision: u64) -> bool {
+        self.locks
+            .locks()
+            .any(|lock| lock.txn == txn && lock.revision == revision)
     }
 
     /// Whether a transaction across ranges holds a lock on some key of `intervals`:

@@ -285,6 +285,7 @@ fn an_aborted_transaction_leaves_nothing_and_never_commits() {
         Request::TxnRelease(pb::TxnRelease {
             txn: Some(txn_id(1)),
             raise_revision: 0,
+            prepared_revision: 0,
         }),
         0,
     );
@@ -567,15 +568,21 @@ fn a_release_after_a_path_without_writes_raises_the_revision_it_read_at() {
     };
     assert!(!response.succeeded);
     assert_eq!(response.header.unwrap().revision, 30);
-    let release = pb::TxnRelease {
-        txn: Some(txn_id(1)),
-        raise_revision: 30,
-    };
-    for right in [false, true] {
+    for (right, prepared_revision) in [(false, 20), (true, 30)] {
+        let release = pb::TxnRelease {
+            txn: Some(txn_id(1)),
+            raise_revision: 30,
+            prepared_revision,
+        };
         let done = ranges.apply(right, Request::TxnRelease(release), 0);
         assert_eq!(done, WriteOutcome::TxnDone(pb::TxnDone { held: true }));
     }
     // Released again (its lock gone): answered as not held, and nothing raised.
+    let release = pb::TxnRelease {
+        txn: Some(txn_id(1)),
+        raise_revision: 30,
+        prepared_revision: 20,
+    };
     let again = ranges.apply(false, Request::TxnRelease(release), 0);
     assert_eq!(again, WriteOutcome::TxnDone(pb::TxnDone { held: false }));
     // The answer said "as of 30": no write may land at or below it now.
@@ -606,6 +613,47 @@ fn a_release_after_a_path_without_writes_raises_the_revision_it_read_at() {
         panic!("{missed:?}")
     };
     assert_eq!(missed.header.unwrap().revision, 40);
+}
+
+#[test]
+fn a_release_after_a_read_finds_only_the_lock_its_prepare_took() {
+    // A read-only transaction prepared at 20 and read at 30; a pusher ended its lock
+    // here, a write landed at 25, and a late copy of the prepare locked again at 26.
+    // Its release must not answer "held": the read at 30 missed the write at 25
+    // (review, 2026-12-04: the release answered for any lock of the transaction).
+    let mut ranges = TwoRanges::new();
+    ranges.put("a", "1", 10);
+    prepared_revision(ranges.prepare(false, 1, &["a"], 20));
+    let view = ranges.left.read_view();
+    assert!(view.holds_lock_at(txn_tables::txn_id_of(&txn_id(1)), 20));
+    let pushed = pb::TxnRelease {
+        txn: Some(txn_id(1)),
+        raise_revision: 0,
+        prepared_revision: 0,
+    };
+    assert_eq!(
+        ranges.apply(false, Request::TxnRelease(pushed), 0),
+        WriteOutcome::TxnDone(pb::TxnDone { held: true })
+    );
+    assert!(matches!(ranges.put("a", "2", 25), WriteOutcome::Put(_)));
+    assert_eq!(prepared_revision(ranges.prepare(false, 1, &["a"], 26)), 26);
+    let late = ranges.left.read_view();
+    assert!(!late.holds_lock_at(txn_tables::txn_id_of(&txn_id(1)), 20));
+    let release = pb::TxnRelease {
+        txn: Some(txn_id(1)),
+        raise_revision: 30,
+        prepared_revision: 20,
+    };
+    assert_eq!(
+        ranges.apply(false, Request::TxnRelease(release), 0),
+        WriteOutcome::TxnDone(pb::TxnDone { held: false })
+    );
+    assert!(!ranges.left.has_txn_locks(), "the late lock is forgotten");
+    assert_eq!(
+        ranges.left.current_revision(),
+        Revision(25),
+        "nothing is raised by a release that did not find its lock"
+    );
 }
 
 impl TwoRanges {

@@ -151,7 +151,7 @@ impl MvccStore {
                 // Below the horizon it can never commit: its lock here goes now, as an
                 // abort answered by the horizon releases it (the coordinator releases
                 // the other ranges'), rather than freeze the range until a pusher comes.
-                self.release_lock(index, term, txn, Vec::new(), Revision(0));
+                self.release_lock(index, term, txn, Vec::new(), 0, Revision(0));
                 pb::TxnDecided {
                     forgotten: true,
                     ..Default::default()
@@ -185,13 +185,20 @@ impl MvccStore {
                 // Stored only if recorded now.
                 let record =
                     recorded.then(|| txn_tables::store_outcome(txn, &TxnOutcome::Aborted, false));
-                self.release_lock(index, term, txn, record.into_iter().collect(), Revision(0));
+                self.release_lock(
+                    index,
+                    term,
+                    txn,
+                    record.into_iter().collect(),
+                    0,
+                    Revision(0),
+                );
                 pb::TxnDecided::default()
             }
             Err(Decided::Forgotten) => {
                 // Below the horizon: nothing recorded, on disk as in memory; a lock of it
                 // here is a late copy of a prepare.
-                self.release_lock(index, term, txn, Vec::new(), Revision(0));
+                self.release_lock(index, term, txn, Vec::new(), 0, Revision(0));
                 pb::TxnDecided {
                     forgotten: true,
                     ..Default::default()
@@ -223,11 +230,13 @@ impl MvccStore {
 
     /// Applies a release: the lock of an aborted transaction, or of one whose path
     /// wrote nothing, forgotten, and the range's revision raised as the release asks.
-    /// Returns whether the range held the lock (if not, nothing is raised).
+    /// Returns whether the range held the lock the release names (its prepare's; if
+    /// not, nothing is raised: `frozen_txn::release_found`).
     pub fn apply_txn_release(&self, index: LogIndex, term: Term, release: &pb::TxnRelease) -> bool {
         let txn = named_txn(release.txn.as_ref());
         let raise = Revision(release.raise_revision);
-        self.release_lock(index, term, txn, Vec::new(), raise)
+        let prepared_revision = u64::try_from(release.prepared_revision).unwrap_or(0);
+        self.release_lock(index, term, txn, Vec::new(), prepared_revision, raise)
     }
 
     /// Applies a forget in the primary: a committed transaction's record dropped, every
@@ -362,21 +371,25 @@ impl MvccStore {
     }
 
     /// Forgets the transaction's lock, if held, with `local_changes`, in one batch; if
-    /// it was held, the range's revision moves up to `raise` (when above it).
+    /// it was the lock taken at `prepared_revision` (any, if 0), the range's revision
+    /// moves up to `raise` (when above it). Returns whether it was.
     fn release_lock(
         &self,
         index: LogIndex,
         term: Term,
         txn: TxnId,
         mut local_changes: Vec<LocalChange>,
+        prepared_revision: u64,
         raise: Revision,
     ) -> bool {
         let mut remaining = (**self.txn_locks.lock().unwrap()).clone();
-        let released = remaining.release(txn).map(|_| {
+        let mut held_revision = None;
+        let released = remaining.release(txn).map(|lock| {
+            held_revision = Some(lock.revision);
             local_changes.push(txn_tables::forget_lock(txn));
             remaining
         });
-        let held = released.is_some();
+        let held = frozen_txn::release_found(held_revision, prepared_revision);
         let current = u64::try_from(self.current_revision().0).unwrap_or(0);
         let raise_revision = u64::try_from(raise.0).unwrap_or(0);
         let write = if frozen_txn::release_raises(held, raise_revision, current) {
