@@ -362,6 +362,21 @@ async fn records_kept(cluster: &TestCluster, outcome: &str) -> f64 {
 /// of 10 minutes; returns the cluster once its primary keeps the transaction's record
 /// (the pushers decided it without the coordinator).
 async fn transaction_left_by_its_coordinator(failpoint: &str, outcome: &str) -> TestCluster {
+    let (cluster, lost) = transfer_with_failpoint(failpoint).await;
+    assert!(lost.is_err(), "{lost:?}");
+    until_a_record_is_kept(&cluster, outcome).await;
+    cluster
+}
+
+/// A cluster whose coordinators stop at `failpoint`, with horizons 4 s behind the
+/// oracle's time, "a" and "x" put, and the keyspace split at "m"; and the answer to a
+/// transaction across both ranges.
+async fn transfer_with_failpoint(
+    failpoint: &str,
+) -> (
+    TestCluster,
+    Result<etcd_client::TxnResponse, etcd_client::Error>,
+) {
     let cluster = TestCluster::start_with_env(
         3,
         &[],
@@ -376,16 +391,19 @@ async fn transaction_left_by_its_coordinator(failpoint: &str, outcome: &str) -> 
     client.put("a", "1", None).await.unwrap();
     client.put("x", "1", None).await.unwrap();
     split_at_m(&cluster).await;
-    let lost = client
+    let answer = client
         .txn(Txn::new().and_then([TxnOp::put("a", "2", None), TxnOp::put("x", "2", None)]))
         .await;
-    assert!(lost.is_err(), "{lost:?}");
+    (cluster, answer)
+}
+
+/// Waits (20 s at most) until the ranges keep a record of `outcome`.
+async fn until_a_record_is_kept(cluster: &TestCluster, outcome: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while records_kept(&cluster, outcome).await < 1.0 {
+    while records_kept(cluster, outcome).await < 1.0 {
         assert!(Instant::now() < deadline, "no {outcome} record was kept");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    cluster
 }
 
 /// Writes through member 1 until no record of `outcome` is kept (the oracle's time
@@ -424,6 +442,31 @@ async fn aborted_records_are_forgotten_once_the_horizon_passes() {
 async fn committed_records_a_pusher_finished_are_forgotten() {
     let cluster = transaction_left_by_its_coordinator("after-commit", "committed").await;
     write_until_forgotten(&cluster, "committed").await;
+    let now = everything(&mut cluster.client(2).await).await;
+    assert_eq!((now["a"].0.as_str(), now["x"].0.as_str()), ("2", "2"));
+    assert_eq!(now["a"].1, now["x"].1, "one revision for both writes");
+}
+
+/// A committed transaction whose coordinator's forget was lost (every try failed; or a
+/// late copy of its commit recorded it again after the forget) leaves a committed record
+/// and no lock for a pusher to find: once old, the primary's leader finishes it and the
+/// horizon forgets it. Before, it was kept for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_records_whose_forget_was_lost_are_finished_and_forgotten() {
+    let (cluster, done) = transfer_with_failpoint("lose-forget").await;
+    assert!(done.unwrap().succeeded());
+    until_a_record_is_kept(&cluster, "committed").await;
+    write_until_forgotten(&cluster, "committed").await;
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let finished: f64 = tokio::task::spawn_blocking(move || {
+        ports
+            .iter()
+            .map(|&port| common::metrics(port)["ostrakon_txn_records_finished_late_total"])
+            .sum()
+    })
+    .await
+    .unwrap();
+    assert_eq!(finished, 1.0, "the leader finished the record");
     let now = everything(&mut cluster.client(2).await).await;
     assert_eq!((now["a"].0.as_str(), now["x"].0.as_str()), ("2", "2"));
     assert_eq!(now["a"].1, now["x"].1, "one revision for both writes");

@@ -292,6 +292,9 @@ pub struct Metrics {
     pub txns_committed_across_ranges: Counter,
     /// Locks of transactions across ranges this member ended as stale (`txn_pusher`).
     pub txn_locks_pushed: Counter,
+    /// Committed transaction records nobody finished that the ranges this member leads
+    /// finished once old (`txn_horizon`).
+    pub txn_records_finished_late: Counter,
     /// Aborted transaction records kept by the ranges this member leads, at the last
     /// look (`txn_horizon`).
     pub txn_records_aborted: Gauge,
@@ -360,6 +363,7 @@ impl Metrics {
             leading_requests_per_second: Gauge::default(),
             txns_committed_across_ranges: Counter::default(),
             txn_locks_pushed: Counter::default(),
+            txn_records_finished_late: Counter::default(),
             txn_records_aborted: Gauge::default(),
             txn_records_committed: Gauge::default(),
             oracle_revision_writes: Counter::default(),
@@ -526,6 +530,12 @@ impl Metrics {
             "counter",
             "Locks of transactions across ranges this member ended as stale.",
             self.txn_locks_pushed.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txn_records_finished_late_total",
+            "counter",
+            "Committed transaction records nobody finished that this member finished once old.",
+            self.txn_records_finished_late.get().to_string(),
         );
         scalar(
             "ostrakon_txn_records_aborted",

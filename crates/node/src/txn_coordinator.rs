@@ -276,8 +276,11 @@ pub(crate) async fn resolve(
 
 /// Drops a committed transaction's record at its primary once every part is written
 /// (in the background: the client has its answer; a record left behind costs only
-/// space).
+/// space until the primary's leader finishes it).
 fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
+    if failpoint("lose-forget") {
+        return; // as if every try of it failed
+    }
     let handle = handle.clone();
     tokio::spawn(async move {
         let forget = Request::TxnForget(txn_id_record(txn));
@@ -291,8 +294,9 @@ const TELL_PRIMARY_ATTEMPTS: u32 = 5;
 /// Proposes `request` (a forget, or a pusher's finished mark) in the transaction's
 /// primary, or the range that merged it, tried again after a growing pause while it fails
 /// or is refused (no leader; frozen for a merge). Once every lock of a committed
-/// transaction is gone nobody comes back to its record: a word lost here leaves it for
-/// good, since the horizon forgets only finished committed records.
+/// transaction is gone no pusher comes back to its record: a word lost here leaves it
+/// until the primary's leader finishes it, once its transaction was born below the
+/// horizon (`txn_horizon::finish_unfinished`).
 pub(crate) async fn tell_primary(
     handle: &NodeHandle,
     txn: TxnId,

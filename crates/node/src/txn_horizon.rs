@@ -15,8 +15,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use ostrakon_proto::peer::{self as pb, write_request::Request};
 use ostrakon_raft::GroupId;
+use ostrakon_ranges::txn::TxnId;
 use ostrakon_ranges::Timestamp;
 
 use crate::handle::NodeHandle;
@@ -56,6 +59,36 @@ fn horizon_below(clock: u64, lag_ms: u64) -> u64 {
     Timestamp::from_physical_ms(physical_ms - lag_ms).0
 }
 
+/// How many committed records nobody finished a range's leader finishes at one look.
+const FINISHES_PER_LOOK_MAX: usize = 16;
+
+/// Finishes committed records of `group` that nobody finished and whose transactions
+/// were born below the horizon about to be proposed: their coordinator's forget was lost
+/// (every try failed), or a late copy of their commit recorded them again after it. No
+/// lock of them is left for a pusher to find, so without this they would be kept for
+/// good. Every participant is resolved (a range whose part is written takes it as a
+/// no-op), then the record is marked finished, and the horizon forgets it.
+async fn finish_unfinished(
+    handle: &NodeHandle,
+    group: GroupId,
+    unfinished: Vec<(TxnId, pb::TxnWrites)>,
+) {
+    futures_util::stream::iter(unfinished)
+        .for_each_concurrent(FINISHES_PER_LOOK_MAX, |(txn, writes)| async move {
+            let written = crate::txn_pusher::finish_record(handle, txn, group, &writes).await;
+            if written {
+                crate::metrics::metrics().txn_records_finished_late.inc();
+            }
+            tracing::info!(
+                ?txn,
+                group = group.0,
+                written,
+                "finished an old committed transaction record nobody finished"
+            );
+        })
+        .await;
+}
+
 /// Raises the horizons of the ranges this node leads until the node stops.
 pub(crate) async fn run(handle: NodeHandle) {
     let mut check = tokio::time::interval(CHECK_INTERVAL);
@@ -93,7 +126,14 @@ pub(crate) async fn run(handle: NodeHandle) {
             let due = proposed_at
                 .get(&group)
                 .is_none_or(|at| at.elapsed() >= horizon_every());
-            if !due || store.oldest_forgettable_txn(below).is_none() {
+            if !due {
+                continue;
+            }
+            let unfinished = store.txn_unfinished_committed_below(below, FINISHES_PER_LOOK_MAX);
+            if !unfinished.is_empty() {
+                finish_unfinished(&handle, group, unfinished).await;
+            }
+            if store.oldest_forgettable_txn(below).is_none() {
                 continue;
             }
             proposed_at.insert(group, Instant::now());

@@ -101,13 +101,12 @@ async fn push(handle: &NodeHandle, group: GroupId, txn: TxnId, primary: GroupId)
             return;
         }
     };
-    let participants: Vec<GroupId> = decided
+    let participants = decided
         .writes
         .as_ref()
-        .map(|writes| writes.participants.iter().copied().map(GroupId).collect())
-        .unwrap_or_default();
-    if decided.committed && !participants.is_empty() {
-        finish_committed(handle, group, txn, primary, decided, participants).await;
+        .map_or(0, |writes| writes.participants.len());
+    if decided.committed && participants > 0 {
+        finish_committed(handle, group, txn, primary, decided).await;
         return;
     }
     let finish = if decided.committed {
@@ -149,18 +148,11 @@ async fn finish_committed(
     txn: TxnId,
     primary: GroupId,
     decided: pb::TxnDecided,
-    participants: Vec<GroupId>,
 ) {
     let writes = decided
         .writes
         .expect("a committed record carries its writes");
-    // A range merged since it wrote its part is resolved in the range that took it in.
-    let others: Vec<GroupId> = participants
-        .into_iter()
-        .filter(|&participant| participant != primary)
-        .map(|participant| handle.live_range(participant))
-        .collect();
-    let written = resolve(handle, txn, &writes, &others).await;
+    let written = finish_record(handle, txn, primary, &writes).await;
     crate::metrics::metrics().txn_locks_pushed.inc();
     tracing::info!(
         ?txn,
@@ -168,8 +160,29 @@ async fn finish_committed(
         written,
         "finished a committed transaction across ranges its coordinator left"
     );
+}
+
+/// Writes a committed transaction's part in every participant of `writes` but the
+/// primary, and, every part written, marks its record finished at `primary`. Returns
+/// whether every part was written.
+pub(crate) async fn finish_record(
+    handle: &NodeHandle,
+    txn: TxnId,
+    primary: GroupId,
+    writes: &pb::TxnWrites,
+) -> bool {
+    // A range merged since it wrote its part is resolved in the range that took it in.
+    let others: Vec<GroupId> = writes
+        .participants
+        .iter()
+        .map(|&participant| GroupId(participant))
+        .filter(|&participant| participant != primary)
+        .map(|participant| handle.live_range(participant))
+        .collect();
+    let written = resolve(handle, txn, writes, &others).await;
     if written {
         let finished = Request::TxnFinished(txn_id_record(txn));
         tell_primary(handle, txn, primary, &finished).await;
     }
+    written
 }

@@ -371,6 +371,27 @@ impl<M> TxnRecords<M> {
         done && txn.born != 0 && txn.born < below
     }
 
+    /// The committed records nobody marked finished whose transactions were born below
+    /// `below`, oldest first, at most `limit`: a record whose coordinator's forget and
+    /// pushers' finished mark were all lost, or that a late copy of its commit recorded
+    /// again after the forget (no lock of it is left for a pusher to find). Born that
+    /// long ago, its coordinator has given up; the range's leader finishes them
+    /// (resolves every participant, then marks them), and the horizon then forgets them.
+    pub fn unfinished_committed_below(&self, below: u64, limit: usize) -> Vec<(TxnId, &M)> {
+        let mut unfinished: Vec<(TxnId, &M)> = self
+            .records
+            .iter()
+            .filter(|(txn, _)| txn.born != 0 && txn.born < below && !self.finished.contains(txn))
+            .filter_map(|(txn, outcome)| match outcome {
+                TxnOutcome::Committed(writes) => Some((*txn, writes)),
+                TxnOutcome::Aborted => None,
+            })
+            .collect();
+        unfinished.sort_by_key(|(txn, _)| txn.born);
+        unfinished.truncate(limit);
+        unfinished
+    }
+
     /// Whether a pusher finished the committed transaction (`mark_finished`).
     pub fn is_finished(&self, txn: TxnId) -> bool {
         self.finished.contains(&txn)
@@ -762,6 +783,38 @@ mod tests {
         let mut merged: TxnRecords<&str> = TxnRecords::default();
         merged.absorb(records);
         assert!(merged.is_finished(txn(2)));
+    }
+
+    #[test]
+    fn committed_records_nobody_finished_are_listed_once_born_below_a_time() {
+        let mut records: TxnRecords<&str> = TxnRecords::default();
+        // Born at 103, 101, 102, 105; a transaction of unknown birth (0) too.
+        records.commit(txn(3), "three").unwrap();
+        records.commit(txn(1), "one").unwrap();
+        records.commit(txn(2), "two").unwrap();
+        records.commit(txn(5), "five").unwrap();
+        records.abort(txn(4)).unwrap();
+        let unknown = TxnId { born: 0, ..txn(6) };
+        records.commit(unknown, "unknown").unwrap();
+        records.mark_finished(txn(2));
+        let listed = |records: &TxnRecords<&str>, below, limit| -> Vec<u64> {
+            records
+                .unfinished_committed_below(below, limit)
+                .into_iter()
+                .map(|(txn, _)| txn.number)
+                .collect()
+        };
+        // Oldest first; not the finished one, the aborted one, nor one born at 105.
+        assert_eq!(listed(&records, 105, 10), [1, 3]);
+        assert_eq!(listed(&records, 105, 1), [1]);
+        assert_eq!(listed(&records, 101, 10), Vec::<u64>::new());
+        assert_eq!(records.unfinished_committed_below(102, 1)[0].1, &"one");
+        // Once marked, a horizon forgets them.
+        records.mark_finished(txn(1));
+        records.mark_finished(txn(3));
+        assert_eq!(listed(&records, 105, 10), Vec::<u64>::new());
+        assert_eq!(records.raise_horizon(105).len(), 4);
+        assert_eq!(records.len(), 2, "born at 105, and of unknown birth");
     }
 
     #[test]

@@ -54,6 +54,8 @@ const PUSH_TIMEOUT_US: u64 = 300_000;
 /// the oracle's milliseconds (the node keeps 10 minutes; short here, so that late
 /// commits meet horizons that forgot their records).
 const HORIZON_LAG_MS: u64 = 400;
+/// How many committed records nobody finished a primary's leader finishes at one look.
+const FINISHES_PER_LOOK_MAX: usize = 16;
 /// How often a primary's leader proposes a horizon at most (when it forgets something).
 const HORIZON_EVERY_US: u64 = 200_000;
 /// Under whole-range locks, how often a bank client audits instead of transferring: a
@@ -712,8 +714,26 @@ impl Simulation {
             .physical_ms()
             .saturating_sub(HORIZON_LAG_MS);
         let below = Timestamp::from_physical_ms(below).0;
-        let horizon_due = now_us >= replica.horizon_proposed_us + HORIZON_EVERY_US
-            && replica.kv.txns.records.oldest_forgettable(below).is_some();
+        let look_due = now_us >= replica.horizon_proposed_us + HORIZON_EVERY_US;
+        // Committed records nobody finished, born below the horizon: no lock of them is
+        // left for a pusher to find (the node's coordinator forgets its records; one whose
+        // forget was lost, or recorded again by a late copy of its commit, would stay for
+        // good). The leader finishes them, as the node's `txn_horizon` does, and the
+        // horizon then forgets them. (This simulator's coordinators never forget, so
+        // every committed record takes this path once old.)
+        let unfinished: Vec<(TxnId, (u64, crate::txn_kv::Writes))> = if look_due {
+            replica
+                .kv
+                .txns
+                .records
+                .unfinished_committed_below(below, FINISHES_PER_LOOK_MAX)
+                .into_iter()
+                .map(|(txn, record)| (txn, record.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let horizon_due = look_due && replica.kv.txns.records.oldest_forgettable(below).is_some();
         if horizon_due {
             replica.horizon_proposed_us = now_us;
             trace!(
@@ -726,6 +746,14 @@ impl Simulation {
                 request: Request::Txn(TxnCommand::Horizon { below }),
             };
             self.input(id, group, input);
+        }
+        for (txn, (revision, writes)) in unfinished {
+            if self.finishes.values().any(|finish| finish.txn() == txn) {
+                continue;
+            }
+            if self.start_finish(group, txn, revision, &writes) {
+                self.records_finished_late += 1;
+            }
         }
         let replica = self.replica(id, group);
         let held: Vec<(TxnId, RangeId)> = replica

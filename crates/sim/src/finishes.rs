@@ -33,6 +33,15 @@ pub struct Finish {
     writes: Writes,
     /// Request number → (range, attempts so far).
     waiting: BTreeMap<u64, (GroupId, u32)>,
+    /// The registers of its writes whose ranges answered that they hold them.
+    covered: BTreeSet<u64>,
+}
+
+impl Finish {
+    /// The transaction being finished.
+    pub fn txn(&self) -> TxnId {
+        self.txn
+    }
 }
 
 impl Simulation {
@@ -54,20 +63,21 @@ impl Simulation {
     }
 
     /// After a push learned that `txn` committed: resolves it in every range holding
-    /// its writes (a range whose part is written takes it as a no-op).
+    /// its writes (a range whose part is written takes it as a no-op). Returns whether
+    /// it started.
     pub(crate) fn start_finish(
         &mut self,
         primary: GroupId,
         txn: TxnId,
         revision: u64,
         writes: &Writes,
-    ) {
+    ) -> bool {
         let Some(groups) = writes
             .iter()
             .map(|&(register, _)| self.range_holding(register))
             .collect::<Option<BTreeSet<GroupId>>>()
         else {
-            return; // a range without a leader: the record stays unfinished
+            return false; // a range without a leader: the record stays unfinished
         };
         let finish = self.next_finish;
         self.next_finish += 1;
@@ -80,12 +90,14 @@ impl Simulation {
                 revision,
                 writes: writes.clone(),
                 waiting: BTreeMap::new(),
+                covered: BTreeSet::new(),
             },
         );
         for group in groups {
             let hint = self.current_leader(group).unwrap_or(NodeId::NONE);
             self.send_resolve(finish, group, hint, 1);
         }
+        true
     }
 
     /// Sends one range's resolve of finish `finish` (its `attempt`th), to `hint` if known.
@@ -125,7 +137,7 @@ impl Simulation {
             return;
         };
         match reply {
-            Reply::Txn(TxnApplied::Done) => {}
+            Reply::Txn(TxnApplied::Resolved { registers }) => state.covered.extend(registers),
             Reply::Failed { leader_hint } if attempt < FINISH_ATTEMPTS_MAX => {
                 return self.send_resolve(finish, group, leader_hint, attempt + 1);
             }
@@ -134,10 +146,31 @@ impl Simulation {
         if !state.waiting.is_empty() {
             return;
         }
+        if state
+            .writes
+            .iter()
+            .any(|(register, _)| !state.covered.contains(register))
+        {
+            // A split moved a register (and its lock) out of the range it was routed to
+            // before the resolve applied: marked finished now, the record would be
+            // forgotten while that lock stands, and its pusher would release it
+            // unwritten. Tried again at a later look (seed 24 with
+            // `new-leader-skips-floor`, once primaries' leaders finished every old
+            // record).
+            trace!(
+                self,
+                "a register of {:?} moved while it was finished",
+                state.txn
+            );
+            return self.give_up_finish(finish);
+        }
         let state = self.finishes.remove(&finish).expect("above");
         let number = self.next_internal_request;
         self.next_internal_request += 1;
-        let target = self.pick_node(state.primary, NodeId::NONE, true);
+        // To the primary's leader, as the node's `tell_primary` routes it (sent to a member
+        // at random, it was refused by followers and the record kept unfinished).
+        let hint = self.current_leader(state.primary).unwrap_or(NodeId::NONE);
+        let target = self.pick_node(state.primary, hint, true);
         trace!(self, "{:?} finished in every range", state.txn);
         self.push_request(
             FINISH_REQUEST_BASE + number,

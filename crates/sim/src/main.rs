@@ -184,7 +184,7 @@ fn main() -> ExitCode {
     println!(
         "{} seeds, {} violations, {} unknown, {} ops, {} timestamp requests answered, {} \
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
-         ranges, {} records forgotten, {} of them committed, {} pushes sent on to a named leader) and {} merges ({} given up, {} held by a replica); \
+         ranges, {} records forgotten, {} of them committed, {} pushes sent on to a named leader, {} old records finished by their leader) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
          leaders, {} fetches asked again, {} writes fetched again, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
         summary.seeds,
@@ -199,6 +199,7 @@ fn main() -> ExitCode {
         summary.records_forgotten,
         summary.committed_forgotten,
         summary.pushes_sent_on,
+        summary.records_finished_late,
         summary.merges,
         summary.merges_given_up,
         summary.merges_held,

@@ -74,6 +74,8 @@ pub struct SeedReport {
     pub guarded_transfers: u64,
     /// Pushes a refusing member's leader hint sent on.
     pub pushes_sent_on: u64,
+    /// Committed records nobody finished that a primary's leader finished once old.
+    pub records_finished_late: u64,
     /// Fresh reads (the node's variant) whose revisions were checked.
     pub fresh_reads: u64,
     /// Wall-clock time of the simulation and of the check.
@@ -163,6 +165,7 @@ pub fn run_seed_with(
         audits_checked: sim.audits_checked,
         guarded_transfers: sim.guarded_transfers,
         pushes_sent_on: sim.pushes_sent_on,
+        records_finished_late: sim.records_finished_late,
         fresh_reads: sim.fresh_reads_checked,
         simulate_time,
         check_time: began.elapsed(),
@@ -221,6 +224,8 @@ pub struct Summary {
     pub guarded_transfers: u64,
     /// Pushes a refusing member's leader hint sent on.
     pub pushes_sent_on: u64,
+    /// Committed records nobody finished that a primary's leader finished once old.
+    pub records_finished_late: u64,
     /// Fresh reads checked, over all seeds.
     pub fresh_reads: u64,
     /// Lowest failing seed.
@@ -327,6 +332,7 @@ pub fn run_seeds_with(
                 summary.audits_checked += report.audits_checked;
                 summary.guarded_transfers += report.guarded_transfers;
                 summary.pushes_sent_on += report.pushes_sent_on;
+                summary.records_finished_late += report.records_finished_late;
                 summary.fresh_reads += report.fresh_reads;
                 summary.unknown += report.check_unknown as u64;
                 if report.violation.is_some() {

@@ -122,8 +122,15 @@ pub enum TxnApplied {
     /// Born below the primary's horizon with no record: it can no longer commit, but
     /// whether it did is not known.
     Forgotten,
-    /// Resolved (or nothing left to do).
+    /// Done (nothing to answer).
     Done,
+    /// Resolved: the registers of its writes the range's span held when the resolve
+    /// applied (their part is written, now or before; a split may have moved others,
+    /// and their locks, to another range).
+    Resolved {
+        /// See above.
+        registers: Vec<u64>,
+    },
     /// Released: whether the range still held the lock the release named (a pusher may
     /// have ended it; a late copy of a prepare may have taken another since, at a later
     /// revision: `frozen_txn::release_found`).
@@ -366,7 +373,17 @@ pub fn apply_txn(state: &mut KvState, command: &TxnCommand, protocol: TxnProtoco
             writes,
         } => {
             write_part(state, *txn, *revision, writes, protocol);
-            TxnApplied::Done
+            let registers = writes
+                .iter()
+                .map(|&(register, _)| register)
+                .filter(|&register| {
+                    state
+                        .descriptor
+                        .as_ref()
+                        .is_some_and(|descriptor| descriptor.contains(&routing_key(register)))
+                })
+                .collect();
+            TxnApplied::Resolved { registers }
         }
         TxnCommand::Release {
             txn,
@@ -678,7 +695,10 @@ mod tests {
             revision: 11,
             writes: vec![(2, 20)],
         };
-        assert_eq!(apply_txn(&mut other, &resolve, WHOLE), TxnApplied::Done);
+        assert_eq!(
+            apply_txn(&mut other, &resolve, WHOLE),
+            TxnApplied::Resolved { registers: vec![2] }
+        );
         assert!(other.txns.locks.is_empty());
         assert_eq!(crate::kv::value_at(&other.versions, 2, 12), None);
         assert_eq!(other.last_revision, 0);

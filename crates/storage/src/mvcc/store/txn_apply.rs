@@ -303,6 +303,22 @@ impl MvccStore {
         self.txn_outcomes.lock().unwrap().oldest_forgettable(below)
     }
 
+    /// The committed records nobody finished, of transactions born below `below`, at
+    /// most `limit`, oldest first (`TxnRecords::unfinished_committed_below`).
+    pub fn txn_unfinished_committed_below(
+        &self,
+        below: u64,
+        limit: usize,
+    ) -> Vec<(TxnId, pb::TxnWrites)> {
+        self.txn_outcomes
+            .lock()
+            .unwrap()
+            .unfinished_committed_below(below, limit)
+            .into_iter()
+            .map(|(txn, writes)| (txn, writes.clone()))
+            .collect()
+    }
+
     /// How many transaction outcomes this range keeps as a primary.
     pub fn txn_outcome_count(&self) -> usize {
         self.txn_outcomes.lock().unwrap().len()
