@@ -157,7 +157,10 @@ mod tests {
             left.split(b"m", LogIndex(1), Term(1), GroupId(2), right_applied, false)
                 .expect("a new right range"),
         );
-        let freeze = Request::FreezeRange(FreezeRange { left_range_id: 1 });
+        let freeze = Request::FreezeRange(FreezeRange {
+            left_range_id: 1,
+            freezer: 7,
+        });
         let WriteOutcome::RangeFrozen(frozen) = write(&right, 6, freeze, 0) else {
             panic!("the right range freezes");
         };

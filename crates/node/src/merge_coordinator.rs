@@ -110,16 +110,18 @@ pub(crate) async fn merge_here(
         // Likely one is down: a freeze would hold the range up for nothing.
         return Err(replicas_behind());
     }
+    let freezer = new_freezer(handle);
     let freeze = Request::FreezeRange(FreezeRange {
         left_range_id: left.0,
+        freezer,
     });
     let frozen = match propose(handle, right, &freeze, 0).await {
         Ok(WriteOutcome::RangeFrozen(_)) if loses_freeze_answer() => {
-            return thaw_if_frozen(handle, left, right, NodeError::Timeout).await;
+            return thaw_if_frozen(handle, left, right, freezer, NodeError::Timeout).await;
         }
         Ok(WriteOutcome::RangeFrozen(frozen)) => frozen,
         Ok(other) => return Err(refusal_of(other)),
-        Err(error) => return thaw_if_frozen(handle, left, right, error).await,
+        Err(error) => return thaw_if_frozen(handle, left, right, freezer, error).await,
     };
     let freeze_index = LogIndex(frozen.freeze_index);
     if frozen.left_range_id != left.0 {
@@ -167,21 +169,46 @@ pub(crate) async fn merge_here(
     }
 }
 
-/// The freeze of `right` for a merge into `left` went unanswered (`error`: a timeout,
-/// a leadership change): it may have committed all the same. If this node's replica
-/// applies it within `LOST_FREEZE_WAIT`, the merge is fenced off and the range thawed
-/// at once, instead of staying frozen until `merge_queue` finds it abandoned (15 s).
-/// The merge still fails (`error`): the merge queue tries it again later.
+/// A name for a freeze no other coordinator's freeze has: this node's id in the high
+/// bits, the wall clock's nanoseconds in the low ones (unique within a node as long as
+/// its clock moves between two merges it drives; a repeat would only let a lost
+/// answer's fence waste another coordinator's merge, which is tried again).
+fn new_freezer(handle: &NodeHandle) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    // Strictly increasing within this process, whatever the clock does.
+    let mut last = LAST.load(Ordering::Relaxed);
+    let low = loop {
+        let next = nanos.max(last + 1);
+        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(actual) => last = actual,
+        }
+    };
+    (handle.id().0 << 48) ^ (low & ((1 << 48) - 1))
+}
+
+/// The freeze of `right` for a merge into `left`, named `freezer`, went unanswered
+/// (`error`: a timeout, a leadership change): it may have committed all the same. If
+/// this node's replica applies it within `LOST_FREEZE_WAIT`, the merge is fenced off and
+/// the range thawed at once, instead of staying frozen until `merge_queue` finds it
+/// abandoned (15 s). The merge still fails (`error`): the merge queue tries it again
+/// later. A freeze of the same pair by another coordinator (a new leader's merge queue)
+/// is left alone: fencing it would only waste that merge.
 async fn thaw_if_frozen(
     handle: &NodeHandle,
     left: GroupId,
     right: GroupId,
+    freezer: u64,
     error: NodeError,
 ) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + LOST_FREEZE_WAIT;
     loop {
         let mark = handle.store(right).ok().and_then(|store| store.frozen());
-        if let Some(mark) = mark.filter(|mark| mark.left == left) {
+        if let Some(mark) = mark.filter(|mark| mark.left == left && mark.freezer == freezer) {
             tracing::info!(
                 left = left.0,
                 right = right.0,

@@ -296,7 +296,8 @@ pub fn apply_write(
         .expect("the server proposes only writes with a request");
     match request {
         Request::FreezeRange(freeze) => {
-            return match store.apply_freeze(index, term, GroupId(freeze.left_range_id)) {
+            let left = GroupId(freeze.left_range_id);
+            return match store.apply_freeze(index, term, left, freeze.freezer) {
                 Ok(mark) => WriteOutcome::RangeFrozen(ostrakon_proto::peer::RangeFrozen {
                     freeze_index: mark.index.0,
                     freeze_term: mark.term.0,

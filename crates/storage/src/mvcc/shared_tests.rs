@@ -918,15 +918,20 @@ fn a_merge_takes_the_frozen_right_range_over_and_a_fenced_merge_thaws_it() {
     right.put("n", "n1", 0);
     let right_revision = right.put("z", "z2", 0);
 
-    let freeze = |right: &mut Range| match right
-        .write(Request::FreezeRange(FreezeRange { left_range_id: 1 }))
-    {
-        WriteOutcome::RangeFrozen(frozen) => LogIndex(frozen.freeze_index),
-        other => panic!("{other:?}"),
-    };
+    let freeze =
+        |right: &mut Range, freezer: u64| match right.write(Request::FreezeRange(FreezeRange {
+            left_range_id: 1,
+            freezer,
+        })) {
+            WriteOutcome::RangeFrozen(frozen) => LogIndex(frozen.freeze_index),
+            other => panic!("{other:?}"),
+        };
     // Frozen: nothing applies, no read is served; the node routes them again.
-    let first_freeze = freeze(&mut right);
+    let first_freeze = freeze(&mut right, 77);
     assert_eq!(first_freeze, LogIndex(right.index));
+    // The mark names who froze it: a coordinator whose answer was lost fences only its
+    // own freeze.
+    assert_eq!(right.store.frozen().map(|mark| mark.freezer), Some(77));
     let refused = right.write_at(
         Request::Put(PutRequest {
             key: Bytes::from_static(b"n"),
@@ -941,10 +946,11 @@ fn a_merge_takes_the_frozen_right_range_over_and_a_fenced_merge_thaws_it() {
     );
     assert!(right.store.read_view().span().is_none());
     assert_eq!(
-        freeze(&mut right),
+        freeze(&mut right, 78),
         first_freeze,
         "frozen already: the same mark"
     );
+    assert_eq!(right.store.frozen().map(|mark| mark.freezer), Some(77));
 
     // A merge given up: fenced in the left range, then the right one thaws.
     let fence = |left: &mut Range, freeze_index: LogIndex| match left.write(Request::RefuseMerge(
@@ -970,7 +976,7 @@ fn a_merge_takes_the_frozen_right_range_over_and_a_fenced_merge_thaws_it() {
 
     // Frozen again, and merged: the left range holds both spans, every version, the
     // higher revision; the right range's local state is gone, and it is recorded.
-    let freeze_index = freeze(&mut right);
+    let freeze_index = freeze(&mut right, 79);
     assert!(freeze_index > first_freeze);
     let versions = stored_versions(&keyspace);
     left.index += 1;

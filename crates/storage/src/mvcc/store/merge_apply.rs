@@ -39,29 +39,34 @@ pub struct FreezeMark {
     pub term: Term,
     /// The range it is to be merged into.
     pub left: GroupId,
+    /// Who froze it (`FreezeRange::freezer`; 0 if not named).
+    pub freezer: u64,
 }
 
 impl FreezeMark {
-    fn encode(&self) -> [u8; 24] {
-        let mut out = [0; 24];
+    fn encode(&self) -> [u8; 32] {
+        let mut out = [0; 32];
         out[..8].copy_from_slice(&self.index.0.to_be_bytes());
         out[8..16].copy_from_slice(&self.term.0.to_be_bytes());
-        out[16..].copy_from_slice(&self.left.0.to_be_bytes());
+        out[16..24].copy_from_slice(&self.left.0.to_be_bytes());
+        out[24..].copy_from_slice(&self.freezer.to_be_bytes());
         out
     }
 
+    /// Reads a stored mark: 32 bytes, or 24 as builds before `freezer` stored it.
     pub(super) fn decode(stored: &[u8]) -> FreezeMark {
-        let word = |at: usize| {
-            u64::from_be_bytes(
-                stored[at..at + 8]
-                    .try_into()
-                    .expect("a 24-byte freeze mark"),
-            )
-        };
+        assert!(
+            stored.len() == 24 || stored.len() == 32,
+            "a freeze mark of {} bytes",
+            stored.len()
+        );
+        let word =
+            |at: usize| u64::from_be_bytes(stored[at..at + 8].try_into().expect("checked above"));
         FreezeMark {
             index: LogIndex(word(0)),
             term: Term(word(8)),
             left: GroupId(word(16)),
+            freezer: if stored.len() == 32 { word(24) } else { 0 },
         }
     }
 }
@@ -95,14 +100,15 @@ impl MvccStore {
         local.get(META_FROZEN).map(|v| FreezeMark::decode(&v))
     }
 
-    /// Applies a freeze for a merge into `left` at (`index`, `term`). Refused while a
-    /// transaction across ranges holds a lock here (its keys must stay put until it
-    /// ends). A range frozen already answers its mark.
+    /// Applies a freeze by `freezer` for a merge into `left` at (`index`, `term`).
+    /// Refused while a transaction across ranges holds a lock here (its keys must stay
+    /// put until it ends). A range frozen already answers its mark.
     pub fn apply_freeze(
         &self,
         index: LogIndex,
         term: Term,
         left: GroupId,
+        freezer: u64,
     ) -> Result<FreezeMark, MvccError> {
         if let Some(mark) = self.frozen() {
             self.set_applied(index, term);
@@ -112,7 +118,12 @@ impl MvccStore {
             self.set_applied(index, term);
             return Err(MvccError::Locked);
         }
-        let mark = FreezeMark { index, term, left };
+        let mark = FreezeMark {
+            index,
+            term,
+            left,
+            freezer,
+        };
         let mut batch = self.keyspace.batch();
         self.local.insert(&mut batch, META_FROZEN, mark.encode());
         self.put_applied(&mut batch, index, term);
@@ -310,6 +321,7 @@ impl MvccStore {
             tables.frozen_at = mark.index.0;
             tables.frozen_for = mark.left.0;
             tables.frozen_term = mark.term.0;
+            tables.frozen_by = mark.freezer;
         }
         tables.split_by_hand = self.split_by_hand();
         tables.absorbed_ranges = self.absorbed_ranges().iter().map(|g| g.0).collect();
@@ -356,10 +368,30 @@ impl MvccStore {
             index: LogIndex(tables.frozen_at),
             term: Term(tables.frozen_term),
             left: GroupId(tables.frozen_for),
+            freezer: tables.frozen_by,
         });
         if let Some(mark) = mark {
             self.local.insert(batch, META_FROZEN, mark.encode());
         }
         mark
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freeze_mark_keeps_who_froze_it_and_reads_the_older_form() {
+        let mark = FreezeMark {
+            index: LogIndex(12),
+            term: Term(3),
+            left: GroupId(4),
+            freezer: 77,
+        };
+        assert_eq!(FreezeMark::decode(&mark.encode()), mark);
+        // Stored by a build before `freezer`: 24 bytes, nobody named.
+        let older = &mark.encode()[..24];
+        assert_eq!(FreezeMark::decode(older), FreezeMark { freezer: 0, ..mark });
     }
 }
