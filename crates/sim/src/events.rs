@@ -101,6 +101,9 @@ pub enum Event {
     /// The nemesis moves a range's leadership away right after its leader served a read
     /// at a revision: the next leader must learn that read's floor anew.
     TransferAfterRead(GroupId),
+    /// A slow writer parked for its range's next leadership move sends its write now
+    /// (if it was not sent already: `Simulation::parked_writes`).
+    SendParkedWrite(OpId),
     /// A partition ends.
     HealPartition(u64),
     /// A slow disk recovers.

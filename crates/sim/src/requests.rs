@@ -34,6 +34,11 @@ const WRITE_ATTEMPTS_MAX: u32 = 4;
 const TRANSFER_AFTER_READ_PROBABILITY: f64 = 0.3;
 /// How long after the read at most.
 const TRANSFER_AFTER_READ_DELAY_US_MAX: u64 = 30_000;
+/// How long after a read above a parked slow writer's revision its range's leadership
+/// moves.
+const PARKED_TRANSFER_DELAY_US: u64 = 1_000;
+/// How long after such a move a slow writer parked for it sends its write.
+const PARKED_WRITE_AFTER_TRANSFER_US: u64 = 5_000;
 
 impl Simulation {
     /// A client's request reached the replica of `group` on `id`.
@@ -276,6 +281,18 @@ impl Simulation {
             let delay_us = self.rng.range(0, TRANSFER_AFTER_READ_DELAY_US_MAX);
             self.events
                 .push(self.now_us + delay_us, Event::TransferAfterRead(group));
+        } else if self.healed_at_us.is_none()
+            && self.parked_writes.values().any(|(parked_for, _, command)| {
+                *parked_for == group && command.revision().is_some_and(|w| w < revision)
+            })
+        {
+            // A slow writer parked for this range holds a revision below the read's:
+            // the leadership moves now, and the writer follows it
+            // (`release_parked_writes`).
+            self.events.push(
+                self.now_us + PARKED_TRANSFER_DELAY_US,
+                Event::TransferAfterRead(group),
+            );
         }
     }
 
@@ -650,6 +667,18 @@ impl Simulation {
             // A slow client (or a transaction's coordinator): its revision may be below
             // reads served meanwhile, by this leader or the next.
             let pause_us = self.rng.range(0, SLOW_WRITER_PAUSE_US_MAX);
+            if pause_us >= SLOW_WRITER_PAUSE_US_MAX / 2 {
+                // The slower half waits for its range's next leadership move after a
+                // read at a revision (`TransferAfterRead`), and reaches the new leader
+                // just after it took over: the one moment a leadership that did not
+                // learn its floor takes a revision below a read served before it. By
+                // chance alone that was caught in 1 to 3 seeds of 200.
+                let group = self.route(client, command.key().expect("a register write"));
+                self.parked_writes.insert(op, (group, client, command));
+                self.events
+                    .push(self.now_us + pause_us, Event::SendParkedWrite(op));
+                return;
+            }
             self.events.push(
                 self.now_us + pause_us,
                 Event::SendWrite {
@@ -702,6 +731,35 @@ impl Simulation {
     }
 
     /// Sends a write with its revision to its range.
+    /// Sends a parked slow writer's write, unless it was sent already.
+    pub(crate) fn send_parked_write(&mut self, op: OpId) {
+        if let Some((_, client, command)) = self.parked_writes.remove(&op) {
+            self.send_write(client, op, command);
+        }
+    }
+
+    /// The nemesis moved `group`'s leadership after a read at a revision: the writers
+    /// parked for it go a few milliseconds later, once the new leader took over.
+    pub(crate) fn release_parked_writes(&mut self, group: GroupId) {
+        let parked: Vec<OpId> = self
+            .parked_writes
+            .iter()
+            .filter(|(_, (parked_for, _, _))| *parked_for == group)
+            .map(|(op, _)| *op)
+            .collect();
+        for op in parked {
+            trace!(
+                self,
+                "op {} parked for {group:?}'s leadership move goes",
+                op.index()
+            );
+            self.events.push(
+                self.now_us + PARKED_WRITE_AFTER_TRANSFER_US,
+                Event::SendParkedWrite(op),
+            );
+        }
+    }
+
     pub(crate) fn send_write(&mut self, client: u64, op: OpId, command: Command) {
         if self.clients[client as usize].outstanding != Some(op) {
             return; // Timed out meanwhile.

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use ostrakon_check::{History, RegisterInput, RegisterOutput, TimestampCount, TimestampGrant};
+use ostrakon_check::{
+    History, OpId, RegisterInput, RegisterOutput, TimestampCount, TimestampGrant,
+};
 use ostrakon_raft::{
     ConfState, Config, EntryPayload, GroupId, InitialState, LogIndex, Message, MessageBody, NodeId,
     RawNode, Role,
@@ -136,6 +138,9 @@ pub struct Simulation {
     /// Committed records nobody finished that a primary's leader started finishing once
     /// old (`TxnRecords::unfinished_committed_below`).
     pub(crate) records_finished_late: u64,
+    /// Slow writers waiting for their range's next leadership move, by operation: the
+    /// range, the client and the write (`Simulation::release_parked_writes`).
+    pub(crate) parked_writes: BTreeMap<OpId, (GroupId, u64, crate::kv::Command)>,
     /// Committed transactions pushers are finishing, by number.
     pub(crate) finishes: BTreeMap<u64, crate::finishes::Finish>,
     /// The finish each of their requests is for.
@@ -285,6 +290,7 @@ impl Simulation {
             pushes_redirected: BTreeSet::new(),
             pushes_sent_on: 0,
             records_finished_late: 0,
+            parked_writes: BTreeMap::new(),
             finishes: BTreeMap::new(),
             finish_requests: BTreeMap::new(),
             next_finish: 0,
@@ -823,8 +829,10 @@ impl Simulation {
             Event::TransferAfterRead(group) => {
                 if self.healed_at_us.is_none() {
                     self.transfer_leadership(group);
+                    self.release_parked_writes(group);
                 }
             }
+            Event::SendParkedWrite(op) => self.send_parked_write(op),
             Event::HealPartition(id) => {
                 if id == self.partition_id && !self.blocked.is_empty() {
                     trace!(self, "partition {id} heals");
