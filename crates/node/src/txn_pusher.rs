@@ -171,6 +171,13 @@ pub(crate) async fn finish_record(
     primary: GroupId,
     writes: &pb::TxnWrites,
 ) -> bool {
+    // A record from a build before `TxnWrites::participants` names no participant: it
+    // cannot be finished from here (its locks' pushers finish its parts), and marking it
+    // finished would let the horizon forget a commit some range has not written yet.
+    if writes.participants.is_empty() {
+        tracing::warn!(?txn, "a committed record names no participants: left kept");
+        return false;
+    }
     // A range merged since it wrote its part is resolved in the range that took it in.
     let others: Vec<GroupId> = writes
         .participants
