@@ -6,7 +6,8 @@
 # JSON line per run (throughput, latency, CPU of the members per 1,000 requests) and,
 # after each round, the leaderships each cluster handed over to spread its leaders.
 # Interleaving is what makes the ratio mean something on this shared machine: compare
-# the two builds' medians, never figures of different runs.
+# the two builds' medians, never figures of different runs. After each round it prints
+# every member's resident memory.
 #   bash scripts/bench-builds-side-by-side.sh BINARY_A BINARY_B [ROUNDS] [TOTAL]
 # With SPLITS_A or SPLITS_B (keys, space-separated), that cluster's keyspace is split at
 # them first. SPLITS_B alone: one
@@ -49,6 +50,12 @@ moves() { # client ports
   echo "$sum"
 }
 
+rss_mib() { # pids
+  local pid out=()
+  for pid in "$@"; do out+=("$(( $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status") / 1024 ))"); done
+  (IFS=/; echo "${out[*]}")
+}
+
 runs=("put 1 1 3000" "put 64 8 $total" "put 256 16 $total" "get 64 8 $total"
   "get-serializable 64 8 $total" "txn 64 8 $total" "range 64 8 $((total / 4))")
 for round in $(seq 1 "$rounds"); do
@@ -61,4 +68,5 @@ for round in $(seq 1 "$rounds"); do
       --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_b[*]}")" --json)"
   done
   echo "leaderships handed over so far: A $(moves 2379 2479 2579), B $(moves 3379 3479 3579)"
+  echo "resident memory of the members, MiB: A $(rss_mib "${pids_a[@]}"), B $(rss_mib "${pids_b[@]}")"
 done

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use ostrakon_node::config::{cluster_id, StoreMemory};
 use ostrakon_node::spans::export::ExportConfig;
 use ostrakon_node::tls::{TlsFiles, TlsMaterial};
-use ostrakon_node::{config::cluster_id, member_id, NodeConfig};
+use ostrakon_node::{member_id, NodeConfig};
 use ostrakon_raft::NodeId;
 use ostrakon_server::validate::Limits;
 use ostrakon_server::ServerConfig;
@@ -80,6 +81,14 @@ pub struct ServerArgs {
     /// same throughput (docs/BENCHMARKS.md).
     #[arg(long, default_value_t = 4 << 20)]
     pub raft_log_memory_bytes: u64,
+    /// The storage engine's block cache, in bytes. Reads of recent versions mostly hit
+    /// the memtables and the OS page cache, so a small cache keeps a member small.
+    #[arg(long, default_value_t = StoreMemory::default().cache_bytes)]
+    pub store_cache_bytes: u64,
+    /// The storage engine's memtables together, in bytes; past this the largest is
+    /// flushed to disk.
+    #[arg(long, default_value_t = StoreMemory::default().write_buffer_bytes)]
+    pub store_write_buffer_bytes: u64,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -240,6 +249,10 @@ impl ServerArgs {
             quiesce: self.raft_quiesce,
             snapshot_entries: self.snapshot_count.max(1),
             raft_log_memory_bytes: self.raft_log_memory_bytes,
+            store_memory: StoreMemory {
+                cache_bytes: self.store_cache_bytes,
+                write_buffer_bytes: self.store_write_buffer_bytes,
+            },
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
             // A joining member learns its id and the cluster's from the running members
@@ -488,6 +501,24 @@ mod tests {
         assert_eq!(
             config.tick_interval * config.election_ticks,
             Duration::from_millis(450)
+        );
+    }
+
+    #[test]
+    fn the_storage_engines_memory_is_set_by_flags() {
+        assert_eq!(node_config(&[]).store_memory, StoreMemory::default());
+        let config = node_config(&[
+            "--store-cache-bytes",
+            "1048576",
+            "--store-write-buffer-bytes",
+            "2097152",
+        ]);
+        assert_eq!(
+            config.store_memory,
+            StoreMemory {
+                cache_bytes: 1 << 20,
+                write_buffer_bytes: 2 << 20,
+            }
         );
     }
 }

@@ -265,6 +265,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         quiesce: true,
         snapshot_entries: 100_000,
         raft_log_memory_bytes: 4 << 20,
+        store_memory: Default::default(),
         request_timeout: Duration::from_secs(7),
         quota_backend_bytes: 0,
         range_max_bytes: 0,

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     /// `--raft-log-memory-bytes`: past this, the raft logs of all groups together held in
     /// memory are compacted, heaviest first (`log_budget`; 0: no node-wide bound).
     pub raft_log_memory_bytes: u64,
+    /// What the storage engine may hold in memory.
+    pub store_memory: StoreMemory,
     /// How long a client request may wait for commit or a read point.
     pub request_timeout: Duration,
     /// `--quota-backend-bytes`: past this store size, writes that add data raise the
@@ -58,6 +60,25 @@ pub struct NodeConfig {
     /// Join a running cluster (`--initial-cluster-state existing`) instead of founding
     /// one; settled by `identity::settle` from the data directory on later starts.
     pub join: bool,
+}
+
+/// What the storage engine may hold in memory (`--store-cache-bytes`,
+/// `--store-write-buffer-bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// The block cache.
+    pub cache_bytes: u64,
+    /// All memtables together: past this the largest is flushed to disk.
+    pub write_buffer_bytes: u64,
+}
+
+impl Default for StoreMemory {
+    fn default() -> Self {
+        StoreMemory {
+            cache_bytes: 8 << 20,
+            write_buffer_bytes: 8 << 20,
+        }
+    }
 }
 
 impl NodeConfig {

@@ -51,11 +51,6 @@ const LOG_LOOK_INTERVAL: Duration = Duration::from_millis(500);
 /// At most this many groups compacted per look: each writes its applied position down
 /// on the loop (a restarted node at 100,000 ranges holds a little log in each).
 const LOG_COMPACTIONS_PER_LOOK_MAX: usize = 1_000;
-/// The state machine's block cache. Reads at the current revision mostly hit the memtables
-/// and the OS page cache; a small cache keeps a member's memory small.
-const STORE_CACHE_BYTES: u64 = 8 << 20;
-/// All memtables together: beyond this, fjall flushes the largest to disk.
-const STORE_WRITE_BUFFER_BYTES: u64 = 8 << 20;
 
 /// The running loop's state.
 pub struct EventLoop {
@@ -177,7 +172,7 @@ pub fn start(
     runtime: tokio::runtime::Handle,
 ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), StartError> {
     let layout = Layout::new(&config.data_dir);
-    let (mut wal, mut recovered, keyspace) = open_storage(&layout)?;
+    let (mut wal, mut recovered, keyspace) = open_storage(&layout, config.store_memory)?;
     remove_incoming_snapshots(&layout);
     let (input_tx, input_rx) = flume::bounded(INPUT_QUEUE_MAX);
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
@@ -405,6 +400,7 @@ fn new_replica(
 /// Opens (creating if needed) the WAL and the state machines' keyspace under `layout`.
 pub(crate) fn open_storage(
     layout: &Layout,
+    store_memory: crate::config::StoreMemory,
 ) -> Result<(Wal, ostrakon_storage::wal::Recovered, fjall::Keyspace), StartError> {
     for dir in [&layout.snap, &layout.kv] {
         std::fs::create_dir_all(dir).map_err(|e| StartError::Io(dir.clone(), e))?;
@@ -417,8 +413,8 @@ pub(crate) fn open_storage(
         );
     }
     let keyspace = fjall::Config::new(&layout.kv)
-        .cache_size(STORE_CACHE_BYTES)
-        .max_write_buffer_size(STORE_WRITE_BUFFER_BYTES)
+        .cache_size(store_memory.cache_bytes)
+        .max_write_buffer_size(store_memory.write_buffer_bytes)
         .open()
         .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
     // Before the ranges shared one data partition, each group had its own (`g1-kv`).
@@ -2150,7 +2146,7 @@ mod tests {
     fn a_data_directory_with_one_partition_per_group_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
-        drop(open_storage(&layout).expect("a new data directory opens"));
+        drop(open_storage(&layout, Default::default()).expect("a new data directory opens"));
         {
             // What ostrakon wrote before the ranges shared one data partition.
             let keyspace = fjall::Config::new(&layout.kv).open().unwrap();
@@ -2159,7 +2155,10 @@ mod tests {
                 .unwrap();
             keyspace.persist(fjall::PersistMode::SyncAll).unwrap();
         }
-        let refused = open_storage(&layout).err().expect("refused").to_string();
+        let refused = open_storage(&layout, Default::default())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(
             refused.contains("older ostrakon") && refused.contains("snapshot restore"),
             "{refused}"
