@@ -8,13 +8,14 @@
 # (3 rounds or more).
 #   bash scripts/bench-txn-across.sh
 #   ROUNDS=1 TOTAL=2000 bash scripts/bench-txn-across.sh   # shorter, not written
+#   BIN=path/to/ostrakon bash scripts/bench-txn-across.sh  # another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${TOTAL:-10000}
 ROUNDS=${ROUNDS:-3}
 source scripts/lib/ostrakon-cluster.sh
-cargo build --release -p ostrakon
-bin=$PWD/target/release/ostrakon
+release_binary_unless_given
+bin=$BIN
 results=$(mktemp)
 dir=$(mktemp -d /tmp/ostrakon-bench-txn.XXXX)
 start_ostrakon_cluster "$bin" "$dir"

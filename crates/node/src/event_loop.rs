@@ -1079,13 +1079,16 @@ impl EventLoop {
             } => match self.replicas.get_mut(&group) {
                 // A transaction across ranges holds the range: the write would only go
                 // through the log to be refused (as it would be at apply, on every
-                // replica); it is answered at once and tried again shortly.
+                // replica); it is answered at once and tried again shortly. A prepare
+                // queued behind the lock's resolve or release already in the log goes.
                 Some(replica)
                     if replica.node.role() == Role::Leader
-                        && write.request.as_ref().is_some_and(|request| {
-                            ostrakon_storage::mvcc::held_off_by_locks(&replica.store, request)
-                        }) =>
+                        && write
+                            .request
+                            .as_ref()
+                            .is_some_and(|request| leader_holds_off(replica, request)) =>
                 {
+                    crate::metrics::metrics().writes_held_off_by_locks.inc();
                     drop(respond.send(Ok(ostrakon_storage::mvcc::locked_outcome())));
                 }
                 // A range that split takes its writes' revisions from the oracle: the
@@ -2118,6 +2121,25 @@ fn record_soft_state(soft: ostrakon_raft::SoftState, previous_leader: NodeId) {
 /// The decisions of a transaction across ranges do not: a commit or resolve writes at
 /// the transaction's own revision, and an abort, release, forget or horizon writes nothing
 /// (the range is locked meanwhile, so the read-wait rule holds through its prepare).
+/// Whether the leading `replica` answers `request` "locked" at once rather than propose
+/// it (`held_off_by_locks_unless_unlocking`), counting the prepares it lets through
+/// behind an unlock already in its log.
+fn leader_holds_off(
+    replica: &Replica,
+    request: &ostrakon_proto::peer::write_request::Request,
+) -> bool {
+    use ostrakon_storage::mvcc::{held_off_by_locks, held_off_by_locks_unless_unlocking};
+    if !held_off_by_locks(&replica.store, request) {
+        return false;
+    }
+    let held_off =
+        held_off_by_locks_unless_unlocking(&replica.store, request, |txn| replica.unlocking(txn));
+    if !held_off {
+        crate::metrics::metrics().txn_prepares_behind_unlocks.inc();
+    }
+    held_off
+}
+
 fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
     use ostrakon_proto::peer::write_request::Request;
     !matches!(

@@ -292,6 +292,12 @@ pub struct Metrics {
     pub txns_committed_across_ranges: Counter,
     /// Locks of transactions across ranges this member ended as stale (`txn_pusher`).
     pub txn_locks_pushed: Counter,
+    /// Writes and prepares a range this member leads answered "locked" without
+    /// proposing them (a transaction across ranges held the range).
+    pub writes_held_off_by_locks: Counter,
+    /// Prepares a range this member leads proposed behind the resolve or release of the
+    /// lock in their way, already in its log (`Replica::unlocking`).
+    pub txn_prepares_behind_unlocks: Counter,
     /// Committed transaction records nobody finished that the ranges this member leads
     /// finished once old (`txn_horizon`).
     pub txn_records_finished_late: Counter,
@@ -363,6 +369,8 @@ impl Metrics {
             leading_requests_per_second: Gauge::default(),
             txns_committed_across_ranges: Counter::default(),
             txn_locks_pushed: Counter::default(),
+            writes_held_off_by_locks: Counter::default(),
+            txn_prepares_behind_unlocks: Counter::default(),
             txn_records_finished_late: Counter::default(),
             txn_records_aborted: Gauge::default(),
             txn_records_committed: Gauge::default(),
@@ -530,6 +538,18 @@ impl Metrics {
             "counter",
             "Locks of transactions across ranges this member ended as stale.",
             self.txn_locks_pushed.get().to_string(),
+        );
+        scalar(
+            "ostrakon_writes_held_off_by_locks_total",
+            "counter",
+            "Writes and prepares the ranges this member leads answered locked without proposing them.",
+            self.writes_held_off_by_locks.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txn_prepares_behind_unlocks_total",
+            "counter",
+            "Prepares proposed behind the resolve or release of the lock in their way.",
+            self.txn_prepares_behind_unlocks.get().to_string(),
         );
         scalar(
             "ostrakon_txn_records_finished_late_total",

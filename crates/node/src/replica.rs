@@ -38,6 +38,10 @@ pub struct Replica {
     /// Proposals of this node awaiting apply, by log index. Invariant: keys are indexes
     /// raft assigned to this node's proposals while it led.
     proposals: BTreeMap<LogIndex, (Term, u64, WriteResponder)>,
+    /// The transactions whose resolve or release this node proposed while it led and
+    /// has not applied yet, by the entry's index: a prepare proposed behind them finds
+    /// their locks gone when it applies (`unlocking`).
+    unlocks_in_log: BTreeMap<LogIndex, ostrakon_ranges::txn::TxnId>,
     /// The traced ones among them: the proposal's span and when it was proposed, for the
     /// WAL fsync and replication spans.
     traced: BTreeMap<LogIndex, (SpanContext, SystemTime)>,
@@ -101,6 +105,7 @@ impl Replica {
             store,
             lessor,
             proposals: BTreeMap::new(),
+            unlocks_in_log: BTreeMap::new(),
             traced: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_id: 1,
@@ -309,8 +314,12 @@ impl Replica {
     pub fn propose(&mut self, write: WriteRequest, respond: WriteResponder) {
         let id = write.id;
         let traced = spans::parse_parent(&write.trace_parent);
+        let unlocks = unlocked_txn(&write);
         match self.node.propose(Bytes::from(write.encode_to_vec())) {
             Ok(proposal) => {
+                if let Some(txn) = unlocks {
+                    self.unlocks_in_log.insert(proposal.index, txn);
+                }
                 if let Some(span) = traced {
                     self.traced
                         .insert(proposal.index, (span, SystemTime::now()));
@@ -444,7 +453,18 @@ impl Replica {
             self.answer_conf_proposal(&entry, conf_outcome);
         }
         let applied = self.store.applied_index();
+        // Applied (or, if another leader replaced them, never to be): their locks are
+        // the store's to tell now.
+        self.unlocks_in_log = self.unlocks_in_log.split_off(&LogIndex(applied.0 + 1));
         self.applied_tx.send_replace(applied);
+    }
+
+    /// Whether this node, leading, proposed a resolve or release of `txn` that has not
+    /// applied yet: a prepare proposed now applies after it.
+    pub fn unlocking(&self, txn: ostrakon_ranges::txn::TxnId) -> bool {
+        self.unlocks_in_log
+            .values()
+            .any(|&unlocked| unlocked == txn)
     }
 
     /// Keeps the leader's lease deadlines in step with grants and revokes as they apply.
@@ -652,4 +672,15 @@ pub(crate) fn propose_error(error: ProposeError) -> NodeError {
         ProposeError::Overloaded | ProposeError::ConfChangePending => NodeError::Overloaded,
         ProposeError::NotAVoter { .. } => NodeError::NoLeader,
     }
+}
+
+/// The transaction a write resolves or releases, whose lock goes when it applies.
+fn unlocked_txn(write: &WriteRequest) -> Option<ostrakon_ranges::txn::TxnId> {
+    use ostrakon_proto::peer::write_request::Request;
+    let record = match &write.request {
+        Some(Request::TxnResolve(decide)) => decide.txn.as_ref(),
+        Some(Request::TxnRelease(release)) => release.txn.as_ref(),
+        _ => None,
+    }?;
+    Some(ostrakon_storage::mvcc::txn_tables::txn_id_of(record))
 }

@@ -490,47 +490,6 @@ async fn prepare_waiting(
     }
 }
 
-/// How long a transaction waits at most, before its prepares, for this member's earlier
-/// transactions to finish writing their parts in its ranges.
-const OWN_RESOLVES_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// The committed transactions whose parts their coordinators (in this process) are
-/// writing after answering their clients.
-fn resolving() -> &'static std::sync::Mutex<std::collections::HashSet<TxnId>> {
-    static RESOLVING: OnceLock<std::sync::Mutex<std::collections::HashSet<TxnId>>> =
-        OnceLock::new();
-    RESOLVING.get_or_init(Default::default)
-}
-
-/// Waits (up to `OWN_RESOLVES_WAIT`) until this member's replicas of `groups` hold no
-/// lock of a committed transaction this member is resolving: its parts are written after
-/// its client is answered, so a client's next transaction over the same ranges would
-/// otherwise find its own last one there, be refused, and prepare again (a whole round
-/// more, for most transactions of a single client). Nothing is held while waiting.
-async fn wait_own_resolves(handle: &NodeHandle, groups: &[GroupId]) {
-    let deadline = tokio::time::Instant::now() + OWN_RESOLVES_WAIT;
-    for &group in groups {
-        loop {
-            let Ok(store) = handle.store(group) else {
-                break;
-            };
-            let applied = store.applied_index();
-            let own = store.txn_locks().iter().any(|lock| {
-                lock.txn.coordinator == handle.id()
-                    && resolving().lock().unwrap().contains(&lock.txn)
-            });
-            if !own {
-                break;
-            }
-            let next = ostrakon_raft::LogIndex(applied.0 + 1);
-            let waited = tokio::time::timeout_at(deadline, handle.wait_applied(group, next)).await;
-            if waited.is_err() {
-                return;
-            }
-        }
-    }
-}
-
 /// Prepares `prepares` (one per range of `groups`, in key order) in parallel; a range
 /// another transaction holds is waited for in key order. The prepared locks, or the
 /// outcome that refused one (every lock taken then released).
@@ -542,7 +501,11 @@ pub(crate) async fn prepare_every(
     auth_revision: u64,
     deadline: tokio::time::Instant,
 ) -> Result<Result<Vec<pb::TxnPrepared>, WriteOutcome>, NodeError> {
-    wait_own_resolves(handle, groups).await;
+    // A client's last transaction over these ranges may still be writing its parts
+    // here: its resolves went to the ranges' leaders as its client was answered, so
+    // these prepares usually queue behind them in the ranges' logs and find the locks
+    // gone as they apply (`Replica::unlocking`); one that gets there first is held off
+    // and tried again in key order below.
     let outcomes = propose_each(
         handle,
         groups,
@@ -741,10 +704,8 @@ pub(crate) async fn attempt(
             // readers and writers until they write their parts (a linearizable read
             // waits for a lock on its keys), so nobody can tell the resolves came after.
             let (resolver, others) = (handle.clone(), groups[1..].to_vec());
-            resolving().lock().unwrap().insert(txn);
             tokio::spawn(async move {
                 let written = resolve(&resolver, txn, &writes, &others).await;
-                resolving().lock().unwrap().remove(&txn);
                 if written {
                     forget(&resolver, txn, primary);
                 }

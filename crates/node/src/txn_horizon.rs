@@ -62,6 +62,30 @@ fn horizon_below(clock: u64, lag_ms: u64) -> u64 {
 /// How many committed records nobody finished a range's leader finishes at one look.
 const FINISHES_PER_LOOK_MAX: usize = 16;
 
+/// A record the node failed to finish is tried again after this long: records that
+/// cannot be finished yet (a participant without a leader, a record naming no
+/// participants) must not keep the others from the looks' few places.
+const FINISH_RETRY_PAUSE: Duration = Duration::from_secs(60);
+
+/// The records to finish at one look, oldest first, out of `candidates` (oldest first,
+/// up to `FINISHES_PER_LOOK_MAX` more than `failed_at` holds): those not failed within
+/// `FINISH_RETRY_PAUSE` of `now`.
+fn pick_to_finish<W>(
+    candidates: Vec<(TxnId, W)>,
+    failed_at: &HashMap<TxnId, Instant>,
+    now: Instant,
+) -> Vec<(TxnId, W)> {
+    candidates
+        .into_iter()
+        .filter(|(txn, _)| {
+            failed_at
+                .get(txn)
+                .is_none_or(|&at| now.duration_since(at) >= FINISH_RETRY_PAUSE)
+        })
+        .take(FINISHES_PER_LOOK_MAX)
+        .collect()
+}
+
 /// Finishes committed records of `group` that nobody finished and whose transactions
 /// were born below the horizon about to be proposed: their coordinator's forget was lost
 /// (every try failed), or a late copy of their commit recorded them again after it. No
@@ -72,9 +96,9 @@ async fn finish_unfinished(
     handle: &NodeHandle,
     group: GroupId,
     unfinished: Vec<(TxnId, pb::TxnWrites)>,
-) {
+) -> Vec<TxnId> {
     futures_util::stream::iter(unfinished)
-        .for_each_concurrent(FINISHES_PER_LOOK_MAX, |(txn, writes)| async move {
+        .map(|(txn, writes)| async move {
             let written = crate::txn_pusher::finish_record(handle, txn, group, &writes).await;
             if written {
                 crate::metrics::metrics().txn_records_finished_late.inc();
@@ -85,8 +109,12 @@ async fn finish_unfinished(
                 written,
                 "finished an old committed transaction record nobody finished"
             );
+            (!written).then_some(txn)
         })
-        .await;
+        .buffer_unordered(FINISHES_PER_LOOK_MAX)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
 }
 
 /// Raises the horizons of the ranges this node leads until the node stops.
@@ -96,6 +124,8 @@ pub(crate) async fn run(handle: NodeHandle) {
     // The ranges led here that kept records at the last look, or were noticed since.
     let mut recorded = BTreeSet::new();
     let mut proposed_at: HashMap<GroupId, Instant> = HashMap::new();
+    // Records the node failed to finish, and when (`pick_to_finish`).
+    let mut failed_at: HashMap<TxnId, Instant> = HashMap::new();
     loop {
         check.tick().await;
         if handle.status(DEFAULT_GROUP).is_err() {
@@ -129,9 +159,15 @@ pub(crate) async fn run(handle: NodeHandle) {
             if !due {
                 continue;
             }
-            let unfinished = store.txn_unfinished_committed_below(below, FINISHES_PER_LOOK_MAX);
+            let now = Instant::now();
+            failed_at.retain(|_, at| now.duration_since(*at) < FINISH_RETRY_PAUSE);
+            let candidates = store
+                .txn_unfinished_committed_below(below, FINISHES_PER_LOOK_MAX + failed_at.len());
+            let unfinished = pick_to_finish(candidates, &failed_at, now);
             if !unfinished.is_empty() {
-                finish_unfinished(&handle, group, unfinished).await;
+                for txn in finish_unfinished(&handle, group, unfinished).await {
+                    failed_at.insert(txn, Instant::now());
+                }
             }
             if store.oldest_forgettable_txn(below).is_none() {
                 continue;
@@ -161,6 +197,29 @@ pub(crate) async fn run(handle: NodeHandle) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_that_failed_to_finish_leave_their_places_to_others_for_a_while() {
+        let txn = |number| TxnId {
+            coordinator: ostrakon_raft::NodeId(1),
+            number,
+            born: number,
+        };
+        let now = Instant::now();
+        // Twenty unfinishable records ahead of two others, all failed just now.
+        let failed_at: HashMap<TxnId, Instant> = (0..20).map(|n| (txn(n), now)).collect();
+        let candidates: Vec<(TxnId, ())> = (0..22).map(|n| (txn(n), ())).collect();
+        let picked: Vec<u64> = pick_to_finish(candidates.clone(), &failed_at, now)
+            .into_iter()
+            .map(|(txn, ())| txn.number)
+            .collect();
+        assert_eq!(picked, vec![20, 21]);
+        // Their pause over, they are tried again, the oldest first, up to a look's share.
+        let later = now + FINISH_RETRY_PAUSE;
+        let picked = pick_to_finish(candidates, &failed_at, later);
+        assert_eq!(picked.len(), FINISHES_PER_LOOK_MAX);
+        assert_eq!(picked[0].0, txn(0));
+    }
 
     #[test]
     fn the_horizon_stays_its_lag_behind_the_revision_in_the_oracle_time() {

@@ -106,6 +106,26 @@ pub fn holds_off(locks: &LockTable, write: RangeWrite) -> bool {
     }
 }
 
+/// [`holds_off`] as a range's leader asks it before it proposes `write`, knowing which
+/// transactions' resolves or releases it has already put in the log ahead of it
+/// (`unlocking`): their locks are gone by the time a prepare queued behind them applies,
+/// so they hold no prepare off. (A client's next transaction over the same ranges would
+/// otherwise wait for its last one's resolve to apply before it could even propose.)
+/// Where the write applies, [`holds_off`] decides, on every replica alike: a prepare let
+/// through here that still meets a lock there is refused then.
+pub fn holds_off_unless_unlocking(
+    locks: &LockTable,
+    write: RangeWrite,
+    unlocking: impl Fn(TxnId) -> bool,
+) -> bool {
+    match write {
+        RangeWrite::Prepare(_) => {
+            holds_off(locks, write) && locks.locks().any(|lock| !unlocking(lock.txn))
+        }
+        RangeWrite::ChangesKeys | RangeWrite::ChangesNoKey => holds_off(locks, write),
+    }
+}
+
 /// The transaction's revision: the highest of its prepares' (every participant's lock is
 /// at or below it, and every participant's current revision below its lock).
 pub fn txn_revision(prepared: impl IntoIterator<Item = u64>) -> u64 {
@@ -238,6 +258,44 @@ mod tests {
             decide_prepare(&holding(other), &lock(1, 10), true, 4),
             PrepareStep::Refused(PrepareRefusal::Locked)
         );
+    }
+
+    #[test]
+    fn a_leader_lets_a_prepare_through_only_behind_the_unlock_of_every_lock() {
+        let locks = holding(lock(2, 5));
+        let none = |_: TxnId| false;
+        let two = |unlocked: TxnId| unlocked == txn(2);
+        // Held off, unless the lock's resolve or release is already in the log ahead.
+        assert!(holds_off_unless_unlocking(
+            &locks,
+            RangeWrite::Prepare(txn(1)),
+            none
+        ));
+        assert!(!holds_off_unless_unlocking(
+            &locks,
+            RangeWrite::Prepare(txn(1)),
+            two
+        ));
+        // Where it applies, only the locks decide.
+        assert!(holds_off(&locks, RangeWrite::Prepare(txn(1))));
+        // A write of keys waits for the lock to go whatever is in the log: it would take
+        // a revision of its own below the transaction's part, maybe.
+        assert!(holds_off_unless_unlocking(
+            &locks,
+            RangeWrite::ChangesKeys,
+            two
+        ));
+        assert!(!holds_off_unless_unlocking(
+            &LockTable::default(),
+            RangeWrite::Prepare(txn(1)),
+            none
+        ));
+        // Its own lock never holds a transaction's prepare off (a prepare tried again).
+        assert!(!holds_off_unless_unlocking(
+            &locks,
+            RangeWrite::Prepare(txn(2)),
+            none
+        ));
     }
 
     #[test]

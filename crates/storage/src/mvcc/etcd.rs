@@ -539,7 +539,18 @@ fn changes_keys(request: &write_request::Request) -> bool {
 /// replica alike) and, by the range's leader, before it proposes one: a write held off
 /// is answered at once instead of going through the log to be refused.
 pub fn held_off_by_locks(store: &MvccStore, request: &write_request::Request) -> bool {
-    use ostrakon_ranges::frozen_txn::{holds_off, RangeWrite};
+    held_off_by_locks_unless_unlocking(store, request, |_| false)
+}
+
+/// [`held_off_by_locks`] as the range's leader asks it before it proposes `request`:
+/// a prepare is not held off by locks whose transactions' resolve or release it has put
+/// in the log already (`unlocking`; `frozen_txn::holds_off_unless_unlocking`).
+pub fn held_off_by_locks_unless_unlocking(
+    store: &MvccStore,
+    request: &write_request::Request,
+    unlocking: impl Fn(ostrakon_ranges::txn::TxnId) -> bool,
+) -> bool {
+    use ostrakon_ranges::frozen_txn::{holds_off_unless_unlocking, RangeWrite};
     if !store.has_txn_locks() {
         return false;
     }
@@ -554,7 +565,7 @@ pub fn held_off_by_locks(store: &MvccStore, request: &write_request::Request) ->
         other if changes_keys(other) && !revokes_no_key(store, other) => RangeWrite::ChangesKeys,
         _ => RangeWrite::ChangesNoKey,
     };
-    holds_off(&store.txn_lock_table(), write)
+    holds_off_unless_unlocking(&store.txn_lock_table(), write, unlocking)
 }
 
 /// The answer to a write a lock holds off (the node tries it again shortly).

@@ -31,8 +31,8 @@ pub use compactor::Compactor;
 pub use error::MvccError;
 pub use etcd::{
     adds_data, apply_write, etcd_status, evaluate_across, evaluate_revoke_across,
-    held_off_by_locks, locked_outcome, range, range_across, read_txn, read_txn_across,
-    txn_is_read_only, txn_is_serializable, WriteOutcome,
+    held_off_by_locks, held_off_by_locks_unless_unlocking, locked_outcome, range, range_across,
+    read_txn, read_txn_across, txn_is_read_only, txn_is_serializable, WriteOutcome,
 };
 pub use events::{EventSink, History, RevisionEvents};
 pub use local::LOCAL_PARTITION;
