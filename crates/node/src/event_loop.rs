@@ -2117,10 +2117,6 @@ fn record_soft_state(soft: ostrakon_raft::SoftState, previous_leader: NodeId) {
     }
 }
 
-/// Whether a write on a range that takes its revisions from the oracle waits for one.
-/// The decisions of a transaction across ranges do not: a commit or resolve writes at
-/// the transaction's own revision, and an abort, release, forget or horizon writes nothing
-/// (the range is locked meanwhile, so the read-wait rule holds through its prepare).
 /// Whether the leading `replica` answers `request` "locked" at once rather than propose
 /// it (`held_off_by_locks_unless_unlocking`), counting the prepares it lets through
 /// behind an unlock already in its log.
@@ -2140,6 +2136,10 @@ fn leader_holds_off(
     held_off
 }
 
+/// Whether a write on a range that takes its revisions from the oracle waits for one.
+/// The decisions of a transaction across ranges do not: a commit or resolve writes at
+/// the transaction's own revision, and an abort, release, forget or horizon writes nothing
+/// (the range is locked meanwhile, so the read-wait rule holds through its prepare).
 fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
     use ostrakon_proto::peer::write_request::Request;
     !matches!(

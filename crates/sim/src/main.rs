@@ -186,7 +186,7 @@ fn main() -> ExitCode {
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
          ranges, {} records forgotten, {} of them committed, {} pushes sent on to a named leader, {} old records finished by their leader) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
-         leaders, {} fetches asked again, {} writes fetched again, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
+         leaders, {} fetches asked again, {} writes fetched again, {} prepares behind an unlock, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -208,6 +208,7 @@ fn main() -> ExitCode {
         summary.writes_fetched,
         summary.fetches_retried,
         summary.fetches_again,
+        summary.prepares_behind_unlocks,
         summary.audits_checked,
         summary.guarded_transfers,
         summary.barriers_held,

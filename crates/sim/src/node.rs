@@ -299,6 +299,10 @@ pub struct Replica {
     pub incoming_snapshot: Option<(LogIndex, KvState)>,
     /// Client writes proposed here: index → (term, waiting client).
     pub proposals: BTreeMap<LogIndex, (Term, Waiting)>,
+    /// While leading: the resolves and releases it proposed that have not applied yet,
+    /// by log index (the node's `Replica::unlocking`): a prepare held off only by their
+    /// locks is proposed behind them.
+    pub unlocks_in_log: BTreeMap<LogIndex, ostrakon_ranges::txn::TxnId>,
     /// Client reads waiting for their read index: request id → client.
     pub reads: BTreeMap<u64, Waiting>,
     /// Reads with a read index, waiting for applied to reach it.
@@ -327,6 +331,22 @@ pub struct Replica {
     /// Committed entries not applied yet because the first is a merge whose right
     /// range's replica here has not applied its freeze (`ostrakon_ranges::merge`).
     pub held: VecDeque<Entry>,
+}
+
+impl Replica {
+    /// Whether this replica, leading, proposed a resolve or release of `txn` that has
+    /// not applied yet: a prepare proposed now applies after it.
+    pub fn unlocking(&self, txn: ostrakon_ranges::txn::TxnId) -> bool {
+        self.unlocks_in_log
+            .values()
+            .any(|&unlocked| unlocked == txn)
+    }
+
+    /// Forgets the unlocks at or below `applied`: applied, or replaced by another
+    /// leader's entries, their locks are the state machine's to tell now.
+    pub fn forget_applied_unlocks(&mut self) {
+        self.unlocks_in_log = self.unlocks_in_log.split_off(&self.applied.next());
+    }
 }
 
 /// A node while it is up: its replicas, and node liveness (shared by all of them).

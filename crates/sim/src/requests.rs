@@ -13,7 +13,7 @@ use crate::node::{FetchedWrite, FreshRead, HeldRead, Request, Waiting};
 use crate::scenario::TxnProtocol;
 use crate::simulation::{trace, Simulation, META};
 use crate::txn_kv::{TxnApplied, TxnCommand};
-use ostrakon_ranges::frozen_txn::{holds_off, RangeWrite};
+use ostrakon_ranges::frozen_txn::{holds_off, holds_off_unless_unlocking, RangeWrite};
 
 /// How often a client pauses between getting its write's revision and sending it.
 const SLOW_WRITER_PROBABILITY: f64 = 0.2;
@@ -205,6 +205,11 @@ impl Simulation {
                 match result {
                     Ok(proposal) => {
                         let replica = self.replica(id, group);
+                        if let TxnCommand::Resolve { txn, .. } | TxnCommand::Release { txn, .. } =
+                            &command
+                        {
+                            replica.unlocks_in_log.insert(proposal.index, *txn);
+                        }
                         replica
                             .proposals
                             .insert(proposal.index, (proposal.term, waiting));
@@ -323,7 +328,12 @@ impl Simulation {
             Request::Txn(TxnCommand::Prepare { txn, .. }) => RangeWrite::Prepare(*txn),
             other => panic!("{other:?} takes no revision"),
         };
-        if holds_off(&replica.kv.txns.locks, write) {
+        // As the node's leader asks: a prepare held off only by locks whose resolve or
+        // release it proposed already goes in behind them. Where it applies, the locks
+        // then in place decide (`holds_off`), on every replica alike.
+        let unlocking = |txn| replica.unlocking(txn);
+        let behind_unlock = holds_off(&replica.kv.txns.locks, write);
+        if holds_off_unless_unlocking(&replica.kv.txns.locks, write, unlocking) {
             trace!(self, "{id:?} {group:?} refuses {request:?}: locked");
             let reply = match request {
                 Request::Write(_) => Reply::Stale,
@@ -332,7 +342,14 @@ impl Simulation {
             self.reply(waiting, reply);
             return;
         }
-        let term = replica.raw.term();
+        if behind_unlock {
+            trace!(
+                self,
+                "{id:?} {group:?} lets {request:?} in behind an unlock"
+            );
+            self.prepares_behind_unlocks += 1;
+        }
+        let term = self.replica(id, group).raw.term();
         let write = FetchedWrite {
             group,
             request,

@@ -68,6 +68,9 @@ pub struct SeedReport {
     pub fetches_retried: u64,
     /// See `fetches_retried`.
     pub fetches_again: u64,
+    /// Prepares a range's leader proposed behind the resolve or release of the locks
+    /// in their way.
+    pub prepares_behind_unlocks: u64,
     /// Audits (read-only transactions over every account) whose sums were checked.
     pub audits_checked: u64,
     /// Committed transfers with a guard account (a part that writes nothing).
@@ -162,6 +165,7 @@ pub fn run_seed_with(
         barriers_skipped: sim.barriers_skipped,
         fetches_retried: sim.fetches_retried,
         fetches_again: sim.fetches_again,
+        prepares_behind_unlocks: sim.prepares_behind_unlocks,
         audits_checked: sim.audits_checked,
         guarded_transfers: sim.guarded_transfers,
         pushes_sent_on: sim.pushes_sent_on,
@@ -218,6 +222,9 @@ pub struct Summary {
     pub fetches_retried: u64,
     /// See `fetches_retried`.
     pub fetches_again: u64,
+    /// Prepares a range's leader proposed behind the resolve or release of the locks
+    /// in their way.
+    pub prepares_behind_unlocks: u64,
     /// Audits (read-only transactions over every account) whose sums were checked.
     pub audits_checked: u64,
     /// Committed transfers with a guard account (a part that writes nothing).
@@ -329,6 +336,7 @@ pub fn run_seeds_with(
                 summary.barriers_skipped += report.barriers_skipped;
                 summary.fetches_retried += report.fetches_retried;
                 summary.fetches_again += report.fetches_again;
+                summary.prepares_behind_unlocks += report.prepares_behind_unlocks;
                 summary.audits_checked += report.audits_checked;
                 summary.guarded_transfers += report.guarded_transfers;
                 summary.pushes_sent_on += report.pushes_sent_on;

@@ -88,6 +88,9 @@ pub struct Simulation {
     /// Fetched writes whose range's leadership had moved to a later term of the same
     /// node by their grant, fetched again (`GrantStep::FetchAgain`).
     pub(crate) fetches_again: u64,
+    /// Prepares a range's leader proposed behind the resolve or release of the locks
+    /// in their way (`Replica::unlocking`).
+    pub(crate) prepares_behind_unlocks: u64,
     /// Writes and prepares whose revision a range's leader fetched.
     pub(crate) writes_fetched: u64,
     /// Reads at a revision held for a fetch in flight.
@@ -268,6 +271,7 @@ impl Simulation {
             revision_fetches: BTreeMap::new(),
             fetches_retried: 0,
             fetches_again: 0,
+            prepares_behind_unlocks: 0,
             writes_fetched: 0,
             barriers_held: 0,
             barriers_skipped: 0,
@@ -547,6 +551,7 @@ impl Simulation {
             inbox: VecDeque::new(),
             incoming_snapshot: None,
             proposals: BTreeMap::new(),
+            unlocks_in_log: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
             conf_before_last_change: disk.snapshot.conf_state.clone(),
@@ -1105,6 +1110,7 @@ impl Simulation {
             replica.kv = data;
             replica.applied = meta.index;
             replica.proposals.retain(|&index, _| index > meta.index);
+            replica.forget_applied_unlocks();
             replica.held.retain(|entry| entry.index > meta.index);
             let absorbed: Vec<GroupId> = replica.kv.absorbed.iter().map(|&g| GroupId(g)).collect();
             trace!(
@@ -1388,6 +1394,7 @@ impl Simulation {
             "entries apply in order without gaps"
         );
         replica.applied = entry.index;
+        replica.forget_applied_unlocks();
         let output = match &entry.payload {
             EntryPayload::Normal(data)
                 if data[0] >= crate::txn_kv::TXN_TAG_BASE && replica.kv.frozen.is_some() =>

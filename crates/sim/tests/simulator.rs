@@ -466,6 +466,14 @@ fn writes_are_fetched_again_for_a_later_term_of_their_leader() {
         summary.guarded_transfers > 0,
         "transfers with a part writing nothing: {}",
         summary.guarded_transfers
+    ); // And prepares a range's leader proposed behind the resolve or release of the lock
+       // in their way, already in its log (`Replica::unlocking`, as the node's leader):
+       // where they apply, the locks then decide, so a checked run with some is what shows
+       // that this shortcut keeps transfers atomic.
+    assert!(
+        summary.prepares_behind_unlocks > 0,
+        "prepares behind an unlock: {}",
+        summary.prepares_behind_unlocks
     );
 }
 
