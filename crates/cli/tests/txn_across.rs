@@ -500,5 +500,31 @@ async fn a_clients_next_transaction_queues_behind_its_last_ones_resolve() {
     assert!(
         behind > 0.0,
         "no prepare went behind its predecessor's resolve"
-    );
+    ); // The coordinator timed each transaction's steps.
+    for phase in ["prepare", "evaluate", "commit"] {
+        let name = format!("ostrakon_txn_across_phase_seconds_count{{phase=\"{phase}\"}}");
+        let timed = metric_summed_where_present(&cluster, &name).await;
+        assert_eq!(timed, TRANSACTIONS as f64, "{phase} steps timed");
+    }
+    // Their records are forgotten, in bursts (`txn_forgets`), without waiting for the
+    // horizon (10 minutes behind).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records_kept(&cluster, "committed").await > 0.0 {
+        assert!(Instant::now() < deadline, "committed records kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The metric `name` summed over the members that have it.
+async fn metric_summed_where_present(cluster: &TestCluster, name: &str) -> f64 {
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        ports
+            .iter()
+            .filter_map(|&port| common::metrics(port).get(&name).copied())
+            .sum()
+    })
+    .await
+    .unwrap()
 }

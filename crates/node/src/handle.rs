@@ -67,6 +67,8 @@ struct Inner {
     read_barriers: Arc<crate::coalesce::Coalescer<GroupId, LogIndex>>,
     /// Fresh read points, one at a time per range.
     fresh_read_points: Arc<crate::coalesce::Coalescer<GroupId, (LogIndex, u64)>>,
+    /// Forgets of committed transactions' records, waiting to be proposed together.
+    txn_forgets: crate::txn_forgets::ForgetQueue,
 }
 
 /// One member as `MemberList` describes it.
@@ -184,6 +186,7 @@ impl NodeHandle {
                 fresh_read_points: Arc::new(crate::coalesce::Coalescer::new(
                     config.request_timeout,
                 )),
+                txn_forgets: Default::default(),
             }),
         }
     }
@@ -1069,6 +1072,11 @@ impl NodeHandle {
     /// The ranges noticed for the node's periodic range tasks.
     pub(crate) fn range_work(&self) -> &crate::range_work::RangeWork {
         &self.inner.range_work
+    }
+
+    /// Forgets of committed transactions' records waiting for their burst.
+    pub(crate) fn txn_forgets(&self) -> &crate::txn_forgets::ForgetQueue {
+        &self.inner.txn_forgets
     }
 
     /// The load the other members report for the ranges this member leads.

@@ -56,6 +56,7 @@ pub mod timestamps;
 pub mod tls;
 pub mod transport;
 mod txn_coordinator;
+mod txn_forgets;
 mod txn_horizon;
 mod txn_pusher;
 

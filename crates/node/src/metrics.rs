@@ -298,6 +298,11 @@ pub struct Metrics {
     /// Prepares a range this member leads proposed behind the resolve or release of the
     /// lock in their way, already in its log (`Replica::unlocking`).
     pub txn_prepares_behind_unlocks: Counter,
+    /// How long the steps of a transaction across ranges that this member coordinated
+    /// took, labelled `phase`: `prepare` (every range locked, revisions fetched),
+    /// `evaluate` (the frozen views read and the request run over them), `commit` (the
+    /// record written at the primary; the client is answered after it).
+    pub txn_across_phase: Family<Histogram>,
     /// Committed transaction records nobody finished that the ranges this member leads
     /// finished once old (`txn_horizon`).
     pub txn_records_finished_late: Counter,
@@ -371,6 +376,7 @@ impl Metrics {
             txn_locks_pushed: Counter::default(),
             writes_held_off_by_locks: Counter::default(),
             txn_prepares_behind_unlocks: Counter::default(),
+            txn_across_phase: Family::new(&["phase"], || Histogram::new(RTT_BOUNDS_SECONDS)),
             txn_records_finished_late: Counter::default(),
             txn_records_aborted: Gauge::default(),
             txn_records_committed: Gauge::default(),
@@ -672,6 +678,14 @@ impl Metrics {
             "# HELP {name} Round-Trip-Time histogram between peers\n# TYPE {name} histogram"
         );
         self.peer_round_trip
+            .each(|labels, histogram| histogram.render(&mut out, name, &labels));
+        let name = "ostrakon_txn_across_phase_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Steps of the transactions across ranges this member coordinated \
+             (prepare, evaluate, commit).\n# TYPE {name} histogram"
+        );
+        self.txn_across_phase
             .each(|labels, histogram| histogram.render(&mut out, name, &labels));
         for (name, help, family) in [
             (

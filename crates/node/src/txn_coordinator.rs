@@ -276,15 +276,26 @@ pub(crate) async fn resolve(
 
 /// Drops a committed transaction's record at its primary once every part is written
 /// (in the background: the client has its answer; a record left behind costs only
-/// space until the primary's leader finishes it).
+/// space until the primary's leader finishes it). Forgets go in bursts, one fsync for
+/// all of a burst (`txn_forgets`).
 fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
     if failpoint("lose-forget") {
         return; // as if every try of it failed
     }
+    if !handle.txn_forgets().push(txn, primary) {
+        return; // its burst is on its way
+    }
     let handle = handle.clone();
     tokio::spawn(async move {
-        let forget = Request::TxnForget(txn_id_record(txn));
-        tell_primary(&handle, txn, primary, &forget).await;
+        tokio::time::sleep(crate::txn_forgets::FORGET_GATHER).await;
+        // Each told at once, so that they reach their primaries' leaders together.
+        for (txn, primary) in handle.txn_forgets().take() {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let forget = Request::TxnForget(txn_id_record(txn));
+                tell_primary(&handle, txn, primary, &forget).await;
+            });
+        }
     });
 }
 
@@ -571,6 +582,24 @@ pub(crate) async fn prepare_every(
         .collect()))
 }
 
+/// Times the steps of one transaction into `ostrakon_txn_across_phase_seconds`.
+struct PhaseTimer(std::time::Instant);
+
+impl PhaseTimer {
+    fn start() -> PhaseTimer {
+        PhaseTimer(std::time::Instant::now())
+    }
+
+    /// Records the step that ends now, and starts the next.
+    fn done(self, phase: &str) -> PhaseTimer {
+        crate::metrics::metrics()
+            .txn_across_phase
+            .with(&[phase])
+            .observe(self.0.elapsed());
+        PhaseTimer::start()
+    }
+}
+
 /// One attempt at `request`, whose keys fall in `groups` (in key order, two or more):
 /// the outcome for the client, or one marked to be tried again.
 pub(crate) async fn attempt(
@@ -610,6 +639,7 @@ pub(crate) async fn attempt(
         // keys out. Routed again. (A split after this point is refused at the prepare.)
         return Ok(try_again());
     }
+    let phases = PhaseTimer::start();
     let prepared =
         match prepare_every(handle, txn, groups, &prepares, auth_revision, deadline).await? {
             Ok(prepared) => prepared,
@@ -618,6 +648,7 @@ pub(crate) async fn attempt(
     if failpoint("after-prepare") {
         return Err(NodeError::Timeout);
     }
+    let phases = phases.done("prepare");
     let revision = i64::try_from(ostrakon_ranges::frozen_txn::txn_revision(
         prepared
             .iter()
@@ -660,6 +691,7 @@ pub(crate) async fn attempt(
             }));
         }
     };
+    let phases = phases.done("evaluate");
     if writes.writes.is_empty() && writes.revoked_leases.is_empty() {
         // Its path only compared and read: nothing to commit. The ranges' revisions move
         // up to the one it read at, so that no write lands below it later (a write
@@ -695,6 +727,7 @@ pub(crate) async fn attempt(
             Err(_) => return Err(error),
         },
     };
+    phases.done("commit");
     match decided {
         decided if decided.committed && decided.writes.as_ref() == Some(&writes) => {
             if failpoint("after-commit") {
