@@ -103,7 +103,7 @@ fn locked_pause(retries: u32) -> Duration {
 /// Whether a write attaches a lease to a key (a Put with a lease, or one keeping the
 /// key's lease, `ignore_lease`, in a Txn too): the lease's existence is checked in the
 /// first data range, which holds the leases.
-fn attaches_lease(request: &write_request::Request) -> bool {
+pub(crate) fn attaches_lease(request: &write_request::Request) -> bool {
     use ostrakon_proto::etcdserverpb::{request_op, TxnRequest};
     fn txn_attaches(txn: &TxnRequest) -> bool {
         txn.success

@@ -8,7 +8,9 @@
 //! 2. **Evaluate** the request at T, the highest of those revisions, over this member's
 //!    replicas of the ranges once they applied the prepares (`mvcc::evaluate_across`):
 //!    the ranges are frozen, so compares, reads and writes see one consistent state.
-//! 3. **Commit** at the primary (the first range): the commit point; it writes its part.
+//! 3. **Commit** at the primary (a range this member leads if there is one, so that the
+//!    commit round goes through no other member; else the first): the commit point; it
+//!    writes its part.
 //! 4. **Resolve** in the others: each writes its part at T. Then the client is answered.
 //!
 //! Any refusal before the commit releases the locks and the request is tried again with
@@ -582,6 +584,25 @@ pub(crate) async fn prepare_every(
         .collect()))
 }
 
+/// The transaction's primary among `groups` (in key order): the first this member leads,
+/// so that the commit, the round the client waits for after the prepares, is proposed
+/// here rather than forwarded; else the first. A request that revokes or attaches a
+/// lease keeps the first data range, which holds the leases, as its primary: its commit
+/// there forgets the revoked leases (`TxnWrites::revoked_leases`).
+fn primary_among(handle: &NodeHandle, request: &Request, groups: &[GroupId]) -> GroupId {
+    let leases =
+        matches!(request, Request::LeaseRevoke(_)) || crate::handle::attaches_lease(request);
+    if leases && groups[0] == crate::DEFAULT_GROUP {
+        return groups[0];
+    }
+    let leads = |group: GroupId| handle.status(group).is_ok_and(|status| status.is_leader);
+    groups
+        .iter()
+        .copied()
+        .find(|&group| leads(group))
+        .unwrap_or(groups[0])
+}
+
 /// Times the steps of one transaction into `ostrakon_txn_across_phase_seconds`.
 struct PhaseTimer(std::time::Instant);
 
@@ -611,7 +632,8 @@ pub(crate) async fn attempt(
     assert!(groups.len() > 1, "a transaction across one range");
     let deadline = tokio::time::Instant::now() + handle.request_timeout();
     let txn = new_txn(handle, groups);
-    let primary = groups[0];
+    let primary = primary_among(handle, request, groups);
+    let others: Vec<GroupId> = groups.iter().copied().filter(|&g| g != primary).collect();
     let intervals = lock_intervals(request);
     let mut prepares = Vec::with_capacity(groups.len());
     let mut reads = Vec::with_capacity(groups.len());
@@ -736,7 +758,7 @@ pub(crate) async fn attempt(
             // Committed: the client is answered now. The other ranges' locks hold their
             // readers and writers until they write their parts (a linearizable read
             // waits for a lock on its keys), so nobody can tell the resolves came after.
-            let (resolver, others) = (handle.clone(), groups[1..].to_vec());
+            let resolver = handle.clone();
             tokio::spawn(async move {
                 let written = resolve(&resolver, txn, &writes, &others).await;
                 if written {
@@ -750,7 +772,7 @@ pub(crate) async fn attempt(
             // Born below the primary's horizon (a coordinator paused for minutes, or an
             // oracle clock that jumped): it may have committed, its record forgotten
             // since, so the request is neither answered nor run again.
-            release(handle, txn, &groups[1..]).await;
+            release(handle, txn, &others).await;
             tracing::warn!(
                 ?txn,
                 "a transaction's outcome was forgotten before it learned it"
@@ -764,7 +786,7 @@ pub(crate) async fn attempt(
                 !decided.committed,
                 "transaction {txn:?} committed with writes it did not make"
             );
-            release(handle, txn, &groups[1..]).await;
+            release(handle, txn, &others).await;
             Ok(try_again())
         }
     }
