@@ -62,9 +62,24 @@ impl Simulation {
             })
     }
 
+    /// The data ranges whose current leader's replica holds a lock of `txn`.
+    fn ranges_locked_by(&self, txn: TxnId) -> Vec<GroupId> {
+        self.groups()
+            .into_iter()
+            .filter(|&g| g != META)
+            .filter(|&group| {
+                self.current_leader(group)
+                    .and_then(|leader| self.replica_ref(leader, group))
+                    .is_some_and(|replica| {
+                        replica.kv.txns.locks.locks().any(|lock| lock.txn == txn)
+                    })
+            })
+            .collect()
+    }
+
     /// After a push learned that `txn` committed: resolves it in every range holding
-    /// its writes (a range whose part is written takes it as a no-op). Returns whether
-    /// it started.
+    /// its writes or a lock of it (a range whose part is written takes it as a no-op).
+    /// Returns whether it started.
     pub(crate) fn start_finish(
         &mut self,
         primary: GroupId,
@@ -72,13 +87,20 @@ impl Simulation {
         revision: u64,
         writes: &Writes,
     ) -> bool {
-        let Some(groups) = writes
+        let Some(mut groups) = writes
             .iter()
             .map(|&(register, _)| self.range_holding(register))
             .collect::<Option<BTreeSet<GroupId>>>()
         else {
             return false; // a range without a leader: the record stays unfinished
         };
+        // And the ranges where it still holds a lock without writing there (a guard
+        // account, read and not written: its part only raises the range). The node's
+        // finisher takes them from the record's participants; marked finished without
+        // them, the record could be forgotten while such a lock stands, and its pusher
+        // would then release it without raising the range above the transaction's
+        // revision.
+        groups.extend(self.ranges_locked_by(txn));
         let finish = self.next_finish;
         self.next_finish += 1;
         trace!(self, "finishing {txn:?} (primary {primary:?})");
