@@ -304,7 +304,7 @@ pub struct Metrics {
     /// record written at the primary; the client is answered after it).
     pub txn_across_phase: Family<Histogram>,
     /// Committed transaction records nobody finished that the ranges this member leads
-    /// finished once old (`txn_horizon`).
+    /// finished once old (`txn_horizon`): every part written and the record marked.
     pub txn_records_finished_late: Counter,
     /// Aborted transaction records kept by the ranges this member leads, at the last
     /// look (`txn_horizon`).

@@ -295,7 +295,8 @@ fn forget(handle: &NodeHandle, txn: TxnId, primary: GroupId) {
             let handle = handle.clone();
             tokio::spawn(async move {
                 let forget = Request::TxnForget(txn_id_record(txn));
-                tell_primary(&handle, txn, primary, &forget).await;
+                // Lost, it is finished by the horizon (`txn_horizon`).
+                let _ = tell_primary(&handle, txn, primary, &forget).await;
             });
         }
     });
@@ -309,18 +310,18 @@ const TELL_PRIMARY_ATTEMPTS: u32 = 5;
 /// or is refused (no leader; frozen for a merge). Once every lock of a committed
 /// transaction is gone no pusher comes back to its record: a word lost here leaves it
 /// until the primary's leader finishes it, once its transaction was born below the
-/// horizon (`txn_horizon::finish_unfinished`).
+/// horizon (`txn_horizon::finish_unfinished`). Returns whether it applied.
 pub(crate) async fn tell_primary(
     handle: &NodeHandle,
     txn: TxnId,
     primary: GroupId,
     request: &Request,
-) {
+) -> bool {
     let mut pause = std::time::Duration::from_millis(100);
     for attempt in 1..=TELL_PRIMARY_ATTEMPTS {
         let failure = match propose(handle, handle.live_range(primary), request, 0).await {
             Ok(WriteOutcome::Error(error)) => error.message,
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(error) => error.to_string(),
         };
         tracing::debug!(
@@ -334,6 +335,7 @@ pub(crate) async fn tell_primary(
             pause *= 2;
         }
     }
+    false
 }
 
 /// How long a coordinator that could not learn its transaction's outcome waits before

@@ -99,17 +99,17 @@ async fn finish_unfinished(
 ) -> Vec<TxnId> {
     futures_util::stream::iter(unfinished)
         .map(|(txn, writes)| async move {
-            let written = crate::txn_pusher::finish_record(handle, txn, group, &writes).await;
-            if written {
+            let finished = crate::txn_pusher::finish_record(handle, txn, group, &writes).await;
+            if finished {
                 crate::metrics::metrics().txn_records_finished_late.inc();
             }
             tracing::info!(
                 ?txn,
                 group = group.0,
-                written,
+                finished,
                 "finished an old committed transaction record nobody finished"
             );
-            (!written).then_some(txn)
+            (!finished).then_some(txn)
         })
         .buffer_unordered(FINISHES_PER_LOOK_MAX)
         .filter_map(std::future::ready)

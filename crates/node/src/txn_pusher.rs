@@ -152,19 +152,19 @@ async fn finish_committed(
     let writes = decided
         .writes
         .expect("a committed record carries its writes");
-    let written = finish_record(handle, txn, primary, &writes).await;
+    let finished = finish_record(handle, txn, primary, &writes).await;
     crate::metrics::metrics().txn_locks_pushed.inc();
     tracing::info!(
         ?txn,
         group = group.0,
-        written,
+        finished,
         "finished a committed transaction across ranges its coordinator left"
     );
 }
 
 /// Writes a committed transaction's part in every participant of `writes` but the
 /// primary, and, every part written, marks its record finished at `primary`. Returns
-/// whether every part was written.
+/// whether it did both (else the record stays unfinished, for a later try).
 pub(crate) async fn finish_record(
     handle: &NodeHandle,
     txn: TxnId,
@@ -186,10 +186,9 @@ pub(crate) async fn finish_record(
         .filter(|&participant| participant != primary)
         .map(|participant| handle.live_range(participant))
         .collect();
-    let written = resolve(handle, txn, writes, &others).await;
-    if written {
-        let finished = Request::TxnFinished(txn_id_record(txn));
-        tell_primary(handle, txn, primary, &finished).await;
+    if !resolve(handle, txn, writes, &others).await {
+        return false;
     }
-    written
+    let finished = Request::TxnFinished(txn_id_record(txn));
+    tell_primary(handle, txn, primary, &finished).await
 }
