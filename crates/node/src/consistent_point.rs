@@ -70,6 +70,7 @@ async fn attempt(
             primary: crate::DEFAULT_GROUP.0,
             spans,
             adds_data: false,
+            waits_in_line: false,
         });
     }
     if !covers(&range_spans, &[(b"", b"\0")]) {

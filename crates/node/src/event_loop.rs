@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord};
+use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord, WriteRequest};
 use ostrakon_raft::{
     ConfChange, Config, GroupId, InitialState, LogIndex, MessageBody, NodeId, RawNode, Ready, Role,
     SnapshotMeta,
@@ -132,6 +132,8 @@ pub struct EventLoop {
     log_compaction_in_flight: bool,
     /// When the logs are next weighed against the budget.
     next_log_look: Instant,
+    /// Prepares waiting for ranges this node leads, in line (`prepare_line`).
+    prepare_lines: crate::prepare_line::PrepareLines,
 }
 
 struct FollowAttempt {
@@ -284,6 +286,7 @@ pub fn start(
         log_budget,
         log_compaction_in_flight: false,
         next_log_look: Instant::now(),
+        prepare_lines: crate::prepare_line::PrepareLines::default(),
     };
     event_loop.add_group(data);
     event_loop.add_group(meta);
@@ -714,6 +717,9 @@ impl EventLoop {
         let Some(mut replica) = self.replicas.remove(&group) else {
             return;
         };
+        for parked in self.prepare_lines.drain(group) {
+            drop(parked.respond.send(Err(waiting_error.clone())));
+        }
         replica.fail_all(waiting_error);
         // Readers holding its store route again.
         replica.store.retire();
@@ -969,6 +975,7 @@ impl EventLoop {
             }
             self.fetch_revisions();
             self.handle_readies();
+            self.release_prepare_lines();
             if shutdown {
                 break;
             }
@@ -1076,39 +1083,7 @@ impl EventLoop {
                 group,
                 write,
                 respond,
-            } => match self.replicas.get_mut(&group) {
-                // A transaction across ranges holds the range: the write would only go
-                // through the log to be refused (as it would be at apply, on every
-                // replica); it is answered at once and tried again shortly. A prepare
-                // queued behind the lock's resolve or release already in the log goes.
-                Some(replica)
-                    if replica.node.role() == Role::Leader
-                        && write
-                            .request
-                            .as_ref()
-                            .is_some_and(|request| leader_holds_off(replica, request)) =>
-                {
-                    crate::metrics::metrics().writes_held_off_by_locks.inc();
-                    drop(respond.send(Ok(ostrakon_storage::mvcc::locked_outcome())));
-                }
-                // A range that split takes its writes' revisions from the oracle: the
-                // leader proposes them once the node has them (`fetch_revisions`).
-                Some(replica)
-                    if replica.store.oracle_revisions()
-                        && replica.node.role() == Role::Leader
-                        && takes_fetched_revision(&write) =>
-                {
-                    crate::metrics::metrics().oracle_revision_writes.inc();
-                    self.revisions.wait(crate::revisions::WaitingWrite {
-                        group,
-                        write,
-                        respond,
-                        term: replica.node.term(),
-                    });
-                }
-                Some(replica) => replica.propose(write, respond),
-                None => drop(respond.send(Err(NodeError::UnknownGroup))),
-            },
+            } => self.propose_write(group, write, respond),
             Input::RevisionsGranted { fetch, granted } => {
                 for waiting in self.revisions.granted(fetch, granted) {
                     let Some(replica) = self.replicas.get_mut(&waiting.group) else {
@@ -1117,6 +1092,9 @@ impl EventLoop {
                     };
                     let leading_in =
                         (replica.node.role() == Role::Leader).then(|| replica.node.term());
+                    if is_prepare(&waiting.write) {
+                        self.prepare_lines.fetched(waiting.group);
+                    }
                     match grant_step(leading_in, waiting.term) {
                         GrantStep::Propose => {
                             replica.propose(waiting.write, waiting.respond);
@@ -1315,6 +1293,120 @@ impl EventLoop {
     }
 
     /// Every group's Ready: early messages out, one WAL sync for all, then the rest.
+    /// A write for `group`: answered "locked" at once if a transaction across ranges
+    /// holds the range (it would only go through the log to be refused, as it would be
+    /// at apply on every replica; the node tries it again shortly), a prepare parked in
+    /// the range's line if it waits in line (`prepare_line`), else proposed.
+    fn propose_write(&mut self, group: GroupId, write: WriteRequest, respond: WriteResponder) {
+        use ostrakon_proto::peer::write_request::Request;
+        let Some(replica) = self.replicas.get(&group) else {
+            drop(respond.send(Err(NodeError::UnknownGroup)));
+            return;
+        };
+        if replica.node.role() == Role::Leader {
+            match &write.request {
+                Some(Request::TxnPrepare(prepare)) => {
+                    // A prepare queued behind the resolve or release of the lock in its
+                    // way, already in the log, counts the range free.
+                    let taken = self.prepare_lines.busy(group, Instant::now())
+                        || replica.prepare_in_log()
+                        || leader_holds_off(replica, write.request.as_ref().expect("a prepare"));
+                    match crate::prepare_line::admission(
+                        prepare.waits_in_line,
+                        taken,
+                        self.prepare_lines.has_room(),
+                    ) {
+                        crate::prepare_line::Admission::Propose => {}
+                        crate::prepare_line::Admission::Park => {
+                            crate::metrics::metrics().txn_prepares_parked.inc();
+                            self.prepare_lines
+                                .park(group, crate::prepare_line::Parked { write, respond });
+                            return;
+                        }
+                        crate::prepare_line::Admission::Refuse => {
+                            crate::metrics::metrics().writes_held_off_by_locks.inc();
+                            drop(respond.send(Ok(ostrakon_storage::mvcc::locked_outcome())));
+                            return;
+                        }
+                    }
+                }
+                Some(request) if leader_holds_off(replica, request) => {
+                    crate::metrics::metrics().writes_held_off_by_locks.inc();
+                    drop(respond.send(Ok(ostrakon_storage::mvcc::locked_outcome())));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.admit_write(group, write, respond);
+    }
+
+    /// Proposes a write let through: on a range that takes its writes' revisions from
+    /// the oracle, once the node has them (`fetch_revisions`).
+    fn admit_write(&mut self, group: GroupId, write: WriteRequest, respond: WriteResponder) {
+        let Some(replica) = self.replicas.get_mut(&group) else {
+            drop(respond.send(Err(NodeError::UnknownGroup)));
+            return;
+        };
+        if replica.store.oracle_revisions()
+            && replica.node.role() == Role::Leader
+            && takes_fetched_revision(&write)
+        {
+            crate::metrics::metrics().oracle_revision_writes.inc();
+            if is_prepare(&write) {
+                self.prepare_lines.fetching(group, Instant::now());
+            }
+            self.revisions.wait(crate::revisions::WaitingWrite {
+                group,
+                write,
+                respond,
+                term: replica.node.term(),
+            });
+        } else {
+            replica.propose(write, respond);
+            self.dirty.insert(group);
+        }
+    }
+
+    /// Lets the head of each range's line in once its range is free, one at a time; a
+    /// line of a range this node no longer leads is answered so its coordinators ask the
+    /// new leader.
+    fn release_prepare_lines(&mut self) {
+        if self.prepare_lines.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for group in self.prepare_lines.groups() {
+            let gone = match self.replicas.get(&group) {
+                None => Some(NodeError::UnknownGroup),
+                Some(replica) if replica.node.role() != Role::Leader => {
+                    Some(NodeError::NotLeader(replica.node.leader()))
+                }
+                Some(_) => None,
+            };
+            if let Some(error) = gone {
+                for parked in self.prepare_lines.drain(group) {
+                    drop(parked.respond.send(Err(error.clone())));
+                }
+                continue;
+            }
+            let replica = &self.replicas[&group];
+            let head = self.prepare_lines.next_free(group, now, |write| {
+                !replica.prepare_in_log()
+                    && write
+                        .request
+                        .as_ref()
+                        .is_some_and(|request| !leader_holds_off(replica, request))
+            });
+            if let Some(head) = head {
+                self.admit_write(group, head.write, head.respond);
+            }
+        }
+        crate::metrics::metrics()
+            .txn_prepares_in_line
+            .set(i64::try_from(self.prepare_lines.parked_total()).unwrap_or(i64::MAX));
+    }
+
     fn handle_readies(&mut self) {
         // (group, its Ready, the peers whose send queue was full while it was sent)
         let mut readies: Vec<(GroupId, Ready, Vec<NodeId>)> = Vec::new();
@@ -2025,6 +2117,11 @@ impl EventLoop {
 
     fn stop(mut self) {
         self.revisions.fail_all(NodeError::Stopped);
+        for group in self.prepare_lines.groups() {
+            for parked in self.prepare_lines.drain(group) {
+                drop(parked.respond.send(Err(NodeError::Stopped)));
+            }
+        }
         self.wal.sync();
         for replica in self.replicas.values_mut() {
             replica.fail_all(NodeError::Stopped);
@@ -2134,6 +2231,13 @@ fn leader_holds_off(
         crate::metrics::metrics().txn_prepares_behind_unlocks.inc();
     }
     held_off
+}
+
+fn is_prepare(write: &WriteRequest) -> bool {
+    matches!(
+        write.request,
+        Some(ostrakon_proto::peer::write_request::Request::TxnPrepare(_))
+    )
 }
 
 /// Whether a write on a range that takes its revisions from the oracle waits for one.

@@ -39,6 +39,7 @@ mod merge_coordinator;
 mod merge_queue;
 pub mod metrics;
 pub mod node_load;
+mod prepare_line;
 pub mod range_work;
 pub mod reconfig_check;
 pub mod remote_load;

@@ -261,6 +261,7 @@ mod tests {
                 &ostrakon_storage::mvcc::txn_tables::lock_span(b"a", b"").unwrap(),
             )],
             adds_data: true,
+            waits_in_line: false,
         });
         let revision = left.current_revision().0 + 1_000;
         let prepared = write(&left, 2, prepare, revision);

@@ -298,6 +298,11 @@ pub struct Metrics {
     /// Prepares a range this member leads proposed behind the resolve or release of the
     /// lock in their way, already in its log (`Replica::unlocking`).
     pub txn_prepares_behind_unlocks: Counter,
+    /// Prepares a range this member leads parked in its line while another
+    /// transaction held the range (`prepare_line`).
+    pub txn_prepares_parked: Counter,
+    /// Prepares waiting in the lines of the ranges this member leads.
+    pub txn_prepares_in_line: Gauge,
     /// How long the steps of a transaction across ranges that this member coordinated
     /// took, labelled `phase`: `prepare` (every range locked, revisions fetched),
     /// `evaluate` (the frozen views read and the request run over them), `commit` (the
@@ -376,6 +381,8 @@ impl Metrics {
             txn_locks_pushed: Counter::default(),
             writes_held_off_by_locks: Counter::default(),
             txn_prepares_behind_unlocks: Counter::default(),
+            txn_prepares_parked: Counter::default(),
+            txn_prepares_in_line: Gauge::default(),
             txn_across_phase: Family::new(&["phase"], || Histogram::new(RTT_BOUNDS_SECONDS)),
             txn_records_finished_late: Counter::default(),
             txn_records_aborted: Gauge::default(),
@@ -556,6 +563,18 @@ impl Metrics {
             "counter",
             "Prepares proposed behind the resolve or release of the lock in their way.",
             self.txn_prepares_behind_unlocks.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txn_prepares_parked_total",
+            "counter",
+            "Prepares parked in the line of a range this member leads while another transaction held it.",
+            self.txn_prepares_parked.get().to_string(),
+        );
+        scalar(
+            "ostrakon_txn_prepares_in_line",
+            "gauge",
+            "Prepares waiting in the lines of the ranges this member leads.",
+            self.txn_prepares_in_line.get().to_string(),
         );
         scalar(
             "ostrakon_txn_records_finished_late_total",

@@ -42,6 +42,9 @@ pub struct Replica {
     /// has not applied yet, by the entry's index: a prepare proposed behind them finds
     /// their locks gone when it applies (`unlocking`).
     unlocks_in_log: BTreeMap<LogIndex, ostrakon_ranges::txn::TxnId>,
+    /// The term and index of the last prepare this node proposed while it led: until it
+    /// applies, the range's line lets no other prepare in (`prepare_in_log`).
+    prepare_proposed: (Term, LogIndex),
     /// The traced ones among them: the proposal's span and when it was proposed, for the
     /// WAL fsync and replication spans.
     traced: BTreeMap<LogIndex, (SpanContext, SystemTime)>,
@@ -106,6 +109,7 @@ impl Replica {
             lessor,
             proposals: BTreeMap::new(),
             unlocks_in_log: BTreeMap::new(),
+            prepare_proposed: (Term(0), LogIndex(0)),
             traced: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_id: 1,
@@ -315,10 +319,17 @@ impl Replica {
         let id = write.id;
         let traced = spans::parse_parent(&write.trace_parent);
         let unlocks = unlocked_txn(&write);
+        let prepares = matches!(
+            write.request,
+            Some(ostrakon_proto::peer::write_request::Request::TxnPrepare(_))
+        );
         match self.node.propose(Bytes::from(write.encode_to_vec())) {
             Ok(proposal) => {
                 if let Some(txn) = unlocks {
                     self.unlocks_in_log.insert(proposal.index, txn);
+                }
+                if prepares {
+                    self.prepare_proposed = (proposal.term, proposal.index);
                 }
                 if let Some(span) = traced {
                     self.traced
@@ -465,6 +476,13 @@ impl Replica {
         self.unlocks_in_log
             .values()
             .any(|&unlocked| unlocked == txn)
+    }
+
+    /// Whether a prepare this node proposed in its current term has not applied yet:
+    /// whole ranges are locked, so a prepare proposed behind it would be refused.
+    pub fn prepare_in_log(&self) -> bool {
+        let (term, index) = self.prepare_proposed;
+        term == self.node.term() && index > self.store.applied_index()
     }
 
     /// Keeps the leader's lease deadlines in step with grants and revokes as they apply.

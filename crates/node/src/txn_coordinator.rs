@@ -570,7 +570,11 @@ pub(crate) async fn prepare_every(
         let later = &groups[first_locked + 1..];
         release(handle, txn, later).await;
         for at in first_locked..groups.len() {
-            let request = Request::TxnPrepare(prepares[at].clone());
+            // Holding no range after this one, it may wait in the range's line.
+            let request = Request::TxnPrepare(pb::TxnPrepare {
+                waits_in_line: true,
+                ..prepares[at].clone()
+            });
             match prepare_waiting(handle, groups[at], &request, auth_revision, deadline).await {
                 Ok(WriteOutcome::TxnPrepared(done)) => prepared[at] = Some(done),
                 other => {
@@ -594,7 +598,13 @@ pub(crate) async fn prepare_every(
 fn primary_among(handle: &NodeHandle, request: &Request, groups: &[GroupId]) -> GroupId {
     let leases =
         matches!(request, Request::LeaseRevoke(_)) || crate::handle::attaches_lease(request);
-    if leases && groups[0] == crate::DEFAULT_GROUP {
+    if leases {
+        // `handle::write_participants` puts the first data range first for these.
+        assert_eq!(
+            groups[0],
+            crate::DEFAULT_GROUP,
+            "a transaction over leases without the range that holds them"
+        );
         return groups[0];
     }
     let leads = |group: GroupId| handle.status(group).is_ok_and(|status| status.is_leader);
@@ -655,6 +665,7 @@ pub(crate) async fn attempt(
             primary: primary.0,
             spans,
             adds_data: adds_data(request),
+            waits_in_line: false,
         });
     }
     if !covers(&range_spans, &intervals) {

@@ -70,6 +70,31 @@ impl Transport {
         answered.await.map_err(|_| NodeError::LeaderChanged)?
     }
 
+    /// Sends `forward` to `leader` in a call of its own and waits for its answer.
+    pub(super) async fn forward_alone(
+        &self,
+        leader: NodeId,
+        forward: ForwardRequest,
+    ) -> Result<ForwardResponse, NodeError> {
+        let Some(channel) = self.channel(leader) else {
+            return Err(NodeError::NoLeader);
+        };
+        let forward = ForwardRequest {
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.me.0,
+            ..forward
+        };
+        let mut client =
+            PeerClient::new(channel).max_decoding_message_size(FORWARD_RESPONSE_BYTES_MAX);
+        let deadline = self.inner.request_timeout + FORWARD_CALL_MARGIN;
+        match tokio::time::timeout(deadline, client.forward(forward)).await {
+            Ok(outcome) => outcome
+                .map(tonic::Response::into_inner)
+                .map_err(|status| forward_failure(&status)),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
     fn start_forwarder(&self, to: NodeId) -> mpsc::Sender<QueuedForward> {
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE_WRITES_MAX);
         let transport = self.clone();
@@ -202,6 +227,16 @@ impl Transport {
             let _ = answer.send(Ok(response));
         }
     }
+}
+
+/// Whether `forward` is a prepare that may wait in its range's line, for as long as the
+/// range is held: it goes in a call of its own, as the leader answers a batch once
+/// its last write is answered.
+pub(super) fn waits_in_line(forward: &ForwardRequest) -> bool {
+    matches!(
+        forward.write.as_ref().and_then(|write| write.request.as_ref()),
+        Some(ostrakon_proto::peer::write_request::Request::TxnPrepare(prepare)) if prepare.waits_in_line
+    )
 }
 
 /// What a failed call means for the writes it carried: they may have applied, so they

@@ -760,7 +760,11 @@ impl Transport {
             cluster_id: 0,
             from: 0,
         };
-        let response = self.forward_batched(leader, forward).await?;
+        let response = if forwarder::waits_in_line(&forward) {
+            self.forward_alone(leader, forward).await?
+        } else {
+            self.forward_batched(leader, forward).await?
+        };
         codec::decode_forward_response(response)
     }
 }

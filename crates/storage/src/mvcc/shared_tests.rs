@@ -871,6 +871,7 @@ fn a_compaction_above_a_range_s_last_write_raises_its_revision_on_a_keyspace_in_
         primary: 1,
         spans: Vec::new(),
         adds_data: false,
+        waits_in_line: false,
     });
     let lock_at = Revision(later.0 + 100);
     assert!(matches!(

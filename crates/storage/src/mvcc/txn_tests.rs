@@ -126,6 +126,7 @@ impl TwoRanges {
                 })
                 .collect(),
             adds_data: true,
+            waits_in_line: false,
         };
         self.apply(right, Request::TxnPrepare(prepare), revision)
     }
@@ -668,6 +669,7 @@ impl TwoRanges {
                 &txn_tables::lock_span(&key, &range_end).unwrap(),
             )],
             adds_data: false,
+            waits_in_line: false,
         };
         self.apply(right, Request::TxnPrepare(prepare), revision)
     }
