@@ -717,9 +717,11 @@ impl EventLoop {
         let Some(mut replica) = self.replicas.remove(&group) else {
             return;
         };
+        // Never proposed: routed again.
         for parked in self.prepare_lines.drain(group) {
-            drop(parked.respond.send(Err(waiting_error.clone())));
+            drop(parked.respond.send(Err(NodeError::Dropped)));
         }
+        self.publish_prepares_in_line();
         replica.fail_all(waiting_error);
         // Readers holding its store route again.
         replica.store.retire();
@@ -975,7 +977,11 @@ impl EventLoop {
             }
             self.fetch_revisions();
             self.handle_readies();
-            self.release_prepare_lines();
+            // A head let in on a range that takes the oracle's revisions asks for its
+            // revision now, not a round later (which may be a tick away).
+            if self.release_prepare_lines() {
+                self.fetch_revisions();
+            }
             if shutdown {
                 break;
             }
@@ -1085,6 +1091,10 @@ impl EventLoop {
                 respond,
             } => self.propose_write(group, write, respond),
             Input::RevisionsGranted { fetch, granted } => {
+                if granted.is_err() {
+                    // Its writes are answered with the error: no line waits for them.
+                    self.prepare_lines.fetch_failed();
+                }
                 for waiting in self.revisions.granted(fetch, granted) {
                     let Some(replica) = self.replicas.get_mut(&waiting.group) else {
                         drop(waiting.respond.send(Err(NodeError::UnknownGroup)));
@@ -1092,10 +1102,19 @@ impl EventLoop {
                     };
                     let leading_in =
                         (replica.node.role() == Role::Leader).then(|| replica.node.term());
+                    let step = grant_step(leading_in, waiting.term);
                     if is_prepare(&waiting.write) {
-                        self.prepare_lines.fetched(waiting.group);
+                        match step {
+                            // Fetched again: the line still waits for it.
+                            GrantStep::FetchAgain => {
+                                self.prepare_lines.fetching(waiting.group, Instant::now());
+                            }
+                            GrantStep::Propose | GrantStep::NotLeader => {
+                                self.prepare_lines.fetched(waiting.group);
+                            }
+                        }
                     }
-                    match grant_step(leading_in, waiting.term) {
+                    match step {
                         GrantStep::Propose => {
                             replica.propose(waiting.write, waiting.respond);
                             self.dirty.insert(waiting.group);
@@ -1292,7 +1311,6 @@ impl EventLoop {
         }
     }
 
-    /// Every group's Ready: early messages out, one WAL sync for all, then the rest.
     /// A write for `group`: answered "locked" at once if a transaction across ranges
     /// holds the range (it would only go through the log to be refused, as it would be
     /// at apply on every replica; the node tries it again shortly), a prepare parked in
@@ -1307,10 +1325,17 @@ impl EventLoop {
             match &write.request {
                 Some(Request::TxnPrepare(prepare)) => {
                     // A prepare queued behind the resolve or release of the lock in its
-                    // way, already in the log, counts the range free.
-                    let taken = self.prepare_lines.busy(group, Instant::now())
-                        || replica.prepare_in_log()
-                        || leader_holds_off(replica, write.request.as_ref().expect("a prepare"));
+                    // way, already in the log, counts the range free. One of the
+                    // transaction holding the range (its release of a later range failed,
+                    // and it prepares there again in key order) goes at once: the line
+                    // waits for that very lock.
+                    let taken = !holds_lock(replica, prepare)
+                        && (self.prepare_lines.busy(group, Instant::now())
+                            || replica.prepare_in_log()
+                            || leader_holds_off(
+                                replica,
+                                write.request.as_ref().expect("a prepare"),
+                            ));
                     match crate::prepare_line::admission(
                         prepare.waits_in_line,
                         taken,
@@ -1371,10 +1396,12 @@ impl EventLoop {
     /// Lets the head of each range's line in once its range is free, one at a time; a
     /// line of a range this node no longer leads is answered so its coordinators ask the
     /// new leader.
-    fn release_prepare_lines(&mut self) {
+    /// Whether it let a prepare in.
+    fn release_prepare_lines(&mut self) -> bool {
         if self.prepare_lines.is_empty() {
-            return;
+            return false;
         }
+        let mut let_in = false;
         let now = Instant::now();
         for group in self.prepare_lines.groups() {
             let gone = match self.replicas.get(&group) {
@@ -1400,13 +1427,20 @@ impl EventLoop {
             });
             if let Some(head) = head {
                 self.admit_write(group, head.write, head.respond);
+                let_in = true;
             }
         }
+        self.publish_prepares_in_line();
+        let_in
+    }
+
+    fn publish_prepares_in_line(&self) {
         crate::metrics::metrics()
             .txn_prepares_in_line
             .set(i64::try_from(self.prepare_lines.parked_total()).unwrap_or(i64::MAX));
     }
 
+    /// Every group's Ready: early messages out, one WAL sync for all, then the rest.
     fn handle_readies(&mut self) {
         // (group, its Ready, the peers whose send queue was full while it was sent)
         let mut readies: Vec<(GroupId, Ready, Vec<NodeId>)> = Vec::new();
@@ -2122,6 +2156,7 @@ impl EventLoop {
                 drop(parked.respond.send(Err(NodeError::Stopped)));
             }
         }
+        self.publish_prepares_in_line();
         self.wal.sync();
         for replica in self.replicas.values_mut() {
             replica.fail_all(NodeError::Stopped);
@@ -2231,6 +2266,20 @@ fn leader_holds_off(
         crate::metrics::metrics().txn_prepares_behind_unlocks.inc();
     }
     held_off
+}
+
+/// Whether the range holds a lock of the transaction `prepare` is for.
+fn holds_lock(replica: &Replica, prepare: &ostrakon_proto::peer::TxnPrepare) -> bool {
+    let Some(txn) = prepare.txn.as_ref() else {
+        return false;
+    };
+    let txn = ostrakon_storage::mvcc::txn_tables::txn_id_of(txn);
+    replica.store.has_txn_locks()
+        && replica
+            .store
+            .txn_lock_table()
+            .locks()
+            .any(|lock| lock.txn == txn)
 }
 
 fn is_prepare(write: &WriteRequest) -> bool {

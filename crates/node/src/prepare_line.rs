@@ -128,6 +128,15 @@ impl PrepareLines {
         }
     }
 
+    /// The oracle did not answer a fetch: the prepares let in that waited for it were
+    /// answered with the error (a prepare waiting for the next fetch may be counted out
+    /// too; it is then refused where it applies, and comes back).
+    pub fn fetch_failed(&mut self) {
+        for line in self.lines.values_mut() {
+            line.fetching_since = None;
+        }
+    }
+
     /// The ranges with a line.
     pub fn groups(&self) -> Vec<GroupId> {
         self.lines.keys().copied().collect()
@@ -245,6 +254,31 @@ mod tests {
         assert!(lines.next_free(group, start, |_| true).is_none());
         let later = start + FETCH_UNSEEN_MAX;
         assert_eq!(lines.next_free(group, later, |_| true).unwrap().write.id, 1);
+    }
+
+    #[test]
+    fn a_failed_fetch_frees_every_line_waiting_for_it() {
+        let now = Instant::now();
+        let mut lines = PrepareLines::default();
+        let mut answers = Vec::new();
+        for group in [1, 2] {
+            let (waiting, answer) = parked(group);
+            lines.park(GroupId(group), waiting);
+            lines.fetching(GroupId(group), now);
+            answers.push(answer);
+        }
+        assert!(lines.next_free(GroupId(1), now, |_| true).is_none());
+        lines.fetch_failed();
+        for group in [1, 2] {
+            assert_eq!(
+                lines
+                    .next_free(GroupId(group), now, |_| true)
+                    .unwrap()
+                    .write
+                    .id,
+                group
+            );
+        }
     }
 
     #[test]

@@ -493,14 +493,21 @@ async fn prepare_waiting(
     deadline: tokio::time::Instant,
 ) -> Result<WriteOutcome, NodeError> {
     loop {
-        match propose(handle, group, request, auth_revision).await? {
-            WriteOutcome::Error(error)
+        match propose(handle, group, request, auth_revision).await {
+            Ok(WriteOutcome::Error(error))
                 if error.retry == Retry::Locked as i32
                     && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(PREPARE_WAIT_PAUSE).await;
             }
-            other => return Ok(other),
+            // Answered while waiting in the line of a leader that lost the range (never
+            // proposed): asked again of the new one, however long it waited in line.
+            Err(NodeError::Dropped | NodeError::NoLeader)
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(PREPARE_WAIT_PAUSE).await;
+            }
+            other => return other,
         }
     }
 }
