@@ -36,8 +36,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".v3lockpb",
             ".v3electionpb",
         ])?;
+    write_grpc_methods(&descriptor_set, &out_dir.join("grpc_methods.rs"))?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    Ok(())
+}
+
+/// Writes `GRPC_METHODS`, the path (`/package.Service/Method`) of every method the
+/// protocol definitions declare, sorted: what a server may count a call under.
+fn write_grpc_methods(
+    descriptor_set: &[u8],
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(descriptor_set)?;
+    let mut paths = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    paths.sort();
+    let listed: String = paths
+        .iter()
+        .map(|path| format!("    {path:?},\n"))
+        .collect();
+    std::fs::write(
+        out,
+        format!(
+            "/// Every method's path, sorted.\npub const GRPC_METHODS: &[&str] = &[\n{listed}];\n"
+        ),
+    )?;
     Ok(())
 }

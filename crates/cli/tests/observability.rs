@@ -325,3 +325,59 @@ async fn ostrakon_status_prints_etcdctls_endpoint_status_table() {
     }
     panic!("ostrakon status:\n{}\netcdctl:\n{}", last.0, last.1);
 }
+
+/// A call to a method no protocol declares is answered Unimplemented and counted
+/// nowhere, as grpc-go's server does (counted under its made-up name, each new name
+/// added label sets to `/metrics` for good: a client could grow the member's memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_undeclared_methods_add_nothing_to_the_metrics() {
+    use ostrakon_proto::etcdserverpb::{RangeRequest, RangeResponse};
+    let cluster = TestCluster::start(1, &[]).await;
+    cluster.wait_for_leader().await;
+    let port = cluster.members[0].client_port;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in [
+        "/etcdserverpb.KV/MadeUp0",
+        "/etcdserverpb.KV/MadeUp1",
+        "/nosuch.Service/Range",
+        "/etcdserverpb.KV/Range",
+    ] {
+        grpc.ready().await.unwrap();
+        let outcome = grpc
+            .unary::<RangeRequest, RangeResponse, _>(
+                tonic::Request::new(RangeRequest {
+                    key: b"k".to_vec().into(),
+                    ..RangeRequest::default()
+                }),
+                path.parse().unwrap(),
+                tonic::codec::ProstCodec::default(),
+            )
+            .await;
+        if path.ends_with("KV/Range") {
+            assert!(outcome.is_ok(), "{outcome:?}");
+        } else {
+            let code = outcome.map(|_| ()).unwrap_err().code();
+            assert_eq!(code, tonic::Code::Unimplemented, "{path}");
+        }
+    }
+    let samples = tokio::task::spawn_blocking(move || scrape(port))
+        .await
+        .unwrap();
+    let made_up: Vec<_> = samples
+        .keys()
+        .filter(|key| key.contains("MadeUp") || key.contains("nosuch"))
+        .collect();
+    assert!(made_up.is_empty(), "{made_up:?}");
+    assert!(
+        sum(
+            &samples,
+            "grpc_server_started_total",
+            &["grpc_method=\"Range\""]
+        ) >= 1.0
+    );
+}

@@ -1114,6 +1114,11 @@ impl EventLoop {
                             }
                         }
                     }
+                    if waiting.respond.is_closed() {
+                        // Its caller gave up (answered a timeout): not proposed, it
+                        // leaves its revision unused, as revisions may be sparse.
+                        continue;
+                    }
                     match step {
                         GrantStep::Propose => {
                             replica.propose(waiting.write, waiting.respond);

@@ -301,6 +301,9 @@ pub struct Metrics {
     /// Prepares a range this member leads parked in its line while another
     /// transaction held the range (`prepare_line`).
     pub txn_prepares_parked: Counter,
+    /// Writes answered "too many requests" because too many waited for revisions from
+    /// the oracle already.
+    pub writes_refused_waiting_revisions: Counter,
     /// Prepares waiting in the lines of the ranges this member leads.
     pub txn_prepares_in_line: Gauge,
     /// How long the steps of a transaction across ranges that this member coordinated
@@ -382,6 +385,7 @@ impl Metrics {
             writes_held_off_by_locks: Counter::default(),
             txn_prepares_behind_unlocks: Counter::default(),
             txn_prepares_parked: Counter::default(),
+            writes_refused_waiting_revisions: Counter::default(),
             txn_prepares_in_line: Gauge::default(),
             txn_across_phase: Family::new(&["phase"], || Histogram::new(RTT_BOUNDS_SECONDS)),
             txn_records_finished_late: Counter::default(),
@@ -569,6 +573,12 @@ impl Metrics {
             "counter",
             "Prepares parked in the line of a range this member leads while another transaction held it.",
             self.txn_prepares_parked.get().to_string(),
+        );
+        scalar(
+            "ostrakon_writes_refused_waiting_revisions_total",
+            "counter",
+            "Writes answered too many requests because too many waited for revisions from the oracle.",
+            self.writes_refused_waiting_revisions.get().to_string(),
         );
         scalar(
             "ostrakon_txn_prepares_in_line",

@@ -29,6 +29,9 @@ use crate::error::NodeError;
 use crate::handle::TIMESTAMPS_PER_REQUEST_MAX;
 use crate::input::{FreshReadResponder, ReadResponder, WriteResponder};
 
+/// Writes waiting for the next fetch on a node at most (the event loop's input bound).
+const WRITES_WAITING_MAX: usize = 65_536;
+
 /// A write waiting for its revision.
 pub struct WaitingWrite {
     /// Its range.
@@ -90,8 +93,17 @@ impl RevisionFetcher {
         self.0.released_barriers()
     }
 
-    /// Queues a write until the next fetch is granted.
+    /// Queues a write until the next fetch is granted; answers it "too many requests"
+    /// if `WRITES_WAITING_MAX` wait already (an oracle slow to answer would otherwise
+    /// let them pile up without bound: a fetch takes at most 1,024).
     pub fn wait(&mut self, waiting: WaitingWrite) {
+        if self.0.waiting_writes() >= WRITES_WAITING_MAX {
+            crate::metrics::metrics()
+                .writes_refused_waiting_revisions
+                .inc();
+            let _ = waiting.respond.send(Err(NodeError::Overloaded));
+            return;
+        }
         self.0.wait(waiting);
     }
 
@@ -206,6 +218,22 @@ mod tests {
             vec![(1, 1, base), (2, 2, base + 1), (1, 3, base + 2)]
         );
         assert_eq!(fetcher.start().map(|(_, count)| count), Some(1));
+    }
+
+    #[test]
+    fn writes_beyond_the_bound_are_answered_too_many_requests() {
+        let mut fetcher = RevisionFetcher::default();
+        let mut answers = Vec::new();
+        for id in 0..=WRITES_WAITING_MAX as u64 {
+            let (w, answer) = waiting(1, id);
+            fetcher.wait(w);
+            answers.push(answer);
+        }
+        let mut last = answers.pop().unwrap();
+        assert!(matches!(last.try_recv(), Ok(Err(NodeError::Overloaded))));
+        assert!(answers[0].try_recv().is_err(), "the first waits");
+        let (_, count) = fetcher.start().expect("writes wait");
+        assert_eq!(count, TIMESTAMPS_PER_REQUEST_MAX);
     }
 
     type FreshAnswer =

@@ -62,3 +62,23 @@ pub mod otlp {
 mod raft_convert;
 
 pub use raft_convert::InvalidMessage;
+
+// The path of every gRPC method the protocol definitions declare (`build.rs`).
+include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
+
+/// Whether `path` (`/package.Service/Method`) names a method the protocols declare.
+pub fn is_grpc_method(path: &str) -> bool {
+    GRPC_METHODS.binary_search(&path).is_ok()
+}
+
+#[cfg(test)]
+mod grpc_method_tests {
+    #[test]
+    fn declared_methods_are_known_and_others_are_not() {
+        assert!(super::is_grpc_method("/etcdserverpb.KV/Range"));
+        assert!(super::is_grpc_method("/v3lockpb.Lock/Unlock"));
+        assert!(super::is_grpc_method("/ostrakonpb.Ranges/Split"));
+        assert!(!super::is_grpc_method("/etcdserverpb.KV/Ranges"));
+        assert!(!super::is_grpc_method("/etcdserverpb.KV/"));
+    }
+}

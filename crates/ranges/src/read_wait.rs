@@ -164,6 +164,11 @@ impl<W: Stamped, B, R> RevisionFetcher<W, B, R> {
         self.waiting.push(write);
     }
 
+    /// Writes waiting for the next fetch (not those of the fetch in flight).
+    pub fn waiting_writes(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Queues a fresh read until the next fetch is granted.
     pub fn wait_fresh(&mut self, read: R) {
         #[cfg(feature = "planted-bugs")]

@@ -55,7 +55,15 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
 /// code its trailers carry. The call's trace span ends then too.
 pub async fn grpc_metrics(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+    // A method nobody declared is answered Unimplemented and counted nowhere, as
+    // grpc-go's server does: counted under its name, each new name a client made up
+    // would add label sets to `/metrics` for good.
+    let declared = ostrakon_proto::is_grpc_method(&path);
+    let Some((service, method)) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .filter(|_| declared)
+    else {
         return next.run(request).await;
     };
     let kind = grpc_type(service, method);
