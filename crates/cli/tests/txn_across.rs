@@ -533,7 +533,8 @@ async fn metric_summed_where_present(cluster: &TestCluster, name: &str) -> f64 {
 
 /// Many clients whose every Txn spans the same two ranges, on every member: a prepare
 /// that meets another transaction's hold waits in the range's line (`prepare_line`),
-/// and every Txn commits, none turned away past its deadline.
+/// and every Txn commits, none turned away past its deadline; plain puts to the same
+/// ranges wait in the lines too, ahead of the prepares.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_on_the_same_ranges_wait_in_line_and_all_commit() {
     const CLIENTS: usize = 12;
@@ -562,11 +563,24 @@ async fn transactions_on_the_same_ranges_wait_in_line_and_all_commit() {
             slowest
         });
     }
+    // Plain puts into both ranges meanwhile: each waits in the range's line, ahead of
+    // the prepares, for the lock in its way, and none is turned away for good.
+    let mut putter = cluster.client(1).await;
+    let puts = tokio::spawn(async move {
+        let mut put = 0;
+        for n in 0..60 {
+            let key = if n % 2 == 0 { "b-plain" } else { "y-plain" };
+            putter.put(key, n.to_string(), None).await.unwrap();
+            put += 1;
+        }
+        put
+    });
     let mut slowest = Duration::ZERO;
     while let Some(done) = clients.join_next().await {
         slowest = slowest.max(done.unwrap());
     }
     eprintln!("the slowest Txn took {slowest:?}");
+    assert_eq!(puts.await.unwrap(), 60);
     let mut client = cluster.client(0).await;
     for c in 0..CLIENTS {
         for key in [format!("a{c}"), format!("x{c}")] {
@@ -580,6 +594,11 @@ async fn transactions_on_the_same_ranges_wait_in_line_and_all_commit() {
     }
     let parked = metric_summed(&cluster, "ostrakon_txn_prepares_parked_total").await;
     assert!(parked > 0.0, "no prepare waited in a range's line");
-    let in_line = metric_summed_where_present(&cluster, "ostrakon_txn_prepares_in_line").await;
-    assert_eq!(in_line, 0.0, "prepares left in line");
+    let in_line = metric_summed_where_present(&cluster, "ostrakon_writes_in_line").await;
+    assert_eq!(in_line, 0.0, "writes left in line");
+    let writes_parked = metric_summed(&cluster, "ostrakon_writes_parked_total").await;
+    assert!(
+        writes_parked > 0.0,
+        "no plain write waited in a range's line"
+    );
 }

@@ -1360,9 +1360,20 @@ impl EventLoop {
                         }
                     }
                 }
+                // Waits in the range's line, ahead of the prepares, until the range is
+                // free (`prepare_line`); answered "locked" if the lines are full.
                 Some(request) if leader_holds_off(replica, request) => {
-                    crate::metrics::metrics().writes_held_off_by_locks.inc();
-                    drop(respond.send(Ok(ostrakon_storage::mvcc::locked_outcome())));
+                    if self.prepare_lines.has_room() {
+                        crate::metrics::metrics().writes_parked.inc();
+                        self.prepare_lines.park_write(
+                            group,
+                            crate::prepare_line::Parked { write, respond },
+                            Instant::now(),
+                        );
+                    } else {
+                        crate::metrics::metrics().writes_held_off_by_locks.inc();
+                        drop(respond.send(Ok(ostrakon_storage::mvcc::locked_outcome())));
+                    }
                     return;
                 }
                 _ => {}
@@ -1423,6 +1434,18 @@ impl EventLoop {
                 continue;
             }
             let replica = &self.replicas[&group];
+            // Plain writes first: any lock holds them off, and a prepare in the log
+            // would take the range before they apply.
+            let free = !replica.store.has_txn_locks() && !replica.prepare_in_log();
+            let (writes, expired) = self.prepare_lines.take_writes(group, now, free);
+            for parked in expired {
+                crate::metrics::metrics().writes_held_off_by_locks.inc();
+                drop(
+                    parked
+                        .respond
+                        .send(Ok(ostrakon_storage::mvcc::locked_outcome())),
+                );
+            }
             let head = self.prepare_lines.next_free(group, now, |write| {
                 !replica.prepare_in_log()
                     && write
@@ -1430,6 +1453,10 @@ impl EventLoop {
                         .as_ref()
                         .is_some_and(|request| !leader_holds_off(replica, request))
             });
+            for parked in writes {
+                self.admit_write(group, parked.write, parked.respond);
+                let_in = true;
+            }
             if let Some(head) = head {
                 self.admit_write(group, head.write, head.respond);
                 let_in = true;
@@ -1441,7 +1468,7 @@ impl EventLoop {
 
     fn publish_prepares_in_line(&self) {
         crate::metrics::metrics()
-            .txn_prepares_in_line
+            .writes_in_line
             .set(i64::try_from(self.prepare_lines.parked_total()).unwrap_or(i64::MAX));
     }
 

@@ -304,8 +304,11 @@ pub struct Metrics {
     /// Writes answered "too many requests" because too many waited for revisions from
     /// the oracle already.
     pub writes_refused_waiting_revisions: Counter,
-    /// Prepares waiting in the lines of the ranges this member leads.
-    pub txn_prepares_in_line: Gauge,
+    /// Plain writes a range this member leads parked in its line while a transaction
+    /// held the range (let in ahead of the prepares once it is free).
+    pub writes_parked: Counter,
+    /// Prepares and plain writes waiting in the lines of the ranges this member leads.
+    pub writes_in_line: Gauge,
     /// How long the steps of a transaction across ranges that this member coordinated
     /// took, labelled `phase`: `prepare` (every range locked, revisions fetched),
     /// `evaluate` (the frozen views read and the request run over them), `commit` (the
@@ -386,7 +389,8 @@ impl Metrics {
             txn_prepares_behind_unlocks: Counter::default(),
             txn_prepares_parked: Counter::default(),
             writes_refused_waiting_revisions: Counter::default(),
-            txn_prepares_in_line: Gauge::default(),
+            writes_parked: Counter::default(),
+            writes_in_line: Gauge::default(),
             txn_across_phase: Family::new(&["phase"], || Histogram::new(RTT_BOUNDS_SECONDS)),
             txn_records_finished_late: Counter::default(),
             txn_records_aborted: Gauge::default(),
@@ -581,10 +585,16 @@ impl Metrics {
             self.writes_refused_waiting_revisions.get().to_string(),
         );
         scalar(
-            "ostrakon_txn_prepares_in_line",
+            "ostrakon_writes_parked_total",
+            "counter",
+            "Plain writes parked in the line of a range this member leads while a transaction held it.",
+            self.writes_parked.get().to_string(),
+        );
+        scalar(
+            "ostrakon_writes_in_line",
             "gauge",
-            "Prepares waiting in the lines of the ranges this member leads.",
-            self.txn_prepares_in_line.get().to_string(),
+            "Prepares and plain writes waiting in the lines of the ranges this member leads.",
+            self.writes_in_line.get().to_string(),
         );
         scalar(
             "ostrakon_txn_records_finished_late_total",

@@ -27,6 +27,12 @@ pub(crate) const PARKED_PREPARES_MAX: usize = 4096;
 /// stops counting on it (its fetch failed and answered it: the next may go).
 const FETCH_UNSEEN_MAX: Duration = Duration::from_secs(1);
 
+/// How long a plain write (one taking no lock: a Put, DeleteRange or Txn within the
+/// range) waits in a line at most; then it is answered "locked" and routed again. A
+/// plain write forwarded by another member shares its peer call's answer with others,
+/// so it must not wait long; it usually waits for one lock, a few milliseconds.
+const PLAIN_WRITE_WAIT_MAX: Duration = Duration::from_millis(50);
+
 /// A prepare waiting in line, and where its answer goes.
 pub(crate) struct Parked {
     pub write: WriteRequest,
@@ -59,6 +65,10 @@ pub(crate) fn admission(waits_in_line: bool, taken: bool, room: bool) -> Admissi
 #[derive(Default)]
 struct Line {
     parked: VecDeque<Parked>,
+    /// Plain writes a lock held off, with when they came: all let in, ahead of the next
+    /// prepare, as soon as the range is free (they take no lock, so they hold nobody
+    /// up; behind the prepares, they would wait for every transaction in line).
+    writes: VecDeque<(Parked, Instant)>,
     /// A prepare let in that waits for its revision from the oracle (so not in the log
     /// yet), since when.
     fetching_since: Option<Instant>,
@@ -71,7 +81,7 @@ impl Line {
     }
 
     fn is_idle(&self, now: Instant) -> bool {
-        self.parked.is_empty() && !self.fetching(now)
+        self.parked.is_empty() && self.writes.is_empty() && !self.fetching(now)
     }
 }
 
@@ -115,6 +125,53 @@ impl PrepareLines {
         self.parked_total += 1;
     }
 
+    /// Puts the plain write `parked`, held off by a lock, in `group`'s line.
+    pub fn park_write(&mut self, group: GroupId, parked: Parked, now: Instant) {
+        assert!(self.has_room(), "a write parked beyond the node's bound");
+        self.lines
+            .entry(group)
+            .or_default()
+            .writes
+            .push_back((parked, now));
+        self.parked_total += 1;
+    }
+
+    /// The plain writes of `group`'s line to let in now, in the order they came: all of
+    /// them if the range is `free` (no lock, no prepare in its log) and no prepare let
+    /// in waits for its revision. And those that waited `PLAIN_WRITE_WAIT_MAX`, to be
+    /// answered "locked".
+    pub fn take_writes(
+        &mut self,
+        group: GroupId,
+        now: Instant,
+        free: bool,
+    ) -> (Vec<Parked>, Vec<Parked>) {
+        let Some(line) = self.lines.get_mut(&group) else {
+            return (Vec::new(), Vec::new());
+        };
+        let before = line.writes.len();
+        line.writes
+            .retain(|(parked, _)| !parked.respond.is_closed());
+        let mut gone = before - line.writes.len();
+        let (mut let_in, mut expired) = (Vec::new(), Vec::new());
+        if free && !line.fetching(now) {
+            let_in = line.writes.drain(..).map(|(parked, _)| parked).collect();
+        } else {
+            while let Some((_, since)) = line.writes.front() {
+                if now.duration_since(*since) < PLAIN_WRITE_WAIT_MAX {
+                    break;
+                }
+                expired.push(line.writes.pop_front().expect("a front").0);
+            }
+        }
+        gone += let_in.len() + expired.len();
+        self.parked_total -= gone;
+        if line.is_idle(now) {
+            self.lines.remove(&group);
+        }
+        (let_in, expired)
+    }
+
     /// A prepare of `group` let in now waits for its revision from the oracle.
     pub fn fetching(&mut self, group: GroupId, now: Instant) {
         self.lines.entry(group).or_default().fetching_since = Some(now);
@@ -148,8 +205,12 @@ impl PrepareLines {
         let Some(line) = self.lines.remove(&group) else {
             return Vec::new();
         };
-        self.parked_total -= line.parked.len();
-        line.parked.into()
+        self.parked_total -= line.parked.len() + line.writes.len();
+        line.writes
+            .into_iter()
+            .map(|(parked, _)| parked)
+            .chain(line.parked)
+            .collect()
     }
 
     /// The head of `group`'s line if the range is free for it: no prepare let in waits
@@ -166,7 +227,8 @@ impl PrepareLines {
         let before = line.parked.len();
         line.parked.retain(|parked| !parked.respond.is_closed());
         self.parked_total -= before - line.parked.len();
-        let head = if line.fetching(now) {
+        // Plain writes waiting go first (`take_writes`).
+        let head = if line.fetching(now) || !line.writes.is_empty() {
             None
         } else {
             line.fetching_since = None;
@@ -279,6 +341,39 @@ mod tests {
                 group
             );
         }
+    }
+
+    #[test]
+    fn plain_writes_go_ahead_of_the_prepares_once_the_range_is_free_or_give_up() {
+        let group = GroupId(5);
+        let start = Instant::now();
+        let mut lines = PrepareLines::default();
+        let (prepare, _prepare_answer) = parked(1);
+        lines.park(group, prepare);
+        let (write, _write_answer) = parked(2);
+        lines.park_write(group, write, start);
+        assert_eq!(lines.parked_total(), 2);
+        // Still locked: nobody goes, and the prepare waits behind the write.
+        let (let_in, expired) = lines.take_writes(group, start, false);
+        assert!(let_in.is_empty() && expired.is_empty());
+        assert!(lines.next_free(group, start, |_| true).is_none());
+        // Free: the write goes, then the prepare.
+        let (let_in, _) = lines.take_writes(group, start, true);
+        assert_eq!(
+            let_in.iter().map(|w| w.write.id).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(lines.next_free(group, start, |_| true).unwrap().write.id, 1);
+        // A write held off long is answered "locked" (routed again).
+        let (late, _late_answer) = parked(3);
+        lines.park_write(group, late, start);
+        let (_, expired) = lines.take_writes(group, start + PLAIN_WRITE_WAIT_MAX, false);
+        assert_eq!(
+            expired.iter().map(|w| w.write.id).collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(lines.parked_total(), 0);
+        assert!(lines.is_empty());
     }
 
     #[test]
