@@ -563,24 +563,36 @@ async fn transactions_on_the_same_ranges_wait_in_line_and_all_commit() {
             slowest
         });
     }
-    // Plain puts into both ranges meanwhile: each waits in the range's line, ahead of
-    // the prepares, for the lock in its way, and none is turned away for good.
-    let mut putter = cluster.client(1).await;
-    let puts = tokio::spawn(async move {
-        let mut put = 0;
-        for n in 0..60 {
-            let key = if n % 2 == 0 { "b-plain" } else { "y-plain" };
-            putter.put(key, n.to_string(), None).await.unwrap();
-            put += 1;
-        }
-        put
-    });
+    // Plain puts into both ranges meanwhile, through every member: one sent to the
+    // range's leader waits in the range's line, ahead of the prepares, for the lock in
+    // its way (one forwarded is answered "locked" and routed again); none is turned
+    // away for good.
+    let mut puts = tokio::task::JoinSet::new();
+    for member in 0..3 {
+        let mut putter = cluster.client(member).await;
+        puts.spawn(async move {
+            let mut put = 0;
+            for n in 0..30 {
+                let key = if n % 2 == 0 { "b-plain" } else { "y-plain" };
+                putter
+                    .put(format!("{key}{member}"), n.to_string(), None)
+                    .await
+                    .unwrap();
+                put += 1;
+            }
+            put
+        });
+    }
     let mut slowest = Duration::ZERO;
     while let Some(done) = clients.join_next().await {
         slowest = slowest.max(done.unwrap());
     }
     eprintln!("the slowest Txn took {slowest:?}");
-    assert_eq!(puts.await.unwrap(), 60);
+    let mut put = 0;
+    while let Some(done) = puts.join_next().await {
+        put += done.unwrap();
+    }
+    assert_eq!(put, 90);
     let mut client = cluster.client(0).await;
     for c in 0..CLIENTS {
         for key in [format!("a{c}"), format!("x{c}")] {

@@ -1089,7 +1089,8 @@ impl EventLoop {
                 group,
                 write,
                 respond,
-            } => self.propose_write(group, write, respond),
+                may_wait,
+            } => self.propose_write(group, write, respond, may_wait),
             Input::RevisionsGranted { fetch, granted } => {
                 if granted.is_err() {
                     // Its writes are answered with the error: no line waits for them.
@@ -1320,7 +1321,13 @@ impl EventLoop {
     /// holds the range (it would only go through the log to be refused, as it would be
     /// at apply on every replica; the node tries it again shortly), a prepare parked in
     /// the range's line if it waits in line (`prepare_line`), else proposed.
-    fn propose_write(&mut self, group: GroupId, write: WriteRequest, respond: WriteResponder) {
+    fn propose_write(
+        &mut self,
+        group: GroupId,
+        write: WriteRequest,
+        respond: WriteResponder,
+        may_wait: bool,
+    ) {
         use ostrakon_proto::peer::write_request::Request;
         let Some(replica) = self.replicas.get(&group) else {
             drop(respond.send(Err(NodeError::UnknownGroup)));
@@ -1363,7 +1370,7 @@ impl EventLoop {
                 // Waits in the range's line, ahead of the prepares, until the range is
                 // free (`prepare_line`); answered "locked" if the lines are full.
                 Some(request) if leader_holds_off(replica, request) => {
-                    if self.prepare_lines.has_room() {
+                    if may_wait && self.prepare_lines.has_room() {
                         crate::metrics::metrics().writes_parked.inc();
                         self.prepare_lines.park_write(
                             group,

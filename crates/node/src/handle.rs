@@ -1198,6 +1198,28 @@ impl NodeHandle {
         request: write_request::Request,
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
+        self.write_here(group, request, auth_revision, true).await
+    }
+
+    /// [`Self::write_local`] for a write another member forwarded: a plain write a
+    /// transaction's lock holds off is answered "locked" at once rather than wait in
+    /// the range's line (its batch's other writes share its answer).
+    pub async fn write_forwarded(
+        &self,
+        group: GroupId,
+        request: write_request::Request,
+        auth_revision: u64,
+    ) -> Result<WriteOutcome, NodeError> {
+        self.write_here(group, request, auth_revision, false).await
+    }
+
+    async fn write_here(
+        &self,
+        group: GroupId,
+        request: write_request::Request,
+        auth_revision: u64,
+        may_wait: bool,
+    ) -> Result<WriteOutcome, NodeError> {
         let shared = self.group(group)?;
         // Where the write falls, for a split by load (writes without keys count only).
         let first_key = ostrakon_storage::mvcc::write_intervals(&request)
@@ -1222,6 +1244,7 @@ impl NodeHandle {
             group,
             write,
             respond,
+            may_wait,
         })?;
         let outcome = response.await.map_err(|_| NodeError::Stopped)?;
         if matches!(&outcome, Ok(applied) if !matches!(applied, WriteOutcome::Error(_))) {

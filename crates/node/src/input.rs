@@ -86,6 +86,10 @@ pub enum Input {
         write: WriteRequest,
         /// Answered when applied, or on failure.
         respond: WriteResponder,
+        /// Whether a plain write may wait in its range's line while a transaction holds
+        /// the range; not one another member forwarded in a batch, whose answer the
+        /// batch's other writes wait for (answered "locked" at once instead).
+        may_wait: bool,
     },
     /// A linearizable read wants a read index.
     ReadIndex {

@@ -87,7 +87,7 @@ impl PeerService {
         let outcome = crate::spans::within(
             parent,
             self.handle
-                .write_local(GroupId(forward.group), request, auth_revision),
+                .write_forwarded(GroupId(forward.group), request, auth_revision),
         )
         .await;
         Ok(encode_forward_response(outcome))
