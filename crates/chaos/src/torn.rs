@@ -4,15 +4,14 @@
 //! checksum mismatch). Recovery must discard it and lose nothing that was acknowledged:
 //! a record cut short was never synced, so never acknowledged.
 
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use ostrakon_storage::wal::{records_end, FRAME_HEADER_BYTES};
 use rand::Rng;
 
-/// Bytes of a frame header: payload length and CRC, both u32 little-endian.
-const FRAME_HEADER_BYTES: usize = 8;
-
-/// Appends a torn record to the newest segment in `wal_dir`; says what it did.
+/// Writes a torn record where the records of the newest segment in `wal_dir` end (over
+/// the zeros a segment is filled with ahead of its writes); says what it did.
 pub fn tear_wal_tail(wal_dir: &Path) -> String {
     let newest = std::fs::read_dir(wal_dir).ok().and_then(|entries| {
         entries
@@ -36,10 +35,12 @@ pub fn tear_wal_tail(wal_dir: &Path) -> String {
         (promised_bytes as usize, "checksum mismatch")
     };
     frame.extend((0..written).map(|_| rng.gen::<u8>()));
-    let appended = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&segment)
-        .and_then(|mut file| file.write_all(&frame));
+    let appended = std::fs::read(&segment).and_then(|data| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)?
+            .write_all_at(&frame, records_end(&data) as u64)
+    });
     match appended {
         Ok(()) => format!(
             "{} + {} bytes, {how}",

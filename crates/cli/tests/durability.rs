@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,7 +130,7 @@ async fn recovery_torn_wal_tail_after_crash_is_repaired() {
     cluster.kill(victim);
     // A crash in the middle of a write leaves a partial record at the end of the log: a
     // frame header promising more bytes than follow. Only a record that was never synced
-    // can be torn, so the tear is appended after what was synced rather than cut from it
+    // can be torn, so the tear is written after what was synced rather than cut from it
     // (cutting synced bytes would be losing acknowledged data on this disk, a different
     // fault, which this test once did by accident and which made it flaky).
     let mut segments: Vec<_> = std::fs::read_dir(cluster.wal_dir(victim))
@@ -144,12 +143,14 @@ async fn recovery_torn_wal_tail_after_crash_is_repaired() {
     torn.extend_from_slice(&1000u32.to_le_bytes());
     torn.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
     torn.extend_from_slice(&[0x5a; 100]);
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(last)
-        .unwrap()
-        .write_all(&torn)
-        .unwrap();
+    // Where the records end: the segment is zero-filled ahead of its writes.
+    let records_end = ostrakon_storage::wal::records_end(&std::fs::read(last).unwrap());
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(last).unwrap(),
+        &torn,
+        records_end as u64,
+    )
+    .unwrap();
     cluster.restart(victim);
     assert_all_present(&cluster, victim, &keys, true).await;
     let log = std::fs::read_to_string(

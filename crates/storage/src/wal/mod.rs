@@ -11,24 +11,39 @@
 //! garbled at the end of the last segment) is truncated away; damage anywhere else stops
 //! the node with [`WalError::Corrupt`], because acknowledged data would be missing.
 //! A failed `fsync` ends the process ([`crate::fatal`]).
+//!
+//! A segment is zero-filled ahead of its writes, a chunk at a time
+//! ([`ZERO_CHUNK_BYTES`]), as PostgreSQL fills its WAL segments: a record then lands in
+//! blocks the file already has, so its `fdatasync` writes the data and no metadata (the
+//! file's size and block map). On this machine's ext4 that makes a sync about 30 %
+//! cheaper in both time and CPU (docs/PERFORMANCE.md). The chunk's own zeros go to disk
+//! with the next sync. The zeros after the last record are the end of a segment's data,
+//! never a record: a frame header of zeros does not decode.
 
 mod record;
 mod recover;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use ostrakon_raft::{Entry, GroupId, HardState, LogIndex, SnapshotMeta};
 
-pub use record::Record;
+pub use record::{Record, FRAME_HEADER_BYTES};
 pub use recover::RecoveredGroup;
 
 use crate::fatal;
 
 /// Default segment size, as etcd's.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// How far ahead of its writes a segment is zero-filled, at most (the segment size, if
+/// smaller).
+pub const ZERO_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// Zeros written to fill a segment ahead of its records.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Why the WAL cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +98,10 @@ pub struct Wal {
     /// Oldest first; the last one is being written. Invariant: never empty.
     segments: BTreeMap<u64, Segment>,
     file: File,
+    /// Where the current segment's records end (the next record goes there).
     file_bytes: u64,
+    /// The current segment's length: zeros from `file_bytes` on.
+    zeroed_bytes: u64,
     /// Framed records staged since the last sync.
     staged: Vec<u8>,
     staged_last_index: HashMap<GroupId, LogIndex>,
@@ -98,15 +116,13 @@ impl Wal {
         let listed = recover::list_segments(dir)?;
         let mut recovered = Recovered::default();
         let mut segments = BTreeMap::new();
+        let mut last_valid_bytes = 0;
         let count = listed.len();
         for (position, (seq, path)) in listed.into_iter().enumerate() {
             let is_last = position + 1 == count;
             let scan = recover::scan_segment(&path, is_last)?;
             if scan.torn {
-                let len = std::fs::metadata(&path)
-                    .map_err(|e| WalError::Io(path.clone(), e))?
-                    .len();
-                recovered.torn_bytes_truncated = len - scan.valid_bytes;
+                recovered.torn_bytes_truncated = scan.torn_bytes;
                 truncate(&path, scan.valid_bytes)?;
                 tracing::warn!(
                     segment = %path.display(),
@@ -124,6 +140,7 @@ impl Wal {
                 }
             }
             recover::replay(&mut recovered.groups, scan.records);
+            last_valid_bytes = scan.valid_bytes;
             segments.insert(seq, Segment { path, last_index });
         }
         // A forgotten group's entries keep no segment.
@@ -146,11 +163,14 @@ impl Wal {
                 (*id, state)
             })
             .collect();
-        let (file, file_bytes) = match segments.iter().next_back() {
-            Some((_, last)) => open_append(&last.path)?,
+        let (file, file_bytes, zeroed_bytes) = match segments.iter().next_back() {
+            Some((_, last)) => {
+                let (file, len) = open_segment(&last.path)?;
+                (file, last_valid_bytes, len)
+            }
             None => {
                 let path = segment_path(dir, 1);
-                let opened = open_append(&path)?;
+                let (file, len) = open_segment(&path)?;
                 sync_dir(dir);
                 segments.insert(
                     1,
@@ -159,7 +179,7 @@ impl Wal {
                         last_index: HashMap::new(),
                     },
                 );
-                opened
+                (file, 0, len)
             }
         };
         let wal = Wal {
@@ -168,6 +188,7 @@ impl Wal {
             segments,
             file,
             file_bytes,
+            zeroed_bytes,
             staged: Vec::new(),
             staged_last_index: HashMap::new(),
             groups,
@@ -231,7 +252,8 @@ impl Wal {
         }
         let written = self.staged.len() as u64;
         let path = self.current_segment().path.clone();
-        if let Err(error) = self.file.write_all(&self.staged) {
+        self.zero_fill_past(self.file_bytes + written, &path);
+        if let Err(error) = self.file.write_all_at(&self.staged, self.file_bytes) {
             fatal::disk_failure(&format!("write to {}", path.display()), &error);
         }
         self.staged.clear();
@@ -245,6 +267,24 @@ impl Wal {
         written
     }
 
+    /// Zero-fills the segment up to the chunk boundary past `end`, if it is not that long
+    /// yet. Not synced here: the sync that follows makes the zeros durable with the
+    /// records written over them.
+    fn zero_fill_past(&mut self, end: u64, path: &Path) {
+        if end <= self.zeroed_bytes {
+            return;
+        }
+        let chunk = ZERO_CHUNK_BYTES.min(self.segment_bytes_max).max(1);
+        let target = end.div_ceil(chunk) * chunk;
+        while self.zeroed_bytes < target {
+            let bytes = (target - self.zeroed_bytes).min(ZEROS.len() as u64) as usize;
+            if let Err(error) = self.file.write_all_at(&ZEROS[..bytes], self.zeroed_bytes) {
+                fatal::disk_failure(&format!("zero-filling {}", path.display()), &error);
+            }
+            self.zeroed_bytes += bytes as u64;
+        }
+    }
+
     fn current_segment(&self) -> &Segment {
         self.segments.values().next_back().expect("never empty")
     }
@@ -253,14 +293,20 @@ impl Wal {
     /// that older segments are needed only for their entries.
     fn rotate(&mut self) {
         let seq = self.segments.keys().next_back().expect("never empty") + 1;
+        // The closed segment loses its zeros (not synced: recovery reads zeros after a
+        // segment's records as its end either way).
+        if let Err(error) = self.file.set_len(self.file_bytes) {
+            tracing::warn!(%error, "could not trim a closed WAL segment's zeros");
+        }
         let path = segment_path(&self.dir, seq);
-        let (file, _) = open_append(&path).unwrap_or_else(|e| match e {
+        let (file, len) = open_segment(&path).unwrap_or_else(|e| match e {
             WalError::Io(_, io) => fatal::disk_failure("creating a WAL segment", &io),
             WalError::Corrupt { .. } => unreachable!("opening never reports corruption"),
         });
         sync_dir(&self.dir);
         self.file = file;
         self.file_bytes = 0;
+        self.zeroed_bytes = len;
         self.segments.insert(
             seq,
             Segment {
@@ -311,14 +357,31 @@ impl Wal {
     }
 }
 
+/// Where the records of a segment's bytes end, walking their frames' lengths: the zeros
+/// filled ahead of writes follow (what a tool that tears a tail must write over). Checks
+/// no checksum; recovery does.
+pub fn records_end(data: &[u8]) -> usize {
+    let mut offset = 0;
+    while let Some(header) = data.get(offset..offset + FRAME_HEADER_BYTES) {
+        let payload_bytes = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        if payload_bytes == 0 {
+            break;
+        }
+        offset += FRAME_HEADER_BYTES + payload_bytes as usize;
+    }
+    offset.min(data.len())
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016}.wal"))
 }
 
-fn open_append(path: &Path) -> Result<(File, u64), WalError> {
+/// Opens a segment for positional writes; returns it and its length.
+fn open_segment(path: &Path) -> Result<(File, u64), WalError> {
     let file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(false)
+        .write(true)
         .open(path)
         .map_err(|e| WalError::Io(path.to_path_buf(), e))?;
     let len = file

@@ -107,32 +107,43 @@ impl RecoveredGroup {
 pub(super) struct SegmentScan {
     /// The valid records, in log order.
     pub records: Vec<Record>,
-    /// Bytes of valid frames; the file is truncated to this if the tail was torn.
+    /// Bytes of valid frames: where the segment's records end (zeros may follow, filled
+    /// ahead of writes); the file is truncated to this if the tail was torn.
     pub valid_bytes: u64,
     /// Whether bytes after `valid_bytes` were discarded.
     pub torn: bool,
+    /// The torn bytes: from `valid_bytes` to the last byte that is not zero.
+    pub torn_bytes: u64,
 }
 
-/// Reads a segment. A bad frame is a torn tail only in the last segment and only when no
-/// valid frame follows it: a write that never completed was never acknowledged, while a
-/// bad frame with good data after it means the disk lost acknowledged data.
+/// Reads a segment. Zeros after the last record are the end of its data (a segment is
+/// zero-filled ahead of its writes). A bad frame is a torn tail only in the last segment
+/// and only when no valid frame follows it: a write that never completed was never
+/// acknowledged, while a bad frame with good data after it means the disk lost
+/// acknowledged data.
 pub(super) fn scan_segment(path: &Path, is_last: bool) -> Result<SegmentScan, WalError> {
     let data = std::fs::read(path).map_err(|e| WalError::Io(path.to_path_buf(), e))?;
+    // Nothing is written past the last byte that is not zero.
+    let written = data
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last + 1);
     let mut offset = 0usize;
     let mut records = Vec::new();
-    while offset < data.len() {
+    while offset < written {
         match decode(&data[offset..]) {
             Frame::Record(record, len) => {
                 records.push(record);
                 offset += len;
             }
             Frame::Truncated | Frame::Corrupt(_)
-                if is_last && !valid_frame_after(&data, offset) =>
+                if is_last && !valid_frame_after(&data, offset, written) =>
             {
                 return Ok(SegmentScan {
                     records,
                     valid_bytes: offset as u64,
                     torn: true,
+                    torn_bytes: (written - offset) as u64,
                 });
             }
             Frame::Truncated => {
@@ -147,8 +158,10 @@ pub(super) fn scan_segment(path: &Path, is_last: bool) -> Result<SegmentScan, Wa
     }
     Ok(SegmentScan {
         records,
-        valid_bytes: data.len() as u64,
+        // A record may end in zero bytes: its frame says where it ends.
+        valid_bytes: offset as u64,
         torn: false,
+        torn_bytes: 0,
     })
 }
 
@@ -160,10 +173,11 @@ fn corrupt(path: &Path, offset: usize, reason: &str) -> WalError {
     }
 }
 
-/// Whether a valid frame starts anywhere after `offset`. Quadratic in the worst case, but
-/// it runs only once, on a damaged segment, at startup.
-fn valid_frame_after(data: &[u8], offset: usize) -> bool {
-    (offset + 1..data.len().saturating_sub(FRAME_HEADER_BYTES))
+/// Whether a valid frame starts anywhere after `offset` (and before `written`: a frame
+/// starts with its length, which is not zero). Quadratic in the worst case, but it runs
+/// only once, on a damaged segment, at startup.
+fn valid_frame_after(data: &[u8], offset: usize, written: usize) -> bool {
+    (offset + 1..written.min(data.len().saturating_sub(FRAME_HEADER_BYTES)))
         .any(|start| matches!(decode(&data[start..]), Frame::Record(..)))
 }
 

@@ -30,6 +30,10 @@ fn hard(term: u64, commit: u64) -> HardState {
     }
 }
 
+fn data_end(segment: &Path) -> u64 {
+    records_end(&std::fs::read(segment).unwrap()) as u64
+}
+
 const G1: GroupId = GroupId(1);
 const G2: GroupId = GroupId(2);
 
@@ -85,9 +89,8 @@ fn recovery_torn_wal_tail_is_truncated_and_the_log_goes_on() {
     }
     // Cut the last record short, as a crash in the middle of its write would.
     let segment = segment_path(dir.path(), 1);
-    let len = std::fs::metadata(&segment).unwrap().len();
     let file = OpenOptions::new().write(true).open(&segment).unwrap();
-    file.set_len(len - 5).unwrap();
+    file.set_len(data_end(&segment) - 5).unwrap();
     {
         let (mut wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
         assert_eq!(recovered.groups[&G1].entries, entries(1, 1..=3));
@@ -108,12 +111,86 @@ fn garbage_after_the_last_record_is_a_torn_tail() {
         wal.append_entries(G1, &entries(1, 1..=3));
         wal.sync();
     }
+    // Written over the zeros that follow the records, as a write cut off would be.
     let segment = segment_path(dir.path(), 1);
-    let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
-    file.write_all(&[0xAB; 100]).unwrap();
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0xAB; 100], data_end(&segment)).unwrap();
     let (_, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
     assert_eq!(recovered.groups[&G1].entries, entries(1, 1..=3));
     assert_eq!(recovered.torn_bytes_truncated, 100);
+}
+
+#[test]
+fn segments_are_zero_filled_ahead_and_written_over_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = segment_path(dir.path(), 1);
+    {
+        let (mut wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        wal.append_entries(G1, &entries(1, 1..=3));
+        wal.set_hard_state(G1, hard(1, 3));
+        wal.sync();
+    }
+    // The file is a chunk of zeros past its records.
+    let len = std::fs::metadata(&segment).unwrap().len();
+    let end = data_end(&segment);
+    assert_eq!(len, ZERO_CHUNK_BYTES, "zero-filled to the chunk's end");
+    assert!(end > 0 && end < len);
+    assert!(std::fs::read(&segment).unwrap()[end as usize..]
+        .iter()
+        .all(|&byte| byte == 0));
+    {
+        // Reopened (a crash leaves the zeros), the log goes on where its records end.
+        let (mut wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(recovered.torn_bytes_truncated, 0);
+        assert_eq!(recovered.groups[&G1].entries, entries(1, 1..=3));
+        wal.append_entries(G1, &entries(1, 4..=6));
+        wal.set_hard_state(G1, hard(1, 6));
+        wal.sync();
+    }
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), ZERO_CHUNK_BYTES);
+    let (_, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+    assert_eq!(recovered.groups[&G1].entries, entries(1, 1..=6));
+    assert_eq!(recovered.groups[&G1].hard_state, hard(1, 6));
+}
+
+#[test]
+fn a_record_ending_in_zero_bytes_is_kept_whole() {
+    // A hard state's last bytes are the high bytes of its commit index: zeros.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        wal.set_hard_state(G1, hard(1, 1));
+        wal.sync();
+    }
+    let (mut wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+    assert_eq!(recovered.groups[&G1].hard_state, hard(1, 1));
+    wal.set_hard_state(G1, hard(2, 1));
+    wal.sync();
+    drop(wal);
+    let (_, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+    assert_eq!(recovered.groups[&G1].hard_state, hard(2, 1));
+}
+
+#[test]
+fn a_closed_segment_that_kept_its_zeros_is_read_to_its_records_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes_max = 1024;
+    {
+        let (mut wal, _) = Wal::open(dir.path(), segment_bytes_max).unwrap();
+        for i in 1..=60 {
+            wal.append_entries(G1, &entries(1, i..=i));
+            wal.sync();
+        }
+        assert!(wal.segment_count() >= 3);
+    }
+    // Closed segments are trimmed without a sync: a crash can leave their zeros.
+    let first = segment_path(dir.path(), 1);
+    let file = OpenOptions::new().write(true).open(&first).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len + 4096).unwrap();
+    let (_, recovered) = Wal::open(dir.path(), segment_bytes_max).unwrap();
+    assert_eq!(recovered.groups[&G1].entries, entries(1, 1..=60));
+    assert_eq!(recovered.torn_bytes_truncated, 0);
 }
 
 #[test]
