@@ -1147,10 +1147,18 @@ impl NodeHandle {
         let attempt = || {
             let request = request.clone();
             async move {
-                match self
-                    .write_local(group, request.clone(), auth_revision)
-                    .await
-                {
+                // A member that knows another leads the range forwards the write at once:
+                // its event loop would only answer "not leader" (a hop there and back per
+                // write). A view one round stale is corrected as the loop's answer is: the
+                // member asked answers "not leader" in turn.
+                let local = match self.known_leader_elsewhere(group) {
+                    Some(leader) => Err(NodeError::NotLeader(leader)),
+                    None => {
+                        self.write_local(group, request.clone(), auth_revision)
+                            .await
+                    }
+                };
+                match local {
                     Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
                         let mut span = spans::child(
                             spans::current(),
@@ -1189,6 +1197,13 @@ impl NodeHandle {
             crate::metrics::metrics().proposals_failed.inc();
         }
         result
+    }
+
+    /// The range's leader as the event loop last published it, if another member.
+    fn known_leader_elsewhere(&self, group: GroupId) -> Option<NodeId> {
+        let status = self.status(group).ok()?;
+        (!status.is_leader && status.leader != NodeId::NONE && status.leader != self.id())
+            .then_some(status.leader)
     }
 
     /// Proposes on this node only; fails with `NotLeader` on a follower.
