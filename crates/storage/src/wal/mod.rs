@@ -102,8 +102,11 @@ pub struct Wal {
     file_bytes: u64,
     /// The current segment's length: zeros from `file_bytes` on.
     zeroed_bytes: u64,
-    /// Framed records staged since the last sync.
+    /// Framed records staged since the last sync, after a `Sync` record numbered
+    /// `next_sync`.
     staged: Vec<u8>,
+    /// The number of the next write's `Sync` record: above every one in the log.
+    next_sync: u64,
     staged_last_index: HashMap<GroupId, LogIndex>,
     groups: HashMap<GroupId, GroupState>,
 }
@@ -117,6 +120,7 @@ impl Wal {
         let mut recovered = Recovered::default();
         let mut segments = BTreeMap::new();
         let mut last_valid_bytes = 0;
+        let mut next_sync = 1;
         let count = listed.len();
         for (position, (seq, path)) in listed.into_iter().enumerate() {
             let is_last = position + 1 == count;
@@ -132,6 +136,9 @@ impl Wal {
             }
             let mut last_index = HashMap::new();
             for record in &scan.records {
+                if let Record::Sync(number) = record {
+                    next_sync = next_sync.max(number + 1);
+                }
                 if let Record::Entries(group, entries) = record {
                     if let Some(last) = entries.last() {
                         let slot = last_index.entry(*group).or_insert(last.index);
@@ -182,7 +189,7 @@ impl Wal {
                 (file, 0, len)
             }
         };
-        let wal = Wal {
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
             segment_bytes_max,
             segments,
@@ -190,9 +197,17 @@ impl Wal {
             file_bytes,
             zeroed_bytes,
             staged: Vec::new(),
+            next_sync,
             staged_last_index: HashMap::new(),
             groups,
         };
+        // What was recovered may never have been synced (the process was killed between
+        // a write and its sync; the page cache kept it), and a crash in the middle of a
+        // rotation can leave the current segment without the opening records that let
+        // the older ones go: every group's state is written again and synced, with
+        // whatever of the file was not, before the node acts on any of it.
+        wal.stage_every_group();
+        wal.write_staged();
         Ok((wal, recovered))
     }
 
@@ -202,19 +217,19 @@ impl Wal {
         let Some(last) = entries.last() else { return };
         let slot = self.staged_last_index.entry(group).or_insert(last.index);
         *slot = (*slot).max(last.index);
-        record::encode(&Record::Entries(group, entries.to_vec()), &mut self.staged);
+        record::encode(&Record::Entries(group, entries.to_vec()), self.stage());
     }
 
     /// Stages the group's hard state.
     pub fn set_hard_state(&mut self, group: GroupId, state: HardState) {
         self.groups.entry(group).or_default().hard_state = state;
-        record::encode(&Record::HardState(group, state), &mut self.staged);
+        record::encode(&Record::HardState(group, state), self.stage());
     }
 
     /// Stages a snapshot record: the group's log now starts after `meta.index`. The
     /// snapshot's data must already be durable.
     pub fn set_snapshot(&mut self, group: GroupId, meta: SnapshotMeta) {
-        record::encode(&Record::Snapshot(group, meta.clone()), &mut self.staged);
+        record::encode(&Record::Snapshot(group, meta.clone()), self.stage());
         self.groups.entry(group).or_default().snapshot = Some(meta);
     }
 
@@ -222,11 +237,31 @@ impl Wal {
     /// records no longer keep segments, and recovery drops them. The group's state must
     /// be gone from the state machine first (durably), and it must write no more.
     pub fn forget_group(&mut self, group: GroupId) {
-        record::encode(&Record::Forget(group), &mut self.staged);
+        record::encode(&Record::Forget(group), self.stage());
         self.groups.remove(&group);
         self.staged_last_index.remove(&group);
         for segment in self.segments.values_mut() {
             segment.last_index.remove(&group);
+        }
+    }
+
+    /// The buffer to stage a record in: a write begins with its `Sync` record.
+    fn stage(&mut self) -> &mut Vec<u8> {
+        if self.staged.is_empty() {
+            record::encode(&Record::Sync(self.next_sync), &mut self.staged);
+        }
+        &mut self.staged
+    }
+
+    /// Stages every group's snapshot and hard state (a segment's opening records).
+    fn stage_every_group(&mut self) {
+        let mut groups: Vec<_> = self.groups.iter().map(|(g, s)| (*g, s.clone())).collect();
+        groups.sort_by_key(|(g, _)| *g);
+        for (group, state) in groups {
+            if let Some(meta) = state.snapshot {
+                record::encode(&Record::Snapshot(group, meta), self.stage());
+            }
+            record::encode(&Record::HardState(group, state.hard_state), self.stage());
         }
     }
 
@@ -257,6 +292,7 @@ impl Wal {
             fatal::disk_failure(&format!("write to {}", path.display()), &error);
         }
         self.staged.clear();
+        self.next_sync += 1;
         self.file_bytes += written;
         for (group, index) in self.staged_last_index.drain() {
             let segment = self.segments.values_mut().next_back().expect("never empty");
@@ -314,17 +350,7 @@ impl Wal {
                 last_index: HashMap::new(),
             },
         );
-        let mut groups: Vec<_> = self.groups.iter().map(|(g, s)| (*g, s.clone())).collect();
-        groups.sort_by_key(|(g, _)| *g);
-        for (group, state) in groups {
-            if let Some(meta) = state.snapshot {
-                record::encode(&Record::Snapshot(group, meta), &mut self.staged);
-            }
-            record::encode(
-                &Record::HardState(group, state.hard_state),
-                &mut self.staged,
-            );
-        }
+        self.stage_every_group();
         self.write_staged();
     }
 

@@ -17,6 +17,7 @@ const KIND_ENTRIES: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_FORGET: u8 = 4;
+const KIND_SYNC: u8 = 5;
 
 /// One logical WAL record.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,9 @@ pub enum Record {
     /// The group is gone from this node for good (a range merged into another): its
     /// earlier records mean nothing any more.
     Forget(GroupId),
+    /// The start of one write and its `fdatasync`, numbered in the order they were
+    /// made: recovery tells a write torn in flight from damage to synced data by it.
+    Sync(u64),
 }
 
 /// Appends the framed record to `out`.
@@ -65,6 +69,12 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Forget(group) => {
             out.put_u8(KIND_FORGET);
             out.put_u64_le(group.0);
+        }
+        Record::Sync(number) => {
+            out.put_u8(KIND_SYNC);
+            // No group: the field keeps every payload's layout.
+            out.put_u64_le(0);
+            out.put_u64_le(*number);
         }
     }
     let payload_bytes = out.len() - start - FRAME_HEADER_BYTES;
@@ -152,6 +162,9 @@ fn decode_payload(mut payload: &[u8]) -> Result<Record, &'static str> {
             Ok(Record::Snapshot(group, meta))
         }
         KIND_FORGET if payload.is_empty() => Ok(Record::Forget(group)),
+        KIND_SYNC if payload.len() == 8 && group == GroupId(0) => {
+            Ok(Record::Sync(payload.get_u64_le()))
+        }
         _ => Err("unknown record kind"),
     }
 }
@@ -196,6 +209,7 @@ mod tests {
                 },
             ),
             Record::Forget(GroupId(8)),
+            Record::Sync(42),
         ]
     }
 

@@ -79,7 +79,9 @@ impl RecoveredGroup {
                     self.entries.extend(entries);
                 }
             }
-            Record::Forget(_) => unreachable!("`replay` drops a forgotten group"),
+            Record::Forget(_) | Record::Sync(_) => {
+                unreachable!("`replay` keeps them from groups")
+            }
         }
     }
 
@@ -117,10 +119,17 @@ pub(super) struct SegmentScan {
 }
 
 /// Reads a segment. Zeros after the last record are the end of its data (a segment is
-/// zero-filled ahead of its writes). A bad frame is a torn tail only in the last segment
-/// and only when no valid frame follows it: a write that never completed was never
-/// acknowledged, while a bad frame with good data after it means the disk lost
-/// acknowledged data.
+/// zero-filled ahead of its writes). A bad frame is a torn tail only in the last segment,
+/// and only if what follows it can be the rest of the write that was in flight:
+///
+/// - The write in flight was not synced, so never acknowledged. Written over zeros in
+///   place, its pages may reach the disk in any order: valid frames of that write can
+///   follow a bad one. They cannot be of a later write, which starts only once the one
+///   before is synced. So in a segment whose writes begin with a [`Record::Sync`], the
+///   tail is torn unless a valid `Sync` numbered above the last one before the bad frame
+///   follows it: then the bad frame was synced, and the disk lost acknowledged data.
+/// - Before any `Sync` (a segment written by an earlier version, appended to the file's
+///   end), any valid frame after a bad one means lost acknowledged data.
 pub(super) fn scan_segment(path: &Path, is_last: bool) -> Result<SegmentScan, WalError> {
     let data = std::fs::read(path).map_err(|e| WalError::Io(path.to_path_buf(), e))?;
     // Nothing is written past the last byte that is not zero.
@@ -130,14 +139,18 @@ pub(super) fn scan_segment(path: &Path, is_last: bool) -> Result<SegmentScan, Wa
         .map_or(0, |last| last + 1);
     let mut offset = 0usize;
     let mut records = Vec::new();
+    let mut last_sync = None;
     while offset < written {
         match decode(&data[offset..]) {
             Frame::Record(record, len) => {
+                if let Record::Sync(number) = record {
+                    last_sync = Some(number);
+                }
                 records.push(record);
                 offset += len;
             }
             Frame::Truncated | Frame::Corrupt(_)
-                if is_last && !valid_frame_after(&data, offset, written) =>
+                if is_last && !synced_frame_after(&data, offset, written, last_sync) =>
             {
                 return Ok(SegmentScan {
                     records,
@@ -173,12 +186,18 @@ fn corrupt(path: &Path, offset: usize, reason: &str) -> WalError {
     }
 }
 
-/// Whether a valid frame starts anywhere after `offset` (and before `written`: a frame
-/// starts with its length, which is not zero). Quadratic in the worst case, but it runs
-/// only once, on a damaged segment, at startup.
-fn valid_frame_after(data: &[u8], offset: usize, written: usize) -> bool {
-    (offset + 1..written.min(data.len().saturating_sub(FRAME_HEADER_BYTES)))
-        .any(|start| matches!(decode(&data[start..]), Frame::Record(..)))
+/// Whether a frame after the bad one at `offset` shows that it was synced: a valid `Sync`
+/// numbered above `last_sync` (a later write), or, before any `Sync`, any valid frame.
+/// Frames start before `written` (a frame starts with its length, which is not zero).
+/// Quadratic in the worst case, but it runs only once, on a damaged segment, at startup.
+fn synced_frame_after(data: &[u8], offset: usize, written: usize, last_sync: Option<u64>) -> bool {
+    (offset + 1..written.min(data.len().saturating_sub(FRAME_HEADER_BYTES))).any(|start| {
+        match (decode(&data[start..]), last_sync) {
+            (Frame::Record(Record::Sync(number), _), Some(last)) => number > last,
+            (Frame::Record(..), None) => true,
+            _ => false,
+        }
+    })
 }
 
 /// The segment files in `dir`, oldest first, with their sequence numbers.
@@ -210,6 +229,7 @@ pub(super) fn replay(groups: &mut HashMap<GroupId, RecoveredGroup>, records: Vec
                 groups.remove(g);
                 continue;
             }
+            Record::Sync(_) => continue,
         };
         groups.entry(group).or_default().apply(record);
     }

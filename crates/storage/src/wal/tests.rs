@@ -303,3 +303,99 @@ fn a_forgotten_group_keeps_no_segment_and_is_not_recovered() {
     assert!(!recovered.groups.contains_key(&G2));
     assert_eq!(recovered.groups[&G1].entries, entries(1, 91..=100));
 }
+
+/// Zeroes `range` of `segment`, as pages of a write that never reached the disk.
+fn zero(segment: &Path, range: std::ops::Range<u64>) {
+    let file = OpenOptions::new().write(true).open(segment).unwrap();
+    let zeros = vec![0u8; (range.end - range.start) as usize];
+    file.write_all_at(&zeros, range.start).unwrap();
+}
+
+#[test]
+fn a_write_whose_later_pages_reached_the_disk_first_is_a_torn_tail() {
+    // A write over zeros may reach the disk in any order: here its first records were
+    // lost and its last one kept, and it was never synced, so never acknowledged.
+    let dir = tempfile::tempdir().unwrap();
+    let segment = segment_path(dir.path(), 1);
+    let first_write_end;
+    {
+        let (mut wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        wal.append_entries(G1, &entries(1, 1..=3));
+        wal.sync();
+        first_write_end = data_end(&segment);
+        wal.append_entries(G1, &entries(1, 4..=4));
+        wal.append_entries(G1, &entries(1, 5..=5));
+        wal.sync();
+    }
+    let end = data_end(&segment);
+    zero(
+        &segment,
+        first_write_end..first_write_end + (end - first_write_end) / 2,
+    );
+    {
+        let (mut wal, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(recovered.groups[&G1].entries, entries(1, 1..=3));
+        assert!(recovered.torn_bytes_truncated > 0);
+        wal.append_entries(G1, &entries(2, 4..=4));
+        wal.sync();
+    }
+    let (_, recovered) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+    let mut expected = entries(1, 1..=3);
+    expected.extend(entries(2, 4..=4));
+    assert_eq!(recovered.groups[&G1].entries, expected);
+}
+
+#[test]
+fn damage_to_a_synced_write_with_a_later_write_after_it_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = segment_path(dir.path(), 1);
+    let (second_start, second_end);
+    {
+        let (mut wal, _) = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        wal.append_entries(G1, &entries(1, 1..=3));
+        wal.sync();
+        second_start = data_end(&segment);
+        wal.append_entries(G1, &entries(1, 4..=6));
+        wal.sync();
+        second_end = data_end(&segment);
+        wal.append_entries(G1, &entries(1, 7..=7));
+        wal.sync();
+    }
+    // The second write was synced before the third began: losing it is losing
+    // acknowledged data, not a torn write.
+    zero(&segment, second_start..second_end);
+    let error = Wal::open(dir.path(), SEGMENT_BYTES_DEFAULT)
+        .err()
+        .expect("must refuse");
+    assert!(error.to_string().contains("refusing to start"), "{error}");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_rotation_loses_no_idle_groups_state() {
+    // G2 only ever records its hard state, in the first segment; a crash after the next
+    // segment was created and before its opening records were synced leaves it empty.
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes_max = 1024;
+    {
+        let (mut wal, _) = Wal::open(dir.path(), segment_bytes_max).unwrap();
+        wal.set_hard_state(G2, hard(7, 0));
+        wal.set_snapshot(G1, meta(1, 1));
+        wal.sync();
+    }
+    let next = segment_path(dir.path(), 2);
+    std::fs::File::create(&next).unwrap();
+    {
+        let (mut wal, recovered) = Wal::open(dir.path(), segment_bytes_max).unwrap();
+        assert_eq!(recovered.groups[&G2].hard_state, hard(7, 0));
+        // The first segment holds no entries a snapshot does not cover: the next sync
+        // deletes it.
+        wal.set_hard_state(G1, hard(1, 1));
+        wal.sync();
+        assert!(
+            !segment_path(dir.path(), 1).exists(),
+            "the first segment went"
+        );
+    }
+    let (_, recovered) = Wal::open(dir.path(), segment_bytes_max).unwrap();
+    assert_eq!(recovered.groups[&G2].hard_state, hard(7, 0));
+}
