@@ -39,9 +39,14 @@ pub use merge_apply::FreezeMark;
 
 /// The partition of every range's versions, keyed by user key then revision.
 pub const DATA_PARTITION: &str = "kv";
-const META_APPLIED_INDEX: &[u8] = b"applied_index";
-const META_APPLIED_TERM: &[u8] = b"applied_term";
-const META_REVISION: &[u8] = b"revision";
+/// The applied index, its term and the store's revision, in one record (24 bytes, big
+/// endian): written with every applied entry, so one insert rather than three.
+pub(super) const META_APPLIED_AT: &[u8] = b"applied_at";
+/// Each in a record of its own, as stores written before `META_APPLIED_AT` hold them
+/// (read when it is absent, removed once it is written).
+pub(super) const LEGACY_APPLIED_INDEX: &[u8] = b"applied_index";
+pub(super) const LEGACY_APPLIED_TERM: &[u8] = b"applied_term";
+pub(super) const LEGACY_REVISION: &[u8] = b"revision";
 const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 /// The compacted revision of a store never compacted (etcd's initial `compactMainRev`).
 pub const NEVER_COMPACTED: Revision = Revision(-1);
@@ -70,6 +75,33 @@ pub struct AppliedState {
     pub term: Term,
     /// The membership as of `index`.
     pub conf_state: ConfState,
+}
+
+/// What `META_APPLIED_AT` holds.
+struct AppliedAt {
+    index: LogIndex,
+    term: Term,
+    revision: Revision,
+}
+
+impl AppliedAt {
+    fn encode(&self) -> [u8; 24] {
+        let mut bytes = [0; 24];
+        bytes[..8].copy_from_slice(&self.index.0.to_be_bytes());
+        bytes[8..16].copy_from_slice(&self.term.0.to_be_bytes());
+        bytes[16..].copy_from_slice(&(self.revision.0 as u64).to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> AppliedAt {
+        assert_eq!(bytes.len(), 24, "a stored applied position is 24 bytes");
+        let field = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+        AppliedAt {
+            index: LogIndex(field(0)),
+            term: Term(field(8)),
+            revision: Revision(field(16) as i64),
+        }
+    }
 }
 
 /// Told whenever a store's span changes, or it freezes or thaws for a merge (the node's
@@ -195,7 +227,11 @@ impl MvccStore {
         };
         let oracle_bound = read_u64(META_ORACLE_BOUND).unwrap_or(0);
         let oracle_revisions = local.get(META_ORACLE_REVISIONS).is_some();
-        let revision = read_u64(META_REVISION).map_or(INITIAL_REVISION.0, |v| v as i64);
+        let stored_applied = local.get(META_APPLIED_AT).map(|v| AppliedAt::decode(&v));
+        let revision = match &stored_applied {
+            Some(at) => at.revision.0,
+            None => read_u64(LEGACY_REVISION).map_or(INITIAL_REVISION.0, |v| v as i64),
+        };
         // Never compacted is -1, as in etcd: a fresh store may be compacted at revision 0
         // once (etcd answers "compacted revision 0"), and HashKV reports -1 until then.
         let compact_revision =
@@ -221,11 +257,32 @@ impl MvccStore {
         let stored_auth = local.scan(AUTH_KEY_PREFIX);
         let auth =
             AuthState::from_stored(stored_auth.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
-        let applied = AppliedState {
-            index: LogIndex(read_u64(META_APPLIED_INDEX).unwrap_or(0)),
-            term: Term(read_u64(META_APPLIED_TERM).unwrap_or(0)),
-            conf_state,
+        let applied = match &stored_applied {
+            Some(at) => AppliedState {
+                index: at.index,
+                term: at.term,
+                conf_state,
+            },
+            None => AppliedState {
+                index: LogIndex(read_u64(LEGACY_APPLIED_INDEX).unwrap_or(0)),
+                term: Term(read_u64(LEGACY_APPLIED_TERM).unwrap_or(0)),
+                conf_state,
+            },
         };
+        if stored_applied.is_none() && local.get(LEGACY_APPLIED_INDEX).is_some() {
+            // Written by an earlier version: its three records become one.
+            let mut batch = keyspace.batch();
+            let at = AppliedAt {
+                index: applied.index,
+                term: applied.term,
+                revision: Revision(revision),
+            };
+            local.insert(&mut batch, META_APPLIED_AT, at.encode());
+            for legacy in [LEGACY_APPLIED_INDEX, LEGACY_APPLIED_TERM, LEGACY_REVISION] {
+                local.remove(&mut batch, legacy);
+            }
+            engine("rewriting the applied position", batch.commit());
+        }
         let span = local
             .get(META_SPAN)
             .map_or(span, |stored| KeySpan::decode(&stored));
@@ -626,7 +683,7 @@ impl MvccStore {
         if by_hand {
             right_local.insert(&mut batch, merge_apply::META_SPLIT_BY_HAND, []);
         }
-        right_local.insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
+
         let compacted = self.compact_revision();
         right_local.insert(
             &mut batch,
@@ -644,13 +701,13 @@ impl MvccStore {
             );
             right_local.insert(
                 &mut batch,
-                META_APPLIED_INDEX,
-                right_applied.index.0.to_be_bytes(),
-            );
-            right_local.insert(
-                &mut batch,
-                META_APPLIED_TERM,
-                right_applied.term.0.to_be_bytes(),
+                META_APPLIED_AT,
+                AppliedAt {
+                    index: right_applied.index,
+                    term: right_applied.term,
+                    revision,
+                }
+                .encode(),
             );
             right_local.insert(
                 &mut batch,
@@ -827,11 +884,25 @@ impl MvccStore {
         }
     }
 
+    /// Writes the applied position, the store's revision unchanged.
     fn put_applied(&self, batch: &mut fjall::Batch, index: LogIndex, term: Term) {
-        self.local
-            .insert(batch, META_APPLIED_INDEX, index.0.to_be_bytes());
-        self.local
-            .insert(batch, META_APPLIED_TERM, term.0.to_be_bytes());
+        self.put_applied_at(batch, index, term, self.current_revision());
+    }
+
+    /// Writes the applied position and the revision the batch brings the store to.
+    fn put_applied_at(
+        &self,
+        batch: &mut fjall::Batch,
+        index: LogIndex,
+        term: Term,
+        revision: Revision,
+    ) {
+        let at = AppliedAt {
+            index,
+            term,
+            revision,
+        };
+        self.local.insert(batch, META_APPLIED_AT, at.encode());
     }
 
     /// The bytes of the live keys and values (what a split by size weighs), without
@@ -1262,8 +1333,6 @@ impl MvccStore {
                 batch.insert(&self.kv, key.as_slice(), value.as_slice());
             }),
         );
-        self.local
-            .insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
         self.local.insert(
             &mut batch,
             META_COMPACT_REVISION,
@@ -1281,7 +1350,7 @@ impl MvccStore {
             META_COMPACTED_PHYSICALLY,
             (NEVER_COMPACTED.0 as u64).to_be_bytes(),
         );
-        self.put_applied(&mut batch, applied.index, applied.term);
+        self.put_applied_at(&mut batch, applied.index, applied.term, revision);
         // Lower the compaction bound only after the data is in; raise it before.
         self.compact_revision
             .fetch_max(compact_revision.0, Ordering::SeqCst);
@@ -2127,10 +2196,7 @@ impl WriteTxn<'_> {
                 version.encode(),
             );
         }
-        self.store
-            .local
-            .insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
-        self.store.put_applied(&mut batch, index, term);
+        self.store.put_applied_at(&mut batch, index, term, revision);
         engine("committing a write", batch.commit());
         self.publish_lease_changes();
         // The view's index shares the store's nodes: released, the update below changes

@@ -1438,3 +1438,34 @@ fn the_oracle_bound_never_falls_survives_a_restart_and_travels_in_snapshots() {
     let reopened_target = MvccStore::open(&target.keyspace, GroupId(1), KeySpan::whole());
     assert_eq!(reopened_target.oracle_bound(), 500);
 }
+
+#[test]
+fn a_store_with_three_applied_records_opens_at_its_position_and_keeps_one() {
+    // As written by versions before `applied_at`: applied index, term and revision each
+    // in a record of their own.
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    f.put("b", "2");
+    let index = f.index;
+    drop(f.store);
+    let local = local::LocalState::open(&f.keyspace, GroupId(1));
+    let mut batch = f.keyspace.batch();
+    local.remove(&mut batch, store::META_APPLIED_AT);
+    local.insert(&mut batch, store::LEGACY_APPLIED_INDEX, index.to_be_bytes());
+    local.insert(&mut batch, store::LEGACY_APPLIED_TERM, 1u64.to_be_bytes());
+    local.insert(&mut batch, store::LEGACY_REVISION, 3u64.to_be_bytes());
+    batch.commit().unwrap();
+    let store = std::sync::Arc::new(MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole()));
+    assert_eq!(store.applied().index, LogIndex(index));
+    assert_eq!(store.applied().term, Term(1));
+    assert_eq!(store.current_revision(), Revision(3));
+    assert!(local.get(store::LEGACY_APPLIED_INDEX).is_none());
+    assert!(local.get(store::LEGACY_REVISION).is_none());
+    // Writes go on from there, and the one record follows them.
+    f.store = store;
+    f.put("c", "3");
+    drop(f.store);
+    let store = MvccStore::open(&f.keyspace, GroupId(1), KeySpan::whole());
+    assert_eq!(store.applied().index, LogIndex(index + 1));
+    assert_eq!(store.current_revision(), Revision(4));
+}

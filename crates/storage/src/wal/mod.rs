@@ -202,10 +202,14 @@ impl Wal {
             groups,
         };
         // What was recovered may never have been synced (the process was killed between
-        // a write and its sync; the page cache kept it), and a crash in the middle of a
-        // rotation can leave the current segment without the opening records that let
-        // the older ones go: every group's state is written again and synced, with
-        // whatever of the file was not, before the node acts on any of it.
+        // a write and its sync; the page cache kept it): synced before the node acts on
+        // any of it, and before a write numbered above it could reach the disk first
+        // (recovery would then read the unsynced write, if torn, as acknowledged data
+        // lost). And a crash in the middle of a rotation can leave the current segment
+        // without the opening records that let the older ones go: every group's state
+        // is written again.
+        let current = wal.current_segment().path.clone();
+        fdatasync(&wal.file, &current);
         wal.stage_every_group();
         wal.write_staged();
         Ok((wal, recovered))

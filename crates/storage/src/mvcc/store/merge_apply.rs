@@ -14,9 +14,7 @@ use std::sync::atomic::Ordering;
 use ostrakon_proto::peer as pb;
 use ostrakon_raft::{GroupId, LogIndex, Term};
 
-use super::{
-    MvccStore, META_COMPACTED_PHYSICALLY, META_COMPACT_REVISION, META_REVISION, META_SPAN,
-};
+use super::{MvccStore, META_COMPACTED_PHYSICALLY, META_COMPACT_REVISION, META_SPAN};
 use crate::fatal::engine;
 use crate::mvcc::span::KeySpan;
 use crate::mvcc::txn_tables;
@@ -237,8 +235,6 @@ impl MvccStore {
         let mut batch = self.keyspace.batch();
         self.local
             .insert(&mut batch, META_SPAN, merged_span.encode());
-        self.local
-            .insert(&mut batch, META_REVISION, (revision.0 as u64).to_be_bytes());
         self.local.insert(
             &mut batch,
             META_COMPACT_REVISION,
@@ -263,7 +259,7 @@ impl MvccStore {
         for (name, _) in right.local.scan(b"") {
             right.local.remove(&mut batch, &name);
         }
-        self.put_applied(&mut batch, index, term);
+        self.put_applied_at(&mut batch, index, term, revision);
         {
             let mut physical = self.physical_compaction.lock().unwrap();
             let mut right_physical = right.physical_compaction.lock().unwrap();
