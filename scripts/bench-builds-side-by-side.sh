@@ -16,6 +16,8 @@
 #   SPLITS_B="b0005" bash scripts/bench-builds-side-by-side.sh target/release/ostrakon target/release/ostrakon
 # FLAGS_A and FLAGS_B go to every member of A's and B's cluster (FLAGS_A="--range-split-qps 0"
 # keeps A's keyspace whole: no split by load).
+# With MEMBER_CPU (a fraction of one core, e.g. 0.5; root), every member is capped at
+# that much CPU in a cgroup of its own, as on a machine of its own (`cap_cpu`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin_a=$1
@@ -38,6 +40,12 @@ for key in ${SPLITS_B:-}; do
   "$bin_b" ranges split "$key" --endpoint 127.0.0.1:3379
 done
 trap 'kill "${pids_a[@]}" "${pids_b[@]}" 2>/dev/null; wait; rm -rf "$dir_a" "$dir_b"' EXIT
+if [ -n "${MEMBER_CPU:-}" ]; then
+  for i in 0 1 2; do
+    cap_cpu "${pids_a[$i]}" "$MEMBER_CPU" "a$i"
+    cap_cpu "${pids_b[$i]}" "$MEMBER_CPU" "b$i"
+  done
+fi
 endpoints_a=127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579
 endpoints_b=127.0.0.1:3379,127.0.0.1:3479,127.0.0.1:3579
 

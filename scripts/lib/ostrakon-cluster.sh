@@ -29,3 +29,25 @@ start_ostrakon_cluster() {
   done
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$base/health >/dev/null && break; sleep 0.2; done
 }
+
+# Caps a process (every thread) at FRACTION of one core in a cgroup of its own, as if it
+# ran on a machine of its own with that much CPU (root; cgroup v1's cpu controller or
+# cgroup v2). The members of a cluster on one machine otherwise share every core, so a
+# leader can take the CPU its followers leave idle, which no deployment on three
+# machines allows.
+#   cap_cpu PID FRACTION NAME
+cap_cpu() {
+  local pid=$1 fraction=$2 name=$3 quota dir
+  quota=$(awk -v f="$fraction" 'BEGIN { printf "%d", f * 100000 }')
+  if [ -d /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+    dir=/sys/fs/cgroup/cpu/ostrakon-$name
+    mkdir -p "$dir"
+    echo 100000 >"$dir/cpu.cfs_period_us"
+    echo "$quota" >"$dir/cpu.cfs_quota_us"
+  else
+    dir=/sys/fs/cgroup/ostrakon-$name
+    mkdir -p "$dir"
+    echo "$quota 100000" >"$dir/cpu.max"
+  fi
+  echo "$pid" >"$dir/cgroup.procs"
+}
