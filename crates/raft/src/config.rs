@@ -87,6 +87,10 @@ pub enum PlantedBug {
     /// A quiesced follower ignores the report that its leader's node is down, so the
     /// group never elects a new leader.
     NodeDownIgnored,
+    /// A read index confirmed by a member's word (`RawNode::read_index_confirmed_by`)
+    /// takes that word whatever term it was given in, though the member may have voted
+    /// for a later leader since.
+    ConfirmationIgnoresTerm,
 }
 
 impl Config {
@@ -173,6 +177,7 @@ pub(crate) enum BugKind {
     NoTruncateOnConflict,
     QuiescedLeaseKept,
     NodeDownIgnored,
+    ConfirmationIgnoresTerm,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -186,6 +191,7 @@ impl From<PlantedBug> for BugKind {
             PlantedBug::NoTruncateOnConflict => BugKind::NoTruncateOnConflict,
             PlantedBug::QuiescedLeaseKept => BugKind::QuiescedLeaseKept,
             PlantedBug::NodeDownIgnored => BugKind::NodeDownIgnored,
+            PlantedBug::ConfirmationIgnoresTerm => BugKind::ConfirmationIgnoresTerm,
         }
     }
 }

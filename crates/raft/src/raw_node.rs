@@ -255,6 +255,25 @@ impl RawNode {
         self.raft.read_index(request_id)
     }
 
+    /// Requests a linearizable read point as `read_index` does, with `confirmer`'s word
+    /// that its term was `confirmer_term` at a moment after the read began (its vote
+    /// for any later leader had not left it then). On a leader of that term to whom
+    /// that member and itself are a quorum, the word stands for the member's answer to
+    /// a heartbeat round, and the read is answered at the commit index without one
+    /// (docs/PERFORMANCE.md, "An ask confirms its oracle"); otherwise it is a plain
+    /// `read_index`. Returns whether the word stood for the round.
+    pub fn read_index_confirmed_by(
+        &mut self,
+        request_id: u64,
+        confirmer: NodeId,
+        confirmer_term: Term,
+    ) -> Result<bool, ProposeError> {
+        self.assert_not_in_ready();
+        self.raft.wake_leader();
+        self.raft
+            .read_index_confirmed_by(request_id, confirmer, confirmer_term)
+    }
+
     /// Starts a leadership transfer to `target`.
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
         self.assert_not_in_ready();

@@ -3,10 +3,10 @@
 //! served once the state machine has applied up to that index.
 
 use crate::config::{BugKind, ReadMode};
-use crate::ids::{LogIndex, NodeId};
+use crate::ids::{LogIndex, NodeId, Term};
 use crate::message::MessageBody;
 use crate::progress::ProgressState;
-use crate::quorum::committed_index;
+use crate::quorum::{committed_index, vote_result, VoteResult};
 use crate::raft::{ProposeError, Raft, ReadState, Role};
 use crate::read_queue::PendingRead;
 
@@ -43,6 +43,42 @@ impl Raft {
             }
             _ => Err(ProposeError::NoLeader),
         }
+    }
+
+    /// `read_index` with `confirmer`'s word that its term was `confirmer_term` after the
+    /// read began. Why the word can stand for a heartbeat answer: a leader of a later
+    /// term needs a quorum's votes. If this leader and `confirmer` are a quorum, that
+    /// quorum holds one of them. This leader has voted for no later leader, since it
+    /// still leads in its term; `confirmer` had sent no such vote when its term was
+    /// this one, after the read began. So no later leader existed when the read began,
+    /// and every write acknowledged before it is within this leader's commit index
+    /// (once an entry of its own term is committed), as after a heartbeat round.
+    pub fn read_index_confirmed_by(
+        &mut self,
+        request_id: u64,
+        confirmer: NodeId,
+        confirmer_term: Term,
+    ) -> Result<bool, ProposeError> {
+        let me = self.config.id;
+        let term_agrees =
+            confirmer_term == self.term || self.has_bug(BugKind::ConfirmationIgnoresTerm);
+        let confirms = self.role == Role::Leader
+            && confirmer != me
+            && term_agrees
+            && self.committed_in_current_term()
+            && vote_result(&self.conf, |id| {
+                (id == me || id == confirmer).then_some(true)
+            }) == VoteResult::Won;
+        if !confirms {
+            return self.read_index(request_id).map(|()| false);
+        }
+        let read = PendingRead {
+            from: me,
+            request_id,
+            index: self.log.committed(),
+        };
+        self.answer_read(read, Some(read.index));
+        Ok(true)
     }
 
     fn committed_in_current_term(&self) -> bool {

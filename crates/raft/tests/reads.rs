@@ -215,3 +215,111 @@ fn reads_are_batched_into_one_round() {
         .count();
     assert_eq!(heartbeats, 2, "one heartbeat per follower for 100 reads");
 }
+
+#[test]
+fn a_members_word_in_the_leaders_term_confirms_a_read_without_a_round() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    let written = cluster.propose(id(1), "a").unwrap();
+    cluster.stabilize();
+    let term = cluster.node(id(1)).term();
+    cluster.delivered.clear();
+    let confirmed = cluster
+        .node_mut(id(1))
+        .read_index_confirmed_by(4, id(2), term)
+        .unwrap();
+    assert!(confirmed);
+    cluster.stabilize();
+    assert_eq!(
+        cluster.read_states[&id(1)],
+        vec![ReadState {
+            request_id: 4,
+            index: Some(written.index)
+        }]
+    );
+    assert!(
+        cluster.delivered.is_empty(),
+        "no heartbeat round: {:?}",
+        cluster.delivered
+    );
+}
+
+#[test]
+fn a_word_from_another_term_or_too_small_a_quorum_takes_a_heartbeat_round() {
+    // An earlier term: the member may have voted for a later leader since.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    cluster.propose(id(1), "a").unwrap();
+    cluster.stabilize();
+    let term = cluster.node(id(1)).term();
+    cluster.isolate(id(1));
+    cluster
+        .node_mut(id(1))
+        .read_index_confirmed_by(5, id(2), Term(term.0 - 1))
+        .unwrap();
+    cluster.stabilize();
+    assert!(
+        cluster.read_states.get(&id(1)).is_none_or(|s| s.is_empty()),
+        "an isolated leader took a word of an earlier term"
+    );
+    // Five voters: the leader and one member are not a quorum.
+    let mut cluster = Cluster::new(5);
+    cluster.elect(id(1));
+    cluster.propose(id(1), "a").unwrap();
+    cluster.stabilize();
+    let term = cluster.node(id(1)).term();
+    cluster.isolate(id(1));
+    cluster
+        .node_mut(id(1))
+        .read_index_confirmed_by(6, id(2), term)
+        .unwrap();
+    cluster.stabilize();
+    assert!(
+        cluster.read_states.get(&id(1)).is_none_or(|s| s.is_empty()),
+        "one member's word stood for a quorum of five"
+    );
+    // Its own word does not count.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    cluster.stabilize();
+    let term = cluster.node(id(1)).term();
+    cluster.isolate(id(1));
+    cluster
+        .node_mut(id(1))
+        .read_index_confirmed_by(7, id(1), term)
+        .unwrap();
+    cluster.stabilize();
+    assert!(cluster.read_states.get(&id(1)).is_none_or(|s| s.is_empty()));
+}
+
+#[test]
+fn a_word_waits_for_the_new_leaders_first_commit() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    cluster.propose(id(1), "a").unwrap();
+    // Node 2 wins, but no append of its own gets through: its empty entry stays
+    // uncommitted.
+    cluster.filter = Some(Box::new(|m: &Message| {
+        m.from == NodeId(2) && matches!(m.body, MessageBody::Append { .. })
+    }));
+    cluster.node_mut(id(2)).force_campaign();
+    cluster.stabilize();
+    assert_eq!(cluster.node(id(2)).role(), Role::Leader);
+    let own_entry = cluster.node(id(2)).last_index();
+    assert!(cluster.node(id(2)).commit() < own_entry);
+    let term = cluster.node(id(2)).term();
+    cluster
+        .node_mut(id(2))
+        .read_index_confirmed_by(8, id(3), term)
+        .unwrap();
+    cluster.stabilize();
+    assert!(
+        cluster.read_states.get(&id(2)).is_none_or(|s| s.is_empty()),
+        "answered before the leader's commit index could cover every acknowledged write"
+    );
+    cluster.heal();
+    cluster.tick_all(2);
+    let state = cluster.read_states[&id(2)].last().copied().unwrap();
+    assert_eq!(state.request_id, 8);
+    assert!(state.index.unwrap() >= own_entry);
+}

@@ -212,7 +212,14 @@ impl Simulation {
                 "bank client {index} {txn:?}: {amount} from {from} to {to} (guard {guard:?})"
             );
         }
-        self.send_bank(index, META, Request::Timestamps { count: 1 });
+        self.send_bank(
+            index,
+            META,
+            Request::Timestamps {
+                count: 1,
+                confirmer: None,
+            },
+        );
     }
 
     fn send_bank(&mut self, index: usize, group: GroupId, request: Request) {

@@ -60,6 +60,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "no-truncate-on-conflict" => PlantedBug::NoTruncateOnConflict.into(),
         "quiesced-lease-kept" => PlantedBug::QuiescedLeaseKept.into(),
         "node-down-ignored" => PlantedBug::NodeDownIgnored.into(),
+        "confirmation-ignores-term" => PlantedBug::ConfirmationIgnoresTerm.into(),
         "oracle-beyond-bound" => OracleBug::HandOutBeyondBound.into(),
         "serve-moved-keys" => RangeBug::ServeMovedKeys.into(),
         "move-leaders-one-apart" => RangeBug::MoveLeadersOneApart.into(),
@@ -78,6 +79,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
                 "unknown bug '{other}'; expected one of ack-before-persist, \
                  read-without-read-index, commit-previous-term, vote-not-persisted, \
                  no-truncate-on-conflict, quiesced-lease-kept, node-down-ignored, \
+                 confirmation-ignores-term, \
                  oracle-beyond-bound, serve-moved-keys, move-leaders-one-apart, \
                  move-leaders-hotter-than-gap, \
                  read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
@@ -186,7 +188,7 @@ fn main() -> ExitCode {
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
          ranges, {} records forgotten, {} of them committed, {} pushes sent on to a named leader, {} old records finished by their leader) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
-         leaders, {} fetches asked again, {} writes fetched again, {} prepares behind an unlock, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
+         leaders, {} fetches asked again, {} writes fetched again, {} oracle asks taken on the asker's word, {} words of another term, {} prepares behind an unlock, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -208,6 +210,8 @@ fn main() -> ExitCode {
         summary.writes_fetched,
         summary.fetches_retried,
         summary.fetches_again,
+        summary.asks_confirmed_by_word,
+        summary.words_of_other_terms,
         summary.prepares_behind_unlocks,
         summary.audits_checked,
         summary.guarded_transfers,

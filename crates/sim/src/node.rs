@@ -87,6 +87,10 @@ pub enum Request {
     Timestamps {
         /// How many.
         count: u64,
+        /// A member's word that its meta term was this when it asked, after what the
+        /// timestamps are for began (`ostrakon_raft::RawNode::read_index_confirmed_by`);
+        /// clients' requests carry none.
+        confirmer: Option<(NodeId, ostrakon_raft::Term)>,
     },
     /// A command of two-phase commit, proposed by the range's leader.
     Txn(crate::txn_kv::TxnCommand),
@@ -375,6 +379,9 @@ pub struct Running {
     /// Its fetch in flight to the oracle, if any: the request's number and the
     /// fetcher's number of the fetch.
     pub fetch_request: Option<(u64, u64)>,
+    /// The member that last granted this node's fetch, asked first while the scenario's
+    /// fetchers stick to it (`Scenario::fetch_sticks_to_oracle`).
+    pub last_oracle: Option<NodeId>,
 }
 
 /// A simulated machine.

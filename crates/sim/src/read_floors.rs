@@ -43,7 +43,10 @@ impl Simulation {
             "{id:?} {group:?} asks {target:?} for its read floor in {term:?}"
         );
         let client = FLOOR_CLIENT_BASE + number;
-        let request = Request::Timestamps { count: 1 };
+        let request = Request::Timestamps {
+            count: 1,
+            confirmer: self.ask_stamp(id),
+        };
         self.push_request(client, target, META, request, FLOOR_FETCH_TIMEOUT_US);
     }
 

@@ -156,13 +156,13 @@ impl Simulation {
                 }
                 Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
             },
-            Request::Timestamps { count } => {
+            Request::Timestamps { count, confirmer } => {
                 assert_eq!(group, META, "timestamps are asked of the meta range");
                 let waiting = Waiting {
                     timestamps: Some(count),
                     ..waiting
                 };
-                self.confirm_for_timestamps(id, request_id, waiting);
+                self.confirm_for_timestamps(id, request_id, waiting, confirmer);
             }
             Request::Txn(command) => {
                 if replica.raw.role() != Role::Leader {
@@ -724,7 +724,16 @@ impl Simulation {
             "client {client} op {} {command:?} asks {target:?} for a revision",
             op.index()
         );
-        self.send_request(target, META, client, op, Request::Timestamps { count: 1 });
+        self.send_request(
+            target,
+            META,
+            client,
+            op,
+            Request::Timestamps {
+                count: 1,
+                confirmer: None,
+            },
+        );
     }
 
     /// The write of a register operation in flight, as its client built it.

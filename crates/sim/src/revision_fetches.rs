@@ -43,6 +43,8 @@ pub(crate) struct FetchInFlight {
     /// A refusal was answered with a retry not sent yet (a copy of the refusal must
     /// not send another).
     retry_pending: bool,
+    /// The member asked.
+    target: NodeId,
 }
 
 impl Simulation {
@@ -137,6 +139,16 @@ impl Simulation {
         }
     }
 
+    /// The member a node's fetch asks: the meta range's leader as its replica knows it,
+    /// or, while fetchers stick to the oracle, the member that last granted it.
+    fn fetch_target(&mut self, id: NodeId) -> NodeId {
+        let sticky = self.running(id).last_oracle;
+        match sticky {
+            Some(member) if self.scenario.fetch_sticks_to_oracle => member,
+            _ => self.pick_node_as_known_on(id, META),
+        }
+    }
+
     /// Starts the node's next fetch if none is in flight and writes wait.
     fn start_revision_fetch(&mut self, id: NodeId) {
         let Some((fetch, count)) = self.running(id).revisions.start() else {
@@ -150,14 +162,18 @@ impl Simulation {
             count,
             deadline_us: self.now_us + REVISION_FETCH_TIMEOUT_US,
             retry_pending: false,
+            target: self.fetch_target(id),
         };
+        let target = in_flight.target;
         self.revision_fetches.insert(number, in_flight);
-        let target = self.pick_node_as_known_on(id, META);
         trace!(
             self,
             "{id:?} fetch {fetch} asks {target:?} for {count} revisions"
         );
-        let request = Request::Timestamps { count };
+        let request = Request::Timestamps {
+            count,
+            confirmer: self.ask_stamp(id),
+        };
         let client = REVISION_FETCH_BASE + number;
         self.push_request(client, target, META, request, REVISION_FETCH_TIMEOUT_US);
     }
@@ -181,6 +197,12 @@ impl Simulation {
             };
             self.events.push(self.now_us + delay_us, event);
             return;
+        }
+        if let Some(in_flight) = self.revision_fetches.get(&number) {
+            let (id, target) = (in_flight.node, in_flight.target);
+            if self.is_up(id) {
+                self.running(id).last_oracle = answered.then_some(target);
+            }
         }
         if let (Reply::Failed { .. }, Some(in_flight)) =
             (&reply, self.revision_fetches.get_mut(&number))
@@ -227,18 +249,22 @@ impl Simulation {
             return;
         }
         in_flight.retry_pending = false;
-        let (count, deadline_us) = (in_flight.count, in_flight.deadline_us);
+        in_flight.target = self.fetch_target(id);
+        let (count, deadline_us, target) =
+            (in_flight.count, in_flight.deadline_us, in_flight.target);
         let retry = self.next_internal_request;
         self.next_internal_request += 1;
         self.revision_fetches.insert(retry, in_flight);
         let fetch = self.running(id).fetch_request.expect("waiting").1;
         self.running(id).fetch_request = Some((retry, fetch));
-        let target = self.pick_node_as_known_on(id, META);
         trace!(
             self,
             "{id:?} asks {target:?} again for revision fetch {number}, now {retry}"
         );
-        let request = Request::Timestamps { count };
+        let request = Request::Timestamps {
+            count,
+            confirmer: self.ask_stamp(id),
+        };
         // Within the fetch's time: its timeout comes at the same deadline.
         let timeout_us = deadline_us.saturating_sub(self.now_us);
         self.push_request(

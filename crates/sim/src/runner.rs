@@ -68,6 +68,11 @@ pub struct SeedReport {
     pub fetches_retried: u64,
     /// See `fetches_retried`.
     pub fetches_again: u64,
+    /// Asks the oracle's leader took with the asking member's word, and asks whose word
+    /// was of another term than the leader's.
+    pub asks_confirmed_by_word: u64,
+    /// See `asks_confirmed_by_word`.
+    pub words_of_other_terms: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way.
     pub prepares_behind_unlocks: u64,
@@ -165,6 +170,8 @@ pub fn run_seed_with(
         barriers_skipped: sim.barriers_skipped,
         fetches_retried: sim.fetches_retried,
         fetches_again: sim.fetches_again,
+        asks_confirmed_by_word: sim.asks_confirmed_by_word,
+        words_of_other_terms: sim.words_of_other_terms,
         prepares_behind_unlocks: sim.prepares_behind_unlocks,
         audits_checked: sim.audits_checked,
         guarded_transfers: sim.guarded_transfers,
@@ -222,6 +229,11 @@ pub struct Summary {
     pub fetches_retried: u64,
     /// See `fetches_retried`.
     pub fetches_again: u64,
+    /// Asks the oracle's leader took with the asking member's word, and asks whose word
+    /// was of another term than the leader's.
+    pub asks_confirmed_by_word: u64,
+    /// See `asks_confirmed_by_word`.
+    pub words_of_other_terms: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way.
     pub prepares_behind_unlocks: u64,
@@ -336,6 +348,8 @@ pub fn run_seeds_with(
                 summary.barriers_skipped += report.barriers_skipped;
                 summary.fetches_retried += report.fetches_retried;
                 summary.fetches_again += report.fetches_again;
+                summary.asks_confirmed_by_word += report.asks_confirmed_by_word;
+                summary.words_of_other_terms += report.words_of_other_terms;
                 summary.prepares_behind_unlocks += report.prepares_behind_unlocks;
                 summary.audits_checked += report.audits_checked;
                 summary.guarded_transfers += report.guarded_transfers;

@@ -55,7 +55,14 @@ impl Simulation {
         let scan = state.scan.as_mut().expect("a read in progress");
         let missing = (0..key_count).find(|key| !scan.values.contains_key(key));
         let Some(revision) = scan.revision else {
-            return self.send_scan(index, META, Request::Timestamps { count: 1 });
+            return self.send_scan(
+                index,
+                META,
+                Request::Timestamps {
+                    count: 1,
+                    confirmer: None,
+                },
+            );
         };
         let Some(key) = missing else {
             let scan = state.scan.take().expect("a read in progress");

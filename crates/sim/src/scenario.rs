@@ -69,6 +69,10 @@ impl Bug {
                 | RangeBug::BarrierSkipsFetchInFlight
                 | RangeBug::FreshReadTakesFetchInFlight,
             ) => TxnProtocol::WholeRange,
+            // Asks confirmed by their member's word are the node's fetches.
+            _ if self.raft() == Some(PlantedBug::ConfirmationIgnoresTerm) => {
+                TxnProtocol::WholeRange
+            }
             _ => TxnProtocol::KeyLocks,
         }
     }
@@ -192,6 +196,10 @@ pub struct Scenario {
     pub merge_probability: f64,
     /// How transactions across ranges run.
     pub txn_protocol: TxnProtocol,
+    /// A node's fetcher asks the member that last granted it again until it refuses,
+    /// as TiKV's PD client keeps its leader, rather than the meta leader its replica
+    /// knows: an asker's word may then be of a later term than the member asked.
+    pub fetch_sticks_to_oracle: bool,
 }
 
 impl Scenario {
@@ -257,6 +265,8 @@ impl Scenario {
             merge_probability: 0.0,
             // And this (`draw_txn_protocol`).
             txn_protocol: TxnProtocol::KeyLocks,
+            // And this (`draw_txn_protocol`, after the protocol).
+            fetch_sticks_to_oracle: false,
         };
         if scenario.account_count == 0 {
             scenario.bank_client_count = 0;
@@ -321,6 +331,7 @@ impl Scenario {
     /// so the seeds at which it was measured to be caught.
     pub fn draw_txn_protocol(&mut self, rng: &mut Rng) {
         self.txn_protocol = rng.pick(&[TxnProtocol::KeyLocks, TxnProtocol::WholeRange]);
+        self.fetch_sticks_to_oracle = rng.chance(0.5);
         let Some(bug) = self.bug else {
             return;
         };
@@ -343,6 +354,17 @@ impl Scenario {
                 self.faults.fsync_latency_us_max = 100;
                 self.faults.drop_probability = 0.0;
                 self.faults.duplicate_probability = 0.0;
+            }
+            if self.bug == Some(Bug::Raft(PlantedBug::ConfirmationIgnoresTerm)) {
+                // Three members, so that an asker and the leader are a quorum; busy
+                // range leaders fetching while the meta range's leadership moves.
+                self.node_count = 3;
+                self.fetch_sticks_to_oracle = true;
+                self.client_count = self.client_count.max(5);
+                self.key_count = self.key_count.max(3);
+                self.data_range_count = self.data_range_count.max(3);
+                self.faults.partition_probability = 0.5;
+                self.faults.nemesis_interval_us = 200_000;
             }
         }
     }

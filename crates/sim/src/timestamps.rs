@@ -10,7 +10,7 @@
 //! real-time order.
 
 use ostrakon_check::{OpId, Outcome, TimestampGrant};
-use ostrakon_raft::{GroupId, NodeId, Role};
+use ostrakon_raft::{GroupId, NodeId, Role, Term};
 
 use crate::clients::TIMESTAMP_CLIENT_BASE;
 use crate::events::{Event, Reply};
@@ -42,11 +42,35 @@ impl Simulation {
     }
 
     /// A timestamp request arrived at `id`: only the leader serves the oracle, once a
-    /// read index taken now confirms it still leads.
-    pub(crate) fn confirm_for_timestamps(&mut self, id: NodeId, request_id: u64, waiting: Waiting) {
+    /// read index taken now confirms it still leads (or the asking member's word does,
+    /// as in the node: `confirmer`).
+    pub(crate) fn confirm_for_timestamps(
+        &mut self,
+        id: NodeId,
+        request_id: u64,
+        waiting: Waiting,
+        confirmer: Option<(NodeId, Term)>,
+    ) {
         let replica = self.replica(id, META);
         let leader_hint = replica.raw.leader();
-        if replica.raw.role() != Role::Leader || replica.raw.read_index(request_id).is_err() {
+        let leading_in = (replica.raw.role() == Role::Leader).then(|| replica.raw.term());
+        let confirming = match confirmer {
+            Some((member, term)) => {
+                let result = replica
+                    .raw
+                    .read_index_confirmed_by(request_id, member, term);
+                if leading_in.is_some_and(|leading| leading < term) {
+                    self.words_of_other_terms += 1;
+                }
+                if result == Ok(true) {
+                    self.asks_confirmed_by_word += 1;
+                }
+                result.map(|_| ())
+            }
+            None => replica.raw.read_index(request_id),
+        };
+        let replica = self.replica(id, META);
+        if replica.raw.role() != Role::Leader || confirming.is_err() {
             self.reply(waiting, Reply::Failed { leader_hint });
             return;
         }
@@ -120,6 +144,14 @@ impl Simulation {
         crashes
     }
 
+    /// `id`'s word for its asks of the oracle: its meta range's term now, which is after
+    /// whatever it asks for began (as the node's event loop publishes it before any
+    /// message of the term leaves). None if it holds no meta replica.
+    pub(crate) fn ask_stamp(&self, id: NodeId) -> Option<(NodeId, Term)> {
+        let replica = self.replica_ref(id, META)?;
+        Some((id, replica.raw.term()))
+    }
+
     // --- The timestamp clients ----------------------------------------------------------
 
     pub(crate) fn start_timestamp_request(&mut self, client: u64) {
@@ -137,7 +169,16 @@ impl Simulation {
             op.index()
         );
         self.timestamp_clients[index].outstanding = Some(op);
-        self.send_request(target, META, client, op, Request::Timestamps { count });
+        self.send_request(
+            target,
+            META,
+            client,
+            op,
+            Request::Timestamps {
+                count,
+                confirmer: None,
+            },
+        );
     }
 
     pub(crate) fn handle_timestamp_reply(&mut self, client: u64, op: OpId, reply: Reply) {
