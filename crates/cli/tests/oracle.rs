@@ -224,6 +224,14 @@ async fn a_followers_timestamp_requests_ride_the_peer_stream() {
         seen["ostrakon_oracle_asks_granted_total"]
     );
     assert_eq!(seen["ostrakon_oracle_asks_unanswered_total"], 0.0);
+    // Three voters: the asker's word of its meta term stands for its heartbeat answer.
+    let leader = oracle_leader(&cluster).await;
+    let served = metrics(cluster.members[leader].client_port);
+    assert!(
+        served["ostrakon_oracle_asks_confirmed_by_word_total"] >= 200.0,
+        "the leader took the asker's word for each ask: {}",
+        served["ostrakon_oracle_asks_confirmed_by_word_total"]
+    );
 }
 
 /// A member of an earlier version ignores asks on the stream (simulated here): the
@@ -240,5 +248,13 @@ async fn an_oracle_leader_that_ignores_asks_is_asked_by_unary_calls() {
     assert_eq!(
         seen["ostrakon_oracle_asks_unanswered_total"], 3.0,
         "three asks went unanswered, then unary calls only"
+    );
+    // The unary calls carry the asker's word too.
+    let leader = oracle_leader(&cluster).await;
+    let served = metrics(cluster.members[leader].client_port);
+    assert!(
+        served["ostrakon_oracle_asks_confirmed_by_word_total"] >= 50.0,
+        "the leader took the asker's word for each unary call: {}",
+        served["ostrakon_oracle_asks_confirmed_by_word_total"]
     );
 }

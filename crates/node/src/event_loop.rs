@@ -940,6 +940,10 @@ impl EventLoop {
     }
 
     fn run(mut self) {
+        if let Some(meta) = self.replicas.get(&META_GROUP) {
+            // The recovered term: a vote sent in an earlier life was persisted first.
+            self.handle.note_meta_term(meta.node.term());
+        }
         let tick = self.config.tick_interval;
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -1298,8 +1302,12 @@ impl EventLoop {
                     self.removed.send_replace(true);
                 }
             }
-            Input::Timestamps { count, respond } => match self.replicas.get_mut(&META_GROUP) {
-                Some(replica) => replica.request_timestamps(count, respond),
+            Input::Timestamps {
+                count,
+                respond,
+                word,
+            } => match self.replicas.get_mut(&META_GROUP) {
+                Some(replica) => replica.request_timestamps(count, respond, word),
                 None => respond.answer(Err(NodeError::UnknownGroup)),
             },
             Input::Unreachable(to) => {
@@ -1505,6 +1513,11 @@ impl EventLoop {
                 continue;
             }
             let mut ready = replica.node.ready();
+            if group == META_GROUP {
+                // Before any message of this Ready leaves: the word this member gives
+                // with its oracle asks must never be of a term older than a vote it sent.
+                self.handle.note_meta_term(replica.node.term());
+            }
             if let Some(soft) = ready.soft_state {
                 tracing::info!(group = group.0, term = soft.term.0, leader = soft.leader.0, role = ?soft.role, "raft state changed");
                 self.leader_spread.unsettle();

@@ -39,6 +39,10 @@ pub type SharedGroups = Arc<RwLock<HashMap<GroupId, Arc<GroupShared>>>>;
 
 struct Inner {
     id: NodeId,
+    /// The meta range's term on this member, raised by the event loop before any
+    /// message of a new term leaves it: the word this member gives with its oracle
+    /// asks (`crate::timestamps::AskerWord`). 0 until the event loop runs.
+    meta_term: AtomicU64,
     cluster_id: u64,
     inputs: InputSender,
     groups: SharedGroups,
@@ -187,6 +191,7 @@ impl NodeHandle {
                     config.request_timeout,
                 )),
                 txn_forgets: Default::default(),
+                meta_term: AtomicU64::new(0),
             }),
         }
     }
@@ -1007,11 +1012,13 @@ impl NodeHandle {
         loop {
             let status = self.status(crate::META_GROUP)?;
             let attempt = if status.is_leader {
-                self.timestamps_local(count).await
+                self.timestamps_local(count, None).await
             } else if status.leader == NodeId::NONE || status.leader == self.id() {
                 Err(NodeError::NoLeader)
             } else {
-                let remote = self.inner.transport.timestamps(status.leader, count);
+                // Read at each attempt, after what the timestamps are for began.
+                let word = self.meta_term_word();
+                let remote = self.inner.transport.timestamps(status.leader, count, word);
                 tokio::time::timeout_at(deadline, remote)
                     .await
                     .unwrap_or(Err(NodeError::Timeout))
@@ -1044,14 +1051,19 @@ impl NodeHandle {
     }
 
     /// `timestamps` from this member's oracle; fails with `NotLeader` unless it leads the
-    /// meta range.
+    /// meta range. `word`: the asking member's, if another member asked.
     pub async fn timestamps_local(
         &self,
         count: u64,
+        word: Option<crate::timestamps::AskerWord>,
     ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
         let (respond, response) = oneshot::channel();
         let respond = crate::timestamps::TimestampResponder::Local(respond);
-        self.send(Input::Timestamps { count, respond })?;
+        self.send(Input::Timestamps {
+            count,
+            respond,
+            word,
+        })?;
         match tokio::time::timeout(self.inner.request_timeout, response).await {
             Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
             Err(_) => Err(NodeError::Timeout),
@@ -1197,6 +1209,18 @@ impl NodeHandle {
             crate::metrics::metrics().proposals_failed.inc();
         }
         result
+    }
+
+    /// Raises the meta term this member gives its word of (the event loop, before the
+    /// meta range's messages of that term leave).
+    pub(crate) fn note_meta_term(&self, term: ostrakon_raft::Term) {
+        self.inner.meta_term.fetch_max(term.0, Ordering::SeqCst);
+    }
+
+    /// This member's word for an oracle ask made now (after what it is for began), as
+    /// a term on the wire: 0 for none.
+    fn meta_term_word(&self) -> u64 {
+        self.inner.meta_term.load(Ordering::SeqCst)
     }
 
     /// The range's leader as the event loop last published it, if another member.

@@ -201,6 +201,8 @@ pub enum Input {
         count: u64,
         /// Answered with the timestamps, or why not.
         respond: crate::timestamps::TimestampResponder,
+        /// The asking member's word of its meta term, if another member asked.
+        word: Option<crate::timestamps::AskerWord>,
     },
     /// The oracle's answer to a fetch of revisions for waiting writes
     /// (`revisions::RevisionFetcher`).

@@ -336,6 +336,9 @@ pub struct Metrics {
     pub oracle_asks_unanswered: Counter,
     /// Timestamp asks this member sent on a peer stream and got a grant for.
     pub oracle_asks_granted: Counter,
+    /// Other members' timestamp asks the oracle on this member served on the asker's
+    /// word, with no heartbeat round (`crate::timestamps::AskerWord`).
+    pub oracle_asks_confirmed_by_word: Counter,
     /// Peer nodes this node reported down (silent for an election timeout).
     pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
@@ -400,6 +403,7 @@ impl Metrics {
             oracle_timestamps: Counter::default(),
             oracle_requests: Counter::default(),
             oracle_asks_unanswered: Counter::default(),
+            oracle_asks_confirmed_by_word: Counter::default(),
             oracle_asks_granted: Counter::default(),
             nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
@@ -649,6 +653,12 @@ impl Metrics {
             "counter",
             "Requests the oracle on this member answered; timestamps per request is the batching.",
             self.oracle_requests.get().to_string(),
+        );
+        scalar(
+            "ostrakon_oracle_asks_confirmed_by_word_total",
+            "counter",
+            "Other members' timestamp asks the oracle on this member served on the asker's word of its meta term, with no heartbeat round.",
+            self.oracle_asks_confirmed_by_word.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_asks_unanswered_total",

@@ -143,9 +143,10 @@ impl Replica {
         &mut self,
         count: u64,
         respond: crate::timestamps::TimestampResponder,
+        word: Option<crate::timestamps::AskerWord>,
     ) {
         match &mut self.timestamps {
-            Some(service) => service.request(&self.node, count, respond),
+            Some(service) => service.request(&mut self.node, count, respond, word),
             None => respond.answer(Err(NodeError::UnknownGroup)),
         }
     }

@@ -15,12 +15,37 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use ostrakon_proto::peer::{write_request::Request, OracleBound as OracleBoundWrite, WriteRequest};
-use ostrakon_raft::{LogIndex, NodeId, RawNode, ReadState, Role};
+use ostrakon_raft::{LogIndex, NodeId, RawNode, ReadState, Role, Term};
 use ostrakon_ranges::{Oracle, OracleBound, OracleConfig, Timestamp, TimestampRange};
 use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::error::NodeError;
+
+/// A member's word, given with its ask, that the meta range's term was `term` on it
+/// at a moment after what the timestamps are for began: its event loop publishes the
+/// term before any message of a new term leaves (`NodeHandle::note_meta_term`), so no
+/// vote of a later term had left it. The leader of that term, to whom that member and
+/// itself are a quorum, needs no heartbeat round for the ask
+/// (`ostrakon_raft::RawNode::read_index_confirmed_by`; docs/PERFORMANCE.md, "An ask
+/// confirms its oracle").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AskerWord {
+    /// The asking member.
+    pub member: NodeId,
+    /// Its meta range's term.
+    pub term: Term,
+}
+
+impl AskerWord {
+    /// The word carried on the wire as a term, 0 for none.
+    pub fn from_wire(member: NodeId, term: u64) -> Option<AskerWord> {
+        (term > 0).then_some(AskerWord {
+            member,
+            term: Term(term),
+        })
+    }
+}
 
 /// Where a timestamp request waits for its timestamps.
 pub enum TimestampResponder {
@@ -83,17 +108,50 @@ impl TimestampService {
         }
     }
 
-    /// A request for `count` timestamps (at least one) reached this member.
-    pub fn request(&mut self, node: &RawNode, count: u64, respond: TimestampResponder) {
+    /// A request for `count` timestamps (at least one) reached this member, with the
+    /// asking member's word of its meta term if it gave one (`AskerWord`).
+    pub fn request(
+        &mut self,
+        node: &mut RawNode,
+        count: u64,
+        respond: TimestampResponder,
+        word: Option<AskerWord>,
+    ) {
         assert!(count > 0, "a request for no timestamps");
         if node.role() != Role::Leader {
             respond.answer(Err(NodeError::NotLeader(node.leader())));
-        } else if self.waiting >= WAITING_MAX {
-            respond.answer(Err(NodeError::Overloaded));
-        } else {
-            self.waiting += 1;
-            self.arrived.push(Waiting { count, respond });
+            return;
         }
+        if self.waiting >= WAITING_MAX {
+            respond.answer(Err(NodeError::Overloaded));
+            return;
+        }
+        self.waiting += 1;
+        let waiting = Waiting { count, respond };
+        let Some(word) = word else {
+            self.arrived.push(waiting);
+            return;
+        };
+        // Its own read index: when the word stands for the heartbeat round, raft
+        // answers it in this round's Ready, with no round to wait for.
+        let id = self.next_confirmation_id();
+        match node.read_index_confirmed_by(id, word.member, word.term) {
+            Ok(confirmed) => {
+                if confirmed {
+                    crate::metrics::metrics()
+                        .oracle_asks_confirmed_by_word
+                        .inc();
+                }
+                self.confirming.insert(id, vec![waiting]);
+            }
+            Err(error) => self.fail(vec![waiting], crate::replica::propose_error(error)),
+        }
+    }
+
+    fn next_confirmation_id(&mut self) -> u64 {
+        let id = CONFIRMATION_ID_BIT | self.next_confirmation;
+        self.next_confirmation += 1;
+        id
     }
 
     /// Asks raft for one read index for every request that arrived since the last (before
@@ -103,8 +161,7 @@ impl TimestampService {
             return;
         }
         let batch = std::mem::take(&mut self.arrived);
-        let id = CONFIRMATION_ID_BIT | self.next_confirmation;
-        self.next_confirmation += 1;
+        let id = self.next_confirmation_id();
         match node.read_index(id) {
             Ok(()) => {
                 self.confirming.insert(id, batch);

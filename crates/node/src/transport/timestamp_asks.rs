@@ -92,18 +92,20 @@ impl Drop for Pending<'_> {
 
 impl Transport {
     /// `count` timestamps from the meta range's leader `leader`: asked on the peer
-    /// stream, or by a unary call if that goes unanswered.
+    /// stream, or by a unary call if that goes unanswered. `asker_term`: this member's
+    /// word (`crate::timestamps::AskerWord`), 0 for none.
     pub async fn timestamps(
         &self,
         leader: NodeId,
         count: u64,
+        asker_term: u64,
     ) -> Result<TimestampRange, NodeError> {
         if !self.asks_unary_only(leader) {
-            if let Some(granted) = self.ask_on_stream(leader, count).await {
+            if let Some(granted) = self.ask_on_stream(leader, count, asker_term).await {
                 return granted;
             }
         }
-        self.timestamps_unary(leader, count).await
+        self.timestamps_unary(leader, count, asker_term).await
     }
 
     fn asks_unary_only(&self, leader: NodeId) -> bool {
@@ -124,6 +126,7 @@ impl Transport {
         &self,
         leader: NodeId,
         count: u64,
+        asker_term: u64,
     ) -> Option<Result<TimestampRange, NodeError>> {
         if self.channel(leader).is_none() {
             return Some(Err(NodeError::NoLeader));
@@ -133,7 +136,11 @@ impl Transport {
         let (waiter, granted) = oneshot::channel();
         asks.waiting.lock().unwrap().insert(id, (leader, waiter));
         let _pending = Pending { asks, id };
-        let ask = Outgoing::Ask(pb::TimestampsAsk { id, count });
+        let ask = Outgoing::Ask(pb::TimestampsAsk {
+            id,
+            count,
+            asker_term,
+        });
         let queued = {
             let mut queues = self.inner.queues.lock().unwrap();
             self.enqueue(&mut queues, leader, ask)
@@ -223,6 +230,7 @@ impl Transport {
         &self,
         leader: NodeId,
         count: u64,
+        asker_term: u64,
     ) -> Result<TimestampRange, NodeError> {
         let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
@@ -232,6 +240,7 @@ impl Transport {
                 count,
                 cluster_id: self.inner.cluster_id,
                 from: self.inner.me.0,
+                asker_term,
             })
             .await
             .map_err(|_| NodeError::LeaderChanged)?
