@@ -1537,6 +1537,9 @@ impl EventLoop {
                     won.insert(group);
                 }
             }
+            if group == META_GROUP {
+                self.handle.assert_word_covers(&ready.messages);
+            }
             let full = self.transport.send(std::mem::take(&mut ready.messages));
             if let Some(meta) = &ready.snapshot {
                 install_snapshot(&self.layout, &mut self.snapshot_files, replica, meta);
@@ -1600,6 +1603,9 @@ impl EventLoop {
         let mut split_offs = Vec::new();
         for (group, mut ready, mut full) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
+            if group == META_GROUP {
+                self.handle.assert_word_covers(&ready.persisted_messages);
+            }
             full.extend(
                 self.transport
                     .send(std::mem::take(&mut ready.persisted_messages)),

@@ -1223,6 +1223,29 @@ impl NodeHandle {
         self.inner.meta_term.load(Ordering::SeqCst)
     }
 
+    /// Crashes if a message of the meta range is about to leave with a term above the
+    /// word this member gives: its asks' words would then vouch for a term it already
+    /// left, and the oracle could serve a deposed leader's timestamps.
+    pub(crate) fn assert_word_covers(&self, messages: &[ostrakon_raft::Message]) {
+        let word = self.meta_term_word();
+        // Pre-votes carry the term they would campaign in without entering it, and
+        // vote for no one.
+        let counted = messages.iter().filter(|message| {
+            !matches!(
+                message.body,
+                ostrakon_raft::MessageBody::RequestVote { pre_vote: true, .. }
+                    | ostrakon_raft::MessageBody::VoteResponse { pre_vote: true, .. }
+            )
+        });
+        for message in counted {
+            assert!(
+                message.term.0 <= word,
+                "a meta range message of term {} leaves before the word is raised from {word}",
+                message.term.0
+            );
+        }
+    }
+
     /// The range's leader as the event loop last published it, if another member.
     fn known_leader_elsewhere(&self, group: GroupId) -> Option<NodeId> {
         let status = self.status(group).ok()?;

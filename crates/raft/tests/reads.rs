@@ -262,6 +262,32 @@ fn a_word_from_another_term_or_too_small_a_quorum_takes_a_heartbeat_round() {
         cluster.read_states.get(&id(1)).is_none_or(|s| s.is_empty()),
         "an isolated leader took a word of an earlier term"
     );
+    // A later term: the member voted for another leader, whom the deposed one has not
+    // heard of.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    cluster.propose(id(1), "a").unwrap();
+    cluster.stabilize();
+    cluster.isolate(id(1));
+    cluster.node_mut(id(2)).force_campaign();
+    cluster.stabilize();
+    assert_eq!(cluster.node(id(2)).role(), Role::Leader);
+    assert_eq!(
+        cluster.node(id(1)).role(),
+        Role::Leader,
+        "deposed, not told"
+    );
+    let later = cluster.node(id(2)).term();
+    let confirmed = cluster
+        .node_mut(id(1))
+        .read_index_confirmed_by(9, id(2), later)
+        .unwrap();
+    cluster.stabilize();
+    assert!(!confirmed);
+    assert!(
+        cluster.read_states.get(&id(1)).is_none_or(|s| s.is_empty()),
+        "a deposed leader took a word of its successor's term"
+    );
     // Five voters: the leader and one member are not a quorum.
     let mut cluster = Cluster::new(5);
     cluster.elect(id(1));

@@ -217,7 +217,7 @@ impl Simulation {
             META,
             Request::Timestamps {
                 count: 1,
-                confirmer: None,
+                word: None,
             },
         );
     }

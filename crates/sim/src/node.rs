@@ -90,7 +90,7 @@ pub enum Request {
         /// A member's word that its meta term was this when it asked, after what the
         /// timestamps are for began (`ostrakon_raft::RawNode::read_index_confirmed_by`);
         /// clients' requests carry none.
-        confirmer: Option<(NodeId, ostrakon_raft::Term)>,
+        word: Option<AskWord>,
     },
     /// A command of two-phase commit, proposed by the range's leader.
     Txn(crate::txn_kv::TxnCommand),
@@ -183,6 +183,19 @@ pub enum Input {
     /// range's log, is committed (the left range committed the merge after it): the
     /// replica may not have heard so from a leader gone since (`RawNode::commit_known`).
     CommitKnown(LogIndex, Term),
+}
+
+/// A member's word with its oracle ask (as the node's `AskerWord`), and what the
+/// checker knows of the moment it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AskWord {
+    /// The asking member.
+    pub member: NodeId,
+    /// Its meta term, as its event loop last raised it (`Running::meta_word`).
+    pub term: ostrakon_raft::Term,
+    /// The meta range's highest commit anywhere when the word was given: the ask began
+    /// then, so its read index must not be below it (the stale-read check's floor).
+    pub commit_floor: LogIndex,
 }
 
 /// A client operation waiting at a replica.
@@ -382,6 +395,11 @@ pub struct Running {
     /// The member that last granted this node's fetch, asked first while the scenario's
     /// fetchers stick to it (`Scenario::fetch_sticks_to_oracle`).
     pub last_oracle: Option<NodeId>,
+    /// The meta range's term this node gives its word of with its oracle asks, raised
+    /// as the node's event loop raises it: when a Ready of its meta replica is taken,
+    /// before the Ready's messages leave (`NodeHandle::note_meta_term`); from the
+    /// recovered term at start. Term 0: no word.
+    pub meta_word: ostrakon_raft::Term,
 }
 
 /// A simulated machine.

@@ -45,7 +45,7 @@ impl Simulation {
         let client = FLOOR_CLIENT_BASE + number;
         let request = Request::Timestamps {
             count: 1,
-            confirmer: self.ask_stamp(id),
+            word: self.ask_word(id),
         };
         self.push_request(client, target, META, request, FLOOR_FETCH_TIMEOUT_US);
     }

@@ -52,7 +52,13 @@ impl Simulation {
     ) {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let read_floor = self.highest_commit(group);
+        let read_floor = match &request {
+            // A worded ask began when its word was given, before it arrived.
+            Request::Timestamps {
+                word: Some(word), ..
+            } => word.commit_floor,
+            _ => self.highest_commit(group),
+        };
         let waiting = Waiting::register(client, op, request.key().unwrap_or(0), read_floor);
         let span_check = self.span_check;
         let replica = self.replica(id, group);
@@ -156,13 +162,13 @@ impl Simulation {
                 }
                 Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
             },
-            Request::Timestamps { count, confirmer } => {
+            Request::Timestamps { count, word } => {
                 assert_eq!(group, META, "timestamps are asked of the meta range");
                 let waiting = Waiting {
                     timestamps: Some(count),
                     ..waiting
                 };
-                self.confirm_for_timestamps(id, request_id, waiting, confirmer);
+                self.confirm_for_timestamps(id, request_id, waiting, word);
             }
             Request::Txn(command) => {
                 if replica.raw.role() != Role::Leader {
@@ -731,7 +737,7 @@ impl Simulation {
             op,
             Request::Timestamps {
                 count: 1,
-                confirmer: None,
+                word: None,
             },
         );
     }

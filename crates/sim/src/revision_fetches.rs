@@ -172,7 +172,7 @@ impl Simulation {
         );
         let request = Request::Timestamps {
             count,
-            confirmer: self.ask_stamp(id),
+            word: self.ask_word(id),
         };
         let client = REVISION_FETCH_BASE + number;
         self.push_request(client, target, META, request, REVISION_FETCH_TIMEOUT_US);
@@ -263,7 +263,7 @@ impl Simulation {
         );
         let request = Request::Timestamps {
             count,
-            confirmer: self.ask_stamp(id),
+            word: self.ask_word(id),
         };
         // Within the fetch's time: its timeout comes at the same deadline.
         let timeout_us = deadline_us.saturating_sub(self.now_us);

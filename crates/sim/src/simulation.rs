@@ -520,10 +520,16 @@ impl Simulation {
             ),
             fetch_request: None,
             last_oracle: None,
+            meta_word: ostrakon_raft::Term(0),
         });
         let groups: Vec<GroupId> = node.disks.keys().copied().collect();
         for group in groups {
             self.start_replica(id, group);
+        }
+        if let Some(meta) = self.replica_ref(id, META) {
+            // The recovered term: a vote sent in an earlier life was persisted first.
+            let term = meta.raw.term();
+            self.running(id).meta_word = term;
         }
         let node = &self.nodes[&id];
         let (epoch, tick_us) = (node.epoch, node.tick_us);
@@ -1054,6 +1060,20 @@ impl Simulation {
             return;
         }
         let mut ready = replica.raw.ready();
+        if group == META {
+            // Before any message of this Ready leaves, as the node's event loop does.
+            let term = replica.raw.term();
+            let running = self.running(id);
+            running.meta_word = running.meta_word.max(term);
+        }
+        let replica = self
+            .nodes
+            .get_mut(&id)
+            .expect("node")
+            .running
+            .as_mut()
+            .expect("up");
+        let replica = replica.replicas.get_mut(&group).expect("replica");
         let result = self.invariants.entry(group).or_default().check_new_entries(
             id,
             &replica.raw,
@@ -2137,7 +2157,7 @@ mod tests {
     #[test]
     fn a_merge_waits_for_the_right_replica_to_reach_its_freeze() {
         let mut held = 0;
-        for seed in [119, 533] {
+        for seed in [163, 195] {
             let mut sim = Simulation::new(seed, None, false);
             sim.run();
             assert!(sim.violation.is_none(), "seed {seed}: {:?}", sim.violation);

@@ -15,7 +15,7 @@ use ostrakon_raft::{GroupId, NodeId, Role, Term};
 use crate::clients::TIMESTAMP_CLIENT_BASE;
 use crate::events::{Event, Reply};
 use crate::kv::Command;
-use crate::node::{Request, Waiting};
+use crate::node::{AskWord, Request, Waiting};
 use crate::simulation::{trace, Simulation, META};
 
 /// How often, while faults run, the nemesis crashes the oracle's leader right after it
@@ -43,23 +43,28 @@ impl Simulation {
 
     /// A timestamp request arrived at `id`: only the leader serves the oracle, once a
     /// read index taken now confirms it still leads (or the asking member's word does,
-    /// as in the node: `confirmer`).
+    /// as in the node: `word`).
     pub(crate) fn confirm_for_timestamps(
         &mut self,
         id: NodeId,
         request_id: u64,
         waiting: Waiting,
-        confirmer: Option<(NodeId, Term)>,
+        word: Option<AskWord>,
     ) {
         let replica = self.replica(id, META);
         let leader_hint = replica.raw.leader();
-        let leading_in = (replica.raw.role() == Role::Leader).then(|| replica.raw.term());
-        let confirming = match confirmer {
-            Some((member, term)) => {
+        if replica.raw.role() != Role::Leader {
+            // As the node's `TimestampService::request`: no read index forwarded.
+            self.reply(waiting, Reply::Failed { leader_hint });
+            return;
+        }
+        let leading_in = replica.raw.term();
+        let confirming = match word {
+            Some(AskWord { member, term, .. }) => {
                 let result = replica
                     .raw
                     .read_index_confirmed_by(request_id, member, term);
-                if leading_in.is_some_and(|leading| leading < term) {
+                if leading_in < term {
                     self.words_of_other_terms += 1;
                 }
                 if result == Ok(true) {
@@ -70,7 +75,7 @@ impl Simulation {
             None => replica.raw.read_index(request_id),
         };
         let replica = self.replica(id, META);
-        if replica.raw.role() != Role::Leader || confirming.is_err() {
+        if confirming.is_err() {
             self.reply(waiting, Reply::Failed { leader_hint });
             return;
         }
@@ -144,12 +149,16 @@ impl Simulation {
         crashes
     }
 
-    /// `id`'s word for its asks of the oracle: its meta range's term now, which is after
-    /// whatever it asks for began (as the node's event loop publishes it before any
-    /// message of the term leaves). None if it holds no meta replica.
-    pub(crate) fn ask_stamp(&self, id: NodeId) -> Option<(NodeId, Term)> {
-        let replica = self.replica_ref(id, META)?;
-        Some((id, replica.raw.term()))
+    /// `id`'s word for an ask of the oracle made now (after whatever it asks for
+    /// began): the meta term its event loop last raised (`Running::meta_word`). None
+    /// before it has one.
+    pub(crate) fn ask_word(&mut self, id: NodeId) -> Option<AskWord> {
+        let term = self.running(id).meta_word;
+        (term > Term(0)).then(|| AskWord {
+            member: id,
+            term,
+            commit_floor: self.highest_commit(META),
+        })
     }
 
     // --- The timestamp clients ----------------------------------------------------------
@@ -174,10 +183,7 @@ impl Simulation {
             META,
             client,
             op,
-            Request::Timestamps {
-                count,
-                confirmer: None,
-            },
+            Request::Timestamps { count, word: None },
         );
     }
 
