@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Two builds of ostrakon side by side on what users run: both builds' 3-member clusters
 # up at once on loopback with default flags (so keyspaces split by load and leaders
-# spread as they would), every workload of scripts/bench-vs-etcd.sh run on build A and
-# then at once on build B, ROUNDS times, clients spread over the members. Prints one
+# spread as they would), every workload of scripts/bench-vs-etcd.sh run on one build and
+# then at once on the other, ROUNDS times (4 by default), clients spread over the members. Prints one
 # JSON line per run (throughput, latency, CPU of the members per 1,000 requests) and,
 # after each round, the leaderships each cluster handed over to spread its leaders.
 # Interleaving is what makes the ratio mean something on this shared machine: compare
-# the two builds' medians, never figures of different runs. After each round it prints
+# the two builds' medians, never figures of different runs. Which build runs first
+# alternates (run to run, round to round): give an even ROUNDS. After each round it prints
 # every member's resident memory.
 #   bash scripts/bench-builds-side-by-side.sh BINARY_A BINARY_B [ROUNDS] [TOTAL]
 # With SPLITS_A or SPLITS_B (keys, space-separated), that cluster's keyspace is split at
@@ -22,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin_a=$1
 bin_b=$2
-rounds=${3:-3}
+rounds=${3:-4}
 total=${4:-20000}
 source scripts/lib/ostrakon-cluster.sh
 dir_a=$(mktemp -d /tmp/ostrakon-a.XXXX)
@@ -64,16 +65,37 @@ rss_mib() { # pids
   (IFS=/; echo "${out[*]}")
 }
 
-runs=("put 1 1 3000" "put 64 8 $total" "put 256 16 $total" "get 64 8 $total"
-  "get-serializable 64 8 $total" "txn 64 8 $total" "range 64 8 $((total / 4))")
+# A lone client runs once from each member (the fifth word: how far the endpoints are
+# rotated, `rotated_endpoints`).
+runs=("put 1 1 1000 0" "put 1 1 1000 1" "put 1 1 1000 2" "put 64 8 $total"
+  "put 256 16 $total" "get 64 8 $total" "get-serializable 64 8 $total" "txn 64 8 $total"
+  "range 64 8 $((total / 4))")
+bench_a() {
+  echo "A $("$bin_a" bench --endpoints "$(rotated_endpoints "$endpoints_a" "${5:-0}")" --workload "$1" \
+    --clients "$2" --conns "$3" --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_a[*]}")" --json)"
+}
+bench_b() {
+  echo "B $("$bin_b" bench --endpoints "$(rotated_endpoints "$endpoints_b" "${5:-0}")" --workload "$1" \
+    --clients "$2" --conns "$3" --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_b[*]}")" --json)"
+}
 for round in $(seq 1 "$rounds"); do
   echo "== round $round of $rounds"
+  step=0
   for run in "${runs[@]}"; do
+    # shellcheck disable=SC2086 # a run is its words
     set -- $run
-    echo "A $("$bin_a" bench --endpoints "$endpoints_a" --workload "$1" --clients "$2" --conns "$3" \
-      --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_a[*]}")" --json)"
-    echo "B $("$bin_b" bench --endpoints "$endpoints_b" --workload "$1" --clients "$2" --conns "$3" \
-      --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_b[*]}")" --json)"
+    # Which build goes first alternates from run to run and from round to round: the
+    # one that follows the other's heavier workload runs slower (a lone client's put
+    # after a 64-client range ran about 1.25x slower on whichever build came first),
+    # so a fixed order favours one build. An even ROUNDS balances it.
+    if (( (round + step) % 2 == 1 )); then
+      bench_a "$@"
+      bench_b "$@"
+    else
+      bench_b "$@"
+      bench_a "$@"
+    fi
+    step=$((step + 1))
   done
   echo "leaderships handed over so far: A $(moves 2379 2479 2579), B $(moves 3379 3479 3579)"
   echo "resident memory of the members, MiB: A $(rss_mib "${pids_a[@]}"), B $(rss_mib "${pids_b[@]}")"

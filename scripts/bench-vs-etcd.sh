@@ -2,8 +2,9 @@
 # Runs `ostrakon bench` against a real etcd 3.5 cluster and an ostrakon cluster on this
 # machine in one go, and writes the side-by-side table into docs/BENCHMARKS.md (between
 # the "bench-vs-etcd" markers). Both clusters have 3 members on loopback with default
-# flags and run side by side; every workload runs on etcd and then at once on ostrakon,
-# ROUNDS times, and the table shows each system's median round. This shared machine's
+# flags and run side by side; every workload runs on one system and then at once on
+# the other (which goes first alternates), ROUNDS times, and the table shows each
+# system's median run. A lone client runs once from each member in turn. This shared machine's
 # speed drifts by 2x within minutes, so interleaving is what makes the ratio mean
 # something. Values are 256 bytes. Clients' connections are spread over all three
 # members, as etcd's client balances them (so followers forward, as they do for users).
@@ -33,9 +34,12 @@ cargo build --release -p ostrakon
 bin=$PWD/target/release/ostrakon
 results=$(mktemp)
 
-# workload clients conns total
+# workload clients conns total [rotation of the endpoints: a lone client runs once from
+# each member, `rotated_endpoints`]
 runs=(
-  "put 1 1 3000"
+  "put 1 1 1000 0"
+  "put 1 1 1000 1"
+  "put 1 1 1000 2"
   "put 64 8 $TOTAL"
   "put 256 16 $TOTAL"
   "get 64 8 $TOTAL"
@@ -50,8 +54,8 @@ bench() { # system endpoints pids-var workload clients conns total
   shift 3
   # The members' CPU over the measured requests only (not the loading of the keys a
   # read workload needs), as `ostrakon bench` reads it from /proc.
-  line=$("$bin" bench --endpoints "$endpoints" --workload "$1" --clients "$2" --conns "$3" --total "$4" \
-    --cpu-of-pids "$(IFS=,; echo "${members[*]}")" --json)
+  line=$("$bin" bench --endpoints "$(rotated_endpoints "$endpoints" "${5:-0}")" --workload "$1" \
+    --clients "$2" --conns "$3" --total "$4" --cpu-of-pids "$(IFS=,; echo "${members[*]}")" --json)
   echo "$system $line" >> "$results"
   echo "$system $line"
 }
@@ -76,11 +80,21 @@ etcd_endpoints="127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379"
 ostrakon_endpoints="127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579"
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS"
+  step=0
   for run in "${runs[@]}"; do
+    # shellcheck disable=SC2086 # a run is its words
     set -- $run
     if [ -n "$WORKLOADS" ] && ! [[ " $WORKLOADS " == *" $1 "* ]]; then continue; fi
-    bench etcd "$etcd_endpoints" etcd_pids "$@"
-    bench ostrakon "$ostrakon_endpoints" pids "$@"
+    # Which system goes first alternates: the one that follows the other's heavier
+    # workload runs slower.
+    if (( (round + step) % 2 == 1 )); then
+      bench etcd "$etcd_endpoints" etcd_pids "$@"
+      bench ostrakon "$ostrakon_endpoints" pids "$@"
+    else
+      bench ostrakon "$ostrakon_endpoints" pids "$@"
+      bench etcd "$etcd_endpoints" etcd_pids "$@"
+    fi
+    step=$((step + 1))
   done
 done
 etcd_rss=$(rss_kib_each "${etcd_pids[@]}")
@@ -129,7 +143,7 @@ stamp = datetime.date.today().isoformat()
 marker = "bench-vs-etcd-split" if splits else "bench-vs-etcd"
 command = f"SPLITS=\"{' '.join(splits)}\" bash scripts/bench-vs-etcd.sh" if splits else "bash scripts/bench-vs-etcd.sh"
 split_note = f"; ostrakon's keyspace split at {', '.join(splits)} into {len(splits) + 1} ranges" if splits else ""
-block = f"<!-- {marker}:start -->\nMeasured {stamp} by `{command}` (3 members each on loopback, 256-byte values, 2-core machine; clients' connections spread over the 3 members; both clusters up at once, each workload on etcd then on ostrakon, {rounds} rounds, median round shown; CPU is user + system time of all 3 members over a round's measured requests, per 1,000 answered, read from /proc, median of the rounds{split_note}):\n\n{table}\n<!-- {marker}:end -->"
+block = f"<!-- {marker}:start -->\nMeasured {stamp} by `{command}` (3 members each on loopback, 256-byte values, 2-core machine; clients' connections spread over the 3 members; both clusters up at once, each workload on one then at once on the other, which first alternating, {rounds} rounds, median run shown, a lone client's put run once from each member per round; CPU is user + system time of all 3 members over a round's measured requests, per 1,000 answered, read from /proc, median of the rounds{split_note}):\n\n{table}\n<!-- {marker}:end -->"
 doc = open("docs/BENCHMARKS.md").read()
 if f"<!-- {marker}:start -->" in doc:
     doc = re.sub(f"<!-- {marker}:start -->.*<!-- {marker}:end -->", lambda _: block, doc, flags=re.S)

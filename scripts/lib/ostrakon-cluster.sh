@@ -51,3 +51,15 @@ cap_cpu() {
   fi
   echo "$pid" >"$dir/cgroup.procs"
 }
+
+# The comma-separated endpoints, rotated left by N: `rotated_endpoints a,b,c 1` is b,c,a.
+# A lone client's connection goes to the first endpoint, and its latency depends on
+# whether that member leads (a forward costs about 0.3 ms): benchmarks run it once
+# from each member, or where one cluster's leader happened to land decides the figure.
+rotated_endpoints() { # endpoints rotation
+  local list out=() i n
+  IFS=, read -r -a list <<< "$1"
+  n=${#list[@]}
+  for ((i = 0; i < n; i++)); do out+=("${list[$(((i + $2) % n))]}"); done
+  (IFS=,; echo "${out[*]}")
+}
