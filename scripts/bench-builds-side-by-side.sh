@@ -4,7 +4,8 @@
 # spread as they would), every workload of scripts/bench-vs-etcd.sh run on one build and
 # then at once on the other, ROUNDS times (4 by default), clients spread over the members. Prints one
 # JSON line per run (throughput, latency, CPU of the members per 1,000 requests) and,
-# after each round, the leaderships each cluster handed over to spread its leaders.
+# after each round, the leaderships each cluster handed over to spread its leaders; at
+# the end, a table of each build's medians and B's throughput against A's.
 # Interleaving is what makes the ratio mean something on this shared machine: compare
 # the two builds' medians, never figures of different runs. Which build runs first
 # alternates (run to run, round to round): give an even ROUNDS. After each round it prints
@@ -70,13 +71,14 @@ rss_mib() { # pids
 runs=("put 1 1 1000 0" "put 1 1 1000 1" "put 1 1 1000 2" "put 64 8 $total"
   "put 256 16 $total" "get 64 8 $total" "get-serializable 64 8 $total" "txn 64 8 $total"
   "range 64 8 $((total / 4))")
+results=$(mktemp)
 bench_a() {
   echo "A $("$bin_a" bench --endpoints "$(rotated_endpoints "$endpoints_a" "${5:-0}")" --workload "$1" \
-    --clients "$2" --conns "$3" --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_a[*]}")" --json)"
+    --clients "$2" --conns "$3" --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_a[*]}")" --json)" | tee -a "$results"
 }
 bench_b() {
   echo "B $("$bin_b" bench --endpoints "$(rotated_endpoints "$endpoints_b" "${5:-0}")" --workload "$1" \
-    --clients "$2" --conns "$3" --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_b[*]}")" --json)"
+    --clients "$2" --conns "$3" --total "$4" --cpu-of-pids "$(IFS=,; echo "${pids_b[*]}")" --json)" | tee -a "$results"
 }
 for round in $(seq 1 "$rounds"); do
   echo "== round $round of $rounds"
@@ -100,3 +102,23 @@ for round in $(seq 1 "$rounds"); do
   echo "leaderships handed over so far: A $(moves 2379 2479 2579), B $(moves 3379 3479 3579)"
   echo "resident memory of the members, MiB: A $(rss_mib "${pids_a[@]}"), B $(rss_mib "${pids_b[@]}")"
 done
+
+# Medians of each build's runs, and B against A.
+python3 - "$results" <<'PY'
+import collections, json, statistics, sys
+runs = collections.defaultdict(lambda: {"A": [], "B": []})
+for line in open(sys.argv[1]):
+    build, data = line.split(" ", 1)
+    r = json.loads(data)
+    runs[(r["workload"], r["clients"])][build].append(r)
+print("| workload | clients | A req/s | B req/s | B/A | p50 ms A / B | CPU ms per 1,000 A / B | runs |")
+print("|---|---|---|---|---|---|---|---|")
+for (workload, clients), by in runs.items():
+    med = lambda build, key: statistics.median(r[key] for r in by[build])
+    a, b = med("A", "throughput"), med("B", "throughput")
+    print(f"| {workload} | {clients} | {a:.0f} | {b:.0f} | {b / a:.2f}x | "
+          f"{med('A', 'p50_ms'):.2f} / {med('B', 'p50_ms'):.2f} | "
+          f"{med('A', 'servers_cpu_ms_per_1k'):.0f} / {med('B', 'servers_cpu_ms_per_1k'):.0f} | "
+          f"{len(by['A'])} |")
+PY
+rm -f "$results"
