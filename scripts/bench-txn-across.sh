@@ -3,7 +3,8 @@
 # cluster (3 members on loopback, default flags) whose keyspace is split at "c": the
 # txn-pair workload puts two keys per Txn, b<digits> and its pair, either b<digits>p
 # (the same range: one-phase) or c<digits>p (the next range: two-phase commit).
-# Interleaved rounds, medians; one client (latency) and 64 clients (throughput).
+# Interleaved rounds (which goes first alternating), medians; one client (latency, run
+# once from each member) and 64 clients (throughput).
 # Writes the table into docs/BENCHMARKS.md between the "bench-txn-across" markers
 # (3 rounds or more).
 #   bash scripts/bench-txn-across.sh
@@ -25,17 +26,24 @@ trap cleanup EXIT
 "$bin" ranges split c --endpoint 127.0.0.1:2379
 endpoints="127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579"
 
-# clients conns total
-runs=("1 1 $((TOTAL / 5))" "64 8 $TOTAL")
+# clients conns total rotation: one client runs once from each member
+# (`rotated_endpoints`), as a lone client's latency depends on whether its member leads.
+runs=("1 1 $((TOTAL / 15)) 0" "1 1 $((TOTAL / 15)) 1" "1 1 $((TOTAL / 15)) 2" "64 8 $TOTAL 0")
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS"
+  step=0
   for run in "${runs[@]}"; do
+    # shellcheck disable=SC2086 # a run is its words
     set -- $run
-    for pair in b c; do
-      line=$("$bin" bench --endpoints "$endpoints" --workload txn-pair --pair-prefix "$pair" \
-        --clients "$1" --conns "$2" --total "$3" --json)
+    # Which goes first alternates: the one after the other's run ran slower.
+    pairs="b c"
+    if (( (round + step) % 2 == 0 )); then pairs="c b"; fi
+    for pair in $pairs; do
+      line=$("$bin" bench --endpoints "$(rotated_endpoints "$endpoints" "$4")" --workload txn-pair \
+        --pair-prefix "$pair" --clients "$1" --conns "$2" --total "$3" --json)
       echo "$pair $1 $line" | tee -a "$results"
     done
+    step=$((step + 1))
   done
 done
 
