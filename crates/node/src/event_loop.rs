@@ -311,6 +311,7 @@ pub fn start(
         tasks_runtime.spawn(crate::load_split::run(handle.clone(), range_split_qps));
     }
     tasks_runtime.spawn(crate::txn_pusher::run(handle.clone()));
+    tasks_runtime.spawn(crate::write_gates::run(handle.clone()));
     tasks_runtime.spawn(crate::txn_horizon::run(handle.clone()));
     tasks_runtime.spawn(crate::merge_queue::run(
         handle.clone(),

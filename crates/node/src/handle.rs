@@ -96,7 +96,7 @@ const ROUTE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// The pause before trying a write again that met a transaction's lock for the
 /// `retries`th time: from 2 ms, doubling up to 64 ms, spread over half to the whole of it.
-fn locked_pause(retries: u32) -> Duration {
+pub(crate) fn locked_pause(retries: u32) -> Duration {
     let ceiling_ms = 2u64 << retries.min(5);
     let spread = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -309,6 +309,25 @@ impl NodeHandle {
     /// while a split moves them; writes without keys go to the first data range, which
     /// holds leases, members, auth and alarms.
     pub async fn write_routed(
+        &self,
+        request: write_request::Request,
+        auth_revision: u64,
+    ) -> Result<WriteOutcome, NodeError> {
+        if !crate::write_gates::changes_write_rules(&request) {
+            return self.write_routed_once(request, auth_revision).await;
+        }
+        let outcome = self.write_routed_once(request, auth_revision).await?;
+        if self.data_ranges().len() > 1 {
+            // Acknowledged only once every range enforces the change (`write_gates`):
+            // this member's replica of the first range holds it after a read index.
+            self.linearizable_read_point(crate::DEFAULT_GROUP).await?;
+            crate::write_gates::carry(self).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// `write_routed`, without carrying a change of the write rules to the other ranges.
+    async fn write_routed_once(
         &self,
         request: write_request::Request,
         auth_revision: u64,

@@ -60,6 +60,7 @@ mod txn_coordinator;
 mod txn_forgets;
 mod txn_horizon;
 mod txn_pusher;
+pub(crate) mod write_gates;
 
 pub use config::{member_id, NodeConfig};
 pub use error::NodeError;

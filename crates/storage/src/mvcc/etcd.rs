@@ -5,7 +5,6 @@
 //! apply time, identically on every member.
 
 use bytes::Bytes;
-use ostrakon_proto::etcdserverpb::AlarmType;
 use ostrakon_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
     Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
@@ -333,6 +332,10 @@ pub fn apply_write(
         }
         _ => {}
     }
+    if let Request::WriteGate(gate) = request {
+        // Never refused by the rules it carries, nor by locks: it changes no key.
+        return WriteOutcome::GateApplied(store.apply_write_gate(index, term, gate));
+    }
     if let Request::Compaction(compaction) = request {
         return match apply_compaction(store, index, term, compaction) {
             Ok(response) => WriteOutcome::Compaction(response),
@@ -397,8 +400,10 @@ pub fn apply_write(
         }
         _ => {}
     }
-    let auth = store.auth();
-    if write.auth_revision != 0 && auth.enabled() && write.auth_revision < auth.revision() {
+    // The first data range's auth store and alarms, or the gate another range took them
+    // in by (`store::gate_apply`).
+    let rules = store.write_rules();
+    if rules.refuses_auth_revision(write.auth_revision) {
         // The users, roles or permissions changed after the proposer checked them.
         store.set_applied(index, term);
         return error_outcome(AuthError::AuthOldRevision.into());
@@ -414,7 +419,7 @@ pub fn apply_write(
             }
         };
     }
-    if store.has_alarm(AlarmType::Nospace) && adds_data(request) {
+    if rules.nospace && adds_data(request) {
         // etcd's "capped" applier: with the space quota reached, nothing that adds data
         // applies, on any member alike, until the alarm is cleared.
         store.set_applied(index, term);
@@ -472,7 +477,8 @@ pub fn apply_write(
         | Request::Alarm(_)
         | Request::Auth(_)
         | Request::OracleBound(_)
-        | Request::AllocateRangeId(_) => {
+        | Request::AllocateRangeId(_)
+        | Request::WriteGate(_) => {
             unreachable!("handled above")
         }
         Request::Split(_) | Request::MergeRange(_) => {
@@ -685,6 +691,7 @@ fn set_header_revision(outcome: &mut WriteOutcome, revision: Revision) {
         | WriteOutcome::RangeUnfrozen(_)
         | WriteOutcome::RangesMerged(_)
         | WriteOutcome::MergeFence(_)
+        | WriteOutcome::GateApplied(_)
         | WriteOutcome::TxnPrepared(_)
         | WriteOutcome::TxnDecided(_)
         | WriteOutcome::TxnDone(_) => return,

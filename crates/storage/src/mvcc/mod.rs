@@ -41,7 +41,7 @@ pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::{spans_cover, KeySpan};
 pub use store::{
     AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView, SpanListener,
-    WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
+    WriteRules, WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 
@@ -52,6 +52,8 @@ pub struct Revision(pub i64);
 /// The revision of an empty store, as in etcd (the first write is revision 2).
 pub const INITIAL_REVISION: Revision = Revision(1);
 
+#[cfg(test)]
+mod gate_tests;
 #[cfg(test)]
 mod shared_tests;
 #[cfg(test)]

@@ -9,30 +9,63 @@ use ostrakon_raft::{GroupId, LogIndex, Term};
 use super::*;
 
 /// One range's store and the index of its next entry.
-struct Range {
-    store: MvccStore,
-    index: u64,
+pub(super) struct Range {
+    pub(super) store: MvccStore,
+    pub(super) index: u64,
 }
 
 impl Range {
-    fn open(keyspace: &fjall::Keyspace, group: u64, span: KeySpan) -> Range {
+    pub(super) fn open(keyspace: &fjall::Keyspace, group: u64, span: KeySpan) -> Range {
         let store = MvccStore::open(keyspace, GroupId(group), span);
         let index = store.applied_index().0;
         Range { store, index }
     }
 
-    fn write(&mut self, request: Request) -> WriteOutcome {
+    pub(super) fn write(&mut self, request: Request) -> WriteOutcome {
         self.write_at(request, Revision(0))
     }
 
     /// A write whose revision the range's leader chose (0: none).
     fn write_at(&mut self, request: Request, revision: Revision) -> WriteOutcome {
+        self.write_checked_at(request, revision, 0)
+    }
+
+    /// Applies a split at `key` as the range's next entry; returns the new right range
+    /// (group `group`).
+    pub(super) fn split_off(&mut self, key: &[u8], group: u64) -> Range {
+        self.index += 1;
+        let store = self
+            .store
+            .split(
+                key,
+                LogIndex(self.index),
+                Term(1),
+                GroupId(group),
+                split_position(group),
+                false,
+            )
+            .expect("a new right range");
+        Range {
+            index: store.applied_index().0,
+            store,
+        }
+    }
+
+    /// `write_at`, checked against the auth store's revision `auth_revision` (0: not
+    /// checked).
+    pub(super) fn write_checked_at(
+        &mut self,
+        request: Request,
+        revision: Revision,
+        auth_revision: u64,
+    ) -> WriteOutcome {
         self.index += 1;
         let write = WriteRequest {
             origin: 1,
             id: self.index,
             request: Some(request),
             revision: revision.0,
+            auth_revision,
             ..Default::default()
         };
         apply_write(&self.store, LogIndex(self.index), Term(1), &write)

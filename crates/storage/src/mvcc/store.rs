@@ -32,9 +32,11 @@ use super::{MvccError, Revision, INITIAL_REVISION};
 use crate::fatal::engine;
 use ostrakon_ranges::txn::LockTable;
 
+mod gate_apply;
 mod merge_apply;
 mod txn_apply;
 
+pub use gate_apply::WriteRules;
 pub use merge_apply::FreezeMark;
 
 /// The partition of every range's versions, keyed by user key then revision.
@@ -179,6 +181,9 @@ pub struct MvccStore {
     /// Where the range froze for a merge (persisted in `local`): it then applies nothing
     /// but its thaw, and serves no read.
     frozen: Mutex<Option<FreezeMark>>,
+    /// The first data range's write rules as this range last took them in (persisted
+    /// in `local`; the default one in the first data range itself): `gate_apply`.
+    write_gate: Mutex<pb::WriteGate>,
 }
 
 /// What the compactor thread has to do. Invariant: `done <= target`, and `target` is the
@@ -288,6 +293,10 @@ impl MvccStore {
             .map_or(span, |stored| KeySpan::decode(&stored));
         let (txn_locks, txn_outcomes) = txn_tables::load(&local);
         let frozen = MvccStore::load_freeze_mark(&local);
+        let write_gate = local
+            .get(gate_apply::META_WRITE_GATE)
+            .map(|stored| gate_apply::decode_gate(&stored))
+            .unwrap_or_default();
         let latest = index.unwrap_or_else(|| {
             LatestIndex::build(
                 Revision(revision),
@@ -333,6 +342,7 @@ impl MvccStore {
             txn_locks: Mutex::new(Arc::new(txn_locks)),
             txn_outcomes: Mutex::new(txn_outcomes),
             frozen: Mutex::new(frozen),
+            write_gate: Mutex::new(write_gate),
         }
     }
 
@@ -683,6 +693,11 @@ impl MvccStore {
         if by_hand {
             right_local.insert(&mut batch, merge_apply::META_SPLIT_BY_HAND, []);
         }
+        right_local.insert(
+            &mut batch,
+            gate_apply::META_WRITE_GATE,
+            self.gate_for_split(index).encode_to_vec(),
+        );
 
         let compacted = self.compact_revision();
         right_local.insert(
@@ -836,6 +851,7 @@ impl MvccStore {
             txn_locks,
             txn_outcomes,
             txn_horizon,
+            write_gate: Some(self.held_gate()),
             ..Default::default()
         };
         self.merge_tables(&mut tables);
@@ -1226,6 +1242,7 @@ impl MvccStore {
     ) {
         let mut batch = self.keyspace.batch();
         let freeze_mark = self.install_merge_tables(&mut batch, &tables);
+        self.install_gate(&mut batch, &tables);
         // A snapshot is of a later position than ours, and a bound never falls.
         assert!(
             tables.oracle_bound >= self.oracle_bound(),

@@ -253,6 +253,7 @@ impl MvccStore {
             })
             .chain([txn_tables::store_horizon(horizon)]);
         self.put_local_changes(&mut batch, taken_over);
+        self.take_newer_gate(&mut batch, right);
         for absorbed in right.absorbed_ranges().into_iter().chain([right.group]) {
             self.local.insert(&mut batch, absorbed_name(absorbed), []);
         }

@@ -1,0 +1,199 @@
+//! The first data range's write rules (auth, NOSPACE) as other ranges take them in by
+//! `WriteGate` entries and enforce them at apply (`store::gate_apply`).
+
+use bytes::Bytes;
+use ostrakon_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, AuthEnableRequest, AuthUserAddRequest,
+    AuthUserGrantRoleRequest, DeleteRangeRequest, PutRequest,
+};
+use ostrakon_proto::peer::{self as pb, auth_write, write_request::Request};
+use ostrakon_raft::GroupId;
+
+use super::*;
+
+use super::shared_tests::Range;
+
+impl Range {
+    /// Applies `request`, checked against the auth store's revision `auth_revision`.
+    fn write_checked(&mut self, request: Request, auth_revision: u64) -> WriteOutcome {
+        // Revisions from the oracle once split: a test stands in for it.
+        let revision = if self.store.oracle_revisions() {
+            Revision(self.store.current_revision().0 + 1_000)
+        } else {
+            Revision(0)
+        };
+        self.write_checked_at(request, revision, auth_revision)
+    }
+
+    fn auth(&mut self, op: auth_write::Op) {
+        match self.write(Request::Auth(pb::AuthWrite { op: Some(op) })) {
+            WriteOutcome::Auth(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Adds root and enables auth; returns the auth store's revision after.
+    fn enable_auth(&mut self) -> u64 {
+        self.auth(auth_write::Op::UserAdd(AuthUserAddRequest {
+            name: "root".into(),
+            hashed_password: "hash".into(),
+            ..Default::default()
+        }));
+        self.auth(auth_write::Op::UserGrantRole(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        }));
+        self.auth(auth_write::Op::Enable(AuthEnableRequest {}));
+        let auth = self.store.auth();
+        assert!(auth.enabled());
+        auth.revision()
+    }
+
+    fn raise_nospace(&mut self) {
+        let raised = self.write(Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: 42,
+            alarm: AlarmType::Nospace as i32,
+        }));
+        assert!(matches!(raised, WriteOutcome::Alarm(_)), "{raised:?}");
+    }
+
+    fn take_gate(&mut self, gate: &pb::WriteGate) -> bool {
+        match self.write(Request::WriteGate(*gate)) {
+            WriteOutcome::GateApplied(applied) => applied.raised,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A put checked at `auth_revision`: whether it applied, or etcd's error message.
+    fn put_checked(&mut self, key: &str, auth_revision: u64) -> Result<(), String> {
+        let put = Request::Put(PutRequest {
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        });
+        match self.write_checked(put, auth_revision) {
+            WriteOutcome::Put(_) => Ok(()),
+            WriteOutcome::Error(error) => Err(error.message),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn left_span() -> KeySpan {
+    KeySpan::new(Vec::new(), Some(b"m".to_vec()))
+}
+
+fn right_span() -> KeySpan {
+    KeySpan::new(b"m".to_vec(), None)
+}
+
+const OLD_AUTH_REVISION: &str = "etcdserver: revision of auth store is old";
+
+#[test]
+fn a_range_refuses_writes_checked_against_auth_older_than_the_gate_it_took_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut first = Range::open(&keyspace, 1, left_span());
+    let mut other = Range::open(&keyspace, 2, right_span());
+    let revision = first.enable_auth();
+    assert_eq!(
+        first.put_checked("a", revision - 1),
+        Err(OLD_AUTH_REVISION.to_string()),
+        "the first range holds the auth store itself"
+    );
+    // Until the gate is in its log, the other range knows nothing of the change: this
+    // is the write a member that had not applied it yet could get through.
+    assert_eq!(other.put_checked("n", revision - 1), Ok(()));
+
+    let gate = first.store.gate_to_carry();
+    assert!(other.store.lacks_gate(&gate));
+    assert!(other.take_gate(&gate));
+    assert!(!other.store.lacks_gate(&gate));
+    assert_eq!(
+        other.put_checked("n", revision - 1),
+        Err(OLD_AUTH_REVISION.to_string())
+    );
+    assert_eq!(other.put_checked("n", revision), Ok(()));
+    assert_eq!(other.put_checked("n", 0), Ok(()), "writes not checked pass");
+
+    // A gate from an earlier position of the first range (a carrier that read the
+    // rules before the change, and proposed late) changes nothing.
+    let older = pb::WriteGate {
+        source_index: gate.source_index - 1,
+        ..Default::default()
+    };
+    assert!(!other.take_gate(&older));
+    assert_eq!(
+        other.put_checked("n", revision - 1),
+        Err(OLD_AUTH_REVISION.to_string())
+    );
+
+    // The gate survives a restart and travels in the range's snapshots.
+    other.store.persist();
+    let reopened = MvccStore::open(&keyspace, GroupId(2), right_span());
+    assert_eq!(reopened.write_rules(), other.store.write_rules());
+    drop(reopened);
+    let snapshot_dir = tempfile::tempdir().unwrap();
+    let path = snapshot_dir.path().join("snap");
+    crate::snapshot::create(&other.store, &path).unwrap();
+    let elsewhere_dir = tempfile::tempdir().unwrap();
+    let elsewhere = fjall::Config::new(elsewhere_dir.path()).open().unwrap();
+    let installed = MvccStore::open(&elsewhere, GroupId(2), right_span());
+    crate::snapshot::install(&installed, &path).unwrap();
+    assert_eq!(installed.write_rules(), other.store.write_rules());
+    assert!(installed.write_rules().refuses_auth_revision(revision - 1));
+}
+
+#[test]
+fn a_range_refuses_writes_that_add_data_once_a_gate_carries_nospace() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut first = Range::open(&keyspace, 1, left_span());
+    let mut other = Range::open(&keyspace, 2, right_span());
+    other.put_checked("n", 0).unwrap();
+    first.raise_nospace();
+    assert!(other.take_gate(&first.store.gate_to_carry()));
+    assert_eq!(
+        other.put_checked("o", 0),
+        Err("etcdserver: mvcc: database space exceeded".to_string())
+    );
+    match other.write(Request::DeleteRange(DeleteRangeRequest {
+        key: Bytes::from_static(b"n"),
+        ..Default::default()
+    })) {
+        WriteOutcome::DeleteRange(deleted) => assert_eq!(deleted.deleted, 1),
+        other => panic!("deletes still apply: {other:?}"),
+    }
+    // Cleared in the first range, and carried: puts apply again.
+    match first.write(Request::Alarm(AlarmRequest {
+        action: AlarmAction::Deactivate as i32,
+        member_id: 42,
+        alarm: AlarmType::Nospace as i32,
+    })) {
+        WriteOutcome::Alarm(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(other.take_gate(&first.store.gate_to_carry()));
+    assert_eq!(other.put_checked("o", 0), Ok(()));
+}
+
+#[test]
+fn a_range_split_off_starts_with_the_rules_of_the_range_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut whole = Range::open(&keyspace, 1, KeySpan::whole());
+    let revision = whole.enable_auth();
+    whole.raise_nospace();
+    let right = whole.split_off(b"m", 2);
+    let rules = right.store.write_rules();
+    assert_eq!(rules, whole.store.write_rules());
+    assert!(rules.refuses_auth_revision(revision - 1) && rules.nospace);
+    assert_eq!(right.store.held_gate().source_index, whole.index);
+
+    // A range split off a range that is not the first takes its gate as it is.
+    let mut right = right;
+    let third = right.split_off(b"t", 3);
+    assert_eq!(third.store.held_gate(), right.store.held_gate());
+    assert_eq!(third.store.write_rules(), rules);
+}
