@@ -317,7 +317,7 @@ impl NodeHandle {
             return self.write_routed_once(request, auth_revision).await;
         }
         let outcome = self.write_routed_once(request, auth_revision).await?;
-        if self.data_ranges().len() > 1 {
+        if self.directory().len() > 1 {
             // Acknowledged only once every range enforces the change (`write_gates`):
             // this member's replica of the first range holds it after a read index.
             self.linearizable_read_point(crate::DEFAULT_GROUP).await?;

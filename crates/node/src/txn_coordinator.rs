@@ -754,7 +754,10 @@ pub(crate) async fn attempt(
     // The outcome is worth a wait of its own: without it the client hears only that
     // its request may or may not have applied.
     let deadline = tokio::time::Instant::now() + handle.request_timeout();
-    let decided = match propose(handle, primary, &commit, 0).await {
+    // Checked against the auth store the prepares were: a commit that lands after an
+    // auth change's gate in the primary's log aborts (`apply_write`), as a write would be
+    // refused there.
+    let decided = match propose(handle, primary, &commit, auth_revision).await {
         Ok(WriteOutcome::TxnDecided(decided)) => decided,
         // Refused: the primary froze for a merge, so a pusher had ended the lock there
         // (or an earlier copy of this commit applied): the record says which.

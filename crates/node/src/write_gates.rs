@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use ostrakon_proto::peer::{self as pb, write_request::Request};
-use ostrakon_raft::GroupId;
+use ostrakon_raft::{GroupId, LogIndex};
 use ostrakon_storage::mvcc::WriteOutcome;
 
 use crate::error::NodeError;
@@ -27,6 +27,12 @@ use crate::DEFAULT_GROUP;
 
 /// How often the first range's leader looks whether its rules moved.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Every this many looks, the first range's leader also looks at every range's gate,
+/// whether or not its rules moved: a range its carriers did not know of yet (one this
+/// member had no replica of while a change went round) gets its gate within this
+/// many seconds. One comparison per range; nothing is proposed where nothing lacks.
+const FULL_LOOK_EVERY: u32 = 10;
 
 /// How many gates one carrier proposes at once (a keyspace of many ranges takes one
 /// entry per range per change; auth changes are rare).
@@ -51,7 +57,7 @@ pub(crate) async fn carry(handle: &NodeHandle) -> Result<(), NodeError> {
     let mut carried: HashSet<GroupId> = HashSet::new();
     loop {
         let gate = handle.store(DEFAULT_GROUP)?.gate_to_carry();
-        if !same_rules(&gate, &carried_gate) {
+        if gate.source_index != carried_gate.source_index {
             carried.clear();
             carried_gate = gate;
         }
@@ -84,13 +90,12 @@ pub(crate) async fn carry(handle: &NodeHandle) -> Result<(), NodeError> {
     }
 }
 
-fn same_rules(a: &pb::WriteGate, b: &pb::WriteGate) -> bool {
-    (a.auth_revision, a.auth_enabled, a.nospace) == (b.auth_revision, b.auth_enabled, b.nospace)
-}
-
 /// Proposes `gate` to `group` until it applies (taken in or not: a later one may be
-/// there already), or the range merged into another (which is listed itself, and kept
-/// the newer of the two ranges' gates).
+/// there already) and this member's replica has applied it too, or the range merged
+/// into another (which is listed itself, and kept the newer of the two ranges' gates).
+/// The wait matters: a split of the range before the gate, which this replica has not
+/// applied yet, made a range that started with the old gate; once the gate is applied
+/// here, so is the split, and the carrier's next look finds the new range.
 async fn propose(
     handle: &NodeHandle,
     group: GroupId,
@@ -100,7 +105,13 @@ async fn propose(
     let mut locked_retries = 0;
     loop {
         match handle.write(group, Request::WriteGate(gate)).await {
-            Ok(WriteOutcome::GateApplied(_)) | Err(NodeError::UnknownGroup) => return Ok(()),
+            Ok(WriteOutcome::GateApplied(applied)) => {
+                return match handle.wait_applied(group, LogIndex(applied.index)).await {
+                    Ok(()) | Err(NodeError::UnknownGroup) => Ok(()),
+                    Err(error) => Err(error),
+                };
+            }
+            Err(NodeError::UnknownGroup) => return Ok(()),
             // Frozen for a merge: it thaws, or merges, within a few round trips.
             Ok(WriteOutcome::Error(error))
                 if error.retry == pb::Retry::Locked as i32
@@ -125,26 +136,28 @@ async fn propose(
 }
 
 /// On the first range's leader, once a second: carries its rules if they moved since
-/// it last carried them (or since it started), until the node stops.
+/// it last carried them (or since it started), and every `FULL_LOOK_EVERY` looks
+/// anyway, until the node stops.
 pub(crate) async fn run(handle: NodeHandle) {
     let mut check = tokio::time::interval(CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_carried: Option<pb::WriteGate> = None;
+    let mut looks = 0u32;
     loop {
         check.tick().await;
+        looks = looks.wrapping_add(1);
         let Ok(status) = handle.status(DEFAULT_GROUP) else {
             return; // the node stopped
         };
-        if !status.is_leader || handle.data_ranges().len() < 2 {
+        if !status.is_leader || handle.directory().len() < 2 {
             continue;
         }
         let Ok(first) = handle.store(DEFAULT_GROUP) else {
             return;
         };
         let gate = first.gate_to_carry();
-        if last_carried
-            .as_ref()
-            .is_some_and(|last| same_rules(last, &gate))
+        if last_carried.is_some_and(|last| last.source_index == gate.source_index)
+            && !looks.is_multiple_of(FULL_LOOK_EVERY)
         {
             continue;
         }

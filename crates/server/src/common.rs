@@ -86,6 +86,8 @@ async fn check_quota(node: &NodeHandle, write: &Write) -> Result<(), ApiError> {
         member_id: node.id().0,
         alarm: AlarmType::Nospace as i32,
     });
-    node.write(DEFAULT_GROUP, alarm).await?;
+    // Routed as a client's alarm request is: on a keyspace in ranges, every range's log
+    // takes NOSPACE in (a write gate) before this answers.
+    node.write_routed(alarm, 0).await?;
     Err(ApiError::Mvcc(ostrakon_storage::mvcc::MvccError::NoSpace))
 }

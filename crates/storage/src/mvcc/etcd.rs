@@ -372,6 +372,19 @@ pub fn apply_write(
     // A transaction's decision and its resolution are never refused (not by auth, not
     // by the space quota): locks must go. Its prepare is checked as any write.
     match request {
+        Request::TxnCommit(decide)
+            if store
+                .write_rules()
+                .refuses_auth_revision(write.auth_revision) =>
+        {
+            // The permissions the coordinator checked changed before the commit reached
+            // the primary's log (an auth change is acknowledged once every range's log
+            // holds its gate): the transaction aborts, and its next attempt is refused
+            // as a write would be. An abort of a transaction committed already answers
+            // its commit.
+            let txn = decide.txn.as_ref().expect("a commit names its transaction");
+            return WriteOutcome::TxnDecided(store.apply_txn_abort(index, term, txn));
+        }
         Request::TxnCommit(decide) => {
             return WriteOutcome::TxnDecided(store.apply_txn_commit(index, term, decide))
         }

@@ -58,6 +58,15 @@ impl Range {
         assert!(matches!(raised, WriteOutcome::Alarm(_)), "{raised:?}");
     }
 
+    fn clear_nospace(&mut self) {
+        let cleared = self.write(Request::Alarm(AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            member_id: 42,
+            alarm: AlarmType::Nospace as i32,
+        }));
+        assert!(matches!(cleared, WriteOutcome::Alarm(_)), "{cleared:?}");
+    }
+
     fn take_gate(&mut self, gate: &pb::WriteGate) -> bool {
         match self.write(Request::WriteGate(*gate)) {
             WriteOutcome::GateApplied(applied) => applied.raised,
@@ -152,6 +161,7 @@ fn a_range_refuses_writes_that_add_data_once_a_gate_carries_nospace() {
     let mut first = Range::open(&keyspace, 1, left_span());
     let mut other = Range::open(&keyspace, 2, right_span());
     other.put_checked("n", 0).unwrap();
+    let before_raise = first.store.gate_to_carry();
     first.raise_nospace();
     assert!(other.take_gate(&first.store.gate_to_carry()));
     assert_eq!(
@@ -166,16 +176,48 @@ fn a_range_refuses_writes_that_add_data_once_a_gate_carries_nospace() {
         other => panic!("deletes still apply: {other:?}"),
     }
     // Cleared in the first range, and carried: puts apply again.
-    match first.write(Request::Alarm(AlarmRequest {
-        action: AlarmAction::Deactivate as i32,
-        member_id: 42,
-        alarm: AlarmType::Nospace as i32,
-    })) {
-        WriteOutcome::Alarm(_) => {}
-        other => panic!("{other:?}"),
-    }
-    assert!(other.take_gate(&first.store.gate_to_carry()));
+    first.clear_nospace();
+    let cleared = first.store.gate_to_carry();
+    assert_eq!(
+        (cleared.auth_revision, cleared.auth_enabled, cleared.nospace),
+        (
+            before_raise.auth_revision,
+            before_raise.auth_enabled,
+            before_raise.nospace
+        ),
+        "the same rules as before the alarm"
+    );
+    // A range that holds the alarm's gate lacks the clearing's, though its rules are
+    // those of a gate from before the alarm.
+    assert!(other.store.lacks_gate(&cleared));
+    assert!(other.take_gate(&cleared));
     assert_eq!(other.put_checked("o", 0), Ok(()));
+    // Raised again, and carried again.
+    first.raise_nospace();
+    let raised_again = first.store.gate_to_carry();
+    assert!(other.store.lacks_gate(&raised_again));
+    assert!(other.take_gate(&raised_again));
+    assert!(other.put_checked("p", 0).is_err());
+}
+
+#[test]
+fn the_first_range_goes_by_its_own_tables_whatever_gate_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut first = Range::open(&keyspace, 1, left_span());
+    // A gate with NOSPACE in the first range (as a merge could leave it): its own alarms,
+    // none raised, decide.
+    let gate = pb::WriteGate {
+        source_index: 100,
+        nospace: true,
+        auth_enabled: true,
+        auth_revision: 50,
+    };
+    assert!(first.take_gate(&gate));
+    let rules = first.store.write_rules();
+    assert!(!rules.nospace && !rules.auth_enabled, "{rules:?}");
+    assert_eq!(rules.auth_revision, first.store.auth().revision());
+    assert_eq!(first.put_checked("a", 3), Ok(()));
 }
 
 #[test]
@@ -189,7 +231,11 @@ fn a_range_split_off_starts_with_the_rules_of_the_range_it_came_from() {
     let rules = right.store.write_rules();
     assert_eq!(rules, whole.store.write_rules());
     assert!(rules.refuses_auth_revision(revision - 1) && rules.nospace);
-    assert_eq!(right.store.held_gate().source_index, whole.index);
+    assert_eq!(
+        right.store.held_gate().source_index,
+        whole.index - 1,
+        "named by the last change to the rules, NOSPACE's, the entry before the split"
+    );
 
     // A range split off a range that is not the first takes its gate as it is.
     let mut right = right;

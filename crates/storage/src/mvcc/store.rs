@@ -184,6 +184,9 @@ pub struct MvccStore {
     /// The first data range's write rules as this range last took them in (persisted
     /// in `local`; the default one in the first data range itself): `gate_apply`.
     write_gate: Mutex<pb::WriteGate>,
+    /// The applied index of the last change to this range's own write rules (persisted
+    /// in `local`; what the first data range's gates carry as their source).
+    rules_changed_at: AtomicU64,
 }
 
 /// What the compactor thread has to do. Invariant: `done <= target`, and `target` is the
@@ -297,6 +300,9 @@ impl MvccStore {
             .get(gate_apply::META_WRITE_GATE)
             .map(|stored| gate_apply::decode_gate(&stored))
             .unwrap_or_default();
+        // Not recorded (a store from before gates): as of now, so gates are carried once.
+        let rules_changed_at =
+            read_u64(gate_apply::META_RULES_CHANGED_AT).unwrap_or(applied.index.0);
         let latest = index.unwrap_or_else(|| {
             LatestIndex::build(
                 Revision(revision),
@@ -343,6 +349,7 @@ impl MvccStore {
             txn_outcomes: Mutex::new(txn_outcomes),
             frozen: Mutex::new(frozen),
             write_gate: Mutex::new(write_gate),
+            rules_changed_at: AtomicU64::new(rules_changed_at),
         }
     }
 
@@ -426,8 +433,16 @@ impl MvccStore {
                 None => self.local.remove(&mut batch, key),
             }
         }
+        let rules_change =
+            (next.revision(), next.enabled()) != (current.revision(), current.enabled());
+        if rules_change {
+            self.note_rules_change(&mut batch, index);
+        }
         self.put_applied(&mut batch, index, term);
         engine("committing an auth change", batch.commit());
+        if rules_change {
+            self.rules_changed_at.store(index.0, Ordering::SeqCst);
+        }
         let mut token = String::new();
         {
             let now = Instant::now();
@@ -509,6 +524,12 @@ impl MvccStore {
         let key = alarm_key(request.member_id, request.alarm);
         let mut batch = self.keyspace.batch();
         let mut alarms = self.alarms.lock().unwrap();
+        let nospace = |alarms: &BTreeSet<(u64, i32)>| {
+            alarms
+                .iter()
+                .any(|(_, raised)| *raised == AlarmType::Nospace as i32)
+        };
+        let nospace_before = nospace(&alarms);
         let entry = (request.member_id, request.alarm);
         let mut answered = Vec::new();
         match alarm_request::AlarmAction::try_from(request.action) {
@@ -523,9 +544,16 @@ impl MvccStore {
             }
             _ => {}
         }
+        let rules_change = nospace(&alarms) != nospace_before;
+        if rules_change {
+            self.note_rules_change(&mut batch, index);
+        }
         self.put_applied(&mut batch, index, term);
         engine("committing an alarm", batch.commit());
         drop(alarms);
+        if rules_change {
+            self.rules_changed_at.store(index.0, Ordering::SeqCst);
+        }
         self.set_applied(index, term);
         AlarmResponse {
             header: None,
@@ -696,7 +724,7 @@ impl MvccStore {
         right_local.insert(
             &mut batch,
             gate_apply::META_WRITE_GATE,
-            self.gate_for_split(index).encode_to_vec(),
+            self.gate_for_split().encode_to_vec(),
         );
 
         let compacted = self.compact_revision();
@@ -1242,7 +1270,7 @@ impl MvccStore {
     ) {
         let mut batch = self.keyspace.batch();
         let freeze_mark = self.install_merge_tables(&mut batch, &tables);
-        self.install_gate(&mut batch, &tables);
+        self.install_gate(&mut batch, &tables, applied.index);
         // A snapshot is of a later position than ours, and a bound never falls.
         assert!(
             tables.oracle_bound >= self.oracle_bound(),

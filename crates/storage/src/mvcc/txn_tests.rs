@@ -91,12 +91,24 @@ impl TwoRanges {
     }
 
     fn apply(&mut self, right: bool, request: Request, revision: i64) -> WriteOutcome {
+        self.apply_checked(right, request, revision, 0)
+    }
+
+    /// `apply`, checked against the auth store's revision `auth_revision`.
+    fn apply_checked(
+        &mut self,
+        right: bool,
+        request: Request,
+        revision: i64,
+        auth_revision: u64,
+    ) -> WriteOutcome {
         self.index += 1;
         let write = WriteRequest {
             origin: 1,
             id: self.index,
             request: Some(request),
             revision,
+            auth_revision,
             ..Default::default()
         };
         apply_write(self.store(right), LogIndex(self.index), Term(1), &write)
@@ -789,4 +801,58 @@ fn a_lease_attached_and_revoked_across_ranges_deletes_every_key_at_one_revision(
         evaluate_revoke_across(&ranges.left, views, Revision(50), 5).unwrap_err(),
         MvccError::LeaseNotFound
     );
+}
+
+/// A commit that reaches the primary's log after an auth change (whose gate every range
+/// holds before it is acknowledged) was checked against the old permissions: the
+/// transaction aborts there, as a write would be refused, and its locks go.
+#[test]
+fn a_commit_checked_against_an_older_auth_store_aborts_at_the_primary() {
+    use ostrakon_proto::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+    };
+    use pb::auth_write::Op;
+    let mut ranges = TwoRanges::new();
+    assert!(is_put(ranges.put("a", "1", 10)));
+    assert!(is_put(ranges.put("x", "1", 11)));
+    for op in [
+        Op::UserAdd(AuthUserAddRequest {
+            name: "root".into(),
+            hashed_password: "hash".into(),
+            ..Default::default()
+        }),
+        Op::UserGrantRole(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        }),
+        Op::Enable(AuthEnableRequest {}),
+    ] {
+        let applied = ranges.apply(false, Request::Auth(pb::AuthWrite { op: Some(op) }), 0);
+        assert!(matches!(applied, WriteOutcome::Auth(_)), "{applied:?}");
+    }
+    let checked_at = ranges.left.auth().revision();
+    let writes = ranges.prepared_transfer("2");
+    // The permissions change after the prepares (a role added moves the revision).
+    let changed = ranges.apply(
+        false,
+        Request::Auth(pb::AuthWrite {
+            op: Some(Op::RoleAdd(AuthRoleAddRequest { name: "r".into() })),
+        }),
+        0,
+    );
+    assert!(matches!(changed, WriteOutcome::Auth(_)), "{changed:?}");
+    let commit = Request::TxnCommit(pb::TxnDecide {
+        txn: Some(txn_id(1)),
+        writes: Some(writes),
+    });
+    match ranges.apply_checked(false, commit, 0, checked_at) {
+        WriteOutcome::TxnDecided(decided) => assert!(!decided.committed, "{decided:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ranges.value("a"), Some(("1".to_string(), 10)));
+    assert!(is_put(ranges.put("a", "3", 30)), "the primary's lock went");
+}
+
+fn is_put(outcome: WriteOutcome) -> bool {
+    matches!(outcome, WriteOutcome::Put(_))
 }

@@ -7,8 +7,11 @@
 //! at different paces, so their decisions would differ. Each other range takes the rules
 //! into its own log instead (a `WriteGate` entry, proposed by the node after every
 //! change) and decides by what its log holds, identically on every replica. A gate
-//! carries the first range's applied index it was read at; a range keeps the gate from
-//! the latest position, so gates whose proposals race leave it at the newest.
+//! carries the first range's index of the change that made its rules; a range keeps the
+//! gate of the latest change, so gates whose proposals race leave it at the newest, and
+//! a range lacks a change exactly when its gate's index is below the change's.
+
+use std::sync::atomic::Ordering;
 
 use ostrakon_proto::etcdserverpb::AlarmType;
 use ostrakon_proto::peer as pb;
@@ -20,6 +23,9 @@ use crate::fatal::engine;
 
 /// The gate this range took in last (absent in the first data range).
 pub(super) const META_WRITE_GATE: &[u8] = b"write_gate";
+/// The applied index of the last change to the range's own rules (the first data
+/// range's are the cluster's).
+pub(super) const META_RULES_CHANGED_AT: &[u8] = b"rules_changed_at";
 
 /// The rules a write must pass in a range: the first data range's own tables there, the
 /// gate it took in elsewhere.
@@ -54,24 +60,34 @@ pub(super) fn decode_gate(stored: &[u8]) -> pb::WriteGate {
 }
 
 impl MvccStore {
-    /// The rules this range's writes must pass: its own auth store and alarms (the first
-    /// data range's are the cluster's), or else the gate it took in last.
+    /// Whether this range holds the cluster's auth tables and alarms: the first data
+    /// range (the keyspace's first key is its own). Its own rules are the cluster's; a
+    /// gate it took over in a merge means nothing there.
+    fn holds_cluster_tables(&self) -> bool {
+        self.span().start().is_empty()
+    }
+
+    /// The rules this range's writes must pass: its own auth store and alarms in the
+    /// first data range, the gate it took in last elsewhere.
     pub fn write_rules(&self) -> WriteRules {
-        let auth = self.auth();
-        let gate = self.write_gate.lock().unwrap();
-        WriteRules {
-            auth_revision: auth.revision().max(gate.auth_revision),
-            auth_enabled: auth.enabled() || gate.auth_enabled,
-            nospace: self.has_alarm(AlarmType::Nospace) || gate.nospace,
+        if self.holds_cluster_tables() {
+            let auth = self.auth();
+            WriteRules {
+                auth_revision: auth.revision(),
+                auth_enabled: auth.enabled(),
+                nospace: self.has_alarm(AlarmType::Nospace),
+            }
+        } else {
+            WriteRules::of_gate(&self.write_gate.lock().unwrap())
         }
     }
 
     /// The gate to carry this range's own rules (the first data range's) into the
-    /// others, at its current applied position. The position is read first: the rules
-    /// read after it are at least as new, so a range that takes in a later gate never
-    /// goes back to older rules.
+    /// others, named by the index of their last change. The index is read first: the
+    /// rules read after it are at least as new, so a range that takes in a later gate
+    /// never goes back to older rules.
     pub fn gate_to_carry(&self) -> pb::WriteGate {
-        let source_index = self.applied_index().0;
+        let source_index = self.rules_changed_at.load(Ordering::SeqCst);
         let auth = self.auth();
         pb::WriteGate {
             source_index,
@@ -81,12 +97,18 @@ impl MvccStore {
         }
     }
 
-    /// Whether this range still lacks `gate`: it holds a gate from an earlier position
-    /// with other rules. (Equal rules from an earlier position enforce the same.)
+    /// Whether this range's log (as far as this replica applied it) lacks `gate`: it
+    /// holds the gate of an earlier change. Rules alone would not tell: NOSPACE raised
+    /// and cleared again gives the same rules as before it.
     pub fn lacks_gate(&self, gate: &pb::WriteGate) -> bool {
-        let held = self.write_gate.lock().unwrap();
-        held.source_index < gate.source_index
-            && WriteRules::of_gate(&held) != WriteRules::of_gate(gate)
+        self.write_gate.lock().unwrap().source_index < gate.source_index
+    }
+
+    /// Records, in `batch`, that this range's own rules change at `index` (the caller
+    /// sets `rules_changed_at` once the batch is committed).
+    pub(super) fn note_rules_change(&self, batch: &mut fjall::Batch, index: LogIndex) {
+        self.local
+            .insert(batch, META_RULES_CHANGED_AT, index.0.to_be_bytes());
     }
 
     /// The gate this range took in last (the default one if none).
@@ -116,24 +138,28 @@ impl MvccStore {
         }
         drop(held);
         self.set_applied(index, term);
-        pb::GateApplied { raised }
+        pb::GateApplied {
+            raised,
+            index: index.0,
+        }
     }
 
-    /// The gate a range split off this one at `index` starts with: this range's own
-    /// rules at the split if it holds the cluster's tables (the first data range), else
-    /// the gate this range holds.
-    pub(super) fn gate_for_split(&self, index: LogIndex) -> pb::WriteGate {
-        if self.span().start().is_empty() {
-            let mut gate = self.gate_to_carry();
-            gate.source_index = index.0;
-            gate
+    /// The gate a range split off this one starts with: this range's own rules if it
+    /// holds the cluster's tables (the first data range), else the gate it holds.
+    pub(super) fn gate_for_split(&self) -> pb::WriteGate {
+        if self.holds_cluster_tables() {
+            self.gate_to_carry()
         } else {
             self.held_gate()
         }
     }
 
-    /// In a merge, the left range keeps the newer of its gate and the right range's.
+    /// In a merge, the left range keeps the newer of its gate and the right range's
+    /// (the first data range keeps its own rules).
     pub(super) fn take_newer_gate(&self, batch: &mut fjall::Batch, right: &MvccStore) {
+        if self.holds_cluster_tables() {
+            return;
+        }
         let right_gate = right.held_gate();
         let mut held = self.write_gate.lock().unwrap();
         if right_gate.source_index > held.source_index {
@@ -143,8 +169,17 @@ impl MvccStore {
         }
     }
 
-    /// Replaces the gate with a snapshot's, in `batch`.
-    pub(super) fn install_gate(&self, batch: &mut fjall::Batch, tables: &pb::SnapshotTables) {
+    /// Replaces the gate with a snapshot's, in `batch`. The snapshot's own rules (the
+    /// first data range's) count as changed at its position: a gate carried from them
+    /// is then from a later change than any carried before it.
+    pub(super) fn install_gate(
+        &self,
+        batch: &mut fjall::Batch,
+        tables: &pb::SnapshotTables,
+        applied: LogIndex,
+    ) {
+        self.note_rules_change(batch, applied);
+        self.rules_changed_at.store(applied.0, Ordering::SeqCst);
         let gate = tables.write_gate.unwrap_or_default();
         if gate == pb::WriteGate::default() {
             self.local.remove(batch, META_WRITE_GATE);
