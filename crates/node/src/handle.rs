@@ -317,10 +317,11 @@ impl NodeHandle {
             return self.write_routed_once(request, auth_revision).await;
         }
         let outcome = self.write_routed_once(request, auth_revision).await?;
+        // Acknowledged only once every range enforces the change (`write_gates`): this
+        // member's replica of the first range holds it after a read index, and with it
+        // every split of the first range before it (the ranges are counted after).
+        self.linearizable_read_point(crate::DEFAULT_GROUP).await?;
         if self.directory().len() > 1 {
-            // Acknowledged only once every range enforces the change (`write_gates`):
-            // this member's replica of the first range holds it after a read index.
-            self.linearizable_read_point(crate::DEFAULT_GROUP).await?;
             crate::write_gates::carry(self).await?;
         }
         Ok(outcome)

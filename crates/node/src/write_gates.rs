@@ -108,6 +108,8 @@ async fn propose(
             Ok(WriteOutcome::GateApplied(applied)) => {
                 return match handle.wait_applied(group, LogIndex(applied.index)).await {
                     Ok(()) | Err(NodeError::UnknownGroup) => Ok(()),
+                    // Merged into another meanwhile: its replica here is gone.
+                    Err(_) if handle.store(group).is_err() => Ok(()),
                     Err(error) => Err(error),
                 };
             }

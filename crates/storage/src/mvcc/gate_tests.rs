@@ -152,6 +152,13 @@ fn a_range_refuses_writes_checked_against_auth_older_than_the_gate_it_took_in() 
     crate::snapshot::install(&installed, &path).unwrap();
     assert_eq!(installed.write_rules(), other.store.write_rules());
     assert!(installed.write_rules().refuses_auth_revision(revision - 1));
+
+    // A replica of the first range that catches up by snapshot names the rules as the
+    // others do (the gates it carries are those they would carry).
+    crate::snapshot::create(&first.store, &path).unwrap();
+    let first_elsewhere = MvccStore::open(&elsewhere, GroupId(1), left_span());
+    crate::snapshot::install(&first_elsewhere, &path).unwrap();
+    assert_eq!(first_elsewhere.gate_to_carry(), first.store.gate_to_carry());
 }
 
 #[test]
@@ -242,4 +249,38 @@ fn a_range_split_off_starts_with_the_rules_of_the_range_it_came_from() {
     let third = right.split_off(b"t", 3);
     assert_eq!(third.store.held_gate(), right.store.held_gate());
     assert_eq!(third.store.write_rules(), rules);
+}
+
+#[test]
+fn auth_changes_while_auth_is_off_change_no_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut first = Range::open(&keyspace, 1, left_span());
+    let before = first.store.gate_to_carry();
+    first.auth(auth_write::Op::UserAdd(AuthUserAddRequest {
+        name: "bob".into(),
+        hashed_password: "hash".into(),
+        ..Default::default()
+    }));
+    assert_eq!(
+        first.store.gate_to_carry().source_index,
+        before.source_index,
+        "a user added while auth is off: nothing to carry"
+    );
+    first.enable_auth();
+    let enabled = first.store.gate_to_carry();
+    assert_eq!(
+        enabled.source_index, first.index,
+        "turning auth on is a change"
+    );
+    first.auth(auth_write::Op::UserAdd(AuthUserAddRequest {
+        name: "carol".into(),
+        hashed_password: "hash".into(),
+        ..Default::default()
+    }));
+    assert_eq!(
+        first.store.gate_to_carry().source_index,
+        first.index,
+        "a change while auth is on is one"
+    );
 }

@@ -300,9 +300,8 @@ impl MvccStore {
             .get(gate_apply::META_WRITE_GATE)
             .map(|stored| gate_apply::decode_gate(&stored))
             .unwrap_or_default();
-        // Not recorded (a store from before gates): as of now, so gates are carried once.
-        let rules_changed_at =
-            read_u64(gate_apply::META_RULES_CHANGED_AT).unwrap_or(applied.index.0);
+        let rules_changed_at = read_u64(gate_apply::META_RULES_CHANGED_AT)
+            .unwrap_or_else(|| gate_apply::unrecorded_rules_change(&auth, &alarms));
         let latest = index.unwrap_or_else(|| {
             LatestIndex::build(
                 Revision(revision),
@@ -433,8 +432,11 @@ impl MvccStore {
                 None => self.local.remove(&mut batch, key),
             }
         }
-        let rules_change =
-            (next.revision(), next.enabled()) != (current.revision(), current.enabled());
+        // While auth is off no revision is checked: only turning it on or off, or a
+        // change while it is on, changes what a write must pass (so setting up users and
+        // roles before enabling auth carries nothing into the other ranges).
+        let rules = |auth: &AuthState| (auth.enabled(), auth.enabled().then(|| auth.revision()));
+        let rules_change = rules(&next) != rules(&current);
         if rules_change {
             self.note_rules_change(&mut batch, index);
         }
@@ -880,6 +882,7 @@ impl MvccStore {
             txn_outcomes,
             txn_horizon,
             write_gate: Some(self.held_gate()),
+            rules_changed_at: self.rules_changed_at.load(Ordering::SeqCst),
             ..Default::default()
         };
         self.merge_tables(&mut tables);
@@ -1270,7 +1273,7 @@ impl MvccStore {
     ) {
         let mut batch = self.keyspace.batch();
         let freeze_mark = self.install_merge_tables(&mut batch, &tables);
-        self.install_gate(&mut batch, &tables, applied.index);
+        let rules_changed_at = self.install_gate(&mut batch, &tables);
         // A snapshot is of a later position than ours, and a bound never falls.
         assert!(
             tables.oracle_bound >= self.oracle_bound(),
@@ -1346,6 +1349,8 @@ impl MvccStore {
         }
         *auth = Arc::new(new_auth);
         drop(auth);
+        // After the tables it names: a carrier reading it then reads them too.
+        self.set_rules_changed_at(rules_changed_at);
         // The snapshot's span only: the data partition holds other ranges' keys too. A
         // snapshot taken after a split this store has not applied holds less than the
         // store; what it leaves out belongs to the split's other range, whose replica

@@ -55,6 +55,19 @@ impl WriteRules {
     }
 }
 
+/// The index of the last rules change of a store that recorded none (one from before
+/// gates), alike on every replica: 0 with the default rules (nothing to carry), else 1,
+/// above every range's default gate, so the rules are carried once.
+pub(super) fn unrecorded_rules_change(
+    auth: &crate::mvcc::auth::AuthState,
+    alarms: &std::collections::BTreeSet<(u64, i32)>,
+) -> u64 {
+    let nospace = alarms
+        .iter()
+        .any(|(_, alarm)| *alarm == AlarmType::Nospace as i32);
+    u64::from(auth.enabled() || nospace)
+}
+
 pub(super) fn decode_gate(stored: &[u8]) -> pb::WriteGate {
     pb::WriteGate::decode(stored).expect("a stored write gate decodes")
 }
@@ -169,17 +182,15 @@ impl MvccStore {
         }
     }
 
-    /// Replaces the gate with a snapshot's, in `batch`. The snapshot's own rules (the
-    /// first data range's) count as changed at its position: a gate carried from them
-    /// is then from a later change than any carried before it.
+    /// Replaces the gate and the index of the last rules change with a snapshot's, in
+    /// `batch`; returns the index, to be set once the snapshot's tables are in (so a
+    /// carrier never reads it with the tables from before).
     pub(super) fn install_gate(
         &self,
         batch: &mut fjall::Batch,
         tables: &pb::SnapshotTables,
-        applied: LogIndex,
-    ) {
-        self.note_rules_change(batch, applied);
-        self.rules_changed_at.store(applied.0, Ordering::SeqCst);
+    ) -> u64 {
+        self.note_rules_change(batch, LogIndex(tables.rules_changed_at));
         let gate = tables.write_gate.unwrap_or_default();
         if gate == pb::WriteGate::default() {
             self.local.remove(batch, META_WRITE_GATE);
@@ -188,5 +199,11 @@ impl MvccStore {
                 .insert(batch, META_WRITE_GATE, gate.encode_to_vec());
         }
         *self.write_gate.lock().unwrap() = gate;
+        tables.rules_changed_at
+    }
+
+    /// Sets the index of the last rules change (after a snapshot's tables are in).
+    pub(super) fn set_rules_changed_at(&self, index: u64) {
+        self.rules_changed_at.store(index, Ordering::SeqCst);
     }
 }
