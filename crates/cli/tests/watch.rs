@@ -251,11 +251,16 @@ async fn a_large_revision_is_fragmented_only_for_watchers_that_ask() {
 
     let cluster = TestCluster::start(3, &["--max-request-bytes", "10000"]).await;
     let mut kv = cluster.client(0).await;
+    let mut last_put = 0;
     for i in 0..10 {
-        kv.put(format!("big/{i}"), "x".repeat(3000), None)
+        let put = kv
+            .put(format!("big/{i}"), "x".repeat(3000), None)
             .await
             .unwrap();
+        last_put = put.header().unwrap().revision();
     }
+    // The watchers start past the last put: one started at member 1's current revision
+    // could see that put as an event if member 1 had not applied it yet.
     let create = |watch_id: i64, fragment: bool| WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {
@@ -264,6 +269,7 @@ async fn a_large_revision_is_fragmented_only_for_watchers_that_ask() {
                 prev_kv: true,
                 watch_id,
                 fragment,
+                start_revision: last_put + 1,
                 ..WatchCreateRequest::default()
             },
         )),
