@@ -38,10 +38,11 @@ timeout 1800 cargo test --workspace -- --test-threads 2
 
 step "the etcd API's tests again on a keyspace that splits eagerly (five ranges from the start, then splits past 2 KiB) and raft logs compacted past 16 KiB"
 # docs/RANGES.md: every etcd API test passes on a keyspace in ranges as on one range.
+# The two skipped pause a member that leads no data range: here every member leads many.
 OSTRAKON_TEST_RANGE_MAX_BYTES=2048 timeout 900 cargo test -p ostrakon \
   --test etcdctl --test kv_api --test watch --test lease --test lock --test election \
   --test auth --test backup --test membership -- --test-threads 2 \
-  --skip a_revoke_holds_in_every_range  # pauses a member that leads no data range: here every member leads many
+  --skip a_revoke_holds_in_every_range --skip after_an_auth_change_are_refused_on_a_member_behind
 
 step "dashboard in headless Chromium (playwright-core): stop the leader from the page"
 timeout 300 node tests/browser/dashboard.test.mjs target/debug/ostrakon

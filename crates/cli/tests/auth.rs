@@ -338,46 +338,8 @@ async fn a_revoke_holds_in_every_range_for_writes_checked_on_a_member_behind_on_
     let cluster = TestCluster::start(3, &["--bcrypt-cost", "4"]).await;
     common::ranges::split_at_m(&cluster).await;
     let mut admin = cluster.client(0).await;
-    let ids: Vec<u64> = {
-        let listed = admin.member_list().await.unwrap();
-        (1..=3)
-            .map(|n| {
-                let name = format!("m{n}");
-                listed
-                    .members()
-                    .iter()
-                    .find(|m| m.name() == name)
-                    .unwrap()
-                    .id()
-            })
-            .collect()
-    };
-    // A member that leads no data range (asked before auth is on: the listing would
-    // need a token then): the revoke and its gates go on without it (a request
-    // forwarded to a paused leader would wait out its timeout). A quiet cluster keeps
-    // its leaders through the rounds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let leaders: Vec<u64> = loop {
-        let leaders: Vec<u64> = common::ranges::ranges(&cluster, 0)
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter(|range| range.range_id != 0) // the meta range
-            .map(|range| range.leader)
-            .collect();
-        // Two leaders, one each: the leader spreading moves nothing more.
-        if leaders.len() == 2 && !leaders.contains(&0) && leaders[0] != leaders[1] {
-            break leaders;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no leaders: {leaders:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let paused = (0..3)
-        .find(|i| !leaders.contains(&ids[*i]))
-        .unwrap_or_else(|| panic!("every member leads a range: {leaders:?} {ids:?}"));
+    // Asked before auth is on: the listing would need a token then.
+    let paused = member_leading_no_data_range(&cluster).await;
     admin.user_add("root", "rootpw", None).await.unwrap();
     admin.user_grant_role("root", "root").await.unwrap();
     admin.role_add("writer").await.unwrap();
@@ -408,9 +370,7 @@ async fn a_revoke_holds_in_every_range_for_writes_checked_on_a_member_behind_on_
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        let pid = cluster.pid(paused) as i32;
-        // SAFETY: a signal to a child process this test started.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        pause(&cluster, paused, true);
         // The paused member may lead the meta range: a write meeting its failover is
         // answered "leader changed" and asked again. Once "not granted", the revoke
         // applied before, and the member that says so carried its gates first, as it
@@ -442,8 +402,7 @@ async fn a_revoke_holds_in_every_range_for_writes_checked_on_a_member_behind_on_
             tokio::spawn(async move { alice.put(key, "v", None).await })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
+        pause(&cluster, paused, false);
         revoked.unwrap();
         let written = write.await.unwrap();
         let refusal = match written {
@@ -469,5 +428,261 @@ async fn a_revoke_holds_in_every_range_for_writes_checked_on_a_member_behind_on_
     assert!(
         refused_at_apply > 0,
         "every write was refused by the member that checked it: the race was never run"
+    );
+}
+
+/// A member of a keyspace split in two that leads neither data range, once each is led
+/// by a different member: an auth change and its gates go on without it while it is
+/// paused (a request forwarded to a paused leader would wait out its timeout). A quiet
+/// cluster keeps its leaders through a test's rounds.
+async fn member_leading_no_data_range(cluster: &TestCluster) -> usize {
+    use std::time::Duration;
+    let mut admin = cluster.client(0).await;
+    let listed = admin.member_list().await.unwrap();
+    let ids: Vec<u64> = (1..=3)
+        .map(|n| {
+            let name = format!("m{n}");
+            listed
+                .members()
+                .iter()
+                .find(|m| m.name() == name)
+                .unwrap()
+                .id()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let leaders: Vec<u64> = loop {
+        let leaders: Vec<u64> = common::ranges::ranges(cluster, 0)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|range| range.range_id != 0) // the meta range
+            .map(|range| range.leader)
+            .collect();
+        // Two leaders, one each: the leader spreading moves nothing more.
+        if leaders.len() == 2 && !leaders.contains(&0) && leaders[0] != leaders[1] {
+            break leaders;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leaders: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    (0..3)
+        .find(|i| !leaders.contains(&ids[*i]))
+        .unwrap_or_else(|| panic!("every member leads a range: {leaders:?} {ids:?}"))
+}
+
+/// Pauses (true) or resumes (false) a member's process.
+fn pause(cluster: &TestCluster, member: usize, paused: bool) {
+    let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+    // SAFETY: a signal to a child process this test started.
+    unsafe { libc::kill(cluster.pid(member) as i32, signal) };
+}
+
+/// Runs an auth change through members that may be failing over from a paused meta
+/// range leader (answered "unavailable" then, and asked again); `applied` tells the
+/// answer of a change asked again after it had applied.
+async fn auth_change<T, Fut>(mut change: impl FnMut() -> Fut, applied: &str)
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    for attempt in 1.. {
+        match change().await {
+            Ok(_) => return,
+            Err(error) if error.to_string().contains(applied) && attempt > 1 => return,
+            Err(error) if attempt < 5 => {
+                let status = status_of(error);
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            }
+            Err(error) => panic!("the auth change failed: {error}"),
+        }
+    }
+}
+
+/// A member that has not applied an auth change yet still refuses, once the change is
+/// acknowledged, what the change forbids (as etcd does): a linearizable read is checked
+/// after its read index, against an auth store that has applied every change the ranges
+/// read were told of, and a write it let through unchecked while auth was off there is
+/// refused at apply. The member is paused while the change goes through the others, and
+/// is sent the requests as it resumes. Keys on both sides of a split at `m`: the first
+/// data range holds the auth tables, the other takes them in as write gates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_after_an_auth_change_are_refused_on_a_member_behind_on_it() {
+    use etcd_client::{Permission, RoleRevokePermissionOptions};
+    use std::time::Duration;
+    let cluster = TestCluster::start(3, &["--bcrypt-cost", "4"]).await;
+    common::ranges::split_at_m(&cluster).await;
+    let paused = member_leading_no_data_range(&cluster).await;
+    let other = (paused + 1) % 3;
+    let mut admin = cluster.client(other).await;
+    for key in ["c/k", "n/k"] {
+        admin.put(key, "v", None).await.unwrap();
+    }
+    admin.user_add("root", "rootpw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("reader").await.unwrap();
+    admin.user_add("alice", "alicepw", None).await.unwrap();
+    admin.user_grant_role("alice", "reader").await.unwrap();
+    let connect = |member: usize, user: &str, password: &str| {
+        let options = cluster
+            .connect_options(Duration::from_secs(20))
+            .with_user(user, password);
+        etcd_client::Client::connect([cluster.endpoint(member)], Some(options))
+    };
+    for round in 0..2 {
+        // Auth enabled while the member is paused: what it is sent without a token then
+        // is refused, reads and writes, in both ranges.
+        let anonymous = cluster.client(paused).await;
+        pause(&cluster, paused, true);
+        auth_change(
+            || {
+                let mut admin = admin.clone();
+                async move { admin.auth_enable().await }
+            },
+            "",
+        )
+        .await;
+        // An enable asked again after it applied is refused by the member's own check,
+        // which carries nothing: an auth change acknowledged now carries the rules with
+        // auth on into every range first.
+        let mut root = connect(other, "root", "rootpw").await.unwrap();
+        auth_change(
+            || {
+                let mut root = root.clone();
+                async move { root.role_add(format!("carried-{round}")).await }
+            },
+            "role name already exists",
+        )
+        .await;
+        let mut sent = tokio::task::JoinSet::new();
+        for key in ["c/k", "n/k"] {
+            let mut client = anonymous.clone();
+            sent.spawn(async move { (key, client.get(key, None).await.map(|_| ())) });
+        }
+        for key in ["c/w", "n/w"] {
+            let mut client = anonymous.clone();
+            sent.spawn(async move { (key, client.put(key, "v", None).await.map(|_| ())) });
+        }
+        let mut client = anonymous.clone();
+        sent.spawn(async move { ("user list", client.user_list().await.map(|_| ())) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pause(&cluster, paused, false);
+        while let Some(answer) = sent.join_next().await {
+            let (key, answer) = answer.unwrap();
+            assert!(
+                answer.is_err(),
+                "round {round}: {key} without a token after auth was enabled: {answer:?}"
+            );
+        }
+        for key in ["c/w", "n/w"] {
+            let read = root.get(key, None).await.unwrap();
+            assert!(read.kvs().is_empty(), "round {round}: {key} was written");
+        }
+
+        // A permission revoked while the member is paused: alice's reads there are
+        // refused, in both ranges.
+        root.role_grant_permission("reader", Permission::read("c/").with_range_end("o"))
+            .await
+            .unwrap();
+        let mut alice = connect(paused, "alice", "alicepw").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alice.get("n/k", None).await.is_err() || alice.get("c/k", None).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "the grant never held");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pause(&cluster, paused, true);
+        auth_change(
+            || {
+                let mut root = root.clone();
+                async move {
+                    root.role_revoke_permission(
+                        "reader",
+                        "c/",
+                        Some(RoleRevokePermissionOptions::new().with_range_end("o")),
+                    )
+                    .await
+                }
+            },
+            "permission is not granted",
+        )
+        .await;
+        let mut sent = tokio::task::JoinSet::new();
+        for key in ["c/k", "n/k"] {
+            let mut client = alice.clone();
+            sent.spawn(async move { (key, client.get(key, None).await) });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pause(&cluster, paused, false);
+        while let Some(answer) = sent.join_next().await {
+            let (key, answer) = answer.unwrap();
+            match answer {
+                Ok(read) => panic!(
+                    "round {round}: alice read {key} after the revoke was acknowledged: {:?}",
+                    read.kvs()
+                ),
+                Err(error) => assert!(
+                    error.to_string().contains("permission denied"),
+                    "round {round}: {key}: {error}"
+                ),
+            }
+        }
+        auth_change(
+            || {
+                let mut root = root.clone();
+                async move { root.auth_disable().await }
+            },
+            "",
+        )
+        .await;
+    }
+}
+
+/// A watch created on a stream opened before a revoke is checked against the auth store
+/// as it stands when it is created, as etcd checks each create: the revoked user's new
+/// watch is canceled with "permission denied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_created_after_a_revoke_on_a_stream_opened_before_it_is_refused() {
+    use etcd_client::{Permission, RoleRevokePermissionOptions};
+    use std::time::Duration;
+    let cluster = TestCluster::start(1, &["--bcrypt-cost", "4"]).await;
+    let mut admin = cluster.client(0).await;
+    admin.user_add("root", "rootpw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("reader").await.unwrap();
+    admin
+        .role_grant_permission("reader", Permission::read("w/").with_prefix())
+        .await
+        .unwrap();
+    admin.user_add("alice", "alicepw", None).await.unwrap();
+    admin.user_grant_role("alice", "reader").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let connect = |user: &str, password: &str| {
+        let options = cluster
+            .connect_options(Duration::from_secs(20))
+            .with_user(user, password);
+        etcd_client::Client::connect([cluster.endpoint(0)], Some(options))
+    };
+    let mut root = connect("root", "rootpw").await.unwrap();
+    let mut alice = connect("alice", "alicepw").await.unwrap();
+    // Answered once created (etcd-client waits for the created response).
+    let (mut watcher, mut stream) = alice.watch("w/a", None).await.unwrap();
+    root.role_revoke_permission(
+        "reader",
+        "w/",
+        Some(RoleRevokePermissionOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    watcher.watch("w/b", None).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        refused.canceled() && refused.cancel_reason().contains("permission denied"),
+        "a watch created after the revoke: {refused:?}"
     );
 }

@@ -186,7 +186,13 @@ async fn etcdctl_endpoint_hashkv_agrees_across_members() {
             .collect();
         assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
         everyone.ok(&["put", "h0", "changed"]);
-        let out = everyone.ok(&["endpoint", "hashkv", "-w", "json"]);
+        let first = Etcdctl {
+            binary,
+            endpoints: cluster.host_port(0),
+        };
+        // The put may have gone to another member: the first has applied it after this.
+        first.ok(&["get", "h0"]);
+        let out = first.ok(&["endpoint", "hashkv", "-w", "json"]);
         assert_ne!(json_number(&out, "hash"), hashes[0], "{}", binary.display());
     }
 }
@@ -258,8 +264,13 @@ async fn etcdctl_lock_serializes_holders() {
                 .unwrap()
         };
         let started = std::time::Instant::now();
-        let holder = lock(&["sleep", "2"]);
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // `--`: the rest is the command, not etcdctl's flags.
+        let mut holder = lock(&["--", "sh", "-c", "echo held; sleep 2"]);
+        // The second asks once the first holds the lock (its command runs then).
+        let mut held = std::io::BufReader::new(holder.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut held, &mut line).unwrap();
+        assert_eq!(line.trim(), "held", "the holder printed {line:?}");
         let second = lock(&["echo", "second"]).wait_with_output().unwrap();
         let waited = started.elapsed();
         let holder = holder.wait_with_output().unwrap();

@@ -789,7 +789,7 @@ impl NodeHandle {
     ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
         let status = self.status(group)?;
         if status.is_leader {
-            return self.lease_query_local(group, id, renew);
+            return self.lease_query_local(group, id, renew).await;
         }
         let leader = status.leader;
         if leader == NodeId::NONE || leader == self.id() {
@@ -803,15 +803,22 @@ impl NodeHandle {
             .map_err(|_| NodeError::Timeout)?
     }
 
-    /// `lease_query` on this member only; fails with `NotLeader` unless it leads.
-    pub fn lease_query_local(
+    /// `lease_query` on this member only; fails with `NotLeader` unless it leads. As
+    /// etcd's leader, it first applies every entry it knows committed: a leader new to
+    /// its term may not have applied the grant of a lease its predecessor acknowledged,
+    /// and would answer that it knows no such lease.
+    pub async fn lease_query_local(
         &self,
         group: GroupId,
         id: i64,
         renew: bool,
     ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
         let shared = self.group(group)?.clone();
-        let status = self.status(group)?;
+        let mut status = self.status(group)?;
+        if status.is_leader && status.applied < status.commit {
+            self.wait_applied(group, status.commit).await?;
+            status = self.status(group)?;
+        }
         if !status.is_leader {
             return Err(NodeError::NotLeader(status.leader));
         }

@@ -32,6 +32,9 @@ use crate::errors::ApiError;
 pub struct Caller {
     /// The user, if a valid token was sent.
     user: Option<String>,
+    /// The token sent while auth was off where the caller was made: ignored then, but a
+    /// read checked again at its read point (`at_read_point`) may find auth on.
+    token_while_off: Option<String>,
     /// The auth store the checks are made against.
     state: Arc<AuthState>,
 }
@@ -64,13 +67,65 @@ impl Caller {
         Ok(self.state.check_admin(self.user.as_deref())?)
     }
 
-    /// The auth revision a write checked here must still hold at apply (0: no auth).
+    /// What a write checked here carries of its check, for its apply to refuse it if the
+    /// auth store changed since: the store's revision, and whether auth was off here (a
+    /// write let through unchecked by a member that had not applied an enable yet is
+    /// refused where auth is on at apply, as etcd refuses a request without a user).
     pub fn auth_revision(&self) -> u64 {
-        if self.state.enabled() {
-            self.state.revision()
-        } else {
-            0
+        ostrakon_storage::mvcc::checked_auth(self.state.revision(), self.state.enabled())
+    }
+
+    /// This caller as the auth store stands once a linearizable read of the ranges
+    /// `groups` has its read point. etcd checks a read's permissions after its read
+    /// index, so a revoke (or an enable) acknowledged before the read began holds on a
+    /// member that had not applied it when the read arrived. The auth tables live in the
+    /// first data range; on a keyspace in ranges this member may have applied that range
+    /// less far than the ones read, but each of those holds, in its write gate, the first
+    /// range's index of the last rules change acknowledged before the read began (a
+    /// change is carried into every range before it is acknowledged): waited for here.
+    pub async fn at_read_point(
+        &self,
+        node: &NodeHandle,
+        groups: &[ostrakon_raft::GroupId],
+    ) -> Result<Caller, ApiError> {
+        let first = node.store(DEFAULT_GROUP)?;
+        let changed_at = groups
+            .iter()
+            .filter(|group| **group != DEFAULT_GROUP)
+            .filter_map(|group| node.store(*group).ok())
+            .map(|store| store.held_gate().source_index)
+            .max()
+            .unwrap_or(0);
+        if first.applied_index() < LogIndex(changed_at) {
+            node.wait_applied(DEFAULT_GROUP, LogIndex(changed_at))
+                .await?;
         }
+        let state = first.auth();
+        if Arc::ptr_eq(&state, &self.state) {
+            return Ok(Caller {
+                user: self.user.clone(),
+                token_while_off: self.token_while_off.clone(),
+                state,
+            });
+        }
+        if !state.enabled() {
+            let token_while_off = self.token_while_off.clone();
+            return Ok(Caller {
+                user: None,
+                token_while_off,
+                state,
+            });
+        }
+        let user = match (&self.user, &self.token_while_off) {
+            (Some(user), _) => Some(user.clone()),
+            (None, Some(token)) => Some(token_user(node, &first, token).await?),
+            (None, None) => None,
+        };
+        Ok(Caller {
+            user,
+            token_while_off: None,
+            state: first.auth(),
+        })
     }
 }
 
@@ -79,16 +134,38 @@ impl Caller {
 pub async fn caller(node: &NodeHandle, metadata: &MetadataMap) -> Result<Caller, ApiError> {
     let store = node.store(DEFAULT_GROUP)?;
     let state = store.auth();
-    if !state.enabled() {
-        return Ok(Caller { user: None, state });
-    }
     let token = metadata
         .get("token")
         .or_else(|| metadata.get("authorization"))
         .and_then(|v| v.to_str().ok());
+    if !state.enabled() {
+        return Ok(Caller {
+            user: None,
+            token_while_off: token.map(str::to_owned),
+            state,
+        });
+    }
     let Some(token) = token else {
-        return Ok(Caller { user: None, state });
+        return Ok(Caller {
+            user: None,
+            token_while_off: None,
+            state,
+        });
     };
+    let user = token_user(node, &store, token).await?;
+    Ok(Caller {
+        user: Some(user),
+        token_while_off: None,
+        state: store.auth(),
+    })
+}
+
+/// The user `token` stands for, once this member has applied the entry that issued it.
+async fn token_user(
+    node: &NodeHandle,
+    store: &ostrakon_storage::mvcc::MvccStore,
+    token: &str,
+) -> Result<String, ApiError> {
     let index = token
         .split_once('.')
         .and_then(|(_, index)| index.parse::<u64>().ok())
@@ -105,11 +182,7 @@ pub async fn caller(node: &NodeHandle, metadata: &MetadataMap) -> Result<Caller,
             return Err(AuthError::InvalidAuthToken.into());
         }
     }
-    let user = store.token_user(token).ok_or(AuthError::InvalidAuthToken)?;
-    Ok(Caller {
-        user: Some(user),
-        state: store.auth(),
-    })
+    Ok(store.token_user(token).ok_or(AuthError::InvalidAuthToken)?)
 }
 
 pub struct AuthService {
@@ -144,6 +217,18 @@ impl AuthService {
         let caller = caller(&self.node, request.metadata()).await?;
         caller.check_admin()?;
         Ok(caller)
+    }
+
+    /// The caller of a read of the auth tables, as the store stands after a read index
+    /// on the first data range: etcd answers these reads through its log and checks them
+    /// as they apply, so a change acknowledged before the read began holds for it.
+    async fn reader<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = caller(&self.node, request.metadata()).await?;
+        self.node
+            .linearizable_read_point(DEFAULT_GROUP)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(caller.at_read_point(&self.node, &[DEFAULT_GROUP]).await?)
     }
 
     /// A bcrypt hash of `password`, off the async workers (hashing is slow on purpose).
@@ -284,7 +369,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let caller = caller(&self.node, request.metadata()).await?;
+        let caller = self.reader(&request).await?;
         let name = request.into_inner().name;
         // Anyone may get their own user; a caller without a token is the user named ""
         // (etcd compares names, so an anonymous UserGet of "" is answered "user name not
@@ -292,8 +377,8 @@ impl Auth for AuthService {
         if caller.user.as_deref().unwrap_or("") != name {
             caller.check_admin()?;
         }
-        let state = self.current_state().await?;
-        let user = state
+        let user = caller
+            .state
             .user(&name)
             .ok_or(AuthError::UserNotFound)
             .map_err(refused)?;
@@ -307,11 +392,11 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.admin(&request).await?;
-        let state = self.current_state().await?;
+        let caller = self.reader(&request).await?;
+        caller.check_admin()?;
         Ok(Response::new(AuthUserListResponse {
             header: self.header(),
-            users: state.user_names(),
+            users: caller.state.user_names(),
         }))
     }
 
@@ -386,7 +471,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        let caller = caller(&self.node, request.metadata()).await?;
+        let caller = self.reader(&request).await?;
         let role = request.into_inner().role;
         let holds_role = caller
             .user
@@ -396,8 +481,8 @@ impl Auth for AuthService {
         if !holds_role {
             caller.check_admin()?;
         }
-        let state = self.current_state().await?;
-        let found = state
+        let found = caller
+            .state
             .role(&role)
             .ok_or(AuthError::RoleNotFound)
             .map_err(refused)?;
@@ -411,11 +496,11 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.admin(&request).await?;
-        let state = self.current_state().await?;
+        let caller = self.reader(&request).await?;
+        caller.check_admin()?;
         Ok(Response::new(AuthRoleListResponse {
             header: self.header(),
-            roles: state.role_names(),
+            roles: caller.state.role_names(),
         }))
     }
 

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use ostrakon_storage::mvcc::auth::Access;
 
 use crate::common;
+use crate::errors::ApiError;
 use crate::queue;
 
 /// Responses queued for an observer before the stream waits for it to read.
@@ -40,7 +41,12 @@ impl ElectionService {
 
     /// Runs `then` only while `leader`'s key exists with its election revision; else
     /// etcd's "not leader" error.
-    async fn as_leader(&self, leader: Option<LeaderKey>, then: RequestOp) -> Result<(), Status> {
+    async fn as_leader(
+        &self,
+        leader: Option<LeaderKey>,
+        then: RequestOp,
+        caller: &crate::auth::Caller,
+    ) -> Result<(), Status> {
         let leader = leader.ok_or_else(|| Status::invalid_argument("election: no leader key"))?;
         let txn = TxnRequest {
             compare: vec![Compare {
@@ -53,7 +59,7 @@ impl ElectionService {
             success: vec![then],
             failure: vec![],
         };
-        match common::write(&self.node, Write::Txn(txn)).await? {
+        match common::write_checked(&self.node, Write::Txn(txn), caller.auth_revision()).await? {
             WriteOutcome::Txn(response) if response.succeeded => Ok(()),
             WriteOutcome::Txn(_) => Err(Status::failed_precondition("election: not leader")),
             other => panic!("an election txn answered with {other:?}"),
@@ -73,8 +79,14 @@ impl Election for ElectionService {
         caller.check(&request.name, &end, Access::Write)?;
         caller.check(&request.name, &end, Access::Read)?;
         let (prefix, key) = queue::owner_key(&request.name, request.lease);
-        let created =
-            queue::enqueue(&self.node, &key, request.value.clone(), request.lease).await?;
+        let created = queue::enqueue(
+            &self.node,
+            &key,
+            request.value.clone(),
+            request.lease,
+            caller.auth_revision(),
+        )
+        .await?;
         queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;
         Ok(Response::new(CampaignResponse {
             header: common::current_header(&self.node),
@@ -105,7 +117,7 @@ impl Election for ElectionService {
                 ..PutRequest::default()
             })),
         };
-        self.as_leader(leader, put).await?;
+        self.as_leader(leader, put, &caller).await?;
         Ok(Response::new(ProclaimResponse {
             header: common::current_header(&self.node),
         }))
@@ -117,8 +129,17 @@ impl Election for ElectionService {
     ) -> Result<Response<LeaderResponse>, Status> {
         let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let (prefix, _) = queue::owner_key(&request.into_inner().name, 0);
-        caller.check(&prefix, &queue::prefix_end(&prefix), Access::Read)?;
-        match queue::head(&self.node, &prefix).await? {
+        let end = queue::prefix_end(&prefix);
+        let head = queue::head(&self.node, &prefix).await?;
+        // As a Range: checked after its read index (`Caller::at_read_point`).
+        let groups = self
+            .node
+            .ranges_touched(&[(&prefix[..], &end[..])])
+            .await
+            .map_err(ApiError::from)?;
+        let caller = caller.at_read_point(&self.node, &groups).await?;
+        caller.check(&prefix, &end, Access::Read)?;
+        match head {
             Some(kv) => Ok(Response::new(LeaderResponse {
                 header: common::current_header(&self.node),
                 kv: Some(kv),
@@ -219,7 +240,7 @@ impl Election for ElectionService {
                 },
             )),
         };
-        self.as_leader(leader, delete).await?;
+        self.as_leader(leader, delete, &caller).await?;
         Ok(Response::new(ResignResponse {
             header: common::current_header(&self.node),
         }))

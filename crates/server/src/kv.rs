@@ -55,8 +55,9 @@ impl KvService {
         caller: &Caller,
     ) -> Result<RangeResponse, ApiError> {
         validate::range(&request)?;
-        caller.check(&request.key, &request.range_end, Access::Read)?;
-        if !request.serializable {
+        if request.serializable {
+            caller.check(&request.key, &request.range_end, Access::Read)?;
+        } else {
             common::refuse_on_learner(&self.node)?;
         }
         let interval = [(&request.key[..], &request.range_end[..])];
@@ -67,6 +68,13 @@ impl KvService {
             request.revision,
         )
         .await?;
+        if !request.serializable {
+            // As etcd: checked after the read index, against an auth store that has every
+            // change acknowledged before the read began.
+            let groups = self.node.ranges_touched(&interval).await?;
+            let caller = caller.at_read_point(&self.node, &groups).await?;
+            caller.check(&request.key, &request.range_end, Access::Read)?;
+        }
         let mut response = match routed {
             RoutedRead::One(view) if request.range_end.is_empty() => mvcc::range(&view, &request)?,
             // A range may read many keys: keep it off the async workers, where it would
@@ -102,13 +110,25 @@ impl KvService {
     /// A Txn without writes is a read, as etcd serves it: linearizable through a read
     /// index (unless every Range in it is serializable), then evaluated on one view of
     /// the local store, so it costs no raft entry, WAL write or fsync.
-    async fn read_txn(&self, request: TxnRequest) -> Result<TxnResponse, ApiError> {
+    async fn read_txn(
+        &self,
+        request: TxnRequest,
+        caller: &Caller,
+    ) -> Result<TxnResponse, ApiError> {
         // A learner serves only serializable Ranges, as before (etcd refuses Txn there).
         common::refuse_on_learner(&self.node)?;
         let mut intervals = Vec::new();
         mvcc::txn_intervals(&request, &mut intervals);
         let linearizable = !mvcc::txn_is_serializable(&request);
+        if !linearizable {
+            check_txn(caller, &request)?;
+        }
         let routed = crate::routed::read_at(&self.node, &intervals, linearizable, 0).await?;
+        if linearizable {
+            // As etcd: checked after the read index (as a Range is).
+            let groups = self.node.ranges_touched(&intervals).await?;
+            check_txn(&caller.at_read_point(&self.node, &groups).await?, &request)?;
+        }
         // Reads of single keys are evaluated here (a hop to a blocking thread costs more
         // than they do); ranges of keys off the async workers.
         let single_keys = intervals.iter().all(|(_, range_end)| range_end.is_empty());
@@ -251,10 +271,10 @@ impl Kv for KvService {
         if !read_only {
             validate::size(bytes, &self.limits)?;
         }
-        check_txn(&caller, &request)?;
         if read_only {
-            return Ok(Response::new(self.read_txn(request).await?));
+            return Ok(Response::new(self.read_txn(request, &caller).await?));
         }
+        check_txn(&caller, &request)?;
         respond!(
             self,
             self.write(Write::Txn(request), bytes, &caller).await?,

@@ -39,7 +39,14 @@ impl Lock for LockService {
         caller.check(&request.name, &end, Access::Write)?;
         caller.check(&request.name, &end, Access::Read)?;
         let (prefix, key) = queue::owner_key(&request.name, request.lease);
-        let created = queue::enqueue(&self.node, &key, Bytes::new(), request.lease).await?;
+        let created = queue::enqueue(
+            &self.node,
+            &key,
+            Bytes::new(),
+            request.lease,
+            caller.auth_revision(),
+        )
+        .await?;
         queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;
         let revision = self.node.current_revision();
         Ok(Response::new(LockResponse {
@@ -59,8 +66,12 @@ impl Lock for LockService {
             key,
             ..DeleteRangeRequest::default()
         };
-        let WriteOutcome::DeleteRange(response) =
-            common::write(&self.node, Write::DeleteRange(delete)).await?
+        let WriteOutcome::DeleteRange(response) = common::write_checked(
+            &self.node,
+            Write::DeleteRange(delete),
+            caller.auth_revision(),
+        )
+        .await?
         else {
             panic!("an unlock answered with another kind of outcome");
         };

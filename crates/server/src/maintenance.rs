@@ -61,11 +61,19 @@ impl Maintenance for MaintenanceService {
         }
         let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
         let alarms = match alarm_request::AlarmAction::try_from(request.action) {
-            Ok(alarm_request::AlarmAction::Get) => store
-                .alarms()
-                .into_iter()
-                .filter(|a| request.alarm == AlarmType::None as i32 || a.alarm == request.alarm)
-                .collect(),
+            // Linearizable, as etcd's (a list goes through its raft log): an alarm raised
+            // or cleared before the list began is in it, whichever member answers.
+            Ok(alarm_request::AlarmAction::Get) => {
+                self.node
+                    .linearizable_read_point(DEFAULT_GROUP)
+                    .await
+                    .map_err(ApiError::from)?;
+                store
+                    .alarms()
+                    .into_iter()
+                    .filter(|a| request.alarm == AlarmType::None as i32 || a.alarm == request.alarm)
+                    .collect()
+            }
             Ok(_) => {
                 let write = write_request::Request::Alarm(request);
                 match common::write(&self.node, write).await? {

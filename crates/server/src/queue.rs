@@ -35,6 +35,7 @@ pub async fn enqueue(
     key: &Bytes,
     value: Bytes,
     lease: i64,
+    auth_revision: u64,
 ) -> Result<KeyValue, ApiError> {
     let read_key = RequestOp {
         request: Some(request_op::Request::RequestRange(RangeRequest {
@@ -63,7 +64,10 @@ pub async fn enqueue(
         ],
         failure: vec![read_key],
     };
-    let WriteOutcome::Txn(response) = common::write(node, Write::Txn(txn)).await? else {
+    // Refused at apply if the caller's permissions changed since they were checked.
+    let WriteOutcome::Txn(response) =
+        common::write_checked(node, Write::Txn(txn), auth_revision).await?
+    else {
         panic!("a queue's txn answered with another kind of outcome");
     };
     Ok(response

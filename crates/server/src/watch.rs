@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ostrakon_node::routing::Route;
-use ostrakon_node::NodeHandle;
+use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
 use ostrakon_proto::etcdserverpb::watch_create_request::FilterType;
 use ostrakon_proto::etcdserverpb::watch_request::RequestUnion;
 use ostrakon_proto::etcdserverpb::watch_server::Watch;
@@ -454,8 +454,14 @@ impl WatchStream {
             ..WatchResponse::default()
         };
         let range_end = create.range_end.clone();
+        // Checked against the auth store as it stands now, as etcd checks each create:
+        // the stream's caller was made when it opened, and changes since hold (a revoke,
+        // an enable).
         let permitted = match &self.caller {
-            Ok(caller) => caller.check(&create.key, &range_end, Access::Read).is_ok(),
+            Ok(caller) => match caller.at_read_point(&self.node, &[DEFAULT_GROUP]).await {
+                Ok(caller) => caller.check(&create.key, &range_end, Access::Read).is_ok(),
+                Err(_) => false,
+            },
             Err(_) => false,
         };
         if !permitted {

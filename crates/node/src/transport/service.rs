@@ -505,22 +505,22 @@ impl Peer for PeerService {
     ) -> Result<Response<ostrakon_proto::peer::LeaseAnswer>, Status> {
         let query = request.into_inner();
         self.check_sender(query.cluster_id, query.from)?;
-        let answer =
-            match self
-                .handle
-                .lease_query_local(GroupId(query.group), query.id, query.renew)
-            {
-                Ok(found) => ostrakon_proto::peer::LeaseAnswer {
-                    not_leader: false,
-                    found: found.is_some(),
-                    remaining_secs: found.map_or(0, |t| t.remaining_secs),
-                    ttl_secs: found.map_or(0, |t| t.ttl_secs),
-                },
-                Err(_) => ostrakon_proto::peer::LeaseAnswer {
-                    not_leader: true,
-                    ..Default::default()
-                },
-            };
+        let answer = match self
+            .handle
+            .lease_query_local(GroupId(query.group), query.id, query.renew)
+            .await
+        {
+            Ok(found) => ostrakon_proto::peer::LeaseAnswer {
+                not_leader: false,
+                found: found.is_some(),
+                remaining_secs: found.map_or(0, |t| t.remaining_secs),
+                ttl_secs: found.map_or(0, |t| t.ttl_secs),
+            },
+            Err(_) => ostrakon_proto::peer::LeaseAnswer {
+                not_leader: true,
+                ..Default::default()
+            },
+        };
         Ok(Response::new(answer))
     }
 }

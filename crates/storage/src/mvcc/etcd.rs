@@ -15,7 +15,6 @@ use ostrakon_proto::mvccpb::KeyValue;
 use ostrakon_proto::peer::{write_request, write_response, WriteRequest};
 use ostrakon_raft::{GroupId, LogIndex, Term};
 
-use super::auth::AuthError;
 use super::latest::KeyMeta;
 use super::store::{ReadView, WriteTxn};
 use super::{MemberChange, MvccError, MvccStore, Revision};
@@ -416,10 +415,11 @@ pub fn apply_write(
     // The first data range's auth store and alarms, or the gate another range took them
     // in by (`store::gate_apply`).
     let rules = store.write_rules();
-    if rules.refuses_auth_revision(write.auth_revision) {
-        // The users, roles or permissions changed after the proposer checked them.
+    if let Some(refusal) = rules.auth_refusal(write.auth_revision) {
+        // The users, roles or permissions changed after the proposer checked them (or
+        // auth was enabled).
         store.set_applied(index, term);
-        return error_outcome(AuthError::AuthOldRevision.into());
+        return error_outcome(refusal.into());
     }
     if let Request::Auth(auth) = request {
         return match store.apply_auth(index, term, auth) {

@@ -284,3 +284,28 @@ fn auth_changes_while_auth_is_off_change_no_rule() {
         "a change while auth is on is one"
     );
 }
+
+/// A write its proposer let through while auth was off there (a member behind on the
+/// enable) is refused once auth is on where it applies, in the first range and in one
+/// that took the enable in by a gate, as etcd refuses a request without a user; the
+/// enable does not raise the auth revision, so the revision alone would not tell.
+#[test]
+fn a_write_checked_while_auth_was_off_is_refused_where_auth_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut first = Range::open(&keyspace, 1, left_span());
+    let mut other = Range::open(&keyspace, 2, right_span());
+    let off_revision = first.store.auth().revision();
+    let checked_off = checked_auth(off_revision, false);
+    assert_eq!(first.put_checked("a", checked_off), Ok(()), "auth is off");
+    let revision = first.enable_auth();
+    assert!(other.take_gate(&first.store.gate_to_carry()));
+    const USER_EMPTY: &str = "etcdserver: user name is empty";
+    for (range, key) in [(&mut first, "b"), (&mut other, "n")] {
+        assert_eq!(
+            range.put_checked(key, checked_auth(revision, false)),
+            Err(USER_EMPTY.to_string())
+        );
+        assert_eq!(range.put_checked(key, checked_auth(revision, true)), Ok(()));
+    }
+}

@@ -40,8 +40,8 @@ pub use members::{MemberChange, MemberRegistry};
 pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::{spans_cover, KeySpan};
 pub use store::{
-    AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView, SpanListener,
-    WriteRules, WriteTxn, DATA_PARTITION, NEVER_COMPACTED,
+    checked_auth, AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView,
+    SpanListener, WriteRules, WriteTxn, CHECKED_WHILE_AUTH_OFF, DATA_PARTITION, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 

@@ -36,7 +36,7 @@ mod gate_apply;
 mod merge_apply;
 mod txn_apply;
 
-pub use gate_apply::WriteRules;
+pub use gate_apply::{checked_auth, WriteRules, CHECKED_WHILE_AUTH_OFF};
 pub use merge_apply::FreezeMark;
 
 /// The partition of every range's versions, keyed by user key then revision.

@@ -49,9 +49,44 @@ impl WriteRules {
     }
 
     /// Whether a write checked against the auth store's revision `checked` (0: not
-    /// checked) must be refused as checked against an old one.
+    /// checked; see `checked_auth`) must be refused as checked against an old one.
     pub fn refuses_auth_revision(&self, checked: u64) -> bool {
-        checked != 0 && self.auth_enabled && checked < self.auth_revision
+        self.auth_refusal(checked).is_some()
+    }
+
+    /// Why a write checked as `checked` says (`checked_auth`; 0: not checked, an
+    /// internal write) is refused, if it is: checked while auth was off where it was
+    /// checked, but on here (etcd: the request carries no user, "user name is empty"),
+    /// or checked against an auth store older than these rules.
+    pub fn auth_refusal(&self, checked: u64) -> Option<crate::mvcc::auth::AuthError> {
+        if checked == 0 || !self.auth_enabled {
+            return None;
+        }
+        if checked & CHECKED_WHILE_AUTH_OFF != 0 {
+            return Some(crate::mvcc::auth::AuthError::UserEmpty);
+        }
+        (checked < self.auth_revision).then_some(crate::mvcc::auth::AuthError::AuthOldRevision)
+    }
+}
+
+/// The bit of a write's `auth_revision` that says its proposer checked it while auth was
+/// off there: enabling auth does not raise the auth store's revision (as in etcd), so the
+/// revision alone would let a write through that a member behind on the enable let
+/// through unchecked. A member from before this bit reads a revision above every store's
+/// and refuses nothing by it, as before.
+pub const CHECKED_WHILE_AUTH_OFF: u64 = 1 << 63;
+
+/// What a write's `auth_revision` says of its check: the auth store's `revision` it was
+/// checked against, and whether auth was `enabled` there.
+pub fn checked_auth(revision: u64, enabled: bool) -> u64 {
+    assert!(
+        revision & CHECKED_WHILE_AUTH_OFF == 0,
+        "an auth revision of 2^63 or more: {revision}"
+    );
+    if enabled {
+        revision
+    } else {
+        revision | CHECKED_WHILE_AUTH_OFF
     }
 }
 
