@@ -32,9 +32,10 @@ use crate::errors::ApiError;
 pub struct Caller {
     /// The user, if a valid token was sent.
     user: Option<String>,
-    /// The token sent while auth was off where the caller was made: ignored then, but a
-    /// read checked again at its read point (`at_read_point`) may find auth on.
-    token_while_off: Option<String>,
+    /// The token sent: a read checked again at its read point (`at_read_point`) resolves
+    /// it again if the auth store changed meanwhile (auth enabled, the user deleted, a
+    /// password changed: tokens are then no longer valid, as in etcd).
+    token: Option<String>,
     /// The auth store the checks are made against.
     state: Arc<AuthState>,
 }
@@ -104,26 +105,17 @@ impl Caller {
         if Arc::ptr_eq(&state, &self.state) {
             return Ok(Caller {
                 user: self.user.clone(),
-                token_while_off: self.token_while_off.clone(),
+                token: self.token.clone(),
                 state,
             });
         }
-        if !state.enabled() {
-            let token_while_off = self.token_while_off.clone();
-            return Ok(Caller {
-                user: None,
-                token_while_off,
-                state,
-            });
-        }
-        let user = match (&self.user, &self.token_while_off) {
-            (Some(user), _) => Some(user.clone()),
-            (None, Some(token)) => Some(token_user(node, &first, token).await?),
-            (None, None) => None,
+        let user = match &self.token {
+            Some(token) if state.enabled() => Some(token_user(node, &first, token).await?),
+            _ => None,
         };
         Ok(Caller {
             user,
-            token_while_off: None,
+            token: self.token.clone(),
             state: first.auth(),
         })
     }
@@ -138,24 +130,14 @@ pub async fn caller(node: &NodeHandle, metadata: &MetadataMap) -> Result<Caller,
         .get("token")
         .or_else(|| metadata.get("authorization"))
         .and_then(|v| v.to_str().ok());
-    if !state.enabled() {
-        return Ok(Caller {
-            user: None,
-            token_while_off: token.map(str::to_owned),
-            state,
-        });
-    }
-    let Some(token) = token else {
-        return Ok(Caller {
-            user: None,
-            token_while_off: None,
-            state,
-        });
+    let token = token.map(str::to_owned);
+    let user = match &token {
+        Some(token) if state.enabled() => Some(token_user(node, &store, token).await?),
+        _ => None,
     };
-    let user = token_user(node, &store, token).await?;
     Ok(Caller {
-        user: Some(user),
-        token_while_off: None,
+        user,
+        token,
         state: store.auth(),
     })
 }

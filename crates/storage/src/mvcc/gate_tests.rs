@@ -74,7 +74,8 @@ impl Range {
         }
     }
 
-    /// A put checked at `auth_revision`: whether it applied, or etcd's error message.
+    /// A put whose check says `auth_revision` (`checked_auth`; 0: not checked): whether
+    /// it applied, or etcd's error message.
     fn put_checked(&mut self, key: &str, auth_revision: u64) -> Result<(), String> {
         let put = Request::Put(PutRequest {
             key: Bytes::from(key.to_string()),
@@ -87,6 +88,11 @@ impl Range {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// What a write checked with auth on at `revision` carries.
+fn on(revision: u64) -> u64 {
+    checked_auth(revision, true)
 }
 
 fn left_span() -> KeySpan {
@@ -107,23 +113,23 @@ fn a_range_refuses_writes_checked_against_auth_older_than_the_gate_it_took_in() 
     let mut other = Range::open(&keyspace, 2, right_span());
     let revision = first.enable_auth();
     assert_eq!(
-        first.put_checked("a", revision - 1),
+        first.put_checked("a", on(revision - 1)),
         Err(OLD_AUTH_REVISION.to_string()),
         "the first range holds the auth store itself"
     );
     // Until the gate is in its log, the other range knows nothing of the change: this
     // is the write a member that had not applied it yet could get through.
-    assert_eq!(other.put_checked("n", revision - 1), Ok(()));
+    assert_eq!(other.put_checked("n", on(revision - 1)), Ok(()));
 
     let gate = first.store.gate_to_carry();
     assert!(other.store.lacks_gate(&gate));
     assert!(other.take_gate(&gate));
     assert!(!other.store.lacks_gate(&gate));
     assert_eq!(
-        other.put_checked("n", revision - 1),
+        other.put_checked("n", on(revision - 1)),
         Err(OLD_AUTH_REVISION.to_string())
     );
-    assert_eq!(other.put_checked("n", revision), Ok(()));
+    assert_eq!(other.put_checked("n", on(revision)), Ok(()));
     assert_eq!(other.put_checked("n", 0), Ok(()), "writes not checked pass");
 
     // A gate from an earlier position of the first range (a carrier that read the
@@ -134,7 +140,7 @@ fn a_range_refuses_writes_checked_against_auth_older_than_the_gate_it_took_in() 
     };
     assert!(!other.take_gate(&older));
     assert_eq!(
-        other.put_checked("n", revision - 1),
+        other.put_checked("n", on(revision - 1)),
         Err(OLD_AUTH_REVISION.to_string())
     );
 
@@ -151,7 +157,9 @@ fn a_range_refuses_writes_checked_against_auth_older_than_the_gate_it_took_in() 
     let installed = MvccStore::open(&elsewhere, GroupId(2), right_span());
     crate::snapshot::install(&installed, &path).unwrap();
     assert_eq!(installed.write_rules(), other.store.write_rules());
-    assert!(installed.write_rules().refuses_auth_revision(revision - 1));
+    assert!(installed
+        .write_rules()
+        .refuses_auth_revision(on(revision - 1)));
 
     // A replica of the first range that catches up by snapshot names the rules as the
     // others do (the gates it carries are those they would carry).
@@ -224,7 +232,7 @@ fn the_first_range_goes_by_its_own_tables_whatever_gate_it_holds() {
     let rules = first.store.write_rules();
     assert!(!rules.nospace && !rules.auth_enabled, "{rules:?}");
     assert_eq!(rules.auth_revision, first.store.auth().revision());
-    assert_eq!(first.put_checked("a", 3), Ok(()));
+    assert_eq!(first.put_checked("a", on(3)), Ok(()));
 }
 
 #[test]
@@ -237,7 +245,7 @@ fn a_range_split_off_starts_with_the_rules_of_the_range_it_came_from() {
     let right = whole.split_off(b"m", 2);
     let rules = right.store.write_rules();
     assert_eq!(rules, whole.store.write_rules());
-    assert!(rules.refuses_auth_revision(revision - 1) && rules.nospace);
+    assert!(rules.refuses_auth_revision(on(revision - 1)) && rules.nospace);
     assert_eq!(
         right.store.held_gate().source_index,
         whole.index - 1,

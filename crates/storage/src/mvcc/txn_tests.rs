@@ -94,7 +94,7 @@ impl TwoRanges {
         self.apply_checked(right, request, revision, 0)
     }
 
-    /// `apply`, checked against the auth store's revision `auth_revision`.
+    /// `apply`, its check saying `auth_revision` (`checked_auth`).
     fn apply_checked(
         &mut self,
         right: bool,
@@ -845,7 +845,7 @@ fn a_commit_checked_against_an_older_auth_store_aborts_at_the_primary() {
         txn: Some(txn_id(1)),
         writes: Some(writes),
     });
-    match ranges.apply_checked(false, commit, 0, checked_at) {
+    match ranges.apply_checked(false, commit, 0, checked_auth(checked_at, true)) {
         WriteOutcome::TxnDecided(decided) => assert!(!decided.committed, "{decided:?}"),
         other => panic!("{other:?}"),
     }

@@ -65,29 +65,25 @@ impl WriteRules {
         if checked & CHECKED_WHILE_AUTH_OFF != 0 {
             return Some(crate::mvcc::auth::AuthError::UserEmpty);
         }
-        (checked < self.auth_revision).then_some(crate::mvcc::auth::AuthError::AuthOldRevision)
+        (checked >> 1 < self.auth_revision).then_some(crate::mvcc::auth::AuthError::AuthOldRevision)
     }
 }
 
 /// The bit of a write's `auth_revision` that says its proposer checked it while auth was
 /// off there: enabling auth does not raise the auth store's revision (as in etcd), so the
-/// revision alone would let a write through that a member behind on the enable let
-/// through unchecked. A member from before this bit reads a revision above every store's
-/// and refuses nothing by it, as before.
-pub const CHECKED_WHILE_AUTH_OFF: u64 = 1 << 63;
+/// revision alone would not refuse a write a member behind on the enable let through
+/// unchecked. The revision is in the bits above it (the lowest bit keeps the varint short:
+/// a write costs a byte or two more, not ten).
+pub const CHECKED_WHILE_AUTH_OFF: u64 = 1;
 
 /// What a write's `auth_revision` says of its check: the auth store's `revision` it was
-/// checked against, and whether auth was `enabled` there.
+/// checked against, and whether auth was `enabled` there. Never 0 (0: not checked).
 pub fn checked_auth(revision: u64, enabled: bool) -> u64 {
     assert!(
-        revision & CHECKED_WHILE_AUTH_OFF == 0,
-        "an auth revision of 2^63 or more: {revision}"
+        revision < 1 << 62,
+        "an auth revision of 2^62 or more: {revision}"
     );
-    if enabled {
-        revision
-    } else {
-        revision | CHECKED_WHILE_AUTH_OFF
-    }
+    (revision << 1) | if enabled { 0 } else { CHECKED_WHILE_AUTH_OFF }
 }
 
 /// The index of the last rules change of a store that recorded none (one from before
