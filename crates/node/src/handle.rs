@@ -126,6 +126,12 @@ pub(crate) fn attaches_lease(request: &write_request::Request) -> bool {
     }
 }
 
+/// Whether a range, as `view` shows it, may hold a key of `lease` by the time a revoke
+/// reads it: a key attached, or a transaction's lock whose part may attach one.
+pub(crate) fn may_hold_lease_keys(view: &ostrakon_storage::mvcc::ReadView, lease: i64) -> bool {
+    view.holds_locks() || !view.lease_keys(lease).is_empty()
+}
+
 /// A state machine refusal as a write's outcome.
 fn mvcc_error_outcome(error: &ostrakon_storage::mvcc::MvccError) -> WriteOutcome {
     let (code, message) = ostrakon_storage::mvcc::etcd_status(error);
@@ -341,7 +347,14 @@ impl NodeHandle {
         let mut locked_retries = 0u32;
         loop {
             let groups = self.write_participants(&request).await?;
-            let outcome = if let [group] = groups[..] {
+            // A revoke on a keyspace in ranges is a transaction even in one range: its
+            // coordinator checks that the ranges it leaves out hold none of the lease's
+            // keys (a plain revoke in a first range that no longer spans the keyspace is
+            // refused as in the wrong range).
+            let revoke_across = matches!(request, write_request::Request::LeaseRevoke(_))
+                && self.directory().len() > 1;
+            let outcome = if let ([group], false) = (&groups[..], revoke_across) {
+                let group = *group;
                 match self
                     .write_checked(group, request.clone(), auth_revision)
                     .await
@@ -396,27 +409,15 @@ impl NodeHandle {
     /// The ranges a write takes part in, in key order: those holding its keys, and the
     /// first data range too if it attaches a lease (the lease lives there: a transaction
     /// with it keeps the lease from being revoked before its keys are written); a lease
-    /// revoke takes every data range (the lease's keys may be anywhere). Writes without
-    /// keys go to the first data range, which holds leases, members, auth and alarms.
+    /// revoke takes the ranges that may hold its keys (`revoke_participants`). Writes
+    /// without keys go to the first data range, which holds leases, members, auth and
+    /// alarms.
     async fn write_participants(
         &self,
         request: &write_request::Request,
     ) -> Result<Vec<GroupId>, NodeError> {
-        if let write_request::Request::LeaseRevoke(_) = request {
-            let mut groups: Vec<GroupId> = self
-                .data_ranges()
-                .into_iter()
-                .map(|(group, _)| group)
-                .collect();
-            if groups.is_empty() {
-                groups.push(crate::DEFAULT_GROUP);
-            }
-            assert_eq!(
-                groups[0],
-                crate::DEFAULT_GROUP,
-                "the first data range starts the keyspace"
-            );
-            return Ok(groups);
+        if let write_request::Request::LeaseRevoke(revoke) = request {
+            return Ok(self.revoke_participants(revoke.id));
         }
         let intervals = ostrakon_storage::mvcc::write_intervals(request);
         if intervals.is_empty() {
@@ -427,6 +428,32 @@ impl NodeHandle {
             groups.insert(0, crate::DEFAULT_GROUP);
         }
         Ok(groups)
+    }
+
+    /// The ranges a revoke of `lease` locks, in key order: the first data range, which
+    /// holds the lease (its lock there keeps every attach out: an attach outside it is a
+    /// transaction with it), and every other range whose replica here holds a key of the
+    /// lease or a transaction's lock (maybe an attach's, whose key is written as the lock
+    /// goes). This replica may lag: once the first range is locked the coordinator
+    /// checks the ranges left out at their read index (`txn_coordinator::attempt`), and
+    /// routes the revoke again if one holds either. The other ranges go on taking writes
+    /// while the lease's keys are deleted (every range was locked before, 2026-12-06).
+    pub(crate) fn revoke_participants(&self, lease: i64) -> Vec<GroupId> {
+        let mut groups: Vec<GroupId> = self
+            .data_ranges()
+            .into_iter()
+            .map(|(group, _)| group)
+            .filter(|&group| {
+                group == crate::DEFAULT_GROUP
+                    || self
+                        .store(group)
+                        .is_ok_and(|store| may_hold_lease_keys(&store.read_view(), lease))
+            })
+            .collect();
+        if groups.first() != Some(&crate::DEFAULT_GROUP) {
+            groups.insert(0, crate::DEFAULT_GROUP);
+        }
+        groups
     }
 
     /// The live keys attached to `lease`, in every data range here, in key order.

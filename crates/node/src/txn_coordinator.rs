@@ -425,6 +425,89 @@ fn merged_view(
     (!compaction_moved).then_some(merged)
 }
 
+/// How many ranges a revoke checks at once (each check is a read index: the event
+/// loop's input queue is bounded).
+const BYSTANDER_CHECKS_AT_ONCE: usize = 256;
+
+/// Whether no data range but `groups` (a revoke's, which hold the first range locked
+/// here) holds a key of `lease` or a transaction's lock, each read at its read index.
+/// Sound because the first range's lock came first: no transaction can attach the lease
+/// after it (an attach outside the first range is a transaction with it, which the lock
+/// holds off), and one that committed before it had prepared its other ranges before,
+/// so each range's log shows its key or its lock by the read index. Splits and merges
+/// move keys only between ranges: a range new to this member since the look is
+/// checked too, and one gone (merged) sends the revoke round again.
+async fn revoke_bystanders_clear(
+    handle: &NodeHandle,
+    lease: i64,
+    groups: &[GroupId],
+) -> Result<bool, NodeError> {
+    let mut checked: std::collections::HashSet<GroupId> = groups.iter().copied().collect();
+    loop {
+        let unchecked: Vec<GroupId> = handle
+            .data_ranges()
+            .into_iter()
+            .map(|(group, _)| group)
+            .filter(|group| !checked.contains(group))
+            .collect();
+        if unchecked.is_empty() {
+            return Ok(true);
+        }
+        for chunk in unchecked.chunks(BYSTANDER_CHECKS_AT_ONCE) {
+            let mut barriers = tokio::task::JoinSet::new();
+            for &group in chunk {
+                let handle = handle.clone();
+                barriers.spawn(async move { handle.linearizable_read_point(group).await });
+            }
+            while let Some(done) = barriers.join_next().await {
+                match done.expect("a read barrier panicked") {
+                    Ok(()) => {}
+                    // Merged into another range meanwhile.
+                    Err(NodeError::UnknownGroup) => return Ok(false),
+                    Err(error) => return Err(error),
+                }
+            }
+            for &group in chunk {
+                if !bystander_clear(handle, group, lease).await {
+                    return Ok(false);
+                }
+                checked.insert(group);
+            }
+        }
+    }
+}
+
+/// How long a revoke waits for the locks a range left out held at its read index.
+const BYSTANDER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether `group`, read here after its read index, holds no key of `lease`, once the
+/// transactions that held locks in it then are gone (their parts written, or released).
+/// Only those can attach the lease there: a transaction that locks the range later
+/// cannot attach it while the revoke holds the first range. A holder waiting for the
+/// first range gave up its later ranges (`prepare_every`), so this wait is short; it
+/// is bounded all the same, and the revoke is routed again after it.
+async fn bystander_clear(handle: &NodeHandle, group: GroupId, lease: i64) -> bool {
+    let Ok(store) = handle.store(group) else {
+        return false; // merged meanwhile
+    };
+    let holders = store.read_view().lock_holders();
+    let give_up = tokio::time::Instant::now() + BYSTANDER_LOCK_WAIT;
+    loop {
+        let view = store.read_view();
+        let held = view.lock_holders();
+        if !view.lease_keys(lease).is_empty() {
+            return false;
+        }
+        if !holders.iter().any(|txn| held.contains(txn)) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return false;
+        }
+        tokio::time::sleep(PREPARE_WAIT_PAUSE).await;
+    }
+}
+
 /// Whether the ranges' spans hold every key of `intervals`.
 pub(crate) fn covers(
     spans: &[Arc<ostrakon_storage::mvcc::KeySpan>],
@@ -648,7 +731,10 @@ pub(crate) async fn attempt(
     auth_revision: u64,
     groups: &[GroupId],
 ) -> Result<WriteOutcome, NodeError> {
-    assert!(groups.len() > 1, "a transaction across one range");
+    assert!(
+        groups.len() > 1 || matches!(request, Request::LeaseRevoke(_)),
+        "a transaction across one range"
+    );
     let deadline = tokio::time::Instant::now() + handle.request_timeout();
     let txn = new_txn(handle, groups);
     let primary = primary_among(handle, request, groups);
@@ -675,7 +761,13 @@ pub(crate) async fn attempt(
             waits_in_line: false,
         });
     }
-    if !covers(&range_spans, &intervals) {
+    // A revoke locks only the ranges that may hold the lease's keys; the others are
+    // checked below, once the first range is locked.
+    let revoke = match request {
+        Request::LeaseRevoke(revoke) => Some(revoke.id),
+        _ => None,
+    };
+    if revoke.is_none() && !covers(&range_spans, &intervals) {
         // A split moved keys to a range not among `groups` (or this member has not got
         // its replica yet) after they were routed: locking the rest would leave those
         // keys out. Routed again. (A split after this point is refused at the prepare.)
@@ -710,6 +802,20 @@ pub(crate) async fn attempt(
             return Err(error);
         }
     };
+    if let Some(lease) = revoke {
+        match revoke_bystanders_clear(handle, lease, groups).await {
+            Ok(true) => {}
+            // A range left out may hold a key of the lease: routed again, with it.
+            Ok(false) => {
+                release(handle, txn, groups).await;
+                return Ok(try_again());
+            }
+            Err(error) => {
+                release(handle, txn, groups).await;
+                return Err(error);
+            }
+        }
+    }
     let evaluated = match evaluate(handle, request, Revision(revision), frozen, reads).await {
         Ok(Some(evaluated)) => evaluated,
         Ok(None) => {

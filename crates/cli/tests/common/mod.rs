@@ -316,20 +316,28 @@ impl TestCluster {
 
     /// Waits until every member has published its client URLs in the member registry
     /// (through raft, once a leader is elected), so that member lists are complete.
+    /// A member list is answered from the member's own registry, so every member is
+    /// asked: one that has not applied the last publication yet lists it without URLs.
     pub async fn wait_for_published_members(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let mut client = self.client(0).await;
-        loop {
-            if let Ok(list) = client.member_list().await {
-                if list.members().iter().all(|m| !m.client_urls().is_empty()) {
-                    return;
+        for i in 0..self.members.len() {
+            let mut client = self.client(i).await;
+            loop {
+                if let Ok(list) = client.member_list().await {
+                    if list.members().len() == self.members.len()
+                        && list.members().iter().all(|m| !m.client_urls().is_empty())
+                    {
+                        break;
+                    }
                 }
+                if Instant::now() > deadline {
+                    self.dump_logs();
+                    panic!(
+                        "member {i} did not list every member's client URLs within {READY_TIMEOUT:?}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if Instant::now() > deadline {
-                self.dump_logs();
-                panic!("members did not publish their client URLs within {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

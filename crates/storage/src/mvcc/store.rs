@@ -1648,6 +1648,16 @@ impl ReadView {
         self.latest.lease_keys(lease)
     }
 
+    /// Whether a transaction across ranges held a lock here when the view was taken.
+    pub fn holds_locks(&self) -> bool {
+        !self.locks.is_empty()
+    }
+
+    /// The transactions across ranges that held a lock here when the view was taken.
+    pub fn lock_holders(&self) -> Vec<ostrakon_ranges::txn::TxnId> {
+        self.locks.locks().map(|lock| lock.txn).collect()
+    }
+
     /// The compacted revision when the view was taken.
     pub fn compact_revision(&self) -> Revision {
         self.compacted
