@@ -219,19 +219,21 @@ async fn a_revoke_takes_only_the_ranges_holding_its_keys() {
     // Read through member 0, so that its replicas have every write above.
     assert_eq!(live_keys(&mut client).await, vec!["b", "n", "u"]);
     let bystander_before = range_revision(&cluster, 0, "t").await;
+    let holder_before = range_revision(&cluster, 0, "m").await;
 
-    cluster.client(1).await.lease_revoke(lease).await.unwrap();
+    let revoked = cluster.client(1).await.lease_revoke(lease).await.unwrap();
+    let revoked_at = revoked.header().unwrap().revision();
+    assert!(revoked_at > bystander_before);
     // A linearizable read of every range through member 0: it waits for the revoke's
     // locks to go, so member 0's replicas have applied every part of it.
     assert_eq!(live_keys(&mut client).await, vec!["u"]);
-    let revoked_at = client
-        .get("n", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    assert!(range_revision(&cluster, 0, "m").await >= revoked_at.min(bystander_before + 1));
+    // The range holding a key of the lease deleted it, and a read at the revoke's
+    // revision sees it gone (its answer carried the member's own revision, below the
+    // transaction's, before 2026-12-06).
+    assert!(range_revision(&cluster, 0, "m").await > holder_before);
+    let at_revoke = GetOptions::new().with_revision(revoked_at);
+    let read = client.get("n", Some(at_revoke)).await.unwrap();
+    assert!(read.kvs().is_empty(), "{:?} at {revoked_at}", read.kvs());
     assert_eq!(
         range_revision(&cluster, 0, "t").await,
         bystander_before,

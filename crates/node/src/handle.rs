@@ -127,9 +127,16 @@ pub(crate) fn attaches_lease(request: &write_request::Request) -> bool {
 }
 
 /// Whether a range, as `view` shows it, may hold a key of `lease` by the time a revoke
-/// reads it: a key attached, or a transaction's lock whose part may attach one.
+/// reads it: a key attached, or the lock of a transaction whose record the first range
+/// keeps (every transaction that attaches a lease has it as its primary, and its part
+/// here may attach one).
 pub(crate) fn may_hold_lease_keys(view: &ostrakon_storage::mvcc::ReadView, lease: i64) -> bool {
-    view.holds_locks() || !view.lease_keys(lease).is_empty()
+    !view.lease_keys(lease).is_empty() || !view.lock_holders_of(first_range_id()).is_empty()
+}
+
+/// The first data range, as the id its transactions name as their primary.
+pub(crate) fn first_range_id() -> ostrakon_ranges::RangeId {
+    ostrakon_ranges::RangeId(crate::DEFAULT_GROUP.0)
 }
 
 /// A state machine refusal as a write's outcome.
@@ -433,8 +440,8 @@ impl NodeHandle {
     /// The ranges a revoke of `lease` locks, in key order: the first data range, which
     /// holds the lease (its lock there keeps every attach out: an attach outside it is a
     /// transaction with it), and every other range whose replica here holds a key of the
-    /// lease or a transaction's lock (maybe an attach's, whose key is written as the lock
-    /// goes). This replica may lag: once the first range is locked the coordinator
+    /// lease or the lock of a transaction with the first range as its primary (maybe an
+    /// attach's, whose key is written as the lock goes). This replica may lag: once the first range is locked the coordinator
     /// checks the ranges left out at their read index (`txn_coordinator::attempt`), and
     /// routes the revoke again if one holds either. The other ranges go on taking writes
     /// while the lease's keys are deleted (every range was locked before, 2026-12-06).

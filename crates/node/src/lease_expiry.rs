@@ -20,8 +20,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Revokes an expired lease as a client's revoke goes: on a keyspace in ranges, a
-/// transaction across every range (the lease's keys may be anywhere), tried again while
-/// a transaction across ranges holds one (within the request timeout).
+/// transaction over the first range and the ranges holding the lease's keys, tried
+/// again while a transaction across ranges holds one (within the request timeout).
 async fn revoke_expired(handle: NodeHandle, id: i64) {
     let revoke = write_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
     match handle.write_routed(revoke, 0).await {
@@ -41,7 +41,7 @@ async fn revoke_expired(handle: NodeHandle, id: i64) {
 
 /// Revokes expired leases: side by side on a keyspace of one range (each is one raft
 /// entry), one after the other on a keyspace in ranges (each is a transaction locking
-/// every range).
+/// the first range, which holds the leases).
 async fn revoke_all_expired(handle: NodeHandle, expired: Vec<i64>) {
     if handle.data_ranges().len() > 1 {
         for id in expired {
@@ -70,7 +70,7 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         };
         let leading = status.is_leader.then_some(status.term);
         let now = Instant::now();
-        // One batch of revokes at a time: on a keyspace in ranges each locks every
+        // One batch of revokes at a time: on a keyspace in ranges each locks the first
         // range, so running them side by side only makes them wait for each other (and
         // a lease still being revoked would be swept again).
         if revoking.as_ref().is_none_or(|batch| batch.is_finished()) {

@@ -430,19 +430,24 @@ fn merged_view(
 const BYSTANDER_CHECKS_AT_ONCE: usize = 256;
 
 /// Whether no data range but `groups` (a revoke's, which hold the first range locked
-/// here) holds a key of `lease` or a transaction's lock, each read at its read index.
-/// Sound because the first range's lock came first: no transaction can attach the lease
+/// here, each over `locked_spans`) holds a key of `lease`: each other range is read at
+/// its read index, and the spans locked and read must cover the keyspace. Sound
+/// because the first range's lock came first: no transaction can attach the lease
 /// after it (an attach outside the first range is a transaction with it, which the lock
 /// holds off), and one that committed before it had prepared its other ranges before,
 /// so each range's log shows its key or its lock by the read index. Splits and merges
-/// move keys only between ranges: a range new to this member since the look is
-/// checked too, and one gone (merged) sends the revoke round again.
+/// move keys only between neighbouring ranges: a range new to this member since the
+/// look is checked too; one gone (merged) sends the revoke round again, and so does a
+/// gap in what was read (a range this member has not got yet, found by review:
+/// without this, keys a split moved into it would have been left behind).
 async fn revoke_bystanders_clear(
     handle: &NodeHandle,
     lease: i64,
     groups: &[GroupId],
+    locked_spans: &[Arc<ostrakon_storage::mvcc::KeySpan>],
 ) -> Result<bool, NodeError> {
     let mut checked: std::collections::HashSet<GroupId> = groups.iter().copied().collect();
+    let mut spans = locked_spans.to_vec();
     loop {
         let unchecked: Vec<GroupId> = handle
             .data_ranges()
@@ -451,7 +456,7 @@ async fn revoke_bystanders_clear(
             .filter(|group| !checked.contains(group))
             .collect();
         if unchecked.is_empty() {
-            return Ok(true);
+            return Ok(covers(&spans, &[(&b""[..], &b"\0"[..])]));
         }
         for chunk in unchecked.chunks(BYSTANDER_CHECKS_AT_ONCE) {
             let mut barriers = tokio::task::JoinSet::new();
@@ -462,17 +467,26 @@ async fn revoke_bystanders_clear(
             while let Some(done) = barriers.join_next().await {
                 match done.expect("a read barrier panicked") {
                     Ok(()) => {}
-                    // Merged into another range meanwhile.
-                    Err(NodeError::UnknownGroup) => return Ok(false),
+                    // Merged into another range meanwhile (destroyed here while waited
+                    // for), or this member's queue is full: the revoke goes round again.
+                    Err(NodeError::UnknownGroup | NodeError::Stopped | NodeError::Overloaded) => {
+                        return Ok(false)
+                    }
                     Err(error) => return Err(error),
                 }
             }
+            let mut clears = tokio::task::JoinSet::new();
             for &group in chunk {
-                if !bystander_clear(handle, group, lease).await {
-                    return Ok(false);
-                }
-                checked.insert(group);
+                let handle = handle.clone();
+                clears.spawn(async move { bystander_clear(&handle, group, lease).await });
             }
+            while let Some(done) = clears.join_next().await {
+                match done.expect("a range's check panicked") {
+                    Some(span) => spans.push(span),
+                    None => return Ok(false),
+                }
+            }
+            checked.extend(chunk.iter().copied());
         }
     }
 }
@@ -480,29 +494,34 @@ async fn revoke_bystanders_clear(
 /// How long a revoke waits for the locks a range left out held at its read index.
 const BYSTANDER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Whether `group`, read here after its read index, holds no key of `lease`, once the
-/// transactions that held locks in it then are gone (their parts written, or released).
-/// Only those can attach the lease there: a transaction that locks the range later
-/// cannot attach it while the revoke holds the first range. A holder waiting for the
-/// first range gave up its later ranges (`prepare_every`), so this wait is short; it
-/// is bounded all the same, and the revoke is routed again after it.
-async fn bystander_clear(handle: &NodeHandle, group: GroupId, lease: i64) -> bool {
-    let Ok(store) = handle.store(group) else {
-        return false; // merged meanwhile
-    };
-    let holders = store.read_view().lock_holders();
+/// `group`'s span if, read here after its read index, it holds no key of `lease` once
+/// the transactions with the first range as primary that held locks in it then are gone
+/// (their parts written, or released). Only those can attach the lease there (an attach
+/// keeps its record in the first range), and one that locks the range later cannot
+/// attach it while the revoke holds the first range. A holder waiting for the first
+/// range gave up its later ranges (`prepare_every`), so this wait is short; it is
+/// bounded all the same (a holder waiting for a range the revoke holds, below it in key
+/// order, waits for it), and the revoke is routed again after it.
+async fn bystander_clear(
+    handle: &NodeHandle,
+    group: GroupId,
+    lease: i64,
+) -> Option<Arc<ostrakon_storage::mvcc::KeySpan>> {
+    let store = handle.store(group).ok()?; // merged meanwhile: None
+    let first = crate::handle::first_range_id();
+    let holders = store.read_view().lock_holders_of(first);
     let give_up = tokio::time::Instant::now() + BYSTANDER_LOCK_WAIT;
     loop {
         let view = store.read_view();
-        let held = view.lock_holders();
         if !view.lease_keys(lease).is_empty() {
-            return false;
+            return None;
         }
+        let held = view.lock_holders_of(first);
         if !holders.iter().any(|txn| held.contains(txn)) {
-            return true;
+            return Some(Arc::new(view.span().clone()));
         }
         if tokio::time::Instant::now() >= give_up {
-            return false;
+            return None;
         }
         tokio::time::sleep(PREPARE_WAIT_PAUSE).await;
     }
@@ -803,7 +822,19 @@ pub(crate) async fn attempt(
         }
     };
     if let Some(lease) = revoke {
-        match revoke_bystanders_clear(handle, lease, groups).await {
+        // A participant whose span changed since its prepare was cut (a merge this
+        // member had not applied) holds keys outside its lock, which its commit would
+        // not delete (found by review): routed again.
+        let drifted = groups.iter().zip(&range_spans).any(|(&group, locked)| {
+            handle
+                .store(group)
+                .map_or(true, |store| *store.span() != **locked)
+        });
+        if drifted {
+            release(handle, txn, groups).await;
+            return Ok(try_again());
+        }
+        match revoke_bystanders_clear(handle, lease, groups, &range_spans).await {
             Ok(true) => {}
             // A range left out may hold a key of the lease: routed again, with it.
             Ok(false) => {

@@ -15,7 +15,7 @@ use ostrakon_proto::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use ostrakon_proto::peer::write_request::Request as Write;
-use ostrakon_storage::mvcc::WriteOutcome;
+use ostrakon_storage::mvcc::{Revision, WriteOutcome};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -112,9 +112,16 @@ impl Lease for LeaseService {
         }
         let write = Write::LeaseRevoke(revoke);
         match common::write_checked(&self.node, write, caller.auth_revision()).await? {
-            WriteOutcome::LeaseRevoke(_) => Ok(Response::new(LeaseRevokeResponse {
-                header: common::current_header(&self.node),
-            })),
+            // The revoke's own revision, where this member has not applied it yet (on a
+            // keyspace in ranges the transaction is answered at its commit): a read at
+            // the answer's revision sees its keys gone, as in etcd (found 2026-12-06).
+            WriteOutcome::LeaseRevoke(done) => {
+                let revoked_at = done.header.map_or(0, |header| header.revision);
+                let current = self.node.current_revision();
+                Ok(Response::new(LeaseRevokeResponse {
+                    header: common::header(&self.node, current.max(Revision(revoked_at))),
+                }))
+            }
             other => panic!("a lease revoke answered with {other:?}"),
         }
     }

@@ -1648,14 +1648,17 @@ impl ReadView {
         self.latest.lease_keys(lease)
     }
 
-    /// Whether a transaction across ranges held a lock here when the view was taken.
-    pub fn holds_locks(&self) -> bool {
-        !self.locks.is_empty()
-    }
-
-    /// The transactions across ranges that held a lock here when the view was taken.
-    pub fn lock_holders(&self) -> Vec<ostrakon_ranges::txn::TxnId> {
-        self.locks.locks().map(|lock| lock.txn).collect()
+    /// The transactions across ranges whose record is kept by `primary` that held a
+    /// lock here when the view was taken.
+    pub fn lock_holders_of(
+        &self,
+        primary: ostrakon_ranges::descriptor::RangeId,
+    ) -> Vec<ostrakon_ranges::txn::TxnId> {
+        self.locks
+            .locks()
+            .filter(|lock| lock.primary == primary)
+            .map(|lock| lock.txn)
+            .collect()
     }
 
     /// The compacted revision when the view was taken.
