@@ -185,6 +185,60 @@ async fn users_and_roles_limit_what_each_client_may_do() {
         );
     }
 
+    // A lease's key names go only to a caller who may read every one of them (etcd
+    // 3.5.9, CVE-2023-32082); its TTL alone needs nothing.
+    let alice = |args: &[&str]| -> Vec<String> {
+        ["--user", "alice:alicepw"]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let grant = |ttl: &str| -> String {
+        let granted = v35.ok(&strs(&root(&["lease", "grant", ttl])));
+        granted.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let mixed = grant("600");
+    v35.ok(&strs(&root(&["put", "app/leased", "v", "--lease", &mixed])));
+    v35.ok(&strs(&root(&[
+        "put",
+        "other-leased",
+        "v",
+        "--lease",
+        &mixed,
+    ])));
+    let readable = grant("600");
+    v35.ok(&strs(&root(&[
+        "put",
+        "app/leased2",
+        "v",
+        "--lease",
+        &readable,
+    ])));
+    refused(
+        &v35,
+        &strs(&alice(&["lease", "timetolive", &mixed, "--keys"])),
+        "etcdserver: permission denied",
+    );
+    let ttl = v35.ok(&strs(&alice(&["lease", "timetolive", &mixed])));
+    assert!(ttl.contains("granted with TTL(600s)"), "{ttl}");
+    assert!(
+        !ttl.contains("leased"),
+        "no key names without --keys: {ttl}"
+    );
+    let ttl = v35.ok(&strs(&alice(&["lease", "timetolive", &readable, "--keys"])));
+    assert!(ttl.contains("attached keys([app/leased2])"), "{ttl}");
+    refused(
+        &v35,
+        &["lease", "timetolive", &mixed, "--keys"],
+        "etcdserver: user name is empty",
+    );
+    let ttl = v35.ok(&strs(&root(&["lease", "timetolive", &mixed, "--keys"])));
+    assert!(
+        ttl.contains("app/leased") && ttl.contains("other-leased"),
+        "{ttl}"
+    );
+
     // etcd-client: a watch outside the permissions is canceled; one inside gets events.
     let options = cluster
         .connect_options(std::time::Duration::from_secs(10))

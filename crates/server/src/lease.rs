@@ -163,6 +163,17 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        // The names of a lease's keys go only to a caller who may read each of them
+        // (etcd 3.5.9 and 3.4.26, CVE-2023-32082): with auth on, asking for them needs
+        // a user even for a lease that does not exist, as in etcd. Without `keys`
+        // nothing is checked, as there.
+        let caller = if request.get_ref().keys {
+            let caller = crate::auth::caller(&self.node, request.metadata()).await?;
+            caller.check_authenticated()?;
+            Some(caller)
+        } else {
+            None
+        };
         let request = request.into_inner();
         let found = self
             .node
@@ -178,12 +189,20 @@ impl Lease for LeaseService {
                 ..LeaseTimeToLiveResponse::default()
             }));
         };
-        let keys = if request.keys {
-            // The keys as of a linearizable point in every range, like the leader's
-            // answer (a keyspace in ranges keeps a lease's keys wherever they fall).
-            linearizable_lease_keys(&self.node, request.id).await?
-        } else {
-            Vec::new()
+        let keys = match caller {
+            Some(caller) => {
+                // The keys as of a linearizable point in every range, like the leader's
+                // answer (a keyspace in ranges keeps a lease's keys wherever they fall).
+                let keys = linearizable_lease_keys(&self.node, request.id).await?;
+                // Checked against the auth store as of that point: the first range,
+                // which holds it, has applied every change acknowledged before.
+                let caller = caller.at_read_point(&self.node, &[]).await?;
+                for key in &keys {
+                    caller.check(key, b"", ostrakon_storage::mvcc::auth::Access::Read)?;
+                }
+                keys
+            }
+            None => Vec::new(),
         };
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: common::current_header(&self.node),
