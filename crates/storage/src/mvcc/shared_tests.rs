@@ -582,6 +582,48 @@ fn the_meta_range_hands_out_each_range_id_once_across_restarts() {
 }
 
 #[test]
+fn a_meta_replica_made_from_a_snapshot_goes_on_from_the_next_range_id() {
+    // A member added later, or one behind a compacted log, gets the meta range by
+    // snapshot; once it leads, its ids must not repeat those handed out before.
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut meta = Range::open(&keyspace, 0, KeySpan::none());
+    let allocate = |meta: &mut Range| match meta.write(Request::AllocateRangeId(
+        ostrakon_proto::peer::AllocateRangeId {},
+    )) {
+        WriteOutcome::RangeIdAllocated(allocated) => allocated.range_id,
+        other => panic!("{other:?}"),
+    };
+    for expected in 2..=5 {
+        assert_eq!(allocate(&mut meta), expected);
+    }
+    let path = dir.path().join("meta.snap");
+    crate::snapshot::create(&meta.store, &path).unwrap();
+
+    // Behind: it had handed out 2 itself before it fell behind.
+    let behind_dir = tempfile::tempdir().unwrap();
+    let behind_keyspace = fjall::Config::new(behind_dir.path()).open().unwrap();
+    let mut behind = Range::open(&behind_keyspace, 0, KeySpan::none());
+    assert_eq!(allocate(&mut behind), 2);
+    crate::snapshot::install(&behind.store, &path).unwrap();
+    behind.index = behind.store.applied_index().0;
+    assert_eq!(allocate(&mut behind), 6);
+    behind.store.persist();
+    drop(behind);
+    let mut behind = Range::open(&behind_keyspace, 0, KeySpan::none());
+    assert_eq!(allocate(&mut behind), 7, "across a restart");
+
+    // New: it had none.
+    let new_dir = tempfile::tempdir().unwrap();
+    let new_keyspace = fjall::Config::new(new_dir.path()).open().unwrap();
+    let mut new = Range::open(&new_keyspace, 0, KeySpan::none());
+    crate::snapshot::install(&new.store, &path).unwrap();
+    new.index = new.store.applied_index().0;
+    assert_eq!(allocate(&mut new), 6);
+    assert_eq!(allocate(&mut meta), 6, "the same id on every replica");
+}
+
+#[test]
 fn a_split_whose_right_range_arrived_first_by_snapshot_only_cuts_the_left() {
     // The leader's node splits; range 2's leader sends its snapshot to a follower whose
     // range 1 has not applied the split yet.

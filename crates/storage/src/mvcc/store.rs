@@ -375,12 +375,7 @@ impl MvccStore {
     /// Hands out the next range id (the meta range's store): ids 0 and 1 are the meta
     /// range and the first data range.
     pub fn apply_allocate_range_id(&self, index: LogIndex, term: Term) -> u64 {
-        let id = self
-            .local
-            .get(META_NEXT_RANGE_ID)
-            .map_or(FIRST_SPLIT_RANGE_ID, |v| {
-                u64::from_be_bytes(v.as_ref().try_into().expect("an 8-byte range id"))
-            });
+        let id = self.next_range_id();
         let mut batch = self.keyspace.batch();
         self.local
             .insert(&mut batch, META_NEXT_RANGE_ID, (id + 1).to_be_bytes());
@@ -388,6 +383,15 @@ impl MvccStore {
         engine("committing a range id", batch.commit());
         self.set_applied(index, term);
         id
+    }
+
+    /// The range id the meta range hands out next.
+    pub fn next_range_id(&self) -> u64 {
+        self.local
+            .get(META_NEXT_RANGE_ID)
+            .map_or(FIRST_SPLIT_RANGE_ID, |v| {
+                u64::from_be_bytes(v.as_ref().try_into().expect("an 8-byte range id"))
+            })
     }
 
     /// The groups whose state the keyspace holds (every range this node has a replica
@@ -876,6 +880,10 @@ impl MvccStore {
             alarms: self.alarms(),
             auth: Some(self.auth().tables()),
             oracle_bound: self.oracle_bound(),
+            next_range_id: self
+                .local
+                .get(META_NEXT_RANGE_ID)
+                .map_or(0, |_| self.next_range_id()),
             span: Some(self.span().to_record()),
             oracle_revisions: self.oracle_revisions(),
             txn_locks,
@@ -1288,6 +1296,25 @@ impl MvccStore {
         );
         self.oracle_bound
             .store(tables.oracle_bound, Ordering::SeqCst);
+        // The meta range's next range id travels too: a replica made from a snapshot
+        // (a new member, one behind a compacted log) that went on counting from its own
+        // stale id, or from 2, would hand out ids of ranges that exist once it leads,
+        // and a split to such an id only cuts the range it splits (its right half is
+        // taken for one installed first), leaving keys no range holds. 0: a snapshot
+        // written before ids travelled, which leaves the id as it was.
+        if tables.next_range_id != 0 {
+            assert!(
+                tables.next_range_id >= self.next_range_id(),
+                "a snapshot lowers the next range id from {} to {}",
+                self.next_range_id(),
+                tables.next_range_id
+            );
+            self.local.insert(
+                &mut batch,
+                META_NEXT_RANGE_ID,
+                tables.next_range_id.to_be_bytes(),
+            );
+        }
         let (new_locks, new_outcomes) = txn_tables::tables_of_records(
             &tables.txn_locks,
             &tables.txn_outcomes,
