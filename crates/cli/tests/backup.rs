@@ -179,6 +179,50 @@ async fn a_backup_of_a_keyspace_in_ranges_is_one_consistent_point() {
         .await
         .unwrap();
     assert!(put.header().unwrap().revision() > revision);
+
+    // The restore made the backup's ranges again, and they go on as ranges do: writes
+    // in each and a Txn across both above the backup's revision, and a new split with
+    // an id of its own (the restored meta range counts on after the restored ranges').
+    if common::splits_eagerly() {
+        let listed = common::ranges::ranges(&restored, 0).await.unwrap();
+        assert!(
+            listed.len() > 1 && listed.iter().any(|range| range.start == b"m"[..]),
+            "{listed:?}"
+        );
+    } else {
+        common::ranges::wait_for_spans(&restored, &[("", "m"), ("m", "")]).await;
+    }
+    let mut last = revision;
+    for key in ["a/after", "x/after"] {
+        let put = restored_client.put(key, "v", None).await.unwrap();
+        let at = put.header().unwrap().revision();
+        assert!(at > last, "{key} at {at}, after {last}");
+        last = at;
+    }
+    let txn = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::put("a/pair", "restored", None),
+        etcd_client::TxnOp::put("x/pair", "restored", None),
+    ]);
+    let done = restored_client.txn(txn).await.unwrap();
+    assert!(done.header().unwrap().revision() > last);
+    if !common::splits_eagerly() {
+        let (ok, out, err) =
+            restored.ostrakon(&["ranges", "split", "q", "--endpoint", &restored.host_port(2)]);
+        assert!(ok, "split failed: {out} {err}");
+        common::ranges::wait_for_spans(&restored, &[("", "m"), ("m", "q"), ("q", "")]).await;
+        let ids: std::collections::BTreeSet<u64> = common::ranges::ranges(&restored, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|range| range.range_id)
+            .collect();
+        assert_eq!(ids.len(), 3, "every range has an id of its own: {ids:?}");
+    }
+    let got = every_key(&mut restored.client(0).await, 0).await;
+    let value = |key: &str| got.iter().find(|kv| kv.0 == key).map(|kv| kv.1.clone());
+    assert_eq!(value("a/pair").as_deref(), Some("restored"));
+    assert_eq!(value("x/pair").as_deref(), Some("restored"));
+    assert_eq!(value("x/after").as_deref(), Some("v"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,32 @@ fn etcdutl_status(file: &Path) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
+/// A one-member etcd cluster restored by `etcdutl snapshot restore` from `file`, running,
+/// and a client of it.
+async fn etcdutl_restore_and_serve(file: &Path) -> (common::real_etcd::RealEtcd, Client) {
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let data_dir = etcd_dir.path().join("restored");
+    let peer_port = common::free_port();
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let restore = Command::new(etcd_tool("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(file)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--name", "r1", "--initial-cluster", &format!("r1={peer}")])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .output()
+        .unwrap();
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let etcd = start_real_etcd_in(etcd_dir, &data_dir, "r1", peer_port);
+    let client = connect(etcd.client_port).await;
+    (etcd, client)
+}
+
 async fn connect(port: u16) -> Client {
     Client::connect([format!("127.0.0.1:{port}")], None)
         .await
@@ -130,26 +156,7 @@ async fn an_ostrakon_backup_restores_into_a_real_etcd_with_the_same_revisions() 
     );
 
     // etcdutl restores it into a data directory a real etcd serves.
-    let etcd_dir = tempfile::tempdir().unwrap();
-    let data_dir = etcd_dir.path().join("restored");
-    let peer_port = common::free_port();
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let restore = Command::new(etcd_tool("etcdutl"))
-        .args(["snapshot", "restore"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--name", "r1", "--initial-cluster", &format!("r1={peer}")])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .output()
-        .unwrap();
-    assert!(
-        restore.status.success(),
-        "{}",
-        String::from_utf8_lossy(&restore.stderr)
-    );
-    let etcd = start_real_etcd_in(etcd_dir, &data_dir, "r1", peer_port);
-    let mut restored = connect(etcd.client_port).await;
+    let (_etcd, mut restored) = etcdutl_restore_and_serve(&file).await;
     assert_eq!(listing(&mut restored, None).await, (revision, keys));
     let past = compact_at + 2;
     assert_eq!(
@@ -170,6 +177,42 @@ async fn an_ostrakon_backup_restores_into_a_real_etcd_with_the_same_revisions() 
     assert_eq!(role.permissions()[0].key(), b"/x");
     let next = restored.put("after", "v", None).await.unwrap();
     assert_eq!(next.header().unwrap().revision(), revision + 1);
+}
+
+/// A backup of a keyspace in ranges carries where they began in a bucket of ostrakon's
+/// own; etcd's tools read and restore it, and a real etcd serves every key from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_a_keyspace_in_ranges_restores_into_a_real_etcd() {
+    let source = TestCluster::start(3, &[]).await;
+    let mut client = source.client(0).await;
+    for key in ["a", "k", "q", "z"] {
+        client.put(key, format!("v-{key}"), None).await.unwrap();
+    }
+    common::ranges::split_in_three(&source).await;
+    client.put("after-split", "v", None).await.unwrap();
+    let (_, expected) = listing(&mut client, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    let etcdctl_binary = etcd_tool("etcdctl");
+    let etcdctl = Etcdctl {
+        binary: &etcdctl_binary,
+        endpoints: source.host_port(2),
+    };
+    let saved = etcdctl.ok(&["snapshot", "save", file.to_str().unwrap()]);
+    assert!(saved.contains("Snapshot saved at"), "{saved}");
+    let theirs = etcdutl_status(&file);
+    let (ok, ours, stderr) =
+        source.ostrakon(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(ours.trim(), theirs, "ostrakon reports what etcdutl reports");
+
+    let (_etcd, mut restored) = etcdutl_restore_and_serve(&file).await;
+    let (_, got) = listing(&mut restored, None).await;
+    assert_eq!(
+        got, expected,
+        "every key with its revisions, version and lease"
+    );
+    restored.put("in-etcd", "v", None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

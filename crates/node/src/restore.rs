@@ -2,13 +2,18 @@
 //! `snapshot restore`): the backup's keys, revisions and leases, under the membership,
 //! member ids and cluster id of the new `--initial-cluster`. Each member of the new
 //! cluster is restored from the same file with its own name and data directory.
+//!
+//! A backup of a keyspace in ranges names where each range began; the restore makes the
+//! same ranges, each with a raft group founded alike on every member (ids 2, 3, ... in
+//! key order, as every member restores the same file), and a meta range that hands out
+//! later ids and timestamps above the backup's revision.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use ostrakon_raft::InitialState;
+use ostrakon_raft::{GroupId, InitialState};
 use ostrakon_storage::backup::{self, RevisionBump};
-use ostrakon_storage::mvcc::{AppliedState, MvccStore};
+use ostrakon_storage::mvcc::{AppliedState, MvccStore, FIRST_SPLIT_RANGE_ID};
 use ostrakon_storage::snapshot::SnapshotInfo;
 
 use crate::config::NodeConfig;
@@ -49,11 +54,43 @@ pub fn restore_backup(
         term: initial.snapshot.term,
         conf_state: initial.conf_state.clone(),
     };
-    let info = backup::restore(&store, backup_path, applied, founder_records(config), bump)
-        .map_err(|e| StartError::Inconsistent(e.to_string()))?;
-    seal_bootstrap(&layout, &mut wal, &store, DEFAULT_GROUP, &initial)?;
-    // The meta range is new, as for any new cluster.
+    let (info, range_starts) = backup::restore(
+        &store,
+        backup_path,
+        applied.clone(),
+        founder_records(config),
+        bump,
+    )
+    .map_err(|e| StartError::Inconsistent(e.to_string()))?;
+    // The backup's ranges: each split off the last at its first key, at the bootstrap
+    // position (the splits are part of the founding state, as the restored data is).
+    let mut ranges = vec![(DEFAULT_GROUP, store)];
+    for (offset, start) in range_starts.iter().enumerate() {
+        let group = GroupId(FIRST_SPLIT_RANGE_ID + offset as u64);
+        let (_, last) = ranges.last().expect("the first range");
+        let right = last
+            .split(
+                &start.key,
+                applied.index,
+                applied.term,
+                group,
+                applied.clone(),
+                start.by_hand,
+            )
+            .expect("a new cluster holds no state of the ranges split off");
+        ranges.push((group, Arc::new(right)));
+    }
+    for (group, store) in &ranges {
+        seal_bootstrap(&layout, &mut wal, store, *group, &initial)?;
+    }
+    // The meta range is new, as for any new cluster. It hands out ids after the restored
+    // ranges', and timestamps above the restored revision: that may be a timestamp even
+    // of one range (a keyspace that split and merged back), and this machine's clock
+    // may be behind the one that handed it out.
     let meta_store = MvccStore::open(&keyspace, META_GROUP, crate::group_span(META_GROUP));
+    let next_range_id = FIRST_SPLIT_RANGE_ID + range_starts.len() as u64;
+    let above_revision = u64::try_from(info.revision.0).expect("a revision is positive") + 1;
+    meta_store.seed_restored_meta(next_range_id, above_revision);
     bootstrap(config, &layout, &mut wal, &meta_store, META_GROUP)?;
     Identity {
         member_id: config.id,

@@ -8,7 +8,7 @@ use ostrakon_proto::peer as pb;
 
 use crate::etcd_backup;
 use crate::mvcc::{AppliedState, MvccStore, Revision};
-use crate::snapshot::{self, SnapshotContent, SnapshotError, SnapshotInfo};
+use crate::snapshot::{self, RangeStart, SnapshotContent, SnapshotError, SnapshotInfo};
 
 /// etcdutl's `--bump-revision` and `--mark-compacted`: a cluster restored from a backup
 /// starts this many revisions past it, so that clients that saw later revisions before
@@ -54,6 +54,7 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
                 ..Default::default()
             },
             crc32c: status.hash,
+            range_starts: backup.range_starts,
         });
     }
     snapshot::parse_backup(path, file)
@@ -61,19 +62,22 @@ pub fn read(path: &Path) -> Result<SnapshotContent, SnapshotError> {
 
 /// Replaces the store's content with a backup's data under a new identity: the applied
 /// position, the membership and the member registry are the new cluster's (as etcdutl's
-/// `snapshot restore` does); users and roles are kept, alarms are not.
+/// `snapshot restore` does); users and roles are kept, alarms are not. Returns what was
+/// restored and where the backup's ranges after the first began (the caller splits the
+/// store there: `MvccStore::split`).
 pub fn restore(
     store: &MvccStore,
     path: &Path,
     applied: AppliedState,
     members: Vec<pb::MemberRecord>,
     bump: RevisionBump,
-) -> Result<SnapshotInfo, SnapshotError> {
+) -> Result<(SnapshotInfo, Vec<RangeStart>), SnapshotError> {
     let SnapshotContent {
         mut info,
         items,
         leases,
         tables,
+        range_starts,
         ..
     } = read(path)?;
     if bump.revisions > 0 {
@@ -92,7 +96,8 @@ pub fn restore(
             oracle_bound: 0,
             // The store's own span: a backup is restored into a new cluster's range.
             span: None,
-            // One range again: its revisions count on from the backup's.
+            // One range, whose revisions count on from the backup's, until it is split
+            // where the backup's ranges began (from then on from the oracle's).
             oracle_revisions: false,
             // A backup is of one range that never split: no transaction across ranges.
             txn_locks: Vec::new(),
@@ -104,7 +109,7 @@ pub fn restore(
         applied.clone(),
     );
     info.applied = applied;
-    Ok(info)
+    Ok((info, range_starts))
 }
 
 /// What `ostrakon snapshot status` reports about a file.

@@ -16,6 +16,11 @@
 //! - `auth` (`authEnabled` as one byte, `authRevision` as 8 bytes big-endian),
 //!   `authUsers` (`authpb.User` by name), `authRoles` (`authpb.Role` by name).
 //! - `alarm`, and `cluster` (`clusterVersion`: "3.5.0").
+//!
+//! And one of ostrakon's own, in a backup of a keyspace in ranges only:
+//! `ostrakon_ranges`, the first key of every data range after the first, to one byte (1:
+//! the range began at an operator's split), so that a restore makes the same ranges.
+//! etcd's tools keep a bucket they do not know and count it in `snapshot status`.
 
 use std::collections::BTreeMap;
 use std::io::{Seek as _, Write as _};
@@ -31,10 +36,12 @@ use crate::bolt::{self, Bucket};
 use crate::mvcc::compaction::classify;
 use crate::mvcc::keys::{split_versioned_key, versioned_key};
 use crate::mvcc::{LeaseRecord, Revision, StoredVersion, INITIAL_REVISION, NEVER_COMPACTED};
-use crate::snapshot::{SnapshotContent, SnapshotError};
+use crate::snapshot::{RangeStart, SnapshotContent, SnapshotError};
 
 /// The cluster version etcd 3.5 records in its `cluster` bucket.
 const CLUSTER_VERSION: &[u8] = b"3.5.0";
+/// The bucket of the ranges' first keys (a keyspace in ranges only).
+const RANGES_BUCKET: &[u8] = b"ostrakon_ranges";
 /// Bytes of the SHA-256 that follows the database in a backup.
 const HASH_BYTES: usize = 32;
 
@@ -89,6 +96,8 @@ pub struct EtcdBackup {
     pub revision: Revision,
     /// The compacted revision (as scheduled: etcd finishes a compaction it had begun).
     pub compact_revision: Revision,
+    /// Where each data range after the first began (none in etcd's own backups).
+    pub range_starts: Vec<RangeStart>,
 }
 
 /// What `etcdutl snapshot status` reports about a backup, computed as it computes it.
@@ -263,7 +272,7 @@ pub fn buckets_of(content: &SnapshotContent) -> Vec<Bucket> {
         .iter()
         .map(|r| (r.name.to_vec(), r.encode_to_vec()))
         .collect();
-    vec![
+    let mut buckets = vec![
         Bucket::new(b"alarm", Vec::new()),
         Bucket::new(b"auth", auth_entries),
         Bucket::new(b"authRoles", roles),
@@ -277,7 +286,16 @@ pub fn buckets_of(content: &SnapshotContent) -> Vec<Bucket> {
         Bucket::new(b"members", members),
         Bucket::new(b"members_removed", removed),
         Bucket::new(b"meta", meta),
-    ]
+    ];
+    if !content.range_starts.is_empty() {
+        let starts = content
+            .range_starts
+            .iter()
+            .map(|start| (start.key.clone(), vec![u8::from(start.by_hand)]))
+            .collect();
+        buckets.push(Bucket::new(RANGES_BUCKET, starts));
+    }
+    buckets
 }
 
 fn conf_state_json(conf: &ostrakon_raft::ConfState) -> Vec<u8> {
@@ -420,12 +438,32 @@ pub fn from_buckets(buckets: &[Bucket]) -> Result<EtcdBackup, String> {
         users,
         roles,
     };
+    let mut range_starts = Vec::new();
+    for (key, value) in &bucket(RANGES_BUCKET).entries {
+        let by_hand = match value.as_slice() {
+            [0] => false,
+            [1] => true,
+            _ => {
+                return Err(format!(
+                    "range start {key:?} has a malformed mark {value:?}"
+                ))
+            }
+        };
+        if key.is_empty() {
+            return Err("a range starts at the empty key, where the first one does".into());
+        }
+        range_starts.push(RangeStart {
+            key: key.clone(),
+            by_hand,
+        });
+    }
     Ok(EtcdBackup {
         items: items.into_iter().collect(),
         leases,
         auth,
         revision,
         compact_revision,
+        range_starts,
     })
 }
 

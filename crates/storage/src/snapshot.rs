@@ -137,6 +137,19 @@ pub struct SnapshotContent {
     pub tables: pb::SnapshotTables,
     /// The file's checksum (its last four bytes).
     pub crc32c: u32,
+    /// Where each data range after the first began, in key order (none for a keyspace
+    /// of one range): a restore makes the same ranges.
+    pub range_starts: Vec<RangeStart>,
+}
+
+/// The first key of a data range in a backup of a keyspace in ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeStart {
+    /// The key (never empty: the first range starts at the keyspace's start).
+    pub key: Vec<u8>,
+    /// The range began at an operator's split: it is not merged on the node's own
+    /// initiative, in the restored keyspace either.
+    pub by_hand: bool,
 }
 
 /// A backup's content for a keyspace in ranges, from the frozen states of every data
@@ -172,7 +185,20 @@ pub fn content_across(frozen: Vec<FrozenState>, revision: Revision) -> SnapshotC
         ..first.tables.clone()
     };
     let mut items: Vec<(Vec<u8>, Vec<u8>)> = first.items().collect();
+    let mut range_starts = Vec::new();
     for state in states {
+        let start = state.span().start().to_vec();
+        assert!(
+            !start.is_empty()
+                && range_starts
+                    .last()
+                    .is_none_or(|last: &RangeStart| last.key < start),
+            "the ranges of a backup come in key order, the first first"
+        );
+        range_starts.push(RangeStart {
+            key: start,
+            by_hand: state.tables.split_by_hand,
+        });
         items.extend(state.items());
     }
     SnapshotContent {
@@ -181,6 +207,7 @@ pub fn content_across(frozen: Vec<FrozenState>, revision: Revision) -> SnapshotC
         leases,
         tables,
         crc32c: 0,
+        range_starts,
     }
 }
 
@@ -315,6 +342,8 @@ fn parse(path: &Path, data: Vec<u8>) -> Result<SnapshotContent, SnapshotError> {
         leases,
         tables,
         crc32c,
+        // This format was written of one range only.
+        range_starts: Vec::new(),
     })
 }
 

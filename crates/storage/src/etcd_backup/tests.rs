@@ -156,3 +156,52 @@ fn ostrakon_state_written_as_an_etcd_backup_reads_back_the_same_without_garbage(
         );
     }
 }
+
+#[test]
+fn the_ranges_of_a_backup_travel_in_a_bucket_of_their_own_and_only_then() {
+    let mut store = Store::new();
+    store.put("a", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    crate::snapshot::create(&store.store, &ours).unwrap();
+    let mut content = crate::snapshot::read(&ours).unwrap();
+
+    // One range: exactly etcd's buckets.
+    let names: Vec<Vec<u8>> = buckets_of(&content).into_iter().map(|b| b.name).collect();
+    assert!(!names.iter().any(|name| name == RANGES_BUCKET), "{names:?}");
+    let one = dir.path().join("one.db");
+    write(&content, &one).unwrap();
+    let (backup, _) = read(&std::fs::read(&one).unwrap(), &one).unwrap();
+    assert!(backup.range_starts.is_empty());
+
+    content.range_starts = vec![
+        RangeStart {
+            key: b"m".to_vec(),
+            by_hand: true,
+        },
+        RangeStart {
+            key: b"t\0".to_vec(),
+            by_hand: false,
+        },
+    ];
+    let three = dir.path().join("three.db");
+    write(&content, &three).unwrap();
+    let (backup, status) = read(&std::fs::read(&three).unwrap(), &three).unwrap();
+    assert_eq!(backup.range_starts, content.range_starts);
+    let (_, one_status) = read(&std::fs::read(&one).unwrap(), &one).unwrap();
+    assert_eq!(
+        status.total_keys,
+        one_status.total_keys + 2,
+        "counted as etcdutl counts every bucket's entries"
+    );
+
+    // A malformed mark is refused, not guessed.
+    let mut buckets = buckets_of(&content);
+    let ranges = buckets
+        .iter_mut()
+        .find(|b| b.name == RANGES_BUCKET)
+        .unwrap();
+    ranges.entries[0].1 = vec![7];
+    let error = from_buckets(&buckets).unwrap_err();
+    assert!(error.contains("malformed mark"), "{error}");
+}

@@ -317,3 +317,55 @@ fn a_write_checked_while_auth_was_off_is_refused_where_auth_is_on() {
         assert_eq!(range.put_checked(key, checked_auth(revision, true)), Ok(()));
     }
 }
+
+#[test]
+fn a_replica_made_from_a_snapshot_drops_the_tokens_its_peers_dropped() {
+    // The leader's replica: a token issued, then the user's password changed (which
+    // ends the user's tokens on every replica that applies it).
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let mut leader = Range::open(&keyspace, 1, KeySpan::whole());
+    leader.enable_auth();
+    let authenticate = |range: &mut Range| match range.write(Request::Auth(pb::AuthWrite {
+        op: Some(auth_write::Op::Authenticate(pb::AuthenticateWrite {
+            name: "root".into(),
+            token: "prefix".into(),
+        })),
+    })) {
+        WriteOutcome::Auth(applied) => applied.token,
+        other => panic!("{other:?}"),
+    };
+    // A replica at the same position, which applies the Authenticate too and then
+    // falls behind.
+    let behind_dir = tempfile::tempdir().unwrap();
+    let behind_keyspace = fjall::Config::new(behind_dir.path()).open().unwrap();
+    let path = dir.path().join("before.snap");
+    crate::snapshot::create(&leader.store, &path).unwrap();
+    let mut behind = Range::open(&behind_keyspace, 1, KeySpan::whole());
+    crate::snapshot::install(&behind.store, &path).unwrap();
+    behind.index = behind.store.applied_index().0;
+    let token = authenticate(&mut leader);
+    assert_eq!(
+        authenticate(&mut behind),
+        token,
+        "the same token on every replica"
+    );
+    assert_eq!(behind.store.token_user(&token).as_deref(), Some("root"));
+
+    leader.auth(auth_write::Op::UserChangePassword(
+        ostrakon_proto::etcdserverpb::AuthUserChangePasswordRequest {
+            name: "root".into(),
+            hashed_password: "another".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(leader.store.token_user(&token), None);
+    let path = dir.path().join("after.snap");
+    crate::snapshot::create(&leader.store, &path).unwrap();
+    crate::snapshot::install(&behind.store, &path).unwrap();
+    assert_eq!(
+        behind.store.token_user(&token),
+        None,
+        "a token its peers dropped is dropped here too"
+    );
+}

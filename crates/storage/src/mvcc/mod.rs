@@ -41,7 +41,8 @@ pub use request_keys::{txn_intervals, write_intervals, KeyInterval};
 pub use span::{spans_cover, KeySpan};
 pub use store::{
     checked_auth, AppliedState, FreezeMark, FrozenState, LeaseRecord, MvccStore, ReadView,
-    SpanListener, WriteRules, WriteTxn, CHECKED_WHILE_AUTH_OFF, DATA_PARTITION, NEVER_COMPACTED,
+    SpanListener, WriteRules, WriteTxn, CHECKED_WHILE_AUTH_OFF, DATA_PARTITION,
+    FIRST_SPLIT_RANGE_ID, NEVER_COMPACTED,
 };
 pub use value::StoredVersion;
 

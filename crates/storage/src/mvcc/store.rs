@@ -62,7 +62,7 @@ const META_SPAN: &[u8] = b"span";
 /// The next range id the meta range hands out.
 const META_NEXT_RANGE_ID: &[u8] = b"next_range_id";
 /// The first id a split gives a range (0: the meta range; 1: the first data range).
-const FIRST_SPLIT_RANGE_ID: u64 = 2;
+pub const FIRST_SPLIT_RANGE_ID: u64 = 2;
 /// Present once the range takes its revisions from the oracle.
 const META_ORACLE_REVISIONS: &[u8] = b"oracle_revisions";
 /// The timestamp oracle's persisted bound (the meta range's store only).
@@ -383,6 +383,23 @@ impl MvccStore {
         engine("committing a range id", batch.commit());
         self.set_applied(index, term);
         id
+    }
+
+    /// Readies a restored keyspace's new meta range, before its bootstrap: it hands out
+    /// range ids from `next_range_id` (above the restored ranges') and timestamps from
+    /// `oracle_bound` (above the restored revision, whatever this machine's clock says).
+    pub fn seed_restored_meta(&self, next_range_id: u64, oracle_bound: u64) {
+        assert!(
+            self.applied_index() == LogIndex(0) && self.local.get(META_NEXT_RANGE_ID).is_none(),
+            "only a new meta range is seeded"
+        );
+        let mut batch = self.keyspace.batch();
+        self.local
+            .insert(&mut batch, META_NEXT_RANGE_ID, next_range_id.to_be_bytes());
+        self.local
+            .insert(&mut batch, META_ORACLE_BOUND, oracle_bound.to_be_bytes());
+        engine("seeding a restored meta range", batch.commit());
+        self.oracle_bound.store(oracle_bound, Ordering::SeqCst);
     }
 
     /// The range id the meta range hands out next.
@@ -1376,6 +1393,11 @@ impl MvccStore {
         }
         *auth = Arc::new(new_auth);
         drop(auth);
+        // The tokens this replica issued or dropped as it applied its log: the entries
+        // the snapshot stands for may have dropped some of them on every other replica
+        // (a password changed, a user deleted, auth disabled), so none is kept, as after a
+        // restart; their clients authenticate again (found by review, 2026-12-06).
+        self.tokens.lock().unwrap().clear();
         // After the tables it names: a carrier reading it then reads them too.
         self.set_rules_changed_at(rules_changed_at);
         // The snapshot's span only: the data partition holds other ranges' keys too. A
@@ -1552,6 +1574,11 @@ pub struct FrozenState {
 }
 
 impl FrozenState {
+    /// The user keys the range held.
+    pub fn span(&self) -> &KeySpan {
+        &self.span
+    }
+
     /// Every stored version: (storage key, stored value), in storage order.
     pub(crate) fn items(self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
         stored_versions(self.kv, &self.span)
