@@ -44,6 +44,15 @@ pub fn apply_split(
             "ostrakon: range id {} cannot be a split's",
             right.0
         ))
+    } else if store.absorbed_ranges().contains(&right) {
+        // A split proposed again after its range was merged back (a late duplicate):
+        // founded anew, the range would be dropped at the next restart as the merged
+        // range it was, and its keys left in none (found by review).
+        Some(format!(
+            "ostrakon: range id {} was merged into range {}; a split takes a new id",
+            right.0,
+            store.group().0
+        ))
     } else if conf.is_joint() {
         Some("ostrakon: the range's membership is changing; split it once that is done".into())
     } else if store.has_txn_locks() {
@@ -90,4 +99,66 @@ pub fn apply_split(
         conf_state: conf.clone(),
     };
     (outcome, Some(split_off))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostrakon_proto::peer::{write_request::Request, FreezeRange, WriteRequest};
+    use ostrakon_raft::NodeId;
+    use ostrakon_storage::mvcc::{apply_write, KeySpan};
+
+    #[test]
+    fn a_split_to_the_id_of_a_range_merged_back_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let conf = ConfState::with_voters([NodeId(1)]);
+        let left = Arc::new(MvccStore::open(&keyspace, GroupId(1), KeySpan::whole()));
+        let split = SplitRange {
+            key: "m".into(),
+            right_range_id: 2,
+            by_hand: false,
+        };
+        let (outcome, split_off) = apply_split(&left, LogIndex(1), Term(1), &split, &conf);
+        assert!(
+            matches!(outcome, WriteOutcome::RangeSplit(_)),
+            "{outcome:?}"
+        );
+        let right = split_off.unwrap().store.expect("founded");
+        let freeze = WriteRequest {
+            origin: 1,
+            id: 6,
+            request: Some(Request::FreezeRange(FreezeRange {
+                left_range_id: 1,
+                freezer: 7,
+            })),
+            ..Default::default()
+        };
+        let frozen = apply_write(&right, LogIndex(6), Term(1), &freeze);
+        assert!(matches!(frozen, WriteOutcome::RangeFrozen(_)), "{frozen:?}");
+        left.apply_merge(LogIndex(2), Term(1), &right);
+        assert!(left.span().contains(b"x"));
+
+        // The same split again, late.
+        let (outcome, split_off) = apply_split(&left, LogIndex(3), Term(1), &split, &conf);
+        let WriteOutcome::Error(error) = outcome else {
+            panic!("refused: {outcome:?}");
+        };
+        assert!(
+            error.message.contains("was merged into range 1"),
+            "{error:?}"
+        );
+        assert!(split_off.is_none());
+        assert!(left.span().contains(b"x"), "the range keeps its keys");
+        // A new id splits it.
+        let again = SplitRange {
+            right_range_id: 3,
+            ..split
+        };
+        let (outcome, _) = apply_split(&left, LogIndex(4), Term(1), &again, &conf);
+        assert!(
+            matches!(outcome, WriteOutcome::RangeSplit(_)),
+            "{outcome:?}"
+        );
+    }
 }

@@ -624,6 +624,28 @@ fn a_meta_replica_made_from_a_snapshot_goes_on_from_the_next_range_id() {
 }
 
 #[test]
+fn a_split_founds_the_right_range_over_an_empty_replica_stopped_cleanly() {
+    // A replica of range 2 made for a message of its group, waiting for its snapshot,
+    // then a clean stop (which writes every store's applied position down).
+    let dir = tempfile::tempdir().unwrap();
+    let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+    let waiting = Range::open(&keyspace, 2, KeySpan::none());
+    waiting.store.persist();
+    drop(waiting);
+    let mut left = Range::open(&keyspace, 1, KeySpan::whole());
+    left.put("x", "x1", 0);
+    let right = left.split_off(b"m", 2);
+    assert_eq!(right.store.span().start(), b"m");
+    let at = right.store.current_revision();
+    let x = right
+        .store
+        .read_view()
+        .get(b"x", at)
+        .expect("x in the new range");
+    assert_eq!(x.value.as_ref(), b"x1");
+}
+
+#[test]
 fn a_split_whose_right_range_arrived_first_by_snapshot_only_cuts_the_left() {
     // The leader's node splits; range 2's leader sends its snapshot to a follower whose
     // range 1 has not applied the split yet.
