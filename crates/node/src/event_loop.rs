@@ -389,7 +389,9 @@ fn new_replica(
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
     let status = Arc::new(RwLock::new(GroupStatus::default()));
     let (applied_tx, _) = watch::channel(store.applied_index());
-    let lessor = Arc::new(crate::lessor::Lessor::default());
+    let lessor = Arc::new(crate::lessor::Lessor::with_takeover_extension(
+        config.tick_interval * config.election_ticks,
+    ));
     let mut replica = Replica::new(group, node, store, status, applied_tx, lessor);
     replica.wal_hard_state = wal_hard_state;
     // Up means: the leader heard from it within an election timeout (the window

@@ -838,9 +838,12 @@ impl NodeHandle {
     }
 
     /// `lease_query` on this member only; fails with `NotLeader` unless it leads. As
-    /// etcd's leader, it first applies every entry it knows committed: a leader new to
-    /// its term may not have applied the grant of a lease its predecessor acknowledged,
-    /// and would answer that it knows no such lease.
+    /// etcd's leader (`ensureLeadership`), it first confirms its leadership with a read
+    /// index taken after the request arrived, and applies up to it: a leader deposed
+    /// without knowing it yet (paused, partitioned) must not acknowledge a keep-alive of
+    /// a lease its successor may be revoking (found by review, 2026-12-06), and a leader
+    /// new to its term may not have applied the grant of a lease its predecessor
+    /// acknowledged, and would answer that it knows no such lease.
     pub async fn lease_query_local(
         &self,
         group: GroupId,
@@ -848,13 +851,12 @@ impl NodeHandle {
         renew: bool,
     ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
         let shared = self.group(group)?.clone();
-        let mut status = self.status(group)?;
-        if status.is_leader && status.applied < status.commit {
-            self.wait_applied(group, status.commit).await?;
-            status = self.status(group)?;
-        }
+        let status = self.status(group)?;
         if !status.is_leader {
             return Err(NodeError::NotLeader(status.leader));
+        }
+        if !self.confirm_leading(group, status.term).await {
+            return Err(NodeError::NotLeader(self.status(group)?.leader));
         }
         shared
             .lessor
@@ -864,6 +866,21 @@ impl NodeHandle {
         } else {
             shared.lessor.remaining(&shared.store, id)
         })
+    }
+
+    /// Whether this member leads `group` in `term`, confirmed by a read index taken now
+    /// (a quorum still follows it), with everything up to it applied here.
+    pub async fn confirm_leading(&self, group: GroupId, term: ostrakon_raft::Term) -> bool {
+        let leads = |node: &NodeHandle| {
+            node.status(group)
+                .is_ok_and(|status| status.is_leader && status.term == term)
+        };
+        if !leads(self) {
+            return false;
+        }
+        // A read index a follower would forward to another leader: leadership is checked
+        // again after it, in the same term.
+        self.linearizable_read_point(group).await.is_ok() && leads(self)
     }
 
     /// Writes a consistent copy of the group's state, as of now on this member, to a new

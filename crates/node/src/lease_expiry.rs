@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ostrakon_proto::etcdserverpb::{LeaseCheckpointRequest, LeaseRevokeRequest};
 use ostrakon_proto::peer::write_request;
-use ostrakon_raft::GroupId;
+use ostrakon_raft::{GroupId, Term};
 use ostrakon_storage::mvcc::MvccStore;
 
 use crate::handle::NodeHandle;
@@ -41,12 +41,23 @@ async fn revoke_expired(handle: NodeHandle, id: i64) {
 
 /// Revokes expired leases: side by side on a keyspace of one range (each is one raft
 /// entry), one after the other on a keyspace in ranges (each is a transaction locking
-/// the first range, which holds the leases).
-async fn revoke_all_expired(handle: NodeHandle, expired: Vec<i64>) {
+/// the first range, which holds the leases). Only while this member's leadership of
+/// `group` in `term`, whose deadlines found them expired, is confirmed by a read index:
+/// a leader deposed without knowing it yet (paused, partitioned) kept deadlines that
+/// keep-alives answered by its successor have moved, and its revokes, forwarded to that
+/// successor, would take leases their holders were just told they keep (found by
+/// review, 2026-12-06).
+async fn revoke_all_expired(handle: NodeHandle, group: GroupId, term: Term, expired: Vec<i64>) {
     if handle.data_ranges().len() > 1 {
         for id in expired {
+            if !handle.confirm_leading(group, term).await {
+                return;
+            }
             revoke_expired(handle.clone(), id).await;
         }
+        return;
+    }
+    if !handle.confirm_leading(group, term).await {
         return;
     }
     let mut revokes = tokio::task::JoinSet::new();
@@ -68,7 +79,16 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         let Ok(status) = handle.status(group) else {
             return;
         };
-        let leading = status.is_leader.then_some(status.term);
+        let mut leading = status.is_leader.then_some(status.term);
+        if let Some(term) = leading.filter(|term| !lessor.keeps_term(*term)) {
+            // A leadership new here takes over the deadlines only once it has applied
+            // every entry committed before it (a read index): a grant, a revoke or a
+            // checkpoint its predecessor committed would otherwise be missing from them,
+            // and a lease would start from a stale remaining TTL or not at all.
+            if !handle.confirm_leading(group, term).await {
+                leading = None;
+            }
+        }
         let now = Instant::now();
         // One batch of revokes at a time: on a keyspace in ranges each locks the first
         // range, so running them side by side only makes them wait for each other (and
@@ -76,21 +96,41 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         if revoking.as_ref().is_none_or(|batch| batch.is_finished()) {
             let expired = lessor.sweep(&store, leading, now);
             if !expired.is_empty() {
-                revoking = Some(tokio::spawn(revoke_all_expired(handle.clone(), expired)));
+                let term = leading.expect("only a leader finds leases expired");
+                revoking = Some(tokio::spawn(revoke_all_expired(
+                    handle.clone(),
+                    group,
+                    term,
+                    expired,
+                )));
             }
         }
-        if leading.is_some() && now.duration_since(last_checkpoint) >= CHECKPOINT_INTERVAL {
+        let Some(term) = leading else {
+            continue;
+        };
+        let mut checkpoints = lessor.checkpoint_clears();
+        if now.duration_since(last_checkpoint) >= CHECKPOINT_INTERVAL {
             last_checkpoint = now;
-            let checkpoints = lessor.checkpoints(now);
-            if !checkpoints.is_empty() {
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    let request = write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest {
-                        checkpoints,
-                    });
-                    let _ = handle.write(group, request).await;
-                });
-            }
+            let cleared: std::collections::HashSet<i64> =
+                checkpoints.iter().map(|c| c.id).collect();
+            checkpoints.extend(
+                lessor
+                    .checkpoints(now)
+                    .into_iter()
+                    .filter(|c| !cleared.contains(&c.id)),
+            );
+        }
+        if !checkpoints.is_empty() {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                // What a deposed leader knows of deadlines is stale: it records none.
+                if !handle.confirm_leading(group, term).await {
+                    return;
+                }
+                let request =
+                    write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
+                let _ = handle.write(group, request).await;
+            });
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct LeaseTtl {
 #[derive(Default)]
 pub struct Lessor {
     state: Mutex<LessorState>,
+    /// Added to every deadline a new leadership starts from (an election timeout, as
+    /// etcd's lessor extends its leases when promoted): keep-alives sent to the old
+    /// leader while it was being replaced had no leader to answer them.
+    takeover_extension: Duration,
 }
 
 #[derive(Default)]
@@ -40,19 +44,43 @@ struct LessorState {
     deadlines: HashMap<i64, Instant>,
     /// Revokes proposed and when.
     revoking: HashMap<i64, Instant>,
+    /// Leases renewed since a checkpoint recorded a remaining TTL for them: that record
+    /// is cleared through the log (`checkpoint_clears`), or a new leader would start
+    /// them from it, short of the TTL the keep-alive gave (etcd clears it at renew).
+    to_clear: std::collections::HashSet<i64>,
 }
 
 impl Lessor {
+    /// A lessor whose new leaderships extend every deadline by `takeover_extension`.
+    pub fn with_takeover_extension(takeover_extension: Duration) -> Lessor {
+        Lessor {
+            state: Mutex::default(),
+            takeover_extension,
+        }
+    }
+
     /// A keep-alive: the lease gets its full TTL again from now. `None` if it does not
-    /// exist or this member does not lead.
+    /// exist or this member does not lead, and for a lease whose deadline has passed
+    /// (its revoke is due or under way: acknowledging the keep-alive would tell its
+    /// holder it has a TTL left while its keys go; etcd answers it as not found too).
     pub fn renew(&self, store: &MvccStore, id: i64) -> Option<LeaseTtl> {
         let mut state = self.state.lock().unwrap();
         state.leading?;
         let record = store.lease(id)?;
-        state.deadlines.insert(
-            id,
-            Instant::now() + Duration::from_secs(record.ttl_secs as u64),
-        );
+        let now = Instant::now();
+        let expired = state
+            .deadlines
+            .get(&id)
+            .is_some_and(|deadline| *deadline <= now);
+        if expired || state.revoking.contains_key(&id) {
+            return None;
+        }
+        state
+            .deadlines
+            .insert(id, now + Duration::from_secs(record.ttl_secs as u64));
+        if record.remaining_secs > 0 {
+            state.to_clear.insert(id);
+        }
         Some(LeaseTtl {
             remaining_secs: record.ttl_secs,
             ttl_secs: record.ttl_secs,
@@ -88,9 +116,10 @@ impl Lessor {
         let record = store.lease(id)?;
         let remaining_secs = match state.deadlines.get(&id) {
             Some(deadline) => {
-                // Rounded up, as etcd reports it.
+                // Rounded up, as etcd reports it; at most the granted TTL, which a new
+                // leadership's extension would otherwise overstate.
                 let left = deadline.saturating_duration_since(Instant::now());
-                left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
+                (left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)).min(record.ttl_secs)
             }
             None => record.ttl_secs,
         };
@@ -100,18 +129,24 @@ impl Lessor {
         })
     }
 
+    /// Whether this lessor keeps the deadlines of `term` already.
+    pub fn keeps_term(&self, term: Term) -> bool {
+        self.state.lock().unwrap().leading == Some(term)
+    }
+
     /// Starts keeping the deadlines for `term` if this lessor does not yet (a member that
     /// has just been elected answers its first keep-alive without waiting for the next
     /// sweep). Cheap when it already does: keep-alives call it every time.
     pub fn take_over(&self, store: &MvccStore, term: Term, now: Instant) {
         let mut state = self.state.lock().unwrap();
         if state.leading != Some(term) {
-            Self::sync_locked(&mut state, store, Some(term), now);
+            self.sync_locked(&mut state, store, Some(term), now);
         }
     }
 
     /// Brings the deadlines in line with the store and leadership.
     fn sync_locked(
+        &self,
         state: &mut LessorState,
         store: &MvccStore,
         leading: Option<Term>,
@@ -122,6 +157,7 @@ impl Lessor {
             tracing::info!(term = ?leading, "lessor: lease deadlines kept here from now on (or no longer)");
             state.deadlines.clear();
             state.revoking.clear();
+            state.to_clear.clear();
             state.leading = leading;
         }
         if state.leading.is_none() {
@@ -138,7 +174,7 @@ impl Lessor {
                 } else {
                     record.ttl_secs
                 };
-                now + Duration::from_secs(left as u64)
+                now + Duration::from_secs(left as u64) + self.takeover_extension
             });
         }
     }
@@ -147,7 +183,7 @@ impl Lessor {
     /// now.
     pub(crate) fn sweep(&self, store: &MvccStore, leading: Option<Term>, now: Instant) -> Vec<i64> {
         let mut state = self.state.lock().unwrap();
-        Self::sync_locked(&mut state, store, leading, now);
+        self.sync_locked(&mut state, store, leading, now);
         if state.leading.is_none() {
             return Vec::new();
         }
@@ -169,15 +205,38 @@ impl Lessor {
         expired
     }
 
-    /// Every lease's remaining TTL, for a checkpoint.
+    /// The checkpoints that clear the remaining TTL recorded for leases renewed since
+    /// (`to_clear`), once each; none unless this member leads.
+    pub(crate) fn checkpoint_clears(&self) -> Vec<LeaseCheckpoint> {
+        let mut state = self.state.lock().unwrap();
+        if state.leading.is_none() {
+            state.to_clear.clear();
+            return Vec::new();
+        }
+        state
+            .to_clear
+            .drain()
+            .map(|id| LeaseCheckpoint {
+                id,
+                remaining_ttl: 0,
+            })
+            .collect()
+    }
+
+    /// Every lease's remaining TTL, for a checkpoint: rounded up (1.9 s left is 2, not
+    /// 1: a new leader starting from it must not revoke early).
     pub(crate) fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
         let state = self.state.lock().unwrap();
         state
             .deadlines
             .iter()
-            .map(|(id, deadline)| LeaseCheckpoint {
-                id: *id,
-                remaining_ttl: deadline.saturating_duration_since(now).as_secs().max(1) as i64,
+            .map(|(id, deadline)| {
+                let left = deadline.saturating_duration_since(now);
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                LeaseCheckpoint {
+                    id: *id,
+                    remaining_ttl: secs.max(1) as i64,
+                }
             })
             .collect()
     }
@@ -284,5 +343,99 @@ mod tests {
             "the new lease is not expired by the old deadline"
         );
         assert!(lessor.remaining(&store, 7).unwrap().remaining_secs > 3500);
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+    use ostrakon_proto::etcdserverpb::LeaseGrantRequest;
+    use ostrakon_proto::peer::{write_request, WriteRequest};
+    use ostrakon_raft::{GroupId, LogIndex};
+    use ostrakon_storage::mvcc::apply_write;
+
+    fn write(store: &MvccStore, index: u64, request: write_request::Request) {
+        let write = WriteRequest {
+            origin: 1,
+            id: index,
+            request: Some(request),
+            ..Default::default()
+        };
+        apply_write(store, LogIndex(index), Term(1), &write);
+    }
+
+    fn store() -> (tempfile::TempDir, fjall::Keyspace, MvccStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let store = MvccStore::open(
+            &keyspace,
+            GroupId(1),
+            ostrakon_storage::mvcc::KeySpan::whole(),
+        );
+        (dir, keyspace, store)
+    }
+
+    #[test]
+    fn a_lease_past_its_deadline_is_not_renewed() {
+        let (_dir, _keyspace, store) = store();
+        write(
+            &store,
+            2,
+            write_request::Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 5 }),
+        );
+        let lessor = Lessor::default();
+        lessor.take_over(&store, Term(2), Instant::now());
+        assert!(lessor.renew(&store, 5).is_some());
+        std::thread::sleep(Duration::from_millis(1_100));
+        // Its revoke is due: the holder must not be told it has a TTL left.
+        assert_eq!(lessor.renew(&store, 5), None);
+        assert_eq!(lessor.sweep(&store, Some(Term(2)), Instant::now()), vec![5]);
+        assert_eq!(lessor.renew(&store, 5), None, "nor while it is revoked");
+    }
+
+    #[test]
+    fn a_new_leadership_extends_deadlines_and_clears_checkpoints_of_renewed_leases() {
+        let (_dir, _keyspace, store) = store();
+        write(
+            &store,
+            2,
+            write_request::Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 5 }),
+        );
+        // A checkpoint recorded 2 s left.
+        write(
+            &store,
+            3,
+            write_request::Request::LeaseCheckpoint(
+                ostrakon_proto::etcdserverpb::LeaseCheckpointRequest {
+                    checkpoints: vec![LeaseCheckpoint {
+                        id: 5,
+                        remaining_ttl: 2,
+                    }],
+                },
+            ),
+        );
+        let extension = Duration::from_secs(1);
+        let lessor = Lessor::with_takeover_extension(extension);
+        let t0 = Instant::now();
+        lessor.take_over(&store, Term(2), t0);
+        assert!(
+            lessor
+                .sweep(&store, Some(Term(2)), t0 + Duration::from_millis(2_500))
+                .is_empty(),
+            "2 s from the checkpoint and an election timeout more"
+        );
+        // A keep-alive: the recorded 2 s must not outlive it.
+        assert_eq!(lessor.renew(&store, 5).unwrap().remaining_secs, 60);
+        assert_eq!(
+            lessor.checkpoint_clears(),
+            vec![LeaseCheckpoint {
+                id: 5,
+                remaining_ttl: 0
+            }]
+        );
+        assert!(lessor.checkpoint_clears().is_empty(), "once");
+        // Checkpoints round up.
+        let checkpoints = lessor.checkpoints(Instant::now() + Duration::from_millis(100));
+        assert_eq!(checkpoints[0].remaining_ttl, 60);
     }
 }
