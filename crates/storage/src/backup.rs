@@ -23,6 +23,10 @@ pub struct RevisionBump {
     pub mark_compacted: bool,
 }
 
+/// A revision at or above this is one of the oracle's timestamps (milliseconds since
+/// 1970 shifted left by 18 bits: today's are near 2^58), never a count of writes.
+pub const TIMESTAMP_REVISIONS_FROM: i64 = 1 << 50;
+
 fn read_file(path: &Path) -> Result<Vec<u8>, SnapshotError> {
     std::fs::read(path).map_err(|e| SnapshotError::Io(path.to_path_buf(), e))
 }
@@ -97,8 +101,12 @@ pub fn restore(
             // The store's own span: a backup is restored into a new cluster's range.
             span: None,
             // One range, whose revisions count on from the backup's, until it is split
-            // where the backup's ranges began (from then on from the oracle's).
-            oracle_revisions: false,
+            // where the backup's ranges began (from then on from the oracle's); from the
+            // oracle at once if the backup's revision is already one of its timestamps
+            // (a keyspace that split and merged back): counted on from there, its
+            // revisions would run ahead of a restored cluster's oracle, whose later
+            // timestamps would then fall below them (found by review).
+            oracle_revisions: info.revision.0 >= TIMESTAMP_REVISIONS_FROM,
             // A backup is of one range that never split: no transaction across ranges.
             txn_locks: Vec::new(),
             txn_outcomes: Vec::new(),

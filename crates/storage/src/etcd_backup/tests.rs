@@ -205,3 +205,36 @@ fn the_ranges_of_a_backup_travel_in_a_bucket_of_their_own_and_only_then() {
     let error = from_buckets(&buckets).unwrap_err();
     assert!(error.contains("malformed mark"), "{error}");
 }
+
+#[test]
+fn a_backup_at_an_oracle_timestamp_restores_into_a_range_taking_the_oracles_revisions() {
+    let mut store = Store::new();
+    store.put("a", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    crate::snapshot::create(&store.store, &ours).unwrap();
+    let mut content = crate::snapshot::read(&ours).unwrap();
+    let restore = |content: &SnapshotContent, name: &str| {
+        let path = dir.path().join(name);
+        write(content, &path).unwrap();
+        let target = Store::new();
+        crate::backup::restore(
+            &target.store,
+            &path,
+            crate::mvcc::AppliedState::default(),
+            Vec::new(),
+            crate::backup::RevisionBump::default(),
+        )
+        .unwrap();
+        target
+    };
+    // Dense revisions count on, as etcd's.
+    let dense = restore(&content, "dense.db");
+    assert!(!dense.store.oracle_revisions());
+    // A keyspace that split and merged back: its revision is a timestamp.
+    let timestamp = 1_i64 << 57;
+    content.info.compact_revision = Revision(timestamp);
+    let restored = restore(&content, "timestamp.db");
+    assert_eq!(restored.store.current_revision(), Revision(timestamp));
+    assert!(restored.store.oracle_revisions());
+}
