@@ -181,9 +181,9 @@ async fn a_new_leader_continues_a_lease_from_its_checkpointed_remaining_ttl() {
     let other = (leader + 1) % 3;
     let mut client = cluster.client(other).await;
     let id = client.lease_grant(30, None).await.unwrap().id();
-    // Two 5 s checkpoint intervals: one checkpoint at least 6 s after the grant has
-    // been applied when the leader dies.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Two 5 s checkpoint intervals and more: one checkpoint at least 6 s after the
+    // grant has been applied when the leader dies, even on a slow machine.
+    tokio::time::sleep(Duration::from_secs(13)).await;
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader().await;
     assert_ne!(new_leader, leader);

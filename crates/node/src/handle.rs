@@ -340,11 +340,37 @@ impl NodeHandle {
         Ok(outcome)
     }
 
+    /// An expired lease's revoke, from the lessor of `group` leading in `term`: each
+    /// attempt (the first, and each after a transaction's lock or a split held it off)
+    /// only once a read index confirms this member still leads in `term`, whose
+    /// deadlines found it expired. A successor may have renewed the lease meanwhile.
+    pub async fn revoke_while_leading(
+        &self,
+        request: write_request::Request,
+        group: GroupId,
+        term: ostrakon_raft::Term,
+    ) -> Result<WriteOutcome, NodeError> {
+        self.write_routed_guarded(request, 0, Some((group, term)))
+            .await
+    }
+
     /// `write_routed`, without carrying a change of the write rules to the other ranges.
     async fn write_routed_once(
         &self,
         request: write_request::Request,
         auth_revision: u64,
+    ) -> Result<WriteOutcome, NodeError> {
+        self.write_routed_guarded(request, auth_revision, None)
+            .await
+    }
+
+    /// `write_routed_once`, each attempt made only while `leading` (a group and term)
+    /// is confirmed, if given.
+    async fn write_routed_guarded(
+        &self,
+        request: write_request::Request,
+        auth_revision: u64,
+        leading: Option<(GroupId, ostrakon_raft::Term)>,
     ) -> Result<WriteOutcome, NodeError> {
         use ostrakon_proto::peer::Retry;
         if let write_request::Request::Compaction(compaction) = &request {
@@ -353,6 +379,11 @@ impl NodeHandle {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let mut locked_retries = 0u32;
         loop {
+            if let Some((group, term)) = leading {
+                if !self.confirm_leading(group, term).await {
+                    return Err(NodeError::NotLeader(self.status(group)?.leader));
+                }
+            }
             let groups = self.write_participants(&request).await?;
             // A revoke on a keyspace in ranges is a transaction even in one range: its
             // coordinator checks that the ranges it leaves out hold none of the lease's

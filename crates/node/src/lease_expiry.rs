@@ -22,9 +22,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Revokes an expired lease as a client's revoke goes: on a keyspace in ranges, a
 /// transaction over the first range and the ranges holding the lease's keys, tried
 /// again while a transaction across ranges holds one (within the request timeout).
-async fn revoke_expired(handle: NodeHandle, id: i64) {
+async fn revoke_expired(handle: NodeHandle, group: GroupId, term: Term, id: i64) {
     let revoke = write_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
-    match handle.write_routed(revoke, 0).await {
+    match handle.revoke_while_leading(revoke, group, term).await {
         Ok(ostrakon_storage::mvcc::WriteOutcome::Error(error)) => {
             tracing::debug!(
                 lease = id,
@@ -50,19 +50,13 @@ async fn revoke_expired(handle: NodeHandle, id: i64) {
 async fn revoke_all_expired(handle: NodeHandle, group: GroupId, term: Term, expired: Vec<i64>) {
     if handle.data_ranges().len() > 1 {
         for id in expired {
-            if !handle.confirm_leading(group, term).await {
-                return;
-            }
-            revoke_expired(handle.clone(), id).await;
+            revoke_expired(handle.clone(), group, term, id).await;
         }
-        return;
-    }
-    if !handle.confirm_leading(group, term).await {
         return;
     }
     let mut revokes = tokio::task::JoinSet::new();
     for id in expired {
-        revokes.spawn(revoke_expired(handle.clone(), id));
+        revokes.spawn(revoke_expired(handle.clone(), group, term, id));
     }
     while revokes.join_next().await.is_some() {}
 }
@@ -105,7 +99,10 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
                 )));
             }
         }
-        let Some(term) = leading else {
+        // Checkpoints only from the deadlines of the term confirmed: while a batch of
+        // revokes runs the sweep (which brings the lessor up to date) is skipped, and the
+        // lessor may still hold an earlier term's (found by review).
+        let Some(term) = leading.filter(|term| lessor.keeps_term(*term)) else {
             continue;
         };
         let mut checkpoints = lessor.checkpoint_clears();
@@ -115,7 +112,7 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
                 checkpoints.iter().map(|c| c.id).collect();
             checkpoints.extend(
                 lessor
-                    .checkpoints(now)
+                    .checkpoints(&store, now)
                     .into_iter()
                     .filter(|c| !cleared.contains(&c.id)),
             );

@@ -224,19 +224,21 @@ impl Lessor {
     }
 
     /// Every lease's remaining TTL, for a checkpoint: rounded up (1.9 s left is 2, not
-    /// 1: a new leader starting from it must not revoke early).
-    pub(crate) fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
+    /// 1: a new leader starting from it must not revoke early), and at most its granted
+    /// TTL (a new leadership's extension is its own, not to be passed on).
+    pub(crate) fn checkpoints(&self, store: &MvccStore, now: Instant) -> Vec<LeaseCheckpoint> {
         let state = self.state.lock().unwrap();
         state
             .deadlines
             .iter()
-            .map(|(id, deadline)| {
+            .filter_map(|(id, deadline)| {
+                let ttl = store.lease(*id)?.ttl_secs.max(1);
                 let left = deadline.saturating_duration_since(now);
-                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                LeaseCheckpoint {
+                let secs = (left.as_secs() + u64::from(left.subsec_nanos() > 0)) as i64;
+                Some(LeaseCheckpoint {
                     id: *id,
-                    remaining_ttl: secs.max(1) as i64,
-                }
+                    remaining_ttl: secs.clamp(1, ttl),
+                })
             })
             .collect()
     }
@@ -435,7 +437,7 @@ mod failover_tests {
         );
         assert!(lessor.checkpoint_clears().is_empty(), "once");
         // Checkpoints round up.
-        let checkpoints = lessor.checkpoints(Instant::now() + Duration::from_millis(100));
+        let checkpoints = lessor.checkpoints(&store, Instant::now() + Duration::from_millis(100));
         assert_eq!(checkpoints[0].remaining_ttl, 60);
     }
 }
