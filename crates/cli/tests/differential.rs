@@ -1064,10 +1064,11 @@ async fn enable_auth(server: &mut Server) -> [String; 3] {
 /// (docs/COMPATIBILITY.md: AuthStatus needs no admin, nested Txns are checked, admin-only
 /// Maintenance calls answer PERMISSION_DENIED, a watch of every key from a key is checked
 /// over all those keys where etcd checks only the first, ranges that end before they
-/// begin).
+/// begin, LeaseTimeToLive with keys checked as etcd 3.5.9 checks it).
 fn root_only(call: &Call) -> bool {
     match call {
         Call::Auth(AuthCall::Status) | Call::HashKv(_) => true,
+        Call::LeaseTimeToLive(request) => request.keys,
         Call::Watch(create, _) => {
             create.range_end[..] == [0] || backward(&create.key, &create.range_end)
         }
