@@ -184,3 +184,135 @@ async fn defragment_runs_while_the_member_keeps_serving() {
         "defragmenting changed a value"
     );
 }
+
+/// HashKV of member `i` at `revision` (0: current): (hash, compact revision, hash
+/// revision), or the refusal.
+async fn hash_kv(
+    cluster: &TestCluster,
+    i: usize,
+    revision: i64,
+) -> Result<(u32, i64, i64), tonic::Status> {
+    use ostrakon_proto::etcdserverpb::{maintenance_client::MaintenanceClient, HashKvRequest};
+    let channel = tonic::transport::Endpoint::from_shared(cluster.endpoint(i))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let answer = MaintenanceClient::new(channel)
+        .hash_kv(HashKvRequest { revision })
+        .await?
+        .into_inner();
+    Ok((answer.hash, answer.compact_revision, answer.hash_revision))
+}
+
+/// HashKV on a keyspace in ranges is the keyspace's at one revision, the same however it
+/// is split, so that etcd's corruption check (members compared at one revision) holds
+/// across splits: a revision above a compaction is hashed in every range (also one with
+/// no write since), the compaction reported is the cluster's, one at or below it is
+/// refused, and one the keyspace has not reached is refused as etcd refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_kv_across_ranges_is_one_revision_however_the_keyspace_is_split() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    for round in 0..3 {
+        for n in 0..10 {
+            let value = format!("{round}");
+            client
+                .put(format!("a/{n}"), value.clone(), None)
+                .await
+                .unwrap();
+            client.put(format!("x/{n}"), value, None).await.unwrap();
+        }
+    }
+    client.delete("x/0", None).await.unwrap();
+    let compacted = client
+        .get("a/0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .put("x/1", "after the compaction", None)
+        .await
+        .unwrap();
+    client.compact(compacted, None).await.unwrap();
+    let before_split = client.put("a/1", "last", None).await.unwrap();
+    let at = before_split.header().unwrap().revision();
+    let whole = hash_kv(&cluster, 0, at).await.unwrap();
+    assert_eq!((whole.1, whole.2), (compacted, at));
+
+    common::ranges::split_at_m(&cluster).await;
+    for i in 0..3 {
+        assert_eq!(
+            hash_kv(&cluster, i, at).await.unwrap(),
+            whole,
+            "member {i}: a split changes no hash"
+        );
+    }
+
+    // A compaction at the current revision, then writes to the first range only: the
+    // range past m has had none since.
+    let now = client
+        .get("x/1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(now, None).await.unwrap();
+    let mut last = now;
+    for n in 0..3 {
+        let put = client.put(format!("a/{n}"), "newer", None).await.unwrap();
+        last = put.header().unwrap().revision();
+    }
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let (hash, compact_revision, hash_revision) = hash_kv(&cluster, i, last).await.unwrap();
+        assert_eq!((compact_revision, hash_revision), (now, last), "member {i}");
+        hashes.push(hash);
+    }
+    assert!(hashes.iter().all(|&hash| hash == hashes[0]), "{hashes:?}");
+    let (_, _, current) = hash_kv(&cluster, 1, 0).await.unwrap();
+    assert!(current >= last, "HashKV(0) at {current}, after {last}");
+
+    let refused = hash_kv(&cluster, 2, now).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains("compacted"), "{refused:?}");
+    let future = hash_kv(&cluster, 2, last + 1_000_000_000_000_000)
+        .await
+        .unwrap_err();
+    assert_eq!(future.code(), tonic::Code::OutOfRange, "{future:?}");
+    assert!(future.message().contains("future revision"), "{future:?}");
+}
+
+/// A member that knows no leader says so in its Status, as etcd's does: `etcdctl
+/// endpoint status` shows "etcdserver: no leader" in its errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_no_leader_when_the_member_knows_none() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client(leader).await;
+    let status = client.status().await.unwrap();
+    assert!(status.errors().is_empty(), "{:?}", status.errors());
+    let survivor = (leader + 1) % 3;
+    for i in (0..3).filter(|&i| i != survivor) {
+        cluster.kill(i);
+    }
+    let mut client = cluster.client(survivor).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client.status().await.unwrap();
+        if status.leader() == 0 {
+            assert_eq!(status.errors(), ["etcdserver: no leader"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor still names a leader 20 s after the others died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

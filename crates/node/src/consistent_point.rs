@@ -96,23 +96,27 @@ async fn attempt(
             .map(|done| u64::try_from(done.revision).expect("a prepare's revision is positive")),
     ))
     .expect("revisions below 2^63");
-    let mut frozen = Vec::with_capacity(groups.len());
-    for (&group, done) in groups.iter().zip(&prepared) {
-        let state = match handle
-            .wait_applied(group, ostrakon_raft::LogIndex(done.index))
-            .await
-        {
-            Ok(()) => handle.freeze(group).await,
-            Err(error) => Err(error),
-        };
-        match state {
-            Ok(state) => frozen.push(state),
-            Err(error) => {
-                release(handle, txn, &groups).await;
-                return Err(error);
-            }
+    // Every range waited for at once, then frozen in one round of the event loop: the
+    // ranges stay locked only as long as the slowest takes to apply its lock (one after
+    // the other, each cost an event-loop round trip while every range was locked).
+    let applied = futures_util::future::try_join_all(
+        groups
+            .iter()
+            .zip(&prepared)
+            .map(|(&group, done)| handle.wait_applied(group, ostrakon_raft::LogIndex(done.index))),
+    )
+    .await;
+    let frozen = match applied {
+        Ok(_) => handle.freeze_every(groups.clone()).await,
+        Err(error) => Err(error),
+    };
+    let frozen = match frozen {
+        Ok(frozen) => frozen,
+        Err(error) => {
+            release(handle, txn, &groups).await;
+            return Err(error);
         }
-    }
+    };
     // Every range still held the lock its prepare took when its release applied (so
     // when it was frozen, before): otherwise a pusher ended one, and a write may have
     // landed below T.

@@ -1289,6 +1289,19 @@ impl EventLoop {
                     let _ = respond.send(replica.store.freeze());
                 }
             }
+            Input::FreezeEvery { groups, respond } => {
+                let frozen: Option<Vec<_>> = groups
+                    .iter()
+                    .map(|group| {
+                        self.replicas
+                            .get(group)
+                            .map(|replica| replica.store.freeze())
+                    })
+                    .collect();
+                if let Some(frozen) = frozen {
+                    let _ = respond.send(frozen);
+                }
+            }
             Input::RaftStatus { group, respond } => {
                 if let Some(replica) = self.replicas.get(&group) {
                     let _ = respond.send(replica.node.status());

@@ -188,6 +188,14 @@ pub enum Input {
         /// Answered with the frozen state.
         respond: tokio::sync::oneshot::Sender<FrozenState>,
     },
+    /// Freeze several groups' states in one round of the loop, between the same two
+    /// applies (a backup of a keyspace in ranges, while its transaction locks them all).
+    FreezeEvery {
+        /// The groups, in the order of the answer.
+        groups: Vec<GroupId>,
+        /// Answered with their frozen states, if this node holds every one.
+        respond: tokio::sync::oneshot::Sender<Vec<FrozenState>>,
+    },
     /// The group's raft status, with each follower's progress when this member leads.
     RaftStatus {
         /// The group.
@@ -240,6 +248,7 @@ impl Input {
             Input::TransferLeader { .. } => "TransferLeader",
             Input::ChangeMembership { .. } => "ChangeMembership",
             Input::Freeze { .. } => "Freeze",
+            Input::FreezeEvery { .. } => "FreezeEvery",
             Input::RaftStatus { .. } => "RaftStatus",
             Input::Timestamps { .. } => "Timestamps",
             Input::RevisionsGranted { .. } => "RevisionsGranted",
@@ -267,6 +276,7 @@ impl Input {
             Input::Timestamps { .. } => Some(crate::META_GROUP),
             Input::Unreachable(_)
             | Input::LogsCompactable { .. }
+            | Input::FreezeEvery { .. }
             | Input::RemovedByPeer(_)
             | Input::RevisionsGranted { .. }
             | Input::Shutdown => None,

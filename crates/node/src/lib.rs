@@ -22,6 +22,7 @@ mod consistent_point;
 pub mod error;
 pub mod event_loop;
 pub mod events;
+mod failpoints;
 mod follow_membership;
 pub mod handle;
 pub mod identity;

@@ -13,12 +13,13 @@ use ostrakon_proto::etcdserverpb::{
 use ostrakon_proto::peer::write_request;
 use ostrakon_raft::NodeId;
 use ostrakon_storage::mvcc::WriteOutcome;
-use ostrakon_storage::mvcc::{MvccError, ReadView, Revision};
+use ostrakon_storage::mvcc::{KeyInterval, MvccError, ReadView, Revision};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::common;
 use crate::errors::ApiError;
+use crate::routed::RoutedRead;
 
 pub struct MaintenanceService {
     node: NodeHandle,
@@ -123,9 +124,13 @@ impl Maintenance for MaintenanceService {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_admin(request.metadata()).await?;
-        let first = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
         let header = common::current_header(&self.node);
-        if *first.span() != ostrakon_storage::mvcc::KeySpan::whole() {
+        let one_range = self
+            .node
+            .write_backup_of_one_range()
+            .await
+            .map_err(ApiError::from)?;
+        let Some((path, info)) = one_range else {
             // A keyspace in ranges: every range at one consistent point.
             let (etcd_path, file_bytes, revision) = self
                 .node
@@ -141,12 +146,7 @@ impl Maintenance for MaintenanceService {
             let (chunks, stream) = tokio::sync::mpsc::channel(4);
             tokio::spawn(stream_backup(etcd_path, file_bytes, header, chunks));
             return Ok(Response::new(ReceiverStream::new(stream)));
-        }
-        let (path, info) = self
-            .node
-            .write_backup(DEFAULT_GROUP)
-            .await
-            .map_err(ApiError::from)?;
+        };
         let etcd_path = path.with_extension("etcd.db");
         let converted = {
             let (path, etcd_path) = (path.clone(), etcd_path.clone());
@@ -180,7 +180,9 @@ impl Maintenance for MaintenanceService {
     /// The hash of every stored version on this member (read locally, as etcd does).
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.check_admin(request.metadata()).await?;
-        let hash = hash_ranges(&self.node, None).await?.0;
+        // The stored versions up to the current revision: a keyspace in ranges is hashed
+        // at one revision, as HashKV is (versions above it are not the keyspace's yet).
+        let hash = hash_ranges(&self.node, 0).await?.0;
         Ok(Response::new(HashResponse {
             header: common::current_header(&self.node),
             hash,
@@ -195,7 +197,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<HashKvResponse>, Status> {
         self.check_admin(request.metadata()).await?;
         let requested = request.into_inner().revision;
-        let (hash, at, compacted) = hash_ranges(&self.node, Some(requested)).await?;
+        let (hash, at, compacted) = hash_ranges(&self.node, requested).await?;
         Ok(Response::new(HashKvResponse {
             header: common::current_header(&self.node),
             hash,
@@ -242,6 +244,13 @@ impl Maintenance for MaintenanceService {
         let status = self.node.status(DEFAULT_GROUP).map_err(ApiError::from)?;
         let store = self.node.store(DEFAULT_GROUP).map_err(ApiError::from)?;
         let db_bytes = store.disk_bytes() as i64;
+        // As etcd's: a member that knows no leader says so first, then its alarms.
+        let no_leader = (status.leader.0 == 0).then(|| "etcdserver: no leader".to_string());
+        let alarms = store
+            .alarms()
+            .iter()
+            .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+            .collect::<Vec<_>>();
         Ok(Response::new(StatusResponse {
             header: common::current_header(&self.node),
             version: crate::etcd_http::ETCD_SERVER_VERSION.to_string(),
@@ -250,11 +259,7 @@ impl Maintenance for MaintenanceService {
             raft_index: status.commit.0,
             raft_term: status.term.0,
             raft_applied_index: status.applied.0,
-            errors: store
-                .alarms()
-                .iter()
-                .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
-                .collect(),
+            errors: no_leader.into_iter().chain(alarms).collect(),
             db_size_in_use: db_bytes,
             is_learner: status.is_learner,
         }))
@@ -310,75 +315,73 @@ async fn stream_backup(
     let _ = tokio::fs::remove_file(&path).await;
 }
 
-/// The hash of the stored versions of every range up to a revision (`hash_off_the_workers`
-/// for each): while the keyspace is one range, that range's, as etcd's. A range whose
-/// current revision is below the one asked for is hashed at its own once this member's
-/// replica holds every write of the range at or below the one asked for (the read-wait
-/// rule: it may be behind, and then its own revision is not the keyspace's at the one
-/// asked for; members compared while one caught up hashed differently); the hashes are
-/// combined in key order.
-async fn hash_ranges(node: &NodeHandle, revision: Option<i64>) -> Result<(u32, i64, i64), Status> {
-    let ranges = node.data_ranges();
-    // Across ranges, each is hashed once it holds every write up to the revision (a
-    // range still catching up would be hashed at its own, lower one); the waits run
-    // together.
-    let caught_up_to_requested = match revision {
-        Some(requested) if ranges.len() > 1 && requested > 0 => {
-            let mut waits = tokio::task::JoinSet::new();
-            for (group, _) in &ranges {
-                let (node, group) = (node.clone(), *group);
-                waits.spawn(async move { node.read_point_at(group, Revision(requested)).await });
-            }
-            while let Some(done) = waits.join_next().await {
-                done.expect("a read barrier panicked")
-                    .map_err(ApiError::from)?;
-            }
-            true
+/// The hash of the stored versions up to a revision (0: the current one), with the
+/// revision hashed and the compacted revision. On a keyspace in one range, that range's,
+/// as etcd's. On a keyspace in ranges, the keyspace's at one revision, read as a Range of
+/// every key is (`routed::read_at`: every range has applied every write at or below it,
+/// no transaction's lock at or below it is pending, together the views cover the
+/// keyspace, and a revision the keyspace has not reached is refused), hashed range after
+/// range in key order as one range's would be: a split or merge changes nothing.
+async fn hash_ranges(node: &NodeHandle, revision: i64) -> Result<(u32, i64, i64), Status> {
+    let every_key: [KeyInterval<'_>; 1] = [(b"", b"\0")];
+    // On one range, local, as etcd's: the current revision is this member's own, and no
+    // leader is needed. On a keyspace in ranges, the current revision is the oracle's:
+    // the lowest revision every range here has reached can lag far behind (a range with
+    // no write since a compaction sits at it), and members asked to hash at it then
+    // refuse it as compacted.
+    let read = match crate::routed::read_at(node, &every_key, false, revision).await? {
+        RoutedRead::Across { .. } if revision <= 0 => {
+            crate::routed::read_at(node, &every_key, true, 0).await?
         }
-        _ => false,
+        read => read,
     };
-    let mut combined: Option<(u32, i64, i64)> = None;
-    for (group, _) in &ranges {
-        let view = node.store(*group).map_err(ApiError::from)?.read_view();
-        let requested = match revision {
-            Some(requested) if caught_up_to_requested => {
-                Some(requested.min(view.current_revision().0))
-            }
-            other => other,
-        };
-        let (hash, at, compacted) = hash_off_the_workers(view, requested).await?;
-        combined = Some(match combined {
-            None => (hash, at, compacted),
-            Some((previous, previous_at, previous_compacted)) => (
-                previous.rotate_left(5) ^ hash,
-                previous_at.max(at),
-                previous_compacted.max(compacted),
-            ),
-        });
+    match read {
+        RoutedRead::One(view) => hash_off_the_workers(view, revision).await,
+        RoutedRead::Across { views, at, .. } => hash_across(views, at, revision).await,
     }
-    combined.ok_or_else(|| Status::unavailable("etcdserver: no leader"))
 }
 
-/// Hashes a view on the blocking pool (it reads every stored version): at `revision`
-/// (checked as a Range's revision is) or, for `None`, everything. Returns the hash, the
-/// revision hashed and the compacted revision.
-async fn hash_off_the_workers(
-    view: ReadView,
-    revision: Option<i64>,
+/// Hashes the views of every range, in key order, at `at`, counting as garbage what the
+/// highest compaction among them leaves (a cluster-wide compaction applies range by
+/// range: members part way through it hash as members past it), which is also the
+/// compacted revision reported. A hash at or below it is refused, as etcd refuses one.
+async fn hash_across(
+    views: Vec<ReadView>,
+    at: Revision,
+    requested: i64,
 ) -> Result<(u32, i64, i64), Status> {
+    let compacted = views
+        .iter()
+        .map(ReadView::compact_revision)
+        .max()
+        .expect("a keyspace has at least one range");
+    if (requested > 0 && requested <= compacted.0) || at < compacted {
+        return Err(ApiError::from(MvccError::Compacted { compacted }).into());
+    }
+    let hash = tokio::task::spawn_blocking(move || {
+        views
+            .iter()
+            .fold(0, |crc, view| view.hash_kv_from(crc, at, compacted))
+    })
+    .await
+    .expect("hashing the store panicked");
+    Ok((hash, at.0, compacted.0))
+}
+
+/// Hashes one range's view on the blocking pool (it reads every stored version): at
+/// `revision` (0: the current one; checked as a Range's revision is). Returns the hash, the
+/// revision hashed and the compacted revision.
+async fn hash_off_the_workers(view: ReadView, revision: i64) -> Result<(u32, i64, i64), Status> {
     let compacted = view.compact_revision().0;
-    let at = match revision {
-        // etcd refuses a hash at the compacted revision itself (`HashByRev`), where a
-        // Range there is served (found by the differential test).
-        Some(requested) if requested > 0 && requested <= compacted => {
-            return Err(ApiError::from(MvccError::Compacted {
-                compacted: view.compact_revision(),
-            })
-            .into());
-        }
-        Some(requested) => view.resolve(requested).map_err(ApiError::from)?,
-        None => view.current_revision(),
-    };
+    // etcd refuses a hash at the compacted revision itself (`HashByRev`), where a Range
+    // there is served (found by the differential test).
+    if revision > 0 && revision <= compacted {
+        return Err(ApiError::from(MvccError::Compacted {
+            compacted: view.compact_revision(),
+        })
+        .into());
+    }
+    let at = view.resolve(revision).map_err(ApiError::from)?;
     let hash = tokio::task::spawn_blocking(move || view.hash_kv(at))
         .await
         .expect("hashing the store panicked");

@@ -1825,12 +1825,26 @@ impl ReadView {
     /// A checksum (CRC32C) of every stored version at or below `at`, in storage order:
     /// members that applied the same writes and compactions agree on it.
     pub fn hash_kv(&self, at: Revision) -> u32 {
+        self.hash_kv_from(0, at, self.compacted)
+    }
+
+    /// `hash_kv` of this view's versions appended to `crc`, the hash of the ranges before
+    /// this one in key order, counting as garbage what a compaction at `compacted` (at or
+    /// above this view's own) leaves: chained range by range in key order, the hash of a
+    /// keyspace in ranges is that of the same versions in one range, however it is split
+    /// (a split or merge must not look like corruption to a checker comparing members),
+    /// and ranges that applied a cluster-wide compaction and ranges about to apply it
+    /// hash alike.
+    pub fn hash_kv_from(&self, crc: u32, at: Revision, compacted: Revision) -> u32 {
+        assert!(
+            compacted >= self.compacted,
+            "a hash counts as garbage at least what this range's compaction removed"
+        );
         // The view took its snapshot before it read the compacted revision: every version
-        // missing from the snapshot is garbage at that revision, so the hash is of what
-        // the compaction keeps, whether or not its garbage is gone from this member's
-        // disk yet.
-        let compacted = self.compacted;
-        let mut crc = 0u32;
+        // missing from the snapshot is garbage at that revision (and so at any later
+        // one), so the hash is of what the compaction keeps, whether or not its garbage
+        // is gone from this member's disk yet.
+        let mut crc = crc;
         let versions = self
             .kv
             .range(self.span.storage_bounds())
