@@ -227,6 +227,43 @@ async fn keep_alive(
     assert!(response.ttl() > 0, "the lease was lost {what}");
 }
 
+/// A lease kept alive through a follower outlives its leader being paused: the
+/// follower's forward to the paused leader gives up after an election timeout and goes
+/// to the new leader (it used to wait out the whole request timeout, 7 s, past the
+/// lease's TTL, and the new leader revoked the lease while its holder kept it alive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_kept_alive_through_a_follower_outlives_a_paused_leader() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.client(follower).await;
+    let id = client.lease_grant(3, None).await.unwrap().id();
+    client
+        .put("kept", "x", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    let (mut keeper, mut responses) = client.lease_keep_alive(id).await.unwrap();
+    keep_alive(&mut keeper, &mut responses, "before the pause").await;
+    let pid = cluster.pid(leader) as i32;
+    // SAFETY: signals to a child process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Kept alive through the follower, as a client does (every third of the TTL), for
+    // three TTLs: through the election and past every deadline the lease had.
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        keep_alive(&mut keeper, &mut responses, "while the leader is paused").await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let held = client.get("kept", None).await.unwrap();
+    assert_eq!(
+        held.kvs().len(),
+        1,
+        "the key of a lease kept alive is there"
+    );
+}
+
 /// A leader paused past its leases' deadlines, while its successor answers their
 /// keep-alives, revokes none of them when it resumes: its deadlines are stale, and it
 /// is no longer the leader (found by review: its revokes went to the new leader, which

@@ -277,6 +277,25 @@ async fn hash_kv_across_ranges_is_one_revision_however_the_keyspace_is_split() {
     assert!(hashes.iter().all(|&hash| hash == hashes[0]), "{hashes:?}");
     let (_, _, current) = hash_kv(&cluster, 1, 0).await.unwrap();
     assert!(current >= last, "HashKV(0) at {current}, after {last}");
+    let header = client.hash_kv(0).await.unwrap();
+    let header_revision = header.header().unwrap().revision();
+    let (_, _, hashed_at) = hash_kv(&cluster, 0, 0).await.unwrap();
+    assert!(
+        header_revision > last && hashed_at > last,
+        "a header at {header_revision}, a hash at {hashed_at}, after {last}"
+    );
+
+    // Merged back into one range: the same hash again.
+    common::ranges::merge_at(&cluster, "m", 0);
+    common::ranges::wait_for_spans(&cluster, &[("", "")]).await;
+    for i in 0..3 {
+        let (hash, compact_revision, hash_revision) = hash_kv(&cluster, i, last).await.unwrap();
+        assert_eq!(
+            (hash, compact_revision, hash_revision),
+            (hashes[0], now, last),
+            "member {i}: a merge changes no hash"
+        );
+    }
 
     let refused = hash_kv(&cluster, 2, now).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");

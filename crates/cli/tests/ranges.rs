@@ -1623,29 +1623,6 @@ async fn put(client: &mut etcd_client::Client, key: &str, value: String) -> (Str
     (key.to_string(), value, put.header().unwrap().revision())
 }
 
-/// Merges the range of a test cluster that starts at `key` into the one before it,
-/// through member `i`. A merge refused because a replica of the right range was behind
-/// says "merge again later": it is, up to three more times (printed, so a log shows it).
-/// Seen once in CI right after a split: the coordinator then checked the replicas'
-/// progress once, before freezing, while the new range's leadership had just moved and
-/// knew no follower's progress yet; it now waits up to 2 s for them.
-fn merge_at(cluster: &TestCluster, key: &str, i: usize) {
-    for attempt in 1..=4 {
-        let (ok, out, err) =
-            cluster.ostrakon(&["ranges", "merge", key, "--endpoint", &cluster.host_port(i)]);
-        if ok {
-            return;
-        }
-        let transient = err.contains("merge again later");
-        assert!(
-            transient && attempt < 4,
-            "merge at {key} failed: {out} {err}"
-        );
-        eprintln!("merge at {key}, attempt {attempt}: {err}; trying again");
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    }
-}
-
 /// `ostrakon ranges merge`: two ranges become one range, which every member serves with
 /// every value, one revision order and its watchers' events; through restarts, and a
 /// member that was down during the merge gets it by snapshot.
@@ -1705,7 +1682,7 @@ async fn a_merge_makes_one_range_of_two_that_every_member_serves() {
     // snapshot).
     cluster.restart(down);
     wait_for_local_value(&cluster, down, "x", "x-thawed").await;
-    merge_at(&cluster, "m", up);
+    common::ranges::merge_at(&cluster, "m", up);
     cluster.kill(down);
     let running: Vec<usize> = (0..3).filter(|&i| i != down).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1763,7 +1740,7 @@ async fn a_merge_makes_one_range_of_two_that_every_member_serves() {
     }
     common::ranges::split_at_m(&cluster).await;
     cluster.client(1).await.put("y", "y", None).await.unwrap();
-    merge_at(&cluster, "m", 2);
+    common::ranges::merge_at(&cluster, "m", 2);
     wait_for_spans(&cluster, &[("", "")]).await;
     let all = cluster
         .client(0)
@@ -1803,7 +1780,7 @@ async fn a_member_added_after_a_merge_and_a_restart_gets_the_merged_range() {
         client.put("a", format!("a{i}"), None).await.unwrap();
     }
     client.put("x", "x", None).await.unwrap();
-    merge_at(&cluster, "m", leader);
+    common::ranges::merge_at(&cluster, "m", leader);
     wait_for_spans(&cluster, &[("", "")]).await;
     for i in 0..3 {
         cluster.kill(i);

@@ -96,9 +96,9 @@ async fn attempt(
             .map(|done| u64::try_from(done.revision).expect("a prepare's revision is positive")),
     ))
     .expect("revisions below 2^63");
-    // Every range waited for at once, then frozen in one round of the event loop: the
-    // ranges stay locked only as long as the slowest takes to apply its lock (one after
-    // the other, each cost an event-loop round trip while every range was locked).
+    // Every range waited for at once, then frozen a chunk per round of the event loop:
+    // the ranges stay locked about as long as the slowest takes to apply its lock (one
+    // after the other, each cost an event-loop round trip while every range was locked).
     let applied = futures_util::future::try_join_all(
         groups
             .iter()
@@ -107,11 +107,16 @@ async fn attempt(
     )
     .await;
     let frozen = match applied {
-        Ok(_) => handle.freeze_every(groups.clone()).await,
+        Ok(_) => freeze_in_chunks(handle, &groups).await,
         Err(error) => Err(error),
     };
     let frozen = match frozen {
         Ok(frozen) => frozen,
+        // A range merged away meanwhile: tried again with the ranges as they are now.
+        Err(NodeError::UnknownGroup) => {
+            release(handle, txn, &groups).await;
+            return Ok(None);
+        }
         Err(error) => {
             release(handle, txn, &groups).await;
             return Err(error);
@@ -125,4 +130,22 @@ async fn attempt(
     } else {
         Ok(None)
     }
+}
+
+/// How many ranges one round of the event loop freezes: each freeze commits a batch and
+/// copies the range's tables, and every other group on the node waits for the round
+/// (the locks, not one round, keep the frozen states at one point).
+const FREEZE_CHUNK_RANGES: usize = 256;
+
+/// This member's replicas of `groups`, frozen `FREEZE_CHUNK_RANGES` per round of the
+/// event loop, in the order of `groups`.
+async fn freeze_in_chunks(
+    handle: &NodeHandle,
+    groups: &[ostrakon_raft::GroupId],
+) -> Result<Vec<FrozenState>, NodeError> {
+    let mut frozen = Vec::with_capacity(groups.len());
+    for chunk in groups.chunks(FREEZE_CHUNK_RANGES) {
+        frozen.extend(handle.freeze_every(chunk.to_vec()).await?);
+    }
+    Ok(frozen)
 }

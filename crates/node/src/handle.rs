@@ -166,6 +166,10 @@ fn refusal_of(outcome: WriteOutcome) -> NodeError {
 /// The most timestamps one request may ask for.
 pub const TIMESTAMPS_PER_REQUEST_MAX: u64 = 1024;
 
+/// How long a lease query waits before it tries again, when no leader is known or the
+/// leader it went to did not answer (etcd's `LeaseRenew` throttles its tries as much).
+const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// A cheap, cloneable handle on the running node.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -845,27 +849,53 @@ impl NodeHandle {
     }
 
     /// Renews a lease (`renew`) or reads how long it has left, on the leader: here if this
-    /// member leads, else forwarded. `None`: no such lease.
+    /// member leads, else forwarded. `None`: no such lease. Tried again, within the
+    /// request timeout, while the leadership is unknown or moving, as etcd's `LeaseRenew`
+    /// waits for a leader and tries again: each forward waits at most an election
+    /// timeout, then goes to whoever leads by then. A keep-alive forwarded to a leader
+    /// that was paused or cut off used to wait out the whole request timeout (7 s), past
+    /// the TTL of a short lease, which the new leader then revoked although its holder
+    /// kept it alive all along (found by review, 2026-12-06).
     pub async fn lease_query(
         &self,
         group: GroupId,
         id: i64,
         renew: bool,
     ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
-        let status = self.status(group)?;
-        if status.is_leader {
-            return self.lease_query_local(group, id, renew).await;
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let attempt_timeout = self.inner.leader_wait / 2;
+        loop {
+            let status = self.status(group)?;
+            let leader = status.leader;
+            let attempt = if status.is_leader {
+                tokio::time::timeout_at(deadline, self.lease_query_local(group, id, renew))
+                    .await
+                    .unwrap_or(Err(NodeError::Timeout))
+            } else if leader == NodeId::NONE || leader == self.id() {
+                // No leader known (or only a stale view of this member as leader).
+                Err(NodeError::NoLeader)
+            } else {
+                let forward = self.inner.transport.lease_query(leader, group, id, renew);
+                let attempt_deadline = deadline.min(tokio::time::Instant::now() + attempt_timeout);
+                tokio::time::timeout_at(attempt_deadline, forward)
+                    .await
+                    .unwrap_or(Err(NodeError::Timeout))
+            };
+            match attempt {
+                Err(
+                    NodeError::NoLeader
+                    | NodeError::NotLeader(_)
+                    | NodeError::LeaderChanged
+                    | NodeError::Timeout,
+                ) if tokio::time::Instant::now() + LEASE_RETRY_PAUSE < deadline => {
+                    tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+                }
+                Err(NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::LeaderChanged) => {
+                    return Err(NodeError::Timeout);
+                }
+                other => return other,
+            }
         }
-        let leader = status.leader;
-        if leader == NodeId::NONE || leader == self.id() {
-            // No leader known (or only a stale view of this member as leader): the
-            // client retries.
-            return Err(NodeError::NoLeader);
-        }
-        let attempt = self.inner.transport.lease_query(leader, group, id, renew);
-        tokio::time::timeout(self.inner.request_timeout, attempt)
-            .await
-            .map_err(|_| NodeError::Timeout)?
     }
 
     /// `lease_query` on this member only; fails with `NotLeader` unless it leads. As
@@ -958,8 +988,8 @@ impl NodeHandle {
         frozen.await.map_err(|_| NodeError::UnknownGroup)
     }
 
-    /// This member's replicas of `groups`, frozen in one round of the event loop, between
-    /// the same two applies.
+    /// This member's replicas of `groups`, frozen in one round of the event loop (fails
+    /// with `UnknownGroup` if this member holds one no longer).
     pub(crate) async fn freeze_every(
         &self,
         groups: Vec<GroupId>,

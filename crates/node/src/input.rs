@@ -188,8 +188,8 @@ pub enum Input {
         /// Answered with the frozen state.
         respond: tokio::sync::oneshot::Sender<FrozenState>,
     },
-    /// Freeze several groups' states in one round of the loop, between the same two
-    /// applies (a backup of a keyspace in ranges, while its transaction locks them all).
+    /// Freeze several groups' states in one round of the loop (a backup of a keyspace in
+    /// ranges, while its transaction locks them all).
     FreezeEvery {
         /// The groups, in the order of the answer.
         groups: Vec<GroupId>,

@@ -177,14 +177,15 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
-    /// The hash of every stored version on this member (read locally, as etcd does).
+    /// The hash of every stored version on this member (read locally on a keyspace in
+    /// one range, as etcd does; see `hash_ranges` for one in ranges).
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.check_admin(request.metadata()).await?;
         // The stored versions up to the current revision: a keyspace in ranges is hashed
         // at one revision, as HashKV is (versions above it are not the keyspace's yet).
-        let hash = hash_ranges(&self.node, 0).await?.0;
+        let (hash, at, _) = hash_ranges(&self.node, 0).await?;
         Ok(Response::new(HashResponse {
-            header: common::current_header(&self.node),
+            header: header_at_least(&self.node, at),
             hash,
         }))
     }
@@ -199,7 +200,7 @@ impl Maintenance for MaintenanceService {
         let requested = request.into_inner().revision;
         let (hash, at, compacted) = hash_ranges(&self.node, requested).await?;
         Ok(Response::new(HashKvResponse {
-            header: common::current_header(&self.node),
+            header: header_at_least(&self.node, at),
             hash,
             compact_revision: compacted,
             hash_revision: at,
@@ -325,13 +326,19 @@ async fn stream_backup(
 async fn hash_ranges(node: &NodeHandle, revision: i64) -> Result<(u32, i64, i64), Status> {
     let every_key: [KeyInterval<'_>; 1] = [(b"", b"\0")];
     // On one range, local, as etcd's: the current revision is this member's own, and no
-    // leader is needed. On a keyspace in ranges, the current revision is the oracle's:
-    // the lowest revision every range here has reached can lag far behind (a range with
-    // no write since a compaction sits at it), and members asked to hash at it then
-    // refuse it as compacted.
+    // leader is needed. On a keyspace in ranges, the current revision is the oracle's,
+    // taken once: the lowest revision every range here has reached can lag far behind
+    // (a range with no write since a compaction sits at it), and members asked to hash
+    // at it then refuse it as compacted; and a read of the current state, retried while
+    // a transaction's lock is pending, would take a newer one at each try, below which
+    // a steady stream of transactions always holds some lock (found by review). Unlike
+    // etcd's, a hash across ranges needs the oracle and each range's leader (the
+    // read-wait rule): a member cut off from them answers with a timeout.
     let read = match crate::routed::read_at(node, &every_key, false, revision).await? {
         RoutedRead::Across { .. } if revision <= 0 => {
-            crate::routed::read_at(node, &every_key, true, 0).await?
+            let now = node.current_timestamp().await.map_err(ApiError::from)?;
+            let now = i64::try_from(now).expect("timestamps stay below 2^63");
+            crate::routed::read_at(node, &every_key, false, now).await?
         }
         read => read,
     };
@@ -339,6 +346,20 @@ async fn hash_ranges(node: &NodeHandle, revision: i64) -> Result<(u32, i64, i64)
         RoutedRead::One(view) => hash_off_the_workers(view, revision).await,
         RoutedRead::Across { views, at, .. } => hash_across(views, at, revision).await,
     }
+}
+
+/// The current header, its revision raised to `at` if below: a hash across ranges at
+/// the oracle's current revision is above every range's last write (etcd's header is
+/// never below the revision it hashed).
+fn header_at_least(
+    node: &NodeHandle,
+    at: i64,
+) -> Option<ostrakon_proto::etcdserverpb::ResponseHeader> {
+    let mut header = common::current_header(node);
+    if let Some(header) = header.as_mut() {
+        header.revision = header.revision.max(at);
+    }
+    header
 }
 
 /// Hashes the views of every range, in key order, at `at`, counting as garbage what the
