@@ -919,13 +919,10 @@ impl NodeHandle {
         if !self.confirm_leading(group, status.term).await {
             return Err(NodeError::NotLeader(self.status(group)?.leader));
         }
-        shared
-            .lessor
-            .take_over(&shared.store, status.term, std::time::Instant::now());
         Ok(if renew {
-            shared.lessor.renew(&shared.store, id)
+            shared.lessor.renew(&shared.store, status.term, id)
         } else {
-            shared.lessor.remaining(&shared.store, id)
+            shared.lessor.remaining(&shared.store, status.term, id)
         })
     }
 

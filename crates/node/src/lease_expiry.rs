@@ -73,14 +73,17 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         let Ok(status) = handle.status(group) else {
             return;
         };
-        let mut leading = status.is_leader.then_some(status.term);
+        let leading = status.is_leader.then_some(status.term);
         if let Some(term) = leading.filter(|term| !lessor.keeps_term(*term)) {
             // A leadership new here takes over the deadlines only once it has applied
             // every entry committed before it (a read index): a grant, a revoke or a
             // checkpoint its predecessor committed would otherwise be missing from them,
             // and a lease would start from a stale remaining TTL or not at all.
             if !handle.confirm_leading(group, term).await {
-                leading = None;
+                // Not known either way (deposed, or a read index that failed): nothing
+                // is swept or checkpointed this round. Sweeping as a follower would drop
+                // the deadlines a keep-alive confirmed meanwhile had just taken over.
+                continue;
             }
         }
         let now = Instant::now();

@@ -59,15 +59,20 @@ impl Lessor {
         }
     }
 
-    /// A keep-alive: the lease gets its full TTL again from now. `None` if it does not
-    /// exist or this member does not lead, and for a lease whose deadline has passed
-    /// (its revoke is due or under way: acknowledging the keep-alive would tell its
-    /// holder it has a TTL left while its keys go; etcd answers it as not found too).
-    pub fn renew(&self, store: &MvccStore, id: i64) -> Option<LeaseTtl> {
+    /// A keep-alive, answered by this member as leader in `term` (confirmed by the
+    /// caller): the lease gets its full TTL again from now. The deadlines of `term` are
+    /// taken over first if this lessor does not keep them (under the same lock: a sweep
+    /// that dropped them in between made a live lease answer "not found", found by
+    /// review). `None` if the lease does not exist, and for a lease whose deadline has
+    /// passed (its revoke is due or under way: acknowledging the keep-alive would tell
+    /// its holder it has a TTL left while its keys go; etcd answers it as not found too).
+    pub fn renew(&self, store: &MvccStore, term: Term, id: i64) -> Option<LeaseTtl> {
         let mut state = self.state.lock().unwrap();
-        state.leading?;
-        let record = store.lease(id)?;
         let now = Instant::now();
+        if state.leading != Some(term) {
+            self.sync_locked(&mut state, store, Some(term), now);
+        }
+        let record = store.lease(id)?;
         let expired = state
             .deadlines
             .get(&id)
@@ -108,11 +113,13 @@ impl Lessor {
         state.revoking.remove(&id);
     }
 
-    /// How long a lease has left. `None` if it does not exist or this member does not
-    /// lead.
-    pub fn remaining(&self, store: &MvccStore, id: i64) -> Option<LeaseTtl> {
-        let state = self.state.lock().unwrap();
-        state.leading?;
+    /// How long a lease has left, answered by this member as leader in `term` (taken
+    /// over first, as for `renew`). `None` if it does not exist.
+    pub fn remaining(&self, store: &MvccStore, term: Term, id: i64) -> Option<LeaseTtl> {
+        let mut state = self.state.lock().unwrap();
+        if state.leading != Some(term) {
+            self.sync_locked(&mut state, store, Some(term), Instant::now());
+        }
         let record = store.lease(id)?;
         let remaining_secs = match state.deadlines.get(&id) {
             Some(deadline) => {
@@ -283,14 +290,10 @@ mod tests {
         let lessor = Lessor::default();
         let t0 = Instant::now();
         assert!(lessor.sweep(&store, None, t0).is_empty());
-        assert_eq!(
-            lessor.renew(&store, 1),
-            None,
-            "a follower keeps no deadlines"
-        );
+        assert!(!lessor.keeps_term(Term(2)), "a follower keeps no deadlines");
 
         assert!(lessor.sweep(&store, Some(Term(2)), t0).is_empty());
-        assert_eq!(lessor.remaining(&store, 2).unwrap().ttl_secs, 100);
+        assert_eq!(lessor.remaining(&store, Term(2), 2).unwrap().ttl_secs, 100);
         let later = t0 + Duration::from_secs(11);
         assert_eq!(lessor.sweep(&store, Some(Term(2)), later), vec![1]);
         assert!(
@@ -307,7 +310,7 @@ mod tests {
             ),
             vec![1]
         );
-        assert_eq!(lessor.renew(&store, 99), None, "unknown lease");
+        assert_eq!(lessor.renew(&store, Term(2), 99), None, "unknown lease");
         // A new term (a new leadership) starts over from the store.
         assert!(lessor.sweep(&store, Some(Term(3)), later).is_empty());
     }
@@ -344,7 +347,7 @@ mod tests {
             lessor.sweep(&store, Some(Term(2)), later).is_empty(),
             "the new lease is not expired by the old deadline"
         );
-        assert!(lessor.remaining(&store, 7).unwrap().remaining_secs > 3500);
+        assert!(lessor.remaining(&store, Term(2), 7).unwrap().remaining_secs > 3500);
     }
 }
 
@@ -378,6 +381,34 @@ mod failover_tests {
     }
 
     #[test]
+    fn a_keep_alive_confirmed_as_leader_finds_its_lease_after_a_sweep_dropped_the_deadlines() {
+        let (_dir, _keyspace, store) = store();
+        write(
+            &store,
+            2,
+            write_request::Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 5 }),
+        );
+        let lessor = Lessor::default();
+        lessor.take_over(&store, Term(2), Instant::now());
+        // A sweep that saw no leadership (a status read between two roles) dropped the
+        // deadlines, between the keep-alive's confirmation and its renewal.
+        assert!(lessor.sweep(&store, None, Instant::now()).is_empty());
+        assert_eq!(
+            lessor.renew(&store, Term(2), 5).map(|ttl| ttl.ttl_secs),
+            Some(60),
+            "a live lease is not answered as not found"
+        );
+        assert!(lessor.keeps_term(Term(2)));
+        assert_eq!(
+            lessor
+                .remaining(&store, Term(3), 5)
+                .map(|ttl| ttl.remaining_secs),
+            Some(60),
+            "a later term starts over from the store"
+        );
+    }
+
+    #[test]
     fn a_lease_past_its_deadline_is_not_renewed() {
         let (_dir, _keyspace, store) = store();
         write(
@@ -387,12 +418,16 @@ mod failover_tests {
         );
         let lessor = Lessor::default();
         lessor.take_over(&store, Term(2), Instant::now());
-        assert!(lessor.renew(&store, 5).is_some());
+        assert!(lessor.renew(&store, Term(2), 5).is_some());
         std::thread::sleep(Duration::from_millis(1_100));
         // Its revoke is due: the holder must not be told it has a TTL left.
-        assert_eq!(lessor.renew(&store, 5), None);
+        assert_eq!(lessor.renew(&store, Term(2), 5), None);
         assert_eq!(lessor.sweep(&store, Some(Term(2)), Instant::now()), vec![5]);
-        assert_eq!(lessor.renew(&store, 5), None, "nor while it is revoked");
+        assert_eq!(
+            lessor.renew(&store, Term(2), 5),
+            None,
+            "nor while it is revoked"
+        );
     }
 
     #[test]
@@ -427,7 +462,7 @@ mod failover_tests {
             "2 s from the checkpoint and an election timeout more"
         );
         // A keep-alive: the recorded 2 s must not outlive it.
-        assert_eq!(lessor.renew(&store, 5).unwrap().remaining_secs, 60);
+        assert_eq!(lessor.renew(&store, Term(2), 5).unwrap().remaining_secs, 60);
         assert_eq!(
             lessor.checkpoint_clears(),
             vec![LeaseCheckpoint {
