@@ -335,3 +335,75 @@ async fn status_reports_no_leader_when_the_member_knows_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The data ranges' leaders as member `i` lists them (0 where none is known).
+async fn range_leaders(cluster: &TestCluster, i: usize) -> Vec<u64> {
+    common::ranges::ranges(cluster, i)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|range| range.leader)
+        .collect()
+}
+
+/// MoveLeader on a keyspace in ranges moves every leadership of the member away, as an
+/// operator draining it before a stop expects, and the other members' spreading of
+/// leaders hands it none back meanwhile (it moved the first range's only, and
+/// spreading would have given the drained member its share again within seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_drains_every_leadership_of_the_member() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    common::ranges::split_in_three(&cluster).await;
+    // Every range has a leader, and the leaders had time to spread over the members.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let status = cluster.client(i).await.status().await.unwrap();
+        ids.push(status.header().unwrap().member_id());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders = range_leaders(&cluster, 0).await;
+        if leaders.len() == 3 && leaders.iter().all(|id| ids.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ranges have no leaders: {leaders:?} over {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let drained = cluster.wait_for_leader().await;
+    let target = (drained + 1) % 3;
+    let mut client = cluster.client(drained).await;
+    client.move_leader(ids[target]).await.unwrap();
+    let leaders = range_leaders(&cluster, target).await;
+    assert!(
+        !leaders.contains(&ids[drained]),
+        "the drained member still leads a range: {leaders:?}"
+    );
+    // The meta range's too: the member leads no group at all (the gauge is set once a
+    // round of its event loop has seen the moves).
+    let groups_led =
+        || common::metrics(cluster.members[drained].client_port)["ostrakon_raft_groups_led"];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while groups_led() != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the drained member still leads {} groups",
+            groups_led()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the spreading's pauses and looks: still none.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(
+            groups_led(),
+            0.0,
+            "the drained member was handed a leadership"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -1709,15 +1709,19 @@ impl EventLoop {
             return;
         };
         let store = &data.store;
-        let may_lead =
-            crate::leader_spread::may_lead(&self.nodes_down, |id| store.is_leaving_member(id));
+        let now = Instant::now();
+        // A member draining its leaderships (an operator's MoveLeader) is handed none.
+        let loads = &self.loads;
+        let may_lead = crate::leader_spread::may_lead(&self.nodes_down, |id| {
+            store.is_leaving_member(id) || loads.peer_draining(id, now)
+        });
         let moves = self.leader_spread.next_moves(
             self.config.id,
             &self.replicas,
             &self.groups,
             &self.loads,
             may_lead,
-            Instant::now(),
+            now,
         );
         if moves.is_empty() {
             return;

@@ -17,12 +17,16 @@ use ostrakon_ranges::leader_balance::PeerLoads;
 /// idle ping, and refreshes it at every look (every 2 s while it carries load).
 pub const PEER_LOAD_FRESH_FOR: Duration = Duration::from_secs(10);
 
-/// This node's load and its peers'.
+/// This node's load and its peers', and which of them are draining their leaderships.
 #[derive(Debug, Default)]
 pub struct NodeLoads {
     /// This node's requests per second as leader, as `f64` bits (0 until the first look).
     mine_bits: AtomicU64,
     peers: Mutex<HashMap<NodeId, (f64, Instant)>>,
+    /// Until when this node hands its leaderships away and takes none by spreading.
+    draining_until: Mutex<Option<Instant>>,
+    /// The peers that said they are draining, with when they last said so.
+    peers_draining: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl NodeLoads {
@@ -48,6 +52,41 @@ impl NodeLoads {
         }
     }
 
+    /// This node drains its leaderships from `now` for `hold`: an operator moved them
+    /// away (MoveLeader), and spreading must not hand them back at once, or a member
+    /// drained before a stop would lead again by the time it stops.
+    pub fn drain_for(&self, hold: Duration, now: Instant) {
+        *self.draining_until.lock().expect("draining lock") = Some(now + hold);
+    }
+
+    /// Whether this node is draining its leaderships at `now`.
+    pub fn draining(&self, now: Instant) -> bool {
+        self.draining_until
+            .lock()
+            .expect("draining lock")
+            .is_some_and(|until| now < until)
+    }
+
+    /// `from`'s batch said whether it is draining its leaderships.
+    pub fn heard_draining(&self, from: NodeId, draining: bool, now: Instant) {
+        let mut peers = self.peers_draining.lock().expect("draining lock");
+        if draining {
+            peers.insert(from, now);
+        } else {
+            peers.remove(&from);
+        }
+    }
+
+    /// Whether `node` said lately (within `PEER_LOAD_FRESH_FOR`) that it is draining,
+    /// and has not said otherwise since.
+    pub fn peer_draining(&self, node: NodeId, now: Instant) -> bool {
+        self.peers_draining
+            .lock()
+            .expect("draining lock")
+            .get(&node)
+            .is_some_and(|&at| now.saturating_duration_since(at) < PEER_LOAD_FRESH_FOR)
+    }
+
     /// The peers' fresh figures.
     pub fn fresh(&self, now: Instant) -> PeerLoads {
         self.peers
@@ -63,6 +102,26 @@ impl NodeLoads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn draining_holds_for_its_time_and_a_peer_drains_until_it_says_otherwise() {
+        let loads = NodeLoads::default();
+        let start = Instant::now();
+        assert!(!loads.draining(start));
+        loads.drain_for(Duration::from_secs(30), start);
+        assert!(loads.draining(start + Duration::from_secs(29)));
+        assert!(!loads.draining(start + Duration::from_secs(30)));
+
+        loads.heard_draining(NodeId(2), true, start);
+        assert!(loads.peer_draining(NodeId(2), start + Duration::from_secs(1)));
+        assert!(!loads.peer_draining(NodeId(3), start));
+        assert!(
+            !loads.peer_draining(NodeId(2), start + PEER_LOAD_FRESH_FOR),
+            "a peer gone quiet drains no longer"
+        );
+        loads.heard_draining(NodeId(2), false, start + Duration::from_secs(2));
+        assert!(!loads.peer_draining(NodeId(2), start + Duration::from_secs(2)));
+    }
 
     #[test]
     fn a_peer_figure_counts_while_fresh_and_only_if_it_is_a_load() {

@@ -226,6 +226,10 @@ impl Maintenance for MaintenanceService {
             ));
         }
         if target != self.node.id() {
+            // On a keyspace in ranges every leadership of this member goes to the target
+            // (an operator moves the leader away to stop or upgrade it), and spreading
+            // hands this member none back for a while.
+            self.node.drain_leaderships();
             match self.node.move_leader(DEFAULT_GROUP, target).await {
                 Ok(()) => {}
                 Err(NodeError::Timeout) => {
@@ -234,6 +238,13 @@ impl Maintenance for MaintenanceService {
                     ))
                 }
                 Err(other) => return Err(ApiError::from(other).into()),
+            }
+            let failed = self.node.move_every_leadership(target).await;
+            if failed > 0 {
+                tracing::warn!(
+                    failed,
+                    "MoveLeader moved the first range's leadership, not every other"
+                );
             }
         }
         Ok(Response::new(MoveLeaderResponse {

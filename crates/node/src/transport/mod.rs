@@ -412,6 +412,11 @@ impl Transport {
                     to: to.0,
                     cluster_id: self.inner.cluster_id,
                     leading_per_second: Some(self.inner.loads.mine()),
+                    draining: self
+                        .inner
+                        .loads
+                        .draining(std::time::Instant::now())
+                        .then_some(true),
                     ..MessageBatch::default()
                 };
                 for item in items {

@@ -158,12 +158,12 @@ impl Peer for PeerService {
                 // are not ours (its raft messages were refused above).
                 continue;
             }
+            let heard_at = std::time::Instant::now();
+            let loads = self.handle.transport().loads();
             if let Some(load) = batch.leading_per_second {
-                self.handle
-                    .transport()
-                    .loads()
-                    .heard(from, load, std::time::Instant::now());
+                loads.heard(from, load, heard_at);
             }
+            loads.heard_draining(from, batch.draining == Some(true), heard_at);
             for grant in batch.timestamps_grants {
                 self.handle.transport().granted(from, grant);
             }
