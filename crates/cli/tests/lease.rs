@@ -219,7 +219,9 @@ async fn keep_alive(
     what: &str,
 ) {
     keeper.keep_alive().await.unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), responses.message())
+    // Within 6.5 s: a keep-alive forwarded to a paused leader waited out the request
+    // timeout (7 s); one retried on the new leader answers well within this.
+    let response = tokio::time::timeout(Duration::from_millis(6_500), responses.message())
         .await
         .expect("a keep-alive answered")
         .unwrap()

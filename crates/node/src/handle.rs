@@ -858,8 +858,8 @@ impl NodeHandle {
     /// Renews a lease (`renew`) or reads how long it has left, on the leader: here if this
     /// member leads, else forwarded. `None`: no such lease. Tried again, within the
     /// request timeout, while the leadership is unknown or moving, as etcd's `LeaseRenew`
-    /// waits for a leader and tries again: each forward waits at most an election
-    /// timeout, then goes to whoever leads by then. A keep-alive forwarded to a leader
+    /// waits for a leader and tries again: a forward is given up once this member sees
+    /// another leader (or none), and goes to whoever leads by then. A keep-alive forwarded to a leader
     /// that was paused or cut off used to wait out the whole request timeout (7 s), past
     /// the TTL of a short lease, which the new leader then revoked although its holder
     /// kept it alive all along (found by review, 2026-12-06).
@@ -870,7 +870,6 @@ impl NodeHandle {
         renew: bool,
     ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        let attempt_timeout = self.inner.leader_wait / 2;
         loop {
             let status = self.status(group)?;
             let leader = status.leader;
@@ -882,11 +881,8 @@ impl NodeHandle {
                 // No leader known (or only a stale view of this member as leader).
                 Err(NodeError::NoLeader)
             } else {
-                let forward = self.inner.transport.lease_query(leader, group, id, renew);
-                let attempt_deadline = deadline.min(tokio::time::Instant::now() + attempt_timeout);
-                tokio::time::timeout_at(attempt_deadline, forward)
+                self.lease_query_forwarded(leader, group, id, renew, deadline)
                     .await
-                    .unwrap_or(Err(NodeError::Timeout))
             };
             match attempt {
                 Err(
@@ -897,10 +893,41 @@ impl NodeHandle {
                 ) if tokio::time::Instant::now() + LEASE_RETRY_PAUSE < deadline => {
                     tokio::time::sleep(LEASE_RETRY_PAUSE).await;
                 }
-                Err(NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::LeaderChanged) => {
+                // As etcd's: "no leader" when none was found in time, a timeout when
+                // one was and did not answer.
+                Err(NodeError::NoLeader) => return Err(NodeError::NoLeader),
+                Err(NodeError::NotLeader(_) | NodeError::LeaderChanged) => {
                     return Err(NodeError::Timeout);
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// `lease_query` forwarded to `leader`, given up (`LeaderChanged`) as soon as this
+    /// member sees another leader or none: a slow leader is waited for (its
+    /// confirmation may take longer than an election timeout), a replaced one is not.
+    async fn lease_query_forwarded(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+        id: i64,
+        renew: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<crate::lessor::LeaseTtl>, NodeError> {
+        let forward = self.inner.transport.lease_query(leader, group, id, renew);
+        tokio::pin!(forward);
+        loop {
+            tokio::select! {
+                answer = &mut forward => return answer,
+                () = tokio::time::sleep(LEASE_RETRY_PAUSE) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(NodeError::Timeout);
+                    }
+                    if self.status(group)?.leader != leader {
+                        return Err(NodeError::LeaderChanged);
+                    }
+                }
             }
         }
     }
@@ -1558,6 +1585,14 @@ impl NodeHandle {
             .transport
             .loads()
             .drain_for(DRAIN_HOLD, std::time::Instant::now());
+    }
+
+    /// Ends a drain at once (a MoveLeader that failed moves nothing away).
+    pub fn end_drain(&self) {
+        self.inner
+            .transport
+            .loads()
+            .drain_for(Duration::ZERO, std::time::Instant::now());
     }
 
     /// Waits until this node's replica of `group` holds every write of it whose revision

@@ -141,9 +141,8 @@ impl Lessor {
         self.state.lock().unwrap().leading == Some(term)
     }
 
-    /// Starts keeping the deadlines for `term` if this lessor does not yet (a member that
-    /// has just been elected answers its first keep-alive without waiting for the next
-    /// sweep). Cheap when it already does: keep-alives call it every time.
+    /// Starts keeping the deadlines for `term` if this lessor does not yet (what `renew`
+    /// and `remaining` do first; the tests set a lessor up with it).
     pub fn take_over(&self, store: &MvccStore, term: Term, now: Instant) {
         let mut state = self.state.lock().unwrap();
         if state.leading != Some(term) {

@@ -228,23 +228,39 @@ impl Maintenance for MaintenanceService {
         if target != self.node.id() {
             // On a keyspace in ranges every leadership of this member goes to the target
             // (an operator moves the leader away to stop or upgrade it), and spreading
-            // hands this member none back for a while.
-            self.node.drain_leaderships();
-            match self.node.move_leader(DEFAULT_GROUP, target).await {
-                Ok(()) => {}
-                Err(NodeError::Timeout) => {
-                    return Err(Status::unavailable(
-                        "etcdserver: request timed out, leader transfer took too long",
-                    ))
-                }
-                Err(other) => return Err(ApiError::from(other).into()),
+            // hands this member none back for a while. On one range, as etcd: the first
+            // range's only (nothing spreads leaders there).
+            let in_ranges = self.node.data_ranges().len() > 1;
+            if in_ranges {
+                self.node.drain_leaderships();
             }
-            let failed = self.node.move_every_leadership(target).await;
-            if failed > 0 {
-                tracing::warn!(
-                    failed,
-                    "MoveLeader moved the first range's leadership, not every other"
-                );
+            let moved = match self.node.move_leader(DEFAULT_GROUP, target).await {
+                Ok(()) => Ok(()),
+                Err(NodeError::Timeout) => Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                )),
+                Err(other) => Err(ApiError::from(other).into()),
+            };
+            if let Err(error) = moved {
+                if in_ranges {
+                    self.node.end_drain();
+                }
+                return Err(error);
+            }
+            if in_ranges {
+                // Answered once the first range moved, as etcd answers; the others move
+                // on their own (a slow one must not hold the answer past a client's
+                // timeout, and a client that gives up must not stop them).
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    let failed = node.move_every_leadership(target).await;
+                    if failed > 0 {
+                        tracing::warn!(
+                            failed,
+                            "MoveLeader moved the first range's leadership, not every other"
+                        );
+                    }
+                });
             }
         }
         Ok(Response::new(MoveLeaderResponse {
