@@ -212,7 +212,7 @@ async fn a_new_leader_continues_a_lease_from_its_checkpointed_remaining_ttl() {
     );
 }
 
-/// One keep-alive, answered within 5 s with a TTL left (`what`: when, for the message).
+/// One keep-alive, answered within 6.5 s with a TTL left (`what`: when, for the message).
 async fn keep_alive(
     keeper: &mut etcd_client::LeaseKeeper,
     responses: &mut etcd_client::LeaseKeepAliveStream,
@@ -230,8 +230,8 @@ async fn keep_alive(
 }
 
 /// A lease kept alive through a follower outlives its leader being paused: the
-/// follower's forward to the paused leader gives up after an election timeout and goes
-/// to the new leader (it used to wait out the whole request timeout, 7 s, past the
+/// follower's forward to the paused leader is given up once the follower sees another
+/// leader (or none), and goes to the new leader (it used to wait out the whole request timeout, 7 s, past the
 /// lease's TTL, and the new leader revoked the lease while its holder kept it alive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_kept_alive_through_a_follower_outlives_a_paused_leader() {

@@ -168,6 +168,9 @@ pub const TIMESTAMPS_PER_REQUEST_MAX: u64 = 1024;
 
 /// How many leaderships a MoveLeader moves at once, beyond the first range's.
 const LEADERSHIP_MOVES_AT_ONCE: usize = 64;
+/// How many times a MoveLeader looks for leaderships left here, and the pause between.
+const LEADERSHIP_MOVE_PASSES: usize = 3;
+const LEADERSHIP_MOVE_PASS_PAUSE: Duration = Duration::from_secs(1);
 /// How long a member drained by MoveLeader takes no leadership by spreading: long enough
 /// for an operator to stop it, short enough that a member left running is given its
 /// share again soon.
@@ -919,6 +922,7 @@ impl NodeHandle {
         tokio::pin!(forward);
         loop {
             tokio::select! {
+                biased;
                 answer = &mut forward => return answer,
                 () = tokio::time::sleep(LEASE_RETRY_PAUSE) => {
                     if tokio::time::Instant::now() >= deadline {
@@ -1552,27 +1556,37 @@ impl NodeHandle {
     /// or caught up, or whose leadership moved elsewhere meanwhile, stays where it is.
     pub async fn move_every_leadership(&self, target: NodeId) -> usize {
         use futures_util::StreamExt;
-        let mut groups: Vec<GroupId> = self
-            .data_ranges()
-            .into_iter()
-            .map(|(group, _)| group)
-            .collect();
-        groups.push(crate::META_GROUP);
-        let led: Vec<GroupId> = groups
-            .into_iter()
-            .filter(|&group| group != crate::DEFAULT_GROUP)
-            .filter(|&group| self.status(group).is_ok_and(|status| status.is_leader))
-            .collect();
-        let moves = futures_util::stream::iter(led)
-            .map(|group| async move { (group, self.move_leader(group, target).await) })
-            .buffer_unordered(LEADERSHIP_MOVES_AT_ONCE)
-            .collect::<Vec<_>>()
-            .await;
         let mut failed = 0;
-        for (group, moved) in moves {
-            if let Err(error) = moved {
-                failed += 1;
-                tracing::warn!(group = group.0, %error, "a leadership was not moved");
+        // A few passes: a leadership handed here by spreading just before the drain was
+        // told to the peers arrives after the first pass listed what this member led.
+        for pass in 0..LEADERSHIP_MOVE_PASSES {
+            if pass > 0 {
+                tokio::time::sleep(LEADERSHIP_MOVE_PASS_PAUSE).await;
+            }
+            let mut groups: Vec<GroupId> = self
+                .data_ranges()
+                .into_iter()
+                .map(|(group, _)| group)
+                .collect();
+            groups.push(crate::META_GROUP);
+            let led: Vec<GroupId> = groups
+                .into_iter()
+                .filter(|&group| group != crate::DEFAULT_GROUP || pass > 0)
+                .filter(|&group| self.status(group).is_ok_and(|status| status.is_leader))
+                .collect();
+            if led.is_empty() {
+                continue;
+            }
+            let moves = futures_util::stream::iter(led)
+                .map(|group| async move { (group, self.move_leader(group, target).await) })
+                .buffer_unordered(LEADERSHIP_MOVES_AT_ONCE)
+                .collect::<Vec<_>>()
+                .await;
+            for (group, moved) in moves {
+                if let Err(error) = moved {
+                    failed += 1;
+                    tracing::warn!(group = group.0, %error, "a leadership was not moved");
+                }
             }
         }
         failed

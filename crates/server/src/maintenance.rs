@@ -230,38 +230,11 @@ impl Maintenance for MaintenanceService {
             // (an operator moves the leader away to stop or upgrade it), and spreading
             // hands this member none back for a while. On one range, as etcd: the first
             // range's only (nothing spreads leaders there).
-            let in_ranges = self.node.data_ranges().len() > 1;
-            if in_ranges {
-                self.node.drain_leaderships();
-            }
-            let moved = match self.node.move_leader(DEFAULT_GROUP, target).await {
-                Ok(()) => Ok(()),
-                Err(NodeError::Timeout) => Err(Status::unavailable(
-                    "etcdserver: request timed out, leader transfer took too long",
-                )),
-                Err(other) => Err(ApiError::from(other).into()),
-            };
-            if let Err(error) = moved {
-                if in_ranges {
-                    self.node.end_drain();
-                }
-                return Err(error);
-            }
-            if in_ranges {
-                // Answered once the first range moved, as etcd answers; the others move
-                // on their own (a slow one must not hold the answer past a client's
-                // timeout, and a client that gives up must not stop them).
-                let node = self.node.clone();
-                tokio::spawn(async move {
-                    let failed = node.move_every_leadership(target).await;
-                    if failed > 0 {
-                        tracing::warn!(
-                            failed,
-                            "MoveLeader moved the first range's leadership, not every other"
-                        );
-                    }
-                });
-            }
+            // Run on a task of its own: a client that gives up (etcdctl's 5 s) drops this
+            // handler, and a drain must still end, or the other leaderships still move.
+            let node = self.node.clone();
+            let moving = tokio::spawn(async move { move_leaderships(node, target).await });
+            moving.await.expect("moving leaderships panicked")?;
         }
         Ok(Response::new(MoveLeaderResponse {
             header: common::current_header(&self.node),
@@ -292,6 +265,44 @@ impl Maintenance for MaintenanceService {
             is_learner: status.is_learner,
         }))
     }
+}
+
+/// MoveLeader's work once the target is checked: on a keyspace in ranges every
+/// leadership of this member goes to the target (an operator moves the leader away to
+/// stop or upgrade it), and spreading hands this member none back for a while; on one
+/// range, as etcd, the first range's only (nothing spreads leaders there). Answered once
+/// the first range moved, as etcd answers; the others move after, on their own (a slow
+/// one must not hold the answer past a client's timeout).
+async fn move_leaderships(node: NodeHandle, target: NodeId) -> Result<(), Status> {
+    let in_ranges = node.data_ranges().len() > 1;
+    if in_ranges {
+        node.drain_leaderships();
+    }
+    let moved = match node.move_leader(DEFAULT_GROUP, target).await {
+        Ok(()) => Ok(()),
+        Err(NodeError::Timeout) => Err(Status::unavailable(
+            "etcdserver: request timed out, leader transfer took too long",
+        )),
+        Err(other) => Err(ApiError::from(other).into()),
+    };
+    if let Err(error) = moved {
+        if in_ranges {
+            node.end_drain();
+        }
+        return Err(error);
+    }
+    if in_ranges {
+        tokio::spawn(async move {
+            let failed = node.move_every_leadership(target).await;
+            if failed > 0 {
+                tracing::warn!(
+                    failed,
+                    "MoveLeader moved the first range's leadership, not every other"
+                );
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Bytes of backup per `SnapshotResponse`.
