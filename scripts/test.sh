@@ -13,7 +13,13 @@ SIM_SEEDS=${SIM_SEEDS:-1000}
 BUG_SEEDS=200
 BUGS="ack-before-persist read-without-read-index commit-previous-term vote-not-persisted no-truncate-on-conflict quiesced-lease-kept node-down-ignored oracle-beyond-bound serve-moved-keys move-leaders-one-apart move-leaders-hotter-than-gap read-leaves-floor new-leader-skips-floor read-ignores-pending-lock watch-releases-early merge-skips-freeze-wait horizon-forgets-only txn-takes-lowest-prepare barrier-skips-fetch-in-flight fresh-read-takes-fetch-in-flight confirmation-ignores-term"
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step prints how long the one before it took, so a slow CI run shows where to cut.
+suite_start=$SECONDS
+step_start=$SECONDS
+step() {
+  printf '\n(%d s; %d s so far)\n=== %s\n' "$((SECONDS - step_start))" "$((SECONDS - suite_start))" "$*"
+  step_start=$SECONDS
+}
 
 step "test tools (etcdctl 3.4 and 3.5, iptables, libfaketime, chromium, playwright-core)"
 bash scripts/install-test-tools.sh
