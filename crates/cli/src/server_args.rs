@@ -112,6 +112,24 @@ pub struct ServerArgs {
     /// Duration of periodic watch progress notifications (Go duration syntax, as etcd's).
     #[arg(long, default_value = "10m0s", value_parser = crate::duration::parse_go_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// The longest a lease not kept alive goes without its remaining TTL recorded in
+    /// the log, so that a new leader continues it instead of granting its full TTL
+    /// again; sooner once half of what it had left has gone. A kept-alive lease is not
+    /// recorded (Go duration syntax, as etcd's; 0 for the default, 5 minutes).
+    #[arg(long, default_value = "5m0s", value_parser = crate::duration::parse_go_duration)]
+    pub experimental_lease_checkpoint_interval: std::time::Duration,
+    /// Record leases' remaining TTLs in the log (`--experimental-enable-lease-checkpoint=false`
+    /// never does: a new leader then restarts every lease at its full TTL). On by
+    /// default, where etcd's is off: ostrakon's leaderships move more (leaders spread
+    /// over the members).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// Accepted for etcd's configurations: a checkpoint is always a write of the log, so
+    /// it outlives a restart of every member, as etcd's persisted checkpoints do.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub experimental_enable_lease_checkpoint_persist: bool,
     /// Path to the client server TLS cert file.
     #[arg(long)]
     pub cert_file: Option<PathBuf>,
@@ -255,6 +273,14 @@ impl ServerArgs {
             },
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
+            // etcd's lessor takes 0 for its default.
+            lease_checkpoint_interval: self.experimental_enable_lease_checkpoint.then(|| {
+                if self.experimental_lease_checkpoint_interval.is_zero() {
+                    Duration::from_secs(300)
+                } else {
+                    self.experimental_lease_checkpoint_interval
+                }
+            }),
             // A joining member learns its id and the cluster's from the running members
             // (identity::settle); the ids computed above are then only provisional.
             join: self.initial_cluster_state == ClusterState::Existing,
@@ -482,6 +508,32 @@ mod tests {
         assert_eq!(config.heartbeat_ticks, 4);
         // The raft core draws from [election_ticks, 2 * election_ticks).
         assert_eq!(config.election_ticks, 40);
+    }
+
+    #[test]
+    fn lease_checkpoints_take_etcds_flags() {
+        let interval = |flags: &[&str]| node_config(flags).lease_checkpoint_interval;
+        assert_eq!(interval(&[]), Some(Duration::from_secs(300)));
+        assert_eq!(
+            interval(&["--experimental-lease-checkpoint-interval", "7s"]),
+            Some(Duration::from_secs(7))
+        );
+        // 0 is etcd's default.
+        assert_eq!(
+            interval(&["--experimental-lease-checkpoint-interval", "0s"]),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            interval(&[
+                "--experimental-enable-lease-checkpoint",
+                "--experimental-enable-lease-checkpoint-persist"
+            ]),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            interval(&["--experimental-enable-lease-checkpoint=false"]),
+            None
+        );
     }
 
     #[test]

@@ -267,6 +267,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         raft_log_memory_bytes: 4 << 20,
         store_memory: Default::default(),
         request_timeout: Duration::from_secs(7),
+        lease_checkpoint_interval: Some(Duration::from_secs(300)),
         quota_backend_bytes: 0,
         range_max_bytes: 0,
         range_split_qps: 0,

@@ -346,6 +346,26 @@ async fn range_leaders(cluster: &TestCluster, i: usize) -> Vec<u64> {
         .collect()
 }
 
+/// MoveLeader asked of the first range's leader (found again if spreading moved it
+/// meanwhile), to the next member in `ids` (the members' ids by index): the index of the
+/// member it was asked of.
+async fn move_leader_to_the_next(cluster: &TestCluster, ids: &[u64]) -> usize {
+    let mut drained = cluster.wait_for_leader().await;
+    for attempt in 1..=3 {
+        let target = ids[(drained + 1) % 3];
+        match cluster.client(drained).await.move_leader(target).await {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(attempt < 3, "MoveLeader failed: {error}");
+                eprintln!("MoveLeader, attempt {attempt}: {error}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drained = cluster.wait_for_leader().await;
+            }
+        }
+    }
+    drained
+}
+
 /// MoveLeader on a keyspace in ranges moves every leadership of the member away, as an
 /// operator draining it before a stop expects, and the other members' spreading of
 /// leaders hands it none back meanwhile (it moved the first range's only, and
@@ -378,20 +398,7 @@ async fn move_leader_drains_every_leadership_of_the_member() {
         before = leaders;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    // Asked of the first range's leader, found again if spreading moved it meanwhile.
-    let mut drained = cluster.wait_for_leader().await;
-    for attempt in 1..=3 {
-        let target = ids[(drained + 1) % 3];
-        match cluster.client(drained).await.move_leader(target).await {
-            Ok(_) => break,
-            Err(error) => {
-                assert!(attempt < 3, "MoveLeader failed: {error}");
-                eprintln!("MoveLeader, attempt {attempt}: {error}; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                drained = cluster.wait_for_leader().await;
-            }
-        }
-    }
+    let drained = move_leader_to_the_next(&cluster, &ids).await;
     // Every range's and the meta range's leadership leaves (the first range's before
     // the answer, the others right after): the member leads no group at all (the gauge
     // is set once a round of its event loop has seen the moves).
@@ -415,5 +422,70 @@ async fn move_leader_drains_every_leadership_of_the_member() {
             "the drained member was handed a leadership"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A member drained by MoveLeader that wins a range's election afterwards (the range's
+/// leader died, and a drained voter campaigns as any other) hands that leadership away
+/// too: it kept it, and the count rule, which evens counts out, left it about half the
+/// dead member's ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_member_hands_away_leaderships_it_wins() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let keys = ["c", "e", "g", "i", "k", "m", "o", "q"];
+    let mut args = vec!["ranges", "split"];
+    args.extend(keys);
+    let endpoint = cluster.host_port(0);
+    args.extend(["--endpoint", &endpoint]);
+    let (ok, out, err) = cluster.ostrakon(&args);
+    assert!(ok, "split failed: {out} {err}");
+    let mut spans = vec![("", "c")];
+    spans.extend(keys.windows(2).map(|pair| (pair[0], pair[1])));
+    spans.push(("q", ""));
+    common::ranges::wait_for_spans(&cluster, &spans).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let status = cluster.client(i).await.status().await.unwrap();
+        ids.push(status.header().unwrap().member_id());
+    }
+    let drained = move_leader_to_the_next(&cluster, &ids).await;
+    let groups_led = |cluster: &TestCluster, i: usize| {
+        common::metrics(cluster.members[i].client_port)["ostrakon_raft_groups_led"]
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while groups_led(&cluster, drained) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the drained member still leads {} groups",
+            groups_led(&cluster, drained)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // MoveLeader's passes are over (3, a second apart, each quick with nothing left to
+    // move); the drain holds for a minute.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The member that took them dies: its ranges elect among the two left.
+    let victim = (0..3)
+        .filter(|&i| i != drained)
+        .max_by_key(|&i| groups_led(&cluster, i) as u64)
+        .unwrap();
+    let heir = 3 - drained - victim;
+    assert!(groups_led(&cluster, victim) > 0.0);
+    cluster.kill(victim);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leaders = range_leaders(&cluster, heir).await;
+        if leaders.iter().all(|&id| id == ids[heir]) && groups_led(&cluster, drained) == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ranges are led by {leaders:?} ({} by the drained member {:x}), not all by {:x}",
+            groups_led(&cluster, drained),
+            ids[drained],
+            ids[heir]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -46,6 +46,11 @@ pub struct NodeConfig {
     pub store_memory: StoreMemory,
     /// How long a client request may wait for commit or a read point.
     pub request_timeout: Duration,
+    /// `--experimental-lease-checkpoint-interval`: the longest a lease not kept alive
+    /// goes without its remaining TTL recorded in the log, so a new leader continues it
+    /// from there (`lessor`: sooner once half of what it had left has gone); None: no
+    /// checkpoints (`--experimental-enable-lease-checkpoint=false`).
+    pub lease_checkpoint_interval: Option<Duration>,
     /// `--quota-backend-bytes`: past this store size, writes that add data raise the
     /// NOSPACE alarm and are refused.
     pub quota_backend_bytes: u64,

@@ -389,8 +389,9 @@ fn new_replica(
     let node = RawNode::new(raft_config, initial, seed).map_err(|e| StartError::Raft(e.0))?;
     let status = Arc::new(RwLock::new(GroupStatus::default()));
     let (applied_tx, _) = watch::channel(store.applied_index());
-    let lessor = Arc::new(crate::lessor::Lessor::with_takeover_extension(
+    let lessor = Arc::new(crate::lessor::Lessor::new(
         config.tick_interval * config.election_ticks,
+        config.lease_checkpoint_interval,
     ));
     let mut replica = Replica::new(group, node, store, status, applied_tx, lessor);
     replica.wal_hard_state = wal_hard_state;
@@ -1715,14 +1716,19 @@ impl EventLoop {
         let may_lead = crate::leader_spread::may_lead(&self.nodes_down, |id| {
             store.is_leaving_member(id) || loads.peer_draining(id, now)
         });
-        let moves = self.leader_spread.next_moves(
-            self.config.id,
-            &self.replicas,
-            &self.groups,
-            &self.loads,
-            may_lead,
-            now,
-        );
+        let moves = if self.loads.draining_after_passes(now) {
+            self.leader_spread
+                .drain_moves(self.config.id, &self.replicas, may_lead, now)
+        } else {
+            self.leader_spread.next_moves(
+                self.config.id,
+                &self.replicas,
+                &self.groups,
+                &self.loads,
+                may_lead,
+                now,
+            )
+        };
         if moves.is_empty() {
             return;
         }

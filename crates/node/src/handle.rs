@@ -1554,7 +1554,7 @@ impl NodeHandle {
     /// leading its share of the ranges, the meta range among them; found by review).
     /// Returns how many moves failed (each logged): a range whose target is not a voter
     /// or caught up, or whose leadership moved elsewhere meanwhile, stays where it is.
-    pub async fn move_every_leadership(&self, target: NodeId) -> usize {
+    pub async fn move_every_leadership(&self, target: NodeId, drain: u64) -> usize {
         use futures_util::StreamExt;
         let mut failed = 0;
         // A few passes: a leadership handed here by spreading just before the drain was
@@ -1589,21 +1589,24 @@ impl NodeHandle {
                 }
             }
         }
+        self.inner.transport.loads().end_drain_passes(drain);
         failed
     }
 
     /// Marks this member as draining its leaderships for `DRAIN_HOLD` (told to the peers
     /// on every batch): an operator's MoveLeader moves them away.
-    pub fn drain_leaderships(&self) {
+    /// Returns the drain's generation, for `move_every_leadership`.
+    pub fn drain_leaderships(&self) -> u64 {
         self.inner
             .transport
             .loads()
-            .drain_for(DRAIN_HOLD, std::time::Instant::now());
+            .drain_for(DRAIN_HOLD, std::time::Instant::now())
     }
 
     /// Ends a drain at once (a MoveLeader that failed moves nothing away).
     pub fn end_drain(&self) {
-        self.inner
+        let _ = self
+            .inner
             .transport
             .loads()
             .drain_for(Duration::ZERO, std::time::Instant::now());

@@ -211,6 +211,60 @@ impl LeaderSpread {
         moves
     }
 
+    /// While this node drains its leaderships (an operator's MoveLeader, for
+    /// `DRAIN_HOLD`): every range it leads, each handed to a voter caught up with it that
+    /// may lead (`may_lead`: up, not being removed, not draining), the ranges spread
+    /// over them in turn; up to `MOVES_PER_LOOK_MAX` a look. MoveLeader's own passes
+    /// move what this node led then; a range whose election this node wins later (its
+    /// leader died, and a drained voter campaigns as any other) would otherwise stay
+    /// led here, as the count rule evens counts out and never empties a node. The pause
+    /// after a move between moves; once nothing is led here, the next look when a
+    /// leadership changes, as for spreading.
+    pub fn drain_moves(
+        &mut self,
+        me: NodeId,
+        replicas: &HashMap<GroupId, Replica>,
+        may_lead: impl Fn(NodeId) -> bool,
+        now: Instant,
+    ) -> Vec<(GroupId, NodeId)> {
+        if now < self.next_check {
+            return Vec::new();
+        }
+        self.looks += 1;
+        let mut moves = Vec::new();
+        for (&group, replica) in replicas {
+            if replica.node.role() != Role::Leader
+                || replica.node.transfer_target().is_some()
+                || replica.node.conf_state().is_joint()
+                || replica.has_conf_proposal()
+            {
+                continue;
+            }
+            let targets: Vec<NodeId> = replica
+                .node
+                .caught_up_voters(self.election_ticks)
+                .into_iter()
+                .filter(|&voter| voter != me && may_lead(voter))
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            moves.push((group, targets[moves.len() % targets.len()]));
+            if moves.len() >= ostrakon_ranges::leader_balance::MOVES_PER_LOOK_MAX {
+                break;
+            }
+        }
+        // Nothing to hand away: settled until a leadership changes (`unsettle`).
+        self.settled = moves.is_empty();
+        let pause = if moves.is_empty() {
+            SETTLED_RECHECK
+        } else {
+            self.after_move_pause
+        };
+        self.next_check = now + pause + self.jitter(me);
+        moves
+    }
+
     /// Up to `JITTER_MAX`, different per node and per look (a hash of both; no need for
     /// randomness that is more than uneven).
     fn jitter(&self, me: NodeId) -> Duration {

@@ -16,8 +16,6 @@ use crate::lessor::Lessor;
 
 /// How often the leader looks for expired leases.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-/// How often the leader records remaining TTLs in the log.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Revokes an expired lease as a client's revoke goes: on a keyspace in ranges, a
 /// transaction over the first range and the ranges holding the lease's keys, tried
@@ -66,7 +64,6 @@ async fn revoke_all_expired(handle: NodeHandle, group: GroupId, term: Term, expi
 pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store: Arc<MvccStore>) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_checkpoint = Instant::now();
     let mut revoking: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         sweep.tick().await;
@@ -108,18 +105,16 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         let Some(term) = leading.filter(|term| lessor.keeps_term(*term)) else {
             continue;
         };
+        // The leases whose checkpoint is due (not kept alive for half of what they had
+        // left, or an interval), and a cleared one not in the same write.
         let mut checkpoints = lessor.checkpoint_clears();
-        if now.duration_since(last_checkpoint) >= CHECKPOINT_INTERVAL {
-            last_checkpoint = now;
-            let cleared: std::collections::HashSet<i64> =
-                checkpoints.iter().map(|c| c.id).collect();
-            checkpoints.extend(
-                lessor
-                    .checkpoints(&store, now)
-                    .into_iter()
-                    .filter(|c| !cleared.contains(&c.id)),
-            );
-        }
+        let cleared: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.id).collect();
+        checkpoints.extend(
+            lessor
+                .checkpoints(&store, now)
+                .into_iter()
+                .filter(|c| !cleared.contains(&c.id)),
+        );
         if !checkpoints.is_empty() {
             let handle = handle.clone();
             tokio::spawn(async move {

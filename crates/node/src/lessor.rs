@@ -27,14 +27,34 @@ pub struct LeaseTtl {
     pub ttl_secs: i64,
 }
 
+/// etcd's default lease checkpoint interval.
+pub const CHECKPOINT_INTERVAL_DEFAULT: Duration = Duration::from_secs(300);
+
+/// The shortest wait for a lease's next checkpoint: one due sooner is not scheduled (a
+/// new leader would start the lease from at most this much more than it has).
+const CHECKPOINT_GAP_MIN: Duration = Duration::from_secs(1);
+
+/// The most checkpoints one write carries (etcd's limit): the others stay due for the
+/// next.
+const CHECKPOINTS_PER_WRITE_MAX: usize = 1_000;
+
 /// One group's lease deadlines on this member (empty unless it leads).
-#[derive(Default)]
 pub struct Lessor {
     state: Mutex<LessorState>,
     /// Added to every deadline a new leadership starts from (an election timeout, as
     /// etcd's lessor extends its leases when promoted): keep-alives sent to the old
     /// leader while it was being replaced had no leader to answer them.
     takeover_extension: Duration,
+    /// The longest a lease goes without a keep-alive or a checkpoint of its remaining
+    /// TTL (etcd's checkpoint interval); sooner once half of what it had left has gone
+    /// (`LessorState::set_deadline`).
+    checkpoint_interval: Option<Duration>,
+}
+
+impl Default for Lessor {
+    fn default() -> Self {
+        Lessor::new(Duration::ZERO, Some(CHECKPOINT_INTERVAL_DEFAULT))
+    }
 }
 
 #[derive(Default)]
@@ -48,14 +68,54 @@ struct LessorState {
     /// is cleared through the log (`checkpoint_clears`), or a new leader would start
     /// them from it, short of the TTL the keep-alive gave (etcd clears it at renew).
     to_clear: std::collections::HashSet<i64>,
+    /// When each lease is next checkpointed, if it is not renewed before.
+    next_checkpoint: HashMap<i64, Instant>,
+    /// The leases this leadership wrote a checkpoint for: the renewal of one clears it
+    /// also when the checkpoint has not been applied yet (the store then shows none, and
+    /// the record would outlive the renewal).
+    checkpointed: std::collections::HashSet<i64>,
+}
+
+impl LessorState {
+    /// Sets the lease's deadline, and schedules its next checkpoint once half of what
+    /// it has left has gone, or an interval on if that is sooner; none if that is under
+    /// `CHECKPOINT_GAP_MIN`. A lease kept alive (etcd's client renews at a third of the
+    /// TTL) is never checkpointed: it costs no write. One whose holder went away is
+    /// checkpointed at half its TTL, then at half of the rest, and so on, a few writes
+    /// in all: a new leader starts it from at most twice what it has left (etcd, whose
+    /// checkpoints are every 5 minutes for leases with more than that left, restarts a
+    /// shorter lease at its full TTL; a leader moving often kept such a lease alive).
+    fn set_deadline(
+        &mut self,
+        id: i64,
+        deadline: Instant,
+        now: Instant,
+        interval: Option<Duration>,
+    ) {
+        self.deadlines.insert(id, deadline);
+        let gap =
+            interval.map(|interval| (deadline.saturating_duration_since(now) / 2).min(interval));
+        if let Some(gap) = gap.filter(|gap| *gap >= CHECKPOINT_GAP_MIN) {
+            self.next_checkpoint.insert(id, now + gap);
+        } else {
+            self.next_checkpoint.remove(&id);
+        }
+    }
 }
 
 impl Lessor {
-    /// A lessor whose new leaderships extend every deadline by `takeover_extension`.
-    pub fn with_takeover_extension(takeover_extension: Duration) -> Lessor {
+    /// A lessor whose new leaderships extend every deadline by `takeover_extension`, and
+    /// which checkpoints a lease not kept alive at least every `checkpoint_interval`
+    /// (never if None: etcd's `--experimental-enable-lease-checkpoint=false`).
+    pub fn new(takeover_extension: Duration, checkpoint_interval: Option<Duration>) -> Lessor {
+        assert!(
+            checkpoint_interval.is_none_or(|interval| !interval.is_zero()),
+            "a checkpoint interval"
+        );
         Lessor {
             state: Mutex::default(),
             takeover_extension,
+            checkpoint_interval,
         }
     }
 
@@ -80,10 +140,9 @@ impl Lessor {
         if expired || state.revoking.contains_key(&id) {
             return None;
         }
-        state
-            .deadlines
-            .insert(id, now + Duration::from_secs(record.ttl_secs as u64));
-        if record.remaining_secs > 0 {
+        let deadline = now + Duration::from_secs(record.ttl_secs as u64);
+        state.set_deadline(id, deadline, now, self.checkpoint_interval);
+        if state.checkpointed.remove(&id) || record.remaining_secs > 0 {
             state.to_clear.insert(id);
         }
         Some(LeaseTtl {
@@ -100,9 +159,8 @@ impl Lessor {
         let mut state = self.state.lock().unwrap();
         state.revoking.remove(&id);
         if state.leading.is_some() {
-            state
-                .deadlines
-                .insert(id, now + Duration::from_secs(ttl_secs.max(0) as u64));
+            let deadline = now + Duration::from_secs(ttl_secs.max(0) as u64);
+            state.set_deadline(id, deadline, now, self.checkpoint_interval);
         }
     }
 
@@ -111,6 +169,8 @@ impl Lessor {
         let mut state = self.state.lock().unwrap();
         state.deadlines.remove(&id);
         state.revoking.remove(&id);
+        state.next_checkpoint.remove(&id);
+        state.checkpointed.remove(&id);
     }
 
     /// How long a lease has left, answered by this member as leader in `term` (taken
@@ -164,6 +224,8 @@ impl Lessor {
             state.deadlines.clear();
             state.revoking.clear();
             state.to_clear.clear();
+            state.next_checkpoint.clear();
+            state.checkpointed.clear();
             state.leading = leading;
         }
         if state.leading.is_none() {
@@ -173,15 +235,19 @@ impl Lessor {
         let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
         state.deadlines.retain(|id, _| live.contains(id));
         state.revoking.retain(|id, _| live.contains(id));
+        state.next_checkpoint.retain(|id, _| live.contains(id));
+        state.checkpointed.retain(|id| live.contains(id));
         for (id, record) in leases {
-            state.deadlines.entry(id).or_insert_with(|| {
-                let left = if record.remaining_secs > 0 {
-                    record.remaining_secs
-                } else {
-                    record.ttl_secs
-                };
-                now + Duration::from_secs(left as u64) + self.takeover_extension
-            });
+            if state.deadlines.contains_key(&id) {
+                continue;
+            }
+            let left = if record.remaining_secs > 0 {
+                record.remaining_secs
+            } else {
+                record.ttl_secs
+            };
+            let deadline = now + Duration::from_secs(left as u64) + self.takeover_extension;
+            state.set_deadline(id, deadline, now, self.checkpoint_interval);
         }
     }
 
@@ -229,24 +295,42 @@ impl Lessor {
             .collect()
     }
 
-    /// Every lease's remaining TTL, for a checkpoint: rounded up (1.9 s left is 2, not
-    /// 1: a new leader starting from it must not revoke early), and at most its granted
-    /// TTL (a new leadership's extension is its own, not to be passed on).
+    /// The remaining TTLs of the leases whose checkpoint is due at `now`, each scheduled
+    /// again (`set_deadline`): rounded up (1.9 s left is 2, not 1: a new leader starting
+    /// from it must not revoke early), and at most its granted TTL (a new leadership's
+    /// extension is its own, not to be passed on).
     pub(crate) fn checkpoints(&self, store: &MvccStore, now: Instant) -> Vec<LeaseCheckpoint> {
-        let state = self.state.lock().unwrap();
-        state
-            .deadlines
+        let mut state = self.state.lock().unwrap();
+        let due: Vec<i64> = state
+            .next_checkpoint
             .iter()
-            .filter_map(|(id, deadline)| {
-                let ttl = store.lease(*id)?.ttl_secs.max(1);
-                let left = deadline.saturating_duration_since(now);
-                let secs = (left.as_secs() + u64::from(left.subsec_nanos() > 0)) as i64;
-                Some(LeaseCheckpoint {
-                    id: *id,
-                    remaining_ttl: secs.clamp(1, ttl),
-                })
-            })
-            .collect()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .take(CHECKPOINTS_PER_WRITE_MAX)
+            .collect();
+        let mut checkpoints = Vec::with_capacity(due.len());
+        for id in due {
+            let (Some(deadline), Some(record)) =
+                (state.deadlines.get(&id).copied(), store.lease(id))
+            else {
+                state.next_checkpoint.remove(&id);
+                continue;
+            };
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                // Its revoke is due: nothing to record.
+                state.next_checkpoint.remove(&id);
+                continue;
+            }
+            let secs = (left.as_secs() + u64::from(left.subsec_nanos() > 0)) as i64;
+            checkpoints.push(LeaseCheckpoint {
+                id,
+                remaining_ttl: secs.clamp(1, record.ttl_secs.max(1)),
+            });
+            state.set_deadline(id, deadline, now, self.checkpoint_interval);
+            state.checkpointed.insert(id);
+        }
+        checkpoints
     }
 }
 
@@ -451,7 +535,7 @@ mod failover_tests {
             ),
         );
         let extension = Duration::from_secs(1);
-        let lessor = Lessor::with_takeover_extension(extension);
+        let lessor = Lessor::new(extension, Some(CHECKPOINT_INTERVAL_DEFAULT));
         let t0 = Instant::now();
         lessor.take_over(&store, Term(2), t0);
         assert!(
@@ -470,8 +554,60 @@ mod failover_tests {
             }]
         );
         assert!(lessor.checkpoint_clears().is_empty(), "once");
-        // Checkpoints round up.
-        let checkpoints = lessor.checkpoints(&store, Instant::now() + Duration::from_millis(100));
-        assert_eq!(checkpoints[0].remaining_ttl, 60);
+        // Kept alive, it is not checkpointed before half its TTL has gone.
+        assert!(lessor
+            .checkpoints(&store, Instant::now() + Duration::from_secs(29))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_lease_not_kept_alive_is_checkpointed_as_half_of_what_it_had_left_goes() {
+        let (_dir, _keyspace, store) = store();
+        for (index, id, ttl) in [(2, 5, 60), (3, 6, 600)] {
+            write(
+                &store,
+                index,
+                write_request::Request::LeaseGrant(LeaseGrantRequest { ttl, id }),
+            );
+        }
+        let lessor = Lessor::new(Duration::ZERO, Some(Duration::from_secs(100)));
+        let t0 = Instant::now();
+        lessor.take_over(&store, Term(2), t0);
+        let at = |secs_tenths: u64| t0 + Duration::from_millis(secs_tenths * 100);
+        let due = |when| -> Vec<(i64, i64)> {
+            let mut due: Vec<(i64, i64)> = lessor
+                .checkpoints(&store, when)
+                .iter()
+                .map(|c| (c.id, c.remaining_ttl))
+                .collect();
+            due.sort();
+            due
+        };
+        assert_eq!(due(at(299)), vec![], "not yet due");
+        // Half of 60 s gone; 29.9 s left rounds up to 30.
+        assert_eq!(due(at(301)), vec![(5, 30)]);
+        assert_eq!(due(at(440)), vec![], "once");
+        // Half of the rest; the 600 s lease at the interval (100 s), not at 300 s.
+        assert_eq!(due(at(451)), vec![(5, 15)]);
+        assert_eq!(due(at(530)), vec![(5, 7)]);
+        // A lease past its deadline is not checkpointed (its revoke is due).
+        assert_eq!(due(at(1001)), vec![(6, 500)]);
+        assert_eq!(due(at(1200)), vec![]);
+        // A keep-alive starts the schedule again from the renewal, and the checkpoint
+        // written is cleared, applied or not.
+        assert!(lessor.renew(&store, Term(2), 6).is_some());
+        assert_eq!(
+            lessor.checkpoint_clears(),
+            vec![LeaseCheckpoint {
+                id: 6,
+                remaining_ttl: 0
+            }]
+        );
+        let renewed = Instant::now();
+        assert_eq!(due(renewed + Duration::from_secs(50)), vec![]);
+        assert_eq!(
+            due(renewed + Duration::from_millis(100_500)),
+            vec![(6, 500)]
+        );
     }
 }

@@ -25,6 +25,13 @@ pub struct NodeLoads {
     peers: Mutex<HashMap<NodeId, (f64, Instant)>>,
     /// Until when this node hands its leaderships away and takes none by spreading.
     draining_until: Mutex<Option<Instant>>,
+    /// Counts the drains begun (and ended), so that the end of one drain's MoveLeader
+    /// passes is not taken for a later one's.
+    drain_generation: AtomicU64,
+    /// The drain whose MoveLeader passes are over: from then on the event loop hands
+    /// away every leadership this node takes while that drain lasts (one won in an
+    /// election).
+    drain_passes_done: AtomicU64,
     /// The peers that said they are draining, with when they last said so.
     peers_draining: Mutex<HashMap<NodeId, Instant>>,
 }
@@ -55,8 +62,28 @@ impl NodeLoads {
     /// This node drains its leaderships from `now` for `hold`: an operator moved them
     /// away (MoveLeader), and spreading must not hand them back at once, or a member
     /// drained before a stop would lead again by the time it stops.
-    pub fn drain_for(&self, hold: Duration, now: Instant) {
-        *self.draining_until.lock().expect("draining lock") = Some(now + hold);
+    /// Returns the drain's generation, for `end_drain_passes`.
+    pub fn drain_for(&self, hold: Duration, now: Instant) -> u64 {
+        let mut until = self.draining_until.lock().expect("draining lock");
+        *until = Some(now + hold);
+        self.drain_generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// MoveLeader's passes over this node's leaderships ended for the drain of
+    /// `generation`: what it leads from now on while that drain lasts, the event loop
+    /// hands away (before, its moves would race the operator's, and send the first
+    /// range elsewhere than the target asked for).
+    pub fn end_drain_passes(&self, generation: u64) {
+        self.drain_passes_done.store(generation, Ordering::Relaxed);
+    }
+
+    /// Whether this node drains at `now` and the MoveLeader passes of that drain are
+    /// over.
+    pub fn draining_after_passes(&self, now: Instant) -> bool {
+        let generation = self.drain_generation.load(Ordering::Relaxed);
+        generation != 0
+            && self.drain_passes_done.load(Ordering::Relaxed) == generation
+            && self.draining(now)
     }
 
     /// Whether this node is draining its leaderships at `now`.
@@ -108,7 +135,19 @@ mod tests {
         let loads = NodeLoads::default();
         let start = Instant::now();
         assert!(!loads.draining(start));
-        loads.drain_for(Duration::from_secs(30), start);
+        let drain = loads.drain_for(Duration::from_secs(30), start);
+        assert!(
+            !loads.draining_after_passes(start),
+            "its passes are not over"
+        );
+        loads.end_drain_passes(drain);
+        assert!(loads.draining_after_passes(start));
+        // A later drain's passes are not over when the earlier drain's end.
+        let later = loads.drain_for(Duration::from_secs(30), start);
+        loads.end_drain_passes(drain);
+        assert!(!loads.draining_after_passes(start));
+        loads.end_drain_passes(later);
+        assert!(loads.draining_after_passes(start));
         assert!(loads.draining(start + Duration::from_secs(29)));
         assert!(!loads.draining(start + Duration::from_secs(30)));
 

@@ -275,9 +275,11 @@ impl Maintenance for MaintenanceService {
 /// one must not hold the answer past a client's timeout).
 async fn move_leaderships(node: NodeHandle, target: NodeId) -> Result<(), Status> {
     let in_ranges = node.data_ranges().len() > 1;
-    if in_ranges {
-        node.drain_leaderships();
-    }
+    let drain = if in_ranges {
+        node.drain_leaderships()
+    } else {
+        0
+    };
     let moved = match node.move_leader(DEFAULT_GROUP, target).await {
         Ok(()) => Ok(()),
         Err(NodeError::Timeout) => Err(Status::unavailable(
@@ -293,7 +295,7 @@ async fn move_leaderships(node: NodeHandle, target: NodeId) -> Result<(), Status
     }
     if in_ranges {
         tokio::spawn(async move {
-            let failed = node.move_every_leadership(target).await;
+            let failed = node.move_every_leadership(target, drain).await;
             if failed > 0 {
                 tracing::warn!(
                     failed,
