@@ -65,6 +65,10 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut revoking: Option<tokio::task::JoinHandle<()>> = None;
+    // One write of checkpoints at a time, so that they apply in the order they were
+    // taken: a clear that overtook the checkpoint it clears left that record in place
+    // after the renewal (found by review).
+    let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         sweep.tick().await;
         let Ok(status) = handle.status(group) else {
@@ -105,8 +109,14 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         let Some(term) = leading.filter(|term| lessor.keeps_term(*term)) else {
             continue;
         };
-        // The leases whose checkpoint is due (not kept alive for half of what they had
-        // left, or an interval), and a cleared one not in the same write.
+        if checkpointing
+            .as_ref()
+            .is_some_and(|write| !write.is_finished())
+        {
+            continue;
+        }
+        // The leases whose checkpoint is due (`Lessor::checkpoint_gap`), and a cleared
+        // one not in the same write.
         let mut checkpoints = lessor.checkpoint_clears();
         let cleared: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.id).collect();
         checkpoints.extend(
@@ -117,15 +127,24 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         );
         if !checkpoints.is_empty() {
             let handle = handle.clone();
-            tokio::spawn(async move {
+            let lessor = lessor.clone();
+            checkpointing = Some(tokio::spawn(async move {
+                let clears: Vec<i64> = checkpoints
+                    .iter()
+                    .filter(|c| c.remaining_ttl == 0)
+                    .map(|c| c.id)
+                    .collect();
                 // What a deposed leader knows of deadlines is stale: it records none.
-                if !handle.confirm_leading(group, term).await {
-                    return;
+                let written = handle.confirm_leading(group, term).await && {
+                    let request = write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest {
+                        checkpoints,
+                    });
+                    handle.write(group, request).await.is_ok()
+                };
+                if !written {
+                    lessor.requeue_clears(term, &clears);
                 }
-                let request =
-                    write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
-                let _ = handle.write(group, request).await;
-            });
+            }));
         }
     }
 }

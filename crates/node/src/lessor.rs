@@ -46,8 +46,8 @@ pub struct Lessor {
     /// leader while it was being replaced had no leader to answer them.
     takeover_extension: Duration,
     /// The longest a lease goes without a keep-alive or a checkpoint of its remaining
-    /// TTL (etcd's checkpoint interval); sooner once half of what it had left has gone
-    /// (`LessorState::set_deadline`).
+    /// TTL (etcd's checkpoint interval), often sooner (`checkpoint_gap`); None: never
+    /// checkpointed.
     checkpoint_interval: Option<Duration>,
 }
 
@@ -77,33 +77,53 @@ struct LessorState {
 }
 
 impl LessorState {
-    /// Sets the lease's deadline, and schedules its next checkpoint once half of what
-    /// it has left has gone, or an interval on if that is sooner; none if that is under
-    /// `CHECKPOINT_GAP_MIN`. A lease kept alive (etcd's client renews at a third of the
-    /// TTL) is never checkpointed: it costs no write. One whose holder went away is
-    /// checkpointed at half its TTL, then at half of the rest, and so on, a few writes
-    /// in all: a new leader starts it from at most twice what it has left (etcd, whose
-    /// checkpoints are every 5 minutes for leases with more than that left, restarts a
-    /// shorter lease at its full TTL; a leader moving often kept such a lease alive).
-    fn set_deadline(
-        &mut self,
-        id: i64,
-        deadline: Instant,
-        now: Instant,
-        interval: Option<Duration>,
-    ) {
+    /// Sets the lease's deadline, and schedules its next checkpoint `gap` from `now`
+    /// (`Lessor::checkpoint_gap`), or none.
+    fn set_deadline(&mut self, id: i64, deadline: Instant, now: Instant, gap: Option<Duration>) {
         self.deadlines.insert(id, deadline);
-        let gap =
-            interval.map(|interval| (deadline.saturating_duration_since(now) / 2).min(interval));
-        if let Some(gap) = gap.filter(|gap| *gap >= CHECKPOINT_GAP_MIN) {
-            self.next_checkpoint.insert(id, now + gap);
-        } else {
-            self.next_checkpoint.remove(&id);
-        }
+        match gap {
+            Some(gap) => self.next_checkpoint.insert(id, now + gap),
+            None => self.next_checkpoint.remove(&id),
+        };
     }
 }
 
+/// Why a lease's deadline was set, which decides when it is checkpointed next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeadlineSet {
+    /// Its holder granted or renewed it.
+    ByHolder,
+    /// A new leadership took it over, or a checkpoint recorded it: nobody renewed it
+    /// since this member knows of.
+    Otherwise,
+}
+
 impl Lessor {
+    /// When a lease with `left` to live, whose deadline was just set (`why`), is next
+    /// checkpointed, if it is not renewed before: none with checkpoints off, or under a
+    /// second away.
+    ///
+    /// - Set by its holder: once half of `left` has gone, or after the interval if that
+    ///   is sooner. A lease kept alive (etcd's client renews at a third of its TTL) is
+    ///   never checkpointed: it costs no write.
+    /// - Otherwise: after a quarter of `left` or two election timeouts, whichever is
+    ///   longer (the interval at most). A lease whose holder went away is so recorded
+    ///   ever more often as its end nears, and a new leader starts it from at most a
+    ///   quarter more than it had and an election timeout; one whose first range's
+    ///   leadership moves every few seconds still runs out (with only the first rule, a
+    ///   leadership lasting less than half the lease's TTL wrote none, and every new
+    ///   leader restarted it at its full TTL). A kept-alive lease costs one checkpoint
+    ///   (and its clear) per leader change at most.
+    fn checkpoint_gap(&self, left: Duration, why: DeadlineSet) -> Option<Duration> {
+        let interval = self.checkpoint_interval?.max(CHECKPOINT_GAP_MIN);
+        let gap = match why {
+            DeadlineSet::ByHolder => left / 2,
+            DeadlineSet::Otherwise => (left / 4).max(self.takeover_extension * 2),
+        }
+        .min(interval);
+        (gap >= CHECKPOINT_GAP_MIN).then_some(gap)
+    }
+
     /// A lessor whose new leaderships extend every deadline by `takeover_extension`, and
     /// which checkpoints a lease not kept alive at least every `checkpoint_interval`
     /// (never if None: etcd's `--experimental-enable-lease-checkpoint=false`).
@@ -140,8 +160,9 @@ impl Lessor {
         if expired || state.revoking.contains_key(&id) {
             return None;
         }
-        let deadline = now + Duration::from_secs(record.ttl_secs as u64);
-        state.set_deadline(id, deadline, now, self.checkpoint_interval);
+        let left = Duration::from_secs(record.ttl_secs as u64);
+        let gap = self.checkpoint_gap(left, DeadlineSet::ByHolder);
+        state.set_deadline(id, now + left, now, gap);
         if state.checkpointed.remove(&id) || record.remaining_secs > 0 {
             state.to_clear.insert(id);
         }
@@ -159,8 +180,9 @@ impl Lessor {
         let mut state = self.state.lock().unwrap();
         state.revoking.remove(&id);
         if state.leading.is_some() {
-            let deadline = now + Duration::from_secs(ttl_secs.max(0) as u64);
-            state.set_deadline(id, deadline, now, self.checkpoint_interval);
+            let left = Duration::from_secs(ttl_secs.max(0) as u64);
+            let gap = self.checkpoint_gap(left, DeadlineSet::ByHolder);
+            state.set_deadline(id, now + left, now, gap);
         }
     }
 
@@ -246,8 +268,9 @@ impl Lessor {
             } else {
                 record.ttl_secs
             };
-            let deadline = now + Duration::from_secs(left as u64) + self.takeover_extension;
-            state.set_deadline(id, deadline, now, self.checkpoint_interval);
+            let left = Duration::from_secs(left as u64) + self.takeover_extension;
+            let gap = self.checkpoint_gap(left, DeadlineSet::Otherwise);
+            state.set_deadline(id, now + left, now, gap);
         }
     }
 
@@ -275,6 +298,15 @@ impl Lessor {
             state.revoking.insert(*id, now);
         }
         expired
+    }
+
+    /// A write of checkpoints by the leadership of `term` failed: the clears among them
+    /// (`ids`) are due again, or the record they clear would outlive the renewal.
+    pub(crate) fn requeue_clears(&self, term: Term, ids: &[i64]) {
+        let mut state = self.state.lock().unwrap();
+        if state.leading == Some(term) {
+            state.to_clear.extend(ids.iter().copied());
+        }
     }
 
     /// The checkpoints that clear the remaining TTL recorded for leases renewed since
@@ -327,7 +359,8 @@ impl Lessor {
                 id,
                 remaining_ttl: secs.clamp(1, record.ttl_secs.max(1)),
             });
-            state.set_deadline(id, deadline, now, self.checkpoint_interval);
+            let gap = self.checkpoint_gap(left, DeadlineSet::Otherwise);
+            state.set_deadline(id, deadline, now, gap);
             state.checkpointed.insert(id);
         }
         checkpoints
@@ -561,7 +594,7 @@ mod failover_tests {
     }
 
     #[test]
-    fn a_lease_not_kept_alive_is_checkpointed_as_half_of_what_it_had_left_goes() {
+    fn a_lease_not_kept_alive_is_checkpointed_ever_more_often_as_its_end_nears() {
         let (_dir, _keyspace, store) = store();
         for (index, id, ttl) in [(2, 5, 60), (3, 6, 600)] {
             write(
@@ -583,18 +616,16 @@ mod failover_tests {
             due.sort();
             due
         };
-        assert_eq!(due(at(299)), vec![], "not yet due");
-        // Half of 60 s gone; 29.9 s left rounds up to 30.
-        assert_eq!(due(at(301)), vec![(5, 30)]);
-        assert_eq!(due(at(440)), vec![], "once");
-        // Half of the rest; the 600 s lease at the interval (100 s), not at 300 s.
-        assert_eq!(due(at(451)), vec![(5, 15)]);
-        assert_eq!(due(at(530)), vec![(5, 7)]);
-        // A lease past its deadline is not checkpointed (its revoke is due).
-        assert_eq!(due(at(1001)), vec![(6, 500)]);
+        // Taken over, renewed by nobody yet: after a quarter of what it has left.
+        assert_eq!(due(at(149)), vec![], "not yet due");
+        assert_eq!(due(at(151)), vec![(5, 45)], "44.9 s left rounds up");
+        assert_eq!(due(at(260)), vec![], "once");
+        // A quarter of the rest (11.2 s) on; the 600 s lease at the interval (100 s).
+        assert_eq!(due(at(264)), vec![(5, 34)]);
+        assert_eq!(due(at(1001)), vec![(6, 500)], "past its deadline, none");
         assert_eq!(due(at(1200)), vec![]);
-        // A keep-alive starts the schedule again from the renewal, and the checkpoint
-        // written is cleared, applied or not.
+        // Renewed by its holder: after half its TTL, or the interval if sooner; the
+        // checkpoint written is cleared, applied or not.
         assert!(lessor.renew(&store, Term(2), 6).is_some());
         assert_eq!(
             lessor.checkpoint_clears(),
@@ -609,5 +640,9 @@ mod failover_tests {
             due(renewed + Duration::from_millis(100_500)),
             vec![(6, 500)]
         );
+        // Checkpoints off: none.
+        let off = Lessor::new(Duration::ZERO, None);
+        off.take_over(&store, Term(2), t0);
+        assert!(off.checkpoints(&store, at(590)).is_empty());
     }
 }

@@ -74,7 +74,10 @@ impl NodeLoads {
     /// hands away (before, its moves would race the operator's, and send the first
     /// range elsewhere than the target asked for).
     pub fn end_drain_passes(&self, generation: u64) {
-        self.drain_passes_done.store(generation, Ordering::Relaxed);
+        // The latest drain whose passes ended: an earlier drain's passes ending later
+        // must not hide the current one's.
+        self.drain_passes_done
+            .fetch_max(generation, Ordering::Relaxed);
     }
 
     /// Whether this node drains at `now` and the MoveLeader passes of that drain are
