@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ostrakon_proto::etcdserverpb::{LeaseCheckpointRequest, LeaseRevokeRequest};
 use ostrakon_proto::peer::write_request;
 use ostrakon_raft::{GroupId, Term};
-use ostrakon_storage::mvcc::MvccStore;
+use ostrakon_storage::mvcc::{MvccStore, WriteOutcome};
 
 use crate::handle::NodeHandle;
 use crate::lessor::Lessor;
@@ -23,7 +23,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 async fn revoke_expired(handle: NodeHandle, group: GroupId, term: Term, id: i64) {
     let revoke = write_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
     match handle.revoke_while_leading(revoke, group, term).await {
-        Ok(ostrakon_storage::mvcc::WriteOutcome::Error(error)) => {
+        Ok(WriteOutcome::Error(error)) => {
             tracing::debug!(
                 lease = id,
                 ?error,
@@ -139,7 +139,15 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
                     let request = write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest {
                         checkpoints,
                     });
-                    handle.write(group, request).await.is_ok()
+                    // Proposed here only, never forwarded nor retried elsewhere: a
+                    // deposed leader's checkpoint landing after its successor renewed
+                    // the lease would record less than the holder was promised (found
+                    // by review). An entry of this term that commits is applied before
+                    // a successor takes the deadlines over.
+                    matches!(
+                        handle.write_local(group, request, 0).await,
+                        Ok(outcome) if !matches!(outcome, WriteOutcome::Error(_))
+                    )
                 };
                 if !written {
                     lessor.requeue_clears(term, &clears);

@@ -104,8 +104,9 @@ impl Lessor {
     /// second away.
     ///
     /// - Set by its holder: once half of `left` has gone, or after the interval if that
-    ///   is sooner. A lease kept alive (etcd's client renews at a third of its TTL) is
-    ///   never checkpointed: it costs no write.
+    ///   is sooner. A lease kept alive (etcd's client renews at a third of its TTL) with
+    ///   a TTL under three intervals (15 minutes) is never checkpointed: it costs no
+    ///   write. A longer one is, once an interval, as in etcd.
     /// - Otherwise: after a quarter of `left` or two election timeouts, whichever is
     ///   longer (the interval at most). A lease whose holder went away is so recorded
     ///   ever more often as its end nears, and a new leader starts it from at most a
