@@ -112,7 +112,7 @@ impl Replica {
             prepare_proposed: (Term(0), LogIndex(0)),
             traced: BTreeMap::new(),
             reads: HashMap::new(),
-            next_read_id: 1,
+            next_read_id: first_read_id(),
             incoming_snapshots: HashMap::new(),
             status,
             applied_tx,
@@ -702,4 +702,15 @@ fn unlocked_txn(write: &WriteRequest) -> Option<ostrakon_ranges::txn::TxnId> {
         _ => None,
     }?;
     Some(ostrakon_storage::mvcc::txn_tables::txn_id_of(record))
+}
+
+/// Where this run's read ids start: far from an earlier run's (the clock's nanoseconds
+/// and the process id), so that an answer to a read index a previous run of this
+/// member forwarded cannot be taken for a read of this run (raft also takes an index
+/// only from its leader in its term).
+fn first_read_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    ((nanos ^ (u64::from(std::process::id()) << 40)) >> 2).max(1)
 }

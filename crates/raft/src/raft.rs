@@ -483,9 +483,15 @@ impl Raft {
             self.wake();
         }
         if let MessageBody::ReadIndexResponse { request_id, index } = m.body {
-            // Keyed by request id and meaningful in any term: a refusal sent just before
-            // the leader's term ended must still reach the waiting read.
-            self.handle_read_index_response(request_id, index);
+            // A refusal is meaningful in any term: one sent just before the leader's term
+            // ended must still reach the waiting read. An index only from this node's
+            // leader in its term (forwarded reads are failed when either changes): an
+            // answer to a message this node sent before it restarted, under an id it
+            // reuses now, was confirmed by its word of that time, not this read's (found
+            // by review).
+            if index.is_none() || (m.term == self.term && m.from == self.leader) {
+                self.handle_read_index_response(request_id, index);
+            }
             return;
         }
         if let (MessageBody::ReadIndex { request_id }, true) = (&m.body, m.term < self.term) {
@@ -670,7 +676,9 @@ impl Raft {
                 read_round,
                 sent_tick,
             } => self.handle_heartbeat_response(m.from, read_round, sent_tick),
-            MessageBody::ReadIndex { request_id } => self.handle_read_index(m.from, request_id),
+            MessageBody::ReadIndex { request_id } => {
+                self.handle_forwarded_read_index(m.from, request_id)
+            }
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::InstallSnapshot { .. } => {

@@ -81,6 +81,32 @@ impl Raft {
         Ok(true)
     }
 
+    /// A read index `from` forwarded, in a message of this term. The message is its
+    /// word, given after the read began, that its term was this one then: it had voted
+    /// for no later leader. Where this leader and `from` are a quorum (three voters),
+    /// that word stands for the heartbeat round, as in `read_index_confirmed_by`: the
+    /// read is answered at once at the commit index, and the follower's batch of reads
+    /// costs no round of its own. Otherwise, or before an entry of this term is
+    /// committed, the read waits for a round as the leader's own do.
+    pub(crate) fn handle_forwarded_read_index(&mut self, from: NodeId, request_id: u64) {
+        let me = self.config.id;
+        let confirms = self.role == Role::Leader
+            && from != me
+            && self.committed_in_current_term()
+            && vote_result(&self.conf, |id| (id == me || id == from).then_some(true))
+                == VoteResult::Won;
+        if !confirms {
+            self.handle_read_index(from, request_id);
+            return;
+        }
+        let read = PendingRead {
+            from,
+            request_id,
+            index: self.log.committed(),
+        };
+        self.answer_read(read, Some(read.index));
+    }
+
     fn committed_in_current_term(&self) -> bool {
         self.log.term(self.log.committed()) == Some(self.term)
     }

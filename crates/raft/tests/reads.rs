@@ -349,3 +349,81 @@ fn a_word_waits_for_the_new_leaders_first_commit() {
     assert_eq!(state.request_id, 8);
     assert!(state.index.unwrap() >= own_entry);
 }
+
+/// A read a voter forwards is answered at once where the leader and that voter are a
+/// quorum (its message, of the leader's term and sent after the read began, is its word):
+/// no heartbeat round. With five voters the two are not a quorum, and a round confirms it.
+#[test]
+fn a_read_forwarded_by_a_voter_of_a_quorum_pair_takes_no_heartbeat_round() {
+    for (voters, round_expected) in [(3, false), (5, true)] {
+        let mut cluster = Cluster::new(voters);
+        cluster.elect(id(1));
+        let written = cluster.propose(id(1), "a").unwrap();
+        cluster.stabilize();
+        cluster.delivered.clear();
+        cluster.node_mut(id(2)).read_index(9).unwrap();
+        cluster.stabilize();
+        assert_eq!(
+            cluster.read_states[&id(2)],
+            vec![ReadState {
+                request_id: 9,
+                index: Some(written.index)
+            }],
+            "{voters} voters"
+        );
+        let round = cluster
+            .delivered
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Heartbeat { read_round, .. } if read_round > 0));
+        assert_eq!(round, round_expected, "{voters} voters: a read round sent");
+    }
+}
+
+/// A follower takes a forwarded read's index only from its leader in its term: an
+/// answer to a message it sent before a restart, under a read id it reuses now, was
+/// confirmed by its word of that time (a leader now answers forwarded reads on that
+/// word), not the new read's. A refusal counts from anyone.
+#[test]
+fn a_forwarded_reads_index_counts_only_from_the_leader_in_its_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(id(1));
+    cluster.propose(id(1), "a").unwrap();
+    cluster.stabilize();
+    let term = cluster.node(id(2)).term();
+    cluster.isolate(id(2));
+    cluster.node_mut(id(2)).read_index(5).unwrap();
+    let group = GroupId(1);
+    let answer = |from: NodeId, term: Term, index: Option<LogIndex>| Message {
+        group,
+        from,
+        to: id(2),
+        term,
+        body: MessageBody::ReadIndexResponse {
+            request_id: 5,
+            index,
+        },
+    };
+    for stale in [
+        answer(id(1), Term(term.0 - 1), Some(LogIndex(1))),
+        answer(id(3), term, Some(LogIndex(1))),
+    ] {
+        cluster.node_mut(id(2)).step(stale);
+    }
+    cluster.stabilize();
+    assert!(
+        cluster.read_states.get(&id(2)).is_none_or(|s| s.is_empty()),
+        "an index from another member or term was taken"
+    );
+    cluster
+        .node_mut(id(2))
+        .step(answer(id(3), Term(term.0 - 1), None));
+    cluster.stabilize();
+    assert_eq!(
+        cluster.read_states[&id(2)],
+        vec![ReadState {
+            request_id: 5,
+            index: None
+        }],
+        "a refusal counts from anyone"
+    );
+}

@@ -365,6 +365,10 @@ impl Scenario {
                 self.data_range_count = self.data_range_count.max(3);
                 self.faults.partition_probability = 0.5;
                 self.faults.nemesis_interval_us = 200_000;
+                // Quick clients: a forwarded read confirmed on its member's word ends
+                // sooner than after a heartbeat round, so a client's next step comes
+                // sooner too, and rarer interleavings need more of them.
+                self.client_think_us_max = 2_000;
             }
         }
     }
