@@ -18,6 +18,8 @@
 #   SPLITS_B="b0005" bash scripts/bench-builds-side-by-side.sh target/release/ostrakon target/release/ostrakon
 # FLAGS_A and FLAGS_B go to every member of A's and B's cluster (FLAGS_A="--range-split-qps 0"
 # keeps A's keyspace whole: no split by load).
+# With WORKLOADS (names, space-separated: put get get-serializable txn range), only those
+# run: WORKLOADS="get" SPLITS_A="b0005" SPLITS_B="b0005" bash scripts/bench-builds-side-by-side.sh OLD NEW
 # With MEMBER_CPU (a fraction of one core, e.g. 0.5; root), every member is capped at
 # that much CPU in a cgroup of its own, as on a machine of its own (`cap_cpu`).
 set -euo pipefail
@@ -86,6 +88,7 @@ for round in $(seq 1 "$rounds"); do
   for run in "${runs[@]}"; do
     # shellcheck disable=SC2086 # a run is its words
     set -- $run
+    if [ -n "${WORKLOADS:-}" ] && ! [[ " $WORKLOADS " == *" $1 "* ]]; then continue; fi
     # Which build goes first alternates from run to run and from round to round: the
     # one that follows the other's heavier workload runs slower (a lone client's put
     # after a 64-client range ran about 1.25x slower on whichever build came first),

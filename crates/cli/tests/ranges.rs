@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ranges::{ranges, split_in_three, wait_for_spans};
-use common::{status_of, TestCluster};
+use common::{metrics, status_of, TestCluster};
 use etcd_client::{GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions};
 
 /// A key's value as member `i` serves it without asking the leader (serializable),
@@ -859,6 +859,67 @@ async fn watchers_added_to_a_stream_across_ranges_miss_nothing() {
         .position(|event| event == first)
         .expect("its first event was acknowledged");
     assert_same_events(&from_now, &acked[at..], "the watcher from now");
+}
+
+/// A read across ranges takes its revision from the oracle, then a read barrier on the
+/// leader of each range this member does not lead, which carries the member's word of
+/// its range term: with three voters the leader takes it for the heartbeat round
+/// (docs/PERFORMANCE.md, "A forwarded read confirms its leader"). Every read still sees
+/// the writes acknowledged before it, in both ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_a_follower_sends_its_leader_are_confirmed_on_its_word() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    common::ranges::split_at_m(&cluster).await;
+    let mut writer = cluster.client(0).await;
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        readers.push(cluster.client(i).await);
+    }
+    const ROUNDS: usize = 40;
+    for round in 0..ROUNDS {
+        let value = round.to_string();
+        let mut revisions = Vec::new();
+        for key in ["c", "x"] {
+            let put = writer.put(key, value.as_str(), None).await.unwrap();
+            revisions.push(put.header().unwrap().revision());
+        }
+        for (i, reader) in readers.iter_mut().enumerate() {
+            // "c" and "x", one in each range.
+            let across = GetOptions::new().with_range("y");
+            let read = reader.get("a", Some(across)).await.unwrap();
+            let seen: Vec<(&str, &str, i64)> = read
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key_str().unwrap(),
+                        kv.value_str().unwrap(),
+                        kv.mod_revision(),
+                    )
+                })
+                .collect();
+            let expected = vec![
+                ("c", value.as_str(), revisions[0]),
+                ("x", value.as_str(), revisions[1]),
+            ];
+            assert_eq!(
+                seen, expected,
+                "round {round}: member {i} missed a write before"
+            );
+        }
+    }
+    // Each range has two followers, and each read across needs a barrier of each range
+    // (its revision is newer than any write): up to 4 per round taken on a word.
+    let confirmed: f64 = (0..3)
+        .map(|i| metrics(cluster.members[i].client_port)["ostrakon_reads_confirmed_by_word_total"])
+        .sum();
+    eprintln!("{confirmed} followers' barriers confirmed on their word");
+    assert!(
+        confirmed >= (2 * ROUNDS) as f64,
+        "followers' barriers confirmed on their word: {confirmed} of at most {}",
+        4 * ROUNDS
+    );
 }
 
 /// Kubernetes' consistent reads from its watch cache: read the current revision R

@@ -631,6 +631,7 @@ impl EventLoop {
             lessor: replica.lessor.clone(),
             events,
             requests: Default::default(),
+            term_word: replica.term_word.clone(),
         };
         self.groups.write().unwrap().insert(group, Arc::new(shared));
         // Once listed: a store opened frozen tells the directory at once, and a look at
@@ -891,11 +892,15 @@ impl EventLoop {
     /// revision at or below the read's is in the leader's log, so the read waits for the
     /// leader's last entry and for a read index (the leader is still the leader).
     fn read_barrier(&mut self, barrier: crate::revisions::WaitingBarrier) {
-        let crate::revisions::WaitingBarrier { group, respond } = barrier;
+        let crate::revisions::WaitingBarrier {
+            group,
+            respond,
+            word,
+        } = barrier;
         match self.replicas.get_mut(&group) {
             Some(replica) if replica.node.role() == Role::Leader => {
                 let last = replica.node.last_index();
-                replica.read_index_at_least(last, respond);
+                replica.read_index_at_least(last, respond, word);
                 self.dirty.insert(group);
             }
             Some(replica) => drop(respond.send(Err(NodeError::NotLeader(replica.node.leader())))),
@@ -916,7 +921,9 @@ impl EventLoop {
             Some(replica) if replica.node.role() == Role::Leader && replica.node.term() == term => {
                 let last = replica.node.last_index();
                 let waiter = crate::input::ReadWaiter::Fresh { respond, revision };
-                replica.read_index_at_least(last, waiter);
+                // No member's word: the read index must follow this fetch
+                // (`NodeHandle::fresh_read_point`).
+                replica.read_index_at_least(last, waiter, None);
                 self.dirty.insert(group);
             }
             Some(replica) if replica.node.role() == Role::Leader => {
@@ -944,10 +951,6 @@ impl EventLoop {
     }
 
     fn run(mut self) {
-        if let Some(meta) = self.replicas.get(&META_GROUP) {
-            // The recovered term: a vote sent in an earlier life was persisted first.
-            self.handle.note_meta_term(meta.node.term());
-        }
         let tick = self.config.tick_interval;
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -1167,8 +1170,16 @@ impl EventLoop {
                 }
                 None => drop(respond.send(Err(NodeError::UnknownGroup))),
             },
-            Input::ReadBarrier { group, respond } => {
-                let barrier = crate::revisions::WaitingBarrier { group, respond };
+            Input::ReadBarrier {
+                group,
+                respond,
+                word,
+            } => {
+                let barrier = crate::revisions::WaitingBarrier {
+                    group,
+                    respond,
+                    word,
+                };
                 if let Some(barrier) = self.revisions.barrier(barrier) {
                     self.read_barrier(barrier);
                 }
@@ -1530,11 +1541,10 @@ impl EventLoop {
                 continue;
             }
             let mut ready = replica.node.ready();
-            if group == META_GROUP {
-                // Before any message of this Ready leaves: the word this member gives
-                // with its oracle asks must never be of a term older than a vote it sent.
-                self.handle.note_meta_term(replica.node.term());
-            }
+            // Before any message of this Ready leaves: the word this member gives with
+            // its oracle asks and forwarded reads must never be of a term older than a
+            // vote it sent.
+            replica.term_word.raise(replica.node.term());
             if let Some(soft) = ready.soft_state {
                 tracing::info!(group = group.0, term = soft.term.0, leader = soft.leader.0, role = ?soft.role, "raft state changed");
                 self.leader_spread.unsettle();
@@ -1554,9 +1564,7 @@ impl EventLoop {
                     won.insert(group);
                 }
             }
-            if group == META_GROUP {
-                self.handle.assert_word_covers(&ready.messages);
-            }
+            replica.term_word.assert_covers(group, &ready.messages);
             let full = self.transport.send(std::mem::take(&mut ready.messages));
             if let Some(meta) = &ready.snapshot {
                 install_snapshot(&self.layout, &mut self.snapshot_files, replica, meta);
@@ -1620,9 +1628,9 @@ impl EventLoop {
         let mut split_offs = Vec::new();
         for (group, mut ready, mut full) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
-            if group == META_GROUP {
-                self.handle.assert_word_covers(&ready.persisted_messages);
-            }
+            replica
+                .term_word
+                .assert_covers(group, &ready.persisted_messages);
             full.extend(
                 self.transport
                     .send(std::mem::take(&mut ready.persisted_messages)),

@@ -31,6 +31,8 @@ pub struct GroupShared {
     pub events: Arc<crate::events::RevisionChannel>,
     /// The requests this member serves for the range.
     pub requests: crate::request_rate::RequestRate,
+    /// The term this member gives its word of with requests to the range's leader.
+    pub term_word: Arc<crate::member_word::TermWord>,
 }
 
 /// Every group hosted here, shared by the handle and the event loop (which adds the
@@ -39,10 +41,6 @@ pub type SharedGroups = Arc<RwLock<HashMap<GroupId, Arc<GroupShared>>>>;
 
 struct Inner {
     id: NodeId,
-    /// The meta range's term on this member, raised by the event loop before any
-    /// message of a new term leaves it: the word this member gives with its oracle
-    /// asks (`crate::timestamps::AskerWord`). 0 until the event loop runs.
-    meta_term: AtomicU64,
     cluster_id: u64,
     inputs: InputSender,
     groups: SharedGroups,
@@ -218,7 +216,6 @@ impl NodeHandle {
                     config.request_timeout,
                 )),
                 txn_forgets: Default::default(),
-                meta_term: AtomicU64::new(0),
             }),
         }
     }
@@ -1210,7 +1207,7 @@ impl NodeHandle {
                 Err(NodeError::NoLeader)
             } else {
                 // Read at each attempt, after what the timestamps are for began.
-                let word = self.meta_term_word();
+                let word = self.term_word(crate::META_GROUP);
                 let remote = self.inner.transport.timestamps(status.leader, count, word);
                 tokio::time::timeout_at(deadline, remote)
                     .await
@@ -1248,7 +1245,7 @@ impl NodeHandle {
     pub async fn timestamps_local(
         &self,
         count: u64,
-        word: Option<crate::timestamps::AskerWord>,
+        word: Option<crate::member_word::MemberWord>,
     ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
         let (respond, response) = oneshot::channel();
         let respond = crate::timestamps::TimestampResponder::Local(respond);
@@ -1404,39 +1401,11 @@ impl NodeHandle {
         result
     }
 
-    /// Raises the meta term this member gives its word of (the event loop, before the
-    /// meta range's messages of that term leave).
-    pub(crate) fn note_meta_term(&self, term: ostrakon_raft::Term) {
-        self.inner.meta_term.fetch_max(term.0, Ordering::SeqCst);
-    }
-
-    /// This member's word for an oracle ask made now (after what it is for began), as
-    /// a term on the wire: 0 for none.
-    fn meta_term_word(&self) -> u64 {
-        self.inner.meta_term.load(Ordering::SeqCst)
-    }
-
-    /// Crashes if a message of the meta range is about to leave with a term above the
-    /// word this member gives: its asks' words would then vouch for a term it already
-    /// left, and the oracle could serve a deposed leader's timestamps.
-    pub(crate) fn assert_word_covers(&self, messages: &[ostrakon_raft::Message]) {
-        let word = self.meta_term_word();
-        // Pre-votes carry the term they would campaign in without entering it, and
-        // vote for no one.
-        let counted = messages.iter().filter(|message| {
-            !matches!(
-                message.body,
-                ostrakon_raft::MessageBody::RequestVote { pre_vote: true, .. }
-                    | ostrakon_raft::MessageBody::VoteResponse { pre_vote: true, .. }
-            )
-        });
-        for message in counted {
-            assert!(
-                message.term.0 <= word,
-                "a meta range message of term {} leaves before the word is raised from {word}",
-                message.term.0
-            );
-        }
+    /// This member's word for an ask of group's leader made now (after what it is for
+    /// began), as a term on the wire: 0 for none (`crate::member_word`).
+    fn term_word(&self, group: GroupId) -> u64 {
+        self.group(group)
+            .map_or(0, |shared| shared.term_word.word())
     }
 
     /// The range's leader as the event loop last published it, if another member.
@@ -1634,9 +1603,11 @@ impl NodeHandle {
         let barrier = move || {
             let node = node.clone();
             async move {
-                match node.read_barrier_local(group).await {
+                match node.read_barrier_local(group, None).await {
                     Err(NodeError::NotLeader(leader)) if leader != NodeId::NONE => {
-                        node.inner.transport.read_barrier(leader, group).await
+                        // Read after every read this barrier is for began.
+                        let word = node.term_word(group);
+                        node.inner.transport.read_barrier(leader, group, word).await
                     }
                     Err(NodeError::NotLeader(_)) => Err(NodeError::NoLeader),
                     other => other,
@@ -1663,7 +1634,12 @@ impl NodeHandle {
     /// R that will ever apply: a linearizable read of the range's current state reads
     /// there. R comes from the range leader's next oracle fetch, which its writes share
     /// (one request to the leader instead of one to the oracle and a barrier), and the
-    /// reads of the range on this member share their requests (`coalesce`).
+    /// reads of the range on this member share their requests (`coalesce`). The
+    /// request carries no word of this member's range term: the word would be read
+    /// before the leader's fetch, and a leader elected in between, unknown to the old
+    /// one, could commit a write below R the old one never had (docs/PERFORMANCE.md, "A
+    /// forwarded read confirms its leader"; taking R from the oracle first and then a
+    /// barrier with the word was measured no faster).
     pub async fn fresh_read_point(
         &self,
         group: GroupId,
@@ -1699,7 +1675,8 @@ impl NodeHandle {
     }
 
     /// A fresh read point from this node's replica of `group`: R and the index to wait
-    /// for, or `NotLeader` unless it leads the range.
+    /// for, or `NotLeader` unless it leads the range. It takes no member's word: R
+    /// comes from a fetch after the request arrived (`fresh_read_point`).
     pub async fn fresh_read_point_local(
         &self,
         group: GroupId,
@@ -1714,11 +1691,20 @@ impl NodeHandle {
     }
 
     /// A read barrier on this node's replica of `group`: the index to wait for, or
-    /// `NotLeader` unless it leads the range.
-    pub async fn read_barrier_local(&self, group: GroupId) -> Result<LogIndex, NodeError> {
+    /// `NotLeader` unless it leads the range. `word`: the asking member's, if another
+    /// member asked.
+    pub async fn read_barrier_local(
+        &self,
+        group: GroupId,
+        word: Option<crate::member_word::MemberWord>,
+    ) -> Result<LogIndex, NodeError> {
         self.group(group)?;
         let (respond, response) = oneshot::channel();
-        self.send(Input::ReadBarrier { group, respond })?;
+        self.send(Input::ReadBarrier {
+            group,
+            respond,
+            word,
+        })?;
         match tokio::time::timeout(self.inner.request_timeout, response).await {
             Ok(answer) => answer.map_err(|_| NodeError::Stopped)?,
             Err(_) => Err(NodeError::Timeout),

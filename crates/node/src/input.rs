@@ -106,6 +106,8 @@ pub enum Input {
         group: GroupId,
         /// Answered with the index to wait for.
         respond: ReadResponder,
+        /// The word of the member that sent it, if another (`crate::member_word`).
+        word: Option<crate::member_word::MemberWord>,
     },
     /// A linearizable read of a range that takes its revisions from the oracle, on the
     /// range's leader: answered with a revision R from a fetch started after it arrived
@@ -210,7 +212,7 @@ pub enum Input {
         /// Answered with the timestamps, or why not.
         respond: crate::timestamps::TimestampResponder,
         /// The asking member's word of its meta term, if another member asked.
-        word: Option<crate::timestamps::AskerWord>,
+        word: Option<crate::member_word::MemberWord>,
     },
     /// The oracle's answer to a fetch of revisions for waiting writes
     /// (`revisions::RevisionFetcher`).

@@ -35,6 +35,7 @@ pub mod liveness;
 pub mod load_split;
 pub mod local_directory;
 mod log_budget;
+pub mod member_word;
 pub(crate) mod merge;
 mod merge_coordinator;
 mod merge_queue;

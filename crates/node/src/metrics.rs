@@ -337,8 +337,11 @@ pub struct Metrics {
     /// Timestamp asks this member sent on a peer stream and got a grant for.
     pub oracle_asks_granted: Counter,
     /// Other members' timestamp asks the oracle on this member served on the asker's
-    /// word, with no heartbeat round (`crate::timestamps::AskerWord`).
+    /// word, with no heartbeat round (`crate::member_word::MemberWord`).
     pub oracle_asks_confirmed_by_word: Counter,
+    /// Read barriers other members sent this member as their range's leader, confirmed
+    /// on the sender's word of its range term, with no heartbeat round.
+    pub reads_confirmed_by_word: Counter,
     /// Peer nodes this node reported down (silent for an election timeout).
     pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
@@ -404,6 +407,7 @@ impl Metrics {
             oracle_requests: Counter::default(),
             oracle_asks_unanswered: Counter::default(),
             oracle_asks_confirmed_by_word: Counter::default(),
+            reads_confirmed_by_word: Counter::default(),
             oracle_asks_granted: Counter::default(),
             nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
@@ -659,6 +663,12 @@ impl Metrics {
             "counter",
             "Other members' timestamp asks the oracle on this member served on the asker's word of its meta term, with no heartbeat round.",
             self.oracle_asks_confirmed_by_word.get().to_string(),
+        );
+        scalar(
+            "ostrakon_reads_confirmed_by_word_total",
+            "counter",
+            "Read barriers other members sent this member as their range's leader, confirmed on the sender's word of its range term, with no heartbeat round.",
+            self.reads_confirmed_by_word.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_asks_unanswered_total",

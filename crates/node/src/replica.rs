@@ -31,6 +31,9 @@ const PENDING_READS_MAX: usize = 65_536;
 
 pub struct Replica {
     pub group: GroupId,
+    /// The term this member gives its word of with requests to the group's leader,
+    /// raised by the event loop before any message of a new term leaves.
+    pub term_word: Arc<crate::member_word::TermWord>,
     pub node: RawNode,
     pub store: Arc<MvccStore>,
     /// The group's lease deadlines (kept while this member leads).
@@ -102,8 +105,10 @@ impl Replica {
     ) -> Replica {
         let snapshot_index = node.snapshot_meta().index;
         let span_changed_at = store.applied_index();
+        let term_word = Arc::new(crate::member_word::TermWord::new(node.term()));
         Replica {
             group,
+            term_word,
             node,
             store,
             lessor,
@@ -143,7 +148,7 @@ impl Replica {
         &mut self,
         count: u64,
         respond: crate::timestamps::TimestampResponder,
-        word: Option<crate::timestamps::AskerWord>,
+        word: Option<crate::member_word::MemberWord>,
     ) {
         match &mut self.timestamps {
             Some(service) => service.request(&mut self.node, count, respond, word),
@@ -353,11 +358,18 @@ impl Replica {
 
     /// Asks raft for a linearizable read point.
     pub fn read_index(&mut self, respond: ReadResponder) {
-        self.read_index_at_least(LogIndex(0), respond);
+        self.read_index_at_least(LogIndex(0), respond, None);
     }
 
-    /// Asks raft for a linearizable read point, answering at least `lowest`.
-    pub fn read_index_at_least(&mut self, lowest: LogIndex, respond: impl Into<ReadWaiter>) {
+    /// Asks raft for a linearizable read point, answering at least `lowest`. With the
+    /// word of the member the read came from (`crate::member_word`), where that word
+    /// stands for a heartbeat round, raft answers in this round's Ready.
+    pub fn read_index_at_least(
+        &mut self,
+        lowest: LogIndex,
+        respond: impl Into<ReadWaiter>,
+        word: Option<crate::member_word::MemberWord>,
+    ) {
         let respond = respond.into();
         if self.reads.len() >= PENDING_READS_MAX {
             respond.answer(Err(NodeError::Overloaded));
@@ -365,7 +377,18 @@ impl Replica {
         }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        match self.node.read_index(id) {
+        let asked = match word {
+            Some(word) => self
+                .node
+                .read_index_confirmed_by(id, word.member, word.term)
+                .map(|confirmed| {
+                    if confirmed {
+                        crate::metrics::metrics().reads_confirmed_by_word.inc();
+                    }
+                }),
+            None => self.node.read_index(id),
+        };
+        match asked {
             Ok(()) => {
                 self.reads.insert(id, (respond, lowest));
             }

@@ -50,6 +50,8 @@ pub struct WaitingBarrier {
     pub group: GroupId,
     /// Answered with the index to read at, once released.
     pub respond: ReadResponder,
+    /// The word of the member it came from, if another (`crate::member_word`).
+    pub word: Option<crate::member_word::MemberWord>,
 }
 
 /// A linearizable read of the range's current state, on its leader: it takes the last
@@ -313,6 +315,7 @@ mod tests {
                 WaitingBarrier {
                     group: GroupId(2),
                     respond,
+                    word: None,
                 },
                 answer,
             )

@@ -15,37 +15,13 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use ostrakon_proto::peer::{write_request::Request, OracleBound as OracleBoundWrite, WriteRequest};
-use ostrakon_raft::{LogIndex, NodeId, RawNode, ReadState, Role, Term};
+use ostrakon_raft::{LogIndex, NodeId, RawNode, ReadState, Role};
 use ostrakon_ranges::{Oracle, OracleBound, OracleConfig, Timestamp, TimestampRange};
 use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::error::NodeError;
-
-/// A member's word, given with its ask, that the meta range's term was `term` on it
-/// at a moment after what the timestamps are for began: its event loop publishes the
-/// term before any message of a new term leaves (`NodeHandle::note_meta_term`), so no
-/// vote of a later term had left it. The leader of that term, to whom that member and
-/// itself are a quorum, needs no heartbeat round for the ask
-/// (`ostrakon_raft::RawNode::read_index_confirmed_by`; docs/PERFORMANCE.md, "An ask
-/// confirms its oracle").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AskerWord {
-    /// The asking member.
-    pub member: NodeId,
-    /// Its meta range's term.
-    pub term: Term,
-}
-
-impl AskerWord {
-    /// The word carried on the wire as a term, 0 for none.
-    pub fn from_wire(member: NodeId, term: u64) -> Option<AskerWord> {
-        (term > 0).then_some(AskerWord {
-            member,
-            term: Term(term),
-        })
-    }
-}
+use crate::member_word::MemberWord;
 
 /// Where a timestamp request waits for its timestamps.
 pub enum TimestampResponder {
@@ -109,13 +85,13 @@ impl TimestampService {
     }
 
     /// A request for `count` timestamps (at least one) reached this member, with the
-    /// asking member's word of its meta term if it gave one (`AskerWord`).
+    /// asking member's word of its meta term if it gave one (`MemberWord`).
     pub fn request(
         &mut self,
         node: &mut RawNode,
         count: u64,
         respond: TimestampResponder,
-        word: Option<AskerWord>,
+        word: Option<MemberWord>,
     ) {
         assert!(count > 0, "a request for no timestamps");
         if node.role() != Role::Leader {

@@ -101,6 +101,11 @@ pub enum Request {
         key: u64,
         /// The revision read at.
         revision: u64,
+        /// Set when a follower sends the read on to its range's leader, as the node's
+        /// read barrier (its word of its range term, read after the revision was handed
+        /// out: `ostrakon_raft::RawNode::read_index_confirmed_by`); clients' reads carry
+        /// none.
+        word: Option<AskWord>,
     },
     /// A watcher's round in one range, at its leader: the range's history from `from`
     /// on, once the leader raised its floor to `revision` and applied what it had.
@@ -185,15 +190,16 @@ pub enum Input {
     CommitKnown(LogIndex, Term),
 }
 
-/// A member's word with its oracle ask (as the node's `AskerWord`), and what the
-/// checker knows of the moment it was given.
+/// A member's word with its oracle ask or forwarded read (as the node's `MemberWord`),
+/// and what the checker knows of the moment it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AskWord {
     /// The asking member.
     pub member: NodeId,
-    /// Its meta term, as its event loop last raised it (`Running::meta_word`).
+    /// Its term of the range, as its event loop last raised it (`Running::meta_word`,
+    /// `Replica::term_word`).
     pub term: ostrakon_raft::Term,
-    /// The meta range's highest commit anywhere when the word was given: the ask began
+    /// The range's highest commit anywhere when the word was given: the request began
     /// then, so its read index must not be below it (the stale-read check's floor).
     pub commit_floor: LogIndex,
 }
@@ -278,6 +284,8 @@ pub struct HeldRead {
     pub request_id: u64,
     /// The client waiting for it (with the revision and the watch round, if any).
     pub waiting: Waiting,
+    /// The word of the follower that sent it on, if one did.
+    pub word: Option<AskWord>,
 }
 
 /// A linearizable read of a register at its range's leader (the node's variant): it
@@ -301,6 +309,10 @@ pub type Revisions = ostrakon_ranges::read_wait::RevisionFetcher<FetchedWrite, H
 pub struct Replica {
     /// The raft group.
     pub raw: RawNode,
+    /// The term this replica gives its word of with the reads it sends on to its
+    /// range's leader: raised when a Ready is taken, before its messages leave (the
+    /// node's `TermWord`), from the recovered term at start.
+    pub term_word: Term,
     /// The state machine.
     pub kv: KvState,
     /// Index of the last entry applied to `kv`. Invariant: never decreases while up.
@@ -397,7 +409,7 @@ pub struct Running {
     pub last_oracle: Option<NodeId>,
     /// The meta range's term this node gives its word of with its oracle asks, raised
     /// as the node's event loop raises it: when a Ready of its meta replica is taken,
-    /// before the Ready's messages leave (`NodeHandle::note_meta_term`); from the
+    /// before the Ready's messages leave (the node's `TermWord::raise`); from the
     /// recovered term at start. Term 0: no word.
     pub meta_word: ostrakon_raft::Term,
 }

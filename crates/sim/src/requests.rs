@@ -56,6 +56,9 @@ impl Simulation {
             // A worded ask began when its word was given, before it arrived.
             Request::Timestamps {
                 word: Some(word), ..
+            }
+            | Request::ScanAt {
+                word: Some(word), ..
             } => word.commit_floor,
             _ => self.highest_commit(group),
         };
@@ -92,6 +95,18 @@ impl Simulation {
             }
         }
         let whole_range = self.scenario.txn_protocol == TxnProtocol::WholeRange;
+        // In the node's variant a follower sends half the reads at a revision it gets on
+        // to the leader it knows, with its word, as the node's read barrier does.
+        let send_on = whole_range
+            && matches!(request, Request::ScanAt { word: None, .. })
+            && self.replica(id, group).raw.role() != Role::Leader
+            && leader_hint.is_some()
+            && leader_hint != id
+            && self.rng.chance(0.5);
+        let scan_word = match &request {
+            Request::ScanAt { word, .. } => *word,
+            _ => None,
+        };
         let replica = self.replica(id, group);
         let watch_from = match &request {
             Request::WatchAt {
@@ -223,6 +238,34 @@ impl Simulation {
                     Err(_) => self.reply(waiting, Reply::Failed { leader_hint }),
                 }
             }
+            Request::ScanAt {
+                key,
+                revision,
+                word: None,
+            } if send_on => {
+                // The word is read now, after the client had the revision from the oracle.
+                let word = self.range_word(id, group);
+                self.forwarded_reads += 1;
+                trace!(
+                    self,
+                    "{id:?} {group:?} sends client {client}'s read at {revision} on to {leader_hint:?} with {word:?}"
+                );
+                let faults = &self.scenario.faults;
+                let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
+                let request = Request::ScanAt {
+                    key,
+                    revision,
+                    word,
+                };
+                let event = Event::Request {
+                    node: leader_hint,
+                    range: group,
+                    client,
+                    op,
+                    request,
+                };
+                self.events.push(self.now_us + latency, event);
+            }
             Request::ScanAt { revision, .. } | Request::WatchAt { revision, .. } => {
                 // Served by the leader only: its floor rises first, then it answers once
                 // it has applied every entry in its log now and its read index.
@@ -238,6 +281,7 @@ impl Simulation {
                         watch_from,
                         ..waiting
                     },
+                    word: scan_word,
                 };
                 if whole_range {
                     // No floor: the read waits for the node's fetch in flight instead.
@@ -264,6 +308,7 @@ impl Simulation {
             group,
             request_id,
             waiting,
+            word,
         } = read;
         let revision = waiting.scan_at.expect("a read at a revision");
         let client = waiting.client;
@@ -277,9 +322,18 @@ impl Simulation {
             wait_index: replica.raw.last_index(),
             ..waiting
         };
-        match replica.raw.read_index(request_id) {
-            Ok(()) => {
+        // A follower's word stands for the heartbeat round where it can, as in the
+        // node's `Replica::read_index_at_least`.
+        let asked = match word {
+            Some(word) => replica
+                .raw
+                .read_index_confirmed_by(request_id, word.member, word.term),
+            None => replica.raw.read_index(request_id).map(|()| false),
+        };
+        match asked {
+            Ok(confirmed) => {
                 replica.reads.insert(request_id, waiting);
+                self.reads_confirmed_by_word += u64::from(confirmed);
             }
             Err(_) => return self.reply(waiting, Reply::Failed { leader_hint }),
         }

@@ -73,6 +73,11 @@ pub struct SeedReport {
     pub asks_confirmed_by_word: u64,
     /// See `asks_confirmed_by_word`.
     pub words_of_other_terms: u64,
+    /// Register reads a follower sent on to its range's leader with its word, and those
+    /// the leader took the word for.
+    pub forwarded_reads: u64,
+    /// See `forwarded_reads`.
+    pub reads_confirmed_by_word: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way.
     pub prepares_behind_unlocks: u64,
@@ -172,6 +177,8 @@ pub fn run_seed_with(
         fetches_again: sim.fetches_again,
         asks_confirmed_by_word: sim.asks_confirmed_by_word,
         words_of_other_terms: sim.words_of_other_terms,
+        forwarded_reads: sim.forwarded_reads,
+        reads_confirmed_by_word: sim.reads_confirmed_by_word,
         prepares_behind_unlocks: sim.prepares_behind_unlocks,
         audits_checked: sim.audits_checked,
         guarded_transfers: sim.guarded_transfers,
@@ -234,6 +241,11 @@ pub struct Summary {
     pub asks_confirmed_by_word: u64,
     /// See `asks_confirmed_by_word`.
     pub words_of_other_terms: u64,
+    /// Register reads a follower sent on to its range's leader with its word, and those
+    /// the leader took the word for.
+    pub forwarded_reads: u64,
+    /// See `forwarded_reads`.
+    pub reads_confirmed_by_word: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way.
     pub prepares_behind_unlocks: u64,
@@ -350,6 +362,8 @@ pub fn run_seeds_with(
                 summary.fetches_again += report.fetches_again;
                 summary.asks_confirmed_by_word += report.asks_confirmed_by_word;
                 summary.words_of_other_terms += report.words_of_other_terms;
+                summary.forwarded_reads += report.forwarded_reads;
+                summary.reads_confirmed_by_word += report.reads_confirmed_by_word;
                 summary.prepares_behind_unlocks += report.prepares_behind_unlocks;
                 summary.audits_checked += report.audits_checked;
                 summary.guarded_transfers += report.guarded_transfers;

@@ -101,7 +101,11 @@ impl Simulation {
                 from: watch.next,
                 events_max: self.scenario.watch_events_max,
             },
-            None => Request::ScanAt { key, revision },
+            None => Request::ScanAt {
+                key,
+                revision,
+                word: None,
+            },
         };
         self.send_scan(index, group, request);
     }

@@ -93,6 +93,11 @@ pub struct Simulation {
     pub(crate) asks_confirmed_by_word: u64,
     /// See `asks_confirmed_by_word`.
     pub(crate) words_of_other_terms: u64,
+    /// Register reads a follower sent on to its range's leader with its word, and those
+    /// the leader took the word for (no heartbeat round).
+    pub(crate) forwarded_reads: u64,
+    /// See `forwarded_reads`.
+    pub(crate) reads_confirmed_by_word: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way (`Replica::unlocking`).
     pub(crate) prepares_behind_unlocks: u64,
@@ -278,6 +283,8 @@ impl Simulation {
             fetches_again: 0,
             asks_confirmed_by_word: 0,
             words_of_other_terms: 0,
+            forwarded_reads: 0,
+            reads_confirmed_by_word: 0,
             prepares_behind_unlocks: 0,
             writes_fetched: 0,
             barriers_held: 0,
@@ -557,6 +564,7 @@ impl Simulation {
         };
         let raw = RawNode::new(config, state, seed).expect("valid config");
         let replica = Replica {
+            term_word: raw.term(),
             raw,
             kv: disk.snapshot_data.clone(),
             applied: disk.snapshot.index,
@@ -1060,6 +1068,7 @@ impl Simulation {
             return;
         }
         let mut ready = replica.raw.ready();
+        replica.term_word = replica.term_word.max(replica.raw.term());
         if group == META {
             // Before any message of this Ready leaves, as the node's event loop does.
             let term = replica.raw.term();

@@ -161,6 +161,17 @@ impl Simulation {
         })
     }
 
+    /// `id`'s word for a read of `group` it sends on now (after the read began): the
+    /// term its replica last raised (`Replica::term_word`). None before it has one.
+    pub(crate) fn range_word(&mut self, id: NodeId, group: GroupId) -> Option<AskWord> {
+        let term = self.replica(id, group).term_word;
+        (term > Term(0)).then(|| AskWord {
+            member: id,
+            term,
+            commit_floor: self.highest_commit(group),
+        })
+    }
+
     // --- The timestamp clients ----------------------------------------------------------
 
     pub(crate) fn start_timestamp_request(&mut self, client: u64) {

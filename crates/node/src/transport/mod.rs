@@ -660,24 +660,28 @@ impl Transport {
     }
 
     /// A read barrier on the range's leader (`NodeHandle::read_barrier_local` there).
+    /// `word`: this member's term of the range, read after the reads it is for began
+    /// (`crate::member_word`; 0 for none).
     pub async fn read_barrier(
         &self,
         leader: NodeId,
         group: GroupId,
+        word: u64,
     ) -> Result<LogIndex, NodeError> {
-        self.read_point_at_leader(leader, group, false)
+        self.read_point_at_leader(leader, group, false, word)
             .await
             .map(|(index, _)| index)
     }
 
     /// Asks the leader of `group` for a fresh read point: a revision from its next
-    /// oracle fetch and the index to read at (`Input::FreshReadPoint`).
+    /// oracle fetch and the index to read at (`Input::FreshReadPoint`; no word goes
+    /// with it: `NodeHandle::fresh_read_point`).
     pub async fn fresh_read_point(
         &self,
         leader: NodeId,
         group: GroupId,
     ) -> Result<(LogIndex, u64), NodeError> {
-        self.read_point_at_leader(leader, group, true).await
+        self.read_point_at_leader(leader, group, true, 0).await
     }
 
     async fn read_point_at_leader(
@@ -685,6 +689,7 @@ impl Transport {
         leader: NodeId,
         group: GroupId,
         fresh: bool,
+        word: u64,
     ) -> Result<(LogIndex, u64), NodeError> {
         let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
@@ -695,6 +700,7 @@ impl Transport {
                 cluster_id: self.inner.cluster_id,
                 from: self.inner.me.0,
                 fresh,
+                asker_term: word,
             })
             .await
             .map_err(|_| NodeError::LeaderChanged)?

@@ -15,7 +15,7 @@ use super::codec::{encode_forward_response, encode_node_error, MEMBER_REMOVED, S
 use crate::handle::NodeHandle;
 use crate::input::{Input, InputSender, SnapshotVerdict};
 use crate::layout::Layout;
-use crate::timestamps::AskerWord;
+use crate::member_word::MemberWord;
 
 /// Snapshots received at once, every group and sender together. A snapshot stream
 /// holds a file and disk bandwidth; a leader refused here reports the snapshot
@@ -192,7 +192,7 @@ impl Peer for PeerService {
                     .send_async(Input::Timestamps {
                         count: ask.count,
                         respond,
-                        word: AskerWord::from_wire(from, ask.asker_term),
+                        word: MemberWord::from_wire(from, ask.asker_term),
                     })
                     .await
                     .map_err(|_| Status::unavailable("stopping"))?;
@@ -418,7 +418,7 @@ impl Peer for PeerService {
         if request.count == 0 || request.count > crate::handle::TIMESTAMPS_PER_REQUEST_MAX {
             return Err(Status::invalid_argument("timestamp count out of range"));
         }
-        let word = AskerWord::from_wire(NodeId(request.from), request.asker_term);
+        let word = MemberWord::from_wire(NodeId(request.from), request.asker_term);
         let response = match self.handle.timestamps_local(request.count, word).await {
             Ok(range) => pb::PeerTimestampsResponse {
                 first: range.first.0,
@@ -481,7 +481,8 @@ impl Peer for PeerService {
         let point = if request.fresh {
             self.handle.fresh_read_point_local(group).await
         } else {
-            let index = self.handle.read_barrier_local(group).await;
+            let word = MemberWord::from_wire(NodeId(request.from), request.asker_term);
+            let index = self.handle.read_barrier_local(group, word).await;
             index.map(|index| (index, 0))
         };
         let response = match point {

@@ -93,7 +93,7 @@ impl Drop for Pending<'_> {
 impl Transport {
     /// `count` timestamps from the meta range's leader `leader`: asked on the peer
     /// stream, or by a unary call if that goes unanswered. `asker_term`: this member's
-    /// word (`crate::timestamps::AskerWord`), 0 for none.
+    /// word (`crate::member_word::MemberWord`), 0 for none.
     pub async fn timestamps(
         &self,
         leader: NodeId,
