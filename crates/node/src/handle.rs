@@ -1583,10 +1583,12 @@ impl NodeHandle {
 
     /// Waits until this node's replica of `group` holds every write of it whose revision
     /// is at or below `revision` that will ever apply (the read-wait rule of ranges that
-    /// take revisions from the oracle; `revision` must have come from the oracle before
-    /// the call). At once if the replica applied a write above `revision` (revisions
-    /// rise in a range's log); otherwise a read barrier on the range's leader, which
-    /// also confirms the read is linearizable.
+    /// take revisions from the oracle; `revision` must be at or below one the oracle
+    /// handed out before the call: the barrier's word of this member's range term, read
+    /// after that, vouches only for writes of revisions handed out before it). At once
+    /// if the replica applied a write above `revision` (revisions rise in a range's
+    /// log); otherwise a read barrier on the range's leader, which also confirms the
+    /// read is linearizable.
     pub async fn read_point_at(
         &self,
         group: GroupId,
