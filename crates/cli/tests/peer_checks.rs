@@ -30,6 +30,7 @@ fn forward_put(key: &str, cluster_id: u64, from: u64) -> ForwardRequest {
             auth_revision: 0,
             trace_parent: String::new(),
             revision: 0,
+            only_in_term: 0,
         }),
         cluster_id,
         from,

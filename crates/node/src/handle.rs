@@ -1422,7 +1422,20 @@ impl NodeHandle {
         request: write_request::Request,
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
-        self.write_here(group, request, auth_revision, true).await
+        self.write_here(group, request, auth_revision, true, None)
+            .await
+    }
+
+    /// [`Self::write_local`] of a write that holds only under this member's leadership
+    /// of `term` (what it carries was read then): in an entry of another term it is
+    /// refused at apply (`WriteRequest::only_in_term`).
+    pub async fn write_local_in_term(
+        &self,
+        group: GroupId,
+        request: write_request::Request,
+        term: ostrakon_raft::Term,
+    ) -> Result<WriteOutcome, NodeError> {
+        self.write_here(group, request, 0, true, Some(term)).await
     }
 
     /// [`Self::write_local`] for a write another member forwarded: a plain write a
@@ -1434,7 +1447,8 @@ impl NodeHandle {
         request: write_request::Request,
         auth_revision: u64,
     ) -> Result<WriteOutcome, NodeError> {
-        self.write_here(group, request, auth_revision, false).await
+        self.write_here(group, request, auth_revision, false, None)
+            .await
     }
 
     async fn write_here(
@@ -1443,6 +1457,7 @@ impl NodeHandle {
         request: write_request::Request,
         auth_revision: u64,
         may_wait: bool,
+        only_in_term: Option<ostrakon_raft::Term>,
     ) -> Result<WriteOutcome, NodeError> {
         let shared = self.group(group)?;
         // Where the write falls, for a split by load (writes without keys count only).
@@ -1462,6 +1477,7 @@ impl NodeHandle {
                 .as_ref()
                 .map(|span| span.context().to_traceparent())
                 .unwrap_or_default(),
+            only_in_term: only_in_term.map_or(0, |term| term.0),
         };
         let (respond, response) = oneshot::channel();
         self.send(Input::Propose {

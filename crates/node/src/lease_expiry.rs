@@ -143,9 +143,11 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
                     // deposed leader's checkpoint landing after its successor renewed
                     // the lease would record less than the holder was promised (found
                     // by review). An entry of this term that commits is applied before
-                    // a successor takes the deadlines over.
+                    // a successor takes the deadlines over; in an entry of a later term
+                    // of this member's (deposed and elected again meanwhile, a renewal
+                    // in between) it is refused at apply (found by review).
                     matches!(
-                        handle.write_local(group, request, 0).await,
+                        handle.write_local_in_term(group, request, term).await,
                         Ok(outcome) if !matches!(outcome, WriteOutcome::Error(_))
                     )
                 };

@@ -389,6 +389,7 @@ mod tests {
                 id,
             })),
             revision: 0,
+            only_in_term: 0,
         };
         apply_write(store, LogIndex(index), Term(1), &write);
     }

@@ -766,6 +766,8 @@ impl Transport {
                 trace_parent,
                 // The leader chooses it.
                 revision: 0,
+                // Term-bound writes are proposed on their member only.
+                only_in_term: 0,
             }),
             // The batch carries them.
             cluster_id: 0,

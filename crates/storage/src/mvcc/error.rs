@@ -47,6 +47,16 @@ pub enum MvccError {
     /// keys until the transaction ends (the node tries the write again shortly).
     #[error("ostrakon: the range is locked by a transaction across ranges")]
     Locked,
+    /// The write was for one leadership's term and its entry is of another
+    /// (`WriteRequest::only_in_term`): what it carries was read under a leadership that
+    /// ended.
+    #[error("ostrakon: a write for term {expected} landed in an entry of term {entry}")]
+    OtherTerm {
+        /// The term the write was for.
+        expected: u64,
+        /// Its entry's term.
+        entry: u64,
+    },
     /// The auth store refused the request.
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),

@@ -292,6 +292,13 @@ pub fn apply_write(
         .request
         .as_ref()
         .expect("the server proposes only writes with a request");
+    if write.only_in_term != 0 && write.only_in_term != term.0 {
+        store.set_applied(index, term);
+        return error_outcome(MvccError::OtherTerm {
+            expected: write.only_in_term,
+            entry: term.0,
+        });
+    }
     match request {
         Request::FreezeRange(freeze) => {
             let left = GroupId(freeze.left_range_id);
@@ -763,6 +770,11 @@ fn etcd_status_static(error: &MvccError) -> (i32, &'static str) {
         MvccError::Locked => (
             14,
             "ostrakon: keys are locked by a transaction across ranges; retry",
+        ),
+        // Unavailable: the leadership it was for ended (the node's own writes only).
+        MvccError::OtherTerm { .. } => (
+            14,
+            "ostrakon: the write's leadership ended before it was proposed",
         ),
         MvccError::Auth(_) => unreachable!("handled by etcd_status"),
     }

@@ -1124,6 +1124,30 @@ fn leases_attach_keys_and_a_revoke_deletes_them_in_one_revision() {
         remaining_secs: 12,
     };
     assert_eq!(f.store.lease(7), Some(expected));
+    // A checkpoint read in term 2 and proposed in an entry of term 1 (its member
+    // deposed, then elected again) records nothing: it would undo a renewal made
+    // meanwhile. The entry is applied all the same.
+    f.index += 1;
+    let stale = WriteRequest {
+        origin: 1,
+        id: f.index,
+        request: Some(Request::LeaseCheckpoint(
+            ostrakon_proto::etcdserverpb::LeaseCheckpointRequest {
+                checkpoints: vec![ostrakon_proto::etcdserverpb::LeaseCheckpoint {
+                    id: 7,
+                    remaining_ttl: 3,
+                }],
+            },
+        )),
+        only_in_term: 2,
+        ..Default::default()
+    };
+    match apply_write(&f.store, LogIndex(f.index), Term(1), &stale) {
+        WriteOutcome::Error(e) => assert_eq!(e.code, 14, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.store.lease(7), Some(expected));
+    assert_eq!(f.store.applied_index(), LogIndex(f.index));
     f.store.persist();
     drop(std::mem::replace(
         &mut f.store,
