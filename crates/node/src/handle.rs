@@ -954,11 +954,27 @@ impl NodeHandle {
         if !self.confirm_leading(group, status.term).await {
             return Err(NodeError::NotLeader(self.status(group)?.leader));
         }
-        Ok(if renew {
-            shared.lessor.renew(&shared.store, status.term, id)
-        } else {
-            shared.lessor.remaining(&shared.store, status.term, id)
-        })
+        if !renew {
+            return Ok(shared.lessor.remaining(&shared.store, status.term, id));
+        }
+        let renewed = shared
+            .lessor
+            .renew_queueing_clear(&shared.store, status.term, id);
+        let Some((ttl, Some(clear))) = renewed else {
+            return Ok(renewed.map(|(ttl, _)| ttl));
+        };
+        // The lease had a checkpoint of its remaining TTL: answered once the clear is
+        // written (`Lessor::renew_queueing_clear`).
+        shared.lessor.clear_wanted.notify_one();
+        match tokio::time::timeout(
+            self.inner.request_timeout,
+            shared.lessor.wait_for_clear(clear),
+        )
+        .await
+        {
+            Ok(()) => Ok(Some(ttl)),
+            Err(_) => Err(NodeError::Timeout),
+        }
     }
 
     /// Whether this member leads `group` in `term`, confirmed by a read index taken now

@@ -70,7 +70,11 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
     // after the renewal (found by review).
     let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        sweep.tick().await;
+        tokio::select! {
+            _ = sweep.tick() => {}
+            // A keep-alive waits for the clear it queued.
+            _ = lessor.clear_wanted.notified() => {}
+        }
         let Ok(status) = handle.status(group) else {
             return;
         };
@@ -117,7 +121,7 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         }
         // The leases whose checkpoint is due (`Lessor::checkpoint_gap`), and a cleared
         // one not in the same write.
-        let mut checkpoints = lessor.checkpoint_clears();
+        let (mut checkpoints, clears_upto) = lessor.take_checkpoint_clears();
         let cleared: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.id).collect();
         checkpoints.extend(
             lessor
@@ -151,7 +155,9 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
                         Ok(outcome) if !matches!(outcome, WriteOutcome::Error(_))
                     )
                 };
-                if !written {
+                if written {
+                    lessor.clears_written_upto(clears_upto);
+                } else {
                     lessor.requeue_clears(term, &clears);
                 }
             }));

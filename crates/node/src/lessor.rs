@@ -49,6 +49,12 @@ pub struct Lessor {
     /// TTL (etcd's checkpoint interval), often sooner (`checkpoint_gap`); None: never
     /// checkpointed.
     checkpoint_interval: Option<Duration>,
+    /// The number of the last clear (`LessorState::clears_queued`) a write of the log
+    /// carried: a keep-alive that queued one is answered once it is written
+    /// (`wait_for_clear`).
+    clears_written: tokio::sync::watch::Sender<u64>,
+    /// Wakes the group's lease task for a clear a keep-alive waits for.
+    pub(crate) clear_wanted: tokio::sync::Notify,
 }
 
 impl Default for Lessor {
@@ -74,6 +80,9 @@ struct LessorState {
     /// also when the checkpoint has not been applied yet (the store then shows none, and
     /// the record would outlive the renewal).
     checkpointed: std::collections::HashSet<i64>,
+    /// Clears queued by renewals so far, each numbered (never reset: a number waited
+    /// for is written or the wait times out).
+    clears_queued: u64,
 }
 
 impl LessorState {
@@ -137,6 +146,8 @@ impl Lessor {
             state: Mutex::default(),
             takeover_extension,
             checkpoint_interval,
+            clears_written: tokio::sync::watch::Sender::new(0),
+            clear_wanted: tokio::sync::Notify::new(),
         }
     }
 
@@ -148,6 +159,21 @@ impl Lessor {
     /// passed (its revoke is due or under way: acknowledging the keep-alive would tell
     /// its holder it has a TTL left while its keys go; etcd answers it as not found too).
     pub fn renew(&self, store: &MvccStore, term: Term, id: i64) -> Option<LeaseTtl> {
+        self.renew_queueing_clear(store, term, id)
+            .map(|(ttl, _)| ttl)
+    }
+
+    /// `renew`, with the number of the clear it queued if the lease had a checkpoint of
+    /// its remaining TTL recorded (or being written): its holder is to be answered only
+    /// once a write carried it (`wait_for_clear`), as etcd's renew proposes the clear
+    /// before it answers, or a new leader would start the lease from that record, short
+    /// of the TTL the answer promised (found by review).
+    pub fn renew_queueing_clear(
+        &self,
+        store: &MvccStore,
+        term: Term,
+        id: i64,
+    ) -> Option<(LeaseTtl, Option<u64>)> {
         let mut state = self.state.lock().unwrap();
         let now = Instant::now();
         if state.leading != Some(term) {
@@ -164,13 +190,33 @@ impl Lessor {
         let left = Duration::from_secs(record.ttl_secs as u64);
         let gap = self.checkpoint_gap(left, DeadlineSet::ByHolder);
         state.set_deadline(id, now + left, now, gap);
+        let mut clear = None;
         if state.checkpointed.remove(&id) || record.remaining_secs > 0 {
             state.to_clear.insert(id);
+            state.clears_queued += 1;
+            clear = Some(state.clears_queued);
         }
-        Some(LeaseTtl {
+        let ttl = LeaseTtl {
             remaining_secs: record.ttl_secs,
             ttl_secs: record.ttl_secs,
-        })
+        };
+        Some((ttl, clear))
+    }
+
+    /// Waits until a write of the log carried clear number `clear` (or a later one).
+    pub async fn wait_for_clear(&self, clear: u64) {
+        let mut written = self.clears_written.subscribe();
+        // The sender lives as long as `self`.
+        let _ = written.wait_for(|written| *written >= clear).await;
+    }
+
+    /// A write of the log carried every clear up to number `upto`.
+    pub(crate) fn clears_written_upto(&self, upto: u64) {
+        self.clears_written.send_if_modified(|written| {
+            let raised = upto > *written;
+            *written = (*written).max(upto);
+            raised
+        });
     }
 
     /// A grant applied: if this member leads, the lease's deadline is its full TTL from
@@ -312,20 +358,29 @@ impl Lessor {
 
     /// The checkpoints that clear the remaining TTL recorded for leases renewed since
     /// (`to_clear`), once each; none unless this member leads.
+    #[cfg(test)]
     pub(crate) fn checkpoint_clears(&self) -> Vec<LeaseCheckpoint> {
+        self.take_checkpoint_clears().0
+    }
+
+    /// `checkpoint_clears`, with the number of the last clear queued: once a write
+    /// carries them, every clear up to it is written (clears requeued after a failed
+    /// write are numbered below it, and go in a later write).
+    pub(crate) fn take_checkpoint_clears(&self) -> (Vec<LeaseCheckpoint>, u64) {
         let mut state = self.state.lock().unwrap();
         if state.leading.is_none() {
             state.to_clear.clear();
-            return Vec::new();
+            return (Vec::new(), 0);
         }
-        state
+        let clears = state
             .to_clear
             .drain()
             .map(|id| LeaseCheckpoint {
                 id,
                 remaining_ttl: 0,
             })
-            .collect()
+            .collect();
+        (clears, state.clears_queued)
     }
 
     /// The remaining TTLs of the leases whose checkpoint is due at `now`, each scheduled
@@ -593,6 +648,46 @@ mod failover_tests {
         assert!(lessor
             .checkpoints(&store, Instant::now() + Duration::from_secs(29))
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_of_a_checkpointed_lease_waits_for_its_clear_to_be_written() {
+        let (_dir, _keyspace, store) = store();
+        for (index, id) in [(2, 5), (3, 6)] {
+            let grant = LeaseGrantRequest { ttl: 60, id };
+            write(&store, index, write_request::Request::LeaseGrant(grant));
+        }
+        let checkpoint = LeaseCheckpoint {
+            id: 5,
+            remaining_ttl: 20,
+        };
+        let checkpoints = ostrakon_proto::etcdserverpb::LeaseCheckpointRequest {
+            checkpoints: vec![checkpoint],
+        };
+        write(
+            &store,
+            4,
+            write_request::Request::LeaseCheckpoint(checkpoints),
+        );
+        let lessor = Lessor::new(Duration::ZERO, Some(CHECKPOINT_INTERVAL_DEFAULT));
+        lessor.take_over(&store, Term(2), Instant::now());
+        // No record: nothing to wait for.
+        let (_, clear) = lessor.renew_queueing_clear(&store, Term(2), 6).unwrap();
+        assert_eq!(clear, None);
+        let (ttl, clear) = lessor.renew_queueing_clear(&store, Term(2), 5).unwrap();
+        assert_eq!(ttl.remaining_secs, 60);
+        let clear = clear.expect("the recorded 20 s is cleared before the answer");
+        let wait = lessor.wait_for_clear(clear);
+        tokio::pin!(wait);
+        let pending = tokio::time::timeout(Duration::from_millis(50), &mut wait).await;
+        assert!(pending.is_err(), "answered before its clear was written");
+        let (clears, upto) = lessor.take_checkpoint_clears();
+        assert_eq!(clears.len(), 1);
+        assert!(upto >= clear);
+        lessor.clears_written_upto(upto);
+        tokio::time::timeout(Duration::from_secs(1), wait)
+            .await
+            .expect("answered once its clear was written");
     }
 
     #[test]
