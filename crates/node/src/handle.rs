@@ -972,7 +972,9 @@ impl NodeHandle {
         )
         .await
         {
-            Ok(()) => Ok(Some(ttl)),
+            Ok(true) => Ok(Some(ttl)),
+            // The leadership ended first: its successor answers the keep-alive again.
+            Ok(false) => Err(NodeError::NotLeader(self.status(group)?.leader)),
             Err(_) => Err(NodeError::Timeout),
         }
     }

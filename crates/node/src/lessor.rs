@@ -18,6 +18,15 @@ use ostrakon_storage::mvcc::MvccStore;
 /// A revoke that has not taken effect after this long is proposed again.
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
+/// A clear a renewal queued: its leadership's term and its number in this lessor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedClear {
+    /// The term of the renewal.
+    pub term: Term,
+    /// Its number (`LessorState::clears_queued`).
+    pub number: u64,
+}
+
 /// What a lease query found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseTtl {
@@ -49,10 +58,12 @@ pub struct Lessor {
     /// TTL (etcd's checkpoint interval), often sooner (`checkpoint_gap`); None: never
     /// checkpointed.
     checkpoint_interval: Option<Duration>,
-    /// The number of the last clear (`LessorState::clears_queued`) a write of the log
-    /// carried: a keep-alive that queued one is answered once it is written
-    /// (`wait_for_clear`).
-    clears_written: tokio::sync::watch::Sender<u64>,
+    /// The term whose deadlines this lessor keeps (None: none), and the number of the
+    /// last clear (`LessorState::clears_queued`) a write of that term carried: a
+    /// keep-alive that queued one in that term is answered once it is written, and
+    /// fails once the lessor keeps another term (its clear was dropped then, and
+    /// nobody keeps its deadline: `wait_for_clear`).
+    clears_written: tokio::sync::watch::Sender<(Option<Term>, u64)>,
     /// Wakes the group's lease task for a clear a keep-alive waits for.
     pub(crate) clear_wanted: tokio::sync::Notify,
 }
@@ -146,7 +157,7 @@ impl Lessor {
             state: Mutex::default(),
             takeover_extension,
             checkpoint_interval,
-            clears_written: tokio::sync::watch::Sender::new(0),
+            clears_written: tokio::sync::watch::Sender::new((None, 0)),
             clear_wanted: tokio::sync::Notify::new(),
         }
     }
@@ -173,7 +184,7 @@ impl Lessor {
         store: &MvccStore,
         term: Term,
         id: i64,
-    ) -> Option<(LeaseTtl, Option<u64>)> {
+    ) -> Option<(LeaseTtl, Option<QueuedClear>)> {
         let mut state = self.state.lock().unwrap();
         let now = Instant::now();
         if state.leading != Some(term) {
@@ -194,7 +205,10 @@ impl Lessor {
         if state.checkpointed.remove(&id) || record.remaining_secs > 0 {
             state.to_clear.insert(id);
             state.clears_queued += 1;
-            clear = Some(state.clears_queued);
+            clear = Some(QueuedClear {
+                term,
+                number: state.clears_queued,
+            });
         }
         let ttl = LeaseTtl {
             remaining_secs: record.ttl_secs,
@@ -203,18 +217,29 @@ impl Lessor {
         Some((ttl, clear))
     }
 
-    /// Waits until a write of the log carried clear number `clear` (or a later one).
-    pub async fn wait_for_clear(&self, clear: u64) {
+    /// Waits until a write of the clear's term carried it (true), or this lessor keeps
+    /// another term's deadlines (false: the clear was dropped, and the renewal with it).
+    pub async fn wait_for_clear(&self, clear: QueuedClear) -> bool {
         let mut written = self.clears_written.subscribe();
         // The sender lives as long as `self`.
-        let _ = written.wait_for(|written| *written >= clear).await;
+        let Ok(seen) = written
+            .wait_for(|(term, upto)| *term != Some(clear.term) || *upto >= clear.number)
+            .await
+        else {
+            return false;
+        };
+        seen.0 == Some(clear.term) && seen.1 >= clear.number
     }
 
-    /// A write of the log carried every clear up to number `upto`.
-    pub(crate) fn clears_written_upto(&self, upto: u64) {
-        self.clears_written.send_if_modified(|written| {
-            let raised = upto > *written;
-            *written = (*written).max(upto);
+    /// A write of `term`'s leadership carried every clear of that term up to number
+    /// `upto` (one write at a time per term, and a failed one's clears requeued before
+    /// the next is taken: every clear of the term numbered up to `upto` is written).
+    pub(crate) fn clears_written_upto(&self, term: Term, upto: u64) {
+        self.clears_written.send_if_modified(|(kept, written)| {
+            let raised = *kept == Some(term) && upto > *written;
+            if raised {
+                *written = upto;
+            }
             raised
         });
     }
@@ -296,6 +321,8 @@ impl Lessor {
             state.next_checkpoint.clear();
             state.checkpointed.clear();
             state.leading = leading;
+            // Keep-alives waiting for a clear of the term left fail.
+            self.clears_written.send_replace((leading, 0));
         }
         if state.leading.is_none() {
             return;
@@ -360,16 +387,20 @@ impl Lessor {
     /// (`to_clear`), once each; none unless this member leads.
     #[cfg(test)]
     pub(crate) fn checkpoint_clears(&self) -> Vec<LeaseCheckpoint> {
-        self.take_checkpoint_clears().0
+        let leading = self.state.lock().unwrap().leading;
+        leading.map_or_else(Vec::new, |term| self.take_checkpoint_clears(term).0)
     }
 
-    /// `checkpoint_clears`, with the number of the last clear queued: once a write
-    /// carries them, every clear up to it is written (clears requeued after a failed
-    /// write are numbered below it, and go in a later write).
-    pub(crate) fn take_checkpoint_clears(&self) -> (Vec<LeaseCheckpoint>, u64) {
+    /// `checkpoint_clears` for a write of `term`'s leadership (none if this lessor
+    /// keeps another's), with the number of the last clear queued: once the write
+    /// carries them, every clear of the term up to it is written (clears requeued
+    /// after a failed write are numbered below it, and go in a later write).
+    pub(crate) fn take_checkpoint_clears(&self, term: Term) -> (Vec<LeaseCheckpoint>, u64) {
         let mut state = self.state.lock().unwrap();
-        if state.leading.is_none() {
-            state.to_clear.clear();
+        if state.leading != Some(term) {
+            if state.leading.is_none() {
+                state.to_clear.clear();
+            }
             return (Vec::new(), 0);
         }
         let clears = state
@@ -681,13 +712,33 @@ mod failover_tests {
         tokio::pin!(wait);
         let pending = tokio::time::timeout(Duration::from_millis(50), &mut wait).await;
         assert!(pending.is_err(), "answered before its clear was written");
-        let (clears, upto) = lessor.take_checkpoint_clears();
+        let (clears, upto) = lessor.take_checkpoint_clears(Term(2));
         assert_eq!(clears.len(), 1);
-        assert!(upto >= clear);
-        lessor.clears_written_upto(upto);
-        tokio::time::timeout(Duration::from_secs(1), wait)
+        assert!(upto >= clear.number);
+        lessor.clears_written_upto(Term(2), upto);
+        let written = tokio::time::timeout(Duration::from_secs(1), wait)
             .await
             .expect("answered once its clear was written");
+        assert!(written);
+
+        // A clear dropped with its leadership fails its keep-alive, even once a later
+        // leadership of this member writes clears numbered above it (found by review).
+        let (_, clear) = lessor.renew_queueing_clear(&store, Term(2), 5).unwrap();
+        let clear = clear.expect("checkpointed this term: cleared again");
+        let wait = lessor.wait_for_clear(clear);
+        tokio::pin!(wait);
+        lessor.sweep(&store, None, Instant::now());
+        lessor.take_over(&store, Term(4), Instant::now());
+        let (_, later) = lessor.renew_queueing_clear(&store, Term(4), 5).unwrap();
+        let later = later.expect("the record is still in the store");
+        let (_, upto) = lessor.take_checkpoint_clears(Term(4));
+        lessor.clears_written_upto(Term(4), upto);
+        assert!(later.number > clear.number);
+        let written = tokio::time::timeout(Duration::from_secs(1), wait)
+            .await
+            .expect("answered once its leadership ended");
+        assert!(!written, "a dropped clear was answered as written");
+        assert!(lessor.wait_for_clear(later).await);
     }
 
     #[test]
