@@ -121,7 +121,7 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
         }
         // The leases whose checkpoint is due (`Lessor::checkpoint_gap`), and a cleared
         // one not in the same write.
-        let (mut checkpoints, clears_upto) = lessor.take_checkpoint_clears(term);
+        let (mut checkpoints, clears_taken) = lessor.take_checkpoint_clears(term);
         let cleared: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.id).collect();
         checkpoints.extend(
             lessor
@@ -156,7 +156,7 @@ pub async fn run(handle: NodeHandle, group: GroupId, lessor: Arc<Lessor>, store:
                     )
                 };
                 if written {
-                    lessor.clears_written_upto(term, clears_upto);
+                    lessor.clears_written_upto(clears_taken);
                 } else {
                     lessor.requeue_clears(term, &clears);
                 }

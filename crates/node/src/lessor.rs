@@ -18,12 +18,14 @@ use ostrakon_storage::mvcc::MvccStore;
 /// A revoke that has not taken effect after this long is proposed again.
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
-/// A clear a renewal queued: its leadership's term and its number in this lessor.
+/// A clear a renewal queued, or the clears a write carries: the lessor's leadership
+/// (`LessorState::epoch`: a term's leadership that ended and came back is another) and
+/// a number in this lessor (`LessorState::clears_queued`; of a write: its last).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueuedClear {
-    /// The term of the renewal.
-    pub term: Term,
-    /// Its number (`LessorState::clears_queued`).
+    /// The leadership it was queued in.
+    pub epoch: u64,
+    /// Its number.
     pub number: u64,
 }
 
@@ -58,12 +60,11 @@ pub struct Lessor {
     /// TTL (etcd's checkpoint interval), often sooner (`checkpoint_gap`); None: never
     /// checkpointed.
     checkpoint_interval: Option<Duration>,
-    /// The term whose deadlines this lessor keeps (None: none), and the number of the
-    /// last clear (`LessorState::clears_queued`) a write of that term carried: a
-    /// keep-alive that queued one in that term is answered once it is written, and
-    /// fails once the lessor keeps another term (its clear was dropped then, and
-    /// nobody keeps its deadline: `wait_for_clear`).
-    clears_written: tokio::sync::watch::Sender<(Option<Term>, u64)>,
+    /// The leadership this lessor keeps deadlines for (`LessorState::epoch`), and the
+    /// number of the last clear a write of it carried: a keep-alive that queued one is
+    /// answered once it is written, and fails once the leadership ends (its clear was
+    /// dropped then, and its deadline with it: `wait_for_clear`).
+    clears_written: tokio::sync::watch::Sender<QueuedClear>,
     /// Wakes the group's lease task for a clear a keep-alive waits for.
     pub(crate) clear_wanted: tokio::sync::Notify,
 }
@@ -94,6 +95,9 @@ struct LessorState {
     /// Clears queued by renewals so far, each numbered (never reset: a number waited
     /// for is written or the wait times out).
     clears_queued: u64,
+    /// Raised at every change of `leading`: a term's leadership that ends and comes
+    /// back (a sweep as a follower in between) dropped what the first one queued.
+    epoch: u64,
 }
 
 impl LessorState {
@@ -157,7 +161,10 @@ impl Lessor {
             state: Mutex::default(),
             takeover_extension,
             checkpoint_interval,
-            clears_written: tokio::sync::watch::Sender::new((None, 0)),
+            clears_written: tokio::sync::watch::Sender::new(QueuedClear {
+                epoch: 0,
+                number: 0,
+            }),
             clear_wanted: tokio::sync::Notify::new(),
         }
     }
@@ -206,7 +213,7 @@ impl Lessor {
             state.to_clear.insert(id);
             state.clears_queued += 1;
             clear = Some(QueuedClear {
-                term,
+                epoch: state.epoch,
                 number: state.clears_queued,
             });
         }
@@ -217,28 +224,28 @@ impl Lessor {
         Some((ttl, clear))
     }
 
-    /// Waits until a write of the clear's term carried it (true), or this lessor keeps
-    /// another term's deadlines (false: the clear was dropped, and the renewal with it).
+    /// Waits until a write of the clear's leadership carried it (true), or that
+    /// leadership ended (false: the clear was dropped, and the renewal with it).
     pub async fn wait_for_clear(&self, clear: QueuedClear) -> bool {
         let mut written = self.clears_written.subscribe();
-        // The sender lives as long as `self`.
+        // The sender lives as long as `self`; epochs only rise.
         let Ok(seen) = written
-            .wait_for(|(term, upto)| *term != Some(clear.term) || *upto >= clear.number)
+            .wait_for(|seen| seen.epoch != clear.epoch || seen.number >= clear.number)
             .await
         else {
             return false;
         };
-        seen.0 == Some(clear.term) && seen.1 >= clear.number
+        seen.epoch == clear.epoch && seen.number >= clear.number
     }
 
-    /// A write of `term`'s leadership carried every clear of that term up to number
-    /// `upto` (one write at a time per term, and a failed one's clears requeued before
-    /// the next is taken: every clear of the term numbered up to `upto` is written).
-    pub(crate) fn clears_written_upto(&self, term: Term, upto: u64) {
-        self.clears_written.send_if_modified(|(kept, written)| {
-            let raised = *kept == Some(term) && upto > *written;
+    /// A write carried `written` (`take_checkpoint_clears`): every clear of its
+    /// leadership numbered up to it is written (one write at a time per leadership,
+    /// and a failed one's clears requeued before the next is taken).
+    pub(crate) fn clears_written_upto(&self, written: QueuedClear) {
+        self.clears_written.send_if_modified(|kept| {
+            let raised = kept.epoch == written.epoch && written.number > kept.number;
             if raised {
-                *written = upto;
+                kept.number = written.number;
             }
             raised
         });
@@ -321,8 +328,12 @@ impl Lessor {
             state.next_checkpoint.clear();
             state.checkpointed.clear();
             state.leading = leading;
-            // Keep-alives waiting for a clear of the term left fail.
-            self.clears_written.send_replace((leading, 0));
+            // Keep-alives waiting for a clear of the leadership that ended fail.
+            state.epoch += 1;
+            self.clears_written.send_replace(QueuedClear {
+                epoch: state.epoch,
+                number: 0,
+            });
         }
         if state.leading.is_none() {
             return;
@@ -395,13 +406,17 @@ impl Lessor {
     /// keeps another's), with the number of the last clear queued: once the write
     /// carries them, every clear of the term up to it is written (clears requeued
     /// after a failed write are numbered below it, and go in a later write).
-    pub(crate) fn take_checkpoint_clears(&self, term: Term) -> (Vec<LeaseCheckpoint>, u64) {
+    pub(crate) fn take_checkpoint_clears(&self, term: Term) -> (Vec<LeaseCheckpoint>, QueuedClear) {
         let mut state = self.state.lock().unwrap();
+        let none = QueuedClear {
+            epoch: state.epoch,
+            number: 0,
+        };
         if state.leading != Some(term) {
             if state.leading.is_none() {
                 state.to_clear.clear();
             }
-            return (Vec::new(), 0);
+            return (Vec::new(), none);
         }
         let clears = state
             .to_clear
@@ -411,7 +426,11 @@ impl Lessor {
                 remaining_ttl: 0,
             })
             .collect();
-        (clears, state.clears_queued)
+        let written = QueuedClear {
+            epoch: state.epoch,
+            number: state.clears_queued,
+        };
+        (clears, written)
     }
 
     /// The remaining TTLs of the leases whose checkpoint is due at `now`, each scheduled
@@ -712,32 +731,44 @@ mod failover_tests {
         tokio::pin!(wait);
         let pending = tokio::time::timeout(Duration::from_millis(50), &mut wait).await;
         assert!(pending.is_err(), "answered before its clear was written");
-        let (clears, upto) = lessor.take_checkpoint_clears(Term(2));
+        let (clears, written) = lessor.take_checkpoint_clears(Term(2));
         assert_eq!(clears.len(), 1);
-        assert!(upto >= clear.number);
-        lessor.clears_written_upto(Term(2), upto);
+        assert!(written.number >= clear.number);
+        lessor.clears_written_upto(written);
         let written = tokio::time::timeout(Duration::from_secs(1), wait)
             .await
             .expect("answered once its clear was written");
         assert!(written);
 
-        // A clear dropped with its leadership fails its keep-alive, even once a later
-        // leadership of this member writes clears numbered above it (found by review).
+        // A keep-alive waiting when its leadership ends fails then, and stays failed
+        // when the same term's leadership comes back and writes clears numbered above
+        // its dropped one (found by review). The record is still in the store: each
+        // renewal queues a clear.
         let (_, clear) = lessor.renew_queueing_clear(&store, Term(2), 5).unwrap();
-        let clear = clear.expect("checkpointed this term: cleared again");
+        let clear = clear.expect("a record to clear");
         let wait = lessor.wait_for_clear(clear);
         tokio::pin!(wait);
+        let pending = tokio::time::timeout(Duration::from_millis(50), &mut wait).await;
+        assert!(pending.is_err(), "answered before its clear was written");
         lessor.sweep(&store, None, Instant::now());
-        lessor.take_over(&store, Term(4), Instant::now());
-        let (_, later) = lessor.renew_queueing_clear(&store, Term(4), 5).unwrap();
-        let later = later.expect("the record is still in the store");
-        let (_, upto) = lessor.take_checkpoint_clears(Term(4));
-        lessor.clears_written_upto(Term(4), upto);
-        assert!(later.number > clear.number);
-        let written = tokio::time::timeout(Duration::from_secs(1), wait)
+        let written = tokio::time::timeout(Duration::from_secs(1), &mut wait)
             .await
             .expect("answered once its leadership ended");
         assert!(!written, "a dropped clear was answered as written");
+        // The same term again, without a waiter polled in between.
+        let (_, clear) = lessor.renew_queueing_clear(&store, Term(2), 5).unwrap();
+        let clear = clear.expect("a record to clear");
+        lessor.sweep(&store, None, Instant::now());
+        lessor.take_over(&store, Term(2), Instant::now());
+        let (_, later) = lessor.renew_queueing_clear(&store, Term(2), 5).unwrap();
+        let later = later.expect("a record to clear");
+        let (_, written) = lessor.take_checkpoint_clears(Term(2));
+        lessor.clears_written_upto(written);
+        assert!(later.number > clear.number);
+        assert!(
+            !lessor.wait_for_clear(clear).await,
+            "a clear of a leadership that ended and came back was answered as written"
+        );
         assert!(lessor.wait_for_clear(later).await);
     }
 
