@@ -1270,10 +1270,26 @@ impl EventLoop {
             Input::TransferLeader {
                 group,
                 target,
+                only_to_a_live_voter,
                 respond,
             } => {
                 self.leader_spread.pause_after_operator_move(Instant::now());
+                let election_ticks = u64::from(self.config.election_ticks);
                 let started = match self.replicas.get_mut(&group) {
+                    Some(replica)
+                        if only_to_a_live_voter
+                            && replica.node.role() == Role::Leader
+                            && (self.nodes_down.contains(&target)
+                                || !replica
+                                    .node
+                                    .caught_up_voters(election_ticks)
+                                    .contains(&target)) =>
+                    {
+                        Err(NodeError::Refused {
+                            code: tonic::Code::FailedPrecondition as i32,
+                            message: "the transferee is down or behind".to_string(),
+                        })
+                    }
                     Some(replica) => replica
                         .node
                         .transfer_leader(target)

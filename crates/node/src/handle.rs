@@ -1535,12 +1535,26 @@ impl NodeHandle {
         self.send(Input::TransferLeader {
             group,
             target,
+            only_to_a_live_voter: false,
             respond,
         })?;
         response.await.map_err(|_| NodeError::Stopped)??;
-        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        self.wait_for_status(group, self.inner.request_timeout, |status| {
+            status.leader == target
+        })
+        .await
+    }
+
+    /// Polls the group's status until `done` holds of it (Ok) or `wait` passed (Timeout).
+    async fn wait_for_status(
+        &self,
+        group: GroupId,
+        wait: Duration,
+        done: impl Fn(&GroupStatus) -> bool,
+    ) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if self.status(group)?.leader == target {
+            if done(&self.status(group)?) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -1550,13 +1564,34 @@ impl NodeHandle {
         }
     }
 
+    /// Hands the group's leadership to `target`, if it is up and caught up, and waits
+    /// until this member no longer leads it (moved to `target`, or on from it), for at
+    /// most two election timeouts: raft gives a transfer up after one. A drain's move,
+    /// which must neither wait on a target that died (the drain's other leaderships
+    /// stay put meanwhile: it held a drained member's leaderships won after its
+    /// target's death for three request timeouts, found by CI) nor on a leadership the
+    /// target's spreading handed on.
+    async fn move_leadership_away(&self, group: GroupId, target: NodeId) -> Result<(), NodeError> {
+        let (respond, response) = oneshot::channel();
+        self.send(Input::TransferLeader {
+            group,
+            target,
+            only_to_a_live_voter: true,
+            respond,
+        })?;
+        response.await.map_err(|_| NodeError::Stopped)??;
+        self.wait_for_status(group, self.inner.leader_wait, |status| !status.is_leader)
+            .await
+    }
+
     /// Hands every leadership this member holds but the first range's (which MoveLeader
     /// moves first, and answers for) to `target`, `LEADERSHIP_MOVES_AT_ONCE` at a time,
-    /// each waited for as `move_leader` waits; and drains this member for `DRAIN_HOLD`,
-    /// so that spreading hands none back meanwhile (a member drained before a stop kept
-    /// leading its share of the ranges, the meta range among them; found by review).
-    /// Returns how many moves failed (each logged): a range whose target is not a voter
-    /// or caught up, or whose leadership moved elsewhere meanwhile, stays where it is.
+    /// each waited for as `move_leadership_away` waits; and drains this member for
+    /// `DRAIN_HOLD`, so that spreading hands none back meanwhile (a member drained
+    /// before a stop kept leading its share of the ranges, the meta range among them;
+    /// found by review). Returns how many moves failed (each logged). A pass with a
+    /// failed move is the last (the target is down or behind): the event loop's drain
+    /// then hands what this member leads to whichever voters are up and caught up.
     pub async fn move_every_leadership(&self, target: NodeId, drain: u64) -> usize {
         use futures_util::StreamExt;
         let mut failed = 0;
@@ -1581,15 +1616,19 @@ impl NodeHandle {
                 continue;
             }
             let moves = futures_util::stream::iter(led)
-                .map(|group| async move { (group, self.move_leader(group, target).await) })
+                .map(|group| async move { (group, self.move_leadership_away(group, target).await) })
                 .buffer_unordered(LEADERSHIP_MOVES_AT_ONCE)
                 .collect::<Vec<_>>()
                 .await;
+            let failed_before = failed;
             for (group, moved) in moves {
                 if let Err(error) = moved {
                     failed += 1;
                     tracing::warn!(group = group.0, %error, "a leadership was not moved");
                 }
+            }
+            if failed > failed_before {
+                break;
             }
         }
         self.inner.transport.loads().end_drain_passes(drain);

@@ -63,6 +63,8 @@ pub struct LeaderSpread {
     led_since: HashMap<GroupId, Instant>,
     /// Since when every look found a move by load due (none made yet).
     load_due_since: Option<Instant>,
+    /// The last look was a drain's (`drain_moves`).
+    draining: bool,
 }
 
 impl LeaderSpread {
@@ -79,6 +81,7 @@ impl LeaderSpread {
             started: Instant::now(),
             led_since: HashMap::new(),
             load_due_since: None,
+            draining: false,
         }
     }
 
@@ -112,6 +115,7 @@ impl LeaderSpread {
         may_lead: impl Fn(NodeId) -> bool,
         now: Instant,
     ) -> Vec<(GroupId, NodeId)> {
+        self.draining = false;
         if now < self.next_check {
             return Vec::new();
         }
@@ -227,9 +231,12 @@ impl LeaderSpread {
         may_lead: impl Fn(NodeId) -> bool,
         now: Instant,
     ) -> Vec<(GroupId, NodeId)> {
-        if now < self.next_check {
+        // A drain's first look is at once: MoveLeader's passes ended, maybe early on a
+        // target that died, and this node may lead ranges they did not move.
+        if now < self.next_check && self.draining {
             return Vec::new();
         }
+        self.draining = true;
         self.looks += 1;
         let mut moves = Vec::new();
         for (&group, replica) in replicas {
