@@ -490,7 +490,7 @@ async fn a_drain_whose_target_dies_hands_its_leaderships_to_the_member_left() {
     let target = (drained + 1) % 3;
     cluster.kill(target);
     let heir = 3 - drained - target;
-    wait_until_all_led_by(&cluster, &ids, heir, drained, Duration::from_secs(10)).await;
+    wait_until_all_led_by(&cluster, &ids, heir, drained, Duration::from_secs(15)).await;
 }
 
 /// A member drained by MoveLeader that wins a range's election afterwards (the range's

@@ -1564,7 +1564,7 @@ impl NodeHandle {
         }
     }
 
-    /// Hands the group's leadership to `target`, if it is up and caught up, and waits
+    /// Hands the group's leadership to `target`, unless it is reported down, and waits
     /// until this member no longer leads it (moved to `target`, or on from it), for at
     /// most two election timeouts: raft gives a transfer up after one. A drain's move,
     /// which must neither wait on a target that died (the drain's other leaderships
@@ -1590,8 +1590,9 @@ impl NodeHandle {
     /// `DRAIN_HOLD`, so that spreading hands none back meanwhile (a member drained
     /// before a stop kept leading its share of the ranges, the meta range among them;
     /// found by review). Returns how many moves failed (each logged). A pass with a
-    /// failed move is the last (the target is down or behind): the event loop's drain
-    /// then hands what this member leads to whichever voters are up and caught up.
+    /// move refused or timed out is the last (the target looks dead): the event loop's
+    /// drain then hands what this member leads to whichever voters are up and caught
+    /// up. A range that merged or whose leadership left meanwhile is no reason to stop.
     pub async fn move_every_leadership(&self, target: NodeId, drain: u64) -> usize {
         use futures_util::StreamExt;
         let mut failed = 0;
@@ -1620,14 +1621,16 @@ impl NodeHandle {
                 .buffer_unordered(LEADERSHIP_MOVES_AT_ONCE)
                 .collect::<Vec<_>>()
                 .await;
-            let failed_before = failed;
+            let mut target_looks_dead = false;
             for (group, moved) in moves {
                 if let Err(error) = moved {
                     failed += 1;
+                    target_looks_dead |=
+                        matches!(error, NodeError::Timeout | NodeError::Refused { .. });
                     tracing::warn!(group = group.0, %error, "a leadership was not moved");
                 }
             }
-            if failed > failed_before {
+            if target_looks_dead {
                 break;
             }
         }

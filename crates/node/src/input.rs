@@ -171,9 +171,9 @@ pub enum Input {
         group: GroupId,
         /// The voter to hand leadership to.
         target: NodeId,
-        /// Refused unless `target` is up and caught up with this leader (heard from
-        /// within an election timeout): a drain's moves, which must not wait on a member
-        /// that died (the first range's move, as etcd's, starts regardless).
+        /// Refused if `target` is reported down (silent for an election timeout): a
+        /// drain's moves, which must not wait on a member that died (the first range's
+        /// move, as etcd's, starts regardless).
         only_to_a_live_voter: bool,
         /// Answered once the transfer has started (or could not).
         respond: tokio::sync::oneshot::Sender<Result<(), NodeError>>,

@@ -239,12 +239,18 @@ impl LeaderSpread {
         self.draining = true;
         self.looks += 1;
         let mut moves = Vec::new();
+        // A range led here that could not be handed away yet (a range won moments ago
+        // has heard from no voter, or one is changing): looked at again soon.
+        let mut kept = false;
         for (&group, replica) in replicas {
-            if replica.node.role() != Role::Leader
-                || replica.node.transfer_target().is_some()
+            if replica.node.role() != Role::Leader {
+                continue;
+            }
+            if replica.node.transfer_target().is_some()
                 || replica.node.conf_state().is_joint()
                 || replica.has_conf_proposal()
             {
+                kept = true;
                 continue;
             }
             let targets: Vec<NodeId> = replica
@@ -254,6 +260,7 @@ impl LeaderSpread {
                 .filter(|&voter| voter != me && may_lead(voter))
                 .collect();
             if targets.is_empty() {
+                kept = true;
                 continue;
             }
             moves.push((group, targets[moves.len() % targets.len()]));
@@ -261,12 +268,14 @@ impl LeaderSpread {
                 break;
             }
         }
-        // Nothing to hand away: settled until a leadership changes (`unsettle`).
-        self.settled = moves.is_empty();
-        let pause = if moves.is_empty() {
-            SETTLED_RECHECK
-        } else {
+        // Nothing led here: settled until a leadership changes (`unsettle`).
+        self.settled = moves.is_empty() && !kept;
+        let pause = if !moves.is_empty() {
             self.after_move_pause
+        } else if kept {
+            CHECK_INTERVAL
+        } else {
+            SETTLED_RECHECK
         };
         self.next_check = now + pause + self.jitter(me);
         moves
