@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 SIM_SEEDS=${SIM_SEEDS:-1000}
 BUG_SEEDS=200
-BUGS="ack-before-persist read-without-read-index commit-previous-term vote-not-persisted no-truncate-on-conflict quiesced-lease-kept node-down-ignored oracle-beyond-bound serve-moved-keys move-leaders-one-apart move-leaders-hotter-than-gap read-leaves-floor new-leader-skips-floor read-ignores-pending-lock watch-releases-early merge-skips-freeze-wait horizon-forgets-only txn-takes-lowest-prepare barrier-skips-fetch-in-flight fresh-read-takes-fetch-in-flight confirmation-ignores-term"
+BUGS="ack-before-persist read-without-read-index commit-previous-term vote-not-persisted no-truncate-on-conflict quiesced-lease-kept node-down-ignored oracle-beyond-bound serve-moved-keys move-leaders-one-apart move-leaders-hotter-than-gap read-leaves-floor new-leader-skips-floor read-ignores-pending-lock watch-releases-early merge-skips-freeze-wait horizon-forgets-only txn-takes-lowest-prepare barrier-skips-fetch-in-flight fresh-read-takes-fetch-in-flight confirmation-ignores-term barrier-read-before-apply"
 
 # Each step prints how long the one before it took, so a slow CI run shows where to cut.
 suite_start=$SECONDS

@@ -68,6 +68,12 @@ pub enum Event {
     },
     /// A node's answer arrives at a client.
     Reply { client: u64, op: OpId, reply: Reply },
+    /// A range leader's answer to a read barrier arrives at the follower that sent it:
+    /// the index to read at once applied, or the reply for its client (a failure).
+    BarrierAnswer {
+        from: crate::node::BarrierFrom,
+        answer: Result<ostrakon_raft::LogIndex, Reply>,
+    },
     /// A client gives up waiting.
     ClientTimeout { client: u64, op: OpId },
     /// A node asks the oracle again for a fetch a non-leader refused (its request id).

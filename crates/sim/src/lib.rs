@@ -24,6 +24,7 @@ mod liveness;
 mod merges;
 mod nemesis;
 pub mod node;
+mod read_barriers;
 mod read_floors;
 mod requests;
 mod revision_fetches;

@@ -6,7 +6,7 @@ use clap::Parser;
 use ostrakon_raft::PlantedBug;
 use ostrakon_ranges::{OracleBug, RangeBug};
 use ostrakon_sim::runner::{run_seed_with, run_seeds_with};
-use ostrakon_sim::scenario::{Bug, TxnProtocol};
+use ostrakon_sim::scenario::{Bug, NodeBug, TxnProtocol};
 
 /// Runs the deterministic raft simulator over a range of seeds.
 #[derive(Parser, Debug)]
@@ -27,7 +27,8 @@ struct Args {
     /// (transactions across ranges); watch-releases-early (watches across ranges);
     /// merge-skips-freeze-wait (merges), horizon-forgets-only (transaction records);
     /// txn-takes-lowest-prepare, barrier-skips-fetch-in-flight,
-    /// fresh-read-takes-fetch-in-flight (the node's transaction variant).
+    /// fresh-read-takes-fetch-in-flight (the node's transaction variant);
+    /// barrier-read-before-apply (reads a follower sends its range's leader).
     #[arg(long)]
     bug: Option<String>,
     /// Run every seed's transactions under one protocol: key-locks or whole-range (the
@@ -74,6 +75,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
         "txn-takes-lowest-prepare" => RangeBug::TxnTakesLowestPrepare.into(),
         "barrier-skips-fetch-in-flight" => RangeBug::BarrierSkipsFetchInFlight.into(),
         "fresh-read-takes-fetch-in-flight" => RangeBug::FreshReadTakesFetchInFlight.into(),
+        "barrier-read-before-apply" => NodeBug::BarrierReadBeforeApply.into(),
         other => {
             return Err(format!(
                 "unknown bug '{other}'; expected one of ack-before-persist, \
@@ -85,7 +87,7 @@ fn parse_bug(name: &str) -> Result<Bug, String> {
                  read-leaves-floor, new-leader-skips-floor, read-ignores-pending-lock, \
                  watch-releases-early, merge-skips-freeze-wait, horizon-forgets-only, \
                  txn-takes-lowest-prepare, barrier-skips-fetch-in-flight, \
-                 fresh-read-takes-fetch-in-flight"
+                 fresh-read-takes-fetch-in-flight, barrier-read-before-apply"
             ))
         }
     })

@@ -106,6 +106,11 @@ pub enum Request {
         /// out: `ostrakon_raft::RawNode::read_index_confirmed_by`); clients' reads carry
         /// none.
         word: Option<AskWord>,
+        /// The follower that sent it on and the barrier's number there: the leader
+        /// answers the follower with the index to read at (`Event::BarrierAnswer`), and
+        /// the follower reads its own replica once it has applied that far, as the
+        /// node's read barrier does.
+        barrier: Option<(NodeId, u64)>,
     },
     /// A watcher's round in one range, at its leader: the range's history from `from`
     /// on, once the leader raised its floor to `revision` and applied what it had.
@@ -231,6 +236,21 @@ pub struct Waiting {
     pub watch_from: Option<(u64, usize)>,
     /// For a fresh read of a register: the revision it reads at.
     pub fresh_at: Option<u64>,
+    /// For a read barrier a follower sent its range's leader: where the leader's answer
+    /// goes (the follower answers the client).
+    pub answer_to: Option<BarrierFrom>,
+}
+
+/// A read barrier's way back: the follower that sent it, the leader it reached, and its
+/// number at the follower.
+#[derive(Clone, Copy, Debug)]
+pub struct BarrierFrom {
+    /// The follower waiting for the answer.
+    pub follower: NodeId,
+    /// The leader answering.
+    pub leader: NodeId,
+    /// The barrier's number at the follower.
+    pub barrier: u64,
 }
 
 impl Waiting {
@@ -246,6 +266,7 @@ impl Waiting {
             wait_index: LogIndex(0),
             watch_from: None,
             fresh_at: None,
+            answer_to: None,
         }
     }
 }
@@ -412,6 +433,9 @@ pub struct Running {
     /// before the Ready's messages leave (the node's `TermWord::raise`); from the
     /// recovered term at start. Term 0: no word.
     pub meta_word: ostrakon_raft::Term,
+    /// The reads this node sent on to their ranges' leaders as read barriers, by the
+    /// barrier's number: their range and client, until the leader's answer arrives.
+    pub barriers_sent: BTreeMap<u64, (GroupId, Waiting)>,
 }
 
 /// A simulated machine.

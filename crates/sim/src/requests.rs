@@ -62,7 +62,22 @@ impl Simulation {
             } => word.commit_floor,
             _ => self.highest_commit(group),
         };
-        let waiting = Waiting::register(client, op, request.key().unwrap_or(0), read_floor);
+        // A read barrier a follower sent: every answer goes back to the follower.
+        let answer_to = match &request {
+            Request::ScanAt {
+                barrier: Some((follower, barrier)),
+                ..
+            } => Some(crate::node::BarrierFrom {
+                follower: *follower,
+                leader: id,
+                barrier: *barrier,
+            }),
+            _ => None,
+        };
+        let waiting = Waiting {
+            answer_to,
+            ..Waiting::register(client, op, request.key().unwrap_or(0), read_floor)
+        };
         let span_check = self.span_check;
         let replica = self.replica(id, group);
         let leader_hint = replica.raw.leader();
@@ -107,6 +122,7 @@ impl Simulation {
             Request::ScanAt { word, .. } => *word,
             _ => None,
         };
+
         let replica = self.replica(id, group);
         let watch_from = match &request {
             Request::WatchAt {
@@ -242,20 +258,31 @@ impl Simulation {
                 key,
                 revision,
                 word: None,
+                ..
             } if send_on => {
                 // The word is read now, after the client had the revision from the oracle.
                 let word = self.range_word(id, group);
                 self.forwarded_reads += 1;
                 trace!(
                     self,
-                    "{id:?} {group:?} sends client {client}'s read at {revision} on to {leader_hint:?} with {word:?}"
+                    "{id:?} {group:?} sends client {client}'s read at {revision} on to {leader_hint:?} with {word:?} (barrier {request_id})"
                 );
+                // The client's read waits here for the leader's index, then reads this
+                // replica (`barrier_answered`).
+                let waiting = Waiting {
+                    scan_at: Some(revision),
+                    ..waiting
+                };
+                self.running(id)
+                    .barriers_sent
+                    .insert(request_id, (group, waiting));
                 let faults = &self.scenario.faults;
                 let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
                 let request = Request::ScanAt {
                     key,
                     revision,
                     word,
+                    barrier: Some((id, request_id)),
                 };
                 let event = Event::Request {
                     node: leader_hint,
@@ -422,6 +449,10 @@ impl Simulation {
     pub(crate) fn reply(&mut self, waiting: Waiting, reply: Reply) {
         if waiting.client == crate::simulation::PROBE_CLIENT {
             return;
+        }
+        if let Some(from) = waiting.answer_to {
+            // A read barrier's failure goes to the follower, which answers its client.
+            return self.answer_barrier(from, Err(reply));
         }
         if self.rng.chance(self.scenario.faults.drop_probability) {
             return; // The client will time out: outcome unknown.

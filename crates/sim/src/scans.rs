@@ -105,6 +105,7 @@ impl Simulation {
                 key,
                 revision,
                 word: None,
+                barrier: None,
             },
         };
         self.send_scan(index, group, request);

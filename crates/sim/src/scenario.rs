@@ -14,6 +14,24 @@ pub enum Bug {
     Oracle(OracleBug),
     /// In the range layer's splits.
     Range(RangeBug),
+    /// In the simulator's model of what the node's runtime does around the range
+    /// layer's code (that runtime is not in the simulator).
+    Node(NodeBug),
+}
+
+/// A bug planted in the simulator's model of the node's runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeBug {
+    /// A follower that sent a read at a revision on to its range's leader reads its
+    /// own replica as soon as the leader answers, without applying up to the index the
+    /// leader answered (`NodeHandle::read_point_at` waits for it).
+    BarrierReadBeforeApply,
+}
+
+impl From<NodeBug> for Bug {
+    fn from(bug: NodeBug) -> Bug {
+        Bug::Node(bug)
+    }
 }
 
 impl From<PlantedBug> for Bug {
@@ -63,6 +81,10 @@ impl Bug {
     /// the bugs planted in its code, the key-lock variant for every other bug (their
     /// catch rates were measured under it).
     pub fn forced_protocol(self) -> TxnProtocol {
+        if let Bug::Node(NodeBug::BarrierReadBeforeApply) = self {
+            // Followers send reads on in the node's variant only.
+            return TxnProtocol::WholeRange;
+        }
         match self.range() {
             Some(
                 RangeBug::TxnTakesLowestPrepare

@@ -528,6 +528,7 @@ impl Simulation {
             fetch_request: None,
             last_oracle: None,
             meta_word: ostrakon_raft::Term(0),
+            barriers_sent: BTreeMap::new(),
         });
         let groups: Vec<GroupId> = node.disks.keys().copied().collect();
         for group in groups {
@@ -747,6 +748,15 @@ impl Simulation {
                 op,
                 request,
             } => {
+                if let crate::node::Request::ScanAt {
+                    barrier: Some((follower, _)),
+                    ..
+                } = &request
+                {
+                    if !self.barrier_reaches(*follower, node) {
+                        return; // Lost: the follower's client times out.
+                    }
+                }
                 let input = Input::Request {
                     client,
                     op,
@@ -800,6 +810,7 @@ impl Simulation {
                 self.handle_timestamp_reply(client, op, reply)
             }
             Event::Reply { client, op, reply } => self.handle_reply(client, op, reply),
+            Event::BarrierAnswer { from, answer } => self.barrier_answered(from, answer),
             Event::RetryRevisionFetch(client) => self.retry_revision_fetch(client),
             Event::ClientTimeout { client, .. } if client >= REVISION_FETCH_BASE => {
                 self.revision_fetch_timed_out(client)
@@ -1682,7 +1693,7 @@ impl Simulation {
         }
     }
 
-    fn release_reads(&mut self, id: NodeId, group: GroupId) {
+    pub(crate) fn release_reads(&mut self, id: NodeId, group: GroupId) {
         let span_check = self.span_check;
         let replica = self.replica(id, group);
         let applied = replica.applied;
@@ -1697,6 +1708,10 @@ impl Simulation {
         replica.reads_waiting_apply.extend(waiting);
         let (scans, ready): (Vec<_>, Vec<_>) =
             ready.into_iter().partition(|(_, w)| w.scan_at.is_some());
+        // A follower's read barrier is answered with the index to read at: the follower
+        // reads its own replica (and waits for locks there).
+        let (barriers, scans): (Vec<_>, Vec<_>) =
+            scans.into_iter().partition(|(_, w)| w.answer_to.is_some());
         // A read at R waits for the transactions locked at or below R in its span: it
         // must see their writes, or know them aborted.
         let (scans, blocked): (Vec<_>, Vec<_>) = scans
@@ -1735,6 +1750,10 @@ impl Simulation {
                 ranges: self.local_descriptors(id),
             });
             self.reply(waiting, reply);
+        }
+        for (index, waiting) in barriers {
+            let from = waiting.answer_to.expect("partitioned as a barrier");
+            self.answer_barrier(from, Ok(index.max(waiting.wait_index)));
         }
         for (waiting, value) in answers {
             match value {
