@@ -113,7 +113,14 @@ impl Simulation {
         // In the node's variant a follower sends half the reads at a revision it gets on
         // to the leader it knows, with its word, as the node's read barrier does.
         let send_on = whole_range
-            && matches!(request, Request::ScanAt { word: None, .. })
+            && matches!(
+                request,
+                Request::ScanAt {
+                    word: None,
+                    barrier: None,
+                    ..
+                }
+            )
             && self.replica(id, group).raw.role() != Role::Leader
             && leader_hint.is_some()
             && leader_hint != id
@@ -276,6 +283,10 @@ impl Simulation {
                 self.running(id)
                     .barriers_sent
                     .insert(request_id, (group, waiting));
+                let faults = &self.scenario.faults;
+                if self.rng.chance(faults.drop_probability) {
+                    return; // Lost: the client times out.
+                }
                 let faults = &self.scenario.faults;
                 let latency = self.rng.range(faults.delay_us_min, faults.delay_us_max);
                 let request = Request::ScanAt {

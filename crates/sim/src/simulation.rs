@@ -781,11 +781,30 @@ impl Simulation {
                     self.input(node, absorber, input);
                 } else if self.is_up(node) {
                     // The range is not here (any more): the client routes again.
-                    let Input::Request { client, op, .. } = input else {
+                    let Input::Request {
+                        client,
+                        op,
+                        request,
+                    } = input
+                    else {
                         unreachable!()
                     };
                     let ranges = self.local_descriptors(node);
-                    self.reply_mismatch(client, op, ranges);
+                    if let crate::node::Request::ScanAt {
+                        barrier: Some((follower, barrier)),
+                        ..
+                    } = request
+                    {
+                        // A read barrier's answer goes back through its follower.
+                        let from = crate::node::BarrierFrom {
+                            follower,
+                            leader: node,
+                            barrier,
+                        };
+                        self.answer_barrier(from, Err(Reply::Mismatch { ranges }));
+                    } else {
+                        self.reply_mismatch(client, op, ranges);
+                    }
                 }
             }
             Event::Reply { client, reply, .. } if client >= REVISION_FETCH_BASE => {
@@ -1685,6 +1704,13 @@ impl Simulation {
                 );
                 self.fail_in(group, Violation(message));
             }
+            // A follower's read barrier is answered once its read index is known, as the
+            // node's leader answers it (`Replica::answer_reads`): the follower applies
+            // that far and reads its own replica (and waits for locks there).
+            Some(index) if waiting.answer_to.is_some() => {
+                let from = waiting.answer_to.expect("matched");
+                self.answer_barrier(from, Ok(index.max(waiting.wait_index)));
+            }
             Some(index) => replica.reads_waiting_apply.push((index, waiting)),
             None => {
                 let leader_hint = replica.raw.leader();
@@ -1708,10 +1734,6 @@ impl Simulation {
         replica.reads_waiting_apply.extend(waiting);
         let (scans, ready): (Vec<_>, Vec<_>) =
             ready.into_iter().partition(|(_, w)| w.scan_at.is_some());
-        // A follower's read barrier is answered with the index to read at: the follower
-        // reads its own replica (and waits for locks there).
-        let (barriers, scans): (Vec<_>, Vec<_>) =
-            scans.into_iter().partition(|(_, w)| w.answer_to.is_some());
         // A read at R waits for the transactions locked at or below R in its span: it
         // must see their writes, or know them aborted.
         let (scans, blocked): (Vec<_>, Vec<_>) = scans
@@ -1751,10 +1773,7 @@ impl Simulation {
             });
             self.reply(waiting, reply);
         }
-        for (index, waiting) in barriers {
-            let from = waiting.answer_to.expect("partitioned as a barrier");
-            self.answer_barrier(from, Ok(index.max(waiting.wait_index)));
-        }
+
         for (waiting, value) in answers {
             match value {
                 Some(value) => {
