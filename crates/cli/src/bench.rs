@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// costs the whole cluster. Loading the keys a read workload needs is not counted.
     #[arg(long, value_delimiter = ',')]
     pub cpu_of_pids: Vec<u32>,
+    /// The keys a read workload reads are there already (an earlier run wrote them): do
+    /// not write them first, so counts taken around the run see only its reads.
+    #[arg(long)]
+    pub keys_loaded: bool,
 }
 
 /// CPU time (user + system) the processes have used so far, in seconds.
@@ -238,10 +242,12 @@ async fn one(
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let connections = connect(&args).await?;
     let value = Bytes::from(vec![b'v'; args.val_size]);
-    if matches!(
-        args.workload,
-        Workload::Get | Workload::GetSerializable | Workload::Range
-    ) {
+    if !args.keys_loaded
+        && matches!(
+            args.workload,
+            Workload::Get | Workload::GetSerializable | Workload::Range
+        )
+    {
         // Reads need the keys to exist; writing them is not measured (so it may as well
         // be quick: as many writers as the workload has clients).
         let keys: std::sync::Arc<Vec<Bytes>> = std::sync::Arc::new(

@@ -922,6 +922,99 @@ async fn reads_a_follower_sends_its_leader_are_confirmed_on_its_word() {
     );
 }
 
+/// A linearizable read of one range on a keyspace in ranges takes its revision R from
+/// the range leader's next oracle fetch, and the leader must confirm it still led after
+/// R was handed out. Where the oracle is on another member (the meta range's leader),
+/// its grant carries that member's word of the range's term, read after it handed R
+/// out, and the leader takes it for the heartbeat round (docs/PERFORMANCE.md, "A grant
+/// vouches for its asker's leadership"). Every read must still see the write before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_reads_are_confirmed_by_the_oracles_word() {
+    let cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    common::ranges::split_at_m(&cluster).await;
+    let mut client = cluster.client(0).await;
+    let members = client.member_list().await.unwrap();
+    let index_of = |id: u64| {
+        let name = members.members().iter().find(|m| m.id() == id)?.name();
+        cluster
+            .members
+            .iter()
+            .position(|member| member.name == name)
+    };
+    // A data range led by a member other than the meta range's leader (leaders spread
+    // over the members, so one of the two is), and a key in it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = loop {
+        let meta_leader = (0..3)
+            .find(|&i| metrics(cluster.members[i].client_port)["ostrakon_oracle_is_leader"] == 1.0);
+        let listed = ranges(&cluster, 0).await.unwrap_or_default();
+        let found = listed.iter().find_map(|range| {
+            let leader = index_of(range.leader)?;
+            (meta_leader.is_some() && Some(leader) != meta_leader).then(|| {
+                let mut key = range.start.to_vec();
+                key.push(b'k');
+                assert!(
+                    range.end.is_empty() || key[..] < range.end[..],
+                    "a key in the range"
+                );
+                key
+            })
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every data range led by the meta range's leader for 30 s: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Summed over the members: a leadership that moves meanwhile counts where it went.
+    // These gets are all of one range, so no read barrier takes a word here.
+    let confirmed = || -> f64 {
+        (0..3)
+            .map(|i| {
+                metrics(cluster.members[i].client_port)["ostrakon_reads_confirmed_by_word_total"]
+            })
+            .sum()
+    };
+    let before = confirmed();
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        readers.push(cluster.client(i).await);
+    }
+    const ROUNDS: usize = 30;
+    for round in 0..ROUNDS {
+        let value = round.to_string();
+        let put = client.put(key.clone(), value.as_str(), None).await.unwrap();
+        let revision = put.header().unwrap().revision();
+        for (i, reader) in readers.iter_mut().enumerate() {
+            let read = reader.get(key.clone(), None).await.unwrap();
+            let kv = &read.kvs()[0];
+            assert_eq!(
+                (kv.value_str().unwrap(), kv.mod_revision()),
+                (value.as_str(), revision),
+                "round {round}: a read through member {i} missed the write before it"
+            );
+            assert!(read.header().unwrap().revision() >= revision);
+        }
+    }
+    // Each read is its own batch of fresh reads at the leader (one at a time): each
+    // takes an oracle fetch, and the grant vouches for the leader unless a leadership
+    // moved meanwhile.
+    let taken = confirmed() - before;
+    eprintln!(
+        "{taken} of {} fresh reads confirmed by the oracle's word",
+        3 * ROUNDS
+    );
+    assert!(
+        taken >= (2 * ROUNDS) as f64,
+        "fresh reads confirmed by the oracle's word: {taken} of {}",
+        3 * ROUNDS
+    );
+}
+
 /// Kubernetes' consistent reads from its watch cache: read the current revision R
 /// (linearizable), then wait for a progress answer at R or above on the cache's watch
 /// stream. On a keyspace in ranges, with writes only outside the watched keys, the

@@ -911,7 +911,14 @@ impl EventLoop {
     /// A fresh read whose fetch gave it `revision`, after the fetch's writes were
     /// proposed: a barrier at `revision` in the term it arrived in (a later leadership
     /// may not have proposed every write of this one's fetches: the reader tries again).
-    fn fresh_read_point(&mut self, read: crate::revisions::WaitingFreshRead, revision: u64) {
+    /// `granter_word`: the word of the member whose oracle granted the fetch, read after
+    /// it handed `revision` out, if it gave one for the read's range.
+    fn fresh_read_point(
+        &mut self,
+        read: crate::revisions::WaitingFreshRead,
+        revision: u64,
+        granter_word: Option<crate::member_word::MemberWord>,
+    ) {
         let crate::revisions::WaitingFreshRead {
             group,
             respond,
@@ -921,9 +928,13 @@ impl EventLoop {
             Some(replica) if replica.node.role() == Role::Leader && replica.node.term() == term => {
                 let last = replica.node.last_index();
                 let waiter = crate::input::ReadWaiter::Fresh { respond, revision };
-                // No member's word: the read index must follow this fetch
-                // (`NodeHandle::fresh_read_point`).
-                replica.read_index_at_least(last, waiter, None);
+                // The read index must follow this fetch (`NodeHandle::fresh_read_point`):
+                // a heartbeat round begun now, or the granter's word, read after its
+                // oracle handed `revision` out. A leader of a later term needs the
+                // granter's vote or this one's, so none was elected before `revision`
+                // was handed out, and a later one fetches its writes' revisions above
+                // it (docs/PERFORMANCE.md, "A grant vouches for its asker's leadership").
+                replica.read_index_at_least(last, waiter, granter_word);
                 self.dirty.insert(group);
             }
             Some(replica) if replica.node.role() == Role::Leader => {
@@ -940,12 +951,22 @@ impl EventLoop {
         let Some((fetch, count)) = self.revisions.start() else {
             return;
         };
+        let vouch_for = self
+            .revisions
+            .fresh_read_ranges_in_flight(crate::transport::VOUCH_FOR_MAX);
         let handle = self.handle.clone();
         let inputs = self.input_tx.clone();
         self.runtime.spawn(async move {
-            let granted = handle.timestamps(count).await;
+            let (granted, vouched) = match handle.timestamps_vouched(count, &vouch_for).await {
+                Ok(granted) => (Ok(granted.range), granted.vouched),
+                Err(error) => (Err(error), Vec::new()),
+            };
             let _ = inputs
-                .send_async(Input::RevisionsGranted { fetch, granted })
+                .send_async(Input::RevisionsGranted {
+                    fetch,
+                    granted,
+                    vouched,
+                })
                 .await;
         });
     }
@@ -1102,7 +1123,11 @@ impl EventLoop {
                 respond,
                 may_wait,
             } => self.propose_write(group, write, respond, may_wait),
-            Input::RevisionsGranted { fetch, granted } => {
+            Input::RevisionsGranted {
+                fetch,
+                granted,
+                vouched,
+            } => {
                 if granted.is_err() {
                     // Its writes are answered with the error: no line waits for them.
                     self.prepare_lines.fetch_failed();
@@ -1153,7 +1178,11 @@ impl EventLoop {
                     self.read_barrier(barrier);
                 }
                 for (read, revision) in self.revisions.released_fresh_reads() {
-                    self.fresh_read_point(read, revision);
+                    let word = vouched
+                        .iter()
+                        .find(|(group, _)| *group == read.group)
+                        .map(|(_, word)| *word);
+                    self.fresh_read_point(read, revision, word);
                 }
             }
             Input::FreshReadPoint { group, respond } => match self.replicas.get(&group) {

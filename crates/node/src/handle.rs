@@ -1212,6 +1212,18 @@ impl NodeHandle {
         &self,
         count: u64,
     ) -> Result<ostrakon_ranges::TimestampRange, NodeError> {
+        Ok(self.timestamps_vouched(count, &[]).await?.range)
+    }
+
+    /// `timestamps`, with the word of the member that granted them (another member: the
+    /// meta range's leader) of each range in `vouch_for` it gave, read after it handed
+    /// them out (at most `VOUCH_FOR_MAX` ranges; docs/PERFORMANCE.md, "A grant vouches
+    /// for its asker's leadership").
+    pub async fn timestamps_vouched(
+        &self,
+        count: u64,
+        vouch_for: &[GroupId],
+    ) -> Result<crate::transport::Granted, NodeError> {
         assert!(
             (1..=TIMESTAMPS_PER_REQUEST_MAX).contains(&count),
             "timestamp count checked by the caller"
@@ -1220,13 +1232,21 @@ impl NodeHandle {
         loop {
             let status = self.status(crate::META_GROUP)?;
             let attempt = if status.is_leader {
-                self.timestamps_local(count, None).await
+                self.timestamps_local(count, None)
+                    .await
+                    .map(|range| crate::transport::Granted {
+                        range,
+                        vouched: Vec::new(),
+                    })
             } else if status.leader == NodeId::NONE || status.leader == self.id() {
                 Err(NodeError::NoLeader)
             } else {
                 // Read at each attempt, after what the timestamps are for began.
                 let word = self.term_word(crate::META_GROUP);
-                let remote = self.inner.transport.timestamps(status.leader, count, word);
+                let remote = self
+                    .inner
+                    .transport
+                    .timestamps(status.leader, count, word, vouch_for);
                 tokio::time::timeout_at(deadline, remote)
                     .await
                     .unwrap_or(Err(NodeError::Timeout))
@@ -1421,7 +1441,7 @@ impl NodeHandle {
 
     /// This member's word for an ask of group's leader made now (after what it is for
     /// began), as a term on the wire: 0 for none (`crate::member_word`).
-    fn term_word(&self, group: GroupId) -> u64 {
+    pub(crate) fn term_word(&self, group: GroupId) -> u64 {
         self.group(group)
             .map_or(0, |shared| shared.term_word.word())
     }

@@ -225,6 +225,9 @@ pub enum Input {
         fetch: u64,
         /// The timestamps, or why there are none.
         granted: Result<ostrakon_ranges::TimestampRange, NodeError>,
+        /// The granter's word of ranges whose fresh reads the fetch is for
+        /// (`NodeHandle::timestamps_vouched`).
+        vouched: Vec<(GroupId, crate::member_word::MemberWord)>,
     },
     /// Messages to `to` could not be delivered.
     Unreachable(NodeId),

@@ -120,6 +120,21 @@ impl RevisionFetcher {
         self.0.released_fresh_reads()
     }
 
+    /// The ranges of the fresh reads the fetch in flight is for, at most `max` of them
+    /// (the ranges whose leadership the oracle's grant may vouch for).
+    pub fn fresh_read_ranges_in_flight(&self, max: usize) -> Vec<GroupId> {
+        let mut groups: Vec<GroupId> = Vec::new();
+        for read in self.0.reads_in_flight() {
+            if groups.len() == max {
+                break;
+            }
+            if !groups.contains(&read.group) {
+                groups.push(read.group);
+            }
+        }
+        groups
+    }
+
     /// If no fetch is in flight and writes or fresh reads wait: starts one for them,
     /// returning its number and how many timestamps it needs.
     pub fn start(&mut self) -> Option<(u64, u64)> {

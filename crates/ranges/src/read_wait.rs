@@ -130,6 +130,13 @@ impl<W: Stamped, B, R> RevisionFetcher<W, B, R> {
         }
     }
 
+    /// The fresh reads the fetch in flight is for (none if no fetch is in flight).
+    pub fn reads_in_flight(&self) -> &[R] {
+        self.in_flight
+            .as_ref()
+            .map_or(&[], |in_flight| &in_flight.reads)
+    }
+
     /// Whether a fetch is in flight (a barrier asked now is held for it).
     pub fn fetch_in_flight(&self) -> bool {
         self.in_flight.is_some()

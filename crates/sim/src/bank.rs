@@ -353,7 +353,7 @@ impl Simulation {
         let whole_range = self.scenario.txn_protocol == TxnProtocol::WholeRange;
         let born = transfer.txn.born != 0;
         match (born, reply) {
-            (false, Reply::Timestamps(grant)) => {
+            (false, Reply::Timestamps(grant, _)) => {
                 // Born at the timestamp: every command of it carries that. Under key
                 // locks it is the transaction's revision too; under whole-range locks
                 // the revision is the highest its ranges' leaders fetch for the prepares.

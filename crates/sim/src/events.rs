@@ -15,8 +15,13 @@ use crate::node::Request;
 pub enum Reply {
     /// Done, with the register model's output.
     Ok(ostrakon_check::RegisterOutput),
-    /// Timestamps from the oracle.
-    Timestamps(ostrakon_check::TimestampGrant),
+    /// Timestamps from the oracle, with the granting node's word of each range it
+    /// holds, read as it granted them (the node's grant carries the word of the ranges
+    /// the ask names: those whose fresh reads wait for the fetch).
+    Timestamps(
+        ostrakon_check::TimestampGrant,
+        Vec<(ostrakon_raft::GroupId, crate::node::AskWord)>,
+    ),
     /// A command of two-phase commit applied.
     Txn(crate::txn_kv::TxnApplied),
     /// A read at a revision: the range's span when it read, and each register in it

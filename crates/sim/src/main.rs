@@ -190,7 +190,7 @@ fn main() -> ExitCode {
          reads at one revision, {} revisions sent to watchers, {} transfers ({} across \
          ranges, {} records forgotten, {} of them committed, {} pushes sent on to a named leader, {} old records finished by their leader) and {} merges ({} given up, {} held by a replica); \
          {} seeds ran the node's transaction variant ({} transfers across ranges, {} revisions fetched by range \
-         leaders, {} fetches asked again, {} writes fetched again, {} oracle asks taken on the asker's word, {} words of another term, {} reads at a revision sent on by a follower, {} reads taken on a follower's word, {} prepares behind an unlock, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked) in {:.1} s",
+         leaders, {} fetches asked again, {} writes fetched again, {} oracle asks taken on the asker's word, {} words of another term, {} reads at a revision sent on by a follower, {} reads taken on a follower's word, {} prepares behind an unlock, {} audits checked, {} transfers with a part writing nothing, {} reads held for a fetch, {} answered past one, {} fresh reads checked, {} of them taken on the oracle's word) in {:.1} s",
         summary.seeds,
         summary.violations,
         summary.unknown,
@@ -222,6 +222,7 @@ fn main() -> ExitCode {
         summary.barriers_held,
         summary.barriers_skipped,
         summary.fresh_reads,
+        summary.fresh_reads_confirmed_by_grant,
         summary.elapsed.as_secs_f64()
     );
     if args.json {

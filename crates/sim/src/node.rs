@@ -188,7 +188,7 @@ pub enum Input {
     ReadAt(HeldRead),
     /// A fresh read with the revision its fetch gave it, queued behind the fetch's
     /// writes.
-    FreshAt(FreshRead, u64),
+    FreshAt(FreshRead, u64, Option<AskWord>),
     /// A left range's replica here holds a merge whose freeze, at this entry of this
     /// range's log, is committed (the left range committed the merge after it): the
     /// replica may not have heard so from a leader gone since (`RawNode::commit_known`).

@@ -55,7 +55,7 @@ impl Simulation {
         let Some((id, group, term)) = self.end_floor_fetch(client) else {
             return;
         };
-        if let Reply::Timestamps(grant) = reply {
+        if let Reply::Timestamps(grant, _) = reply {
             let replica = self.replica(id, group);
             replica.floor.learn(term, grant.first);
             trace!(

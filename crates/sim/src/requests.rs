@@ -684,7 +684,9 @@ impl Simulation {
                 trace!(self, "client {client} op {} ok {output:?}", op.index());
                 self.complete(client, Outcome::Ok(output));
             }
-            Reply::Timestamps(grant) => panic!("timestamps {grant:?} answer a register operation"),
+            Reply::Timestamps(grant, _) => {
+                panic!("timestamps {grant:?} answer a register operation")
+            }
             Reply::Stale => {
                 // Definitely not done: its revision was below a read served or a write
                 // applied. It takes a new one, a few times.
@@ -766,7 +768,7 @@ impl Simulation {
     /// range with it; without one, it definitely did not happen.
     fn revision_reply(&mut self, client: u64, op: OpId, command: Command, reply: Reply) {
         let revision = match reply {
-            Reply::Timestamps(grant) => grant.first,
+            Reply::Timestamps(grant, _) => grant.first,
             Reply::Failed { leader_hint } => {
                 trace!(self, "client {client} op {} got no revision", op.index());
                 self.clients[client as usize]

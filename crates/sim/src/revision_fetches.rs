@@ -14,7 +14,7 @@ use ostrakon_ranges::{Timestamp, TimestampRange};
 
 use crate::clients::REVISION_FETCH_BASE;
 use crate::events::Reply;
-use crate::node::{FetchedWrite, FreshRead, HeldRead, Input, Request, Waiting};
+use crate::node::{AskWord, FetchedWrite, FreshRead, HeldRead, Input, Request, Waiting};
 use crate::simulation::{trace, Simulation, META};
 use crate::txn_kv::TxnCommand;
 
@@ -72,8 +72,16 @@ impl Simulation {
 
     /// A fresh read with its revision, behind its fetch's writes: read once the replica
     /// has applied its log now and a read index, if the leadership it arrived at still
-    /// leads (as the node's `fresh_read_point`).
-    pub(crate) fn read_fresh(&mut self, id: NodeId, read: FreshRead, revision: u64) {
+    /// leads (as the node's `fresh_read_point`). The read index takes a heartbeat round,
+    /// or `granter_word`: the word of the member that granted the fetch, read after it
+    /// handed `revision` out.
+    pub(crate) fn read_fresh(
+        &mut self,
+        id: NodeId,
+        read: FreshRead,
+        revision: u64,
+        granter_word: Option<AskWord>,
+    ) {
         let replica = self.replica(id, read.group);
         let leader_hint = replica.raw.leader();
         let leading_in = (replica.raw.role() == Role::Leader).then(|| replica.raw.term());
@@ -85,9 +93,18 @@ impl Simulation {
             wait_index: replica.raw.last_index(),
             ..read.waiting
         };
-        match replica.raw.read_index(read.request_id) {
-            Ok(()) => {
+        let asked = match granter_word {
+            Some(word) => {
+                replica
+                    .raw
+                    .read_index_confirmed_by(read.request_id, word.member, word.term)
+            }
+            None => replica.raw.read_index(read.request_id).map(|()| false),
+        };
+        match asked {
+            Ok(confirmed) => {
                 replica.reads.insert(read.request_id, waiting);
+                self.fresh_reads_confirmed_by_grant += u64::from(confirmed);
                 trace!(
                     self,
                     "{id:?} {:?} reads register {} fresh at {revision} (after {:?})",
@@ -181,7 +198,7 @@ impl Simulation {
     /// The oracle answered a node's fetch.
     pub(crate) fn handle_revision_fetch_reply(&mut self, client: u64, reply: Reply) {
         let number = client - REVISION_FETCH_BASE;
-        let answered = matches!(reply, Reply::Timestamps(_));
+        let answered = matches!(reply, Reply::Timestamps(..));
         if answered
             && self.healed_at_us.is_none()
             && self.revision_fetches.contains_key(&number)
@@ -223,14 +240,17 @@ impl Simulation {
         let Some((id, fetch)) = self.end_revision_fetch(client) else {
             return;
         };
-        let granted = match reply {
-            Reply::Timestamps(grant) => Some(TimestampRange {
-                first: Timestamp(grant.first),
-                count: grant.count,
-            }),
-            _ => None,
+        let (granted, vouched) = match reply {
+            Reply::Timestamps(grant, vouched) => {
+                let range = TimestampRange {
+                    first: Timestamp(grant.first),
+                    count: grant.count,
+                };
+                (Some(range), vouched)
+            }
+            _ => (None, Vec::new()),
         };
-        self.revisions_granted(id, fetch, granted);
+        self.revisions_granted(id, fetch, granted, &vouched);
     }
 
     /// Asks the oracle again for a fetch a member refused, if its node still waits for
@@ -278,7 +298,7 @@ impl Simulation {
 
     pub(crate) fn revision_fetch_timed_out(&mut self, client: u64) {
         if let Some((id, fetch)) = self.end_revision_fetch(client) {
-            self.revisions_granted(id, fetch, None);
+            self.revisions_granted(id, fetch, None, &[]);
         }
     }
 
@@ -301,8 +321,15 @@ impl Simulation {
     }
 
     /// Hands the fetch's writes to their replicas (to be proposed), then the reads it
-    /// held, queued behind them; or, if it failed, answers its writes.
-    fn revisions_granted(&mut self, id: NodeId, fetch: u64, granted: Option<TimestampRange>) {
+    /// held, queued behind them; or, if it failed, answers its writes. `vouched`: the
+    /// granting member's word of the ranges it holds, read after it granted the fetch.
+    fn revisions_granted(
+        &mut self,
+        id: NodeId,
+        fetch: u64,
+        granted: Option<TimestampRange>,
+        vouched: &[(ostrakon_raft::GroupId, AskWord)],
+    ) {
         trace!(self, "{id:?} fetch {fetch} answered: {granted:?}");
         let result = self.running(id).revisions.granted(fetch, granted);
         // Taken now: a write handed on below may start the next fetch.
@@ -333,7 +360,13 @@ impl Simulation {
         }
         for (read, revision) in fresh_reads {
             let (group, waiting) = (read.group, read.waiting);
-            let input = Input::FreshAt(read, revision);
+            // The granter's word, unless it granted itself (as the node's own fetch,
+            // which asks no member).
+            let word = vouched
+                .iter()
+                .find(|(vouched_group, word)| *vouched_group == group && word.member != id)
+                .map(|(_, word)| *word);
+            let input = Input::FreshAt(read, revision, word);
             self.input_or_answer(id, group, input, waiting, &failed);
         }
         self.start_revision_fetch(id);
@@ -419,6 +452,15 @@ fn without_revision(request: Request) -> Request {
     }
 }
 
+/// A fresh read as it was served: what the end checks against the registers' final
+/// versions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FreshReadServed {
+    pub(crate) key: u64,
+    pub(crate) revision: u64,
+    pub(crate) value: Option<u64>,
+}
+
 impl Simulation {
     /// Every fresh read answered was served at a revision at or above the revision of
     /// every register write acknowledged before it began, in any range: etcd's promise
@@ -471,5 +513,20 @@ impl Simulation {
             }
         }
         self.fresh_reads_checked = checked;
+        // And each read what the writes at or below its revision left (run once the
+        // ranges converged): a leader deposed before its revision was handed out would
+        // miss a write its successor committed below it.
+        let versions = self.final_versions();
+        for served in &self.fresh_read_values {
+            let expected = crate::kv::value_at(&versions, served.key, served.revision);
+            if served.value != expected {
+                let message = format!(
+                    "a fresh read of register {} at revision {} read {:?}; the writes at or \
+                     below that revision leave it at {expected:?}",
+                    served.key, served.revision, served.value
+                );
+                return self.fail(crate::invariants::Violation(message));
+            }
+        }
     }
 }

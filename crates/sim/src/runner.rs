@@ -78,6 +78,9 @@ pub struct SeedReport {
     pub forwarded_reads: u64,
     /// See `forwarded_reads`.
     pub reads_confirmed_by_word: u64,
+    /// Fresh reads whose range leader took the word the oracle's grant carried for its
+    /// heartbeat round.
+    pub fresh_reads_confirmed_by_grant: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way.
     pub prepares_behind_unlocks: u64,
@@ -179,6 +182,7 @@ pub fn run_seed_with(
         words_of_other_terms: sim.words_of_other_terms,
         forwarded_reads: sim.forwarded_reads,
         reads_confirmed_by_word: sim.reads_confirmed_by_word,
+        fresh_reads_confirmed_by_grant: sim.fresh_reads_confirmed_by_grant,
         prepares_behind_unlocks: sim.prepares_behind_unlocks,
         audits_checked: sim.audits_checked,
         guarded_transfers: sim.guarded_transfers,
@@ -246,6 +250,9 @@ pub struct Summary {
     pub forwarded_reads: u64,
     /// See `forwarded_reads`.
     pub reads_confirmed_by_word: u64,
+    /// Fresh reads whose range leader took the word the oracle's grant carried for its
+    /// heartbeat round.
+    pub fresh_reads_confirmed_by_grant: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way.
     pub prepares_behind_unlocks: u64,
@@ -364,6 +371,7 @@ pub fn run_seeds_with(
                 summary.words_of_other_terms += report.words_of_other_terms;
                 summary.forwarded_reads += report.forwarded_reads;
                 summary.reads_confirmed_by_word += report.reads_confirmed_by_word;
+                summary.fresh_reads_confirmed_by_grant += report.fresh_reads_confirmed_by_grant;
                 summary.prepares_behind_unlocks += report.prepares_behind_unlocks;
                 summary.audits_checked += report.audits_checked;
                 summary.guarded_transfers += report.guarded_transfers;

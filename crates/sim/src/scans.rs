@@ -171,7 +171,7 @@ impl Simulation {
         let state = &mut self.scan_clients[index];
         let scan = state.scan.as_mut().expect("a read in progress");
         match reply {
-            Reply::Timestamps(grant) => {
+            Reply::Timestamps(grant, _) => {
                 assert!(scan.revision.is_none(), "one revision per read");
                 scan.revision = Some(grant.first);
                 self.send_scan_request(index);

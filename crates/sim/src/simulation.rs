@@ -98,6 +98,8 @@ pub struct Simulation {
     pub(crate) forwarded_reads: u64,
     /// See `forwarded_reads`.
     pub(crate) reads_confirmed_by_word: u64,
+    /// Fresh reads whose leader took the oracle's grant's word for its round.
+    pub(crate) fresh_reads_confirmed_by_grant: u64,
     /// Prepares a range's leader proposed behind the resolve or release of the locks
     /// in their way (`Replica::unlocking`).
     pub(crate) prepares_behind_unlocks: u64,
@@ -112,6 +114,8 @@ pub struct Simulation {
     pub(crate) write_revisions: BTreeMap<ostrakon_check::OpId, u64>,
     /// The revisions fresh reads were served at, by operation.
     pub(crate) fresh_read_revisions: BTreeMap<ostrakon_check::OpId, u64>,
+    /// Every fresh read served: its register, revision and the value it read.
+    pub(crate) fresh_read_values: Vec<crate::revision_fetches::FreshReadServed>,
     /// Fresh reads whose revisions the end checked.
     pub(crate) fresh_reads_checked: u64,
     /// Revision fetches whose answer was considered for a delay (once each).
@@ -285,12 +289,14 @@ impl Simulation {
             words_of_other_terms: 0,
             forwarded_reads: 0,
             reads_confirmed_by_word: 0,
+            fresh_reads_confirmed_by_grant: 0,
             prepares_behind_unlocks: 0,
             writes_fetched: 0,
             barriers_held: 0,
             barriers_skipped: 0,
             write_revisions: BTreeMap::new(),
             fresh_read_revisions: BTreeMap::new(),
+            fresh_read_values: Vec::new(),
             fresh_reads_checked: 0,
             slow_fetch_answers: BTreeSet::new(),
             next_crash_after_bound_us: 0,
@@ -1046,7 +1052,7 @@ impl Simulation {
             }
             Input::Granted(write) => self.propose_fetched(id, write),
             Input::ReadAt(read) => self.read_at(id, read),
-            Input::FreshAt(read, revision) => self.read_fresh(id, read, revision),
+            Input::FreshAt(read, revision, word) => self.read_fresh(id, read, revision, word),
             Input::Transfer(target) => {
                 let result = self.replica(id, group).raw.transfer_leader(target);
                 trace!(
@@ -1779,6 +1785,12 @@ impl Simulation {
                 Some(value) => {
                     if let Some(revision) = waiting.fresh_at {
                         self.fresh_read_revisions.insert(waiting.op, revision);
+                        let served = crate::revision_fetches::FreshReadServed {
+                            key: waiting.key,
+                            revision,
+                            value,
+                        };
+                        self.fresh_read_values.push(served);
                     }
                     self.reply(waiting, Reply::Ok(RegisterOutput::Read(value)))
                 }

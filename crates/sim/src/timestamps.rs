@@ -82,6 +82,14 @@ impl Simulation {
         replica.reads.insert(request_id, waiting);
     }
 
+    /// `id`'s word of every range it holds, for a grant it answers now.
+    fn grant_words(&mut self, id: NodeId) -> Vec<(GroupId, AskWord)> {
+        self.groups_on(id)
+            .into_iter()
+            .filter_map(|group| Some((group, self.range_word(id, group)?)))
+            .collect()
+    }
+
     /// Serves the confirmed timestamp requests at `id` (after its Ready is advanced:
     /// allocating may propose a new bound). Returns whether the node is to crash now,
     /// before its new bound is persisted or sent.
@@ -144,7 +152,15 @@ impl Simulation {
                 first: range.first.0,
                 count: range.count,
             };
-            self.reply(waiting, Reply::Timestamps(grant));
+            // Read now, after the timestamps were handed out: the word vouches for an
+            // asking range leader's leadership after that (`read_fresh`). Only a range
+            // leader's fetch uses it.
+            let vouched = if waiting.client < crate::clients::REVISION_FETCH_BASE {
+                Vec::new()
+            } else {
+                self.grant_words(id)
+            };
+            self.reply(waiting, Reply::Timestamps(grant, vouched));
         }
         crashes
     }
@@ -204,7 +220,9 @@ impl Simulation {
             return; // Timed out already.
         }
         match reply {
-            Reply::Timestamps(grant) => self.complete_timestamp_request(client, Outcome::Ok(grant)),
+            Reply::Timestamps(grant, _) => {
+                self.complete_timestamp_request(client, Outcome::Ok(grant))
+            }
             Reply::Failed { leader_hint } => {
                 self.complete_timestamp_request(client, Outcome::Failed);
                 self.timestamp_clients[index].believed_leader = leader_hint;

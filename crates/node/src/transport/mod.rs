@@ -14,6 +14,7 @@ mod codec;
 mod forwarder;
 mod service;
 mod timestamp_asks;
+pub use timestamp_asks::{Granted, VOUCH_FOR_MAX};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};

@@ -181,12 +181,32 @@ impl Peer for PeerService {
                         code: tonic::Code::InvalidArgument as i32,
                         message: "timestamp count out of range".to_string(),
                     };
-                    transport.grant(from, id, Err(refused));
+                    transport.grant(from, id, Err(refused), Vec::new());
                     continue;
                 }
+                let vouch_for: Vec<GroupId> = ask
+                    .vouch_for
+                    .iter()
+                    .take(super::timestamp_asks::VOUCH_FOR_MAX)
+                    .map(|&group| GroupId(group))
+                    .collect();
+                let handle = self.handle.clone();
                 let respond =
                     crate::timestamps::TimestampResponder::Peer(Box::new(move |result| {
-                        transport.grant(from, id, result)
+                        // Read as the oracle answers, after it handed these timestamps
+                        // out: the word vouches for the asker's leadership after that.
+                        let vouched = match &result {
+                            Ok(_) => vouch_for
+                                .iter()
+                                .map(|&group| pb::GroupTerm {
+                                    group: group.0,
+                                    term: handle.term_word(group),
+                                })
+                                .filter(|vouched| vouched.term > 0)
+                                .collect(),
+                            Err(_) => Vec::new(),
+                        };
+                        transport.grant(from, id, result, vouched)
                     }));
                 self.inputs
                     .send_async(Input::Timestamps {

@@ -27,12 +27,36 @@ use std::time::{Duration, Instant};
 
 use ostrakon_proto::peer::peer_client::PeerClient;
 use ostrakon_proto::peer::{self as pb};
-use ostrakon_raft::NodeId;
+use ostrakon_raft::{GroupId, NodeId, Term};
 use ostrakon_ranges::{Timestamp, TimestampRange};
 use tokio::sync::oneshot;
 
 use super::{codec, Outgoing, Transport};
 use crate::error::NodeError;
+use crate::member_word::MemberWord;
+
+/// At most this many ranges an ask names for the granter's word: a fetch's fresh reads
+/// of further ranges take their own heartbeat rounds, as before.
+pub const VOUCH_FOR_MAX: usize = 64;
+
+/// Timestamps granted, and the granter's word of each range the ask named that it gave
+/// (read after it handed the timestamps out).
+#[derive(Debug)]
+pub struct Granted {
+    /// The timestamps.
+    pub range: TimestampRange,
+    /// The granter's word of each range it vouched for.
+    pub vouched: Vec<(GroupId, MemberWord)>,
+}
+
+impl Granted {
+    fn without_words(range: TimestampRange) -> Granted {
+        Granted {
+            range,
+            vouched: Vec::new(),
+        }
+    }
+}
 
 /// An ask unanswered this long is asked again by a unary call. Well above the read
 /// index round it waits for, which takes a round trip and the followers' turns.
@@ -51,7 +75,7 @@ pub(super) fn ignore_asks() -> bool {
     })
 }
 
-type Waiter = oneshot::Sender<Result<TimestampRange, NodeError>>;
+type Waiter = oneshot::Sender<Result<Granted, NodeError>>;
 
 /// The asks waiting for grants, and what is known of each peer's answering.
 pub(super) struct Asks {
@@ -93,19 +117,27 @@ impl Drop for Pending<'_> {
 impl Transport {
     /// `count` timestamps from the meta range's leader `leader`: asked on the peer
     /// stream, or by a unary call if that goes unanswered. `asker_term`: this member's
-    /// word (`crate::member_word::MemberWord`), 0 for none.
+    /// word (`crate::member_word::MemberWord`), 0 for none. `vouch_for`: ranges this
+    /// member leads whose fresh reads wait for the timestamps (at most `VOUCH_FOR_MAX`);
+    /// a grant on the stream carries the granter's word of each (a unary answer none).
     pub async fn timestamps(
         &self,
         leader: NodeId,
         count: u64,
         asker_term: u64,
-    ) -> Result<TimestampRange, NodeError> {
+        vouch_for: &[GroupId],
+    ) -> Result<Granted, NodeError> {
         if !self.asks_unary_only(leader) {
-            if let Some(granted) = self.ask_on_stream(leader, count, asker_term).await {
+            if let Some(granted) = self
+                .ask_on_stream(leader, count, asker_term, vouch_for)
+                .await
+            {
                 return granted;
             }
         }
-        self.timestamps_unary(leader, count, asker_term).await
+        self.timestamps_unary(leader, count, asker_term)
+            .await
+            .map(Granted::without_words)
     }
 
     fn asks_unary_only(&self, leader: NodeId) -> bool {
@@ -127,7 +159,8 @@ impl Transport {
         leader: NodeId,
         count: u64,
         asker_term: u64,
-    ) -> Option<Result<TimestampRange, NodeError>> {
+        vouch_for: &[GroupId],
+    ) -> Option<Result<Granted, NodeError>> {
         if self.channel(leader).is_none() {
             return Some(Err(NodeError::NoLeader));
         }
@@ -136,10 +169,13 @@ impl Transport {
         let (waiter, granted) = oneshot::channel();
         asks.waiting.lock().unwrap().insert(id, (leader, waiter));
         let _pending = Pending { asks, id };
+        // Further ranges' fresh reads take their own rounds (the caller bounds them too).
+        let vouch_for = &vouch_for[..vouch_for.len().min(VOUCH_FOR_MAX)];
         let ask = Outgoing::Ask(pb::TimestampsAsk {
             id,
             count,
             asker_term,
+            vouch_for: vouch_for.iter().map(|group| group.0).collect(),
         });
         let queued = {
             let mut queues = self.inner.queues.lock().unwrap();
@@ -151,10 +187,10 @@ impl Transport {
             return None;
         }
         match tokio::time::timeout(ASK_TIMEOUT, granted).await {
-            Ok(Ok(result)) => Some(result.and_then(|range| {
+            Ok(Ok(result)) => Some(result.and_then(|granted| {
                 // An answer for another count is not this ask's.
-                if range.count == count {
-                    Ok(range)
+                if granted.range.count == count {
+                    Ok(granted)
                 } else {
                     Err(NodeError::LeaderChanged)
                 }
@@ -191,9 +227,23 @@ impl Transport {
             Some(error) => Err(codec::decode_node_error(error)),
             None => {
                 crate::metrics::metrics().oracle_asks_granted.inc();
-                Ok(TimestampRange {
-                    first: Timestamp(grant.first),
-                    count: grant.count,
+                Ok(Granted {
+                    range: TimestampRange {
+                        first: Timestamp(grant.first),
+                        count: grant.count,
+                    },
+                    vouched: grant
+                        .vouched
+                        .iter()
+                        .filter(|vouched| vouched.term > 0)
+                        .map(|vouched| {
+                            let word = MemberWord {
+                                member: from,
+                                term: Term(vouched.term),
+                            };
+                            (GroupId(vouched.group), word)
+                        })
+                        .collect(),
                 })
             }
         };
@@ -201,8 +251,15 @@ impl Transport {
     }
 
     /// Answers `to`'s ask `id` on the stream back to it (from the event loop: never
-    /// blocks; a full queue drops the grant, and the asker asks again).
-    pub(super) fn grant(&self, to: NodeId, id: u64, result: Result<TimestampRange, NodeError>) {
+    /// blocks; a full queue drops the grant, and the asker asks again), with this
+    /// member's word of the ranges in `vouched`.
+    pub(super) fn grant(
+        &self,
+        to: NodeId,
+        id: u64,
+        result: Result<TimestampRange, NodeError>,
+        vouched: Vec<pb::GroupTerm>,
+    ) {
         if self.channel(to).is_none() {
             return; // not (or no longer) a peer: no stream to answer on
         }
@@ -212,6 +269,7 @@ impl Transport {
                 first: range.first.0,
                 count: range.count,
                 error: None,
+                vouched,
             },
             Err(error) => pb::TimestampsGrant {
                 id,
