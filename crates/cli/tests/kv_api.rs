@@ -579,3 +579,46 @@ async fn forwarded_writes_whose_answers_outweigh_them_are_answered() {
         }
     }
 }
+
+/// Linearizable reads of a range on a member share raft read indexes (one in flight at
+/// a time). A ReadIndex message a follower sends its leader can be lost (a full send
+/// queue drops it, as does a dropped connection) and is then never answered: the reads
+/// waiting for it must not wait out their whole deadline. The follower here drops its
+/// first three ReadIndex messages; each is asked again after 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_waiting_for_a_lost_read_index_ask_again() {
+    if splits_eagerly() {
+        // A keyspace in ranges reads through fresh read points, not raft's ReadIndex.
+        return;
+    }
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut writer = cluster.client(leader).await;
+    writer.put("k", "before", None).await.unwrap();
+    cluster.terminate(follower);
+    cluster.restart_with_env(follower, &[("OSTRAKON_TEST_DROP_READ_INDEXES", "3")]);
+    cluster.wait_member_knows_leader(follower).await;
+    let mut reader = cluster.client(follower).await;
+    let started = std::time::Instant::now();
+    for round in 0..5 {
+        let value = format!("v{round}");
+        writer.put("k", value.as_str(), None).await.unwrap();
+        let begun = std::time::Instant::now();
+        let read = reader.get("k", None).await.unwrap();
+        assert_eq!(read.kvs()[0].value_str().unwrap(), value, "round {round}");
+        assert!(
+            begun.elapsed() < std::time::Duration::from_secs(3),
+            "round {round}: a read took {:?} (the request timeout is 7 s)",
+            begun.elapsed()
+        );
+    }
+    // Three lost asks, each waited for 500 ms before the next: the reads above met them
+    // (no read before these needs a read index on a member just restarted).
+    eprintln!("5 reads in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1_400),
+        "the dropped read indexes were not the reads': 5 reads in {:?}",
+        started.elapsed()
+    );
+}

@@ -67,6 +67,9 @@ struct Inner {
     read_timestamps: Arc<crate::coalesce::Coalescer<(), u64>>,
     /// Reads' barriers, one at a time per range.
     read_barriers: Arc<crate::coalesce::Coalescer<GroupId, LogIndex>>,
+    /// Raft read indexes of linearizable reads, one at a time per range (as etcd's
+    /// read loop: one ReadIndex per batch of reads).
+    read_indexes: Arc<crate::coalesce::Coalescer<GroupId, LogIndex>>,
     /// Fresh read points, one at a time per range.
     fresh_read_points: Arc<crate::coalesce::Coalescer<GroupId, (LogIndex, u64)>>,
     /// Forgets of committed transactions' records, waiting to be proposed together.
@@ -91,6 +94,11 @@ pub struct MemberDescription {
 /// How long a request waits before it is routed again (a range being created here, or a
 /// split this node has not applied yet).
 const ROUTE_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// A linearizable read's read index unanswered this long is asked again, the earlier
+/// asks still waited for (etcd's read loop sends again after 500 ms:
+/// `readIndexRetryTime`).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 /// The pause before trying a write again that met a transaction's lock for the
 /// `retries`th time: from 2 ms, doubling up to 64 ms, spread over half to the whole of it.
@@ -212,6 +220,7 @@ impl NodeHandle {
                 quota_backend_bytes: config.quota_backend_bytes,
                 read_timestamps: Arc::new(crate::coalesce::Coalescer::new(config.request_timeout)),
                 read_barriers: Arc::new(crate::coalesce::Coalescer::new(config.request_timeout)),
+                read_indexes: Arc::new(crate::coalesce::Coalescer::new(config.request_timeout)),
                 fresh_read_points: Arc::new(crate::coalesce::Coalescer::new(
                     config.request_timeout,
                 )),
@@ -1810,14 +1819,47 @@ impl NodeHandle {
     }
 
     /// Waits until this node's state machine reflects every write acknowledged before the
-    /// call (raft's ReadIndex); then a read of the local store is linearizable.
+    /// call (raft's ReadIndex); then a read of the local store is linearizable. Reads of
+    /// the range on this member share read indexes: any asked after the read began will
+    /// do (`coalesce`), so a batch of reads costs one event-loop input and, on a
+    /// follower, one ReadIndex message to the leader and its answer.
     pub async fn linearizable_read_point(&self, group: GroupId) -> Result<(), NodeError> {
         let applied = self.group(group)?.applied.clone();
         let mut span = spans::child(spans::current(), "raft.read_index", SpanKind::Internal);
+        let node = self.clone();
+        let read_index = move || {
+            let node = node.clone();
+            async move {
+                // A ReadIndex message lost on its way to the leader (a connection
+                // dropped) is never answered, and the reads of the range on this member
+                // wait for this one: asked again every `READ_INDEX_RETRY`, taking the
+                // first answer to any of the asks (each was asked after the batch's
+                // reads began), as etcd's read loop sends its request again and takes
+                // any answer. A slow answer is still taken.
+                use futures_util::StreamExt as _;
+                let mut answers = futures_util::stream::FuturesUnordered::new();
+                loop {
+                    let (respond, response) = oneshot::channel();
+                    match node.send(Input::ReadIndex { group, respond }) {
+                        Ok(()) => answers.push(response),
+                        Err(error) if answers.is_empty() => return Err(error),
+                        // Waits on for the asks already made.
+                        Err(_) => {}
+                    }
+                    if let Ok(answer) = tokio::time::timeout(READ_INDEX_RETRY, answers.next()).await
+                    {
+                        let answer = answer.expect("at least one ask is waiting");
+                        return answer.map_err(|_| NodeError::Stopped)?;
+                    }
+                }
+            }
+        };
         let wait = || async {
-            let (respond, response) = oneshot::channel();
-            self.send(Input::ReadIndex { group, respond })?;
-            let index = response.await.map_err(|_| NodeError::Stopped)??;
+            let index = self
+                .inner
+                .read_indexes
+                .join(group, read_index.clone())
+                .await?;
             applied
                 .clone()
                 .wait_for(|applied| *applied >= index)

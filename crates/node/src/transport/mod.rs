@@ -338,6 +338,9 @@ impl Transport {
                 self.send_snapshot(message);
                 continue;
             }
+            if matches!(message.body, MessageBody::ReadIndex { .. }) && drops_read_index() {
+                continue;
+            }
             let message = Outgoing::Raft(pb::RaftMessage::from(&message));
             if !self.enqueue(&mut queues, to, message) {
                 crate::metrics::metrics().peer_messages_dropped.inc();
@@ -828,6 +831,27 @@ fn retry_pause_after(in_a_row: u32) -> Duration {
     SNAPSHOT_RETRY_PAUSE_MIN
         .saturating_mul(1 << doublings)
         .min(SNAPSHOT_RETRY_PAUSE_MAX)
+}
+
+/// Whether to drop this ReadIndex message: `OSTRAKON_TEST_DROP_READ_INDEXES=N` drops the
+/// first N this member sends, as a full queue or a dropped connection loses one (tests
+/// show that the reads waiting for it are asked again).
+fn drops_read_index() -> bool {
+    static LEFT_TO_DROP: std::sync::OnceLock<std::sync::atomic::AtomicU64> =
+        std::sync::OnceLock::new();
+    let left = LEFT_TO_DROP.get_or_init(|| {
+        let count = std::env::var("OSTRAKON_TEST_DROP_READ_INDEXES")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        std::sync::atomic::AtomicU64::new(count)
+    });
+    left.fetch_update(
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+        |left| left.checked_sub(1),
+    )
+    .is_ok()
 }
 
 #[cfg(test)]
