@@ -2195,3 +2195,81 @@ fn frozen_ranges(cluster: &TestCluster, i: usize) -> f64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(-1.0)
 }
+
+/// A merge forwarded to the right range's leader whose answer is lost (the call's
+/// connection broke, its deadline passed, the leadership moved: "leader changed") while
+/// the merge goes on there is tried again, and answered by what became of it: `ostrakon
+/// ranges merge` failed with "leader changed" (found by CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_merge_whose_answer_is_lost_is_asked_again() {
+    let cluster =
+        TestCluster::start_with_env(3, &[], &[("OSTRAKON_FAILPOINT_MERGE", "lose-peer-answer")])
+            .await;
+    cluster.wait_for_leader().await;
+    common::ranges::split_at_m(&cluster).await;
+    let mut client = cluster.client(0).await;
+    client.put("x", "x0", None).await.unwrap();
+    client.put("a", "a0", None).await.unwrap();
+    let lost = |cluster: &TestCluster| {
+        (0..3).any(|i| {
+            cluster
+                .log(i)
+                .contains("failpoint: a merge's answer is lost")
+        })
+    };
+    // Asked of a member that does not lead [m, end), so that it forwards the merge; a
+    // merge refused before its freeze (the new range's leadership still moving, a
+    // replica a fsync behind) is tried again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let endpoint = member_not_leading(&cluster, "m").await;
+        let (ok, out, err) = cluster.ostrakon(&[
+            "ranges",
+            "merge",
+            "m",
+            "--endpoint",
+            &cluster.host_port(endpoint),
+        ]);
+        if ok {
+            break;
+        }
+        assert!(
+            !lost(&cluster) && err.contains("merge again later") && attempts < 5,
+            "merge failed: {out} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    assert!(lost(&cluster), "no merge answer was lost");
+    wait_for_spans(&cluster, &[("", "")]).await;
+    for i in 0..3 {
+        let got = cluster.client(i).await.get("x", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value_str().unwrap(), "x0");
+    }
+    let put = tokio::time::timeout(Duration::from_secs(3), client.put("x", "x1", None)).await;
+    assert!(
+        matches!(put, Ok(Ok(_))),
+        "the merged range takes writes: {put:?}"
+    );
+}
+
+/// A member that does not lead the range starting at `start`, as the members see it.
+async fn member_not_leading(cluster: &TestCluster, start: &str) -> usize {
+    for _ in 0..100 {
+        let listed = common::ranges::ranges(cluster, 0).await.unwrap_or_default();
+        let leader = listed
+            .iter()
+            .find(|range| range.start == start.as_bytes())
+            .map_or(0, |range| range.leader);
+        if leader != 0 {
+            for i in 0..3 {
+                let status = cluster.client(i).await.status().await.unwrap();
+                if status.header().unwrap().member_id() != leader {
+                    return i;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no leader of the range at {start:?} known");
+}

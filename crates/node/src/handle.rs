@@ -788,6 +788,10 @@ impl NodeHandle {
             return Err(no_boundary());
         };
         loop {
+            if self.group(right).is_err() && self.absorbing_range(right).is_some() {
+                // Merged: an earlier attempt's answer was lost.
+                break;
+            }
             let status = self.status(right)?;
             let attempt = if status.is_leader {
                 crate::merge_coordinator::merge_detached(self, left, right).await
@@ -802,11 +806,24 @@ impl NodeHandle {
                     .await
                     .unwrap_or(Err(NodeError::Timeout))
             };
+            // Asked again while the leadership moves or an attempt's fate is unknown (a
+            // forwarded merge's answer lost: "leader changed", which a merge asked during
+            // leaders' spreading answered; found by CI), and while the right range is
+            // frozen, by that attempt or another coordinator: the top of the loop sees
+            // the merge once it applied here.
+            let retried = |error: &NodeError| match error {
+                NodeError::NoLeader
+                | NodeError::NotLeader(_)
+                | NodeError::Dropped
+                | NodeError::LeaderChanged => true,
+                NodeError::Refused { .. } => self
+                    .store(right)
+                    .is_ok_and(|store| store.frozen().is_some()),
+                _ => false,
+            };
             match attempt {
                 Ok(()) => break,
-                Err(NodeError::NoLeader | NodeError::NotLeader(_) | NodeError::Dropped)
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(error) if retried(&error) && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(ROUTE_RETRY_PAUSE * 10).await;
                 }
                 Err(error) => return Err(error),

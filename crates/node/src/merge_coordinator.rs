@@ -48,6 +48,17 @@ fn loses_freeze_answer() -> bool {
     })
 }
 
+/// Whether a peer's merge request is answered "leader changed" at once while the merge
+/// goes on, once per process (`OSTRAKON_FAILPOINT_MERGE` set to `lose-peer-answer`;
+/// tests only): as if the call's connection broke or its deadline passed.
+pub(crate) fn loses_peer_answer() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    *ARMED.get_or_init(|| {
+        std::env::var("OSTRAKON_FAILPOINT_MERGE").is_ok_and(|value| value == "lose-peer-answer")
+    }) && !FIRED.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn refused(message: impl Into<String>) -> NodeError {
     NodeError::Refused {
         code: tonic::Code::FailedPrecondition as i32,

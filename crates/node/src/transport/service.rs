@@ -417,13 +417,23 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::PeerMergeResponse>, Status> {
         let request = request.into_inner();
         self.check_sender(request.cluster_id, request.from)?;
-        let merged = self
-            .handle
-            .merge_ranges_here(
-                GroupId(request.left_range_id),
-                GroupId(request.right_range_id),
-            )
-            .await;
+        let (left, right) = (
+            GroupId(request.left_range_id),
+            GroupId(request.right_range_id),
+        );
+        if crate::merge_coordinator::loses_peer_answer() {
+            let handle = self.handle.clone();
+            tokio::spawn(async move { handle.merge_ranges_here(left, right).await });
+            tracing::info!(
+                left = left.0,
+                right = right.0,
+                "failpoint: a merge's answer is lost"
+            );
+            return Ok(Response::new(pb::PeerMergeResponse {
+                error: Some(encode_node_error(crate::NodeError::LeaderChanged)),
+            }));
+        }
+        let merged = self.handle.merge_ranges_here(left, right).await;
         Ok(Response::new(pb::PeerMergeResponse {
             error: merged.err().map(encode_node_error),
         }))
