@@ -780,21 +780,39 @@ impl NodeHandle {
         if self.store(right)?.span().start() != key {
             return Err(no_boundary());
         }
-        let before = self
-            .data_ranges()
-            .into_iter()
-            .find(|(_, span)| span.end() == Some(key));
-        let Some((left, _)) = before else {
-            return Err(no_boundary());
+        // Merged: by this call's attempt, or by one whose answer was lost.
+        let merged = || {
+            self.group(right)
+                .is_err()
+                .then(|| self.absorbing_range(right))
+                .flatten()
         };
-        loop {
-            if self.group(right).is_err() && self.absorbing_range(right).is_some() {
-                // Merged: an earlier attempt's answer was lost.
-                break;
+        // The range before `key`, looked up again on every attempt: it may merge into the
+        // range before it meanwhile.
+        let range_before = || {
+            self.data_ranges()
+                .into_iter()
+                .find(|(_, span)| span.end() == Some(key))
+                .map(|(range, _)| range)
+        };
+        if range_before().is_none() {
+            return Err(no_boundary());
+        }
+        let left = loop {
+            if let Some(left) = merged() {
+                return Ok((left, right));
             }
+            let Some(left) = range_before() else {
+                return Err(no_boundary());
+            };
             let status = self.status(right)?;
+            // The coordinator goes on detached past the deadline (a merge is never left
+            // halfway); its answer is not waited for.
             let attempt = if status.is_leader {
-                crate::merge_coordinator::merge_detached(self, left, right).await
+                let local = crate::merge_coordinator::merge_detached(self, left, right);
+                tokio::time::timeout_at(deadline, local)
+                    .await
+                    .unwrap_or(Err(NodeError::Timeout))
             } else if status.leader == NodeId::NONE || status.leader == self.id() {
                 Err(NodeError::NoLeader)
             } else {
@@ -806,34 +824,38 @@ impl NodeHandle {
                     .await
                     .unwrap_or(Err(NodeError::Timeout))
             };
-            // Asked again while the leadership moves or an attempt's fate is unknown (a
-            // forwarded merge's answer lost: "leader changed", which a merge asked during
-            // leaders' spreading answered; found by CI), and while the right range is
-            // frozen, by that attempt or another coordinator: the top of the loop sees
+            // Asked again while the leadership moves, while an attempt's fate is unknown
+            // (a forwarded merge's answer lost: "leader changed", which a merge asked
+            // during leaders' spreading answered; found by CI) and while another attempt
+            // holds the range frozen (ABORTED, from its leader): the top of the loop sees
             // the merge once it applied here.
             let retried = |error: &NodeError| match error {
                 NodeError::NoLeader
                 | NodeError::NotLeader(_)
                 | NodeError::Dropped
                 | NodeError::LeaderChanged => true,
-                NodeError::Refused { .. } => self
-                    .store(right)
-                    .is_ok_and(|store| store.frozen().is_some()),
+                NodeError::Refused { code, .. } => *code == tonic::Code::Aborted as i32,
                 _ => false,
             };
             match attempt {
-                Ok(()) => break,
+                Ok(()) => break left,
                 Err(error) if retried(&error) && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(ROUTE_RETRY_PAUSE * 10).await;
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // An unknown fate may have been a merge all the same.
+                    return match merged() {
+                        Some(left) => Ok((left, right)),
+                        None => Err(error),
+                    };
+                }
             }
-        }
+        };
         // Merged: this node's replicas follow within a round trip or so.
         while self.group(right).is_ok() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(ROUTE_RETRY_PAUSE).await;
         }
-        Ok((left, right))
+        Ok((merged().unwrap_or(left), right))
     }
 
     /// The range here that took `group` over by a merge (directly or through others),

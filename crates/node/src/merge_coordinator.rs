@@ -108,9 +108,13 @@ pub(crate) async fn merge_here(
         return Err(NodeError::NotLeader(status.leader));
     }
     if left_store.frozen().is_some() || right_store.frozen().is_some() {
-        return Err(refused(
-            "ostrakon: one of the two ranges is being merged already; merge again later",
-        ));
+        // ABORTED, gRPC's "a concurrency conflict, try again": `merge_ranges_at` waits
+        // for that merge's fate.
+        return Err(NodeError::Refused {
+            code: tonic::Code::Aborted as i32,
+            message: "ostrakon: one of the two ranges is being merged already; merge again later"
+                .into(),
+        });
     }
     if left_store.applied().conf_state != right_store.applied().conf_state {
         return Err(refused(
