@@ -342,6 +342,11 @@ pub struct Metrics {
     /// Read barriers other members sent this member as their range's leader, confirmed
     /// on the sender's word of its range term, with no heartbeat round.
     pub reads_confirmed_by_word: Counter,
+    /// Read points other members asked this member for as their range's leader (one
+    /// peer call each, shared by the reads of the range waiting on that member): read
+    /// barriers at a revision, and fresh read points.
+    pub read_barriers_served: Counter,
+    pub fresh_read_points_served: Counter,
     /// Peer nodes this node reported down (silent for an election timeout).
     pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
@@ -408,6 +413,8 @@ impl Metrics {
             oracle_asks_unanswered: Counter::default(),
             oracle_asks_confirmed_by_word: Counter::default(),
             reads_confirmed_by_word: Counter::default(),
+            read_barriers_served: Counter::default(),
+            fresh_read_points_served: Counter::default(),
             oracle_asks_granted: Counter::default(),
             nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
@@ -669,6 +676,18 @@ impl Metrics {
             "counter",
             "Read barriers other members sent this member as their range's leader, confirmed on the sender's word of its range term, with no heartbeat round.",
             self.reads_confirmed_by_word.get().to_string(),
+        );
+        scalar(
+            "ostrakon_read_barriers_served_total",
+            "counter",
+            "Read barriers at a revision other members asked this member for as their range's leader (a peer call each, shared by the reads waiting on that member).",
+            self.read_barriers_served.get().to_string(),
+        );
+        scalar(
+            "ostrakon_fresh_read_points_served_total",
+            "counter",
+            "Fresh read points other members asked this member for as their range's leader (a peer call each, shared by the linearizable reads of the range waiting on that member).",
+            self.fresh_read_points_served.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_asks_unanswered_total",

@@ -29,6 +29,7 @@ use crate::common;
 use crate::errors::ApiError;
 
 /// Who is calling, as far as auth is concerned.
+#[derive(Clone)]
 pub struct Caller {
     /// The user, if a valid token was sent.
     user: Option<String>,
@@ -121,6 +122,55 @@ impl Caller {
     }
 }
 
+/// A pause before a write refused as checked against an old auth store is checked again:
+/// this member's auth store may not have applied the change that refused it yet.
+const RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Proposes `write`, checked (`check`) as `caller`, and while its apply refuses it as
+/// checked against an old auth store (etcd's ErrAuthOldRevision: the users, roles or
+/// permissions changed after the check), checks it again against this member's auth
+/// store as it stands then and proposes it again, until the request timeout. etcd's
+/// server does the same (`raftRequest` loops on that error), so its clients never see
+/// it; a member behind on an auth change answered it to a client (found by CI). While
+/// auth is off here a write goes once, uncopied (its apply refuses it as "user name is
+/// empty" if auth came on meanwhile, as etcd's does).
+pub async fn write_rechecked(
+    node: &NodeHandle,
+    caller: &Caller,
+    write: write_request::Request,
+    check: impl Fn(&Caller, &write_request::Request) -> Result<(), ApiError>,
+) -> Result<WriteOutcome, ApiError> {
+    if !caller.auth_enabled() {
+        return common::write_checked(node, write, caller.auth_revision()).await;
+    }
+    let deadline = tokio::time::Instant::now() + node.request_timeout();
+    let mut caller = caller.clone();
+    loop {
+        match common::write_checked(node, write.clone(), caller.auth_revision()).await {
+            Err(error)
+                if is_old_auth_revision(&error) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::info!(
+                    "a write refused as checked against an old auth store is checked again"
+                );
+                tokio::time::sleep(RECHECK_PAUSE).await;
+                caller = caller.at_read_point(node, &[]).await?;
+                check(&caller, &write)?;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a write was refused at apply as checked against an old auth store.
+fn is_old_auth_revision(error: &ApiError) -> bool {
+    matches!(
+        error,
+        ApiError::Node(ostrakon_node::NodeError::Refused { message, .. })
+            if *message == AuthError::AuthOldRevision.to_string()
+    )
+}
+
 /// The caller of a request, from its token. A token that is unknown or expired is
 /// refused; while auth is disabled tokens are ignored.
 pub async fn caller(node: &NodeHandle, metadata: &MetadataMap) -> Result<Caller, ApiError> {
@@ -188,7 +238,8 @@ impl AuthService {
         op: auth_write::Op,
     ) -> Result<ostrakon_proto::peer::AuthApplied, Status> {
         let write = write_request::Request::Auth(AuthWrite { op: Some(op) });
-        let outcome = common::write_checked(&self.node, write, caller.auth_revision()).await?;
+        let outcome =
+            write_rechecked(&self.node, caller, write, |caller, _| caller.check_admin()).await?;
         match outcome {
             WriteOutcome::Auth(applied) => Ok(applied),
             other => panic!("an auth change answered with {other:?}"),

@@ -46,7 +46,11 @@ impl KvService {
         caller: &Caller,
     ) -> Result<WriteOutcome, ApiError> {
         validate::size(encoded_bytes, &self.limits)?;
-        common::write_checked(&self.node, write, caller.auth_revision()).await
+        let node = &self.node;
+        auth::write_rechecked(node, caller, write, |caller, write| {
+            check_write(node, caller, write)
+        })
+        .await
     }
 
     async fn range(
@@ -163,6 +167,17 @@ fn check_put(node: &NodeHandle, caller: &Caller, put: &PutRequest) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// What a write needs, checked again when its apply found the auth store changed.
+fn check_write(node: &NodeHandle, caller: &Caller, write: &Write) -> Result<(), ApiError> {
+    match write {
+        Write::Put(put) => check_put(node, caller, put),
+        Write::DeleteRange(delete) => check_delete(caller, delete),
+        Write::Txn(txn) => check_txn(caller, txn),
+        // Compaction needs no permission (as in etcd).
+        _ => Ok(()),
+    }
 }
 
 fn check_delete(caller: &Caller, delete: &DeleteRangeRequest) -> Result<(), ApiError> {

@@ -102,16 +102,22 @@ impl Lease for LeaseService {
         // Revoking deletes the lease's keys: it needs write permission on each of them.
         let caller = crate::auth::caller(&self.node, request.metadata()).await?;
         let revoke = request.into_inner();
-        let keys = if caller.auth_enabled() {
-            self.node.lease_keys(revoke.id)
-        } else {
-            Vec::new()
+        let id = revoke.id;
+        let node = &self.node;
+        let check = |caller: &crate::auth::Caller, _: &Write| {
+            let keys = if caller.auth_enabled() {
+                node.lease_keys(id)
+            } else {
+                Vec::new()
+            };
+            for key in keys {
+                caller.check(&key, b"", ostrakon_storage::mvcc::auth::Access::Write)?;
+            }
+            Ok(())
         };
-        for key in keys {
-            caller.check(&key, b"", ostrakon_storage::mvcc::auth::Access::Write)?;
-        }
         let write = Write::LeaseRevoke(revoke);
-        match common::write_checked(&self.node, write, caller.auth_revision()).await? {
+        check(&caller, &write)?;
+        match crate::auth::write_rechecked(node, &caller, write, check).await? {
             // The revoke's own revision, where this member has not applied it yet (on a
             // keyspace in ranges the transaction is answered at its commit): a read at
             // the answer's revision sees its keys gone, as in etcd (found 2026-12-06).

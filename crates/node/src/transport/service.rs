@@ -509,8 +509,10 @@ impl Peer for PeerService {
         self.check_sender(request.cluster_id, request.from)?;
         let group = GroupId(request.group);
         let point = if request.fresh {
+            crate::metrics::metrics().fresh_read_points_served.inc();
             self.handle.fresh_read_point_local(group).await
         } else {
+            crate::metrics::metrics().read_barriers_served.inc();
             let word = MemberWord::from_wire(NodeId(request.from), request.asker_term);
             let index = self.handle.read_barrier_local(group, word).await;
             index.map(|index| (index, 0))
