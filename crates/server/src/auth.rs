@@ -122,10 +122,6 @@ impl Caller {
     }
 }
 
-/// A pause before a write refused as checked against an old auth store is checked again:
-/// this member's auth store may not have applied the change that refused it yet.
-const RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
-
 /// Proposes `write`, checked (`check`) as `caller`, and while its apply refuses it as
 /// checked against an old auth store (etcd's ErrAuthOldRevision: the users, roles or
 /// permissions changed after the check), checks it again against this member's auth
@@ -133,7 +129,11 @@ const RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 /// server does the same (`raftRequest` loops on that error), so its clients never see
 /// it; a member behind on an auth change answered it to a client (found by CI). While
 /// auth is off here a write goes once, uncopied (its apply refuses it as "user name is
-/// empty" if auth came on meanwhile, as etcd's does).
+/// empty" if auth came on meanwhile, as etcd's does). Used for KV writes, auth changes,
+/// Lock and Election (etcd's go through `raftRequest` too) and lease revokes (etcd's
+/// `LeaseRevoke` answers the error; a refused revoke did nothing, so trying it again is
+/// safe). A disable applied here while a range's rules still say auth is on makes the
+/// next attempt "user name is empty" there, as a write checked while auth was off.
 pub async fn write_rechecked(
     node: &NodeHandle,
     caller: &Caller,
@@ -153,8 +153,16 @@ pub async fn write_rechecked(
                 tracing::info!(
                     "a write refused as checked against an old auth store is checked again"
                 );
-                tokio::time::sleep(RECHECK_PAUSE).await;
-                caller = caller.at_read_point(node, &[]).await?;
+                // The rules that refused it were carried from what the first data range
+                // had applied (or are that range's own): once this member has applied
+                // that range up to a read index, its auth store holds the change.
+                node.linearizable_read_point(DEFAULT_GROUP).await?;
+                let rechecked = caller.at_read_point(node, &[]).await?;
+                if rechecked.state.revision() <= caller.state.revision() {
+                    // Nothing newer to check against: proposing again would be refused again.
+                    return Err(error);
+                }
+                caller = rechecked;
                 check(&caller, &write)?;
             }
             other => return other,

@@ -59,7 +59,12 @@ impl ElectionService {
             success: vec![then],
             failure: vec![],
         };
-        match common::write_checked(&self.node, Write::Txn(txn), caller.auth_revision()).await? {
+        // Both callers need write permission on the leader's key, checked again if the
+        // auth store changed before the write applied.
+        let key = leader.key.clone();
+        let recheck =
+            |caller: &crate::auth::Caller, _: &Write| caller.check(&key, b"", Access::Write);
+        match crate::auth::write_rechecked(&self.node, caller, Write::Txn(txn), recheck).await? {
             WriteOutcome::Txn(response) if response.succeeded => Ok(()),
             WriteOutcome::Txn(_) => Err(Status::failed_precondition("election: not leader")),
             other => panic!("an election txn answered with {other:?}"),
@@ -84,7 +89,11 @@ impl Election for ElectionService {
             &key,
             request.value.clone(),
             request.lease,
-            caller.auth_revision(),
+            &caller,
+            |caller| {
+                caller.check(&request.name, &end, Access::Write)?;
+                caller.check(&request.name, &end, Access::Read)
+            },
         )
         .await?;
         queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;

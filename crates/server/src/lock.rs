@@ -44,7 +44,11 @@ impl Lock for LockService {
             &key,
             Bytes::new(),
             request.lease,
-            caller.auth_revision(),
+            &caller,
+            |caller| {
+                caller.check(&request.name, &end, Access::Write)?;
+                caller.check(&request.name, &end, Access::Read)
+            },
         )
         .await?;
         queue::wait_for_turn(&self.node, &prefix, created.create_revision).await?;
@@ -63,15 +67,14 @@ impl Lock for LockService {
         let key = request.into_inner().key;
         caller.check(&key, b"", Access::Write)?;
         let delete = DeleteRangeRequest {
-            key,
+            key: key.clone(),
             ..DeleteRangeRequest::default()
         };
-        let WriteOutcome::DeleteRange(response) = common::write_checked(
-            &self.node,
-            Write::DeleteRange(delete),
-            caller.auth_revision(),
-        )
-        .await?
+        let recheck =
+            |caller: &crate::auth::Caller, _: &Write| caller.check(&key, b"", Access::Write);
+        let WriteOutcome::DeleteRange(response) =
+            crate::auth::write_rechecked(&self.node, &caller, Write::DeleteRange(delete), recheck)
+                .await?
         else {
             panic!("an unlock answered with another kind of outcome");
         };

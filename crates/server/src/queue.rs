@@ -16,7 +16,6 @@ use ostrakon_proto::peer::write_request::Request as Write;
 use ostrakon_storage::mvcc::{self, RevisionEvents, WriteOutcome};
 use tokio::sync::broadcast;
 
-use crate::common;
 use crate::errors::ApiError;
 use crate::routed::RoutedRead;
 
@@ -35,7 +34,8 @@ pub async fn enqueue(
     key: &Bytes,
     value: Bytes,
     lease: i64,
-    auth_revision: u64,
+    caller: &crate::auth::Caller,
+    check: impl Fn(&crate::auth::Caller) -> Result<(), ApiError>,
 ) -> Result<KeyValue, ApiError> {
     let read_key = RequestOp {
         request: Some(request_op::Request::RequestRange(RangeRequest {
@@ -64,9 +64,11 @@ pub async fn enqueue(
         ],
         failure: vec![read_key],
     };
-    // Refused at apply if the caller's permissions changed since they were checked.
+    // Refused at apply if the caller's permissions changed since they were checked, and
+    // then checked again (`check`) against the auth store as it stands.
     let WriteOutcome::Txn(response) =
-        common::write_checked(node, Write::Txn(txn), auth_revision).await?
+        crate::auth::write_rechecked(node, caller, Write::Txn(txn), |caller, _| check(caller))
+            .await?
     else {
         panic!("a queue's txn answered with another kind of outcome");
     };
