@@ -66,7 +66,8 @@ for name in etcd_disk_wal_fsync_duration_seconds_count \
   ostrakon_forward_batch_writes_sum ostrakon_oracle_requests_total \
   ostrakon_oracle_asks_granted_total ostrakon_oracle_asks_confirmed_by_word_total \
   ostrakon_reads_confirmed_by_word_total ostrakon_read_barriers_served_total \
-  ostrakon_fresh_read_points_served_total etcd_server_proposals_committed_total cpu_ticks; do
+  ostrakon_fresh_read_points_served_total ostrakon_read_point_asks_answered_total \
+  etcd_server_proposals_committed_total cpu_ticks; do
   before=$(figure "$dir/before" "$name")
   after=$(figure "$dir/after" "$name")
   awk -v name="$name" -v d="$((after - before))" -v n="$TOTAL" -v hz="$ticks_per_second" \

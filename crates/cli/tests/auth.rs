@@ -393,7 +393,7 @@ async fn a_revoke_holds_in_every_range_for_writes_checked_on_a_member_behind_on_
     common::ranges::split_at_m(&cluster).await;
     let mut admin = cluster.client(0).await;
     // Asked before auth is on: the listing would need a token then.
-    let paused = member_leading_no_data_range(&cluster).await;
+    let paused = common::ranges::member_leading_no_data_range(&cluster).await;
     admin.user_add("root", "rootpw", None).await.unwrap();
     admin.user_grant_role("root", "root").await.unwrap();
     admin.role_add("writer").await.unwrap();
@@ -485,49 +485,6 @@ async fn a_revoke_holds_in_every_range_for_writes_checked_on_a_member_behind_on_
     );
 }
 
-/// A member of a keyspace split in two that leads neither data range, once each is led
-/// by a different member: an auth change and its gates go on without it while it is
-/// paused (a request forwarded to a paused leader would wait out its timeout). A quiet
-/// cluster keeps its leaders through a test's rounds.
-async fn member_leading_no_data_range(cluster: &TestCluster) -> usize {
-    use std::time::Duration;
-    let mut admin = cluster.client(0).await;
-    let listed = admin.member_list().await.unwrap();
-    let ids: Vec<u64> = (1..=3)
-        .map(|n| {
-            let name = format!("m{n}");
-            listed
-                .members()
-                .iter()
-                .find(|m| m.name() == name)
-                .unwrap()
-                .id()
-        })
-        .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let leaders: Vec<u64> = loop {
-        let leaders: Vec<u64> = common::ranges::ranges(cluster, 0)
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter(|range| range.range_id != 0) // the meta range
-            .map(|range| range.leader)
-            .collect();
-        // Two leaders, one each: the leader spreading moves nothing more.
-        if leaders.len() == 2 && !leaders.contains(&0) && leaders[0] != leaders[1] {
-            break leaders;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no leaders: {leaders:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    (0..3)
-        .find(|i| !leaders.contains(&ids[*i]))
-        .unwrap_or_else(|| panic!("every member leads a range: {leaders:?} {ids:?}"))
-}
-
 /// Pauses (true) or resumes (false) a member's process.
 fn pause(cluster: &TestCluster, member: usize, paused: bool) {
     let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
@@ -585,7 +542,7 @@ async fn reads_and_writes_after_an_auth_change_are_refused_on_a_member_behind_on
     };
     for round in 0..2 {
         // Picked again each round (auth is off then): a pause may have moved leaders.
-        let paused = member_leading_no_data_range(&cluster).await;
+        let paused = common::ranges::member_leading_no_data_range(&cluster).await;
         let other = (paused + 1) % 3;
         let admin = cluster.client(other).await;
         // Auth enabled while the member is paused: what it is sent without a token then

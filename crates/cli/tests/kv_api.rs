@@ -338,9 +338,16 @@ async fn a_lone_member_answers_writes_without_waiting_for_a_tick() {
 /// rather than wait 30 s for a member that exited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_cluster_whose_port_was_taken_starts_on_new_ports() {
-    let mut cluster = TestCluster::unstarted(3, &[]);
-    let taken = cluster.members[0].client_port;
-    let _holder = std::net::TcpListener::bind(("127.0.0.1", taken)).expect("the port is free");
+    // The harness's free port may be taken by another test before this one holds it:
+    // a new cluster's ports then.
+    let (mut cluster, taken, _holder) = (0..10)
+        .find_map(|_| {
+            let cluster = TestCluster::unstarted(3, &[]);
+            let taken = cluster.members[0].client_port;
+            let holder = std::net::TcpListener::bind(("127.0.0.1", taken)).ok()?;
+            Some((cluster, taken, holder))
+        })
+        .expect("a free port to hold");
     cluster.start_members().await;
     assert_ne!(
         cluster.members[0].client_port, taken,

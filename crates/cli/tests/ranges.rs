@@ -2276,3 +2276,54 @@ async fn member_not_leading(cluster: &TestCluster, start: &str) -> usize {
     }
     panic!("no leader of the range at {start:?} known");
 }
+
+/// Linearizable gets through a member that does not lead their range ask the leader for
+/// a fresh read point on the peer stream (no unary call per batch of reads); a leader
+/// that ignores such asks (a member of an earlier version) is asked by unary calls after
+/// three asks went unanswered, and every get still sees the last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_points_ride_the_peer_stream_and_fall_back_to_calls() {
+    for ignoring in [false, true] {
+        let env: &[(&str, &str)] = if ignoring {
+            &[("OSTRAKON_TEST_IGNORE_READ_POINT_ASKS", "1")]
+        } else {
+            &[]
+        };
+        let cluster = TestCluster::start_with_env(3, &["--range-split-qps", "0"], env).await;
+        cluster.wait_for_leader().await;
+        common::ranges::split_at_m(&cluster).await;
+        let endpoint = common::ranges::member_leading_no_data_range(&cluster).await;
+        let mut writer = cluster.client((endpoint + 1) % 3).await;
+        let mut reader = cluster.client(endpoint).await;
+        let mut slow = 0;
+        for round in 0..10 {
+            let value = format!("x{round}");
+            writer.put("x", value.clone(), None).await.unwrap();
+            let started = Instant::now();
+            let got = reader.get("x", None).await.unwrap();
+            assert_eq!(got.kvs()[0].value_str().unwrap(), value, "round {round}");
+            if started.elapsed() > Duration::from_millis(400) {
+                slow += 1;
+            }
+        }
+        let figures = metrics(cluster.members[endpoint].client_port);
+        let answered = figures["ostrakon_read_point_asks_answered_total"];
+        let unanswered = figures["ostrakon_read_point_asks_unanswered_total"];
+        eprintln!("ignoring {ignoring}: {answered} answered on the stream, {unanswered} not, {slow} slow gets");
+        if ignoring {
+            // Three misses, then unary calls only (the leadership may move once).
+            assert_eq!(answered, 0.0);
+            assert!(
+                (3.0..=6.0).contains(&unanswered),
+                "{unanswered} asks unanswered"
+            );
+            assert!(slow <= 6, "{slow} gets waited for an unanswered ask");
+        } else {
+            assert!(
+                answered >= 10.0,
+                "{answered} read points answered on the stream"
+            );
+            assert_eq!(unanswered, 0.0);
+        }
+    }
+}

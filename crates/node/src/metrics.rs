@@ -347,6 +347,10 @@ pub struct Metrics {
     /// barriers at a revision, and fresh read points.
     pub read_barriers_served: Counter,
     pub fresh_read_points_served: Counter,
+    /// Read points this member asked ranges' leaders for on the peer streams: answered
+    /// there, and unanswered within 500 ms (asked again by a unary call).
+    pub read_point_asks_answered: Counter,
+    pub read_point_asks_unanswered: Counter,
     /// Peer nodes this node reported down (silent for an election timeout).
     pub nodes_reported_down: Counter,
     /// Spans sent to the OpenTelemetry collector.
@@ -415,6 +419,8 @@ impl Metrics {
             reads_confirmed_by_word: Counter::default(),
             read_barriers_served: Counter::default(),
             fresh_read_points_served: Counter::default(),
+            read_point_asks_answered: Counter::default(),
+            read_point_asks_unanswered: Counter::default(),
             oracle_asks_granted: Counter::default(),
             nodes_reported_down: Counter::default(),
             trace_spans_exported: Counter::default(),
@@ -688,6 +694,18 @@ impl Metrics {
             "counter",
             "Fresh read points other members asked this member for as their range's leader (a peer call each, shared by the linearizable reads of the range waiting on that member).",
             self.fresh_read_points_served.get().to_string(),
+        );
+        scalar(
+            "ostrakon_read_point_asks_answered_total",
+            "counter",
+            "Read barriers and fresh read points this member asked ranges' leaders for on the peer streams and got answered there.",
+            self.read_point_asks_answered.get().to_string(),
+        );
+        scalar(
+            "ostrakon_read_point_asks_unanswered_total",
+            "counter",
+            "Read point asks on a peer stream unanswered within 500 ms, asked again by a unary call.",
+            self.read_point_asks_unanswered.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_asks_unanswered_total",

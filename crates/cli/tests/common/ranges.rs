@@ -119,3 +119,46 @@ pub fn merge_at(cluster: &TestCluster, key: &str, i: usize) {
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
 }
+
+/// A member of a keyspace split in two that leads neither data range, once each is led
+/// by a different member: an auth change and its gates go on without it while it is
+/// paused (a request forwarded to a paused leader would wait out its timeout). A quiet
+/// cluster keeps its leaders through a test's rounds.
+pub async fn member_leading_no_data_range(cluster: &TestCluster) -> usize {
+    use std::time::Duration;
+    let mut admin = cluster.client(0).await;
+    let listed = admin.member_list().await.unwrap();
+    let ids: Vec<u64> = (1..=3)
+        .map(|n| {
+            let name = format!("m{n}");
+            listed
+                .members()
+                .iter()
+                .find(|m| m.name() == name)
+                .unwrap()
+                .id()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let leaders: Vec<u64> = loop {
+        let leaders: Vec<u64> = ranges(cluster, 0)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|range| range.range_id != 0) // the meta range
+            .map(|range| range.leader)
+            .collect();
+        // Two leaders, one each: the leader spreading moves nothing more.
+        if leaders.len() == 2 && !leaders.contains(&0) && leaders[0] != leaders[1] {
+            break leaders;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leaders: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    (0..3)
+        .find(|i| !leaders.contains(&ids[*i]))
+        .unwrap_or_else(|| panic!("every member leads a range: {leaders:?} {ids:?}"))
+}

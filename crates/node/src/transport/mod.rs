@@ -12,7 +12,9 @@
 
 mod codec;
 mod forwarder;
+mod read_point_asks;
 mod service;
+mod stream_asks;
 mod timestamp_asks;
 pub use timestamp_asks::{Granted, VOUCH_FOR_MAX};
 
@@ -116,6 +118,8 @@ struct Inner {
     queues: Mutex<HashMap<NodeId, mpsc::Sender<Outgoing>>>,
     /// Timestamp asks sent on the peer streams, waiting for their grants.
     asks: timestamp_asks::Asks,
+    /// Read point asks sent on the peer streams, waiting for their answers.
+    read_point_asks: read_point_asks::ReadPointAsks,
     /// When each peer was last heard from (filled by the peer service).
     liveness: Arc<Liveness>,
     /// This node's load as leader, sent on every batch, and the peers' (filled by the
@@ -135,11 +139,14 @@ struct Inner {
     forward_queues: Mutex<HashMap<NodeId, mpsc::Sender<forwarder::QueuedForward>>>,
 }
 
-/// What a peer's stream carries: raft messages, and the oracle's asks and grants.
+/// What a peer's stream carries: raft messages, the oracle's asks and grants, and read
+/// points asked of ranges' leaders and their answers.
 enum Outgoing {
     Raft(pb::RaftMessage),
     Ask(pb::TimestampsAsk),
     Grant(pb::TimestampsGrant),
+    ReadPointAsk(pb::ReadPointAsk),
+    ReadPointAnswer(pb::ReadPointAnswer),
 }
 
 /// The client side of the peer protocol.
@@ -195,7 +202,8 @@ impl Transport {
                 snapshot_failures: Mutex::default(),
                 request_timeout: config.request_timeout,
                 forward_queues: Mutex::default(),
-                asks: timestamp_asks::Asks::default(),
+                asks: Default::default(),
+                read_point_asks: Default::default(),
             }),
         };
         transport.set_peers(&config.peers);
@@ -353,6 +361,17 @@ impl Transport {
         full
     }
 
+    /// Queues `item` for `to`'s stream; false if the queue is full (dropped, and
+    /// counted).
+    fn offer(&self, to: NodeId, item: Outgoing) -> bool {
+        let mut queues = self.inner.queues.lock().unwrap();
+        let queued = self.enqueue(&mut queues, to, item);
+        if !queued {
+            crate::metrics::metrics().peer_messages_dropped.inc();
+        }
+        queued
+    }
+
     /// Queues `item` for `to`'s stream; false if the queue is full (dropped).
     fn enqueue(
         &self,
@@ -428,6 +447,8 @@ impl Transport {
                         Outgoing::Raft(message) => batch.messages.push(message),
                         Outgoing::Ask(ask) => batch.timestamps_asks.push(ask),
                         Outgoing::Grant(grant) => batch.timestamps_grants.push(grant),
+                        Outgoing::ReadPointAsk(ask) => batch.read_point_asks.push(ask),
+                        Outgoing::ReadPointAnswer(answer) => batch.read_point_answers.push(answer),
                     }
                 }
                 if !batch.messages.is_empty() {
@@ -698,21 +719,24 @@ impl Transport {
         let Some(channel) = self.channel(leader) else {
             return Err(NodeError::NoLeader);
         };
+        let request = pb::ReadBarrierRequest {
+            group: group.0,
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.me.0,
+            fresh,
+            asker_term: word,
+        };
+        if !self.read_points_unary_only(leader) {
+            if let Some(point) = self.read_point_on_stream(leader, request).await {
+                return point;
+            }
+        }
         let response = PeerClient::new(channel)
-            .read_barrier(pb::ReadBarrierRequest {
-                group: group.0,
-                cluster_id: self.inner.cluster_id,
-                from: self.inner.me.0,
-                fresh,
-                asker_term: word,
-            })
+            .read_barrier(request)
             .await
             .map_err(|_| NodeError::LeaderChanged)?
             .into_inner();
-        match response.error {
-            Some(error) => Err(codec::decode_node_error(error)),
-            None => Ok((LogIndex(response.index), response.revision)),
-        }
+        read_point_asks::read_point_of(response)
     }
 
     /// Asks the leader to renew a lease or report its remaining TTL.

@@ -167,6 +167,26 @@ impl Peer for PeerService {
             for grant in batch.timestamps_grants {
                 self.handle.transport().granted(from, grant);
             }
+            for answer in batch.read_point_answers {
+                self.handle.transport().read_point_answered(from, answer);
+            }
+            let read_point_asks = if super::read_point_asks::ignore_asks() {
+                Vec::new()
+            } else {
+                batch.read_point_asks
+            };
+            for ask in read_point_asks {
+                let Some(request) = ask.request else {
+                    continue;
+                };
+                let handle = self.handle.clone();
+                // Each waits for its range's next fetch or read index: on a task of its
+                // own, so that the stream goes on.
+                tokio::spawn(async move {
+                    let response = read_point(&handle, from, request).await;
+                    handle.transport().answer_read_point(from, ask.id, response);
+                });
+            }
             let asks = if super::timestamp_asks::ignore_asks() {
                 Vec::new()
             } else {
@@ -507,29 +527,8 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ReadBarrierResponse>, Status> {
         let request = request.into_inner();
         self.check_sender(request.cluster_id, request.from)?;
-        let group = GroupId(request.group);
-        let point = if request.fresh {
-            crate::metrics::metrics().fresh_read_points_served.inc();
-            self.handle.fresh_read_point_local(group).await
-        } else {
-            crate::metrics::metrics().read_barriers_served.inc();
-            let word = MemberWord::from_wire(NodeId(request.from), request.asker_term);
-            let index = self.handle.read_barrier_local(group, word).await;
-            index.map(|index| (index, 0))
-        };
-        let response = match point {
-            Ok((index, revision)) => pb::ReadBarrierResponse {
-                index: index.0,
-                error: None,
-                revision,
-            },
-            Err(error) => pb::ReadBarrierResponse {
-                index: 0,
-                error: Some(encode_node_error(error)),
-                revision: 0,
-            },
-        };
-        Ok(Response::new(response))
+        let from = NodeId(request.from);
+        Ok(Response::new(read_point(&self.handle, from, request).await))
     }
 
     async fn lease(
@@ -555,5 +554,36 @@ impl Peer for PeerService {
             },
         };
         Ok(Response::new(answer))
+    }
+}
+
+/// A read barrier or fresh read point of this member's replica of a range, asked by
+/// `from` (by the unary call or on the stream), as its answer.
+async fn read_point(
+    handle: &NodeHandle,
+    from: NodeId,
+    request: pb::ReadBarrierRequest,
+) -> pb::ReadBarrierResponse {
+    let group = GroupId(request.group);
+    let point = if request.fresh {
+        crate::metrics::metrics().fresh_read_points_served.inc();
+        handle.fresh_read_point_local(group).await
+    } else {
+        crate::metrics::metrics().read_barriers_served.inc();
+        let word = MemberWord::from_wire(from, request.asker_term);
+        let index = handle.read_barrier_local(group, word).await;
+        index.map(|index| (index, 0))
+    };
+    match point {
+        Ok((index, revision)) => pb::ReadBarrierResponse {
+            index: index.0,
+            error: None,
+            revision,
+        },
+        Err(error) => pb::ReadBarrierResponse {
+            index: 0,
+            error: Some(encode_node_error(error)),
+            revision: 0,
+        },
     }
 }

@@ -8,28 +8,20 @@
 //! for. The asker keeps a table of asks by id; the grant's sender must be the member
 //! asked.
 //!
-//! Streams drop what they cannot carry (a full queue, a broken connection), so an ask
-//! unanswered within `ASK_TIMEOUT` is asked again with the unary `Timestamps` call. A
-//! member of an earlier version ignores asks: after `MISSES_BEFORE_UNARY` asks in a row
-//! go unanswered, a member is asked by unary calls only, for `UNARY_ONLY_FOR` (one lost
-//! ask, as when a restarted leader's stream drops what was queued, is not enough). A
-//! lost or late grant leaves its timestamps unused, which the oracle allows.
-//!
-//! Ask ids start at a random number in each process: a grant queued for a process
-//! that crashed must not match an ask of its successor, whose caller began after those
-//! timestamps were handed out (they could be below a write acknowledged in between).
+//! An ask unanswered within `ASK_TIMEOUT` is asked again with the unary `Timestamps`
+//! call, and a member that ignores asks (an earlier version) is asked by unary calls
+//! only for a while (`stream_asks`). A lost or late grant leaves its timestamps unused,
+//! which the oracle allows. Ask ids start at a random number in each process: a grant
+//! queued for a process that crashed must not match an ask of its successor, whose
+//! caller began after those timestamps were handed out (they could be below a write
+//! acknowledged in between).
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ostrakon_proto::peer::peer_client::PeerClient;
 use ostrakon_proto::peer::{self as pb};
 use ostrakon_raft::{GroupId, NodeId, Term};
 use ostrakon_ranges::{Timestamp, TimestampRange};
-use tokio::sync::oneshot;
 
 use super::{codec, Outgoing, Transport};
 use crate::error::NodeError;
@@ -61,10 +53,6 @@ impl Granted {
 /// An ask unanswered this long is asked again by a unary call. Well above the read
 /// index round it waits for, which takes a round trip and the followers' turns.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
-/// Unanswered asks in a row after which a member is asked by unary calls only.
-const MISSES_BEFORE_UNARY: u32 = 3;
-/// How long a member that stopped answering asks is asked by unary calls only.
-const UNARY_ONLY_FOR: Duration = Duration::from_secs(30);
 
 /// Whether this member ignores the asks it receives, as a member of an earlier version
 /// does: `OSTRAKON_TEST_IGNORE_TIMESTAMP_ASKS=1` (tests show the askers fall back).
@@ -75,44 +63,8 @@ pub(super) fn ignore_asks() -> bool {
     })
 }
 
-type Waiter = oneshot::Sender<Result<Granted, NodeError>>;
-
-/// The asks waiting for grants, and what is known of each peer's answering.
-pub(super) struct Asks {
-    next_id: AtomicU64,
-    /// Ask id to the member asked and its waiter.
-    waiting: Mutex<HashMap<u64, (NodeId, Waiter)>>,
-    /// Each member's unanswered asks in a row.
-    misses: Mutex<HashMap<NodeId, u32>>,
-    /// Members asked by unary calls only until then.
-    unary_only: Mutex<HashMap<NodeId, Instant>>,
-}
-
-impl Default for Asks {
-    fn default() -> Asks {
-        // Random per process (the standard library seeds it from the OS).
-        let first_id = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-        Asks {
-            next_id: AtomicU64::new(first_id),
-            waiting: Mutex::default(),
-            misses: Mutex::default(),
-            unary_only: Mutex::default(),
-        }
-    }
-}
-
-/// Removes an ask from the table however its wait ends (a caller that gives up drops
-/// the wait mid-way).
-struct Pending<'a> {
-    asks: &'a Asks,
-    id: u64,
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.asks.waiting.lock().unwrap().remove(&self.id);
-    }
-}
+/// The asks waiting for grants.
+pub(super) type Asks = super::stream_asks::StreamAsks<Result<Granted, NodeError>>;
 
 impl Transport {
     /// `count` timestamps from the meta range's leader `leader`: asked on the peer
@@ -141,15 +93,7 @@ impl Transport {
     }
 
     fn asks_unary_only(&self, leader: NodeId) -> bool {
-        let mut unary_only = self.inner.asks.unary_only.lock().unwrap();
-        match unary_only.get(&leader) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                unary_only.remove(&leader);
-                false
-            }
-            None => false,
-        }
+        self.inner.asks.unary_only(leader)
     }
 
     /// Asks on the stream; None if no grant came within `ASK_TIMEOUT` (or the ask could
@@ -164,11 +108,8 @@ impl Transport {
         if self.channel(leader).is_none() {
             return Some(Err(NodeError::NoLeader));
         }
-        let asks = &self.inner.asks;
-        let id = asks.next_id.fetch_add(1, Ordering::Relaxed);
-        let (waiter, granted) = oneshot::channel();
-        asks.waiting.lock().unwrap().insert(id, (leader, waiter));
-        let _pending = Pending { asks, id };
+        let pending = self.inner.asks.ask(leader);
+        let id = pending.id;
         // Further ranges' fresh reads take their own rounds (the caller bounds them too).
         let vouch_for = &vouch_for[..vouch_for.len().min(VOUCH_FOR_MAX)];
         let ask = Outgoing::Ask(pb::TimestampsAsk {
@@ -177,17 +118,12 @@ impl Transport {
             asker_term,
             vouch_for: vouch_for.iter().map(|group| group.0).collect(),
         });
-        let queued = {
-            let mut queues = self.inner.queues.lock().unwrap();
-            self.enqueue(&mut queues, leader, ask)
-        };
-        if !queued {
+        if !self.offer(leader, ask) {
             // Our own queue is full: nothing learnt about the peer.
-            crate::metrics::metrics().peer_messages_dropped.inc();
             return None;
         }
-        match tokio::time::timeout(ASK_TIMEOUT, granted).await {
-            Ok(Ok(result)) => Some(result.and_then(|granted| {
+        match pending.answer(ASK_TIMEOUT).await {
+            Some(result) => Some(result.and_then(|granted| {
                 // An answer for another count is not this ask's.
                 if granted.range.count == count {
                     Ok(granted)
@@ -195,17 +131,8 @@ impl Transport {
                     Err(NodeError::LeaderChanged)
                 }
             })),
-            Ok(Err(_)) => unreachable!("a waiter leaves the table only to be answered"),
-            Err(_) => {
+            None => {
                 crate::metrics::metrics().oracle_asks_unanswered.inc();
-                let mut misses = asks.misses.lock().unwrap();
-                let missed = misses.entry(leader).or_default();
-                *missed += 1;
-                if *missed >= MISSES_BEFORE_UNARY {
-                    *missed = 0;
-                    let until = Instant::now() + UNARY_ONLY_FOR;
-                    asks.unary_only.lock().unwrap().insert(leader, until);
-                }
                 None
             }
         }
@@ -213,16 +140,9 @@ impl Transport {
 
     /// A grant arrived on `from`'s stream.
     pub(super) fn granted(&self, from: NodeId, grant: pb::TimestampsGrant) {
-        let asks = &self.inner.asks;
-        asks.misses.lock().unwrap().remove(&from);
-        let mut waiting = asks.waiting.lock().unwrap();
-        match waiting.get(&grant.id) {
-            Some((asked, _)) if *asked == from => {}
-            // Late (given up on), or from a member that was not asked.
-            _ => return,
-        }
-        let (_, waiter) = waiting.remove(&grant.id).expect("looked up above");
-        drop(waiting);
+        let Some(waiter) = self.inner.asks.answered(from, grant.id) else {
+            return;
+        };
         let result = match grant.error {
             Some(error) => Err(codec::decode_node_error(error)),
             None => {
@@ -277,10 +197,7 @@ impl Transport {
                 ..Default::default()
             },
         };
-        let mut queues = self.inner.queues.lock().unwrap();
-        if !self.enqueue(&mut queues, to, Outgoing::Grant(grant)) {
-            crate::metrics::metrics().peer_messages_dropped.inc();
-        }
+        self.offer(to, Outgoing::Grant(grant));
     }
 
     /// The unary `Timestamps` call.
