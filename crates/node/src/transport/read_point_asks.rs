@@ -53,27 +53,33 @@ impl Transport {
         self.inner.read_point_asks.unary_only(leader)
     }
 
-    /// Asks `leader` for a read point on the stream; None if no answer came within
-    /// `ASK_TIMEOUT` (or the ask could not be queued).
+    /// A read point from `leader`, asked on the stream; if no answer came within
+    /// `ASK_TIMEOUT`, asked again by `unary` as well, and the first answer of the two
+    /// taken (both are valid: each was asked after the reads it is for began). Only
+    /// `unary` if the ask cannot be queued.
     pub(super) async fn read_point_on_stream(
         &self,
         leader: NodeId,
         request: pb::ReadBarrierRequest,
-    ) -> Option<Result<ReadPoint, NodeError>> {
-        let pending = self.inner.read_point_asks.ask(leader);
+        unary: impl std::future::Future<Output = Result<ReadPoint, NodeError>>,
+    ) -> Result<ReadPoint, NodeError> {
+        let mut pending = self.inner.read_point_asks.ask(leader);
         let ask = Outgoing::ReadPointAsk(pb::ReadPointAsk {
             id: pending.id,
             request: Some(request),
         });
         if !self.offer(leader, ask) {
             // Our own queue is full: nothing learnt about the peer.
-            return None;
+            return unary.await;
         }
-        let answer = pending.answer(ASK_TIMEOUT).await;
-        if answer.is_none() {
-            crate::metrics::metrics().read_point_asks_unanswered.inc();
+        if let Some(answer) = pending.answer(ASK_TIMEOUT).await {
+            return answer;
         }
-        answer
+        crate::metrics::metrics().read_point_asks_unanswered.inc();
+        tokio::select! {
+            answer = pending.late_answer() => answer,
+            answer = unary => answer,
+        }
     }
 
     /// An answer arrived on `from`'s stream.

@@ -108,7 +108,7 @@ impl Transport {
         if self.channel(leader).is_none() {
             return Some(Err(NodeError::NoLeader));
         }
-        let pending = self.inner.asks.ask(leader);
+        let mut pending = self.inner.asks.ask(leader);
         let id = pending.id;
         // Further ranges' fresh reads take their own rounds (the caller bounds them too).
         let vouch_for = &vouch_for[..vouch_for.len().min(VOUCH_FOR_MAX)];
