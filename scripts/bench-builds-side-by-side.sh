@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two builds of ostrakon side by side on what users run: both builds' 3-member clusters
-# up at once on loopback with default flags (so keyspaces split by load and leaders
-# spread as they would), every workload of scripts/bench-vs-etcd.sh run on one build and
+# up at once on loopback with default flags (so keyspaces split by load where a member
+# has CPU to spare, and leaders spread as they would), every workload of scripts/bench-vs-etcd.sh run on one build and
 # then at once on the other, ROUNDS times (4 by default), clients spread over the members. Prints one
 # JSON line per run (throughput, latency, CPU of the members per 1,000 requests) and,
 # after each round, the leaderships each cluster handed over to spread its leaders; at

@@ -96,6 +96,11 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     step=$((step + 1))
   done
+  # What splits by load did (a split waits for a member with CPU to spare).
+  for port in 2379 2479 2579; do
+    echo "== after round $round, ostrakon member :$port:" $(curl -s "http://127.0.0.1:$port/metrics" |
+      grep -E '^ostrakon_(range_splits_total|load_splits_held_total|host_spare_millicores) ')
+  done
 done
 etcd_rss=$(rss_kib_each "${etcd_pids[@]}")
 ostrakon_rss=$(rss_kib_each "${pids[@]}")

@@ -103,6 +103,13 @@ pub struct ServerArgs {
     /// default, as CockroachDB's `kv.range_split.load_qps_threshold`.
     #[arg(long, default_value_t = 2_500)]
     pub range_split_qps: u64,
+    /// A split by load waits until another member's host has at least this many CPU
+    /// cores idle, over the last 10 s (less where a cgroup limit leaves less): a split
+    /// spreads load only if a member can take half of it, and members sharing one
+    /// host's busy cores would pay for two ranges and gain nothing (0: split whatever
+    /// the members' CPU).
+    #[arg(long, default_value_t = 0.5)]
+    pub range_split_spare_cores: f64,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
@@ -234,6 +241,12 @@ impl ServerArgs {
         if self.experimental_watch_progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be positive");
         }
+        if !(self.range_split_spare_cores.is_finite() && self.range_split_spare_cores >= 0.0) {
+            bail!(
+                "--range-split-spare-cores must be a count of cores, 0 or more (got {})",
+                self.range_split_spare_cores
+            );
+        }
         let membership = FoundingMembership::parse(
             &self.initial_cluster,
             &self.initial_cluster_token,
@@ -292,6 +305,7 @@ impl ServerArgs {
             },
             range_max_bytes: self.range_max_bytes,
             range_split_qps: self.range_split_qps,
+            range_split_spare_cores: self.range_split_spare_cores,
         };
         let client_tls = tls_material(
             "",
@@ -508,6 +522,20 @@ mod tests {
         assert_eq!(config.heartbeat_ticks, 4);
         // The raft core draws from [election_ticks, 2 * election_ticks).
         assert_eq!(config.election_ticks, 40);
+    }
+
+    #[test]
+    fn a_split_by_load_waits_for_half_a_spare_core_unless_told_otherwise() {
+        assert_eq!(node_config(&[]).range_split_spare_cores, 0.5);
+        let flags = ["--range-split-spare-cores", "0"];
+        assert_eq!(node_config(&flags).range_split_spare_cores, 0.0);
+        let argv = ["ostrakon", "--range-split-spare-cores=-1"];
+        let error = Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .server
+            .to_config()
+            .expect_err("no negative count of cores");
+        assert!(error.to_string().contains("--range-split-spare-cores"));
     }
 
     #[test]

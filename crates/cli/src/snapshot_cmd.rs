@@ -271,6 +271,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         quota_backend_bytes: 0,
         range_max_bytes: 0,
         range_split_qps: 0,
+        range_split_spare_cores: 0.0,
         peer_tls: None,
         join: false,
     };

@@ -1665,23 +1665,22 @@ async fn ranges_past_their_size_split_by_themselves() {
     }
 }
 
+/// Members that play hosts with CPU to spare (a split by load waits for one, and the
+/// members of a test share one host's cores, whatever the test runs beside).
+const SPARE_CPU: &[(&str, &str)] = &[("OSTRAKON_TEST_SPARE_CORES", "2")];
+
 /// With `--range-split-qps`, a range whose leader serves more requests per second than
 /// the limit splits where its requests halve: one client writing 20 keys round and round
 /// splits the keyspace near the middle of them, and every value stays intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_past_its_load_splits_where_its_requests_halve() {
-    let cluster = TestCluster::start(3, &["--range-split-qps", "40"]).await;
+    let cluster = TestCluster::start_with_env(3, &["--range-split-qps", "40"], SPARE_CPU).await;
     cluster.wait_for_leader().await;
     let mut client = cluster.client(1).await;
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut round = 0u64;
     let boundaries = loop {
-        for i in 0..20 {
-            client
-                .put(format!("hot/{i:02}"), round.to_string(), None)
-                .await
-                .unwrap();
-        }
+        put_hot_keys(&mut client, round).await;
         round += 1;
         let (boundaries, listed) = range_starts(&cluster, 0).await;
         if !boundaries.is_empty() {
@@ -1705,6 +1704,54 @@ async fn a_range_past_its_load_splits_where_its_requests_halve() {
     assert!(all.kvs().iter().all(|kv| kv.value_str().unwrap() == last));
 }
 
+/// A range past its load stays whole while no member's host has CPU to spare (here
+/// every member says it has none): the split would cost two ranges and spread nothing.
+/// Its leader counts each look that held it back; with CPU to spare, the same load
+/// splits (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_past_its_load_stays_whole_while_no_member_has_cpu_to_spare() {
+    let no_spare_cpu = &[("OSTRAKON_TEST_SPARE_CORES", "0")];
+    let cluster = TestCluster::start_with_env(3, &["--range-split-qps", "40"], no_spare_cpu).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client(leader).await;
+    // The rate's window is 10 s and the leader looks every 2 s: by 16 s of load, a
+    // range past its load has been looked at (and split, were CPU to spare) at least
+    // twice (the test above splits within this time).
+    let until = Instant::now() + Duration::from_secs(16);
+    let mut round = 0u64;
+    while Instant::now() < until {
+        put_hot_keys(&mut client, round).await;
+        round += 1;
+    }
+    assert!(
+        round * 20 > 16 * 40,
+        "the load passed the limit: {round} rounds"
+    );
+    let (boundaries, listed) = range_starts(&cluster, leader).await;
+    assert!(
+        boundaries.is_empty(),
+        "split with no CPU to spare: {listed:?}"
+    );
+    // Summed over the members: spreading leaders may have moved the range's.
+    let mut held = 0.0;
+    for member in &cluster.members {
+        let scraped = common::metrics(member.client_port);
+        held += scraped["ostrakon_load_splits_held_total"];
+        assert_eq!(scraped["ostrakon_host_spare_millicores"], 0.0);
+    }
+    assert!(held >= 1.0, "no look held a split back");
+}
+
+/// Writes `round` to the 20 keys `hot/00` to `hot/19`, one after the other.
+async fn put_hot_keys(client: &mut etcd_client::Client, round: u64) {
+    for i in 0..20 {
+        client
+            .put(format!("hot/{i:02}"), round.to_string(), None)
+            .await
+            .unwrap();
+    }
+}
+
 /// Where ranges start (the first excepted), as member `i` lists them, and the listing.
 async fn range_starts(
     cluster: &TestCluster,
@@ -1724,7 +1771,7 @@ async fn range_starts(
 /// limit 60), the leader serving none, together past it, split the range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_other_members_serve_count_toward_a_split_by_load() {
-    let cluster = TestCluster::start(3, &["--range-split-qps", "60"]).await;
+    let cluster = TestCluster::start_with_env(3, &["--range-split-qps", "60"], SPARE_CPU).await;
     let leader = cluster.wait_for_leader().await;
     let mut writer = cluster.client(leader).await;
     for i in 0..20 {

@@ -244,6 +244,7 @@ pub fn start(
     let leader_spread =
         crate::leader_spread::LeaderSpread::new(config.tick_interval, config.election_ticks);
     let (range_max_bytes, range_split_qps) = (config.range_max_bytes, config.range_split_qps);
+    let range_split_spare_cores = config.range_split_spare_cores;
     let snapshot_files = crate::snapshot_files::SnapshotFiles::scan(&layout);
     let log_budget = crate::log_budget::LogBudget {
         bytes_max: config.raft_log_memory_bytes,
@@ -308,8 +309,18 @@ pub fn start(
         tasks_runtime.spawn(crate::size_split::run(handle.clone(), range_max_bytes));
     }
     if range_split_qps > 0 {
-        tasks_runtime.spawn(crate::load_split::run(handle.clone(), range_split_qps));
+        tasks_runtime.spawn(crate::load_split::run(
+            handle.clone(),
+            range_split_qps,
+            range_split_spare_cores,
+        ));
     }
+    // Whatever this member's own splits: its peers' splits by load read its figure.
+    let stopped_handle = handle.clone();
+    let host_loads = handle.transport().loads().clone();
+    tasks_runtime.spawn(crate::host_cpu::run(host_loads, move || {
+        stopped_handle.status(DEFAULT_GROUP).is_err()
+    }));
     tasks_runtime.spawn(crate::txn_pusher::run(handle.clone()));
     tasks_runtime.spawn(crate::write_gates::run(handle.clone()));
     tasks_runtime.spawn(crate::txn_horizon::run(handle.clone()));

@@ -25,6 +25,7 @@ pub mod events;
 mod failpoints;
 mod follow_membership;
 pub mod handle;
+pub mod host_cpu;
 pub mod identity;
 pub mod input;
 pub mod layout;

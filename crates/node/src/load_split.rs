@@ -13,6 +13,14 @@
 //! of the reads they serve (`remote_load`): each look, a member sends every range's
 //! leader the rate and key sample of the ranges it served without leading them. The
 //! cut is at the middle of the members' samples, each weighted by its member's rate.
+//!
+//! A range past its load splits only while another member's host has CPU to spare
+//! (`--range-split-spare-cores`, half a core by default, as `host_cpu` measures it and
+//! the peers' batches carry it): a split spreads load only if some member can take
+//! half of it. Without one (members sharing one host's busy cores, or every host
+//! busy) the two halves would cost more than the whole, each batching its writes apart
+//! and every write taking its revision from the oracle, and gain nothing; the range
+//! stays whole and the next look asks again (`ostrakon_load_splits_held_total`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -58,9 +66,46 @@ pub fn split_key(sample: &[Vec<u8>], span: &KeySpan) -> Option<Vec<u8>> {
 /// Fewer sampled requests than this say too little about where a range's load falls.
 const SAMPLE_MIN: usize = 16;
 
+/// Whether a member could take half of a range's load: one with at least
+/// `min_spare_cores` idle (always at 0), as `most_spare_peer` reports the best of them.
+pub fn a_member_could_take_load(
+    most_spare_peer: Option<(NodeId, f64)>,
+    min_spare_cores: f64,
+) -> bool {
+    min_spare_cores <= 0.0 || most_spare_peer.is_some_and(|(_, cores)| cores >= min_spare_cores)
+}
+
+/// How long a peer may go without a batch and still count as up to take load (its
+/// figure stays fresh for longer: a member killed must not count for that long).
+const PEER_SILENCE_MAX: Duration = Duration::from_secs(2);
+
+/// The voter of `group` other than this member with the most CPU to spare, among those
+/// that may lead it: heard from lately, not draining its leaderships, not being
+/// removed (as spreading leaders picks them; the half a split makes may go to any).
+fn most_spare_voter(handle: &NodeHandle, group: GroupId) -> Option<(NodeId, f64)> {
+    let voters: Vec<NodeId> = handle
+        .members(group)
+        .ok()?
+        .into_iter()
+        .filter(|member| !member.is_learner && member.id != handle.id())
+        .map(|member| member.id)
+        .collect();
+    let registry = handle.store(DEFAULT_GROUP).ok();
+    let (loads, liveness) = (handle.transport().loads(), handle.transport().liveness());
+    let now = Instant::now();
+    loads.most_spare_peer(now, |node| {
+        voters.contains(&node)
+            && !liveness.is_silent(node, PEER_SILENCE_MAX, now)
+            && !loads.peer_draining(node, now)
+            && !registry
+                .as_ref()
+                .is_some_and(|store| store.is_leaving_member(node))
+    })
+}
+
 /// Looks at the load of the ranges this node leads until the node stops, splitting
-/// those past `split_qps`.
-pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
+/// those past `split_qps` while a peer has `min_spare_cores` to spare.
+pub(crate) async fn run(handle: NodeHandle, split_qps: u64, min_spare_cores: f64) {
     assert!(split_qps > 0, "splits by load are off at 0");
     let mut check = tokio::time::interval(LOAD_CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,6 +167,18 @@ pub(crate) async fn run(handle: NodeHandle, split_qps: u64) {
             let Some(key) = split_key(&sample, &span) else {
                 continue; // one hot key: no split spreads it
             };
+            let most_spare_peer = most_spare_voter(&handle, group);
+            if !a_member_could_take_load(most_spare_peer, min_spare_cores) {
+                crate::metrics::metrics().load_splits_held.inc();
+                tracing::debug!(
+                    group = group.0,
+                    per_second = total_per_second,
+                    ?most_spare_peer,
+                    min_spare_cores,
+                    "a range past its load stays whole: no member has CPU to spare"
+                );
+                continue;
+            }
             match handle.split_range(&key, false).await {
                 Ok((left, right)) => {
                     tracing::info!(
@@ -174,6 +231,21 @@ mod tests {
 
     fn from(start: &str) -> KeySpan {
         KeySpan::new(start.as_bytes().to_vec(), None)
+    }
+
+    #[test]
+    fn a_split_by_load_waits_for_a_member_with_cores_to_spare() {
+        let peer = |cores: f64| Some((NodeId(2), cores));
+        assert!(a_member_could_take_load(peer(0.5), 0.5));
+        assert!(a_member_could_take_load(peer(3.0), 0.5));
+        assert!(!a_member_could_take_load(peer(0.49), 0.5));
+        assert!(
+            !a_member_could_take_load(None, 0.5),
+            "no figure: none to spare"
+        );
+        // At 0 the members' CPU is not asked.
+        assert!(a_member_could_take_load(None, 0.0));
+        assert!(a_member_could_take_load(peer(0.0), 0.0));
     }
 
     #[test]

@@ -281,6 +281,9 @@ pub struct Metrics {
     pub ranges_frozen: Gauge,
     /// Splits applied on this member that created a range here.
     pub range_splits: Counter,
+    /// Looks at a range past its load (`--range-split-qps`) that left it whole, as no
+    /// member had CPU to spare (`--range-split-spare-cores`).
+    pub load_splits_held: Counter,
     /// Merges applied on this member (a range taken over by the one before it).
     pub range_merges: Counter,
     /// Range leaderships handed to another member to spread leaders over the nodes.
@@ -288,6 +291,9 @@ pub struct Metrics {
     /// Requests per second this member serves as leader of its ranges, at the last look
     /// at spreading leaders (the figure it gossips).
     pub leading_requests_per_second: Gauge,
+    /// Thousandths of a CPU core this member's host had idle over the last 10 s, as the
+    /// member gossips it for splits by load (`host_cpu`).
+    pub host_spare_millicores: Gauge,
     /// Writes across ranges this member coordinated that committed.
     pub txns_committed_across_ranges: Counter,
     /// Locks of transactions across ranges this member ended as stale (`txn_pusher`).
@@ -395,9 +401,11 @@ impl Metrics {
             raft_groups_led: Gauge::default(),
             ranges_frozen: Gauge::default(),
             range_splits: Counter::default(),
+            load_splits_held: Counter::default(),
             range_merges: Counter::default(),
             leader_spread_moves: Counter::default(),
             leading_requests_per_second: Gauge::default(),
+            host_spare_millicores: Gauge::default(),
             txns_committed_across_ranges: Counter::default(),
             txn_locks_pushed: Counter::default(),
             writes_held_off_by_locks: Counter::default(),
@@ -564,6 +572,12 @@ impl Metrics {
             self.range_splits.get().to_string(),
         );
         scalar(
+            "ostrakon_load_splits_held_total",
+            "counter",
+            "Looks at a range past its load that left it whole, as no member had CPU to spare (--range-split-spare-cores).",
+            self.load_splits_held.get().to_string(),
+        );
+        scalar(
             "ostrakon_range_merges_total",
             "counter",
             "Merges applied on this member (a range taken over by the one before it).",
@@ -646,6 +660,12 @@ impl Metrics {
             "gauge",
             "Requests per second this member serves as leader of its ranges, at its last look at spreading leaders (the load it tells the other members).",
             self.leading_requests_per_second.get().to_string(),
+        );
+        scalar(
+            "ostrakon_host_spare_millicores",
+            "gauge",
+            "Thousandths of a CPU core this member's host had idle over the last 10 s (less where a cgroup limit leaves less), as it tells its peers for splits by load.",
+            self.host_spare_millicores.get().to_string(),
         );
         scalar(
             "ostrakon_oracle_revision_writes_total",

@@ -18,7 +18,7 @@ use ostrakon_ranges::leader_balance::PeerLoads;
 pub const PEER_LOAD_FRESH_FOR: Duration = Duration::from_secs(10);
 
 /// This node's load and its peers', and which of them are draining their leaderships.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NodeLoads {
     /// This node's requests per second as leader, as `f64` bits (0 until the first look).
     mine_bits: AtomicU64,
@@ -34,6 +34,26 @@ pub struct NodeLoads {
     drain_passes_done: AtomicU64,
     /// The peers that said they are draining, with when they last said so.
     peers_draining: Mutex<HashMap<NodeId, Instant>>,
+    /// The CPU cores this node's host has to spare (`host_cpu`), as `f64` bits; NaN
+    /// until measured.
+    spare_cores_bits: AtomicU64,
+    /// The peers' spare cores, with when they arrived.
+    peers_spare: Mutex<HashMap<NodeId, (f64, Instant)>>,
+}
+
+impl Default for NodeLoads {
+    fn default() -> Self {
+        NodeLoads {
+            mine_bits: AtomicU64::default(),
+            peers: Mutex::default(),
+            draining_until: Mutex::default(),
+            drain_generation: AtomicU64::default(),
+            drain_passes_done: AtomicU64::default(),
+            peers_draining: Mutex::default(),
+            spare_cores_bits: AtomicU64::new(f64::NAN.to_bits()),
+            peers_spare: Mutex::default(),
+        }
+    }
 }
 
 impl NodeLoads {
@@ -117,6 +137,56 @@ impl NodeLoads {
             .is_some_and(|&at| now.saturating_duration_since(at) < PEER_LOAD_FRESH_FOR)
     }
 
+    /// The cores this node's host has to spare, as last measured (None before).
+    pub fn spare_cores(&self) -> Option<f64> {
+        let cores = f64::from_bits(self.spare_cores_bits.load(Ordering::Relaxed));
+        (!cores.is_nan()).then_some(cores)
+    }
+
+    /// `host_cpu` measured the host's spare cores.
+    pub fn set_spare_cores(&self, cores: f64) {
+        self.spare_cores_bits
+            .store(cores.to_bits(), Ordering::Relaxed);
+        crate::metrics::metrics()
+            .host_spare_millicores
+            .set((cores * 1000.0).round() as i64);
+    }
+
+    /// This node's host can no longer be measured: it tells its peers nothing.
+    pub fn clear_spare_cores(&self) {
+        self.spare_cores_bits
+            .store(f64::NAN.to_bits(), Ordering::Relaxed);
+        crate::metrics::metrics().host_spare_millicores.set(0);
+    }
+
+    /// `from` said its host has `cores` to spare. A figure that is not a count of cores
+    /// (negative, not finite) is ignored.
+    pub fn heard_spare(&self, from: NodeId, cores: f64, now: Instant) {
+        if cores.is_finite() && cores >= 0.0 {
+            self.peers_spare
+                .lock()
+                .expect("peer spare lock")
+                .insert(from, (cores, now));
+        }
+    }
+
+    /// The peer with the most cores to spare among those that said so lately (within
+    /// `PEER_LOAD_FRESH_FOR`) and `may_take` load, with its figure; None if none did.
+    pub fn most_spare_peer(
+        &self,
+        now: Instant,
+        may_take: impl Fn(NodeId) -> bool,
+    ) -> Option<(NodeId, f64)> {
+        self.peers_spare
+            .lock()
+            .expect("peer spare lock")
+            .iter()
+            .filter(|(_, &(_, at))| now.saturating_duration_since(at) < PEER_LOAD_FRESH_FOR)
+            .filter(|(&node, _)| may_take(node))
+            .map(|(&node, &(cores, _))| (node, cores))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     /// The peers' fresh figures.
     pub fn fresh(&self, now: Instant) -> PeerLoads {
         self.peers
@@ -181,5 +251,41 @@ mod tests {
         assert_eq!(loads.mine(), 0.0);
         loads.set_mine(12.5);
         assert_eq!(loads.mine(), 12.5);
+    }
+
+    #[test]
+    fn the_most_spare_peer_is_among_fresh_figures_of_cores() {
+        let loads = NodeLoads::default();
+        let start = Instant::now();
+        assert_eq!(loads.spare_cores(), None, "not measured yet");
+        loads.set_spare_cores(0.25);
+        assert_eq!(loads.spare_cores(), Some(0.25));
+        let any = |_| true;
+        assert_eq!(loads.most_spare_peer(start, any), None);
+        loads.heard_spare(NodeId(2), 0.5, start);
+        loads.heard_spare(NodeId(3), 1.5, start);
+        loads.heard_spare(NodeId(4), f64::INFINITY, start);
+        loads.heard_spare(NodeId(5), -1.0, start);
+        let later = start + Duration::from_secs(1);
+        assert_eq!(loads.most_spare_peer(later, any), Some((NodeId(3), 1.5)));
+        let not_3 = |node| node != NodeId(3);
+        assert_eq!(
+            loads.most_spare_peer(later, not_3),
+            Some((NodeId(2), 0.5)),
+            "only peers that may take load"
+        );
+        loads.heard_spare(NodeId(2), 0.75, later);
+        let stale_for_3 = start + PEER_LOAD_FRESH_FOR;
+        assert_eq!(
+            loads.most_spare_peer(stale_for_3, any),
+            Some((NodeId(2), 0.75)),
+            "a peer gone quiet no longer counts"
+        );
+        assert_eq!(
+            loads.most_spare_peer(later + PEER_LOAD_FRESH_FOR, any),
+            None
+        );
+        loads.clear_spare_cores();
+        assert_eq!(loads.spare_cores(), None);
     }
 }

@@ -435,6 +435,7 @@ impl Transport {
                     to: to.0,
                     cluster_id: self.inner.cluster_id,
                     leading_per_second: Some(self.inner.loads.mine()),
+                    spare_cores: self.inner.loads.spare_cores(),
                     draining: self
                         .inner
                         .loads

@@ -163,6 +163,9 @@ impl Peer for PeerService {
             if let Some(load) = batch.leading_per_second {
                 loads.heard(from, load, heard_at);
             }
+            if let Some(cores) = batch.spare_cores {
+                loads.heard_spare(from, cores, heard_at);
+            }
             loads.heard_draining(from, batch.draining == Some(true), heard_at);
             for grant in batch.timestamps_grants {
                 self.handle.transport().granted(from, grant);
