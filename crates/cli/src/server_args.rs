@@ -104,7 +104,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 2_500)]
     pub range_split_qps: u64,
     /// A split by load waits until another member's host has at least this many CPU
-    /// cores idle, over the last 10 s (less where a cgroup limit leaves less): a split
+    /// cores idle, over the last 10 s and over the last 3 s (less where a cgroup limit
+    /// leaves less): a split
     /// spreads load only if a member can take half of it, and members sharing one
     /// host's busy cores would pay for two ranges and gain nothing (0: split whatever
     /// the members' CPU).

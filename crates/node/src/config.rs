@@ -61,7 +61,8 @@ pub struct NodeConfig {
     /// leader's member, over 10 s) is split where its load halves (0: never, by load).
     pub range_split_qps: u64,
     /// `--range-split-spare-cores`: a split by load waits until another member's host
-    /// has this many CPU cores idle, over 10 s (`host_cpu`; 0: it waits for none).
+    /// has this many CPU cores idle, over 10 s and 3 s (`host_cpu`; 0: it waits for
+    /// none).
     pub range_split_spare_cores: f64,
     /// TLS on the peer links (`--peer-cert-file` ...), if configured.
     pub peer_tls: Option<crate::tls::TlsMaterial>,

@@ -5,12 +5,13 @@
 //! two groups batch writes apart and every write of a split keyspace takes its
 //! revision from the oracle (docs/RANGES.md, "Splits by load").
 //!
-//! Measured every second from `/proc/stat` (idle and iowait time of every CPU, at most
-//! as many cores as this process may run on), and where the node runs in a cgroup with
-//! a CPU limit (cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`, as containers and the
-//! benchmarks' `MEMBER_CPU` set them), from what the limit leaves once this process's
-//! own CPU time is taken (a container holds one member): the smaller of the two. The
-//! cgroups are read again every second (a benchmark moves a running member into one).
+//! Measured every second from `/proc/stat` (idle and iowait time of the CPUs this
+//! process may run on), and where the node runs in a cgroup with a CPU limit (cgroup v2
+//! `cpu.max` or v1 `cpu.cfs_quota_us`, as containers and the benchmarks' `MEMBER_CPU`
+//! set them, on the node's cgroup or an ancestor), from what the limit leaves once that
+//! cgroup's CPU time is taken (its `cpu.stat` or `cpuacct.usage`; this process's own
+//! where the cgroup's cannot be read): the smallest of these. The cgroups are read
+//! again every second (a benchmark moves a running member into one).
 //! The figure is the smaller of the mean of the last `WINDOW_SAMPLES` seconds, the
 //! window a range's request rate is measured over, and the mean of the last
 //! `RECENT_SAMPLES`: a burst of load after a quiet spell passes the rate's limit within
@@ -34,44 +35,74 @@ pub const RECENT_SAMPLES: usize = 3;
 /// host can play members with CPU to spare, or with none.
 const FIXED_SPARE_CORES_ENV: &str = "OSTRAKON_TEST_SPARE_CORES";
 
-/// A reading of the host's CPU time counters (`/proc/stat`'s `cpu` line, in clock ticks).
+/// A reading of the host's CPU time counters (`/proc/stat`'s per-CPU lines, in clock
+/// ticks), summed over the CPUs this process may run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostTimes {
-    /// Idle and iowait time summed over every CPU (a CPU waiting on a disk could run).
+    /// Idle and iowait time (a CPU waiting on a disk could run).
     pub idle_ticks: u64,
-    /// All time summed over every CPU (user, nice, system, idle, iowait, irq, softirq,
-    /// steal: guest time is counted in user already).
+    /// All time (user, nice, system, idle, iowait, irq, softirq, steal: guest time is
+    /// counted in user already).
     pub total_ticks: u64,
-    /// CPUs online.
+    /// CPUs summed.
     pub cpus: u32,
 }
 
-/// Parses `/proc/stat`. None if its `cpu` line is missing or malformed.
-pub fn parse_proc_stat(text: &str) -> Option<HostTimes> {
-    let mut lines = text.lines();
-    let first = lines.next()?;
-    let mut fields = first.split_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
+/// A CPU list as the kernel writes one (`0-3,8,10-11`), None if malformed.
+pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|part| !part.is_empty()) {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
     }
-    let ticks: Vec<u64> = fields
-        .take(8)
-        .map(|field| field.parse().ok())
-        .collect::<Option<_>>()?;
-    if ticks.len() < 5 {
-        return None; // idle and iowait are the fourth and fifth
+    Some(cpus)
+}
+
+/// The CPUs this process may run on (`/proc/self/status`'s `Cpus_allowed_list`), None
+/// if unknown (every CPU then counts).
+fn allowed_cpus() -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+    parse_cpu_list(list)
+}
+
+/// Parses `/proc/stat`, summing the `cpuN` lines of the CPUs in `allowed` (every CPU
+/// if None). None if no such line is well formed.
+pub fn parse_proc_stat(text: &str, allowed: Option<&[usize]>) -> Option<HostTimes> {
+    let mut times = HostTimes {
+        idle_ticks: 0,
+        total_ticks: 0,
+        cpus: 0,
+    };
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|name| name.strip_prefix("cpu"))
+            .and_then(|number| number.parse::<usize>().ok())
+        else {
+            continue; // the `cpu` total line, and every other line
+        };
+        if allowed.is_some_and(|allowed| !allowed.contains(&cpu)) {
+            continue;
+        }
+        let ticks: Option<Vec<u64>> = fields.take(8).map(|field| field.parse().ok()).collect();
+        // Idle and iowait are the fourth and fifth.
+        let Some(ticks) = ticks.filter(|ticks| ticks.len() >= 5) else {
+            continue;
+        };
+        times.idle_ticks += ticks[3] + ticks[4];
+        times.total_ticks += ticks.iter().sum::<u64>();
+        times.cpus += 1;
     }
-    let cpus = lines
-        .filter(|line| {
-            line.strip_prefix("cpu")
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .count();
-    Some(HostTimes {
-        idle_ticks: ticks[3] + ticks[4],
-        total_ticks: ticks.iter().sum(),
-        cpus: u32::try_from(cpus).ok().filter(|&n| n > 0)?,
-    })
+    (times.cpus > 0).then_some(times)
 }
 
 /// The cores the host had idle between two readings (0 if no time passed).
@@ -89,7 +120,7 @@ pub fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut fields = text.split_whitespace();
     let quota: f64 = fields.next()?.parse().ok()?;
     let period: f64 = fields.next()?.parse().ok()?;
-    (period > 0.0).then(|| quota / period)
+    (period > 0.0).then_some(quota / period)
 }
 
 /// A cgroup v1 `cpu.cfs_quota_us` and `cpu.cfs_period_us`: the cores the limit allows,
@@ -98,6 +129,13 @@ pub fn parse_cfs_quota(quota_us: &str, period_us: &str) -> Option<f64> {
     let quota: f64 = quota_us.trim().parse().ok()?;
     let period: f64 = period_us.trim().parse().ok()?;
     (quota > 0.0 && period > 0.0).then_some(quota / period)
+}
+
+/// A cgroup v2 `cpu.stat`'s `usage_usec`.
+pub fn parse_usage_usec(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("usage_usec "))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// This process's CPU time so far (user and system) from `/proc/self/stat`, in clock
@@ -112,13 +150,24 @@ pub fn parse_self_stat_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// The CPU limits (cores) of this process's cgroups and their ancestors, from
-/// `/proc/self/cgroup`: cgroup v2 (`0::/path`, `cpu.max`) and v1 (a hierarchy with the
-/// `cpu` controller, `cpu.cfs_quota_us`).
-fn cgroup_limits() -> Vec<f64> {
+/// A cgroup with a CPU limit, as one reading found it.
+#[derive(Debug, Clone, PartialEq)]
+struct Limit {
+    dir: PathBuf,
+    cores: f64,
+    /// The cgroup's CPU time so far, in microseconds, where it can be read.
+    usage_usec: Option<u64>,
+}
+
+/// The cgroups with a CPU limit among this process's and their ancestors, from
+/// `/proc/self/cgroup`: cgroup v2 (`0::/path`: `cpu.max`, `cpu.stat`) and v1 (a
+/// hierarchy with the `cpu` controller: `cpu.cfs_quota_us`, and `cpuacct.usage` where
+/// `cpuacct` is mounted with it).
+fn cgroup_limits() -> Vec<Limit> {
     let Ok(membership) = std::fs::read_to_string("/proc/self/cgroup") else {
         return Vec::new();
     };
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).ok();
     let mut limits = Vec::new();
     for line in membership.lines() {
         let mut parts = line.splitn(3, ':');
@@ -128,18 +177,30 @@ fn cgroup_limits() -> Vec<f64> {
         };
         let path = path.trim().trim_start_matches('/');
         if controllers.is_empty() {
-            let root = Path::new("/sys/fs/cgroup");
-            for dir in dir_and_ancestors(root, path) {
-                let cpu_max = std::fs::read_to_string(dir.join("cpu.max"));
-                limits.extend(cpu_max.ok().and_then(|text| parse_cpu_max(&text)));
+            for dir in dir_and_ancestors(Path::new("/sys/fs/cgroup"), path) {
+                if let Some(cores) = read(&dir, "cpu.max").and_then(|text| parse_cpu_max(&text)) {
+                    let usage_usec =
+                        read(&dir, "cpu.stat").and_then(|text| parse_usage_usec(&text));
+                    limits.push(Limit {
+                        dir,
+                        cores,
+                        usage_usec,
+                    });
+                }
             }
         } else if controllers.split(',').any(|controller| controller == "cpu") {
-            let root = Path::new("/sys/fs/cgroup/cpu");
-            for dir in dir_and_ancestors(root, path) {
-                let quota = std::fs::read_to_string(dir.join("cpu.cfs_quota_us"));
-                let period = std::fs::read_to_string(dir.join("cpu.cfs_period_us"));
-                if let (Ok(quota), Ok(period)) = (quota, period) {
-                    limits.extend(parse_cfs_quota(&quota, &period));
+            for dir in dir_and_ancestors(Path::new("/sys/fs/cgroup/cpu"), path) {
+                let quota = read(&dir, "cpu.cfs_quota_us");
+                let period = read(&dir, "cpu.cfs_period_us");
+                if let Some(cores) = quota.zip(period).and_then(|(q, p)| parse_cfs_quota(&q, &p)) {
+                    let usage_usec = read(&dir, "cpuacct.usage")
+                        .and_then(|text| text.trim().parse::<u64>().ok())
+                        .map(|nanoseconds| nanoseconds / 1_000);
+                    limits.push(Limit {
+                        dir,
+                        cores,
+                        usage_usec,
+                    });
                 }
             }
         }
@@ -168,6 +229,7 @@ struct Reading {
     host: HostTimes,
     /// This process's CPU time so far, in clock ticks (None: unreadable).
     own_ticks: Option<u64>,
+    limits: Vec<Limit>,
 }
 
 /// Clock ticks per second of `/proc`'s counters.
@@ -185,8 +247,6 @@ fn ticks_per_second() -> f64 {
 pub struct SpareCpu {
     last: Option<Reading>,
     window: VecDeque<f64>,
-    /// The cores this process may run on (its CPU affinity).
-    usable_cores: f64,
     ticks_per_second: f64,
 }
 
@@ -196,20 +256,20 @@ impl SpareCpu {
         SpareCpu {
             last: None,
             window: VecDeque::with_capacity(WINDOW_SAMPLES),
-            usable_cores: std::thread::available_parallelism()
-                .map_or(f64::INFINITY, |cores| cores.get() as f64),
             ticks_per_second: ticks_per_second(),
         }
     }
 
     fn read() -> Option<Reading> {
-        let host = parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let host = parse_proc_stat(&stat, allowed_cpus().as_deref())?;
         Some(Reading {
             at: Instant::now(),
             host,
             own_ticks: std::fs::read_to_string("/proc/self/stat")
                 .ok()
                 .and_then(|text| parse_self_stat_ticks(&text)),
+            limits: cgroup_limits(),
         })
     }
 
@@ -224,27 +284,35 @@ impl SpareCpu {
             return None;
         };
         if let Some(before) = self.last.take() {
-            let spare = self.spare_between(&before, &now, &cgroup_limits());
+            let spare = self.spare_between(&before, &now);
             self.record(spare);
         }
         self.last = Some(now);
         self.figure()
     }
 
-    /// The cores spare between two readings: the host's idle cores (at most the cores
-    /// this process may use), and under each cgroup limit what this process's use
-    /// leaves of it.
-    fn spare_between(&self, before: &Reading, after: &Reading, limits: &[f64]) -> f64 {
-        let mut spare = host_spare_cores(before.host, after.host).min(self.usable_cores);
-        let elapsed_seconds = after.at.duration_since(before.at).as_secs_f64();
-        if let (Some(used_before), Some(used_after)) = (before.own_ticks, after.own_ticks) {
-            if elapsed_seconds > 0.0 {
-                let used_ticks = used_after.saturating_sub(used_before) as f64;
-                let used_cores = used_ticks / self.ticks_per_second / elapsed_seconds;
-                for &limit_cores in limits {
-                    spare = spare.min((limit_cores - used_cores).max(0.0));
-                }
-            }
+    /// The cores spare between two readings: the idle cores of the CPUs this process
+    /// may run on, and under each cgroup limit what the cgroup's use leaves of it (its
+    /// own count where both readings have it, else this process's; a limit with
+    /// neither bounds the figure by itself).
+    fn spare_between(&self, before: &Reading, after: &Reading) -> f64 {
+        let mut spare = host_spare_cores(before.host, after.host);
+        let elapsed_usec = after.at.duration_since(before.at).as_micros() as f64;
+        if elapsed_usec <= 0.0 {
+            return spare;
+        }
+        let own_usec = before.own_ticks.zip(after.own_ticks).map(|(then, now)| {
+            now.saturating_sub(then) as f64 / self.ticks_per_second * 1_000_000.0
+        });
+        for limit in &after.limits {
+            let cgroup_usec = before
+                .limits
+                .iter()
+                .find(|earlier| earlier.dir == limit.dir)
+                .and_then(|earlier| earlier.usage_usec.zip(limit.usage_usec))
+                .map(|(then, now)| now.saturating_sub(then) as f64);
+            let used_cores = cgroup_usec.or(own_usec).unwrap_or(0.0) / elapsed_usec;
+            spare = spare.min((limit.cores - used_cores).max(0.0));
         }
         spare
     }
@@ -260,16 +328,13 @@ impl SpareCpu {
     /// The smaller of the window's mean and its last `RECENT_SAMPLES`' mean; None while
     /// the window is empty.
     pub fn figure(&self) -> Option<f64> {
-        let mean = |samples: &mut dyn Iterator<Item = &f64>, count: usize| {
-            samples.sum::<f64>() / count as f64
-        };
         let all = self.window.len();
         if all == 0 {
             return None;
         }
         let recent = all.min(RECENT_SAMPLES);
-        let whole = mean(&mut self.window.iter(), all);
-        let lately = mean(&mut self.window.iter().skip(all - recent), recent);
+        let whole = self.window.iter().sum::<f64>() / all as f64;
+        let lately = self.window.iter().skip(all - recent).sum::<f64>() / recent as f64;
         Some(whole.min(lately))
     }
 }
@@ -323,24 +388,41 @@ mod tests {
 
     const STAT: &str = "cpu  100 5 50 800 40 3 2 0 0 0\n\
                         cpu0 50 2 25 400 20 1 1 0 0 0\n\
-                        cpu1 50 3 25 400 20 2 1 0 0 0\n\
+                        cpu1 50 3 25 400 20 2 1 1 0 0\n\
                         intr 12345\n\
                         cpufreq 1\n";
 
     #[test]
-    fn proc_stat_gives_idle_and_total_time_over_every_cpu() {
-        let times = parse_proc_stat(STAT).unwrap();
+    fn proc_stat_gives_idle_and_total_time_over_the_allowed_cpus() {
+        let every = HostTimes {
+            idle_ticks: 840,
+            total_ticks: 1001,
+            cpus: 2,
+        };
+        assert_eq!(parse_proc_stat(STAT, None), Some(every));
+        let second = HostTimes {
+            idle_ticks: 420,
+            total_ticks: 502,
+            cpus: 1,
+        };
+        assert_eq!(parse_proc_stat(STAT, Some(&[1, 5])), Some(second));
         assert_eq!(
-            times,
-            HostTimes {
-                idle_ticks: 840,
-                total_ticks: 1000,
-                cpus: 2
-            }
+            parse_proc_stat(STAT, Some(&[7])),
+            None,
+            "no allowed CPU listed"
         );
-        assert_eq!(parse_proc_stat("intr 1\n"), None);
-        assert_eq!(parse_proc_stat("cpu 1 2 3\ncpu0 1 2 3\n"), None);
-        assert_eq!(parse_proc_stat("cpu 1 2 3 4 5\n"), None, "no CPU listed");
+        assert_eq!(parse_proc_stat("intr 1\n", None), None);
+        assert_eq!(
+            parse_proc_stat("cpu0 1 2 3\n", None),
+            None,
+            "too few fields"
+        );
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-x"), None);
     }
 
     #[test]
@@ -361,12 +443,15 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_limits_and_own_cpu_time_are_read_as_the_kernel_writes_them() {
+    fn cgroup_limits_and_cpu_times_are_read_as_the_kernel_writes_them() {
         assert_eq!(parse_cpu_max("150000 100000\n"), Some(1.5));
         assert_eq!(parse_cpu_max("max 100000\n"), None);
         assert_eq!(parse_cpu_max(""), None);
         assert_eq!(parse_cfs_quota("50000\n", "100000\n"), Some(0.5));
         assert_eq!(parse_cfs_quota("-1\n", "100000\n"), None, "unlimited");
+        let stat = "usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n";
+        assert_eq!(parse_usage_usec(stat), Some(123_456));
+        assert_eq!(parse_usage_usec("user_usec 1\n"), None);
         // utime 7 and stime 3, after a command name with a space and a paren.
         let stat = "42 (ostra kon)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 9 0";
         assert_eq!(parse_self_stat_ticks(stat), Some(10));
@@ -377,52 +462,72 @@ mod tests {
             vec![root.join("a/b"), root.join("a"), root.to_path_buf()]
         );
         assert_eq!(dir_and_ancestors(root, ""), vec![root.to_path_buf()]);
-        assert_eq!(
-            dir_and_ancestors(root, "../x"),
-            vec![root.join("x"), root.to_path_buf()]
-        );
+        let escaping = dir_and_ancestors(root, "../x");
+        assert_eq!(escaping, vec![root.join("x"), root.to_path_buf()]);
     }
 
-    fn reading(at: Instant, idle_ticks: u64, total_ticks: u64, own_ticks: u64) -> Reading {
-        Reading {
-            at,
-            host: HostTimes {
-                idle_ticks,
-                total_ticks,
-                cpus: 4,
-            },
-            own_ticks: Some(own_ticks),
+    fn limit(dir: &str, cores: f64, usage_usec: Option<u64>) -> Limit {
+        let dir = PathBuf::from(dir);
+        Limit {
+            dir,
+            cores,
+            usage_usec,
         }
     }
 
-    fn empty_window(usable_cores: f64) -> SpareCpu {
+    fn empty_window() -> SpareCpu {
         SpareCpu {
             last: None,
             window: VecDeque::new(),
-            usable_cores,
             ticks_per_second: 100.0,
         }
     }
 
     #[test]
-    fn a_cgroup_limit_and_the_usable_cores_bound_the_host_idle_cores() {
+    fn a_cgroup_limit_leaves_what_the_cgroup_does_not_use() {
         let start = Instant::now();
-        // Over 1 s: 400 ticks over 4 CPUs, 300 idle (3 cores), 50 of this process's.
-        let before = reading(start, 0, 0, 0);
-        let after = reading(start + Duration::from_secs(1), 300, 400, 50);
-        let spare = empty_window(8.0);
-        assert_eq!(spare.spare_between(&before, &after, &[]), 3.0);
-        // A limit of 2 cores, half a core used: 1.5 left.
-        assert_eq!(spare.spare_between(&before, &after, &[2.0, 4.0]), 1.5);
-        // A limit below this process's use leaves none.
-        assert_eq!(spare.spare_between(&before, &after, &[0.25]), 0.0);
-        // Pinned to 2 cores: at most 2.
-        assert_eq!(empty_window(2.0).spare_between(&before, &after, &[]), 2.0);
+        let second = start + Duration::from_secs(1);
+        let spare = empty_window();
+        // Over 1 s: 400 ticks over 4 CPUs, 300 idle (3 cores); this process used 50
+        // ticks (half a core).
+        let spare_with = |limits_before: Vec<Limit>, limits_after: Vec<Limit>| {
+            let before = Reading {
+                at: start,
+                host: HostTimes {
+                    idle_ticks: 0,
+                    total_ticks: 0,
+                    cpus: 4,
+                },
+                own_ticks: Some(0),
+                limits: limits_before,
+            };
+            let after = Reading {
+                at: second,
+                host: HostTimes {
+                    idle_ticks: 300,
+                    total_ticks: 400,
+                    cpus: 4,
+                },
+                own_ticks: Some(50),
+                limits: limits_after,
+            };
+            spare.spare_between(&before, &after)
+        };
+        assert_eq!(spare_with(vec![], vec![]), 3.0);
+        // A limit of 2 cores whose cgroup used 1.25 (shared with others): 0.75 left.
+        let shared = |usage| vec![limit("/a", 2.0, usage), limit("/a/b", 4.0, None)];
+        assert_eq!(spare_with(shared(Some(0)), shared(Some(1_250_000))), 0.75);
+        // Without the cgroup's count, this process's half core is taken: 1.5 left.
+        assert_eq!(spare_with(shared(None), shared(None)), 1.5);
+        // A limit below the use leaves none; a limit met in the second reading only
+        // counts this process's use.
+        assert_eq!(spare_with(vec![], vec![limit("/c", 0.25, Some(9))]), 0.0);
+        assert_eq!(spare_with(vec![], vec![limit("/c", 1.0, Some(9))]), 0.5);
     }
 
     #[test]
     fn the_figure_is_the_lower_of_the_window_mean_and_the_recent_mean() {
-        let mut spare = empty_window(8.0);
+        let mut spare = empty_window();
         assert_eq!(spare.figure(), None);
         for cores in 0..WINDOW_SAMPLES + 5 {
             spare.record(cores as f64);
@@ -432,7 +537,7 @@ mod tests {
         let expected = (5..WINDOW_SAMPLES + 5).sum::<usize>() as f64 / WINDOW_SAMPLES as f64;
         assert_eq!(spare.figure(), Some(expected));
         // A quiet window, then a busy burst: the burst's seconds decide.
-        let mut burst = empty_window(8.0);
+        let mut burst = empty_window();
         for _ in 0..WINDOW_SAMPLES - RECENT_SAMPLES {
             burst.record(2.0);
         }
@@ -449,12 +554,14 @@ mod tests {
         assert_eq!(spare.sample(), None, "one reading gives no figure");
         std::thread::sleep(Duration::from_millis(50));
         let cores = spare.sample().expect("a Linux host has /proc/stat");
-        let cpus = parse_proc_stat(&std::fs::read_to_string("/proc/stat").unwrap())
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let cpus = parse_proc_stat(&stat, allowed_cpus().as_deref())
             .unwrap()
             .cpus;
         assert!(
             (0.0..=f64::from(cpus)).contains(&cores),
             "{cores} spare of {cpus}"
         );
+        assert!(allowed_cpus().is_some_and(|cpus| !cpus.is_empty()));
     }
 }

@@ -83,18 +83,14 @@ const PEER_SILENCE_MAX: Duration = Duration::from_secs(2);
 /// that may lead it: heard from lately, not draining its leaderships, not being
 /// removed (as spreading leaders picks them; the half a split makes may go to any).
 fn most_spare_voter(handle: &NodeHandle, group: GroupId) -> Option<(NodeId, f64)> {
-    let voters: Vec<NodeId> = handle
-        .members(group)
-        .ok()?
-        .into_iter()
-        .filter(|member| !member.is_learner && member.id != handle.id())
-        .map(|member| member.id)
-        .collect();
+    // The incoming voters: one on its way out of a joint configuration takes nothing.
+    let voters = handle.store(group).ok()?.applied().conf_state.voters;
     let registry = handle.store(DEFAULT_GROUP).ok();
     let (loads, liveness) = (handle.transport().loads(), handle.transport().liveness());
     let now = Instant::now();
     loads.most_spare_peer(now, |node| {
         voters.contains(&node)
+            && node != handle.id()
             && !liveness.is_silent(node, PEER_SILENCE_MAX, now)
             && !loads.peer_draining(node, now)
             && !registry

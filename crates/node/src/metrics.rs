@@ -291,8 +291,8 @@ pub struct Metrics {
     /// Requests per second this member serves as leader of its ranges, at the last look
     /// at spreading leaders (the figure it gossips).
     pub leading_requests_per_second: Gauge,
-    /// Thousandths of a CPU core this member's host had idle over the last 10 s, as the
-    /// member gossips it for splits by load (`host_cpu`).
+    /// Thousandths of a CPU core this member's host had idle (the lower of the last
+    /// 10 s's and 3 s's means), as the member gossips it for splits by load (`host_cpu`).
     pub host_spare_millicores: Gauge,
     /// Writes across ranges this member coordinated that committed.
     pub txns_committed_across_ranges: Counter,
@@ -664,7 +664,7 @@ impl Metrics {
         scalar(
             "ostrakon_host_spare_millicores",
             "gauge",
-            "Thousandths of a CPU core this member's host had idle over the last 10 s (less where a cgroup limit leaves less), as it tells its peers for splits by load.",
+            "Thousandths of a CPU core this member's host had idle, the lower of the last 10 s's and 3 s's means (less where a cgroup limit leaves less), as it tells its peers for splits by load.",
             self.host_spare_millicores.get().to_string(),
         );
         scalar(

@@ -170,6 +170,14 @@ impl NodeLoads {
         }
     }
 
+    /// `from` sent a batch without a figure: it has none to spare from now on.
+    pub fn forget_spare(&self, from: NodeId) {
+        self.peers_spare
+            .lock()
+            .expect("peer spare lock")
+            .remove(&from);
+    }
+
     /// The peer with the most cores to spare among those that said so lately (within
     /// `PEER_LOAD_FRESH_FOR`) and `may_take` load, with its figure; None if none did.
     pub fn most_spare_peer(
@@ -284,6 +292,18 @@ mod tests {
         assert_eq!(
             loads.most_spare_peer(later + PEER_LOAD_FRESH_FOR, any),
             None
+        );
+        loads.forget_spare(NodeId(2));
+        let still_fresh = start + Duration::from_secs(2);
+        assert_eq!(
+            loads.most_spare_peer(still_fresh, any),
+            Some((NodeId(3), 1.5))
+        );
+        loads.forget_spare(NodeId(3));
+        assert_eq!(
+            loads.most_spare_peer(still_fresh, any),
+            None,
+            "forgotten at once"
         );
         loads.clear_spare_cores();
         assert_eq!(loads.spare_cores(), None);

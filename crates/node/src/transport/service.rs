@@ -163,8 +163,10 @@ impl Peer for PeerService {
             if let Some(load) = batch.leading_per_second {
                 loads.heard(from, load, heard_at);
             }
-            if let Some(cores) = batch.spare_cores {
-                loads.heard_spare(from, cores, heard_at);
+            match batch.spare_cores {
+                Some(cores) => loads.heard_spare(from, cores, heard_at),
+                // No longer measured (or an older build): none to spare, from now on.
+                None => loads.forget_spare(from),
             }
             loads.heard_draining(from, batch.draining == Some(true), heard_at);
             for grant in batch.timestamps_grants {
