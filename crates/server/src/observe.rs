@@ -3,6 +3,7 @@
 //! by a layer around every gRPC service, which also starts each call's trace span.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -13,9 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::Frame;
-use ostrakon_node::metrics::metrics;
+use ostrakon_node::metrics::{metrics, Counter, Histogram};
 use ostrakon_node::spans::{self, Span, SpanKind};
 use ostrakon_node::{NodeHandle, DEFAULT_GROUP};
+use ostrakon_proto::GRPC_METHODS;
 
 /// gRPC's status codes by number, named as go-grpc-prometheus names them.
 const GRPC_CODES: [&str; 17] = [
@@ -49,32 +51,86 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
     }
 }
 
+/// One declared method's metrics, looked up in their families on first use and kept:
+/// a call then makes no label strings and takes no family's lock.
+struct MethodMetrics {
+    kind: &'static str,
+    service: &'static str,
+    method: &'static str,
+    started: OnceLock<Arc<Counter>>,
+    handling: OnceLock<Arc<Histogram>>,
+    /// By status code (a code never answered adds no label set to `/metrics`).
+    handled: [OnceLock<Arc<Counter>>; GRPC_CODES.len()],
+}
+
+impl MethodMetrics {
+    fn new(path: &'static str) -> MethodMetrics {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .expect("a declared method's path is /package.Service/Method");
+        MethodMetrics {
+            kind: grpc_type(service, method),
+            service,
+            method,
+            started: OnceLock::new(),
+            handling: OnceLock::new(),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn started(&self) -> &Counter {
+        let labels = [self.kind, self.service, self.method];
+        self.started
+            .get_or_init(|| metrics().grpc_started.with(&labels))
+    }
+
+    fn handling(&self) -> &Histogram {
+        let labels = [self.kind, self.service, self.method];
+        self.handling
+            .get_or_init(|| metrics().grpc_handling.with(&labels))
+    }
+
+    /// The handled counter of the code numbered `code` (one out of range is Unknown's).
+    fn handled(&self, code: usize) -> &Counter {
+        let code = if code < GRPC_CODES.len() { code } else { 2 };
+        let labels = [self.kind, self.service, self.method, GRPC_CODES[code]];
+        self.handled[code].get_or_init(|| metrics().grpc_handled.with(&labels))
+    }
+}
+
+/// Every declared method's metrics, in the order of `GRPC_METHODS` (sorted by path).
+fn method_metrics(path: &str) -> Option<&'static MethodMetrics> {
+    static TABLE: OnceLock<Vec<MethodMetrics>> = OnceLock::new();
+    let index = GRPC_METHODS.binary_search(&path).ok()?;
+    let table = TABLE.get_or_init(|| {
+        GRPC_METHODS
+            .iter()
+            .map(|path| MethodMetrics::new(path))
+            .collect()
+    });
+    Some(&table[index])
+}
+
 /// Counts and times every gRPC call, as go-grpc-prometheus does: started when it
 /// arrives, handled when its response ends (a stream's at its end, so started minus
 /// handled is the number of open streams, as etcd's dashboards chart it), with the status
 /// code its trailers carry. The call's trace span ends then too.
 pub async fn grpc_metrics(request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
     // A method nobody declared is answered Unimplemented and counted nowhere, as
     // grpc-go's server does: counted under its name, each new name a client made up
     // would add label sets to `/metrics` for good.
-    let declared = ostrakon_proto::is_grpc_method(&path);
-    let Some((service, method)) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .filter(|_| declared)
-    else {
+    let Some(call_metrics) = method_metrics(request.uri().path()) else {
         return next.run(request).await;
     };
-    let kind = grpc_type(service, method);
-    metrics().grpc_started.with(&[kind, service, method]).inc();
+    call_metrics.started().inc();
     let started = Instant::now();
-    let span = server_span(&request, service, method);
+    let span = server_span(&request, call_metrics.service, call_metrics.method);
     let response = spans::within(span.as_ref().map(Span::context), next.run(request)).await;
     // Errors go out trailers-only, their status in the headers.
     let code = grpc_status(response.headers());
     let call = CallEnd {
-        labels: [kind.to_string(), service.to_string(), method.to_string()],
+        metrics: call_metrics,
         started,
         code,
         span,
@@ -96,7 +152,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<usize> {
 
 /// What is recorded when a call's response ends (or is dropped: a client that went away).
 struct CallEnd {
-    labels: [String; 3],
+    metrics: &'static MethodMetrics,
     started: Instant,
     /// The status, once headers or trailers gave it.
     code: Option<usize>,
@@ -108,20 +164,12 @@ impl Drop for CallEnd {
         // No status: the response never finished, the client cancelled (grpc-go's
         // server reports Canceled then too).
         let code_number = self.code.unwrap_or(1);
-        let code = GRPC_CODES.get(code_number).copied().unwrap_or("Unknown");
-        let [kind, service, method] = &self.labels;
-        let registry = metrics();
-        registry
-            .grpc_handled
-            .with(&[kind, service, method, code])
-            .inc();
-        registry
-            .grpc_handling
-            .with(&[kind, service, method])
-            .observe(self.started.elapsed());
+        self.metrics.handled(code_number).inc();
+        self.metrics.handling().observe(self.started.elapsed());
         if let Some(span) = &mut self.span {
             span.set_attribute("rpc.grpc.status_code", code_number as u64);
             if code_number != 0 {
+                let code = GRPC_CODES.get(code_number).copied().unwrap_or("Unknown");
                 span.set_error(code);
             }
         }
