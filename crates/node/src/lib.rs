@@ -17,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 mod coalesce;
+pub mod coalesced_io;
 pub mod config;
 mod consistent_point;
 pub mod error;

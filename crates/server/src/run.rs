@@ -8,6 +8,7 @@ use axum::middleware::from_fn;
 use axum::routing::{any, get};
 
 use crate::etcd_http;
+use ostrakon_node::coalesced_io::CoalescedIo;
 use ostrakon_node::event_loop::{self, StartError};
 use ostrakon_node::transport::PeerService;
 use ostrakon_node::NodeConfig;
@@ -116,7 +117,8 @@ pub async fn run(
     let peer_stop = stopped(stop_rx.clone());
     let peer_server = match &config.node.peer_tls {
         Some(tls) => tokio::spawn(
-            peer_router.serve_with_incoming_shutdown(tls.incoming(peer_listener), peer_stop),
+            peer_router
+                .serve_with_incoming_shutdown(coalesced(tls.incoming(peer_listener)), peer_stop),
         ),
         None => tokio::spawn(
             peer_router.serve_with_incoming_shutdown(incoming(peer_listener), peer_stop),
@@ -206,7 +208,8 @@ pub async fn run(
         let client_stop = stopped(stop_rx.clone());
         servers.push(match &config.client_tls {
             Some(tls) => tokio::spawn(
-                client_router.serve_with_incoming_shutdown(tls.incoming(listener), client_stop),
+                client_router
+                    .serve_with_incoming_shutdown(coalesced(tls.incoming(listener)), client_stop),
             ),
             None => tokio::spawn(
                 client_router.serve_with_incoming_shutdown(incoming(listener), client_stop),
@@ -266,13 +269,21 @@ fn gateway_channel(
 /// peer's delayed ACK (about 40 ms).
 fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<CoalescedIo<tokio::net::TcpStream>>> {
     use tokio_stream::StreamExt as _;
     TcpListenerStream::new(listener).map(|stream| {
         let stream = stream?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(CoalescedIo::new(stream))
     })
+}
+
+/// The connections of `accepted`, their responses leaving together (`CoalescedIo`).
+fn coalesced<T>(
+    accepted: impl tokio_stream::Stream<Item = std::io::Result<T>>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<CoalescedIo<T>>> {
+    use tokio_stream::StreamExt as _;
+    accepted.map(|connection| connection.map(CoalescedIo::new))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
