@@ -229,4 +229,26 @@ async fn the_json_gateway_serves_etcds_v3_paths() {
         &[("Authorization", &token)],
     );
     assert_eq!(status, 200);
+
+    // A client that half-closes its side once its request is out (`nc -N`, or a
+    // client's CloseWrite) still gets an answer ready at once: an HTTP/1 response is
+    // written at once, not held for a turn of the scheduler as HTTP/2's are (hyper reads
+    // before it flushes again, and on the early end of the stream it dropped the
+    // connection). An answer that awaits anything (/health, /metrics) is still lost so:
+    // hyper's HTTP/1 server ends a half-closed connection while its handler runs.
+    {
+        let path = "/version";
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "{path} after a half-close: {response:?}"
+        );
+    }
 }

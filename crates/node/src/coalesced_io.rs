@@ -16,6 +16,12 @@
 //! the responses they produce join the same buffer; the next flush writes them all.
 //! One turn of the scheduler is the whole delay: a lone request's response goes out on
 //! the connection task's next run.
+//!
+//! Only an HTTP/2 connection (its client's first bytes are the HTTP/2 preface) waits
+//! that turn. An HTTP/1 connection carries one request at a time, so there is nothing
+//! to gather, and hyper's HTTP/1 server, polled again with a response still unflushed,
+//! reads first and drops the connection, response and all, if the client has already
+//! half-closed it after its request.
 
 use std::io;
 use std::pin::Pin;
@@ -31,6 +37,20 @@ const BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// large response does not hold that much memory while idle.
 const BUFFER_BYTES_KEPT: usize = 16 * 1024;
 
+/// What an HTTP/2 client sends first (RFC 9113, 3.4); its first bytes tell the protocol.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the connection's first bytes read say it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Nothing read yet, or only a start of the HTTP/2 preface.
+    Unknown { preface_bytes_seen: usize },
+    /// HTTP/2: flushes wait a turn.
+    Http2,
+    /// Anything else: flushes write at once.
+    Other,
+}
+
 /// `inner`, with its writes coalesced as the module says.
 #[derive(Debug)]
 pub struct CoalescedIo<T> {
@@ -41,6 +61,7 @@ pub struct CoalescedIo<T> {
     written_bytes: usize,
     /// This flush already let the other woken tasks run once: the next one writes.
     yielded: bool,
+    protocol: Protocol,
 }
 
 impl<T> CoalescedIo<T> {
@@ -50,7 +71,29 @@ impl<T> CoalescedIo<T> {
             buffer: Vec::new(),
             written_bytes: 0,
             yielded: false,
+            protocol: Protocol::Unknown {
+                preface_bytes_seen: 0,
+            },
         }
+    }
+
+    /// Notes what the connection carries from the bytes read first (`read`, the bytes
+    /// just read).
+    fn note_read(&mut self, read: &[u8]) {
+        let Protocol::Unknown { preface_bytes_seen } = self.protocol else {
+            return;
+        };
+        let expected = &HTTP2_PREFACE[preface_bytes_seen..];
+        let compared = read.len().min(expected.len());
+        self.protocol = if read[..compared] != expected[..compared] {
+            Protocol::Other
+        } else if compared == expected.len() {
+            Protocol::Http2
+        } else {
+            Protocol::Unknown {
+                preface_bytes_seen: preface_bytes_seen + compared,
+            }
+        };
     }
 
     pub fn get_ref(&self) -> &T {
@@ -75,6 +118,7 @@ impl<T: AsyncWrite + Unpin> CoalescedIo<T> {
             self.written_bytes += written_bytes;
         }
         self.written_bytes = 0;
+        self.yielded = false;
         if self.buffer.capacity() > BUFFER_BYTES_KEPT {
             self.buffer = Vec::new();
         } else {
@@ -101,7 +145,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for CoalescedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let filled_before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[filled_before..];
+        if !read.is_empty() {
+            this.note_read(read);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -143,7 +194,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedIo<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.buffered_bytes() > 0 {
-            if !this.yielded {
+            if !this.yielded && this.protocol == Protocol::Http2 {
                 // Behind the tasks already woken: their responses join this write.
                 this.yielded = true;
                 cx.waker().wake_by_ref();
@@ -151,7 +202,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedIo<T> {
             }
             ready!(this.poll_drain(cx))?;
         }
-        this.yielded = false;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -213,13 +263,69 @@ mod tests {
         Pin::new(io)
     }
 
+    /// A connection whose client sent the HTTP/2 preface: its flushes wait a turn.
     fn counting(chunk_bytes: usize) -> CoalescedIo<CountingWriter> {
-        CoalescedIo::new(CountingWriter {
+        let mut io = CoalescedIo::new(CountingWriter {
             written: Vec::new(),
             writes: 0,
             chunk_bytes,
             flushes: 0,
-        })
+        });
+        io.note_read(HTTP2_PREFACE);
+        assert_eq!(io.protocol, Protocol::Http2);
+        io
+    }
+
+    #[test]
+    fn the_first_bytes_read_tell_http2_from_anything_else() {
+        let fresh = || CoalescedIo::new(());
+        let mut io = fresh();
+        io.note_read(b"PRI * HT");
+        assert_eq!(
+            io.protocol,
+            Protocol::Unknown {
+                preface_bytes_seen: 8
+            }
+        );
+        io.note_read(&HTTP2_PREFACE[8..]);
+        assert_eq!(io.protocol, Protocol::Http2);
+        // What comes after the preface (frames) changes nothing.
+        io.note_read(b"GET / HTTP/1.1");
+        assert_eq!(io.protocol, Protocol::Http2);
+        let mut io = fresh();
+        let mut preface_and_frames = HTTP2_PREFACE.to_vec();
+        preface_and_frames.extend_from_slice(&[0, 0, 0, 4]);
+        io.note_read(&preface_and_frames);
+        assert_eq!(io.protocol, Protocol::Http2);
+        let mut io = fresh();
+        io.note_read(b"GET /version HTTP/1.1\r\n");
+        assert_eq!(io.protocol, Protocol::Other);
+        let mut io = fresh();
+        io.note_read(b"PR");
+        io.note_read(b"X");
+        assert_eq!(io.protocol, Protocol::Other);
+    }
+
+    #[test]
+    fn a_connection_not_known_as_http2_writes_on_its_first_flush() {
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut io = CoalescedIo::new(CountingWriter {
+            written: Vec::new(),
+            writes: 0,
+            chunk_bytes: usize::MAX,
+            flushes: 0,
+        });
+        for first_read in [&b""[..], b"HTTP/1.1 ..."] {
+            if !first_read.is_empty() {
+                io.note_read(first_read);
+            }
+            assert!(pinned(&mut io).poll_write(&mut cx, b"answer").is_ready());
+            assert!(pinned(&mut io).poll_flush(&mut cx).is_ready());
+        }
+        assert_eq!(io.get_ref().written, b"answeranswer");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
     }
 
     struct CountingWaker(AtomicUsize);
@@ -314,6 +420,26 @@ mod tests {
             &io.get_ref().written[BUFFER_BYTES_MAX - 10..][..20],
             &[2u8; 20]
         );
+    }
+
+    #[tokio::test]
+    async fn reads_pass_through_and_tell_the_protocol() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&HTTP2_PREFACE[..5]).await.unwrap();
+            stream.flush().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            stream.write_all(&HTTP2_PREFACE[5..]).await.unwrap();
+        });
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut io = CoalescedIo::new(accepted);
+        let mut received = vec![0u8; HTTP2_PREFACE.len()];
+        io.read_exact(&mut received).await.unwrap();
+        client.await.unwrap();
+        assert_eq!(received, HTTP2_PREFACE);
+        assert_eq!(io.protocol, Protocol::Http2);
     }
 
     #[tokio::test]
