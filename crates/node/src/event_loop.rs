@@ -430,7 +430,15 @@ pub(crate) fn open_storage(
             "repaired a torn WAL tail"
         );
     }
+    // The engine's journal stays in its 8 KiB buffer until it fills or the store is
+    // persisted, rather than going to the kernel with every batch (one `write` per
+    // applied entry on every member: most of the event loop's system calls per put).
+    // Nothing is given up: the raft log keeps every entry until the store has synced
+    // past it (`MvccStore::persist` and `sync` before a log forgets), so a member that
+    // dies with its journal's tail unwritten applies those entries again, as it must
+    // after a power loss, which drops an unsynced journal tail in any case.
     let keyspace = fjall::Config::new(&layout.kv)
+        .manual_journal_persist(true)
         .cache_size(store_memory.cache_bytes)
         .max_write_buffer_size(store_memory.write_buffer_bytes)
         .open()
