@@ -43,6 +43,25 @@ async fn write_load(
     tasks
 }
 
+/// Stops the writers of `write_load`; returns the keys acknowledged, at least 100 of
+/// them (the load made progress).
+async fn stop_load(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+) -> Vec<String> {
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "the load made progress: {} writes",
+        acknowledged.len()
+    );
+    acknowledged
+}
+
 async fn assert_all_present(
     cluster: &TestCluster,
     member: usize,
@@ -101,16 +120,7 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     cluster.restart(leader);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    for task in tasks {
-        acknowledged.extend(task.await.unwrap());
-    }
-    assert!(
-        acknowledged.len() > 100,
-        "the load made progress: {} writes",
-        acknowledged.len()
-    );
+    let acknowledged = stop_load(&stop, tasks).await;
     cluster.wait_for_leader().await;
     for member in 0..3 {
         assert_all_present(&cluster, member, &acknowledged, false).await;
@@ -124,23 +134,15 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
 /// its own buffer until the store is persisted, so the members lose the engine's last
 /// writes, and only a store synced before its log forgot can have them. Every
 /// acknowledged write is there after the restart, on every member. (With the sync
-/// before a log forgets taken out, the members lost the last writes.)
+/// before a log forgets taken out, every member refused to start: its store was behind
+/// the first entry its WAL held.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_every_member_after_the_logs_forgot_loses_no_acknowledged_write() {
     let mut cluster = TestCluster::start(3, &["--raft-log-memory-bytes", "1"]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = write_load(&cluster, 6, stop.clone(), 3000).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    for task in tasks {
-        acknowledged.extend(task.await.unwrap());
-    }
-    assert!(
-        acknowledged.len() > 100,
-        "the load made progress: {} writes",
-        acknowledged.len()
-    );
+    let acknowledged = stop_load(&stop, tasks).await;
     // Three looks at the logs: each member's log forgets every entry it applied.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for member in 0..3 {
