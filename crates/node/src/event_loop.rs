@@ -430,13 +430,13 @@ pub(crate) fn open_storage(
             "repaired a torn WAL tail"
         );
     }
-    // The engine's journal stays in its 8 KiB buffer until it fills or the store is
-    // persisted, rather than going to the kernel with every batch (one `write` per
-    // applied entry on every member: most of the event loop's system calls per put).
-    // Nothing is given up: the raft log keeps every entry until the store has synced
-    // past it (`MvccStore::persist` and `sync` before a log forgets), so a member that
-    // dies with its journal's tail unwritten applies those entries again, as it must
-    // after a power loss, which drops an unsynced journal tail in any case.
+    // The engine's journal stays in its 8 KiB buffer until it fills, the store is
+    // persisted or the round that applied ends (`MvccStore::flush_journal`), rather
+    // than going to the kernel with every batch (one `write` per applied entry on every
+    // member: most of the event loop's system calls per put). Nothing is given up: the
+    // raft log keeps every entry until the store has synced past it (`persist` and
+    // `sync` before a log forgets), so a member that dies with its journal's tail
+    // unwritten applies those entries again, as after a power loss.
     let keyspace = fjall::Config::new(&layout.kv)
         .manual_journal_persist(true)
         .cache_size(store_memory.cache_bytes)
@@ -1684,6 +1684,9 @@ impl EventLoop {
         }
         let me = self.config.id;
         let mut split_offs = Vec::new();
+        // A store of the round that applied entries: every range's store is a view of
+        // one engine, whose journal is handed to the kernel once the round's applies end.
+        let mut applied_store: Option<Arc<MvccStore>> = None;
         for (group, mut ready, mut full) in readies {
             let replica = self.replicas.get_mut(&group).expect("group exists");
             replica
@@ -1704,6 +1707,7 @@ impl EventLoop {
             if applied_now {
                 let apply_started = std::time::Instant::now();
                 replica.apply(std::mem::take(&mut ready.committed_entries), me);
+                applied_store.get_or_insert_with(|| replica.store.clone());
                 crate::metrics::metrics()
                     .backend_commit
                     .observe(apply_started.elapsed());
@@ -1741,6 +1745,9 @@ impl EventLoop {
                 self.notice_removal(group);
             }
             self.maybe_snapshot(group);
+        }
+        if let Some(store) = applied_store {
+            store.flush_journal();
         }
         // Only once every Ready of the round is advanced: a new range may replace a
         // replica whose Ready was in this round.

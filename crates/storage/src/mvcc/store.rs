@@ -939,6 +939,19 @@ impl MvccStore {
         applied
     }
 
+    /// Hands the engine's journal to the kernel (no fsync): what a kill -9 would keep.
+    /// The keyspace is opened with its journal kept in its own buffer between persists,
+    /// so the event loop calls this once per round that applied anything, rather than
+    /// the engine writing once per batch. It also surfaces a failed journal write, which
+    /// fjall 2's batch commit does not report (fjall-rs/fjall#304): the member exits as
+    /// on any storage failure, before its raft log forgets entries a torn batch lost.
+    pub fn flush_journal(&self) {
+        engine(
+            "writing the state machine's journal",
+            self.keyspace.persist(PersistMode::Buffer),
+        );
+    }
+
     /// Makes every write committed so far durable, without touching the applied position
     /// (safe to call from any thread).
     pub fn sync(&self) {
