@@ -2315,9 +2315,17 @@ impl EventLoop {
         }
         self.publish_prepares_in_line();
         self.wal.sync();
+        // Every range's applied position written down, then one sync of the engine they
+        // share (a sync per range cost a member of 100,000 ranges that many fdatasyncs
+        // on its way out; found by review).
+        let mut store = None;
         for replica in self.replicas.values_mut() {
             replica.fail_all(NodeError::Stopped);
-            replica.store.persist();
+            replica.store.write_applied();
+            store.get_or_insert_with(|| replica.store.clone());
+        }
+        if let Some(store) = store {
+            store.sync();
         }
         tracing::info!("event loop stopped");
     }
