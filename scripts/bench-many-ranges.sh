@@ -11,7 +11,10 @@
 # FAILOVER=1, kill -9 of member 3: the time until members 1 and 2 lead every range
 # between them (their ostrakon_raft_groups_led, polled every 50 ms), then a put to every
 # range. With REVOKE_ROUNDS > 0, the time a lease revoke takes to answer, and with
-# AUTH_ROUNDS > 0, the time an auth change takes to answer (below).
+# AUTH_ROUNDS > 0, the time an auth change takes to answer (below). With STOP=1 (and
+# without FAILOVER), each member is stopped with SIGTERM in turn, 3 then 2 then 1, and
+# the time it takes to exit printed (a stop drains for up to 2 s, then syncs every
+# range's state machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANGES=${RANGES:-1000}
@@ -20,6 +23,7 @@ IDLE_S=${IDLE_S:-30}
 PUT_ROUNDS=${PUT_ROUNDS:-3}
 PUTS=${PUTS:-300}
 FAILOVER=${FAILOVER:-0}
+STOP=${STOP:-0}
 BASE=${BASE:-5379}
 source scripts/lib/ostrakon-cluster.sh
 release_binary_unless_given
@@ -159,4 +163,13 @@ if (( FAILOVER )); then
     --conns 2 --total "$RANGES" --key-prefix r --key-size 8 --key-space "$RANGES" |
     sed 's/^/failover: a put to every range: /'
   echo "failover: the puts done $(( ($(date +%s%N) - killed) / 1000000 )) ms after the kill"
+fi
+if (( STOP )) && ! (( FAILOVER )); then
+  for i in 2 1 0; do
+    pid=${ostrakon_pids[$i]}
+    stopping=$(date +%s%N)
+    kill -TERM "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
+    echo "stop: member $((i + 1)) exited $(( ($(date +%s%N) - stopping) / 1000000 )) ms after SIGTERM"
+  done
 fi
