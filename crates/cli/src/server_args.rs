@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use ostrakon_node::config::{cluster_id, StoreMemory};
+use ostrakon_node::config::{cluster_id, BlockCompression, StoreSettings};
 use ostrakon_node::spans::export::ExportConfig;
 use ostrakon_node::tls::{TlsFiles, TlsMaterial};
 use ostrakon_node::{member_id, NodeConfig};
@@ -33,6 +33,16 @@ pub enum ClusterState {
     New,
     /// Join a running cluster.
     Existing,
+}
+
+/// `--store-compression`: how the storage engine writes its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreCompression {
+    /// Uncompressed: a read outside the small block cache is a copy from the OS page
+    /// cache.
+    None,
+    /// LZ4: less disk where values compress, a decompression per block read.
+    Lz4,
 }
 
 /// The flags, named and defaulted as etcd's.
@@ -83,12 +93,16 @@ pub struct ServerArgs {
     pub raft_log_memory_bytes: u64,
     /// The storage engine's block cache, in bytes. Reads of recent versions mostly hit
     /// the memtables and the OS page cache, so a small cache keeps a member small.
-    #[arg(long, default_value_t = StoreMemory::default().cache_bytes)]
+    #[arg(long, default_value_t = StoreSettings::default().cache_bytes)]
     pub store_cache_bytes: u64,
     /// The storage engine's memtables together, in bytes; past this the largest is
     /// flushed to disk.
-    #[arg(long, default_value_t = StoreMemory::default().write_buffer_bytes)]
+    #[arg(long, default_value_t = StoreSettings::default().write_buffer_bytes)]
     pub store_write_buffer_bytes: u64,
+    /// How the storage engine writes its blocks to disk, chosen when the data directory
+    /// is made (a member started again keeps the choice it was made with).
+    #[arg(long, value_enum, default_value_t = StoreCompression::None)]
+    pub store_compression: StoreCompression,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -281,9 +295,13 @@ impl ServerArgs {
             quiesce: self.raft_quiesce,
             snapshot_entries: self.snapshot_count.max(1),
             raft_log_memory_bytes: self.raft_log_memory_bytes,
-            store_memory: StoreMemory {
+            store_settings: StoreSettings {
                 cache_bytes: self.store_cache_bytes,
                 write_buffer_bytes: self.store_write_buffer_bytes,
+                compression: match self.store_compression {
+                    StoreCompression::None => BlockCompression::None,
+                    StoreCompression::Lz4 => BlockCompression::Lz4,
+                },
             },
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
@@ -586,19 +604,23 @@ mod tests {
     }
 
     #[test]
-    fn the_storage_engines_memory_is_set_by_flags() {
-        assert_eq!(node_config(&[]).store_memory, StoreMemory::default());
+    fn the_storage_engines_settings_are_set_by_flags() {
+        assert_eq!(node_config(&[]).store_settings, StoreSettings::default());
+        assert_eq!(StoreSettings::default().compression, BlockCompression::None);
         let config = node_config(&[
             "--store-cache-bytes",
             "1048576",
             "--store-write-buffer-bytes",
             "2097152",
+            "--store-compression",
+            "lz4",
         ]);
         assert_eq!(
-            config.store_memory,
-            StoreMemory {
+            config.store_settings,
+            StoreSettings {
                 cache_bytes: 1 << 20,
                 write_buffer_bytes: 2 << 20,
+                compression: BlockCompression::Lz4,
             }
         );
     }

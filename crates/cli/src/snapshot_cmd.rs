@@ -265,7 +265,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         quiesce: true,
         snapshot_entries: 100_000,
         raft_log_memory_bytes: 4 << 20,
-        store_memory: Default::default(),
+        store_settings: Default::default(),
         request_timeout: Duration::from_secs(7),
         lease_checkpoint_interval: Some(Duration::from_secs(300)),
         quota_backend_bytes: 0,

@@ -12,12 +12,12 @@ use ostrakon_raft::{
 };
 use ostrakon_ranges::read_wait::{grant_step, GrantStep};
 use ostrakon_storage::mvcc::MemberChange;
-use ostrakon_storage::mvcc::MvccStore;
+use ostrakon_storage::mvcc::{MvccStore, DATA_PARTITION, LOCAL_PARTITION};
 use ostrakon_storage::snapshot;
 use ostrakon_storage::wal::{RecoveredGroup, Wal, SEGMENT_BYTES_DEFAULT};
 use tokio::sync::watch;
 
-use crate::config::NodeConfig;
+use crate::config::{BlockCompression, NodeConfig, StoreSettings};
 use crate::error::NodeError;
 pub use crate::error::StartError;
 use crate::handle::{GroupShared, GroupStatus, NodeHandle, SharedGroups};
@@ -174,7 +174,7 @@ pub fn start(
     runtime: tokio::runtime::Handle,
 ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), StartError> {
     let layout = Layout::new(&config.data_dir);
-    let (mut wal, mut recovered, keyspace) = open_storage(&layout, config.store_memory)?;
+    let (mut wal, mut recovered, keyspace) = open_storage(&layout, config.store_settings)?;
     remove_incoming_snapshots(&layout);
     let (input_tx, input_rx) = flume::bounded(INPUT_QUEUE_MAX);
     let transport = Transport::new(&config, layout.clone(), input_tx.clone(), runtime.clone());
@@ -418,7 +418,7 @@ fn new_replica(
 /// Opens (creating if needed) the WAL and the state machines' keyspace under `layout`.
 pub(crate) fn open_storage(
     layout: &Layout,
-    store_memory: crate::config::StoreMemory,
+    store_settings: StoreSettings,
 ) -> Result<(Wal, ostrakon_storage::wal::Recovered, fjall::Keyspace), StartError> {
     for dir in [&layout.snap, &layout.kv] {
         std::fs::create_dir_all(dir).map_err(|e| StartError::Io(dir.clone(), e))?;
@@ -439,10 +439,25 @@ pub(crate) fn open_storage(
     // unwritten applies those entries again, as after a power loss.
     let keyspace = fjall::Config::new(&layout.kv)
         .manual_journal_persist(true)
-        .cache_size(store_memory.cache_bytes)
-        .max_write_buffer_size(store_memory.write_buffer_bytes)
+        .cache_size(store_settings.cache_bytes)
+        .max_write_buffer_size(store_settings.write_buffer_bytes)
         .open()
         .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
+    // The partitions take their block format when they are made, here on a new member;
+    // an existing partition keeps the one it was made with (the engine records it), and
+    // the stores that open them later ask for nothing.
+    let compression = match store_settings.compression {
+        BlockCompression::None => fjall::CompressionType::None,
+        BlockCompression::Lz4 => fjall::CompressionType::Lz4,
+    };
+    for partition in [DATA_PARTITION, LOCAL_PARTITION] {
+        keyspace
+            .open_partition(
+                partition,
+                fjall::PartitionCreateOptions::default().compression(compression),
+            )
+            .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
+    }
     // Before the ranges shared one data partition, each group had its own (`g1-kv`).
     if keyspace.partition_exists("g1-kv") {
         return Err(StartError::Store(
@@ -2504,5 +2519,44 @@ mod tests {
             refused.contains("older ostrakon") && refused.contains("snapshot restore"),
             "{refused}"
         );
+    }
+
+    /// Bytes on disk for 1 MiB of zeros written to the data partition and flushed.
+    fn disk_bytes_for_a_mib_of_zeros(keyspace: &fjall::Keyspace, first_key: u32) -> u64 {
+        let data = keyspace
+            .open_partition(DATA_PARTITION, Default::default())
+            .unwrap();
+        let before = data.disk_space();
+        for key in first_key..first_key + 256 {
+            data.insert(key.to_be_bytes(), [0u8; 4096]).unwrap();
+        }
+        data.rotate_memtable_and_wait().unwrap();
+        data.disk_space() - before
+    }
+
+    #[test]
+    fn blocks_are_compressed_as_the_member_was_made_to_and_stay_so() {
+        let settings = |compression| StoreSettings {
+            compression,
+            ..StoreSettings::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let (_, _, keyspace) = open_storage(&layout, settings(BlockCompression::None)).unwrap();
+        let plain = disk_bytes_for_a_mib_of_zeros(&keyspace, 0);
+        assert!(plain >= 1 << 20, "uncompressed: {plain} bytes");
+        drop(keyspace);
+
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let (_, _, keyspace) = open_storage(&layout, settings(BlockCompression::Lz4)).unwrap();
+        let compressed = disk_bytes_for_a_mib_of_zeros(&keyspace, 0);
+        assert!(compressed < plain / 10, "LZ4: {compressed} against {plain}");
+        drop(keyspace);
+        // Started again with the other setting, the member keeps the format it was made
+        // with.
+        let (_, _, keyspace) = open_storage(&layout, settings(BlockCompression::None)).unwrap();
+        let again = disk_bytes_for_a_mib_of_zeros(&keyspace, 1000);
+        assert!(again < plain / 10, "LZ4 kept: {again} against {plain}");
     }
 }

@@ -41,7 +41,7 @@ pub fn restore_backup(
     }
     // Check the file before creating anything.
     backup::read(backup_path).map_err(|e| StartError::Inconsistent(e.to_string()))?;
-    let (mut wal, recovered, keyspace) = open_storage(&layout, config.store_memory)?;
+    let (mut wal, recovered, keyspace) = open_storage(&layout, config.store_settings)?;
     assert!(recovered.groups.is_empty(), "a new WAL holds no group");
     let store = Arc::new(MvccStore::open(
         &keyspace,
