@@ -45,6 +45,15 @@ pub enum StoreCompression {
     Lz4,
 }
 
+impl From<StoreCompression> for BlockCompression {
+    fn from(flag: StoreCompression) -> Self {
+        match flag {
+            StoreCompression::None => BlockCompression::None,
+            StoreCompression::Lz4 => BlockCompression::Lz4,
+        }
+    }
+}
+
 /// The flags, named and defaulted as etcd's.
 #[derive(Args, Debug)]
 pub struct ServerArgs {
@@ -95,8 +104,9 @@ pub struct ServerArgs {
     /// the memtables and the OS page cache, so a small cache keeps a member small.
     #[arg(long, default_value_t = StoreSettings::default().cache_bytes)]
     pub store_cache_bytes: u64,
-    /// The storage engine's memtables together, in bytes; past this the largest is
-    /// flushed to disk.
+    /// The storage engine's memtables together, in bytes: each is flushed to disk past a
+    /// quarter of this (fixed when the data directory is made), and past all of it
+    /// writes wait for flushes.
     #[arg(long, default_value_t = StoreSettings::default().write_buffer_bytes)]
     pub store_write_buffer_bytes: u64,
     /// How the storage engine writes its blocks to disk, chosen when the data directory
@@ -298,10 +308,7 @@ impl ServerArgs {
             store_settings: StoreSettings {
                 cache_bytes: self.store_cache_bytes,
                 write_buffer_bytes: self.store_write_buffer_bytes,
-                compression: match self.store_compression {
-                    StoreCompression::None => BlockCompression::None,
-                    StoreCompression::Lz4 => BlockCompression::Lz4,
-                },
+                compression: self.store_compression.into(),
             },
             // etcd: 5 s plus twice the election timeout.
             request_timeout: Duration::from_millis(5000 + 2 * self.election_timeout),
@@ -607,6 +614,13 @@ mod tests {
     fn the_storage_engines_settings_are_set_by_flags() {
         assert_eq!(node_config(&[]).store_settings, StoreSettings::default());
         assert_eq!(StoreSettings::default().compression, BlockCompression::None);
+        // Memtables are flushed at a quarter of the write buffer, within bounds.
+        assert_eq!(StoreSettings::default().memtable_bytes(), 2 << 20);
+        let tiny = StoreSettings {
+            write_buffer_bytes: 1000,
+            ..StoreSettings::default()
+        };
+        assert_eq!(tiny.memtable_bytes(), 64 << 10);
         let config = node_config(&[
             "--store-cache-bytes",
             "1048576",

@@ -89,6 +89,10 @@ pub struct RestoreArgs {
     /// This member's peer URLs.
     #[arg(long, default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: String,
+    /// How the new member's storage engine writes its blocks (as `server
+    /// --store-compression`; fixed here, where its data directory is made).
+    #[arg(long, value_enum, default_value_t = crate::server_args::StoreCompression::None)]
+    pub store_compression: crate::server_args::StoreCompression,
 }
 
 /// Runs a snapshot command.
@@ -265,7 +269,10 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         quiesce: true,
         snapshot_entries: 100_000,
         raft_log_memory_bytes: 4 << 20,
-        store_settings: Default::default(),
+        store_settings: ostrakon_node::config::StoreSettings {
+            compression: args.store_compression.into(),
+            ..Default::default()
+        },
         request_timeout: Duration::from_secs(7),
         lease_checkpoint_interval: Some(Duration::from_secs(300)),
         quota_backend_bytes: 0,

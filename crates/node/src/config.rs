@@ -77,7 +77,11 @@ pub struct NodeConfig {
 pub struct StoreSettings {
     /// The block cache.
     pub cache_bytes: u64,
-    /// All memtables together: past this the largest is flushed to disk.
+    /// All memtables together. fjall's monitor flushes the largest once they pass half
+    /// of it, and past all of it a commit waits, 10 ms at a time, until flushes bring
+    /// them under: on the event loop, whose commits those are, that stalls every range.
+    /// So each memtable is flushed much earlier, past a quarter of this
+    /// ([`StoreSettings::memtable_bytes`]), and this is the cap behind it.
     pub write_buffer_bytes: u64,
     /// How the data's blocks are written. Fixed when a member's data directory is made:
     /// the engine keeps the choice its partitions were created with.
@@ -96,14 +100,24 @@ pub enum BlockCompression {
     Lz4,
 }
 
+impl StoreSettings {
+    /// Past this a partition's memtable is flushed, as the write that fills it commits: a
+    /// quarter of the write buffer, so that flushes start long before the buffer's cap
+    /// stalls commits. Fixed, as the compression, when the partition is made.
+    pub fn memtable_bytes(&self) -> u32 {
+        (self.write_buffer_bytes / 4).clamp(64 << 10, u64::from(u32::MAX)) as u32
+    }
+}
+
 impl Default for StoreSettings {
-    /// 2 MiB of cache and 4 MiB of memtables over uncompressed blocks: against 8 MiB each
-    /// over LZ4, 44-46 MiB per member after four rounds of the side-by-side workloads
-    /// instead of 55-59 MiB, at the same throughput (docs/PERFORMANCE.md).
+    /// A 2 MiB cache over uncompressed blocks and memtables flushed at 2 MiB: against an
+    /// 8 MiB cache over LZ4 blocks and memtables flushed by fjall's monitor only, a
+    /// quarter less memory per member after the side-by-side workloads at the same
+    /// throughput (docs/PERFORMANCE.md, "A small block cache over uncompressed blocks").
     fn default() -> Self {
         StoreSettings {
             cache_bytes: 2 << 20,
-            write_buffer_bytes: 4 << 20,
+            write_buffer_bytes: 8 << 20,
             compression: BlockCompression::None,
         }
     }

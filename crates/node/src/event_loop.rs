@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use fjall::AbstractTree as _;
 use ostrakon_proto::peer::{MemberAttributes, MemberPeerUrls, MemberRecord, WriteRequest};
 use ostrakon_raft::{
     ConfChange, Config, GroupId, InitialState, LogIndex, MessageBody, NodeId, RawNode, Ready, Role,
@@ -443,22 +444,8 @@ pub(crate) fn open_storage(
         .max_write_buffer_size(store_settings.write_buffer_bytes)
         .open()
         .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
-    // The partitions take their block format when they are made, here on a new member;
-    // an existing partition keeps the one it was made with (the engine records it), and
-    // the stores that open them later ask for nothing.
-    let compression = match store_settings.compression {
-        BlockCompression::None => fjall::CompressionType::None,
-        BlockCompression::Lz4 => fjall::CompressionType::Lz4,
-    };
-    for partition in [DATA_PARTITION, LOCAL_PARTITION] {
-        keyspace
-            .open_partition(
-                partition,
-                fjall::PartitionCreateOptions::default().compression(compression),
-            )
-            .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
-    }
     // Before the ranges shared one data partition, each group had its own (`g1-kv`).
+    // Checked before anything is made in the directory.
     if keyspace.partition_exists("g1-kv") {
         return Err(StartError::Store(
             layout.kv.clone(),
@@ -466,6 +453,33 @@ pub(crate) fn open_storage(
              from a backup of it (ostrakon snapshot restore)"
                 .into(),
         ));
+    }
+    // The partitions take their block format and memtable size when they are made, here
+    // on a new member; an existing partition keeps what it was made with (the engine
+    // records both), and the stores that open them later ask for nothing.
+    let compression = match store_settings.compression {
+        BlockCompression::None => fjall::CompressionType::None,
+        BlockCompression::Lz4 => fjall::CompressionType::Lz4,
+    };
+    for partition in [DATA_PARTITION, LOCAL_PARTITION] {
+        let handle = keyspace
+            .open_partition(
+                partition,
+                fjall::PartitionCreateOptions::default()
+                    .compression(compression)
+                    .max_memtable_size(store_settings.memtable_bytes()),
+            )
+            .map_err(|e| StartError::Store(layout.kv.clone(), e.to_string()))?;
+        let made_with = handle.tree.tree_config().compression;
+        if made_with != compression {
+            tracing::warn!(
+                partition,
+                made_with = ?made_with,
+                asked = ?compression,
+                "the storage engine keeps the block compression this member's data \
+                 directory was made with; --store-compression applies to new members"
+            );
+        }
     }
     Ok((wal, recovered, keyspace))
 }
@@ -2551,12 +2565,28 @@ mod tests {
         let layout = Layout::new(dir.path());
         let (_, _, keyspace) = open_storage(&layout, settings(BlockCompression::Lz4)).unwrap();
         let compressed = disk_bytes_for_a_mib_of_zeros(&keyspace, 0);
-        assert!(compressed < plain / 10, "LZ4: {compressed} against {plain}");
+        assert!(
+            compressed > 0 && compressed < plain / 10,
+            "LZ4: {compressed} against {plain}"
+        );
         drop(keyspace);
         // Started again with the other setting, the member keeps the format it was made
-        // with.
+        // with, in both partitions.
         let (_, _, keyspace) = open_storage(&layout, settings(BlockCompression::None)).unwrap();
+        for partition in [DATA_PARTITION, LOCAL_PARTITION] {
+            let handle = keyspace
+                .open_partition(partition, Default::default())
+                .unwrap();
+            assert_eq!(
+                handle.tree.tree_config().compression,
+                fjall::CompressionType::Lz4,
+                "{partition}"
+            );
+        }
         let again = disk_bytes_for_a_mib_of_zeros(&keyspace, 1000);
-        assert!(again < plain / 10, "LZ4 kept: {again} against {plain}");
+        assert!(
+            again > 0 && again < plain / 10,
+            "LZ4 kept: {again} against {plain}"
+        );
     }
 }
