@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = out_dir.join("descriptors.bin");
     tonic_build::configure()
         .bytes(["."])
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &["proto"])?;
     // serde for the etcd API's messages, as etcd's JSON gateway writes them: the proto

@@ -5,6 +5,8 @@
 
 #![allow(clippy::large_enum_variant)]
 
+pub mod codec;
+
 /// etcd's key-value types.
 pub mod mvccpb {
     #![allow(missing_docs)]

@@ -28,8 +28,12 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// Whether a request is gRPC (its content type says so), which etcd's HTTP handlers
 /// never see.
 fn is_grpc(request: &Request) -> bool {
-    request
-        .headers()
+    is_grpc_content(request.headers())
+}
+
+/// Whether headers say gRPC (`application/grpc`, with or without `+proto`).
+pub fn is_grpc_content(headers: &axum::http::HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))

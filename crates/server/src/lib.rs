@@ -15,6 +15,7 @@ mod election;
 pub mod errors;
 mod etcd_http;
 mod gateway;
+mod grpc_calls;
 mod kv;
 mod lease;
 mod lock;

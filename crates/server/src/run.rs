@@ -8,6 +8,7 @@ use axum::middleware::from_fn;
 use axum::routing::{any, get};
 
 use crate::etcd_http;
+use crate::grpc_calls::GrpcCalls;
 use ostrakon_node::coalesced_io::CoalescedIo;
 use ostrakon_node::event_loop::{self, StartError};
 use ostrakon_node::transport::PeerService;
@@ -141,26 +142,8 @@ pub async fn run(
         let election_timeout_ms =
             (config.node.tick_interval * config.node.election_ticks).as_millis() as u64;
         let lease = LeaseServer::new(LeaseService::new(node.clone(), election_timeout_ms));
-        let router = Routes::new(kv)
-            .add_service(maintenance)
-            .add_service(lease)
-            .add_service(LockServer::new(LockService::new(node.clone())))
-            .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-            .add_service(AuthServer::new(AuthService::new(
-                node.clone(),
-                config.bcrypt_cost,
-            )))
-            .add_service(ElectionServer::new(ElectionService::new(node.clone())))
-            .add_service(watch)
-            .add_service(OracleServer::new(crate::oracle::OracleService::new(
-                node.clone(),
-            )))
-            .add_service(RangesServer::new(crate::ranges::RangesService::new(
-                node.clone(),
-            )))
-            .into_axum_router()
-            // Only the gRPC routes above are wrapped: a layer covers what precedes it.
-            .layer(axum::middleware::from_fn(crate::observe::grpc_metrics))
+        // What is not gRPC: etcd's HTTP endpoints, the dashboard and the JSON gateway.
+        let http = axum::Router::new()
             .route(
                 "/health",
                 any(etcd_http::health)
@@ -198,9 +181,41 @@ pub async fn run(
             .fallback(etcd_http::not_found);
         // Around the routing, not inside each route: a preflight is answered before any
         // route's own method handling, and every HTTP response carries the headers.
-        let router = axum::Router::new()
-            .fallback_service(router)
+        let http = axum::Router::new()
+            .fallback_service(http)
             .layer(from_fn(etcd_http::cors));
+        // The gRPC services, each observed (`grpc_calls`), routed by tonic by service
+        // name; any other path goes to the HTTP routes.
+        let router = Routes::new(GrpcCalls::new(kv, http.clone()))
+            .add_service(GrpcCalls::new(maintenance, http.clone()))
+            .add_service(GrpcCalls::new(lease, http.clone()))
+            .add_service(GrpcCalls::new(
+                LockServer::new(LockService::new(node.clone())),
+                http.clone(),
+            ))
+            .add_service(GrpcCalls::new(
+                ClusterServer::new(ClusterService::new(node.clone())),
+                http.clone(),
+            ))
+            .add_service(GrpcCalls::new(
+                AuthServer::new(AuthService::new(node.clone(), config.bcrypt_cost)),
+                http.clone(),
+            ))
+            .add_service(GrpcCalls::new(
+                ElectionServer::new(ElectionService::new(node.clone())),
+                http.clone(),
+            ))
+            .add_service(GrpcCalls::new(watch, http.clone()))
+            .add_service(GrpcCalls::new(
+                OracleServer::new(crate::oracle::OracleService::new(node.clone())),
+                http.clone(),
+            ))
+            .add_service(GrpcCalls::new(
+                RangesServer::new(crate::ranges::RangesService::new(node.clone())),
+                http.clone(),
+            ))
+            .into_axum_router()
+            .fallback_service(http);
         let client_router = tonic::transport::Server::builder()
             .accept_http1(true)
             .tcp_nodelay(true)
