@@ -395,3 +395,74 @@ async fn calls_to_undeclared_methods_add_nothing_to_the_metrics() {
         ) >= 1.0
     );
 }
+
+/// A call that ends before it is answered (its deadline passed, or the client went away)
+/// is counted handled, as Canceled, as grpc-go's server counts it: started minus handled
+/// is what etcd's dashboards chart as open calls, and it must not grow with every call
+/// that ended unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ended_before_its_answer_is_counted_handled_as_canceled() {
+    use ostrakon_proto::etcdserverpb::lease_client::LeaseClient;
+    use ostrakon_proto::etcdserverpb::LeaseGrantRequest;
+    use ostrakon_proto::v3lockpb::lock_client::LockClient;
+    use ostrakon_proto::v3lockpb::LockRequest;
+    let cluster = TestCluster::start(1, &[]).await;
+    cluster.wait_for_leader().await;
+    let port = cluster.members[0].client_port;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let leases = LeaseClient::new(channel.clone());
+    let grant = || {
+        let mut leases = leases.clone();
+        async move {
+            leases
+                .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let (holder, waiter) = (grant().await, grant().await);
+    let mut locks = LockClient::new(channel);
+    let lock = |lease| LockRequest {
+        name: b"held".to_vec().into(),
+        lease,
+    };
+    locks.lock(lock(holder)).await.unwrap();
+    // The lock is held: each of these waits for it, until its deadline ends the call.
+    for _ in 0..3 {
+        let mut wait = tonic::Request::new(lock(waiter));
+        // Sent as grpc-timeout: the server ends the call when it passes.
+        wait.set_timeout(Duration::from_millis(200));
+        let outcome = tokio::time::timeout(Duration::from_secs(5), locks.lock(wait))
+            .await
+            .expect("the call ends by its deadline");
+        assert!(outcome.is_err(), "a lock held by another: {outcome:?}");
+    }
+    let lock_calls = ["grpc_method=\"Lock\""];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = tokio::task::spawn_blocking(move || scrape(port))
+            .await
+            .unwrap();
+        let started = sum(&samples, "grpc_server_started_total", &lock_calls);
+        let handled = sum(&samples, "grpc_server_handled_total", &lock_calls);
+        let canceled = sum(
+            &samples,
+            "grpc_server_handled_total",
+            &["grpc_method=\"Lock\"", "grpc_code=\"Canceled\""],
+        );
+        if started == 4.0 && handled == 4.0 && canceled == 3.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "started {started}, handled {handled}, canceled {canceled}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -57,6 +57,8 @@ where
     type Error = Infallible;
     type Future = CallFuture<S::Future>;
 
+    // Only the gRPC service is readied: the HTTP router is always ready (axum's), and a
+    // request goes to one or the other only once `call` sees its headers.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
